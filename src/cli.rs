@@ -1,0 +1,35 @@
+//! Command line: `gto` (embedded default), `gto run --config FILE`, `gto check --config FILE`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// gto: an authoritative DNS server that answers each client with its best VPN endpoints.
+#[derive(Debug, Parser)]
+#[command(name = "gto", version, about)]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// What to do; with none, serve the embedded default on 127.0.0.1:5353.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve DNS from a config file (or the embedded default without --config).
+    Run {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Load the config and every zone file, report all problems, bind nothing. Exit 0 when
+    /// valid, 64 when not.
+    Check {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}

@@ -1,0 +1,547 @@
+//! Stage two of config parsing: raw values become validated types, and every problem is
+//! collected with its path and line.
+//!
+//! Cross-references (a service's pool, a fallback pool) are resolved to indices here, so
+//! nothing downstream looks names up again. The compiled [`Config`] is never mutated.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use toml::Spanned;
+
+use super::error::ConfigError;
+use super::raw::{RawConfig, RawLocation, RawMember, RawPool, RawService, RawWhenAllDown};
+use super::{
+    Answers, Config, Location, Member, Policy, Pool, PoolId, ServerSettings, Service, Ttl, Weight,
+    WhenAllDown, ZoneSource, ZoneSpec,
+};
+
+/// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
+/// system resolver on :53.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:5353";
+/// Our EDNS UDP payload size: the DNS Flag Day 2020 value that avoids IP fragmentation.
+pub(crate) const DEFAULT_UDP_PAYLOAD: u16 = 1232;
+/// A TCP connection that sends nothing for this long is closed.
+pub(crate) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Collects problems while compiling one file.
+pub(crate) struct Collector<'a> {
+    text: &'a str,
+    file: &'a Path,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+impl<'a> Collector<'a> {
+    pub(crate) fn new(text: &'a str, file: &'a Path) -> Self {
+        Self {
+            text,
+            file,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem at byte offset `at` (None when unknown).
+    pub(crate) fn push(
+        &mut self,
+        at: Option<usize>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let line = at.map(|offset| line_of(self.text, offset));
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn at<T>(&mut self, value: &Spanned<T>, path: impl Into<String>, message: impl Into<String>) {
+        self.push(Some(value.span().start), path, message);
+    }
+}
+
+/// 1-based line number of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// Compiles the raw document. Relative zone file paths are taken from `base_dir`.
+pub(crate) fn compile(
+    raw: RawConfig,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> Option<Config> {
+    let server = compile_server(&raw, errors);
+    let zones = compile_zones(&raw, base_dir, errors);
+    let pools = compile_pools(&raw.pool, errors);
+    let services = compile_services(&raw.service, &pools, errors);
+    if !errors.errors.is_empty() {
+        return None;
+    }
+    Some(Config {
+        server,
+        zones,
+        services,
+        pools,
+    })
+}
+
+fn compile_server(raw: &RawConfig, errors: &mut Collector<'_>) -> ServerSettings {
+    let mut listen = Vec::new();
+    match &raw.server.listen {
+        None => listen.push(SocketAddr::from(([127, 0, 0, 1], 5353))),
+        Some(list) if list.is_empty() => {
+            errors.push(None, "server.listen", "at least one address is needed");
+        }
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for (i, entry) in list.iter().enumerate() {
+                let path = format!("server.listen[{i}]");
+                match entry.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) if !seen.insert(addr) => {
+                        errors.at(entry, path, format!("{addr} is listed twice"));
+                    }
+                    Ok(addr) => listen.push(addr),
+                    Err(_) => errors.at(
+                        entry,
+                        path,
+                        format!(
+                            "{:?} is not an address:port (e.g. \"{DEFAULT_LISTEN}\")",
+                            entry.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    let udp_payload = match &raw.server.udp_payload {
+        None => DEFAULT_UDP_PAYLOAD,
+        Some(value) => match u16::try_from(*value.get_ref()) {
+            Ok(size) if size >= 512 => size,
+            _ => {
+                errors.at(value, "server.udp_payload", "must be between 512 and 65535");
+                DEFAULT_UDP_PAYLOAD
+            }
+        },
+    };
+    let tcp_idle_timeout = match &raw.server.tcp_idle_timeout {
+        None => DEFAULT_TCP_IDLE_TIMEOUT,
+        Some(value) => match parse_duration(value.get_ref()) {
+            Some(duration) if !duration.is_zero() => duration,
+            _ => {
+                errors.at(
+                    value,
+                    "server.tcp_idle_timeout",
+                    "not a positive duration (e.g. \"10s\", \"500ms\")",
+                );
+                DEFAULT_TCP_IDLE_TIMEOUT
+            }
+        },
+    };
+    ServerSettings {
+        listen,
+        udp_payload,
+        tcp_idle_timeout,
+    }
+}
+
+fn compile_zones(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Vec<ZoneSpec> {
+    let mut zones: Vec<ZoneSpec> = Vec::new();
+    if raw.zone.is_empty() {
+        errors.push(
+            None,
+            "zone",
+            "no [[zone]] is configured: gto needs at least one zone to serve",
+        );
+    }
+    for (i, zone) in raw.zone.iter().enumerate() {
+        let path = format!("zone[{i}]");
+        let origin = match parse_name(zone.get_ref().origin.get_ref()) {
+            Ok(origin) => origin,
+            Err(message) => {
+                errors.at(&zone.get_ref().origin, format!("{path}.origin"), message);
+                continue;
+            }
+        };
+        if zones.iter().any(|z| z.origin == origin) {
+            errors.at(
+                &zone.get_ref().origin,
+                format!("{path}.origin"),
+                format!("zone {origin} is configured twice"),
+            );
+            continue;
+        }
+        let file = PathBuf::from(zone.get_ref().file.get_ref());
+        let file = if file.is_absolute() {
+            file
+        } else {
+            base_dir.join(file)
+        };
+        zones.push(ZoneSpec {
+            origin,
+            source: ZoneSource::File(file),
+        });
+    }
+    zones
+}
+
+fn compile_pools(raw: &[Spanned<RawPool>], errors: &mut Collector<'_>) -> Vec<Pool> {
+    let mut pools: Vec<Pool> = Vec::new();
+    for (i, pool) in raw.iter().enumerate() {
+        let RawPool { name, member } = pool.get_ref();
+        let label = pool_label(name.get_ref(), i);
+        if name.get_ref().is_empty() {
+            errors.at(name, format!("pool[{i}].name"), "must not be empty");
+        } else if pools.iter().any(|p| p.name == *name.get_ref()) {
+            errors.at(
+                name,
+                format!("pool[{i}].name"),
+                format!("pool {:?} is defined twice", name.get_ref()),
+            );
+        }
+        if member.is_empty() {
+            errors.at(
+                pool,
+                label.clone(),
+                "a pool needs at least one [[pool.member]]",
+            );
+        }
+        let mut members: Vec<Member> = Vec::new();
+        for (j, raw_member) in member.iter().enumerate() {
+            if let Some(compiled) =
+                compile_member(raw_member, &format!("{label}.member[{j}]"), errors)
+            {
+                if members.iter().any(|m| m.name == compiled.name) {
+                    errors.at(
+                        &raw_member.get_ref().name,
+                        format!("{label}.member[{j}].name"),
+                        format!(
+                            "member {:?} is defined twice in pool {:?}",
+                            compiled.name,
+                            name.get_ref()
+                        ),
+                    );
+                }
+                members.push(compiled);
+            }
+        }
+        pools.push(Pool {
+            name: name.get_ref().clone(),
+            members,
+        });
+    }
+    pools
+}
+
+fn pool_label(name: &str, index: usize) -> String {
+    if name.is_empty() {
+        format!("pool[{index}]")
+    } else {
+        format!("pool.{name}")
+    }
+}
+
+fn compile_member(
+    raw: &Spanned<RawMember>,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> Option<Member> {
+    let RawMember {
+        name,
+        addresses,
+        location,
+        weight,
+        capacity,
+    } = raw.get_ref();
+    let before = errors.errors.len();
+    if name.get_ref().is_empty() {
+        errors.at(name, format!("{path}.name"), "must not be empty");
+    }
+    if addresses.is_empty() {
+        errors.at(
+            raw,
+            format!("{path}.addresses"),
+            "a member needs at least one address",
+        );
+    }
+    let mut parsed = Vec::new();
+    for (k, address) in addresses.iter().enumerate() {
+        match address.get_ref().parse::<IpAddr>() {
+            Ok(ip) if parsed.contains(&ip) => {
+                errors.at(
+                    address,
+                    format!("{path}.addresses[{k}]"),
+                    format!("{ip} is listed twice"),
+                );
+            }
+            Ok(ip) if ip.is_unspecified() || ip.is_multicast() => {
+                errors.at(
+                    address,
+                    format!("{path}.addresses[{k}]"),
+                    format!("{ip} cannot be answered to clients"),
+                );
+            }
+            Ok(ip) => parsed.push(ip),
+            Err(_) => errors.at(
+                address,
+                format!("{path}.addresses[{k}]"),
+                format!("{:?} is not an IP address", address.get_ref()),
+            ),
+        }
+    }
+    let location = location
+        .as_ref()
+        .and_then(|loc| compile_location(loc, &format!("{path}.location"), errors));
+    let weight = match weight {
+        None => Weight::DEFAULT,
+        Some(value) => match Weight::try_new(*value.get_ref()) {
+            Some(weight) => weight,
+            None => {
+                errors.at(
+                    value,
+                    format!("{path}.weight"),
+                    format!("must be between 1 and {}", Weight::MAX),
+                );
+                Weight::DEFAULT
+            }
+        },
+    };
+    let capacity = match capacity {
+        None => None,
+        Some(value) => match u32::try_from(*value.get_ref()) {
+            Ok(c) if c > 0 => Some(c),
+            _ => {
+                errors.at(
+                    value,
+                    format!("{path}.capacity"),
+                    "must be a positive number of sessions",
+                );
+                None
+            }
+        },
+    };
+    (errors.errors.len() == before).then(|| Member {
+        name: name.get_ref().clone(),
+        addresses: parsed,
+        location,
+        weight,
+        capacity,
+    })
+}
+
+fn compile_location(
+    raw: &Spanned<RawLocation>,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> Option<Location> {
+    let RawLocation { lat, lon, region } = raw.get_ref();
+    let coordinates = match (lat, lon) {
+        (None, None) => None,
+        (Some(lat), Some(lon))
+            if (-90.0..=90.0).contains(lat) && (-180.0..=180.0).contains(lon) =>
+        {
+            Some((*lat, *lon))
+        }
+        (Some(_), Some(_)) => {
+            errors.at(
+                raw,
+                path,
+                "lat must be within -90..90 and lon within -180..180",
+            );
+            return None;
+        }
+        _ => {
+            errors.at(raw, path, "lat and lon go together");
+            return None;
+        }
+    };
+    if coordinates.is_none() && region.is_none() {
+        errors.at(raw, path, "a location needs lat and lon, or a region");
+        return None;
+    }
+    Some(Location {
+        coordinates,
+        region: region.clone(),
+    })
+}
+
+fn compile_services(
+    raw: &[Spanned<RawService>],
+    pools: &[Pool],
+    errors: &mut Collector<'_>,
+) -> Vec<Service> {
+    let mut services: Vec<Service> = Vec::new();
+    for (i, service) in raw.iter().enumerate() {
+        let RawService {
+            name,
+            pool,
+            policy,
+            answers,
+            ttl,
+            when_all_down,
+        } = service.get_ref();
+        let path = format!("service[{i}]");
+        let name = match parse_name(name.get_ref()) {
+            Ok(parsed) if services.iter().any(|s| s.name == parsed) => {
+                errors.at(
+                    name,
+                    format!("{path}.name"),
+                    format!("GSLB name {parsed} is defined twice"),
+                );
+                None
+            }
+            Ok(parsed) => Some(parsed),
+            Err(message) => {
+                errors.at(name, format!("{path}.name"), message);
+                None
+            }
+        };
+        let pool_id = find_pool(pools, pool, &format!("{path}.pool"), errors);
+        let policy = match policy {
+            None => Policy::Failover,
+            Some(value) => match value.get_ref().as_str() {
+                "failover" => Policy::Failover,
+                "geo" | "weighted" | "least-load" => {
+                    errors.at(
+                        value,
+                        format!("{path}.policy"),
+                        format!(
+                            "policy {:?} is not available in this version; use \"failover\"",
+                            value.get_ref()
+                        ),
+                    );
+                    Policy::Failover
+                }
+                other => {
+                    errors.at(
+                        value,
+                        format!("{path}.policy"),
+                        format!("unknown policy {other:?} (expected \"failover\", \"geo\", \"weighted\" or \"least-load\")"),
+                    );
+                    Policy::Failover
+                }
+            },
+        };
+        let answers = match answers {
+            None => Answers::DEFAULT,
+            Some(value) => Answers::try_new(*value.get_ref()).unwrap_or_else(|| {
+                errors.at(
+                    value,
+                    format!("{path}.answers"),
+                    format!("must be between 1 and {}", Answers::MAX),
+                );
+                Answers::DEFAULT
+            }),
+        };
+        let ttl = match ttl {
+            None => Ttl::DEFAULT,
+            Some(value) => Ttl::try_new(*value.get_ref()).unwrap_or_else(|| {
+                errors.at(
+                    value,
+                    format!("{path}.ttl"),
+                    format!("must be between 0 and {} seconds", Ttl::MAX),
+                );
+                Ttl::DEFAULT
+            }),
+        };
+        let when_all_down = match when_all_down {
+            None => WhenAllDown::All,
+            Some(value) => match value.get_ref() {
+                RawWhenAllDown::Keyword(word) if word == "all" => WhenAllDown::All,
+                RawWhenAllDown::Keyword(word) if word == "empty" => WhenAllDown::Empty,
+                RawWhenAllDown::Keyword(word) => {
+                    errors.at(
+                        value,
+                        format!("{path}.when_all_down"),
+                        format!("unknown value {word:?} (expected \"all\", \"empty\" or {{ fallback = \"pool\" }})"),
+                    );
+                    WhenAllDown::All
+                }
+                RawWhenAllDown::Fallback { fallback } => {
+                    let spanned = Spanned::new(value.span(), fallback.clone());
+                    match find_pool(
+                        pools,
+                        &spanned,
+                        &format!("{path}.when_all_down.fallback"),
+                        errors,
+                    ) {
+                        Some(id) if Some(id) == pool_id => {
+                            errors.at(
+                                value,
+                                format!("{path}.when_all_down.fallback"),
+                                "the fallback pool must differ from the service's pool",
+                            );
+                            WhenAllDown::All
+                        }
+                        Some(id) => WhenAllDown::Fallback(id),
+                        None => WhenAllDown::All,
+                    }
+                }
+            },
+        };
+        if let (Some(name), Some(pool)) = (name, pool_id) {
+            services.push(Service {
+                name,
+                pool,
+                policy,
+                answers,
+                ttl,
+                when_all_down,
+                span: service.span().start,
+            });
+        }
+    }
+    services
+}
+
+fn find_pool(
+    pools: &[Pool],
+    name: &Spanned<String>,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> Option<PoolId> {
+    match pools.iter().position(|p| p.name == *name.get_ref()) {
+        Some(index) => Some(PoolId(index)),
+        None => {
+            errors.at(name, path, format!("unknown pool {:?}", name.get_ref()));
+            None
+        }
+    }
+}
+
+/// Parses a domain name; a missing trailing dot is added. Result is lower-cased.
+pub(crate) fn parse_name(text: &str) -> Result<Name, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let mut name =
+        Name::from_ascii(text).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
+    name.set_fqdn(true);
+    Ok(name.to_lowercase())
+}
+
+/// Parses "10s", "500ms", "2m", "1h" (or a bare number of seconds).
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "" | "s" => Some(Duration::from_secs(number)),
+        "ms" => Some(Duration::from_millis(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        "h" => number.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}

@@ -1,0 +1,399 @@
+//! Configuration: a TOML file (listeners, zones, GSLB names, pools of endpoints) plus the
+//! zone files it names, loaded into one validated [`Loaded`] value.
+//!
+//! Parsing runs in two stages ([`raw`] then [`compile`]) and reports *every* problem with
+//! its file, line and path ([`ConfigErrors`]). The embedded default ([`embedded`]) is the
+//! same format compiled into the binary, so `gto` with no arguments serves at once.
+
+mod compile;
+mod error;
+mod raw;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hickory_proto::rr::{LowerName, Name};
+
+pub use error::{ConfigError, ConfigErrors};
+
+use crate::zone::Zone;
+
+/// The embedded default config: one zone, one GSLB name, one pool of three endpoints.
+pub const EMBEDDED_CONFIG: &str = include_str!("../../examples/gto.toml");
+/// The zone file the embedded default serves.
+pub const EMBEDDED_ZONE: &str = include_str!("../../zones/gto.example.com.zone");
+
+/// Where a config came from; a reload reads the same place again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The default compiled into the binary ([`EMBEDDED_CONFIG`]).
+    Embedded,
+    /// A TOML file on disk.
+    File(PathBuf),
+}
+
+impl ConfigSource {
+    /// Reads, validates and loads the config and all of its zone files.
+    pub fn load(&self) -> Result<Loaded, ConfigErrors> {
+        match self {
+            ConfigSource::Embedded => {
+                load_str(EMBEDDED_CONFIG, Path::new("<embedded gto.toml>"), true)
+            }
+            ConfigSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigErrors(vec![ConfigError {
+                        file: path.clone(),
+                        line: None,
+                        path: String::new(),
+                        message: format!("cannot read config: {e}"),
+                    }])
+                })?;
+                load_str(&text, path, false)
+            }
+        }
+    }
+}
+
+/// A validated config together with its parsed zones: everything the routing builder needs.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The compiled config.
+    pub config: Config,
+    /// One parsed zone per `[[zone]]`, in config order.
+    pub zones: Vec<Zone>,
+}
+
+/// The compiled config. Built once, never mutated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Listeners and protocol settings.
+    pub server: ServerSettings,
+    /// Zones we are authoritative for.
+    pub zones: Vec<ZoneSpec>,
+    /// GSLB names.
+    pub services: Vec<Service>,
+    /// Pools of endpoints.
+    pub pools: Vec<Pool>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Each address is served on UDP and TCP. Port 0 picks a free port (tests).
+    pub listen: Vec<SocketAddr>,
+    /// EDNS UDP payload size we advertise and honour (default 1232, DNS Flag Day 2020).
+    pub udp_payload: u16,
+    /// Idle TCP connections are closed after this long.
+    pub tcp_idle_timeout: Duration,
+}
+
+/// `[[zone]]`: an origin and where its records come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneSpec {
+    /// The zone apex, lower-cased, fully qualified.
+    pub origin: Name,
+    /// The zone file.
+    pub source: ZoneSource,
+}
+
+/// Where a zone's text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneSource {
+    /// Compiled into the binary (the embedded default).
+    Embedded(&'static str),
+    /// An RFC 1035 master file on disk.
+    File(PathBuf),
+}
+
+impl ZoneSource {
+    /// The path used in messages.
+    pub fn display_path(&self) -> PathBuf {
+        match self {
+            ZoneSource::Embedded(_) => PathBuf::from("<embedded gto.example.com.zone>"),
+            ZoneSource::File(path) => path.clone(),
+        }
+    }
+}
+
+/// Index of a pool in [`Config::pools`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolId(pub usize);
+
+/// `[[service]]`: a GSLB name answered from a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// The GSLB name, lower-cased, fully qualified.
+    pub name: Name,
+    /// The pool whose endpoints are answered.
+    pub pool: PoolId,
+    /// How endpoints are ranked.
+    pub policy: Policy,
+    /// How many addresses one answer carries.
+    pub answers: Answers,
+    /// TTL of the answer records; short, so clients move soon after a failure.
+    pub ttl: Ttl,
+    /// What to answer when no endpoint is up.
+    pub when_all_down: WhenAllDown,
+    /// Byte offset of the `[[service]]` table, for locating later checks.
+    pub(crate) span: usize,
+}
+
+/// How a pool's endpoints are ranked for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Config order: the first up endpoints are answered.
+    Failover,
+}
+
+/// What a GSLB name answers when none of its pool's endpoints is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenAllDown {
+    /// Fail open: answer as if every endpoint were up (as Route 53 and gdnsd do).
+    All,
+    /// NODATA: no address at all.
+    Empty,
+    /// Answer from another pool.
+    Fallback(PoolId),
+}
+
+/// `[[pool]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// Unique pool name.
+    pub name: String,
+    /// Endpoints in config order (the failover priority).
+    pub members: Vec<Member>,
+}
+
+/// `[[pool.member]]`: one endpoint (appliance).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// Unique within its pool; with the pool name, the endpoint's identity across reloads.
+    pub name: String,
+    /// Addresses answered for this endpoint (A for v4, AAAA for v6).
+    pub addresses: Vec<IpAddr>,
+    /// Where the endpoint is, for geo ranking.
+    pub location: Option<Location>,
+    /// Relative share under weighted ranking.
+    pub weight: Weight,
+    /// Sessions the endpoint can carry, for load ranking.
+    pub capacity: Option<u32>,
+}
+
+/// Where an endpoint or a client is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    /// Latitude and longitude in degrees.
+    pub coordinates: Option<(f64, f64)>,
+    /// A region name.
+    pub region: Option<String>,
+}
+
+/// A member's weight, 1..=[`Weight::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Weight(u32);
+
+impl Weight {
+    /// Weight when none is configured.
+    pub const DEFAULT: Weight = Weight(100);
+    /// Largest weight accepted.
+    pub const MAX: u32 = 1_000_000;
+
+    /// Accepts 1..=MAX.
+    pub fn try_new(value: i64) -> Option<Self> {
+        u32::try_from(value)
+            .ok()
+            .filter(|v| (1..=Self::MAX).contains(v))
+            .map(Weight)
+    }
+
+    /// The weight as a number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Number of addresses in one answer, 1..=[`Answers::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answers(u8);
+
+impl Answers {
+    /// Two addresses: the client's best endpoint and a second to try if it cannot connect.
+    pub const DEFAULT: Answers = Answers(2);
+    /// Largest count accepted; more would not fit a 512-byte answer.
+    pub const MAX: u8 = 16;
+
+    /// Accepts 1..=MAX.
+    pub fn try_new(value: i64) -> Option<Self> {
+        u8::try_from(value)
+            .ok()
+            .filter(|v| (1..=Self::MAX).contains(v))
+            .map(Answers)
+    }
+
+    /// The count as a number.
+    pub fn get(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A record TTL in seconds, 0..=2^31-1 (RFC 2181 section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(u32);
+
+impl Ttl {
+    /// 30 s: short enough that clients move soon after a failure.
+    pub const DEFAULT: Ttl = Ttl(30);
+    /// RFC 2181's largest TTL.
+    pub const MAX: u32 = i32::MAX as u32;
+
+    /// Accepts 0..=MAX.
+    pub fn try_new(value: i64) -> Option<Self> {
+        u32::try_from(value)
+            .ok()
+            .filter(|v| *v <= Self::MAX)
+            .map(Ttl)
+    }
+
+    /// The TTL in seconds.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Parses and compiles config text (no zone files are read). `file` names the text in
+/// messages and is the base for relative zone paths.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    let mut errors = compile::Collector::new(text, file);
+    let mut unknown = Vec::new();
+    let deserializer = match toml::de::Deserializer::parse(text) {
+        Ok(deserializer) => deserializer,
+        Err(e) => {
+            errors.push(e.span().map(|s| s.start), "", e.message().to_string());
+            return Err(ConfigErrors(errors.errors));
+        }
+    };
+    let raw: raw::RawConfig =
+        match serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())) {
+            Ok(raw) => raw,
+            Err(e) => {
+                errors.push(e.span().map(|s| s.start), "", e.message().to_string());
+                return Err(ConfigErrors(errors.errors));
+            }
+        };
+    for path in unknown {
+        let line = find_key_line(text, &path);
+        errors.push(
+            line,
+            path.clone(),
+            "unknown key (not part of gto's config; check the spelling)",
+        );
+    }
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let config = compile::compile(raw, base_dir, &mut errors);
+    match config {
+        Some(config) if errors.errors.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(errors.errors)),
+    }
+}
+
+/// Best-effort byte offset of an unknown key: the first line that assigns its last segment.
+fn find_key_line(text: &str, path: &str) -> Option<usize> {
+    let key = path.rsplit('.').next()?;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let is_key = trimmed
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        let is_table = trimmed
+            .trim_start_matches('[')
+            .trim_end()
+            .trim_end_matches(']')
+            .rsplit('.')
+            .next()
+            == Some(key)
+            && trimmed.starts_with('[');
+        if is_key || is_table {
+            return Some(offset + (line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Parses config text, loads every zone and checks the names across both.
+fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErrors> {
+    let mut config = parse(text, file)?;
+    if embedded {
+        for zone in &mut config.zones {
+            zone.source = ZoneSource::Embedded(EMBEDDED_ZONE);
+        }
+    }
+    let mut errors = Vec::new();
+    let mut zones = Vec::new();
+    for spec in &config.zones {
+        match crate::zone::load(spec) {
+            Ok(zone) => zones.push(zone),
+            Err(mut zone_errors) => errors.append(&mut zone_errors),
+        }
+    }
+    if errors.is_empty() {
+        check_names(text, file, &config, &zones, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(Loaded { config, zones })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Every GSLB name must sit inside a configured zone and must not also be a static name.
+fn check_names(
+    text: &str,
+    file: &Path,
+    config: &Config,
+    zones: &[Zone],
+    errors: &mut Vec<ConfigError>,
+) {
+    for (i, service) in config.services.iter().enumerate() {
+        let name = LowerName::from(&service.name);
+        let located = |message: String| ConfigError {
+            file: file.to_path_buf(),
+            line: Some(compile::line_of(text, service.span)),
+            path: format!("service[{i}].name"),
+            message,
+        };
+        match zones
+            .iter()
+            .filter(|z| z.origin().zone_of(&name))
+            .max_by_key(|z| z.origin().num_labels())
+        {
+            None => errors.push(located(format!(
+                "GSLB name {} is outside every configured zone",
+                service.name
+            ))),
+            Some(zone) if zone.has_name(&name) => errors.push(located(format!(
+                "GSLB name {} is also a static name in zone file {}",
+                service.name,
+                zone.file().display()
+            ))),
+            Some(zone) if *zone.origin() == name => errors.push(located(format!(
+                "GSLB name {} must be below the apex of zone {}",
+                service.name,
+                zone.origin()
+            ))),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Raw-address helpers shared by the routing builder.
+pub(crate) fn addresses_of(member: &Member, v6: bool) -> impl Iterator<Item = IpAddr> + '_ {
+    member
+        .addresses
+        .iter()
+        .copied()
+        .filter(move |a| a.is_ipv6() == v6)
+}

@@ -1,0 +1,87 @@
+//! Stage one of config parsing: the TOML document as written, with source spans.
+//!
+//! These types mirror the file one-to-one and validate nothing beyond TOML types. Values
+//! that need checking (addresses, names, durations) stay strings here, wrapped in
+//! [`Spanned`] so that [`super::compile`] can report every problem with its line. Unknown
+//! keys are collected by `serde_ignored` in [`super::parse`] rather than stopping at the
+//! first one, so one run of `gto check` shows them all.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole config file.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) server: RawServer,
+    #[serde(default)]
+    pub(crate) zone: Vec<Spanned<RawZone>>,
+    #[serde(default)]
+    pub(crate) service: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    pub(crate) pool: Vec<Spanned<RawPool>>,
+}
+
+/// `[server]`: where and how DNS is served.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawServer {
+    /// Socket addresses; each is served on UDP and TCP.
+    pub(crate) listen: Option<Vec<Spanned<String>>>,
+    /// Our EDNS UDP payload size.
+    pub(crate) udp_payload: Option<Spanned<i64>>,
+    /// Idle timeout of a TCP connection, e.g. "10s".
+    pub(crate) tcp_idle_timeout: Option<Spanned<String>>,
+}
+
+/// `[[zone]]`: one zone we are authoritative for.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawZone {
+    pub(crate) origin: Spanned<String>,
+    pub(crate) file: Spanned<String>,
+}
+
+/// `[[service]]`: one GSLB name.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawService {
+    pub(crate) name: Spanned<String>,
+    pub(crate) pool: Spanned<String>,
+    pub(crate) policy: Option<Spanned<String>>,
+    pub(crate) answers: Option<Spanned<i64>>,
+    pub(crate) ttl: Option<Spanned<i64>>,
+    pub(crate) when_all_down: Option<Spanned<RawWhenAllDown>>,
+}
+
+/// `when_all_down = "all" | "empty" | { fallback = "pool" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawWhenAllDown {
+    Keyword(String),
+    Fallback { fallback: String },
+}
+
+/// `[[pool]]`: a set of endpoints (appliances).
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawPool {
+    pub(crate) name: Spanned<String>,
+    #[serde(default)]
+    pub(crate) member: Vec<Spanned<RawMember>>,
+}
+
+/// `[[pool.member]]`: one endpoint.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawMember {
+    pub(crate) name: Spanned<String>,
+    #[serde(default)]
+    pub(crate) addresses: Vec<Spanned<String>>,
+    pub(crate) location: Option<Spanned<RawLocation>>,
+    pub(crate) weight: Option<Spanned<i64>>,
+    pub(crate) capacity: Option<Spanned<i64>>,
+}
+
+/// `location = { lat = 50.1, lon = 8.7, region = "eu" }`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawLocation {
+    pub(crate) lat: Option<f64>,
+    pub(crate) lon: Option<f64>,
+    pub(crate) region: Option<String>,
+}

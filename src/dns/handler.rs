@@ -1,0 +1,280 @@
+//! The general query path: a hickory-server [`RequestHandler`] that answers from the
+//! current routing [`Snapshot`](crate::routing::Snapshot).
+//!
+//! Per query: one snapshot load, header and EDNS checks, one [`Snapshot::resolve`], and the
+//! answer handed to hickory for encoding. Protocol rules applied here:
+//!
+//! - AA on every answer from our zones (NOERROR, NODATA, NXDOMAIN); RD copied; RA clear;
+//!   the question echoed as the client wrote it (hickory keeps its bytes).
+//! - Names outside our zones, classes other than IN, and zone transfers: REFUSED.
+//!   Opcodes other than QUERY: NOTIMP. Not exactly one question: FORMERR.
+//! - EDNS(0): our OPT (payload size, DO copied) only when the query had one; a version
+//!   above 0 gets BADVERS. ECS is checked and echoed with a scope.
+//! - UDP answers larger than the client's payload size (512 without EDNS) are sent empty
+//!   with TC set, so the client retries over TCP.
+//!
+//! [`Snapshot::resolve`]: crate::routing::Snapshot::resolve
+
+use std::sync::Arc;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::ClientSubnet;
+use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tracing::debug;
+
+use super::ecs;
+use crate::metrics::{DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_TRUNCATED_TOTAL};
+use crate::routing::{Outcome, Resolution, RoutingHandle, Snapshot};
+
+/// Size of a DNS header on the wire.
+const HEADER_LEN: usize = 12;
+/// Size of an OPT record without options: root name, type, class, TTL, RDLENGTH.
+const OPT_LEN: usize = 11;
+
+/// Answers queries from the routing table.
+#[derive(Clone, Debug)]
+pub struct Handler {
+    routing: RoutingHandle,
+}
+
+impl Handler {
+    /// A handler reading `routing`.
+    pub fn new(routing: RoutingHandle) -> Self {
+        Self { routing }
+    }
+}
+
+/// What the handler decided before encoding.
+struct Reply<'s> {
+    metadata: Metadata,
+    resolution: Resolution<'s>,
+    edns: Option<Edns>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        // Owned, because the answer is sent across an `.await` (STYLE rule 4).
+        let snapshot: Arc<Snapshot> = self.routing.load_full();
+        let protocol = request.protocol();
+        let mut reply = answer(&snapshot, request);
+
+        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        metrics::counter!(
+            DNS_QUERIES_TOTAL,
+            "transport" => transport_label(protocol),
+            "qtype" => qtype_label(qtype),
+            "rcode" => rcode_label(reply.metadata.response_code),
+        )
+        .increment(1);
+
+        if protocol == Protocol::Udp && !fits(&reply, request) {
+            metrics::counter!(DNS_TRUNCATED_TOTAL).increment(1);
+            reply.metadata.truncation = true;
+            reply.resolution.answers.clear();
+            reply.resolution.authorities.clear();
+            reply.resolution.additionals.clear();
+        }
+
+        let Reply {
+            metadata,
+            resolution,
+            edns,
+        } = reply;
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let message = builder.build(
+            metadata,
+            resolution.answers,
+            resolution.authorities,
+            std::iter::empty(),
+            resolution.additionals,
+        );
+        match response.send_response(message).await {
+            Ok(info) => info,
+            Err(error) => {
+                debug!(%error, "could not send a response");
+                let mut failed = Metadata::response_from_request(&request.metadata);
+                failed.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata: failed,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}
+
+/// Decides the answer to one request. Pure apart from counters.
+fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    let client_edns = request.edns.as_ref();
+    let mut edns = client_edns.map(|theirs| {
+        let mut ours = Edns::new();
+        ours.set_max_payload(snapshot.udp_payload.min(theirs.max_payload().max(512)));
+        ours.set_version(0);
+        ours.set_dnssec_ok(theirs.flags().dnssec_ok);
+        ours
+    });
+    let reply = |code: ResponseCode, metadata: Metadata, edns: Option<Edns>| {
+        let mut metadata = metadata;
+        metadata.response_code = code;
+        Reply {
+            metadata,
+            resolution: Resolution::default(),
+            edns,
+        }
+    };
+
+    if request.metadata.op_code != OpCode::Query {
+        bad("opcode");
+        return reply(ResponseCode::NotImp, metadata, edns);
+    }
+    if client_edns.is_some_and(|e| e.version() > 0) {
+        bad("edns_version");
+        return reply(ResponseCode::BADVERS, metadata, edns);
+    }
+    let [query] = request.queries.queries() else {
+        bad("question_count");
+        return reply(ResponseCode::FormErr, metadata, edns);
+    };
+    let subnet: Option<ClientSubnet> = match ecs::client_subnet(client_edns) {
+        Ok(subnet) => subnet,
+        Err(error) => {
+            bad(error.as_str());
+            return reply(ResponseCode::FormErr, metadata, edns);
+        }
+    };
+    if let (Some(subnet), Some(edns)) = (&subnet, edns.as_mut()) {
+        // Scope 0: the failover answer does not depend on where the client is.
+        edns.options_mut().insert(ecs::echo(subnet, 0));
+    }
+
+    let qtype = query.query_type();
+    if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
+        bad("class");
+        return reply(ResponseCode::Refused, metadata, edns);
+    }
+    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+        bad("transfer");
+        return reply(ResponseCode::Refused, metadata, edns);
+    }
+    let meta = (128..=254).contains(&u16::from(qtype));
+    if qtype == RecordType::OPT || meta {
+        // Meta-types (RFC 6895 section 3.1) are not questions one can answer.
+        bad("meta_type");
+        return reply(ResponseCode::FormErr, metadata, edns);
+    }
+
+    let resolution = snapshot.resolve(query.name(), qtype);
+    metadata.response_code = match resolution.outcome {
+        Outcome::Found => ResponseCode::NoError,
+        Outcome::NoSuchName => ResponseCode::NXDomain,
+        Outcome::NotOurs => ResponseCode::Refused,
+    };
+    metadata.authoritative = resolution.outcome != Outcome::NotOurs;
+    Reply {
+        metadata,
+        resolution,
+        edns,
+    }
+}
+
+/// True when the reply fits the client's UDP payload size. Uses a cheap upper bound first
+/// and encodes only when the bound is over the limit.
+fn fits(reply: &Reply<'_>, request: &Request) -> bool {
+    let limit = usize::from(reply.edns.as_ref().map_or(512, |e| e.max_payload()));
+    let records = || {
+        reply
+            .resolution
+            .answers
+            .iter()
+            .chain(&reply.resolution.authorities)
+            .chain(&reply.resolution.additionals)
+    };
+    let opt = reply.edns.as_ref().map_or(0, |e| {
+        OPT_LEN
+            + e.options()
+                .as_ref()
+                .iter()
+                .map(|(_, o)| 4 + usize::from(o.len()))
+                .sum::<usize>()
+    });
+    let fixed = HEADER_LEN + request.queries.as_bytes().len() + opt;
+    let bound: usize = records().map(|r| upper_len(r)).sum();
+    if fixed + bound <= limit {
+        return true;
+    }
+    // Name compression may still make it fit: encode to know.
+    let mut buffer = Vec::with_capacity(limit);
+    let mut encoder = BinEncoder::new(&mut buffer);
+    let emitted = encoder.emit_vec(&[0; HEADER_LEN]).is_ok()
+        && encoder.emit_vec(request.queries.as_bytes()).is_ok()
+        && records().all(|r| r.emit(&mut encoder).is_ok());
+    emitted && buffer.len() + opt <= limit
+}
+
+/// Uncompressed wire length of a record: an upper bound of what it takes in a message.
+fn upper_len(record: &Record) -> usize {
+    let mut buffer = Vec::with_capacity(64);
+    let mut encoder = BinEncoder::new(&mut buffer);
+    match record.emit(&mut encoder) {
+        Ok(()) => buffer.len(),
+        Err(_) => usize::MAX / 4,
+    }
+}
+
+fn bad(reason: &'static str) {
+    metrics::counter!(DNS_BAD_QUERIES_TOTAL, "reason" => reason).increment(1);
+}
+
+fn transport_label(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Udp => "udp",
+        Protocol::Tcp => "tcp",
+        _ => "other",
+    }
+}
+
+/// Query types get a label of their own only when they are common; the rest share one.
+fn qtype_label(qtype: Option<RecordType>) -> &'static str {
+    match qtype {
+        Some(RecordType::A) => "A",
+        Some(RecordType::AAAA) => "AAAA",
+        Some(RecordType::ANY) => "ANY",
+        Some(RecordType::CNAME) => "CNAME",
+        Some(RecordType::HTTPS) => "HTTPS",
+        Some(RecordType::MX) => "MX",
+        Some(RecordType::NS) => "NS",
+        Some(RecordType::PTR) => "PTR",
+        Some(RecordType::SOA) => "SOA",
+        Some(RecordType::SRV) => "SRV",
+        Some(RecordType::SVCB) => "SVCB",
+        Some(RecordType::TXT) => "TXT",
+        Some(RecordType::AXFR) => "AXFR",
+        Some(RecordType::IXFR) => "IXFR",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+fn rcode_label(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "other",
+    }
+}

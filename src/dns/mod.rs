@@ -1,0 +1,9 @@
+//! DNS serving: listeners ([`server`]), the general query path ([`handler`]) and EDNS
+//! Client Subnet handling ([`ecs`]).
+
+pub mod ecs;
+pub mod handler;
+pub mod server;
+
+pub use handler::Handler;
+pub use server::{DnsError, DnsServer};

@@ -1,0 +1,132 @@
+//! Listeners: each configured address is bound for UDP and TCP on the same port and
+//! served by a hickory-server [`Server`] running our [`Handler`].
+//!
+//! Port 0 (used by tests) picks a free UDP port and binds TCP to the same one, retrying
+//! when the TCP port is taken, so a client can use one address for both transports.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+use tracing::info;
+
+use super::Handler;
+use crate::config::ServerSettings;
+use crate::routing::RoutingHandle;
+
+/// How many free ports to try for a port-0 listener before giving up.
+const PORT_ATTEMPTS: usize = 16;
+/// Outgoing answers queued per TCP connection.
+const TCP_RESPONSE_BUFFER: usize = 32;
+
+/// Why listeners could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr} ({transport}): {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// "udp" or "tcp".
+        transport: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server stopped with an error.
+    #[error("DNS server failed: {0}")]
+    Serve(String),
+}
+
+/// Running DNS listeners.
+pub struct DnsServer {
+    server: Server<Handler>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer")
+            .field("local_addrs", &self.local_addrs)
+            .finish()
+    }
+}
+
+impl DnsServer {
+    /// Binds every listener and starts serving from `routing`.
+    pub async fn start(
+        settings: &ServerSettings,
+        routing: RoutingHandle,
+    ) -> Result<Self, DnsError> {
+        let mut server = Server::new(Handler::new(routing));
+        let mut local_addrs = Vec::new();
+        for addr in &settings.listen {
+            let (udp, tcp) = bind_pair(*addr).await?;
+            let local = udp.local_addr().map_err(|source| DnsError::Bind {
+                addr: *addr,
+                transport: "udp",
+                source,
+            })?;
+            info!(%local, "serving DNS on UDP and TCP");
+            server.register_socket(udp);
+            server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+            local_addrs.push(local);
+        }
+        Ok(Self {
+            server,
+            local_addrs,
+        })
+    }
+
+    /// The bound addresses (UDP and TCP share each), in config order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Stops accepting, lets in-flight queries finish, and waits for the listeners.
+    pub async fn shutdown(mut self, grace: Duration) -> Result<(), DnsError> {
+        match tokio::time::timeout(grace, self.server.shutdown_gracefully()).await {
+            Ok(result) => result.map_err(|e| DnsError::Serve(e.to_string())),
+            Err(_) => Err(DnsError::Serve(format!(
+                "listeners did not stop within {grace:?}"
+            ))),
+        }
+    }
+
+    /// Waits until the listeners stop on their own (an error) or are shut down.
+    pub async fn wait(&mut self) -> Result<(), DnsError> {
+        self.server
+            .block_until_done()
+            .await
+            .map_err(|e| DnsError::Serve(e.to_string()))
+    }
+}
+
+/// Binds UDP and TCP on one port.
+async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+    let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| DnsError::Bind {
+                addr,
+                transport: "udp",
+                source,
+            })?;
+        let port = udp.local_addr().map_err(|source| DnsError::Bind {
+            addr,
+            transport: "udp",
+            source,
+        })?;
+        match TcpListener::bind(port).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) => last_error = Some(source),
+        }
+    }
+    Err(DnsError::Bind {
+        addr,
+        transport: "tcp",
+        source: last_error.unwrap_or_else(|| std::io::Error::other("no attempt made")),
+    })
+}

@@ -1,0 +1,21 @@
+//! The routing table: one immutable [`Snapshot`] holding everything a query needs, built by
+//! a single builder task and published through an [`arc_swap::ArcSwap`].
+//!
+//! ```text
+//! config + zones ──┐
+//! member state ────┼─> Builder (only writer) ─> Arc<Snapshot> ─> RoutingHandle ─> query path
+//! (health, drains) ┘
+//! ```
+//!
+//! The query path does one [`RoutingHandle::load`] per query and takes no lock. Every input
+//! that changes an answer (a reload, an endpoint going up or down) reaches the builder as a
+//! [`BuildEvent`]; the builder rebuilds the whole snapshot off the query path and swaps it
+//! in with one atomic store, so a query never sees half of a change.
+
+mod build;
+mod handle;
+mod table;
+
+pub use build::{BuildEvent, Builder, MemberKey, build};
+pub use handle::RoutingHandle;
+pub use table::{GslbNode, Node, Outcome, Resolution, Snapshot, ZoneTable};
