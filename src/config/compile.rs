@@ -75,24 +75,20 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Compiles the raw document. Relative zone file paths are taken from `base_dir`.
-pub(crate) fn compile(
-    raw: RawConfig,
-    base_dir: &Path,
-    errors: &mut Collector<'_>,
-) -> Option<Config> {
+/// The result holds every item that compiled, so later checks (zone files, names) can
+/// still run and report their problems in the same pass; it is only used when `errors`
+/// stays empty.
+pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Config {
     let server = compile_server(&raw, errors);
     let zones = compile_zones(&raw, base_dir, errors);
     let pools = compile_pools(&raw.pool, errors);
     let services = compile_services(&raw.service, &pools, errors);
-    if !errors.errors.is_empty() {
-        return None;
-    }
-    Some(Config {
+    Config {
         server,
         zones,
         services,
         pools,
-    })
+    }
 }
 
 fn compile_server(raw: &RawConfig, errors: &mut Collector<'_>) -> ServerSettings {
@@ -216,21 +212,17 @@ fn compile_pools(raw: &[Spanned<RawPool>], errors: &mut Collector<'_>) -> Vec<Po
             );
         }
         let mut members: Vec<Member> = Vec::new();
+        let mut seen = HashSet::new();
         for (j, raw_member) in member.iter().enumerate() {
-            if let Some(compiled) =
-                compile_member(raw_member, &format!("{label}.member[{j}]"), errors)
-            {
-                if members.iter().any(|m| m.name == compiled.name) {
-                    errors.at(
-                        &raw_member.get_ref().name,
-                        format!("{label}.member[{j}].name"),
-                        format!(
-                            "member {:?} is defined twice in pool {:?}",
-                            compiled.name,
-                            name.get_ref()
-                        ),
-                    );
-                }
+            let member_name = &raw_member.get_ref().name;
+            if !seen.insert(member_name.get_ref().as_str()) {
+                errors.at(
+                    member_name,
+                    format!("{label}.member[{j}].name"),
+                    format!("member {:?} is defined twice in pool {:?}", member_name.get_ref(), name.get_ref()),
+                );
+            }
+            if let Some(compiled) = compile_member(raw_member, &format!("{label}.member[{j}]"), errors) {
                 members.push(compiled);
             }
         }
@@ -497,6 +489,7 @@ fn compile_services(
                 ttl,
                 when_all_down,
                 span: service.span().start,
+                position: i,
             });
         }
     }

@@ -137,6 +137,8 @@ pub struct Service {
     pub when_all_down: WhenAllDown,
     /// Byte offset of the `[[service]]` table, for locating later checks.
     pub(crate) span: usize,
+    /// Position among the `[[service]]` tables as written, for paths in messages.
+    pub(crate) position: usize,
 }
 
 /// How a pool's endpoints are ranked for a client.
@@ -265,13 +267,22 @@ impl Ttl {
 /// Parses and compiles config text (no zone files are read). `file` names the text in
 /// messages and is the base for relative zone paths.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    match parse_partial(text, file) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Like [`parse`], but also returns what did compile next to the problems, so that zone
+/// files and names can be checked in the same pass. `None` when the TOML is unreadable.
+fn parse_partial(text: &str, file: &Path) -> (Option<Config>, Vec<ConfigError>) {
     let mut errors = compile::Collector::new(text, file);
     let mut unknown = Vec::new();
     let deserializer = match toml::de::Deserializer::parse(text) {
         Ok(deserializer) => deserializer,
         Err(e) => {
             errors.push(e.span().map(|s| s.start), "", e.message().to_string());
-            return Err(ConfigErrors(errors.errors));
+            return (None, errors.errors);
         }
     };
     let raw: raw::RawConfig =
@@ -279,26 +290,38 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
             Ok(raw) => raw,
             Err(e) => {
                 errors.push(e.span().map(|s| s.start), "", e.message().to_string());
-                return Err(ConfigErrors(errors.errors));
+                return (None, errors.errors);
             }
         };
     for path in unknown {
+        let path = clean_path(&path);
         let line = find_key_line(text, &path);
-        errors.push(
-            line,
-            path.clone(),
-            "unknown key (not part of gto's config; check the spelling)",
-        );
+        errors.push(line, path, "unknown key (not part of gto's config; check the spelling)");
     }
     let base_dir = file.parent().unwrap_or(Path::new("."));
     let config = compile::compile(raw, base_dir, &mut errors);
-    match config {
-        Some(config) if errors.errors.is_empty() => Ok(config),
-        _ => Err(ConfigErrors(errors.errors)),
-    }
+    (Some(config), errors.errors)
 }
 
-/// Best-effort byte offset of an unknown key: the first line that assigns its last segment.
+/// `pool.0.$__serde_spanned_private_value.member.1.x` (serde_ignored's view through
+/// `Spanned`) becomes `pool[0].member[1].x`.
+fn clean_path(raw: &str) -> String {
+    let mut path = String::new();
+    for segment in raw.split('.').filter(|s| !s.starts_with("$__serde_spanned")) {
+        if segment.chars().all(|c| c.is_ascii_digit()) && !path.is_empty() {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(segment);
+        }
+    }
+    path
+}
+
+/// Best-effort byte offset of an unknown key: the first line that assigns its last
+/// segment, or a table header that ends with it.
 fn find_key_line(text: &str, path: &str) -> Option<usize> {
     let key = path.rsplit('.').next()?;
     let mut offset = 0;
@@ -307,14 +330,9 @@ fn find_key_line(text: &str, path: &str) -> Option<usize> {
         let is_key = trimmed
             .strip_prefix(key)
             .is_some_and(|rest| rest.trim_start().starts_with('='));
-        let is_table = trimmed
-            .trim_start_matches('[')
-            .trim_end()
-            .trim_end_matches(']')
-            .rsplit('.')
-            .next()
-            == Some(key)
-            && trimmed.starts_with('[');
+        let is_table = trimmed.starts_with('[')
+            && trimmed.trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace()).rsplit('.').next()
+                == Some(key);
         if is_key || is_table {
             return Some(offset + (line.len() - trimmed.len()));
         }
@@ -323,15 +341,18 @@ fn find_key_line(text: &str, path: &str) -> Option<usize> {
     None
 }
 
-/// Parses config text, loads every zone and checks the names across both.
+/// Parses config text, loads every zone and checks the names across both. Problems from
+/// all three steps are reported together.
 fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErrors> {
-    let mut config = parse(text, file)?;
+    let (config, mut errors) = parse_partial(text, file);
+    let Some(mut config) = config else {
+        return Err(ConfigErrors(errors));
+    };
     if embedded {
         for zone in &mut config.zones {
             zone.source = ZoneSource::Embedded(EMBEDDED_ZONE);
         }
     }
-    let mut errors = Vec::new();
     let mut zones = Vec::new();
     for spec in &config.zones {
         match crate::zone::load(spec) {
@@ -339,12 +360,16 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             Err(mut zone_errors) => errors.append(&mut zone_errors),
         }
     }
-    if errors.is_empty() {
+    if zones.len() == config.zones.len() {
         check_names(text, file, &config, &zones, &mut errors);
     }
     if errors.is_empty() {
         Ok(Loaded { config, zones })
     } else {
+        // The config file first, in line order, then each zone file in line order.
+        errors.sort_by(|a, b| {
+            (a.file != file, &a.file, a.line).cmp(&(b.file != file, &b.file, b.line))
+        });
         Err(ConfigErrors(errors))
     }
 }
@@ -357,7 +382,8 @@ fn check_names(
     zones: &[Zone],
     errors: &mut Vec<ConfigError>,
 ) {
-    for (i, service) in config.services.iter().enumerate() {
+    for service in &config.services {
+        let i = service.position;
         let name = LowerName::from(&service.name);
         let located = |message: String| ConfigError {
             file: file.to_path_buf(),

@@ -1,1 +1,8 @@
-//! Integration tests.
+//! Integration tests: one binary, real sockets on loopback, real config and zone files.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
+mod check;
+mod dns;
+mod edns;
+mod lifecycle;
+mod support;

@@ -1,0 +1,136 @@
+//! `gto check`: every problem at once, with its location, exit 64; the shipped files pass.
+
+use std::fs;
+
+use crate::support::{ZONE, config, gto_bin, repo};
+
+fn check(dir: &std::path::Path) -> (i32, String, String) {
+    let output = gto_bin().arg("check").arg("--config").arg(dir.join("gto.toml")).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn three_mistakes_are_all_reported_with_locations_and_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let text = r#"[server]
+listen = ["127.0.0.1:5353"]
+
+[[zone]]
+origin = "gto.example.com."
+file = "gto.example.com.zone"
+
+[[service]]
+name = "vpn.gto.example.com."
+pool = "no-such-pool"
+
+[[pool]]
+name = "sma"
+[[pool.member]]
+name = "fra-1"
+addresses = ["198.51.100.300"]
+[[pool.member]]
+name = "fra-1"
+addresses = ["198.51.100.2"]
+"#;
+    fs::write(dir.path().join("gto.toml"), text).unwrap();
+    let (code, stdout, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(lines[0].contains("gto.toml:10: service[0].pool: unknown pool \"no-such-pool\""), "{stderr}");
+    assert!(lines[1].contains("gto.toml:16: pool.sma.member[0].addresses[0]: \"198.51.100.300\" is not an IP address"), "{stderr}");
+    assert!(lines[2].contains("gto.toml:18: pool.sma.member[1].name: member \"fra-1\" is defined twice"), "{stderr}");
+    assert!(stderr.contains("3 problem(s) found"));
+}
+
+#[test]
+fn names_outside_zones_static_collisions_and_unknown_keys_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let extra = r#"
+[[service]]
+name = "www.gto.example.com."
+pool = "sma"
+[[service]]
+name = "vpn.example.net."
+pool = "sma"
+polcy = "failover"
+"#;
+    fs::write(dir.path().join("gto.toml"), config(extra)).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    assert!(stderr.contains("service[1].name: GSLB name www.gto.example.com. is also a static name"), "{stderr}");
+    assert!(stderr.contains("service[2].name: GSLB name vpn.example.net. is outside every configured zone"), "{stderr}");
+    assert!(stderr.contains("service[2].polcy: unknown key"), "{stderr}");
+}
+
+#[test]
+fn zone_file_errors_carry_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = format!("{ZONE}bad1 IN A 300.1.1.1\nfine IN A 192.0.2.9\nbad2 IN AAAA zzz\n");
+    fs::write(dir.path().join("gto.example.com.zone"), &zone).unwrap();
+    fs::write(dir.path().join("gto.toml"), config("")).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    let first = ZONE.lines().count() + 1;
+    assert!(stderr.contains(&format!("gto.example.com.zone:{first}: bad record")), "{stderr}");
+    assert!(stderr.contains(&format!("gto.example.com.zone:{}: bad record", first + 2)), "{stderr}");
+    assert!(stderr.contains("2 problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn missing_files_are_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    assert!(stderr.contains("cannot read config"), "{stderr}");
+    fs::write(dir.path().join("gto.toml"), config("")).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    assert!(stderr.contains("cannot read zone file"), "{stderr}");
+}
+
+#[test]
+fn toml_syntax_errors_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.toml"), "[server]\nlisten = [\"127.0.0.1:53\"\n").unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    assert!(stderr.contains("gto.toml:"), "{stderr}");
+}
+
+#[test]
+fn shipped_config_and_every_zone_file_are_valid() {
+    let output = gto_bin().args(["check", "--config"]).arg(repo().join("examples/gto.toml")).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok:"));
+    for entry in fs::read_dir(repo().join("zones")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "zone") {
+            let origin = path.file_stem().unwrap().to_string_lossy().to_string();
+            let origin = hickory_proto::rr::Name::from_ascii(format!("{origin}.")).unwrap();
+            let text = fs::read_to_string(&path).unwrap();
+            gto::zone::parse(&text, &origin, path.clone()).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        }
+    }
+}
+
+#[test]
+fn an_unknown_key_anywhere_in_the_shipped_config_is_rejected() {
+    let text = fs::read_to_string(repo().join("examples/gto.toml")).unwrap();
+    // After each table header, an unknown key.
+    let headers: Vec<usize> = text.match_indices("\n[").map(|(i, _)| i).collect();
+    assert!(headers.len() >= 5);
+    for at in headers {
+        let line_end = at + 1 + text[at + 1..].find('\n').unwrap();
+        let mut mutated = text.clone();
+        mutated.insert_str(line_end + 1, "surprise = 1\n");
+        let errors = gto::config::parse(&mutated, std::path::Path::new("gto.toml")).unwrap_err();
+        assert!(errors.iter().any(|e| e.path.ends_with("surprise")), "{errors}");
+    }
+}

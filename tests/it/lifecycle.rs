@@ -1,0 +1,83 @@
+//! Start, reload, shutdown; and the embedded default as a newcomer runs it.
+
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+
+use crate::support::{TestServer, ZONE, answers, config, gto_bin, query, tcp, udp};
+
+#[tokio::test]
+async fn reload_swaps_config_and_a_bad_reload_keeps_the_old_one() {
+    let server = TestServer::default().await;
+    let generation = server.app.routing().load().generation;
+    // Reorder the pool: nyc-1 first.
+    let reordered = config("").replace(
+        "[[pool.member]]\nname = \"fra-1\"",
+        "[[pool.member]]\nname = \"nyc-0\"\naddresses = [\"203.0.113.99\"]\n[[pool.member]]\nname = \"fra-1\"",
+    );
+    std::fs::write(server.path("gto.toml"), &reordered).unwrap();
+    let new_generation = server.app.reload().await.unwrap();
+    assert!(new_generation > generation);
+    let (reply, _) = udp(server.addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    assert_eq!(answers(&reply), vec!["203.0.113.99", "198.51.100.10"]);
+
+    // A broken config and a broken zone: rejected, the running config keeps serving.
+    std::fs::write(server.path("gto.toml"), reordered.replace("pool = \"sma\"", "pool = \"gone\"")).unwrap();
+    let errors = server.app.reload().await.unwrap_err();
+    assert!(errors.to_string().contains("unknown pool"), "{errors}");
+    std::fs::write(server.path("gto.toml"), &reordered).unwrap();
+    std::fs::write(server.path("gto.example.com.zone"), format!("{ZONE}oops IN A nope\n")).unwrap();
+    assert!(server.app.reload().await.is_err());
+    assert_eq!(server.app.routing().load().generation, new_generation);
+    let reply = tcp(server.addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    assert_eq!(answers(&reply), vec!["203.0.113.99", "198.51.100.10"]);
+
+    // Zone files reload too.
+    std::fs::write(server.path("gto.example.com.zone"), format!("{ZONE}new IN A 192.0.2.77\n")).unwrap();
+    server.app.reload().await.unwrap();
+    let (reply, _) = udp(server.addr, &query("new.gto.example.com.", RecordType::A, None)).await;
+    assert_eq!(answers(&reply), vec!["192.0.2.77"]);
+}
+
+#[tokio::test]
+async fn shutdown_completes_and_frees_the_port() {
+    let server = TestServer::default().await;
+    let addr = server.addr;
+    let (reply, _) = udp(addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    assert_eq!(answers(&reply).len(), 2);
+    tokio::time::timeout(Duration::from_secs(10), server.app.shutdown())
+        .await
+        .expect("shutdown overran")
+        .unwrap();
+    std::net::UdpSocket::bind(addr).expect("UDP port free again");
+    std::net::TcpListener::bind(addr).expect("TCP port free again");
+}
+
+/// The README's first command: `gto` with no arguments serves the embedded default on
+/// 127.0.0.1:5353, and SIGTERM stops it with exit 0.
+#[tokio::test]
+async fn embedded_default_serves_on_5353_and_stops_on_sigterm() {
+    let mut child = tokio::process::Command::from(gto_bin()).kill_on_drop(true).spawn().unwrap();
+    let addr = "127.0.0.1:5353".parse().unwrap();
+    let message = query("vpn.gto.example.com.", RecordType::A, None);
+    // Wait for the listener: poll with a bounded number of attempts.
+    let mut reply = None;
+    for _ in 0..100 {
+        if let Some(bytes) = crate::support::udp_raw(addr, &message.to_vec().unwrap()).await {
+            reply = Some(hickory_proto::op::Message::from_vec(&bytes).unwrap());
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "gto exited early");
+    }
+    let reply = reply.expect("embedded default never answered on 127.0.0.1:5353");
+    assert!(reply.metadata.authoritative);
+    assert_eq!(answers(&reply), vec!["198.51.100.10", "198.51.100.20"]);
+    let reply = tcp(addr, &query("www.gto.example.com.", RecordType::A, None)).await;
+    assert_eq!(answers(&reply), vec!["192.0.2.80"]);
+
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}

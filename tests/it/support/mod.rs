@@ -1,0 +1,161 @@
+//! Shared harness: start gto in-process on 127.0.0.1:0 from real config and zone files,
+//! query it over real UDP and TCP sockets, and run real `dig`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gto::{App, ConfigSource};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// The repository's example zone, used by most tests.
+pub const ZONE: &str = include_str!("../../../zones/gto.example.com.zone");
+
+/// A config serving the example zone with one GSLB name on a free port.
+pub fn config(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[[zone]]
+origin = "gto.example.com."
+file = "gto.example.com.zone"
+
+[[service]]
+name = "vpn.gto.example.com."
+pool = "sma"
+answers = 2
+ttl = 20
+
+[[pool]]
+name = "sma"
+[[pool.member]]
+name = "fra-1"
+addresses = ["198.51.100.10", "2001:db8:100::10"]
+[[pool.member]]
+name = "ams-1"
+addresses = ["198.51.100.20", "2001:db8:100::20"]
+[[pool.member]]
+name = "nyc-1"
+addresses = ["203.0.113.30"]
+{extra}
+"#
+    )
+}
+
+/// A running server and the directory holding its files.
+pub struct TestServer {
+    pub app: App,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Writes `config` and `zone` (as gto.example.com.zone) to a fresh directory and starts.
+    pub async fn start(config: &str, zone: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+        std::fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
+        let source = ConfigSource::File(dir.path().join("gto.toml"));
+        let loaded = source.load().unwrap_or_else(|e| panic!("config does not load:\n{e}"));
+        let app = App::start(source, loaded).await.unwrap();
+        let addr = app.dns_addrs()[0];
+        Self { app, addr, dir }
+    }
+
+    /// The default test config and the example zone.
+    pub async fn default() -> Self {
+        Self::start(&config(""), ZONE).await
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A query message with RD set and (optionally) EDNS.
+pub fn query(name: &str, qtype: RecordType, edns: Option<Edns>) -> Message {
+    let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    message.edns = edns;
+    message
+}
+
+/// EDNS(0) with a payload size.
+pub fn edns(payload: u16) -> Edns {
+    let mut edns = Edns::new();
+    edns.set_max_payload(payload);
+    edns
+}
+
+/// Sends raw bytes over UDP and waits up to 2 s for one reply.
+pub async fn udp_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(bytes, addr).await.unwrap();
+    let mut buffer = vec![0u8; 65535];
+    match tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buffer)).await {
+        Ok(Ok((len, _))) => Some(buffer[..len].to_vec()),
+        _ => None,
+    }
+}
+
+/// Sends a message over UDP and decodes the reply; also returns its size.
+pub async fn udp(addr: SocketAddr, message: &Message) -> (Message, usize) {
+    let bytes = udp_raw(addr, &message.to_vec().unwrap()).await.expect("no UDP reply");
+    (Message::from_vec(&bytes).unwrap(), bytes.len())
+}
+
+/// Sends raw bytes over TCP (length-prefixed) and reads one reply.
+pub async fn tcp_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    stream.write_all(&framed).await.unwrap();
+    let mut len = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut len))
+        .await
+        .expect("TCP reply timed out")
+        .unwrap();
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply).await.unwrap();
+    reply
+}
+
+/// Sends a message over TCP and decodes the reply.
+pub async fn tcp(addr: SocketAddr, message: &Message) -> Message {
+    Message::from_vec(&tcp_raw(addr, &message.to_vec().unwrap()).await).unwrap()
+}
+
+/// The answer section's data as text.
+pub fn answers(message: &Message) -> Vec<String> {
+    message.answers.iter().map(|r| r.data.to_string()).collect()
+}
+
+/// Runs the system `dig` against `addr` and returns its stdout. dig is installed by .ci/run.
+pub async fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let mut command = tokio::process::Command::new("dig");
+    command
+        .arg(format!("@{}", addr.ip()))
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(["+time=2", "+tries=1"])
+        .args(args);
+    let output = command.output().await.expect("dig is not installed (apt-get install bind9-dnsutils)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The built `gto` binary.
+pub fn gto_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gto"))
+}
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
