@@ -58,10 +58,20 @@ fn benches(c: &mut Criterion) {
 
     let vpn = LowerName::from(Name::from_ascii("vpn.gto.example.com.").unwrap());
     c.bench_function("resolve/gslb_a", |b| {
-        b.iter(|| black_box(routing.load().resolve(black_box(&vpn), RecordType::A).answers.len()))
+        b.iter(|| {
+            black_box(
+                routing
+                    .load()
+                    .resolve(black_box(&vpn), RecordType::A)
+                    .answers
+                    .len(),
+            )
+        })
     });
 
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let handler = Handler::new(routing.clone());
     let src: SocketAddr = "192.0.2.1:5300".parse().unwrap();
     for (label, name, qtype) in [

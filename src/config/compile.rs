@@ -219,10 +219,16 @@ fn compile_pools(raw: &[Spanned<RawPool>], errors: &mut Collector<'_>) -> Vec<Po
                 errors.at(
                     member_name,
                     format!("{label}.member[{j}].name"),
-                    format!("member {:?} is defined twice in pool {:?}", member_name.get_ref(), name.get_ref()),
+                    format!(
+                        "member {:?} is defined twice in pool {:?}",
+                        member_name.get_ref(),
+                        name.get_ref()
+                    ),
                 );
             }
-            if let Some(compiled) = compile_member(raw_member, &format!("{label}.member[{j}]"), errors) {
+            if let Some(compiled) =
+                compile_member(raw_member, &format!("{label}.member[{j}]"), errors)
+            {
                 members.push(compiled);
             }
         }

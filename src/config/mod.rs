@@ -296,7 +296,11 @@ fn parse_partial(text: &str, file: &Path) -> (Option<Config>, Vec<ConfigError>) 
     for path in unknown {
         let path = clean_path(&path);
         let line = find_key_line(text, &path);
-        errors.push(line, path, "unknown key (not part of gto's config; check the spelling)");
+        errors.push(
+            line,
+            path,
+            "unknown key (not part of gto's config; check the spelling)",
+        );
     }
     let base_dir = file.parent().unwrap_or(Path::new("."));
     let config = compile::compile(raw, base_dir, &mut errors);
@@ -307,7 +311,10 @@ fn parse_partial(text: &str, file: &Path) -> (Option<Config>, Vec<ConfigError>) 
 /// `Spanned`) becomes `pool[0].member[1].x`.
 fn clean_path(raw: &str) -> String {
     let mut path = String::new();
-    for segment in raw.split('.').filter(|s| !s.starts_with("$__serde_spanned")) {
+    for segment in raw
+        .split('.')
+        .filter(|s| !s.starts_with("$__serde_spanned"))
+    {
         if segment.chars().all(|c| c.is_ascii_digit()) && !path.is_empty() {
             path.push_str(&format!("[{segment}]"));
         } else {
@@ -331,7 +338,10 @@ fn find_key_line(text: &str, path: &str) -> Option<usize> {
             .strip_prefix(key)
             .is_some_and(|rest| rest.trim_start().starts_with('='));
         let is_table = trimmed.starts_with('[')
-            && trimmed.trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace()).rsplit('.').next()
+            && trimmed
+                .trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace())
+                .rsplit('.')
+                .next()
                 == Some(key);
         if is_key || is_table {
             return Some(offset + (line.len() - trimmed.len()));

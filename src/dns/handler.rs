@@ -77,7 +77,13 @@ impl RequestHandler for Handler {
         )
         .increment(1);
 
-        if protocol == Protocol::Udp && !fits(&reply, request) {
+        // The client's size (512 without EDNS, RFC 6891 6.2.5), capped by ours.
+        let limit = request
+            .edns
+            .as_ref()
+            .map_or(512, |e| e.max_payload().max(512))
+            .min(snapshot.udp_payload);
+        if protocol == Protocol::Udp && !fits(&reply, request, usize::from(limit)) {
             metrics::counter!(DNS_TRUNCATED_TOTAL).increment(1);
             reply.metadata.truncation = true;
             reply.resolution.answers.clear();
@@ -119,7 +125,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
     let client_edns = request.edns.as_ref();
     let mut edns = client_edns.map(|theirs| {
         let mut ours = Edns::new();
-        ours.set_max_payload(snapshot.udp_payload.min(theirs.max_payload().max(512)));
+        ours.set_max_payload(snapshot.udp_payload);
         ours.set_version(0);
         ours.set_dnssec_ok(theirs.flags().dnssec_ok);
         ours
@@ -190,8 +196,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
 
 /// True when the reply fits the client's UDP payload size. Uses a cheap upper bound first
 /// and encodes only when the bound is over the limit.
-fn fits(reply: &Reply<'_>, request: &Request) -> bool {
-    let limit = usize::from(reply.edns.as_ref().map_or(512, |e| e.max_payload()));
+fn fits(reply: &Reply<'_>, request: &Request, limit: usize) -> bool {
     let records = || {
         reply
             .resolution

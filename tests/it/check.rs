@@ -5,7 +5,12 @@ use std::fs;
 use crate::support::{ZONE, config, gto_bin, repo};
 
 fn check(dir: &std::path::Path) -> (i32, String, String) {
-    let output = gto_bin().arg("check").arg("--config").arg(dir.join("gto.toml")).output().unwrap();
+    let output = gto_bin()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.join("gto.toml"))
+        .output()
+        .unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -42,9 +47,21 @@ addresses = ["198.51.100.2"]
     assert_eq!(code, 64, "{stdout}{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 3, "{stderr}");
-    assert!(lines[0].contains("gto.toml:10: service[0].pool: unknown pool \"no-such-pool\""), "{stderr}");
-    assert!(lines[1].contains("gto.toml:16: pool.sma.member[0].addresses[0]: \"198.51.100.300\" is not an IP address"), "{stderr}");
-    assert!(lines[2].contains("gto.toml:18: pool.sma.member[1].name: member \"fra-1\" is defined twice"), "{stderr}");
+    assert!(
+        lines[0].contains("gto.toml:10: service[0].pool: unknown pool \"no-such-pool\""),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains(
+            "gto.toml:16: pool.sma.member[0].addresses[0]: \"198.51.100.300\" is not an IP address"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines[2]
+            .contains("gto.toml:18: pool.sma.member[1].name: member \"fra-1\" is defined twice"),
+        "{stderr}"
+    );
     assert!(stderr.contains("3 problem(s) found"));
 }
 
@@ -64,8 +81,16 @@ polcy = "failover"
     fs::write(dir.path().join("gto.toml"), config(extra)).unwrap();
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 64);
-    assert!(stderr.contains("service[1].name: GSLB name www.gto.example.com. is also a static name"), "{stderr}");
-    assert!(stderr.contains("service[2].name: GSLB name vpn.example.net. is outside every configured zone"), "{stderr}");
+    assert!(
+        stderr.contains("service[1].name: GSLB name www.gto.example.com. is also a static name"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "service[2].name: GSLB name vpn.example.net. is outside every configured zone"
+        ),
+        "{stderr}"
+    );
     assert!(stderr.contains("service[2].polcy: unknown key"), "{stderr}");
 }
 
@@ -78,8 +103,14 @@ fn zone_file_errors_carry_file_and_line() {
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 64);
     let first = ZONE.lines().count() + 1;
-    assert!(stderr.contains(&format!("gto.example.com.zone:{first}: bad record")), "{stderr}");
-    assert!(stderr.contains(&format!("gto.example.com.zone:{}: bad record", first + 2)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("gto.example.com.zone:{first}: bad record")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("gto.example.com.zone:{}: bad record", first + 2)),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 problem(s) found"), "{stderr}");
 }
 
@@ -98,7 +129,11 @@ fn missing_files_are_reported_not_panicked_on() {
 #[test]
 fn toml_syntax_errors_are_located() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("gto.toml"), "[server]\nlisten = [\"127.0.0.1:53\"\n").unwrap();
+    fs::write(
+        dir.path().join("gto.toml"),
+        "[server]\nlisten = [\"127.0.0.1:53\"\n",
+    )
+    .unwrap();
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 64);
     assert!(stderr.contains("gto.toml:"), "{stderr}");
@@ -106,8 +141,16 @@ fn toml_syntax_errors_are_located() {
 
 #[test]
 fn shipped_config_and_every_zone_file_are_valid() {
-    let output = gto_bin().args(["check", "--config"]).arg(repo().join("examples/gto.toml")).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = gto_bin()
+        .args(["check", "--config"])
+        .arg(repo().join("examples/gto.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok:"));
     for entry in fs::read_dir(repo().join("zones")).unwrap() {
         let path = entry.unwrap().path();
@@ -115,7 +158,8 @@ fn shipped_config_and_every_zone_file_are_valid() {
             let origin = path.file_stem().unwrap().to_string_lossy().to_string();
             let origin = hickory_proto::rr::Name::from_ascii(format!("{origin}.")).unwrap();
             let text = fs::read_to_string(&path).unwrap();
-            gto::zone::parse(&text, &origin, path.clone()).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            gto::zone::parse(&text, &origin, path.clone())
+                .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
         }
     }
 }
@@ -131,6 +175,9 @@ fn an_unknown_key_anywhere_in_the_shipped_config_is_rejected() {
         let mut mutated = text.clone();
         mutated.insert_str(line_end + 1, "surprise = 1\n");
         let errors = gto::config::parse(&mutated, std::path::Path::new("gto.toml")).unwrap_err();
-        assert!(errors.iter().any(|e| e.path.ends_with("surprise")), "{errors}");
+        assert!(
+            errors.iter().any(|e| e.path.ends_with("surprise")),
+            "{errors}"
+        );
     }
 }

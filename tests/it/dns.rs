@@ -70,7 +70,12 @@ fn assert_nodata(reply: &Message) {
 #[tokio::test]
 async fn gslb_name_other_types_are_nodata() {
     let server = TestServer::default().await;
-    for qtype in [RecordType::TXT, RecordType::MX, RecordType::CNAME, RecordType::SRV] {
+    for qtype in [
+        RecordType::TXT,
+        RecordType::MX,
+        RecordType::CNAME,
+        RecordType::SRV,
+    ] {
         let (reply, _) = udp(server.addr, &query("vpn.gto.example.com.", qtype, None)).await;
         assert_nodata(&reply);
     }
@@ -89,53 +94,107 @@ name = "only"
 addresses = ["192.0.2.200"]
 "#;
     let server = TestServer::start(&config(extra), crate::support::ZONE).await;
-    let (reply, _) = udp(server.addr, &query("v4only.gto.example.com.", RecordType::AAAA, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("v4only.gto.example.com.", RecordType::AAAA, None),
+    )
+    .await;
     assert_nodata(&reply);
-    let (reply, _) = udp(server.addr, &query("v4only.gto.example.com.", RecordType::A, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("v4only.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["192.0.2.200"]);
 }
 
 #[tokio::test]
 async fn static_names_come_from_the_zone_file() {
     let server = TestServer::default().await;
-    let (reply, _) = udp(server.addr, &query("www.gto.example.com.", RecordType::A, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("www.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["192.0.2.80"]);
     assert!(reply.metadata.authoritative);
     assert_eq!(reply.answers[0].ttl, 3600);
-    let reply = tcp(server.addr, &query("www.gto.example.com.", RecordType::AAAA, None)).await;
+    let reply = tcp(
+        server.addr,
+        &query("www.gto.example.com.", RecordType::AAAA, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["2001:db8::80"]);
-    let (reply, _) = udp(server.addr, &query("api.gto.example.com.", RecordType::A, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("api.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["192.0.2.81", "192.0.2.82"]);
-    let (reply, _) = udp(server.addr, &query("gto.example.com.", RecordType::MX, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("gto.example.com.", RecordType::MX, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["10 mail.gto.example.com."]);
-    let (reply, _) = udp(server.addr, &query("gto.example.com.", RecordType::SOA, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("gto.example.com.", RecordType::SOA, None),
+    )
+    .await;
     assert_eq!(reply.answers.len(), 1);
     assert_eq!(reply.answers[0].record_type(), RecordType::SOA);
     // A static name without the asked type: NODATA.
-    let (reply, _) = udp(server.addr, &query("mail.gto.example.com.", RecordType::AAAA, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("mail.gto.example.com.", RecordType::AAAA, None),
+    )
+    .await;
     assert_nodata(&reply);
 }
 
 #[tokio::test]
 async fn ns_answers_carry_glue() {
     let server = TestServer::default().await;
-    let (reply, _) = udp(server.addr, &query("gto.example.com.", RecordType::NS, None)).await;
-    assert_eq!(answers(&reply), vec!["ns1.gto.example.com.", "ns2.gto.example.com."]);
+    let (reply, _) = udp(
+        server.addr,
+        &query("gto.example.com.", RecordType::NS, None),
+    )
+    .await;
+    assert_eq!(
+        answers(&reply),
+        vec!["ns1.gto.example.com.", "ns2.gto.example.com."]
+    );
     let glue: Vec<_> = reply
         .additionals
         .iter()
         .map(|r| (r.name.to_string(), r.data.to_string()))
         .collect();
-    assert!(glue.contains(&("ns1.gto.example.com.".into(), "127.0.0.53".into())), "{glue:?}");
-    assert!(glue.contains(&("ns2.gto.example.com.".into(), "127.0.0.54".into())), "{glue:?}");
+    assert!(
+        glue.contains(&("ns1.gto.example.com.".into(), "127.0.0.53".into())),
+        "{glue:?}"
+    );
+    assert!(
+        glue.contains(&("ns2.gto.example.com.".into(), "127.0.0.54".into())),
+        "{glue:?}"
+    );
 }
 
 #[tokio::test]
 async fn static_cname_into_a_gslb_name_is_followed() {
     let server = TestServer::default().await;
     for reply in [
-        udp(server.addr, &query("remote.gto.example.com.", RecordType::A, None)).await.0,
-        tcp(server.addr, &query("remote.gto.example.com.", RecordType::A, None)).await,
+        udp(
+            server.addr,
+            &query("remote.gto.example.com.", RecordType::A, None),
+        )
+        .await
+        .0,
+        tcp(
+            server.addr,
+            &query("remote.gto.example.com.", RecordType::A, None),
+        )
+        .await,
     ] {
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
         assert!(reply.metadata.authoritative);
@@ -144,13 +203,24 @@ async fn static_cname_into_a_gslb_name_is_followed() {
             vec!["vpn.gto.example.com.", "198.51.100.10", "198.51.100.20"]
         );
         assert_eq!(reply.answers[0].record_type(), RecordType::CNAME);
-        assert_eq!(reply.answers[1].name, Name::from_ascii("vpn.gto.example.com.").unwrap());
+        assert_eq!(
+            reply.answers[1].name,
+            Name::from_ascii("vpn.gto.example.com.").unwrap()
+        );
     }
     // Asking for the CNAME itself gives just the CNAME.
-    let (reply, _) = udp(server.addr, &query("remote.gto.example.com.", RecordType::CNAME, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("remote.gto.example.com.", RecordType::CNAME, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["vpn.gto.example.com."]);
     // A CNAME out of our zones is returned for the resolver to follow.
-    let (reply, _) = udp(server.addr, &query("docs.gto.example.com.", RecordType::A, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("docs.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert_eq!(answers(&reply), vec!["www.example.org."]);
 }
@@ -162,7 +232,10 @@ async fn missing_names_are_nxdomain_with_soa() {
         query("nope.gto.example.com.", RecordType::A, None),
         query("deep.under.vpn.gto.example.com.", RecordType::AAAA, None),
     ] {
-        for reply in [udp(server.addr, &message).await.0, tcp(server.addr, &message).await] {
+        for reply in [
+            udp(server.addr, &message).await.0,
+            tcp(server.addr, &message).await,
+        ] {
             assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
             assert!(reply.metadata.authoritative);
             assert!(reply.answers.is_empty());
@@ -177,7 +250,11 @@ async fn missing_names_are_nxdomain_with_soa() {
 async fn empty_non_terminals_are_nodata() {
     // `_vpn._tcp` exists, so `_tcp` exists without records of its own (RFC 4592 2.2.2).
     let server = TestServer::default().await;
-    let (reply, _) = udp(server.addr, &query("_tcp.gto.example.com.", RecordType::A, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("_tcp.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_nodata(&reply);
 }
 
@@ -189,7 +266,11 @@ async fn names_outside_our_zones_are_refused() {
             udp(server.addr, &query(name, RecordType::A, None)).await.0,
             tcp(server.addr, &query(name, RecordType::A, None)).await,
         ] {
-            assert_eq!(reply.metadata.response_code, ResponseCode::Refused, "{name}");
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::Refused,
+                "{name}"
+            );
             assert!(!reply.metadata.authoritative);
             assert!(reply.answers.is_empty());
         }
@@ -206,7 +287,10 @@ async fn zone_transfers_and_other_classes_are_refused() {
         assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
     }
     let mut message = query("vpn.gto.example.com.", RecordType::A, None);
-    let mut chaos = Query::query(Name::from_ascii("vpn.gto.example.com.").unwrap(), RecordType::TXT);
+    let mut chaos = Query::query(
+        Name::from_ascii("vpn.gto.example.com.").unwrap(),
+        RecordType::TXT,
+    );
     chaos.set_query_class(DNSClass::CH);
     message.queries = vec![chaos];
     let (reply, _) = udp(server.addr, &message).await;
@@ -216,15 +300,31 @@ async fn zone_transfers_and_other_classes_are_refused() {
 #[tokio::test]
 async fn any_gets_a_minimal_answer() {
     let server = TestServer::default().await;
-    let (reply, _) = udp(server.addr, &query("vpn.gto.example.com.", RecordType::ANY, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("vpn.gto.example.com.", RecordType::ANY, None),
+    )
+    .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert!(reply.metadata.authoritative);
     let types: Vec<_> = reply.answers.iter().map(|r| r.record_type()).collect();
-    assert_eq!(types, vec![RecordType::A, RecordType::A], "one RRset only (RFC 8482)");
-    let (reply, _) = udp(server.addr, &query("www.gto.example.com.", RecordType::ANY, None)).await;
+    assert_eq!(
+        types,
+        vec![RecordType::A, RecordType::A],
+        "one RRset only (RFC 8482)"
+    );
+    let (reply, _) = udp(
+        server.addr,
+        &query("www.gto.example.com.", RecordType::ANY, None),
+    )
+    .await;
     let first = reply.answers[0].record_type();
     assert!(!reply.answers.is_empty());
-    assert!(reply.answers.iter().all(|r| r.record_type() == first), "{:?}", reply.answers);
+    assert!(
+        reply.answers.iter().all(|r| r.record_type() == first),
+        "{:?}",
+        reply.answers
+    );
 }
 
 #[tokio::test]
@@ -234,7 +334,11 @@ async fn other_opcodes_are_notimp() {
         let mut message = query("gto.example.com.", RecordType::SOA, None);
         message.metadata.op_code = opcode;
         let (reply, _) = udp(server.addr, &message).await;
-        assert_eq!(reply.metadata.response_code, ResponseCode::NotImp, "{opcode:?}");
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NotImp,
+            "{opcode:?}"
+        );
         assert_eq!(reply.metadata.op_code, opcode);
     }
 }
@@ -243,7 +347,10 @@ async fn other_opcodes_are_notimp() {
 async fn wrong_question_counts_are_formerr() {
     let server = TestServer::default().await;
     let mut two = query("vpn.gto.example.com.", RecordType::A, None);
-    two.add_query(Query::query(Name::from_ascii("www.gto.example.com.").unwrap(), RecordType::A));
+    two.add_query(Query::query(
+        Name::from_ascii("www.gto.example.com.").unwrap(),
+        RecordType::A,
+    ));
     let (reply, _) = udp(server.addr, &two).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
     let none = Message::new(7, MessageType::Query, OpCode::Query);
@@ -255,9 +362,13 @@ async fn wrong_question_counts_are_formerr() {
 async fn malformed_packets_get_formerr_or_silence_and_serving_goes_on() {
     let server = TestServer::default().await;
     // A readable header that claims a question the packet does not hold.
-    let mut truncated = query("vpn.gto.example.com.", RecordType::A, None).to_vec().unwrap();
+    let mut truncated = query("vpn.gto.example.com.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
     truncated.truncate(20);
-    let reply = udp_raw(server.addr, &truncated).await.expect("FORMERR expected");
+    let reply = udp_raw(server.addr, &truncated)
+        .await
+        .expect("FORMERR expected");
     let reply = Message::from_vec(&reply).unwrap();
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
     assert_eq!(reply.metadata.id, 0x1234);
@@ -266,16 +377,32 @@ async fn malformed_packets_get_formerr_or_silence_and_serving_goes_on() {
     // A response (QR=1) is never answered: no reflection.
     let mut response = query("vpn.gto.example.com.", RecordType::A, None);
     response.metadata.message_type = MessageType::Response;
-    assert_eq!(udp_raw(server.addr, &response.to_vec().unwrap()).await, None);
+    assert_eq!(
+        udp_raw(server.addr, &response.to_vec().unwrap()).await,
+        None
+    );
     // Garbage label lengths.
     let mut garbage = vec![0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
     garbage.extend_from_slice(&[0x3f, b'a', 0xff, 0xff]);
-    let reply = udp_raw(server.addr, &garbage).await.map(|b| Message::from_vec(&b).unwrap());
-    assert_eq!(reply.map(|r| r.metadata.response_code), Some(ResponseCode::FormErr));
+    let reply = udp_raw(server.addr, &garbage)
+        .await
+        .map(|b| Message::from_vec(&b).unwrap());
+    assert_eq!(
+        reply.map(|r| r.metadata.response_code),
+        Some(ResponseCode::FormErr)
+    );
     // The server still answers.
-    let (reply, _) = udp(server.addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("vpn.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(answers(&reply).len(), 2);
-    let reply = tcp(server.addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    let reply = tcp(
+        server.addr,
+        &query("vpn.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(answers(&reply).len(), 2);
 }
 
@@ -289,7 +416,11 @@ answers = 1
 ttl = 5
 "#;
     let server = TestServer::start(&config(extra), crate::support::ZONE).await;
-    let (reply, _) = udp(server.addr, &query("one.gto.example.com.", RecordType::A, Some(edns(1232)))).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("one.gto.example.com.", RecordType::A, Some(edns(1232))),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["198.51.100.10"]);
     assert_eq!(reply.answers[0].ttl, 5);
     match &reply.answers[0].data {

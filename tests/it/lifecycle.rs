@@ -18,24 +18,48 @@ async fn reload_swaps_config_and_a_bad_reload_keeps_the_old_one() {
     std::fs::write(server.path("gto.toml"), &reordered).unwrap();
     let new_generation = server.app.reload().await.unwrap();
     assert!(new_generation > generation);
-    let (reply, _) = udp(server.addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("vpn.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["203.0.113.99", "198.51.100.10"]);
 
     // A broken config and a broken zone: rejected, the running config keeps serving.
-    std::fs::write(server.path("gto.toml"), reordered.replace("pool = \"sma\"", "pool = \"gone\"")).unwrap();
+    std::fs::write(
+        server.path("gto.toml"),
+        reordered.replace("pool = \"sma\"", "pool = \"gone\""),
+    )
+    .unwrap();
     let errors = server.app.reload().await.unwrap_err();
     assert!(errors.to_string().contains("unknown pool"), "{errors}");
     std::fs::write(server.path("gto.toml"), &reordered).unwrap();
-    std::fs::write(server.path("gto.example.com.zone"), format!("{ZONE}oops IN A nope\n")).unwrap();
+    std::fs::write(
+        server.path("gto.example.com.zone"),
+        format!("{ZONE}oops IN A nope\n"),
+    )
+    .unwrap();
     assert!(server.app.reload().await.is_err());
     assert_eq!(server.app.routing().load().generation, new_generation);
-    let reply = tcp(server.addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    let reply = tcp(
+        server.addr,
+        &query("vpn.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["203.0.113.99", "198.51.100.10"]);
 
     // Zone files reload too.
-    std::fs::write(server.path("gto.example.com.zone"), format!("{ZONE}new IN A 192.0.2.77\n")).unwrap();
+    std::fs::write(
+        server.path("gto.example.com.zone"),
+        format!("{ZONE}new IN A 192.0.2.77\n"),
+    )
+    .unwrap();
     server.app.reload().await.unwrap();
-    let (reply, _) = udp(server.addr, &query("new.gto.example.com.", RecordType::A, None)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &query("new.gto.example.com.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(answers(&reply), vec!["192.0.2.77"]);
 }
 
@@ -57,7 +81,10 @@ async fn shutdown_completes_and_frees_the_port() {
 /// 127.0.0.1:5353, and SIGTERM stops it with exit 0.
 #[tokio::test]
 async fn embedded_default_serves_on_5353_and_stops_on_sigterm() {
-    let mut child = tokio::process::Command::from(gto_bin()).kill_on_drop(true).spawn().unwrap();
+    let mut child = tokio::process::Command::from(gto_bin())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
     let addr = "127.0.0.1:5353".parse().unwrap();
     let message = query("vpn.gto.example.com.", RecordType::A, None);
     // Wait for the listener: poll with a bounded number of attempts.
@@ -76,8 +103,14 @@ async fn embedded_default_serves_on_5353_and_stops_on_sigterm() {
     assert_eq!(answers(&reply), vec!["192.0.2.80"]);
 
     let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }

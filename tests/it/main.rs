@@ -1,5 +1,10 @@
 //! Integration tests: one binary, real sockets on loopback, real config and zone files.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod check;
 mod dns;

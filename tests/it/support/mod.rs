@@ -62,7 +62,9 @@ impl TestServer {
         std::fs::write(dir.path().join("gto.toml"), config).unwrap();
         std::fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
         let source = ConfigSource::File(dir.path().join("gto.toml"));
-        let loaded = source.load().unwrap_or_else(|e| panic!("config does not load:\n{e}"));
+        let loaded = source
+            .load()
+            .unwrap_or_else(|e| panic!("config does not load:\n{e}"));
         let app = App::start(source, loaded).await.unwrap();
         let addr = app.dns_addrs()[0];
         Self { app, addr, dir }
@@ -107,7 +109,9 @@ pub async fn udp_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// Sends a message over UDP and decodes the reply; also returns its size.
 pub async fn udp(addr: SocketAddr, message: &Message) -> (Message, usize) {
-    let bytes = udp_raw(addr, &message.to_vec().unwrap()).await.expect("no UDP reply");
+    let bytes = udp_raw(addr, &message.to_vec().unwrap())
+        .await
+        .expect("no UDP reply");
     (Message::from_vec(&bytes).unwrap(), bytes.len())
 }
 
@@ -146,7 +150,10 @@ pub async fn dig(addr: SocketAddr, args: &[&str]) -> String {
         .arg(addr.port().to_string())
         .args(["+time=2", "+tries=1"])
         .args(args);
-    let output = command.output().await.expect("dig is not installed (apt-get install bind9-dnsutils)");
+    let output = command
+        .output()
+        .await
+        .expect("dig is not installed (apt-get install bind9-dnsutils)");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
