@@ -9,8 +9,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
 use crate::config::{ConfigError, ConfigErrors, ConfigSource, Loaded};
 use crate::dns::{DnsError, DnsServer};
+use crate::health::{self, HealthHandle};
 use crate::metrics::{CONFIG_RELOADS_TOTAL, SNAPSHOT_GENERATION};
 use crate::routing::{BuildEvent, Builder, RoutingHandle};
 
@@ -24,33 +27,69 @@ pub struct App {
     routing: RoutingHandle,
     events: mpsc::Sender<BuildEvent>,
     builder_task: JoinHandle<()>,
+    health: HealthHandle,
+    health_task: JoinHandle<()>,
     token: CancellationToken,
     source: ConfigSource,
     listen: Vec<SocketAddr>,
 }
 
 impl App {
-    /// Publishes the first snapshot, binds the listeners, and starts the builder task.
+    /// Restores the last known health from the state file, publishes the first snapshot,
+    /// binds the listeners, and starts the builder and the health checks.
     pub async fn start(source: ConfigSource, loaded: Loaded) -> Result<Self, DnsError> {
         crate::metrics::describe_all();
         let listen = loaded.config.server.listen.clone();
         let settings = loaded.config.server.clone();
-        let builder = Builder::new(loaded);
+        let restored =
+            settings
+                .state_file
+                .as_deref()
+                .and_then(|path| match health::store::load(path) {
+                    Ok(file) => file,
+                    Err(error) => {
+                        warn!(%error, "state file ignored");
+                        None
+                    }
+                });
+        let loaded = Arc::new(loaded);
+        let down = health::restore(&loaded, restored.as_ref());
+        if !down.is_empty() {
+            info!(
+                count = down.len(),
+                "endpoints restored as down from the state file"
+            );
+        }
+        let builder = Builder::with_down(loaded.clone(), down);
         let routing = builder.handle();
         metrics::gauge!(SNAPSHOT_GENERATION).set(routing.load().generation as f64);
         let dns = DnsServer::start(&settings, routing.clone()).await?;
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
         let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
+        let (health, health_task) = health::spawn(
+            &loaded,
+            restored,
+            settings.state_file.clone(),
+            events.clone(),
+            token.child_token(),
+        );
         Ok(Self {
             dns,
             routing,
             events,
             builder_task,
+            health,
+            health_task,
             token,
             source,
             listen,
         })
+    }
+
+    /// Health status and flips.
+    pub fn health(&self) -> &HealthHandle {
+        &self.health
     }
 
     /// Where DNS is served (UDP and TCP on each).
@@ -93,9 +132,10 @@ impl App {
         if loaded.config.server.listen != self.listen {
             warn!("[server] listen changed: listeners are kept until restart");
         }
+        let loaded = Arc::new(loaded);
         let (done, generation) = oneshot::channel();
         let event = BuildEvent::Reload {
-            loaded: Box::new(loaded),
+            loaded: loaded.clone(),
             done: Some(done),
         };
         if self.events.send(event).await.is_err() {
@@ -104,18 +144,20 @@ impl App {
         let generation = generation
             .await
             .map_err(|_| single_error("the routing builder stopped during reload".into()))?;
+        self.health.reconfigure(loaded).await;
         metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
         metrics::gauge!(SNAPSHOT_GENERATION).set(generation as f64);
         info!(generation, "config reloaded");
         Ok(generation)
     }
 
-    /// Stops listeners (in-flight queries finish within [`SHUTDOWN_GRACE`]), then the
-    /// builder.
+    /// Stops the probes (the state file is written), then the listeners (in-flight
+    /// queries finish within [`SHUTDOWN_GRACE`]), then the builder.
     pub async fn shutdown(self) -> Result<(), DnsError> {
-        let result = self.dns.shutdown(SHUTDOWN_GRACE).await;
         self.token.cancel();
-        // The builder only exits; a join error means it panicked, already logged.
+        // Join errors mean a task panicked, which was already logged.
+        let _ = self.health_task.await;
+        let result = self.dns.shutdown(SHUTDOWN_GRACE).await;
         let _ = self.builder_task.await;
         result
     }

@@ -23,6 +23,7 @@
 //! - [`zone`]: RFC 1035 master files, parsed entry by entry so each bad line is reported.
 //! - [`routing`]: the immutable [`routing::Snapshot`], its builder task and its handle.
 //! - [`policy`]: pure ranking of a pool's endpoints.
+//! - [`health`]: probes, rise/fall hysteresis, the state file, flips into the builder.
 //! - [`dns`]: listeners and the query path.
 //! - [`app`]: start, reload, shutdown.
 
@@ -30,6 +31,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod routing;

@@ -17,6 +17,17 @@ pub const SNAPSHOT_GENERATION: &str = "gto_snapshot_generation";
 /// Config reloads, by `result` (ok, error).
 pub const CONFIG_RELOADS_TOTAL: &str = "gto_config_reloads_total";
 
+/// Probe durations in seconds, by `kind`.
+pub const PROBE_DURATION_SECONDS: &str = "gto_probe_duration_seconds";
+/// Failed probes, by `kind` and `reason`.
+pub const PROBE_FAILURES_TOTAL: &str = "gto_probe_failures_total";
+/// Health flips, by `to` (up, down).
+pub const HEALTH_FLIPS_TOTAL: &str = "gto_health_flips_total";
+/// 1 when an endpoint is up, by `pool` and `member` (bounded by the config).
+pub const MEMBER_UP: &str = "gto_member_up";
+/// 1 while an endpoint's health is stale, by `pool` and `member`.
+pub const MEMBER_STALE: &str = "gto_member_stale";
+
 /// Describes every metric once at start-up.
 pub fn describe_all() {
     describe_counter!(
@@ -43,5 +54,26 @@ pub fn describe_all() {
         CONFIG_RELOADS_TOTAL,
         Unit::Count,
         "Config reloads, by result."
+    );
+    metrics::describe_histogram!(
+        PROBE_DURATION_SECONDS,
+        Unit::Seconds,
+        "Health probe durations, by kind."
+    );
+    describe_counter!(
+        PROBE_FAILURES_TOTAL,
+        Unit::Count,
+        "Failed health probes, by kind and reason."
+    );
+    describe_counter!(
+        HEALTH_FLIPS_TOTAL,
+        Unit::Count,
+        "Endpoint health flips, by new state."
+    );
+    describe_gauge!(MEMBER_UP, Unit::Count, "1 when the endpoint is up.");
+    describe_gauge!(
+        MEMBER_STALE,
+        Unit::Count,
+        "1 while the endpoint's health is stale."
     );
 }

@@ -12,8 +12,11 @@ use std::time::Duration;
 use hickory_proto::rr::Name;
 use toml::Spanned;
 
+use super::check::compile_check;
 use super::error::ConfigError;
-use super::raw::{RawConfig, RawLocation, RawMember, RawPool, RawService, RawWhenAllDown};
+use super::raw::{
+    RawCheck, RawConfig, RawLocation, RawMember, RawPool, RawService, RawWhenAllDown,
+};
 use super::{
     Answers, Config, Location, Member, Policy, Pool, PoolId, ServerSettings, Service, Ttl, Weight,
     WhenAllDown, ZoneSource, ZoneSpec,
@@ -79,9 +82,9 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 /// still run and report their problems in the same pass; it is only used when `errors`
 /// stays empty.
 pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Config {
-    let server = compile_server(&raw, errors);
+    let server = compile_server(&raw, base_dir, errors);
     let zones = compile_zones(&raw, base_dir, errors);
-    let pools = compile_pools(&raw.pool, errors);
+    let pools = compile_pools(&raw.pool, base_dir, errors);
     let services = compile_services(&raw.service, &pools, errors);
     Config {
         server,
@@ -91,7 +94,7 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
     }
 }
 
-fn compile_server(raw: &RawConfig, errors: &mut Collector<'_>) -> ServerSettings {
+fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> ServerSettings {
     let mut listen = Vec::new();
     match &raw.server.listen {
         None => listen.push(SocketAddr::from(([127, 0, 0, 1], 5353))),
@@ -147,6 +150,13 @@ fn compile_server(raw: &RawConfig, errors: &mut Collector<'_>) -> ServerSettings
         listen,
         udp_payload,
         tcp_idle_timeout,
+        state_file: raw.server.state_file.as_ref().and_then(|file| {
+            if file.get_ref().is_empty() {
+                errors.at(file, "server.state_file", "must not be empty");
+                return None;
+            }
+            Some(base_dir.join(file.get_ref()))
+        }),
     }
 }
 
@@ -190,10 +200,18 @@ fn compile_zones(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
     zones
 }
 
-fn compile_pools(raw: &[Spanned<RawPool>], errors: &mut Collector<'_>) -> Vec<Pool> {
+fn compile_pools(
+    raw: &[Spanned<RawPool>],
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> Vec<Pool> {
     let mut pools: Vec<Pool> = Vec::new();
     for (i, pool) in raw.iter().enumerate() {
-        let RawPool { name, member } = pool.get_ref();
+        let RawPool {
+            name,
+            check,
+            member,
+        } = pool.get_ref();
         let label = pool_label(name.get_ref(), i);
         if name.get_ref().is_empty() {
             errors.at(name, format!("pool[{i}].name"), "must not be empty");
@@ -226,8 +244,9 @@ fn compile_pools(raw: &[Spanned<RawPool>], errors: &mut Collector<'_>) -> Vec<Po
                     ),
                 );
             }
+            let path = format!("{label}.member[{j}]");
             if let Some(compiled) =
-                compile_member(raw_member, &format!("{label}.member[{j}]"), errors)
+                compile_member(raw_member, check.as_ref(), &path, base_dir, errors)
             {
                 members.push(compiled);
             }
@@ -250,7 +269,9 @@ fn pool_label(name: &str, index: usize) -> String {
 
 fn compile_member(
     raw: &Spanned<RawMember>,
+    pool_check: Option<&Spanned<RawCheck>>,
     path: &str,
+    base_dir: &Path,
     errors: &mut Collector<'_>,
 ) -> Option<Member> {
     let RawMember {
@@ -259,6 +280,7 @@ fn compile_member(
         location,
         weight,
         capacity,
+        check,
     } = raw.get_ref();
     let before = errors.errors.len();
     if name.get_ref().is_empty() {
@@ -327,12 +349,43 @@ fn compile_member(
             }
         },
     };
+    // The member's check fields override its pool's; errors point at the table that set them.
+    let (effective, at, check_path) = match (check, pool_check) {
+        (Some(own), Some(pool)) => (
+            Some(own.get_ref().over(pool.get_ref())),
+            own.span().start,
+            format!("{path}.check"),
+        ),
+        (Some(own), None) => (
+            Some(own.get_ref().clone()),
+            own.span().start,
+            format!("{path}.check"),
+        ),
+        (None, Some(pool)) => (
+            Some(pool.get_ref().clone()),
+            pool.span().start,
+            format!(
+                "{}.check",
+                path.rsplit_once(".member").map_or(path, |p| p.0)
+            ),
+        ),
+        (None, None) => (None, 0, String::new()),
+    };
+    let check = compile_check(
+        effective.as_ref(),
+        at,
+        &check_path,
+        &parsed,
+        base_dir,
+        errors,
+    );
     (errors.errors.len() == before).then(|| Member {
         name: name.get_ref().clone(),
         addresses: parsed,
         location,
         weight,
         capacity,
+        check,
     })
 }
 

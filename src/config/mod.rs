@@ -5,6 +5,7 @@
 //! its file, line and path ([`ConfigErrors`]). The embedded default ([`embedded`]) is the
 //! same format compiled into the binary, so `gto` with no arguments serves at once.
 
+mod check;
 mod compile;
 mod error;
 mod raw;
@@ -86,6 +87,9 @@ pub struct ServerSettings {
     pub udp_payload: u16,
     /// Idle TCP connections are closed after this long.
     pub tcp_idle_timeout: Duration,
+    /// Where last known health (and later drains) is written, so a restart starts from it.
+    /// None: nothing is kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 /// `[[zone]]`: an origin and where its records come from.
@@ -181,6 +185,110 @@ pub struct Member {
     pub weight: Weight,
     /// Sessions the endpoint can carry, for load ranking.
     pub capacity: Option<u32>,
+    /// How the endpoint's health is checked (the pool's check, with the member's overrides).
+    pub check: Check,
+}
+
+/// How an endpoint is health-checked: what to probe and how often, and how many results
+/// in a row flip it (gdnsd-style rise/fall hysteresis).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Check {
+    /// What one probe does.
+    pub probe: Probe,
+    /// Time between probes (jittered by the scheduler).
+    pub interval: Duration,
+    /// A probe that takes longer has failed; always shorter than `interval`.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down endpoint up.
+    pub rise: u8,
+    /// Consecutive failures that take an up endpoint down.
+    pub fall: u8,
+}
+
+impl Check {
+    /// gdnsd's defaults: probe every 2 s, fail after 1 s, two in a row flip.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+    /// See [`Check::DEFAULT_INTERVAL`].
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// See [`Check::DEFAULT_INTERVAL`].
+    pub const DEFAULT_RISE: u8 = 2;
+    /// See [`Check::DEFAULT_INTERVAL`].
+    pub const DEFAULT_FALL: u8 = 2;
+
+    /// No probing: the endpoint is always up.
+    pub fn none() -> Self {
+        Self {
+            probe: Probe::None,
+            interval: Self::DEFAULT_INTERVAL,
+            timeout: Self::DEFAULT_TIMEOUT,
+            rise: Self::DEFAULT_RISE,
+            fall: Self::DEFAULT_FALL,
+        }
+    }
+}
+
+/// What one probe does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// GET a path over HTTP or HTTPS and check the status (and optionally the body).
+    Http(HttpProbe),
+    /// Nothing: always up.
+    None,
+    /// Connect to a TCP port.
+    Tcp {
+        /// Address and port to connect to.
+        target: SocketAddr,
+    },
+    /// Complete a TLS handshake (and optionally check the certificate's remaining days).
+    Tls {
+        /// Address and port to connect to.
+        target: SocketAddr,
+        /// Handshake settings.
+        tls: TlsSettings,
+    },
+}
+
+impl Probe {
+    /// Stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probe::Http(http) if http.tls.is_some() => "https",
+            Probe::Http(_) => "http",
+            Probe::None => "none",
+            Probe::Tcp { .. } => "tcp",
+            Probe::Tls { .. } => "tls",
+        }
+    }
+}
+
+/// An HTTP(S) status probe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpProbe {
+    /// Address and port to connect to.
+    pub target: SocketAddr,
+    /// Request path, starting with '/'.
+    pub path: String,
+    /// Host header.
+    pub host: String,
+    /// Accepted status codes; empty means any 2xx.
+    pub expect: Vec<u16>,
+    /// A substring the body must contain.
+    pub body: Option<String>,
+    /// Present for HTTPS.
+    pub tls: Option<TlsSettings>,
+}
+
+/// How a TLS handshake is made and judged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    /// Server name sent as SNI and verified against the certificate.
+    pub sni: String,
+    /// Skip certificate verification (appliances with self-signed certificates).
+    pub insecure: bool,
+    /// Trust anchors from `ca_file`; empty means the Mozilla roots (webpki-roots).
+    pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Fail when the certificate expires within this many days.
+    pub cert_min_days: Option<u32>,
 }
 
 /// Where an endpoint or a client is.
@@ -380,6 +488,8 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
         errors.sort_by(|a, b| {
             (a.file != file, &a.file, a.line).cmp(&(b.file != file, &b.file, b.line))
         });
+        // A pool's check is compiled once per member: report each problem once.
+        errors.dedup();
         Err(ConfigErrors(errors))
     }
 }

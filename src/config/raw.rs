@@ -31,6 +31,8 @@ pub(crate) struct RawServer {
     pub(crate) udp_payload: Option<Spanned<i64>>,
     /// Idle timeout of a TCP connection, e.g. "10s".
     pub(crate) tcp_idle_timeout: Option<Spanned<String>>,
+    /// Where health and drains are kept across restarts.
+    pub(crate) state_file: Option<Spanned<String>>,
 }
 
 /// `[[zone]]`: one zone we are authoritative for.
@@ -63,8 +65,53 @@ pub(crate) enum RawWhenAllDown {
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawPool {
     pub(crate) name: Spanned<String>,
+    pub(crate) check: Option<Spanned<RawCheck>>,
     #[serde(default)]
     pub(crate) member: Vec<Spanned<RawMember>>,
+}
+
+/// `check = { kind = "https", port = 443, ... }` on a pool, or on a member to override
+/// some of its pool's fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct RawCheck {
+    pub(crate) kind: Option<String>,
+    pub(crate) address: Option<String>,
+    pub(crate) port: Option<i64>,
+    pub(crate) path: Option<String>,
+    pub(crate) expect: Option<Vec<i64>>,
+    pub(crate) body: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) sni: Option<String>,
+    pub(crate) insecure: Option<bool>,
+    pub(crate) ca_file: Option<String>,
+    pub(crate) cert_min_days: Option<i64>,
+    pub(crate) interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) rise: Option<i64>,
+    pub(crate) fall: Option<i64>,
+}
+
+impl RawCheck {
+    /// `self`'s fields where set, else `base`'s.
+    pub(crate) fn over(&self, base: &RawCheck) -> RawCheck {
+        RawCheck {
+            kind: self.kind.clone().or_else(|| base.kind.clone()),
+            address: self.address.clone().or_else(|| base.address.clone()),
+            port: self.port.or(base.port),
+            path: self.path.clone().or_else(|| base.path.clone()),
+            expect: self.expect.clone().or_else(|| base.expect.clone()),
+            body: self.body.clone().or_else(|| base.body.clone()),
+            host: self.host.clone().or_else(|| base.host.clone()),
+            sni: self.sni.clone().or_else(|| base.sni.clone()),
+            insecure: self.insecure.or(base.insecure),
+            ca_file: self.ca_file.clone().or_else(|| base.ca_file.clone()),
+            cert_min_days: self.cert_min_days.or(base.cert_min_days),
+            interval: self.interval.clone().or_else(|| base.interval.clone()),
+            timeout: self.timeout.clone().or_else(|| base.timeout.clone()),
+            rise: self.rise.or(base.rise),
+            fall: self.fall.or(base.fall),
+        }
+    }
 }
 
 /// `[[pool.member]]`: one endpoint.
@@ -76,6 +123,7 @@ pub(crate) struct RawMember {
     pub(crate) location: Option<Spanned<RawLocation>>,
     pub(crate) weight: Option<Spanned<i64>>,
     pub(crate) capacity: Option<Spanned<i64>>,
+    pub(crate) check: Option<Spanned<RawCheck>>,
 }
 
 /// `location = { lat = 50.1, lon = 8.7, region = "eu" }`.

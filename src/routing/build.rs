@@ -31,7 +31,7 @@ pub enum BuildEvent {
     /// Replace config and zones; answers with the new snapshot's generation.
     Reload {
         /// The validated config and zones.
-        loaded: Box<Loaded>,
+        loaded: Arc<Loaded>,
         /// Told the generation once the new snapshot is live.
         done: Option<oneshot::Sender<u64>>,
     },
@@ -41,6 +41,8 @@ pub enum BuildEvent {
         key: MemberKey,
         /// Its new state.
         up: bool,
+        /// Told the generation once the snapshot reflecting it is live.
+        done: Option<oneshot::Sender<u64>>,
     },
 }
 
@@ -55,10 +57,14 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// Builds and publishes the first snapshot (generation 1).
+    /// Builds and publishes the first snapshot (generation 1), every endpoint up.
     pub fn new(loaded: Loaded) -> Self {
-        let loaded = Arc::new(loaded);
-        let down = HashSet::new();
+        Self::with_down(Arc::new(loaded), [])
+    }
+
+    /// Like [`Builder::new`], with endpoints known to be down (restored from the state file).
+    pub fn with_down(loaded: Arc<Loaded>, down: impl IntoIterator<Item = MemberKey>) -> Self {
+        let down: HashSet<MemberKey> = down.into_iter().collect();
         let handle = RoutingHandle::new(build(&loaded, &down, 1));
         Self {
             loaded,
@@ -82,7 +88,7 @@ impl Builder {
     pub fn apply(&mut self, event: BuildEvent) {
         match event {
             BuildEvent::Reload { loaded, done } => {
-                self.loaded = Arc::new(*loaded);
+                self.loaded = loaded;
                 // State of endpoints that no longer exist is dropped; the rest carries over.
                 let loaded = self.loaded.clone();
                 self.down.retain(|key| {
@@ -96,7 +102,7 @@ impl Builder {
                     let _ = done.send(self.generation);
                 }
             }
-            BuildEvent::SetMemberUp { key, up } => {
+            BuildEvent::SetMemberUp { key, up, done } => {
                 let changed = if up {
                     self.down.remove(&key)
                 } else {
@@ -104,6 +110,10 @@ impl Builder {
                 };
                 if changed {
                     self.publish();
+                }
+                if let Some(done) = done {
+                    // The sender may have gone away; the snapshot is live either way.
+                    let _ = done.send(self.generation);
                 }
             }
         }
@@ -297,6 +307,7 @@ mod tests {
         builder.apply(BuildEvent::SetMemberUp {
             key: key.clone(),
             up: false,
+            done: None,
         });
         let snapshot = handle.load();
         assert_eq!(snapshot.generation, 2);
@@ -308,10 +319,15 @@ mod tests {
         builder.apply(BuildEvent::SetMemberUp {
             key: key.clone(),
             up: false,
+            done: None,
         });
         assert_eq!(handle.load().generation, 2);
 
-        builder.apply(BuildEvent::SetMemberUp { key, up: true });
+        builder.apply(BuildEvent::SetMemberUp {
+            key,
+            up: true,
+            done: None,
+        });
         assert_eq!(addresses(&handle.load(), RecordType::A), before);
         assert_eq!(handle.load().generation, 3);
     }
@@ -329,6 +345,7 @@ mod tests {
                     member: member.name.clone(),
                 },
                 up: false,
+                done: None,
             });
         }
         assert_eq!(addresses(&builder.handle().load(), RecordType::A), before);

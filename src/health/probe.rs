@@ -1,0 +1,294 @@
+//! Probes: one attempt to reach an endpoint, by TCP connect, HTTP(S) GET or TLS handshake.
+//!
+//! HTTP goes through hyper and TLS through rustls (ring); nothing here parses HTTP or TLS
+//! by hand. The caller applies the timeout; a probe only says how it went.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{HttpProbe, Probe, TlsSettings};
+
+/// The most of a response body read to look for the expected text.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Why a probe failed. `Clone`, with a stable label for metrics ([`ProbeError::as_str`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The body did not contain the expected text.
+    #[error("body does not contain {0:?}")]
+    Body(String),
+    /// The certificate expires too soon.
+    #[error("certificate expires in {days} day(s)")]
+    CertExpiring {
+        /// Whole days left (negative when expired).
+        days: i64,
+    },
+    /// TCP connect failed (other than refused).
+    #[error("connect failed: {0}")]
+    Connect(String),
+    /// The HTTP exchange failed.
+    #[error("HTTP failed: {0}")]
+    Http(String),
+    /// TCP connect was refused.
+    #[error("connection refused")]
+    Refused,
+    /// The HTTP status was not one of those expected.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// The probe did not finish within its timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The TLS handshake failed (including certificate verification).
+    #[error("TLS failed: {0}")]
+    Tls(String),
+}
+
+impl ProbeError {
+    /// Stable metric label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProbeError::Body(_) => "body",
+            ProbeError::CertExpiring { .. } => "cert_expiring",
+            ProbeError::Connect(_) => "connect",
+            ProbeError::Http(_) => "http",
+            ProbeError::Refused => "refused",
+            ProbeError::Status(_) => "status",
+            ProbeError::Timeout => "timeout",
+            ProbeError::Tls(_) => "tls",
+        }
+    }
+}
+
+/// A probe ready to run: the spec plus what is expensive to build (the TLS client config).
+#[derive(Clone)]
+pub struct Prober {
+    probe: Probe,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+impl Prober {
+    /// Prepares a probe. Fails only for a TLS server name that cannot be used.
+    pub fn new(probe: Probe) -> Result<Self, ProbeError> {
+        let tls = match &probe {
+            Probe::Http(HttpProbe { tls: Some(tls), .. }) | Probe::Tls { tls, .. } => {
+                Some(connector(tls)?)
+            }
+            _ => None,
+        };
+        Ok(Self { probe, tls })
+    }
+
+    /// Runs one probe (no timeout here: the scheduler applies it).
+    pub async fn run(&self) -> Result<(), ProbeError> {
+        match &self.probe {
+            Probe::None => Ok(()),
+            Probe::Tcp { target } => connect(*target).await.map(drop),
+            Probe::Tls { target, tls } => {
+                let stream = self.handshake(connect(*target).await?).await?;
+                check_expiry(&stream, tls.cert_min_days)
+            }
+            Probe::Http(http) => {
+                let tcp = connect(http.target).await?;
+                match &http.tls {
+                    None => exchange(tcp, http).await,
+                    Some(tls) => {
+                        let stream = self.handshake(tcp).await?;
+                        check_expiry(&stream, tls.cert_min_days)?;
+                        exchange(stream, http).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
+        let Some((connector, name)) = &self.tls else {
+            return Err(ProbeError::Tls("no TLS settings".into()));
+        };
+        connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|e| ProbeError::Tls(e.to_string()))
+    }
+}
+
+async fn connect(target: std::net::SocketAddr) -> Result<TcpStream, ProbeError> {
+    TcpStream::connect(target)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
+            _ => ProbeError::Connect(e.to_string()),
+        })
+}
+
+/// GET the path and judge status and body.
+async fn exchange<S>(stream: S, http: &HttpProbe) -> Result<(), ProbeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProbeError::Http(e.to_string()))?;
+    let connection = tokio::spawn(connection);
+    let result = async {
+        let request = hyper::Request::get(http.path.as_str())
+            .header(hyper::header::HOST, http.host.as_str())
+            .header(hyper::header::USER_AGENT, "gto-health")
+            .header(hyper::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ProbeError::Http(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ProbeError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        let accepted = if http.expect.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            http.expect.contains(&status)
+        };
+        if !accepted {
+            return Err(ProbeError::Status(status));
+        }
+        if let Some(wanted) = &http.body {
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| ProbeError::Http(e.to_string()))?
+                .to_bytes();
+            if !String::from_utf8_lossy(&body).contains(wanted.as_str()) {
+                return Err(ProbeError::Body(wanted.clone()));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    connection.abort();
+    result
+}
+
+/// Fails when the peer's certificate expires within `min_days`.
+fn check_expiry(
+    stream: &tokio_rustls::client::TlsStream<TcpStream>,
+    min_days: Option<u32>,
+) -> Result<(), ProbeError> {
+    let Some(min_days) = min_days else {
+        return Ok(());
+    };
+    let Some(leaf) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    else {
+        return Err(ProbeError::Tls("no peer certificate".into()));
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| ProbeError::Tls(format!("unreadable certificate: {e}")))?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = (cert.validity().not_after.timestamp() - now).div_euclid(86_400);
+    if days < i64::from(min_days) {
+        return Err(ProbeError::CertExpiring { days });
+    }
+    Ok(())
+}
+
+fn connector(settings: &TlsSettings) -> Result<(TlsConnector, ServerName<'static>), ProbeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProbeError::Tls(e.to_string()))?;
+    let config = if settings.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        if settings.roots.is_empty() {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        } else {
+            for cert in &settings.roots {
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| ProbeError::Tls(e.to_string()))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    let name = ServerName::try_from(settings.sni.clone())
+        .map_err(|e| ProbeError::Tls(format!("bad SNI: {e}")))?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
+/// `insecure = true`: any certificate is accepted, signatures are still checked.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,122 @@
+//! Probe tasks: one per distinct target, each probing on its own jittered schedule under a
+//! shared concurrency limit, and reporting every result to the monitor.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::probe::{ProbeError, Prober};
+use crate::metrics::{PROBE_DURATION_SECONDS, PROBE_FAILURES_TOTAL};
+
+/// Identifies a probe task within one monitor.
+pub type TargetId = u64;
+
+/// One probe result.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Which target.
+    pub target: TargetId,
+    /// How it went.
+    pub result: Result<(), ProbeError>,
+    /// When it finished (wall clock, for status and the state file).
+    pub at: SystemTime,
+}
+
+/// How a target is probed.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Time between probes.
+    pub interval: Duration,
+    /// Per-probe timeout (shorter than the interval).
+    pub timeout: Duration,
+}
+
+/// The delay before the next probe: the interval with ±10 % jitter, or a quarter of it right
+/// after the first failure so a real outage is confirmed quickly. `unit` is uniform in 0..1.
+pub fn next_delay(interval: Duration, was_ok: bool, ok: bool, unit: f64) -> Duration {
+    if was_ok && !ok {
+        interval / 4
+    } else {
+        interval.mul_f64(0.9 + 0.2 * unit.clamp(0.0, 1.0))
+    }
+}
+
+/// The delay before a target's first probe: spread over a quarter interval so that many
+/// targets do not start at the same instant, yet a restart re-checks everything soon.
+pub fn first_delay(interval: Duration, unit: f64) -> Duration {
+    (interval / 4).mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// Probes until cancelled or until the monitor goes away.
+pub async fn probe_loop(
+    target: TargetId,
+    prober: Prober,
+    kind: &'static str,
+    schedule: Schedule,
+    limit: Arc<Semaphore>,
+    reports: mpsc::Sender<Report>,
+    token: CancellationToken,
+) {
+    let mut delay = first_delay(schedule.interval, rand::random());
+    let mut was_ok = true;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = token.cancelled() => return,
+        }
+        let permit = tokio::select! {
+            permit = limit.acquire() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return, // the semaphore is closed: shutting down
+            },
+            () = token.cancelled() => return,
+        };
+        let started = Instant::now();
+        let result = match tokio::time::timeout(schedule.timeout, prober.run()).await {
+            Ok(result) => result,
+            Err(_) => Err(ProbeError::Timeout),
+        };
+        drop(permit);
+        metrics::histogram!(PROBE_DURATION_SECONDS, "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            metrics::counter!(PROBE_FAILURES_TOTAL, "kind" => kind, "reason" => error.as_str())
+                .increment(1);
+        }
+        let ok = result.is_ok();
+        let report = Report {
+            target,
+            result,
+            at: SystemTime::now(),
+        };
+        if reports.send(report).await.is_err() {
+            return;
+        }
+        delay = next_delay(schedule.interval, was_ok, ok, rand::random());
+        was_ok = ok;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_failure_is_rechecked_fast_then_the_interval_resumes() {
+        let interval = Duration::from_secs(2);
+        assert_eq!(
+            next_delay(interval, true, false, 0.5),
+            Duration::from_millis(500)
+        );
+        assert_eq!(next_delay(interval, false, false, 0.5), interval);
+        assert_eq!(next_delay(interval, false, true, 0.5), interval);
+        for unit in [0.0, 0.3, 1.0] {
+            let d = next_delay(interval, true, true, unit);
+            assert!(d >= Duration::from_millis(1800) && d <= Duration::from_millis(2200));
+        }
+        assert!(first_delay(interval, 1.0) <= Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,149 @@
+//! The state file: last known health of every endpoint, kept across restarts.
+//!
+//! JSON, written to a temporary file beside the target, synced, then renamed over it, so a
+//! crash leaves either the old file or the new one, never half of one. A missing file is a
+//! fresh start; an unreadable one is reported and ignored (every endpoint is re-checked).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::state::Health;
+
+/// Format version written into the file.
+pub const VERSION: u32 = 1;
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file exists but is not a state file gto can read.
+    #[error(
+        "state file {path} is unreadable ({reason}); starting without it, every endpoint is re-checked"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateFile {
+    /// Format version ([`VERSION`]).
+    pub version: u32,
+    /// When it was written (seconds since the Unix epoch).
+    pub written: u64,
+    /// One record per endpoint.
+    pub members: Vec<MemberRecord>,
+}
+
+/// What is kept of one endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Pool name.
+    pub pool: String,
+    /// Member name.
+    pub member: String,
+    /// Last known health.
+    pub health: Health,
+    /// When it last flipped (seconds since the Unix epoch).
+    pub since: u64,
+    /// When it was last probed, if ever.
+    pub checked: Option<u64>,
+    /// The last probe's failure, if it failed.
+    pub reason: Option<String>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The time a Unix timestamp stands for.
+pub fn from_unix(seconds: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+}
+
+/// Reads the file; `Ok(None)` when it does not exist.
+pub fn load(path: &Path) -> Result<Option<StateFile>, StoreError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let file: StateFile = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if file.version != VERSION {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("version {} is not {VERSION}", file.version),
+        });
+    }
+    Ok(Some(file))
+}
+
+/// Writes the file atomically (temporary file, fsync, rename).
+pub fn save(path: &Path, file: &StateFile) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = serde_json::to_vec_pretty(file).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut out = std::fs::File::create(&temporary).map_err(io)?;
+    out.write_all(&text).map_err(io)?;
+    out.sync_all().map_err(io)?;
+    drop(out);
+    std::fs::rename(&temporary, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gto.state");
+        assert!(load(&path).unwrap().is_none());
+        let file = StateFile {
+            version: VERSION,
+            written: 1,
+            members: vec![MemberRecord {
+                pool: "p".into(),
+                member: "m".into(),
+                health: Health::Down,
+                since: 5,
+                checked: Some(6),
+                reason: Some("connection refused".into()),
+            }],
+        };
+        save(&path, &file).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(file));
+        assert!(!dir.path().join("gto.state.tmp").exists());
+        std::fs::write(&path, "{\"version\": 1, \"memb").unwrap();
+        assert!(matches!(load(&path), Err(StoreError::Corrupt { .. })));
+    }
+}
