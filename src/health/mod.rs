@@ -66,6 +66,8 @@ pub struct MemberStatus {
     pub stale: bool,
     /// The probe kind ("tcp", "https", "none", ...).
     pub probe: &'static str,
+    /// The probe task serving it; endpoints with the same probe and schedule share one.
+    pub target: Option<u64>,
 }
 
 /// A change of health, announced after the routing snapshot that reflects it is live.
@@ -101,14 +103,23 @@ impl HealthHandle {
     }
 
     /// Applies a reloaded config: keeps state by identity, restarts only changed probes.
+    /// Returns once status reflects the new config.
     pub async fn reconfigure(&self, loaded: Arc<Loaded>) {
+        let (done, applied) = oneshot::channel();
         // A closed channel means shutdown is under way; nothing to reconfigure.
-        let _ = self.control.send(Control::Reconfigure(loaded)).await;
+        if self
+            .control
+            .send(Control::Reconfigure(loaded, done))
+            .await
+            .is_ok()
+        {
+            let _ = applied.await;
+        }
     }
 }
 
 enum Control {
-    Reconfigure(Arc<Loaded>),
+    Reconfigure(Arc<Loaded>, oneshot::Sender<()>),
 }
 
 /// The endpoints the state file says were down and still exist in `loaded` (for the first
@@ -240,8 +251,9 @@ impl Monitor {
         loop {
             tokio::select! {
                 Some(report) = reports.recv() => self.on_report(report).await,
-                Some(Control::Reconfigure(loaded)) = control.recv() => {
+                Some(Control::Reconfigure(loaded, done)) = control.recv() => {
                     self.apply(&loaded, &HashMap::new());
+                    let _ = done.send(());
                     self.persist().await;
                 }
                 _ = sweep.tick() => self.sweep(),
@@ -457,6 +469,11 @@ impl Monitor {
                     last_error: t.last_error.clone(),
                     stale: t.stale,
                     probe: t.check.probe.kind(),
+                    target: self
+                        .targets
+                        .values()
+                        .find(|target| target.members.contains(key))
+                        .map(|target| target.id),
                 })
             })
             .collect();

@@ -9,5 +9,6 @@
 mod check;
 mod dns;
 mod edns;
+mod health;
 mod lifecycle;
 mod support;

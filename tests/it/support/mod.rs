@@ -1,6 +1,8 @@
 //! Shared harness: start gto in-process on 127.0.0.1:0 from real config and zone files,
 //! query it over real UDP and TCP sockets, and run real `dig`.
 
+pub mod appliance;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,383 @@
+//! Health checks end to end: real appliances on 127.0.0.x, real probes, real DNS answers.
+
+use std::time::Duration;
+
+use gto::config::{HttpProbe, Probe, TlsSettings};
+use gto::health::Flip;
+use gto::health::probe::{ProbeError, Prober};
+use gto::health::state::Health;
+use gto::{App, ConfigSource};
+use hickory_proto::rr::RecordType;
+use tokio::sync::broadcast;
+
+use crate::support::appliance::{Appliance, Speaks, certificate};
+use crate::support::{TestServer, ZONE, answers, query, tcp, udp};
+
+const INTERVAL: Duration = Duration::from_millis(300);
+const FALL: u32 = 2;
+const RISE: u32 = 2;
+
+/// Three endpoints on 127.0.0.2..4, checked by `check` (a TOML inline table without port;
+/// each member sets its own port).
+fn health_config(ports: [u16; 3], check: &str, state_file: bool) -> String {
+    let state = if state_file {
+        "state_file = \"gto.state\""
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+{state}
+
+[[zone]]
+origin = "gto.example.com."
+file = "gto.example.com.zone"
+
+[[service]]
+name = "vpn.gto.example.com."
+pool = "sma"
+answers = 2
+ttl = 5
+
+[[pool]]
+name = "sma"
+check = {check}
+[[pool.member]]
+name = "fra-1"
+addresses = ["127.0.0.2"]
+check = {{ port = {} }}
+[[pool.member]]
+name = "ams-1"
+addresses = ["127.0.0.3"]
+check = {{ port = {} }}
+[[pool.member]]
+name = "nyc-1"
+addresses = ["127.0.0.4"]
+check = {{ port = {} }}
+"#,
+        ports[0], ports[1], ports[2]
+    )
+}
+
+const TCP_CHECK: &str =
+    r#"{ kind = "tcp", interval = "300ms", timeout = "200ms", rise = 2, fall = 2 }"#;
+
+async fn appliances(speaks: Speaks) -> Vec<(Appliance, tokio::sync::mpsc::UnboundedReceiver<u16>)> {
+    let mut all = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        all.push(Appliance::start(ip, speaks.clone()).await);
+    }
+    all
+}
+
+fn ports(all: &[(Appliance, tokio::sync::mpsc::UnboundedReceiver<u16>)]) -> [u16; 3] {
+    [
+        all[0].0.addr.port(),
+        all[1].0.addr.port(),
+        all[2].0.addr.port(),
+    ]
+}
+
+async fn next_flip(flips: &mut broadcast::Receiver<Flip>, within: Duration) -> Flip {
+    tokio::time::timeout(within, flips.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no flip within {within:?}"))
+        .unwrap()
+}
+
+async fn a_records(server: &TestServer) -> Vec<String> {
+    let (reply, _) = udp(
+        server.addr,
+        &query("vpn.gto.example.com.", RecordType::A, None),
+    )
+    .await;
+    let over_tcp = tcp(
+        server.addr,
+        &query("vpn.gto.example.com.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(answers(&reply), answers(&over_tcp));
+    answers(&reply)
+}
+
+#[tokio::test]
+async fn a_failed_endpoint_leaves_the_answers_within_interval_times_fall_and_comes_back() {
+    let mut all = appliances(Speaks::Tcp).await;
+    let server = TestServer::start(&health_config(ports(&all), TCP_CHECK, false), ZONE).await;
+    let mut flips = server.app.health().subscribe();
+    assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.3"]);
+
+    all[0].0.stop().await;
+    let deadline = INTERVAL * FALL + Duration::from_secs(1);
+    let flip = next_flip(&mut flips, deadline).await;
+    assert_eq!(
+        (flip.key.member.as_str(), flip.from, flip.to),
+        ("fra-1", Health::Up, Health::Down)
+    );
+    assert!(flip.reason.contains("refused"), "{}", flip.reason);
+    // The snapshot is live when the flip is announced: fresh answers exclude fra-1.
+    assert_eq!(a_records(&server).await, vec!["127.0.0.3", "127.0.0.4"]);
+    let status = server.app.health().status();
+    assert_eq!(status[0].health, Health::Down);
+    assert!(
+        status[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("refused")
+    );
+
+    all[0].0.resume();
+    // rise successes, each an interval (+10 % jitter) apart, after the next probe.
+    let back = INTERVAL.mul_f64(1.1) * (RISE + 1) + Duration::from_secs(1);
+    let flip = next_flip(&mut flips, back).await;
+    assert_eq!((flip.key.member.as_str(), flip.to), ("fra-1", Health::Up));
+    assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.3"]);
+    assert!(flips.try_recv().is_err(), "no other endpoint flipped");
+}
+
+#[tokio::test]
+async fn one_lost_probe_never_removes_an_endpoint() {
+    let mut all = appliances(Speaks::Http).await;
+    let check = r#"{ kind = "http", path = "/status", expect = [200], body = "OK", interval = "300ms", timeout = "200ms", rise = 2, fall = 2 }"#;
+    let server = TestServer::start(&health_config(ports(&all), check, false), ZONE).await;
+    let mut flips = server.app.health().subscribe();
+    let requests = &mut all[0].1;
+    // Steady state first, then exactly one failed probe, then several good ones.
+    assert_eq!(requests.recv().await, Some(200));
+    all[0]
+        .0
+        .fail_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let requests = &mut all[0].1;
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.push(requests.recv().await.unwrap());
+    }
+    assert_eq!(seen.iter().filter(|s| **s == 500).count(), 1, "{seen:?}");
+    assert!(
+        flips.try_recv().is_err(),
+        "a single lost probe flipped something"
+    );
+    assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.3"]);
+    let status = server.app.health().status();
+    assert!(
+        status
+            .iter()
+            .all(|s| s.health == Health::Up && !s.stale && s.probe == "http")
+    );
+
+    // A real outage (status 503 from now on) does remove it.
+    all[0]
+        .0
+        .status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    let flip = next_flip(&mut flips, INTERVAL * FALL + Duration::from_secs(1)).await;
+    assert_eq!((flip.key.member.as_str(), flip.to), ("fra-1", Health::Down));
+    assert!(flip.reason.contains("503"), "{}", flip.reason);
+    assert_eq!(a_records(&server).await, vec!["127.0.0.3", "127.0.0.4"]);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_a_down_endpoint_out_of_the_first_answers() {
+    let mut all = appliances(Speaks::Tcp).await;
+    let server = TestServer::start(&health_config(ports(&all), TCP_CHECK, true), ZONE).await;
+    let mut flips = server.app.health().subscribe();
+    all[1].0.stop().await;
+    let flip = next_flip(&mut flips, INTERVAL * FALL + Duration::from_secs(1)).await;
+    assert_eq!((flip.key.member.as_str(), flip.to), ("ams-1", Health::Down));
+    let TestServer { app, dir, .. } = server;
+    app.shutdown().await.unwrap();
+
+    // Start again from the same files: the first answers already exclude ams-1.
+    let source = ConfigSource::File(dir.path().join("gto.toml"));
+    let app = App::start(source.clone(), source.load().unwrap())
+        .await
+        .unwrap();
+    let server = TestServer {
+        addr: app.dns_addrs()[0],
+        app,
+        dir,
+    };
+    assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.4"]);
+    let status = server.app.health().status();
+    let ams = status.iter().find(|s| s.key.member == "ams-1").unwrap();
+    assert_eq!(ams.health, Health::Down);
+    assert!(ams.stale, "restored state is stale until re-checked");
+
+    // It is re-checked at once and comes back after rise successes.
+    let mut flips = server.app.health().subscribe();
+    all[1].0.resume();
+    let flip = next_flip(
+        &mut flips,
+        INTERVAL.mul_f64(1.1) * (RISE + 1) + Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!((flip.key.member.as_str(), flip.to), ("ams-1", Health::Up));
+    assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.3"]);
+    assert!(!server.app.health().status()[1].stale);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_state_of_unchanged_identities() {
+    let mut all = appliances(Speaks::Tcp).await;
+    let config = health_config(ports(&all), TCP_CHECK, false);
+    let server = TestServer::start(&config, ZONE).await;
+    let mut flips = server.app.health().subscribe();
+    all[0].0.stop().await;
+    next_flip(&mut flips, INTERVAL * FALL + Duration::from_secs(1)).await;
+
+    // Same identities, a different check schedule, and one new endpoint.
+    let changed = config.replace("interval = \"300ms\"", "interval = \"400ms\"").replace(
+        "[[pool.member]]\nname = \"fra-1\"",
+        "[[pool.member]]\nname = \"new-1\"\naddresses = [\"127.0.0.9\"]\ncheck = { kind = \"none\" }\n[[pool.member]]\nname = \"fra-1\"",
+    );
+    std::fs::write(server.path("gto.toml"), changed).unwrap();
+    server.app.reload().await.unwrap();
+    let status = server.app.health().status();
+    let health = |name: &str| status.iter().find(|s| s.key.member == name).unwrap().health;
+    assert_eq!(health("fra-1"), Health::Down, "state kept across reload");
+    assert_eq!(health("new-1"), Health::Up, "a new endpoint is up at once");
+    assert_eq!(a_records(&server).await, vec!["127.0.0.9", "127.0.0.3"]);
+}
+
+#[tokio::test]
+async fn endpoints_with_the_same_probe_share_one_task() {
+    let all = appliances(Speaks::Tcp).await;
+    let port = all[0].0.addr.port();
+    let config = format!(
+        "{}\n[[service]]\nname = \"other.gto.example.com.\"\npool = \"copy\"\n[[pool]]\nname = \"copy\"\ncheck = {TCP_CHECK}\n[[pool.member]]\nname = \"same\"\naddresses = [\"127.0.0.2\"]\ncheck = {{ port = {port} }}\n",
+        health_config(ports(&all), TCP_CHECK, false)
+    );
+    let server = TestServer::start(&config, ZONE).await;
+    let status = server.app.health().status();
+    let target = |pool: &str, member: &str| {
+        status
+            .iter()
+            .find(|s| s.key.pool == pool && s.key.member == member)
+            .unwrap()
+            .target
+    };
+    assert!(target("sma", "fra-1").is_some());
+    assert_eq!(target("sma", "fra-1"), target("copy", "same"));
+    assert_ne!(target("sma", "fra-1"), target("sma", "ams-1"));
+}
+
+fn http(target: std::net::SocketAddr, tls: Option<TlsSettings>) -> HttpProbe {
+    HttpProbe {
+        target,
+        path: "/status".into(),
+        host: "appliance.test".into(),
+        expect: Vec::new(),
+        body: Some("OK".into()),
+        tls,
+    }
+}
+
+fn tls_settings(pem: &str, sni: &str, min_days: Option<u32>) -> TlsSettings {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    TlsSettings {
+        sni: sni.into(),
+        insecure: false,
+        roots: CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(Result::unwrap)
+            .collect(),
+        cert_min_days: min_days,
+    }
+}
+
+async fn run(probe: Probe) -> Result<(), ProbeError> {
+    Prober::new(probe).unwrap().run().await
+}
+
+#[tokio::test]
+async fn https_and_tls_probes_verify_certificates_and_expiry() {
+    let (acceptor, pem) = certificate(&["appliance.test", "127.0.0.5"], 30);
+    let (appliance, _requests) = Appliance::start("127.0.0.5", Speaks::Https(acceptor)).await;
+    let target = appliance.addr;
+
+    assert_eq!(
+        run(Probe::Http(http(
+            target,
+            Some(tls_settings(&pem, "appliance.test", None))
+        )))
+        .await,
+        Ok(())
+    );
+    assert_eq!(
+        run(Probe::Tls {
+            target,
+            tls: tls_settings(&pem, "appliance.test", Some(7))
+        })
+        .await,
+        Ok(())
+    );
+    // By IP address as the server name, too.
+    assert_eq!(
+        run(Probe::Tls {
+            target,
+            tls: tls_settings(&pem, "127.0.0.5", None)
+        })
+        .await,
+        Ok(())
+    );
+    // Expires in 30 days: a 60-day minimum fails.
+    let expiring = run(Probe::Tls {
+        target,
+        tls: tls_settings(&pem, "appliance.test", Some(60)),
+    })
+    .await;
+    assert!(
+        matches!(expiring, Err(ProbeError::CertExpiring { days: 29 | 30 })),
+        "{expiring:?}"
+    );
+    // A name the certificate does not carry fails verification.
+    let wrong = run(Probe::Tls {
+        target,
+        tls: tls_settings(&pem, "other.test", None),
+    })
+    .await;
+    assert!(matches!(wrong, Err(ProbeError::Tls(_))), "{wrong:?}");
+    // Not trusted (Mozilla roots only) fails; insecure accepts it.
+    let mut untrusted = tls_settings(&pem, "appliance.test", None);
+    untrusted.roots.clear();
+    let result = run(Probe::Http(http(target, Some(untrusted.clone())))).await;
+    assert!(matches!(result, Err(ProbeError::Tls(_))), "{result:?}");
+    untrusted.insecure = true;
+    assert_eq!(
+        run(Probe::Http(http(target, Some(untrusted)))).await,
+        Ok(())
+    );
+}
+
+#[tokio::test]
+async fn http_probes_judge_status_and_body() {
+    let (appliance, _requests) = Appliance::start("127.0.0.6", Speaks::Http).await;
+    let target = appliance.addr;
+    assert_eq!(run(Probe::Http(http(target, None))).await, Ok(()));
+    let mut wants_body = http(target, None);
+    wants_body.body = Some("READY".into());
+    assert_eq!(
+        run(Probe::Http(wants_body)).await,
+        Err(ProbeError::Body("READY".into()))
+    );
+    let mut wants_204 = http(target, None);
+    wants_204.expect = vec![204];
+    assert_eq!(
+        run(Probe::Http(wants_204)).await,
+        Err(ProbeError::Status(200))
+    );
+    appliance
+        .status
+        .store(500, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        run(Probe::Http(http(target, None))).await,
+        Err(ProbeError::Status(500))
+    );
+    let mut appliance = appliance;
+    appliance.stop().await;
+    assert_eq!(run(Probe::Tcp { target }).await, Err(ProbeError::Refused));
+}
