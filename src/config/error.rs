@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// One problem in the config or in a zone file it names.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub struct ConfigError {
     /// The file the problem is in (the config file or a zone file).
     pub file: PathBuf,

@@ -489,7 +489,8 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             (a.file != file, &a.file, a.line).cmp(&(b.file != file, &b.file, b.line))
         });
         // A pool's check is compiled once per member: report each problem once.
-        errors.dedup();
+        let mut seen = std::collections::HashSet::new();
+        errors.retain(|e| seen.insert(e.clone()));
         Err(ConfigErrors(errors))
     }
 }

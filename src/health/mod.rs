@@ -29,7 +29,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -87,14 +89,24 @@ pub struct Flip {
 #[derive(Debug, Clone)]
 pub struct HealthHandle {
     control: mpsc::Sender<Control>,
-    status: watch::Receiver<Arc<Vec<MemberStatus>>>,
     flips: broadcast::Sender<Flip>,
+    checked: Arc<AtomicUsize>,
 }
 
 impl HealthHandle {
-    /// Current status of every endpoint, in config order.
-    pub fn status(&self) -> Arc<Vec<MemberStatus>> {
-        self.status.borrow().clone()
+    /// Current status of every endpoint, in config order (empty once stopped). Built on
+    /// request, so probing costs nothing for status nobody reads.
+    pub async fn status(&self) -> Vec<MemberStatus> {
+        let (reply, status) = oneshot::channel();
+        if self.control.send(Control::Status(reply)).await.is_err() {
+            return Vec::new();
+        }
+        status.await.unwrap_or_default()
+    }
+
+    /// How many endpoints have had at least one probe result since start (readiness, benches).
+    pub fn checked(&self) -> usize {
+        self.checked.load(Ordering::Relaxed)
     }
 
     /// Flips from now on; each arrives once the snapshot reflecting it is published.
@@ -120,6 +132,10 @@ impl HealthHandle {
 
 enum Control {
     Reconfigure(Arc<Loaded>, oneshot::Sender<()>),
+    Status(oneshot::Sender<Vec<MemberStatus>>),
+    /// Kills every probe task without telling the endpoints: a checker that died.
+    #[cfg(test)]
+    KillProbes,
 }
 
 /// The endpoints the state file says were down and still exist in `loaded` (for the first
@@ -156,17 +172,18 @@ pub fn spawn(
 ) -> (HealthHandle, JoinHandle<()>) {
     let (control, control_rx) = mpsc::channel(16);
     let (reports_tx, reports) = mpsc::channel(4096);
-    let (status_tx, status) = watch::channel(Arc::new(Vec::new()));
     let (flips, _) = broadcast::channel(256);
+    let checked = Arc::new(AtomicUsize::new(0));
     let mut monitor = Monitor {
         members: HashMap::new(),
         order: Vec::new(),
         targets: HashMap::new(),
+        by_id: HashMap::new(),
+        checked: checked.clone(),
         next_id: 0,
         limit: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
         reports_tx,
         events,
-        status: status_tx,
         flips: flips.clone(),
         state_file,
         token: token.clone(),
@@ -190,8 +207,8 @@ pub fn spawn(
     (
         HealthHandle {
             control,
-            status,
             flips,
+            checked,
         },
         task,
     )
@@ -229,11 +246,14 @@ struct Monitor {
     /// Endpoints in config order, for status.
     order: Vec<MemberKey>,
     targets: HashMap<TargetKey, Target>,
+    /// Which target a probe report is from.
+    by_id: HashMap<TargetId, TargetKey>,
+    /// Endpoints with at least one result (shared with the handle).
+    checked: Arc<AtomicUsize>,
     next_id: TargetId,
     limit: Arc<Semaphore>,
     reports_tx: mpsc::Sender<Report>,
     events: mpsc::Sender<BuildEvent>,
-    status: watch::Sender<Arc<Vec<MemberStatus>>>,
     flips: broadcast::Sender<Flip>,
     state_file: Option<PathBuf>,
     token: CancellationToken,
@@ -251,11 +271,22 @@ impl Monitor {
         loop {
             tokio::select! {
                 Some(report) = reports.recv() => self.on_report(report).await,
-                Some(Control::Reconfigure(loaded, done)) = control.recv() => {
-                    self.apply(&loaded, &HashMap::new());
-                    let _ = done.send(());
-                    self.persist().await;
-                }
+                Some(control) = control.recv() => match control {
+                    Control::Status(reply) => {
+                        let _ = reply.send(self.status());
+                    }
+                    Control::Reconfigure(loaded, done) => {
+                        self.apply(&loaded, &HashMap::new());
+                        let _ = done.send(());
+                        self.persist().await;
+                    }
+                    #[cfg(test)]
+                    Control::KillProbes => {
+                        for target in self.targets.values() {
+                            target.token.cancel();
+                        }
+                    }
+                },
                 _ = sweep.tick() => self.sweep(),
                 () = token.cancelled() => break,
             }
@@ -308,14 +339,20 @@ impl Monitor {
                 members.insert(key, tracked);
             }
         }
+        self.checked.store(
+            members.values().filter(|t| t.last_check.is_some()).count(),
+            Ordering::Relaxed,
+        );
         self.members = members;
         self.order = order;
 
         // Stop probes nobody needs any more; keep the rest running.
+        let by_id = &mut self.by_id;
         self.targets.retain(|key, target| {
             let keep = wanted.contains_key(key);
             if !keep {
                 target.token.cancel();
+                by_id.remove(&target.id);
             }
             keep
         });
@@ -346,6 +383,7 @@ impl Monitor {
                 self.reports_tx.clone(),
                 token.clone(),
             ));
+            self.by_id.insert(id, key.clone());
             self.targets.insert(
                 key,
                 Target {
@@ -355,11 +393,17 @@ impl Monitor {
                 },
             );
         }
-        self.publish_status();
     }
 
     async fn on_report(&mut self, report: Report) {
-        let Some(target) = self.targets.values().find(|t| t.id == report.target) else {
+        let Self {
+            targets,
+            by_id,
+            members,
+            checked,
+            ..
+        } = self;
+        let Some(target) = by_id.get(&report.target).and_then(|key| targets.get(key)) else {
             return; // a task that was just stopped
         };
         let reason = match &report.result {
@@ -367,10 +411,13 @@ impl Monitor {
             Err(error) => error.to_string(),
         };
         let mut flips = Vec::new();
-        for key in target.members.clone() {
-            let Some(tracked) = self.members.get_mut(&key) else {
+        for key in &target.members {
+            let Some(tracked) = members.get_mut(key) else {
                 continue;
             };
+            if tracked.last_check.is_none() {
+                checked.fetch_add(1, Ordering::Relaxed);
+            }
             tracked.last_check = Some(report.at);
             tracked.last_error = report.result.as_ref().err().map(ToString::to_string);
             tracked.last_report = Instant::now();
@@ -382,7 +429,7 @@ impl Monitor {
             if let Some(to) = tracked.hysteresis.observe(report.result.is_ok()) {
                 tracked.since = report.at;
                 flips.push(Flip {
-                    key,
+                    key: key.clone(),
                     from,
                     to,
                     reason: reason.clone(),
@@ -390,7 +437,6 @@ impl Monitor {
             }
         }
         if flips.is_empty() {
-            self.publish_status();
             return;
         }
         for flip in &flips {
@@ -416,7 +462,6 @@ impl Monitor {
                 let _ = published.await;
             }
         }
-        self.publish_status();
         self.persist().await;
         for flip in flips {
             // No subscribers is fine.
@@ -427,7 +472,6 @@ impl Monitor {
     /// Marks endpoints whose probes stopped reporting.
     fn sweep(&mut self) {
         let now = Instant::now();
-        let mut changed = false;
         for key in &self.order {
             let Some(tracked) = self.members.get_mut(key) else {
                 continue;
@@ -439,7 +483,6 @@ impl Monitor {
                 tracked.check.interval * 2 + tracked.check.timeout + Duration::from_secs(1);
             if now.duration_since(tracked.last_report) > allowed {
                 tracked.stale = true;
-                changed = true;
                 warn!(
                     pool = %key.pool,
                     member = %key.member,
@@ -450,14 +493,15 @@ impl Monitor {
                 metrics::gauge!(MEMBER_STALE, "pool" => key.pool.clone(), "member" => key.member.clone()).set(1.0);
             }
         }
-        if changed {
-            self.publish_status();
-        }
     }
 
-    fn publish_status(&self) {
-        let status: Vec<MemberStatus> = self
-            .order
+    fn status(&self) -> Vec<MemberStatus> {
+        let target_of: HashMap<&MemberKey, TargetId> = self
+            .targets
+            .values()
+            .flat_map(|t| t.members.iter().map(move |m| (m, t.id)))
+            .collect();
+        self.order
             .iter()
             .filter_map(|key| {
                 let t = self.members.get(key)?;
@@ -469,15 +513,10 @@ impl Monitor {
                     last_error: t.last_error.clone(),
                     stale: t.stale,
                     probe: t.check.probe.kind(),
-                    target: self
-                        .targets
-                        .values()
-                        .find(|target| target.members.contains(key))
-                        .map(|target| target.id),
+                    target: target_of.get(key).copied(),
                 })
             })
-            .collect();
-        self.status.send_replace(Arc::new(status));
+            .collect()
     }
 
     async fn persist(&self) {
@@ -531,5 +570,102 @@ fn new_tracked(check: &Check, restored: Option<&MemberRecord>, now: SystemTime) 
         last_report: Instant::now(),
         stale,
         check: check.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigSource;
+
+    const CONFIG: &str = r#"
+[[zone]]
+origin = "gto.example.com."
+file = "zones/gto.example.com.zone"
+[[service]]
+name = "vpn.gto.example.com."
+pool = "p"
+[[pool]]
+name = "p"
+check = { kind = "tcp", port = 9, interval = "2s", timeout = "1s" }
+[[pool.member]]
+name = "a"
+addresses = ["127.0.0.1"]
+[[pool.member]]
+name = "b"
+addresses = ["127.0.0.1"]
+check = { kind = "none" }
+"#;
+
+    fn loaded() -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("zones")).unwrap();
+        std::fs::write(
+            dir.path().join("zones/gto.example.com.zone"),
+            crate::config::EMBEDDED_ZONE,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("gto.toml"), CONFIG).unwrap();
+        ConfigSource::File(dir.path().join("gto.toml"))
+            .load()
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checker_that_stops_reporting_makes_its_endpoints_stale() {
+        let loaded = loaded();
+        let (events, _builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&loaded, None, None, events, token.clone());
+        assert!(handle.status().await.iter().all(|s| !s.stale));
+        handle.control.send(Control::KillProbes).await.unwrap();
+
+        // 2 x interval + timeout + 1 s = 6 s of silence is allowed; more is not (the first
+        // probe may have reported within the first quarter interval).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let a = |status: Vec<MemberStatus>| status.iter().any(|s| s.key.member == "a" && s.stale);
+        assert!(!a(handle.status().await), "stale too early");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(a(handle.status().await), "silent checker not flagged");
+        // Its last state is kept, flagged, and an endpoint without probes is never stale.
+        let now = handle.status().await;
+        assert_eq!(now[0].health, Health::Up);
+        assert!(!now[1].stale);
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn restored_down_endpoints_stay_down_until_rechecked_and_none_checks_ignore_it() {
+        let loaded = loaded();
+        let record = |member: &str| MemberRecord {
+            pool: "p".into(),
+            member: member.into(),
+            health: Health::Down,
+            since: 1,
+            checked: Some(1),
+            reason: Some("connection refused".into()),
+        };
+        let file = StateFile {
+            version: store::VERSION,
+            written: 1,
+            members: vec![record("a"), record("b"), record("gone")],
+        };
+        let down = restore(&loaded, Some(&file));
+        assert_eq!(
+            down,
+            vec![MemberKey {
+                pool: "p".into(),
+                member: "a".into()
+            }]
+        );
+        let (events, _builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&loaded, Some(file), None, events, token.clone());
+        let status = handle.status().await;
+        assert_eq!((status[0].health, status[0].stale), (Health::Down, true));
+        assert_eq!((status[1].health, status[1].stale), (Health::Up, false));
+        token.cancel();
+        task.await.unwrap();
     }
 }

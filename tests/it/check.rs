@@ -181,3 +181,44 @@ fn an_unknown_key_anywhere_in_the_shipped_config_is_rejected() {
         );
     }
 }
+
+#[test]
+fn bad_health_checks_are_all_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let text = config("").replace(
+        "[[pool]]\nname = \"sma\"",
+        "[[pool]]\nname = \"sma\"\ncheck = { kind = \"tcp\", interval = \"1s\", timeout = \"2s\" }",
+    ) + r#"
+[[service]]
+name = "x.gto.example.com."
+pool = "x"
+[[pool]]
+name = "x"
+check = { kind = "gopher", port = 70 }
+[[pool.member]]
+name = "m"
+addresses = ["192.0.2.1"]
+check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1 }
+"#;
+    fs::write(dir.path().join("gto.toml"), text).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    for expected in [
+        "pool.sma.check.timeout: must be shorter than the interval",
+        "pool.sma.check.port: a tcp check needs a port",
+        "pool.x.member[0].check.ca_file: cannot read",
+        "pool.x.member[0].check.cert_min_days: must be a number of days",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // The pool-level problem is reported once, not once per member.
+    assert_eq!(
+        stderr.matches("must be shorter than the interval").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -119,7 +119,7 @@ async fn a_failed_endpoint_leaves_the_answers_within_interval_times_fall_and_com
     assert!(flip.reason.contains("refused"), "{}", flip.reason);
     // The snapshot is live when the flip is announced: fresh answers exclude fra-1.
     assert_eq!(a_records(&server).await, vec!["127.0.0.3", "127.0.0.4"]);
-    let status = server.app.health().status();
+    let status = server.app.health().status().await;
     assert_eq!(status[0].health, Health::Down);
     assert!(
         status[0]
@@ -162,7 +162,7 @@ async fn one_lost_probe_never_removes_an_endpoint() {
         "a single lost probe flipped something"
     );
     assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.3"]);
-    let status = server.app.health().status();
+    let status = server.app.health().status().await;
     assert!(
         status
             .iter()
@@ -202,7 +202,7 @@ async fn a_restart_keeps_a_down_endpoint_out_of_the_first_answers() {
         dir,
     };
     assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.4"]);
-    let status = server.app.health().status();
+    let status = server.app.health().status().await;
     let ams = status.iter().find(|s| s.key.member == "ams-1").unwrap();
     assert_eq!(ams.health, Health::Down);
     assert!(ams.stale, "restored state is stale until re-checked");
@@ -217,7 +217,7 @@ async fn a_restart_keeps_a_down_endpoint_out_of_the_first_answers() {
     .await;
     assert_eq!((flip.key.member.as_str(), flip.to), ("ams-1", Health::Up));
     assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.3"]);
-    assert!(!server.app.health().status()[1].stale);
+    assert!(!server.app.health().status().await[1].stale);
 }
 
 #[tokio::test]
@@ -236,7 +236,7 @@ async fn a_reload_keeps_the_state_of_unchanged_identities() {
     );
     std::fs::write(server.path("gto.toml"), changed).unwrap();
     server.app.reload().await.unwrap();
-    let status = server.app.health().status();
+    let status = server.app.health().status().await;
     let health = |name: &str| status.iter().find(|s| s.key.member == name).unwrap().health;
     assert_eq!(health("fra-1"), Health::Down, "state kept across reload");
     assert_eq!(health("new-1"), Health::Up, "a new endpoint is up at once");
@@ -252,7 +252,7 @@ async fn endpoints_with_the_same_probe_share_one_task() {
         health_config(ports(&all), TCP_CHECK, false)
     );
     let server = TestServer::start(&config, ZONE).await;
-    let status = server.app.health().status();
+    let status = server.app.health().status().await;
     let target = |pool: &str, member: &str| {
         status
             .iter()
