@@ -2,13 +2,12 @@
 //! endpoints (DESIGN target: under 1 ms). `cargo bench --bench routing`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gto::ConfigSource;
-use gto::routing::build;
+use gto::routing::{MemberStates, build};
 
 fn config(pools: usize, per_pool: usize) -> String {
     let mut text = String::from("[[zone]]\norigin = \"gto.example.com.\"\nfile = \"zone\"\n");
@@ -33,9 +32,9 @@ fn rebuild(c: &mut Criterion) {
     let loaded = ConfigSource::File(dir.path().join("gto.toml"))
         .load()
         .unwrap();
-    let down = HashSet::new();
+    let states = MemberStates::default();
     c.bench_function("routing/build_100_pools_x_100_endpoints", |b| {
-        b.iter(|| black_box(build(black_box(&loaded), &down, 2)))
+        b.iter(|| black_box(build(black_box(&loaded), &states, 2)))
     });
 }
 

@@ -1,46 +1,65 @@
-//! Start and stop: binds the listeners, runs the builder task, reloads on request, and
+//! Start and stop: restores endpoint state, publishes the first snapshot, binds the DNS
+//! and admin listeners, runs the builder and the health monitor, reloads on request, and
 //! shuts everything down in order under one cancellation token.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use arc_swap::ArcSwapOption;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use std::sync::Arc;
-
-use crate::config::{ConfigError, ConfigErrors, ConfigSource, Loaded};
+use crate::admin::{AdminServer, AdminState};
+use crate::config::{ConfigError, ConfigErrors, ConfigSource, Loaded, Secret};
 use crate::dns::{DnsError, DnsServer};
 use crate::health::{self, HealthHandle};
-use crate::metrics::{CONFIG_RELOADS_TOTAL, SNAPSHOT_GENERATION};
+use crate::metrics::CONFIG_RELOADS_TOTAL;
 use crate::routing::{BuildEvent, Builder, RoutingHandle};
 
 /// Time allowed for in-flight queries once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A running gto: listeners, builder task, and the config source for reloads.
+/// Why gto could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A DNS listener could not be bound.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (admin API): {source}")]
+    Admin {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running gto: listeners, builder task, health monitor, admin API.
 #[derive(Debug)]
 pub struct App {
     dns: DnsServer,
+    admin: Option<AdminServer>,
     routing: RoutingHandle,
     events: mpsc::Sender<BuildEvent>,
     builder_task: JoinHandle<()>,
     health: HealthHandle,
     health_task: JoinHandle<()>,
+    reloader: Reloader,
     token: CancellationToken,
-    source: ConfigSource,
-    listen: Vec<SocketAddr>,
 }
 
 impl App {
-    /// Restores the last known health from the state file, publishes the first snapshot,
-    /// binds the listeners, and starts the builder and the health checks.
-    pub async fn start(source: ConfigSource, loaded: Loaded) -> Result<Self, DnsError> {
-        crate::metrics::describe_all();
-        let listen = loaded.config.server.listen.clone();
+    /// Restores endpoint state from the state file, publishes the first snapshot, binds the
+    /// listeners, and starts the builder, the health checks and the admin API.
+    pub async fn start(source: ConfigSource, loaded: Loaded) -> Result<Self, StartError> {
+        let metrics = crate::metrics::install();
         let settings = loaded.config.server.clone();
+        let admin_settings = loaded.config.admin.clone();
         let restored =
             settings
                 .state_file
@@ -53,16 +72,18 @@ impl App {
                     }
                 });
         let loaded = Arc::new(loaded);
-        let down = health::restore(&loaded, restored.as_ref());
-        if !down.is_empty() {
+        let states = health::restore(&loaded, restored.as_ref());
+        if !states.down.is_empty() || !states.drained.is_empty() {
             info!(
-                count = down.len(),
-                "endpoints restored as down from the state file"
+                down = states.down.len(),
+                drained = states.drained.len(),
+                "endpoint state restored from the state file"
             );
         }
-        let builder = Builder::with_down(loaded.clone(), down);
+        let builder = Builder::with_states(loaded.clone(), states);
         let routing = builder.handle();
-        metrics::gauge!(SNAPSHOT_GENERATION).set(routing.load().generation as f64);
+        // The first snapshot is published: ready as soon as the listeners are.
+        let ready = Arc::new(AtomicBool::new(false));
         let dns = DnsServer::start(&settings, routing.clone()).await?;
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
@@ -74,22 +95,49 @@ impl App {
             events.clone(),
             token.child_token(),
         );
+        let admin_token = Arc::new(ArcSwapOption::from(
+            admin_settings.token.clone().map(Arc::new),
+        ));
+        let reloader = Reloader(Arc::new(ReloaderInner {
+            source,
+            events: events.clone(),
+            health: health.clone(),
+            listen: settings.listen.clone(),
+            admin_token: admin_token.clone(),
+            lock: Mutex::new(()),
+        }));
+        let admin = match admin_settings.listen {
+            None => None,
+            Some(addr) => {
+                let state = AdminState {
+                    routing: routing.clone(),
+                    health: health.clone(),
+                    reloader: reloader.clone(),
+                    token: admin_token,
+                    metrics,
+                    ready: ready.clone(),
+                };
+                match AdminServer::start(addr, state).await {
+                    Ok(server) => Some(server),
+                    Err(source) => {
+                        token.cancel();
+                        return Err(StartError::Admin { addr, source });
+                    }
+                }
+            }
+        };
+        ready.store(true, Ordering::Release);
         Ok(Self {
             dns,
+            admin,
             routing,
             events,
             builder_task,
             health,
             health_task,
+            reloader,
             token,
-            source,
-            listen,
         })
-    }
-
-    /// Health status and flips.
-    pub fn health(&self) -> &HealthHandle {
-        &self.health
     }
 
     /// Where DNS is served (UDP and TCP on each).
@@ -97,68 +145,42 @@ impl App {
         self.dns.local_addrs()
     }
 
+    /// Where the admin API listens, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr)
+    }
+
     /// The routing table the listeners read.
     pub fn routing(&self) -> RoutingHandle {
         self.routing.clone()
     }
 
-    /// Sends an event to the builder (health, drains).
+    /// Sends an event to the builder.
     pub fn events(&self) -> mpsc::Sender<BuildEvent> {
         self.events.clone()
     }
 
-    /// Reads the config source and its zones again and, when valid, publishes a snapshot
-    /// built from them. On any error the running snapshot stays and the errors are returned.
-    pub async fn reload(&self) -> Result<u64, ConfigErrors> {
-        let source = self.source.clone();
-        let loaded = tokio::task::spawn_blocking(move || source.load())
-            .await
-            .map_err(|e| single_error(format!("reload task failed: {e}")))
-            .and_then(|result| result);
-        let loaded = match loaded {
-            Ok(loaded) => loaded,
-            Err(errors) => {
-                metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
-                warn!(
-                    problems = errors.len(),
-                    "reload rejected; the running config keeps serving"
-                );
-                for error in errors.iter() {
-                    warn!(%error, "config problem");
-                }
-                return Err(errors);
-            }
-        };
-        if loaded.config.server.listen != self.listen {
-            warn!("[server] listen changed: listeners are kept until restart");
-        }
-        let loaded = Arc::new(loaded);
-        let (done, generation) = oneshot::channel();
-        let event = BuildEvent::Reload {
-            loaded: loaded.clone(),
-            done: Some(done),
-        };
-        if self.events.send(event).await.is_err() {
-            return Err(single_error("the routing builder has stopped".into()));
-        }
-        let generation = generation
-            .await
-            .map_err(|_| single_error("the routing builder stopped during reload".into()))?;
-        self.health.reconfigure(loaded).await;
-        metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
-        metrics::gauge!(SNAPSHOT_GENERATION).set(generation as f64);
-        info!(generation, "config reloaded");
-        Ok(generation)
+    /// Endpoint state: health, drains, load, flips.
+    pub fn health(&self) -> &HealthHandle {
+        &self.health
     }
 
-    /// Stops the probes (the state file is written), then the listeners (in-flight
-    /// queries finish within [`SHUTDOWN_GRACE`]), then the builder.
+    /// Reads the config source and its zones again; see [`Reloader::reload`].
+    pub async fn reload(&self) -> Result<u64, ConfigErrors> {
+        self.reloader.reload().await
+    }
+
+    /// Stops the probes (the state file is written), then the DNS listeners (in-flight
+    /// queries finish within [`SHUTDOWN_GRACE`]), then the builder, then the admin API.
     pub async fn shutdown(self) -> Result<(), DnsError> {
         self.token.cancel();
         // Join errors mean a task panicked, which was already logged.
         let _ = self.health_task.await;
         let result = self.dns.shutdown(SHUTDOWN_GRACE).await;
         let _ = self.builder_task.await;
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         result
     }
 
@@ -178,6 +200,71 @@ impl App {
                 }
             }
         }
+    }
+}
+
+/// Reloads config and zones; shared by SIGHUP and `POST /v1/reload`, one at a time.
+#[derive(Clone, Debug)]
+pub struct Reloader(Arc<ReloaderInner>);
+
+#[derive(Debug)]
+struct ReloaderInner {
+    source: ConfigSource,
+    events: mpsc::Sender<BuildEvent>,
+    health: HealthHandle,
+    listen: Vec<SocketAddr>,
+    admin_token: Arc<ArcSwapOption<Secret>>,
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    /// Reads the config source and its zones again and, when valid, publishes a snapshot
+    /// built from them (parsing and building happen off the query path). On any error the
+    /// running snapshot stays, and the errors are logged, counted and returned.
+    pub async fn reload(&self) -> Result<u64, ConfigErrors> {
+        let inner = &self.0;
+        let _one_at_a_time = inner.lock.lock().await;
+        let source = inner.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || source.load())
+            .await
+            .map_err(|e| single_error(format!("reload task failed: {e}")))
+            .and_then(|result| result);
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+                warn!(
+                    problems = errors.len(),
+                    "reload rejected; the running config keeps serving"
+                );
+                for error in errors.iter() {
+                    warn!(%error, "config problem");
+                }
+                return Err(errors);
+            }
+        };
+        if loaded.config.server.listen != inner.listen {
+            warn!("[server] listen changed: listeners are kept until restart");
+        }
+        inner
+            .admin_token
+            .store(loaded.config.admin.token.clone().map(Arc::new));
+        let loaded = Arc::new(loaded);
+        let (done, generation) = oneshot::channel();
+        let event = BuildEvent::Reload {
+            loaded: loaded.clone(),
+            done: Some(done),
+        };
+        if inner.events.send(event).await.is_err() {
+            return Err(single_error("the routing builder has stopped".into()));
+        }
+        let generation = generation
+            .await
+            .map_err(|_| single_error("the routing builder stopped during reload".into()))?;
+        inner.health.reconfigure(loaded).await;
+        metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
+        info!(generation, "config reloaded");
+        Ok(generation)
     }
 }
 

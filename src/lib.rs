@@ -25,8 +25,10 @@
 //! - [`policy`]: pure ranking of a pool's endpoints.
 //! - [`health`]: probes, rise/fall hysteresis, the state file, flips into the builder.
 //! - [`dns`]: listeners and the query path.
+//! - [`admin`]: the HTTP admin API (status, drain, load, explain, reload, metrics).
 //! - [`app`]: start, reload, shutdown.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

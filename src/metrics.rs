@@ -4,7 +4,10 @@
 //! Metrics go through the `metrics` facade; without an installed recorder they cost a
 //! branch. The Prometheus exporter is installed by the admin listener.
 
+use std::sync::OnceLock;
+
 use metrics::{Unit, describe_counter, describe_gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Queries answered, by `transport` (udp, tcp), `qtype` and `rcode`.
 pub const DNS_QUERIES_TOTAL: &str = "gto_dns_queries_total";
@@ -27,6 +30,45 @@ pub const HEALTH_FLIPS_TOTAL: &str = "gto_health_flips_total";
 pub const MEMBER_UP: &str = "gto_member_up";
 /// 1 while an endpoint's health is stale, by `pool` and `member`.
 pub const MEMBER_STALE: &str = "gto_member_stale";
+
+/// Answers that included an endpoint, by `service`, `pool` and `member`.
+pub const ANSWERS_TOTAL: &str = "gto_answers_total";
+/// Time to build one routing snapshot, in seconds.
+pub const SNAPSHOT_BUILD_SECONDS: &str = "gto_snapshot_build_seconds";
+/// Query handling time on the general path, in seconds, by `transport`.
+pub const DNS_QUERY_SECONDS: &str = "gto_dns_query_seconds";
+/// Admin API requests, by `route` and `status`.
+pub const ADMIN_REQUESTS_TOTAL: &str = "gto_admin_requests_total";
+/// Drain and undrain actions, by `action`.
+pub const DRAINS_TOTAL: &str = "gto_drains_total";
+/// Reported load of an endpoint (sessions / capacity), by `pool` and `member`.
+pub const MEMBER_LOAD: &str = "gto_member_load";
+
+/// Buckets for `_seconds` histograms: 10 us to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the Prometheus recorder (once per process) and describes every metric; returns
+/// the handle `/metrics` renders.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program); then our
+            // handle renders nothing, which /metrics shows plainly.
+            let _ = metrics::set_global_recorder(recorder);
+            describe_all();
+            handle
+        })
+        .clone()
+}
 
 /// Describes every metric once at start-up.
 pub fn describe_all() {
@@ -75,5 +117,31 @@ pub fn describe_all() {
         MEMBER_STALE,
         Unit::Count,
         "1 while the endpoint's health is stale."
+    );
+    describe_counter!(
+        ANSWERS_TOTAL,
+        Unit::Count,
+        "Answers that included the endpoint."
+    );
+    metrics::describe_histogram!(
+        SNAPSHOT_BUILD_SECONDS,
+        Unit::Seconds,
+        "Time to build a routing snapshot."
+    );
+    metrics::describe_histogram!(
+        DNS_QUERY_SECONDS,
+        Unit::Seconds,
+        "Query handling time, by transport."
+    );
+    describe_counter!(
+        ADMIN_REQUESTS_TOTAL,
+        Unit::Count,
+        "Admin API requests, by route and status."
+    );
+    describe_counter!(DRAINS_TOTAL, Unit::Count, "Drain and undrain actions.");
+    describe_gauge!(
+        MEMBER_LOAD,
+        Unit::Count,
+        "Reported load (sessions / capacity) of the endpoint."
     );
 }

@@ -15,11 +15,11 @@ use toml::Spanned;
 use super::check::compile_check;
 use super::error::ConfigError;
 use super::raw::{
-    RawCheck, RawConfig, RawLocation, RawMember, RawPool, RawService, RawWhenAllDown,
+    RawAdmin, RawCheck, RawConfig, RawLocation, RawMember, RawPool, RawService, RawWhenAllDown,
 };
 use super::{
-    Answers, Config, Location, Member, Policy, Pool, PoolId, ServerSettings, Service, Ttl, Weight,
-    WhenAllDown, ZoneSource, ZoneSpec,
+    AdminSettings, Answers, Config, Location, Member, Policy, Pool, PoolId, Secret, ServerSettings,
+    Service, Ttl, Weight, WhenAllDown, ZoneSource, ZoneSpec,
 };
 
 /// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
@@ -83,11 +83,13 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 /// stays empty.
 pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Config {
     let server = compile_server(&raw, base_dir, errors);
+    let admin = compile_admin(&raw, base_dir, errors);
     let zones = compile_zones(&raw, base_dir, errors);
     let pools = compile_pools(&raw.pool, base_dir, errors);
     let services = compile_services(&raw.service, &pools, errors);
     Config {
         server,
+        admin,
         zones,
         services,
         pools,
@@ -157,6 +159,78 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
             }
             Some(base_dir.join(file.get_ref()))
         }),
+    }
+}
+
+/// The admin API listens on loopback by default.
+pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8053";
+
+fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> AdminSettings {
+    let default_listen = SocketAddr::from(([127, 0, 0, 1], 8053));
+    let Some(admin) = &raw.admin else {
+        return AdminSettings {
+            listen: Some(default_listen),
+            token: None,
+        };
+    };
+    let RawAdmin {
+        enabled,
+        listen,
+        token_file,
+    } = admin.get_ref();
+    let address = match listen {
+        None => default_listen,
+        Some(text) => match text.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                errors.at(
+                    text,
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address:port (e.g. \"{DEFAULT_ADMIN_LISTEN}\")",
+                        text.get_ref()
+                    ),
+                );
+                default_listen
+            }
+        },
+    };
+    let token = token_file.as_ref().and_then(|file| {
+        let path = base_dir.join(file.get_ref());
+        match std::fs::read_to_string(&path) {
+            Ok(text) if text.trim().len() >= 16 => Some(Secret::new(text.trim().to_string())),
+            Ok(_) => {
+                errors.at(
+                    file,
+                    "admin.token_file",
+                    format!(
+                        "{} must hold a token of at least 16 characters",
+                        path.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                errors.at(
+                    file,
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    });
+    let enabled = enabled.unwrap_or(true);
+    if enabled && !address.ip().is_loopback() && token_file.is_none() {
+        errors.at(
+            admin,
+            "admin.listen",
+            format!("{address} is not loopback: set admin.token_file so changes need a token"),
+        );
+    }
+    AdminSettings {
+        listen: enabled.then_some(address),
+        token,
     }
 }
 

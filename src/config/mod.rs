@@ -70,12 +70,45 @@ pub struct Loaded {
 pub struct Config {
     /// Listeners and protocol settings.
     pub server: ServerSettings,
+    /// The admin API.
+    pub admin: AdminSettings,
     /// Zones we are authoritative for.
     pub zones: Vec<ZoneSpec>,
     /// GSLB names.
     pub services: Vec<Service>,
     /// Pools of endpoints.
     pub pools: Vec<Pool>,
+}
+
+/// `[admin]`: the HTTP admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    /// Where it listens; None when disabled.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required for changes; None: every change is refused.
+    pub token: Option<Secret>,
+}
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for comparison.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// `[server]`.
@@ -421,7 +454,7 @@ fn clean_path(raw: &str) -> String {
     let mut path = String::new();
     for segment in raw
         .split('.')
-        .filter(|s| !s.starts_with("$__serde_spanned"))
+        .filter(|s| !s.starts_with("$__serde_spanned") && *s != "?")
     {
         if segment.chars().all(|c| c.is_ascii_digit()) && !path.is_empty() {
             path.push_str(&format!("[{segment}]"));
@@ -534,13 +567,4 @@ fn check_names(
             Some(_) => {}
         }
     }
-}
-
-/// Raw-address helpers shared by the routing builder.
-pub(crate) fn addresses_of(member: &Member, v6: bool) -> impl Iterator<Item = IpAddr> + '_ {
-    member
-        .addresses
-        .iter()
-        .copied()
-        .filter(move |a| a.is_ipv6() == v6)
 }

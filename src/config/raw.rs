@@ -14,6 +14,7 @@ use toml::Spanned;
 pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) server: RawServer,
+    pub(crate) admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub(crate) zone: Vec<Spanned<RawZone>>,
     #[serde(default)]
@@ -33,6 +34,14 @@ pub(crate) struct RawServer {
     pub(crate) tcp_idle_timeout: Option<Spanned<String>>,
     /// Where health and drains are kept across restarts.
     pub(crate) state_file: Option<Spanned<String>>,
+}
+
+/// `[admin]`: the HTTP admin API.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAdmin {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) listen: Option<Spanned<String>>,
+    pub(crate) token_file: Option<Spanned<String>>,
 }
 
 /// `[[zone]]`: one zone we are authoritative for.

@@ -16,6 +16,7 @@
 //! [`Snapshot::resolve`]: crate::routing::Snapshot::resolve
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::ClientSubnet;
@@ -25,10 +26,14 @@ use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::ecs;
-use crate::metrics::{DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_TRUNCATED_TOTAL};
+use crate::metrics::{
+    DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS, DNS_TRUNCATED_TOTAL,
+};
+use crate::routing::explain::rcode_of;
 use crate::routing::{Outcome, Resolution, RoutingHandle, Snapshot};
 
 /// Size of a DNS header on the wire.
@@ -64,6 +69,7 @@ impl RequestHandler for Handler {
         mut response: R,
     ) -> ResponseInfo {
         // Owned, because the answer is sent across an `.await` (STYLE rule 4).
+        let started = Instant::now();
         let snapshot: Arc<Snapshot> = self.routing.load_full();
         let protocol = request.protocol();
         let mut reply = answer(&snapshot, request);
@@ -91,6 +97,21 @@ impl RequestHandler for Handler {
             reply.resolution.additionals.clear();
         }
 
+        if let Some((node, v6)) = reply.resolution.gslb.filter(|_| !reply.metadata.truncation) {
+            let (_, from) = node.family(v6);
+            let mut last = None;
+            for &index in from {
+                // Records of one endpoint are adjacent: count each endpoint once per answer.
+                if last != Some(index) {
+                    if let Some(candidate) = node.candidates.get(index) {
+                        candidate.answered.fetch_add(1, Ordering::Relaxed);
+                        candidate.counter.increment(1);
+                    }
+                    last = Some(index);
+                }
+            }
+        }
+
         let Reply {
             metadata,
             resolution,
@@ -104,7 +125,10 @@ impl RequestHandler for Handler {
             std::iter::empty(),
             resolution.additionals,
         );
-        match response.send_response(message).await {
+        let sent = response.send_response(message).await;
+        metrics::histogram!(DNS_QUERY_SECONDS, "transport" => transport_label(protocol))
+            .record(started.elapsed().as_secs_f64());
+        match sent {
             Ok(info) => info,
             Err(error) => {
                 debug!(%error, "could not send a response");
@@ -181,11 +205,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
     }
 
     let resolution = snapshot.resolve(query.name(), qtype);
-    metadata.response_code = match resolution.outcome {
-        Outcome::Found => ResponseCode::NoError,
-        Outcome::NoSuchName => ResponseCode::NXDomain,
-        Outcome::NotOurs => ResponseCode::Refused,
-    };
+    metadata.response_code = rcode_of(resolution.outcome);
     metadata.authoritative = resolution.outcome != Outcome::NotOurs;
     Reply {
         metadata,

@@ -1,5 +1,6 @@
-//! Health checks: probe tasks per distinct target, a hysteresis machine per endpoint, and
-//! a monitor task that turns flips into routing updates.
+//! Endpoint state: health checks (probe tasks per distinct target, a hysteresis machine per
+//! endpoint), operator drains and reported load, owned by one monitor task that turns
+//! changes into routing updates and keeps them in the state file.
 //!
 //! ```text
 //! probe task (one per distinct target) ──Report──> monitor ──SetMemberUp──> routing builder
@@ -38,12 +39,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Check, Loaded, Probe};
-use crate::metrics::{HEALTH_FLIPS_TOTAL, MEMBER_STALE, MEMBER_UP};
-use crate::routing::{BuildEvent, MemberKey};
+use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL, MEMBER_LOAD, MEMBER_STALE, MEMBER_UP};
+use crate::routing::{BuildEvent, MemberKey, MemberStates};
 use probe::Prober;
 use scheduler::{Report, Schedule, TargetId};
 use state::{Health, Hysteresis};
-use store::{MemberRecord, StateFile};
+use store::{LoadRecord, MemberRecord, StateFile};
 
 /// At most this many probes run at once, however many targets there are.
 pub const MAX_CONCURRENT_PROBES: usize = 512;
@@ -70,6 +71,51 @@ pub struct MemberStatus {
     pub probe: &'static str,
     /// The probe task serving it; endpoints with the same probe and schedule share one.
     pub target: Option<u64>,
+    /// The operator's drain, if drained.
+    pub drain: Option<Drain>,
+    /// The last reported load, if any.
+    pub load: Option<Load>,
+}
+
+/// An operator's drain: the endpoint gets no new answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// When it was drained.
+    pub since: SystemTime,
+    /// When the drain ends by itself, if ever.
+    pub until: Option<SystemTime>,
+}
+
+/// A reported load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Active sessions.
+    pub sessions: u32,
+    /// Sessions the endpoint can carry.
+    pub capacity: u32,
+    /// When it was reported.
+    pub at: SystemTime,
+}
+
+impl Load {
+    /// sessions / capacity (1.0 is full).
+    pub fn ratio(&self) -> f64 {
+        f64::from(self.sessions) / f64::from(self.capacity.max(1))
+    }
+}
+
+/// Why a change to an endpoint was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// No such pool or member in the running config.
+    #[error("no endpoint {1:?} in pool {0:?}")]
+    NotFound(String, String),
+    /// A load report without a capacity, for an endpoint with none configured.
+    #[error("no capacity given and none configured for {0}/{1}")]
+    NoCapacity(String, String),
+    /// The monitor has stopped (shutting down).
+    #[error("gto is shutting down")]
+    Stopped,
 }
 
 /// A change of health, announced after the routing snapshot that reflects it is live.
@@ -104,6 +150,43 @@ impl HealthHandle {
         status.await.unwrap_or_default()
     }
 
+    /// Drains an endpoint (no new answers) until `until`, or until undrained.
+    pub async fn drain(
+        &self,
+        key: MemberKey,
+        until: Option<SystemTime>,
+    ) -> Result<MemberStatus, StateError> {
+        self.ask(|reply| Control::Drain(key, until, reply)).await
+    }
+
+    /// Ends a drain.
+    pub async fn undrain(&self, key: MemberKey) -> Result<MemberStatus, StateError> {
+        self.ask(|reply| Control::Undrain(key, reply)).await
+    }
+
+    /// Records a load report (the push API). `capacity` defaults to the configured one.
+    pub async fn set_load(
+        &self,
+        key: MemberKey,
+        sessions: u32,
+        capacity: Option<u32>,
+    ) -> Result<MemberStatus, StateError> {
+        self.ask(|reply| Control::SetLoad(key, sessions, capacity, reply))
+            .await
+    }
+
+    async fn ask(
+        &self,
+        control: impl FnOnce(Reply) -> Control,
+    ) -> Result<MemberStatus, StateError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(control(reply))
+            .await
+            .map_err(|_| StateError::Stopped)?;
+        answer.await.map_err(|_| StateError::Stopped)?
+    }
+
     /// How many endpoints have had at least one probe result since start (readiness, benches).
     pub fn checked(&self) -> usize {
         self.checked.load(Ordering::Relaxed)
@@ -130,36 +213,49 @@ impl HealthHandle {
     }
 }
 
+type Reply = oneshot::Sender<Result<MemberStatus, StateError>>;
+
 enum Control {
+    Drain(MemberKey, Option<SystemTime>, Reply),
     Reconfigure(Arc<Loaded>, oneshot::Sender<()>),
+    SetLoad(MemberKey, u32, Option<u32>, Reply),
     Status(oneshot::Sender<Vec<MemberStatus>>),
+    Undrain(MemberKey, Reply),
     /// Kills every probe task without telling the endpoints: a checker that died.
     #[cfg(test)]
     KillProbes,
 }
 
-/// The endpoints the state file says were down and still exist in `loaded` (for the first
-/// snapshot), and the file's records.
-pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> Vec<MemberKey> {
+/// What the first snapshot must know from the state file: endpoints that were down (and
+/// are still checked) and endpoints that are drained (and whose drain has not ended).
+pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> MemberStates {
+    let mut states = MemberStates::default();
     let Some(file) = file else {
-        return Vec::new();
+        return states;
     };
-    file.members
-        .iter()
-        .filter(|r| r.health == Health::Down)
-        .filter(|r| {
-            loaded.config.pools.iter().any(|p| {
-                p.name == r.pool
-                    && p.members
-                        .iter()
-                        .any(|m| m.name == r.member && m.check.probe != Probe::None)
-            })
-        })
-        .map(|r| MemberKey {
-            pool: r.pool.clone(),
-            member: r.member.clone(),
-        })
-        .collect()
+    let now = store::unix(SystemTime::now());
+    for record in &file.members {
+        let Some(member) = loaded
+            .config
+            .pools
+            .iter()
+            .find(|p| p.name == record.pool)
+            .and_then(|p| p.members.iter().find(|m| m.name == record.member))
+        else {
+            continue;
+        };
+        let key = MemberKey {
+            pool: record.pool.clone(),
+            member: record.member.clone(),
+        };
+        if record.health == Health::Down && member.check.probe != Probe::None {
+            states.down.insert(key.clone());
+        }
+        if record.drained && record.drained_until.is_none_or(|until| until > now) {
+            states.drained.insert(key);
+        }
+    }
+    states
 }
 
 /// Starts the monitor and the probe tasks for `loaded`.
@@ -224,6 +320,10 @@ struct Tracked {
     last_report: Instant,
     stale: bool,
     check: Check,
+    drain: Option<Drain>,
+    load: Option<Load>,
+    /// Configured capacity, the default for load reports.
+    capacity: Option<u32>,
 }
 
 /// A running probe task and the endpoints it serves.
@@ -275,6 +375,17 @@ impl Monitor {
                     Control::Status(reply) => {
                         let _ = reply.send(self.status());
                     }
+                    Control::Drain(key, until, reply) => {
+                        let result = self.set_drain(&key, Some(until)).await;
+                        let _ = reply.send(result);
+                    }
+                    Control::Undrain(key, reply) => {
+                        let result = self.set_drain(&key, None).await;
+                        let _ = reply.send(result);
+                    }
+                    Control::SetLoad(key, sessions, capacity, reply) => {
+                        let _ = reply.send(self.set_load(&key, sessions, capacity).await);
+                    }
                     Control::Reconfigure(loaded, done) => {
                         self.apply(&loaded, &HashMap::new());
                         let _ = done.send(());
@@ -287,7 +398,7 @@ impl Monitor {
                         }
                     }
                 },
-                _ = sweep.tick() => self.sweep(),
+                _ = sweep.tick() => self.sweep().await,
                 () = token.cancelled() => break,
             }
         }
@@ -319,9 +430,10 @@ impl Monitor {
                             kept.since = now;
                         }
                         kept.check = check.clone();
+                        kept.capacity = member.capacity;
                         kept
                     }
-                    None => new_tracked(&check, restored.get(&key), now),
+                    None => new_tracked(&check, member.capacity, restored.get(&key), now),
                 };
                 if check.probe != Probe::None {
                     wanted
@@ -469,8 +581,93 @@ impl Monitor {
         }
     }
 
-    /// Marks endpoints whose probes stopped reporting.
-    fn sweep(&mut self) {
+    /// Drains (`Some(until)`) or undrains (`None`) an endpoint and publishes the change.
+    async fn set_drain(
+        &mut self,
+        key: &MemberKey,
+        drain: Option<Option<SystemTime>>,
+    ) -> Result<MemberStatus, StateError> {
+        let tracked = self
+            .members
+            .get_mut(key)
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))?;
+        let drained = drain.is_some();
+        let was = tracked.drain.is_some();
+        tracked.drain = drain.map(|until| Drain {
+            since: tracked.drain.map_or_else(SystemTime::now, |d| d.since),
+            until,
+        });
+        let action = if drained { "drain" } else { "undrain" };
+        info!(
+            pool = %key.pool,
+            member = %key.member,
+            action,
+            until = ?drain.flatten().map(store::unix),
+            "endpoint {}", if drained { "drained" } else { "undrained" }
+        );
+        metrics::counter!(DRAINS_TOTAL, "action" => action).increment(1);
+        if was != drained {
+            let (done, published) = oneshot::channel();
+            let event = BuildEvent::SetDrained {
+                key: key.clone(),
+                drained,
+                done: Some(done),
+            };
+            if self.events.send(event).await.is_ok() {
+                let _ = published.await;
+            }
+        }
+        self.persist().await;
+        self.status_of(key)
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
+    }
+
+    async fn set_load(
+        &mut self,
+        key: &MemberKey,
+        sessions: u32,
+        capacity: Option<u32>,
+    ) -> Result<MemberStatus, StateError> {
+        let tracked = self
+            .members
+            .get_mut(key)
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))?;
+        let capacity = capacity
+            .or(tracked.capacity)
+            .filter(|c| *c > 0)
+            .ok_or_else(|| StateError::NoCapacity(key.pool.clone(), key.member.clone()))?;
+        let load = Load {
+            sessions,
+            capacity,
+            at: SystemTime::now(),
+        };
+        tracked.load = Some(load);
+        metrics::gauge!(MEMBER_LOAD, "pool" => key.pool.clone(), "member" => key.member.clone())
+            .set(load.ratio());
+        self.persist().await;
+        self.status_of(key)
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
+    }
+
+    /// Marks endpoints whose probes stopped reporting, and ends drains whose time is up.
+    async fn sweep(&mut self) {
+        let wall = SystemTime::now();
+        let expired: Vec<MemberKey> = self
+            .order
+            .iter()
+            .filter(|key| {
+                self.members
+                    .get(*key)
+                    .and_then(|t| t.drain)
+                    .and_then(|d| d.until)
+                    .is_some_and(|until| until <= wall)
+            })
+            .cloned()
+            .collect();
+        for key in expired {
+            // The key was just read from `members`; NotFound cannot happen.
+            let _ = self.set_drain(&key, None).await;
+        }
         let now = Instant::now();
         for key in &self.order {
             let Some(tracked) = self.members.get_mut(key) else {
@@ -495,6 +692,10 @@ impl Monitor {
         }
     }
 
+    fn status_of(&self, key: &MemberKey) -> Option<MemberStatus> {
+        self.status().into_iter().find(|s| s.key == *key)
+    }
+
     fn status(&self) -> Vec<MemberStatus> {
         let target_of: HashMap<&MemberKey, TargetId> = self
             .targets
@@ -514,6 +715,8 @@ impl Monitor {
                     stale: t.stale,
                     probe: t.check.probe.kind(),
                     target: target_of.get(key).copied(),
+                    drain: t.drain,
+                    load: t.load,
                 })
             })
             .collect()
@@ -538,6 +741,13 @@ impl Monitor {
                         since: store::unix(t.since),
                         checked: t.last_check.map(store::unix),
                         reason: t.last_error.clone(),
+                        drained: t.drain.is_some(),
+                        drained_until: t.drain.and_then(|d| d.until).map(store::unix),
+                        load: t.load.map(|l| LoadRecord {
+                            sessions: l.sessions,
+                            capacity: l.capacity,
+                            at: store::unix(l.at),
+                        }),
                     })
                 })
                 .collect(),
@@ -550,7 +760,24 @@ impl Monitor {
     }
 }
 
-fn new_tracked(check: &Check, restored: Option<&MemberRecord>, now: SystemTime) -> Tracked {
+fn new_tracked(
+    check: &Check,
+    capacity: Option<u32>,
+    restored: Option<&MemberRecord>,
+    now: SystemTime,
+) -> Tracked {
+    let drain = restored.filter(|r| r.drained).and_then(|r| {
+        let until = r.drained_until.map(store::from_unix);
+        // A drain whose time ran out while gto was stopped is over.
+        until
+            .is_none_or(|u| u > now)
+            .then_some(Drain { since: now, until })
+    });
+    let load = restored.and_then(|r| r.load).map(|l| Load {
+        sessions: l.sessions,
+        capacity: l.capacity,
+        at: store::from_unix(l.at),
+    });
     let (health, since, last_check, last_error, stale) = match restored {
         // Restored state counts until a fresh result says otherwise; it is stale till then.
         Some(record) if check.probe != Probe::None => (
@@ -570,6 +797,9 @@ fn new_tracked(check: &Check, restored: Option<&MemberRecord>, now: SystemTime) 
         last_report: Instant::now(),
         stale,
         check: check.clone(),
+        drain,
+        load,
+        capacity,
     }
 }
 
@@ -645,26 +875,29 @@ check = { kind = "none" }
             since: 1,
             checked: Some(1),
             reason: Some("connection refused".into()),
+            drained: member == "b",
+            drained_until: None,
+            load: None,
         };
         let file = StateFile {
             version: store::VERSION,
             written: 1,
             members: vec![record("a"), record("b"), record("gone")],
         };
-        let down = restore(&loaded, Some(&file));
-        assert_eq!(
-            down,
-            vec![MemberKey {
-                pool: "p".into(),
-                member: "a".into()
-            }]
-        );
+        let states = restore(&loaded, Some(&file));
+        let key = |member: &str| MemberKey {
+            pool: "p".into(),
+            member: member.into(),
+        };
+        assert_eq!(states.down.iter().collect::<Vec<_>>(), vec![&key("a")]);
+        assert_eq!(states.drained.iter().collect::<Vec<_>>(), vec![&key("b")]);
         let (events, _builder) = mpsc::channel(16);
         let token = CancellationToken::new();
         let (handle, task) = spawn(&loaded, Some(file), None, events, token.clone());
         let status = handle.status().await;
         assert_eq!((status[0].health, status[0].stale), (Health::Down, true));
         assert_eq!((status[1].health, status[1].stale), (Health::Up, false));
+        assert!(status[1].drain.is_some(), "drains survive a restart");
         token.cancel();
         task.await.unwrap();
     }

@@ -64,6 +64,26 @@ pub struct MemberRecord {
     pub checked: Option<u64>,
     /// The last probe's failure, if it failed.
     pub reason: Option<String>,
+    /// Drained by an operator: no new answers.
+    #[serde(default)]
+    pub drained: bool,
+    /// When the drain ends by itself (seconds since the Unix epoch).
+    #[serde(default)]
+    pub drained_until: Option<u64>,
+    /// Last reported load.
+    #[serde(default)]
+    pub load: Option<LoadRecord>,
+}
+
+/// A load report as kept in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoadRecord {
+    /// Active sessions.
+    pub sessions: u32,
+    /// Sessions the endpoint can carry.
+    pub capacity: u32,
+    /// When it was reported (seconds since the Unix epoch).
+    pub at: u64,
 }
 
 /// Seconds since the Unix epoch.
@@ -138,6 +158,13 @@ mod tests {
                 since: 5,
                 checked: Some(6),
                 reason: Some("connection refused".into()),
+                drained: true,
+                drained_until: None,
+                load: Some(LoadRecord {
+                    sessions: 10,
+                    capacity: 100,
+                    at: 6,
+                }),
             }],
         };
         save(&path, &file).unwrap();

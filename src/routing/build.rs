@@ -2,17 +2,21 @@
 //! and the current member state into a [`Snapshot`] ([`build`], pure) and publishes it.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::debug;
 
 use super::handle::RoutingHandle;
-use super::table::{GslbNode, Node, Snapshot, ZoneTable};
+use super::table::{Candidate, GslbNode, Node, Selection, ServiceInfo, Snapshot, ZoneTable};
 use crate::config::{Loaded, Member, Pool, Service, WhenAllDown};
+use crate::metrics::{ANSWERS_TOTAL, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION};
 use crate::policy;
 use crate::zone::RrSet;
 
@@ -35,7 +39,16 @@ pub enum BuildEvent {
         /// Told the generation once the new snapshot is live.
         done: Option<oneshot::Sender<u64>>,
     },
-    /// An endpoint went up or down (health checks, drains).
+    /// An operator drained an endpoint (no new answers) or undrained it.
+    SetDrained {
+        /// Which endpoint.
+        key: MemberKey,
+        /// Drained or not.
+        drained: bool,
+        /// Told the generation once the snapshot reflecting it is live.
+        done: Option<oneshot::Sender<u64>>,
+    },
+    /// Health checks took an endpoint up or down.
     SetMemberUp {
         /// Which endpoint.
         key: MemberKey,
@@ -46,12 +59,59 @@ pub enum BuildEvent {
     },
 }
 
+/// Per-endpoint state the snapshot is built from, besides the config.
+#[derive(Debug, Default, Clone)]
+pub struct MemberStates {
+    /// Endpoints known to be down. Absent means up: a brand-new endpoint is answered at once.
+    pub down: HashSet<MemberKey>,
+    /// Endpoints an operator drained.
+    pub drained: HashSet<MemberKey>,
+    /// Answer counters, kept across rebuilds so status can show each endpoint's share.
+    pub answered: HashMap<MemberKey, Arc<AtomicU64>>,
+}
+
+impl MemberStates {
+    /// Drops the state of endpoints `loaded` no longer has.
+    fn retain_existing(&mut self, loaded: &Loaded) {
+        let exists = |key: &MemberKey| {
+            loaded
+                .config
+                .pools
+                .iter()
+                .any(|p| p.name == key.pool && p.members.iter().any(|m| m.name == key.member))
+        };
+        self.down.retain(exists);
+        self.drained.retain(exists);
+        self.answered.retain(|key, _| exists(key));
+    }
+
+    /// Makes sure every endpoint of `loaded` has an answer counter.
+    fn add_counters(&mut self, loaded: &Loaded) {
+        for pool in &loaded.config.pools {
+            for member in &pool.members {
+                self.answered
+                    .entry(MemberKey::of(pool, member))
+                    .or_default();
+            }
+        }
+    }
+}
+
+impl MemberKey {
+    /// The key of a configured endpoint.
+    pub fn of(pool: &Pool, member: &Member) -> Self {
+        Self {
+            pool: pool.name.clone(),
+            member: member.name.clone(),
+        }
+    }
+}
+
 /// Owns everything a snapshot is built from, and the handle it publishes to.
 #[derive(Debug)]
 pub struct Builder {
     loaded: Arc<Loaded>,
-    /// Endpoints known to be down. Absent means up: a brand-new endpoint is answered at once.
-    down: HashSet<MemberKey>,
+    states: MemberStates,
     generation: u64,
     handle: RoutingHandle,
 }
@@ -59,16 +119,20 @@ pub struct Builder {
 impl Builder {
     /// Builds and publishes the first snapshot (generation 1), every endpoint up.
     pub fn new(loaded: Loaded) -> Self {
-        Self::with_down(Arc::new(loaded), [])
+        Self::with_states(Arc::new(loaded), MemberStates::default())
     }
 
-    /// Like [`Builder::new`], with endpoints known to be down (restored from the state file).
-    pub fn with_down(loaded: Arc<Loaded>, down: impl IntoIterator<Item = MemberKey>) -> Self {
-        let down: HashSet<MemberKey> = down.into_iter().collect();
-        let handle = RoutingHandle::new(build(&loaded, &down, 1));
+    /// Like [`Builder::new`], with endpoints known to be down or drained (restored from the
+    /// state file).
+    pub fn with_states(loaded: Arc<Loaded>, mut states: MemberStates) -> Self {
+        states.retain_existing(&loaded);
+        states.add_counters(&loaded);
+        let started = Instant::now();
+        let handle = RoutingHandle::new(build(&loaded, &states, 1));
+        record_build(1, started);
         Self {
             loaded,
-            down,
+            states,
             generation: 1,
             handle,
         }
@@ -86,44 +150,47 @@ impl Builder {
 
     /// Folds one event in and publishes a new snapshot if anything changed.
     pub fn apply(&mut self, event: BuildEvent) {
-        match event {
+        let (changed, done) = match event {
             BuildEvent::Reload { loaded, done } => {
                 self.loaded = loaded;
                 // State of endpoints that no longer exist is dropped; the rest carries over.
-                let loaded = self.loaded.clone();
-                self.down.retain(|key| {
-                    loaded.config.pools.iter().any(|p| {
-                        p.name == key.pool && p.members.iter().any(|m| m.name == key.member)
-                    })
-                });
-                self.publish();
-                if let Some(done) = done {
-                    // The reloader may have gone away; the snapshot is live either way.
-                    let _ = done.send(self.generation);
-                }
+                self.states.retain_existing(&self.loaded);
+                self.states.add_counters(&self.loaded);
+                (true, done)
+            }
+            BuildEvent::SetDrained { key, drained, done } => {
+                let changed = if drained {
+                    self.states.drained.insert(key)
+                } else {
+                    self.states.drained.remove(&key)
+                };
+                (changed, done)
             }
             BuildEvent::SetMemberUp { key, up, done } => {
                 let changed = if up {
-                    self.down.remove(&key)
+                    self.states.down.remove(&key)
                 } else {
-                    self.down.insert(key)
+                    self.states.down.insert(key)
                 };
-                if changed {
-                    self.publish();
-                }
-                if let Some(done) = done {
-                    // The sender may have gone away; the snapshot is live either way.
-                    let _ = done.send(self.generation);
-                }
+                (changed, done)
             }
+        };
+        if changed {
+            self.publish();
+        }
+        if let Some(done) = done {
+            // The sender may have gone away; the snapshot is live either way.
+            let _ = done.send(self.generation);
         }
     }
 
     fn publish(&mut self) {
         self.generation += 1;
+        let started = Instant::now();
         self.handle
-            .store(build(&self.loaded, &self.down, self.generation));
-        info!(generation = self.generation, "routing snapshot published");
+            .store(build(&self.loaded, &self.states, self.generation));
+        record_build(self.generation, started);
+        debug!(generation = self.generation, "routing snapshot published");
     }
 
     /// Applies events until the channel closes or `token` is cancelled.
@@ -140,8 +207,13 @@ impl Builder {
     }
 }
 
+fn record_build(generation: u64, started: Instant) {
+    metrics::gauge!(SNAPSHOT_GENERATION).set(generation as f64);
+    metrics::histogram!(SNAPSHOT_BUILD_SECONDS).record(started.elapsed().as_secs_f64());
+}
+
 /// Builds a snapshot. Pure: the same inputs give the same snapshot.
-pub fn build(loaded: &Loaded, down: &HashSet<MemberKey>, generation: u64) -> Snapshot {
+pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapshot {
     let config = &loaded.config;
     let mut zones: Vec<ZoneTable> = loaded
         .zones
@@ -173,23 +245,26 @@ pub fn build(loaded: &Loaded, down: &HashSet<MemberKey>, generation: u64) -> Sna
         .collect();
     zones.sort_by_key(|z| std::cmp::Reverse(z.origin.num_labels()));
 
-    let is_up = |pool: &Pool, member: &Member| {
-        !down.contains(&MemberKey {
-            pool: pool.name.clone(),
-            member: member.name.clone(),
-        })
-    };
+    let mut services = Vec::with_capacity(config.services.len());
     for (index, service) in config.services.iter().enumerate() {
         let name = LowerName::from(&service.name);
+        let pool_name = config
+            .pools
+            .get(service.pool.0)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        services.push(ServiceInfo {
+            name: name.clone(),
+            pool: pool_name,
+            policy: service.policy,
+            answers: service.answers.get(),
+            ttl: service.ttl.get(),
+            when_all_down: service.when_all_down,
+        });
         let Some(zone) = zones.iter_mut().find(|z| z.origin.zone_of(&name)) else {
             continue; // config::load rejects this; nothing to serve.
         };
-        let members = answered_members(service, &config.pools, &is_up);
-        let node = GslbNode {
-            service: index,
-            a: address_records(&service.name, service, &members, false),
-            aaaa: address_records(&service.name, service, &members, true),
-        };
+        let node = gslb_node(index, service, &config.pools, states);
         zone.nodes.insert(name, Node::Gslb(node));
     }
 
@@ -201,64 +276,103 @@ pub fn build(loaded: &Loaded, down: &HashSet<MemberKey>, generation: u64) -> Sna
         generation,
         udp_payload: config.server.udp_payload,
         zones,
-        services: config
-            .services
-            .iter()
-            .map(|s| LowerName::from(&s.name))
-            .collect(),
+        services,
     }
 }
 
-/// The endpoints a service answers, best first, after `when_all_down` is applied.
-fn answered_members<'c>(
-    service: &Service,
-    pools: &'c [Pool],
-    is_up: &impl Fn(&Pool, &Member) -> bool,
-) -> Vec<&'c Member> {
-    let Some(pool) = pools.get(service.pool.0) else {
-        return Vec::new();
+/// Ranks a service's endpoints and encodes its answers.
+fn gslb_node(index: usize, service: &Service, pools: &[Pool], states: &MemberStates) -> GslbNode {
+    let can_serve = |pool: &Pool, member: &Member| {
+        let key = MemberKey::of(pool, member);
+        !states.down.contains(&key) && !states.drained.contains(&key)
     };
-    let up: Vec<&Member> = pool.members.iter().filter(|m| is_up(pool, m)).collect();
-    if !up.is_empty() {
-        return policy::rank(service.policy, up);
-    }
-    let all = || policy::rank(service.policy, pool.members.iter().collect());
-    match service.when_all_down {
-        WhenAllDown::All => all(),
-        WhenAllDown::Empty => Vec::new(),
-        WhenAllDown::Fallback(id) => match pools.get(id.0) {
-            Some(fallback) => {
-                let up: Vec<&Member> = fallback
-                    .members
-                    .iter()
-                    .filter(|m| is_up(fallback, m))
-                    .collect();
+    let own = pools.get(service.pool.0);
+    let any_up = |pool: &Pool| pool.members.iter().any(|m| can_serve(pool, m));
+    let (pool, mode) = match own {
+        Some(pool) if any_up(pool) => (Some(pool), Selection::Normal),
+        _ => match service.when_all_down {
+            WhenAllDown::All => (own, Selection::FailOpen),
+            WhenAllDown::Empty => (own, Selection::Empty),
+            WhenAllDown::Fallback(id) => match pools.get(id.0) {
+                Some(fallback) if any_up(fallback) => (Some(fallback), Selection::Fallback),
                 // A fallback that is down too fails open to the service's own pool.
-                if up.is_empty() {
-                    all()
-                } else {
-                    policy::rank(service.policy, up)
-                }
-            }
-            None => all(),
+                _ => (own, Selection::FailOpen),
+            },
         },
+    };
+    let ranked = pool.map_or_else(Vec::new, |pool| {
+        policy::rank(service.policy, pool.members.iter().collect())
+    });
+    let service_label = service.name.to_string();
+    let candidates: Vec<Candidate> = ranked
+        .iter()
+        .filter_map(|member| {
+            let pool = pool?;
+            let key = MemberKey::of(pool, member);
+            let up = !states.down.contains(&key);
+            let drained = states.drained.contains(&key);
+            let eligible = match mode {
+                Selection::Empty => false,
+                Selection::FailOpen => true,
+                Selection::Fallback | Selection::Normal => up && !drained,
+            };
+            let counter = metrics::counter!(
+                ANSWERS_TOTAL,
+                "service" => service_label.clone(),
+                "pool" => key.pool.clone(),
+                "member" => key.member.clone(),
+            );
+            Some(Candidate {
+                answered: states.answered.get(&key).cloned().unwrap_or_default(),
+                addresses: member.addresses.clone(),
+                key,
+                up,
+                drained,
+                eligible,
+                counter,
+            })
+        })
+        .collect();
+    let (a, a_from) = address_records(&service.name, service, &candidates, false);
+    let (aaaa, aaaa_from) = address_records(&service.name, service, &candidates, true);
+    GslbNode {
+        service: index,
+        candidates,
+        mode,
+        a,
+        a_from,
+        aaaa,
+        aaaa_from,
     }
 }
 
-/// The first `answers` addresses of one family, in ranked order.
-fn address_records(name: &Name, service: &Service, members: &[&Member], v6: bool) -> Vec<Record> {
-    members
+/// The first `answers` addresses of one family from eligible candidates, in ranked order,
+/// with the candidate each came from.
+fn address_records(
+    name: &Name,
+    service: &Service,
+    candidates: &[Candidate],
+    v6: bool,
+) -> (Vec<Record>, Vec<usize>) {
+    candidates
         .iter()
-        .flat_map(|m| crate::config::addresses_of(m, v6))
-        .take(service.answers.get())
-        .map(|ip| {
-            let data = match ip {
-                std::net::IpAddr::V4(v4) => RData::A(A(v4)),
-                std::net::IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-            };
-            Record::from_rdata(name.clone(), service.ttl.get(), data)
+        .enumerate()
+        .filter(|(_, c)| c.eligible)
+        .flat_map(|(i, c)| {
+            c.addresses
+                .iter()
+                .filter(move |a| a.is_ipv6() == v6)
+                .map(move |a| (i, *a))
         })
-        .collect()
+        .take(service.answers.get())
+        .map(|(i, ip)| {
+            let data = match ip {
+                IpAddr::V4(v4) => RData::A(A(v4)),
+                IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+            };
+            (Record::from_rdata(name.clone(), service.ttl.get(), data), i)
+        })
+        .unzip()
 }
 
 /// Every ancestor of an existing name, up to the apex, exists too.

@@ -13,9 +13,12 @@
 //! in with one atomic store, so a query never sees half of a change.
 
 mod build;
+pub mod explain;
 mod handle;
 mod table;
 
-pub use build::{BuildEvent, Builder, MemberKey, build};
+pub use build::{BuildEvent, Builder, MemberKey, MemberStates, build};
 pub use handle::RoutingHandle;
-pub use table::{GslbNode, Node, Outcome, Resolution, Snapshot, ZoneTable};
+pub use table::{
+    Candidate, GslbNode, Node, Outcome, Resolution, Selection, ServiceInfo, Snapshot, ZoneTable,
+};

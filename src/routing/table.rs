@@ -2,9 +2,14 @@
 //! against it ([`Snapshot::resolve`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use hickory_proto::rr::{LowerName, RData, Record, RecordType};
 
+use super::build::MemberKey;
+use crate::config::{Policy, WhenAllDown};
 use crate::zone::RrSet;
 
 /// Longest CNAME chain followed inside our zones before giving up (loop guard).
@@ -19,8 +24,25 @@ pub struct Snapshot {
     pub udp_payload: u16,
     /// Zones, most specific origin first.
     pub(crate) zones: Vec<ZoneTable>,
-    /// GSLB names in config order, for labels and status.
-    pub services: Vec<LowerName>,
+    /// GSLB names in config order, for labels, status and explain.
+    pub services: Vec<ServiceInfo>,
+}
+
+/// What status and explain show of a GSLB name.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    /// The GSLB name.
+    pub name: LowerName,
+    /// Its pool's name.
+    pub pool: String,
+    /// Its ranking policy.
+    pub policy: Policy,
+    /// Addresses per answer.
+    pub answers: usize,
+    /// Answer TTL.
+    pub ttl: u32,
+    /// What it answers when nothing is up.
+    pub when_all_down: WhenAllDown,
 }
 
 /// One zone: its SOA and every name in it.
@@ -52,14 +74,77 @@ pub enum Node {
 pub struct GslbNode {
     /// Index into [`Snapshot::services`].
     pub service: usize,
+    /// Every endpoint of the pool answered from, best first, answered or not, with why.
+    pub candidates: Vec<Candidate>,
+    /// How the answered endpoints were chosen.
+    pub mode: Selection,
     /// A records, best first, already cut to the service's `answers`.
     pub a: Vec<Record>,
+    /// For each A record, the index of its endpoint in `candidates`.
+    pub a_from: Vec<usize>,
     /// AAAA records, best first, already cut to the service's `answers`.
     pub aaaa: Vec<Record>,
+    /// For each AAAA record, the index of its endpoint in `candidates`.
+    pub aaaa_from: Vec<usize>,
+}
+
+impl GslbNode {
+    /// The records of a family and the candidates they come from.
+    pub fn family(&self, v6: bool) -> (&[Record], &[usize]) {
+        if v6 {
+            (&self.aaaa, &self.aaaa_from)
+        } else {
+            (&self.a, &self.a_from)
+        }
+    }
+}
+
+/// How a GSLB answer's endpoints were chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// No endpoint could serve and `when_all_down = "empty"`: NODATA.
+    Empty,
+    /// No endpoint could serve; every endpoint is answered (`when_all_down = "all"`).
+    FailOpen,
+    /// No endpoint could serve; the fallback pool is answered.
+    Fallback,
+    /// The up, undrained endpoints are answered.
+    Normal,
+}
+
+impl Selection {
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Selection::Empty => "all_down_empty",
+            Selection::FailOpen => "all_down_fail_open",
+            Selection::Fallback => "all_down_fallback",
+            Selection::Normal => "normal",
+        }
+    }
+}
+
+/// One endpoint as the builder ranked it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Its identity.
+    pub key: MemberKey,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Health checks say up.
+    pub up: bool,
+    /// An operator drained it: no new answers.
+    pub drained: bool,
+    /// It is in the answer (before the cut to `answers`).
+    pub eligible: bool,
+    /// Answers that included it, since start; survives rebuilds.
+    pub answered: Arc<AtomicU64>,
+    /// The same, exported as `gto_answers_total`.
+    pub counter: metrics::Counter,
 }
 
 /// The outcome of a lookup: which records go where, borrowed from the snapshot.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Resolution<'s> {
     /// What the lookup concluded.
     pub outcome: Outcome,
@@ -71,6 +156,8 @@ pub struct Resolution<'s> {
     pub additionals: Vec<&'s Record>,
     /// The GSLB name answered, if any (index into [`Snapshot::services`]).
     pub service: Option<usize>,
+    /// The GSLB node and family whose records were answered, for per-endpoint counting.
+    pub gslb: Option<(&'s GslbNode, bool)>,
 }
 
 /// What a lookup concluded.
@@ -91,6 +178,14 @@ impl Snapshot {
         self.zones.iter().find(|z| z.origin.zone_of(name))
     }
 
+    /// The GSLB node of a name, if it is one.
+    pub fn gslb_node(&self, name: &LowerName) -> Option<&GslbNode> {
+        match self.zone_of(name)?.nodes.get(name)? {
+            Node::Gslb(node) => Some(node),
+            _ => None,
+        }
+    }
+
     /// Resolves one question. Pure: no I/O, no clock, no allocation beyond the result.
     pub fn resolve(&self, name: &LowerName, qtype: RecordType) -> Resolution<'_> {
         let mut out = Resolution::default();
@@ -109,17 +204,20 @@ impl Snapshot {
                 Node::EmptyNonTerminal => {}
                 Node::Gslb(gslb) => {
                     out.service = Some(gslb.service);
-                    let records: &[Record] = match qtype {
-                        RecordType::A => &gslb.a,
-                        RecordType::AAAA => &gslb.aaaa,
+                    let v6 = match qtype {
+                        RecordType::A => Some(false),
+                        RecordType::AAAA => Some(true),
                         // RFC 8482: one RRset is a complete answer to ANY.
-                        RecordType::ANY if !gslb.a.is_empty() => &gslb.a,
-                        RecordType::ANY => &gslb.aaaa,
-                        _ => &[],
+                        RecordType::ANY => Some(gslb.a.is_empty()),
+                        _ => None,
                     };
-                    if !records.is_empty() {
-                        out.answers.extend(records.iter());
-                        return out;
+                    if let Some(v6) = v6 {
+                        let (records, _) = gslb.family(v6);
+                        if !records.is_empty() {
+                            out.answers.extend(records.iter());
+                            out.gslb = Some((gslb, v6));
+                            return out;
+                        }
                     }
                 }
                 Node::Static(sets) => {

@@ -31,6 +31,9 @@ fn health_config(ports: [u16; 3], check: &str, state_file: bool) -> String {
 listen = ["127.0.0.1:0"]
 {state}
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[zone]]
 origin = "gto.example.com."
 file = "gto.example.com.zone"

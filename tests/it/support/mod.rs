@@ -24,6 +24,9 @@ pub fn config(extra: &str) -> String {
 [server]
 listen = ["127.0.0.1:0"]
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[zone]]
 origin = "gto.example.com."
 file = "gto.example.com.zone"

@@ -1,0 +1,77 @@
+//! [`ApiError`]: every admin API failure, as a JSON body with a clear message and the
+//! right status code.
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::config::ConfigErrors;
+use crate::health::StateError;
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No token is configured, so changes are refused.
+    #[error("changes are disabled: no [admin] token_file is configured")]
+    ChangesDisabled,
+    /// A reload found problems; the running config keeps serving.
+    #[error("reload rejected; the running config keeps serving")]
+    InvalidConfig(ConfigErrors),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// gto is stopping.
+    #[error("gto is shutting down")]
+    ShuttingDown,
+    /// Missing or wrong bearer token.
+    #[error("a valid bearer token is required for changes")]
+    Unauthorized,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::ChangesDisabled => StatusCode::FORBIDDEN,
+            ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(error: StateError) -> Self {
+        match error {
+            StateError::NoCapacity(..) => ApiError::BadRequest(error.to_string()),
+            StateError::NotFound(..) => ApiError::NotFound(error.to_string()),
+            StateError::Stopped => ApiError::ShuttingDown,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            ApiError::InvalidConfig(errors) => json!({
+                "error": self.to_string(),
+                "problems": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+            _ => json!({ "error": self.to_string() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

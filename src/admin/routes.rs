@@ -1,0 +1,343 @@
+//! The admin routes. Reads build JSON from the routing snapshot and the endpoint monitor;
+//! changes check the bearer token first, then go through the monitor or the reloader.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hickory_proto::rr::{LowerName, Name, RecordType};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{AdminState, ApiError, constant_time_eq};
+use crate::config::Policy;
+use crate::health::MemberStatus;
+use crate::routing::MemberKey;
+use crate::routing::explain::{Explanation, explain as explain_answer};
+
+/// An endpoint as status shows it.
+#[derive(Debug, Serialize)]
+struct MemberView {
+    pool: String,
+    member: String,
+    addresses: Vec<IpAddr>,
+    health: &'static str,
+    since: String,
+    last_check: Option<String>,
+    last_error: Option<String>,
+    stale: bool,
+    probe: &'static str,
+    drained: bool,
+    drained_until: Option<String>,
+    load: Option<LoadView>,
+    /// Answers that included it since start (GSLB names only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answered: Option<u64>,
+    /// Its share of this GSLB name's answers since start, 0..1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct LoadView {
+    sessions: u32,
+    capacity: u32,
+    ratio: f64,
+    reported: String,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+fn view(status: &MemberStatus, addresses: Vec<IpAddr>) -> MemberView {
+    MemberView {
+        pool: status.key.pool.clone(),
+        member: status.key.member.clone(),
+        addresses,
+        health: status.health.as_str(),
+        since: rfc3339(status.since),
+        last_check: status.last_check.map(rfc3339),
+        last_error: status.last_error.clone(),
+        stale: status.stale,
+        probe: status.probe,
+        drained: status.drain.is_some(),
+        drained_until: status.drain.and_then(|d| d.until).map(rfc3339),
+        load: status.load.map(|l| LoadView {
+            sessions: l.sessions,
+            capacity: l.capacity,
+            ratio: l.ratio(),
+            reported: rfc3339(l.at),
+        }),
+        answered: None,
+        share: None,
+    }
+}
+
+/// `GET /v1/status`.
+pub(super) async fn status(State(state): State<AdminState>) -> Response {
+    let snapshot = state.routing.load_full();
+    let members = state.health.status().await;
+    let by_key: HashMap<&MemberKey, &MemberStatus> = members.iter().map(|m| (&m.key, m)).collect();
+    let services: Vec<_> = snapshot
+        .services
+        .iter()
+        .map(|service| {
+            let node = snapshot.gslb_node(&service.name);
+            let candidates = node.map(|n| n.candidates.as_slice()).unwrap_or_default();
+            let total: u64 = candidates
+                .iter()
+                .map(|c| c.answered.load(Ordering::Relaxed))
+                .sum();
+            let members: Vec<MemberView> = candidates
+                .iter()
+                .filter_map(|c| {
+                    let status = by_key.get(&c.key)?;
+                    let answered = c.answered.load(Ordering::Relaxed);
+                    let mut view = view(status, c.addresses.clone());
+                    view.answered = Some(answered);
+                    view.share = Some(if total == 0 {
+                        0.0
+                    } else {
+                        answered as f64 / total as f64
+                    });
+                    Some(view)
+                })
+                .collect();
+            json!({
+                "name": service.name.to_string(),
+                "pool": service.pool,
+                "policy": match service.policy { Policy::Failover => "failover" },
+                "answers": service.answers,
+                "ttl": service.ttl,
+                "selection": node.map(|n| n.mode.as_str()),
+                "members": members,
+            })
+        })
+        .collect();
+    let pools: Vec<_> = members
+        .iter()
+        .map(|m| view(m, addresses_of(&snapshot, &m.key)))
+        .collect();
+    Json(json!({
+        "generation": snapshot.generation,
+        "services": services,
+        "endpoints": pools,
+    }))
+    .into_response()
+}
+
+fn addresses_of(snapshot: &crate::routing::Snapshot, key: &MemberKey) -> Vec<IpAddr> {
+    snapshot
+        .services
+        .iter()
+        .filter_map(|s| snapshot.gslb_node(&s.name))
+        .flat_map(|n| n.candidates.iter())
+        .find(|c| c.key == *key)
+        .map(|c| c.addresses.clone())
+        .unwrap_or_default()
+}
+
+/// `GET /v1/explain` query.
+#[derive(Debug, Deserialize)]
+pub(super) struct ExplainQuery {
+    name: String,
+    client: String,
+    #[serde(rename = "type")]
+    qtype: Option<String>,
+}
+
+/// `GET /v1/explain?name=vpn.gto.example.com&client=203.0.113.7&type=A`.
+pub(super) async fn explain(
+    State(state): State<AdminState>,
+    Query(query): Query<ExplainQuery>,
+) -> Result<Json<Explanation>, ApiError> {
+    let (name, qtype, client) = parse_question(&query.name, query.qtype.as_deref(), &query.client)?;
+    let snapshot = state.routing.load_full();
+    Ok(Json(explain_answer(&snapshot, &name, qtype, client)))
+}
+
+/// Validates the parts of an explain question.
+pub(crate) fn parse_question(
+    name: &str,
+    qtype: Option<&str>,
+    client: &str,
+) -> Result<(LowerName, RecordType, IpAddr), ApiError> {
+    let mut parsed =
+        Name::from_ascii(name).map_err(|e| ApiError::BadRequest(format!("name {name:?}: {e}")))?;
+    parsed.set_fqdn(true);
+    let qtype = match qtype {
+        None => RecordType::A,
+        Some(text) => RecordType::from_str(&text.to_ascii_uppercase())
+            .map_err(|_| ApiError::BadRequest(format!("type {text:?} is not a record type")))?,
+    };
+    let client: IpAddr = client
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("client {client:?} is not an IP address")))?;
+    Ok((LowerName::from(parsed), qtype, client))
+}
+
+/// Checks the bearer token of a change.
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = state.token.load();
+    let Some(token) = token.as_ref() else {
+        return Err(ApiError::ChangesDisabled);
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Drain request body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    /// RFC 3339 time at which the drain ends by itself.
+    until: Option<String>,
+    /// Duration after which the drain ends by itself ("30m").
+    #[serde(rename = "for")]
+    duration: Option<String>,
+}
+
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
+}
+
+/// `POST /v1/members/{pool}/{member}/drain`.
+pub(super) async fn drain(
+    State(state): State<AdminState>,
+    Path((pool, member)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let body: DrainBody = parse_body(&body)?;
+    let until = match (body.until, body.duration) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give `until` or `for`, not both".into(),
+            ));
+        }
+        (Some(until), None) => Some(
+            humantime::parse_rfc3339_weak(&until)
+                .map_err(|e| ApiError::BadRequest(format!("until {until:?}: {e}")))?,
+        ),
+        (None, Some(duration)) => Some(
+            SystemTime::now()
+                + humantime::parse_duration(&duration)
+                    .map_err(|e| ApiError::BadRequest(format!("for {duration:?}: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    if until.is_some_and(|u| u <= SystemTime::now()) {
+        return Err(ApiError::BadRequest("`until` is in the past".into()));
+    }
+    let status = state
+        .health
+        .drain(MemberKey { pool, member }, until)
+        .await?;
+    Ok(member_json(&state, &status))
+}
+
+/// `POST /v1/members/{pool}/{member}/undrain`.
+pub(super) async fn undrain(
+    State(state): State<AdminState>,
+    Path((pool, member)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let status = state.health.undrain(MemberKey { pool, member }).await?;
+    Ok(member_json(&state, &status))
+}
+
+/// Load push body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadBody {
+    sessions: Option<u32>,
+    capacity: Option<u32>,
+}
+
+/// `PUT /v1/members/{pool}/{member}/load`.
+pub(super) async fn load(
+    State(state): State<AdminState>,
+    Path((pool, member)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let body: LoadBody = parse_body(&body)?;
+    let sessions = body.sessions.ok_or_else(|| {
+        ApiError::BadRequest("body needs \"sessions\" (and \"capacity\" unless configured)".into())
+    })?;
+    let status = state
+        .health
+        .set_load(MemberKey { pool, member }, sessions, body.capacity)
+        .await?;
+    Ok(member_json(&state, &status))
+}
+
+fn member_json(state: &AdminState, status: &MemberStatus) -> Json<serde_json::Value> {
+    let snapshot = state.routing.load();
+    let view = view(status, addresses_of(&snapshot, &status.key));
+    Json(json!({ "generation": snapshot.generation, "endpoint": view }))
+}
+
+/// `POST /v1/reload`.
+pub(super) async fn reload(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let generation = state
+        .reloader
+        .reload()
+        .await
+        .map_err(ApiError::InvalidConfig)?;
+    Ok(Json(json!({ "generation": generation })))
+}
+
+/// `GET /metrics`.
+pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /healthz`.
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`.
+pub(super) async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Unknown routes.
+pub(super) async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see the admin API reference in the README".into())
+}
