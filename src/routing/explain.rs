@@ -110,7 +110,7 @@ pub fn explain(
             .enumerate()
             .map(|(i, c)| {
                 let is_answered = answered.contains(&i);
-                let reason = if is_answered && !(c.up && !c.drained) {
+                let reason = if is_answered && (!c.up || c.drained) {
                     "answered although not available: no endpoint can serve (fail open)".to_string()
                 } else if is_answered {
                     "answered".to_string()
