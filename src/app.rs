@@ -203,6 +203,37 @@ impl App {
     }
 }
 
+/// `gto explain`: the answer `client` would get for `name`, from the config and the state
+/// file alone (nothing is bound, nothing is probed).
+pub fn explain_offline(
+    source: &ConfigSource,
+    name: &str,
+    qtype: Option<&str>,
+    client: &str,
+) -> Result<crate::routing::explain::Explanation, String> {
+    let (name, qtype, client) =
+        crate::routing::explain::parse_question(name, qtype, client).map_err(|e| e.to_string())?;
+    let loaded = source.load().map_err(|e| e.to_string())?;
+    let restored = match loaded
+        .config
+        .server
+        .state_file
+        .as_deref()
+        .map(health::store::load)
+    {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(file))) => Some(file),
+        Some(Err(error)) => return Err(error.to_string()),
+    };
+    let loaded = Arc::new(loaded);
+    let states = health::restore(&loaded, restored.as_ref());
+    let builder = Builder::with_states(loaded, states);
+    let snapshot = builder.handle().load_full();
+    Ok(crate::routing::explain::explain(
+        &snapshot, &name, qtype, client,
+    ))
+}
+
 /// Reloads config and zones; shared by SIGHUP and `POST /v1/reload`, one at a time.
 #[derive(Clone, Debug)]
 pub struct Reloader(Arc<ReloaderInner>);

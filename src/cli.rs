@@ -25,6 +25,20 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The answer CLIENT would get for NAME, and why, from the config and the state file
+    /// (offline: binds nothing, probes nothing). Prints JSON.
+    Explain {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Record type.
+        #[arg(long = "type", short = 't', default_value = "A")]
+        qtype: String,
+        /// The name asked for, e.g. vpn.gto.example.com.
+        name: String,
+        /// The client's (or its ECS subnet's) address, e.g. 203.0.113.7.
+        client: String,
+    },
     /// Load the config and every zone file, report all problems, bind nothing. Exit 0 when
     /// valid, 64 when not.
     Check {

@@ -18,6 +18,27 @@ fn main() -> ExitCode {
             serve(config.map_or(ConfigSource::Embedded, ConfigSource::File))
         }
         Some(Command::Check { config }) => check(ConfigSource::File(config)),
+        Some(Command::Explain {
+            config,
+            qtype,
+            name,
+            client,
+        }) => match gto::app::explain_offline(
+            &ConfigSource::File(config),
+            &name,
+            Some(&qtype),
+            &client,
+        ) {
+            Ok(explanation) => {
+                let text = serde_json::to_string_pretty(&explanation).unwrap_or_default();
+                let _ = writeln!(std::io::stdout(), "{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "error: {error}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
     }
 }
 

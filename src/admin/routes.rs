@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -12,7 +11,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hickory_proto::rr::{LowerName, Name, RecordType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -20,7 +18,7 @@ use super::{AdminState, ApiError, constant_time_eq};
 use crate::config::Policy;
 use crate::health::MemberStatus;
 use crate::routing::MemberKey;
-use crate::routing::explain::{Explanation, explain as explain_answer};
+use crate::routing::explain::{Explanation, explain as explain_answer, parse_question};
 
 /// An endpoint as status shows it.
 #[derive(Debug, Serialize)]
@@ -159,29 +157,10 @@ pub(super) async fn explain(
     State(state): State<AdminState>,
     Query(query): Query<ExplainQuery>,
 ) -> Result<Json<Explanation>, ApiError> {
-    let (name, qtype, client) = parse_question(&query.name, query.qtype.as_deref(), &query.client)?;
+    let (name, qtype, client) = parse_question(&query.name, query.qtype.as_deref(), &query.client)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let snapshot = state.routing.load_full();
     Ok(Json(explain_answer(&snapshot, &name, qtype, client)))
-}
-
-/// Validates the parts of an explain question.
-pub(crate) fn parse_question(
-    name: &str,
-    qtype: Option<&str>,
-    client: &str,
-) -> Result<(LowerName, RecordType, IpAddr), ApiError> {
-    let mut parsed =
-        Name::from_ascii(name).map_err(|e| ApiError::BadRequest(format!("name {name:?}: {e}")))?;
-    parsed.set_fqdn(true);
-    let qtype = match qtype {
-        None => RecordType::A,
-        Some(text) => RecordType::from_str(&text.to_ascii_uppercase())
-            .map_err(|_| ApiError::BadRequest(format!("type {text:?} is not a record type")))?,
-    };
-    let client: IpAddr = client
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("client {client:?} is not an IP address")))?;
-    Ok((LowerName::from(parsed), qtype, client))
 }
 
 /// Checks the bearer token of a change.

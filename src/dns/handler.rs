@@ -33,7 +33,7 @@ use super::ecs;
 use crate::metrics::{
     DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS, DNS_TRUNCATED_TOTAL,
 };
-use crate::routing::explain::rcode_of;
+use crate::routing::explain::{rcode_name, rcode_of};
 use crate::routing::{Outcome, Resolution, RoutingHandle, Snapshot};
 
 /// Size of a DNS header on the wire.
@@ -79,7 +79,7 @@ impl RequestHandler for Handler {
             DNS_QUERIES_TOTAL,
             "transport" => transport_label(protocol),
             "qtype" => qtype_label(qtype),
-            "rcode" => rcode_label(reply.metadata.response_code),
+            "rcode" => rcode_name(reply.metadata.response_code),
         )
         .increment(1);
 
@@ -288,18 +288,5 @@ fn qtype_label(qtype: Option<RecordType>) -> &'static str {
         Some(RecordType::IXFR) => "IXFR",
         Some(_) => "other",
         None => "none",
-    }
-}
-
-fn rcode_label(code: ResponseCode) -> &'static str {
-    match code {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::BADVERS => "BADVERS",
-        _ => "other",
     }
 }

@@ -2,9 +2,10 @@
 //! [`Snapshot::resolve`] the query path uses, so the two cannot disagree.
 
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{LowerName, RecordType};
+use hickory_proto::rr::{LowerName, Name, RecordType};
 use serde::Serialize;
 
 use super::table::{Outcome, Snapshot};
@@ -73,6 +74,46 @@ pub struct CandidateExplanation {
     pub answered: bool,
     /// Why it is or is not in the answer.
     pub reason: String,
+}
+
+/// Why an explain question cannot be asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QuestionError(String);
+
+/// Parses the parts of an explain question: a name, an optional type (default A) and the
+/// client's address.
+pub fn parse_question(
+    name: &str,
+    qtype: Option<&str>,
+    client: &str,
+) -> Result<(LowerName, RecordType, IpAddr), QuestionError> {
+    let mut parsed =
+        Name::from_ascii(name).map_err(|e| QuestionError(format!("name {name:?}: {e}")))?;
+    parsed.set_fqdn(true);
+    let qtype = match qtype {
+        None => RecordType::A,
+        Some(text) => RecordType::from_str(&text.to_ascii_uppercase())
+            .map_err(|_| QuestionError(format!("type {text:?} is not a record type")))?,
+    };
+    let client: IpAddr = client
+        .parse()
+        .map_err(|_| QuestionError(format!("client {client:?} is not an IP address")))?;
+    Ok((LowerName::from(parsed), qtype, client))
+}
+
+/// The conventional name of a response code (dig's spelling), for labels and JSON.
+pub fn rcode_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "other",
+    }
 }
 
 /// The response code a lookup outcome gets.
@@ -157,7 +198,7 @@ pub fn explain(
         name: name.to_string(),
         qtype: qtype.to_string(),
         client,
-        rcode: rcode_of(resolution.outcome).to_string(),
+        rcode: rcode_name(rcode_of(resolution.outcome)).to_string(),
         answers,
         // The failover policy does not look at the client.
         ecs_scope: 0,

@@ -6,6 +6,7 @@
     unreachable_pub
 )]
 
+mod admin;
 mod check;
 mod dns;
 mod edns;

@@ -63,9 +63,22 @@ pub struct TestServer {
 impl TestServer {
     /// Writes `config` and `zone` (as gto.example.com.zone) to a fresh directory and starts.
     pub async fn start(config: &str, zone: &str) -> Self {
+        Self::start_with_files(config, zone, &[]).await
+    }
+
+    /// Like [`TestServer::start`], with more files written beside the config first.
+    pub async fn start_with_files(config: &str, zone: &str, files: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("gto.toml"), config).unwrap();
         std::fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        Self::start_in(dir).await
+    }
+
+    /// Starts from the files already in `dir`.
+    pub async fn start_in(dir: tempfile::TempDir) -> Self {
         let source = ConfigSource::File(dir.path().join("gto.toml"));
         let loaded = source
             .load()
@@ -82,6 +95,11 @@ impl TestServer {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// The admin API's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.app.admin_addr().expect("admin API enabled")
     }
 }
 
@@ -170,4 +188,50 @@ pub fn gto_bin() -> Command {
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One HTTP/1.1 request to the admin API; returns status and body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A request whose answer is JSON.
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let (status, text) = http(addr, method, path, token, body).await;
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, json)
 }
