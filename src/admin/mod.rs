@@ -41,6 +41,7 @@ pub use error::ApiError;
 use crate::app::Reloader;
 use crate::config::Secret;
 use crate::health::HealthHandle;
+use crate::metrics::ADMIN_REQUESTS_TOTAL;
 use crate::routing::RoutingHandle;
 
 /// Largest request body accepted.
@@ -78,6 +79,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn(count_requests))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -124,6 +126,25 @@ impl AdminServer {
         self.token.cancel();
         let _ = self.task.await;
     }
+}
+
+/// Counts every request by route template (bounded) and status.
+async fn count_requests(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    metrics::counter!(
+        ADMIN_REQUESTS_TOTAL,
+        "route" => route,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .increment(1);
+    response
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
