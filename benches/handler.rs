@@ -62,7 +62,7 @@ fn benches(c: &mut Criterion) {
             black_box(
                 routing
                     .load()
-                    .resolve(black_box(&vpn), RecordType::A)
+                    .resolve(black_box(&vpn), RecordType::A, None)
                     .answers
                     .len(),
             )

@@ -22,7 +22,9 @@
 //!   problem with its file, line and path), plus the zone files it names.
 //! - [`zone`]: RFC 1035 master files, parsed entry by entry so each bad line is reported.
 //! - [`routing`]: the immutable [`routing::Snapshot`], its builder task and its handle.
-//! - [`policy`]: pure ranking of a pool's endpoints.
+//! - [`geo`]: where a client is (networks table, optional MaxMind database).
+//! - [`policy`]: pure ranking of a pool's endpoints (geo, failover, weighted, least-load),
+//!   rendezvous affinity, load watermarks.
 //! - [`health`]: probes, rise/fall hysteresis, the state file, flips into the builder.
 //! - [`dns`]: listeners and the query path.
 //! - [`admin`]: the HTTP admin API (status, drain, load, explain, reload, metrics).
@@ -33,6 +35,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod geo;
 pub mod health;
 pub mod metrics;
 pub mod policy;

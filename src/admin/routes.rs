@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AdminState, ApiError, constant_time_eq};
-use crate::config::Policy;
 use crate::health::MemberStatus;
 use crate::routing::MemberKey;
 use crate::routing::explain::{Explanation, explain as explain_answer, parse_question};
@@ -89,7 +88,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
         .iter()
         .map(|service| {
             let node = snapshot.gslb_node(&service.name);
-            let candidates = node.map(|n| n.candidates.as_slice()).unwrap_or_default();
+            let candidates = node.map(|n| n.members.as_slice()).unwrap_or_default();
             let total: u64 = candidates
                 .iter()
                 .map(|c| c.answered.load(Ordering::Relaxed))
@@ -112,7 +111,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
             json!({
                 "name": service.name.to_string(),
                 "pool": service.pool,
-                "policy": match service.policy { Policy::Failover => "failover" },
+                "policy": service.policy.as_str(),
                 "answers": service.answers,
                 "ttl": service.ttl,
                 "selection": node.map(|n| n.mode.as_str()),
@@ -137,7 +136,7 @@ fn addresses_of(snapshot: &crate::routing::Snapshot, key: &MemberKey) -> Vec<IpA
         .services
         .iter()
         .filter_map(|s| snapshot.gslb_node(&s.name))
-        .flat_map(|n| n.candidates.iter())
+        .flat_map(|n| n.members.iter())
         .find(|c| c.key == *key)
         .map(|c| c.addresses.clone())
         .unwrap_or_default()

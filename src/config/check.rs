@@ -10,7 +10,7 @@ use rustls::pki_types::pem::PemObject;
 
 use super::compile::{Collector, parse_duration};
 use super::raw::RawCheck;
-use super::{Check, HttpProbe, Probe, TlsSettings};
+use super::{Check, HttpProbe, LoadFields, Probe, TlsSettings};
 
 /// Shortest probe interval accepted.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -44,6 +44,7 @@ pub(crate) fn compile_check(
         timeout,
         rise,
         fall,
+        load_fields,
     } = raw;
     let mut error =
         |field: &str, message: String| errors.push(Some(at), format!("{path}.{field}"), message);
@@ -201,6 +202,10 @@ pub(crate) fn compile_check(
                 expect,
                 body: body.clone(),
                 tls,
+                load_fields: load_fields.clone().map(|f| LoadFields {
+                    sessions: f.sessions,
+                    capacity: f.capacity,
+                }),
             })
         }
         other => {
@@ -213,6 +218,12 @@ pub(crate) fn compile_check(
             Probe::None
         }
     };
+    if load_fields.is_some() && kind != "http" && kind != "https" {
+        error(
+            "load_fields",
+            format!("applies to http and https checks, not {kind}"),
+        );
+    }
     if kind != "tls" && kind != "https" && cert_min_days.is_some() {
         error(
             "cert_min_days",

@@ -15,11 +15,13 @@ use toml::Spanned;
 use super::check::compile_check;
 use super::error::ConfigError;
 use super::raw::{
-    RawAdmin, RawCheck, RawConfig, RawLocation, RawMember, RawPool, RawService, RawWhenAllDown,
+    RawAdmin, RawAffinity, RawCheck, RawConfig, RawGeo, RawLoad, RawLocation, RawMember,
+    RawNetwork, RawPool, RawRegion, RawService, RawWhenAllDown,
 };
 use super::{
-    AdminSettings, Answers, Config, Location, Member, Policy, Pool, PoolId, Secret, ServerSettings,
-    Service, Ttl, Weight, WhenAllDown, ZoneSource, ZoneSpec,
+    AdminSettings, Affinity, Answers, Config, GeoNetwork, GeoSettings, LoadSettings, Location,
+    Member, Policy, Pool, PoolId, Region, Secret, ServerSettings, Service, Ttl, Weight,
+    WhenAllDown, ZoneSource, ZoneSpec,
 };
 
 /// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
@@ -84,12 +86,14 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Config {
     let server = compile_server(&raw, base_dir, errors);
     let admin = compile_admin(&raw, base_dir, errors);
+    let geo = compile_geo(&raw, base_dir, errors);
     let zones = compile_zones(&raw, base_dir, errors);
     let pools = compile_pools(&raw.pool, base_dir, errors);
     let services = compile_services(&raw.service, &pools, errors);
     Config {
         server,
         admin,
+        geo,
         zones,
         services,
         pools,
@@ -160,6 +164,83 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
             Some(base_dir.join(file.get_ref()))
         }),
     }
+}
+
+fn compile_geo(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> GeoSettings {
+    let Some(geo) = &raw.geo else {
+        return GeoSettings::default();
+    };
+    let RawGeo {
+        mmdb,
+        default,
+        network,
+        region,
+    } = geo.get_ref();
+    let mut settings = GeoSettings {
+        mmdb: mmdb.as_ref().map(|file| base_dir.join(file.get_ref())),
+        default: default
+            .as_ref()
+            .and_then(|d| compile_location(d, "geo.default", errors)),
+        ..GeoSettings::default()
+    };
+    for (i, entry) in network.iter().enumerate() {
+        let RawNetwork { cidr, location } = entry.get_ref();
+        let net = match cidr.get_ref().parse::<ipnet::IpNet>() {
+            Ok(net) if net.trunc() == net => Some(net),
+            Ok(net) => {
+                errors.at(
+                    cidr,
+                    format!("geo.network[{i}].cidr"),
+                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+                );
+                None
+            }
+            Err(_) => {
+                errors.at(
+                    cidr,
+                    format!("geo.network[{i}].cidr"),
+                    format!("{:?} is not a CIDR network", cidr.get_ref()),
+                );
+                None
+            }
+        };
+        if let Some(net) = net {
+            if settings.networks.iter().any(|n| n.net == net) {
+                errors.at(
+                    cidr,
+                    format!("geo.network[{i}].cidr"),
+                    format!("{net} is listed twice"),
+                );
+            }
+            if let Some(location) =
+                compile_location(location, &format!("geo.network[{i}].location"), errors)
+            {
+                settings.networks.push(GeoNetwork { net, location });
+            }
+        }
+    }
+    for (i, entry) in region.iter().enumerate() {
+        let RawRegion { name, prefer } = entry.get_ref();
+        if name.get_ref().is_empty() {
+            errors.at(name, format!("geo.region[{i}].name"), "must not be empty");
+        } else if settings.regions.iter().any(|r| r.name == *name.get_ref()) {
+            errors.at(
+                name,
+                format!("geo.region[{i}].name"),
+                format!("region {:?} is defined twice", name.get_ref()),
+            );
+        }
+        // A region always prefers itself first unless it says otherwise.
+        let mut list = prefer.clone();
+        if !list.contains(name.get_ref()) {
+            list.insert(0, name.get_ref().clone());
+        }
+        settings.regions.push(Region {
+            name: name.get_ref().clone(),
+            prefer: list,
+        });
+    }
+    settings
 }
 
 /// The admin API listens on loopback by default.
@@ -284,6 +365,7 @@ fn compile_pools(
         let RawPool {
             name,
             check,
+            load,
             member,
         } = pool.get_ref();
         let label = pool_label(name.get_ref(), i);
@@ -325,12 +407,77 @@ fn compile_pools(
                 members.push(compiled);
             }
         }
+        let load = load.as_ref().map_or_else(LoadSettings::default, |raw| {
+            compile_load(raw, &format!("{label}.load"), errors)
+        });
         pools.push(Pool {
             name: name.get_ref().clone(),
             members,
+            load,
         });
     }
     pools
+}
+
+fn compile_load(raw: &Spanned<RawLoad>, path: &str, errors: &mut Collector<'_>) -> LoadSettings {
+    let RawLoad {
+        low,
+        high,
+        slow_start,
+        stale_after,
+        smoothing,
+    } = raw.get_ref();
+    let mut settings = LoadSettings::default();
+    let mut ratio = |field: &str, value: &Option<f64>, default: f64| match value {
+        None => default,
+        Some(v) if v.is_finite() && *v > 0.0 && *v <= 10.0 => *v,
+        Some(_) => {
+            errors.at(
+                raw,
+                format!("{path}.{field}"),
+                "must be a ratio above 0 (1.0 is full)",
+            );
+            default
+        }
+    };
+    settings.low = ratio("low", low, settings.low);
+    settings.high = ratio("high", high, settings.high);
+    settings.smoothing = match smoothing {
+        None => settings.smoothing,
+        Some(v) if *v > 0.0 && *v <= 1.0 => *v,
+        Some(_) => {
+            errors.at(
+                raw,
+                format!("{path}.smoothing"),
+                "must be within 0 (exclusive) and 1",
+            );
+            settings.smoothing
+        }
+    };
+    if settings.low >= settings.high {
+        errors.at(
+            raw,
+            format!("{path}.low"),
+            format!("must be below high ({} >= {})", settings.low, settings.high),
+        );
+    }
+    let mut duration = |field: &str, value: &Option<String>, default: Duration| match value {
+        None => default,
+        Some(text) => parse_duration(text).unwrap_or_else(|| {
+            errors.at(
+                raw,
+                format!("{path}.{field}"),
+                format!("{text:?} is not a duration (e.g. \"30s\")"),
+            );
+            default
+        }),
+    };
+    settings.slow_start = duration("slow_start", slow_start, settings.slow_start);
+    settings.stale_after = duration("stale_after", stale_after, settings.stale_after);
+    if settings.stale_after.is_zero() {
+        errors.at(raw, format!("{path}.stale_after"), "must be positive");
+    }
+    settings
 }
 
 fn pool_label(name: &str, index: usize) -> String {
@@ -513,6 +660,8 @@ fn compile_services(
             answers,
             ttl,
             when_all_down,
+            affinity,
+            ecs,
         } = service.get_ref();
         let path = format!("service[{i}]");
         let name = match parse_name(name.get_ref()) {
@@ -535,17 +684,9 @@ fn compile_services(
             None => Policy::Failover,
             Some(value) => match value.get_ref().as_str() {
                 "failover" => Policy::Failover,
-                "geo" | "weighted" | "least-load" => {
-                    errors.at(
-                        value,
-                        format!("{path}.policy"),
-                        format!(
-                            "policy {:?} is not available in this version; use \"failover\"",
-                            value.get_ref()
-                        ),
-                    );
-                    Policy::Failover
-                }
+                "geo" => Policy::Geo,
+                "least-load" => Policy::LeastLoad,
+                "weighted" => Policy::Weighted,
                 other => {
                     errors.at(
                         value,
@@ -556,6 +697,50 @@ fn compile_services(
                 }
             },
         };
+        let mut affinity_value = Affinity::default_for(policy);
+        if let Some(raw) = affinity {
+            let RawAffinity { v4, v6, candidates } = raw.get_ref();
+            let mut bits = |field: &str, value: &Option<i64>, max: u8, default: u8| match value {
+                None => default,
+                Some(v) => u8::try_from(*v)
+                    .ok()
+                    .filter(|v| *v <= max)
+                    .unwrap_or_else(|| {
+                        errors.at(
+                            raw,
+                            format!("{path}.affinity.{field}"),
+                            format!("must be between 0 and {max}"),
+                        );
+                        default
+                    }),
+            };
+            affinity_value.v4 = bits("v4", v4, 32, affinity_value.v4);
+            affinity_value.v6 = bits("v6", v6, 128, affinity_value.v6);
+            if let Some(c) = candidates {
+                match usize::try_from(*c) {
+                    Ok(c) if (1..=1000).contains(&c) => affinity_value.candidates = c,
+                    _ => errors.at(
+                        raw,
+                        format!("{path}.affinity.candidates"),
+                        "must be between 1 and 1000",
+                    ),
+                }
+            }
+        }
+        if policy == Policy::Geo
+            && let Some(pool) = pool_id.and_then(|id| pools.get(id.0))
+        {
+            for member in pool.members.iter().filter(|m| m.location.is_none()) {
+                errors.at(
+                    service,
+                    format!("{path}.policy"),
+                    format!(
+                        "policy \"geo\" needs a location on every endpoint; {}/{} has none",
+                        pool.name, member.name
+                    ),
+                );
+            }
+        }
         let answers = match answers {
             None => Answers::DEFAULT,
             Some(value) => Answers::try_new(*value.get_ref()).unwrap_or_else(|| {
@@ -623,6 +808,8 @@ fn compile_services(
                 when_all_down,
                 span: service.span().start,
                 position: i,
+                affinity: affinity_value,
+                use_ecs: ecs.unwrap_or(true),
             });
         }
     }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hickory_proto::rr::{LowerName, Name};
+use ipnet::IpNet;
 
 pub use error::{ConfigError, ConfigErrors};
 
@@ -63,6 +64,8 @@ pub struct Loaded {
     pub config: Config,
     /// One parsed zone per `[[zone]]`, in config order.
     pub zones: Vec<Zone>,
+    /// The opened `[geo] mmdb` database, if configured.
+    pub geo_db: Option<std::sync::Arc<crate::geo::mmdb::Mmdb>>,
 }
 
 /// The compiled config. Built once, never mutated.
@@ -72,12 +75,46 @@ pub struct Config {
     pub server: ServerSettings,
     /// The admin API.
     pub admin: AdminSettings,
+    /// Where clients are.
+    pub geo: GeoSettings,
     /// Zones we are authoritative for.
     pub zones: Vec<ZoneSpec>,
     /// GSLB names.
     pub services: Vec<Service>,
     /// Pools of endpoints.
     pub pools: Vec<Pool>,
+}
+
+/// `[geo]`: the client-location table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GeoSettings {
+    /// Client networks and where they are; the longest matching prefix wins.
+    pub networks: Vec<GeoNetwork>,
+    /// Regions' ordered preference lists (topology, like gdnsd's maps).
+    pub regions: Vec<Region>,
+    /// Where a client is when no network matches.
+    pub default: Option<Location>,
+    /// A MaxMind-format database (GeoLite2/DB-IP City or Country), consulted after the
+    /// networks table.
+    pub mmdb: Option<PathBuf>,
+}
+
+/// `[[geo.network]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoNetwork {
+    /// The client network.
+    pub net: IpNet,
+    /// Where it is.
+    pub location: Location,
+}
+
+/// `[[geo.region]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    /// Region name.
+    pub name: String,
+    /// Regions to answer from, best first, for clients in this region.
+    pub prefer: Vec<String>,
 }
 
 /// `[admin]`: the HTTP admin API.
@@ -172,6 +209,10 @@ pub struct Service {
     pub ttl: Ttl,
     /// What to answer when no endpoint is up.
     pub when_all_down: WhenAllDown,
+    /// Client stickiness.
+    pub affinity: Affinity,
+    /// Use EDNS Client Subnet to place the client (else the resolver's address decides).
+    pub use_ecs: bool,
     /// Byte offset of the `[[service]]` table, for locating later checks.
     pub(crate) span: usize,
     /// Position among the `[[service]]` tables as written, for paths in messages.
@@ -183,6 +224,76 @@ pub struct Service {
 pub enum Policy {
     /// Config order: the first up endpoints are answered.
     Failover,
+    /// Nearest first: great-circle distance, or the client region's preference list.
+    Geo,
+    /// Least loaded first (sessions / capacity).
+    LeastLoad,
+    /// Share by weight: every up endpoint is a candidate, weighted by `weight`.
+    Weighted,
+}
+
+impl Policy {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Failover => "failover",
+            Policy::Geo => "geo",
+            Policy::LeastLoad => "least-load",
+            Policy::Weighted => "weighted",
+        }
+    }
+}
+
+/// `affinity`: among the best `candidates` endpoints, a client keeps the one its prefix
+/// hashes to (rendezvous hashing), so it lands on the same appliance while that stays up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Affinity {
+    /// IPv4 client prefix length hashed (clients in one /24 stick together by default).
+    pub v4: u8,
+    /// IPv6 client prefix length hashed.
+    pub v6: u8,
+    /// How many of the best-ranked endpoints share clients (ties extend it).
+    pub candidates: usize,
+}
+
+impl Affinity {
+    /// /24 and /56; 3 candidates (1 for failover, which keeps strict priority).
+    pub fn default_for(policy: Policy) -> Self {
+        Self {
+            v4: 24,
+            v6: 56,
+            candidates: if policy == Policy::Failover { 1 } else { 3 },
+        }
+    }
+}
+
+/// A pool's load handling: reports are smoothed (EWMA); above `high` an endpoint gets no
+/// new clients while another can serve, until it drops below `low`; then it ramps up over
+/// `slow_start`. A report older than `stale_after` is ignored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadSettings {
+    /// Below this (sessions / capacity) an overloaded endpoint recovers.
+    pub low: f64,
+    /// Above this an endpoint is overloaded.
+    pub high: f64,
+    /// Time a recovered endpoint takes to get its full share again.
+    pub slow_start: Duration,
+    /// Reports older than this are not trusted.
+    pub stale_after: Duration,
+    /// EWMA weight of a new report, 0..1 (1: no smoothing).
+    pub smoothing: f64,
+}
+
+impl Default for LoadSettings {
+    fn default() -> Self {
+        Self {
+            low: 0.75,
+            high: 0.9,
+            slow_start: Duration::from_secs(30),
+            stale_after: Duration::from_secs(30),
+            smoothing: 0.5,
+        }
+    }
 }
 
 /// What a GSLB name answers when none of its pool's endpoints is up.
@@ -203,6 +314,8 @@ pub struct Pool {
     pub name: String,
     /// Endpoints in config order (the failover priority).
     pub members: Vec<Member>,
+    /// How reported load is handled.
+    pub load: LoadSettings,
 }
 
 /// `[[pool.member]]`: one endpoint (appliance).
@@ -309,6 +422,17 @@ pub struct HttpProbe {
     pub body: Option<String>,
     /// Present for HTTPS.
     pub tls: Option<TlsSettings>,
+    /// JSON fields of the response body that report load, when set.
+    pub load_fields: Option<LoadFields>,
+}
+
+/// Where an HTTP(S) check's JSON body reports load (dotted paths, e.g. `stats.sessions`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LoadFields {
+    /// Active sessions.
+    pub sessions: String,
+    /// Capacity; the member's `capacity` when absent.
+    pub capacity: Option<String>,
 }
 
 /// How a TLS handshake is made and judged.
@@ -514,8 +638,28 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
     if zones.len() == config.zones.len() {
         check_names(text, file, &config, &zones, &mut errors);
     }
+    let geo_db = match &config.geo.mmdb {
+        None => None,
+        Some(path) => match crate::geo::mmdb::Mmdb::open(path) {
+            Ok(db) => Some(std::sync::Arc::new(db)),
+            Err(error) => {
+                errors.push(ConfigError {
+                    file: file.to_path_buf(),
+                    line: find_key_line(text, "geo.mmdb")
+                        .map(|offset| compile::line_of(text, offset)),
+                    path: "geo.mmdb".into(),
+                    message: error.to_string(),
+                });
+                None
+            }
+        },
+    };
     if errors.is_empty() {
-        Ok(Loaded { config, zones })
+        Ok(Loaded {
+            config,
+            zones,
+            geo_db,
+        })
     } else {
         // The config file first, in line order, then each zone file in line order.
         errors.sort_by(|a, b| {

@@ -15,6 +15,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) server: RawServer,
     pub(crate) admin: Option<Spanned<RawAdmin>>,
+    pub(crate) geo: Option<Spanned<RawGeo>>,
     #[serde(default)]
     pub(crate) zone: Vec<Spanned<RawZone>>,
     #[serde(default)]
@@ -34,6 +35,57 @@ pub(crate) struct RawServer {
     pub(crate) tcp_idle_timeout: Option<Spanned<String>>,
     /// Where health and drains are kept across restarts.
     pub(crate) state_file: Option<Spanned<String>>,
+}
+
+/// `[geo]`: where clients are.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawGeo {
+    pub(crate) mmdb: Option<Spanned<String>>,
+    pub(crate) default: Option<Spanned<RawLocation>>,
+    #[serde(default)]
+    pub(crate) network: Vec<Spanned<RawNetwork>>,
+    #[serde(default)]
+    pub(crate) region: Vec<Spanned<RawRegion>>,
+}
+
+/// `[[geo.network]]`: a client network and where it is.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawNetwork {
+    pub(crate) cidr: Spanned<String>,
+    pub(crate) location: Spanned<RawLocation>,
+}
+
+/// `[[geo.region]]`: a region's ordered preference list.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawRegion {
+    pub(crate) name: Spanned<String>,
+    #[serde(default)]
+    pub(crate) prefer: Vec<String>,
+}
+
+/// `affinity = { v4 = 24, v6 = 56, candidates = 3 }`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawAffinity {
+    pub(crate) v4: Option<i64>,
+    pub(crate) v6: Option<i64>,
+    pub(crate) candidates: Option<i64>,
+}
+
+/// `load = { low = 0.75, high = 0.9, slow_start = "30s", stale_after = "30s", smoothing = 0.5 }`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawLoad {
+    pub(crate) low: Option<f64>,
+    pub(crate) high: Option<f64>,
+    pub(crate) slow_start: Option<String>,
+    pub(crate) stale_after: Option<String>,
+    pub(crate) smoothing: Option<f64>,
+}
+
+/// `load_fields = { sessions = "sessions", capacity = "capacity" }` in an HTTP(S) check.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct RawLoadFields {
+    pub(crate) sessions: String,
+    pub(crate) capacity: Option<String>,
 }
 
 /// `[admin]`: the HTTP admin API.
@@ -60,6 +112,8 @@ pub(crate) struct RawService {
     pub(crate) answers: Option<Spanned<i64>>,
     pub(crate) ttl: Option<Spanned<i64>>,
     pub(crate) when_all_down: Option<Spanned<RawWhenAllDown>>,
+    pub(crate) affinity: Option<Spanned<RawAffinity>>,
+    pub(crate) ecs: Option<bool>,
 }
 
 /// `when_all_down = "all" | "empty" | { fallback = "pool" }`.
@@ -75,6 +129,7 @@ pub(crate) enum RawWhenAllDown {
 pub(crate) struct RawPool {
     pub(crate) name: Spanned<String>,
     pub(crate) check: Option<Spanned<RawCheck>>,
+    pub(crate) load: Option<Spanned<RawLoad>>,
     #[serde(default)]
     pub(crate) member: Vec<Spanned<RawMember>>,
 }
@@ -98,6 +153,7 @@ pub(crate) struct RawCheck {
     pub(crate) timeout: Option<String>,
     pub(crate) rise: Option<i64>,
     pub(crate) fall: Option<i64>,
+    pub(crate) load_fields: Option<RawLoadFields>,
 }
 
 impl RawCheck {
@@ -119,6 +175,10 @@ impl RawCheck {
             timeout: self.timeout.clone().or_else(|| base.timeout.clone()),
             rise: self.rise.or(base.rise),
             fall: self.fall.or(base.fall),
+            load_fields: self
+                .load_fields
+                .clone()
+                .or_else(|| base.load_fields.clone()),
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::ClientSubnet;
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::runtime::Time;
@@ -34,7 +34,7 @@ use crate::metrics::{
     DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS, DNS_TRUNCATED_TOTAL,
 };
 use crate::routing::explain::{rcode_name, rcode_of};
-use crate::routing::{Outcome, Resolution, RoutingHandle, Snapshot};
+use crate::routing::{Client, Outcome, Resolution, RoutingHandle, Snapshot};
 
 /// Size of a DNS header on the wire.
 const HEADER_LEN: usize = 12;
@@ -97,15 +97,19 @@ impl RequestHandler for Handler {
             reply.resolution.additionals.clear();
         }
 
-        if let Some((node, v6)) = reply.resolution.gslb.filter(|_| !reply.metadata.truncation) {
-            let (_, from) = node.family(v6);
+        if let Some((node, _, from)) = reply
+            .resolution
+            .gslb
+            .as_ref()
+            .filter(|_| !reply.metadata.truncation)
+        {
             let mut last = None;
             for &index in from {
                 // Records of one endpoint are adjacent: count each endpoint once per answer.
                 if last != Some(index) {
-                    if let Some(candidate) = node.candidates.get(index) {
-                        candidate.answered.fetch_add(1, Ordering::Relaxed);
-                        candidate.counter.increment(1);
+                    if let Some(endpoint) = node.members.get(index) {
+                        endpoint.answered.fetch_add(1, Ordering::Relaxed);
+                        endpoint.counter.increment(1);
                     }
                     last = Some(index);
                 }
@@ -184,7 +188,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
         }
     };
     if let (Some(subnet), Some(edns)) = (&subnet, edns.as_mut()) {
-        // Scope 0: the failover answer does not depend on where the client is.
+        // Scope 0 unless a GSLB answer below depends on the client.
         edns.options_mut().insert(ecs::echo(subnet, 0));
     }
 
@@ -204,7 +208,22 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
         return reply(ResponseCode::FormErr, metadata, edns);
     }
 
-    let resolution = snapshot.resolve(query.name(), qtype);
+    let client = Client {
+        source: request.src().ip(),
+        subnet: subnet
+            .as_ref()
+            .filter(|s| s.source_prefix() > 0)
+            .map(|s| s.addr()),
+    };
+    let resolution = snapshot.resolve(query.name(), qtype, Some(client));
+    if let (Some(subnet), Some(edns)) = (&subnet, edns.as_mut())
+        && resolution.scope > 0
+        && subnet.source_prefix() > 0
+    {
+        edns.options_mut().remove(EdnsCode::Subnet);
+        edns.options_mut()
+            .insert(ecs::echo(subnet, resolution.scope));
+    }
     metadata.response_code = rcode_of(resolution.outcome);
     metadata.authoritative = resolution.outcome != Outcome::NotOurs;
     Reply {

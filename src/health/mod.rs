@@ -38,8 +38,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Check, Loaded, Probe};
+use crate::config::{Check, LoadSettings, Loaded, Probe};
 use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL, MEMBER_LOAD, MEMBER_STALE, MEMBER_UP};
+use crate::policy::load::{LoadTracker, LoadView};
 use crate::routing::{BuildEvent, MemberKey, MemberStates};
 use probe::Prober;
 use scheduler::{Report, Schedule, TargetId};
@@ -75,6 +76,10 @@ pub struct MemberStatus {
     pub drain: Option<Drain>,
     /// The last reported load, if any.
     pub load: Option<Load>,
+    /// The load as ranking sees it (smoothed, in 5 % steps; None: unknown or stale).
+    pub load_smoothed: Option<f64>,
+    /// Over its high-watermark: no new clients while another endpoint can serve.
+    pub overloaded: bool,
 }
 
 /// An operator's drain: the endpoint gets no new answers.
@@ -324,6 +329,10 @@ struct Tracked {
     load: Option<Load>,
     /// Configured capacity, the default for load reports.
     capacity: Option<u32>,
+    /// Smoothing, watermarks, slow start.
+    tracker: LoadTracker,
+    /// The load view the builder last got.
+    sent: LoadView,
 }
 
 /// A running probe task and the endpoints it serves.
@@ -431,9 +440,12 @@ impl Monitor {
                         }
                         kept.check = check.clone();
                         kept.capacity = member.capacity;
+                        kept.tracker.set_settings(pool.load);
                         kept
                     }
-                    None => new_tracked(&check, member.capacity, restored.get(&key), now),
+                    None => {
+                        new_tracked(&check, member.capacity, pool.load, restored.get(&key), now)
+                    }
                 };
                 if check.probe != Probe::None {
                     wanted
@@ -523,6 +535,7 @@ impl Monitor {
             Err(error) => error.to_string(),
         };
         let mut flips = Vec::new();
+        let mut load_changed = Vec::new();
         for key in &target.members {
             let Some(tracked) = members.get_mut(key) else {
                 continue;
@@ -532,6 +545,23 @@ impl Monitor {
             }
             tracked.last_check = Some(report.at);
             tracked.last_error = report.result.as_ref().err().map(ToString::to_string);
+            if let Some(sample) = report.load {
+                let capacity = sample
+                    .capacity
+                    .or(tracked.capacity.map(f64::from))
+                    .filter(|c| *c > 0.0);
+                if let Some(capacity) = capacity {
+                    tracked
+                        .tracker
+                        .observe(sample.sessions / capacity, Instant::now());
+                    tracked.load = Some(Load {
+                        sessions: sample.sessions.min(f64::from(u32::MAX)) as u32,
+                        capacity: capacity.min(f64::from(u32::MAX)) as u32,
+                        at: report.at,
+                    });
+                    load_changed.push(key.clone());
+                }
+            }
             tracked.last_report = Instant::now();
             if tracked.stale {
                 tracked.stale = false;
@@ -547,6 +577,9 @@ impl Monitor {
                     reason: reason.clone(),
                 });
             }
+        }
+        for key in load_changed {
+            self.push_load(&key).await;
         }
         if flips.is_empty() {
             return;
@@ -642,15 +675,55 @@ impl Monitor {
             at: SystemTime::now(),
         };
         tracked.load = Some(load);
+        tracked.tracker.observe(load.ratio(), Instant::now());
         metrics::gauge!(MEMBER_LOAD, "pool" => key.pool.clone(), "member" => key.member.clone())
             .set(load.ratio());
+        self.push_load(key).await;
         self.persist().await;
         self.status_of(key)
             .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
     }
 
-    /// Marks endpoints whose probes stopped reporting, and ends drains whose time is up.
+    /// Tells the builder when an endpoint's load, as ranking sees it, changed.
+    async fn push_load(&mut self, key: &MemberKey) {
+        let Some(tracked) = self.members.get_mut(key) else {
+            return;
+        };
+        let view = tracked.tracker.view(Instant::now());
+        if view == tracked.sent {
+            return;
+        }
+        if view.overloaded != tracked.sent.overloaded {
+            info!(
+                pool = %key.pool,
+                member = %key.member,
+                load = ?tracked.tracker.smoothed(),
+                overloaded = view.overloaded,
+                "endpoint load watermark crossed"
+            );
+        }
+        tracked.sent = view;
+        let event = BuildEvent::SetLoad {
+            key: key.clone(),
+            view,
+        };
+        // A closed channel means shutdown.
+        let _ = self.events.send(event).await;
+    }
+
+    /// Marks endpoints whose probes stopped reporting, ends drains whose time is up, and
+    /// moves load views on with time (staleness, slow-start ramps).
     async fn sweep(&mut self) {
+        let now = Instant::now();
+        let moved: Vec<MemberKey> = self
+            .members
+            .iter()
+            .filter(|(_, t)| t.tracker.view(now) != t.sent)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in moved {
+            self.push_load(&key).await;
+        }
         let wall = SystemTime::now();
         let expired: Vec<MemberKey> = self
             .order
@@ -717,6 +790,8 @@ impl Monitor {
                     target: target_of.get(key).copied(),
                     drain: t.drain,
                     load: t.load,
+                    load_smoothed: t.tracker.view(Instant::now()).ratio(),
+                    overloaded: t.sent.overloaded,
                 })
             })
             .collect()
@@ -763,6 +838,7 @@ impl Monitor {
 fn new_tracked(
     check: &Check,
     capacity: Option<u32>,
+    load_settings: LoadSettings,
     restored: Option<&MemberRecord>,
     now: SystemTime,
 ) -> Tracked {
@@ -800,6 +876,9 @@ fn new_tracked(
         drain,
         load,
         capacity,
+        // Restored load is shown in status but not trusted for ranking: it is stale.
+        tracker: LoadTracker::new(load_settings),
+        sent: LoadView::UNKNOWN,
     }
 }
 

@@ -96,20 +96,21 @@ impl Prober {
         Ok(Self { probe, tls })
     }
 
-    /// Runs one probe (no timeout here: the scheduler applies it).
-    pub async fn run(&self) -> Result<(), ProbeError> {
+    /// Runs one probe (no timeout here: the scheduler applies it). An HTTP(S) probe with
+    /// `load_fields` also returns the load its JSON body reports.
+    pub async fn run(&self) -> Result<Option<LoadSample>, ProbeError> {
         match &self.probe {
-            Probe::None => Ok(()),
+            Probe::None => Ok(None),
             Probe::Tcp { target } => {
                 let stream = connect(*target).await?;
                 // Close with RST: no FIN exchange and no TIME_WAIT left behind per probe,
                 // which at thousands of probes a second is most of the kernel's work.
                 let _ = stream.set_zero_linger();
-                Ok(())
+                Ok(None)
             }
             Probe::Tls { target, tls } => {
                 let stream = self.handshake(connect(*target).await?).await?;
-                check_expiry(&stream, tls.cert_min_days)
+                check_expiry(&stream, tls.cert_min_days).map(|()| None)
             }
             Probe::Http(http) => {
                 let tcp = connect(http.target).await?;
@@ -148,8 +149,25 @@ async fn connect(target: std::net::SocketAddr) -> Result<TcpStream, ProbeError> 
         })
 }
 
-/// GET the path and judge status and body.
-async fn exchange<S>(stream: S, http: &HttpProbe) -> Result<(), ProbeError>
+/// Load read from a probe's JSON body.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadSample {
+    /// Active sessions.
+    pub sessions: f64,
+    /// Capacity, when the body reports it.
+    pub capacity: Option<f64>,
+}
+
+/// A number at a dotted path (`stats.sessions`) in a JSON document.
+fn json_number(document: &serde_json::Value, path: &str) -> Option<f64> {
+    path.split('.')
+        .try_fold(document, |value, key| value.get(key))
+        .and_then(serde_json::Value::as_f64)
+        .filter(|n| n.is_finite() && *n >= 0.0)
+}
+
+/// GET the path and judge status and body; read load from the body when asked to.
+async fn exchange<S>(stream: S, http: &HttpProbe) -> Result<Option<LoadSample>, ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -177,17 +195,31 @@ where
         if !accepted {
             return Err(ProbeError::Status(status));
         }
-        if let Some(wanted) = &http.body {
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| ProbeError::Http(e.to_string()))?
-                .to_bytes();
-            if !String::from_utf8_lossy(&body).contains(wanted.as_str()) {
-                return Err(ProbeError::Body(wanted.clone()));
-            }
+        if http.body.is_none() && http.load_fields.is_none() {
+            return Ok(None);
         }
-        Ok(())
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| ProbeError::Http(e.to_string()))?
+            .to_bytes();
+        if let Some(wanted) = &http.body
+            && !String::from_utf8_lossy(&body).contains(wanted.as_str())
+        {
+            return Err(ProbeError::Body(wanted.clone()));
+        }
+        // A body without the load fields is still a healthy endpoint: its load is unknown.
+        let load = http.load_fields.as_ref().and_then(|fields| {
+            let document: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            Some(LoadSample {
+                sessions: json_number(&document, &fields.sessions)?,
+                capacity: fields
+                    .capacity
+                    .as_deref()
+                    .and_then(|path| json_number(&document, path)),
+            })
+        });
+        Ok(load)
     }
     .await;
     connection.abort();

@@ -8,7 +8,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::probe::{ProbeError, Prober};
+use super::probe::{LoadSample, ProbeError, Prober};
 use crate::metrics::{PROBE_DURATION_SECONDS, PROBE_FAILURES_TOTAL};
 
 /// Identifies a probe task within one monitor.
@@ -21,6 +21,8 @@ pub struct Report {
     pub target: TargetId,
     /// How it went.
     pub result: Result<(), ProbeError>,
+    /// Load the probe's body reported, if any.
+    pub load: Option<LoadSample>,
     /// When it finished (wall clock, for status and the state file).
     pub at: SystemTime,
 }
@@ -75,9 +77,10 @@ pub async fn probe_loop(
             () = token.cancelled() => return,
         };
         let started = Instant::now();
-        let result = match tokio::time::timeout(schedule.timeout, prober.run()).await {
-            Ok(result) => result,
-            Err(_) => Err(ProbeError::Timeout),
+        let (result, load) = match tokio::time::timeout(schedule.timeout, prober.run()).await {
+            Ok(Ok(load)) => (Ok(()), load),
+            Ok(Err(error)) => (Err(error), None),
+            Err(_) => (Err(ProbeError::Timeout), None),
         };
         drop(permit);
         metrics::histogram!(PROBE_DURATION_SECONDS, "kind" => kind)
@@ -90,6 +93,7 @@ pub async fn probe_loop(
         let report = Report {
             target,
             result,
+            load,
             at: SystemTime::now(),
         };
         if reports.send(report).await.is_err() {

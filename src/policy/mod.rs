@@ -1,14 +1,152 @@
-//! Ranking policies: pure functions from a pool's up endpoints to an order.
+//! Ranking: pure functions from a pool's endpoints and a client's location to an order.
 //!
-//! No I/O and no clock here: the builder calls [`rank`] while it builds a snapshot, so the
-//! query path only reads the result.
+//! No I/O and no clock. The builder ranks once per location cell (each configured network,
+//! the default location, no location) when it builds a snapshot; only clients placed by the
+//! MaxMind database are ranked per query. Per query, [`affinity`] then reorders the best
+//! candidates for the client's prefix.
+//!
+//! Order of an endpoint, best first: (1) available (up, not drained) and under its load
+//! high-watermark, then available but overloaded, then unavailable (kept for explain, never
+//! answered while an available one exists); (2) the policy's key — `failover`: config
+//! order; `geo`: distance or region preference (unplaceable clients: the default location,
+//! else config order); `least-load`: smoothed load in 5 % steps (unknown load counts as
+//! 0); `weighted`: none, every endpoint ties; (3) config order.
+//!
+//! The affinity candidates are the first `affinity.candidates` of the best group, extended
+//! by every endpoint that ties with the last of them, so endpoints on one site (or all
+//! endpoints under `weighted`) share clients evenly instead of the first one taking all.
 
-use crate::config::{Member, Policy};
+pub mod affinity;
+pub mod geo;
+pub mod load;
 
-/// Orders the endpoints a service may answer, best first.
-pub fn rank(policy: Policy, members: Vec<&Member>) -> Vec<&Member> {
-    match policy {
-        // Config order is the priority order: the list arrives in it already.
-        Policy::Failover => members,
+use std::cmp::Ordering;
+
+use crate::config::{Location, Policy, Region};
+
+/// What ranking needs to know of one endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate<'a> {
+    /// Where it is.
+    pub location: Option<&'a Location>,
+    /// Share under affinity: configured weight times the slow-start ramp.
+    pub weight: f64,
+    /// Smoothed load (sessions / capacity); None when unknown or stale.
+    pub load: Option<f64>,
+    /// Over its high-watermark (and not yet back under the low one).
+    pub overloaded: bool,
+    /// May be answered (up and not drained, or everything fails open).
+    pub available: bool,
+}
+
+/// An order of endpoints (indices into the pool), best first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ranking {
+    /// Every endpoint, best first.
+    pub order: Vec<u16>,
+    /// How many at the front share clients by affinity (0 when none is available).
+    pub candidates: usize,
+    /// How many at the front may be answered.
+    pub available: usize,
+}
+
+fn group(c: &Candidate<'_>) -> u8 {
+    match (c.available, c.overloaded) {
+        (true, false) => 0,
+        (true, true) => 1,
+        (false, _) => 2,
     }
 }
+
+/// The policy's key of one endpoint for a client (lower is better).
+fn policy_key(
+    policy: Policy,
+    index: usize,
+    c: &Candidate<'_>,
+    client: Option<&Location>,
+    regions: &[Region],
+) -> f64 {
+    match policy {
+        Policy::Failover => index as f64,
+        Policy::Geo => match (client, c.location) {
+            (Some(client), Some(member)) => geo::key(client, member, regions).unwrap_or(f64::MAX),
+            // Nowhere to measure from: config order.
+            _ => index as f64,
+        },
+        Policy::LeastLoad => (c.load.unwrap_or(0.0) * 20.0).round(),
+        Policy::Weighted => 0.0,
+    }
+}
+
+/// Ranks `members` for a client at `client` (None: not placeable). `k` is the affinity
+/// candidate count before tie extension.
+pub fn rank(
+    policy: Policy,
+    members: &[Candidate<'_>],
+    client: Option<&Location>,
+    regions: &[Region],
+    k: usize,
+) -> Ranking {
+    let mut keyed: Vec<(u8, f64, u16)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                group(c),
+                policy_key(policy, i, c, client, regions),
+                i as u16,
+            )
+        })
+        .collect();
+    keyed.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal))
+            .then(a.2.cmp(&b.2))
+    });
+    let available = keyed.iter().take_while(|e| e.0 < 2).count();
+    let best_group = keyed.first().map(|e| e.0).unwrap_or(2);
+    let in_best = keyed.iter().take_while(|e| e.0 == best_group).count();
+    let candidates = if best_group == 2 || in_best == 0 {
+        0
+    } else {
+        let base = k.clamp(1, in_best);
+        let last_key = keyed[base - 1].1;
+        base + keyed[base..in_best]
+            .iter()
+            .take_while(|e| e.1 == last_key)
+            .count()
+    };
+    Ranking {
+        order: keyed.into_iter().map(|e| e.2).collect(),
+        candidates,
+        available,
+    }
+}
+
+/// The order for one client: the candidates reordered by rendezvous score for the
+/// client's prefix hash, the rest as ranked.
+pub fn order_for_client(
+    ranking: &Ranking,
+    members: &[Candidate<'_>],
+    client: u64,
+    seeds: &[u64],
+) -> Vec<u16> {
+    let mut order = ranking.order.clone();
+    if ranking.candidates > 1 {
+        let score = |i: u16| {
+            let i = usize::from(i);
+            let weight = members.get(i).map_or(0.0, |m| m.weight);
+            affinity::score(client, seeds.get(i).copied().unwrap_or_default(), weight)
+        };
+        order[..ranking.candidates].sort_by(|a, b| {
+            score(*b)
+                .partial_cmp(&score(*a))
+                .unwrap_or(Ordering::Equal)
+                .then(a.cmp(b))
+        });
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests;

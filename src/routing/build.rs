@@ -7,17 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::{LowerName, RData, Record, RecordType};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::handle::RoutingHandle;
-use super::table::{Candidate, GslbNode, Node, Selection, ServiceInfo, Snapshot, ZoneTable};
-use crate::config::{Loaded, Member, Pool, Service, WhenAllDown};
+use super::table::{Endpoint, GslbNode, Node, Selection, ServiceInfo, Snapshot, ZoneTable};
+use crate::config::{Loaded, Location, Member, Policy, Pool, Region, Service, WhenAllDown};
+use crate::geo::GeoTable;
 use crate::metrics::{ANSWERS_TOTAL, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION};
 use crate::policy;
+use crate::policy::load::LoadView;
+use crate::policy::{Candidate, affinity};
 use crate::zone::RrSet;
 
 /// The identity of an endpoint across reloads: its pool's name and its own.
@@ -48,6 +51,13 @@ pub enum BuildEvent {
         /// Told the generation once the snapshot reflecting it is live.
         done: Option<oneshot::Sender<u64>>,
     },
+    /// An endpoint's load, as ranking sees it, changed.
+    SetLoad {
+        /// Which endpoint.
+        key: MemberKey,
+        /// The new view.
+        view: LoadView,
+    },
     /// Health checks took an endpoint up or down.
     SetMemberUp {
         /// Which endpoint.
@@ -68,6 +78,8 @@ pub struct MemberStates {
     pub drained: HashSet<MemberKey>,
     /// Answer counters, kept across rebuilds so status can show each endpoint's share.
     pub answered: HashMap<MemberKey, Arc<AtomicU64>>,
+    /// Load as ranking sees it; absent means unknown.
+    pub load: HashMap<MemberKey, LoadView>,
 }
 
 impl MemberStates {
@@ -82,6 +94,7 @@ impl MemberStates {
         };
         self.down.retain(exists);
         self.drained.retain(exists);
+        self.load.retain(|key, _| exists(key));
         self.answered.retain(|key, _| exists(key));
     }
 
@@ -150,7 +163,30 @@ impl Builder {
 
     /// Folds one event in and publishes a new snapshot if anything changed.
     pub fn apply(&mut self, event: BuildEvent) {
-        let (changed, done) = match event {
+        self.apply_all(vec![event]);
+    }
+
+    /// Folds a batch of events in and publishes at most one snapshot for all of them, then
+    /// tells every waiter. A burst of health or load changes costs one rebuild.
+    pub fn apply_all(&mut self, events: Vec<BuildEvent>) {
+        let mut changed = false;
+        let mut waiting = Vec::new();
+        for event in events {
+            let (event_changed, done) = self.fold(event);
+            changed |= event_changed;
+            waiting.extend(done);
+        }
+        if changed {
+            self.publish();
+        }
+        for done in waiting {
+            // The sender may have gone away; the snapshot is live either way.
+            let _ = done.send(self.generation);
+        }
+    }
+
+    fn fold(&mut self, event: BuildEvent) -> (bool, Option<oneshot::Sender<u64>>) {
+        match event {
             BuildEvent::Reload { loaded, done } => {
                 self.loaded = loaded;
                 // State of endpoints that no longer exist is dropped; the rest carries over.
@@ -166,6 +202,14 @@ impl Builder {
                 };
                 (changed, done)
             }
+            BuildEvent::SetLoad { key, view } => {
+                let changed = if view == LoadView::UNKNOWN {
+                    self.states.load.remove(&key).is_some()
+                } else {
+                    self.states.load.insert(key, view) != Some(view)
+                };
+                (changed, None)
+            }
             BuildEvent::SetMemberUp { key, up, done } => {
                 let changed = if up {
                     self.states.down.remove(&key)
@@ -174,13 +218,6 @@ impl Builder {
                 };
                 (changed, done)
             }
-        };
-        if changed {
-            self.publish();
-        }
-        if let Some(done) = done {
-            // The sender may have gone away; the snapshot is live either way.
-            let _ = done.send(self.generation);
         }
     }
 
@@ -193,14 +230,19 @@ impl Builder {
         debug!(generation = self.generation, "routing snapshot published");
     }
 
-    /// Applies events until the channel closes or `token` is cancelled.
+    /// Applies events until the channel closes or `token` is cancelled; events that queue
+    /// up while a snapshot is being built are folded into the next one together.
     pub async fn run(mut self, mut events: mpsc::Receiver<BuildEvent>, token: CancellationToken) {
+        const BATCH: usize = 1024;
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => self.apply(event),
-                    None => break,
-                },
+                received = events.recv_many(&mut batch, BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.apply_all(std::mem::take(&mut batch));
+                }
                 () = token.cancelled() => break,
             }
         }
@@ -245,6 +287,7 @@ pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapsho
         .collect();
     zones.sort_by_key(|z| std::cmp::Reverse(z.origin.num_labels()));
 
+    let geo = GeoTable::new(&config.geo, loaded.geo_db.clone());
     let mut services = Vec::with_capacity(config.services.len());
     for (index, service) in config.services.iter().enumerate() {
         let name = LowerName::from(&service.name);
@@ -264,7 +307,14 @@ pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapsho
         let Some(zone) = zones.iter_mut().find(|z| z.origin.zone_of(&name)) else {
             continue; // config::load rejects this; nothing to serve.
         };
-        let node = gslb_node(index, service, &config.pools, states);
+        let node = gslb_node(
+            index,
+            service,
+            &config.pools,
+            states,
+            &geo,
+            &config.geo.regions,
+        );
         zone.nodes.insert(name, Node::Gslb(node));
     }
 
@@ -277,11 +327,21 @@ pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapsho
         udp_payload: config.server.udp_payload,
         zones,
         services,
+        geo,
+        regions: config.geo.regions.clone(),
     }
 }
 
-/// Ranks a service's endpoints and encodes its answers.
-fn gslb_node(index: usize, service: &Service, pools: &[Pool], states: &MemberStates) -> GslbNode {
+/// Ranks a service's endpoints per location cell and encodes their records.
+fn gslb_node(
+    index: usize,
+    service: &Service,
+    pools: &[Pool],
+    states: &MemberStates,
+    geo: &GeoTable,
+    regions: &[Region],
+) -> GslbNode {
+    let load_of = |key: &MemberKey| states.load.get(key).copied().unwrap_or(LoadView::UNKNOWN);
     let can_serve = |pool: &Pool, member: &Member| {
         let key = MemberKey::of(pool, member);
         !states.down.contains(&key) && !states.drained.contains(&key)
@@ -289,7 +349,7 @@ fn gslb_node(index: usize, service: &Service, pools: &[Pool], states: &MemberSta
     let own = pools.get(service.pool.0);
     let any_up = |pool: &Pool| pool.members.iter().any(|m| can_serve(pool, m));
     let (pool, mode) = match own {
-        Some(pool) if any_up(pool) => (Some(pool), Selection::Normal),
+        Some(pool) if any_up(pool) => (own, Selection::Normal),
         _ => match service.when_all_down {
             WhenAllDown::All => (own, Selection::FailOpen),
             WhenAllDown::Empty => (own, Selection::Empty),
@@ -300,79 +360,97 @@ fn gslb_node(index: usize, service: &Service, pools: &[Pool], states: &MemberSta
             },
         },
     };
-    let ranked = pool.map_or_else(Vec::new, |pool| {
-        policy::rank(service.policy, pool.members.iter().collect())
-    });
     let service_label = service.name.to_string();
-    let candidates: Vec<Candidate> = ranked
-        .iter()
-        .filter_map(|member| {
-            let pool = pool?;
-            let key = MemberKey::of(pool, member);
-            let up = !states.down.contains(&key);
-            let drained = states.drained.contains(&key);
-            let eligible = match mode {
-                Selection::Empty => false,
-                Selection::FailOpen => true,
-                Selection::Fallback | Selection::Normal => up && !drained,
-            };
-            let counter = metrics::counter!(
-                ANSWERS_TOTAL,
-                "service" => service_label.clone(),
-                "pool" => key.pool.clone(),
-                "member" => key.member.clone(),
-            );
-            Some(Candidate {
-                answered: states.answered.get(&key).cloned().unwrap_or_default(),
-                addresses: member.addresses.clone(),
-                key,
-                up,
-                drained,
-                eligible,
-                counter,
-            })
+    let members: Vec<Endpoint> = pool
+        .map(|pool| {
+            pool.members
+                .iter()
+                .map(|member| {
+                    let key = MemberKey::of(pool, member);
+                    let up = !states.down.contains(&key);
+                    let drained = states.drained.contains(&key);
+                    let available = match mode {
+                        Selection::Empty => false,
+                        Selection::FailOpen => true,
+                        Selection::Fallback | Selection::Normal => up && !drained,
+                    };
+                    let load = load_of(&key);
+                    let counter = metrics::counter!(
+                        ANSWERS_TOTAL,
+                        "service" => service_label.clone(),
+                        "pool" => key.pool.clone(),
+                        "member" => key.member.clone(),
+                    );
+                    let record = |ip: &IpAddr| {
+                        let data = match ip {
+                            IpAddr::V4(v4) => RData::A(A(*v4)),
+                            IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                        };
+                        Record::from_rdata(service.name.clone(), service.ttl.get(), data)
+                    };
+                    Endpoint {
+                        a: member
+                            .addresses
+                            .iter()
+                            .filter(|a| a.is_ipv4())
+                            .map(record)
+                            .collect(),
+                        aaaa: member
+                            .addresses
+                            .iter()
+                            .filter(|a| a.is_ipv6())
+                            .map(record)
+                            .collect(),
+                        answered: states.answered.get(&key).cloned().unwrap_or_default(),
+                        addresses: member.addresses.clone(),
+                        location: member.location.clone(),
+                        key,
+                        up,
+                        drained,
+                        available,
+                        overloaded: load.overloaded,
+                        load: load.ratio(),
+                        weight: f64::from(member.weight.get()) * load.ramp_factor(),
+                        counter,
+                    }
+                })
+                .collect()
         })
+        .unwrap_or_default();
+    let seeds = members
+        .iter()
+        .map(|m| affinity::seed(&m.key.pool, &m.key.member))
         .collect();
-    let (a, a_from) = address_records(&service.name, service, &candidates, false);
-    let (aaaa, aaaa_from) = address_records(&service.name, service, &candidates, true);
+    let candidates: Vec<Candidate<'_>> = members.iter().map(Endpoint::candidate).collect();
+    let k = service.affinity.candidates;
+    let rank =
+        |client: Option<&Location>| policy::rank(service.policy, &candidates, client, regions, k);
+    let uses_location = service.policy == Policy::Geo && !geo.is_empty();
+    let rankings = if uses_location {
+        geo.network_locations()
+            .iter()
+            .map(|l| rank(Some(l)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let default_ranking = rank(geo.default_location());
+    let unknown_ranking = rank(None);
+    drop(candidates);
     GslbNode {
         service: index,
-        candidates,
+        policy: service.policy,
+        affinity: service.affinity,
+        use_ecs: service.use_ecs,
+        answers: service.answers.get(),
         mode,
-        a,
-        a_from,
-        aaaa,
-        aaaa_from,
+        uses_location,
+        members,
+        seeds,
+        rankings,
+        default_ranking,
+        unknown_ranking,
     }
-}
-
-/// The first `answers` addresses of one family from eligible candidates, in ranked order,
-/// with the candidate each came from.
-fn address_records(
-    name: &Name,
-    service: &Service,
-    candidates: &[Candidate],
-    v6: bool,
-) -> (Vec<Record>, Vec<usize>) {
-    candidates
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.eligible)
-        .flat_map(|(i, c)| {
-            c.addresses
-                .iter()
-                .filter(move |a| a.is_ipv6() == v6)
-                .map(move |a| (i, *a))
-        })
-        .take(service.answers.get())
-        .map(|(i, ip)| {
-            let data = match ip {
-                IpAddr::V4(v4) => RData::A(A(v4)),
-                IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-            };
-            (Record::from_rdata(name.clone(), service.ttl.get(), data), i)
-        })
-        .unzip()
 }
 
 /// Every ancestor of an existing name, up to the apex, exists too.
@@ -393,11 +471,12 @@ fn add_empty_non_terminals(zone: &mut ZoneTable) {
 mod tests {
     use super::*;
     use crate::config::ConfigSource;
+    use hickory_proto::rr::Name;
 
     fn addresses(snapshot: &Snapshot, qtype: RecordType) -> Vec<String> {
         let name = LowerName::from(Name::from_ascii("vpn.gto.example.com.").unwrap());
         snapshot
-            .resolve(&name, qtype)
+            .resolve(&name, qtype, None)
             .answers
             .iter()
             .map(|r| r.data.to_string())

@@ -8,8 +8,10 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use serde::Serialize;
 
-use super::table::{Outcome, Snapshot};
-use crate::config::Policy;
+use super::table::{Client, Outcome, Snapshot};
+use crate::geo::Placement;
+use crate::policy::affinity;
+use crate::policy::geo::distance_km;
 
 /// The answer and the reasoning behind it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -45,14 +47,29 @@ pub struct GslbExplanation {
     pub policy: &'static str,
     /// "normal", or which `when_all_down` rule applied.
     pub selection: &'static str,
-    /// Where the client was placed (no geo data is configured yet: always none).
-    pub location: Option<String>,
+    /// Where the client was placed, when the policy looks at location.
+    pub location: Option<LocationView>,
     /// Addresses per answer.
     pub answers_limit: usize,
     /// Answer TTL.
     pub ttl: u32,
-    /// Every endpoint, best first.
+    /// How many of the best endpoints share clients by affinity.
+    pub affinity_candidates: usize,
+    /// Every endpoint, best first for this client.
     pub candidates: Vec<CandidateExplanation>,
+}
+
+/// Where a client was placed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocationView {
+    /// "network 203.0.113.0/24", "database", "default" or "unknown".
+    pub source: String,
+    /// Latitude, when known.
+    pub lat: Option<f64>,
+    /// Longitude, when known.
+    pub lon: Option<f64>,
+    /// Region, when known.
+    pub region: Option<String>,
 }
 
 /// One endpoint in an explanation.
@@ -70,6 +87,14 @@ pub struct CandidateExplanation {
     pub health: &'static str,
     /// Drained by an operator.
     pub drained: bool,
+    /// Over its load high-watermark.
+    pub overloaded: bool,
+    /// Smoothed load (sessions / capacity), when known and fresh.
+    pub load: Option<f64>,
+    /// Great-circle distance to the client, when both have coordinates.
+    pub distance_km: Option<f64>,
+    /// Its rendezvous score for this client, when it was an affinity candidate.
+    pub affinity_score: Option<f64>,
     /// It is in this answer.
     pub answered: bool,
     /// Why it is or is not in the answer.
@@ -125,14 +150,19 @@ pub fn rcode_of(outcome: Outcome) -> ResponseCode {
     }
 }
 
-/// Explains the answer to `name`/`qtype` for `client`.
+/// Explains the answer to `name`/`qtype` for a client at `client` (taken both as the
+/// resolver's address and as its ECS subnet).
 pub fn explain(
     snapshot: &Snapshot,
     name: &LowerName,
     qtype: RecordType,
     client: IpAddr,
 ) -> Explanation {
-    let resolution = snapshot.resolve(name, qtype);
+    let who = Client {
+        source: client,
+        subnet: Some(client),
+    };
+    let resolution = snapshot.resolve(name, qtype, Some(who));
     let answers = resolution
         .answers
         .iter()
@@ -141,56 +171,105 @@ pub fn explain(
     let gslb = resolution.service.and_then(|index| {
         let info = snapshot.services.get(index)?;
         let node = snapshot.gslb_node(&info.name)?;
-        let answered: Vec<usize> = resolution
-            .gslb
-            .map(|(n, v6)| n.family(v6).1.to_vec())
-            .unwrap_or_default();
-        let candidates = node
-            .candidates
+        // The same choice the query made (or, for NODATA, the one it would make).
+        let (choice, answered) = match &resolution.gslb {
+            Some((_, choice, from)) => (choice.clone(), from.clone()),
+            None => (
+                node.choose(&snapshot.geo, &snapshot.regions, Some(who)),
+                Vec::new(),
+            ),
+        };
+        let client_location = choice
+            .placement
+            .as_ref()
+            .and_then(|p| snapshot.geo.location_of(p));
+        let location = choice.placement.as_ref().map(|placement| {
+            let source = match placement {
+                Placement::Network(i) => snapshot
+                    .geo
+                    .network(*i)
+                    .map_or_else(|| "network".to_string(), |net| format!("network {net}")),
+                Placement::Database(_) => "database".to_string(),
+                Placement::Default => "default".to_string(),
+                Placement::Unknown => "unknown".to_string(),
+            };
+            LocationView {
+                source,
+                lat: client_location.and_then(|l| l.coordinates).map(|c| c.0),
+                lon: client_location.and_then(|l| l.coordinates).map(|c| c.1),
+                region: client_location.and_then(|l| l.region.clone()),
+            }
+        });
+        let key = affinity::client_key(client, node.affinity.v4, node.affinity.v6);
+        let candidates = choice
+            .order
             .iter()
             .enumerate()
-            .map(|(i, c)| {
+            .filter_map(|(rank, &i)| {
+                let i = usize::from(i);
+                let m = node.members.get(i)?;
                 let is_answered = answered.contains(&i);
-                let reason = if is_answered && (!c.up || c.drained) {
+                let is_candidate = rank < choice.candidates && choice.candidates > 1;
+                let reason = if is_answered && (!m.up || m.drained) {
                     "answered although not available: no endpoint can serve (fail open)".to_string()
+                } else if is_answered && m.overloaded {
+                    "answered although overloaded: no endpoint under its watermark can serve"
+                        .to_string()
                 } else if is_answered {
                     "answered".to_string()
-                } else if c.drained {
+                } else if m.drained && !m.available {
                     "drained by an operator".to_string()
-                } else if !c.up {
+                } else if !m.available && !m.up {
                     "down (health checks)".to_string()
-                } else if c.eligible && resolution.gslb.is_some() {
-                    format!("up, ranked below the first {} address(es)", info.answers)
-                } else if c.eligible {
-                    "up, but has no address of the asked type".to_string()
-                } else {
+                } else if !m.available {
                     "not answered: no endpoint can serve and when_all_down is empty".to_string()
+                } else if m.overloaded {
+                    "overloaded: answered only when no other endpoint can serve".to_string()
+                } else if m.records(qtype == RecordType::AAAA).is_empty() {
+                    format!("has no {qtype} address")
+                } else {
+                    format!(
+                        "available, ranked below the first {} address(es)",
+                        node.answers
+                    )
                 };
-                CandidateExplanation {
-                    rank: i + 1,
-                    pool: c.key.pool.clone(),
-                    member: c.key.member.clone(),
-                    addresses: c.addresses.clone(),
-                    health: if c.up { "up" } else { "down" },
-                    drained: c.drained,
+                Some(CandidateExplanation {
+                    rank: rank + 1,
+                    pool: m.key.pool.clone(),
+                    member: m.key.member.clone(),
+                    addresses: m.addresses.clone(),
+                    health: if m.up { "up" } else { "down" },
+                    drained: m.drained,
+                    overloaded: m.overloaded,
+                    load: m.load,
+                    distance_km: client_location
+                        .and_then(|c| c.coordinates)
+                        .zip(m.location.as_ref().and_then(|l| l.coordinates))
+                        .map(|(c, e)| distance_km(c, e).round()),
+                    affinity_score: is_candidate.then(|| {
+                        affinity::score(
+                            key,
+                            node.seeds.get(i).copied().unwrap_or_default(),
+                            m.weight,
+                        )
+                    }),
                     answered: is_answered,
                     reason,
-                }
+                })
             })
             .collect();
         Some(GslbExplanation {
             service: info.name.to_string(),
             pool: node
-                .candidates
+                .members
                 .first()
-                .map_or_else(|| info.pool.clone(), |c| c.key.pool.clone()),
-            policy: match info.policy {
-                Policy::Failover => "failover",
-            },
+                .map_or_else(|| info.pool.clone(), |m| m.key.pool.clone()),
+            policy: node.policy.as_str(),
             selection: node.mode.as_str(),
-            location: None,
+            location,
             answers_limit: info.answers,
             ttl: info.ttl,
+            affinity_candidates: choice.candidates,
             candidates,
         })
     });
@@ -200,8 +279,7 @@ pub fn explain(
         client,
         rcode: rcode_name(rcode_of(resolution.outcome)).to_string(),
         answers,
-        // The failover policy does not look at the client.
-        ecs_scope: 0,
+        ecs_scope: resolution.scope,
         gslb,
         generation: snapshot.generation,
     }

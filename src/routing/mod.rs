@@ -20,5 +20,6 @@ mod table;
 pub use build::{BuildEvent, Builder, MemberKey, MemberStates, build};
 pub use handle::RoutingHandle;
 pub use table::{
-    Candidate, GslbNode, Node, Outcome, Resolution, Selection, ServiceInfo, Snapshot, ZoneTable,
+    Choice, Client, Endpoint, GslbNode, Node, Outcome, Resolution, Selection, ServiceInfo,
+    Snapshot, ZoneTable,
 };

@@ -9,7 +9,9 @@ use std::sync::atomic::AtomicU64;
 use hickory_proto::rr::{LowerName, RData, Record, RecordType};
 
 use super::build::MemberKey;
-use crate::config::{Policy, WhenAllDown};
+use crate::config::{Affinity, Location, Policy, Region, WhenAllDown};
+use crate::geo::{GeoTable, Placement};
+use crate::policy::{self, Candidate, Ranking, affinity};
 use crate::zone::RrSet;
 
 /// Longest CNAME chain followed inside our zones before giving up (loop guard).
@@ -26,6 +28,10 @@ pub struct Snapshot {
     pub(crate) zones: Vec<ZoneTable>,
     /// GSLB names in config order, for labels, status and explain.
     pub services: Vec<ServiceInfo>,
+    /// Where clients are.
+    pub geo: GeoTable,
+    /// Regions' preference lists.
+    pub regions: Vec<Region>,
 }
 
 /// What status and explain show of a GSLB name.
@@ -69,34 +75,35 @@ pub enum Node {
     Static(Vec<RrSet>),
 }
 
-/// The answer of a GSLB name, ranked by the builder.
+/// A GSLB name: its endpoints with pre-encoded records and their rankings per location
+/// cell, built by the builder; per query only the cell is looked up and the best
+/// candidates reordered for the client's prefix.
 #[derive(Debug)]
 pub struct GslbNode {
     /// Index into [`Snapshot::services`].
     pub service: usize,
-    /// Every endpoint of the pool answered from, best first, answered or not, with why.
-    pub candidates: Vec<Candidate>,
-    /// How the answered endpoints were chosen.
+    /// Ranking policy.
+    pub policy: Policy,
+    /// Client stickiness.
+    pub affinity: Affinity,
+    /// Whether ECS places the client (else the resolver's address does).
+    pub use_ecs: bool,
+    /// Addresses per answer.
+    pub answers: usize,
+    /// How the answerable endpoints were chosen.
     pub mode: Selection,
-    /// A records, best first, already cut to the service's `answers`.
-    pub a: Vec<Record>,
-    /// For each A record, the index of its endpoint in `candidates`.
-    pub a_from: Vec<usize>,
-    /// AAAA records, best first, already cut to the service's `answers`.
-    pub aaaa: Vec<Record>,
-    /// For each AAAA record, the index of its endpoint in `candidates`.
-    pub aaaa_from: Vec<usize>,
-}
-
-impl GslbNode {
-    /// The records of a family and the candidates they come from.
-    pub fn family(&self, v6: bool) -> (&[Record], &[usize]) {
-        if v6 {
-            (&self.aaaa, &self.aaaa_from)
-        } else {
-            (&self.a, &self.a_from)
-        }
-    }
+    /// True when the ranking depends on where the client is.
+    pub uses_location: bool,
+    /// Every endpoint of the pool answered from, in config order.
+    pub members: Vec<Endpoint>,
+    /// Rendezvous seeds of `members`, by index.
+    pub seeds: Vec<u64>,
+    /// Ranking per configured geo network (same index as the networks table).
+    pub rankings: Vec<Ranking>,
+    /// Ranking for clients placed at the default location.
+    pub default_ranking: Ranking,
+    /// Ranking for clients that cannot be placed.
+    pub unknown_ranking: Ranking,
 }
 
 /// How a GSLB answer's endpoints were chosen.
@@ -124,23 +131,173 @@ impl Selection {
     }
 }
 
-/// One endpoint as the builder ranked it.
+/// One endpoint as the builder saw it.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub struct Endpoint {
     /// Its identity.
     pub key: MemberKey,
     /// Its addresses.
     pub addresses: Vec<IpAddr>,
+    /// Pre-encoded A records, in address order.
+    pub a: Vec<Record>,
+    /// Pre-encoded AAAA records, in address order.
+    pub aaaa: Vec<Record>,
+    /// Where it is.
+    pub location: Option<Location>,
     /// Health checks say up.
     pub up: bool,
     /// An operator drained it: no new answers.
     pub drained: bool,
-    /// It is in the answer (before the cut to `answers`).
-    pub eligible: bool,
+    /// May be answered (up and undrained, or the answer fails open).
+    pub available: bool,
+    /// Over its load high-watermark.
+    pub overloaded: bool,
+    /// Smoothed load (None: unknown or stale).
+    pub load: Option<f64>,
+    /// Affinity weight: configured weight times the slow-start ramp.
+    pub weight: f64,
     /// Answers that included it, since start; survives rebuilds.
     pub answered: Arc<AtomicU64>,
     /// The same, exported as `gto_answers_total`.
     pub counter: metrics::Counter,
+}
+
+impl Endpoint {
+    /// The records of one family.
+    pub fn records(&self, v6: bool) -> &[Record] {
+        if v6 { &self.aaaa } else { &self.a }
+    }
+
+    /// What ranking needs of it.
+    pub fn candidate(&self) -> Candidate<'_> {
+        Candidate {
+            location: self.location.as_ref(),
+            weight: self.weight,
+            load: self.load,
+            overloaded: self.overloaded,
+            available: self.available,
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The resolver's (the packet's source) address.
+    pub source: IpAddr,
+    /// The ECS subnet's address, when the query carried one with a non-zero prefix.
+    pub subnet: Option<IpAddr>,
+}
+
+/// The order chosen for one client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// Endpoint indices, best first (unavailable ones last).
+    pub order: Vec<u16>,
+    /// How many at the front may be answered.
+    pub available: usize,
+    /// How many at the front shared the client by affinity.
+    pub candidates: usize,
+    /// Where the client was placed (None when the ranking ignores location).
+    pub placement: Option<Placement>,
+    /// The ECS scope prefix the answer depends on.
+    pub scope: u8,
+}
+
+impl GslbNode {
+    /// Chooses the order for `client` (None: ignore the client entirely). The ECS subnet
+    /// places the client when present and the service uses ECS; the scope is reported only
+    /// then (an answer chosen by the resolver's address is cached for all its clients).
+    pub fn choose(&self, geo: &GeoTable, regions: &[Region], client: Option<Client>) -> Choice {
+        let (client, via_ecs) = match client {
+            Some(Client {
+                subnet: Some(subnet),
+                ..
+            }) if self.use_ecs => (Some(subnet), true),
+            Some(c) => (Some(c.source), false),
+            None => (None, false),
+        };
+        let (placement, location_scope) = match client {
+            Some(addr) if self.uses_location => {
+                let (placement, scope) = geo.place(addr);
+                (Some(placement), scope)
+            }
+            _ => (None, 0),
+        };
+        let dynamic;
+        let ranking = match &placement {
+            None | Some(Placement::Unknown) => &self.unknown_ranking,
+            Some(Placement::Default) => &self.default_ranking,
+            Some(Placement::Network(i)) => self.rankings.get(*i).unwrap_or(&self.unknown_ranking),
+            Some(Placement::Database(location)) => {
+                let candidates: Vec<Candidate<'_>> =
+                    self.members.iter().map(Endpoint::candidate).collect();
+                dynamic = policy::rank(
+                    self.policy,
+                    &candidates,
+                    Some(location),
+                    regions,
+                    self.affinity.candidates,
+                );
+                &dynamic
+            }
+        };
+        let (order, affinity_scope) = match client {
+            Some(addr) if ranking.candidates > 1 => {
+                let key = affinity::client_key(addr, self.affinity.v4, self.affinity.v6);
+                let candidates: Vec<Candidate<'_>> =
+                    self.members.iter().map(Endpoint::candidate).collect();
+                let prefix = if addr.is_ipv4() {
+                    self.affinity.v4
+                } else {
+                    self.affinity.v6
+                };
+                (
+                    policy::order_for_client(ranking, &candidates, key, &self.seeds),
+                    prefix,
+                )
+            }
+            _ => (ranking.order.clone(), 0),
+        };
+        Choice {
+            order,
+            available: ranking.available,
+            candidates: ranking.candidates,
+            placement,
+            scope: if via_ecs {
+                location_scope.max(affinity_scope)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The answer records of a family for a choice, and the endpoint of each.
+    pub fn answer(&self, choice: &Choice, v6: bool) -> (Vec<&Record>, Vec<usize>) {
+        let mut records = Vec::with_capacity(self.answers);
+        let mut from = Vec::with_capacity(self.answers);
+        for &index in choice.order.iter().take(choice.available) {
+            let index = usize::from(index);
+            let Some(endpoint) = self.members.get(index) else {
+                continue;
+            };
+            for record in endpoint.records(v6) {
+                if records.len() == self.answers {
+                    return (records, from);
+                }
+                records.push(record);
+                from.push(index);
+            }
+        }
+        (records, from)
+    }
+
+    /// True when any answerable endpoint has an address of the family.
+    pub fn has_family(&self, v6: bool) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.available && !m.records(v6).is_empty())
+    }
 }
 
 /// The outcome of a lookup: which records go where, borrowed from the snapshot.
@@ -156,8 +313,11 @@ pub struct Resolution<'s> {
     pub additionals: Vec<&'s Record>,
     /// The GSLB name answered, if any (index into [`Snapshot::services`]).
     pub service: Option<usize>,
-    /// The GSLB node and family whose records were answered, for per-endpoint counting.
-    pub gslb: Option<(&'s GslbNode, bool)>,
+    /// The GSLB node answered from, its choice for this client, and the endpoint index of
+    /// each answer record (for per-endpoint counting and explain).
+    pub gslb: Option<(&'s GslbNode, Choice, Vec<usize>)>,
+    /// The ECS scope prefix the answer depends on (0: the same for every client).
+    pub scope: u8,
 }
 
 /// What a lookup concluded.
@@ -186,8 +346,14 @@ impl Snapshot {
         }
     }
 
-    /// Resolves one question. Pure: no I/O, no clock, no allocation beyond the result.
-    pub fn resolve(&self, name: &LowerName, qtype: RecordType) -> Resolution<'_> {
+    /// Resolves one question for `client` (None: the answer may not depend on the client).
+    /// Pure: no I/O, no clock.
+    pub fn resolve(
+        &self,
+        name: &LowerName,
+        qtype: RecordType,
+        client: Option<Client>,
+    ) -> Resolution<'_> {
         let mut out = Resolution::default();
         let Some(mut zone) = self.zone_of(name) else {
             out.outcome = Outcome::NotOurs;
@@ -208,14 +374,16 @@ impl Snapshot {
                         RecordType::A => Some(false),
                         RecordType::AAAA => Some(true),
                         // RFC 8482: one RRset is a complete answer to ANY.
-                        RecordType::ANY => Some(gslb.a.is_empty()),
+                        RecordType::ANY => Some(!gslb.has_family(false)),
                         _ => None,
                     };
                     if let Some(v6) = v6 {
-                        let (records, _) = gslb.family(v6);
+                        let choice = gslb.choose(&self.geo, &self.regions, client);
+                        let (records, from) = gslb.answer(&choice, v6);
                         if !records.is_empty() {
-                            out.answers.extend(records.iter());
-                            out.gslb = Some((gslb, v6));
+                            out.answers.extend(records);
+                            out.scope = choice.scope;
+                            out.gslb = Some((gslb, choice, from));
                             return out;
                         }
                     }

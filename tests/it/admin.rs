@@ -275,9 +275,11 @@ async fn explain_agrees_with_what_a_real_query_gets() {
         assert_eq!(explained["rcode"], "NOERROR");
         let candidates = explained["gslb"]["candidates"].as_array().unwrap();
         assert_eq!(candidates.len(), 3);
-        assert_eq!(candidates[1]["member"], "ams-1");
-        assert_eq!(candidates[1]["drained"], true);
-        assert_eq!(candidates[1]["reason"], "drained by an operator");
+        // Best first for this client: the drained endpoint goes last.
+        assert_eq!(candidates[2]["member"], "ams-1");
+        assert_eq!(candidates[2]["rank"], 3);
+        assert_eq!(candidates[2]["drained"], true);
+        assert_eq!(candidates[2]["reason"], "drained by an operator");
     }
     let (_, explained) = http_json(
         admin,

@@ -276,6 +276,7 @@ fn http(target: std::net::SocketAddr, tls: Option<TlsSettings>) -> HttpProbe {
         expect: Vec::new(),
         body: Some("OK".into()),
         tls,
+        load_fields: None,
     }
 }
 
@@ -293,7 +294,7 @@ fn tls_settings(pem: &str, sni: &str, min_days: Option<u32>) -> TlsSettings {
 }
 
 async fn run(probe: Probe) -> Result<(), ProbeError> {
-    Prober::new(probe).unwrap().run().await
+    Prober::new(probe).unwrap().run().await.map(drop)
 }
 
 #[tokio::test]
