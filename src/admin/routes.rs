@@ -34,6 +34,10 @@ struct MemberView {
     drained: bool,
     drained_until: Option<String>,
     load: Option<LoadView>,
+    /// Smoothed load as ranking sees it (None: unknown or stale).
+    load_smoothed: Option<f64>,
+    /// Over its high-watermark: no new clients while another endpoint can serve.
+    overloaded: bool,
     /// Answers that included it since start (GSLB names only).
     #[serde(skip_serializing_if = "Option::is_none")]
     answered: Option<u64>,
@@ -73,6 +77,8 @@ fn view(status: &MemberStatus, addresses: Vec<IpAddr>) -> MemberView {
             ratio: l.ratio(),
             reported: rfc3339(l.at),
         }),
+        load_smoothed: status.load_smoothed,
+        overloaded: status.overloaded,
         answered: None,
         share: None,
     }

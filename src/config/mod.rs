@@ -257,12 +257,17 @@ pub struct Affinity {
 }
 
 impl Affinity {
-    /// /24 and /56; 3 candidates (1 for failover, which keeps strict priority).
+    /// /24 and /56. One candidate for `failover` (strict priority) and `geo` (the
+    /// nearest site's endpoints, which tie, share the clients; farther sites only take
+    /// over), three for `least-load` and `weighted` (where every equal endpoint ties anyway).
     pub fn default_for(policy: Policy) -> Self {
         Self {
             v4: 24,
             v6: 56,
-            candidates: if policy == Policy::Failover { 1 } else { 3 },
+            candidates: match policy {
+                Policy::Failover | Policy::Geo => 1,
+                Policy::LeastLoad | Policy::Weighted => 3,
+            },
         }
     }
 }

@@ -579,7 +579,7 @@ impl Monitor {
             }
         }
         for key in load_changed {
-            self.push_load(&key).await;
+            self.push_load(&key, false).await;
         }
         if flips.is_empty() {
             return;
@@ -678,14 +678,16 @@ impl Monitor {
         tracked.tracker.observe(load.ratio(), Instant::now());
         metrics::gauge!(MEMBER_LOAD, "pool" => key.pool.clone(), "member" => key.member.clone())
             .set(load.ratio());
-        self.push_load(key).await;
+        self.push_load(key, true).await;
         self.persist().await;
         self.status_of(key)
             .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
     }
 
-    /// Tells the builder when an endpoint's load, as ranking sees it, changed.
-    async fn push_load(&mut self, key: &MemberKey) {
+    /// Tells the builder when an endpoint's load, as ranking sees it, changed; with `wait`,
+    /// returns once the snapshot reflecting it is live (the push API, so a caller sees the
+    /// effect at once; probe reports do not wait, so a burst costs one rebuild).
+    async fn push_load(&mut self, key: &MemberKey, wait: bool) {
         let Some(tracked) = self.members.get_mut(key) else {
             return;
         };
@@ -703,12 +705,16 @@ impl Monitor {
             );
         }
         tracked.sent = view;
+        let (done, published) = oneshot::channel();
         let event = BuildEvent::SetLoad {
             key: key.clone(),
             view,
+            done: wait.then_some(done),
         };
         // A closed channel means shutdown.
-        let _ = self.events.send(event).await;
+        if self.events.send(event).await.is_ok() && wait {
+            let _ = published.await;
+        }
     }
 
     /// Marks endpoints whose probes stopped reporting, ends drains whose time is up, and
@@ -722,7 +728,7 @@ impl Monitor {
             .map(|(k, _)| k.clone())
             .collect();
         for key in moved {
-            self.push_load(&key).await;
+            self.push_load(&key, false).await;
         }
         let wall = SystemTime::now();
         let expired: Vec<MemberKey> = self

@@ -124,26 +124,32 @@ pub fn rank(
 }
 
 /// The order for one client: the candidates reordered by rendezvous score for the
-/// client's prefix hash, the rest as ranked.
+/// client's prefix hash (`weight` gives an endpoint's weight by index), the rest as ranked.
 pub fn order_for_client(
     ranking: &Ranking,
-    members: &[Candidate<'_>],
+    weight: impl Fn(usize) -> f64,
     client: u64,
     seeds: &[u64],
 ) -> Vec<u16> {
     let mut order = ranking.order.clone();
     if ranking.candidates > 1 {
-        let score = |i: u16| {
-            let i = usize::from(i);
-            let weight = members.get(i).map_or(0.0, |m| m.weight);
-            affinity::score(client, seeds.get(i).copied().unwrap_or_default(), weight)
-        };
-        order[..ranking.candidates].sort_by(|a, b| {
-            score(*b)
-                .partial_cmp(&score(*a))
+        let head = &mut order[..ranking.candidates];
+        let mut scored: Vec<(f64, u16)> = head
+            .iter()
+            .map(|&i| {
+                let index = usize::from(i);
+                let seed = seeds.get(index).copied().unwrap_or_default();
+                (affinity::score(client, seed, weight(index)), i)
+            })
+            .collect();
+        scored.sort_by(|a, b| {
+            b.0.partial_cmp(&a.0)
                 .unwrap_or(Ordering::Equal)
-                .then(a.cmp(b))
+                .then(a.1.cmp(&b.1))
         });
+        for (slot, (_, i)) in head.iter_mut().zip(scored) {
+            *slot = i;
+        }
     }
     order
 }

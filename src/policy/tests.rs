@@ -48,7 +48,7 @@ proptest! {
         let members: Vec<_> = members.into_iter().map(|(a, o, l, w)| candidate(a, o, l, w)).collect();
         let seeds: Vec<u64> = (0..members.len()).map(|i| affinity::seed("p", &i.to_string())).collect();
         let ranking = rank(policy, &members, None, &[], k);
-        let order = order_for_client(&ranking, &members, client(prefix), &seeds);
+        let order = order_for_client(&ranking, |i| members[i].weight, client(prefix), &seeds);
         let available = members.iter().filter(|m| m.available).count();
         prop_assert_eq!(ranking.available, available);
         prop_assert!(order[..available].iter().all(|i| members[*i as usize].available));
@@ -56,7 +56,7 @@ proptest! {
         prop_assert!(groups.windows(2).all(|w| w[0] <= w[1]), "{:?}", groups);
         // Same input, same order.
         prop_assert_eq!(&rank(policy, &members, None, &[], k), &ranking);
-        prop_assert_eq!(order_for_client(&ranking, &members, client(prefix), &seeds), order);
+        prop_assert_eq!(order_for_client(&ranking, |i| members[i].weight, client(prefix), &seeds), order);
     }
 }
 
@@ -66,8 +66,10 @@ fn first_choices(members: &[Candidate<'_>], names: &[&str], clients: u32) -> Vec
     let ranking = rank(Policy::Weighted, members, None, &[], 3);
     (0..clients)
         .map(|c| {
-            names[usize::from(order_for_client(&ranking, members, client(c), &seeds)[0])]
-                .to_string()
+            names[usize::from(
+                order_for_client(&ranking, |i| members[i].weight, client(c), &seeds)[0],
+            )]
+            .to_string()
         })
         .collect()
 }

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::handle::RoutingHandle;
-use super::table::{Endpoint, GslbNode, Node, Selection, ServiceInfo, Snapshot, ZoneTable};
+use super::table::{
+    Endpoint, EndpointInfo, GslbNode, Node, Selection, ServiceInfo, Snapshot, ZoneTable,
+};
 use crate::config::{Loaded, Location, Member, Policy, Pool, Region, Service, WhenAllDown};
 use crate::geo::GeoTable;
 use crate::metrics::{ANSWERS_TOTAL, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION};
@@ -57,6 +59,8 @@ pub enum BuildEvent {
         key: MemberKey,
         /// The new view.
         view: LoadView,
+        /// Told the generation once the snapshot reflecting it is live.
+        done: Option<oneshot::Sender<u64>>,
     },
     /// Health checks took an endpoint up or down.
     SetMemberUp {
@@ -124,6 +128,7 @@ impl MemberKey {
 #[derive(Debug)]
 pub struct Builder {
     loaded: Arc<Loaded>,
+    prepared: Prepared,
     states: MemberStates,
     generation: u64,
     handle: RoutingHandle,
@@ -141,10 +146,12 @@ impl Builder {
         states.retain_existing(&loaded);
         states.add_counters(&loaded);
         let started = Instant::now();
-        let handle = RoutingHandle::new(build(&loaded, &states, 1));
+        let prepared = prepare(&loaded, &states);
+        let handle = RoutingHandle::new(build_prepared(&prepared, &loaded, &states, 1));
         record_build(1, started);
         Self {
             loaded,
+            prepared,
             states,
             generation: 1,
             handle,
@@ -192,6 +199,7 @@ impl Builder {
                 // State of endpoints that no longer exist is dropped; the rest carries over.
                 self.states.retain_existing(&self.loaded);
                 self.states.add_counters(&self.loaded);
+                self.prepared = prepare(&self.loaded, &self.states);
                 (true, done)
             }
             BuildEvent::SetDrained { key, drained, done } => {
@@ -202,13 +210,13 @@ impl Builder {
                 };
                 (changed, done)
             }
-            BuildEvent::SetLoad { key, view } => {
+            BuildEvent::SetLoad { key, view, done } => {
                 let changed = if view == LoadView::UNKNOWN {
                     self.states.load.remove(&key).is_some()
                 } else {
                     self.states.load.insert(key, view) != Some(view)
                 };
-                (changed, None)
+                (changed, done)
             }
             BuildEvent::SetMemberUp { key, up, done } => {
                 let changed = if up {
@@ -224,8 +232,12 @@ impl Builder {
     fn publish(&mut self) {
         self.generation += 1;
         let started = Instant::now();
-        self.handle
-            .store(build(&self.loaded, &self.states, self.generation));
+        self.handle.store(build_prepared(
+            &self.prepared,
+            &self.loaded,
+            &self.states,
+            self.generation,
+        ));
         record_build(self.generation, started);
         debug!(generation = self.generation, "routing snapshot published");
     }
@@ -254,13 +266,38 @@ fn record_build(generation: u64, started: Instant) {
     metrics::histogram!(SNAPSHOT_BUILD_SECONDS).record(started.elapsed().as_secs_f64());
 }
 
-/// Builds a snapshot. Pure: the same inputs give the same snapshot.
-pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapshot {
+/// What snapshots built from one config share: the static part of every zone, the geo
+/// table, and each GSLB name's endpoints with their encoded records. Prepared once per
+/// config (at start and on reload), so a health flip only re-ranks.
+#[derive(Debug)]
+pub struct Prepared {
+    zones: Vec<PreparedZone>,
+    geo: Arc<GeoTable>,
+    /// Endpoints by (service index, pool index): a service's own pool and its fallback.
+    endpoints: HashMap<(usize, usize), Vec<Arc<EndpointInfo>>>,
+}
+
+/// The static part of one zone.
+#[derive(Debug)]
+struct PreparedZone {
+    origin: LowerName,
+    negative_soa: Record,
+    nodes: Arc<HashMap<LowerName, Node>>,
+}
+
+/// Prepares the config-only part of snapshots.
+pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
     let config = &loaded.config;
-    let mut zones: Vec<ZoneTable> = loaded
+    let service_names: Vec<LowerName> = config
+        .services
+        .iter()
+        .map(|s| LowerName::from(&s.name))
+        .collect();
+    let mut zones: Vec<PreparedZone> = loaded
         .zones
         .iter()
         .map(|zone| {
+            let origin = zone.origin().clone();
             let mut nodes: HashMap<LowerName, Node> = zone
                 .rrsets()
                 .map(|(name, sets)| (name.clone(), Node::Static(sets.to_vec())))
@@ -271,23 +308,113 @@ pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapsho
                 records: vec![zone.soa().clone()],
             };
             if let Node::Static(sets) = nodes
-                .entry(zone.origin().clone())
+                .entry(origin.clone())
                 .or_insert_with(|| Node::Static(Vec::new()))
             {
                 sets.insert(0, soa_set);
             }
+            for name in &service_names {
+                if origin.zone_of(name) {
+                    nodes.insert(name.clone(), Node::Gslb);
+                }
+            }
+            add_empty_non_terminals(&origin, &mut nodes);
             let mut negative_soa = zone.soa().clone();
             negative_soa.ttl = zone.negative_ttl();
-            ZoneTable {
-                origin: zone.origin().clone(),
+            PreparedZone {
+                origin,
                 negative_soa,
-                nodes,
+                nodes: Arc::new(nodes),
             }
         })
         .collect();
     zones.sort_by_key(|z| std::cmp::Reverse(z.origin.num_labels()));
 
-    let geo = GeoTable::new(&config.geo, loaded.geo_db.clone());
+    let mut endpoints = HashMap::new();
+    for (index, service) in config.services.iter().enumerate() {
+        let mut pool_indices = vec![service.pool.0];
+        if let WhenAllDown::Fallback(id) = service.when_all_down {
+            pool_indices.push(id.0);
+        }
+        let label = service.name.to_string();
+        for pool_index in pool_indices {
+            let Some(pool) = config.pools.get(pool_index) else {
+                continue;
+            };
+            let infos = pool
+                .members
+                .iter()
+                .map(|member| {
+                    let key = MemberKey::of(pool, member);
+                    let record = |ip: &IpAddr| {
+                        let data = match ip {
+                            IpAddr::V4(v4) => RData::A(A(*v4)),
+                            IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                        };
+                        Record::from_rdata(service.name.clone(), service.ttl.get(), data)
+                    };
+                    Arc::new(EndpointInfo {
+                        a: member
+                            .addresses
+                            .iter()
+                            .filter(|a| a.is_ipv4())
+                            .map(record)
+                            .collect(),
+                        aaaa: member
+                            .addresses
+                            .iter()
+                            .filter(|a| a.is_ipv6())
+                            .map(record)
+                            .collect(),
+                        addresses: member.addresses.clone(),
+                        location: member.location.clone(),
+                        weight: f64::from(member.weight.get()),
+                        seed: affinity::seed(&key.pool, &key.member),
+                        answered: states.answered.get(&key).cloned().unwrap_or_default(),
+                        counter: metrics::counter!(
+                            ANSWERS_TOTAL,
+                            "service" => label.clone(),
+                            "pool" => key.pool.clone(),
+                            "member" => key.member.clone(),
+                        ),
+                        key,
+                    })
+                })
+                .collect();
+            endpoints.insert((index, pool_index), infos);
+        }
+    }
+    Prepared {
+        zones,
+        geo: Arc::new(GeoTable::new(&config.geo, loaded.geo_db.clone())),
+        endpoints,
+    }
+}
+
+/// Builds a snapshot from scratch. Pure: the same inputs give the same snapshot.
+pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapshot {
+    build_prepared(&prepare(loaded, states), loaded, states, generation)
+}
+
+/// Builds a snapshot from a prepared config: ranks every GSLB name for the current
+/// endpoint state. Pure.
+pub fn build_prepared(
+    prepared: &Prepared,
+    loaded: &Loaded,
+    states: &MemberStates,
+    generation: u64,
+) -> Snapshot {
+    let config = &loaded.config;
+    let mut zones: Vec<ZoneTable> = prepared
+        .zones
+        .iter()
+        .map(|zone| ZoneTable {
+            origin: zone.origin.clone(),
+            negative_soa: zone.negative_soa.clone(),
+            nodes: zone.nodes.clone(),
+            gslb: HashMap::new(),
+        })
+        .collect();
     let mut services = Vec::with_capacity(config.services.len());
     for (index, service) in config.services.iter().enumerate() {
         let name = LowerName::from(&service.name);
@@ -312,22 +439,17 @@ pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapsho
             service,
             &config.pools,
             states,
-            &geo,
+            prepared,
             &config.geo.regions,
         );
-        zone.nodes.insert(name, Node::Gslb(node));
+        zone.gslb.insert(name, node);
     }
-
-    for zone in &mut zones {
-        add_empty_non_terminals(zone);
-    }
-
     Snapshot {
         generation,
         udp_payload: config.server.udp_payload,
         zones,
         services,
-        geo,
+        geo: prepared.geo.clone(),
         regions: config.geo.regions.clone(),
     }
 }
@@ -338,9 +460,10 @@ fn gslb_node(
     service: &Service,
     pools: &[Pool],
     states: &MemberStates,
-    geo: &GeoTable,
+    prepared: &Prepared,
     regions: &[Region],
 ) -> GslbNode {
+    let geo = &prepared.geo;
     let load_of = |key: &MemberKey| states.load.get(key).copied().unwrap_or(LoadView::UNKNOWN);
     let can_serve = |pool: &Pool, member: &Member| {
         let key = MemberKey::of(pool, member);
@@ -360,67 +483,34 @@ fn gslb_node(
             },
         },
     };
-    let service_label = service.name.to_string();
-    let members: Vec<Endpoint> = pool
-        .map(|pool| {
-            pool.members
-                .iter()
-                .map(|member| {
-                    let key = MemberKey::of(pool, member);
-                    let up = !states.down.contains(&key);
-                    let drained = states.drained.contains(&key);
-                    let available = match mode {
-                        Selection::Empty => false,
-                        Selection::FailOpen => true,
-                        Selection::Fallback | Selection::Normal => up && !drained,
-                    };
-                    let load = load_of(&key);
-                    let counter = metrics::counter!(
-                        ANSWERS_TOTAL,
-                        "service" => service_label.clone(),
-                        "pool" => key.pool.clone(),
-                        "member" => key.member.clone(),
-                    );
-                    let record = |ip: &IpAddr| {
-                        let data = match ip {
-                            IpAddr::V4(v4) => RData::A(A(*v4)),
-                            IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
-                        };
-                        Record::from_rdata(service.name.clone(), service.ttl.get(), data)
-                    };
-                    Endpoint {
-                        a: member
-                            .addresses
-                            .iter()
-                            .filter(|a| a.is_ipv4())
-                            .map(record)
-                            .collect(),
-                        aaaa: member
-                            .addresses
-                            .iter()
-                            .filter(|a| a.is_ipv6())
-                            .map(record)
-                            .collect(),
-                        answered: states.answered.get(&key).cloned().unwrap_or_default(),
-                        addresses: member.addresses.clone(),
-                        location: member.location.clone(),
-                        key,
-                        up,
-                        drained,
-                        available,
-                        overloaded: load.overloaded,
-                        load: load.ratio(),
-                        weight: f64::from(member.weight.get()) * load.ramp_factor(),
-                        counter,
-                    }
-                })
-                .collect()
-        })
+    let pool_index = pool.and_then(|p| pools.iter().position(|q| std::ptr::eq(p, q)));
+    let infos = pool_index
+        .and_then(|i| prepared.endpoints.get(&(index, i)))
+        .map(Vec::as_slice)
         .unwrap_or_default();
-    let seeds = members
+    let members: Vec<Endpoint> = infos
         .iter()
-        .map(|m| affinity::seed(&m.key.pool, &m.key.member))
+        .map(|info| {
+            let up = !states.down.contains(&info.key);
+            let drained = states.drained.contains(&info.key);
+            let available = match mode {
+                Selection::Empty => false,
+                Selection::FailOpen => true,
+                Selection::Fallback | Selection::Normal => up && !drained,
+            };
+            let load = load_of(&info.key);
+            Endpoint {
+                info: info.clone(),
+                up,
+                drained,
+                available,
+                overloaded: load.overloaded,
+                load: load.ratio(),
+                weight: info.weight * load.ramp_factor(),
+            }
+        })
         .collect();
+    let seeds = members.iter().map(|m| m.seed).collect();
     let candidates: Vec<Candidate<'_>> = members.iter().map(Endpoint::candidate).collect();
     let k = service.affinity.candidates;
     let rank =
@@ -454,12 +544,12 @@ fn gslb_node(
 }
 
 /// Every ancestor of an existing name, up to the apex, exists too.
-fn add_empty_non_terminals(zone: &mut ZoneTable) {
-    let names: Vec<LowerName> = zone.nodes.keys().cloned().collect();
+fn add_empty_non_terminals(origin: &LowerName, nodes: &mut HashMap<LowerName, Node>) {
+    let names: Vec<LowerName> = nodes.keys().cloned().collect();
     for name in names {
         let mut parent = name.base_name();
-        while zone.origin.zone_of(&parent) && parent != zone.origin {
-            zone.nodes
+        while origin.zone_of(&parent) && parent != *origin {
+            nodes
                 .entry(parent.clone())
                 .or_insert(Node::EmptyNonTerminal);
             parent = parent.base_name();

@@ -17,9 +17,11 @@ pub mod explain;
 mod handle;
 mod table;
 
-pub use build::{BuildEvent, Builder, MemberKey, MemberStates, build};
+pub use build::{
+    BuildEvent, Builder, MemberKey, MemberStates, Prepared, build, build_prepared, prepare,
+};
 pub use handle::RoutingHandle;
 pub use table::{
-    Choice, Client, Endpoint, GslbNode, Node, Outcome, Resolution, Selection, ServiceInfo,
-    Snapshot, ZoneTable,
+    Choice, Client, Endpoint, EndpointInfo, GslbNode, Node, Outcome, Resolution, Selection,
+    ServiceInfo, Snapshot, ZoneTable,
 };

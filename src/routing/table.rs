@@ -29,7 +29,7 @@ pub struct Snapshot {
     /// GSLB names in config order, for labels, status and explain.
     pub services: Vec<ServiceInfo>,
     /// Where clients are.
-    pub geo: GeoTable,
+    pub geo: Arc<GeoTable>,
     /// Regions' preference lists.
     pub regions: Vec<Region>,
 }
@@ -59,8 +59,11 @@ pub struct ZoneTable {
     /// The SOA with its TTL lowered to the negative-caching TTL (RFC 2308 section 3), for
     /// the authority section of NXDOMAIN and NODATA answers.
     pub negative_soa: Record,
-    /// Every name that exists in the zone.
-    pub nodes: HashMap<LowerName, Node>,
+    /// Every name that exists in the zone; depends on the config alone, so snapshots built
+    /// from one config share it.
+    pub nodes: Arc<HashMap<LowerName, Node>>,
+    /// The GSLB names of the zone, rebuilt with every snapshot.
+    pub gslb: HashMap<LowerName, GslbNode>,
 }
 
 /// What a name in a zone is.
@@ -69,8 +72,8 @@ pub enum Node {
     /// A name that exists only because names below it do (RFC 4592 section 2.2.2):
     /// NODATA, never NXDOMAIN.
     EmptyNonTerminal,
-    /// A GSLB name: answered from its pool.
-    Gslb(GslbNode),
+    /// A GSLB name: answered from its pool (its node is in [`ZoneTable::gslb`]).
+    Gslb,
     /// A name from the zone file.
     Static(Vec<RrSet>),
 }
@@ -131,9 +134,10 @@ impl Selection {
     }
 }
 
-/// One endpoint as the builder saw it.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
+/// What an endpoint of a GSLB name is by config alone: prepared once per config, shared
+/// by every snapshot built from it, so a health flip does not re-encode records.
+#[derive(Debug)]
+pub struct EndpointInfo {
     /// Its identity.
     pub key: MemberKey,
     /// Its addresses.
@@ -144,6 +148,21 @@ pub struct Endpoint {
     pub aaaa: Vec<Record>,
     /// Where it is.
     pub location: Option<Location>,
+    /// Configured weight.
+    pub weight: f64,
+    /// Rendezvous seed of its identity.
+    pub seed: u64,
+    /// Answers that included it, since start; survives rebuilds and reloads.
+    pub answered: Arc<AtomicU64>,
+    /// The same, exported as `gto_answers_total`.
+    pub counter: metrics::Counter,
+}
+
+/// One endpoint as the builder saw it: the prepared part and its current state.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// What it is by config.
+    pub info: Arc<EndpointInfo>,
     /// Health checks say up.
     pub up: bool,
     /// An operator drained it: no new answers.
@@ -156,10 +175,14 @@ pub struct Endpoint {
     pub load: Option<f64>,
     /// Affinity weight: configured weight times the slow-start ramp.
     pub weight: f64,
-    /// Answers that included it, since start; survives rebuilds.
-    pub answered: Arc<AtomicU64>,
-    /// The same, exported as `gto_answers_total`.
-    pub counter: metrics::Counter,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = EndpointInfo;
+
+    fn deref(&self) -> &EndpointInfo {
+        &self.info
+    }
 }
 
 impl Endpoint {
@@ -245,15 +268,14 @@ impl GslbNode {
         let (order, affinity_scope) = match client {
             Some(addr) if ranking.candidates > 1 => {
                 let key = affinity::client_key(addr, self.affinity.v4, self.affinity.v6);
-                let candidates: Vec<Candidate<'_>> =
-                    self.members.iter().map(Endpoint::candidate).collect();
                 let prefix = if addr.is_ipv4() {
                     self.affinity.v4
                 } else {
                     self.affinity.v6
                 };
+                let weight = |i: usize| self.members.get(i).map_or(0.0, |m| m.weight);
                 (
-                    policy::order_for_client(ranking, &candidates, key, &self.seeds),
+                    policy::order_for_client(ranking, weight, key, &self.seeds),
                     prefix,
                 )
             }
@@ -340,10 +362,7 @@ impl Snapshot {
 
     /// The GSLB node of a name, if it is one.
     pub fn gslb_node(&self, name: &LowerName) -> Option<&GslbNode> {
-        match self.zone_of(name)?.nodes.get(name)? {
-            Node::Gslb(node) => Some(node),
-            _ => None,
-        }
+        self.zone_of(name)?.gslb.get(name)
     }
 
     /// Resolves one question for `client` (None: the answer may not depend on the client).
@@ -368,7 +387,12 @@ impl Snapshot {
             };
             match node {
                 Node::EmptyNonTerminal => {}
-                Node::Gslb(gslb) => {
+                Node::Gslb => {
+                    let Some(gslb) = zone.gslb.get(&name) else {
+                        // Cannot happen: the builder adds both together. Answer NODATA.
+                        out.authorities.push(&zone.negative_soa);
+                        return out;
+                    };
                     out.service = Some(gslb.service);
                     let v6 = match qtype {
                         RecordType::A => Some(false),

@@ -385,3 +385,53 @@ async fn http_probes_judge_status_and_body() {
     appliance.stop().await;
     assert_eq!(run(Probe::Tcp { target }).await, Err(ProbeError::Refused));
 }
+
+#[tokio::test]
+async fn load_read_from_the_probe_body_takes_an_overloaded_endpoint_out() {
+    let all = appliances(Speaks::Http).await;
+    for (appliance, _) in &all {
+        *appliance.body.lock().unwrap() = r#"{"stats": {"sessions": 10, "capacity": 100}}"#.into();
+    }
+    let check = r#"{ kind = "http", path = "/status", interval = "300ms", timeout = "200ms", load_fields = { sessions = "stats.sessions", capacity = "stats.capacity" } }"#;
+    let config = health_config(ports(&all), check, false).replace(
+        "[[pool.member]]\nname = \"fra-1\"",
+        "load = { low = 0.5, high = 0.8, smoothing = 1.0, slow_start = \"0s\" }\n[[pool.member]]\nname = \"fra-1\"",
+    );
+    let server = TestServer::start(&config, ZONE).await;
+    let mut requests = all;
+    // Wait for a probe of fra-1 to be served, then for status to show its load (bounded).
+    requests[0].1.recv().await.unwrap();
+    let status_of = |status: Vec<gto::health::MemberStatus>| {
+        status
+            .into_iter()
+            .find(|s| s.key.member == "fra-1")
+            .unwrap()
+    };
+    let mut seen = None;
+    for _ in 0..50 {
+        let fra = status_of(server.app.health().status().await);
+        if fra.load_smoothed.is_some() {
+            seen = Some(fra);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fra = seen.expect("load never arrived from the probe body");
+    assert_eq!(fra.load.unwrap().sessions, 10);
+    assert_eq!(fra.load_smoothed, Some(0.1));
+    assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.3"]);
+
+    // 90 % full: over the high-watermark; fresh answers leave it out.
+    *requests[0].0.body.lock().unwrap() = r#"{"stats": {"sessions": 90, "capacity": 100}}"#.into();
+    let mut out = false;
+    for _ in 0..50 {
+        if a_records(&server).await == vec!["127.0.0.3", "127.0.0.4"] {
+            out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(out, "an overloaded endpoint kept getting answers");
+    assert!(status_of(server.app.health().status().await).overloaded);
+    drop(requests);
+}

@@ -35,6 +35,8 @@ pub struct Appliance {
     pub status: Arc<AtomicU16>,
     /// The next this-many HTTP requests get 500, whatever `status` says.
     pub fail_next: Arc<AtomicU16>,
+    /// The HTTP response body.
+    pub body: Arc<std::sync::Mutex<String>>,
     /// One message per HTTP request served (the status sent).
     pub served: mpsc::UnboundedSender<u16>,
     task: Option<JoinHandle<()>>,
@@ -49,6 +51,7 @@ impl Appliance {
             speaks,
             status: Arc::new(AtomicU16::new(200)),
             fail_next: Arc::new(AtomicU16::new(0)),
+            body: Arc::new(std::sync::Mutex::new("sessions=3 OK".into())),
             served,
             task: None,
         };
@@ -78,6 +81,7 @@ impl Appliance {
             self.speaks.clone(),
             self.status.clone(),
             self.fail_next.clone(),
+            self.body.clone(),
             self.served.clone(),
         )));
     }
@@ -96,6 +100,7 @@ async fn serve(
     speaks: Speaks,
     status: Arc<AtomicU16>,
     fail_next: Arc<AtomicU16>,
+    body: Arc<std::sync::Mutex<String>>,
     served: mpsc::UnboundedSender<u16>,
 ) {
     loop {
@@ -105,6 +110,7 @@ async fn serve(
         let status = status.clone();
         let fail_next = fail_next.clone();
         let served = served.clone();
+        let body = body.clone();
         let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
             let failing = fail_next
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -115,11 +121,12 @@ async fn serve(
                 status.load(Ordering::SeqCst)
             };
             let _ = served.send(code);
+            let text = body.lock().map(|b| b.clone()).unwrap_or_default();
             async move {
                 Ok::<_, Infallible>(
                     Response::builder()
                         .status(code)
-                        .body(Full::new(Bytes::from_static(b"sessions=3 OK")))
+                        .body(Full::new(Bytes::from(text)))
                         .unwrap(),
                 )
             }
