@@ -140,18 +140,20 @@ fn toml_syntax_errors_are_located() {
 }
 
 #[test]
-fn shipped_config_and_every_zone_file_are_valid() {
-    let output = gto_bin()
-        .args(["check", "--config"])
-        .arg(repo().join("examples/gto.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok:"));
+fn shipped_configs_and_every_zone_file_are_valid() {
+    for example in ["examples/gto.toml", "examples/full.toml"] {
+        let output = gto_bin()
+            .args(["check", "--config"])
+            .arg(repo().join(example))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok:"));
+    }
     for entry in fs::read_dir(repo().join("zones")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "zone") {
