@@ -125,33 +125,36 @@ pub fn rank(
 
 /// The order for one client: the candidates reordered by rendezvous score for the
 /// client's prefix hash (`weight` gives an endpoint's weight by index), the rest as ranked.
-pub fn order_for_client(
+pub fn order_for_client(ranking: &Ranking, weight: impl Fn(usize) -> f64, client: u64, seeds: &[u64]) -> Vec<u16> {
+    let mut order = Vec::new();
+    reorder_for_client(ranking, weight, client, seeds, &mut order, &mut Vec::new());
+    order
+}
+
+/// [`order_for_client`] into reused buffers: allocates nothing once they have grown.
+pub fn reorder_for_client(
     ranking: &Ranking,
     weight: impl Fn(usize) -> f64,
     client: u64,
     seeds: &[u64],
-) -> Vec<u16> {
-    let mut order = ranking.order.clone();
+    order: &mut Vec<u16>,
+    scored: &mut Vec<(f64, u16)>,
+) {
+    order.clear();
+    order.extend_from_slice(&ranking.order);
     if ranking.candidates > 1 {
         let head = &mut order[..ranking.candidates];
-        let mut scored: Vec<(f64, u16)> = head
-            .iter()
-            .map(|&i| {
-                let index = usize::from(i);
-                let seed = seeds.get(index).copied().unwrap_or_default();
-                (affinity::score(client, seed, weight(index)), i)
-            })
-            .collect();
-        scored.sort_by(|a, b| {
-            b.0.partial_cmp(&a.0)
-                .unwrap_or(Ordering::Equal)
-                .then(a.1.cmp(&b.1))
-        });
-        for (slot, (_, i)) in head.iter_mut().zip(scored) {
-            *slot = i;
+        scored.clear();
+        scored.extend(head.iter().map(|&i| {
+            let index = usize::from(i);
+            let seed = seeds.get(index).copied().unwrap_or_default();
+            (affinity::score(client, seed, weight(index)), i)
+        }));
+        scored.sort_unstable_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1)));
+        for (slot, (_, i)) in head.iter_mut().zip(scored.iter()) {
+            *slot = *i;
         }
     }
-    order
 }
 
 #[cfg(test)]

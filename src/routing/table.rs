@@ -212,6 +212,27 @@ pub struct Client {
     pub subnet: Option<IpAddr>,
 }
 
+/// Buffers reused across queries by [`GslbNode::choose_into`].
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// The chosen order.
+    pub order: Vec<u16>,
+    scored: Vec<(f64, u16)>,
+}
+
+/// What [`GslbNode::choose_into`] decided besides the order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    /// How many at the front of the order may be answered.
+    pub available: usize,
+    /// How many at the front shared the client by affinity.
+    pub candidates: usize,
+    /// Where the client was placed (None when the ranking ignores location).
+    pub placement: Option<Placement>,
+    /// The ECS scope prefix the answer depends on.
+    pub scope: u8,
+}
+
 /// The order chosen for one client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
@@ -232,6 +253,21 @@ impl GslbNode {
     /// places the client when present and the service uses ECS; the scope is reported only
     /// then (an answer chosen by the resolver's address is cached for all its clients).
     pub fn choose(&self, geo: &GeoTable, regions: &[Region], client: Option<Client>) -> Choice {
+        let mut scratch = Scratch::default();
+        let chosen = self.choose_into(geo, regions, client, &mut scratch);
+        Choice {
+            order: scratch.order,
+            available: chosen.available,
+            candidates: chosen.candidates,
+            placement: chosen.placement,
+            scope: chosen.scope,
+        }
+    }
+
+    /// [`GslbNode::choose`] into reused buffers: the order lands in `scratch.order`. Once
+    /// the buffers have grown this allocates nothing (except for clients placed by the
+    /// MaxMind database, which are ranked per query).
+    pub fn choose_into(&self, geo: &GeoTable, regions: &[Region], client: Option<Client>, scratch: &mut Scratch) -> Chosen {
         let (client, via_ecs) = match client {
             Some(Client {
                 subnet: Some(subnet),
@@ -253,65 +289,58 @@ impl GslbNode {
             Some(Placement::Default) => &self.default_ranking,
             Some(Placement::Network(i)) => self.rankings.get(*i).unwrap_or(&self.unknown_ranking),
             Some(Placement::Database(location)) => {
-                let candidates: Vec<Candidate<'_>> =
-                    self.members.iter().map(Endpoint::candidate).collect();
-                dynamic = policy::rank(
-                    self.policy,
-                    &candidates,
-                    Some(location),
-                    regions,
-                    self.affinity.candidates,
-                );
+                let candidates: Vec<Candidate<'_>> = self.members.iter().map(Endpoint::candidate).collect();
+                dynamic = policy::rank(self.policy, &candidates, Some(location), regions, self.affinity.candidates);
                 &dynamic
             }
         };
-        let (order, affinity_scope) = match client {
+        let affinity_scope = match client {
             Some(addr) if ranking.candidates > 1 => {
                 let key = affinity::client_key(addr, self.affinity.v4, self.affinity.v6);
-                let prefix = if addr.is_ipv4() {
-                    self.affinity.v4
-                } else {
-                    self.affinity.v6
-                };
                 let weight = |i: usize| self.members.get(i).map_or(0.0, |m| m.weight);
-                (
-                    policy::order_for_client(ranking, weight, key, &self.seeds),
-                    prefix,
-                )
+                policy::reorder_for_client(ranking, weight, key, &self.seeds, &mut scratch.order, &mut scratch.scored);
+                if addr.is_ipv4() { self.affinity.v4 } else { self.affinity.v6 }
             }
-            _ => (ranking.order.clone(), 0),
+            _ => {
+                scratch.order.clear();
+                scratch.order.extend_from_slice(&ranking.order);
+                0
+            }
         };
-        Choice {
-            order,
+        Chosen {
             available: ranking.available,
             candidates: ranking.candidates,
             placement,
-            scope: if via_ecs {
-                location_scope.max(affinity_scope)
-            } else {
-                0
-            },
+            scope: if via_ecs { location_scope.max(affinity_scope) } else { 0 },
         }
     }
 
     /// The answer records of a family for a choice, and the endpoint of each.
     pub fn answer(&self, choice: &Choice, v6: bool) -> (Vec<&Record>, Vec<usize>) {
-        let mut records = Vec::with_capacity(self.answers);
-        let mut from = Vec::with_capacity(self.answers);
-        for &index in choice.order.iter().take(choice.available) {
+        let mut picks = Vec::with_capacity(self.answers);
+        self.answer_into(&choice.order, choice.available, v6, &mut picks);
+        let records = picks
+            .iter()
+            .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
+            .collect();
+        (records, picks.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// The answer as (endpoint index, record index) pairs, into a reused buffer.
+    pub fn answer_into(&self, order: &[u16], available: usize, v6: bool, picks: &mut Vec<(usize, usize)>) {
+        picks.clear();
+        for &index in order.iter().take(available) {
             let index = usize::from(index);
             let Some(endpoint) = self.members.get(index) else {
                 continue;
             };
-            for record in endpoint.records(v6) {
-                if records.len() == self.answers {
-                    return (records, from);
+            for record in 0..endpoint.records(v6).len() {
+                if picks.len() == self.answers {
+                    return;
                 }
-                records.push(record);
-                from.push(index);
+                picks.push((index, record));
             }
         }
-        (records, from)
     }
 
     /// True when any answerable endpoint has an address of the family.
