@@ -309,3 +309,100 @@ fn qtype_label(qtype: Option<RecordType>) -> &'static str {
         None => "none",
     }
 }
+
+/// Collects the encoded answer instead of sending it, encoding exactly as hickory-server's
+/// `ResponseHandle` does (UDP: the response's EDNS payload size, or 512).
+#[derive(Clone, Default)]
+struct Collect {
+    protocol: Option<Protocol>,
+    bytes: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Collect {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let id = response.metadata().id;
+        let max = match self.protocol {
+            Some(Protocol::Udp) => response.edns().map_or(512, |e| e.max_payload()),
+            _ => u16::MAX,
+        };
+        let mut buffer = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut buffer);
+        encoder.set_max_size(max);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                // As hickory-server does: a bare SERVFAIL.
+                debug!(%error, "could not encode a response");
+                buffer.clear();
+                let mut encoder = BinEncoder::new(&mut buffer);
+                let mut metadata =
+                    Metadata::new(id, hickory_proto::op::MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                header.emit(&mut encoder)?;
+                ResponseInfo::from(header)
+            }
+        };
+        if let Ok(mut slot) = self.bytes.lock() {
+            *slot = Some(buffer);
+        }
+        Ok(info)
+    }
+}
+
+/// Answers raw request bytes on the general path exactly as hickory-server's listener
+/// would: no answer to packets without a readable header or to responses (QR=1); FORMERR
+/// (no question, no EDNS) when the rest does not parse; otherwise the [`Handler`]'s answer.
+pub async fn answer_bytes(
+    handler: &Handler,
+    bytes: &[u8],
+    src: std::net::SocketAddr,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+    use hickory_server::zone_handler::Queries;
+
+    let mut decoder = BinDecoder::new(bytes);
+    let header = Header::read(&mut decoder).ok()?;
+    let collect = Collect {
+        protocol: Some(protocol),
+        bytes: Arc::default(),
+    };
+    match Request::from_bytes(bytes.to_vec(), src, protocol) {
+        Ok(request) => {
+            if request.metadata.message_type == hickory_proto::op::MessageType::Response {
+                return None;
+            }
+            handler
+                .handle_request::<_, hickory_server::net::runtime::TokioTime>(
+                    &request,
+                    collect.clone(),
+                )
+                .await;
+        }
+        Err(_) => {
+            bad("malformed");
+            let mut empty = BinDecoder::new(&[]);
+            let queries = Queries::read(&mut empty, 0).ok()?;
+            let response = MessageResponseBuilder::new(&queries, None)
+                .error_msg(&header.metadata, ResponseCode::FormErr);
+            let mut sender = collect.clone();
+            sender.send_response(response).await.ok()?;
+        }
+    }
+    collect.bytes.lock().ok()?.take()
+}

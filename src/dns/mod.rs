@@ -2,6 +2,7 @@
 //! Client Subnet handling ([`ecs`]).
 
 pub mod ecs;
+pub mod fast;
 pub mod handler;
 pub mod server;
 

@@ -125,7 +125,12 @@ pub fn rank(
 
 /// The order for one client: the candidates reordered by rendezvous score for the
 /// client's prefix hash (`weight` gives an endpoint's weight by index), the rest as ranked.
-pub fn order_for_client(ranking: &Ranking, weight: impl Fn(usize) -> f64, client: u64, seeds: &[u64]) -> Vec<u16> {
+pub fn order_for_client(
+    ranking: &Ranking,
+    weight: impl Fn(usize) -> f64,
+    client: u64,
+    seeds: &[u64],
+) -> Vec<u16> {
     let mut order = Vec::new();
     reorder_for_client(ranking, weight, client, seeds, &mut order, &mut Vec::new());
     order
@@ -150,7 +155,11 @@ pub fn reorder_for_client(
             let seed = seeds.get(index).copied().unwrap_or_default();
             (affinity::score(client, seed, weight(index)), i)
         }));
-        scored.sort_unstable_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1)));
+        scored.sort_unstable_by(|a, b| {
+            b.0.partial_cmp(&a.0)
+                .unwrap_or(Ordering::Equal)
+                .then(a.1.cmp(&b.1))
+        });
         for (slot, (_, i)) in head.iter_mut().zip(scored.iter()) {
             *slot = *i;
         }

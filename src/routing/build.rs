@@ -18,6 +18,7 @@ use super::table::{
     Endpoint, EndpointInfo, GslbNode, Node, Selection, ServiceInfo, Snapshot, ZoneTable,
 };
 use crate::config::{Loaded, Location, Member, Policy, Pool, Region, Service, WhenAllDown};
+use crate::dns::fast::FastIndex;
 use crate::geo::GeoTable;
 use crate::metrics::{ANSWERS_TOTAL, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION};
 use crate::policy;
@@ -275,6 +276,8 @@ pub struct Prepared {
     geo: Arc<GeoTable>,
     /// Endpoints by (service index, pool index): a service's own pool and its fallback.
     endpoints: HashMap<(usize, usize), Vec<Arc<EndpointInfo>>>,
+    /// What the UDP fast path can answer.
+    fast: Arc<FastIndex>,
 }
 
 /// The static part of one zone.
@@ -337,6 +340,7 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
             pool_indices.push(id.0);
         }
         let label = service.name.to_string();
+        let question = crate::dns::fast::gslb_question(&service.name);
         for pool_index in pool_indices {
             let Some(pool) = config.pools.get(pool_index) else {
                 continue;
@@ -353,19 +357,23 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
                         };
                         Record::from_rdata(service.name.clone(), service.ttl.get(), data)
                     };
+                    let a: Vec<Record> = member
+                        .addresses
+                        .iter()
+                        .filter(|a| a.is_ipv4())
+                        .map(record)
+                        .collect();
+                    let aaaa: Vec<Record> = member
+                        .addresses
+                        .iter()
+                        .filter(|a| a.is_ipv6())
+                        .map(record)
+                        .collect();
                     Arc::new(EndpointInfo {
-                        a: member
-                            .addresses
-                            .iter()
-                            .filter(|a| a.is_ipv4())
-                            .map(record)
-                            .collect(),
-                        aaaa: member
-                            .addresses
-                            .iter()
-                            .filter(|a| a.is_ipv6())
-                            .map(record)
-                            .collect(),
+                        wire_a: crate::dns::fast::wire_records(&question, &a),
+                        wire_aaaa: crate::dns::fast::wire_records(&question, &aaaa),
+                        a,
+                        aaaa,
                         addresses: member.addresses.clone(),
                         location: member.location.clone(),
                         weight: f64::from(member.weight.get()),
@@ -384,11 +392,16 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
             endpoints.insert((index, pool_index), infos);
         }
     }
-    Prepared {
+    let mut prepared = Prepared {
         zones,
         geo: Arc::new(GeoTable::new(&config.geo, loaded.geo_db.clone())),
         endpoints,
-    }
+        fast: Arc::new(FastIndex::default()),
+    };
+    // The fast path's tails come from the general lookup of a snapshot of this config.
+    let reference = build_prepared(&prepared, loaded, states, 0);
+    prepared.fast = Arc::new(FastIndex::build(&reference));
+    prepared
 }
 
 /// Builds a snapshot from scratch. Pure: the same inputs give the same snapshot.
@@ -451,6 +464,7 @@ pub fn build_prepared(
         services,
         geo: prepared.geo.clone(),
         regions: config.geo.regions.clone(),
+        fast: prepared.fast.clone(),
     }
 }
 

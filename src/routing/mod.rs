@@ -22,6 +22,6 @@ pub use build::{
 };
 pub use handle::RoutingHandle;
 pub use table::{
-    Choice, Chosen, Client, Endpoint, EndpointInfo, GslbNode, Node, Outcome, Resolution, Selection,
-    Scratch, ServiceInfo, Snapshot, ZoneTable,
+    Choice, Chosen, Client, Endpoint, EndpointInfo, GslbNode, Node, Outcome, Resolution, Scratch,
+    Selection, ServiceInfo, Snapshot, ZoneTable,
 };

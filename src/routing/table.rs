@@ -10,6 +10,7 @@ use hickory_proto::rr::{LowerName, RData, Record, RecordType};
 
 use super::build::MemberKey;
 use crate::config::{Affinity, Location, Policy, Region, WhenAllDown};
+use crate::dns::fast::{FastIndex, WireRecord};
 use crate::geo::{GeoTable, Placement};
 use crate::policy::{self, Candidate, Ranking, affinity};
 use crate::zone::RrSet;
@@ -32,6 +33,8 @@ pub struct Snapshot {
     pub geo: Arc<GeoTable>,
     /// Regions' preference lists.
     pub regions: Vec<Region>,
+    /// What the UDP fast path can answer (shared by snapshots of one config).
+    pub fast: Arc<FastIndex>,
 }
 
 /// What status and explain show of a GSLB name.
@@ -146,6 +149,10 @@ pub struct EndpointInfo {
     pub a: Vec<Record>,
     /// Pre-encoded AAAA records, in address order.
     pub aaaa: Vec<Record>,
+    /// The A records in wire form for the fast path.
+    pub wire_a: Vec<WireRecord>,
+    /// The AAAA records in wire form for the fast path.
+    pub wire_aaaa: Vec<WireRecord>,
     /// Where it is.
     pub location: Option<Location>,
     /// Configured weight.
@@ -182,6 +189,13 @@ impl std::ops::Deref for Endpoint {
 
     fn deref(&self) -> &EndpointInfo {
         &self.info
+    }
+}
+
+impl EndpointInfo {
+    /// The wire-form records of one family.
+    pub fn wire(&self, v6: bool) -> &[WireRecord] {
+        if v6 { &self.wire_aaaa } else { &self.wire_a }
     }
 }
 
@@ -267,7 +281,13 @@ impl GslbNode {
     /// [`GslbNode::choose`] into reused buffers: the order lands in `scratch.order`. Once
     /// the buffers have grown this allocates nothing (except for clients placed by the
     /// MaxMind database, which are ranked per query).
-    pub fn choose_into(&self, geo: &GeoTable, regions: &[Region], client: Option<Client>, scratch: &mut Scratch) -> Chosen {
+    pub fn choose_into(
+        &self,
+        geo: &GeoTable,
+        regions: &[Region],
+        client: Option<Client>,
+        scratch: &mut Scratch,
+    ) -> Chosen {
         let (client, via_ecs) = match client {
             Some(Client {
                 subnet: Some(subnet),
@@ -289,8 +309,15 @@ impl GslbNode {
             Some(Placement::Default) => &self.default_ranking,
             Some(Placement::Network(i)) => self.rankings.get(*i).unwrap_or(&self.unknown_ranking),
             Some(Placement::Database(location)) => {
-                let candidates: Vec<Candidate<'_>> = self.members.iter().map(Endpoint::candidate).collect();
-                dynamic = policy::rank(self.policy, &candidates, Some(location), regions, self.affinity.candidates);
+                let candidates: Vec<Candidate<'_>> =
+                    self.members.iter().map(Endpoint::candidate).collect();
+                dynamic = policy::rank(
+                    self.policy,
+                    &candidates,
+                    Some(location),
+                    regions,
+                    self.affinity.candidates,
+                );
                 &dynamic
             }
         };
@@ -298,8 +325,19 @@ impl GslbNode {
             Some(addr) if ranking.candidates > 1 => {
                 let key = affinity::client_key(addr, self.affinity.v4, self.affinity.v6);
                 let weight = |i: usize| self.members.get(i).map_or(0.0, |m| m.weight);
-                policy::reorder_for_client(ranking, weight, key, &self.seeds, &mut scratch.order, &mut scratch.scored);
-                if addr.is_ipv4() { self.affinity.v4 } else { self.affinity.v6 }
+                policy::reorder_for_client(
+                    ranking,
+                    weight,
+                    key,
+                    &self.seeds,
+                    &mut scratch.order,
+                    &mut scratch.scored,
+                );
+                if addr.is_ipv4() {
+                    self.affinity.v4
+                } else {
+                    self.affinity.v6
+                }
             }
             _ => {
                 scratch.order.clear();
@@ -311,7 +349,11 @@ impl GslbNode {
             available: ranking.available,
             candidates: ranking.candidates,
             placement,
-            scope: if via_ecs { location_scope.max(affinity_scope) } else { 0 },
+            scope: if via_ecs {
+                location_scope.max(affinity_scope)
+            } else {
+                0
+            },
         }
     }
 
@@ -327,7 +369,13 @@ impl GslbNode {
     }
 
     /// The answer as (endpoint index, record index) pairs, into a reused buffer.
-    pub fn answer_into(&self, order: &[u16], available: usize, v6: bool, picks: &mut Vec<(usize, usize)>) {
+    pub fn answer_into(
+        &self,
+        order: &[u16],
+        available: usize,
+        v6: bool,
+        picks: &mut Vec<(usize, usize)>,
+    ) {
         picks.clear();
         for &index in order.iter().take(available) {
             let index = usize::from(index);

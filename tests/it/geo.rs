@@ -13,7 +13,7 @@ use crate::support::{TestServer, ZONE, answers, edns, http_json, query, udp};
 
 /// Four endpoints on three sites; networks for Europe, Asia and America, a loopback block
 /// for resolvers without ECS, and a second GSLB name with the failover policy.
-fn geo_config(extra: &str) -> String {
+pub fn geo_config(extra: &str) -> String {
     format!(
         r#"
 [server]

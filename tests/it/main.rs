@@ -10,6 +10,7 @@ mod admin;
 mod check;
 mod dns;
 mod edns;
+mod fast;
 mod geo;
 mod health;
 mod lifecycle;

@@ -1,0 +1,534 @@
+//! The UDP fast path: answers the common queries straight from bytes, with no `Message`,
+//! no lock and no heap allocation once its buffers are warm.
+//!
+//! It handles a standard QUERY with one question of class IN for a name that exists in
+//! the [`FastIndex`] (a GSLB name, or a static name without a CNAME), optionally with one
+//! OPT record (version 0, any options; ECS is read). Everything else — unknown names
+//! (NXDOMAIN), names outside our zones, ANY, zone transfers, other opcodes, malformed or
+//! unusual packets, answers that would not fit — returns `None` and goes to the general
+//! path ([`super::handler`]), which is the reference: for every query the fast path
+//! answers, its bytes are exactly the general path's (checked by a differential test).
+//!
+//! The bytes after the question are prepared per config with hickory's own encoder: for
+//! static names the whole answer/authority/additional tail of each type (and the NODATA
+//! tail), for GSLB names each address record in its first-in-the-answer form and in its
+//! compressed form (owner name as a pointer to the first answer). Per query only the
+//! header, the question (copied, so the client's letter case stays), the chosen records
+//! and the OPT record are written.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use hickory_proto::op::{EmitAndCount, MessageType, Metadata, OpCode, emit_message_parts};
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+
+use crate::routing::{Client, Node, Scratch, Snapshot};
+
+/// Pre-encoded bytes after the question, with the section counts they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    bytes: Box<[u8]>,
+    answers: u16,
+    authorities: u16,
+    additionals: u16,
+}
+
+/// What the fast path knows of one name.
+#[derive(Debug)]
+enum Entry {
+    /// A GSLB name: service index, and the NODATA tail for other types.
+    Gslb { service: usize, nodata: Tail },
+    /// A static name: the tail per type it has, and the NODATA tail for the rest. Names
+    /// with a CNAME are not indexed (their chains go to the general path).
+    Static {
+        types: Vec<(u16, Tail)>,
+        nodata: Tail,
+    },
+}
+
+/// An address record of a GSLB answer in its two wire forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireRecord {
+    /// As the first answer: the full owner name.
+    pub first: Box<[u8]>,
+    /// As a later answer: the owner name compressed to a pointer at the first answer.
+    pub later: Box<[u8]>,
+}
+
+/// Names the fast path can answer, keyed by their lower-cased wire form.
+#[derive(Debug, Default)]
+pub struct FastIndex {
+    names: HashMap<Box<[u8]>, Entry>,
+}
+
+/// The question section hickory-server writes for a request: the raw bytes, with one
+/// label pointer stored for the whole section (which never matches a later name).
+struct RawQuestion<'a>(&'a [u8]);
+
+impl EmitAndCount for RawQuestion<'_> {
+    fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, hickory_proto::ProtoError> {
+        let start = encoder.offset();
+        encoder.emit_vec(self.0)?;
+        encoder.store_label_pointer(start, start + self.0.len());
+        Ok(1)
+    }
+}
+
+/// A question for `name` (the case does not matter: only its length shapes the tail).
+fn question_bytes(name: &Name, qtype: RecordType) -> Vec<u8> {
+    let mut bytes = name.to_lowercase().to_bytes().unwrap_or_default();
+    bytes.extend_from_slice(&u16::from(qtype).to_be_bytes());
+    bytes.extend_from_slice(&1u16.to_be_bytes());
+    bytes
+}
+
+/// Encodes the sections after the question as hickory-server would for this question.
+fn encode_tail(
+    question: &[u8],
+    answers: &[&Record],
+    authorities: &[&Record],
+    additionals: &[&Record],
+) -> Option<Tail> {
+    let mut buffer = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut buffer);
+    let metadata = Metadata::new(0, MessageType::Response, OpCode::Query);
+    let header = emit_message_parts(
+        &metadata,
+        &mut RawQuestion(question),
+        &mut answers.iter().copied(),
+        &mut authorities.iter().copied(),
+        &mut additionals.iter().copied(),
+        None,
+        None,
+        &mut encoder,
+    )
+    .ok()?;
+    let start = 12 + question.len();
+    Some(Tail {
+        bytes: buffer.get(start..)?.into(),
+        answers: header.counts.answers,
+        authorities: header.counts.authorities,
+        additionals: header.counts.additionals,
+    })
+}
+
+/// The two wire forms of each record, for a GSLB name whose question is `question`.
+pub fn wire_records(question: &[u8], records: &[Record]) -> Vec<WireRecord> {
+    records
+        .iter()
+        .filter_map(|record| {
+            let mut buffer = Vec::with_capacity(128);
+            let mut encoder = BinEncoder::new(&mut buffer);
+            encoder.emit_vec(&[0; 12]).ok()?;
+            encoder.emit_vec(question).ok()?;
+            encoder.store_label_pointer(12, 12 + question.len());
+            let start = encoder.offset();
+            record.emit(&mut encoder).ok()?;
+            let middle = encoder.offset();
+            record.emit(&mut encoder).ok()?;
+            let end = encoder.offset();
+            Some(WireRecord {
+                first: buffer.get(start..middle)?.into(),
+                later: buffer.get(middle..end)?.into(),
+            })
+        })
+        .collect()
+}
+
+/// The question a GSLB name's records are prepared for (type A; only its length matters).
+pub fn gslb_question(name: &Name) -> Vec<u8> {
+    question_bytes(name, RecordType::A)
+}
+
+impl FastIndex {
+    /// Indexes every static name and GSLB name of a snapshot. Depends on the config only.
+    pub fn build(snapshot: &Snapshot) -> Self {
+        let mut names = HashMap::new();
+        for zone in &snapshot.zones {
+            for (name, node) in zone.nodes.iter() {
+                let name_ref = Name::from(name);
+                let key: Box<[u8]> = name_ref.to_bytes().unwrap_or_default().into();
+                let nodata_for = |qtype| {
+                    let question = question_bytes(&name_ref, qtype);
+                    let resolution = snapshot.resolve(name, qtype, None);
+                    encode_tail(&question, &[], &resolution.authorities, &[])
+                };
+                let entry = match node {
+                    Node::Gslb => {
+                        let Some(gslb) = zone.gslb.get(name) else {
+                            continue;
+                        };
+                        let Some(nodata) = nodata_for(RecordType::TXT) else {
+                            continue;
+                        };
+                        Entry::Gslb {
+                            service: gslb.service,
+                            nodata,
+                        }
+                    }
+                    Node::EmptyNonTerminal => {
+                        let Some(nodata) = nodata_for(RecordType::A) else {
+                            continue;
+                        };
+                        Entry::Static {
+                            types: Vec::new(),
+                            nodata,
+                        }
+                    }
+                    Node::Static(sets) => {
+                        if sets.iter().any(|s| s.record_type == RecordType::CNAME) {
+                            continue;
+                        }
+                        let types = sets
+                            .iter()
+                            .filter_map(|set| {
+                                let qtype = set.record_type;
+                                let question = question_bytes(&name_ref, qtype);
+                                let r = snapshot.resolve(name, qtype, None);
+                                let tail = encode_tail(
+                                    &question,
+                                    &r.answers,
+                                    &r.authorities,
+                                    &r.additionals,
+                                )?;
+                                Some((u16::from(qtype), tail))
+                            })
+                            .collect();
+                        // NODATA carries the SOA only; any type the name lacks gives it.
+                        let Some(nodata) = nodata_for(RecordType::NULL) else {
+                            continue;
+                        };
+                        Entry::Static { types, nodata }
+                    }
+                };
+                names.insert(key, entry);
+            }
+        }
+        Self { names }
+    }
+
+    /// Number of indexed names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Per-worker buffers and counters, reused across queries.
+#[derive(Debug, Default)]
+pub struct FastScratch {
+    key: Vec<u8>,
+    choice: Scratch,
+    picks: Vec<(usize, usize)>,
+    /// Answers sent, by query type bucket (see [`qtype_bucket`]).
+    pub answered: [u64; QTYPE_BUCKETS],
+}
+
+/// Query types counted separately on the fast path (the rest share the last bucket).
+pub const QTYPE_LABELS: [&str; 9] = [
+    "A", "AAAA", "CNAME", "MX", "NS", "SOA", "SRV", "TXT", "other",
+];
+/// Number of counter buckets.
+pub const QTYPE_BUCKETS: usize = QTYPE_LABELS.len();
+
+fn qtype_bucket(qtype: u16) -> usize {
+    match RecordType::from(qtype) {
+        RecordType::A => 0,
+        RecordType::AAAA => 1,
+        RecordType::CNAME => 2,
+        RecordType::MX => 3,
+        RecordType::NS => 4,
+        RecordType::SOA => 5,
+        RecordType::SRV => 6,
+        RecordType::TXT => 7,
+        _ => 8,
+    }
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
+}
+
+/// The ECS option of a query, as the fast path needs it.
+#[derive(Debug, Clone, Copy)]
+struct Ecs<'q> {
+    /// The option's data (family, source, scope, address bytes), echoed back.
+    data: &'q [u8],
+    /// The client address (zero-padded), or None for source prefix 0.
+    address: Option<IpAddr>,
+}
+
+/// What the query's OPT record says.
+#[derive(Debug, Default)]
+struct Opt<'q> {
+    payload: u16,
+    dnssec_ok: bool,
+    ecs: Option<Ecs<'q>>,
+}
+
+/// Reads the OPT record at `at`, which must end the packet. None: not for the fast path.
+fn parse_opt(query: &[u8], at: usize) -> Option<Opt<'_>> {
+    if *query.get(at)? != 0 || u16_at(query, at + 1)? != 41 {
+        return None;
+    }
+    let payload = u16_at(query, at + 3)?;
+    let (ext_rcode, version, flags) = (
+        *query.get(at + 5)?,
+        *query.get(at + 6)?,
+        u16_at(query, at + 7)?,
+    );
+    if ext_rcode != 0 || version != 0 {
+        return None;
+    }
+    let length = usize::from(u16_at(query, at + 9)?);
+    let mut pos = at + 11;
+    if pos + length != query.len() {
+        return None;
+    }
+    let mut opt = Opt {
+        payload,
+        dnssec_ok: flags & 0x8000 != 0,
+        ecs: None,
+    };
+    while pos < query.len() {
+        let code = u16_at(query, pos)?;
+        let len = usize::from(u16_at(query, pos + 2)?);
+        let data = query.get(pos + 4..pos + 4 + len)?;
+        if code == 8 {
+            if opt.ecs.is_some() {
+                return None;
+            }
+            opt.ecs = Some(parse_ecs(data)?);
+        }
+        pos += 4 + len;
+    }
+    Some(opt)
+}
+
+/// Checks an ECS option like the general path does (RFC 7871); None sends the query there.
+fn parse_ecs(data: &[u8]) -> Option<Ecs<'_>> {
+    let family = u16_at(data, 0)?;
+    let source = *data.get(2)?;
+    let bits = match family {
+        1 => 32,
+        2 => 128,
+        _ => return None,
+    };
+    let bytes = usize::from(source).div_ceil(8);
+    if source > bits || data.len() != 4 + bytes {
+        return None;
+    }
+    let address = &data[4..];
+    if let Some(last) = address.last() {
+        let used = source % 8;
+        if used != 0 && last & (0xffu8 >> used) != 0 {
+            return None;
+        }
+    }
+    let ip = if family == 1 {
+        let mut octets = [0u8; 4];
+        octets[..bytes].copy_from_slice(address);
+        IpAddr::V4(Ipv4Addr::from(octets))
+    } else {
+        let mut octets = [0u8; 16];
+        octets[..bytes].copy_from_slice(address);
+        IpAddr::V6(Ipv6Addr::from(octets))
+    };
+    Some(Ecs {
+        data,
+        address: (source > 0).then_some(ip),
+    })
+}
+
+/// Answers `query` from `source` into `out` when the fast path can; returns the length.
+/// None: hand the query to the general path.
+pub fn respond(
+    snapshot: &Snapshot,
+    index: &FastIndex,
+    query: &[u8],
+    source: IpAddr,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Option<usize> {
+    // Header: a query (QR 0), opcode QUERY, not truncated, one question, one OPT at most.
+    let flags = u16_at(query, 2)?;
+    if flags & 0xfa00 != 0
+        || u16_at(query, 4)? != 1
+        || u16_at(query, 6)? != 0
+        || u16_at(query, 8)? != 0
+    {
+        return None;
+    }
+    let additionals = u16_at(query, 10)?;
+    if additionals > 1 {
+        return None;
+    }
+    // Question: labels, lower-cased into the key.
+    scratch.key.clear();
+    let mut pos = 12;
+    loop {
+        let len = usize::from(*query.get(pos)?);
+        if len == 0 {
+            scratch.key.push(0);
+            pos += 1;
+            break;
+        }
+        if len > 63 || scratch.key.len() + len + 2 > 255 {
+            return None;
+        }
+        scratch.key.push(len as u8);
+        scratch.key.extend(
+            query
+                .get(pos + 1..pos + 1 + len)?
+                .iter()
+                .map(u8::to_ascii_lowercase),
+        );
+        pos += 1 + len;
+    }
+    let qtype = u16_at(query, pos)?;
+    if u16_at(query, pos + 2)? != 1 {
+        return None;
+    }
+    let question_end = pos + 4;
+    // OPT (41), meta types, zone transfers and ANY (128..=255) go to the general path.
+    if qtype == 41 || qtype >= 128 {
+        return None;
+    }
+    let opt = if additionals == 1 {
+        Some(parse_opt(query, question_end)?)
+    } else if question_end == query.len() {
+        None
+    } else {
+        return None;
+    };
+    let entry = index.names.get(scratch.key.as_slice())?;
+
+    // The client's limit: 512 without EDNS, else its size (at least 512) capped by ours.
+    let limit = opt.as_ref().map_or(512, |o| {
+        usize::from(o.payload.max(512).min(snapshot.udp_payload))
+    });
+    let mut scope = 0u8;
+    let mut answered_from = None;
+    out.clear();
+    out.extend_from_slice(&query[..2]);
+    out.push(0x84 | (query[2] & 0x01)); // QR, opcode 0, AA, RD copied
+    out.push(query[3] & 0x10); // CD copied; RA, AD clear; NOERROR
+    out.extend_from_slice(&[0, 1]);
+    let counts_at = out.len();
+    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&query[12..question_end]);
+    let (answers, authorities, tail_additionals) = match entry {
+        Entry::Static { types, nodata } => {
+            let tail = types
+                .iter()
+                .find(|(t, _)| *t == qtype)
+                .map_or(nodata, |(_, tail)| tail);
+            out.extend_from_slice(&tail.bytes);
+            (tail.answers, tail.authorities, tail.additionals)
+        }
+        Entry::Gslb { service, nodata } => {
+            let v6 = match RecordType::from(qtype) {
+                RecordType::A => Some(false),
+                RecordType::AAAA => Some(true),
+                _ => None,
+            };
+            let node = snapshot
+                .services
+                .get(*service)
+                .and_then(|s| snapshot.gslb_node(&s.name));
+            match (v6, node) {
+                (Some(v6), Some(node)) => {
+                    let client = Client {
+                        source,
+                        subnet: opt.as_ref().and_then(|o| o.ecs).and_then(|e| e.address),
+                    };
+                    let chosen = node.choose_into(
+                        &snapshot.geo,
+                        &snapshot.regions,
+                        Some(client),
+                        &mut scratch.choice,
+                    );
+                    node.answer_into(
+                        &scratch.choice.order,
+                        chosen.available,
+                        v6,
+                        &mut scratch.picks,
+                    );
+                    if scratch.picks.is_empty() {
+                        out.extend_from_slice(&nodata.bytes);
+                        (nodata.answers, nodata.authorities, nodata.additionals)
+                    } else {
+                        scope = chosen.scope;
+                        answered_from = Some(node);
+                        for (n, &(endpoint, record)) in scratch.picks.iter().enumerate() {
+                            let wire = node.members.get(endpoint)?.wire(v6).get(record)?;
+                            out.extend_from_slice(if n == 0 { &wire.first } else { &wire.later });
+                        }
+                        (scratch.picks.len() as u16, 0, 0)
+                    }
+                }
+                (None, Some(_)) => {
+                    out.extend_from_slice(&nodata.bytes);
+                    (nodata.answers, nodata.authorities, nodata.additionals)
+                }
+                (_, None) => return None,
+            }
+        }
+    };
+    let mut additionals = tail_additionals;
+    if let Some(opt) = &opt {
+        additionals += 1;
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&snapshot.udp_payload.max(512).to_be_bytes());
+        out.extend_from_slice(&[0, 0, if opt.dnssec_ok { 0x80 } else { 0 }, 0]);
+        match opt.ecs {
+            Some(ecs) => {
+                out.extend_from_slice(&((ecs.data.len() + 4) as u16).to_be_bytes());
+                out.extend_from_slice(&[0, 8]);
+                out.extend_from_slice(&(ecs.data.len() as u16).to_be_bytes());
+                out.extend_from_slice(&ecs.data[..3]);
+                // The scope is echoed only when the ECS subnet was used (source > 0).
+                out.push(if ecs.address.is_some() { scope } else { 0 });
+                out.extend_from_slice(&ecs.data[4..]);
+            }
+            None => out.extend_from_slice(&[0, 0]),
+        }
+    }
+    if out.len() > limit {
+        return None; // the general path truncates
+    }
+    out[counts_at..counts_at + 2].copy_from_slice(&answers.to_be_bytes());
+    out[counts_at + 2..counts_at + 4].copy_from_slice(&authorities.to_be_bytes());
+    out[counts_at + 4..counts_at + 6].copy_from_slice(&additionals.to_be_bytes());
+    // Count what was answered: per query type here, per endpoint on the endpoint.
+    scratch.answered[qtype_bucket(qtype)] += 1;
+    if let Some(node) = answered_from {
+        let mut last = None;
+        for &(endpoint, _) in &scratch.picks {
+            // Records of one endpoint are adjacent: count each endpoint once per answer.
+            if last != Some(endpoint)
+                && let Some(e) = node.members.get(endpoint)
+            {
+                e.answered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                e.counter.increment(1);
+            }
+            last = Some(endpoint);
+        }
+    }
+    Some(out.len())
+}
+
+/// Lower-cased wire form of a name (the index key).
+pub fn key_of(name: &LowerName) -> Vec<u8> {
+    Name::from(name).to_bytes().unwrap_or_default()
+}
+
+/// Shared handle to an index.
+pub type SharedIndex = Arc<FastIndex>;

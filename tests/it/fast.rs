@@ -1,0 +1,247 @@
+//! The UDP fast path against the general (hickory-based) path: for a corpus of queries,
+//! whatever the fast path answers must be byte for byte what the general path answers.
+
+use std::net::{IpAddr, SocketAddr};
+
+use gto::ConfigSource;
+use gto::dns::Handler;
+use gto::dns::fast::{FastScratch, respond};
+use gto::dns::handler::answer_bytes;
+use gto::routing::Builder;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::{DNSClass, Name, RecordType};
+use hickory_server::net::xfer::Protocol;
+
+use crate::support::ZONE;
+
+fn corpus() -> Vec<Vec<u8>> {
+    let names = [
+        "vpn.gto.example.com.",
+        "VPN.Gto.Example.COM.",
+        "plain.gto.example.com.",
+        "www.gto.example.com.",
+        "WwW.gto.example.com.",
+        "api.gto.example.com.",
+        "mail.gto.example.com.",
+        "gto.example.com.",
+        "GTO.EXAMPLE.COM.",
+        "_tcp.gto.example.com.",
+        "_vpn._tcp.gto.example.com.",
+        "remote.gto.example.com.",
+        "docs.gto.example.com.",
+        "nope.gto.example.com.",
+        "example.org.",
+        "big.gto.example.com.",
+    ];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::TXT,
+        RecordType::MX,
+        RecordType::NS,
+        RecordType::SOA,
+        RecordType::SRV,
+        RecordType::CNAME,
+        RecordType::ANY,
+        RecordType::CAA,
+    ];
+    let subnets: Vec<Option<ClientSubnet>> = vec![
+        None,
+        Some(ClientSubnet::new("198.51.100.0".parse().unwrap(), 24, 0)),
+        Some(ClientSubnet::new("203.0.113.77".parse().unwrap(), 32, 0)),
+        Some(ClientSubnet::new("0.0.0.0".parse().unwrap(), 0, 0)),
+        Some(ClientSubnet::new("10.9.8.0".parse().unwrap(), 24, 0)),
+        Some(ClientSubnet::new("2001:db8:e0::".parse().unwrap(), 48, 0)),
+        Some(ClientSubnet::new(
+            "2001:db8:1:2300::".parse().unwrap(),
+            56,
+            0,
+        )),
+        Some(ClientSubnet::new("198.51.101.0".parse().unwrap(), 23, 0)), // host bit set
+        Some(ClientSubnet::new("198.51.100.0".parse().unwrap(), 20, 7)), // scope in a query
+    ];
+    let mut corpus = Vec::new();
+    let mut id = 0u16;
+    for name in names {
+        for qtype in types {
+            for (e, edns) in [
+                None,
+                Some((512u16, false)),
+                Some((1232, false)),
+                Some((4096, true)),
+                Some((600, false)),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                for subnet in &subnets {
+                    if edns.is_none() && subnet.is_some() {
+                        continue;
+                    }
+                    id = id.wrapping_add(7919);
+                    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+                    message.metadata.recursion_desired = id % 3 != 0;
+                    message.metadata.checking_disabled = id % 5 == 0;
+                    message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+                    if let Some((payload, dnssec_ok)) = edns {
+                        let mut opt = Edns::new();
+                        opt.set_max_payload(payload);
+                        opt.set_dnssec_ok(dnssec_ok || e == 2 && id % 2 == 0);
+                        if let Some(subnet) = subnet {
+                            opt.options_mut().insert(EdnsOption::Subnet(*subnet));
+                        }
+                        message.edns = Some(opt);
+                    }
+                    corpus.push(message.to_vec().unwrap());
+                }
+            }
+        }
+    }
+    // Odd shapes: a CH-class question, two questions, a response, a status query,
+    // EDNS version 1, trailing garbage, a truncated packet, a pointer in the question.
+    let mut chaos = Message::new(1, MessageType::Query, OpCode::Query);
+    let mut q = Query::query(
+        Name::from_ascii("vpn.gto.example.com.").unwrap(),
+        RecordType::A,
+    );
+    q.set_query_class(DNSClass::CH);
+    chaos.add_query(q);
+    corpus.push(chaos.to_vec().unwrap());
+    let mut two = Message::new(2, MessageType::Query, OpCode::Query);
+    two.add_query(Query::query(
+        Name::from_ascii("vpn.gto.example.com.").unwrap(),
+        RecordType::A,
+    ));
+    two.add_query(Query::query(
+        Name::from_ascii("www.gto.example.com.").unwrap(),
+        RecordType::A,
+    ));
+    corpus.push(two.to_vec().unwrap());
+    let mut response = Message::new(3, MessageType::Response, OpCode::Query);
+    response.add_query(Query::query(
+        Name::from_ascii("vpn.gto.example.com.").unwrap(),
+        RecordType::A,
+    ));
+    corpus.push(response.to_vec().unwrap());
+    let mut status = Message::new(4, MessageType::Query, OpCode::Status);
+    status.add_query(Query::query(
+        Name::from_ascii("vpn.gto.example.com.").unwrap(),
+        RecordType::A,
+    ));
+    corpus.push(status.to_vec().unwrap());
+    let mut v1 = Message::new(5, MessageType::Query, OpCode::Query);
+    v1.add_query(Query::query(
+        Name::from_ascii("vpn.gto.example.com.").unwrap(),
+        RecordType::A,
+    ));
+    let mut opt = Edns::new();
+    opt.set_version(1);
+    v1.edns = Some(opt);
+    corpus.push(v1.to_vec().unwrap());
+    let mut trailing = corpus[0].clone();
+    trailing.extend_from_slice(&[1, 2, 3]);
+    corpus.push(trailing);
+    corpus.push(corpus[0][..20].to_vec());
+    corpus
+}
+
+fn zone() -> String {
+    let chunk = "y".repeat(200);
+    let mut zone = ZONE.to_string();
+    for i in 0..4 {
+        zone.push_str(&format!("big IN TXT \"{i}{chunk}\"\n"));
+    }
+    zone
+}
+
+#[tokio::test]
+async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gto.toml"), crate::geo::geo_config("")).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
+    let loaded = ConfigSource::File(dir.path().join("gto.toml"))
+        .load()
+        .unwrap();
+    let builder = Builder::new(loaded);
+    let routing = builder.handle();
+    let handler = Handler::new(routing.clone());
+    let snapshot = routing.load_full();
+    assert!(
+        snapshot.fast.len() > 10,
+        "names indexed: {}",
+        snapshot.fast.len()
+    );
+
+    let mut scratch = FastScratch::default();
+    let mut out = Vec::new();
+    let (mut fast, mut total) = (0, 0);
+    for source in ["127.0.0.1", "127.0.1.1", "::1"] {
+        let ip: IpAddr = source.parse().unwrap();
+        let src = SocketAddr::new(ip, 5300);
+        for query in corpus() {
+            total += 1;
+            let general = answer_bytes(&handler, &query, src, Protocol::Udp).await;
+            if let Some(len) = respond(
+                &snapshot,
+                &snapshot.fast,
+                &query,
+                ip,
+                &mut scratch,
+                &mut out,
+            ) {
+                fast += 1;
+                let general =
+                    general.unwrap_or_else(|| panic!("general path gave nothing for {query:?}"));
+                assert_eq!(
+                    out[..len],
+                    general[..],
+                    "fast and general differ for {:?}\nfast:    {:?}\ngeneral: {:?}",
+                    Message::from_vec(&query).map(|m| m.queries),
+                    Message::from_vec(&out[..len]),
+                    Message::from_vec(&general)
+                );
+            }
+        }
+    }
+    // A good part of the corpus is positive or NODATA for names the fast path knows.
+    assert!(
+        fast * 100 > total * 40,
+        "fast path answered only {fast} of {total}"
+    );
+    // The common queries always take it.
+    for (name, qtype, edns) in [
+        ("vpn.gto.example.com.", RecordType::A, None),
+        (
+            "vpn.gto.example.com.",
+            RecordType::AAAA,
+            Some(ClientSubnet::new("198.51.100.0".parse().unwrap(), 24, 0)),
+        ),
+        ("www.gto.example.com.", RecordType::A, None),
+        ("gto.example.com.", RecordType::SOA, None),
+        ("gto.example.com.", RecordType::NS, None),
+        ("vpn.gto.example.com.", RecordType::TXT, None),
+    ] {
+        let mut message = Message::new(9, MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some(subnet) = edns {
+            let mut opt = Edns::new();
+            opt.options_mut().insert(EdnsOption::Subnet(subnet));
+            message.edns = Some(opt);
+        }
+        let query = message.to_vec().unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(
+            respond(
+                &snapshot,
+                &snapshot.fast,
+                &query,
+                ip,
+                &mut scratch,
+                &mut out
+            )
+            .is_some(),
+            "{name} {qtype} did not take the fast path"
+        );
+    }
+}
