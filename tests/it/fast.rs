@@ -81,13 +81,13 @@ fn corpus() -> Vec<Vec<u8>> {
                     }
                     id = id.wrapping_add(7919);
                     let mut message = Message::new(id, MessageType::Query, OpCode::Query);
-                    message.metadata.recursion_desired = id % 3 != 0;
-                    message.metadata.checking_disabled = id % 5 == 0;
+                    message.metadata.recursion_desired = !id.is_multiple_of(3);
+                    message.metadata.checking_disabled = id.is_multiple_of(5);
                     message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
                     if let Some((payload, dnssec_ok)) = edns {
                         let mut opt = Edns::new();
                         opt.set_max_payload(payload);
-                        opt.set_dnssec_ok(dnssec_ok || e == 2 && id % 2 == 0);
+                        opt.set_dnssec_ok(dnssec_ok || e == 2 && id.is_multiple_of(2));
                         if let Some(subnet) = subnet {
                             opt.options_mut().insert(EdnsOption::Subnet(*subnet));
                         }
