@@ -160,6 +160,9 @@ pub struct ServerSettings {
     /// Where last known health (and later drains) is written, so a restart starts from it.
     /// None: nothing is kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// UDP fast-path worker threads per listen address (default: one per CPU); 0 serves
+    /// UDP with hickory-server's loop instead.
+    pub workers: usize,
 }
 
 /// `[[zone]]`: an origin and where its records come from.

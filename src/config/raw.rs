@@ -35,6 +35,8 @@ pub(crate) struct RawServer {
     pub(crate) tcp_idle_timeout: Option<Spanned<String>>,
     /// Where health and drains are kept across restarts.
     pub(crate) state_file: Option<Spanned<String>>,
+    /// UDP fast-path workers per address (0: hickory-server's UDP loop).
+    pub(crate) workers: Option<Spanned<i64>>,
 }
 
 /// `[geo]`: where clients are.

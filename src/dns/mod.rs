@@ -4,6 +4,7 @@
 pub mod ecs;
 pub mod fast;
 pub mod handler;
+pub mod udp;
 pub mod server;
 
 pub use handler::Handler;

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tracing::info;
 
 use super::Handler;
+use super::udp::{UdpWorkers, bind_reuseport};
 use crate::config::ServerSettings;
 use crate::routing::RoutingHandle;
 
@@ -42,6 +43,7 @@ pub enum DnsError {
 pub struct DnsServer {
     server: Server<Handler>,
     local_addrs: Vec<SocketAddr>,
+    workers: Vec<UdpWorkers>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -53,28 +55,48 @@ impl std::fmt::Debug for DnsServer {
 }
 
 impl DnsServer {
-    /// Binds every listener and starts serving from `routing`.
-    pub async fn start(
-        settings: &ServerSettings,
-        routing: RoutingHandle,
-    ) -> Result<Self, DnsError> {
-        let mut server = Server::new(Handler::new(routing));
+    /// Binds every listener and starts serving from `routing`. With `workers` > 0, UDP is
+    /// served by that many fast-path workers per address (`SO_REUSEPORT`); with 0, by
+    /// hickory-server's own UDP loop. TCP is always hickory-server's.
+    pub async fn start(settings: &ServerSettings, routing: RoutingHandle) -> Result<Self, DnsError> {
+        let mut server = Server::new(Handler::new(routing.clone()));
         let mut local_addrs = Vec::new();
+        let mut workers = Vec::new();
         for addr in &settings.listen {
-            let (udp, tcp) = bind_pair(*addr).await?;
-            let local = udp.local_addr().map_err(|source| DnsError::Bind {
-                addr: *addr,
-                transport: "udp",
-                source,
-            })?;
-            info!(%local, "serving DNS on UDP and TCP");
-            server.register_socket(udp);
-            server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+            let local = if settings.workers > 0 {
+                let (sockets, tcp) = bind_reuseport_pair(*addr, settings.workers).await?;
+                let local = sockets
+                    .first()
+                    .and_then(|s| s.local_addr().ok())
+                    .unwrap_or(*addr);
+                let started = UdpWorkers::start(sockets, routing.clone(), &tokio::runtime::Handle::current())
+                    .map_err(|source| DnsError::Bind {
+                        addr: *addr,
+                        transport: "udp",
+                        source,
+                    })?;
+                workers.push(started);
+                server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+                info!(%local, workers = settings.workers, "serving DNS on UDP (fast path) and TCP");
+                local
+            } else {
+                let (udp, tcp) = bind_pair(*addr).await?;
+                let local = udp.local_addr().map_err(|source| DnsError::Bind {
+                    addr: *addr,
+                    transport: "udp",
+                    source,
+                })?;
+                server.register_socket(udp);
+                server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+                info!(%local, "serving DNS on UDP and TCP");
+                local
+            };
             local_addrs.push(local);
         }
         Ok(Self {
             server,
             local_addrs,
+            workers,
         })
     }
 
@@ -85,6 +107,9 @@ impl DnsServer {
 
     /// Stops accepting, lets in-flight queries finish, and waits for the listeners.
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), DnsError> {
+        for workers in std::mem::take(&mut self.workers) {
+            workers.stop().await;
+        }
         match tokio::time::timeout(grace, self.server.shutdown_gracefully()).await {
             Ok(result) => result.map_err(|e| DnsError::Serve(e.to_string())),
             Err(_) => Err(DnsError::Serve(format!(
@@ -100,6 +125,31 @@ impl DnsServer {
             .await
             .map_err(|e| DnsError::Serve(e.to_string()))
     }
+}
+
+/// Binds `count` reuse-port UDP sockets and a TCP listener on one port.
+async fn bind_reuseport_pair(addr: SocketAddr, count: usize) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
+    let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let sockets = bind_reuseport(addr, count).map_err(|source| DnsError::Bind {
+            addr,
+            transport: "udp",
+            source,
+        })?;
+        let Some(port) = sockets.first().and_then(|s| s.local_addr().ok()) else {
+            continue;
+        };
+        match TcpListener::bind(port).await {
+            Ok(tcp) => return Ok((sockets, tcp)),
+            Err(source) => last_error = Some(source),
+        }
+    }
+    Err(DnsError::Bind {
+        addr,
+        transport: "tcp",
+        source: last_error.unwrap_or_else(|| std::io::Error::other("no attempt made")),
+    })
 }
 
 /// Binds UDP and TCP on one port.
