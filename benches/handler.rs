@@ -95,5 +95,44 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(handler, benches);
+/// The UDP fast path in-process: bytes in, bytes out.
+fn fast_path(c: &mut Criterion) {
+    let loaded = ConfigSource::Embedded.load().unwrap();
+    let builder = Builder::new(loaded);
+    let snapshot = builder.handle().load_full();
+    let mut scratch = gto::dns::fast::FastScratch::default();
+    let mut out = Vec::with_capacity(1232);
+    let source: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    for (label, name, qtype) in [
+        ("fast/gslb_a", "vpn.gto.example.com.", RecordType::A),
+        ("fast/static_a", "www.gto.example.com.", RecordType::A),
+    ] {
+        let bytes = query_bytes(name, qtype);
+        assert!(
+            gto::dns::fast::respond(
+                &snapshot,
+                &snapshot.fast,
+                &bytes,
+                source,
+                &mut scratch,
+                &mut out
+            )
+            .is_some()
+        );
+        c.bench_function(label, |b| {
+            b.iter(|| {
+                gto::dns::fast::respond(
+                    &snapshot,
+                    &snapshot.fast,
+                    black_box(&bytes),
+                    source,
+                    &mut scratch,
+                    &mut out,
+                )
+            })
+        });
+    }
+}
+
+criterion_group!(handler, benches, fast_path);
 criterion_main!(handler);

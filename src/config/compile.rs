@@ -154,10 +154,13 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
     };
     let workers = match &raw.server.workers {
         None => std::thread::available_parallelism().map_or(1, usize::from),
-        Some(value) => usize::try_from(*value.get_ref()).ok().filter(|w| *w <= 256).unwrap_or_else(|| {
-            errors.at(value, "server.workers", "must be between 0 and 256");
-            1
-        }),
+        Some(value) => usize::try_from(*value.get_ref())
+            .ok()
+            .filter(|w| *w <= 256)
+            .unwrap_or_else(|| {
+                errors.at(value, "server.workers", "must be between 0 and 256");
+                1
+            }),
     };
     ServerSettings {
         listen,

@@ -38,10 +38,11 @@ pub struct Tail {
 /// What the fast path knows of one name.
 #[derive(Debug)]
 enum Entry {
+    /// A name with a CNAME: its chains go to the general path.
+    General,
     /// A GSLB name: service index, and the NODATA tail for other types.
     Gslb { service: usize, nodata: Tail },
-    /// A static name: the tail per type it has, and the NODATA tail for the rest. Names
-    /// with a CNAME are not indexed (their chains go to the general path).
+    /// A static name: the tail per type it has, and the NODATA tail for the rest.
     Static {
         types: Vec<(u16, Tail)>,
         nodata: Tail,
@@ -61,6 +62,9 @@ pub struct WireRecord {
 #[derive(Debug, Default)]
 pub struct FastIndex {
     names: HashMap<Box<[u8]>, Entry>,
+    /// Zones, most specific first: the lower-cased wire origin and the SOA of negative
+    /// answers. A name under one of them that is not in `names` does not exist.
+    zones: Vec<(Box<[u8]>, Record)>,
 }
 
 /// The question section hickory-server writes for a request: the raw bytes, with one
@@ -179,6 +183,7 @@ impl FastIndex {
                     }
                     Node::Static(sets) => {
                         if sets.iter().any(|s| s.record_type == RecordType::CNAME) {
+                            names.insert(key, Entry::General);
                             continue;
                         }
                         let types = sets
@@ -206,7 +211,17 @@ impl FastIndex {
                 names.insert(key, entry);
             }
         }
-        Self { names }
+        let zones = snapshot
+            .zones
+            .iter()
+            .map(|zone| {
+                (
+                    key_of(&zone.origin).into_boxed_slice(),
+                    zone.negative_soa.clone(),
+                )
+            })
+            .collect();
+        Self { names, zones }
     }
 
     /// Number of indexed names.
@@ -224,6 +239,11 @@ impl FastIndex {
 #[derive(Debug, Default)]
 pub struct FastScratch {
     key: Vec<u8>,
+    /// NXDOMAIN tails by (zone, question length), for the index they were made for (its
+    /// address; a new config brings a new index and an empty cache). At most one per
+    /// zone and question length, so it stays small.
+    nxdomain: HashMap<(usize, usize), Tail>,
+    nxdomain_for: usize,
     choice: Scratch,
     picks: Vec<(usize, usize)>,
     /// Answers sent, by query type bucket (see [`qtype_bucket`]).
@@ -407,7 +427,20 @@ pub fn respond(
     } else {
         return None;
     };
-    let entry = index.names.get(scratch.key.as_slice())?;
+    let Some(entry) = index.names.get(scratch.key.as_slice()) else {
+        return nxdomain(
+            snapshot,
+            index,
+            query,
+            question_end,
+            opt.as_ref(),
+            scratch,
+            out,
+        );
+    };
+    if matches!(entry, Entry::General) {
+        return None;
+    }
 
     // The client's limit: 512 without EDNS, else its size (at least 512) capped by ours.
     let limit = opt.as_ref().map_or(512, |o| {
@@ -424,6 +457,7 @@ pub fn respond(
     out.extend_from_slice(&[0; 6]);
     out.extend_from_slice(&query[12..question_end]);
     let (answers, authorities, tail_additionals) = match entry {
+        Entry::General => return None,
         Entry::Static { types, nodata } => {
             let tail = types
                 .iter()
@@ -484,21 +518,7 @@ pub fn respond(
     let mut additionals = tail_additionals;
     if let Some(opt) = &opt {
         additionals += 1;
-        out.extend_from_slice(&[0, 0, 41]);
-        out.extend_from_slice(&snapshot.udp_payload.max(512).to_be_bytes());
-        out.extend_from_slice(&[0, 0, if opt.dnssec_ok { 0x80 } else { 0 }, 0]);
-        match opt.ecs {
-            Some(ecs) => {
-                out.extend_from_slice(&((ecs.data.len() + 4) as u16).to_be_bytes());
-                out.extend_from_slice(&[0, 8]);
-                out.extend_from_slice(&(ecs.data.len() as u16).to_be_bytes());
-                out.extend_from_slice(&ecs.data[..3]);
-                // The scope is echoed only when the ECS subnet was used (source > 0).
-                out.push(if ecs.address.is_some() { scope } else { 0 });
-                out.extend_from_slice(&ecs.data[4..]);
-            }
-            None => out.extend_from_slice(&[0, 0]),
-        }
+        write_opt(out, snapshot.udp_payload, opt, scope);
     }
     if out.len() > limit {
         return None; // the general path truncates
@@ -521,6 +541,89 @@ pub fn respond(
             }
             last = Some(endpoint);
         }
+    }
+    Some(out.len())
+}
+
+/// Appends our OPT record: our payload size, DO copied, the ECS option echoed with `scope`
+/// (0 when the subnet was /0 and so not used).
+fn write_opt(out: &mut Vec<u8>, payload: u16, opt: &Opt<'_>, scope: u8) {
+    out.extend_from_slice(&[0, 0, 41]);
+    out.extend_from_slice(&payload.max(512).to_be_bytes());
+    out.extend_from_slice(&[0, 0, if opt.dnssec_ok { 0x80 } else { 0 }, 0]);
+    match opt.ecs {
+        Some(ecs) => {
+            out.extend_from_slice(&((ecs.data.len() + 4) as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 8]);
+            out.extend_from_slice(&(ecs.data.len() as u16).to_be_bytes());
+            out.extend_from_slice(&ecs.data[..3]);
+            out.push(if ecs.address.is_some() { scope } else { 0 });
+            out.extend_from_slice(&ecs.data[4..]);
+        }
+        None => out.extend_from_slice(&[0, 0]),
+    }
+}
+
+/// NXDOMAIN for a name under one of our zones that the index does not know; None for a
+/// name outside them (REFUSED comes from the general path).
+fn nxdomain(
+    snapshot: &Snapshot,
+    index: &FastIndex,
+    query: &[u8],
+    question_end: usize,
+    opt: Option<&Opt<'_>>,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Option<usize> {
+    let key = scratch.key.as_slice();
+    let zone = index.zones.iter().position(|(origin, _)| {
+        // The origin must end the name at a label boundary.
+        let mut pos = 0;
+        loop {
+            if key.get(pos..) == Some(&origin[..]) {
+                return true;
+            }
+            match key.get(pos) {
+                Some(&len) if len > 0 => pos += usize::from(len) + 1,
+                _ => return false,
+            }
+        }
+    })?;
+    let identity = std::ptr::from_ref(index) as usize;
+    if scratch.nxdomain_for != identity {
+        scratch.nxdomain.clear();
+        scratch.nxdomain_for = identity;
+    }
+    let question = &query[12..question_end];
+    let tail = match scratch.nxdomain.get(&(zone, question.len())) {
+        Some(tail) => tail,
+        None => {
+            let soa = &index.zones.get(zone)?.1;
+            let tail = encode_tail(question, &[], &[soa], &[])?;
+            scratch
+                .nxdomain
+                .entry((zone, question.len()))
+                .or_insert(tail)
+        }
+    };
+    let limit = opt.map_or(512, |o| {
+        usize::from(o.payload.max(512).min(snapshot.udp_payload))
+    });
+    out.clear();
+    out.extend_from_slice(&query[..2]);
+    out.push(0x84 | (query[2] & 0x01)); // QR, opcode 0, AA, RD copied
+    out.push((query[3] & 0x10) | 3); // CD copied; NXDOMAIN
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&tail.answers.to_be_bytes());
+    out.extend_from_slice(&tail.authorities.to_be_bytes());
+    out.extend_from_slice(&(tail.additionals + u16::from(opt.is_some())).to_be_bytes());
+    out.extend_from_slice(question);
+    out.extend_from_slice(&tail.bytes);
+    if let Some(opt) = opt {
+        write_opt(out, snapshot.udp_payload, opt, 0);
+    }
+    if out.len() > limit {
+        return None;
     }
     Some(out.len())
 }

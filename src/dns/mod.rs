@@ -4,8 +4,8 @@
 pub mod ecs;
 pub mod fast;
 pub mod handler;
-pub mod udp;
 pub mod server;
+pub mod udp;
 
 pub use handler::Handler;
 pub use server::{DnsError, DnsServer};

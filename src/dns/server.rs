@@ -58,7 +58,10 @@ impl DnsServer {
     /// Binds every listener and starts serving from `routing`. With `workers` > 0, UDP is
     /// served by that many fast-path workers per address (`SO_REUSEPORT`); with 0, by
     /// hickory-server's own UDP loop. TCP is always hickory-server's.
-    pub async fn start(settings: &ServerSettings, routing: RoutingHandle) -> Result<Self, DnsError> {
+    pub async fn start(
+        settings: &ServerSettings,
+        routing: RoutingHandle,
+    ) -> Result<Self, DnsError> {
         let mut server = Server::new(Handler::new(routing.clone()));
         let mut local_addrs = Vec::new();
         let mut workers = Vec::new();
@@ -69,12 +72,13 @@ impl DnsServer {
                     .first()
                     .and_then(|s| s.local_addr().ok())
                     .unwrap_or(*addr);
-                let started = UdpWorkers::start(sockets, routing.clone(), &tokio::runtime::Handle::current())
-                    .map_err(|source| DnsError::Bind {
-                        addr: *addr,
-                        transport: "udp",
-                        source,
-                    })?;
+                let started =
+                    UdpWorkers::start(sockets, routing.clone(), &tokio::runtime::Handle::current())
+                        .map_err(|source| DnsError::Bind {
+                            addr: *addr,
+                            transport: "udp",
+                            source,
+                        })?;
                 workers.push(started);
                 server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
                 info!(%local, workers = settings.workers, "serving DNS on UDP (fast path) and TCP");
@@ -128,7 +132,10 @@ impl DnsServer {
 }
 
 /// Binds `count` reuse-port UDP sockets and a TCP listener on one port.
-async fn bind_reuseport_pair(addr: SocketAddr, count: usize) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
+async fn bind_reuseport_pair(
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
     let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {

@@ -41,7 +41,11 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<Udp
     let mut sockets = Vec::with_capacity(count);
     let mut bound = addr;
     for _ in 0..count.max(1) {
-        let socket = Socket::new(Domain::for_address(bound), Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        let socket = Socket::new(
+            Domain::for_address(bound),
+            Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
         if bound.is_ipv6() {
             socket.set_only_v6(true)?;
         }
@@ -67,20 +71,23 @@ pub struct UdpWorkers {
 
 impl UdpWorkers {
     /// Starts one worker thread per socket and the general-path task on `runtime`.
-    pub fn start(sockets: Vec<UdpSocket>, routing: RoutingHandle, runtime: &tokio::runtime::Handle) -> std::io::Result<Self> {
+    pub fn start(
+        sockets: Vec<UdpSocket>,
+        routing: RoutingHandle,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (queue, receiver) = mpsc::channel(FALLBACK_QUEUE);
-        let reply = sockets.first().map(UdpSocket::try_clone).transpose()?;
-        let fallback = {
-            let handler = Handler::new(routing.clone());
-            let _guard = runtime.enter();
-            let reply = reply.map(|s| {
-                s.set_nonblocking(true)?;
-                tokio::net::UdpSocket::from_std(s)
-            });
-            let reply = reply.transpose()?.map(Arc::new);
-            runtime.spawn(general(receiver, handler, reply))
-        };
+        // Answers from the general path leave through a duplicate of the first worker's
+        // socket (same address and port). It stays blocking and is not registered with the
+        // runtime: registering it (or making it non-blocking) would change the shared socket
+        // under the worker and wake the runtime for every datagram.
+        let reply = sockets
+            .first()
+            .map(UdpSocket::try_clone)
+            .transpose()?
+            .map(Arc::new);
+        let fallback = runtime.spawn(general(receiver, Handler::new(routing.clone()), reply));
         let mut threads = Vec::with_capacity(sockets.len());
         for (index, socket) in sockets.into_iter().enumerate() {
             let routing = routing.clone();
@@ -92,7 +99,11 @@ impl UdpWorkers {
                     .spawn(move || worker(socket, routing, queue, stop))?,
             );
         }
-        Ok(Self { threads, stop, fallback })
+        Ok(Self {
+            threads,
+            stop,
+            fallback,
+        })
     }
 
     /// Stops the workers after their current batch and waits for them.
@@ -111,15 +122,21 @@ impl UdpWorkers {
 }
 
 /// The general path for what the fast path passed on: each query on its own task.
-async fn general(mut queue: mpsc::Receiver<(Vec<u8>, SocketAddr)>, handler: Handler, reply: Option<Arc<tokio::net::UdpSocket>>) {
+async fn general(
+    mut queue: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    handler: Handler,
+    reply: Option<Arc<UdpSocket>>,
+) {
     let Some(reply) = reply else { return };
     let handler = Arc::new(handler);
     while let Some((query, source)) = queue.recv().await {
         let handler = handler.clone();
         let reply = reply.clone();
         tokio::spawn(async move {
+            // A UDP send does not wait for the peer; it blocks only while the socket's send
+            // buffer is full, which is brief.
             if let Some(answer) = answer_bytes(&handler, &query, source, Protocol::Udp).await
-                && let Err(error) = reply.send_to(&answer, source).await
+                && let Err(error) = reply.send_to(&answer, source)
             {
                 debug!(%error, %source, "could not send an answer");
             }
@@ -133,7 +150,12 @@ struct Folded {
     dropped: metrics::Counter,
 }
 
-fn worker(socket: UdpSocket, routing: RoutingHandle, queue: mpsc::Sender<(Vec<u8>, SocketAddr)>, stop: Arc<AtomicBool>) {
+fn worker(
+    socket: UdpSocket,
+    routing: RoutingHandle,
+    queue: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    stop: Arc<AtomicBool>,
+) {
     let fd = socket.as_raw_fd();
     let mut buffers: Box<[[u8; MAX_QUERY]; BATCH]> = Box::new([[0; MAX_QUERY]; BATCH]);
     let mut outputs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
@@ -155,11 +177,21 @@ fn worker(socket: UdpSocket, routing: RoutingHandle, queue: mpsc::Sender<(Vec<u8
         // Receive up to BATCH datagrams: block for the first, take what else is queued.
         let count = {
             let mut slices = buffers.each_mut().map(|b| [IoSliceMut::new(b)]);
-            match recvmmsg(fd, &mut receive, slices.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+            match recvmmsg(
+                fd,
+                &mut receive,
+                slices.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
                 Ok(results) => {
                     let mut n = 0;
                     for message in results {
-                        received[n] = (message.bytes, message.address, message.flags.contains(MsgFlags::MSG_TRUNC));
+                        received[n] = (
+                            message.bytes,
+                            message.address,
+                            message.flags.contains(MsgFlags::MSG_TRUNC),
+                        );
                         n += 1;
                     }
                     n
@@ -177,12 +209,21 @@ fn worker(socket: UdpSocket, routing: RoutingHandle, queue: mpsc::Sender<(Vec<u8
             // One snapshot for the whole batch.
             let snapshot = routing.load();
             for (i, &(len, address, truncated)) in received.iter().take(count).enumerate() {
-                let Some(source) = address.and_then(socket_addr) else { continue };
+                let Some(source) = address.and_then(socket_addr) else {
+                    continue;
+                };
                 let query = &buffers[i][..len.min(MAX_QUERY)];
                 let fast = if truncated {
                     None
                 } else {
-                    respond(&snapshot, &snapshot.fast, query, source.ip(), &mut scratch, &mut outputs[replies])
+                    respond(
+                        &snapshot,
+                        &snapshot.fast,
+                        query,
+                        source.ip(),
+                        &mut scratch,
+                        &mut outputs[replies],
+                    )
                 };
                 match fast {
                     Some(length) => {
@@ -198,13 +239,23 @@ fn worker(socket: UdpSocket, routing: RoutingHandle, queue: mpsc::Sender<(Vec<u8
             }
         }
         if replies > 0 {
-            let slices: [[IoSlice<'_>; 1]; BATCH] =
-                std::array::from_fn(|i| [IoSlice::new(outputs[i].get(..answers[i].0).unwrap_or_default())]);
+            let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| {
+                [IoSlice::new(
+                    outputs[i].get(..answers[i].0).unwrap_or_default(),
+                )]
+            });
             let addresses: [Option<SockaddrStorage>; BATCH] = std::array::from_fn(|i| answers[i].1);
             let mut sent = 0;
             // sendmmsg may send fewer than asked; send the rest in further calls.
             while sent < replies {
-                match sendmmsg(fd, &mut transmit, slices[sent..replies].iter(), &addresses[sent..replies], [], MsgFlags::empty()) {
+                match sendmmsg(
+                    fd,
+                    &mut transmit,
+                    slices[sent..replies].iter(),
+                    &addresses[sent..replies],
+                    [],
+                    MsgFlags::empty(),
+                ) {
                     Ok(results) => {
                         let n = results.count();
                         if n == 0 {

@@ -221,6 +221,7 @@ async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
         ("gto.example.com.", RecordType::SOA, None),
         ("gto.example.com.", RecordType::NS, None),
         ("vpn.gto.example.com.", RecordType::TXT, None),
+        ("nope.gto.example.com.", RecordType::A, None),
     ] {
         let mut message = Message::new(9, MessageType::Query, OpCode::Query);
         message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
