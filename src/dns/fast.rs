@@ -246,14 +246,17 @@ pub struct FastScratch {
     nxdomain_for: usize,
     choice: Scratch,
     picks: Vec<(usize, usize)>,
-    /// Answers sent, by query type bucket (see [`qtype_bucket`]).
-    pub answered: [u64; QTYPE_BUCKETS],
+    /// Answers sent, by response code ([`RCODE_LABELS`]) and query type bucket
+    /// ([`QTYPE_LABELS`]); the worker folds them into the metrics.
+    pub answered: [[u64; QTYPE_BUCKETS]; 2],
 }
 
 /// Query types counted separately on the fast path (the rest share the last bucket).
 pub const QTYPE_LABELS: [&str; 9] = [
     "A", "AAAA", "CNAME", "MX", "NS", "SOA", "SRV", "TXT", "other",
 ];
+/// Response codes the fast path gives.
+pub const RCODE_LABELS: [&str; 2] = ["NOERROR", "NXDOMAIN"];
 /// Number of counter buckets.
 pub const QTYPE_BUCKETS: usize = QTYPE_LABELS.len();
 
@@ -430,8 +433,8 @@ pub fn respond(
     let Some(entry) = index.names.get(scratch.key.as_slice()) else {
         return nxdomain(
             snapshot,
-            index,
             query,
+            qtype,
             question_end,
             opt.as_ref(),
             scratch,
@@ -527,7 +530,7 @@ pub fn respond(
     out[counts_at + 2..counts_at + 4].copy_from_slice(&authorities.to_be_bytes());
     out[counts_at + 4..counts_at + 6].copy_from_slice(&additionals.to_be_bytes());
     // Count what was answered: per query type here, per endpoint on the endpoint.
-    scratch.answered[qtype_bucket(qtype)] += 1;
+    scratch.answered[0][qtype_bucket(qtype)] += 1;
     if let Some(node) = answered_from {
         let mut last = None;
         for &(endpoint, _) in &scratch.picks {
@@ -568,13 +571,14 @@ fn write_opt(out: &mut Vec<u8>, payload: u16, opt: &Opt<'_>, scope: u8) {
 /// name outside them (REFUSED comes from the general path).
 fn nxdomain(
     snapshot: &Snapshot,
-    index: &FastIndex,
     query: &[u8],
+    qtype: u16,
     question_end: usize,
     opt: Option<&Opt<'_>>,
     scratch: &mut FastScratch,
     out: &mut Vec<u8>,
 ) -> Option<usize> {
+    let index = snapshot.fast.as_ref();
     let key = scratch.key.as_slice();
     let zone = index.zones.iter().position(|(origin, _)| {
         // The origin must end the name at a label boundary.
@@ -625,6 +629,7 @@ fn nxdomain(
     if out.len() > limit {
         return None;
     }
+    scratch.answered[1][qtype_bucket(qtype)] += 1;
     Some(out.len())
 }
 

@@ -63,6 +63,14 @@ impl CidrTable {
         &self.locations
     }
 
+    /// The matching network's index and scope, without copying its location.
+    pub fn lookup(&self, addr: IpAddr) -> Option<(usize, u8)> {
+        match addr {
+            IpAddr::V4(v4) => self.v4.get_lpm(&Ipv4Net::from(v4)).map(|(_, v)| *v),
+            IpAddr::V6(v6) => self.v6.get_lpm(&Ipv6Net::from(v6)).map(|(_, v)| *v),
+        }
+    }
+
     /// Networks by index.
     pub fn nets(&self) -> &[IpNet] {
         &self.nets
@@ -80,10 +88,7 @@ impl CidrTable {
 
 impl GeoLookup for CidrTable {
     fn locate(&self, addr: IpAddr) -> Option<Found> {
-        let (index, scope) = match addr {
-            IpAddr::V4(v4) => *self.v4.get_lpm(&Ipv4Net::from(v4))?.1,
-            IpAddr::V6(v6) => *self.v6.get_lpm(&Ipv6Net::from(v6))?.1,
-        };
+        let (index, scope) = self.lookup(addr)?;
         Some(Found {
             location: self.locations.get(index)?.clone(),
             prefix: scope,

@@ -110,9 +110,9 @@ impl GeoTable {
 
     /// Places `addr` and returns the prefix length the placement holds for.
     pub fn place(&self, addr: IpAddr) -> (Placement, u8) {
-        if let Some(found) = self.cidr.locate(addr) {
-            let network = found.network.unwrap_or_default();
-            return (Placement::Network(network), found.prefix);
+        // The networks table first, without copying the location (the query path).
+        if let Some((network, scope)) = self.cidr.lookup(addr) {
+            return (Placement::Network(network), scope);
         }
         let unmatched = self.cidr.unmatched_scope(addr);
         if let Some(found) = self.mmdb.as_ref().and_then(|db| db.locate(addr)) {
