@@ -35,7 +35,8 @@ pub const MEMBER_STALE: &str = "gto_member_stale";
 pub const ANSWERS_TOTAL: &str = "gto_answers_total";
 /// Time to build one routing snapshot, in seconds.
 pub const SNAPSHOT_BUILD_SECONDS: &str = "gto_snapshot_build_seconds";
-/// Query handling time on the general path, in seconds, by `transport`.
+/// Query handling time in seconds, by `transport`: per query on the general path; on the
+/// UDP fast path one sample per batch (its mean per answer).
 pub const DNS_QUERY_SECONDS: &str = "gto_dns_query_seconds";
 /// Admin API requests, by `route` and `status`.
 pub const ADMIN_REQUESTS_TOTAL: &str = "gto_admin_requests_total";
@@ -43,6 +44,9 @@ pub const ADMIN_REQUESTS_TOTAL: &str = "gto_admin_requests_total";
 pub const DRAINS_TOTAL: &str = "gto_drains_total";
 /// Reported load of an endpoint (sessions / capacity), by `pool` and `member`.
 pub const MEMBER_LOAD: &str = "gto_member_load";
+
+/// How often buffered histogram samples are folded into buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Buckets for `_seconds` histograms: 10 us to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -61,6 +65,17 @@ pub fn install() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            // Histogram samples are buffered until upkeep folds them into their buckets;
+            // without it memory grows with every query. One thread for the process.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("gto-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
             // Another recorder may already be installed (an embedding program); then our
             // handle renders nothing, which /metrics shows plainly.
             let _ = metrics::set_global_recorder(recorder);
