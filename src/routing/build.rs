@@ -447,14 +447,7 @@ pub fn build_prepared(
         let Some(zone) = zones.iter_mut().find(|z| z.origin.zone_of(&name)) else {
             continue; // config::load rejects this; nothing to serve.
         };
-        let node = gslb_node(
-            index,
-            service,
-            &config.pools,
-            states,
-            prepared,
-            &config.geo.regions,
-        );
+        let node = gslb_node(index, service, states, prepared, &config.geo.regions);
         zone.gslb.insert(name, node);
     }
     Snapshot {
@@ -472,36 +465,36 @@ pub fn build_prepared(
 fn gslb_node(
     index: usize,
     service: &Service,
-    pools: &[Pool],
     states: &MemberStates,
     prepared: &Prepared,
     regions: &[Region],
 ) -> GslbNode {
     let geo = &prepared.geo;
     let load_of = |key: &MemberKey| states.load.get(key).copied().unwrap_or(LoadView::UNKNOWN);
-    let can_serve = |pool: &Pool, member: &Member| {
-        let key = MemberKey::of(pool, member);
-        !states.down.contains(&key) && !states.drained.contains(&key)
+    let infos_of = |pool: usize| {
+        prepared
+            .endpoints
+            .get(&(index, pool))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     };
-    let own = pools.get(service.pool.0);
-    let any_up = |pool: &Pool| pool.members.iter().any(|m| can_serve(pool, m));
-    let (pool, mode) = match own {
-        Some(pool) if any_up(pool) => (own, Selection::Normal),
-        _ => match service.when_all_down {
+    let serves = |info: &EndpointInfo| {
+        !states.down.contains(&info.key) && !states.drained.contains(&info.key)
+    };
+    let any_up = |pool: usize| infos_of(pool).iter().any(|info| serves(info));
+    let own = service.pool.0;
+    let (pool, mode) = if any_up(own) {
+        (own, Selection::Normal)
+    } else {
+        match service.when_all_down {
             WhenAllDown::All => (own, Selection::FailOpen),
             WhenAllDown::Empty => (own, Selection::Empty),
-            WhenAllDown::Fallback(id) => match pools.get(id.0) {
-                Some(fallback) if any_up(fallback) => (Some(fallback), Selection::Fallback),
-                // A fallback that is down too fails open to the service's own pool.
-                _ => (own, Selection::FailOpen),
-            },
-        },
+            WhenAllDown::Fallback(id) if any_up(id.0) => (id.0, Selection::Fallback),
+            // A fallback that is down too fails open to the service's own pool.
+            WhenAllDown::Fallback(_) => (own, Selection::FailOpen),
+        }
     };
-    let pool_index = pool.and_then(|p| pools.iter().position(|q| std::ptr::eq(p, q)));
-    let infos = pool_index
-        .and_then(|i| prepared.endpoints.get(&(index, i)))
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let infos = infos_of(pool);
     let members: Vec<Endpoint> = infos
         .iter()
         .map(|info| {
