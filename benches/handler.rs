@@ -1,49 +1,19 @@
-//! In-process cost of the general query path: snapshot lookup alone, and the whole
-//! hickory-based handler (decode request, resolve, encode answer). Inputs are built outside
-//! `b.iter`. Run: `cargo bench --bench handler`.
+//! In-process cost of answering: the snapshot lookup alone, the whole general path
+//! (hickory: decode request, resolve, encode answer) and the UDP fast path (bytes in,
+//! bytes out). Inputs are built outside `b.iter`. Run: `cargo bench --bench handler`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gto::ConfigSource;
 use gto::dns::Handler;
+use gto::dns::handler::answer_bytes;
 use gto::routing::Builder;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{LowerName, Name, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
+use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
-
-/// Encodes the answer into a shared buffer instead of a socket.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let mut buffer = self.0.lock().unwrap();
-        buffer.clear();
-        let mut encoder = BinEncoder::new(&mut buffer);
-        encoder.set_max_size(1232);
-        Ok(response.destructive_emit(&mut encoder)?)
-    }
-}
 
 fn query_bytes(name: &str, qtype: RecordType) -> Vec<u8> {
     let mut message = Message::new(1, MessageType::Query, OpCode::Query);
@@ -80,16 +50,23 @@ fn benches(c: &mut Criterion) {
         ("handler/nxdomain", "nope.gto.example.com.", RecordType::A),
     ] {
         let bytes = query_bytes(name, qtype);
-        let capture = Capture::default();
         // The input must produce an answer before it is worth timing.
-        let request = Request::from_bytes(bytes.clone(), src, Protocol::Udp).unwrap();
-        runtime.block_on(handler.handle_request::<_, TokioTime>(&request, capture.clone()));
-        let answer = Message::from_vec(&capture.0.lock().unwrap()).unwrap();
-        assert_eq!(answer.queries.len(), 1, "{label}");
+        let answer = runtime
+            .block_on(answer_bytes(&handler, &bytes, src, Protocol::Udp))
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&answer).unwrap().queries.len(),
+            1,
+            "{label}"
+        );
         c.bench_function(label, |b| {
             b.iter(|| {
-                let request = Request::from_bytes(bytes.clone(), src, Protocol::Udp).unwrap();
-                runtime.block_on(handler.handle_request::<_, TokioTime>(&request, capture.clone()));
+                runtime.block_on(answer_bytes(
+                    &handler,
+                    black_box(&bytes),
+                    src,
+                    Protocol::Udp,
+                ))
             })
         });
     }
