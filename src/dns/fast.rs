@@ -441,9 +441,6 @@ pub fn respond(
             out,
         );
     };
-    if matches!(entry, Entry::General) {
-        return None;
-    }
 
     // The client's limit: 512 without EDNS, else its size (at least 512) capped by ours.
     let limit = opt.as_ref().map_or(512, |o| {

@@ -246,3 +246,76 @@ async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
         );
     }
 }
+
+mod mutations {
+    //! Random packets and random mutations of valid queries: the fast path never panics,
+    //! and whenever it answers, the general path answers the same bytes.
+
+    use std::net::{IpAddr, SocketAddr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Built once for all cases: the server side and the corpus.
+    struct Fixture {
+        handler: Handler,
+        snapshot: std::sync::Arc<gto::routing::Snapshot>,
+        corpus: Vec<Vec<u8>>,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static FIXTURE: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("gto.toml"), crate::geo::geo_config("")).unwrap();
+            std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
+            let loaded = ConfigSource::File(dir.path().join("gto.toml"))
+                .load()
+                .unwrap();
+            let routing = Builder::new(loaded).handle();
+            Fixture {
+                handler: Handler::new(routing.clone()),
+                snapshot: routing.load_full(),
+                corpus: corpus(),
+                runtime: tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap(),
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn mutated_queries_never_diverge(
+            seed in 0usize..400,
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+            garbage in prop::collection::vec(any::<u8>(), 0..64),
+            random in any::<bool>(),
+        ) {
+            let Fixture { handler, snapshot, corpus, runtime } = fixture();
+            let mut packet = if random { garbage } else { corpus[seed * 37 % corpus.len()].clone() };
+            if !packet.is_empty() {
+                for (at, value) in &flips {
+                    let i = at.index(packet.len());
+                    packet[i] = *value;
+                }
+                if let Some(cut) = cut {
+                    packet.truncate(cut.index(packet.len() + 1));
+                }
+            }
+            let ip: IpAddr = "127.0.0.1".parse().unwrap();
+            let mut scratch = FastScratch::default();
+            let mut out = Vec::new();
+            let fast = respond(snapshot, &snapshot.fast, &packet, ip, &mut scratch, &mut out);
+            if let Some(len) = fast {
+                let general = runtime.block_on(answer_bytes(handler, &packet, SocketAddr::new(ip, 5300), Protocol::Udp));
+                prop_assert_eq!(Some(out[..len].to_vec()), general, "packet {:?}", packet);
+            }
+        }
+    }
+}
