@@ -15,6 +15,8 @@ pub const DNS_QUERIES_TOTAL: &str = "gto_dns_queries_total";
 pub const DNS_BAD_QUERIES_TOTAL: &str = "gto_dns_bad_queries_total";
 /// UDP answers sent truncated (TC) because they did not fit the client's payload size.
 pub const DNS_TRUNCATED_TOTAL: &str = "gto_dns_truncated_total";
+/// TCP connections closed, by `reason` (idle, closed, query_limit, connection_limit, ...).
+pub const DNS_TCP_CLOSED_TOTAL: &str = "gto_dns_tcp_closed_total";
 /// Generation of the live routing snapshot.
 pub const SNAPSHOT_GENERATION: &str = "gto_snapshot_generation";
 /// Config reloads, by `result` (ok, error).
@@ -132,6 +134,11 @@ pub fn describe_all() {
         MEMBER_STALE,
         Unit::Count,
         "1 while the endpoint's health is stale."
+    );
+    describe_counter!(
+        DNS_TCP_CLOSED_TOTAL,
+        Unit::Count,
+        "TCP connections closed, by reason."
     );
     describe_counter!(
         ANSWERS_TOTAL,

@@ -162,11 +162,29 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
                 1
             }),
     };
+    let mut limit = |field: &str, value: &Option<Spanned<i64>>, default: usize| match value {
+        None => default,
+        Some(v) => usize::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .unwrap_or_else(|| {
+                errors.at(
+                    v,
+                    format!("server.{field}"),
+                    "must be between 1 and 1000000",
+                );
+                default
+            }),
+    };
+    let tcp_max_connections = limit("tcp_max_connections", &raw.server.tcp_max_connections, 1024);
+    let tcp_max_queries = limit("tcp_max_queries", &raw.server.tcp_max_queries, 100);
     ServerSettings {
         listen,
         udp_payload,
         tcp_idle_timeout,
         workers,
+        tcp_max_connections,
+        tcp_max_queries,
         state_file: raw.server.state_file.as_ref().and_then(|file| {
             if file.get_ref().is_empty() {
                 errors.at(file, "server.state_file", "must not be empty");

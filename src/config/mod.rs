@@ -163,6 +163,10 @@ pub struct ServerSettings {
     /// UDP fast-path worker threads per listen address (default: one per CPU); 0 serves
     /// UDP with hickory-server's loop instead.
     pub workers: usize,
+    /// Open TCP connections at most (default 1024); more are closed at once.
+    pub tcp_max_connections: usize,
+    /// Queries answered per TCP connection before it is closed (default 100).
+    pub tcp_max_queries: usize,
 }
 
 /// `[[zone]]`: an origin and where its records come from.

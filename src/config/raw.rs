@@ -37,6 +37,10 @@ pub(crate) struct RawServer {
     pub(crate) state_file: Option<Spanned<String>>,
     /// UDP fast-path workers per address (0: hickory-server's UDP loop).
     pub(crate) workers: Option<Spanned<i64>>,
+    /// Open TCP connections at most.
+    pub(crate) tcp_max_connections: Option<Spanned<i64>>,
+    /// Queries per TCP connection at most.
+    pub(crate) tcp_max_queries: Option<Spanned<i64>>,
 }
 
 /// `[geo]`: where clients are.

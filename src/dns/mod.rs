@@ -5,6 +5,7 @@ pub mod ecs;
 pub mod fast;
 pub mod handler;
 pub mod server;
+pub mod tcp;
 pub mod udp;
 
 pub use handler::Handler;

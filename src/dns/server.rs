@@ -11,15 +11,18 @@ use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::info;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
 use super::Handler;
+use super::tcp::{self, TcpLimits};
 use super::udp::{UdpWorkers, bind_reuseport};
 use crate::config::ServerSettings;
 use crate::routing::RoutingHandle;
 
 /// How many free ports to try for a port-0 listener before giving up.
 const PORT_ATTEMPTS: usize = 16;
-/// Outgoing answers queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
 
 /// Why listeners could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,8 @@ pub struct DnsServer {
     server: Server<Handler>,
     local_addrs: Vec<SocketAddr>,
     workers: Vec<UdpWorkers>,
+    tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
+    tcp_token: CancellationToken,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -65,6 +70,14 @@ impl DnsServer {
         let mut server = Server::new(Handler::new(routing.clone()));
         let mut local_addrs = Vec::new();
         let mut workers = Vec::new();
+        let handler = Arc::new(Handler::new(routing.clone()));
+        let limits = TcpLimits {
+            max_connections: settings.tcp_max_connections,
+            idle_timeout: settings.tcp_idle_timeout,
+            max_queries: settings.tcp_max_queries,
+        };
+        let tcp_token = CancellationToken::new();
+        let mut tcp_tasks = Vec::new();
         for addr in &settings.listen {
             let local = if settings.workers > 0 {
                 let (sockets, tcp) = bind_reuseport_pair(*addr, settings.workers).await?;
@@ -80,7 +93,12 @@ impl DnsServer {
                             source,
                         })?;
                 workers.push(started);
-                server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+                tcp_tasks.push(tokio::spawn(tcp::serve(
+                    tcp,
+                    handler.clone(),
+                    limits,
+                    tcp_token.clone(),
+                )));
                 info!(%local, workers = settings.workers, "serving DNS on UDP (fast path) and TCP");
                 local
             } else {
@@ -91,7 +109,12 @@ impl DnsServer {
                     source,
                 })?;
                 server.register_socket(udp);
-                server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+                tcp_tasks.push(tokio::spawn(tcp::serve(
+                    tcp,
+                    handler.clone(),
+                    limits,
+                    tcp_token.clone(),
+                )));
                 info!(%local, "serving DNS on UDP and TCP");
                 local
             };
@@ -101,6 +124,8 @@ impl DnsServer {
             server,
             local_addrs,
             workers,
+            tcp_tasks,
+            tcp_token,
         })
     }
 
@@ -113,6 +138,11 @@ impl DnsServer {
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), DnsError> {
         for workers in std::mem::take(&mut self.workers) {
             workers.stop().await;
+        }
+        self.tcp_token.cancel();
+        for task in std::mem::take(&mut self.tcp_tasks) {
+            // Connections finish their current query; a join error was a panic, logged.
+            let _ = tokio::time::timeout(grace, task).await;
         }
         match tokio::time::timeout(grace, self.server.shutdown_gracefully()).await {
             Ok(result) => result.map_err(|e| DnsError::Serve(e.to_string())),

@@ -15,3 +15,4 @@ mod geo;
 mod health;
 mod lifecycle;
 mod support;
+mod tcp;
