@@ -70,17 +70,22 @@ fn the_fast_path_allocates_nothing_per_query() {
     for q in &queries {
         assert!(respond(&snapshot, &snapshot.fast, q, source, &mut scratch, &mut out).is_some());
     }
-    let before = dhat::HeapStats::get();
+    // The counts are process-wide, and the test harness may allocate now and then on its
+    // own threads: measure three windows and keep the least. Any allocation of the fast
+    // path itself would show in every window (2,000 rounds each).
     let rounds = 2_000;
-    for _ in 0..rounds {
-        for q in &queries {
-            assert!(
-                respond(&snapshot, &snapshot.fast, q, source, &mut scratch, &mut out).is_some()
-            );
+    let mut allocations = u64::MAX;
+    for _ in 0..3 {
+        let before = dhat::HeapStats::get();
+        for _ in 0..rounds {
+            for q in &queries {
+                assert!(
+                    respond(&snapshot, &snapshot.fast, q, source, &mut scratch, &mut out).is_some()
+                );
+            }
         }
+        allocations = allocations.min(dhat::HeapStats::get().total_blocks - before.total_blocks);
     }
-    let after = dhat::HeapStats::get();
-    let allocations = after.total_blocks - before.total_blocks;
     eprintln!(
         "fast path: {} queries, {allocations} allocations ({} per query)",
         rounds * queries.len(),
