@@ -392,7 +392,7 @@ async fn load_read_from_the_probe_body_takes_an_overloaded_endpoint_out() {
     for (appliance, _) in &all {
         *appliance.body.lock().unwrap() = r#"{"stats": {"sessions": 10, "capacity": 100}}"#.into();
     }
-    let check = r#"{ kind = "http", path = "/status", interval = "300ms", timeout = "200ms", load_fields = { sessions = "stats.sessions", capacity = "stats.capacity" } }"#;
+    let check = r#"{ kind = "http", path = "/status", interval = "500ms", timeout = "400ms", load_fields = { sessions = "stats.sessions", capacity = "stats.capacity" } }"#;
     let config = health_config(ports(&all), check, false).replace(
         "[[pool.member]]\nname = \"fra-1\"",
         "load = { low = 0.5, high = 0.8, smoothing = 1.0, slow_start = \"0s\" }\n[[pool.member]]\nname = \"fra-1\"",
