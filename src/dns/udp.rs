@@ -108,9 +108,9 @@ impl UdpWorkers {
     }
 
     /// Stops the workers after their current batch and waits for them.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
         // Workers notice within one poll interval; join off the runtime's threads.
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {
@@ -119,6 +119,14 @@ impl UdpWorkers {
         })
         .await;
         self.fallback.abort();
+    }
+}
+
+impl Drop for UdpWorkers {
+    /// Dropped without [`UdpWorkers::stop`] (an aborted start, an embedding that just
+    /// drops the server): the threads still end, within one poll interval.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
