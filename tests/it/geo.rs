@@ -9,23 +9,13 @@ use hickory_proto::op::{Edns, Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 
-use crate::support::{TestServer, ZONE, answers, edns, http_json, query, udp};
+use crate::support::{PREAMBLE, TestServer, ZONE, answers, edns, http_json, query, udp};
 
 /// Four endpoints on three sites; networks for Europe, Asia and America, a loopback block
 /// for resolvers without ECS, and a second GSLB name with the failover policy.
 pub fn geo_config(extra: &str) -> String {
     format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[zone]]
-origin = "gto.example.com."
-file = "gto.example.com.zone"
-
+        r#"{PREAMBLE}
 [geo]
 default = {{ lat = 40.7, lon = -74.0 }}
 [[geo.network]]

@@ -11,7 +11,7 @@ use hickory_proto::rr::RecordType;
 use tokio::sync::broadcast;
 
 use crate::support::appliance::{Appliance, Speaks, certificate};
-use crate::support::{TestServer, ZONE, answers, query, tcp, udp};
+use crate::support::{PREAMBLE, TestServer, ZONE, answers, query, tcp, udp};
 
 const INTERVAL: Duration = Duration::from_millis(300);
 const FALL: u32 = 2;
@@ -20,24 +20,16 @@ const RISE: u32 = 2;
 /// Three endpoints on 127.0.0.2..4, checked by `check` (a TOML inline table without port;
 /// each member sets its own port).
 fn health_config(ports: [u16; 3], check: &str, state_file: bool) -> String {
-    let state = if state_file {
-        "state_file = \"gto.state\""
+    let preamble = if state_file {
+        PREAMBLE.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            "listen = [\"127.0.0.1:0\"]\nstate_file = \"gto.state\"",
+        )
     } else {
-        ""
+        PREAMBLE.to_string()
     };
     format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-{state}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[zone]]
-origin = "gto.example.com."
-file = "gto.example.com.zone"
-
+        r#"{preamble}
 [[service]]
 name = "vpn.gto.example.com."
 pool = "sma"

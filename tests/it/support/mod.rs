@@ -17,10 +17,8 @@ use tokio::net::{TcpStream, UdpSocket};
 /// The repository's example zone, used by most tests.
 pub const ZONE: &str = include_str!("../../../zones/gto.example.com.zone");
 
-/// A config serving the example zone with one GSLB name on a free port.
-pub fn config(extra: &str) -> String {
-    format!(
-        r#"
+/// Listeners on free ports and the example zone: the start of every test config.
+pub const PREAMBLE: &str = r#"
 [server]
 listen = ["127.0.0.1:0"]
 
@@ -30,7 +28,12 @@ listen = "127.0.0.1:0"
 [[zone]]
 origin = "gto.example.com."
 file = "gto.example.com.zone"
+"#;
 
+/// A config serving the example zone with one GSLB name on a free port.
+pub fn config(extra: &str) -> String {
+    format!(
+        r#"{PREAMBLE}
 [[service]]
 name = "vpn.gto.example.com."
 pool = "sma"
