@@ -45,6 +45,8 @@ pub enum DnsError {
 /// Running DNS listeners.
 pub struct DnsServer {
     server: Server<Handler>,
+    /// Whether hickory-server's own UDP loop is in use (`workers = 0`).
+    hickory_udp: bool,
     local_addrs: Vec<SocketAddr>,
     workers: Vec<UdpWorkers>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -70,6 +72,7 @@ impl DnsServer {
         let mut server = Server::new(Handler::new(routing.clone()));
         let mut local_addrs = Vec::new();
         let mut workers = Vec::new();
+        let mut hickory_udp = false;
         let handler = Arc::new(Handler::new(routing.clone()));
         let limits = TcpLimits {
             max_connections: settings.tcp_max_connections,
@@ -109,6 +112,7 @@ impl DnsServer {
                     source,
                 })?;
                 server.register_socket(udp);
+                hickory_udp = true;
                 tcp_tasks.push(tokio::spawn(tcp::serve(
                     tcp,
                     handler.clone(),
@@ -123,6 +127,7 @@ impl DnsServer {
         Ok(Self {
             server,
             local_addrs,
+            hickory_udp,
             workers,
             tcp_tasks,
             tcp_token,
@@ -144,20 +149,15 @@ impl DnsServer {
             // Connections finish their current query; a join error was a panic, logged.
             let _ = tokio::time::timeout(grace, task).await;
         }
+        if !self.hickory_udp {
+            return Ok(());
+        }
         match tokio::time::timeout(grace, self.server.shutdown_gracefully()).await {
             Ok(result) => result.map_err(|e| DnsError::Serve(e.to_string())),
             Err(_) => Err(DnsError::Serve(format!(
                 "listeners did not stop within {grace:?}"
             ))),
         }
-    }
-
-    /// Waits until the listeners stop on their own (an error) or are shut down.
-    pub async fn wait(&mut self) -> Result<(), DnsError> {
-        self.server
-            .block_until_done()
-            .await
-            .map_err(|e| DnsError::Serve(e.to_string()))
     }
 }
 
