@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 
 use hickory_proto::op::{EmitAndCount, MessageType, Metadata, OpCode, emit_message_parts};
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
@@ -634,6 +633,3 @@ fn nxdomain(
 pub fn key_of(name: &LowerName) -> Vec<u8> {
     Name::from(name).to_bytes().unwrap_or_default()
 }
-
-/// Shared handle to an index.
-pub type SharedIndex = Arc<FastIndex>;

@@ -238,7 +238,7 @@ pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> MemberStates {
     let Some(file) = file else {
         return states;
     };
-    let now = store::unix(SystemTime::now());
+    let now = SystemTime::now();
     for record in &file.members {
         let Some(member) = loaded
             .config
@@ -256,7 +256,7 @@ pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> MemberStates {
         if record.health == Health::Down && member.check.probe != Probe::None {
             states.down.insert(key.clone());
         }
-        if record.drained && record.drained_until.is_none_or(|until| until > now) {
+        if record.live_drain(now).is_some() {
             states.drained.insert(key);
         }
     }
@@ -848,13 +848,9 @@ fn new_tracked(
     restored: Option<&MemberRecord>,
     now: SystemTime,
 ) -> Tracked {
-    let drain = restored.filter(|r| r.drained).and_then(|r| {
-        let until = r.drained_until.map(store::from_unix);
-        // A drain whose time ran out while gto was stopped is over.
-        until
-            .is_none_or(|u| u > now)
-            .then_some(Drain { since: now, until })
-    });
+    let drain = restored
+        .and_then(|r| r.live_drain(now))
+        .map(|until| Drain { since: now, until });
     let load = restored.and_then(|r| r.load).map(|l| Load {
         sessions: l.sessions,
         capacity: l.capacity,

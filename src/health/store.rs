@@ -75,6 +75,15 @@ pub struct MemberRecord {
     pub load: Option<LoadRecord>,
 }
 
+impl MemberRecord {
+    /// The drain this record still holds at `now`: None when not drained, or when its time
+    /// ran out (while gto was stopped); else its end, if any.
+    pub fn live_drain(&self, now: SystemTime) -> Option<Option<SystemTime>> {
+        let until = self.drained_until.map(from_unix);
+        (self.drained && until.is_none_or(|u| u > now)).then_some(until)
+    }
+}
+
 /// A load report as kept in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LoadRecord {
