@@ -15,6 +15,9 @@ pub const DNS_QUERIES_TOTAL: &str = "gto_dns_queries_total";
 pub const DNS_BAD_QUERIES_TOTAL: &str = "gto_dns_bad_queries_total";
 /// UDP answers sent truncated (TC) because they did not fit the client's payload size.
 pub const DNS_TRUNCATED_TOTAL: &str = "gto_dns_truncated_total";
+/// UDP responses response rate limiting held back, by `action`: `dropped` (nothing sent)
+/// or `slipped` (sent empty with TC, so the client retries over TCP).
+pub const DNS_RATE_LIMITED_TOTAL: &str = "gto_dns_rate_limited_total";
 /// TCP connections closed, by `reason` (idle, closed, query_limit, connection_limit, ...).
 pub const DNS_TCP_CLOSED_TOTAL: &str = "gto_dns_tcp_closed_total";
 /// Generation of the live routing snapshot.
@@ -103,6 +106,11 @@ pub fn describe_all() {
         DNS_TRUNCATED_TOTAL,
         Unit::Count,
         "UDP answers sent with TC set."
+    );
+    describe_counter!(
+        DNS_RATE_LIMITED_TOTAL,
+        Unit::Count,
+        "UDP responses held back by response rate limiting, by action (dropped, slipped)."
     );
     describe_gauge!(
         SNAPSHOT_GENERATION,

@@ -6,22 +6,24 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
+use ipnet::IpNet;
 use toml::Spanned;
 
 use super::check::compile_check;
 use super::error::ConfigError;
 use super::raw::{
     RawAdmin, RawAffinity, RawCheck, RawConfig, RawGeo, RawLoad, RawLocation, RawMember,
-    RawNetwork, RawPool, RawRegion, RawService, RawWhenAllDown,
+    RawNetwork, RawPool, RawRegion, RawRrl, RawService, RawWhenAllDown,
 };
 use super::{
     AdminSettings, Affinity, Answers, Config, GeoNetwork, GeoSettings, LoadSettings, Location,
-    Member, Policy, Pool, PoolId, Region, Secret, ServerSettings, Service, Ttl, Weight,
-    WhenAllDown, ZoneSource, ZoneSpec,
+    Member, Policy, Pool, PoolId, Region, RrlSettings, Secret, ServerSettings, Service, Ttl,
+    Weight, WhenAllDown, ZoneSource, ZoneSpec,
 };
 
 /// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
@@ -86,6 +88,7 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Config {
     let server = compile_server(&raw, base_dir, errors);
     let admin = compile_admin(&raw, base_dir, errors);
+    let rrl = compile_rrl(&raw, errors);
     let geo = compile_geo(&raw, base_dir, errors);
     let zones = compile_zones(&raw, base_dir, errors);
     let pools = compile_pools(&raw.pool, base_dir, errors);
@@ -93,6 +96,7 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
     Config {
         server,
         admin,
+        rrl,
         geo,
         zones,
         services,
@@ -193,6 +197,70 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
             Some(base_dir.join(file.get_ref()))
         }),
     }
+}
+
+fn compile_rrl(raw: &RawConfig, errors: &mut Collector<'_>) -> RrlSettings {
+    let mut settings = RrlSettings::default();
+    let Some(rrl) = &raw.rrl else {
+        return settings;
+    };
+    let RawRrl {
+        enabled,
+        responses_per_second,
+        burst,
+        slip,
+        ipv4_prefix,
+        ipv6_prefix,
+        exempt,
+        buckets,
+    } = rrl.get_ref();
+    let mut number = |field: &str, value: &Option<Spanned<i64>>, range: RangeInclusive<i64>| {
+        let value = value.as_ref()?;
+        if range.contains(value.get_ref()) {
+            u32::try_from(*value.get_ref()).ok()
+        } else {
+            errors.at(
+                value,
+                format!("rrl.{field}"),
+                format!("must be between {} and {}", range.start(), range.end()),
+            );
+            None
+        }
+    };
+    settings.enabled = enabled.unwrap_or(true);
+    if let Some(rate) = number("responses_per_second", responses_per_second, 1..=1_000_000) {
+        settings.responses_per_second = rate;
+        settings.burst = rate;
+    }
+    if let Some(burst) = number("burst", burst, 1..=1_000_000) {
+        settings.burst = burst;
+    }
+    if let Some(slip) = number("slip", slip, 0..=10) {
+        settings.slip = slip;
+    }
+    if let Some(prefix) = number("ipv4_prefix", ipv4_prefix, 8..=32) {
+        settings.ipv4_prefix = prefix as u8;
+    }
+    if let Some(prefix) = number("ipv6_prefix", ipv6_prefix, 16..=128) {
+        settings.ipv6_prefix = prefix as u8;
+    }
+    if let Some(count) = number("buckets", buckets, 1024..=(1 << 24)) {
+        settings.buckets = (count as usize).next_power_of_two();
+    }
+    if let Some(list) = exempt {
+        settings.exempt.clear();
+        for (i, entry) in list.iter().enumerate() {
+            match entry.get_ref().parse::<IpNet>() {
+                Ok(net) => settings.exempt.push(net.trunc()),
+                Err(_) => errors.at(
+                    entry,
+                    format!("rrl.exempt[{i}]"),
+                    format!("{:?} is not a CIDR network", entry.get_ref()),
+                ),
+            }
+        }
+    }
+    settings
 }
 
 fn compile_geo(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> GeoSettings {

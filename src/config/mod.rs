@@ -75,6 +75,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// The admin API.
     pub admin: AdminSettings,
+    /// Response rate limiting on UDP.
+    pub rrl: RrlSettings,
     /// Where clients are.
     pub geo: GeoSettings,
     /// Zones we are authoritative for.
@@ -83,6 +85,64 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Pools of endpoints.
     pub pools: Vec<Pool>,
+}
+
+/// `[rrl]`: response rate limiting (RRL) on UDP, in the spirit of BIND, Knot and NSD.
+///
+/// Each response is classed (answer, NODATA, NXDOMAIN, error) and keyed by the client's
+/// prefix (the source address: the one an attacker would spoof to aim our answers at a
+/// victim) plus, for answers and NODATA, the name and type. A key may send
+/// `responses_per_second` on average and `burst` at once; past that a response is dropped,
+/// except every `slip`-th one, which goes out empty with TC set so that a real client
+/// retries over TCP (which is never limited). ECS does not enter the key: a spoofer
+/// could vary it freely.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RrlSettings {
+    /// Off: every response is sent.
+    pub enabled: bool,
+    /// Average responses per second per key.
+    pub responses_per_second: u32,
+    /// Responses a key may send at once (the bucket's depth).
+    pub burst: u32,
+    /// Every `slip`-th limited response is sent truncated (TC); 0: all are dropped,
+    /// 1: all are truncated.
+    pub slip: u32,
+    /// Prefix length that makes one IPv4 client.
+    pub ipv4_prefix: u8,
+    /// Prefix length that makes one IPv6 client.
+    pub ipv6_prefix: u8,
+    /// Sources never limited (by default loopback: local tools and benchmarks).
+    pub exempt: Vec<IpNet>,
+    /// Buckets in the fixed-size table (a power of two): memory is `8 × buckets` bytes
+    /// whatever the traffic; keys that share a bucket take it over in turn.
+    pub buckets: usize,
+}
+
+impl RrlSettings {
+    /// Default rate per key, as NSD's `rrl-ratelimit`.
+    pub const DEFAULT_RATE: u32 = 200;
+    /// Default slip, as BIND and NSD: every second limited response is truncated.
+    pub const DEFAULT_SLIP: u32 = 2;
+    /// Default table size: 512 KiB.
+    pub const DEFAULT_BUCKETS: usize = 1 << 16;
+}
+
+impl Default for RrlSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            responses_per_second: Self::DEFAULT_RATE,
+            burst: Self::DEFAULT_RATE,
+            slip: Self::DEFAULT_SLIP,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            exempt: vec![
+                IpNet::new_assert(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8).trunc(),
+                IpNet::new_assert(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128),
+            ],
+            buckets: Self::DEFAULT_BUCKETS,
+        }
+    }
 }
 
 /// `[geo]`: the client-location table.

@@ -15,6 +15,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) server: RawServer,
     pub(crate) admin: Option<Spanned<RawAdmin>>,
+    pub(crate) rrl: Option<Spanned<RawRrl>>,
     pub(crate) geo: Option<Spanned<RawGeo>>,
     #[serde(default)]
     pub(crate) zone: Vec<Spanned<RawZone>>,
@@ -41,6 +42,19 @@ pub(crate) struct RawServer {
     pub(crate) tcp_max_connections: Option<Spanned<i64>>,
     /// Queries per TCP connection at most.
     pub(crate) tcp_max_queries: Option<Spanned<i64>>,
+}
+
+/// `[rrl]`: response rate limiting on UDP.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRrl {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) responses_per_second: Option<Spanned<i64>>,
+    pub(crate) burst: Option<Spanned<i64>>,
+    pub(crate) slip: Option<Spanned<i64>>,
+    pub(crate) ipv4_prefix: Option<Spanned<i64>>,
+    pub(crate) ipv6_prefix: Option<Spanned<i64>>,
+    pub(crate) exempt: Option<Vec<Spanned<String>>>,
+    pub(crate) buckets: Option<Spanned<i64>>,
 }
 
 /// `[geo]`: where clients are.

@@ -23,6 +23,7 @@ use hickory_proto::op::{EmitAndCount, MessageType, Metadata, OpCode, emit_messag
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
+use super::rrl::{ResponseClass, Verdict};
 use crate::routing::{Client, Node, Scratch, Snapshot};
 
 /// Pre-encoded bytes after the question, with the section counts they hold.
@@ -248,6 +249,8 @@ pub struct FastScratch {
     /// Answers sent, by response code ([`RCODE_LABELS`]) and query type bucket
     /// ([`QTYPE_LABELS`]); the worker folds them into the metrics.
     pub answered: [[u64; QTYPE_BUCKETS]; 2],
+    /// Responses rate limiting dropped (0) and slipped (1); the worker folds them too.
+    pub rate_limited: [u64; 2],
 }
 
 /// Query types counted separately on the fast path (the rest share the last bucket).
@@ -433,6 +436,7 @@ pub fn respond(
         return nxdomain(
             snapshot,
             query,
+            source,
             qtype,
             question_end,
             opt.as_ref(),
@@ -527,6 +531,25 @@ pub fn respond(
     out[counts_at + 4..counts_at + 6].copy_from_slice(&additionals.to_be_bytes());
     // Count what was answered: per query type here, per endpoint on the endpoint.
     scratch.answered[0][qtype_bucket(qtype)] += 1;
+    let class = if answers > 0 {
+        ResponseClass::Answer
+    } else {
+        ResponseClass::NoData
+    };
+    match rate_limit(
+        snapshot,
+        source,
+        class,
+        qtype,
+        opt.as_ref(),
+        scope,
+        scratch,
+        out,
+    ) {
+        Verdict::Send => {}
+        Verdict::Drop => return Some(0),
+        Verdict::Slip => return Some(out.len()),
+    }
     if let Some(node) = answered_from {
         let mut last = None;
         for &(endpoint, _) in &scratch.picks {
@@ -542,6 +565,41 @@ pub fn respond(
         }
     }
     Some(out.len())
+}
+
+/// Applies response rate limiting to the answer in `out`. A slip rewrites it as the
+/// general path's truncated answer: header with TC and no records, the question, our OPT.
+#[allow(clippy::too_many_arguments)]
+fn rate_limit(
+    snapshot: &Snapshot,
+    source: IpAddr,
+    class: ResponseClass,
+    qtype: u16,
+    opt: Option<&Opt<'_>>,
+    scope: u8,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Verdict {
+    let Some(rrl) = &snapshot.rrl else {
+        return Verdict::Send;
+    };
+    let verdict = rrl.check(source, class, &scratch.key, qtype);
+    match verdict {
+        Verdict::Send => {}
+        Verdict::Drop => scratch.rate_limited[0] += 1,
+        Verdict::Slip => {
+            scratch.rate_limited[1] += 1;
+            // Question: from the header to its end (name, type, class).
+            let question_end = 12 + scratch.key.len() + 4;
+            out.truncate(question_end);
+            out[2] |= 0x02;
+            out[6..12].copy_from_slice(&[0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+            if let Some(opt) = opt {
+                write_opt(out, snapshot.udp_payload, opt, scope);
+            }
+        }
+    }
+    verdict
 }
 
 /// Appends our OPT record: our payload size, DO copied, the ECS option echoed with `scope`
@@ -565,9 +623,11 @@ fn write_opt(out: &mut Vec<u8>, payload: u16, opt: &Opt<'_>, scope: u8) {
 
 /// NXDOMAIN for a name under one of our zones that the index does not know; None for a
 /// name outside them (REFUSED comes from the general path).
+#[allow(clippy::too_many_arguments)]
 fn nxdomain(
     snapshot: &Snapshot,
     query: &[u8],
+    source: IpAddr,
     qtype: u16,
     question_end: usize,
     opt: Option<&Opt<'_>>,
@@ -626,7 +686,19 @@ fn nxdomain(
         return None;
     }
     scratch.answered[1][qtype_bucket(qtype)] += 1;
-    Some(out.len())
+    match rate_limit(
+        snapshot,
+        source,
+        ResponseClass::NxDomain,
+        qtype,
+        opt,
+        0,
+        scratch,
+        out,
+    ) {
+        Verdict::Drop => Some(0),
+        Verdict::Send | Verdict::Slip => Some(out.len()),
+    }
 }
 
 /// Lower-cased wire form of a name (the index key).

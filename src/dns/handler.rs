@@ -12,6 +12,8 @@
 //!   above 0 gets BADVERS. ECS is checked and echoed with a scope.
 //! - UDP answers larger than the client's payload size (512 without EDNS) are sent empty
 //!   with TC set, so the client retries over TCP.
+//! - UDP answers pass [response rate limiting](super::rrl): dropped, or sent empty with TC
+//!   (slipped), when one client prefix asks for more than its rate.
 //!
 //! [`Snapshot::resolve`]: crate::routing::Snapshot::resolve
 
@@ -30,8 +32,10 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::ecs;
+use super::rrl::{ResponseClass, Verdict, name_key};
 use crate::metrics::{
-    DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS, DNS_TRUNCATED_TOTAL,
+    DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS, DNS_RATE_LIMITED_TOTAL,
+    DNS_TRUNCATED_TOTAL,
 };
 use crate::routing::explain::{rcode_name, rcode_of};
 use crate::routing::{Client, Outcome, Resolution, RoutingHandle, Snapshot};
@@ -89,8 +93,25 @@ impl RequestHandler for Handler {
             .as_ref()
             .map_or(512, |e| e.max_payload().max(512))
             .min(snapshot.udp_payload);
-        if protocol == Protocol::Udp && !fits(&reply, request, usize::from(limit)) {
-            metrics::counter!(DNS_TRUNCATED_TOTAL).increment(1);
+        let mut truncate = false;
+        if protocol == Protocol::Udp {
+            match rate_limit(&snapshot, request, &reply) {
+                Verdict::Send => {
+                    if !fits(&reply, request, usize::from(limit)) {
+                        metrics::counter!(DNS_TRUNCATED_TOTAL).increment(1);
+                        truncate = true;
+                    }
+                }
+                Verdict::Slip => truncate = true,
+                Verdict::Drop => {
+                    return ResponseInfo::from(Header {
+                        metadata: reply.metadata,
+                        counts: HeaderCounts::default(),
+                    });
+                }
+            }
+        }
+        if truncate {
             reply.metadata.truncation = true;
             reply.resolution.answers.clear();
             reply.resolution.authorities.clear();
@@ -231,6 +252,36 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
         resolution,
         edns,
     }
+}
+
+/// Response rate limiting for a UDP reply (see [`super::rrl`]); counts what it holds back.
+fn rate_limit(snapshot: &Snapshot, request: &Request, reply: &Reply<'_>) -> Verdict {
+    let Some(rrl) = &snapshot.rrl else {
+        return Verdict::Send;
+    };
+    let query = request.queries.queries().first();
+    let class = match reply.metadata.response_code {
+        ResponseCode::NoError if reply.resolution.answers.is_empty() => ResponseClass::NoData,
+        ResponseCode::NoError => ResponseClass::Answer,
+        ResponseCode::NXDomain => ResponseClass::NxDomain,
+        _ => ResponseClass::Error,
+    };
+    let name = match (class, query) {
+        (ResponseClass::Answer | ResponseClass::NoData, Some(query)) => name_key(query.name()),
+        _ => Vec::new(),
+    };
+    let qtype = query.map_or(0, |q| u16::from(q.query_type()));
+    let verdict = rrl.check(request.src().ip(), class, &name, qtype);
+    match verdict {
+        Verdict::Send => {}
+        Verdict::Drop => {
+            metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "dropped").increment(1);
+        }
+        Verdict::Slip => {
+            metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "slipped").increment(1);
+        }
+    }
+    verdict
 }
 
 /// True when the reply fits the client's UDP payload size. Uses a cheap upper bound first

@@ -1,9 +1,11 @@
 //! DNS serving: listeners ([`server`]), the general query path ([`handler`]) and EDNS
-//! Client Subnet handling ([`ecs`]).
+//! Client Subnet handling ([`ecs`]), the UDP fast path ([`fast`], [`udp`]), TCP ([`tcp`]) and
+//! response rate limiting ([`rrl`]).
 
 pub mod ecs;
 pub mod fast;
 pub mod handler;
+pub mod rrl;
 pub mod server;
 pub mod tcp;
 pub mod udp;

@@ -22,9 +22,11 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Handler;
-use super::fast::{FastScratch, QTYPE_BUCKETS, QTYPE_LABELS, RCODE_LABELS, respond};
+use super::fast::{FastScratch, QTYPE_LABELS, RCODE_LABELS, respond};
 use super::handler::answer_bytes;
-use crate::metrics::{DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS};
+use crate::metrics::{
+    DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS, DNS_RATE_LIMITED_TOTAL,
+};
 use crate::routing::RoutingHandle;
 
 /// Datagrams read or written per system call.
@@ -158,6 +160,8 @@ struct Folded {
     answered: Vec<Vec<metrics::Counter>>,
     latency: metrics::Histogram,
     dropped: metrics::Counter,
+    /// Rate limiting: dropped, slipped.
+    rate_limited: [metrics::Counter; 2],
 }
 
 fn worker(
@@ -186,6 +190,10 @@ fn worker(
             .collect(),
         dropped: metrics::counter!(DNS_BAD_QUERIES_TOTAL, "reason" => "overload"),
         latency: metrics::histogram!(DNS_QUERY_SECONDS, "transport" => "udp"),
+        rate_limited: [
+            metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "dropped"),
+            metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "slipped"),
+        ],
     };
     let mut dropped = 0u64;
     let mut received: [(usize, Option<SockaddrStorage>, bool); BATCH] = [(0, None, false); BATCH];
@@ -245,6 +253,8 @@ fn worker(
                     )
                 };
                 match fast {
+                    // Rate limiting dropped the answer.
+                    Some(0) => {}
                     Some(length) => {
                         answers[replies] = (length, address);
                         replies += 1;
@@ -296,12 +306,17 @@ fn worker(
             }
         }
         // Once per batch: one atomic add per query type seen, not one per query.
-        fold(&folded, &mut scratch.answered, &mut dropped);
+        fold(&folded, &mut scratch, &mut dropped);
     }
 }
 
-fn fold(folded: &Folded, counted: &mut [[u64; QTYPE_BUCKETS]; 2], dropped: &mut u64) {
-    for (counters, counts) in folded.answered.iter().zip(counted.iter_mut()) {
+fn fold(folded: &Folded, scratch: &mut FastScratch, dropped: &mut u64) {
+    for (counter, count) in folded.rate_limited.iter().zip(&mut scratch.rate_limited) {
+        if *count > 0 {
+            counter.increment(std::mem::take(count));
+        }
+    }
+    for (counters, counts) in folded.answered.iter().zip(scratch.answered.iter_mut()) {
         for (counter, count) in counters.iter().zip(counts.iter_mut()) {
             if *count > 0 {
                 counter.increment(std::mem::take(count));

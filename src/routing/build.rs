@@ -19,6 +19,7 @@ use super::table::{
 };
 use crate::config::{Loaded, Location, Member, Policy, Pool, Region, Service, WhenAllDown};
 use crate::dns::fast::FastIndex;
+use crate::dns::rrl::RateLimiter;
 use crate::geo::GeoTable;
 use crate::metrics::{ANSWERS_TOTAL, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION};
 use crate::policy;
@@ -278,6 +279,8 @@ pub struct Prepared {
     endpoints: HashMap<(usize, usize), Vec<Arc<EndpointInfo>>>,
     /// What the UDP fast path can answer.
     fast: Arc<FastIndex>,
+    /// Response rate limiting: one table per config, so flips and drains keep its state.
+    rrl: Option<Arc<RateLimiter>>,
 }
 
 /// The static part of one zone.
@@ -397,6 +400,7 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
         geo: Arc::new(GeoTable::new(&config.geo, loaded.geo_db.clone())),
         endpoints,
         fast: Arc::new(FastIndex::default()),
+        rrl: RateLimiter::new(&config.rrl).map(Arc::new),
     };
     // The fast path's tails come from the general lookup of a snapshot of this config.
     let reference = build_prepared(&prepared, loaded, states, 0);
@@ -458,6 +462,7 @@ pub fn build_prepared(
         geo: prepared.geo.clone(),
         regions: config.geo.regions.clone(),
         fast: prepared.fast.clone(),
+        rrl: prepared.rrl.clone(),
     }
 }
 

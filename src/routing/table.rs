@@ -11,6 +11,7 @@ use hickory_proto::rr::{LowerName, RData, Record, RecordType};
 use super::build::MemberKey;
 use crate::config::{Affinity, Location, Policy, Region, WhenAllDown};
 use crate::dns::fast::{FastIndex, WireRecord};
+use crate::dns::rrl::RateLimiter;
 use crate::geo::{GeoTable, Placement};
 use crate::policy::{self, Candidate, Ranking, affinity};
 use crate::zone::RrSet;
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub regions: Vec<Region>,
     /// What the UDP fast path can answer (shared by snapshots of one config).
     pub fast: Arc<FastIndex>,
+    /// Response rate limiting on UDP (shared by snapshots of one config); None when off.
+    pub rrl: Option<Arc<RateLimiter>>,
 }
 
 /// What status and explain show of a GSLB name.

@@ -224,3 +224,32 @@ check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1 }
         "{stderr}"
     );
 }
+
+#[test]
+fn rate_limiting_mistakes_are_reported_with_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let text = config(
+        "[rrl]\nresponses_per_second = 0\nslip = 11\nipv4_prefix = 33\nexempt = [\"10.0.0.0/33\"]\nwindow = 5\n",
+    );
+    fs::write(dir.path().join("gto.toml"), &text).unwrap();
+    let line = |needle: &str| 1 + text.lines().position(|l| l.starts_with(needle)).unwrap();
+    let (code, stdout, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    for (key, message) in [
+        (
+            "responses_per_second",
+            "rrl.responses_per_second: must be between 1 and 1000000",
+        ),
+        ("slip", "rrl.slip: must be between 0 and 10"),
+        ("ipv4_prefix", "rrl.ipv4_prefix: must be between 8 and 32"),
+        (
+            "exempt",
+            "rrl.exempt[0]: \"10.0.0.0/33\" is not a CIDR network",
+        ),
+    ] {
+        let expected = format!("gto.toml:{}: {message}", line(key));
+        assert!(stderr.contains(&expected), "{expected} not in\n{stderr}");
+    }
+    assert!(stderr.contains("rrl.window"), "the unknown key: {stderr}");
+}

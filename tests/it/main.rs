@@ -14,5 +14,6 @@ mod fast;
 mod geo;
 mod health;
 mod lifecycle;
+mod rrl;
 mod support;
 mod tcp;
