@@ -524,11 +524,27 @@ async fn soak_under_churn() {
         "churn: {reloads_ok} API reloads, {reloads_rejected} rejected, {hups} SIGHUPs, {drains} drains/undrains, {flips} health flips"
     );
     println!("RSS KiB: after warm-up {warm}, peak {peak}, end {end}; exit {exit}");
+    let series: Vec<String> = rss.iter().step_by(15).map(u64::to_string).collect();
+    println!("RSS KiB every 15 s: {}", series.join(" "));
     println!("state file: {}", serde_json::to_string(members).unwrap());
 
     let log = log.lock().unwrap();
-    let warnings = log.iter().filter(|l| l.contains("\"WARN\"")).count();
-    println!("log: {} lines, {warnings} warnings", log.len());
+    let mut warnings: HashMap<String, usize> = HashMap::new();
+    for line in log.iter() {
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(line)
+            && json["level"] == "WARN"
+        {
+            *warnings
+                .entry(
+                    json["fields"]["message"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_string(),
+                )
+                .or_default() += 1;
+        }
+    }
+    println!("log: {} lines; warnings: {warnings:?}", log.len());
     assert!(
         !log.iter().any(|l| l.contains("panicked")),
         "gto panicked:\n{}",

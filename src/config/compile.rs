@@ -33,6 +33,8 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:5353";
 pub(crate) const DEFAULT_UDP_PAYLOAD: u16 = 1232;
 /// A TCP connection that sends nothing for this long is closed.
 pub(crate) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// See [`super::ServerSettings::udp_coalesce`].
+pub(crate) const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(50);
 
 /// Collects problems while compiling one file.
 pub(crate) struct Collector<'a> {
@@ -182,6 +184,20 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
     };
     let tcp_max_connections = limit("tcp_max_connections", &raw.server.tcp_max_connections, 1024);
     let tcp_max_queries = limit("tcp_max_queries", &raw.server.tcp_max_queries, 100);
+    let udp_coalesce = match &raw.server.udp_coalesce {
+        None => DEFAULT_UDP_COALESCE,
+        Some(value) => match parse_duration(value.get_ref()) {
+            Some(duration) if duration <= Duration::from_millis(1) => duration,
+            _ => {
+                errors.at(
+                    value,
+                    "server.udp_coalesce",
+                    "not a duration of at most 1ms (e.g. \"50us\", \"0s\" to turn it off)",
+                );
+                DEFAULT_UDP_COALESCE
+            }
+        },
+    };
     ServerSettings {
         listen,
         udp_payload,
@@ -189,6 +205,7 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
         workers,
         tcp_max_connections,
         tcp_max_queries,
+        udp_coalesce,
         state_file: raw.server.state_file.as_ref().and_then(|file| {
             if file.get_ref().is_empty() {
                 errors.at(file, "server.state_file", "must not be empty");
@@ -950,6 +967,7 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     match unit.trim() {
         "" | "s" => Some(Duration::from_secs(number)),
         "ms" => Some(Duration::from_millis(number)),
+        "us" | "µs" => Some(Duration::from_micros(number)),
         "m" => number.checked_mul(60).map(Duration::from_secs),
         "h" => number.checked_mul(3600).map(Duration::from_secs),
         _ => None,

@@ -42,6 +42,8 @@ pub(crate) struct RawServer {
     pub(crate) tcp_max_connections: Option<Spanned<i64>>,
     /// Queries per TCP connection at most.
     pub(crate) tcp_max_queries: Option<Spanned<i64>>,
+    /// Pause after a small UDP batch, e.g. "50us".
+    pub(crate) udp_coalesce: Option<Spanned<String>>,
 }
 
 /// `[rrl]`: response rate limiting on UDP.

@@ -88,13 +88,17 @@ impl DnsServer {
                     .first()
                     .and_then(|s| s.local_addr().ok())
                     .unwrap_or(*addr);
-                let started =
-                    UdpWorkers::start(sockets, routing.clone(), &tokio::runtime::Handle::current())
-                        .map_err(|source| DnsError::Bind {
-                            addr: *addr,
-                            transport: "udp",
-                            source,
-                        })?;
+                let started = UdpWorkers::start(
+                    sockets,
+                    routing.clone(),
+                    settings.udp_coalesce,
+                    &tokio::runtime::Handle::current(),
+                )
+                .map_err(|source| DnsError::Bind {
+                    addr: *addr,
+                    transport: "udp",
+                    source,
+                })?;
                 workers.push(started);
                 tcp_tasks.push(tokio::spawn(tcp::serve(
                     tcp,

@@ -2,6 +2,13 @@
 //! and send (`recvmmsg`/`sendmmsg` through `nix`), answering on the [fast path](super::fast)
 //! and handing everything else to the general path on the tokio runtime.
 //!
+//! A worker blocks for the first datagram and takes whatever else is queued with it. Under
+//! moderate load that means a wake-up, two system calls and a cross-CPU wake-up of the
+//! client per query or two; after a small batch the worker therefore pauses for
+//! `udp_coalesce` (50 µs by default) so that the next batch is bigger — interrupt
+//! moderation, as network cards do it. Answers of a batch to one destination leave in one
+//! UDP GSO send.
+//!
 //! Per batch a worker loads the routing snapshot once. Per query it allocates nothing on
 //! the fast path: buffers are per worker and reused, counters are per worker and folded
 //! into the metrics once per batch. A bad packet is counted and answered or dropped as the
@@ -9,13 +16,16 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hickory_server::net::xfer::Protocol;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg, sendmmsg,
+};
 use socket2::{Domain, Socket, Type};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -33,6 +43,13 @@ use crate::routing::RoutingHandle;
 const BATCH: usize = 32;
 /// Largest query read; longer datagrams are truncated and left to the general path.
 const MAX_QUERY: usize = 4096;
+/// Most datagrams one GSO send carries (the kernel's `UDP_MAX_SEGMENTS`).
+const GSO_SEGMENTS: usize = 64;
+/// Most bytes one GSO send carries (below the 64 KiB IP datagram limit).
+const GSO_BYTES: usize = 60_000;
+/// Batches smaller than this are followed by the coalescing pause; bigger ones mean the
+/// queue is filling by itself.
+const COALESCE_BELOW: usize = BATCH / 4;
 /// How often a blocked worker looks at the stop flag.
 const POLL: Duration = Duration::from_millis(200);
 /// Queries waiting for the general path; more are dropped (and counted).
@@ -77,6 +94,7 @@ impl UdpWorkers {
     pub fn start(
         sockets: Vec<UdpSocket>,
         routing: RoutingHandle,
+        coalesce: Duration,
         runtime: &tokio::runtime::Handle,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +117,7 @@ impl UdpWorkers {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("gto-udp-{index}"))
-                    .spawn(move || worker(socket, routing, queue, stop))?,
+                    .spawn(move || worker(socket, routing, queue, stop, coalesce))?,
             );
         }
         Ok(Self {
@@ -169,12 +187,13 @@ fn worker(
     routing: RoutingHandle,
     queue: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     stop: Arc<AtomicBool>,
+    coalesce: Duration,
 ) {
     let fd = socket.as_raw_fd();
     let mut buffers: Box<[[u8; MAX_QUERY]; BATCH]> = Box::new([[0; MAX_QUERY]; BATCH]);
     let mut outputs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
     let mut receive = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut transmit = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut transmit = Transmit::new();
     let mut scratch = FastScratch::default();
     let folded = Folded {
         answered: RCODE_LABELS
@@ -273,41 +292,187 @@ fn worker(
             folded
                 .latency
                 .record(started.elapsed().as_secs_f64() / replies as f64);
-            let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| {
-                [IoSlice::new(
-                    outputs[i].get(..answers[i].0).unwrap_or_default(),
-                )]
-            });
-            let addresses: [Option<SockaddrStorage>; BATCH] = std::array::from_fn(|i| answers[i].1);
-            let mut sent = 0;
-            // sendmmsg may send fewer than asked; send the rest in further calls.
-            while sent < replies {
-                match sendmmsg(
-                    fd,
-                    &mut transmit,
-                    slices[sent..replies].iter(),
-                    &addresses[sent..replies],
-                    [],
-                    MsgFlags::empty(),
-                ) {
-                    Ok(results) => {
-                        let n = results.count();
-                        if n == 0 {
-                            break;
-                        }
-                        sent += n;
-                    }
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(error) => {
-                        debug!(%error, "UDP send failed");
-                        sent += 1; // skip the datagram the kernel refused
-                    }
-                }
-            }
+            send_batch(fd, &mut transmit, &outputs, &answers[..replies]);
         }
         // Once per batch: one atomic add per query type seen, not one per query.
         fold(&folded, &mut scratch, &mut dropped);
+        // A small batch: let queries gather for a moment rather than sleep and wake for
+        // each one (see `ServerSettings::udp_coalesce`). Its answers are already sent.
+        if count > 0 && count < COALESCE_BELOW && !coalesce.is_zero() {
+            std::thread::sleep(coalesce);
+        }
     }
+}
+
+/// Per-worker send state: headers for plain datagrams and for GSO sends, whose control
+/// buffer (one `UDP_SEGMENT` message each) is allocated once here.
+struct Transmit {
+    plain: MultiHeaders<SockaddrStorage>,
+    gso: MultiHeaders<SockaddrStorage>,
+    /// Off once the kernel refused a GSO send.
+    gso_on: bool,
+}
+
+impl Transmit {
+    fn new() -> Self {
+        Self {
+            plain: MultiHeaders::preallocate(BATCH, None),
+            gso: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(u16))),
+            gso_on: true,
+        }
+    }
+}
+
+/// Sends a batch of answers. Answers of one length to one destination (a resolver with
+/// several queries in flight) leave as one message with `UDP_SEGMENT` (UDP GSO, Linux
+/// 4.18): the kernel runs its UDP/IP output path once for the group and cuts it into
+/// datagrams at the end, which saves most of the per-datagram cost of sending. Groups of
+/// one length share a `sendmmsg`; single answers share another. If the kernel refuses GSO,
+/// it is turned off for this worker and the groups go out datagram by datagram.
+fn send_batch(
+    fd: RawFd,
+    transmit: &mut Transmit,
+    outputs: &[Vec<u8>],
+    answers: &[(usize, Option<SockaddrStorage>)],
+) {
+    // Groups of equal (length, destination), at most GSO_SEGMENTS and GSO_BYTES each.
+    let mut groups: [(usize, Option<SockaddrStorage>, usize); BATCH] = [(0, None, 0); BATCH];
+    let mut group_of = [0usize; BATCH];
+    let mut count = 0;
+    for (i, &(length, address)) in answers.iter().enumerate() {
+        let joined = transmit.gso_on
+            && address.is_some()
+            && (0..count)
+                .rev()
+                .find(|&g| {
+                    let (l, a, members) = groups[g];
+                    l == length
+                        && a == address
+                        && members < GSO_SEGMENTS
+                        && (members + 1) * l <= GSO_BYTES
+                })
+                .map(|g| {
+                    groups[g].2 += 1;
+                    group_of[i] = g;
+                })
+                .is_some();
+        if !joined {
+            groups[count] = (length, address, 1);
+            group_of[i] = count;
+            count += 1;
+        }
+    }
+    // One flat list of payloads, group after group; each group is a run of it.
+    let mut start = [0usize; BATCH];
+    let mut next = 0;
+    for g in 0..count {
+        start[g] = next;
+        next += groups[g].2;
+    }
+    let mut fill = start;
+    let mut flat_index = [0usize; BATCH];
+    for (i, &g) in group_of.iter().enumerate().take(answers.len()) {
+        flat_index[fill[g]] = i;
+        fill[g] += 1;
+    }
+    let flat: [IoSlice<'_>; BATCH] = std::array::from_fn(|k| {
+        let payload = (k < answers.len())
+            .then(|| {
+                let i = flat_index[k];
+                outputs.get(i).and_then(|o| o.get(..answers[i].0))
+            })
+            .flatten();
+        IoSlice::new(payload.unwrap_or_default())
+    });
+    let run = |g: usize| &flat[start[g]..start[g] + groups[g].2];
+
+    // GSO groups, one sendmmsg per segment length.
+    let mut refused = [false; BATCH];
+    let mut done = [false; BATCH];
+    for g in 0..count {
+        let (length, _, members) = groups[g];
+        if members < 2 || done[g] {
+            continue;
+        }
+        let mut same = [0usize; BATCH];
+        let mut n = 0;
+        for h in g..count {
+            if groups[h].2 >= 2 && groups[h].0 == length && !done[h] {
+                same[n] = h;
+                done[h] = true;
+                n += 1;
+            }
+        }
+        let runs: [&[IoSlice<'_>]; BATCH] =
+            std::array::from_fn(|k| if k < n { run(same[k]) } else { &[] });
+        let addresses: [Option<SockaddrStorage>; BATCH] =
+            std::array::from_fn(|k| if k < n { groups[same[k]].1 } else { None });
+        let segment = length as u16;
+        let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
+        if let Err(error) = send_all(fd, &mut transmit.gso, &runs[..n], &addresses[..n], &cmsgs) {
+            debug!(%error, "UDP GSO refused; sending datagrams one by one");
+            transmit.gso_on = false;
+            for &h in &same[..n] {
+                refused[h] = true;
+            }
+        }
+    }
+
+    // Single answers (and groups GSO refused), one datagram each.
+    let mut singles: [&[IoSlice<'_>]; BATCH] = [&[]; BATCH];
+    let mut addresses: [Option<SockaddrStorage>; BATCH] = [None; BATCH];
+    let mut n = 0;
+    for g in (0..count).filter(|&g| groups[g].2 == 1 || refused[g]) {
+        for k in start[g]..start[g] + groups[g].2 {
+            singles[n] = &flat[k..k + 1];
+            addresses[n] = groups[g].1;
+            n += 1;
+        }
+    }
+    if let Err(error) = send_all(fd, &mut transmit.plain, &singles[..n], &addresses[..n], &[]) {
+        debug!(%error, "UDP send failed");
+    }
+}
+
+/// One `sendmmsg` for all `messages` (more calls when the kernel takes fewer). A datagram
+/// the kernel refuses is skipped; refusals GSO can cause are returned at once.
+fn send_all(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    messages: &[&[IoSlice<'_>]],
+    addresses: &[Option<SockaddrStorage>],
+    cmsgs: &[ControlMessage<'_>],
+) -> Result<(), Errno> {
+    let mut sent = 0;
+    while sent < messages.len() {
+        match sendmmsg(
+            fd,
+            headers,
+            messages[sent..].iter(),
+            &addresses[sent..],
+            cmsgs,
+            MsgFlags::empty(),
+        ) {
+            Ok(results) => {
+                let n = results.count();
+                if n == 0 {
+                    break;
+                }
+                sent += n;
+            }
+            Err(Errno::EINTR) => {}
+            Err(error @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP))
+                if !cmsgs.is_empty() && sent == 0 =>
+            {
+                return Err(error);
+            }
+            Err(error) => {
+                debug!(%error, "UDP send failed");
+                sent += 1; // skip the datagram the kernel refused
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fold(folded: &Folded, scratch: &mut FastScratch, dropped: &mut u64) {

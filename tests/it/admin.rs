@@ -458,3 +458,61 @@ async fn curl_drives_the_api_as_an_operator_would() {
     .await;
     assert!(refused.ends_with("401"), "{refused}");
 }
+
+/// A state file cut off mid-write (or otherwise corrupt) at start: gto says so, starts with
+/// every endpoint up until checked, serves, and the next write replaces it with a valid one.
+#[tokio::test]
+async fn a_corrupt_state_file_gives_a_safe_start_and_is_rewritten() {
+    let server = start().await;
+    let admin = server.admin();
+    let drain = "/v1/members/sma/fra-1/drain";
+    assert_eq!(http(admin, "POST", drain, Some(TOKEN), "").await.0, 200);
+    let TestServer { app, dir, .. } = server;
+    app.shutdown().await.unwrap();
+    let path = dir.path().join("gto.state");
+    let whole = std::fs::read_to_string(&path).unwrap();
+    assert!(whole.contains("\"drained\": true"), "{whole}");
+
+    for broken in [
+        &whole[..whole.len() / 2],
+        "",
+        "\0\0\0garbage",
+        "{\"version\": 99}",
+    ] {
+        std::fs::write(&path, broken).unwrap();
+        let dir_copy = tempfile::tempdir().unwrap();
+        for file in [
+            "gto.toml",
+            "gto.example.com.zone",
+            "admin.token",
+            "gto.state",
+        ] {
+            std::fs::copy(dir.path().join(file), dir_copy.path().join(file)).unwrap();
+        }
+        let server = TestServer::start_in(dir_copy).await;
+        // The drain in the lost file is gone: all three endpoints answer again.
+        assert_eq!(vpn(&server).await, vec!["198.51.100.10", "198.51.100.20"]);
+        let (_, status) = http_json(server.admin(), "GET", "/v1/status", None, "").await;
+        assert_eq!(member(&status, "fra-1")["drained"], false);
+        // The next change writes a whole, valid file over the broken one.
+        let other = "/v1/members/sma/ams-1/drain";
+        assert_eq!(
+            http(server.admin(), "POST", other, Some(TOKEN), "").await.0,
+            200
+        );
+        let TestServer {
+            app, dir: written, ..
+        } = server;
+        app.shutdown().await.unwrap();
+        let text = std::fs::read_to_string(written.path().join("gto.state")).unwrap();
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let drained: Vec<&str> = state["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["drained"] == true)
+            .map(|m| m["member"].as_str().unwrap())
+            .collect();
+        assert_eq!(drained, ["ams-1"], "{text}");
+    }
+}

@@ -226,12 +226,13 @@ check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1 }
 }
 
 #[test]
-fn rate_limiting_mistakes_are_reported_with_locations() {
+fn rate_limiting_and_coalescing_mistakes_are_reported_with_locations() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
     let text = config(
         "[rrl]\nresponses_per_second = 0\nslip = 11\nipv4_prefix = 33\nexempt = [\"10.0.0.0/33\"]\nwindow = 5\n",
-    );
+    )
+    .replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1:0\"]\nudp_coalesce = \"5ms\"");
     fs::write(dir.path().join("gto.toml"), &text).unwrap();
     let line = |needle: &str| 1 + text.lines().position(|l| l.starts_with(needle)).unwrap();
     let (code, stdout, stderr) = check(dir.path());
