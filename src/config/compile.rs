@@ -34,7 +34,7 @@ pub(crate) const DEFAULT_UDP_PAYLOAD: u16 = 1232;
 /// A TCP connection that sends nothing for this long is closed.
 pub(crate) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// See [`super::ServerSettings::udp_coalesce`].
-pub(crate) const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(50);
+pub(crate) const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
 
 /// Collects problems while compiling one file.
 pub(crate) struct Collector<'a> {

@@ -227,10 +227,11 @@ pub struct ServerSettings {
     pub tcp_max_connections: usize,
     /// Queries answered per TCP connection before it is closed (default 100).
     pub tcp_max_queries: usize,
-    /// After a small batch a UDP worker pauses this long (default 50 µs; 0 turns it off)
+    /// After a small batch a UDP worker pauses this long (default 100 µs; 0 turns it off)
     /// so queries gather into bigger batches: fewer wake-ups and system calls per query
-    /// (about 20 % less CPU per query under load on the peer bench) for at most this much
-    /// (plus the kernel's timer slack, 50 µs) of added latency. Answers are sent before it.
+    /// (about a third less CPU per query under load on the peer bench) for at most this
+    /// much (plus the kernel's timer slack, 50 µs) of added latency, paid only by queries
+    /// that arrive during the pause. Answers are sent before it.
     pub udp_coalesce: Duration,
 }
 

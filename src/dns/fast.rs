@@ -58,10 +58,12 @@ pub struct WireRecord {
     pub later: Box<[u8]>,
 }
 
-/// Names the fast path can answer, keyed by their lower-cased wire form.
+/// Names the fast path can answer, keyed by their lower-cased wire form. Hashed with
+/// foldhash (seeded per process): several times faster than SipHash on short keys, and the
+/// map is only read per query, never grown by it.
 #[derive(Debug, Default)]
 pub struct FastIndex {
-    names: HashMap<Box<[u8]>, Entry>,
+    names: HashMap<Box<[u8]>, Entry, foldhash::fast::RandomState>,
     /// Zones, most specific first: the lower-cased wire origin and the SOA of negative
     /// answers. A name under one of them that is not in `names` does not exist.
     zones: Vec<(Box<[u8]>, Record)>,
@@ -149,7 +151,7 @@ pub fn gslb_question(name: &Name) -> Vec<u8> {
 impl FastIndex {
     /// Indexes every static name and GSLB name of a snapshot. Depends on the config only.
     pub fn build(snapshot: &Snapshot) -> Self {
-        let mut names = HashMap::new();
+        let mut names = HashMap::default();
         for zone in &snapshot.zones {
             for (name, node) in zone.nodes.iter() {
                 let name_ref = Name::from(name);
@@ -475,10 +477,7 @@ pub fn respond(
                 RecordType::AAAA => Some(true),
                 _ => None,
             };
-            let node = snapshot
-                .services
-                .get(*service)
-                .and_then(|s| snapshot.gslb_node(&s.name));
+            let node = snapshot.service_node(*service);
             match (v6, node) {
                 (Some(v6), Some(node)) => {
                     let client = Client {

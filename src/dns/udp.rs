@@ -5,7 +5,7 @@
 //! A worker blocks for the first datagram and takes whatever else is queued with it. Under
 //! moderate load that means a wake-up, two system calls and a cross-CPU wake-up of the
 //! client per query or two; after a small batch the worker therefore pauses for
-//! `udp_coalesce` (50 µs by default) so that the next batch is bigger — interrupt
+//! `udp_coalesce` (100 µs by default) so that the next batch is bigger — interrupt
 //! moderation, as network cards do it. Answers of a batch to one destination leave in one
 //! UDP GSO send.
 //!
@@ -45,6 +45,8 @@ const BATCH: usize = 32;
 const MAX_QUERY: usize = 4096;
 /// Most datagrams one GSO send carries (the kernel's `UDP_MAX_SEGMENTS`).
 const GSO_SEGMENTS: usize = 64;
+/// Largest answer sent by GSO: a segment must fit the path MTU (1232 is DNS's safe size).
+const GSO_SEGMENT_MAX: usize = 1232;
 /// Most bytes one GSO send carries (below the 64 KiB IP datagram limit).
 const GSO_BYTES: usize = 60_000;
 /// Batches smaller than this are followed by the coalescing pause; bigger ones mean the
@@ -342,6 +344,7 @@ fn send_batch(
     for (i, &(length, address)) in answers.iter().enumerate() {
         let joined = transmit.gso_on
             && address.is_some()
+            && length <= GSO_SEGMENT_MAX
             && (0..count)
                 .rev()
                 .find(|&g| {
@@ -410,7 +413,7 @@ fn send_batch(
         let segment = length as u16;
         let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
         if let Err(error) = send_all(fd, &mut transmit.gso, &runs[..n], &addresses[..n], &cmsgs) {
-            debug!(%error, "UDP GSO refused; sending datagrams one by one");
+            warn!(%error, "UDP GSO refused; this worker sends datagrams one by one");
             transmit.gso_on = false;
             for &h in &same[..n] {
                 refused[h] = true;

@@ -433,6 +433,7 @@ pub fn build_prepared(
         })
         .collect();
     let mut services = Vec::with_capacity(config.services.len());
+    let mut service_nodes = vec![None; config.services.len()];
     for (index, service) in config.services.iter().enumerate() {
         let name = LowerName::from(&service.name);
         let pool_name = config
@@ -451,7 +452,14 @@ pub fn build_prepared(
         let Some(zone) = zones.iter_mut().find(|z| z.origin.zone_of(&name)) else {
             continue; // config::load rejects this; nothing to serve.
         };
-        let node = gslb_node(index, service, states, prepared, &config.geo.regions);
+        let node = Arc::new(gslb_node(
+            index,
+            service,
+            states,
+            prepared,
+            &config.geo.regions,
+        ));
+        service_nodes[index] = Some(node.clone());
         zone.gslb.insert(name, node);
     }
     Snapshot {
@@ -459,6 +467,7 @@ pub fn build_prepared(
         udp_payload: config.server.udp_payload,
         zones,
         services,
+        service_nodes,
         geo: prepared.geo.clone(),
         regions: config.geo.regions.clone(),
         fast: prepared.fast.clone(),

@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub(crate) zones: Vec<ZoneTable>,
     /// GSLB names in config order, for labels, status and explain.
     pub services: Vec<ServiceInfo>,
+    /// Each service's node (as in its zone's `gslb`), by service index: the fast path
+    /// reaches it without hashing the name again.
+    pub service_nodes: Vec<Option<Arc<GslbNode>>>,
     /// Where clients are.
     pub geo: Arc<GeoTable>,
     /// Regions' preference lists.
@@ -69,7 +72,7 @@ pub struct ZoneTable {
     /// from one config share it.
     pub nodes: Arc<HashMap<LowerName, Node>>,
     /// The GSLB names of the zone, rebuilt with every snapshot.
-    pub gslb: HashMap<LowerName, GslbNode>,
+    pub gslb: HashMap<LowerName, Arc<GslbNode>>,
 }
 
 /// What a name in a zone is.
@@ -442,7 +445,12 @@ impl Snapshot {
 
     /// The GSLB node of a name, if it is one.
     pub fn gslb_node(&self, name: &LowerName) -> Option<&GslbNode> {
-        self.zone_of(name)?.gslb.get(name)
+        self.zone_of(name)?.gslb.get(name).map(Arc::as_ref)
+    }
+
+    /// The node of the service at `index` in config order.
+    pub fn service_node(&self, index: usize) -> Option<&GslbNode> {
+        self.service_nodes.get(index)?.as_deref()
     }
 
     /// Resolves one question for `client` (None: the answer may not depend on the client).
@@ -487,7 +495,7 @@ impl Snapshot {
                         if !records.is_empty() {
                             out.answers.extend(records);
                             out.scope = choice.scope;
-                            out.gslb = Some((gslb, choice, from));
+                            out.gslb = Some((gslb.as_ref(), choice, from));
                             return out;
                         }
                     }
