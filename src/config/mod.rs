@@ -1,8 +1,8 @@
 //! Configuration: a TOML file (listeners, zones, GSLB names, pools of endpoints) plus the
 //! zone files it names, loaded into one validated [`Loaded`] value.
 //!
-//! Parsing runs in two stages ([`raw`] then [`compile`]) and reports *every* problem with
-//! its file, line and path ([`ConfigErrors`]). The embedded default ([`embedded`]) is the
+//! Parsing runs in two stages (`raw`, then `compile`) and reports *every* problem with
+//! its file, line and path ([`ConfigErrors`]). The embedded default ([`EMBEDDED_CONFIG`]) is the
 //! same format compiled into the binary, so `gto` with no arguments serves at once.
 
 mod check;

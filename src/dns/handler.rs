@@ -1,5 +1,5 @@
 //! The general query path: a hickory-server [`RequestHandler`] that answers from the
-//! current routing [`Snapshot`](crate::routing::Snapshot).
+//! current routing [`Snapshot`].
 //!
 //! Per query: one snapshot load, header and EDNS checks, one [`Snapshot::resolve`], and the
 //! answer handed to hickory for encoding. Protocol rules applied here:
