@@ -15,6 +15,10 @@
 //! compressed form (owner name as a pointer to the first answer). Per query only the
 //! header, the question (copied, so the client's letter case stays), the chosen records
 //! and the OPT record are written.
+//!
+//! Response rate limiting ([`super::rrl`]) applies here as on the general path: a dropped
+//! answer is returned as length 0 (send nothing), a slipped one is rewritten in place to
+//! the general path's truncated form.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -373,8 +377,9 @@ fn parse_ecs(data: &[u8]) -> Option<Ecs<'_>> {
     })
 }
 
-/// Answers `query` from `source` into `out` when the fast path can; returns the length.
-/// None: hand the query to the general path.
+/// Answers `query` from `source` into `out` when the fast path can; returns the length
+/// (0: rate limiting dropped the answer, send nothing). None: hand the query to the
+/// general path.
 pub fn respond(
     snapshot: &Snapshot,
     index: &FastIndex,
