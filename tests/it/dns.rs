@@ -428,3 +428,73 @@ ttl = 5
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// Many queries in flight from one socket (a busy resolver): the fast path sends the
+/// answers of one size to it as one UDP GSO message, which must still arrive as one
+/// datagram per answer, each whole and for its own query.
+#[tokio::test]
+async fn a_burst_from_one_socket_gets_one_datagram_per_answer() {
+    const BURST: u16 = 256;
+    let config = config("").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1",
+    );
+    let server = TestServer::start(&config, crate::support::ZONE).await;
+    // A receive buffer deep enough for the whole burst, as a resolver's would be.
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    raw.set_recv_buffer_size(4 << 20).unwrap();
+    raw.set_nonblocking(true).unwrap();
+    raw.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let socket = tokio::net::UdpSocket::from_std(raw.into()).unwrap();
+    let names = [
+        ("vpn.gto.example.com.", RecordType::A),
+        ("www.gto.example.com.", RecordType::A),
+        ("vpn.gto.example.com.", RecordType::AAAA),
+        ("nope.gto.example.com.", RecordType::A),
+    ];
+    let mut expected = std::collections::HashMap::new();
+    for round in 0..8u16 {
+        for id in 0..BURST {
+            let (name, qtype) = names[usize::from(id) % names.len()];
+            let mut message = query(name, qtype, None);
+            message.metadata.id = round * BURST + id;
+            expected.insert(message.metadata.id, (name, qtype));
+            socket
+                .send_to(&message.to_vec().unwrap(), server.addr)
+                .await
+                .unwrap();
+        }
+        let mut buffer = vec![0u8; 4096];
+        for _ in 0..BURST {
+            let (len, _) = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                socket.recv_from(&mut buffer),
+            )
+            .await
+            .expect("an answer is missing")
+            .unwrap();
+            let reply = Message::from_vec(&buffer[..len]).unwrap();
+            let (name, qtype) = expected
+                .remove(&reply.metadata.id)
+                .unwrap_or_else(|| panic!("unexpected or repeated id {}", reply.metadata.id));
+            assert_eq!(reply.queries[0].name().to_ascii(), name);
+            assert_eq!(reply.queries[0].query_type(), qtype);
+            let rcode = if name.starts_with("nope") {
+                ResponseCode::NXDomain
+            } else {
+                ResponseCode::NoError
+            };
+            assert_eq!(reply.metadata.response_code, rcode);
+            if rcode == ResponseCode::NoError {
+                assert!(!reply.answers.is_empty(), "{reply:?}");
+            }
+        }
+    }
+    assert!(expected.is_empty());
+}
