@@ -102,6 +102,50 @@ struct Load {
     flood_replies: AtomicU64,
     flood_slipped: AtomicU64,
     garbage_sent: AtomicU64,
+    /// Regular UDP latency in µs buckets (the last: 10 ms and more), before churn starts
+    /// and during it.
+    quiet: Latency,
+    churn: Latency,
+    churning: AtomicBool,
+}
+
+/// A latency histogram with 1 µs buckets up to 10 ms.
+struct Latency(Vec<AtomicU64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self((0..=10_000).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl Latency {
+    fn record(&self, elapsed: Duration) {
+        let micros = usize::try_from(elapsed.as_micros()).unwrap_or(usize::MAX);
+        self.0[micros.min(10_000)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The latency (µs) under which `fraction` of the samples fall.
+    fn quantile(&self, fraction: f64) -> usize {
+        let counts: Vec<u64> = self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let mut seen = 0;
+        for (micros, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen as f64 >= fraction * total as f64 {
+                return micros;
+            }
+        }
+        10_000
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "p50 {} µs, p99 {} µs, p99.9 {} µs",
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(0.999)
+        )
+    }
 }
 
 fn random_query(rng: &mut impl RngExt, id: u16) -> Vec<u8> {
@@ -143,7 +187,7 @@ async fn udp_client(server: SocketAddr, load: Arc<Load>, stop: Arc<AtomicBool>) 
                 .send_to(&random_query(&mut rng, id), server)
                 .await
                 .unwrap();
-            pending.insert(id, ());
+            pending.insert(id, Instant::now());
             load.udp_sent.fetch_add(1, Ordering::Relaxed);
         }
         while !pending.is_empty() {
@@ -151,8 +195,13 @@ async fn udp_client(server: SocketAddr, load: Arc<Load>, stop: Arc<AtomicBool>) 
             {
                 Ok(Ok((len, _))) => {
                     let reply = Message::from_vec(&buffer[..len]).unwrap();
-                    if pending.remove(&reply.metadata.id).is_some() {
+                    if let Some(sent) = pending.remove(&reply.metadata.id) {
                         load.udp_answered.fetch_add(1, Ordering::Relaxed);
+                        if load.churning.load(Ordering::Relaxed) {
+                            load.churn.record(sent.elapsed());
+                        } else {
+                            load.quiet.record(sent.elapsed());
+                        }
                         if reply.metadata.response_code == hickory_proto::op::ResponseCode::ServFail
                         {
                             load.udp_servfail.fetch_add(1, Ordering::Relaxed);
@@ -360,6 +409,9 @@ async fn soak_under_churn() {
     let flood_task = tokio::spawn(flood(server, load.clone(), stop.clone()));
     let garbage_task = tokio::spawn(garbage(server, load.clone(), stop.clone()));
 
+    // Load alone first (a tenth of the time, at least 10 s): the latency baseline.
+    tokio::time::sleep(Duration::from_secs((seconds / 10).max(10))).await;
+    load.churning.store(true, Ordering::Relaxed);
     // Churn, once a second.
     let started = Instant::now();
     let mut rss = Vec::new();
@@ -522,6 +574,11 @@ async fn soak_under_churn() {
     );
     println!(
         "churn: {reloads_ok} API reloads, {reloads_rejected} rejected, {hups} SIGHUPs, {drains} drains/undrains, {flips} health flips"
+    );
+    println!(
+        "UDP latency: load alone {}; under churn {}",
+        load.quiet.summary(),
+        load.churn.summary()
     );
     println!("RSS KiB: after warm-up {warm}, peak {peak}, end {end}; exit {exit}");
     let series: Vec<String> = rss.iter().step_by(15).map(u64::to_string).collect();
