@@ -44,7 +44,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use support::appliance::{Appliance, Speaks};
-use support::{ZONE, gto_bin, http, http_json};
+use support::{ZONE, gto_bin, http, http_json, sample};
 
 const TOKEN: &str = "soak-token-0123456789";
 const MEMBERS: usize = 4;
@@ -524,13 +524,7 @@ async fn soak_under_churn() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, metrics) = http(admin, "GET", "/metrics", None, "").await;
-    let metric = |name: &str, labels: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
+    let metric = |name: &str, labels: &str| sample(&metrics, name, &[labels]) as u64;
     let dropped = metric("gto_dns_rate_limited_total", "dropped");
     let slipped = metric("gto_dns_rate_limited_total", "slipped");
     let flips = metric("gto_health_flips_total", "");

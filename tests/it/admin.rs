@@ -6,7 +6,9 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 
-use crate::support::{TestServer, ZONE, answers, config, edns, http, http_json, query, udp};
+use crate::support::{
+    TestServer, ZONE, answers, config, edns, http, http_json, query, sample, udp,
+};
 
 const TOKEN: &str = "s3cret-token-for-tests-0123456789";
 
@@ -367,14 +369,6 @@ async fn reloads_under_load_lose_no_query_and_invalid_ones_keep_the_old_config()
     );
     let (_, status) = http_json(admin, "GET", "/v1/status", None, "").await;
     assert_eq!(status["generation"].as_u64(), generations.last().copied());
-}
-
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

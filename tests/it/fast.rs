@@ -2,12 +2,13 @@
 //! whatever the fast path answers must be byte for byte what the general path answers.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use gto::ConfigSource;
 use gto::dns::Handler;
 use gto::dns::fast::{FastScratch, respond};
 use gto::dns::handler::answer_bytes;
-use gto::routing::Builder;
+use gto::routing::{Builder, Snapshot};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
@@ -155,18 +156,21 @@ fn zone() -> String {
     zone
 }
 
-#[tokio::test]
-async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
+/// Both paths over the geo test config (plus `extra`) and the big zone.
+fn paths(extra: &str) -> (Handler, Arc<Snapshot>) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("gto.toml"), crate::geo::geo_config("")).unwrap();
+    std::fs::write(dir.path().join("gto.toml"), crate::geo::geo_config(extra)).unwrap();
     std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
     let loaded = ConfigSource::File(dir.path().join("gto.toml"))
         .load()
         .unwrap();
-    let builder = Builder::new(loaded);
-    let routing = builder.handle();
-    let handler = Handler::new(routing.clone());
-    let snapshot = routing.load_full();
+    let routing = Builder::new(loaded).handle();
+    (Handler::new(routing.clone()), routing.load_full())
+}
+
+#[tokio::test]
+async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
+    let (handler, snapshot) = paths("");
     assert!(
         snapshot.fast.len() > 10,
         "names indexed: {}",
@@ -252,17 +256,8 @@ async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
 /// byte the general path's.
 #[tokio::test(start_paused = true)]
 async fn slipped_answers_are_the_same_on_both_paths() {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = "[rrl]\nresponses_per_second = 1\nburst = 1\nslip = 1\nexempt = []\n";
-    std::fs::write(dir.path().join("gto.toml"), crate::geo::geo_config(limits)).unwrap();
-    std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
-    let loaded = ConfigSource::File(dir.path().join("gto.toml"))
-        .load()
-        .unwrap();
-    let builder = Builder::new(loaded);
-    let routing = builder.handle();
-    let handler = Handler::new(routing.clone());
-    let snapshot = routing.load_full();
+    let (handler, snapshot) =
+        paths("[rrl]\nresponses_per_second = 1\nburst = 1\nslip = 1\nexempt = []\n");
     assert!(snapshot.rrl.is_some());
 
     let mut scratch = FastScratch::default();
@@ -319,16 +314,10 @@ mod mutations {
     fn fixture() -> &'static Fixture {
         static FIXTURE: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
         FIXTURE.get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("gto.toml"), crate::geo::geo_config("")).unwrap();
-            std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
-            let loaded = ConfigSource::File(dir.path().join("gto.toml"))
-                .load()
-                .unwrap();
-            let routing = Builder::new(loaded).handle();
+            let (handler, snapshot) = super::paths("");
             Fixture {
-                handler: Handler::new(routing.clone()),
-                snapshot: routing.load_full(),
+                handler,
+                snapshot,
                 corpus: corpus(),
                 runtime: tokio::runtime::Builder::new_current_thread()
                     .build()

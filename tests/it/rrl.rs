@@ -11,7 +11,7 @@ use hickory_proto::rr::RecordType;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::support::{TestServer, ZONE, config, dig, http, query, tcp};
+use crate::support::{TestServer, ZONE, config, dig, http, query, sample, tcp};
 
 /// A burst of 5 at `rate` per second, nothing exempt (the test's clients are on loopback).
 fn limited(workers: u32, slip: u32, rate: u32) -> String {
@@ -68,10 +68,7 @@ async fn receive(socket: &UdpSocket, wait: Duration) -> Option<Message> {
 async fn metric(server: &TestServer, name: &str, labels: &str) -> u64 {
     let (status, text) = http(server.admin(), "GET", "/metrics", None, "").await;
     assert_eq!(status, 200);
-    text.lines()
-        .filter(|line| line.starts_with(name) && line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    sample(&text, name, &[labels]) as u64
 }
 
 /// Most answers a key at 10/s with a burst of 5 may get in `elapsed`.

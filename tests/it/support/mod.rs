@@ -238,3 +238,13 @@ pub async fn http_json(
     let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     (status, json)
 }
+
+/// The sum of a metric's samples in a Prometheus text page whose labels contain all of
+/// `labels` (e.g. `rcode="NXDOMAIN"`).
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
