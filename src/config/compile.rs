@@ -71,6 +71,21 @@ impl<'a> Collector<'a> {
     fn at<T>(&mut self, value: &Spanned<T>, path: impl Into<String>, message: impl Into<String>) {
         self.push(Some(value.span().start), path, message);
     }
+
+    /// The value when it is in `range`; else a located "must be between" problem.
+    fn ranged(
+        &mut self,
+        value: &Spanned<i64>,
+        path: impl Into<String>,
+        range: RangeInclusive<i64>,
+    ) -> Option<i64> {
+        if range.contains(value.get_ref()) {
+            return Some(*value.get_ref());
+        }
+        let message = format!("must be between {} and {}", range.start(), range.end());
+        self.at(value, path, message);
+        None
+    }
 }
 
 /// 1-based line number of a byte offset.
@@ -168,19 +183,12 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
                 1
             }),
     };
-    let mut limit = |field: &str, value: &Option<Spanned<i64>>, default: usize| match value {
-        None => default,
-        Some(v) => usize::try_from(*v.get_ref())
-            .ok()
-            .filter(|n| (1..=1_000_000).contains(n))
-            .unwrap_or_else(|| {
-                errors.at(
-                    v,
-                    format!("server.{field}"),
-                    "must be between 1 and 1000000",
-                );
-                default
-            }),
+    let mut limit = |field: &str, value: &Option<Spanned<i64>>, default: usize| {
+        value
+            .as_ref()
+            .and_then(|v| errors.ranged(v, format!("server.{field}"), 1..=1_000_000))
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(default)
     };
     let tcp_max_connections = limit("tcp_max_connections", &raw.server.tcp_max_connections, 1024);
     let tcp_max_queries = limit("tcp_max_queries", &raw.server.tcp_max_queries, 100);
@@ -232,17 +240,8 @@ fn compile_rrl(raw: &RawConfig, errors: &mut Collector<'_>) -> RrlSettings {
         buckets,
     } = rrl.get_ref();
     let mut number = |field: &str, value: &Option<Spanned<i64>>, range: RangeInclusive<i64>| {
-        let value = value.as_ref()?;
-        if range.contains(value.get_ref()) {
-            u32::try_from(*value.get_ref()).ok()
-        } else {
-            errors.at(
-                value,
-                format!("rrl.{field}"),
-                format!("must be between {} and {}", range.start(), range.end()),
-            );
-            None
-        }
+        let value = errors.ranged(value.as_ref()?, format!("rrl.{field}"), range)?;
+        u32::try_from(value).ok()
     };
     settings.enabled = enabled.unwrap_or(true);
     if let Some(rate) = number("responses_per_second", responses_per_second, 1..=1_000_000) {
