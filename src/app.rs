@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{AdminServer, AdminState};
-use crate::config::{ConfigError, ConfigErrors, ConfigSource, Loaded, Secret};
+use crate::config::{AdminSettings, ConfigError, ConfigErrors, ConfigSource, LOAD_TIMEOUT, Loaded};
 use crate::dns::{DnsError, DnsServer};
 use crate::health::{self, HealthHandle};
 use crate::metrics::CONFIG_RELOADS_TOTAL;
@@ -58,6 +58,15 @@ impl App {
     /// listeners, and starts the builder, the health checks and the admin API.
     pub async fn start(source: ConfigSource, loaded: Loaded) -> Result<Self, StartError> {
         let metrics = crate::metrics::install();
+        for zone in &loaded.zones {
+            info!(
+                zone = %zone.origin(),
+                serial = zone.serial(),
+                file = %zone.file().display(),
+                names = zone.name_count(),
+                "zone loaded"
+            );
+        }
         let settings = loaded.config.server.clone();
         let admin_settings = loaded.config.admin.clone();
         let restored =
@@ -67,7 +76,7 @@ impl App {
                 .and_then(|path| match health::store::load(path) {
                     Ok(file) => file,
                     Err(error) => {
-                        warn!(%error, "state file ignored");
+                        warn!(%error, "state file ignored; starting without it, every endpoint is re-checked");
                         None
                     }
                 });
@@ -95,15 +104,13 @@ impl App {
             events.clone(),
             token.child_token(),
         );
-        let admin_token = Arc::new(ArcSwapOption::from(
-            admin_settings.token.clone().map(Arc::new),
-        ));
+        let admin_shared = Arc::new(ArcSwap::from_pointee(admin_settings.clone()));
         let reloader = Reloader(Arc::new(ReloaderInner {
             source,
             events: events.clone(),
             health: health.clone(),
             listen: settings.listen.clone(),
-            admin_token: admin_token.clone(),
+            admin: admin_shared.clone(),
             lock: Mutex::new(()),
         }));
         let admin = match admin_settings.listen {
@@ -113,7 +120,7 @@ impl App {
                     routing: routing.clone(),
                     health: health.clone(),
                     reloader: reloader.clone(),
-                    token: admin_token,
+                    settings: admin_shared,
                     metrics,
                     ready: ready.clone(),
                 };
@@ -184,15 +191,28 @@ impl App {
         result
     }
 
-    /// Serves until SIGTERM or SIGINT; SIGHUP reloads the config.
-    pub async fn run_until_signal(self) -> Result<(), DnsError> {
-        let mut signals =
-            crate::shutdown::Signals::new().map_err(|e| DnsError::Serve(e.to_string()))?;
+    /// Serves until SIGTERM or SIGINT; SIGHUP reloads the config. `signals` were installed
+    /// before the config was loaded; `reload_queued` is a SIGHUP that arrived meanwhile.
+    /// Reloads run beside the signal loop, so SIGTERM wins over a slow or stuck reload.
+    pub async fn run_until_signal(
+        self,
+        mut signals: crate::shutdown::Signals,
+        reload_queued: bool,
+    ) -> Result<(), DnsError> {
+        let reload = |reloader: Reloader| {
+            // Errors are logged and counted inside; the old config keeps serving.
+            tokio::spawn(async move {
+                let _ = reloader.reload().await;
+            })
+        };
+        if reload_queued {
+            info!("reloading: SIGHUP arrived during start-up");
+            reload(self.reloader.clone());
+        }
         loop {
             match signals.next().await {
                 crate::shutdown::Signal::Reload => {
-                    // Errors are logged and counted inside; the old config keeps serving.
-                    let _ = self.reload().await;
+                    reload(self.reloader.clone());
                 }
                 crate::shutdown::Signal::Stop => {
                     info!("shutting down");
@@ -223,7 +243,10 @@ pub fn explain_offline(
     {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(file))) => Some(file),
-        Some(Err(error)) => return Err(error.to_string()),
+        Some(Err(error)) => {
+            warn!(%error, "state file ignored; explaining as if every endpoint were up");
+            None
+        }
     };
     let loaded = Arc::new(loaded);
     let states = health::restore(&loaded, restored.as_ref());
@@ -244,7 +267,7 @@ struct ReloaderInner {
     events: mpsc::Sender<BuildEvent>,
     health: HealthHandle,
     listen: Vec<SocketAddr>,
-    admin_token: Arc<ArcSwapOption<Secret>>,
+    admin: Arc<ArcSwap<AdminSettings>>,
     lock: Mutex<()>,
 }
 
@@ -256,7 +279,7 @@ impl Reloader {
         let inner = &self.0;
         let _one_at_a_time = inner.lock.lock().await;
         let source = inner.source.clone();
-        let loaded = tokio::task::spawn_blocking(move || source.load())
+        let loaded = tokio::task::spawn_blocking(move || source.load_within(LOAD_TIMEOUT))
             .await
             .map_err(|e| single_error(format!("reload task failed: {e}")))
             .and_then(|result| result);
@@ -277,9 +300,7 @@ impl Reloader {
         if loaded.config.server.listen != inner.listen {
             warn!("[server] listen changed: listeners are kept until restart");
         }
-        inner
-            .admin_token
-            .store(loaded.config.admin.token.clone().map(Arc::new));
+        inner.admin.store(Arc::new(loaded.config.admin.clone()));
         let loaded = Arc::new(loaded);
         let (done, generation) = oneshot::channel();
         let event = BuildEvent::Reload {

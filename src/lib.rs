@@ -35,6 +35,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod files;
 pub mod geo;
 pub mod health;
 pub mod metrics;

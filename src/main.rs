@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gto::cli::{Cli, Command};
+use gto::config::LOAD_TIMEOUT;
+use gto::shutdown::{Signal, Signals};
 use gto::{App, ConfigSource, EXIT_BAD_CONFIG};
 use tracing_subscriber::EnvFilter;
 
@@ -43,7 +45,7 @@ fn main() -> ExitCode {
 }
 
 fn check(source: ConfigSource) -> ExitCode {
-    match source.load() {
+    match source.load_within(LOAD_TIMEOUT) {
         Ok(loaded) => {
             let config = &loaded.config;
             let endpoints: usize = config.pools.iter().map(|p| p.members.len()).sum();
@@ -71,10 +73,6 @@ fn report(errors: &gto::config::ConfigErrors) -> ExitCode {
 }
 
 fn serve(source: ConfigSource) -> ExitCode {
-    let loaded = match source.load() {
-        Ok(loaded) => loaded,
-        Err(errors) => return report(&errors),
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,8 +81,38 @@ fn serve(source: ConfigSource) -> ExitCode {
         Err(error) => return fail(&error),
     };
     runtime.block_on(async move {
+        // Signals first: a SIGHUP or SIGTERM while the zones load must not kill gto.
+        let mut signals = match Signals::new() {
+            Ok(signals) => signals,
+            Err(error) => return fail(&error),
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %source,
+            "gto starting; loading the config"
+        );
+        let mut reload_queued = false;
+        let loading = {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || source.load_within(LOAD_TIMEOUT))
+        };
+        tokio::pin!(loading);
+        let loaded = loop {
+            tokio::select! {
+                loaded = &mut loading => break loaded,
+                signal = signals.next() => match signal {
+                    Signal::Reload => reload_queued = true,
+                    Signal::Stop => return ExitCode::SUCCESS,
+                },
+            }
+        };
+        let loaded = match loaded {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(errors)) => return report(&errors),
+            Err(error) => return fail(&error),
+        };
         match App::start(source, loaded).await {
-            Ok(app) => match app.run_until_signal().await {
+            Ok(app) => match app.run_until_signal(signals, reload_queued).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(&error),
             },

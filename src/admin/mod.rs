@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -39,7 +39,7 @@ use tracing::{info, warn};
 pub use error::ApiError;
 
 use crate::app::Reloader;
-use crate::config::Secret;
+use crate::config::AdminSettings;
 use crate::health::HealthHandle;
 use crate::metrics::ADMIN_REQUESTS_TOTAL;
 use crate::routing::RoutingHandle;
@@ -58,8 +58,8 @@ pub struct AdminState {
     pub health: HealthHandle,
     /// Reloads config and zones.
     pub reloader: Reloader,
-    /// The bearer token for changes, swapped on reload.
-    pub token: Arc<ArcSwapOption<Secret>>,
+    /// The admin settings (bearer token, drain bound), swapped on reload.
+    pub settings: Arc<ArcSwap<AdminSettings>>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Opens once the first snapshot is published.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AdminState, ApiError, constant_time_eq};
-use crate::health::MemberStatus;
+use crate::health::{MemberStatus, store};
 use crate::routing::MemberKey;
 use crate::routing::explain::{Explanation, explain as explain_answer, parse_question};
 
@@ -54,8 +54,10 @@ struct LoadView {
     reported: String,
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
+/// RFC 3339 in UTC; times past the year 9999 (which RFC 3339 cannot write, and which never
+/// enter: drains are bounded and the state file is validated) show as its last second.
+pub(super) fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time.min(store::max_time())).to_string()
 }
 
 fn view(status: &MemberStatus, addresses: Vec<IpAddr>) -> MemberView {
@@ -170,14 +172,18 @@ pub(super) async fn explain(
 
 /// Checks the bearer token of a change.
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = state.token.load();
-    let Some(token) = token.as_ref() else {
+    let settings = state.settings.load();
+    let Some(token) = settings.token.as_ref() else {
         return Err(ApiError::ChangesDisabled);
     };
+    // The scheme is case-insensitive (RFC 7235 section 2.1).
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            let (scheme, credentials) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
+        })
         .ok_or(ApiError::Unauthorized)?;
     if constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes()) {
         Ok(())
@@ -213,6 +219,14 @@ pub(super) async fn drain(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
     let body: DrainBody = parse_body(&body)?;
+    let now = SystemTime::now();
+    let max_drain = state.settings.load().max_drain;
+    let too_far = || {
+        ApiError::BadRequest(format!(
+            "a drain may last at most {} ([admin] max_drain); undrain by hand for longer",
+            humantime::format_duration(max_drain)
+        ))
+    };
     let until = match (body.until, body.duration) {
         (Some(_), Some(_)) => {
             return Err(ApiError::BadRequest(
@@ -223,15 +237,21 @@ pub(super) async fn drain(
             humantime::parse_rfc3339_weak(&until)
                 .map_err(|e| ApiError::BadRequest(format!("until {until:?}: {e}")))?,
         ),
-        (None, Some(duration)) => Some(
-            SystemTime::now()
-                + humantime::parse_duration(&duration)
-                    .map_err(|e| ApiError::BadRequest(format!("for {duration:?}: {e}")))?,
-        ),
+        (None, Some(duration)) => {
+            let duration = humantime::parse_duration(&duration)
+                .map_err(|e| ApiError::BadRequest(format!("for {duration:?}: {e}")))?;
+            if duration > max_drain {
+                return Err(too_far());
+            }
+            Some(now.checked_add(duration).ok_or_else(too_far)?)
+        }
         (None, None) => None,
     };
-    if until.is_some_and(|u| u <= SystemTime::now()) {
+    if until.is_some_and(|u| u <= now) {
         return Err(ApiError::BadRequest("`until` is in the past".into()));
+    }
+    if until.is_some_and(|u| u.duration_since(now).map_or(true, |d| d > max_drain)) {
+        return Err(too_far());
     }
     let status = state
         .health

@@ -46,6 +46,7 @@ pub(crate) fn compile_check(
         fall,
         load_fields,
     } = raw;
+    let limit = errors.file_limit;
     let mut error =
         |field: &str, message: String| errors.push(Some(at), format!("{path}.{field}"), message);
 
@@ -126,9 +127,12 @@ pub(crate) fn compile_check(
             None => Vec::new(),
             Some(file) => {
                 let file = base_dir.join(file);
-                match CertificateDer::pem_file_iter(&file)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                {
+                let pem = crate::files::read(&file, limit).map_err(|e| e.to_string());
+                match pem.and_then(|pem| {
+                    CertificateDer::pem_slice_iter(&pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("{}: {e}", file.display()))
+                }) {
                     Ok(certs) if !certs.is_empty() => certs,
                     Ok(_) => {
                         error(
@@ -138,7 +142,7 @@ pub(crate) fn compile_check(
                         Vec::new()
                     }
                     Err(e) => {
-                        error("ca_file", format!("cannot read {}: {e}", file.display()));
+                        error("ca_file", format!("cannot read {e}"));
                         Vec::new()
                     }
                 }

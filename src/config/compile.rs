@@ -41,6 +41,8 @@ pub(crate) struct Collector<'a> {
     text: &'a str,
     file: &'a Path,
     pub(crate) errors: Vec<ConfigError>,
+    /// `[server] max_file_size`, for the files the config names.
+    pub(crate) file_limit: u64,
 }
 
 impl<'a> Collector<'a> {
@@ -49,6 +51,7 @@ impl<'a> Collector<'a> {
             text,
             file,
             errors: Vec::new(),
+            file_limit: crate::files::DEFAULT_MAX_FILE_SIZE,
         }
     }
 
@@ -192,6 +195,18 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
     };
     let tcp_max_connections = limit("tcp_max_connections", &raw.server.tcp_max_connections, 1024);
     let tcp_max_queries = limit("tcp_max_queries", &raw.server.tcp_max_queries, 100);
+    let max_file_size = match &raw.server.max_file_size {
+        None => crate::files::DEFAULT_MAX_FILE_SIZE,
+        Some(value) => parse_size(value.get_ref()).unwrap_or_else(|| {
+            errors.at(
+                value,
+                "server.max_file_size",
+                "not a size of 1KiB to 4GiB (e.g. \"256MiB\")",
+            );
+            crate::files::DEFAULT_MAX_FILE_SIZE
+        }),
+    };
+    errors.file_limit = max_file_size;
     let udp_coalesce = match &raw.server.udp_coalesce {
         None => DEFAULT_UDP_COALESCE,
         Some(value) => match parse_duration(value.get_ref()) {
@@ -214,6 +229,7 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
         tcp_max_connections,
         tcp_max_queries,
         udp_coalesce,
+        max_file_size,
         state_file: raw.server.state_file.as_ref().and_then(|file| {
             if file.get_ref().is_empty() {
                 errors.at(file, "server.state_file", "must not be empty");
@@ -365,13 +381,51 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
         return AdminSettings {
             listen: Some(default_listen),
             token: None,
+            ..AdminSettings::default()
         };
     };
     let RawAdmin {
         enabled,
         listen,
         token_file,
+        max_drain,
+        max_connections,
+        header_timeout,
     } = admin.get_ref();
+    let defaults = AdminSettings::default();
+    let max_drain = match max_drain {
+        None => defaults.max_drain,
+        Some(text) => match parse_duration(text.get_ref()) {
+            Some(d) if !d.is_zero() && d <= AdminSettings::MAX_DRAIN_LIMIT => d,
+            _ => {
+                errors.at(
+                    text,
+                    "admin.max_drain",
+                    "not a duration of at most 100 years (e.g. \"366d\")",
+                );
+                defaults.max_drain
+            }
+        },
+    };
+    let header_timeout = match header_timeout {
+        None => defaults.header_timeout,
+        Some(text) => match parse_duration(text.get_ref()) {
+            Some(d) if !d.is_zero() && d <= Duration::from_secs(60) => d,
+            _ => {
+                errors.at(
+                    text,
+                    "admin.header_timeout",
+                    "not a duration of at most 60s (e.g. \"5s\")",
+                );
+                defaults.header_timeout
+            }
+        },
+    };
+    let max_connections = max_connections
+        .as_ref()
+        .and_then(|v| errors.ranged(v, "admin.max_connections", 1..=10_000))
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(defaults.max_connections);
     let address = match listen {
         None => default_listen,
         Some(text) => match text.get_ref().parse::<SocketAddr>() {
@@ -391,7 +445,7 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
     };
     let token = token_file.as_ref().and_then(|file| {
         let path = base_dir.join(file.get_ref());
-        match std::fs::read_to_string(&path) {
+        match crate::files::read_to_string(&path, errors.file_limit) {
             Ok(text) if text.trim().len() >= 16 => Some(Secret::new(text.trim().to_string())),
             Ok(_) => {
                 errors.at(
@@ -405,11 +459,7 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
                 None
             }
             Err(e) => {
-                errors.at(
-                    file,
-                    "admin.token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                );
+                errors.at(file, "admin.token_file", format!("cannot read token: {e}"));
                 None
             }
         }
@@ -425,6 +475,9 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
     AdminSettings {
         listen: enabled.then_some(address),
         token,
+        max_drain,
+        max_connections,
+        header_timeout,
     }
 }
 
@@ -955,6 +1008,27 @@ pub(crate) fn parse_name(text: &str) -> Result<Name, String> {
     Ok(name.to_lowercase())
 }
 
+/// Parses a size: bytes, or a number with KiB, MiB or GiB (1 KiB to 4 GiB).
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(unit)
+        .filter(|n| (1024..=4 << 30).contains(n))
+}
+
 /// Parses "10s", "500ms", "2m", "1h" (or a bare number of seconds).
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -969,6 +1043,7 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         "us" | "µs" => Some(Duration::from_micros(number)),
         "m" => number.checked_mul(60).map(Duration::from_secs),
         "h" => number.checked_mul(3600).map(Duration::from_secs),
+        "d" => number.checked_mul(86_400).map(Duration::from_secs),
         _ => None,
     }
 }

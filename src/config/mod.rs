@@ -35,7 +35,55 @@ pub enum ConfigSource {
     File(PathBuf),
 }
 
+/// How long reading the config and its files may take before it is given up (a stuck
+/// network file system, say): `gto check`, start-up and reloads report it as a problem.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::Embedded => f.write_str("<embedded default>"),
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 impl ConfigSource {
+    /// Like [`ConfigSource::load`], but gives up after `timeout`. The reading thread is
+    /// left behind when it is stuck in the kernel; nothing waits for it.
+    pub fn load_within(&self, timeout: Duration) -> Result<Loaded, ConfigErrors> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let source = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gto-load".into())
+            .spawn(move || {
+                let _ = sender.send(source.load());
+            });
+        let file = match self {
+            ConfigSource::Embedded => PathBuf::from("<embedded gto.toml>"),
+            ConfigSource::File(path) => path.clone(),
+        };
+        let failed = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                line: None,
+                path: String::new(),
+                message,
+            }])
+        };
+        if let Err(e) = spawned {
+            return Err(failed(format!("cannot start reading the config: {e}")));
+        }
+        match receiver.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(_) => Err(failed(format!(
+                "reading the config and the files it names took longer than {}s (a stuck \
+                 file system?); gave up",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
     /// Reads, validates and loads the config and all of its zone files.
     pub fn load(&self) -> Result<Loaded, ConfigErrors> {
         match self {
@@ -43,14 +91,15 @@ impl ConfigSource {
                 load_str(EMBEDDED_CONFIG, Path::new("<embedded gto.toml>"), true)
             }
             ConfigSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigErrors(vec![ConfigError {
-                        file: path.clone(),
-                        line: None,
-                        path: String::new(),
-                        message: format!("cannot read config: {e}"),
-                    }])
-                })?;
+                let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG_SIZE)
+                    .map_err(|e| {
+                        ConfigErrors(vec![ConfigError {
+                            file: path.clone(),
+                            line: None,
+                            path: String::new(),
+                            message: format!("cannot read config: {e}"),
+                        }])
+                    })?;
                 load_str(&text, path, false)
             }
         }
@@ -184,6 +233,31 @@ pub struct AdminSettings {
     pub listen: Option<SocketAddr>,
     /// Bearer token required for changes; None: every change is refused.
     pub token: Option<Secret>,
+    /// Longest drain accepted (`for`, or `until` from now); default 366 days. A bound,
+    /// so that a time far in the future never reaches status or the state file.
+    pub max_drain: Duration,
+    /// Open admin connections at most (default 64); more wait to be accepted.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (default 5 s); a connection that
+    /// sends nothing is closed, so it cannot hold shutdown or a connection slot.
+    pub header_timeout: Duration,
+}
+
+impl AdminSettings {
+    /// Largest `max_drain` accepted.
+    pub const MAX_DRAIN_LIMIT: Duration = Duration::from_secs(100 * 366 * 86_400);
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token: None,
+            max_drain: Duration::from_secs(366 * 86_400),
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A secret that never shows in logs or debug output.
@@ -233,6 +307,9 @@ pub struct ServerSettings {
     /// much (plus the kernel's timer slack, 50 µs) of added latency, paid only by queries
     /// that arrive during the pause. Answers are sent before it.
     pub udp_coalesce: Duration,
+    /// Largest zone file, MaxMind database, certificate or token file read (default
+    /// 256 MiB): a runaway or endless file is an error, not an allocation failure.
+    pub max_file_size: u64,
 }
 
 /// `[[zone]]`: an origin and where its records come from.
@@ -708,7 +785,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
     }
     let mut zones = Vec::new();
     for spec in &config.zones {
-        match crate::zone::load(spec) {
+        match crate::zone::load(spec, config.server.max_file_size) {
             Ok(zone) => zones.push(zone),
             Err(mut zone_errors) => errors.append(&mut zone_errors),
         }
@@ -718,7 +795,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
     }
     let geo_db = match &config.geo.mmdb {
         None => None,
-        Some(path) => match crate::geo::mmdb::Mmdb::open(path) {
+        Some(path) => match crate::geo::mmdb::Mmdb::open(path, config.server.max_file_size) {
             Ok(db) => Some(std::sync::Arc::new(db)),
             Err(error) => {
                 errors.push(ConfigError {

@@ -44,6 +44,8 @@ pub(crate) struct RawServer {
     pub(crate) tcp_max_queries: Option<Spanned<i64>>,
     /// Pause after a small UDP batch, e.g. "50us".
     pub(crate) udp_coalesce: Option<Spanned<String>>,
+    /// Largest file the config names, e.g. "256MiB".
+    pub(crate) max_file_size: Option<Spanned<String>>,
 }
 
 /// `[rrl]`: response rate limiting on UDP.
@@ -116,6 +118,12 @@ pub(crate) struct RawAdmin {
     pub(crate) enabled: Option<bool>,
     pub(crate) listen: Option<Spanned<String>>,
     pub(crate) token_file: Option<Spanned<String>>,
+    /// Longest drain `for`/`until` accepted, e.g. "366d".
+    pub(crate) max_drain: Option<Spanned<String>>,
+    /// Open admin connections at most.
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    /// Time a client has to send a request's headers, e.g. "5s".
+    pub(crate) header_timeout: Option<Spanned<String>>,
 }
 
 /// `[[zone]]`: one zone we are authoritative for.

@@ -25,8 +25,12 @@ impl std::fmt::Debug for Mmdb {
 
 impl Mmdb {
     /// Opens and checks a database file.
-    pub fn open(path: &Path) -> Result<Self, GeoError> {
-        let reader = Reader::open_readfile(path).map_err(|e| GeoError::Mmdb {
+    pub fn open(path: &Path, limit: u64) -> Result<Self, GeoError> {
+        let bytes = crate::files::read(path, limit).map_err(|e| GeoError::Mmdb {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let reader = Reader::from_source(bytes).map_err(|e| GeoError::Mmdb {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;

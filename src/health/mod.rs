@@ -854,14 +854,14 @@ fn new_tracked(
     let load = restored.and_then(|r| r.load).map(|l| Load {
         sessions: l.sessions,
         capacity: l.capacity,
-        at: store::from_unix(l.at),
+        at: store::from_unix_clamped(l.at),
     });
     let (health, since, last_check, last_error, stale) = match restored {
         // Restored state counts until a fresh result says otherwise; it is stale till then.
         Some(record) if check.probe != Probe::None => (
             record.health,
-            store::from_unix(record.since),
-            record.checked.map(store::from_unix),
+            store::from_unix_clamped(record.since),
+            record.checked.map(store::from_unix_clamped),
             record.reason.clone(),
             true,
         ),

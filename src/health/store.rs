@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::state::Health;
 
+/// Largest state file read: about 200 bytes per endpoint, so room for a million.
+const MAX_SIZE: u64 = 256 * 1024 * 1024;
+
 /// Format version written into the file.
 pub const VERSION: u32 = 1;
 
@@ -19,9 +22,7 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file exists but is not a state file gto can read.
-    #[error(
-        "state file {path} is unreadable ({reason}); starting without it, every endpoint is re-checked"
-    )]
+    #[error("state file {path} is unreadable: {reason}")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -79,8 +80,27 @@ impl MemberRecord {
     /// The drain this record still holds at `now`: None when not drained, or when its time
     /// ran out (while gto was stopped); else its end, if any.
     pub fn live_drain(&self, now: SystemTime) -> Option<Option<SystemTime>> {
-        let until = self.drained_until.map(from_unix);
+        let until = self.drained_until.map(from_unix_clamped);
         (self.drained && until.is_none_or(|u| u > now)).then_some(until)
+    }
+
+    /// The first field out of range, if any: every timestamp must lie between the epoch
+    /// and [`MAX_UNIX`], and a load's capacity must be positive.
+    pub fn invalid_field(&self) -> Option<&'static str> {
+        let bad = |t: u64| t > MAX_UNIX;
+        if bad(self.since) {
+            Some("since")
+        } else if self.checked.is_some_and(bad) {
+            Some("checked")
+        } else if self.drained_until.is_some_and(bad) {
+            Some("drained_until")
+        } else if self.load.is_some_and(|l| bad(l.at)) {
+            Some("load.at")
+        } else if self.load.is_some_and(|l| l.capacity == 0) {
+            Some("load.capacity")
+        } else {
+            None
+        }
     }
 }
 
@@ -101,20 +121,35 @@ pub fn unix(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The time a Unix timestamp stands for.
-pub fn from_unix(seconds: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+/// The last second of the year 9999: the latest time gto keeps, shows or writes (RFC 3339
+/// has four-digit years).
+pub const MAX_UNIX: u64 = 253_402_300_799;
+
+/// The time a Unix timestamp stands for; None past [`MAX_UNIX`].
+pub fn from_unix(seconds: u64) -> Option<SystemTime> {
+    (seconds <= MAX_UNIX).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+/// Like [`from_unix`], with times past [`MAX_UNIX`] taken as [`MAX_UNIX`] (records are
+/// validated on load, so this only guards).
+pub fn from_unix_clamped(seconds: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.min(MAX_UNIX))
+}
+
+/// The latest time gto accepts anywhere (see [`MAX_UNIX`]).
+pub fn max_time() -> SystemTime {
+    from_unix_clamped(MAX_UNIX)
 }
 
 /// Reads the file; `Ok(None)` when it does not exist.
 pub fn load(path: &Path) -> Result<Option<StateFile>, StoreError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::files::read_to_string(path, MAX_SIZE) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StoreError::Io {
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => {
+            return Err(StoreError::Corrupt {
                 path: path.to_path_buf(),
-                source,
+                reason: e.to_string(),
             });
         }
     };
@@ -128,7 +163,25 @@ pub fn load(path: &Path) -> Result<Option<StateFile>, StoreError> {
             reason: format!("version {} is not {VERSION}", file.version),
         });
     }
-    Ok(Some(file))
+    Ok(Some(validated(file, path)))
+}
+
+/// Drops (and logs) every record with a field out of range; keeps the rest.
+fn validated(mut file: StateFile, path: &Path) -> StateFile {
+    file.members.retain(|record| match record.invalid_field() {
+        None => true,
+        Some(field) => {
+            tracing::warn!(
+                path = %path.display(),
+                pool = %record.pool,
+                member = %record.member,
+                field,
+                "state file entry has a value out of range; entry dropped, the endpoint is re-checked"
+            );
+            false
+        }
+    });
+    file
 }
 
 /// Writes the file atomically (temporary file, fsync, rename).

@@ -51,6 +51,19 @@ impl Zone {
         &self.soa
     }
 
+    /// The SOA serial.
+    pub fn serial(&self) -> u32 {
+        match &self.soa.data {
+            RData::SOA(soa) => soa.serial,
+            _ => 0,
+        }
+    }
+
+    /// How many owner names hold records.
+    pub fn name_count(&self) -> usize {
+        self.rrsets.len()
+    }
+
     /// Negative-caching TTL (RFC 2308 section 5): the lesser of the SOA's TTL and MINIMUM.
     pub fn negative_ttl(&self) -> u32 {
         match &self.soa.data {
@@ -73,11 +86,11 @@ impl Zone {
 }
 
 /// Reads and validates the zone described by `spec`.
-pub fn load(spec: &ZoneSpec) -> Result<Zone, Vec<ConfigError>> {
+pub fn load(spec: &ZoneSpec, limit: u64) -> Result<Zone, Vec<ConfigError>> {
     let file = spec.source.display_path();
     let text = match &spec.source {
         ZoneSource::Embedded(text) => (*text).to_string(),
-        ZoneSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+        ZoneSource::File(path) => crate::files::read_to_string(path, limit).map_err(|e| {
             vec![ConfigError {
                 file: file.clone(),
                 line: None,

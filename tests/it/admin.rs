@@ -10,10 +10,10 @@ use crate::support::{
     TestServer, ZONE, answers, config, edns, http, http_json, query, sample, udp,
 };
 
-const TOKEN: &str = "s3cret-token-for-tests-0123456789";
+pub(crate) const TOKEN: &str = "s3cret-token-for-tests-0123456789";
 
 /// The default test config with a token and a state file.
-fn admin_config() -> String {
+pub(crate) fn admin_config() -> String {
     config("")
         .replace(
             "[admin]\nlisten = \"127.0.0.1:0\"",
@@ -25,7 +25,7 @@ fn admin_config() -> String {
         )
 }
 
-async fn start() -> TestServer {
+pub(crate) async fn start() -> TestServer {
     TestServer::start_with_files(
         &admin_config(),
         ZONE,

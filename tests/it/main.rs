@@ -13,6 +13,7 @@ mod edns;
 mod fast;
 mod geo;
 mod health;
+mod issue18;
 mod lifecycle;
 mod rrl;
 mod support;

@@ -248,3 +248,92 @@ pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A free loopback port (bound and released: the real binary cannot report port 0).
+pub fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+    if tcp.is_err() {
+        return free_port();
+    }
+    port
+}
+
+/// The real `gto` binary running `args`, with stderr captured; killed when dropped.
+pub struct RealGto {
+    pub child: tokio::process::Child,
+    pub stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+}
+
+impl RealGto {
+    pub fn spawn(args: &[&std::ffi::OsStr]) -> Self {
+        let mut child = tokio::process::Command::from(gto_bin())
+            .args(args)
+            .env("GTO_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        Self {
+            child,
+            stderr: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr)),
+        }
+    }
+
+    /// Reads stderr until a line contains `text` (at most 60 s); returns that line.
+    pub async fn wait_for_log(&mut self, text: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.stderr.next_line().await.unwrap() {
+                if line.contains(text) {
+                    return line;
+                }
+            }
+            panic!("gto's stderr ended before {text:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {text:?} in gto's log within 60 s"))
+    }
+
+    /// Sends a signal by PID.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (at most 20 s) for the exit status.
+    pub async fn exit(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("gto did not exit within 20 s")
+            .unwrap()
+    }
+}
+
+/// Polls `addr` over UDP (bounded) until `name` gets an answer.
+pub async fn wait_answering(addr: SocketAddr, name: &str) -> Message {
+    let message = query(name, RecordType::A, None);
+    for _ in 0..300 {
+        if let Some(bytes) = udp_raw_within(addr, &message.to_vec().unwrap(), 200).await {
+            return Message::from_vec(&bytes).unwrap();
+        }
+    }
+    panic!("{addr} never answered {name}");
+}
+
+/// Like [`udp_raw`], waiting `millis` for the reply.
+pub async fn udp_raw_within(addr: SocketAddr, bytes: &[u8], millis: u64) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(bytes, addr).await.unwrap();
+    let mut buffer = vec![0u8; 65535];
+    match tokio::time::timeout(Duration::from_millis(millis), socket.recv_from(&mut buffer)).await {
+        Ok(Ok((len, _))) => Some(buffer[..len].to_vec()),
+        _ => None,
+    }
+}

@@ -1,0 +1,159 @@
+//! Reading the files a config names (the config itself, zone files, `token_file`,
+//! `ca_file`, the MaxMind database, the state file): regular files only, opened without
+//! blocking (a FIFO cannot stall a reload), and never more than a size limit, so that
+//! `/dev/zero`, a device or a runaway file is an error with its path, not an abort on
+//! allocation failure.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Largest file read by default (`[server] max_file_size`): zone files, the MaxMind
+/// database, certificates and tokens. A GeoLite2 City database is about 70 MB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 256 * 1024 * 1024;
+/// Largest config file read (it is read before any setting is known).
+pub const MAX_CONFIG_SIZE: u64 = 16 * 1024 * 1024;
+
+/// Why a file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Opening or reading failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not a regular file (a FIFO, a device, a directory, a socket).
+    #[error("{}: is a {kind}, not a regular file", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// Larger than allowed.
+    #[error("{}: larger than the limit of {limit} bytes (server.max_file_size)", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Not UTF-8 text.
+    #[error("{}: not UTF-8 text", path.display())]
+    NotText {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl FileError {
+    /// True when the file does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// What a file system entry is, in words, when it is not a regular file.
+pub fn irregular_kind(file_type: std::fs::FileType) -> Option<&'static str> {
+    if file_type.is_file() {
+        None
+    } else if file_type.is_dir() {
+        Some("directory")
+    } else if file_type.is_fifo() {
+        Some("FIFO")
+    } else if file_type.is_char_device() {
+        Some("character device")
+    } else if file_type.is_block_device() {
+        Some("block device")
+    } else if file_type.is_socket() {
+        Some("socket")
+    } else {
+        Some("special file")
+    }
+}
+
+/// Reads a regular file of at most `limit` bytes.
+pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    let io = |source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let metadata = file.metadata().map_err(io)?;
+    if let Some(kind) = irregular_kind(metadata.file_type()) {
+        return Err(FileError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    if metadata.len() > limit {
+        return Err(FileError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    // The file may grow while it is read: never take more than the limit.
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Reads a regular UTF-8 text file of at most `limit` bytes.
+pub fn read_to_string(path: &Path, limit: u64) -> Result<String, FileError> {
+    String::from_utf8(read(path, limit)?).map_err(|_| FileError::NotText {
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_18_devices_fifos_and_huge_files_are_errors_not_aborts() {
+        let zero = read(Path::new("/dev/zero"), 1024).unwrap_err();
+        assert!(zero.to_string().contains("character device"), "{zero}");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Returns at once, although no writer ever opens the FIFO.
+        let error = read(&fifo, 1024).unwrap_err();
+        assert!(error.to_string().contains("FIFO"), "{error}");
+        assert!(
+            read(dir.path(), 1024)
+                .unwrap_err()
+                .to_string()
+                .contains("directory")
+        );
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 2048]).unwrap();
+        assert!(matches!(read(&big, 1024), Err(FileError::TooLarge { .. })));
+        assert_eq!(read(&big, 2048).unwrap().len(), 2048);
+        assert!(
+            read(&dir.path().join("absent"), 1)
+                .unwrap_err()
+                .is_not_found()
+        );
+    }
+}

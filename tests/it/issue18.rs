@@ -1,0 +1,241 @@
+//! Regression tests for issue 18: defects found trying gto as an attacker and as an
+//! operator. Each test is named after the item it pins down.
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use crate::admin::{TOKEN, start as start_admin};
+use crate::support::{RealGto, ZONE, config, free_port, http_json, wait_answering};
+
+fn member<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["member"] == name)
+        .unwrap()
+}
+
+/// A config for the real binary on a free port, written to `dir`.
+fn real_config(dir: &std::path::Path, extra_server: &str) -> std::net::SocketAddr {
+    let port = free_port();
+    let text = config("")
+        .replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{extra_server}"),
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nenabled = false",
+        );
+    std::fs::write(dir.join("gto.toml"), text).unwrap();
+    std::fs::write(dir.join("gto.example.com.zone"), ZONE).unwrap();
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+#[tokio::test]
+async fn issue_18_1_far_future_drains_are_refused_and_status_keeps_working() {
+    let server = start_admin().await;
+    let admin = server.admin();
+    let path = "/v1/members/sma/fra-1/drain";
+    for body in [
+        r#"{"for": "8000years"}"#,
+        r#"{"for": "500000000years"}"#,
+        r#"{"until": "9999-12-31T00:00:00Z"}"#,
+        r#"{"for": "367days"}"#,
+    ] {
+        let (code, reply) = http_json(admin, "POST", path, Some(TOKEN), body).await;
+        assert_eq!(code, 400, "{body}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("max_drain"),
+            "{reply}"
+        );
+    }
+    let (code, status) = http_json(admin, "GET", "/v1/status", None, "").await;
+    assert_eq!(code, 200);
+    assert_eq!(member(&status, "fra-1")["drained"], false);
+    // Within the bound it works, and reads back as RFC 3339.
+    let (code, reply) = http_json(admin, "POST", path, Some(TOKEN), r#"{"for": "300d"}"#).await;
+    assert_eq!(code, 200, "{reply}");
+    assert!(
+        reply["endpoint"]["drained_until"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let (code, _) = http_json(admin, "GET", "/v1/status", None, "").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn issue_18_2_out_of_range_state_file_entries_are_dropped_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = real_config(dir.path(), "state_file = \"gto.state\"");
+    let max = u64::MAX;
+    let state = format!(
+        r#"{{"version": 1, "written": 1, "members": [
+        {{"pool": "sma", "member": "fra-1", "health": "up", "since": 1, "checked": null,
+          "reason": null, "drained": true, "drained_until": {max}}},
+        {{"pool": "sma", "member": "ams-1", "health": "up", "since": {max}, "checked": {max},
+          "reason": null}},
+        {{"pool": "sma", "member": "nyc-1", "health": "up", "since": 1, "checked": 1,
+          "reason": null, "drained": true, "drained_until": null}}]}}"#
+    );
+    std::fs::write(dir.path().join("gto.state"), state).unwrap();
+    let config = dir.path().join("gto.toml");
+
+    // `gto explain` reads the same file: no panic, and the valid drain (nyc-1) counts.
+    let output = crate::support::gto_bin()
+        .args([
+            OsStr::new("explain"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ])
+        .args(["vpn.gto.example.com.", "198.51.100.1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("out of range"), "{stderr}");
+    let explanation: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        explanation["answers"],
+        serde_json::json!(["198.51.100.10", "198.51.100.20"]),
+        "fra-1's bad drain dropped, nyc-1's kept: {explanation}"
+    );
+
+    // `gto run` starts and answers; the bad entries were dropped and logged.
+    let mut gto = RealGto::spawn(&[
+        OsStr::new("run"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ]);
+    gto.wait_for_log("out of range").await;
+    let reply = wait_answering(addr, "vpn.gto.example.com.").await;
+    let answers = crate::support::answers(&reply);
+    assert_eq!(
+        answers,
+        vec!["198.51.100.10", "198.51.100.20"],
+        "nyc-1 stays drained"
+    );
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
+
+#[test]
+fn issue_18_3_config_named_files_that_are_devices_or_huge_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        r#"
+[[pool]]
+name = "tls"
+check = { kind = "https", port = 443, ca_file = "/dev/zero" }
+[[pool.member]]
+name = "x"
+addresses = ["192.0.2.1"]
+"#,
+    )
+    .replace("file = \"gto.example.com.zone\"", "file = \"big.zone\"")
+    .replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"/dev/urandom\"",
+    )
+    .replace("[server]\n", "[server]\nmax_file_size = \"1KiB\"\n");
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(dir.path().join("big.zone"), ZONE.repeat(3)).unwrap();
+    let output = crate::support::gto_bin()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero: is a character device"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("/dev/urandom: is a character device"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("big.zone: larger than the limit of 1024 bytes"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn issue_18_4_sighup_and_sigterm_during_startup_do_not_kill_gto() {
+    // A zone big enough that loading it takes a while.
+    let mut zone = ZONE.to_string();
+    for i in 0..60_000 {
+        zone.push_str(&format!("h{i} IN A 192.0.2.{}\n", i % 250 + 1));
+    }
+    for signal in ["HUP", "TERM"] {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = real_config(dir.path(), "");
+        std::fs::write(dir.path().join("gto.example.com.zone"), &zone).unwrap();
+        let config = dir.path().join("gto.toml");
+        let mut gto = RealGto::spawn(&[
+            OsStr::new("run"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ]);
+        gto.wait_for_log("loading the config").await;
+        gto.signal(signal);
+        if signal == "HUP" {
+            // The reload is queued and runs once gto serves.
+            gto.wait_for_log("SIGHUP arrived during start-up").await;
+            gto.wait_for_log("config reloaded").await;
+            let reply = wait_answering(addr, "h59999.gto.example.com.").await;
+            assert_eq!(crate::support::answers(&reply).len(), 1);
+            gto.signal("TERM");
+        }
+        let status = gto.exit().await;
+        assert_eq!(status.code(), Some(0), "after SIG{signal}: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn issue_18_7_a_fifo_config_path_neither_hangs_check_nor_reload_and_sigterm_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = real_config(dir.path(), "");
+    let config = dir.path().join("gto.toml");
+    let mut gto = RealGto::spawn(&[
+        OsStr::new("run"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ]);
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    // The zone file becomes a FIFO nobody writes to.
+    let zone = dir.path().join("gto.example.com.zone");
+    std::fs::remove_file(&zone).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&zone)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    gto.signal("HUP");
+    gto.wait_for_log("is a FIFO, not a regular file").await;
+    // A later reload still runs (nothing holds the reload lock).
+    gto.signal("HUP");
+    gto.wait_for_log("is a FIFO, not a regular file").await;
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::from(crate::support::gto_bin())
+            .args([
+                OsStr::new("check"),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ])
+            .output(),
+    )
+    .await
+    .expect("gto check hung on a FIFO")
+    .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
