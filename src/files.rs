@@ -76,6 +76,49 @@ pub fn irregular_kind(file_type: std::fs::FileType) -> Option<&'static str> {
     }
 }
 
+/// Checks that `path` may be replaced by a file gto writes (the state file): absent, or a regular file. A
+/// symbolic link is followed only when `follow_symlinks` is set or it points to a file in
+/// its own directory; the file written is then the link's target, and the link stays.
+pub fn replaceable(path: &Path, follow_symlinks: bool) -> Result<PathBuf, String> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if !metadata.file_type().is_symlink() {
+        return match crate::files::irregular_kind(metadata.file_type()) {
+            None => Ok(path.to_path_buf()),
+            Some(kind) => Err(format!(
+                "{} is a {kind}; the state file must be a regular file or absent",
+                path.display()
+            )),
+        };
+    }
+    let link = std::fs::read_link(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let resolved = parent.join(&link);
+    let inside = link.components().count() == 1 && !link.is_absolute();
+    if !inside && !follow_symlinks {
+        return Err(format!(
+            "{} is a symbolic link out of its directory (to {}); set server.state_file_follow_symlinks = true to write through it",
+            path.display(),
+            link.display()
+        ));
+    }
+    match std::fs::metadata(&resolved) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(resolved),
+        Err(e) => Err(format!("{}: {e}", resolved.display())),
+        Ok(metadata) => match crate::files::irregular_kind(metadata.file_type()) {
+            None => Ok(resolved),
+            Some(kind) => Err(format!(
+                "{} points to a {kind} ({}); the state file must be a regular file or absent",
+                path.display(),
+                resolved.display()
+            )),
+        },
+    }
+}
+
 /// Reads a regular file of at most `limit` bytes.
 pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
     let io = |source| FileError::Io {

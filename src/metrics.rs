@@ -29,6 +29,9 @@ pub const CONFIG_RELOADS_TOTAL: &str = "gto_config_reloads_total";
 pub const PROBE_DURATION_SECONDS: &str = "gto_probe_duration_seconds";
 /// Failed probes, by `kind` and `reason`.
 pub const PROBE_FAILURES_TOTAL: &str = "gto_probe_failures_total";
+/// Probes whose result is unknown because of a local failure (no file descriptor, no
+/// buffer space), by `kind` and `reason`; they do not count against the endpoint.
+pub const PROBE_UNKNOWN_TOTAL: &str = "gto_probe_unknown_total";
 /// Health flips, by `to` (up, down).
 pub const HEALTH_FLIPS_TOTAL: &str = "gto_health_flips_total";
 /// 1 when an endpoint is up, by `pool` and `member` (bounded by the config).
@@ -47,6 +50,9 @@ pub const DNS_QUERY_SECONDS: &str = "gto_dns_query_seconds";
 pub const ADMIN_REQUESTS_TOTAL: &str = "gto_admin_requests_total";
 /// Drain and undrain actions, by `action`.
 pub const DRAINS_TOTAL: &str = "gto_drains_total";
+/// State file writes that failed (the change is applied and served, but would be lost
+/// at a restart until a later write succeeds).
+pub const STATE_WRITE_FAILURES_TOTAL: &str = "gto_state_write_failures_total";
 /// Reported load of an endpoint (sessions / capacity), by `pool` and `member`.
 pub const MEMBER_LOAD: &str = "gto_member_load";
 
@@ -169,6 +175,16 @@ pub fn describe_all() {
         "Admin API requests, by route and status."
     );
     describe_counter!(DRAINS_TOTAL, Unit::Count, "Drain and undrain actions.");
+    describe_counter!(
+        PROBE_UNKNOWN_TOTAL,
+        Unit::Count,
+        "Probes with no verdict because of a local failure (EMFILE, ENOBUFS); health unchanged."
+    );
+    describe_counter!(
+        STATE_WRITE_FAILURES_TOTAL,
+        Unit::Count,
+        "State file writes that failed; changes since the last good write would be lost at a restart."
+    );
     describe_gauge!(
         MEMBER_LOAD,
         Unit::Count,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AdminState, ApiError, constant_time_eq};
-use crate::health::{MemberStatus, store};
+use crate::health::{Changed, MemberStatus, store};
 use crate::routing::MemberKey;
 use crate::routing::explain::{Explanation, explain as explain_answer, parse_question};
 
@@ -54,11 +54,7 @@ struct LoadView {
     reported: String,
 }
 
-/// RFC 3339 in UTC; times past the year 9999 (which RFC 3339 cannot write, and which never
-/// enter: drains are bounded and the state file is validated) show as its last second.
-pub(super) fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time.min(store::max_time())).to_string()
-}
+use store::rfc3339;
 
 fn view(status: &MemberStatus, addresses: Vec<IpAddr>) -> MemberView {
     MemberView {
@@ -298,10 +294,22 @@ pub(super) async fn load(
     Ok(member_json(&state, &status))
 }
 
-fn member_json(state: &AdminState, status: &MemberStatus) -> Json<serde_json::Value> {
+/// The reply to a change. A change the state file could not hold is still applied (it is
+/// served at once); the reply says so in `warning`, and `gto_state_write_failures_total`
+/// counts it.
+fn member_json(state: &AdminState, changed: &Changed) -> Json<serde_json::Value> {
     let snapshot = state.routing.load();
-    let view = view(status, addresses_of(&snapshot, &status.key));
-    Json(json!({ "generation": snapshot.generation, "endpoint": view }))
+    let view = view(
+        &changed.status,
+        addresses_of(&snapshot, &changed.status.key),
+    );
+    let mut reply = json!({ "generation": snapshot.generation, "endpoint": view });
+    if let Some(error) = &changed.not_saved {
+        reply["warning"] = json!(format!(
+            "applied, but not saved to the state file ({error}); a restart would lose it"
+        ));
+    }
+    Json(reply)
 }
 
 /// `POST /v1/reload`.

@@ -207,6 +207,7 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
         }),
     };
     errors.file_limit = max_file_size;
+    let state_file_follow_symlinks = raw.server.state_file_follow_symlinks.unwrap_or(false);
     let udp_coalesce = match &raw.server.udp_coalesce {
         None => DEFAULT_UDP_COALESCE,
         Some(value) => match parse_duration(value.get_ref()) {
@@ -230,12 +231,17 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
         tcp_max_queries,
         udp_coalesce,
         max_file_size,
+        state_file_follow_symlinks,
         state_file: raw.server.state_file.as_ref().and_then(|file| {
             if file.get_ref().is_empty() {
                 errors.at(file, "server.state_file", "must not be empty");
                 return None;
             }
-            Some(base_dir.join(file.get_ref()))
+            let path = base_dir.join(file.get_ref());
+            if let Err(message) = crate::files::replaceable(&path, state_file_follow_symlinks) {
+                errors.at(file, "server.state_file", message);
+            }
+            Some(path)
         }),
     }
 }

@@ -307,6 +307,10 @@ pub struct ServerSettings {
     /// much (plus the kernel's timer slack, 50 µs) of added latency, paid only by queries
     /// that arrive during the pause. Answers are sent before it.
     pub udp_coalesce: Duration,
+    /// Write the state file through a symbolic link that points out of its directory
+    /// (default false: such a link is refused, so a link cannot aim gto's writes at a
+    /// file elsewhere).
+    pub state_file_follow_symlinks: bool,
     /// Largest zone file, MaxMind database, certificate or token file read (default
     /// 256 MiB): a runaway or endless file is an error, not an allocation failure.
     pub max_file_size: u64,

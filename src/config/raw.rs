@@ -44,6 +44,8 @@ pub(crate) struct RawServer {
     pub(crate) tcp_max_queries: Option<Spanned<i64>>,
     /// Pause after a small UDP batch, e.g. "50us".
     pub(crate) udp_coalesce: Option<Spanned<String>>,
+    /// Write the state file through a symbolic link that leaves its directory.
+    pub(crate) state_file_follow_symlinks: Option<bool>,
     /// Largest file the config names, e.g. "256MiB".
     pub(crate) max_file_size: Option<Spanned<String>>,
 }

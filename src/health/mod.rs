@@ -30,16 +30,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Check, LoadSettings, Loaded, Probe};
-use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL, MEMBER_LOAD, MEMBER_STALE, MEMBER_UP};
+use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL};
 use crate::policy::load::{LoadTracker, LoadView};
 use crate::routing::{BuildEvent, MemberKey, MemberStates};
 use probe::Prober;
@@ -136,13 +136,27 @@ pub struct Flip {
     pub reason: String,
 }
 
+/// A change the monitor applied, and whether the state file holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed {
+    /// The endpoint's status after the change.
+    pub status: MemberStatus,
+    /// Why the change is not in the state file (it is applied and served, but a restart
+    /// would lose it); None when saved, or when no state file is configured.
+    pub not_saved: Option<String>,
+}
+
 /// Talks to the running monitor.
 #[derive(Debug, Clone)]
 pub struct HealthHandle {
     control: mpsc::Sender<Control>,
     flips: broadcast::Sender<Flip>,
     checked: Arc<AtomicUsize>,
+    saved: watch::Receiver<store::Written>,
 }
+
+/// How long a change waits for the state file write that holds it.
+const SAVE_WAIT: Duration = Duration::from_secs(10);
 
 impl HealthHandle {
     /// Current status of every endpoint, in config order (empty once stopped). Built on
@@ -160,12 +174,12 @@ impl HealthHandle {
         &self,
         key: MemberKey,
         until: Option<SystemTime>,
-    ) -> Result<MemberStatus, StateError> {
+    ) -> Result<Changed, StateError> {
         self.ask(|reply| Control::Drain(key, until, reply)).await
     }
 
     /// Ends a drain.
-    pub async fn undrain(&self, key: MemberKey) -> Result<MemberStatus, StateError> {
+    pub async fn undrain(&self, key: MemberKey) -> Result<Changed, StateError> {
         self.ask(|reply| Control::Undrain(key, reply)).await
     }
 
@@ -175,21 +189,37 @@ impl HealthHandle {
         key: MemberKey,
         sessions: u32,
         capacity: Option<u32>,
-    ) -> Result<MemberStatus, StateError> {
+    ) -> Result<Changed, StateError> {
         self.ask(|reply| Control::SetLoad(key, sessions, capacity, reply))
             .await
     }
 
-    async fn ask(
-        &self,
-        control: impl FnOnce(Reply) -> Control,
-    ) -> Result<MemberStatus, StateError> {
+    /// Sends a change and waits until it is applied, then until the state file write that
+    /// holds it is done (changes that arrive together share one write).
+    async fn ask(&self, control: impl FnOnce(Reply) -> Control) -> Result<Changed, StateError> {
         let (reply, answer) = oneshot::channel();
         self.control
             .send(control(reply))
             .await
             .map_err(|_| StateError::Stopped)?;
-        answer.await.map_err(|_| StateError::Stopped)?
+        let (status, seq) = answer.await.map_err(|_| StateError::Stopped)??;
+        let Some(seq) = seq else {
+            return Ok(Changed {
+                status,
+                not_saved: None,
+            });
+        };
+        let mut saved = self.saved.clone();
+        let not_saved =
+            match tokio::time::timeout(SAVE_WAIT, saved.wait_for(|w| w.seq >= seq)).await {
+                Ok(Ok(written)) => written.error.clone(),
+                Ok(Err(_)) => Some("gto is shutting down; the state file is written last".into()),
+                Err(_) => Some(format!(
+                    "the state file write did not finish within {}s",
+                    SAVE_WAIT.as_secs()
+                )),
+            };
+        Ok(Changed { status, not_saved })
     }
 
     /// How many endpoints have had at least one probe result since start (readiness, benches).
@@ -218,7 +248,8 @@ impl HealthHandle {
     }
 }
 
-type Reply = oneshot::Sender<Result<MemberStatus, StateError>>;
+/// The status after a change, and the state file sequence number that will hold it.
+type Reply = oneshot::Sender<Result<(MemberStatus, Option<u64>), StateError>>;
 
 enum Control {
     Drain(MemberKey, Option<SystemTime>, Reply),
@@ -275,6 +306,8 @@ pub fn spawn(
     let (reports_tx, reports) = mpsc::channel(4096);
     let (flips, _) = broadcast::channel(256);
     let checked = Arc::new(AtomicUsize::new(0));
+    let (saved_tx, saved) = watch::channel(store::Written::default());
+    let follow = loaded.config.server.state_file_follow_symlinks;
     let mut monitor = Monitor {
         members: HashMap::new(),
         order: Vec::new(),
@@ -286,7 +319,14 @@ pub fn spawn(
         reports_tx,
         events,
         flips: flips.clone(),
-        state_file,
+        state: state_file.map(|path| StateSink {
+            writer: store::Writer::spawn(path, follow),
+            seq: 0,
+            sent: 0,
+            in_flight: false,
+            saved: saved_tx,
+        }),
+        epoch: Instant::now(),
         token: token.clone(),
     };
     let restored: HashMap<MemberKey, MemberRecord> = restored
@@ -310,6 +350,7 @@ pub fn spawn(
             control,
             flips,
             checked,
+            saved,
         },
         task,
     )
@@ -321,8 +362,6 @@ struct Tracked {
     since: SystemTime,
     last_check: Option<SystemTime>,
     last_error: Option<String>,
-    /// When the last report arrived, on tokio's clock.
-    last_report: Instant,
     stale: bool,
     check: Check,
     drain: Option<Drain>,
@@ -340,6 +379,22 @@ struct Target {
     id: TargetId,
     members: Vec<MemberKey>,
     token: CancellationToken,
+    /// When its last probe finished, in ms since [`Monitor::epoch`]; written by the probe
+    /// task itself, so staleness is about probes, not about how far behind the monitor is.
+    heartbeat: Arc<AtomicU64>,
+}
+
+/// The coalesced state file writer, and which changes it holds.
+struct StateSink {
+    writer: store::Writer,
+    /// Sequence number of the newest change.
+    seq: u64,
+    /// Sequence number of the newest change handed to the writer.
+    sent: u64,
+    /// A write is under way.
+    in_flight: bool,
+    /// Outcomes, for changes waiting to be acknowledged.
+    saved: watch::Sender<store::Written>,
 }
 
 /// Probe tasks are shared by endpoints with the same probe and schedule.
@@ -364,9 +419,15 @@ struct Monitor {
     reports_tx: mpsc::Sender<Report>,
     events: mpsc::Sender<BuildEvent>,
     flips: broadcast::Sender<Flip>,
-    state_file: Option<PathBuf>,
+    state: Option<StateSink>,
+    /// Origin of the targets' heartbeats.
+    epoch: Instant,
     token: CancellationToken,
 }
+
+/// Reports handled in one go before the routing snapshot is updated: a mass outage is a
+/// few rebuilds, not one per endpoint.
+const REPORT_BATCH: usize = 4096;
 
 impl Monitor {
     async fn run(
@@ -377,23 +438,36 @@ impl Monitor {
     ) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(REPORT_BATCH);
         loop {
+            let written = async {
+                match &mut self.state {
+                    Some(sink) if sink.in_flight => sink.writer.outcome().await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                Some(report) = reports.recv() => self.on_report(report).await,
+                received = reports.recv_many(&mut batch, REPORT_BATCH) => {
+                    if received > 0 {
+                        self.on_reports(std::mem::take(&mut batch)).await;
+                    }
+                }
+                Some(written) = written => self.on_written(written).await,
                 Some(control) = control.recv() => match control {
                     Control::Status(reply) => {
                         let _ = reply.send(self.status());
                     }
                     Control::Drain(key, until, reply) => {
                         let result = self.set_drain(&key, Some(until)).await;
-                        let _ = reply.send(result);
+                        let _ = reply.send(result.map(|s| (s, self.saving())));
                     }
                     Control::Undrain(key, reply) => {
                         let result = self.set_drain(&key, None).await;
-                        let _ = reply.send(result);
+                        let _ = reply.send(result.map(|s| (s, self.saving())));
                     }
                     Control::SetLoad(key, sessions, capacity, reply) => {
-                        let _ = reply.send(self.set_load(&key, sessions, capacity).await);
+                        let result = self.set_load(&key, sessions, capacity).await;
+                        let _ = reply.send(result.map(|s| (s, self.saving())));
                     }
                     Control::Reconfigure(loaded, done) => {
                         self.apply(&loaded, &HashMap::new());
@@ -415,7 +489,28 @@ impl Monitor {
             target.token.cancel();
         }
         self.limit.close();
-        self.persist().await;
+        // The last write always happens, whatever the gap since the one before.
+        if let Some(sink) = self.state.take() {
+            let file = self.state_file_now();
+            sink.writer.close(Some((sink.seq, file))).await;
+        }
+    }
+
+    /// The sequence number a change just made will be saved under (None: no state file).
+    fn saving(&self) -> Option<u64> {
+        self.state.as_ref().map(|sink| sink.seq)
+    }
+
+    /// A write finished: tell the waiting changes, and write again if more changed.
+    async fn on_written(&mut self, written: store::Written) {
+        let Some(sink) = &mut self.state else {
+            return;
+        };
+        sink.in_flight = false;
+        sink.saved.send_replace(written);
+        if sink.seq > sink.sent {
+            self.persist().await;
+        }
     }
 
     /// Brings members and probe tasks in line with `loaded`.
@@ -457,8 +552,6 @@ impl Monitor {
                         .or_default()
                         .push(key.clone());
                 }
-                metrics::gauge!(MEMBER_UP, "pool" => key.pool.clone(), "member" => key.member.clone())
-                    .set(if tracked.hysteresis.state() == Health::Up { 1.0 } else { 0.0 });
                 order.push(key.clone());
                 members.insert(key, tracked);
             }
@@ -488,13 +581,14 @@ impl Monitor {
             let prober = match Prober::new(key.probe.clone()) {
                 Ok(prober) => prober,
                 Err(error) => {
-                    warn!(%error, members = ?keys, "health check cannot run; endpoints keep their state");
+                    warn!(%error, members = keys.len(), first = %keys.first().map(|k| format!("{}/{}", k.pool, k.member)).unwrap_or_default(), "health check cannot run; endpoints keep their state");
                     continue;
                 }
             };
             let id = self.next_id;
             self.next_id += 1;
             let token = self.token.child_token();
+            let heartbeat = Arc::new(AtomicU64::new(self.millis_since_epoch()));
             tokio::spawn(scheduler::probe_loop(
                 id,
                 prober,
@@ -505,6 +599,10 @@ impl Monitor {
                 },
                 self.limit.clone(),
                 self.reports_tx.clone(),
+                scheduler::Heartbeat {
+                    epoch: self.epoch,
+                    millis: heartbeat.clone(),
+                },
                 token.clone(),
             ));
             self.by_id.insert(id, key.clone());
@@ -514,12 +612,90 @@ impl Monitor {
                     id,
                     members: keys,
                     token,
+                    heartbeat,
                 },
             );
         }
     }
 
-    async fn on_report(&mut self, report: Report) {
+    /// Folds a batch of probe reports into the endpoints, then publishes every flip in one
+    /// go: the builder folds queued events into one rebuild, and the state file is written
+    /// once (coalesced) for the whole batch.
+    async fn on_reports(&mut self, reports: Vec<Report>) {
+        let mut flips = Vec::new();
+        let mut load_changed = Vec::new();
+        for report in reports {
+            self.observe(report, &mut flips, &mut load_changed);
+        }
+        load_changed.sort_by(|a: &MemberKey, b| (&a.pool, &a.member).cmp(&(&b.pool, &b.member)));
+        load_changed.dedup();
+        for key in load_changed {
+            self.push_load(&key, false).await;
+        }
+        if flips.is_empty() {
+            return;
+        }
+        let last = flips.len() - 1;
+        let mut published = None;
+        for (i, flip) in flips.iter().enumerate() {
+            let fields = (
+                flip.key.pool.as_str(),
+                flip.key.member.as_str(),
+                flip.from.as_str(),
+                flip.to.as_str(),
+            );
+            if flip.to == Health::Down {
+                warn!(
+                    pool = fields.0,
+                    member = fields.1,
+                    old = fields.2,
+                    new = fields.3,
+                    reason = %flip.reason,
+                    "endpoint health changed"
+                );
+            } else {
+                info!(
+                    pool = fields.0,
+                    member = fields.1,
+                    old = fields.2,
+                    new = fields.3,
+                    reason = %flip.reason,
+                    "endpoint health changed"
+                );
+            }
+            metrics::counter!(HEALTH_FLIPS_TOTAL, "to" => flip.to.as_str()).increment(1);
+            let (done, receiver) = oneshot::channel();
+            let event = BuildEvent::SetMemberUp {
+                key: flip.key.clone(),
+                up: flip.to == Health::Up,
+                // Only the last one is waited for: the builder applies events in order.
+                done: (i == last).then_some(done),
+            };
+            if self.events.send(event).await.is_err() {
+                return; // the builder stopped: shutting down
+            }
+            if i == last {
+                published = Some(receiver);
+            }
+        }
+        if let Some(published) = published {
+            // Wait for the snapshot, so a Flip subscriber sees answers that reflect it.
+            let _ = published.await;
+        }
+        self.persist().await;
+        for flip in flips {
+            // No subscribers is fine.
+            let _ = self.flips.send(flip);
+        }
+    }
+
+    /// Applies one probe report to the endpoints of its target.
+    fn observe(
+        &mut self,
+        report: Report,
+        flips: &mut Vec<Flip>,
+        load_changed: &mut Vec<MemberKey>,
+    ) {
         let Self {
             targets,
             by_id,
@@ -530,14 +706,25 @@ impl Monitor {
         let Some(target) = by_id.get(&report.target).and_then(|key| targets.get(key)) else {
             return; // a task that was just stopped
         };
+        let outcome = match &report.result {
+            Ok(()) => Some(true),
+            Err(error) if error.is_local() => None,
+            Err(_) => Some(false),
+        };
         let reason = match &report.result {
             Ok(()) => "probe succeeded".to_string(),
             Err(error) => error.to_string(),
         };
-        let mut flips = Vec::new();
-        let mut load_changed = Vec::new();
         for key in &target.members {
             let Some(tracked) = members.get_mut(key) else {
+                continue;
+            };
+            if tracked.stale {
+                tracked.stale = false;
+            }
+            // A failure of our own (no descriptor, no buffer) says nothing about the
+            // endpoint: its state stays, and the probe is counted as unknown.
+            let Some(ok) = outcome else {
                 continue;
             };
             if tracked.last_check.is_none() {
@@ -562,13 +749,8 @@ impl Monitor {
                     load_changed.push(key.clone());
                 }
             }
-            tracked.last_report = Instant::now();
-            if tracked.stale {
-                tracked.stale = false;
-                metrics::gauge!(MEMBER_STALE, "pool" => key.pool.clone(), "member" => key.member.clone()).set(0.0);
-            }
             let from = tracked.hysteresis.state();
-            if let Some(to) = tracked.hysteresis.observe(report.result.is_ok()) {
+            if let Some(to) = tracked.hysteresis.observe(ok) {
                 tracked.since = report.at;
                 flips.push(Flip {
                     key: key.clone(),
@@ -577,40 +759,6 @@ impl Monitor {
                     reason: reason.clone(),
                 });
             }
-        }
-        for key in load_changed {
-            self.push_load(&key, false).await;
-        }
-        if flips.is_empty() {
-            return;
-        }
-        for flip in &flips {
-            info!(
-                pool = %flip.key.pool,
-                member = %flip.key.member,
-                old = flip.from.as_str(),
-                new = flip.to.as_str(),
-                reason = %flip.reason,
-                "endpoint health changed"
-            );
-            metrics::counter!(HEALTH_FLIPS_TOTAL, "to" => flip.to.as_str()).increment(1);
-            metrics::gauge!(MEMBER_UP, "pool" => flip.key.pool.clone(), "member" => flip.key.member.clone())
-                .set(if flip.to == Health::Up { 1.0 } else { 0.0 });
-            let (done, published) = oneshot::channel();
-            let event = BuildEvent::SetMemberUp {
-                key: flip.key.clone(),
-                up: flip.to == Health::Up,
-                done: Some(done),
-            };
-            if self.events.send(event).await.is_ok() {
-                // Wait for the snapshot, so a Flip subscriber sees answers that reflect it.
-                let _ = published.await;
-            }
-        }
-        self.persist().await;
-        for flip in flips {
-            // No subscribers is fine.
-            let _ = self.flips.send(flip);
         }
     }
 
@@ -635,7 +783,7 @@ impl Monitor {
             pool = %key.pool,
             member = %key.member,
             action,
-            until = ?drain.flatten().map(store::unix),
+            until = drain.flatten().map(store::rfc3339),
             "endpoint {}", if drained { "drained" } else { "undrained" }
         );
         metrics::counter!(DRAINS_TOTAL, "action" => action).increment(1);
@@ -676,8 +824,6 @@ impl Monitor {
         };
         tracked.load = Some(load);
         tracked.tracker.observe(load.ratio(), Instant::now());
-        metrics::gauge!(MEMBER_LOAD, "pool" => key.pool.clone(), "member" => key.member.clone())
-            .set(load.ratio());
         self.push_load(key, true).await;
         self.persist().await;
         self.status_of(key)
@@ -699,7 +845,7 @@ impl Monitor {
             info!(
                 pool = %key.pool,
                 member = %key.member,
-                load = ?tracked.tracker.smoothed(),
+                load = tracked.tracker.smoothed(),
                 overloaded = view.overloaded,
                 "endpoint load watermark crossed"
             );
@@ -747,28 +893,36 @@ impl Monitor {
             // The key was just read from `members`; NotFound cannot happen.
             let _ = self.set_drain(&key, None).await;
         }
-        let now = Instant::now();
-        for key in &self.order {
-            let Some(tracked) = self.members.get_mut(key) else {
-                continue;
-            };
-            if tracked.check.probe == Probe::None || tracked.stale {
+        let now = self.millis_since_epoch();
+        for (target_key, target) in &self.targets {
+            let silent_for =
+                Duration::from_millis(now.saturating_sub(target.heartbeat.load(Ordering::Relaxed)));
+            let allowed = target_key.interval * 2 + target_key.timeout + Duration::from_secs(1);
+            if silent_for <= allowed {
                 continue;
             }
-            let allowed =
-                tracked.check.interval * 2 + tracked.check.timeout + Duration::from_secs(1);
-            if now.duration_since(tracked.last_report) > allowed {
+            for key in &target.members {
+                let Some(tracked) = self.members.get_mut(key) else {
+                    continue;
+                };
+                if tracked.stale {
+                    continue;
+                }
                 tracked.stale = true;
                 warn!(
                     pool = %key.pool,
                     member = %key.member,
                     state = tracked.hysteresis.state().as_str(),
-                    silent_for = ?now.duration_since(tracked.last_report),
+                    silent_for_seconds = silent_for.as_secs_f64(),
                     "health checks stopped reporting; endpoint is stale"
                 );
-                metrics::gauge!(MEMBER_STALE, "pool" => key.pool.clone(), "member" => key.member.clone()).set(1.0);
             }
         }
+    }
+
+    /// Milliseconds since [`Monitor::epoch`], on tokio's clock (the heartbeats' unit).
+    fn millis_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn status_of(&self, key: &MemberKey) -> Option<MemberStatus> {
@@ -803,11 +957,29 @@ impl Monitor {
             .collect()
     }
 
-    async fn persist(&self) {
-        let Some(path) = self.state_file.clone() else {
+    /// Records that the state changed; the writer saves it soon, coalescing changes that
+    /// arrive while a write is under way into the next one.
+    async fn persist(&mut self) {
+        let Some(sink) = &mut self.state else {
             return;
         };
-        let file = StateFile {
+        sink.seq += 1;
+        if sink.in_flight {
+            return;
+        }
+        let seq = sink.seq;
+        let file = self.state_file_now();
+        let Some(sink) = &mut self.state else {
+            return;
+        };
+        sink.sent = seq;
+        sink.in_flight = true;
+        sink.writer.write(seq, file).await;
+    }
+
+    /// What the state file holds right now.
+    fn state_file_now(&self) -> StateFile {
+        StateFile {
             version: store::VERSION,
             written: store::unix(SystemTime::now()),
             members: self
@@ -832,11 +1004,6 @@ impl Monitor {
                     })
                 })
                 .collect(),
-        };
-        match tokio::task::spawn_blocking(move || store::save(&path, &file)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => warn!(%error, "could not write the state file"),
-            Err(error) => warn!(%error, "state file writer failed"),
         }
     }
 }
@@ -872,7 +1039,6 @@ fn new_tracked(
         since,
         last_check,
         last_error,
-        last_report: Instant::now(),
         stale,
         check: check.clone(),
         drain,

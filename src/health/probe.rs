@@ -27,6 +27,9 @@ pub enum ProbeError {
     /// The body did not contain the expected text.
     #[error("body does not contain {0:?}")]
     Body(String),
+    /// The body was longer than `max_body` and the expected text was not in what was read.
+    #[error("body too large (over {0} bytes) without the expected text")]
+    BodyTooLarge(usize),
     /// The certificate expires too soon.
     #[error("certificate expires in {days} day(s)")]
     CertExpiring {
@@ -39,6 +42,10 @@ pub enum ProbeError {
     /// The HTTP exchange failed.
     #[error("HTTP failed: {0}")]
     Http(String),
+    /// A failure on our side (out of file descriptors, no buffer space): says nothing
+    /// about the endpoint, so its health does not change.
+    #[error("local resource failure: {0}")]
+    Local(String),
     /// TCP connect was refused.
     #[error("connection refused")]
     Refused,
@@ -54,13 +61,20 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
+    /// True for a failure of gto's own resources, not of the endpoint.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProbeError::Local(_))
+    }
+
     /// Stable metric label value.
     pub fn as_str(&self) -> &'static str {
         match self {
             ProbeError::Body(_) => "body",
+            ProbeError::BodyTooLarge(_) => "body_too_large",
             ProbeError::CertExpiring { .. } => "cert_expiring",
             ProbeError::Connect(_) => "connect",
             ProbeError::Http(_) => "http",
+            ProbeError::Local(_) => "local",
             ProbeError::Refused => "refused",
             ProbeError::Status(_) => "status",
             ProbeError::Timeout => "timeout",
@@ -141,12 +155,23 @@ impl Prober {
 }
 
 async fn connect(target: std::net::SocketAddr) -> Result<TcpStream, ProbeError> {
-    TcpStream::connect(target)
-        .await
-        .map_err(|e| match e.kind() {
+    TcpStream::connect(target).await.map_err(|e| {
+        if is_local_failure(&e) {
+            return ProbeError::Local(e.to_string());
+        }
+        match e.kind() {
             std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
             _ => ProbeError::Connect(e.to_string()),
-        })
+        }
+    })
+}
+
+/// Out of descriptors or buffers here: the endpoint was never asked.
+pub fn is_local_failure(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Load read from a probe's JSON body.

@@ -2,6 +2,7 @@
 //! shared concurrency limit, and reporting every result to the monitor.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -9,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::probe::{LoadSample, ProbeError, Prober};
-use crate::metrics::{PROBE_DURATION_SECONDS, PROBE_FAILURES_TOTAL};
+use crate::metrics::{PROBE_DURATION_SECONDS, PROBE_FAILURES_TOTAL, PROBE_UNKNOWN_TOTAL};
 
 /// Identifies a probe task within one monitor.
 pub type TargetId = u64;
@@ -52,7 +53,18 @@ pub fn first_delay(interval: Duration, unit: f64) -> Duration {
     (interval / 4).mul_f64(unit.clamp(0.0, 1.0))
 }
 
+/// Where a probe task notes when its last probe finished, so that the monitor can tell a
+/// silent checker from a busy monitor.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// The origin of `millis`.
+    pub epoch: Instant,
+    /// Milliseconds since `epoch` at the end of the last probe.
+    pub millis: Arc<AtomicU64>,
+}
+
 /// Probes until cancelled or until the monitor goes away.
+#[allow(clippy::too_many_arguments)]
 pub async fn probe_loop(
     target: TargetId,
     prober: Prober,
@@ -60,6 +72,7 @@ pub async fn probe_loop(
     schedule: Schedule,
     limit: Arc<Semaphore>,
     reports: mpsc::Sender<Report>,
+    heartbeat: Heartbeat,
     token: CancellationToken,
 ) {
     let mut delay = first_delay(schedule.interval, rand::random());
@@ -85,9 +98,20 @@ pub async fn probe_loop(
         drop(permit);
         metrics::histogram!(PROBE_DURATION_SECONDS, "kind" => kind)
             .record(started.elapsed().as_secs_f64());
-        if let Err(error) = &result {
-            metrics::counter!(PROBE_FAILURES_TOTAL, "kind" => kind, "reason" => error.as_str())
-                .increment(1);
+        heartbeat.millis.store(
+            u64::try_from(heartbeat.epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        match &result {
+            Err(error) if error.is_local() => {
+                metrics::counter!(PROBE_UNKNOWN_TOTAL, "kind" => kind, "reason" => error.as_str())
+                    .increment(1);
+            }
+            Err(error) => {
+                metrics::counter!(PROBE_FAILURES_TOTAL, "kind" => kind, "reason" => error.as_str())
+                    .increment(1);
+            }
+            Ok(()) => {}
         }
         let ok = result.is_ok();
         let report = Report {

@@ -136,6 +136,12 @@ pub fn from_unix_clamped(seconds: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.min(MAX_UNIX))
 }
 
+/// RFC 3339 in UTC, to the second; times past [`MAX_UNIX`] (which never enter: drains are
+/// bounded and this file is validated) show as its last second rather than panic.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time.min(max_time())).to_string()
+}
+
 /// The latest time gto accepts anywhere (see [`MAX_UNIX`]).
 pub fn max_time() -> SystemTime {
     from_unix_clamped(MAX_UNIX)
@@ -184,12 +190,97 @@ fn validated(mut file: StateFile, path: &Path) -> StateFile {
     file
 }
 
+/// Least time between two writes: changes that arrive meanwhile share the next write (and
+/// its fsync), so a burst of flips or drains costs a few writes, not one each.
+pub const WRITE_GAP: Duration = Duration::from_millis(100);
+
+/// The outcome of one write by the [`Writer`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Sequence number of the newest change the written file holds.
+    pub seq: u64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+/// A task that writes the state file off the monitor's path: the newest state wins, at
+/// most one write per [`WRITE_GAP`], and always a last write when it is closed.
+#[derive(Debug)]
+pub struct Writer {
+    files: tokio::sync::mpsc::Sender<(u64, StateFile)>,
+    outcomes: tokio::sync::mpsc::Receiver<Written>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts the writer for `path`.
+    pub fn spawn(path: PathBuf, follow_symlinks: bool) -> Self {
+        let (files, mut pending) = tokio::sync::mpsc::channel::<(u64, StateFile)>(1);
+        let (report, outcomes) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            while let Some((seq, file)) = pending.recv().await {
+                let path = path.clone();
+                let error =
+                    match tokio::task::spawn_blocking(move || save(&path, &file, follow_symlinks))
+                        .await
+                    {
+                        Ok(Ok(())) => None,
+                        Ok(Err(error)) => Some(error.to_string()),
+                        Err(error) => Some(format!("state file writer failed: {error}")),
+                    };
+                if let Some(error) = &error {
+                    metrics::counter!(crate::metrics::STATE_WRITE_FAILURES_TOTAL).increment(1);
+                    tracing::warn!(%error, "could not write the state file");
+                }
+                // The monitor may be gone (shutdown): then nobody waits for the outcome.
+                let _ = report.send(Written { seq, error }).await;
+                tokio::time::sleep(WRITE_GAP).await;
+            }
+        });
+        Self {
+            files,
+            outcomes,
+            task,
+        }
+    }
+
+    /// Hands the writer a file to write; it must be idle (its last outcome received).
+    pub async fn write(&self, seq: u64, file: StateFile) {
+        // A closed channel means the task ended, which only happens at shutdown.
+        let _ = self.files.send((seq, file)).await;
+    }
+
+    /// The next outcome.
+    pub async fn outcome(&mut self) -> Option<Written> {
+        self.outcomes.recv().await
+    }
+
+    /// Writes `last` (if any) after what is pending, then stops.
+    pub async fn close(self, last: Option<(u64, StateFile)>) {
+        let Self {
+            files,
+            mut outcomes,
+            task,
+        } = self;
+        let drain = tokio::spawn(async move { while outcomes.recv().await.is_some() {} });
+        if let Some(last) = last {
+            let _ = files.send(last).await;
+        }
+        drop(files);
+        let _ = task.await;
+        let _ = drain.await;
+    }
+}
+
 /// Writes the file atomically (temporary file, fsync, rename).
-pub fn save(path: &Path, file: &StateFile) -> Result<(), StoreError> {
+pub fn save(path: &Path, file: &StateFile, follow_symlinks: bool) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
     };
+    // Checked on every write: what is at the path may have changed since start.
+    let path = &crate::files::replaceable(path, follow_symlinks)
+        .map_err(|e| io(std::io::Error::other(e)))?;
     let text = serde_json::to_vec_pretty(file).map_err(|e| io(std::io::Error::other(e)))?;
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
@@ -229,7 +320,7 @@ mod tests {
                 }),
             }],
         };
-        save(&path, &file).unwrap();
+        save(&path, &file, false).unwrap();
         assert_eq!(load(&path).unwrap(), Some(file));
         assert!(!dir.path().join("gto.state.tmp").exists());
         std::fs::write(&path, "{\"version\": 1, \"memb").unwrap();

@@ -2,6 +2,7 @@
 //! operator. Each test is named after the item it pins down.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::FileTypeExt;
 use std::time::Duration;
 
 use crate::admin::{TOKEN, start as start_admin};
@@ -238,4 +239,196 @@ async fn issue_18_7_a_fifo_config_path_neither_hangs_check_nor_reload_and_sigter
     assert_eq!(output.status.code(), Some(64));
     gto.signal("TERM");
     assert!(gto.exit().await.success());
+}
+
+/// A pool of `n` endpoints whose checks all go to a port nothing listens on, each its own
+/// target (127.3.x.y), so every probe is refused.
+fn outage_config(n: usize, port: u16) -> String {
+    let mut text = format!(
+        r#"{}
+[[service]]
+name = "vpn.gto.example.com."
+pool = "big"
+
+[[pool]]
+name = "big"
+check = {{ kind = "tcp", port = {port}, interval = "2s", timeout = "1s", fall = 2 }}
+[[pool.member]]
+name = "spare"
+addresses = ["192.0.2.1"]
+check = {{ kind = "none" }}
+"#,
+        crate::support::PREAMBLE.replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nstate_file = \"gto.state\"",
+        )
+    );
+    for i in 0..n {
+        let (a, b) = (i / 250, i % 250 + 1);
+        text.push_str(&format!(
+            "[[pool.member]]\nname = \"m{i}\"\naddresses = [\"10.9.{a}.{b}\"]\ncheck = {{ address = \"127.3.{a}.{b}\" }}\n"
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_18_8_a_mass_outage_is_a_few_rebuilds_and_no_false_staleness() {
+    let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let n = 1_000;
+    let server = crate::support::TestServer::start(&outage_config(n, port), ZONE).await;
+    let start = server.app.routing().load().generation;
+    let name = hickory_proto::rr::LowerName::from(
+        hickory_proto::rr::Name::from_ascii("vpn.gto.example.com.").unwrap(),
+    );
+    let up = || {
+        let snapshot = server.app.routing().load_full();
+        let node = snapshot.gslb_node(&name).unwrap();
+        node.members
+            .iter()
+            .filter(|m| m.up && m.key.member != "spare")
+            .count()
+    };
+    assert_eq!(up(), n, "new endpoints are up until probed");
+    // First probes within a quarter interval, a recheck a quarter interval after the
+    // first failure: all are down well within interval x fall + 1 s = 5 s.
+    let began = tokio::time::Instant::now();
+    while up() > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{} endpoints still answered after 5 s",
+            up()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Flips that arrive together share a rebuild (one each before: n rebuilds, each
+    // followed by a state file fsync).
+    let rebuilds = server.app.routing().load().generation - start;
+    assert!(
+        rebuilds < n as u64 / 2,
+        "{n} flips took {rebuilds} rebuilds"
+    );
+    let status = server.app.health().status().await;
+    assert!(
+        status.iter().all(|s| !s.stale),
+        "probes report, nothing is stale"
+    );
+    // The state file holds the outcome (written coalesced, and at shutdown).
+    let path = server.path("gto.state");
+    server.app.shutdown().await.unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let down = file["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["health"] == "down")
+        .count();
+    assert_eq!(down, n);
+}
+
+#[tokio::test]
+async fn issue_18_9_a_drain_the_state_file_cannot_hold_is_applied_with_a_warning() {
+    let config = crate::admin::admin_config().replace(
+        "state_file = \"gto.state\"",
+        "state_file = \"sub/gto.state\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let server = crate::support::TestServer::start_in(dir).await;
+    let admin = server.admin();
+    let path = "/v1/members/sma/fra-1/drain";
+    let (code, reply) = http_json(admin, "POST", path, Some(TOKEN), "").await;
+    assert_eq!(code, 200);
+    assert!(reply.get("warning").is_none(), "{reply}");
+    assert!(server.path("sub/gto.state").exists());
+    // The disk goes away under gto.
+    std::fs::remove_dir_all(server.path("sub")).unwrap();
+    let path = "/v1/members/sma/ams-1/drain";
+    let (code, reply) = http_json(admin, "POST", path, Some(TOKEN), "").await;
+    assert_eq!(code, 200, "{reply}");
+    let warning = reply["warning"].as_str().unwrap();
+    assert!(warning.contains("not saved to the state file"), "{warning}");
+    assert_eq!(reply["endpoint"]["drained"], true);
+    let (_, metrics) = crate::support::http(admin, "GET", "/metrics", None, "").await;
+    assert!(crate::support::sample(&metrics, "gto_state_write_failures_total", &[]) >= 1.0);
+}
+
+#[test]
+fn issue_18_15_state_file_paths_that_are_not_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("x.state"),
+        dir.path().join("out.state"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("real.state", dir.path().join("in.state")).unwrap();
+    let check = |state_file: &str, extra: &str| {
+        let text = config("").replace(
+            "[server]\n",
+            &format!("[server]\nstate_file = \"{state_file}\"\n{extra}"),
+        );
+        std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+        let output = crate::support::gto_bin()
+            .arg("check")
+            .arg("--config")
+            .arg(dir.path().join("gto.toml"))
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check("/dev/null", "");
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains("/dev/null is a character device"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(".", "");
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    let (code, stderr) = check("out.state", "");
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains("symbolic link out of its directory"),
+        "{stderr}"
+    );
+    assert_eq!(
+        check("out.state", "state_file_follow_symlinks = true\n").0,
+        Some(0)
+    );
+    assert_eq!(check("in.state", "").0, Some(0));
+}
+
+#[test]
+fn issue_18_15_the_state_writer_keeps_a_symlink_and_writes_its_target() {
+    use gto::health::store::{StateFile, VERSION, save};
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("real.state", dir.path().join("gto.state")).unwrap();
+    let file = StateFile {
+        version: VERSION,
+        written: 1,
+        members: Vec::new(),
+    };
+    save(&dir.path().join("gto.state"), &file, false).unwrap();
+    let link = std::fs::symlink_metadata(dir.path().join("gto.state")).unwrap();
+    assert!(link.file_type().is_symlink());
+    assert!(dir.path().join("real.state").is_file());
+    // A device at the path is never replaced.
+    assert!(save(std::path::Path::new("/dev/null"), &file, false).is_err());
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 }
