@@ -93,7 +93,8 @@ impl App {
         let routing = builder.handle();
         // The first snapshot is published: ready as soon as the listeners are.
         let ready = Arc::new(AtomicBool::new(false));
-        let dns = DnsServer::start(&settings, routing.clone()).await?;
+        let dns =
+            DnsServer::start(&settings, admin_settings.max_connections, routing.clone()).await?;
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
         let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));

@@ -40,6 +40,7 @@ pub mod geo;
 pub mod health;
 pub mod metrics;
 pub mod policy;
+pub mod rlimit;
 pub mod routing;
 pub mod shutdown;
 pub mod zone;

@@ -73,6 +73,8 @@ fn report(errors: &gto::config::ConfigErrors) -> ExitCode {
 }
 
 fn serve(source: ConfigSource) -> ExitCode {
+    // Before any thread or socket: idle clients must not exhaust a low soft limit.
+    gto::rlimit::raise_nofile();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,7 +15,9 @@
 //! Reads are open on the listener. Every change needs `Authorization: Bearer <token>` with
 //! the token from `[admin] token_file` (compared in constant time); without a configured
 //! token, changes are refused (403). Request bodies are capped at 64 KiB and every request
-//! at 10 s. Errors are JSON: `{"error": "..."}`.
+//! at 10 s; a client has `[admin] header_timeout` (5 s) to send its headers, and at most
+//! `[admin] max_connections` (64) connections are open at once. Shutdown closes whatever
+//! is still open after 2 s. Errors are JSON: `{"error": "..."}`.
 
 mod error;
 mod routes;
@@ -28,9 +30,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post, put};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -97,23 +102,27 @@ pub struct AdminServer {
     token: CancellationToken,
 }
 
+/// Time open admin connections get to finish once shutdown starts; then they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 impl AdminServer {
-    /// Binds and serves `router(state)`.
+    /// Binds and serves `router(state)`: at most `max_connections` connections at once
+    /// (more wait in the listen queue), each closed when it does not send a request's
+    /// headers within `header_timeout`.
     pub async fn start(addr: SocketAddr, state: AdminState) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
+        let settings = state.settings.load_full();
         info!(%local_addr, "admin API listening");
         let token = CancellationToken::new();
-        let shutdown = token.clone().cancelled_owned();
         let app = router(state);
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                warn!(%error, "admin API stopped");
-            }
-        });
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            settings.max_connections,
+            settings.header_timeout,
+            token.clone(),
+        ));
         Ok(Self {
             local_addr,
             task,
@@ -121,10 +130,74 @@ impl AdminServer {
         })
     }
 
-    /// Stops accepting and waits for requests in flight (each bounded by the timeout).
+    /// Stops accepting, lets requests in flight finish (each bounded by the request
+    /// timeout) for at most [`SHUTDOWN_GRACE`], then closes whatever is left: shutdown
+    /// completes within a bound whatever the clients do.
     pub async fn shutdown(self) {
         self.token.cancel();
         let _ = self.task.await;
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+    token: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = token.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    warn!(%error, "admin accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = token.cancelled() => break,
+                    }
+                    continue;
+                }
+            },
+            () = token.cancelled() => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let token = token.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = token.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    let finish = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+        warn!(
+            open = connections.len(),
+            "admin connections still open after the shutdown grace; closing them"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
     }
 }
 

@@ -186,15 +186,20 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
                 1
             }),
     };
-    let mut limit = |field: &str, value: &Option<Spanned<i64>>, default: usize| {
-        value
-            .as_ref()
-            .and_then(|v| errors.ranged(v, format!("server.{field}"), 1..=1_000_000))
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(default)
-    };
-    let tcp_max_connections = limit("tcp_max_connections", &raw.server.tcp_max_connections, 1024);
-    let tcp_max_queries = limit("tcp_max_queries", &raw.server.tcp_max_queries, 100);
+    // Unset: sized from the open-file limit at start (see `rlimit`).
+    let tcp_max_connections = raw
+        .server
+        .tcp_max_connections
+        .as_ref()
+        .and_then(|v| errors.ranged(v, "server.tcp_max_connections", 1..=1_000_000))
+        .and_then(|n| usize::try_from(n).ok());
+    let tcp_max_queries = raw
+        .server
+        .tcp_max_queries
+        .as_ref()
+        .and_then(|v| errors.ranged(v, "server.tcp_max_queries", 1..=1_000_000))
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(100);
     let max_file_size = match &raw.server.max_file_size {
         None => crate::files::DEFAULT_MAX_FILE_SIZE,
         Some(value) => parse_size(value.get_ref()).unwrap_or_else(|| {

@@ -297,8 +297,10 @@ pub struct ServerSettings {
     /// UDP fast-path worker threads per listen address (default: one per CPU); 0 serves
     /// UDP with hickory-server's loop instead.
     pub workers: usize,
-    /// Open TCP connections at most (default 1024); more are closed at once.
-    pub tcp_max_connections: usize,
+    /// Open TCP connections at most; more are closed at once. Unset: sized at start from
+    /// the open-file limit, after room for probes, the admin API and files (at most
+    /// 1024), so idle connections cannot starve health checks of descriptors.
+    pub tcp_max_connections: Option<usize>,
     /// Queries answered per TCP connection before it is closed (default 100).
     pub tcp_max_queries: usize,
     /// After a small batch a UDP worker pauses this long (default 100 µs; 0 turns it off)

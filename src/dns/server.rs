@@ -67,6 +67,7 @@ impl DnsServer {
     /// hickory-server's own UDP loop. TCP is always hickory-server's.
     pub async fn start(
         settings: &ServerSettings,
+        admin_connections: usize,
         routing: RoutingHandle,
     ) -> Result<Self, DnsError> {
         let mut server = Server::new(Handler::new(routing.clone()));
@@ -74,8 +75,19 @@ impl DnsServer {
         let mut workers = Vec::new();
         let mut hickory_udp = false;
         let handler = Arc::new(Handler::new(routing.clone()));
+        let max_connections = settings.tcp_max_connections.unwrap_or_else(|| {
+            crate::rlimit::nofile().map_or(crate::rlimit::MAX_DEFAULT_TCP_CONNECTIONS, |n| {
+                crate::rlimit::default_tcp_connections(
+                    n,
+                    crate::health::MAX_CONCURRENT_PROBES,
+                    admin_connections,
+                )
+            })
+        });
+        info!(max_connections, "TCP connection cap");
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
         let limits = TcpLimits {
-            max_connections: settings.tcp_max_connections,
+            max_connections,
             idle_timeout: settings.tcp_idle_timeout,
             max_queries: settings.tcp_max_queries,
         };
@@ -104,6 +116,7 @@ impl DnsServer {
                     tcp,
                     handler.clone(),
                     limits,
+                    slots.clone(),
                     tcp_token.clone(),
                 )));
                 info!(%local, workers = settings.workers, "serving DNS on UDP (fast path) and TCP");
@@ -121,6 +134,7 @@ impl DnsServer {
                     tcp,
                     handler.clone(),
                     limits,
+                    slots.clone(),
                     tcp_token.clone(),
                 )));
                 info!(%local, "serving DNS on UDP and TCP");

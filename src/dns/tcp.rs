@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Handler;
 use super::handler::answer_bytes;
@@ -30,22 +30,35 @@ pub struct TcpLimits {
     pub max_queries: usize,
 }
 
+/// How long the accept loop pauses when the process is out of descriptors: accepting
+/// again at once would spin on the same error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Serves `listener` until `token` is cancelled; then waits for open connections to
-/// finish their current query.
+/// finish their current query. `slots` caps open connections across every listener.
 pub async fn serve(
     listener: TcpListener,
     handler: Arc<Handler>,
     limits: TcpLimits,
+    slots: Arc<Semaphore>,
     token: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    debug!(%error, "TCP accept failed");
+                    if crate::health::probe::is_local_failure(&error) {
+                        metrics::counter!(DNS_TCP_CLOSED_TOTAL, "reason" => "accept_no_resources").increment(1);
+                        warn!(%error, "TCP accept failed: out of descriptors or memory; pausing accepts");
+                        tokio::select! {
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                            () = token.cancelled() => break,
+                        }
+                    } else {
+                        debug!(%error, "TCP accept failed");
+                    }
                     continue;
                 }
             },

@@ -432,3 +432,141 @@ fn issue_18_15_the_state_writer_keeps_a_symlink_and_writes_its_target() {
             .is_char_device()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_18_5_idle_tcp_connections_cannot_exhaust_descriptors_or_fail_probes() {
+    let limit = gto::rlimit::raise_nofile().unwrap();
+    assert!(
+        limit >= 1400,
+        "this test needs 1400 descriptors, the hard limit is {limit}"
+    );
+    // An appliance the health check can reach.
+    let appliance = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let appliance_port = appliance.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = appliance.accept().await {
+                drop(stream);
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let admin_port = free_port();
+    let text = config(&format!(
+        "[[pool]]\nname = \"watched\"\ncheck = {{ kind = \"tcp\", port = {appliance_port}, interval = \"500ms\", timeout = \"250ms\" }}\n[[pool.member]]\nname = \"w\"\naddresses = [\"127.0.0.1\"]\n"
+    ))
+    .replace(
+        "[server]\nlisten = [\"127.0.0.1:0\"]",
+        &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\ntcp_idle_timeout = \"60s\""),
+    )
+    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{admin_port}\""));
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let config_path = dir.path().join("gto.toml");
+    // The usual soft and hard limit of 1024: gto cannot raise it.
+    let mut gto = RealGto::spawn_with(
+        "prlimit",
+        &[
+            OsStr::new("--nofile=1024:1024"),
+            OsStr::new(env!("CARGO_BIN_EXE_gto")),
+            OsStr::new("run"),
+            OsStr::new("--config"),
+            config_path.as_os_str(),
+        ],
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let mut idle = Vec::new();
+    for _ in 0..1_100 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            idle.push(stream);
+        }
+    }
+    // Health checks keep working: the watched endpoint stays up over many intervals.
+    let cpu_before = cpu_ticks(gto.child.id().unwrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_used = cpu_ticks(gto.child.id().unwrap()) - cpu_before;
+    let (code, status) = http_json(admin, "GET", "/v1/status", None, "").await;
+    assert_eq!(code, 200);
+    assert_eq!(member(&status, "w")["health"], "up", "{status}");
+    assert!(
+        member(&status, "w")["last_error"].is_null(),
+        "{}",
+        member(&status, "w")
+    );
+    // No accept loop spinning: well under a core over 3 s (100 ticks a second).
+    assert!(
+        cpu_used < 100,
+        "gto used {cpu_used} ticks of CPU in 3 s while idle"
+    );
+    // DNS still answers, and the cap closed the connections over it.
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let (_, metrics) = crate::support::http(admin, "GET", "/metrics", None, "").await;
+    let limited = crate::support::sample(
+        &metrics,
+        "gto_dns_tcp_closed_total",
+        &["reason=\"connection_limit\""],
+    );
+    assert!(limited > 0.0, "{limited}");
+    drop(idle);
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn issue_18_6_silent_admin_clients_are_cut_off_and_cannot_block_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = config("").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nheader_timeout = \"1s\"\nmax_connections = 2",
+    );
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    let admin = server.admin();
+    // Two clients take both slots: one silent, one stuck halfway through its headers.
+    let mut silent = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(admin).await.unwrap();
+    partial
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A third request waits for a slot, which the header timeout frees.
+    let (code, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::http(admin, "GET", "/healthz", None, ""),
+    )
+    .await
+    .expect("a slot never freed up");
+    assert_eq!(code, 200);
+    let mut buffer = [0u8; 512];
+    for stream in [&mut silent, &mut partial] {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "still open: {read:?}"
+        );
+    }
+    // New stuck clients do not hold up shutdown.
+    let _silent = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"POST /v1/reload HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(8), server.app.shutdown())
+        .await
+        .expect("shutdown waited for stuck admin clients")
+        .unwrap();
+}

@@ -268,7 +268,12 @@ pub struct RealGto {
 
 impl RealGto {
     pub fn spawn(args: &[&std::ffi::OsStr]) -> Self {
-        let mut child = tokio::process::Command::from(gto_bin())
+        Self::spawn_with(env!("CARGO_BIN_EXE_gto"), args)
+    }
+
+    /// Runs `program` (gto itself, or a wrapper such as `prlimit` that runs it).
+    pub fn spawn_with(program: &str, args: &[&std::ffi::OsStr]) -> Self {
+        let mut child = tokio::process::Command::new(program)
             .args(args)
             .env("GTO_LOG", "info")
             .stderr(std::process::Stdio::piped())
