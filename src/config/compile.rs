@@ -136,6 +136,16 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
             for (i, entry) in list.iter().enumerate() {
                 let path = format!("server.listen[{i}]");
                 match entry.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) if addr.ip().is_unspecified() => errors.at(
+                        entry,
+                        path,
+                        format!(
+                            "{addr} is a wildcard address: UDP answers would leave from \
+                             whichever address the kernel picks, and resolvers drop answers \
+                             from an address they did not ask; list each address to serve \
+                             on instead (e.g. [\"192.0.2.53:53\", \"[2001:db8::53]:53\"])"
+                        ),
+                    ),
                     Ok(addr) if !seen.insert(addr) => {
                         errors.at(entry, path, format!("{addr} is listed twice"));
                     }

@@ -72,7 +72,11 @@ pub async fn serve(
         let handler = handler.clone();
         let token = token.clone();
         connections.spawn(async move {
-            let reason = connection(stream, peer, &handler, limits, &token).await;
+            let mut stream = stream;
+            let reason = connection(&mut stream, peer, &handler, limits, &token).await;
+            if reason == "query_limit" {
+                close_gracefully(stream).await;
+            }
             metrics::counter!(DNS_TCP_CLOSED_TOTAL, "reason" => reason).increment(1);
             drop(slot);
         });
@@ -82,9 +86,35 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+/// How long a connection closed at its query limit is drained of unread queries.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much of them is read and dropped at most.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Closes without losing answers (RFC 7766 section 6.2.4): reading stops, writing is shut
+/// down after the last answer (FIN), and what the client pipelined beyond the limit is
+/// read and dropped for a moment. Closing with unread input would send a reset, and the
+/// client's kernel would drop answers it has not read yet.
+async fn close_gracefully(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let drain = async {
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// Answers one connection's queries in order; returns why it closed.
 async fn connection(
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     peer: SocketAddr,
     handler: &Handler,
     limits: TcpLimits,

@@ -254,3 +254,25 @@ fn rate_limiting_and_coalescing_mistakes_are_reported_with_locations() {
     }
     assert!(stderr.contains("rrl.window"), "the unknown key: {stderr}");
 }
+
+#[test]
+fn issue_18_16_wildcard_listen_addresses_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("").replace(
+        "[server]\nlisten = [\"127.0.0.1:0\"]",
+        "[server]\nlisten = [\"0.0.0.0:5353\", \"[::]:5353\"]",
+    );
+    fs::write(dir.path().join("gto.toml"), text).unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("server.listen[0]: 0.0.0.0:5353 is a wildcard address"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("server.listen[1]: [::]:5353 is a wildcard address"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("list each address"), "{stderr}");
+}

@@ -135,3 +135,21 @@ async fn a_connection_is_closed_after_its_query_limit() {
     let _ = stream.write_all(&framed(3, "vpn.gto.example.com.")).await;
     assert!(read_answer(&mut stream).await.is_none());
 }
+
+#[tokio::test]
+async fn issue_18_12_pipelining_past_the_query_limit_loses_no_answer() {
+    let server = TestServer::start(&limited("tcp_max_queries = 100"), ZONE).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut burst = Vec::new();
+    for id in 1..=150 {
+        burst.extend(framed(id, "www.gto.example.com."));
+    }
+    stream.write_all(&burst).await.unwrap();
+    // Read slowly, after the server has stopped: every answer it sent must arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ids = Vec::new();
+    while let Some(answer) = read_answer(&mut stream).await {
+        ids.push(answer.metadata.id);
+    }
+    assert_eq!(ids, (1..=100).collect::<Vec<u16>>());
+}
