@@ -5,10 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
+use hyper::http::uri::PathAndQuery;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::compile::{Collector, parse_duration};
+use super::compile::{Collector, parse_duration, parse_size};
 use super::raw::RawCheck;
 use super::{Check, HttpProbe, LoadFields, Probe, TlsSettings};
 
@@ -45,6 +46,7 @@ pub(crate) fn compile_check(
         rise,
         fall,
         load_fields,
+        max_body,
     } = raw;
     let limit = errors.file_limit;
     let mut error =
@@ -122,6 +124,22 @@ pub(crate) fn compile_check(
     let target = ip.zip(port).map(|(ip, port)| SocketAddr::new(ip, port));
     let target_or_default = target.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1)));
 
+    if let Some(host) = host
+        && !is_header_token(host)
+    {
+        error(
+            "host",
+            format!("{host:?} is not a host name (no spaces, control characters or line breaks)"),
+        );
+    }
+    if let Some(sni) = sni
+        && ServerName::try_from(sni.as_str()).is_err()
+    {
+        error(
+            "sni",
+            format!("{sni:?} is not a DNS name or IP address to send as TLS server name"),
+        );
+    }
     let tls = |error: &mut dyn FnMut(&str, String)| -> TlsSettings {
         let roots = match ca_file {
             None => Vec::new(),
@@ -181,7 +199,29 @@ pub(crate) fn compile_check(
             let http_path = http_path.clone().unwrap_or_else(|| "/".into());
             if !http_path.starts_with('/') {
                 error("path", format!("{http_path:?} must start with '/'"));
+            } else if http_path.parse::<PathAndQuery>().is_err()
+                || http_path.contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                error(
+                    "path",
+                    format!(
+                        "{http_path:?} is not a valid request path (percent-encode spaces and special characters)"
+                    ),
+                );
             }
+            let max_body = match max_body {
+                None => HttpProbe::DEFAULT_MAX_BODY,
+                Some(text) => parse_size(text)
+                    .filter(|n| *n <= 16 << 20)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or_else(|| {
+                        error(
+                            "max_body",
+                            format!("{text:?} is not a size of 1KiB to 16MiB (e.g. \"64KiB\")"),
+                        );
+                        HttpProbe::DEFAULT_MAX_BODY
+                    }),
+            };
             let expect = expect
                 .clone()
                 .unwrap_or_default()
@@ -210,6 +250,7 @@ pub(crate) fn compile_check(
                     sessions: f.sessions,
                     capacity: f.capacity,
                 }),
+                max_body,
             })
         }
         other => {
@@ -222,6 +263,12 @@ pub(crate) fn compile_check(
             Probe::None
         }
     };
+    if max_body.is_some() && kind != "http" && kind != "https" {
+        error(
+            "max_body",
+            format!("applies to http and https checks, not {kind}"),
+        );
+    }
     if load_fields.is_some() && kind != "http" && kind != "https" {
         error(
             "load_fields",
@@ -241,6 +288,11 @@ pub(crate) fn compile_check(
         rise,
         fall,
     }
+}
+
+/// A Host header value: printable ASCII without spaces (a name, an address, a port).
+fn is_header_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Host header for an address: IPv6 in brackets, the port when not the default.

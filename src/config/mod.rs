@@ -585,6 +585,14 @@ pub struct HttpProbe {
     pub tls: Option<TlsSettings>,
     /// JSON fields of the response body that report load, when set.
     pub load_fields: Option<LoadFields>,
+    /// Most of the body read (`max_body`, default 64 KiB): the expected text must come
+    /// within it, and a load document must fit in it.
+    pub max_body: usize,
+}
+
+impl HttpProbe {
+    /// Default `max_body`.
+    pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 }
 
 /// Where an HTTP(S) check's JSON body reports load (dotted paths, e.g. `stats.sessions`).

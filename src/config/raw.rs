@@ -186,6 +186,8 @@ pub(crate) struct RawCheck {
     pub(crate) rise: Option<i64>,
     pub(crate) fall: Option<i64>,
     pub(crate) load_fields: Option<RawLoadFields>,
+    /// Most of an HTTP body read, e.g. "64KiB".
+    pub(crate) max_body: Option<String>,
 }
 
 impl RawCheck {
@@ -211,6 +213,7 @@ impl RawCheck {
                 .load_fields
                 .clone()
                 .or_else(|| base.load_fields.clone()),
+            max_body: self.max_body.clone().or_else(|| base.max_body.clone()),
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -17,9 +17,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{HttpProbe, Probe, TlsSettings};
-
-/// The most of a response body read to look for the expected text.
-const MAX_BODY: usize = 64 * 1024;
 
 /// Why a probe failed. `Clone`, with a stable label for metrics ([`ProbeError::as_str`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -223,16 +220,7 @@ where
         if http.body.is_none() && http.load_fields.is_none() {
             return Ok(None);
         }
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| ProbeError::Http(e.to_string()))?
-            .to_bytes();
-        if let Some(wanted) = &http.body
-            && !String::from_utf8_lossy(&body).contains(wanted.as_str())
-        {
-            return Err(ProbeError::Body(wanted.clone()));
-        }
+        let body = read_body(response.into_body(), http).await?;
         // A body without the load fields is still a healthy endpoint: its load is unknown.
         let load = http.load_fields.as_ref().and_then(|fields| {
             let document: serde_json::Value = serde_json::from_slice(&body).ok()?;
@@ -249,6 +237,46 @@ where
     .await;
     connection.abort();
     result
+}
+
+/// Reads the body up to `max_body` bytes. With an expected text, reading stops as soon as
+/// it appears; when it has not appeared within `max_body`, the probe fails as "body too
+/// large". A body that ends without it fails as "body".
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    http: &HttpProbe,
+) -> Result<Vec<u8>, ProbeError> {
+    let mut read: Vec<u8> = Vec::new();
+    let wanted = http.body.as_deref().map(str::as_bytes);
+    // Where the search resumes: each byte is looked at about once.
+    let mut searched: usize = 0;
+    let mut found = |read: &[u8]| {
+        let Some(wanted) = wanted else {
+            return false;
+        };
+        let from = searched.saturating_sub(wanted.len());
+        searched = read.len();
+        wanted.is_empty() || read[from..].windows(wanted.len()).any(|w| w == wanted)
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProbeError::Http(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let room = http.max_body - read.len();
+        // Keep what fits: the expected text may still be in it.
+        read.extend_from_slice(&data[..data.len().min(room)]);
+        if found(&read) {
+            return Ok(read);
+        }
+        if data.len() > room {
+            return Err(ProbeError::BodyTooLarge(http.max_body));
+        }
+    }
+    match &http.body {
+        Some(text) if !found(&read) => Err(ProbeError::Body(text.clone())),
+        _ => Ok(read),
+    }
 }
 
 /// Fails when the peer's certificate expires within `min_days`.

@@ -276,3 +276,44 @@ fn issue_18_16_wildcard_listen_addresses_are_refused_with_the_reason() {
     );
     assert!(stderr.contains("list each address"), "{stderr}");
 }
+
+#[test]
+fn issue_18_10_checks_that_could_never_work_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        r#"
+[[pool]]
+name = "bad"
+check = { kind = "https", port = 443, sni = "bad name!", host = "a\r\nX-Injected: 1", path = "/status page" }
+[[pool.member]]
+name = "x"
+addresses = ["192.0.2.1"]
+[[pool]]
+name = "tcp"
+check = { kind = "tcp", port = 1, max_body = "1MiB" }
+[[pool.member]]
+name = "y"
+addresses = ["192.0.2.2"]
+"#,
+    );
+    fs::write(dir.path().join("gto.toml"), text).unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("check.sni: \"bad name!\" is not a DNS name"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check.host: \"a\\r\\nX-Injected: 1\" is not a host name"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check.path: \"/status page\" is not a valid request path"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check.max_body: applies to http and https checks"),
+        "{stderr}"
+    );
+}

@@ -269,6 +269,7 @@ fn http(target: std::net::SocketAddr, tls: Option<TlsSettings>) -> HttpProbe {
         body: Some("OK".into()),
         tls,
         load_fields: None,
+        max_body: HttpProbe::DEFAULT_MAX_BODY,
     }
 }
 
@@ -426,4 +427,24 @@ async fn load_read_from_the_probe_body_takes_an_overloaded_endpoint_out() {
     assert!(out, "an overloaded endpoint kept getting answers");
     assert!(status_of(server.app.health().status().await).overloaded);
     drop(requests);
+}
+
+#[tokio::test]
+async fn issue_18_11_large_bodies_match_on_what_was_read_and_report_too_large() {
+    let (appliance, _requests) = Appliance::start("127.0.0.7", Speaks::Http).await;
+    let target = appliance.addr;
+    let padding = "x".repeat(100 * 1024);
+    // Expected text early in a 100 KiB body: found without reading it all.
+    *appliance.body.lock().unwrap() = format!("OK {padding}");
+    assert_eq!(run(Probe::Http(http(target, None))).await, Ok(()));
+    // Expected text past the limit: reported as such.
+    *appliance.body.lock().unwrap() = format!("{padding} OK");
+    assert_eq!(
+        run(Probe::Http(http(target, None))).await,
+        Err(ProbeError::BodyTooLarge(HttpProbe::DEFAULT_MAX_BODY))
+    );
+    // A bigger limit finds it.
+    let mut roomy = http(target, None);
+    roomy.max_body = 256 * 1024;
+    assert_eq!(run(Probe::Http(roomy)).await, Ok(()));
 }
