@@ -318,12 +318,12 @@ pub(super) async fn reload(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let generation = state
+    let reloaded = state
         .reloader
         .reload()
         .await
         .map_err(ApiError::InvalidConfig)?;
-    Ok(Json(json!({ "generation": generation })))
+    Ok(Json(json!(reloaded)))
 }
 
 /// `GET /metrics`.

@@ -112,6 +112,8 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<Confi
     let mut last_owner: Option<Name> = None;
     let mut soa: Option<Record> = None;
     let mut rrsets: HashMap<LowerName, Vec<RrSet>> = HashMap::new();
+    // Where each owner's records of each type first appear, for messages.
+    let mut lines: HashMap<(LowerName, RecordType), usize> = HashMap::new();
 
     for entry in split_entries(text) {
         let trimmed = entry.text.trim();
@@ -214,6 +216,18 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<Confi
                 );
                 continue;
             }
+            if record.ttl > MAX_TTL {
+                error(
+                    &mut errors,
+                    &file,
+                    entry.line,
+                    format!(
+                        "TTL {} of {} is 2^31 or more (RFC 2181 section 8); use at most {MAX_TTL}",
+                        record.ttl, record.name
+                    ),
+                );
+                continue;
+            }
             if record.record_type() == RecordType::SOA {
                 if owner != apex {
                     error(
@@ -229,6 +243,9 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<Confi
                 }
                 continue;
             }
+            lines
+                .entry((owner.clone(), record.record_type()))
+                .or_insert(entry.line);
             add_record(rrsets.entry(owner).or_default(), record);
         }
     }
@@ -252,9 +269,33 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<Confi
             format!("zone {origin} has no NS records at its apex"),
         );
     }
+    let line_of = |owner: &LowerName, record_type: RecordType| {
+        lines
+            .get(&(owner.clone(), record_type))
+            .copied()
+            .unwrap_or_else(|| find_owner_line(text, owner))
+    };
     for (owner, sets) in &rrsets {
-        if sets.len() > 1 && sets.iter().any(|s| s.record_type == RecordType::CNAME) {
-            let line = find_owner_line(text, owner);
+        let cname = sets.iter().find(|s| s.record_type == RecordType::CNAME);
+        if let Some(cname) = cname
+            && cname.records.len() > 1
+        {
+            error(
+                &mut errors,
+                &file,
+                line_of(owner, RecordType::CNAME),
+                format!(
+                    "{owner} has {} CNAME records; a name has at most one (RFC 1034 section 3.6.2)",
+                    cname.records.len()
+                ),
+            );
+        }
+        if sets.len() > 1 && cname.is_some() {
+            let other = sets
+                .iter()
+                .find(|s| s.record_type != RecordType::CNAME)
+                .map_or(RecordType::CNAME, |s| s.record_type);
+            let line = line_of(owner, other).max(line_of(owner, RecordType::CNAME));
             error(
                 &mut errors,
                 &file,
@@ -271,6 +312,18 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<Confi
             );
         }
     }
+    for (owner, line) in cname_loops(&rrsets) {
+        let line = lines
+            .get(&(owner.clone(), RecordType::CNAME))
+            .copied()
+            .unwrap_or(line);
+        error(
+            &mut errors,
+            &file,
+            line,
+            format!("{owner} starts a CNAME loop inside the zone; it can never be answered"),
+        );
+    }
     match soa {
         Some(soa) if errors.is_empty() => Ok(Zone {
             origin: apex,
@@ -280,6 +333,44 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<Confi
         }),
         _ => Err(errors),
     }
+}
+
+/// RFC 2181 section 8: a TTL is at most 2^31 - 1.
+const MAX_TTL: u32 = i32::MAX as u32;
+
+/// Owners whose CNAME chain, followed inside the zone, comes back to a name already on it
+/// (each loop reported once, at its smallest name). The line is a fallback of 1.
+fn cname_loops(rrsets: &HashMap<LowerName, Vec<RrSet>>) -> Vec<(LowerName, usize)> {
+    let target = |owner: &LowerName| -> Option<LowerName> {
+        let set = rrsets
+            .get(owner)?
+            .iter()
+            .find(|s| s.record_type == RecordType::CNAME)?;
+        match &set.records.first()?.data {
+            RData::CNAME(cname) => Some(LowerName::from(&cname.0)),
+            _ => None,
+        }
+    };
+    let mut loops = Vec::new();
+    let mut owners: Vec<&LowerName> = rrsets.keys().collect();
+    owners.sort();
+    for owner in owners {
+        let mut seen = vec![owner.clone()];
+        let mut current = owner.clone();
+        while let Some(next) = target(&current) {
+            if let Some(position) = seen.iter().position(|n| *n == next) {
+                // Report a loop once: at its smallest member, when we started there.
+                let cycle = &seen[position..];
+                if position == 0 && cycle.iter().min() == Some(owner) {
+                    loops.push((owner.clone(), 1));
+                }
+                break;
+            }
+            seen.push(next.clone());
+            current = next;
+        }
+    }
+    loops
 }
 
 fn error(errors: &mut Vec<ConfigError>, file: &Path, line: usize, message: String) {

@@ -317,3 +317,28 @@ addresses = ["192.0.2.2"]
         "{stderr}"
     );
 }
+
+#[test]
+fn issue_18_14_zones_gto_would_serve_wrong_are_refused_at_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.toml"), config("")).unwrap();
+    let lines = ZONE.lines().count();
+    let zone = format!(
+        "{ZONE}both IN CNAME www\nboth IN TXT \"x\"\ntwo IN CNAME www\ntwo IN CNAME api\n\
+         loop1 IN CNAME loop2\nloop2 IN CNAME loop3\nloop3 IN CNAME loop1\nself IN CNAME self\n\
+         big 2147483648 IN A 192.0.2.9\n"
+    );
+    fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    let at = |offset: usize, text: &str| {
+        let wanted = format!("gto.example.com.zone:{}: {text}", lines + offset);
+        assert!(stderr.contains(&wanted), "no {wanted:?} in:\n{stderr}");
+    };
+    at(2, "both.gto.example.com. has a CNAME beside other records");
+    at(3, "two.gto.example.com. has 2 CNAME records");
+    at(5, "loop1.gto.example.com. starts a CNAME loop");
+    at(8, "self.gto.example.com. starts a CNAME loop");
+    at(9, "TTL 2147483648 of big.gto.example.com. is 2^31 or more");
+    assert!(stderr.contains("5 problem(s) found"), "{stderr}");
+}

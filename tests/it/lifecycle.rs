@@ -16,7 +16,7 @@ async fn reload_swaps_config_and_a_bad_reload_keeps_the_old_one() {
         "[[pool.member]]\nname = \"nyc-0\"\naddresses = [\"203.0.113.99\"]\n[[pool.member]]\nname = \"fra-1\"",
     );
     std::fs::write(server.path("gto.toml"), &reordered).unwrap();
-    let new_generation = server.app.reload().await.unwrap();
+    let new_generation = server.app.reload().await.unwrap().generation;
     assert!(new_generation > generation);
     let (reply, _) = udp(
         server.addr,
@@ -113,4 +113,65 @@ async fn embedded_default_serves_on_5353_and_stops_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn issue_18_13_a_zone_caught_half_written_is_refused_until_its_serial_rises() {
+    let mut zone = ZONE.to_string();
+    for i in 0..40 {
+        zone.push_str(&format!("h{i} IN A 192.0.2.{}\n", i + 1));
+    }
+    let server = TestServer::start(&config(""), &zone).await;
+    // Half the file, as a reader sees it while an editor rewrites it in place.
+    let cut = zone.find("h10 IN").unwrap();
+    std::fs::write(server.path("gto.example.com.zone"), &zone[..cut]).unwrap();
+    let errors = server.app.reload().await.unwrap_err().to_string();
+    assert!(errors.contains("would shrink from"), "{errors}");
+    assert!(errors.contains("atomically"), "{errors}");
+    let reply = tcp(
+        server.addr,
+        &query("h30.gto.example.com.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(
+        answers(&reply),
+        vec!["192.0.2.31"],
+        "the old zone keeps serving"
+    );
+    // Meant: the serial went up.
+    let smaller = zone[..cut].replace("2026112501", "2026112502");
+    std::fs::write(server.path("gto.example.com.zone"), smaller).unwrap();
+    let reloaded = server.app.reload().await.unwrap();
+    assert!(
+        reloaded
+            .changes
+            .iter()
+            .any(|c| c.contains("serial 2026112501 -> 2026112502")),
+        "{reloaded:?}"
+    );
+    let reply = tcp(
+        server.addr,
+        &query("h30.gto.example.com.", RecordType::A, None),
+    )
+    .await;
+    assert!(answers(&reply).is_empty());
+}
+
+#[tokio::test]
+async fn issue_18_22_settings_a_reload_cannot_apply_are_named() {
+    let server = TestServer::default().await;
+    let text = config("").replace(
+        "[server]\nlisten = [\"127.0.0.1:0\"]",
+        "[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\ntcp_max_queries = 5\nstate_file = \"other.state\"",
+    );
+    std::fs::write(server.path("gto.toml"), text).unwrap();
+    let reloaded = server.app.reload().await.unwrap();
+    assert_eq!(
+        reloaded.needs_restart,
+        vec![
+            "server.listen",
+            "server.tcp_max_queries",
+            "server.state_file"
+        ]
+    );
 }
