@@ -111,6 +111,7 @@ impl App {
             events: events.clone(),
             health: health.clone(),
             admin: admin_shared.clone(),
+            digest: ArcSwap::from_pointee(loaded.digest.clone()),
             running: Mutex::new(loaded.clone()),
             last: Arc::new(ArcSwapOption::empty()),
         }));
@@ -124,6 +125,7 @@ impl App {
                     settings: admin_shared,
                     metrics,
                     ready: ready.clone(),
+                    started: std::time::SystemTime::now(),
                 };
                 match AdminServer::start(addr, state).await {
                     Ok(server) => Some(server),
@@ -272,6 +274,8 @@ struct ReloaderInner {
     running: Mutex<Arc<Loaded>>,
     /// The outcome of the last reload, for status.
     last: Arc<ArcSwapOption<ReloadOutcome>>,
+    /// Digest of the config and zones being served.
+    digest: ArcSwap<String>,
 }
 
 /// What a reload did.
@@ -322,6 +326,11 @@ impl Reloader {
         };
         self.0.last.store(Some(Arc::new(outcome)));
         result
+    }
+
+    /// Digest of the config and zone files being served (see [`Loaded::digest`]).
+    pub fn digest(&self) -> Arc<String> {
+        self.0.digest.load_full()
     }
 
     /// The last reload's outcome, if any reload ran.
@@ -384,6 +393,7 @@ impl Reloader {
             .await
             .map_err(|_| single_error("the routing builder stopped during reload".into()))?;
         inner.health.reconfigure(loaded.clone()).await;
+        inner.digest.store(Arc::new(loaded.digest.clone()));
         *running = loaded;
         metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
         info!(

@@ -133,8 +133,10 @@ fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("GTO_LOG").unwrap_or_else(|_| {
         EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,hickory_net=warn")
     });
+    // Colour only for a person at a terminal; never into the journal or a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -34,18 +34,30 @@ pub const PROBE_FAILURES_TOTAL: &str = "gto_probe_failures_total";
 pub const PROBE_UNKNOWN_TOTAL: &str = "gto_probe_unknown_total";
 /// Health flips, by `to` (up, down).
 pub const HEALTH_FLIPS_TOTAL: &str = "gto_health_flips_total";
-/// 1 when an endpoint is up, by `pool` and `member` (bounded by the config).
+/// 1 when an endpoint is up, by `pool` and `member` (bounded by the config). Rendered at
+/// scrape time from the running config, so an endpoint a reload removed disappears.
 pub const MEMBER_UP: &str = "gto_member_up";
-/// 1 while an endpoint's health is stale, by `pool` and `member`.
+/// 1 while an endpoint's health is stale, by `pool` and `member` (rendered at scrape).
 pub const MEMBER_STALE: &str = "gto_member_stale";
+/// 1 while an operator drains an endpoint, by `pool` and `member` (rendered at scrape).
+pub const MEMBER_DRAINED: &str = "gto_member_drained";
 
 /// Answers that included an endpoint, by `service`, `pool` and `member`.
 pub const ANSWERS_TOTAL: &str = "gto_answers_total";
 /// Time to build one routing snapshot, in seconds.
 pub const SNAPSHOT_BUILD_SECONDS: &str = "gto_snapshot_build_seconds";
-/// Query handling time in seconds, by `transport`: per query on the general path; on the
-/// UDP fast path one sample per batch (its mean per answer).
+/// Query handling time in seconds, by `transport`, one sample per query (general path:
+/// TCP, and UDP when `workers = 0` or a query needs it).
 pub const DNS_QUERY_SECONDS: &str = "gto_dns_query_seconds";
+/// UDP fast path: handling time per answer in seconds, one sample per batch of up to 64
+/// queries (the batch's mean), so that timing costs nothing per query. Its `_count` counts
+/// batches; queries are counted in `gto_dns_queries_total`.
+pub const DNS_FAST_BATCH_SECONDS: &str = "gto_dns_fast_batch_seconds";
+/// 1 for the selection each GSLB name answers with now, by `service` and `selection`
+/// (normal, all_down_fail_open, all_down_fallback, all_down_empty).
+pub const SERVICE_SELECTION: &str = "gto_service_selection";
+/// 1, with the `version` and git `commit` gto was built from.
+pub const BUILD_INFO: &str = "gto_build_info";
 /// Admin API requests, by `route` and `status`.
 pub const ADMIN_REQUESTS_TOTAL: &str = "gto_admin_requests_total";
 /// Drain and undrain actions, by `action`.
@@ -53,7 +65,8 @@ pub const DRAINS_TOTAL: &str = "gto_drains_total";
 /// State file writes that failed (the change is applied and served, but would be lost
 /// at a restart until a later write succeeds).
 pub const STATE_WRITE_FAILURES_TOTAL: &str = "gto_state_write_failures_total";
-/// Reported load of an endpoint (sessions / capacity), by `pool` and `member`.
+/// Last reported load of an endpoint (sessions / capacity), by `pool` and `member`, from
+/// a health check's `load_fields` or a `PUT .../load` (rendered at scrape).
 pub const MEMBER_LOAD: &str = "gto_member_load";
 
 /// How often buffered histogram samples are folded into buckets.
@@ -143,11 +156,16 @@ pub fn describe_all() {
         Unit::Count,
         "Endpoint health flips, by new state."
     );
-    describe_gauge!(MEMBER_UP, Unit::Count, "1 when the endpoint is up.");
     describe_gauge!(
-        MEMBER_STALE,
+        SERVICE_SELECTION,
         Unit::Count,
-        "1 while the endpoint's health is stale."
+        "1 for how each GSLB name selects endpoints now (normal or an all-down mode)."
+    );
+    describe_gauge!(BUILD_INFO, Unit::Count, "gto's version and git commit.");
+    metrics::describe_histogram!(
+        DNS_FAST_BATCH_SECONDS,
+        Unit::Seconds,
+        "UDP fast path: handling time per answer, one sample per batch (count = batches)."
     );
     describe_counter!(
         DNS_TCP_CLOSED_TOTAL,
@@ -185,9 +203,154 @@ pub fn describe_all() {
         Unit::Count,
         "State file writes that failed; changes since the last good write would be lost at a restart."
     );
-    describe_gauge!(
-        MEMBER_LOAD,
-        Unit::Count,
-        "Reported load (sessions / capacity) of the endpoint."
+    // Counters that alerts use exist from the start, at 0.
+    for result in ["ok", "error"] {
+        metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
+    }
+    for action in ["drain", "undrain"] {
+        metrics::counter!(DRAINS_TOTAL, "action" => action).increment(0);
+    }
+    for to in ["up", "down"] {
+        metrics::counter!(HEALTH_FLIPS_TOTAL, "to" => to).increment(0);
+    }
+    for action in ["dropped", "slipped"] {
+        metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => action).increment(0);
+    }
+    metrics::counter!(DNS_TRUNCATED_TOTAL).increment(0);
+    metrics::counter!(STATE_WRITE_FAILURES_TOTAL).increment(0);
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("GTO_COMMIT"),
+    )
+    .set(1.0);
+}
+
+/// The per-endpoint gauges, in Prometheus text, for the endpoints of the running config.
+pub fn render_members<'a>(members: impl Iterator<Item = MemberSample<'a>>) -> String {
+    use std::fmt::Write;
+    let members: Vec<MemberSample<'a>> = members.collect();
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, value: &dyn Fn(&MemberSample<'a>) -> Option<f64>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for m in &members {
+            if let Some(v) = value(m) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\",member=\"{}\"}} {v}",
+                    escape(m.pool),
+                    escape(m.member)
+                );
+            }
+        }
+    };
+    family(MEMBER_UP, "1 when the endpoint is up.", &|m| {
+        Some(f64::from(u8::from(m.up)))
+    });
+    family(
+        MEMBER_STALE,
+        "1 while the endpoint's health is stale.",
+        &|m| Some(f64::from(u8::from(m.stale))),
     );
+    family(
+        MEMBER_DRAINED,
+        "1 while an operator drains the endpoint.",
+        &|m| Some(f64::from(u8::from(m.drained))),
+    );
+    family(
+        MEMBER_LOAD,
+        "Last reported load (sessions / capacity), from checks or the push API.",
+        &|m| m.load,
+    );
+    out
+}
+
+/// One endpoint for [`render_members`].
+#[derive(Debug, Clone, Copy)]
+pub struct MemberSample<'a> {
+    /// Pool name.
+    pub pool: &'a str,
+    /// Member name.
+    pub member: &'a str,
+    /// Health checks say up.
+    pub up: bool,
+    /// Health is stale.
+    pub stale: bool,
+    /// Drained.
+    pub drained: bool,
+    /// Last reported load, if any.
+    pub load: Option<f64>,
+}
+
+/// A Prometheus label value with `\`, `"` and line breaks escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The standard process metrics (start time, CPU, resident memory, descriptors), read
+/// from /proc at scrape time.
+pub fn render_process() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut gauge = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    // Fields after the command name (which may hold spaces), 0-based from field 3.
+    let fields: Vec<String> = stat
+        .as_deref()
+        .and_then(|s| s.rsplit_once(')'))
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // USER_HZ is 100 on Linux.
+    let ticks = 100.0;
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    gauge(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+        boot.zip(field(19))
+            .map(|(boot, start)| boot + start / ticks),
+    );
+    gauge(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time spent, in seconds.",
+        field(11).zip(field(12)).map(|(u, s)| (u + s) / ticks),
+    );
+    let page = 4096.0;
+    gauge(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(21).map(|pages| pages * page),
+    );
+    gauge(
+        "process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+        std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64),
+    );
+    gauge(
+        "process_max_fds",
+        "gauge",
+        "The soft limit on open file descriptors.",
+        crate::rlimit::nofile().map(|n| n as f64),
+    );
+    out
 }

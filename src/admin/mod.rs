@@ -69,6 +69,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// Opens once the first snapshot is published.
     pub ready: Arc<AtomicBool>,
+    /// When gto started, for status.
+    pub started: std::time::SystemTime,
 }
 
 /// The admin router; testable with `oneshot`.
@@ -90,6 +92,8 @@ pub fn router(state: AdminState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // Outermost, so the limit and timeout layers' errors become JSON too.
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
 
@@ -199,6 +203,43 @@ async fn serve(
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     }
+}
+
+/// Turns every error that is not JSON yet (axum's extractor rejections, 405, the body
+/// limit's 413, the timeout's 408) into `{"error": "..."}`, so clients parse one format.
+async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let message = if text.is_empty() {
+        reason
+    } else {
+        format!("{reason}: {text}")
+    };
+    let mut json = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 /// Counts every request by route template (bounded) and status.

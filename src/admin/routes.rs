@@ -128,6 +128,14 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
         .map(|m| view(m, addresses_of(&snapshot, &m.key)))
         .collect();
     Json(json!({
+        "instance": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "commit": env!("GTO_COMMIT"),
+            "identity": snapshot.identity.as_ref().map(|id| String::from_utf8_lossy(id).into_owned()),
+            "started": rfc3339(state.started),
+            "config_digest": state.reloader.digest().as_str(),
+            "last_reload": state.reloader.last().as_deref(),
+        },
         "generation": snapshot.generation,
         "services": services,
         "endpoints": pools,
@@ -328,11 +336,22 @@ pub(super) async fn reload(
 
 /// `GET /metrics`.
 pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    // Per-endpoint gauges come from the running config's endpoints at scrape time, so an
+    // endpoint a reload removed has no series left.
+    let members = state.health.status().await;
+    text.push_str(&crate::metrics::render_members(members.iter().map(|m| {
+        crate::metrics::MemberSample {
+            pool: &m.key.pool,
+            member: &m.key.member,
+            up: m.health == crate::health::state::Health::Up,
+            stale: m.stale,
+            drained: m.drain.is_some(),
+            load: m.load.map(|l| l.ratio()),
+        }
+    })));
+    text.push_str(&crate::metrics::render_process());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// `GET /healthz`.

@@ -113,6 +113,7 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
     let zones = compile_zones(&raw, base_dir, errors);
     let pools = compile_pools(&raw.pool, base_dir, errors);
     let services = compile_services(&raw.service, &pools, errors);
+    check_preferences(&raw, &pools, errors);
     Config {
         server,
         admin,
@@ -247,6 +248,18 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
         udp_coalesce,
         max_file_size,
         state_file_follow_symlinks,
+        identity: raw.server.identity.as_ref().and_then(|id| {
+            let text = id.get_ref();
+            if text.is_empty() || text.len() > 255 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+                errors.at(
+                    id,
+                    "server.identity",
+                    "must be 1 to 255 printable characters without spaces (e.g. \"ns1\")",
+                );
+                return None;
+            }
+            Some(text.clone())
+        }),
         state_file: raw.server.state_file.as_ref().and_then(|file| {
             if file.get_ref().is_empty() {
                 errors.at(file, "server.state_file", "must not be empty");
@@ -391,6 +404,30 @@ fn compile_geo(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> 
         });
     }
     settings
+}
+
+/// Every region a `prefer` list names must be some endpoint's region: a misspelt one would
+/// silently never match.
+fn check_preferences(raw: &RawConfig, pools: &[Pool], errors: &mut Collector<'_>) {
+    let Some(geo) = &raw.geo else {
+        return;
+    };
+    let known: HashSet<&str> = pools
+        .iter()
+        .flat_map(|p| &p.members)
+        .filter_map(|m| m.location.as_ref()?.region.as_deref())
+        .collect();
+    for (i, region) in geo.get_ref().region.iter().enumerate() {
+        for (j, wanted) in region.get_ref().prefer.iter().enumerate() {
+            if !known.contains(wanted.as_str()) {
+                errors.at(
+                    region,
+                    format!("geo.region[{i}].prefer[{j}]"),
+                    format!("no endpoint is in region {wanted:?} (check the spelling)"),
+                );
+            }
+        }
+    }
 }
 
 /// The admin API listens on loopback by default.

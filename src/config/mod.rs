@@ -115,6 +115,9 @@ pub struct Loaded {
     pub zones: Vec<Zone>,
     /// The opened `[geo] mmdb` database, if configured.
     pub geo_db: Option<std::sync::Arc<crate::geo::mmdb::Mmdb>>,
+    /// SHA-256 (first 8 bytes, hex) of the config text and every zone file: instances that
+    /// serve the same files show the same digest.
+    pub digest: String,
 }
 
 /// The compiled config. Built once, never mutated.
@@ -309,6 +312,10 @@ pub struct ServerSettings {
     /// much (plus the kernel's timer slack, 50 µs) of added latency, paid only by queries
     /// that arrive during the pause. Answers are sent before it.
     pub udp_coalesce: Duration,
+    /// This instance's name, answered as NSID (RFC 5001) and to CH TXT `id.server.` /
+    /// `hostname.bind.` (with `version.server.`), so an operator can tell which instance
+    /// answered. None (the default): not disclosed, CH queries are refused.
+    pub identity: Option<String>,
     /// Write the state file through a symbolic link that points out of its directory
     /// (default false: such a link is refused, so a link cannot aim gto's writes at a
     /// file elsewhere).
@@ -722,9 +729,14 @@ fn parse_partial(text: &str, file: &Path) -> (Option<Config>, Vec<ConfigError>) 
     let raw: raw::RawConfig =
         match serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())) {
             Ok(raw) => raw,
-            Err(e) => {
-                errors.push(e.span().map(|s| s.start), "", e.message().to_string());
-                return (None, errors.errors);
+            Err(_) => {
+                // A type error stops serde at the first one: read each table on its own
+                // instead, so every type error is reported, and the rest still compiles.
+                unknown.clear();
+                match recover(text, &mut errors, &mut unknown) {
+                    Some(raw) => raw,
+                    None => return (None, errors.errors),
+                }
             }
         };
     for path in unknown {
@@ -739,6 +751,77 @@ fn parse_partial(text: &str, file: &Path) -> (Option<Config>, Vec<ConfigError>) 
     let base_dir = file.parent().unwrap_or(Path::new("."));
     let config = compile::compile(raw, base_dir, &mut errors);
     (Some(config), errors.errors)
+}
+
+/// Deserializes the document section by section (and `[[zone]]`, `[[service]]`,
+/// `[[pool]]` element by element), reporting each section's type error and keeping the
+/// sections that read. None when the text is not TOML at all.
+fn recover(
+    text: &str,
+    errors: &mut compile::Collector<'_>,
+    unknown: &mut Vec<String>,
+) -> Option<raw::RawConfig> {
+    use serde::Deserialize;
+    use toml::de::{DeValue, ValueDeserializer};
+
+    fn one<T: for<'de> Deserialize<'de>>(
+        value: &toml::Spanned<DeValue<'_>>,
+        path: &str,
+        errors: &mut compile::Collector<'_>,
+        unknown: &mut Vec<String>,
+    ) -> Option<T> {
+        let deserializer = ValueDeserializer::from(value.clone());
+        match serde_ignored::deserialize(deserializer, |p| {
+            unknown.push(format!("{path}.{p}"));
+        }) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let e: toml::de::Error = e;
+                let at = e.span().map_or(value.span().start, |s| s.start);
+                errors.push(Some(at), path, e.message().to_string());
+                None
+            }
+        }
+    }
+    fn many<T: for<'de> Deserialize<'de>>(
+        value: &toml::Spanned<DeValue<'_>>,
+        key: &str,
+        errors: &mut compile::Collector<'_>,
+        unknown: &mut Vec<String>,
+    ) -> Vec<T> {
+        match value.get_ref().as_array() {
+            Some(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| one(item, &format!("{key}.{i}"), errors, unknown))
+                .collect(),
+            None => one(value, key, errors, unknown).unwrap_or_default(),
+        }
+    }
+
+    let root = match toml::de::DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            errors.push(e.span().map(|s| s.start), "", e.message().to_string());
+            return None;
+        }
+    };
+    let table = root.get_ref();
+    let mut raw = raw::RawConfig::default();
+    for (key, value) in table.iter() {
+        let key = key.get_ref().as_ref();
+        match key {
+            "server" => raw.server = one(value, key, errors, unknown).unwrap_or_default(),
+            "admin" => raw.admin = one(value, key, errors, unknown),
+            "rrl" => raw.rrl = one(value, key, errors, unknown),
+            "geo" => raw.geo = one(value, key, errors, unknown),
+            "zone" => raw.zone = many(value, key, errors, unknown),
+            "service" => raw.service = many(value, key, errors, unknown),
+            "pool" => raw.pool = many(value, key, errors, unknown),
+            other => unknown.push(other.to_string()),
+        }
+    }
+    Some(raw)
 }
 
 /// `pool.0.$__serde_spanned_private_value.member.1.x` (serde_ignored's view through
@@ -798,15 +881,19 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
         }
     }
     let mut zones = Vec::new();
+    let mut failed = Vec::new();
     for spec in &config.zones {
         match crate::zone::load(spec, config.server.max_file_size) {
             Ok(zone) => zones.push(zone),
-            Err(mut zone_errors) => errors.append(&mut zone_errors),
+            Err(mut zone_errors) => {
+                errors.append(&mut zone_errors);
+                failed.push(LowerName::from(&spec.origin));
+            }
         }
     }
-    if zones.len() == config.zones.len() {
-        check_names(text, file, &config, &zones, &mut errors);
-    }
+    // Names are checked against the zones that loaded; names in a zone that did not are
+    // left alone (its own errors say why).
+    check_names(text, file, &config, &zones, &failed, &mut errors);
     let geo_db = match &config.geo.mmdb {
         None => None,
         Some(path) => match crate::geo::mmdb::Mmdb::open(path, config.server.max_file_size) {
@@ -824,10 +911,25 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
         },
     };
     if errors.is_empty() {
+        let digest = {
+            use sha2::{Digest, Sha256};
+            let mut hasher = Sha256::new();
+            hasher.update(text.as_bytes());
+            for zone in &zones {
+                hasher.update(zone.text_digest());
+            }
+            hasher
+                .finalize()
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
         Ok(Loaded {
             config,
             zones,
             geo_db,
+            digest,
         })
     } else {
         // The config file first, in line order, then each zone file in line order.
@@ -847,9 +949,16 @@ fn check_names(
     file: &Path,
     config: &Config,
     zones: &[Zone],
+    failed: &[LowerName],
     errors: &mut Vec<ConfigError>,
 ) {
     for service in &config.services {
+        if failed
+            .iter()
+            .any(|origin| origin.zone_of(&LowerName::from(&service.name)))
+        {
+            continue;
+        }
         let i = service.position;
         let name = LowerName::from(&service.name);
         let located = |message: String| ConfigError {

@@ -46,6 +46,8 @@ pub(crate) struct RawServer {
     pub(crate) udp_coalesce: Option<Spanned<String>>,
     /// Write the state file through a symbolic link that leaves its directory.
     pub(crate) state_file_follow_symlinks: Option<bool>,
+    /// Instance identity for NSID and CH TXT id.server.
+    pub(crate) identity: Option<Spanned<String>>,
     /// Largest file the config names, e.g. "256MiB".
     pub(crate) max_file_size: Option<Spanned<String>>,
 }

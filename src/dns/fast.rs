@@ -331,6 +331,9 @@ fn parse_opt(query: &[u8], at: usize) -> Option<Opt<'_>> {
         let code = u16_at(query, pos)?;
         let len = usize::from(u16_at(query, pos + 2)?);
         let data = query.get(pos + 4..pos + 4 + len)?;
+        if code == 3 {
+            return None; // NSID: the general path adds our identity
+        }
         if code == 8 {
             if opt.ecs.is_some() {
                 return None;

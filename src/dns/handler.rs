@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode};
-use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption, NSIDPayload};
+use hickory_proto::rr::{DNSClass, LowerName, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -189,6 +189,13 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
         }
     };
 
+    // NSID (RFC 5001): our identity, to a client that asks, when one is configured.
+    if let (Some(identity), Some(ours)) = (&snapshot.identity, edns.as_mut())
+        && client_edns.is_some_and(|e| e.options().get(EdnsCode::NSID).is_some())
+        && let Ok(payload) = NSIDPayload::new(identity.to_vec())
+    {
+        ours.options_mut().insert(EdnsOption::NSID(payload));
+    }
     if request.metadata.op_code != OpCode::Query {
         bad("opcode");
         return reply(ResponseCode::NotImp, metadata, edns);
@@ -214,6 +221,22 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
     }
 
     let qtype = query.query_type();
+    if query.query_class() == DNSClass::CH && !snapshot.chaos.is_empty() {
+        let name = query.name();
+        let found: Vec<&Record> = snapshot
+            .chaos
+            .iter()
+            .filter(|r| LowerName::from(&r.name) == *name)
+            .collect();
+        if !found.is_empty() {
+            metadata.authoritative = true;
+            let mut answered = reply(ResponseCode::NoError, metadata, edns);
+            if matches!(query.query_type(), RecordType::TXT | RecordType::ANY) {
+                answered.resolution.answers = found;
+            }
+            return answered;
+        }
+    }
     if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
         bad("class");
         return reply(ResponseCode::Refused, metadata, edns);

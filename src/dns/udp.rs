@@ -35,7 +35,7 @@ use super::Handler;
 use super::fast::{FastScratch, QTYPE_LABELS, RCODE_LABELS, respond};
 use super::handler::answer_bytes;
 use crate::metrics::{
-    DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS, DNS_RATE_LIMITED_TOTAL,
+    DNS_BAD_QUERIES_TOTAL, DNS_FAST_BATCH_SECONDS, DNS_QUERIES_TOTAL, DNS_RATE_LIMITED_TOTAL,
 };
 use crate::routing::RoutingHandle;
 
@@ -210,7 +210,7 @@ fn worker(
             })
             .collect(),
         dropped: metrics::counter!(DNS_BAD_QUERIES_TOTAL, "reason" => "overload"),
-        latency: metrics::histogram!(DNS_QUERY_SECONDS, "transport" => "udp"),
+        latency: metrics::histogram!(DNS_FAST_BATCH_SECONDS),
         rate_limited: [
             metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "dropped"),
             metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "slipped"),

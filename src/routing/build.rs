@@ -11,7 +11,7 @@ use hickory_proto::rr::{LowerName, RData, Record, RecordType};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::handle::RoutingHandle;
 use super::table::{
@@ -21,7 +21,9 @@ use crate::config::{Loaded, Location, Member, Policy, Pool, Region, Service, Whe
 use crate::dns::fast::FastIndex;
 use crate::dns::rrl::RateLimiter;
 use crate::geo::GeoTable;
-use crate::metrics::{ANSWERS_TOTAL, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION};
+use crate::metrics::{
+    ANSWERS_TOTAL, SERVICE_SELECTION, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION,
+};
 use crate::policy;
 use crate::policy::load::LoadView;
 use crate::policy::{Candidate, affinity};
@@ -83,7 +85,8 @@ pub struct MemberStates {
     /// Endpoints an operator drained.
     pub drained: HashSet<MemberKey>,
     /// Answer counters, kept across rebuilds so status can show each endpoint's share.
-    pub answered: HashMap<MemberKey, Arc<AtomicU64>>,
+    /// Keyed by GSLB name and endpoint: two names sharing a pool count apart.
+    pub answered: HashMap<(String, MemberKey), Arc<AtomicU64>>,
     /// Load as ranking sees it; absent means unknown.
     pub load: HashMap<MemberKey, LoadView>,
 }
@@ -101,16 +104,30 @@ impl MemberStates {
         self.down.retain(exists);
         self.drained.retain(exists);
         self.load.retain(|key, _| exists(key));
-        self.answered.retain(|key, _| exists(key));
+        self.answered.retain(|(service, key), _| {
+            exists(key)
+                && loaded
+                    .config
+                    .services
+                    .iter()
+                    .any(|s| s.name.to_string() == *service)
+        });
     }
 
     /// Makes sure every endpoint of `loaded` has an answer counter.
     fn add_counters(&mut self, loaded: &Loaded) {
-        for pool in &loaded.config.pools {
-            for member in &pool.members {
-                self.answered
-                    .entry(MemberKey::of(pool, member))
-                    .or_default();
+        let config = &loaded.config;
+        for service in &config.services {
+            let mut pools = vec![service.pool.0];
+            if let WhenAllDown::Fallback(id) = service.when_all_down {
+                pools.push(id.0);
+            }
+            for pool in pools.into_iter().filter_map(|i| config.pools.get(i)) {
+                for member in &pool.members {
+                    self.answered
+                        .entry((service.name.to_string(), MemberKey::of(pool, member)))
+                        .or_default();
+                }
             }
         }
     }
@@ -134,6 +151,8 @@ pub struct Builder {
     states: MemberStates,
     generation: u64,
     handle: RoutingHandle,
+    /// How each GSLB name selected its endpoints in the last snapshot.
+    selections: HashMap<String, Selection>,
 }
 
 impl Builder {
@@ -151,13 +170,16 @@ impl Builder {
         let prepared = prepare(&loaded, &states);
         let handle = RoutingHandle::new(build_prepared(&prepared, &loaded, &states, 1));
         record_build(1, started);
-        Self {
+        let mut builder = Self {
             loaded,
             prepared,
             states,
             generation: 1,
             handle,
-        }
+            selections: HashMap::new(),
+        };
+        builder.report_selections();
+        builder
     }
 
     /// The handle the query path reads.
@@ -242,6 +264,65 @@ impl Builder {
         ));
         record_build(self.generation, started);
         debug!(generation = self.generation, "routing snapshot published");
+        self.report_selections();
+    }
+
+    /// Logs (once per change) and exports how each GSLB name selects its endpoints: an
+    /// all-down mode (fail open, fallback, empty) is something an operator must know.
+    fn report_selections(&mut self) {
+        let snapshot = self.handle.load();
+        let mut now = HashMap::new();
+        for service in &snapshot.services {
+            let Some(node) = snapshot.gslb_node(&service.name) else {
+                continue;
+            };
+            let name = service.name.to_string();
+            let mode = node.mode;
+            if self.selections.get(&name) != Some(&mode) {
+                let previous = self.selections.get(&name).copied();
+                if mode == Selection::Normal {
+                    if previous.is_some() {
+                        info!(service = %name, selection = mode.as_str(), "GSLB name answers from its up endpoints again");
+                    }
+                } else {
+                    warn!(
+                        service = %name,
+                        selection = mode.as_str(),
+                        "no endpoint of this GSLB name can serve; answering by when_all_down"
+                    );
+                }
+                for selection in [
+                    Selection::Normal,
+                    Selection::FailOpen,
+                    Selection::Fallback,
+                    Selection::Empty,
+                ] {
+                    metrics::gauge!(
+                        SERVICE_SELECTION,
+                        "service" => name.clone(),
+                        "selection" => selection.as_str(),
+                    )
+                    .set(if selection == mode { 1.0 } else { 0.0 });
+                }
+            }
+            now.insert(name, mode);
+        }
+        for gone in self.selections.keys().filter(|k| !now.contains_key(*k)) {
+            for selection in [
+                Selection::Normal,
+                Selection::FailOpen,
+                Selection::Fallback,
+                Selection::Empty,
+            ] {
+                metrics::gauge!(
+                    SERVICE_SELECTION,
+                    "service" => gone.clone(),
+                    "selection" => selection.as_str(),
+                )
+                .set(0.0);
+            }
+        }
+        self.selections = now;
     }
 
     /// Applies events until the channel closes or `token` is cancelled; events that queue
@@ -281,6 +362,9 @@ pub struct Prepared {
     fast: Arc<FastIndex>,
     /// Response rate limiting: one table per config, so flips and drains keep its state.
     rrl: Option<Arc<RateLimiter>>,
+    /// `[server] identity` as NSID bytes, and the CH TXT records that tell it.
+    identity: Option<Arc<[u8]>>,
+    chaos: Arc<[Record]>,
 }
 
 /// The static part of one zone.
@@ -381,7 +465,11 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
                         location: member.location.clone(),
                         weight: f64::from(member.weight.get()),
                         seed: affinity::seed(&key.pool, &key.member),
-                        answered: states.answered.get(&key).cloned().unwrap_or_default(),
+                        answered: states
+                            .answered
+                            .get(&(label.clone(), key.clone()))
+                            .cloned()
+                            .unwrap_or_default(),
                         counter: metrics::counter!(
                             ANSWERS_TOTAL,
                             "service" => label.clone(),
@@ -401,6 +489,12 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
         endpoints,
         fast: Arc::new(FastIndex::default()),
         rrl: RateLimiter::new(&config.rrl).map(Arc::new),
+        identity: config
+            .server
+            .identity
+            .as_ref()
+            .map(|id| Arc::from(id.as_bytes())),
+        chaos: chaos_records(config.server.identity.as_deref()).into(),
     };
     // The fast path's tails come from the general lookup of a snapshot of this config.
     let reference = build_prepared(&prepared, loaded, states, 0);
@@ -472,7 +566,36 @@ pub fn build_prepared(
         regions: config.geo.regions.clone(),
         fast: prepared.fast.clone(),
         rrl: prepared.rrl.clone(),
+        identity: prepared.identity.clone(),
+        chaos: prepared.chaos.clone(),
     }
+}
+
+/// `id.server.` and `hostname.bind.` (the identity), `version.server.` and `version.bind.`
+/// (gto's version) as CH TXT records, when an identity is configured; none otherwise.
+fn chaos_records(identity: Option<&str>) -> Vec<Record> {
+    let Some(identity) = identity else {
+        return Vec::new();
+    };
+    let version = format!("gto {}", env!("CARGO_PKG_VERSION"));
+    [
+        ("id.server.", identity),
+        ("hostname.bind.", identity),
+        ("version.server.", version.as_str()),
+        ("version.bind.", version.as_str()),
+    ]
+    .into_iter()
+    .filter_map(|(name, text)| {
+        let name = hickory_proto::rr::Name::from_ascii(name).ok()?;
+        let mut record = Record::from_rdata(
+            name,
+            0,
+            RData::TXT(hickory_proto::rr::rdata::TXT::new(vec![text.to_string()])),
+        );
+        record.dns_class = hickory_proto::rr::DNSClass::CH;
+        Some(record)
+    })
+    .collect()
 }
 
 /// Ranks a service's endpoints per location cell and encodes their records.

@@ -210,8 +210,15 @@ pub fn explain(
                 let m = node.members.get(i)?;
                 let is_answered = answered.contains(&i);
                 let is_candidate = rank < choice.candidates && choice.candidates > 1;
+                let state = if m.drained { "drained" } else { "down" };
+                let fail_open = node.mode == crate::routing::Selection::FailOpen;
                 let reason = if is_answered && (!m.up || m.drained) {
-                    "answered although not available: no endpoint can serve (fail open)".to_string()
+                    format!("{state}, served by when_all_down: no endpoint can serve (fail open)")
+                } else if fail_open && (!m.up || m.drained) {
+                    format!(
+                        "{state}, served by when_all_down only (fail open); ranked below the first {} address(es)",
+                        node.answers
+                    )
                 } else if is_answered && m.overloaded {
                     "answered although overloaded: no endpoint under its watermark can serve"
                         .to_string()

@@ -26,6 +26,11 @@ pub struct Snapshot {
     pub generation: u64,
     /// Our EDNS UDP payload size.
     pub udp_payload: u16,
+    /// `[server] identity`, sent as NSID (RFC 5001) to clients that ask.
+    pub identity: Option<Arc<[u8]>>,
+    /// CH TXT records `id.server.`, `hostname.bind.`, `version.server.`, `version.bind.`
+    /// (empty without an identity).
+    pub chaos: Arc<[Record]>,
     /// Zones, most specific origin first.
     pub(crate) zones: Vec<ZoneTable>,
     /// GSLB names in config order, for labels, status and explain.

@@ -24,6 +24,8 @@ pub struct Zone {
     file: PathBuf,
     soa: Record,
     rrsets: HashMap<LowerName, Vec<RrSet>>,
+    /// SHA-256 of the file's text.
+    text_digest: [u8; 32],
 }
 
 /// The records of one owner name and type, all with the same TTL.
@@ -49,6 +51,11 @@ impl Zone {
     /// The SOA record at the apex.
     pub fn soa(&self) -> &Record {
         &self.soa
+    }
+
+    /// SHA-256 of the zone file's text (zero for zones parsed from a string).
+    pub fn text_digest(&self) -> &[u8; 32] {
+        &self.text_digest
     }
 
     /// The SOA serial.
@@ -99,7 +106,12 @@ pub fn load(spec: &ZoneSpec, limit: u64) -> Result<Zone, Vec<ConfigError>> {
             }]
         })?,
     };
-    parse(&text, &spec.origin, file)
+    let mut zone = parse(&text, &spec.origin, file)?;
+    zone.text_digest = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(text.as_bytes()).into()
+    };
+    Ok(zone)
 }
 
 /// Parses zone text for `origin`; `file` names it in messages.
@@ -330,6 +342,7 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<Confi
             file,
             soa,
             rrsets,
+            text_digest: [0; 32],
         }),
         _ => Err(errors),
     }

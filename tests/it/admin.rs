@@ -400,7 +400,7 @@ async fn metrics_move_with_real_queries() {
     assert_eq!(nx(&after) - nx(&before), 1.0);
     for name in [
         "gto_snapshot_generation",
-        "gto_dns_query_seconds_bucket",
+        "gto_dns_fast_batch_seconds_bucket",
         "gto_snapshot_build_seconds",
     ] {
         assert!(after.contains(name), "{name} missing from:\n{after}");

@@ -570,3 +570,410 @@ async fn issue_18_6_silent_admin_clients_are_cut_off_and_cannot_block_shutdown()
         .expect("shutdown waited for stuck admin clients")
         .unwrap();
 }
+
+async fn metrics_text(server: &crate::support::TestServer) -> String {
+    crate::support::http(server.admin(), "GET", "/metrics", None, "")
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn issue_18_17_all_down_selection_is_exported_and_logged() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let text = crate::support::PREAMBLE.to_string()
+        + &format!(
+            r#"
+[[service]]
+name = "vpn.gto.example.com."
+pool = "p"
+[[pool]]
+name = "p"
+check = {{ kind = "tcp", port = {port}, interval = "300ms", timeout = "200ms", fall = 1 }}
+[[pool.member]]
+name = "only"
+addresses = ["127.0.0.1"]
+"#
+        );
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    let mut flips = server.app.health().subscribe();
+    tokio::time::timeout(Duration::from_secs(5), flips.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let metrics = metrics_text(&server).await;
+    let selection = |name: &str| {
+        crate::support::sample(
+            &metrics,
+            "gto_service_selection",
+            &[
+                "service=\"vpn.gto.example.com.\"",
+                &format!("selection=\"{name}\""),
+            ],
+        )
+    };
+    assert_eq!(selection("all_down_fail_open"), 1.0, "{metrics}");
+    assert_eq!(selection("normal"), 0.0);
+}
+
+#[tokio::test]
+async fn issue_18_18_19_20_member_series_follow_the_config_and_counters_start_at_zero() {
+    let server = start_admin().await;
+    let admin = server.admin();
+    let metrics = metrics_text(&server).await;
+    for line in [
+        "gto_config_reloads_total{result=\"ok\"} 0",
+        "gto_config_reloads_total{result=\"error\"} 0",
+        "gto_drains_total{action=\"drain\"} 0",
+        "gto_health_flips_total{to=\"down\"} 0",
+        "gto_dns_truncated_total 0",
+        "gto_state_write_failures_total 0",
+        "gto_member_up{pool=\"sma\",member=\"nyc-1\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    for name in [
+        "gto_build_info{",
+        "process_start_time_seconds ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(metrics.contains(name), "no {name} in\n{metrics}");
+    }
+    // Load from the push API shows as gto_member_load (load from checks takes the same
+    // path: the endpoint's last reported load, rendered at scrape).
+    let body = r#"{"sessions": 50, "capacity": 100}"#;
+    let (code, _) = http_json(
+        admin,
+        "PUT",
+        "/v1/members/sma/ams-1/load",
+        Some(TOKEN),
+        body,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let metrics = metrics_text(&server).await;
+    assert!(
+        metrics.contains("gto_member_load{pool=\"sma\",member=\"ams-1\"} 0.5"),
+        "{metrics}"
+    );
+    // A reload removes nyc-1: its series go.
+    let without = crate::admin::admin_config().replace(
+        "[[pool.member]]\nname = \"nyc-1\"\naddresses = [\"203.0.113.30\"]",
+        "",
+    );
+    std::fs::write(server.path("gto.toml"), without).unwrap();
+    server.app.reload().await.unwrap();
+    let metrics = metrics_text(&server).await;
+    let member_lines = metrics.lines().filter(|l| l.starts_with("gto_member_"));
+    assert!(
+        member_lines
+            .clone()
+            .all(|l| !l.contains("member=\"nyc-1\"")),
+        "{metrics}"
+    );
+    assert!(member_lines.clone().any(|l| l.contains("member=\"fra-1\"")));
+    assert!(metrics.contains("gto_config_reloads_total{result=\"ok\"} 1"));
+}
+
+#[tokio::test]
+async fn issue_18_19_load_read_by_checks_is_exported() {
+    use crate::support::appliance::{Appliance, Speaks};
+    let (appliance, _requests) = Appliance::start("127.0.0.8", Speaks::Http).await;
+    *appliance.body.lock().unwrap() = r#"{"sessions": 30, "capacity": 120}"#.into();
+    let text = crate::support::PREAMBLE.to_string()
+        + &format!(
+            r#"
+[[service]]
+name = "vpn.gto.example.com."
+pool = "p"
+[[pool]]
+name = "p"
+check = {{ kind = "http", port = {}, interval = "300ms", timeout = "200ms", load_fields = {{ sessions = "sessions", capacity = "capacity" }} }}
+[[pool.member]]
+name = "a"
+addresses = ["127.0.0.8"]
+"#,
+            appliance.addr.port()
+        );
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = metrics_text(&server).await;
+        if metrics.contains("gto_member_load{pool=\"p\",member=\"a\"} 0.25") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("load from the check never exported:\n{metrics}");
+}
+
+#[test]
+fn issue_18_21_type_errors_come_with_every_other_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        r#"
+[[pool]]
+name = "typed"
+[[pool.member]]
+name = "x"
+addresses = "192.0.2.1"
+[[geo.region]]
+name = "eu"
+prefer = ["eu", "us-eats"]
+"#,
+    )
+    .replace("answers = 2", "answers = \"two\"")
+    .replace("[admin]\n", "[admin]\nbogus = 1\n")
+    .replace("[server]\n", "[server]\nudp_payload = 100\n");
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(
+        dir.path().join("gto.example.com.zone"),
+        format!("{ZONE}bad IN A nope\n"),
+    )
+    .unwrap();
+    let output = crate::support::gto_bin()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    for wanted in [
+        "service.0",             // answers = "two": a type error
+        "pool.1",                // addresses = "...": another
+        "unknown key",           // bogus
+        "server.udp_payload",    // a range error
+        "gto.example.com.zone:", // a zone error
+        "no endpoint is in region \"us-eats\"",
+    ] {
+        assert!(stderr.contains(wanted), "no {wanted:?} in:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn issue_18_24_status_explain_nsid_and_chaos_identity() {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption, NSIDPayload};
+    use hickory_proto::rr::{DNSClass, RecordType};
+    let text = config(
+        r#"
+[[service]]
+name = "other.gto.example.com."
+pool = "sma"
+"#,
+    )
+    .replace("[server]\n", "[server]\nidentity = \"ns1-test\"\n");
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    // Per-service answer counts: only vpn is asked.
+    for _ in 0..3 {
+        crate::support::udp(
+            server.addr,
+            &crate::support::query("vpn.gto.example.com.", RecordType::A, None),
+        )
+        .await;
+    }
+    let (_, status) = http_json(server.admin(), "GET", "/v1/status", None, "").await;
+    let answered = |service: usize| -> u64 {
+        status["services"][service]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["answered"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!((answered(0), answered(1)), (6, 0), "{status}");
+    assert_eq!(status["instance"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["instance"]["identity"], "ns1-test");
+    assert_eq!(
+        status["instance"]["config_digest"].as_str().unwrap().len(),
+        16
+    );
+    assert!(
+        status["instance"]["started"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    server.app.reload().await.unwrap();
+    let (_, status) = http_json(server.admin(), "GET", "/v1/status", None, "").await;
+    assert_eq!(
+        status["instance"]["last_reload"]["result"], "ok",
+        "{status}"
+    );
+
+    // NSID (RFC 5001) to a client that asks, on the fast path's port.
+    let mut edns = crate::support::edns(1232);
+    edns.options_mut()
+        .insert(EdnsOption::NSID(NSIDPayload::new(Vec::new()).unwrap()));
+    let message = crate::support::query("vpn.gto.example.com.", RecordType::A, Some(edns));
+    let (reply, _) = crate::support::udp(server.addr, &message).await;
+    let nsid = reply.edns.as_ref().unwrap().options().get(EdnsCode::NSID);
+    assert!(
+        matches!(nsid, Some(EdnsOption::NSID(p)) if p.as_ref() == b"ns1-test"),
+        "{nsid:?}"
+    );
+    assert_eq!(crate::support::answers(&reply).len(), 2);
+    // CH TXT id.server. and version.server., as dig asks.
+    let out = crate::support::dig(server.addr, &["+short", "CH", "TXT", "id.server."]).await;
+    assert_eq!(out.trim(), "\"ns1-test\"");
+    let out = crate::support::dig(server.addr, &["+short", "CH", "TXT", "version.server."]).await;
+    assert!(out.contains("gto "), "{out}");
+    let mut ch = crate::support::query("id.server.", RecordType::TXT, None);
+    ch.queries[0].set_query_class(DNSClass::CH);
+    let reply: Message = crate::support::tcp(server.addr, &ch).await;
+    assert!(reply.metadata.authoritative);
+
+    // Without an identity, nothing is disclosed.
+    let plain = crate::support::TestServer::default().await;
+    let out = crate::support::dig(plain.addr, &["CH", "TXT", "id.server."]).await;
+    assert!(out.contains("REFUSED"), "{out}");
+}
+
+#[tokio::test]
+async fn issue_18_24_explain_names_fail_open_endpoints_as_down() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let text = crate::support::PREAMBLE.to_string()
+        + &format!(
+            r#"
+[[service]]
+name = "vpn.gto.example.com."
+pool = "p"
+answers = 1
+[[pool]]
+name = "p"
+check = {{ kind = "tcp", port = {port}, interval = "300ms", timeout = "200ms", fall = 1 }}
+[[pool.member]]
+name = "a"
+addresses = ["127.0.0.1"]
+[[pool.member]]
+name = "b"
+addresses = ["127.0.0.2"]
+"#
+        );
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    let mut flips = server.app.health().subscribe();
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(5), flips.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (_, explanation) = http_json(
+        server.admin(),
+        "GET",
+        "/v1/explain?name=vpn.gto.example.com&client=192.0.2.1",
+        None,
+        "",
+    )
+    .await;
+    let reasons: Vec<&str> = explanation["gslb"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with("down, served by when_all_down")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn issue_18_25_api_errors_are_json_and_bearer_is_case_insensitive() {
+    let server = start_admin().await;
+    let admin = server.admin();
+    // Wrong method, bad JSON body, bad query: all JSON.
+    for (method, path, body) in [
+        ("DELETE", "/v1/status", ""),
+        ("POST", "/v1/members/sma/fra-1/drain", "{not json"),
+        ("GET", "/v1/explain?name=x", ""),
+    ] {
+        let (code, text) = crate::support::http(admin, method, path, Some(TOKEN), body).await;
+        assert!(code >= 400, "{method} {path}: {code}");
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        assert!(json["error"].is_string(), "{json}");
+    }
+    // A body over the limit: JSON 413.
+    let big = format!("{{\"for\": \"{}\"}}", "x".repeat(70_000));
+    let (code, text) = crate::support::http(
+        admin,
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        &big,
+    )
+    .await;
+    assert_eq!(code, 413);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+        "{text}"
+    );
+    // "bearer" in any letter case (RFC 7235).
+    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post("/v1/members/sma/fra-1/undrain")
+        .header("host", "localhost")
+        .header("authorization", format!("bEaReR {TOKEN}"))
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[test]
+fn issue_18_25_explain_names_a_corrupt_state_file_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    real_config(dir.path(), "state_file = \"gto.state\"");
+    std::fs::write(dir.path().join("gto.state"), "{\"version\": 1, \"memb").unwrap();
+    let output = crate::support::gto_bin()
+        .arg("explain")
+        .arg("--config")
+        .arg(dir.path().join("gto.toml"))
+        .args(["vpn.gto.example.com.", "198.51.100.1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("state file"), "{stderr}");
+    assert!(stderr.contains("gto.state is unreadable"), "{stderr}");
+    assert!(!stderr.contains("starting without it"), "{stderr}");
+}
+
+#[tokio::test]
+async fn issue_18_23_logs_have_no_debug_formatting_or_colour_and_say_what_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = real_config(dir.path(), "");
+    let config = dir.path().join("gto.toml");
+    let mut gto = RealGto::spawn(&[
+        OsStr::new("run"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ]);
+    let line = gto.wait_for_log("gto starting").await;
+    assert!(
+        line.contains("version=") && line.contains("gto.toml"),
+        "{line}"
+    );
+    assert!(!line.contains('\u{1b}'), "ANSI colour in a pipe: {line:?}");
+    let line = gto.wait_for_log("zone loaded").await;
+    assert!(line.contains("serial=2026112501"), "{line}");
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    gto.signal("HUP");
+    let line = gto.wait_for_log("config reloaded").await;
+    assert!(line.contains("changes="), "{line}");
+    assert!(!line.contains("Some("), "{line}");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
