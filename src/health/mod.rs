@@ -638,30 +638,23 @@ impl Monitor {
         let last = flips.len() - 1;
         let mut published = None;
         for (i, flip) in flips.iter().enumerate() {
-            let fields = (
-                flip.key.pool.as_str(),
-                flip.key.member.as_str(),
-                flip.from.as_str(),
-                flip.to.as_str(),
-            );
+            // Going down is what an operator must see: WARN; coming back is INFO.
+            macro_rules! log_flip {
+                ($level:ident) => {
+                    $level!(
+                        pool = %flip.key.pool,
+                        member = %flip.key.member,
+                        old = flip.from.as_str(),
+                        new = flip.to.as_str(),
+                        reason = %flip.reason,
+                        "endpoint health changed"
+                    )
+                };
+            }
             if flip.to == Health::Down {
-                warn!(
-                    pool = fields.0,
-                    member = fields.1,
-                    old = fields.2,
-                    new = fields.3,
-                    reason = %flip.reason,
-                    "endpoint health changed"
-                );
+                log_flip!(warn);
             } else {
-                info!(
-                    pool = fields.0,
-                    member = fields.1,
-                    old = fields.2,
-                    new = fields.3,
-                    reason = %flip.reason,
-                    "endpoint health changed"
-                );
+                log_flip!(info);
             }
             metrics::counter!(HEALTH_FLIPS_TOTAL, "to" => flip.to.as_str()).increment(1);
             let (done, receiver) = oneshot::channel();

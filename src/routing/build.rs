@@ -291,36 +291,12 @@ impl Builder {
                         "no endpoint of this GSLB name can serve; answering by when_all_down"
                     );
                 }
-                for selection in [
-                    Selection::Normal,
-                    Selection::FailOpen,
-                    Selection::Fallback,
-                    Selection::Empty,
-                ] {
-                    metrics::gauge!(
-                        SERVICE_SELECTION,
-                        "service" => name.clone(),
-                        "selection" => selection.as_str(),
-                    )
-                    .set(if selection == mode { 1.0 } else { 0.0 });
-                }
+                export_selection(&name, Some(mode));
             }
             now.insert(name, mode);
         }
         for gone in self.selections.keys().filter(|k| !now.contains_key(*k)) {
-            for selection in [
-                Selection::Normal,
-                Selection::FailOpen,
-                Selection::Fallback,
-                Selection::Empty,
-            ] {
-                metrics::gauge!(
-                    SERVICE_SELECTION,
-                    "service" => gone.clone(),
-                    "selection" => selection.as_str(),
-                )
-                .set(0.0);
-            }
+            export_selection(gone, None);
         }
         self.selections = now;
     }
@@ -341,6 +317,24 @@ impl Builder {
                 () = token.cancelled() => break,
             }
         }
+    }
+}
+
+/// Sets `gto_service_selection` for one GSLB name: 1 for `mode`, 0 for the others (all 0
+/// for a name a reload removed).
+fn export_selection(service: &str, mode: Option<Selection>) {
+    for selection in [
+        Selection::Normal,
+        Selection::FailOpen,
+        Selection::Fallback,
+        Selection::Empty,
+    ] {
+        metrics::gauge!(
+            SERVICE_SELECTION,
+            "service" => service.to_string(),
+            "selection" => selection.as_str(),
+        )
+        .set(if Some(selection) == mode { 1.0 } else { 0.0 });
     }
 }
 

@@ -571,6 +571,38 @@ async fn issue_18_6_silent_admin_clients_are_cut_off_and_cannot_block_shutdown()
         .unwrap();
 }
 
+/// A server whose one GSLB name's endpoints (`members`, on 127.0.0.x) are all checked
+/// against a closed port; returns once every one of them has flipped down.
+async fn all_down(members: &[&str], service_extra: &str) -> crate::support::TestServer {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut text = format!(
+        "{}\n[[service]]\nname = \"vpn.gto.example.com.\"\npool = \"p\"\n{service_extra}\n\
+         [[pool]]\nname = \"p\"\ncheck = {{ kind = \"tcp\", port = {port}, interval = \"300ms\", timeout = \"200ms\", fall = 1 }}\n",
+        crate::support::PREAMBLE
+    );
+    for (i, name) in members.iter().enumerate() {
+        text.push_str(&format!(
+            "[[pool.member]]\nname = \"{name}\"\naddresses = [\"127.0.0.{}\"]\n",
+            i + 1
+        ));
+    }
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    // Polled, bounded: a flip may come before a subscription could.
+    for _ in 0..250 {
+        let status = server.app.health().status().await;
+        if status
+            .iter()
+            .all(|s| s.health == gto::health::state::Health::Down)
+        {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the endpoints never went down");
+}
+
 async fn metrics_text(server: &crate::support::TestServer) -> String {
     crate::support::http(server.admin(), "GET", "/metrics", None, "")
         .await
@@ -579,29 +611,7 @@ async fn metrics_text(server: &crate::support::TestServer) -> String {
 
 #[tokio::test]
 async fn issue_18_17_all_down_selection_is_exported_and_logged() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let text = crate::support::PREAMBLE.to_string()
-        + &format!(
-            r#"
-[[service]]
-name = "vpn.gto.example.com."
-pool = "p"
-[[pool]]
-name = "p"
-check = {{ kind = "tcp", port = {port}, interval = "300ms", timeout = "200ms", fall = 1 }}
-[[pool.member]]
-name = "only"
-addresses = ["127.0.0.1"]
-"#
-        );
-    let server = crate::support::TestServer::start(&text, ZONE).await;
-    let mut flips = server.app.health().subscribe();
-    tokio::time::timeout(Duration::from_secs(5), flips.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let server = all_down(&["only"], "").await;
     let metrics = metrics_text(&server).await;
     let selection = |name: &str| {
         crate::support::sample(
@@ -834,35 +844,7 @@ pool = "sma"
 
 #[tokio::test]
 async fn issue_18_24_explain_names_fail_open_endpoints_as_down() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let text = crate::support::PREAMBLE.to_string()
-        + &format!(
-            r#"
-[[service]]
-name = "vpn.gto.example.com."
-pool = "p"
-answers = 1
-[[pool]]
-name = "p"
-check = {{ kind = "tcp", port = {port}, interval = "300ms", timeout = "200ms", fall = 1 }}
-[[pool.member]]
-name = "a"
-addresses = ["127.0.0.1"]
-[[pool.member]]
-name = "b"
-addresses = ["127.0.0.2"]
-"#
-        );
-    let server = crate::support::TestServer::start(&text, ZONE).await;
-    let mut flips = server.app.health().subscribe();
-    for _ in 0..2 {
-        tokio::time::timeout(Duration::from_secs(5), flips.recv())
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    let server = all_down(&["a", "b"], "answers = 1").await;
     let (_, explanation) = http_json(
         server.admin(),
         "GET",
