@@ -135,7 +135,7 @@ impl AdminServer {
     }
 
     /// Stops accepting, lets requests in flight finish (each bounded by the request
-    /// timeout) for at most [`SHUTDOWN_GRACE`], then closes whatever is left: shutdown
+    /// timeout) for at most 2 s, then closes whatever is left: shutdown
     /// completes within a bound whatever the clients do.
     pub async fn shutdown(self) {
         self.token.cancel();
