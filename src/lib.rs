@@ -28,7 +28,8 @@
 //! - [`health`]: probes, rise/fall hysteresis, the state file, flips into the builder.
 //! - [`dns`]: listeners and the query path.
 //! - [`admin`]: the HTTP admin API (status, drain, load, explain, reload, metrics).
-//! - [`app`]: start, reload, shutdown.
+//! - [`reload`]: config reloads (SIGHUP, `POST /v1/reload`).
+//! - [`app`]: start and shutdown.
 
 pub mod admin;
 pub mod app;
@@ -40,6 +41,7 @@ pub mod geo;
 pub mod health;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod rlimit;
 pub mod routing;
 pub mod shutdown;

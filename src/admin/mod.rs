@@ -43,10 +43,10 @@ use tracing::{info, warn};
 
 pub use error::ApiError;
 
-use crate::app::Reloader;
 use crate::config::AdminSettings;
 use crate::health::HealthHandle;
 use crate::metrics::ADMIN_REQUESTS_TOTAL;
+use crate::reload::Reloader;
 use crate::routing::RoutingHandle;
 
 /// Largest request body accepted.
