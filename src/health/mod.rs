@@ -918,8 +918,15 @@ impl Monitor {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// One endpoint's status (a change's reply: not the whole list, which at 10,000
+    /// endpoints would cost more than the change).
     fn status_of(&self, key: &MemberKey) -> Option<MemberStatus> {
-        self.status().into_iter().find(|s| s.key == *key)
+        let target = self
+            .targets
+            .values()
+            .find(|t| t.members.contains(key))
+            .map(|t| t.id);
+        self.member_status(key, target)
     }
 
     fn status(&self) -> Vec<MemberStatus> {
@@ -930,24 +937,26 @@ impl Monitor {
             .collect();
         self.order
             .iter()
-            .filter_map(|key| {
-                let t = self.members.get(key)?;
-                Some(MemberStatus {
-                    key: key.clone(),
-                    health: t.hysteresis.state(),
-                    since: t.since,
-                    last_check: t.last_check,
-                    last_error: t.last_error.clone(),
-                    stale: t.stale,
-                    probe: t.check.probe.kind(),
-                    target: target_of.get(key).copied(),
-                    drain: t.drain,
-                    load: t.load,
-                    load_smoothed: t.tracker.view(Instant::now()).ratio(),
-                    overloaded: t.sent.overloaded,
-                })
-            })
+            .filter_map(|key| self.member_status(key, target_of.get(key).copied()))
             .collect()
+    }
+
+    fn member_status(&self, key: &MemberKey, target: Option<TargetId>) -> Option<MemberStatus> {
+        let t = self.members.get(key)?;
+        Some(MemberStatus {
+            key: key.clone(),
+            health: t.hysteresis.state(),
+            since: t.since,
+            last_check: t.last_check,
+            last_error: t.last_error.clone(),
+            stale: t.stale,
+            probe: t.check.probe.kind(),
+            target,
+            drain: t.drain,
+            load: t.load,
+            load_smoothed: t.tracker.view(Instant::now()).ratio(),
+            overloaded: t.sent.overloaded,
+        })
     }
 
     /// Records that the state changed; the writer saves it soon, coalescing changes that
