@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -192,6 +192,58 @@ impl App {
         result
     }
 
+    /// True when the builder answers and a query to the first listener gets a reply, both
+    /// within a second: what the systemd watchdog vouches for.
+    pub async fn alive(&self) -> bool {
+        let (done, generation) = oneshot::channel();
+        let builder = async {
+            self.events.send(BuildEvent::Ping { done }).await.is_ok() && generation.await.is_ok()
+        };
+        let Some(addr) = self.dns_addrs().first().copied() else {
+            return false;
+        };
+        let snapshot = self.routing.load_full();
+        let Some(service) = snapshot
+            .services
+            .first()
+            .map(|s| hickory_proto::rr::Name::from(&s.name))
+        else {
+            return tokio::time::timeout(Duration::from_secs(1), builder)
+                .await
+                .unwrap_or(false);
+        };
+        let query = async {
+            let mut message = hickory_proto::op::Message::new(
+                rand::random(),
+                hickory_proto::op::MessageType::Query,
+                hickory_proto::op::OpCode::Query,
+            );
+            message.add_query(hickory_proto::op::Query::query(
+                service,
+                hickory_proto::rr::RecordType::A,
+            ));
+            let Ok(bytes) = message.to_vec() else {
+                return false;
+            };
+            let local: SocketAddr = if addr.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let Ok(socket) = tokio::net::UdpSocket::bind(local).await else {
+                return false;
+            };
+            let mut reply = [0u8; 1500];
+            socket.send_to(&bytes, addr).await.is_ok()
+                && socket.recv(&mut reply).await.is_ok_and(|n| n >= 12)
+        };
+        tokio::time::timeout(Duration::from_secs(1), async {
+            builder.await && query.await
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Serves until SIGTERM or SIGINT; SIGHUP reloads the config. `signals` were installed
     /// before the config was loaded; `reload_queued` is a SIGHUP that arrived meanwhile.
     /// Reloads run beside the signal loop, so SIGTERM wins over a slow or stuck reload.
@@ -210,13 +262,42 @@ impl App {
             info!("reloading: SIGHUP arrived during start-up");
             reload(self.reloader.clone());
         }
+        crate::notify::ready("serving");
+        let watchdog = crate::notify::watchdog_period().map(|period| {
+            // Ping at half the period, and only while the query path and builder answer:
+            // a wedged gto is restarted by systemd.
+            let every = period / 2;
+            info!(every_ms = every.as_millis() as u64, "systemd watchdog on");
+            every
+        });
+        let mut ticks = watchdog.map(tokio::time::interval);
         loop {
-            match signals.next().await {
+            let tick = async {
+                match ticks.as_mut() {
+                    Some(ticks) => {
+                        ticks.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let signal = tokio::select! {
+                signal = signals.next() => signal,
+                () = tick => {
+                    if self.alive().await {
+                        crate::notify::watchdog();
+                    } else {
+                        warn!("liveness check failed: no watchdog ping");
+                    }
+                    continue;
+                }
+            };
+            match signal {
                 crate::shutdown::Signal::Reload => {
                     reload(self.reloader.clone());
                 }
                 crate::shutdown::Signal::Stop => {
                     info!("shutting down");
+                    crate::notify::stopping();
                     return self.shutdown().await;
                 }
             }

@@ -46,4 +46,39 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write the man pages (gto.1 and one per subcommand) and shell completions (bash,
+    /// zsh, fish) into DIR, for packaging.
+    #[command(hide = true)]
+    Assets {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// Writes `gto.1`, `gto-run.1`, `gto-check.1`, `gto-explain.1` and the completions
+/// `gto.bash`, `_gto` (zsh) and `gto.fish` into `dir`.
+pub fn write_assets(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let command = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    std::fs::write(dir.join("gto.1"), page)?;
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("gto-{}", sub.get_name());
+        let sub = sub.clone().name(name.clone());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)?;
+    }
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "gto.bash"),
+        (clap_complete::Shell::Zsh, "_gto"),
+        (clap_complete::Shell::Fish, "gto.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "gto", &mut out);
+        std::fs::write(dir.join(file), out)?;
+    }
+    Ok(())
 }

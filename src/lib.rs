@@ -40,6 +40,7 @@ pub mod files;
 pub mod geo;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod reload;
 pub mod rlimit;

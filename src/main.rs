@@ -20,6 +20,10 @@ fn main() -> ExitCode {
             serve(config.map_or(ConfigSource::Embedded, ConfigSource::File))
         }
         Some(Command::Check { config }) => check(ConfigSource::File(config)),
+        Some(Command::Assets { dir }) => match gto::cli::write_assets(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
+        },
         Some(Command::Explain {
             config,
             qtype,

@@ -84,7 +84,9 @@ impl Reloader {
     /// built from them (parsing and building happen off the query path). On any error the
     /// running snapshot stays, and the errors are logged, counted and returned.
     pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        crate::notify::reloading();
         let result = self.reload_inner().await;
+        crate::notify::ready("serving");
         let outcome = match &result {
             Ok(reloaded) => ReloadOutcome {
                 at: crate::health::store::rfc3339(std::time::SystemTime::now()),

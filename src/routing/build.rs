@@ -66,6 +66,11 @@ pub enum BuildEvent {
         /// Told the generation once the snapshot reflecting it is live.
         done: Option<oneshot::Sender<u64>>,
     },
+    /// Liveness check (the watchdog): answered with the current generation, nothing built.
+    Ping {
+        /// Told the generation.
+        done: oneshot::Sender<u64>,
+    },
     /// Health checks took an endpoint up or down.
     SetMemberUp {
         /// Which endpoint.
@@ -242,6 +247,7 @@ impl Builder {
                 };
                 (changed, done)
             }
+            BuildEvent::Ping { done } => (false, Some(done)),
             BuildEvent::SetMemberUp { key, up, done } => {
                 let changed = if up {
                     self.states.down.remove(&key)

@@ -15,6 +15,7 @@ mod geo;
 mod health;
 mod issue18;
 mod lifecycle;
+mod package;
 mod rrl;
 mod support;
 mod tcp;

@@ -271,10 +271,20 @@ impl RealGto {
         Self::spawn_with(env!("CARGO_BIN_EXE_gto"), args)
     }
 
+    /// Like [`RealGto::spawn`], with more environment variables for gto.
+    pub fn spawn_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        Self::start(env!("CARGO_BIN_EXE_gto"), args, env)
+    }
+
     /// Runs `program` (gto itself, or a wrapper such as `prlimit` that runs it).
     pub fn spawn_with(program: &str, args: &[&std::ffi::OsStr]) -> Self {
+        Self::start(program, args, &[])
+    }
+
+    fn start(program: &str, args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = tokio::process::Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env("GTO_LOG", "info")
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
