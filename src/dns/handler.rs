@@ -32,13 +32,12 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::ecs;
-use super::rrl::{ResponseClass, Verdict, name_key};
 use crate::metrics::{
     DNS_BAD_QUERIES_TOTAL, DNS_QUERIES_TOTAL, DNS_QUERY_SECONDS, DNS_RATE_LIMITED_TOTAL,
     DNS_TRUNCATED_TOTAL,
 };
-use crate::routing::explain::{rcode_name, rcode_of};
-use crate::routing::{Client, Outcome, Resolution, RoutingHandle, Snapshot};
+use crate::routing::rrl::{ResponseClass, Verdict, name_key};
+use crate::routing::{Client, Outcome, Resolution, RoutingHandle, Snapshot, rcode_name};
 
 /// Size of a DNS header on the wire.
 const HEADER_LEN: usize = 12;
@@ -268,7 +267,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
         edns.options_mut()
             .insert(ecs::echo(subnet, resolution.scope));
     }
-    metadata.response_code = rcode_of(resolution.outcome);
+    metadata.response_code = resolution.outcome.rcode();
     metadata.authoritative = resolution.outcome != Outcome::NotOurs;
     Reply {
         metadata,

@@ -5,7 +5,6 @@
 pub mod ecs;
 pub mod fast;
 pub mod handler;
-pub mod rrl;
 pub mod server;
 pub mod tcp;
 pub mod udp;

@@ -288,6 +288,9 @@ fn worker(
                 }
             }
         }
+        // Once per batch: one atomic add per query type seen, not one per query; before
+        // the answers leave, so a scrape after an answer always counts it.
+        fold(&folded, &mut scratch, &mut dropped);
         if replies > 0 {
             // Handling time per answer: one sample per batch (its mean), so the histogram
             // costs nothing per query.
@@ -296,8 +299,6 @@ fn worker(
                 .record(started.elapsed().as_secs_f64() / replies as f64);
             send_batch(fd, &mut transmit, &outputs, &answers[..replies]);
         }
-        // Once per batch: one atomic add per query type seen, not one per query.
-        fold(&folded, &mut scratch, &mut dropped);
         // A small batch: let queries gather for a moment rather than sleep and wake for
         // each one (see `ServerSettings::udp_coalesce`). Its answers are already sent.
         if count > 0 && count < COALESCE_BELOW && !coalesce.is_zero() {

@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::handle::RoutingHandle;
+use super::rrl::RateLimiter;
 use super::table::{
-    Endpoint, EndpointInfo, GslbNode, Node, Selection, ServiceInfo, Snapshot, ZoneTable,
+    Endpoint, EndpointInfo, GslbNode, MemberKey, Node, Selection, ServiceInfo, Snapshot, ZoneTable,
 };
-use crate::config::{Loaded, Location, Member, Policy, Pool, Region, Service, WhenAllDown};
-use crate::dns::fast::FastIndex;
-use crate::dns::rrl::RateLimiter;
+use super::wire::FastIndex;
+use crate::config::{Loaded, Location, Policy, Region, Service, WhenAllDown};
 use crate::geo::GeoTable;
 use crate::metrics::{
     ANSWERS_TOTAL, SERVICE_SELECTION, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION,
@@ -28,15 +28,6 @@ use crate::policy;
 use crate::policy::load::LoadView;
 use crate::policy::{Candidate, affinity};
 use crate::zone::RrSet;
-
-/// The identity of an endpoint across reloads: its pool's name and its own.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MemberKey {
-    /// Pool name.
-    pub pool: String,
-    /// Member name within the pool.
-    pub member: String,
-}
 
 /// A change for the builder to fold into the next snapshot.
 #[derive(Debug)]
@@ -134,16 +125,6 @@ impl MemberStates {
                         .or_default();
                 }
             }
-        }
-    }
-}
-
-impl MemberKey {
-    /// The key of a configured endpoint.
-    pub fn of(pool: &Pool, member: &Member) -> Self {
-        Self {
-            pool: pool.name.clone(),
-            member: member.name.clone(),
         }
     }
 }
@@ -427,7 +408,7 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
             pool_indices.push(id.0);
         }
         let label = service.name.to_string();
-        let question = crate::dns::fast::gslb_question(&service.name);
+        let question = super::wire::gslb_question(&service.name);
         for pool_index in pool_indices {
             let Some(pool) = config.pools.get(pool_index) else {
                 continue;
@@ -457,8 +438,8 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
                         .map(record)
                         .collect();
                     Arc::new(EndpointInfo {
-                        wire_a: crate::dns::fast::wire_records(&question, &a),
-                        wire_aaaa: crate::dns::fast::wire_records(&question, &aaaa),
+                        wire_a: super::wire::wire_records(&question, &a),
+                        wire_aaaa: super::wire::wire_records(&question, &aaaa),
                         a,
                         aaaa,
                         addresses: member.addresses.clone(),

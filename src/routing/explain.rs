@@ -4,11 +4,10 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use serde::Serialize;
 
-use super::table::{Client, Outcome, Snapshot};
+use super::table::{Client, Snapshot, rcode_name};
 use crate::geo::Placement;
 use crate::policy::affinity;
 use crate::policy::geo::distance_km;
@@ -125,29 +124,6 @@ pub fn parse_question(
         .parse()
         .map_err(|_| QuestionError(format!("client {client:?} is not an IP address")))?;
     Ok((LowerName::from(parsed), qtype, client))
-}
-
-/// The conventional name of a response code (dig's spelling), for labels and JSON.
-pub fn rcode_name(code: ResponseCode) -> &'static str {
-    match code {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::BADVERS => "BADVERS",
-        _ => "other",
-    }
-}
-
-/// The response code a lookup outcome gets.
-pub fn rcode_of(outcome: Outcome) -> ResponseCode {
-    match outcome {
-        Outcome::Found => ResponseCode::NoError,
-        Outcome::NoSuchName => ResponseCode::NXDomain,
-        Outcome::NotOurs => ResponseCode::Refused,
-    }
 }
 
 /// Explains the answer to `name`/`qtype` for a client at `client` (taken both as the
@@ -284,7 +260,7 @@ pub fn explain(
         name: name.to_string(),
         qtype: qtype.to_string(),
         client,
-        rcode: rcode_name(rcode_of(resolution.outcome)).to_string(),
+        rcode: rcode_name(resolution.outcome.rcode()).to_string(),
         answers,
         ecs_scope: resolution.scope,
         gslb,

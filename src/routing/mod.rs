@@ -15,13 +15,13 @@
 mod build;
 pub mod explain;
 mod handle;
+pub mod rrl;
 mod table;
+pub mod wire;
 
-pub use build::{
-    BuildEvent, Builder, MemberKey, MemberStates, Prepared, build, build_prepared, prepare,
-};
+pub use build::{BuildEvent, Builder, MemberStates, Prepared, build, build_prepared, prepare};
 pub use handle::RoutingHandle;
 pub use table::{
-    Choice, Chosen, Client, Endpoint, EndpointInfo, GslbNode, Node, Outcome, Resolution, Scratch,
-    Selection, ServiceInfo, Snapshot, ZoneTable,
+    Choice, Chosen, Client, Endpoint, EndpointInfo, GslbNode, MemberKey, Node, Outcome, Resolution,
+    Scratch, Selection, ServiceInfo, Snapshot, ZoneTable, rcode_name,
 };

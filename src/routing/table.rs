@@ -6,18 +6,37 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{LowerName, RData, Record, RecordType};
 
-use super::build::MemberKey;
-use crate::config::{Affinity, Location, Policy, Region, WhenAllDown};
-use crate::dns::fast::{FastIndex, WireRecord};
-use crate::dns::rrl::RateLimiter;
+use super::rrl::RateLimiter;
+use super::wire::{FastIndex, WireRecord};
+use crate::config::{Affinity, Location, Member, Policy, Pool, Region, WhenAllDown};
 use crate::geo::{GeoTable, Placement};
 use crate::policy::{self, Candidate, Ranking, affinity};
 use crate::zone::RrSet;
 
 /// Longest CNAME chain followed inside our zones before giving up (loop guard).
 const MAX_CNAME_CHAIN: usize = 8;
+
+/// The identity of an endpoint across reloads: its pool's name and its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberKey {
+    /// Pool name.
+    pub pool: String,
+    /// Member name within the pool.
+    pub member: String,
+}
+
+impl MemberKey {
+    /// The key of a configured endpoint.
+    pub fn of(pool: &Pool, member: &Member) -> Self {
+        Self {
+            pool: pool.name.clone(),
+            member: member.name.clone(),
+        }
+    }
+}
 
 /// Everything a query needs, built off the query path and never mutated.
 #[derive(Debug)]
@@ -440,6 +459,31 @@ pub enum Outcome {
     NoSuchName,
     /// The name is outside every zone we serve: REFUSED.
     NotOurs,
+}
+
+impl Outcome {
+    /// The response code this outcome gets.
+    pub fn rcode(self) -> ResponseCode {
+        match self {
+            Outcome::Found => ResponseCode::NoError,
+            Outcome::NoSuchName => ResponseCode::NXDomain,
+            Outcome::NotOurs => ResponseCode::Refused,
+        }
+    }
+}
+
+/// The conventional name of a response code (dig's spelling), for labels and JSON.
+pub fn rcode_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "other",
+    }
 }
 
 impl Snapshot {

@@ -1,0 +1,232 @@
+//! The prepared wire form of answers, built with each config's snapshot: the bytes the
+//! UDP fast path (`dns::fast`) copies per query.
+//!
+//! For static names: the whole answer/authority/additional tail of each type (and the
+//! NODATA tail), encoded once with hickory's own encoder from the general lookup of this
+//! snapshot, so the fast path's answers are byte for byte the general path's. For GSLB
+//! names: each address record in its first-in-the-answer form and in its compressed form
+//! (owner name as a pointer to the first answer).
+
+use std::collections::HashMap;
+
+use hickory_proto::op::{EmitAndCount, MessageType, Metadata, OpCode, emit_message_parts};
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+
+use super::{Node, Snapshot};
+
+/// Pre-encoded bytes after the question, with the section counts they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    pub(crate) bytes: Box<[u8]>,
+    pub(crate) answers: u16,
+    pub(crate) authorities: u16,
+    pub(crate) additionals: u16,
+}
+
+/// What the fast path knows of one name.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    /// A name with a CNAME: its chains go to the general path.
+    General,
+    /// A GSLB name: service index, and the NODATA tail for other types.
+    Gslb { service: usize, nodata: Tail },
+    /// A static name: the tail per type it has, and the NODATA tail for the rest.
+    Static {
+        types: Vec<(u16, Tail)>,
+        nodata: Tail,
+    },
+}
+
+/// An address record of a GSLB answer in its two wire forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireRecord {
+    /// As the first answer: the full owner name.
+    pub first: Box<[u8]>,
+    /// As a later answer: the owner name compressed to a pointer at the first answer.
+    pub later: Box<[u8]>,
+}
+
+/// Names the fast path can answer, keyed by their lower-cased wire form. Hashed with
+/// foldhash (seeded per process): several times faster than SipHash on short keys, and the
+/// map is only read per query, never grown by it.
+#[derive(Debug, Default)]
+pub struct FastIndex {
+    pub(crate) names: HashMap<Box<[u8]>, Entry, foldhash::fast::RandomState>,
+    /// Zones, most specific first: the lower-cased wire origin and the SOA of negative
+    /// answers. A name under one of them that is not in `names` does not exist.
+    pub(crate) zones: Vec<(Box<[u8]>, Record)>,
+}
+
+/// The question section hickory-server writes for a request: the raw bytes, with one
+/// label pointer stored for the whole section (which never matches a later name).
+struct RawQuestion<'a>(&'a [u8]);
+
+impl EmitAndCount for RawQuestion<'_> {
+    fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, hickory_proto::ProtoError> {
+        let start = encoder.offset();
+        encoder.emit_vec(self.0)?;
+        encoder.store_label_pointer(start, start + self.0.len());
+        Ok(1)
+    }
+}
+
+/// A question for `name` (the case does not matter: only its length shapes the tail).
+fn question_bytes(name: &Name, qtype: RecordType) -> Vec<u8> {
+    let mut bytes = name.to_lowercase().to_bytes().unwrap_or_default();
+    bytes.extend_from_slice(&u16::from(qtype).to_be_bytes());
+    bytes.extend_from_slice(&1u16.to_be_bytes());
+    bytes
+}
+
+/// Encodes the sections after the question as hickory-server would for this question.
+pub(crate) fn encode_tail(
+    question: &[u8],
+    answers: &[&Record],
+    authorities: &[&Record],
+    additionals: &[&Record],
+) -> Option<Tail> {
+    let mut buffer = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut buffer);
+    let metadata = Metadata::new(0, MessageType::Response, OpCode::Query);
+    let header = emit_message_parts(
+        &metadata,
+        &mut RawQuestion(question),
+        &mut answers.iter().copied(),
+        &mut authorities.iter().copied(),
+        &mut additionals.iter().copied(),
+        None,
+        None,
+        &mut encoder,
+    )
+    .ok()?;
+    let start = 12 + question.len();
+    Some(Tail {
+        bytes: buffer.get(start..)?.into(),
+        answers: header.counts.answers,
+        authorities: header.counts.authorities,
+        additionals: header.counts.additionals,
+    })
+}
+
+/// The two wire forms of each record, for a GSLB name whose question is `question`.
+pub fn wire_records(question: &[u8], records: &[Record]) -> Vec<WireRecord> {
+    records
+        .iter()
+        .filter_map(|record| {
+            let mut buffer = Vec::with_capacity(128);
+            let mut encoder = BinEncoder::new(&mut buffer);
+            encoder.emit_vec(&[0; 12]).ok()?;
+            encoder.emit_vec(question).ok()?;
+            encoder.store_label_pointer(12, 12 + question.len());
+            let start = encoder.offset();
+            record.emit(&mut encoder).ok()?;
+            let middle = encoder.offset();
+            record.emit(&mut encoder).ok()?;
+            let end = encoder.offset();
+            Some(WireRecord {
+                first: buffer.get(start..middle)?.into(),
+                later: buffer.get(middle..end)?.into(),
+            })
+        })
+        .collect()
+}
+
+/// The question a GSLB name's records are prepared for (type A; only its length matters).
+pub fn gslb_question(name: &Name) -> Vec<u8> {
+    question_bytes(name, RecordType::A)
+}
+
+impl FastIndex {
+    /// Indexes every static name and GSLB name of a snapshot. Depends on the config only.
+    pub fn build(snapshot: &Snapshot) -> Self {
+        let mut names = HashMap::default();
+        for zone in &snapshot.zones {
+            for (name, node) in zone.nodes.iter() {
+                let name_ref = Name::from(name);
+                let key: Box<[u8]> = name_ref.to_bytes().unwrap_or_default().into();
+                let nodata_for = |qtype| {
+                    let question = question_bytes(&name_ref, qtype);
+                    let resolution = snapshot.resolve(name, qtype, None);
+                    encode_tail(&question, &[], &resolution.authorities, &[])
+                };
+                let entry = match node {
+                    Node::Gslb => {
+                        let Some(gslb) = zone.gslb.get(name) else {
+                            continue;
+                        };
+                        let Some(nodata) = nodata_for(RecordType::TXT) else {
+                            continue;
+                        };
+                        Entry::Gslb {
+                            service: gslb.service,
+                            nodata,
+                        }
+                    }
+                    Node::EmptyNonTerminal => {
+                        let Some(nodata) = nodata_for(RecordType::A) else {
+                            continue;
+                        };
+                        Entry::Static {
+                            types: Vec::new(),
+                            nodata,
+                        }
+                    }
+                    Node::Static(sets) => {
+                        if sets.iter().any(|s| s.record_type == RecordType::CNAME) {
+                            names.insert(key, Entry::General);
+                            continue;
+                        }
+                        let types = sets
+                            .iter()
+                            .filter_map(|set| {
+                                let qtype = set.record_type;
+                                let question = question_bytes(&name_ref, qtype);
+                                let r = snapshot.resolve(name, qtype, None);
+                                let tail = encode_tail(
+                                    &question,
+                                    &r.answers,
+                                    &r.authorities,
+                                    &r.additionals,
+                                )?;
+                                Some((u16::from(qtype), tail))
+                            })
+                            .collect();
+                        // NODATA carries the SOA only; any type the name lacks gives it.
+                        let Some(nodata) = nodata_for(RecordType::NULL) else {
+                            continue;
+                        };
+                        Entry::Static { types, nodata }
+                    }
+                };
+                names.insert(key, entry);
+            }
+        }
+        let zones = snapshot
+            .zones
+            .iter()
+            .map(|zone| {
+                (
+                    key_of(&zone.origin).into_boxed_slice(),
+                    zone.negative_soa.clone(),
+                )
+            })
+            .collect();
+        Self { names, zones }
+    }
+
+    /// Number of indexed names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Lower-cased wire form of a name (the index key).
+pub fn key_of(name: &LowerName) -> Vec<u8> {
+    Name::from(name).to_bytes().unwrap_or_default()
+}
