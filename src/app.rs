@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{AdminServer, AdminState};
-use crate::config::{ConfigErrors, ConfigSource, Loaded};
+use crate::config::ConfigErrors;
 use crate::dns::{DnsError, DnsServer};
 use crate::health::{self, HealthHandle};
+use crate::loaded::{ConfigSource, Loaded};
 use crate::reload::{Reloaded, Reloader};
 use crate::routing::{BuildEvent, Builder, RoutingHandle};
 

@@ -7,7 +7,7 @@
 //! # Data flow
 //!
 //! ```text
-//! config + zone files ──> config::ConfigSource::load ──> config::Loaded
+//! config + zone files ──> loaded::ConfigSource::load ──> loaded::Loaded
 //!                                                            │
 //! member state (health, drains) ──> routing::BuildEvent ──> routing::Builder (only writer)
 //!                                                            │ one atomic store
@@ -39,6 +39,7 @@ pub mod dns;
 pub mod files;
 pub mod geo;
 pub mod health;
+pub mod loaded;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
@@ -49,7 +50,7 @@ pub mod shutdown;
 pub mod zone;
 
 pub use app::App;
-pub use config::{ConfigSource, Loaded};
+pub use loaded::{ConfigSource, Loaded};
 
 /// Exit code for a config that does not load (`EX_USAGE` from sysexits.h).
 pub const EXIT_BAD_CONFIG: u8 = 64;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gto::cli::{Cli, Command};
-use gto::config::LOAD_TIMEOUT;
+use gto::loaded::LOAD_TIMEOUT;
 use gto::shutdown::{Signal, Signals};
 use gto::{App, ConfigSource, EXIT_BAD_CONFIG};
 use tracing_subscriber::EnvFilter;

@@ -9,8 +9,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::config::{AdminSettings, ConfigError, ConfigErrors, ConfigSource, LOAD_TIMEOUT, Loaded};
+use crate::config::{AdminSettings, ConfigError, ConfigErrors};
 use crate::health::HealthHandle;
+use crate::loaded::{ConfigSource, LOAD_TIMEOUT, Loaded};
 use crate::metrics::CONFIG_RELOADS_TOTAL;
 use crate::routing::BuildEvent;
 

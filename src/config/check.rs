@@ -9,7 +9,7 @@ use hyper::http::uri::PathAndQuery;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::compile::{Collector, parse_duration, parse_size};
+use super::located::{Collector, parse_duration, parse_size};
 use super::raw::RawCheck;
 use super::{Check, HttpProbe, LoadFields, Probe, TlsSettings};
 

@@ -10,12 +10,12 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hickory_proto::rr::Name;
 use ipnet::IpNet;
 use toml::Spanned;
 
 use super::check::compile_check;
-use super::error::ConfigError;
+use super::located::{Collector, parse_duration, parse_size};
+pub(crate) use super::located::{line_of, parse_name};
 use super::raw::{
     RawAdmin, RawAffinity, RawCheck, RawConfig, RawGeo, RawLoad, RawLocation, RawMember,
     RawNetwork, RawPool, RawRegion, RawRrl, RawService, RawWhenAllDown,
@@ -35,71 +35,6 @@ pub(crate) const DEFAULT_UDP_PAYLOAD: u16 = 1232;
 pub(crate) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// See [`super::ServerSettings::udp_coalesce`].
 pub(crate) const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
-
-/// Collects problems while compiling one file.
-pub(crate) struct Collector<'a> {
-    text: &'a str,
-    file: &'a Path,
-    pub(crate) errors: Vec<ConfigError>,
-    /// `[server] max_file_size`, for the files the config names.
-    pub(crate) file_limit: u64,
-}
-
-impl<'a> Collector<'a> {
-    pub(crate) fn new(text: &'a str, file: &'a Path) -> Self {
-        Self {
-            text,
-            file,
-            errors: Vec::new(),
-            file_limit: crate::files::DEFAULT_MAX_FILE_SIZE,
-        }
-    }
-
-    /// Records a problem at byte offset `at` (None when unknown).
-    pub(crate) fn push(
-        &mut self,
-        at: Option<usize>,
-        path: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        let line = at.map(|offset| line_of(self.text, offset));
-        self.errors.push(ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    fn at<T>(&mut self, value: &Spanned<T>, path: impl Into<String>, message: impl Into<String>) {
-        self.push(Some(value.span().start), path, message);
-    }
-
-    /// The value when it is in `range`; else a located "must be between" problem.
-    fn ranged(
-        &mut self,
-        value: &Spanned<i64>,
-        path: impl Into<String>,
-        range: RangeInclusive<i64>,
-    ) -> Option<i64> {
-        if range.contains(value.get_ref()) {
-            return Some(*value.get_ref());
-        }
-        let message = format!("must be between {} and {}", range.start(), range.end());
-        self.at(value, path, message);
-        None
-    }
-}
-
-/// 1-based line number of a byte offset.
-pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
-}
 
 /// Compiles the raw document. Relative zone file paths are taken from `base_dir`.
 /// The result holds every item that compiled, so later checks (zone files, names) can
@@ -1052,56 +987,5 @@ fn find_pool(
             errors.at(name, path, format!("unknown pool {:?}", name.get_ref()));
             None
         }
-    }
-}
-
-/// Parses a domain name; a missing trailing dot is added. Result is lower-cased.
-pub(crate) fn parse_name(text: &str) -> Result<Name, String> {
-    if text.is_empty() {
-        return Err("must not be empty".into());
-    }
-    let mut name =
-        Name::from_ascii(text).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
-    name.set_fqdn(true);
-    Ok(name.to_lowercase())
-}
-
-/// Parses a size: bytes, or a number with KiB, MiB or GiB (1 KiB to 4 GiB).
-pub(crate) fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let unit: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return None,
-    };
-    number
-        .parse::<u64>()
-        .ok()?
-        .checked_mul(unit)
-        .filter(|n| (1024..=4 << 30).contains(n))
-}
-
-/// Parses "10s", "500ms", "2m", "1h" (or a bare number of seconds).
-pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    match unit.trim() {
-        "" | "s" => Some(Duration::from_secs(number)),
-        "ms" => Some(Duration::from_millis(number)),
-        "us" | "µs" => Some(Duration::from_micros(number)),
-        "m" => number.checked_mul(60).map(Duration::from_secs),
-        "h" => number.checked_mul(3600).map(Duration::from_secs),
-        "d" => number.checked_mul(86_400).map(Duration::from_secs),
-        _ => None,
     }
 }

@@ -16,7 +16,7 @@
 //! header, the question (copied, so the client's letter case stays), the chosen records
 //! and the OPT record are written.
 //!
-//! Response rate limiting ([`super::rrl`]) applies here as on the general path: a dropped
+//! Response rate limiting ([`crate::routing::rrl`]) applies here as on the general path: a dropped
 //! answer is returned as length 0 (send nothing), a slipped one is rewritten in place to
 //! the general path's truncated form.
 

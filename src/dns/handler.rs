@@ -12,7 +12,7 @@
 //!   above 0 gets BADVERS. ECS is checked and echoed with a scope.
 //! - UDP answers larger than the client's payload size (512 without EDNS) are sent empty
 //!   with TC set, so the client retries over TCP.
-//! - UDP answers pass [response rate limiting](super::rrl): dropped, or sent empty with TC
+//! - UDP answers pass [response rate limiting](crate::routing::rrl): dropped, or sent empty with TC
 //!   (slipped), when one client prefix asks for more than its rate.
 //!
 //! [`Snapshot::resolve`]: crate::routing::Snapshot::resolve

@@ -1,6 +1,6 @@
 //! DNS serving: listeners ([`server`]), the general query path ([`handler`]) and EDNS
 //! Client Subnet handling ([`ecs`]), the UDP fast path ([`fast`], [`udp`]), TCP ([`tcp`]) and
-//! response rate limiting ([`rrl`]).
+//! response rate limiting ([`crate::routing::rrl`]).
 
 pub mod ecs;
 pub mod fast;

@@ -38,7 +38,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Check, LoadSettings, Loaded, Probe};
+use crate::config::{Check, LoadSettings, Probe};
+use crate::loaded::Loaded;
 use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL};
 use crate::policy::load::{LoadTracker, LoadView};
 use crate::routing::{BuildEvent, MemberKey, MemberStates};
@@ -1055,7 +1056,7 @@ fn new_tracked(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigSource;
+    use crate::loaded::ConfigSource;
 
     const CONFIG: &str = r#"
 [[zone]]

@@ -19,8 +19,9 @@ use super::table::{
     Endpoint, EndpointInfo, GslbNode, MemberKey, Node, Selection, ServiceInfo, Snapshot, ZoneTable,
 };
 use super::wire::FastIndex;
-use crate::config::{Loaded, Location, Policy, Region, Service, WhenAllDown};
+use crate::config::{Location, Policy, Region, Service, WhenAllDown};
 use crate::geo::GeoTable;
+use crate::loaded::Loaded;
 use crate::metrics::{
     ANSWERS_TOTAL, SERVICE_SELECTION, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION,
 };
@@ -685,7 +686,7 @@ fn add_empty_non_terminals(origin: &LowerName, nodes: &mut HashMap<LowerName, No
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigSource;
+    use crate::loaded::ConfigSource;
     use hickory_proto::rr::Name;
 
     fn addresses(snapshot: &Snapshot, qtype: RecordType) -> Vec<String> {

@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
 
-use crate::config::{ConfigError, ZoneSource, ZoneSpec};
-
 /// One zone's static data, validated.
 #[derive(Debug, Clone)]
 pub struct Zone {
@@ -53,7 +51,7 @@ impl Zone {
         &self.soa
     }
 
-    /// SHA-256 of the zone file's text (zero for zones parsed from a string).
+    /// SHA-256 of the zone file's text.
     pub fn text_digest(&self) -> &[u8; 32] {
         &self.text_digest
     }
@@ -92,30 +90,33 @@ impl Zone {
     }
 }
 
-/// Reads and validates the zone described by `spec`.
-pub fn load(spec: &ZoneSpec, limit: u64) -> Result<Zone, Vec<ConfigError>> {
-    let file = spec.source.display_path();
-    let text = match &spec.source {
-        ZoneSource::Embedded(text) => (*text).to_string(),
-        ZoneSource::File(path) => crate::files::read_to_string(path, limit).map_err(|e| {
-            vec![ConfigError {
-                file: file.clone(),
-                line: None,
-                path: String::new(),
-                message: format!("cannot read zone file for {}: {e}", spec.origin),
-            }]
-        })?,
-    };
-    let mut zone = parse(&text, &spec.origin, file)?;
-    zone.text_digest = {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(text.as_bytes()).into()
-    };
-    Ok(zone)
+/// One problem in a zone file, with its line when known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ZoneError {
+    /// The zone file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+/// Reads the zone file at `path` (a regular file of at most `limit` bytes) and validates it
+/// as the zone of `origin`.
+pub fn load(origin: &Name, path: &Path, limit: u64) -> Result<Zone, Vec<ZoneError>> {
+    let text = crate::files::read_to_string(path, limit).map_err(|e| {
+        vec![ZoneError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read zone file for {origin}: {e}"),
+        }]
+    })?;
+    parse(&text, origin, path.to_path_buf())
 }
 
 /// Parses zone text for `origin`; `file` names it in messages.
-pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<ConfigError>> {
+pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<ZoneError>> {
     let mut errors = Vec::new();
     let apex = LowerName::from(origin);
     let mut current_origin = origin.clone();
@@ -342,7 +343,10 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<Confi
             file,
             soa,
             rrsets,
-            text_digest: [0; 32],
+            text_digest: {
+                use sha2::{Digest, Sha256};
+                Sha256::digest(text.as_bytes()).into()
+            },
         }),
         _ => Err(errors),
     }
@@ -386,11 +390,10 @@ fn cname_loops(rrsets: &HashMap<LowerName, Vec<RrSet>>) -> Vec<(LowerName, usize
     loops
 }
 
-fn error(errors: &mut Vec<ConfigError>, file: &Path, line: usize, message: String) {
-    errors.push(ConfigError {
+fn error(errors: &mut Vec<ZoneError>, file: &Path, line: usize, message: String) {
+    errors.push(ZoneError {
         file: file.to_path_buf(),
         line: Some(line),
-        path: String::new(),
         message,
     });
 }

@@ -1,0 +1,251 @@
+//! A config and everything it names, loaded: the compiled [`Config`], its parsed zones and
+//! the MaxMind database ([`Loaded`]), read from a [`ConfigSource`]. This is where the config
+//! layer meets the zone and geo layers, so that neither of those depends on the config
+//! loader, nor the config on them. Problems from all three come back together, located.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hickory_proto::rr::LowerName;
+
+use crate::config::compile;
+use crate::config::{
+    Config, ConfigError, ConfigErrors, EMBEDDED_CONFIG, EMBEDDED_ZONE, ZoneSource, find_key_line,
+    parse_partial,
+};
+use crate::zone::{Zone, ZoneError};
+
+/// Where a config came from; a reload reads the same place again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The default compiled into the binary ([`EMBEDDED_CONFIG`]).
+    Embedded,
+    /// A TOML file on disk.
+    File(PathBuf),
+}
+
+/// How long reading the config and its files may take before it is given up (a stuck
+/// network file system, say): `gto check`, start-up and reloads report it as a problem.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::Embedded => f.write_str("<embedded default>"),
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl ConfigSource {
+    /// Like [`ConfigSource::load`], but gives up after `timeout`. The reading thread is
+    /// left behind when it is stuck in the kernel; nothing waits for it.
+    pub fn load_within(&self, timeout: Duration) -> Result<Loaded, ConfigErrors> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let source = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gto-load".into())
+            .spawn(move || {
+                let _ = sender.send(source.load());
+            });
+        let file = match self {
+            ConfigSource::Embedded => PathBuf::from("<embedded gto.toml>"),
+            ConfigSource::File(path) => path.clone(),
+        };
+        let failed = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                line: None,
+                path: String::new(),
+                message,
+            }])
+        };
+        if let Err(e) = spawned {
+            return Err(failed(format!("cannot start reading the config: {e}")));
+        }
+        match receiver.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(_) => Err(failed(format!(
+                "reading the config and the files it names took longer than {}s (a stuck \
+                 file system?); gave up",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// Reads, validates and loads the config and all of its zone files.
+    pub fn load(&self) -> Result<Loaded, ConfigErrors> {
+        match self {
+            ConfigSource::Embedded => {
+                load_str(EMBEDDED_CONFIG, Path::new("<embedded gto.toml>"), true)
+            }
+            ConfigSource::File(path) => {
+                let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG_SIZE)
+                    .map_err(|e| {
+                        ConfigErrors(vec![ConfigError {
+                            file: path.clone(),
+                            line: None,
+                            path: String::new(),
+                            message: format!("cannot read config: {e}"),
+                        }])
+                    })?;
+                load_str(&text, path, false)
+            }
+        }
+    }
+}
+
+/// A validated config together with its parsed zones: everything the routing builder needs.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The compiled config.
+    pub config: Config,
+    /// One parsed zone per `[[zone]]`, in config order.
+    pub zones: Vec<Zone>,
+    /// The opened `[geo] mmdb` database, if configured.
+    pub geo_db: Option<std::sync::Arc<crate::geo::mmdb::Mmdb>>,
+    /// SHA-256 (first 8 bytes, hex) of the config text and every zone file: instances that
+    /// serve the same files show the same digest.
+    pub digest: String,
+}
+
+/// Parses config text, loads every zone and checks the names across both. Problems from
+/// all three steps are reported together.
+fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErrors> {
+    let (config, mut errors) = parse_partial(text, file);
+    let Some(mut config) = config else {
+        return Err(ConfigErrors(errors));
+    };
+    if embedded {
+        for zone in &mut config.zones {
+            zone.source = ZoneSource::Embedded(EMBEDDED_ZONE);
+        }
+    }
+    let mut zones = Vec::new();
+    let mut failed = Vec::new();
+    for spec in &config.zones {
+        let zone = match &spec.source {
+            ZoneSource::Embedded(text) => {
+                crate::zone::parse(text, &spec.origin, spec.source.display_path())
+            }
+            ZoneSource::File(path) => {
+                crate::zone::load(&spec.origin, path, config.server.max_file_size)
+            }
+        };
+        match zone.map_err(|errors| errors.into_iter().map(located).collect::<Vec<_>>()) {
+            Ok(zone) => zones.push(zone),
+            Err(mut zone_errors) => {
+                errors.append(&mut zone_errors);
+                failed.push(LowerName::from(&spec.origin));
+            }
+        }
+    }
+    // Names are checked against the zones that loaded; names in a zone that did not are
+    // left alone (its own errors say why).
+    check_names(text, file, &config, &zones, &failed, &mut errors);
+    let geo_db = match &config.geo.mmdb {
+        None => None,
+        Some(path) => match crate::geo::mmdb::Mmdb::open(path, config.server.max_file_size) {
+            Ok(db) => Some(std::sync::Arc::new(db)),
+            Err(error) => {
+                errors.push(ConfigError {
+                    file: file.to_path_buf(),
+                    line: find_key_line(text, "geo.mmdb")
+                        .map(|offset| compile::line_of(text, offset)),
+                    path: "geo.mmdb".into(),
+                    message: error.to_string(),
+                });
+                None
+            }
+        },
+    };
+    if errors.is_empty() {
+        let digest = {
+            use sha2::{Digest, Sha256};
+            let mut hasher = Sha256::new();
+            hasher.update(text.as_bytes());
+            for zone in &zones {
+                hasher.update(zone.text_digest());
+            }
+            hasher
+                .finalize()
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        Ok(Loaded {
+            config,
+            zones,
+            geo_db,
+            digest,
+        })
+    } else {
+        // The config file first, in line order, then each zone file in line order.
+        errors.sort_by(|a, b| {
+            (a.file != file, &a.file, a.line).cmp(&(b.file != file, &b.file, b.line))
+        });
+        // A pool's check is compiled once per member: report each problem once.
+        let mut seen = std::collections::HashSet::new();
+        errors.retain(|e| seen.insert(e.clone()));
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Every GSLB name must sit inside a configured zone and must not also be a static name.
+fn check_names(
+    text: &str,
+    file: &Path,
+    config: &Config,
+    zones: &[Zone],
+    failed: &[LowerName],
+    errors: &mut Vec<ConfigError>,
+) {
+    for service in &config.services {
+        if failed
+            .iter()
+            .any(|origin| origin.zone_of(&LowerName::from(&service.name)))
+        {
+            continue;
+        }
+        let i = service.position;
+        let name = LowerName::from(&service.name);
+        let located = |message: String| ConfigError {
+            file: file.to_path_buf(),
+            line: Some(compile::line_of(text, service.span)),
+            path: format!("service[{i}].name"),
+            message,
+        };
+        match zones
+            .iter()
+            .filter(|z| z.origin().zone_of(&name))
+            .max_by_key(|z| z.origin().num_labels())
+        {
+            None => errors.push(located(format!(
+                "GSLB name {} is outside every configured zone",
+                service.name
+            ))),
+            Some(zone) if zone.has_name(&name) => errors.push(located(format!(
+                "GSLB name {} is also a static name in zone file {}",
+                service.name,
+                zone.file().display()
+            ))),
+            Some(zone) if *zone.origin() == name => errors.push(located(format!(
+                "GSLB name {} must be below the apex of zone {}",
+                service.name,
+                zone.origin()
+            ))),
+            Some(_) => {}
+        }
+    }
+}
+
+/// A zone file's problem as a config problem (no config path: the file and line say it).
+fn located(error: ZoneError) -> ConfigError {
+    ConfigError {
+        file: error.file,
+        line: error.line,
+        path: String::new(),
+        message: error.message,
+    }
+}
