@@ -9,27 +9,39 @@
 //! ```text
 //! config + zone files ──> loaded::ConfigSource::load ──> loaded::Loaded
 //!                                                            │
-//! member state (health, drains) ──> routing::BuildEvent ──> routing::Builder (only writer)
-//!                                                            │ one atomic store
-//!                                                            ▼
+//! endpoint state (health, drains, load) ──> routing::BuildEvent ──> routing::Builder
+//!   (health monitor; admin API)                                     (only writer)
+//!                                                            │ one atomic store: the
+//!                                                            │ snapshot with its prepared
+//!                                                            ▼ wire form (routing::wire)
 //!                           routing::RoutingHandle (ArcSwap<Snapshot>)
-//!                                                            │ one load per query
-//!                                                            ▼
-//!                         dns::Handler (hickory-server, UDP + TCP) ──> answers
+//!                                          │ one load per query
+//!                   ┌──────────────────────┴───────────────────────┐
+//!                   ▼                                              ▼
+//!     dns::fast (UDP workers: common queries     dns::handler (general path: TCP,
+//!     answered from prepared bytes)               anything unusual; the reference)
 //! ```
 //!
+//! Dependencies run one way: `dns` and `admin` use `routing`; `routing` uses `policy`,
+//! `geo`, `zone` and `config` (through `loaded`); none of those uses `dns`, `admin` or
+//! `app`.
+//!
 //! - [`config`]: TOML in two stages (raw serde, then a compile step that collects every
-//!   problem with its file, line and path), plus the zone files it names.
+//!   problem with its file, line and path).
+//! - [`loaded`]: a config with the zone files and database it names, loaded together.
 //! - [`zone`]: RFC 1035 master files, parsed entry by entry so each bad line is reported.
-//! - [`routing`]: the immutable [`routing::Snapshot`], its builder task and its handle.
+//! - [`routing`]: the immutable [`routing::Snapshot`] and its prepared wire form, its
+//!   builder task and its handle; response rate limiting's table.
 //! - [`geo`]: where a client is (networks table, optional MaxMind database).
 //! - [`policy`]: pure ranking of a pool's endpoints (geo, failover, weighted, least-load),
 //!   rendezvous affinity, load watermarks.
-//! - [`health`]: probes, rise/fall hysteresis, the state file, flips into the builder.
-//! - [`dns`]: listeners and the query path.
+//! - [`health`]: probes, rise/fall hysteresis, the state file and its writer, flips into
+//!   the builder.
+//! - [`dns`]: listeners and the query path (fast path, general path, TCP).
 //! - [`admin`]: the HTTP admin API (status, drain, load, explain, reload, metrics).
 //! - [`reload`]: config reloads (SIGHUP, `POST /v1/reload`).
-//! - [`app`]: start and shutdown.
+//! - [`app`]: start and shutdown; [`notify`]: systemd readiness and watchdog;
+//!   [`files`], [`rlimit`]: bounded file reads and the open-file limit.
 
 pub mod admin;
 pub mod app;
