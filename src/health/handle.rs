@@ -1,0 +1,129 @@
+//! [`HealthHandle`]: how the rest of gto talks to the running monitor (status, drains,
+//! load pushes, reloads, flips), and the control messages behind it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::status::{Changed, Flip, MemberStatus, StateError};
+use super::store;
+use crate::loaded::Loaded;
+use crate::routing::MemberKey;
+
+/// Talks to the running monitor.
+#[derive(Debug, Clone)]
+pub struct HealthHandle {
+    pub(super) control: mpsc::Sender<Control>,
+    pub(super) flips: broadcast::Sender<Flip>,
+    pub(super) checked: Arc<AtomicUsize>,
+    pub(super) saved: watch::Receiver<store::Written>,
+}
+
+/// How long a change waits for the state file write that holds it.
+const SAVE_WAIT: Duration = Duration::from_secs(10);
+
+impl HealthHandle {
+    /// Current status of every endpoint, in config order (empty once stopped). Built on
+    /// request, so probing costs nothing for status nobody reads.
+    pub async fn status(&self) -> Vec<MemberStatus> {
+        let (reply, status) = oneshot::channel();
+        if self.control.send(Control::Status(reply)).await.is_err() {
+            return Vec::new();
+        }
+        status.await.unwrap_or_default()
+    }
+
+    /// Drains an endpoint (no new answers) until `until`, or until undrained.
+    pub async fn drain(
+        &self,
+        key: MemberKey,
+        until: Option<SystemTime>,
+    ) -> Result<Changed, StateError> {
+        self.ask(|reply| Control::Drain(key, until, reply)).await
+    }
+
+    /// Ends a drain.
+    pub async fn undrain(&self, key: MemberKey) -> Result<Changed, StateError> {
+        self.ask(|reply| Control::Undrain(key, reply)).await
+    }
+
+    /// Records a load report (the push API). `capacity` defaults to the configured one.
+    pub async fn set_load(
+        &self,
+        key: MemberKey,
+        sessions: u32,
+        capacity: Option<u32>,
+    ) -> Result<Changed, StateError> {
+        self.ask(|reply| Control::SetLoad(key, sessions, capacity, reply))
+            .await
+    }
+
+    /// Sends a change and waits until it is applied, then until the state file write that
+    /// holds it is done (changes that arrive together share one write).
+    async fn ask(&self, control: impl FnOnce(Reply) -> Control) -> Result<Changed, StateError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(control(reply))
+            .await
+            .map_err(|_| StateError::Stopped)?;
+        let (status, seq) = answer.await.map_err(|_| StateError::Stopped)??;
+        let Some(seq) = seq else {
+            return Ok(Changed {
+                status,
+                not_saved: None,
+            });
+        };
+        let mut saved = self.saved.clone();
+        let not_saved =
+            match tokio::time::timeout(SAVE_WAIT, saved.wait_for(|w| w.seq >= seq)).await {
+                Ok(Ok(written)) => written.error.clone(),
+                Ok(Err(_)) => Some("gto is shutting down; the state file is written last".into()),
+                Err(_) => Some(format!(
+                    "the state file write did not finish within {}s",
+                    SAVE_WAIT.as_secs()
+                )),
+            };
+        Ok(Changed { status, not_saved })
+    }
+
+    /// How many endpoints have had at least one probe result since start (readiness, benches).
+    pub fn checked(&self) -> usize {
+        self.checked.load(Ordering::Relaxed)
+    }
+
+    /// Flips from now on; each arrives once the snapshot reflecting it is published.
+    pub fn subscribe(&self) -> broadcast::Receiver<Flip> {
+        self.flips.subscribe()
+    }
+
+    /// Applies a reloaded config: keeps state by identity, restarts only changed probes.
+    /// Returns once status reflects the new config.
+    pub async fn reconfigure(&self, loaded: Arc<Loaded>) {
+        let (done, applied) = oneshot::channel();
+        // A closed channel means shutdown is under way; nothing to reconfigure.
+        if self
+            .control
+            .send(Control::Reconfigure(loaded, done))
+            .await
+            .is_ok()
+        {
+            let _ = applied.await;
+        }
+    }
+}
+
+/// The status after a change, and the state file sequence number that will hold it.
+pub(super) type Reply = oneshot::Sender<Result<(MemberStatus, Option<u64>), StateError>>;
+
+pub(super) enum Control {
+    Drain(MemberKey, Option<SystemTime>, Reply),
+    Reconfigure(Arc<Loaded>, oneshot::Sender<()>),
+    SetLoad(MemberKey, u32, Option<u32>, Reply),
+    Status(oneshot::Sender<Vec<MemberStatus>>),
+    Undrain(MemberKey, Reply),
+    /// Kills every probe task without telling the endpoints: a checker that died.
+    #[cfg(test)]
+    KillProbes,
+}

@@ -1,0 +1,101 @@
+//! What the health layer reports: an endpoint's status, drains, loads, flips, and why a
+//! change was refused.
+
+use std::time::SystemTime;
+
+use super::state::Health;
+use crate::routing::MemberKey;
+
+/// The health of one endpoint, as status shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberStatus {
+    /// Which endpoint.
+    pub key: MemberKey,
+    /// Up or down.
+    pub health: Health,
+    /// When it last flipped (or was first seen).
+    pub since: SystemTime,
+    /// When its last probe finished, if any has.
+    pub last_check: Option<SystemTime>,
+    /// The last probe's failure, when it failed.
+    pub last_error: Option<String>,
+    /// No fresh result: restored from the state file and not yet re-checked, or its probes
+    /// stopped reporting.
+    pub stale: bool,
+    /// The probe kind ("tcp", "https", "none", ...).
+    pub probe: &'static str,
+    /// The probe task serving it; endpoints with the same probe and schedule share one.
+    pub target: Option<u64>,
+    /// The operator's drain, if drained.
+    pub drain: Option<Drain>,
+    /// The last reported load, if any.
+    pub load: Option<Load>,
+    /// The load as ranking sees it (smoothed, in 5 % steps; None: unknown or stale).
+    pub load_smoothed: Option<f64>,
+    /// Over its high-watermark: no new clients while another endpoint can serve.
+    pub overloaded: bool,
+}
+
+/// An operator's drain: the endpoint gets no new answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// When it was drained.
+    pub since: SystemTime,
+    /// When the drain ends by itself, if ever.
+    pub until: Option<SystemTime>,
+}
+
+/// A reported load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Active sessions.
+    pub sessions: u32,
+    /// Sessions the endpoint can carry.
+    pub capacity: u32,
+    /// When it was reported.
+    pub at: SystemTime,
+}
+
+impl Load {
+    /// sessions / capacity (1.0 is full).
+    pub fn ratio(&self) -> f64 {
+        f64::from(self.sessions) / f64::from(self.capacity.max(1))
+    }
+}
+
+/// Why a change to an endpoint was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// No such pool or member in the running config.
+    #[error("no endpoint {1:?} in pool {0:?}")]
+    NotFound(String, String),
+    /// A load report without a capacity, for an endpoint with none configured.
+    #[error("no capacity given and none configured for {0}/{1}")]
+    NoCapacity(String, String),
+    /// The monitor has stopped (shutting down).
+    #[error("gto is shutting down")]
+    Stopped,
+}
+
+/// A change of health, announced after the routing snapshot that reflects it is live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flip {
+    /// Which endpoint.
+    pub key: MemberKey,
+    /// The state before.
+    pub from: Health,
+    /// The state now.
+    pub to: Health,
+    /// The probe result that flipped it.
+    pub reason: String,
+}
+
+/// A change the monitor applied, and whether the state file holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed {
+    /// The endpoint's status after the change.
+    pub status: MemberStatus,
+    /// Why the change is not in the state file (it is applied and served, but a restart
+    /// would lose it); None when saved, or when no state file is configured.
+    pub not_saved: Option<String>,
+}
