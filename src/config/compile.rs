@@ -98,40 +98,28 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
             }
         }
     }
-    let udp_payload = match &raw.server.udp_payload {
-        None => DEFAULT_UDP_PAYLOAD,
-        Some(value) => match u16::try_from(*value.get_ref()) {
-            Ok(size) if size >= 512 => size,
-            _ => {
-                errors.at(value, "server.udp_payload", "must be between 512 and 65535");
-                DEFAULT_UDP_PAYLOAD
-            }
-        },
-    };
-    let tcp_idle_timeout = match &raw.server.tcp_idle_timeout {
-        None => DEFAULT_TCP_IDLE_TIMEOUT,
-        Some(value) => match parse_duration(value.get_ref()) {
-            Some(duration) if !duration.is_zero() => duration,
-            _ => {
-                errors.at(
-                    value,
-                    "server.tcp_idle_timeout",
-                    "not a positive duration (e.g. \"10s\", \"500ms\")",
-                );
-                DEFAULT_TCP_IDLE_TIMEOUT
-            }
-        },
-    };
-    let workers = match &raw.server.workers {
-        None => std::thread::available_parallelism().map_or(1, usize::from),
-        Some(value) => usize::try_from(*value.get_ref())
-            .ok()
-            .filter(|w| *w <= 256)
-            .unwrap_or_else(|| {
-                errors.at(value, "server.workers", "must be between 0 and 256");
-                1
-            }),
-    };
+    let server = &raw.server;
+    let udp_payload = errors.setting(
+        server.udp_payload.as_ref(),
+        "server.udp_payload",
+        DEFAULT_UDP_PAYLOAD,
+        |v| u16::try_from(*v).ok().filter(|size| *size >= 512),
+        "must be between 512 and 65535",
+    );
+    let tcp_idle_timeout = errors.setting(
+        server.tcp_idle_timeout.as_ref(),
+        "server.tcp_idle_timeout",
+        DEFAULT_TCP_IDLE_TIMEOUT,
+        |v| parse_duration(v).filter(|d| !d.is_zero()),
+        "not a positive duration (e.g. \"10s\", \"500ms\")",
+    );
+    let workers = errors.setting(
+        server.workers.as_ref(),
+        "server.workers",
+        std::thread::available_parallelism().map_or(1, usize::from),
+        |v| usize::try_from(*v).ok().filter(|w| *w <= 256),
+        "must be between 0 and 256",
+    );
     // Unset: sized from the open-file limit at start (see `rlimit`).
     let tcp_max_connections = raw
         .server
@@ -146,33 +134,22 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
         .and_then(|v| errors.ranged(v, "server.tcp_max_queries", 1..=1_000_000))
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(100);
-    let max_file_size = match &raw.server.max_file_size {
-        None => crate::files::DEFAULT_MAX_FILE_SIZE,
-        Some(value) => parse_size(value.get_ref()).unwrap_or_else(|| {
-            errors.at(
-                value,
-                "server.max_file_size",
-                "not a size of 1KiB to 4GiB (e.g. \"256MiB\")",
-            );
-            crate::files::DEFAULT_MAX_FILE_SIZE
-        }),
-    };
+    let max_file_size = errors.setting(
+        server.max_file_size.as_ref(),
+        "server.max_file_size",
+        crate::files::DEFAULT_MAX_FILE_SIZE,
+        |v| parse_size(v),
+        "not a size of 1KiB to 4GiB (e.g. \"256MiB\")",
+    );
     errors.file_limit = max_file_size;
     let state_file_follow_symlinks = raw.server.state_file_follow_symlinks.unwrap_or(false);
-    let udp_coalesce = match &raw.server.udp_coalesce {
-        None => DEFAULT_UDP_COALESCE,
-        Some(value) => match parse_duration(value.get_ref()) {
-            Some(duration) if duration <= Duration::from_millis(1) => duration,
-            _ => {
-                errors.at(
-                    value,
-                    "server.udp_coalesce",
-                    "not a duration of at most 1ms (e.g. \"50us\", \"0s\" to turn it off)",
-                );
-                DEFAULT_UDP_COALESCE
-            }
-        },
-    };
+    let udp_coalesce = errors.setting(
+        server.udp_coalesce.as_ref(),
+        "server.udp_coalesce",
+        DEFAULT_UDP_COALESCE,
+        |v| parse_duration(v).filter(|d| *d <= Duration::from_millis(1)),
+        "not a duration of at most 1ms (e.g. \"50us\", \"0s\" to turn it off)",
+    );
     ServerSettings {
         listen,
         udp_payload,
@@ -386,34 +363,20 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
         header_timeout,
     } = admin.get_ref();
     let defaults = AdminSettings::default();
-    let max_drain = match max_drain {
-        None => defaults.max_drain,
-        Some(text) => match parse_duration(text.get_ref()) {
-            Some(d) if !d.is_zero() && d <= AdminSettings::MAX_DRAIN_LIMIT => d,
-            _ => {
-                errors.at(
-                    text,
-                    "admin.max_drain",
-                    "not a duration of at most 100 years (e.g. \"366d\")",
-                );
-                defaults.max_drain
-            }
-        },
-    };
-    let header_timeout = match header_timeout {
-        None => defaults.header_timeout,
-        Some(text) => match parse_duration(text.get_ref()) {
-            Some(d) if !d.is_zero() && d <= Duration::from_secs(60) => d,
-            _ => {
-                errors.at(
-                    text,
-                    "admin.header_timeout",
-                    "not a duration of at most 60s (e.g. \"5s\")",
-                );
-                defaults.header_timeout
-            }
-        },
-    };
+    let max_drain = errors.setting(
+        max_drain.as_ref(),
+        "admin.max_drain",
+        defaults.max_drain,
+        |v| parse_duration(v).filter(|d| !d.is_zero() && *d <= AdminSettings::MAX_DRAIN_LIMIT),
+        "not a duration of at most 100 years (e.g. \"366d\")",
+    );
+    let header_timeout = errors.setting(
+        header_timeout.as_ref(),
+        "admin.header_timeout",
+        defaults.header_timeout,
+        |v| parse_duration(v).filter(|d| !d.is_zero() && *d <= Duration::from_secs(60)),
+        "not a duration of at most 60s (e.g. \"5s\")",
+    );
     let max_connections = max_connections
         .as_ref()
         .and_then(|v| errors.ranged(v, "admin.max_connections", 1..=10_000))
@@ -701,20 +664,13 @@ fn compile_member(
     let location = location
         .as_ref()
         .and_then(|loc| compile_location(loc, &format!("{path}.location"), errors));
-    let weight = match weight {
-        None => Weight::DEFAULT,
-        Some(value) => match Weight::try_new(*value.get_ref()) {
-            Some(weight) => weight,
-            None => {
-                errors.at(
-                    value,
-                    format!("{path}.weight"),
-                    format!("must be between 1 and {}", Weight::MAX),
-                );
-                Weight::DEFAULT
-            }
-        },
-    };
+    let weight = errors.setting(
+        weight.as_ref(),
+        format!("{path}.weight"),
+        Weight::DEFAULT,
+        |v| Weight::try_new(*v),
+        format!("must be between 1 and {}", Weight::MAX),
+    );
     let capacity = match capacity {
         None => None,
         Some(value) => match u32::try_from(*value.get_ref()) {
@@ -900,28 +856,20 @@ fn compile_services(
                 );
             }
         }
-        let answers = match answers {
-            None => Answers::DEFAULT,
-            Some(value) => Answers::try_new(*value.get_ref()).unwrap_or_else(|| {
-                errors.at(
-                    value,
-                    format!("{path}.answers"),
-                    format!("must be between 1 and {}", Answers::MAX),
-                );
-                Answers::DEFAULT
-            }),
-        };
-        let ttl = match ttl {
-            None => Ttl::DEFAULT,
-            Some(value) => Ttl::try_new(*value.get_ref()).unwrap_or_else(|| {
-                errors.at(
-                    value,
-                    format!("{path}.ttl"),
-                    format!("must be between 0 and {} seconds", Ttl::MAX),
-                );
-                Ttl::DEFAULT
-            }),
-        };
+        let answers = errors.setting(
+            answers.as_ref(),
+            format!("{path}.answers"),
+            Answers::DEFAULT,
+            |v| Answers::try_new(*v),
+            format!("must be between 1 and {}", Answers::MAX),
+        );
+        let ttl = errors.setting(
+            ttl.as_ref(),
+            format!("{path}.ttl"),
+            Ttl::DEFAULT,
+            |v| Ttl::try_new(*v),
+            format!("must be between 0 and {} seconds", Ttl::MAX),
+        );
         let when_all_down = match when_all_down {
             None => WhenAllDown::All,
             Some(value) => match value.get_ref() {

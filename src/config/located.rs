@@ -55,6 +55,28 @@ impl<'a> Collector<'a> {
         self.push(Some(value.span().start), path, message);
     }
 
+    /// A setting: `default` when unset, else what `parse` makes of it; when `parse`
+    /// refuses it, a located problem (`message`) and `default`, so compiling goes on.
+    pub(crate) fn setting<T, U>(
+        &mut self,
+        value: Option<&Spanned<T>>,
+        path: impl Into<String>,
+        default: U,
+        parse: impl FnOnce(&T) -> Option<U>,
+        message: impl Into<String>,
+    ) -> U {
+        let Some(value) = value else {
+            return default;
+        };
+        match parse(value.get_ref()) {
+            Some(parsed) => parsed,
+            None => {
+                self.at(value, path, message);
+                default
+            }
+        }
+    }
+
     /// The value when it is in `range`; else a located "must be between" problem.
     pub(crate) fn ranged(
         &mut self,
