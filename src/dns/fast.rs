@@ -25,6 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::rr::RecordType;
 
+use super::{QTYPE_LABELS, qtype_index};
 use crate::routing::rrl::{ResponseClass, Verdict};
 use crate::routing::wire::{Entry, FastIndex, Tail, encode_tail};
 use crate::routing::{Client, Scratch, Snapshot};
@@ -47,27 +48,13 @@ pub struct FastScratch {
     pub rate_limited: [u64; 2],
 }
 
-/// Query types counted separately on the fast path (the rest share the last bucket).
-pub const QTYPE_LABELS: [&str; 9] = [
-    "A", "AAAA", "CNAME", "MX", "NS", "SOA", "SRV", "TXT", "other",
-];
 /// Response codes the fast path gives.
 pub const RCODE_LABELS: [&str; 2] = ["NOERROR", "NXDOMAIN"];
-/// Number of counter buckets.
+/// Number of counter buckets: one per query-type label.
 pub const QTYPE_BUCKETS: usize = QTYPE_LABELS.len();
 
 fn qtype_bucket(qtype: u16) -> usize {
-    match RecordType::from(qtype) {
-        RecordType::A => 0,
-        RecordType::AAAA => 1,
-        RecordType::CNAME => 2,
-        RecordType::MX => 3,
-        RecordType::NS => 4,
-        RecordType::SOA => 5,
-        RecordType::SRV => 6,
-        RecordType::TXT => 7,
-        _ => 8,
-    }
+    qtype_index(Some(RecordType::from(qtype)))
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {

@@ -363,24 +363,7 @@ fn transport_label(protocol: Protocol) -> &'static str {
 
 /// Query types get a label of their own only when they are common; the rest share one.
 fn qtype_label(qtype: Option<RecordType>) -> &'static str {
-    match qtype {
-        Some(RecordType::A) => "A",
-        Some(RecordType::AAAA) => "AAAA",
-        Some(RecordType::ANY) => "ANY",
-        Some(RecordType::CNAME) => "CNAME",
-        Some(RecordType::HTTPS) => "HTTPS",
-        Some(RecordType::MX) => "MX",
-        Some(RecordType::NS) => "NS",
-        Some(RecordType::PTR) => "PTR",
-        Some(RecordType::SOA) => "SOA",
-        Some(RecordType::SRV) => "SRV",
-        Some(RecordType::SVCB) => "SVCB",
-        Some(RecordType::TXT) => "TXT",
-        Some(RecordType::AXFR) => "AXFR",
-        Some(RecordType::IXFR) => "IXFR",
-        Some(_) => "other",
-        None => "none",
-    }
+    super::QTYPE_LABELS[super::qtype_index(qtype)]
 }
 
 /// Collects the encoded answer instead of sending it, encoding exactly as hickory-server's

@@ -32,7 +32,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Handler;
-use super::fast::{FastScratch, QTYPE_LABELS, RCODE_LABELS, respond};
+use super::QTYPE_LABELS;
+use super::fast::{FastScratch, RCODE_LABELS, respond};
 use super::handler::answer_bytes;
 use crate::metrics::{
     DNS_BAD_QUERIES_TOTAL, DNS_FAST_BATCH_SECONDS, DNS_QUERIES_TOTAL, DNS_RATE_LIMITED_TOTAL,
