@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use gto::ConfigSource;
 use gto::dns::Handler;
-use gto::dns::fast::{FastScratch, respond};
+use gto::dns::fast::{FastScratch, Reply, respond};
 use gto::dns::handler::answer_bytes;
 use gto::routing::{Builder, Snapshot};
 use hickory_server::net::xfer::Protocol;
@@ -52,7 +52,7 @@ fuzz_target!(|packet: &[u8]| {
     let ip: IpAddr = [127, 0, 0, 1].into();
     let mut scratch = FastScratch::default();
     let mut out = Vec::new();
-    if let Some(len) = respond(
+    if let Reply::Send(len) = respond(
         &f.snapshot,
         &f.snapshot.fast,
         packet,

@@ -28,7 +28,7 @@ use hickory_proto::rr::RecordType;
 use super::{QTYPE_LABELS, qtype_index};
 use crate::routing::rrl::{ResponseClass, Verdict};
 use crate::routing::wire::{Entry, FastIndex, Tail, encode_tail};
-use crate::routing::{Client, Scratch, Snapshot};
+use crate::routing::{Client, GslbNode, Scratch, Snapshot};
 
 /// Per-worker buffers and counters, reused across queries.
 #[derive(Debug, Default)]
@@ -155,9 +155,52 @@ fn parse_ecs(data: &[u8]) -> Option<Ecs<'_>> {
     })
 }
 
-/// Answers `query` from `source` into `out` when the fast path can; returns the length
-/// (0: rate limiting dropped the answer, send nothing). None: hand the query to the
-/// general path.
+/// What the fast path made of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The general path must answer it (anything unusual, or an answer that would not
+    /// fit the client's size).
+    General,
+    /// Response rate limiting held the answer back: send nothing.
+    Drop,
+    /// `out` holds the answer (or its truncated slip), this many bytes long.
+    Send(usize),
+}
+
+/// A query the fast path can read: header checked, question lower-cased into the scratch
+/// key, OPT parsed.
+struct Question<'q> {
+    query: &'q [u8],
+    source: IpAddr,
+    qtype: u16,
+    /// Where the question section ends.
+    end: usize,
+    opt: Option<Opt<'q>>,
+}
+
+impl Question<'_> {
+    /// The client's limit: 512 without EDNS, else its size (at least 512) capped by ours.
+    fn limit(&self, ours: u16) -> usize {
+        self.opt
+            .as_ref()
+            .map_or(512, |o| usize::from(o.payload.max(512).min(ours)))
+    }
+}
+
+/// What was written after the question, for the header counts and the counters.
+struct Written<'s> {
+    answers: u16,
+    authorities: u16,
+    additionals: u16,
+    class: ResponseClass,
+    /// ECS scope the answer depends on.
+    scope: u8,
+    /// The GSLB node answered from, whose endpoints (`scratch.picks`) are counted.
+    node: Option<&'s GslbNode>,
+}
+
+/// Answers `query` from `source` into `out` when the fast path can: parse, decide and
+/// write, then count and rate-limit.
 pub fn respond(
     snapshot: &Snapshot,
     index: &FastIndex,
@@ -165,7 +208,25 @@ pub fn respond(
     source: IpAddr,
     scratch: &mut FastScratch,
     out: &mut Vec<u8>,
-) -> Option<usize> {
+) -> Reply {
+    let Some(question) = parse(query, source, scratch) else {
+        return Reply::General;
+    };
+    let written = match index.names.get(scratch.key.as_slice()) {
+        Some(entry) => write_answer(snapshot, entry, &question, scratch, out),
+        None => write_nxdomain(snapshot, index, &question, scratch, out),
+    };
+    match written {
+        Some(written) if out.len() <= question.limit(snapshot.udp_payload) => {
+            finish(snapshot, &question, &written, scratch, out)
+        }
+        // Nothing the fast path can answer, or too big: the general path truncates.
+        _ => Reply::General,
+    }
+}
+
+/// Checks the header (a QUERY, one question, at most one OPT) and reads the question.
+fn parse<'q>(query: &'q [u8], source: IpAddr, scratch: &mut FastScratch) -> Option<Question<'q>> {
     // Header: a query (QR 0), opcode QUERY, not truncated, one question, one OPT at most.
     let flags = u16_at(query, 2)?;
     if flags & 0xfa00 != 0
@@ -205,67 +266,71 @@ pub fn respond(
     if u16_at(query, pos + 2)? != 1 {
         return None;
     }
-    let question_end = pos + 4;
+    let end = pos + 4;
     // OPT (41), meta types, zone transfers and ANY (128..=255) go to the general path.
     if qtype == 41 || qtype >= 128 {
         return None;
     }
     let opt = if additionals == 1 {
-        Some(parse_opt(query, question_end)?)
-    } else if question_end == query.len() {
+        Some(parse_opt(query, end)?)
+    } else if end == query.len() {
         None
     } else {
         return None;
     };
-    let Some(entry) = index.names.get(scratch.key.as_slice()) else {
-        return nxdomain(
-            snapshot,
-            query,
-            source,
-            qtype,
-            question_end,
-            opt.as_ref(),
-            scratch,
-            out,
-        );
-    };
+    Some(Question {
+        query,
+        source,
+        qtype,
+        end,
+        opt,
+    })
+}
 
-    // The client's limit: 512 without EDNS, else its size (at least 512) capped by ours.
-    let limit = opt.as_ref().map_or(512, |o| {
-        usize::from(o.payload.max(512).min(snapshot.udp_payload))
-    });
-    let mut scope = 0u8;
-    let mut answered_from = None;
+/// Writes the answer for a name the index knows: header, question, the prepared tail (or
+/// the chosen GSLB records), our OPT. None: the general path answers.
+fn write_answer<'s>(
+    snapshot: &'s Snapshot,
+    entry: &Entry,
+    question: &Question<'_>,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Option<Written<'s>> {
+    let query = question.query;
     out.clear();
     out.extend_from_slice(&query[..2]);
     out.push(0x84 | (query[2] & 0x01)); // QR, opcode 0, AA, RD copied
     out.push(query[3] & 0x10); // CD copied; RA, AD clear; NOERROR
-    out.extend_from_slice(&[0, 1]);
-    let counts_at = out.len();
-    out.extend_from_slice(&[0; 6]);
-    out.extend_from_slice(&query[12..question_end]);
-    let (answers, authorities, tail_additionals) = match entry {
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&query[12..question.end]);
+    let mut scope = 0u8;
+    let mut node_answered = None;
+    let (answers, authorities, additionals) = match entry {
         Entry::General => return None,
         Entry::Static { types, nodata } => {
             let tail = types
                 .iter()
-                .find(|(t, _)| *t == qtype)
+                .find(|(t, _)| *t == question.qtype)
                 .map_or(nodata, |(_, tail)| tail);
             out.extend_from_slice(&tail.bytes);
             (tail.answers, tail.authorities, tail.additionals)
         }
         Entry::Gslb { service, nodata } => {
-            let v6 = match RecordType::from(qtype) {
+            let node = snapshot.service_node(*service)?;
+            let v6 = match RecordType::from(question.qtype) {
                 RecordType::A => Some(false),
                 RecordType::AAAA => Some(true),
                 _ => None,
             };
-            let node = snapshot.service_node(*service);
-            match (v6, node) {
-                (Some(v6), Some(node)) => {
+            let picked = match v6 {
+                Some(v6) => {
                     let client = Client {
-                        source,
-                        subnet: opt.as_ref().and_then(|o| o.ecs).and_then(|e| e.address),
+                        source: question.source,
+                        subnet: question
+                            .opt
+                            .as_ref()
+                            .and_then(|o| o.ecs)
+                            .and_then(|e| e.address),
                     };
                     let chosen = node.choose_into(
                         &snapshot.geo,
@@ -279,144 +344,55 @@ pub fn respond(
                         v6,
                         &mut scratch.picks,
                     );
-                    if scratch.picks.is_empty() {
-                        out.extend_from_slice(&nodata.bytes);
-                        (nodata.answers, nodata.authorities, nodata.additionals)
-                    } else {
-                        scope = chosen.scope;
-                        answered_from = Some(node);
-                        for (n, &(endpoint, record)) in scratch.picks.iter().enumerate() {
-                            let wire = node.members.get(endpoint)?.wire(v6).get(record)?;
-                            out.extend_from_slice(if n == 0 { &wire.first } else { &wire.later });
-                        }
-                        (scratch.picks.len() as u16, 0, 0)
-                    }
+                    (!scratch.picks.is_empty()).then_some((v6, chosen.scope))
                 }
-                (None, Some(_)) => {
+                None => None,
+            };
+            match picked {
+                Some((v6, chosen_scope)) => {
+                    scope = chosen_scope;
+                    node_answered = Some(node);
+                    for (n, &(endpoint, record)) in scratch.picks.iter().enumerate() {
+                        let wire = node.members.get(endpoint)?.wire(v6).get(record)?;
+                        out.extend_from_slice(if n == 0 { &wire.first } else { &wire.later });
+                    }
+                    (scratch.picks.len() as u16, 0, 0)
+                }
+                None => {
                     out.extend_from_slice(&nodata.bytes);
                     (nodata.answers, nodata.authorities, nodata.additionals)
                 }
-                (_, None) => return None,
             }
         }
     };
-    let mut additionals = tail_additionals;
-    if let Some(opt) = &opt {
-        additionals += 1;
+    let mut written = Written {
+        answers,
+        authorities,
+        additionals,
+        class: if answers > 0 {
+            ResponseClass::Answer
+        } else {
+            ResponseClass::NoData
+        },
+        scope,
+        node: node_answered,
+    };
+    if let Some(opt) = &question.opt {
+        written.additionals += 1;
         write_opt(out, snapshot.udp_payload, opt, scope);
     }
-    if out.len() > limit {
-        return None; // the general path truncates
-    }
-    out[counts_at..counts_at + 2].copy_from_slice(&answers.to_be_bytes());
-    out[counts_at + 2..counts_at + 4].copy_from_slice(&authorities.to_be_bytes());
-    out[counts_at + 4..counts_at + 6].copy_from_slice(&additionals.to_be_bytes());
-    // Count what was answered: per query type here, per endpoint on the endpoint.
-    scratch.answered[0][qtype_bucket(qtype)] += 1;
-    let class = if answers > 0 {
-        ResponseClass::Answer
-    } else {
-        ResponseClass::NoData
-    };
-    match rate_limit(
-        snapshot,
-        source,
-        class,
-        qtype,
-        opt.as_ref(),
-        scope,
-        scratch,
-        out,
-    ) {
-        Verdict::Send => {}
-        Verdict::Drop => return Some(0),
-        Verdict::Slip => return Some(out.len()),
-    }
-    if let Some(node) = answered_from {
-        let mut last = None;
-        for &(endpoint, _) in &scratch.picks {
-            // Records of one endpoint are adjacent: count each endpoint once per answer.
-            if last != Some(endpoint)
-                && let Some(e) = node.members.get(endpoint)
-            {
-                e.answered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                e.counter.increment(1);
-            }
-            last = Some(endpoint);
-        }
-    }
-    Some(out.len())
-}
-
-/// Applies response rate limiting to the answer in `out`. A slip rewrites it as the
-/// general path's truncated answer: header with TC and no records, the question, our OPT.
-#[allow(clippy::too_many_arguments)]
-fn rate_limit(
-    snapshot: &Snapshot,
-    source: IpAddr,
-    class: ResponseClass,
-    qtype: u16,
-    opt: Option<&Opt<'_>>,
-    scope: u8,
-    scratch: &mut FastScratch,
-    out: &mut Vec<u8>,
-) -> Verdict {
-    let Some(rrl) = &snapshot.rrl else {
-        return Verdict::Send;
-    };
-    let verdict = rrl.check(source, class, &scratch.key, qtype);
-    match verdict {
-        Verdict::Send => {}
-        Verdict::Drop => scratch.rate_limited[0] += 1,
-        Verdict::Slip => {
-            scratch.rate_limited[1] += 1;
-            // Question: from the header to its end (name, type, class).
-            let question_end = 12 + scratch.key.len() + 4;
-            out.truncate(question_end);
-            out[2] |= 0x02;
-            out[6..12].copy_from_slice(&[0, 0, 0, 0, 0, u8::from(opt.is_some())]);
-            if let Some(opt) = opt {
-                write_opt(out, snapshot.udp_payload, opt, scope);
-            }
-        }
-    }
-    verdict
-}
-
-/// Appends our OPT record: our payload size, DO copied, the ECS option echoed with `scope`
-/// (0 when the subnet was /0 and so not used).
-fn write_opt(out: &mut Vec<u8>, payload: u16, opt: &Opt<'_>, scope: u8) {
-    out.extend_from_slice(&[0, 0, 41]);
-    out.extend_from_slice(&payload.max(512).to_be_bytes());
-    out.extend_from_slice(&[0, 0, if opt.dnssec_ok { 0x80 } else { 0 }, 0]);
-    match opt.ecs {
-        Some(ecs) => {
-            out.extend_from_slice(&((ecs.data.len() + 4) as u16).to_be_bytes());
-            out.extend_from_slice(&[0, 8]);
-            out.extend_from_slice(&(ecs.data.len() as u16).to_be_bytes());
-            out.extend_from_slice(&ecs.data[..3]);
-            out.push(if ecs.address.is_some() { scope } else { 0 });
-            out.extend_from_slice(&ecs.data[4..]);
-        }
-        None => out.extend_from_slice(&[0, 0]),
-    }
+    Some(written)
 }
 
 /// NXDOMAIN for a name under one of our zones that the index does not know; None for a
 /// name outside them (REFUSED comes from the general path).
-#[allow(clippy::too_many_arguments)]
-fn nxdomain(
-    snapshot: &Snapshot,
-    query: &[u8],
-    source: IpAddr,
-    qtype: u16,
-    question_end: usize,
-    opt: Option<&Opt<'_>>,
+fn write_nxdomain<'s>(
+    snapshot: &'s Snapshot,
+    index: &FastIndex,
+    question: &Question<'_>,
     scratch: &mut FastScratch,
     out: &mut Vec<u8>,
-) -> Option<usize> {
-    let index = snapshot.fast.as_ref();
+) -> Option<Written<'s>> {
     let key = scratch.key.as_slice();
     let zone = index.zones.iter().position(|(origin, _)| {
         // The origin must end the name at a label boundary.
@@ -436,49 +412,108 @@ fn nxdomain(
         scratch.nxdomain.clear();
         scratch.nxdomain_for = identity;
     }
-    let question = &query[12..question_end];
-    let tail = match scratch.nxdomain.get(&(zone, question.len())) {
+    let query = question.query;
+    let question_bytes = &query[12..question.end];
+    let tail = match scratch.nxdomain.get(&(zone, question_bytes.len())) {
         Some(tail) => tail,
         None => {
             let soa = &index.zones.get(zone)?.1;
-            let tail = encode_tail(question, &[], &[soa], &[])?;
+            let tail = encode_tail(question_bytes, &[], &[soa], &[])?;
             scratch
                 .nxdomain
-                .entry((zone, question.len()))
+                .entry((zone, question_bytes.len()))
                 .or_insert(tail)
         }
     };
-    let limit = opt.map_or(512, |o| {
-        usize::from(o.payload.max(512).min(snapshot.udp_payload))
-    });
     out.clear();
     out.extend_from_slice(&query[..2]);
     out.push(0x84 | (query[2] & 0x01)); // QR, opcode 0, AA, RD copied
     out.push((query[3] & 0x10) | 3); // CD copied; NXDOMAIN
-    out.extend_from_slice(&[0, 1]);
-    out.extend_from_slice(&tail.answers.to_be_bytes());
-    out.extend_from_slice(&tail.authorities.to_be_bytes());
-    out.extend_from_slice(&(tail.additionals + u16::from(opt.is_some())).to_be_bytes());
-    out.extend_from_slice(question);
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(question_bytes);
     out.extend_from_slice(&tail.bytes);
-    if let Some(opt) = opt {
+    let mut written = Written {
+        answers: tail.answers,
+        authorities: tail.authorities,
+        additionals: tail.additionals,
+        class: ResponseClass::NxDomain,
+        scope: 0,
+        node: None,
+    };
+    if let Some(opt) = &question.opt {
+        written.additionals += 1;
         write_opt(out, snapshot.udp_payload, opt, 0);
     }
-    if out.len() > limit {
-        return None;
+    Some(written)
+}
+
+/// Sets the header counts, counts the answer, applies response rate limiting (a slip
+/// rewrites `out` as the general path's truncated answer) and counts the endpoints.
+fn finish(
+    snapshot: &Snapshot,
+    question: &Question<'_>,
+    written: &Written<'_>,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Reply {
+    out[6..8].copy_from_slice(&written.answers.to_be_bytes());
+    out[8..10].copy_from_slice(&written.authorities.to_be_bytes());
+    out[10..12].copy_from_slice(&written.additionals.to_be_bytes());
+    let rcode = usize::from(written.class == ResponseClass::NxDomain);
+    scratch.answered[rcode][qtype_bucket(question.qtype)] += 1;
+    if let Some(rrl) = &snapshot.rrl {
+        match rrl.check(question.source, written.class, &scratch.key, question.qtype) {
+            Verdict::Send => {}
+            Verdict::Drop => {
+                scratch.rate_limited[0] += 1;
+                return Reply::Drop;
+            }
+            Verdict::Slip => {
+                scratch.rate_limited[1] += 1;
+                // Header with TC and no records, the question, our OPT.
+                out.truncate(question.end);
+                out[2] |= 0x02;
+                let opt = question.opt.as_ref();
+                out[6..12].copy_from_slice(&[0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+                if let Some(opt) = opt {
+                    write_opt(out, snapshot.udp_payload, opt, written.scope);
+                }
+                return Reply::Send(out.len());
+            }
+        }
     }
-    scratch.answered[1][qtype_bucket(qtype)] += 1;
-    match rate_limit(
-        snapshot,
-        source,
-        ResponseClass::NxDomain,
-        qtype,
-        opt,
-        0,
-        scratch,
-        out,
-    ) {
-        Verdict::Drop => Some(0),
-        Verdict::Send | Verdict::Slip => Some(out.len()),
+    if let Some(node) = written.node {
+        let mut last = None;
+        for &(endpoint, _) in &scratch.picks {
+            // Records of one endpoint are adjacent: count each endpoint once per answer.
+            if last != Some(endpoint)
+                && let Some(e) = node.members.get(endpoint)
+            {
+                e.answered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                e.counter.increment(1);
+            }
+            last = Some(endpoint);
+        }
+    }
+    Reply::Send(out.len())
+}
+
+/// Appends our OPT record: our payload size, DO copied, the ECS option echoed with `scope`
+/// (0 when the subnet was /0 and so not used).
+fn write_opt(out: &mut Vec<u8>, payload: u16, opt: &Opt<'_>, scope: u8) {
+    out.extend_from_slice(&[0, 0, 41]);
+    out.extend_from_slice(&payload.max(512).to_be_bytes());
+    out.extend_from_slice(&[0, 0, if opt.dnssec_ok { 0x80 } else { 0 }, 0]);
+    match opt.ecs {
+        Some(ecs) => {
+            out.extend_from_slice(&((ecs.data.len() + 4) as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 8]);
+            out.extend_from_slice(&(ecs.data.len() as u16).to_be_bytes());
+            out.extend_from_slice(&ecs.data[..3]);
+            out.push(if ecs.address.is_some() { scope } else { 0 });
+            out.extend_from_slice(&ecs.data[4..]);
+        }
+        None => out.extend_from_slice(&[0, 0]),
     }
 }

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 
 use super::Handler;
 use super::QTYPE_LABELS;
-use super::fast::{FastScratch, RCODE_LABELS, respond};
+use super::fast::{FastScratch, RCODE_LABELS, Reply, respond};
 use super::handler::answer_bytes;
 use crate::metrics::{
     DNS_BAD_QUERIES_TOTAL, DNS_FAST_BATCH_SECONDS, DNS_QUERIES_TOTAL, DNS_RATE_LIMITED_TOTAL,
@@ -263,7 +263,7 @@ fn worker(
                 };
                 let query = &buffers[i][..len.min(MAX_QUERY)];
                 let fast = if truncated {
-                    None
+                    Reply::General
                 } else {
                     respond(
                         &snapshot,
@@ -275,13 +275,12 @@ fn worker(
                     )
                 };
                 match fast {
-                    // Rate limiting dropped the answer.
-                    Some(0) => {}
-                    Some(length) => {
+                    Reply::Drop => {}
+                    Reply::Send(length) => {
                         answers[replies] = (length, address);
                         replies += 1;
                     }
-                    None => {
+                    Reply::General => {
                         if queue.try_send((query.to_vec(), source)).is_err() {
                             dropped += 1;
                         }

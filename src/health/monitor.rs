@@ -333,11 +333,13 @@ impl Monitor {
                     interval: key.interval,
                     timeout: key.timeout,
                 },
-                self.limit.clone(),
-                self.reports_tx.clone(),
-                scheduler::Heartbeat {
-                    epoch: self.epoch,
-                    millis: heartbeat.clone(),
+                scheduler::Reporting {
+                    limit: self.limit.clone(),
+                    reports: self.reports_tx.clone(),
+                    heartbeat: scheduler::Heartbeat {
+                        epoch: self.epoch,
+                        millis: heartbeat.clone(),
+                    },
                 },
                 token.clone(),
             ));

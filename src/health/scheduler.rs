@@ -63,18 +63,32 @@ pub struct Heartbeat {
     pub millis: Arc<AtomicU64>,
 }
 
+/// What every probe task shares with the monitor: the concurrency limit, where reports
+/// go, and where it notes that it ran.
+#[derive(Debug, Clone)]
+pub struct Reporting {
+    /// At most this many probes in flight, over all targets.
+    pub limit: Arc<Semaphore>,
+    /// The monitor's report queue.
+    pub reports: mpsc::Sender<Report>,
+    /// This target's heartbeat.
+    pub heartbeat: Heartbeat,
+}
+
 /// Probes until cancelled or until the monitor goes away.
-#[allow(clippy::too_many_arguments)]
 pub async fn probe_loop(
     target: TargetId,
     prober: Prober,
     kind: &'static str,
     schedule: Schedule,
-    limit: Arc<Semaphore>,
-    reports: mpsc::Sender<Report>,
-    heartbeat: Heartbeat,
+    reporting: Reporting,
     token: CancellationToken,
 ) {
+    let Reporting {
+        limit,
+        reports,
+        heartbeat,
+    } = reporting;
     let mut delay = first_delay(schedule.interval, rand::random());
     let mut was_ok = true;
     loop {

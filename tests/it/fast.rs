@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use gto::ConfigSource;
 use gto::dns::Handler;
-use gto::dns::fast::{FastScratch, respond};
+use gto::dns::fast::{FastScratch, Reply, respond};
 use gto::dns::handler::answer_bytes;
 use gto::routing::{Builder, Snapshot};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
@@ -186,7 +186,7 @@ async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
         for query in corpus() {
             total += 1;
             let general = answer_bytes(&handler, &query, src, Protocol::Udp).await;
-            if let Some(len) = respond(
+            if let Reply::Send(len) = respond(
                 &snapshot,
                 &snapshot.fast,
                 &query,
@@ -244,8 +244,7 @@ async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
                 ip,
                 &mut scratch,
                 &mut out
-            )
-            .is_some(),
+            ) != Reply::General,
             "{name} {qtype} did not take the fast path"
         );
     }
@@ -270,7 +269,7 @@ async fn slipped_answers_are_the_same_on_both_paths() {
             // The first answer of a key may still be sent; this empties its bucket.
             answer_bytes(&handler, &query, src, Protocol::Udp).await;
             let general = answer_bytes(&handler, &query, src, Protocol::Udp).await;
-            let Some(len) = respond(
+            let Reply::Send(len) = respond(
                 &snapshot,
                 &snapshot.fast,
                 &query,
@@ -352,7 +351,7 @@ mod mutations {
             let mut scratch = FastScratch::default();
             let mut out = Vec::new();
             let fast = respond(snapshot, &snapshot.fast, &packet, ip, &mut scratch, &mut out);
-            if let Some(len) = fast {
+            if let Reply::Send(len) = fast {
                 let general = runtime.block_on(answer_bytes(handler, &packet, SocketAddr::new(ip, 5300), Protocol::Udp));
                 prop_assert_eq!(Some(out[..len].to_vec()), general, "packet {:?}", packet);
             }
