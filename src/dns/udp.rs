@@ -326,6 +326,25 @@ impl Transmit {
     }
 }
 
+/// Answers of one length to one destination: one GSO message when there are several.
+#[derive(Clone, Copy, Default)]
+struct Group {
+    /// Payload length of each answer in it (the GSO segment size).
+    length: usize,
+    /// Where they go.
+    address: Option<SockaddrStorage>,
+    /// How many answers it holds.
+    members: usize,
+    /// Where its payloads start in the batch's flat list.
+    start: usize,
+    /// How many of its payloads are placed in the flat list so far.
+    placed: usize,
+    /// Its segment length's `sendmmsg` has run.
+    sent: bool,
+    /// The kernel refused GSO: its answers go one by one.
+    refused: bool,
+}
+
 /// Sends a batch of answers. Answers of one length to one destination (a resolver with
 /// several queries in flight) leave as one message with `UDP_SEGMENT` (UDP GSO, Linux
 /// 4.18): the kernel runs its UDP/IP output path once for the group and cuts it into
@@ -339,85 +358,86 @@ fn send_batch(
     answers: &[(usize, Option<SockaddrStorage>)],
 ) {
     // Groups of equal (length, destination), at most GSO_SEGMENTS and GSO_BYTES each.
-    let mut groups: [(usize, Option<SockaddrStorage>, usize); BATCH] = [(0, None, 0); BATCH];
+    let mut groups = [Group::default(); BATCH];
     let mut group_of = [0usize; BATCH];
     let mut count = 0;
     for (i, &(length, address)) in answers.iter().enumerate() {
-        let joined = transmit.gso_on
-            && address.is_some()
-            && length <= GSO_SEGMENT_MAX
-            && (0..count)
-                .rev()
-                .find(|&g| {
-                    let (l, a, members) = groups[g];
-                    l == length
-                        && a == address
-                        && members < GSO_SEGMENTS
-                        && (members + 1) * l <= GSO_BYTES
-                })
-                .map(|g| {
-                    groups[g].2 += 1;
-                    group_of[i] = g;
-                })
-                .is_some();
-        if !joined {
-            groups[count] = (length, address, 1);
-            group_of[i] = count;
+        let joinable = |g: &Group| {
+            g.length == length
+                && g.address == address
+                && g.members < GSO_SEGMENTS
+                && (g.members + 1) * length <= GSO_BYTES
+        };
+        let joined = (transmit.gso_on && address.is_some() && length <= GSO_SEGMENT_MAX)
+            .then(|| groups[..count].iter().rposition(joinable))
+            .flatten();
+        let g = joined.unwrap_or_else(|| {
+            groups[count] = Group {
+                length,
+                address,
+                ..Group::default()
+            };
             count += 1;
-        }
+            count - 1
+        });
+        groups[g].members += 1;
+        group_of[i] = g;
     }
     // One flat list of payloads, group after group; each group is a run of it.
-    let mut start = [0usize; BATCH];
     let mut next = 0;
-    for g in 0..count {
-        start[g] = next;
-        next += groups[g].2;
+    for group in &mut groups[..count] {
+        group.start = next;
+        next += group.members;
     }
-    let mut fill = start;
-    let mut flat_index = [0usize; BATCH];
+    // Position in the flat list -> answer.
+    let mut answer_at = [0usize; BATCH];
     for (i, &g) in group_of.iter().enumerate().take(answers.len()) {
-        flat_index[fill[g]] = i;
-        fill[g] += 1;
+        let group = &mut groups[g];
+        answer_at[group.start + group.placed] = i;
+        group.placed += 1;
     }
     let flat: [IoSlice<'_>; BATCH] = std::array::from_fn(|k| {
         let payload = (k < answers.len())
             .then(|| {
-                let i = flat_index[k];
+                let i = answer_at[k];
                 outputs.get(i).and_then(|o| o.get(..answers[i].0))
             })
             .flatten();
         IoSlice::new(payload.unwrap_or_default())
     });
-    let run = |g: usize| &flat[start[g]..start[g] + groups[g].2];
+    let run = |group: &Group| &flat[group.start..group.start + group.members];
 
     // GSO groups, one sendmmsg per segment length.
-    let mut refused = [false; BATCH];
-    let mut done = [false; BATCH];
     for g in 0..count {
-        let (length, _, members) = groups[g];
-        if members < 2 || done[g] {
+        let Group {
+            length,
+            members,
+            sent,
+            ..
+        } = groups[g];
+        if members < 2 || sent {
             continue;
         }
         let mut same = [0usize; BATCH];
         let mut n = 0;
-        for h in g..count {
-            if groups[h].2 >= 2 && groups[h].0 == length && !done[h] {
+        for (h, group) in groups.iter_mut().enumerate().take(count).skip(g) {
+            if group.members >= 2 && group.length == length && !group.sent {
                 same[n] = h;
-                done[h] = true;
+                group.sent = true;
                 n += 1;
             }
         }
         let runs: [&[IoSlice<'_>]; BATCH] =
-            std::array::from_fn(|k| if k < n { run(same[k]) } else { &[] });
+            std::array::from_fn(|k| if k < n { run(&groups[same[k]]) } else { &[] });
         let addresses: [Option<SockaddrStorage>; BATCH] =
-            std::array::from_fn(|k| if k < n { groups[same[k]].1 } else { None });
+            std::array::from_fn(|k| if k < n { groups[same[k]].address } else { None });
         let segment = length as u16;
         let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
         if let Err(error) = send_all(fd, &mut transmit.gso, &runs[..n], &addresses[..n], &cmsgs) {
             warn!(%error, "UDP GSO refused; this worker sends datagrams one by one");
             transmit.gso_on = false;
             for &h in &same[..n] {
-                refused[h] = true;
+                groups[h].refused = true;
             }
         }
     }
@@ -426,10 +446,13 @@ fn send_batch(
     let mut singles: [&[IoSlice<'_>]; BATCH] = [&[]; BATCH];
     let mut addresses: [Option<SockaddrStorage>; BATCH] = [None; BATCH];
     let mut n = 0;
-    for g in (0..count).filter(|&g| groups[g].2 == 1 || refused[g]) {
-        for k in start[g]..start[g] + groups[g].2 {
+    for group in groups[..count]
+        .iter()
+        .filter(|g| g.members == 1 || g.refused)
+    {
+        for k in group.start..group.start + group.members {
             singles[n] = &flat[k..k + 1];
-            addresses[n] = groups[g].1;
+            addresses[n] = group.address;
             n += 1;
         }
     }
