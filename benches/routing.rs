@@ -11,7 +11,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use gto::ConfigSource;
 use std::net::IpAddr;
 
-use gto::routing::{Client, MemberStates, build, build_prepared, prepare};
+use gto::routing::{Client, EndpointStates, build, build_prepared, prepare};
 use hickory_proto::rr::{LowerName, Name, RecordType};
 
 fn config(pools: usize, per_pool: usize) -> String {
@@ -37,7 +37,7 @@ fn rebuild(c: &mut Criterion) {
     let loaded = ConfigSource::File(dir.path().join("gto.toml"))
         .load()
         .unwrap();
-    let states = MemberStates::default();
+    let states = EndpointStates::default();
     // A reload: everything, records encoded again.
     c.bench_function(
         "routing/build_from_scratch_100_pools_x_100_endpoints",
@@ -87,7 +87,7 @@ fn rank_query(c: &mut Criterion) {
     let loaded = ConfigSource::File(dir.path().join("gto.toml"))
         .load()
         .unwrap();
-    let snapshot = build(&loaded, &MemberStates::default(), 1);
+    let snapshot = build(&loaded, &EndpointStates::default(), 1);
     let name = LowerName::from(Name::from_ascii("vpn.gto.example.com.").unwrap());
     let node = snapshot.gslb_node(&name).unwrap();
     assert_eq!(node.members.len(), 100);

@@ -227,23 +227,24 @@ pub fn describe_all() {
 }
 
 /// The per-endpoint gauges, in Prometheus text, for the endpoints of the running config.
-pub fn render_members<'a>(members: impl Iterator<Item = MemberSample<'a>>) -> String {
+pub fn render_members<'a>(members: impl Iterator<Item = EndpointSample<'a>>) -> String {
     use std::fmt::Write;
-    let members: Vec<MemberSample<'a>> = members.collect();
+    let members: Vec<EndpointSample<'a>> = members.collect();
     let mut out = String::new();
-    let mut family = |name: &str, help: &str, value: &dyn Fn(&MemberSample<'a>) -> Option<f64>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for m in &members {
-            if let Some(v) = value(m) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{pool=\"{}\",member=\"{}\"}} {v}",
-                    escape(m.pool),
-                    escape(m.member)
-                );
+    let mut family =
+        |name: &str, help: &str, value: &dyn Fn(&EndpointSample<'a>) -> Option<f64>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for m in &members {
+                if let Some(v) = value(m) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{pool=\"{}\",member=\"{}\"}} {v}",
+                        escape(m.pool),
+                        escape(m.member)
+                    );
+                }
             }
-        }
-    };
+        };
     family(MEMBER_UP, "1 when the endpoint is up.", &|m| {
         Some(f64::from(u8::from(m.up)))
     });
@@ -267,7 +268,7 @@ pub fn render_members<'a>(members: impl Iterator<Item = MemberSample<'a>>) -> St
 
 /// One endpoint for [`render_members`].
 #[derive(Debug, Clone, Copy)]
-pub struct MemberSample<'a> {
+pub struct EndpointSample<'a> {
     /// Pool name.
     pub pool: &'a str,
     /// Member name.

@@ -15,13 +15,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AdminState, ApiError, constant_time_eq};
-use crate::health::{Changed, MemberStatus, store};
-use crate::routing::MemberKey;
+use crate::health::{Changed, EndpointStatus, store};
+use crate::routing::EndpointKey;
 use crate::routing::explain::{Explanation, explain as explain_answer, parse_question};
 
 /// An endpoint as status shows it.
 #[derive(Debug, Serialize)]
-struct MemberView {
+struct EndpointView {
     pool: String,
     member: String,
     addresses: Vec<IpAddr>,
@@ -56,8 +56,8 @@ struct LoadView {
 
 use store::rfc3339;
 
-fn view(status: &MemberStatus, addresses: Vec<IpAddr>) -> MemberView {
-    MemberView {
+fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
+    EndpointView {
         pool: status.key.pool.clone(),
         member: status.key.member.clone(),
         addresses,
@@ -86,7 +86,8 @@ fn view(status: &MemberStatus, addresses: Vec<IpAddr>) -> MemberView {
 pub(super) async fn status(State(state): State<AdminState>) -> Response {
     let snapshot = state.routing.load_full();
     let members = state.health.status().await;
-    let by_key: HashMap<&MemberKey, &MemberStatus> = members.iter().map(|m| (&m.key, m)).collect();
+    let by_key: HashMap<&EndpointKey, &EndpointStatus> =
+        members.iter().map(|m| (&m.key, m)).collect();
     let services: Vec<_> = snapshot
         .services
         .iter()
@@ -97,7 +98,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
                 .iter()
                 .map(|c| c.answered.load(Ordering::Relaxed))
                 .sum();
-            let members: Vec<MemberView> = candidates
+            let members: Vec<EndpointView> = candidates
                 .iter()
                 .filter_map(|c| {
                     let status = by_key.get(&c.key)?;
@@ -143,7 +144,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
     .into_response()
 }
 
-fn addresses_of(snapshot: &crate::routing::Snapshot, key: &MemberKey) -> Vec<IpAddr> {
+fn addresses_of(snapshot: &crate::routing::Snapshot, key: &EndpointKey) -> Vec<IpAddr> {
     snapshot
         .services
         .iter()
@@ -259,7 +260,7 @@ pub(super) async fn drain(
     }
     let status = state
         .health
-        .drain(MemberKey { pool, member }, until)
+        .drain(EndpointKey { pool, member }, until)
         .await?;
     Ok(member_json(&state, &status))
 }
@@ -271,7 +272,7 @@ pub(super) async fn undrain(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let status = state.health.undrain(MemberKey { pool, member }).await?;
+    let status = state.health.undrain(EndpointKey { pool, member }).await?;
     Ok(member_json(&state, &status))
 }
 
@@ -297,7 +298,7 @@ pub(super) async fn load(
     })?;
     let status = state
         .health
-        .set_load(MemberKey { pool, member }, sessions, body.capacity)
+        .set_load(EndpointKey { pool, member }, sessions, body.capacity)
         .await?;
     Ok(member_json(&state, &status))
 }
@@ -341,7 +342,7 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
     // endpoint a reload removed has no series left.
     let members = state.health.status().await;
     text.push_str(&crate::metrics::render_members(members.iter().map(|m| {
-        crate::metrics::MemberSample {
+        crate::metrics::EndpointSample {
             pool: &m.key.pool,
             member: &m.key.member,
             up: m.health == crate::health::state::Health::Up,

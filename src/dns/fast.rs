@@ -332,19 +332,14 @@ fn write_answer<'s>(
                             .and_then(|o| o.ecs)
                             .and_then(|e| e.address),
                     };
-                    let chosen = node.choose_into(
+                    let choice = node.choose_into(
                         &snapshot.geo,
                         &snapshot.regions,
                         Some(client),
                         &mut scratch.choice,
                     );
-                    node.answer_into(
-                        &scratch.choice.order,
-                        chosen.available,
-                        v6,
-                        &mut scratch.picks,
-                    );
-                    (!scratch.picks.is_empty()).then_some((v6, chosen.scope))
+                    node.answer_into(&choice.order, choice.available, v6, &mut scratch.picks);
+                    (!scratch.picks.is_empty()).then_some((v6, choice.scope))
                 }
                 None => None,
             };

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::status::{Changed, Flip, MemberStatus, StateError};
+use super::status::{Changed, EndpointStatus, Flip, StateError};
 use super::store;
 use crate::loaded::Loaded;
-use crate::routing::MemberKey;
+use crate::routing::EndpointKey;
 
 /// Talks to the running monitor.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ const SAVE_WAIT: Duration = Duration::from_secs(10);
 impl HealthHandle {
     /// Current status of every endpoint, in config order (empty once stopped). Built on
     /// request, so probing costs nothing for status nobody reads.
-    pub async fn status(&self) -> Vec<MemberStatus> {
+    pub async fn status(&self) -> Vec<EndpointStatus> {
         let (reply, status) = oneshot::channel();
         if self.control.send(Control::Status(reply)).await.is_err() {
             return Vec::new();
@@ -38,21 +38,21 @@ impl HealthHandle {
     /// Drains an endpoint (no new answers) until `until`, or until undrained.
     pub async fn drain(
         &self,
-        key: MemberKey,
+        key: EndpointKey,
         until: Option<SystemTime>,
     ) -> Result<Changed, StateError> {
         self.ask(|reply| Control::Drain(key, until, reply)).await
     }
 
     /// Ends a drain.
-    pub async fn undrain(&self, key: MemberKey) -> Result<Changed, StateError> {
+    pub async fn undrain(&self, key: EndpointKey) -> Result<Changed, StateError> {
         self.ask(|reply| Control::Undrain(key, reply)).await
     }
 
     /// Records a load report (the push API). `capacity` defaults to the configured one.
     pub async fn set_load(
         &self,
-        key: MemberKey,
+        key: EndpointKey,
         sessions: u32,
         capacity: Option<u32>,
     ) -> Result<Changed, StateError> {
@@ -115,14 +115,14 @@ impl HealthHandle {
 }
 
 /// The status after a change, and the state file sequence number that will hold it.
-pub(super) type Reply = oneshot::Sender<Result<(MemberStatus, Option<u64>), StateError>>;
+pub(super) type Reply = oneshot::Sender<Result<(EndpointStatus, Option<u64>), StateError>>;
 
 pub(super) enum Control {
-    Drain(MemberKey, Option<SystemTime>, Reply),
+    Drain(EndpointKey, Option<SystemTime>, Reply),
     Reconfigure(Arc<Loaded>, oneshot::Sender<()>),
-    SetLoad(MemberKey, u32, Option<u32>, Reply),
-    Status(oneshot::Sender<Vec<MemberStatus>>),
-    Undrain(MemberKey, Reply),
+    SetLoad(EndpointKey, u32, Option<u32>, Reply),
+    Status(oneshot::Sender<Vec<EndpointStatus>>),
+    Undrain(EndpointKey, Reply),
     /// Kills every probe task without telling the endpoints: a checker that died.
     #[cfg(test)]
     KillProbes,

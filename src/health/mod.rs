@@ -30,13 +30,13 @@ pub mod store;
 
 pub use handle::HealthHandle;
 pub use monitor::spawn;
-pub use status::{Changed, Drain, Flip, Load, MemberStatus, StateError};
+pub use status::{Changed, Drain, EndpointStatus, Flip, Load, StateError};
 
 use std::time::SystemTime;
 
 use crate::config::Probe;
 use crate::loaded::Loaded;
-use crate::routing::{MemberKey, MemberStates};
+use crate::routing::{EndpointKey, EndpointStates};
 use state::Health;
 use store::StateFile;
 
@@ -45,8 +45,8 @@ pub const MAX_CONCURRENT_PROBES: usize = 512;
 
 /// What the first snapshot must know from the state file: endpoints that were down (and
 /// are still checked) and endpoints that are drained (and whose drain has not ended).
-pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> MemberStates {
-    let mut states = MemberStates::default();
+pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> EndpointStates {
+    let mut states = EndpointStates::default();
     let Some(file) = file else {
         return states;
     };
@@ -61,7 +61,7 @@ pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> MemberStates {
         else {
             continue;
         };
-        let key = MemberKey {
+        let key = EndpointKey {
             pool: record.pool.clone(),
             member: record.member.clone(),
         };

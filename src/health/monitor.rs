@@ -19,13 +19,13 @@ use super::handle::{Control, HealthHandle};
 use super::probe::Prober;
 use super::scheduler::{self, Report, Schedule, TargetId};
 use super::state::{Health, Hysteresis};
-use super::status::{Drain, Flip, Load, MemberStatus, StateError};
-use super::store::{self, LoadRecord, MemberRecord, StateFile};
+use super::status::{Drain, EndpointStatus, Flip, Load, StateError};
+use super::store::{self, EndpointRecord, LoadRecord, StateFile};
 use crate::config::{Check, LoadSettings, Probe};
 use crate::loaded::Loaded;
 use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL};
 use crate::policy::load::{LoadTracker, LoadView};
-use crate::routing::{BuildEvent, MemberKey};
+use crate::routing::{BuildEvent, EndpointKey};
 
 /// How often staleness is checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -65,12 +65,12 @@ pub fn spawn(
         epoch: Instant::now(),
         token: token.clone(),
     };
-    let restored: HashMap<MemberKey, MemberRecord> = restored
+    let restored: HashMap<EndpointKey, EndpointRecord> = restored
         .map(|file| {
             file.members
                 .into_iter()
                 .map(|r| {
-                    let key = MemberKey {
+                    let key = EndpointKey {
                         pool: r.pool.clone(),
                         member: r.member.clone(),
                     };
@@ -113,7 +113,7 @@ struct Tracked {
 /// A running probe task and the endpoints it serves.
 struct Target {
     id: TargetId,
-    members: Vec<MemberKey>,
+    members: Vec<EndpointKey>,
     token: CancellationToken,
     /// When its last probe finished, in ms since [`Monitor::epoch`]; written by the probe
     /// task itself, so staleness is about probes, not about how far behind the monitor is.
@@ -142,9 +142,9 @@ struct TargetKey {
 }
 
 struct Monitor {
-    members: HashMap<MemberKey, Tracked>,
+    members: HashMap<EndpointKey, Tracked>,
     /// Endpoints in config order, for status.
-    order: Vec<MemberKey>,
+    order: Vec<EndpointKey>,
     targets: HashMap<TargetKey, Target>,
     /// Which target a probe report is from.
     by_id: HashMap<TargetId, TargetKey>,
@@ -250,14 +250,14 @@ impl Monitor {
     }
 
     /// Brings members and probe tasks in line with `loaded`.
-    fn apply(&mut self, loaded: &Loaded, restored: &HashMap<MemberKey, MemberRecord>) {
+    fn apply(&mut self, loaded: &Loaded, restored: &HashMap<EndpointKey, EndpointRecord>) {
         let now = SystemTime::now();
-        let mut wanted: HashMap<TargetKey, Vec<MemberKey>> = HashMap::new();
+        let mut wanted: HashMap<TargetKey, Vec<EndpointKey>> = HashMap::new();
         let mut members = HashMap::new();
         let mut order = Vec::new();
         for pool in &loaded.config.pools {
             for member in &pool.members {
-                let key = MemberKey {
+                let key = EndpointKey {
                     pool: pool.name.clone(),
                     member: member.name.clone(),
                 };
@@ -365,7 +365,7 @@ impl Monitor {
         for report in reports {
             self.observe(report, &mut flips, &mut load_changed);
         }
-        load_changed.sort_by(|a: &MemberKey, b| (&a.pool, &a.member).cmp(&(&b.pool, &b.member)));
+        load_changed.sort_by(|a: &EndpointKey, b| (&a.pool, &a.member).cmp(&(&b.pool, &b.member)));
         load_changed.dedup();
         for key in load_changed {
             self.push_load(&key, false).await;
@@ -425,7 +425,7 @@ impl Monitor {
         &mut self,
         report: Report,
         flips: &mut Vec<Flip>,
-        load_changed: &mut Vec<MemberKey>,
+        load_changed: &mut Vec<EndpointKey>,
     ) {
         let Self {
             targets,
@@ -496,9 +496,9 @@ impl Monitor {
     /// Drains (`Some(until)`) or undrains (`None`) an endpoint and publishes the change.
     async fn set_drain(
         &mut self,
-        key: &MemberKey,
+        key: &EndpointKey,
         drain: Option<Option<SystemTime>>,
-    ) -> Result<MemberStatus, StateError> {
+    ) -> Result<EndpointStatus, StateError> {
         let tracked = self
             .members
             .get_mut(key)
@@ -536,10 +536,10 @@ impl Monitor {
 
     async fn set_load(
         &mut self,
-        key: &MemberKey,
+        key: &EndpointKey,
         sessions: u32,
         capacity: Option<u32>,
-    ) -> Result<MemberStatus, StateError> {
+    ) -> Result<EndpointStatus, StateError> {
         let tracked = self
             .members
             .get_mut(key)
@@ -564,7 +564,7 @@ impl Monitor {
     /// Tells the builder when an endpoint's load, as ranking sees it, changed; with `wait`,
     /// returns once the snapshot reflecting it is live (the push API, so a caller sees the
     /// effect at once; probe reports do not wait, so a burst costs one rebuild).
-    async fn push_load(&mut self, key: &MemberKey, wait: bool) {
+    async fn push_load(&mut self, key: &EndpointKey, wait: bool) {
         let Some(tracked) = self.members.get_mut(key) else {
             return;
         };
@@ -598,7 +598,7 @@ impl Monitor {
     /// moves load views on with time (staleness, slow-start ramps).
     async fn sweep(&mut self) {
         let now = Instant::now();
-        let moved: Vec<MemberKey> = self
+        let moved: Vec<EndpointKey> = self
             .members
             .iter()
             .filter(|(_, t)| t.tracker.view(now) != t.sent)
@@ -608,7 +608,7 @@ impl Monitor {
             self.push_load(&key, false).await;
         }
         let wall = SystemTime::now();
-        let expired: Vec<MemberKey> = self
+        let expired: Vec<EndpointKey> = self
             .order
             .iter()
             .filter(|key| {
@@ -658,7 +658,7 @@ impl Monitor {
 
     /// One endpoint's status (a change's reply: not the whole list, which at 10,000
     /// endpoints would cost more than the change).
-    fn status_of(&self, key: &MemberKey) -> Option<MemberStatus> {
+    fn status_of(&self, key: &EndpointKey) -> Option<EndpointStatus> {
         let target = self
             .targets
             .values()
@@ -667,8 +667,8 @@ impl Monitor {
         self.member_status(key, target)
     }
 
-    fn status(&self) -> Vec<MemberStatus> {
-        let target_of: HashMap<&MemberKey, TargetId> = self
+    fn status(&self) -> Vec<EndpointStatus> {
+        let target_of: HashMap<&EndpointKey, TargetId> = self
             .targets
             .values()
             .flat_map(|t| t.members.iter().map(move |m| (m, t.id)))
@@ -679,9 +679,9 @@ impl Monitor {
             .collect()
     }
 
-    fn member_status(&self, key: &MemberKey, target: Option<TargetId>) -> Option<MemberStatus> {
+    fn member_status(&self, key: &EndpointKey, target: Option<TargetId>) -> Option<EndpointStatus> {
         let t = self.members.get(key)?;
-        Some(MemberStatus {
+        Some(EndpointStatus {
             key: key.clone(),
             health: t.hysteresis.state(),
             since: t.since,
@@ -727,7 +727,7 @@ impl Monitor {
                 .iter()
                 .filter_map(|key| {
                     let t = self.members.get(key)?;
-                    Some(MemberRecord {
+                    Some(EndpointRecord {
                         pool: key.pool.clone(),
                         member: key.member.clone(),
                         health: t.hysteresis.state(),
@@ -752,7 +752,7 @@ fn new_tracked(
     check: &Check,
     capacity: Option<u32>,
     load_settings: LoadSettings,
-    restored: Option<&MemberRecord>,
+    restored: Option<&EndpointRecord>,
     now: SystemTime,
 ) -> Tracked {
     let drain = restored
@@ -841,7 +841,7 @@ check = { kind = "none" }
         // 2 x interval + timeout + 1 s = 6 s of silence is allowed; more is not (the first
         // probe may have reported within the first quarter interval).
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let a = |status: Vec<MemberStatus>| status.iter().any(|s| s.key.member == "a" && s.stale);
+        let a = |status: Vec<EndpointStatus>| status.iter().any(|s| s.key.member == "a" && s.stale);
         assert!(!a(handle.status().await), "stale too early");
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(a(handle.status().await), "silent checker not flagged");
@@ -856,7 +856,7 @@ check = { kind = "none" }
     #[tokio::test]
     async fn restored_down_endpoints_stay_down_until_rechecked_and_none_checks_ignore_it() {
         let loaded = loaded();
-        let record = |member: &str| MemberRecord {
+        let record = |member: &str| EndpointRecord {
             pool: "p".into(),
             member: member.into(),
             health: Health::Down,
@@ -873,7 +873,7 @@ check = { kind = "none" }
             members: vec![record("a"), record("b"), record("gone")],
         };
         let states = restore(&loaded, Some(&file));
-        let key = |member: &str| MemberKey {
+        let key = |member: &str| EndpointKey {
             pool: "p".into(),
             member: member.into(),
         };

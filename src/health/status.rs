@@ -4,13 +4,13 @@
 use std::time::SystemTime;
 
 use super::state::Health;
-use crate::routing::MemberKey;
+use crate::routing::EndpointKey;
 
 /// The health of one endpoint, as status shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MemberStatus {
+pub struct EndpointStatus {
     /// Which endpoint.
-    pub key: MemberKey,
+    pub key: EndpointKey,
     /// Up or down.
     pub health: Health,
     /// When it last flipped (or was first seen).
@@ -81,7 +81,7 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flip {
     /// Which endpoint.
-    pub key: MemberKey,
+    pub key: EndpointKey,
     /// The state before.
     pub from: Health,
     /// The state now.
@@ -94,7 +94,7 @@ pub struct Flip {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Changed {
     /// The endpoint's status after the change.
-    pub status: MemberStatus,
+    pub status: EndpointStatus,
     /// Why the change is not in the state file (it is applied and served, but a restart
     /// would lose it); None when saved, or when no state file is configured.
     pub not_saved: Option<String>,

@@ -47,12 +47,12 @@ pub struct StateFile {
     /// When it was written (seconds since the Unix epoch).
     pub written: u64,
     /// One record per endpoint.
-    pub members: Vec<MemberRecord>,
+    pub members: Vec<EndpointRecord>,
 }
 
 /// What is kept of one endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberRecord {
+pub struct EndpointRecord {
     /// Pool name.
     pub pool: String,
     /// Member name.
@@ -76,7 +76,7 @@ pub struct MemberRecord {
     pub load: Option<LoadRecord>,
 }
 
-impl MemberRecord {
+impl EndpointRecord {
     /// The drain this record still holds at `now`: None when not drained, or when its time
     /// ran out (while gto was stopped); else its end, if any.
     pub fn live_drain(&self, now: SystemTime) -> Option<Option<SystemTime>> {
@@ -306,7 +306,7 @@ mod tests {
         let file = StateFile {
             version: VERSION,
             written: 1,
-            members: vec![MemberRecord {
+            members: vec![EndpointRecord {
                 pool: "p".into(),
                 member: "m".into(),
                 health: Health::Down,

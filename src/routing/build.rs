@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 use super::handle::RoutingHandle;
 use super::rrl::RateLimiter;
 use super::table::{
-    Endpoint, EndpointInfo, GslbNode, MemberKey, Node, Selection, ServiceInfo, Snapshot, ZoneTable,
+    Endpoint, EndpointInfo, EndpointKey, GslbNode, Node, Selection, ServiceInfo, Snapshot,
+    ZoneTable,
 };
 use super::wire::FastIndex;
 use crate::config::{Location, Policy, Region, Service, WhenAllDown};
@@ -43,7 +44,7 @@ pub enum BuildEvent {
     /// An operator drained an endpoint (no new answers) or undrained it.
     SetDrained {
         /// Which endpoint.
-        key: MemberKey,
+        key: EndpointKey,
         /// Drained or not.
         drained: bool,
         /// Told the generation once the snapshot reflecting it is live.
@@ -52,7 +53,7 @@ pub enum BuildEvent {
     /// An endpoint's load, as ranking sees it, changed.
     SetLoad {
         /// Which endpoint.
-        key: MemberKey,
+        key: EndpointKey,
         /// The new view.
         view: LoadView,
         /// Told the generation once the snapshot reflecting it is live.
@@ -66,7 +67,7 @@ pub enum BuildEvent {
     /// Health checks took an endpoint up or down.
     SetMemberUp {
         /// Which endpoint.
-        key: MemberKey,
+        key: EndpointKey,
         /// Its new state.
         up: bool,
         /// Told the generation once the snapshot reflecting it is live.
@@ -76,22 +77,22 @@ pub enum BuildEvent {
 
 /// Per-endpoint state the snapshot is built from, besides the config.
 #[derive(Debug, Default, Clone)]
-pub struct MemberStates {
+pub struct EndpointStates {
     /// Endpoints known to be down. Absent means up: a brand-new endpoint is answered at once.
-    pub down: HashSet<MemberKey>,
+    pub down: HashSet<EndpointKey>,
     /// Endpoints an operator drained.
-    pub drained: HashSet<MemberKey>,
+    pub drained: HashSet<EndpointKey>,
     /// Answer counters, kept across rebuilds so status can show each endpoint's share.
     /// Keyed by GSLB name and endpoint: two names sharing a pool count apart.
-    pub answered: HashMap<(String, MemberKey), Arc<AtomicU64>>,
+    pub answered: HashMap<(String, EndpointKey), Arc<AtomicU64>>,
     /// Load as ranking sees it; absent means unknown.
-    pub load: HashMap<MemberKey, LoadView>,
+    pub load: HashMap<EndpointKey, LoadView>,
 }
 
-impl MemberStates {
+impl EndpointStates {
     /// Drops the state of endpoints `loaded` no longer has.
     fn retain_existing(&mut self, loaded: &Loaded) {
-        let exists = |key: &MemberKey| {
+        let exists = |key: &EndpointKey| {
             loaded
                 .config
                 .pools
@@ -122,7 +123,7 @@ impl MemberStates {
             for pool in pools.into_iter().filter_map(|i| config.pools.get(i)) {
                 for member in &pool.members {
                     self.answered
-                        .entry((service.name.to_string(), MemberKey::of(pool, member)))
+                        .entry((service.name.to_string(), EndpointKey::of(pool, member)))
                         .or_default();
                 }
             }
@@ -135,7 +136,7 @@ impl MemberStates {
 pub struct Builder {
     loaded: Arc<Loaded>,
     prepared: Prepared,
-    states: MemberStates,
+    states: EndpointStates,
     generation: u64,
     handle: RoutingHandle,
     /// How each GSLB name selected its endpoints in the last snapshot.
@@ -145,12 +146,12 @@ pub struct Builder {
 impl Builder {
     /// Builds and publishes the first snapshot (generation 1), every endpoint up.
     pub fn new(loaded: Loaded) -> Self {
-        Self::with_states(Arc::new(loaded), MemberStates::default())
+        Self::with_states(Arc::new(loaded), EndpointStates::default())
     }
 
     /// Like [`Builder::new`], with endpoints known to be down or drained (restored from the
     /// state file).
-    pub fn with_states(loaded: Arc<Loaded>, mut states: MemberStates) -> Self {
+    pub fn with_states(loaded: Arc<Loaded>, mut states: EndpointStates) -> Self {
         states.retain_existing(&loaded);
         states.add_counters(&loaded);
         let started = Instant::now();
@@ -358,7 +359,7 @@ struct PreparedZone {
 }
 
 /// Prepares the config-only part of snapshots.
-pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
+pub fn prepare(loaded: &Loaded, states: &EndpointStates) -> Prepared {
     let config = &loaded.config;
     let service_names: Vec<LowerName> = config
         .services
@@ -418,7 +419,7 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
                 .members
                 .iter()
                 .map(|member| {
-                    let key = MemberKey::of(pool, member);
+                    let key = EndpointKey::of(pool, member);
                     let record = |ip: &IpAddr| {
                         let data = match ip {
                             IpAddr::V4(v4) => RData::A(A(*v4)),
@@ -485,7 +486,7 @@ pub fn prepare(loaded: &Loaded, states: &MemberStates) -> Prepared {
 }
 
 /// Builds a snapshot from scratch. Pure: the same inputs give the same snapshot.
-pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapshot {
+pub fn build(loaded: &Loaded, states: &EndpointStates, generation: u64) -> Snapshot {
     build_prepared(&prepare(loaded, states), loaded, states, generation)
 }
 
@@ -494,7 +495,7 @@ pub fn build(loaded: &Loaded, states: &MemberStates, generation: u64) -> Snapsho
 pub fn build_prepared(
     prepared: &Prepared,
     loaded: &Loaded,
-    states: &MemberStates,
+    states: &EndpointStates,
     generation: u64,
 ) -> Snapshot {
     let config = &loaded.config;
@@ -584,12 +585,12 @@ fn chaos_records(identity: Option<&str>) -> Vec<Record> {
 fn gslb_node(
     index: usize,
     service: &Service,
-    states: &MemberStates,
+    states: &EndpointStates,
     prepared: &Prepared,
     regions: &[Region],
 ) -> GslbNode {
     let geo = &prepared.geo;
-    let load_of = |key: &MemberKey| states.load.get(key).copied().unwrap_or(LoadView::UNKNOWN);
+    let load_of = |key: &EndpointKey| states.load.get(key).copied().unwrap_or(LoadView::UNKNOWN);
     let infos_of = |pool: usize| {
         prepared
             .endpoints
@@ -709,7 +710,7 @@ mod tests {
         let before = addresses(&handle.load(), RecordType::A);
         assert_eq!(before.len(), 2);
 
-        let key = MemberKey {
+        let key = EndpointKey {
             pool,
             member: first,
         };
@@ -749,7 +750,7 @@ mod tests {
         let before = addresses(&builder.handle().load(), RecordType::A);
         for member in &pool.members {
             builder.apply(BuildEvent::SetMemberUp {
-                key: MemberKey {
+                key: EndpointKey {
                     pool: pool.name.clone(),
                     member: member.name.clone(),
                 },

@@ -19,9 +19,9 @@ pub mod rrl;
 mod table;
 pub mod wire;
 
-pub use build::{BuildEvent, Builder, MemberStates, Prepared, build, build_prepared, prepare};
+pub use build::{BuildEvent, Builder, EndpointStates, Prepared, build, build_prepared, prepare};
 pub use handle::RoutingHandle;
 pub use table::{
-    Choice, Chosen, Client, Endpoint, EndpointInfo, GslbNode, MemberKey, Node, Outcome, Resolution,
+    Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, Node, Outcome, Resolution,
     Scratch, Selection, ServiceInfo, Snapshot, ZoneTable, rcode_name,
 };

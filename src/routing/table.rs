@@ -21,14 +21,14 @@ const MAX_CNAME_CHAIN: usize = 8;
 
 /// The identity of an endpoint across reloads: its pool's name and its own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MemberKey {
+pub struct EndpointKey {
     /// Pool name.
     pub pool: String,
     /// Member name within the pool.
     pub member: String,
 }
 
-impl MemberKey {
+impl EndpointKey {
     /// The key of a configured endpoint.
     pub fn of(pool: &Pool, member: &Member) -> Self {
         Self {
@@ -172,7 +172,7 @@ impl Selection {
 #[derive(Debug)]
 pub struct EndpointInfo {
     /// Its identity.
-    pub key: MemberKey,
+    pub key: EndpointKey,
     /// Its addresses.
     pub addresses: Vec<IpAddr>,
     /// Pre-encoded A records, in address order.
@@ -256,29 +256,17 @@ pub struct Client {
     pub subnet: Option<IpAddr>,
 }
 
-/// Buffers reused across queries by [`GslbNode::choose_into`].
+/// Buffers reused across queries by [`GslbNode::choose_into`]: the last choice (its order
+/// buffer is reused) and the ranking's working space.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    /// The chosen order.
-    pub order: Vec<u16>,
+    /// The last choice made into this scratch.
+    pub choice: Choice,
     scored: Vec<(f64, u16)>,
 }
 
-/// What [`GslbNode::choose_into`] decided besides the order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Chosen {
-    /// How many at the front of the order may be answered.
-    pub available: usize,
-    /// How many at the front shared the client by affinity.
-    pub candidates: usize,
-    /// Where the client was placed (None when the ranking ignores location).
-    pub placement: Option<Placement>,
-    /// The ECS scope prefix the answer depends on.
-    pub scope: u8,
-}
-
-/// The order chosen for one client.
-#[derive(Debug, Clone, PartialEq)]
+/// The order chosen for one client, and what it depends on.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Choice {
     /// Endpoint indices, best first (unavailable ones last).
     pub order: Vec<u16>,
@@ -298,26 +286,20 @@ impl GslbNode {
     /// then (an answer chosen by the resolver's address is cached for all its clients).
     pub fn choose(&self, geo: &GeoTable, regions: &[Region], client: Option<Client>) -> Choice {
         let mut scratch = Scratch::default();
-        let chosen = self.choose_into(geo, regions, client, &mut scratch);
-        Choice {
-            order: scratch.order,
-            available: chosen.available,
-            candidates: chosen.candidates,
-            placement: chosen.placement,
-            scope: chosen.scope,
-        }
+        self.choose_into(geo, regions, client, &mut scratch);
+        scratch.choice
     }
 
-    /// [`GslbNode::choose`] into reused buffers: the order lands in `scratch.order`. Once
+    /// [`GslbNode::choose`] into reused buffers: the choice lands in `scratch.choice`. Once
     /// the buffers have grown this allocates nothing (except for clients placed by the
     /// MaxMind database, which are ranked per query).
-    pub fn choose_into(
+    pub fn choose_into<'c>(
         &self,
         geo: &GeoTable,
         regions: &[Region],
         client: Option<Client>,
-        scratch: &mut Scratch,
-    ) -> Chosen {
+        scratch: &'c mut Scratch,
+    ) -> &'c Choice {
         let (client, via_ecs) = match client {
             Some(Client {
                 subnet: Some(subnet),
@@ -360,7 +342,7 @@ impl GslbNode {
                     weight,
                     key,
                     &self.seeds,
-                    &mut scratch.order,
+                    &mut scratch.choice.order,
                     &mut scratch.scored,
                 );
                 if addr.is_ipv4() {
@@ -370,21 +352,21 @@ impl GslbNode {
                 }
             }
             _ => {
-                scratch.order.clear();
-                scratch.order.extend_from_slice(&ranking.order);
+                scratch.choice.order.clear();
+                scratch.choice.order.extend_from_slice(&ranking.order);
                 0
             }
         };
-        Chosen {
-            available: ranking.available,
-            candidates: ranking.candidates,
-            placement,
-            scope: if via_ecs {
-                location_scope.max(affinity_scope)
-            } else {
-                0
-            },
-        }
+        let choice = &mut scratch.choice;
+        choice.available = ranking.available;
+        choice.candidates = ranking.candidates;
+        choice.placement = placement;
+        choice.scope = if via_ecs {
+            location_scope.max(affinity_scope)
+        } else {
+            0
+        };
+        choice
     }
 
     /// The answer records of a family for a choice, and the endpoint of each.

@@ -394,7 +394,7 @@ async fn load_read_from_the_probe_body_takes_an_overloaded_endpoint_out() {
     let mut requests = all;
     // Wait for a probe of fra-1 to be served, then for status to show its load (bounded).
     requests[0].1.recv().await.unwrap();
-    let status_of = |status: Vec<gto::health::MemberStatus>| {
+    let status_of = |status: Vec<gto::health::EndpointStatus>| {
         status
             .into_iter()
             .find(|s| s.key.member == "fra-1")
