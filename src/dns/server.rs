@@ -1,5 +1,8 @@
-//! Listeners: each configured address is bound for UDP and TCP on the same port and
-//! served by a hickory-server [`Server`] running our [`Handler`].
+//! Listeners: each configured address is bound for UDP and TCP on the same port. UDP is
+//! served by the fast-path workers (`workers` > 0) or by one plain loop on the general
+//! path (`workers = 0`); TCP by our own listener. Every query the fast path does not take
+//! goes through the one general path, [`Handler`] (built on hickory-server's request
+//! types); hickory's `Server` loop is not used.
 //!
 //! Port 0 (used by tests) picks a free UDP port and binds TCP to the same one, retrying
 //! when the TCP port is taken, so a client can use one address for both transports.
@@ -7,7 +10,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::info;
 
@@ -44,9 +46,6 @@ pub enum DnsError {
 
 /// Running DNS listeners.
 pub struct DnsServer {
-    server: Server<Handler>,
-    /// Whether hickory-server's own UDP loop is in use (`workers = 0`).
-    hickory_udp: bool,
     local_addrs: Vec<SocketAddr>,
     workers: Vec<UdpWorkers>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -63,17 +62,15 @@ impl std::fmt::Debug for DnsServer {
 
 impl DnsServer {
     /// Binds every listener and starts serving from `routing`. With `workers` > 0, UDP is
-    /// served by that many fast-path workers per address (`SO_REUSEPORT`); with 0, by
-    /// hickory-server's own UDP loop. TCP is always hickory-server's.
+    /// served by that many fast-path workers per address (`SO_REUSEPORT`); with 0, by one
+    /// plain loop per address that answers everything on the general path.
     pub async fn start(
         settings: &ServerSettings,
         admin_connections: usize,
         routing: RoutingHandle,
     ) -> Result<Self, DnsError> {
-        let mut server = Server::new(Handler::new(routing.clone()));
         let mut local_addrs = Vec::new();
         let mut workers = Vec::new();
-        let mut hickory_udp = false;
         let handler = Arc::new(Handler::new(routing.clone()));
         let max_connections = settings.tcp_max_connections.unwrap_or_else(|| {
             crate::rlimit::nofile().map_or(crate::rlimit::MAX_DEFAULT_TCP_CONNECTIONS, |n| {
@@ -128,8 +125,11 @@ impl DnsServer {
                     transport: "udp",
                     source,
                 })?;
-                server.register_socket(udp);
-                hickory_udp = true;
+                tcp_tasks.push(tokio::spawn(super::udp::serve_general(
+                    udp,
+                    handler.clone(),
+                    tcp_token.clone(),
+                )));
                 tcp_tasks.push(tokio::spawn(tcp::serve(
                     tcp,
                     handler.clone(),
@@ -143,9 +143,7 @@ impl DnsServer {
             local_addrs.push(local);
         }
         Ok(Self {
-            server,
             local_addrs,
-            hickory_udp,
             workers,
             tcp_tasks,
             tcp_token,
@@ -167,15 +165,7 @@ impl DnsServer {
             // Connections finish their current query; a join error was a panic, logged.
             let _ = tokio::time::timeout(grace, task).await;
         }
-        if !self.hickory_udp {
-            return Ok(());
-        }
-        match tokio::time::timeout(grace, self.server.shutdown_gracefully()).await {
-            Ok(result) => result.map_err(|e| DnsError::Serve(e.to_string())),
-            Err(_) => Err(DnsError::Serve(format!(
-                "listeners did not stop within {grace:?}"
-            ))),
-        }
+        Ok(())
     }
 }
 

@@ -529,3 +529,46 @@ fn socket_addr(address: SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
         .filter(|_| address.family().is_some())
 }
+
+/// Answers in flight at most on a plain UDP loop; more are dropped and counted.
+const GENERAL_IN_FLIGHT: usize = 4096;
+
+/// `workers = 0`: one plain loop on `socket` that answers every query on the general path
+/// (each on its own task, at most 4,096 at once), until `token` is
+/// cancelled.
+pub async fn serve_general(
+    socket: tokio::net::UdpSocket,
+    handler: Arc<Handler>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let socket = Arc::new(socket);
+    let slots = Arc::new(tokio::sync::Semaphore::new(GENERAL_IN_FLIGHT));
+    let overload = metrics::counter!(DNS_BAD_QUERIES_TOTAL, "reason" => "overload");
+    let mut buffer = vec![0u8; MAX_QUERY];
+    loop {
+        let (len, source) = tokio::select! {
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                Err(error) => {
+                    debug!(%error, "UDP receive failed");
+                    continue;
+                }
+            },
+            () = token.cancelled() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            overload.increment(1);
+            continue;
+        };
+        let query = buffer[..len].to_vec();
+        let (handler, socket) = (handler.clone(), socket.clone());
+        tokio::spawn(async move {
+            if let Some(answer) = answer_bytes(&handler, &query, source, Protocol::Udp).await
+                && let Err(error) = socket.send_to(&answer, source).await
+            {
+                debug!(%error, %source, "could not send an answer");
+            }
+            drop(slot);
+        });
+    }
+}

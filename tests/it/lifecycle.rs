@@ -175,3 +175,26 @@ async fn issue_18_22_settings_a_reload_cannot_apply_are_named() {
         ]
     );
 }
+
+#[tokio::test]
+async fn workers_0_answers_udp_on_the_general_path_and_stops() {
+    let text = config("").replace(
+        "[server]\nlisten = [\"127.0.0.1:0\"]",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 0",
+    );
+    let server = TestServer::start(&text, ZONE).await;
+    let addr = server.addr;
+    let (reply, _) = udp(addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    assert!(reply.metadata.authoritative);
+    assert_eq!(answers(&reply), vec!["198.51.100.10", "198.51.100.20"]);
+    let (reply, _) = udp(addr, &query("nope.gto.example.com.", RecordType::A, None)).await;
+    assert_eq!(
+        reply.metadata.response_code,
+        hickory_proto::op::ResponseCode::NXDomain
+    );
+    tokio::time::timeout(Duration::from_secs(10), server.app.shutdown())
+        .await
+        .expect("shutdown overran")
+        .unwrap();
+    std::net::UdpSocket::bind(addr).expect("UDP port free again");
+}
