@@ -203,7 +203,7 @@ pub struct ServerSettings {
     /// None: nothing is kept across restarts.
     pub state_file: Option<PathBuf>,
     /// UDP fast-path worker threads per listen address (default: one per CPU); 0 serves
-    /// UDP with hickory-server's loop instead.
+    /// UDP with one plain loop on the general path instead.
     pub workers: usize,
     /// Open TCP connections at most; more are closed at once. Unset: sized at start from
     /// the open-file limit, after room for probes, the admin API and files (at most

@@ -36,7 +36,7 @@ pub(crate) struct RawServer {
     pub(crate) tcp_idle_timeout: Option<Spanned<String>>,
     /// Where health and drains are kept across restarts.
     pub(crate) state_file: Option<Spanned<String>>,
-    /// UDP fast-path workers per address (0: hickory-server's UDP loop).
+    /// UDP fast-path workers per address (0: one plain loop on the general path).
     pub(crate) workers: Option<Spanned<i64>>,
     /// Open TCP connections at most.
     pub(crate) tcp_max_connections: Option<Spanned<i64>>,
