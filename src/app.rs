@@ -94,8 +94,17 @@ impl App {
         let routing = builder.handle();
         // The first snapshot is published: ready as soon as the listeners are.
         let ready = Arc::new(AtomicBool::new(false));
-        let dns =
-            DnsServer::start(&settings, admin_settings.max_connections, routing.clone()).await?;
+        // Unless configured, TCP clients get what the open-file limit leaves after the
+        // probes, the admin API and a reserve.
+        let default_tcp =
+            crate::rlimit::nofile().map_or(crate::rlimit::MAX_DEFAULT_TCP_CONNECTIONS, |nofile| {
+                crate::rlimit::default_tcp_connections(
+                    nofile,
+                    health::MAX_CONCURRENT_PROBES,
+                    admin_settings.max_connections,
+                )
+            });
+        let dns = DnsServer::start(&settings, default_tcp, routing.clone()).await?;
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
         let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));

@@ -22,6 +22,15 @@ pub fn raise_nofile() -> Option<u64> {
     Some(soft)
 }
 
+/// Out of descriptors, buffers or memory here: a failure of this process's resources, not
+/// of the peer (a probe's endpoint, a TCP client).
+pub fn is_exhausted(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// The soft open-file limit in force.
 pub fn nofile() -> Option<u64> {
     getrlimit(Resource::RLIMIT_NOFILE)

@@ -1,5 +1,5 @@
 //! Configuration: a TOML file (listeners, zones, GSLB names, pools of endpoints) plus the
-//! zone files it names, loaded by `crate::loaded` into one validated `Loaded` value.
+//! zone files it names (the `loaded` module reads them into one validated `Loaded`).
 //!
 //! Parsing runs in two stages (`raw`, then `compile`) and reports *every* problem with
 //! its file, line and path ([`ConfigErrors`]). The embedded default ([`EMBEDDED_CONFIG`]) is the

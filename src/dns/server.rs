@@ -63,24 +63,20 @@ impl std::fmt::Debug for DnsServer {
 impl DnsServer {
     /// Binds every listener and starts serving from `routing`. With `workers` > 0, UDP is
     /// served by that many fast-path workers per address (`SO_REUSEPORT`); with 0, by one
-    /// plain loop per address that answers everything on the general path.
+    /// plain loop per address that answers everything on the general path. TCP clients are
+    /// capped at `tcp_max_connections`, or at `default_tcp_connections` when it is unset
+    /// (sized by the caller from the open-file limit).
     pub async fn start(
         settings: &ServerSettings,
-        admin_connections: usize,
+        default_tcp_connections: usize,
         routing: RoutingHandle,
     ) -> Result<Self, DnsError> {
         let mut local_addrs = Vec::new();
         let mut workers = Vec::new();
         let handler = Arc::new(Handler::new(routing.clone()));
-        let max_connections = settings.tcp_max_connections.unwrap_or_else(|| {
-            crate::rlimit::nofile().map_or(crate::rlimit::MAX_DEFAULT_TCP_CONNECTIONS, |n| {
-                crate::rlimit::default_tcp_connections(
-                    n,
-                    crate::health::MAX_CONCURRENT_PROBES,
-                    admin_connections,
-                )
-            })
-        });
+        let max_connections = settings
+            .tcp_max_connections
+            .unwrap_or(default_tcp_connections);
         info!(max_connections, "TCP connection cap");
         let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
         let limits = TcpLimits {

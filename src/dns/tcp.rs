@@ -49,7 +49,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    if crate::health::probe::is_local_failure(&error) {
+                    if crate::rlimit::is_exhausted(&error) {
                         metrics::counter!(DNS_TCP_CLOSED_TOTAL, "reason" => "accept_no_resources").increment(1);
                         warn!(%error, "TCP accept failed: out of descriptors or memory; pausing accepts");
                         tokio::select! {

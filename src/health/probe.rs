@@ -153,7 +153,7 @@ impl Prober {
 
 async fn connect(target: std::net::SocketAddr) -> Result<TcpStream, ProbeError> {
     TcpStream::connect(target).await.map_err(|e| {
-        if is_local_failure(&e) {
+        if crate::rlimit::is_exhausted(&e) {
             return ProbeError::Local(e.to_string());
         }
         match e.kind() {
@@ -161,14 +161,6 @@ async fn connect(target: std::net::SocketAddr) -> Result<TcpStream, ProbeError> 
             _ => ProbeError::Connect(e.to_string()),
         }
     })
-}
-
-/// Out of descriptors or buffers here: the endpoint was never asked.
-pub fn is_local_failure(error: &std::io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 /// Load read from a probe's JSON body.
