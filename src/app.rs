@@ -213,10 +213,12 @@ impl App {
             return false;
         };
         let snapshot = self.routing.load_full();
-        let Some(service) = snapshot
-            .services
+        // The first zone's SOA: answered by the same listener and path as every query, and
+        // counted under no endpoint (a GSLB name would skew the answer shares).
+        let Some(apex) = snapshot
+            .zones
             .first()
-            .map(|s| hickory_proto::rr::Name::from(&s.name))
+            .map(|z| hickory_proto::rr::Name::from(&z.origin))
         else {
             return tokio::time::timeout(Duration::from_secs(1), builder)
                 .await
@@ -229,8 +231,8 @@ impl App {
                 hickory_proto::op::OpCode::Query,
             );
             message.add_query(hickory_proto::op::Query::query(
-                service,
-                hickory_proto::rr::RecordType::A,
+                apex,
+                hickory_proto::rr::RecordType::SOA,
             ));
             let Ok(bytes) = message.to_vec() else {
                 return false;
