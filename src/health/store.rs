@@ -125,13 +125,8 @@ pub fn unix(time: SystemTime) -> u64 {
 /// has four-digit years).
 pub const MAX_UNIX: u64 = 253_402_300_799;
 
-/// The time a Unix timestamp stands for; None past [`MAX_UNIX`].
-pub fn from_unix(seconds: u64) -> Option<SystemTime> {
-    (seconds <= MAX_UNIX).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
-}
-
-/// Like [`from_unix`], with times past [`MAX_UNIX`] taken as [`MAX_UNIX`] (records are
-/// validated on load, so this only guards).
+/// The time a Unix timestamp stands for, with times past [`MAX_UNIX`] taken as
+/// [`MAX_UNIX`] (records are validated on load, so this only guards).
 pub fn from_unix_clamped(seconds: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.min(MAX_UNIX))
 }
