@@ -179,6 +179,18 @@ struct Question<'q> {
 }
 
 impl Question<'_> {
+    /// Starts the response in `out`: the query's ID, QR and AA, RD and CD copied, `rcode`,
+    /// one question (copied, so the client's letter case stays). `finish` sets the counts.
+    fn write_header(&self, out: &mut Vec<u8>, rcode: u8) {
+        let query = self.query;
+        out.clear();
+        out.extend_from_slice(&query[..2]);
+        out.push(0x84 | (query[2] & 0x01)); // QR, opcode 0, AA, RD copied
+        out.push((query[3] & 0x10) | rcode); // CD copied; RA, AD clear
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&query[12..self.end]);
+    }
+
     /// The client's limit: 512 without EDNS, else its size (at least 512) capped by ours.
     fn limit(&self, ours: u16) -> usize {
         self.opt
@@ -214,8 +226,15 @@ pub fn respond(
     };
     let written = match index.names.get(scratch.key.as_slice()) {
         Some(entry) => write_answer(snapshot, entry, &question, scratch, out),
-        None => write_nxdomain(snapshot, index, &question, scratch, out),
+        None => write_nxdomain(index, &question, scratch, out),
     };
+    let written = written.map(|mut written| {
+        if let Some(opt) = &question.opt {
+            written.additionals += 1;
+            write_opt(out, snapshot.udp_payload, opt, written.scope);
+        }
+        written
+    });
     match written {
         Some(written) if out.len() <= question.limit(snapshot.udp_payload) => {
             finish(snapshot, &question, &written, scratch, out)
@@ -296,13 +315,7 @@ fn write_answer<'s>(
     scratch: &mut FastScratch,
     out: &mut Vec<u8>,
 ) -> Option<Written<'s>> {
-    let query = question.query;
-    out.clear();
-    out.extend_from_slice(&query[..2]);
-    out.push(0x84 | (query[2] & 0x01)); // QR, opcode 0, AA, RD copied
-    out.push(query[3] & 0x10); // CD copied; RA, AD clear; NOERROR
-    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(&query[12..question.end]);
+    question.write_header(out, 0);
     let mut scope = 0u8;
     let mut node_answered = None;
     let (answers, authorities, additionals) = match entry {
@@ -360,7 +373,7 @@ fn write_answer<'s>(
             }
         }
     };
-    let mut written = Written {
+    Some(Written {
         answers,
         authorities,
         additionals,
@@ -371,18 +384,12 @@ fn write_answer<'s>(
         },
         scope,
         node: node_answered,
-    };
-    if let Some(opt) = &question.opt {
-        written.additionals += 1;
-        write_opt(out, snapshot.udp_payload, opt, scope);
-    }
-    Some(written)
+    })
 }
 
 /// NXDOMAIN for a name under one of our zones that the index does not know; None for a
 /// name outside them (REFUSED comes from the general path).
 fn write_nxdomain<'s>(
-    snapshot: &'s Snapshot,
     index: &FastIndex,
     question: &Question<'_>,
     scratch: &mut FastScratch,
@@ -420,26 +427,16 @@ fn write_nxdomain<'s>(
                 .or_insert(tail)
         }
     };
-    out.clear();
-    out.extend_from_slice(&query[..2]);
-    out.push(0x84 | (query[2] & 0x01)); // QR, opcode 0, AA, RD copied
-    out.push((query[3] & 0x10) | 3); // CD copied; NXDOMAIN
-    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(question_bytes);
+    question.write_header(out, 3);
     out.extend_from_slice(&tail.bytes);
-    let mut written = Written {
+    Some(Written {
         answers: tail.answers,
         authorities: tail.authorities,
         additionals: tail.additionals,
         class: ResponseClass::NxDomain,
         scope: 0,
         node: None,
-    };
-    if let Some(opt) = &question.opt {
-        written.additionals += 1;
-        write_opt(out, snapshot.udp_payload, opt, 0);
-    }
-    Some(written)
+    })
 }
 
 /// Sets the header counts, counts the answer, applies response rate limiting (a slip

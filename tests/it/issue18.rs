@@ -106,11 +106,7 @@ async fn issue_18_2_out_of_range_state_file_entries_are_dropped_not_panicked_on(
     );
 
     // `gto run` starts and answers; the bad entries were dropped and logged.
-    let mut gto = RealGto::spawn(&[
-        OsStr::new("run"),
-        OsStr::new("--config"),
-        config.as_os_str(),
-    ]);
+    let mut gto = RealGto::run(&config);
     gto.wait_for_log("out of range").await;
     let reply = wait_answering(addr, "vpn.gto.example.com.").await;
     let answers = crate::support::answers(&reply);
@@ -178,11 +174,7 @@ async fn issue_18_4_sighup_and_sigterm_during_startup_do_not_kill_gto() {
         let addr = real_config(dir.path(), "");
         std::fs::write(dir.path().join("gto.example.com.zone"), &zone).unwrap();
         let config = dir.path().join("gto.toml");
-        let mut gto = RealGto::spawn(&[
-            OsStr::new("run"),
-            OsStr::new("--config"),
-            config.as_os_str(),
-        ]);
+        let mut gto = RealGto::run(&config);
         gto.wait_for_log("loading the config").await;
         gto.signal(signal);
         if signal == "HUP" {
@@ -203,11 +195,7 @@ async fn issue_18_7_a_fifo_config_path_neither_hangs_check_nor_reload_and_sigter
     let dir = tempfile::tempdir().unwrap();
     let addr = real_config(dir.path(), "");
     let config = dir.path().join("gto.toml");
-    let mut gto = RealGto::spawn(&[
-        OsStr::new("run"),
-        OsStr::new("--config"),
-        config.as_os_str(),
-    ]);
+    let mut gto = RealGto::run(&config);
     wait_answering(addr, "vpn.gto.example.com.").await;
     // The zone file becomes a FIFO nobody writes to.
     let zone = dir.path().join("gto.example.com.zone");
@@ -938,11 +926,7 @@ async fn issue_18_23_logs_have_no_debug_formatting_or_colour_and_say_what_starte
     let dir = tempfile::tempdir().unwrap();
     let addr = real_config(dir.path(), "");
     let config = dir.path().join("gto.toml");
-    let mut gto = RealGto::spawn(&[
-        OsStr::new("run"),
-        OsStr::new("--config"),
-        config.as_os_str(),
-    ]);
+    let mut gto = RealGto::run(&config);
     let line = gto.wait_for_log("gto starting").await;
     assert!(
         line.contains("version=") && line.contains("gto.toml"),

@@ -271,6 +271,15 @@ impl RealGto {
         Self::spawn_with(env!("CARGO_BIN_EXE_gto"), args)
     }
 
+    /// `gto run --config CONFIG`.
+    pub fn run(config: &Path) -> Self {
+        Self::spawn(&[
+            std::ffi::OsStr::new("run"),
+            std::ffi::OsStr::new("--config"),
+            config.as_os_str(),
+        ])
+    }
+
     /// Like [`RealGto::spawn`], with more environment variables for gto.
     pub fn spawn_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         Self::start(env!("CARGO_BIN_EXE_gto"), args, env)
