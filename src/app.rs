@@ -68,6 +68,9 @@ impl App {
                 "zone loaded"
             );
         }
+        for warning in &loaded.warnings {
+            warn!(%warning, "config warning");
+        }
         let settings = loaded.config.server.clone();
         let admin_settings = loaded.config.admin.clone();
         let restored =

@@ -107,6 +107,9 @@ pub struct Loaded {
     /// SHA-256 (first 8 bytes, hex) of the config text and every zone file: instances that
     /// serve the same files show the same digest.
     pub digest: String,
+    /// Problems that leave the config servable (occluded zone data), located: `gto check`
+    /// prints them and `gto run` logs them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Parses config text, loads every zone and checks the names across both. Problems from
@@ -174,11 +177,16 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
                 .map(|b| format!("{b:02x}"))
                 .collect()
         };
+        let warnings = zones
+            .iter()
+            .flat_map(|zone| zone.warnings().iter().cloned().map(located))
+            .collect();
         Ok(Loaded {
             config,
             zones,
             geo_db,
             digest,
+            warnings,
         })
     } else {
         // The config file first, in line order, then each zone file in line order.
@@ -192,7 +200,8 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
     }
 }
 
-/// Every GSLB name must sit inside a configured zone and must not also be a static name.
+/// Every GSLB name must sit inside a configured zone, below its apex and above its
+/// delegations, and must not also be a static name or a wildcard.
 fn check_names(
     text: &str,
     file: &Path,
@@ -234,6 +243,19 @@ fn check_names(
                 "GSLB name {} must be below the apex of zone {}",
                 service.name,
                 zone.origin()
+            ))),
+            Some(zone) if zone.cut_of(&name).is_some() => errors.push(located(format!(
+                "GSLB name {} is at or below the delegation {} in zone file {}: that part of \
+                 the name space is answered by the child zone's servers",
+                service.name,
+                zone.cut_of(&name)
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                zone.file().display()
+            ))),
+            Some(_) if name.is_wildcard() => errors.push(located(format!(
+                "GSLB name {} cannot be a wildcard",
+                service.name
             ))),
             Some(_) => {}
         }

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
 fn check(source: ConfigSource) -> ExitCode {
     match source.load_within(LOAD_TIMEOUT) {
         Ok(loaded) => {
+            for warning in &loaded.warnings {
+                let _ = writeln!(std::io::stderr(), "warning: {warning}");
+            }
             let config = &loaded.config;
             let endpoints: usize = config.pools.iter().map(|p| p.members.len()).sum();
             let _ = writeln!(

@@ -146,6 +146,9 @@ impl Reloader {
                 return Err(errors);
             }
         };
+        for warning in &loaded.warnings {
+            warn!(%warning, "config warning");
+        }
         let needs_restart = needs_restart(&running.config, &loaded.config);
         for setting in &needs_restart {
             warn!(setting = %setting, "changed, but only takes effect at a restart");

@@ -27,7 +27,7 @@ use hickory_proto::rr::RecordType;
 
 use super::{QTYPE_LABELS, qtype_index};
 use crate::routing::rrl::{ResponseClass, Verdict};
-use crate::routing::wire::{Entry, FastIndex, Tail, encode_tail};
+use crate::routing::wire::{Entry, FastIndex, FastZone, Tail, encode_tail};
 use crate::routing::{Client, GslbNode, Scratch, Snapshot};
 
 /// Per-worker buffers and counters, reused across queries.
@@ -388,7 +388,8 @@ fn write_answer<'s>(
 }
 
 /// NXDOMAIN for a name under one of our zones that the index does not know; None for a
-/// name outside them (REFUSED comes from the general path).
+/// name outside them (REFUSED comes from the general path) and for a zone with wildcards
+/// or delegations (the general path synthesizes or refers).
 fn write_nxdomain<'s>(
     index: &FastIndex,
     question: &Question<'_>,
@@ -396,7 +397,7 @@ fn write_nxdomain<'s>(
     out: &mut Vec<u8>,
 ) -> Option<Written<'s>> {
     let key = scratch.key.as_slice();
-    let zone = index.zones.iter().position(|(origin, _)| {
+    let zone = index.zones.iter().position(|FastZone { origin, .. }| {
         // The origin must end the name at a label boundary.
         let mut pos = 0;
         loop {
@@ -409,6 +410,10 @@ fn write_nxdomain<'s>(
             }
         }
     })?;
+    if !index.zones.get(zone)?.plain {
+        // A wildcard may synthesize the name, or a delegation refer it.
+        return None;
+    }
     let identity = std::ptr::from_ref(index) as usize;
     if scratch.nxdomain_for != identity {
         scratch.nxdomain.clear();
@@ -419,7 +424,7 @@ fn write_nxdomain<'s>(
     let tail = match scratch.nxdomain.get(&(zone, question_bytes.len())) {
         Some(tail) => tail,
         None => {
-            let soa = &index.zones.get(zone)?.1;
+            let soa = &index.zones.get(zone)?.soa;
             let tail = encode_tail(question_bytes, &[], &[soa], &[])?;
             scratch
                 .nxdomain

@@ -17,6 +17,7 @@
 //!
 //! [`Snapshot::resolve`]: crate::routing::Snapshot::resolve
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -69,13 +70,26 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response: R,
+        response: R,
     ) -> ResponseInfo {
         // Owned, because the answer is sent across an `.await` (STYLE rule 4).
+        self.respond(request, None, response).await
+    }
+}
+
+impl Handler {
+    /// Answers `request`; `raw_ecs` is its ECS option's data as sent, when known, so that
+    /// the option is checked and echoed exactly as the client wrote it.
+    async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        raw_ecs: Option<&[u8]>,
+        mut response: R,
+    ) -> ResponseInfo {
         let started = Instant::now();
         let snapshot: Arc<Snapshot> = self.routing.load_full();
         let protocol = request.protocol();
-        let mut reply = answer(&snapshot, request);
+        let mut reply = answer(&snapshot, request, raw_ecs);
 
         let qtype = request.queries.queries().first().map(|q| q.query_type());
         metrics::counter!(
@@ -96,7 +110,16 @@ impl RequestHandler for Handler {
         if protocol == Protocol::Udp {
             match rate_limit(&snapshot, request, &reply) {
                 Verdict::Send => {
-                    if !fits(&reply, request, usize::from(limit)) {
+                    // Addresses the answer can go without are left out first (RFC 2181
+                    // section 9); TC only when what it needs does not fit (RFC 9471).
+                    let limit = usize::from(limit);
+                    while !fits(&reply, request, limit)
+                        && reply.resolution.additionals.len()
+                            > reply.resolution.required_additionals
+                    {
+                        reply.resolution.additionals.pop();
+                    }
+                    if !fits(&reply, request, limit) {
                         metrics::counter!(DNS_TRUNCATED_TOTAL).increment(1);
                         truncate = true;
                     }
@@ -144,7 +167,7 @@ impl RequestHandler for Handler {
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         let message = builder.build(
             metadata,
-            resolution.answers,
+            resolution.answers.iter().map(AsRef::as_ref),
             resolution.authorities,
             std::iter::empty(),
             resolution.additionals,
@@ -168,7 +191,7 @@ impl RequestHandler for Handler {
 }
 
 /// Decides the answer to one request. Pure apart from counters.
-fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
+fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>) -> Reply<'s> {
     let mut metadata = Metadata::response_from_request(&request.metadata);
     let client_edns = request.edns.as_ref();
     let mut edns = client_edns.map(|theirs| {
@@ -207,10 +230,17 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
         bad("question_count");
         return reply(ResponseCode::FormErr, metadata, edns);
     };
-    let subnet: Option<ClientSubnet> = match ecs::client_subnet(client_edns) {
+    let subnet = raw_ecs
+        .map_or(Ok(()), ecs::check_raw)
+        .and_then(|()| ecs::client_subnet(client_edns));
+    let subnet: Option<ClientSubnet> = match subnet {
         Ok(subnet) => subnet,
         Err(error) => {
+            // RFC 7871 section 6: FORMERR, with the option echoed as it came.
             bad(error.as_str());
+            if let (Some(raw), Some(edns)) = (raw_ecs, edns.as_mut()) {
+                edns.options_mut().insert(ecs::echo_raw(raw));
+            }
             return reply(ResponseCode::FormErr, metadata, edns);
         }
     };
@@ -231,7 +261,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
             metadata.authoritative = true;
             let mut answered = reply(ResponseCode::NoError, metadata, edns);
             if matches!(query.query_type(), RecordType::TXT | RecordType::ANY) {
-                answered.resolution.answers = found;
+                answered.resolution.answers = found.into_iter().map(Cow::Borrowed).collect();
             }
             return answered;
         }
@@ -258,7 +288,15 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
             .filter(|s| s.source_prefix() > 0)
             .map(|s| s.addr()),
     };
-    let resolution = snapshot.resolve(query.name(), qtype, Some(client));
+    let mut resolution = snapshot.resolve(query.name(), qtype, Some(client));
+    // Wildcard answers are owned by the question's name as the client wrote it.
+    for answer in &mut resolution.answers {
+        if let Cow::Owned(record) = answer
+            && LowerName::from(&record.name) == *query.name()
+        {
+            record.name = query.original().name().clone();
+        }
+    }
     if let (Some(subnet), Some(edns)) = (&subnet, edns.as_mut())
         && resolution.scope > 0
         && subnet.source_prefix() > 0
@@ -268,7 +306,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request) -> Reply<'s> {
             .insert(ecs::echo(subnet, resolution.scope));
     }
     metadata.response_code = resolution.outcome.rcode();
-    metadata.authoritative = resolution.outcome != Outcome::NotOurs;
+    metadata.authoritative = resolution.authoritative();
     Reply {
         metadata,
         resolution,
@@ -289,6 +327,13 @@ fn rate_limit(snapshot: &Snapshot, request: &Request, reply: &Reply<'_>) -> Verd
         _ => ResponseClass::Error,
     };
     let name = match (class, query) {
+        // A referral is keyed by its delegation, so random names below it share a bucket.
+        (ResponseClass::NoData, _) if reply.resolution.outcome == Outcome::Referral => reply
+            .resolution
+            .authorities
+            .first()
+            .map(|ns| name_key(&LowerName::from(&ns.name)))
+            .unwrap_or_default(),
         (ResponseClass::Answer | ResponseClass::NoData, Some(query)) => name_key(query.name()),
         _ => Vec::new(),
     };
@@ -314,8 +359,9 @@ fn fits(reply: &Reply<'_>, request: &Request, limit: usize) -> bool {
             .resolution
             .answers
             .iter()
-            .chain(&reply.resolution.authorities)
-            .chain(&reply.resolution.additionals)
+            .map(AsRef::as_ref)
+            .chain(reply.resolution.authorities.iter().copied())
+            .chain(reply.resolution.additionals.iter().copied())
     };
     let opt = reply.edns.as_ref().map_or(0, |e| {
         OPT_LEN
@@ -326,7 +372,7 @@ fn fits(reply: &Reply<'_>, request: &Request, limit: usize) -> bool {
                 .sum::<usize>()
     });
     let fixed = HEADER_LEN + request.queries.as_bytes().len() + opt;
-    let bound: usize = records().map(|r| upper_len(r)).sum();
+    let bound: usize = records().map(upper_len).sum();
     if fixed + bound <= limit {
         return true;
     }
@@ -443,12 +489,8 @@ pub async fn answer_bytes(
             if request.metadata.message_type == hickory_proto::op::MessageType::Response {
                 return None;
             }
-            handler
-                .handle_request::<_, hickory_server::net::runtime::TokioTime>(
-                    &request,
-                    collect.clone(),
-                )
-                .await;
+            let raw_ecs = super::ecs::raw_option(bytes);
+            handler.respond(&request, raw_ecs, collect.clone()).await;
         }
         Err(_) => {
             bad("malformed");

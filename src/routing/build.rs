@@ -356,6 +356,8 @@ struct PreparedZone {
     origin: LowerName,
     negative_soa: Record,
     nodes: Arc<HashMap<LowerName, Node>>,
+    cuts: Arc<HashSet<LowerName>>,
+    has_wildcards: bool,
 }
 
 /// Prepares the config-only part of snapshots.
@@ -398,6 +400,8 @@ pub fn prepare(loaded: &Loaded, states: &EndpointStates) -> Prepared {
                 origin,
                 negative_soa,
                 nodes: Arc::new(nodes),
+                cuts: Arc::new(zone.cuts().iter().cloned().collect()),
+                has_wildcards: zone.has_wildcards(),
             }
         })
         .collect();
@@ -507,6 +511,8 @@ pub fn build_prepared(
             negative_soa: zone.negative_soa.clone(),
             nodes: zone.nodes.clone(),
             gslb: HashMap::new(),
+            cuts: zone.cuts.clone(),
+            has_wildcards: zone.has_wildcards,
         })
         .collect();
     let mut services = Vec::with_capacity(config.services.len());

@@ -1,13 +1,14 @@
 //! [`Snapshot`]: the immutable routing table, and the pure name lookup the query path runs
 //! against it ([`Snapshot::resolve`]).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{LowerName, RData, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use super::rrl::RateLimiter;
 use super::wire::{FastIndex, WireRecord};
@@ -97,6 +98,47 @@ pub struct ZoneTable {
     pub nodes: Arc<HashMap<LowerName, Node>>,
     /// The GSLB names of the zone, rebuilt with every snapshot.
     pub gslb: HashMap<LowerName, Arc<GslbNode>>,
+    /// Delegations below the apex (names with NS records): at and below them the zone
+    /// answers with referrals.
+    pub cuts: Arc<HashSet<LowerName>>,
+    /// Some name in the zone is a wildcard: names that do not exist may be synthesized.
+    pub has_wildcards: bool,
+}
+
+impl ZoneTable {
+    /// The highest delegation at or above `name` (None in a zone without delegations).
+    pub fn cut_of(&self, name: &LowerName) -> Option<LowerName> {
+        if self.cuts.is_empty() {
+            return None;
+        }
+        let mut found = None;
+        let mut current = name.clone();
+        while current.num_labels() > self.origin.num_labels() {
+            if self.cuts.contains(&current) {
+                found = Some(current.clone());
+            }
+            current = current.base_name();
+        }
+        found
+    }
+
+    /// The wildcard node that synthesizes `name`, a name with no node of its own (RFC 4592
+    /// section 3.3.1): `*` below the closest encloser, when it exists.
+    pub fn wildcard_for(&self, name: &LowerName) -> Option<(&Node, LowerName)> {
+        if !self.has_wildcards {
+            return None;
+        }
+        let mut encloser = name.base_name();
+        while !self.nodes.contains_key(&encloser) {
+            if encloser.num_labels() <= self.origin.num_labels() {
+                return None;
+            }
+            encloser = encloser.base_name();
+        }
+        let source = LowerName::from(Name::from(&encloser).prepend_label("*").ok()?);
+        let node = self.nodes.get(&source)?;
+        Some((node, source))
+    }
 }
 
 /// What a name in a zone is.
@@ -416,12 +458,18 @@ impl GslbNode {
 pub struct Resolution<'s> {
     /// What the lookup concluded.
     pub outcome: Outcome,
-    /// Answer section (a CNAME chain first, when one was followed).
-    pub answers: Vec<&'s Record>,
-    /// Authority section (the SOA of negative answers).
+    /// Answer section (a CNAME chain first, when one was followed). Records synthesized
+    /// from a wildcard are owned, with the name they answer for as their owner.
+    pub answers: Vec<Cow<'s, Record>>,
+    /// Authority section (the SOA of negative answers, the NS set of a referral).
     pub authorities: Vec<&'s Record>,
-    /// Additional section (glue for NS answers).
+    /// Additional section: addresses of the names NS, MX and SRV records point to, and
+    /// glue of referrals.
     pub additionals: Vec<&'s Record>,
+    /// How many of `additionals`, from the front, the answer cannot go without: the
+    /// in-domain glue of a referral (RFC 9471). The rest may be left out when the answer
+    /// does not fit (RFC 2181 section 9).
+    pub required_additionals: usize,
     /// The GSLB name answered, if any (index into [`Snapshot::services`]).
     pub service: Option<usize>,
     /// The GSLB node answered from, its choice for this client, and the endpoint index of
@@ -441,13 +489,16 @@ pub enum Outcome {
     NoSuchName,
     /// The name is outside every zone we serve: REFUSED.
     NotOurs,
+    /// The name is at or below a delegation: a referral to the child zone's servers
+    /// (NOERROR, not authoritative unless a CNAME of ours led there).
+    Referral,
 }
 
 impl Outcome {
     /// The response code this outcome gets.
     pub fn rcode(self) -> ResponseCode {
         match self {
-            Outcome::Found => ResponseCode::NoError,
+            Outcome::Found | Outcome::Referral => ResponseCode::NoError,
             Outcome::NoSuchName => ResponseCode::NXDomain,
             Outcome::NotOurs => ResponseCode::Refused,
         }
@@ -468,7 +519,31 @@ pub fn rcode_name(code: ResponseCode) -> &'static str {
     }
 }
 
+impl Resolution<'_> {
+    /// Whether the answer gets the AA bit: every answer from our zones except a referral
+    /// with no answer of ours before it.
+    pub fn authoritative(&self) -> bool {
+        match self.outcome {
+            Outcome::NotOurs => false,
+            Outcome::Referral => !self.answers.is_empty(),
+            Outcome::Found | Outcome::NoSuchName => true,
+        }
+    }
+}
+
 impl Snapshot {
+    /// The zone that answers `qtype` at `name`: the most specific one, except that DS at
+    /// the apex of a zone is answered by its parent zone when we serve that too (RFC 4035
+    /// section 3.1.4.1).
+    fn zone_for(&self, name: &LowerName, qtype: RecordType) -> Option<&ZoneTable> {
+        let mut zones = self.zones.iter().filter(|z| z.origin.zone_of(name));
+        let first = zones.next()?;
+        if qtype == RecordType::DS && first.origin == *name {
+            return zones.next().or(Some(first));
+        }
+        Some(first)
+    }
+
     /// The most specific zone containing `name`.
     pub fn zone_of(&self, name: &LowerName) -> Option<&ZoneTable> {
         self.zones.iter().find(|z| z.origin.zone_of(name))
@@ -486,23 +561,47 @@ impl Snapshot {
 
     /// Resolves one question for `client` (None: the answer may not depend on the client).
     /// Pure: no I/O, no clock.
-    pub fn resolve(
-        &self,
+    pub fn resolve<'s>(
+        &'s self,
         name: &LowerName,
         qtype: RecordType,
         client: Option<Client>,
-    ) -> Resolution<'_> {
+    ) -> Resolution<'s> {
         let mut out = Resolution::default();
-        let Some(mut zone) = self.zone_of(name) else {
+        let Some(mut zone) = self.zone_for(name, qtype) else {
             out.outcome = Outcome::NotOurs;
             return out;
         };
         let mut name = name.clone();
         for _ in 0..MAX_CNAME_CHAIN {
-            let Some(node) = zone.nodes.get(&name) else {
-                out.outcome = Outcome::NoSuchName;
-                out.authorities.push(&zone.negative_soa);
+            // At or below a delegation the child's servers answer (DS at the cut itself
+            // is the parent's: RFC 4035 section 2.4).
+            if let Some(cut) = zone.cut_of(&name)
+                && !(qtype == RecordType::DS && cut == name)
+            {
+                self.refer(zone, &cut, &mut out);
                 return out;
+            }
+            let (node, synthesized) = match zone.nodes.get(&name) {
+                Some(node) => (node, false),
+                None => match zone.wildcard_for(&name) {
+                    Some((node, _)) => (node, true),
+                    None => {
+                        out.outcome = Outcome::NoSuchName;
+                        out.authorities.push(&zone.negative_soa);
+                        return out;
+                    }
+                },
+            };
+            // A synthesized record is the wildcard's with the asked name as owner.
+            let own = |record: &'s Record| -> Cow<'s, Record> {
+                if synthesized {
+                    let mut record = record.clone();
+                    record.name = Name::from(&name);
+                    Cow::Owned(record)
+                } else {
+                    Cow::Borrowed(record)
+                }
             };
             match node {
                 Node::EmptyNonTerminal => {}
@@ -524,7 +623,7 @@ impl Snapshot {
                         let choice = gslb.choose(&self.geo, &self.regions, client);
                         let (records, from) = gslb.answer(&choice, v6);
                         if !records.is_empty() {
-                            out.answers.extend(records);
+                            out.answers.extend(records.into_iter().map(Cow::Borrowed));
                             out.scope = choice.scope;
                             out.gslb = Some((gslb.as_ref(), choice, from));
                             return out;
@@ -538,20 +637,18 @@ impl Snapshot {
                         sets.iter().find(|s| s.record_type == qtype)
                     };
                     if let Some(set) = wanted {
-                        out.answers.extend(set.records.iter());
-                        if qtype == RecordType::NS {
-                            self.add_glue(set, &mut out.additionals);
-                        }
+                        out.answers.extend(set.records.iter().map(own));
+                        self.add_addresses(set, &mut out.additionals);
                         return out;
                     }
                     let cname = sets.iter().find(|s| s.record_type == RecordType::CNAME);
                     if let Some(record) = cname.and_then(|s| s.records.first()) {
-                        out.answers.push(record);
+                        out.answers.push(own(record));
                         let RData::CNAME(target) = &record.data else {
                             return out;
                         };
                         name = LowerName::from(&target.0);
-                        match self.zone_of(&name) {
+                        match self.zone_for(&name, qtype) {
                             Some(next) => {
                                 zone = next;
                                 continue;
@@ -570,22 +667,64 @@ impl Snapshot {
         out
     }
 
-    /// A and AAAA records of in-zone NS targets.
-    fn add_glue<'s>(&'s self, set: &'s RrSet, additionals: &mut Vec<&'s Record>) {
-        for record in &set.records {
+    /// A referral to the delegation at `cut`: its NS set in authority, and in additional
+    /// the addresses of its servers that we have, the in-domain glue (names at or below
+    /// the cut, RFC 9471) first.
+    fn refer<'s>(&'s self, zone: &'s ZoneTable, cut: &LowerName, out: &mut Resolution<'s>) {
+        out.outcome = Outcome::Referral;
+        let Some(Node::Static(sets)) = zone.nodes.get(cut) else {
+            return;
+        };
+        let Some(ns) = sets.iter().find(|s| s.record_type == RecordType::NS) else {
+            return;
+        };
+        out.authorities.extend(ns.records.iter());
+        let (mut required, mut optional) = (Vec::new(), Vec::new());
+        for record in &ns.records {
             let RData::NS(target) = &record.data else {
                 continue;
             };
             let target = LowerName::from(&target.0);
-            let Some(Node::Static(sets)) = self.zone_of(&target).and_then(|z| z.nodes.get(&target))
-            else {
-                continue;
+            let into = if cut.zone_of(&target) {
+                &mut required
+            } else {
+                &mut optional
             };
-            for glue in sets
-                .iter()
-                .filter(|s| matches!(s.record_type, RecordType::A | RecordType::AAAA))
-            {
-                additionals.extend(glue.records.iter());
+            self.addresses_of(&target, into);
+        }
+        out.required_additionals = required.len();
+        out.additionals.extend(required);
+        out.additionals.extend(optional);
+    }
+
+    /// A and AAAA records of the names an NS, MX or SRV set points to, where they are
+    /// static names of our zones (RFC 1035 section 3.3.9, RFC 2782).
+    fn add_addresses<'s>(&'s self, set: &'s RrSet, additionals: &mut Vec<&'s Record>) {
+        for record in &set.records {
+            let target = match &record.data {
+                RData::NS(ns) => &ns.0,
+                RData::MX(mx) => &mx.exchange,
+                RData::SRV(srv) => &srv.target,
+                _ => return,
+            };
+            self.addresses_of(&LowerName::from(target), additionals);
+        }
+    }
+
+    /// The A and AAAA records of a static name of our zones, if it is one.
+    fn addresses_of<'s>(&'s self, name: &LowerName, into: &mut Vec<&'s Record>) {
+        let Some(Node::Static(sets)) = self.zone_of(name).and_then(|z| z.nodes.get(name)) else {
+            return;
+        };
+        for set in sets
+            .iter()
+            .filter(|s| matches!(s.record_type, RecordType::A | RecordType::AAAA))
+        {
+            for record in &set.records {
+                // One name may be the target of several records: list it once.
+                if !into.iter().any(|r| std::ptr::eq(*r, record)) {
+                    into.push(record);
+                }
             }
         }
     }

@@ -27,7 +27,8 @@ pub struct Tail {
 /// What the fast path knows of one name.
 #[derive(Debug)]
 pub(crate) enum Entry {
-    /// A name with a CNAME: its chains go to the general path.
+    /// A name with a CNAME (its chains), or at or below a delegation: the general path
+    /// answers.
     General,
     /// A GSLB name: service index, and the NODATA tail for other types.
     Gslb { service: usize, nodata: Tail },
@@ -53,9 +54,20 @@ pub struct WireRecord {
 #[derive(Debug, Default)]
 pub struct FastIndex {
     pub(crate) names: HashMap<Box<[u8]>, Entry, foldhash::fast::RandomState>,
-    /// Zones, most specific first: the lower-cased wire origin and the SOA of negative
-    /// answers. A name under one of them that is not in `names` does not exist.
-    pub(crate) zones: Vec<(Box<[u8]>, Record)>,
+    /// Zones, most specific first.
+    pub(crate) zones: Vec<FastZone>,
+}
+
+/// What the fast path knows of a zone, for names it does not index.
+#[derive(Debug)]
+pub(crate) struct FastZone {
+    /// The lower-cased wire origin.
+    pub(crate) origin: Box<[u8]>,
+    /// The SOA of negative answers.
+    pub(crate) soa: Record,
+    /// No wildcards and no delegations: a name under the origin that is not indexed does
+    /// not exist (NXDOMAIN). Otherwise the general path answers such names.
+    pub(crate) plain: bool,
 }
 
 /// The question section hickory-server writes for a request: the raw bytes, with one
@@ -145,6 +157,11 @@ impl FastIndex {
             for (name, node) in zone.nodes.iter() {
                 let name_ref = Name::from(name);
                 let key: Box<[u8]> = name_ref.to_bytes().unwrap_or_default().into();
+                if zone.cut_of(name).is_some() {
+                    // Referrals, and DS at the cut: the general path answers.
+                    names.insert(key, Entry::General);
+                    continue;
+                }
                 let nodata_for = |qtype| {
                     let question = question_bytes(&name_ref, qtype);
                     let resolution = snapshot.resolve(name, qtype, None);
@@ -183,9 +200,11 @@ impl FastIndex {
                                 let qtype = set.record_type;
                                 let question = question_bytes(&name_ref, qtype);
                                 let r = snapshot.resolve(name, qtype, None);
+                                let answers: Vec<&Record> =
+                                    r.answers.iter().map(AsRef::as_ref).collect();
                                 let tail = encode_tail(
                                     &question,
-                                    &r.answers,
+                                    &answers,
                                     &r.authorities,
                                     &r.additionals,
                                 )?;
@@ -205,11 +224,10 @@ impl FastIndex {
         let zones = snapshot
             .zones
             .iter()
-            .map(|zone| {
-                (
-                    key_of(&zone.origin).into_boxed_slice(),
-                    zone.negative_soa.clone(),
-                )
+            .map(|zone| FastZone {
+                origin: key_of(&zone.origin).into_boxed_slice(),
+                soa: zone.negative_soa.clone(),
+                plain: zone.cuts.is_empty() && !zone.has_wildcards,
             })
             .collect();
         Self { names, zones }

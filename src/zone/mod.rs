@@ -1,19 +1,20 @@
-//! Zones: the static records of each zone we serve, read from RFC 1035 master files.
-//!
-//! The file is split into logical entries (parentheses joined, comments dropped) and each
-//! entry is parsed on its own by hickory-proto's zone parser, with the `$ORIGIN`, `$TTL`
-//! and owner name carried over from the entries before it. That way a broken line does
-//! not hide the ones after it: every bad entry is reported with its file and line.
+//! Zones: the static records of each zone we serve, read from RFC 1035 master files
+//! ([`master`] reads the files, `$INCLUDE`s and all) and checked here.
 //!
 //! Owner names are lower-cased. The zone must hold exactly one SOA, at the apex, and at
-//! least one NS there; records outside the origin, classes other than IN, and a CNAME
-//! beside other data are rejected. `$INCLUDE` is not supported (one file per zone).
+//! least one NS there; records outside the origin, classes other than IN, TTLs of 2^31 or
+//! more, a CNAME beside other data, CNAME loops and NS at a wildcard are rejected. Names
+//! with NS records below the apex are zone cuts (delegations): what else sits at or below
+//! a cut is not ours to answer (occluded), apart from the address records of NS targets
+//! (glue), and is reported as a warning.
 
-use std::collections::HashMap;
+pub mod master;
+
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
-use hickory_proto::serialize::txt::Parser;
 
 /// One zone's static data, validated.
 #[derive(Debug, Clone)]
@@ -22,7 +23,13 @@ pub struct Zone {
     file: PathBuf,
     soa: Record,
     rrsets: HashMap<LowerName, Vec<RrSet>>,
-    /// SHA-256 of the file's text.
+    /// Delegations below the apex, most general first.
+    cuts: Vec<LowerName>,
+    /// Some owner name is a wildcard (`*` as its first label).
+    has_wildcards: bool,
+    /// Problems that leave the zone servable: occluded data.
+    warnings: Vec<ZoneError>,
+    /// SHA-256 over the text of the zone file and the files it includes.
     text_digest: [u8; 32],
 }
 
@@ -51,7 +58,27 @@ impl Zone {
         &self.soa
     }
 
-    /// SHA-256 of the zone file's text.
+    /// Names below the apex with NS records (zone cuts), most general first.
+    pub fn cuts(&self) -> &[LowerName] {
+        &self.cuts
+    }
+
+    /// The highest zone cut at or above `name`: the delegation that makes it not ours.
+    pub fn cut_of(&self, name: &LowerName) -> Option<&LowerName> {
+        cut_of(&self.cuts, name)
+    }
+
+    /// True when an owner name is a wildcard.
+    pub fn has_wildcards(&self) -> bool {
+        self.has_wildcards
+    }
+
+    /// Problems that do not stop the zone from being served (occluded data), located.
+    pub fn warnings(&self) -> &[ZoneError] {
+        &self.warnings
+    }
+
+    /// SHA-256 over the text of the zone file and the files it includes.
     pub fn text_digest(&self) -> &[u8; 32] {
         &self.text_digest
     }
@@ -102,8 +129,8 @@ pub struct ZoneError {
     pub message: String,
 }
 
-/// Reads the zone file at `path` (a regular file of at most `limit` bytes) and validates it
-/// as the zone of `origin`.
+/// Reads the zone file at `path` (a regular file of at most `limit` bytes, together with
+/// what it includes) and validates it as the zone of `origin`.
 pub fn load(origin: &Name, path: &Path, limit: u64) -> Result<Zone, Vec<ZoneError>> {
     let text = crate::files::read_to_string(path, limit).map_err(|e| {
         vec![ZoneError {
@@ -112,155 +139,80 @@ pub fn load(origin: &Name, path: &Path, limit: u64) -> Result<Zone, Vec<ZoneErro
             message: format!("cannot read zone file for {origin}: {e}"),
         }]
     })?;
-    parse(&text, origin, path.to_path_buf())
+    parse_within(&text, origin, path.to_path_buf(), limit)
 }
 
-/// Parses zone text for `origin`; `file` names it in messages.
+/// Parses zone text for `origin`; `file` names it in messages and is where `$INCLUDE`
+/// paths start.
 pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<ZoneError>> {
-    let mut errors = Vec::new();
+    parse_within(text, origin, file, crate::files::DEFAULT_MAX_FILE_SIZE)
+}
+
+/// Where a record type of an owner was first read, for messages.
+type Lines = HashMap<(LowerName, RecordType), (Arc<Path>, usize)>;
+
+fn parse_within(
+    text: &str,
+    origin: &Name,
+    file: PathBuf,
+    limit: u64,
+) -> Result<Zone, Vec<ZoneError>> {
+    let read = master::read(text, origin, &file, limit);
+    let mut errors = read.errors;
     let apex = LowerName::from(origin);
-    let mut current_origin = origin.clone();
-    let mut default_ttl: Option<String> = None;
-    let mut last_ttl: Option<u32> = None;
-    let mut last_owner: Option<Name> = None;
     let mut soa: Option<Record> = None;
     let mut rrsets: HashMap<LowerName, Vec<RrSet>> = HashMap::new();
-    // Where each owner's records of each type first appear, for messages.
-    let mut lines: HashMap<(LowerName, RecordType), usize> = HashMap::new();
+    let mut lines: Lines = HashMap::new();
+    let first_line = (Arc::<Path>::from(file.as_path()), 1);
 
-    for entry in split_entries(text) {
-        let trimmed = entry.text.trim();
-        if let Some(directive) = trimmed.strip_prefix('$') {
-            let mut words = directive.split_whitespace();
-            let keyword = words.next().unwrap_or_default().to_ascii_uppercase();
-            let argument = words.next();
-            match (keyword.as_str(), argument) {
-                ("ORIGIN", Some(name)) => match Name::parse(name, Some(&current_origin)) {
-                    Ok(name) => current_origin = name,
-                    Err(e) => error(
-                        &mut errors,
-                        &file,
-                        entry.line,
-                        format!("bad $ORIGIN {name:?}: {e}"),
-                    ),
-                },
-                ("TTL", Some(ttl)) => {
-                    let probe = format!("$TTL {ttl}\n@ IN TXT \"probe\"\n");
-                    match Parser::new(probe, None, Some(current_origin.clone())).parse() {
-                        Ok(_) => default_ttl = Some(ttl.to_string()),
-                        Err(e) => error(
-                            &mut errors,
-                            &file,
-                            entry.line,
-                            format!("bad $TTL {ttl:?}: {e}"),
-                        ),
-                    }
-                }
-                ("INCLUDE", _) => error(
-                    &mut errors,
-                    &file,
-                    entry.line,
-                    "$INCLUDE is not supported: keep one file per zone".into(),
-                ),
-                (keyword, _) => error(
-                    &mut errors,
-                    &file,
-                    entry.line,
-                    format!("unknown or incomplete directive ${keyword}"),
-                ),
+    for master::Located {
+        mut record,
+        file: at,
+        line,
+    } in read.records
+    {
+        let mut fail = |message: String| error(&mut errors, &at, line, message);
+        record.name = record.name.to_lowercase();
+        let owner = LowerName::from(&record.name);
+        if record.dns_class != DNSClass::IN {
+            fail(format!("class {} is not served; only IN", record.dns_class));
+            continue;
+        }
+        if !apex.zone_of(&owner) {
+            fail(format!("{} is outside the zone {}", record.name, origin));
+            continue;
+        }
+        if record.ttl > MAX_TTL {
+            fail(format!(
+                "TTL {} of {} is 2^31 or more (RFC 2181 section 8); use at most {MAX_TTL}",
+                record.ttl, record.name
+            ));
+            continue;
+        }
+        if record.record_type() == RecordType::NS && owner.is_wildcard() {
+            fail(format!(
+                "NS at the wildcard {} is not supported (RFC 4592 section 4.2)",
+                record.name
+            ));
+            continue;
+        }
+        if record.record_type() == RecordType::SOA {
+            if owner != apex {
+                fail(format!(
+                    "SOA must be at the apex {origin}, not at {}",
+                    record.name
+                ));
+            } else if soa.is_some() {
+                fail("a second SOA record".into());
+            } else {
+                soa = Some(record);
             }
             continue;
         }
-
-        let mut doc = format!("$ORIGIN {current_origin}\n");
-        if let Some(ttl) = default_ttl
-            .clone()
-            .or_else(|| last_ttl.map(|t| t.to_string()))
-        {
-            doc.push_str(&format!("$TTL {ttl}\n"));
-        }
-        if entry.starts_blank {
-            match &last_owner {
-                Some(owner) => doc.push_str(&owner.to_string()),
-                None => {
-                    error(
-                        &mut errors,
-                        &file,
-                        entry.line,
-                        "record has no owner name and none comes before it".into(),
-                    );
-                    continue;
-                }
-            }
-        }
-        doc.push_str(&entry.text);
-        doc.push('\n');
-        let parsed = match Parser::new(doc, None, Some(current_origin.clone())).parse() {
-            Ok((_, records)) => records,
-            Err(e) => {
-                error(&mut errors, &file, entry.line, format!("bad record: {e}"));
-                continue;
-            }
-        };
-        for record in parsed
-            .into_values()
-            .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
-        {
-            last_ttl = Some(record.ttl);
-            last_owner = Some(record.name.clone());
-            let mut record = record;
-            record.name = record.name.to_lowercase();
-            let owner = LowerName::from(&record.name);
-            if record.dns_class != DNSClass::IN {
-                error(
-                    &mut errors,
-                    &file,
-                    entry.line,
-                    format!("class {} is not served; only IN", record.dns_class),
-                );
-                continue;
-            }
-            if !apex.zone_of(&owner) {
-                error(
-                    &mut errors,
-                    &file,
-                    entry.line,
-                    format!("{} is outside the zone {}", record.name, origin),
-                );
-                continue;
-            }
-            if record.ttl > MAX_TTL {
-                error(
-                    &mut errors,
-                    &file,
-                    entry.line,
-                    format!(
-                        "TTL {} of {} is 2^31 or more (RFC 2181 section 8); use at most {MAX_TTL}",
-                        record.ttl, record.name
-                    ),
-                );
-                continue;
-            }
-            if record.record_type() == RecordType::SOA {
-                if owner != apex {
-                    error(
-                        &mut errors,
-                        &file,
-                        entry.line,
-                        format!("SOA must be at the apex {origin}, not at {}", record.name),
-                    );
-                } else if soa.is_some() {
-                    error(&mut errors, &file, entry.line, "a second SOA record".into());
-                } else {
-                    soa = Some(record);
-                }
-                continue;
-            }
-            lines
-                .entry((owner.clone(), record.record_type()))
-                .or_insert(entry.line);
-            add_record(rrsets.entry(owner).or_default(), record);
-        }
+        lines
+            .entry((owner.clone(), record.record_type()))
+            .or_insert((at.clone(), line));
+        add_record(rrsets.entry(owner).or_default(), record);
     }
 
     if soa.is_none() && errors.is_empty() {
@@ -285,18 +237,22 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<ZoneE
     let line_of = |owner: &LowerName, record_type: RecordType| {
         lines
             .get(&(owner.clone(), record_type))
-            .copied()
-            .unwrap_or_else(|| find_owner_line(text, owner))
+            .cloned()
+            .unwrap_or_else(|| first_line.clone())
     };
-    for (owner, sets) in &rrsets {
+    let mut owners: Vec<&LowerName> = rrsets.keys().collect();
+    owners.sort();
+    for owner in owners {
+        let sets = &rrsets[owner];
         let cname = sets.iter().find(|s| s.record_type == RecordType::CNAME);
         if let Some(cname) = cname
             && cname.records.len() > 1
         {
+            let (at, line) = line_of(owner, RecordType::CNAME);
             error(
                 &mut errors,
-                &file,
-                line_of(owner, RecordType::CNAME),
+                &at,
+                line,
                 format!(
                     "{owner} has {} CNAME records; a name has at most one (RFC 1034 section 3.6.2)",
                     cname.records.len()
@@ -308,56 +264,133 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<ZoneE
                 .iter()
                 .find(|s| s.record_type != RecordType::CNAME)
                 .map_or(RecordType::CNAME, |s| s.record_type);
-            let line = line_of(owner, other).max(line_of(owner, RecordType::CNAME));
+            let (at, line) = std::cmp::max_by_key(
+                line_of(owner, other),
+                line_of(owner, RecordType::CNAME),
+                |(_, line)| *line,
+            );
             error(
                 &mut errors,
-                &file,
+                &at,
                 line,
                 format!("{owner} has a CNAME beside other records (RFC 1034 section 3.6.2)"),
             );
         }
-        if *owner == apex && sets.iter().any(|s| s.record_type == RecordType::CNAME) {
+        if *owner == apex && cname.is_some() {
+            let (at, line) = line_of(owner, RecordType::CNAME);
             error(
                 &mut errors,
-                &file,
-                1,
+                &at,
+                line,
                 format!("the apex {owner} cannot be a CNAME"),
             );
         }
     }
-    for (owner, line) in cname_loops(&rrsets) {
-        let line = lines
-            .get(&(owner.clone(), RecordType::CNAME))
-            .copied()
-            .unwrap_or(line);
+    for owner in cname_loops(&rrsets) {
+        let (at, line) = line_of(&owner, RecordType::CNAME);
         error(
             &mut errors,
-            &file,
+            &at,
             line,
             format!("{owner} starts a CNAME loop inside the zone; it can never be answered"),
         );
     }
+    let cuts = zone_cuts(&apex, &rrsets);
+    let warnings = occluded(&rrsets, &cuts, &apex)
+        .into_iter()
+        .map(|(owner, record_type, cut)| {
+            let (at, line) = line_of(&owner, record_type);
+            ZoneError {
+                file: at.to_path_buf(),
+                line: Some(line),
+                message: format!(
+                    "{owner} {record_type} is at or below the delegation {cut} and is never \
+                     answered (occluded, RFC 1034 section 4.2.1)"
+                ),
+            }
+        })
+        .collect();
+    let has_wildcards = rrsets.keys().any(LowerName::is_wildcard);
     match soa {
         Some(soa) if errors.is_empty() => Ok(Zone {
             origin: apex,
             file,
             soa,
             rrsets,
-            text_digest: {
-                use sha2::{Digest, Sha256};
-                Sha256::digest(text.as_bytes()).into()
-            },
+            cuts,
+            has_wildcards,
+            warnings,
+            text_digest: read.digest,
         }),
         _ => Err(errors),
     }
+}
+
+/// Names below the apex that own NS records, most general first.
+fn zone_cuts(apex: &LowerName, rrsets: &HashMap<LowerName, Vec<RrSet>>) -> Vec<LowerName> {
+    let mut cuts: Vec<LowerName> = rrsets
+        .iter()
+        .filter(|(name, sets)| {
+            *name != apex && sets.iter().any(|s| s.record_type == RecordType::NS)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    cuts.sort_by(|a, b| a.num_labels().cmp(&b.num_labels()).then(a.cmp(b)));
+    cuts
+}
+
+/// The highest cut at or above `name`, if any.
+fn cut_of<'c>(cuts: &'c [LowerName], name: &LowerName) -> Option<&'c LowerName> {
+    cuts.iter().find(|cut| cut.zone_of(name))
+}
+
+/// Record sets at or below a cut that are neither the cut's NS set nor glue (A or AAAA
+/// of a name some NS record in the zone points to), with the cut that hides them.
+fn occluded(
+    rrsets: &HashMap<LowerName, Vec<RrSet>>,
+    cuts: &[LowerName],
+    apex: &LowerName,
+) -> Vec<(LowerName, RecordType, LowerName)> {
+    if cuts.is_empty() {
+        return Vec::new();
+    }
+    let ns_targets: HashSet<LowerName> = rrsets
+        .values()
+        .flatten()
+        .filter(|s| s.record_type == RecordType::NS)
+        .flat_map(|s| &s.records)
+        .filter_map(|r| match &r.data {
+            RData::NS(ns) => Some(LowerName::from(&ns.0)),
+            _ => None,
+        })
+        .collect();
+    let mut found = Vec::new();
+    for (owner, sets) in rrsets {
+        if owner == apex {
+            continue;
+        }
+        let Some(cut) = cut_of(cuts, owner) else {
+            continue;
+        };
+        for set in sets {
+            let delegation = owner == cut && set.record_type == RecordType::NS;
+            let glue = matches!(set.record_type, RecordType::A | RecordType::AAAA)
+                && ns_targets.contains(owner);
+            if !delegation && !glue {
+                found.push((owner.clone(), set.record_type, cut.clone()));
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// RFC 2181 section 8: a TTL is at most 2^31 - 1.
 const MAX_TTL: u32 = i32::MAX as u32;
 
 /// Owners whose CNAME chain, followed inside the zone, comes back to a name already on it
-/// (each loop reported once, at its smallest name). The line is a fallback of 1.
-fn cname_loops(rrsets: &HashMap<LowerName, Vec<RrSet>>) -> Vec<(LowerName, usize)> {
+/// (each loop reported once, at its smallest name).
+fn cname_loops(rrsets: &HashMap<LowerName, Vec<RrSet>>) -> Vec<LowerName> {
     let target = |owner: &LowerName| -> Option<LowerName> {
         let set = rrsets
             .get(owner)?
@@ -379,7 +412,7 @@ fn cname_loops(rrsets: &HashMap<LowerName, Vec<RrSet>>) -> Vec<(LowerName, usize
                 // Report a loop once: at its smallest member, when we started there.
                 let cycle = &seen[position..];
                 if position == 0 && cycle.iter().min() == Some(owner) {
-                    loops.push((owner.clone(), 1));
+                    loops.push(owner.clone());
                 }
                 break;
             }
@@ -424,128 +457,12 @@ fn add_record(sets: &mut Vec<RrSet>, record: Record) {
     }
 }
 
-/// Line of the first entry whose owner text matches, for messages about whole names.
-fn find_owner_line(text: &str, owner: &LowerName) -> usize {
-    let wanted = owner.to_string();
-    let short = wanted.split('.').next().unwrap_or_default().to_string();
-    text.lines()
-        .position(|line| {
-            let first = line
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            !line.starts_with(char::is_whitespace) && (first == wanted || first == short)
-        })
-        .map_or(1, |i| i + 1)
-}
-
-/// One logical entry of a master file: a directive or a record, parentheses joined.
-#[derive(Debug, PartialEq)]
-struct Entry {
-    /// Line the entry starts on (1-based).
-    line: usize,
-    /// The entry with comments dropped and parenthesised line breaks folded.
-    text: String,
-    /// The entry starts with white space: it inherits the previous owner name.
-    starts_blank: bool,
-}
-
-/// Splits master-file text into logical entries (RFC 1035 section 5.1).
-fn split_entries(text: &str) -> Vec<Entry> {
-    let mut entries = Vec::new();
-    let mut buffer = String::new();
-    let mut start_line = 1;
-    let mut line = 1;
-    let mut depth = 0usize;
-    let mut in_quote = false;
-    let mut escaped = false;
-    let mut in_comment = false;
-    let mut at_line_start = true;
-    let mut starts_blank = false;
-
-    let mut finish = |buffer: &mut String, start_line: usize, starts_blank: bool| {
-        if !buffer.trim().is_empty() {
-            entries.push(Entry {
-                line: start_line,
-                text: std::mem::take(buffer),
-                starts_blank,
-            });
-        }
-        buffer.clear();
-    };
-
-    for c in text.chars() {
-        if at_line_start && depth == 0 {
-            start_line = line;
-            starts_blank = c == ' ' || c == '\t';
-            at_line_start = false;
-        }
-        if c == '\n' {
-            line += 1;
-            in_comment = false;
-            if depth == 0 && !in_quote {
-                finish(&mut buffer, start_line, starts_blank);
-                at_line_start = true;
-            } else {
-                buffer.push(' ');
-            }
-            continue;
-        }
-        if in_comment {
-            continue;
-        }
-        if in_quote {
-            buffer.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quote = false;
-            }
-            continue;
-        }
-        match c {
-            ';' => in_comment = true,
-            '"' => {
-                in_quote = true;
-                buffer.push(c);
-            }
-            '(' => {
-                depth += 1;
-                buffer.push(' ');
-            }
-            ')' => {
-                depth = depth.saturating_sub(1);
-                buffer.push(' ');
-            }
-            '\r' => {}
-            _ => buffer.push(c),
-        }
-    }
-    finish(&mut buffer, start_line, starts_blank);
-    entries
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn origin() -> Name {
         Name::from_ascii("gto.example.com.").unwrap()
-    }
-
-    #[test]
-    fn splits_parentheses_and_comments() {
-        let entries =
-            split_entries("@ IN SOA ns1 host ( 1 ; serial\n 2 3\n 4 5 )\n  IN NS ns1 ; c\n");
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].line, 1);
-        let words: Vec<&str> = entries[0].text.split_whitespace().collect();
-        assert_eq!(words.join(" "), "@ IN SOA ns1 host 1 2 3 4 5");
-        assert_eq!(entries[1].line, 4);
-        assert!(entries[1].starts_blank);
     }
 
     #[test]

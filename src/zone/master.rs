@@ -1,0 +1,506 @@
+//! Reading RFC 1035 master files: entries, directives and `$INCLUDE`, into records that
+//! remember the file and line they came from.
+//!
+//! The text is split into logical entries (parentheses joined, comments dropped) and each
+//! entry is parsed on its own by hickory-proto's zone parser, with the `$ORIGIN`, `$TTL`
+//! and owner name carried over from the entries before it. That way a broken line does
+//! not hide the ones after it: every bad entry is reported with its file and line.
+//!
+//! `$INCLUDE file [origin]` reads `file` (relative to the including file's directory) with
+//! `origin` (default: the current one) as its origin. The included file starts with the
+//! includer's origin, default TTL and previous owner, and changes none of them for the
+//! lines after the `$INCLUDE` (RFC 1035 section 5.1). Include loops, includes more than
+//! [`MAX_INCLUDE_DEPTH`] deep and files past the size limit (all files of a zone together)
+//! are located errors. Every construct gto does not serve faithfully is an error too, with
+//! a message that says so: `$GENERATE` and other directives, RFC 3597 generic records,
+//! and record types the parser does not know or that need DNSSEC.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hickory_proto::rr::{Name, Record};
+use hickory_proto::serialize::txt::Parser;
+use sha2::{Digest, Sha256};
+
+use super::ZoneError;
+
+/// How deep `$INCLUDE` may nest.
+pub const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// A record with the place it was read from.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The record, owner as written (not yet lower-cased).
+    pub record: Record,
+    /// The file it is in.
+    pub file: Arc<Path>,
+    /// Its 1-based line.
+    pub line: usize,
+}
+
+/// What reading a zone's files gave.
+#[derive(Debug)]
+pub struct Read {
+    /// Every record read, in file order (includes in place).
+    pub records: Vec<Located>,
+    /// Every problem found.
+    pub errors: Vec<ZoneError>,
+    /// SHA-256 over every file's name and text, in reading order.
+    pub digest: [u8; 32],
+}
+
+/// Reads the master-file `text` of `file` for the zone `origin`; `limit` bounds the bytes
+/// of all files read together (the first file's text counts).
+pub fn read(text: &str, origin: &Name, file: &Path, limit: u64) -> Read {
+    let mut reader = Reader {
+        errors: Vec::new(),
+        records: Vec::new(),
+        stack: Vec::new(),
+        budget: limit.saturating_sub(text.len() as u64),
+        limit,
+        hasher: Sha256::new(),
+    };
+    reader.hasher.update(text.as_bytes());
+    let state = State {
+        origin: origin.clone(),
+        default_ttl: None,
+        last_ttl: None,
+        last_owner: None,
+    };
+    let canonical = std::fs::canonicalize(file).ok();
+    reader
+        .stack
+        .push(canonical.unwrap_or_else(|| file.to_path_buf()));
+    reader.read_text(text, &Arc::from(file), state);
+    Read {
+        records: reader.records,
+        errors: reader.errors,
+        digest: reader.hasher.finalize().into(),
+    }
+}
+
+/// What carries from one entry to the next within a file.
+#[derive(Debug, Clone)]
+struct State {
+    origin: Name,
+    default_ttl: Option<String>,
+    last_ttl: Option<u32>,
+    last_owner: Option<Name>,
+}
+
+struct Reader {
+    errors: Vec<ZoneError>,
+    records: Vec<Located>,
+    /// Canonical paths of the files being read, outermost first (loop detection).
+    stack: Vec<PathBuf>,
+    /// Bytes that included files may still take.
+    budget: u64,
+    limit: u64,
+    hasher: Sha256,
+}
+
+impl Reader {
+    fn error(&mut self, file: &Path, line: usize, message: String) {
+        self.errors.push(ZoneError {
+            file: file.to_path_buf(),
+            line: Some(line),
+            message,
+        });
+    }
+
+    fn read_text(&mut self, text: &str, file: &Arc<Path>, mut state: State) {
+        for entry in split_entries(text) {
+            let trimmed = entry.text.trim();
+            if let Some(directive) = trimmed.strip_prefix('$')
+                && !entry.starts_blank
+            {
+                self.directive(directive, file, entry.line, &mut state);
+                continue;
+            }
+            self.record(&entry, file, &mut state);
+        }
+    }
+
+    fn directive(&mut self, directive: &str, file: &Arc<Path>, line: usize, state: &mut State) {
+        let words = match words(directive) {
+            Ok(words) => words,
+            Err(message) => return self.error(file, line, message),
+        };
+        let keyword = words
+            .first()
+            .map(|w| w.to_ascii_uppercase())
+            .unwrap_or_default();
+        let arguments = words.get(1..).unwrap_or_default();
+        match (keyword.as_str(), arguments) {
+            ("ORIGIN", [name]) => match Name::parse(name, Some(&state.origin)) {
+                Ok(name) => state.origin = name,
+                Err(e) => self.error(file, line, format!("bad $ORIGIN {name:?}: {e}")),
+            },
+            ("TTL", [ttl]) => {
+                let probe = format!("$TTL {ttl}\n@ IN TXT \"probe\"\n");
+                match Parser::new(probe, None, Some(state.origin.clone())).parse() {
+                    Ok(_) => state.default_ttl = Some(ttl.clone()),
+                    Err(e) => self.error(file, line, format!("bad $TTL {ttl:?}: {e}")),
+                }
+            }
+            ("INCLUDE", [path]) => self.include(path, None, file, line, state),
+            ("INCLUDE", [path, origin]) => self.include(path, Some(origin), file, line, state),
+            ("GENERATE", _) => self.error(
+                file,
+                line,
+                "$GENERATE (a BIND extension) is not supported: write the records out".into(),
+            ),
+            ("ORIGIN" | "TTL", _) => {
+                self.error(file, line, format!("${keyword} takes exactly one argument"))
+            }
+            ("INCLUDE", _) => self.error(
+                file,
+                line,
+                "$INCLUDE takes a file name and an optional origin".into(),
+            ),
+            (_, _) => self.error(
+                file,
+                line,
+                format!("unknown directive ${keyword}: gto reads $ORIGIN, $TTL and $INCLUDE"),
+            ),
+        }
+    }
+
+    fn include(
+        &mut self,
+        path: &str,
+        origin: Option<&String>,
+        file: &Arc<Path>,
+        line: usize,
+        state: &State,
+    ) {
+        let origin = match origin.map(|o| Name::parse(o, Some(&state.origin))) {
+            None => state.origin.clone(),
+            Some(Ok(origin)) => origin,
+            Some(Err(e)) => {
+                return self.error(file, line, format!("bad $INCLUDE origin {origin:?}: {e}"));
+            }
+        };
+        let Some(directory) = file
+            .parent()
+            .filter(|_| file.is_absolute() || file.exists())
+        else {
+            return self.error(
+                file,
+                line,
+                "$INCLUDE needs a zone file on disk; the embedded zone has none".into(),
+            );
+        };
+        let included = directory.join(path);
+        let canonical = match std::fs::canonicalize(&included) {
+            Ok(canonical) => canonical,
+            Err(e) => {
+                return self.error(
+                    file,
+                    line,
+                    format!("cannot read included file {}: {e}", included.display()),
+                );
+            }
+        };
+        if let Some(start) = self.stack.iter().position(|p| *p == canonical) {
+            let chain: Vec<String> = self.stack[start..]
+                .iter()
+                .chain(std::iter::once(&canonical))
+                .map(|p| p.display().to_string())
+                .collect();
+            return self.error(
+                file,
+                line,
+                format!("$INCLUDE loop: {}", chain.join(" includes ")),
+            );
+        }
+        if self.stack.len() > MAX_INCLUDE_DEPTH {
+            return self.error(
+                file,
+                line,
+                format!("$INCLUDE nests more than {MAX_INCLUDE_DEPTH} files deep"),
+            );
+        }
+        let text = match crate::files::read_to_string(&included, self.budget) {
+            Ok(text) => text,
+            Err(crate::files::FileError::TooLarge { .. }) => {
+                return self.error(
+                    file,
+                    line,
+                    format!(
+                        "included file {} takes the zone's files past the limit of {} bytes \
+                         (server.max_file_size)",
+                        included.display(),
+                        self.limit
+                    ),
+                );
+            }
+            Err(e) => return self.error(file, line, format!("cannot read included file {e}")),
+        };
+        self.budget = self.budget.saturating_sub(text.len() as u64);
+        self.hasher.update(included.as_os_str().as_encoded_bytes());
+        self.hasher.update(text.as_bytes());
+        self.stack.push(canonical);
+        let inner = State {
+            origin,
+            ..state.clone()
+        };
+        self.read_text(&text, &Arc::from(included.as_path()), inner);
+        self.stack.pop();
+    }
+
+    fn record(&mut self, entry: &Entry, file: &Arc<Path>, state: &mut State) {
+        let mut doc = format!("$ORIGIN {}\n", state.origin);
+        if let Some(ttl) = state
+            .default_ttl
+            .clone()
+            .or_else(|| state.last_ttl.map(|t| t.to_string()))
+        {
+            doc.push_str(&format!("$TTL {ttl}\n"));
+        }
+        if entry.starts_blank {
+            match &state.last_owner {
+                Some(owner) => doc.push_str(&owner.to_string()),
+                None => {
+                    return self.error(
+                        file,
+                        entry.line,
+                        "record has no owner name and none comes before it".into(),
+                    );
+                }
+            }
+        }
+        if let Some(message) = unsupported_syntax(&entry.text) {
+            return self.error(file, entry.line, message);
+        }
+        doc.push_str(&entry.text);
+        doc.push('\n');
+        let parsed = match Parser::new(doc, None, Some(state.origin.clone())).parse() {
+            Ok((_, records)) => records,
+            Err(e) => return self.error(file, entry.line, explain_parse_error(&e.to_string())),
+        };
+        for record in parsed
+            .into_values()
+            .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
+        {
+            state.last_ttl = Some(record.ttl);
+            state.last_owner = Some(record.name.clone());
+            self.records.push(Located {
+                record,
+                file: file.clone(),
+                line: entry.line,
+            });
+        }
+    }
+}
+
+/// RFC 3597's generic form (`TYPEnnn`, `\#`) is not read by the parser: say so plainly.
+fn unsupported_syntax(entry: &str) -> Option<String> {
+    let words: Vec<&str> = entry.split_whitespace().collect();
+    if words.contains(&"\\#") {
+        return Some(
+            "RFC 3597 generic record data (\\#) is not supported: write the record in its \
+             own syntax"
+                .into(),
+        );
+    }
+    words
+        .iter()
+        .skip(1)
+        .find(|w| {
+            w.len() > 4
+                && w[..4].eq_ignore_ascii_case("TYPE")
+                && w[4..].bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|w| format!("RFC 3597 generic record type {w} is not supported"))
+}
+
+/// Turns the parser's words for constructs gto does not serve into an operator's.
+fn explain_parse_error(error: &str) -> String {
+    let dnssec = [
+        "RRSIG",
+        "NSEC",
+        "NSEC3",
+        "NSEC3PARAM",
+        "DNSKEY",
+        "KEY",
+        "SIG",
+        "CDS",
+        "CDNSKEY",
+    ];
+    if let Some(kind) = error.strip_suffix(" should be dynamically generated") {
+        let kind = kind.rsplit(' ').next().unwrap_or(kind);
+        if kind == "DS" {
+            return "DS records are not served yet (gto does not sign): a DS query at a \
+                    delegation gets NODATA from the parent side; remove the record"
+                .into();
+        }
+        if dnssec.contains(&kind) {
+            return format!(
+                "{kind} is a DNSSEC record and gto does not serve signed zones yet; remove it"
+            );
+        }
+    }
+    if error.contains("unsupported RecordType: DNAME") {
+        return "DNAME is not supported: gto would serve it without the redirection it \
+                promises (RFC 6672)"
+            .into();
+    }
+    if let Some(kind) = error.split("record type string unknown: ").nth(1) {
+        return format!("record type {kind} is not supported");
+    }
+    if error.contains("Label contains invalid characters") {
+        return format!(
+            "bad record: {error} (escaped characters such as \\DDD in names are not supported)"
+        );
+    }
+    format!("bad record: {error}")
+}
+
+/// Splits a directive's arguments at white space; a double-quoted word may hold spaces.
+fn words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut word = String::new();
+        if c == '"' {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => word.extend(chars.next()),
+                    Some(c) => word.push(c),
+                    None => return Err("unterminated quoted string".into()),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+        }
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// One logical entry of a master file: a directive or a record, parentheses joined.
+#[derive(Debug, PartialEq)]
+pub(super) struct Entry {
+    /// Line the entry starts on (1-based).
+    pub(super) line: usize,
+    /// The entry with comments dropped and parenthesised line breaks folded.
+    pub(super) text: String,
+    /// The entry starts with white space: it inherits the previous owner name.
+    pub(super) starts_blank: bool,
+}
+
+/// Splits master-file text into logical entries (RFC 1035 section 5.1).
+pub(super) fn split_entries(text: &str) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut buffer = String::new();
+    let mut start_line = 1;
+    let mut line = 1;
+    let mut depth = 0usize;
+    let mut in_quote = false;
+    let mut escaped = false;
+    let mut in_comment = false;
+    let mut at_line_start = true;
+    let mut starts_blank = false;
+
+    let mut finish = |buffer: &mut String, start_line: usize, starts_blank: bool| {
+        if !buffer.trim().is_empty() {
+            entries.push(Entry {
+                line: start_line,
+                text: std::mem::take(buffer),
+                starts_blank,
+            });
+        }
+        buffer.clear();
+    };
+
+    for c in text.chars() {
+        if at_line_start && depth == 0 {
+            start_line = line;
+            starts_blank = c == ' ' || c == '\t';
+            at_line_start = false;
+        }
+        if c == '\n' {
+            line += 1;
+            in_comment = false;
+            if depth == 0 && !in_quote {
+                finish(&mut buffer, start_line, starts_blank);
+                at_line_start = true;
+            } else {
+                buffer.push(' ');
+            }
+            continue;
+        }
+        if in_comment {
+            continue;
+        }
+        if in_quote {
+            buffer.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quote = false;
+            }
+            continue;
+        }
+        match c {
+            ';' => in_comment = true,
+            '"' => {
+                in_quote = true;
+                buffer.push(c);
+            }
+            '(' => {
+                depth += 1;
+                buffer.push(' ');
+            }
+            ')' => {
+                depth = depth.saturating_sub(1);
+                buffer.push(' ');
+            }
+            '\r' => {}
+            _ => buffer.push(c),
+        }
+    }
+    finish(&mut buffer, start_line, starts_blank);
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_parentheses_and_comments() {
+        let entries =
+            split_entries("@ IN SOA ns1 host ( 1 ; serial\n 2 3\n 4 5 )\n  IN NS ns1 ; c\n");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].line, 1);
+        let words: Vec<&str> = entries[0].text.split_whitespace().collect();
+        assert_eq!(words.join(" "), "@ IN SOA ns1 host 1 2 3 4 5");
+        assert_eq!(entries[1].line, 4);
+        assert!(entries[1].starts_blank);
+    }
+
+    #[test]
+    fn directive_words_keep_quoted_spaces() {
+        assert_eq!(
+            words("INCLUDE \"my zone.db\" sub").unwrap(),
+            vec!["INCLUDE", "my zone.db", "sub"]
+        );
+        assert!(words("INCLUDE \"open").is_err());
+    }
+}
