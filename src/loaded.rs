@@ -234,6 +234,15 @@ fn check_names(
                 "GSLB name {} is outside every configured zone",
                 service.name
             ))),
+            Some(zone) if zone.cut_of(&name).is_some() => errors.push(located(format!(
+                "GSLB name {} is at or below the delegation {} in zone file {}: that part of \
+                 the name space is answered by the child zone's servers",
+                service.name,
+                zone.cut_of(&name)
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                zone.file().display()
+            ))),
             Some(zone) if zone.has_name(&name) => errors.push(located(format!(
                 "GSLB name {} is also a static name in zone file {}",
                 service.name,
@@ -243,15 +252,6 @@ fn check_names(
                 "GSLB name {} must be below the apex of zone {}",
                 service.name,
                 zone.origin()
-            ))),
-            Some(zone) if zone.cut_of(&name).is_some() => errors.push(located(format!(
-                "GSLB name {} is at or below the delegation {} in zone file {}: that part of \
-                 the name space is answered by the child zone's servers",
-                service.name,
-                zone.cut_of(&name)
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                zone.file().display()
             ))),
             Some(_) if name.is_wildcard() => errors.push(located(format!(
                 "GSLB name {} cannot be a wildcard",

@@ -376,13 +376,25 @@ fn fits(reply: &Reply<'_>, request: &Request, limit: usize) -> bool {
     if fixed + bound <= limit {
         return true;
     }
-    // Name compression may still make it fit: encode to know.
+    // Name compression may still make it fit: encode as the answer will be, to know.
     let mut buffer = Vec::with_capacity(limit);
     let mut encoder = BinEncoder::new(&mut buffer);
-    let emitted = encoder.emit_vec(&[0; HEADER_LEN]).is_ok()
-        && encoder.emit_vec(request.queries.as_bytes()).is_ok()
-        && records().all(|r| r.emit(&mut encoder).is_ok());
-    emitted && buffer.len() + opt <= limit
+    encoder.set_max_size(u16::try_from(limit).unwrap_or(u16::MAX));
+    let message = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
+        reply.metadata,
+        records_of(&reply.resolution.answers),
+        reply.resolution.authorities.iter().copied(),
+        std::iter::empty(),
+        reply.resolution.additionals.iter().copied(),
+    );
+    message
+        .destructive_emit(&mut encoder)
+        .is_ok_and(|info| !info.truncation)
+}
+
+/// The records of an answer section, borrowed.
+fn records_of<'a>(answers: &'a [Cow<'_, Record>]) -> impl Iterator<Item = &'a Record> + Send {
+    answers.iter().map(AsRef::as_ref)
 }
 
 /// Uncompressed wire length of a record: an upper bound of what it takes in a message.

@@ -7,6 +7,7 @@
 )]
 
 mod admin;
+mod authority;
 mod check;
 mod dns;
 mod edns;
