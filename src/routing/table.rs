@@ -533,15 +533,22 @@ impl Resolution<'_> {
 
 impl Snapshot {
     /// The zone that answers `qtype` at `name`: the most specific one, except that DS at
-    /// the apex of a zone is answered by its parent zone when we serve that too (RFC 4035
-    /// section 3.1.4.1).
+    /// the apex of a zone is answered by its parent zone when we serve that too and it
+    /// delegates the child there (RFC 4035 section 3.1.4.1).
     fn zone_for(&self, name: &LowerName, qtype: RecordType) -> Option<&ZoneTable> {
         let mut zones = self.zones.iter().filter(|z| z.origin.zone_of(name));
         let first = zones.next()?;
         if qtype == RecordType::DS && first.origin == *name {
-            return zones.next().or(Some(first));
+            return Some(self.delegating_parent(first).unwrap_or(first));
         }
         Some(first)
+    }
+
+    /// The zone we serve that delegates `zone`'s apex, if any.
+    pub fn delegating_parent(&self, zone: &ZoneTable) -> Option<&ZoneTable> {
+        self.zones
+            .iter()
+            .find(|z| z.origin != zone.origin && z.cuts.contains(&zone.origin))
     }
 
     /// The most specific zone containing `name`.

@@ -157,8 +157,11 @@ impl FastIndex {
             for (name, node) in zone.nodes.iter() {
                 let name_ref = Name::from(name);
                 let key: Box<[u8]> = name_ref.to_bytes().unwrap_or_default().into();
-                if zone.cut_of(name).is_some() {
-                    // Referrals, and DS at the cut: the general path answers.
+                let delegated_apex =
+                    *name == zone.origin && snapshot.delegating_parent(zone).is_some();
+                if zone.cut_of(name).is_some() || delegated_apex {
+                    // Referrals, and DS at a cut (also a child apex we serve, whose DS
+                    // is the parent's): the general path answers.
                     names.insert(key, Entry::General);
                     continue;
                 }

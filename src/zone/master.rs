@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hickory_proto::rr::{Name, Record};
+use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
 use sha2::{Digest, Sha256};
 
@@ -279,10 +279,17 @@ impl Reader {
             Ok((_, records)) => records,
             Err(e) => return self.error(file, entry.line, explain_parse_error(&e.to_string())),
         };
-        for record in parsed
+        let records: Vec<Record> = parsed
             .into_values()
             .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
+            .collect();
+        if let Some(message) = records
+            .first()
+            .and_then(|r| extra_fields(&entry.text, entry.starts_blank, r))
         {
+            return self.error(file, entry.line, message);
+        }
+        for record in records {
             state.last_ttl = Some(record.ttl);
             state.last_owner = Some(record.name.clone());
             self.records.push(Located {
@@ -292,6 +299,36 @@ impl Reader {
             });
         }
     }
+}
+
+/// The parser reads the fields a type needs and ignores what follows: a record with more
+/// fields than its type takes is refused rather than served as something else.
+fn extra_fields(entry: &str, starts_blank: bool, record: &Record) -> Option<String> {
+    let arity = match record.record_type() {
+        RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::NS | RecordType::PTR => {
+            1
+        }
+        RecordType::MX => 2,
+        RecordType::SRV => 4,
+        RecordType::SOA => 7,
+        _ => return None,
+    };
+    let kind = record.record_type().to_string();
+    let words: Vec<&str> = entry.split_whitespace().collect();
+    let skip = usize::from(!starts_blank);
+    let at = words
+        .iter()
+        .skip(skip)
+        .position(|w| w.eq_ignore_ascii_case(&kind))?
+        + skip;
+    let fields = words.len() - at - 1;
+    (fields > arity).then(|| {
+        format!(
+            "bad record: {kind} takes {arity} field(s) of data, this one has {fields} (\"{}\" is \
+             left over)",
+            words[at + 1 + arity..].join(" ")
+        )
+    })
 }
 
 /// RFC 3597's generic form (`TYPEnnn`, `\#`) is not read by the parser: say so plainly.

@@ -73,32 +73,41 @@ async fn ask(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
 fn texts(records: &[Record]) -> Vec<String> {
     let mut texts: Vec<String> = records
         .iter()
-        .map(|r| {
-            format!(
-                "{} {} {}",
-                r.name.to_lowercase(),
-                r.record_type(),
-                r.data
-            )
-        })
+        .map(|r| format!("{} {} {}", r.name.to_lowercase(), r.record_type(), r.data))
         .collect();
     texts.sort();
     texts
 }
 
 fn assert_nodata(reply: &Message, what: &str) {
-    assert_eq!(reply.metadata.response_code, ResponseCode::NoError, "{what}");
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::NoError,
+        "{what}"
+    );
     assert!(reply.metadata.authoritative, "{what}: AA");
     assert!(reply.answers.is_empty(), "{what}: {:?}", reply.answers);
     assert_eq!(reply.authorities.len(), 1, "{what}");
-    assert_eq!(reply.authorities[0].record_type(), RecordType::SOA, "{what}");
+    assert_eq!(
+        reply.authorities[0].record_type(),
+        RecordType::SOA,
+        "{what}"
+    );
 }
 
 fn assert_nxdomain(reply: &Message, what: &str) {
-    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain, "{what}");
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::NXDomain,
+        "{what}"
+    );
     assert!(reply.metadata.authoritative, "{what}: AA");
     assert!(reply.answers.is_empty(), "{what}");
-    assert_eq!(reply.authorities[0].record_type(), RecordType::SOA, "{what}");
+    assert_eq!(
+        reply.authorities[0].record_type(),
+        RecordType::SOA,
+        "{what}"
+    );
 }
 
 #[tokio::test]
@@ -253,8 +262,15 @@ async fn issue_13_delegations_refer_with_glue_and_never_answer_below_the_cut() {
     ] {
         let reply = ask(addr, name, qtype).await;
         let what = format!("{name} {qtype}");
-        assert_eq!(reply.metadata.response_code, ResponseCode::NoError, "{what}");
-        assert!(!reply.metadata.authoritative, "{what}: a referral has AA clear");
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{what}"
+        );
+        assert!(
+            !reply.metadata.authoritative,
+            "{what}: a referral has AA clear"
+        );
         assert!(reply.answers.is_empty(), "{what}: {:?}", reply.answers);
         assert_eq!(texts(&reply.authorities), ns_set, "{what}");
         assert_eq!(texts(&reply.additionals), glue, "{what}");
@@ -296,7 +312,10 @@ async fn issue_13_oversized_referrals_truncate_only_for_required_glue() {
     let message = query("host.big.gto.example.com.", RecordType::A, None);
     let (reply, size) = udp(addr, &message).await;
     assert!(size <= 512);
-    assert!(reply.metadata.truncation, "required glue does not fit in 512");
+    assert!(
+        reply.metadata.truncation,
+        "required glue does not fit in 512"
+    );
     let over_tcp = tcp(addr, &message).await;
     assert!(!over_tcp.metadata.truncation);
     assert_eq!(over_tcp.authorities.len(), 12);
@@ -340,7 +359,10 @@ async fn issue_13_ecs_is_echoed_byte_for_byte() {
     };
     let echoed = |reply: &[u8]| -> Vec<u8> {
         let message = Message::from_vec(reply).unwrap();
-        match message.edns.and_then(|e| e.option(EdnsCode::Subnet).cloned()) {
+        match message
+            .edns
+            .and_then(|e| e.option(EdnsCode::Subnet).cloned())
+        {
             Some(option) => Vec::<u8>::try_from(&option).unwrap(),
             None => Vec::new(),
         }
@@ -396,4 +418,37 @@ async fn issue_13_gslb_names_below_a_cut_are_refused() {
         assert!(text.contains(expected), "{name}: {text}");
         assert!(text.contains("gto.toml:"), "located: {text}");
     }
+}
+
+/// When we serve both sides of a delegation, the child zone answers below the cut and DS
+/// at the child's apex comes from the parent (RFC 4035 section 3.1.4.1).
+#[tokio::test]
+async fn issue_13_a_child_zone_we_also_serve_answers_below_its_cut() {
+    let parent = format!("{ZONE}lab IN NS ns1\n");
+    let child = "$ORIGIN lab.gto.example.com.\n$TTL 300\n@ SOA ns1.gto.example.com. h 7 3600 600 86400 30\n@ NS ns1.gto.example.com.\nhost A 192.0.2.123\n";
+    let config = format!(
+        "{}\n[[zone]]\norigin = \"lab.gto.example.com.\"\nfile = \"lab.zone\"\n",
+        config("")
+    );
+    let server = TestServer::start_with_files(&config, &parent, &[("lab.zone", child)]).await;
+    let reply = ask(server.addr, "host.lab.gto.example.com.", RecordType::A).await;
+    assert!(reply.metadata.authoritative);
+    assert_eq!(
+        texts(&reply.answers),
+        vec!["host.lab.gto.example.com. A 192.0.2.123"]
+    );
+    // DS at the child's apex: the parent's NODATA (the parent's SOA, serial 2026112501).
+    let reply = ask(server.addr, "lab.gto.example.com.", RecordType::DS).await;
+    assert_nodata(&reply, "DS at the child apex");
+    assert_eq!(
+        reply.authorities[0].name.to_lowercase().to_ascii(),
+        "gto.example.com."
+    );
+    // Any other type at the child apex: the child's.
+    let reply = ask(server.addr, "lab.gto.example.com.", RecordType::SOA).await;
+    assert!(reply.metadata.authoritative);
+    assert_eq!(
+        reply.answers[0].name.to_lowercase().to_ascii(),
+        "lab.gto.example.com."
+    );
 }

@@ -1,0 +1,177 @@
+//! Issue 13: master-file syntax. `$INCLUDE` (relative to the including file, with an
+//! origin, loops located), every construct gto does not serve faithfully a located
+//! `gto check` error, and data hidden below a delegation a located warning.
+
+use std::fs;
+use std::path::Path;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+use crate::support::{TestServer, ZONE, answers, config, gto_bin, query, udp};
+
+fn check(dir: &Path) -> (i32, String) {
+    let output = gto_bin()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.join("gto.toml"))
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+fn write_config(dir: &Path, zone: &str) {
+    fs::write(dir.join("gto.toml"), config("")).unwrap();
+    fs::write(dir.join("gto.example.com.zone"), zone).unwrap();
+}
+
+#[test]
+fn issue_13_every_unsupported_construct_is_a_located_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let constructs = [
+        ("$GENERATE 1-4 host$ A 192.0.2.$", "$GENERATE"),
+        ("$DATE 20260101", "unknown directive $DATE"),
+        ("$ORIGIN", "takes exactly one argument"),
+        ("alias DNAME elsewhere.example.", "DNAME is not supported"),
+        (
+            "sub2 DS 12345 8 2 49FD46E6C4B45C55D4AC69CBD3CD34AC1AFE51DE",
+            "DS records are not served",
+        ),
+        ("x DNSKEY 257 3 8 AwEAAa==", "DNSKEY is a DNSSEC record"),
+        ("x NSEC y A", "NSEC is a DNSSEC record"),
+        ("x TYPE65534 \\# 2 abcd", "RFC 3597"),
+        ("x A \\# 4 c0000201", "RFC 3597"),
+        (
+            "x LOC 52 22 23.000 N 4 53 32.000 E -2.00m 0.00m 10000m 10m",
+            "record type LOC is not supported",
+        ),
+        ("x CH TXT \"chaos\"", "class CH is not served"),
+        ("*.w NS ns1", "NS at the wildcard"),
+        ("x\\046y A 192.0.2.1", "escaped characters"),
+        ("$INCLUDE missing.zone", "cannot read included file"),
+        ("$INCLUDE", "$INCLUDE takes a file name"),
+        ("mail A 192.0.2.26 extra", "A takes 1 field(s)"),
+        ("@ MX 10 mail extra", "MX takes 2 field(s)"),
+    ];
+    let mut zone = ZONE.to_string();
+    let first = zone.lines().count() + 1;
+    for (text, _) in &constructs {
+        zone.push_str(text);
+        zone.push('\n');
+    }
+    write_config(dir.path(), &zone);
+    let (code, output) = check(dir.path());
+    assert_eq!(code, 64, "{output}");
+    for (i, (text, expected)) in constructs.iter().enumerate() {
+        let location = format!("gto.example.com.zone:{}:", first + i);
+        let line = output
+            .lines()
+            .find(|l| l.contains(&location))
+            .unwrap_or_else(|| panic!("no error located at {location} for {text:?}:\n{output}"));
+        assert!(
+            line.starts_with("error:") && line.contains(expected),
+            "{text:?}: {line}"
+        );
+    }
+    assert!(
+        output.contains(&format!("{} problem(s) found", constructs.len())),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn issue_13_include_reads_relative_files_with_their_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("parts")).unwrap();
+    // The main file includes parts/hosts.inc with origin hosts; that file includes a
+    // sibling (relative to itself) with no origin: it inherits hosts.
+    let zone = format!("{ZONE}$INCLUDE parts/hosts.inc hosts\nafter IN A 192.0.2.77\n");
+    fs::write(
+        dir.path().join("parts/hosts.inc"),
+        "alpha IN A 192.0.2.70\n$INCLUDE \"more hosts.inc\"\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("parts/more hosts.inc"),
+        "beta IN A 192.0.2.71\n",
+    )
+    .unwrap();
+    write_config(dir.path(), &zone);
+    let (code, output) = check(dir.path());
+    assert_eq!(code, 0, "{output}");
+
+    let server = TestServer::start_in(dir).await;
+    for (name, address) in [
+        ("alpha.hosts.gto.example.com.", "192.0.2.70"),
+        ("beta.hosts.gto.example.com.", "192.0.2.71"),
+        // The origin is the includer's again after the $INCLUDE.
+        ("after.gto.example.com.", "192.0.2.77"),
+    ] {
+        let (reply, _) = udp(server.addr, &query(name, RecordType::A, None)).await;
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}"
+        );
+        assert_eq!(answers(&reply), vec![address], "{name}");
+    }
+}
+
+#[test]
+fn issue_13_include_loops_and_errors_in_included_files_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = format!("{ZONE}$INCLUDE a.inc\n");
+    let main_line = zone.lines().count();
+    fs::write(
+        dir.path().join("a.inc"),
+        "ok IN A 192.0.2.1\nbad IN A 999.1.1.1\n$INCLUDE b.inc\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("b.inc"), "; back to a\n$INCLUDE a.inc\n").unwrap();
+    write_config(dir.path(), &zone);
+    let (code, output) = check(dir.path());
+    assert_eq!(code, 64, "{output}");
+    assert!(output.contains("a.inc:2: bad record"), "{output}");
+    let looped = output
+        .lines()
+        .find(|l| l.contains("$INCLUDE loop"))
+        .unwrap_or_else(|| panic!("no loop reported:\n{output}"));
+    assert!(
+        looped.contains("b.inc:2:"),
+        "located at the include: {looped}"
+    );
+    assert!(!output.contains(&format!("zone:{main_line}:")), "{output}");
+}
+
+#[test]
+fn issue_13_occluded_data_is_a_located_warning_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = format!(
+        "{ZONE}sub IN NS ns.sub\nns.sub IN A 192.0.2.99\nwww.sub IN A 192.0.2.100\nsub IN TXT \"hidden\"\n"
+    );
+    let www_line = zone.lines().count() - 1;
+    write_config(dir.path(), &zone);
+    let (code, output) = check(dir.path());
+    assert_eq!(code, 0, "{output}");
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "glue is not warned about: {output}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains(&format!("zone:{www_line}:"))
+                && w.contains("www.sub.gto.example.com. A")
+                && w.contains("occluded")),
+        "{output}"
+    );
+    assert!(output.contains("ok:"), "{output}");
+}
