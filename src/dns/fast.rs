@@ -2,10 +2,12 @@
 //! no lock and no heap allocation once its buffers are warm.
 //!
 //! It handles a standard QUERY with one question of class IN for a name that exists in
-//! the [`FastIndex`] (a GSLB name, or a static name without a CNAME), optionally with one
-//! OPT record (version 0, any options; ECS is read). Everything else — unknown names
-//! (NXDOMAIN), names outside our zones, ANY, zone transfers, other opcodes, malformed or
-//! unusual packets, answers that would not fit — returns `None` and goes to the general
+//! the [`FastIndex`] (a GSLB name, or a static name without a CNAME and above every
+//! delegation), or that does not exist in a zone without wildcards and delegations
+//! (NXDOMAIN), optionally with one OPT record (version 0, any options; ECS is read).
+//! Everything else — names outside our zones, referrals, wildcard synthesis, ANY, zone
+//! transfers, other opcodes, malformed or unusual packets, ECS the general path refuses,
+//! answers that would not fit — returns [`Reply::General`] and goes to the general
 //! path ([`super::handler`]), which is the reference: for every query the fast path
 //! answers, its bytes are exactly the general path's (checked by a differential test).
 //!

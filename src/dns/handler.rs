@@ -4,14 +4,20 @@
 //! Per query: one snapshot load, header and EDNS checks, one [`Snapshot::resolve`], and the
 //! answer handed to hickory for encoding. Protocol rules applied here:
 //!
-//! - AA on every answer from our zones (NOERROR, NODATA, NXDOMAIN); RD copied; RA clear;
-//!   the question echoed as the client wrote it (hickory keeps its bytes).
+//! - AA on every answer from our zones (NOERROR, NODATA, NXDOMAIN) except a referral to a
+//!   delegation with no CNAME of ours before it; RD copied; RA clear; the question echoed
+//!   as the client wrote it (hickory keeps its bytes), and so is the owner of a wildcard
+//!   answer.
 //! - Names outside our zones, classes other than IN, and zone transfers: REFUSED.
 //!   Opcodes other than QUERY: NOTIMP. Not exactly one question: FORMERR.
 //! - EDNS(0): our OPT (payload size, DO copied) only when the query had one; a version
 //!   above 0 gets BADVERS. ECS is checked and echoed with a scope.
-//! - UDP answers larger than the client's payload size (512 without EDNS) are sent empty
-//!   with TC set, so the client retries over TCP.
+//! - UDP answers larger than the client's payload size (512 without EDNS) first lose the
+//!   additional records they can go without (RFC 2181 section 9; a referral's glue below
+//!   the cut is not one of them, RFC 9471); if still too large they are sent empty with TC
+//!   set, so the client retries over TCP.
+//! - ECS with an ADDRESS of the wrong length or bits beyond the prefix: FORMERR, the
+//!   option echoed as it came (RFC 7871 section 6).
 //! - UDP answers pass [response rate limiting](crate::routing::rrl): dropped, or sent empty with TC
 //!   (slipped), when one client prefix asks for more than its rate.
 //!
