@@ -101,6 +101,7 @@ fn fast_path(c: &mut Criterion) {
     for (label, name, qtype) in [
         ("fast/gslb_a", "vpn.gto.example.com.", RecordType::A),
         ("fast/static_a", "www.gto.example.com.", RecordType::A),
+        ("fast/nxdomain", "nope.gto.example.com.", RecordType::A),
     ] {
         let bytes = query_bytes(name, qtype);
         let length = gto::dns::fast::respond(

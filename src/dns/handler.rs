@@ -119,13 +119,15 @@ impl Handler {
                     // Addresses the answer can go without are left out first (RFC 2181
                     // section 9); TC only when what it needs does not fit (RFC 9471).
                     let limit = usize::from(limit);
-                    while !fits(&reply, request, limit)
+                    let mut fit = fits(&reply, request, limit);
+                    while !fit
                         && reply.resolution.additionals.len()
                             > reply.resolution.required_additionals
                     {
                         reply.resolution.additionals.pop();
+                        fit = fits(&reply, request, limit);
                     }
-                    if !fits(&reply, request, limit) {
+                    if !fit {
                         metrics::counter!(DNS_TRUNCATED_TOTAL).increment(1);
                         truncate = true;
                     }

@@ -124,7 +124,7 @@ impl ZoneTable {
 
     /// The wildcard node that synthesizes `name`, a name with no node of its own (RFC 4592
     /// section 3.3.1): `*` below the closest encloser, when it exists.
-    pub fn wildcard_for(&self, name: &LowerName) -> Option<(&Node, LowerName)> {
+    pub fn wildcard_for(&self, name: &LowerName) -> Option<&Node> {
         if !self.has_wildcards {
             return None;
         }
@@ -136,8 +136,7 @@ impl ZoneTable {
             encloser = encloser.base_name();
         }
         let source = LowerName::from(Name::from(&encloser).prepend_label("*").ok()?);
-        let node = self.nodes.get(&source)?;
-        Some((node, source))
+        self.nodes.get(&source)
     }
 }
 
@@ -536,8 +535,7 @@ impl Snapshot {
     /// the apex of a zone is answered by its parent zone when we serve that too and it
     /// delegates the child there (RFC 4035 section 3.1.4.1).
     fn zone_for(&self, name: &LowerName, qtype: RecordType) -> Option<&ZoneTable> {
-        let mut zones = self.zones.iter().filter(|z| z.origin.zone_of(name));
-        let first = zones.next()?;
+        let first = self.zone_of(name)?;
         if qtype == RecordType::DS && first.origin == *name {
             return Some(self.delegating_parent(first).unwrap_or(first));
         }
@@ -592,7 +590,7 @@ impl Snapshot {
             let (node, synthesized) = match zone.nodes.get(&name) {
                 Some(node) => (node, false),
                 None => match zone.wildcard_for(&name) {
-                    Some((node, _)) => (node, true),
+                    Some(node) => (node, true),
                     None => {
                         out.outcome = Outcome::NoSuchName;
                         out.authorities.push(&zone.negative_soa);
