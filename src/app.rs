@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{AdminServer, AdminState};
+use crate::cluster::Fleet;
 use crate::config::ConfigErrors;
 use crate::dns::{DnsError, DnsServer};
 use crate::health::{self, HealthHandle};
@@ -52,6 +53,8 @@ pub struct App {
     health_task: JoinHandle<()>,
     reloader: Reloader,
     token: CancellationToken,
+    fleet: Option<Fleet>,
+    fleet_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -118,6 +121,16 @@ impl App {
             events.clone(),
             token.child_token(),
         );
+        let fleet = loaded.config.cluster.as_ref().map(|cluster| {
+            let me = crate::cluster::InstanceInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                listen: dns.local_addrs().iter().map(ToString::to_string).collect(),
+                admin: None,
+                started: crate::health::store::unix(std::time::SystemTime::now()),
+                config_digest: loaded.digest.clone(),
+            };
+            Fleet::new(cluster, health.clone(), me)
+        });
         let admin_shared = Arc::new(ArcSwap::from_pointee(admin_settings.clone()));
         let reloader = Reloader::new(
             source,
@@ -125,6 +138,7 @@ impl App {
             health.clone(),
             admin_shared.clone(),
             loaded.clone(),
+            fleet.clone(),
         );
         let admin = match admin_settings.listen {
             None => None,
@@ -137,6 +151,7 @@ impl App {
                     metrics,
                     ready: ready.clone(),
                     started: std::time::SystemTime::now(),
+                    fleet: fleet.clone(),
                 };
                 match AdminServer::start(addr, state).await {
                     Ok(server) => Some(server),
@@ -147,8 +162,16 @@ impl App {
                 }
             }
         };
+        let fleet_task = fleet.as_ref().map(|fleet| {
+            if let Some(server) = &admin {
+                fleet.set_admin(server.local_addr);
+            }
+            fleet.run(token.child_token())
+        });
         ready.store(true, Ordering::Release);
         Ok(Self {
+            fleet,
+            fleet_task,
             dns,
             admin,
             routing,
@@ -181,6 +204,11 @@ impl App {
         self.events.clone()
     }
 
+    /// This instance's part in the fleet, with `[cluster]`.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
+    }
+
     /// Endpoint state: health, drains, load, flips.
     pub fn health(&self) -> &HealthHandle {
         &self.health
@@ -197,6 +225,10 @@ impl App {
         self.token.cancel();
         // Join errors mean a task panicked, which was already logged.
         let _ = self.health_task.await;
+        if let Some(task) = self.fleet_task {
+            // It leaves the fleet (revokes its lease) within a second.
+            let _ = task.await;
+        }
         let result = self.dns.shutdown(SHUTDOWN_GRACE).await;
         let _ = self.builder_task.await;
         if let Some(admin) = self.admin {

@@ -105,7 +105,7 @@ pub struct Loaded {
     /// The opened `[geo] mmdb` database, if configured.
     pub geo_db: Option<std::sync::Arc<crate::geo::mmdb::Mmdb>>,
     /// SHA-256 (first 8 bytes, hex) of the config text and every zone file: instances that
-    /// serve the same files show the same digest.
+    /// serve the same files show the same digest (`[cluster] instance` is left out).
     pub digest: String,
     /// Problems that leave the config servable (occluded zone data), located: `gto check`
     /// prints them and `gto run` logs them.
@@ -166,7 +166,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
         let digest = {
             use sha2::{Digest, Sha256};
             let mut hasher = Sha256::new();
-            hasher.update(text.as_bytes());
+            hasher.update(without_instance(text).as_bytes());
             for zone in &zones {
                 hasher.update(zone.text_digest());
             }
@@ -198,6 +198,30 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
         errors.retain(|e| seen.insert(e.clone()));
         Err(ConfigErrors(errors))
     }
+}
+
+/// The config text without its `[cluster] instance` line: the one setting that differs
+/// between the instances of a fleet by design, so it does not count as config drift.
+fn without_instance(text: &str) -> String {
+    let mut table = String::new();
+    let mut kept = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            table = trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+        }
+        let is_instance = table == "cluster"
+            && trimmed
+                .strip_prefix("instance")
+                .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if !is_instance {
+            kept.push_str(line);
+        }
+    }
+    kept
 }
 
 /// Every GSLB name must sit inside a configured zone, below its apex and above its

@@ -27,12 +27,14 @@ impl Reloader {
         health: HealthHandle,
         admin: Arc<ArcSwap<AdminSettings>>,
         running: Arc<Loaded>,
+        fleet: Option<crate::cluster::Fleet>,
     ) -> Self {
         Self(Arc::new(ReloaderInner {
             source,
             events,
             health,
             admin,
+            fleet,
             digest: ArcSwap::from_pointee(running.digest.clone()),
             running: Mutex::new(running),
             last: Arc::new(ArcSwapOption::empty()),
@@ -46,6 +48,8 @@ struct ReloaderInner {
     events: mpsc::Sender<BuildEvent>,
     health: HealthHandle,
     admin: Arc<ArcSwap<AdminSettings>>,
+    /// The fleet, told the new config digest.
+    fleet: Option<crate::cluster::Fleet>,
     /// The config and zones being served; also the reload lock (one at a time).
     running: Mutex<Arc<Loaded>>,
     /// The outcome of the last reload, for status.
@@ -175,6 +179,9 @@ impl Reloader {
             .map_err(|_| single_error("the routing builder stopped during reload".into()))?;
         inner.health.reconfigure(loaded.clone()).await;
         inner.digest.store(Arc::new(loaded.digest.clone()));
+        if let Some(fleet) = &inner.fleet {
+            fleet.set_digest(&loaded.digest);
+        }
         *running = loaded;
         metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
         info!(
@@ -221,6 +228,7 @@ fn needs_restart(old: &crate::config::Config, new: &crate::config::Config) -> Ve
         a.state_file_follow_symlinks != b.state_file_follow_symlinks,
     );
     check("admin.listen", old.admin.listen != new.admin.listen);
+    check("cluster", old.cluster != new.cluster);
     check(
         "admin.max_connections",
         old.admin.max_connections != new.admin.max_connections,

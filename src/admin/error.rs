@@ -30,6 +30,9 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("a valid bearer token is required for changes")]
     Unauthorized,
+    /// The fleet store cannot take the change now.
+    #[error("{0}")]
+    Fleet(#[from] crate::cluster::ClusterError),
 }
 
 impl ApiError {
@@ -41,6 +44,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Fleet(crate::cluster::ClusterError::Conflict) => StatusCode::CONFLICT,
+            ApiError::Fleet(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// When gto started, for status.
     pub started: std::time::SystemTime,
+    /// The fleet, with `[cluster]`: drains go through it.
+    pub fleet: Option<crate::cluster::Fleet>,
 }
 
 /// The admin router; testable with `oneshot`.

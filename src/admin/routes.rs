@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AdminState, ApiError, constant_time_eq};
-use crate::health::{Changed, EndpointStatus, store};
+use crate::health::{Changed, EndpointStatus, StateError, store};
 use crate::routing::EndpointKey;
 use crate::routing::explain::{Explanation, explain as explain_answer, parse_question};
 
@@ -137,6 +137,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
             "config_digest": state.reloader.digest().as_str(),
             "last_reload": state.reloader.last().as_deref(),
         },
+        "cluster": state.fleet.as_ref().map(crate::cluster::Fleet::status_json),
         "generation": snapshot.generation,
         "services": services,
         "endpoints": pools,
@@ -258,11 +259,23 @@ pub(super) async fn drain(
     if until.is_some_and(|u| u.duration_since(now).map_or(true, |d| d > max_drain)) {
         return Err(too_far());
     }
-    let status = state
-        .health
-        .drain(EndpointKey { pool, member }, until)
-        .await?;
+    let key = EndpointKey { pool, member };
+    if let Some(fleet) = &state.fleet {
+        // The fleet first: a drain the fleet did not take is applied nowhere.
+        known(&state, &key).await?;
+        fleet.drain(&key, until).await?;
+    }
+    let status = state.health.drain(key, until).await?;
     Ok(member_json(&state, &status))
+}
+
+/// Fails with 404 unless `key` is an endpoint of the running config.
+async fn known(state: &AdminState, key: &EndpointKey) -> Result<(), ApiError> {
+    if state.health.status().await.iter().any(|s| s.key == *key) {
+        Ok(())
+    } else {
+        Err(StateError::NotFound(key.pool.clone(), key.member.clone()).into())
+    }
 }
 
 /// `POST /v1/members/{pool}/{member}/undrain`.
@@ -272,7 +285,12 @@ pub(super) async fn undrain(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let status = state.health.undrain(EndpointKey { pool, member }).await?;
+    let key = EndpointKey { pool, member };
+    if let Some(fleet) = &state.fleet {
+        known(&state, &key).await?;
+        fleet.undrain(&key).await?;
+    }
+    let status = state.health.undrain(key).await?;
     Ok(member_json(&state, &status))
 }
 
@@ -296,10 +314,14 @@ pub(super) async fn load(
     let sessions = body.sessions.ok_or_else(|| {
         ApiError::BadRequest("body needs \"sessions\" (and \"capacity\" unless configured)".into())
     })?;
+    let key = EndpointKey { pool, member };
     let status = state
         .health
-        .set_load(EndpointKey { pool, member }, sessions, body.capacity)
+        .set_load(key.clone(), sessions, body.capacity)
         .await?;
+    if let (Some(fleet), Some(load)) = (&state.fleet, status.status.load) {
+        fleet.publish_load(&key, load.sessions, load.capacity).await;
+    }
     Ok(member_json(&state, &status))
 }
 

@@ -45,6 +45,35 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Pools of endpoints.
     pub pools: Vec<Pool>,
+    /// The fleet's shared state (`[cluster]`); None: a single instance.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`: instances that share drains, load reports and their presence through
+/// etcd v3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// etcd endpoints, `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    /// The fleet's name: keys live under `/gto/<name>/`.
+    pub name: String,
+    /// This instance's id in the fleet (default: the host name).
+    pub instance: String,
+    /// How long an instance's presence and load reports outlive it (default 10 s).
+    pub lease_ttl: Duration,
+    /// TLS to etcd: the CA that signs its certificate, and an optional client certificate.
+    pub tls: Option<ClusterTls>,
+    /// etcd authentication: user name and password.
+    pub auth: Option<(String, Secret)>,
+}
+
+/// `[cluster] tls`, read: PEM texts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterTls {
+    /// PEM of the CA certificate(s) that sign etcd's certificate.
+    pub ca: Option<String>,
+    /// PEM of the client certificate and its key, when etcd asks for one.
+    pub identity: Option<(String, Secret)>,
 }
 
 /// `[rrl]`: response rate limiting (RRL) on UDP, in the spirit of BIND, Knot and NSD.

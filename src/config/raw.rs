@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub(crate) admin: Option<Spanned<RawAdmin>>,
     pub(crate) rrl: Option<Spanned<RawRrl>>,
     pub(crate) geo: Option<Spanned<RawGeo>>,
+    pub(crate) cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     pub(crate) zone: Vec<Spanned<RawZone>>,
     #[serde(default)]
@@ -128,6 +129,26 @@ pub(crate) struct RawAdmin {
     pub(crate) max_connections: Option<Spanned<i64>>,
     /// Time a client has to send a request's headers, e.g. "5s".
     pub(crate) header_timeout: Option<Spanned<String>>,
+}
+
+/// `[cluster]`: the fleet's shared state in etcd.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCluster {
+    pub(crate) etcd: Option<Spanned<Vec<String>>>,
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) instance: Option<Spanned<String>>,
+    pub(crate) lease_ttl: Option<Spanned<String>>,
+    pub(crate) tls: Option<Spanned<RawClusterTls>>,
+    pub(crate) user: Option<Spanned<String>>,
+    pub(crate) password_file: Option<Spanned<String>>,
+}
+
+/// `[cluster] tls`: how gto trusts etcd and proves itself to it.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawClusterTls {
+    pub(crate) ca_file: Option<Spanned<String>>,
+    pub(crate) cert_file: Option<Spanned<String>>,
+    pub(crate) key_file: Option<Spanned<String>>,
 }
 
 /// `[[zone]]`: one zone we are authoritative for.

@@ -56,7 +56,20 @@ impl HealthHandle {
         sessions: u32,
         capacity: Option<u32>,
     ) -> Result<Changed, StateError> {
-        self.ask(|reply| Control::SetLoad(key, sessions, capacity, reply))
+        self.ask(|reply| Control::SetLoad(key, sessions, capacity, None, reply))
+            .await
+    }
+
+    /// Records a load report made at `at` (one shared by another instance of the fleet):
+    /// its age counts toward the pool's `stale_after`.
+    pub async fn report_load(
+        &self,
+        key: EndpointKey,
+        sessions: u32,
+        capacity: Option<u32>,
+        at: SystemTime,
+    ) -> Result<Changed, StateError> {
+        self.ask(|reply| Control::SetLoad(key, sessions, capacity, Some(at), reply))
             .await
     }
 
@@ -120,7 +133,7 @@ pub(super) type Reply = oneshot::Sender<Result<(EndpointStatus, Option<u64>), St
 pub(super) enum Control {
     Drain(EndpointKey, Option<SystemTime>, Reply),
     Reconfigure(Arc<Loaded>, oneshot::Sender<()>),
-    SetLoad(EndpointKey, u32, Option<u32>, Reply),
+    SetLoad(EndpointKey, u32, Option<u32>, Option<SystemTime>, Reply),
     Status(oneshot::Sender<Vec<EndpointStatus>>),
     Undrain(EndpointKey, Reply),
     /// Kills every probe task without telling the endpoints: a checker that died.

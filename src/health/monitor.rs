@@ -201,8 +201,8 @@ impl Monitor {
                         let result = self.set_drain(&key, None).await;
                         let _ = reply.send(result.map(|s| (s, self.saving())));
                     }
-                    Control::SetLoad(key, sessions, capacity, reply) => {
-                        let result = self.set_load(&key, sessions, capacity).await;
+                    Control::SetLoad(key, sessions, capacity, at, reply) => {
+                        let result = self.set_load(&key, sessions, capacity, at).await;
                         let _ = reply.send(result.map(|s| (s, self.saving())));
                     }
                     Control::Reconfigure(loaded, done) => {
@@ -539,6 +539,7 @@ impl Monitor {
         key: &EndpointKey,
         sessions: u32,
         capacity: Option<u32>,
+        at: Option<SystemTime>,
     ) -> Result<EndpointStatus, StateError> {
         let tracked = self
             .members
@@ -548,13 +549,18 @@ impl Monitor {
             .or(tracked.capacity)
             .filter(|c| *c > 0)
             .ok_or_else(|| StateError::NoCapacity(key.pool.clone(), key.member.clone()))?;
+        let wall = SystemTime::now();
+        let at = at.unwrap_or(wall).min(wall);
         let load = Load {
             sessions,
             capacity,
-            at: SystemTime::now(),
+            at,
         };
+        // A report made elsewhere is as old here as it is.
+        let age = wall.duration_since(at).unwrap_or_default();
+        let observed = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         tracked.load = Some(load);
-        tracked.tracker.observe(load.ratio(), Instant::now());
+        tracked.tracker.observe(load.ratio(), observed);
         self.push_load(key, true).await;
         self.persist().await;
         self.status_of(key)

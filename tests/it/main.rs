@@ -12,6 +12,7 @@ mod check;
 mod dns;
 mod edns;
 mod fast;
+mod fleet;
 mod geo;
 mod health;
 mod issue18;

@@ -1,0 +1,681 @@
+//! The fleet: gto instances that share drains, load reports and their presence through a
+//! distributed store (etcd v3, [`etcd`]), and keep answering when it is gone.
+//!
+//! The rest of gto sees only [`Fleet`]; the store is behind the small [`Engine`] trait
+//! (read a prefix, watch it from a revision, leases, compare-and-set), so a second engine
+//! could be added. Nothing here is on the query path: changes from the store are applied
+//! to the health monitor, which publishes snapshots as it does for local changes.
+//!
+//! Keys, under `/gto/<name>/` (path parts percent-encoded):
+//!
+//! | key | value | lifetime |
+//! |---|---|---|
+//! | `drain/<pool>/<member>` | `{"since","until","by"}` | durable; with `until`, a lease that ends with it |
+//! | `load/<pool>/<member>` | `{"sessions","capacity","at_ms","by"}` | the reporting instance's lease |
+//! | `instance/<id>` | version, listen addresses, start time, config digest | the instance's lease |
+//!
+//! A supervision task connects, registers the instance under a lease kept alive at a
+//! third of its TTL, reads the prefix once and then watches it from the next revision. On
+//! a disconnect it backs off (0.1 s doubling to 1 s, with jitter) and resumes the watch
+//! from the last revision it applied; when that revision has been compacted it reads the
+//! whole prefix again. While the store is unreachable, answers use the last known state
+//! (also kept in the state file), and drains are refused rather than applied on one
+//! instance only.
+
+pub mod etcd;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::ClusterSettings;
+use crate::health::HealthHandle;
+use crate::health::store::{rfc3339, unix};
+use crate::routing::EndpointKey;
+
+/// `gto_cluster_connected`: 1 while the store is reachable.
+pub const CLUSTER_CONNECTED: &str = "gto_cluster_connected";
+/// `gto_cluster_config_drift`: 1 while some instance serves a different config digest.
+pub const CLUSTER_CONFIG_DRIFT: &str = "gto_cluster_config_drift";
+/// `gto_cluster_resyncs_total`: full reads of the fleet state (start, compaction).
+pub const CLUSTER_RESYNCS_TOTAL: &str = "gto_cluster_resyncs_total";
+/// `gto_cluster_events_total`: changes received from the store.
+pub const CLUSTER_EVENTS_TOTAL: &str = "gto_cluster_events_total";
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why a fleet operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// The store cannot be reached or has no quorum.
+    #[error("the fleet store (etcd) is unavailable: {0}")]
+    Unavailable(String),
+    /// Other instances kept changing the same key.
+    #[error("the change kept conflicting with changes from other instances; try again")]
+    Conflict,
+}
+
+/// A key and its value as stored.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The full key.
+    pub key: String,
+    /// The value (JSON).
+    pub value: Vec<u8>,
+    /// The store revision that last changed it.
+    pub revision: i64,
+}
+
+/// What a watch delivers.
+#[derive(Debug)]
+pub enum WatchItem {
+    /// Changes in revision order (true: put, false: delete), and the store revision they
+    /// bring the watcher to.
+    Changes {
+        /// The changes.
+        changes: Vec<(bool, Entry)>,
+        /// The revision reached.
+        revision: i64,
+    },
+    /// The start revision was compacted away: read everything again.
+    Compacted,
+    /// The watch ended (the store went away).
+    Closed(String),
+}
+
+/// The operations the fleet needs of a store.
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync + std::fmt::Debug {
+    /// Connects (again).
+    async fn connect(&self) -> Result<(), ClusterError>;
+    /// Every key under `prefix`, and the store's revision.
+    async fn read_all(&self, prefix: &str) -> Result<(Vec<Entry>, i64), ClusterError>;
+    /// One key.
+    async fn get(&self, key: &str) -> Result<Option<Entry>, ClusterError>;
+    /// Changes under `prefix` from revision `from` on.
+    async fn watch(
+        &self,
+        prefix: &str,
+        from: i64,
+    ) -> Result<mpsc::Receiver<WatchItem>, ClusterError>;
+    /// A lease of `ttl`.
+    async fn grant(&self, ttl: Duration) -> Result<i64, ClusterError>;
+    /// Keeps `lease` alive; returns why it stopped.
+    async fn keep_alive(&self, lease: i64, ttl: Duration) -> ClusterError;
+    /// Ends a lease and its keys (best effort).
+    async fn revoke(&self, lease: i64);
+    /// Writes a key, under a lease if given.
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> Result<(), ClusterError>;
+    /// Writes (`Some`) or deletes (`None`) a key if it was last changed at `revision` (0:
+    /// absent). False: it changed meanwhile.
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        revision: i64,
+        lease: Option<i64>,
+    ) -> Result<bool, ClusterError>;
+}
+
+/// A drain as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct DrainValue {
+    since: u64,
+    until: Option<u64>,
+    by: String,
+}
+
+/// A load report as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoadValue {
+    sessions: u32,
+    capacity: u32,
+    at_ms: u64,
+    by: String,
+}
+
+/// What an instance tells the fleet about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceInfo {
+    /// gto's version.
+    pub version: String,
+    /// DNS listen addresses.
+    pub listen: Vec<String>,
+    /// The admin API's address.
+    pub admin: Option<String>,
+    /// Start time (Unix seconds).
+    pub started: u64,
+    /// Digest of the config and zone files it serves.
+    pub config_digest: String,
+}
+
+/// An instance as this one sees it.
+#[derive(Debug, Clone)]
+struct Seen {
+    info: InstanceInfo,
+    /// When its record last changed, as seen here.
+    seen: SystemTime,
+}
+
+/// This instance's handle on the fleet.
+#[derive(Debug, Clone)]
+pub struct Fleet(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    engine: Box<dyn Engine>,
+    name: String,
+    endpoints: Vec<String>,
+    prefix: String,
+    instance: String,
+    lease_ttl: Duration,
+    health: HealthHandle,
+    connected: AtomicBool,
+    drift: AtomicBool,
+    lease: AtomicI64,
+    me: ArcSwap<InstanceInfo>,
+    instances: ArcSwap<BTreeMap<String, Seen>>,
+    reregister: Notify,
+}
+
+/// Percent-encodes `/` and `%` so that a name is one key segment.
+fn segment(text: &str) -> String {
+    text.replace('%', "%25").replace('/', "%2F")
+}
+
+fn unsegment(text: &str) -> String {
+    text.replace("%2F", "/").replace("%25", "%")
+}
+
+/// What a key under the prefix is.
+enum Key {
+    Drain(EndpointKey),
+    Load(EndpointKey),
+    Instance(String),
+}
+
+impl Fleet {
+    /// This instance's part in the fleet of `settings`; [`Fleet::run`] starts it.
+    pub fn new(settings: &ClusterSettings, health: HealthHandle, me: InstanceInfo) -> Self {
+        let engine = Box::new(etcd::Etcd::new(settings.clone()));
+        let fleet = Fleet(Arc::new(Inner {
+            engine,
+            name: settings.name.clone(),
+            endpoints: settings.endpoints.clone(),
+            prefix: format!("/gto/{}/", settings.name),
+            instance: settings.instance.clone(),
+            lease_ttl: settings.lease_ttl,
+            health,
+            connected: AtomicBool::new(false),
+            drift: AtomicBool::new(false),
+            lease: AtomicI64::new(0),
+            me: ArcSwap::from_pointee(me),
+            instances: ArcSwap::from_pointee(BTreeMap::new()),
+            reregister: Notify::new(),
+        }));
+        metrics::gauge!(CLUSTER_CONNECTED).set(0.0);
+        metrics::gauge!(CLUSTER_CONFIG_DRIFT).set(0.0);
+        metrics::counter!(CLUSTER_RESYNCS_TOTAL).absolute(0);
+        metrics::counter!(CLUSTER_EVENTS_TOTAL).absolute(0);
+        fleet
+    }
+
+    /// Connects and follows the fleet until `token` is cancelled (then leaves it).
+    pub fn run(&self, token: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let running = self.clone();
+        tokio::spawn(async move { running.supervise(token).await })
+    }
+
+    /// The admin API's address, once bound, for the fleet view.
+    pub fn set_admin(&self, addr: std::net::SocketAddr) {
+        let mut me = (**self.0.me.load()).clone();
+        me.admin = Some(addr.to_string());
+        self.0.me.store(Arc::new(me));
+    }
+
+    /// True while the store is reachable.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected.load(Ordering::Relaxed)
+    }
+
+    /// Drains an endpoint fleet-wide (`until`: when it ends by itself). Refused while the
+    /// store is unreachable: a drain is never applied on one instance only.
+    pub async fn drain(
+        &self,
+        key: &EndpointKey,
+        until: Option<SystemTime>,
+    ) -> Result<(), ClusterError> {
+        let value = DrainValue {
+            since: unix(SystemTime::now()),
+            until: until.map(unix),
+            by: self.0.instance.clone(),
+        };
+        self.write_drain(key, Some(value), until).await
+    }
+
+    /// Ends a drain fleet-wide.
+    pub async fn undrain(&self, key: &EndpointKey) -> Result<(), ClusterError> {
+        self.write_drain(key, None, None).await
+    }
+
+    async fn write_drain(
+        &self,
+        key: &EndpointKey,
+        value: Option<DrainValue>,
+        until: Option<SystemTime>,
+    ) -> Result<(), ClusterError> {
+        if !self.is_connected() {
+            return Err(ClusterError::Unavailable(
+                "not connected; drains are shared by the fleet, so none is changed until the \
+                 store is back"
+                    .into(),
+            ));
+        }
+        let inner = &self.0;
+        let path = self.key_of("drain", key);
+        for _ in 0..5 {
+            let current = inner.engine.get(&path).await?;
+            if value.is_none() && current.is_none() {
+                return Ok(());
+            }
+            let revision = current.map_or(0, |e| e.revision);
+            // A drain with an end lives on a lease that ends with it.
+            let lease = match until.and_then(|u| u.duration_since(SystemTime::now()).ok()) {
+                Some(left) => Some(inner.engine.grant(left + Duration::from_secs(1)).await?),
+                None => None,
+            };
+            let bytes = value
+                .as_ref()
+                .map(|v| serde_json::to_vec(v).unwrap_or_default());
+            if inner.engine.put_if(&path, bytes, revision, lease).await? {
+                return Ok(());
+            }
+        }
+        Err(ClusterError::Conflict)
+    }
+
+    /// Shares a load report pushed to this instance (best effort: while the store is
+    /// unreachable only this instance has it).
+    pub async fn publish_load(&self, key: &EndpointKey, sessions: u32, capacity: u32) {
+        let inner = &self.0;
+        let lease = inner.lease.load(Ordering::Relaxed);
+        if !self.is_connected() || lease == 0 {
+            return;
+        }
+        let value = LoadValue {
+            sessions,
+            capacity,
+            at_ms: u64::try_from(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
+            by: inner.instance.clone(),
+        };
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        if let Err(error) = inner
+            .engine
+            .put(&self.key_of("load", key), bytes, Some(lease))
+            .await
+        {
+            warn!(%error, pool = %key.pool, member = %key.member, "load report not shared");
+        }
+    }
+
+    /// The config digest changed (a reload): tell the fleet.
+    pub fn set_digest(&self, digest: &str) {
+        let mut me = (**self.0.me.load()).clone();
+        me.config_digest = digest.to_string();
+        self.0.me.store(Arc::new(me));
+        self.0.reregister.notify_one();
+        self.update_drift();
+    }
+
+    /// The fleet as status shows it.
+    pub fn status_json(&self) -> serde_json::Value {
+        let inner = &self.0;
+        let mine = inner.me.load().config_digest.clone();
+        let instances: Vec<_> = inner
+            .instances
+            .load()
+            .iter()
+            .map(|(id, seen)| {
+                json!({
+                    "instance": id,
+                    "version": seen.info.version,
+                    "listen": seen.info.listen,
+                    "admin": seen.info.admin,
+                    "started": rfc3339(crate::health::store::from_unix_clamped(seen.info.started)),
+                    "config_digest": seen.info.config_digest,
+                    "config_matches": seen.info.config_digest == mine,
+                    "last_seen": rfc3339(seen.seen),
+                })
+            })
+            .collect();
+        json!({
+            "name": inner.name,
+            "instance": inner.instance,
+            "etcd": inner.endpoints,
+            "connected": self.is_connected(),
+            "config_drift": inner.drift.load(Ordering::Relaxed),
+            "instances": instances,
+        })
+    }
+
+    fn key_of(&self, kind: &str, key: &EndpointKey) -> String {
+        format!(
+            "{}{kind}/{}/{}",
+            self.0.prefix,
+            segment(&key.pool),
+            segment(&key.member)
+        )
+    }
+
+    fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(&self.0.prefix)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let endpoint = |pool: &str, member: &str| EndpointKey {
+            pool: unsegment(pool),
+            member: unsegment(member),
+        };
+        match parts.as_slice() {
+            ["drain", pool, member] => Some(Key::Drain(endpoint(pool, member))),
+            ["load", pool, member] => Some(Key::Load(endpoint(pool, member))),
+            ["instance", id] => Some(Key::Instance(unsegment(id))),
+            _ => None,
+        }
+    }
+
+    fn set_connected(&self, connected: bool, why: Option<&ClusterError>) {
+        let was = self.0.connected.swap(connected, Ordering::Relaxed);
+        metrics::gauge!(CLUSTER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+        if was != connected {
+            if connected {
+                info!(etcd = ?self.0.endpoints, "fleet store connected");
+            } else {
+                warn!(
+                    error = %why.map(ToString::to_string).unwrap_or_default(),
+                    "fleet store unreachable: answering from the last known fleet state; \
+                     drains are refused until it is back"
+                );
+            }
+        }
+    }
+
+    fn update_drift(&self) {
+        let mine = self.0.me.load().config_digest.clone();
+        let instances = self.0.instances.load();
+        let differing: Vec<&String> = instances
+            .iter()
+            .filter(|(_, seen)| seen.info.config_digest != mine)
+            .map(|(id, _)| id)
+            .collect();
+        let drift = !differing.is_empty();
+        metrics::gauge!(CLUSTER_CONFIG_DRIFT).set(if drift { 1.0 } else { 0.0 });
+        if self.0.drift.swap(drift, Ordering::Relaxed) != drift {
+            if drift {
+                warn!(
+                    instances = ?differing,
+                    digest = %mine,
+                    "config drift: instances of the fleet serve a different config"
+                );
+            } else {
+                info!("config drift ended: every instance serves this config");
+            }
+        }
+    }
+
+    async fn supervise(&self, token: CancellationToken) {
+        let mut last_revision = 0i64;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let (reached, result) = self.session(&mut last_revision, &token).await;
+            match result {
+                Ok(()) => break,
+                Err(error) => self.set_connected(false, Some(&error)),
+            }
+            if reached {
+                backoff = MIN_BACKOFF;
+            }
+            let jitter =
+                Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
+            tokio::select! {
+                () = tokio::time::sleep(backoff + jitter) => {}
+                () = token.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.set_connected(false, None);
+        let lease = self.0.lease.swap(0, Ordering::Relaxed);
+        if lease != 0 {
+            // Leave the fleet at once rather than when the lease runs out.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.0.engine.revoke(lease)).await;
+        }
+    }
+
+    /// One connection: register, catch up, watch. Returns whether it got connected, and
+    /// Ok on shutdown.
+    async fn session(
+        &self,
+        last_revision: &mut i64,
+        token: &CancellationToken,
+    ) -> (bool, Result<(), ClusterError>) {
+        let inner = &self.0;
+        let engine = inner.engine.as_ref();
+        let setup = async {
+            engine.connect().await?;
+            let lease = engine.grant(inner.lease_ttl).await?;
+            inner.lease.store(lease, Ordering::Relaxed);
+            self.register(lease).await?;
+            let from = if *last_revision > 0 {
+                *last_revision + 1
+            } else {
+                self.resync().await? + 1
+            };
+            let watch = engine.watch(&inner.prefix, from).await?;
+            Ok::<_, ClusterError>((lease, watch))
+        };
+        let (lease, mut watch) = tokio::select! {
+            result = setup => match result {
+                Ok(pair) => pair,
+                Err(error) => return (false, Err(error)),
+            },
+            () = token.cancelled() => return (false, Ok(())),
+        };
+        self.set_connected(true, None);
+        let keep_alive = engine.keep_alive(lease, inner.lease_ttl);
+        tokio::pin!(keep_alive);
+        loop {
+            tokio::select! {
+                item = watch.recv() => match item {
+                    Some(WatchItem::Changes { changes, revision }) => {
+                        for (put, entry) in changes {
+                            metrics::counter!(CLUSTER_EVENTS_TOTAL).increment(1);
+                            self.apply(put, &entry).await;
+                            *last_revision = (*last_revision).max(entry.revision);
+                        }
+                        *last_revision = (*last_revision).max(revision);
+                    }
+                    Some(WatchItem::Compacted) => {
+                        info!(
+                            revision = *last_revision,
+                            "fleet changes since the last one seen were compacted; reading the \
+                             whole fleet state again"
+                        );
+                        let resynced = async {
+                            let revision = self.resync().await?;
+                            *last_revision = revision;
+                            engine.watch(&inner.prefix, revision + 1).await
+                        };
+                        match resynced.await {
+                            Ok(next) => watch = next,
+                            Err(error) => return (true, Err(error)),
+                        }
+                    }
+                    Some(WatchItem::Closed(reason)) => {
+                        return (true, Err(ClusterError::Unavailable(reason)));
+                    }
+                    None => return (true, Err(ClusterError::Unavailable("watch ended".into()))),
+                },
+                error = &mut keep_alive => return (true, Err(error)),
+                () = inner.reregister.notified() => {
+                    if let Err(error) = self.register(lease).await {
+                        return (true, Err(error));
+                    }
+                }
+                () = token.cancelled() => return (true, Ok(())),
+            }
+        }
+    }
+
+    async fn register(&self, lease: i64) -> Result<(), ClusterError> {
+        let inner = &self.0;
+        let key = format!("{}instance/{}", inner.prefix, segment(&inner.instance));
+        let value = serde_json::to_vec(&**inner.me.load()).unwrap_or_default();
+        inner.engine.put(&key, value, Some(lease)).await
+    }
+
+    /// Reads the whole fleet state and makes this instance match it; returns the revision.
+    async fn resync(&self) -> Result<i64, ClusterError> {
+        let inner = &self.0;
+        let (entries, revision) = inner.engine.read_all(&inner.prefix).await?;
+        metrics::counter!(CLUSTER_RESYNCS_TOTAL).increment(1);
+        let mut drains = BTreeMap::new();
+        let mut instances = BTreeMap::new();
+        for entry in &entries {
+            match self.parse(&entry.key) {
+                Some(Key::Drain(key)) => {
+                    if let Ok(value) = serde_json::from_slice::<DrainValue>(&entry.value) {
+                        drains.insert(key, value);
+                    }
+                }
+                Some(Key::Load(key)) => self.apply_load(&key, &entry.value).await,
+                Some(Key::Instance(id)) => {
+                    if let Ok(info) = serde_json::from_slice::<InstanceInfo>(&entry.value) {
+                        instances.insert(
+                            id,
+                            Seen {
+                                info,
+                                seen: SystemTime::now(),
+                            },
+                        );
+                    }
+                }
+                None => {}
+            }
+        }
+        inner.instances.store(Arc::new(instances));
+        self.update_drift();
+        // Drains: the store is the truth; what this instance has differently follows it.
+        for status in inner.health.status().await {
+            let wanted = drains.get(&status.key);
+            let until = wanted.and_then(|d| d.until);
+            let has = status.drain.map(|d| d.until.map(unix));
+            match (wanted, has) {
+                (Some(_), Some(current)) if current == until => {}
+                (Some(_), _) => {
+                    let until = until.map(crate::health::store::from_unix_clamped);
+                    let _ = inner.health.drain(status.key.clone(), until).await;
+                }
+                (None, Some(_)) => {
+                    let _ = inner.health.undrain(status.key.clone()).await;
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(revision)
+    }
+
+    async fn apply(&self, put: bool, entry: &Entry) {
+        let inner = &self.0;
+        match self.parse(&entry.key) {
+            Some(Key::Drain(key)) => {
+                let current = inner
+                    .health
+                    .status()
+                    .await
+                    .into_iter()
+                    .find(|s| s.key == key)
+                    .map(|s| s.drain.map(|d| d.until.map(unix)));
+                let Some(current) = current else {
+                    return; // not an endpoint of this instance's config
+                };
+                if put {
+                    let Ok(value) = serde_json::from_slice::<DrainValue>(&entry.value) else {
+                        return;
+                    };
+                    if current != Some(value.until) {
+                        let until = value.until.map(crate::health::store::from_unix_clamped);
+                        let _ = inner.health.drain(key, until).await;
+                    }
+                } else if current.is_some() {
+                    let _ = inner.health.undrain(key).await;
+                }
+            }
+            Some(Key::Load(key)) if put => self.apply_load(&key, &entry.value).await,
+            Some(Key::Load(_)) | None => {}
+            Some(Key::Instance(id)) => {
+                let mut instances = (**inner.instances.load()).clone();
+                if put {
+                    if let Ok(info) = serde_json::from_slice::<InstanceInfo>(&entry.value) {
+                        if !instances.contains_key(&id) {
+                            info!(instance = %id, "fleet member joined");
+                        }
+                        instances.insert(
+                            id,
+                            Seen {
+                                info,
+                                seen: SystemTime::now(),
+                            },
+                        );
+                    }
+                } else if instances.remove(&id).is_some() {
+                    info!(instance = %id, "fleet member left (or its lease expired)");
+                }
+                inner.instances.store(Arc::new(instances));
+                self.update_drift();
+            }
+        }
+    }
+
+    /// A load report from another instance: applied with its own time, so that a report
+    /// older than the pool's `stale_after` counts for nothing.
+    async fn apply_load(&self, key: &EndpointKey, value: &[u8]) {
+        let Ok(report) = serde_json::from_slice::<LoadValue>(value) else {
+            return;
+        };
+        if report.by == self.0.instance {
+            return;
+        }
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(report.at_ms);
+        let _ = self
+            .0
+            .health
+            .report_load(key.clone(), report.sessions, Some(report.capacity), at)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_round_trip() {
+        for text in ["plain", "a/b", "100%", "%2F"] {
+            assert_eq!(unsegment(&segment(text)), text);
+            assert!(!segment(text).contains('/'));
+        }
+    }
+}

@@ -1,0 +1,751 @@
+//! Issue 11: a fleet of gto instances sharing drains, load and presence through a real
+//! etcd (the Debian `etcd-server` package, installed by `tests/run`), started here on
+//! loopback ports with its own data directory. Instances reach etcd directly or through
+//! a TCP relay the test can cut, to make one instance lose the store while the others
+//! keep it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::admin::{TOKEN, admin_config};
+use crate::support::{TestServer, ZONE, answers, free_port, http_json, query, udp};
+
+/// An etcd server on loopback, ended (by its PID) when dropped.
+pub struct Etcd {
+    child: Option<Child>,
+    pub port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    _temp: tempfile::TempDir,
+    tls: Option<Tls>,
+}
+
+/// Certificates for etcd over TLS, made by the test.
+#[derive(Clone)]
+pub struct Tls {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+fn etcd_bin() -> &'static str {
+    for path in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if Path::new(path).exists() {
+            return path;
+        }
+    }
+    panic!("etcd is not installed: `tests/run` installs it (apt-get install -y etcd-server)");
+}
+
+impl Etcd {
+    pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    pub async fn start_with(tls: Option<Tls>) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let mut etcd = Etcd {
+            child: None,
+            port: free_port(),
+            peer_port: free_port(),
+            dir: temp.path().to_path_buf(),
+            _temp: temp,
+            tls,
+        };
+        etcd.run().await;
+        etcd
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same ports and data, and waits until it serves.
+    pub async fn run(&mut self) {
+        let url = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new(etcd_bin());
+        command
+            .arg("--name=t")
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=t={peer}"))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(tls) = &self.tls {
+            for (name, text) in [
+                ("ca.pem", &tls.ca),
+                ("server.pem", &tls.server_cert),
+                ("server.key", &tls.server_key),
+            ] {
+                std::fs::write(self.dir.join(name), text).unwrap();
+            }
+            command
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    self.dir.join("ca.pem").display()
+                ))
+                .arg(format!(
+                    "--cert-file={}",
+                    self.dir.join("server.pem").display()
+                ))
+                .arg(format!(
+                    "--key-file={}",
+                    self.dir.join("server.key").display()
+                ))
+                .arg("--client-cert-auth");
+        }
+        self.child = Some(command.spawn().unwrap());
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "etcd did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.tls.is_none() {
+            // Serving, not just listening: a put must succeed.
+            loop {
+                if let Ok(mut client) = etcd_client::Client::connect([url.as_str()], None).await
+                    && client.put("/probe", "1", None).await.is_ok()
+                {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "etcd not ready"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Kills etcd (SIGKILL, by its PID) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.url()], None)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP relay in front of etcd that the test can cut (every connection closed, new ones
+/// refused) and restore; it counts the bytes it carries.
+pub struct Relay {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+    /// Bytes carried both ways.
+    pub bytes: Arc<AtomicU64>,
+}
+
+impl Relay {
+    pub async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (o, g, b) = (open.clone(), generation.clone(), bytes.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let born = g.load(Ordering::SeqCst);
+                let (g, b) = (g.clone(), b.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.split();
+                    let (mut ro, mut wo) = outbound.split();
+                    let mut up = [0u8; 16384];
+                    let mut down = [0u8; 16384];
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    loop {
+                        if g.load(Ordering::SeqCst) != born {
+                            return;
+                        }
+                        tokio::select! {
+                            n = ri.read(&mut up) => match n {
+                                Ok(n) if n > 0 => {
+                                    b.fetch_add(n as u64, Ordering::Relaxed);
+                                    if wo.write_all(&up[..n]).await.is_err() { return; }
+                                }
+                                _ => return,
+                            },
+                            n = ro.read(&mut down) => match n {
+                                Ok(n) if n > 0 => {
+                                    b.fetch_add(n as u64, Ordering::Relaxed);
+                                    if wi.write_all(&down[..n]).await.is_err() { return; }
+                                }
+                                _ => return,
+                            },
+                            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            open,
+            generation,
+            bytes,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The admin test config (token, state file) in a fleet reaching etcd at `url`.
+pub fn fleet_config(url: &str, instance: &str, extra: &str) -> String {
+    format!(
+        "{}\n[cluster]\netcd = [\"{url}\"]\nname = \"test\"\ninstance = \"{instance}\"\nlease_ttl = \"2s\"\n{extra}",
+        admin_config()
+    )
+}
+
+pub async fn instance(url: &str, name: &str) -> TestServer {
+    TestServer::start_with_files(
+        &fleet_config(url, name, ""),
+        ZONE,
+        &[("admin.token", &format!("{TOKEN}\n"))],
+    )
+    .await
+}
+
+pub async fn vpn(server: &TestServer) -> Vec<String> {
+    answers(
+        &udp(
+            server.addr,
+            &query("vpn.gto.example.com.", RecordType::A, None),
+        )
+        .await
+        .0,
+    )
+}
+
+/// Waits until `check` holds, up to `limit`; returns how long it took.
+pub async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn status(server: &TestServer) -> serde_json::Value {
+    http_json(server.admin(), "GET", "/v1/status", None, "")
+        .await
+        .1
+}
+
+pub async fn connected(server: &TestServer) -> bool {
+    status(server).await["cluster"]["connected"] == true
+}
+
+const DRAINED: [&str; 2] = ["198.51.100.20", "203.0.113.30"];
+const ALL: [&str; 2] = ["198.51.100.10", "198.51.100.20"];
+
+async fn wait_connected(servers: &[&TestServer]) {
+    for server in servers {
+        within(Duration::from_secs(10), "connected to etcd", || {
+            connected(server)
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn issue_11_a_drain_on_one_instance_reaches_the_other_and_expires_on_both() {
+    let etcd = Etcd::start().await;
+    let a = instance(&etcd.url(), "a").await;
+    let b = instance(&etcd.url(), "b").await;
+    wait_connected(&[&a, &b]).await;
+    assert_eq!(vpn(&b).await, ALL);
+
+    let (code, body) = http_json(
+        a.admin(),
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(vpn(&a).await, DRAINED, "A at once");
+    let took = within(Duration::from_secs(1), "B leaves fra-1", || async {
+        vpn(&b).await == DRAINED
+    })
+    .await;
+    eprintln!("drain reached B in {took:?}");
+
+    // Undrain on B reaches A.
+    let (code, _) = http_json(
+        b.admin(),
+        "POST",
+        "/v1/members/sma/fra-1/undrain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    within(Duration::from_secs(1), "A takes fra-1 back", || async {
+        vpn(&a).await == ALL
+    })
+    .await;
+
+    // A drain `for` 2 s ends on both.
+    let (code, body) = http_json(
+        b.admin(),
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        r#"{"for": "2s"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    within(Duration::from_secs(1), "A drains", || async {
+        vpn(&a).await == DRAINED
+    })
+    .await;
+    for server in [&a, &b] {
+        within(Duration::from_secs(5), "the drain expires", || async {
+            vpn(server).await == ALL
+        })
+        .await;
+    }
+    // And it is gone from etcd too.
+    let mut client = etcd.client().await;
+    let left = client
+        .get(
+            "/gto/test/drain/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert!(left.kvs().is_empty(), "expired drain left in etcd");
+
+    // The fleet view: both instances, same config, no drift.
+    let view = status(&a).await;
+    let instances = view["cluster"]["instances"].as_array().unwrap();
+    let names: Vec<&str> = instances
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a", "b"]);
+    assert!(instances.iter().all(|i| i["config_matches"] == true));
+    assert_eq!(view["cluster"]["config_drift"], false);
+}
+
+#[tokio::test]
+async fn issue_11_a_load_report_to_one_instance_moves_the_others_ranking() {
+    let etcd = Etcd::start().await;
+    let extra = "";
+    let config = |name: &str| {
+        fleet_config(&etcd.url(), name, extra).replace(
+            "pool = \"sma\"\n",
+            "pool = \"sma\"\npolicy = \"least-load\"\n",
+        )
+    };
+    let files = [("admin.token", format!("{TOKEN}\n"))];
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let a = TestServer::start_with_files(&config("a"), ZONE, &files).await;
+    let b = TestServer::start_with_files(&config("b"), ZONE, &files).await;
+    wait_connected(&[&a, &b]).await;
+    let before = vpn(&b).await;
+    // fra-1 full, the others idle: B must rank fra-1 last.
+    for (member, sessions) in [("fra-1", 100), ("ams-1", 0), ("nyc-1", 0)] {
+        let (code, body) = http_json(
+            a.admin(),
+            "PUT",
+            &format!("/v1/members/sma/{member}/load"),
+            Some(TOKEN),
+            &format!(r#"{{"sessions": {sessions}, "capacity": 100}}"#),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    within(Duration::from_secs(2), "B sees the load", || async {
+        let view = status(&b).await;
+        view["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["member"] == "fra-1" && e["load"]["sessions"] == 100)
+    })
+    .await;
+    within(Duration::from_secs(2), "B moves fra-1 out", || async {
+        !vpn(&b).await.contains(&"198.51.100.10".to_string())
+    })
+    .await;
+    eprintln!("before: {before:?}, after: {:?}", vpn(&b).await);
+}
+
+#[tokio::test]
+async fn issue_11_instances_with_different_configs_show_drift() {
+    let etcd = Etcd::start().await;
+    let a = instance(&etcd.url(), "a").await;
+    let other = fleet_config(&etcd.url(), "b", "").replace("ttl = 20", "ttl = 30");
+    let b =
+        TestServer::start_with_files(&other, ZONE, &[("admin.token", &format!("{TOKEN}\n"))]).await;
+    wait_connected(&[&a, &b]).await;
+    within(Duration::from_secs(2), "drift on A", || async {
+        status(&a).await["cluster"]["config_drift"] == true
+    })
+    .await;
+    let view = status(&a).await;
+    let b_view = view["cluster"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "b")
+        .cloned()
+        .unwrap();
+    assert_eq!(b_view["config_matches"], false);
+    let (_, metrics) = crate::support::http(a.admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(
+        crate::support::sample(&metrics, "gto_cluster_config_drift", &[]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn issue_11_etcd_down_answers_go_on_drains_are_refused_and_all_converge_after() {
+    let mut etcd = Etcd::start().await;
+    let a = instance(&etcd.url(), "a").await;
+    let b = instance(&etcd.url(), "b").await;
+    wait_connected(&[&a, &b]).await;
+    let (code, _) = http_json(
+        a.admin(),
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    within(Duration::from_secs(1), "B drains", || async {
+        vpn(&b).await == DRAINED
+    })
+    .await;
+
+    // Query load on both while etcd dies: every query answered, none SERVFAIL.
+    let load = |addr: SocketAddr| {
+        tokio::spawn(async move {
+            let (mut answered, mut bad) = (0, 0);
+            let message = query("vpn.gto.example.com.", RecordType::A, None);
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                let bytes =
+                    crate::support::udp_raw_within(addr, &message.to_vec().unwrap(), 1000).await;
+                match bytes.and_then(|b| hickory_proto::op::Message::from_vec(&b).ok()) {
+                    Some(reply)
+                        if reply.metadata.response_code
+                            == hickory_proto::op::ResponseCode::NoError
+                            && answers(&reply) == DRAINED =>
+                    {
+                        answered += 1
+                    }
+                    _ => bad += 1,
+                }
+            }
+            (answered, bad)
+        })
+    };
+    let (la, lb) = (load(a.addr), load(b.addr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    etcd.kill();
+    for server in [&a, &b] {
+        within(Duration::from_secs(8), "sees etcd gone", || async {
+            !connected(server).await
+        })
+        .await;
+    }
+    let (code, body) = http_json(
+        b.admin(),
+        "POST",
+        "/v1/members/sma/ams-1/drain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("etcd"), "{body}");
+    let (_, after) = http_json(b.admin(), "GET", "/v1/status", None, "").await;
+    let ams = after["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["member"] == "ams-1")
+        .unwrap()
+        .clone();
+    assert_eq!(ams["drained"], false, "a refused drain changes nothing");
+    for handle in [la, lb] {
+        let (answered, bad) = handle.await.unwrap();
+        assert!(answered > 100, "{answered}");
+        assert_eq!(bad, 0, "unanswered or wrong answers while etcd died");
+    }
+
+    // etcd back: both converge within 2 s, and drains work again.
+    etcd.run().await;
+    let started = Instant::now();
+    for server in [&a, &b] {
+        within(Duration::from_secs(2), "reconnects", || connected(server)).await;
+    }
+    eprintln!("converged {:?} after etcd answered", started.elapsed());
+    let (code, _) = http_json(
+        b.admin(),
+        "POST",
+        "/v1/members/sma/fra-1/undrain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    within(Duration::from_secs(1), "A follows", || async {
+        vpn(&a).await == ALL
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn issue_11_an_instance_restarted_while_etcd_is_down_serves_the_cached_drains() {
+    let mut etcd = Etcd::start().await;
+    let a = instance(&etcd.url(), "a").await;
+    wait_connected(&[&a]).await;
+    let (code, _) = http_json(
+        a.admin(),
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    etcd.kill();
+    let dir = a.dir;
+    a.app.shutdown().await.unwrap();
+    let restarted = TestServer::start_in(dir).await;
+    assert!(!connected(&restarted).await);
+    assert_eq!(
+        vpn(&restarted).await,
+        DRAINED,
+        "the drain cached in the state file"
+    );
+}
+
+#[tokio::test]
+async fn issue_11_compacted_revisions_lead_to_a_full_resync() {
+    let etcd = Etcd::start().await;
+    let relay = Relay::start(etcd.port).await;
+    let a = instance(&etcd.url(), "a").await;
+    let b = instance(&format!("http://{}", relay.addr), "b").await;
+    wait_connected(&[&a, &b]).await;
+    relay.cut();
+    within(Duration::from_secs(8), "B loses etcd", || async {
+        !connected(&b).await
+    })
+    .await;
+    // Changes B misses, then compaction of everything before now.
+    for member in ["fra-1", "ams-1"] {
+        let (code, _) = http_json(
+            a.admin(),
+            "POST",
+            &format!("/v1/members/sma/{member}/drain"),
+            Some(TOKEN),
+            "",
+        )
+        .await;
+        assert_eq!(code, 200);
+    }
+    let (code, _) = http_json(
+        a.admin(),
+        "POST",
+        "/v1/members/sma/ams-1/undrain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let mut client = etcd.client().await;
+    let revision = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .compact(
+            revision,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(vpn(&b).await, ALL, "B missed the drain");
+    let (_, metrics) = crate::support::http(b.admin(), "GET", "/metrics", None, "").await;
+    let resyncs = crate::support::sample(&metrics, "gto_cluster_resyncs_total", &[]);
+    relay.restore();
+    within(Duration::from_secs(5), "B resyncs", || async {
+        vpn(&b).await == DRAINED
+    })
+    .await;
+    let (_, metrics) = crate::support::http(b.admin(), "GET", "/metrics", None, "").await;
+    assert!(crate::support::sample(&metrics, "gto_cluster_resyncs_total", &[]) > resyncs);
+}
+
+#[tokio::test]
+async fn issue_11_concurrent_drains_and_undrains_end_in_one_state_everywhere() {
+    let etcd = Etcd::start().await;
+    let a = instance(&etcd.url(), "a").await;
+    let b = instance(&etcd.url(), "b").await;
+    wait_connected(&[&a, &b]).await;
+    for round in 0..10 {
+        let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let drain = http_json(
+            first.admin(),
+            "POST",
+            "/v1/members/sma/fra-1/drain",
+            Some(TOKEN),
+            "",
+        );
+        let undrain = http_json(
+            second.admin(),
+            "POST",
+            "/v1/members/sma/fra-1/undrain",
+            Some(TOKEN),
+            "",
+        );
+        let ((c1, _), (c2, _)) = tokio::join!(drain, undrain);
+        assert!(
+            [200, 409].contains(&c1) && [200, 409].contains(&c2),
+            "{c1} {c2}"
+        );
+        let mut client = etcd.client().await;
+        let stored = !client
+            .get("/gto/test/drain/sma/fra-1", None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty();
+        let expected = if stored { DRAINED } else { ALL };
+        for server in [&a, &b] {
+            within(Duration::from_secs(2), "one state everywhere", || async {
+                vpn(server).await == expected
+            })
+            .await;
+        }
+    }
+}
+
+/// Certificates for a CA, etcd (127.0.0.1) and a gto client.
+fn make_tls() -> Tls {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let mut server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    server_params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let server = server_params.signed_by(&server_key, &issuer).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["gto".to_string()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &issuer).unwrap();
+    Tls {
+        ca: ca.pem(),
+        server_cert: server.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+#[tokio::test]
+async fn issue_11_tls_to_etcd_with_client_certificates() {
+    let tls = make_tls();
+    let etcd = Etcd::start_with(Some(tls.clone())).await;
+    let files = [
+        ("admin.token", format!("{TOKEN}\n")),
+        ("ca.pem", tls.ca.clone()),
+        ("client.pem", tls.client_cert.clone()),
+        ("client.key", tls.client_key.clone()),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let extra =
+        "tls = { ca_file = \"ca.pem\", cert_file = \"client.pem\", key_file = \"client.key\" }\n";
+    let a =
+        TestServer::start_with_files(&fleet_config(&etcd.url(), "a", extra), ZONE, &files).await;
+    let b =
+        TestServer::start_with_files(&fleet_config(&etcd.url(), "b", extra), ZONE, &files).await;
+    wait_connected(&[&a, &b]).await;
+    let (code, body) = http_json(
+        a.admin(),
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    within(Duration::from_secs(1), "B over TLS", || async {
+        vpn(&b).await == DRAINED
+    })
+    .await;
+    // Without the client certificate etcd refuses gto.
+    let bare = "tls = { ca_file = \"ca.pem\" }\n";
+    let c = TestServer::start_with_files(&fleet_config(&etcd.url(), "c", bare), ZONE, &files).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!connected(&c).await, "no client certificate, no fleet");
+}
