@@ -749,3 +749,78 @@ async fn issue_11_tls_to_etcd_with_client_certificates() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!connected(&c).await, "no client certificate, no fleet");
 }
+
+#[tokio::test]
+async fn issue_11_a_killed_instance_leaves_the_fleet_view_when_its_lease_expires() {
+    let etcd = Etcd::start().await;
+    let a = instance(&etcd.url(), "a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = fleet_config(&etcd.url(), "doomed", "")
+        .replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]"),
+        )
+        .replace("token_file = \"admin.token\"", "")
+        .replace("listen = \"127.0.0.1:0\"", "enabled = false");
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let mut doomed = crate::support::RealGto::run(&dir.path().join("gto.toml"));
+    doomed.wait_for_log("fleet store connected").await;
+    let has_doomed = || async {
+        status(&a).await["cluster"]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["instance"] == "doomed")
+    };
+    within(Duration::from_secs(2), "A sees the new instance", has_doomed).await;
+    // SIGKILL: no chance to revoke its lease; it ends after lease_ttl (2 s).
+    doomed.signal("KILL");
+    let took = within(Duration::from_secs(6), "the lease expires", || async {
+        !has_doomed().await
+    })
+    .await;
+    eprintln!("left the fleet view {took:?} after SIGKILL");
+}
+
+/// The figures of the closing note: drain propagation (p50/p99 over 100 drains) and etcd
+/// traffic per instance at rest and under churn (bytes through a relay).
+#[tokio::test]
+async fn issue_11_drain_propagation_and_etcd_traffic() {
+    let etcd = Etcd::start().await;
+    let relay = Relay::start(etcd.port).await;
+    let a = instance(&etcd.url(), "a").await;
+    let b = instance(&format!("http://{}", relay.addr), "b").await;
+    wait_connected(&[&a, &b]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = relay.bytes.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let at_rest = relay.bytes.load(Ordering::Relaxed) - before;
+
+    let mut took = Vec::new();
+    let before = relay.bytes.load(Ordering::Relaxed);
+    let churn = Instant::now();
+    for i in 0..100 {
+        let action = if i % 2 == 0 { "drain" } else { "undrain" };
+        let expected = if i % 2 == 0 { DRAINED } else { ALL };
+        let started = Instant::now();
+        let (code, _) = http_json(a.admin(), "POST", &format!("/v1/members/sma/fra-1/{action}"), Some(TOKEN), "").await;
+        assert_eq!(code, 200);
+        within(Duration::from_secs(1), "B follows", || async { vpn(&b).await == expected }).await;
+        took.push(started.elapsed());
+    }
+    let churn_bytes = relay.bytes.load(Ordering::Relaxed) - before;
+    let churn_secs = churn.elapsed().as_secs_f64();
+    took.sort();
+    let (p50, p99) = (took[49], took[98]);
+    eprintln!(
+        "drain propagation A->B (API call to B's answers) p50 {p50:?} p99 {p99:?}; etcd \
+         traffic of B: at rest {:.0} B/s, under churn {:.0} B/s ({:.0} B per change)",
+        at_rest as f64 / 5.0,
+        churn_bytes as f64 / churn_secs,
+        churn_bytes as f64 / 100.0
+    );
+    assert!(p99 < Duration::from_secs(1));
+}
