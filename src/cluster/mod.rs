@@ -50,6 +50,9 @@ pub const CLUSTER_RESYNCS_TOTAL: &str = "gto_cluster_resyncs_total";
 /// `gto_cluster_events_total`: changes received from the store.
 pub const CLUSTER_EVENTS_TOTAL: &str = "gto_cluster_events_total";
 
+/// A probe-read load that does not change is published again this often.
+pub const REPUBLISH_EVERY: Duration = Duration::from_secs(10);
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -229,10 +232,43 @@ impl Fleet {
         fleet
     }
 
-    /// Connects and follows the fleet until `token` is cancelled (then leaves it).
+    /// Connects and follows the fleet until `token` is cancelled (then leaves it), and
+    /// shares the loads this instance's probes read.
     pub fn run(&self, token: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let publisher = self.clone();
+        let stop = token.clone();
+        tokio::spawn(async move { publisher.share_probe_loads(stop).await });
         let running = self.clone();
         tokio::spawn(async move { running.supervise(token).await })
+    }
+
+    /// Publishes loads read by probes: when they change, and at least every
+    /// [`REPUBLISH_EVERY`] so that other instances do not take them for stale.
+    async fn share_probe_loads(&self, token: CancellationToken) {
+        let mut loads = self.0.health.subscribe_loads();
+        let mut sent: std::collections::HashMap<EndpointKey, (u32, u32, SystemTime)> =
+            std::collections::HashMap::new();
+        loop {
+            let received = tokio::select! {
+                received = loads.recv() => received,
+                () = token.cancelled() => return,
+            };
+            let (key, load) = match received {
+                Ok(pair) => pair,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let now = SystemTime::now();
+            let fresh = sent.get(&key).is_some_and(|(sessions, capacity, at)| {
+                *sessions == load.sessions
+                    && *capacity == load.capacity
+                    && now.duration_since(*at).unwrap_or_default() < REPUBLISH_EVERY
+            });
+            if !fresh && self.is_connected() {
+                self.publish_load(&key, load.sessions, load.capacity).await;
+                sent.insert(key, (load.sessions, load.capacity, now));
+            }
+        }
     }
 
     /// The admin API's address, once bound, for the fleet view.

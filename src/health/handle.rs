@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::status::{Changed, EndpointStatus, Flip, StateError};
+use super::status::{Changed, EndpointStatus, Flip, Load, StateError};
 use super::store;
 use crate::loaded::Loaded;
 use crate::routing::EndpointKey;
@@ -17,6 +17,7 @@ use crate::routing::EndpointKey;
 pub struct HealthHandle {
     pub(super) control: mpsc::Sender<Control>,
     pub(super) flips: broadcast::Sender<Flip>,
+    pub(super) loads: broadcast::Sender<(EndpointKey, Load)>,
     pub(super) checked: Arc<AtomicUsize>,
     pub(super) saved: watch::Receiver<store::Written>,
 }
@@ -109,6 +110,11 @@ impl HealthHandle {
     /// Flips from now on; each arrives once the snapshot reflecting it is published.
     pub fn subscribe(&self) -> broadcast::Receiver<Flip> {
         self.flips.subscribe()
+    }
+
+    /// Loads read by this instance's probes from now on (the fleet shares them).
+    pub fn subscribe_loads(&self) -> broadcast::Receiver<(EndpointKey, Load)> {
+        self.loads.subscribe()
     }
 
     /// Applies a reloaded config: keeps state by identity, restarts only changed probes.

@@ -41,6 +41,7 @@ pub fn spawn(
     let (control, control_rx) = mpsc::channel(16);
     let (reports_tx, reports) = mpsc::channel(4096);
     let (flips, _) = broadcast::channel(256);
+    let (loads, _) = broadcast::channel(1024);
     let checked = Arc::new(AtomicUsize::new(0));
     let (saved_tx, saved) = watch::channel(store::Written::default());
     let follow = loaded.config.server.state_file_follow_symlinks;
@@ -55,6 +56,7 @@ pub fn spawn(
         reports_tx,
         events,
         flips: flips.clone(),
+        loads: loads.clone(),
         state: state_file.map(|path| StateSink {
             writer: store::Writer::spawn(path, follow),
             seq: 0,
@@ -85,6 +87,7 @@ pub fn spawn(
         HealthHandle {
             control,
             flips,
+            loads,
             checked,
             saved,
         },
@@ -155,6 +158,8 @@ struct Monitor {
     reports_tx: mpsc::Sender<Report>,
     events: mpsc::Sender<BuildEvent>,
     flips: broadcast::Sender<Flip>,
+    /// Loads read by this instance's probes, for the fleet.
+    loads: broadcast::Sender<(EndpointKey, Load)>,
     state: Option<StateSink>,
     /// Origin of the targets' heartbeats.
     epoch: Instant,
@@ -368,6 +373,10 @@ impl Monitor {
         load_changed.sort_by(|a: &EndpointKey, b| (&a.pool, &a.member).cmp(&(&b.pool, &b.member)));
         load_changed.dedup();
         for key in load_changed {
+            if let Some(load) = self.members.get(&key).and_then(|t| t.load) {
+                // Nobody listening (no fleet) is fine.
+                let _ = self.loads.send((key.clone(), load));
+            }
             self.push_load(&key, false).await;
         }
         if flips.is_empty() {

@@ -774,7 +774,12 @@ async fn issue_11_a_killed_instance_leaves_the_fleet_view_when_its_lease_expires
             .iter()
             .any(|i| i["instance"] == "doomed")
     };
-    within(Duration::from_secs(2), "A sees the new instance", has_doomed).await;
+    within(
+        Duration::from_secs(2),
+        "A sees the new instance",
+        has_doomed,
+    )
+    .await;
     // SIGKILL: no chance to revoke its lease; it ends after lease_ttl (2 s).
     doomed.signal("KILL");
     let took = within(Duration::from_secs(6), "the lease expires", || async {
@@ -806,9 +811,19 @@ async fn issue_11_drain_propagation_and_etcd_traffic() {
         let action = if i % 2 == 0 { "drain" } else { "undrain" };
         let expected = if i % 2 == 0 { DRAINED } else { ALL };
         let started = Instant::now();
-        let (code, _) = http_json(a.admin(), "POST", &format!("/v1/members/sma/fra-1/{action}"), Some(TOKEN), "").await;
+        let (code, _) = http_json(
+            a.admin(),
+            "POST",
+            &format!("/v1/members/sma/fra-1/{action}"),
+            Some(TOKEN),
+            "",
+        )
+        .await;
         assert_eq!(code, 200);
-        within(Duration::from_secs(1), "B follows", || async { vpn(&b).await == expected }).await;
+        within(Duration::from_secs(1), "B follows", || async {
+            vpn(&b).await == expected
+        })
+        .await;
         took.push(started.elapsed());
     }
     let churn_bytes = relay.bytes.load(Ordering::Relaxed) - before;
@@ -823,4 +838,35 @@ async fn issue_11_drain_propagation_and_etcd_traffic() {
         churn_bytes as f64 / 100.0
     );
     assert!(p99 < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn issue_11_load_read_by_one_instances_probes_reaches_the_others() {
+    use crate::support::appliance::Speaks;
+    let etcd = Etcd::start().await;
+    let all = crate::health::appliances(Speaks::Http).await;
+    for (appliance, _) in &all {
+        *appliance.body.lock().unwrap() = r#"{"stats": {"sessions": 37, "capacity": 100}}"#.into();
+    }
+    let check = r#"{ kind = "http", path = "/status", interval = "300ms", timeout = "200ms", load_fields = { sessions = "stats.sessions", capacity = "stats.capacity" } }"#;
+    let probing = format!(
+        "{}\n[cluster]\netcd = [\"{}\"]\nname = \"test\"\ninstance = \"prober\"\nlease_ttl = \"2s\"\n",
+        crate::health::health_config(crate::health::ports(&all), check, false),
+        etcd.url()
+    );
+    let a = TestServer::start(&probing, ZONE).await;
+    let b = instance(&etcd.url(), "b").await;
+    wait_connected(&[&a, &b]).await;
+    within(
+        Duration::from_secs(3),
+        "B has the load A's probe read",
+        || async {
+            status(&b).await["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["member"] == "fra-1" && e["load"]["sessions"] == 37)
+        },
+    )
+    .await;
 }

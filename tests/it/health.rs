@@ -19,7 +19,7 @@ const RISE: u32 = 2;
 
 /// Three endpoints on 127.0.0.2..4, checked by `check` (a TOML inline table without port;
 /// each member sets its own port).
-fn health_config(ports: [u16; 3], check: &str, state_file: bool) -> String {
+pub(crate) fn health_config(ports: [u16; 3], check: &str, state_file: bool) -> String {
     let preamble = if state_file {
         PREAMBLE.replace(
             "listen = [\"127.0.0.1:0\"]",
@@ -59,7 +59,9 @@ check = {{ port = {} }}
 const TCP_CHECK: &str =
     r#"{ kind = "tcp", interval = "300ms", timeout = "200ms", rise = 2, fall = 2 }"#;
 
-async fn appliances(speaks: Speaks) -> Vec<(Appliance, tokio::sync::mpsc::UnboundedReceiver<u16>)> {
+pub(crate) async fn appliances(
+    speaks: Speaks,
+) -> Vec<(Appliance, tokio::sync::mpsc::UnboundedReceiver<u16>)> {
     let mut all = Vec::new();
     for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         all.push(Appliance::start(ip, speaks.clone()).await);
@@ -67,7 +69,7 @@ async fn appliances(speaks: Speaks) -> Vec<(Appliance, tokio::sync::mpsc::Unboun
     all
 }
 
-fn ports(all: &[(Appliance, tokio::sync::mpsc::UnboundedReceiver<u16>)]) -> [u16; 3] {
+pub(crate) fn ports(all: &[(Appliance, tokio::sync::mpsc::UnboundedReceiver<u16>)]) -> [u16; 3] {
     [
         all[0].0.addr.port(),
         all[1].0.addr.port(),
