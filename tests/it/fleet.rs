@@ -359,16 +359,23 @@ async fn issue_11_a_drain_on_one_instance_reaches_the_other_and_expires_on_both(
         })
         .await;
     }
-    // And it is gone from etcd too.
-    let mut client = etcd.client().await;
-    let left = client
-        .get(
-            "/gto/test/drain/",
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    assert!(left.kvs().is_empty(), "expired drain left in etcd");
+    // And it is gone from etcd too: its lease ends with it (TTL rounded up a second).
+    within(
+        Duration::from_secs(3),
+        "the drain's lease deletes it",
+        || async {
+            let mut client = etcd.client().await;
+            let left = client
+                .get(
+                    "/gto/test/drain/",
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .unwrap();
+            left.kvs().is_empty()
+        },
+    )
+    .await;
 
     // The fleet view: both instances, same config, no drift.
     let view = status(&a).await;
@@ -869,4 +876,32 @@ async fn issue_11_load_read_by_one_instances_probes_reaches_the_others() {
         },
     )
     .await;
+}
+
+#[test]
+fn issue_11_cluster_mistakes_are_located_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[cluster]\netcd = [\"etcd:2379\"]\nname = \"a/b\"\nlease_ttl = \"1s\"\nuser = \"gto\"\ntls = {{ ca_file = \"missing.pem\" }}\n",
+        admin_config()
+    );
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let output = crate::support::gto_bin()
+        .args(["check", "--config"])
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    for expected in [
+        "cluster.etcd: \"etcd:2379\" is not http://host:port",
+        "cluster.name:",
+        "cluster.lease_ttl:",
+        "cluster.user: user and password_file go together",
+        "cluster.tls.ca_file: cannot read",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
 }
