@@ -29,7 +29,10 @@
 //! - [`config`]: TOML in two stages (raw serde, then a compile step that collects every
 //!   problem with its file, line and path).
 //! - [`loaded`]: a config with the zone files and database it names, loaded together.
-//! - [`zone`]: RFC 1035 master files, parsed entry by entry so each bad line is reported.
+//! - [`zone`]: RFC 1035 master files (with `$INCLUDE`), parsed entry by entry so each bad
+//!   line is reported; wildcards, delegations and occluded data are found here.
+//! - [`cluster`]: the fleet — drains, load reports and presence shared through etcd, applied
+//!   to the health monitor; never on the query path.
 //! - [`routing`]: the immutable [`routing::Snapshot`] and its prepared wire form, its
 //!   builder task and its handle; response rate limiting's table.
 //! - [`geo`]: where a client is (networks table, optional MaxMind database).

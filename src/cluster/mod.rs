@@ -492,7 +492,9 @@ impl Fleet {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        self.set_connected(false, None);
+        // Stopping: not an outage, so no warning.
+        self.0.connected.store(false, Ordering::Relaxed);
+        metrics::gauge!(CLUSTER_CONNECTED).set(0.0);
         let lease = self.0.lease.swap(0, Ordering::Relaxed);
         if lease != 0 {
             // Leave the fleet at once rather than when the lease runs out.
