@@ -17,11 +17,12 @@ use super::check::compile_check;
 use super::located::{Collector, parse_duration, parse_size};
 pub(crate) use super::located::{line_of, parse_name};
 use super::raw::{
-    RawAdmin, RawAffinity, RawCheck, RawCluster, RawClusterTls, RawConfig, RawGeo, RawLoad,
+    RawAdmin, RawAffinity, RawCheck, RawCluster, RawClusterTls, RawConfig, RawHealth, RawGeo, RawLoad,
     RawLocation, RawMember, RawNetwork, RawPool, RawRegion, RawRrl, RawService, RawWhenAllDown,
 };
 use super::{
-    AdminSettings, Affinity, Answers, ClusterSettings, ClusterTls, Config, GeoNetwork, GeoSettings,
+    AdminSettings, Affinity, Answers, ClusterSettings, ClusterTls, Config, DownWhen,
+    HealthSettings, VoteRule, VoteScope, GeoNetwork, GeoSettings,
     LoadSettings, Location, Member, Policy, Pool, PoolId, Region, RrlSettings, Secret,
     ServerSettings, Service, Ttl, Weight, WhenAllDown, ZoneSource, ZoneSpec,
 };
@@ -50,7 +51,9 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
     let services = compile_services(&raw.service, &pools, errors);
     check_preferences(&raw, &pools, errors);
     let cluster = compile_cluster(&raw, base_dir, errors);
+    let health = compile_health(&raw, errors);
     Config {
+        health,
         server,
         admin,
         rrl,
@@ -439,6 +442,38 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
     }
 }
 
+fn compile_health(raw: &RawConfig, errors: &mut Collector<'_>) -> HealthSettings {
+    let Some(health) = &raw.health else {
+        return HealthSettings::default();
+    };
+    let RawHealth { source, source6 } = health.get_ref();
+    let source = source.as_ref().and_then(|text| {
+        text.get_ref()
+            .parse()
+            .map_err(|_| {
+                errors.at(
+                    text,
+                    "health.source",
+                    format!("{:?} is not an IPv4 address", text.get_ref()),
+                );
+            })
+            .ok()
+    });
+    let source6 = source6.as_ref().and_then(|text| {
+        text.get_ref()
+            .parse()
+            .map_err(|_| {
+                errors.at(
+                    text,
+                    "health.source6",
+                    format!("{:?} is not an IPv6 address", text.get_ref()),
+                );
+            })
+            .ok()
+    });
+    HealthSettings { source, source6 }
+}
+
 /// Default `[cluster] lease_ttl`.
 pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
@@ -452,6 +487,7 @@ fn compile_cluster(
         etcd,
         name,
         instance,
+        region,
         lease_ttl,
         tls,
         user,
@@ -584,10 +620,12 @@ fn compile_cluster(
             None
         }
     };
+    let region = region.as_ref().map(|r| r.get_ref().clone());
     Some(ClusterSettings {
         endpoints,
         name,
         instance,
+        region,
         lease_ttl,
         tls,
         auth,
@@ -646,6 +684,9 @@ fn compile_pools(
             check,
             load,
             member,
+            down_when,
+            min_voters,
+            vote_scope,
         } = pool.get_ref();
         let label = pool_label(name.get_ref(), i);
         if name.get_ref().is_empty() {
@@ -689,10 +730,42 @@ fn compile_pools(
         let load = load.as_ref().map_or_else(LoadSettings::default, |raw| {
             compile_load(raw, &format!("{label}.load"), errors)
         });
+        let defaults = VoteRule::default();
+        let votes = VoteRule {
+            down_when: errors.setting(
+                down_when.as_ref(),
+                format!("{label}.down_when"),
+                defaults.down_when,
+                |v| match v.as_str() {
+                    "majority" => Some(DownWhen::Majority),
+                    "all" => Some(DownWhen::All),
+                    "any" => Some(DownWhen::Any),
+                    _ => None,
+                },
+                "not \"majority\", \"all\" or \"any\"",
+            ),
+            min_voters: min_voters
+                .as_ref()
+                .and_then(|v| errors.ranged(v, format!("{label}.min_voters"), 1..=1000))
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(defaults.min_voters),
+            scope: errors.setting(
+                vote_scope.as_ref(),
+                format!("{label}.vote_scope"),
+                defaults.scope,
+                |v| match v.as_str() {
+                    "all" => Some(VoteScope::All),
+                    "region" => Some(VoteScope::Region),
+                    _ => None,
+                },
+                "not \"all\" or \"region\"",
+            ),
+        };
         pools.push(Pool {
             name: name.get_ref().clone(),
             members,
             load,
+            votes,
         });
     }
     pools

@@ -47,6 +47,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// The fleet's shared state (`[cluster]`); None: a single instance.
     pub cluster: Option<ClusterSettings>,
+    /// `[health]`.
+    pub health: HealthSettings,
 }
 
 /// `[cluster]`: instances that share drains, load reports and their presence through
@@ -59,6 +61,8 @@ pub struct ClusterSettings {
     pub name: String,
     /// This instance's id in the fleet (default: the host name).
     pub instance: String,
+    /// This instance's region, for pools that vote by region.
+    pub region: Option<String>,
     /// How long an instance's presence and load reports outlive it (default 10 s).
     pub lease_ttl: Duration,
     /// TLS to etcd: the CA that signs its certificate, and an optional client certificate.
@@ -421,6 +425,70 @@ pub struct Pool {
     pub members: Vec<Member>,
     /// How reported load is handled.
     pub load: LoadSettings,
+    /// How the fleet's verdicts combine (with `[cluster]`).
+    pub votes: VoteRule,
+}
+
+/// `down_when`, `min_voters`, `vote_scope` of a pool: how the verdicts of the fleet's
+/// instances on one endpoint combine into its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoteRule {
+    /// When the endpoint counts as down.
+    pub down_when: DownWhen,
+    /// Fewer fresh voters than this: this instance's own verdict decides.
+    pub min_voters: usize,
+    /// Whose verdicts count.
+    pub scope: VoteScope,
+}
+
+impl Default for VoteRule {
+    fn default() -> Self {
+        Self {
+            down_when: DownWhen::Majority,
+            min_voters: 2,
+            scope: VoteScope::All,
+        }
+    }
+}
+
+/// When an endpoint counts as down, given the fresh verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownWhen {
+    /// More than half of the voters say down.
+    Majority,
+    /// Every voter says down (fail-open bias).
+    All,
+    /// One voter says down.
+    Any,
+}
+
+impl DownWhen {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownWhen::Majority => "majority",
+            DownWhen::All => "all",
+            DownWhen::Any => "any",
+        }
+    }
+}
+
+/// Whose verdicts count for this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoteScope {
+    /// Every instance's.
+    All,
+    /// Those of this instance's region, when there are `min_voters` of them.
+    Region,
+}
+
+/// `[health]`: settings of the probes as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// Source address of IPv4 probes (multi-homed hosts; tests give each instance its own).
+    pub source: Option<std::net::Ipv4Addr>,
+    /// Source address of IPv6 probes.
+    pub source6: Option<std::net::Ipv6Addr>,
 }
 
 /// `[[pool.member]]`: one endpoint (appliance).

@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     pub(crate) rrl: Option<Spanned<RawRrl>>,
     pub(crate) geo: Option<Spanned<RawGeo>>,
     pub(crate) cluster: Option<Spanned<RawCluster>>,
+    pub(crate) health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     pub(crate) zone: Vec<Spanned<RawZone>>,
     #[serde(default)]
@@ -137,10 +138,18 @@ pub(crate) struct RawCluster {
     pub(crate) etcd: Option<Spanned<Vec<String>>>,
     pub(crate) name: Option<Spanned<String>>,
     pub(crate) instance: Option<Spanned<String>>,
+    pub(crate) region: Option<Spanned<String>>,
     pub(crate) lease_ttl: Option<Spanned<String>>,
     pub(crate) tls: Option<Spanned<RawClusterTls>>,
     pub(crate) user: Option<Spanned<String>>,
     pub(crate) password_file: Option<Spanned<String>>,
+}
+
+/// `[health]`: settings of the probes as a whole.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHealth {
+    pub(crate) source: Option<Spanned<String>>,
+    pub(crate) source6: Option<Spanned<String>>,
 }
 
 /// `[cluster] tls`: how gto trusts etcd and proves itself to it.
@@ -185,6 +194,9 @@ pub(crate) struct RawPool {
     pub(crate) name: Spanned<String>,
     pub(crate) check: Option<Spanned<RawCheck>>,
     pub(crate) load: Option<Spanned<RawLoad>>,
+    pub(crate) down_when: Option<Spanned<String>>,
+    pub(crate) min_voters: Option<Spanned<i64>>,
+    pub(crate) vote_scope: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) member: Vec<Spanned<RawMember>>,
 }

@@ -320,7 +320,7 @@ impl Monitor {
                 continue;
             }
             let prober = match Prober::new(key.probe.clone()) {
-                Ok(prober) => prober,
+                Ok(prober) => prober.with_sources(loaded.config.health.clone()),
                 Err(error) => {
                     warn!(%error, members = keys.len(), first = %keys.first().map(|k| format!("{}/{}", k.pool, k.member)).unwrap_or_default(), "health check cannot run; endpoints keep their state");
                     continue;

@@ -85,6 +85,8 @@ impl ProbeError {
 pub struct Prober {
     probe: Probe,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Source addresses (`[health] source`, `source6`).
+    sources: crate::config::HealthSettings,
 }
 
 impl std::fmt::Debug for Prober {
@@ -104,7 +106,24 @@ impl Prober {
             }
             _ => None,
         };
-        Ok(Self { probe, tls })
+        Ok(Self {
+            probe,
+            tls,
+            sources: crate::config::HealthSettings::default(),
+        })
+    }
+
+    /// Probes from these source addresses (`[health] source`, `source6`).
+    pub fn with_sources(mut self, sources: crate::config::HealthSettings) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    fn source_for(&self, target: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+        match target {
+            std::net::SocketAddr::V4(_) => self.sources.source.map(std::net::IpAddr::V4),
+            std::net::SocketAddr::V6(_) => self.sources.source6.map(std::net::IpAddr::V6),
+        }
     }
 
     /// Runs one probe (no timeout here: the scheduler applies it). An HTTP(S) probe with
@@ -113,18 +132,19 @@ impl Prober {
         match &self.probe {
             Probe::None => Ok(None),
             Probe::Tcp { target } => {
-                let stream = connect(*target).await?;
+                let stream = connect(*target, self.source_for(*target)).await?;
                 // Close with RST: no FIN exchange and no TIME_WAIT left behind per probe,
                 // which at thousands of probes a second is most of the kernel's work.
                 let _ = stream.set_zero_linger();
                 Ok(None)
             }
             Probe::Tls { target, tls } => {
-                let stream = self.handshake(connect(*target).await?).await?;
+                let tcp = connect(*target, self.source_for(*target)).await?;
+                let stream = self.handshake(tcp).await?;
                 check_expiry(&stream, tls.cert_min_days).map(|()| None)
             }
             Probe::Http(http) => {
-                let tcp = connect(http.target).await?;
+                let tcp = connect(http.target, self.source_for(http.target)).await?;
                 match &http.tls {
                     None => exchange(tcp, http).await,
                     Some(tls) => {
@@ -151,8 +171,23 @@ impl Prober {
     }
 }
 
-async fn connect(target: std::net::SocketAddr) -> Result<TcpStream, ProbeError> {
-    TcpStream::connect(target).await.map_err(|e| {
+async fn connect(
+    target: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> Result<TcpStream, ProbeError> {
+    let connecting = async {
+        let Some(source) = source else {
+            return TcpStream::connect(target).await;
+        };
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        socket.connect(target).await
+    };
+    connecting.await.map_err(|e| {
         if crate::rlimit::is_exhausted(&e) {
             return ProbeError::Local(e.to_string());
         }
