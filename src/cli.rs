@@ -39,6 +39,13 @@ pub enum Command {
         /// The client's (or its ECS subnet's) address, e.g. 203.0.113.7.
         client: String,
     },
+    /// Run the health checks of a config and vote in its fleet (`[cluster]`), serving no
+    /// DNS and no admin API: a probe-only agent that adds a vantage point.
+    Probe {
+        /// TOML config file (with a [cluster] table).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Load the config and every zone file, report all problems, bind nothing. Exit 0 when
     /// valid, 64 when not.
     Check {

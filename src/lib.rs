@@ -47,6 +47,7 @@
 //!   [`files`], [`rlimit`]: bounded file reads and the open-file limit.
 
 pub mod admin;
+pub mod agent;
 pub mod app;
 pub mod cli;
 pub mod cluster;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             serve(config.map_or(ConfigSource::Embedded, ConfigSource::File))
         }
         Some(Command::Check { config }) => check(ConfigSource::File(config)),
+        Some(Command::Probe { config }) => probe(ConfigSource::File(config)),
         Some(Command::Assets { dir }) => match gto::cli::write_assets(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error),
@@ -126,6 +127,35 @@ fn serve(source: ConfigSource) -> ExitCode {
                 Err(error) => fail(&error),
             },
             Err(error) => fail(&error),
+        }
+    })
+}
+
+/// `gto probe`: health checks and votes only.
+fn probe(source: ConfigSource) -> ExitCode {
+    gto::rlimit::raise_nofile();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error),
+    };
+    runtime.block_on(async move {
+        let signals = match Signals::new() {
+            Ok(signals) => signals,
+            Err(error) => return fail(&error),
+        };
+        let loaded = match source.load_within(LOAD_TIMEOUT) {
+            Ok(loaded) => loaded,
+            Err(errors) => return report(&errors),
+        };
+        match gto::agent::run(loaded, signals).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "error: {error}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
         }
     })
 }

@@ -34,6 +34,8 @@ pub const PROBE_FAILURES_TOTAL: &str = "gto_probe_failures_total";
 pub const PROBE_UNKNOWN_TOTAL: &str = "gto_probe_unknown_total";
 /// Health flips, by `to` (up, down).
 pub const HEALTH_FLIPS_TOTAL: &str = "gto_health_flips_total";
+/// Verdicts on an endpoint by the fleet's voters (`pool`, `member`, `verdict`).
+pub const MEMBER_VOTES: &str = "gto_member_votes";
 /// 1 when an endpoint is up, by `pool` and `member` (bounded by the config). Rendered at
 /// scrape time from the running config, so an endpoint a reload removed disappears.
 pub const MEMBER_UP: &str = "gto_member_up";

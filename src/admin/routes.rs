@@ -44,6 +44,9 @@ struct EndpointView {
     /// Its share of this GSLB name's answers since start, 0..1.
     #[serde(skip_serializing_if = "Option::is_none")]
     share: Option<f64>,
+    /// With a fleet: this instance's verdict, every other voter's, the rule and outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    votes: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,7 +82,52 @@ fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
         overloaded: status.overloaded,
         answered: None,
         share: None,
+        votes: votes_view(status),
     }
+}
+
+/// The fleet's verdicts on an endpoint and how they were combined (None without votes).
+fn votes_view(status: &EndpointStatus) -> Option<serde_json::Value> {
+    if !status.fleet {
+        return None;
+    }
+    let now = store::unix(SystemTime::now());
+    let voters: Vec<_> = status
+        .votes
+        .iter()
+        .map(|(voter, vote)| {
+            json!({
+                "instance": voter,
+                "verdict": if vote.up { "up" } else { "down" },
+                "since": rfc3339(store::from_unix_clamped(vote.since)),
+                "age_seconds": now.saturating_sub(vote.at),
+                "error": vote.error,
+                "rtt_ms": vote.rtt_ms,
+                "region": vote.region,
+                "stale": vote.stale,
+            })
+        })
+        .collect();
+    let decided_by = match status.tally {
+        Some((voters, down)) => format!("{down} of {voters} voters say down"),
+        None if status.voting => "this instance alone (too few fresh voters)".into(),
+        None => "this instance alone (the fleet store is unreachable)".into(),
+    };
+    Some(json!({
+        "local": status.local.as_str(),
+        "rule": {
+            "down_when": status.rule.down_when.as_str(),
+            "min_voters": status.rule.min_voters,
+            "vote_scope": match status.rule.scope {
+                crate::config::VoteScope::All => "all",
+                crate::config::VoteScope::Region => "region",
+            },
+        },
+        "voting": status.voting,
+        "decided_by": decided_by,
+        "outcome": status.health.as_str(),
+        "voters": voters,
+    }))
 }
 
 /// `GET /v1/status`.

@@ -13,6 +13,7 @@
 //! | `drain/<pool>/<member>` | `{"since","until","by"}` | durable; with `until`, a lease that ends with it |
 //! | `load/<pool>/<member>` | `{"sessions","capacity","at_ms","by"}` | the reporting instance's lease |
 //! | `instance/<id>` | version, listen addresses, start time, config digest | the instance's lease |
+//! | `vote/<pool>/<member>/<id>` | the instance's verdict ([`crate::health::votes::Vote`]) | the instance's lease |
 //!
 //! A supervision task connects, registers the instance under a lease kept alive at a
 //! third of its TTL, reads the prefix once and then watches it from the next revision. On
@@ -49,6 +50,10 @@ pub const CLUSTER_CONFIG_DRIFT: &str = "gto_cluster_config_drift";
 pub const CLUSTER_RESYNCS_TOTAL: &str = "gto_cluster_resyncs_total";
 /// `gto_cluster_events_total`: changes received from the store.
 pub const CLUSTER_EVENTS_TOTAL: &str = "gto_cluster_events_total";
+
+/// This instance's verdicts are all written again this often (they change rarely; their
+/// freshness is the instance's lease, not this refresh).
+pub const VOTE_REFRESH: Duration = Duration::from_secs(60);
 
 /// A probe-read load that does not change is published again this often.
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(10);
@@ -204,6 +209,7 @@ enum Key {
     Drain(EndpointKey),
     Load(EndpointKey),
     Instance(String),
+    Vote(EndpointKey, String),
 }
 
 impl Fleet {
@@ -238,8 +244,57 @@ impl Fleet {
         let publisher = self.clone();
         let stop = token.clone();
         tokio::spawn(async move { publisher.share_probe_loads(stop).await });
+        let voter = self.clone();
+        let stop = token.clone();
+        tokio::spawn(async move { voter.share_verdicts(stop).await });
         let running = self.clone();
         tokio::spawn(async move { running.supervise(token).await })
+    }
+
+    /// Publishes this instance's verdicts: each change at once, and all of them every
+    /// [`VOTE_REFRESH`] (and after each reconnect, from [`Fleet::session`]).
+    async fn share_verdicts(&self, token: CancellationToken) {
+        let mut verdicts = self.0.health.subscribe_verdicts();
+        let mut refresh = tokio::time::interval(VOTE_REFRESH);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                received = verdicts.recv() => match received {
+                    Ok((key, vote)) => self.publish_vote(&key, &vote).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        self.publish_all_votes().await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = refresh.tick() => self.publish_all_votes().await,
+                () = token.cancelled() => return,
+            }
+        }
+    }
+
+    async fn publish_all_votes(&self) {
+        for (key, vote) in self.0.health.verdicts().await {
+            self.publish_vote(&key, &vote).await;
+        }
+    }
+
+    async fn publish_vote(&self, key: &EndpointKey, vote: &crate::health::votes::Vote) {
+        let inner = &self.0;
+        let lease = inner.lease.load(Ordering::Relaxed);
+        if !self.is_connected() || lease == 0 {
+            return;
+        }
+        let path = format!(
+            "{}vote/{}/{}/{}",
+            inner.prefix,
+            segment(&key.pool),
+            segment(&key.member),
+            segment(&inner.instance)
+        );
+        let bytes = serde_json::to_vec(vote).unwrap_or_default();
+        if let Err(error) = inner.engine.put(&path, bytes, Some(lease)).await {
+            warn!(%error, pool = %key.pool, member = %key.member, "verdict not shared");
+        }
     }
 
     /// Publishes loads read by probes: when they change, and at least every
@@ -429,12 +484,19 @@ impl Fleet {
             ["drain", pool, member] => Some(Key::Drain(endpoint(pool, member))),
             ["load", pool, member] => Some(Key::Load(endpoint(pool, member))),
             ["instance", id] => Some(Key::Instance(unsegment(id))),
+            ["vote", pool, member, voter] => {
+                Some(Key::Vote(endpoint(pool, member), unsegment(voter)))
+            }
             _ => None,
         }
     }
 
-    fn set_connected(&self, connected: bool, why: Option<&ClusterError>) {
+    async fn set_connected(&self, connected: bool, why: Option<&ClusterError>) {
         let was = self.0.connected.swap(connected, Ordering::Relaxed);
+        if was != connected {
+            // Votes count only while the store is reachable.
+            self.0.health.set_voting(connected).await;
+        }
         metrics::gauge!(CLUSTER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
         if was != connected {
             if connected {
@@ -479,7 +541,7 @@ impl Fleet {
             let (reached, result) = self.session(&mut last_revision, &token).await;
             match result {
                 Ok(()) => break,
-                Err(error) => self.set_connected(false, Some(&error)),
+                Err(error) => self.set_connected(false, Some(&error)).await,
             }
             if reached {
                 backoff = MIN_BACKOFF;
@@ -531,7 +593,8 @@ impl Fleet {
             },
             () = token.cancelled() => return (false, Ok(())),
         };
-        self.set_connected(true, None);
+        self.set_connected(true, None).await;
+        self.publish_all_votes().await;
         let keep_alive = engine.keep_alive(lease, inner.lease_ttl);
         tokio::pin!(keep_alive);
         loop {
@@ -591,6 +654,10 @@ impl Fleet {
         metrics::counter!(CLUSTER_RESYNCS_TOTAL).increment(1);
         let mut drains = BTreeMap::new();
         let mut instances = BTreeMap::new();
+        let mut votes: std::collections::HashMap<
+            EndpointKey,
+            BTreeMap<String, crate::health::votes::Vote>,
+        > = std::collections::HashMap::new();
         for entry in &entries {
             match self.parse(&entry.key) {
                 Some(Key::Drain(key)) => {
@@ -599,6 +666,12 @@ impl Fleet {
                     }
                 }
                 Some(Key::Load(key)) => self.apply_load(&key, &entry.value).await,
+                Some(Key::Vote(key, voter)) if voter != inner.instance => {
+                    if let Ok(vote) = serde_json::from_slice(&entry.value) {
+                        votes.entry(key).or_default().insert(voter, vote);
+                    }
+                }
+                Some(Key::Vote(..)) => {}
                 Some(Key::Instance(id)) => {
                     if let Ok(info) = serde_json::from_slice::<InstanceInfo>(&entry.value) {
                         instances.insert(
@@ -615,6 +688,7 @@ impl Fleet {
         }
         inner.instances.store(Arc::new(instances));
         self.update_drift();
+        inner.health.replace_votes(votes).await;
         // Drains: the store is the truth; what this instance has differently follows it.
         for status in inner.health.status().await {
             let wanted = drains.get(&status.key);
@@ -662,6 +736,18 @@ impl Fleet {
                 }
             }
             Some(Key::Load(key)) if put => self.apply_load(&key, &entry.value).await,
+            Some(Key::Vote(key, voter)) if voter != inner.instance => {
+                let vote = if put {
+                    match serde_json::from_slice(&entry.value) {
+                        Ok(vote) => Some(vote),
+                        Err(_) => return,
+                    }
+                } else {
+                    None
+                };
+                inner.health.set_vote(key, voter, vote).await;
+            }
+            Some(Key::Vote(..)) => {}
             Some(Key::Load(_)) | None => {}
             Some(Key::Instance(id)) => {
                 let mut instances = (**inner.instances.load()).clone();

@@ -1,6 +1,7 @@
 //! [`HealthHandle`]: how the rest of gto talks to the running monitor (status, drains,
 //! load pushes, reloads, flips), and the control messages behind it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -9,6 +10,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::status::{Changed, EndpointStatus, Flip, Load, StateError};
 use super::store;
+use super::votes::Vote;
 use crate::loaded::Loaded;
 use crate::routing::EndpointKey;
 
@@ -18,6 +20,7 @@ pub struct HealthHandle {
     pub(super) control: mpsc::Sender<Control>,
     pub(super) flips: broadcast::Sender<Flip>,
     pub(super) loads: broadcast::Sender<(EndpointKey, Load)>,
+    pub(super) verdicts: broadcast::Sender<(EndpointKey, Vote)>,
     pub(super) checked: Arc<AtomicUsize>,
     pub(super) saved: watch::Receiver<store::Written>,
 }
@@ -117,6 +120,36 @@ impl HealthHandle {
         self.loads.subscribe()
     }
 
+    /// This instance's own verdicts as they change (the fleet publishes them).
+    pub fn subscribe_verdicts(&self) -> broadcast::Receiver<(EndpointKey, Vote)> {
+        self.verdicts.subscribe()
+    }
+
+    /// This instance's current verdicts on the endpoints it probes.
+    pub async fn verdicts(&self) -> Vec<(EndpointKey, Vote)> {
+        let (reply, verdicts) = oneshot::channel();
+        if self.control.send(Control::Verdicts(reply)).await.is_err() {
+            return Vec::new();
+        }
+        verdicts.await.unwrap_or_default()
+    }
+
+    /// Another instance's verdict on `key` (None: withdrawn).
+    pub async fn set_vote(&self, key: EndpointKey, voter: String, vote: Option<Vote>) {
+        let _ = self.control.send(Control::Vote(key, voter, vote)).await;
+    }
+
+    /// Replaces every other instance's verdicts (after reading the store again).
+    pub async fn replace_votes(&self, votes: HashMap<EndpointKey, BTreeMap<String, Vote>>) {
+        let _ = self.control.send(Control::ReplaceVotes(votes)).await;
+    }
+
+    /// Whether the fleet's votes count: false while its store is unreachable, when this
+    /// instance's own verdicts decide.
+    pub async fn set_voting(&self, voting: bool) {
+        let _ = self.control.send(Control::Voting(voting)).await;
+    }
+
     /// Applies a reloaded config: keeps state by identity, restarts only changed probes.
     /// Returns once status reflects the new config.
     pub async fn reconfigure(&self, loaded: Arc<Loaded>) {
@@ -142,6 +175,14 @@ pub(super) enum Control {
     SetLoad(EndpointKey, u32, Option<u32>, Option<SystemTime>, Reply),
     Status(oneshot::Sender<Vec<EndpointStatus>>),
     Undrain(EndpointKey, Reply),
+    /// Another instance's verdict on an endpoint (None: withdrawn).
+    Vote(EndpointKey, String, Option<Vote>),
+    /// Every other instance's verdicts, read again from the store.
+    ReplaceVotes(HashMap<EndpointKey, BTreeMap<String, Vote>>),
+    /// Whether the fleet's votes count (the store is reachable).
+    Voting(bool),
+    /// This instance's own verdicts on the endpoints it probes.
+    Verdicts(oneshot::Sender<Vec<(EndpointKey, Vote)>>),
     /// Kills every probe task without telling the endpoints: a checker that died.
     #[cfg(test)]
     KillProbes,

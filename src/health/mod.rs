@@ -27,6 +27,7 @@ pub mod scheduler;
 pub mod state;
 mod status;
 pub mod store;
+pub mod votes;
 
 pub use handle::HealthHandle;
 pub use monitor::spawn;

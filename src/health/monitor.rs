@@ -2,7 +2,7 @@
 //! probe reports (in batches), operator changes and reloads into routing updates, keeps
 //! the state file through its coalescing writer, and flags probes that fall silent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,9 +21,10 @@ use super::scheduler::{self, Report, Schedule, TargetId};
 use super::state::{Health, Hysteresis};
 use super::status::{Drain, EndpointStatus, Flip, Load, StateError};
 use super::store::{self, EndpointRecord, LoadRecord, StateFile};
-use crate::config::{Check, LoadSettings, Probe};
+use super::votes::{Vote, Voter, decide};
+use crate::config::{Check, LoadSettings, Probe, VoteRule};
 use crate::loaded::Loaded;
-use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL};
+use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL, MEMBER_VOTES};
 use crate::policy::load::{LoadTracker, LoadView};
 use crate::routing::{BuildEvent, EndpointKey};
 
@@ -42,6 +43,7 @@ pub fn spawn(
     let (reports_tx, reports) = mpsc::channel(4096);
     let (flips, _) = broadcast::channel(256);
     let (loads, _) = broadcast::channel(1024);
+    let (verdicts, _) = broadcast::channel(4096);
     let checked = Arc::new(AtomicUsize::new(0));
     let (saved_tx, saved) = watch::channel(store::Written::default());
     let follow = loaded.config.server.state_file_follow_symlinks;
@@ -57,6 +59,12 @@ pub fn spawn(
         events,
         flips: flips.clone(),
         loads: loads.clone(),
+        verdicts: verdicts.clone(),
+        voter: loaded.config.cluster.as_ref().map(|c| Voter {
+            instance: c.instance.clone(),
+            region: c.region.clone(),
+        }),
+        voting: false,
         state: state_file.map(|path| StateSink {
             writer: store::Writer::spawn(path, follow),
             seq: 0,
@@ -88,6 +96,7 @@ pub fn spawn(
             control,
             flips,
             loads,
+            verdicts,
             checked,
             saved,
         },
@@ -97,8 +106,22 @@ pub fn spawn(
 
 /// What the monitor keeps per endpoint.
 struct Tracked {
+    /// This instance's own verdict.
     hysteresis: Hysteresis,
+    /// When the own verdict last changed.
     since: SystemTime,
+    /// The health answers use: the own verdict, or the fleet's votes combined.
+    effective: Health,
+    /// When `effective` last changed.
+    effective_since: SystemTime,
+    /// Other instances' verdicts, by instance.
+    votes: BTreeMap<String, Vote>,
+    /// The pool's rule for combining them.
+    rule: VoteRule,
+    /// The last decision's tally (voters, down), when the votes decided.
+    tally: Option<(usize, usize)>,
+    /// The last probe's round trip.
+    rtt: Option<Duration>,
     last_check: Option<SystemTime>,
     last_error: Option<String>,
     stale: bool,
@@ -160,6 +183,12 @@ struct Monitor {
     flips: broadcast::Sender<Flip>,
     /// Loads read by this instance's probes, for the fleet.
     loads: broadcast::Sender<(EndpointKey, Load)>,
+    /// This instance's own verdicts as they change, for the fleet.
+    verdicts: broadcast::Sender<(EndpointKey, Vote)>,
+    /// Who this instance is in the fleet (None: no `[cluster]`).
+    voter: Option<Voter>,
+    /// The fleet's votes count (the store is reachable).
+    voting: bool,
     state: Option<StateSink>,
     /// Origin of the targets' heartbeats.
     epoch: Instant,
@@ -212,8 +241,48 @@ impl Monitor {
                     }
                     Control::Reconfigure(loaded, done) => {
                         self.apply(&loaded, &HashMap::new());
+                        self.reconsider_all("the config changed").await;
                         let _ = done.send(());
                         self.persist().await;
+                    }
+                    Control::Vote(key, voter, vote) => {
+                        let changed = self.members.get_mut(&key).is_some_and(|t| match vote {
+                            Some(vote) => t.votes.insert(voter, vote.clone()).as_ref() != Some(&vote),
+                            None => t.votes.remove(&voter).is_some(),
+                        });
+                        if changed {
+                            let flips: Vec<Flip> = self.reconsider(&key, "the votes changed").into_iter().collect();
+                            self.publish_flips(flips).await;
+                        }
+                    }
+                    Control::ReplaceVotes(all) => {
+                        let mut all = all;
+                        for (key, t) in &mut self.members {
+                            t.votes = all.remove(key).unwrap_or_default();
+                        }
+                        self.reconsider_all("the fleet's votes were read again").await;
+                    }
+                    Control::Voting(voting) => {
+                        if self.voting != voting {
+                            self.voting = voting;
+                            let reason = if voting {
+                                "the fleet's votes count again"
+                            } else {
+                                "the fleet store is unreachable: this instance's own verdict decides"
+                            };
+                            self.reconsider_all(reason).await;
+                        }
+                    }
+                    Control::Verdicts(reply) => {
+                        let verdicts = self
+                            .order
+                            .iter()
+                            .filter_map(|key| {
+                                let vote = self.vote_of(self.members.get(key)?)?;
+                                Some((key.clone(), vote))
+                            })
+                            .collect();
+                        let _ = reply.send(verdicts);
                     }
                     #[cfg(test)]
                     Control::KillProbes => {
@@ -276,11 +345,20 @@ impl Monitor {
                         }
                         kept.check = check.clone();
                         kept.capacity = member.capacity;
+                        kept.rule = pool.votes;
                         kept.tracker.set_settings(pool.load);
                         kept
                     }
                     None => {
-                        new_tracked(&check, member.capacity, pool.load, restored.get(&key), now)
+                        let mut tracked = new_tracked(
+                            &check,
+                            member.capacity,
+                            pool.load,
+                            restored.get(&key),
+                            now,
+                        );
+                        tracked.rule = pool.votes;
+                        tracked
                     }
                 };
                 if check.probe != Probe::None {
@@ -365,10 +443,15 @@ impl Monitor {
     /// go: the builder folds queued events into one rebuild, and the state file is written
     /// once (coalesced) for the whole batch.
     async fn on_reports(&mut self, reports: Vec<Report>) {
-        let mut flips = Vec::new();
+        let mut local = Vec::new();
         let mut load_changed = Vec::new();
         for report in reports {
-            self.observe(report, &mut flips, &mut load_changed);
+            self.observe(report, &mut local, &mut load_changed);
+        }
+        let mut flips = Vec::new();
+        for (key, reason) in local {
+            self.publish_verdict(&key);
+            flips.extend(self.reconsider(&key, &reason));
         }
         load_changed.sort_by(|a: &EndpointKey, b| (&a.pool, &a.member).cmp(&(&b.pool, &b.member)));
         load_changed.dedup();
@@ -379,6 +462,82 @@ impl Monitor {
             }
             self.push_load(&key, false).await;
         }
+        self.publish_flips(flips).await;
+    }
+
+    /// Sends this instance's own verdict on `key` to the fleet (nobody listening without
+    /// one).
+    fn publish_verdict(&self, key: &EndpointKey) {
+        if self.voter.is_none() {
+            return;
+        }
+        if let Some(vote) = self.members.get(key).and_then(|t| self.vote_of(t)) {
+            let _ = self.verdicts.send((key.clone(), vote));
+        }
+    }
+
+    /// This instance's verdict on an endpoint it probes, as published.
+    fn vote_of(&self, t: &Tracked) -> Option<Vote> {
+        if t.check.probe == Probe::None || t.last_check.is_none() {
+            return None;
+        }
+        let up = t.hysteresis.state() == Health::Up;
+        Some(Vote {
+            up,
+            since: store::unix(t.since),
+            error: if up { None } else { t.last_error.clone() },
+            rtt_ms: t.rtt.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            region: self.voter.as_ref().and_then(|v| v.region.clone()),
+            stale: t.stale,
+            at: crate::health::votes::now_unix(),
+        })
+    }
+
+    /// Decides `key`'s health again from its own verdict and the fleet's; the flip, when it
+    /// changed. `reason` is what changed (a probe result, or the votes).
+    fn reconsider(&mut self, key: &EndpointKey, reason: &str) -> Option<Flip> {
+        let (voter, voting) = (self.voter.as_ref(), self.voting);
+        let t = self.members.get_mut(key)?;
+        let decision = decide(t.hysteresis.state(), voter, voting, &t.votes, &t.rule);
+        t.tally = decision.tally;
+        if voter.is_some() {
+            let down = decision.tally.map_or(0, |(_, down)| down);
+            let voters = decision.tally.map_or(1, |(voters, _)| voters);
+            metrics::gauge!(MEMBER_VOTES, "pool" => key.pool.clone(), "member" => key.member.clone(), "verdict" => "down").set(down as f64);
+            metrics::gauge!(MEMBER_VOTES, "pool" => key.pool.clone(), "member" => key.member.clone(), "verdict" => "up").set((voters - down) as f64);
+        }
+        if decision.health == t.effective {
+            return None;
+        }
+        let from = t.effective;
+        t.effective = decision.health;
+        t.effective_since = SystemTime::now();
+        let reason = match decision.tally {
+            Some(_) => format!("{reason}; quorum: {}", decision.describe(&t.rule)),
+            None => reason.to_string(),
+        };
+        Some(Flip {
+            key: key.clone(),
+            from,
+            to: decision.health,
+            reason,
+        })
+    }
+
+    /// Decides every endpoint again (the votes, the rules or the store's reachability
+    /// changed) and publishes what flipped.
+    async fn reconsider_all(&mut self, reason: &str) {
+        let keys = self.order.clone();
+        let flips: Vec<Flip> = keys
+            .iter()
+            .filter_map(|key| self.reconsider(key, reason))
+            .collect();
+        self.publish_flips(flips).await;
+    }
+
+    /// Logs and counts flips, hands them to the builder, waits for the snapshot, persists
+    /// and tells subscribers.
+    async fn publish_flips(&mut self, flips: Vec<Flip>) {
         if flips.is_empty() {
             return;
         }
@@ -433,7 +592,7 @@ impl Monitor {
     fn observe(
         &mut self,
         report: Report,
-        flips: &mut Vec<Flip>,
+        flips: &mut Vec<(EndpointKey, String)>,
         load_changed: &mut Vec<EndpointKey>,
     ) {
         let Self {
@@ -461,6 +620,8 @@ impl Monitor {
             };
             if tracked.stale {
                 tracked.stale = false;
+                // Fresh again: the fleet hears the verdict counts once more.
+                flips.push((key.clone(), "probes report again".into()));
             }
             // A failure of our own (no descriptor, no buffer) says nothing about the
             // endpoint: its state stays, and the probe is counted as unknown.
@@ -489,15 +650,10 @@ impl Monitor {
                     load_changed.push(key.clone());
                 }
             }
-            let from = tracked.hysteresis.state();
-            if let Some(to) = tracked.hysteresis.observe(ok) {
+            tracked.rtt = report.rtt;
+            if tracked.hysteresis.observe(ok).is_some() {
                 tracked.since = report.at;
-                flips.push(Flip {
-                    key: key.clone(),
-                    from,
-                    to,
-                    reason: reason.clone(),
-                });
+                flips.push((key.clone(), reason.clone()));
             }
         }
     }
@@ -640,6 +796,7 @@ impl Monitor {
             let _ = self.set_drain(&key, None).await;
         }
         let now = self.millis_since_epoch();
+        let mut stale_keys = Vec::new();
         for (target_key, target) in &self.targets {
             let silent_for =
                 Duration::from_millis(now.saturating_sub(target.heartbeat.load(Ordering::Relaxed)));
@@ -655,6 +812,7 @@ impl Monitor {
                     continue;
                 }
                 tracked.stale = true;
+                stale_keys.push(key.clone());
                 warn!(
                     pool = %key.pool,
                     member = %key.member,
@@ -663,6 +821,10 @@ impl Monitor {
                     "health checks stopped reporting; endpoint is stale"
                 );
             }
+        }
+        // A voter whose probes stopped says so: its verdict stops counting elsewhere.
+        for key in stale_keys {
+            self.publish_verdict(&key);
         }
     }
 
@@ -698,8 +860,14 @@ impl Monitor {
         let t = self.members.get(key)?;
         Some(EndpointStatus {
             key: key.clone(),
-            health: t.hysteresis.state(),
-            since: t.since,
+            health: t.effective,
+            local: t.hysteresis.state(),
+            votes: t.votes.clone().into_iter().collect(),
+            tally: t.tally,
+            rule: t.rule,
+            voting: self.voter.is_some() && self.voting,
+            fleet: self.voter.is_some(),
+            since: t.effective_since,
             last_check: t.last_check,
             last_error: t.last_error.clone(),
             stale: t.stale,
@@ -792,6 +960,12 @@ fn new_tracked(
     Tracked {
         hysteresis: Hysteresis::new(health, check.rise, check.fall),
         since,
+        effective: health,
+        effective_since: since,
+        votes: BTreeMap::new(),
+        rule: VoteRule::default(),
+        tally: None,
+        rtt: None,
         last_check,
         last_error,
         stale,

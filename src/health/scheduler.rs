@@ -26,6 +26,8 @@ pub struct Report {
     pub load: Option<LoadSample>,
     /// When it finished (wall clock, for status and the state file).
     pub at: SystemTime,
+    /// How long it took, when it succeeded.
+    pub rtt: Option<std::time::Duration>,
 }
 
 /// How a target is probed.
@@ -110,8 +112,8 @@ pub async fn probe_loop(
             Err(_) => (Err(ProbeError::Timeout), None),
         };
         drop(permit);
-        metrics::histogram!(PROBE_DURATION_SECONDS, "kind" => kind)
-            .record(started.elapsed().as_secs_f64());
+        let rtt = started.elapsed();
+        metrics::histogram!(PROBE_DURATION_SECONDS, "kind" => kind).record(rtt.as_secs_f64());
         heartbeat.millis.store(
             u64::try_from(heartbeat.epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -130,6 +132,7 @@ pub async fn probe_loop(
         let ok = result.is_ok();
         let report = Report {
             target,
+            rtt: result.is_ok().then_some(rtt),
             result,
             load,
             at: SystemTime::now(),

@@ -11,8 +11,20 @@ use crate::routing::EndpointKey;
 pub struct EndpointStatus {
     /// Which endpoint.
     pub key: EndpointKey,
-    /// Up or down.
+    /// Up or down, as answers use it.
     pub health: Health,
+    /// This instance's own verdict (the same as `health` without voting).
+    pub local: Health,
+    /// Other instances' verdicts, by instance.
+    pub votes: Vec<(String, super::votes::Vote)>,
+    /// When the votes decided: (fresh voters, how many said down).
+    pub tally: Option<(usize, usize)>,
+    /// The pool's voting rule.
+    pub rule: crate::config::VoteRule,
+    /// The fleet's votes count now (a fleet, and its store reachable).
+    pub voting: bool,
+    /// This instance is part of a fleet (`[cluster]`).
+    pub fleet: bool,
     /// When it last flipped (or was first seen).
     pub since: SystemTime,
     /// When its last probe finished, if any has.

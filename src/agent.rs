@@ -1,0 +1,75 @@
+//! `gto probe`: a probe-only agent. It runs the health checks of a config and publishes
+//! its verdicts to the fleet (`[cluster]`, required), and serves no DNS and no admin API:
+//! run it inside a private network or another cloud to add a vantage point.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::{Fleet, InstanceInfo};
+use crate::health;
+use crate::loaded::Loaded;
+use crate::routing::Builder;
+use crate::shutdown::{Signal, Signals};
+
+/// Why the agent cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Without a fleet its verdicts would go nowhere.
+    #[error("gto probe needs a [cluster] table: its verdicts are for the fleet")]
+    NoCluster,
+}
+
+/// Probes and votes until SIGTERM or SIGINT.
+pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError> {
+    let Some(cluster) = loaded.config.cluster.clone() else {
+        return Err(AgentError::NoCluster);
+    };
+    let _metrics = crate::metrics::install();
+    let state_file = loaded.config.server.state_file.clone();
+    let restored = state_file
+        .as_deref()
+        .and_then(|path| match health::store::load(path) {
+            Ok(file) => file,
+            Err(error) => {
+                warn!(%error, "state file ignored; every endpoint is re-checked");
+                None
+            }
+        });
+    let loaded = Arc::new(loaded);
+    let states = health::restore(&loaded, restored.as_ref());
+    // The monitor hands its changes to a builder; nothing reads its snapshots here.
+    let builder = Builder::with_states(loaded.clone(), states);
+    let token = CancellationToken::new();
+    let (events, receiver) = mpsc::channel(1024);
+    let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
+    let (health, health_task) =
+        health::spawn(&loaded, restored, state_file, events, token.child_token());
+    let me = InstanceInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        listen: Vec::new(),
+        admin: None,
+        started: health::store::unix(std::time::SystemTime::now()),
+        config_digest: loaded.digest.clone(),
+    };
+    let fleet = Fleet::new(&cluster, health, me);
+    let fleet_task = fleet.run(token.child_token());
+    info!(instance = %cluster.instance, "probe agent running: health checks only, verdicts to the fleet");
+    crate::notify::ready("probing");
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                warn!("gto probe does not reload; restart it to read the config again");
+            }
+        }
+    }
+    crate::notify::stopping();
+    token.cancel();
+    let _ = health_task.await;
+    let _ = fleet_task.await;
+    let _ = builder_task.await;
+    Ok(())
+}

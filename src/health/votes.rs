@@ -1,0 +1,208 @@
+//! Health seen from several places: each instance of a fleet publishes its own verdict on
+//! every endpoint it probes, and a pool's [`VoteRule`] combines the fresh verdicts —
+//! this instance's included — into the health that answers use.
+//!
+//! A verdict is fresh while the instance that made it is alive: verdicts live under the
+//! voter's lease in the fleet store, are written when they change (and refreshed slowly),
+//! so their number of writes does not depend on the probe interval; a voter whose probes
+//! stop reporting publishes itself as stale, and one that dies loses its verdicts with
+//! its lease. Too few fresh voters, no fleet, or the fleet store unreachable: this
+//! instance's own verdict decides, exactly as without voting.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::Health;
+use crate::config::{DownWhen, VoteRule, VoteScope};
+
+/// One instance's verdict on one endpoint, as published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vote {
+    /// Up (true) or down.
+    pub up: bool,
+    /// Since when (Unix seconds).
+    pub since: u64,
+    /// The last probe's error, when down.
+    pub error: Option<String>,
+    /// The last probe's round trip, in milliseconds.
+    pub rtt_ms: Option<u64>,
+    /// The voter's region, for pools that vote by region.
+    pub region: Option<String>,
+    /// The voter's probes stopped reporting: the verdict does not count.
+    #[serde(default)]
+    pub stale: bool,
+    /// When it was written (Unix seconds).
+    pub at: u64,
+}
+
+/// Who this instance is, for voting; None without a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    /// Instance id.
+    pub instance: String,
+    /// Region, if configured.
+    pub region: Option<String>,
+}
+
+/// What the rule made of the verdicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The health answers use.
+    pub health: Health,
+    /// Fresh voters counted (this instance included), and how many said down; None when
+    /// this instance's own verdict decided alone.
+    pub tally: Option<(usize, usize)>,
+}
+
+impl Decision {
+    /// Why, in words, for logs and status.
+    pub fn describe(&self, rule: &VoteRule) -> String {
+        match self.tally {
+            Some((voters, down)) => format!(
+                "{down} of {voters} voters say down (down_when = \"{}\")",
+                rule.down_when.as_str()
+            ),
+            None => "this instance's own verdict (too few fresh voters, or no fleet)".into(),
+        }
+    }
+}
+
+/// Combines `local` (this instance's verdict) with the other voters' under `rule`.
+/// `voting` is false without a fleet or while its store is unreachable.
+pub fn decide(
+    local: Health,
+    me: Option<&Voter>,
+    voting: bool,
+    votes: &BTreeMap<String, Vote>,
+    rule: &VoteRule,
+) -> Decision {
+    let alone = Decision {
+        health: local,
+        tally: None,
+    };
+    let Some(me) = me.filter(|_| voting) else {
+        return alone;
+    };
+    let fresh = || {
+        votes
+            .iter()
+            .filter(|(voter, vote)| **voter != me.instance && !vote.stale)
+            .map(|(_, vote)| vote)
+    };
+    let regional: Vec<&Vote> = match (&rule.scope, &me.region) {
+        (VoteScope::Region, Some(region)) => fresh()
+            .filter(|v| v.region.as_deref() == Some(region.as_str()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // This instance counts too; a region with too few voters falls back to all.
+    let others: Vec<&Vote> = if rule.scope == VoteScope::Region && regional.len() + 1 >= rule.min_voters {
+        regional
+    } else {
+        fresh().collect()
+    };
+    let voters = others.len() + 1;
+    if voters < rule.min_voters {
+        return alone;
+    }
+    let down = others.iter().filter(|v| !v.up).count() + usize::from(local == Health::Down);
+    let is_down = match rule.down_when {
+        DownWhen::Majority => down * 2 > voters,
+        DownWhen::All => down == voters,
+        DownWhen::Any => down >= 1,
+    };
+    Decision {
+        health: if is_down { Health::Down } else { Health::Up },
+        tally: Some((voters, down)),
+    }
+}
+
+/// Seconds since the Unix epoch, for [`Vote::at`].
+pub fn now_unix() -> u64 {
+    super::store::unix(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote(up: bool, region: &str) -> Vote {
+        Vote {
+            up,
+            since: 0,
+            error: None,
+            rtt_ms: None,
+            region: Some(region.into()),
+            stale: false,
+            at: 0,
+        }
+    }
+
+    fn rule(down_when: DownWhen, min_voters: usize, scope: VoteScope) -> VoteRule {
+        VoteRule {
+            down_when,
+            min_voters,
+            scope,
+        }
+    }
+
+    #[test]
+    fn rules_combine_fresh_verdicts_and_fall_back_to_the_local_one() {
+        let me = Voter {
+            instance: "a".into(),
+            region: Some("eu".into()),
+        };
+        let mut votes = BTreeMap::new();
+        votes.insert("b".to_string(), vote(true, "eu"));
+        votes.insert("c".to_string(), vote(true, "us"));
+        let majority = rule(DownWhen::Majority, 2, VoteScope::All);
+        // One of three down: majority keeps it up.
+        let d = decide(Health::Down, Some(&me), true, &votes, &majority);
+        assert_eq!((d.health, d.tally), (Health::Up, Some((3, 1))));
+        // Two of three: down, also for the one that still reaches it.
+        votes.insert("b".to_string(), vote(false, "eu"));
+        let d = decide(Health::Up, Some(&me), true, &votes, &majority);
+        assert_eq!(d.health, Health::Up, "1 of 3 down");
+        votes.insert("c".to_string(), vote(false, "us"));
+        let d = decide(Health::Up, Some(&me), true, &votes, &majority);
+        assert_eq!((d.health, d.tally), (Health::Down, Some((3, 2))));
+        // all: down only when every voter says so; any: one is enough.
+        let all = rule(DownWhen::All, 2, VoteScope::All);
+        assert_eq!(decide(Health::Up, Some(&me), true, &votes, &all).health, Health::Up);
+        assert_eq!(decide(Health::Down, Some(&me), true, &votes, &all).health, Health::Down);
+        let any = rule(DownWhen::Any, 2, VoteScope::All);
+        votes.insert("b".to_string(), vote(true, "eu"));
+        votes.insert("c".to_string(), vote(false, "us"));
+        assert_eq!(decide(Health::Up, Some(&me), true, &votes, &any).health, Health::Down);
+        // No fleet, store unreachable, or too few voters: the local verdict.
+        assert_eq!(decide(Health::Up, None, true, &votes, &any).tally, None);
+        assert_eq!(decide(Health::Up, Some(&me), false, &votes, &any).health, Health::Up);
+        let many = rule(DownWhen::Any, 4, VoteScope::All);
+        assert_eq!(decide(Health::Up, Some(&me), true, &votes, &many).health, Health::Up);
+        // Stale verdicts do not count.
+        votes.get_mut("c").unwrap().stale = true;
+        assert_eq!(decide(Health::Up, Some(&me), true, &votes, &any).health, Health::Up);
+    }
+
+    #[test]
+    fn regional_scope_uses_the_region_when_it_has_enough_voters() {
+        let me = Voter {
+            instance: "a".into(),
+            region: Some("eu".into()),
+        };
+        let mut votes = BTreeMap::new();
+        votes.insert("b".to_string(), vote(true, "eu"));
+        votes.insert("c".to_string(), vote(false, "us"));
+        votes.insert("d".to_string(), vote(false, "us"));
+        let regional = rule(DownWhen::Majority, 2, VoteScope::Region);
+        // eu (a, b) says up; the us voters cannot reach it.
+        let d = decide(Health::Up, Some(&me), true, &votes, &regional);
+        assert_eq!((d.health, d.tally), (Health::Up, Some((2, 0))));
+        // Too few in the region: everyone votes (3 of 4 down).
+        let strict = rule(DownWhen::Majority, 3, VoteScope::Region);
+        let d = decide(Health::Down, Some(&me), true, &votes, &strict);
+        assert_eq!((d.health, d.tally), (Health::Down, Some((4, 3))));
+    }
+}
