@@ -630,6 +630,8 @@ impl Monitor {
             };
             if tracked.last_check.is_none() {
                 checked.fetch_add(1, Ordering::Relaxed);
+                // The first verdict of this instance: the fleet hears it.
+                flips.push((key.clone(), reason.clone()));
             }
             tracked.last_check = Some(report.at);
             tracked.last_error = report.result.as_ref().err().map(ToString::to_string);

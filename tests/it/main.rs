@@ -22,4 +22,5 @@ mod package;
 mod rrl;
 mod support;
 mod tcp;
+mod votes;
 mod zonefile;

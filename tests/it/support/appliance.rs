@@ -39,6 +39,9 @@ pub struct Appliance {
     pub body: Arc<std::sync::Mutex<String>>,
     /// One message per HTTP request served (the status sent).
     pub served: mpsc::UnboundedSender<u16>,
+    /// Probes from these source addresses are cut off (accepted and closed at once): a
+    /// broken path from one vantage point.
+    pub blocked: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -53,6 +56,7 @@ impl Appliance {
             fail_next: Arc::new(AtomicU16::new(0)),
             body: Arc::new(std::sync::Mutex::new("sessions=3 OK".into())),
             served,
+            blocked: Arc::default(),
             task: None,
         };
         appliance.resume();
@@ -83,6 +87,7 @@ impl Appliance {
             self.fail_next.clone(),
             self.body.clone(),
             self.served.clone(),
+            self.blocked.clone(),
         )));
     }
 }
@@ -102,11 +107,16 @@ async fn serve(
     fail_next: Arc<AtomicU16>,
     body: Arc<std::sync::Mutex<String>>,
     served: mpsc::UnboundedSender<u16>,
+    blocked: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        if blocked.lock().unwrap().contains(&peer.ip()) {
+            drop(stream);
+            continue;
+        }
         let status = status.clone();
         let fail_next = fail_next.clone();
         let served = served.clone();

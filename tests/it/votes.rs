@@ -1,0 +1,311 @@
+//! Issue 12: health seen from several places. Three gto instances share a real etcd,
+//! each probing from its own source address (127.0.0.2, .3, .4, `[health] source`); the
+//! test appliances cut off probes from chosen source addresses (a broken path from one
+//! vantage point), and the pool's rule decides for all.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use tokio::time::Instant;
+
+use crate::fleet::{Etcd, within};
+use crate::support::appliance::{Appliance, Speaks};
+use crate::support::{TestServer, ZONE, answers, http_json, query, udp};
+
+const SOURCES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+const INTERVAL_MS: u64 = 300;
+const FALL: u64 = 2;
+
+/// A config probing the three appliances from `source`, in the fleet at `url`.
+fn config(url: &str, source: &str, rule: &str, ports: [u16; 3]) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[admin]
+listen = "127.0.0.1:0"
+
+[health]
+source = "{source}"
+
+[cluster]
+etcd = ["{url}"]
+name = "votes"
+instance = "at-{source}"
+lease_ttl = "2s"
+
+[[zone]]
+origin = "gto.example.com."
+file = "gto.example.com.zone"
+
+[[service]]
+name = "vpn.gto.example.com."
+pool = "sma"
+answers = 3
+ttl = 5
+
+[[pool]]
+name = "sma"
+check = {{ kind = "http", path = "/", interval = "{INTERVAL_MS}ms", timeout = "200ms", rise = 1, fall = {FALL} }}
+{rule}
+[[pool.member]]
+name = "fra-1"
+addresses = ["127.0.1.1"]
+check = {{ port = {} }}
+[[pool.member]]
+name = "ams-1"
+addresses = ["127.0.1.2"]
+check = {{ port = {} }}
+[[pool.member]]
+name = "nyc-1"
+addresses = ["127.0.1.3"]
+check = {{ port = {} }}
+"#,
+        ports[0], ports[1], ports[2]
+    )
+}
+
+struct Fleet {
+    etcd: Etcd,
+    appliances: Vec<Appliance>,
+    instances: Vec<TestServer>,
+}
+
+async fn fleet(rule: &str, sources: &[&str]) -> Fleet {
+    let etcd = Etcd::start().await;
+    let mut appliances = Vec::new();
+    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
+        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
+    }
+    let ports = [
+        appliances[0].addr.port(),
+        appliances[1].addr.port(),
+        appliances[2].addr.port(),
+    ];
+    let mut instances = Vec::new();
+    for source in sources {
+        instances.push(TestServer::start(&config(&etcd.url(), source, rule, ports), ZONE).await);
+    }
+    let fleet = Fleet {
+        etcd,
+        appliances,
+        instances,
+    };
+    // Every instance connected and seeing every other one's verdict on fra-1.
+    for server in &fleet.instances {
+        within(Duration::from_secs(10), "all verdicts seen", || async {
+            let status = http_json(server.admin(), "GET", "/v1/status", None, "").await.1;
+            voters(&status, "fra-1") + 1 >= sources.len() as u64
+        })
+        .await;
+    }
+    fleet
+}
+
+fn endpoint(status: &serde_json::Value, member: &str) -> serde_json::Value {
+    status["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["member"] == member)
+        .cloned()
+        .unwrap()
+}
+
+fn voters(status: &serde_json::Value, member: &str) -> u64 {
+    endpoint(status, member)["votes"]["voters"]
+        .as_array()
+        .map_or(0, |v| v.len() as u64)
+}
+
+async fn addresses(server: &TestServer) -> BTreeSet<String> {
+    answers(
+        &udp(
+            server.addr,
+            &query("vpn.gto.example.com.", RecordType::A, None),
+        )
+        .await
+        .0,
+    )
+    .into_iter()
+    .collect()
+}
+
+async fn has_fra(server: &TestServer) -> bool {
+    addresses(server).await.contains("127.0.1.1")
+}
+
+fn block(appliance: &Appliance, source: &str) {
+    appliance
+        .blocked
+        .lock()
+        .unwrap()
+        .insert(source.parse().unwrap());
+}
+
+/// Long enough for a probe cycle to fail `FALL` times and the verdicts to travel.
+const SETTLE: Duration = Duration::from_millis(INTERVAL_MS * (FALL + 3));
+
+#[tokio::test]
+async fn issue_12_majority_keeps_what_one_vantage_point_loses_and_drops_what_two_do() {
+    let fleet = fleet("down_when = \"majority\"\nmin_voters = 2", &SOURCES).await;
+    let fra = &fleet.appliances[0];
+    block(fra, SOURCES[0]);
+    // The instance at .2 sees fra-1 down ...
+    let first = &fleet.instances[0];
+    within(Duration::from_secs(5), "its own verdict goes down", || async {
+        let status = http_json(first.admin(), "GET", "/v1/status", None, "").await.1;
+        endpoint(&status, "fra-1")["votes"]["local"] == "down"
+    })
+    .await;
+    // ... but the majority keeps it in every instance's answers.
+    tokio::time::sleep(SETTLE).await;
+    for server in &fleet.instances {
+        assert!(has_fra(server).await, "one broken path must not drop fra-1");
+    }
+    let status = http_json(first.admin(), "GET", "/v1/status", None, "").await.1;
+    let votes = &endpoint(&status, "fra-1")["votes"];
+    assert_eq!(votes["decided_by"], "1 of 3 voters say down", "{votes}");
+    assert_eq!(votes["outcome"], "up");
+
+    // Unreachable from two: out of all three, also from the one that still reaches it.
+    block(fra, SOURCES[1]);
+    for server in &fleet.instances {
+        within(Duration::from_secs(5), "two of three drop it", || async {
+            !has_fra(server).await
+        })
+        .await;
+    }
+    let third = &fleet.instances[2];
+    let status = http_json(third.admin(), "GET", "/v1/status", None, "").await.1;
+    let votes = &endpoint(&status, "fra-1")["votes"];
+    assert_eq!(votes["local"], "up", "{votes}");
+    assert_eq!(votes["outcome"], "down");
+    let (_, metrics) = crate::support::http(third.admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(
+        crate::support::sample(
+            &metrics,
+            "gto_member_votes",
+            &["member=\"fra-1\"", "verdict=\"down\""]
+        ),
+        2.0
+    );
+    drop(fleet.etcd);
+}
+
+#[tokio::test]
+async fn issue_12_all_waits_for_every_voter_and_any_needs_one() {
+    let all = fleet("down_when = \"all\"", &SOURCES).await;
+    block(&all.appliances[0], SOURCES[0]);
+    block(&all.appliances[0], SOURCES[1]);
+    tokio::time::sleep(SETTLE).await;
+    for server in &all.instances {
+        assert!(has_fra(server).await, "under all, two of three are not enough");
+    }
+    block(&all.appliances[0], SOURCES[2]);
+    for server in &all.instances {
+        within(Duration::from_secs(5), "every voter says down", || async {
+            !has_fra(server).await
+        })
+        .await;
+    }
+    drop(all);
+
+    let any = fleet("down_when = \"any\"", &SOURCES).await;
+    block(&any.appliances[0], SOURCES[1]);
+    for server in &any.instances {
+        within(Duration::from_secs(5), "one voter is enough", || async {
+            !has_fra(server).await
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn issue_12_a_probe_only_agent_votes() {
+    // Two DNS instances (.2, .3) and an agent (`gto probe`, .4).
+    let fleet = fleet("down_when = \"majority\"", &SOURCES[..2]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [
+        fleet.appliances[0].addr.port(),
+        fleet.appliances[1].addr.port(),
+        fleet.appliances[2].addr.port(),
+    ];
+    std::fs::write(
+        dir.path().join("gto.toml"),
+        config(&fleet.etcd.url(), SOURCES[2], "down_when = \"majority\"", ports),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let mut agent = crate::support::RealGto::spawn(&[
+        std::ffi::OsStr::new("probe"),
+        std::ffi::OsStr::new("--config"),
+        dir.path().join("gto.toml").as_os_str(),
+    ]);
+    agent.wait_for_log("fleet store connected").await;
+    let first = &fleet.instances[0];
+    within(Duration::from_secs(5), "the agent's verdict arrives", || async {
+        let status = http_json(first.admin(), "GET", "/v1/status", None, "").await.1;
+        voters(&status, "fra-1") == 2
+    })
+    .await;
+    // .2 alone says down: 1 of 3, stays.
+    block(&fleet.appliances[0], SOURCES[0]);
+    tokio::time::sleep(SETTLE).await;
+    assert!(has_fra(first).await);
+    // The agent's path breaks too: 2 of 3, out everywhere.
+    block(&fleet.appliances[0], SOURCES[2]);
+    for server in &fleet.instances {
+        within(Duration::from_secs(5), "the agent's vote counts", || async {
+            !has_fra(server).await
+        })
+        .await;
+    }
+    agent.signal("TERM");
+    assert!(agent.exit().await.success());
+}
+
+#[tokio::test]
+async fn issue_12_without_etcd_each_instance_falls_back_to_its_own_verdict() {
+    let mut fleet = fleet("down_when = \"majority\"", &SOURCES).await;
+    block(&fleet.appliances[0], SOURCES[0]);
+    tokio::time::sleep(SETTLE).await;
+    let first = &fleet.instances[0];
+    assert!(has_fra(first).await, "kept by the majority");
+    fleet.etcd.kill();
+    within(Duration::from_secs(8), "its own verdict decides", || async {
+        !has_fra(first).await
+    })
+    .await;
+    let status = http_json(first.admin(), "GET", "/v1/status", None, "").await.1;
+    let votes = &endpoint(&status, "fra-1")["votes"];
+    assert_eq!(votes["voting"], false, "{votes}");
+    assert!(
+        votes["decided_by"].as_str().unwrap().contains("unreachable"),
+        "{votes}"
+    );
+    // The others still reach fra-1 and keep it.
+    for server in &fleet.instances[1..] {
+        assert!(has_fra(server).await);
+    }
+}
+
+/// The failover bound with voting: a dead appliance leaves every instance's answers
+/// within interval × fall + 1 s.
+#[tokio::test]
+async fn issue_12_a_dead_appliance_leaves_every_instance_within_the_bound() {
+    let mut fleet = fleet("down_when = \"majority\"", &SOURCES).await;
+    let started = Instant::now();
+    fleet.appliances[0].stop().await;
+    let bound = Duration::from_millis(INTERVAL_MS * FALL + 1000);
+    let mut worst = Duration::ZERO;
+    for server in &fleet.instances {
+        within(bound, "dead appliance out", || async { !has_fra(server).await }).await;
+        worst = worst.max(started.elapsed());
+    }
+    eprintln!(
+        "a dead appliance left all three instances' answers {worst:?} after it stopped (bound {bound:?})"
+    );
+}
