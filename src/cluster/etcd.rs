@@ -212,6 +212,28 @@ impl super::Engine for Etcd {
         Ok(())
     }
 
+    async fn put_many(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        lease: Option<i64>,
+    ) -> Result<(), ClusterError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let operations: Vec<TxnOp> = entries
+            .into_iter()
+            .map(|(key, value)| {
+                TxnOp::put(key, value, lease.map(|id| PutOptions::new().with_lease(id)))
+            })
+            .collect();
+        client
+            .txn(Txn::new().and_then(operations))
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
     async fn put_if(
         &self,
         key: &str,

@@ -53,7 +53,10 @@ pub const CLUSTER_EVENTS_TOTAL: &str = "gto_cluster_events_total";
 
 /// This instance's verdicts are all written again this often (they change rarely; their
 /// freshness is the instance's lease, not this refresh).
-pub const VOTE_REFRESH: Duration = Duration::from_secs(60);
+pub const VOTE_REFRESH: Duration = Duration::from_secs(300);
+
+/// Verdicts written in one request when all are written (etcd allows 128 operations).
+pub const VOTE_BATCH: usize = 100;
 
 /// A probe-read load that does not change is published again this often.
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(10);
@@ -123,6 +126,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     async fn revoke(&self, lease: i64);
     /// Writes a key, under a lease if given.
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> Result<(), ClusterError>;
+    /// Writes many keys in one request (one store revision), under a lease if given.
+    async fn put_many(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        lease: Option<i64>,
+    ) -> Result<(), ClusterError>;
     /// Writes (`Some`) or deletes (`None`) a key if it was last changed at `revision` (0:
     /// absent). False: it changed meanwhile.
     async fn put_if(
@@ -260,7 +269,17 @@ impl Fleet {
         loop {
             tokio::select! {
                 received = verdicts.recv() => match received {
-                    Ok((key, vote)) => self.publish_vote(&key, &vote).await,
+                    Ok(first) => {
+                        // Changes that arrive together go in one request.
+                        let mut batch = vec![first];
+                        while batch.len() < VOTE_BATCH {
+                            match verdicts.try_recv() {
+                                Ok(next) => batch.push(next),
+                                Err(_) => break,
+                            }
+                        }
+                        self.publish_votes(batch).await;
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         self.publish_all_votes().await;
                     }
@@ -272,28 +291,44 @@ impl Fleet {
         }
     }
 
+    /// Writes all of this instance's verdicts, [`VOTE_BATCH`] to a request.
     async fn publish_all_votes(&self) {
-        for (key, vote) in self.0.health.verdicts().await {
-            self.publish_vote(&key, &vote).await;
+        if !self.is_connected() {
+            return;
+        }
+        let verdicts = self.0.health.verdicts().await;
+        for chunk in verdicts.chunks(VOTE_BATCH) {
+            self.publish_votes(chunk.to_vec()).await;
         }
     }
 
-    async fn publish_vote(&self, key: &EndpointKey, vote: &crate::health::votes::Vote) {
+    fn vote_key(&self, key: &EndpointKey) -> String {
+        format!(
+            "{}vote/{}/{}/{}",
+            self.0.prefix,
+            segment(&key.pool),
+            segment(&key.member),
+            segment(&self.0.instance)
+        )
+    }
+
+    async fn publish_votes(&self, votes: Vec<(EndpointKey, crate::health::votes::Vote)>) {
         let inner = &self.0;
         let lease = inner.lease.load(Ordering::Relaxed);
         if !self.is_connected() || lease == 0 {
             return;
         }
-        let path = format!(
-            "{}vote/{}/{}/{}",
-            inner.prefix,
-            segment(&key.pool),
-            segment(&key.member),
-            segment(&inner.instance)
-        );
-        let bytes = serde_json::to_vec(vote).unwrap_or_default();
-        if let Err(error) = inner.engine.put(&path, bytes, Some(lease)).await {
-            warn!(%error, pool = %key.pool, member = %key.member, "verdict not shared");
+        let entries = votes
+            .iter()
+            .map(|(key, vote)| {
+                (
+                    self.vote_key(key),
+                    serde_json::to_vec(vote).unwrap_or_default(),
+                )
+            })
+            .collect();
+        if let Err(error) = inner.engine.put_many(entries, Some(lease)).await {
+            warn!(%error, verdicts = votes.len(), "verdicts not shared");
         }
     }
 

@@ -309,3 +309,75 @@ async fn issue_12_a_dead_appliance_leaves_every_instance_within_the_bound() {
         "a dead appliance left all three instances' answers {worst:?} after it stopped (bound {bound:?})"
     );
 }
+
+/// Vote traffic at 100 pools × 100 endpoints × 3 instances: the first verdicts go out in
+/// batches, and in steady state (nothing changing) no verdict is written, however short
+/// the probe interval.
+#[tokio::test]
+async fn issue_12_vote_traffic_at_100_pools_of_100_endpoints_on_3_instances() {
+    let etcd = Etcd::start().await;
+    let (appliance, _) = Appliance::start("127.0.1.9", Speaks::Tcp).await;
+    let port = appliance.addr.port();
+    let mut pools = String::new();
+    for p in 0..100 {
+        pools.push_str(&format!(
+            "[[pool]]\nname = \"p{p}\"\ncheck = {{ kind = \"tcp\", port = {port}, interval = \"250ms\", timeout = \"200ms\" }}\n"
+        ));
+        for m in 0..100 {
+            pools.push_str(&format!(
+                "[[pool.member]]\nname = \"m{m}\"\naddresses = [\"127.0.1.9\"]\n"
+            ));
+        }
+    }
+    let mut instances = Vec::new();
+    for source in SOURCES {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nenabled = false\n[health]\nsource = \"{source}\"\n\
+             [cluster]\netcd = [\"{}\"]\nname = \"scale\"\ninstance = \"at-{source}\"\nlease_ttl = \"10s\"\n\
+             [[zone]]\norigin = \"gto.example.com.\"\nfile = \"gto.example.com.zone\"\n\
+             [[service]]\nname = \"vpn.gto.example.com.\"\npool = \"p0\"\n{pools}",
+            etcd.url()
+        );
+        instances.push(TestServer::start(&text, ZONE).await);
+    }
+    let mut client = etcd.client().await;
+    let count = |client: &mut etcd_client::Client| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get(
+                    "/gto/scale/vote/",
+                    Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .unwrap()
+                .count()
+        }
+    };
+    let started = Instant::now();
+    let before = client.get("/", None).await.unwrap().header().unwrap().revision();
+    loop {
+        if count(&mut client).await == 30_000 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "verdicts not all published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let published = client.get("/", None).await.unwrap().header().unwrap().revision() - before;
+    let took = started.elapsed();
+    // Steady state: nothing changes for 10 s of probes every 250 ms.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quiet_from = client.get("/", None).await.unwrap().header().unwrap().revision();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let quiet = client.get("/", None).await.unwrap().header().unwrap().revision() - quiet_from;
+    eprintln!(
+        "30,000 verdicts (100 pools x 100 endpoints x 3 instances) published in {took:?} with \
+         {published} etcd writes (revisions); steady state: {quiet} writes in 10 s at a 250 ms \
+         probe interval; refresh: 30,000 verdicts / {}s in batches of {} = {:.2} writes/s",
+        gto::cluster::VOTE_REFRESH.as_secs(),
+        gto::cluster::VOTE_BATCH,
+        300.0 / gto::cluster::VOTE_REFRESH.as_secs_f64()
+    );
+    assert_eq!(quiet, 0, "verdicts were written while nothing changed");
+    drop(instances);
+}
