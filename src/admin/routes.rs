@@ -217,11 +217,29 @@ pub(super) struct ExplainQuery {
 pub(super) async fn explain(
     State(state): State<AdminState>,
     Query(query): Query<ExplainQuery>,
-) -> Result<Json<Explanation>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let (name, qtype, client) = parse_question(&query.name, query.qtype.as_deref(), &query.client)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let snapshot = state.routing.load_full();
-    Ok(Json(explain_answer(&snapshot, &name, qtype, client)))
+    let explanation: Explanation = explain_answer(&snapshot, &name, qtype, client);
+    let mut value = serde_json::to_value(&explanation)
+        .map_err(|e| ApiError::BadRequest(format!("cannot show the explanation: {e}")))?;
+    // With a fleet, each candidate's health comes with the verdicts behind it.
+    if state.fleet.is_some()
+        && let Some(candidates) = value["gslb"]["candidates"].as_array_mut()
+    {
+        let statuses = state.health.status().await;
+        for candidate in candidates {
+            let status = statuses.iter().find(|s| {
+                candidate["pool"] == s.key.pool.as_str()
+                    && candidate["member"] == s.key.member.as_str()
+            });
+            if let Some(votes) = status.and_then(votes_view) {
+                candidate["votes"] = votes;
+            }
+        }
+    }
+    Ok(Json(value))
 }
 
 /// Checks the bearer token of a change.

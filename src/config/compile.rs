@@ -17,14 +17,15 @@ use super::check::compile_check;
 use super::located::{Collector, parse_duration, parse_size};
 pub(crate) use super::located::{line_of, parse_name};
 use super::raw::{
-    RawAdmin, RawAffinity, RawCheck, RawCluster, RawClusterTls, RawConfig, RawHealth, RawGeo, RawLoad,
-    RawLocation, RawMember, RawNetwork, RawPool, RawRegion, RawRrl, RawService, RawWhenAllDown,
+    RawAdmin, RawAffinity, RawCheck, RawCluster, RawClusterTls, RawConfig, RawGeo, RawHealth,
+    RawLoad, RawLocation, RawMember, RawNetwork, RawPool, RawRegion, RawRrl, RawService,
+    RawWhenAllDown,
 };
 use super::{
-    AdminSettings, Affinity, Answers, ClusterSettings, ClusterTls, Config, DownWhen,
-    HealthSettings, VoteRule, VoteScope, GeoNetwork, GeoSettings,
-    LoadSettings, Location, Member, Policy, Pool, PoolId, Region, RrlSettings, Secret,
-    ServerSettings, Service, Ttl, Weight, WhenAllDown, ZoneSource, ZoneSpec,
+    AdminSettings, Affinity, Answers, ClusterSettings, ClusterTls, Config, DownWhen, GeoNetwork,
+    GeoSettings, HealthSettings, LoadSettings, Location, Member, Policy, Pool, PoolId, Region,
+    RrlSettings, Secret, ServerSettings, Service, Ttl, VoteRule, VoteScope, Weight, WhenAllDown,
+    ZoneSource, ZoneSpec,
 };
 
 /// Default listener: loopback, unprivileged port, so a fresh install never clashes with a

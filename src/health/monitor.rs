@@ -486,7 +486,9 @@ impl Monitor {
             up,
             since: store::unix(t.since),
             error: if up { None } else { t.last_error.clone() },
-            rtt_ms: t.rtt.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            rtt_ms: t
+                .rtt
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             region: self.voter.as_ref().and_then(|v| v.region.clone()),
             stale: t.stale,
             at: crate::health::votes::now_unix(),

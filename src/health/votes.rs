@@ -98,11 +98,12 @@ pub fn decide(
         _ => Vec::new(),
     };
     // This instance counts too; a region with too few voters falls back to all.
-    let others: Vec<&Vote> = if rule.scope == VoteScope::Region && regional.len() + 1 >= rule.min_voters {
-        regional
-    } else {
-        fresh().collect()
-    };
+    let others: Vec<&Vote> =
+        if rule.scope == VoteScope::Region && regional.len() + 1 >= rule.min_voters {
+            regional
+        } else {
+            fresh().collect()
+        };
     let voters = others.len() + 1;
     if voters < rule.min_voters {
         return alone;
@@ -170,20 +171,38 @@ mod tests {
         assert_eq!((d.health, d.tally), (Health::Down, Some((3, 2))));
         // all: down only when every voter says so; any: one is enough.
         let all = rule(DownWhen::All, 2, VoteScope::All);
-        assert_eq!(decide(Health::Up, Some(&me), true, &votes, &all).health, Health::Up);
-        assert_eq!(decide(Health::Down, Some(&me), true, &votes, &all).health, Health::Down);
+        assert_eq!(
+            decide(Health::Up, Some(&me), true, &votes, &all).health,
+            Health::Up
+        );
+        assert_eq!(
+            decide(Health::Down, Some(&me), true, &votes, &all).health,
+            Health::Down
+        );
         let any = rule(DownWhen::Any, 2, VoteScope::All);
         votes.insert("b".to_string(), vote(true, "eu"));
         votes.insert("c".to_string(), vote(false, "us"));
-        assert_eq!(decide(Health::Up, Some(&me), true, &votes, &any).health, Health::Down);
+        assert_eq!(
+            decide(Health::Up, Some(&me), true, &votes, &any).health,
+            Health::Down
+        );
         // No fleet, store unreachable, or too few voters: the local verdict.
         assert_eq!(decide(Health::Up, None, true, &votes, &any).tally, None);
-        assert_eq!(decide(Health::Up, Some(&me), false, &votes, &any).health, Health::Up);
+        assert_eq!(
+            decide(Health::Up, Some(&me), false, &votes, &any).health,
+            Health::Up
+        );
         let many = rule(DownWhen::Any, 4, VoteScope::All);
-        assert_eq!(decide(Health::Up, Some(&me), true, &votes, &many).health, Health::Up);
+        assert_eq!(
+            decide(Health::Up, Some(&me), true, &votes, &many).health,
+            Health::Up
+        );
         // Stale verdicts do not count.
         votes.get_mut("c").unwrap().stale = true;
-        assert_eq!(decide(Health::Up, Some(&me), true, &votes, &any).health, Health::Up);
+        assert_eq!(
+            decide(Health::Up, Some(&me), true, &votes, &any).health,
+            Health::Up
+        );
     }
 
     #[test]

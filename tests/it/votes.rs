@@ -96,7 +96,9 @@ async fn fleet(rule: &str, sources: &[&str]) -> Fleet {
     // Every instance connected and seeing every other one's verdict on fra-1.
     for server in &fleet.instances {
         within(Duration::from_secs(10), "all verdicts seen", || async {
-            let status = http_json(server.admin(), "GET", "/v1/status", None, "").await.1;
+            let status = http_json(server.admin(), "GET", "/v1/status", None, "")
+                .await
+                .1;
             voters(&status, "fra-1") + 1 >= sources.len() as u64
         })
         .await;
@@ -155,20 +157,48 @@ async fn issue_12_majority_keeps_what_one_vantage_point_loses_and_drops_what_two
     block(fra, SOURCES[0]);
     // The instance at .2 sees fra-1 down ...
     let first = &fleet.instances[0];
-    within(Duration::from_secs(5), "its own verdict goes down", || async {
-        let status = http_json(first.admin(), "GET", "/v1/status", None, "").await.1;
-        endpoint(&status, "fra-1")["votes"]["local"] == "down"
-    })
+    within(
+        Duration::from_secs(5),
+        "its own verdict goes down",
+        || async {
+            let status = http_json(first.admin(), "GET", "/v1/status", None, "")
+                .await
+                .1;
+            endpoint(&status, "fra-1")["votes"]["local"] == "down"
+        },
+    )
     .await;
     // ... but the majority keeps it in every instance's answers.
     tokio::time::sleep(SETTLE).await;
     for server in &fleet.instances {
         assert!(has_fra(server).await, "one broken path must not drop fra-1");
     }
-    let status = http_json(first.admin(), "GET", "/v1/status", None, "").await.1;
+    let status = http_json(first.admin(), "GET", "/v1/status", None, "")
+        .await
+        .1;
     let votes = &endpoint(&status, "fra-1")["votes"];
     assert_eq!(votes["decided_by"], "1 of 3 voters say down", "{votes}");
     assert_eq!(votes["outcome"], "up");
+    assert_eq!(votes["voters"].as_array().unwrap().len(), 2, "{votes}");
+    // Explain shows the same, per candidate.
+    let (_, explained) = http_json(
+        first.admin(),
+        "GET",
+        "/v1/explain?name=vpn.gto.example.com.&client=192.0.2.1",
+        None,
+        "",
+    )
+    .await;
+    let candidate = explained["gslb"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["member"] == "fra-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(candidate["health"], "up", "{candidate}");
+    assert_eq!(candidate["votes"]["local"], "down", "{candidate}");
+    assert_eq!(candidate["votes"]["decided_by"], "1 of 3 voters say down");
 
     // Unreachable from two: out of all three, also from the one that still reaches it.
     block(fra, SOURCES[1]);
@@ -179,7 +209,9 @@ async fn issue_12_majority_keeps_what_one_vantage_point_loses_and_drops_what_two
         .await;
     }
     let third = &fleet.instances[2];
-    let status = http_json(third.admin(), "GET", "/v1/status", None, "").await.1;
+    let status = http_json(third.admin(), "GET", "/v1/status", None, "")
+        .await
+        .1;
     let votes = &endpoint(&status, "fra-1")["votes"];
     assert_eq!(votes["local"], "up", "{votes}");
     assert_eq!(votes["outcome"], "down");
@@ -202,7 +234,10 @@ async fn issue_12_all_waits_for_every_voter_and_any_needs_one() {
     block(&all.appliances[0], SOURCES[1]);
     tokio::time::sleep(SETTLE).await;
     for server in &all.instances {
-        assert!(has_fra(server).await, "under all, two of three are not enough");
+        assert!(
+            has_fra(server).await,
+            "under all, two of three are not enough"
+        );
     }
     block(&all.appliances[0], SOURCES[2]);
     for server in &all.instances {
@@ -235,7 +270,12 @@ async fn issue_12_a_probe_only_agent_votes() {
     ];
     std::fs::write(
         dir.path().join("gto.toml"),
-        config(&fleet.etcd.url(), SOURCES[2], "down_when = \"majority\"", ports),
+        config(
+            &fleet.etcd.url(),
+            SOURCES[2],
+            "down_when = \"majority\"",
+            ports,
+        ),
     )
     .unwrap();
     std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
@@ -246,10 +286,16 @@ async fn issue_12_a_probe_only_agent_votes() {
     ]);
     agent.wait_for_log("fleet store connected").await;
     let first = &fleet.instances[0];
-    within(Duration::from_secs(5), "the agent's verdict arrives", || async {
-        let status = http_json(first.admin(), "GET", "/v1/status", None, "").await.1;
-        voters(&status, "fra-1") == 2
-    })
+    within(
+        Duration::from_secs(5),
+        "the agent's verdict arrives",
+        || async {
+            let status = http_json(first.admin(), "GET", "/v1/status", None, "")
+                .await
+                .1;
+            voters(&status, "fra-1") == 2
+        },
+    )
     .await;
     // .2 alone says down: 1 of 3, stays.
     block(&fleet.appliances[0], SOURCES[0]);
@@ -258,9 +304,11 @@ async fn issue_12_a_probe_only_agent_votes() {
     // The agent's path breaks too: 2 of 3, out everywhere.
     block(&fleet.appliances[0], SOURCES[2]);
     for server in &fleet.instances {
-        within(Duration::from_secs(5), "the agent's vote counts", || async {
-            !has_fra(server).await
-        })
+        within(
+            Duration::from_secs(5),
+            "the agent's vote counts",
+            || async { !has_fra(server).await },
+        )
         .await;
     }
     agent.signal("TERM");
@@ -275,15 +323,22 @@ async fn issue_12_without_etcd_each_instance_falls_back_to_its_own_verdict() {
     let first = &fleet.instances[0];
     assert!(has_fra(first).await, "kept by the majority");
     fleet.etcd.kill();
-    within(Duration::from_secs(8), "its own verdict decides", || async {
-        !has_fra(first).await
-    })
+    within(
+        Duration::from_secs(8),
+        "its own verdict decides",
+        || async { !has_fra(first).await },
+    )
     .await;
-    let status = http_json(first.admin(), "GET", "/v1/status", None, "").await.1;
+    let status = http_json(first.admin(), "GET", "/v1/status", None, "")
+        .await
+        .1;
     let votes = &endpoint(&status, "fra-1")["votes"];
     assert_eq!(votes["voting"], false, "{votes}");
     assert!(
-        votes["decided_by"].as_str().unwrap().contains("unreachable"),
+        votes["decided_by"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
         "{votes}"
     );
     // The others still reach fra-1 and keep it.
@@ -302,7 +357,10 @@ async fn issue_12_a_dead_appliance_leaves_every_instance_within_the_bound() {
     let bound = Duration::from_millis(INTERVAL_MS * FALL + 1000);
     let mut worst = Duration::ZERO;
     for server in &fleet.instances {
-        within(bound, "dead appliance out", || async { !has_fra(server).await }).await;
+        within(bound, "dead appliance out", || async {
+            !has_fra(server).await
+        })
+        .await;
         worst = worst.max(started.elapsed());
     }
     eprintln!(
@@ -347,7 +405,11 @@ async fn issue_12_vote_traffic_at_100_pools_of_100_endpoints_on_3_instances() {
             client
                 .get(
                     "/gto/scale/vote/",
-                    Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_count_only(),
+                    ),
                 )
                 .await
                 .unwrap()
@@ -355,21 +417,50 @@ async fn issue_12_vote_traffic_at_100_pools_of_100_endpoints_on_3_instances() {
         }
     };
     let started = Instant::now();
-    let before = client.get("/", None).await.unwrap().header().unwrap().revision();
+    let before = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     loop {
         if count(&mut client).await == 30_000 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "verdicts not all published");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "verdicts not all published"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let published = client.get("/", None).await.unwrap().header().unwrap().revision() - before;
+    let published = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+        - before;
     let took = started.elapsed();
     // Steady state: nothing changes for 10 s of probes every 250 ms.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let quiet_from = client.get("/", None).await.unwrap().header().unwrap().revision();
+    let quiet_from = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let quiet = client.get("/", None).await.unwrap().header().unwrap().revision() - quiet_from;
+    let quiet = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+        - quiet_from;
     eprintln!(
         "30,000 verdicts (100 pools x 100 endpoints x 3 instances) published in {took:?} with \
          {published} etcd writes (revisions); steady state: {quiet} writes in 10 s at a 250 ms \
