@@ -472,3 +472,41 @@ async fn issue_12_vote_traffic_at_100_pools_of_100_endpoints_on_3_instances() {
     assert_eq!(quiet, 0, "verdicts were written while nothing changed");
     drop(instances);
 }
+
+#[test]
+fn issue_12_voting_and_source_mistakes_are_located_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        "http://127.0.0.1:2379",
+        "not-an-ip",
+        "down_when = \"most\"\nmin_voters = 0\nvote_scope = \"planet\"",
+        [1, 2, 3],
+    );
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let output = crate::support::gto_bin()
+        .args(["check", "--config"])
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    for expected in [
+        "health.source: \"not-an-ip\" is not an IPv4 address",
+        "pool.sma.down_when: not \"majority\", \"all\" or \"any\"",
+        "pool.sma.min_voters: must be between 1 and 1000",
+        "pool.sma.vote_scope: not \"all\" or \"region\"",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    // gto probe without a fleet says why, exit 64.
+    let plain = crate::support::config("");
+    std::fs::write(dir.path().join("plain.toml"), plain).unwrap();
+    let output = crate::support::gto_bin()
+        .args(["probe", "--config"])
+        .arg(dir.path().join("plain.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs a [cluster] table"));
+}
