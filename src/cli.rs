@@ -42,7 +42,7 @@ pub enum Command {
     /// Run the health checks of a config and vote in its fleet (`[cluster]`), serving no
     /// DNS and no admin API: a probe-only agent that adds a vantage point.
     Probe {
-        /// TOML config file (with a [cluster] table).
+        /// TOML config file (with a `[cluster]` table).
         #[arg(long, short)]
         config: PathBuf,
     },
