@@ -105,7 +105,8 @@ pub struct Loaded {
     /// The opened `[geo] mmdb` database, if configured.
     pub geo_db: Option<std::sync::Arc<crate::geo::mmdb::Mmdb>>,
     /// SHA-256 (first 8 bytes, hex) of the config text and every zone file: instances that
-    /// serve the same files show the same digest (`[cluster] instance` is left out).
+    /// serve the same files show the same digest (per-host settings are left out: `[cluster]
+    /// instance` and `region`, `[health] source` and `source6`).
     pub digest: String,
     /// Problems that leave the config servable (occluded zone data), located: `gto check`
     /// prints them and `gto run` logs them.
@@ -200,8 +201,9 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
     }
 }
 
-/// The config text without its `[cluster] instance` line: the one setting that differs
-/// between the instances of a fleet by design, so it does not count as config drift.
+/// The config text without the settings that differ between the instances of a fleet by
+/// design (`[cluster] instance` and `region`, `[health] source` and `source6`), so that
+/// they do not count as config drift.
 fn without_instance(text: &str) -> String {
     let mut table = String::new();
     let mut kept = String::with_capacity(text.len());
@@ -213,10 +215,13 @@ fn without_instance(text: &str) -> String {
                 .trim()
                 .to_string();
         }
-        let is_instance = table == "cluster"
-            && trimmed
-                .strip_prefix("instance")
-                .is_some_and(|rest| rest.trim_start().starts_with('='));
+        let sets = |key: &str| {
+            trimmed
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        let is_instance = (table == "cluster" && (sets("instance") || sets("region")))
+            || (table == "health" && (sets("source") || sets("source6")));
         if !is_instance {
             kept.push_str(line);
         }

@@ -549,8 +549,10 @@ impl Fleet {
     fn update_drift(&self) {
         let mine = self.0.me.load().config_digest.clone();
         let instances = self.0.instances.load();
+        // Probe-only agents (no DNS listeners) serve no answers: not drift.
         let differing: Vec<&String> = instances
             .iter()
+            .filter(|(_, seen)| !seen.info.listen.is_empty())
             .filter(|(_, seen)| seen.info.config_digest != mine)
             .map(|(id, _)| id)
             .collect();

@@ -180,6 +180,12 @@ async fn issue_12_majority_keeps_what_one_vantage_point_loses_and_drops_what_two
     assert_eq!(votes["decided_by"], "1 of 3 voters say down", "{votes}");
     assert_eq!(votes["outcome"], "up");
     assert_eq!(votes["voters"].as_array().unwrap().len(), 2, "{votes}");
+    // Their own source addresses are per-host settings, not config drift.
+    assert_eq!(
+        status["cluster"]["config_drift"], false,
+        "{}",
+        status["cluster"]
+    );
     // Explain shows the same, per candidate.
     let (_, explained) = http_json(
         first.admin(),
