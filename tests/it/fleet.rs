@@ -905,3 +905,66 @@ fn issue_11_cluster_mistakes_are_located_config_errors() {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn issue_11_etcd_authentication_with_a_user_limited_to_the_fleet_prefix() {
+    use etcd_client::{Permission, PermissionType};
+    let etcd = Etcd::start().await;
+    let mut admin = etcd.client().await;
+    admin.user_add("root", "root-password", None).await.unwrap();
+    let _ = admin.role_add("root").await;
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("gto").await.unwrap();
+    admin
+        .role_grant_permission(
+            "gto",
+            Permission::new(PermissionType::Readwrite, "/gto/test/").with_prefix(),
+        )
+        .await
+        .unwrap();
+    admin
+        .user_add("gto", "gto-password-123", None)
+        .await
+        .unwrap();
+    admin.user_grant_role("gto", "gto").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let files = [
+        ("admin.token", format!("{TOKEN}\n")),
+        ("etcd.password", "gto-password-123\n".to_string()),
+        ("wrong.password", "not-the-password\n".to_string()),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let auth = "user = \"gto\"\npassword_file = \"etcd.password\"\n";
+    let a = TestServer::start_with_files(&fleet_config(&etcd.url(), "a", auth), ZONE, &files).await;
+    let b = TestServer::start_with_files(&fleet_config(&etcd.url(), "b", auth), ZONE, &files).await;
+    wait_connected(&[&a, &b]).await;
+    let (code, body) = http_json(
+        a.admin(),
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    within(Duration::from_secs(1), "B with authentication", || async {
+        vpn(&b).await == DRAINED
+    })
+    .await;
+    // A wrong password: no fleet, and drains are refused rather than applied alone.
+    let wrong = "user = \"gto\"\npassword_file = \"wrong.password\"\n";
+    let c =
+        TestServer::start_with_files(&fleet_config(&etcd.url(), "c", wrong), ZONE, &files).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!connected(&c).await, "a wrong password must not connect");
+    let (code, _) = http_json(
+        c.admin(),
+        "POST",
+        "/v1/members/sma/ams-1/drain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 503);
+}
