@@ -516,3 +516,55 @@ fn issue_12_voting_and_source_mistakes_are_located_config_errors() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("needs a [cluster] table"));
 }
+
+/// Regional health: two instances in "eu" cannot reach the appliance, the one in "us" can.
+/// With `vote_scope = "region"` (and one voter enough), eu drops it and us keeps it.
+#[tokio::test]
+async fn issue_12_regional_scope_judges_with_the_instances_own_region() {
+    let etcd = Etcd::start().await;
+    let mut appliances = Vec::new();
+    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
+        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
+    }
+    let ports = [
+        appliances[0].addr.port(),
+        appliances[1].addr.port(),
+        appliances[2].addr.port(),
+    ];
+    let rule = "down_when = \"majority\"\nmin_voters = 1\nvote_scope = \"region\"";
+    let mut instances = Vec::new();
+    for (source, region) in SOURCES.iter().zip(["eu", "eu", "us"]) {
+        let text = config(&etcd.url(), source, rule, ports).replace(
+            "lease_ttl = \"2s\"",
+            &format!("lease_ttl = \"2s\"\nregion = \"{region}\""),
+        );
+        instances.push(TestServer::start(&text, ZONE).await);
+    }
+    for server in &instances {
+        within(Duration::from_secs(10), "all verdicts seen", || async {
+            let status = http_json(server.admin(), "GET", "/v1/status", None, "")
+                .await
+                .1;
+            voters(&status, "fra-1") == 2
+        })
+        .await;
+    }
+    block(&appliances[0], SOURCES[0]);
+    block(&appliances[0], SOURCES[1]);
+    for server in &instances[..2] {
+        within(Duration::from_secs(5), "eu drops it", || async {
+            !has_fra(server).await
+        })
+        .await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    assert!(
+        has_fra(&instances[2]).await,
+        "us still reaches it and keeps it"
+    );
+    let status = http_json(instances[2].admin(), "GET", "/v1/status", None, "")
+        .await
+        .1;
+    let votes = &endpoint(&status, "fra-1")["votes"];
+    assert_eq!(votes["decided_by"], "0 of 1 voters say down", "{votes}");
+}
