@@ -53,6 +53,7 @@ pub struct App {
     health_task: JoinHandle<()>,
     reloader: Reloader,
     token: CancellationToken,
+    bus: crate::events::Events,
     fleet: Option<Fleet>,
     fleet_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -121,6 +122,9 @@ impl App {
             events.clone(),
             token.child_token(),
         );
+        // Changes as events, for `GET /v1/events`.
+        let bus = crate::events::Events::new();
+        health.report_to(bus.clone()).await;
         let fleet = loaded.config.cluster.as_ref().map(|cluster| {
             let me = crate::cluster::InstanceInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -129,7 +133,9 @@ impl App {
                 started: crate::health::store::unix(std::time::SystemTime::now()),
                 config_digest: loaded.digest.clone(),
             };
-            Fleet::new(cluster, health.clone(), me)
+            let fleet = Fleet::new(cluster, health.clone(), me);
+            fleet.report_to(bus.clone());
+            fleet
         });
         let admin_shared = Arc::new(ArcSwap::from_pointee(admin_settings.clone()));
         let reloader = Reloader::new(
@@ -139,6 +145,7 @@ impl App {
             admin_shared.clone(),
             loaded.clone(),
             fleet.clone(),
+            Some(bus.clone()),
         );
         let admin = match admin_settings.listen {
             None => None,
@@ -152,6 +159,10 @@ impl App {
                     ready: ready.clone(),
                     started: std::time::SystemTime::now(),
                     fleet: fleet.clone(),
+                    events: bus.clone(),
+                    event_streams: Arc::new(tokio::sync::Semaphore::new(
+                        crate::admin::MAX_EVENT_STREAMS,
+                    )),
                 };
                 match AdminServer::start(addr, state).await {
                     Ok(server) => Some(server),
@@ -170,6 +181,7 @@ impl App {
         });
         ready.store(true, Ordering::Release);
         Ok(Self {
+            bus,
             fleet,
             fleet_task,
             dns,
@@ -202,6 +214,11 @@ impl App {
     /// Sends an event to the builder.
     pub fn events(&self) -> mpsc::Sender<BuildEvent> {
         self.events.clone()
+    }
+
+    /// Changes as events (what `GET /v1/events` streams).
+    pub fn changes(&self) -> &crate::events::Events {
+        &self.bus
     }
 
     /// This instance's part in the fleet, with `[cluster]`.

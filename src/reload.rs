@@ -28,6 +28,7 @@ impl Reloader {
         admin: Arc<ArcSwap<AdminSettings>>,
         running: Arc<Loaded>,
         fleet: Option<crate::cluster::Fleet>,
+        bus: Option<crate::events::Events>,
     ) -> Self {
         Self(Arc::new(ReloaderInner {
             source,
@@ -35,6 +36,7 @@ impl Reloader {
             health,
             admin,
             fleet,
+            bus,
             digest: ArcSwap::from_pointee(running.digest.clone()),
             running: Mutex::new(running),
             last: Arc::new(ArcSwapOption::empty()),
@@ -50,6 +52,8 @@ struct ReloaderInner {
     admin: Arc<ArcSwap<AdminSettings>>,
     /// The fleet, told the new config digest.
     fleet: Option<crate::cluster::Fleet>,
+    /// Reload outcomes are reported here.
+    bus: Option<crate::events::Events>,
     /// The config and zones being served; also the reload lock (one at a time).
     running: Mutex<Arc<Loaded>>,
     /// The outcome of the last reload, for status.
@@ -106,6 +110,17 @@ impl Reloader {
                 needs_restart: Vec::new(),
             },
         };
+        if let Some(events) = &self.0.bus {
+            events.emit(
+                "reload",
+                serde_json::json!({
+                    "result": outcome.result,
+                    "generation": result.as_ref().ok().map(|r| r.generation),
+                    "details": outcome.details,
+                    "needs_restart": outcome.needs_restart,
+                }),
+            );
+        }
         self.0.last.store(Some(Arc::new(outcome)));
         result
     }

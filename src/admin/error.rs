@@ -30,6 +30,9 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("a valid bearer token is required for changes")]
     Unauthorized,
+    /// Too many of something at once (event streams).
+    #[error("{0}")]
+    Busy(String),
     /// The fleet store cannot take the change now.
     #[error("{0}")]
     Fleet(#[from] crate::cluster::ClusterError),
@@ -44,6 +47,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Fleet(crate::cluster::ClusterError::Conflict) => StatusCode::CONFLICT,
             ApiError::Fleet(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

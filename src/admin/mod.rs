@@ -73,12 +73,20 @@ pub struct AdminState {
     pub started: std::time::SystemTime,
     /// The fleet, with `[cluster]`: drains go through it.
     pub fleet: Option<crate::cluster::Fleet>,
+    /// Changes as they happen (`GET /v1/events`).
+    pub events: crate::events::Events,
+    /// Open event streams at most ([`MAX_EVENT_STREAMS`]); more get 503.
+    pub event_streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Event streams open at once, so that they cannot take every admin connection.
+pub const MAX_EVENT_STREAMS: usize = 16;
 
 /// The admin router; testable with `oneshot`.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/status", get(routes::status))
+        .route("/v1/events", get(routes::events))
         .route("/v1/explain", get(routes::explain))
         .route("/v1/members/{pool}/{member}/drain", post(routes::drain))
         .route("/v1/members/{pool}/{member}/undrain", post(routes::undrain))

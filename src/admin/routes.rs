@@ -2,6 +2,7 @@
 //! changes check the bearer token first, then go through the monitor or the reloader.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -202,6 +203,87 @@ fn addresses_of(snapshot: &crate::routing::Snapshot, key: &EndpointKey) -> Vec<I
         .find(|c| c.key == *key)
         .map(|c| c.addresses.clone())
         .unwrap_or_default()
+}
+
+/// `GET /v1/events`: Server-Sent Events for every change, from `Last-Event-ID` (or
+/// `?since=ID`) on when given, else from now. A stream that falls behind resumes from the
+/// kept history; when even that has moved on it is sent a `reset` event (re-read status).
+pub(super) async fn events(
+    State(state): State<AdminState>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use std::collections::VecDeque;
+    use tokio::sync::broadcast::error::RecvError;
+
+    let Ok(slot) = state.event_streams.clone().try_acquire_owned() else {
+        return Err(ApiError::Busy(format!(
+            "{} event streams are open already",
+            super::MAX_EVENT_STREAMS
+        )));
+    };
+    let bus = state.events.clone();
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(query.since);
+    // Subscribe before reading the history, so nothing falls between the two.
+    let live = bus.subscribe();
+    let last = resume.unwrap_or_else(|| bus.last_id());
+    let (backlog, complete) = bus.since(last);
+    let mut queue: VecDeque<Option<std::sync::Arc<crate::events::Event>>> = VecDeque::new();
+    if !complete {
+        queue.push_back(None);
+    }
+    queue.extend(backlog.into_iter().map(Some));
+    let stream = futures_util::stream::unfold(
+        (live, queue, last, bus, slot),
+        |(mut live, mut queue, mut sent, bus, slot)| async move {
+            loop {
+                match queue.pop_front() {
+                    Some(Some(event)) if event.id <= sent => continue,
+                    Some(Some(event)) => {
+                        sent = event.id;
+                        let sse = SseEvent::default()
+                            .id(event.id.to_string())
+                            .event(event.kind)
+                            .data(serde_json::to_string(&*event).unwrap_or_default());
+                        return Some((Ok::<_, Infallible>(sse), (live, queue, sent, bus, slot)));
+                    }
+                    Some(None) => {
+                        let sse = SseEvent::default()
+                            .event("reset")
+                            .data(r#"{"reason":"events were missed; read /v1/status again"}"#);
+                        return Some((Ok(sse), (live, queue, sent, bus, slot)));
+                    }
+                    None => {}
+                }
+                match live.recv().await {
+                    Ok(event) => queue.push_back(Some(event)),
+                    Err(RecvError::Lagged(_)) => {
+                        // Too slow for the live buffer: catch up from the history.
+                        let (missed, complete) = bus.since(sent);
+                        if !complete {
+                            queue.push_back(None);
+                        }
+                        queue.extend(missed.into_iter().map(Some));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
+/// `GET /v1/events` query.
+#[derive(Debug, Deserialize)]
+pub(super) struct EventsQuery {
+    since: Option<u64>,
 }
 
 /// `GET /v1/explain` query.

@@ -202,6 +202,8 @@ struct Inner {
     me: ArcSwap<InstanceInfo>,
     instances: ArcSwap<BTreeMap<String, Seen>>,
     reregister: Notify,
+    /// Membership and drift changes are reported here, once set.
+    bus: std::sync::OnceLock<crate::events::Events>,
 }
 
 /// Percent-encodes `/` and `%` so that a name is one key segment.
@@ -239,6 +241,7 @@ impl Fleet {
             me: ArcSwap::from_pointee(me),
             instances: ArcSwap::from_pointee(BTreeMap::new()),
             reregister: Notify::new(),
+            bus: std::sync::OnceLock::new(),
         }));
         metrics::gauge!(CLUSTER_CONNECTED).set(0.0);
         metrics::gauge!(CLUSTER_CONFIG_DRIFT).set(0.0);
@@ -358,6 +361,17 @@ impl Fleet {
                 self.publish_load(&key, load.sessions, load.capacity).await;
                 sent.insert(key, (load.sessions, load.capacity, now));
             }
+        }
+    }
+
+    /// Reports members joining and leaving, and config drift, to `events`.
+    pub fn report_to(&self, events: crate::events::Events) {
+        let _ = self.0.bus.set(events);
+    }
+
+    fn emit(&self, kind: &'static str, data: serde_json::Value) {
+        if let Some(bus) = self.0.bus.get() {
+            bus.emit(kind, data);
         }
     }
 
@@ -568,6 +582,10 @@ impl Fleet {
             } else {
                 info!("config drift ended: every instance serves this config");
             }
+            self.emit(
+                "drift",
+                json!({ "drift": drift, "instances": differing, "digest": mine }),
+            );
         }
     }
 
@@ -792,6 +810,7 @@ impl Fleet {
                     if let Ok(info) = serde_json::from_slice::<InstanceInfo>(&entry.value) {
                         if !instances.contains_key(&id) {
                             info!(instance = %id, "fleet member joined");
+                            self.emit("fleet", json!({ "instance": id, "change": "joined" }));
                         }
                         instances.insert(
                             id,
@@ -803,6 +822,7 @@ impl Fleet {
                     }
                 } else if instances.remove(&id).is_some() {
                     info!(instance = %id, "fleet member left (or its lease expired)");
+                    self.emit("fleet", json!({ "instance": id, "change": "left" }));
                 }
                 inner.instances.store(Arc::new(instances));
                 self.update_drift();

@@ -150,6 +150,11 @@ impl HealthHandle {
         let _ = self.control.send(Control::Voting(voting)).await;
     }
 
+    /// Reports flips, drains and watermark crossings to `events` from now on.
+    pub async fn report_to(&self, events: crate::events::Events) {
+        let _ = self.control.send(Control::ReportTo(events)).await;
+    }
+
     /// Applies a reloaded config: keeps state by identity, restarts only changed probes.
     /// Returns once status reflects the new config.
     pub async fn reconfigure(&self, loaded: Arc<Loaded>) {
@@ -183,6 +188,8 @@ pub(super) enum Control {
     Voting(bool),
     /// This instance's own verdicts on the endpoints it probes.
     Verdicts(oneshot::Sender<Vec<(EndpointKey, Vote)>>),
+    /// Where to report changes as events.
+    ReportTo(crate::events::Events),
     /// Kills every probe task without telling the endpoints: a checker that died.
     #[cfg(test)]
     KillProbes,

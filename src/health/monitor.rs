@@ -65,6 +65,7 @@ pub fn spawn(
             region: c.region.clone(),
         }),
         voting: false,
+        bus: None,
         state: state_file.map(|path| StateSink {
             writer: store::Writer::spawn(path, follow),
             seq: 0,
@@ -189,6 +190,8 @@ struct Monitor {
     voter: Option<Voter>,
     /// The fleet's votes count (the store is reachable).
     voting: bool,
+    /// Where changes are reported as events, once set.
+    bus: Option<crate::events::Events>,
     state: Option<StateSink>,
     /// Origin of the targets' heartbeats.
     epoch: Instant,
@@ -228,11 +231,11 @@ impl Monitor {
                         let _ = reply.send(self.status());
                     }
                     Control::Drain(key, until, reply) => {
-                        let result = self.set_drain(&key, Some(until)).await;
+                        let result = self.set_drain(&key, Some(until), "requested").await;
                         let _ = reply.send(result.map(|s| (s, self.saving())));
                     }
                     Control::Undrain(key, reply) => {
-                        let result = self.set_drain(&key, None).await;
+                        let result = self.set_drain(&key, None, "requested").await;
                         let _ = reply.send(result.map(|s| (s, self.saving())));
                     }
                     Control::SetLoad(key, sessions, capacity, at, reply) => {
@@ -273,6 +276,7 @@ impl Monitor {
                             self.reconsider_all(reason).await;
                         }
                     }
+                    Control::ReportTo(events) => self.bus = Some(events),
                     Control::Verdicts(reply) => {
                         let verdicts = self
                             .order
@@ -565,6 +569,18 @@ impl Monitor {
                 log_flip!(info);
             }
             metrics::counter!(HEALTH_FLIPS_TOTAL, "to" => flip.to.as_str()).increment(1);
+            if let Some(bus) = &self.bus {
+                bus.emit(
+                    "health",
+                    serde_json::json!({
+                        "pool": flip.key.pool,
+                        "member": flip.key.member,
+                        "from": flip.from.as_str(),
+                        "to": flip.to.as_str(),
+                        "reason": flip.reason,
+                    }),
+                );
+            }
             let (done, receiver) = oneshot::channel();
             let event = BuildEvent::SetMemberUp {
                 key: flip.key.clone(),
@@ -667,6 +683,7 @@ impl Monitor {
         &mut self,
         key: &EndpointKey,
         drain: Option<Option<SystemTime>>,
+        why: &'static str,
     ) -> Result<EndpointStatus, StateError> {
         let tracked = self
             .members
@@ -687,6 +704,18 @@ impl Monitor {
             "endpoint {}", if drained { "drained" } else { "undrained" }
         );
         metrics::counter!(DRAINS_TOTAL, "action" => action).increment(1);
+        if let Some(bus) = &self.bus {
+            bus.emit(
+                "drain",
+                serde_json::json!({
+                    "pool": key.pool,
+                    "member": key.member,
+                    "action": action,
+                    "until": drain.flatten().map(store::rfc3339),
+                    "why": why,
+                }),
+            );
+        }
         if was != drained {
             let (done, published) = oneshot::channel();
             let event = BuildEvent::SetDrained {
@@ -755,6 +784,17 @@ impl Monitor {
                 overloaded = view.overloaded,
                 "endpoint load watermark crossed"
             );
+            if let Some(bus) = &self.bus {
+                bus.emit(
+                    "watermark",
+                    serde_json::json!({
+                        "pool": key.pool,
+                        "member": key.member,
+                        "overloaded": view.overloaded,
+                        "load": tracked.tracker.smoothed(),
+                    }),
+                );
+            }
         }
         tracked.sent = view;
         let (done, published) = oneshot::channel();
@@ -797,7 +837,7 @@ impl Monitor {
             .collect();
         for key in expired {
             // The key was just read from `members`; NotFound cannot happen.
-            let _ = self.set_drain(&key, None).await;
+            let _ = self.set_drain(&key, None, "expired").await;
         }
         let now = self.millis_since_epoch();
         let mut stale_keys = Vec::new();

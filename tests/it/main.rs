@@ -11,6 +11,7 @@ mod authority;
 mod check;
 mod dns;
 mod edns;
+mod events;
 mod fast;
 mod fleet;
 mod geo;
