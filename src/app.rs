@@ -125,6 +125,8 @@ impl App {
         // Changes as events, for `GET /v1/events`.
         let bus = crate::events::Events::new();
         health.report_to(bus.clone()).await;
+        // Webhooks read the bus; they end with the token.
+        let _webhooks = crate::webhook::start(&loaded.config.webhooks, &bus, token.child_token());
         let fleet = loaded.config.cluster.as_ref().map(|cluster| {
             let me = crate::cluster::InstanceInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),

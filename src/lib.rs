@@ -65,6 +65,7 @@ pub mod reload;
 pub mod rlimit;
 pub mod routing;
 pub mod shutdown;
+pub mod webhook;
 pub mod zone;
 
 pub use app::App;

@@ -245,6 +245,7 @@ fn needs_restart(old: &crate::config::Config, new: &crate::config::Config) -> Ve
     check("admin.listen", old.admin.listen != new.admin.listen);
     check("cluster", old.cluster != new.cluster);
     check("health", old.health != new.health);
+    check("notify.webhook", old.webhooks != new.webhooks);
     check(
         "admin.max_connections",
         old.admin.max_connections != new.admin.max_connections,

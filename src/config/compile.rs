@@ -19,13 +19,13 @@ pub(crate) use super::located::{line_of, parse_name};
 use super::raw::{
     RawAdmin, RawAffinity, RawCheck, RawCluster, RawClusterTls, RawConfig, RawGeo, RawHealth,
     RawLoad, RawLocation, RawMember, RawNetwork, RawPool, RawRegion, RawRrl, RawService,
-    RawWhenAllDown,
+    RawWebhook, RawWhenAllDown,
 };
 use super::{
     AdminSettings, Affinity, Answers, ClusterSettings, ClusterTls, Config, DownWhen, GeoNetwork,
     GeoSettings, HealthSettings, LoadSettings, Location, Member, Policy, Pool, PoolId, Region,
-    RrlSettings, Secret, ServerSettings, Service, Ttl, VoteRule, VoteScope, Weight, WhenAllDown,
-    ZoneSource, ZoneSpec,
+    RrlSettings, Secret, ServerSettings, Service, Ttl, VoteRule, VoteScope, Webhook, Weight,
+    WhenAllDown, ZoneSource, ZoneSpec,
 };
 
 /// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
@@ -53,8 +53,10 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
     check_preferences(&raw, &pools, errors);
     let cluster = compile_cluster(&raw, base_dir, errors);
     let health = compile_health(&raw, errors);
+    let webhooks = compile_webhooks(&raw, base_dir, errors);
     Config {
         health,
+        webhooks,
         server,
         admin,
         rrl,
@@ -441,6 +443,84 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
         max_connections,
         header_timeout,
     }
+}
+
+fn compile_webhooks(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Vec<Webhook> {
+    let Some(notify) = &raw.notify else {
+        return Vec::new();
+    };
+    let mut webhooks = Vec::new();
+    for (i, hook) in notify.get_ref().webhook.iter().enumerate() {
+        let path = format!("notify.webhook[{i}]");
+        let RawWebhook {
+            url,
+            events,
+            secret_file,
+            ca_file,
+            queue,
+        } = hook.get_ref();
+        let url = match url {
+            Some(url)
+                if ["http://", "https://"]
+                    .iter()
+                    .any(|s| url.get_ref().starts_with(s))
+                    && url.get_ref().parse::<axum::http::Uri>().is_ok() =>
+            {
+                url.get_ref().clone()
+            }
+            Some(url) => {
+                errors.at(url, format!("{path}.url"), "not an http:// or https:// URL");
+                continue;
+            }
+            None => {
+                errors.at(hook, format!("{path}.url"), "missing");
+                continue;
+            }
+        };
+        let events = events.as_ref().map_or_else(Vec::new, |list| {
+            for kind in list.get_ref() {
+                if !crate::config::EVENT_KINDS.contains(&kind.as_str()) {
+                    errors.at(
+                        list,
+                        format!("{path}.events"),
+                        format!(
+                            "unknown event kind {kind:?}; known: {}",
+                            crate::config::EVENT_KINDS.join(", ")
+                        ),
+                    );
+                }
+            }
+            list.get_ref().clone()
+        });
+        let read = |errors: &mut Collector<'_>, file: &Spanned<String>, key: &str| {
+            let full = base_dir.join(file.get_ref());
+            match crate::files::read_to_string(&full, errors.file_limit) {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    errors.at(file, format!("{path}.{key}"), format!("cannot read: {e}"));
+                    None
+                }
+            }
+        };
+        let secret = secret_file
+            .as_ref()
+            .and_then(|f| read(errors, f, "secret_file"))
+            .map(|s| Secret::new(s.trim().to_string()));
+        let ca = ca_file.as_ref().and_then(|f| read(errors, f, "ca_file"));
+        let queue = queue
+            .as_ref()
+            .and_then(|q| errors.ranged(q, format!("{path}.queue"), 1..=100_000))
+            .and_then(|q| usize::try_from(q).ok())
+            .unwrap_or(1024);
+        webhooks.push(Webhook {
+            url,
+            events,
+            secret,
+            ca,
+            queue,
+        });
+    }
+    webhooks
 }
 
 fn compile_health(raw: &RawConfig, errors: &mut Collector<'_>) -> HealthSettings {

@@ -49,7 +49,27 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// `[health]`.
     pub health: HealthSettings,
+    /// `[[notify.webhook]]`: receivers of events.
+    pub webhooks: Vec<Webhook>,
 }
+
+/// `[[notify.webhook]]`: events POSTed to a URL as JSON, signed with HMAC-SHA256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Event kinds sent (empty: all).
+    pub events: Vec<String>,
+    /// The HMAC key (from `secret_file`).
+    pub secret: Option<Secret>,
+    /// PEM of the CA certificates that sign the receiver's (default: the web PKI).
+    pub ca: Option<String>,
+    /// Events waiting at most; more are dropped and counted.
+    pub queue: usize,
+}
+
+/// Event kinds a webhook may ask for.
+pub const EVENT_KINDS: [&str; 6] = ["health", "drain", "reload", "watermark", "fleet", "drift"];
 
 /// `[cluster]`: instances that share drains, load reports and their presence through
 /// etcd v3.

@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub(crate) geo: Option<Spanned<RawGeo>>,
     pub(crate) cluster: Option<Spanned<RawCluster>>,
     pub(crate) health: Option<Spanned<RawHealth>>,
+    pub(crate) notify: Option<Spanned<RawNotify>>,
     #[serde(default)]
     pub(crate) zone: Vec<Spanned<RawZone>>,
     #[serde(default)]
@@ -143,6 +144,23 @@ pub(crate) struct RawCluster {
     pub(crate) tls: Option<Spanned<RawClusterTls>>,
     pub(crate) user: Option<Spanned<String>>,
     pub(crate) password_file: Option<Spanned<String>>,
+}
+
+/// `[notify]`: where changes are sent.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawNotify {
+    #[serde(default)]
+    pub(crate) webhook: Vec<Spanned<RawWebhook>>,
+}
+
+/// `[[notify.webhook]]`: one receiver of events.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawWebhook {
+    pub(crate) url: Option<Spanned<String>>,
+    pub(crate) events: Option<Spanned<Vec<String>>>,
+    pub(crate) secret_file: Option<Spanned<String>>,
+    pub(crate) ca_file: Option<Spanned<String>>,
+    pub(crate) queue: Option<Spanned<i64>>,
 }
 
 /// `[health]`: settings of the probes as a whole.

@@ -24,4 +24,5 @@ mod rrl;
 mod support;
 mod tcp;
 mod votes;
+mod webhook;
 mod zonefile;
