@@ -20,6 +20,7 @@
 //! is still open after 2 s. Errors are JSON: `{"error": "..."}`.
 
 mod error;
+mod page;
 mod routes;
 
 use std::net::SocketAddr;
@@ -85,6 +86,7 @@ pub const MAX_EVENT_STREAMS: usize = 16;
 /// The admin router; testable with `oneshot`.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(page::page))
         .route("/v1/status", get(routes::status))
         .route("/v1/events", get(routes::events))
         .route("/v1/explain", get(routes::explain))

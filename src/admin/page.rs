@@ -1,0 +1,288 @@
+//! The status page at `/` on the admin listener: read-only, rendered on the server (it
+//! reads without JavaScript), with nothing fetched from elsewhere. A few lines of script
+//! keep it live: on every event from `/v1/events` they fetch `/?fragment=1` (the same
+//! rendering, without the frame) and swap it in.
+//!
+//! It shows the instance and, with a fleet, every instance and whether its config
+//! matches; every GSLB name with its pool, policy and members — health (and each voter's
+//! verdict), since when, last check and error, drain and its expiry, load and smoothed
+//! load, answer share; the recent events; and an explain form whose result is rendered by
+//! the same code as `GET /v1/explain`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AdminState;
+use crate::health::store::rfc3339;
+use crate::health::{EndpointStatus, store};
+use crate::routing::EndpointKey;
+
+/// `GET /` query: the explain form's fields, and `fragment` for the live update.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct PageQuery {
+    fragment: Option<u8>,
+    name: Option<String>,
+    client: Option<String>,
+    #[serde(rename = "type")]
+    qtype: Option<String>,
+}
+
+/// Escapes text for HTML.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}\
+table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}\
+th{background:#f3f3f3}.up{color:#070}.down{color:#b00;font-weight:bold}.drained{color:#a60}\
+.muted{color:#777}code{font-size:.95em}form input{margin-right:.5em}";
+
+const SCRIPT: &str = "(function(){if(!window.EventSource)return;\
+var busy=false,again=false;function refresh(){if(busy){again=true;return}busy=true;\
+fetch('/?fragment=1'+location.search.replace(/^\\?/,'&')).then(function(r){return r.text()})\
+.then(function(t){document.getElementById('live').innerHTML=t}).finally(function(){busy=false;if(again){again=false;refresh()}})}\
+var s=new EventSource('/v1/events');s.onmessage=refresh;\
+['health','drain','reload','watermark','fleet','drift','reset'].forEach(function(k){s.addEventListener(k,refresh)});\
+document.documentElement.setAttribute('data-live','on')})();";
+
+/// `GET /`.
+pub(super) async fn page(State(state): State<AdminState>, Query(query): Query<PageQuery>) -> Response {
+    let body = render(&state, &query).await;
+    let html = if query.fragment == Some(1) {
+        body
+    } else {
+        format!(
+            "<!doctype html><html lang=en><head><meta charset=utf-8>\
+             <meta name=viewport content=\"width=device-width\"><title>gto status</title>\
+             <style>{STYLE}</style></head><body><h1>gto</h1><div id=live>{body}</div>\
+             <script>{SCRIPT}</script></body></html>"
+        )
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+/// The page's content (also the live fragment).
+pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
+    let snapshot = state.routing.load_full();
+    let statuses = state.health.status().await;
+    let by_key: HashMap<&EndpointKey, &EndpointStatus> =
+        statuses.iter().map(|s| (&s.key, s)).collect();
+    let mut out = String::with_capacity(16 * 1024 + statuses.len() * 400);
+
+    // The instance, and the fleet.
+    let _ = write!(
+        out,
+        "<h2>Instance</h2><table><tr><th>version</th><td>{}</td></tr>\
+         <tr><th>started</th><td>{}</td></tr><tr><th>config digest</th><td><code>{}</code></td></tr>\
+         <tr><th>snapshot generation</th><td id=generation>{}</td></tr></table>",
+        esc(env!("CARGO_PKG_VERSION")),
+        rfc3339(state.started),
+        esc(state.reloader.digest().as_str()),
+        snapshot.generation
+    );
+    if let Some(fleet) = &state.fleet {
+        let view = fleet.status_json();
+        let _ = write!(
+            out,
+            "<h2>Fleet <span class=muted>{}</span></h2><p>etcd: {}; config drift: {}</p>\
+             <table><tr><th>instance</th><th>version</th><th>listen</th><th>started</th>\
+             <th>last seen</th><th>config</th></tr>",
+            esc(view["name"].as_str().unwrap_or_default()),
+            if view["connected"] == true { "<span class=up>connected</span>" } else { "<span class=down>unreachable</span>" },
+            if view["config_drift"] == true { "<span class=down>yes</span>" } else { "no" },
+        );
+        for instance in view["instances"].as_array().into_iter().flatten() {
+            let matches = instance["config_matches"] == true;
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(instance["instance"].as_str().unwrap_or_default()),
+                esc(instance["version"].as_str().unwrap_or_default()),
+                esc(&instance["listen"].to_string()),
+                esc(instance["started"].as_str().unwrap_or_default()),
+                esc(instance["last_seen"].as_str().unwrap_or_default()),
+                if matches { "same".to_string() } else { format!("<span class=down>differs ({})</span>", esc(instance["config_digest"].as_str().unwrap_or_default())) },
+            );
+        }
+        out.push_str("</table>");
+    }
+
+    // Every GSLB name and its members.
+    out.push_str("<h2>GSLB names</h2>");
+    for service in &snapshot.services {
+        let node = snapshot.gslb_node(&service.name);
+        let members = node.map(|n| n.members.as_slice()).unwrap_or_default();
+        let total: u64 = members.iter().map(|m| m.answered.load(Ordering::Relaxed)).sum();
+        let _ = write!(
+            out,
+            "<h3>{} <span class=muted>pool {}, policy {}, {} per answer, TTL {}</span></h3>\
+             <table class=members><tr><th>member</th><th>addresses</th><th>health</th><th>since</th>\
+             <th>last check</th><th>drain</th><th>load</th><th>smoothed</th><th>share</th><th>voters</th></tr>",
+            esc(&service.name.to_string()),
+            esc(&service.pool),
+            service.policy.as_str(),
+            service.answers,
+            service.ttl
+        );
+        for member in members {
+            let Some(status) = by_key.get(&member.key) else {
+                continue;
+            };
+            let answered = member.answered.load(Ordering::Relaxed);
+            let share = if total == 0 { 0.0 } else { answered as f64 / total as f64 };
+            member_row(&mut out, status, &member.addresses, share);
+        }
+        out.push_str("</table>");
+    }
+
+    // Recent events.
+    let (recent, _) = state.events.since(state.events.last_id().saturating_sub(30));
+    out.push_str("<h2>Recent events</h2><ol id=events reversed>");
+    for event in recent.iter().rev() {
+        let _ = write!(
+            out,
+            "<li><code>{}</code> {} <b>{}</b> {}</li>",
+            event.id,
+            esc(&event.at),
+            event.kind,
+            esc(&event.data.to_string())
+        );
+    }
+    out.push_str("</ol>");
+
+    // Explain.
+    let name = query.name.as_deref().unwrap_or("");
+    let client = query.client.as_deref().unwrap_or("");
+    let qtype = query.qtype.as_deref().unwrap_or("A");
+    let _ = write!(
+        out,
+        "<h2>Explain</h2><form method=get action=\"/\"><label>name <input name=name value=\"{}\" size=30></label>\
+         <label>client <input name=client value=\"{}\" size=20></label>\
+         <label>type <input name=type value=\"{}\" size=5></label><button>explain</button></form>",
+        esc(name),
+        esc(client),
+        esc(qtype)
+    );
+    if !name.is_empty() && !client.is_empty() {
+        match crate::routing::explain::parse_question(name, Some(qtype), client) {
+            Ok((name, qtype, client)) => {
+                let explanation = crate::routing::explain::explain(&snapshot, &name, qtype, client);
+                let _ = write!(
+                    out,
+                    "<div id=explained><p>{} gets <b>{}</b>: <code id=explain-answers>{}</code></p>",
+                    esc(&client.to_string()),
+                    esc(&explanation.rcode),
+                    esc(&explanation.answers.join(" "))
+                );
+                if let Some(gslb) = &explanation.gslb {
+                    out.push_str("<ol>");
+                    for candidate in &gslb.candidates {
+                        let _ = write!(
+                            out,
+                            "<li>{} ({}){}{}</li>",
+                            esc(&candidate.member),
+                            candidate.health,
+                            if candidate.drained { ", drained" } else { "" },
+                            if candidate.overloaded { ", overloaded" } else { "" }
+                        );
+                    }
+                    out.push_str("</ol>");
+                }
+                out.push_str("</div>");
+            }
+            Err(error) => {
+                let _ = write!(out, "<p class=down>{}</p>", esc(&error.to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn member_row(out: &mut String, status: &EndpointStatus, addresses: &[std::net::IpAddr], share: f64) {
+    let health = status.health.as_str();
+    let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let drain = match status.drain {
+        None => String::new(),
+        Some(drain) => format!(
+            "<span class=drained>drained</span>{}",
+            drain
+                .until
+                .map(|u| format!(" until {}", rfc3339(u)))
+                .unwrap_or_default()
+        ),
+    };
+    let load = status
+        .load
+        .map(|l| format!("{}/{}", l.sessions, l.capacity))
+        .unwrap_or_default();
+    let smoothed = status
+        .load_smoothed
+        .map(|l| format!("{:.0} %", l * 100.0))
+        .unwrap_or_default();
+    let check = match (&status.last_check, &status.last_error) {
+        (Some(at), Some(error)) => format!("{} <span class=down>{}</span>", rfc3339(*at), esc(error)),
+        (Some(at), None) => rfc3339(*at),
+        (None, _) => "<span class=muted>none yet</span>".into(),
+    };
+    let now = store::unix(std::time::SystemTime::now());
+    let voters: Vec<String> = status
+        .votes
+        .iter()
+        .map(|(voter, vote)| {
+            format!(
+                "{} {} ({} s)",
+                esc(voter),
+                if vote.up { "up" } else { "down" },
+                now.saturating_sub(vote.at)
+            )
+        })
+        .collect();
+    let voters = if status.fleet {
+        format!("own {}; {}", status.local.as_str(), voters.join(", "))
+    } else {
+        String::new()
+    };
+    let _ = write!(
+        out,
+        "<tr data-member=\"{}\" data-health=\"{health}\" data-drained=\"{}\"><td>{}</td><td>{}</td>\
+         <td class={health}>{health}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+         <td>{:.0} %</td><td>{}</td></tr>",
+        esc(&status.key.member),
+        status.drain.is_some(),
+        esc(&status.key.member),
+        esc(&addresses.join(" ")),
+        if status.stale { " <span class=muted>(stale)</span>" } else { "" },
+        rfc3339(status.since),
+        check,
+        drain,
+        load,
+        smoothed,
+        share * 100.0,
+        voters
+    );
+}
