@@ -64,7 +64,10 @@ var s=new EventSource('/v1/events');s.onmessage=refresh;\
 document.documentElement.setAttribute('data-live','on')})();";
 
 /// `GET /`.
-pub(super) async fn page(State(state): State<AdminState>, Query(query): Query<PageQuery>) -> Response {
+pub(super) async fn page(
+    State(state): State<AdminState>,
+    Query(query): Query<PageQuery>,
+) -> Response {
     let body = render(&state, &query).await;
     let html = if query.fragment == Some(1) {
         body
@@ -113,8 +116,16 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
              <table><tr><th>instance</th><th>version</th><th>listen</th><th>started</th>\
              <th>last seen</th><th>config</th></tr>",
             esc(view["name"].as_str().unwrap_or_default()),
-            if view["connected"] == true { "<span class=up>connected</span>" } else { "<span class=down>unreachable</span>" },
-            if view["config_drift"] == true { "<span class=down>yes</span>" } else { "no" },
+            if view["connected"] == true {
+                "<span class=up>connected</span>"
+            } else {
+                "<span class=down>unreachable</span>"
+            },
+            if view["config_drift"] == true {
+                "<span class=down>yes</span>"
+            } else {
+                "no"
+            },
         );
         for instance in view["instances"].as_array().into_iter().flatten() {
             let matches = instance["config_matches"] == true;
@@ -126,7 +137,14 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
                 esc(&instance["listen"].to_string()),
                 esc(instance["started"].as_str().unwrap_or_default()),
                 esc(instance["last_seen"].as_str().unwrap_or_default()),
-                if matches { "same".to_string() } else { format!("<span class=down>differs ({})</span>", esc(instance["config_digest"].as_str().unwrap_or_default())) },
+                if matches {
+                    "same".to_string()
+                } else {
+                    format!(
+                        "<span class=down>differs ({})</span>",
+                        esc(instance["config_digest"].as_str().unwrap_or_default())
+                    )
+                },
             );
         }
         out.push_str("</table>");
@@ -137,7 +155,10 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
     for service in &snapshot.services {
         let node = snapshot.gslb_node(&service.name);
         let members = node.map(|n| n.members.as_slice()).unwrap_or_default();
-        let total: u64 = members.iter().map(|m| m.answered.load(Ordering::Relaxed)).sum();
+        let total: u64 = members
+            .iter()
+            .map(|m| m.answered.load(Ordering::Relaxed))
+            .sum();
         let _ = write!(
             out,
             "<h3>{} <span class=muted>pool {}, policy {}, {} per answer, TTL {}</span></h3>\
@@ -154,14 +175,20 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
                 continue;
             };
             let answered = member.answered.load(Ordering::Relaxed);
-            let share = if total == 0 { 0.0 } else { answered as f64 / total as f64 };
+            let share = if total == 0 {
+                0.0
+            } else {
+                answered as f64 / total as f64
+            };
             member_row(&mut out, status, &member.addresses, share);
         }
         out.push_str("</table>");
     }
 
     // Recent events.
-    let (recent, _) = state.events.since(state.events.last_id().saturating_sub(30));
+    let (recent, _) = state
+        .events
+        .since(state.events.last_id().saturating_sub(30));
     out.push_str("<h2>Recent events</h2><ol id=events reversed>");
     for event in recent.iter().rev() {
         let _ = write!(
@@ -208,7 +235,11 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
                             esc(&candidate.member),
                             candidate.health,
                             if candidate.drained { ", drained" } else { "" },
-                            if candidate.overloaded { ", overloaded" } else { "" }
+                            if candidate.overloaded {
+                                ", overloaded"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     out.push_str("</ol>");
@@ -223,7 +254,12 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
     out
 }
 
-fn member_row(out: &mut String, status: &EndpointStatus, addresses: &[std::net::IpAddr], share: f64) {
+fn member_row(
+    out: &mut String,
+    status: &EndpointStatus,
+    addresses: &[std::net::IpAddr],
+    share: f64,
+) {
     let health = status.health.as_str();
     let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
     let drain = match status.drain {
@@ -245,7 +281,9 @@ fn member_row(out: &mut String, status: &EndpointStatus, addresses: &[std::net::
         .map(|l| format!("{:.0} %", l * 100.0))
         .unwrap_or_default();
     let check = match (&status.last_check, &status.last_error) {
-        (Some(at), Some(error)) => format!("{} <span class=down>{}</span>", rfc3339(*at), esc(error)),
+        (Some(at), Some(error)) => {
+            format!("{} <span class=down>{}</span>", rfc3339(*at), esc(error))
+        }
         (Some(at), None) => rfc3339(*at),
         (None, _) => "<span class=muted>none yet</span>".into(),
     };
@@ -276,7 +314,11 @@ fn member_row(out: &mut String, status: &EndpointStatus, addresses: &[std::net::
         status.drain.is_some(),
         esc(&status.key.member),
         esc(&addresses.join(" ")),
-        if status.stale { " <span class=muted>(stale)</span>" } else { "" },
+        if status.stale {
+            " <span class=muted>(stale)</span>"
+        } else {
+            ""
+        },
         rfc3339(status.since),
         check,
         drain,

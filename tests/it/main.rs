@@ -20,6 +20,7 @@ mod issue18;
 mod knot;
 mod lifecycle;
 mod package;
+mod page;
 mod rrl;
 mod support;
 mod tcp;
