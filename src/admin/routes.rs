@@ -173,9 +173,17 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
             })
         })
         .collect();
+    // Every endpoint's addresses at once: one pass, not one search per endpoint.
+    let addresses: HashMap<&EndpointKey, Vec<IpAddr>> = snapshot
+        .services
+        .iter()
+        .filter_map(|s| snapshot.gslb_node(&s.name))
+        .flat_map(|n| n.members.iter())
+        .map(|c| (&c.key, c.addresses.clone()))
+        .collect();
     let pools: Vec<_> = members
         .iter()
-        .map(|m| view(m, addresses_of(&snapshot, &m.key)))
+        .map(|m| view(m, addresses.get(&m.key).cloned().unwrap_or_default()))
         .collect();
     Json(json!({
         "instance": {
