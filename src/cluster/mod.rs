@@ -839,7 +839,11 @@ impl Fleet {
         if report.by == self.0.instance {
             return;
         }
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(report.at_ms);
+        // A time from elsewhere: never past now, and no overflow on nonsense.
+        let at = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_millis(report.at_ms))
+            .unwrap_or_else(SystemTime::now)
+            .min(SystemTime::now());
         let _ = self
             .0
             .health

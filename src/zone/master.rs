@@ -345,9 +345,11 @@ fn unsupported_syntax(entry: &str) -> Option<String> {
         .iter()
         .skip(1)
         .find(|w| {
-            w.len() > 4
-                && w[..4].eq_ignore_ascii_case("TYPE")
-                && w[4..].bytes().all(|b| b.is_ascii_digit())
+            // Byte slices: a word may hold any UTF-8, and must not be cut inside a char.
+            let bytes = w.as_bytes();
+            bytes.len() > 4
+                && bytes[..4].eq_ignore_ascii_case(b"TYPE")
+                && bytes[4..].iter().all(u8::is_ascii_digit)
         })
         .map(|w| format!("RFC 3597 generic record type {w} is not supported"))
 }
@@ -530,6 +532,13 @@ mod tests {
         assert_eq!(words.join(" "), "@ IN SOA ns1 host 1 2 3 4 5");
         assert_eq!(entries[1].line, 4);
         assert!(entries[1].starts_blank);
+    }
+
+    #[test]
+    fn generic_type_detection_does_not_cut_characters() {
+        assert!(unsupported_syntax("x TYPE65534 1").is_some());
+        assert!(unsupported_syntax("x TYPÉ1 1").is_none());
+        assert!(unsupported_syntax("héé TXT \"é\"").is_none());
     }
 
     #[test]
