@@ -204,6 +204,8 @@ struct Inner {
     reregister: Notify,
     /// Membership and drift changes are reported here, once set.
     bus: std::sync::OnceLock<crate::events::Events>,
+    /// Load reports made while the store was unreachable, newest per endpoint.
+    pending_loads: std::sync::Mutex<std::collections::HashMap<EndpointKey, LoadValue>>,
 }
 
 /// Percent-encodes `/` and `%` so that a name is one key segment.
@@ -242,6 +244,7 @@ impl Fleet {
             instances: ArcSwap::from_pointee(BTreeMap::new()),
             reregister: Notify::new(),
             bus: std::sync::OnceLock::new(),
+            pending_loads: std::sync::Mutex::default(),
         }));
         metrics::gauge!(CLUSTER_CONNECTED).set(0.0);
         metrics::gauge!(CLUSTER_CONFIG_DRIFT).set(0.0);
@@ -357,7 +360,8 @@ impl Fleet {
                     && *capacity == load.capacity
                     && now.duration_since(*at).unwrap_or_default() < REPUBLISH_EVERY
             });
-            if !fresh && self.is_connected() {
+            if !fresh {
+                // While the store is unreachable it waits, the newest per endpoint.
                 self.publish_load(&key, load.sessions, load.capacity).await;
                 sent.insert(key, (load.sessions, load.capacity, now));
             }
@@ -443,14 +447,11 @@ impl Fleet {
         Err(ClusterError::Conflict)
     }
 
-    /// Shares a load report pushed to this instance (best effort: while the store is
-    /// unreachable only this instance has it).
+    /// Shares a load report pushed to this instance; while the store is unreachable it is
+    /// kept (the newest per endpoint) and shared when the store is back.
     pub async fn publish_load(&self, key: &EndpointKey, sessions: u32, capacity: u32) {
         let inner = &self.0;
         let lease = inner.lease.load(Ordering::Relaxed);
-        if !self.is_connected() || lease == 0 {
-            return;
-        }
         let value = LoadValue {
             sessions,
             capacity,
@@ -463,6 +464,13 @@ impl Fleet {
             .unwrap_or(u64::MAX),
             by: inner.instance.clone(),
         };
+        if !self.is_connected() || lease == 0 {
+            // Shared once the store is back, with the time it was made.
+            if let Ok(mut pending) = inner.pending_loads.lock() {
+                pending.insert(key.clone(), value);
+            }
+            return;
+        }
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
         if let Err(error) = inner
             .engine
@@ -470,6 +478,31 @@ impl Fleet {
             .await
         {
             warn!(%error, pool = %key.pool, member = %key.member, "load report not shared");
+        }
+    }
+
+    /// Shares the load reports made while the store was unreachable (the newest per
+    /// endpoint, with the time it was made, so `stale_after` still holds).
+    async fn flush_pending_loads(&self) {
+        let inner = &self.0;
+        let lease = inner.lease.load(Ordering::Relaxed);
+        let pending: Vec<(EndpointKey, LoadValue)> = match inner.pending_loads.lock() {
+            Ok(mut pending) => pending.drain().collect(),
+            Err(_) => return,
+        };
+        let entries: Vec<(String, Vec<u8>)> = pending
+            .iter()
+            .map(|(key, value)| {
+                (
+                    self.key_of("load", key),
+                    serde_json::to_vec(value).unwrap_or_default(),
+                )
+            })
+            .collect();
+        for chunk in entries.chunks(VOTE_BATCH) {
+            if let Err(error) = inner.engine.put_many(chunk.to_vec(), Some(lease)).await {
+                warn!(%error, reports = chunk.len(), "load reports not shared");
+            }
         }
     }
 
@@ -650,6 +683,7 @@ impl Fleet {
         };
         self.set_connected(true, None).await;
         self.publish_all_votes().await;
+        self.flush_pending_loads().await;
         let keep_alive = engine.keep_alive(lease, inner.lease_ttl);
         tokio::pin!(keep_alive);
         loop {

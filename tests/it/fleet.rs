@@ -968,3 +968,41 @@ async fn issue_11_etcd_authentication_with_a_user_limited_to_the_fleet_prefix() 
     .await;
     assert_eq!(code, 503);
 }
+
+#[tokio::test]
+async fn issue_11_a_load_pushed_while_etcd_is_unreachable_is_shared_when_it_is_back() {
+    let etcd = Etcd::start().await;
+    let relay = Relay::start(etcd.port).await;
+    let a = instance(&format!("http://{}", relay.addr), "a").await;
+    let b = instance(&etcd.url(), "b").await;
+    wait_connected(&[&a, &b]).await;
+    relay.cut();
+    within(Duration::from_secs(8), "A loses etcd", || async {
+        !connected(&a).await
+    })
+    .await;
+    let (code, body) = http_json(
+        a.admin(),
+        "PUT",
+        "/v1/members/sma/fra-1/load",
+        Some(TOKEN),
+        r#"{"sessions": 42, "capacity": 100}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "applied locally: {body}");
+    let b_has = || async {
+        status(&b).await["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["member"] == "fra-1" && e["load"]["sessions"] == 42)
+    };
+    assert!(!b_has().await);
+    relay.restore();
+    within(
+        Duration::from_secs(5),
+        "B gets the report made during the outage",
+        b_has,
+    )
+    .await;
+}
