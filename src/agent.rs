@@ -29,15 +29,8 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
     };
     let _metrics = crate::metrics::install();
     let state_file = loaded.config.server.state_file.clone();
-    let restored = state_file
-        .as_deref()
-        .and_then(|path| match health::store::load(path) {
-            Ok(file) => file,
-            Err(error) => {
-                warn!(%error, "state file ignored; every endpoint is re-checked");
-                None
-            }
-        });
+    let restored =
+        health::store::load_or_ignore(state_file.as_deref(), "every endpoint is re-checked");
     let loaded = Arc::new(loaded);
     let states = health::restore(&loaded, restored.as_ref());
     // The monitor hands its changes to a builder; nothing reads its snapshots here.

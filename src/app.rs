@@ -77,17 +77,10 @@ impl App {
         }
         let settings = loaded.config.server.clone();
         let admin_settings = loaded.config.admin.clone();
-        let restored =
-            settings
-                .state_file
-                .as_deref()
-                .and_then(|path| match health::store::load(path) {
-                    Ok(file) => file,
-                    Err(error) => {
-                        warn!(%error, "state file ignored; starting without it, every endpoint is re-checked");
-                        None
-                    }
-                });
+        let restored = health::store::load_or_ignore(
+            settings.state_file.as_deref(),
+            "starting without it, every endpoint is re-checked",
+        );
         let loaded = Arc::new(loaded);
         let states = health::restore(&loaded, restored.as_ref());
         if !states.down.is_empty() || !states.drained.is_empty() {
@@ -382,20 +375,10 @@ pub fn explain_offline(
     let (name, qtype, client) =
         crate::routing::explain::parse_question(name, qtype, client).map_err(|e| e.to_string())?;
     let loaded = source.load().map_err(|e| e.to_string())?;
-    let restored = match loaded
-        .config
-        .server
-        .state_file
-        .as_deref()
-        .map(health::store::load)
-    {
-        None | Some(Ok(None)) => None,
-        Some(Ok(Some(file))) => Some(file),
-        Some(Err(error)) => {
-            warn!(%error, "state file ignored; explaining as if every endpoint were up");
-            None
-        }
-    };
+    let restored = health::store::load_or_ignore(
+        loaded.config.server.state_file.as_deref(),
+        "explaining as if every endpoint were up",
+    );
     let loaded = Arc::new(loaded);
     let states = health::restore(&loaded, restored.as_ref());
     let builder = Builder::with_states(loaded, states);

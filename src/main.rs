@@ -81,45 +81,10 @@ fn report(errors: &gto::config::ConfigErrors) -> ExitCode {
 }
 
 fn serve(source: ConfigSource) -> ExitCode {
-    // Before any thread or socket: idle clients must not exhaust a low soft limit.
-    gto::rlimit::raise_nofile();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&error),
-    };
-    runtime.block_on(async move {
-        // Signals first: a SIGHUP or SIGTERM while the zones load must not kill gto.
-        let mut signals = match Signals::new() {
-            Ok(signals) => signals,
-            Err(error) => return fail(&error),
-        };
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            config = %source,
-            "gto starting; loading the config"
-        );
-        let mut reload_queued = false;
-        let loading = {
-            let source = source.clone();
-            tokio::task::spawn_blocking(move || source.load_within(LOAD_TIMEOUT))
-        };
-        tokio::pin!(loading);
-        let loaded = loop {
-            tokio::select! {
-                loaded = &mut loading => break loaded,
-                signal = signals.next() => match signal {
-                    Signal::Reload => reload_queued = true,
-                    Signal::Stop => return ExitCode::SUCCESS,
-                },
-            }
-        };
-        let loaded = match loaded {
-            Ok(Ok(loaded)) => loaded,
-            Ok(Err(errors)) => return report(&errors),
-            Err(error) => return fail(&error),
+    with_runtime(|| async move {
+        let (loaded, signals, reload_queued) = match load_with_signals(&source).await {
+            Ok(started) => started,
+            Err(code) => return code,
         };
         match App::start(source, loaded).await {
             Ok(app) => match app.run_until_signal(signals, reload_queued).await {
@@ -133,22 +98,10 @@ fn serve(source: ConfigSource) -> ExitCode {
 
 /// `gto probe`: health checks and votes only.
 fn probe(source: ConfigSource) -> ExitCode {
-    gto::rlimit::raise_nofile();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&error),
-    };
-    runtime.block_on(async move {
-        let signals = match Signals::new() {
-            Ok(signals) => signals,
-            Err(error) => return fail(&error),
-        };
-        let loaded = match source.load_within(LOAD_TIMEOUT) {
-            Ok(loaded) => loaded,
-            Err(errors) => return report(&errors),
+    with_runtime(|| async move {
+        let (loaded, signals, _) = match load_with_signals(&source).await {
+            Ok(started) => started,
+            Err(code) => return code,
         };
         match gto::agent::run(loaded, signals).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +111,58 @@ fn probe(source: ConfigSource) -> ExitCode {
             }
         }
     })
+}
+
+/// Raises the open-file limit, then runs `main` on a multi-threaded runtime.
+fn with_runtime<F, Fut>(main: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    // Before any thread or socket: idle clients must not exhaust a low soft limit.
+    gto::rlimit::raise_nofile();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(main()),
+        Err(error) => fail(&error),
+    }
+}
+
+/// The signals, installed first (a SIGHUP or SIGTERM while the zones load must not kill
+/// gto), then the config loaded off the runtime's threads. Returns the config, the
+/// signals and whether a SIGHUP arrived meanwhile; or the exit code (SIGTERM while
+/// loading: 0; a bad config: 64).
+async fn load_with_signals(
+    source: &ConfigSource,
+) -> Result<(gto::Loaded, Signals, bool), ExitCode> {
+    let mut signals = Signals::new().map_err(|error| fail(&error))?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %source,
+        "gto starting; loading the config"
+    );
+    let mut reload_queued = false;
+    let loading = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || source.load_within(LOAD_TIMEOUT))
+    };
+    tokio::pin!(loading);
+    let loaded = loop {
+        tokio::select! {
+            loaded = &mut loading => break loaded,
+            signal = signals.next() => match signal {
+                Signal::Reload => reload_queued = true,
+                Signal::Stop => return Err(ExitCode::SUCCESS),
+            },
+        }
+    };
+    match loaded {
+        Ok(Ok(loaded)) => Ok((loaded, signals, reload_queued)),
+        Ok(Err(errors)) => Err(report(&errors)),
+        Err(error) => Err(fail(&error)),
+    }
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {

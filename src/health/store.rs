@@ -142,6 +142,18 @@ pub fn max_time() -> SystemTime {
     from_unix_clamped(MAX_UNIX)
 }
 
+/// Reads the state file when one is configured; a file that cannot be used is logged
+/// (with `consequence`: what happens instead) and ignored.
+pub fn load_or_ignore(path: Option<&Path>, consequence: &str) -> Option<StateFile> {
+    match load(path?) {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(%error, "state file ignored; {consequence}");
+            None
+        }
+    }
+}
+
 /// Reads the file; `Ok(None)` when it does not exist.
 pub fn load(path: &Path) -> Result<Option<StateFile>, StoreError> {
     let text = match crate::files::read_to_string(path, MAX_SIZE) {

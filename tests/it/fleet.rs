@@ -278,6 +278,18 @@ where
     }
 }
 
+/// Drains or undrains (`action`) a member of pool sma through `server`'s API.
+pub async fn change(server: &TestServer, member: &str, action: &str) -> (u16, serde_json::Value) {
+    http_json(
+        server.admin(),
+        "POST",
+        &format!("/v1/members/sma/{member}/{action}"),
+        Some(TOKEN),
+        "",
+    )
+    .await
+}
+
 pub async fn status(server: &TestServer) -> serde_json::Value {
     http_json(server.admin(), "GET", "/v1/status", None, "")
         .await
@@ -308,14 +320,7 @@ async fn issue_11_a_drain_on_one_instance_reaches_the_other_and_expires_on_both(
     wait_connected(&[&a, &b]).await;
     assert_eq!(vpn(&b).await, ALL);
 
-    let (code, body) = http_json(
-        a.admin(),
-        "POST",
-        "/v1/members/sma/fra-1/drain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, body) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(vpn(&a).await, DRAINED, "A at once");
     let took = within(Duration::from_secs(1), "B leaves fra-1", || async {
@@ -325,14 +330,7 @@ async fn issue_11_a_drain_on_one_instance_reaches_the_other_and_expires_on_both(
     eprintln!("drain reached B in {took:?}");
 
     // Undrain on B reaches A.
-    let (code, _) = http_json(
-        b.admin(),
-        "POST",
-        "/v1/members/sma/fra-1/undrain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, _) = change(&b, "fra-1", "undrain").await;
     assert_eq!(code, 200);
     within(Duration::from_secs(1), "A takes fra-1 back", || async {
         vpn(&a).await == ALL
@@ -467,14 +465,7 @@ async fn issue_11_etcd_down_answers_go_on_drains_are_refused_and_all_converge_af
     let a = instance(&etcd.url(), "a").await;
     let b = instance(&etcd.url(), "b").await;
     wait_connected(&[&a, &b]).await;
-    let (code, _) = http_json(
-        a.admin(),
-        "POST",
-        "/v1/members/sma/fra-1/drain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, _) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200);
     within(Duration::from_secs(1), "B drains", || async {
         vpn(&b).await == DRAINED
@@ -513,14 +504,7 @@ async fn issue_11_etcd_down_answers_go_on_drains_are_refused_and_all_converge_af
         })
         .await;
     }
-    let (code, body) = http_json(
-        b.admin(),
-        "POST",
-        "/v1/members/sma/ams-1/drain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, body) = change(&b, "ams-1", "drain").await;
     assert_eq!(code, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("etcd"), "{body}");
     let (_, after) = http_json(b.admin(), "GET", "/v1/status", None, "").await;
@@ -545,14 +529,7 @@ async fn issue_11_etcd_down_answers_go_on_drains_are_refused_and_all_converge_af
         within(Duration::from_secs(2), "reconnects", || connected(server)).await;
     }
     eprintln!("converged {:?} after etcd answered", started.elapsed());
-    let (code, _) = http_json(
-        b.admin(),
-        "POST",
-        "/v1/members/sma/fra-1/undrain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, _) = change(&b, "fra-1", "undrain").await;
     assert_eq!(code, 200);
     within(Duration::from_secs(1), "A follows", || async {
         vpn(&a).await == ALL
@@ -565,14 +542,7 @@ async fn issue_11_an_instance_restarted_while_etcd_is_down_serves_the_cached_dra
     let mut etcd = Etcd::start().await;
     let a = instance(&etcd.url(), "a").await;
     wait_connected(&[&a]).await;
-    let (code, _) = http_json(
-        a.admin(),
-        "POST",
-        "/v1/members/sma/fra-1/drain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, _) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200);
     etcd.kill();
     let dir = a.dir;
@@ -600,24 +570,10 @@ async fn issue_11_compacted_revisions_lead_to_a_full_resync() {
     .await;
     // Changes B misses, then compaction of everything before now.
     for member in ["fra-1", "ams-1"] {
-        let (code, _) = http_json(
-            a.admin(),
-            "POST",
-            &format!("/v1/members/sma/{member}/drain"),
-            Some(TOKEN),
-            "",
-        )
-        .await;
+        let (code, _) = change(&a, member, "drain").await;
         assert_eq!(code, 200);
     }
-    let (code, _) = http_json(
-        a.admin(),
-        "POST",
-        "/v1/members/sma/ams-1/undrain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, _) = change(&a, "ams-1", "undrain").await;
     assert_eq!(code, 200);
     let mut client = etcd.client().await;
     let revision = client
@@ -654,20 +610,8 @@ async fn issue_11_concurrent_drains_and_undrains_end_in_one_state_everywhere() {
     wait_connected(&[&a, &b]).await;
     for round in 0..10 {
         let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let drain = http_json(
-            first.admin(),
-            "POST",
-            "/v1/members/sma/fra-1/drain",
-            Some(TOKEN),
-            "",
-        );
-        let undrain = http_json(
-            second.admin(),
-            "POST",
-            "/v1/members/sma/fra-1/undrain",
-            Some(TOKEN),
-            "",
-        );
+        let drain = change(first, "fra-1", "drain");
+        let undrain = change(second, "fra-1", "undrain");
         let ((c1, _), (c2, _)) = tokio::join!(drain, undrain);
         assert!(
             [200, 409].contains(&c1) && [200, 409].contains(&c2),
@@ -737,14 +681,7 @@ async fn issue_11_tls_to_etcd_with_client_certificates() {
     let b =
         TestServer::start_with_files(&fleet_config(&etcd.url(), "b", extra), ZONE, &files).await;
     wait_connected(&[&a, &b]).await;
-    let (code, body) = http_json(
-        a.admin(),
-        "POST",
-        "/v1/members/sma/fra-1/drain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, body) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200, "{body}");
     within(Duration::from_secs(1), "B over TLS", || async {
         vpn(&b).await == DRAINED
@@ -818,14 +755,7 @@ async fn issue_11_drain_propagation_and_etcd_traffic() {
         let action = if i % 2 == 0 { "drain" } else { "undrain" };
         let expected = if i % 2 == 0 { DRAINED } else { ALL };
         let started = Instant::now();
-        let (code, _) = http_json(
-            a.admin(),
-            "POST",
-            &format!("/v1/members/sma/fra-1/{action}"),
-            Some(TOKEN),
-            "",
-        )
-        .await;
+        let (code, _) = change(&a, "fra-1", action).await;
         assert_eq!(code, 200);
         within(Duration::from_secs(1), "B follows", || async {
             vpn(&b).await == expected
@@ -939,14 +869,7 @@ async fn issue_11_etcd_authentication_with_a_user_limited_to_the_fleet_prefix() 
     let a = TestServer::start_with_files(&fleet_config(&etcd.url(), "a", auth), ZONE, &files).await;
     let b = TestServer::start_with_files(&fleet_config(&etcd.url(), "b", auth), ZONE, &files).await;
     wait_connected(&[&a, &b]).await;
-    let (code, body) = http_json(
-        a.admin(),
-        "POST",
-        "/v1/members/sma/fra-1/drain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, body) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200, "{body}");
     within(Duration::from_secs(1), "B with authentication", || async {
         vpn(&b).await == DRAINED
@@ -958,14 +881,7 @@ async fn issue_11_etcd_authentication_with_a_user_limited_to_the_fleet_prefix() 
         TestServer::start_with_files(&fleet_config(&etcd.url(), "c", wrong), ZONE, &files).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!connected(&c).await, "a wrong password must not connect");
-    let (code, _) = http_json(
-        c.admin(),
-        "POST",
-        "/v1/members/sma/ams-1/drain",
-        Some(TOKEN),
-        "",
-    )
-    .await;
+    let (code, _) = change(&c, "ams-1", "drain").await;
     assert_eq!(code, 503);
 }
 
