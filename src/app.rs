@@ -108,6 +108,12 @@ impl App {
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
         let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
+        // Re-signing and key events in the background (idle for unsigned zones).
+        tokio::spawn(crate::dnssec::maintain(
+            routing.clone(),
+            events.clone(),
+            token.child_token(),
+        ));
         let (health, health_task) = health::spawn(
             &loaded,
             restored,

@@ -53,12 +53,66 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// DNSSEC key management: make keys, print the DS for the parent, show key states,
+    /// start a rollover.
+    #[command(subcommand)]
+    Dnssec(DnssecCommand),
     /// Write the man pages (gto.1 and one per subcommand) and shell completions (bash,
     /// zsh, fish) into DIR, for packaging.
     #[command(hide = true)]
     Assets {
         /// Output directory (created if missing).
         dir: PathBuf,
+    },
+}
+
+/// `gto dnssec ...`.
+#[derive(Debug, Subcommand)]
+pub enum DnssecCommand {
+    /// Make a key for a zone in a key directory (active now). Prints the DS of a CSK or
+    /// KSK for the parent zone.
+    Keygen {
+        /// The zone, e.g. gto.example.com.
+        #[arg(long)]
+        zone: String,
+        /// The key directory (created if missing); `dnssec = { keys = "DIR" }` names it.
+        #[arg(long)]
+        dir: PathBuf,
+        /// ecdsap256sha256 (13, the default) or ed25519 (15).
+        #[arg(long, default_value = "ecdsap256sha256")]
+        algorithm: String,
+        /// csk (one combined key, the default), or ksk / zsk for a split.
+        #[arg(long, default_value = "csk")]
+        role: String,
+        /// TTL written in the .key file's DNSKEY record.
+        #[arg(long, default_value_t = 3600)]
+        dnskey_ttl: u32,
+    },
+    /// Print the DS records (SHA-256) and DNSKEYs for the parent zone, for every signed
+    /// zone of a config.
+    Ds {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show every key of every signed zone: its state, timeline and next step.
+    Status {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a pre-publication rollover of a zone's active key now: a successor is
+    /// published, and signs once caches have seen it.
+    Rollover {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// Which key: csk (default), zsk or ksk.
+        #[arg(long, default_value = "csk")]
+        role: String,
     },
 }
 

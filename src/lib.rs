@@ -53,6 +53,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod dnssec;
 pub mod events;
 pub mod files;
 pub mod geo;

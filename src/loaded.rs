@@ -111,6 +111,30 @@ pub struct Loaded {
     /// Problems that leave the config servable (occluded zone data), located: `gto check`
     /// prints them and `gto run` logs them.
     pub warnings: Vec<ConfigError>,
+    /// The DNSSEC keys of each zone (same order as `zones`), for zones with `dnssec`.
+    pub keys: Vec<Option<std::sync::Arc<crate::dnssec::keys::KeyRing>>>,
+}
+
+impl Loaded {
+    /// Reads every signed zone's key directory again (keys a rollover or an operator
+    /// added). A directory that cannot be read keeps the keys read before, with a warning.
+    pub fn reread_keys(&mut self) {
+        for (index, spec) in self.config.zones.iter().enumerate() {
+            let Some(dnssec) = &spec.dnssec else {
+                continue;
+            };
+            match crate::dnssec::keys::read_dir(&dnssec.keys, &spec.origin) {
+                Ok(ring) => {
+                    if let Some(slot) = self.keys.get_mut(index) {
+                        *slot = Some(std::sync::Arc::new(ring));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(zone = %spec.origin, %error, "could not read the zone's keys; keeping the keys read before");
+                }
+            }
+        }
+    }
 }
 
 /// Parses config text, loads every zone and checks the names across both. Problems from
@@ -182,13 +206,16 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             .iter()
             .flat_map(|zone| zone.warnings().iter().cloned().map(located))
             .collect();
-        Ok(Loaded {
+        let mut loaded = Loaded {
+            keys: vec![None; config.zones.len()],
             config,
             zones,
             geo_db,
             digest,
             warnings,
-        })
+        };
+        loaded.reread_keys();
+        Ok(loaded)
     } else {
         // The config file first, in line order, then each zone file in line order.
         errors.sort_by(|a, b| {

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Check { config }) => check(ConfigSource::File(config)),
         Some(Command::Probe { config }) => probe(ConfigSource::File(config)),
+        Some(Command::Dnssec(command)) => dnssec(command),
         Some(Command::Assets { dir }) => match gto::cli::write_assets(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error),
@@ -68,6 +69,90 @@ fn check(source: ConfigSource) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => report(&errors),
+    }
+}
+
+/// `gto dnssec ...`: prints what the command returns; bad arguments or config exit 64.
+fn dnssec(command: gto::cli::DnssecCommand) -> ExitCode {
+    use gto::cli::DnssecCommand;
+    use gto::dnssec::commands;
+    use gto::dnssec::keys::{KeyAlgorithm, Role};
+    let usage = |message: String| {
+        let _ = writeln!(std::io::stderr(), "error: {message}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    };
+    let role_of = |text: &str| match text.to_ascii_lowercase().as_str() {
+        "csk" => Ok(Role::Csk),
+        "ksk" => Ok(Role::Ksk),
+        "zsk" => Ok(Role::Zsk),
+        other => Err(format!("--role {other:?}: one of csk, ksk, zsk")),
+    };
+    let load = |config: std::path::PathBuf| ConfigSource::File(config).load_within(LOAD_TIMEOUT);
+    let result: Result<String, ExitCode> = match command {
+        DnssecCommand::Keygen {
+            zone,
+            dir,
+            algorithm,
+            role,
+            dnskey_ttl,
+        } => {
+            let zone = match hickory_proto::rr::Name::from_ascii(&zone) {
+                Ok(mut zone) if !zone.is_empty() => {
+                    zone.set_fqdn(true);
+                    zone
+                }
+                _ => return usage(format!("--zone {zone:?} is not a domain name")),
+            };
+            let Some(algorithm) = KeyAlgorithm::parse(&algorithm) else {
+                return usage(format!(
+                    "--algorithm {algorithm:?}: one of ecdsap256sha256, ed25519"
+                ));
+            };
+            let role = match role_of(&role) {
+                Ok(role) => role,
+                Err(message) => return usage(message),
+            };
+            commands::keygen(&dir, &zone, role, algorithm, dnskey_ttl).map_err(|e| fail(&e))
+        }
+        DnssecCommand::Ds { config } => load(config)
+            .map(|loaded| commands::ds(&loaded))
+            .map_err(|errors| report(&errors)),
+        DnssecCommand::Status { config } => load(config)
+            .map(|loaded| commands::status(&loaded))
+            .map_err(|errors| report(&errors)),
+        DnssecCommand::Rollover { config, zone, role } => {
+            let role = match role_of(&role) {
+                Ok(role) => role,
+                Err(message) => return usage(message),
+            };
+            match load(config) {
+                Err(errors) => Err(report(&errors)),
+                Ok(loaded) => {
+                    let wanted = hickory_proto::rr::Name::from_ascii(&zone)
+                        .map(|z| z.to_lowercase())
+                        .ok();
+                    let index = loaded.config.zones.iter().position(|z| {
+                        wanted.as_ref().is_some_and(|w| {
+                            z.origin.to_lowercase().to_string().trim_end_matches('.')
+                                == w.to_string().trim_end_matches('.')
+                        })
+                    });
+                    match index {
+                        None => return usage(format!("zone {zone} is not in the config")),
+                        Some(index) => {
+                            commands::rollover(&loaded, index, role).map_err(|e| usage(e))
+                        }
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(text) => {
+            let _ = write!(std::io::stdout(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
     }
 }
 

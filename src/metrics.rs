@@ -20,6 +20,15 @@ pub const DNS_TRUNCATED_TOTAL: &str = "gto_dns_truncated_total";
 pub const DNS_RATE_LIMITED_TOTAL: &str = "gto_dns_rate_limited_total";
 /// TCP connections closed, by `reason` (idle, closed, query_limit, connection_limit, ...).
 pub const DNS_TCP_CLOSED_TOTAL: &str = "gto_dns_tcp_closed_total";
+/// Seconds until the earliest DNSSEC signature served expires, by `zone` (signed zones
+/// only). Re-signing keeps it above 7 days; below that it is falling behind.
+pub const DNSSEC_SIGNATURE_EXPIRY_SECONDS: &str = "gto_dnssec_signature_expiry_seconds";
+/// RRsets signed on first use (sets no snapshot had prepared, denials of names that do not
+/// exist, wildcard synthesis).
+pub const DNSSEC_SIGNED_ON_USE_TOTAL: &str = "gto_dnssec_signed_on_use_total";
+/// Signatures made when the config part of snapshots was prepared (load, reload,
+/// re-signing, key events).
+pub const DNSSEC_SIGNED_AT_LOAD_TOTAL: &str = "gto_dnssec_signed_at_load_total";
 /// Generation of the live routing snapshot.
 pub const SNAPSHOT_GENERATION: &str = "gto_snapshot_generation";
 /// Config reloads, by `result` (ok, error).
@@ -113,6 +122,21 @@ pub fn install() -> PrometheusHandle {
 
 /// Describes every metric once at start-up.
 pub fn describe_all() {
+    describe_gauge!(
+        DNSSEC_SIGNATURE_EXPIRY_SECONDS,
+        Unit::Seconds,
+        "Seconds until the earliest DNSSEC signature served expires, by zone."
+    );
+    describe_counter!(
+        DNSSEC_SIGNED_ON_USE_TOTAL,
+        Unit::Count,
+        "DNSSEC RRsets signed on first use."
+    );
+    describe_counter!(
+        DNSSEC_SIGNED_AT_LOAD_TOTAL,
+        Unit::Count,
+        "DNSSEC signatures made when a config was prepared or re-signed."
+    );
     describe_counter!(
         DNS_QUERIES_TOTAL,
         Unit::Count,

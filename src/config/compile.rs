@@ -17,15 +17,15 @@ use super::check::compile_check;
 use super::located::{Collector, parse_duration, parse_size};
 pub(crate) use super::located::{line_of, parse_name};
 use super::raw::{
-    RawAdmin, RawAffinity, RawCheck, RawCluster, RawClusterTls, RawConfig, RawGeo, RawHealth,
-    RawLoad, RawLocation, RawMember, RawNetwork, RawPool, RawRegion, RawRrl, RawService,
+    RawAdmin, RawAffinity, RawCheck, RawCluster, RawClusterTls, RawConfig, RawDnssec, RawGeo,
+    RawHealth, RawLoad, RawLocation, RawMember, RawNetwork, RawPool, RawRegion, RawRrl, RawService,
     RawWebhook, RawWhenAllDown,
 };
 use super::{
-    AdminSettings, Affinity, Answers, ClusterSettings, ClusterTls, Config, DownWhen, GeoNetwork,
-    GeoSettings, HealthSettings, LoadSettings, Location, Member, Policy, Pool, PoolId, Region,
-    RrlSettings, Secret, ServerSettings, Service, Ttl, VoteRule, VoteScope, Webhook, Weight,
-    WhenAllDown, ZoneSource, ZoneSpec,
+    AdminSettings, Affinity, Answers, ClusterSettings, ClusterTls, Config, DnssecSpec, DownWhen,
+    GeoNetwork, GeoSettings, HealthSettings, LoadSettings, Location, Member, Policy, Pool, PoolId,
+    Region, RrlSettings, Secret, ServerSettings, Service, Ttl, VoteRule, VoteScope, Webhook,
+    Weight, WhenAllDown, ZoneSource, ZoneSpec,
 };
 
 /// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
@@ -745,12 +745,99 @@ fn compile_zones(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
         } else {
             base_dir.join(file)
         };
+        let dnssec = zone
+            .get_ref()
+            .dnssec
+            .as_ref()
+            .map(|raw| compile_dnssec(raw, &origin, &path, base_dir, errors));
         zones.push(ZoneSpec {
             origin,
             source: ZoneSource::File(file),
+            dnssec,
         });
     }
     zones
+}
+
+fn compile_dnssec(
+    raw: &Spanned<RawDnssec>,
+    origin: &hickory_proto::rr::Name,
+    path: &str,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> DnssecSpec {
+    let RawDnssec {
+        keys,
+        dnskey_ttl,
+        lifetime,
+        parent_ds_ttl,
+        propagation,
+    } = raw.get_ref();
+    let dir = PathBuf::from(keys.get_ref());
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        base_dir.join(dir)
+    };
+    let make = format!(
+        "make one with `gto dnssec keygen --zone {origin} --dir {}`",
+        keys.get_ref()
+    );
+    if !dir.is_dir() {
+        errors.at(
+            keys,
+            format!("{path}.dnssec.keys"),
+            format!("{} is not a directory; {make}", dir.display()),
+        );
+    } else {
+        match crate::dnssec::keys::read_dir(&dir, origin) {
+            Err(e) => errors.at(keys, format!("{path}.dnssec.keys"), e.to_string()),
+            Ok(ring) if ring.zone_signers(crate::dnssec::now()).is_empty() => errors.at(
+                keys,
+                format!("{path}.dnssec.keys"),
+                format!(
+                    "no key in {} signs {origin} now ({} key(s) for the zone); {make}",
+                    dir.display(),
+                    ring.keys.len()
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
+    let ttl = |errors: &mut Collector<'_>, value: &Option<Spanned<i64>>, name: &str, default| {
+        value.as_ref().map_or(default, |v| {
+            errors
+                .ranged(v, format!("{path}.dnssec.{name}"), 1..=604_800)
+                .map_or(default, |v| v as u32)
+        })
+    };
+    let dnskey_ttl = ttl(errors, dnskey_ttl, "dnskey_ttl", 3600);
+    let parent_ds_ttl = ttl(errors, parent_ds_ttl, "parent_ds_ttl", 86_400);
+    let lifetime = lifetime.as_ref().and_then(|value| {
+        let parsed = parse_duration(value.get_ref()).filter(|d| *d >= Duration::from_secs(3600));
+        if parsed.is_none() {
+            errors.at(
+                value,
+                format!("{path}.dnssec.lifetime"),
+                "not a duration of at least 1h (e.g. \"90d\")",
+            );
+        }
+        parsed
+    });
+    let propagation = errors.setting(
+        propagation.as_ref(),
+        format!("{path}.dnssec.propagation"),
+        Duration::from_secs(3600),
+        |v| parse_duration(v).filter(|d| *d <= Duration::from_secs(7 * 86_400)),
+        "not a duration of at most 7d (e.g. \"1h\")",
+    );
+    DnssecSpec {
+        keys: dir,
+        dnskey_ttl,
+        lifetime,
+        parent_ds_ttl,
+        propagation,
+    }
 }
 
 fn compile_pools(

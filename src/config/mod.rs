@@ -293,6 +293,23 @@ pub struct ZoneSpec {
     pub origin: Name,
     /// The zone file.
     pub source: ZoneSource,
+    /// Signing, when `dnssec` is set.
+    pub dnssec: Option<DnssecSpec>,
+}
+
+/// `[[zone]] dnssec`: where the zone's keys are and the times rollovers derive from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnssecSpec {
+    /// The key directory (absolute).
+    pub keys: PathBuf,
+    /// TTL of the DNSKEY, CDS and CDNSKEY RRsets (default 3600).
+    pub dnskey_ttl: u32,
+    /// How long a signing key signs before gto rolls it (None: only on request).
+    pub lifetime: Option<std::time::Duration>,
+    /// TTL of the zone's DS RRset at the parent (default 86400).
+    pub parent_ds_ttl: u32,
+    /// Margin for the fleet and the parent to act on a change (default 1h).
+    pub propagation: std::time::Duration,
 }
 
 /// Where a zone's text comes from.

@@ -183,6 +183,17 @@ pub(crate) struct RawClusterTls {
 pub(crate) struct RawZone {
     pub(crate) origin: Spanned<String>,
     pub(crate) file: Spanned<String>,
+    pub(crate) dnssec: Option<Spanned<RawDnssec>>,
+}
+
+/// `[[zone]] dnssec = { keys = "KEYDIR", ... }`: sign the zone.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawDnssec {
+    pub(crate) keys: Spanned<String>,
+    pub(crate) dnskey_ttl: Option<Spanned<i64>>,
+    pub(crate) lifetime: Option<Spanned<String>>,
+    pub(crate) parent_ds_ttl: Option<Spanned<i64>>,
+    pub(crate) propagation: Option<Spanned<String>>,
 }
 
 /// `[[service]]`: one GSLB name.

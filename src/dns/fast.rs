@@ -43,6 +43,7 @@ pub struct FastScratch {
     nxdomain_for: usize,
     choice: Scratch,
     picks: Vec<(usize, usize)>,
+    addresses: Vec<IpAddr>,
     /// Answers sent, by response code ([`RCODE_LABELS`]) and query type bucket
     /// ([`QTYPE_LABELS`]); the worker folds them into the metrics.
     pub answered: [[u64; QTYPE_BUCKETS]; 2],
@@ -320,9 +321,18 @@ fn write_answer<'s>(
     question.write_header(out, 0);
     let mut scope = 0u8;
     let mut node_answered = None;
+    let dnssec_ok = question.opt.as_ref().is_some_and(|o| o.dnssec_ok);
     let (answers, authorities, additionals) = match entry {
         Entry::General => return None,
-        Entry::Static { types, nodata } => {
+        Entry::Static {
+            types,
+            nodata,
+            signed,
+        } => {
+            let (types, nodata) = match signed {
+                Some(signed) if dnssec_ok => (&signed.types, &signed.nodata),
+                _ => (types, nodata),
+            };
             let tail = types
                 .iter()
                 .find(|(t, _)| *t == question.qtype)
@@ -330,7 +340,12 @@ fn write_answer<'s>(
             out.extend_from_slice(&tail.bytes);
             (tail.answers, tail.authorities, tail.additionals)
         }
-        Entry::Gslb { service, nodata } => {
+        Entry::Gslb {
+            service,
+            nodata,
+            signed,
+        } => {
+            let signed = *signed && dnssec_ok;
             let node = snapshot.service_node(*service)?;
             let v6 = match RecordType::from(question.qtype) {
                 RecordType::A => Some(false),
@@ -366,8 +381,22 @@ fn write_answer<'s>(
                         let wire = node.members.get(endpoint)?.wire(v6).get(record)?;
                         out.extend_from_slice(if n == 0 { &wire.first } else { &wire.later });
                     }
-                    (scratch.picks.len() as u16, 0, 0)
+                    let mut count = scratch.picks.len();
+                    if signed {
+                        // The set's signatures, owner compressed to the first answer.
+                        let signatures = node.signatures_of(
+                            &scratch.picks,
+                            v6,
+                            &question.query[12..question.end],
+                            &mut scratch.addresses,
+                        )?;
+                        out.extend_from_slice(&signatures.wire);
+                        count += signatures.sigs.len();
+                    }
+                    (count as u16, 0, 0)
                 }
+                // NODATA with DNSSEC: the general path adds the proof.
+                None if signed => return None,
                 None => {
                     out.extend_from_slice(&nodata.bytes);
                     (nodata.answers, nodata.authorities, nodata.additionals)
@@ -412,7 +441,10 @@ fn write_nxdomain<'s>(
             }
         }
     })?;
-    if !index.zones.get(zone)?.plain {
+    let dnssec_ok = question.opt.as_ref().is_some_and(|o| o.dnssec_ok);
+    let fast_zone = index.zones.get(zone)?;
+    if !fast_zone.plain || (dnssec_ok && fast_zone.signed) {
+        // Signed denials come from the general path (and its cache).
         // A wildcard may synthesize the name, or a delegation refer it.
         return None;
     }

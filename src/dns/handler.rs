@@ -176,7 +176,7 @@ impl Handler {
         let message = builder.build(
             metadata,
             resolution.answers.iter().map(AsRef::as_ref),
-            resolution.authorities,
+            records_of(&resolution.authorities),
             std::iter::empty(),
             resolution.additionals,
         );
@@ -305,6 +305,10 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
             record.name = query.original().name().clone();
         }
     }
+    // DNSSEC records for a client that asked for them (DO), in signed zones only.
+    let dnssec_ok = client_edns.is_some_and(|e| e.flags().dnssec_ok);
+    let compact_nxdomain =
+        dnssec_ok && crate::dnssec::decorate(snapshot, query.name(), &mut resolution);
     if let (Some(subnet), Some(edns)) = (&subnet, edns.as_mut())
         && resolution.scope > 0
         && subnet.source_prefix() > 0
@@ -314,6 +318,18 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
             .insert(ecs::echo(subnet, resolution.scope));
     }
     metadata.response_code = resolution.outcome.rcode();
+    if compact_nxdomain {
+        // RFC 9824: a denied name is NOERROR, unless the client understands NXDOMAIN
+        // with compact denial (CO), which is echoed.
+        let co = client_edns.is_some_and(|e| e.flags().z & crate::dnssec::CO_FLAG != 0);
+        if co {
+            if let Some(ours) = edns.as_mut() {
+                ours.flags_mut().z |= crate::dnssec::CO_FLAG;
+            }
+        } else {
+            metadata.response_code = ResponseCode::NoError;
+        }
+    }
     metadata.authoritative = resolution.authoritative();
     Reply {
         metadata,
@@ -368,7 +384,7 @@ fn fits(reply: &Reply<'_>, request: &Request, limit: usize) -> bool {
             .answers
             .iter()
             .map(AsRef::as_ref)
-            .chain(reply.resolution.authorities.iter().copied())
+            .chain(reply.resolution.authorities.iter().map(AsRef::as_ref))
             .chain(reply.resolution.additionals.iter().copied())
     };
     let opt = reply.edns.as_ref().map_or(0, |e| {
@@ -391,7 +407,7 @@ fn fits(reply: &Reply<'_>, request: &Request, limit: usize) -> bool {
     let message = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
         reply.metadata,
         records_of(&reply.resolution.answers),
-        reply.resolution.authorities.iter().copied(),
+        records_of(&reply.resolution.authorities),
         std::iter::empty(),
         reply.resolution.additionals.iter().copied(),
     );

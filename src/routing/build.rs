@@ -21,6 +21,7 @@ use super::table::{
 };
 use super::wire::FastIndex;
 use crate::config::{Location, Policy, Region, Service, WhenAllDown};
+use crate::dnssec::ZoneSigning;
 use crate::geo::GeoTable;
 use crate::loaded::Loaded;
 use crate::metrics::{
@@ -57,6 +58,12 @@ pub enum BuildEvent {
         /// The new view.
         view: LoadView,
         /// Told the generation once the snapshot reflecting it is live.
+        done: Option<oneshot::Sender<u64>>,
+    },
+    /// Re-read the DNSSEC key directories, start the rollovers whose lifetime is up, and
+    /// sign everything again (signatures near expiry, or a key event is due).
+    Resign {
+        /// Told the generation once the re-signed snapshot is live.
         done: Option<oneshot::Sender<u64>>,
     },
     /// Liveness check (the watchdog): answered with the current generation, nothing built.
@@ -231,6 +238,16 @@ impl Builder {
                 (changed, done)
             }
             BuildEvent::Ping { done } => (false, Some(done)),
+            BuildEvent::Resign { done } => {
+                let mut fresh = (*self.loaded).clone();
+                fresh.reread_keys();
+                if crate::dnssec::commands::roll_due(&fresh) > 0 {
+                    fresh.reread_keys();
+                }
+                self.loaded = Arc::new(fresh);
+                self.prepared = prepare(&self.loaded, &self.states);
+                (true, done)
+            }
             BuildEvent::SetMemberUp { key, up, done } => {
                 let changed = if up {
                     self.states.down.remove(&key)
@@ -358,6 +375,95 @@ struct PreparedZone {
     nodes: Arc<HashMap<LowerName, Node>>,
     cuts: Arc<HashSet<LowerName>>,
     has_wildcards: bool,
+    signing: Option<Arc<ZoneSigning>>,
+}
+
+/// The address families (A, AAAA) each GSLB name can answer by config: its pool's and its
+/// fallback's addresses.
+fn gslb_families(loaded: &Loaded) -> HashMap<LowerName, (bool, bool)> {
+    let config = &loaded.config;
+    let mut families = HashMap::new();
+    for service in &config.services {
+        let mut pools = vec![service.pool.0];
+        if let WhenAllDown::Fallback(id) = service.when_all_down {
+            pools.push(id.0);
+        }
+        let addresses = || {
+            pools
+                .iter()
+                .filter_map(|p| config.pools.get(*p))
+                .flat_map(|p| &p.members)
+                .flat_map(|m| &m.addresses)
+        };
+        families.insert(
+            LowerName::from(&service.name),
+            (
+                addresses().any(IpAddr::is_ipv4),
+                addresses().any(IpAddr::is_ipv6),
+            ),
+        );
+    }
+    families
+}
+
+/// Signs a zone when its config asks for it and a key signs now; adds the DNSKEY, CDS and
+/// CDNSKEY RRsets to the apex. Failures are logged and leave the zone unsigned.
+fn sign_zone(
+    loaded: &Loaded,
+    index: usize,
+    origin: &LowerName,
+    nodes: &mut HashMap<LowerName, Node>,
+    cuts: &HashSet<LowerName>,
+    negative_soa: &Record,
+    families: &HashMap<LowerName, (bool, bool)>,
+) -> Option<Arc<ZoneSigning>> {
+    let spec = loaded.config.zones.get(index)?.dnssec.as_ref()?;
+    let ring = loaded.keys.get(index)?.as_ref()?;
+    let now = crate::dnssec::now();
+    let apex = hickory_proto::rr::Name::from(origin);
+    if let Some(Node::Static(sets)) = nodes.get_mut(origin) {
+        for (record_type, records) in crate::dnssec::apex_sets(&apex, ring, now, spec.dnskey_ttl) {
+            sets.retain(|s| s.record_type != record_type);
+            sets.push(RrSet {
+                record_type,
+                records,
+            });
+        }
+    }
+    let content = crate::dnssec::ZoneContent {
+        origin,
+        nodes,
+        cuts,
+        negative_soa,
+        gslb_families: families,
+    };
+    match ZoneSigning::new(&content, ring, now) {
+        Ok(Some(mut signing)) => {
+            // The next time this preparation goes stale: a key event, or a rollover due.
+            let lifetime_due = spec.lifetime.and_then(|lifetime| {
+                ring.keys
+                    .iter()
+                    .filter(|k| k.role.signs_zone() && k.active(now) && k.timeline.retire.is_none())
+                    .map(|k| k.timeline.active.saturating_add(lifetime.as_secs()))
+                    .min()
+            });
+            signing.next_event = [ring.next_event(now), lifetime_due]
+                .into_iter()
+                .flatten()
+                .min();
+            metrics::counter!(crate::metrics::DNSSEC_SIGNED_AT_LOAD_TOTAL)
+                .increment(signing.signed);
+            Some(Arc::new(signing))
+        }
+        Ok(None) => {
+            warn!(zone = %origin, "no DNSSEC key signs this zone now; serving it unsigned");
+            None
+        }
+        Err(error) => {
+            warn!(zone = %origin, %error, "could not sign the zone; serving it unsigned");
+            None
+        }
+    }
 }
 
 /// Prepares the config-only part of snapshots.
@@ -368,10 +474,12 @@ pub fn prepare(loaded: &Loaded, states: &EndpointStates) -> Prepared {
         .iter()
         .map(|s| LowerName::from(&s.name))
         .collect();
+    let families = gslb_families(loaded);
     let mut zones: Vec<PreparedZone> = loaded
         .zones
         .iter()
-        .map(|zone| {
+        .enumerate()
+        .map(|(index, zone)| {
             let origin = zone.origin().clone();
             let mut nodes: HashMap<LowerName, Node> = zone
                 .rrsets()
@@ -396,12 +504,23 @@ pub fn prepare(loaded: &Loaded, states: &EndpointStates) -> Prepared {
             add_empty_non_terminals(&origin, &mut nodes);
             let mut negative_soa = zone.soa().clone();
             negative_soa.ttl = zone.negative_ttl();
+            let cuts: HashSet<LowerName> = zone.cuts().iter().cloned().collect();
+            let signing = sign_zone(
+                loaded,
+                index,
+                &origin,
+                &mut nodes,
+                &cuts,
+                &negative_soa,
+                &families,
+            );
             PreparedZone {
                 origin,
                 negative_soa,
                 nodes: Arc::new(nodes),
-                cuts: Arc::new(zone.cuts().iter().cloned().collect()),
+                cuts: Arc::new(cuts),
                 has_wildcards: zone.has_wildcards(),
+                signing,
             }
         })
         .collect();
@@ -513,6 +632,7 @@ pub fn build_prepared(
             gslb: HashMap::new(),
             cuts: zone.cuts.clone(),
             has_wildcards: zone.has_wildcards,
+            signing: zone.signing.clone(),
         })
         .collect();
     let mut services = Vec::with_capacity(config.services.len());
@@ -535,13 +655,12 @@ pub fn build_prepared(
         let Some(zone) = zones.iter_mut().find(|z| z.origin.zone_of(&name)) else {
             continue; // config::load rejects this; nothing to serve.
         };
-        let node = Arc::new(gslb_node(
-            index,
-            service,
-            states,
-            prepared,
-            &config.geo.regions,
-        ));
+        let mut node = gslb_node(index, service, states, prepared, &config.geo.regions);
+        if let Some(signing) = &zone.signing {
+            node.signing = Some(signing.clone());
+            node.signatures = prepared_signatures(&node, &service.name);
+        }
+        let node = Arc::new(node);
         service_nodes[index] = Some(node.clone());
         zone.gslb.insert(name, node);
     }
@@ -673,7 +792,55 @@ fn gslb_node(
         rankings,
         default_ranking,
         unknown_ranking,
+        signing: None,
+        signatures: HashMap::new(),
     }
+}
+
+/// Signs (or finds in the zone's cache) every answer set the node's rankings produce: the
+/// top of each ranking per family, and with affinity each candidate leading.
+fn prepared_signatures(
+    node: &GslbNode,
+    name: &hickory_proto::rr::Name,
+) -> HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>> {
+    let question = super::wire::gslb_question(name);
+    let mut signatures = HashMap::new();
+    let mut picks = Vec::new();
+    let mut addresses = Vec::new();
+    let mut order = Vec::new();
+    let rankings = node
+        .rankings
+        .iter()
+        .chain([&node.default_ranking, &node.unknown_ranking]);
+    for ranking in rankings {
+        let leaders = if ranking.candidates > 1 {
+            ranking.candidates
+        } else {
+            1
+        };
+        for leader in 0..leaders {
+            order.clear();
+            order.extend(ranking.order.get(leader).copied());
+            order.extend(
+                ranking
+                    .order
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != leader)
+                    .map(|(_, e)| *e),
+            );
+            for v6 in [false, true] {
+                node.answer_into(&order, ranking.available, v6, &mut picks);
+                if picks.is_empty() {
+                    continue;
+                }
+                if let Some(signed) = node.signatures_of(&picks, v6, &question, &mut addresses) {
+                    signatures.insert(crate::dnssec::set_key(&addresses), signed);
+                }
+            }
+        }
+    }
+    signatures
 }
 
 /// Every ancestor of an existing name, up to the apex, exists too.

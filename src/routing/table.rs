@@ -103,6 +103,8 @@ pub struct ZoneTable {
     pub cuts: Arc<HashSet<LowerName>>,
     /// Some name in the zone is a wildcard: names that do not exist may be synthesized.
     pub has_wildcards: bool,
+    /// The zone's signatures, when it is signed (shared by snapshots of one preparation).
+    pub signing: Option<Arc<crate::dnssec::ZoneSigning>>,
 }
 
 impl ZoneTable {
@@ -181,6 +183,12 @@ pub struct GslbNode {
     pub default_ranking: Ranking,
     /// Ranking for clients that cannot be placed.
     pub unknown_ranking: Ranking,
+    /// The zone's signatures when it is signed: GSLB sets not in `signatures` are signed
+    /// on first use through its cache.
+    pub signing: Option<Arc<crate::dnssec::ZoneSigning>>,
+    /// Signatures of the answer sets this snapshot's rankings produce, by
+    /// [`crate::dnssec::set_key`].
+    pub signatures: HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>>,
 }
 
 /// How a GSLB answer's endpoints were chosen.
@@ -264,6 +272,14 @@ impl std::ops::Deref for Endpoint {
 }
 
 impl EndpointInfo {
+    /// The addresses of one family, in record order.
+    pub fn addresses_of(&self, v6: bool) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addresses
+            .iter()
+            .copied()
+            .filter(move |a| a.is_ipv6() == v6)
+    }
+
     /// The wire-form records of one family.
     pub fn wire(&self, v6: bool) -> &[WireRecord] {
         if v6 { &self.wire_aaaa } else { &self.wire_a }
@@ -444,6 +460,34 @@ impl GslbNode {
         }
     }
 
+    /// The signatures of the answer `picks` (endpoint, record) of a family: from the
+    /// prepared sets, else signed on first use. None in an unsigned zone.
+    pub fn signatures_of(
+        &self,
+        picks: &[(usize, usize)],
+        v6: bool,
+        question: &[u8],
+        addresses: &mut Vec<IpAddr>,
+    ) -> Option<Arc<crate::dnssec::Signed>> {
+        let signing = self.signing.as_ref()?;
+        addresses.clear();
+        addresses.extend(
+            picks
+                .iter()
+                .filter_map(|&(e, r)| self.members.get(e)?.addresses_of(v6).nth(r)),
+        );
+        addresses.sort_unstable();
+        let key = crate::dnssec::set_key(addresses);
+        if let Some(found) = self.signatures.get(&key) {
+            return Some(found.clone());
+        }
+        let records: Vec<&Record> = picks
+            .iter()
+            .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
+            .collect();
+        signing.gslb_set(&records, question)
+    }
+
     /// True when any answerable endpoint has an address of the family.
     pub fn has_family(&self, v6: bool) -> bool {
         self.members
@@ -461,7 +505,7 @@ pub struct Resolution<'s> {
     /// from a wildcard are owned, with the name they answer for as their owner.
     pub answers: Vec<Cow<'s, Record>>,
     /// Authority section (the SOA of negative answers, the NS set of a referral).
-    pub authorities: Vec<&'s Record>,
+    pub authorities: Vec<Cow<'s, Record>>,
     /// Additional section: addresses of the names NS, MX and SRV records point to, and
     /// glue of referrals.
     pub additionals: Vec<&'s Record>,
@@ -593,7 +637,7 @@ impl Snapshot {
                     Some(node) => (node, true),
                     None => {
                         out.outcome = Outcome::NoSuchName;
-                        out.authorities.push(&zone.negative_soa);
+                        out.authorities.push(Cow::Borrowed(&zone.negative_soa));
                         return out;
                     }
                 },
@@ -613,7 +657,7 @@ impl Snapshot {
                 Node::Gslb => {
                     let Some(gslb) = zone.gslb.get(&name) else {
                         // Cannot happen: the builder adds both together. Answer NODATA.
-                        out.authorities.push(&zone.negative_soa);
+                        out.authorities.push(Cow::Borrowed(&zone.negative_soa));
                         return out;
                     };
                     out.service = Some(gslb.service);
@@ -665,7 +709,7 @@ impl Snapshot {
                 }
             }
             // The name exists but has no data of this type: NODATA.
-            out.authorities.push(&zone.negative_soa);
+            out.authorities.push(Cow::Borrowed(&zone.negative_soa));
             return out;
         }
         // A CNAME chain longer than we follow: answer what we have.
@@ -683,7 +727,7 @@ impl Snapshot {
         let Some(ns) = sets.iter().find(|s| s.record_type == RecordType::NS) else {
             return;
         };
-        out.authorities.extend(ns.records.iter());
+        out.authorities.extend(ns.records.iter().map(Cow::Borrowed));
         let (mut required, mut optional) = (Vec::new(), Vec::new());
         for record in &ns.records {
             let RData::NS(target) = &record.data else {

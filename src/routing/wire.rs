@@ -30,13 +30,28 @@ pub(crate) enum Entry {
     /// A name with a CNAME (its chains), or at or below a delegation: the general path
     /// answers.
     General,
-    /// A GSLB name: service index, and the NODATA tail for other types.
-    Gslb { service: usize, nodata: Tail },
-    /// A static name: the tail per type it has, and the NODATA tail for the rest.
+    /// A GSLB name: service index, the NODATA tail for other types, and whether its zone
+    /// is signed (then a query with DO gets the answer's signatures appended, and NODATA
+    /// from the general path).
+    Gslb {
+        service: usize,
+        nodata: Tail,
+        signed: bool,
+    },
+    /// A static name: the tail per type it has, and the NODATA tail for the rest; in a
+    /// signed zone the same with DNSSEC records, for queries with DO.
     Static {
         types: Vec<(u16, Tail)>,
         nodata: Tail,
+        signed: Option<Box<SignedTails>>,
     },
+}
+
+/// The tails of a static name for queries with DO.
+#[derive(Debug)]
+pub(crate) struct SignedTails {
+    pub(crate) types: Vec<(u16, Tail)>,
+    pub(crate) nodata: Tail,
 }
 
 /// An address record of a GSLB answer in its two wire forms.
@@ -68,6 +83,8 @@ pub(crate) struct FastZone {
     /// No wildcards and no delegations: a name under the origin that is not indexed does
     /// not exist (NXDOMAIN). Otherwise the general path answers such names.
     pub(crate) plain: bool,
+    /// Signed: queries with DO for names that do not exist go to the general path.
+    pub(crate) signed: bool,
 }
 
 /// The question section hickory-server writes for a request: the raw bytes, with one
@@ -165,11 +182,21 @@ impl FastIndex {
                     names.insert(key, Entry::General);
                     continue;
                 }
-                let nodata_for = |qtype| {
+                let signed = zone.signing.is_some();
+                let tail_for = |qtype, dnssec: bool| {
                     let question = question_bytes(&name_ref, qtype);
-                    let resolution = snapshot.resolve(name, qtype, None);
-                    encode_tail(&question, &[], &resolution.authorities, &[])
+                    let mut r = snapshot.resolve(name, qtype, None);
+                    if dnssec {
+                        crate::dnssec::decorate(snapshot, name, &mut r);
+                    }
+                    encode_tail(
+                        &question,
+                        &refs(&r.answers),
+                        &refs(&r.authorities),
+                        &r.additionals,
+                    )
                 };
+                let nodata_for = |qtype| tail_for(qtype, false);
                 let entry = match node {
                     Node::Gslb => {
                         let Some(gslb) = zone.gslb.get(name) else {
@@ -181,15 +208,28 @@ impl FastIndex {
                         Entry::Gslb {
                             service: gslb.service,
                             nodata,
+                            signed,
                         }
                     }
                     Node::EmptyNonTerminal => {
                         let Some(nodata) = nodata_for(RecordType::A) else {
                             continue;
                         };
+                        let signed = match signed.then(|| tail_for(RecordType::A, true)) {
+                            None => None,
+                            Some(Some(nodata)) => Some(Box::new(SignedTails {
+                                types: Vec::new(),
+                                nodata,
+                            })),
+                            Some(None) => {
+                                names.insert(key, Entry::General);
+                                continue;
+                            }
+                        };
                         Entry::Static {
                             types: Vec::new(),
                             nodata,
+                            signed,
                         }
                     }
                     Node::Static(sets) => {
@@ -197,28 +237,37 @@ impl FastIndex {
                             names.insert(key, Entry::General);
                             continue;
                         }
-                        let types = sets
-                            .iter()
-                            .filter_map(|set| {
-                                let qtype = set.record_type;
-                                let question = question_bytes(&name_ref, qtype);
-                                let r = snapshot.resolve(name, qtype, None);
-                                let answers: Vec<&Record> =
-                                    r.answers.iter().map(AsRef::as_ref).collect();
-                                let tail = encode_tail(
-                                    &question,
-                                    &answers,
-                                    &r.authorities,
-                                    &r.additionals,
-                                )?;
-                                Some((u16::from(qtype), tail))
-                            })
-                            .collect();
-                        // NODATA carries the SOA only; any type the name lacks gives it.
-                        let Some(nodata) = nodata_for(RecordType::NULL) else {
+                        let tails = |dnssec: bool| -> Option<(Vec<(u16, Tail)>, Tail)> {
+                            let types = sets
+                                .iter()
+                                .map(|set| {
+                                    let qtype = set.record_type;
+                                    Some((u16::from(qtype), tail_for(qtype, dnssec)?))
+                                })
+                                .collect::<Option<Vec<_>>>()?;
+                            // NODATA carries the SOA only; any type the name lacks gives
+                            // it (with DNSSEC, the NSEC lists what it has).
+                            Some((types, tail_for(RecordType::NULL, dnssec)?))
+                        };
+                        let Some((types, nodata)) = tails(false) else {
                             continue;
                         };
-                        Entry::Static { types, nodata }
+                        let signed = match signed.then(|| tails(true)) {
+                            None => None,
+                            Some(Some((types, nodata))) => {
+                                Some(Box::new(SignedTails { types, nodata }))
+                            }
+                            // Too large to prepare: the general path answers DO queries.
+                            Some(None) => {
+                                names.insert(key, Entry::General);
+                                continue;
+                            }
+                        };
+                        Entry::Static {
+                            types,
+                            nodata,
+                            signed,
+                        }
                     }
                 };
                 names.insert(key, entry);
@@ -231,6 +280,7 @@ impl FastIndex {
                 origin: key_of(&zone.origin).into_boxed_slice(),
                 soa: zone.negative_soa.clone(),
                 plain: zone.cuts.is_empty() && !zone.has_wildcards,
+                signed: zone.signing.is_some(),
             })
             .collect();
         Self { names, zones }
@@ -245,6 +295,11 @@ impl FastIndex {
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
+}
+
+/// Borrows each record of a section.
+pub(crate) fn refs<'a>(records: &'a [std::borrow::Cow<'_, Record>]) -> Vec<&'a Record> {
+    records.iter().map(AsRef::as_ref).collect()
 }
 
 /// Lower-cased wire form of a name (the index key).

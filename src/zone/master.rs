@@ -354,6 +354,14 @@ fn unsupported_syntax(entry: &str) -> Option<String> {
         .map(|w| format!("RFC 3597 generic record type {w} is not supported"))
 }
 
+/// The message for a DNSSEC record in a zone file that gto makes itself.
+pub(crate) fn dnssec_made(kind: &str) -> String {
+    format!(
+        "{kind} records are made by gto when the zone is signed (`dnssec = {{ keys = \"DIR\" }}` \
+         in its [[zone]]); remove it from the zone file"
+    )
+}
+
 /// Turns the parser's words for constructs gto does not serve into an operator's.
 fn explain_parse_error(error: &str) -> String {
     let dnssec = [
@@ -369,15 +377,8 @@ fn explain_parse_error(error: &str) -> String {
     ];
     if let Some(kind) = error.strip_suffix(" should be dynamically generated") {
         let kind = kind.rsplit(' ').next().unwrap_or(kind);
-        if kind == "DS" {
-            return "DS records are not served yet (gto does not sign): a DS query at a \
-                    delegation gets NODATA from the parent side; remove the record"
-                .into();
-        }
         if dnssec.contains(&kind) {
-            return format!(
-                "{kind} is a DNSSEC record and gto does not serve signed zones yet; remove it"
-            );
+            return dnssec_made(kind);
         }
     }
     if error.contains("unsupported RecordType: DNAME") {

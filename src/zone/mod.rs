@@ -196,6 +196,28 @@ fn parse_within(
             ));
             continue;
         }
+        if matches!(
+            record.record_type(),
+            RecordType::DNSKEY
+                | RecordType::RRSIG
+                | RecordType::NSEC
+                | RecordType::NSEC3
+                | RecordType::NSEC3PARAM
+                | RecordType::CDS
+                | RecordType::CDNSKEY
+                | RecordType::KEY
+                | RecordType::SIG
+        ) {
+            fail(master::dnssec_made(&record.record_type().to_string()));
+            continue;
+        }
+        if record.record_type() == RecordType::DS && owner == apex {
+            fail(format!(
+                "DS at the apex {origin} belongs in the parent zone (RFC 4035 section 2.4); \
+                 `gto dnssec ds` prints it"
+            ));
+            continue;
+        }
         if record.record_type() == RecordType::SOA {
             if owner != apex {
                 fail(format!(
@@ -296,6 +318,25 @@ fn parse_within(
         );
     }
     let cuts = zone_cuts(&apex, &rrsets);
+    let mut ds_owners: Vec<&LowerName> = rrsets
+        .iter()
+        .filter(|(owner, sets)| {
+            sets.iter().any(|s| s.record_type == RecordType::DS) && !cuts.contains(owner)
+        })
+        .map(|(owner, _)| owner)
+        .collect();
+    ds_owners.sort();
+    for owner in ds_owners {
+        let (at, line) = line_of(owner, RecordType::DS);
+        error(
+            &mut errors,
+            &at,
+            line,
+            format!(
+                "DS at {owner}, which is not a delegation: DS goes beside the NS records of a child zone"
+            ),
+        );
+    }
     let warnings = occluded(&rrsets, &cuts, &apex)
         .into_iter()
         .map(|(owner, record_type, cut)| {
@@ -373,7 +414,8 @@ fn occluded(
             continue;
         };
         for set in sets {
-            let delegation = owner == cut && set.record_type == RecordType::NS;
+            let delegation =
+                owner == cut && matches!(set.record_type, RecordType::NS | RecordType::DS);
             let glue = matches!(set.record_type, RecordType::A | RecordType::AAAA)
                 && ns_targets.contains(owner);
             if !delegation && !glue {

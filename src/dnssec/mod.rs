@@ -1,0 +1,794 @@
+//! DNSSEC: keys ([`keys`]), the signatures of a zone ([`ZoneSigning`], made when the
+//! snapshot's config part is prepared), and the signed form of an answer ([`decorate`]).
+//!
+//! What is signed, and when:
+//!
+//! - every static RRset (and DNSKEY, CDS, CDNSKEY at the apex) when the config is
+//!   prepared, and again whenever re-signing or a key event makes a new preparation;
+//! - every GSLB RRset a snapshot can produce for its rankings when the snapshot is built,
+//!   through a cache keyed by the canonical RRset (its addresses, sorted), so answers that
+//!   differ only in order share one signature and a health flip signs only sets never seen;
+//! - sets met only at query time (affinity orders, wildcard synthesis, denial of a name
+//!   that does not exist) once, on first use, into the same bounded single-flight cache.
+//!
+//! Negative answers use compact denial of existence (RFC 9824): the NSEC record is at the
+//! name asked for, its next name is `\000.<name>`, and its type bitmap lists what the name
+//! has (NODATA) or NXNAME (a name that does not exist, answered NOERROR unless the query
+//! set the CO flag). Every NODATA proof is made in advance; only names that do not exist
+//! are signed on first use. Wildcard answers are signed as if the name existed, so they
+//! need no denial.
+//!
+//! All signatures of one preparation share one validity window (inception an hour back,
+//! expiration [`VALIDITY`] on), so the earliest expiry is known and re-signing is one
+//! rebuild, well before it ([`REFRESH`]).
+
+pub mod commands;
+pub mod keys;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hickory_proto::dnssec::rdata::{CDNSKEY, CDS, DNSSECRData, NSEC, RRSIG, SigInput};
+use hickory_proto::dnssec::{DigestType, PublicKey, TBS};
+use hickory_proto::rr::{
+    DNSClass, Label, LowerName, Name, RData, Record, RecordType, SerialNumber,
+};
+
+use self::keys::{Key, KeyRing};
+use crate::routing::{Node, Outcome, Resolution, Snapshot, ZoneTable};
+
+/// How long signatures are valid.
+pub const VALIDITY: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How far back inception is set, for clocks that run behind.
+pub const BACKDATE: Duration = Duration::from_secs(3600);
+/// Re-sign when the earliest expiry is nearer than this.
+pub const REFRESH: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Entries the on-first-use cache of one preparation holds at most; when full it is
+/// emptied (what is still asked for is signed again).
+pub const CACHE_CAPACITY: usize = 100_000;
+/// RR type NXNAME (RFC 9824): in the bitmap of an NSEC that denies a name exists.
+pub const NXNAME: RecordType = RecordType::Unknown(128);
+/// The CO ("compact answers OK") EDNS flag (RFC 9824 section 4).
+pub const CO_FLAG: u16 = 0x4000;
+
+/// Seconds since the Unix epoch, as signing sees it: the system clock, or a time set with
+/// [`set_clock`] (tests and drills drive rollovers with it).
+pub fn now() -> u64 {
+    match CLOCK.load(Ordering::Relaxed) {
+        0 => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        fixed => fixed,
+    }
+}
+
+static CLOCK: AtomicU64 = AtomicU64::new(0);
+
+/// Fixes the time [`now`] returns (0: the system clock again). For tests and drills: it
+/// moves every signature and key event of this process.
+pub fn set_clock(unix_seconds: u64) {
+    CLOCK.store(unix_seconds, Ordering::Relaxed);
+}
+
+/// Why something could not be signed.
+#[derive(Debug, thiserror::Error)]
+#[error("signing {owner} {record_type}: {message}")]
+pub struct SignError {
+    owner: Name,
+    record_type: RecordType,
+    message: String,
+}
+
+/// Signatures of one window, by the keys active in it.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Inception (seconds since the epoch, mod 2^32 on the wire).
+    pub inception: u32,
+    /// Expiration.
+    pub expiration: u32,
+}
+
+impl Window {
+    /// The window of signatures made at `now`.
+    pub fn at(now: u64) -> Self {
+        Self {
+            inception: now.saturating_sub(BACKDATE.as_secs()) as u32,
+            expiration: (now + VALIDITY.as_secs()) as u32,
+        }
+    }
+}
+
+/// Signs the RRset `records` (one owner, one type) with `key`: the RRSIG record, owned by
+/// `owner` with the records' TTL. `labels` is the owner's label count (less for a
+/// wildcard owner).
+pub fn sign(
+    key: &Key,
+    signer: &Name,
+    owner: &Name,
+    records: &[&Record],
+    window: &Window,
+) -> Result<Record, SignError> {
+    let fail = |message: String| SignError {
+        owner: owner.clone(),
+        record_type: records
+            .first()
+            .map_or(RecordType::NULL, |r| r.record_type()),
+        message,
+    };
+    let first = records.first().ok_or_else(|| fail("empty RRset".into()))?;
+    let input = SigInput {
+        type_covered: first.record_type(),
+        algorithm: key.algorithm.algorithm(),
+        num_labels: owner.num_labels(),
+        original_ttl: first.ttl,
+        sig_expiration: SerialNumber::new(window.expiration),
+        sig_inception: SerialNumber::new(window.inception),
+        key_tag: key.tag,
+        signer_name: signer.clone(),
+    };
+    let tbs = TBS::from_input(owner, DNSClass::IN, &input, records.iter().copied())
+        .map_err(|e| fail(e.to_string()))?;
+    let signature = key.signing.sign(&tbs).map_err(|e| fail(e.to_string()))?;
+    Ok(Record::from_rdata(
+        owner.clone(),
+        first.ttl,
+        RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, signature))),
+    ))
+}
+
+/// An RRset made for DNSSEC (an NSEC) or signed on first use, with its signatures, and the
+/// signatures in wire form as the fast path appends them after a GSLB answer (owner
+/// compressed to the first answer).
+#[derive(Debug, Default)]
+pub struct Signed {
+    /// The records made (an NSEC), or none when only signatures were made.
+    pub records: Vec<Record>,
+    /// Their RRSIG records.
+    pub sigs: Vec<Record>,
+    /// `sigs` in wire form after a GSLB answer (empty for other sets).
+    pub wire: Box<[u8]>,
+}
+
+type CacheKey = (LowerName, RecordType, Box<[u8]>);
+type Slot = Arc<OnceLock<Option<Arc<Signed>>>>;
+
+/// The bounded single-flight cache of sets signed on first use: concurrent askers for one
+/// set wait for one signer.
+#[derive(Debug, Default)]
+pub struct SigCache {
+    map: Mutex<HashMap<CacheKey, Slot>>,
+}
+
+impl SigCache {
+    /// The signed set for `key`, made by `make` if nobody has yet.
+    pub fn get_or_sign(
+        &self,
+        key: CacheKey,
+        make: impl FnOnce() -> Option<Signed>,
+    ) -> Option<Arc<Signed>> {
+        let slot = {
+            let mut map = self.map.lock().ok()?;
+            if map.len() >= CACHE_CAPACITY && !map.contains_key(&key) {
+                map.clear();
+            }
+            map.entry(key).or_default().clone()
+        };
+        slot.get_or_init(|| {
+            metrics::counter!(crate::metrics::DNSSEC_SIGNED_ON_USE_TOTAL).increment(1);
+            make().map(Arc::new)
+        })
+        .clone()
+    }
+
+    /// Sets held.
+    pub fn len(&self) -> usize {
+        self.map.lock().map_or(0, |m| m.len())
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything signed for one zone in one preparation.
+#[derive(Debug)]
+pub struct ZoneSigning {
+    /// The zone's apex (the signer's name).
+    pub origin: Name,
+    /// Keys that sign the zone's data in this window.
+    pub zone_signers: Vec<Arc<Key>>,
+    /// The window of every signature made for this preparation.
+    pub window: Window,
+    /// Signatures of static RRsets, by owner and type.
+    pub static_sigs: HashMap<(LowerName, RecordType), Vec<Record>>,
+    /// Signatures of the SOA with the negative TTL, for negative answers.
+    pub negative_soa_sigs: Vec<Record>,
+    /// The NODATA proof (NSEC at the name and its signatures) of every name that is not a
+    /// GSLB name.
+    pub nsec: HashMap<LowerName, Signed>,
+    /// The NODATA proofs of GSLB names, by (name, has A, has AAAA).
+    pub gslb_nsec: HashMap<(LowerName, bool, bool), Signed>,
+    /// TTL of NSEC records (RFC 9077: the negative TTL).
+    pub nsec_ttl: u32,
+    /// Sets signed on first use.
+    pub cache: SigCache,
+    /// Signatures made in this preparation.
+    pub signed: u64,
+    /// When a key event or a rollover makes this preparation stale (seconds since the
+    /// epoch), if ever.
+    pub next_event: Option<u64>,
+}
+
+/// The type bitmap of a name's NODATA proof: its types, RRSIG and NSEC.
+fn bitmap(types: impl IntoIterator<Item = RecordType>) -> Vec<RecordType> {
+    let mut all: Vec<RecordType> = types.into_iter().collect();
+    all.extend([RecordType::RRSIG, RecordType::NSEC]);
+    all.sort_by_key(|t| u16::from(*t));
+    all.dedup();
+    all
+}
+
+/// `\000.<name>`: the name right after `name` in canonical order (RFC 9824 section 3).
+fn successor(name: &Name) -> Option<Name> {
+    let zero = Label::from_raw_bytes(&[0]).ok()?;
+    let mut labels = vec![zero];
+    labels.extend(name.iter().filter_map(|l| Label::from_raw_bytes(l).ok()));
+    let mut next = Name::from_labels(labels).ok()?;
+    next.set_fqdn(true);
+    Some(next)
+}
+
+/// What a zone is made of, as signing needs it.
+pub struct ZoneContent<'a> {
+    /// Its apex.
+    pub origin: &'a LowerName,
+    /// Every name with what it is.
+    pub nodes: &'a HashMap<LowerName, Node>,
+    /// Its delegations.
+    pub cuts: &'a std::collections::HashSet<LowerName>,
+    /// The SOA as served in negative answers.
+    pub negative_soa: &'a Record,
+    /// The address families each GSLB name has by config: (A, AAAA).
+    pub gslb_families: &'a HashMap<LowerName, (bool, bool)>,
+}
+
+impl ZoneSigning {
+    /// Signs a zone's static RRsets and NODATA proofs with `ring`'s keys active at `now`.
+    /// None when no key signs the zone at `now` (the zone is then served unsigned).
+    pub fn new(
+        content: &ZoneContent<'_>,
+        ring: &KeyRing,
+        now: u64,
+    ) -> Result<Option<Self>, SignError> {
+        let zone_signers = ring.zone_signers(now);
+        if zone_signers.is_empty() {
+            return Ok(None);
+        }
+        let key_signers = ring.key_signers(now);
+        let origin = Name::from(content.origin);
+        let window = Window::at(now);
+        let nsec_ttl = content.negative_soa.ttl;
+        let mut signed = 0u64;
+        let mut sign_with = |keys: &[Arc<Key>], owner: &Name, records: &[&Record]| {
+            keys.iter()
+                .map(|key| {
+                    signed += 1;
+                    sign(key, &origin, owner, records, &window)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let below_cut = |name: &LowerName| {
+            let mut current = name.base_name();
+            while current.num_labels() > content.origin.num_labels() {
+                if content.cuts.contains(&current) {
+                    return true;
+                }
+                current = current.base_name();
+            }
+            false
+        };
+        let mut static_sigs = HashMap::new();
+        let mut nsec = HashMap::new();
+        let mut gslb_nsec = HashMap::new();
+        let nsec_of = |owner: &Name,
+                       types: Vec<RecordType>,
+                       sign_with: &mut dyn FnMut(
+            &[Arc<Key>],
+            &Name,
+            &[&Record],
+        ) -> Result<Vec<Record>, SignError>|
+         -> Result<Option<Signed>, SignError> {
+            let Some(next) = successor(owner) else {
+                return Ok(None);
+            };
+            let record = Record::from_rdata(
+                owner.clone(),
+                nsec_ttl,
+                RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(next, bitmap(types)))),
+            );
+            let sigs = sign_with(&zone_signers, owner, &[&record])?;
+            Ok(Some(Signed {
+                records: vec![record],
+                sigs,
+                wire: Box::default(),
+            }))
+        };
+        for (name, node) in content.nodes.iter() {
+            if below_cut(name) {
+                continue; // occluded, or glue: not ours to sign
+            }
+            let owner = Name::from(name);
+            let is_cut = content.cuts.contains(name);
+            match node {
+                Node::EmptyNonTerminal => {
+                    if let Some(proof) = nsec_of(&owner, Vec::new(), &mut sign_with)? {
+                        nsec.insert(name.clone(), proof);
+                    }
+                }
+                Node::Gslb => {
+                    let (has_a, has_aaaa) =
+                        content.gslb_families.get(name).copied().unwrap_or_default();
+                    for a in [false, true] {
+                        for aaaa in [false, true] {
+                            if (a && !has_a) || (aaaa && !has_aaaa) {
+                                continue;
+                            }
+                            let types = [(a, RecordType::A), (aaaa, RecordType::AAAA)]
+                                .into_iter()
+                                .filter_map(|(on, t)| on.then_some(t))
+                                .collect();
+                            if let Some(proof) = nsec_of(&owner, types, &mut sign_with)? {
+                                gslb_nsec.insert((name.clone(), a, aaaa), proof);
+                            }
+                        }
+                    }
+                }
+                Node::Static(sets) => {
+                    let mut types = Vec::new();
+                    for set in sets {
+                        let t = set.record_type;
+                        // At a delegation only the NS set (unsigned) and DS are the
+                        // parent's.
+                        if is_cut && t != RecordType::NS && t != RecordType::DS {
+                            continue;
+                        }
+                        types.push(t);
+                        if is_cut && t == RecordType::NS {
+                            continue;
+                        }
+                        let records: Vec<&Record> = set.records.iter().collect();
+                        let keys = if matches!(
+                            t,
+                            RecordType::DNSKEY | RecordType::CDS | RecordType::CDNSKEY
+                        ) {
+                            &key_signers
+                        } else {
+                            &zone_signers
+                        };
+                        let sigs = sign_with(keys, &owner, &records)?;
+                        static_sigs.insert((name.clone(), t), sigs);
+                    }
+                    if let Some(proof) = nsec_of(&owner, types, &mut sign_with)? {
+                        nsec.insert(name.clone(), proof);
+                    }
+                }
+            }
+        }
+        let mut negative_soa_sigs = Vec::new();
+        if let Some(sigs) = static_sigs.get(&(content.origin.clone(), RecordType::SOA)) {
+            for sig in sigs {
+                let mut sig = sig.clone();
+                sig.ttl = content.negative_soa.ttl;
+                negative_soa_sigs.push(sig);
+            }
+        }
+        Ok(Some(Self {
+            origin,
+            zone_signers,
+            window,
+            static_sigs,
+            negative_soa_sigs,
+            nsec,
+            gslb_nsec,
+            nsec_ttl,
+            cache: SigCache::default(),
+            signed,
+            next_event: None,
+        }))
+    }
+
+    /// Signatures of `records` (one owner and type) made now with the zone's keys.
+    fn sign_now(&self, owner: &Name, records: &[&Record]) -> Option<Vec<Record>> {
+        self.zone_signers
+            .iter()
+            .map(|key| sign(key, &self.origin, owner, records, &self.window))
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|error| tracing::warn!(%error, "could not sign"))
+            .ok()
+    }
+
+    /// The signatures of a GSLB answer: `records` are its A or AAAA records (any order),
+    /// `question` the question they are prepared for (its length places the compression
+    /// pointer of the wire form).
+    pub fn gslb_set(&self, records: &[&Record], question: &[u8]) -> Option<Arc<Signed>> {
+        let first = records.first()?;
+        let mut addresses: Vec<IpAddr> = records
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        addresses.sort();
+        let key = set_key(&addresses);
+        let owner = LowerName::from(&first.name);
+        self.cache
+            .get_or_sign((owner, first.record_type(), key), || {
+                let sigs = self.sign_now(&first.name, records)?;
+                let wire = crate::routing::wire::wire_records(question, &sigs)
+                    .into_iter()
+                    .flat_map(|w| w.later.into_vec())
+                    .collect();
+                Some(Signed {
+                    records: Vec::new(),
+                    sigs,
+                    wire,
+                })
+            })
+    }
+
+    /// The signatures of a set synthesized from a wildcard for `owner`, signed as if the
+    /// name existed.
+    fn synthesized(&self, owner: &LowerName, records: &[&Record]) -> Option<Arc<Signed>> {
+        let first = records.first()?;
+        self.cache
+            .get_or_sign((owner.clone(), first.record_type(), Box::default()), || {
+                let lowered: Vec<Record> = records
+                    .iter()
+                    .map(|r| {
+                        let mut r = (*r).clone();
+                        r.name = Name::from(owner);
+                        r
+                    })
+                    .collect();
+                let refs: Vec<&Record> = lowered.iter().collect();
+                Some(Signed {
+                    records: Vec::new(),
+                    sigs: self.sign_now(&Name::from(owner), &refs)?,
+                    wire: Box::default(),
+                })
+            })
+    }
+
+    /// A NODATA or NXNAME proof made on first use: NSEC at `owner` with `types`.
+    fn denial(&self, owner: &LowerName, types: Vec<RecordType>) -> Option<Arc<Signed>> {
+        let key: Box<[u8]> = types
+            .iter()
+            .flat_map(|t| u16::from(*t).to_be_bytes())
+            .collect();
+        self.cache
+            .get_or_sign((owner.clone(), RecordType::NSEC, key), || {
+                let name = Name::from(owner);
+                let record = Record::from_rdata(
+                    name.clone(),
+                    self.nsec_ttl,
+                    RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(
+                        successor(&name)?,
+                        bitmap(types),
+                    ))),
+                );
+                let sigs = self.sign_now(&name, &[&record])?;
+                Some(Signed {
+                    records: vec![record],
+                    sigs,
+                    wire: Box::default(),
+                })
+            })
+    }
+}
+
+/// How often [`maintain`] looks at the signatures' expiry and the keys' timelines.
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a snapshot's signatures need re-signing at `now`: the earliest expiry is within
+/// [`REFRESH`], or a key event (publish, activate, retire, remove, rollover) has come.
+/// Exports `gto_dnssec_signature_expiry_seconds` per signed zone and warns when re-signing
+/// has fallen behind (less than half of [`REFRESH`] left).
+pub fn check(snapshot: &Snapshot, now: u64) -> bool {
+    let mut due = false;
+    for zone in &snapshot.zones {
+        let Some(signing) = &zone.signing else {
+            continue;
+        };
+        let left = i64::from(signing.window.expiration) - now as i64;
+        metrics::gauge!(crate::metrics::DNSSEC_SIGNATURE_EXPIRY_SECONDS, "zone" => signing.origin.to_string())
+            .set(left as f64);
+        if left < (REFRESH.as_secs() / 2) as i64 {
+            tracing::warn!(
+                zone = %signing.origin,
+                expires_in_seconds = left,
+                "DNSSEC re-signing is behind: signatures expire soon"
+            );
+        }
+        if left < REFRESH.as_secs() as i64 || signing.next_event.is_some_and(|at| at <= now) {
+            due = true;
+        }
+    }
+    due
+}
+
+/// Re-signs in the background: every [`CHECK_EVERY`], [`check`]s the live snapshot and
+/// asks the builder to re-sign when it is due. Ends with `token`.
+pub async fn maintain(
+    routing: crate::routing::RoutingHandle,
+    events: tokio::sync::mpsc::Sender<crate::routing::BuildEvent>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(CHECK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let snapshot = routing.load_full();
+        if check(&snapshot, now()) {
+            let (done, signed) = tokio::sync::oneshot::channel();
+            if events
+                .send(crate::routing::BuildEvent::Resign { done: Some(done) })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // One re-signing at a time.
+            let _ = signed.await;
+        }
+    }
+}
+
+/// The cache key of a GSLB set: its addresses, sorted, as bytes.
+pub fn set_key(sorted: &[IpAddr]) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(sorted.len() * 16);
+    for address in sorted {
+        match address {
+            IpAddr::V4(v4) => key.extend_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => key.extend_from_slice(&v6.octets()),
+        }
+    }
+    key.into_boxed_slice()
+}
+
+/// The DNSKEY, CDS and CDNSKEY RRsets of the apex for the keys of `ring` at `now`.
+pub fn apex_sets(
+    origin: &Name,
+    ring: &KeyRing,
+    now: u64,
+    dnskey_ttl: u32,
+) -> Vec<(RecordType, Vec<Record>)> {
+    let dnskeys: Vec<Record> = ring
+        .published(now)
+        .map(|k| {
+            Record::from_rdata(
+                origin.clone(),
+                dnskey_ttl,
+                RData::DNSSEC(DNSSECRData::DNSKEY(k.dnskey.clone())),
+            )
+        })
+        .collect();
+    let parent = ring.parent_keys(now);
+    let cds: Vec<Record> = parent
+        .iter()
+        .filter_map(|k| {
+            let digest = k.dnskey.to_digest(origin, DigestType::SHA256).ok()?;
+            Some(Record::from_rdata(
+                origin.clone(),
+                dnskey_ttl,
+                RData::DNSSEC(DNSSECRData::CDS(CDS::new(
+                    k.tag,
+                    Some(k.algorithm.algorithm()),
+                    DigestType::SHA256,
+                    digest.as_ref().to_vec(),
+                ))),
+            ))
+        })
+        .collect();
+    let cdnskey: Vec<Record> = parent
+        .iter()
+        .map(|k| {
+            Record::from_rdata(
+                origin.clone(),
+                dnskey_ttl,
+                RData::DNSSEC(DNSSECRData::CDNSKEY(CDNSKEY::with_flags(
+                    k.dnskey.flags(),
+                    Some(k.algorithm.algorithm()),
+                    k.dnskey.public_key().public_bytes().to_vec(),
+                ))),
+            )
+        })
+        .collect();
+    [
+        (RecordType::DNSKEY, dnskeys),
+        (RecordType::CDS, cds),
+        (RecordType::CDNSKEY, cdnskey),
+    ]
+    .into_iter()
+    .filter(|(_, records)| !records.is_empty())
+    .collect()
+}
+
+/// Adds DNSSEC records to an answer for a query with DO: the RRSIG after each RRset of
+/// the answer section, and in the authority section the signed SOA and NSEC of a negative
+/// answer, or the DS (or the NSEC proving there is none) of a referral. `qname` is the
+/// name asked for. Returns true when the answer is a compact denial of a name that does
+/// not exist (its RCODE becomes NOERROR unless the client asked for NXDOMAIN with CO).
+pub fn decorate<'s>(
+    snapshot: &'s Snapshot,
+    qname: &LowerName,
+    resolution: &mut Resolution<'s>,
+) -> bool {
+    if resolution.outcome == Outcome::NotOurs {
+        return false;
+    }
+    // Answer section: each RRset followed by its signatures.
+    let answers = std::mem::take(&mut resolution.answers);
+    let mut out: Vec<Cow<'s, Record>> = Vec::with_capacity(answers.len() * 2);
+    let gslb_set = resolution.gslb.is_some();
+    let mut final_name = qname.clone();
+    let mut start = 0;
+    while start < answers.len() {
+        let first = answers[start].as_ref();
+        let owner = LowerName::from(&first.name);
+        let rtype = first.record_type();
+        let mut end = start + 1;
+        while end < answers.len()
+            && answers[end].record_type() == rtype
+            && LowerName::from(&answers[end].name) == owner
+        {
+            end += 1;
+        }
+        let group = &answers[start..end];
+        let records: Vec<&Record> = group.iter().map(AsRef::as_ref).collect();
+        let synthesized = matches!(group.first(), Some(Cow::Owned(_)));
+        let is_last = end == answers.len();
+        let sigs: Option<Vec<Cow<'s, Record>>> = snapshot
+            .zone_of(&owner)
+            .and_then(|zone| zone.signing.as_deref())
+            .and_then(|signing| {
+                if synthesized {
+                    let signed = signing.synthesized(&owner, &records)?;
+                    Some(signed.sigs.iter().cloned().map(Cow::Owned).collect())
+                } else if gslb_set && is_last && matches!(rtype, RecordType::A | RecordType::AAAA) {
+                    let question = crate::routing::wire::gslb_question(&first.name);
+                    let signed = signing.gslb_set(&records, &question)?;
+                    Some(signed.sigs.iter().cloned().map(Cow::Owned).collect())
+                } else {
+                    let sigs = signing.static_sigs.get(&(owner.clone(), rtype))?;
+                    Some(sigs.iter().map(Cow::Borrowed).collect())
+                }
+            });
+        if rtype == RecordType::CNAME
+            && let Some(RData::CNAME(target)) = records.first().map(|r| &r.data)
+        {
+            final_name = LowerName::from(&target.0);
+        }
+        out.extend(answers[start..end].iter().cloned());
+        out.extend(sigs.unwrap_or_default());
+        start = end;
+    }
+    let positive = answers.last().is_some_and(|r| {
+        r.record_type() != RecordType::CNAME || resolution.outcome == Outcome::Referral
+    });
+    resolution.answers = out;
+
+    match resolution.outcome {
+        Outcome::NotOurs => false,
+        Outcome::Referral => {
+            let Some(cut) = resolution
+                .authorities
+                .first()
+                .map(|ns| LowerName::from(&ns.name))
+            else {
+                return false;
+            };
+            let Some(zone) = snapshot
+                .zone_of(&cut.base_name())
+                .filter(|z| z.cuts.contains(&cut))
+            else {
+                return false;
+            };
+            let Some(signing) = zone.signing.as_deref() else {
+                return false;
+            };
+            let ds = match zone.nodes.get(&cut) {
+                Some(Node::Static(sets)) => sets.iter().find(|s| s.record_type == RecordType::DS),
+                _ => None,
+            };
+            match ds {
+                Some(ds) => {
+                    resolution
+                        .authorities
+                        .extend(ds.records.iter().map(Cow::Borrowed));
+                    if let Some(sigs) = signing.static_sigs.get(&(cut.clone(), RecordType::DS)) {
+                        resolution
+                            .authorities
+                            .extend(sigs.iter().map(Cow::Borrowed));
+                    }
+                }
+                None => {
+                    if let Some(proof) = signing.nsec.get(&cut) {
+                        push_proof(&mut resolution.authorities, proof);
+                    }
+                }
+            }
+            false
+        }
+        Outcome::Found if positive && !resolution.answers.is_empty() => false,
+        Outcome::Found | Outcome::NoSuchName => {
+            // A negative answer, maybe after a CNAME chain: the proof is about its end.
+            let Some(zone) = snapshot.zone_of(&final_name) else {
+                return false;
+            };
+            let Some(signing) = zone.signing.as_deref() else {
+                return false;
+            };
+            if resolution.authorities.is_empty() {
+                return false;
+            }
+            resolution
+                .authorities
+                .extend(signing.negative_soa_sigs.iter().map(Cow::Borrowed));
+            if resolution.outcome == Outcome::NoSuchName {
+                if let Some(proof) = signing.denial(&final_name, vec![NXNAME]) {
+                    push_owned(&mut resolution.authorities, &proof);
+                }
+                return true;
+            }
+            nodata_proof(zone, signing, &final_name, &mut resolution.authorities);
+            false
+        }
+    }
+}
+
+fn push_proof<'s>(into: &mut Vec<Cow<'s, Record>>, proof: &'s Signed) {
+    into.extend(proof.records.iter().map(Cow::Borrowed));
+    into.extend(proof.sigs.iter().map(Cow::Borrowed));
+}
+
+fn push_owned(into: &mut Vec<Cow<'_, Record>>, proof: &Signed) {
+    into.extend(proof.records.iter().cloned().map(Cow::Owned));
+    into.extend(proof.sigs.iter().cloned().map(Cow::Owned));
+}
+
+/// The NSEC that proves `name` has no RRset of the type asked.
+fn nodata_proof<'s>(
+    zone: &'s ZoneTable,
+    signing: &'s ZoneSigning,
+    name: &LowerName,
+    into: &mut Vec<Cow<'s, Record>>,
+) {
+    if let Some(node) = zone.gslb.get(name) {
+        let key = (name.clone(), node.has_family(false), node.has_family(true));
+        if let Some(proof) = signing.gslb_nsec.get(&key) {
+            push_proof(into, proof);
+        }
+        return;
+    }
+    if let Some(proof) = signing.nsec.get(name) {
+        push_proof(into, proof);
+        return;
+    }
+    // A name synthesized from a wildcard: the wildcard's types, at the name.
+    if let Some(Node::Static(sets)) = zone.wildcard_for(name) {
+        let types = sets.iter().map(|s| s.record_type).collect();
+        if let Some(proof) = signing.denial(name, types) {
+            push_owned(into, &proof);
+        }
+    }
+}
