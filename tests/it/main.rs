@@ -10,6 +10,7 @@ mod admin;
 mod authority;
 mod check;
 mod dns;
+mod dnssec;
 mod edns;
 mod events;
 mod fast;

@@ -1,0 +1,297 @@
+//! Issue 14: DNSSEC end to end. Keys are made with the real `gto dnssec keygen`, the DS
+//! comes from `gto dnssec ds`, and a real validating resolver (unbound) anchored on it
+//! judges gto's answers: AD for GSLB answers with and without ECS, static names, a CNAME
+//! into a GSLB name, denials (compact, RFC 9824), NODATA, wildcards and delegations;
+//! SERVFAIL with a wrong anchor. Answers to queries without DO are byte for byte those of
+//! the unsigned zone.
+
+use std::path::Path;
+
+use hickory_proto::op::{Edns, Message};
+use hickory_proto::rr::RecordType;
+
+use crate::authority;
+use crate::geo::geo_config;
+use crate::support::unbound::Unbound;
+use crate::support::{TestServer, dig, gto_bin, query, udp_raw};
+
+/// The zone of the authority tests plus a delegation with a DS (a secure child).
+fn zone() -> String {
+    format!(
+        "{}secure    IN NS    ns.secure\n\
+         ns.secure IN A     192.0.2.98\n\
+         secure    IN DS    12345 13 2 49FD46E6C4B45C55D4AC69CBD3CD34AC1AFE51DE49FD46E6C4B45C55D4AC69CB\n",
+        authority::zone()
+    )
+}
+
+fn signed(config: &str) -> String {
+    config.replacen(
+        "file = \"gto.example.com.zone\"\n",
+        "file = \"gto.example.com.zone\"\ndnssec = { keys = \"keys\" }\n",
+        1,
+    )
+}
+
+fn keygen(dir: &Path, keys: &str, extra: &[&str]) -> String {
+    let output = gto_bin()
+        .args(["dnssec", "keygen", "--zone", "gto.example.com.", "--dir"])
+        .arg(dir.join(keys))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn ds_of(dir: &Path) -> String {
+    let output = gto_bin()
+        .args(["dnssec", "ds", "--config"])
+        .arg(dir.join("gto.toml"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A signed server: keys made by the CLI, the geo config (answers depend on ECS).
+async fn signed_server(extra_keygen: &[&[&str]]) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gto.toml"), signed(&geo_config(""))).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
+    if extra_keygen.is_empty() {
+        keygen(dir.path(), "keys", &[]);
+    }
+    for args in extra_keygen {
+        keygen(dir.path(), "keys", args);
+    }
+    TestServer::start_in(dir).await
+}
+
+async fn expect_ad(unbound: &Unbound, args: &[&str], status: &str) -> Vec<String> {
+    let verdict = unbound.ask(args).await;
+    assert!(
+        verdict.ad && verdict.status == status,
+        "{args:?}: expected {status} with AD\n{}\nunbound log:\n{}",
+        verdict.text,
+        unbound.log()
+    );
+    verdict.answers
+}
+
+async fn validated_by_unbound(server: &TestServer) {
+    let anchors = ds_of(server.dir.path());
+    assert!(anchors.contains(" IN DS "), "{anchors}");
+    let unbound = Unbound::start("gto.example.com.", server.addr, &anchors).await;
+
+    // GSLB, without ECS and with ECS from two places: different signed sets, all valid.
+    let plain = expect_ad(&unbound, &["vpn.gto.example.com", "A"], "NOERROR").await;
+    assert!(!plain.is_empty());
+    let tokyo = expect_ad(
+        &unbound,
+        &["+subnet=203.0.113.0/24", "vpn.gto.example.com", "A"],
+        "NOERROR",
+    )
+    .await;
+    assert!(tokyo.contains(&"192.0.2.31".to_string()), "{tokyo:?}");
+    let paris = expect_ad(
+        &unbound,
+        &["+subnet=198.51.100.0/24", "vpn.gto.example.com", "A"],
+        "NOERROR",
+    )
+    .await;
+    assert!(paris.contains(&"192.0.2.11".to_string()), "{paris:?}");
+    assert!(!paris.contains(&"192.0.2.31".to_string()), "{paris:?}");
+    // A second GSLB name, and NODATA at a GSLB name (no IPv6 endpoint).
+    expect_ad(&unbound, &["plain.gto.example.com", "A"], "NOERROR").await;
+    let none = expect_ad(&unbound, &["vpn.gto.example.com", "AAAA"], "NOERROR").await;
+    assert!(none.is_empty(), "{none:?}");
+    // Static names, the apex, MX, a CNAME into the GSLB name.
+    let www = expect_ad(&unbound, &["www.gto.example.com", "A"], "NOERROR").await;
+    assert_eq!(www, ["192.0.2.80"]);
+    expect_ad(&unbound, &["gto.example.com", "MX"], "NOERROR").await;
+    expect_ad(&unbound, &["gto.example.com", "SOA"], "NOERROR").await;
+    let remote = expect_ad(&unbound, &["remote.gto.example.com", "A"], "NOERROR").await;
+    assert!(remote.len() >= 2, "{remote:?}");
+    // Denial of existence (compact: NOERROR, no answer), and NODATA at a static name and
+    // at an empty non-terminal.
+    let nothing = expect_ad(&unbound, &["nope.gto.example.com", "A"], "NOERROR").await;
+    assert!(nothing.is_empty());
+    let nothing = expect_ad(&unbound, &["a.b.c.nope.gto.example.com", "TXT"], "NOERROR").await;
+    assert!(nothing.is_empty());
+    let nothing = expect_ad(&unbound, &["www.gto.example.com", "TXT"], "NOERROR").await;
+    assert!(nothing.is_empty());
+    expect_ad(&unbound, &["b.wild.gto.example.com", "A"], "NOERROR").await;
+    // Wildcards: synthesized answers, NODATA of a synthesized name, a CNAME into one.
+    let wild = expect_ad(&unbound, &["anything.wild.gto.example.com", "A"], "NOERROR").await;
+    assert_eq!(wild, ["192.0.2.180"]);
+    let wild = expect_ad(&unbound, &["x.y.wild.gto.example.com", "TXT"], "NOERROR").await;
+    assert_eq!(wild, ["\"wild\""]);
+    let none = expect_ad(
+        &unbound,
+        &["anything.wild.gto.example.com", "AAAA"],
+        "NOERROR",
+    )
+    .await;
+    assert!(none.is_empty());
+    expect_ad(&unbound, &["towild.gto.example.com", "A"], "NOERROR").await;
+    // Delegations: an insecure one (no DS, proven by NSEC) and a secure one (DS).
+    let none = expect_ad(&unbound, &["sub.gto.example.com", "DS"], "NOERROR").await;
+    assert!(none.is_empty());
+    let ds = expect_ad(&unbound, &["secure.gto.example.com", "DS"], "NOERROR").await;
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    // DNSKEY and CDS at the apex.
+    expect_ad(&unbound, &["gto.example.com", "DNSKEY"], "NOERROR").await;
+    expect_ad(&unbound, &["gto.example.com", "CDS"], "NOERROR").await;
+}
+
+#[tokio::test]
+async fn issue_14_unbound_validates_every_kind_of_answer() {
+    let server = signed_server(&[]).await;
+    validated_by_unbound(&server).await;
+}
+
+#[tokio::test]
+async fn issue_14_unbound_validates_an_ed25519_ksk_zsk_split() {
+    let server = signed_server(&[
+        &["--role", "ksk", "--algorithm", "ed25519"],
+        &["--role", "zsk", "--algorithm", "ed25519"],
+    ])
+    .await;
+    let ds = ds_of(server.dir.path());
+    assert_eq!(
+        ds.matches(" IN DS ").count(),
+        1,
+        "only the KSK goes to the parent: {ds}"
+    );
+    assert!(ds.contains(" 15 2 "), "{ds}");
+    validated_by_unbound(&server).await;
+}
+
+#[tokio::test]
+async fn issue_14_a_wrong_trust_anchor_gives_servfail() {
+    let server = signed_server(&[]).await;
+    // The DS of another key of the same zone: gto's signatures do not chain to it.
+    let other = tempfile::tempdir().unwrap();
+    let printed = keygen(other.path(), "keys", &[]);
+    let anchor: String = printed.lines().filter(|l| l.contains(" IN DS ")).collect();
+    let unbound = Unbound::start("gto.example.com.", server.addr, &anchor).await;
+    for name in [
+        "vpn.gto.example.com",
+        "www.gto.example.com",
+        "nope.gto.example.com",
+    ] {
+        let verdict = unbound.ask(&[name, "A"]).await;
+        assert_eq!(verdict.status, "SERVFAIL", "{name}: {}", verdict.text);
+        assert!(!verdict.ad);
+    }
+}
+
+#[tokio::test]
+async fn issue_14_referrals_carry_the_ds_or_the_proof_there_is_none() {
+    let server = signed_server(&[]).await;
+    let insecure = dig(
+        server.addr,
+        &["+dnssec", "+norec", "www.sub.gto.example.com", "A"],
+    )
+    .await;
+    assert!(
+        insecure.contains("flags: qr;"),
+        "a referral is not authoritative: {insecure}"
+    );
+    assert!(
+        insecure.contains(
+            "sub.gto.example.com.\t60\tIN\tNSEC\t\\000.sub.gto.example.com. NS RRSIG NSEC"
+        ),
+        "{insecure}"
+    );
+    assert!(insecure.contains("RRSIG\tNSEC 13 4 60"), "{insecure}");
+    let secure = dig(
+        server.addr,
+        &["+dnssec", "+norec", "x.secure.gto.example.com", "A"],
+    )
+    .await;
+    assert!(
+        secure.contains("secure.gto.example.com.\t3600\tIN\tDS\t12345 13 2"),
+        "{secure}"
+    );
+    assert!(secure.contains("RRSIG\tDS 13 4 3600"), "{secure}");
+    assert!(!secure.contains("NSEC"), "{secure}");
+    // Without DO: the plain referral.
+    let plain = dig(server.addr, &["+norec", "x.secure.gto.example.com", "A"]).await;
+    assert!(
+        !plain.contains("RRSIG") && !plain.contains("\tDS\t"),
+        "{plain}"
+    );
+}
+
+#[tokio::test]
+async fn issue_14_compact_denial_is_nxdomain_for_a_client_that_sets_co() {
+    let server = signed_server(&[]).await;
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    edns.flags_mut().dnssec_ok = true;
+    edns.flags_mut().z = gto::dnssec::CO_FLAG;
+    let bytes = query("nope.gto.example.com.", RecordType::A, Some(edns))
+        .to_vec()
+        .unwrap();
+    let reply = Message::from_vec(&udp_raw(server.addr, &bytes).await.unwrap()).unwrap();
+    assert_eq!(
+        reply.metadata.response_code,
+        hickory_proto::op::ResponseCode::NXDomain
+    );
+    assert!(reply.edns.unwrap().flags().z & gto::dnssec::CO_FLAG != 0);
+    let nsec = reply
+        .authorities
+        .iter()
+        .find(|r| r.record_type() == RecordType::NSEC)
+        .expect("an NSEC");
+    let hickory_proto::rr::RData::DNSSEC(hickory_proto::dnssec::rdata::DNSSECRData::NSEC(nsec)) =
+        &nsec.data
+    else {
+        panic!("not an NSEC: {nsec}");
+    };
+    let types: Vec<u16> = nsec.type_bit_maps().map(u16::from).collect();
+    assert_eq!(types, [46, 47, 128], "RRSIG, NSEC and NXNAME");
+}
+
+#[tokio::test]
+async fn issue_14_answers_without_do_are_byte_for_byte_unchanged() {
+    let unsigned = TestServer::start(&geo_config(""), &zone()).await;
+    let server = signed_server(&[]).await;
+    let names = [
+        "vpn.gto.example.com.",
+        "plain.gto.example.com.",
+        "www.gto.example.com.",
+        "gto.example.com.",
+        "remote.gto.example.com.",
+        "nope.gto.example.com.",
+        "foo.wild.gto.example.com.",
+        "b.wild.gto.example.com.",
+        "x.sub.gto.example.com.",
+        "secure.gto.example.com.",
+        "x.secure.gto.example.com.",
+    ];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::TXT,
+        RecordType::MX,
+        RecordType::NS,
+        RecordType::SOA,
+        RecordType::DS,
+    ];
+    let mut compared = 0;
+    for name in names {
+        for qtype in types {
+            for edns in [None, Some(crate::support::edns(1232))] {
+                let bytes = query(name, qtype, edns).to_vec().unwrap();
+                let a = udp_raw(unsigned.addr, &bytes).await.unwrap();
+                let b = udp_raw(server.addr, &bytes).await.unwrap();
+                assert_eq!(a, b, "{name} {qtype}");
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, names.len() * types.len() * 2);
+}
