@@ -586,6 +586,11 @@ impl Snapshot {
         Some(first)
     }
 
+    /// How many zones are signed.
+    pub fn zones_signed(&self) -> usize {
+        self.zones.iter().filter(|z| z.signing.is_some()).count()
+    }
+
     /// The zone we serve that delegates `zone`'s apex, if any.
     pub fn delegating_parent(&self, zone: &ZoneTable) -> Option<&ZoneTable> {
         self.zones
