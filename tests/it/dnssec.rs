@@ -18,11 +18,92 @@ use crate::support::{TestServer, dig, gto_bin, query, udp_raw};
 /// The zone of the authority tests plus a delegation with a DS (a secure child).
 fn zone() -> String {
     format!(
-        "{}secure    IN NS    ns.secure\n\
+        "{0}secure    IN NS    ns.secure\n\
          ns.secure IN A     192.0.2.98\n\
-         secure    IN DS    12345 13 2 49FD46E6C4B45C55D4AC69CBD3CD34AC1AFE51DE49FD46E6C4B45C55D4AC69CB\n",
-        authority::zone()
+         secure    IN DS    12345 13 2 49FD46E6C4B45C55D4AC69CBD3CD34AC1AFE51DE49FD46E6C4B45C55D4AC69CB\n\
+         medium    IN TXT   \"{1}\" \"{1}\"\n",
+        authority::zone(),
+        "m".repeat(200)
     )
+}
+
+#[tokio::test]
+async fn issue_14_signed_answers_that_do_not_fit_are_truncated() {
+    let server = signed_server(&[]).await;
+    // 400 bytes of TXT fit 512 bytes; with their signature they do not.
+    let plain = dig(
+        server.addr,
+        &[
+            "+norec",
+            "+bufsize=512",
+            "+ignore",
+            "medium.gto.example.com",
+            "TXT",
+        ],
+    )
+    .await;
+    assert!(
+        plain.contains("ANSWER: 1,") && !plain.contains(" tc"),
+        "{plain}"
+    );
+    let signed = dig(
+        server.addr,
+        &[
+            "+norec",
+            "+dnssec",
+            "+bufsize=512",
+            "+ignore",
+            "medium.gto.example.com",
+            "TXT",
+        ],
+    )
+    .await;
+    assert!(
+        signed.contains(" tc;") && signed.contains("ANSWER: 0,"),
+        "{signed}"
+    );
+    // Over TCP (dig retries there without +ignore) the signed answer is whole.
+    let tcp = dig(
+        server.addr,
+        &[
+            "+norec",
+            "+dnssec",
+            "+bufsize=512",
+            "medium.gto.example.com",
+            "TXT",
+        ],
+    )
+    .await;
+    assert!(
+        tcp.contains("ANSWER: 2,") && tcp.contains("RRSIG\tTXT"),
+        "{tcp}"
+    );
+    // A GSLB answer with its signature fits; the earliest expiry is exported.
+    let gslb = dig(
+        server.addr,
+        &[
+            "+norec",
+            "+dnssec",
+            "+bufsize=512",
+            "vpn.gto.example.com",
+            "A",
+        ],
+    )
+    .await;
+    assert!(
+        gslb.contains("RRSIG\tA 13 4 20") && !gslb.contains(" tc"),
+        "{gslb}"
+    );
+    let (_, metrics) = crate::support::http(server.admin(), "GET", "/metrics", None, "").await;
+    let left = crate::support::sample(
+        &metrics,
+        "gto_dnssec_signature_expiry_seconds",
+        &["zone=\"gto.example.com.\""],
+    );
+    assert!(
+        left > 13.0 * 86_400.0 && left <= 14.0 * 86_400.0,
+        "{left}\n{metrics}"
+    );
 }
 
 fn signed(config: &str) -> String {
