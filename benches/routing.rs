@@ -51,6 +51,77 @@ fn rebuild(c: &mut Criterion) {
     );
 }
 
+/// Issue 14: the same 100 x 100 config with the zone signed (one ECDSA P-256 CSK): the
+/// preparation signs every static RRset and every GSLB name's NODATA proofs; the build
+/// signs (or finds in the cache) every answer set the rankings produce.
+fn rebuild_signed(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("zone"), gto::config::EMBEDDED_ZONE).unwrap();
+    let text = config(100, 100).replacen(
+        "file = \"zone\"\n",
+        "file = \"zone\"\ndnssec = { keys = \"keys\" }\n",
+        1,
+    );
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    let now = gto::dnssec::now();
+    gto::dnssec::keys::generate(
+        &dir.path().join("keys"),
+        &Name::from_ascii("gto.example.com.").unwrap(),
+        gto::dnssec::keys::Role::Csk,
+        gto::dnssec::keys::KeyAlgorithm::EcdsaP256,
+        gto::dnssec::keys::Timeline {
+            created: now,
+            publish: now,
+            active: now,
+            retire: None,
+            remove: None,
+        },
+        3600,
+    )
+    .unwrap();
+    let loaded = ConfigSource::File(dir.path().join("gto.toml"))
+        .load()
+        .unwrap();
+    let states = EndpointStates::default();
+    let snapshot = build(&loaded, &states, 2);
+    assert_eq!(snapshot.zones_signed(), 1);
+    // A reload or re-signing: every signature made again (fresh cache).
+    c.bench_function(
+        "routing/signed_build_from_scratch_100_pools_x_100_endpoints",
+        |b| b.iter(|| black_box(build(black_box(&loaded), &states, 2))),
+    );
+    // A health flip: answer sets seen before come from the cache.
+    let prepared = prepare(&loaded, &states);
+    let _ = build_prepared(&prepared, &loaded, &states, 2);
+    c.bench_function(
+        "routing/signed_rebuild_after_flip_100_pools_x_100_endpoints",
+        |b| b.iter(|| black_box(build_prepared(&prepared, black_box(&loaded), &states, 2))),
+    );
+    // A flip that takes the first endpoint of every pool down: each pool's answer sets
+    // are new and signed once (measured on a fresh preparation each time).
+    let mut down = EndpointStates::default();
+    for pool in 0..100 {
+        down.down.insert(gto::routing::EndpointKey {
+            pool: format!("p{pool}"),
+            member: "m0".into(),
+        });
+    }
+    c.bench_function(
+        "routing/signed_rebuild_with_new_sets_100_pools_x_100_endpoints",
+        |b| {
+            b.iter_batched(
+                || {
+                    let prepared = prepare(&loaded, &states);
+                    let _ = build_prepared(&prepared, &loaded, &states, 2);
+                    prepared
+                },
+                |prepared| black_box(build_prepared(&prepared, &loaded, &down, 3)),
+                criterion::BatchSize::LargeInput,
+            )
+        },
+    );
+}
+
 /// 100 endpoints on 10 sites, 50 client networks, geo policy.
 fn geo_config() -> String {
     let mut text = String::from(
@@ -129,5 +200,5 @@ fn rank_query(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, rebuild, rank_query);
+criterion_group!(benches, rebuild, rebuild_signed, rank_query);
 criterion_main!(benches);

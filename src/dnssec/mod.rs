@@ -153,21 +153,30 @@ pub struct Signed {
     pub wire: Box<[u8]>,
 }
 
+/// Key of sets met at query time: owner, type and what else tells them apart.
 type CacheKey = (LowerName, RecordType, Box<[u8]>);
 type Slot = Arc<OnceLock<Option<Arc<Signed>>>>;
 
 /// The bounded single-flight cache of sets signed on first use: concurrent askers for one
 /// set wait for one signer.
-#[derive(Debug, Default)]
-pub struct SigCache {
-    map: Mutex<HashMap<CacheKey, Slot>>,
+#[derive(Debug)]
+pub struct SigCache<K = CacheKey> {
+    map: Mutex<HashMap<K, Slot>>,
 }
 
-impl SigCache {
+impl<K> Default for SigCache<K> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> SigCache<K> {
     /// The signed set for `key`, made by `make` if nobody has yet.
     pub fn get_or_sign(
         &self,
-        key: CacheKey,
+        key: K,
         make: impl FnOnce() -> Option<Signed>,
     ) -> Option<Arc<Signed>> {
         let slot = {
@@ -215,8 +224,10 @@ pub struct ZoneSigning {
     pub gslb_nsec: HashMap<(LowerName, bool, bool), Signed>,
     /// TTL of NSEC records (RFC 9077: the negative TTL).
     pub nsec_ttl: u32,
-    /// Sets signed on first use.
+    /// Sets signed on first use (denials, wildcard synthesis).
     pub cache: SigCache,
+    /// GSLB answer sets, by service index and [`set_key`].
+    pub gslb_cache: SigCache<(usize, Box<[u8]>)>,
     /// Signatures made in this preparation.
     pub signed: u64,
     /// When a key event or a rollover makes this preparation stale (seconds since the
@@ -397,6 +408,7 @@ impl ZoneSigning {
             gslb_nsec,
             nsec_ttl,
             cache: SigCache::default(),
+            gslb_cache: SigCache::default(),
             signed,
             next_event: None,
         }))
@@ -412,35 +424,29 @@ impl ZoneSigning {
             .ok()
     }
 
-    /// The signatures of a GSLB answer: `records` are its A or AAAA records (any order),
-    /// `question` the question they are prepared for (its length places the compression
-    /// pointer of the wire form).
-    pub fn gslb_set(&self, records: &[&Record], question: &[u8]) -> Option<Arc<Signed>> {
+    /// The signatures of a GSLB answer of the service at `service`: `records` are its A
+    /// or AAAA records (any order), `key` their [`set_key`], `question` the question they
+    /// are prepared for (its length places the compression pointer of the wire form).
+    pub fn gslb_set(
+        &self,
+        service: usize,
+        key: Box<[u8]>,
+        records: &[&Record],
+        question: &[u8],
+    ) -> Option<Arc<Signed>> {
         let first = records.first()?;
-        let mut addresses: Vec<IpAddr> = records
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
+        self.gslb_cache.get_or_sign((service, key), || {
+            let sigs = self.sign_now(&first.name, records)?;
+            let wire = crate::routing::wire::wire_records(question, &sigs)
+                .into_iter()
+                .flat_map(|w| w.later.into_vec())
+                .collect();
+            Some(Signed {
+                records: Vec::new(),
+                sigs,
+                wire,
             })
-            .collect();
-        addresses.sort();
-        let key = set_key(&addresses);
-        let owner = LowerName::from(&first.name);
-        self.cache
-            .get_or_sign((owner, first.record_type(), key), || {
-                let sigs = self.sign_now(&first.name, records)?;
-                let wire = crate::routing::wire::wire_records(question, &sigs)
-                    .into_iter()
-                    .flat_map(|w| w.later.into_vec())
-                    .collect();
-                Some(Signed {
-                    records: Vec::new(),
-                    sigs,
-                    wire,
-                })
-            })
+        })
     }
 
     /// The signatures of a set synthesized from a wildcard for `owner`, signed as if the
@@ -553,9 +559,10 @@ pub async fn maintain(
     }
 }
 
-/// The cache key of a GSLB set: its addresses, sorted, as bytes.
-pub fn set_key(sorted: &[IpAddr]) -> Box<[u8]> {
-    let mut key = Vec::with_capacity(sorted.len() * 16);
+/// The cache key of a GSLB set: its family, then its addresses, sorted, as bytes.
+pub fn set_key(v6: bool, sorted: &[IpAddr]) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(1 + sorted.len() * 16);
+    key.push(u8::from(v6));
     for address in sorted {
         match address {
             IpAddr::V4(v4) => key.extend_from_slice(&v4.octets()),
@@ -639,7 +646,7 @@ pub fn decorate<'s>(
     // Answer section: each RRset followed by its signatures.
     let answers = std::mem::take(&mut resolution.answers);
     let mut out: Vec<Cow<'s, Record>> = Vec::with_capacity(answers.len() * 2);
-    let gslb_set = resolution.gslb.is_some();
+    let gslb_set = resolution.gslb.as_ref();
     let mut final_name = qname.clone();
     let mut start = 0;
     while start < answers.len() {
@@ -664,9 +671,11 @@ pub fn decorate<'s>(
                 if synthesized {
                     let signed = signing.synthesized(&owner, &records)?;
                     Some(signed.sigs.iter().cloned().map(Cow::Owned).collect())
-                } else if gslb_set && is_last && matches!(rtype, RecordType::A | RecordType::AAAA) {
+                } else if let Some((node, _, _)) = gslb_set
+                    .filter(|_| is_last && matches!(rtype, RecordType::A | RecordType::AAAA))
+                {
                     let question = crate::routing::wire::gslb_question(&first.name);
-                    let signed = signing.gslb_set(&records, &question)?;
+                    let signed = node.signatures_of_records(&records, &question)?;
                     Some(signed.sigs.iter().cloned().map(Cow::Owned).collect())
                 } else {
                     let sigs = signing.static_sigs.get(&(owner.clone(), rtype))?;

@@ -835,7 +835,7 @@ fn prepared_signatures(
                     continue;
                 }
                 if let Some(signed) = node.signatures_of(&picks, v6, &question, &mut addresses) {
-                    signatures.insert(crate::dnssec::set_key(&addresses), signed);
+                    signatures.insert(crate::dnssec::set_key(v6, &addresses), signed);
                 }
             }
         }

@@ -477,7 +477,7 @@ impl GslbNode {
                 .filter_map(|&(e, r)| self.members.get(e)?.addresses_of(v6).nth(r)),
         );
         addresses.sort_unstable();
-        let key = crate::dnssec::set_key(addresses);
+        let key = crate::dnssec::set_key(v6, addresses);
         if let Some(found) = self.signatures.get(&key) {
             return Some(found.clone());
         }
@@ -485,7 +485,31 @@ impl GslbNode {
             .iter()
             .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
             .collect();
-        signing.gslb_set(&records, question)
+        signing.gslb_set(self.service, key, &records, question)
+    }
+
+    /// [`GslbNode::signatures_of`] for an answer's records.
+    pub fn signatures_of_records(
+        &self,
+        records: &[&Record],
+        question: &[u8],
+    ) -> Option<Arc<crate::dnssec::Signed>> {
+        let signing = self.signing.as_ref()?;
+        let v6 = records.first()?.record_type() == RecordType::AAAA;
+        let mut addresses: Vec<IpAddr> = records
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        addresses.sort_unstable();
+        let key = crate::dnssec::set_key(v6, &addresses);
+        if let Some(found) = self.signatures.get(&key) {
+            return Some(found.clone());
+        }
+        signing.gslb_set(self.service, key, records, question)
     }
 
     /// True when any answerable endpoint has an address of the family.
