@@ -132,5 +132,93 @@ fn fast_path(c: &mut Criterion) {
     }
 }
 
-criterion_group!(handler, benches, fast_path);
+fn query_bytes_do(name: &str, qtype: RecordType) -> Vec<u8> {
+    let mut message = Message::new(1, MessageType::Query, OpCode::Query);
+    message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(1232);
+    edns.set_dnssec_ok(true);
+    message.edns = Some(edns);
+    message.to_vec().unwrap()
+}
+
+/// Issue 14: the fast path answering DO queries, the embedded default unsigned and signed
+/// (one ECDSA P-256 CSK): the signed answer costs the signature's bytes, no signing.
+fn fast_path_signed(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("zone"), gto::config::EMBEDDED_ZONE).unwrap();
+    let config = gto::config::EMBEDDED_CONFIG.replace(
+        "file = \"../zones/gto.example.com.zone\"",
+        "file = \"zone\"",
+    );
+    std::fs::write(dir.path().join("unsigned.toml"), &config).unwrap();
+    std::fs::write(
+        dir.path().join("signed.toml"),
+        config.replace(
+            "file = \"zone\"",
+            "file = \"zone\"\ndnssec = { keys = \"keys\" }",
+        ),
+    )
+    .unwrap();
+    let now = gto::dnssec::now();
+    gto::dnssec::keys::generate(
+        &dir.path().join("keys"),
+        &Name::from_ascii("gto.example.com.").unwrap(),
+        gto::dnssec::keys::Role::Csk,
+        gto::dnssec::keys::KeyAlgorithm::EcdsaP256,
+        gto::dnssec::keys::Timeline {
+            created: now,
+            publish: now,
+            active: now,
+            retire: None,
+            remove: None,
+        },
+        3600,
+    )
+    .unwrap();
+    let sources = clients();
+    let mut next = 0usize;
+    for (file, prefix) in [
+        ("unsigned.toml", "fast/do_unsigned"),
+        ("signed.toml", "fast/do_signed"),
+    ] {
+        let loaded = ConfigSource::File(dir.path().join(file)).load().unwrap();
+        let snapshot = Builder::new(loaded).handle().load_full();
+        let mut scratch = gto::dns::fast::FastScratch::default();
+        let mut out = Vec::with_capacity(1232);
+        for (label, name, qtype) in [
+            ("gslb_a", "vpn.gto.example.com.", RecordType::A),
+            ("static_a", "www.gto.example.com.", RecordType::A),
+        ] {
+            let bytes = query_bytes_do(name, qtype);
+            let length = gto::dns::fast::respond(
+                &snapshot,
+                &snapshot.fast,
+                &bytes,
+                sources[0],
+                &mut scratch,
+                &mut out,
+            );
+            assert!(
+                matches!(length, gto::dns::fast::Reply::Send(l) if l > 0),
+                "{prefix}/{label}: {length:?}"
+            );
+            c.bench_function(&format!("{prefix}/{label}"), |b| {
+                b.iter(|| {
+                    next = (next + 1) & 0xffff;
+                    gto::dns::fast::respond(
+                        &snapshot,
+                        &snapshot.fast,
+                        black_box(&bytes),
+                        sources[next],
+                        &mut scratch,
+                        &mut out,
+                    )
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(handler, benches, fast_path, fast_path_signed);
 criterion_main!(handler);

@@ -116,7 +116,7 @@ pub enum DnssecCommand {
     },
 }
 
-/// Writes `gto.1`, `gto-run.1`, `gto-check.1`, `gto-explain.1` and the completions
+/// Writes `gto.1`, one page per subcommand (`gto-run.1`, `gto-dnssec.1`, ...) and the completions
 /// `gto.bash`, `_gto` (zsh) and `gto.fish` into `dir`.
 pub fn write_assets(dir: &std::path::Path) -> std::io::Result<()> {
     use clap::CommandFactory;

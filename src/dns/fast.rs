@@ -44,6 +44,7 @@ pub struct FastScratch {
     choice: Scratch,
     picks: Vec<(usize, usize)>,
     addresses: Vec<IpAddr>,
+    sig_key: Vec<u8>,
     /// Answers sent, by response code ([`RCODE_LABELS`]) and query type bucket
     /// ([`QTYPE_LABELS`]); the worker folds them into the metrics.
     pub answered: [[u64; QTYPE_BUCKETS]; 2],
@@ -389,6 +390,7 @@ fn write_answer<'s>(
                             v6,
                             &question.query[12..question.end],
                             &mut scratch.addresses,
+                            &mut scratch.sig_key,
                         )?;
                         out.extend_from_slice(&signatures.wire);
                         count += signatures.sigs.len();

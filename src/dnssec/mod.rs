@@ -562,6 +562,13 @@ pub async fn maintain(
 /// The cache key of a GSLB set: its family, then its addresses, sorted, as bytes.
 pub fn set_key(v6: bool, sorted: &[IpAddr]) -> Box<[u8]> {
     let mut key = Vec::with_capacity(1 + sorted.len() * 16);
+    set_key_into(v6, sorted, &mut key);
+    key.into_boxed_slice()
+}
+
+/// [`set_key`] into a reused buffer.
+pub fn set_key_into(v6: bool, sorted: &[IpAddr], key: &mut Vec<u8>) {
+    key.clear();
     key.push(u8::from(v6));
     for address in sorted {
         match address {
@@ -569,7 +576,6 @@ pub fn set_key(v6: bool, sorted: &[IpAddr]) -> Box<[u8]> {
             IpAddr::V6(v6) => key.extend_from_slice(&v6.octets()),
         }
     }
-    key.into_boxed_slice()
 }
 
 /// The DNSKEY, CDS and CDNSKEY RRsets of the apex for the keys of `ring` at `now`.

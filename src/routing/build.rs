@@ -793,7 +793,7 @@ fn gslb_node(
         default_ranking,
         unknown_ranking,
         signing: None,
-        signatures: HashMap::new(),
+        signatures: HashMap::default(),
     }
 }
 
@@ -802,11 +802,12 @@ fn gslb_node(
 fn prepared_signatures(
     node: &GslbNode,
     name: &hickory_proto::rr::Name,
-) -> HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>> {
+) -> HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>, foldhash::fast::RandomState> {
     let question = super::wire::gslb_question(name);
-    let mut signatures = HashMap::new();
+    let mut signatures = HashMap::default();
     let mut picks = Vec::new();
     let mut addresses = Vec::new();
+    let mut key = Vec::new();
     let mut order = Vec::new();
     let rankings = node
         .rankings
@@ -834,8 +835,9 @@ fn prepared_signatures(
                 if picks.is_empty() {
                     continue;
                 }
-                if let Some(signed) = node.signatures_of(&picks, v6, &question, &mut addresses) {
-                    signatures.insert(crate::dnssec::set_key(v6, &addresses), signed);
+                let signed = node.signatures_of(&picks, v6, &question, &mut addresses, &mut key);
+                if let Some(super::table::Signature::Cached(signed)) = signed {
+                    signatures.insert(key.as_slice().into(), signed);
                 }
             }
         }

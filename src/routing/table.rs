@@ -188,7 +188,7 @@ pub struct GslbNode {
     pub signing: Option<Arc<crate::dnssec::ZoneSigning>>,
     /// Signatures of the answer sets this snapshot's rankings produce, by
     /// [`crate::dnssec::set_key`].
-    pub signatures: HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>>,
+    pub signatures: HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>, foldhash::fast::RandomState>,
 }
 
 /// How a GSLB answer's endpoints were chosen.
@@ -300,6 +300,27 @@ impl Endpoint {
             load: self.load,
             overloaded: self.overloaded,
             available: self.available,
+        }
+    }
+}
+
+/// The signatures of a GSLB answer: prepared with the snapshot (borrowed, nothing shared
+/// is written per query), or from the signing cache.
+#[derive(Debug)]
+pub enum Signature<'a> {
+    /// Prepared when the snapshot was built.
+    Prepared(&'a crate::dnssec::Signed),
+    /// Signed on first use.
+    Cached(Arc<crate::dnssec::Signed>),
+}
+
+impl std::ops::Deref for Signature<'_> {
+    type Target = crate::dnssec::Signed;
+
+    fn deref(&self) -> &crate::dnssec::Signed {
+        match self {
+            Signature::Prepared(signed) => signed,
+            Signature::Cached(signed) => signed,
         }
     }
 }
@@ -462,13 +483,17 @@ impl GslbNode {
 
     /// The signatures of the answer `picks` (endpoint, record) of a family: from the
     /// prepared sets, else signed on first use. None in an unsigned zone.
+    ///
+    /// `addresses` and `key` are reused buffers: a set the snapshot prepared costs no
+    /// allocation.
     pub fn signatures_of(
         &self,
         picks: &[(usize, usize)],
         v6: bool,
         question: &[u8],
         addresses: &mut Vec<IpAddr>,
-    ) -> Option<Arc<crate::dnssec::Signed>> {
+        key: &mut Vec<u8>,
+    ) -> Option<Signature<'_>> {
         let signing = self.signing.as_ref()?;
         addresses.clear();
         addresses.extend(
@@ -477,15 +502,17 @@ impl GslbNode {
                 .filter_map(|&(e, r)| self.members.get(e)?.addresses_of(v6).nth(r)),
         );
         addresses.sort_unstable();
-        let key = crate::dnssec::set_key(v6, addresses);
-        if let Some(found) = self.signatures.get(&key) {
-            return Some(found.clone());
+        crate::dnssec::set_key_into(v6, addresses, key);
+        if let Some(found) = self.signatures.get(key.as_slice()) {
+            return Some(Signature::Prepared(found));
         }
         let records: Vec<&Record> = picks
             .iter()
             .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
             .collect();
-        signing.gslb_set(self.service, key, &records, question)
+        signing
+            .gslb_set(self.service, key.as_slice().into(), &records, question)
+            .map(Signature::Cached)
     }
 
     /// [`GslbNode::signatures_of`] for an answer's records.

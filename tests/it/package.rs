@@ -125,6 +125,7 @@ fn issue_16_the_package_holds_what_a_dns_server_package_should_and_passes_lintia
         "./usr/share/man/man1/gto-check.1.gz",
         "./usr/share/man/man1/gto-explain.1.gz",
         "./usr/share/man/man1/gto-probe.1.gz",
+        "./usr/share/man/man1/gto-dnssec.1.gz",
         "./usr/share/bash-completion/completions/gto",
         "./usr/share/zsh/vendor-completions/_gto",
         "./usr/share/fish/vendor_completions.d/gto.fish",
