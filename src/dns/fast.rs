@@ -18,6 +18,12 @@
 //! header, the question (copied, so the client's letter case stays), the chosen records
 //! and the OPT record are written.
 //!
+//! In a signed zone a query with DO gets the signed form of the same answers: static
+//! names' signed tails (prepared like the others), a GSLB answer followed by the prepared
+//! signature of its set (owner compressed to the first answer), a GSLB name's signed NODATA
+//! for the families it has now, and the compact denial of a name that does not exist from
+//! the zone's signing cache (a client that sets CO goes to the general path for NXDOMAIN).
+//!
 //! Response rate limiting ([`crate::routing::rrl`]) applies here as on the general path: a dropped
 //! answer is returned as length 0 (send nothing), a slipped one is rewritten in place to
 //! the general path's truncated form.
@@ -79,6 +85,8 @@ struct Ecs<'q> {
 struct Opt<'q> {
     payload: u16,
     dnssec_ok: bool,
+    /// The CO flag (RFC 9824): NXDOMAIN wanted with compact denial.
+    compact_ok: bool,
     ecs: Option<Ecs<'q>>,
 }
 
@@ -104,6 +112,7 @@ fn parse_opt(query: &[u8], at: usize) -> Option<Opt<'_>> {
     let mut opt = Opt {
         payload,
         dnssec_ok: flags & 0x8000 != 0,
+        compact_ok: flags & crate::dnssec::CO_FLAG != 0,
         ecs: None,
     };
     while pos < query.len() {
@@ -209,6 +218,8 @@ struct Written<'s> {
     authorities: u16,
     additionals: u16,
     class: ResponseClass,
+    /// The response code written (0 or 3), for the counters.
+    rcode: u8,
     /// ECS scope the answer depends on.
     scope: u8,
     /// The GSLB node answered from, whose endpoints (`scratch.picks`) are counted.
@@ -345,6 +356,7 @@ fn write_answer<'s>(
             service,
             nodata,
             signed,
+            signed_nodata,
         } => {
             let signed = *signed && dnssec_ok;
             let node = snapshot.service_node(*service)?;
@@ -397,8 +409,13 @@ fn write_answer<'s>(
                     }
                     (count as u16, 0, 0)
                 }
-                // NODATA with DNSSEC: the general path adds the proof.
-                None if signed => return None,
+                // NODATA with DNSSEC: the proof for the families the name has now.
+                None if signed => {
+                    let now = (node.has_family(false), node.has_family(true));
+                    let (_, tail) = signed_nodata.iter().find(|(f, _)| *f == now)?;
+                    out.extend_from_slice(&tail.bytes);
+                    (tail.answers, tail.authorities, tail.additionals)
+                }
                 None => {
                     out.extend_from_slice(&nodata.bytes);
                     (nodata.answers, nodata.authorities, nodata.additionals)
@@ -415,6 +432,7 @@ fn write_answer<'s>(
         } else {
             ResponseClass::NoData
         },
+        rcode: 0,
         scope,
         node: node_answered,
     })
@@ -443,12 +461,15 @@ fn write_nxdomain<'s>(
             }
         }
     })?;
-    let dnssec_ok = question.opt.as_ref().is_some_and(|o| o.dnssec_ok);
     let fast_zone = index.zones.get(zone)?;
-    if !fast_zone.plain || (dnssec_ok && fast_zone.signed) {
-        // Signed denials come from the general path (and its cache).
+    if !fast_zone.plain {
         // A wildcard may synthesize the name, or a delegation refer it.
         return None;
+    }
+    if let (Some(signing), Some(opt)) = (&fast_zone.signing, &question.opt)
+        && opt.dnssec_ok
+    {
+        return write_denial(signing, opt, question, scratch, out);
     }
     let identity = std::ptr::from_ref(index) as usize;
     if scratch.nxdomain_for != identity {
@@ -475,6 +496,45 @@ fn write_nxdomain<'s>(
         authorities: tail.authorities,
         additionals: tail.additionals,
         class: ResponseClass::NxDomain,
+        rcode: 3,
+        scope: 0,
+        node: None,
+    })
+}
+
+/// Compact denial (RFC 9824) of a name that does not exist in a signed zone, for a query
+/// with DO: NOERROR, the signed SOA and the NSEC at the name (NXNAME) with its signature,
+/// from the zone's cache (signed there on first use). A client that set CO gets NXDOMAIN
+/// from the general path.
+fn write_denial<'s>(
+    signing: &crate::dnssec::ZoneSigning,
+    opt: &Opt<'_>,
+    question: &Question<'_>,
+    scratch: &FastScratch,
+    out: &mut Vec<u8>,
+) -> Option<Written<'s>> {
+    if opt.compact_ok {
+        return None;
+    }
+    use hickory_proto::serialize::binary::BinDecodable;
+    let name = hickory_proto::rr::Name::from_bytes(&scratch.key).ok()?;
+    let denial = signing.denial(
+        &hickory_proto::rr::LowerName::from(name),
+        vec![crate::dnssec::NXNAME],
+    )?;
+    if denial.wire.is_empty() {
+        return None;
+    }
+    question.write_header(out, 0);
+    out.extend_from_slice(&denial.wire);
+    let authorities =
+        1 + signing.negative_soa_sigs.len() + denial.records.len() + denial.sigs.len();
+    Some(Written {
+        answers: 0,
+        authorities: u16::try_from(authorities).ok()?,
+        additionals: 0,
+        class: ResponseClass::NxDomain,
+        rcode: 0,
         scope: 0,
         node: None,
     })
@@ -492,7 +552,7 @@ fn finish(
     out[6..8].copy_from_slice(&written.answers.to_be_bytes());
     out[8..10].copy_from_slice(&written.authorities.to_be_bytes());
     out[10..12].copy_from_slice(&written.additionals.to_be_bytes());
-    let rcode = usize::from(written.class == ResponseClass::NxDomain);
+    let rcode = usize::from(written.rcode == 3);
     scratch.answered[rcode][qtype_bucket(question.qtype)] += 1;
     if let Some(rrl) = &snapshot.rrl {
         match rrl.check(question.source, written.class, &scratch.key, question.qtype) {

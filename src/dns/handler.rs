@@ -18,6 +18,10 @@
 //!   set, so the client retries over TCP.
 //! - ECS with an ADDRESS of the wrong length or bits beyond the prefix: FORMERR, the
 //!   option echoed as it came (RFC 7871 section 6).
+//! - DNSSEC, for a query with DO in a signed zone ([`crate::dnssec::decorate`]): RRSIGs
+//!   after each RRset, the signed SOA and NSEC of negative answers (compact denial, RFC
+//!   9824: a name that does not exist is NOERROR unless the query set CO), DS or its
+//!   absence proven in referrals. Queries without DO get exactly the unsigned answers.
 //! - UDP answers pass [response rate limiting](crate::routing::rrl): dropped, or sent empty with TC
 //!   (slipped), when one client prefix asks for more than its rate.
 //!
@@ -345,6 +349,9 @@ fn rate_limit(snapshot: &Snapshot, request: &Request, reply: &Reply<'_>) -> Verd
     };
     let query = request.queries.queries().first();
     let class = match reply.metadata.response_code {
+        // A compact denial (NOERROR with DNSSEC) is limited as the NXDOMAIN it stands for,
+        // so random names share one bucket.
+        _ if reply.resolution.outcome == Outcome::NoSuchName => ResponseClass::NxDomain,
         ResponseCode::NoError if reply.resolution.answers.is_empty() => ResponseClass::NoData,
         ResponseCode::NoError => ResponseClass::Answer,
         ResponseCode::NXDomain => ResponseClass::NxDomain,

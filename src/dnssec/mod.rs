@@ -149,7 +149,9 @@ pub struct Signed {
     pub records: Vec<Record>,
     /// Their RRSIG records.
     pub sigs: Vec<Record>,
-    /// `sigs` in wire form after a GSLB answer (empty for other sets).
+    /// For a GSLB set, `sigs` in wire form after the answer; for the denial of a name, the
+    /// whole authority section (SOA, NSEC and their signatures) after its question; empty
+    /// for other sets.
     pub wire: Box<[u8]>,
 }
 
@@ -215,6 +217,8 @@ pub struct ZoneSigning {
     pub window: Window,
     /// Signatures of static RRsets, by owner and type.
     pub static_sigs: HashMap<(LowerName, RecordType), Vec<Record>>,
+    /// The SOA as negative answers carry it.
+    pub negative_soa: Record,
     /// Signatures of the SOA with the negative TTL, for negative answers.
     pub negative_soa_sigs: Vec<Record>,
     /// The NODATA proof (NSEC at the name and its signatures) of every name that is not a
@@ -403,6 +407,7 @@ impl ZoneSigning {
             zone_signers,
             window,
             static_sigs,
+            negative_soa: content.negative_soa.clone(),
             negative_soa_sigs,
             nsec,
             gslb_nsec,
@@ -473,7 +478,7 @@ impl ZoneSigning {
     }
 
     /// A NODATA or NXNAME proof made on first use: NSEC at `owner` with `types`.
-    fn denial(&self, owner: &LowerName, types: Vec<RecordType>) -> Option<Arc<Signed>> {
+    pub(crate) fn denial(&self, owner: &LowerName, types: Vec<RecordType>) -> Option<Arc<Signed>> {
         let key: Box<[u8]> = types
             .iter()
             .flat_map(|t| u16::from(*t).to_be_bytes())
@@ -490,10 +495,24 @@ impl ZoneSigning {
                     ))),
                 );
                 let sigs = self.sign_now(&name, &[&record])?;
+                // The whole authority section of the denial, for the fast path (for a
+                // question of this name: its length fixes every compression pointer).
+                let mut question =
+                    hickory_proto::serialize::binary::BinEncodable::to_bytes(&name.to_lowercase())
+                        .ok()?;
+                question.extend_from_slice(&[0, 1, 0, 1]);
+                let mut authority = vec![&self.negative_soa];
+                authority.extend(&self.negative_soa_sigs);
+                authority.push(&record);
+                authority.extend(&sigs);
+                let wire = crate::routing::wire::encode_tail(&question, &[], &authority, &[])
+                    .filter(|tail| tail.answers == 0 && tail.additionals == 0)
+                    .map(|tail| tail.bytes)
+                    .unwrap_or_default();
                 Some(Signed {
                     records: vec![record],
                     sigs,
-                    wire: Box::default(),
+                    wire,
                 })
             })
     }
@@ -805,5 +824,73 @@ fn nodata_proof<'s>(
         if let Some(proof) = signing.denial(name, types) {
             push_owned(into, &proof);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys::{Role, Timings};
+    use super::*;
+
+    #[test]
+    fn a_set_is_signed_once_however_many_ask_at_once() {
+        let cache: SigCache<u32> = SigCache::default();
+        let made = AtomicU64::new(0);
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    start.wait();
+                    let signed = cache.get_or_sign(7, || {
+                        made.fetch_add(1, Ordering::SeqCst);
+                        Some(Signed::default())
+                    });
+                    assert!(signed.is_some());
+                });
+            }
+        });
+        assert_eq!(made.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let cache: SigCache<usize> = SigCache::default();
+        for key in 0..CACHE_CAPACITY + 10 {
+            cache.get_or_sign(key, || Some(Signed::default()));
+        }
+        assert!(cache.len() <= CACHE_CAPACITY, "{}", cache.len());
+        // What is still asked for is signed again.
+        let again = AtomicU64::new(0);
+        cache.get_or_sign(0, || {
+            again.fetch_add(1, Ordering::SeqCst);
+            Some(Signed::default())
+        });
+        assert_eq!(again.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn rollover_intervals_follow_the_ttls() {
+        let timings = Timings {
+            dnskey_ttl: 3600,
+            max_ttl: 300,
+            parent_ds_ttl: 86_400,
+            propagation: 600,
+        };
+        assert_eq!(timings.publish_interval(), 4200);
+        // A ZSK waits for the data's signatures (here the DNSKEY TTL is the largest).
+        assert_eq!(timings.retire_interval(Role::Zsk), 4200);
+        // A CSK or KSK also waits for the parent's DS to expire from caches.
+        assert_eq!(timings.retire_interval(Role::Csk), 87_000);
+        assert_eq!(timings.retire_interval(Role::Ksk), 87_000);
+    }
+
+    #[test]
+    fn the_successor_of_a_name_is_right_after_it() {
+        let name = Name::from_ascii("vpn.gto.example.com.").unwrap();
+        let next = successor(&name).unwrap();
+        assert_eq!(next.num_labels(), 5);
+        assert!(next > name, "{next} sorts after {name}");
+        assert!(next.zone_of(&name) || name.zone_of(&next));
     }
 }

@@ -37,6 +37,8 @@ pub(crate) enum Entry {
         service: usize,
         nodata: Tail,
         signed: bool,
+        /// Signed NODATA tails by the families the name can answer now (A, AAAA).
+        signed_nodata: Vec<((bool, bool), Tail)>,
     },
     /// A static name: the tail per type it has, and the NODATA tail for the rest; in a
     /// signed zone the same with DNSSEC records, for queries with DO.
@@ -83,8 +85,9 @@ pub(crate) struct FastZone {
     /// No wildcards and no delegations: a name under the origin that is not indexed does
     /// not exist (NXDOMAIN). Otherwise the general path answers such names.
     pub(crate) plain: bool,
-    /// Signed: queries with DO for names that do not exist go to the general path.
-    pub(crate) signed: bool,
+    /// The zone's signatures when it is signed: the denial of a name that does not exist
+    /// comes from its cache.
+    pub(crate) signing: Option<std::sync::Arc<crate::dnssec::ZoneSigning>>,
 }
 
 /// The question section hickory-server writes for a request: the raw bytes, with one
@@ -205,10 +208,31 @@ impl FastIndex {
                         let Some(nodata) = nodata_for(RecordType::TXT) else {
                             continue;
                         };
+                        let signed_nodata = zone
+                            .signing
+                            .as_ref()
+                            .map(|signing| {
+                                let question = question_bytes(&name_ref, RecordType::TXT);
+                                signing
+                                    .gslb_nsec
+                                    .iter()
+                                    .filter(|((owner, _, _), _)| owner == name)
+                                    .filter_map(|((_, a, aaaa), proof)| {
+                                        let mut authority = vec![&signing.negative_soa];
+                                        authority.extend(&signing.negative_soa_sigs);
+                                        authority.extend(&proof.records);
+                                        authority.extend(&proof.sigs);
+                                        let tail = encode_tail(&question, &[], &authority, &[])?;
+                                        Some(((*a, *aaaa), tail))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                         Entry::Gslb {
                             service: gslb.service,
                             nodata,
                             signed,
+                            signed_nodata,
                         }
                     }
                     Node::EmptyNonTerminal => {
@@ -280,7 +304,7 @@ impl FastIndex {
                 origin: key_of(&zone.origin).into_boxed_slice(),
                 soa: zone.negative_soa.clone(),
                 plain: zone.cuts.is_empty() && !zone.has_wildcards,
-                signed: zone.signing.is_some(),
+                signing: zone.signing.clone(),
             })
             .collect();
         Self { names, zones }

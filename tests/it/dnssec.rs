@@ -106,6 +106,85 @@ async fn issue_14_signed_answers_that_do_not_fit_are_truncated() {
     );
 }
 
+#[test]
+fn issue_14_check_locates_every_key_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    // Zone one: its key directory does not exist. Zone two: a private key others can read.
+    let config = format!(
+        "{}\n[[zone]]\norigin = \"lab.gto.example.com.\"\nfile = \"lab.zone\"\n\
+         dnssec = {{ keys = \"labkeys\", lifetime = \"5m\" }}\n",
+        signed(&crate::support::config("")).replace("keys = \"keys\"", "keys = \"missing\"")
+    );
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    std::fs::write(
+        dir.path().join("gto.example.com.zone"),
+        crate::support::ZONE,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("lab.zone"),
+        "$ORIGIN lab.gto.example.com.\n@ 300 SOA ns1 h 1 3600 600 86400 60\n@ 300 NS ns1\nns1 300 A 192.0.2.1\n",
+    )
+    .unwrap();
+    let output = gto_bin()
+        .args([
+            "dnssec",
+            "keygen",
+            "--zone",
+            "lab.gto.example.com.",
+            "--dir",
+        ])
+        .arg(dir.path().join("labkeys"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir.path().join("labkeys")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "private") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let output = gto_bin()
+        .args(["check", "--config"])
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].contains("gto.toml:")
+            && lines[0].contains("zone[0].dnssec.keys")
+            && lines[0].contains("is not a directory"),
+        "{stderr}"
+    );
+    assert!(lines.iter().any(|l| l.contains("zone[1].dnssec.keys") && l.contains("readable by group or others")), "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("zone[1].dnssec.lifetime") && l.contains("at least 1h")),
+        "{stderr}"
+    );
+    // Bad arguments to keygen: exit 64 with the reason.
+    let output = gto_bin()
+        .args([
+            "dnssec",
+            "keygen",
+            "--zone",
+            "x.",
+            "--dir",
+            "/tmp",
+            "--algorithm",
+            "rsa",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--algorithm"));
+}
+
 fn signed(config: &str) -> String {
     config.replacen(
         "file = \"gto.example.com.zone\"\n",

@@ -312,6 +312,9 @@ async fn signed_answers_are_the_same_on_both_paths() {
         ("www.gto.example.com.", RecordType::A),
         ("www.gto.example.com.", RecordType::TXT),
         ("gto.example.com.", RecordType::DNSKEY),
+        // NODATA of a GSLB name, and the compact denial of a name that does not exist.
+        ("vpn.gto.example.com.", RecordType::TXT),
+        ("nope.gto.example.com.", RecordType::A),
     ] {
         let mut message = Message::new(9, MessageType::Query, OpCode::Query);
         message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
