@@ -312,7 +312,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
     // DNSSEC records for a client that asked for them (DO), in signed zones only.
     let dnssec_ok = client_edns.is_some_and(|e| e.flags().dnssec_ok);
     let compact_nxdomain =
-        dnssec_ok && crate::dnssec::decorate(snapshot, query.name(), &mut resolution);
+        dnssec_ok && crate::dnssec::decorate(snapshot, query.name(), qtype, &mut resolution);
     if let (Some(subnet), Some(edns)) = (&subnet, edns.as_mut())
         && resolution.scope > 0
         && subnet.source_prefix() > 0

@@ -663,6 +663,7 @@ pub fn apex_sets(
 pub fn decorate<'s>(
     snapshot: &'s Snapshot,
     qname: &LowerName,
+    qtype: RecordType,
     resolution: &mut Resolution<'s>,
 ) -> bool {
     if resolution.outcome == Outcome::NotOurs {
@@ -689,8 +690,9 @@ pub fn decorate<'s>(
         let records: Vec<&Record> = group.iter().map(AsRef::as_ref).collect();
         let synthesized = matches!(group.first(), Some(Cow::Owned(_)));
         let is_last = end == answers.len();
+        // DS at a child's apex is the parent's (when we serve both).
         let sigs: Option<Vec<Cow<'s, Record>>> = snapshot
-            .zone_of(&owner)
+            .zone_for(&owner, rtype)
             .and_then(|zone| zone.signing.as_deref())
             .and_then(|signing| {
                 if synthesized {
@@ -765,8 +767,9 @@ pub fn decorate<'s>(
         }
         Outcome::Found if positive && !resolution.answers.is_empty() => false,
         Outcome::Found | Outcome::NoSuchName => {
-            // A negative answer, maybe after a CNAME chain: the proof is about its end.
-            let Some(zone) = snapshot.zone_of(&final_name) else {
+            // A negative answer, maybe after a CNAME chain: the proof is about its end,
+            // from the zone that answered (the parent, for DS at a child's apex).
+            let Some(zone) = snapshot.zone_for(&final_name, qtype) else {
                 return false;
             };
             let Some(signing) = zone.signing.as_deref() else {

@@ -629,7 +629,7 @@ impl Snapshot {
     /// The zone that answers `qtype` at `name`: the most specific one, except that DS at
     /// the apex of a zone is answered by its parent zone when we serve that too and it
     /// delegates the child there (RFC 4035 section 3.1.4.1).
-    fn zone_for(&self, name: &LowerName, qtype: RecordType) -> Option<&ZoneTable> {
+    pub fn zone_for(&self, name: &LowerName, qtype: RecordType) -> Option<&ZoneTable> {
         let first = self.zone_of(name)?;
         if qtype == RecordType::DS && first.origin == *name {
             return Some(self.delegating_parent(first).unwrap_or(first));

@@ -190,7 +190,7 @@ impl FastIndex {
                     let question = question_bytes(&name_ref, qtype);
                     let mut r = snapshot.resolve(name, qtype, None);
                     if dnssec {
-                        crate::dnssec::decorate(snapshot, name, &mut r);
+                        crate::dnssec::decorate(snapshot, name, qtype, &mut r);
                     }
                     encode_tail(
                         &question,

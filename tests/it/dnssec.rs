@@ -106,6 +106,69 @@ async fn issue_14_signed_answers_that_do_not_fit_are_truncated() {
     );
 }
 
+/// A signed child zone that gto serves too, delegated from the signed parent with the DS
+/// `gto dnssec keygen` printed: unbound follows the chain of trust from the parent's anchor
+/// through the DS (answered and signed by the parent) to the child's keys.
+#[tokio::test]
+async fn issue_14_the_chain_of_trust_reaches_a_signed_child_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let printed = keygen(dir.path(), "keys", &[]);
+    assert!(printed.contains(" IN DS "));
+    let output = gto_bin()
+        .args([
+            "dnssec",
+            "keygen",
+            "--zone",
+            "child.gto.example.com.",
+            "--dir",
+        ])
+        .arg(dir.path().join("childkeys"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let child_ds: String = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" IN DS "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(child_ds.lines().count(), 1);
+    let parent = format!(
+        "{}child IN NS ns1.gto.example.com.\n{child_ds}",
+        crate::support::ZONE
+    );
+    let child = "$ORIGIN child.gto.example.com.\n\
+                 @ 300 SOA ns1.gto.example.com. h.example.com. 1 3600 600 86400 60\n\
+                 @ 300 NS ns1.gto.example.com.\n\
+                 www 300 A 192.0.2.150\n";
+    let config = format!(
+        "{}\n[[zone]]\norigin = \"child.gto.example.com.\"\nfile = \"child.zone\"\n\
+         dnssec = {{ keys = \"childkeys\" }}\n",
+        signed(&crate::support::config(""))
+    );
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), parent).unwrap();
+    std::fs::write(dir.path().join("child.zone"), child).unwrap();
+    let server = TestServer::start_in(dir).await;
+    let anchors: String = ds_of(server.dir.path())
+        .lines()
+        .filter(|l| l.starts_with("gto.example.com.") && l.contains(" IN DS "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        anchors.lines().count(),
+        1,
+        "the parent's DS only: {anchors}"
+    );
+    let unbound = Unbound::start("gto.example.com.", server.addr, &anchors).await;
+    let ds = expect_ad(&unbound, &["child.gto.example.com", "DS"], "NOERROR").await;
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    let www = expect_ad(&unbound, &["www.child.gto.example.com", "A"], "NOERROR").await;
+    assert_eq!(www, ["192.0.2.150"]);
+    let none = expect_ad(&unbound, &["nope.child.gto.example.com", "A"], "NOERROR").await;
+    assert!(none.is_empty());
+}
+
 #[test]
 fn issue_14_check_locates_every_key_problem() {
     let dir = tempfile::tempdir().unwrap();
