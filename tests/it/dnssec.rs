@@ -104,6 +104,13 @@ async fn issue_14_signed_answers_that_do_not_fit_are_truncated() {
         left > 13.0 * 86_400.0 && left <= 14.0 * 86_400.0,
         "{left}\n{metrics}"
     );
+    let (_, status) =
+        crate::support::http_json(server.admin(), "GET", "/v1/status", None, "").await;
+    let zone = &status["dnssec"][0];
+    assert_eq!(zone["zone"], "gto.example.com.");
+    assert_eq!(zone["signing_keys"][0]["role"], "csk");
+    assert_eq!(zone["signing_keys"][0]["algorithm"], 13);
+    assert!(zone["cached_sets"].as_u64().unwrap() >= 1, "{status}");
 }
 
 /// A signed child zone that gto serves too, delegated from the signed parent with the DS
