@@ -139,9 +139,7 @@ fn dnssec(command: gto::cli::DnssecCommand) -> ExitCode {
                     });
                     match index {
                         None => return usage(format!("zone {zone} is not in the config")),
-                        Some(index) => {
-                            commands::rollover(&loaded, index, role).map_err(|e| usage(e))
-                        }
+                        Some(index) => commands::rollover(&loaded, index, role).map_err(usage),
                     }
                 }
             }

@@ -239,6 +239,10 @@ pub struct ZoneSigning {
     pub next_event: Option<u64>,
 }
 
+/// Signs one RRset (owner, records) with some keys, counting signatures.
+type SignWith<'a> =
+    dyn FnMut(&[Arc<Key>], &Name, &[&Record]) -> Result<Vec<Record>, SignError> + 'a;
+
 /// The type bitmap of a name's NODATA proof: its types, RRSIG and NSEC.
 fn bitmap(types: impl IntoIterator<Item = RecordType>) -> Vec<RecordType> {
     let mut all: Vec<RecordType> = types.into_iter().collect();
@@ -312,11 +316,7 @@ impl ZoneSigning {
         let mut gslb_nsec = HashMap::new();
         let nsec_of = |owner: &Name,
                        types: Vec<RecordType>,
-                       sign_with: &mut dyn FnMut(
-            &[Arc<Key>],
-            &Name,
-            &[&Record],
-        ) -> Result<Vec<Record>, SignError>|
+                       sign_with: &mut SignWith<'_>|
          -> Result<Option<Signed>, SignError> {
             let Some(next) = successor(owner) else {
                 return Ok(None);
