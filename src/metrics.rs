@@ -26,6 +26,9 @@ pub const DNSSEC_SIGNATURE_EXPIRY_SECONDS: &str = "gto_dnssec_signature_expiry_s
 /// RRsets signed on first use (sets no snapshot had prepared, denials of names that do not
 /// exist, wildcard synthesis).
 pub const DNSSEC_SIGNED_ON_USE_TOTAL: &str = "gto_dnssec_signed_on_use_total";
+/// Signatures on first use refused because the zone's budget for client-chosen names
+/// (denials, wildcard synthesis) was spent: a flood of new names.
+pub const DNSSEC_SIGNING_REFUSED_TOTAL: &str = "gto_dnssec_signing_refused_total";
 /// Signatures made when the config part of snapshots was prepared (load, reload,
 /// re-signing, key events).
 pub const DNSSEC_SIGNED_AT_LOAD_TOTAL: &str = "gto_dnssec_signed_at_load_total";
@@ -131,6 +134,11 @@ pub fn describe_all() {
         DNSSEC_SIGNED_ON_USE_TOTAL,
         Unit::Count,
         "DNSSEC RRsets signed on first use."
+    );
+    describe_counter!(
+        DNSSEC_SIGNING_REFUSED_TOTAL,
+        Unit::Count,
+        "DNSSEC signatures on first use refused: the budget for client-chosen names was spent."
     );
     describe_counter!(
         DNSSEC_SIGNED_AT_LOAD_TOTAL,

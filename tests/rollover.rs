@@ -1,6 +1,7 @@
-//! Issue 14: key rollovers driven through their stages on an injected clock
-//! ([`gto::dnssec::set_clock`], process-wide, hence this separate test binary), with a real
-//! validating resolver (unbound) judging the answers at every stage.
+//! Issue 14: DNSSEC on an injected clock ([`gto::dnssec::set_clock`], process-wide, hence
+//! this separate test binary): key rollovers driven through their stages with a real
+//! validating resolver (unbound) judging the answers at every stage, and the signing
+//! budget under a flood of new names.
 //!
 //! The injected clock starts two days before the real one and moves forward by the
 //! rollover's own timings (derived from TTLs), so every signature made on it is still
@@ -218,4 +219,56 @@ async fn issue_14_a_zsk_rollover_keeps_the_ds_and_stays_valid() {
         );
         valid_with(&server, &ds, stage).await;
     }
+}
+
+/// A flood of new names with DO (a random-subdomain attack on a signed zone) costs at most
+/// the zone's signing budget per second: every query is still answered, the denials past
+/// the budget go out without their proof and are counted, and the next second signs again.
+#[tokio::test]
+async fn issue_14_a_flood_of_random_names_is_signed_within_a_budget() {
+    let _turn = CLOCK.lock().await;
+    let t0 = real_now();
+    gto::dnssec::set_clock(t0);
+    let dir = tempfile::tempdir().unwrap();
+    let server = signed_server(dir, &[Role::Csk], t0).await;
+    let budget = gto::dnssec::ONLINE_SIGNING_PER_SECOND as usize;
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(1232);
+    edns.flags_mut().dnssec_ok = true;
+    let ask = |name: String| {
+        let edns = edns.clone();
+        async move {
+            let bytes = support::query(&name, hickory_proto::rr::RecordType::A, Some(edns))
+                .to_vec()
+                .unwrap();
+            let reply = hickory_proto::op::Message::from_vec(
+                &support::udp_raw(server.addr, &bytes).await.unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                reply.metadata.response_code,
+                hickory_proto::op::ResponseCode::NoError
+            );
+            reply
+                .authorities
+                .iter()
+                .any(|r| r.record_type() == hickory_proto::rr::RecordType::NSEC)
+        }
+    };
+    let total = budget + budget / 4;
+    let mut with_proof = 0;
+    for i in 0..total {
+        with_proof += usize::from(ask(format!("r{i}x.gto.example.com.")).await);
+    }
+    assert_eq!(
+        with_proof, budget,
+        "the clock stood still: one second's budget"
+    );
+    let (_, metrics) = support::http(server.admin(), "GET", "/metrics", None, "").await;
+    let refused = support::sample(&metrics, "gto_dnssec_signing_refused_total", &[]);
+    assert_eq!(refused as usize, total - budget, "{metrics}");
+    // A name already signed still has its proof; the next second signs new ones again.
+    assert!(ask("r0x.gto.example.com.".into()).await);
+    gto::dnssec::set_clock(t0 + 1);
+    assert!(ask(format!("r{total}x.gto.example.com.")).await);
 }

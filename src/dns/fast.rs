@@ -21,8 +21,9 @@
 //! In a signed zone a query with DO gets the signed form of the same answers: static
 //! names' signed tails (prepared like the others), a GSLB answer followed by the prepared
 //! signature of its set (owner compressed to the first answer), a GSLB name's signed NODATA
-//! for the families it has now, and the compact denial of a name that does not exist from
-//! the zone's signing cache (a client that sets CO goes to the general path for NXDOMAIN).
+//! for the families it has now, and the compact denial of a name that does not exist once
+//! the general path has signed it into the zone's cache (a client that sets CO goes to the
+//! general path for NXDOMAIN).
 //!
 //! Response rate limiting ([`crate::routing::rrl`]) applies here as on the general path: a dropped
 //! answer is returned as length 0 (send nothing), a slipped one is rewritten in place to
@@ -504,8 +505,8 @@ fn write_nxdomain<'s>(
 
 /// Compact denial (RFC 9824) of a name that does not exist in a signed zone, for a query
 /// with DO: NOERROR, the signed SOA and the NSEC at the name (NXNAME) with its signature,
-/// from the zone's cache (signed there on first use). A client that set CO gets NXDOMAIN
-/// from the general path.
+/// when the zone's cache holds it; the first query for a name goes to the general path,
+/// which signs it. A client that set CO gets NXDOMAIN from the general path.
 fn write_denial<'s>(
     signing: &crate::dnssec::ZoneSigning,
     opt: &Opt<'_>,
@@ -518,10 +519,8 @@ fn write_denial<'s>(
     }
     use hickory_proto::serialize::binary::BinDecodable;
     let name = hickory_proto::rr::Name::from_bytes(&scratch.key).ok()?;
-    let denial = signing.denial(
-        &hickory_proto::rr::LowerName::from(name),
-        vec![crate::dnssec::NXNAME],
-    )?;
+    // Signed before (by the general path, which signs within the zone's budget)?
+    let denial = signing.cached_denial(&hickory_proto::rr::LowerName::from(name))?;
     if denial.wire.is_empty() {
         return None;
     }

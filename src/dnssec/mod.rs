@@ -181,18 +181,45 @@ impl<K: std::hash::Hash + Eq> SigCache<K> {
         key: K,
         make: impl FnOnce() -> Option<Signed>,
     ) -> Option<Arc<Signed>> {
+        self.get_or_sign_within(key, None, make)
+    }
+
+    /// [`SigCache::get_or_sign`], where a set not yet cached is signed only while `budget`
+    /// has room (None when it has not: nothing is cached, the next ask may sign).
+    pub fn get_or_sign_within(
+        &self,
+        key: K,
+        budget: Option<&Budget>,
+        make: impl FnOnce() -> Option<Signed>,
+    ) -> Option<Arc<Signed>> {
         let slot = {
             let mut map = self.map.lock().ok()?;
-            if map.len() >= CACHE_CAPACITY && !map.contains_key(&key) {
-                map.clear();
+            match map.get(&key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    if budget.is_some_and(|b| !b.take()) {
+                        metrics::counter!(crate::metrics::DNSSEC_SIGNING_REFUSED_TOTAL)
+                            .increment(1);
+                        return None;
+                    }
+                    if map.len() >= CACHE_CAPACITY {
+                        map.clear();
+                    }
+                    map.entry(key).or_default().clone()
+                }
             }
-            map.entry(key).or_default().clone()
         };
         slot.get_or_init(|| {
             metrics::counter!(crate::metrics::DNSSEC_SIGNED_ON_USE_TOTAL).increment(1);
             make().map(Arc::new)
         })
         .clone()
+    }
+
+    /// The signed set for `key` if one is cached (never signs).
+    pub fn get(&self, key: &K) -> Option<Arc<Signed>> {
+        let map = self.map.lock().ok()?;
+        map.get(key)?.get()?.clone()
     }
 
     /// Sets held.
@@ -203,6 +230,54 @@ impl<K: std::hash::Hash + Eq> SigCache<K> {
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Signatures a zone makes on first use for names a client chose (denials of names that
+/// do not exist, wildcard synthesis) per second at most, and in a burst: a flood of random
+/// names costs at most this much signing. Past it such answers go out without their proof
+/// (a validator treats them as bogus) until the budget refills; `gto_dnssec_signing_refused_total`
+/// counts them. GSLB sets, which the config bounds, are never refused.
+pub const ONLINE_SIGNING_PER_SECOND: u32 = 2000;
+
+/// Signatures left in the current second ([`ONLINE_SIGNING_PER_SECOND`] each second), on
+/// the signing clock ([`now`]).
+#[derive(Debug)]
+pub struct Budget {
+    clock: fn() -> u64,
+    state: Mutex<(u64, u32)>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::with_clock(now)
+    }
+}
+
+impl Budget {
+    /// A budget on another clock (seconds), for tests.
+    pub fn with_clock(clock: fn() -> u64) -> Self {
+        Self {
+            clock,
+            state: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Takes one signature if this second has room.
+    pub fn take(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let second = (self.clock)();
+        if state.0 != second {
+            *state = (second, ONLINE_SIGNING_PER_SECOND);
+        }
+        if state.1 > 0 {
+            state.1 -= 1;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -232,6 +307,8 @@ pub struct ZoneSigning {
     pub cache: SigCache,
     /// GSLB answer sets, by service index and [`set_key`].
     pub gslb_cache: SigCache<(usize, Box<[u8]>)>,
+    /// What signing on first use for client-chosen names may still spend.
+    pub budget: Budget,
     /// Signatures made in this preparation.
     pub signed: u64,
     /// When a key event or a rollover makes this preparation stale (seconds since the
@@ -414,6 +491,7 @@ impl ZoneSigning {
             nsec_ttl,
             cache: SigCache::default(),
             gslb_cache: SigCache::default(),
+            budget: Budget::default(),
             signed,
             next_event: None,
         }))
@@ -458,8 +536,10 @@ impl ZoneSigning {
     /// name existed.
     fn synthesized(&self, owner: &LowerName, records: &[&Record]) -> Option<Arc<Signed>> {
         let first = records.first()?;
-        self.cache
-            .get_or_sign((owner.clone(), first.record_type(), Box::default()), || {
+        self.cache.get_or_sign_within(
+            (owner.clone(), first.record_type(), Box::default()),
+            Some(&self.budget),
+            || {
                 let lowered: Vec<Record> = records
                     .iter()
                     .map(|r| {
@@ -474,17 +554,24 @@ impl ZoneSigning {
                     sigs: self.sign_now(&Name::from(owner), &refs)?,
                     wire: Box::default(),
                 })
-            })
+            },
+        )
     }
 
     /// A NODATA or NXNAME proof made on first use: NSEC at `owner` with `types`.
-    pub(crate) fn denial(&self, owner: &LowerName, types: Vec<RecordType>) -> Option<Arc<Signed>> {
-        let key: Box<[u8]> = types
-            .iter()
-            .flat_map(|t| u16::from(*t).to_be_bytes())
-            .collect();
+    /// The denial of `owner` (NSEC with NXNAME) if it was signed before: the fast path
+    /// answers from it and leaves signing (and its budget) to the general path.
+    pub(crate) fn cached_denial(&self, owner: &LowerName) -> Option<Arc<Signed>> {
         self.cache
-            .get_or_sign((owner.clone(), RecordType::NSEC, key), || {
+            .get(&(owner.clone(), RecordType::NSEC, types_key(&[NXNAME])))
+    }
+
+    fn denial(&self, owner: &LowerName, types: Vec<RecordType>) -> Option<Arc<Signed>> {
+        let key = types_key(&types);
+        self.cache.get_or_sign_within(
+            (owner.clone(), RecordType::NSEC, key),
+            Some(&self.budget),
+            || {
                 let name = Name::from(owner);
                 let record = Record::from_rdata(
                     name.clone(),
@@ -514,7 +601,8 @@ impl ZoneSigning {
                     sigs,
                     wire,
                 })
-            })
+            },
+        )
     }
 }
 
@@ -602,6 +690,14 @@ pub async fn maintain(
             let _ = signed.await;
         }
     }
+}
+
+/// The part of a denial's cache key that tells its type bitmaps apart.
+fn types_key(types: &[RecordType]) -> Box<[u8]> {
+    types
+        .iter()
+        .flat_map(|t| u16::from(*t).to_be_bytes())
+        .collect()
 }
 
 /// The cache key of a GSLB set: its family, then its addresses, sorted, as bytes.
@@ -880,6 +976,33 @@ mod tests {
         });
         assert_eq!(made.load(Ordering::SeqCst), 1);
         assert_eq!(cache.len(), 1);
+    }
+
+    static SECOND: AtomicU64 = AtomicU64::new(1_000);
+
+    #[test]
+    fn a_flood_of_new_names_is_signed_within_the_budget() {
+        let cache: SigCache<usize> = SigCache::default();
+        let budget = Budget::with_clock(|| SECOND.load(Ordering::SeqCst));
+        let made = AtomicU64::new(0);
+        let ask = |key: usize| {
+            cache
+                .get_or_sign_within(key, Some(&budget), || {
+                    made.fetch_add(1, Ordering::SeqCst);
+                    Some(Signed::default())
+                })
+                .is_some()
+        };
+        let burst = ONLINE_SIGNING_PER_SECOND as usize;
+        assert!((0..burst).all(ask));
+        // Past the budget a new name is refused and not cached; a cached one answers.
+        assert!(!ask(burst));
+        assert!(ask(0));
+        assert_eq!(made.load(Ordering::SeqCst), burst as u64);
+        // The next second brings a new budget; the refused name is signed now.
+        SECOND.fetch_add(1, Ordering::SeqCst);
+        assert!(ask(burst));
+        assert_eq!(made.load(Ordering::SeqCst), burst as u64 + 1);
     }
 
     #[test]
