@@ -113,6 +113,14 @@ pub struct Loaded {
     pub warnings: Vec<ConfigError>,
     /// The DNSSEC keys of each zone (same order as `zones`), for zones with `dnssec`.
     pub keys: Vec<Option<std::sync::Arc<crate::dnssec::keys::KeyRing>>>,
+    /// When each key directory was last changed as of that read (a later change means
+    /// keys to read again).
+    pub keys_changed: Vec<Option<std::time::SystemTime>>,
+}
+
+/// When a directory last changed (a file added, removed or renamed over).
+pub fn changed_at(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(dir).and_then(|m| m.modified()).ok()
 }
 
 impl Loaded {
@@ -123,10 +131,15 @@ impl Loaded {
             let Some(dnssec) = &spec.dnssec else {
                 continue;
             };
+            // Before reading: a change while reading is seen by the next check.
+            let changed = changed_at(&dnssec.keys);
             match crate::dnssec::keys::read_dir(&dnssec.keys, &spec.origin) {
                 Ok(ring) => {
                     if let Some(slot) = self.keys.get_mut(index) {
                         *slot = Some(std::sync::Arc::new(ring));
+                    }
+                    if let Some(slot) = self.keys_changed.get_mut(index) {
+                        *slot = changed;
                     }
                 }
                 Err(error) => {
@@ -208,6 +221,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             .collect();
         let mut loaded = Loaded {
             keys: vec![None; config.zones.len()],
+            keys_changed: vec![None; config.zones.len()],
             config,
             zones,
             geo_db,

@@ -74,7 +74,7 @@ async fn signed_server(dir: tempfile::TempDir, roles: &[Role], t0: u64) -> TestS
 }
 
 /// Moves the injected clock and has the builder re-sign (what the background check does
-/// every 10 s), after checking that the check would have asked for it.
+/// every 2 s), after checking that the check would have asked for it.
 async fn advance(server: &TestServer, to: u64) {
     gto::dnssec::set_clock(to);
     let snapshot = server.app.routing().load_full();

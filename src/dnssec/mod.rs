@@ -314,6 +314,9 @@ pub struct ZoneSigning {
     /// When a key event or a rollover makes this preparation stale (seconds since the
     /// epoch), if ever.
     pub next_event: Option<u64>,
+    /// The key directory and when it had last changed when its keys were read: a change
+    /// since (`gto dnssec rollover`, keys shipped to the fleet) means reading it again.
+    pub keys_dir: Option<(std::path::PathBuf, Option<std::time::SystemTime>)>,
 }
 
 /// Signs one RRset (owner, records) with some keys, counting signatures.
@@ -494,6 +497,7 @@ impl ZoneSigning {
             budget: Budget::default(),
             signed,
             next_event: None,
+            keys_dir: None,
         }))
     }
 
@@ -633,13 +637,18 @@ pub fn status_json(snapshot: &Snapshot) -> Vec<serde_json::Value> {
 }
 
 /// How often [`maintain`] looks at the signatures' expiry and the keys' timelines.
-pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Whether a snapshot's signatures need re-signing at `now`: the earliest expiry is within
 /// [`REFRESH`], or a key event (publish, activate, retire, remove, rollover) has come.
 /// Exports `gto_dnssec_signature_expiry_seconds` per signed zone and warns when re-signing
 /// has fallen behind (less than half of [`REFRESH`] left).
 pub fn check(snapshot: &Snapshot, now: u64) -> bool {
+    check_and_warn(snapshot, now, true)
+}
+
+/// [`check`], warning about re-signing that is behind only when `warn`.
+fn check_and_warn(snapshot: &Snapshot, now: u64, warn: bool) -> bool {
     let mut due = false;
     for zone in &snapshot.zones {
         let Some(signing) = &zone.signing else {
@@ -648,7 +657,7 @@ pub fn check(snapshot: &Snapshot, now: u64) -> bool {
         let left = i64::from(signing.window.expiration) - now as i64;
         metrics::gauge!(crate::metrics::DNSSEC_SIGNATURE_EXPIRY_SECONDS, "zone" => signing.origin.to_string())
             .set(left as f64);
-        if left < (REFRESH.as_secs() / 2) as i64 {
+        if warn && left < (REFRESH.as_secs() / 2) as i64 {
             tracing::warn!(
                 zone = %signing.origin,
                 expires_in_seconds = left,
@@ -656,6 +665,12 @@ pub fn check(snapshot: &Snapshot, now: u64) -> bool {
             );
         }
         if left < REFRESH.as_secs() as i64 || signing.next_event.is_some_and(|at| at <= now) {
+            due = true;
+        }
+        if let Some((dir, seen)) = &signing.keys_dir
+            && crate::loaded::changed_at(dir) != *seen
+        {
+            tracing::info!(zone = %signing.origin, dir = %dir.display(), "the key directory changed; reading it again");
             due = true;
         }
     }
@@ -669,15 +684,20 @@ pub async fn maintain(
     events: tokio::sync::mpsc::Sender<crate::routing::BuildEvent>,
     token: tokio_util::sync::CancellationToken,
 ) {
+    /// Checks between two warnings about re-signing that is behind (10 minutes).
+    const WARN_EVERY: u64 = 300;
     let mut ticks = tokio::time::interval(CHECK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut count = 0u64;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             _ = ticks.tick() => {}
         }
         let snapshot = routing.load_full();
-        if check(&snapshot, now()) {
+        let warn = count.is_multiple_of(WARN_EVERY);
+        count += 1;
+        if check_and_warn(&snapshot, now(), warn) {
             let (done, signed) = tokio::sync::oneshot::channel();
             if events
                 .send(crate::routing::BuildEvent::Resign { done: Some(done) })

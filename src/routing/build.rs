@@ -451,6 +451,10 @@ fn sign_zone(
                 .into_iter()
                 .flatten()
                 .min();
+            signing.keys_dir = Some((
+                spec.keys.clone(),
+                loaded.keys_changed.get(index).copied().flatten(),
+            ));
             metrics::counter!(crate::metrics::DNSSEC_SIGNED_AT_LOAD_TOTAL)
                 .increment(signing.signed);
             Some(Arc::new(signing))

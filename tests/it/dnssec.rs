@@ -176,6 +176,60 @@ async fn issue_14_the_chain_of_trust_reaches_a_signed_child_zone() {
     assert!(none.is_empty());
 }
 
+/// `gto dnssec rollover` on a running server's key directory: the server notices the
+/// changed directory by itself and publishes the successor (pre-publication), still
+/// signing with the old key, so the parent's DS keeps validating.
+#[tokio::test]
+async fn issue_14_a_rollover_started_by_hand_is_picked_up_by_the_running_server() {
+    let server = signed_server(&[]).await;
+    let anchors = ds_of(server.dir.path());
+    let output = gto_bin()
+        .args([
+            "dnssec",
+            "rollover",
+            "--zone",
+            "gto.example.com",
+            "--config",
+        ])
+        .arg(server.path("gto.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("CSK rollover") && stdout.contains("published now"),
+        "{stdout}"
+    );
+    let keys = || async {
+        dig(
+            server.addr,
+            &["+short", "+norec", "gto.example.com", "DNSKEY"],
+        )
+        .await
+        .lines()
+        .count()
+    };
+    // The server checks its key directory every 2 s: poll its answer until then.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while keys().await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the successor was not published"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = gto_bin()
+        .args(["dnssec", "status", "--config"])
+        .arg(server.path("gto.toml"))
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("published (not yet signing)"), "{status}");
+    let unbound = Unbound::start("gto.example.com.", server.addr, &anchors).await;
+    expect_ad(&unbound, &["vpn.gto.example.com", "A"], "NOERROR").await;
+    expect_ad(&unbound, &["gto.example.com", "DNSKEY"], "NOERROR").await;
+}
+
 #[test]
 fn issue_14_check_locates_every_key_problem() {
     let dir = tempfile::tempdir().unwrap();
