@@ -9,7 +9,8 @@
 //!   through a cache keyed by the canonical RRset (its addresses, sorted), so answers that
 //!   differ only in order share one signature and a health flip signs only sets never seen;
 //! - sets met only at query time (affinity orders, wildcard synthesis, denial of a name
-//!   that does not exist) once, on first use, into the same bounded single-flight cache.
+//!   that does not exist) once, on first use, into bounded single-flight caches; names a
+//!   client chooses within a per-zone budget ([`ONLINE_SIGNING_PER_SECOND`]).
 //!
 //! Negative answers use compact denial of existence (RFC 9824): the NSEC record is at the
 //! name asked for, its next name is `\000.<name>`, and its type bitmap lists what the name
@@ -83,7 +84,7 @@ pub struct SignError {
     message: String,
 }
 
-/// Signatures of one window, by the keys active in it.
+/// The validity window of a preparation's signatures (RRSIG inception and expiration).
 #[derive(Debug, Clone)]
 pub struct Window {
     /// Inception (seconds since the epoch, mod 2^32 on the wire).
@@ -103,8 +104,8 @@ impl Window {
 }
 
 /// Signs the RRset `records` (one owner, one type) with `key`: the RRSIG record, owned by
-/// `owner` with the records' TTL. `labels` is the owner's label count (less for a
-/// wildcard owner).
+/// `owner` with the records' TTL as original TTL. Its label count is the owner's (hickory
+/// leaves a leading `*` out of it, as RFC 4034 section 3.1.3 wants).
 pub fn sign(
     key: &Key,
     signer: &Name,
