@@ -401,7 +401,6 @@ fn write_answer<'s>(
                         let signatures = node.signatures_of(
                             &scratch.picks,
                             v6,
-                            &question.query[12..question.end],
                             &mut scratch.addresses,
                             &mut scratch.sig_key,
                         )?;

@@ -164,13 +164,13 @@ type Slot = Arc<OnceLock<Option<Arc<Signed>>>>;
 /// set wait for one signer.
 #[derive(Debug)]
 pub struct SigCache<K = CacheKey> {
-    map: Mutex<HashMap<K, Slot>>,
+    map: Mutex<HashMap<K, Slot, foldhash::fast::RandomState>>,
 }
 
 impl<K> Default for SigCache<K> {
     fn default() -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
         }
     }
 }
@@ -513,19 +513,19 @@ impl ZoneSigning {
     }
 
     /// The signatures of a GSLB answer of the service at `service`: `records` are its A
-    /// or AAAA records (any order), `key` their [`set_key`], `question` the question they
-    /// are prepared for (its length places the compression pointer of the wire form).
+    /// or AAAA records (any order), `key` their [`set_key`]. The wire form is made for a
+    /// question of the records' owner (its length places the compression pointer).
     pub fn gslb_set(
         &self,
         service: usize,
         key: Box<[u8]>,
         records: &[&Record],
-        question: &[u8],
     ) -> Option<Arc<Signed>> {
         let first = records.first()?;
         self.gslb_cache.get_or_sign((service, key), || {
             let sigs = self.sign_now(&first.name, records)?;
-            let wire = crate::routing::wire::wire_records(question, &sigs)
+            let question = crate::routing::wire::gslb_question(&first.name);
+            let wire = crate::routing::wire::wire_records(&question, &sigs)
                 .into_iter()
                 .flat_map(|w| w.later.into_vec())
                 .collect();
@@ -844,8 +844,7 @@ pub fn decorate<'s>(
                 } else if let Some((node, _, _)) = gslb_set
                     .filter(|_| is_last && matches!(rtype, RecordType::A | RecordType::AAAA))
                 {
-                    let question = crate::routing::wire::gslb_question(&first.name);
-                    let signed = node.signatures_of_records(&records, &question)?;
+                    let signed = node.signatures_of_records(&records)?;
                     Some(signed.sigs.iter().cloned().map(Cow::Owned).collect())
                 } else {
                     let sigs = signing.static_sigs.get(&(owner.clone(), rtype))?;

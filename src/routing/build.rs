@@ -662,7 +662,7 @@ pub fn build_prepared(
         let mut node = gslb_node(index, service, states, prepared, &config.geo.regions);
         if let Some(signing) = &zone.signing {
             node.signing = Some(signing.clone());
-            node.signatures = prepared_signatures(&node, &service.name);
+            node.signatures = prepared_signatures(&node);
         }
         let node = Arc::new(node);
         service_nodes[index] = Some(node.clone());
@@ -805,9 +805,7 @@ fn gslb_node(
 /// top of each ranking per family, and with affinity each candidate leading.
 fn prepared_signatures(
     node: &GslbNode,
-    name: &hickory_proto::rr::Name,
 ) -> HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>, foldhash::fast::RandomState> {
-    let question = super::wire::gslb_question(name);
     let mut signatures = HashMap::default();
     let mut picks = Vec::new();
     let mut addresses = Vec::new();
@@ -839,7 +837,7 @@ fn prepared_signatures(
                 if picks.is_empty() {
                     continue;
                 }
-                let signed = node.signatures_of(&picks, v6, &question, &mut addresses, &mut key);
+                let signed = node.signatures_of(&picks, v6, &mut addresses, &mut key);
                 if let Some(super::table::Signature::Cached(signed)) = signed {
                     signatures.insert(key.as_slice().into(), signed);
                 }

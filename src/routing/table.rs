@@ -490,7 +490,6 @@ impl GslbNode {
         &self,
         picks: &[(usize, usize)],
         v6: bool,
-        question: &[u8],
         addresses: &mut Vec<IpAddr>,
         key: &mut Vec<u8>,
     ) -> Option<Signature<'_>> {
@@ -511,16 +510,12 @@ impl GslbNode {
             .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
             .collect();
         signing
-            .gslb_set(self.service, key.as_slice().into(), &records, question)
+            .gslb_set(self.service, key.as_slice().into(), &records)
             .map(Signature::Cached)
     }
 
     /// [`GslbNode::signatures_of`] for an answer's records.
-    pub fn signatures_of_records(
-        &self,
-        records: &[&Record],
-        question: &[u8],
-    ) -> Option<Arc<crate::dnssec::Signed>> {
+    pub fn signatures_of_records(&self, records: &[&Record]) -> Option<Arc<crate::dnssec::Signed>> {
         let signing = self.signing.as_ref()?;
         let v6 = records.first()?.record_type() == RecordType::AAAA;
         let mut addresses: Vec<IpAddr> = records
@@ -536,7 +531,7 @@ impl GslbNode {
         if let Some(found) = self.signatures.get(&key) {
             return Some(found.clone());
         }
-        signing.gslb_set(self.service, key, records, question)
+        signing.gslb_set(self.service, key, records)
     }
 
     /// True when any answerable endpoint has an address of the family.
