@@ -230,6 +230,74 @@ async fn issue_14_a_rollover_started_by_hand_is_picked_up_by_the_running_server(
     expect_ad(&unbound, &["gto.example.com", "DNSKEY"], "NOERROR").await;
 }
 
+/// Affinity spreads clients over answer sets that are not all prepared in advance (three
+/// candidates, two addresses per answer): every set a client gets validates, the ones met
+/// first at query time included, and so do the new sets after an endpoint is drained.
+#[tokio::test]
+async fn issue_14_every_affinity_set_validates_before_and_after_a_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = crate::admin::TOKEN;
+    let config = signed(&crate::support::config(""))
+        .replace(
+            "pool = \"sma\"\nanswers = 2",
+            "pool = \"sma\"\npolicy = \"weighted\"\nanswers = 2",
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"",
+        );
+    assert!(config.contains("policy = \"weighted\""));
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    std::fs::write(
+        dir.path().join("gto.example.com.zone"),
+        crate::support::ZONE,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{token}\n")).unwrap();
+    keygen(dir.path(), "keys", &[]);
+    let server = TestServer::start_in(dir).await;
+    let anchors = ds_of(server.dir.path());
+
+    let sets = |unbound: Unbound| async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for net in 1..=24 {
+            let subnet = format!("+subnet=10.{net}.7.0/24");
+            let mut answer = expect_ad(
+                &unbound,
+                &[subnet.as_str(), "vpn.gto.example.com", "A"],
+                "NOERROR",
+            )
+            .await;
+            answer.sort();
+            seen.insert(answer);
+        }
+        seen
+    };
+    let before = sets(Unbound::start("gto.example.com.", server.addr, &anchors).await).await;
+    assert!(before.len() >= 3, "affinity spreads clients: {before:?}");
+    let (code, body) = crate::support::http_json(
+        server.admin(),
+        "POST",
+        "/v1/members/sma/ams-1/drain",
+        Some(token),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let after = sets(Unbound::start("gto.example.com.", server.addr, &anchors).await).await;
+    assert!(
+        after
+            .iter()
+            .all(|set| !set.contains(&"198.51.100.20".to_string())),
+        "{after:?}"
+    );
+    assert_eq!(
+        after.len(),
+        1,
+        "two endpoints left, both answered: {after:?}"
+    );
+}
+
 #[test]
 fn issue_14_check_locates_every_key_problem() {
     let dir = tempfile::tempdir().unwrap();
