@@ -69,7 +69,7 @@ pub fn keygen(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "; made {} key {} for {zone} ({:?}) in {}",
+        "; made {} key {} for {zone} ({}) in {}",
         role.as_str().to_uppercase(),
         key.tag,
         algorithm,
@@ -156,7 +156,7 @@ pub fn status(loaded: &Loaded) -> String {
             let show = |at: Option<u64>| at.map_or("-".to_string(), keys::show_time);
             let _ = writeln!(
                 out,
-                "  key {:5} {} {:?}: {}\n    published {}, active {}, retire {}, remove {}",
+                "  key {:5} {} {}: {}\n    published {}, active {}, retire {}, remove {}",
                 key.tag,
                 key.role.as_str().to_uppercase(),
                 key.algorithm,

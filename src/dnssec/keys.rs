@@ -71,6 +71,12 @@ pub enum KeyAlgorithm {
     Ed25519,
 }
 
+impl std::fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.algorithm(), self.number())
+    }
+}
+
 impl KeyAlgorithm {
     /// The DNSSEC algorithm number's type.
     pub fn algorithm(self) -> Algorithm {
@@ -240,15 +246,11 @@ fn bad(path: &Path, message: impl Into<String>) -> KeyError {
     }
 }
 
-/// The file stem BIND uses: `K<zone>+<alg>+<tag>` (zone without its final dot, except the
-/// root).
+/// The file stem BIND uses: `K<zone>.+<alg>+<tag>` (the zone with its final dot).
 fn stem(zone: &Name, algorithm: KeyAlgorithm, tag: u16) -> String {
-    let zone = zone.to_lowercase().to_string();
-    let zone = zone
-        .strip_suffix('.')
-        .filter(|z| !z.is_empty())
-        .unwrap_or(&zone);
-    format!("K{zone}.+{:03}+{tag:05}", algorithm.number())
+    let mut zone = zone.to_lowercase();
+    zone.set_fqdn(true);
+    format!("K{zone}+{:03}+{tag:05}", algorithm.number())
 }
 
 /// `base` with `.<extension>` appended (key file stems hold dots of their own).
@@ -432,7 +434,7 @@ fn read_key(state_path: &Path, state: StateFile) -> Result<Key, KeyError> {
     let pkcs8 = PrivatePkcs8KeyDer::from_pem_slice(&pem)
         .map_err(|_| bad(&private, "not a PKCS#8 PEM private key"))?;
     let signing = signing_key(state.algorithm, &pkcs8)
-        .map_err(|e| bad(&private, format!("not a {:?} key: {e}", state.algorithm)))?;
+        .map_err(|e| bad(&private, format!("not a {} key: {e}", state.algorithm)))?;
     let dnskey = dnskey_of(state.role, signing.as_ref()).map_err(|e| bad(&private, e))?;
     let tag = dnskey
         .calculate_key_tag()
