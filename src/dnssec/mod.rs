@@ -333,14 +333,34 @@ fn bitmap(types: impl IntoIterator<Item = RecordType>) -> Vec<RecordType> {
     all
 }
 
-/// `\000.<name>`: the name right after `name` in canonical order (RFC 9824 section 3).
+/// The name right after `name` in canonical order, as compact denial's NSEC names it (RFC
+/// 9824 section 3): `\000.<name>`; for a name too long for one more label, the name with
+/// the last octet of its first label incremented (nothing can exist between: such a name
+/// has no room for descendants).
 fn successor(name: &Name) -> Option<Name> {
+    let labels: Vec<&[u8]> = name.iter().collect();
+    let fits = |next: &Name| {
+        hickory_proto::serialize::binary::BinEncodable::to_bytes(next)
+            .is_ok_and(|bytes| bytes.len() <= 255)
+    };
     let zero = Label::from_raw_bytes(&[0]).ok()?;
-    let mut labels = vec![zero];
-    labels.extend(name.iter().filter_map(|l| Label::from_raw_bytes(l).ok()));
-    let mut next = Name::from_labels(labels).ok()?;
+    let mut with_zero = vec![zero];
+    with_zero.extend(labels.iter().filter_map(|l| Label::from_raw_bytes(l).ok()));
+    if let Ok(mut next) = Name::from_labels(with_zero) {
+        next.set_fqdn(true);
+        if fits(&next) {
+            return Some(next);
+        }
+    }
+    let (first, rest) = labels.split_first()?;
+    let mut bumped = first.to_ascii_lowercase();
+    let last = bumped.last_mut()?;
+    *last = last.checked_add(1)?;
+    let mut incremented = vec![Label::from_raw_bytes(&bumped).ok()?];
+    incremented.extend(rest.iter().filter_map(|l| Label::from_raw_bytes(l).ok()));
+    let mut next = Name::from_labels(incremented).ok()?;
     next.set_fqdn(true);
-    Some(next)
+    fits(&next).then_some(next)
 }
 
 /// What a zone is made of, as signing needs it.
@@ -1055,6 +1075,21 @@ mod tests {
         // A CSK or KSK also waits for the parent's DS to expire from caches.
         assert_eq!(timings.retire_interval(Role::Csk), 87_000);
         assert_eq!(timings.retire_interval(Role::Ksk), 87_000);
+    }
+
+    #[test]
+    fn the_successor_of_a_name_too_long_for_another_label_is_its_sibling() {
+        // 4 labels of 63 octets minus room: 253 octets of text, 255 on the wire.
+        let text = format!("{0}.{0}.{0}.{1}.", "a".repeat(63), "b".repeat(61));
+        let name = Name::from_ascii(&text).unwrap();
+        let next = successor(&name).unwrap();
+        assert!(next > name, "{next} sorts after {name}");
+        assert_eq!(next.num_labels(), name.num_labels());
+        assert!(
+            next.to_ascii()
+                .starts_with(&format!("{}b.", "a".repeat(62))),
+            "{next}"
+        );
     }
 
     #[test]
