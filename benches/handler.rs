@@ -166,13 +166,7 @@ fn fast_path_signed(c: &mut Criterion) {
         &Name::from_ascii("gto.example.com.").unwrap(),
         gto::dnssec::keys::Role::Csk,
         gto::dnssec::keys::KeyAlgorithm::EcdsaP256,
-        gto::dnssec::keys::Timeline {
-            created: now,
-            publish: now,
-            active: now,
-            retire: None,
-            remove: None,
-        },
+        gto::dnssec::keys::Timeline::from(now),
         3600,
     )
     .unwrap();

@@ -52,13 +52,7 @@ async fn signed_server(dir: tempfile::TempDir, roles: &[Role], t0: u64) -> TestS
     );
     std::fs::write(dir.path().join("gto.toml"), config).unwrap();
     std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
-    let timeline = Timeline {
-        created: t0,
-        publish: t0,
-        active: t0,
-        retire: None,
-        remove: None,
-    };
+    let timeline = Timeline::from(t0);
     for role in roles {
         keys::generate(
             &dir.path().join("keys"),

@@ -52,20 +52,7 @@ pub fn keygen(
     dnskey_ttl: u32,
 ) -> Result<String, KeyError> {
     let now = super::now();
-    let key = keys::generate(
-        dir,
-        zone,
-        role,
-        algorithm,
-        Timeline {
-            created: now,
-            publish: now,
-            active: now,
-            retire: None,
-            remove: None,
-        },
-        dnskey_ttl,
-    )?;
+    let key = keys::generate(dir, zone, role, algorithm, Timeline::from(now), dnskey_ttl)?;
     let mut out = String::new();
     let _ = writeln!(
         out,

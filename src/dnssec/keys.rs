@@ -119,6 +119,19 @@ pub struct Timeline {
     pub remove: Option<u64>,
 }
 
+impl Timeline {
+    /// A key made, published and signing from `at`, with no end scheduled.
+    pub fn from(at: u64) -> Self {
+        Self {
+            created: at,
+            publish: at,
+            active: at,
+            retire: None,
+            remove: None,
+        }
+    }
+}
+
 /// The `.state` file of a key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StateFile {
@@ -543,11 +556,8 @@ pub fn roll(
         old.role,
         old.algorithm,
         Timeline {
-            created: now,
-            publish: now,
             active: switch,
-            retire: None,
-            remove: None,
+            ..Timeline::from(now)
         },
         timings.dnskey_ttl,
     )?;

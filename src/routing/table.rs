@@ -502,20 +502,32 @@ impl GslbNode {
         );
         addresses.sort_unstable();
         crate::dnssec::set_key_into(v6, addresses, key);
-        if let Some(found) = self.signatures.get(key.as_slice()) {
+        self.signature_by_key(signing, key, || {
+            picks
+                .iter()
+                .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
+                .collect()
+        })
+    }
+
+    /// The signatures of the set with [`crate::dnssec::set_key`] `key`: prepared, else from
+    /// the zone's cache, signing `records()` on first use.
+    fn signature_by_key<'n, 'r>(
+        &'n self,
+        signing: &crate::dnssec::ZoneSigning,
+        key: &[u8],
+        records: impl FnOnce() -> Vec<&'r Record>,
+    ) -> Option<Signature<'n>> {
+        if let Some(found) = self.signatures.get(key) {
             return Some(Signature::Prepared(found));
         }
-        let records: Vec<&Record> = picks
-            .iter()
-            .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
-            .collect();
         signing
-            .gslb_set(self.service, key.as_slice().into(), &records)
+            .gslb_set(self.service, key.into(), &records())
             .map(Signature::Cached)
     }
 
     /// [`GslbNode::signatures_of`] for an answer's records.
-    pub fn signatures_of_records(&self, records: &[&Record]) -> Option<Arc<crate::dnssec::Signed>> {
+    pub fn signatures_of_records<'n>(&'n self, records: &[&Record]) -> Option<Signature<'n>> {
         let signing = self.signing.as_ref()?;
         let v6 = records.first()?.record_type() == RecordType::AAAA;
         let mut addresses: Vec<IpAddr> = records
@@ -528,10 +540,7 @@ impl GslbNode {
             .collect();
         addresses.sort_unstable();
         let key = crate::dnssec::set_key(v6, &addresses);
-        if let Some(found) = self.signatures.get(&key) {
-            return Some(found.clone());
-        }
-        signing.gslb_set(self.service, key, records)
+        self.signature_by_key(signing, &key, || records.to_vec())
     }
 
     /// True when any answerable endpoint has an address of the family.

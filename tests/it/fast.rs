@@ -222,13 +222,7 @@ fn paths_signed(extra: &str, signed: bool) -> (Handler, Arc<Snapshot>) {
                 "file = \"lab.zone\"\ndnssec = { keys = \"keys\" }\n",
             );
         let now = gto::dnssec::now();
-        let timeline = gto::dnssec::keys::Timeline {
-            created: now,
-            publish: now,
-            active: now,
-            retire: None,
-            remove: None,
-        };
+        let timeline = gto::dnssec::keys::Timeline::from(now);
         for zone in ["gto.example.com.", "lab.gto.example.com."] {
             gto::dnssec::keys::generate(
                 &dir.path().join("keys"),
