@@ -113,40 +113,81 @@ pub struct Loaded {
     pub warnings: Vec<ConfigError>,
     /// The DNSSEC keys of each zone (same order as `zones`), for zones with `dnssec`.
     pub keys: Vec<Option<std::sync::Arc<crate::dnssec::keys::KeyRing>>>,
-    /// When each key directory was last changed as of that read (a later change means
-    /// keys to read again).
-    pub keys_changed: Vec<Option<std::time::SystemTime>>,
+    /// Each key directory's fingerprint ([`changed_at`]) as of its last read, whether
+    /// that read worked or not (a different fingerprint means keys to read again).
+    pub keys_changed: Vec<Option<u64>>,
 }
 
-/// When a directory last changed (a file added, removed or renamed over).
-pub fn changed_at(dir: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(dir).and_then(|m| m.modified()).ok()
+/// A fingerprint of a directory and the files in it (names, sizes, modification and
+/// status-change times, modes): it changes when a file is added, removed, renamed over,
+/// rewritten or `chmod`ed (fixing a key's mode changes no directory time). `None` when the
+/// directory cannot be read.
+pub fn changed_at(dir: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let stamp = |m: &std::fs::Metadata, hasher: &mut std::collections::hash_map::DefaultHasher| {
+        (
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mode(),
+        )
+            .hash(hasher);
+    };
+    stamp(&std::fs::metadata(dir).ok()?, &mut hasher);
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| (entry.file_name(), entry.metadata().ok()))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, metadata) in &entries {
+        name.hash(&mut hasher);
+        if let Some(metadata) = metadata {
+            stamp(metadata, &mut hasher);
+        }
+    }
+    Some(hasher.finish())
 }
 
 impl Loaded {
     /// Reads every signed zone's key directory again (keys a rollover or an operator
-    /// added). A directory that cannot be read keeps the keys read before, with a warning.
-    pub fn reread_keys(&mut self) {
+    /// added) and says whether any zone's keys changed. A directory that cannot be read
+    /// keeps the keys read before, with a warning; the failed read is remembered (its
+    /// change time), so the same bad file is neither warned about nor re-read until the
+    /// directory changes again, and nothing is re-signed for it.
+    pub fn reread_keys(&mut self) -> bool {
+        let mut changed_any = false;
         for (index, spec) in self.config.zones.iter().enumerate() {
             let Some(dnssec) = &spec.dnssec else {
                 continue;
             };
             // Before reading: a change while reading is seen by the next check.
             let changed = changed_at(&dnssec.keys);
+            if let Some(slot) = self.keys_changed.get_mut(index) {
+                *slot = changed;
+            }
             match crate::dnssec::keys::read_dir(&dnssec.keys, &spec.origin) {
                 Ok(ring) => {
                     if let Some(slot) = self.keys.get_mut(index) {
-                        *slot = Some(std::sync::Arc::new(ring));
-                    }
-                    if let Some(slot) = self.keys_changed.get_mut(index) {
-                        *slot = changed;
+                        let same = slot.as_ref().is_some_and(|old| old.same_keys(&ring));
+                        if !same {
+                            *slot = Some(std::sync::Arc::new(ring));
+                            changed_any = true;
+                        }
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(zone = %spec.origin, %error, "could not read the zone's keys; keeping the keys read before");
+                    metrics::counter!(crate::metrics::DNSSEC_KEY_READ_FAILURES_TOTAL, "zone" => spec.origin.to_string())
+                        .increment(1);
+                    tracing::warn!(zone = %spec.origin, %error, "could not read the zone's keys; keeping the keys read before until the key directory changes again");
                 }
             }
         }
+        changed_any
     }
 }
 

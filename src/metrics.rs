@@ -32,6 +32,9 @@ pub const DNSSEC_SIGNING_REFUSED_TOTAL: &str = "gto_dnssec_signing_refused_total
 /// Signatures made when the config part of snapshots was prepared (load, reload,
 /// re-signing, key events).
 pub const DNSSEC_SIGNED_AT_LOAD_TOTAL: &str = "gto_dnssec_signed_at_load_total";
+/// Reads of a zone's key directory that failed (a private key readable by others, a
+/// truncated file), by `zone`: the keys read before stay in use.
+pub const DNSSEC_KEY_READ_FAILURES_TOTAL: &str = "gto_dnssec_key_read_failures_total";
 /// Generation of the live routing snapshot.
 pub const SNAPSHOT_GENERATION: &str = "gto_snapshot_generation";
 /// Config reloads, by `result` (ok, error).
@@ -144,6 +147,11 @@ pub fn describe_all() {
         DNSSEC_SIGNED_AT_LOAD_TOTAL,
         Unit::Count,
         "DNSSEC signatures made when a config was prepared or re-signed."
+    );
+    describe_counter!(
+        DNSSEC_KEY_READ_FAILURES_TOTAL,
+        Unit::Count,
+        "Reads of a zone's DNSSEC key directory that failed; the keys read before stay in use."
     );
     describe_counter!(
         DNS_QUERIES_TOTAL,

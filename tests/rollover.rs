@@ -80,7 +80,10 @@ async fn advance(server: &TestServer, to: u64) {
     server
         .app
         .events()
-        .send(BuildEvent::Resign { done: Some(done) })
+        .send(BuildEvent::Resign {
+            due: true,
+            done: Some(done),
+        })
         .await
         .unwrap();
     signed.await.unwrap();

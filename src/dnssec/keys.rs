@@ -224,6 +224,21 @@ pub struct KeyRing {
     pub keys: Vec<Arc<Key>>,
 }
 
+impl KeyRing {
+    /// Whether `other` holds the same keys: tags, roles, algorithms, public keys and
+    /// timelines (a re-read that finds nothing new changes nothing).
+    pub fn same_keys(&self, other: &KeyRing) -> bool {
+        self.keys.len() == other.keys.len()
+            && self.keys.iter().zip(&other.keys).all(|(a, b)| {
+                a.tag == b.tag
+                    && a.role == b.role
+                    && a.algorithm == b.algorithm
+                    && a.timeline == b.timeline
+                    && a.dnskey == b.dnskey
+            })
+    }
+}
+
 /// Why a key directory could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

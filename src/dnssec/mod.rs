@@ -315,9 +315,10 @@ pub struct ZoneSigning {
     /// When a key event or a rollover makes this preparation stale (seconds since the
     /// epoch), if ever.
     pub next_event: Option<u64>,
-    /// The key directory and when it had last changed when its keys were read: a change
-    /// since (`gto dnssec rollover`, keys shipped to the fleet) means reading it again.
-    pub keys_dir: Option<(std::path::PathBuf, Option<std::time::SystemTime>)>,
+    /// The key directory and its fingerprint when its keys were last read: a change since
+    /// (`gto dnssec rollover`, keys shipped to the fleet, a key's mode fixed) means
+    /// reading it again.
+    pub keys_dir: Option<(std::path::PathBuf, Option<u64>)>,
 }
 
 /// Signs one RRset (owner, records) with some keys, counting signatures.
@@ -665,12 +666,29 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Exports `gto_dnssec_signature_expiry_seconds` per signed zone and warns when re-signing
 /// has fallen behind (less than half of [`REFRESH`] left).
 pub fn check(snapshot: &Snapshot, now: u64) -> bool {
-    check_and_warn(snapshot, now, true)
+    check_and_warn(snapshot, now, true, &mut HashMap::new()).resign
 }
 
-/// [`check`], warning about re-signing that is behind only when `warn`.
-fn check_and_warn(snapshot: &Snapshot, now: u64, warn: bool) -> bool {
-    let mut due = false;
+/// What [`check_and_warn`] found due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Due {
+    /// Signatures near expiry or a key event: sign again.
+    resign: bool,
+    /// A key directory changed since it was last read: read it again.
+    reread: bool,
+}
+
+/// [`check`], warning about re-signing that is behind only when `warn`. `asked` holds,
+/// per key directory, the change time a re-read was last asked for: a directory whose
+/// read failed (a bad file in it) keeps the old change time in the snapshot, and must not
+/// be asked for again until it changes again.
+fn check_and_warn(
+    snapshot: &Snapshot,
+    now: u64,
+    warn: bool,
+    asked: &mut HashMap<std::path::PathBuf, Option<u64>>,
+) -> Due {
+    let mut due = Due::default();
     for zone in &snapshot.zones {
         let Some(signing) = &zone.signing else {
             continue;
@@ -686,20 +704,24 @@ fn check_and_warn(snapshot: &Snapshot, now: u64, warn: bool) -> bool {
             );
         }
         if left < REFRESH.as_secs() as i64 || signing.next_event.is_some_and(|at| at <= now) {
-            due = true;
+            due.resign = true;
         }
-        if let Some((dir, seen)) = &signing.keys_dir
-            && crate::loaded::changed_at(dir) != *seen
-        {
-            tracing::info!(zone = %signing.origin, dir = %dir.display(), "the key directory changed; reading it again");
-            due = true;
+        if let Some((dir, seen)) = &signing.keys_dir {
+            let changed = crate::loaded::changed_at(dir);
+            if changed != *seen && asked.get(dir) != Some(&changed) {
+                tracing::info!(zone = %signing.origin, dir = %dir.display(), "the key directory changed; reading it again");
+                asked.insert(dir.clone(), changed);
+                due.reread = true;
+            }
         }
     }
     due
 }
 
 /// Re-signs in the background: every [`CHECK_EVERY`], [`check`]s the live snapshot and
-/// asks the builder to re-sign when it is due. Ends with `token`.
+/// asks the builder to re-sign when it is due, or to read a key directory that changed
+/// (once per change: a file it cannot use is not read again every tick). Ends with
+/// `token`.
 pub async fn maintain(
     routing: crate::routing::RoutingHandle,
     events: tokio::sync::mpsc::Sender<crate::routing::BuildEvent>,
@@ -710,6 +732,7 @@ pub async fn maintain(
     let mut ticks = tokio::time::interval(CHECK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut count = 0u64;
+    let mut asked = HashMap::new();
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
@@ -718,10 +741,15 @@ pub async fn maintain(
         let snapshot = routing.load_full();
         let warn = count.is_multiple_of(WARN_EVERY);
         count += 1;
-        if check_and_warn(&snapshot, now(), warn) {
+        let due = check_and_warn(&snapshot, now(), warn, &mut asked);
+        drop(snapshot);
+        if due.resign || due.reread {
             let (done, signed) = tokio::sync::oneshot::channel();
             if events
-                .send(crate::routing::BuildEvent::Resign { done: Some(done) })
+                .send(crate::routing::BuildEvent::Resign {
+                    due: due.resign,
+                    done: Some(done),
+                })
                 .await
                 .is_err()
             {

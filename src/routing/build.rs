@@ -61,8 +61,12 @@ pub enum BuildEvent {
         done: Option<oneshot::Sender<u64>>,
     },
     /// Re-read the DNSSEC key directories, start the rollovers whose lifetime is up, and
-    /// sign everything again (signatures near expiry, or a key event is due).
+    /// sign everything again when `due` (signatures near expiry, or a key event is due) or
+    /// when the keys read differ from those in use; a re-read that finds nothing new (or
+    /// only a file it cannot use) signs nothing.
     Resign {
+        /// Signatures must be made again whatever the keys (expiry, a key event).
+        due: bool,
         /// Told the generation once the re-signed snapshot is live.
         done: Option<oneshot::Sender<u64>>,
     },
@@ -238,13 +242,16 @@ impl Builder {
                 (changed, done)
             }
             BuildEvent::Ping { done } => (false, Some(done)),
-            BuildEvent::Resign { done } => {
+            BuildEvent::Resign { due, done } => {
                 let mut fresh = (*self.loaded).clone();
-                fresh.reread_keys();
+                let mut keys_changed = fresh.reread_keys();
                 if crate::dnssec::commands::roll_due(&fresh) > 0 {
-                    fresh.reread_keys();
+                    keys_changed |= fresh.reread_keys();
                 }
                 self.loaded = Arc::new(fresh);
+                if !(due || keys_changed) {
+                    return (false, done);
+                }
                 self.prepared = prepare(&self.loaded, &self.states);
                 (true, done)
             }

@@ -16,7 +16,7 @@ use crate::support::unbound::Unbound;
 use crate::support::{TestServer, dig, gto_bin, query, udp_raw};
 
 /// The zone of the authority tests plus a delegation with a DS (a secure child).
-fn zone() -> String {
+pub(crate) fn zone() -> String {
     format!(
         "{0}secure    IN NS    ns.secure\n\
          ns.secure IN A     192.0.2.98\n\
@@ -377,7 +377,7 @@ fn issue_14_check_locates_every_key_problem() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--algorithm"));
 }
 
-fn signed(config: &str) -> String {
+pub(crate) fn signed(config: &str) -> String {
     config.replacen(
         "file = \"gto.example.com.zone\"\n",
         "file = \"gto.example.com.zone\"\ndnssec = { keys = \"keys\" }\n",
@@ -385,7 +385,7 @@ fn signed(config: &str) -> String {
     )
 }
 
-fn keygen(dir: &Path, keys: &str, extra: &[&str]) -> String {
+pub(crate) fn keygen(dir: &Path, keys: &str, extra: &[&str]) -> String {
     let output = gto_bin()
         .args(["dnssec", "keygen", "--zone", "gto.example.com.", "--dir"])
         .arg(dir.join(keys))

@@ -504,7 +504,7 @@ async fn issue_18_5_idle_tcp_connections_cannot_exhaust_descriptors_or_fail_prob
 }
 
 /// User plus system CPU time of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat
         .rsplit_once(')')

@@ -18,6 +18,7 @@ mod fleet;
 mod geo;
 mod health;
 mod issue18;
+mod issue30;
 mod knot;
 mod lifecycle;
 mod package;

@@ -1,0 +1,123 @@
+//! Regression tests for issue 30: defects from the second adversarial trial. Each test is
+//! named after the item it pins down and runs the real binary where the trial did.
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::{RealGto, ZONE, config, dig, free_port, http, sample, wait_answering};
+
+/// A config for the real binary with DNS and the admin API on free ports, written to
+/// `dir` with `zone` as its zone file; `edit` changes the config text first.
+pub(crate) fn real_config(
+    dir: &Path,
+    zone: &str,
+    edit: impl FnOnce(String) -> String,
+) -> (SocketAddr, SocketAddr) {
+    let port = free_port();
+    let admin = free_port();
+    let text = config("")
+        .replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]"),
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        );
+    std::fs::write(dir.join("gto.toml"), edit(text)).unwrap();
+    std::fs::write(dir.join("gto.example.com.zone"), zone).unwrap();
+    (
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+    )
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    let (code, text) = http(admin, "GET", "/metrics", None, "").await;
+    assert_eq!(code, 200);
+    text
+}
+
+/// Item 1: a key shipped with mode 0644 is warned about once, and nothing is re-signed
+/// for it every 2 s; once its mode is fixed it is read and published.
+#[tokio::test]
+async fn issue_30_1_a_bad_key_file_is_warned_once_and_re_signs_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = real_config(dir.path(), ZONE, |text| crate::dnssec::signed(&text));
+    crate::dnssec::keygen(dir.path(), "keys", &[]);
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let dnskeys = |text: String| {
+        text.lines()
+            .filter(|l| !l.starts_with(';') && l.contains("\tDNSKEY\t"))
+            .count()
+    };
+    let apex = ["+norec", "+dnssec", "gto.example.com.", "DNSKEY"];
+    assert_eq!(dnskeys(dig(addr, &apex).await), 1);
+
+    // A second key, made elsewhere and copied in as `cp` would: the private key 0644.
+    crate::dnssec::keygen(dir.path(), "elsewhere", &[]);
+    let mut private = None;
+    for entry in std::fs::read_dir(dir.path().join("elsewhere")).unwrap() {
+        let from = entry.unwrap().path();
+        let to = dir.path().join("keys").join(from.file_name().unwrap());
+        std::fs::copy(&from, &to).unwrap();
+        if to.extension() == Some(OsStr::new("private")) {
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+            private = Some(to);
+        }
+    }
+    let warning = gto.wait_for_log("could not read the zone's keys").await;
+    assert!(warning.contains("chmod 600"), "{warning}");
+    let before = metrics(admin).await;
+    let signed = sample(&before, "gto_dnssec_signed_at_load_total", &[]);
+    let generation = sample(&before, "gto_snapshot_generation", &[]);
+    let pid = gto.child.id().unwrap();
+    let cpu = crate::issue18::cpu_ticks(pid);
+
+    // Three of the background check's 2 s ticks: no second warning (before the fix: one
+    // per tick, each after re-signing the whole zone).
+    let again = tokio::time::timeout(
+        Duration::from_millis(6_500),
+        gto.wait_for_log("could not read the zone's keys"),
+    )
+    .await;
+    assert!(again.is_err(), "warned again: {again:?}");
+    let after = metrics(admin).await;
+    assert_eq!(
+        sample(&after, "gto_dnssec_signed_at_load_total", &[]),
+        signed,
+        "nothing re-signed"
+    );
+    assert_eq!(
+        sample(&after, "gto_snapshot_generation", &[]),
+        generation,
+        "no new snapshot"
+    );
+    assert_eq!(
+        sample(&after, "gto_dnssec_key_read_failures_total", &[]),
+        1.0
+    );
+    let spent = crate::issue18::cpu_ticks(pid) - cpu;
+    assert!(spent < 50, "{spent} ticks of CPU in 6.5 s while idle");
+    // The old key still signs: answers validate as before.
+    assert_eq!(dnskeys(dig(addr, &apex).await), 1);
+
+    // `chmod 600` (no file added, the directory's own time unchanged) is seen.
+    std::fs::set_permissions(private.unwrap(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    gto.wait_for_log("the key directory changed").await;
+    let mut published = 0;
+    for _ in 0..50 {
+        published = dnskeys(dig(addr, &apex).await);
+        if published == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(published, 2, "the fixed key is published");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
