@@ -1,8 +1,11 @@
 //! [`Events`]: what changed, as it happens — health flips, drains and undrains (and their
 //! expiry), reloads (applied or rejected), load watermark crossings, fleet members joining
-//! and leaving, and config drift. Each event has an id that only grows; the last
-//! [`HISTORY`] are kept so that a client of `GET /v1/events` (Server-Sent Events) can
-//! resume with `Last-Event-ID`. Memory is bounded: the history is a ring, and a consumer
+//! and leaving, and config drift. Each event has an id that only grows, across restarts
+//! too: the first id of a run is the time it started in microseconds since the Unix epoch,
+//! so a later run's ids are above every id of an earlier one (unless that one made more
+//! than an event per microsecond). The last [`HISTORY`] are kept so that a client of
+//! `GET /v1/events` (Server-Sent Events) can resume with `Last-Event-ID`; an id from
+//! another run, or one this run has not reached, gets a `reset` (re-read the status). Memory is bounded: the history is a ring, and a consumer
 //! that falls behind the broadcast buffer is told so and resumes from the history (or is
 //! sent a `reset` when even that has moved on), never buffered without end.
 
@@ -21,7 +24,7 @@ const BUFFER: usize = 256;
 /// One change.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// Grows by one per event, from 1.
+    /// Grows by one per event, from the run's start time in microseconds.
     pub id: u64,
     /// When it happened (RFC 3339).
     pub at: String,
@@ -43,6 +46,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct History {
+    /// The id of this run's first event.
+    first: u64,
     next: u64,
     events: VecDeque<Arc<Event>>,
 }
@@ -54,12 +59,22 @@ impl Default for Events {
 }
 
 impl Events {
-    /// An empty bus.
+    /// An empty bus whose first id is now, in microseconds since the Unix epoch.
     pub fn new() -> Self {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        Self::starting_at(now.max(1))
+    }
+
+    /// An empty bus whose first event gets id `first` (at least 1).
+    pub fn starting_at(first: u64) -> Self {
+        let first = first.max(1);
         let (live, _) = broadcast::channel(BUFFER);
         Self(Arc::new(Inner {
             history: Mutex::new(History {
-                next: 1,
+                first,
+                next: first,
                 events: VecDeque::with_capacity(HISTORY),
             }),
             live,
@@ -95,15 +110,18 @@ impl Events {
     }
 
     /// The kept events after `last`, and whether they are all of them (false: some were
-    /// already dropped from the history).
+    /// already dropped from the history, or `last` is not an id of this run: one from an
+    /// earlier run, or one this run has not reached).
     pub fn since(&self, last: u64) -> (Vec<Arc<Event>>, bool) {
         let Ok(history) = self.0.history.lock() else {
             return (Vec::new(), false);
         };
-        let complete = history
-            .events
-            .front()
-            .is_none_or(|first| first.id <= last + 1);
+        let ours = last.saturating_add(1) >= history.first && last < history.next;
+        let complete = ours
+            && history
+                .events
+                .front()
+                .is_none_or(|first| first.id <= last.saturating_add(1));
         let events = history
             .events
             .iter()
@@ -113,7 +131,7 @@ impl Events {
         (events, complete)
     }
 
-    /// The id of the newest event (0: none yet).
+    /// The id of the newest event (the run's first id minus one: none yet).
     pub fn last_id(&self) -> u64 {
         self.0.history.lock().map_or(0, |h| h.next - 1)
     }
@@ -124,8 +142,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_from_another_run_or_the_future_are_incomplete() {
+        let earlier = Events::starting_at(1_000);
+        earlier.emit("health", serde_json::json!({}));
+        let later = Events::starting_at(2_000);
+        assert_eq!(later.last_id(), 1_999);
+        // Nothing yet in this run: "from now" is complete, an old or future id is not.
+        assert!(later.since(later.last_id()).1);
+        assert!(!later.since(earlier.last_id()).1);
+        assert!(!later.since(5_000).1);
+        later.emit("drain", serde_json::json!({}));
+        let (events, complete) = later.since(1_999);
+        assert!(complete);
+        assert_eq!(events[0].id, 2_000);
+        assert!(!later.since(1_000).1);
+        assert!(!later.since(2_001).1, "an id this run has not reached");
+        let now = Events::new();
+        assert!(
+            now.last_id() > 1_700_000_000_000_000,
+            "ids start at the run's time"
+        );
+    }
+
+    #[test]
     fn history_is_bounded_and_resumes_by_id() {
-        let events = Events::new();
+        let events = Events::starting_at(1);
         for i in 0..(HISTORY + 10) {
             events.emit("health", serde_json::json!({ "i": i }));
         }

@@ -12,19 +12,19 @@ use crate::admin::{TOKEN, start};
 use crate::support::http_json;
 
 /// An open event stream: reads `id:`/`event:`/`data:` blocks.
-struct Stream {
+pub(crate) struct Stream {
     lines: tokio::io::Lines<BufReader<TcpStream>>,
 }
 
 #[derive(Debug, Clone)]
-struct Received {
-    id: Option<u64>,
-    kind: String,
-    data: serde_json::Value,
+pub(crate) struct Received {
+    pub(crate) id: Option<u64>,
+    pub(crate) kind: String,
+    pub(crate) data: serde_json::Value,
 }
 
 impl Stream {
-    async fn open(addr: SocketAddr, last_event_id: Option<u64>) -> Self {
+    pub(crate) async fn open(addr: SocketAddr, last_event_id: Option<u64>) -> Self {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let resume = last_event_id
             .map(|id| format!("Last-Event-ID: {id}\r\n"))
@@ -51,7 +51,7 @@ impl Stream {
     }
 
     /// The next event (keep-alive comments and chunk sizes skipped), within 5 s.
-    async fn next(&mut self) -> Received {
+    pub(crate) async fn next(&mut self) -> Received {
         let read = async {
             let (mut id, mut kind, mut data) = (None, String::new(), String::new());
             loop {
@@ -77,7 +77,7 @@ impl Stream {
     }
 }
 
-async fn drain(admin: SocketAddr, action: &str) {
+pub(crate) async fn drain(admin: SocketAddr, action: &str) {
     let (code, body) = http_json(
         admin,
         "POST",

@@ -121,3 +121,56 @@ async fn issue_30_1_a_bad_key_file_is_warned_once_and_re_signs_nothing() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// Item 3: event ids keep growing across a restart, and a stream resumed with an id from
+/// before the restart (what a browser's EventSource sends by itself) or one from the
+/// future gets a `reset`, not silence.
+#[tokio::test]
+async fn issue_30_3_event_ids_survive_a_restart_and_unknown_ids_get_a_reset() {
+    use crate::events::{Stream, drain};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, admin) = real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "[admin]\nlisten",
+            "[admin]\ntoken_file = \"admin.token\"\nlisten",
+        )
+    });
+    std::fs::write(
+        dir.path().join("admin.token"),
+        format!("{}\n", crate::admin::TOKEN),
+    )
+    .unwrap();
+    let config = dir.path().join("gto.toml");
+    let mut gto = RealGto::run(&config);
+    gto.wait_for_log("admin API listening").await;
+    let mut stream = Stream::open(admin, None).await;
+    drain(admin, "drain").await;
+    let before = stream.next().await;
+    assert_eq!(before.kind, "drain");
+    let old = before.id.unwrap();
+    drop(stream);
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+
+    let mut gto = RealGto::run(&config);
+    gto.wait_for_log("admin API listening").await;
+    // Resuming from the earlier run: told to start again.
+    let mut resumed = Stream::open(admin, Some(old)).await;
+    let first = resumed.next().await;
+    assert_eq!(first.kind, "reset", "{first:?}");
+    drain(admin, "undrain").await;
+    let undrain = resumed.next().await;
+    assert_eq!(undrain.kind, "drain");
+    let new = undrain.id.unwrap();
+    assert!(new > old, "ids grow across a restart: {old} then {new}");
+    // An id this run has not reached.
+    let mut future = Stream::open(admin, Some(new + 1_000)).await;
+    assert_eq!(future.next().await.kind, "reset");
+    // Resuming from this run's own id: the events after it, no reset.
+    drain(admin, "drain").await;
+    let mut own = Stream::open(admin, Some(new)).await;
+    let next = own.next().await;
+    assert_eq!((next.kind.as_str(), next.id), ("drain", Some(new + 1)));
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
