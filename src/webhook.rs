@@ -9,6 +9,10 @@
 //! `gto_notify_dropped_total`. A failed POST (an error, or a status other than 2xx) is
 //! retried with backoff (0.5 s doubling, [`ATTEMPTS`] attempts), then given up and
 //! counted in `gto_notify_failed_total`.
+//!
+//! A webhook is named in metrics and logs by its `name` (and in logs by its URL without
+//! userinfo or query), never by its URL, which may carry credentials. A `user:pass@` in
+//! the URL is sent as HTTP Basic authorization, never in the `Host` header.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,11 +33,11 @@ use tracing::warn;
 use crate::config::Webhook;
 use crate::events::{Event, Events};
 
-/// `gto_notify_dropped_total{url}`: events a webhook's full queue could not take.
+/// `gto_notify_dropped_total{webhook}`: events a webhook's full queue could not take.
 pub const NOTIFY_DROPPED_TOTAL: &str = "gto_notify_dropped_total";
-/// `gto_notify_sent_total{url}`: events delivered (2xx).
+/// `gto_notify_sent_total{webhook}`: events delivered (2xx).
 pub const NOTIFY_SENT_TOTAL: &str = "gto_notify_sent_total";
-/// `gto_notify_failed_total{url}`: events given up after every attempt.
+/// `gto_notify_failed_total{webhook}`: events given up after every attempt.
 pub const NOTIFY_FAILED_TOTAL: &str = "gto_notify_failed_total";
 
 /// POST attempts per event.
@@ -54,9 +58,9 @@ pub fn start(
     let mut queues = Vec::new();
     for hook in webhooks {
         let (sender, receiver) = mpsc::channel(hook.queue);
-        metrics::counter!(NOTIFY_DROPPED_TOTAL, "url" => hook.url.clone()).absolute(0);
-        metrics::counter!(NOTIFY_SENT_TOTAL, "url" => hook.url.clone()).absolute(0);
-        metrics::counter!(NOTIFY_FAILED_TOTAL, "url" => hook.url.clone()).absolute(0);
+        metrics::counter!(NOTIFY_DROPPED_TOTAL, "webhook" => hook.name.clone()).absolute(0);
+        metrics::counter!(NOTIFY_SENT_TOTAL, "webhook" => hook.name.clone()).absolute(0);
+        metrics::counter!(NOTIFY_FAILED_TOTAL, "webhook" => hook.name.clone()).absolute(0);
         tasks.push(tokio::spawn(send_all(
             hook.clone(),
             receiver,
@@ -78,14 +82,14 @@ pub fn start(
                         let wanted = hook.events.is_empty()
                             || hook.events.iter().any(|kind| kind == event.kind);
                         if wanted && queue.try_send(event.clone()).is_err() {
-                            metrics::counter!(NOTIFY_DROPPED_TOTAL, "url" => hook.url.clone())
+                            metrics::counter!(NOTIFY_DROPPED_TOTAL, "webhook" => hook.name.clone())
                                 .increment(1);
                         }
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
                     for (hook, _) in &queues {
-                        metrics::counter!(NOTIFY_DROPPED_TOTAL, "url" => hook.url.clone())
+                        metrics::counter!(NOTIFY_DROPPED_TOTAL, "webhook" => hook.name.clone())
                             .increment(missed);
                     }
                 }
@@ -101,7 +105,7 @@ async fn send_all(hook: Webhook, mut queue: mpsc::Receiver<Arc<Event>>, token: C
     let tls = match tls_connector(&hook) {
         Ok(tls) => tls,
         Err(error) => {
-            warn!(url = %hook.url, %error, "webhook disabled: its TLS settings do not work");
+            warn!(webhook = %hook.name, url = %crate::config::redacted_url(&hook.url), %error, "webhook disabled: its TLS settings do not work");
             return;
         }
     };
@@ -123,12 +127,14 @@ async fn send_all(hook: Webhook, mut queue: mpsc::Receiver<Arc<Event>>, token: C
                     break;
                 }
                 Ok(Ok(status)) => {
-                    warn!(url = %hook.url, id = event.id, attempt, status, "webhook refused an event");
+                    warn!(webhook = %hook.name, url = %crate::config::redacted_url(&hook.url), id = event.id, attempt, status, "webhook refused an event");
                 }
                 Ok(Err(error)) => {
-                    warn!(url = %hook.url, id = event.id, attempt, %error, "webhook unreachable");
+                    warn!(webhook = %hook.name, url = %crate::config::redacted_url(&hook.url), id = event.id, attempt, %error, "webhook unreachable");
                 }
-                Err(_) => warn!(url = %hook.url, id = event.id, attempt, "webhook timed out"),
+                Err(_) => {
+                    warn!(webhook = %hook.name, url = %crate::config::redacted_url(&hook.url), id = event.id, attempt, "webhook timed out")
+                }
             }
             if attempt < ATTEMPTS {
                 tokio::select! {
@@ -143,7 +149,7 @@ async fn send_all(hook: Webhook, mut queue: mpsc::Receiver<Arc<Event>>, token: C
         } else {
             NOTIFY_FAILED_TOTAL
         };
-        metrics::counter!(counter, "url" => hook.url.clone()).increment(1);
+        metrics::counter!(counter, "webhook" => hook.name.clone()).increment(1);
     }
 }
 
@@ -200,17 +206,29 @@ async fn post(
     let tcp = TcpStream::connect((host.trim_matches(|c| c == '[' || c == ']'), port))
         .await
         .map_err(|e| e.to_string())?;
+    // Host is host[:port] only: the authority's userinfo is a credential.
+    let host_header = match uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
+    };
     let mut request = hyper::Request::post(path)
-        .header(
-            "host",
-            uri.authority().map_or(host.clone(), ToString::to_string),
-        )
+        .header("host", host_header)
         .header("content-type", "application/json")
         .header("user-agent", concat!("gto/", env!("CARGO_PKG_VERSION")))
         .header("x-gto-event", event.kind)
         .header("x-gto-delivery", event.id.to_string());
     if let Some(secret) = &hook.secret {
         request = request.header("x-gto-signature", signature(secret.expose(), body));
+    }
+    if let Some(userinfo) = uri
+        .authority()
+        .and_then(|a| a.as_str().rsplit_once('@'))
+        .map(|(userinfo, _)| userinfo)
+    {
+        use base64::Engine;
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(percent_decode(userinfo));
+        request = request.header("authorization", format!("Basic {credentials}"));
     }
     let request = request
         .body(Full::new(Bytes::copy_from_slice(body)))
@@ -245,9 +263,45 @@ where
     Ok(response.status().as_u16())
 }
 
+/// `%XX` escapes of a URL's userinfo decoded (RFC 3986 2.1); anything else kept.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_percent_decoded_and_urls_are_redacted() {
+        assert_eq!(percent_decode("al%40ice:p%3Ass%zz"), b"al@ice:p:ss%zz");
+        assert_eq!(
+            crate::config::redacted_url("https://u:secret@hooks.example.net:8443/x/y?token=abc"),
+            "https://…@hooks.example.net:8443/x/y?…"
+        );
+        assert_eq!(
+            crate::config::redacted_url("http://127.0.0.1/hook"),
+            "http://127.0.0.1/hook"
+        );
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_hex() {

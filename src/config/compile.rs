@@ -450,15 +450,43 @@ fn compile_webhooks(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>
         return Vec::new();
     };
     let mut webhooks = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for (i, hook) in notify.get_ref().webhook.iter().enumerate() {
         let path = format!("notify.webhook[{i}]");
         let RawWebhook {
+            name,
             url,
             events,
             secret_file,
             ca_file,
             queue,
         } = hook.get_ref();
+        let name = match name {
+            None => format!("webhook{i}"),
+            Some(name) => {
+                let text = name.get_ref();
+                let valid = !text.is_empty()
+                    && text.len() <= 64
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !valid {
+                    errors.at(
+                        name,
+                        format!("{path}.name"),
+                        "1 to 64 letters, digits, '-', '_' or '.'",
+                    );
+                }
+                text.clone()
+            }
+        };
+        if !names.insert(name.clone()) {
+            errors.at(
+                hook,
+                format!("{path}.name"),
+                format!("webhook {name:?} is named twice"),
+            );
+        }
         let url = match url {
             Some(url)
                 if ["http://", "https://"]
@@ -513,6 +541,7 @@ fn compile_webhooks(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>
             .and_then(|q| usize::try_from(q).ok())
             .unwrap_or(1024);
         webhooks.push(Webhook {
+            name,
             url,
             events,
             secret,

@@ -54,9 +54,13 @@ pub struct Config {
 }
 
 /// `[[notify.webhook]]`: events POSTed to a URL as JSON, signed with HMAC-SHA256.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Webhook {
-    /// `http://` or `https://` URL.
+    /// What metrics and logs call it (`name`, default `webhook<index>`): never the URL,
+    /// which may carry credentials.
+    pub name: String,
+    /// `http://` or `https://` URL, credentials (userinfo, query) included: only the
+    /// request uses it.
     pub url: String,
     /// Event kinds sent (empty: all).
     pub events: Vec<String>,
@@ -66,6 +70,36 @@ pub struct Webhook {
     pub ca: Option<String>,
     /// Events waiting at most; more are dropped and counted.
     pub queue: usize,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL's userinfo or query, nor the secret.
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &redacted_url(&self.url))
+            .field("events", &self.events)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL as it may be shown: scheme, host, port and path; a userinfo (`user:pass@`) and a
+/// query or fragment (where tokens hide) are replaced by `…`.
+pub fn redacted_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return "<not a URL>".into();
+    };
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or("");
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let userinfo = if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        "…@"
+    } else {
+        ""
+    };
+    let query = if uri.query().is_some() { "?…" } else { "" };
+    format!("{scheme}://{userinfo}{host}{port}{}{query}", uri.path())
 }
 
 /// Event kinds a webhook may ask for.

@@ -156,6 +156,7 @@ pub(crate) struct RawNotify {
 /// `[[notify.webhook]]`: one receiver of events.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawWebhook {
+    pub(crate) name: Option<Spanned<String>>,
     pub(crate) url: Option<Spanned<String>>,
     pub(crate) events: Option<Spanned<Vec<String>>>,
     pub(crate) secret_file: Option<Spanned<String>>,

@@ -194,8 +194,10 @@ async fn issue_15_webhooks_are_signed_retried_after_500s_and_filtered_by_kind() 
         );
     }
     let (_, metrics) = http(gto.admin(), "GET", "/metrics", None, "").await;
-    let url = format!("url=\"http://{}/hook\"", receiver.addr);
-    assert_eq!(sample(&metrics, "gto_notify_sent_total", &[&url]), 1.0);
+    assert_eq!(
+        sample(&metrics, "gto_notify_sent_total", &["webhook=\"webhook0\""]),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -231,10 +233,64 @@ async fn issue_15_a_stuck_receiver_fills_a_bounded_queue_and_the_rest_is_counted
     let dropped = sample(
         &metrics,
         "gto_notify_dropped_total",
-        &[&format!("url=\"{url}\"")],
+        &["webhook=\"webhook0\""],
     );
     assert!(dropped >= 30.0, "dropped {dropped}");
     // The query path and the admin API are unaffected.
     let (code, _) = http_json(gto.admin(), "GET", "/v1/status", None, "").await;
     assert_eq!(code, 200);
+}
+
+/// Issue 30 item 6: a URL's credentials (userinfo, query) are in neither `/metrics` nor
+/// the log, and `user:pass@` goes out as Basic authorization, never in `Host`.
+#[tokio::test]
+async fn issue_30_6_webhook_credentials_stay_out_of_metrics_logs_and_host() {
+    let receiver = Receiver::start(None, false).await;
+    let closed = crate::support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, admin) = crate::issue30::real_config(dir.path(), ZONE, |text| {
+        format!(
+            "{}\n[[notify.webhook]]\nname = \"chat\"\nurl = \"http://bot:pa%40ss-S3CRET@{}/hook?key=Q-S3CRET\"\n\
+             [[notify.webhook]]\nurl = \"http://ops:U-S3CRET@127.0.0.1:{closed}/down?t=T-S3CRET\"\n",
+            text.replace(
+                "[admin]\nlisten",
+                "[admin]\ntoken_file = \"admin.token\"\nlisten"
+            ),
+            receiver.addr
+        )
+    });
+    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let mut gto = crate::support::RealGto::run(&dir.path().join("gto.toml"));
+    gto.wait_for_log("admin API listening").await;
+    crate::events::drain(admin, "drain").await;
+    within(Duration::from_secs(5), "delivered", || async {
+        !receiver.deliveries().is_empty()
+    })
+    .await;
+    let delivery = &receiver.deliveries()[0];
+    assert_eq!(
+        delivery.header("host"),
+        Some(receiver.addr.to_string().as_str())
+    );
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("bot:pa@ss-S3CRET");
+    assert_eq!(
+        delivery.header("authorization"),
+        Some(format!("Basic {basic}").as_str())
+    );
+    // The unreachable one is logged by name and by its URL without credentials.
+    let warning = gto.wait_for_log("webhook unreachable").await;
+    assert!(
+        warning.contains("webhook1") && warning.contains("/down"),
+        "{warning}"
+    );
+    assert!(!warning.contains("S3CRET"), "{warning}");
+    let (_, metrics) = http(admin, "GET", "/metrics", None, "").await;
+    assert!(!metrics.contains("S3CRET"), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "gto_notify_sent_total", &["webhook=\"chat\""]),
+        1.0
+    );
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
 }
