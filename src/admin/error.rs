@@ -21,6 +21,9 @@ pub enum ApiError {
     /// A reload found problems; the running config keeps serving.
     #[error("reload rejected; the running config keeps serving")]
     InvalidConfig(ConfigErrors),
+    /// The request's `Host` names no host of this server (DNS rebinding).
+    #[error("{0}")]
+    Misdirected(String),
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
@@ -44,6 +47,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::ChangesDisabled => StatusCode::FORBIDDEN,
             ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,

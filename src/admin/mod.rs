@@ -18,6 +18,13 @@
 //! at 10 s; a client has `[admin] header_timeout` (5 s) to send its headers, and at most
 //! `[admin] max_connections` (64) connections are open at once. Shutdown closes whatever
 //! is still open after 2 s. Errors are JSON: `{"error": "..."}`.
+//!
+//! Against DNS rebinding (a web page whose name resolves to 127.0.0.1), a request whose
+//! `Host` is a name other than `localhost`, this machine's host name or one of `[admin]
+//! hosts` gets 421; IP literals are always accepted. Every response carries
+//! `Content-Security-Policy` (nothing but the page's own script and style, no framing),
+//! `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and `Referrer-Policy:
+//! no-referrer`.
 
 mod error;
 mod page;
@@ -98,6 +105,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .layer(axum::middleware::from_fn(count_requests))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
@@ -106,7 +117,83 @@ pub fn router(state: AdminState) -> Router {
         ))
         // Outermost, so the limit and timeout layers' errors become JSON too.
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Refuses (421) a request whose `Host` names a host this API does not know: DNS
+/// rebinding gives a web page a name of its own that resolves to this listener.
+async fn check_host(
+    axum::extract::State(state): axum::extract::State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+    if let Some(host) = host
+        && !host_allowed(&host, &state.settings.load().hosts)
+    {
+        return ApiError::Misdirected(format!(
+            "Host {host:?} is not a name of this server; add it to [admin] hosts"
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header's value names this server: an IP literal, `localhost`, this
+/// machine's host name, or one of `hosts` (ports ignored, case-insensitive).
+pub(crate) fn host_allowed(host: &str, hosts: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" {
+        return true;
+    }
+    static HOSTNAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let own = HOSTNAME.get_or_init(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .map(|h| h.to_ascii_lowercase())
+    });
+    own.as_deref() == Some(name.as_str()) || hosts.contains(&name)
+}
+
+/// Adds the headers that keep a browser from sniffing, framing or leaking the API's
+/// responses, and confine the status page to its own script and style.
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    use axum::http::header;
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(policy) = HeaderValue::from_str(page::content_security_policy()) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 /// A running admin listener.

@@ -369,8 +369,34 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
         max_drain,
         max_connections,
         header_timeout,
+        hosts,
     } = admin.get_ref();
     let defaults = AdminSettings::default();
+    let hosts = hosts.as_ref().map_or_else(Vec::new, |list| {
+        let mut names = Vec::new();
+        for (i, name) in list.get_ref().iter().enumerate() {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                });
+            if valid {
+                names.push(name);
+            } else {
+                errors.at(
+                    list,
+                    format!("admin.hosts[{i}]"),
+                    format!("{name:?} is not a host name"),
+                );
+            }
+        }
+        names
+    });
     let max_drain = errors.setting(
         max_drain.as_ref(),
         "admin.max_drain",
@@ -442,6 +468,7 @@ fn compile_admin(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
         max_drain,
         max_connections,
         header_timeout,
+        hosts,
     }
 }
 

@@ -239,6 +239,10 @@ pub struct AdminSettings {
     /// Time a client has to send a request's headers (default 5 s); a connection that
     /// sends nothing is closed, so it cannot hold shutdown or a connection slot.
     pub header_timeout: Duration,
+    /// Names a client may send in `Host` besides IP literals, `localhost` and this
+    /// machine's host name (lower case, no trailing dot): any other name is refused, so
+    /// that a web page cannot reach the API through DNS rebinding.
+    pub hosts: Vec<String>,
 }
 
 impl AdminSettings {
@@ -254,6 +258,7 @@ impl Default for AdminSettings {
             max_drain: Duration::from_secs(366 * 86_400),
             max_connections: 64,
             header_timeout: Duration::from_secs(5),
+            hosts: Vec::new(),
         }
     }
 }

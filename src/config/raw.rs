@@ -131,6 +131,8 @@ pub(crate) struct RawAdmin {
     pub(crate) max_connections: Option<Spanned<i64>>,
     /// Time a client has to send a request's headers, e.g. "5s".
     pub(crate) header_timeout: Option<Spanned<String>>,
+    /// Host names clients may use in `Host` (besides IP literals and `localhost`).
+    pub(crate) hosts: Option<Spanned<Vec<String>>>,
 }
 
 /// `[cluster]`: the fleet's shared state in etcd.

@@ -174,3 +174,88 @@ async fn issue_30_3_event_ids_survive_a_restart_and_unknown_ids_get_a_reset() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// A raw HTTP/1.1 GET with a given `Host`; the status line and the headers (lower case).
+async fn get_with_host(addr: SocketAddr, path: &str, host: &str) -> (u16, Vec<(String, String)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    let head = text.split("\r\n\r\n").next().unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+/// Item 8: a `Host` that names another site (DNS rebinding) is refused; IP literals,
+/// localhost and `[admin] hosts` are served; every response has the security headers.
+#[tokio::test]
+async fn issue_30_8_foreign_host_headers_are_refused_and_security_headers_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, admin) = real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "[admin]\nlisten",
+            "[admin]\nhosts = [\"gto-admin.example.net\"]\nlisten",
+        )
+    });
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    gto.wait_for_log("admin API listening").await;
+    let port = admin.port();
+    for host in [
+        "rebind.attacker.example".to_string(),
+        format!("rebind.attacker.example:{port}"),
+        format!("localhost.attacker.example:{port}"),
+    ] {
+        for path in ["/", "/v1/status", "/metrics"] {
+            let (status, _) = get_with_host(admin, path, &host).await;
+            assert_eq!(status, 421, "{host} {path}");
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_string(),
+        format!("gto-admin.example.net:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, headers) = get_with_host(admin, "/", &host).await;
+        assert_eq!(status, 200, "{host}");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        assert_eq!(header("referrer-policy"), "no-referrer");
+        let csp = header("content-security-policy");
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'sha256-"),
+            "{csp}"
+        );
+    }
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
