@@ -45,6 +45,7 @@ pub(crate) const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
 pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Config {
     let server = compile_server(&raw, base_dir, errors);
     let admin = compile_admin(&raw, base_dir, errors);
+    check_listeners(&raw, &server, &admin, errors);
     let rrl = compile_rrl(&raw, errors);
     let geo = compile_geo(&raw, base_dir, errors);
     let zones = compile_zones(&raw, base_dir, errors);
@@ -65,6 +66,34 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
         services,
         pools,
         cluster,
+    }
+}
+
+/// The admin API cannot listen where DNS listens over TCP: one of the two would fail to
+/// bind at start (or take the other's connections).
+fn check_listeners(
+    raw: &RawConfig,
+    server: &ServerSettings,
+    admin: &AdminSettings,
+    errors: &mut Collector<'_>,
+) {
+    let Some(address) = admin.listen else {
+        return;
+    };
+    let clash = server.listen.iter().find(|dns| {
+        dns.port() == address.port()
+            && address.port() != 0
+            && (dns.ip() == address.ip() || address.ip().is_unspecified())
+    });
+    if let Some(dns) = clash {
+        let message = format!(
+            "{address} is also a DNS listener ({dns} in server.listen, UDP and TCP): give the \
+             admin API another port"
+        );
+        match raw.admin.as_ref().and_then(|a| a.get_ref().listen.as_ref()) {
+            Some(listen) => errors.at(listen, "admin.listen", message),
+            None => errors.push(None, "admin.listen", message),
+        }
     }
 }
 

@@ -144,6 +144,27 @@ impl Handler {
                     });
                 }
             }
+        } else {
+            // Over TCP an answer is whole or not at all (65,535 octets): additionals it
+            // can go without are left out first; what still does not fit is SERVFAIL,
+            // never a partial RRset (zone loading refuses sets that big; this is the
+            // backstop).
+            let limit = usize::from(u16::MAX);
+            let mut fit = fits(&reply, request, limit);
+            while !fit && reply.resolution.additionals.len() > reply.resolution.required_additionals
+            {
+                reply.resolution.additionals.pop();
+                fit = fits(&reply, request, limit);
+            }
+            if !fit {
+                bad("too_big");
+                reply.metadata.response_code = ResponseCode::ServFail;
+                reply.metadata.authoritative = false;
+                reply.resolution.answers.clear();
+                reply.resolution.authorities.clear();
+                reply.resolution.additionals.clear();
+                reply.resolution.gslb = None;
+            }
         }
         if truncate {
             reply.metadata.truncation = true;
@@ -278,7 +299,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
             return answered;
         }
     }
-    if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
+    if query.query_class() != DNSClass::IN {
         bad("class");
         return reply(ResponseCode::Refused, metadata, edns);
     }

@@ -112,14 +112,30 @@ pub fn parse_question(
     qtype: Option<&str>,
     client: &str,
 ) -> Result<(LowerName, RecordType, IpAddr), QuestionError> {
-    let mut parsed =
-        Name::from_ascii(name).map_err(|e| QuestionError(format!("name {name:?}: {e}")))?;
+    // An internationalised name (bücher.example) is asked for in its A-label form
+    // (xn--bcher-kva.example), as a resolver would.
+    let parsed = if name.is_ascii() {
+        Name::from_ascii(name)
+    } else {
+        Name::from_utf8(name)
+    };
+    let mut parsed = parsed.map_err(|e| QuestionError(format!("name {name:?}: {e}")))?;
     parsed.set_fqdn(true);
     let qtype = match qtype {
         None => RecordType::A,
         Some(text) => RecordType::from_str(&text.to_ascii_uppercase())
             .map_err(|_| QuestionError(format!("type {text:?} is not a record type")))?,
     };
+    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+        return Err(QuestionError(format!(
+            "type {qtype} is a zone transfer, which gto refuses (REFUSED): nothing to explain"
+        )));
+    }
+    if qtype == RecordType::OPT || (128..=254).contains(&u16::from(qtype)) {
+        return Err(QuestionError(format!(
+            "type {qtype} is a meta-type, not a question (FORMERR)"
+        )));
+    }
     let client: IpAddr = client
         .parse()
         .map_err(|_| QuestionError(format!("client {client:?} is not an IP address")))?;

@@ -387,6 +387,13 @@ fn explain_parse_error(error: &str) -> String {
             .into();
     }
     if let Some(kind) = error.split("record type string unknown: ").nth(1) {
+        // A number the parser could not take as a TTL (over 32 bits) ends up here too.
+        if !kind.is_empty() && kind.trim().bytes().all(|b| b.is_ascii_digit()) {
+            return format!(
+                "TTL {} is out of range: a TTL is at most 2147483647 (RFC 2181 section 8)",
+                kind.trim()
+            );
+        }
         return format!("record type {kind} is not supported");
     }
     if error.contains("Label contains invalid characters") {

@@ -298,6 +298,25 @@ fn parse_within(
                 format!("{owner} has a CNAME beside other records (RFC 1034 section 3.6.2)"),
             );
         }
+        for set in sets {
+            let size = wire_size(owner, set);
+            if size > MAX_RRSET_WIRE {
+                let (at, line) = line_of(owner, set.record_type);
+                error(
+                    &mut errors,
+                    &at,
+                    line,
+                    format!(
+                        "{owner} {} has {} records taking about {size} octets on the wire: an \
+                         answer holds at most {MAX_RRSET_WIRE} with room for its question and \
+                         signatures (a DNS message is at most 65,535 octets, even over TCP); \
+                         split it or keep fewer records",
+                        set.record_type,
+                        set.records.len()
+                    ),
+                );
+            }
+        }
         if *owner == apex && cname.is_some() {
             let (at, line) = line_of(owner, RecordType::CNAME);
             error(
@@ -429,6 +448,32 @@ fn occluded(
 
 /// RFC 2181 section 8: a TTL is at most 2^31 - 1.
 const MAX_TTL: u32 = i32::MAX as u32;
+
+/// Largest RRset served, in octets of its records: a message is at most 65,535 octets
+/// (the TCP length field), and an answer needs room for its header, question, OPT and
+/// the RRSIGs of a signed zone besides the records. A bigger set could only go out
+/// partial, which gto never does.
+pub const MAX_RRSET_WIRE: usize = 65_535 - 2_048;
+
+/// What an RRset takes in an answer, per record its owner, type, class, TTL and length
+/// (10) and its data, all uncompressed: the encoder compresses at most 120 names per
+/// message (as Unbound does since CVE-2024-8508), so a big set is mostly uncompressed.
+fn wire_size(owner: &LowerName, set: &RrSet) -> usize {
+    use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+    let data: usize = set
+        .records
+        .iter()
+        .map(|record| {
+            let mut buffer = Vec::with_capacity(64);
+            let mut encoder = BinEncoder::new(&mut buffer);
+            match record.data.emit(&mut encoder) {
+                Ok(()) => owner.len() + 1 + 10 + buffer.len(),
+                Err(_) => usize::MAX / (1 << 20),
+            }
+        })
+        .sum();
+    data
+}
 
 /// Owners whose CNAME chain, followed inside the zone, comes back to a name already on it
 /// (each loop reported once, at its smallest name).

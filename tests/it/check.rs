@@ -4,7 +4,7 @@ use std::fs;
 
 use crate::support::{ZONE, config, gto_bin, repo};
 
-fn check(dir: &std::path::Path) -> (i32, String, String) {
+pub(crate) fn check(dir: &std::path::Path) -> (i32, String, String) {
     let output = gto_bin()
         .arg("check")
         .arg("--config")

@@ -259,3 +259,145 @@ async fn issue_30_8_foreign_host_headers_are_refused_and_security_headers_sent()
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// `count` A records at `owner`, as zone file lines.
+fn a_records(owner: &str, count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "{owner} IN A 10.{}.{}.{}\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            )
+        })
+        .collect()
+}
+
+/// Item 9, the zone and check part: a TTL over 32 bits is named as a TTL; an RRset no
+/// DNS message can hold is refused at load with its line; an admin listener on a DNS
+/// listener's address is refused; all of them at once, exit 64.
+#[test]
+fn issue_30_9_check_names_a_huge_ttl_an_oversized_rrset_and_a_clashing_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = format!(
+        "{ZONE}big-ttl 4294967296 IN A 192.0.2.1\n{}",
+        a_records("huge", 5_000)
+    );
+    real_config(dir.path(), &zone, |text| {
+        let dns = text
+            .split("listen = [\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        let admin = text
+            .split("[admin]\nlisten = \"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        text.replace(
+            &format!("[admin]\nlisten = \"{admin}\""),
+            &format!("[admin]\nlisten = \"{dns}\""),
+        )
+    });
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    let huge_line = ZONE.lines().count() + 2;
+    for expected in [
+        "TTL 4294967296 is out of range".to_string(),
+        format!("gto.example.com.zone:{huge_line}: huge.gto.example.com. A has 5000 records"),
+        "admin.listen: 127.0.0.1:".to_string(),
+        "is also a DNS listener".to_string(),
+    ] {
+        assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
+    }
+    assert!(!stderr.contains("record type"), "{stderr}");
+}
+
+/// Item 9, the serving part, through the real binary and dig: QCLASS ANY is REFUSED; a
+/// large RRset (1,600 records, about 59 KB uncompressed) goes out whole over TCP, and signed with DO;
+/// `gto explain` takes an IDN name and refuses AXFR, on the command line and the API.
+#[tokio::test]
+async fn issue_30_9_class_any_refused_big_sets_whole_over_tcp_and_explain_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = format!("{ZONE}{}", a_records("large", 1_600));
+    let (addr, admin) = real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
+    crate::dnssec::keygen(dir.path(), "keys", &[]);
+    let config = dir.path().join("gto.toml");
+    let mut gto = RealGto::run(&config);
+    wait_answering(addr, "vpn.gto.example.com.").await;
+
+    let any = dig(
+        addr,
+        &["+norec", "-c", "ANY", "-t", "A", "vpn.gto.example.com"],
+    )
+    .await;
+    assert!(
+        any.contains("status: REFUSED") && !any.contains("status: NOERROR"),
+        "{any}"
+    );
+    let rows = |text: &str, kind: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with(';') && l.contains(&format!("\t{kind}\t")))
+            .count()
+    };
+    let plain = dig(addr, &["+norec", "+tcp", "large.gto.example.com", "A"]).await;
+    assert!(plain.contains("status: NOERROR"), "{plain}");
+    assert_eq!(rows(&plain, "A"), 1_600, "whole over TCP");
+    let signed = dig(
+        addr,
+        &["+norec", "+tcp", "+dnssec", "large.gto.example.com", "A"],
+    )
+    .await;
+    assert_eq!(rows(&signed, "A"), 1_600, "whole with DO");
+    assert_eq!(rows(&signed, "RRSIG"), 1, "and signed");
+
+    // `gto explain`: an IDN name in its U-label form, and AXFR refused.
+    let explain = |args: &[&str]| {
+        crate::support::gto_bin()
+            .args([
+                OsStr::new("explain"),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let idn = explain(&["bücher.gto.example.com.", "192.0.2.1"]);
+    assert!(idn.status.success(), "{idn:?}");
+    let idn: serde_json::Value = serde_json::from_slice(&idn.stdout).unwrap();
+    assert_eq!(idn["rcode"], "NXDOMAIN", "{idn}");
+    let axfr = explain(&["gto.example.com.", "192.0.2.1", "-t", "AXFR"]);
+    assert!(!axfr.status.success());
+    assert!(
+        String::from_utf8_lossy(&axfr.stderr).contains("zone transfer"),
+        "{axfr:?}"
+    );
+    let (code, body) = http(
+        admin,
+        "GET",
+        "/v1/explain?name=gto.example.com&client=192.0.2.1&type=AXFR",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http(
+        admin,
+        "GET",
+        "/v1/explain?name=b%C3%BCcher.gto.example.com&client=192.0.2.1",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
