@@ -39,19 +39,57 @@ impl std::fmt::Display for ConfigSource {
 
 impl ConfigSource {
     /// Like [`ConfigSource::load`], but gives up after `timeout`. The reading thread is
-    /// left behind when it is stuck in the kernel; nothing waits for it.
+    /// left behind when it is stuck in the kernel (or in a huge tree of files); nothing
+    /// waits for it, and no other read starts until it has ended: a reload meanwhile is
+    /// refused at once rather than adding a second reader.
     pub fn load_within(&self, timeout: Duration) -> Result<Loaded, ConfigErrors> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let source = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("gto-load".into())
-            .spawn(move || {
-                let _ = sender.send(source.load());
-            });
+        use std::collections::HashSet;
+        use std::sync::Mutex;
+        /// The configs a reading thread is reading now (one thread per config at a time).
+        static READING: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+        /// Takes its config out of [`READING`] when the reading thread ends, however it
+        /// ends.
+        struct Reading(PathBuf);
+        impl Drop for Reading {
+            fn drop(&mut self) {
+                if let Ok(mut reading) = READING.lock()
+                    && let Some(set) = reading.as_mut()
+                {
+                    set.remove(&self.0);
+                }
+            }
+        }
         let file = match self {
             ConfigSource::Embedded => PathBuf::from("<embedded gto.toml>"),
             ConfigSource::File(path) => path.clone(),
         };
+        let started = READING
+            .lock()
+            .map(|mut reading| {
+                reading
+                    .get_or_insert_with(HashSet::new)
+                    .insert(file.clone())
+            })
+            .unwrap_or(true);
+        if !started {
+            return Err(ConfigErrors(vec![ConfigError {
+                file,
+                line: None,
+                path: String::new(),
+                message: "the previous read of the config and its files is still running \
+                          (it gave up waiting, the reading goes on); not starting another"
+                    .into(),
+            }]));
+        }
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let source = self.clone();
+        let reading = Reading(file.clone());
+        let spawned = std::thread::Builder::new()
+            .name("gto-load".into())
+            .spawn(move || {
+                let _reading = reading;
+                let _ = sender.send(source.load());
+            });
         let failed = |message: String| {
             ConfigErrors(vec![ConfigError {
                 file: file.clone(),
@@ -61,6 +99,7 @@ impl ConfigSource {
             }])
         };
         if let Err(e) = spawned {
+            // The closure, and with it the guard, was dropped: the config is free again.
             return Err(failed(format!("cannot start reading the config: {e}")));
         }
         match receiver.recv_timeout(timeout) {
@@ -210,9 +249,15 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             ZoneSource::Embedded(text) => {
                 crate::zone::parse(text, &spec.origin, spec.source.display_path())
             }
-            ZoneSource::File(path) => {
-                crate::zone::load(&spec.origin, path, config.server.max_file_size)
-            }
+            ZoneSource::File(path) => crate::zone::load(
+                &spec.origin,
+                path,
+                &crate::zone::ReadLimits {
+                    bytes: config.server.max_file_size,
+                    includes: crate::zone::MAX_INCLUDES,
+                    root: config.server.include_root.clone(),
+                },
+            ),
         };
         match zone.map_err(|errors| errors.into_iter().map(located).collect::<Vec<_>>()) {
             Ok(zone) => zones.push(zone),

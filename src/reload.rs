@@ -38,6 +38,7 @@ impl Reloader {
             fleet,
             bus,
             digest: ArcSwap::from_pointee(running.digest.clone()),
+            bound: running.config.clone(),
             running: Mutex::new(running),
             last: Arc::new(ArcSwapOption::empty()),
         }))
@@ -56,6 +57,9 @@ struct ReloaderInner {
     bus: Option<crate::events::Events>,
     /// The config and zones being served; also the reload lock (one at a time).
     running: Mutex<Arc<Loaded>>,
+    /// The config gto started with: what listeners and tasks that only a restart changes
+    /// run with, so a setting changed and changed back needs no restart.
+    bound: crate::config::Config,
     /// The outcome of the last reload, for status.
     last: Arc<ArcSwapOption<ReloadOutcome>>,
     /// Digest of the config and zones being served.
@@ -168,7 +172,7 @@ impl Reloader {
         for warning in &loaded.warnings {
             warn!(%warning, "config warning");
         }
-        let needs_restart = needs_restart(&running.config, &loaded.config);
+        let needs_restart = needs_restart(&inner.bound, &loaded.config);
         for setting in &needs_restart {
             warn!(setting = %setting, "changed, but only takes effect at a restart");
         }

@@ -179,6 +179,8 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
         "not a size of 1KiB to 4GiB (e.g. \"256MiB\")",
     );
     errors.file_limit = max_file_size;
+    let include_root = (!raw.server.include_outside_config_dir.unwrap_or(true))
+        .then(|| std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_path_buf()));
     let state_file_follow_symlinks = raw.server.state_file_follow_symlinks.unwrap_or(false);
     let udp_coalesce = errors.setting(
         server.udp_coalesce.as_ref(),
@@ -196,6 +198,7 @@ fn compile_server(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) 
         tcp_max_queries,
         udp_coalesce,
         max_file_size,
+        include_root,
         state_file_follow_symlinks,
         identity: raw.server.identity.as_ref().and_then(|id| {
             let text = id.get_ref();

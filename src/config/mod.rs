@@ -323,6 +323,10 @@ pub struct ServerSettings {
     /// Largest zone file, MaxMind database, certificate or token file read (default
     /// 256 MiB): a runaway or endless file is an error, not an allocation failure.
     pub max_file_size: u64,
+    /// Where a zone file's `$INCLUDE` may read: None (the default,
+    /// `include_outside_config_dir = true`) anywhere the process can read; else only
+    /// files inside this directory tree (the config's directory, canonical).
+    pub include_root: Option<std::path::PathBuf>,
 }
 
 /// `[[zone]]`: an origin and where its records come from.

@@ -53,6 +53,8 @@ pub(crate) struct RawServer {
     pub(crate) identity: Option<Spanned<String>>,
     /// Largest file the config names, e.g. "256MiB".
     pub(crate) max_file_size: Option<Spanned<String>>,
+    /// Whether a zone file's `$INCLUDE` may read files outside the config's directory.
+    pub(crate) include_outside_config_dir: Option<bool>,
 }
 
 /// `[rrl]`: response rate limiting on UDP.

@@ -49,15 +49,20 @@ pub struct Read {
     pub digest: [u8; 32],
 }
 
-/// Reads the master-file `text` of `file` for the zone `origin`; `limit` bounds the bytes
-/// of all files read together (the first file's text counts).
-pub fn read(text: &str, origin: &Name, file: &Path, limit: u64) -> Read {
+/// Reads the master-file `text` of `file` for the zone `origin` within `limits`: the bytes
+/// of all files read together (the first file's text counts), the number of `$INCLUDE`s
+/// followed, and where they may read.
+pub fn read(text: &str, origin: &Name, file: &Path, limits: &super::ReadLimits) -> Read {
     let mut reader = Reader {
         errors: Vec::new(),
         records: Vec::new(),
         stack: Vec::new(),
-        budget: limit.saturating_sub(text.len() as u64),
-        limit,
+        budget: limits.bytes.saturating_sub(text.len() as u64),
+        limit: limits.bytes,
+        includes: limits.includes,
+        include_limit: limits.includes,
+        over_includes: false,
+        root: limits.root.clone(),
         hasher: Sha256::new(),
     };
     reader.hasher.update(text.as_bytes());
@@ -96,6 +101,14 @@ struct Reader {
     /// Bytes that included files may still take.
     budget: u64,
     limit: u64,
+    /// `$INCLUDE`s that may still be followed.
+    includes: usize,
+    /// `$INCLUDE`s followed at most.
+    include_limit: usize,
+    /// Whether the include limit was reported (once).
+    over_includes: bool,
+    /// Where includes may read, when limited.
+    root: Option<PathBuf>,
     hasher: Sha256,
 }
 
@@ -214,6 +227,35 @@ impl Reader {
                 format!("$INCLUDE loop: {}", chain.join(" includes ")),
             );
         }
+        if let Some(root) = &self.root
+            && !canonical.starts_with(root)
+        {
+            return self.error(
+                file,
+                line,
+                format!(
+                    "included file {} is outside {} (server.include_outside_config_dir = false)",
+                    canonical.display(),
+                    root.display()
+                ),
+            );
+        }
+        if self.includes == 0 {
+            if !self.over_includes {
+                self.over_includes = true;
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "more than {} $INCLUDEs in the zone's files (counted over the whole \
+                         tree): the rest are not read",
+                        self.include_limit
+                    ),
+                );
+            }
+            return;
+        }
+        self.includes -= 1;
         if self.stack.len() > MAX_INCLUDE_DEPTH {
             return self.error(
                 file,

@@ -129,23 +129,50 @@ pub struct ZoneError {
     pub message: String,
 }
 
-/// Reads the zone file at `path` (a regular file of at most `limit` bytes, together with
-/// what it includes) and validates it as the zone of `origin`.
-pub fn load(origin: &Name, path: &Path, limit: u64) -> Result<Zone, Vec<ZoneError>> {
-    let text = crate::files::read_to_string(path, limit).map_err(|e| {
+/// Reads the zone file at `path` (a regular file within `limits`, together with what it
+/// includes) and validates it as the zone of `origin`.
+pub fn load(origin: &Name, path: &Path, limits: &ReadLimits) -> Result<Zone, Vec<ZoneError>> {
+    let text = crate::files::read_to_string(path, limits.bytes).map_err(|e| {
         vec![ZoneError {
             file: path.to_path_buf(),
             line: None,
             message: format!("cannot read zone file for {origin}: {e}"),
         }]
     })?;
-    parse_within(&text, origin, path.to_path_buf(), limit)
+    parse_within(&text, origin, path.to_path_buf(), limits)
+}
+
+/// Bounds on reading one zone's files: what a zone file (or a tree of `$INCLUDE`s) can
+/// make gto read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Bytes of all of the zone's files together (`[server] max_file_size`).
+    pub bytes: u64,
+    /// `$INCLUDE` directives followed at most, over the whole tree ([`MAX_INCLUDES`]): a
+    /// fan-out of tiny files that include each other many times is an error, not hours
+    /// of reading.
+    pub includes: usize,
+    /// When set, `$INCLUDE` reads only files inside this directory tree.
+    pub root: Option<PathBuf>,
+}
+
+/// `$INCLUDE`s followed at most per zone.
+pub const MAX_INCLUDES: usize = 10_000;
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            bytes: crate::files::DEFAULT_MAX_FILE_SIZE,
+            includes: MAX_INCLUDES,
+            root: None,
+        }
+    }
 }
 
 /// Parses zone text for `origin`; `file` names it in messages and is where `$INCLUDE`
 /// paths start.
 pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<ZoneError>> {
-    parse_within(text, origin, file, crate::files::DEFAULT_MAX_FILE_SIZE)
+    parse_within(text, origin, file, &ReadLimits::default())
 }
 
 /// Where a record type of an owner was first read, for messages.
@@ -155,9 +182,9 @@ fn parse_within(
     text: &str,
     origin: &Name,
     file: PathBuf,
-    limit: u64,
+    limits: &ReadLimits,
 ) -> Result<Zone, Vec<ZoneError>> {
-    let read = master::read(text, origin, &file, limit);
+    let read = master::read(text, origin, &file, limits);
     let mut errors = read.errors;
     let apex = LowerName::from(origin);
     let mut soa: Option<Record> = None;

@@ -401,3 +401,101 @@ async fn issue_30_9_class_any_refused_big_sets_whole_over_tcp_and_explain_questi
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// Item 5: a fan-out of `$INCLUDE`s (7 tiny files, each including the one before ten
+/// times: 10^6 includes) is stopped at 10,000 includes with one located problem, at
+/// once, instead of reading on for gigabytes.
+#[test]
+fn issue_30_5_an_include_fan_out_is_cut_off_at_the_include_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("level0.zone"), "leaf IN TXT \"x\"\n").unwrap();
+    for level in 1..=6 {
+        let text = format!("$INCLUDE level{}.zone\n", level - 1).repeat(10);
+        std::fs::write(dir.path().join(format!("level{level}.zone")), text).unwrap();
+    }
+    real_config(dir.path(), &format!("{ZONE}$INCLUDE level6.zone\n"), |t| t);
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = crate::check::check(dir.path());
+    let took = started.elapsed();
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("more than 10000 $INCLUDEs"), "{stderr}");
+    assert_eq!(
+        stderr.matches("$INCLUDEs").count(),
+        1,
+        "reported once: {stderr}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+/// Item 10: `include_outside_config_dir = false` keeps `$INCLUDE` inside the config's
+/// directory tree (by default it may read anywhere, as documented).
+#[test]
+fn issue_30_10_includes_can_be_kept_inside_the_config_directory() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("extra.zone"), "extra IN A 192.0.2.7\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(
+        dir.path().join("sub/inside.zone"),
+        "inside IN A 192.0.2.8\n",
+    )
+    .unwrap();
+    let include = format!(
+        "{ZONE}$INCLUDE sub/inside.zone\n$INCLUDE {}\n",
+        outside.path().join("extra.zone").display()
+    );
+    real_config(dir.path(), &include, |t| t);
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 0, "by default includes read anywhere: {stderr}");
+    real_config(dir.path(), &include, |t| {
+        t.replace(
+            "[server]\n",
+            "[server]\ninclude_outside_config_dir = false\n",
+        )
+    });
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("extra.zone is outside") && !stderr.contains("inside.zone"),
+        "{stderr}"
+    );
+}
+
+/// Item 10: the reload reply names a restart-only setting while it differs from what
+/// runs, and no longer once it is changed back.
+#[tokio::test]
+async fn issue_30_10_needs_restart_is_measured_against_what_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "[admin]\nlisten",
+            "[admin]\ntoken_file = \"admin.token\"\nlisten",
+        )
+    });
+    std::fs::write(
+        dir.path().join("admin.token"),
+        format!("{}\n", crate::admin::TOKEN),
+    )
+    .unwrap();
+    let config = dir.path().join("gto.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut gto = RealGto::run(&config);
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let reload = || async {
+        let (code, body) =
+            crate::support::http_json(admin, "POST", "/v1/reload", Some(crate::admin::TOKEN), "")
+                .await;
+        assert_eq!(code, 200, "{body}");
+        body["needs_restart"].clone()
+    };
+    std::fs::write(
+        &config,
+        original.replace("[server]\n", "[server]\nudp_payload = 1400\n"),
+    )
+    .unwrap();
+    assert_eq!(reload().await, serde_json::json!(["server.udp_payload"]));
+    std::fs::write(&config, &original).unwrap();
+    assert_eq!(reload().await, serde_json::json!([]));
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
