@@ -386,6 +386,18 @@ fn rate_limit(snapshot: &Snapshot, request: &Request, reply: &Reply<'_>) -> Verd
             .first()
             .map(|ns| name_key(&LowerName::from(&ns.name)))
             .unwrap_or_default(),
+        // Answers synthesized from a wildcard are keyed by the wildcard, as BIND and Knot
+        // do: random names under it share one bucket, as random NXDOMAINs do.
+        (ResponseClass::Answer | ResponseClass::NoData, _)
+            if reply.resolution.wildcard.is_some() =>
+        {
+            reply
+                .resolution
+                .wildcard
+                .as_ref()
+                .map(|wildcard| name_key(wildcard))
+                .unwrap_or_default()
+        }
         (ResponseClass::Answer | ResponseClass::NoData, Some(query)) => name_key(query.name()),
         _ => Vec::new(),
     };

@@ -302,6 +302,14 @@ pub struct ZoneSigning {
     pub nsec: HashMap<LowerName, Signed>,
     /// The NODATA proofs of GSLB names, by (name, has A, has AAAA).
     pub gslb_nsec: HashMap<(LowerName, bool, bool), Signed>,
+    /// The NSEC chain around each wildcard, by its closest encloser W: W, `*.W` and every
+    /// name below W in canonical order, each NSEC pointing to the next name and the last
+    /// to the first name after W's subtree, signed once here. Answers synthesized from
+    /// the wildcard carry the wildcard's own signatures (label count without `*`, RFC
+    /// 4035 section 5.3.4) and the link of this chain that covers the next closer name,
+    /// so no answer under a wildcard is signed per name, and a flood of random names
+    /// cannot leave a real one unsigned.
+    pub wildcard_chains: HashMap<LowerName, Vec<Signed>>,
     /// TTL of NSEC records (RFC 9077: the negative TTL).
     pub nsec_ttl: u32,
     /// Sets signed on first use (denials, wildcard synthesis).
@@ -324,6 +332,9 @@ pub struct ZoneSigning {
 /// Signs one RRset (owner, records) with some keys, counting signatures.
 type SignWith<'a> =
     dyn FnMut(&[Arc<Key>], &Name, &[&Record]) -> Result<Vec<Record>, SignError> + 'a;
+
+/// Signs one RRset (owner, records) with the zone's keys.
+type SignAs<'a> = dyn FnMut(&Name, &[&Record]) -> Result<Vec<Record>, SignError> + 'a;
 
 /// The type bitmap of a name's NODATA proof: its types, RRSIG and NSEC.
 fn bitmap(types: impl IntoIterator<Item = RecordType>) -> Vec<RecordType> {
@@ -378,7 +389,88 @@ pub struct ZoneContent<'a> {
     pub gslb_families: &'a HashMap<LowerName, (bool, bool)>,
 }
 
+/// The signed NSEC chains around the zone's wildcards (see
+/// [`ZoneSigning::wildcard_chains`]); `names` holds every name the zone answers for
+/// (occluded names and glue left out) with its types.
+fn wildcard_chains(
+    origin: &Name,
+    names: &HashMap<LowerName, Vec<RecordType>>,
+    nsec_ttl: u32,
+    sign_with: &mut SignAs<'_>,
+) -> Result<HashMap<LowerName, Vec<Signed>>, SignError> {
+    let mut chains = HashMap::new();
+    if !names.keys().any(LowerName::is_wildcard) {
+        return Ok(chains);
+    }
+    // Canonical order (RFC 4034 section 6.1) is `Name`'s order.
+    let mut all: Vec<Name> = names.keys().map(Name::from).collect();
+    all.sort();
+    for wildcard in names.keys().filter(|n| n.is_wildcard()) {
+        let encloser = Name::from(&wildcard.base_name());
+        let Ok(start) = all.binary_search(&encloser) else {
+            continue; // the encloser of a wildcard always exists (at least as an ENT)
+        };
+        let mut end = start + 1;
+        while end < all.len() && encloser.zone_of(&all[end]) {
+            end += 1;
+        }
+        // After the subtree: the next name in the zone, or round to the apex.
+        let after = all.get(end).cloned().unwrap_or_else(|| origin.clone());
+        let mut chain = Vec::with_capacity(end - start);
+        for (i, owner) in all.iter().enumerate().take(end).skip(start) {
+            let next = if i + 1 < end {
+                all[i + 1].clone()
+            } else {
+                after.clone()
+            };
+            let types = names
+                .get(&LowerName::from(owner))
+                .cloned()
+                .unwrap_or_default();
+            let record = Record::from_rdata(
+                owner.clone(),
+                nsec_ttl,
+                RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(next, bitmap(types)))),
+            );
+            let sigs = sign_with(owner, &[&record])?;
+            chain.push(Signed {
+                records: vec![record],
+                sigs,
+                wire: Box::default(),
+            });
+        }
+        chains.insert(LowerName::from(&encloser), chain);
+    }
+    Ok(chains)
+}
+
 impl ZoneSigning {
+    /// The link of the NSEC chain around the wildcard `*.W` that covers the next closer
+    /// name of `qname` (W plus one more label of `qname`): with the wildcard's own NSEC
+    /// and signatures, the proof of an answer synthesized from it (RFC 4035 section
+    /// 3.1.3.3) or of NODATA there (3.1.3.4).
+    pub fn wildcard_cover(&self, wildcard: &LowerName, qname: &LowerName) -> Option<&Signed> {
+        let encloser = wildcard.base_name();
+        let chain = self.wildcard_chains.get(&encloser)?;
+        let depth = usize::from(encloser.num_labels()) + 1;
+        let next_closer = Name::from(qname).trim_to(depth);
+        let at = chain.partition_point(|link| {
+            link.records
+                .first()
+                .is_some_and(|nsec| nsec.name <= next_closer)
+        });
+        chain.get(at.checked_sub(1)?)
+    }
+
+    /// The NSEC of the wildcard `*.W` itself (its types), from its chain.
+    pub fn wildcard_nsec(&self, wildcard: &LowerName) -> Option<&Signed> {
+        let chain = self.wildcard_chains.get(&wildcard.base_name())?;
+        let owner = Name::from(wildcard);
+        chain
+            .iter()
+            .find(|link| link.records.first().is_some_and(|nsec| nsec.name == owner))
+    }
+
     /// Signs a zone's static RRsets and NODATA proofs with `ring`'s keys active at `now`.
     /// None when no key signs the zone at `now` (the zone is then served unsigned).
     pub fn new(
@@ -416,6 +508,9 @@ impl ZoneSigning {
         let mut static_sigs = HashMap::new();
         let mut nsec = HashMap::new();
         let mut gslb_nsec = HashMap::new();
+        // Every name's types (for the wildcard chains), and whether any name is a
+        // wildcard.
+        let mut types_of: HashMap<LowerName, Vec<RecordType>> = HashMap::new();
         let nsec_of = |owner: &Name,
                        types: Vec<RecordType>,
                        sign_with: &mut SignWith<'_>|
@@ -443,6 +538,7 @@ impl ZoneSigning {
             let is_cut = content.cuts.contains(name);
             match node {
                 Node::EmptyNonTerminal => {
+                    types_of.insert(name.clone(), Vec::new());
                     if let Some(proof) = nsec_of(&owner, Vec::new(), &mut sign_with)? {
                         nsec.insert(name.clone(), proof);
                     }
@@ -450,6 +546,13 @@ impl ZoneSigning {
                 Node::Gslb => {
                     let (has_a, has_aaaa) =
                         content.gslb_families.get(name).copied().unwrap_or_default();
+                    types_of.insert(
+                        name.clone(),
+                        [(has_a, RecordType::A), (has_aaaa, RecordType::AAAA)]
+                            .into_iter()
+                            .filter_map(|(on, t)| on.then_some(t))
+                            .collect(),
+                    );
                     for a in [false, true] {
                         for aaaa in [false, true] {
                             if (a && !has_a) || (aaaa && !has_aaaa) {
@@ -490,12 +593,19 @@ impl ZoneSigning {
                         let sigs = sign_with(keys, &owner, &records)?;
                         static_sigs.insert((name.clone(), t), sigs);
                     }
+                    types_of.insert(name.clone(), types.clone());
                     if let Some(proof) = nsec_of(&owner, types, &mut sign_with)? {
                         nsec.insert(name.clone(), proof);
                     }
                 }
             }
         }
+        let wildcard_chains = wildcard_chains(
+            &origin,
+            &types_of,
+            nsec_ttl,
+            &mut |owner: &Name, records: &[&Record]| sign_with(&zone_signers, owner, records),
+        )?;
         let mut negative_soa_sigs = Vec::new();
         if let Some(sigs) = static_sigs.get(&(content.origin.clone(), RecordType::SOA)) {
             for sig in sigs {
@@ -513,6 +623,7 @@ impl ZoneSigning {
             negative_soa_sigs,
             nsec,
             gslb_nsec,
+            wildcard_chains,
             nsec_ttl,
             cache: SigCache::default(),
             gslb_cache: SigCache::default(),
@@ -556,32 +667,6 @@ impl ZoneSigning {
                 wire,
             })
         })
-    }
-
-    /// The signatures of a set synthesized from a wildcard for `owner`, signed as if the
-    /// name existed.
-    fn synthesized(&self, owner: &LowerName, records: &[&Record]) -> Option<Arc<Signed>> {
-        let first = records.first()?;
-        self.cache.get_or_sign_within(
-            (owner.clone(), first.record_type(), Box::default()),
-            Some(&self.budget),
-            || {
-                let lowered: Vec<Record> = records
-                    .iter()
-                    .map(|r| {
-                        let mut r = (*r).clone();
-                        r.name = Name::from(owner);
-                        r
-                    })
-                    .collect();
-                let refs: Vec<&Record> = lowered.iter().collect();
-                Some(Signed {
-                    records: Vec::new(),
-                    sigs: self.sign_now(&Name::from(owner), &refs)?,
-                    wire: Box::default(),
-                })
-            },
-        )
     }
 
     /// A NODATA or NXNAME proof made on first use: NSEC at `owner` with `types`.
@@ -865,6 +950,8 @@ pub fn decorate<'s>(
     let mut out: Vec<Cow<'s, Record>> = Vec::with_capacity(answers.len() * 2);
     let gslb_set = resolution.gslb.as_ref();
     let mut final_name = qname.clone();
+    // Proofs that the names answered from a wildcard do not exist themselves.
+    let mut wildcard_proofs: Vec<&'s Signed> = Vec::new();
     let mut start = 0;
     while start < answers.len() {
         let first = answers[start].as_ref();
@@ -887,8 +974,25 @@ pub fn decorate<'s>(
             .and_then(|zone| zone.signing.as_deref())
             .and_then(|signing| {
                 if synthesized {
-                    let signed = signing.synthesized(&owner, &records)?;
-                    Some(signed.sigs.iter().cloned().map(Cow::Owned).collect())
+                    // The wildcard's own signatures, owned by the name asked: their label
+                    // count (without `*`) tells a validator the set was synthesized.
+                    let zone = snapshot.zone_for(&owner, rtype)?;
+                    let (wildcard, _) = zone.wildcard_of(&owner)?;
+                    let sigs = signing.static_sigs.get(&(wildcard.clone(), rtype))?;
+                    if let Some(proof) = signing.wildcard_cover(&wildcard, &owner)
+                        && !wildcard_proofs.iter().any(|p| std::ptr::eq(*p, proof))
+                    {
+                        wildcard_proofs.push(proof);
+                    }
+                    Some(
+                        sigs.iter()
+                            .map(|sig| {
+                                let mut sig = sig.clone();
+                                sig.name = first.name.clone();
+                                Cow::Owned(sig)
+                            })
+                            .collect(),
+                    )
                 } else if let Some((node, _, _)) = gslb_set
                     .filter(|_| is_last && matches!(rtype, RecordType::A | RecordType::AAAA))
                 {
@@ -912,6 +1016,9 @@ pub fn decorate<'s>(
         r.record_type() != RecordType::CNAME || resolution.outcome == Outcome::Referral
     });
     resolution.answers = out;
+    for proof in wildcard_proofs {
+        push_proof(&mut resolution.authorities, proof);
+    }
 
     match resolution.outcome {
         Outcome::NotOurs => false,
@@ -1011,11 +1118,19 @@ fn nodata_proof<'s>(
         push_proof(into, proof);
         return;
     }
-    // A name synthesized from a wildcard: the wildcard's types, at the name.
-    if let Some(Node::Static(sets)) = zone.wildcard_for(name) {
-        let types = sets.iter().map(|s| s.record_type).collect();
-        if let Some(proof) = signing.denial(name, types) {
-            push_owned(into, &proof);
+    // A name synthesized from a wildcard (RFC 4035 section 3.1.3.4): the wildcard's own
+    // NSEC (it lacks the type) and the link that proves the name itself does not exist,
+    // both signed with the zone.
+    if let Some((wildcard, _)) = zone.wildcard_of(name) {
+        let own = signing.wildcard_nsec(&wildcard);
+        let cover = signing.wildcard_cover(&wildcard, name);
+        if let Some(own) = own {
+            push_proof(into, own);
+        }
+        if let Some(cover) = cover
+            && !own.is_some_and(|own| std::ptr::eq(own, cover))
+        {
+            push_proof(into, cover);
         }
     }
 }

@@ -127,6 +127,11 @@ impl ZoneTable {
     /// The wildcard node that synthesizes `name`, a name with no node of its own (RFC 4592
     /// section 3.3.1): `*` below the closest encloser, when it exists.
     pub fn wildcard_for(&self, name: &LowerName) -> Option<&Node> {
+        self.wildcard_of(name).map(|(_, node)| node)
+    }
+
+    /// The owner (`*.closest-encloser`) and node of the wildcard that synthesizes `name`.
+    pub fn wildcard_of(&self, name: &LowerName) -> Option<(LowerName, &Node)> {
         if !self.has_wildcards {
             return None;
         }
@@ -138,7 +143,8 @@ impl ZoneTable {
             encloser = encloser.base_name();
         }
         let source = LowerName::from(Name::from(&encloser).prepend_label("*").ok()?);
-        self.nodes.get(&source)
+        let node = self.nodes.get(&source)?;
+        Some((source, node))
     }
 }
 
@@ -575,6 +581,9 @@ pub struct Resolution<'s> {
     pub gslb: Option<(&'s GslbNode, Choice, Vec<usize>)>,
     /// The ECS scope prefix the answer depends on (0: the same for every client).
     pub scope: u8,
+    /// The wildcard (`*.closest-encloser`) the answer was synthesized from, if any: rate
+    /// limiting keys such answers by it, so random names under a wildcard share a bucket.
+    pub wildcard: Option<LowerName>,
 }
 
 /// What a lookup concluded.
@@ -693,8 +702,11 @@ impl Snapshot {
             }
             let (node, synthesized) = match zone.nodes.get(&name) {
                 Some(node) => (node, false),
-                None => match zone.wildcard_for(&name) {
-                    Some(node) => (node, true),
+                None => match zone.wildcard_of(&name) {
+                    Some((source, node)) => {
+                        out.wildcard.get_or_insert(source);
+                        (node, true)
+                    }
                     None => {
                         out.outcome = Outcome::NoSuchName;
                         out.authorities.push(Cow::Borrowed(&zone.negative_soa));
