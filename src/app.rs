@@ -161,9 +161,7 @@ impl App {
                     started: std::time::SystemTime::now(),
                     fleet: fleet.clone(),
                     events: bus.clone(),
-                    event_streams: Arc::new(tokio::sync::Semaphore::new(
-                        crate::admin::MAX_EVENT_STREAMS,
-                    )),
+                    event_streams: crate::admin::EventStreams::default(),
                 };
                 match AdminServer::start(addr, state).await {
                     Ok(server) => Some(server),

@@ -77,6 +77,10 @@ pub const SERVICE_SELECTION: &str = "gto_service_selection";
 pub const BUILD_INFO: &str = "gto_build_info";
 /// Admin API requests, by `route` and `status`.
 pub const ADMIN_REQUESTS_TOTAL: &str = "gto_admin_requests_total";
+/// Admin connections and event streams evicted to make room for a newcomer, and
+/// connections refused because every one was busy, by `kind` (connection, event_stream,
+/// refused).
+pub const ADMIN_EVICTED_TOTAL: &str = "gto_admin_evicted_total";
 /// Drain and undrain actions, by `action`.
 pub const DRAINS_TOTAL: &str = "gto_drains_total";
 /// State file writes that failed (the change is applied and served, but would be lost
@@ -228,6 +232,11 @@ pub fn describe_all() {
         DNS_QUERY_SECONDS,
         Unit::Seconds,
         "Query handling time, by transport."
+    );
+    describe_counter!(
+        ADMIN_EVICTED_TOTAL,
+        Unit::Count,
+        "Admin connections and event streams evicted for a newcomer (or refused: all busy), by kind."
     );
     describe_counter!(
         ADMIN_REQUESTS_TOTAL,

@@ -16,8 +16,11 @@
 //! the token from `[admin] token_file` (compared in constant time); without a configured
 //! token, changes are refused (403). Request bodies are capped at 64 KiB and every request
 //! at 10 s; a client has `[admin] header_timeout` (5 s) to send its headers, and at most
-//! `[admin] max_connections` (64) connections are open at once. Shutdown closes whatever
-//! is still open after 2 s. Errors are JSON: `{"error": "..."}`.
+//! `[admin] max_connections` (64) connections are open at once: a connection arriving
+//! when all are taken evicts an idle one (no request in progress) of the source address
+//! holding the most, its oldest first ([`slots`]), so that silent connections from one
+//! source cannot lock anyone else out. Event streams are bounded the same way
+//! ([`MAX_EVENT_STREAMS`]). Shutdown closes whatever is still open after 2 s. Errors are JSON: `{"error": "..."}`.
 //!
 //! Against DNS rebinding (a web page whose name resolves to 127.0.0.1), a request whose
 //! `Host` is a name other than `localhost`, this machine's host name or one of `[admin]
@@ -29,6 +32,7 @@
 mod error;
 mod page;
 mod routes;
+mod slots;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +46,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -83,9 +86,24 @@ pub struct AdminState {
     pub fleet: Option<crate::cluster::Fleet>,
     /// Changes as they happen (`GET /v1/events`).
     pub events: crate::events::Events,
-    /// Open event streams at most ([`MAX_EVENT_STREAMS`]); more get 503.
-    pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// Open event streams ([`MAX_EVENT_STREAMS`] at most): a new one evicts the oldest of
+    /// the source holding the most.
+    pub event_streams: EventStreams,
 }
+
+/// The slots of open event streams (see [`AdminState::event_streams`]).
+#[derive(Debug, Clone)]
+pub struct EventStreams(pub(crate) slots::Slots);
+
+impl Default for EventStreams {
+    fn default() -> Self {
+        Self(slots::Slots::new(MAX_EVENT_STREAMS, "event_stream"))
+    }
+}
+
+/// The client's address, added to each request of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) std::net::IpAddr);
 
 /// Event streams open at once, so that they cannot take every admin connection.
 pub const MAX_EVENT_STREAMS: usize = 16;
@@ -249,19 +267,12 @@ async fn serve(
     header_timeout: Duration,
     token: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let slots = slots::Slots::new(max_connections, "connection");
     let mut connections = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = token.cancelled() => break,
-        };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     warn!(%error, "admin accept failed");
                     tokio::select! {
@@ -273,7 +284,28 @@ async fn serve(
             },
             () = token.cancelled() => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        // Every connection busy with a request (each bounded by the request timeout): no
+        // room, this one is closed at once.
+        let Some(slot) = slots.admit(peer.ip()) else {
+            metrics::counter!(crate::metrics::ADMIN_EVICTED_TOTAL, "kind" => "refused")
+                .increment(1);
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(Peer(peer.ip()))));
+        let busy = slot.busy.clone();
+        // Counts the requests in progress, so that a busy connection is never evicted.
+        let service = hyper::service::service_fn(move |request| {
+            use hyper::service::Service as _;
+            busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let response = service.call(request);
+            let busy = busy.clone();
+            async move {
+                let response = response.await;
+                busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                response
+            }
+        });
         let token = token.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -284,12 +316,13 @@ async fn serve(
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                () = slot.evicted.cancelled() => {}
                 () = token.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
             }
-            drop(permit);
+            drop(slot);
         });
         while connections.try_join_next().is_some() {}
     }

@@ -220,13 +220,17 @@ fn addresses_of(snapshot: &crate::routing::Snapshot, key: &EndpointKey) -> Vec<I
 pub(super) async fn events(
     State(state): State<AdminState>,
     Query(query): Query<EventsQuery>,
+    peer: Option<axum::Extension<super::Peer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use std::collections::VecDeque;
     use tokio::sync::broadcast::error::RecvError;
 
-    let Ok(slot) = state.event_streams.clone().try_acquire_owned() else {
+    let source = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.0);
+    // A full set evicts the oldest stream of the source holding the most (an
+    // EventSource reconnects and resumes by id).
+    let Some(slot) = state.event_streams.0.admit(source) else {
         return Err(ApiError::Busy(format!(
             "{} event streams are open already",
             super::MAX_EVENT_STREAMS
@@ -269,7 +273,12 @@ pub(super) async fn events(
                     }
                     None => {}
                 }
-                match live.recv().await {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    // Evicted for a newcomer: the stream ends.
+                    () = slot.evicted.cancelled() => return None,
+                };
+                match received {
                     Ok(event) => queue.push_back(Some(event)),
                     Err(RecvError::Lagged(_)) => {
                         // Too slow for the live buffer: catch up from the history.

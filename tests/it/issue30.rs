@@ -598,3 +598,52 @@ async fn issue_30_4_a_wildcard_flood_is_limited_and_real_wildcard_answers_stay_s
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// Item 7: silent connections from one source cannot lock the admin API: with every
+/// slot held by 30 idle connections, `/healthz` (and any request) from the same source
+/// or another is answered at once, by evicting the silent ones.
+#[tokio::test]
+async fn issue_30_7_silent_connections_cannot_lock_out_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, admin) = real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "[admin]\nlisten",
+            "[admin]\nmax_connections = 4\nheader_timeout = \"30s\"\nlisten",
+        )
+    });
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    gto.wait_for_log("admin API listening").await;
+    let mut silent = Vec::new();
+    for _ in 0..30 {
+        silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    for source in ["127.0.0.1", "127.0.0.2"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(admin).await.unwrap();
+        let (code, _) = tokio::time::timeout(
+            Duration::from_secs(3),
+            crate::support::http_on(stream, "GET", "/healthz", None, ""),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("/healthz from {source} locked out"));
+        assert_eq!(code, 200);
+    }
+    let text = metrics(admin).await;
+    assert!(
+        sample(&text, "gto_admin_evicted_total", &["kind=\"connection\""]) >= 26.0,
+        "{text}"
+    );
+    // The event streams likewise: 16 silent ones, and a 17th from elsewhere is served.
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        streams.push(crate::events::Stream::open(admin, None).await);
+    }
+    let mut watcher = crate::events::Stream::open(admin, None).await;
+    drop(streams);
+    drop(silent);
+    gto.signal("HUP");
+    assert_eq!(watcher.next().await.kind, "reload");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}

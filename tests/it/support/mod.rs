@@ -202,9 +202,26 @@ pub async fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    http_on(
+        TcpStream::connect(addr).await.unwrap(),
+        method,
+        path,
+        token,
+        body,
+    )
+    .await
+}
+
+/// [`http`] over a connection already made (e.g. from a chosen source address).
+pub async fn http_on(
+    stream: TcpStream,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
-    let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
