@@ -323,6 +323,10 @@ pub struct ZoneSigning {
     /// When a key event or a rollover makes this preparation stale (seconds since the
     /// epoch), if ever.
     pub next_event: Option<u64>,
+    /// A digest of everything the signatures were made from (the zone's records, its
+    /// GSLB names and families, the DNSSEC settings, the keys and the apex key sets): a
+    /// reload whose digest is the same reuses these signatures while they are fresh.
+    pub inputs: [u8; 32],
     /// The key directory and its fingerprint when its keys were last read: a change since
     /// (`gto dnssec rollover`, keys shipped to the fleet, a key's mode fixed) means
     /// reading it again.
@@ -445,6 +449,13 @@ fn wildcard_chains(
 }
 
 impl ZoneSigning {
+    /// Whether these signatures can still be served at `now` without re-signing: the
+    /// earliest expiry is more than [`REFRESH`] away and no key event has come.
+    pub fn fresh_at(&self, now: u64) -> bool {
+        i64::from(self.window.expiration) - now as i64 >= REFRESH.as_secs() as i64
+            && self.next_event.is_none_or(|at| at > now)
+    }
+
     /// The link of the NSEC chain around the wildcard `*.W` that covers the next closer
     /// name of `qname` (W plus one more label of `qname`): with the wildcard's own NSEC
     /// and signatures, the proof of an answer synthesized from it (RFC 4035 section
@@ -630,6 +641,7 @@ impl ZoneSigning {
             budget: Budget::default(),
             signed,
             next_event: None,
+            inputs: [0; 32],
             keys_dir: None,
         }))
     }

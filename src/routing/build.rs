@@ -222,7 +222,7 @@ impl Builder {
                 // State of endpoints that no longer exist is dropped; the rest carries over.
                 self.states.retain_existing(&self.loaded);
                 self.states.add_counters(&self.loaded);
-                self.prepared = prepare(&self.loaded, &self.states);
+                self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
                 (true, done)
             }
             BuildEvent::SetDrained { key, drained, done } => {
@@ -252,7 +252,7 @@ impl Builder {
                 if !(due || keys_changed) {
                     return (false, done);
                 }
-                self.prepared = prepare(&self.loaded, &self.states);
+                self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
                 (true, done)
             }
             BuildEvent::SetMemberUp { key, up, done } => {
@@ -415,9 +415,12 @@ fn gslb_families(loaded: &Loaded) -> HashMap<LowerName, (bool, bool)> {
 
 /// Signs a zone when its config asks for it and a key signs now; adds the DNSKEY, CDS and
 /// CDNSKEY RRsets to the apex. Failures are logged and leave the zone unsigned.
+#[allow(clippy::too_many_arguments)]
 fn sign_zone(
     loaded: &Loaded,
     index: usize,
+    records_digest: &[u8; 32],
+    before: Option<&Arc<ZoneSigning>>,
     origin: &LowerName,
     nodes: &mut HashMap<LowerName, Node>,
     cuts: &HashSet<LowerName>,
@@ -437,6 +440,32 @@ fn sign_zone(
             });
         }
     }
+    let inputs = {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(records_digest);
+        let mut gslb: Vec<_> = families
+            .iter()
+            .filter(|(name, _)| origin.zone_of(name))
+            .collect();
+        gslb.sort();
+        hasher.update(format!("{gslb:?}{spec:?}{negative_soa:?}").as_bytes());
+        for key in &ring.keys {
+            hasher.update(format!(
+                "{}{:?}{:?}{:?}",
+                key.tag, key.role, key.timeline, key.dnskey
+            ));
+        }
+        if let Some(Node::Static(sets)) = nodes.get(origin) {
+            hasher.update(format!("{sets:?}").as_bytes());
+        }
+        let digest: [u8; 32] = hasher.finalize().into();
+        digest
+    };
+    if let Some(before) = before.filter(|b| b.inputs == inputs && b.fresh_at(now)) {
+        debug!(zone = %origin, "zone unchanged: its signatures are reused");
+        return Some(before.clone());
+    }
     let content = crate::dnssec::ZoneContent {
         origin,
         nodes,
@@ -446,6 +475,7 @@ fn sign_zone(
     };
     match ZoneSigning::new(&content, ring, now) {
         Ok(Some(mut signing)) => {
+            signing.inputs = inputs;
             // The next time this preparation goes stale: a key event, or a rollover due.
             let lifetime_due = spec.lifetime.and_then(|lifetime| {
                 ring.keys
@@ -479,6 +509,17 @@ fn sign_zone(
 
 /// Prepares the config-only part of snapshots.
 pub fn prepare(loaded: &Loaded, states: &EndpointStates) -> Prepared {
+    prepare_after(loaded, states, None)
+}
+
+/// [`prepare`], reusing from `previous` the signatures of every signed zone whose inputs
+/// (records, GSLB names, keys, settings) did not change and that are still fresh: a
+/// reload that leaves a big signed zone alone signs nothing of it again.
+fn prepare_after(
+    loaded: &Loaded,
+    states: &EndpointStates,
+    previous: Option<&Prepared>,
+) -> Prepared {
     let config = &loaded.config;
     let service_names: Vec<LowerName> = config
         .services
@@ -516,9 +557,14 @@ pub fn prepare(loaded: &Loaded, states: &EndpointStates) -> Prepared {
             let mut negative_soa = zone.soa().clone();
             negative_soa.ttl = zone.negative_ttl();
             let cuts: HashSet<LowerName> = zone.cuts().iter().cloned().collect();
+            let before = previous
+                .and_then(|p| p.zones.iter().find(|z| z.origin == origin))
+                .and_then(|z| z.signing.as_ref());
             let signing = sign_zone(
                 loaded,
                 index,
+                zone.text_digest(),
+                before,
                 &origin,
                 &mut nodes,
                 &cuts,

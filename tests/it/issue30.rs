@@ -647,3 +647,50 @@ async fn issue_30_7_silent_connections_cannot_lock_out_the_admin_api() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// Item 2 (signing): a reload that leaves a signed zone's records, names and keys alone
+/// reuses its signatures (nothing signed); one that changes the zone signs it again.
+#[tokio::test]
+async fn issue_30_2_a_reload_of_an_unchanged_signed_zone_signs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let many: String = (0..500)
+        .map(|i| format!("m{i} IN A 192.0.2.{}\n", i % 250))
+        .collect();
+    let zone = format!("{ZONE}{many}");
+    let (addr, admin) = real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
+    crate::dnssec::keygen(dir.path(), "keys", &[]);
+    let config = dir.path().join("gto.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut gto = RealGto::run(&config);
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let signed = || async {
+        sample(
+            &metrics(admin).await,
+            "gto_dnssec_signed_at_load_total",
+            &[],
+        )
+    };
+    let at_start = signed().await;
+    assert!(at_start > 500.0, "{at_start}");
+    // A change elsewhere in the config (a GSLB name's TTL): nothing signed again.
+    std::fs::write(&config, original.replace("ttl = 20", "ttl = 30")).unwrap();
+    gto.signal("HUP");
+    gto.wait_for_log("config reloaded").await;
+    assert_eq!(
+        signed().await,
+        at_start,
+        "the unchanged zone's signatures are reused"
+    );
+    let answer = dig(addr, &["+norec", "+dnssec", "m7.gto.example.com", "A"]).await;
+    assert!(answer.contains("RRSIG\tA"), "{answer}");
+    // A changed zone is signed again, and serves its new record signed.
+    let zone = zone.replace("2026112501", "2026112502") + "fresh IN A 192.0.2.99\n";
+    std::fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
+    gto.signal("HUP");
+    gto.wait_for_log("config reloaded").await;
+    assert!(signed().await > at_start);
+    let answer = dig(addr, &["+norec", "+dnssec", "fresh.gto.example.com", "A"]).await;
+    assert!(answer.contains("RRSIG\tA"), "{answer}");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
