@@ -525,8 +525,9 @@ fn write_denial<'s>(
     }
     question.write_header(out, 0);
     out.extend_from_slice(&denial.wire);
-    let authorities =
-        1 + signing.negative_soa_sigs.len() + denial.records.len() + denial.sigs.len();
+    // The SOA and its signatures, the NSEC and one signature per zone-signing key (a
+    // denial keeps only its wire form).
+    let authorities = 2 + signing.negative_soa_sigs.len() + signing.zone_signers.len();
     Some(Written {
         answers: 0,
         authorities: u16::try_from(authorities).ok()?,

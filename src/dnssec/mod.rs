@@ -719,11 +719,22 @@ impl ZoneSigning {
                     .filter(|tail| tail.answers == 0 && tail.additionals == 0)
                     .map(|tail| tail.bytes)
                     .unwrap_or_default();
-                Some(Signed {
-                    records: vec![record],
-                    sigs,
-                    wire,
-                })
+                // Compact: a flood of random names fills this cache, so a denial keeps only
+                // its wire form (a few hundred octets); the general path decodes the NSEC
+                // and its signatures from it ([`denial_records`]).
+                if wire.is_empty() {
+                    Some(Signed {
+                        records: vec![record],
+                        sigs,
+                        wire,
+                    })
+                } else {
+                    Some(Signed {
+                        records: Vec::new(),
+                        sigs: Vec::new(),
+                        wire,
+                    })
+                }
             },
         )
     }
@@ -1092,7 +1103,11 @@ pub fn decorate<'s>(
                 .extend(signing.negative_soa_sigs.iter().map(Cow::Borrowed));
             if resolution.outcome == Outcome::NoSuchName {
                 if let Some(proof) = signing.denial(&final_name, vec![NXNAME]) {
-                    push_owned(&mut resolution.authorities, &proof);
+                    resolution.authorities.extend(
+                        denial_records(&final_name, &proof)
+                            .into_iter()
+                            .map(Cow::Owned),
+                    );
                 }
                 return true;
             }
@@ -1107,9 +1122,40 @@ fn push_proof<'s>(into: &mut Vec<Cow<'s, Record>>, proof: &'s Signed) {
     into.extend(proof.sigs.iter().map(Cow::Borrowed));
 }
 
-fn push_owned(into: &mut Vec<Cow<'_, Record>>, proof: &Signed) {
-    into.extend(proof.records.iter().cloned().map(Cow::Owned));
-    into.extend(proof.sigs.iter().cloned().map(Cow::Owned));
+/// The NSEC of a denial of `owner` and its signatures: kept as records, or decoded from
+/// the compact wire form (the authority section after a question for `owner`).
+fn denial_records(owner: &LowerName, proof: &Signed) -> Vec<Record> {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
+    if !proof.records.is_empty() || proof.wire.is_empty() {
+        return proof.records.iter().chain(&proof.sigs).cloned().collect();
+    }
+    let Ok(name) = Name::from(owner).to_lowercase().to_bytes() else {
+        return Vec::new();
+    };
+    let mut message = vec![0u8; 12];
+    message.extend_from_slice(&name);
+    message.extend_from_slice(&[0, 1, 0, 1]);
+    let start = message.len();
+    message.extend_from_slice(&proof.wire);
+    let mut decoder = BinDecoder::new(&message);
+    if decoder.read_slice(start).is_err() {
+        return Vec::new();
+    }
+    let mut records = Vec::new();
+    while !decoder.is_empty() {
+        let Ok(record) = Record::read(&mut decoder) else {
+            break;
+        };
+        let keep = match &record.data {
+            RData::DNSSEC(DNSSECRData::NSEC(_)) => true,
+            RData::DNSSEC(DNSSECRData::RRSIG(sig)) => sig.input().type_covered == RecordType::NSEC,
+            _ => false,
+        };
+        if keep {
+            records.push(record);
+        }
+    }
+    records
 }
 
 /// The NSEC that proves `name` has no RRset of the type asked.
