@@ -11,6 +11,12 @@ use gto::shutdown::{Signal, Signals};
 use gto::{App, ConfigSource, EXIT_BAD_CONFIG};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, not the system allocator: glibc keeps what a reload frees in per-thread arenas
+/// (each reload reads in a new thread), so a 200k-record zone grew RSS by a zone's worth
+/// per reload; mimalloc reuses and returns it (issue 30 item 2, figures in the README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
