@@ -1,11 +1,22 @@
 //! The etcd v3 engine behind [`super::Engine`], on the `etcd-client` crate.
 //!
-//! One client (its gRPC channel shared by every call), per-request timeouts so that a
-//! dead or partitioned etcd fails calls in seconds rather than hanging them, and HTTP/2
-//! keep-alive pings so a silent connection is noticed. Watches are read on a task of
-//! their own and handed over as [`super::WatchItem`]s; a watch whose start revision was
-//! compacted away ends with [`super::WatchItem::Compacted`].
+//! One client per member (each a lazily connected gRPC channel), so that a dead or frozen
+//! member costs one attempt, not the call: every call goes to the member that last
+//! answered and, when that attempt fails or takes longer than [`ATTEMPT_TIMEOUT`], to the
+//! next member, until one answers or [`CALL_TIMEOUT`] has passed. As etcd's own Go
+//! client does (its balancer retries an unavailable endpoint's requests on another),
+//! a call fails only when no member with a quorum behind it answers in time; requests
+//! carry `hasleader` (`require_leader`), so a member cut off from the quorum refuses at
+//! once rather than hanging. Each member's last outcome is kept for status and
+//! `gto_cluster_member_up{endpoint}`. HTTP/2 keep-alive pings notice a silent
+//! connection. Watches are read on a task of their own and handed over as
+//! [`super::WatchItem`]s; a watch whose start revision was compacted away ends with
+//! [`super::WatchItem::Compacted`]; one whose member went away ends with
+//! [`super::WatchItem::Closed`] and is opened again on another member from the revision
+//! reached. A lease's keep-alive moves to another member the same way.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -17,13 +28,28 @@ use tokio::sync::{Mutex, mpsc};
 use super::{ClusterError, Entry, WatchItem};
 use crate::config::ClusterSettings;
 
-/// How long one etcd call may take.
+/// How long one etcd call may take, over every member it tries.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one attempt on one member may take before the next member is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(700);
 
-/// An etcd cluster, reached through its endpoints.
+/// `gto_cluster_member_up{endpoint}`: 1 when the member answered the last call tried on
+/// it, 0 when that call failed.
+pub const CLUSTER_MEMBER_UP: &str = "gto_cluster_member_up";
+
+/// One member of the etcd cluster.
+struct Member {
+    endpoint: String,
+    client: Mutex<Option<Client>>,
+    up: AtomicBool,
+}
+
+/// An etcd cluster, reached through its members.
 pub struct Etcd {
     settings: ClusterSettings,
-    client: Mutex<Option<Client>>,
+    members: Vec<Member>,
+    /// The member that answered last: calls try it first.
+    preferred: AtomicUsize,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -41,29 +67,32 @@ fn failed(error: etcd_client::Error) -> ClusterError {
 impl Etcd {
     /// An engine for `settings`; nothing is connected until [`super::Engine::connect`].
     pub fn new(settings: ClusterSettings) -> Self {
+        let members = settings
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                metrics::gauge!(CLUSTER_MEMBER_UP, "endpoint" => endpoint.clone()).set(0.0);
+                Member {
+                    endpoint: endpoint.clone(),
+                    client: Mutex::new(None),
+                    up: AtomicBool::new(false),
+                }
+            })
+            .collect();
         Self {
             settings,
-            client: Mutex::new(None),
+            members,
+            preferred: AtomicUsize::new(0),
         }
     }
 
-    async fn client(&self) -> Result<Client, ClusterError> {
-        self.client
-            .lock()
-            .await
-            .clone()
-            .ok_or_else(|| ClusterError::Unavailable("not connected".into()))
-    }
-}
-
-#[async_trait::async_trait]
-impl super::Engine for Etcd {
-    async fn connect(&self) -> Result<(), ClusterError> {
+    fn options(&self) -> ConnectOptions {
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(CALL_TIMEOUT)
-            .with_timeout(CALL_TIMEOUT)
+            .with_connect_timeout(ATTEMPT_TIMEOUT)
+            .with_timeout(ATTEMPT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         if let Some((user, password)) = &self.settings.auth {
             options = options.with_user(user.clone(), password.expose().to_string());
         }
@@ -77,21 +106,108 @@ impl super::Engine for Etcd {
             }
             options = options.with_tls(config);
         }
-        let connecting = Client::connect(&self.settings.endpoints, Some(options));
-        let client = tokio::time::timeout(CALL_TIMEOUT * 2, connecting)
+        options
+    }
+
+    /// The client of member `index`, connected (lazily) if it was not.
+    async fn client_of(&self, index: usize) -> Result<Client, ClusterError> {
+        let member = self
+            .members
+            .get(index)
+            .ok_or_else(|| ClusterError::Unavailable("no etcd endpoint".into()))?;
+        let mut slot = member.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        let connecting = Client::connect([member.endpoint.as_str()], Some(self.options()));
+        let client = tokio::time::timeout(ATTEMPT_TIMEOUT, connecting)
             .await
-            .map_err(|_| ClusterError::Unavailable("connecting timed out".into()))?
+            .map_err(|_| {
+                ClusterError::Unavailable(format!("{}: connecting timed out", member.endpoint))
+            })?
             .map_err(failed)?;
-        *self.client.lock().await = Some(client);
-        Ok(())
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    fn mark(&self, index: usize, up: bool) {
+        if let Some(member) = self.members.get(index) {
+            member.up.store(up, Ordering::Relaxed);
+            metrics::gauge!(CLUSTER_MEMBER_UP, "endpoint" => member.endpoint.clone()).set(if up {
+                1.0
+            } else {
+                0.0
+            });
+            if up {
+                self.preferred.store(index, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs `call` on the preferred member, then on the others in turn, each attempt
+    /// bounded by [`ATTEMPT_TIMEOUT`] and all of them by [`CALL_TIMEOUT`]: the first
+    /// answer wins; the last error is returned when none answers.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClusterError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let count = self.members.len().max(1);
+        let first = self.preferred.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        let mut last = ClusterError::Unavailable("no etcd endpoint".into());
+        // Two rounds: a member that just failed over may answer the second time.
+        for attempt in 0..count * 2 {
+            let index = (first + attempt) % count;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let result = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), async {
+                let client = self.client_of(index).await?;
+                call(client).await.map_err(failed)
+            })
+            .await;
+            match result {
+                Ok(Ok(value)) => {
+                    self.mark(index, true);
+                    return Ok(value);
+                }
+                Ok(Err(error)) => last = error,
+                Err(_) => {
+                    last = ClusterError::Unavailable(format!(
+                        "{}: no answer within {} ms",
+                        self.members.get(index).map_or("?", |m| m.endpoint.as_str()),
+                        ATTEMPT_TIMEOUT.as_millis()
+                    ));
+                }
+            }
+            self.mark(index, false);
+        }
+        Err(last)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Engine for Etcd {
+    async fn connect(&self) -> Result<(), ClusterError> {
+        // Some member with a quorum behind it answers (a linearizable read needs one), in
+        // the fleet's own prefix (a user may be allowed nothing else).
+        let prefix = format!("/gto/{}/", self.settings.name);
+        let prefix = prefix.as_str();
+        self.call(|mut client| async move { client.get(prefix, None).await })
+            .await
+            .map(|_| ())
     }
 
     async fn read_all(&self, prefix: &str) -> Result<(Vec<Entry>, i64), ClusterError> {
-        let mut client = self.client().await?;
-        let response = client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(failed)?;
+        let response = self
+            .call(|mut client| async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let entries = response
             .kvs()
@@ -106,8 +222,9 @@ impl super::Engine for Etcd {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, ClusterError> {
-        let mut client = self.client().await?;
-        let response = client.get(key, None).await.map_err(failed)?;
+        let response = self
+            .call(|mut client| async move { client.get(key, None).await })
+            .await?;
         Ok(response.kvs().first().map(|kv| Entry {
             key: key.to_string(),
             value: kv.value().to_vec(),
@@ -120,12 +237,15 @@ impl super::Engine for Etcd {
         prefix: &str,
         from: i64,
     ) -> Result<mpsc::Receiver<WatchItem>, ClusterError> {
-        let mut client = self.client().await?;
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from)
-            .with_progress_notify();
-        let mut stream = client.watch(prefix, Some(options)).await.map_err(failed)?;
+        let mut stream = self
+            .call(|mut client| async move {
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(from)
+                    .with_progress_notify();
+                client.watch(prefix, Some(options)).await
+            })
+            .await?;
         let (sender, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -170,45 +290,68 @@ impl super::Engine for Etcd {
     }
 
     async fn grant(&self, ttl: Duration) -> Result<i64, ClusterError> {
-        let mut client = self.client().await?;
         let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let lease = client.lease_grant(seconds, None).await.map_err(failed)?;
+        let lease = self
+            .call(|mut client| async move { client.lease_grant(seconds, None).await })
+            .await?;
         Ok(lease.id())
     }
 
     async fn keep_alive(&self, lease: i64, ttl: Duration) -> ClusterError {
-        let mut client = match self.client().await {
-            Ok(client) => client,
-            Err(error) => return error,
-        };
-        let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
-            Ok(pair) => pair,
-            Err(error) => return failed(error),
-        };
+        // The lease lives while some member renews it: a keep-alive stream whose member
+        // goes away is opened again on another, until the lease's TTL has passed without
+        // a renewal.
+        let mut renewed = tokio::time::Instant::now();
         loop {
-            if let Err(error) = keeper.keep_alive().await {
-                return failed(error);
+            let opened = self
+                .call(|mut client| async move { client.lease_keep_alive(lease).await })
+                .await;
+            let (mut keeper, mut responses) = match opened {
+                Ok(pair) => pair,
+                Err(error) => {
+                    if renewed.elapsed() >= ttl {
+                        return error;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            loop {
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(ATTEMPT_TIMEOUT * 2, responses.message()).await {
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                        renewed = tokio::time::Instant::now();
+                    }
+                    Ok(Ok(Some(_))) => {
+                        return ClusterError::Unavailable("the lease expired".into());
+                    }
+                    Ok(Ok(None) | Err(_)) | Err(_) => break,
+                }
+                tokio::time::sleep(ttl / 3).await;
             }
-            match tokio::time::timeout(CALL_TIMEOUT, responses.message()).await {
-                Ok(Ok(Some(response))) if response.ttl() > 0 => {}
-                Ok(Ok(_)) => return ClusterError::Unavailable("the lease expired".into()),
-                Ok(Err(error)) => return failed(error),
-                Err(_) => return ClusterError::Unavailable("lease keep-alive timed out".into()),
+            if renewed.elapsed() >= ttl {
+                return ClusterError::Unavailable("lease keep-alive failed on every member".into());
             }
-            tokio::time::sleep(ttl / 3).await;
         }
     }
 
     async fn revoke(&self, lease: i64) {
-        if let Ok(mut client) = self.client().await {
-            let _ = client.lease_revoke(lease).await;
-        }
+        let _ = self
+            .call(|mut client| async move { client.lease_revoke(lease).await })
+            .await;
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> Result<(), ClusterError> {
-        let mut client = self.client().await?;
-        let options = lease.map(|id| PutOptions::new().with_lease(id));
-        client.put(key, value, options).await.map_err(failed)?;
+        self.call(|mut client| {
+            let value = value.clone();
+            async move {
+                let options = lease.map(|id| PutOptions::new().with_lease(id));
+                client.put(key, value, options).await
+            }
+        })
+        .await?;
         Ok(())
     }
 
@@ -220,17 +363,20 @@ impl super::Engine for Etcd {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut client = self.client().await?;
-        let operations: Vec<TxnOp> = entries
-            .into_iter()
-            .map(|(key, value)| {
-                TxnOp::put(key, value, lease.map(|id| PutOptions::new().with_lease(id)))
-            })
-            .collect();
-        client
-            .txn(Txn::new().and_then(operations))
-            .await
-            .map_err(failed)?;
+        self.call(|mut client| {
+            let operations: Vec<TxnOp> = entries
+                .iter()
+                .map(|(key, value)| {
+                    TxnOp::put(
+                        key.as_str(),
+                        value.clone(),
+                        lease.map(|id| PutOptions::new().with_lease(id)),
+                    )
+                })
+                .collect();
+            async move { client.txn(Txn::new().and_then(operations)).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -241,15 +387,29 @@ impl super::Engine for Etcd {
         revision: i64,
         lease: Option<i64>,
     ) -> Result<bool, ClusterError> {
-        let mut client = self.client().await?;
-        let operation = match value {
-            Some(value) => TxnOp::put(key, value, lease.map(|id| PutOptions::new().with_lease(id))),
-            None => TxnOp::delete(key, None),
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
-            .and_then([operation]);
-        let response = client.txn(txn).await.map_err(failed)?;
+        let response = self
+            .call(|mut client| {
+                let operation = match &value {
+                    Some(value) => TxnOp::put(
+                        key,
+                        value.clone(),
+                        lease.map(|id| PutOptions::new().with_lease(id)),
+                    ),
+                    None => TxnOp::delete(key, None),
+                };
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+                    .and_then([operation]);
+                async move { client.txn(txn).await }
+            })
+            .await?;
         Ok(response.succeeded())
+    }
+
+    fn members(&self) -> Vec<(String, bool)> {
+        self.members
+            .iter()
+            .map(|m| (m.endpoint.clone(), m.up.load(Ordering::Relaxed)))
+            .collect()
     }
 }

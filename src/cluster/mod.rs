@@ -141,6 +141,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         revision: i64,
         lease: Option<i64>,
     ) -> Result<bool, ClusterError>;
+    /// Each member's endpoint and whether it answered the last call tried on it.
+    fn members(&self) -> Vec<(String, bool)> {
+        Vec::new()
+    }
 }
 
 /// A drain as stored.
@@ -540,6 +544,12 @@ impl Fleet {
             "name": inner.name,
             "instance": inner.instance,
             "etcd": inner.endpoints,
+            "members": inner
+                .engine
+                .members()
+                .into_iter()
+                .map(|(endpoint, up)| json!({ "endpoint": endpoint, "up": up }))
+                .collect::<Vec<_>>(),
             "connected": self.is_connected(),
             "config_drift": inner.drift.load(Ordering::Relaxed),
             "instances": instances,
@@ -714,7 +724,14 @@ impl Fleet {
                         }
                     }
                     Some(WatchItem::Closed(reason)) => {
-                        return (true, Err(ClusterError::Unavailable(reason)));
+                        // Its member went away: the watch goes on on another member from
+                        // the revision reached; the instance stays connected meanwhile.
+                        info!(%reason, revision = *last_revision, "fleet watch closed; opening it again");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        match engine.watch(&inner.prefix, *last_revision + 1).await {
+                            Ok(next) => watch = next,
+                            Err(error) => return (true, Err(error)),
+                        }
                     }
                     None => return (true, Err(ClusterError::Unavailable("watch ended".into()))),
                 },
