@@ -47,7 +47,7 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
         started: health::store::unix(std::time::SystemTime::now()),
         config_digest: loaded.digest.clone(),
     };
-    let fleet = Fleet::new(&cluster, health, me);
+    let fleet = Fleet::new(&cluster, health, me, loaded.config.admin.max_drain);
     let fleet_task = fleet.run(token.child_token());
     info!(instance = %cluster.instance, "probe agent running: health checks only, verdicts to the fleet");
     crate::notify::ready("probing");

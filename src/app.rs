@@ -134,7 +134,7 @@ impl App {
                 started: crate::health::store::unix(std::time::SystemTime::now()),
                 config_digest: loaded.digest.clone(),
             };
-            let fleet = Fleet::new(cluster, health.clone(), me);
+            let fleet = Fleet::new(cluster, health.clone(), me, loaded.config.admin.max_drain);
             fleet.report_to(bus.clone());
             fleet
         });

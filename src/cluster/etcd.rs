@@ -216,6 +216,7 @@ impl super::Engine for Etcd {
                 key: String::from_utf8_lossy(kv.key()).into_owned(),
                 value: kv.value().to_vec(),
                 revision: kv.mod_revision(),
+                lease: kv.lease(),
             })
             .collect();
         Ok((entries, revision))
@@ -229,6 +230,7 @@ impl super::Engine for Etcd {
             key: key.to_string(),
             value: kv.value().to_vec(),
             revision: kv.mod_revision(),
+            lease: kv.lease(),
         }))
     }
 
@@ -271,6 +273,7 @@ impl super::Engine for Etcd {
                                     key: String::from_utf8_lossy(kv.key()).into_owned(),
                                     value: kv.value().to_vec(),
                                     revision: kv.mod_revision(),
+                                    lease: kv.lease(),
                                 };
                                 Some((event.event_type() == EventType::Put, entry))
                             })

@@ -50,6 +50,14 @@ pub const CLUSTER_CONFIG_DRIFT: &str = "gto_cluster_config_drift";
 pub const CLUSTER_RESYNCS_TOTAL: &str = "gto_cluster_resyncs_total";
 /// `gto_cluster_events_total`: changes received from the store.
 pub const CLUSTER_EVENTS_TOTAL: &str = "gto_cluster_events_total";
+/// `gto_cluster_ignored_values_total{reason}`: values under the fleet's prefix that count
+/// for nothing: `invalid` (not the stored format, or out of bounds such as a drain past
+/// `max_drain`), `not_a_member` (a vote from no instance or agent with a live lease),
+/// `unknown_key`.
+pub const CLUSTER_IGNORED_VALUES_TOTAL: &str = "gto_cluster_ignored_values_total";
+
+/// Keys warned about at most (each once); past that, ignored values are only counted.
+const WARNED_KEYS: usize = 10_000;
 
 /// This instance's verdicts are all written again this often (they change rarely; their
 /// freshness is the instance's lease, not this refresh).
@@ -84,6 +92,8 @@ pub struct Entry {
     pub value: Vec<u8>,
     /// The store revision that last changed it.
     pub revision: i64,
+    /// The lease it lives under (0: none).
+    pub lease: i64,
 }
 
 /// What a watch delivers.
@@ -210,6 +220,48 @@ struct Inner {
     bus: std::sync::OnceLock<crate::events::Events>,
     /// Load reports made while the store was unreachable, newest per endpoint.
     pending_loads: std::sync::Mutex<std::collections::HashMap<EndpointKey, LoadValue>>,
+    /// Longest drain a value from the store may ask for (`[admin] max_drain`).
+    max_drain: Duration,
+    /// Every other voter's vote as stored, and the fleet's members with their leases:
+    /// which votes count is computed from both.
+    mirror: std::sync::Mutex<Mirror>,
+}
+
+/// What the store holds of votes and members (see [`Inner::mirror`]).
+#[derive(Debug, Default)]
+struct Mirror {
+    /// Votes by endpoint and voter, with the lease each lives under.
+    votes:
+        std::collections::HashMap<EndpointKey, BTreeMap<String, (crate::health::votes::Vote, i64)>>,
+    /// Members (instances and probe agents) by name, with their registration's lease.
+    members: std::collections::HashMap<String, i64>,
+    /// Keys already warned about.
+    warned: std::collections::HashSet<String>,
+}
+
+impl Mirror {
+    /// Whether a vote by `voter` under `lease` counts: the voter is a member, and the vote
+    /// lives under the member's own (live) lease.
+    fn counts(&self, voter: &str, lease: i64) -> bool {
+        lease != 0 && self.members.get(voter) == Some(&lease)
+    }
+
+    /// The votes that count.
+    fn counted(
+        &self,
+    ) -> std::collections::HashMap<EndpointKey, BTreeMap<String, crate::health::votes::Vote>> {
+        self.votes
+            .iter()
+            .map(|(key, voters)| {
+                let counted = voters
+                    .iter()
+                    .filter(|(voter, (_, lease))| self.counts(voter, *lease))
+                    .map(|(voter, (vote, _))| (voter.clone(), vote.clone()))
+                    .collect();
+                (key.clone(), counted)
+            })
+            .collect()
+    }
 }
 
 /// Percent-encodes `/` and `%` so that a name is one key segment.
@@ -231,7 +283,13 @@ enum Key {
 
 impl Fleet {
     /// This instance's part in the fleet of `settings`; [`Fleet::run`] starts it.
-    pub fn new(settings: &ClusterSettings, health: HealthHandle, me: InstanceInfo) -> Self {
+    /// Drains read from the store past `max_drain` from now are invalid.
+    pub fn new(
+        settings: &ClusterSettings,
+        health: HealthHandle,
+        me: InstanceInfo,
+        max_drain: Duration,
+    ) -> Self {
         let engine = Box::new(etcd::Etcd::new(settings.clone()));
         let fleet = Fleet(Arc::new(Inner {
             engine,
@@ -249,7 +307,12 @@ impl Fleet {
             reregister: Notify::new(),
             bus: std::sync::OnceLock::new(),
             pending_loads: std::sync::Mutex::default(),
+            max_drain,
+            mirror: std::sync::Mutex::default(),
         }));
+        metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => "invalid").absolute(0);
+        metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => "not_a_member").absolute(0);
+        metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => "unknown_key").absolute(0);
         metrics::gauge!(CLUSTER_CONNECTED).set(0.0);
         metrics::gauge!(CLUSTER_CONFIG_DRIFT).set(0.0);
         metrics::counter!(CLUSTER_RESYNCS_TOTAL).absolute(0);
@@ -753,48 +816,143 @@ impl Fleet {
         inner.engine.put(&key, value, Some(lease)).await
     }
 
+    /// Counts a value that counts for nothing, and warns about its key once.
+    fn ignore(&self, key: &str, reason: &'static str, why: &str) {
+        metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => reason).increment(1);
+        let first = self.0.mirror.lock().is_ok_and(|mut mirror| {
+            mirror.warned.len() < WARNED_KEYS && mirror.warned.insert(format!("{reason} {key}"))
+        });
+        if first {
+            warn!(key, reason, why, "a value in the fleet store is ignored");
+        }
+    }
+
+    /// A drain value from the store, validated as the admin API validates a drain: the
+    /// stored format, and an end no further than `max_drain` from now.
+    fn valid_drain(&self, entry: &Entry) -> Option<DrainValue> {
+        let value = match serde_json::from_slice::<DrainValue>(&entry.value) {
+            Ok(value) => value,
+            Err(error) => {
+                self.ignore(&entry.key, "invalid", &format!("not a drain: {error}"));
+                return None;
+            }
+        };
+        let latest = unix(SystemTime::now()).saturating_add(self.0.max_drain.as_secs() + 60);
+        if value.until.is_some_and(|until| until > latest) {
+            self.ignore(
+                &entry.key,
+                "invalid",
+                "the drain ends later than [admin] max_drain allows",
+            );
+            return None;
+        }
+        Some(value)
+    }
+
+    /// A vote value from the store, or None (counted) when it is not one.
+    fn valid_vote(&self, entry: &Entry) -> Option<crate::health::votes::Vote> {
+        match serde_json::from_slice(&entry.value) {
+            Ok(vote) => Some(vote),
+            Err(error) => {
+                self.ignore(&entry.key, "invalid", &format!("not a vote: {error}"));
+                None
+            }
+        }
+    }
+
     /// Reads the whole fleet state and makes this instance match it; returns the revision.
+    /// What this instance holds afterwards is a function of the store's contents alone
+    /// (the same keys give a running and a fresh instance the same state).
     async fn resync(&self) -> Result<i64, ClusterError> {
         let inner = &self.0;
         let (entries, revision) = inner.engine.read_all(&inner.prefix).await?;
         metrics::counter!(CLUSTER_RESYNCS_TOTAL).increment(1);
         let mut drains = BTreeMap::new();
         let mut instances = BTreeMap::new();
+        let mut members = std::collections::HashMap::new();
         let mut votes: std::collections::HashMap<
             EndpointKey,
-            BTreeMap<String, crate::health::votes::Vote>,
+            BTreeMap<String, (crate::health::votes::Vote, i64)>,
         > = std::collections::HashMap::new();
         for entry in &entries {
             match self.parse(&entry.key) {
                 Some(Key::Drain(key)) => {
-                    if let Ok(value) = serde_json::from_slice::<DrainValue>(&entry.value) {
+                    if let Some(value) = self.valid_drain(entry) {
                         drains.insert(key, value);
                     }
                 }
-                Some(Key::Load(key)) => self.apply_load(&key, &entry.value).await,
+                Some(Key::Load(key)) => self.apply_load(&key, entry).await,
                 Some(Key::Vote(key, voter)) if voter != inner.instance => {
-                    if let Ok(vote) = serde_json::from_slice(&entry.value) {
-                        votes.entry(key).or_default().insert(voter, vote);
+                    if let Some(vote) = self.valid_vote(entry) {
+                        votes
+                            .entry(key)
+                            .or_default()
+                            .insert(voter, (vote, entry.lease));
                     }
                 }
                 Some(Key::Vote(..)) => {}
                 Some(Key::Instance(id)) => {
-                    if let Ok(info) = serde_json::from_slice::<InstanceInfo>(&entry.value) {
-                        instances.insert(
-                            id,
-                            Seen {
-                                info,
-                                seen: SystemTime::now(),
-                            },
-                        );
+                    match serde_json::from_slice::<InstanceInfo>(&entry.value) {
+                        Ok(info) => {
+                            members.insert(id.clone(), entry.lease);
+                            instances.insert(
+                                id,
+                                Seen {
+                                    info,
+                                    seen: SystemTime::now(),
+                                },
+                            );
+                        }
+                        Err(error) => self.ignore(
+                            &entry.key,
+                            "invalid",
+                            &format!("not an instance record: {error}"),
+                        ),
                     }
                 }
-                None => {}
+                None => self.ignore(&entry.key, "unknown_key", "no such kind of fleet key"),
             }
         }
+        let counted = {
+            let Ok(mut mirror) = inner.mirror.lock() else {
+                return Err(ClusterError::Unavailable(
+                    "fleet state lock poisoned".into(),
+                ));
+            };
+            mirror.votes = votes;
+            mirror.members = members;
+            let ignored: Vec<String> = mirror
+                .votes
+                .iter()
+                .flat_map(|(key, voters)| {
+                    voters
+                        .iter()
+                        .filter(|(voter, (_, lease))| !mirror.counts(voter, *lease))
+                        .map(move |(voter, _)| {
+                            format!(
+                                "{}vote/{}/{}/{}",
+                                inner.prefix,
+                                segment(&key.pool),
+                                segment(&key.member),
+                                segment(voter)
+                            )
+                        })
+                })
+                .collect();
+            let counted = mirror.counted();
+            drop(mirror);
+            for key in ignored {
+                self.ignore(
+                    &key,
+                    "not_a_member",
+                    "the voter holds no live fleet membership",
+                );
+            }
+            counted
+        };
         inner.instances.store(Arc::new(instances));
         self.update_drift();
-        inner.health.replace_votes(votes).await;
+        inner.health.replace_votes(counted).await;
         // Drains: the store is the truth; what this instance has differently follows it.
         for status in inner.health.status().await {
             let wanted = drains.get(&status.key);
@@ -829,63 +987,137 @@ impl Fleet {
                 let Some(current) = current else {
                     return; // not an endpoint of this instance's config
                 };
-                if put {
-                    let Ok(value) = serde_json::from_slice::<DrainValue>(&entry.value) else {
-                        return;
-                    };
-                    if current != Some(value.until) {
-                        let until = value.until.map(crate::health::store::from_unix_clamped);
-                        let _ = inner.health.drain(key, until).await;
+                // An invalid value counts as no drain, as it does when read at start.
+                match put.then(|| self.valid_drain(entry)).flatten() {
+                    Some(value) => {
+                        if current != Some(value.until) {
+                            let until = value.until.map(crate::health::store::from_unix_clamped);
+                            let _ = inner.health.drain(key, until).await;
+                        }
                     }
-                } else if current.is_some() {
-                    let _ = inner.health.undrain(key).await;
+                    None if current.is_some() => {
+                        let _ = inner.health.undrain(key).await;
+                    }
+                    None => {}
                 }
             }
-            Some(Key::Load(key)) if put => self.apply_load(&key, &entry.value).await,
+            Some(Key::Load(key)) if put => self.apply_load(&key, entry).await,
             Some(Key::Vote(key, voter)) if voter != inner.instance => {
-                let vote = if put {
-                    match serde_json::from_slice(&entry.value) {
-                        Ok(vote) => Some(vote),
-                        Err(_) => return,
+                let vote = put.then(|| self.valid_vote(entry)).flatten();
+                let (now_counts, counted_before) = {
+                    let Ok(mut mirror) = inner.mirror.lock() else {
+                        return;
+                    };
+                    let before = mirror
+                        .votes
+                        .get(&key)
+                        .and_then(|voters| voters.get(&voter))
+                        .is_some_and(|(_, lease)| mirror.counts(&voter, *lease));
+                    let voters = mirror.votes.entry(key.clone()).or_default();
+                    match &vote {
+                        Some(vote) => {
+                            voters.insert(voter.clone(), (vote.clone(), entry.lease));
+                        }
+                        None => {
+                            voters.remove(&voter);
+                        }
                     }
-                } else {
-                    None
+                    let counts = vote.is_some() && mirror.counts(&voter, entry.lease);
+                    (counts, before)
                 };
-                inner.health.set_vote(key, voter, vote).await;
+                if vote.is_some() && !now_counts {
+                    self.ignore(
+                        &entry.key,
+                        "not_a_member",
+                        "the voter holds no live fleet membership",
+                    );
+                }
+                if now_counts {
+                    inner.health.set_vote(key, voter, vote).await;
+                } else if counted_before {
+                    inner.health.set_vote(key, voter, None).await;
+                }
             }
             Some(Key::Vote(..)) => {}
-            Some(Key::Load(_)) | None => {}
+            Some(Key::Load(_)) => {}
+            None => {
+                if put {
+                    self.ignore(&entry.key, "unknown_key", "no such kind of fleet key");
+                }
+            }
             Some(Key::Instance(id)) => {
                 let mut instances = (**inner.instances.load()).clone();
-                if put {
-                    if let Ok(info) = serde_json::from_slice::<InstanceInfo>(&entry.value) {
+                let info = put
+                    .then(
+                        || match serde_json::from_slice::<InstanceInfo>(&entry.value) {
+                            Ok(info) => Some(info),
+                            Err(error) => {
+                                self.ignore(
+                                    &entry.key,
+                                    "invalid",
+                                    &format!("not an instance record: {error}"),
+                                );
+                                None
+                            }
+                        },
+                    )
+                    .flatten();
+                match info {
+                    Some(info) => {
                         if !instances.contains_key(&id) {
                             info!(instance = %id, "fleet member joined");
                             self.emit("fleet", json!({ "instance": id, "change": "joined" }));
                         }
                         instances.insert(
-                            id,
+                            id.clone(),
                             Seen {
                                 info,
                                 seen: SystemTime::now(),
                             },
                         );
                     }
-                } else if instances.remove(&id).is_some() {
-                    info!(instance = %id, "fleet member left (or its lease expired)");
-                    self.emit("fleet", json!({ "instance": id, "change": "left" }));
+                    None => {
+                        if instances.remove(&id).is_some() {
+                            info!(instance = %id, "fleet member left (or its lease expired)");
+                            self.emit("fleet", json!({ "instance": id, "change": "left" }));
+                        }
+                    }
                 }
+                // Membership decides which votes count: recount them.
+                let counted = inner.mirror.lock().ok().map(|mut mirror| {
+                    if instances.contains_key(&id) {
+                        mirror.members.insert(id.clone(), entry.lease);
+                    } else {
+                        mirror.members.remove(&id);
+                    }
+                    mirror.counted()
+                });
                 inner.instances.store(Arc::new(instances));
                 self.update_drift();
+                if let Some(counted) = counted {
+                    inner.health.replace_votes(counted).await;
+                }
             }
         }
     }
 
     /// A load report from another instance: applied with its own time, so that a report
     /// older than the pool's `stale_after` counts for nothing.
-    async fn apply_load(&self, key: &EndpointKey, value: &[u8]) {
-        let Ok(report) = serde_json::from_slice::<LoadValue>(value) else {
-            return;
+    async fn apply_load(&self, key: &EndpointKey, entry: &Entry) {
+        let report = match serde_json::from_slice::<LoadValue>(&entry.value) {
+            Ok(report) if report.capacity > 0 => report,
+            Ok(_) => {
+                self.ignore(&entry.key, "invalid", "a load report with capacity 0");
+                return;
+            }
+            Err(error) => {
+                self.ignore(
+                    &entry.key,
+                    "invalid",
+                    &format!("not a load report: {error}"),
+                );
+                return;
+            }
         };
         if report.by == self.0.instance {
             return;
