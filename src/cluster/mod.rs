@@ -989,12 +989,11 @@ impl Fleet {
                 };
                 // An invalid value counts as no drain, as it does when read at start.
                 match put.then(|| self.valid_drain(entry)).flatten() {
-                    Some(value) => {
-                        if current != Some(value.until) {
-                            let until = value.until.map(crate::health::store::from_unix_clamped);
-                            let _ = inner.health.drain(key, until).await;
-                        }
+                    Some(value) if current != Some(value.until) => {
+                        let until = value.until.map(crate::health::store::from_unix_clamped);
+                        let _ = inner.health.drain(key, until).await;
                     }
+                    Some(_) => {}
                     None if current.is_some() => {
                         let _ = inner.health.undrain(key).await;
                     }
