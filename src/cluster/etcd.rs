@@ -32,6 +32,12 @@ use crate::config::ClusterSettings;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one attempt on one member may take before the next member is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(700);
+/// A watch that has delivered nothing for this long asks its member for progress...
+const WATCH_PROBE: Duration = Duration::from_millis(200);
+/// ...and one whose member has not answered that for this long is given up (a frozen
+/// member), to be opened again on another: a change reaches this instance within about
+/// `WATCH_PROBE + WATCH_SILENCE` even then.
+const WATCH_SILENCE: Duration = Duration::from_millis(400);
 
 /// `gto_cluster_member_up{endpoint}`: 1 when the member answered the last call tried on
 /// it, 0 when that call failed.
@@ -49,7 +55,7 @@ pub struct Etcd {
     settings: ClusterSettings,
     members: Vec<Member>,
     /// The member that answered last: calls try it first.
-    preferred: AtomicUsize,
+    preferred: std::sync::Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -82,7 +88,7 @@ impl Etcd {
         Self {
             settings,
             members,
-            preferred: AtomicUsize::new(0),
+            preferred: std::sync::Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -152,6 +158,15 @@ impl Etcd {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.call_indexed(call).await.map(|(_, value)| value)
+    }
+
+    /// [`Etcd::call`], also saying which member answered.
+    async fn call_indexed<T, F, Fut>(&self, call: F) -> Result<(usize, T), ClusterError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let count = self.members.len().max(1);
         let first = self.preferred.load(Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
@@ -171,7 +186,7 @@ impl Etcd {
             match result {
                 Ok(Ok(value)) => {
                     self.mark(index, true);
-                    return Ok(value);
+                    return Ok((index, value));
                 }
                 Ok(Err(error)) => last = error,
                 Err(_) => {
@@ -239,8 +254,8 @@ impl super::Engine for Etcd {
         prefix: &str,
         from: i64,
     ) -> Result<mpsc::Receiver<WatchItem>, ClusterError> {
-        let mut stream = self
-            .call(|mut client| async move {
+        let (index, mut stream) = self
+            .call_indexed(|mut client| async move {
                 let options = WatchOptions::new()
                     .with_prefix()
                     .with_start_revision(from)
@@ -249,9 +264,48 @@ impl super::Engine for Etcd {
             })
             .await?;
         let (sender, receiver) = mpsc::channel(64);
+        let preferred = self.preferred.clone();
+        let count = self.members.len().max(1);
+        let endpoint = self
+            .members
+            .get(index)
+            .map(|m| m.endpoint.clone())
+            .unwrap_or_default();
         tokio::spawn(async move {
+            // When the progress asked for went unanswered since (a frozen member).
+            let mut asked: Option<tokio::time::Instant> = None;
             loop {
-                let item = match stream.message().await {
+                let message = match tokio::time::timeout(WATCH_PROBE, stream.message()).await {
+                    Ok(message) => {
+                        asked = None;
+                        message
+                    }
+                    Err(_) => {
+                        let silent = asked.is_some_and(|at| at.elapsed() >= WATCH_SILENCE);
+                        if silent || (asked.is_none() && stream.request_progress().await.is_err()) {
+                            // Calls go elsewhere first from now on; the session reopens the
+                            // watch on another member.
+                            let _ = preferred.compare_exchange(
+                                index,
+                                (index + 1) % count,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            );
+                            metrics::gauge!(CLUSTER_MEMBER_UP, "endpoint" => endpoint.clone())
+                                .set(0.0);
+                            let _ = sender
+                                .send(WatchItem::Closed(format!(
+                                    "{endpoint} did not answer the watch for {} ms",
+                                    WATCH_SILENCE.as_millis()
+                                )))
+                                .await;
+                            return;
+                        }
+                        asked.get_or_insert_with(tokio::time::Instant::now);
+                        continue;
+                    }
+                };
+                let item = match message {
                     Ok(Some(response)) if response.canceled() => {
                         if response.compact_revision() > 0 {
                             WatchItem::Compacted
@@ -307,9 +361,9 @@ impl super::Engine for Etcd {
         let mut renewed = tokio::time::Instant::now();
         loop {
             let opened = self
-                .call(|mut client| async move { client.lease_keep_alive(lease).await })
+                .call_indexed(|mut client| async move { client.lease_keep_alive(lease).await })
                 .await;
-            let (mut keeper, mut responses) = match opened {
+            let (index, (mut keeper, mut responses)) = match opened {
                 Ok(pair) => pair,
                 Err(error) => {
                     if renewed.elapsed() >= ttl {
@@ -323,7 +377,7 @@ impl super::Engine for Etcd {
                 if keeper.keep_alive().await.is_err() {
                     break;
                 }
-                match tokio::time::timeout(ATTEMPT_TIMEOUT * 2, responses.message()).await {
+                match tokio::time::timeout(ATTEMPT_TIMEOUT, responses.message()).await {
                     Ok(Ok(Some(response))) if response.ttl() > 0 => {
                         renewed = tokio::time::Instant::now();
                     }
@@ -332,8 +386,16 @@ impl super::Engine for Etcd {
                     }
                     Ok(Ok(None) | Err(_)) | Err(_) => break,
                 }
-                tokio::time::sleep(ttl / 3).await;
+                tokio::time::sleep(ttl / 4).await;
             }
+            // That member stopped renewing: the next attempt starts elsewhere.
+            self.mark(index, false);
+            let _ = self.preferred.compare_exchange(
+                index,
+                (index + 1) % self.members.len().max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             if renewed.elapsed() >= ttl {
                 return ClusterError::Unavailable("lease keep-alive failed on every member".into());
             }

@@ -23,6 +23,7 @@ mod knot;
 mod lifecycle;
 mod package;
 mod page;
+mod partial;
 mod rrl;
 mod support;
 mod tcp;

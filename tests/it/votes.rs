@@ -18,7 +18,7 @@ const INTERVAL_MS: u64 = 300;
 const FALL: u64 = 2;
 
 /// A config probing the three appliances from `source`, in the fleet at `url`.
-fn config(url: &str, source: &str, rule: &str, ports: [u16; 3]) -> String {
+pub(crate) fn config(url: &str, source: &str, rule: &str, ports: [u16; 3]) -> String {
     format!(
         r#"
 [server]
@@ -135,7 +135,7 @@ async fn addresses(server: &TestServer) -> BTreeSet<String> {
     .collect()
 }
 
-async fn has_fra(server: &TestServer) -> bool {
+pub(crate) async fn has_fra(server: &TestServer) -> bool {
     addresses(server).await.contains("127.0.1.1")
 }
 

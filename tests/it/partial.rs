@@ -1,0 +1,416 @@
+//! Issue 23: the fleet under partial failure. Three gto instances on a three-member etcd
+//! cluster (real etcd processes on loopback): one member killed (the leader, then a
+//! follower) or frozen with SIGSTOP changes nothing an operator sees — every drain and
+//! undrain succeeds, every instance stays connected and agrees within 1 s; forged votes
+//! and malformed or out-of-bounds values under the fleet prefix change nothing, and a
+//! running and a freshly started instance reach the same state from the same keys.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::admin::TOKEN;
+use crate::fleet::{change, connected, fleet_config, vpn, within};
+use crate::support::{TestServer, ZONE, free_port, http, sample};
+
+const DRAINED: [&str; 2] = ["198.51.100.20", "203.0.113.30"];
+const ALL: [&str; 2] = ["198.51.100.10", "198.51.100.20"];
+
+/// One member of a test etcd cluster.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// A three-member etcd cluster on loopback, each member ended (by its PID) when dropped.
+struct Cluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (0..3)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster { members, dir };
+        for i in 0..3 {
+            cluster.run(i);
+        }
+        cluster.wait_serving().await;
+        cluster
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// The endpoints as the `etcd = [...]` list's inside.
+    fn endpoints(&self) -> String {
+        (0..3)
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join("\", \"")
+    }
+
+    fn run(&mut self, i: usize) {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect();
+        let data: PathBuf = self.dir.path().join(&self.members[i].name);
+        let url = self.url(i);
+        let member = &mut self.members[i];
+        let child = Command::new("etcd")
+            .arg(format!("--name={}", member.name))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!(
+                "--listen-peer-urls=http://127.0.0.1:{}",
+                member.peer_port
+            ))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                member.peer_port
+            ))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=gto-test")
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is not installed: `tests/run` installs it");
+        member.child = Some(child);
+    }
+
+    /// Waits until a write through every endpoint succeeds.
+    async fn wait_serving(&self) {
+        let started = Instant::now();
+        for i in 0..3 {
+            if self.members[i].child.is_none() {
+                continue;
+            }
+            while TcpStream::connect(("127.0.0.1", self.members[i].client_port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "etcd did not listen"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            loop {
+                if let Ok(mut client) = etcd_client::Client::connect([self.url(i)], None).await
+                    && client.put("/probe", "1", None).await.is_ok()
+                {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "etcd not ready"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The index of the current leader.
+    async fn leader(&self) -> usize {
+        for _ in 0..100 {
+            for i in 0..3 {
+                if self.members[i].child.is_none() {
+                    continue;
+                }
+                let Ok(mut client) = etcd_client::Client::connect([self.url(i)], None).await else {
+                    continue;
+                };
+                if let Ok(status) = client.status().await
+                    && let Some(header) = status.header()
+                    && status.leader() == header.member_id()
+                {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no etcd leader");
+    }
+
+    fn pid(&self, i: usize) -> String {
+        self.members[i].child.as_ref().unwrap().id().to_string()
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid(i)])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn restart(&mut self, i: usize) {
+        self.run(i);
+        self.wait_serving().await;
+    }
+
+    async fn client(&self) -> etcd_client::Client {
+        let urls: Vec<String> = (0..3)
+            .filter(|i| self.members[*i].child.is_some())
+            .map(|i| self.url(i))
+            .collect();
+        etcd_client::Client::connect(urls, None).await.unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            if self.members[i].child.is_some() {
+                // A frozen member must be thawed to die cleanly.
+                let _ = Command::new("kill").args(["-CONT", &self.pid(i)]).status();
+            }
+            self.kill(i);
+        }
+    }
+}
+
+async fn instance_of(cluster: &Cluster, name: &str) -> TestServer {
+    TestServer::start_with_files(
+        &fleet_config(&cluster.endpoints(), name, ""),
+        ZONE,
+        &[("admin.token", &format!("{TOKEN}\n"))],
+    )
+    .await
+}
+
+/// `rounds` drains and undrains of fra-1, through each instance in turn: every call
+/// succeeds, every instance stays connected, and all answer accordingly within 1 s.
+async fn drains_work(instances: &[TestServer], rounds: usize, what: &str) {
+    for round in 0..rounds {
+        let through = &instances[round % instances.len()];
+        let action = if round % 2 == 0 { "drain" } else { "undrain" };
+        let (code, body) = change(through, "fra-1", action).await;
+        assert_eq!(code, 200, "{what}: {action} #{round} failed: {body}");
+        let wanted = if action == "drain" { DRAINED } else { ALL };
+        for (i, server) in instances.iter().enumerate() {
+            within(
+                Duration::from_secs(1),
+                &format!("{what}: instance {i} follows"),
+                || async { vpn(server).await == wanted },
+            )
+            .await;
+            assert!(
+                connected(server).await,
+                "{what}: instance {i} flapped to unreachable"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn issue_23_one_etcd_member_dead_or_frozen_changes_nothing_an_operator_sees() {
+    let mut cluster = Cluster::start().await;
+    let instances = vec![
+        instance_of(&cluster, "a").await,
+        instance_of(&cluster, "b").await,
+        instance_of(&cluster, "c").await,
+    ];
+    for server in &instances {
+        within(Duration::from_secs(10), "connected", || connected(server)).await;
+    }
+    drains_work(&instances, 4, "all members up").await;
+
+    // The leader killed: quorum intact.
+    let leader = cluster.leader().await;
+    cluster.kill(leader);
+    drains_work(&instances, 12, "leader killed").await;
+    let (_, status) =
+        crate::support::http_json(instances[0].admin(), "GET", "/v1/status", None, "").await;
+    let members = status["cluster"]["members"].as_array().unwrap().clone();
+    assert_eq!(members.len(), 3, "{status}");
+    cluster.restart(leader).await;
+
+    // A follower frozen (SIGSTOP): no answer, no error, until thawed.
+    let follower = (cluster.leader().await + 1) % 3;
+    cluster.signal(follower, "STOP");
+    drains_work(&instances, 12, "follower frozen").await;
+    cluster.signal(follower, "CONT");
+
+    // A follower killed.
+    let follower = (cluster.leader().await + 2) % 3;
+    cluster.kill(follower);
+    drains_work(&instances, 8, "follower killed").await;
+    let (_, metrics) = http(instances[1].admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "gto_cluster_member_up",
+            &[&format!("{}\"", cluster.url(follower))]
+        ),
+        0.0,
+        "the dead member is shown down:\n{metrics}"
+    );
+    assert_eq!(sample(&metrics, "gto_cluster_connected", &[]), 1.0);
+}
+
+#[tokio::test]
+async fn issue_23_broken_values_count_as_absent_and_a_fresh_instance_agrees() {
+    let cluster = Cluster::start().await;
+    let a = instance_of(&cluster, "a").await;
+    let b = instance_of(&cluster, "b").await;
+    for server in [&a, &b] {
+        within(Duration::from_secs(10), "connected", || connected(server)).await;
+    }
+    let mut etcd = cluster.client().await;
+    let ignored = |server: &TestServer, reason: &'static str| {
+        let admin = server.admin();
+        async move {
+            let (_, metrics) = http(admin, "GET", "/metrics", None, "").await;
+            sample(
+                &metrics,
+                "gto_cluster_ignored_values_total",
+                &[&format!("reason=\"{reason}\"")],
+            )
+        }
+    };
+
+    // A valid drain, then garbage over it: every instance undrains (garbage is no drain).
+    let (code, _) = change(&a, "fra-1", "drain").await;
+    assert_eq!(code, 200);
+    for server in [&a, &b] {
+        within(Duration::from_secs(1), "drained", || async {
+            vpn(server).await == DRAINED
+        })
+        .await;
+    }
+    etcd.put("/gto/test/drain/sma/fra-1", "{not json", None)
+        .await
+        .unwrap();
+    for server in [&a, &b] {
+        within(Duration::from_secs(1), "garbage is no drain", || async {
+            vpn(server).await == ALL
+        })
+        .await;
+    }
+    // A drain until the year 5138 (past max_drain): ignored too.
+    etcd.put(
+        "/gto/test/drain/sma/ams-1",
+        r#"{"since": 1, "until": 99999999999, "by": "someone"}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    for server in [&a, &b] {
+        within(Duration::from_secs(1), "far drain ignored", || async {
+            ignored(server, "invalid").await >= 2.0
+        })
+        .await;
+        assert_eq!(vpn(server).await, ALL);
+    }
+    // A fresh instance reaches the same state from the same keys.
+    let c = instance_of(&cluster, "c").await;
+    within(Duration::from_secs(10), "connected", || connected(&c)).await;
+    within(
+        Duration::from_secs(2),
+        "fresh instance resynced",
+        || async { ignored(&c, "invalid").await >= 2.0 },
+    )
+    .await;
+    assert_eq!(
+        vpn(&c).await,
+        ALL,
+        "a restarted instance agrees with the running ones"
+    );
+    assert_eq!(vpn(&a).await, ALL);
+}
+
+#[tokio::test]
+async fn issue_23_forged_votes_count_for_nothing() {
+    use crate::support::appliance::{Appliance, Speaks};
+    let cluster = Cluster::start().await;
+    let mut appliances = Vec::new();
+    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
+        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
+    }
+    let ports = [
+        appliances[0].addr.port(),
+        appliances[1].addr.port(),
+        appliances[2].addr.port(),
+    ];
+    let rule = "down_when = \"majority\"\nmin_voters = 2";
+    let mut instances = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        let text = crate::votes::config(&cluster.endpoints(), source, rule, ports);
+        instances.push(TestServer::start(&text, ZONE).await);
+    }
+    for server in &instances {
+        within(Duration::from_secs(10), "connected and up", || async {
+            connected(server).await && crate::votes::has_fra(server).await
+        })
+        .await;
+    }
+    // Four "down" votes for fra-1 by voters that are neither instances nor agents.
+    let mut etcd = cluster.client().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for voter in ["x1", "x2", "x3", "x4"] {
+        let vote = serde_json::json!({ "up": false, "since": now, "error": "forged", "at": now });
+        etcd.put(
+            format!("/gto/votes/vote/sma/fra-1/{voter}"),
+            vote.to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    for server in &instances {
+        within(
+            Duration::from_secs(2),
+            "forged votes seen and ignored",
+            || async {
+                let (_, metrics) = http(server.admin(), "GET", "/metrics", None, "").await;
+                sample(
+                    &metrics,
+                    "gto_cluster_ignored_values_total",
+                    &["reason=\"not_a_member\""],
+                ) >= 4.0
+            },
+        )
+        .await;
+    }
+    // Two probe cycles later fra-1 is still answered everywhere: "2 of 6 say down" never
+    // happened.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for server in &instances {
+        assert!(
+            crate::votes::has_fra(server).await,
+            "forged votes took fra-1 out"
+        );
+    }
+}
