@@ -222,6 +222,9 @@ struct Inner {
     pending_loads: std::sync::Mutex<std::collections::HashMap<EndpointKey, LoadValue>>,
     /// Longest drain a value from the store may ask for (`[admin] max_drain`).
     max_drain: Duration,
+    /// A write of verdicts or loads failed: all are written again (with backoff) until
+    /// one works, rather than at the next refresh.
+    unshared: AtomicBool,
     /// Every other voter's vote as stored, and the fleet's members with their leases:
     /// which votes count is computed from both.
     mirror: std::sync::Mutex<Mirror>,
@@ -308,6 +311,7 @@ impl Fleet {
             bus: std::sync::OnceLock::new(),
             pending_loads: std::sync::Mutex::default(),
             max_drain,
+            unshared: AtomicBool::new(false),
             mirror: std::sync::Mutex::default(),
         }));
         metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => "invalid").absolute(0);
@@ -339,8 +343,28 @@ impl Fleet {
         let mut verdicts = self.0.health.subscribe_verdicts();
         let mut refresh = tokio::time::interval(VOTE_REFRESH);
         refresh.tick().await;
+        let mut retry_in = MIN_BACKOFF;
         loop {
+            let unshared = self.0.unshared.load(Ordering::Relaxed);
+            let retry = async {
+                if unshared {
+                    tokio::time::sleep(retry_in).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
+                () = retry => {
+                    // Written again until written (or superseded by what is current).
+                    self.0.unshared.store(false, Ordering::Relaxed);
+                    self.publish_all_votes().await;
+                    self.flush_pending_loads().await;
+                    retry_in = if self.0.unshared.load(Ordering::Relaxed) {
+                        (retry_in * 2).min(Duration::from_secs(5))
+                    } else {
+                        MIN_BACKOFF
+                    };
+                }
                 received = verdicts.recv() => match received {
                     Ok(first) => {
                         // Changes that arrive together go in one request.
@@ -401,7 +425,8 @@ impl Fleet {
             })
             .collect();
         if let Err(error) = inner.engine.put_many(entries, Some(lease)).await {
-            warn!(%error, verdicts = votes.len(), "verdicts not shared");
+            warn!(%error, verdicts = votes.len(), "verdicts not shared; writing them again shortly");
+            inner.unshared.store(true, Ordering::Relaxed);
         }
     }
 
@@ -544,7 +569,12 @@ impl Fleet {
             .put(&self.key_of("load", key), bytes, Some(lease))
             .await
         {
-            warn!(%error, pool = %key.pool, member = %key.member, "load report not shared");
+            warn!(%error, pool = %key.pool, member = %key.member, "load report not shared; writing it again shortly");
+            // Kept (unless a newer one comes) and written again.
+            if let Ok(mut pending) = inner.pending_loads.lock() {
+                pending.entry(key.clone()).or_insert(value);
+            }
+            inner.unshared.store(true, Ordering::Relaxed);
         }
     }
 
@@ -553,22 +583,32 @@ impl Fleet {
     async fn flush_pending_loads(&self) {
         let inner = &self.0;
         let lease = inner.lease.load(Ordering::Relaxed);
+        if !self.is_connected() || lease == 0 {
+            return; // shared from the session once connected
+        }
         let pending: Vec<(EndpointKey, LoadValue)> = match inner.pending_loads.lock() {
             Ok(mut pending) => pending.drain().collect(),
             Err(_) => return,
         };
-        let entries: Vec<(String, Vec<u8>)> = pending
-            .iter()
-            .map(|(key, value)| {
-                (
-                    self.key_of("load", key),
-                    serde_json::to_vec(value).unwrap_or_default(),
-                )
-            })
-            .collect();
-        for chunk in entries.chunks(VOTE_BATCH) {
-            if let Err(error) = inner.engine.put_many(chunk.to_vec(), Some(lease)).await {
-                warn!(%error, reports = chunk.len(), "load reports not shared");
+        for chunk in pending.chunks(VOTE_BATCH) {
+            let entries: Vec<(String, Vec<u8>)> = chunk
+                .iter()
+                .map(|(key, value)| {
+                    (
+                        self.key_of("load", key),
+                        serde_json::to_vec(value).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            if let Err(error) = inner.engine.put_many(entries, Some(lease)).await {
+                warn!(%error, reports = chunk.len(), "load reports not shared; writing them again shortly");
+                // Kept for the next attempt, unless a newer report came meanwhile.
+                if let Ok(mut kept) = inner.pending_loads.lock() {
+                    for (key, value) in chunk {
+                        kept.entry(key.clone()).or_insert_with(|| value.clone());
+                    }
+                }
+                inner.unshared.store(true, Ordering::Relaxed);
             }
         }
     }
