@@ -46,6 +46,7 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
         admin: None,
         started: health::store::unix(std::time::SystemTime::now()),
         config_digest: loaded.digest.clone(),
+        config_sections: loaded.digest_sections.clone(),
     };
     let fleet = Fleet::new(&cluster, health, me, loaded.config.admin.max_drain);
     let fleet_task = fleet.run(token.child_token());

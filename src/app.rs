@@ -133,6 +133,7 @@ impl App {
                 admin: None,
                 started: crate::health::store::unix(std::time::SystemTime::now()),
                 config_digest: loaded.digest.clone(),
+                config_sections: loaded.digest_sections.clone(),
             };
             let fleet = Fleet::new(cluster, health.clone(), me, loaded.config.admin.max_drain);
             fleet.report_to(bus.clone());

@@ -143,10 +143,13 @@ pub struct Loaded {
     pub zones: Vec<Zone>,
     /// The opened `[geo] mmdb` database, if configured.
     pub geo_db: Option<std::sync::Arc<crate::geo::mmdb::Mmdb>>,
-    /// SHA-256 (first 8 bytes, hex) of the config text and every zone file: instances that
-    /// serve the same files show the same digest (per-host settings are left out: `[cluster]
-    /// instance` and `region`, `[health] source` and `source6`).
+    /// SHA-256 (first 8 bytes, hex) of what the config and zones mean for answers: see
+    /// [`meaning_digest`]. Instances that answer alike show the same digest whatever their
+    /// per-host settings, comments or record order.
     pub digest: String,
+    /// The digest per section (`zone <origin>`, `service <name>`, `pool <name>`, `geo`,
+    /// `rrl`, `server`), so that drift can say where two configs differ.
+    pub digest_sections: std::collections::BTreeMap<String, String>,
     /// Problems that leave the config servable (occluded zone data), located: `gto check`
     /// prints them and `gto run` logs them.
     pub warnings: Vec<ConfigError>,
@@ -287,20 +290,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
         },
     };
     if errors.is_empty() {
-        let digest = {
-            use sha2::{Digest, Sha256};
-            let mut hasher = Sha256::new();
-            hasher.update(without_instance(text).as_bytes());
-            for zone in &zones {
-                hasher.update(zone.text_digest());
-            }
-            hasher
-                .finalize()
-                .iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        };
+        let (digest, digest_sections) = meaning_digest(&config, &zones);
         let warnings = zones
             .iter()
             .flat_map(|zone| zone.warnings().iter().cloned().map(located))
@@ -312,6 +302,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             zones,
             geo_db,
             digest,
+            digest_sections,
             warnings,
         };
         loaded.reread_keys();
@@ -328,32 +319,122 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
     }
 }
 
-/// The config text without the settings that differ between the instances of a fleet by
-/// design (`[cluster] instance` and `region`, `[health] source` and `source6`), so that
-/// they do not count as config drift.
-fn without_instance(text: &str) -> String {
-    let mut table = String::new();
-    let mut kept = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            table = trimmed
-                .trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_string();
-        }
-        let sets = |key: &str| {
-            trimmed
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
+/// The digest of what a config and its zones mean for the answers of a fleet, by section,
+/// and over all sections: every zone's records (owner, type, TTL, data; in canonical order,
+/// so record order and comments do not count) and DNSSEC settings, every GSLB name's
+/// pool, policy, answers, TTL, all-down rule, affinity and ECS use, every pool's members
+/// and checks and load and vote rules, the geo tables, rate limiting and the UDP payload
+/// size. Per-host settings never count: listen addresses, workers and TCP limits,
+/// identity, state file, `[admin]`, `[cluster]` (instance, region, endpoints), `[health]`
+/// sources, webhooks, file paths.
+pub fn meaning_digest(
+    config: &Config,
+    zones: &[Zone],
+) -> (String, std::collections::BTreeMap<String, String>) {
+    use hickory_proto::serialize::binary::BinEncodable;
+    use sha2::{Digest, Sha256};
+    let short = |hasher: Sha256| -> String {
+        hasher
+            .finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let text = |parts: &str| {
+        let mut hasher = Sha256::new();
+        hasher.update(parts.as_bytes());
+        short(hasher)
+    };
+    let mut sections = std::collections::BTreeMap::new();
+    for (spec, zone) in config.zones.iter().zip(zones) {
+        let mut hasher = Sha256::new();
+        let dnssec = spec
+            .dnssec
+            .as_ref()
+            .map(|d| (d.dnskey_ttl, d.lifetime, d.parent_ds_ttl, d.propagation));
+        hasher.update(format!("{dnssec:?}").as_bytes());
+        let mut owners: Vec<_> = zone.rrsets().collect();
+        owners.sort_by(|a, b| a.0.cmp(b.0));
+        let mut record = |r: &hickory_proto::rr::Record| -> Vec<u8> {
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&u16::from(r.record_type()).to_be_bytes());
+            bytes.extend_from_slice(&r.ttl.to_be_bytes());
+            bytes.extend(r.data.to_bytes().unwrap_or_default());
+            bytes
         };
-        let is_instance = (table == "cluster" && (sets("instance") || sets("region")))
-            || (table == "health" && (sets("source") || sets("source6")));
-        if !is_instance {
-            kept.push_str(line);
+        hasher.update(record(zone.soa()));
+        for (owner, sets) in owners {
+            hasher.update(owner.to_string().as_bytes());
+            let mut records: Vec<Vec<u8>> = sets
+                .iter()
+                .flat_map(|set| set.records.iter())
+                .map(&mut record)
+                .collect();
+            records.sort();
+            for bytes in records {
+                hasher.update((bytes.len() as u32).to_be_bytes());
+                hasher.update(bytes);
+            }
         }
+        sections.insert(format!("zone {}", spec.origin), short(hasher));
     }
-    kept
+    let pool_name = |id: crate::config::PoolId| {
+        config
+            .pools
+            .get(id.0)
+            .map_or_else(String::new, |p| p.name.clone())
+    };
+    for service in &config.services {
+        let crate::config::Service {
+            name,
+            pool,
+            policy,
+            answers,
+            ttl,
+            when_all_down,
+            affinity,
+            use_ecs,
+            span: _,
+            position: _,
+        } = service;
+        let when_all_down = match when_all_down {
+            crate::config::WhenAllDown::Fallback(id) => format!("fallback {}", pool_name(*id)),
+            other => format!("{other:?}"),
+        };
+        sections.insert(
+            format!("service {name}"),
+            text(&format!(
+                "{} {policy:?} {answers:?} {ttl:?} {when_all_down} {affinity:?} {use_ecs}",
+                pool_name(*pool)
+            )),
+        );
+    }
+    for pool in &config.pools {
+        sections.insert(format!("pool {}", pool.name), text(&format!("{pool:?}")));
+    }
+    let geo = &config.geo;
+    sections.insert(
+        "geo".into(),
+        text(&format!(
+            "{:?} {:?} {:?} mmdb={}",
+            geo.networks,
+            geo.regions,
+            geo.default,
+            geo.mmdb.is_some()
+        )),
+    );
+    sections.insert("rrl".into(), text(&format!("{:?}", config.rrl)));
+    sections.insert(
+        "server".into(),
+        text(&format!("udp_payload={}", config.server.udp_payload)),
+    );
+    let mut all = Sha256::new();
+    for (section, digest) in &sections {
+        all.update(section.as_bytes());
+        all.update(digest.as_bytes());
+    }
+    (short(all), sections)
 }
 
 /// Every GSLB name must sit inside a configured zone, below its apex and above its

@@ -199,7 +199,7 @@ impl Reloader {
         inner.health.reconfigure(loaded.clone()).await;
         inner.digest.store(Arc::new(loaded.digest.clone()));
         if let Some(fleet) = &inner.fleet {
-            fleet.set_digest(&loaded.digest);
+            fleet.set_digest(&loaded.digest, &loaded.digest_sections);
         }
         *running = loaded;
         metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);

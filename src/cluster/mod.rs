@@ -185,8 +185,23 @@ pub struct InstanceInfo {
     pub admin: Option<String>,
     /// Start time (Unix seconds).
     pub started: u64,
-    /// Digest of the config and zone files it serves.
+    /// Digest of what its config and zones mean for answers ([`crate::loaded::meaning_digest`]).
     pub config_digest: String,
+    /// That digest per section, so that drift can name where two configs differ.
+    #[serde(default)]
+    pub config_sections: BTreeMap<String, String>,
+}
+
+/// The sections (`pool sma`, `zone gto.example.com.`, ...) in which two configs differ:
+/// present in one only, or with different digests.
+fn differing_sections(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    a.keys()
+        .chain(b.keys())
+        .filter(|section| a.get(*section) != b.get(*section))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// An instance as this one sees it.
@@ -614,9 +629,10 @@ impl Fleet {
     }
 
     /// The config digest changed (a reload): tell the fleet.
-    pub fn set_digest(&self, digest: &str) {
+    pub fn set_digest(&self, digest: &str, sections: &BTreeMap<String, String>) {
         let mut me = (**self.0.me.load()).clone();
         me.config_digest = digest.to_string();
+        me.config_sections = sections.clone();
         self.0.me.store(Arc::new(me));
         self.0.reregister.notify_one();
         self.update_drift();
@@ -639,6 +655,7 @@ impl Fleet {
                     "started": rfc3339(crate::health::store::from_unix_clamped(seen.info.started)),
                     "config_digest": seen.info.config_digest,
                     "config_matches": seen.info.config_digest == mine,
+                    "config_differs": differing_sections(&inner.me.load().config_sections, &seen.info.config_sections),
                     "last_seen": rfc3339(seen.seen),
                 })
             })
@@ -707,7 +724,8 @@ impl Fleet {
     }
 
     fn update_drift(&self) {
-        let mine = self.0.me.load().config_digest.clone();
+        let me = self.0.me.load();
+        let mine = me.config_digest.clone();
         let instances = self.0.instances.load();
         // Probe-only agents (no DNS listeners) serve no answers: not drift.
         let differing: Vec<&String> = instances
@@ -716,12 +734,20 @@ impl Fleet {
             .filter(|(_, seen)| seen.info.config_digest != mine)
             .map(|(id, _)| id)
             .collect();
+        let sections: std::collections::BTreeSet<String> = instances
+            .iter()
+            .filter(|(id, _)| differing.contains(id))
+            .flat_map(|(_, seen)| {
+                differing_sections(&me.config_sections, &seen.info.config_sections)
+            })
+            .collect();
         let drift = !differing.is_empty();
         metrics::gauge!(CLUSTER_CONFIG_DRIFT).set(if drift { 1.0 } else { 0.0 });
         if self.0.drift.swap(drift, Ordering::Relaxed) != drift {
             if drift {
                 warn!(
                     instances = ?differing,
+                    sections = ?sections,
                     digest = %mine,
                     "config drift: instances of the fleet serve a different config"
                 );
@@ -730,7 +756,7 @@ impl Fleet {
             }
             self.emit(
                 "drift",
-                json!({ "drift": drift, "instances": differing, "digest": mine }),
+                json!({ "drift": drift, "instances": differing, "sections": sections, "digest": mine }),
             );
         }
     }

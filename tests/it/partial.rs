@@ -414,3 +414,96 @@ async fn issue_23_forged_votes_count_for_nothing() {
         );
     }
 }
+
+/// Drift is about meaning: two hosts of one fleet that differ only in per-host settings
+/// (listen addresses, identity, state file, admin, probe source, instance name), comments
+/// and the order of their zone file's records show equal digests and no drift; a real
+/// difference in a pool is drift naming the pool.
+#[tokio::test]
+async fn issue_23_drift_counts_meaning_not_per_host_text() {
+    let etcd = crate::fleet::Etcd::start().await;
+    let zone_reordered = {
+        let mut lines: Vec<&str> = ZONE.lines().collect();
+        let records: Vec<&str> = lines.split_off(lines.len() - 4);
+        let mut text = lines.join("\n") + "\n; reordered, with a comment\n";
+        for line in records.iter().rev() {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
+    };
+    let host = |name: &str, extra_server: &str, zone: String, pool_extra: &str| {
+        let text = fleet_config(&etcd.url(), name, "")
+            .replace("[server]\n", &format!("[server]\n{extra_server}\n"))
+            .replace(
+                "addresses = [\"203.0.113.30\"]",
+                &format!("addresses = [\"203.0.113.30\"]\n{pool_extra}"),
+            );
+        (format!("# host {name}\n{text}"), zone)
+    };
+    let (ns1, zone1) = host(
+        "ns1",
+        "identity = \"ns1\"\nworkers = 1",
+        ZONE.to_string(),
+        "",
+    );
+    let (ns2, zone2) = host(
+        "ns2",
+        "identity = \"ns2\"\nworkers = 2\ntcp_idle_timeout = \"12s\"",
+        zone_reordered,
+        "",
+    );
+    // Per-host probe source and region too.
+    let ns2 = ns2.replace("lease_ttl = \"2s\"", "lease_ttl = \"2s\"\nregion = \"eu\"")
+        + "\n[health]\nsource = \"127.0.0.1\"\n";
+    let (ns3, zone3) = host("ns3", "", ZONE.to_string(), "weight = 7");
+    let token = [("admin.token", format!("{TOKEN}\n"))];
+    let files: Vec<(&str, &str)> = token.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let a = TestServer::start_with_files(&ns1, &zone1, &files).await;
+    let b = TestServer::start_with_files(&ns2, &zone2, &files).await;
+    for server in [&a, &b] {
+        within(Duration::from_secs(10), "connected", || connected(server)).await;
+    }
+    let status = |server: &TestServer| {
+        let admin = server.admin();
+        async move {
+            crate::support::http_json(admin, "GET", "/v1/status", None, "")
+                .await
+                .1
+        }
+    };
+    within(Duration::from_secs(2), "both see each other", || async {
+        status(&a).await["cluster"]["instances"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
+    })
+    .await;
+    let (sa, sb) = (status(&a).await, status(&b).await);
+    assert_eq!(sa["config_digest"], sb["config_digest"], "{sa}\n{sb}");
+    for s in [&sa, &sb] {
+        assert_eq!(s["cluster"]["config_drift"], false, "{s}");
+    }
+    // A real difference: ns3's pool gives nyc-1 another weight.
+    let c = TestServer::start_with_files(&ns3, &zone3, &files).await;
+    within(Duration::from_secs(10), "connected", || connected(&c)).await;
+    within(Duration::from_secs(2), "drift seen", || async {
+        status(&a).await["cluster"]["config_drift"] == true
+    })
+    .await;
+    let sa = status(&a).await;
+    let ns3_seen = sa["cluster"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "ns3")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        ns3_seen["config_differs"],
+        serde_json::json!(["pool sma"]),
+        "{ns3_seen}"
+    );
+    let (_, metrics) = http(a.admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(sample(&metrics, "gto_cluster_config_drift", &[]), 1.0);
+}
