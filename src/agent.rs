@@ -47,6 +47,7 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
         started: health::store::unix(std::time::SystemTime::now()),
         config_digest: loaded.digest.clone(),
         config_sections: loaded.digest_sections.clone(),
+        heartbeat: 0,
     };
     let fleet = Fleet::new(&cluster, health, me, loaded.config.admin.max_drain);
     let fleet_task = fleet.run(token.child_token());

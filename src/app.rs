@@ -134,6 +134,7 @@ impl App {
                 started: crate::health::store::unix(std::time::SystemTime::now()),
                 config_digest: loaded.digest.clone(),
                 config_sections: loaded.digest_sections.clone(),
+                heartbeat: 0,
             };
             let fleet = Fleet::new(cluster, health.clone(), me, loaded.config.admin.max_drain);
             fleet.report_to(bus.clone());

@@ -190,6 +190,11 @@ pub struct InstanceInfo {
     /// That digest per section, so that drift can name where two configs differ.
     #[serde(default)]
     pub config_sections: BTreeMap<String, String>,
+    /// When it last said it is alive (Unix seconds): its record is written again every
+    /// half lease, so a dead instance's `last_seen` stops moving at once and it shows as
+    /// gone once that is a lease old, before its lease even expires.
+    #[serde(default)]
+    pub heartbeat: u64,
 }
 
 /// The sections (`pool sma`, `zone gto.example.com.`, ...) in which two configs differ:
@@ -657,6 +662,7 @@ impl Fleet {
                     "config_matches": seen.info.config_digest == mine,
                     "config_differs": differing_sections(&inner.me.load().config_sections, &seen.info.config_sections),
                     "last_seen": rfc3339(seen.seen),
+                    "alive": seen.seen.elapsed().unwrap_or_default() <= inner.lease_ttl,
                 })
             })
             .collect();
@@ -825,8 +831,15 @@ impl Fleet {
         self.flush_pending_loads().await;
         let keep_alive = engine.keep_alive(lease, inner.lease_ttl);
         tokio::pin!(keep_alive);
+        let mut heartbeat = tokio::time::interval(inner.lease_ttl / 2);
+        heartbeat.tick().await;
         loop {
             tokio::select! {
+                _ = heartbeat.tick() => {
+                    if let Err(error) = self.register(lease).await {
+                        warn!(%error, "fleet heartbeat not written; trying again at the next");
+                    }
+                }
                 item = watch.recv() => match item {
                     Some(WatchItem::Changes { changes, revision }) => {
                         for (put, entry) in changes {
@@ -878,7 +891,9 @@ impl Fleet {
     async fn register(&self, lease: i64) -> Result<(), ClusterError> {
         let inner = &self.0;
         let key = format!("{}instance/{}", inner.prefix, segment(&inner.instance));
-        let value = serde_json::to_vec(&**inner.me.load()).unwrap_or_default();
+        let mut me = (**inner.me.load()).clone();
+        me.heartbeat = unix(SystemTime::now());
+        let value = serde_json::to_vec(&me).unwrap_or_default();
         inner.engine.put(&key, value, Some(lease)).await
     }
 
@@ -1148,14 +1163,16 @@ impl Fleet {
                         }
                     }
                 }
-                // Membership decides which votes count: recount them.
-                let counted = inner.mirror.lock().ok().map(|mut mirror| {
+                // Membership decides which votes count: recount them when it changed (a
+                // heartbeat under the same lease changes nothing).
+                let counted = inner.mirror.lock().ok().and_then(|mut mirror| {
+                    let before = mirror.members.get(&id).copied();
                     if instances.contains_key(&id) {
                         mirror.members.insert(id.clone(), entry.lease);
                     } else {
                         mirror.members.remove(&id);
                     }
-                    mirror.counted()
+                    (before != mirror.members.get(&id).copied()).then(|| mirror.counted())
                 });
                 inner.instances.store(Arc::new(instances));
                 self.update_drift();

@@ -507,3 +507,132 @@ async fn issue_23_drift_counts_meaning_not_per_host_text() {
     let (_, metrics) = http(a.admin(), "GET", "/metrics", None, "").await;
     assert_eq!(sample(&metrics, "gto_cluster_config_drift", &[]), 1.0);
 }
+
+/// With one etcd member dead, votes stay fresh: over kill/restart cycles of an appliance,
+/// every instance drops it within interval x fall + 1 s and takes it back within
+/// interval x rise + 1 s (rise 1).
+#[tokio::test]
+async fn issue_23_failover_bound_holds_with_one_etcd_member_dead() {
+    use crate::support::appliance::{Appliance, Speaks};
+    use crate::votes::{FALL, INTERVAL_MS, SOURCES};
+    let mut cluster = Cluster::start().await;
+    let mut appliances = Vec::new();
+    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
+        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
+    }
+    let ports = [
+        appliances[0].addr.port(),
+        appliances[1].addr.port(),
+        appliances[2].addr.port(),
+    ];
+    let mut instances = Vec::new();
+    for source in SOURCES {
+        let text = crate::votes::config(
+            &cluster.endpoints(),
+            source,
+            "down_when = \"majority\"",
+            ports,
+        );
+        instances.push(TestServer::start(&text, ZONE).await);
+    }
+    for server in &instances {
+        within(Duration::from_secs(10), "connected and up", || async {
+            connected(server).await && crate::votes::has_fra(server).await
+        })
+        .await;
+    }
+    let leader = cluster.leader().await;
+    cluster.kill(leader);
+    let down_bound = Duration::from_millis(INTERVAL_MS * FALL + 1000);
+    let up_bound = Duration::from_millis(INTERVAL_MS + 1000);
+    let (mut worst_down, mut worst_up) = (Duration::ZERO, Duration::ZERO);
+    for cycle in 0..6 {
+        let started = Instant::now();
+        appliances[0].stop().await;
+        for server in &instances {
+            within(
+                down_bound,
+                &format!("cycle {cycle}: dead appliance out"),
+                || async { !crate::votes::has_fra(server).await },
+            )
+            .await;
+        }
+        worst_down = worst_down.max(started.elapsed());
+        let started = Instant::now();
+        appliances[0].resume();
+        for server in &instances {
+            within(
+                up_bound,
+                &format!("cycle {cycle}: appliance back"),
+                || async { crate::votes::has_fra(server).await },
+            )
+            .await;
+        }
+        worst_up = worst_up.max(started.elapsed());
+    }
+    eprintln!(
+        "one etcd member dead, 6 cycles: out within {worst_down:?} (bound {down_bound:?}), back within {worst_up:?} (bound {up_bound:?})"
+    );
+}
+
+/// Liveness: an instance's `last_seen` follows its heartbeat (every half lease), so a
+/// live instance is seen again and again, and a frozen one (SIGSTOP: no heartbeat, no
+/// keep-alive) is shown as not alive and then gone within its lease.
+#[tokio::test]
+async fn issue_23_last_seen_is_a_heartbeat_and_a_frozen_instance_goes() {
+    let etcd = crate::fleet::Etcd::start().await;
+    let a = crate::fleet::instance(&etcd.url(), "a").await;
+    within(Duration::from_secs(10), "connected", || connected(&a)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = fleet_config(&etcd.url(), "b", "")
+        .replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            &format!("[server]\nlisten = [\"127.0.0.1:{}\"]", free_port()),
+        )
+        .replace("token_file = \"admin.token\"", "")
+        .replace("listen = \"127.0.0.1:0\"", "enabled = false");
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let mut b = crate::support::RealGto::run(&dir.path().join("gto.toml"));
+    b.wait_for_log("fleet store connected").await;
+    let seen_b = || async {
+        let status = crate::support::http_json(a.admin(), "GET", "/v1/status", None, "")
+            .await
+            .1;
+        status["cluster"]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["instance"] == "b")
+            .cloned()
+    };
+    within(Duration::from_secs(2), "b seen", || async {
+        seen_b().await.is_some()
+    })
+    .await;
+    let first = seen_b().await.unwrap()["last_seen"].clone();
+    within(
+        Duration::from_secs(3),
+        "b's heartbeat moves last_seen",
+        || async {
+            seen_b()
+                .await
+                .is_some_and(|b| b["last_seen"] != first && b["alive"] == true)
+        },
+    )
+    .await;
+    b.signal("STOP");
+    within(
+        Duration::from_secs(3),
+        "b not alive within its lease (2 s)",
+        || async { seen_b().await.is_none_or(|b| b["alive"] == false) },
+    )
+    .await;
+    within(
+        Duration::from_secs(5),
+        "b gone once its lease expired",
+        || async { seen_b().await.is_none() },
+    )
+    .await;
+    b.signal("CONT");
+}

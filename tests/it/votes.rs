@@ -13,9 +13,9 @@ use crate::fleet::{Etcd, within};
 use crate::support::appliance::{Appliance, Speaks};
 use crate::support::{TestServer, ZONE, answers, http_json, query, udp};
 
-const SOURCES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
-const INTERVAL_MS: u64 = 300;
-const FALL: u64 = 2;
+pub(crate) const SOURCES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+pub(crate) const INTERVAL_MS: u64 = 300;
+pub(crate) const FALL: u64 = 2;
 
 /// A config probing the three appliances from `source`, in the fleet at `url`.
 pub(crate) fn config(url: &str, source: &str, rule: &str, ports: [u16; 3]) -> String {
