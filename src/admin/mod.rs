@@ -20,7 +20,8 @@
 //! when all are taken evicts an idle one (no request in progress) of the source address
 //! holding the most, its oldest first ([`slots`]), so that silent connections from one
 //! source cannot lock anyone else out. Event streams are bounded the same way
-//! ([`MAX_EVENT_STREAMS`]). Shutdown closes whatever is still open after 2 s. Errors are JSON: `{"error": "..."}`.
+//! ([`MAX_EVENT_STREAMS`]). Shutdown closes whatever is still open after 2 s. Errors are
+//! JSON: `{"error": "..."}`.
 //!
 //! Against DNS rebinding (a web page whose name resolves to 127.0.0.1), a request whose
 //! `Host` is a name other than `localhost`, this machine's host name or one of `[admin]
@@ -165,16 +166,16 @@ async fn check_host(
 /// Whether a `Host` header's value names this server: an IP literal, `localhost`, this
 /// machine's host name, or one of `hosts` (ports ignored, case-insensitive).
 pub(crate) fn host_allowed(host: &str, hosts: &[String]) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
+    if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
         return rest
             .split_once(']')
             .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
-    } else {
-        host.rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(host, |(name, _)| name)
-    };
+    }
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(name, _)| name);
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     if name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" {
         return true;
