@@ -636,3 +636,63 @@ async fn issue_23_last_seen_is_a_heartbeat_and_a_frozen_instance_goes() {
     .await;
     b.signal("CONT");
 }
+
+/// No health flip on a reconnect or resync: an instance that loses etcd (its own
+/// verdicts decide) and gets it back (the fleet's votes count again, read afresh) flips
+/// nothing while every appliance stays up.
+#[tokio::test]
+async fn issue_23_no_health_flip_on_reconnect() {
+    use crate::support::appliance::{Appliance, Speaks};
+    use crate::votes::SOURCES;
+    let etcd = crate::fleet::Etcd::start().await;
+    let relay = crate::fleet::Relay::start(etcd.port).await;
+    let mut appliances = Vec::new();
+    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
+        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
+    }
+    let ports = [
+        appliances[0].addr.port(),
+        appliances[1].addr.port(),
+        appliances[2].addr.port(),
+    ];
+    let rule = "down_when = \"majority\"\nmin_voters = 2";
+    let through_relay = format!("http://{}", relay.addr);
+    let a = TestServer::start(
+        &crate::votes::config(&through_relay, SOURCES[0], rule, ports),
+        ZONE,
+    )
+    .await;
+    let b = TestServer::start(
+        &crate::votes::config(&etcd.url(), SOURCES[1], rule, ports),
+        ZONE,
+    )
+    .await;
+    for server in [&a, &b] {
+        within(Duration::from_secs(10), "connected and up", || async {
+            connected(server).await && crate::votes::has_fra(server).await
+        })
+        .await;
+    }
+    let flips = |server: &TestServer| {
+        let admin = server.admin();
+        async move {
+            let (_, metrics) = http(admin, "GET", "/metrics", None, "").await;
+            sample(&metrics, "gto_health_flips_total", &[])
+        }
+    };
+    let before = (flips(&a).await, flips(&b).await);
+    for _ in 0..3 {
+        relay.cut();
+        within(Duration::from_secs(8), "A loses etcd", || async {
+            !connected(&a).await
+        })
+        .await;
+        relay.restore();
+        within(Duration::from_secs(8), "A back", || connected(&a)).await;
+    }
+    assert_eq!(
+        (flips(&a).await, flips(&b).await),
+        before,
+        "a reconnect flipped health"
+    );
+}
