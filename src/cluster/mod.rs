@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ClusterSettings;
 use crate::health::HealthHandle;
@@ -70,7 +70,10 @@ pub const VOTE_BATCH: usize = 100;
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(10);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a drain or undrain keeps trying while etcd has no leader (an election after a
+/// member's loss) before it answers 503.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why a fleet operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -536,6 +539,26 @@ impl Fleet {
                     .into(),
             ));
         }
+        // A leader election (a member lost) leaves the quorum without a leader for a
+        // moment: the change is tried again until it is written or this deadline passes.
+        let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        loop {
+            match self.try_write_drain(key, value.clone(), until).await {
+                Err(ClusterError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                    debug!(%why, "drain not written yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_write_drain(
+        &self,
+        key: &EndpointKey,
+        value: Option<DrainValue>,
+        until: Option<SystemTime>,
+    ) -> Result<(), ClusterError> {
         let inner = &self.0;
         let path = self.key_of("drain", key);
         for _ in 0..5 {
