@@ -156,13 +156,29 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
                 esc(instance["version"].as_str().unwrap_or_default()),
                 esc(&instance["listen"].to_string()),
                 esc(instance["started"].as_str().unwrap_or_default()),
-                esc(instance["last_seen"].as_str().unwrap_or_default()),
+                if instance["alive"] == false {
+                    format!(
+                        "<span class=down>{} (no heartbeat)</span>",
+                        esc(instance["last_seen"].as_str().unwrap_or_default())
+                    )
+                } else {
+                    esc(instance["last_seen"].as_str().unwrap_or_default())
+                },
                 if matches {
                     "same".to_string()
                 } else {
                     format!(
-                        "<span class=down>differs ({})</span>",
-                        esc(instance["config_digest"].as_str().unwrap_or_default())
+                        "<span class=down>differs: {}</span>",
+                        esc(&instance["config_differs"]
+                            .as_array()
+                            .map(|sections| {
+                                sections
+                                    .iter()
+                                    .filter_map(|s| s.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            })
+                            .unwrap_or_default())
                     )
                 },
             );

@@ -48,6 +48,9 @@ pub const CLUSTER_CONNECTED: &str = "gto_cluster_connected";
 pub const CLUSTER_CONFIG_DRIFT: &str = "gto_cluster_config_drift";
 /// `gto_cluster_resyncs_total`: full reads of the fleet state (start, compaction).
 pub const CLUSTER_RESYNCS_TOTAL: &str = "gto_cluster_resyncs_total";
+/// `gto_cluster_instances`: fleet members (instances and probe agents) with a live
+/// registration, as this instance sees them.
+pub const CLUSTER_INSTANCES: &str = "gto_cluster_instances";
 /// `gto_cluster_events_total`: changes received from the store.
 pub const CLUSTER_EVENTS_TOTAL: &str = "gto_cluster_events_total";
 /// `gto_cluster_ignored_values_total{reason}`: values under the fleet's prefix that count
@@ -1054,6 +1057,7 @@ impl Fleet {
             }
             counted
         };
+        metrics::gauge!(CLUSTER_INSTANCES).set(instances.len() as f64);
         inner.instances.store(Arc::new(instances));
         self.update_drift();
         inner.health.replace_votes(counted).await;
@@ -1197,6 +1201,7 @@ impl Fleet {
                     }
                     (before != mirror.members.get(&id).copied()).then(|| mirror.counted())
                 });
+                metrics::gauge!(CLUSTER_INSTANCES).set(instances.len() as f64);
                 inner.instances.store(Arc::new(instances));
                 self.update_drift();
                 if let Some(counted) = counted {

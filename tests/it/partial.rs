@@ -695,6 +695,8 @@ async fn issue_23_last_seen_is_a_heartbeat_and_a_frozen_instance_goes() {
         seen_b().await.is_some()
     })
     .await;
+    let (_, metrics) = http(a.admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(sample(&metrics, "gto_cluster_instances", &[]), 2.0);
     let first = seen_b().await.unwrap()["last_seen"].clone();
     within(
         Duration::from_secs(3),
@@ -719,6 +721,12 @@ async fn issue_23_last_seen_is_a_heartbeat_and_a_frozen_instance_goes() {
         || async { seen_b().await.is_none() },
     )
     .await;
+    let (_, metrics) = http(a.admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(
+        sample(&metrics, "gto_cluster_instances", &[]),
+        1.0,
+        "only a is left"
+    );
     b.signal("CONT");
 }
 
