@@ -18,7 +18,7 @@
 //! at 10 s; a client has `[admin] header_timeout` (5 s) to send its headers, and at most
 //! `[admin] max_connections` (64) connections are open at once: a connection arriving
 //! when all are taken evicts an idle one (no request in progress) of the source address
-//! holding the most, its oldest first ([`slots`]), so that silent connections from one
+//! holding the most, its oldest first (`slots.rs`), so that silent connections from one
 //! source cannot lock anyone else out. Event streams are bounded the same way
 //! ([`MAX_EVENT_STREAMS`]). Shutdown closes whatever is still open after 2 s. Errors are
 //! JSON: `{"error": "..."}`.

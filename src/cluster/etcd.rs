@@ -2,8 +2,8 @@
 //!
 //! One client per member (each a lazily connected gRPC channel), so that a dead or frozen
 //! member costs one attempt, not the call: every call goes to the member that last
-//! answered and, when that attempt fails or takes longer than [`ATTEMPT_TIMEOUT`], to the
-//! next member, until one answers or [`CALL_TIMEOUT`] has passed. As etcd's own Go
+//! answered and, when that attempt fails or takes longer than `ATTEMPT_TIMEOUT` (0.7 s), to the
+//! next member, until one answers or `CALL_TIMEOUT` (2 s) has passed. As etcd's own Go
 //! client does (its balancer retries an unavailable endpoint's requests on another),
 //! a call fails only when no member with a quorum behind it answers in time; requests
 //! carry `hasleader` (`require_leader`), so a member cut off from the quorum refuses at
