@@ -87,8 +87,11 @@ impl ConfigSource {
         let spawned = std::thread::Builder::new()
             .name("gto-load".into())
             .spawn(move || {
-                let _reading = reading;
-                let _ = sender.send(source.load());
+                let loaded = source.load();
+                // Free before answering: a reload that follows at once must not find it
+                // still taken.
+                drop(reading);
+                let _ = sender.send(loaded);
             });
         let failed = |message: String| {
             ConfigErrors(vec![ConfigError {

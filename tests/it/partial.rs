@@ -93,7 +93,13 @@ impl Cluster {
             .arg("--election-timeout=500")
             .arg("--log-level=error")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join(format!("{}.log", member.name)))
+                    .map_or_else(|_| Stdio::null(), Stdio::from),
+            )
             .spawn()
             .expect("etcd is not installed: `tests/run` installs it");
         member.child = Some(child);
@@ -112,7 +118,14 @@ impl Cluster {
             {
                 assert!(
                     started.elapsed() < Duration::from_secs(30),
-                    "etcd did not listen"
+                    "etcd {} did not listen: {}",
+                    self.members[i].name,
+                    std::fs::read_to_string(
+                        self.dir
+                            .path()
+                            .join(format!("{}.log", self.members[i].name))
+                    )
+                    .unwrap_or_default()
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
