@@ -146,15 +146,13 @@ mod tests {
         assert_eq!(slots.len(), 4);
         // A busy holder is never evicted: a2 busy, so a3 goes.
         a2.busy.fetch_add(1, Ordering::AcqRel);
-        let _d1 = slots.admit(ip(4)).unwrap();
+        let d1 = slots.admit(ip(4)).unwrap();
         assert!(a3.evicted.is_cancelled() && !a2.evicted.is_cancelled());
         drop(a3);
         // Every holder busy: no room.
-        for slot in [&a2, &b1, &c1] {
+        for slot in [&a2, &b1, &c1, &d1] {
             slot.busy.fetch_add(1, Ordering::AcqRel);
         }
-        let d1 = _d1;
-        d1.busy.fetch_add(1, Ordering::AcqRel);
         assert!(slots.admit(ip(5)).is_none());
         // A slot given back is free again.
         drop(c1);
