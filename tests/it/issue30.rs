@@ -34,6 +34,25 @@ pub(crate) fn real_config(
     )
 }
 
+/// [`real_config`] with `[admin] token_file` set and the test token written beside it.
+pub(crate) fn real_config_with_token(
+    dir: &Path,
+    zone: &str,
+    edit: impl FnOnce(String) -> String,
+) -> (SocketAddr, SocketAddr) {
+    std::fs::write(
+        dir.join("admin.token"),
+        format!("{}\n", crate::admin::TOKEN),
+    )
+    .unwrap();
+    real_config(dir, zone, |text| {
+        edit(text.replace(
+            "[admin]\nlisten",
+            "[admin]\ntoken_file = \"admin.token\"\nlisten",
+        ))
+    })
+}
+
 async fn metrics(admin: SocketAddr) -> String {
     let (code, text) = http(admin, "GET", "/metrics", None, "").await;
     assert_eq!(code, 200);
@@ -129,17 +148,7 @@ async fn issue_30_1_a_bad_key_file_is_warned_once_and_re_signs_nothing() {
 async fn issue_30_3_event_ids_survive_a_restart_and_unknown_ids_get_a_reset() {
     use crate::events::{Stream, drain};
     let dir = tempfile::tempdir().unwrap();
-    let (_, admin) = real_config(dir.path(), ZONE, |text| {
-        text.replace(
-            "[admin]\nlisten",
-            "[admin]\ntoken_file = \"admin.token\"\nlisten",
-        )
-    });
-    std::fs::write(
-        dir.path().join("admin.token"),
-        format!("{}\n", crate::admin::TOKEN),
-    )
-    .unwrap();
+    let (_, admin) = real_config_with_token(dir.path(), ZONE, |text| text);
     let config = dir.path().join("gto.toml");
     let mut gto = RealGto::run(&config);
     gto.wait_for_log("admin API listening").await;
@@ -466,17 +475,7 @@ fn issue_30_10_includes_can_be_kept_inside_the_config_directory() {
 #[tokio::test]
 async fn issue_30_10_needs_restart_is_measured_against_what_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, admin) = real_config(dir.path(), ZONE, |text| {
-        text.replace(
-            "[admin]\nlisten",
-            "[admin]\ntoken_file = \"admin.token\"\nlisten",
-        )
-    });
-    std::fs::write(
-        dir.path().join("admin.token"),
-        format!("{}\n", crate::admin::TOKEN),
-    )
-    .unwrap();
+    let (addr, admin) = real_config_with_token(dir.path(), ZONE, |text| text);
     let config = dir.path().join("gto.toml");
     let original = std::fs::read_to_string(&config).unwrap();
     let mut gto = RealGto::run(&config);

@@ -229,18 +229,9 @@ struct Chaos {
 }
 
 async fn chaos_fleet() -> Chaos {
-    use crate::support::appliance::{Appliance, Speaks};
     use crate::votes::SOURCES;
     let cluster = Cluster::start().await;
-    let mut appliances = Vec::new();
-    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
-        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
-    }
-    let ports = [
-        appliances[0].addr.port(),
-        appliances[1].addr.port(),
-        appliances[2].addr.port(),
-    ];
+    let (appliances, ports) = crate::votes::appliances().await;
     let mut instances = Vec::new();
     for source in SOURCES {
         let text = crate::votes::config(
@@ -515,17 +506,8 @@ async fn issue_23_broken_values_count_as_absent_and_a_fresh_instance_agrees() {
 
 #[tokio::test]
 async fn issue_23_forged_votes_count_for_nothing() {
-    use crate::support::appliance::{Appliance, Speaks};
     let cluster = Cluster::start().await;
-    let mut appliances = Vec::new();
-    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
-        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
-    }
-    let ports = [
-        appliances[0].addr.port(),
-        appliances[1].addr.port(),
-        appliances[2].addr.port(),
-    ];
+    let (_appliances, ports) = crate::votes::appliances().await;
     let rule = "down_when = \"majority\"\nmin_voters = 2";
     let mut instances = Vec::new();
     for source in ["127.0.0.2", "127.0.0.3"] {
@@ -748,19 +730,10 @@ async fn issue_23_last_seen_is_a_heartbeat_and_a_frozen_instance_goes() {
 /// nothing while every appliance stays up.
 #[tokio::test]
 async fn issue_23_no_health_flip_on_reconnect() {
-    use crate::support::appliance::{Appliance, Speaks};
     use crate::votes::SOURCES;
     let etcd = crate::fleet::Etcd::start().await;
     let relay = crate::fleet::Relay::start(etcd.port).await;
-    let mut appliances = Vec::new();
-    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
-        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
-    }
-    let ports = [
-        appliances[0].addr.port(),
-        appliances[1].addr.port(),
-        appliances[2].addr.port(),
-    ];
+    let (_appliances, ports) = crate::votes::appliances().await;
     let rule = "down_when = \"majority\"\nmin_voters = 2";
     let through_relay = format!("http://{}", relay.addr);
     let a = TestServer::start(

@@ -17,6 +17,20 @@ pub(crate) const SOURCES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 pub(crate) const INTERVAL_MS: u64 = 300;
 pub(crate) const FALL: u64 = 2;
 
+/// Three HTTP appliances on 127.0.1.1-3 (fra-1, ams-1, nyc-1) and their ports.
+pub(crate) async fn appliances() -> (Vec<Appliance>, [u16; 3]) {
+    let mut appliances = Vec::new();
+    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
+        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
+    }
+    let ports = [
+        appliances[0].addr.port(),
+        appliances[1].addr.port(),
+        appliances[2].addr.port(),
+    ];
+    (appliances, ports)
+}
+
 /// A config probing the three appliances from `source`, in the fleet at `url`.
 pub(crate) fn config(url: &str, source: &str, rule: &str, ports: [u16; 3]) -> String {
     format!(
@@ -75,15 +89,7 @@ struct Fleet {
 
 async fn fleet(rule: &str, sources: &[&str]) -> Fleet {
     let etcd = Etcd::start().await;
-    let mut appliances = Vec::new();
-    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
-        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
-    }
-    let ports = [
-        appliances[0].addr.port(),
-        appliances[1].addr.port(),
-        appliances[2].addr.port(),
-    ];
+    let (appliances, ports) = appliances().await;
     let mut instances = Vec::new();
     for source in sources {
         instances.push(TestServer::start(&config(&etcd.url(), source, rule, ports), ZONE).await);
@@ -529,15 +535,7 @@ fn issue_12_voting_and_source_mistakes_are_located_config_errors() {
 #[tokio::test]
 async fn issue_12_regional_scope_judges_with_the_instances_own_region() {
     let etcd = Etcd::start().await;
-    let mut appliances = Vec::new();
-    for ip in ["127.0.1.1", "127.0.1.2", "127.0.1.3"] {
-        appliances.push(Appliance::start(ip, Speaks::Http).await.0);
-    }
-    let ports = [
-        appliances[0].addr.port(),
-        appliances[1].addr.port(),
-        appliances[2].addr.port(),
-    ];
+    let (appliances, ports) = appliances().await;
     let rule = "down_when = \"majority\"\nmin_voters = 1\nvote_scope = \"region\"";
     let mut instances = Vec::new();
     for (source, region) in SOURCES.iter().zip(["eu", "eu", "us"]) {

@@ -248,18 +248,13 @@ async fn issue_30_6_webhook_credentials_stay_out_of_metrics_logs_and_host() {
     let receiver = Receiver::start(None, false).await;
     let closed = crate::support::free_port();
     let dir = tempfile::tempdir().unwrap();
-    let (_, admin) = crate::issue30::real_config(dir.path(), ZONE, |text| {
+    let (_, admin) = crate::issue30::real_config_with_token(dir.path(), ZONE, |text| {
         format!(
-            "{}\n[[notify.webhook]]\nname = \"chat\"\nurl = \"http://bot:pa%40ss-S3CRET@{}/hook?key=Q-S3CRET\"\n\
+            "{text}\n[[notify.webhook]]\nname = \"chat\"\nurl = \"http://bot:pa%40ss-S3CRET@{}/hook?key=Q-S3CRET\"\n\
              [[notify.webhook]]\nurl = \"http://ops:U-S3CRET@127.0.0.1:{closed}/down?t=T-S3CRET\"\n",
-            text.replace(
-                "[admin]\nlisten",
-                "[admin]\ntoken_file = \"admin.token\"\nlisten"
-            ),
             receiver.addr
         )
     });
-    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
     let mut gto = crate::support::RealGto::run(&dir.path().join("gto.toml"));
     gto.wait_for_log("admin API listening").await;
     crate::events::drain(admin, "drain").await;
