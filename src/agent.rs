@@ -44,7 +44,7 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
         version: env!("CARGO_PKG_VERSION").to_string(),
         listen: Vec::new(),
         admin: None,
-        started: health::store::unix(std::time::SystemTime::now()),
+        started: crate::time::unix(std::time::SystemTime::now()),
         config_digest: loaded.digest.clone(),
         config_sections: loaded.digest_sections.clone(),
         heartbeat: 0,

@@ -131,7 +131,7 @@ impl App {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 listen: dns.local_addrs().iter().map(ToString::to_string).collect(),
                 admin: None,
-                started: crate::health::store::unix(std::time::SystemTime::now()),
+                started: crate::time::unix(std::time::SystemTime::now()),
                 config_digest: loaded.digest.clone(),
                 config_sections: loaded.digest_sections.clone(),
                 heartbeat: 0,

@@ -89,7 +89,7 @@ impl Events {
             };
             let event = Arc::new(Event {
                 id: history.next,
-                at: crate::health::store::rfc3339(SystemTime::now()),
+                at: crate::time::rfc3339(SystemTime::now()),
                 kind,
                 data,
             });

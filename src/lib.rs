@@ -66,6 +66,7 @@ pub mod reload;
 pub mod rlimit;
 pub mod routing;
 pub mod shutdown;
+pub mod time;
 pub mod webhook;
 pub mod zone;
 

@@ -102,13 +102,13 @@ impl Reloader {
         crate::notify::ready("serving");
         let outcome = match &result {
             Ok(reloaded) => ReloadOutcome {
-                at: crate::health::store::rfc3339(std::time::SystemTime::now()),
+                at: crate::time::rfc3339(std::time::SystemTime::now()),
                 result: "ok",
                 details: reloaded.changes.clone(),
                 needs_restart: reloaded.needs_restart.clone(),
             },
             Err(errors) => ReloadOutcome {
-                at: crate::health::store::rfc3339(std::time::SystemTime::now()),
+                at: crate::time::rfc3339(std::time::SystemTime::now()),
                 result: "rejected",
                 details: errors.iter().map(ToString::to_string).collect(),
                 needs_restart: Vec::new(),

@@ -19,9 +19,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AdminState;
-use crate::health::store::rfc3339;
-use crate::health::{EndpointStatus, store};
+use crate::health::EndpointStatus;
 use crate::routing::EndpointKey;
+use crate::time::rfc3339;
 
 /// `GET /` query: the explain form's fields, and `fragment` for the live update.
 #[derive(Debug, Default, Deserialize)]
@@ -323,7 +323,7 @@ fn member_row(
         (Some(at), None) => rfc3339(*at),
         (None, _) => "<span class=muted>none yet</span>".into(),
     };
-    let now = store::unix(std::time::SystemTime::now());
+    let now = crate::time::unix(std::time::SystemTime::now());
     let voters: Vec<String> = status
         .votes
         .iter()

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AdminState, ApiError, constant_time_eq};
-use crate::health::{Changed, EndpointStatus, StateError, store};
+use crate::health::{Changed, EndpointStatus, StateError};
 use crate::routing::EndpointKey;
 use crate::routing::explain::{Explanation, explain as explain_answer, parse_question};
 
@@ -58,7 +58,7 @@ struct LoadView {
     reported: String,
 }
 
-use store::rfc3339;
+use crate::time::rfc3339;
 
 fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
     EndpointView {
@@ -92,7 +92,7 @@ fn votes_view(status: &EndpointStatus) -> Option<serde_json::Value> {
     if !status.fleet {
         return None;
     }
-    let now = store::unix(SystemTime::now());
+    let now = crate::time::unix(SystemTime::now());
     let voters: Vec<_> = status
         .votes
         .iter()
@@ -100,7 +100,7 @@ fn votes_view(status: &EndpointStatus) -> Option<serde_json::Value> {
             json!({
                 "instance": voter,
                 "verdict": if vote.up { "up" } else { "down" },
-                "since": rfc3339(store::from_unix_clamped(vote.since)),
+                "since": rfc3339(crate::time::from_unix_clamped(vote.since)),
                 "age_seconds": now.saturating_sub(vote.at),
                 "error": vote.error,
                 "rtt_ms": vote.rtt_ms,

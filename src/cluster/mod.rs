@@ -39,8 +39,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::ClusterSettings;
 use crate::health::HealthHandle;
-use crate::health::store::{rfc3339, unix};
 use crate::routing::EndpointKey;
+use crate::time::{rfc3339, unix};
 
 /// `gto_cluster_connected`: 1 while the store is reachable.
 pub const CLUSTER_CONNECTED: &str = "gto_cluster_connected";
@@ -683,7 +683,7 @@ impl Fleet {
                     "version": seen.info.version,
                     "listen": seen.info.listen,
                     "admin": seen.info.admin,
-                    "started": rfc3339(crate::health::store::from_unix_clamped(seen.info.started)),
+                    "started": rfc3339(crate::time::from_unix_clamped(seen.info.started)),
                     "config_digest": seen.info.config_digest,
                     "config_matches": seen.info.config_digest == mine,
                     "config_differs": differing_sections(&inner.me.load().config_sections, &seen.info.config_sections),
@@ -1069,7 +1069,7 @@ impl Fleet {
             match (wanted, has) {
                 (Some(_), Some(current)) if current == until => {}
                 (Some(_), _) => {
-                    let until = until.map(crate::health::store::from_unix_clamped);
+                    let until = until.map(crate::time::from_unix_clamped);
                     let _ = inner.health.drain(status.key.clone(), until).await;
                 }
                 (None, Some(_)) => {
@@ -1098,7 +1098,7 @@ impl Fleet {
                 // An invalid value counts as no drain, as it does when read at start.
                 match put.then(|| self.valid_drain(entry)).flatten() {
                     Some(value) if current != Some(value.until) => {
-                        let until = value.until.map(crate::health::store::from_unix_clamped);
+                        let until = value.until.map(crate::time::from_unix_clamped);
                         let _ = inner.health.drain(key, until).await;
                     }
                     Some(_) => {}

@@ -123,7 +123,7 @@ pub fn ds(loaded: &Loaded) -> String {
 pub fn status(loaded: &Loaded) -> String {
     let now = super::now();
     let mut out = String::new();
-    let _ = writeln!(out, "now: {}", keys::show_time(now));
+    let _ = writeln!(out, "now: {}", crate::time::rfc3339_unix(now));
     for (index, spec) in loaded.config.zones.iter().enumerate() {
         let Some(dnssec) = &spec.dnssec else {
             let _ = writeln!(out, "\nzone {}: unsigned", spec.origin);
@@ -140,7 +140,7 @@ pub fn status(loaded: &Loaded) -> String {
         };
         for key in &ring.keys {
             let t = &key.timeline;
-            let show = |at: Option<u64>| at.map_or("-".to_string(), keys::show_time);
+            let show = |at: Option<u64>| at.map_or("-".to_string(), crate::time::rfc3339_unix);
             let _ = writeln!(
                 out,
                 "  key {:5} {} {}: {}\n    published {}, active {}, retire {}, remove {}",
@@ -154,7 +154,7 @@ pub fn status(loaded: &Loaded) -> String {
                 show(t.remove),
             );
             let next = match key.next_event(now) {
-                Some((at, what)) => format!("{what} at {}", keys::show_time(at)),
+                Some((at, what)) => format!("{what} at {}", crate::time::rfc3339_unix(at)),
                 None if key.state(now) == "removed" => {
                     "none (its files may be deleted)".to_string()
                 }
@@ -162,7 +162,7 @@ pub fn status(loaded: &Loaded) -> String {
                     Some(lifetime) if key.role.signs_zone() => format!(
                         "rollover (lifetime {}) at {}",
                         humantime::format_duration(lifetime),
-                        keys::show_time(t.active.saturating_add(lifetime.as_secs()))
+                        crate::time::rfc3339_unix(t.active.saturating_add(lifetime.as_secs()))
                     ),
                     _ => "none scheduled (`gto dnssec rollover` starts one)".to_string(),
                 },
@@ -221,9 +221,9 @@ fn describe_roll(zone: &Name, old: &Key, new: &Key, timings: &Timings) -> String
          signing then and is removed at {} (publish interval {} s, retire interval {} s)\n",
         old.role.as_str().to_uppercase(),
         new.tag,
-        keys::show_time(new.timeline.active),
+        crate::time::rfc3339_unix(new.timeline.active),
         old.tag,
-        keys::show_time(new.timeline.active + timings.retire_interval(old.role)),
+        crate::time::rfc3339_unix(new.timeline.active + timings.retire_interval(old.role)),
         timings.publish_interval(),
         timings.retire_interval(old.role),
     )

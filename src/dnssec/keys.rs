@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use hickory_proto::dnssec::crypto::{EcdsaSigningKey, Ed25519SigningKey};
 use hickory_proto::dnssec::rdata::DNSKEY;
@@ -295,11 +295,6 @@ pub fn stem_path(state_path: &Path) -> PathBuf {
     PathBuf::from(text.strip_suffix(".state").unwrap_or(&text).to_string())
 }
 
-/// Seconds since the epoch, for humans (RFC 3339).
-pub fn show_time(at: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at)).to_string()
-}
-
 fn signing_key(
     algorithm: KeyAlgorithm,
     pkcs8: &PrivatePkcs8KeyDer<'_>,
@@ -354,7 +349,7 @@ pub fn generate(
         let record = format!(
             "; {} key for {zone}, created {}\n{zone} {dnskey_ttl} IN DNSKEY {dnskey}\n",
             role.as_str().to_uppercase(),
-            show_time(timeline.created)
+            crate::time::rfc3339_unix(timeline.created)
         );
         write_new(&public, record.as_bytes(), 0o644)?;
         let state_path = sibling(&base, "state");

@@ -743,7 +743,7 @@ impl ZoneSigning {
 /// The signed zones of a snapshot for `GET /v1/status`: signing keys, the signatures'
 /// window, the next key event, and how many sets the caches hold.
 pub fn status_json(snapshot: &Snapshot) -> Vec<serde_json::Value> {
-    let time = |at: u64| keys::show_time(at);
+    let time = |at: u64| crate::time::rfc3339_unix(at);
     snapshot
         .zones
         .iter()

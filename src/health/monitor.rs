@@ -488,7 +488,7 @@ impl Monitor {
         let up = t.hysteresis.state() == Health::Up;
         Some(Vote {
             up,
-            since: store::unix(t.since),
+            since: crate::time::unix(t.since),
             error: if up { None } else { t.last_error.clone() },
             rtt_ms: t
                 .rtt
@@ -700,7 +700,7 @@ impl Monitor {
             pool = %key.pool,
             member = %key.member,
             action,
-            until = drain.flatten().map(store::rfc3339),
+            until = drain.flatten().map(crate::time::rfc3339),
             "endpoint {}", if drained { "drained" } else { "undrained" }
         );
         metrics::counter!(DRAINS_TOTAL, "action" => action).increment(1);
@@ -711,7 +711,7 @@ impl Monitor {
                     "pool": key.pool,
                     "member": key.member,
                     "action": action,
-                    "until": drain.flatten().map(store::rfc3339),
+                    "until": drain.flatten().map(crate::time::rfc3339),
                     "why": why,
                 }),
             );
@@ -948,7 +948,7 @@ impl Monitor {
     fn state_file_now(&self) -> StateFile {
         StateFile {
             version: store::VERSION,
-            written: store::unix(SystemTime::now()),
+            written: crate::time::unix(SystemTime::now()),
             members: self
                 .order
                 .iter()
@@ -958,15 +958,15 @@ impl Monitor {
                         pool: key.pool.clone(),
                         member: key.member.clone(),
                         health: t.hysteresis.state(),
-                        since: store::unix(t.since),
-                        checked: t.last_check.map(store::unix),
+                        since: crate::time::unix(t.since),
+                        checked: t.last_check.map(crate::time::unix),
                         reason: t.last_error.clone(),
                         drained: t.drain.is_some(),
-                        drained_until: t.drain.and_then(|d| d.until).map(store::unix),
+                        drained_until: t.drain.and_then(|d| d.until).map(crate::time::unix),
                         load: t.load.map(|l| LoadRecord {
                             sessions: l.sessions,
                             capacity: l.capacity,
-                            at: store::unix(l.at),
+                            at: crate::time::unix(l.at),
                         }),
                     })
                 })
@@ -988,14 +988,14 @@ fn new_tracked(
     let load = restored.and_then(|r| r.load).map(|l| Load {
         sessions: l.sessions,
         capacity: l.capacity,
-        at: store::from_unix_clamped(l.at),
+        at: crate::time::from_unix_clamped(l.at),
     });
     let (health, since, last_check, last_error, stale) = match restored {
         // Restored state counts until a fresh result says otherwise; it is stale till then.
         Some(record) if check.probe != Probe::None => (
             record.health,
-            store::from_unix_clamped(record.since),
-            record.checked.map(store::from_unix_clamped),
+            crate::time::from_unix_clamped(record.since),
+            record.checked.map(crate::time::from_unix_clamped),
             record.reason.clone(),
             true,
         ),

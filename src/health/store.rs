@@ -4,6 +4,7 @@
 //! crash leaves either the old file or the new one, never half of one. A missing file is a
 //! fresh start; an unreadable one is reported and ignored (every endpoint is re-checked).
 
+use crate::time::{MAX_UNIX, from_unix_clamped};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -113,33 +114,6 @@ pub struct LoadRecord {
     pub capacity: u32,
     /// When it was reported (seconds since the Unix epoch).
     pub at: u64,
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// The last second of the year 9999: the latest time gto keeps, shows or writes (RFC 3339
-/// has four-digit years).
-pub const MAX_UNIX: u64 = 253_402_300_799;
-
-/// The time a Unix timestamp stands for, with times past [`MAX_UNIX`] taken as
-/// [`MAX_UNIX`] (records are validated on load, so this only guards).
-pub fn from_unix_clamped(seconds: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.min(MAX_UNIX))
-}
-
-/// RFC 3339 in UTC, to the second; times past [`MAX_UNIX`] (which never enter: drains are
-/// bounded and this file is validated) show as its last second rather than panic.
-pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time.min(max_time())).to_string()
-}
-
-/// The latest time gto accepts anywhere (see [`MAX_UNIX`]).
-pub fn max_time() -> SystemTime {
-    from_unix_clamped(MAX_UNIX)
 }
 
 /// Reads the state file when one is configured; a file that cannot be used is logged

@@ -122,7 +122,7 @@ pub fn decide(
 
 /// Seconds since the Unix epoch, for [`Vote::at`].
 pub fn now_unix() -> u64 {
-    super::store::unix(SystemTime::now())
+    crate::time::unix(SystemTime::now())
 }
 
 #[cfg(test)]
