@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,7 +20,8 @@ use crate::dns::{DnsError, DnsServer};
 use crate::health::{self, HealthHandle};
 use crate::loaded::{ConfigSource, Loaded};
 use crate::reload::{Reloaded, Reloader};
-use crate::routing::{BuildEvent, Builder, RoutingHandle};
+use crate::routing::resign::Resigner;
+use crate::routing::{BuildEvent, Builder, Change, RoutingHandle};
 
 /// Time allowed for in-flight queries once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -48,6 +49,7 @@ pub struct App {
     admin: Option<AdminServer>,
     routing: RoutingHandle,
     events: mpsc::Sender<BuildEvent>,
+    resigner: Resigner,
     builder_task: JoinHandle<()>,
     health: HealthHandle,
     health_task: JoinHandle<()>,
@@ -107,13 +109,11 @@ impl App {
         let dns = DnsServer::start(&settings, default_tcp, routing.clone()).await?;
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
+        let configs = builder.configs();
         let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
         // Re-signing and key events in the background (idle for unsigned zones).
-        tokio::spawn(crate::dnssec::maintain(
-            routing.clone(),
-            events.clone(),
-            token.child_token(),
-        ));
+        let resigner = Resigner::new(routing.clone(), events.clone(), configs);
+        tokio::spawn(resigner.clone().maintain(token.child_token()));
         let (health, health_task) = health::spawn(
             &loaded,
             restored,
@@ -189,6 +189,7 @@ impl App {
             admin,
             routing,
             events,
+            resigner,
             builder_task,
             health,
             health_task,
@@ -210,6 +211,11 @@ impl App {
     /// The routing table the listeners read.
     pub fn routing(&self) -> RoutingHandle {
         self.routing.clone()
+    }
+
+    /// Key maintenance and re-signing (what the background check runs every 2 s).
+    pub fn resigner(&self) -> &Resigner {
+        &self.resigner
     }
 
     /// Sends an event to the builder.
@@ -258,10 +264,8 @@ impl App {
     /// True when the builder answers and a query to the first listener gets a reply, both
     /// within a second: what the systemd watchdog vouches for.
     pub async fn alive(&self) -> bool {
-        let (done, generation) = oneshot::channel();
-        let builder = async {
-            self.events.send(BuildEvent::Ping { done }).await.is_ok() && generation.await.is_ok()
-        };
+        let (ping, generation) = BuildEvent::waited(Change::Ping);
+        let builder = async { self.events.send(ping).await.is_ok() && generation.await.is_ok() };
         let Some(addr) = self.dns_addrs().first().copied() else {
             return false;
         };

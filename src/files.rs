@@ -165,6 +165,41 @@ pub fn read_to_string(path: &Path, limit: u64) -> Result<String, FileError> {
     })
 }
 
+/// A fingerprint of a directory and the files in it (names, sizes, modification and
+/// status-change times, modes): it changes when a file is added, removed, renamed over,
+/// rewritten or `chmod`ed (fixing a key's mode changes no directory time). `None` when the
+/// directory cannot be read.
+pub fn changed_at(dir: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let stamp = |m: &std::fs::Metadata, hasher: &mut std::collections::hash_map::DefaultHasher| {
+        (
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mode(),
+        )
+            .hash(hasher);
+    };
+    stamp(&std::fs::metadata(dir).ok()?, &mut hasher);
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| (entry.file_name(), entry.metadata().ok()))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, metadata) in &entries {
+        name.hash(&mut hasher);
+        if let Some(metadata) = metadata {
+            stamp(metadata, &mut hasher);
+        }
+    }
+    Some(hasher.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! loader, nor the config on them. Problems from all three come back together, located.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::rr::LowerName;
@@ -13,6 +14,7 @@ use crate::config::{
     Config, ConfigError, ConfigErrors, EMBEDDED_CONFIG, EMBEDDED_ZONE, ZoneSource, find_key_line,
     parse_partial,
 };
+use crate::dnssec::keys::KeyRing;
 use crate::zone::{Zone, ZoneError};
 
 /// Where a config came from; a reload reads the same place again.
@@ -158,44 +160,9 @@ pub struct Loaded {
     pub warnings: Vec<ConfigError>,
     /// The DNSSEC keys of each zone (same order as `zones`), for zones with `dnssec`.
     pub keys: Vec<Option<std::sync::Arc<crate::dnssec::keys::KeyRing>>>,
-    /// Each key directory's fingerprint ([`changed_at`]) as of its last read, whether
+    /// Each key directory's fingerprint ([`crate::files::changed_at`]) as of its last read, whether
     /// that read worked or not (a different fingerprint means keys to read again).
     pub keys_changed: Vec<Option<u64>>,
-}
-
-/// A fingerprint of a directory and the files in it (names, sizes, modification and
-/// status-change times, modes): it changes when a file is added, removed, renamed over,
-/// rewritten or `chmod`ed (fixing a key's mode changes no directory time). `None` when the
-/// directory cannot be read.
-pub fn changed_at(dir: &Path) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    use std::os::unix::fs::MetadataExt;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let stamp = |m: &std::fs::Metadata, hasher: &mut std::collections::hash_map::DefaultHasher| {
-        (
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-            m.mode(),
-        )
-            .hash(hasher);
-    };
-    stamp(&std::fs::metadata(dir).ok()?, &mut hasher);
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|entry| (entry.file_name(), entry.metadata().ok()))
-        .collect();
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, metadata) in &entries {
-        name.hash(&mut hasher);
-        if let Some(metadata) = metadata {
-            stamp(metadata, &mut hasher);
-        }
-    }
-    Some(hasher.finish())
 }
 
 impl Loaded {
@@ -211,7 +178,7 @@ impl Loaded {
                 continue;
             };
             // Before reading: a change while reading is seen by the next check.
-            let changed = changed_at(&dnssec.keys);
+            let changed = crate::files::changed_at(&dnssec.keys);
             if let Some(slot) = self.keys_changed.get_mut(index) {
                 *slot = changed;
             }
@@ -292,24 +259,23 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             }
         },
     };
+    let (keys, keys_changed) = read_keys(&config, file, &mut errors);
     if errors.is_empty() {
         let (digest, digest_sections) = meaning_digest(&config, &zones);
         let warnings = zones
             .iter()
             .flat_map(|zone| zone.warnings().iter().cloned().map(located))
             .collect();
-        let mut loaded = Loaded {
-            keys: vec![None; config.zones.len()],
-            keys_changed: vec![None; config.zones.len()],
+        Ok(Loaded {
+            keys,
+            keys_changed,
             config,
             zones,
             geo_db,
             digest,
             digest_sections,
             warnings,
-        };
-        loaded.reread_keys();
-        Ok(loaded)
+        })
     } else {
         // The config file first, in line order, then each zone file in line order.
         errors.sort_by(|a, b| {
@@ -320,6 +286,65 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
         errors.retain(|e| seen.insert(e.clone()));
         Err(ConfigErrors(errors))
     }
+}
+
+/// Reads every signed zone's keys: here, once per load, and never by compile or the
+/// builder. A key directory that is missing, holds a file that cannot be used, or has no
+/// key signing the zone now is a problem located at the zone's `dnssec.keys`. Returns the
+/// key rings (same order as the zones) and each directory's fingerprint, taken before
+/// reading (a change while reading is seen by the next check).
+fn read_keys(
+    config: &Config,
+    file: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> (Vec<Option<Arc<KeyRing>>>, Vec<Option<u64>>) {
+    let mut rings = Vec::with_capacity(config.zones.len());
+    let mut fingerprints = Vec::with_capacity(config.zones.len());
+    for spec in &config.zones {
+        let Some(dnssec) = &spec.dnssec else {
+            rings.push(None);
+            fingerprints.push(None);
+            continue;
+        };
+        let dir = &dnssec.keys;
+        let at = &dnssec.keys_at;
+        let make = format!(
+            "make one with `gto dnssec keygen --zone {} --dir {}`",
+            spec.origin, at.written
+        );
+        let mut problem = |message: String| {
+            errors.push(ConfigError {
+                file: file.to_path_buf(),
+                line: at.line,
+                path: at.path.clone(),
+                message,
+            });
+        };
+        fingerprints.push(crate::files::changed_at(dir));
+        let ring = if dir.is_dir() {
+            match crate::dnssec::keys::read_dir(dir, &spec.origin) {
+                Ok(ring) if ring.zone_signers(crate::dnssec::now()).is_empty() => {
+                    problem(format!(
+                        "no key in {} signs {} now ({} key(s) for the zone); {make}",
+                        dir.display(),
+                        spec.origin,
+                        ring.keys.len()
+                    ));
+                    None
+                }
+                Ok(ring) => Some(Arc::new(ring)),
+                Err(error) => {
+                    problem(error.to_string());
+                    None
+                }
+            }
+        } else {
+            problem(format!("{} is not a directory; {make}", dir.display()));
+            None
+        };
+        rings.push(ring);
+    }
+    (rings, fingerprints)
 }
 
 /// The digest of what a config and its zones mean for the answers of a fleet, by section,

@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 use tracing::{info, warn};
 
 use crate::config::{AdminSettings, ConfigError, ConfigErrors};
 use crate::health::HealthHandle;
 use crate::loaded::{ConfigSource, LOAD_TIMEOUT, Loaded};
 use crate::metrics::CONFIG_RELOADS_TOTAL;
-use crate::routing::BuildEvent;
+use crate::routing::{BuildEvent, Change};
 
 /// Reloads config and zones; shared by SIGHUP and `POST /v1/reload`, one at a time.
 #[derive(Clone, Debug)]
@@ -185,11 +185,7 @@ impl Reloader {
             ..loaded.config.admin.clone()
         }));
         let loaded = Arc::new(loaded);
-        let (done, generation) = oneshot::channel();
-        let event = BuildEvent::Reload {
-            loaded: loaded.clone(),
-            done: Some(done),
-        };
+        let (event, generation) = BuildEvent::waited(Change::Reload(loaded.clone()));
         if inner.events.send(event).await.is_err() {
             return Err(single_error("the routing builder has stopped".into()));
         }

@@ -20,7 +20,6 @@ mod support;
 use std::path::Path;
 
 use gto::dnssec::keys::{self, KeyAlgorithm, Role, Timeline};
-use gto::routing::BuildEvent;
 use hickory_proto::rr::Name;
 use support::unbound::Unbound;
 use support::{TestServer, ZONE, config, dig};
@@ -73,20 +72,10 @@ async fn advance(server: &TestServer, to: u64) {
     gto::dnssec::set_clock(to);
     let snapshot = server.app.routing().load_full();
     assert!(
-        gto::dnssec::check(&snapshot, to),
+        gto::routing::resign::check(&snapshot, to),
         "the background check sees a key event due at {to}"
     );
-    let (done, signed) = tokio::sync::oneshot::channel();
-    server
-        .app
-        .events()
-        .send(BuildEvent::Resign {
-            due: true,
-            done: Some(done),
-        })
-        .await
-        .unwrap();
-    signed.await.unwrap();
+    server.app.resigner().resign(true).await.unwrap();
 }
 
 /// The records of a type at the apex, as dig prints them (`+short`).
@@ -138,7 +127,7 @@ fn status(dir: &Path) -> String {
     let loaded = gto::ConfigSource::File(dir.join("gto.toml"))
         .load()
         .unwrap();
-    gto::dnssec::commands::status(&loaded)
+    gto::cli::dnssec::status(&loaded)
 }
 
 #[tokio::test]

@@ -196,7 +196,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
         },
         "cluster": state.fleet.as_ref().map(crate::cluster::Fleet::status_json),
         "generation": snapshot.generation,
-        "dnssec": crate::dnssec::status_json(&snapshot),
+        "dnssec": crate::routing::status_json(&snapshot),
         "services": services,
         "endpoints": pools,
     }))

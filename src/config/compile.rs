@@ -24,8 +24,8 @@ use super::raw::{
 use super::{
     AdminSettings, Affinity, Answers, ClusterSettings, ClusterTls, Config, DnssecSpec, DownWhen,
     GeoNetwork, GeoSettings, HealthSettings, LoadSettings, Location, Member, Policy, Pool, PoolId,
-    Region, RrlSettings, Secret, ServerSettings, Service, Ttl, VoteRule, VoteScope, Webhook,
-    Weight, WhenAllDown, ZoneSource, ZoneSpec,
+    Region, RrlSettings, Secret, ServerSettings, Service, Setting, Ttl, VoteRule, VoteScope,
+    Webhook, Weight, WhenAllDown, ZoneSource, ZoneSpec,
 };
 
 /// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
@@ -837,7 +837,7 @@ fn compile_zones(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
             .get_ref()
             .dnssec
             .as_ref()
-            .map(|raw| compile_dnssec(raw, &origin, &path, base_dir, errors));
+            .map(|raw| compile_dnssec(raw, &path, base_dir, errors));
         zones.push(ZoneSpec {
             origin,
             source: ZoneSource::File(file),
@@ -849,7 +849,6 @@ fn compile_zones(raw: &RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -
 
 fn compile_dnssec(
     raw: &Spanned<RawDnssec>,
-    origin: &hickory_proto::rr::Name,
     path: &str,
     base_dir: &Path,
     errors: &mut Collector<'_>,
@@ -867,31 +866,6 @@ fn compile_dnssec(
     } else {
         base_dir.join(dir)
     };
-    let make = format!(
-        "make one with `gto dnssec keygen --zone {origin} --dir {}`",
-        keys.get_ref()
-    );
-    if !dir.is_dir() {
-        errors.at(
-            keys,
-            format!("{path}.dnssec.keys"),
-            format!("{} is not a directory; {make}", dir.display()),
-        );
-    } else {
-        match crate::dnssec::keys::read_dir(&dir, origin) {
-            Err(e) => errors.at(keys, format!("{path}.dnssec.keys"), e.to_string()),
-            Ok(ring) if ring.zone_signers(crate::dnssec::now()).is_empty() => errors.at(
-                keys,
-                format!("{path}.dnssec.keys"),
-                format!(
-                    "no key in {} signs {origin} now ({} key(s) for the zone); {make}",
-                    dir.display(),
-                    ring.keys.len()
-                ),
-            ),
-            Ok(_) => {}
-        }
-    }
     let ttl = |errors: &mut Collector<'_>, value: &Option<Spanned<i64>>, name: &str, default| {
         value.as_ref().map_or(default, |v| {
             errors
@@ -921,6 +895,11 @@ fn compile_dnssec(
     );
     DnssecSpec {
         keys: dir,
+        keys_at: Setting {
+            line: Some(errors.line_at(keys.span().start)),
+            path: format!("{path}.dnssec.keys"),
+            written: keys.get_ref().clone(),
+        },
         dnskey_ttl,
         lifetime,
         parent_ds_ttl,

@@ -46,6 +46,11 @@ impl<'a> Collector<'a> {
         });
     }
 
+    /// The 1-based line of byte offset `at` of the text.
+    pub(crate) fn line_at(&self, at: usize) -> usize {
+        line_of(self.text, at)
+    }
+
     pub(crate) fn at<T>(
         &mut self,
         value: &Spanned<T>,

@@ -345,6 +345,8 @@ pub struct ZoneSpec {
 pub struct DnssecSpec {
     /// The key directory (absolute).
     pub keys: PathBuf,
+    /// Where `keys` is set, so loading (which reads the keys) can locate a problem.
+    pub keys_at: Setting,
     /// TTL of the DNSKEY, CDS and CDNSKEY RRsets (default 3600).
     pub dnskey_ttl: u32,
     /// How long a signing key signs before gto rolls it (None: only on request).
@@ -353,6 +355,18 @@ pub struct DnssecSpec {
     pub parent_ds_ttl: u32,
     /// Margin for the fleet and the parent to act on a change (default 1h).
     pub propagation: std::time::Duration,
+}
+
+/// Where a setting is in the config file and how it is written there: for problems that
+/// only loading finds (a key directory's contents), reported like compile's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// 1-based line in the config file.
+    pub line: Option<usize>,
+    /// Its path in the config (e.g. `zone[0].dnssec.keys`).
+    pub path: String,
+    /// Its value as written.
+    pub written: String,
 }
 
 /// Where a zone's text comes from.

@@ -113,7 +113,7 @@ fn parse_opt(query: &[u8], at: usize) -> Option<Opt<'_>> {
     let mut opt = Opt {
         payload,
         dnssec_ok: flags & 0x8000 != 0,
-        compact_ok: flags & crate::dnssec::CO_FLAG != 0,
+        compact_ok: flags & crate::routing::CO_FLAG != 0,
         ecs: None,
     };
     while pos < query.len() {
@@ -507,7 +507,7 @@ fn write_nxdomain<'s>(
 /// when the zone's cache holds it; the first query for a name goes to the general path,
 /// which signs it. A client that set CO gets NXDOMAIN from the general path.
 fn write_denial<'s>(
-    signing: &crate::dnssec::ZoneSigning,
+    signing: &crate::routing::ZoneSigning,
     opt: &Opt<'_>,
     question: &Question<'_>,
     scratch: &FastScratch,

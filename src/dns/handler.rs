@@ -18,7 +18,7 @@
 //!   set, so the client retries over TCP.
 //! - ECS with an ADDRESS of the wrong length or bits beyond the prefix: FORMERR, the
 //!   option echoed as it came (RFC 7871 section 6).
-//! - DNSSEC, for a query with DO in a signed zone ([`crate::dnssec::decorate`]): RRSIGs
+//! - DNSSEC, for a query with DO in a signed zone ([`crate::routing::decorate`]): RRSIGs
 //!   after each RRset, the signed SOA and NSEC of negative answers (compact denial, RFC
 //!   9824: a name that does not exist is NOERROR unless the query set CO), DS or its
 //!   absence proven in referrals. Queries without DO get exactly the unsigned answers.
@@ -333,7 +333,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
     // DNSSEC records for a client that asked for them (DO), in signed zones only.
     let dnssec_ok = client_edns.is_some_and(|e| e.flags().dnssec_ok);
     let compact_nxdomain =
-        dnssec_ok && crate::dnssec::decorate(snapshot, query.name(), qtype, &mut resolution);
+        dnssec_ok && crate::routing::decorate(snapshot, query.name(), qtype, &mut resolution);
     if let (Some(subnet), Some(edns)) = (&subnet, edns.as_mut())
         && resolution.scope > 0
         && subnet.source_prefix() > 0
@@ -346,10 +346,10 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
     if compact_nxdomain {
         // RFC 9824: a denied name is NOERROR, unless the client understands NXDOMAIN
         // with compact denial (CO), which is echoed.
-        let co = client_edns.is_some_and(|e| e.flags().z & crate::dnssec::CO_FLAG != 0);
+        let co = client_edns.is_some_and(|e| e.flags().z & crate::routing::CO_FLAG != 0);
         if co {
             if let Some(ours) = edns.as_mut() {
-                ours.flags_mut().z |= crate::dnssec::CO_FLAG;
+                ours.flags_mut().z |= crate::routing::CO_FLAG;
             }
         } else {
             metadata.response_code = ResponseCode::NoError;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use crate::config::{Check, LoadSettings, Probe, VoteRule};
 use crate::loaded::Loaded;
 use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL, MEMBER_VOTES};
 use crate::policy::load::{LoadTracker, LoadView};
-use crate::routing::{BuildEvent, EndpointKey};
+use crate::routing::{BuildEvent, Change, EndpointKey};
 
 /// How often staleness is checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -581,13 +581,14 @@ impl Monitor {
                     }),
                 );
             }
-            let (done, receiver) = oneshot::channel();
-            let event = BuildEvent::SetMemberUp {
+            let (mut event, receiver) = BuildEvent::waited(Change::SetMemberUp {
                 key: flip.key.clone(),
                 up: flip.to == Health::Up,
-                // Only the last one is waited for: the builder applies events in order.
-                done: (i == last).then_some(done),
-            };
+            });
+            // Only the last one is waited for: the builder applies events in order.
+            if i != last {
+                event.done = None;
+            }
             if self.events.send(event).await.is_err() {
                 return; // the builder stopped: shutting down
             }
@@ -717,12 +718,10 @@ impl Monitor {
             );
         }
         if was != drained {
-            let (done, published) = oneshot::channel();
-            let event = BuildEvent::SetDrained {
+            let (event, published) = BuildEvent::waited(Change::SetDrained {
                 key: key.clone(),
                 drained,
-                done: Some(done),
-            };
+            });
             if self.events.send(event).await.is_ok() {
                 let _ = published.await;
             }
@@ -797,12 +796,13 @@ impl Monitor {
             }
         }
         tracked.sent = view;
-        let (done, published) = oneshot::channel();
-        let event = BuildEvent::SetLoad {
+        let (mut event, published) = BuildEvent::waited(Change::SetLoad {
             key: key.clone(),
             view,
-            done: wait.then_some(done),
-        };
+        });
+        if !wait {
+            event.done = None;
+        }
         // A closed channel means shutdown.
         if self.events.send(event).await.is_ok() && wait {
             let _ = published.await;

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{LowerName, RData, Record, RecordType};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -21,7 +21,6 @@ use super::table::{
 };
 use super::wire::FastIndex;
 use crate::config::{Location, Policy, Region, Service, WhenAllDown};
-use crate::dnssec::ZoneSigning;
 use crate::geo::GeoTable;
 use crate::loaded::Loaded;
 use crate::metrics::{
@@ -30,26 +29,49 @@ use crate::metrics::{
 use crate::policy;
 use crate::policy::load::LoadView;
 use crate::policy::{Candidate, affinity};
+use crate::routing::ZoneSigning;
 use crate::zone::RrSet;
 
-/// A change for the builder to fold into the next snapshot.
+/// A change for the builder to fold into the next snapshot, and who waits for it.
 #[derive(Debug)]
-pub enum BuildEvent {
-    /// Replace config and zones; answers with the new snapshot's generation.
-    Reload {
-        /// The validated config and zones.
-        loaded: Arc<Loaded>,
-        /// Told the generation once the new snapshot is live.
-        done: Option<oneshot::Sender<u64>>,
-    },
+pub struct BuildEvent {
+    /// What changed.
+    pub change: Change,
+    /// Told the generation once a snapshot reflecting the change is live (or, when the
+    /// change changes nothing, the current one).
+    pub done: Option<oneshot::Sender<u64>>,
+}
+
+impl BuildEvent {
+    /// A change nobody waits for.
+    pub fn new(change: Change) -> Self {
+        Self { change, done: None }
+    }
+
+    /// A change, and the receiver told the generation that reflects it.
+    pub fn waited(change: Change) -> (Self, oneshot::Receiver<u64>) {
+        let (done, published) = oneshot::channel();
+        (
+            Self {
+                change,
+                done: Some(done),
+            },
+            published,
+        )
+    }
+}
+
+/// What a [`BuildEvent`] changes.
+#[derive(Debug)]
+pub enum Change {
+    /// Replace config and zones.
+    Reload(Arc<Loaded>),
     /// An operator drained an endpoint (no new answers) or undrained it.
     SetDrained {
         /// Which endpoint.
         key: EndpointKey,
         /// Drained or not.
         drained: bool,
-        /// Told the generation once the snapshot reflecting it is live.
-        done: Option<oneshot::Sender<u64>>,
     },
     /// An endpoint's load, as ranking sees it, changed.
     SetLoad {
@@ -57,33 +79,38 @@ pub enum BuildEvent {
         key: EndpointKey,
         /// The new view.
         view: LoadView,
-        /// Told the generation once the snapshot reflecting it is live.
-        done: Option<oneshot::Sender<u64>>,
     },
-    /// Re-read the DNSSEC key directories, start the rollovers whose lifetime is up, and
-    /// sign everything again when `due` (signatures near expiry, or a key event is due) or
-    /// when the keys read differ from those in use; a re-read that finds nothing new (or
-    /// only a file it cannot use) signs nothing.
+    /// Sign everything again when `due` (signatures near expiry, or a key event is due)
+    /// or when `rekeyed` brings keys that differ from those in use. The keys were read
+    /// (and due rollovers started) off the builder's task ([`super::resign`]); a re-read
+    /// that found nothing new (or only a file it cannot use) signs nothing.
     Resign {
         /// Signatures must be made again whatever the keys (expiry, a key event).
         due: bool,
-        /// Told the generation once the re-signed snapshot is live.
-        done: Option<oneshot::Sender<u64>>,
+        /// The config with its key directories read again, if they changed.
+        rekeyed: Option<Rekeyed>,
     },
     /// Liveness check (the watchdog): answered with the current generation, nothing built.
-    Ping {
-        /// Told the generation.
-        done: oneshot::Sender<u64>,
-    },
+    Ping,
     /// Health checks took an endpoint up or down.
     SetMemberUp {
         /// Which endpoint.
         key: EndpointKey,
         /// Its new state.
         up: bool,
-        /// Told the generation once the snapshot reflecting it is live.
-        done: Option<oneshot::Sender<u64>>,
     },
+}
+
+/// Key directories read again for a config: applied only while the builder still serves
+/// `base` (a reload in between read its own keys).
+#[derive(Debug)]
+pub struct Rekeyed {
+    /// The config the keys were read for.
+    pub base: Arc<Loaded>,
+    /// `base` with the keys (and the directories' fingerprints) read again.
+    pub fresh: Arc<Loaded>,
+    /// Whether any zone's keys differ from `base`'s.
+    pub keys_changed: bool,
 }
 
 /// Per-endpoint state the snapshot is built from, besides the config.
@@ -152,6 +179,8 @@ pub struct Builder {
     handle: RoutingHandle,
     /// How each GSLB name selected its endpoints in the last snapshot.
     selections: HashMap<String, Selection>,
+    /// The config in use, for key maintenance ([`Builder::configs`]).
+    configs: watch::Sender<Arc<Loaded>>,
 }
 
 impl Builder {
@@ -170,6 +199,7 @@ impl Builder {
         let handle = RoutingHandle::new(build_prepared(&prepared, &loaded, &states, 1));
         record_build(1, started);
         let mut builder = Self {
+            configs: watch::Sender::new(loaded.clone()),
             loaded,
             prepared,
             states,
@@ -184,6 +214,11 @@ impl Builder {
     /// The handle the query path reads.
     pub fn handle(&self) -> RoutingHandle {
         self.handle.clone()
+    }
+
+    /// The config in use, as it changes: key maintenance reads key directories for it.
+    pub fn configs(&self) -> watch::Receiver<Arc<Loaded>> {
+        self.configs.subscribe()
     }
 
     /// The config the current snapshot was built from.
@@ -216,54 +251,56 @@ impl Builder {
     }
 
     fn fold(&mut self, event: BuildEvent) -> (bool, Option<oneshot::Sender<u64>>) {
-        match event {
-            BuildEvent::Reload { loaded, done } => {
-                self.loaded = loaded;
+        let changed = match event.change {
+            Change::Reload(loaded) => {
+                self.set_loaded(loaded);
                 // State of endpoints that no longer exist is dropped; the rest carries over.
                 self.states.retain_existing(&self.loaded);
                 self.states.add_counters(&self.loaded);
                 self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
-                (true, done)
+                true
             }
-            BuildEvent::SetDrained { key, drained, done } => {
-                let changed = if drained {
+            Change::SetDrained { key, drained } => {
+                if drained {
                     self.states.drained.insert(key)
                 } else {
                     self.states.drained.remove(&key)
-                };
-                (changed, done)
+                }
             }
-            BuildEvent::SetLoad { key, view, done } => {
-                let changed = if view == LoadView::UNKNOWN {
+            Change::SetLoad { key, view } => {
+                if view == LoadView::UNKNOWN {
                     self.states.load.remove(&key).is_some()
                 } else {
                     self.states.load.insert(key, view) != Some(view)
-                };
-                (changed, done)
-            }
-            BuildEvent::Ping { done } => (false, Some(done)),
-            BuildEvent::Resign { due, done } => {
-                let mut fresh = (*self.loaded).clone();
-                let mut keys_changed = fresh.reread_keys();
-                if crate::dnssec::commands::roll_due(&fresh) > 0 {
-                    keys_changed |= fresh.reread_keys();
                 }
-                self.loaded = Arc::new(fresh);
-                if !(due || keys_changed) {
-                    return (false, done);
-                }
-                self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
-                (true, done)
             }
-            BuildEvent::SetMemberUp { key, up, done } => {
-                let changed = if up {
+            Change::Ping => false,
+            Change::Resign { due, rekeyed } => {
+                let mut keys_changed = false;
+                if let Some(rekeyed) = rekeyed.filter(|r| Arc::ptr_eq(&r.base, &self.loaded)) {
+                    keys_changed = rekeyed.keys_changed;
+                    self.set_loaded(rekeyed.fresh);
+                }
+                if due || keys_changed {
+                    self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
+                }
+                due || keys_changed
+            }
+            Change::SetMemberUp { key, up } => {
+                if up {
                     self.states.down.remove(&key)
                 } else {
                     self.states.down.insert(key)
-                };
-                (changed, done)
+                }
             }
-        }
+        };
+        (changed, event.done)
+    }
+
+    /// Replaces the config and tells those who read keys for it ([`Builder::configs`]).
+    fn set_loaded(&mut self, loaded: Arc<Loaded>) {
+        self.loaded = loaded;
+        self.configs.send_replace(self.loaded.clone());
     }
 
     fn publish(&mut self) {
@@ -466,7 +503,7 @@ fn sign_zone(
         debug!(zone = %origin, "zone unchanged: its signatures are reused");
         return Some(before.clone());
     }
-    let content = crate::dnssec::ZoneContent {
+    let content = crate::routing::ZoneContent {
         origin,
         nodes,
         cuts,
@@ -944,11 +981,10 @@ mod tests {
             pool,
             member: first,
         };
-        builder.apply(BuildEvent::SetMemberUp {
+        builder.apply(BuildEvent::new(Change::SetMemberUp {
             key: key.clone(),
             up: false,
-            done: None,
-        });
+        }));
         let snapshot = handle.load();
         assert_eq!(snapshot.generation, 2);
         let during = addresses(&snapshot, RecordType::A);
@@ -956,18 +992,13 @@ mod tests {
         assert_eq!(during[0], before[1]);
 
         // A repeated state is not a change: no new snapshot.
-        builder.apply(BuildEvent::SetMemberUp {
+        builder.apply(BuildEvent::new(Change::SetMemberUp {
             key: key.clone(),
             up: false,
-            done: None,
-        });
+        }));
         assert_eq!(handle.load().generation, 2);
 
-        builder.apply(BuildEvent::SetMemberUp {
-            key,
-            up: true,
-            done: None,
-        });
+        builder.apply(BuildEvent::new(Change::SetMemberUp { key, up: true }));
         assert_eq!(addresses(&handle.load(), RecordType::A), before);
         assert_eq!(handle.load().generation, 3);
     }
@@ -979,14 +1010,13 @@ mod tests {
         let mut builder = Builder::new(loaded);
         let before = addresses(&builder.handle().load(), RecordType::A);
         for member in &pool.members {
-            builder.apply(BuildEvent::SetMemberUp {
+            builder.apply(BuildEvent::new(Change::SetMemberUp {
                 key: EndpointKey {
                     pool: pool.name.clone(),
                     member: member.name.clone(),
                 },
                 up: false,
-                done: None,
-            });
+            }));
         }
         assert_eq!(addresses(&builder.handle().load(), RecordType::A), before);
     }

@@ -13,14 +13,22 @@
 //! in with one atomic store, so a query never sees half of a change.
 
 mod build;
+mod decorate;
 pub mod explain;
 mod handle;
+pub mod resign;
 pub mod rrl;
+pub mod signing;
 mod table;
 pub mod wire;
 
-pub use build::{BuildEvent, Builder, EndpointStates, Prepared, build, build_prepared, prepare};
+pub use crate::dnssec::CO_FLAG;
+pub use build::{
+    BuildEvent, Builder, Change, EndpointStates, Prepared, Rekeyed, build, build_prepared, prepare,
+};
+pub use decorate::decorate;
 pub use handle::RoutingHandle;
+pub use signing::{ZoneContent, ZoneSigning, status_json};
 pub use table::{
     Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, Node, Outcome, Resolution,
     Scratch, Selection, ServiceInfo, Snapshot, ZoneTable, rcode_name,

@@ -104,7 +104,7 @@ pub struct ZoneTable {
     /// Some name in the zone is a wildcard: names that do not exist may be synthesized.
     pub has_wildcards: bool,
     /// The zone's signatures, when it is signed (shared by snapshots of one preparation).
-    pub signing: Option<Arc<crate::dnssec::ZoneSigning>>,
+    pub signing: Option<Arc<crate::routing::ZoneSigning>>,
 }
 
 impl ZoneTable {
@@ -191,7 +191,7 @@ pub struct GslbNode {
     pub unknown_ranking: Ranking,
     /// The zone's signatures when it is signed: GSLB sets not in `signatures` are signed
     /// on first use through its cache.
-    pub signing: Option<Arc<crate::dnssec::ZoneSigning>>,
+    pub signing: Option<Arc<crate::routing::ZoneSigning>>,
     /// Signatures of the answer sets this snapshot's rankings produce, by
     /// [`crate::dnssec::set_key`].
     pub signatures: HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>, foldhash::fast::RandomState>,
@@ -520,7 +520,7 @@ impl GslbNode {
     /// the zone's cache, signing `records()` on first use.
     fn signature_by_key<'n, 'r>(
         &'n self,
-        signing: &crate::dnssec::ZoneSigning,
+        signing: &crate::routing::ZoneSigning,
         key: &[u8],
         records: impl FnOnce() -> Vec<&'r Record>,
     ) -> Option<Signature<'n>> {

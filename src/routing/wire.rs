@@ -87,7 +87,7 @@ pub(crate) struct FastZone {
     pub(crate) plain: bool,
     /// The zone's signatures when it is signed: the denial of a name that does not exist
     /// comes from its cache.
-    pub(crate) signing: Option<std::sync::Arc<crate::dnssec::ZoneSigning>>,
+    pub(crate) signing: Option<std::sync::Arc<crate::routing::ZoneSigning>>,
 }
 
 /// The question section hickory-server writes for a request: the raw bytes, with one
@@ -190,7 +190,7 @@ impl FastIndex {
                     let question = question_bytes(&name_ref, qtype);
                     let mut r = snapshot.resolve(name, qtype, None);
                     if dnssec {
-                        crate::dnssec::decorate(snapshot, name, qtype, &mut r);
+                        crate::routing::decorate(snapshot, name, qtype, &mut r);
                     }
                     encode_tail(
                         &question,

@@ -1,46 +1,22 @@
-//! `gto dnssec keygen | ds | status | rollover`: key management from the command line, and
-//! the automatic rollover the builder runs when a key's `lifetime` is up. Each command
-//! returns the text it prints.
+//! `gto dnssec keygen | ds | status | rollover`: key management from the command line
+//! ([`run`]). Each command returns the text it prints; the automatic rollover a key's
+//! `lifetime` starts is key maintenance's ([`crate::routing::resign`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use hickory_proto::dnssec::DigestType;
 use hickory_proto::rr::Name;
 
-use super::keys::{self, Key, KeyAlgorithm, KeyError, Role, Timeline, Timings};
-use crate::loaded::Loaded;
+use std::io::Write as _;
+use std::process::ExitCode;
 
-/// Rollover timings of the zone at `index` of a loaded config: its DNSKEY TTL, the
-/// largest TTL it serves (static, GSLB and negative), the parent's DS TTL and the margin.
-pub fn timings(loaded: &Loaded, index: usize) -> Option<Timings> {
-    let spec = loaded.config.zones.get(index)?;
-    let dnssec = spec.dnssec.as_ref()?;
-    let zone = loaded.zones.get(index)?;
-    let origin = zone.origin();
-    let static_max = zone
-        .rrsets()
-        .flat_map(|(_, sets)| sets.iter().flat_map(|s| &s.records))
-        .map(|r| r.ttl)
-        .chain([zone.soa().ttl, zone.negative_ttl()])
-        .max()
-        .unwrap_or(0);
-    let gslb_max = loaded
-        .config
-        .services
-        .iter()
-        .filter(|s| origin.zone_of(&s.name.clone().into()))
-        .map(|s| s.ttl.get())
-        .max()
-        .unwrap_or(0);
-    Some(Timings {
-        dnskey_ttl: dnssec.dnskey_ttl,
-        max_ttl: static_max.max(gslb_max),
-        parent_ds_ttl: dnssec.parent_ds_ttl,
-        propagation: u32::try_from(dnssec.propagation.as_secs()).unwrap_or(u32::MAX),
-    })
-}
+use super::run::{fail, report};
+use crate::dnssec::keys::{self, Key, KeyAlgorithm, KeyError, Role, Timeline};
+use crate::loaded::LOAD_TIMEOUT;
+use crate::loaded::Loaded;
+use crate::routing::resign::{describe_roll, timings};
+use crate::{ConfigSource, EXIT_BAD_CONFIG};
 
 /// `gto dnssec keygen`: a new key, active now. Prints its files and, for a key whose DS
 /// goes to the parent, the DS.
@@ -51,7 +27,7 @@ pub fn keygen(
     algorithm: KeyAlgorithm,
     dnskey_ttl: u32,
 ) -> Result<String, KeyError> {
-    let now = super::now();
+    let now = crate::dnssec::now();
     let key = keys::generate(dir, zone, role, algorithm, Timeline::from(now), dnskey_ttl)?;
     let mut out = String::new();
     let _ = writeln!(
@@ -92,7 +68,7 @@ fn ds_lines(zone: &Name, key: &Key, ds_ttl: u32) -> String {
 /// DS belongs at the parent now or soon (published entry points), ready for the parent
 /// zone or a validator's trust anchor file.
 pub fn ds(loaded: &Loaded) -> String {
-    let now = super::now();
+    let now = crate::dnssec::now();
     let mut out = String::new();
     for (index, spec) in loaded.config.zones.iter().enumerate() {
         let (Some(dnssec), Some(Some(ring))) = (&spec.dnssec, loaded.keys.get(index)) else {
@@ -121,7 +97,7 @@ pub fn ds(loaded: &Loaded) -> String {
 /// `gto dnssec status`: every key of every signed zone, its state and timeline, and the
 /// next step.
 pub fn status(loaded: &Loaded) -> String {
-    let now = super::now();
+    let now = crate::dnssec::now();
     let mut out = String::new();
     let _ = writeln!(out, "now: {}", crate::time::rfc3339_unix(now));
     for (index, spec) in loaded.config.zones.iter().enumerate() {
@@ -198,7 +174,7 @@ pub fn rollover(loaded: &Loaded, index: usize, role: Role) -> Result<String, Str
         .and_then(Option::as_ref)
         .ok_or("no keys")?;
     let timings = timings(loaded, index).ok_or("no timings")?;
-    let now = super::now();
+    let now = crate::dnssec::now();
     let old = ring
         .keys
         .iter()
@@ -215,56 +191,82 @@ pub fn rollover(loaded: &Loaded, index: usize, role: Role) -> Result<String, Str
     Ok(describe_roll(&spec.origin, old, &new, &timings))
 }
 
-fn describe_roll(zone: &Name, old: &Key, new: &Key, timings: &Timings) -> String {
-    format!(
-        "zone {zone}: {} rollover: key {} published now, signs from {}; key {} stops \
-         signing then and is removed at {} (publish interval {} s, retire interval {} s)\n",
-        old.role.as_str().to_uppercase(),
-        new.tag,
-        crate::time::rfc3339_unix(new.timeline.active),
-        old.tag,
-        crate::time::rfc3339_unix(new.timeline.active + timings.retire_interval(old.role)),
-        timings.publish_interval(),
-        timings.retire_interval(old.role),
-    )
-}
-
-/// Rolls every signing key whose `lifetime` is up (zones with a lifetime only); returns
-/// how many rollovers started. Errors are logged.
-pub fn roll_due(loaded: &Loaded) -> usize {
-    let now = super::now();
-    let mut started = 0;
-    for (index, spec) in loaded.config.zones.iter().enumerate() {
-        let Some(dnssec) = &spec.dnssec else {
-            continue;
-        };
-        let (Some(lifetime), Some(Some(ring)), Some(timings)) = (
-            dnssec.lifetime,
-            loaded.keys.get(index),
-            timings(loaded, index),
-        ) else {
-            continue;
-        };
-        let due: Vec<&Arc<Key>> = ring
-            .keys
-            .iter()
-            .filter(|k| k.role.signs_zone() && keys::due(k, now, lifetime))
-            .collect();
-        for old in due {
-            match keys::roll(&dnssec.keys, &spec.origin, old, now, timings) {
-                Ok(new) => {
-                    started += 1;
-                    tracing::info!(
-                        zone = %spec.origin,
-                        "{}",
-                        describe_roll(&spec.origin, old, &new, &timings).trim_end()
-                    );
+/// `gto dnssec ...`: prints what the command returns; bad arguments or config exit 64.
+pub fn run(command: super::DnssecCommand) -> ExitCode {
+    use super::DnssecCommand;
+    let usage = |message: String| {
+        let _ = writeln!(std::io::stderr(), "error: {message}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    };
+    let role_of = |text: &str| match text.to_ascii_lowercase().as_str() {
+        "csk" => Ok(Role::Csk),
+        "ksk" => Ok(Role::Ksk),
+        "zsk" => Ok(Role::Zsk),
+        other => Err(format!("--role {other:?}: one of csk, ksk, zsk")),
+    };
+    let load = |config: std::path::PathBuf| ConfigSource::File(config).load_within(LOAD_TIMEOUT);
+    let result: Result<String, ExitCode> = match command {
+        DnssecCommand::Keygen {
+            zone,
+            dir,
+            algorithm,
+            role,
+            dnskey_ttl,
+        } => {
+            let zone = match hickory_proto::rr::Name::from_ascii(&zone) {
+                Ok(mut zone) if !zone.is_empty() => {
+                    zone.set_fqdn(true);
+                    zone
                 }
-                Err(error) => {
-                    tracing::warn!(zone = %spec.origin, %error, "could not start a key rollover");
+                _ => return usage(format!("--zone {zone:?} is not a domain name")),
+            };
+            let Some(algorithm) = KeyAlgorithm::parse(&algorithm) else {
+                return usage(format!(
+                    "--algorithm {algorithm:?}: one of ecdsap256sha256, ed25519"
+                ));
+            };
+            let role = match role_of(&role) {
+                Ok(role) => role,
+                Err(message) => return usage(message),
+            };
+            keygen(&dir, &zone, role, algorithm, dnskey_ttl).map_err(|e| fail(&e))
+        }
+        DnssecCommand::Ds { config } => load(config)
+            .map(|loaded| ds(&loaded))
+            .map_err(|errors| report(&errors)),
+        DnssecCommand::Status { config } => load(config)
+            .map(|loaded| status(&loaded))
+            .map_err(|errors| report(&errors)),
+        DnssecCommand::Rollover { config, zone, role } => {
+            let role = match role_of(&role) {
+                Ok(role) => role,
+                Err(message) => return usage(message),
+            };
+            match load(config) {
+                Err(errors) => Err(report(&errors)),
+                Ok(loaded) => {
+                    let wanted = hickory_proto::rr::Name::from_ascii(&zone)
+                        .map(|z| z.to_lowercase())
+                        .ok();
+                    let index = loaded.config.zones.iter().position(|z| {
+                        wanted.as_ref().is_some_and(|w| {
+                            z.origin.to_lowercase().to_string().trim_end_matches('.')
+                                == w.to_string().trim_end_matches('.')
+                        })
+                    });
+                    match index {
+                        None => return usage(format!("zone {zone} is not in the config")),
+                        Some(index) => rollover(&loaded, index, role).map_err(usage),
+                    }
                 }
             }
         }
+    };
+    match result {
+        Ok(text) => {
+            let _ = write!(std::io::stdout(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
     }
-    started
 }

@@ -1,5 +1,8 @@
 //! Command line: `gto` (embedded default), `gto run --config FILE`, `gto check --config FILE`.
 
+pub mod dnssec;
+pub mod run;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

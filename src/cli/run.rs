@@ -1,0 +1,189 @@
+//! What `gto run`, `gto probe`, `gto check` and `gto explain` do once the command line is
+//! parsed: logging, the runtime, loading the config with the signals already installed,
+//! and the exit codes (64 for a bad config).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+use super::{Cli, Command};
+use crate::config::ConfigErrors;
+use crate::loaded::LOAD_TIMEOUT;
+use crate::shutdown::{Signal, Signals};
+use crate::{App, ConfigSource, EXIT_BAD_CONFIG, Loaded};
+
+/// Runs a parsed command line to its exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(cli.log_json);
+    match cli.command {
+        None => serve(ConfigSource::Embedded),
+        Some(Command::Run { config }) => {
+            serve(config.map_or(ConfigSource::Embedded, ConfigSource::File))
+        }
+        Some(Command::Check { config }) => check(ConfigSource::File(config)),
+        Some(Command::Probe { config }) => probe(ConfigSource::File(config)),
+        Some(Command::Dnssec(command)) => super::dnssec::run(command),
+        Some(Command::Assets { dir }) => match super::write_assets(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
+        },
+        Some(Command::Explain {
+            config,
+            qtype,
+            name,
+            client,
+        }) => explain(ConfigSource::File(config), &name, &qtype, &client),
+    }
+}
+
+/// `gto explain`: the decision for one query, as JSON.
+fn explain(source: ConfigSource, name: &str, qtype: &str, client: &str) -> ExitCode {
+    match crate::app::explain_offline(&source, name, Some(qtype), client) {
+        Ok(explanation) => {
+            let text = serde_json::to_string_pretty(&explanation).unwrap_or_default();
+            let _ = writeln!(std::io::stdout(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "error: {error}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn check(source: ConfigSource) -> ExitCode {
+    match source.load_within(LOAD_TIMEOUT) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                let _ = writeln!(std::io::stderr(), "warning: {warning}");
+            }
+            let config = &loaded.config;
+            let endpoints: usize = config.pools.iter().map(|p| p.members.len()).sum();
+            let _ = writeln!(
+                std::io::stdout(),
+                "ok: {} zone(s), {} GSLB name(s), {} pool(s), {} endpoint(s)",
+                config.zones.len(),
+                config.services.len(),
+                config.pools.len(),
+                endpoints
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => report(&errors),
+    }
+}
+
+pub(crate) fn report(errors: &ConfigErrors) -> ExitCode {
+    let mut stderr = std::io::stderr();
+    for error in errors.iter() {
+        let _ = writeln!(stderr, "error: {error}");
+    }
+    let _ = writeln!(stderr, "{} problem(s) found", errors.len());
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+fn serve(source: ConfigSource) -> ExitCode {
+    with_runtime(|| async move {
+        let (loaded, signals, reload_queued) = match load_with_signals(&source).await {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
+        match App::start(source, loaded).await {
+            Ok(app) => match app.run_until_signal(signals, reload_queued).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            },
+            Err(error) => fail(&error),
+        }
+    })
+}
+
+/// `gto probe`: health checks and votes only.
+fn probe(source: ConfigSource) -> ExitCode {
+    with_runtime(|| async move {
+        let (loaded, signals, _) = match load_with_signals(&source).await {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
+        match crate::agent::run(loaded, signals).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "error: {error}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        }
+    })
+}
+
+/// Raises the open-file limit, then runs `main` on a multi-threaded runtime.
+fn with_runtime<F, Fut>(main: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    // Before any thread or socket: idle clients must not exhaust a low soft limit.
+    crate::rlimit::raise_nofile();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(main()),
+        Err(error) => fail(&error),
+    }
+}
+
+/// The signals, installed first (a SIGHUP or SIGTERM while the zones load must not kill
+/// gto), then the config loaded off the runtime's threads. Returns the config, the
+/// signals and whether a SIGHUP arrived meanwhile; or the exit code (SIGTERM while
+/// loading: 0; a bad config: 64).
+async fn load_with_signals(source: &ConfigSource) -> Result<(Loaded, Signals, bool), ExitCode> {
+    let mut signals = Signals::new().map_err(|error| fail(&error))?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %source,
+        "gto starting; loading the config"
+    );
+    let mut reload_queued = false;
+    let loading = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || source.load_within(LOAD_TIMEOUT))
+    };
+    tokio::pin!(loading);
+    let loaded = loop {
+        tokio::select! {
+            loaded = &mut loading => break loaded,
+            signal = signals.next() => match signal {
+                Signal::Reload => reload_queued = true,
+                Signal::Stop => return Err(ExitCode::SUCCESS),
+            },
+        }
+    };
+    match loaded {
+        Ok(Ok(loaded)) => Ok((loaded, signals, reload_queued)),
+        Ok(Err(errors)) => Err(report(&errors)),
+        Err(error) => Err(fail(&error)),
+    }
+}
+
+pub(crate) fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "Error: {error}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(json: bool) {
+    // hickory-server logs every request at info; keep it to warnings unless asked.
+    let filter = EnvFilter::try_from_env("GTO_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,hickory_net=warn")
+    });
+    // Colour only for a person at a terminal; never into the journal or a log file.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,251 @@
+//! The signed form of an answer for a query with DO: RRSIGs after each set, the signed SOA
+//! and compact-denial NSEC of a negative answer, the DS or its proof at a referral. Reads
+//! only what [`super::signing`] signed in advance, or signs on first use through its
+//! bounded caches.
+
+use std::borrow::Cow;
+
+use hickory_proto::dnssec::rdata::DNSSECRData;
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use crate::dnssec::{NXNAME, Signed};
+use crate::routing::{Node, Outcome, Resolution, Snapshot, ZoneSigning, ZoneTable};
+
+/// Adds DNSSEC records to an answer for a query with DO: the RRSIG after each RRset of
+/// the answer section, and in the authority section the signed SOA and NSEC of a negative
+/// answer, or the DS (or the NSEC proving there is none) of a referral. `qname` is the
+/// name asked for. Returns true when the answer is a compact denial of a name that does
+/// not exist (its RCODE becomes NOERROR unless the client asked for NXDOMAIN with CO).
+pub fn decorate<'s>(
+    snapshot: &'s Snapshot,
+    qname: &LowerName,
+    qtype: RecordType,
+    resolution: &mut Resolution<'s>,
+) -> bool {
+    if resolution.outcome == Outcome::NotOurs {
+        return false;
+    }
+    // Answer section: each RRset followed by its signatures.
+    let answers = std::mem::take(&mut resolution.answers);
+    let mut out: Vec<Cow<'s, Record>> = Vec::with_capacity(answers.len() * 2);
+    let gslb_set = resolution.gslb.as_ref();
+    let mut final_name = qname.clone();
+    // Proofs that the names answered from a wildcard do not exist themselves.
+    let mut wildcard_proofs: Vec<&'s Signed> = Vec::new();
+    let mut start = 0;
+    while start < answers.len() {
+        let first = answers[start].as_ref();
+        let owner = LowerName::from(&first.name);
+        let rtype = first.record_type();
+        let mut end = start + 1;
+        while end < answers.len()
+            && answers[end].record_type() == rtype
+            && LowerName::from(&answers[end].name) == owner
+        {
+            end += 1;
+        }
+        let group = &answers[start..end];
+        let records: Vec<&Record> = group.iter().map(AsRef::as_ref).collect();
+        let synthesized = matches!(group.first(), Some(Cow::Owned(_)));
+        let is_last = end == answers.len();
+        // DS at a child's apex is the parent's (when we serve both).
+        let sigs: Option<Vec<Cow<'s, Record>>> = snapshot
+            .zone_for(&owner, rtype)
+            .and_then(|zone| zone.signing.as_deref())
+            .and_then(|signing| {
+                if synthesized {
+                    // The wildcard's own signatures, owned by the name asked: their label
+                    // count (without `*`) tells a validator the set was synthesized.
+                    let zone = snapshot.zone_for(&owner, rtype)?;
+                    let (wildcard, _) = zone.wildcard_of(&owner)?;
+                    let sigs = signing.static_sigs.get(&(wildcard.clone(), rtype))?;
+                    if let Some(proof) = signing.wildcard_cover(&wildcard, &owner)
+                        && !wildcard_proofs.iter().any(|p| std::ptr::eq(*p, proof))
+                    {
+                        wildcard_proofs.push(proof);
+                    }
+                    Some(
+                        sigs.iter()
+                            .map(|sig| {
+                                let mut sig = sig.clone();
+                                sig.name = first.name.clone();
+                                Cow::Owned(sig)
+                            })
+                            .collect(),
+                    )
+                } else if let Some((node, _, _)) = gslb_set
+                    .filter(|_| is_last && matches!(rtype, RecordType::A | RecordType::AAAA))
+                {
+                    let signed = node.signatures_of_records(&records)?;
+                    Some(signed.sigs.iter().cloned().map(Cow::Owned).collect())
+                } else {
+                    let sigs = signing.static_sigs.get(&(owner.clone(), rtype))?;
+                    Some(sigs.iter().map(Cow::Borrowed).collect())
+                }
+            });
+        if rtype == RecordType::CNAME
+            && let Some(RData::CNAME(target)) = records.first().map(|r| &r.data)
+        {
+            final_name = LowerName::from(&target.0);
+        }
+        out.extend(answers[start..end].iter().cloned());
+        out.extend(sigs.unwrap_or_default());
+        start = end;
+    }
+    let positive = answers.last().is_some_and(|r| {
+        r.record_type() != RecordType::CNAME || resolution.outcome == Outcome::Referral
+    });
+    resolution.answers = out;
+    for proof in wildcard_proofs {
+        push_proof(&mut resolution.authorities, proof);
+    }
+
+    match resolution.outcome {
+        Outcome::NotOurs => false,
+        Outcome::Referral => {
+            let Some(cut) = resolution
+                .authorities
+                .first()
+                .map(|ns| LowerName::from(&ns.name))
+            else {
+                return false;
+            };
+            let Some(zone) = snapshot
+                .zone_of(&cut.base_name())
+                .filter(|z| z.cuts.contains(&cut))
+            else {
+                return false;
+            };
+            let Some(signing) = zone.signing.as_deref() else {
+                return false;
+            };
+            let ds = match zone.nodes.get(&cut) {
+                Some(Node::Static(sets)) => sets.iter().find(|s| s.record_type == RecordType::DS),
+                _ => None,
+            };
+            match ds {
+                Some(ds) => {
+                    resolution
+                        .authorities
+                        .extend(ds.records.iter().map(Cow::Borrowed));
+                    if let Some(sigs) = signing.static_sigs.get(&(cut.clone(), RecordType::DS)) {
+                        resolution
+                            .authorities
+                            .extend(sigs.iter().map(Cow::Borrowed));
+                    }
+                }
+                None => {
+                    if let Some(proof) = signing.nsec.get(&cut) {
+                        push_proof(&mut resolution.authorities, proof);
+                    }
+                }
+            }
+            false
+        }
+        Outcome::Found if positive && !resolution.answers.is_empty() => false,
+        Outcome::Found | Outcome::NoSuchName => {
+            // A negative answer, maybe after a CNAME chain: the proof is about its end,
+            // from the zone that answered (the parent, for DS at a child's apex).
+            let Some(zone) = snapshot.zone_for(&final_name, qtype) else {
+                return false;
+            };
+            let Some(signing) = zone.signing.as_deref() else {
+                return false;
+            };
+            if resolution.authorities.is_empty() {
+                return false;
+            }
+            resolution
+                .authorities
+                .extend(signing.negative_soa_sigs.iter().map(Cow::Borrowed));
+            if resolution.outcome == Outcome::NoSuchName {
+                if let Some(proof) = signing.denial(&final_name, vec![NXNAME]) {
+                    resolution.authorities.extend(
+                        denial_records(&final_name, &proof)
+                            .into_iter()
+                            .map(Cow::Owned),
+                    );
+                }
+                return true;
+            }
+            nodata_proof(zone, signing, &final_name, &mut resolution.authorities);
+            false
+        }
+    }
+}
+
+fn push_proof<'s>(into: &mut Vec<Cow<'s, Record>>, proof: &'s Signed) {
+    into.extend(proof.records.iter().map(Cow::Borrowed));
+    into.extend(proof.sigs.iter().map(Cow::Borrowed));
+}
+
+/// The NSEC of a denial of `owner` and its signatures: kept as records, or decoded from
+/// the compact wire form (the authority section after a question for `owner`).
+fn denial_records(owner: &LowerName, proof: &Signed) -> Vec<Record> {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
+    if !proof.records.is_empty() || proof.wire.is_empty() {
+        return proof.records.iter().chain(&proof.sigs).cloned().collect();
+    }
+    let Ok(name) = Name::from(owner).to_lowercase().to_bytes() else {
+        return Vec::new();
+    };
+    let mut message = vec![0u8; 12];
+    message.extend_from_slice(&name);
+    message.extend_from_slice(&[0, 1, 0, 1]);
+    let start = message.len();
+    message.extend_from_slice(&proof.wire);
+    let mut decoder = BinDecoder::new(&message);
+    if decoder.read_slice(start).is_err() {
+        return Vec::new();
+    }
+    let mut records = Vec::new();
+    while !decoder.is_empty() {
+        let Ok(record) = Record::read(&mut decoder) else {
+            break;
+        };
+        let keep = match &record.data {
+            RData::DNSSEC(DNSSECRData::NSEC(_)) => true,
+            RData::DNSSEC(DNSSECRData::RRSIG(sig)) => sig.input().type_covered == RecordType::NSEC,
+            _ => false,
+        };
+        if keep {
+            records.push(record);
+        }
+    }
+    records
+}
+
+/// The NSEC that proves `name` has no RRset of the type asked.
+fn nodata_proof<'s>(
+    zone: &'s ZoneTable,
+    signing: &'s ZoneSigning,
+    name: &LowerName,
+    into: &mut Vec<Cow<'s, Record>>,
+) {
+    if let Some(node) = zone.gslb.get(name) {
+        let key = (name.clone(), node.has_family(false), node.has_family(true));
+        if let Some(proof) = signing.gslb_nsec.get(&key) {
+            push_proof(into, proof);
+        }
+        return;
+    }
+    if let Some(proof) = signing.nsec.get(name) {
+        push_proof(into, proof);
+        return;
+    }
+    // A name synthesized from a wildcard (RFC 4035 section 3.1.3.4): the wildcard's own
+    // NSEC (it lacks the type) and the link that proves the name itself does not exist,
+    // both signed with the zone.
+    if let Some((wildcard, _)) = zone.wildcard_of(name) {
+        let own = signing.wildcard_nsec(&wildcard);
+        let cover = signing.wildcard_cover(&wildcard, name);
+        if let Some(own) = own {
+            push_proof(into, own);
+        }
+        if let Some(cover) = cover
+            && !own.is_some_and(|own| std::ptr::eq(own, cover))
+        {
+            push_proof(into, cover);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Key maintenance and re-signing in the background ([`Resigner`]): the live snapshot's
+//! signatures near expiry, a key event come, or a key directory changed make it read the
+//! keys again and start the rollovers whose lifetime is up (on blocking threads), then ask
+//! the builder for a new preparation with what it read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::dnssec::keys::{self, Key, Timings};
+use crate::dnssec::{REFRESH, now};
+use crate::loaded::Loaded;
+use crate::routing::{BuildEvent, Change, Rekeyed, RoutingHandle, Snapshot};
+
+/// How often [`maintain`] looks at the signatures' expiry and the keys' timelines.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether a snapshot's signatures need re-signing at `now`: the earliest expiry is within
+/// [`REFRESH`], or a key event (publish, activate, retire, remove, rollover) has come.
+/// Exports `gto_dnssec_signature_expiry_seconds` per signed zone and warns when re-signing
+/// has fallen behind (less than half of [`REFRESH`] left).
+pub fn check(snapshot: &Snapshot, now: u64) -> bool {
+    check_and_warn(snapshot, now, true, &mut HashMap::new()).resign
+}
+
+/// What [`check_and_warn`] found due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Due {
+    /// Signatures near expiry or a key event: sign again.
+    resign: bool,
+    /// A key directory changed since it was last read: read it again.
+    reread: bool,
+}
+
+/// [`check`], warning about re-signing that is behind only when `warn`. `asked` holds,
+/// per key directory, the change time a re-read was last asked for: a directory whose
+/// read failed (a bad file in it) keeps the old change time in the snapshot, and must not
+/// be asked for again until it changes again.
+fn check_and_warn(
+    snapshot: &Snapshot,
+    now: u64,
+    warn: bool,
+    asked: &mut HashMap<std::path::PathBuf, Option<u64>>,
+) -> Due {
+    let mut due = Due::default();
+    for zone in &snapshot.zones {
+        let Some(signing) = &zone.signing else {
+            continue;
+        };
+        let left = i64::from(signing.window.expiration) - now as i64;
+        metrics::gauge!(crate::metrics::DNSSEC_SIGNATURE_EXPIRY_SECONDS, "zone" => signing.origin.to_string())
+            .set(left as f64);
+        if warn && left < (REFRESH.as_secs() / 2) as i64 {
+            tracing::warn!(
+                zone = %signing.origin,
+                expires_in_seconds = left,
+                "DNSSEC re-signing is behind: signatures expire soon"
+            );
+        }
+        if left < REFRESH.as_secs() as i64 || signing.next_event.is_some_and(|at| at <= now) {
+            due.resign = true;
+        }
+        if let Some((dir, seen)) = &signing.keys_dir {
+            let changed = crate::files::changed_at(dir);
+            if changed != *seen && asked.get(dir) != Some(&changed) {
+                tracing::info!(zone = %signing.origin, dir = %dir.display(), "the key directory changed; reading it again");
+                asked.insert(dir.clone(), changed);
+                due.reread = true;
+            }
+        }
+    }
+    due
+}
+
+/// What re-signs a running server: the live snapshot, the builder's queue and the config
+/// the builder serves. Key files are read and written here, on blocking threads, never on
+/// the builder's task: the builder gets a finished [`Rekeyed`].
+#[derive(Debug, Clone)]
+pub struct Resigner {
+    routing: RoutingHandle,
+    events: mpsc::Sender<BuildEvent>,
+    configs: watch::Receiver<Arc<Loaded>>,
+}
+
+impl Resigner {
+    /// A resigner for the builder behind `events` ([`crate::routing::Builder::configs`]
+    /// gives `configs`).
+    pub fn new(
+        routing: RoutingHandle,
+        events: mpsc::Sender<BuildEvent>,
+        configs: watch::Receiver<Arc<Loaded>>,
+    ) -> Self {
+        Self {
+            routing,
+            events,
+            configs,
+        }
+    }
+
+    /// Reads the key directories again and starts the rollovers whose lifetime is up (on a
+    /// blocking thread), then has the builder sign again if `due` or the keys changed.
+    /// Returns the generation live afterwards; None when the builder has stopped.
+    pub async fn resign(&self, due: bool) -> Option<u64> {
+        let base = self.configs.borrow().clone();
+        let rekeyed = tokio::task::spawn_blocking(move || rekey(base))
+            .await
+            .ok()?;
+        let (event, published) = BuildEvent::waited(Change::Resign {
+            due,
+            rekeyed: Some(rekeyed),
+        });
+        self.events.send(event).await.ok()?;
+        published.await.ok()
+    }
+
+    /// Re-signs in the background: every [`CHECK_EVERY`], [`check`]s the live snapshot
+    /// and re-signs when it is due, or reads a key directory that changed (once per
+    /// change: a file it cannot use is not read again every tick). Ends with `token`.
+    pub async fn maintain(self, token: CancellationToken) {
+        /// Checks between two warnings about re-signing that is behind (10 minutes).
+        const WARN_EVERY: u64 = 300;
+        let mut ticks = tokio::time::interval(CHECK_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut count = 0u64;
+        let mut asked = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let snapshot = self.routing.load_full();
+            let warn = count.is_multiple_of(WARN_EVERY);
+            count += 1;
+            let due = check_and_warn(&snapshot, now(), warn, &mut asked);
+            drop(snapshot);
+            // One re-signing at a time.
+            if (due.resign || due.reread) && self.resign(due.resign).await.is_none() {
+                return;
+            }
+        }
+    }
+}
+
+/// `base` with its key directories read again and the rollovers whose lifetime is up
+/// started (file I/O: run it off the async threads).
+pub fn rekey(base: Arc<Loaded>) -> Rekeyed {
+    let mut fresh = (*base).clone();
+    let mut keys_changed = fresh.reread_keys();
+    if roll_due(&fresh) > 0 {
+        keys_changed |= fresh.reread_keys();
+    }
+    Rekeyed {
+        base,
+        fresh: Arc::new(fresh),
+        keys_changed,
+    }
+}
+
+/// Rollover timings of the zone at `index` of a loaded config: its DNSKEY TTL, the
+/// largest TTL it serves (static, GSLB and negative), the parent's DS TTL and the margin.
+pub fn timings(loaded: &Loaded, index: usize) -> Option<Timings> {
+    let spec = loaded.config.zones.get(index)?;
+    let dnssec = spec.dnssec.as_ref()?;
+    let zone = loaded.zones.get(index)?;
+    let origin = zone.origin();
+    let static_max = zone
+        .rrsets()
+        .flat_map(|(_, sets)| sets.iter().flat_map(|s| &s.records))
+        .map(|r| r.ttl)
+        .chain([zone.soa().ttl, zone.negative_ttl()])
+        .max()
+        .unwrap_or(0);
+    let gslb_max = loaded
+        .config
+        .services
+        .iter()
+        .filter(|s| origin.zone_of(&s.name.clone().into()))
+        .map(|s| s.ttl.get())
+        .max()
+        .unwrap_or(0);
+    Some(Timings {
+        dnskey_ttl: dnssec.dnskey_ttl,
+        max_ttl: static_max.max(gslb_max),
+        parent_ds_ttl: dnssec.parent_ds_ttl,
+        propagation: u32::try_from(dnssec.propagation.as_secs()).unwrap_or(u32::MAX),
+    })
+}
+
+/// Rolls every signing key whose `lifetime` is up (zones with a lifetime only); returns
+/// how many rollovers started. Errors are logged.
+pub fn roll_due(loaded: &Loaded) -> usize {
+    let now = now();
+    let mut started = 0;
+    for (index, spec) in loaded.config.zones.iter().enumerate() {
+        let Some(dnssec) = &spec.dnssec else {
+            continue;
+        };
+        let (Some(lifetime), Some(Some(ring)), Some(timings)) = (
+            dnssec.lifetime,
+            loaded.keys.get(index),
+            timings(loaded, index),
+        ) else {
+            continue;
+        };
+        let due: Vec<&Arc<Key>> = ring
+            .keys
+            .iter()
+            .filter(|k| k.role.signs_zone() && keys::due(k, now, lifetime))
+            .collect();
+        for old in due {
+            match keys::roll(&dnssec.keys, &spec.origin, old, now, timings) {
+                Ok(new) => {
+                    started += 1;
+                    tracing::info!(
+                        zone = %spec.origin,
+                        "{}",
+                        describe_roll(&spec.origin, old, &new, &timings).trim_end()
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(zone = %spec.origin, %error, "could not start a key rollover");
+                }
+            }
+        }
+    }
+    started
+}
+
+/// What a rollover started, for the log and `gto dnssec rollover`: the old key, the new
+/// one, and when the new one signs and the old one goes.
+pub fn describe_roll(zone: &Name, old: &Key, new: &Key, timings: &Timings) -> String {
+    format!(
+        "zone {zone}: {} rollover: key {} published now, signs from {}; key {} stops \
+         signing then and is removed at {} (publish interval {} s, retire interval {} s)\n",
+        old.role.as_str().to_uppercase(),
+        new.tag,
+        crate::time::rfc3339_unix(new.timeline.active),
+        old.tag,
+        crate::time::rfc3339_unix(new.timeline.active + timings.retire_interval(old.role)),
+        timings.publish_interval(),
+        timings.retire_interval(old.role),
+    )
+}

@@ -1,0 +1,462 @@
+//! The signatures of a snapshot's zones ([`ZoneSigning`], made when the snapshot's config
+//! part is prepared, from the keys loading read) and the signed zones' status. The
+//! primitives (signing one set, the caches, the keys) are [`crate::dnssec`]'s, below
+//! routing; answers only read what is signed here ([`super::decorate`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hickory_proto::dnssec::rdata::{DNSSECRData, NSEC};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use crate::dnssec::REFRESH;
+use crate::dnssec::keys::{Key, KeyRing};
+use crate::dnssec::{
+    Budget, NXNAME, SigCache, SignError, Signed, Window, bitmap, sign, successor, types_key,
+};
+use crate::routing::{Node, Snapshot};
+
+/// Everything signed for one zone in one preparation.
+#[derive(Debug)]
+pub struct ZoneSigning {
+    /// The zone's apex (the signer's name).
+    pub origin: Name,
+    /// Keys that sign the zone's data in this window.
+    pub zone_signers: Vec<Arc<Key>>,
+    /// The window of every signature made for this preparation.
+    pub window: Window,
+    /// Signatures of static RRsets, by owner and type.
+    pub static_sigs: HashMap<(LowerName, RecordType), Vec<Record>>,
+    /// The SOA as negative answers carry it.
+    pub negative_soa: Record,
+    /// Signatures of the SOA with the negative TTL, for negative answers.
+    pub negative_soa_sigs: Vec<Record>,
+    /// The NODATA proof (NSEC at the name and its signatures) of every name that is not a
+    /// GSLB name.
+    pub nsec: HashMap<LowerName, Signed>,
+    /// The NODATA proofs of GSLB names, by (name, has A, has AAAA).
+    pub gslb_nsec: HashMap<(LowerName, bool, bool), Signed>,
+    /// The NSEC chain around each wildcard, by its closest encloser W: W, `*.W` and every
+    /// name below W in canonical order, each NSEC pointing to the next name and the last
+    /// to the first name after W's subtree, signed once here. Answers synthesized from
+    /// the wildcard carry the wildcard's own signatures (label count without `*`, RFC
+    /// 4035 section 5.3.4) and the link of this chain that covers the next closer name,
+    /// so no answer under a wildcard is signed per name, and a flood of random names
+    /// cannot leave a real one unsigned.
+    pub wildcard_chains: HashMap<LowerName, Vec<Signed>>,
+    /// TTL of NSEC records (RFC 9077: the negative TTL).
+    pub nsec_ttl: u32,
+    /// Sets signed on first use (denials, wildcard synthesis).
+    pub cache: SigCache,
+    /// GSLB answer sets, by service index and [`set_key`].
+    pub gslb_cache: SigCache<(usize, Box<[u8]>)>,
+    /// What signing on first use for client-chosen names may still spend.
+    pub budget: Budget,
+    /// Signatures made in this preparation.
+    pub signed: u64,
+    /// When a key event or a rollover makes this preparation stale (seconds since the
+    /// epoch), if ever.
+    pub next_event: Option<u64>,
+    /// A digest of everything the signatures were made from (the zone's records, its
+    /// GSLB names and families, the DNSSEC settings, the keys and the apex key sets): a
+    /// reload whose digest is the same reuses these signatures while they are fresh.
+    pub inputs: [u8; 32],
+    /// The key directory and its fingerprint when its keys were last read: a change since
+    /// (`gto dnssec rollover`, keys shipped to the fleet, a key's mode fixed) means
+    /// reading it again.
+    pub keys_dir: Option<(std::path::PathBuf, Option<u64>)>,
+}
+
+/// Signs one RRset (owner, records) with some keys, counting signatures.
+type SignWith<'a> =
+    dyn FnMut(&[Arc<Key>], &Name, &[&Record]) -> Result<Vec<Record>, SignError> + 'a;
+
+/// Signs one RRset (owner, records) with the zone's keys.
+type SignAs<'a> = dyn FnMut(&Name, &[&Record]) -> Result<Vec<Record>, SignError> + 'a;
+
+/// What a zone is made of, as signing needs it.
+pub struct ZoneContent<'a> {
+    /// Its apex.
+    pub origin: &'a LowerName,
+    /// Every name with what it is.
+    pub nodes: &'a HashMap<LowerName, Node>,
+    /// Its delegations.
+    pub cuts: &'a std::collections::HashSet<LowerName>,
+    /// The SOA as served in negative answers.
+    pub negative_soa: &'a Record,
+    /// The address families each GSLB name has by config: (A, AAAA).
+    pub gslb_families: &'a HashMap<LowerName, (bool, bool)>,
+}
+
+/// The signed NSEC chains around the zone's wildcards (see
+/// [`ZoneSigning::wildcard_chains`]); `names` holds every name the zone answers for
+/// (occluded names and glue left out) with its types.
+fn wildcard_chains(
+    origin: &Name,
+    names: &HashMap<LowerName, Vec<RecordType>>,
+    nsec_ttl: u32,
+    sign_with: &mut SignAs<'_>,
+) -> Result<HashMap<LowerName, Vec<Signed>>, SignError> {
+    let mut chains = HashMap::new();
+    if !names.keys().any(LowerName::is_wildcard) {
+        return Ok(chains);
+    }
+    // Canonical order (RFC 4034 section 6.1) is `Name`'s order.
+    let mut all: Vec<Name> = names.keys().map(Name::from).collect();
+    all.sort();
+    for wildcard in names.keys().filter(|n| n.is_wildcard()) {
+        let encloser = Name::from(&wildcard.base_name());
+        let Ok(start) = all.binary_search(&encloser) else {
+            continue; // the encloser of a wildcard always exists (at least as an ENT)
+        };
+        let mut end = start + 1;
+        while end < all.len() && encloser.zone_of(&all[end]) {
+            end += 1;
+        }
+        // After the subtree: the next name in the zone, or round to the apex.
+        let after = all.get(end).cloned().unwrap_or_else(|| origin.clone());
+        let mut chain = Vec::with_capacity(end - start);
+        for (i, owner) in all.iter().enumerate().take(end).skip(start) {
+            let next = if i + 1 < end {
+                all[i + 1].clone()
+            } else {
+                after.clone()
+            };
+            let types = names
+                .get(&LowerName::from(owner))
+                .cloned()
+                .unwrap_or_default();
+            let record = Record::from_rdata(
+                owner.clone(),
+                nsec_ttl,
+                RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(next, bitmap(types)))),
+            );
+            let sigs = sign_with(owner, &[&record])?;
+            chain.push(Signed {
+                records: vec![record],
+                sigs,
+                wire: Box::default(),
+            });
+        }
+        chains.insert(LowerName::from(&encloser), chain);
+    }
+    Ok(chains)
+}
+
+impl ZoneSigning {
+    /// Whether these signatures can still be served at `now` without re-signing: the
+    /// earliest expiry is more than [`REFRESH`] away and no key event has come.
+    pub fn fresh_at(&self, now: u64) -> bool {
+        i64::from(self.window.expiration) - now as i64 >= REFRESH.as_secs() as i64
+            && self.next_event.is_none_or(|at| at > now)
+    }
+
+    /// The link of the NSEC chain around the wildcard `*.W` that covers the next closer
+    /// name of `qname` (W plus one more label of `qname`): with the wildcard's own NSEC
+    /// and signatures, the proof of an answer synthesized from it (RFC 4035 section
+    /// 3.1.3.3) or of NODATA there (3.1.3.4).
+    pub fn wildcard_cover(&self, wildcard: &LowerName, qname: &LowerName) -> Option<&Signed> {
+        let encloser = wildcard.base_name();
+        let chain = self.wildcard_chains.get(&encloser)?;
+        let depth = usize::from(encloser.num_labels()) + 1;
+        let next_closer = Name::from(qname).trim_to(depth);
+        let at = chain.partition_point(|link| {
+            link.records
+                .first()
+                .is_some_and(|nsec| nsec.name <= next_closer)
+        });
+        chain.get(at.checked_sub(1)?)
+    }
+
+    /// The NSEC of the wildcard `*.W` itself (its types), from its chain.
+    pub fn wildcard_nsec(&self, wildcard: &LowerName) -> Option<&Signed> {
+        let chain = self.wildcard_chains.get(&wildcard.base_name())?;
+        let owner = Name::from(wildcard);
+        chain
+            .iter()
+            .find(|link| link.records.first().is_some_and(|nsec| nsec.name == owner))
+    }
+
+    /// Signs a zone's static RRsets and NODATA proofs with `ring`'s keys active at `now`.
+    /// None when no key signs the zone at `now` (the zone is then served unsigned).
+    pub fn new(
+        content: &ZoneContent<'_>,
+        ring: &KeyRing,
+        now: u64,
+    ) -> Result<Option<Self>, SignError> {
+        let zone_signers = ring.zone_signers(now);
+        if zone_signers.is_empty() {
+            return Ok(None);
+        }
+        let key_signers = ring.key_signers(now);
+        let origin = Name::from(content.origin);
+        let window = Window::at(now);
+        let nsec_ttl = content.negative_soa.ttl;
+        let mut signed = 0u64;
+        let mut sign_with = |keys: &[Arc<Key>], owner: &Name, records: &[&Record]| {
+            keys.iter()
+                .map(|key| {
+                    signed += 1;
+                    sign(key, &origin, owner, records, &window)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let below_cut = |name: &LowerName| {
+            let mut current = name.base_name();
+            while current.num_labels() > content.origin.num_labels() {
+                if content.cuts.contains(&current) {
+                    return true;
+                }
+                current = current.base_name();
+            }
+            false
+        };
+        let mut static_sigs = HashMap::new();
+        let mut nsec = HashMap::new();
+        let mut gslb_nsec = HashMap::new();
+        // Every name's types (for the wildcard chains), and whether any name is a
+        // wildcard.
+        let mut types_of: HashMap<LowerName, Vec<RecordType>> = HashMap::new();
+        let nsec_of = |owner: &Name,
+                       types: Vec<RecordType>,
+                       sign_with: &mut SignWith<'_>|
+         -> Result<Option<Signed>, SignError> {
+            let Some(next) = successor(owner) else {
+                return Ok(None);
+            };
+            let record = Record::from_rdata(
+                owner.clone(),
+                nsec_ttl,
+                RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(next, bitmap(types)))),
+            );
+            let sigs = sign_with(&zone_signers, owner, &[&record])?;
+            Ok(Some(Signed {
+                records: vec![record],
+                sigs,
+                wire: Box::default(),
+            }))
+        };
+        for (name, node) in content.nodes.iter() {
+            if below_cut(name) {
+                continue; // occluded, or glue: not ours to sign
+            }
+            let owner = Name::from(name);
+            let is_cut = content.cuts.contains(name);
+            match node {
+                Node::EmptyNonTerminal => {
+                    types_of.insert(name.clone(), Vec::new());
+                    if let Some(proof) = nsec_of(&owner, Vec::new(), &mut sign_with)? {
+                        nsec.insert(name.clone(), proof);
+                    }
+                }
+                Node::Gslb => {
+                    let (has_a, has_aaaa) =
+                        content.gslb_families.get(name).copied().unwrap_or_default();
+                    types_of.insert(
+                        name.clone(),
+                        [(has_a, RecordType::A), (has_aaaa, RecordType::AAAA)]
+                            .into_iter()
+                            .filter_map(|(on, t)| on.then_some(t))
+                            .collect(),
+                    );
+                    for a in [false, true] {
+                        for aaaa in [false, true] {
+                            if (a && !has_a) || (aaaa && !has_aaaa) {
+                                continue;
+                            }
+                            let types = [(a, RecordType::A), (aaaa, RecordType::AAAA)]
+                                .into_iter()
+                                .filter_map(|(on, t)| on.then_some(t))
+                                .collect();
+                            if let Some(proof) = nsec_of(&owner, types, &mut sign_with)? {
+                                gslb_nsec.insert((name.clone(), a, aaaa), proof);
+                            }
+                        }
+                    }
+                }
+                Node::Static(sets) => {
+                    let mut types = Vec::new();
+                    for set in sets {
+                        let t = set.record_type;
+                        // At a delegation only the NS set (unsigned) and DS are the
+                        // parent's.
+                        if is_cut && t != RecordType::NS && t != RecordType::DS {
+                            continue;
+                        }
+                        types.push(t);
+                        if is_cut && t == RecordType::NS {
+                            continue;
+                        }
+                        let records: Vec<&Record> = set.records.iter().collect();
+                        let keys = if matches!(
+                            t,
+                            RecordType::DNSKEY | RecordType::CDS | RecordType::CDNSKEY
+                        ) {
+                            &key_signers
+                        } else {
+                            &zone_signers
+                        };
+                        let sigs = sign_with(keys, &owner, &records)?;
+                        static_sigs.insert((name.clone(), t), sigs);
+                    }
+                    types_of.insert(name.clone(), types.clone());
+                    if let Some(proof) = nsec_of(&owner, types, &mut sign_with)? {
+                        nsec.insert(name.clone(), proof);
+                    }
+                }
+            }
+        }
+        let wildcard_chains = wildcard_chains(
+            &origin,
+            &types_of,
+            nsec_ttl,
+            &mut |owner: &Name, records: &[&Record]| sign_with(&zone_signers, owner, records),
+        )?;
+        let mut negative_soa_sigs = Vec::new();
+        if let Some(sigs) = static_sigs.get(&(content.origin.clone(), RecordType::SOA)) {
+            for sig in sigs {
+                let mut sig = sig.clone();
+                sig.ttl = content.negative_soa.ttl;
+                negative_soa_sigs.push(sig);
+            }
+        }
+        Ok(Some(Self {
+            origin,
+            zone_signers,
+            window,
+            static_sigs,
+            negative_soa: content.negative_soa.clone(),
+            negative_soa_sigs,
+            nsec,
+            gslb_nsec,
+            wildcard_chains,
+            nsec_ttl,
+            cache: SigCache::default(),
+            gslb_cache: SigCache::default(),
+            budget: Budget::default(),
+            signed,
+            next_event: None,
+            inputs: [0; 32],
+            keys_dir: None,
+        }))
+    }
+
+    /// Signatures of `records` (one owner and type) made now with the zone's keys.
+    fn sign_now(&self, owner: &Name, records: &[&Record]) -> Option<Vec<Record>> {
+        self.zone_signers
+            .iter()
+            .map(|key| sign(key, &self.origin, owner, records, &self.window))
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|error| tracing::warn!(%error, "could not sign"))
+            .ok()
+    }
+
+    /// The signatures of a GSLB answer of the service at `service`: `records` are its A
+    /// or AAAA records (any order), `key` their [`set_key`]. The wire form is made for a
+    /// question of the records' owner (its length places the compression pointer).
+    pub fn gslb_set(
+        &self,
+        service: usize,
+        key: Box<[u8]>,
+        records: &[&Record],
+    ) -> Option<Arc<Signed>> {
+        let first = records.first()?;
+        self.gslb_cache.get_or_sign((service, key), || {
+            let sigs = self.sign_now(&first.name, records)?;
+            let question = crate::routing::wire::gslb_question(&first.name);
+            let wire = crate::routing::wire::wire_records(&question, &sigs)
+                .into_iter()
+                .flat_map(|w| w.later.into_vec())
+                .collect();
+            Some(Signed {
+                records: Vec::new(),
+                sigs,
+                wire,
+            })
+        })
+    }
+
+    /// A NODATA or NXNAME proof made on first use: NSEC at `owner` with `types`.
+    /// The denial of `owner` (NSEC with NXNAME) if it was signed before: the fast path
+    /// answers from it and leaves signing (and its budget) to the general path.
+    pub(crate) fn cached_denial(&self, owner: &LowerName) -> Option<Arc<Signed>> {
+        self.cache
+            .get(&(owner.clone(), RecordType::NSEC, types_key(&[NXNAME])))
+    }
+
+    pub(crate) fn denial(&self, owner: &LowerName, types: Vec<RecordType>) -> Option<Arc<Signed>> {
+        let key = types_key(&types);
+        self.cache.get_or_sign_within(
+            (owner.clone(), RecordType::NSEC, key),
+            Some(&self.budget),
+            || {
+                let name = Name::from(owner);
+                let record = Record::from_rdata(
+                    name.clone(),
+                    self.nsec_ttl,
+                    RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(
+                        successor(&name)?,
+                        bitmap(types),
+                    ))),
+                );
+                let sigs = self.sign_now(&name, &[&record])?;
+                // The whole authority section of the denial, for the fast path (for a
+                // question of this name: its length fixes every compression pointer).
+                let mut question =
+                    hickory_proto::serialize::binary::BinEncodable::to_bytes(&name.to_lowercase())
+                        .ok()?;
+                question.extend_from_slice(&[0, 1, 0, 1]);
+                let mut authority = vec![&self.negative_soa];
+                authority.extend(&self.negative_soa_sigs);
+                authority.push(&record);
+                authority.extend(&sigs);
+                let wire = crate::routing::wire::encode_tail(&question, &[], &authority, &[])
+                    .filter(|tail| tail.answers == 0 && tail.additionals == 0)
+                    .map(|tail| tail.bytes)
+                    .unwrap_or_default();
+                // Compact: a flood of random names fills this cache, so a denial keeps only
+                // its wire form (a few hundred octets); the general path decodes the NSEC
+                // and its signatures from it ([`denial_records`]).
+                if wire.is_empty() {
+                    Some(Signed {
+                        records: vec![record],
+                        sigs,
+                        wire,
+                    })
+                } else {
+                    Some(Signed {
+                        records: Vec::new(),
+                        sigs: Vec::new(),
+                        wire,
+                    })
+                }
+            },
+        )
+    }
+}
+
+/// The signed zones of a snapshot for `GET /v1/status`: signing keys, the signatures'
+/// window, the next key event, and how many sets the caches hold.
+pub fn status_json(snapshot: &Snapshot) -> Vec<serde_json::Value> {
+    let time = |at: u64| crate::time::rfc3339_unix(at);
+    snapshot
+        .zones
+        .iter()
+        .filter_map(|zone| zone.signing.as_deref())
+        .map(|signing| {
+            serde_json::json!({
+                "zone": signing.origin.to_string(),
+                "signing_keys": signing.zone_signers.iter().map(|k| serde_json::json!({
+                    "tag": k.tag,
+                    "role": k.role.as_str(),
+                    "algorithm": k.algorithm.number(),
+                })).collect::<Vec<_>>(),
+                "inception": time(u64::from(signing.window.inception)),
+                "expiration": time(u64::from(signing.window.expiration)),
+                "next_key_event": signing.next_event.map(time),
+                "signed_at_preparation": signing.signed,
+                "cached_sets": signing.cache.len() + signing.gslb_cache.len(),
+            })
+        })
+        .collect()
+}
