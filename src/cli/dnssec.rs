@@ -11,7 +11,7 @@ use hickory_proto::rr::Name;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use super::run::{fail, report};
+use super::exit::{fail, report};
 use crate::dnssec::keys::{self, Key, KeyAlgorithm, KeyError, Role, Timeline};
 use crate::loaded::LOAD_TIMEOUT;
 use crate::loaded::Loaded;

@@ -1,6 +1,7 @@
 //! Command line: `gto` (embedded default), `gto run --config FILE`, `gto check --config FILE`.
 
 pub mod dnssec;
+mod exit;
 pub mod run;
 
 use std::path::PathBuf;

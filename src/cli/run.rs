@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
+use super::exit::{fail, report};
 use super::{Cli, Command};
-use crate::config::ConfigErrors;
 use crate::loaded::LOAD_TIMEOUT;
 use crate::shutdown::{Signal, Signals};
 use crate::{App, ConfigSource, EXIT_BAD_CONFIG, Loaded};
@@ -72,15 +72,6 @@ fn check(source: ConfigSource) -> ExitCode {
         }
         Err(errors) => report(&errors),
     }
-}
-
-pub(crate) fn report(errors: &ConfigErrors) -> ExitCode {
-    let mut stderr = std::io::stderr();
-    for error in errors.iter() {
-        let _ = writeln!(stderr, "error: {error}");
-    }
-    let _ = writeln!(stderr, "{} problem(s) found", errors.len());
-    ExitCode::from(EXIT_BAD_CONFIG)
 }
 
 fn serve(source: ConfigSource) -> ExitCode {
@@ -164,11 +155,6 @@ async fn load_with_signals(source: &ConfigSource) -> Result<(Loaded, Signals, bo
         Ok(Err(errors)) => Err(report(&errors)),
         Err(error) => Err(fail(&error)),
     }
-}
-
-pub(crate) fn fail(error: &dyn std::fmt::Display) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "Error: {error}");
-    ExitCode::FAILURE
 }
 
 fn init_logging(json: bool) {

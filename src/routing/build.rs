@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::handle::RoutingHandle;
+use super::node::Node;
 use super::rrl::RateLimiter;
 use super::table::{
-    Endpoint, EndpointInfo, EndpointKey, GslbNode, Node, Selection, ServiceInfo, Snapshot,
-    ZoneTable,
+    Endpoint, EndpointInfo, EndpointKey, GslbNode, Selection, ServiceInfo, Snapshot, ZoneTable,
 };
 use super::wire::FastIndex;
 use crate::config::{Location, Policy, Region, Service, WhenAllDown};
@@ -627,7 +627,7 @@ fn prepare_after(
             pool_indices.push(id.0);
         }
         let label = service.name.to_string();
-        let question = super::wire::gslb_question(&service.name);
+        let question = super::encode::gslb_question(&service.name);
         for pool_index in pool_indices {
             let Some(pool) = config.pools.get(pool_index) else {
                 continue;
@@ -657,8 +657,8 @@ fn prepare_after(
                         .map(record)
                         .collect();
                     Arc::new(EndpointInfo {
-                        wire_a: super::wire::wire_records(&question, &a),
-                        wire_aaaa: super::wire::wire_records(&question, &aaaa),
+                        wire_a: super::encode::wire_records(&question, &a),
+                        wire_aaaa: super::encode::wire_records(&question, &aaaa),
                         a,
                         aaaa,
                         addresses: member.addresses.clone(),

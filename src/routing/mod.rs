@@ -14,8 +14,11 @@
 
 mod build;
 mod decorate;
+mod encode;
 pub mod explain;
 mod handle;
+mod index;
+mod node;
 pub mod resign;
 pub mod rrl;
 pub mod signing;
@@ -28,8 +31,10 @@ pub use build::{
 };
 pub use decorate::decorate;
 pub use handle::RoutingHandle;
-pub use signing::{ZoneContent, ZoneSigning, status_json};
+pub use node::Node;
+pub use resign::status_json;
+pub use signing::{ZoneContent, ZoneSigning};
 pub use table::{
-    Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, Node, Outcome, Resolution,
-    Scratch, Selection, ServiceInfo, Snapshot, ZoneTable, rcode_name,
+    Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, Outcome, Resolution, Scratch,
+    Selection, ServiceInfo, Snapshot, ZoneTable, rcode_name,
 };

@@ -16,6 +16,32 @@ use crate::dnssec::{REFRESH, now};
 use crate::loaded::Loaded;
 use crate::routing::{BuildEvent, Change, Rekeyed, RoutingHandle, Snapshot};
 
+/// The signed zones of a snapshot for `GET /v1/status`: signing keys, the signatures'
+/// window, the next key event, and how many sets the caches hold.
+pub fn status_json(snapshot: &Snapshot) -> Vec<serde_json::Value> {
+    let time = |at: u64| crate::time::rfc3339_unix(at);
+    snapshot
+        .zones
+        .iter()
+        .filter_map(|zone| zone.signing.as_deref())
+        .map(|signing| {
+            serde_json::json!({
+                "zone": signing.origin.to_string(),
+                "signing_keys": signing.zone_signers.iter().map(|k| serde_json::json!({
+                    "tag": k.tag,
+                    "role": k.role.as_str(),
+                    "algorithm": k.algorithm.number(),
+                })).collect::<Vec<_>>(),
+                "inception": time(u64::from(signing.window.inception)),
+                "expiration": time(u64::from(signing.window.expiration)),
+                "next_key_event": signing.next_event.map(time),
+                "signed_at_preparation": signing.signed,
+                "cached_sets": signing.cache.len() + signing.gslb_cache.len(),
+            })
+        })
+        .collect()
+}
+
 /// How often [`maintain`] looks at the signatures' expiry and the keys' timelines.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 

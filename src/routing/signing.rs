@@ -14,7 +14,7 @@ use crate::dnssec::keys::{Key, KeyRing};
 use crate::dnssec::{
     Budget, NXNAME, SigCache, SignError, Signed, Window, bitmap, sign, successor, types_key,
 };
-use crate::routing::{Node, Snapshot};
+use crate::routing::Node;
 
 /// Everything signed for one zone in one preparation.
 #[derive(Debug)]
@@ -363,8 +363,8 @@ impl ZoneSigning {
         let first = records.first()?;
         self.gslb_cache.get_or_sign((service, key), || {
             let sigs = self.sign_now(&first.name, records)?;
-            let question = crate::routing::wire::gslb_question(&first.name);
-            let wire = crate::routing::wire::wire_records(&question, &sigs)
+            let question = super::encode::gslb_question(&first.name);
+            let wire = super::encode::wire_records(&question, &sigs)
                 .into_iter()
                 .flat_map(|w| w.later.into_vec())
                 .collect();
@@ -410,7 +410,7 @@ impl ZoneSigning {
                 authority.extend(&self.negative_soa_sigs);
                 authority.push(&record);
                 authority.extend(&sigs);
-                let wire = crate::routing::wire::encode_tail(&question, &[], &authority, &[])
+                let wire = super::encode::encode_tail(&question, &[], &authority, &[])
                     .filter(|tail| tail.answers == 0 && tail.additionals == 0)
                     .map(|tail| tail.bytes)
                     .unwrap_or_default();
@@ -433,30 +433,4 @@ impl ZoneSigning {
             },
         )
     }
-}
-
-/// The signed zones of a snapshot for `GET /v1/status`: signing keys, the signatures'
-/// window, the next key event, and how many sets the caches hold.
-pub fn status_json(snapshot: &Snapshot) -> Vec<serde_json::Value> {
-    let time = |at: u64| crate::time::rfc3339_unix(at);
-    snapshot
-        .zones
-        .iter()
-        .filter_map(|zone| zone.signing.as_deref())
-        .map(|signing| {
-            serde_json::json!({
-                "zone": signing.origin.to_string(),
-                "signing_keys": signing.zone_signers.iter().map(|k| serde_json::json!({
-                    "tag": k.tag,
-                    "role": k.role.as_str(),
-                    "algorithm": k.algorithm.number(),
-                })).collect::<Vec<_>>(),
-                "inception": time(u64::from(signing.window.inception)),
-                "expiration": time(u64::from(signing.window.expiration)),
-                "next_key_event": signing.next_event.map(time),
-                "signed_at_preparation": signing.signed,
-                "cached_sets": signing.cache.len() + signing.gslb_cache.len(),
-            })
-        })
-        .collect()
 }

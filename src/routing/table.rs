@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
+use super::node::Node;
 use super::rrl::RateLimiter;
 use super::wire::{FastIndex, WireRecord};
 use crate::config::{Affinity, Location, Member, Policy, Pool, Region, WhenAllDown};
@@ -146,18 +147,6 @@ impl ZoneTable {
         let node = self.nodes.get(&source)?;
         Some((source, node))
     }
-}
-
-/// What a name in a zone is.
-#[derive(Debug)]
-pub enum Node {
-    /// A name that exists only because names below it do (RFC 4592 section 2.2.2):
-    /// NODATA, never NXDOMAIN.
-    EmptyNonTerminal,
-    /// A GSLB name: answered from its pool (its node is in [`ZoneTable::gslb`]).
-    Gslb,
-    /// A name from the zone file.
-    Static(Vec<RrSet>),
 }
 
 /// A GSLB name: its endpoints with pre-encoded records and their rankings per location
