@@ -120,7 +120,7 @@ fn scheduler(c: &mut Criterion) {
                     let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
                     let started = Instant::now();
                     let (handle, task) =
-                        health::spawn(&loaded, None, None, events, token.child_token());
+                        health::spawn(&loaded, None, None, Some(events), token.child_token());
                     while handle.checked() < targets {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
@@ -148,7 +148,7 @@ fn scheduler(c: &mut Criterion) {
         let token = CancellationToken::new();
         let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
         let started = Instant::now();
-        let (handle, task) = health::spawn(&loaded, None, None, events, token.child_token());
+        let (handle, task) = health::spawn(&loaded, None, None, Some(events), token.child_token());
         while handle.checked() < targets {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -4,14 +4,12 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::{Fleet, InstanceInfo};
 use crate::health;
 use crate::loaded::Loaded;
-use crate::routing::Builder;
 use crate::shutdown::{Signal, Signals};
 
 /// Why the agent cannot run.
@@ -32,14 +30,11 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
     let restored =
         health::store::load_or_ignore(state_file.as_deref(), "every endpoint is re-checked");
     let loaded = Arc::new(loaded);
-    let states = health::restore(&loaded, restored.as_ref());
-    // The monitor hands its changes to a builder; nothing reads its snapshots here.
-    let builder = Builder::with_states(loaded.clone(), states);
+    // No builder: nothing here answers queries, so the monitor's changes go to the fleet
+    // (and the state file) only.
     let token = CancellationToken::new();
-    let (events, receiver) = mpsc::channel(1024);
-    let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
     let (health, health_task) =
-        health::spawn(&loaded, restored, state_file, events, token.child_token());
+        health::spawn(&loaded, restored, state_file, None, token.child_token());
     let me = InstanceInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         listen: Vec::new(),
@@ -65,6 +60,5 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
     token.cancel();
     let _ = health_task.await;
     let _ = fleet_task.await;
-    let _ = builder_task.await;
     Ok(())
 }

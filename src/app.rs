@@ -118,7 +118,7 @@ impl App {
             &loaded,
             restored,
             settings.state_file.clone(),
-            events.clone(),
+            Some(events.clone()),
             token.child_token(),
         );
         // Changes as events, for `GET /v1/events`.

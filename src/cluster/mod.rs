@@ -1087,11 +1087,9 @@ impl Fleet {
             Some(Key::Drain(key)) => {
                 let current = inner
                     .health
-                    .status()
+                    .drain_of(key.clone())
                     .await
-                    .into_iter()
-                    .find(|s| s.key == key)
-                    .map(|s| s.drain.map(|d| d.until.map(unix)));
+                    .map(|drain| drain.map(|until| until.map(unix)));
                 let Some(current) = current else {
                     return; // not an endpoint of this instance's config
                 };

@@ -48,6 +48,15 @@ impl HealthHandle {
         self.ask(|reply| Control::Drain(key, until, reply)).await
     }
 
+    /// One endpoint's drain, without copying every endpoint's status: None when the
+    /// config has no such endpoint (or the monitor stopped), Some(None) when it is not
+    /// drained, Some(Some(until)) when it is (until None: indefinitely).
+    pub async fn drain_of(&self, key: EndpointKey) -> Option<Option<Option<SystemTime>>> {
+        let (reply, answer) = oneshot::channel();
+        self.control.send(Control::DrainOf(key, reply)).await.ok()?;
+        answer.await.ok().flatten()
+    }
+
     /// Ends a drain.
     pub async fn undrain(&self, key: EndpointKey) -> Result<Changed, StateError> {
         self.ask(|reply| Control::Undrain(key, reply)).await
@@ -85,7 +94,15 @@ impl HealthHandle {
             .send(control(reply))
             .await
             .map_err(|_| StateError::Stopped)?;
-        let (status, seq) = answer.await.map_err(|_| StateError::Stopped)??;
+        let Applied {
+            status,
+            seq,
+            published,
+        } = answer.await.map_err(|_| StateError::Stopped)??;
+        if let Some(published) = published {
+            // Answers reflect the change once this returns; a closed channel is shutdown.
+            let _ = published.await;
+        }
         let Some(seq) = seq else {
             return Ok(Changed {
                 status,
@@ -171,11 +188,25 @@ impl HealthHandle {
     }
 }
 
-/// The status after a change, and the state file sequence number that will hold it.
-pub(super) type Reply = oneshot::Sender<Result<(EndpointStatus, Option<u64>), StateError>>;
+/// A change the monitor applied: the endpoint's status after it, the state file sequence
+/// number that will hold it, and when the change alters answers, the receiver told once
+/// the snapshot showing it is live (the caller waits for it, not the monitor).
+pub(super) struct Applied {
+    pub(super) status: EndpointStatus,
+    pub(super) seq: Option<u64>,
+    pub(super) published: Option<oneshot::Receiver<u64>>,
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Applied, StateError>>;
 
 pub(super) enum Control {
     Drain(EndpointKey, Option<SystemTime>, Reply),
+    /// One endpoint's drain: None when no such endpoint, Some(None) when not drained,
+    /// Some(Some(until)) when drained (until None: indefinitely).
+    DrainOf(
+        EndpointKey,
+        oneshot::Sender<Option<Option<Option<SystemTime>>>>,
+    ),
     Reconfigure(Arc<Loaded>, oneshot::Sender<()>),
     SetLoad(EndpointKey, u32, Option<u32>, Option<SystemTime>, Reply),
     Status(oneshot::Sender<Vec<EndpointStatus>>),

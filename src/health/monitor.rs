@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::MAX_CONCURRENT_PROBES;
-use super::handle::{Control, HealthHandle};
+use super::handle::{Applied, Control, HealthHandle};
 use super::probe::Prober;
 use super::scheduler::{self, Report, Schedule, TargetId};
 use super::state::{Health, Hysteresis};
@@ -28,6 +28,20 @@ use crate::metrics::{DRAINS_TOTAL, HEALTH_FLIPS_TOTAL, MEMBER_VOTES};
 use crate::policy::load::{LoadTracker, LoadView};
 use crate::routing::{BuildEvent, Change, EndpointKey};
 
+/// Whether a change reached the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// No builder in this process (the probe-only agent): nothing to tell.
+    NoBuilder,
+    /// The builder stopped: shutting down.
+    Stopped,
+}
+
+/// The receiver told once a snapshot showing a change is live, when the change alters
+/// answers and someone waits for it.
+type Published = Option<oneshot::Receiver<u64>>;
+
 /// How often staleness is checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -36,7 +50,7 @@ pub fn spawn(
     loaded: &Loaded,
     restored: Option<StateFile>,
     state_file: Option<PathBuf>,
-    events: mpsc::Sender<BuildEvent>,
+    events: Option<mpsc::Sender<BuildEvent>>,
     token: CancellationToken,
 ) -> (HealthHandle, JoinHandle<()>) {
     let (control, control_rx) = mpsc::channel(16);
@@ -180,7 +194,7 @@ struct Monitor {
     next_id: TargetId,
     limit: Arc<Semaphore>,
     reports_tx: mpsc::Sender<Report>,
-    events: mpsc::Sender<BuildEvent>,
+    events: Option<mpsc::Sender<BuildEvent>>,
     flips: broadcast::Sender<Flip>,
     /// Loads read by this instance's probes, for the fleet.
     loads: broadcast::Sender<(EndpointKey, Load)>,
@@ -232,15 +246,19 @@ impl Monitor {
                     }
                     Control::Drain(key, until, reply) => {
                         let result = self.set_drain(&key, Some(until), "requested").await;
-                        let _ = reply.send(result.map(|s| (s, self.saving())));
+                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
+                    }
+                    Control::DrainOf(key, reply) => {
+                        let drain = self.members.get(&key).map(|t| t.drain.map(|d| d.until));
+                        let _ = reply.send(drain);
                     }
                     Control::Undrain(key, reply) => {
                         let result = self.set_drain(&key, None, "requested").await;
-                        let _ = reply.send(result.map(|s| (s, self.saving())));
+                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
                     }
                     Control::SetLoad(key, sessions, capacity, at, reply) => {
                         let result = self.set_load(&key, sessions, capacity, at).await;
-                        let _ = reply.send(result.map(|s| (s, self.saving())));
+                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
                     }
                     Control::Reconfigure(loaded, done) => {
                         self.apply(&loaded, &HashMap::new());
@@ -313,6 +331,25 @@ impl Monitor {
     /// The sequence number a change just made will be saved under (None: no state file).
     fn saving(&self) -> Option<u64> {
         self.state.as_ref().map(|sink| sink.seq)
+    }
+
+    /// Hands a change to the builder, if this process has one.
+    async fn to_builder(&self, event: BuildEvent) -> Sent {
+        match &self.events {
+            None => Sent::NoBuilder,
+            Some(events) if events.send(event).await.is_ok() => Sent::Yes,
+            // A closed channel means shutdown.
+            Some(_) => Sent::Stopped,
+        }
+    }
+
+    /// `applied` with the state file write that will hold it.
+    fn saved_by(&self, (status, published): (EndpointStatus, Published)) -> Applied {
+        Applied {
+            status,
+            seq: self.saving(),
+            published,
+        }
     }
 
     /// A write finished: tell the waiting changes, and write again if more changed.
@@ -589,11 +626,10 @@ impl Monitor {
             if i != last {
                 event.done = None;
             }
-            if self.events.send(event).await.is_err() {
-                return; // the builder stopped: shutting down
-            }
-            if i == last {
-                published = Some(receiver);
+            match self.to_builder(event).await {
+                Sent::Stopped => return, // the builder stopped: shutting down
+                Sent::Yes if i == last => published = Some(receiver),
+                Sent::Yes | Sent::NoBuilder => {}
             }
         }
         if let Some(published) = published {
@@ -685,7 +721,7 @@ impl Monitor {
         key: &EndpointKey,
         drain: Option<Option<SystemTime>>,
         why: &'static str,
-    ) -> Result<EndpointStatus, StateError> {
+    ) -> Result<(EndpointStatus, Published), StateError> {
         let tracked = self
             .members
             .get_mut(key)
@@ -717,17 +753,19 @@ impl Monitor {
                 }),
             );
         }
+        let mut published = None;
         if was != drained {
-            let (event, published) = BuildEvent::waited(Change::SetDrained {
+            let (event, receiver) = BuildEvent::waited(Change::SetDrained {
                 key: key.clone(),
                 drained,
             });
-            if self.events.send(event).await.is_ok() {
-                let _ = published.await;
+            if self.to_builder(event).await == Sent::Yes {
+                published = Some(receiver);
             }
         }
         self.persist().await;
         self.status_of(key)
+            .map(|status| (status, published))
             .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
     }
 
@@ -737,7 +775,7 @@ impl Monitor {
         sessions: u32,
         capacity: Option<u32>,
         at: Option<SystemTime>,
-    ) -> Result<EndpointStatus, StateError> {
+    ) -> Result<(EndpointStatus, Published), StateError> {
         let tracked = self
             .members
             .get_mut(key)
@@ -758,22 +796,22 @@ impl Monitor {
         let observed = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         tracked.load = Some(load);
         tracked.tracker.observe(load.ratio(), observed);
-        self.push_load(key, true).await;
+        let published = self.push_load(key, true).await;
         self.persist().await;
         self.status_of(key)
+            .map(|status| (status, published))
             .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
     }
 
     /// Tells the builder when an endpoint's load, as ranking sees it, changed; with `wait`,
-    /// returns once the snapshot reflecting it is live (the push API, so a caller sees the
-    /// effect at once; probe reports do not wait, so a burst costs one rebuild).
-    async fn push_load(&mut self, key: &EndpointKey, wait: bool) {
-        let Some(tracked) = self.members.get_mut(key) else {
-            return;
-        };
+    /// returns the receiver told once the snapshot reflecting it is live (the push API's
+    /// caller waits on it, so it sees the effect at once; probe reports do not wait, so a
+    /// burst costs one rebuild).
+    async fn push_load(&mut self, key: &EndpointKey, wait: bool) -> Published {
+        let tracked = self.members.get_mut(key)?;
         let view = tracked.tracker.view(Instant::now());
         if view == tracked.sent {
-            return;
+            return None;
         }
         if view.overloaded != tracked.sent.overloaded {
             info!(
@@ -803,10 +841,7 @@ impl Monitor {
         if !wait {
             event.done = None;
         }
-        // A closed channel means shutdown.
-        if self.events.send(event).await.is_ok() && wait {
-            let _ = published.await;
-        }
+        (self.to_builder(event).await == Sent::Yes && wait).then_some(published)
     }
 
     /// Marks endpoints whose probes stopped reporting, ends drains whose time is up, and
@@ -1067,7 +1102,7 @@ check = { kind = "none" }
         let loaded = loaded();
         let (events, _builder) = mpsc::channel(16);
         let token = CancellationToken::new();
-        let (handle, task) = spawn(&loaded, None, None, events, token.clone());
+        let (handle, task) = spawn(&loaded, None, None, Some(events), token.clone());
         assert!(handle.status().await.iter().all(|s| !s.stale));
         handle.control.send(Control::KillProbes).await.unwrap();
 
@@ -1114,7 +1149,7 @@ check = { kind = "none" }
         assert_eq!(states.drained.iter().collect::<Vec<_>>(), vec![&key("b")]);
         let (events, _builder) = mpsc::channel(16);
         let token = CancellationToken::new();
-        let (handle, task) = spawn(&loaded, Some(file), None, events, token.clone());
+        let (handle, task) = spawn(&loaded, Some(file), None, Some(events), token.clone());
         let status = handle.status().await;
         assert_eq!((status[0].health, status[0].stale), (Health::Down, true));
         assert_eq!((status[1].health, status[1].stale), (Health::Up, false));
