@@ -1,0 +1,246 @@
+//! `[admin]` and `[[webhook]]`: the admin API's listener, tokens and limits, and where events go.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::DEFAULT_ADMIN_LISTEN;
+use crate::config::located::{Collector, parse_duration};
+use crate::config::raw::{RawAdmin, RawConfig, RawWebhook};
+use crate::config::{AdminSettings, Secret, Webhook};
+
+pub(super) fn compile_admin(
+    raw: &RawConfig,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> AdminSettings {
+    let default_listen = SocketAddr::from(([127, 0, 0, 1], 8053));
+    let Some(admin) = &raw.admin else {
+        return AdminSettings {
+            listen: Some(default_listen),
+            token: None,
+            ..AdminSettings::default()
+        };
+    };
+    let RawAdmin {
+        enabled,
+        listen,
+        token_file,
+        max_drain,
+        max_connections,
+        header_timeout,
+        hosts,
+    } = admin.get_ref();
+    let defaults = AdminSettings::default();
+    let hosts = hosts.as_ref().map_or_else(Vec::new, |list| {
+        let mut names = Vec::new();
+        for (i, name) in list.get_ref().iter().enumerate() {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                });
+            if valid {
+                names.push(name);
+            } else {
+                errors.at(
+                    list,
+                    format!("admin.hosts[{i}]"),
+                    format!("{name:?} is not a host name"),
+                );
+            }
+        }
+        names
+    });
+    let max_drain = errors.setting(
+        max_drain.as_ref(),
+        "admin.max_drain",
+        defaults.max_drain,
+        |v| parse_duration(v).filter(|d| !d.is_zero() && *d <= AdminSettings::MAX_DRAIN_LIMIT),
+        "not a duration of at most 100 years (e.g. \"366d\")",
+    );
+    let header_timeout = errors.setting(
+        header_timeout.as_ref(),
+        "admin.header_timeout",
+        defaults.header_timeout,
+        |v| parse_duration(v).filter(|d| !d.is_zero() && *d <= Duration::from_secs(60)),
+        "not a duration of at most 60s (e.g. \"5s\")",
+    );
+    let max_connections = max_connections
+        .as_ref()
+        .and_then(|v| errors.ranged(v, "admin.max_connections", 1..=10_000))
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(defaults.max_connections);
+    let address = match listen {
+        None => default_listen,
+        Some(text) => match text.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                errors.at(
+                    text,
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address:port (e.g. \"{DEFAULT_ADMIN_LISTEN}\")",
+                        text.get_ref()
+                    ),
+                );
+                default_listen
+            }
+        },
+    };
+    let token = token_file.as_ref().and_then(|file| {
+        let path = base_dir.join(file.get_ref());
+        match crate::files::read_to_string(&path, errors.file_limit) {
+            Ok(text) if text.trim().len() >= 16 => Some(Secret::new(text.trim().to_string())),
+            Ok(_) => {
+                errors.at(
+                    file,
+                    "admin.token_file",
+                    format!(
+                        "{} must hold a token of at least 16 characters",
+                        path.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                errors.at(file, "admin.token_file", format!("cannot read token: {e}"));
+                None
+            }
+        }
+    });
+    let enabled = enabled.unwrap_or(true);
+    if enabled && !address.ip().is_loopback() && token_file.is_none() {
+        errors.at(
+            admin,
+            "admin.listen",
+            format!("{address} is not loopback: set admin.token_file so changes need a token"),
+        );
+    }
+    AdminSettings {
+        listen: enabled.then_some(address),
+        token,
+        max_drain,
+        max_connections,
+        header_timeout,
+        hosts,
+    }
+}
+
+pub(super) fn compile_webhooks(
+    raw: &RawConfig,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> Vec<Webhook> {
+    let Some(notify) = &raw.notify else {
+        return Vec::new();
+    };
+    let mut webhooks = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, hook) in notify.get_ref().webhook.iter().enumerate() {
+        let path = format!("notify.webhook[{i}]");
+        let RawWebhook {
+            name,
+            url,
+            events,
+            secret_file,
+            ca_file,
+            queue,
+        } = hook.get_ref();
+        let name = match name {
+            None => format!("webhook{i}"),
+            Some(name) => {
+                let text = name.get_ref();
+                let valid = !text.is_empty()
+                    && text.len() <= 64
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !valid {
+                    errors.at(
+                        name,
+                        format!("{path}.name"),
+                        "1 to 64 letters, digits, '-', '_' or '.'",
+                    );
+                }
+                text.clone()
+            }
+        };
+        if !names.insert(name.clone()) {
+            errors.at(
+                hook,
+                format!("{path}.name"),
+                format!("webhook {name:?} is named twice"),
+            );
+        }
+        let url = match url {
+            Some(url)
+                if ["http://", "https://"]
+                    .iter()
+                    .any(|s| url.get_ref().starts_with(s))
+                    && url.get_ref().parse::<axum::http::Uri>().is_ok() =>
+            {
+                url.get_ref().clone()
+            }
+            Some(url) => {
+                errors.at(url, format!("{path}.url"), "not an http:// or https:// URL");
+                continue;
+            }
+            None => {
+                errors.at(hook, format!("{path}.url"), "missing");
+                continue;
+            }
+        };
+        let events = events.as_ref().map_or_else(Vec::new, |list| {
+            for kind in list.get_ref() {
+                if !crate::config::EVENT_KINDS.contains(&kind.as_str()) {
+                    errors.at(
+                        list,
+                        format!("{path}.events"),
+                        format!(
+                            "unknown event kind {kind:?}; known: {}",
+                            crate::config::EVENT_KINDS.join(", ")
+                        ),
+                    );
+                }
+            }
+            list.get_ref().clone()
+        });
+        let read = |errors: &mut Collector<'_>, file: &Spanned<String>, key: &str| {
+            let full = base_dir.join(file.get_ref());
+            match crate::files::read_to_string(&full, errors.file_limit) {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    errors.at(file, format!("{path}.{key}"), format!("cannot read: {e}"));
+                    None
+                }
+            }
+        };
+        let secret = secret_file
+            .as_ref()
+            .and_then(|f| read(errors, f, "secret_file"))
+            .map(|s| Secret::new(s.trim().to_string()));
+        let ca = ca_file.as_ref().and_then(|f| read(errors, f, "ca_file"));
+        let queue = queue
+            .as_ref()
+            .and_then(|q| errors.ranged(q, format!("{path}.queue"), 1..=100_000))
+            .and_then(|q| usize::try_from(q).ok())
+            .unwrap_or(1024);
+        webhooks.push(Webhook {
+            name,
+            url,
+            events,
+            secret,
+            ca,
+            queue,
+        });
+    }
+    webhooks
+}

@@ -1,0 +1,73 @@
+//! Stage two of config parsing: raw values become validated types, and every problem is
+//! collected with its path and line.
+//!
+//! Cross-references (a service's pool, a fallback pool) are resolved to indices here, so
+//! nothing downstream looks names up again. The compiled [`Config`] is never mutated.
+
+mod admin;
+mod cluster;
+mod pools;
+mod server;
+mod services;
+mod zones;
+
+use std::path::Path;
+use std::time::Duration;
+
+use self::admin::{compile_admin, compile_webhooks};
+use self::cluster::compile_cluster;
+use self::pools::{compile_location, compile_pools};
+use self::server::{check_listeners, compile_health, compile_rrl, compile_server};
+use self::services::{check_preferences, compile_geo, compile_services};
+use self::zones::compile_zones;
+use super::Config;
+use super::located::Collector;
+pub(crate) use super::located::line_of;
+use super::raw::RawConfig;
+
+/// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
+/// system resolver on :53.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:5353";
+/// Our EDNS UDP payload size: the DNS Flag Day 2020 value that avoids IP fragmentation.
+pub(crate) const DEFAULT_UDP_PAYLOAD: u16 = 1232;
+/// A TCP connection that sends nothing for this long is closed.
+pub(crate) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// See [`super::ServerSettings::udp_coalesce`].
+pub(crate) const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
+
+/// Compiles the raw document. Relative zone file paths are taken from `base_dir`.
+/// The result holds every item that compiled, so later checks (zone files, names) can
+/// still run and report their problems in the same pass; it is only used when `errors`
+/// stays empty.
+pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_>) -> Config {
+    let server = compile_server(&raw, base_dir, errors);
+    let admin = compile_admin(&raw, base_dir, errors);
+    check_listeners(&raw, &server, &admin, errors);
+    let rrl = compile_rrl(&raw, errors);
+    let geo = compile_geo(&raw, base_dir, errors);
+    let zones = compile_zones(&raw, base_dir, errors);
+    let pools = compile_pools(&raw.pool, base_dir, errors);
+    let services = compile_services(&raw.service, &pools, errors);
+    check_preferences(&raw, &pools, errors);
+    let cluster = compile_cluster(&raw, base_dir, errors);
+    let health = compile_health(&raw, errors);
+    let webhooks = compile_webhooks(&raw, base_dir, errors);
+    Config {
+        health,
+        webhooks,
+        server,
+        admin,
+        rrl,
+        geo,
+        zones,
+        services,
+        pools,
+        cluster,
+    }
+}
+
+/// The admin API listens on loopback by default.
+pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8053";
+
+/// Default `[cluster] lease_ttl`.
+pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);

@@ -1,0 +1,299 @@
+//! `[[service]]` and `[geo]`: GSLB names and the pools they answer from, the networks and regions that place clients.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::compile_location;
+use crate::config::located::Collector;
+use crate::config::located::parse_name;
+use crate::config::raw::{
+    RawAffinity, RawConfig, RawGeo, RawNetwork, RawRegion, RawService, RawWhenAllDown,
+};
+use crate::config::{
+    Affinity, Answers, GeoNetwork, GeoSettings, Policy, Pool, PoolId, Region, Service, Ttl,
+    WhenAllDown,
+};
+
+pub(super) fn compile_geo(
+    raw: &RawConfig,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> GeoSettings {
+    let Some(geo) = &raw.geo else {
+        return GeoSettings::default();
+    };
+    let RawGeo {
+        mmdb,
+        default,
+        network,
+        region,
+    } = geo.get_ref();
+    let mut settings = GeoSettings {
+        mmdb: mmdb.as_ref().map(|file| base_dir.join(file.get_ref())),
+        default: default
+            .as_ref()
+            .and_then(|d| compile_location(d, "geo.default", errors)),
+        ..GeoSettings::default()
+    };
+    for (i, entry) in network.iter().enumerate() {
+        let RawNetwork { cidr, location } = entry.get_ref();
+        let net = match cidr.get_ref().parse::<ipnet::IpNet>() {
+            Ok(net) if net.trunc() == net => Some(net),
+            Ok(net) => {
+                errors.at(
+                    cidr,
+                    format!("geo.network[{i}].cidr"),
+                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+                );
+                None
+            }
+            Err(_) => {
+                errors.at(
+                    cidr,
+                    format!("geo.network[{i}].cidr"),
+                    format!("{:?} is not a CIDR network", cidr.get_ref()),
+                );
+                None
+            }
+        };
+        if let Some(net) = net {
+            if settings.networks.iter().any(|n| n.net == net) {
+                errors.at(
+                    cidr,
+                    format!("geo.network[{i}].cidr"),
+                    format!("{net} is listed twice"),
+                );
+            }
+            if let Some(location) =
+                compile_location(location, &format!("geo.network[{i}].location"), errors)
+            {
+                settings.networks.push(GeoNetwork { net, location });
+            }
+        }
+    }
+    for (i, entry) in region.iter().enumerate() {
+        let RawRegion { name, prefer } = entry.get_ref();
+        if name.get_ref().is_empty() {
+            errors.at(name, format!("geo.region[{i}].name"), "must not be empty");
+        } else if settings.regions.iter().any(|r| r.name == *name.get_ref()) {
+            errors.at(
+                name,
+                format!("geo.region[{i}].name"),
+                format!("region {:?} is defined twice", name.get_ref()),
+            );
+        }
+        // A region always prefers itself first unless it says otherwise.
+        let mut list = prefer.clone();
+        if !list.contains(name.get_ref()) {
+            list.insert(0, name.get_ref().clone());
+        }
+        settings.regions.push(Region {
+            name: name.get_ref().clone(),
+            prefer: list,
+        });
+    }
+    settings
+}
+
+/// Every region a `prefer` list names must be some endpoint's region: a misspelt one would
+/// silently never match.
+pub(super) fn check_preferences(raw: &RawConfig, pools: &[Pool], errors: &mut Collector<'_>) {
+    let Some(geo) = &raw.geo else {
+        return;
+    };
+    let known: HashSet<&str> = pools
+        .iter()
+        .flat_map(|p| &p.members)
+        .filter_map(|m| m.location.as_ref()?.region.as_deref())
+        .collect();
+    for (i, region) in geo.get_ref().region.iter().enumerate() {
+        for (j, wanted) in region.get_ref().prefer.iter().enumerate() {
+            if !known.contains(wanted.as_str()) {
+                errors.at(
+                    region,
+                    format!("geo.region[{i}].prefer[{j}]"),
+                    format!("no endpoint is in region {wanted:?} (check the spelling)"),
+                );
+            }
+        }
+    }
+}
+
+pub(super) fn compile_services(
+    raw: &[Spanned<RawService>],
+    pools: &[Pool],
+    errors: &mut Collector<'_>,
+) -> Vec<Service> {
+    let mut services: Vec<Service> = Vec::new();
+    for (i, service) in raw.iter().enumerate() {
+        let RawService {
+            name,
+            pool,
+            policy,
+            answers,
+            ttl,
+            when_all_down,
+            affinity,
+            ecs,
+        } = service.get_ref();
+        let path = format!("service[{i}]");
+        let name = match parse_name(name.get_ref()) {
+            Ok(parsed) if services.iter().any(|s| s.name == parsed) => {
+                errors.at(
+                    name,
+                    format!("{path}.name"),
+                    format!("GSLB name {parsed} is defined twice"),
+                );
+                None
+            }
+            Ok(parsed) => Some(parsed),
+            Err(message) => {
+                errors.at(name, format!("{path}.name"), message);
+                None
+            }
+        };
+        let pool_id = find_pool(pools, pool, &format!("{path}.pool"), errors);
+        let policy = match policy {
+            None => Policy::Failover,
+            Some(value) => match value.get_ref().as_str() {
+                "failover" => Policy::Failover,
+                "geo" => Policy::Geo,
+                "least-load" => Policy::LeastLoad,
+                "weighted" => Policy::Weighted,
+                other => {
+                    errors.at(
+                        value,
+                        format!("{path}.policy"),
+                        format!("unknown policy {other:?} (expected \"failover\", \"geo\", \"weighted\" or \"least-load\")"),
+                    );
+                    Policy::Failover
+                }
+            },
+        };
+        let mut affinity_value = Affinity::default_for(policy);
+        if let Some(raw) = affinity {
+            let RawAffinity { v4, v6, candidates } = raw.get_ref();
+            let mut bits = |field: &str, value: &Option<i64>, max: u8, default: u8| match value {
+                None => default,
+                Some(v) => u8::try_from(*v)
+                    .ok()
+                    .filter(|v| *v <= max)
+                    .unwrap_or_else(|| {
+                        errors.at(
+                            raw,
+                            format!("{path}.affinity.{field}"),
+                            format!("must be between 0 and {max}"),
+                        );
+                        default
+                    }),
+            };
+            affinity_value.v4 = bits("v4", v4, 32, affinity_value.v4);
+            affinity_value.v6 = bits("v6", v6, 128, affinity_value.v6);
+            if let Some(c) = candidates {
+                match usize::try_from(*c) {
+                    Ok(c) if (1..=1000).contains(&c) => affinity_value.candidates = c,
+                    _ => errors.at(
+                        raw,
+                        format!("{path}.affinity.candidates"),
+                        "must be between 1 and 1000",
+                    ),
+                }
+            }
+        }
+        if policy == Policy::Geo
+            && let Some(pool) = pool_id.and_then(|id| pools.get(id.0))
+        {
+            for member in pool.members.iter().filter(|m| m.location.is_none()) {
+                errors.at(
+                    service,
+                    format!("{path}.policy"),
+                    format!(
+                        "policy \"geo\" needs a location on every endpoint; {}/{} has none",
+                        pool.name, member.name
+                    ),
+                );
+            }
+        }
+        let answers = errors.setting(
+            answers.as_ref(),
+            format!("{path}.answers"),
+            Answers::DEFAULT,
+            |v| Answers::try_new(*v),
+            format!("must be between 1 and {}", Answers::MAX),
+        );
+        let ttl = errors.setting(
+            ttl.as_ref(),
+            format!("{path}.ttl"),
+            Ttl::DEFAULT,
+            |v| Ttl::try_new(*v),
+            format!("must be between 0 and {} seconds", Ttl::MAX),
+        );
+        let when_all_down = match when_all_down {
+            None => WhenAllDown::All,
+            Some(value) => match value.get_ref() {
+                RawWhenAllDown::Keyword(word) if word == "all" => WhenAllDown::All,
+                RawWhenAllDown::Keyword(word) if word == "empty" => WhenAllDown::Empty,
+                RawWhenAllDown::Keyword(word) => {
+                    errors.at(
+                        value,
+                        format!("{path}.when_all_down"),
+                        format!("unknown value {word:?} (expected \"all\", \"empty\" or {{ fallback = \"pool\" }})"),
+                    );
+                    WhenAllDown::All
+                }
+                RawWhenAllDown::Fallback { fallback } => {
+                    let spanned = Spanned::new(value.span(), fallback.clone());
+                    match find_pool(
+                        pools,
+                        &spanned,
+                        &format!("{path}.when_all_down.fallback"),
+                        errors,
+                    ) {
+                        Some(id) if Some(id) == pool_id => {
+                            errors.at(
+                                value,
+                                format!("{path}.when_all_down.fallback"),
+                                "the fallback pool must differ from the service's pool",
+                            );
+                            WhenAllDown::All
+                        }
+                        Some(id) => WhenAllDown::Fallback(id),
+                        None => WhenAllDown::All,
+                    }
+                }
+            },
+        };
+        if let (Some(name), Some(pool)) = (name, pool_id) {
+            services.push(Service {
+                name,
+                pool,
+                policy,
+                answers,
+                ttl,
+                when_all_down,
+                span: service.span().start,
+                position: i,
+                affinity: affinity_value,
+                use_ecs: ecs.unwrap_or(true),
+            });
+        }
+    }
+    services
+}
+
+pub(super) fn find_pool(
+    pools: &[Pool],
+    name: &Spanned<String>,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> Option<PoolId> {
+    match pools.iter().position(|p| p.name == *name.get_ref()) {
+        Some(index) => Some(PoolId(index)),
+        None => {
+            errors.at(name, path, format!("unknown pool {:?}", name.get_ref()));
+            None
+        }
+    }
+}
