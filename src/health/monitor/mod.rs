@@ -1,0 +1,380 @@
+//! The monitor task: the one owner of every endpoint's health, drain and load. It folds
+//! probe reports (in batches), operator changes and reloads into routing updates, keeps
+//! the state file through its coalescing writer, and flags probes that fall silent.
+
+mod operator;
+mod persist;
+mod report;
+mod targets;
+mod verdicts;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::persist::StateSink;
+use self::targets::{Target, TargetKey, Tracked};
+use super::MAX_CONCURRENT_PROBES;
+use super::handle::{Control, HealthHandle};
+use super::scheduler::{Report, TargetId};
+use super::status::{Flip, Load};
+use super::store::{self, EndpointRecord, StateFile};
+use super::votes::{Vote, Voter};
+use crate::loaded::Loaded;
+use crate::routing::{BuildEvent, EndpointKey};
+
+/// Whether a change reached the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// No builder in this process (the probe-only agent): nothing to tell.
+    NoBuilder,
+    /// The builder stopped: shutting down.
+    Stopped,
+}
+
+/// The receiver told once a snapshot showing a change is live, when the change alters
+/// answers and someone waits for it.
+type Published = Option<oneshot::Receiver<u64>>;
+
+/// How often staleness is checked.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the monitor and the probe tasks for `loaded`.
+pub fn spawn(
+    loaded: &Loaded,
+    restored: Option<StateFile>,
+    state_file: Option<PathBuf>,
+    events: Option<mpsc::Sender<BuildEvent>>,
+    token: CancellationToken,
+) -> (HealthHandle, JoinHandle<()>) {
+    let (control, control_rx) = mpsc::channel(16);
+    let (reports_tx, reports) = mpsc::channel(4096);
+    let (flips, _) = broadcast::channel(256);
+    let (loads, _) = broadcast::channel(1024);
+    let (verdicts, _) = broadcast::channel(4096);
+    let checked = Arc::new(AtomicUsize::new(0));
+    let (saved_tx, saved) = watch::channel(store::Written::default());
+    let follow = loaded.config.server.state_file_follow_symlinks;
+    let mut monitor = Monitor {
+        members: HashMap::new(),
+        order: Vec::new(),
+        targets: HashMap::new(),
+        by_id: HashMap::new(),
+        checked: checked.clone(),
+        next_id: 0,
+        limit: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+        reports_tx,
+        events,
+        flips: flips.clone(),
+        loads: loads.clone(),
+        verdicts: verdicts.clone(),
+        voter: loaded.config.cluster.as_ref().map(|c| Voter {
+            instance: c.instance.clone(),
+            region: c.region.clone(),
+        }),
+        voting: false,
+        bus: None,
+        state: state_file.map(|path| StateSink {
+            writer: store::Writer::spawn(path, follow),
+            seq: 0,
+            sent: 0,
+            in_flight: false,
+            saved: saved_tx,
+        }),
+        epoch: Instant::now(),
+        token: token.clone(),
+    };
+    let restored: HashMap<EndpointKey, EndpointRecord> = restored
+        .map(|file| {
+            file.members
+                .into_iter()
+                .map(|r| {
+                    let key = EndpointKey {
+                        pool: r.pool.clone(),
+                        member: r.member.clone(),
+                    };
+                    (key, r)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    monitor.apply(loaded, &restored);
+    let task = tokio::spawn(monitor.run(control_rx, reports, token));
+    (
+        HealthHandle {
+            control,
+            flips,
+            loads,
+            verdicts,
+            checked,
+            saved,
+        },
+        task,
+    )
+}
+
+struct Monitor {
+    members: HashMap<EndpointKey, Tracked>,
+    /// Endpoints in config order, for status.
+    order: Vec<EndpointKey>,
+    targets: HashMap<TargetKey, Target>,
+    /// Which target a probe report is from.
+    by_id: HashMap<TargetId, TargetKey>,
+    /// Endpoints with at least one result (shared with the handle).
+    checked: Arc<AtomicUsize>,
+    next_id: TargetId,
+    limit: Arc<Semaphore>,
+    reports_tx: mpsc::Sender<Report>,
+    events: Option<mpsc::Sender<BuildEvent>>,
+    flips: broadcast::Sender<Flip>,
+    /// Loads read by this instance's probes, for the fleet.
+    loads: broadcast::Sender<(EndpointKey, Load)>,
+    /// This instance's own verdicts as they change, for the fleet.
+    verdicts: broadcast::Sender<(EndpointKey, Vote)>,
+    /// Who this instance is in the fleet (None: no `[cluster]`).
+    voter: Option<Voter>,
+    /// The fleet's votes count (the store is reachable).
+    voting: bool,
+    /// Where changes are reported as events, once set.
+    bus: Option<crate::events::Events>,
+    state: Option<StateSink>,
+    /// Origin of the targets' heartbeats.
+    epoch: Instant,
+    token: CancellationToken,
+}
+
+/// Reports handled in one go before the routing snapshot is updated: a mass outage is a
+/// few rebuilds, not one per endpoint.
+const REPORT_BATCH: usize = 4096;
+
+impl Monitor {
+    async fn run(
+        mut self,
+        mut control: mpsc::Receiver<Control>,
+        mut reports: mpsc::Receiver<Report>,
+        token: CancellationToken,
+    ) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(REPORT_BATCH);
+        loop {
+            let written = async {
+                match &mut self.state {
+                    Some(sink) if sink.in_flight => sink.writer.outcome().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = reports.recv_many(&mut batch, REPORT_BATCH) => {
+                    if received > 0 {
+                        self.on_reports(std::mem::take(&mut batch)).await;
+                    }
+                }
+                Some(written) = written => self.on_written(written).await,
+                Some(control) = control.recv() => match control {
+                    Control::Status(reply) => {
+                        let _ = reply.send(self.status());
+                    }
+                    Control::Drain(key, until, reply) => {
+                        let result = self.set_drain(&key, Some(until), "requested").await;
+                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
+                    }
+                    Control::DrainOf(key, reply) => {
+                        let drain = self.members.get(&key).map(|t| t.drain.map(|d| d.until));
+                        let _ = reply.send(drain);
+                    }
+                    Control::Undrain(key, reply) => {
+                        let result = self.set_drain(&key, None, "requested").await;
+                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
+                    }
+                    Control::SetLoad(key, sessions, capacity, at, reply) => {
+                        let result = self.set_load(&key, sessions, capacity, at).await;
+                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
+                    }
+                    Control::Reconfigure(loaded, done) => {
+                        self.apply(&loaded, &HashMap::new());
+                        self.reconsider_all("the config changed").await;
+                        let _ = done.send(());
+                        self.persist().await;
+                    }
+                    Control::Vote(key, voter, vote) => {
+                        let changed = self.members.get_mut(&key).is_some_and(|t| match vote {
+                            Some(vote) => t.votes.insert(voter, vote.clone()).as_ref() != Some(&vote),
+                            None => t.votes.remove(&voter).is_some(),
+                        });
+                        if changed {
+                            let flips: Vec<Flip> = self.reconsider(&key, "the votes changed").into_iter().collect();
+                            self.publish_flips(flips).await;
+                        }
+                    }
+                    Control::ReplaceVotes(all) => {
+                        let mut all = all;
+                        for (key, t) in &mut self.members {
+                            t.votes = all.remove(key).unwrap_or_default();
+                        }
+                        self.reconsider_all("the fleet's votes were read again").await;
+                    }
+                    Control::Voting(voting) => {
+                        if self.voting != voting {
+                            self.voting = voting;
+                            let reason = if voting {
+                                "the fleet's votes count again"
+                            } else {
+                                "the fleet store is unreachable: this instance's own verdict decides"
+                            };
+                            self.reconsider_all(reason).await;
+                        }
+                    }
+                    Control::ReportTo(events) => self.bus = Some(events),
+                    Control::Verdicts(reply) => {
+                        let verdicts = self
+                            .order
+                            .iter()
+                            .filter_map(|key| {
+                                let vote = self.vote_of(self.members.get(key)?)?;
+                                Some((key.clone(), vote))
+                            })
+                            .collect();
+                        let _ = reply.send(verdicts);
+                    }
+                    #[cfg(test)]
+                    Control::KillProbes => {
+                        for target in self.targets.values() {
+                            target.token.cancel();
+                        }
+                    }
+                },
+                _ = sweep.tick() => self.sweep().await,
+                () = token.cancelled() => break,
+            }
+        }
+        for target in self.targets.values() {
+            target.token.cancel();
+        }
+        self.limit.close();
+        // The last write always happens, whatever the gap since the one before.
+        if let Some(sink) = self.state.take() {
+            let file = self.state_file_now();
+            sink.writer.close(Some((sink.seq, file))).await;
+        }
+    }
+
+    /// Hands a change to the builder, if this process has one.
+    async fn to_builder(&self, event: BuildEvent) -> Sent {
+        match &self.events {
+            None => Sent::NoBuilder,
+            Some(events) if events.send(event).await.is_ok() => Sent::Yes,
+            // A closed channel means shutdown.
+            Some(_) => Sent::Stopped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{EndpointStatus, Health, restore};
+    use crate::loaded::ConfigSource;
+
+    const CONFIG: &str = r#"
+[[zone]]
+origin = "gto.example.com."
+file = "zones/gto.example.com.zone"
+[[service]]
+name = "vpn.gto.example.com."
+pool = "p"
+[[pool]]
+name = "p"
+check = { kind = "tcp", port = 9, interval = "2s", timeout = "1s" }
+[[pool.member]]
+name = "a"
+addresses = ["127.0.0.1"]
+[[pool.member]]
+name = "b"
+addresses = ["127.0.0.1"]
+check = { kind = "none" }
+"#;
+
+    fn loaded() -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("zones")).unwrap();
+        std::fs::write(
+            dir.path().join("zones/gto.example.com.zone"),
+            crate::config::EMBEDDED_ZONE,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("gto.toml"), CONFIG).unwrap();
+        ConfigSource::File(dir.path().join("gto.toml"))
+            .load()
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checker_that_stops_reporting_makes_its_endpoints_stale() {
+        let loaded = loaded();
+        let (events, _builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&loaded, None, None, Some(events), token.clone());
+        assert!(handle.status().await.iter().all(|s| !s.stale));
+        handle.control.send(Control::KillProbes).await.unwrap();
+
+        // 2 x interval + timeout + 1 s = 6 s of silence is allowed; more is not (the first
+        // probe may have reported within the first quarter interval).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let a = |status: Vec<EndpointStatus>| status.iter().any(|s| s.key.member == "a" && s.stale);
+        assert!(!a(handle.status().await), "stale too early");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(a(handle.status().await), "silent checker not flagged");
+        // Its last state is kept, flagged, and an endpoint without probes is never stale.
+        let now = handle.status().await;
+        assert_eq!(now[0].health, Health::Up);
+        assert!(!now[1].stale);
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn restored_down_endpoints_stay_down_until_rechecked_and_none_checks_ignore_it() {
+        let loaded = loaded();
+        let record = |member: &str| EndpointRecord {
+            pool: "p".into(),
+            member: member.into(),
+            health: Health::Down,
+            since: 1,
+            checked: Some(1),
+            reason: Some("connection refused".into()),
+            drained: member == "b",
+            drained_until: None,
+            load: None,
+        };
+        let file = StateFile {
+            version: store::VERSION,
+            written: 1,
+            members: vec![record("a"), record("b"), record("gone")],
+        };
+        let states = restore(&loaded, Some(&file));
+        let key = |member: &str| EndpointKey {
+            pool: "p".into(),
+            member: member.into(),
+        };
+        assert_eq!(states.down.iter().collect::<Vec<_>>(), vec![&key("a")]);
+        assert_eq!(states.drained.iter().collect::<Vec<_>>(), vec![&key("b")]);
+        let (events, _builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&loaded, Some(file), None, Some(events), token.clone());
+        let status = handle.status().await;
+        assert_eq!((status[0].health, status[0].stale), (Health::Down, true));
+        assert_eq!((status[1].health, status[1].stale), (Health::Up, false));
+        assert!(status[1].drain.is_some(), "drains survive a restart");
+        token.cancel();
+        task.await.unwrap();
+    }
+}

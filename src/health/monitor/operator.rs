@@ -1,0 +1,206 @@
+//! What operators and load reports change: drains (with their end), load reports and the load view ranking sees, and the sweep that moves both on with time.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Monitor, Published, Sent};
+use crate::health::status::{Drain, EndpointStatus, Load, StateError};
+use crate::metrics::DRAINS_TOTAL;
+use crate::routing::{BuildEvent, Change, EndpointKey};
+
+impl Monitor {
+    /// Drains (`Some(until)`) or undrains (`None`) an endpoint and publishes the change.
+    pub(super) async fn set_drain(
+        &mut self,
+        key: &EndpointKey,
+        drain: Option<Option<SystemTime>>,
+        why: &'static str,
+    ) -> Result<(EndpointStatus, Published), StateError> {
+        let tracked = self
+            .members
+            .get_mut(key)
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))?;
+        let drained = drain.is_some();
+        let was = tracked.drain.is_some();
+        tracked.drain = drain.map(|until| Drain {
+            since: tracked.drain.map_or_else(SystemTime::now, |d| d.since),
+            until,
+        });
+        let action = if drained { "drain" } else { "undrain" };
+        info!(
+            pool = %key.pool,
+            member = %key.member,
+            action,
+            until = drain.flatten().map(crate::time::rfc3339),
+            "endpoint {}", if drained { "drained" } else { "undrained" }
+        );
+        metrics::counter!(DRAINS_TOTAL, "action" => action).increment(1);
+        if let Some(bus) = &self.bus {
+            bus.emit(
+                "drain",
+                serde_json::json!({
+                    "pool": key.pool,
+                    "member": key.member,
+                    "action": action,
+                    "until": drain.flatten().map(crate::time::rfc3339),
+                    "why": why,
+                }),
+            );
+        }
+        let mut published = None;
+        if was != drained {
+            let (event, receiver) = BuildEvent::waited(Change::SetDrained {
+                key: key.clone(),
+                drained,
+            });
+            if self.to_builder(event).await == Sent::Yes {
+                published = Some(receiver);
+            }
+        }
+        self.persist().await;
+        self.status_of(key)
+            .map(|status| (status, published))
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
+    }
+
+    pub(super) async fn set_load(
+        &mut self,
+        key: &EndpointKey,
+        sessions: u32,
+        capacity: Option<u32>,
+        at: Option<SystemTime>,
+    ) -> Result<(EndpointStatus, Published), StateError> {
+        let tracked = self
+            .members
+            .get_mut(key)
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))?;
+        let capacity = capacity
+            .or(tracked.capacity)
+            .filter(|c| *c > 0)
+            .ok_or_else(|| StateError::NoCapacity(key.pool.clone(), key.member.clone()))?;
+        let wall = SystemTime::now();
+        let at = at.unwrap_or(wall).min(wall);
+        let load = Load {
+            sessions,
+            capacity,
+            at,
+        };
+        // A report made elsewhere is as old here as it is.
+        let age = wall.duration_since(at).unwrap_or_default();
+        let observed = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        tracked.load = Some(load);
+        tracked.tracker.observe(load.ratio(), observed);
+        let published = self.push_load(key, true).await;
+        self.persist().await;
+        self.status_of(key)
+            .map(|status| (status, published))
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
+    }
+
+    /// Tells the builder when an endpoint's load, as ranking sees it, changed; with `wait`,
+    /// returns the receiver told once the snapshot reflecting it is live (the push API's
+    /// caller waits on it, so it sees the effect at once; probe reports do not wait, so a
+    /// burst costs one rebuild).
+    pub(super) async fn push_load(&mut self, key: &EndpointKey, wait: bool) -> Published {
+        let tracked = self.members.get_mut(key)?;
+        let view = tracked.tracker.view(Instant::now());
+        if view == tracked.sent {
+            return None;
+        }
+        if view.overloaded != tracked.sent.overloaded {
+            info!(
+                pool = %key.pool,
+                member = %key.member,
+                load = tracked.tracker.smoothed(),
+                overloaded = view.overloaded,
+                "endpoint load watermark crossed"
+            );
+            if let Some(bus) = &self.bus {
+                bus.emit(
+                    "watermark",
+                    serde_json::json!({
+                        "pool": key.pool,
+                        "member": key.member,
+                        "overloaded": view.overloaded,
+                        "load": tracked.tracker.smoothed(),
+                    }),
+                );
+            }
+        }
+        tracked.sent = view;
+        let (mut event, published) = BuildEvent::waited(Change::SetLoad {
+            key: key.clone(),
+            view,
+        });
+        if !wait {
+            event.done = None;
+        }
+        (self.to_builder(event).await == Sent::Yes && wait).then_some(published)
+    }
+
+    /// Marks endpoints whose probes stopped reporting, ends drains whose time is up, and
+    /// moves load views on with time (staleness, slow-start ramps).
+    pub(super) async fn sweep(&mut self) {
+        let now = Instant::now();
+        let moved: Vec<EndpointKey> = self
+            .members
+            .iter()
+            .filter(|(_, t)| t.tracker.view(now) != t.sent)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in moved {
+            self.push_load(&key, false).await;
+        }
+        let wall = SystemTime::now();
+        let expired: Vec<EndpointKey> = self
+            .order
+            .iter()
+            .filter(|key| {
+                self.members
+                    .get(*key)
+                    .and_then(|t| t.drain)
+                    .and_then(|d| d.until)
+                    .is_some_and(|until| until <= wall)
+            })
+            .cloned()
+            .collect();
+        for key in expired {
+            // The key was just read from `members`; NotFound cannot happen.
+            let _ = self.set_drain(&key, None, "expired").await;
+        }
+        let now = self.millis_since_epoch();
+        let mut stale_keys = Vec::new();
+        for (target_key, target) in &self.targets {
+            let silent_for =
+                Duration::from_millis(now.saturating_sub(target.heartbeat.load(Ordering::Relaxed)));
+            let allowed = target_key.interval * 2 + target_key.timeout + Duration::from_secs(1);
+            if silent_for <= allowed {
+                continue;
+            }
+            for key in &target.members {
+                let Some(tracked) = self.members.get_mut(key) else {
+                    continue;
+                };
+                if tracked.stale {
+                    continue;
+                }
+                tracked.stale = true;
+                stale_keys.push(key.clone());
+                warn!(
+                    pool = %key.pool,
+                    member = %key.member,
+                    state = tracked.hysteresis.state().as_str(),
+                    silent_for_seconds = silent_for.as_secs_f64(),
+                    "health checks stopped reporting; endpoint is stale"
+                );
+            }
+        }
+        // A voter whose probes stopped says so: its verdict stops counting elsewhere.
+        for key in stale_keys {
+            self.publish_verdict(&key);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The state file: changes queued to its writer, one write at a time, and who waits for which write.
+
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use super::{Monitor, Published};
+use crate::health::handle::Applied;
+use crate::health::status::EndpointStatus;
+use crate::health::store::{self, EndpointRecord, LoadRecord, StateFile};
+
+/// The coalesced state file writer, and which changes it holds.
+pub(super) struct StateSink {
+    pub(super) writer: store::Writer,
+    /// Sequence number of the newest change.
+    pub(super) seq: u64,
+    /// Sequence number of the newest change handed to the writer.
+    pub(super) sent: u64,
+    /// A write is under way.
+    pub(super) in_flight: bool,
+    /// Outcomes, for changes waiting to be acknowledged.
+    pub(super) saved: watch::Sender<store::Written>,
+}
+
+impl Monitor {
+    /// The sequence number a change just made will be saved under (None: no state file).
+    pub(super) fn saving(&self) -> Option<u64> {
+        self.state.as_ref().map(|sink| sink.seq)
+    }
+
+    /// `applied` with the state file write that will hold it.
+    pub(super) fn saved_by(&self, (status, published): (EndpointStatus, Published)) -> Applied {
+        Applied {
+            status,
+            seq: self.saving(),
+            published,
+        }
+    }
+
+    /// A write finished: tell the waiting changes, and write again if more changed.
+    pub(super) async fn on_written(&mut self, written: store::Written) {
+        let Some(sink) = &mut self.state else {
+            return;
+        };
+        sink.in_flight = false;
+        sink.saved.send_replace(written);
+        if sink.seq > sink.sent {
+            self.persist().await;
+        }
+    }
+
+    /// Records that the state changed; the writer saves it soon, coalescing changes that
+    /// arrive while a write is under way into the next one.
+    pub(super) async fn persist(&mut self) {
+        let Some(sink) = &mut self.state else {
+            return;
+        };
+        sink.seq += 1;
+        if sink.in_flight {
+            return;
+        }
+        let seq = sink.seq;
+        let file = self.state_file_now();
+        let Some(sink) = &mut self.state else {
+            return;
+        };
+        sink.sent = seq;
+        sink.in_flight = true;
+        sink.writer.write(seq, file).await;
+    }
+
+    /// What the state file holds right now.
+    pub(super) fn state_file_now(&self) -> StateFile {
+        StateFile {
+            version: store::VERSION,
+            written: crate::time::unix(SystemTime::now()),
+            members: self
+                .order
+                .iter()
+                .filter_map(|key| {
+                    let t = self.members.get(key)?;
+                    Some(EndpointRecord {
+                        pool: key.pool.clone(),
+                        member: key.member.clone(),
+                        health: t.hysteresis.state(),
+                        since: crate::time::unix(t.since),
+                        checked: t.last_check.map(crate::time::unix),
+                        reason: t.last_error.clone(),
+                        drained: t.drain.is_some(),
+                        drained_until: t.drain.and_then(|d| d.until).map(crate::time::unix),
+                        load: t.load.map(|l| LoadRecord {
+                            sessions: l.sessions,
+                            capacity: l.capacity,
+                            at: crate::time::unix(l.at),
+                        }),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Milliseconds since [`Monitor::epoch`], on tokio's clock (the heartbeats' unit).
+    pub(super) fn millis_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
