@@ -7,22 +7,8 @@ use std::sync::atomic::Ordering;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::values::differing_sections;
 use super::{CLUSTER_CONFIG_DRIFT, Fleet};
-
-/// The sections (`pool sma`, `zone gto.example.com.`, ...) in which two configs differ:
-/// present in one only, or with different digests.
-pub(super) fn differing_sections(
-    a: &BTreeMap<String, String>,
-    b: &BTreeMap<String, String>,
-) -> Vec<String> {
-    a.keys()
-        .chain(b.keys())
-        .filter(|section| a.get(*section) != b.get(*section))
-        .cloned()
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect()
-}
 
 impl Fleet {
     /// The config digest changed (a reload): tell the fleet.

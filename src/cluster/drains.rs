@@ -3,30 +3,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::values::{DrainValue, LoadValue};
 use super::{ClusterError, DRAIN_DEADLINE, Entry, Fleet, REPUBLISH_EVERY, VOTE_BATCH};
 use crate::routing::EndpointKey;
 use crate::time::unix;
-
-/// A drain as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(super) struct DrainValue {
-    pub(super) since: u64,
-    pub(super) until: Option<u64>,
-    pub(super) by: String,
-}
-
-/// A load report as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct LoadValue {
-    pub(super) sessions: u32,
-    pub(super) capacity: u32,
-    pub(super) at_ms: u64,
-    pub(super) by: String,
-}
 
 impl Fleet {
     /// Drains an endpoint fleet-wide (`until`: when it ends by itself). Refused while the

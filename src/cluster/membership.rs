@@ -1,51 +1,19 @@
 //! Membership: this instance's record under its lease (registered, kept alive, its heartbeat), the session with etcd that holds it, and the fleet's status.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::values::{differing_sections, segment};
 use super::{
     CLUSTER_CONNECTED, CLUSTER_EVENTS_TOTAL, ClusterError, Fleet, MAX_BACKOFF, MIN_BACKOFF,
-    WatchItem, differing_sections, segment,
+    WatchItem,
 };
 use crate::time::{rfc3339, unix};
-
-/// What an instance tells the fleet about itself.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct InstanceInfo {
-    /// gto's version.
-    pub version: String,
-    /// DNS listen addresses.
-    pub listen: Vec<String>,
-    /// The admin API's address.
-    pub admin: Option<String>,
-    /// Start time (Unix seconds).
-    pub started: u64,
-    /// Digest of what its config and zones mean for answers ([`crate::loaded::meaning_digest`]).
-    pub config_digest: String,
-    /// That digest per section, so that drift can name where two configs differ.
-    #[serde(default)]
-    pub config_sections: BTreeMap<String, String>,
-    /// When it last said it is alive (Unix seconds): its record is written again every
-    /// half lease, so a dead instance's `last_seen` stops moving at once and it shows as
-    /// gone once that is a lease old, before its lease even expires.
-    #[serde(default)]
-    pub heartbeat: u64,
-}
-
-/// An instance as this one sees it.
-#[derive(Debug, Clone)]
-pub(super) struct Seen {
-    pub(super) info: InstanceInfo,
-    /// When its record last changed, as seen here.
-    pub(super) seen: SystemTime,
-}
 
 impl Fleet {
     pub(super) async fn supervise(&self, token: CancellationToken) {

@@ -26,6 +26,7 @@
 mod digest;
 mod drains;
 mod membership;
+mod values;
 mod votes;
 
 pub mod etcd;
@@ -36,17 +37,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use self::digest::differing_sections;
-use self::drains::LoadValue;
-pub use self::membership::InstanceInfo;
-use self::membership::Seen;
-use self::votes::Mirror;
+pub use self::values::InstanceInfo;
+use self::values::{LoadValue, Mirror, Seen, segment, unsegment};
 use crate::config::ClusterSettings;
 use crate::health::HealthHandle;
 use crate::routing::EndpointKey;
@@ -204,15 +201,6 @@ struct Inner {
     /// Every other voter's vote as stored, and the fleet's members with their leases:
     /// which votes count is computed from both.
     mirror: std::sync::Mutex<Mirror>,
-}
-
-/// Percent-encodes `/` and `%` so that a name is one key segment.
-fn segment(text: &str) -> String {
-    text.replace('%', "%25").replace('/', "%2F")
-}
-
-fn unsegment(text: &str) -> String {
-    text.replace("%2F", "/").replace("%25", "%")
 }
 
 /// What a key under the prefix is.

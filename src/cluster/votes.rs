@@ -1,51 +1,14 @@
 //! Votes: this instance's verdicts published under its lease, and the mirror of the others' that counts only votes held by a live member's own lease.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH, VOTE_REFRESH, segment};
+use super::values::segment;
+use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH, VOTE_REFRESH};
 use crate::routing::EndpointKey;
-
-/// What the store holds of votes and members (see [`Inner::mirror`]).
-#[derive(Debug, Default)]
-pub(super) struct Mirror {
-    /// Votes by endpoint and voter, with the lease each lives under.
-    pub(super) votes:
-        std::collections::HashMap<EndpointKey, BTreeMap<String, (crate::health::votes::Vote, i64)>>,
-    /// Members (instances and probe agents) by name, with their registration's lease.
-    pub(super) members: std::collections::HashMap<String, i64>,
-    /// Keys already warned about.
-    pub(super) warned: std::collections::HashSet<String>,
-}
-
-impl Mirror {
-    /// Whether a vote by `voter` under `lease` counts: the voter is a member, and the vote
-    /// lives under the member's own (live) lease.
-    pub(super) fn counts(&self, voter: &str, lease: i64) -> bool {
-        lease != 0 && self.members.get(voter) == Some(&lease)
-    }
-
-    /// The votes that count.
-    pub(super) fn counted(
-        &self,
-    ) -> std::collections::HashMap<EndpointKey, BTreeMap<String, crate::health::votes::Vote>> {
-        self.votes
-            .iter()
-            .map(|(key, voters)| {
-                let counted = voters
-                    .iter()
-                    .filter(|(voter, (_, lease))| self.counts(voter, *lease))
-                    .map(|(voter, (vote, _))| (voter.clone(), vote.clone()))
-                    .collect();
-                (key.clone(), counted)
-            })
-            .collect()
-    }
-}
 
 impl Fleet {
     /// Publishes this instance's verdicts: each change at once, and all of them every

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use serde::Serialize;
 
-use super::table::{Client, Snapshot, rcode_name};
+use super::{Client, Snapshot, rcode_name};
 use crate::geo::Placement;
 use crate::policy::affinity;
 use crate::policy::geo::distance_km;

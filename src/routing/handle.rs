@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
-use super::table::Snapshot;
+use super::Snapshot;
 
 /// Cheap to clone; every clone sees the same current snapshot.
 #[derive(Clone, Debug)]

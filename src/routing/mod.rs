@@ -13,9 +13,11 @@
 //! in with one atomic store, so a query never sees half of a change.
 
 mod build;
+mod builder;
 mod decorate;
 mod encode;
 pub mod explain;
+mod gslb;
 mod handle;
 mod index;
 mod node;
@@ -26,15 +28,14 @@ mod table;
 pub mod wire;
 
 pub use crate::dnssec::CO_FLAG;
-pub use build::{
-    BuildEvent, Builder, Change, EndpointStates, Prepared, Rekeyed, build, build_prepared, prepare,
-};
+pub use build::{EndpointStates, Prepared, build, build_prepared, prepare};
+pub use builder::{BuildEvent, Builder, Change, Rekeyed};
 pub use decorate::decorate;
+pub use gslb::{
+    Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, Scratch, Selection, Signature,
+};
 pub use handle::RoutingHandle;
 pub use node::Node;
 pub use resign::status_json;
 pub use signing::{ZoneContent, ZoneSigning};
-pub use table::{
-    Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, Outcome, Resolution, Scratch,
-    Selection, ServiceInfo, Snapshot, ZoneTable, rcode_name,
-};
+pub use table::{Outcome, Resolution, ServiceInfo, Snapshot, ZoneTable, rcode_name};

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::DEFAULT_ADMIN_LISTEN;
 use crate::config::located::{Collector, parse_duration};
 use crate::config::raw::{RawAdmin, RawConfig, RawWebhook};
 use crate::config::{AdminSettings, Secret, Webhook};
+
+/// The admin API listens on loopback by default.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8053";
 
 pub(super) fn compile_admin(
     raw: &RawConfig,

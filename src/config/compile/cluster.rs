@@ -3,10 +3,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::DEFAULT_LEASE_TTL;
 use crate::config::located::{Collector, parse_duration};
 use crate::config::raw::{RawCluster, RawClusterTls, RawConfig};
 use crate::config::{ClusterSettings, ClusterTls, Secret};
+
+/// Default `[cluster] lease_ttl`.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
 pub(super) fn compile_cluster(
     raw: &RawConfig,

@@ -12,11 +12,10 @@ mod services;
 mod zones;
 
 use std::path::Path;
-use std::time::Duration;
 
 use self::admin::{compile_admin, compile_webhooks};
 use self::cluster::compile_cluster;
-use self::pools::{compile_location, compile_pools};
+use self::pools::compile_pools;
 use self::server::{check_listeners, compile_health, compile_rrl, compile_server};
 use self::services::{check_preferences, compile_geo, compile_services};
 use self::zones::compile_zones;
@@ -24,16 +23,6 @@ use super::Config;
 use super::located::Collector;
 pub(crate) use super::located::line_of;
 use super::raw::RawConfig;
-
-/// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
-/// system resolver on :53.
-pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:5353";
-/// Our EDNS UDP payload size: the DNS Flag Day 2020 value that avoids IP fragmentation.
-pub(crate) const DEFAULT_UDP_PAYLOAD: u16 = 1232;
-/// A TCP connection that sends nothing for this long is closed.
-pub(crate) const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// See [`super::ServerSettings::udp_coalesce`].
-pub(crate) const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
 
 /// Compiles the raw document. Relative zone file paths are taken from `base_dir`.
 /// The result holds every item that compiled, so later checks (zone files, names) can
@@ -65,9 +54,3 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
         cluster,
     }
 }
-
-/// The admin API listens on loopback by default.
-pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8053";
-
-/// Default `[cluster] lease_ttl`.
-pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);

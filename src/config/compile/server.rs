@@ -9,10 +9,19 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::{DEFAULT_LISTEN, DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UDP_COALESCE, DEFAULT_UDP_PAYLOAD};
 use crate::config::located::{Collector, parse_duration, parse_size};
 use crate::config::raw::{RawConfig, RawHealth, RawRrl};
 use crate::config::{AdminSettings, HealthSettings, RrlSettings, ServerSettings};
+
+/// Default listener: loopback, unprivileged port, so a fresh install never clashes with a
+/// system resolver on :53.
+const DEFAULT_LISTEN: &str = "127.0.0.1:5353";
+/// Our EDNS UDP payload size: the DNS Flag Day 2020 value that avoids IP fragmentation.
+const DEFAULT_UDP_PAYLOAD: u16 = 1232;
+/// A TCP connection that sends nothing for this long is closed.
+const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// See [`crate::config::ServerSettings::udp_coalesce`].
+const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
 
 /// The admin API cannot listen where DNS listens over TCP: one of the two would fail to
 /// bind at start (or take the other's connections).

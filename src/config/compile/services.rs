@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::compile_location;
+use super::pools::compile_location;
 use crate::config::located::Collector;
 use crate::config::located::parse_name;
 use crate::config::raw::{

@@ -6,6 +6,7 @@ mod operator;
 mod persist;
 mod report;
 mod targets;
+mod tracked;
 mod verdicts;
 
 use std::collections::HashMap;
@@ -19,8 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::persist::StateSink;
-use self::targets::{Target, TargetKey, Tracked};
+use self::tracked::{StateSink, Target, TargetKey, Tracked};
 use super::MAX_CONCURRENT_PROBES;
 use super::handle::{Control, HealthHandle};
 use super::scheduler::{Report, TargetId};

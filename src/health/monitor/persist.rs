@@ -2,25 +2,10 @@
 
 use std::time::SystemTime;
 
-use tokio::sync::watch;
-
 use super::{Monitor, Published};
 use crate::health::handle::Applied;
 use crate::health::status::EndpointStatus;
 use crate::health::store::{self, EndpointRecord, LoadRecord, StateFile};
-
-/// The coalesced state file writer, and which changes it holds.
-pub(super) struct StateSink {
-    pub(super) writer: store::Writer,
-    /// Sequence number of the newest change.
-    pub(super) seq: u64,
-    /// Sequence number of the newest change handed to the writer.
-    pub(super) sent: u64,
-    /// A write is under way.
-    pub(super) in_flight: bool,
-    /// Outcomes, for changes waiting to be acknowledged.
-    pub(super) saved: watch::Sender<store::Written>,
-}
 
 impl Monitor {
     /// The sequence number a change just made will be saved under (None: no state file).

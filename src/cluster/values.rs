@@ -1,0 +1,119 @@
+//! What the fleet's store holds, as values: each instance's record, drains and load
+//! reports (validated when read), the mirror of votes and members that decides which votes
+//! count, and the key segments names are escaped into.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::routing::EndpointKey;
+
+/// What an instance tells the fleet about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceInfo {
+    /// gto's version.
+    pub version: String,
+    /// DNS listen addresses.
+    pub listen: Vec<String>,
+    /// The admin API's address.
+    pub admin: Option<String>,
+    /// Start time (Unix seconds).
+    pub started: u64,
+    /// Digest of what its config and zones mean for answers ([`crate::loaded::meaning_digest`]).
+    pub config_digest: String,
+    /// That digest per section, so that drift can name where two configs differ.
+    #[serde(default)]
+    pub config_sections: BTreeMap<String, String>,
+    /// When it last said it is alive (Unix seconds): its record is written again every
+    /// half lease, so a dead instance's `last_seen` stops moving at once and it shows as
+    /// gone once that is a lease old, before its lease even expires.
+    #[serde(default)]
+    pub heartbeat: u64,
+}
+
+/// An instance as this one sees it.
+#[derive(Debug, Clone)]
+pub(super) struct Seen {
+    pub(super) info: InstanceInfo,
+    /// When its record last changed, as seen here.
+    pub(super) seen: SystemTime,
+}
+
+/// A drain as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(super) struct DrainValue {
+    pub(super) since: u64,
+    pub(super) until: Option<u64>,
+    pub(super) by: String,
+}
+
+/// A load report as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct LoadValue {
+    pub(super) sessions: u32,
+    pub(super) capacity: u32,
+    pub(super) at_ms: u64,
+    pub(super) by: String,
+}
+
+/// What the store holds of votes and members (see [`Inner::mirror`]).
+#[derive(Debug, Default)]
+pub(super) struct Mirror {
+    /// Votes by endpoint and voter, with the lease each lives under.
+    pub(super) votes:
+        std::collections::HashMap<EndpointKey, BTreeMap<String, (crate::health::votes::Vote, i64)>>,
+    /// Members (instances and probe agents) by name, with their registration's lease.
+    pub(super) members: std::collections::HashMap<String, i64>,
+    /// Keys already warned about.
+    pub(super) warned: std::collections::HashSet<String>,
+}
+
+impl Mirror {
+    /// Whether a vote by `voter` under `lease` counts: the voter is a member, and the vote
+    /// lives under the member's own (live) lease.
+    pub(super) fn counts(&self, voter: &str, lease: i64) -> bool {
+        lease != 0 && self.members.get(voter) == Some(&lease)
+    }
+
+    /// The votes that count.
+    pub(super) fn counted(
+        &self,
+    ) -> std::collections::HashMap<EndpointKey, BTreeMap<String, crate::health::votes::Vote>> {
+        self.votes
+            .iter()
+            .map(|(key, voters)| {
+                let counted = voters
+                    .iter()
+                    .filter(|(voter, (_, lease))| self.counts(voter, *lease))
+                    .map(|(voter, (vote, _))| (voter.clone(), vote.clone()))
+                    .collect();
+                (key.clone(), counted)
+            })
+            .collect()
+    }
+}
+
+/// The sections (`pool sma`, `zone gto.example.com.`, ...) in which two configs differ:
+/// present in one only, or with different digests.
+pub(super) fn differing_sections(
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+) -> Vec<String> {
+    a.keys()
+        .chain(b.keys())
+        .filter(|section| a.get(*section) != b.get(*section))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Percent-encodes `/` and `%` so that a name is one key segment.
+pub(super) fn segment(text: &str) -> String {
+    text.replace('%', "%25").replace('/', "%2F")
+}
+
+pub(super) fn unsegment(text: &str) -> String {
+    text.replace("%2F", "/").replace("%25", "%")
+}

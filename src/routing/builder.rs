@@ -1,0 +1,398 @@
+//! The builder task: the only writer of the routing table. It folds changes (reloads,
+//! flips, drains, loads, re-signing) into the next snapshot, built by [`super::build`]'s
+//! pure functions, and publishes it with one atomic store; a burst of changes costs one
+//! build.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::build::{EndpointStates, Prepared, build_prepared, prepare, prepare_after};
+use super::handle::RoutingHandle;
+use super::{EndpointKey, Selection};
+use crate::loaded::Loaded;
+use crate::metrics::{SERVICE_SELECTION, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION};
+use crate::policy::load::LoadView;
+
+/// A change for the builder to fold into the next snapshot, and who waits for it.
+#[derive(Debug)]
+pub struct BuildEvent {
+    /// What changed.
+    pub change: Change,
+    /// Told the generation once a snapshot reflecting the change is live (or, when the
+    /// change changes nothing, the current one).
+    pub done: Option<oneshot::Sender<u64>>,
+}
+
+impl BuildEvent {
+    /// A change nobody waits for.
+    pub fn new(change: Change) -> Self {
+        Self { change, done: None }
+    }
+
+    /// A change, and the receiver told the generation that reflects it.
+    pub fn waited(change: Change) -> (Self, oneshot::Receiver<u64>) {
+        let (done, published) = oneshot::channel();
+        (
+            Self {
+                change,
+                done: Some(done),
+            },
+            published,
+        )
+    }
+}
+
+/// What a [`BuildEvent`] changes.
+#[derive(Debug)]
+pub enum Change {
+    /// Replace config and zones.
+    Reload(Arc<Loaded>),
+    /// An operator drained an endpoint (no new answers) or undrained it.
+    SetDrained {
+        /// Which endpoint.
+        key: EndpointKey,
+        /// Drained or not.
+        drained: bool,
+    },
+    /// An endpoint's load, as ranking sees it, changed.
+    SetLoad {
+        /// Which endpoint.
+        key: EndpointKey,
+        /// The new view.
+        view: LoadView,
+    },
+    /// Sign everything again when `due` (signatures near expiry, or a key event is due)
+    /// or when `rekeyed` brings keys that differ from those in use. The keys were read
+    /// (and due rollovers started) off the builder's task ([`super::resign`]); a re-read
+    /// that found nothing new (or only a file it cannot use) signs nothing.
+    Resign {
+        /// Signatures must be made again whatever the keys (expiry, a key event).
+        due: bool,
+        /// The config with its key directories read again, if they changed.
+        rekeyed: Option<Rekeyed>,
+    },
+    /// Liveness check (the watchdog): answered with the current generation, nothing built.
+    Ping,
+    /// Health checks took an endpoint up or down.
+    SetMemberUp {
+        /// Which endpoint.
+        key: EndpointKey,
+        /// Its new state.
+        up: bool,
+    },
+}
+
+/// Key directories read again for a config: applied only while the builder still serves
+/// `base` (a reload in between read its own keys).
+#[derive(Debug)]
+pub struct Rekeyed {
+    /// The config the keys were read for.
+    pub base: Arc<Loaded>,
+    /// `base` with the keys (and the directories' fingerprints) read again.
+    pub fresh: Arc<Loaded>,
+    /// Whether any zone's keys differ from `base`'s.
+    pub keys_changed: bool,
+}
+
+/// Owns everything a snapshot is built from, and the handle it publishes to.
+#[derive(Debug)]
+pub struct Builder {
+    loaded: Arc<Loaded>,
+    prepared: Prepared,
+    states: EndpointStates,
+    generation: u64,
+    handle: RoutingHandle,
+    /// How each GSLB name selected its endpoints in the last snapshot.
+    selections: HashMap<String, Selection>,
+    /// The config in use, for key maintenance ([`Builder::configs`]).
+    configs: watch::Sender<Arc<Loaded>>,
+}
+
+impl Builder {
+    /// Builds and publishes the first snapshot (generation 1), every endpoint up.
+    pub fn new(loaded: Loaded) -> Self {
+        Self::with_states(Arc::new(loaded), EndpointStates::default())
+    }
+
+    /// Like [`Builder::new`], with endpoints known to be down or drained (restored from the
+    /// state file).
+    pub fn with_states(loaded: Arc<Loaded>, mut states: EndpointStates) -> Self {
+        states.retain_existing(&loaded);
+        states.add_counters(&loaded);
+        let started = Instant::now();
+        let prepared = prepare(&loaded, &states);
+        let handle = RoutingHandle::new(build_prepared(&prepared, &loaded, &states, 1));
+        record_build(1, started);
+        let mut builder = Self {
+            configs: watch::Sender::new(loaded.clone()),
+            loaded,
+            prepared,
+            states,
+            generation: 1,
+            handle,
+            selections: HashMap::new(),
+        };
+        builder.report_selections();
+        builder
+    }
+
+    /// The handle the query path reads.
+    pub fn handle(&self) -> RoutingHandle {
+        self.handle.clone()
+    }
+
+    /// The config in use, as it changes: key maintenance reads key directories for it.
+    pub fn configs(&self) -> watch::Receiver<Arc<Loaded>> {
+        self.configs.subscribe()
+    }
+
+    /// The config the current snapshot was built from.
+    pub fn loaded(&self) -> Arc<Loaded> {
+        self.loaded.clone()
+    }
+
+    /// Folds one event in and publishes a new snapshot if anything changed.
+    pub fn apply(&mut self, event: BuildEvent) {
+        self.apply_all(vec![event]);
+    }
+
+    /// Folds a batch of events in and publishes at most one snapshot for all of them, then
+    /// tells every waiter. A burst of health or load changes costs one rebuild.
+    pub fn apply_all(&mut self, events: Vec<BuildEvent>) {
+        let mut changed = false;
+        let mut waiting = Vec::new();
+        for event in events {
+            let (event_changed, done) = self.fold(event);
+            changed |= event_changed;
+            waiting.extend(done);
+        }
+        if changed {
+            self.publish();
+        }
+        for done in waiting {
+            // The sender may have gone away; the snapshot is live either way.
+            let _ = done.send(self.generation);
+        }
+    }
+
+    fn fold(&mut self, event: BuildEvent) -> (bool, Option<oneshot::Sender<u64>>) {
+        let changed = match event.change {
+            Change::Reload(loaded) => {
+                self.set_loaded(loaded);
+                // State of endpoints that no longer exist is dropped; the rest carries over.
+                self.states.retain_existing(&self.loaded);
+                self.states.add_counters(&self.loaded);
+                self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
+                true
+            }
+            Change::SetDrained { key, drained } => {
+                if drained {
+                    self.states.drained.insert(key)
+                } else {
+                    self.states.drained.remove(&key)
+                }
+            }
+            Change::SetLoad { key, view } => {
+                if view == LoadView::UNKNOWN {
+                    self.states.load.remove(&key).is_some()
+                } else {
+                    self.states.load.insert(key, view) != Some(view)
+                }
+            }
+            Change::Ping => false,
+            Change::Resign { due, rekeyed } => {
+                let mut keys_changed = false;
+                if let Some(rekeyed) = rekeyed.filter(|r| Arc::ptr_eq(&r.base, &self.loaded)) {
+                    keys_changed = rekeyed.keys_changed;
+                    self.set_loaded(rekeyed.fresh);
+                }
+                if due || keys_changed {
+                    self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
+                }
+                due || keys_changed
+            }
+            Change::SetMemberUp { key, up } => {
+                if up {
+                    self.states.down.remove(&key)
+                } else {
+                    self.states.down.insert(key)
+                }
+            }
+        };
+        (changed, event.done)
+    }
+
+    /// Replaces the config and tells those who read keys for it ([`Builder::configs`]).
+    fn set_loaded(&mut self, loaded: Arc<Loaded>) {
+        self.loaded = loaded;
+        self.configs.send_replace(self.loaded.clone());
+    }
+
+    fn publish(&mut self) {
+        self.generation += 1;
+        let started = Instant::now();
+        self.handle.store(build_prepared(
+            &self.prepared,
+            &self.loaded,
+            &self.states,
+            self.generation,
+        ));
+        record_build(self.generation, started);
+        debug!(generation = self.generation, "routing snapshot published");
+        self.report_selections();
+    }
+
+    /// Logs (once per change) and exports how each GSLB name selects its endpoints: an
+    /// all-down mode (fail open, fallback, empty) is something an operator must know.
+    fn report_selections(&mut self) {
+        let snapshot = self.handle.load();
+        let mut now = HashMap::new();
+        for service in &snapshot.services {
+            let Some(node) = snapshot.gslb_node(&service.name) else {
+                continue;
+            };
+            let name = service.name.to_string();
+            let mode = node.mode;
+            if self.selections.get(&name) != Some(&mode) {
+                let previous = self.selections.get(&name).copied();
+                if mode == Selection::Normal {
+                    if previous.is_some() {
+                        info!(service = %name, selection = mode.as_str(), "GSLB name answers from its up endpoints again");
+                    }
+                } else {
+                    warn!(
+                        service = %name,
+                        selection = mode.as_str(),
+                        "no endpoint of this GSLB name can serve; answering by when_all_down"
+                    );
+                }
+                export_selection(&name, Some(mode));
+            }
+            now.insert(name, mode);
+        }
+        for gone in self.selections.keys().filter(|k| !now.contains_key(*k)) {
+            export_selection(gone, None);
+        }
+        self.selections = now;
+    }
+
+    /// Applies events until the channel closes or `token` is cancelled; events that queue
+    /// up while a snapshot is being built are folded into the next one together.
+    pub async fn run(mut self, mut events: mpsc::Receiver<BuildEvent>, token: CancellationToken) {
+        const BATCH: usize = 1024;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                received = events.recv_many(&mut batch, BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.apply_all(std::mem::take(&mut batch));
+                }
+                () = token.cancelled() => break,
+            }
+        }
+    }
+}
+
+/// Sets `gto_service_selection` for one GSLB name: 1 for `mode`, 0 for the others (all 0
+/// for a name a reload removed).
+fn export_selection(service: &str, mode: Option<Selection>) {
+    for selection in [
+        Selection::Normal,
+        Selection::FailOpen,
+        Selection::Fallback,
+        Selection::Empty,
+    ] {
+        metrics::gauge!(
+            SERVICE_SELECTION,
+            "service" => service.to_string(),
+            "selection" => selection.as_str(),
+        )
+        .set(if Some(selection) == mode { 1.0 } else { 0.0 });
+    }
+}
+
+fn record_build(generation: u64, started: Instant) {
+    metrics::gauge!(SNAPSHOT_GENERATION).set(generation as f64);
+    metrics::histogram!(SNAPSHOT_BUILD_SECONDS).record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::{LowerName, RecordType};
+
+    use super::*;
+    use crate::loaded::ConfigSource;
+    use crate::routing::Snapshot;
+    use hickory_proto::rr::Name;
+
+    fn addresses(snapshot: &Snapshot, qtype: RecordType) -> Vec<String> {
+        let name = LowerName::from(Name::from_ascii("vpn.gto.example.com.").unwrap());
+        snapshot
+            .resolve(&name, qtype, None)
+            .answers
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn member_down_leaves_the_answer_and_comes_back() {
+        let loaded = ConfigSource::Embedded.load().unwrap();
+        let first = loaded.config.pools[0].members[0].name.clone();
+        let pool = loaded.config.pools[0].name.clone();
+        let mut builder = Builder::new(loaded);
+        let handle = builder.handle();
+        let before = addresses(&handle.load(), RecordType::A);
+        assert_eq!(before.len(), 2);
+
+        let key = EndpointKey {
+            pool,
+            member: first,
+        };
+        builder.apply(BuildEvent::new(Change::SetMemberUp {
+            key: key.clone(),
+            up: false,
+        }));
+        let snapshot = handle.load();
+        assert_eq!(snapshot.generation, 2);
+        let during = addresses(&snapshot, RecordType::A);
+        assert!(!during.contains(&before[0]), "{during:?}");
+        assert_eq!(during[0], before[1]);
+
+        // A repeated state is not a change: no new snapshot.
+        builder.apply(BuildEvent::new(Change::SetMemberUp {
+            key: key.clone(),
+            up: false,
+        }));
+        assert_eq!(handle.load().generation, 2);
+
+        builder.apply(BuildEvent::new(Change::SetMemberUp { key, up: true }));
+        assert_eq!(addresses(&handle.load(), RecordType::A), before);
+        assert_eq!(handle.load().generation, 3);
+    }
+
+    #[test]
+    fn all_down_fails_open_by_default() {
+        let loaded = ConfigSource::Embedded.load().unwrap();
+        let pool = loaded.config.pools[0].clone();
+        let mut builder = Builder::new(loaded);
+        let before = addresses(&builder.handle().load(), RecordType::A);
+        for member in &pool.members {
+            builder.apply(BuildEvent::new(Change::SetMemberUp {
+                key: EndpointKey {
+                    pool: pool.name.clone(),
+                    member: member.name.clone(),
+                },
+                up: false,
+            }));
+        }
+        assert_eq!(addresses(&builder.handle().load(), RecordType::A), before);
+    }
+}

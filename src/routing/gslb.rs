@@ -1,0 +1,431 @@
+//! A GSLB name in the snapshot ([`GslbNode`]): its endpoints with their prepared records
+//! and state, the rankings per location cell, and the choice for one client (reordered
+//! per query for affinity, with its signatures in a signed zone).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use hickory_proto::rr::{RData, Record, RecordType};
+
+use super::wire::WireRecord;
+use crate::config::{Affinity, Location, Member, Policy, Pool, Region};
+use crate::geo::{GeoTable, Placement};
+use crate::policy::{self, Candidate, Ranking, affinity};
+
+/// The identity of an endpoint across reloads: its pool's name and its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    /// Pool name.
+    pub pool: String,
+    /// Member name within the pool.
+    pub member: String,
+}
+
+impl EndpointKey {
+    /// The key of a configured endpoint.
+    pub fn of(pool: &Pool, member: &Member) -> Self {
+        Self {
+            pool: pool.name.clone(),
+            member: member.name.clone(),
+        }
+    }
+}
+
+/// A GSLB name: its endpoints with pre-encoded records and their rankings per location
+/// cell, built by the builder; per query only the cell is looked up and the best
+/// candidates reordered for the client's prefix.
+#[derive(Debug)]
+pub struct GslbNode {
+    /// Index into [`Snapshot::services`].
+    pub service: usize,
+    /// Ranking policy.
+    pub policy: Policy,
+    /// Client stickiness.
+    pub affinity: Affinity,
+    /// Whether ECS places the client (else the resolver's address does).
+    pub use_ecs: bool,
+    /// Addresses per answer.
+    pub answers: usize,
+    /// How the answerable endpoints were chosen.
+    pub mode: Selection,
+    /// True when the ranking depends on where the client is.
+    pub uses_location: bool,
+    /// Every endpoint of the pool answered from, in config order.
+    pub members: Vec<Endpoint>,
+    /// Rendezvous seeds of `members`, by index.
+    pub seeds: Vec<u64>,
+    /// Ranking per configured geo network (same index as the networks table).
+    pub rankings: Vec<Ranking>,
+    /// Ranking for clients placed at the default location.
+    pub default_ranking: Ranking,
+    /// Ranking for clients that cannot be placed.
+    pub unknown_ranking: Ranking,
+    /// The zone's signatures when it is signed: GSLB sets not in `signatures` are signed
+    /// on first use through its cache.
+    pub signing: Option<Arc<crate::routing::ZoneSigning>>,
+    /// Signatures of the answer sets this snapshot's rankings produce, by
+    /// [`crate::dnssec::set_key`].
+    pub signatures: HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>, foldhash::fast::RandomState>,
+}
+
+/// How a GSLB answer's endpoints were chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// No endpoint could serve and `when_all_down = "empty"`: NODATA.
+    Empty,
+    /// No endpoint could serve; every endpoint is answered (`when_all_down = "all"`).
+    FailOpen,
+    /// No endpoint could serve; the fallback pool is answered.
+    Fallback,
+    /// The up, undrained endpoints are answered.
+    Normal,
+}
+
+impl Selection {
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Selection::Empty => "all_down_empty",
+            Selection::FailOpen => "all_down_fail_open",
+            Selection::Fallback => "all_down_fallback",
+            Selection::Normal => "normal",
+        }
+    }
+}
+
+/// What an endpoint of a GSLB name is by config alone: prepared once per config, shared
+/// by every snapshot built from it, so a health flip does not re-encode records.
+#[derive(Debug)]
+pub struct EndpointInfo {
+    /// Its identity.
+    pub key: EndpointKey,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Pre-encoded A records, in address order.
+    pub a: Vec<Record>,
+    /// Pre-encoded AAAA records, in address order.
+    pub aaaa: Vec<Record>,
+    /// The A records in wire form for the fast path.
+    pub wire_a: Vec<WireRecord>,
+    /// The AAAA records in wire form for the fast path.
+    pub wire_aaaa: Vec<WireRecord>,
+    /// Where it is.
+    pub location: Option<Location>,
+    /// Configured weight.
+    pub weight: f64,
+    /// Rendezvous seed of its identity.
+    pub seed: u64,
+    /// Answers that included it, since start; survives rebuilds and reloads.
+    pub answered: Arc<AtomicU64>,
+    /// The same, exported as `gto_answers_total`.
+    pub counter: metrics::Counter,
+}
+
+/// One endpoint as the builder saw it: the prepared part and its current state.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// What it is by config.
+    pub info: Arc<EndpointInfo>,
+    /// Health checks say up.
+    pub up: bool,
+    /// An operator drained it: no new answers.
+    pub drained: bool,
+    /// May be answered (up and undrained, or the answer fails open).
+    pub available: bool,
+    /// Over its load high-watermark.
+    pub overloaded: bool,
+    /// Smoothed load (None: unknown or stale).
+    pub load: Option<f64>,
+    /// Affinity weight: configured weight times the slow-start ramp.
+    pub weight: f64,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = EndpointInfo;
+
+    fn deref(&self) -> &EndpointInfo {
+        &self.info
+    }
+}
+
+impl EndpointInfo {
+    /// The addresses of one family, in record order.
+    pub fn addresses_of(&self, v6: bool) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addresses
+            .iter()
+            .copied()
+            .filter(move |a| a.is_ipv6() == v6)
+    }
+
+    /// The wire-form records of one family.
+    pub fn wire(&self, v6: bool) -> &[WireRecord] {
+        if v6 { &self.wire_aaaa } else { &self.wire_a }
+    }
+}
+
+impl Endpoint {
+    /// The records of one family.
+    pub fn records(&self, v6: bool) -> &[Record] {
+        if v6 { &self.aaaa } else { &self.a }
+    }
+
+    /// What ranking needs of it.
+    pub fn candidate(&self) -> Candidate<'_> {
+        Candidate {
+            location: self.location.as_ref(),
+            weight: self.weight,
+            load: self.load,
+            overloaded: self.overloaded,
+            available: self.available,
+        }
+    }
+}
+
+/// The signatures of a GSLB answer: prepared with the snapshot (borrowed, nothing shared
+/// is written per query), or from the signing cache.
+#[derive(Debug)]
+pub enum Signature<'a> {
+    /// Prepared when the snapshot was built.
+    Prepared(&'a crate::dnssec::Signed),
+    /// Signed on first use.
+    Cached(Arc<crate::dnssec::Signed>),
+}
+
+impl std::ops::Deref for Signature<'_> {
+    type Target = crate::dnssec::Signed;
+
+    fn deref(&self) -> &crate::dnssec::Signed {
+        match self {
+            Signature::Prepared(signed) => signed,
+            Signature::Cached(signed) => signed,
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The resolver's (the packet's source) address.
+    pub source: IpAddr,
+    /// The ECS subnet's address, when the query carried one with a non-zero prefix.
+    pub subnet: Option<IpAddr>,
+}
+
+/// Buffers reused across queries by [`GslbNode::choose_into`]: the last choice (its order
+/// buffer is reused) and the ranking's working space.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// The last choice made into this scratch.
+    pub choice: Choice,
+    scored: Vec<(f64, u16)>,
+}
+
+/// The order chosen for one client, and what it depends on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Choice {
+    /// Endpoint indices, best first (unavailable ones last).
+    pub order: Vec<u16>,
+    /// How many at the front may be answered.
+    pub available: usize,
+    /// How many at the front shared the client by affinity.
+    pub candidates: usize,
+    /// Where the client was placed (None when the ranking ignores location).
+    pub placement: Option<Placement>,
+    /// The ECS scope prefix the answer depends on.
+    pub scope: u8,
+}
+
+impl GslbNode {
+    /// Chooses the order for `client` (None: ignore the client entirely). The ECS subnet
+    /// places the client when present and the service uses ECS; the scope is reported only
+    /// then (an answer chosen by the resolver's address is cached for all its clients).
+    pub fn choose(&self, geo: &GeoTable, regions: &[Region], client: Option<Client>) -> Choice {
+        let mut scratch = Scratch::default();
+        self.choose_into(geo, regions, client, &mut scratch);
+        scratch.choice
+    }
+
+    /// [`GslbNode::choose`] into reused buffers: the choice lands in `scratch.choice`. Once
+    /// the buffers have grown this allocates nothing (except for clients placed by the
+    /// MaxMind database, which are ranked per query).
+    pub fn choose_into<'c>(
+        &self,
+        geo: &GeoTable,
+        regions: &[Region],
+        client: Option<Client>,
+        scratch: &'c mut Scratch,
+    ) -> &'c Choice {
+        let (client, via_ecs) = match client {
+            Some(Client {
+                subnet: Some(subnet),
+                ..
+            }) if self.use_ecs => (Some(subnet), true),
+            Some(c) => (Some(c.source), false),
+            None => (None, false),
+        };
+        let (placement, location_scope) = match client {
+            Some(addr) if self.uses_location => {
+                let (placement, scope) = geo.place(addr);
+                (Some(placement), scope)
+            }
+            _ => (None, 0),
+        };
+        let dynamic;
+        let ranking = match &placement {
+            None | Some(Placement::Unknown) => &self.unknown_ranking,
+            Some(Placement::Default) => &self.default_ranking,
+            Some(Placement::Network(i)) => self.rankings.get(*i).unwrap_or(&self.unknown_ranking),
+            Some(Placement::Database(location)) => {
+                let candidates: Vec<Candidate<'_>> =
+                    self.members.iter().map(Endpoint::candidate).collect();
+                dynamic = policy::rank(
+                    self.policy,
+                    &candidates,
+                    Some(location),
+                    regions,
+                    self.affinity.candidates,
+                );
+                &dynamic
+            }
+        };
+        let affinity_scope = match client {
+            Some(addr) if ranking.candidates > 1 => {
+                let key = affinity::client_key(addr, self.affinity.v4, self.affinity.v6);
+                let weight = |i: usize| self.members.get(i).map_or(0.0, |m| m.weight);
+                policy::reorder_for_client(
+                    ranking,
+                    weight,
+                    key,
+                    &self.seeds,
+                    &mut scratch.choice.order,
+                    &mut scratch.scored,
+                );
+                if addr.is_ipv4() {
+                    self.affinity.v4
+                } else {
+                    self.affinity.v6
+                }
+            }
+            _ => {
+                scratch.choice.order.clear();
+                scratch.choice.order.extend_from_slice(&ranking.order);
+                0
+            }
+        };
+        let choice = &mut scratch.choice;
+        choice.available = ranking.available;
+        choice.candidates = ranking.candidates;
+        choice.placement = placement;
+        choice.scope = if via_ecs {
+            location_scope.max(affinity_scope)
+        } else {
+            0
+        };
+        choice
+    }
+
+    /// The answer records of a family for a choice, and the endpoint of each.
+    pub fn answer(&self, choice: &Choice, v6: bool) -> (Vec<&Record>, Vec<usize>) {
+        let mut picks = Vec::with_capacity(self.answers);
+        self.answer_into(&choice.order, choice.available, v6, &mut picks);
+        let records = picks
+            .iter()
+            .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
+            .collect();
+        (records, picks.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// The answer as (endpoint index, record index) pairs, into a reused buffer.
+    pub fn answer_into(
+        &self,
+        order: &[u16],
+        available: usize,
+        v6: bool,
+        picks: &mut Vec<(usize, usize)>,
+    ) {
+        picks.clear();
+        for &index in order.iter().take(available) {
+            let index = usize::from(index);
+            let Some(endpoint) = self.members.get(index) else {
+                continue;
+            };
+            for record in 0..endpoint.records(v6).len() {
+                if picks.len() == self.answers {
+                    return;
+                }
+                picks.push((index, record));
+            }
+        }
+    }
+
+    /// The signatures of the answer `picks` (endpoint, record) of a family: from the
+    /// prepared sets, else signed on first use. None in an unsigned zone.
+    ///
+    /// `addresses` and `key` are reused buffers: a set the snapshot prepared costs no
+    /// allocation.
+    pub fn signatures_of(
+        &self,
+        picks: &[(usize, usize)],
+        v6: bool,
+        addresses: &mut Vec<IpAddr>,
+        key: &mut Vec<u8>,
+    ) -> Option<Signature<'_>> {
+        let signing = self.signing.as_ref()?;
+        addresses.clear();
+        addresses.extend(
+            picks
+                .iter()
+                .filter_map(|&(e, r)| self.members.get(e)?.addresses_of(v6).nth(r)),
+        );
+        addresses.sort_unstable();
+        crate::dnssec::set_key_into(v6, addresses, key);
+        self.signature_by_key(signing, key, || {
+            picks
+                .iter()
+                .filter_map(|&(e, r)| self.members.get(e)?.records(v6).get(r))
+                .collect()
+        })
+    }
+
+    /// The signatures of the set with [`crate::dnssec::set_key`] `key`: prepared, else from
+    /// the zone's cache, signing `records()` on first use.
+    fn signature_by_key<'n, 'r>(
+        &'n self,
+        signing: &crate::routing::ZoneSigning,
+        key: &[u8],
+        records: impl FnOnce() -> Vec<&'r Record>,
+    ) -> Option<Signature<'n>> {
+        if let Some(found) = self.signatures.get(key) {
+            return Some(Signature::Prepared(found));
+        }
+        signing
+            .gslb_set(self.service, key.into(), &records())
+            .map(Signature::Cached)
+    }
+
+    /// [`GslbNode::signatures_of`] for an answer's records.
+    pub fn signatures_of_records<'n>(&'n self, records: &[&Record]) -> Option<Signature<'n>> {
+        let signing = self.signing.as_ref()?;
+        let v6 = records.first()?.record_type() == RecordType::AAAA;
+        let mut addresses: Vec<IpAddr> = records
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        addresses.sort_unstable();
+        let key = crate::dnssec::set_key(v6, &addresses);
+        self.signature_by_key(signing, &key, || records.to_vec())
+    }
+
+    /// True when any answerable endpoint has an address of the family.
+    pub fn has_family(&self, v6: bool) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.available && !m.records(v6).is_empty())
+    }
+}
