@@ -38,7 +38,7 @@ impl EndpointKey {
 /// candidates reordered for the client's prefix.
 #[derive(Debug)]
 pub struct GslbNode {
-    /// Index into [`Snapshot::services`].
+    /// Index into [`super::Snapshot::services`].
     pub service: usize,
     /// Ranking policy.
     pub policy: Policy,

@@ -42,7 +42,7 @@ pub fn status_json(snapshot: &Snapshot) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// How often [`maintain`] looks at the signatures' expiry and the keys' timelines.
+/// How often [`Resigner::maintain`] looks at the signatures' expiry and the keys' timelines.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Whether a snapshot's signatures need re-signing at `now`: the earliest expiry is within

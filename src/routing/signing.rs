@@ -48,7 +48,7 @@ pub struct ZoneSigning {
     pub nsec_ttl: u32,
     /// Sets signed on first use (denials, wildcard synthesis).
     pub cache: SigCache,
-    /// GSLB answer sets, by service index and [`set_key`].
+    /// GSLB answer sets, by service index and [`crate::dnssec::set_key`].
     pub gslb_cache: SigCache<(usize, Box<[u8]>)>,
     /// What signing on first use for client-chosen names may still spend.
     pub budget: Budget,
@@ -352,7 +352,7 @@ impl ZoneSigning {
     }
 
     /// The signatures of a GSLB answer of the service at `service`: `records` are its A
-    /// or AAAA records (any order), `key` their [`set_key`]. The wire form is made for a
+    /// or AAAA records (any order), `key` their [`crate::dnssec::set_key`]. The wire form is made for a
     /// question of the records' owner (its length places the compression pointer).
     pub fn gslb_set(
         &self,

@@ -13,7 +13,7 @@ use crate::config::{Check, Probe, VoteRule};
 use crate::health::scheduler::TargetId;
 use crate::health::state::{Health, Hysteresis};
 use crate::health::status::{Drain, Load};
-use crate::health::store::{self};
+use crate::health::store;
 use crate::health::votes::Vote;
 use crate::policy::load::{LoadTracker, LoadView};
 use crate::routing::EndpointKey;
