@@ -205,7 +205,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issue_18_devices_fifos_and_huge_files_are_errors_not_aborts() {
+    fn devices_fifos_and_huge_files_are_errors_not_aborts() {
         let zero = read(Path::new("/dev/zero"), 1024).unwrap_err();
         assert!(zero.to_string().contains("character device"), "{zero}");
         let dir = tempfile::tempdir().unwrap();

@@ -53,7 +53,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issue_18_5_the_default_cap_leaves_room_for_probes_and_admin() {
+    fn the_default_cap_leaves_room_for_probes_and_admin() {
         // 1024 descriptors: 512 probes, 64 admin, 128 reserved leave 320.
         assert_eq!(default_tcp_connections(1024, 512, 64), 320);
         assert_eq!(default_tcp_connections(1 << 20, 512, 64), 1024);

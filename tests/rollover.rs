@@ -131,7 +131,7 @@ fn status(dir: &Path) -> String {
 }
 
 #[tokio::test]
-async fn issue_14_a_csk_rollover_stays_valid_at_every_stage() {
+async fn a_csk_rollover_stays_valid_at_every_stage() {
     let _turn = CLOCK.lock().await;
     let t0 = real_now() - 2 * DAY;
     gto::dnssec::set_clock(t0);
@@ -176,7 +176,7 @@ async fn issue_14_a_csk_rollover_stays_valid_at_every_stage() {
 }
 
 #[tokio::test]
-async fn issue_14_a_zsk_rollover_keeps_the_ds_and_stays_valid() {
+async fn a_zsk_rollover_keeps_the_ds_and_stays_valid() {
     let _turn = CLOCK.lock().await;
     let t0 = real_now() - 2 * DAY;
     gto::dnssec::set_clock(t0);
@@ -211,7 +211,7 @@ async fn issue_14_a_zsk_rollover_keeps_the_ds_and_stays_valid() {
 /// the zone's signing budget per second: every query is still answered, the denials past
 /// the budget go out without their proof and are counted, and the next second signs again.
 #[tokio::test]
-async fn issue_14_a_flood_of_random_names_is_signed_within_a_budget() {
+async fn a_flood_of_random_names_is_signed_within_a_budget() {
     let _turn = CLOCK.lock().await;
     let t0 = real_now();
     gto::dnssec::set_clock(t0);

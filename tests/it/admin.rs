@@ -6,8 +6,9 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 
+use crate::real::{all_down, get_with_host, metrics, real_config};
 use crate::support::{
-    TestServer, ZONE, answers, config, edns, http, http_json, query, sample, udp,
+    RealGto, TestServer, ZONE, answers, config, edns, http, http_json, query, sample, udp,
 };
 
 pub(crate) const TOKEN: &str = "s3cret-token-for-tests-0123456789";
@@ -510,4 +511,364 @@ async fn a_corrupt_state_file_gives_a_safe_start_and_is_rewritten() {
             .collect();
         assert_eq!(drained, ["ams-1"], "{text}");
     }
+}
+
+#[tokio::test]
+async fn far_future_drains_are_refused_and_status_keeps_working() {
+    let server = start().await;
+    let admin = server.admin();
+    let path = "/v1/members/sma/fra-1/drain";
+    for body in [
+        r#"{"for": "8000years"}"#,
+        r#"{"for": "500000000years"}"#,
+        r#"{"until": "9999-12-31T00:00:00Z"}"#,
+        r#"{"for": "367days"}"#,
+    ] {
+        let (code, reply) = http_json(admin, "POST", path, Some(TOKEN), body).await;
+        assert_eq!(code, 400, "{body}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("max_drain"),
+            "{reply}"
+        );
+    }
+    let (code, status) = http_json(admin, "GET", "/v1/status", None, "").await;
+    assert_eq!(code, 200);
+    assert_eq!(member(&status, "fra-1")["drained"], false);
+    // Within the bound it works, and reads back as RFC 3339.
+    let (code, reply) = http_json(admin, "POST", path, Some(TOKEN), r#"{"for": "300d"}"#).await;
+    assert_eq!(code, 200, "{reply}");
+    assert!(
+        reply["endpoint"]["drained_until"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let (code, _) = http_json(admin, "GET", "/v1/status", None, "").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn a_drain_the_state_file_cannot_hold_is_applied_with_a_warning() {
+    let config = crate::admin::admin_config().replace(
+        "state_file = \"gto.state\"",
+        "state_file = \"sub/gto.state\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let server = crate::support::TestServer::start_in(dir).await;
+    let admin = server.admin();
+    let path = "/v1/members/sma/fra-1/drain";
+    let (code, reply) = http_json(admin, "POST", path, Some(TOKEN), "").await;
+    assert_eq!(code, 200);
+    assert!(reply.get("warning").is_none(), "{reply}");
+    assert!(server.path("sub/gto.state").exists());
+    // The disk goes away under gto.
+    std::fs::remove_dir_all(server.path("sub")).unwrap();
+    let path = "/v1/members/sma/ams-1/drain";
+    let (code, reply) = http_json(admin, "POST", path, Some(TOKEN), "").await;
+    assert_eq!(code, 200, "{reply}");
+    let warning = reply["warning"].as_str().unwrap();
+    assert!(warning.contains("not saved to the state file"), "{warning}");
+    assert_eq!(reply["endpoint"]["drained"], true);
+    let (_, metrics) = crate::support::http(admin, "GET", "/metrics", None, "").await;
+    assert!(crate::support::sample(&metrics, "gto_state_write_failures_total", &[]) >= 1.0);
+}
+
+#[tokio::test]
+async fn silent_admin_clients_are_cut_off_and_cannot_block_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = config("").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nheader_timeout = \"1s\"\nmax_connections = 2",
+    );
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    let admin = server.admin();
+    // Two clients take both slots: one silent, one stuck halfway through its headers.
+    let mut silent = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(admin).await.unwrap();
+    partial
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A third request waits for a slot, which the header timeout frees.
+    let (code, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::http(admin, "GET", "/healthz", None, ""),
+    )
+    .await
+    .expect("a slot never freed up");
+    assert_eq!(code, 200);
+    let mut buffer = [0u8; 512];
+    for stream in [&mut silent, &mut partial] {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "still open: {read:?}"
+        );
+    }
+    // New stuck clients do not hold up shutdown.
+    let _silent = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"POST /v1/reload HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(8), server.app.shutdown())
+        .await
+        .expect("shutdown waited for stuck admin clients")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn status_explain_nsid_and_chaos_identity() {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption, NSIDPayload};
+    use hickory_proto::rr::{DNSClass, RecordType};
+    let text = config(
+        r#"
+[[service]]
+name = "other.gto.example.com."
+pool = "sma"
+"#,
+    )
+    .replace("[server]\n", "[server]\nidentity = \"ns1-test\"\n");
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    // Per-service answer counts: only vpn is asked.
+    for _ in 0..3 {
+        crate::support::udp(
+            server.addr,
+            &crate::support::query("vpn.gto.example.com.", RecordType::A, None),
+        )
+        .await;
+    }
+    let (_, status) = http_json(server.admin(), "GET", "/v1/status", None, "").await;
+    let answered = |service: usize| -> u64 {
+        status["services"][service]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["answered"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!((answered(0), answered(1)), (6, 0), "{status}");
+    assert_eq!(status["instance"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["instance"]["identity"], "ns1-test");
+    assert_eq!(
+        status["instance"]["config_digest"].as_str().unwrap().len(),
+        16
+    );
+    assert!(
+        status["instance"]["started"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    server.app.reload().await.unwrap();
+    let (_, status) = http_json(server.admin(), "GET", "/v1/status", None, "").await;
+    assert_eq!(
+        status["instance"]["last_reload"]["result"], "ok",
+        "{status}"
+    );
+
+    // NSID (RFC 5001) to a client that asks, on the fast path's port.
+    let mut edns = crate::support::edns(1232);
+    edns.options_mut()
+        .insert(EdnsOption::NSID(NSIDPayload::new(Vec::new()).unwrap()));
+    let message = crate::support::query("vpn.gto.example.com.", RecordType::A, Some(edns));
+    let (reply, _) = crate::support::udp(server.addr, &message).await;
+    let nsid = reply.edns.as_ref().unwrap().options().get(EdnsCode::NSID);
+    assert!(
+        matches!(nsid, Some(EdnsOption::NSID(p)) if p.as_ref() == b"ns1-test"),
+        "{nsid:?}"
+    );
+    assert_eq!(crate::support::answers(&reply).len(), 2);
+    // CH TXT id.server. and version.server., as dig asks.
+    let out = crate::support::dig(server.addr, &["+short", "CH", "TXT", "id.server."]).await;
+    assert_eq!(out.trim(), "\"ns1-test\"");
+    let out = crate::support::dig(server.addr, &["+short", "CH", "TXT", "version.server."]).await;
+    assert!(out.contains("gto "), "{out}");
+    let mut ch = crate::support::query("id.server.", RecordType::TXT, None);
+    ch.queries[0].set_query_class(DNSClass::CH);
+    let reply: Message = crate::support::tcp(server.addr, &ch).await;
+    assert!(reply.metadata.authoritative);
+
+    // Without an identity, nothing is disclosed.
+    let plain = crate::support::TestServer::default().await;
+    let out = crate::support::dig(plain.addr, &["CH", "TXT", "id.server."]).await;
+    assert!(out.contains("REFUSED"), "{out}");
+}
+
+#[tokio::test]
+async fn explain_names_fail_open_endpoints_as_down() {
+    let server = all_down(&["a", "b"], "answers = 1").await;
+    let (_, explanation) = http_json(
+        server.admin(),
+        "GET",
+        "/v1/explain?name=vpn.gto.example.com&client=192.0.2.1",
+        None,
+        "",
+    )
+    .await;
+    let reasons: Vec<&str> = explanation["gslb"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with("down, served by when_all_down")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn api_errors_are_json_and_bearer_is_case_insensitive() {
+    let server = start().await;
+    let admin = server.admin();
+    // Wrong method, bad JSON body, bad query: all JSON.
+    for (method, path, body) in [
+        ("DELETE", "/v1/status", ""),
+        ("POST", "/v1/members/sma/fra-1/drain", "{not json"),
+        ("GET", "/v1/explain?name=x", ""),
+    ] {
+        let (code, text) = crate::support::http(admin, method, path, Some(TOKEN), body).await;
+        assert!(code >= 400, "{method} {path}: {code}");
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        assert!(json["error"].is_string(), "{json}");
+    }
+    // A body over the limit: JSON 413.
+    let big = format!("{{\"for\": \"{}\"}}", "x".repeat(70_000));
+    let (code, text) = crate::support::http(
+        admin,
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        &big,
+    )
+    .await;
+    assert_eq!(code, 413);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+        "{text}"
+    );
+    // "bearer" in any letter case (RFC 7235).
+    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post("/v1/members/sma/fra-1/undrain")
+        .header("host", "localhost")
+        .header("authorization", format!("bEaReR {TOKEN}"))
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// Item 8: a `Host` that names another site (DNS rebinding) is refused; IP literals,
+/// localhost and `[admin] hosts` are served; every response has the security headers.
+#[tokio::test]
+async fn foreign_host_headers_are_refused_and_security_headers_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, admin) = real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "[admin]\nlisten",
+            "[admin]\nhosts = [\"gto-admin.example.net\"]\nlisten",
+        )
+    });
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    gto.wait_for_log("admin API listening").await;
+    let port = admin.port();
+    for host in [
+        "rebind.attacker.example".to_string(),
+        format!("rebind.attacker.example:{port}"),
+        format!("localhost.attacker.example:{port}"),
+    ] {
+        for path in ["/", "/v1/status", "/metrics"] {
+            let (status, _) = get_with_host(admin, path, &host).await;
+            assert_eq!(status, 421, "{host} {path}");
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_string(),
+        format!("gto-admin.example.net:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, headers) = get_with_host(admin, "/", &host).await;
+        assert_eq!(status, 200, "{host}");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        assert_eq!(header("referrer-policy"), "no-referrer");
+        let csp = header("content-security-policy");
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'sha256-"),
+            "{csp}"
+        );
+    }
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
+
+/// Item 7: silent connections from one source cannot lock the admin API: with every
+/// slot held by 30 idle connections, `/healthz` (and any request) from the same source
+/// or another is answered at once, by evicting the silent ones.
+#[tokio::test]
+async fn silent_connections_cannot_lock_out_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, admin) = real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "[admin]\nlisten",
+            "[admin]\nmax_connections = 4\nheader_timeout = \"30s\"\nlisten",
+        )
+    });
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    gto.wait_for_log("admin API listening").await;
+    let mut silent = Vec::new();
+    for _ in 0..30 {
+        silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    for source in ["127.0.0.1", "127.0.0.2"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(admin).await.unwrap();
+        let (code, _) = tokio::time::timeout(
+            Duration::from_secs(3),
+            crate::support::http_on(stream, "GET", "/healthz", None, ""),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("/healthz from {source} locked out"));
+        assert_eq!(code, 200);
+    }
+    let text = metrics(admin).await;
+    assert!(
+        sample(&text, "gto_admin_evicted_total", &["kind=\"connection\""]) >= 26.0,
+        "{text}"
+    );
+    // The event streams likewise: 16 silent ones, and a 17th from elsewhere is served.
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        streams.push(crate::events::Stream::open(admin, None).await);
+    }
+    let mut watcher = crate::events::Stream::open(admin, None).await;
+    drop(streams);
+    drop(silent);
+    gto.signal("HUP");
+    assert_eq!(watcher.next().await.kind, "reload");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
 }

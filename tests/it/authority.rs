@@ -111,7 +111,7 @@ fn assert_nxdomain(reply: &Message, what: &str) {
 }
 
 #[tokio::test]
-async fn issue_13_rfc4592_example_zone_gives_the_rfcs_results() {
+async fn rfc4592_example_zone_gives_the_rfcs_results() {
     let server = server().await;
     let addr = server.addr;
 
@@ -165,7 +165,7 @@ async fn issue_13_rfc4592_example_zone_gives_the_rfcs_results() {
 }
 
 #[tokio::test]
-async fn issue_13_wildcards_synthesize_every_type_follow_cnames_and_keep_the_question_case() {
+async fn wildcards_synthesize_every_type_follow_cnames_and_keep_the_question_case() {
     let server = server().await;
     let addr = server.addr;
     let reply = ask(addr, "deep.x.wild.gto.example.com.", RecordType::A).await;
@@ -237,7 +237,7 @@ async fn issue_13_wildcards_synthesize_every_type_follow_cnames_and_keep_the_que
 }
 
 #[tokio::test]
-async fn issue_13_delegations_refer_with_glue_and_never_answer_below_the_cut() {
+async fn delegations_refer_with_glue_and_never_answer_below_the_cut() {
     let server = server().await;
     let addr = server.addr;
     let ns_set = vec![
@@ -295,7 +295,7 @@ async fn issue_13_delegations_refer_with_glue_and_never_answer_below_the_cut() {
 /// A referral that does not fit: TC only when the in-domain glue does not fit; other
 /// addresses are left out quietly.
 #[tokio::test]
-async fn issue_13_oversized_referrals_truncate_only_for_required_glue() {
+async fn oversized_referrals_truncate_only_for_required_glue() {
     let mut zone = ZONE.to_string();
     for i in 0..12 {
         zone.push_str(&format!(
@@ -342,7 +342,7 @@ async fn issue_13_oversized_referrals_truncate_only_for_required_glue() {
 /// gets FORMERR; the option is echoed with FAMILY, SOURCE PREFIX-LENGTH and ADDRESS as the
 /// client sent them. A well-formed option is echoed exactly too.
 #[tokio::test]
-async fn issue_13_ecs_is_echoed_byte_for_byte() {
+async fn ecs_is_echoed_byte_for_byte() {
     let server = TestServer::start(&config(""), ZONE).await;
     let ecs_query = |data: &[u8]| {
         let mut message = query("vpn.gto.example.com.", RecordType::A, None);
@@ -398,7 +398,7 @@ async fn issue_13_ecs_is_echoed_byte_for_byte() {
 
 /// GSLB names at or below a delegation, or that are wildcards, are config errors.
 #[tokio::test]
-async fn issue_13_gslb_names_below_a_cut_are_refused() {
+async fn gslb_names_below_a_cut_are_refused() {
     for (name, expected) in [
         ("vpn.sub.gto.example.com.", "at or below the delegation"),
         ("sub.gto.example.com.", "at or below the delegation"),
@@ -423,7 +423,7 @@ async fn issue_13_gslb_names_below_a_cut_are_refused() {
 /// When we serve both sides of a delegation, the child zone answers below the cut and DS
 /// at the child's apex comes from the parent (RFC 4035 section 3.1.4.1).
 #[tokio::test]
-async fn issue_13_a_child_zone_we_also_serve_answers_below_its_cut() {
+async fn a_child_zone_we_also_serve_answers_below_its_cut() {
     let parent = format!("{ZONE}lab IN NS ns1\n");
     let child = "$ORIGIN lab.gto.example.com.\n$TTL 300\n@ SOA ns1.gto.example.com. h 7 3600 600 86400 30\n@ NS ns1.gto.example.com.\nhost A 192.0.2.123\n";
     let config = format!(

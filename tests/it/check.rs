@@ -2,6 +2,7 @@
 
 use std::fs;
 
+use crate::real::{a_records, real_config, real_config_without_admin};
 use crate::support::{ZONE, config, gto_bin, repo};
 
 pub(crate) fn check(dir: &std::path::Path) -> (i32, String, String) {
@@ -256,7 +257,7 @@ fn rate_limiting_and_coalescing_mistakes_are_reported_with_locations() {
 }
 
 #[test]
-fn issue_18_16_wildcard_listen_addresses_are_refused_with_the_reason() {
+fn wildcard_listen_addresses_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let text = config("").replace(
         "[server]\nlisten = [\"127.0.0.1:0\"]",
@@ -278,7 +279,7 @@ fn issue_18_16_wildcard_listen_addresses_are_refused_with_the_reason() {
 }
 
 #[test]
-fn issue_18_10_checks_that_could_never_work_are_refused() {
+fn checks_that_could_never_work_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let text = config(
         r#"
@@ -319,7 +320,7 @@ addresses = ["192.0.2.2"]
 }
 
 #[test]
-fn issue_18_14_zones_gto_would_serve_wrong_are_refused_at_their_lines() {
+fn zones_gto_would_serve_wrong_are_refused_at_their_lines() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("gto.toml"), config("")).unwrap();
     let lines = ZONE.lines().count();
@@ -341,4 +342,156 @@ fn issue_18_14_zones_gto_would_serve_wrong_are_refused_at_their_lines() {
     at(8, "self.gto.example.com. starts a CNAME loop");
     at(9, "TTL 2147483648 of big.gto.example.com. is 2^31 or more");
     assert!(stderr.contains("5 problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn config_named_files_that_are_devices_or_huge_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        r#"
+[[pool]]
+name = "tls"
+check = { kind = "https", port = 443, ca_file = "/dev/zero" }
+[[pool.member]]
+name = "x"
+addresses = ["192.0.2.1"]
+"#,
+    )
+    .replace("file = \"gto.example.com.zone\"", "file = \"big.zone\"")
+    .replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"/dev/urandom\"",
+    )
+    .replace("[server]\n", "[server]\nmax_file_size = \"1KiB\"\n");
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(dir.path().join("big.zone"), ZONE.repeat(3)).unwrap();
+    let output = crate::support::gto_bin()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero: is a character device"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("/dev/urandom: is a character device"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("big.zone: larger than the limit of 1024 bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn type_errors_come_with_every_other_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        r#"
+[[pool]]
+name = "typed"
+[[pool.member]]
+name = "x"
+addresses = "192.0.2.1"
+[[geo.region]]
+name = "eu"
+prefer = ["eu", "us-eats"]
+"#,
+    )
+    .replace("answers = 2", "answers = \"two\"")
+    .replace("[admin]\n", "[admin]\nbogus = 1\n")
+    .replace("[server]\n", "[server]\nudp_payload = 100\n");
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(
+        dir.path().join("gto.example.com.zone"),
+        format!("{ZONE}bad IN A nope\n"),
+    )
+    .unwrap();
+    let output = crate::support::gto_bin()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    for wanted in [
+        "service.0",             // answers = "two": a type error
+        "pool.1",                // addresses = "...": another
+        "unknown key",           // bogus
+        "server.udp_payload",    // a range error
+        "gto.example.com.zone:", // a zone error
+        "no endpoint is in region \"us-eats\"",
+    ] {
+        assert!(stderr.contains(wanted), "no {wanted:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn explain_names_a_corrupt_state_file_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    real_config_without_admin(dir.path(), "state_file = \"gto.state\"");
+    std::fs::write(dir.path().join("gto.state"), "{\"version\": 1, \"memb").unwrap();
+    let output = crate::support::gto_bin()
+        .arg("explain")
+        .arg("--config")
+        .arg(dir.path().join("gto.toml"))
+        .args(["vpn.gto.example.com.", "198.51.100.1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("state file"), "{stderr}");
+    assert!(stderr.contains("gto.state is unreadable"), "{stderr}");
+    assert!(!stderr.contains("starting without it"), "{stderr}");
+}
+
+/// Item 9, the zone and check part: a TTL over 32 bits is named as a TTL; an RRset no
+/// DNS message can hold is refused at load with its line; an admin listener on a DNS
+/// listener's address is refused; all of them at once, exit 64.
+#[test]
+fn check_names_a_huge_ttl_an_oversized_rrset_and_a_clashing_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = format!(
+        "{ZONE}big-ttl 4294967296 IN A 192.0.2.1\n{}",
+        a_records("huge", 5_000)
+    );
+    real_config(dir.path(), &zone, |text| {
+        let dns = text
+            .split("listen = [\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        let admin = text
+            .split("[admin]\nlisten = \"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        text.replace(
+            &format!("[admin]\nlisten = \"{admin}\""),
+            &format!("[admin]\nlisten = \"{dns}\""),
+        )
+    });
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    let huge_line = ZONE.lines().count() + 2;
+    for expected in [
+        "TTL 4294967296 is out of range".to_string(),
+        format!("gto.example.com.zone:{huge_line}: huge.gto.example.com. A has 5000 records"),
+        "admin.listen: 127.0.0.1:".to_string(),
+        "is also a DNS listener".to_string(),
+    ] {
+        assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
+    }
+    assert!(!stderr.contains("record type"), "{stderr}");
 }

@@ -1,10 +1,16 @@
 //! DNS behaviour over real UDP and TCP: GSLB names, static names, negative answers,
 //! REFUSED, opcodes, malformed input.
 
+use std::ffi::OsStr;
+
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
-use crate::support::{TestServer, answers, config, edns, query, tcp, tcp_raw, udp, udp_raw};
+use crate::real::{a_records, real_config};
+use crate::support::{
+    RealGto, TestServer, ZONE, answers, config, dig, edns, http, query, tcp, tcp_raw, udp, udp_raw,
+    wait_answering,
+};
 
 #[tokio::test]
 async fn gslb_name_answers_pool_addresses_over_udp_and_tcp() {
@@ -497,4 +503,86 @@ async fn a_burst_from_one_socket_gets_one_datagram_per_answer() {
         }
     }
     assert!(expected.is_empty());
+}
+
+/// Item 9, the serving part, through the real binary and dig: QCLASS ANY is REFUSED; a
+/// large RRset (1,600 records, about 59 KB uncompressed) goes out whole over TCP, and signed with DO;
+/// `gto explain` takes an IDN name and refuses AXFR, on the command line and the API.
+#[tokio::test]
+async fn class_any_refused_big_sets_whole_over_tcp_and_explain_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = format!("{ZONE}{}", a_records("large", 1_600));
+    let (addr, admin) = real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
+    crate::dnssec::keygen(dir.path(), "keys", &[]);
+    let config = dir.path().join("gto.toml");
+    let mut gto = RealGto::run(&config);
+    wait_answering(addr, "vpn.gto.example.com.").await;
+
+    let any = dig(
+        addr,
+        &["+norec", "-c", "ANY", "-t", "A", "vpn.gto.example.com"],
+    )
+    .await;
+    assert!(
+        any.contains("status: REFUSED") && !any.contains("status: NOERROR"),
+        "{any}"
+    );
+    let rows = |text: &str, kind: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with(';') && l.contains(&format!("\t{kind}\t")))
+            .count()
+    };
+    let plain = dig(addr, &["+norec", "+tcp", "large.gto.example.com", "A"]).await;
+    assert!(plain.contains("status: NOERROR"), "{plain}");
+    assert_eq!(rows(&plain, "A"), 1_600, "whole over TCP");
+    let signed = dig(
+        addr,
+        &["+norec", "+tcp", "+dnssec", "large.gto.example.com", "A"],
+    )
+    .await;
+    assert_eq!(rows(&signed, "A"), 1_600, "whole with DO");
+    assert_eq!(rows(&signed, "RRSIG"), 1, "and signed");
+
+    // `gto explain`: an IDN name in its U-label form, and AXFR refused.
+    let explain = |args: &[&str]| {
+        crate::support::gto_bin()
+            .args([
+                OsStr::new("explain"),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let idn = explain(&["bücher.gto.example.com.", "192.0.2.1"]);
+    assert!(idn.status.success(), "{idn:?}");
+    let idn: serde_json::Value = serde_json::from_slice(&idn.stdout).unwrap();
+    assert_eq!(idn["rcode"], "NXDOMAIN", "{idn}");
+    let axfr = explain(&["gto.example.com.", "192.0.2.1", "-t", "AXFR"]);
+    assert!(!axfr.status.success());
+    assert!(
+        String::from_utf8_lossy(&axfr.stderr).contains("zone transfer"),
+        "{axfr:?}"
+    );
+    let (code, body) = http(
+        admin,
+        "GET",
+        "/v1/explain?name=gto.example.com&client=192.0.2.1&type=AXFR",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http(
+        admin,
+        "GET",
+        "/v1/explain?name=b%C3%BCcher.gto.example.com&client=192.0.2.1",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
 }

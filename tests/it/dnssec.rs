@@ -5,15 +5,20 @@
 //! SERVFAIL with a wrong anchor. Answers to queries without DO are byte for byte those of
 //! the unsigned zone.
 
+use std::ffi::OsStr;
 use std::path::Path;
+use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message};
 use hickory_proto::rr::RecordType;
 
 use crate::authority;
 use crate::geo::geo_config;
+use crate::real::{metrics, real_config};
 use crate::support::unbound::Unbound;
-use crate::support::{TestServer, dig, gto_bin, query, udp_raw};
+use crate::support::{
+    RealGto, TestServer, ZONE, dig, gto_bin, query, sample, udp_raw, wait_answering,
+};
 
 /// The zone of the authority tests plus a delegation with a DS (a secure child).
 pub(crate) fn zone() -> String {
@@ -28,7 +33,7 @@ pub(crate) fn zone() -> String {
 }
 
 #[tokio::test]
-async fn issue_14_signed_answers_that_do_not_fit_are_truncated() {
+async fn signed_answers_that_do_not_fit_are_truncated() {
     let server = signed_server(&[]).await;
     // 400 bytes of TXT fit 512 bytes; with their signature they do not.
     let plain = dig(
@@ -117,7 +122,7 @@ async fn issue_14_signed_answers_that_do_not_fit_are_truncated() {
 /// `gto dnssec keygen` printed: unbound follows the chain of trust from the parent's anchor
 /// through the DS (answered and signed by the parent) to the child's keys.
 #[tokio::test]
-async fn issue_14_the_chain_of_trust_reaches_a_signed_child_zone() {
+async fn the_chain_of_trust_reaches_a_signed_child_zone() {
     let dir = tempfile::tempdir().unwrap();
     let printed = keygen(dir.path(), "keys", &[]);
     assert!(printed.contains(" IN DS "));
@@ -180,7 +185,7 @@ async fn issue_14_the_chain_of_trust_reaches_a_signed_child_zone() {
 /// changed directory by itself and publishes the successor (pre-publication), still
 /// signing with the old key, so the parent's DS keeps validating.
 #[tokio::test]
-async fn issue_14_a_rollover_started_by_hand_is_picked_up_by_the_running_server() {
+async fn a_rollover_started_by_hand_is_picked_up_by_the_running_server() {
     let server = signed_server(&[]).await;
     let anchors = ds_of(server.dir.path());
     let output = gto_bin()
@@ -234,7 +239,7 @@ async fn issue_14_a_rollover_started_by_hand_is_picked_up_by_the_running_server(
 /// candidates, two addresses per answer): every set a client gets validates, the ones met
 /// first at query time included, and so do the new sets after an endpoint is drained.
 #[tokio::test]
-async fn issue_14_every_affinity_set_validates_before_and_after_a_drain() {
+async fn every_affinity_set_validates_before_and_after_a_drain() {
     let dir = tempfile::tempdir().unwrap();
     let token = crate::admin::TOKEN;
     let config = signed(&crate::support::config(""))
@@ -299,7 +304,7 @@ async fn issue_14_every_affinity_set_validates_before_and_after_a_drain() {
 }
 
 #[test]
-fn issue_14_check_locates_every_key_problem() {
+fn check_locates_every_key_problem() {
     let dir = tempfile::tempdir().unwrap();
     // Zone one: its key directory does not exist. Zone two: a private key others can read.
     let config = format!(
@@ -498,13 +503,13 @@ async fn validated_by_unbound(server: &TestServer) {
 }
 
 #[tokio::test]
-async fn issue_14_unbound_validates_every_kind_of_answer() {
+async fn unbound_validates_every_kind_of_answer() {
     let server = signed_server(&[]).await;
     validated_by_unbound(&server).await;
 }
 
 #[tokio::test]
-async fn issue_14_unbound_validates_an_ed25519_ksk_zsk_split() {
+async fn unbound_validates_an_ed25519_ksk_zsk_split() {
     let server = signed_server(&[
         &["--role", "ksk", "--algorithm", "ed25519"],
         &["--role", "zsk", "--algorithm", "ed25519"],
@@ -521,7 +526,7 @@ async fn issue_14_unbound_validates_an_ed25519_ksk_zsk_split() {
 }
 
 #[tokio::test]
-async fn issue_14_a_wrong_trust_anchor_gives_servfail() {
+async fn a_wrong_trust_anchor_gives_servfail() {
     let server = signed_server(&[]).await;
     // The DS of another key of the same zone: gto's signatures do not chain to it.
     let other = tempfile::tempdir().unwrap();
@@ -540,7 +545,7 @@ async fn issue_14_a_wrong_trust_anchor_gives_servfail() {
 }
 
 #[tokio::test]
-async fn issue_14_referrals_carry_the_ds_or_the_proof_there_is_none() {
+async fn referrals_carry_the_ds_or_the_proof_there_is_none() {
     let server = signed_server(&[]).await;
     let insecure = dig(
         server.addr,
@@ -578,7 +583,7 @@ async fn issue_14_referrals_carry_the_ds_or_the_proof_there_is_none() {
 }
 
 #[tokio::test]
-async fn issue_14_compact_denial_is_nxdomain_for_a_client_that_sets_co() {
+async fn compact_denial_is_nxdomain_for_a_client_that_sets_co() {
     let server = signed_server(&[]).await;
     let mut edns = Edns::new();
     edns.set_max_payload(1232);
@@ -608,7 +613,7 @@ async fn issue_14_compact_denial_is_nxdomain_for_a_client_that_sets_co() {
 }
 
 #[tokio::test]
-async fn issue_14_answers_without_do_are_byte_for_byte_unchanged() {
+async fn answers_without_do_are_byte_for_byte_unchanged() {
     let unsigned = TestServer::start(&geo_config(""), &zone()).await;
     let server = signed_server(&[]).await;
     let names = [
@@ -646,4 +651,133 @@ async fn issue_14_answers_without_do_are_byte_for_byte_unchanged() {
         }
     }
     assert_eq!(compared, names.len() * types.len() * 2);
+}
+
+/// Item 1: a key shipped with mode 0644 is warned about once, and nothing is re-signed
+/// for it every 2 s; once its mode is fixed it is read and published.
+#[tokio::test]
+async fn a_bad_key_file_is_warned_once_and_re_signs_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = real_config(dir.path(), ZONE, |text| crate::dnssec::signed(&text));
+    crate::dnssec::keygen(dir.path(), "keys", &[]);
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let dnskeys = |text: String| {
+        text.lines()
+            .filter(|l| !l.starts_with(';') && l.contains("\tDNSKEY\t"))
+            .count()
+    };
+    let apex = ["+norec", "+dnssec", "gto.example.com.", "DNSKEY"];
+    assert_eq!(dnskeys(dig(addr, &apex).await), 1);
+
+    // A second key, made elsewhere and copied in as `cp` would: the private key 0644.
+    crate::dnssec::keygen(dir.path(), "elsewhere", &[]);
+    let mut private = None;
+    for entry in std::fs::read_dir(dir.path().join("elsewhere")).unwrap() {
+        let from = entry.unwrap().path();
+        let to = dir.path().join("keys").join(from.file_name().unwrap());
+        std::fs::copy(&from, &to).unwrap();
+        if to.extension() == Some(OsStr::new("private")) {
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+            private = Some(to);
+        }
+    }
+    let warning = gto.wait_for_log("could not read the zone's keys").await;
+    assert!(warning.contains("chmod 600"), "{warning}");
+    let before = metrics(admin).await;
+    let signed = sample(&before, "gto_dnssec_signed_at_load_total", &[]);
+    let generation = sample(&before, "gto_snapshot_generation", &[]);
+    let pid = gto.child.id().unwrap();
+    let cpu = crate::real::cpu_ticks(pid);
+
+    // Three of the background check's 2 s ticks: no second warning (before the fix: one
+    // per tick, each after re-signing the whole zone).
+    let again = tokio::time::timeout(
+        Duration::from_millis(6_500),
+        gto.wait_for_log("could not read the zone's keys"),
+    )
+    .await;
+    assert!(again.is_err(), "warned again: {again:?}");
+    let after = metrics(admin).await;
+    assert_eq!(
+        sample(&after, "gto_dnssec_signed_at_load_total", &[]),
+        signed,
+        "nothing re-signed"
+    );
+    assert_eq!(
+        sample(&after, "gto_snapshot_generation", &[]),
+        generation,
+        "no new snapshot"
+    );
+    assert_eq!(
+        sample(&after, "gto_dnssec_key_read_failures_total", &[]),
+        1.0
+    );
+    let spent = crate::real::cpu_ticks(pid) - cpu;
+    assert!(spent < 50, "{spent} ticks of CPU in 6.5 s while idle");
+    // The old key still signs: answers validate as before.
+    assert_eq!(dnskeys(dig(addr, &apex).await), 1);
+
+    // `chmod 600` (no file added, the directory's own time unchanged) is seen.
+    std::fs::set_permissions(private.unwrap(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    gto.wait_for_log("the key directory changed").await;
+    let mut published = 0;
+    for _ in 0..50 {
+        published = dnskeys(dig(addr, &apex).await);
+        if published == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(published, 2, "the fixed key is published");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
+
+/// Item 2 (signing): a reload that leaves a signed zone's records, names and keys alone
+/// reuses its signatures (nothing signed); one that changes the zone signs it again.
+#[tokio::test]
+async fn a_reload_of_an_unchanged_signed_zone_signs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let many: String = (0..500)
+        .map(|i| format!("m{i} IN A 192.0.2.{}\n", i % 250))
+        .collect();
+    let zone = format!("{ZONE}{many}");
+    let (addr, admin) = real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
+    crate::dnssec::keygen(dir.path(), "keys", &[]);
+    let config = dir.path().join("gto.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut gto = RealGto::run(&config);
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let signed = || async {
+        sample(
+            &metrics(admin).await,
+            "gto_dnssec_signed_at_load_total",
+            &[],
+        )
+    };
+    let at_start = signed().await;
+    assert!(at_start > 500.0, "{at_start}");
+    // A change elsewhere in the config (a GSLB name's TTL): nothing signed again.
+    std::fs::write(&config, original.replace("ttl = 20", "ttl = 30")).unwrap();
+    gto.signal("HUP");
+    gto.wait_for_log("config reloaded").await;
+    assert_eq!(
+        signed().await,
+        at_start,
+        "the unchanged zone's signatures are reused"
+    );
+    let answer = dig(addr, &["+norec", "+dnssec", "m7.gto.example.com", "A"]).await;
+    assert!(answer.contains("RRSIG\tA"), "{answer}");
+    // A changed zone is signed again, and serves its new record signed.
+    let zone = zone.replace("2026112501", "2026112502") + "fresh IN A 192.0.2.99\n";
+    std::fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
+    gto.signal("HUP");
+    gto.wait_for_log("config reloaded").await;
+    assert!(signed().await > at_start);
+    let answer = dig(addr, &["+norec", "+dnssec", "fresh.gto.example.com", "A"]).await;
+    assert!(answer.contains("RRSIG\tA"), "{answer}");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
 }

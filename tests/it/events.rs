@@ -9,7 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::admin::{TOKEN, start};
-use crate::support::http_json;
+use crate::real::real_config_with_token;
+use crate::support::{RealGto, ZONE, http_json};
 
 /// An open event stream: reads `id:`/`event:`/`data:` blocks.
 pub(crate) struct Stream {
@@ -90,7 +91,7 @@ pub(crate) async fn drain(admin: SocketAddr, action: &str) {
 }
 
 #[tokio::test]
-async fn issue_15_drains_and_reloads_stream_as_events_and_resume_by_id() {
+async fn drains_and_reloads_stream_as_events_and_resume_by_id() {
     let server = start().await;
     let admin = server.admin();
     let mut stream = Stream::open(admin, None).await;
@@ -132,7 +133,7 @@ async fn issue_15_drains_and_reloads_stream_as_events_and_resume_by_id() {
 }
 
 #[tokio::test]
-async fn issue_15_a_consumer_that_does_not_read_cannot_grow_memory() {
+async fn a_consumer_that_does_not_read_cannot_grow_memory() {
     let server = start().await;
     let admin = server.admin();
     let mut stream = Stream::open(admin, None).await;
@@ -156,7 +157,7 @@ async fn issue_15_a_consumer_that_does_not_read_cannot_grow_memory() {
 }
 
 #[tokio::test]
-async fn issue_15_event_streams_are_capped() {
+async fn event_streams_are_capped() {
     let server = start().await;
     let admin = server.admin();
     let mut open = Vec::new();
@@ -180,4 +181,47 @@ async fn issue_15_event_streams_are_capped() {
     drain(admin, "drain").await;
     assert_eq!(newest.next().await.kind, "drain");
     drop(open);
+}
+
+/// Item 3: event ids keep growing across a restart, and a stream resumed with an id from
+/// before the restart (what a browser's EventSource sends by itself) or one from the
+/// future gets a `reset`, not silence.
+#[tokio::test]
+async fn event_ids_survive_a_restart_and_unknown_ids_get_a_reset() {
+    use crate::events::{Stream, drain};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, admin) = real_config_with_token(dir.path(), ZONE, |text| text);
+    let config = dir.path().join("gto.toml");
+    let mut gto = RealGto::run(&config);
+    gto.wait_for_log("admin API listening").await;
+    let mut stream = Stream::open(admin, None).await;
+    drain(admin, "drain").await;
+    let before = stream.next().await;
+    assert_eq!(before.kind, "drain");
+    let old = before.id.unwrap();
+    drop(stream);
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+
+    let mut gto = RealGto::run(&config);
+    gto.wait_for_log("admin API listening").await;
+    // Resuming from the earlier run: told to start again.
+    let mut resumed = Stream::open(admin, Some(old)).await;
+    let first = resumed.next().await;
+    assert_eq!(first.kind, "reset", "{first:?}");
+    drain(admin, "undrain").await;
+    let undrain = resumed.next().await;
+    assert_eq!(undrain.kind, "drain");
+    let new = undrain.id.unwrap();
+    assert!(new > old, "ids grow across a restart: {old} then {new}");
+    // An id this run has not reached.
+    let mut future = Stream::open(admin, Some(new + 1_000)).await;
+    assert_eq!(future.next().await.kind, "reset");
+    // Resuming from this run's own id: the events after it, no reset.
+    drain(admin, "drain").await;
+    let mut own = Stream::open(admin, Some(new)).await;
+    let next = own.next().await;
+    assert_eq!((next.kind.as_str(), next.id), ("drain", Some(new + 1)));
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
 }

@@ -313,7 +313,7 @@ async fn wait_connected(servers: &[&TestServer]) {
 }
 
 #[tokio::test]
-async fn issue_11_a_drain_on_one_instance_reaches_the_other_and_expires_on_both() {
+async fn a_drain_on_one_instance_reaches_the_other_and_expires_on_both() {
     let etcd = Etcd::start().await;
     let a = instance(&etcd.url(), "a").await;
     let b = instance(&etcd.url(), "b").await;
@@ -388,7 +388,7 @@ async fn issue_11_a_drain_on_one_instance_reaches_the_other_and_expires_on_both(
 }
 
 #[tokio::test]
-async fn issue_11_a_load_report_to_one_instance_moves_the_others_ranking() {
+async fn a_load_report_to_one_instance_moves_the_others_ranking() {
     let etcd = Etcd::start().await;
     let extra = "";
     let config = |name: &str| {
@@ -432,7 +432,7 @@ async fn issue_11_a_load_report_to_one_instance_moves_the_others_ranking() {
 }
 
 #[tokio::test]
-async fn issue_11_instances_with_different_configs_show_drift() {
+async fn instances_with_different_configs_show_drift() {
     let etcd = Etcd::start().await;
     let a = instance(&etcd.url(), "a").await;
     let other = fleet_config(&etcd.url(), "b", "").replace("ttl = 20", "ttl = 30");
@@ -460,7 +460,7 @@ async fn issue_11_instances_with_different_configs_show_drift() {
 }
 
 #[tokio::test]
-async fn issue_11_etcd_down_answers_go_on_drains_are_refused_and_all_converge_after() {
+async fn etcd_down_answers_go_on_drains_are_refused_and_all_converge_after() {
     let mut etcd = Etcd::start().await;
     let a = instance(&etcd.url(), "a").await;
     let b = instance(&etcd.url(), "b").await;
@@ -538,7 +538,7 @@ async fn issue_11_etcd_down_answers_go_on_drains_are_refused_and_all_converge_af
 }
 
 #[tokio::test]
-async fn issue_11_an_instance_restarted_while_etcd_is_down_serves_the_cached_drains() {
+async fn an_instance_restarted_while_etcd_is_down_serves_the_cached_drains() {
     let mut etcd = Etcd::start().await;
     let a = instance(&etcd.url(), "a").await;
     wait_connected(&[&a]).await;
@@ -557,7 +557,7 @@ async fn issue_11_an_instance_restarted_while_etcd_is_down_serves_the_cached_dra
 }
 
 #[tokio::test]
-async fn issue_11_compacted_revisions_lead_to_a_full_resync() {
+async fn compacted_revisions_lead_to_a_full_resync() {
     let etcd = Etcd::start().await;
     let relay = Relay::start(etcd.port).await;
     let a = instance(&etcd.url(), "a").await;
@@ -603,7 +603,7 @@ async fn issue_11_compacted_revisions_lead_to_a_full_resync() {
 }
 
 #[tokio::test]
-async fn issue_11_concurrent_drains_and_undrains_end_in_one_state_everywhere() {
+async fn concurrent_drains_and_undrains_end_in_one_state_everywhere() {
     let etcd = Etcd::start().await;
     let a = instance(&etcd.url(), "a").await;
     let b = instance(&etcd.url(), "b").await;
@@ -664,7 +664,7 @@ fn make_tls() -> Tls {
 }
 
 #[tokio::test]
-async fn issue_11_tls_to_etcd_with_client_certificates() {
+async fn tls_to_etcd_with_client_certificates() {
     let tls = make_tls();
     let etcd = Etcd::start_with(Some(tls.clone())).await;
     let files = [
@@ -695,7 +695,7 @@ async fn issue_11_tls_to_etcd_with_client_certificates() {
 }
 
 #[tokio::test]
-async fn issue_11_a_killed_instance_leaves_the_fleet_view_when_its_lease_expires() {
+async fn a_killed_instance_leaves_the_fleet_view_when_its_lease_expires() {
     let etcd = Etcd::start().await;
     let a = instance(&etcd.url(), "a").await;
     let dir = tempfile::tempdir().unwrap();
@@ -736,7 +736,7 @@ async fn issue_11_a_killed_instance_leaves_the_fleet_view_when_its_lease_expires
 /// The figures of the closing note: drain propagation (p50/p99 over 100 drains) and etcd
 /// traffic per instance at rest and under churn (bytes through a relay).
 #[tokio::test]
-async fn issue_11_drain_propagation_and_etcd_traffic() {
+async fn drain_propagation_and_etcd_traffic() {
     let etcd = Etcd::start().await;
     let relay = Relay::start(etcd.port).await;
     let a = instance(&etcd.url(), "a").await;
@@ -778,7 +778,7 @@ async fn issue_11_drain_propagation_and_etcd_traffic() {
 }
 
 #[tokio::test]
-async fn issue_11_load_read_by_one_instances_probes_reaches_the_others() {
+async fn load_read_by_one_instances_probes_reaches_the_others() {
     use crate::support::appliance::Speaks;
     let etcd = Etcd::start().await;
     let all = crate::health::appliances(Speaks::Http).await;
@@ -809,7 +809,7 @@ async fn issue_11_load_read_by_one_instances_probes_reaches_the_others() {
 }
 
 #[test]
-fn issue_11_cluster_mistakes_are_located_config_errors() {
+fn cluster_mistakes_are_located_config_errors() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "{}\n[cluster]\netcd = [\"etcd:2379\"]\nname = \"a/b\"\nlease_ttl = \"1s\"\nuser = \"gto\"\ntls = {{ ca_file = \"missing.pem\" }}\n",
@@ -837,7 +837,7 @@ fn issue_11_cluster_mistakes_are_located_config_errors() {
 }
 
 #[tokio::test]
-async fn issue_11_etcd_authentication_with_a_user_limited_to_the_fleet_prefix() {
+async fn etcd_authentication_with_a_user_limited_to_the_fleet_prefix() {
     use etcd_client::{Permission, PermissionType};
     let etcd = Etcd::start().await;
     let mut admin = etcd.client().await;
@@ -886,7 +886,7 @@ async fn issue_11_etcd_authentication_with_a_user_limited_to_the_fleet_prefix() 
 }
 
 #[tokio::test]
-async fn issue_11_a_load_pushed_while_etcd_is_unreachable_is_shared_when_it_is_back() {
+async fn a_load_pushed_while_etcd_is_unreachable_is_shared_when_it_is_back() {
     let etcd = Etcd::start().await;
     let relay = Relay::start(etcd.port).await;
     let a = instance(&format!("http://{}", relay.addr), "a").await;

@@ -1,5 +1,7 @@
 //! Health checks end to end: real appliances on 127.0.0.x, real probes, real DNS answers.
 
+use std::ffi::OsStr;
+use std::os::unix::fs::FileTypeExt;
 use std::time::Duration;
 
 use gto::config::{HttpProbe, Probe, TlsSettings};
@@ -10,8 +12,11 @@ use gto::{App, ConfigSource};
 use hickory_proto::rr::RecordType;
 use tokio::sync::broadcast;
 
+use crate::real::{outage_config, real_config_without_admin};
 use crate::support::appliance::{Appliance, Speaks, certificate};
-use crate::support::{PREAMBLE, TestServer, ZONE, answers, query, tcp, udp};
+use crate::support::{
+    PREAMBLE, RealGto, TestServer, ZONE, answers, config, query, tcp, udp, wait_answering,
+};
 
 const INTERVAL: Duration = Duration::from_millis(300);
 const FALL: u32 = 2;
@@ -432,7 +437,7 @@ async fn load_read_from_the_probe_body_takes_an_overloaded_endpoint_out() {
 }
 
 #[tokio::test]
-async fn issue_18_11_large_bodies_match_on_what_was_read_and_report_too_large() {
+async fn large_bodies_match_on_what_was_read_and_report_too_large() {
     let (appliance, _requests) = Appliance::start("127.0.0.7", Speaks::Http).await;
     let target = appliance.addr;
     let padding = "x".repeat(100 * 1024);
@@ -449,4 +454,186 @@ async fn issue_18_11_large_bodies_match_on_what_was_read_and_report_too_large() 
     let mut roomy = http(target, None);
     roomy.max_body = 256 * 1024;
     assert_eq!(run(Probe::Http(roomy)).await, Ok(()));
+}
+
+#[tokio::test]
+async fn out_of_range_state_file_entries_are_dropped_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = real_config_without_admin(dir.path(), "state_file = \"gto.state\"");
+    let max = u64::MAX;
+    let state = format!(
+        r#"{{"version": 1, "written": 1, "members": [
+        {{"pool": "sma", "member": "fra-1", "health": "up", "since": 1, "checked": null,
+          "reason": null, "drained": true, "drained_until": {max}}},
+        {{"pool": "sma", "member": "ams-1", "health": "up", "since": {max}, "checked": {max},
+          "reason": null}},
+        {{"pool": "sma", "member": "nyc-1", "health": "up", "since": 1, "checked": 1,
+          "reason": null, "drained": true, "drained_until": null}}]}}"#
+    );
+    std::fs::write(dir.path().join("gto.state"), state).unwrap();
+    let config = dir.path().join("gto.toml");
+
+    // `gto explain` reads the same file: no panic, and the valid drain (nyc-1) counts.
+    let output = crate::support::gto_bin()
+        .args([
+            OsStr::new("explain"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ])
+        .args(["vpn.gto.example.com.", "198.51.100.1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("out of range"), "{stderr}");
+    let explanation: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        explanation["answers"],
+        serde_json::json!(["198.51.100.10", "198.51.100.20"]),
+        "fra-1's bad drain dropped, nyc-1's kept: {explanation}"
+    );
+
+    // `gto run` starts and answers; the bad entries were dropped and logged.
+    let mut gto = RealGto::run(&config);
+    gto.wait_for_log("out of range").await;
+    let reply = wait_answering(addr, "vpn.gto.example.com.").await;
+    let answers = crate::support::answers(&reply);
+    assert_eq!(
+        answers,
+        vec!["198.51.100.10", "198.51.100.20"],
+        "nyc-1 stays drained"
+    );
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_outage_is_a_few_rebuilds_and_no_false_staleness() {
+    let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let n = 1_000;
+    let server = crate::support::TestServer::start(&outage_config(n, port), ZONE).await;
+    let start = server.app.routing().load().generation;
+    let name = hickory_proto::rr::LowerName::from(
+        hickory_proto::rr::Name::from_ascii("vpn.gto.example.com.").unwrap(),
+    );
+    let up = || {
+        let snapshot = server.app.routing().load_full();
+        let node = snapshot.gslb_node(&name).unwrap();
+        node.members
+            .iter()
+            .filter(|m| m.up && m.key.member != "spare")
+            .count()
+    };
+    assert_eq!(up(), n, "new endpoints are up until probed");
+    // First probes within a quarter interval, a recheck a quarter interval after the
+    // first failure: all are down well within interval x fall + 1 s = 5 s.
+    let began = tokio::time::Instant::now();
+    while up() > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{} endpoints still answered after 5 s",
+            up()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Flips that arrive together share a rebuild (one each before: n rebuilds, each
+    // followed by a state file fsync).
+    let rebuilds = server.app.routing().load().generation - start;
+    assert!(
+        rebuilds < n as u64 / 2,
+        "{n} flips took {rebuilds} rebuilds"
+    );
+    let status = server.app.health().status().await;
+    assert!(
+        status.iter().all(|s| !s.stale),
+        "probes report, nothing is stale"
+    );
+    // The state file holds the outcome (written coalesced, and at shutdown).
+    let path = server.path("gto.state");
+    server.app.shutdown().await.unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let down = file["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["health"] == "down")
+        .count();
+    assert_eq!(down, n);
+}
+
+#[test]
+fn state_file_paths_that_are_not_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("x.state"),
+        dir.path().join("out.state"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("real.state", dir.path().join("in.state")).unwrap();
+    let check = |state_file: &str, extra: &str| {
+        let text = config("").replace(
+            "[server]\n",
+            &format!("[server]\nstate_file = \"{state_file}\"\n{extra}"),
+        );
+        std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+        let output = crate::support::gto_bin()
+            .arg("check")
+            .arg("--config")
+            .arg(dir.path().join("gto.toml"))
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check("/dev/null", "");
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains("/dev/null is a character device"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(".", "");
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    let (code, stderr) = check("out.state", "");
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains("symbolic link out of its directory"),
+        "{stderr}"
+    );
+    assert_eq!(
+        check("out.state", "state_file_follow_symlinks = true\n").0,
+        Some(0)
+    );
+    assert_eq!(check("in.state", "").0, Some(0));
+}
+
+#[test]
+fn the_state_writer_keeps_a_symlink_and_writes_its_target() {
+    use gto::health::store::{StateFile, VERSION, save};
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("real.state", dir.path().join("gto.state")).unwrap();
+    let file = StateFile {
+        version: VERSION,
+        written: 1,
+        members: Vec::new(),
+    };
+    save(&dir.path().join("gto.state"), &file, false).unwrap();
+    let link = std::fs::symlink_metadata(dir.path().join("gto.state")).unwrap();
+    assert!(link.file_type().is_symlink());
+    assert!(dir.path().join("real.state").is_file());
+    // A device at the path is never replaced.
+    assert!(save(std::path::Path::new("/dev/null"), &file, false).is_err());
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 }

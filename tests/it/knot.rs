@@ -132,7 +132,7 @@ fn summary(reply: &Message) -> String {
 }
 
 #[tokio::test]
-async fn issue_13_answers_match_knot_on_the_same_zone_files() {
+async fn answers_match_knot_on_the_same_zone_files() {
     let gto_zone = zone();
     let gto = {
         let config = format!(

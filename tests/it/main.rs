@@ -17,13 +17,14 @@ mod fast;
 mod fleet;
 mod geo;
 mod health;
-mod issue18;
-mod issue30;
+
 mod knot;
 mod lifecycle;
+mod metrics;
 mod package;
 mod page;
 mod partial;
+mod real;
 mod rrl;
 mod support;
 mod tcp;

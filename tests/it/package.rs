@@ -26,7 +26,7 @@ async fn next_containing(socket: &tokio::net::UnixDatagram, wanted: &str) -> Str
 }
 
 #[tokio::test]
-async fn issue_16_systemd_notify_ready_reloading_watchdog_stopping() {
+async fn systemd_notify_ready_reloading_watchdog_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let text = config("")
@@ -111,7 +111,7 @@ fn run(program: &str, args: &[&OsStr]) -> (bool, String, String) {
 }
 
 #[test]
-fn issue_16_the_package_holds_what_a_dns_server_package_should_and_passes_lintian() {
+fn the_package_holds_what_a_dns_server_package_should_and_passes_lintian() {
     let deb = package();
     let (ok, listing, stderr) = run("dpkg-deb", &[OsStr::new("-c"), deb.as_os_str()]);
     assert!(ok, "{stderr}");

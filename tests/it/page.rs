@@ -171,7 +171,7 @@ async fn wait_page(
 }
 
 #[tokio::test]
-async fn issue_15_the_page_shows_members_live_and_explains_like_a_real_query() {
+async fn the_page_shows_members_live_and_explains_like_a_real_query() {
     let mut appliances = Vec::new();
     for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         appliances.push(Appliance::start(ip, Speaks::Tcp).await.0);

@@ -342,7 +342,7 @@ async fn chaos_appliance_cycle(chaos: &mut Chaos, what: &str) -> Vec<(Duration, 
 /// bound. Then the quorum is lost and comes back: every instance is connected again and
 /// agrees within 1 s.
 #[tokio::test]
-async fn issue_23_each_etcd_member_killed_and_frozen_in_turn_changes_nothing() {
+async fn each_etcd_member_killed_and_frozen_in_turn_changes_nothing() {
     let mut chaos = chaos_fleet().await;
     chaos_drains(&chaos, 2, "all members up").await;
     for member in 0..3 {
@@ -407,7 +407,7 @@ async fn issue_23_each_etcd_member_killed_and_frozen_in_turn_changes_nothing() {
 /// appliance, every instance drops it within interval x fall + 1 s and takes it back
 /// within interval x rise + 1 s; prints max and p99 per instance.
 #[tokio::test]
-async fn issue_23_failover_bound_holds_over_24_cycles_with_one_etcd_member_dead() {
+async fn failover_bound_holds_over_24_cycles_with_one_etcd_member_dead() {
     let mut chaos = chaos_fleet().await;
     let leader = chaos.cluster.leader().await;
     chaos.cluster.kill(leader);
@@ -434,7 +434,7 @@ async fn issue_23_failover_bound_holds_over_24_cycles_with_one_etcd_member_dead(
 }
 
 #[tokio::test]
-async fn issue_23_broken_values_count_as_absent_and_a_fresh_instance_agrees() {
+async fn broken_values_count_as_absent_and_a_fresh_instance_agrees() {
     let cluster = Cluster::start().await;
     let a = instance_of(&cluster, "a").await;
     let b = instance_of(&cluster, "b").await;
@@ -505,7 +505,7 @@ async fn issue_23_broken_values_count_as_absent_and_a_fresh_instance_agrees() {
 }
 
 #[tokio::test]
-async fn issue_23_forged_votes_count_for_nothing() {
+async fn forged_votes_count_for_nothing() {
     let cluster = Cluster::start().await;
     let (_appliances, ports) = crate::votes::appliances().await;
     let rule = "down_when = \"majority\"\nmin_voters = 2";
@@ -567,7 +567,7 @@ async fn issue_23_forged_votes_count_for_nothing() {
 /// and the order of their zone file's records show equal digests and no drift; a real
 /// difference in a pool is drift naming the pool.
 #[tokio::test]
-async fn issue_23_drift_counts_meaning_not_per_host_text() {
+async fn drift_counts_meaning_not_per_host_text() {
     let etcd = crate::fleet::Etcd::start().await;
     let zone_reordered = {
         let mut lines: Vec<&str> = ZONE.lines().collect();
@@ -659,7 +659,7 @@ async fn issue_23_drift_counts_meaning_not_per_host_text() {
 /// live instance is seen again and again, and a frozen one (SIGSTOP: no heartbeat, no
 /// keep-alive) is shown as not alive and then gone within its lease.
 #[tokio::test]
-async fn issue_23_last_seen_is_a_heartbeat_and_a_frozen_instance_goes() {
+async fn last_seen_is_a_heartbeat_and_a_frozen_instance_goes() {
     let etcd = crate::fleet::Etcd::start().await;
     let a = crate::fleet::instance(&etcd.url(), "a").await;
     within(Duration::from_secs(10), "connected", || connected(&a)).await;
@@ -729,7 +729,7 @@ async fn issue_23_last_seen_is_a_heartbeat_and_a_frozen_instance_goes() {
 /// verdicts decide) and gets it back (the fleet's votes count again, read afresh) flips
 /// nothing while every appliance stays up.
 #[tokio::test]
-async fn issue_23_no_health_flip_on_reconnect() {
+async fn no_health_flip_on_reconnect() {
     use crate::votes::SOURCES;
     let etcd = crate::fleet::Etcd::start().await;
     let relay = crate::fleet::Relay::start(etcd.port).await;

@@ -11,7 +11,10 @@ use hickory_proto::rr::RecordType;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::support::{TestServer, ZONE, config, dig, http, query, sample, tcp};
+use crate::real::{do_query, metrics, real_config};
+use crate::support::{
+    RealGto, TestServer, ZONE, config, dig, http, query, sample, tcp, wait_answering,
+};
 
 /// A burst of 5 at `rate` per second, nothing exempt (the test's clients are on loopback).
 fn limited(workers: u32, slip: u32, rate: u32) -> String {
@@ -193,4 +196,94 @@ async fn dig_from_a_limited_prefix_gets_its_answer_over_tcp() {
     .await;
     assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");
     assert!(out.contains("ANSWER: 2"), "{out}");
+}
+
+/// Item 4: a flood of random names under a wildcard from one /24 is rate limited as one
+/// bucket (the wildcard's), and meanwhile every real wildcard answer from elsewhere is
+/// signed: with the wildcard's own signature (label count without `*`) and the signed
+/// NSEC that proves the name itself does not exist. Nothing is signed per name.
+#[tokio::test]
+async fn a_wildcard_flood_is_limited_and_real_wildcard_answers_stay_signed() {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RecordType;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = real_config(dir.path(), &crate::dnssec::zone(), |text| {
+        format!(
+            "{}\n[rrl]\nresponses_per_second = 10\nburst = 5\nslip = 2\nexempt = [\"127.0.1.0/24\"]\n",
+            crate::dnssec::signed(&text)
+        )
+    });
+    crate::dnssec::keygen(dir.path(), "keys", &[]);
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let signed_before = sample(&metrics(admin).await, "gto_dnssec_signed_on_use_total", &[]);
+
+    // The flood: 4,000 random names under *.wild from 127.0.0.1, as fast as it goes.
+    let flooder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    const FLOOD: u16 = 4_000;
+    for id in 0..FLOOD {
+        let name = format!("r{id}x{}.wild.gto.example.com.", id.wrapping_mul(7919));
+        flooder.send_to(&do_query(&name, id), addr).await.unwrap();
+    }
+    let started = tokio::time::Instant::now();
+    let (mut full, mut slipped) = (0usize, 0usize);
+    let mut buffer = vec![0u8; 4096];
+    while let Ok(Ok((len, _))) =
+        tokio::time::timeout(Duration::from_millis(500), flooder.recv_from(&mut buffer)).await
+    {
+        let reply = Message::from_vec(&buffer[..len]).unwrap();
+        if reply.metadata.truncation {
+            slipped += 1;
+        } else {
+            full += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = 5 + (elapsed * 10.0).ceil() as usize + 1;
+    assert!(
+        full <= allowed,
+        "{full} full answers to the flood in {elapsed:.1} s (at most {allowed}: one bucket)"
+    );
+    assert!(slipped > 0, "slipped answers send a real client to TCP");
+
+    // Real clients elsewhere: every new wildcard name is answered signed.
+    let client = tokio::net::UdpSocket::bind("127.0.1.1:0").await.unwrap();
+    for i in 0..40u16 {
+        let name = format!("user{i}.wild.gto.example.com.");
+        client.send_to(&do_query(&name, i), addr).await.unwrap();
+        let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buffer))
+            .await
+            .expect("answered")
+            .unwrap();
+        let reply = Message::from_vec(&buffer[..len]).unwrap();
+        let a = reply
+            .answers
+            .iter()
+            .filter(|r| r.record_type() == RecordType::A)
+            .count();
+        let sigs: Vec<_> = reply
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::DNSSEC(
+                    hickory_proto::dnssec::rdata::DNSSECRData::RRSIG(sig),
+                ) => Some(sig),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(a, 1, "{reply:?}");
+        assert_eq!(sigs.len(), 1, "signed: {reply:?}");
+        assert_eq!(sigs[0].input().num_labels, 4, "the wildcard's label count");
+        assert!(
+            reply
+                .authorities
+                .iter()
+                .any(|r| r.record_type() == RecordType::NSEC),
+            "the proof that {name} does not exist: {reply:?}"
+        );
+    }
+    let signed_after = sample(&metrics(admin).await, "gto_dnssec_signed_on_use_total", &[]);
+    assert_eq!(signed_after, signed_before, "nothing signed per name");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
 }

@@ -1,6 +1,7 @@
 //! DNS over TCP: pipelining, and the limits that keep slow or greedy clients from
 //! exhausting the server.
 
+use std::ffi::OsStr;
 use std::time::Duration;
 
 use hickory_proto::op::Message;
@@ -8,7 +9,10 @@ use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{TestServer, ZONE, answers, config, query};
+use crate::real::{cpu_ticks, member};
+use crate::support::{
+    RealGto, TestServer, ZONE, answers, config, free_port, http_json, query, wait_answering,
+};
 
 fn limited(settings: &str) -> String {
     config("").replace(
@@ -137,7 +141,7 @@ async fn a_connection_is_closed_after_its_query_limit() {
 }
 
 #[tokio::test]
-async fn issue_18_12_pipelining_past_the_query_limit_loses_no_answer() {
+async fn pipelining_past_the_query_limit_loses_no_answer() {
     let server = TestServer::start(&limited("tcp_max_queries = 100"), ZONE).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let mut burst = Vec::new();
@@ -152,4 +156,86 @@ async fn issue_18_12_pipelining_past_the_query_limit_loses_no_answer() {
         ids.push(answer.metadata.id);
     }
     assert_eq!(ids, (1..=100).collect::<Vec<u16>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_cannot_exhaust_descriptors_or_fail_probes() {
+    let limit = gto::rlimit::raise_nofile().unwrap();
+    assert!(
+        limit >= 1400,
+        "this test needs 1400 descriptors, the hard limit is {limit}"
+    );
+    // An appliance the health check can reach.
+    let appliance = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let appliance_port = appliance.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = appliance.accept().await {
+                drop(stream);
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let admin_port = free_port();
+    let text = config(&format!(
+        "[[pool]]\nname = \"watched\"\ncheck = {{ kind = \"tcp\", port = {appliance_port}, interval = \"500ms\", timeout = \"250ms\" }}\n[[pool.member]]\nname = \"w\"\naddresses = [\"127.0.0.1\"]\n"
+    ))
+    .replace(
+        "[server]\nlisten = [\"127.0.0.1:0\"]",
+        &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\ntcp_idle_timeout = \"60s\""),
+    )
+    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{admin_port}\""));
+    std::fs::write(dir.path().join("gto.toml"), text).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let config_path = dir.path().join("gto.toml");
+    // The usual soft and hard limit of 1024: gto cannot raise it.
+    let mut gto = RealGto::spawn_with(
+        "prlimit",
+        &[
+            OsStr::new("--nofile=1024:1024"),
+            OsStr::new(env!("CARGO_BIN_EXE_gto")),
+            OsStr::new("run"),
+            OsStr::new("--config"),
+            config_path.as_os_str(),
+        ],
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let mut idle = Vec::new();
+    for _ in 0..1_100 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            idle.push(stream);
+        }
+    }
+    // Health checks keep working: the watched endpoint stays up over many intervals.
+    let cpu_before = cpu_ticks(gto.child.id().unwrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_used = cpu_ticks(gto.child.id().unwrap()) - cpu_before;
+    let (code, status) = http_json(admin, "GET", "/v1/status", None, "").await;
+    assert_eq!(code, 200);
+    assert_eq!(member(&status, "w")["health"], "up", "{status}");
+    assert!(
+        member(&status, "w")["last_error"].is_null(),
+        "{}",
+        member(&status, "w")
+    );
+    // No accept loop spinning: well under a core over 3 s (100 ticks a second).
+    assert!(
+        cpu_used < 100,
+        "gto used {cpu_used} ticks of CPU in 3 s while idle"
+    );
+    // DNS still answers, and the cap closed the connections over it.
+    wait_answering(addr, "vpn.gto.example.com.").await;
+    let (_, metrics) = crate::support::http(admin, "GET", "/metrics", None, "").await;
+    let limited = crate::support::sample(
+        &metrics,
+        "gto_dns_tcp_closed_total",
+        &["reason=\"connection_limit\""],
+    );
+    assert!(limited > 0.0, "{limited}");
+    drop(idle);
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
 }

@@ -157,7 +157,7 @@ fn block(appliance: &Appliance, source: &str) {
 const SETTLE: Duration = Duration::from_millis(INTERVAL_MS * (FALL + 3));
 
 #[tokio::test]
-async fn issue_12_majority_keeps_what_one_vantage_point_loses_and_drops_what_two_do() {
+async fn majority_keeps_what_one_vantage_point_loses_and_drops_what_two_do() {
     let fleet = fleet("down_when = \"majority\"\nmin_voters = 2", &SOURCES).await;
     let fra = &fleet.appliances[0];
     block(fra, SOURCES[0]);
@@ -240,7 +240,7 @@ async fn issue_12_majority_keeps_what_one_vantage_point_loses_and_drops_what_two
 }
 
 #[tokio::test]
-async fn issue_12_all_waits_for_every_voter_and_any_needs_one() {
+async fn all_waits_for_every_voter_and_any_needs_one() {
     let all = fleet("down_when = \"all\"", &SOURCES).await;
     block(&all.appliances[0], SOURCES[0]);
     block(&all.appliances[0], SOURCES[1]);
@@ -271,7 +271,7 @@ async fn issue_12_all_waits_for_every_voter_and_any_needs_one() {
 }
 
 #[tokio::test]
-async fn issue_12_a_probe_only_agent_votes() {
+async fn a_probe_only_agent_votes() {
     // Two DNS instances (.2, .3) and an agent (`gto probe`, .4).
     let fleet = fleet("down_when = \"majority\"", &SOURCES[..2]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -328,7 +328,7 @@ async fn issue_12_a_probe_only_agent_votes() {
 }
 
 #[tokio::test]
-async fn issue_12_without_etcd_each_instance_falls_back_to_its_own_verdict() {
+async fn without_etcd_each_instance_falls_back_to_its_own_verdict() {
     let mut fleet = fleet("down_when = \"majority\"", &SOURCES).await;
     block(&fleet.appliances[0], SOURCES[0]);
     tokio::time::sleep(SETTLE).await;
@@ -362,7 +362,7 @@ async fn issue_12_without_etcd_each_instance_falls_back_to_its_own_verdict() {
 /// The failover bound with voting: a dead appliance leaves every instance's answers
 /// within interval × fall + 1 s.
 #[tokio::test]
-async fn issue_12_a_dead_appliance_leaves_every_instance_within_the_bound() {
+async fn a_dead_appliance_leaves_every_instance_within_the_bound() {
     let mut fleet = fleet("down_when = \"majority\"", &SOURCES).await;
     let started = Instant::now();
     fleet.appliances[0].stop().await;
@@ -384,7 +384,7 @@ async fn issue_12_a_dead_appliance_leaves_every_instance_within_the_bound() {
 /// batches, and in steady state (nothing changing) no verdict is written, however short
 /// the probe interval.
 #[tokio::test]
-async fn issue_12_vote_traffic_at_100_pools_of_100_endpoints_on_3_instances() {
+async fn vote_traffic_at_100_pools_of_100_endpoints_on_3_instances() {
     let etcd = Etcd::start().await;
     let (appliance, _) = Appliance::start("127.0.1.9", Speaks::Tcp).await;
     let port = appliance.addr.port();
@@ -493,7 +493,7 @@ async fn issue_12_vote_traffic_at_100_pools_of_100_endpoints_on_3_instances() {
 }
 
 #[test]
-fn issue_12_voting_and_source_mistakes_are_located_config_errors() {
+fn voting_and_source_mistakes_are_located_config_errors() {
     let dir = tempfile::tempdir().unwrap();
     let text = config(
         "http://127.0.0.1:2379",
@@ -533,7 +533,7 @@ fn issue_12_voting_and_source_mistakes_are_located_config_errors() {
 /// Regional health: two instances in "eu" cannot reach the appliance, the one in "us" can.
 /// With `vote_scope = "region"` (and one voter enough), eu drops it and us keeps it.
 #[tokio::test]
-async fn issue_12_regional_scope_judges_with_the_instances_own_region() {
+async fn regional_scope_judges_with_the_instances_own_region() {
     let etcd = Etcd::start().await;
     let (appliances, ports) = appliances().await;
     let rule = "down_when = \"majority\"\nmin_voters = 1\nvote_scope = \"region\"";

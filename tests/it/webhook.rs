@@ -162,7 +162,7 @@ fn verify(delivery: &Delivery) {
 }
 
 #[tokio::test]
-async fn issue_15_webhooks_are_signed_retried_after_500s_and_filtered_by_kind() {
+async fn webhooks_are_signed_retried_after_500s_and_filtered_by_kind() {
     let receiver = Receiver::start(None, false).await;
     receiver.statuses.lock().unwrap().extend([500, 500]);
     let gto = server(&format!("http://{}/hook", receiver.addr), "", &[]).await;
@@ -201,7 +201,7 @@ async fn issue_15_webhooks_are_signed_retried_after_500s_and_filtered_by_kind() 
 }
 
 #[tokio::test]
-async fn issue_15_webhooks_over_https_with_a_ca_file() {
+async fn webhooks_over_https_with_a_ca_file() {
     let (acceptor, pem) = crate::support::appliance::certificate(&["localhost"], 30);
     let receiver = Receiver::start(Some(acceptor), false).await;
     let url = format!("https://localhost:{}/hook", receiver.addr.port());
@@ -220,7 +220,7 @@ async fn issue_15_webhooks_over_https_with_a_ca_file() {
 }
 
 #[tokio::test]
-async fn issue_15_a_stuck_receiver_fills_a_bounded_queue_and_the_rest_is_counted() {
+async fn a_stuck_receiver_fills_a_bounded_queue_and_the_rest_is_counted() {
     let receiver = Receiver::start(None, true).await;
     let url = format!("http://{}/hook", receiver.addr);
     let gto = server(&url, "queue = 4\n", &[]).await;
@@ -244,11 +244,11 @@ async fn issue_15_a_stuck_receiver_fills_a_bounded_queue_and_the_rest_is_counted
 /// Issue 30 item 6: a URL's credentials (userinfo, query) are in neither `/metrics` nor
 /// the log, and `user:pass@` goes out as Basic authorization, never in `Host`.
 #[tokio::test]
-async fn issue_30_6_webhook_credentials_stay_out_of_metrics_logs_and_host() {
+async fn webhook_credentials_stay_out_of_metrics_logs_and_host() {
     let receiver = Receiver::start(None, false).await;
     let closed = crate::support::free_port();
     let dir = tempfile::tempdir().unwrap();
-    let (_, admin) = crate::issue30::real_config_with_token(dir.path(), ZONE, |text| {
+    let (_, admin) = crate::real::real_config_with_token(dir.path(), ZONE, |text| {
         format!(
             "{text}\n[[notify.webhook]]\nname = \"chat\"\nurl = \"http://bot:pa%40ss-S3CRET@{}/hook?key=Q-S3CRET\"\n\
              [[notify.webhook]]\nurl = \"http://ops:U-S3CRET@127.0.0.1:{closed}/down?t=T-S3CRET\"\n",

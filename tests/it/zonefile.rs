@@ -4,10 +4,12 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
+use crate::real::real_config;
 use crate::support::{TestServer, ZONE, answers, config, gto_bin, query, udp};
 
 fn check(dir: &Path) -> (i32, String) {
@@ -33,7 +35,7 @@ fn write_config(dir: &Path, zone: &str) {
 }
 
 #[test]
-fn issue_13_every_unsupported_construct_is_a_located_error() {
+fn every_unsupported_construct_is_a_located_error() {
     let dir = tempfile::tempdir().unwrap();
     let constructs = [
         ("$GENERATE 1-4 host$ A 192.0.2.$", "$GENERATE"),
@@ -94,7 +96,7 @@ fn issue_13_every_unsupported_construct_is_a_located_error() {
 }
 
 #[tokio::test]
-async fn issue_13_include_reads_relative_files_with_their_origin() {
+async fn include_reads_relative_files_with_their_origin() {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("parts")).unwrap();
     // The main file includes parts/hosts.inc with origin hosts; that file includes a
@@ -132,7 +134,7 @@ async fn issue_13_include_reads_relative_files_with_their_origin() {
 }
 
 #[test]
-fn issue_13_include_loops_and_errors_in_included_files_are_located() {
+fn include_loops_and_errors_in_included_files_are_located() {
     let dir = tempfile::tempdir().unwrap();
     let zone = format!("{ZONE}$INCLUDE a.inc\n");
     let main_line = zone.lines().count();
@@ -158,7 +160,7 @@ fn issue_13_include_loops_and_errors_in_included_files_are_located() {
 }
 
 #[test]
-fn issue_13_occluded_data_is_a_located_warning_not_an_error() {
+fn occluded_data_is_a_located_warning_not_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let zone = format!(
         "{ZONE}sub IN NS ns.sub\nns.sub IN A 192.0.2.99\nwww.sub IN A 192.0.2.100\nsub IN TXT \"hidden\"\n"
@@ -181,4 +183,63 @@ fn issue_13_occluded_data_is_a_located_warning_not_an_error() {
         "{output}"
     );
     assert!(output.contains("ok:"), "{output}");
+}
+
+/// Item 5: a fan-out of `$INCLUDE`s (7 tiny files, each including the one before ten
+/// times: 10^6 includes) is stopped at 10,000 includes with one located problem, at
+/// once, instead of reading on for gigabytes.
+#[test]
+fn an_include_fan_out_is_cut_off_at_the_include_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("level0.zone"), "leaf IN TXT \"x\"\n").unwrap();
+    for level in 1..=6 {
+        let text = format!("$INCLUDE level{}.zone\n", level - 1).repeat(10);
+        std::fs::write(dir.path().join(format!("level{level}.zone")), text).unwrap();
+    }
+    real_config(dir.path(), &format!("{ZONE}$INCLUDE level6.zone\n"), |t| t);
+    let started = tokio::time::Instant::now();
+    let (code, _, stderr) = crate::check::check(dir.path());
+    let took = started.elapsed();
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("more than 10000 $INCLUDEs"), "{stderr}");
+    assert_eq!(
+        stderr.matches("$INCLUDEs").count(),
+        1,
+        "reported once: {stderr}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+/// Item 10: `include_outside_config_dir = false` keeps `$INCLUDE` inside the config's
+/// directory tree (by default it may read anywhere, as documented).
+#[test]
+fn includes_can_be_kept_inside_the_config_directory() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("extra.zone"), "extra IN A 192.0.2.7\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(
+        dir.path().join("sub/inside.zone"),
+        "inside IN A 192.0.2.8\n",
+    )
+    .unwrap();
+    let include = format!(
+        "{ZONE}$INCLUDE sub/inside.zone\n$INCLUDE {}\n",
+        outside.path().join("extra.zone").display()
+    );
+    real_config(dir.path(), &include, |t| t);
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 0, "by default includes read anywhere: {stderr}");
+    real_config(dir.path(), &include, |t| {
+        t.replace(
+            "[server]\n",
+            "[server]\ninclude_outside_config_dir = false\n",
+        )
+    });
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("extra.zone is outside") && !stderr.contains("inside.zone"),
+        "{stderr}"
+    );
 }

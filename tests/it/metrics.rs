@@ -1,0 +1,118 @@
+//! Metrics as Prometheus reads them: series per member that follow the config, counters
+//! from zero, and the all-down selection exported and logged.
+
+use std::time::Duration;
+
+use crate::admin::{TOKEN, start as start_admin};
+use crate::real::{all_down, metrics_text};
+use crate::support::{ZONE, http_json};
+
+#[tokio::test]
+async fn all_down_selection_is_exported_and_logged() {
+    let server = all_down(&["only"], "").await;
+    let metrics = metrics_text(&server).await;
+    let selection = |name: &str| {
+        crate::support::sample(
+            &metrics,
+            "gto_service_selection",
+            &[
+                "service=\"vpn.gto.example.com.\"",
+                &format!("selection=\"{name}\""),
+            ],
+        )
+    };
+    assert_eq!(selection("all_down_fail_open"), 1.0, "{metrics}");
+    assert_eq!(selection("normal"), 0.0);
+}
+
+#[tokio::test]
+async fn member_series_follow_the_config_and_counters_start_at_zero() {
+    let server = start_admin().await;
+    let admin = server.admin();
+    let metrics = metrics_text(&server).await;
+    for line in [
+        "gto_config_reloads_total{result=\"ok\"} 0",
+        "gto_config_reloads_total{result=\"error\"} 0",
+        "gto_drains_total{action=\"drain\"} 0",
+        "gto_health_flips_total{to=\"down\"} 0",
+        "gto_dns_truncated_total 0",
+        "gto_state_write_failures_total 0",
+        "gto_member_up{pool=\"sma\",member=\"nyc-1\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    for name in [
+        "gto_build_info{",
+        "process_start_time_seconds ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(metrics.contains(name), "no {name} in\n{metrics}");
+    }
+    // Load from the push API shows as gto_member_load (load from checks takes the same
+    // path: the endpoint's last reported load, rendered at scrape).
+    let body = r#"{"sessions": 50, "capacity": 100}"#;
+    let (code, _) = http_json(
+        admin,
+        "PUT",
+        "/v1/members/sma/ams-1/load",
+        Some(TOKEN),
+        body,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let metrics = metrics_text(&server).await;
+    assert!(
+        metrics.contains("gto_member_load{pool=\"sma\",member=\"ams-1\"} 0.5"),
+        "{metrics}"
+    );
+    // A reload removes nyc-1: its series go.
+    let without = crate::admin::admin_config().replace(
+        "[[pool.member]]\nname = \"nyc-1\"\naddresses = [\"203.0.113.30\"]",
+        "",
+    );
+    std::fs::write(server.path("gto.toml"), without).unwrap();
+    server.app.reload().await.unwrap();
+    let metrics = metrics_text(&server).await;
+    let member_lines = metrics.lines().filter(|l| l.starts_with("gto_member_"));
+    assert!(
+        member_lines
+            .clone()
+            .all(|l| !l.contains("member=\"nyc-1\"")),
+        "{metrics}"
+    );
+    assert!(member_lines.clone().any(|l| l.contains("member=\"fra-1\"")));
+    assert!(metrics.contains("gto_config_reloads_total{result=\"ok\"} 1"));
+}
+
+#[tokio::test]
+async fn load_read_by_checks_is_exported() {
+    use crate::support::appliance::{Appliance, Speaks};
+    let (appliance, _requests) = Appliance::start("127.0.0.8", Speaks::Http).await;
+    *appliance.body.lock().unwrap() = r#"{"sessions": 30, "capacity": 120}"#.into();
+    let text = crate::support::PREAMBLE.to_string()
+        + &format!(
+            r#"
+[[service]]
+name = "vpn.gto.example.com."
+pool = "p"
+[[pool]]
+name = "p"
+check = {{ kind = "http", port = {}, interval = "300ms", timeout = "200ms", load_fields = {{ sessions = "sessions", capacity = "capacity" }} }}
+[[pool.member]]
+name = "a"
+addresses = ["127.0.0.8"]
+"#,
+            appliance.addr.port()
+        );
+    let server = crate::support::TestServer::start(&text, ZONE).await;
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = metrics_text(&server).await;
+        if metrics.contains("gto_member_load{pool=\"p\",member=\"a\"} 0.25") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("load from the check never exported:\n{metrics}");
+}
