@@ -777,14 +777,14 @@ async fn api_errors_are_json_and_bearer_is_case_insensitive() {
 #[tokio::test]
 async fn foreign_host_headers_are_refused_and_security_headers_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, admin) = real_config(dir.path(), ZONE, |text| {
+    real_config(dir.path(), ZONE, |text| {
         text.replace(
             "[admin]\nlisten",
             "[admin]\nhosts = [\"gto-admin.example.net\"]\nlisten",
         )
     });
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
-    gto.wait_for_log("admin API listening").await;
+    let admin = gto.admin_addr().await;
     let port = admin.port();
     for host in [
         "rebind.attacker.example".to_string(),
@@ -830,14 +830,14 @@ async fn foreign_host_headers_are_refused_and_security_headers_sent() {
 #[tokio::test]
 async fn silent_connections_cannot_lock_out_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, admin) = real_config(dir.path(), ZONE, |text| {
+    real_config(dir.path(), ZONE, |text| {
         text.replace(
             "[admin]\nlisten",
             "[admin]\nmax_connections = 4\nheader_timeout = \"30s\"\nlisten",
         )
     });
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
-    gto.wait_for_log("admin API listening").await;
+    let admin = gto.admin_addr().await;
     let mut silent = Vec::new();
     for _ in 0..30 {
         silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());

@@ -512,10 +512,12 @@ async fn a_burst_from_one_socket_gets_one_datagram_per_answer() {
 async fn class_any_refused_big_sets_whole_over_tcp_and_explain_questions() {
     let dir = tempfile::tempdir().unwrap();
     let zone = format!("{ZONE}{}", a_records("large", 1_600));
-    let (addr, admin) = real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
+    real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
     crate::dnssec::keygen(dir.path(), "keys", &[]);
     let config = dir.path().join("gto.toml");
     let mut gto = RealGto::run(&config);
+    let addr = gto.dns_addr().await;
+    let admin = gto.admin_addr().await;
     wait_answering(addr, "vpn.gto.example.com.").await;
 
     let any = dig(

@@ -659,9 +659,11 @@ async fn answers_without_do_are_byte_for_byte_unchanged() {
 async fn a_bad_key_file_is_warned_once_and_re_signs_nothing() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let (addr, admin) = real_config(dir.path(), ZONE, |text| crate::dnssec::signed(&text));
+    real_config(dir.path(), ZONE, |text| crate::dnssec::signed(&text));
     crate::dnssec::keygen(dir.path(), "keys", &[]);
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    let addr = gto.dns_addr().await;
+    let admin = gto.admin_addr().await;
     wait_answering(addr, "vpn.gto.example.com.").await;
     let dnskeys = |text: String| {
         text.lines()
@@ -744,11 +746,13 @@ async fn a_reload_of_an_unchanged_signed_zone_signs_nothing() {
         .map(|i| format!("m{i} IN A 192.0.2.{}\n", i % 250))
         .collect();
     let zone = format!("{ZONE}{many}");
-    let (addr, admin) = real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
+    real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
     crate::dnssec::keygen(dir.path(), "keys", &[]);
     let config = dir.path().join("gto.toml");
     let original = std::fs::read_to_string(&config).unwrap();
     let mut gto = RealGto::run(&config);
+    let addr = gto.dns_addr().await;
+    let admin = gto.admin_addr().await;
     wait_answering(addr, "vpn.gto.example.com.").await;
     let signed = || async {
         sample(

@@ -190,10 +190,10 @@ async fn event_streams_are_capped() {
 async fn event_ids_survive_a_restart_and_unknown_ids_get_a_reset() {
     use crate::events::{Stream, drain};
     let dir = tempfile::tempdir().unwrap();
-    let (_, admin) = real_config_with_token(dir.path(), ZONE, |text| text);
+    real_config_with_token(dir.path(), ZONE, |text| text);
     let config = dir.path().join("gto.toml");
     let mut gto = RealGto::run(&config);
-    gto.wait_for_log("admin API listening").await;
+    let admin = gto.admin_addr().await;
     let mut stream = Stream::open(admin, None).await;
     drain(admin, "drain").await;
     let before = stream.next().await;
@@ -204,7 +204,7 @@ async fn event_ids_survive_a_restart_and_unknown_ids_get_a_reset() {
     assert!(gto.exit().await.success());
 
     let mut gto = RealGto::run(&config);
-    gto.wait_for_log("admin API listening").await;
+    let admin = gto.admin_addr().await;
     // Resuming from the earlier run: told to start again.
     let mut resumed = Stream::open(admin, Some(old)).await;
     let first = resumed.next().await;

@@ -459,7 +459,7 @@ async fn large_bodies_match_on_what_was_read_and_report_too_large() {
 #[tokio::test]
 async fn out_of_range_state_file_entries_are_dropped_not_panicked_on() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = real_config_without_admin(dir.path(), "state_file = \"gto.state\"");
+    real_config_without_admin(dir.path(), "state_file = \"gto.state\"");
     let max = u64::MAX;
     let state = format!(
         r#"{{"version": 1, "written": 1, "members": [
@@ -495,6 +495,7 @@ async fn out_of_range_state_file_entries_are_dropped_not_panicked_on() {
 
     // `gto run` starts and answers; the bad entries were dropped and logged.
     let mut gto = RealGto::run(&config);
+    let addr = gto.dns_addr().await;
     gto.wait_for_log("out of range").await;
     let reply = wait_answering(addr, "vpn.gto.example.com.").await;
     let answers = crate::support::answers(&reply);
@@ -509,9 +510,8 @@ async fn out_of_range_state_file_entries_are_dropped_not_panicked_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mass_outage_is_a_few_rebuilds_and_no_false_staleness() {
-    let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed = crate::support::ClosedPort::new();
+    let port = closed.port();
     let n = 1_000;
     let server = crate::support::TestServer::start(&outage_config(n, port), ZONE).await;
     let start = server.app.routing().load().generation;

@@ -6,9 +6,7 @@ use std::time::Duration;
 use hickory_proto::rr::RecordType;
 
 use crate::real::{real_config, real_config_with_token, real_config_without_admin, rss_kib};
-use crate::support::{
-    RealGto, TestServer, ZONE, answers, config, gto_bin, query, tcp, udp, wait_answering,
-};
+use crate::support::{RealGto, TestServer, ZONE, answers, config, query, tcp, udp, wait_answering};
 
 #[tokio::test]
 async fn reload_swaps_config_and_a_bad_reload_keeps_the_old_one() {
@@ -82,41 +80,48 @@ async fn shutdown_completes_and_frees_the_port() {
 }
 
 /// The README's first command: `gto` with no arguments serves the embedded default on
-/// 127.0.0.1:5353, and SIGTERM stops it with exit 0.
+/// 127.0.0.1:5353 (UDP and TCP, as `dig` asks), and SIGTERM stops it with exit 0. Run in a
+/// network namespace of its own (`unshare -rn`: a private loopback), so the fixed port can
+/// clash with nothing on the machine (an mDNS responder holds 5353 on many hosts).
 #[tokio::test]
 async fn embedded_default_serves_on_5353_and_stops_on_sigterm() {
-    let mut child = tokio::process::Command::from(gto_bin())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = "127.0.0.1:5353".parse().unwrap();
-    let message = query("vpn.gto.example.com.", RecordType::A, None);
-    // Wait for the listener: poll with a bounded number of attempts.
-    let mut reply = None;
-    for _ in 0..100 {
-        if let Some(bytes) = crate::support::udp_raw(addr, &message.to_vec().unwrap()).await {
-            reply = Some(hickory_proto::op::Message::from_vec(&bytes).unwrap());
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "gto exited early");
-    }
-    let reply = reply.expect("embedded default never answered on 127.0.0.1:5353");
-    assert!(reply.metadata.authoritative);
-    assert_eq!(answers(&reply), vec!["198.51.100.10", "198.51.100.20"]);
-    let reply = tcp(addr, &query("www.gto.example.com.", RecordType::A, None)).await;
-    assert_eq!(answers(&reply), vec!["192.0.2.80"]);
-
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    let script = r#"
+        ip link set lo up || exit 90
+        "$0" & pid=$!
+        # Until the listener is up: bounded, dig returns at once while the port is closed.
+        for _ in $(seq 200); do
+            udp=$(dig +short +tries=1 +time=1 @127.0.0.1 -p 5353 vpn.gto.example.com A) && [ -n "$udp" ] && break
+            kill -0 $pid 2>/dev/null || { echo "gto exited early"; exit 91; }
+            sleep 0.05
+        done
+        echo "udp: $(echo $udp)"
+        echo "aa: $(dig +norec +tries=1 @127.0.0.1 -p 5353 vpn.gto.example.com A | grep -c ' aa')"
+        echo "tcp: $(dig +tcp +short @127.0.0.1 -p 5353 www.gto.example.com A)"
+        kill -TERM $pid
+        wait $pid
+        echo "exit: $?"
+    "#;
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("unshare")
+            .args(["--user", "--map-root-user", "--net", "sh", "-c", script])
+            .arg(env!("CARGO_BIN_EXE_gto"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the namespaced run finished within 60 s")
+    .expect("unshare runs (util-linux, user namespaces enabled)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("udp: 198.51.100.10 198.51.100.20"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("aa: 1"), "authoritative: {stdout}");
+    assert!(stdout.contains("tcp: 192.0.2.80"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("exit: 0"), "{stdout}\n{stderr}");
 }
 
 #[tokio::test]
@@ -212,7 +217,7 @@ async fn sighup_and_sigterm_during_startup_do_not_kill_gto() {
     }
     for signal in ["HUP", "TERM"] {
         let dir = tempfile::tempdir().unwrap();
-        let addr = real_config_without_admin(dir.path(), "");
+        real_config_without_admin(dir.path(), "");
         std::fs::write(dir.path().join("gto.example.com.zone"), &zone).unwrap();
         let config = dir.path().join("gto.toml");
         let mut gto = RealGto::run(&config);
@@ -222,6 +227,7 @@ async fn sighup_and_sigterm_during_startup_do_not_kill_gto() {
             // The reload is queued and runs once gto serves.
             gto.wait_for_log("SIGHUP arrived during start-up").await;
             gto.wait_for_log("config reloaded").await;
+            let addr = gto.dns_addr().await;
             let reply = wait_answering(addr, "h59999.gto.example.com.").await;
             assert_eq!(crate::support::answers(&reply).len(), 1);
             gto.signal("TERM");
@@ -234,9 +240,10 @@ async fn sighup_and_sigterm_during_startup_do_not_kill_gto() {
 #[tokio::test]
 async fn a_fifo_config_path_neither_hangs_check_nor_reload_and_sigterm_wins() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = real_config_without_admin(dir.path(), "");
+    real_config_without_admin(dir.path(), "");
     let config = dir.path().join("gto.toml");
     let mut gto = RealGto::run(&config);
+    let addr = gto.dns_addr().await;
     wait_answering(addr, "vpn.gto.example.com.").await;
     // The zone file becomes a FIFO nobody writes to.
     let zone = dir.path().join("gto.example.com.zone");
@@ -273,9 +280,10 @@ async fn a_fifo_config_path_neither_hangs_check_nor_reload_and_sigterm_wins() {
 #[tokio::test]
 async fn logs_have_no_debug_formatting_or_colour_and_say_what_started() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = real_config_without_admin(dir.path(), "");
+    real_config_without_admin(dir.path(), "");
     let config = dir.path().join("gto.toml");
     let mut gto = RealGto::run(&config);
+    let addr = gto.dns_addr().await;
     let line = gto.wait_for_log("gto starting").await;
     assert!(
         line.contains("version=") && line.contains("gto.toml"),
@@ -298,10 +306,12 @@ async fn logs_have_no_debug_formatting_or_colour_and_say_what_started() {
 #[tokio::test]
 async fn needs_restart_is_measured_against_what_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, admin) = real_config_with_token(dir.path(), ZONE, |text| text);
+    real_config_with_token(dir.path(), ZONE, |text| text);
     let config = dir.path().join("gto.toml");
     let original = std::fs::read_to_string(&config).unwrap();
     let mut gto = RealGto::run(&config);
+    let addr = gto.dns_addr().await;
+    let admin = gto.admin_addr().await;
     wait_answering(addr, "vpn.gto.example.com.").await;
     let reload = || async {
         let (code, body) =
@@ -334,8 +344,9 @@ async fn reloads_of_a_big_zone_do_not_grow_memory() {
             .map(|i| format!("h{i} IN A 10.{}.{}.{}\n", i >> 16, (i >> 8) & 255, i & 255))
             .collect::<String>()
     );
-    let (addr, _) = real_config(dir.path(), &zone, |t| t);
+    real_config(dir.path(), &zone, |t| t);
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    let addr = gto.dns_addr().await;
     gto.wait_for_log("serving DNS").await;
     wait_answering(addr, "vpn.gto.example.com.").await;
     let pid = gto.child.id().unwrap();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{RealGto, ZONE, config, free_port, wait_answering};
+use crate::support::{RealGto, ZONE, config, wait_answering};
 
 /// Reads notify datagrams until one contains `wanted` (at most 20 s); returns it.
 async fn next_containing(socket: &tokio::net::UnixDatagram, wanted: &str) -> String {
@@ -28,16 +28,10 @@ async fn next_containing(socket: &tokio::net::UnixDatagram, wanted: &str) -> Str
 #[tokio::test]
 async fn systemd_notify_ready_reloading_watchdog_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let text = config("")
-        .replace(
-            "[server]\nlisten = [\"127.0.0.1:0\"]",
-            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]"),
-        )
-        .replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            "[admin]\nenabled = false",
-        );
+    let text = config("").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nenabled = false",
+    );
     std::fs::write(dir.path().join("gto.toml"), text).unwrap();
     std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
     let socket_path = dir.path().join("notify.sock");
@@ -54,8 +48,8 @@ async fn systemd_notify_ready_reloading_watchdog_stopping() {
             ("WATCHDOG_USEC", OsStr::new("400000")),
         ],
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     next_containing(&socket, "READY=1").await;
+    let addr = gto.dns_addr().await;
     // Ready means bound and serving: the very next query is answered.
     let reply = crate::support::udp_raw_within(
         addr,

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 use crate::admin::TOKEN;
 use crate::fleet::within;
 use crate::support::appliance::{Appliance, Speaks};
-use crate::support::{TestServer, ZONE, answers, free_port, http, http_json, query, udp};
+use crate::support::{TestServer, ZONE, answers, http, http_json, query, udp};
 
 fn chromium() -> &'static str {
     for path in [
@@ -66,7 +66,6 @@ impl Drop for Browser {
 impl Browser {
     async fn open(url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let child = Command::new(chromium())
             .args([
                 "--headless=new",
@@ -75,7 +74,8 @@ impl Browser {
                 "--disable-dev-shm-usage",
                 "--no-first-run",
                 "--window-size=1200,900",
-                &format!("--remote-debugging-port={port}"),
+                // Port 0: chromium picks one and writes it to DevToolsActivePort.
+                "--remote-debugging-port=0",
                 &format!("--user-data-dir={}", dir.path().display()),
                 "about:blank",
             ])
@@ -83,8 +83,21 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let devtools: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let started = Instant::now();
+        let active = dir.path().join("DevToolsActivePort");
+        let devtools: SocketAddr = loop {
+            let port = std::fs::read_to_string(&active)
+                .ok()
+                .and_then(|text| text.lines().next()?.trim().parse::<u16>().ok());
+            if let Some(port) = port {
+                break SocketAddr::from(([127, 0, 0, 1], port));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromium did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let target = loop {
             if let Some(target) = new_target(devtools, url).await {
                 break target;

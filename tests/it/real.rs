@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{ZONE, config, free_port, http};
+use crate::support::{ZONE, config, http};
 
 pub(crate) fn member<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["endpoints"]
@@ -16,16 +16,13 @@ pub(crate) fn member<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde
         .unwrap()
 }
 
-/// A config for the real binary on a free port, written to `dir`.
-pub(crate) fn real_config_without_admin(
-    dir: &std::path::Path,
-    extra_server: &str,
-) -> std::net::SocketAddr {
-    let port = free_port();
+/// A config for the real binary, DNS on port 0 (read back with [`RealGto::dns_addr`]) and
+/// no admin API, written to `dir`.
+pub(crate) fn real_config_without_admin(dir: &std::path::Path, extra_server: &str) {
     let text = config("")
         .replace(
             "[server]\nlisten = [\"127.0.0.1:0\"]",
-            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{extra_server}"),
+            &format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{extra_server}"),
         )
         .replace(
             "[admin]\nlisten = \"127.0.0.1:0\"",
@@ -33,7 +30,6 @@ pub(crate) fn real_config_without_admin(
         );
     std::fs::write(dir.join("gto.toml"), text).unwrap();
     std::fs::write(dir.join("gto.example.com.zone"), ZONE).unwrap();
-    format!("127.0.0.1:{port}").parse().unwrap()
 }
 
 /// A pool of `n` endpoints whose checks all go to a port nothing listens on, each its own
@@ -82,9 +78,9 @@ pub(crate) fn cpu_ticks(pid: u32) -> u64 {
 /// A server whose one GSLB name's endpoints (`members`, on 127.0.0.x) are all checked
 /// against a closed port; returns once every one of them has flipped down.
 pub(crate) async fn all_down(members: &[&str], service_extra: &str) -> crate::support::TestServer {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    // Held for the rest of the test process: the probes go on after this returns.
+    let closed = Box::leak(Box::new(crate::support::ClosedPort::new()));
+    let port = closed.port();
     let mut text = format!(
         "{}\n[[service]]\nname = \"vpn.gto.example.com.\"\npool = \"p\"\n{service_extra}\n\
          [[pool]]\nname = \"p\"\ncheck = {{ kind = \"tcp\", port = {port}, interval = \"300ms\", timeout = \"200ms\", fall = 1 }}\n",
@@ -117,38 +113,16 @@ pub(crate) async fn metrics_text(server: &crate::support::TestServer) -> String 
         .1
 }
 
-/// A config for the real binary with DNS and the admin API on free ports, written to
-/// `dir` with `zone` as its zone file; `edit` changes the config text first.
-pub(crate) fn real_config(
-    dir: &Path,
-    zone: &str,
-    edit: impl FnOnce(String) -> String,
-) -> (SocketAddr, SocketAddr) {
-    let port = free_port();
-    let admin = free_port();
-    let text = config("")
-        .replace(
-            "[server]\nlisten = [\"127.0.0.1:0\"]",
-            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]"),
-        )
-        .replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        );
-    std::fs::write(dir.join("gto.toml"), edit(text)).unwrap();
+/// A config for the real binary with DNS and the admin API on port 0 (read back with
+/// [`RealGto::dns_addr`] and [`RealGto::admin_addr`]), written to `dir` with `zone` as its
+/// zone file; `edit` changes the config text first.
+pub(crate) fn real_config(dir: &Path, zone: &str, edit: impl FnOnce(String) -> String) {
+    std::fs::write(dir.join("gto.toml"), edit(config(""))).unwrap();
     std::fs::write(dir.join("gto.example.com.zone"), zone).unwrap();
-    (
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        format!("127.0.0.1:{admin}").parse().unwrap(),
-    )
 }
 
 /// [`real_config`] with `[admin] token_file` set and the test token written beside it.
-pub(crate) fn real_config_with_token(
-    dir: &Path,
-    zone: &str,
-    edit: impl FnOnce(String) -> String,
-) -> (SocketAddr, SocketAddr) {
+pub(crate) fn real_config_with_token(dir: &Path, zone: &str, edit: impl FnOnce(String) -> String) {
     std::fs::write(
         dir.join("admin.token"),
         format!("{}\n", crate::admin::TOKEN),

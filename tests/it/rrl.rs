@@ -207,7 +207,7 @@ async fn a_wildcard_flood_is_limited_and_real_wildcard_answers_stay_signed() {
     use hickory_proto::op::Message;
     use hickory_proto::rr::RecordType;
     let dir = tempfile::tempdir().unwrap();
-    let (addr, admin) = real_config(dir.path(), &crate::dnssec::zone(), |text| {
+    real_config(dir.path(), &crate::dnssec::zone(), |text| {
         format!(
             "{}\n[rrl]\nresponses_per_second = 10\nburst = 5\nslip = 2\nexempt = [\"127.0.1.0/24\"]\n",
             crate::dnssec::signed(&text)
@@ -215,6 +215,8 @@ async fn a_wildcard_flood_is_limited_and_real_wildcard_answers_stay_signed() {
     });
     crate::dnssec::keygen(dir.path(), "keys", &[]);
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    let addr = gto.dns_addr().await;
+    let admin = gto.admin_addr().await;
     wait_answering(addr, "vpn.gto.example.com.").await;
     let signed_before = sample(&metrics(admin).await, "gto_dnssec_signed_on_use_total", &[]);
 

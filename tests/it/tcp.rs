@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::real::{cpu_ticks, member};
 use crate::support::{
-    RealGto, TestServer, ZONE, answers, config, free_port, http_json, query, wait_answering,
+    RealGto, TestServer, ZONE, answers, config, http_json, query, wait_answering,
 };
 
 fn limited(settings: &str) -> String {
@@ -176,16 +176,13 @@ async fn idle_tcp_connections_cannot_exhaust_descriptors_or_fail_probes() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let admin_port = free_port();
     let text = config(&format!(
         "[[pool]]\nname = \"watched\"\ncheck = {{ kind = \"tcp\", port = {appliance_port}, interval = \"500ms\", timeout = \"250ms\" }}\n[[pool.member]]\nname = \"w\"\naddresses = [\"127.0.0.1\"]\n"
     ))
     .replace(
         "[server]\nlisten = [\"127.0.0.1:0\"]",
-        &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\ntcp_idle_timeout = \"60s\""),
-    )
-    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{admin_port}\""));
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ntcp_idle_timeout = \"60s\"",
+    );
     std::fs::write(dir.path().join("gto.toml"), text).unwrap();
     std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
     let config_path = dir.path().join("gto.toml");
@@ -200,8 +197,8 @@ async fn idle_tcp_connections_cannot_exhaust_descriptors_or_fail_probes() {
             config_path.as_os_str(),
         ],
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let addr = gto.dns_addr().await;
+    let admin = gto.admin_addr().await;
     wait_answering(addr, "vpn.gto.example.com.").await;
     let mut idle = Vec::new();
     for _ in 0..1_100 {

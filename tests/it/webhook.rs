@@ -246,17 +246,18 @@ async fn a_stuck_receiver_fills_a_bounded_queue_and_the_rest_is_counted() {
 #[tokio::test]
 async fn webhook_credentials_stay_out_of_metrics_logs_and_host() {
     let receiver = Receiver::start(None, false).await;
-    let closed = crate::support::free_port();
+    let closed = crate::support::ClosedPort::new();
+    let closed_port = closed.port();
     let dir = tempfile::tempdir().unwrap();
-    let (_, admin) = crate::real::real_config_with_token(dir.path(), ZONE, |text| {
+    crate::real::real_config_with_token(dir.path(), ZONE, |text| {
         format!(
             "{text}\n[[notify.webhook]]\nname = \"chat\"\nurl = \"http://bot:pa%40ss-S3CRET@{}/hook?key=Q-S3CRET\"\n\
-             [[notify.webhook]]\nurl = \"http://ops:U-S3CRET@127.0.0.1:{closed}/down?t=T-S3CRET\"\n",
+             [[notify.webhook]]\nurl = \"http://ops:U-S3CRET@127.0.0.1:{closed_port}/down?t=T-S3CRET\"\n",
             receiver.addr
         )
     });
     let mut gto = crate::support::RealGto::run(&dir.path().join("gto.toml"));
-    gto.wait_for_log("admin API listening").await;
+    let admin = gto.admin_addr().await;
     crate::events::drain(admin, "drain").await;
     within(Duration::from_secs(5), "delivered", || async {
         !receiver.deliveries().is_empty()

@@ -267,7 +267,10 @@ pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// A free loopback port (bound and released: the real binary cannot report port 0).
+/// A loopback port for a server that is not gto and cannot report a port it was given as
+/// 0 (etcd, knotd, unbound, chromium's debugging port): bound and released, so another
+/// process could take it in between; gto itself is always given port 0 and read back
+/// ([`RealGto::dns_addr`]).
 pub fn free_port() -> u16 {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = socket.local_addr().unwrap().port();
@@ -278,10 +281,33 @@ pub fn free_port() -> u16 {
     port
 }
 
+/// A TCP port nothing listens on, held (bound on every address, never listening) for as
+/// long as this lives: connections to it are refused, and no other process can take it.
+pub struct ClosedPort(socket2::Socket);
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())
+            .unwrap();
+        Self(socket)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().as_socket().unwrap().port()
+    }
+}
+
 /// The real `gto` binary running `args`, with stderr captured; killed when dropped.
 pub struct RealGto {
     pub child: tokio::process::Child,
-    pub stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    /// Every stderr line read so far.
+    seen: Vec<String>,
+    /// The next line [`RealGto::wait_for_log`] looks at.
+    cursor: usize,
 }
 
 impl RealGto {
@@ -321,22 +347,55 @@ impl RealGto {
         Self {
             child,
             stderr: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr)),
+            seen: Vec::new(),
+            cursor: 0,
         }
     }
 
-    /// Reads stderr until a line contains `text` (at most 60 s); returns that line.
-    pub async fn wait_for_log(&mut self, text: &str) -> String {
+    /// The next stderr line from `from` on that contains `text` (reading more as needed,
+    /// at most 60 s); returns its index.
+    async fn find(&mut self, from: usize, text: &str) -> usize {
         let wait = async {
-            while let Some(line) = self.stderr.next_line().await.unwrap() {
-                if line.contains(text) {
-                    return line;
+            let mut at = from;
+            loop {
+                while at < self.seen.len() {
+                    if self.seen[at].contains(text) {
+                        return at;
+                    }
+                    at += 1;
+                }
+                match self.stderr.next_line().await.unwrap() {
+                    Some(line) => self.seen.push(line),
+                    None => panic!(
+                        "gto's stderr ended before {text:?}:\n{}",
+                        self.seen.join("\n")
+                    ),
                 }
             }
-            panic!("gto's stderr ended before {text:?}");
         };
         tokio::time::timeout(Duration::from_secs(60), wait)
             .await
             .unwrap_or_else(|_| panic!("no {text:?} in gto's log within 60 s"))
+    }
+
+    /// Waits for the next stderr line (after those waited for before) that contains
+    /// `text` (at most 60 s); returns that line.
+    pub async fn wait_for_log(&mut self, text: &str) -> String {
+        let at = self.find(self.cursor, text).await;
+        self.cursor = at + 1;
+        self.seen[at].clone()
+    }
+
+    /// The address gto's first DNS listener bound (configs give port 0), from its log.
+    pub async fn dns_addr(&mut self) -> SocketAddr {
+        let at = self.find(0, "serving DNS on").await;
+        field(&self.seen[at], "local")
+    }
+
+    /// The address the admin API bound (configs give port 0), from gto's log.
+    pub async fn admin_addr(&mut self) -> SocketAddr {
+        let at = self.find(0, "admin API listening").await;
+        field(&self.seen[at], "local_addr")
     }
 
     /// Sends a signal by PID.
@@ -356,6 +415,20 @@ impl RealGto {
             .expect("gto did not exit within 20 s")
             .unwrap()
     }
+}
+
+/// The address in a log line's `name=ADDR` field.
+fn field(line: &str, name: &str) -> SocketAddr {
+    let start = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+    let value = &line[start + name.len() + 1..];
+    let value = value.split_whitespace().next().unwrap_or_default();
+    // ANSI colour codes never reach a pipe; strip a stray one anyway.
+    value
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap()
 }
 
 /// Polls `addr` over UDP (bounded) until `name` gets an answer.
