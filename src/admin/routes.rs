@@ -375,6 +375,19 @@ struct DrainBody {
     duration: Option<String>,
 }
 
+/// What every write to one member starts with: the caller authorized, the endpoint the
+/// path names, and the body parsed (an empty body is the default).
+fn member_request<T: for<'de> Deserialize<'de> + Default>(
+    state: &AdminState,
+    headers: &HeaderMap,
+    pool: String,
+    member: String,
+    body: &Bytes,
+) -> Result<(EndpointKey, T), ApiError> {
+    authorize(state, headers)?;
+    Ok((EndpointKey { pool, member }, parse_body(body)?))
+}
+
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -389,8 +402,7 @@ pub(super) async fn drain(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers)?;
-    let body: DrainBody = parse_body(&body)?;
+    let (key, body): (_, DrainBody) = member_request(&state, &headers, pool, member, &body)?;
     let now = SystemTime::now();
     let max_drain = state.settings.load().max_drain;
     let too_far = || {
@@ -425,7 +437,6 @@ pub(super) async fn drain(
     if until.is_some_and(|u| u.duration_since(now).map_or(true, |d| d > max_drain)) {
         return Err(too_far());
     }
-    let key = EndpointKey { pool, member };
     if let Some(fleet) = &state.fleet {
         // The fleet first: a drain the fleet did not take is applied nowhere.
         known(&state, &key).await?;
@@ -437,7 +448,7 @@ pub(super) async fn drain(
 
 /// Fails with 404 unless `key` is an endpoint of the running config.
 async fn known(state: &AdminState, key: &EndpointKey) -> Result<(), ApiError> {
-    if state.health.status().await.iter().any(|s| s.key == *key) {
+    if state.health.drain_of(key.clone()).await.is_some() {
         Ok(())
     } else {
         Err(StateError::NotFound(key.pool.clone(), key.member.clone()).into())
@@ -475,12 +486,10 @@ pub(super) async fn load(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers)?;
-    let body: LoadBody = parse_body(&body)?;
+    let (key, body): (_, LoadBody) = member_request(&state, &headers, pool, member, &body)?;
     let sessions = body.sessions.ok_or_else(|| {
         ApiError::BadRequest("body needs \"sessions\" (and \"capacity\" unless configured)".into())
     })?;
-    let key = EndpointKey { pool, member };
     let status = state
         .health
         .set_load(key.clone(), sessions, body.capacity)

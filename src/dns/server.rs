@@ -87,8 +87,13 @@ impl DnsServer {
         let tcp_token = CancellationToken::new();
         let mut tcp_tasks = Vec::new();
         for addr in &settings.listen {
-            let local = if settings.workers > 0 {
-                let (sockets, tcp) = bind_reuseport_pair(*addr, settings.workers).await?;
+            let (local, tcp) = if settings.workers > 0 {
+                let (sockets, tcp) = bind_pair(
+                    *addr,
+                    |addr| bind_reuseport(addr, settings.workers),
+                    |sockets| sockets.first()?.local_addr().ok(),
+                )
+                .await?;
                 let local = sockets
                     .first()
                     .and_then(|s| s.local_addr().ok())
@@ -105,37 +110,35 @@ impl DnsServer {
                     source,
                 })?;
                 workers.push(started);
-                tcp_tasks.push(tokio::spawn(tcp::serve(
-                    tcp,
-                    handler.clone(),
-                    limits,
-                    slots.clone(),
-                    tcp_token.clone(),
-                )));
                 info!(%local, workers = settings.workers, "serving DNS on UDP (fast path) and TCP");
-                local
+                (local, tcp)
             } else {
-                let (udp, tcp) = bind_pair(*addr).await?;
-                let local = udp.local_addr().map_err(|source| DnsError::Bind {
-                    addr: *addr,
-                    transport: "udp",
-                    source,
-                })?;
+                let (udp, tcp) = bind_pair(
+                    *addr,
+                    |addr| {
+                        let socket = std::net::UdpSocket::bind(addr)?;
+                        socket.set_nonblocking(true)?;
+                        UdpSocket::from_std(socket)
+                    },
+                    |udp| udp.local_addr().ok(),
+                )
+                .await?;
+                let local = udp.local_addr().unwrap_or(*addr);
                 tcp_tasks.push(tokio::spawn(super::udp::serve_general(
                     udp,
                     handler.clone(),
                     tcp_token.clone(),
                 )));
-                tcp_tasks.push(tokio::spawn(tcp::serve(
-                    tcp,
-                    handler.clone(),
-                    limits,
-                    slots.clone(),
-                    tcp_token.clone(),
-                )));
                 info!(%local, "serving DNS on UDP and TCP");
-                local
+                (local, tcp)
             };
+            tcp_tasks.push(tokio::spawn(tcp::serve(
+                tcp,
+                handler.clone(),
+                limits,
+                slots.clone(),
+                tcp_token.clone(),
+            )));
             local_addrs.push(local);
         }
         Ok(Self {
@@ -165,51 +168,25 @@ impl DnsServer {
     }
 }
 
-/// Binds `count` reuse-port UDP sockets and a TCP listener on one port.
-async fn bind_reuseport_pair(
+/// Binds UDP with `bind_udp` (one socket, or a reuse-port group) and TCP on the same port.
+/// With port 0 the kernel picks UDP's port, and a port TCP finds taken is tried again
+/// (at most [`PORT_ATTEMPTS`] times).
+async fn bind_pair<U>(
     addr: SocketAddr,
-    count: usize,
-) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
+    bind_udp: impl Fn(SocketAddr) -> std::io::Result<U>,
+    bound: impl Fn(&U) -> Option<SocketAddr>,
+) -> Result<(U, TcpListener), DnsError> {
     let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
-        let sockets = bind_reuseport(addr, count).map_err(|source| DnsError::Bind {
+        let udp = bind_udp(addr).map_err(|source| DnsError::Bind {
             addr,
             transport: "udp",
             source,
         })?;
-        let Some(port) = sockets.first().and_then(|s| s.local_addr().ok()) else {
+        let Some(port) = bound(&udp) else {
             continue;
         };
-        match TcpListener::bind(port).await {
-            Ok(tcp) => return Ok((sockets, tcp)),
-            Err(source) => last_error = Some(source),
-        }
-    }
-    Err(DnsError::Bind {
-        addr,
-        transport: "tcp",
-        source: last_error.unwrap_or_else(|| std::io::Error::other("no attempt made")),
-    })
-}
-
-/// Binds UDP and TCP on one port.
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
-    let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
-    let mut last_error = None;
-    for _ in 0..attempts {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| DnsError::Bind {
-                addr,
-                transport: "udp",
-                source,
-            })?;
-        let port = udp.local_addr().map_err(|source| DnsError::Bind {
-            addr,
-            transport: "udp",
-            source,
-        })?;
         match TcpListener::bind(port).await {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(source) => last_error = Some(source),

@@ -35,17 +35,6 @@ pub(crate) async fn start() -> TestServer {
     .await
 }
 
-async fn vpn(server: &TestServer) -> Vec<String> {
-    answers(
-        &udp(
-            server.addr,
-            &query("vpn.gto.example.com.", RecordType::A, None),
-        )
-        .await
-        .0,
-    )
-}
-
 fn member<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["services"][0]["members"]
         .as_array()
@@ -59,7 +48,7 @@ fn member<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
 async fn drain_takes_an_endpoint_out_survives_a_restart_and_undrain_brings_it_back() {
     let server = start().await;
     let admin = server.admin();
-    assert_eq!(vpn(&server).await, vec!["198.51.100.10", "198.51.100.20"]);
+    assert_eq!(server.vpn().await, vec!["198.51.100.10", "198.51.100.20"]);
 
     let (code, body) = http_json(
         admin,
@@ -75,7 +64,7 @@ async fn drain_takes_an_endpoint_out_survives_a_restart_and_undrain_brings_it_ba
     let (_, before) = http_json(admin, "GET", "/v1/status", None, "").await;
     let answered_before = member(&before, "fra-1")["answered"].as_u64().unwrap();
     for _ in 0..20 {
-        assert_eq!(vpn(&server).await, vec!["198.51.100.20", "203.0.113.30"]);
+        assert_eq!(server.vpn().await, vec!["198.51.100.20", "203.0.113.30"]);
     }
     let (_, status) = http_json(admin, "GET", "/v1/status", None, "").await;
     assert_eq!(
@@ -90,7 +79,7 @@ async fn drain_takes_an_endpoint_out_survives_a_restart_and_undrain_brings_it_ba
     app.shutdown().await.unwrap();
     let server = TestServer::start_in(dir).await;
     let admin = server.admin();
-    assert_eq!(vpn(&server).await, vec!["198.51.100.20", "203.0.113.30"]);
+    assert_eq!(server.vpn().await, vec!["198.51.100.20", "203.0.113.30"]);
     let (_, status) = http_json(admin, "GET", "/v1/status", None, "").await;
     assert_eq!(member(&status, "fra-1")["drained"], true);
 
@@ -103,7 +92,7 @@ async fn drain_takes_an_endpoint_out_survives_a_restart_and_undrain_brings_it_ba
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(vpn(&server).await, vec!["198.51.100.10", "198.51.100.20"]);
+    assert_eq!(server.vpn().await, vec!["198.51.100.10", "198.51.100.20"]);
 }
 
 #[tokio::test]
@@ -120,7 +109,7 @@ async fn a_drain_with_a_deadline_ends_by_itself() {
     .await;
     assert_eq!(code, 200, "{body}");
     assert!(body["endpoint"]["drained_until"].is_string());
-    assert_eq!(vpn(&server).await[0], "198.51.100.20");
+    assert_eq!(server.vpn().await[0], "198.51.100.20");
     // The monitor's one-second sweep ends it; wait for the state, bounded.
     let mut undrained = false;
     for _ in 0..50 {
@@ -132,7 +121,7 @@ async fn a_drain_with_a_deadline_ends_by_itself() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(undrained, "drain did not expire");
-    assert_eq!(vpn(&server).await[0], "198.51.100.10");
+    assert_eq!(server.vpn().await[0], "198.51.100.10");
     let (code, _) = http_json(
         admin,
         "POST",
@@ -167,7 +156,7 @@ async fn changes_without_the_token_are_refused_and_change_nothing() {
     assert_eq!(member(&status, "fra-1")["drained"], false);
     assert!(member(&status, "fra-1")["load"].is_null());
     assert_eq!(status["generation"], 1, "no reload happened");
-    assert_eq!(vpn(&server).await, vec!["198.51.100.10", "198.51.100.20"]);
+    assert_eq!(server.vpn().await, vec!["198.51.100.10", "198.51.100.20"]);
 }
 
 #[tokio::test]
@@ -388,7 +377,7 @@ async fn metrics_move_with_real_queries() {
     let fra = |m: &str| sample(m, "gto_answers_total", &["member=\"fra-1\""]);
     let nx = |m: &str| sample(m, "gto_dns_queries_total", &["rcode=\"NXDOMAIN\""]);
     for _ in 0..5 {
-        vpn(&server).await;
+        server.vpn().await;
     }
     udp(
         server.addr,
@@ -487,7 +476,7 @@ async fn a_corrupt_state_file_gives_a_safe_start_and_is_rewritten() {
         }
         let server = TestServer::start_in(dir_copy).await;
         // The drain in the lost file is gone: all three endpoints answer again.
-        assert_eq!(vpn(&server).await, vec!["198.51.100.10", "198.51.100.20"]);
+        assert_eq!(server.vpn().await, vec!["198.51.100.10", "198.51.100.20"]);
         let (_, status) = http_json(server.admin(), "GET", "/v1/status", None, "").await;
         assert_eq!(member(&status, "fra-1")["drained"], false);
         // The next change writes a whole, valid file over the broken one.

@@ -342,13 +342,8 @@ fn check_locates_every_key_problem() {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
     }
-    let output = gto_bin()
-        .args(["check", "--config"])
-        .arg(dir.path().join("gto.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 3, "{stderr}");
     assert!(

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::admin::{TOKEN, admin_config};
-use crate::support::{TestServer, ZONE, answers, free_port, http_json, query, udp};
+use crate::support::{TestServer, ZONE, answers, free_port, http_json, query};
 
 /// An etcd server on loopback, ended (by its PID) when dropped.
 pub struct Etcd {
@@ -251,17 +251,6 @@ pub async fn instance(url: &str, name: &str) -> TestServer {
     .await
 }
 
-pub async fn vpn(server: &TestServer) -> Vec<String> {
-    answers(
-        &udp(
-            server.addr,
-            &query("vpn.gto.example.com.", RecordType::A, None),
-        )
-        .await
-        .0,
-    )
-}
-
 /// Waits until `check` holds, up to `limit`; returns how long it took.
 pub async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
 where
@@ -318,13 +307,13 @@ async fn a_drain_on_one_instance_reaches_the_other_and_expires_on_both() {
     let a = instance(&etcd.url(), "a").await;
     let b = instance(&etcd.url(), "b").await;
     wait_connected(&[&a, &b]).await;
-    assert_eq!(vpn(&b).await, ALL);
+    assert_eq!(b.vpn().await, ALL);
 
     let (code, body) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(vpn(&a).await, DRAINED, "A at once");
+    assert_eq!(a.vpn().await, DRAINED, "A at once");
     let took = within(Duration::from_secs(1), "B leaves fra-1", || async {
-        vpn(&b).await == DRAINED
+        b.vpn().await == DRAINED
     })
     .await;
     eprintln!("drain reached B in {took:?}");
@@ -333,7 +322,7 @@ async fn a_drain_on_one_instance_reaches_the_other_and_expires_on_both() {
     let (code, _) = change(&b, "fra-1", "undrain").await;
     assert_eq!(code, 200);
     within(Duration::from_secs(1), "A takes fra-1 back", || async {
-        vpn(&a).await == ALL
+        a.vpn().await == ALL
     })
     .await;
 
@@ -348,12 +337,12 @@ async fn a_drain_on_one_instance_reaches_the_other_and_expires_on_both() {
     .await;
     assert_eq!(code, 200, "{body}");
     within(Duration::from_secs(1), "A drains", || async {
-        vpn(&a).await == DRAINED
+        a.vpn().await == DRAINED
     })
     .await;
     for server in [&a, &b] {
         within(Duration::from_secs(5), "the drain expires", || async {
-            vpn(server).await == ALL
+            server.vpn().await == ALL
         })
         .await;
     }
@@ -402,7 +391,7 @@ async fn a_load_report_to_one_instance_moves_the_others_ranking() {
     let a = TestServer::start_with_files(&config("a"), ZONE, &files).await;
     let b = TestServer::start_with_files(&config("b"), ZONE, &files).await;
     wait_connected(&[&a, &b]).await;
-    let before = vpn(&b).await;
+    let before = b.vpn().await;
     // fra-1 full, the others idle: B must rank fra-1 last.
     for (member, sessions) in [("fra-1", 100), ("ams-1", 0), ("nyc-1", 0)] {
         let (code, body) = http_json(
@@ -425,10 +414,10 @@ async fn a_load_report_to_one_instance_moves_the_others_ranking() {
     })
     .await;
     within(Duration::from_secs(2), "B moves fra-1 out", || async {
-        !vpn(&b).await.contains(&"198.51.100.10".to_string())
+        !b.vpn().await.contains(&"198.51.100.10".to_string())
     })
     .await;
-    eprintln!("before: {before:?}, after: {:?}", vpn(&b).await);
+    eprintln!("before: {before:?}, after: {:?}", b.vpn().await);
 }
 
 #[tokio::test]
@@ -468,7 +457,7 @@ async fn etcd_down_answers_go_on_drains_are_refused_and_all_converge_after() {
     let (code, _) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200);
     within(Duration::from_secs(1), "B drains", || async {
-        vpn(&b).await == DRAINED
+        b.vpn().await == DRAINED
     })
     .await;
 
@@ -532,7 +521,7 @@ async fn etcd_down_answers_go_on_drains_are_refused_and_all_converge_after() {
     let (code, _) = change(&b, "fra-1", "undrain").await;
     assert_eq!(code, 200);
     within(Duration::from_secs(1), "A follows", || async {
-        vpn(&a).await == ALL
+        a.vpn().await == ALL
     })
     .await;
 }
@@ -550,7 +539,7 @@ async fn an_instance_restarted_while_etcd_is_down_serves_the_cached_drains() {
     let restarted = TestServer::start_in(dir).await;
     assert!(!connected(&restarted).await);
     assert_eq!(
-        vpn(&restarted).await,
+        restarted.vpn().await,
         DRAINED,
         "the drain cached in the state file"
     );
@@ -590,12 +579,12 @@ async fn compacted_revisions_lead_to_a_full_resync() {
         )
         .await
         .unwrap();
-    assert_eq!(vpn(&b).await, ALL, "B missed the drain");
+    assert_eq!(b.vpn().await, ALL, "B missed the drain");
     let (_, metrics) = crate::support::http(b.admin(), "GET", "/metrics", None, "").await;
     let resyncs = crate::support::sample(&metrics, "gto_cluster_resyncs_total", &[]);
     relay.restore();
     within(Duration::from_secs(5), "B resyncs", || async {
-        vpn(&b).await == DRAINED
+        b.vpn().await == DRAINED
     })
     .await;
     let (_, metrics) = crate::support::http(b.admin(), "GET", "/metrics", None, "").await;
@@ -627,7 +616,7 @@ async fn concurrent_drains_and_undrains_end_in_one_state_everywhere() {
         let expected = if stored { DRAINED } else { ALL };
         for server in [&a, &b] {
             within(Duration::from_secs(2), "one state everywhere", || async {
-                vpn(server).await == expected
+                server.vpn().await == expected
             })
             .await;
         }
@@ -684,7 +673,7 @@ async fn tls_to_etcd_with_client_certificates() {
     let (code, body) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200, "{body}");
     within(Duration::from_secs(1), "B over TLS", || async {
-        vpn(&b).await == DRAINED
+        b.vpn().await == DRAINED
     })
     .await;
     // Without the client certificate etcd refuses gto.
@@ -753,7 +742,7 @@ async fn drain_propagation_and_etcd_traffic() {
         let (code, _) = change(&a, "fra-1", action).await;
         assert_eq!(code, 200);
         within(Duration::from_secs(1), "B follows", || async {
-            vpn(&b).await == expected
+            b.vpn().await == expected
         })
         .await;
         took.push(started.elapsed());
@@ -813,13 +802,8 @@ fn cluster_mistakes_are_located_config_errors() {
     std::fs::write(dir.path().join("gto.toml"), text).unwrap();
     std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
     std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
-    let output = crate::support::gto_bin()
-        .args(["check", "--config"])
-        .arg(dir.path().join("gto.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
     for expected in [
         "cluster.etcd: \"etcd:2379\" is not http://host:port",
         "cluster.name:",
@@ -867,7 +851,7 @@ async fn etcd_authentication_with_a_user_limited_to_the_fleet_prefix() {
     let (code, body) = change(&a, "fra-1", "drain").await;
     assert_eq!(code, 200, "{body}");
     within(Duration::from_secs(1), "B with authentication", || async {
-        vpn(&b).await == DRAINED
+        b.vpn().await == DRAINED
     })
     .await;
     // A wrong password: no fleet, and drains are refused rather than applied alone.

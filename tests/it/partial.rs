@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::admin::TOKEN;
-use crate::fleet::{change, connected, fleet_config, vpn, within};
+use crate::fleet::{change, connected, fleet_config, within};
 use crate::support::{TestServer, ZONE, free_port, http, sample};
 
 const DRAINED: [&str; 2] = ["198.51.100.20", "203.0.113.30"];
@@ -459,7 +459,7 @@ async fn broken_values_count_as_absent_and_a_fresh_instance_agrees() {
     assert_eq!(code, 200);
     for server in [&a, &b] {
         within(Duration::from_secs(1), "drained", || async {
-            vpn(server).await == DRAINED
+            server.vpn().await == DRAINED
         })
         .await;
     }
@@ -468,7 +468,7 @@ async fn broken_values_count_as_absent_and_a_fresh_instance_agrees() {
         .unwrap();
     for server in [&a, &b] {
         within(Duration::from_secs(1), "garbage is no drain", || async {
-            vpn(server).await == ALL
+            server.vpn().await == ALL
         })
         .await;
     }
@@ -485,7 +485,7 @@ async fn broken_values_count_as_absent_and_a_fresh_instance_agrees() {
             ignored(server, "invalid").await >= 2.0
         })
         .await;
-        assert_eq!(vpn(server).await, ALL);
+        assert_eq!(server.vpn().await, ALL);
     }
     // A fresh instance reaches the same state from the same keys.
     let c = instance_of(&cluster, "c").await;
@@ -497,11 +497,11 @@ async fn broken_values_count_as_absent_and_a_fresh_instance_agrees() {
     )
     .await;
     assert_eq!(
-        vpn(&c).await,
+        c.vpn().await,
         ALL,
         "a restarted instance agrees with the running ones"
     );
-    assert_eq!(vpn(&a).await, ALL);
+    assert_eq!(a.vpn().await, ALL);
 }
 
 #[tokio::test]

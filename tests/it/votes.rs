@@ -6,12 +6,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hickory_proto::rr::RecordType;
 use tokio::time::Instant;
 
 use crate::fleet::{Etcd, within};
 use crate::support::appliance::{Appliance, Speaks};
-use crate::support::{TestServer, ZONE, answers, http_json, query, udp};
+use crate::support::{TestServer, ZONE, http_json};
 
 pub(crate) const SOURCES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 pub(crate) const INTERVAL_MS: u64 = 300;
@@ -129,16 +128,7 @@ fn voters(status: &serde_json::Value, member: &str) -> u64 {
 }
 
 async fn addresses(server: &TestServer) -> BTreeSet<String> {
-    answers(
-        &udp(
-            server.addr,
-            &query("vpn.gto.example.com.", RecordType::A, None),
-        )
-        .await
-        .0,
-    )
-    .into_iter()
-    .collect()
+    server.vpn().await.into_iter().collect()
 }
 
 pub(crate) async fn has_fra(server: &TestServer) -> bool {
@@ -503,13 +493,8 @@ fn voting_and_source_mistakes_are_located_config_errors() {
     );
     std::fs::write(dir.path().join("gto.toml"), text).unwrap();
     std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
-    let output = crate::support::gto_bin()
-        .args(["check", "--config"])
-        .arg(dir.path().join("gto.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    let (code, _, stderr) = crate::check::check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
     for expected in [
         "health.source: \"not-an-ip\" is not an IPv4 address",
         "pool.sma.down_when: not \"majority\", \"all\" or \"any\"",

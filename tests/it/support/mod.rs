@@ -65,6 +65,18 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The addresses `vpn.gto.example.com. A` gets over UDP, in answer order.
+    pub async fn vpn(&self) -> Vec<String> {
+        answers(
+            &udp(
+                self.addr,
+                &query("vpn.gto.example.com.", RecordType::A, None),
+            )
+            .await
+            .0,
+        )
+    }
+
     /// Writes `config` and `zone` (as gto.example.com.zone) to a fresh directory and starts.
     pub async fn start(config: &str, zone: &str) -> Self {
         Self::start_with_files(config, zone, &[]).await
