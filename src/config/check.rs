@@ -16,6 +16,9 @@ use super::{Check, HttpProbe, LoadFields, Probe, TlsSettings};
 /// Shortest probe interval accepted.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Reports a problem with one field of the check being compiled.
+type Report<'e> = dyn FnMut(&str, String) + 'e;
+
 /// Compiles the effective check of one member. `at` locates errors; `addresses` are the
 /// member's answered addresses (the first is probed unless `address` says otherwise).
 pub(crate) fn compile_check(
@@ -29,30 +32,61 @@ pub(crate) fn compile_check(
     let Some(raw) = raw else {
         return Check::none();
     };
-    let RawCheck {
-        kind,
-        address,
-        port,
-        path: http_path,
-        expect,
-        body,
-        host,
-        sni,
-        insecure,
-        ca_file,
-        cert_min_days,
+    let limit = errors.file_limit;
+    let mut error =
+        |field: &str, message: String| errors.push(Some(at), format!("{path}.{field}"), message);
+    let (interval, timeout) = timing(raw, &mut error);
+    let mut threshold = |field: &str, value: &Option<i64>, default: u8| match value {
+        None => default,
+        Some(v) => u8::try_from(*v)
+            .ok()
+            .filter(|v| (1..=100).contains(v))
+            .unwrap_or_else(|| {
+                error(field, "must be between 1 and 100".into());
+                default
+            }),
+    };
+    let rise = threshold("rise", &raw.rise, Check::DEFAULT_RISE);
+    let fall = threshold("fall", &raw.fall, Check::DEFAULT_FALL);
+    let kind = raw.kind.as_deref().unwrap_or("tcp");
+    let target = target(raw, kind, addresses, &mut error)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1)));
+    check_names(raw, &mut error);
+    let probe = match kind {
+        "none" => Probe::None,
+        "tcp" => Probe::Tcp { target },
+        "tls" => Probe::Tls {
+            target,
+            tls: tls_settings(raw, target, base_dir, limit, &mut error),
+        },
+        "http" | "https" => {
+            let tls =
+                (kind == "https").then(|| tls_settings(raw, target, base_dir, limit, &mut error));
+            Probe::Http(http_probe(raw, target, tls, &mut error))
+        }
+        other => {
+            error(
+                "kind",
+                format!(
+                    "unknown check kind {other:?} (expected \"tcp\", \"http\", \"https\", \"tls\" or \"none\")"
+                ),
+            );
+            Probe::None
+        }
+    };
+    misplaced_fields(raw, kind, &mut error);
+    Check {
+        probe,
         interval,
         timeout,
         rise,
         fall,
-        load_fields,
-        max_body,
-    } = raw;
-    let limit = errors.file_limit;
-    let mut error =
-        |field: &str, message: String| errors.push(Some(at), format!("{path}.{field}"), message);
+    }
+}
 
-    let interval = match interval {
+/// The probe interval and timeout (shorter than the interval).
+fn timing(raw: &RawCheck, error: &mut Report<'_>) -> (Duration, Duration) {
+    let interval = match &raw.interval {
         None => Check::DEFAULT_INTERVAL,
         Some(text) => match parse_duration(text) {
             Some(d) if d >= MIN_INTERVAL => d,
@@ -65,7 +99,7 @@ pub(crate) fn compile_check(
             }
         },
     };
-    let timeout = match timeout {
+    let timeout = match &raw.timeout {
         None => Check::DEFAULT_TIMEOUT.min(interval / 2),
         Some(text) => match parse_duration(text) {
             Some(d) if !d.is_zero() => d,
@@ -84,33 +118,30 @@ pub(crate) fn compile_check(
             format!("must be shorter than the interval ({timeout:?} >= {interval:?})"),
         );
     }
-    let mut threshold = |field: &str, value: &Option<i64>, default: u8| match value {
-        None => default,
-        Some(v) => u8::try_from(*v)
-            .ok()
-            .filter(|v| (1..=100).contains(v))
-            .unwrap_or_else(|| {
-                error(field, "must be between 1 and 100".into());
-                default
-            }),
-    };
-    let rise = threshold("rise", rise, Check::DEFAULT_RISE);
-    let fall = threshold("fall", fall, Check::DEFAULT_FALL);
+    (interval, timeout)
+}
 
-    let kind = kind.as_deref().unwrap_or("tcp");
+/// Where the probe goes: `address` (else the member's first address) and `port` (else
+/// the kind's default). None when either is missing or wrong (reported).
+fn target(
+    raw: &RawCheck,
+    kind: &str,
+    addresses: &[IpAddr],
+    error: &mut Report<'_>,
+) -> Option<SocketAddr> {
     let default_port = match kind {
         "http" => Some(80),
         "https" | "tls" => Some(443),
         _ => None,
     };
-    let ip = match address {
+    let ip = match &raw.address {
         Some(text) => text.parse::<IpAddr>().ok().or_else(|| {
             error("address", format!("{text:?} is not an IP address"));
             None
         }),
         None => addresses.first().copied(),
     };
-    let port = match port.or(default_port.map(i64::from)) {
+    let port = match raw.port.or(default_port.map(i64::from)) {
         Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).or_else(|| {
             error("port", "must be between 1 and 65535".into());
             None
@@ -121,10 +152,12 @@ pub(crate) fn compile_check(
             None
         }
     };
-    let target = ip.zip(port).map(|(ip, port)| SocketAddr::new(ip, port));
-    let target_or_default = target.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1)));
+    ip.zip(port).map(|(ip, port)| SocketAddr::new(ip, port))
+}
 
-    if let Some(host) = host
+/// The Host header and TLS server name, when given, must be sendable.
+fn check_names(raw: &RawCheck, error: &mut Report<'_>) {
+    if let Some(host) = &raw.host
         && !is_header_token(host)
     {
         error(
@@ -132,7 +165,7 @@ pub(crate) fn compile_check(
             format!("{host:?} is not a host name (no spaces, control characters or line breaks)"),
         );
     }
-    if let Some(sni) = sni
+    if let Some(sni) = &raw.sni
         && ServerName::try_from(sni.as_str()).is_err()
     {
         error(
@@ -140,153 +173,147 @@ pub(crate) fn compile_check(
             format!("{sni:?} is not a DNS name or IP address to send as TLS server name"),
         );
     }
-    let tls = |error: &mut dyn FnMut(&str, String)| -> TlsSettings {
-        let roots = match ca_file {
-            None => Vec::new(),
-            Some(file) => {
-                let file = base_dir.join(file);
-                let pem = crate::files::read(&file, limit).map_err(|e| e.to_string());
-                match pem.and_then(|pem| {
-                    CertificateDer::pem_slice_iter(&pem)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| format!("{}: {e}", file.display()))
-                }) {
-                    Ok(certs) if !certs.is_empty() => certs,
-                    Ok(_) => {
-                        error(
-                            "ca_file",
-                            format!("{} holds no PEM certificate", file.display()),
-                        );
-                        Vec::new()
-                    }
-                    Err(e) => {
-                        error("ca_file", format!("cannot read {e}"));
-                        Vec::new()
-                    }
+}
+
+/// TLS settings of a `tls` or `https` check: server name, trust roots (`ca_file`, read
+/// here, at most `limit` bytes), and the certificate expiry margin.
+fn tls_settings(
+    raw: &RawCheck,
+    target: SocketAddr,
+    base_dir: &Path,
+    limit: u64,
+    error: &mut Report<'_>,
+) -> TlsSettings {
+    let roots = match &raw.ca_file {
+        None => Vec::new(),
+        Some(file) => {
+            let file = base_dir.join(file);
+            let pem = crate::files::read(&file, limit).map_err(|e| e.to_string());
+            match pem.and_then(|pem| {
+                CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("{}: {e}", file.display()))
+            }) {
+                Ok(certs) if !certs.is_empty() => certs,
+                Ok(_) => {
+                    error(
+                        "ca_file",
+                        format!("{} holds no PEM certificate", file.display()),
+                    );
+                    Vec::new()
+                }
+                Err(e) => {
+                    error("ca_file", format!("cannot read {e}"));
+                    Vec::new()
                 }
             }
-        };
-        let cert_min_days = cert_min_days.and_then(|d| {
-            u32::try_from(d).ok().or_else(|| {
-                error(
-                    "cert_min_days",
-                    "must be a number of days (0 or more)".into(),
-                );
-                None
-            })
-        });
-        TlsSettings {
-            sni: sni
-                .clone()
-                .or_else(|| host.clone())
-                .unwrap_or_else(|| target_or_default.ip().to_string()),
-            insecure: insecure.unwrap_or(false),
-            roots,
-            cert_min_days,
         }
     };
-
-    let probe = match kind {
-        "none" => Probe::None,
-        "tcp" => Probe::Tcp {
-            target: target_or_default,
-        },
-        "tls" => Probe::Tls {
-            target: target_or_default,
-            tls: tls(&mut error),
-        },
-        "http" | "https" => {
-            let http_path = http_path.clone().unwrap_or_else(|| "/".into());
-            if !http_path.starts_with('/') {
-                error("path", format!("{http_path:?} must start with '/'"));
-            } else if http_path.parse::<PathAndQuery>().is_err()
-                || http_path.contains(|c: char| c.is_whitespace() || c.is_control())
-            {
-                error(
-                    "path",
-                    format!(
-                        "{http_path:?} is not a valid request path (percent-encode spaces and special characters)"
-                    ),
-                );
-            }
-            let max_body = match max_body {
-                None => HttpProbe::DEFAULT_MAX_BODY,
-                Some(text) => parse_size(text)
-                    .filter(|n| *n <= 16 << 20)
-                    .and_then(|n| usize::try_from(n).ok())
-                    .unwrap_or_else(|| {
-                        error(
-                            "max_body",
-                            format!("{text:?} is not a size of 1KiB to 16MiB (e.g. \"64KiB\")"),
-                        );
-                        HttpProbe::DEFAULT_MAX_BODY
-                    }),
-            };
-            let expect = expect
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|code| {
-                    u16::try_from(code)
-                        .ok()
-                        .filter(|c| (100..=599).contains(c))
-                        .or_else(|| {
-                            error("expect", format!("{code} is not an HTTP status code"));
-                            None
-                        })
-                })
-                .collect();
-            let tls = (kind == "https").then(|| tls(&mut error));
-            Probe::Http(HttpProbe {
-                target: target_or_default,
-                path: http_path,
-                host: host
-                    .clone()
-                    .unwrap_or_else(|| host_header(target_or_default)),
-                expect,
-                body: body.clone(),
-                tls,
-                load_fields: load_fields.clone().map(|f| LoadFields {
-                    sessions: f.sessions,
-                    capacity: f.capacity,
-                }),
-                max_body,
-            })
-        }
-        other => {
+    let cert_min_days = raw.cert_min_days.and_then(|d| {
+        u32::try_from(d).ok().or_else(|| {
             error(
-                "kind",
-                format!(
-                    "unknown check kind {other:?} (expected \"tcp\", \"http\", \"https\", \"tls\" or \"none\")"
-                ),
+                "cert_min_days",
+                "must be a number of days (0 or more)".into(),
             );
-            Probe::None
-        }
+            None
+        })
+    });
+    TlsSettings {
+        sni: raw
+            .sni
+            .clone()
+            .or_else(|| raw.host.clone())
+            .unwrap_or_else(|| target.ip().to_string()),
+        insecure: raw.insecure.unwrap_or(false),
+        roots,
+        cert_min_days,
+    }
+}
+
+/// The request and the expected answer of an `http` or `https` check.
+fn http_probe(
+    raw: &RawCheck,
+    target: SocketAddr,
+    tls: Option<TlsSettings>,
+    error: &mut Report<'_>,
+) -> HttpProbe {
+    let http_path = raw.path.clone().unwrap_or_else(|| "/".into());
+    if !http_path.starts_with('/') {
+        error("path", format!("{http_path:?} must start with '/'"));
+    } else if http_path.parse::<PathAndQuery>().is_err()
+        || http_path.contains(|c: char| c.is_whitespace() || c.is_control())
+    {
+        error(
+            "path",
+            format!(
+                "{http_path:?} is not a valid request path (percent-encode spaces and special characters)"
+            ),
+        );
+    }
+    let max_body = match &raw.max_body {
+        None => HttpProbe::DEFAULT_MAX_BODY,
+        Some(text) => parse_size(text)
+            .filter(|n| *n <= 16 << 20)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or_else(|| {
+                error(
+                    "max_body",
+                    format!("{text:?} is not a size of 1KiB to 16MiB (e.g. \"64KiB\")"),
+                );
+                HttpProbe::DEFAULT_MAX_BODY
+            }),
     };
-    if max_body.is_some() && kind != "http" && kind != "https" {
-        error(
-            "max_body",
-            format!("applies to http and https checks, not {kind}"),
-        );
+    let expect = raw
+        .expect
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|code| {
+            u16::try_from(code)
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .or_else(|| {
+                    error("expect", format!("{code} is not an HTTP status code"));
+                    None
+                })
+        })
+        .collect();
+    HttpProbe {
+        target,
+        path: http_path,
+        host: raw.host.clone().unwrap_or_else(|| host_header(target)),
+        expect,
+        body: raw.body.clone(),
+        tls,
+        load_fields: raw.load_fields.clone().map(|f| LoadFields {
+            sessions: f.sessions,
+            capacity: f.capacity,
+        }),
+        max_body,
     }
-    if load_fields.is_some() && kind != "http" && kind != "https" {
-        error(
+}
+
+/// Fields set for a kind of check they do not apply to.
+fn misplaced_fields(raw: &RawCheck, kind: &str, error: &mut Report<'_>) {
+    let http = kind == "http" || kind == "https";
+    for (field, set, applies, kinds) in [
+        ("max_body", raw.max_body.is_some(), http, "http and https"),
+        (
             "load_fields",
-            format!("applies to http and https checks, not {kind}"),
-        );
-    }
-    if kind != "tls" && kind != "https" && cert_min_days.is_some() {
-        error(
+            raw.load_fields.is_some(),
+            http,
+            "http and https",
+        ),
+        (
             "cert_min_days",
-            format!("applies to tls and https checks, not {kind}"),
-        );
-    }
-    Check {
-        probe,
-        interval,
-        timeout,
-        rise,
-        fall,
+            raw.cert_min_days.is_some(),
+            kind == "tls" || kind == "https",
+            "tls and https",
+        ),
+    ] {
+        if set && !applies {
+            error(field, format!("applies to {kinds} checks, not {kind}"));
+        }
     }
 }
 

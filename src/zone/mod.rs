@@ -198,53 +198,13 @@ fn parse_within(
         line,
     } in read.records
     {
-        let mut fail = |message: String| error(&mut errors, &at, line, message);
         record.name = record.name.to_lowercase();
         let owner = LowerName::from(&record.name);
-        if record.dns_class != DNSClass::IN {
-            fail(format!("class {} is not served; only IN", record.dns_class));
+        if let Some(message) = refused(&record, &owner, &apex, origin) {
+            error(&mut errors, &at, line, message);
             continue;
         }
-        if !apex.zone_of(&owner) {
-            fail(format!("{} is outside the zone {}", record.name, origin));
-            continue;
-        }
-        if record.ttl > MAX_TTL {
-            fail(format!(
-                "TTL {} of {} is 2^31 or more (RFC 2181 section 8); use at most {MAX_TTL}",
-                record.ttl, record.name
-            ));
-            continue;
-        }
-        if record.record_type() == RecordType::NS && owner.is_wildcard() {
-            fail(format!(
-                "NS at the wildcard {} is not supported (RFC 4592 section 4.2)",
-                record.name
-            ));
-            continue;
-        }
-        if matches!(
-            record.record_type(),
-            RecordType::DNSKEY
-                | RecordType::RRSIG
-                | RecordType::NSEC
-                | RecordType::NSEC3
-                | RecordType::NSEC3PARAM
-                | RecordType::CDS
-                | RecordType::CDNSKEY
-                | RecordType::KEY
-                | RecordType::SIG
-        ) {
-            fail(master::dnssec_made(&record.record_type().to_string()));
-            continue;
-        }
-        if record.record_type() == RecordType::DS && owner == apex {
-            fail(format!(
-                "DS at the apex {origin} belongs in the parent zone (RFC 4035 section 2.4); \
-                 `gto dnssec ds` prints it"
-            ));
-            continue;
-        }
+        let mut fail = |message: String| error(&mut errors, &at, line, message);
         if record.record_type() == RecordType::SOA {
             if owner != apex {
                 fail(format!(
@@ -292,67 +252,7 @@ fn parse_within(
     let mut owners: Vec<&LowerName> = rrsets.keys().collect();
     owners.sort();
     for owner in owners {
-        let sets = &rrsets[owner];
-        let cname = sets.iter().find(|s| s.record_type == RecordType::CNAME);
-        if let Some(cname) = cname
-            && cname.records.len() > 1
-        {
-            let (at, line) = line_of(owner, RecordType::CNAME);
-            error(
-                &mut errors,
-                &at,
-                line,
-                format!(
-                    "{owner} has {} CNAME records; a name has at most one (RFC 1034 section 3.6.2)",
-                    cname.records.len()
-                ),
-            );
-        }
-        if sets.len() > 1 && cname.is_some() {
-            let other = sets
-                .iter()
-                .find(|s| s.record_type != RecordType::CNAME)
-                .map_or(RecordType::CNAME, |s| s.record_type);
-            let (at, line) = std::cmp::max_by_key(
-                line_of(owner, other),
-                line_of(owner, RecordType::CNAME),
-                |(_, line)| *line,
-            );
-            error(
-                &mut errors,
-                &at,
-                line,
-                format!("{owner} has a CNAME beside other records (RFC 1034 section 3.6.2)"),
-            );
-        }
-        for set in sets {
-            let size = wire_size(owner, set);
-            if size > MAX_RRSET_WIRE {
-                let (at, line) = line_of(owner, set.record_type);
-                error(
-                    &mut errors,
-                    &at,
-                    line,
-                    format!(
-                        "{owner} {} has {} records taking about {size} octets on the wire: an \
-                         answer holds at most {MAX_RRSET_WIRE} with room for its question and \
-                         signatures (a DNS message is at most 65,535 octets, even over TCP); \
-                         split it or keep fewer records",
-                        set.record_type,
-                        set.records.len()
-                    ),
-                );
-            }
-        }
-        if *owner == apex && cname.is_some() {
-            let (at, line) = line_of(owner, RecordType::CNAME);
-            error(
-                &mut errors,
-                &at,
-                line,
-                format!("the apex {owner} cannot be a CNAME"),
-            );
-        }
+        check_owner(owner, &rrsets[owner], &apex, &line_of, &mut errors);
     }
     for owner in cname_loops(&rrsets) {
         let (at, line) = line_of(&owner, RecordType::CNAME);
@@ -410,6 +310,123 @@ fn parse_within(
             text_digest: read.digest,
         }),
         _ => Err(errors),
+    }
+}
+
+/// Why a record read from the file cannot be served, if it cannot: another class, outside
+/// the zone, a TTL of 2^31 or more, NS at a wildcard, DNSSEC records gto makes itself, or
+/// DS at the apex.
+fn refused(record: &Record, owner: &LowerName, apex: &LowerName, origin: &Name) -> Option<String> {
+    let record_type = record.record_type();
+    if record.dns_class != DNSClass::IN {
+        return Some(format!("class {} is not served; only IN", record.dns_class));
+    }
+    if !apex.zone_of(owner) {
+        return Some(format!("{} is outside the zone {}", record.name, origin));
+    }
+    if record.ttl > MAX_TTL {
+        return Some(format!(
+            "TTL {} of {} is 2^31 or more (RFC 2181 section 8); use at most {MAX_TTL}",
+            record.ttl, record.name
+        ));
+    }
+    if record_type == RecordType::NS && owner.is_wildcard() {
+        return Some(format!(
+            "NS at the wildcard {} is not supported (RFC 4592 section 4.2)",
+            record.name
+        ));
+    }
+    if matches!(
+        record_type,
+        RecordType::DNSKEY
+            | RecordType::RRSIG
+            | RecordType::NSEC
+            | RecordType::NSEC3
+            | RecordType::NSEC3PARAM
+            | RecordType::CDS
+            | RecordType::CDNSKEY
+            | RecordType::KEY
+            | RecordType::SIG
+    ) {
+        return Some(master::dnssec_made(&record_type.to_string()));
+    }
+    if record_type == RecordType::DS && owner == apex {
+        return Some(format!(
+            "DS at the apex {origin} belongs in the parent zone (RFC 4035 section 2.4); \
+             `gto dnssec ds` prints it"
+        ));
+    }
+    None
+}
+
+/// The checks of one owner's sets: at most one CNAME and nothing beside it (none at the
+/// apex), and every set small enough for one message.
+fn check_owner(
+    owner: &LowerName,
+    sets: &[RrSet],
+    apex: &LowerName,
+    line_of: &dyn Fn(&LowerName, RecordType) -> (Arc<Path>, usize),
+    errors: &mut Vec<ZoneError>,
+) {
+    let cname = sets.iter().find(|s| s.record_type == RecordType::CNAME);
+    if let Some(cname) = cname
+        && cname.records.len() > 1
+    {
+        let (at, line) = line_of(owner, RecordType::CNAME);
+        error(
+            errors,
+            &at,
+            line,
+            format!(
+                "{owner} has {} CNAME records; a name has at most one (RFC 1034 section 3.6.2)",
+                cname.records.len()
+            ),
+        );
+    }
+    if sets.len() > 1 && cname.is_some() {
+        let other = sets
+            .iter()
+            .find(|s| s.record_type != RecordType::CNAME)
+            .map_or(RecordType::CNAME, |s| s.record_type);
+        let (at, line) = std::cmp::max_by_key(
+            line_of(owner, other),
+            line_of(owner, RecordType::CNAME),
+            |(_, line)| *line,
+        );
+        error(
+            errors,
+            &at,
+            line,
+            format!("{owner} has a CNAME beside other records (RFC 1034 section 3.6.2)"),
+        );
+    }
+    for set in sets {
+        let size = wire_size(owner, set);
+        if size > MAX_RRSET_WIRE {
+            let (at, line) = line_of(owner, set.record_type);
+            error(
+                errors,
+                &at,
+                line,
+                format!(
+                    "{owner} {} has {} records taking about {size} octets on the wire: an \
+                     answer holds at most {MAX_RRSET_WIRE} with room for its question and \
+                     signatures (a DNS message is at most 65,535 octets, even over TCP); \
+                     split it or keep fewer records",
+                    set.record_type,
+                    set.records.len()
+                ),
+            );
+        }
+    }
+    if owner == apex && cname.is_some() {
+        let (at, line) = line_of(owner, RecordType::CNAME);
+        error(
+            errors,
+            &at,
+            line,
+            format!("the apex {owner} cannot be a CNAME"),
+        );
     }
 }
 
