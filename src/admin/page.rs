@@ -129,64 +129,97 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
         snapshot.generation
     );
     if let Some(fleet) = &state.fleet {
-        let view = fleet.status_json();
-        let _ = write!(
-            out,
-            "<h2>Fleet <span class=muted>{}</span></h2><p>etcd: {}; config drift: {}</p>\
-             <table><tr><th>instance</th><th>version</th><th>listen</th><th>started</th>\
-             <th>last seen</th><th>config</th></tr>",
-            esc(view["name"].as_str().unwrap_or_default()),
-            if view["connected"] == true {
-                "<span class=up>connected</span>"
-            } else {
-                "<span class=down>unreachable</span>"
-            },
-            if view["config_drift"] == true {
-                "<span class=down>yes</span>"
-            } else {
-                "no"
-            },
-        );
-        for instance in view["instances"].as_array().into_iter().flatten() {
-            let matches = instance["config_matches"] == true;
-            let _ = write!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(instance["instance"].as_str().unwrap_or_default()),
-                esc(instance["version"].as_str().unwrap_or_default()),
-                esc(&instance["listen"].to_string()),
-                esc(instance["started"].as_str().unwrap_or_default()),
-                if instance["alive"] == false {
-                    format!(
-                        "<span class=down>{} (no heartbeat)</span>",
-                        esc(instance["last_seen"].as_str().unwrap_or_default())
-                    )
-                } else {
-                    esc(instance["last_seen"].as_str().unwrap_or_default())
-                },
-                if matches {
-                    "same".to_string()
-                } else {
-                    format!(
-                        "<span class=down>differs: {}</span>",
-                        esc(&instance["config_differs"]
-                            .as_array()
-                            .map(|sections| {
-                                sections
-                                    .iter()
-                                    .filter_map(|s| s.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            })
-                            .unwrap_or_default())
-                    )
-                },
-            );
-        }
-        out.push_str("</table>");
+        fleet_section(&mut out, &fleet.status_json());
     }
 
     // Every GSLB name and its members.
+    gslb_section(&mut out, &snapshot, &by_key);
+
+    // Recent events.
+    let (recent, _) = state
+        .events
+        .since(state.events.last_id().saturating_sub(30));
+    out.push_str("<h2>Recent events</h2><ol id=events reversed>");
+    for event in recent.iter().rev() {
+        let _ = write!(
+            out,
+            "<li><code>{}</code> {} <b>{}</b> {}</li>",
+            event.id,
+            esc(&event.at),
+            event.kind,
+            esc(&event.data.to_string())
+        );
+    }
+    out.push_str("</ol>");
+
+    explain_section(&mut out, &snapshot, query);
+    out
+}
+
+/// The fleet's instances: version, listeners, heartbeat and config drift.
+fn fleet_section(out: &mut String, view: &serde_json::Value) {
+    let _ = write!(
+        out,
+        "<h2>Fleet <span class=muted>{}</span></h2><p>etcd: {}; config drift: {}</p>\
+         <table><tr><th>instance</th><th>version</th><th>listen</th><th>started</th>\
+         <th>last seen</th><th>config</th></tr>",
+        esc(view["name"].as_str().unwrap_or_default()),
+        if view["connected"] == true {
+            "<span class=up>connected</span>"
+        } else {
+            "<span class=down>unreachable</span>"
+        },
+        if view["config_drift"] == true {
+            "<span class=down>yes</span>"
+        } else {
+            "no"
+        },
+    );
+    for instance in view["instances"].as_array().into_iter().flatten() {
+        let matches = instance["config_matches"] == true;
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(instance["instance"].as_str().unwrap_or_default()),
+            esc(instance["version"].as_str().unwrap_or_default()),
+            esc(&instance["listen"].to_string()),
+            esc(instance["started"].as_str().unwrap_or_default()),
+            if instance["alive"] == false {
+                format!(
+                    "<span class=down>{} (no heartbeat)</span>",
+                    esc(instance["last_seen"].as_str().unwrap_or_default())
+                )
+            } else {
+                esc(instance["last_seen"].as_str().unwrap_or_default())
+            },
+            if matches {
+                "same".to_string()
+            } else {
+                format!(
+                    "<span class=down>differs: {}</span>",
+                    esc(&instance["config_differs"]
+                        .as_array()
+                        .map(|sections| {
+                            sections
+                                .iter()
+                                .filter_map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default())
+                )
+            },
+        );
+    }
+    out.push_str("</table>");
+}
+
+/// Every GSLB name and its members, with their answer shares.
+fn gslb_section(
+    out: &mut String,
+    snapshot: &crate::routing::Snapshot,
+    by_key: &HashMap<&EndpointKey, &EndpointStatus>,
+) {
     out.push_str("<h2>GSLB names</h2>");
     for service in &snapshot.services {
         let node = snapshot.gslb_node(&service.name);
@@ -216,29 +249,14 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
             } else {
                 answered as f64 / total as f64
             };
-            member_row(&mut out, status, &member.addresses, share);
+            member_row(out, status, &member.addresses, share);
         }
         out.push_str("</table>");
     }
+}
 
-    // Recent events.
-    let (recent, _) = state
-        .events
-        .since(state.events.last_id().saturating_sub(30));
-    out.push_str("<h2>Recent events</h2><ol id=events reversed>");
-    for event in recent.iter().rev() {
-        let _ = write!(
-            out,
-            "<li><code>{}</code> {} <b>{}</b> {}</li>",
-            event.id,
-            esc(&event.at),
-            event.kind,
-            esc(&event.data.to_string())
-        );
-    }
-    out.push_str("</ol>");
-
-    // Explain.
+/// The explain form and, when it was filled in, the decision for that query.
+fn explain_section(out: &mut String, snapshot: &crate::routing::Snapshot, query: &PageQuery) {
     let name = query.name.as_deref().unwrap_or("");
     let client = query.client.as_deref().unwrap_or("");
     let qtype = query.qtype.as_deref().unwrap_or("A");
@@ -254,7 +272,7 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
     if !name.is_empty() && !client.is_empty() {
         match crate::routing::explain::parse_question(name, Some(qtype), client) {
             Ok((name, qtype, client)) => {
-                let explanation = crate::routing::explain::explain(&snapshot, &name, qtype, client);
+                let explanation = crate::routing::explain::explain(snapshot, &name, qtype, client);
                 let _ = write!(
                     out,
                     "<div id=explained><p>{} gets <b>{}</b>: <code id=explain-answers>{}</code></p>",
@@ -287,7 +305,6 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
             }
         }
     }
-    out
 }
 
 fn member_row(

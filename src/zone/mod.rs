@@ -178,6 +178,9 @@ pub fn parse(text: &str, origin: &Name, file: PathBuf) -> Result<Zone, Vec<ZoneE
 /// Where a record type of an owner was first read, for messages.
 type Lines = HashMap<(LowerName, RecordType), (Arc<Path>, usize)>;
 
+/// Looks up where an owner's record type was first read (file, line).
+type LineOf<'a> = dyn Fn(&LowerName, RecordType) -> (Arc<Path>, usize) + 'a;
+
 fn parse_within(
     text: &str,
     origin: &Name,
@@ -264,25 +267,7 @@ fn parse_within(
         );
     }
     let cuts = zone_cuts(&apex, &rrsets);
-    let mut ds_owners: Vec<&LowerName> = rrsets
-        .iter()
-        .filter(|(owner, sets)| {
-            sets.iter().any(|s| s.record_type == RecordType::DS) && !cuts.contains(owner)
-        })
-        .map(|(owner, _)| owner)
-        .collect();
-    ds_owners.sort();
-    for owner in ds_owners {
-        let (at, line) = line_of(owner, RecordType::DS);
-        error(
-            &mut errors,
-            &at,
-            line,
-            format!(
-                "DS at {owner}, which is not a delegation: DS goes beside the NS records of a child zone"
-            ),
-        );
-    }
+    misplaced_ds(&rrsets, &cuts, &line_of, &mut errors);
     let warnings = occluded(&rrsets, &cuts, &apex)
         .into_iter()
         .map(|(owner, record_type, cut)| {
@@ -365,7 +350,7 @@ fn check_owner(
     owner: &LowerName,
     sets: &[RrSet],
     apex: &LowerName,
-    line_of: &dyn Fn(&LowerName, RecordType) -> (Arc<Path>, usize),
+    line_of: &LineOf<'_>,
     errors: &mut Vec<ZoneError>,
 ) {
     let cname = sets.iter().find(|s| s.record_type == RecordType::CNAME);
@@ -426,6 +411,34 @@ fn check_owner(
             &at,
             line,
             format!("the apex {owner} cannot be a CNAME"),
+        );
+    }
+}
+
+/// DS records anywhere but beside a delegation's NS records.
+fn misplaced_ds(
+    rrsets: &HashMap<LowerName, Vec<RrSet>>,
+    cuts: &[LowerName],
+    line_of: &LineOf<'_>,
+    errors: &mut Vec<ZoneError>,
+) {
+    let mut ds_owners: Vec<&LowerName> = rrsets
+        .iter()
+        .filter(|(owner, sets)| {
+            sets.iter().any(|s| s.record_type == RecordType::DS) && !cuts.contains(owner)
+        })
+        .map(|(owner, _)| owner)
+        .collect();
+    ds_owners.sort();
+    for owner in ds_owners {
+        let (at, line) = line_of(owner, RecordType::DS);
+        error(
+            errors,
+            &at,
+            line,
+            format!(
+                "DS at {owner}, which is not a delegation: DS goes beside the NS records of a child zone"
+            ),
         );
     }
 }
