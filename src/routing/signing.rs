@@ -67,9 +67,131 @@ pub struct ZoneSigning {
     pub keys_dir: Option<(std::path::PathBuf, Option<u64>)>,
 }
 
-/// Signs one RRset (owner, records) with some keys, counting signatures.
-type SignWith<'a> =
-    dyn FnMut(&[Arc<Key>], &Name, &[&Record]) -> Result<Vec<Record>, SignError> + 'a;
+/// Signs the sets of one preparation with its keys and window, counting signatures.
+struct Signer<'k> {
+    origin: Name,
+    window: Window,
+    zone_signers: &'k [Arc<Key>],
+    key_signers: &'k [Arc<Key>],
+    nsec_ttl: u32,
+    signed: u64,
+}
+
+/// What signing a zone's names makes (see the fields of [`ZoneSigning`]).
+#[derive(Default)]
+struct Made {
+    static_sigs: HashMap<(LowerName, RecordType), Vec<Record>>,
+    nsec: HashMap<LowerName, Signed>,
+    gslb_nsec: HashMap<(LowerName, bool, bool), Signed>,
+    /// Every name's types, for the wildcard chains.
+    types_of: HashMap<LowerName, Vec<RecordType>>,
+}
+
+impl Signer<'_> {
+    /// Signatures of one RRset (owner, records) by each of `keys`.
+    fn sign(
+        &mut self,
+        keys: &[Arc<Key>],
+        owner: &Name,
+        records: &[&Record],
+    ) -> Result<Vec<Record>, SignError> {
+        keys.iter()
+            .map(|key| {
+                self.signed += 1;
+                sign(key, &self.origin, owner, records, &self.window)
+            })
+            .collect()
+    }
+
+    /// The signed NODATA proof of `owner` with `types` (compact denial: the NSEC at the
+    /// name, pointing right after it); None for a name with no successor.
+    fn nsec(&mut self, owner: &Name, types: Vec<RecordType>) -> Result<Option<Signed>, SignError> {
+        let Some(next) = successor(owner) else {
+            return Ok(None);
+        };
+        let record = Record::from_rdata(
+            owner.clone(),
+            self.nsec_ttl,
+            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(next, bitmap(types)))),
+        );
+        let keys = self.zone_signers;
+        let sigs = self.sign(keys, owner, &[&record])?;
+        Ok(Some(Signed {
+            records: vec![record],
+            sigs,
+            wire: Box::default(),
+        }))
+    }
+
+    /// A GSLB name's NODATA proofs, one per combination of the families it can answer
+    /// (its answers are signed per set, at build time).
+    fn gslb(
+        &mut self,
+        name: &LowerName,
+        owner: &Name,
+        (has_a, has_aaaa): (bool, bool),
+        made: &mut Made,
+    ) -> Result<(), SignError> {
+        let types = |a: bool, aaaa: bool| -> Vec<RecordType> {
+            [(a, RecordType::A), (aaaa, RecordType::AAAA)]
+                .into_iter()
+                .filter_map(|(on, t)| on.then_some(t))
+                .collect()
+        };
+        made.types_of.insert(name.clone(), types(has_a, has_aaaa));
+        for a in [false, true] {
+            for aaaa in [false, true] {
+                if (a && !has_a) || (aaaa && !has_aaaa) {
+                    continue;
+                }
+                if let Some(proof) = self.nsec(owner, types(a, aaaa))? {
+                    made.gslb_nsec.insert((name.clone(), a, aaaa), proof);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A static name's sets (DNSKEY, CDS and CDNSKEY by the key-signing keys) and its
+    /// NODATA proof; at a delegation only DS is signed (NS is the child's).
+    fn static_sets(
+        &mut self,
+        name: &LowerName,
+        owner: &Name,
+        sets: &[crate::zone::RrSet],
+        is_cut: bool,
+        made: &mut Made,
+    ) -> Result<(), SignError> {
+        let mut types = Vec::new();
+        for set in sets {
+            let t = set.record_type;
+            // At a delegation only the NS set (unsigned) and DS are the parent's.
+            if is_cut && t != RecordType::NS && t != RecordType::DS {
+                continue;
+            }
+            types.push(t);
+            if is_cut && t == RecordType::NS {
+                continue;
+            }
+            let records: Vec<&Record> = set.records.iter().collect();
+            let keys = if matches!(
+                t,
+                RecordType::DNSKEY | RecordType::CDS | RecordType::CDNSKEY
+            ) {
+                self.key_signers
+            } else {
+                self.zone_signers
+            };
+            let sigs = self.sign(keys, owner, &records)?;
+            made.static_sigs.insert((name.clone(), t), sigs);
+        }
+        made.types_of.insert(name.clone(), types.clone());
+        if let Some(proof) = self.nsec(owner, types)? {
+            made.nsec.insert(name.clone(), proof);
+        }
+        Ok(())
+    }
+}
 
 /// Signs one RRset (owner, records) with the zone's keys.
 type SignAs<'a> = dyn FnMut(&Name, &[&Record]) -> Result<Vec<Record>, SignError> + 'a;
@@ -189,17 +311,13 @@ impl ZoneSigning {
             return Ok(None);
         }
         let key_signers = ring.key_signers(now);
-        let origin = Name::from(content.origin);
-        let window = Window::at(now);
-        let nsec_ttl = content.negative_soa.ttl;
-        let mut signed = 0u64;
-        let mut sign_with = |keys: &[Arc<Key>], owner: &Name, records: &[&Record]| {
-            keys.iter()
-                .map(|key| {
-                    signed += 1;
-                    sign(key, &origin, owner, records, &window)
-                })
-                .collect::<Result<Vec<_>, _>>()
+        let mut signer = Signer {
+            origin: Name::from(content.origin),
+            window: Window::at(now),
+            zone_signers: &zone_signers,
+            key_signers: &key_signers,
+            nsec_ttl: content.negative_soa.ttl,
+            signed: 0,
         };
         let below_cut = |name: &LowerName| {
             let mut current = name.base_name();
@@ -211,107 +329,45 @@ impl ZoneSigning {
             }
             false
         };
-        let mut static_sigs = HashMap::new();
-        let mut nsec = HashMap::new();
-        let mut gslb_nsec = HashMap::new();
-        // Every name's types (for the wildcard chains), and whether any name is a
-        // wildcard.
-        let mut types_of: HashMap<LowerName, Vec<RecordType>> = HashMap::new();
-        let nsec_of = |owner: &Name,
-                       types: Vec<RecordType>,
-                       sign_with: &mut SignWith<'_>|
-         -> Result<Option<Signed>, SignError> {
-            let Some(next) = successor(owner) else {
-                return Ok(None);
-            };
-            let record = Record::from_rdata(
-                owner.clone(),
-                nsec_ttl,
-                RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(next, bitmap(types)))),
-            );
-            let sigs = sign_with(&zone_signers, owner, &[&record])?;
-            Ok(Some(Signed {
-                records: vec![record],
-                sigs,
-                wire: Box::default(),
-            }))
-        };
+        let mut made = Made::default();
         for (name, node) in content.nodes.iter() {
             if below_cut(name) {
                 continue; // occluded, or glue: not ours to sign
             }
             let owner = Name::from(name);
-            let is_cut = content.cuts.contains(name);
             match node {
                 Node::EmptyNonTerminal => {
-                    types_of.insert(name.clone(), Vec::new());
-                    if let Some(proof) = nsec_of(&owner, Vec::new(), &mut sign_with)? {
-                        nsec.insert(name.clone(), proof);
+                    made.types_of.insert(name.clone(), Vec::new());
+                    if let Some(proof) = signer.nsec(&owner, Vec::new())? {
+                        made.nsec.insert(name.clone(), proof);
                     }
                 }
                 Node::Gslb => {
-                    let (has_a, has_aaaa) =
-                        content.gslb_families.get(name).copied().unwrap_or_default();
-                    types_of.insert(
-                        name.clone(),
-                        [(has_a, RecordType::A), (has_aaaa, RecordType::AAAA)]
-                            .into_iter()
-                            .filter_map(|(on, t)| on.then_some(t))
-                            .collect(),
-                    );
-                    for a in [false, true] {
-                        for aaaa in [false, true] {
-                            if (a && !has_a) || (aaaa && !has_aaaa) {
-                                continue;
-                            }
-                            let types = [(a, RecordType::A), (aaaa, RecordType::AAAA)]
-                                .into_iter()
-                                .filter_map(|(on, t)| on.then_some(t))
-                                .collect();
-                            if let Some(proof) = nsec_of(&owner, types, &mut sign_with)? {
-                                gslb_nsec.insert((name.clone(), a, aaaa), proof);
-                            }
-                        }
-                    }
+                    let families = content.gslb_families.get(name).copied().unwrap_or_default();
+                    signer.gslb(name, &owner, families, &mut made)?;
                 }
                 Node::Static(sets) => {
-                    let mut types = Vec::new();
-                    for set in sets {
-                        let t = set.record_type;
-                        // At a delegation only the NS set (unsigned) and DS are the
-                        // parent's.
-                        if is_cut && t != RecordType::NS && t != RecordType::DS {
-                            continue;
-                        }
-                        types.push(t);
-                        if is_cut && t == RecordType::NS {
-                            continue;
-                        }
-                        let records: Vec<&Record> = set.records.iter().collect();
-                        let keys = if matches!(
-                            t,
-                            RecordType::DNSKEY | RecordType::CDS | RecordType::CDNSKEY
-                        ) {
-                            &key_signers
-                        } else {
-                            &zone_signers
-                        };
-                        let sigs = sign_with(keys, &owner, &records)?;
-                        static_sigs.insert((name.clone(), t), sigs);
-                    }
-                    types_of.insert(name.clone(), types.clone());
-                    if let Some(proof) = nsec_of(&owner, types, &mut sign_with)? {
-                        nsec.insert(name.clone(), proof);
-                    }
+                    let is_cut = content.cuts.contains(name);
+                    signer.static_sets(name, &owner, sets, is_cut, &mut made)?;
                 }
             }
         }
+        let zone_keys = signer.zone_signers;
+        let origin = signer.origin.clone();
+        let nsec_ttl = signer.nsec_ttl;
         let wildcard_chains = wildcard_chains(
             &origin,
-            &types_of,
+            &made.types_of,
             nsec_ttl,
-            &mut |owner: &Name, records: &[&Record]| sign_with(&zone_signers, owner, records),
+            &mut |owner: &Name, records: &[&Record]| signer.sign(zone_keys, owner, records),
         )?;
+        let (window, signed) = (signer.window, signer.signed);
+        let Made {
+            static_sigs,
+            nsec,
+            gslb_nsec,
+            ..
+        } = made;
         let mut negative_soa_sigs = Vec::new();
         if let Some(sigs) = static_sigs.get(&(content.origin.clone(), RecordType::SOA)) {
             for sig in sigs {
