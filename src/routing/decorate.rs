@@ -25,6 +25,28 @@ pub fn decorate<'s>(
     if resolution.outcome == Outcome::NotOurs {
         return false;
     }
+    let (final_name, positive) = sign_answers(snapshot, qname, resolution);
+    match resolution.outcome {
+        Outcome::NotOurs => false,
+        Outcome::Referral => {
+            referral_proof(snapshot, resolution);
+            false
+        }
+        Outcome::Found if positive && !resolution.answers.is_empty() => false,
+        Outcome::Found | Outcome::NoSuchName => {
+            negative_proof(snapshot, &final_name, qtype, resolution)
+        }
+    }
+}
+
+/// The answer section with each RRset followed by its signatures (a wildcard's own for a
+/// synthesized set, with the proof that the name asked does not exist), and the name the
+/// answer ends at after CNAMEs. Returns that name and whether the answer is positive.
+fn sign_answers<'s>(
+    snapshot: &'s Snapshot,
+    qname: &LowerName,
+    resolution: &mut Resolution<'s>,
+) -> (LowerName, bool) {
     // Answer section: each RRset followed by its signatures.
     let answers = std::mem::take(&mut resolution.answers);
     let mut out: Vec<Cow<'s, Record>> = Vec::with_capacity(answers.len() * 2);
@@ -99,79 +121,84 @@ pub fn decorate<'s>(
     for proof in wildcard_proofs {
         push_proof(&mut resolution.authorities, proof);
     }
+    (final_name, positive)
+}
 
-    match resolution.outcome {
-        Outcome::NotOurs => false,
-        Outcome::Referral => {
-            let Some(cut) = resolution
-                .authorities
-                .first()
-                .map(|ns| LowerName::from(&ns.name))
-            else {
-                return false;
-            };
-            let Some(zone) = snapshot
-                .zone_of(&cut.base_name())
-                .filter(|z| z.cuts.contains(&cut))
-            else {
-                return false;
-            };
-            let Some(signing) = zone.signing.as_deref() else {
-                return false;
-            };
-            let ds = match zone.nodes.get(&cut) {
-                Some(Node::Static(sets)) => sets.iter().find(|s| s.record_type == RecordType::DS),
-                _ => None,
-            };
-            match ds {
-                Some(ds) => {
-                    resolution
-                        .authorities
-                        .extend(ds.records.iter().map(Cow::Borrowed));
-                    if let Some(sigs) = signing.static_sigs.get(&(cut.clone(), RecordType::DS)) {
-                        resolution
-                            .authorities
-                            .extend(sigs.iter().map(Cow::Borrowed));
-                    }
-                }
-                None => {
-                    if let Some(proof) = signing.nsec.get(&cut) {
-                        push_proof(&mut resolution.authorities, proof);
-                    }
-                }
-            }
-            false
-        }
-        Outcome::Found if positive && !resolution.answers.is_empty() => false,
-        Outcome::Found | Outcome::NoSuchName => {
-            // A negative answer, maybe after a CNAME chain: the proof is about its end,
-            // from the zone that answered (the parent, for DS at a child's apex).
-            let Some(zone) = snapshot.zone_for(&final_name, qtype) else {
-                return false;
-            };
-            let Some(signing) = zone.signing.as_deref() else {
-                return false;
-            };
-            if resolution.authorities.is_empty() {
-                return false;
-            }
+/// At a referral to a signed child: its DS set and signatures, or the NSEC proving it has
+/// none.
+fn referral_proof<'s>(snapshot: &'s Snapshot, resolution: &mut Resolution<'s>) {
+    let Some(cut) = resolution
+        .authorities
+        .first()
+        .map(|ns| LowerName::from(&ns.name))
+    else {
+        return;
+    };
+    let Some(zone) = snapshot
+        .zone_of(&cut.base_name())
+        .filter(|z| z.cuts.contains(&cut))
+    else {
+        return;
+    };
+    let Some(signing) = zone.signing.as_deref() else {
+        return;
+    };
+    let ds = match zone.nodes.get(&cut) {
+        Some(Node::Static(sets)) => sets.iter().find(|s| s.record_type == RecordType::DS),
+        _ => None,
+    };
+    match ds {
+        Some(ds) => {
             resolution
                 .authorities
-                .extend(signing.negative_soa_sigs.iter().map(Cow::Borrowed));
-            if resolution.outcome == Outcome::NoSuchName {
-                if let Some(proof) = signing.denial(&final_name, vec![NXNAME]) {
-                    resolution.authorities.extend(
-                        denial_records(&final_name, &proof)
-                            .into_iter()
-                            .map(Cow::Owned),
-                    );
-                }
-                return true;
+                .extend(ds.records.iter().map(Cow::Borrowed));
+            if let Some(sigs) = signing.static_sigs.get(&(cut.clone(), RecordType::DS)) {
+                resolution
+                    .authorities
+                    .extend(sigs.iter().map(Cow::Borrowed));
             }
-            nodata_proof(zone, signing, &final_name, &mut resolution.authorities);
-            false
+        }
+        None => {
+            if let Some(proof) = signing.nsec.get(&cut) {
+                push_proof(&mut resolution.authorities, proof);
+            }
         }
     }
+}
+
+/// A negative answer, maybe after a CNAME chain: the signed SOA and the proof about the
+/// chain's end, from the zone that answered (the parent, for DS at a child's apex).
+/// Returns true for a compact denial of a name that does not exist.
+fn negative_proof<'s>(
+    snapshot: &'s Snapshot,
+    final_name: &LowerName,
+    qtype: RecordType,
+    resolution: &mut Resolution<'s>,
+) -> bool {
+    let Some(zone) = snapshot.zone_for(final_name, qtype) else {
+        return false;
+    };
+    let Some(signing) = zone.signing.as_deref() else {
+        return false;
+    };
+    if resolution.authorities.is_empty() {
+        return false;
+    }
+    resolution
+        .authorities
+        .extend(signing.negative_soa_sigs.iter().map(Cow::Borrowed));
+    if resolution.outcome == Outcome::NoSuchName {
+        if let Some(proof) = signing.denial(final_name, vec![NXNAME]) {
+            resolution.authorities.extend(
+                denial_records(final_name, &proof)
+                    .into_iter()
+                    .map(Cow::Owned),
+            );
+        }
+        return true;
+    }
+    nodata_proof(zone, signing, final_name, &mut resolution.authorities);
+    false
 }
 
 fn push_proof<'s>(into: &mut Vec<Cow<'s, Record>>, proof: &'s Signed) {
