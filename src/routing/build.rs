@@ -258,57 +258,99 @@ pub(super) fn prepare_after(
         .iter()
         .enumerate()
         .map(|(index, zone)| {
-            let origin = zone.origin().clone();
-            let mut nodes: HashMap<LowerName, Node> = zone
-                .rrsets()
-                .map(|(name, sets)| (name.clone(), Node::Static(sets.to_vec())))
-                .collect();
-            // The SOA answers SOA queries at the apex like any other RRset.
-            let soa_set = RrSet {
-                record_type: RecordType::SOA,
-                records: vec![zone.soa().clone()],
-            };
-            if let Node::Static(sets) = nodes
-                .entry(origin.clone())
-                .or_insert_with(|| Node::Static(Vec::new()))
-            {
-                sets.insert(0, soa_set);
-            }
-            for name in &service_names {
-                if origin.zone_of(name) {
-                    nodes.insert(name.clone(), Node::Gslb);
-                }
-            }
-            add_empty_non_terminals(&origin, &mut nodes);
-            let mut negative_soa = zone.soa().clone();
-            negative_soa.ttl = zone.negative_ttl();
-            let cuts: HashSet<LowerName> = zone.cuts().iter().cloned().collect();
             let before = previous
-                .and_then(|p| p.zones.iter().find(|z| z.origin == origin))
+                .and_then(|p| p.zones.iter().find(|z| z.origin == *zone.origin()))
                 .and_then(|z| z.signing.as_ref());
-            let signing = sign_zone(
-                loaded,
-                index,
-                zone.text_digest(),
-                before,
-                &origin,
-                &mut nodes,
-                &cuts,
-                &negative_soa,
-                &families,
-            );
-            PreparedZone {
-                origin,
-                negative_soa,
-                nodes: Arc::new(nodes),
-                cuts: Arc::new(cuts),
-                has_wildcards: zone.has_wildcards(),
-                signing,
-            }
+            prepare_zone(loaded, index, zone, &service_names, &families, before)
         })
         .collect();
     zones.sort_by_key(|z| std::cmp::Reverse(z.origin.num_labels()));
 
+    let endpoints = prepare_endpoints(loaded, states);
+    let mut prepared = Prepared {
+        zones,
+        geo: Arc::new(GeoTable::new(&config.geo, loaded.geo_db.clone())),
+        endpoints,
+        fast: Arc::new(FastIndex::default()),
+        rrl: RateLimiter::new(&config.rrl).map(Arc::new),
+        identity: config
+            .server
+            .identity
+            .as_ref()
+            .map(|id| Arc::from(id.as_bytes())),
+        chaos: chaos_records(config.server.identity.as_deref()).into(),
+    };
+    // The fast path's tails come from the general lookup of a snapshot of this config.
+    let reference = build_prepared(&prepared, loaded, states, 0);
+    prepared.fast = Arc::new(FastIndex::build(&reference));
+    prepared
+}
+
+/// The static part of one zone: its names (with the SOA at the apex, GSLB names and empty
+/// non-terminals), delegations, negative SOA, and signatures (reused from `before` when
+/// its inputs are unchanged and fresh).
+fn prepare_zone(
+    loaded: &Loaded,
+    index: usize,
+    zone: &crate::zone::Zone,
+    service_names: &[LowerName],
+    families: &HashMap<LowerName, (bool, bool)>,
+    before: Option<&Arc<ZoneSigning>>,
+) -> PreparedZone {
+    let origin = zone.origin().clone();
+    let mut nodes: HashMap<LowerName, Node> = zone
+        .rrsets()
+        .map(|(name, sets)| (name.clone(), Node::Static(sets.to_vec())))
+        .collect();
+    // The SOA answers SOA queries at the apex like any other RRset.
+    let soa_set = RrSet {
+        record_type: RecordType::SOA,
+        records: vec![zone.soa().clone()],
+    };
+    if let Node::Static(sets) = nodes
+        .entry(origin.clone())
+        .or_insert_with(|| Node::Static(Vec::new()))
+    {
+        sets.insert(0, soa_set);
+    }
+    for name in service_names {
+        if origin.zone_of(name) {
+            nodes.insert(name.clone(), Node::Gslb);
+        }
+    }
+    add_empty_non_terminals(&origin, &mut nodes);
+    let mut negative_soa = zone.soa().clone();
+    negative_soa.ttl = zone.negative_ttl();
+    let cuts: HashSet<LowerName> = zone.cuts().iter().cloned().collect();
+    let signing = sign_zone(
+        loaded,
+        index,
+        zone.text_digest(),
+        before,
+        &origin,
+        &mut nodes,
+        &cuts,
+        &negative_soa,
+        families,
+    );
+    PreparedZone {
+        origin,
+        negative_soa,
+        nodes: Arc::new(nodes),
+        cuts: Arc::new(cuts),
+        has_wildcards: zone.has_wildcards(),
+        signing,
+    }
+}
+
+/// The prepared endpoints of every GSLB name, by (service index, pool index): its own
+/// pool's and its fallback pool's, with their records in both wire forms and their answer
+/// counters (kept across rebuilds in `states`).
+fn prepare_endpoints(
+    loaded: &Loaded,
+    states: &EndpointStates,
+) -> HashMap<(usize, usize), Vec<Arc<EndpointInfo>>> {
+    let config = &loaded.config;
     let mut endpoints = HashMap::new();
     for (index, service) in config.services.iter().enumerate() {
         let mut pool_indices = vec![service.pool.0];
@@ -372,23 +414,7 @@ pub(super) fn prepare_after(
             endpoints.insert((index, pool_index), infos);
         }
     }
-    let mut prepared = Prepared {
-        zones,
-        geo: Arc::new(GeoTable::new(&config.geo, loaded.geo_db.clone())),
-        endpoints,
-        fast: Arc::new(FastIndex::default()),
-        rrl: RateLimiter::new(&config.rrl).map(Arc::new),
-        identity: config
-            .server
-            .identity
-            .as_ref()
-            .map(|id| Arc::from(id.as_bytes())),
-        chaos: chaos_records(config.server.identity.as_deref()).into(),
-    };
-    // The fast path's tails come from the general lookup of a snapshot of this config.
-    let reference = build_prepared(&prepared, loaded, states, 0);
-    prepared.fast = Arc::new(FastIndex::build(&reference));
-    prepared
+    endpoints
 }
 
 /// Builds a snapshot from scratch. Pure: the same inputs give the same snapshot.
