@@ -130,130 +130,183 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric gto exports with its kind, unit and help text.
+const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
+    (
+        DNSSEC_SIGNATURE_EXPIRY_SECONDS,
+        Kind::Gauge,
+        Unit::Seconds,
+        "Seconds until the earliest DNSSEC signature served expires, by zone.",
+    ),
+    (
+        DNSSEC_SIGNED_ON_USE_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "DNSSEC RRsets signed on first use.",
+    ),
+    (
+        DNSSEC_SIGNING_REFUSED_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "DNSSEC signatures on first use refused: the budget for client-chosen names was spent.",
+    ),
+    (
+        DNSSEC_SIGNED_AT_LOAD_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "DNSSEC signatures made when a config was prepared or re-signed.",
+    ),
+    (
+        DNSSEC_KEY_READ_FAILURES_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Reads of a zone's DNSSEC key directory that failed; the keys read before stay in use.",
+    ),
+    (
+        DNS_QUERIES_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "DNS queries answered, by transport, qtype and rcode.",
+    ),
+    (
+        DNS_BAD_QUERIES_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "DNS queries rejected before lookup, by reason.",
+    ),
+    (
+        DNS_TRUNCATED_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "UDP answers sent with TC set.",
+    ),
+    (
+        DNS_RATE_LIMITED_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "UDP responses held back by response rate limiting, by action (dropped, slipped).",
+    ),
+    (
+        SNAPSHOT_GENERATION,
+        Kind::Gauge,
+        Unit::Count,
+        "Generation of the live routing snapshot.",
+    ),
+    (
+        CONFIG_RELOADS_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Config reloads, by result.",
+    ),
+    (
+        PROBE_DURATION_SECONDS,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Health probe durations, by kind.",
+    ),
+    (
+        PROBE_FAILURES_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Failed health probes, by kind and reason.",
+    ),
+    (
+        HEALTH_FLIPS_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Endpoint health flips, by new state.",
+    ),
+    (
+        SERVICE_SELECTION,
+        Kind::Gauge,
+        Unit::Count,
+        "1 for how each GSLB name selects endpoints now (normal or an all-down mode).",
+    ),
+    (
+        BUILD_INFO,
+        Kind::Gauge,
+        Unit::Count,
+        "gto's version and git commit.",
+    ),
+    (
+        DNS_FAST_BATCH_SECONDS,
+        Kind::Histogram,
+        Unit::Seconds,
+        "UDP fast path: handling time per answer, one sample per batch (count = batches).",
+    ),
+    (
+        DNS_TCP_CLOSED_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "TCP connections closed, by reason.",
+    ),
+    (
+        ANSWERS_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Answers that included the endpoint.",
+    ),
+    (
+        SNAPSHOT_BUILD_SECONDS,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time to build a routing snapshot.",
+    ),
+    (
+        DNS_QUERY_SECONDS,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Query handling time, by transport.",
+    ),
+    (
+        ADMIN_EVICTED_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Admin connections and event streams evicted for a newcomer (or refused: all busy), by kind.",
+    ),
+    (
+        ADMIN_REQUESTS_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Admin API requests, by route and status.",
+    ),
+    (
+        DRAINS_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Drain and undrain actions.",
+    ),
+    (
+        PROBE_UNKNOWN_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Probes with no verdict because of a local failure (EMFILE, ENOBUFS); health unchanged.",
+    ),
+    (
+        STATE_WRITE_FAILURES_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "State file writes that failed; changes since the last good write would be lost at a restart.",
+    ),
+];
+
 /// Describes every metric once at start-up.
 pub fn describe_all() {
-    describe_gauge!(
-        DNSSEC_SIGNATURE_EXPIRY_SECONDS,
-        Unit::Seconds,
-        "Seconds until the earliest DNSSEC signature served expires, by zone."
-    );
-    describe_counter!(
-        DNSSEC_SIGNED_ON_USE_TOTAL,
-        Unit::Count,
-        "DNSSEC RRsets signed on first use."
-    );
-    describe_counter!(
-        DNSSEC_SIGNING_REFUSED_TOTAL,
-        Unit::Count,
-        "DNSSEC signatures on first use refused: the budget for client-chosen names was spent."
-    );
-    describe_counter!(
-        DNSSEC_SIGNED_AT_LOAD_TOTAL,
-        Unit::Count,
-        "DNSSEC signatures made when a config was prepared or re-signed."
-    );
-    describe_counter!(
-        DNSSEC_KEY_READ_FAILURES_TOTAL,
-        Unit::Count,
-        "Reads of a zone's DNSSEC key directory that failed; the keys read before stay in use."
-    );
-    describe_counter!(
-        DNS_QUERIES_TOTAL,
-        Unit::Count,
-        "DNS queries answered, by transport, qtype and rcode."
-    );
-    describe_counter!(
-        DNS_BAD_QUERIES_TOTAL,
-        Unit::Count,
-        "DNS queries rejected before lookup, by reason."
-    );
-    describe_counter!(
-        DNS_TRUNCATED_TOTAL,
-        Unit::Count,
-        "UDP answers sent with TC set."
-    );
-    describe_counter!(
-        DNS_RATE_LIMITED_TOTAL,
-        Unit::Count,
-        "UDP responses held back by response rate limiting, by action (dropped, slipped)."
-    );
-    describe_gauge!(
-        SNAPSHOT_GENERATION,
-        Unit::Count,
-        "Generation of the live routing snapshot."
-    );
-    describe_counter!(
-        CONFIG_RELOADS_TOTAL,
-        Unit::Count,
-        "Config reloads, by result."
-    );
-    metrics::describe_histogram!(
-        PROBE_DURATION_SECONDS,
-        Unit::Seconds,
-        "Health probe durations, by kind."
-    );
-    describe_counter!(
-        PROBE_FAILURES_TOTAL,
-        Unit::Count,
-        "Failed health probes, by kind and reason."
-    );
-    describe_counter!(
-        HEALTH_FLIPS_TOTAL,
-        Unit::Count,
-        "Endpoint health flips, by new state."
-    );
-    describe_gauge!(
-        SERVICE_SELECTION,
-        Unit::Count,
-        "1 for how each GSLB name selects endpoints now (normal or an all-down mode)."
-    );
-    describe_gauge!(BUILD_INFO, Unit::Count, "gto's version and git commit.");
-    metrics::describe_histogram!(
-        DNS_FAST_BATCH_SECONDS,
-        Unit::Seconds,
-        "UDP fast path: handling time per answer, one sample per batch (count = batches)."
-    );
-    describe_counter!(
-        DNS_TCP_CLOSED_TOTAL,
-        Unit::Count,
-        "TCP connections closed, by reason."
-    );
-    describe_counter!(
-        ANSWERS_TOTAL,
-        Unit::Count,
-        "Answers that included the endpoint."
-    );
-    metrics::describe_histogram!(
-        SNAPSHOT_BUILD_SECONDS,
-        Unit::Seconds,
-        "Time to build a routing snapshot."
-    );
-    metrics::describe_histogram!(
-        DNS_QUERY_SECONDS,
-        Unit::Seconds,
-        "Query handling time, by transport."
-    );
-    describe_counter!(
-        ADMIN_EVICTED_TOTAL,
-        Unit::Count,
-        "Admin connections and event streams evicted for a newcomer (or refused: all busy), by kind."
-    );
-    describe_counter!(
-        ADMIN_REQUESTS_TOTAL,
-        Unit::Count,
-        "Admin API requests, by route and status."
-    );
-    describe_counter!(DRAINS_TOTAL, Unit::Count, "Drain and undrain actions.");
-    describe_counter!(
-        PROBE_UNKNOWN_TOTAL,
-        Unit::Count,
-        "Probes with no verdict because of a local failure (EMFILE, ENOBUFS); health unchanged."
-    );
-    describe_counter!(
-        STATE_WRITE_FAILURES_TOTAL,
-        Unit::Count,
-        "State file writes that failed; changes since the last good write would be lost at a restart."
-    );
+    for (name, kind, unit, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => describe_counter!(*name, *unit, *help),
+            Kind::Gauge => describe_gauge!(*name, *unit, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *unit, *help),
+        }
+    }
     // Counters that alerts use exist from the start, at 0.
     for result in ["ok", "error"] {
         metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
