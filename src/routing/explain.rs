@@ -142,6 +142,67 @@ pub fn parse_question(
     Ok((LowerName::from(parsed), qtype, client))
 }
 
+/// Why an endpoint is (or is not) in the answer, for a person.
+fn candidate_reason(
+    node: &crate::routing::GslbNode,
+    m: &crate::routing::Endpoint,
+    is_answered: bool,
+    qtype: RecordType,
+) -> String {
+    let state = if m.drained { "drained" } else { "down" };
+    let fail_open = node.mode == crate::routing::Selection::FailOpen;
+    if is_answered && (!m.up || m.drained) {
+        format!("{state}, served by when_all_down: no endpoint can serve (fail open)")
+    } else if fail_open && (!m.up || m.drained) {
+        format!(
+            "{state}, served by when_all_down only (fail open); ranked below the first {} address(es)",
+            node.answers
+        )
+    } else if is_answered && m.overloaded {
+        "answered although overloaded: no endpoint under its watermark can serve".to_string()
+    } else if is_answered {
+        "answered".to_string()
+    } else if m.drained && !m.available {
+        "drained by an operator".to_string()
+    } else if !m.available && !m.up {
+        "down (health checks)".to_string()
+    } else if !m.available {
+        "not answered: no endpoint can serve and when_all_down is empty".to_string()
+    } else if m.overloaded {
+        "overloaded: answered only when no other endpoint can serve".to_string()
+    } else if m.records(qtype == RecordType::AAAA).is_empty() {
+        format!("has no {qtype} address")
+    } else {
+        format!(
+            "available, ranked below the first {} address(es)",
+            node.answers
+        )
+    }
+}
+
+/// Where the client was placed, and by what.
+fn location_view(
+    snapshot: &Snapshot,
+    placement: &Placement,
+    client_location: Option<&crate::config::Location>,
+) -> LocationView {
+    let source = match placement {
+        Placement::Network(i) => snapshot
+            .geo
+            .network(*i)
+            .map_or_else(|| "network".to_string(), |net| format!("network {net}")),
+        Placement::Database(_) => "database".to_string(),
+        Placement::Default => "default".to_string(),
+        Placement::Unknown => "unknown".to_string(),
+    };
+    LocationView {
+        source,
+        lat: client_location.and_then(|l| l.coordinates).map(|c| c.0),
+        lon: client_location.and_then(|l| l.coordinates).map(|c| c.1),
+        region: client_location.and_then(|l| l.region.clone()),
+    }
+}
+
 /// Explains the answer to `name`/`qtype` for a client at `client` (taken both as the
 /// resolver's address and as its ECS subnet).
 pub fn explain(
@@ -175,23 +236,10 @@ pub fn explain(
             .placement
             .as_ref()
             .and_then(|p| snapshot.geo.location_of(p));
-        let location = choice.placement.as_ref().map(|placement| {
-            let source = match placement {
-                Placement::Network(i) => snapshot
-                    .geo
-                    .network(*i)
-                    .map_or_else(|| "network".to_string(), |net| format!("network {net}")),
-                Placement::Database(_) => "database".to_string(),
-                Placement::Default => "default".to_string(),
-                Placement::Unknown => "unknown".to_string(),
-            };
-            LocationView {
-                source,
-                lat: client_location.and_then(|l| l.coordinates).map(|c| c.0),
-                lon: client_location.and_then(|l| l.coordinates).map(|c| c.1),
-                region: client_location.and_then(|l| l.region.clone()),
-            }
-        });
+        let location = choice
+            .placement
+            .as_ref()
+            .map(|placement| location_view(snapshot, placement, client_location));
         let key = affinity::client_key(client, node.affinity.v4, node.affinity.v6);
         let candidates = choice
             .order
@@ -202,36 +250,7 @@ pub fn explain(
                 let m = node.members.get(i)?;
                 let is_answered = answered.contains(&i);
                 let is_candidate = rank < choice.candidates && choice.candidates > 1;
-                let state = if m.drained { "drained" } else { "down" };
-                let fail_open = node.mode == crate::routing::Selection::FailOpen;
-                let reason = if is_answered && (!m.up || m.drained) {
-                    format!("{state}, served by when_all_down: no endpoint can serve (fail open)")
-                } else if fail_open && (!m.up || m.drained) {
-                    format!(
-                        "{state}, served by when_all_down only (fail open); ranked below the first {} address(es)",
-                        node.answers
-                    )
-                } else if is_answered && m.overloaded {
-                    "answered although overloaded: no endpoint under its watermark can serve"
-                        .to_string()
-                } else if is_answered {
-                    "answered".to_string()
-                } else if m.drained && !m.available {
-                    "drained by an operator".to_string()
-                } else if !m.available && !m.up {
-                    "down (health checks)".to_string()
-                } else if !m.available {
-                    "not answered: no endpoint can serve and when_all_down is empty".to_string()
-                } else if m.overloaded {
-                    "overloaded: answered only when no other endpoint can serve".to_string()
-                } else if m.records(qtype == RecordType::AAAA).is_empty() {
-                    format!("has no {qtype} address")
-                } else {
-                    format!(
-                        "available, ranked below the first {} address(es)",
-                        node.answers
-                    )
-                };
+                let reason = candidate_reason(node, m, is_answered, qtype);
                 Some(CandidateExplanation {
                     rank: rank + 1,
                     pool: m.key.pool.clone(),
