@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
 use super::encode::{Tail, encode_tail, question_bytes};
@@ -18,126 +18,10 @@ impl FastIndex {
         let mut names = HashMap::default();
         for zone in &snapshot.zones {
             for (name, node) in zone.nodes.iter() {
-                let name_ref = Name::from(name);
-                let key: Box<[u8]> = name_ref.to_bytes().unwrap_or_default().into();
-                let delegated_apex =
-                    *name == zone.origin && snapshot.delegating_parent(zone).is_some();
-                if zone.cut_of(name).is_some() || delegated_apex {
-                    // Referrals, and DS at a cut (also a child apex we serve, whose DS
-                    // is the parent's): the general path answers.
-                    names.insert(key, Entry::General);
-                    continue;
+                let key: Box<[u8]> = Name::from(name).to_bytes().unwrap_or_default().into();
+                if let Some(entry) = entry(snapshot, zone, name, node) {
+                    names.insert(key, entry);
                 }
-                let signed = zone.signing.is_some();
-                let tail_for = |qtype, dnssec: bool| {
-                    let question = question_bytes(&name_ref, qtype);
-                    let mut r = snapshot.resolve(name, qtype, None);
-                    if dnssec {
-                        crate::routing::decorate(snapshot, name, qtype, &mut r);
-                    }
-                    encode_tail(
-                        &question,
-                        &refs(&r.answers),
-                        &refs(&r.authorities),
-                        &r.additionals,
-                    )
-                };
-                let nodata_for = |qtype| tail_for(qtype, false);
-                let entry = match node {
-                    Node::Gslb => {
-                        let Some(gslb) = zone.gslb.get(name) else {
-                            continue;
-                        };
-                        let Some(nodata) = nodata_for(RecordType::TXT) else {
-                            continue;
-                        };
-                        let signed_nodata = zone
-                            .signing
-                            .as_ref()
-                            .map(|signing| {
-                                let question = question_bytes(&name_ref, RecordType::TXT);
-                                signing
-                                    .gslb_nsec
-                                    .iter()
-                                    .filter(|((owner, _, _), _)| owner == name)
-                                    .filter_map(|((_, a, aaaa), proof)| {
-                                        let mut authority = vec![&signing.negative_soa];
-                                        authority.extend(&signing.negative_soa_sigs);
-                                        authority.extend(&proof.records);
-                                        authority.extend(&proof.sigs);
-                                        let tail = encode_tail(&question, &[], &authority, &[])?;
-                                        Some(((*a, *aaaa), tail))
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        Entry::Gslb {
-                            service: gslb.service,
-                            nodata,
-                            signed,
-                            signed_nodata,
-                        }
-                    }
-                    Node::EmptyNonTerminal => {
-                        let Some(nodata) = nodata_for(RecordType::A) else {
-                            continue;
-                        };
-                        let signed = match signed.then(|| tail_for(RecordType::A, true)) {
-                            None => None,
-                            Some(Some(nodata)) => Some(Box::new(SignedTails {
-                                types: Vec::new(),
-                                nodata,
-                            })),
-                            Some(None) => {
-                                names.insert(key, Entry::General);
-                                continue;
-                            }
-                        };
-                        Entry::Static {
-                            types: Vec::new(),
-                            nodata,
-                            signed,
-                        }
-                    }
-                    Node::Static(sets) => {
-                        if sets.iter().any(|s| s.record_type == RecordType::CNAME) {
-                            names.insert(key, Entry::General);
-                            continue;
-                        }
-                        let tails = |dnssec: bool| -> Option<(Vec<(u16, Tail)>, Tail)> {
-                            let types = sets
-                                .iter()
-                                .map(|set| {
-                                    let qtype = set.record_type;
-                                    Some((u16::from(qtype), tail_for(qtype, dnssec)?))
-                                })
-                                .collect::<Option<Vec<_>>>()?;
-                            // NODATA carries the SOA only; any type the name lacks gives
-                            // it (with DNSSEC, the NSEC lists what it has).
-                            Some((types, tail_for(RecordType::NULL, dnssec)?))
-                        };
-                        let Some((types, nodata)) = tails(false) else {
-                            continue;
-                        };
-                        let signed = match signed.then(|| tails(true)) {
-                            None => None,
-                            Some(Some((types, nodata))) => {
-                                Some(Box::new(SignedTails { types, nodata }))
-                            }
-                            // Too large to prepare: the general path answers DO queries.
-                            Some(None) => {
-                                names.insert(key, Entry::General);
-                                continue;
-                            }
-                        };
-                        Entry::Static {
-                            types,
-                            nodata,
-                            signed,
-                        }
-                    }
-                };
-                names.insert(key, entry);
             }
         }
         let zones = snapshot
@@ -152,6 +36,128 @@ impl FastIndex {
             .collect();
         Self { names, zones }
     }
+}
+
+/// The fast path's entry for one name of a zone: its prepared tails, or [`Entry::General`]
+/// for what the general path answers (referrals, CNAMEs, DS at a cut, signed tails too
+/// large to prepare); None for a name it never answers.
+fn entry(
+    snapshot: &Snapshot,
+    zone: &crate::routing::ZoneTable,
+    name: &LowerName,
+    node: &Node,
+) -> Option<Entry> {
+    let name_ref = Name::from(name);
+    let delegated_apex = *name == zone.origin && snapshot.delegating_parent(zone).is_some();
+    if zone.cut_of(name).is_some() || delegated_apex {
+        // Referrals, and DS at a cut (also a child apex we serve, whose DS
+        // is the parent's): the general path answers.
+        return Some(Entry::General);
+    }
+    let signed = zone.signing.is_some();
+    let tail_for = |qtype, dnssec: bool| {
+        let question = question_bytes(&name_ref, qtype);
+        let mut r = snapshot.resolve(name, qtype, None);
+        if dnssec {
+            crate::routing::decorate(snapshot, name, qtype, &mut r);
+        }
+        encode_tail(
+            &question,
+            &refs(&r.answers),
+            &refs(&r.authorities),
+            &r.additionals,
+        )
+    };
+    let nodata_for = |qtype| tail_for(qtype, false);
+    let entry = match node {
+        Node::Gslb => {
+            let gslb = zone.gslb.get(name)?;
+            let nodata = nodata_for(RecordType::TXT)?;
+            let signed_nodata = zone
+                .signing
+                .as_deref()
+                .map(|signing| signed_gslb_nodata(signing, name, &name_ref))
+                .unwrap_or_default();
+            Entry::Gslb {
+                service: gslb.service,
+                nodata,
+                signed,
+                signed_nodata,
+            }
+        }
+        Node::EmptyNonTerminal => {
+            let nodata = nodata_for(RecordType::A)?;
+            let signed = match signed.then(|| tail_for(RecordType::A, true)) {
+                None => None,
+                Some(Some(nodata)) => Some(Box::new(SignedTails {
+                    types: Vec::new(),
+                    nodata,
+                })),
+                Some(None) => {
+                    return Some(Entry::General);
+                }
+            };
+            Entry::Static {
+                types: Vec::new(),
+                nodata,
+                signed,
+            }
+        }
+        Node::Static(sets) => {
+            if sets.iter().any(|s| s.record_type == RecordType::CNAME) {
+                return Some(Entry::General);
+            }
+            let tails = |dnssec: bool| -> Option<(Vec<(u16, Tail)>, Tail)> {
+                let types = sets
+                    .iter()
+                    .map(|set| {
+                        let qtype = set.record_type;
+                        Some((u16::from(qtype), tail_for(qtype, dnssec)?))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                // NODATA carries the SOA only; any type the name lacks gives
+                // it (with DNSSEC, the NSEC lists what it has).
+                Some((types, tail_for(RecordType::NULL, dnssec)?))
+            };
+            let (types, nodata) = tails(false)?;
+            let signed = match signed.then(|| tails(true)) {
+                None => None,
+                Some(Some((types, nodata))) => Some(Box::new(SignedTails { types, nodata })),
+                // Too large to prepare: the general path answers DO queries.
+                Some(None) => {
+                    return Some(Entry::General);
+                }
+            };
+            Entry::Static {
+                types,
+                nodata,
+                signed,
+            }
+        }
+    };
+    Some(entry)
+}
+
+/// The signed NODATA tails of a GSLB name, by the families it can answer now (A, AAAA).
+fn signed_gslb_nodata(
+    signing: &crate::routing::ZoneSigning,
+    name: &LowerName,
+    name_ref: &Name,
+) -> Vec<((bool, bool), Tail)> {
+    let question = question_bytes(name_ref, RecordType::TXT);
+    signing
+        .gslb_nsec
+        .iter()
+        .filter(|((owner, _, _), _)| owner == name)
+        .filter_map(|((_, a, aaaa), proof)| {
+            let mut authority = vec![&signing.negative_soa];
+            authority.extend(&signing.negative_soa_sigs);
+            authority.extend(&proof.records);
+            authority.extend(&proof.sigs);
+            let tail = encode_tail(&question, &[], &authority, &[])?;
+            Some(((*a, *aaaa), tail))
+        })
+        .collect()
 }
 
 /// Borrows each record of a section.
