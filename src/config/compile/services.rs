@@ -155,53 +155,8 @@ pub(super) fn compile_services(
             }
         };
         let pool_id = find_pool(pools, pool, &format!("{path}.pool"), errors);
-        let policy = match policy {
-            None => Policy::Failover,
-            Some(value) => match value.get_ref().as_str() {
-                "failover" => Policy::Failover,
-                "geo" => Policy::Geo,
-                "least-load" => Policy::LeastLoad,
-                "weighted" => Policy::Weighted,
-                other => {
-                    errors.at(
-                        value,
-                        format!("{path}.policy"),
-                        format!("unknown policy {other:?} (expected \"failover\", \"geo\", \"weighted\" or \"least-load\")"),
-                    );
-                    Policy::Failover
-                }
-            },
-        };
-        let mut affinity_value = Affinity::default_for(policy);
-        if let Some(raw) = affinity {
-            let RawAffinity { v4, v6, candidates } = raw.get_ref();
-            let mut bits = |field: &str, value: &Option<i64>, max: u8, default: u8| match value {
-                None => default,
-                Some(v) => u8::try_from(*v)
-                    .ok()
-                    .filter(|v| *v <= max)
-                    .unwrap_or_else(|| {
-                        errors.at(
-                            raw,
-                            format!("{path}.affinity.{field}"),
-                            format!("must be between 0 and {max}"),
-                        );
-                        default
-                    }),
-            };
-            affinity_value.v4 = bits("v4", v4, 32, affinity_value.v4);
-            affinity_value.v6 = bits("v6", v6, 128, affinity_value.v6);
-            if let Some(c) = candidates {
-                match usize::try_from(*c) {
-                    Ok(c) if (1..=1000).contains(&c) => affinity_value.candidates = c,
-                    _ => errors.at(
-                        raw,
-                        format!("{path}.affinity.candidates"),
-                        "must be between 1 and 1000",
-                    ),
-                }
-            }
-        }
+        let policy = compile_policy(policy.as_ref(), &path, errors);
+        let affinity_value = compile_affinity(affinity.as_ref(), policy, &path, errors);
         if policy == Policy::Geo
             && let Some(pool) = pool_id.and_then(|id| pools.get(id.0))
         {
@@ -230,41 +185,8 @@ pub(super) fn compile_services(
             |v| Ttl::try_new(*v),
             format!("must be between 0 and {} seconds", Ttl::MAX),
         );
-        let when_all_down = match when_all_down {
-            None => WhenAllDown::All,
-            Some(value) => match value.get_ref() {
-                RawWhenAllDown::Keyword(word) if word == "all" => WhenAllDown::All,
-                RawWhenAllDown::Keyword(word) if word == "empty" => WhenAllDown::Empty,
-                RawWhenAllDown::Keyword(word) => {
-                    errors.at(
-                        value,
-                        format!("{path}.when_all_down"),
-                        format!("unknown value {word:?} (expected \"all\", \"empty\" or {{ fallback = \"pool\" }})"),
-                    );
-                    WhenAllDown::All
-                }
-                RawWhenAllDown::Fallback { fallback } => {
-                    let spanned = Spanned::new(value.span(), fallback.clone());
-                    match find_pool(
-                        pools,
-                        &spanned,
-                        &format!("{path}.when_all_down.fallback"),
-                        errors,
-                    ) {
-                        Some(id) if Some(id) == pool_id => {
-                            errors.at(
-                                value,
-                                format!("{path}.when_all_down.fallback"),
-                                "the fallback pool must differ from the service's pool",
-                            );
-                            WhenAllDown::All
-                        }
-                        Some(id) => WhenAllDown::Fallback(id),
-                        None => WhenAllDown::All,
-                    }
-                }
-            },
-        };
+        let when_all_down =
+            compile_when_all_down(when_all_down.as_ref(), pools, pool_id, &path, errors);
         if let (Some(name), Some(pool)) = (name, pool_id) {
             services.push(Service {
                 name,
@@ -281,6 +203,116 @@ pub(super) fn compile_services(
         }
     }
     services
+}
+
+/// `policy`: failover unless set.
+fn compile_policy(
+    policy: Option<&Spanned<String>>,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> Policy {
+    match policy {
+        None => Policy::Failover,
+        Some(value) => match value.get_ref().as_str() {
+            "failover" => Policy::Failover,
+            "geo" => Policy::Geo,
+            "least-load" => Policy::LeastLoad,
+            "weighted" => Policy::Weighted,
+            other => {
+                errors.at(
+                    value,
+                    format!("{path}.policy"),
+                    format!("unknown policy {other:?} (expected \"failover\", \"geo\", \"weighted\" or \"least-load\")"),
+                );
+                Policy::Failover
+            }
+        },
+    }
+}
+
+/// `affinity`: the policy's default, with the prefix lengths and candidates set.
+fn compile_affinity(
+    raw: Option<&Spanned<RawAffinity>>,
+    policy: Policy,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> Affinity {
+    let mut affinity_value = Affinity::default_for(policy);
+    if let Some(raw) = raw {
+        let RawAffinity { v4, v6, candidates } = raw.get_ref();
+        let mut bits = |field: &str, value: &Option<i64>, max: u8, default: u8| match value {
+            None => default,
+            Some(v) => u8::try_from(*v)
+                .ok()
+                .filter(|v| *v <= max)
+                .unwrap_or_else(|| {
+                    errors.at(
+                        raw,
+                        format!("{path}.affinity.{field}"),
+                        format!("must be between 0 and {max}"),
+                    );
+                    default
+                }),
+        };
+        affinity_value.v4 = bits("v4", v4, 32, affinity_value.v4);
+        affinity_value.v6 = bits("v6", v6, 128, affinity_value.v6);
+        if let Some(c) = candidates {
+            match usize::try_from(*c) {
+                Ok(c) if (1..=1000).contains(&c) => affinity_value.candidates = c,
+                _ => errors.at(
+                    raw,
+                    format!("{path}.affinity.candidates"),
+                    "must be between 1 and 1000",
+                ),
+            }
+        }
+    }
+    affinity_value
+}
+
+/// `when_all_down`: all, empty, or a fallback pool other than the service's own.
+fn compile_when_all_down(
+    value: Option<&Spanned<RawWhenAllDown>>,
+    pools: &[Pool],
+    pool_id: Option<PoolId>,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> WhenAllDown {
+    match value {
+        None => WhenAllDown::All,
+        Some(value) => match value.get_ref() {
+            RawWhenAllDown::Keyword(word) if word == "all" => WhenAllDown::All,
+            RawWhenAllDown::Keyword(word) if word == "empty" => WhenAllDown::Empty,
+            RawWhenAllDown::Keyword(word) => {
+                errors.at(
+                    value,
+                    format!("{path}.when_all_down"),
+                    format!("unknown value {word:?} (expected \"all\", \"empty\" or {{ fallback = \"pool\" }})"),
+                );
+                WhenAllDown::All
+            }
+            RawWhenAllDown::Fallback { fallback } => {
+                let spanned = Spanned::new(value.span(), fallback.clone());
+                match find_pool(
+                    pools,
+                    &spanned,
+                    &format!("{path}.when_all_down.fallback"),
+                    errors,
+                ) {
+                    Some(id) if Some(id) == pool_id => {
+                        errors.at(
+                            value,
+                            format!("{path}.when_all_down.fallback"),
+                            "the fallback pool must differ from the service's pool",
+                        );
+                        WhenAllDown::All
+                    }
+                    Some(id) => WhenAllDown::Fallback(id),
+                    None => WhenAllDown::All,
+                }
+            }
+        },
+    }
 }
 
 pub(super) fn find_pool(
