@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use toml::Spanned;
+
 use crate::config::located::{Collector, parse_duration};
 use crate::config::raw::{RawCluster, RawClusterTls, RawConfig};
 use crate::config::{ClusterSettings, ClusterTls, Secret};
@@ -26,35 +28,7 @@ pub(super) fn compile_cluster(
         user,
         password_file,
     } = cluster.get_ref();
-    let mut endpoints = Vec::new();
-    match etcd {
-        None => errors.at(
-            cluster,
-            "cluster.etcd",
-            "missing: the etcd endpoints, e.g. [\"http://127.0.0.1:2379\"]",
-        ),
-        Some(list) if list.get_ref().is_empty() => {
-            errors.at(list, "cluster.etcd", "needs at least one endpoint");
-        }
-        Some(list) => {
-            for endpoint in list.get_ref() {
-                let ok = ["http://", "https://"].iter().any(|scheme| {
-                    endpoint
-                        .strip_prefix(scheme)
-                        .is_some_and(|rest| rest.contains(':') && !rest.contains('/'))
-                });
-                if ok {
-                    endpoints.push(endpoint.clone());
-                } else {
-                    errors.at(
-                        list,
-                        "cluster.etcd",
-                        format!("{endpoint:?} is not http://host:port or https://host:port"),
-                    );
-                }
-            }
-        }
-    }
+    let endpoints = compile_endpoints(cluster, etcd.as_ref(), errors);
     let valid_id = |text: &str| {
         !text.is_empty()
             && text.len() <= 63
@@ -100,39 +74,7 @@ pub(super) fn compile_cluster(
         },
         "not a duration from 2s to 300s (e.g. \"10s\")",
     );
-    let read = |errors: &mut Collector<'_>, file: &toml::Spanned<String>, path: &str| {
-        let full = base_dir.join(file.get_ref());
-        match crate::files::read_to_string(&full, errors.file_limit) {
-            Ok(text) => Some(text),
-            Err(e) => {
-                errors.at(file, path, format!("cannot read: {e}"));
-                None
-            }
-        }
-    };
-    let tls = tls.as_ref().map(|tls| {
-        let RawClusterTls {
-            ca_file,
-            cert_file,
-            key_file,
-        } = tls.get_ref();
-        let ca = ca_file
-            .as_ref()
-            .and_then(|f| read(errors, f, "cluster.tls.ca_file"));
-        let identity = match (cert_file, key_file) {
-            (Some(cert), Some(key)) => {
-                let cert = read(errors, cert, "cluster.tls.cert_file");
-                let key = read(errors, key, "cluster.tls.key_file");
-                cert.zip(key).map(|(c, k)| (c, Secret::new(k)))
-            }
-            (None, None) => None,
-            _ => {
-                errors.at(tls, "cluster.tls", "cert_file and key_file go together");
-                None
-            }
-        };
-        ClusterTls { ca, identity }
-    });
+    let tls = tls.as_ref().map(|tls| compile_tls(tls, base_dir, errors));
     if tls.is_some() && endpoints.iter().any(|e| e.starts_with("http://")) {
         errors.at(
             cluster,
@@ -141,7 +83,7 @@ pub(super) fn compile_cluster(
         );
     }
     let auth = match (user, password_file) {
-        (Some(user), Some(file)) => read(errors, file, "cluster.password_file")
+        (Some(user), Some(file)) => read_secret(base_dir, errors, file, "cluster.password_file")
             .map(|p| (user.get_ref().clone(), Secret::new(p.trim().to_string()))),
         (None, None) => None,
         _ => {
@@ -163,4 +105,89 @@ pub(super) fn compile_cluster(
         tls,
         auth,
     })
+}
+
+/// `cluster.etcd`: at least one endpoint, each http:// or https:// host:port.
+fn compile_endpoints(
+    cluster: &Spanned<RawCluster>,
+    etcd: Option<&Spanned<Vec<String>>>,
+    errors: &mut Collector<'_>,
+) -> Vec<String> {
+    let mut endpoints = Vec::new();
+    match etcd {
+        None => errors.at(
+            cluster,
+            "cluster.etcd",
+            "missing: the etcd endpoints, e.g. [\"http://127.0.0.1:2379\"]",
+        ),
+        Some(list) if list.get_ref().is_empty() => {
+            errors.at(list, "cluster.etcd", "needs at least one endpoint");
+        }
+        Some(list) => {
+            for endpoint in list.get_ref() {
+                let ok = ["http://", "https://"].iter().any(|scheme| {
+                    endpoint
+                        .strip_prefix(scheme)
+                        .is_some_and(|rest| rest.contains(':') && !rest.contains('/'))
+                });
+                if ok {
+                    endpoints.push(endpoint.clone());
+                } else {
+                    errors.at(
+                        list,
+                        "cluster.etcd",
+                        format!("{endpoint:?} is not http://host:port or https://host:port"),
+                    );
+                }
+            }
+        }
+    }
+    endpoints
+}
+
+/// A file the cluster settings name (a CA, a certificate, a key, a password), read at
+/// most `[server] max_file_size`; a problem located at `path`.
+fn read_secret(
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+    file: &Spanned<String>,
+    path: &str,
+) -> Option<String> {
+    let full = base_dir.join(file.get_ref());
+    match crate::files::read_to_string(&full, errors.file_limit) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            errors.at(file, path, format!("cannot read: {e}"));
+            None
+        }
+    }
+}
+
+/// `cluster.tls`: the CA to trust, and a client certificate with its key (both or none).
+fn compile_tls(
+    tls: &Spanned<RawClusterTls>,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> ClusterTls {
+    let RawClusterTls {
+        ca_file,
+        cert_file,
+        key_file,
+    } = tls.get_ref();
+    let ca = ca_file
+        .as_ref()
+        .and_then(|f| read_secret(base_dir, errors, f, "cluster.tls.ca_file"));
+    let identity = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => {
+            let cert = read_secret(base_dir, errors, cert, "cluster.tls.cert_file");
+            let key = read_secret(base_dir, errors, key, "cluster.tls.key_file");
+            cert.zip(key).map(|(c, k)| (c, Secret::new(k)))
+        }
+        (None, None) => None,
+        _ => {
+            errors.at(tls, "cluster.tls", "cert_file and key_file go together");
+            None
+        }
+    };
+    ClusterTls { ca, identity }
 }
