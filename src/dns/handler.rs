@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption, NSIDPayload};
 use hickory_proto::rr::{DNSClass, LowerName, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
@@ -116,27 +116,16 @@ impl Handler {
             .as_ref()
             .map_or(512, |e| e.max_payload().max(512))
             .min(snapshot.udp_payload);
-        let mut truncate = false;
-        if protocol == Protocol::Udp {
+        let truncate = if protocol == Protocol::Udp {
             match rate_limit(&snapshot, request, &reply) {
                 Verdict::Send => {
-                    // Addresses the answer can go without are left out first (RFC 2181
-                    // section 9); TC only when what it needs does not fit (RFC 9471).
-                    let limit = usize::from(limit);
-                    let mut fit = fits(&reply, request, limit);
-                    while !fit
-                        && reply.resolution.additionals.len()
-                            > reply.resolution.required_additionals
-                    {
-                        reply.resolution.additionals.pop();
-                        fit = fits(&reply, request, limit);
-                    }
-                    if !fit {
+                    let fits = fit(&mut reply, request, usize::from(limit));
+                    if !fits {
                         metrics::counter!(DNS_TRUNCATED_TOTAL).increment(1);
-                        truncate = true;
                     }
+                    !fits
                 }
-                Verdict::Slip => truncate = true,
+                Verdict::Slip => true,
                 Verdict::Drop => {
                     return ResponseInfo::from(Header {
                         metadata: reply.metadata,
@@ -145,18 +134,10 @@ impl Handler {
                 }
             }
         } else {
-            // Over TCP an answer is whole or not at all (65,535 octets): additionals it
-            // can go without are left out first; what still does not fit is SERVFAIL,
-            // never a partial RRset (zone loading refuses sets that big; this is the
-            // backstop).
-            let limit = usize::from(u16::MAX);
-            let mut fit = fits(&reply, request, limit);
-            while !fit && reply.resolution.additionals.len() > reply.resolution.required_additionals
-            {
-                reply.resolution.additionals.pop();
-                fit = fits(&reply, request, limit);
-            }
-            if !fit {
+            // Over TCP an answer is whole or not at all (65,535 octets): what still does
+            // not fit is SERVFAIL, never a partial RRset (zone loading refuses sets that
+            // big; this is the backstop).
+            if !fit(&mut reply, request, usize::from(u16::MAX)) {
                 bad("too_big");
                 reply.metadata.response_code = ResponseCode::ServFail;
                 reply.metadata.authoritative = false;
@@ -165,7 +146,8 @@ impl Handler {
                 reply.resolution.additionals.clear();
                 reply.resolution.gslb = None;
             }
-        }
+            false
+        };
         if truncate {
             reply.metadata.truncation = true;
             reply.resolution.answers.clear();
@@ -173,23 +155,8 @@ impl Handler {
             reply.resolution.additionals.clear();
         }
 
-        if let Some((node, _, from)) = reply
-            .resolution
-            .gslb
-            .as_ref()
-            .filter(|_| !reply.metadata.truncation)
-        {
-            let mut last = None;
-            for &index in from {
-                // Records of one endpoint are adjacent: count each endpoint once per answer.
-                if last != Some(index) {
-                    if let Some(endpoint) = node.members.get(index) {
-                        endpoint.answered.fetch_add(1, Ordering::Relaxed);
-                        endpoint.counter.increment(1);
-                    }
-                    last = Some(index);
-                }
-            }
+        if !reply.metadata.truncation {
+            count_answered(&reply.resolution);
         }
 
         let Reply {
@@ -223,6 +190,99 @@ impl Handler {
     }
 }
 
+/// Whether the reply fits in `limit` octets once the additionals it can go without are
+/// left out (RFC 2181 section 9); when it does not, TC over UDP (RFC 9471).
+fn fit(reply: &mut Reply<'_>, request: &Request, limit: usize) -> bool {
+    let mut fit = fits(reply, request, limit);
+    while !fit && reply.resolution.additionals.len() > reply.resolution.required_additionals {
+        reply.resolution.additionals.pop();
+        fit = fits(reply, request, limit);
+    }
+    fit
+}
+
+/// Counts a GSLB answer for each endpoint in it, once per answer.
+fn count_answered(resolution: &Resolution<'_>) {
+    let Some((node, _, from)) = resolution.gslb.as_ref() else {
+        return;
+    };
+    let mut last = None;
+    for &index in from {
+        // Records of one endpoint are adjacent: count each endpoint once per answer.
+        if last != Some(index) {
+            if let Some(endpoint) = node.members.get(index) {
+                endpoint.answered.fetch_add(1, Ordering::Relaxed);
+                endpoint.counter.increment(1);
+            }
+            last = Some(index);
+        }
+    }
+}
+
+/// The identity records (CH TXT `id.server`, `hostname.bind`, ...) a CHAOS query asks
+/// for, when an identity is configured and the name is one of them.
+fn chaos_answer<'s>(snapshot: &'s Snapshot, query: &LowerQuery) -> Option<Vec<&'s Record>> {
+    if query.query_class() != DNSClass::CH || snapshot.chaos.is_empty() {
+        return None;
+    }
+    let name = query.name();
+    let found: Vec<&Record> = snapshot
+        .chaos
+        .iter()
+        .filter(|r| LowerName::from(&r.name) == *name)
+        .collect();
+    (!found.is_empty()).then_some(found)
+}
+
+/// A question no zone answers: another class (REFUSED), a zone transfer (REFUSED), or a
+/// meta-type (RFC 6895 section 3.1: FORMERR); with the reason counted.
+fn refused_question(query: &LowerQuery) -> Option<(ResponseCode, &'static str)> {
+    let qtype = query.query_type();
+    if query.query_class() != DNSClass::IN {
+        return Some((ResponseCode::Refused, "class"));
+    }
+    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+        return Some((ResponseCode::Refused, "transfer"));
+    }
+    if qtype == RecordType::OPT || (128..=254).contains(&u16::from(qtype)) {
+        return Some((ResponseCode::FormErr, "meta_type"));
+    }
+    None
+}
+
+/// NSID (RFC 5001): our identity, to a client that asks.
+fn add_nsid(identity: &[u8], client: Option<&Edns>, ours: &mut Edns) {
+    if client.is_some_and(|e| e.options().get(EdnsCode::NSID).is_some())
+        && let Ok(payload) = NSIDPayload::new(identity.to_vec())
+    {
+        ours.options_mut().insert(EdnsOption::NSID(payload));
+    }
+}
+
+/// Wildcard answers are owned by the question's name as the client wrote it.
+fn owned_as_asked(resolution: &mut Resolution<'_>, query: &LowerQuery) {
+    for answer in &mut resolution.answers {
+        if let Cow::Owned(record) = answer
+            && LowerName::from(&record.name) == *query.name()
+        {
+            record.name = query.original().name().clone();
+        }
+    }
+}
+
+/// RFC 9824: a denied name is NOERROR, unless the client understands NXDOMAIN with
+/// compact denial (CO), which is echoed.
+fn compact_denial(client: Option<&Edns>, metadata: &mut Metadata, ours: Option<&mut Edns>) {
+    let co = client.is_some_and(|e| e.flags().z & crate::routing::CO_FLAG != 0);
+    if co {
+        if let Some(ours) = ours {
+            ours.flags_mut().z |= crate::routing::CO_FLAG;
+        }
+    } else {
+        metadata.response_code = ResponseCode::NoError;
+    }
+}
+
 /// Decides the answer to one request. Pure apart from counters.
 fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>) -> Reply<'s> {
     let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -244,12 +304,8 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
         }
     };
 
-    // NSID (RFC 5001): our identity, to a client that asks, when one is configured.
-    if let (Some(identity), Some(ours)) = (&snapshot.identity, edns.as_mut())
-        && client_edns.is_some_and(|e| e.options().get(EdnsCode::NSID).is_some())
-        && let Ok(payload) = NSIDPayload::new(identity.to_vec())
-    {
-        ours.options_mut().insert(EdnsOption::NSID(payload));
+    if let (Some(identity), Some(ours)) = (&snapshot.identity, edns.as_mut()) {
+        add_nsid(identity, client_edns, ours);
     }
     if request.metadata.op_code != OpCode::Query {
         bad("opcode");
@@ -283,35 +339,17 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
     }
 
     let qtype = query.query_type();
-    if query.query_class() == DNSClass::CH && !snapshot.chaos.is_empty() {
-        let name = query.name();
-        let found: Vec<&Record> = snapshot
-            .chaos
-            .iter()
-            .filter(|r| LowerName::from(&r.name) == *name)
-            .collect();
-        if !found.is_empty() {
-            metadata.authoritative = true;
-            let mut answered = reply(ResponseCode::NoError, metadata, edns);
-            if matches!(query.query_type(), RecordType::TXT | RecordType::ANY) {
-                answered.resolution.answers = found.into_iter().map(Cow::Borrowed).collect();
-            }
-            return answered;
+    if let Some(found) = chaos_answer(snapshot, query) {
+        metadata.authoritative = true;
+        let mut answered = reply(ResponseCode::NoError, metadata, edns);
+        if matches!(qtype, RecordType::TXT | RecordType::ANY) {
+            answered.resolution.answers = found.into_iter().map(Cow::Borrowed).collect();
         }
+        return answered;
     }
-    if query.query_class() != DNSClass::IN {
-        bad("class");
-        return reply(ResponseCode::Refused, metadata, edns);
-    }
-    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-        bad("transfer");
-        return reply(ResponseCode::Refused, metadata, edns);
-    }
-    let meta = (128..=254).contains(&u16::from(qtype));
-    if qtype == RecordType::OPT || meta {
-        // Meta-types (RFC 6895 section 3.1) are not questions one can answer.
-        bad("meta_type");
-        return reply(ResponseCode::FormErr, metadata, edns);
+    if let Some((code, reason)) = refused_question(query) {
+        bad(reason);
+        return reply(code, metadata, edns);
     }
 
     let client = Client {
@@ -322,14 +360,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
             .map(|s| s.addr()),
     };
     let mut resolution = snapshot.resolve(query.name(), qtype, Some(client));
-    // Wildcard answers are owned by the question's name as the client wrote it.
-    for answer in &mut resolution.answers {
-        if let Cow::Owned(record) = answer
-            && LowerName::from(&record.name) == *query.name()
-        {
-            record.name = query.original().name().clone();
-        }
-    }
+    owned_as_asked(&mut resolution, query);
     // DNSSEC records for a client that asked for them (DO), in signed zones only.
     let dnssec_ok = client_edns.is_some_and(|e| e.flags().dnssec_ok);
     let compact_nxdomain =
@@ -344,16 +375,7 @@ fn answer<'s>(snapshot: &'s Snapshot, request: &Request, raw_ecs: Option<&[u8]>)
     }
     metadata.response_code = resolution.outcome.rcode();
     if compact_nxdomain {
-        // RFC 9824: a denied name is NOERROR, unless the client understands NXDOMAIN
-        // with compact denial (CO), which is echoed.
-        let co = client_edns.is_some_and(|e| e.flags().z & crate::routing::CO_FLAG != 0);
-        if co {
-            if let Some(ours) = edns.as_mut() {
-                ours.flags_mut().z |= crate::routing::CO_FLAG;
-            }
-        } else {
-            metadata.response_code = ResponseCode::NoError;
-        }
+        compact_denial(client_edns, &mut metadata, edns.as_mut());
     }
     metadata.authoritative = resolution.authoritative();
     Reply {
