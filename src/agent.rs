@@ -35,15 +35,7 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
     let token = CancellationToken::new();
     let (health, health_task) =
         health::spawn(&loaded, restored, state_file, None, token.child_token());
-    let me = InstanceInfo {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        listen: Vec::new(),
-        admin: None,
-        started: crate::time::unix(std::time::SystemTime::now()),
-        config_digest: loaded.digest.clone(),
-        config_sections: loaded.digest_sections.clone(),
-        heartbeat: 0,
-    };
+    let me = InstanceInfo::starting(&loaded, &[]);
     let fleet = Fleet::new(&cluster, health, me, loaded.config.admin.max_drain);
     let fleet_task = fleet.run(token.child_token());
     info!(instance = %cluster.instance, "probe agent running: health checks only, verdicts to the fleet");

@@ -60,52 +60,73 @@ pub struct App {
     fleet_task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Logs what was loaded: each zone, and every warning.
+fn log_loaded(loaded: &Loaded) {
+    for zone in &loaded.zones {
+        info!(
+            zone = %zone.origin(),
+            serial = zone.serial(),
+            file = %zone.file().display(),
+            names = zone.name_count(),
+            "zone loaded"
+        );
+    }
+    for warning in &loaded.warnings {
+        warn!(%warning, "config warning");
+    }
+}
+
+/// Endpoint state from the state file, when there is a usable one.
+fn restore(
+    loaded: &Loaded,
+) -> (
+    Option<health::store::StateFile>,
+    crate::routing::EndpointStates,
+) {
+    let restored = health::store::load_or_ignore(
+        loaded.config.server.state_file.as_deref(),
+        "starting without it, every endpoint is re-checked",
+    );
+    let states = health::restore(loaded, restored.as_ref());
+    if !states.down.is_empty() || !states.drained.is_empty() {
+        info!(
+            down = states.down.len(),
+            drained = states.drained.len(),
+            "endpoint state restored from the state file"
+        );
+    }
+    (restored, states)
+}
+
+/// Unless configured, TCP clients get what the open-file limit leaves after the probes,
+/// the admin API and a reserve.
+fn default_tcp_connections(admin_connections: usize) -> usize {
+    crate::rlimit::nofile().map_or(crate::rlimit::MAX_DEFAULT_TCP_CONNECTIONS, |nofile| {
+        crate::rlimit::default_tcp_connections(
+            nofile,
+            health::MAX_CONCURRENT_PROBES,
+            admin_connections,
+        )
+    })
+}
+
 impl App {
     /// Restores endpoint state from the state file, publishes the first snapshot, binds the
     /// listeners, and starts the builder, the health checks and the admin API.
     pub async fn start(source: ConfigSource, loaded: Loaded) -> Result<Self, StartError> {
         let metrics = crate::metrics::install();
-        for zone in &loaded.zones {
-            info!(
-                zone = %zone.origin(),
-                serial = zone.serial(),
-                file = %zone.file().display(),
-                names = zone.name_count(),
-                "zone loaded"
-            );
-        }
-        for warning in &loaded.warnings {
-            warn!(%warning, "config warning");
-        }
+        log_loaded(&loaded);
         let settings = loaded.config.server.clone();
         let admin_settings = loaded.config.admin.clone();
-        let restored = health::store::load_or_ignore(
-            settings.state_file.as_deref(),
-            "starting without it, every endpoint is re-checked",
-        );
         let loaded = Arc::new(loaded);
-        let states = health::restore(&loaded, restored.as_ref());
-        if !states.down.is_empty() || !states.drained.is_empty() {
-            info!(
-                down = states.down.len(),
-                drained = states.drained.len(),
-                "endpoint state restored from the state file"
-            );
-        }
+        let (restored, states) = restore(&loaded);
         let builder = Builder::with_states(loaded.clone(), states);
         let routing = builder.handle();
         // The first snapshot is published: ready as soon as the listeners are.
         let ready = Arc::new(AtomicBool::new(false));
         // Unless configured, TCP clients get what the open-file limit leaves after the
         // probes, the admin API and a reserve.
-        let default_tcp =
-            crate::rlimit::nofile().map_or(crate::rlimit::MAX_DEFAULT_TCP_CONNECTIONS, |nofile| {
-                crate::rlimit::default_tcp_connections(
-                    nofile,
-                    health::MAX_CONCURRENT_PROBES,
-                    admin_settings.max_connections,
-                )
-            });
+        let default_tcp = default_tcp_connections(admin_settings.max_connections);
         let dns = DnsServer::start(&settings, default_tcp, routing.clone()).await?;
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
@@ -127,15 +148,7 @@ impl App {
         // Webhooks read the bus; they end with the token.
         let _webhooks = crate::webhook::start(&loaded.config.webhooks, &bus, token.child_token());
         let fleet = loaded.config.cluster.as_ref().map(|cluster| {
-            let me = crate::cluster::InstanceInfo {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                listen: dns.local_addrs().iter().map(ToString::to_string).collect(),
-                admin: None,
-                started: crate::time::unix(std::time::SystemTime::now()),
-                config_digest: loaded.digest.clone(),
-                config_sections: loaded.digest_sections.clone(),
-                heartbeat: 0,
-            };
+            let me = crate::cluster::InstanceInfo::starting(&loaded, dns.local_addrs());
             let fleet = Fleet::new(cluster, health.clone(), me, loaded.config.admin.max_drain);
             fleet.report_to(bus.clone());
             fleet

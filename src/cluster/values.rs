@@ -32,6 +32,21 @@ pub struct InstanceInfo {
     pub heartbeat: u64,
 }
 
+impl InstanceInfo {
+    /// This process's record as it starts: its version, DNS listeners and config digest.
+    pub fn starting(loaded: &crate::loaded::Loaded, listen: &[std::net::SocketAddr]) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            listen: listen.iter().map(ToString::to_string).collect(),
+            admin: None,
+            started: crate::time::unix_now(),
+            config_digest: loaded.digest.clone(),
+            config_sections: loaded.digest_sections.clone(),
+            heartbeat: 0,
+        }
+    }
+}
+
 /// An instance as this one sees it.
 #[derive(Debug, Clone)]
 pub(super) struct Seen {
