@@ -246,4 +246,30 @@ impl Fleet {
             .report_load(key.clone(), report.sessions, Some(report.capacity), at)
             .await;
     }
+
+    /// A drain key changed in the store: the store is the truth; an invalid value counts
+    /// as no drain, as it does when read at start.
+    pub(super) async fn apply_drain(&self, put: bool, key: EndpointKey, entry: &Entry) {
+        let inner = &self.0;
+        let current = inner
+            .health
+            .drain_of(key.clone())
+            .await
+            .map(|drain| drain.map(|until| until.map(unix)));
+        let Some(current) = current else {
+            return; // not an endpoint of this instance's config
+        };
+        // An invalid value counts as no drain, as it does when read at start.
+        match put.then(|| self.valid_drain(entry)).flatten() {
+            Some(value) if current != Some(value.until) => {
+                let until = value.until.map(crate::time::from_unix_clamped);
+                let _ = inner.health.drain(key, until).await;
+            }
+            Some(_) => {}
+            None if current.is_some() => {
+                let _ = inner.health.undrain(key).await;
+            }
+            None => {}
+        }
+    }
 }

@@ -8,10 +8,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::values::{differing_sections, segment};
+use super::values::{InstanceInfo, Seen, differing_sections, segment};
 use super::{
-    CLUSTER_CONNECTED, CLUSTER_EVENTS_TOTAL, ClusterError, Fleet, MAX_BACKOFF, MIN_BACKOFF,
-    WatchItem,
+    CLUSTER_CONNECTED, CLUSTER_EVENTS_TOTAL, CLUSTER_INSTANCES, ClusterError, Entry, Fleet,
+    MAX_BACKOFF, MIN_BACKOFF, WatchItem,
 };
 use crate::time::{rfc3339, unix};
 
@@ -215,5 +215,65 @@ impl Fleet {
             "config_drift": inner.drift.load(Ordering::Relaxed),
             "instances": instances,
         })
+    }
+
+    /// An instance record changed in the store: joined, refreshed (a heartbeat) or left;
+    /// membership decides which votes count.
+    pub(super) async fn apply_instance(&self, put: bool, id: String, entry: &Entry) {
+        let inner = &self.0;
+        let mut instances = (**inner.instances.load()).clone();
+        let info = put
+            .then(
+                || match serde_json::from_slice::<InstanceInfo>(&entry.value) {
+                    Ok(info) => Some(info),
+                    Err(error) => {
+                        self.ignore(
+                            &entry.key,
+                            "invalid",
+                            &format!("not an instance record: {error}"),
+                        );
+                        None
+                    }
+                },
+            )
+            .flatten();
+        match info {
+            Some(info) => {
+                if !instances.contains_key(&id) {
+                    info!(instance = %id, "fleet member joined");
+                    self.emit("fleet", json!({ "instance": id, "change": "joined" }));
+                }
+                instances.insert(
+                    id.clone(),
+                    Seen {
+                        info,
+                        seen: SystemTime::now(),
+                    },
+                );
+            }
+            None => {
+                if instances.remove(&id).is_some() {
+                    info!(instance = %id, "fleet member left (or its lease expired)");
+                    self.emit("fleet", json!({ "instance": id, "change": "left" }));
+                }
+            }
+        }
+        // Membership decides which votes count: recount them when it changed (a
+        // heartbeat under the same lease changes nothing).
+        let counted = inner.mirror.lock().ok().and_then(|mut mirror| {
+            let before = mirror.members.get(&id).copied();
+            if instances.contains_key(&id) {
+                mirror.members.insert(id.clone(), entry.lease);
+            } else {
+                mirror.members.remove(&id);
+            }
+            (before != mirror.members.get(&id).copied()).then(|| mirror.counted())
+        });
+        metrics::gauge!(CLUSTER_INSTANCES).set(instances.len() as f64);
+        inner.instances.store(Arc::new(instances));
+        self.update_drift();
+        if let Some(counted) = counted {
+            inner.health.replace_votes(counted).await;
+        }
     }
 }

@@ -37,10 +37,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use self::values::InstanceInfo;
 use self::values::{LoadValue, Mirror, Seen, segment, unsegment};
@@ -430,64 +429,10 @@ impl Fleet {
     async fn apply(&self, put: bool, entry: &Entry) {
         let inner = &self.0;
         match self.parse(&entry.key) {
-            Some(Key::Drain(key)) => {
-                let current = inner
-                    .health
-                    .drain_of(key.clone())
-                    .await
-                    .map(|drain| drain.map(|until| until.map(unix)));
-                let Some(current) = current else {
-                    return; // not an endpoint of this instance's config
-                };
-                // An invalid value counts as no drain, as it does when read at start.
-                match put.then(|| self.valid_drain(entry)).flatten() {
-                    Some(value) if current != Some(value.until) => {
-                        let until = value.until.map(crate::time::from_unix_clamped);
-                        let _ = inner.health.drain(key, until).await;
-                    }
-                    Some(_) => {}
-                    None if current.is_some() => {
-                        let _ = inner.health.undrain(key).await;
-                    }
-                    None => {}
-                }
-            }
+            Some(Key::Drain(key)) => self.apply_drain(put, key, entry).await,
             Some(Key::Load(key)) if put => self.apply_load(&key, entry).await,
             Some(Key::Vote(key, voter)) if voter != inner.instance => {
-                let vote = put.then(|| self.valid_vote(entry)).flatten();
-                let (now_counts, counted_before) = {
-                    let Ok(mut mirror) = inner.mirror.lock() else {
-                        return;
-                    };
-                    let before = mirror
-                        .votes
-                        .get(&key)
-                        .and_then(|voters| voters.get(&voter))
-                        .is_some_and(|(_, lease)| mirror.counts(&voter, *lease));
-                    let voters = mirror.votes.entry(key.clone()).or_default();
-                    match &vote {
-                        Some(vote) => {
-                            voters.insert(voter.clone(), (vote.clone(), entry.lease));
-                        }
-                        None => {
-                            voters.remove(&voter);
-                        }
-                    }
-                    let counts = vote.is_some() && mirror.counts(&voter, entry.lease);
-                    (counts, before)
-                };
-                if vote.is_some() && !now_counts {
-                    self.ignore(
-                        &entry.key,
-                        "not_a_member",
-                        "the voter holds no live fleet membership",
-                    );
-                }
-                if now_counts {
-                    inner.health.set_vote(key, voter, vote).await;
-                } else if counted_before {
-                    inner.health.set_vote(key, voter, None).await;
-                }
+                self.apply_vote(put, key, voter, entry).await;
             }
             Some(Key::Vote(..)) => {}
             Some(Key::Load(_)) => {}
@@ -496,62 +441,7 @@ impl Fleet {
                     self.ignore(&entry.key, "unknown_key", "no such kind of fleet key");
                 }
             }
-            Some(Key::Instance(id)) => {
-                let mut instances = (**inner.instances.load()).clone();
-                let info = put
-                    .then(
-                        || match serde_json::from_slice::<InstanceInfo>(&entry.value) {
-                            Ok(info) => Some(info),
-                            Err(error) => {
-                                self.ignore(
-                                    &entry.key,
-                                    "invalid",
-                                    &format!("not an instance record: {error}"),
-                                );
-                                None
-                            }
-                        },
-                    )
-                    .flatten();
-                match info {
-                    Some(info) => {
-                        if !instances.contains_key(&id) {
-                            info!(instance = %id, "fleet member joined");
-                            self.emit("fleet", json!({ "instance": id, "change": "joined" }));
-                        }
-                        instances.insert(
-                            id.clone(),
-                            Seen {
-                                info,
-                                seen: SystemTime::now(),
-                            },
-                        );
-                    }
-                    None => {
-                        if instances.remove(&id).is_some() {
-                            info!(instance = %id, "fleet member left (or its lease expired)");
-                            self.emit("fleet", json!({ "instance": id, "change": "left" }));
-                        }
-                    }
-                }
-                // Membership decides which votes count: recount them when it changed (a
-                // heartbeat under the same lease changes nothing).
-                let counted = inner.mirror.lock().ok().and_then(|mut mirror| {
-                    let before = mirror.members.get(&id).copied();
-                    if instances.contains_key(&id) {
-                        mirror.members.insert(id.clone(), entry.lease);
-                    } else {
-                        mirror.members.remove(&id);
-                    }
-                    (before != mirror.members.get(&id).copied()).then(|| mirror.counted())
-                });
-                metrics::gauge!(CLUSTER_INSTANCES).set(instances.len() as f64);
-                inner.instances.store(Arc::new(instances));
-                self.update_drift();
-                if let Some(counted) = counted {
-                    inner.health.replace_votes(counted).await;
-                }
-            }
+            Some(Key::Instance(id)) => self.apply_instance(put, id, entry).await,
         }
     }
 }

@@ -117,4 +117,50 @@ impl Fleet {
             }
         }
     }
+
+    /// Another voter's vote changed in the store: mirrored, and counted only while the
+    /// voter holds a live membership under the vote's own lease.
+    pub(super) async fn apply_vote(
+        &self,
+        put: bool,
+        key: EndpointKey,
+        voter: String,
+        entry: &Entry,
+    ) {
+        let inner = &self.0;
+        let vote = put.then(|| self.valid_vote(entry)).flatten();
+        let (now_counts, counted_before) = {
+            let Ok(mut mirror) = inner.mirror.lock() else {
+                return;
+            };
+            let before = mirror
+                .votes
+                .get(&key)
+                .and_then(|voters| voters.get(&voter))
+                .is_some_and(|(_, lease)| mirror.counts(&voter, *lease));
+            let voters = mirror.votes.entry(key.clone()).or_default();
+            match &vote {
+                Some(vote) => {
+                    voters.insert(voter.clone(), (vote.clone(), entry.lease));
+                }
+                None => {
+                    voters.remove(&voter);
+                }
+            }
+            let counts = vote.is_some() && mirror.counts(&voter, entry.lease);
+            (counts, before)
+        };
+        if vote.is_some() && !now_counts {
+            self.ignore(
+                &entry.key,
+                "not_a_member",
+                "the voter holds no live fleet membership",
+            );
+        }
+        if now_counts {
+            inner.health.set_vote(key, voter, vote).await;
+        } else if counted_before {
+            inner.health.set_vote(key, voter, None).await;
+        }
+    }
 }
