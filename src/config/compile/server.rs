@@ -56,43 +56,7 @@ pub(super) fn compile_server(
     base_dir: &Path,
     errors: &mut Collector<'_>,
 ) -> ServerSettings {
-    let mut listen = Vec::new();
-    match &raw.server.listen {
-        None => listen.push(SocketAddr::from(([127, 0, 0, 1], 5353))),
-        Some(list) if list.is_empty() => {
-            errors.push(None, "server.listen", "at least one address is needed");
-        }
-        Some(list) => {
-            let mut seen = HashSet::new();
-            for (i, entry) in list.iter().enumerate() {
-                let path = format!("server.listen[{i}]");
-                match entry.get_ref().parse::<SocketAddr>() {
-                    Ok(addr) if addr.ip().is_unspecified() => errors.at(
-                        entry,
-                        path,
-                        format!(
-                            "{addr} is a wildcard address: UDP answers would leave from \
-                             whichever address the kernel picks, and resolvers drop answers \
-                             from an address they did not ask; list each address to serve \
-                             on instead (e.g. [\"192.0.2.53:53\", \"[2001:db8::53]:53\"])"
-                        ),
-                    ),
-                    Ok(addr) if !seen.insert(addr) => {
-                        errors.at(entry, path, format!("{addr} is listed twice"));
-                    }
-                    Ok(addr) => listen.push(addr),
-                    Err(_) => errors.at(
-                        entry,
-                        path,
-                        format!(
-                            "{:?} is not an address:port (e.g. \"{DEFAULT_LISTEN}\")",
-                            entry.get_ref()
-                        ),
-                    ),
-                }
-            }
-        }
-    }
+    let listen = compile_listen(raw, errors);
     let server = &raw.server;
     let udp_payload = errors.setting(
         server.udp_payload.as_ref(),
@@ -158,30 +122,86 @@ pub(super) fn compile_server(
         max_file_size,
         include_root,
         state_file_follow_symlinks,
-        identity: raw.server.identity.as_ref().and_then(|id| {
-            let text = id.get_ref();
-            if text.is_empty() || text.len() > 255 || !text.bytes().all(|b| b.is_ascii_graphic()) {
-                errors.at(
-                    id,
-                    "server.identity",
-                    "must be 1 to 255 printable characters without spaces (e.g. \"ns1\")",
-                );
-                return None;
-            }
-            Some(text.clone())
-        }),
-        state_file: raw.server.state_file.as_ref().and_then(|file| {
-            if file.get_ref().is_empty() {
-                errors.at(file, "server.state_file", "must not be empty");
-                return None;
-            }
-            let path = base_dir.join(file.get_ref());
-            if let Err(message) = crate::files::replaceable(&path, state_file_follow_symlinks) {
-                errors.at(file, "server.state_file", message);
-            }
-            Some(path)
-        }),
+        identity: compile_identity(raw, errors),
+        state_file: compile_state_file(raw, base_dir, state_file_follow_symlinks, errors),
     }
+}
+
+/// `server.listen`: 127.0.0.1:5353 unless set; each address once, none a wildcard.
+fn compile_listen(raw: &RawConfig, errors: &mut Collector<'_>) -> Vec<SocketAddr> {
+    let mut listen = Vec::new();
+    match &raw.server.listen {
+        None => listen.push(SocketAddr::from(([127, 0, 0, 1], 5353))),
+        Some(list) if list.is_empty() => {
+            errors.push(None, "server.listen", "at least one address is needed");
+        }
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for (i, entry) in list.iter().enumerate() {
+                let path = format!("server.listen[{i}]");
+                match entry.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) if addr.ip().is_unspecified() => errors.at(
+                        entry,
+                        path,
+                        format!(
+                            "{addr} is a wildcard address: UDP answers would leave from \
+                             whichever address the kernel picks, and resolvers drop answers \
+                             from an address they did not ask; list each address to serve \
+                             on instead (e.g. [\"192.0.2.53:53\", \"[2001:db8::53]:53\"])"
+                        ),
+                    ),
+                    Ok(addr) if !seen.insert(addr) => {
+                        errors.at(entry, path, format!("{addr} is listed twice"));
+                    }
+                    Ok(addr) => listen.push(addr),
+                    Err(_) => errors.at(
+                        entry,
+                        path,
+                        format!(
+                            "{:?} is not an address:port (e.g. \"{DEFAULT_LISTEN}\")",
+                            entry.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    listen
+}
+
+/// `server.identity` (NSID and CH TXT): 1 to 255 printable characters.
+fn compile_identity(raw: &RawConfig, errors: &mut Collector<'_>) -> Option<String> {
+    let id = raw.server.identity.as_ref()?;
+    let text = id.get_ref();
+    if text.is_empty() || text.len() > 255 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        errors.at(
+            id,
+            "server.identity",
+            "must be 1 to 255 printable characters without spaces (e.g. \"ns1\")",
+        );
+        return None;
+    }
+    Some(text.clone())
+}
+
+/// `server.state_file`, relative to the config's directory; it must be replaceable (a
+/// regular file, or a symlink when following them is allowed).
+fn compile_state_file(
+    raw: &RawConfig,
+    base_dir: &Path,
+    follow_symlinks: bool,
+    errors: &mut Collector<'_>,
+) -> Option<std::path::PathBuf> {
+    let file = raw.server.state_file.as_ref()?;
+    if file.get_ref().is_empty() {
+        errors.at(file, "server.state_file", "must not be empty");
+        return None;
+    }
+    let path = base_dir.join(file.get_ref());
+    if let Err(message) = crate::files::replaceable(&path, follow_symlinks) {
+        errors.at(file, "server.state_file", message);
+    }
+    Some(path)
 }
 
 pub(super) fn compile_rrl(raw: &RawConfig, errors: &mut Collector<'_>) -> RrlSettings {
