@@ -36,31 +36,9 @@ pub(super) fn compile_admin(
         hosts,
     } = admin.get_ref();
     let defaults = AdminSettings::default();
-    let hosts = hosts.as_ref().map_or_else(Vec::new, |list| {
-        let mut names = Vec::new();
-        for (i, name) in list.get_ref().iter().enumerate() {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            let valid = !name.is_empty()
-                && name.len() <= 253
-                && name.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && label
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                });
-            if valid {
-                names.push(name);
-            } else {
-                errors.at(
-                    list,
-                    format!("admin.hosts[{i}]"),
-                    format!("{name:?} is not a host name"),
-                );
-            }
-        }
-        names
-    });
+    let hosts = hosts
+        .as_ref()
+        .map_or_else(Vec::new, |list| compile_hosts(list, errors));
     let max_drain = errors.setting(
         max_drain.as_ref(),
         "admin.max_drain",
@@ -97,27 +75,9 @@ pub(super) fn compile_admin(
             }
         },
     };
-    let token = token_file.as_ref().and_then(|file| {
-        let path = base_dir.join(file.get_ref());
-        match crate::files::read_to_string(&path, errors.file_limit) {
-            Ok(text) if text.trim().len() >= 16 => Some(Secret::new(text.trim().to_string())),
-            Ok(_) => {
-                errors.at(
-                    file,
-                    "admin.token_file",
-                    format!(
-                        "{} must hold a token of at least 16 characters",
-                        path.display()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                errors.at(file, "admin.token_file", format!("cannot read token: {e}"));
-                None
-            }
-        }
-    });
+    let token = token_file
+        .as_ref()
+        .and_then(|file| read_token(file, base_dir, errors));
     let enabled = enabled.unwrap_or(true);
     if enabled && !address.ip().is_loopback() && token_file.is_none() {
         errors.at(
@@ -133,6 +93,60 @@ pub(super) fn compile_admin(
         max_connections,
         header_timeout,
         hosts,
+    }
+}
+
+/// `admin.hosts`: the host names the API answers to besides its addresses.
+fn compile_hosts(list: &Spanned<Vec<String>>, errors: &mut Collector<'_>) -> Vec<String> {
+    let mut names = Vec::new();
+    for (i, name) in list.get_ref().iter().enumerate() {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        if valid {
+            names.push(name);
+        } else {
+            errors.at(
+                list,
+                format!("admin.hosts[{i}]"),
+                format!("{name:?} is not a host name"),
+            );
+        }
+    }
+    names
+}
+
+/// `admin.token_file`: a token of at least 16 characters.
+fn read_token(
+    file: &Spanned<String>,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> Option<Secret> {
+    let path = base_dir.join(file.get_ref());
+    match crate::files::read_to_string(&path, errors.file_limit) {
+        Ok(text) if text.trim().len() >= 16 => Some(Secret::new(text.trim().to_string())),
+        Ok(_) => {
+            errors.at(
+                file,
+                "admin.token_file",
+                format!(
+                    "{} must hold a token of at least 16 characters",
+                    path.display()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            errors.at(file, "admin.token_file", format!("cannot read token: {e}"));
+            None
+        }
     }
 }
 
