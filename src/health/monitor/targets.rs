@@ -131,6 +131,12 @@ impl Monitor {
         self.members = members;
         self.order = order;
 
+        self.start_targets(loaded, wanted);
+    }
+
+    /// Stops the probes nobody needs any more, keeps the rest running (with the endpoints
+    /// that now share them) and starts the new ones.
+    fn start_targets(&mut self, loaded: &Loaded, wanted: HashMap<TargetKey, Vec<EndpointKey>>) {
         // Stop probes nobody needs any more; keep the rest running.
         let by_id = &mut self.by_id;
         self.targets.retain(|key, target| {
