@@ -179,79 +179,7 @@ impl Monitor {
                     }
                 }
                 Some(written) = written => self.on_written(written).await,
-                Some(control) = control.recv() => match control {
-                    Control::Status(reply) => {
-                        let _ = reply.send(self.status());
-                    }
-                    Control::Drain(key, until, reply) => {
-                        let result = self.set_drain(&key, Some(until), "requested").await;
-                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
-                    }
-                    Control::DrainOf(key, reply) => {
-                        let drain = self.members.get(&key).map(|t| t.drain.map(|d| d.until));
-                        let _ = reply.send(drain);
-                    }
-                    Control::Undrain(key, reply) => {
-                        let result = self.set_drain(&key, None, "requested").await;
-                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
-                    }
-                    Control::SetLoad(key, sessions, capacity, at, reply) => {
-                        let result = self.set_load(&key, sessions, capacity, at).await;
-                        let _ = reply.send(result.map(|applied| self.saved_by(applied)));
-                    }
-                    Control::Reconfigure(loaded, done) => {
-                        self.apply(&loaded, &HashMap::new());
-                        self.reconsider_all("the config changed").await;
-                        let _ = done.send(());
-                        self.persist().await;
-                    }
-                    Control::Vote(key, voter, vote) => {
-                        let changed = self.members.get_mut(&key).is_some_and(|t| match vote {
-                            Some(vote) => t.votes.insert(voter, vote.clone()).as_ref() != Some(&vote),
-                            None => t.votes.remove(&voter).is_some(),
-                        });
-                        if changed {
-                            let flips: Vec<Flip> = self.reconsider(&key, "the votes changed").into_iter().collect();
-                            self.publish_flips(flips).await;
-                        }
-                    }
-                    Control::ReplaceVotes(all) => {
-                        let mut all = all;
-                        for (key, t) in &mut self.members {
-                            t.votes = all.remove(key).unwrap_or_default();
-                        }
-                        self.reconsider_all("the fleet's votes were read again").await;
-                    }
-                    Control::Voting(voting) => {
-                        if self.voting != voting {
-                            self.voting = voting;
-                            let reason = if voting {
-                                "the fleet's votes count again"
-                            } else {
-                                "the fleet store is unreachable: this instance's own verdict decides"
-                            };
-                            self.reconsider_all(reason).await;
-                        }
-                    }
-                    Control::ReportTo(events) => self.bus = Some(events),
-                    Control::Verdicts(reply) => {
-                        let verdicts = self
-                            .order
-                            .iter()
-                            .filter_map(|key| {
-                                let vote = self.vote_of(self.members.get(key)?)?;
-                                Some((key.clone(), vote))
-                            })
-                            .collect();
-                        let _ = reply.send(verdicts);
-                    }
-                    #[cfg(test)]
-                    Control::KillProbes => {
-                        for target in self.targets.values() {
-                            target.token.cancel();
-                        }
-                    }
-                },
+                Some(control) = control.recv() => self.on_control(control).await,
                 _ = sweep.tick() => self.sweep().await,
                 () = token.cancelled() => break,
             }
@@ -264,6 +192,87 @@ impl Monitor {
         if let Some(sink) = self.state.take() {
             let file = self.state_file_now();
             sink.writer.close(Some((sink.seq, file))).await;
+        }
+    }
+
+    /// One request from the handle (admin API, fleet, reloads).
+    async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Control::Drain(key, until, reply) => {
+                let result = self.set_drain(&key, Some(until), "requested").await;
+                let _ = reply.send(result.map(|applied| self.saved_by(applied)));
+            }
+            Control::DrainOf(key, reply) => {
+                let drain = self.members.get(&key).map(|t| t.drain.map(|d| d.until));
+                let _ = reply.send(drain);
+            }
+            Control::Undrain(key, reply) => {
+                let result = self.set_drain(&key, None, "requested").await;
+                let _ = reply.send(result.map(|applied| self.saved_by(applied)));
+            }
+            Control::SetLoad(key, sessions, capacity, at, reply) => {
+                let result = self.set_load(&key, sessions, capacity, at).await;
+                let _ = reply.send(result.map(|applied| self.saved_by(applied)));
+            }
+            Control::Reconfigure(loaded, done) => {
+                self.apply(&loaded, &HashMap::new());
+                self.reconsider_all("the config changed").await;
+                let _ = done.send(());
+                self.persist().await;
+            }
+            Control::Vote(key, voter, vote) => {
+                let changed = self.members.get_mut(&key).is_some_and(|t| match vote {
+                    Some(vote) => t.votes.insert(voter, vote.clone()).as_ref() != Some(&vote),
+                    None => t.votes.remove(&voter).is_some(),
+                });
+                if changed {
+                    let flips: Vec<Flip> = self
+                        .reconsider(&key, "the votes changed")
+                        .into_iter()
+                        .collect();
+                    self.publish_flips(flips).await;
+                }
+            }
+            Control::ReplaceVotes(all) => {
+                let mut all = all;
+                for (key, t) in &mut self.members {
+                    t.votes = all.remove(key).unwrap_or_default();
+                }
+                self.reconsider_all("the fleet's votes were read again")
+                    .await;
+            }
+            Control::Voting(voting) => {
+                if self.voting != voting {
+                    self.voting = voting;
+                    let reason = if voting {
+                        "the fleet's votes count again"
+                    } else {
+                        "the fleet store is unreachable: this instance's own verdict decides"
+                    };
+                    self.reconsider_all(reason).await;
+                }
+            }
+            Control::ReportTo(events) => self.bus = Some(events),
+            Control::Verdicts(reply) => {
+                let verdicts = self
+                    .order
+                    .iter()
+                    .filter_map(|key| {
+                        let vote = self.vote_of(self.members.get(key)?)?;
+                        Some((key.clone(), vote))
+                    })
+                    .collect();
+                let _ = reply.send(verdicts);
+            }
+            #[cfg(test)]
+            Control::KillProbes => {
+                for target in self.targets.values() {
+                    target.token.cancel();
+                }
+            }
         }
     }
 
