@@ -51,6 +51,24 @@ impl<'a> Collector<'a> {
         line_of(self.text, at)
     }
 
+    /// A file a setting names (relative to `base_dir`), read whole up to
+    /// `[server] max_file_size`; a problem located at the setting.
+    pub(crate) fn read_file(
+        &mut self,
+        base_dir: &Path,
+        file: &Spanned<String>,
+        path: impl Into<String>,
+    ) -> Option<String> {
+        let full = base_dir.join(file.get_ref());
+        match crate::files::read_to_string(&full, self.file_limit) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                self.at(file, path, format!("cannot read: {e}"));
+                None
+            }
+        }
+    }
+
     pub(crate) fn at<T>(
         &mut self,
         value: &Spanned<T>,

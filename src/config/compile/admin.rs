@@ -170,25 +170,7 @@ pub(super) fn compile_webhooks(
             ca_file,
             queue,
         } = hook.get_ref();
-        let name = match name {
-            None => format!("webhook{i}"),
-            Some(name) => {
-                let text = name.get_ref();
-                let valid = !text.is_empty()
-                    && text.len() <= 64
-                    && text
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-                if !valid {
-                    errors.at(
-                        name,
-                        format!("{path}.name"),
-                        "1 to 64 letters, digits, '-', '_' or '.'",
-                    );
-                }
-                text.clone()
-            }
-        };
+        let name = webhook_name(name.as_ref(), i, &path, errors);
         if !names.insert(name.clone()) {
             errors.at(
                 hook,
@@ -214,36 +196,16 @@ pub(super) fn compile_webhooks(
                 continue;
             }
         };
-        let events = events.as_ref().map_or_else(Vec::new, |list| {
-            for kind in list.get_ref() {
-                if !crate::config::EVENT_KINDS.contains(&kind.as_str()) {
-                    errors.at(
-                        list,
-                        format!("{path}.events"),
-                        format!(
-                            "unknown event kind {kind:?}; known: {}",
-                            crate::config::EVENT_KINDS.join(", ")
-                        ),
-                    );
-                }
-            }
-            list.get_ref().clone()
-        });
-        let read = |errors: &mut Collector<'_>, file: &Spanned<String>, key: &str| {
-            let full = base_dir.join(file.get_ref());
-            match crate::files::read_to_string(&full, errors.file_limit) {
-                Ok(text) => Some(text),
-                Err(e) => {
-                    errors.at(file, format!("{path}.{key}"), format!("cannot read: {e}"));
-                    None
-                }
-            }
-        };
+        let events = events
+            .as_ref()
+            .map_or_else(Vec::new, |list| event_kinds(list, &path, errors));
         let secret = secret_file
             .as_ref()
-            .and_then(|f| read(errors, f, "secret_file"))
+            .and_then(|f| errors.read_file(base_dir, f, format!("{path}.secret_file")))
             .map(|s| Secret::new(s.trim().to_string()));
-        let ca = ca_file.as_ref().and_then(|f| read(errors, f, "ca_file"));
+        let ca = ca_file
+            .as_ref()
+            .and_then(|f| errors.read_file(base_dir, f, format!("{path}.ca_file")));
         let queue = queue
             .as_ref()
             .and_then(|q| errors.ranged(q, format!("{path}.queue"), 1..=100_000))
@@ -259,4 +221,49 @@ pub(super) fn compile_webhooks(
         });
     }
     webhooks
+}
+
+/// A webhook's `name`: `webhook<i>` unless set; 1 to 64 letters, digits, '-', '_', '.'.
+fn webhook_name(
+    name: Option<&Spanned<String>>,
+    i: usize,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> String {
+    match name {
+        None => format!("webhook{i}"),
+        Some(name) => {
+            let text = name.get_ref();
+            let valid = !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                errors.at(
+                    name,
+                    format!("{path}.name"),
+                    "1 to 64 letters, digits, '-', '_' or '.'",
+                );
+            }
+            text.clone()
+        }
+    }
+}
+
+/// A webhook's `events`: kinds gto emits.
+fn event_kinds(list: &Spanned<Vec<String>>, path: &str, errors: &mut Collector<'_>) -> Vec<String> {
+    for kind in list.get_ref() {
+        if !crate::config::EVENT_KINDS.contains(&kind.as_str()) {
+            errors.at(
+                list,
+                format!("{path}.events"),
+                format!(
+                    "unknown event kind {kind:?}; known: {}",
+                    crate::config::EVENT_KINDS.join(", ")
+                ),
+            );
+        }
+    }
+    list.get_ref().clone()
 }

@@ -83,7 +83,8 @@ pub(super) fn compile_cluster(
         );
     }
     let auth = match (user, password_file) {
-        (Some(user), Some(file)) => read_secret(base_dir, errors, file, "cluster.password_file")
+        (Some(user), Some(file)) => errors
+            .read_file(base_dir, file, "cluster.password_file")
             .map(|p| (user.get_ref().clone(), Secret::new(p.trim().to_string()))),
         (None, None) => None,
         _ => {
@@ -145,24 +146,6 @@ fn compile_endpoints(
     endpoints
 }
 
-/// A file the cluster settings name (a CA, a certificate, a key, a password), read at
-/// most `[server] max_file_size`; a problem located at `path`.
-fn read_secret(
-    base_dir: &Path,
-    errors: &mut Collector<'_>,
-    file: &Spanned<String>,
-    path: &str,
-) -> Option<String> {
-    let full = base_dir.join(file.get_ref());
-    match crate::files::read_to_string(&full, errors.file_limit) {
-        Ok(text) => Some(text),
-        Err(e) => {
-            errors.at(file, path, format!("cannot read: {e}"));
-            None
-        }
-    }
-}
-
 /// `cluster.tls`: the CA to trust, and a client certificate with its key (both or none).
 fn compile_tls(
     tls: &Spanned<RawClusterTls>,
@@ -176,11 +159,11 @@ fn compile_tls(
     } = tls.get_ref();
     let ca = ca_file
         .as_ref()
-        .and_then(|f| read_secret(base_dir, errors, f, "cluster.tls.ca_file"));
+        .and_then(|f| errors.read_file(base_dir, f, "cluster.tls.ca_file"));
     let identity = match (cert_file, key_file) {
         (Some(cert), Some(key)) => {
-            let cert = read_secret(base_dir, errors, cert, "cluster.tls.cert_file");
-            let key = read_secret(base_dir, errors, key, "cluster.tls.key_file");
+            let cert = errors.read_file(base_dir, cert, "cluster.tls.cert_file");
+            let key = errors.read_file(base_dir, key, "cluster.tls.key_file");
             cert.zip(key).map(|(c, k)| (c, Secret::new(k)))
         }
         (None, None) => None,
