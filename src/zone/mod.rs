@@ -227,24 +227,8 @@ fn parse_within(
         add_record(rrsets.entry(owner).or_default(), record);
     }
 
-    if soa.is_none() && errors.is_empty() {
-        error(
-            &mut errors,
-            &file,
-            1,
-            format!("zone {origin} has no SOA record at its apex"),
-        );
-    }
-    let apex_has_ns = rrsets
-        .get(&apex)
-        .is_some_and(|sets| sets.iter().any(|s| s.record_type == RecordType::NS));
-    if !apex_has_ns && errors.is_empty() {
-        error(
-            &mut errors,
-            &file,
-            1,
-            format!("zone {origin} has no NS records at its apex"),
-        );
+    if errors.is_empty() {
+        check_apex(origin, soa.is_some(), &rrsets, &file, &mut errors);
     }
     let line_of = |owner: &LowerName, record_type: RecordType| {
         lines
@@ -411,6 +395,35 @@ fn check_owner(
             &at,
             line,
             format!("the apex {owner} cannot be a CNAME"),
+        );
+    }
+}
+
+/// A zone needs a SOA and NS records at its apex (checked once the records are good).
+fn check_apex(
+    origin: &Name,
+    has_soa: bool,
+    rrsets: &HashMap<LowerName, Vec<RrSet>>,
+    file: &Path,
+    errors: &mut Vec<ZoneError>,
+) {
+    if !has_soa {
+        error(
+            errors,
+            file,
+            1,
+            format!("zone {origin} has no SOA record at its apex"),
+        );
+    }
+    let apex_has_ns = rrsets
+        .get(&LowerName::from(origin))
+        .is_some_and(|sets| sets.iter().any(|s| s.record_type == RecordType::NS));
+    if !apex_has_ns && errors.is_empty() {
+        error(
+            errors,
+            file,
+            1,
+            format!("zone {origin} has no NS records at its apex"),
         );
     }
 }

@@ -10,7 +10,9 @@ use toml::Spanned;
 use crate::config::check::compile_check;
 use crate::config::located::{Collector, parse_duration};
 use crate::config::raw::{RawCheck, RawLoad, RawLocation, RawMember, RawPool};
-use crate::config::{DownWhen, LoadSettings, Location, Member, Pool, VoteRule, VoteScope, Weight};
+use crate::config::{
+    Check, DownWhen, LoadSettings, Location, Member, Pool, VoteRule, VoteScope, Weight,
+};
 
 pub(super) fn compile_pools(
     raw: &[Spanned<RawPool>],
@@ -210,6 +212,48 @@ pub(super) fn compile_member(
             "a member needs at least one address",
         );
     }
+    let parsed = member_addresses(addresses, path, errors);
+    let location = location
+        .as_ref()
+        .and_then(|loc| compile_location(loc, &format!("{path}.location"), errors));
+    let weight = errors.setting(
+        weight.as_ref(),
+        format!("{path}.weight"),
+        Weight::DEFAULT,
+        |v| Weight::try_new(*v),
+        format!("must be between 1 and {}", Weight::MAX),
+    );
+    let capacity = match capacity {
+        None => None,
+        Some(value) => match u32::try_from(*value.get_ref()) {
+            Ok(c) if c > 0 => Some(c),
+            _ => {
+                errors.at(
+                    value,
+                    format!("{path}.capacity"),
+                    "must be a positive number of sessions",
+                );
+                None
+            }
+        },
+    };
+    let check = member_check(check.as_ref(), pool_check, path, &parsed, base_dir, errors);
+    (errors.errors.len() == before).then(|| Member {
+        name: name.get_ref().clone(),
+        addresses: parsed,
+        location,
+        weight,
+        capacity,
+        check,
+    })
+}
+
+/// A member's addresses: each an IP address a client can be given, once.
+fn member_addresses(
+    addresses: &[Spanned<String>],
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> Vec<IpAddr> {
     let mut parsed = Vec::new();
     for (k, address) in addresses.iter().enumerate() {
         match address.get_ref().parse::<IpAddr>() {
@@ -235,30 +279,18 @@ pub(super) fn compile_member(
             ),
         }
     }
-    let location = location
-        .as_ref()
-        .and_then(|loc| compile_location(loc, &format!("{path}.location"), errors));
-    let weight = errors.setting(
-        weight.as_ref(),
-        format!("{path}.weight"),
-        Weight::DEFAULT,
-        |v| Weight::try_new(*v),
-        format!("must be between 1 and {}", Weight::MAX),
-    );
-    let capacity = match capacity {
-        None => None,
-        Some(value) => match u32::try_from(*value.get_ref()) {
-            Ok(c) if c > 0 => Some(c),
-            _ => {
-                errors.at(
-                    value,
-                    format!("{path}.capacity"),
-                    "must be a positive number of sessions",
-                );
-                None
-            }
-        },
-    };
+    parsed
+}
+
+/// A member's effective check: its own fields over its pool's.
+fn member_check(
+    check: Option<&Spanned<RawCheck>>,
+    pool_check: Option<&Spanned<RawCheck>>,
+    path: &str,
+    parsed: &[IpAddr],
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> Check {
     // The member's check fields override its pool's; errors point at the table that set them.
     let (effective, at, check_path) = match (check, pool_check) {
         (Some(own), Some(pool)) => (
@@ -281,22 +313,14 @@ pub(super) fn compile_member(
         ),
         (None, None) => (None, 0, String::new()),
     };
-    let check = compile_check(
+    compile_check(
         effective.as_ref(),
         at,
         &check_path,
-        &parsed,
+        parsed,
         base_dir,
         errors,
-    );
-    (errors.errors.len() == before).then(|| Member {
-        name: name.get_ref().clone(),
-        addresses: parsed,
-        location,
-        weight,
-        capacity,
-        check,
-    })
+    )
 }
 
 pub(super) fn compile_location(
