@@ -215,30 +215,8 @@ impl Reader {
                 );
             }
         };
-        if let Some(start) = self.stack.iter().position(|p| *p == canonical) {
-            let chain: Vec<String> = self.stack[start..]
-                .iter()
-                .chain(std::iter::once(&canonical))
-                .map(|p| p.display().to_string())
-                .collect();
-            return self.error(
-                file,
-                line,
-                format!("$INCLUDE loop: {}", chain.join(" includes ")),
-            );
-        }
-        if let Some(root) = &self.root
-            && !canonical.starts_with(root)
-        {
-            return self.error(
-                file,
-                line,
-                format!(
-                    "included file {} is outside {} (server.include_outside_config_dir = false)",
-                    canonical.display(),
-                    root.display()
-                ),
-            );
+        if let Some(refused) = self.refused_include(&canonical) {
+            return self.error(file, line, refused);
         }
         if self.includes == 0 {
             if !self.over_includes {
@@ -289,6 +267,30 @@ impl Reader {
         };
         self.read_text(&text, &Arc::from(included.as_path()), inner);
         self.stack.pop();
+    }
+
+    /// Why a file may not be included: it is already being read (a loop), or it is
+    /// outside the config's directory when includes must stay inside it.
+    fn refused_include(&self, canonical: &Path) -> Option<String> {
+        if let Some(start) = self.stack.iter().position(|p| *p == canonical) {
+            let chain: Vec<String> = self.stack[start..]
+                .iter()
+                .map(PathBuf::as_path)
+                .chain(std::iter::once(canonical))
+                .map(|p| p.display().to_string())
+                .collect();
+            return Some(format!("$INCLUDE loop: {}", chain.join(" includes ")));
+        }
+        if let Some(root) = &self.root
+            && !canonical.starts_with(root)
+        {
+            return Some(format!(
+                "included file {} is outside {} (server.include_outside_config_dir = false)",
+                canonical.display(),
+                root.display()
+            ));
+        }
+        None
     }
 
     fn record(&mut self, entry: &Entry, file: &Arc<Path>, state: &mut State) {
