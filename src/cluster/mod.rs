@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub use self::values::InstanceInfo;
-use self::values::{LoadValue, Mirror, Seen, segment, unsegment};
+use self::values::{DrainValue, LoadValue, Mirror, Seen, segment, unsegment};
 use crate::config::ClusterSettings;
 use crate::health::HealthHandle;
 use crate::routing::EndpointKey;
@@ -365,48 +365,69 @@ impl Fleet {
                 None => self.ignore(&entry.key, "unknown_key", "no such kind of fleet key"),
             }
         }
-        let counted = {
-            let Ok(mut mirror) = inner.mirror.lock() else {
-                return Err(ClusterError::Unavailable(
-                    "fleet state lock poisoned".into(),
-                ));
-            };
-            mirror.votes = votes;
-            mirror.members = members;
-            let ignored: Vec<String> = mirror
-                .votes
-                .iter()
-                .flat_map(|(key, voters)| {
-                    voters
-                        .iter()
-                        .filter(|(voter, (_, lease))| !mirror.counts(voter, *lease))
-                        .map(move |(voter, _)| {
-                            format!(
-                                "{}vote/{}/{}/{}",
-                                inner.prefix,
-                                segment(&key.pool),
-                                segment(&key.member),
-                                segment(voter)
-                            )
-                        })
-                })
-                .collect();
-            let counted = mirror.counted();
-            drop(mirror);
-            for key in ignored {
-                self.ignore(
-                    &key,
-                    "not_a_member",
-                    "the voter holds no live fleet membership",
-                );
-            }
-            counted
-        };
+        let counted = self.mirror_all(votes, members)?;
         metrics::gauge!(CLUSTER_INSTANCES).set(instances.len() as f64);
         inner.instances.store(Arc::new(instances));
         self.update_drift();
         inner.health.replace_votes(counted).await;
-        // Drains: the store is the truth; what this instance has differently follows it.
+        self.follow_drains(&drains).await;
+        Ok(revision)
+    }
+
+    /// Replaces the mirror of votes and members with what the store holds, counts the
+    /// ignored votes of voters without a live membership, and returns the votes that count.
+    fn mirror_all(
+        &self,
+        votes: std::collections::HashMap<
+            EndpointKey,
+            BTreeMap<String, (crate::health::votes::Vote, i64)>,
+        >,
+        members: std::collections::HashMap<String, i64>,
+    ) -> Result<
+        std::collections::HashMap<EndpointKey, BTreeMap<String, crate::health::votes::Vote>>,
+        ClusterError,
+    > {
+        let inner = &self.0;
+        let Ok(mut mirror) = inner.mirror.lock() else {
+            return Err(ClusterError::Unavailable(
+                "fleet state lock poisoned".into(),
+            ));
+        };
+        mirror.votes = votes;
+        mirror.members = members;
+        let ignored: Vec<String> = mirror
+            .votes
+            .iter()
+            .flat_map(|(key, voters)| {
+                voters
+                    .iter()
+                    .filter(|(voter, (_, lease))| !mirror.counts(voter, *lease))
+                    .map(move |(voter, _)| {
+                        format!(
+                            "{}vote/{}/{}/{}",
+                            inner.prefix,
+                            segment(&key.pool),
+                            segment(&key.member),
+                            segment(voter)
+                        )
+                    })
+            })
+            .collect();
+        let counted = mirror.counted();
+        drop(mirror);
+        for key in ignored {
+            self.ignore(
+                &key,
+                "not_a_member",
+                "the voter holds no live fleet membership",
+            );
+        }
+        Ok(counted)
+    }
+
+    /// Drains: the store is the truth; what this instance has differently follows it.
+    async fn follow_drains(&self, drains: &BTreeMap<EndpointKey, DrainValue>) {
+        let inner = &self.0;
         for status in inner.health.status().await {
             let wanted = drains.get(&status.key);
             let until = wanted.and_then(|d| d.until);
@@ -423,7 +444,6 @@ impl Fleet {
                 (None, None) => {}
             }
         }
-        Ok(revision)
     }
 
     async fn apply(&self, put: bool, entry: &Entry) {
