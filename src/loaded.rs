@@ -359,16 +359,8 @@ pub fn meaning_digest(
     config: &Config,
     zones: &[Zone],
 ) -> (String, std::collections::BTreeMap<String, String>) {
-    use hickory_proto::serialize::binary::BinEncodable;
     use sha2::{Digest, Sha256};
-    let short = |hasher: Sha256| -> String {
-        hasher
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let short = short_digest;
     let text = |parts: &str| {
         let mut hasher = Sha256::new();
         hasher.update(parts.as_bytes());
@@ -376,36 +368,7 @@ pub fn meaning_digest(
     };
     let mut sections = std::collections::BTreeMap::new();
     for (spec, zone) in config.zones.iter().zip(zones) {
-        let mut hasher = Sha256::new();
-        let dnssec = spec
-            .dnssec
-            .as_ref()
-            .map(|d| (d.dnskey_ttl, d.lifetime, d.parent_ds_ttl, d.propagation));
-        hasher.update(format!("{dnssec:?}").as_bytes());
-        let mut owners: Vec<_> = zone.rrsets().collect();
-        owners.sort_by(|a, b| a.0.cmp(b.0));
-        let mut record = |r: &hickory_proto::rr::Record| -> Vec<u8> {
-            let mut bytes = Vec::new();
-            bytes.extend_from_slice(&u16::from(r.record_type()).to_be_bytes());
-            bytes.extend_from_slice(&r.ttl.to_be_bytes());
-            bytes.extend(r.data.to_bytes().unwrap_or_default());
-            bytes
-        };
-        hasher.update(record(zone.soa()));
-        for (owner, sets) in owners {
-            hasher.update(owner.to_string().as_bytes());
-            let mut records: Vec<Vec<u8>> = sets
-                .iter()
-                .flat_map(|set| set.records.iter())
-                .map(&mut record)
-                .collect();
-            records.sort();
-            for bytes in records {
-                hasher.update((bytes.len() as u32).to_be_bytes());
-                hasher.update(bytes);
-            }
-        }
-        sections.insert(format!("zone {}", spec.origin), short(hasher));
+        sections.insert(format!("zone {}", spec.origin), zone_digest(spec, zone));
     }
     let pool_name = |id: crate::config::PoolId| {
         config
@@ -463,6 +426,54 @@ pub fn meaning_digest(
         all.update(digest.as_bytes());
     }
     (short(all), sections)
+}
+
+/// The first 8 bytes of a SHA-256, in hex: what digests show.
+fn short_digest(hasher: sha2::Sha256) -> String {
+    use sha2::Digest;
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One zone's part of [`meaning_digest`]: its DNSSEC settings and every record (owner,
+/// type, TTL, data) in canonical order.
+fn zone_digest(spec: &crate::config::ZoneSpec, zone: &Zone) -> String {
+    use hickory_proto::serialize::binary::BinEncodable;
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let dnssec = spec
+        .dnssec
+        .as_ref()
+        .map(|d| (d.dnskey_ttl, d.lifetime, d.parent_ds_ttl, d.propagation));
+    hasher.update(format!("{dnssec:?}").as_bytes());
+    let mut owners: Vec<_> = zone.rrsets().collect();
+    owners.sort_by(|a, b| a.0.cmp(b.0));
+    let mut record = |r: &hickory_proto::rr::Record| -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&u16::from(r.record_type()).to_be_bytes());
+        bytes.extend_from_slice(&r.ttl.to_be_bytes());
+        bytes.extend(r.data.to_bytes().unwrap_or_default());
+        bytes
+    };
+    hasher.update(record(zone.soa()));
+    for (owner, sets) in owners {
+        hasher.update(owner.to_string().as_bytes());
+        let mut records: Vec<Vec<u8>> = sets
+            .iter()
+            .flat_map(|set| set.records.iter())
+            .map(&mut record)
+            .collect();
+        records.sort();
+        for bytes in records {
+            hasher.update((bytes.len() as u32).to_be_bytes());
+            hasher.update(bytes);
+        }
+    }
+    short_digest(hasher)
 }
 
 /// Every GSLB name must sit inside a configured zone, below its apex and above its
