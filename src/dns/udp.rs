@@ -185,6 +185,69 @@ struct Folded {
     rate_limited: [metrics::Counter; 2],
 }
 
+impl Folded {
+    /// The worker's counters, looked up once.
+    fn new() -> Self {
+        Folded {
+            answered: RCODE_LABELS
+                .iter()
+                .map(|rcode| {
+                    QTYPE_LABELS
+                        .iter()
+                        .map(|qtype| {
+                            metrics::counter!(DNS_QUERIES_TOTAL, "transport" => "udp", "qtype" => *qtype, "rcode" => *rcode)
+                        })
+                        .collect()
+                })
+                .collect(),
+            dropped: metrics::counter!(DNS_BAD_QUERIES_TOTAL, "reason" => "overload"),
+            latency: metrics::histogram!(DNS_FAST_BATCH_SECONDS),
+            rate_limited: [
+                metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "dropped"),
+                metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "slipped"),
+            ],
+        }
+    }
+}
+
+/// Receives up to [`BATCH`] datagrams: blocks for the first, takes what else is queued.
+/// Fills `received` with each one's length, source and whether it was cut short; returns
+/// how many arrived (0 after an interruption or a receive error, which is logged).
+fn receive_batch(
+    fd: std::os::fd::RawFd,
+    receive: &mut MultiHeaders<SockaddrStorage>,
+    buffers: &mut [[u8; MAX_QUERY]; BATCH],
+    received: &mut [(usize, Option<SockaddrStorage>, bool); BATCH],
+) -> usize {
+    let mut slices = buffers.each_mut().map(|b| [IoSliceMut::new(b)]);
+    match recvmmsg(
+        fd,
+        receive,
+        slices.iter_mut(),
+        MsgFlags::MSG_WAITFORONE,
+        None,
+    ) {
+        Ok(results) => {
+            let mut n = 0;
+            for message in results {
+                received[n] = (
+                    message.bytes,
+                    message.address,
+                    message.flags.contains(MsgFlags::MSG_TRUNC),
+                );
+                n += 1;
+            }
+            n
+        }
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
+        Err(error) => {
+            warn!(%error, "UDP receive failed");
+            std::thread::sleep(Duration::from_millis(10));
+            0
+        }
+    }
+}
+
 fn worker(
     socket: UdpSocket,
     routing: RoutingHandle,
@@ -198,60 +261,14 @@ fn worker(
     let mut receive = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut transmit = Transmit::new();
     let mut scratch = FastScratch::default();
-    let folded = Folded {
-        answered: RCODE_LABELS
-            .iter()
-            .map(|rcode| {
-                QTYPE_LABELS
-                    .iter()
-                    .map(|qtype| {
-                        metrics::counter!(DNS_QUERIES_TOTAL, "transport" => "udp", "qtype" => *qtype, "rcode" => *rcode)
-                    })
-                    .collect()
-            })
-            .collect(),
-        dropped: metrics::counter!(DNS_BAD_QUERIES_TOTAL, "reason" => "overload"),
-        latency: metrics::histogram!(DNS_FAST_BATCH_SECONDS),
-        rate_limited: [
-            metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "dropped"),
-            metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "slipped"),
-        ],
-    };
+    let folded = Folded::new();
     let mut dropped = 0u64;
     let mut received: [(usize, Option<SockaddrStorage>, bool); BATCH] = [(0, None, false); BATCH];
     let mut answers: [(usize, Option<SockaddrStorage>); BATCH] = [(0, None); BATCH];
 
     while !stop.load(Ordering::Acquire) {
         // Receive up to BATCH datagrams: block for the first, take what else is queued.
-        let count = {
-            let mut slices = buffers.each_mut().map(|b| [IoSliceMut::new(b)]);
-            match recvmmsg(
-                fd,
-                &mut receive,
-                slices.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(results) => {
-                    let mut n = 0;
-                    for message in results {
-                        received[n] = (
-                            message.bytes,
-                            message.address,
-                            message.flags.contains(MsgFlags::MSG_TRUNC),
-                        );
-                        n += 1;
-                    }
-                    n
-                }
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
-                Err(error) => {
-                    warn!(%error, "UDP receive failed");
-                    std::thread::sleep(Duration::from_millis(10));
-                    0
-                }
-            }
-        };
+        let count = receive_batch(fd, &mut receive, &mut buffers, &mut received);
         let mut replies = 0;
         let started = Instant::now();
         if count > 0 {
