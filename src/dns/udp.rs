@@ -362,21 +362,15 @@ struct Group {
     refused: bool,
 }
 
-/// Sends a batch of answers. Answers of one length to one destination (a resolver with
-/// several queries in flight) leave as one message with `UDP_SEGMENT` (UDP GSO, Linux
-/// 4.18): the kernel runs its UDP/IP output path once for the group and cuts it into
-/// datagrams at the end, which saves most of the per-datagram cost of sending. Groups of
-/// one length share a `sendmmsg`; single answers share another. If the kernel refuses GSO,
-/// it is turned off for this worker and the groups go out datagram by datagram.
-fn send_batch(
-    fd: RawFd,
-    transmit: &mut Transmit,
-    outputs: &[Vec<u8>],
+/// Groups the answers of a batch by equal (length, destination), at most
+/// [`GSO_SEGMENTS`] and [`GSO_BYTES`] each (one group per answer without GSO); fills
+/// `group_of` (answer -> group) and returns how many groups there are.
+fn group_answers(
+    gso_on: bool,
     answers: &[(usize, Option<SockaddrStorage>)],
-) {
-    // Groups of equal (length, destination), at most GSO_SEGMENTS and GSO_BYTES each.
-    let mut groups = [Group::default(); BATCH];
-    let mut group_of = [0usize; BATCH];
+    groups: &mut [Group; BATCH],
+    group_of: &mut [usize; BATCH],
+) -> usize {
     let mut count = 0;
     for (i, &(length, address)) in answers.iter().enumerate() {
         let joinable = |g: &Group| {
@@ -385,7 +379,7 @@ fn send_batch(
                 && g.members < GSO_SEGMENTS
                 && (g.members + 1) * length <= GSO_BYTES
         };
-        let joined = (transmit.gso_on && address.is_some() && length <= GSO_SEGMENT_MAX)
+        let joined = (gso_on && address.is_some() && length <= GSO_SEGMENT_MAX)
             .then(|| groups[..count].iter().rposition(joinable))
             .flatten();
         let g = joined.unwrap_or_else(|| {
@@ -400,6 +394,24 @@ fn send_batch(
         groups[g].members += 1;
         group_of[i] = g;
     }
+    count
+}
+
+/// Sends a batch of answers. Answers of one length to one destination (a resolver with
+/// several queries in flight) leave as one message with `UDP_SEGMENT` (UDP GSO, Linux
+/// 4.18): the kernel runs its UDP/IP output path once for the group and cuts it into
+/// datagrams at the end, which saves most of the per-datagram cost of sending. Groups of
+/// one length share a `sendmmsg`; single answers share another. If the kernel refuses GSO,
+/// it is turned off for this worker and the groups go out datagram by datagram.
+fn send_batch(
+    fd: RawFd,
+    transmit: &mut Transmit,
+    outputs: &[Vec<u8>],
+    answers: &[(usize, Option<SockaddrStorage>)],
+) {
+    let mut groups = [Group::default(); BATCH];
+    let mut group_of = [0usize; BATCH];
+    let count = group_answers(transmit.gso_on, answers, &mut groups, &mut group_of);
     // One flat list of payloads, group after group; each group is a run of it.
     let mut next = 0;
     for group in &mut groups[..count] {
