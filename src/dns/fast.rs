@@ -322,6 +322,44 @@ fn parse<'q>(query: &'q [u8], source: IpAddr, scratch: &mut FastScratch) -> Opti
     })
 }
 
+/// For an A or AAAA question at a GSLB name: the endpoints' records for this client, in
+/// `scratch.picks`; returns the family (AAAA: true) and the ECS scope, or None for another
+/// type or when nothing can be answered.
+#[inline]
+fn pick(
+    snapshot: &Snapshot,
+    node: &GslbNode,
+    question: &Question<'_>,
+    scratch: &mut FastScratch,
+) -> Option<(bool, u8)> {
+    let v6 = match RecordType::from(question.qtype) {
+        RecordType::A => Some(false),
+        RecordType::AAAA => Some(true),
+        _ => None,
+    };
+    match v6 {
+        Some(v6) => {
+            let client = Client {
+                source: question.source,
+                subnet: question
+                    .opt
+                    .as_ref()
+                    .and_then(|o| o.ecs)
+                    .and_then(|e| e.address),
+            };
+            let choice = node.choose_into(
+                &snapshot.geo,
+                &snapshot.regions,
+                Some(client),
+                &mut scratch.choice,
+            );
+            node.answer_into(&choice.order, choice.available, v6, &mut scratch.picks);
+            (!scratch.picks.is_empty()).then_some((v6, choice.scope))
+        }
+        None => None,
+    }
+}
+
 /// Writes the answer for a name the index knows: header, question, the prepared tail (or
 /// the chosen GSLB records), our OPT. None: the general path answers.
 fn write_answer<'s>(
@@ -361,32 +399,7 @@ fn write_answer<'s>(
         } => {
             let signed = *signed && dnssec_ok;
             let node = snapshot.service_node(*service)?;
-            let v6 = match RecordType::from(question.qtype) {
-                RecordType::A => Some(false),
-                RecordType::AAAA => Some(true),
-                _ => None,
-            };
-            let picked = match v6 {
-                Some(v6) => {
-                    let client = Client {
-                        source: question.source,
-                        subnet: question
-                            .opt
-                            .as_ref()
-                            .and_then(|o| o.ecs)
-                            .and_then(|e| e.address),
-                    };
-                    let choice = node.choose_into(
-                        &snapshot.geo,
-                        &snapshot.regions,
-                        Some(client),
-                        &mut scratch.choice,
-                    );
-                    node.answer_into(&choice.order, choice.available, v6, &mut scratch.picks);
-                    (!scratch.picks.is_empty()).then_some((v6, choice.scope))
-                }
-                None => None,
-            };
+            let picked = pick(snapshot, node, question, scratch);
             match picked {
                 Some((v6, chosen_scope)) => {
                     scope = chosen_scope;
