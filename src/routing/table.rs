@@ -298,28 +298,8 @@ impl Snapshot {
             match node {
                 Node::EmptyNonTerminal => {}
                 Node::Gslb => {
-                    let Some(gslb) = zone.gslb.get(&name) else {
-                        // Cannot happen: the builder adds both together. Answer NODATA.
-                        out.authorities.push(Cow::Borrowed(&zone.negative_soa));
+                    if self.answer_gslb(zone, &name, qtype, client, &mut out) {
                         return out;
-                    };
-                    out.service = Some(gslb.service);
-                    let v6 = match qtype {
-                        RecordType::A => Some(false),
-                        RecordType::AAAA => Some(true),
-                        // RFC 8482: one RRset is a complete answer to ANY.
-                        RecordType::ANY => Some(!gslb.has_family(false)),
-                        _ => None,
-                    };
-                    if let Some(v6) = v6 {
-                        let choice = gslb.choose(&self.geo, &self.regions, client);
-                        let (records, from) = gslb.answer(&choice, v6);
-                        if !records.is_empty() {
-                            out.answers.extend(records.into_iter().map(Cow::Borrowed));
-                            out.scope = choice.scope;
-                            out.gslb = Some((gslb.as_ref(), choice, from));
-                            return out;
-                        }
                     }
                 }
                 Node::Static(sets) => {
@@ -357,6 +337,43 @@ impl Snapshot {
         }
         // A CNAME chain longer than we follow: answer what we have.
         out
+    }
+
+    /// A GSLB name's answer for `client` into `out`; true when it is complete (records
+    /// chosen), false for NODATA (another type, or no endpoint to answer).
+    #[inline]
+    fn answer_gslb<'s>(
+        &'s self,
+        zone: &'s ZoneTable,
+        name: &LowerName,
+        qtype: RecordType,
+        client: Option<Client>,
+        out: &mut Resolution<'s>,
+    ) -> bool {
+        let Some(gslb) = zone.gslb.get(name) else {
+            // Cannot happen: the builder adds both together. Answer NODATA.
+            return false;
+        };
+        out.service = Some(gslb.service);
+        let v6 = match qtype {
+            RecordType::A => Some(false),
+            RecordType::AAAA => Some(true),
+            // RFC 8482: one RRset is a complete answer to ANY.
+            RecordType::ANY => Some(!gslb.has_family(false)),
+            _ => None,
+        };
+        let Some(v6) = v6 else {
+            return false;
+        };
+        let choice = gslb.choose(&self.geo, &self.regions, client);
+        let (records, from) = gslb.answer(&choice, v6);
+        if records.is_empty() {
+            return false;
+        }
+        out.answers.extend(records.into_iter().map(Cow::Borrowed));
+        out.scope = choice.scope;
+        out.gslb = Some((gslb.as_ref(), choice, from));
+        true
     }
 
     /// A referral to the delegation at `cut`: its NS set in authority, and in additional
