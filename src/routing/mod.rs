@@ -26,6 +26,7 @@ pub mod rrl;
 pub mod signing;
 mod table;
 pub mod wire;
+mod zones;
 
 pub use crate::dnssec::CO_FLAG;
 pub use build::{EndpointStates, Prepared, build, build_prepared, prepare};
