@@ -95,10 +95,11 @@ fn rebuild_signed(c: &mut Criterion) {
     // are new and signed once (measured on a fresh preparation each time).
     let mut down = EndpointStates::default();
     for pool in 0..100 {
-        down.down.insert(gto::routing::EndpointKey {
+        let key = gto::routing::EndpointKey {
             pool: format!("p{pool}"),
             member: "m0".into(),
-        });
+        };
+        down.update(key, |state| state.down = true);
     }
     c.bench_function(
         "routing/signed_rebuild_with_new_sets_100_pools_x_100_endpoints",

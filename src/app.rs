@@ -88,12 +88,9 @@ fn restore(
         "starting without it, every endpoint is re-checked",
     );
     let states = health::restore(loaded, restored.as_ref());
-    if !states.down.is_empty() || !states.drained.is_empty() {
-        info!(
-            down = states.down.len(),
-            drained = states.drained.len(),
-            "endpoint state restored from the state file"
-        );
+    let (down, drained) = states.counts();
+    if down > 0 || drained > 0 {
+        info!(down, drained, "endpoint state restored from the state file");
     }
     (restored, states)
 }

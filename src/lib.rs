@@ -22,9 +22,17 @@
 //!     answered from prepared bytes)               anything unusual; the reference)
 //! ```
 //!
-//! Dependencies run one way: `dns` and `admin` use `routing`; `routing` uses `policy`,
-//! `geo`, `zone` and `config` (through `loaded`); none of those uses `dns`, `admin` or
-//! `app`.
+//! Dependencies run one way, floor by floor, with no circle between modules or files:
+//!
+//! 1. [`files`], [`time`], [`rlimit`], [`shutdown`], [`notify`], then [`metrics`];
+//! 2. [`config`], [`zone`], [`dnssec`] (keys and signing primitives only), then [`geo`]
+//!    and [`policy`];
+//! 3. [`loaded`] (reads the zones, the database and the keys, once);
+//! 4. [`routing`] (the snapshot, its build, and DNSSEC's upper floor: a zone's signatures,
+//!    the signed form of answers, re-signing);
+//! 5. [`events`], [`health`], [`webhook`], then [`cluster`];
+//! 6. [`dns`] (imports only `routing` of what is above `config`), [`reload`], then [`admin`];
+//! 7. [`app`], [`agent`], then [`cli`] (`main.rs` only dispatches to it).
 //!
 //! - [`config`]: TOML in two stages (raw serde, then a compile step that collects every
 //!   problem with its file, line and path).
@@ -43,8 +51,10 @@
 //! - [`dns`]: listeners and the query path (fast path, general path, TCP).
 //! - [`admin`]: the HTTP admin API (status, drain, load, explain, reload, metrics).
 //! - [`reload`]: config reloads (SIGHUP, `POST /v1/reload`).
+//! - [`dnssec`]: keys and signing primitives (the zones' signing is in [`routing`]).
 //! - [`app`]: start and shutdown; [`notify`]: systemd readiness and watchdog;
-//!   [`files`], [`rlimit`]: bounded file reads and the open-file limit.
+//!   [`files`], [`time`], [`rlimit`]: bounded file reads, clock helpers and the
+//!   open-file limit; [`cli`]: the commands.
 
 pub mod admin;
 pub mod agent;

@@ -66,12 +66,12 @@ pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> EndpointStates {
             pool: record.pool.clone(),
             member: record.member.clone(),
         };
-        if record.health == Health::Down && member.check.probe != Probe::None {
-            states.down.insert(key.clone());
-        }
-        if record.live_drain(now).is_some() {
-            states.drained.insert(key);
-        }
+        let down = record.health == Health::Down && member.check.probe != Probe::None;
+        let drained = record.live_drain(now).is_some();
+        states.update(key, |state| {
+            state.down = down;
+            state.drained = drained;
+        });
     }
     states
 }

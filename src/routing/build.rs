@@ -1,7 +1,7 @@
 //! The builder: the only writer of the routing table. It turns the loaded config, the zones
 //! and the current member state into a [`Snapshot`] ([`build`], pure) and publishes it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,21 +23,68 @@ use crate::policy;
 use crate::policy::load::LoadView;
 use crate::policy::{Candidate, affinity};
 
-/// Per-endpoint state the snapshot is built from, besides the config.
+/// What the builder knows of one endpoint besides the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointState {
+    /// Health checks say down.
+    pub down: bool,
+    /// An operator drained it.
+    pub drained: bool,
+    /// Its load as ranking sees it.
+    pub load: LoadView,
+}
+
+impl Default for EndpointState {
+    /// A brand-new endpoint: up (answered at once), not drained, load unknown.
+    fn default() -> Self {
+        Self {
+            down: false,
+            drained: false,
+            load: LoadView::UNKNOWN,
+        }
+    }
+}
+
+/// Per-endpoint state the snapshot is built from, besides the config: one entry per
+/// endpoint whose state is not the default.
 #[derive(Debug, Default, Clone)]
 pub struct EndpointStates {
-    /// Endpoints known to be down. Absent means up: a brand-new endpoint is answered at once.
-    pub down: HashSet<EndpointKey>,
-    /// Endpoints an operator drained.
-    pub drained: HashSet<EndpointKey>,
+    /// Endpoints that are down, drained or have a known load.
+    pub endpoints: HashMap<EndpointKey, EndpointState>,
     /// Answer counters, kept across rebuilds so status can show each endpoint's share.
     /// Keyed by GSLB name and endpoint: two names sharing a pool count apart.
     pub answered: HashMap<(String, EndpointKey), Arc<AtomicU64>>,
-    /// Load as ranking sees it; absent means unknown.
-    pub load: HashMap<EndpointKey, LoadView>,
 }
 
 impl EndpointStates {
+    /// One endpoint's state (the default when nothing is known of it).
+    pub fn of(&self, key: &EndpointKey) -> EndpointState {
+        self.endpoints.get(key).copied().unwrap_or_default()
+    }
+
+    /// Changes one endpoint's state; returns whether anything changed.
+    pub fn update(&mut self, key: EndpointKey, change: impl FnOnce(&mut EndpointState)) -> bool {
+        let before = self.of(&key);
+        let mut after = before;
+        change(&mut after);
+        if after == before {
+            return false;
+        }
+        if after == EndpointState::default() {
+            self.endpoints.remove(&key);
+        } else {
+            self.endpoints.insert(key, after);
+        }
+        true
+    }
+
+    /// How many endpoints are down, and how many drained.
+    pub fn counts(&self) -> (usize, usize) {
+        let down = self.endpoints.values().filter(|s| s.down).count();
+        let drained = self.endpoints.values().filter(|s| s.drained).count();
+        (down, drained)
+    }
+
     /// Drops the state of endpoints `loaded` no longer has.
     pub(super) fn retain_existing(&mut self, loaded: &Loaded) {
         let exists = |key: &EndpointKey| {
@@ -47,9 +94,7 @@ impl EndpointStates {
                 .iter()
                 .any(|p| p.name == key.pool && p.members.iter().any(|m| m.name == key.member))
         };
-        self.down.retain(exists);
-        self.drained.retain(exists);
-        self.load.retain(|key, _| exists(key));
+        self.endpoints.retain(|key, _| exists(key));
         self.answered.retain(|(service, key), _| {
             exists(key)
                 && loaded
@@ -331,7 +376,6 @@ fn gslb_node(
     regions: &[Region],
 ) -> GslbNode {
     let geo = &prepared.geo;
-    let load_of = |key: &EndpointKey| states.load.get(key).copied().unwrap_or(LoadView::UNKNOWN);
     let infos_of = |pool: usize| {
         prepared
             .endpoints
@@ -340,7 +384,8 @@ fn gslb_node(
             .unwrap_or_default()
     };
     let serves = |info: &EndpointInfo| {
-        !states.down.contains(&info.key) && !states.drained.contains(&info.key)
+        let state = states.of(&info.key);
+        !state.down && !state.drained
     };
     let any_up = |pool: usize| infos_of(pool).iter().any(|info| serves(info));
     let own = service.pool.0;
@@ -359,14 +404,14 @@ fn gslb_node(
     let members: Vec<Endpoint> = infos
         .iter()
         .map(|info| {
-            let up = !states.down.contains(&info.key);
-            let drained = states.drained.contains(&info.key);
+            let state = states.of(&info.key);
+            let (up, drained) = (!state.down, state.drained);
             let available = match mode {
                 Selection::Empty => false,
                 Selection::FailOpen => true,
                 Selection::Fallback | Selection::Normal => up && !drained,
             };
-            let load = load_of(&info.key);
+            let load = state.load;
             Endpoint {
                 info: info.clone(),
                 up,

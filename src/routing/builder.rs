@@ -191,19 +191,9 @@ impl Builder {
                 true
             }
             Change::SetDrained { key, drained } => {
-                if drained {
-                    self.states.drained.insert(key)
-                } else {
-                    self.states.drained.remove(&key)
-                }
+                self.states.update(key, |state| state.drained = drained)
             }
-            Change::SetLoad { key, view } => {
-                if view == LoadView::UNKNOWN {
-                    self.states.load.remove(&key).is_some()
-                } else {
-                    self.states.load.insert(key, view) != Some(view)
-                }
-            }
+            Change::SetLoad { key, view } => self.states.update(key, |state| state.load = view),
             Change::Ping => false,
             Change::Resign { due, rekeyed } => {
                 let mut keys_changed = false;
@@ -216,13 +206,7 @@ impl Builder {
                 }
                 due || keys_changed
             }
-            Change::SetMemberUp { key, up } => {
-                if up {
-                    self.states.down.remove(&key)
-                } else {
-                    self.states.down.insert(key)
-                }
-            }
+            Change::SetMemberUp { key, up } => self.states.update(key, |state| state.down = !up),
         };
         (changed, event.done)
     }

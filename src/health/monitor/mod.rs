@@ -374,8 +374,20 @@ check = { kind = "none" }
             pool: "p".into(),
             member: member.into(),
         };
-        assert_eq!(states.down.iter().collect::<Vec<_>>(), vec![&key("a")]);
-        assert_eq!(states.drained.iter().collect::<Vec<_>>(), vec![&key("b")]);
+        let down: Vec<_> = states
+            .endpoints
+            .iter()
+            .filter(|(_, s)| s.down)
+            .map(|(k, _)| k)
+            .collect();
+        let drained: Vec<_> = states
+            .endpoints
+            .iter()
+            .filter(|(_, s)| s.drained)
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(down, vec![&key("a")]);
+        assert_eq!(drained, vec![&key("b")]);
         let (events, _builder) = mpsc::channel(16);
         let token = CancellationToken::new();
         let (handle, task) = spawn(&loaded, Some(file), None, Some(events), token.clone());
