@@ -24,6 +24,8 @@ mod metrics;
 mod package;
 mod page;
 mod partial;
+// Beside the shared helpers, but declared here: it uses this binary's own modules.
+#[path = "support/real.rs"]
 mod real;
 mod rrl;
 mod support;
