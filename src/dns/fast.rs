@@ -302,8 +302,10 @@ fn parse<'q>(query: &'q [u8], source: IpAddr, scratch: &mut FastScratch) -> Opti
         return None;
     }
     let end = pos + 4;
-    // OPT (41), meta types, zone transfers and ANY (128..=255) go to the general path.
-    if qtype == 41 || qtype >= 128 {
+    // OPT (41), meta types, zone transfers and ANY (128..=255) go to the general path; so
+    // do RRSIG (46) and NSEC (47), which a signed zone holds at every name without their
+    // being sets of it: they are answered, not denied (`routing::decorate`).
+    if qtype == 41 || qtype >= 128 || qtype == 46 || qtype == 47 {
         return None;
     }
     let opt = if additionals == 1 {

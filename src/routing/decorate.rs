@@ -184,6 +184,10 @@ fn negative_proof<'s>(
     if resolution.authorities.is_empty() {
         return false;
     }
+    if matches!(qtype, RecordType::NSEC | RecordType::RRSIG) {
+        own_types(zone, signing, final_name, qtype, resolution);
+        return false;
+    }
     resolution
         .authorities
         .extend(signing.negative_soa_sigs.iter().map(Cow::Borrowed));
@@ -199,6 +203,63 @@ fn negative_proof<'s>(
     }
     nodata_proof(zone, signing, final_name, &mut resolution.authorities);
     false
+}
+
+/// A query for NSEC or RRSIG itself, which a signed zone holds at every name it answers
+/// for: the name's NSEC (for a name that does not exist, or one only a wildcard covers, the
+/// compact denial's NSEC at it, RFC 9824) or every signature at the name, as a positive
+/// answer. A NODATA proof here would list the very type it denies.
+fn own_types<'s>(
+    zone: &'s ZoneTable,
+    signing: &'s ZoneSigning,
+    name: &LowerName,
+    qtype: RecordType,
+    resolution: &mut Resolution<'s>,
+) {
+    let exact: Option<&Signed> = match zone.gslb.get(name) {
+        Some(node) => {
+            let key = (name.clone(), node.has_family(false), node.has_family(true));
+            signing.gslb_nsec.get(&key)
+        }
+        None => signing.nsec.get(name),
+    };
+    // Owned: these queries are rare, and a denial's proof comes from a cache.
+    let nsec: Option<(Vec<Record>, Vec<Record>)> = match exact {
+        Some(proof) => Some((proof.records.clone(), proof.sigs.clone())),
+        // A denial keeps only its wire form: its records, signatures among them, decoded.
+        None => signing.denial(name, vec![NXNAME]).map(|proof| {
+            denial_records(name, &proof)
+                .into_iter()
+                .partition(|r| r.record_type() != RecordType::RRSIG)
+        }),
+    };
+    resolution.authorities.clear();
+    resolution.answers.clear();
+    resolution.outcome = Outcome::Found;
+    let Some((records, nsec_sigs)) = nsec else {
+        return;
+    };
+    match qtype {
+        RecordType::NSEC => {
+            resolution
+                .answers
+                .extend(records.into_iter().map(Cow::Owned));
+            resolution
+                .answers
+                .extend(nsec_sigs.into_iter().map(Cow::Owned));
+        }
+        _ => {
+            // Every signature at the name: its static sets' and its NSEC's.
+            let mut sigs: Vec<Cow<'s, Record>> = signing
+                .static_sigs
+                .iter()
+                .filter(|((owner, _), _)| owner == name)
+                .flat_map(|(_, sigs)| sigs.iter().map(Cow::Borrowed))
+                .collect();
+            sigs.extend(nsec_sigs.into_iter().map(Cow::Owned));
+            resolution.answers.extend(sigs);
+        }
+    }
 }
 
 fn push_proof<'s>(into: &mut Vec<Cow<'s, Record>>, proof: &'s Signed) {

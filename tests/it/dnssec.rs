@@ -780,3 +780,73 @@ async fn a_reload_of_an_unchanged_signed_zone_signs_nothing() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// Queries for DNSSEC's own types validate through unbound: NSEC and RRSIG at names that
+/// exist, do not exist, or are covered by a wildcard, and the other meta and DNSSEC types
+/// at and away from the apex. None gets a proof that contradicts itself.
+#[tokio::test]
+async fn queries_for_dnssec_types_validate() {
+    let server = signed_server(&[]).await;
+    let anchors = ds_of(server.dir.path());
+    let unbound = Unbound::start("gto.example.com.", server.addr, &anchors).await;
+    for name in [
+        "www.gto.example.com",
+        "gto.example.com",
+        "vpn.gto.example.com",
+        "nope.gto.example.com",
+        "anything.wild.gto.example.com",
+    ] {
+        let nsec = unbound.ask(&[name, "NSEC"]).await;
+        assert_eq!(nsec.status, "NOERROR", "{name} NSEC: {}", nsec.text);
+        assert!(nsec.ad, "{name} NSEC validates: {}", nsec.text);
+        assert!(
+            nsec.answers.iter().any(|a| a.contains("NSEC")),
+            "{name}: the NSEC itself is the answer: {}",
+            nsec.text
+        );
+        // unbound passes RRSIG answers on without validating them as data (no AD, as for
+        // any server); what matters is that they come, and no failed proof.
+        let rrsig = unbound.ask(&[name, "RRSIG"]).await;
+        assert_eq!(
+            rrsig.status,
+            "NOERROR",
+            "{name} RRSIG: {}\n{}",
+            rrsig.text,
+            unbound.log()
+        );
+        assert!(
+            rrsig.text.contains("RRSIG\tNSEC"),
+            "{name}: the name's signatures, its NSEC's among them: {}",
+            rrsig.text
+        );
+    }
+    for (name, qtype) in [
+        ("www.gto.example.com", "DNSKEY"),
+        ("www.gto.example.com", "CDS"),
+        ("gto.example.com", "NSEC3PARAM"),
+        ("gto.example.com", "NSEC3"),
+        ("gto.example.com", "TYPE0"),
+        ("gto.example.com", "ANY"),
+        ("gto.example.com", "CDNSKEY"),
+    ] {
+        let verdict = unbound.ask(&[name, qtype]).await;
+        assert_eq!(
+            verdict.status, "NOERROR",
+            "{name} {qtype}: {}",
+            verdict.text
+        );
+        assert!(verdict.ad, "{name} {qtype} validates: {}", verdict.text);
+    }
+    // DS at the apex is the parent's (not served here, so unbound cannot be asked): gto's
+    // answer is NODATA whose proof does not list DS.
+    let ds = dig(server.addr, &["+dnssec", "+norec", "gto.example.com", "DS"]).await;
+    assert!(
+        ds.contains("status: NOERROR") && ds.contains("ANSWER: 0"),
+        "{ds}"
+    );
+    let nsec = ds
+        .lines()
+        .find(|l| l.contains("\tNSEC\t"))
+        .unwrap_or_else(|| panic!("a proof: {ds}"));
+    assert!(!nsec.contains(" DS "), "{nsec}");
+}
