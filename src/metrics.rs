@@ -35,6 +35,9 @@ pub const DNSSEC_SIGNED_AT_LOAD_TOTAL: &str = "gto_dnssec_signed_at_load_total";
 /// Reads of a zone's key directory that failed (a private key readable by others, a
 /// truncated file), by `zone`: the keys read before stay in use.
 pub const DNSSEC_KEY_READ_FAILURES_TOTAL: &str = "gto_dnssec_key_read_failures_total";
+/// Retired KSKs or CSKs kept in a zone until the parent's DS for their successor is seen
+/// (`gto dnssec ds-seen`), by `zone`: a rollover waiting for the parent.
+pub const DNSSEC_WAITING_FOR_PARENT: &str = "gto_dnssec_keys_waiting_for_parent";
 /// Generation of the live routing snapshot.
 pub const SNAPSHOT_GENERATION: &str = "gto_snapshot_generation";
 /// Config reloads, by `result` (ok, error).
@@ -163,6 +166,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "DNSSEC signatures made when a config was prepared or re-signed.",
+    ),
+    (
+        DNSSEC_WAITING_FOR_PARENT,
+        Kind::Gauge,
+        Unit::Count,
+        "Retired KSKs or CSKs kept until the parent's DS for their successor is seen (gto dnssec ds-seen), by zone.",
     ),
     (
         DNSSEC_KEY_READ_FAILURES_TOTAL,

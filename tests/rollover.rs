@@ -78,6 +78,12 @@ async fn advance(server: &TestServer, to: u64) {
     server.app.resigner().resign(true).await.unwrap();
 }
 
+/// Moves the injected clock and has the builder re-sign, whether or not a key event is due.
+async fn advance_to(server: &TestServer, to: u64) {
+    gto::dnssec::set_clock(to);
+    server.app.resigner().resign(true).await.unwrap();
+}
+
 /// The records of a type at the apex, as dig prints them (`+short`).
 async fn apex(server: &TestServer, qtype: &str) -> Vec<String> {
     dig(
@@ -163,12 +169,36 @@ async fn a_csk_rollover_stays_valid_at_every_stage() {
     valid_with(&server, &new_ds, "new key active, parent moved").await;
     let text = status(server.dir.path());
     assert!(
-        text.contains("retired (published, no longer signing)"),
+        text.contains("retired, waiting for the parent's DS of its successor"),
         "{text}"
     );
 
-    // The old key is gone: only the new DS validates.
-    advance(&server, rolled + PUBLISH_INTERVAL + RETIRE_INTERVAL + 1).await;
+    // Past the time a timer would have removed it: nobody updated the parent, so the old
+    // key stays published and keeps signing the DNSKEY RRset; both DS validate.
+    let late = rolled + PUBLISH_INTERVAL + RETIRE_INTERVAL + 60;
+    advance_to(&server, late).await;
+    assert_eq!(apex(&server, "DNSKEY").await.len(), 2);
+    valid_with(&server, &old_ds, "past the old schedule, parent not moved").await;
+    valid_with(&server, &new_ds, "past the old schedule, parent moved").await;
+    assert!(
+        !status(server.dir.path()).contains("leaves"),
+        "nothing scheduled"
+    );
+
+    // The operator updated the parent and says so: the old key leaves once the parent's
+    // old DS can have left every cache, then only the new DS validates.
+    let loaded = gto::ConfigSource::File(server.dir.path().join("gto.toml"))
+        .load()
+        .unwrap();
+    let said = gto::cli::dnssec::ds_seen(&loaded, 0).unwrap();
+    assert!(said.contains("leaves the DNSKEY RRset"), "{said}");
+    assert!(
+        gto::cli::dnssec::ds_seen(&loaded, 0).is_ok(),
+        "the same ring still names the waiting key"
+    );
+    server.app.resigner().resign(false).await.unwrap();
+    valid_with(&server, &old_ds, "parent moved, old DS still cached").await;
+    advance(&server, late + RETIRE_INTERVAL + 1).await;
     assert_eq!(apex(&server, "DNSKEY").await.len(), 1);
     assert_eq!(parent_ds(&server).await, new_ds);
     valid_with(&server, &new_ds, "old key removed").await;

@@ -186,9 +186,59 @@ pub fn rollover(loaded: &Loaded, index: usize, role: Role) -> Result<String, Str
                 spec.origin
             )
         })?;
+    if role.is_entry_point() && ring.keys.iter().any(|k| k.waits_for_parent(now)) {
+        return Err(format!(
+            "a rollover of {} waits for the parent's DS of the new key: update the parent, run \
+             `gto dnssec ds-seen`, then roll again",
+            spec.origin
+        ));
+    }
     let new =
         keys::roll(&dnssec.keys, &spec.origin, old, now, timings).map_err(|e| e.to_string())?;
     Ok(describe_roll(&spec.origin, old, &new, &timings))
+}
+
+/// The index of `zone` among the config's zones (case and the final dot do not matter).
+fn zone_index(loaded: &Loaded, zone: &str) -> Option<usize> {
+    let wanted = Name::from_ascii(zone).ok()?.to_lowercase();
+    let wanted = wanted.to_string();
+    loaded.config.zones.iter().position(|z| {
+        z.origin.to_lowercase().to_string().trim_end_matches('.') == wanted.trim_end_matches('.')
+    })
+}
+
+/// `gto dnssec ds-seen`: the parent serves the new entry point's DS; every retired KSK or
+/// CSK kept for the parent is scheduled for removal. Prints what it scheduled.
+pub fn ds_seen(loaded: &Loaded, index: usize) -> Result<String, String> {
+    let spec = loaded.config.zones.get(index).ok_or("no such zone")?;
+    let ring = loaded
+        .keys
+        .get(index)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| format!("zone {} is not signed", spec.origin))?;
+    let timings = timings(loaded, index).ok_or("no timings")?;
+    let now = crate::dnssec::now();
+    let scheduled =
+        keys::parent_seen(ring, &spec.origin, now, timings).map_err(|e| e.to_string())?;
+    if scheduled.is_empty() {
+        return Err(format!(
+            "no KSK or CSK of {} waits for the parent (see `gto dnssec status`)",
+            spec.origin
+        ));
+    }
+    let mut out = String::new();
+    for key in scheduled {
+        let _ = writeln!(
+            out,
+            "; {} {} {} leaves the DNSKEY RRset at {} (the parent's old DS and its \
+             signatures out of every cache)",
+            spec.origin,
+            key.role.as_str().to_uppercase(),
+            key.tag,
+            crate::time::rfc3339_unix(key.timeline.remove.unwrap_or(now)),
+        );
+    }
+    Ok(out)
 }
 
 /// `gto dnssec ...`: prints what the command returns; bad arguments or config exit 64.
@@ -244,23 +294,19 @@ pub fn run(command: super::DnssecCommand) -> ExitCode {
             };
             match load(config) {
                 Err(errors) => Err(report(&errors)),
-                Ok(loaded) => {
-                    let wanted = hickory_proto::rr::Name::from_ascii(&zone)
-                        .map(|z| z.to_lowercase())
-                        .ok();
-                    let index = loaded.config.zones.iter().position(|z| {
-                        wanted.as_ref().is_some_and(|w| {
-                            z.origin.to_lowercase().to_string().trim_end_matches('.')
-                                == w.to_string().trim_end_matches('.')
-                        })
-                    });
-                    match index {
-                        None => return usage(format!("zone {zone} is not in the config")),
-                        Some(index) => rollover(&loaded, index, role).map_err(usage),
-                    }
-                }
+                Ok(loaded) => match zone_index(&loaded, &zone) {
+                    None => return usage(format!("zone {zone} is not in the config")),
+                    Some(index) => rollover(&loaded, index, role).map_err(usage),
+                },
             }
         }
+        DnssecCommand::DsSeen { config, zone } => match load(config) {
+            Err(errors) => Err(report(&errors)),
+            Ok(loaded) => match zone_index(&loaded, &zone) {
+                None => return usage(format!("zone {zone} is not in the config")),
+                Some(index) => ds_seen(&loaded, index).map_err(usage),
+            },
+        },
     };
     match result {
         Ok(text) => {

@@ -118,6 +118,16 @@ pub enum DnssecCommand {
         #[arg(long, default_value = "csk")]
         role: String,
     },
+    /// Tell gto that the parent zone serves the DS of the new KSK or CSK: the old one,
+    /// kept until now, is removed once the parent's old DS can have left every cache.
+    DsSeen {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+    },
 }
 
 /// Writes `gto.1`, one page per subcommand (`gto-run.1`, `gto-dnssec.1`, ...) and the completions

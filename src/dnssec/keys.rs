@@ -12,6 +12,10 @@
 //! Timeline of a key (RFC 7583 terms): it is in the DNSKEY RRset from `publish` until
 //! `remove`, and signs from `active` until `retire`. A successor made by a rollover is
 //! published first and becomes active only when every cache has seen it (pre-publication).
+//! A retired entry point (KSK or CSK) is removed only once the parent's DS for its
+//! successor has been seen: until then it has no `remove` time, stays published and keeps
+//! signing the DNSKEY RRset, so a parent still holding its DS keeps validating
+//! ([`Key::waits_for_parent`], [`parent_seen`]).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -185,9 +189,21 @@ impl Key {
             && self.timeline.retire.is_none_or(|r| now < r)
     }
 
+    /// A retired entry point kept until the parent's DS for its successor is seen: it has
+    /// stopped signing the zone's data but has no removal time.
+    pub fn waits_for_parent(&self, now: u64) -> bool {
+        self.role.is_entry_point()
+            && self.timeline.retire.is_some_and(|r| r <= now)
+            && self.timeline.remove.is_none()
+    }
+
     /// The key's state at `now`, as `gto dnssec status` shows it.
     pub fn state(&self, now: u64) -> &'static str {
         let t = &self.timeline;
+        if self.waits_for_parent(now) {
+            return "retired, waiting for the parent's DS of its successor (published, signs \
+                    the DNSKEY RRset; `gto dnssec ds-seen` once the parent serves it)";
+        }
         if now < t.publish {
             "created (not yet published)"
         } else if t.remove.is_some_and(|r| now >= r) {
@@ -551,7 +567,9 @@ impl Timings {
 
 /// Starts a pre-publication rollover of the active signing key `old` at `now`: a successor
 /// of the same role and algorithm, published now and active after the publish interval,
-/// when `old` retires; `old` is removed after the retire interval. Writes both state files.
+/// when `old` retires. A ZSK is removed after the retire interval; a KSK or CSK only once
+/// the parent's DS for the successor is seen ([`parent_seen`]): a parent nobody updated
+/// never loses the key its DS names. Writes both state files.
 pub fn roll(
     dir: &Path,
     zone: &Name,
@@ -579,13 +597,43 @@ pub fn roll(
         signing: old.signing.clone(),
         timeline: Timeline {
             retire: Some(switch),
-            remove: Some(switch + timings.retire_interval(old.role)),
+            remove: (!old.role.is_entry_point())
+                .then(|| switch + timings.retire_interval(old.role)),
             ..old.timeline
         },
         state_path: old.state_path.clone(),
     };
     write_state(&retired, zone)?;
     Ok(new)
+}
+
+/// The parent serves the DS of the successors (seen at `now`): every entry point waiting
+/// for it is scheduled for removal once the parent's old DS and the key's signatures can
+/// have left every cache (the retire interval). Writes their state files; returns them.
+pub fn parent_seen(
+    ring: &KeyRing,
+    zone: &Name,
+    now: u64,
+    timings: Timings,
+) -> Result<Vec<Arc<Key>>, KeyError> {
+    let mut scheduled = Vec::new();
+    for old in ring.keys.iter().filter(|k| k.waits_for_parent(now)) {
+        let key = Key {
+            tag: old.tag,
+            role: old.role,
+            algorithm: old.algorithm,
+            dnskey: old.dnskey.clone(),
+            signing: old.signing.clone(),
+            timeline: Timeline {
+                remove: Some(now + timings.retire_interval(old.role)),
+                ..old.timeline
+            },
+            state_path: old.state_path.clone(),
+        };
+        write_state(&key, zone)?;
+        scheduled.push(Arc::new(key));
+    }
+    Ok(scheduled)
 }
 
 /// Whether `key` is an active signing key due for rollover at `now` under `lifetime`

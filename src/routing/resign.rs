@@ -163,9 +163,41 @@ impl Resigner {
             count += 1;
             let due = check_and_warn(&snapshot, now(), warn, &mut asked);
             drop(snapshot);
+            waiting_for_parent(&self.configs.borrow(), now(), warn);
             // One re-signing at a time.
             if (due.resign || due.reread) && self.resign(due.resign).await.is_none() {
                 return;
+            }
+        }
+    }
+}
+
+/// Exports, per signed zone, how many retired KSKs or CSKs wait for the parent's DS of
+/// their successor, and (when `warn`) says so in the log once the wait is longer than the
+/// parent's DS TTL and the propagation margin: someone has to update the parent.
+fn waiting_for_parent(loaded: &Loaded, now: u64, warn: bool) {
+    for (index, spec) in loaded.config.zones.iter().enumerate() {
+        let (Some(dnssec), Some(Some(ring))) = (&spec.dnssec, loaded.keys.get(index)) else {
+            continue;
+        };
+        let waiting: Vec<&Arc<Key>> = ring
+            .keys
+            .iter()
+            .filter(|k| k.waits_for_parent(now))
+            .collect();
+        metrics::gauge!(crate::metrics::DNSSEC_WAITING_FOR_PARENT, "zone" => spec.origin.to_string())
+            .set(waiting.len() as f64);
+        let long = u64::from(dnssec.parent_ds_ttl) + dnssec.propagation.as_secs();
+        for key in waiting {
+            let since = key.timeline.retire.unwrap_or(now);
+            if warn && now.saturating_sub(since) > long {
+                tracing::warn!(
+                    zone = %spec.origin,
+                    key = key.tag,
+                    waiting_seconds = now - since,
+                    "a rollover is waiting for the DS of the new key at the parent: update the \
+                     parent, then run `gto dnssec ds-seen`; the old key stays until then"
+                );
             }
         }
     }
@@ -236,6 +268,10 @@ pub fn roll_due(loaded: &Loaded) -> usize {
             .keys
             .iter()
             .filter(|k| k.role.signs_zone() && keys::due(k, now, lifetime))
+            // One entry-point rollover at a time: not while one waits for the parent.
+            .filter(|k| {
+                !k.role.is_entry_point() || !ring.keys.iter().any(|o| o.waits_for_parent(now))
+            })
             .collect();
         for old in due {
             match keys::roll(&dnssec.keys, &spec.origin, old, now, timings) {
