@@ -233,8 +233,8 @@ fn own_types<'s>(
                 .partition(|r| r.record_type() != RecordType::RRSIG)
         }),
     };
+    // A positive answer (after any CNAME chain already in the answer section).
     resolution.authorities.clear();
-    resolution.answers.clear();
     resolution.outcome = Outcome::Found;
     let Some((records, nsec_sigs)) = nsec else {
         return;
