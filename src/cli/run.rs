@@ -1,6 +1,6 @@
 //! What `gto run`, `gto probe`, `gto check` and `gto explain` do once the command line is
-//! parsed: logging, the runtime, loading the config with the signals already installed,
-//! and the exit codes (64 for a bad config).
+//! parsed: logging, the runtime, and loading the config with the signals already
+//! installed; a config that does not load exits 64 (`super::exit`).
 
 use std::io::Write;
 use std::process::ExitCode;
