@@ -189,6 +189,19 @@ impl Key {
             && self.timeline.retire.is_none_or(|r| now < r)
     }
 
+    /// The same key with another timeline (to be written to its state file).
+    fn rescheduled(&self, timeline: Timeline) -> Key {
+        Key {
+            tag: self.tag,
+            role: self.role,
+            algorithm: self.algorithm,
+            dnskey: self.dnskey.clone(),
+            signing: self.signing.clone(),
+            timeline,
+            state_path: self.state_path.clone(),
+        }
+    }
+
     /// A retired entry point kept until the parent's DS for its successor is seen: it has
     /// stopped signing the zone's data but has no removal time.
     pub fn waits_for_parent(&self, now: u64) -> bool {
@@ -589,20 +602,11 @@ pub fn roll(
         },
         timings.dnskey_ttl,
     )?;
-    let retired = Key {
-        tag: old.tag,
-        role: old.role,
-        algorithm: old.algorithm,
-        dnskey: old.dnskey.clone(),
-        signing: old.signing.clone(),
-        timeline: Timeline {
-            retire: Some(switch),
-            remove: (!old.role.is_entry_point())
-                .then(|| switch + timings.retire_interval(old.role)),
-            ..old.timeline
-        },
-        state_path: old.state_path.clone(),
-    };
+    let retired = old.rescheduled(Timeline {
+        retire: Some(switch),
+        remove: (!old.role.is_entry_point()).then(|| switch + timings.retire_interval(old.role)),
+        ..old.timeline
+    });
     write_state(&retired, zone)?;
     Ok(new)
 }
@@ -618,18 +622,10 @@ pub fn parent_seen(
 ) -> Result<Vec<Arc<Key>>, KeyError> {
     let mut scheduled = Vec::new();
     for old in ring.keys.iter().filter(|k| k.waits_for_parent(now)) {
-        let key = Key {
-            tag: old.tag,
-            role: old.role,
-            algorithm: old.algorithm,
-            dnskey: old.dnskey.clone(),
-            signing: old.signing.clone(),
-            timeline: Timeline {
-                remove: Some(now + timings.retire_interval(old.role)),
-                ..old.timeline
-            },
-            state_path: old.state_path.clone(),
-        };
+        let key = old.rescheduled(Timeline {
+            remove: Some(now + timings.retire_interval(old.role)),
+            ..old.timeline
+        });
         write_state(&key, zone)?;
         scheduled.push(Arc::new(key));
     }
