@@ -130,8 +130,7 @@ impl App {
         let configs = builder.configs();
         let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
         // Re-signing and key events in the background (idle for unsigned zones).
-        let resigner = Resigner::new(routing.clone(), events.clone(), configs);
-        tokio::spawn(resigner.clone().maintain(token.child_token()));
+        let mut resigner = Resigner::new(routing.clone(), events.clone(), configs);
         let (health, health_task) = health::spawn(
             &loaded,
             restored,
@@ -142,6 +141,8 @@ impl App {
         // Changes as events, for `GET /v1/events`.
         let bus = crate::events::Events::new();
         health.report_to(bus.clone()).await;
+        resigner.report_to(bus.clone());
+        tokio::spawn(resigner.clone().maintain(token.child_token()));
         // Webhooks read the bus; they end with the token.
         let _webhooks = crate::webhook::start(&loaded.config.webhooks, &bus, token.child_token());
         let fleet = loaded.config.cluster.as_ref().map(|cluster| {

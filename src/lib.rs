@@ -24,13 +24,14 @@
 //!
 //! Dependencies run one way, floor by floor, with no circle between modules or files:
 //!
-//! 1. [`files`], [`time`], [`rlimit`], [`shutdown`], [`notify`], then [`metrics`];
+//! 1. [`files`], [`time`], [`rlimit`], [`shutdown`], [`notify`], [`events`] (the event
+//!    bus), then [`metrics`];
 //! 2. [`config`], [`zone`], [`dnssec`] (keys and signing primitives only), then [`geo`]
 //!    and [`policy`];
 //! 3. [`loaded`] (reads the zones, the database and the keys, once);
 //! 4. [`routing`] (the snapshot, its build, and DNSSEC's upper floor: a zone's signatures,
 //!    the signed form of answers, re-signing);
-//! 5. [`events`], [`health`], [`webhook`], then [`cluster`];
+//! 5. [`health`], [`webhook`], then [`cluster`];
 //! 6. [`dns`] (imports only `routing` of what is above `config`), [`reload`], then [`admin`];
 //! 7. [`app`], [`agent`], then [`cli`] (`main.rs` only dispatches to it).
 //!

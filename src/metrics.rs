@@ -38,6 +38,9 @@ pub const DNSSEC_KEY_READ_FAILURES_TOTAL: &str = "gto_dnssec_key_read_failures_t
 /// Retired KSKs or CSKs kept in a zone until the parent's DS for their successor is seen
 /// (`gto dnssec ds-seen`), by `zone`: a rollover waiting for the parent.
 pub const DNSSEC_WAITING_FOR_PARENT: &str = "gto_dnssec_keys_waiting_for_parent";
+/// Checks of the parent's servers for the DS of a new KSK or CSK, by `zone` and `result`
+/// (seen, not_seen, error).
+pub const DNSSEC_PARENT_CHECKS_TOTAL: &str = "gto_dnssec_parent_checks_total";
 /// Generation of the live routing snapshot.
 pub const SNAPSHOT_GENERATION: &str = "gto_snapshot_generation";
 /// Config reloads, by `result` (ok, error).
@@ -166,6 +169,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "DNSSEC signatures made when a config was prepared or re-signed.",
+    ),
+    (
+        DNSSEC_PARENT_CHECKS_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Checks of the parent's servers for the DS of a new KSK or CSK, by zone and result (seen, not_seen, error).",
     ),
     (
         DNSSEC_WAITING_FOR_PARENT,

@@ -42,11 +42,23 @@ fn real_now() -> u64 {
 }
 
 async fn signed_server(dir: tempfile::TempDir, roles: &[Role], t0: u64) -> TestServer {
+    signed_server_with(dir, roles, t0, "parent = \"manual\"").await
+}
+
+/// [`signed_server`] with more `dnssec` settings (`parent`).
+async fn signed_server_with(
+    dir: tempfile::TempDir,
+    roles: &[Role],
+    t0: u64,
+    more: &str,
+) -> TestServer {
     let config = config("").replacen(
         "file = \"gto.example.com.zone\"\n",
-        "file = \"gto.example.com.zone\"\n\
-         dnssec = { keys = \"keys\", dnskey_ttl = 300, parent_ds_ttl = 600, \
-         propagation = \"60s\", lifetime = \"1d\" }\n",
+        &format!(
+            "file = \"gto.example.com.zone\"\n\
+             dnssec = {{ keys = \"keys\", dnskey_ttl = 300, parent_ds_ttl = 600, \
+             propagation = \"60s\", lifetime = \"1d\", {more} }}\n"
+        ),
         1,
     );
     std::fs::write(dir.path().join("gto.toml"), config).unwrap();
@@ -235,6 +247,174 @@ async fn a_zsk_rollover_keeps_the_ds_and_stays_valid() {
         );
         valid_with(&server, &ds, stage).await;
     }
+}
+
+/// The parent zone `example.com.`, served by another gto, delegating `gto.example.com.`
+/// with the DS records `ds` (lines of `DS` rdata, as `CDS` prints them).
+fn parent_zone(ds: &str) -> String {
+    let mut zone = String::from(
+        "$TTL 600\n\
+         @ IN SOA ns.example.com. hostmaster.example.com. 1 3600 600 86400 600\n\
+         @ IN NS ns.example.com.\n\
+         ns IN A 127.0.0.1\n\
+         gto IN NS ns1.gto.example.com.\n\
+         ns1.gto IN A 127.0.0.1\n",
+    );
+    for line in ds.lines() {
+        let rdata = line.trim_start_matches("gto.example.com. IN DS ");
+        zone.push_str(&format!("gto IN DS {rdata}\n"));
+    }
+    zone
+}
+
+async fn parent_server(ds: &str) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gto.toml"),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[zone]]\norigin = \"example.com.\"\nfile = \"example.com.zone\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("example.com.zone"), parent_zone(ds)).unwrap();
+    TestServer::start_in(dir).await
+}
+
+/// The retired entry point's line in `gto dnssec status`.
+fn waits(dir: &Path) -> bool {
+    status(dir).contains("retired, waiting for the parent's DS of its successor")
+}
+
+/// A KSK (with a ZSK) or CSK rollover whose parent is another server: gto asks the parent
+/// itself; while it serves the old DS only, the old key stays past its old schedule and
+/// both DS validate; once the parent serves the new DS, gto schedules the old key's
+/// removal by itself and after it only the new DS validates.
+async fn rollover_completes_when_the_parent_serves_the_new_ds(roles: &[Role]) {
+    let t0 = real_now() - 2 * DAY;
+    gto::dnssec::set_clock(t0);
+    let dir = tempfile::tempdir().unwrap();
+    // The parent starts with the key the child will make: find it first.
+    let keys_dir = dir.path().join("keys");
+    for role in roles {
+        keys::generate(
+            &keys_dir,
+            &Name::from_ascii("gto.example.com.").unwrap(),
+            *role,
+            KeyAlgorithm::EcdsaP256,
+            Timeline::from(t0),
+            300,
+        )
+        .unwrap();
+    }
+    let parent = parent_server("").await;
+    let server = signed_server_with(
+        dir,
+        &[],
+        t0,
+        &format!("parent = [\"{}\"], parent_check = \"1d\"", parent.addr),
+    )
+    .await;
+    let old_ds = parent_ds(&server).await;
+    std::fs::write(parent.path("example.com.zone"), parent_zone(&old_ds)).unwrap();
+    parent.app.reload().await.unwrap();
+    let served = dig(parent.addr, &["+short", "+norec", "gto.example.com.", "DS"]).await;
+    assert_eq!(
+        served.lines().count(),
+        1,
+        "the parent serves the DS: {served}"
+    );
+    valid_with(&server, &old_ds, "one entry point").await;
+    let before = apex(&server, "DNSKEY").await.len();
+
+    // Lifetime up (a CSK rolls by itself; a KSK when the operator says so, beside the
+    // ZSK's own rollover), then the successor signs: the old entry point waits.
+    let rolled = t0 + DAY + 1;
+    if roles.contains(&Role::Ksk) {
+        gto::dnssec::set_clock(rolled);
+        let loaded = gto::ConfigSource::File(server.dir.path().join("gto.toml"))
+            .load()
+            .unwrap();
+        gto::cli::dnssec::rollover(&loaded, 0, Role::Ksk).unwrap();
+    }
+    advance(&server, rolled).await;
+    advance(&server, rolled + PUBLISH_INTERVAL + 1).await;
+    let new_ds = parent_ds(&server).await;
+    assert_ne!(new_ds, old_ds);
+    assert!(waits(server.dir.path()), "{}", status(server.dir.path()));
+    let mut events = server.app.changes().subscribe();
+
+    // The parent still serves the old DS only: not seen, nothing scheduled, past the old
+    // schedule too; both DS validate.
+    let checks = server.app.resigner().check_parent().await;
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert!(!checks[0].seen(), "{checks:?}");
+    assert!(checks[0].scheduled.is_empty());
+    let late = rolled + PUBLISH_INTERVAL + RETIRE_INTERVAL + 60;
+    advance_to(&server, late).await;
+    let checks = server.app.resigner().check_parent().await;
+    assert!(!checks[0].seen(), "{checks:?}");
+    assert_eq!(apex(&server, "DNSKEY").await.len(), before + 1);
+    assert!(waits(server.dir.path()));
+    valid_with(&server, &old_ds, "past the old schedule, parent not moved").await;
+    valid_with(&server, &new_ds, "past the old schedule, parent moved").await;
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("an event")
+        .unwrap();
+    assert_eq!(event.kind, "dnssec");
+    assert_eq!(event.data["change"], "waiting-for-ds", "{:?}", event.data);
+
+    // The parent moves to the new DS: the next check sees it at every server and
+    // schedules the old key's removal (whichever check, this or the background one,
+    // came first); the old DS still validates while caches may hold it.
+    std::fs::write(parent.path("example.com.zone"), parent_zone(&new_ds)).unwrap();
+    parent.app.reload().await.unwrap();
+    server.app.resigner().check_parent().await;
+    assert!(!waits(server.dir.path()), "{}", status(server.dir.path()));
+    assert!(
+        status(server.dir.path()).contains("is removed from the DNSKEY RRset"),
+        "{}",
+        status(server.dir.path())
+    );
+    let event = loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event")
+            .unwrap();
+        if event.data["change"] == "ds-seen" {
+            break event;
+        }
+    };
+    assert_eq!(event.data["zone"], "gto.example.com.");
+    valid_with(&server, &old_ds, "parent moved, old DS still cached").await;
+    let (_, metrics) = support::http(server.admin(), "GET", "/metrics", None, "").await;
+    for result in ["seen", "not_seen"] {
+        assert!(
+            support::sample(
+                &metrics,
+                "gto_dnssec_parent_checks_total",
+                &["zone=\"gto.example.com.\"", &format!("result=\"{result}\"")]
+            ) >= 1.0,
+            "{result}: {metrics}"
+        );
+    }
+
+    // After the retire interval the old key is gone: only the new DS validates.
+    advance(&server, late + RETIRE_INTERVAL + 1).await;
+    assert_eq!(apex(&server, "DNSKEY").await.len(), before);
+    valid_with(&server, &new_ds, "old key removed").await;
+    invalid_with(&server, &old_ds, "old key removed, parent on the old DS").await;
+}
+
+#[tokio::test]
+async fn a_ksk_rollover_completes_when_the_parent_serves_the_new_ds() {
+    let _turn = CLOCK.lock().await;
+    rollover_completes_when_the_parent_serves_the_new_ds(&[Role::Ksk, Role::Zsk]).await;
+}
+
+#[tokio::test]
+async fn a_csk_rollover_completes_when_the_parent_serves_the_new_ds() {
+    let _turn = CLOCK.lock().await;
+    rollover_completes_when_the_parent_serves_the_new_ds(&[Role::Csk]).await;
 }
 
 /// A flood of new names with DO (a random-subdomain attack on a signed zone) costs at most

@@ -153,9 +153,28 @@ pub fn status(loaded: &Loaded) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  CDS/CDNSKEY published for: {:?}; DS the parent may hold: {published:?}\n",
+            "  CDS/CDNSKEY published for: {:?}; DS the parent may hold: {published:?}",
             parent.iter().map(|k| k.tag).collect::<Vec<_>>()
         );
+        let every = humantime::format_duration(dnssec.parent_check);
+        let asked = match &dnssec.parent {
+            crate::config::ParentServers::Manual => {
+                "never asked (parent = \"manual\": `gto dnssec ds-seen` once it serves the new DS)"
+                    .to_string()
+            }
+            crate::config::ParentServers::Resolve => format!(
+                "its name servers, found through the system's resolver, asked every {every} \
+                 while a rollover waits"
+            ),
+            crate::config::ParentServers::Servers(list) => format!(
+                "{} asked every {every} while a rollover waits",
+                list.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let _ = writeln!(out, "  parent: {asked}\n");
     }
     out
 }

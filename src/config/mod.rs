@@ -361,6 +361,23 @@ pub struct DnssecSpec {
     pub parent_ds_ttl: u32,
     /// Margin for the fleet and the parent to act on a change (default 1h).
     pub propagation: std::time::Duration,
+    /// Where gto looks for the DS of a new KSK or CSK before it retires the old one.
+    pub parent: ParentServers,
+    /// How often it looks while a rollover waits for the parent (default 10m).
+    pub parent_check: std::time::Duration,
+}
+
+/// `dnssec.parent`: the servers of the parent zone that gto asks for the zone's DS
+/// while a KSK or CSK rollover waits for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentServers {
+    /// `"resolve"` (the default): the parent zone's NS records, and their addresses,
+    /// through the system's resolver (`/etc/resolv.conf`).
+    Resolve,
+    /// `"manual"`: never asked; `gto dnssec ds-seen` says when the parent serves the DS.
+    Manual,
+    /// These addresses (port 53 unless given).
+    Servers(Vec<std::net::SocketAddr>),
 }
 
 /// Where a setting is in the config file and how it is written there: for problems that

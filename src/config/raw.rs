@@ -199,6 +199,16 @@ pub(crate) struct RawDnssec {
     pub(crate) lifetime: Option<Spanned<String>>,
     pub(crate) parent_ds_ttl: Option<Spanned<i64>>,
     pub(crate) propagation: Option<Spanned<String>>,
+    pub(crate) parent: Option<Spanned<RawParent>>,
+    pub(crate) parent_check: Option<Spanned<String>>,
+}
+
+/// `dnssec.parent = "resolve" | "manual" | ["ADDR[:PORT]", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawParent {
+    Keyword(String),
+    Servers(Vec<String>),
 }
 
 /// `[[service]]`: one GSLB name.

@@ -27,6 +27,7 @@
 //! rebuild, well before it ([`REFRESH`]).
 
 pub mod keys;
+pub mod parent;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

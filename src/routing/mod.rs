@@ -21,6 +21,7 @@ mod gslb;
 mod handle;
 mod index;
 mod node;
+pub mod parent;
 pub mod resign;
 pub mod rrl;
 pub mod signing;

@@ -3,8 +3,8 @@
 //! keys again and start the rollovers whose lifetime is up (on blocking threads), then ask
 //! the builder for a new preparation with what it read.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dnssec::keys::{self, Key, Timings};
 use crate::dnssec::{REFRESH, now};
+use crate::events::Events;
 use crate::loaded::Loaded;
 use crate::routing::{BuildEvent, Change, Rekeyed, RoutingHandle, Snapshot};
 
@@ -109,7 +110,11 @@ fn check_and_warn(
 pub struct Resigner {
     routing: RoutingHandle,
     events: mpsc::Sender<BuildEvent>,
-    configs: watch::Receiver<Arc<Loaded>>,
+    pub(super) configs: watch::Receiver<Arc<Loaded>>,
+    /// Where key events go (`dnssec`), once [`Resigner::report_to`] is called.
+    bus: Option<Events>,
+    /// (zone, key) whose wait for the parent was reported as an event.
+    pub(super) announced: Arc<Mutex<HashSet<(Name, u16)>>>,
 }
 
 impl Resigner {
@@ -124,6 +129,20 @@ impl Resigner {
             routing,
             events,
             configs,
+            bus: None,
+            announced: Arc::default(),
+        }
+    }
+
+    /// Reports key events (waiting for the parent's DS, the DS seen) on `bus`.
+    pub fn report_to(&mut self, bus: Events) {
+        self.bus = Some(bus);
+    }
+
+    /// A `dnssec` event, when there is a bus.
+    pub(super) fn report(&self, data: serde_json::Value) {
+        if let Some(bus) = &self.bus {
+            bus.emit("dnssec", data);
         }
     }
 
@@ -153,6 +172,7 @@ impl Resigner {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut count = 0u64;
         let mut asked = HashMap::new();
+        let mut next_parent_check: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = token.cancelled() => return,
@@ -163,7 +183,17 @@ impl Resigner {
             count += 1;
             let due = check_and_warn(&snapshot, now(), warn, &mut asked);
             drop(snapshot);
-            waiting_for_parent(&self.configs.borrow(), now(), warn);
+            let every = waiting_for_parent(&self.configs.borrow(), now(), warn);
+            match every {
+                None => next_parent_check = None,
+                Some(every) => {
+                    let at = tokio::time::Instant::now();
+                    if next_parent_check.is_none_or(|next| at >= next) {
+                        next_parent_check = Some(at + every);
+                        self.check_parent().await;
+                    }
+                }
+            }
             // One re-signing at a time.
             if (due.resign || due.reread) && self.resign(due.resign).await.is_none() {
                 return;
@@ -174,8 +204,11 @@ impl Resigner {
 
 /// Exports, per signed zone, how many retired KSKs or CSKs wait for the parent's DS of
 /// their successor, and (when `warn`) says so in the log once the wait is longer than the
-/// parent's DS TTL and the propagation margin: someone has to update the parent.
-fn waiting_for_parent(loaded: &Loaded, now: u64, warn: bool) {
+/// parent's DS TTL and the propagation margin: someone has to update the parent. Returns
+/// how often to ask the parents (the shortest `parent_check` of the zones that wait and
+/// may be asked), None when none does.
+fn waiting_for_parent(loaded: &Loaded, now: u64, warn: bool) -> Option<Duration> {
+    let mut every: Option<Duration> = None;
     for (index, spec) in loaded.config.zones.iter().enumerate() {
         let (Some(dnssec), Some(Some(ring))) = (&spec.dnssec, loaded.keys.get(index)) else {
             continue;
@@ -187,6 +220,9 @@ fn waiting_for_parent(loaded: &Loaded, now: u64, warn: bool) {
             .collect();
         metrics::gauge!(crate::metrics::DNSSEC_WAITING_FOR_PARENT, "zone" => spec.origin.to_string())
             .set(waiting.len() as f64);
+        if !waiting.is_empty() && dnssec.parent != crate::config::ParentServers::Manual {
+            every = Some(every.map_or(dnssec.parent_check, |e| e.min(dnssec.parent_check)));
+        }
         let long = u64::from(dnssec.parent_ds_ttl) + dnssec.propagation.as_secs();
         for key in waiting {
             let since = key.timeline.retire.unwrap_or(now);
@@ -196,11 +232,13 @@ fn waiting_for_parent(loaded: &Loaded, now: u64, warn: bool) {
                     key = key.tag,
                     waiting_seconds = now - since,
                     "a rollover is waiting for the DS of the new key at the parent: update the \
-                     parent, then run `gto dnssec ds-seen`; the old key stays until then"
+                     parent (gto asks it every dnssec.parent_check unless parent = \"manual\"; \
+                     else run `gto dnssec ds-seen`); the old key stays until then"
                 );
             }
         }
     }
+    every
 }
 
 /// `base` with its key directories read again and the rollovers whose lifetime is up

@@ -484,3 +484,53 @@ fn check_names_a_huge_ttl_an_oversized_rrset_and_a_clashing_admin_listener() {
     }
     assert!(!stderr.contains("record type"), "{stderr}");
 }
+
+#[test]
+fn dnssec_parent_mistakes_are_reported_with_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let signed = |dnssec: &str| {
+        config("").replacen(
+            "file = \"gto.example.com.zone\"\n",
+            &format!("file = \"gto.example.com.zone\"\ndnssec = {{ keys = \"keys\", {dnssec} }}\n"),
+            1,
+        )
+    };
+    let text = signed(r#"parent = ["127.0.0.1:99999", "ns1", "[::1]:53"], parent_check = "0s""#);
+    fs::write(dir.path().join("gto.toml"), &text).unwrap();
+    let line = 1 + text.lines().position(|l| l.starts_with("dnssec")).unwrap();
+    let (code, stdout, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    for message in [
+        r#"zone[0].dnssec.parent[0]: "127.0.0.1:99999" is not an address, ADDR:PORT or [V6]:PORT"#,
+        r#"zone[0].dnssec.parent[1]: "ns1" is not an address"#,
+        "zone[0].dnssec.parent_check: not a duration from 1s to 1d",
+    ] {
+        let expected = format!("gto.toml:{line}: {message}");
+        assert!(stderr.contains(&expected), "{expected} not in\n{stderr}");
+    }
+    assert!(!stderr.contains("parent[2]"), "[::1]:53 is fine: {stderr}");
+
+    let text = signed(r#"parent = "sometimes""#);
+    fs::write(dir.path().join("gto.toml"), &text).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains(r#"zone[0].dnssec.parent: "sometimes" is not "resolve", "manual""#),
+        "{stderr}"
+    );
+    gto::dnssec::keys::generate(
+        &dir.path().join("keys"),
+        &hickory_proto::rr::Name::from_ascii("gto.example.com.").unwrap(),
+        gto::dnssec::keys::Role::Csk,
+        gto::dnssec::keys::KeyAlgorithm::EcdsaP256,
+        gto::dnssec::keys::Timeline::from(gto::time::unix_now()),
+        3600,
+    )
+    .unwrap();
+    for good in [r#"parent = "manual""#, r#"parent = ["127.0.0.1", "::1"]"#] {
+        fs::write(dir.path().join("gto.toml"), signed(good)).unwrap();
+        let (code, stdout, stderr) = check(dir.path());
+        assert_eq!(code, 0, "{good}: {stdout}{stderr}");
+    }
+}

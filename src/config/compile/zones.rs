@@ -7,8 +7,8 @@ use toml::Spanned;
 
 use crate::config::located::parse_name;
 use crate::config::located::{Collector, parse_duration};
-use crate::config::raw::{RawConfig, RawDnssec};
-use crate::config::{DnssecSpec, Setting, ZoneSource, ZoneSpec};
+use crate::config::raw::{RawConfig, RawDnssec, RawParent};
+use crate::config::{DnssecSpec, ParentServers, Setting, ZoneSource, ZoneSpec};
 
 pub(super) fn compile_zones(
     raw: &RawConfig,
@@ -72,6 +72,8 @@ pub(super) fn compile_dnssec(
         lifetime,
         parent_ds_ttl,
         propagation,
+        parent,
+        parent_check,
     } = raw.get_ref();
     let dir = PathBuf::from(keys.get_ref());
     let dir = if dir.is_absolute() {
@@ -106,6 +108,19 @@ pub(super) fn compile_dnssec(
         |v| parse_duration(v).filter(|d| *d <= Duration::from_secs(7 * 86_400)),
         "not a duration of at most 7d (e.g. \"1h\")",
     );
+    let parent = parent.as_ref().map_or(ParentServers::Resolve, |value| {
+        compile_parent(value, &format!("{path}.dnssec.parent"), errors)
+    });
+    let parent_check = errors.setting(
+        parent_check.as_ref(),
+        format!("{path}.dnssec.parent_check"),
+        Duration::from_secs(600),
+        |v| {
+            parse_duration(v)
+                .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(d))
+        },
+        "not a duration from 1s to 1d (e.g. \"10m\")",
+    );
     DnssecSpec {
         keys: dir,
         keys_at: Setting {
@@ -117,5 +132,59 @@ pub(super) fn compile_dnssec(
         lifetime,
         parent_ds_ttl,
         propagation,
+        parent,
+        parent_check,
     }
+}
+
+/// `dnssec.parent`: `"resolve"`, `"manual"` or a list of `ADDR`, `ADDR:PORT`, `[V6]:PORT`.
+fn compile_parent(
+    value: &Spanned<RawParent>,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> ParentServers {
+    match value.get_ref() {
+        RawParent::Keyword(word) if word == "resolve" => ParentServers::Resolve,
+        RawParent::Keyword(word) if word == "manual" => ParentServers::Manual,
+        RawParent::Keyword(word) => {
+            errors.at(
+                value,
+                path.to_string(),
+                format!(
+                    "{word:?} is not \"resolve\", \"manual\" or a list of the parent's server addresses"
+                ),
+            );
+            ParentServers::Manual
+        }
+        RawParent::Servers(list) => {
+            let mut servers = Vec::new();
+            for (i, text) in list.iter().enumerate() {
+                match parse_server(text) {
+                    Some(addr) => servers.push(addr),
+                    None => errors.at(
+                        value,
+                        format!("{path}[{i}]"),
+                        format!("{text:?} is not an address, ADDR:PORT or [V6]:PORT"),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                errors.at(
+                    value,
+                    path.to_string(),
+                    "an empty list: name the parent's servers, or \"resolve\" or \"manual\"",
+                );
+            }
+            ParentServers::Servers(servers)
+        }
+    }
+}
+
+/// A server's address with port 53 when none is given.
+fn parse_server(text: &str) -> Option<std::net::SocketAddr> {
+    text.parse().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| (ip, 53).into())
+    })
 }
