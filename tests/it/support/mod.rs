@@ -2,6 +2,7 @@
 //! query it over real UDP and TCP sockets, and run real `dig`.
 
 pub mod appliance;
+pub mod etcd;
 pub mod unbound;
 
 use std::net::SocketAddr;
