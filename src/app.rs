@@ -189,6 +189,14 @@ impl App {
             if let Some(server) = &admin {
                 fleet.set_admin(server.local_addr);
             }
+            // One DNSSEC key timeline across the fleet (idle without signed zones).
+            if loaded.config.zones.iter().any(|z| z.dnssec.is_some()) {
+                tokio::spawn(
+                    fleet
+                        .clone()
+                        .share_keys(resigner.clone(), token.child_token()),
+                );
+            }
             fleet.run(token.child_token())
         });
         ready.store(true, Ordering::Release);

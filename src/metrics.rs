@@ -38,6 +38,9 @@ pub const DNSSEC_KEY_READ_FAILURES_TOTAL: &str = "gto_dnssec_key_read_failures_t
 /// Retired KSKs or CSKs kept in a zone until the parent's DS for their successor is seen
 /// (`gto dnssec ds-seen`), by `zone`: a rollover waiting for the parent.
 pub const DNSSEC_WAITING_FOR_PARENT: &str = "gto_dnssec_keys_waiting_for_parent";
+/// 1 while the fleet's DNSSEC key timeline for `zone` names keys this host lacks (it
+/// signs with its last consistent keys meanwhile).
+pub const DNSSEC_KEYSET_MISMATCH: &str = "gto_dnssec_keyset_mismatch";
 /// Checks of the parent's servers for the DS of a new KSK or CSK, by `zone` and `result`
 /// (seen, not_seen, error).
 pub const DNSSEC_PARENT_CHECKS_TOTAL: &str = "gto_dnssec_parent_checks_total";
@@ -169,6 +172,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "DNSSEC signatures made when a config was prepared or re-signed.",
+    ),
+    (
+        DNSSEC_KEYSET_MISMATCH,
+        Kind::Gauge,
+        Unit::Count,
+        "1 while the fleet's DNSSEC key timeline for the zone names keys this host lacks (it signs with its last consistent keys meanwhile).",
     ),
     (
         DNSSEC_PARENT_CHECKS_TOTAL,

@@ -19,6 +19,7 @@ mod support;
 
 use std::path::Path;
 
+use gto::cluster::keys::KeysetOutcome;
 use gto::dnssec::keys::{self, KeyAlgorithm, Role, Timeline};
 use hickory_proto::rr::Name;
 use support::unbound::Unbound;
@@ -467,4 +468,322 @@ async fn a_flood_of_random_names_is_signed_within_a_budget() {
     assert!(ask("r0x.gto.example.com.".into()).await);
     gto::dnssec::set_clock(t0 + 1);
     assert!(ask(format!("r{total}x.gto.example.com.")).await);
+}
+
+/// A signed instance `id` of a fleet on `etcd`, with the key files of `keys` copied in.
+async fn fleet_member(etcd: &str, id: &str, keys: &Path) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    copy_keys(keys, &dir.path().join("keys"), None);
+    let config = format!(
+        "{}\n[cluster]\netcd = [\"{etcd}\"]\nname = \"keys\"\ninstance = \"{id}\"\nlease_ttl = \"2s\"\n",
+        config("").replacen(
+            "file = \"gto.example.com.zone\"\n",
+            "file = \"gto.example.com.zone\"\n\
+             dnssec = { keys = \"keys\", dnskey_ttl = 300, parent_ds_ttl = 600, \
+             propagation = \"60s\", lifetime = \"1d\", parent = \"manual\" }\n",
+            1,
+        )
+    );
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    TestServer::start_in(dir).await
+}
+
+/// Copies the key files (all, or those of the key `only`) from one directory to another.
+fn copy_keys(from: &Path, to: &Path, only: Option<u16>) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if only.is_some_and(|tag| !name.contains(&format!("+{tag:05}."))) {
+            continue;
+        }
+        std::fs::copy(&path, to.join(&name)).unwrap();
+    }
+}
+
+/// The key tags of the RRSIGs over `www A` at a server.
+async fn signers(server: &TestServer) -> Vec<String> {
+    let text = dig(
+        server.addr,
+        &[
+            "+dnssec",
+            "+norec",
+            "+noall",
+            "+answer",
+            "www.gto.example.com.",
+            "A",
+        ],
+    )
+    .await;
+    let mut tags: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("RRSIG"))
+        .filter_map(|l| l.split_whitespace().nth(10).map(str::to_string))
+        .collect();
+    tags.sort();
+    tags
+}
+
+async fn sorted(server: &TestServer, qtype: &str) -> Vec<String> {
+    let mut records = apex(server, qtype).await;
+    records.sort();
+    records
+}
+
+/// Compares both instances' keys with the fleet's until `done` holds for both (the
+/// background comparison runs too; this only makes it prompt).
+async fn settle(servers: [&TestServer; 2], what: &str, done: impl Fn(&[KeysetOutcome]) -> bool) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let mut outcomes = Vec::new();
+        for server in servers {
+            let fleet = server.app.fleet().unwrap();
+            for (_, outcome) in fleet.sync_keys(server.app.resigner()).await {
+                outcomes.push(outcome);
+            }
+        }
+        if done(&outcomes) {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{what}: {outcomes:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Compares both instances' keys with the fleet's until `done` holds.
+async fn settle_until<F, Fut>(servers: [&TestServer; 2], what: &str, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    settle(servers, what, |_| true).await;
+    let started = tokio::time::Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{what}"
+        );
+        settle(servers, what, |_| true).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn consistent(outcomes: &[KeysetOutcome]) -> bool {
+    outcomes.iter().all(|o| *o == KeysetOutcome::Consistent)
+}
+
+/// Both publish the same DNSKEY RRset and sign with the same keys, and unbound validates
+/// through either of them with each DS in `anchors`.
+async fn same_and_valid(a: &TestServer, b: &TestServer, anchors: &[&str], stage: &str) {
+    assert_eq!(
+        sorted(a, "DNSKEY").await,
+        sorted(b, "DNSKEY").await,
+        "{stage}: DNSKEY"
+    );
+    assert_eq!(signers(a).await, signers(b).await, "{stage}: signers");
+    for server in [a, b] {
+        for ds in anchors {
+            valid_with(server, ds, stage).await;
+        }
+    }
+}
+
+/// Two instances with one etcd: a CSK rollover started on one (the fleet's roller) is
+/// taken by both at every stage; a host whose key directory lacks the new key keeps its
+/// last consistent keys, reports the mismatch, and the new key's activation is held back
+/// until its files are there.
+#[tokio::test]
+async fn a_fleet_rolls_its_keys_together() {
+    let _turn = CLOCK.lock().await;
+    let t0 = real_now() - 2 * DAY;
+    gto::dnssec::set_clock(t0);
+    let etcd = support::etcd::Etcd::start().await;
+    let source = tempfile::tempdir().unwrap();
+    keys::generate(
+        source.path(),
+        &Name::from_ascii("gto.example.com.").unwrap(),
+        Role::Csk,
+        KeyAlgorithm::EcdsaP256,
+        Timeline::from(t0),
+        300,
+    )
+    .unwrap();
+    let a = fleet_member(&etcd.url(), "a", source.path()).await;
+    let b = fleet_member(&etcd.url(), "b", source.path()).await;
+    // Both registered and agreeing (one wrote the timeline, the other found it the same).
+    settle([&a, &b], "agree at start", |o| {
+        o.iter()
+            .all(|o| matches!(o, KeysetOutcome::Consistent | KeysetOutcome::Shared))
+    })
+    .await;
+    let sees_both = |server: &TestServer| {
+        server.app.fleet().unwrap().status_json()["instances"]
+            .as_array()
+            .is_some_and(|i| i.len() == 2)
+    };
+    let started = tokio::time::Instant::now();
+    while !(sees_both(&a) && sees_both(&b)) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "members"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    settle([&a, &b], "agree", consistent).await;
+    let old_ds = parent_ds(&a).await;
+    same_and_valid(&a, &b, &[&old_ds], "one key").await;
+
+    // The lifetime is up: only a (the lowest id) rolls; b's directory lacks the new key.
+    let rolled = t0 + DAY + 1;
+    gto::dnssec::set_clock(rolled);
+    for server in [&a, &b] {
+        server
+            .app
+            .fleet()
+            .unwrap()
+            .sync_keys(server.app.resigner())
+            .await;
+        server.app.resigner().resign(true).await.unwrap();
+    }
+    assert_eq!(apex(&a, "DNSKEY").await.len(), 2, "a rolled");
+    assert_eq!(apex(&b, "DNSKEY").await.len(), 1, "b did not roll");
+    settle([&a, &b], "b lacks the key", |o| {
+        o.iter().any(|o| matches!(o, KeysetOutcome::Mismatch(_)))
+    })
+    .await;
+    let (_, metrics) = support::http(b.admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "gto_dnssec_keyset_mismatch",
+            &["gto.example.com."]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        apex(&b, "DNSKEY").await.len(),
+        1,
+        "b keeps its last consistent set"
+    );
+    valid_with(&b, &old_ds, "b keeps its keys").await;
+    valid_with(&a, &old_ds, "a published the new key").await;
+
+    // Just before the new key would sign, a sees that b lacks it and holds it back: a
+    // keeps signing with the old key, as b does.
+    let near = rolled + PUBLISH_INTERVAL - 30;
+    gto::dnssec::set_clock(near);
+    let started = tokio::time::Instant::now();
+    loop {
+        let outcomes = a.app.fleet().unwrap().sync_keys(a.app.resigner()).await;
+        if outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, KeysetOutcome::Held(_)))
+        {
+            break;
+        }
+        let status = a.app.fleet().unwrap().status_json();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{outcomes:?} {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let held_until = gto::time::rfc3339_unix(near + PUBLISH_INTERVAL);
+    settle_until([&a, &b], "a follows the held-back timeline", || async {
+        status(a.dir.path()).contains(&format!("active {held_until}"))
+    })
+    .await;
+    for server in [&a, &b] {
+        gto::dnssec::set_clock(rolled + PUBLISH_INTERVAL + 1);
+        server.app.resigner().resign(true).await.unwrap();
+    }
+    assert_eq!(
+        signers(&a).await,
+        signers(&b).await,
+        "both sign with the old key"
+    );
+    let held_signers = signers(&a).await;
+    valid_with(&a, &old_ds, "held back").await;
+    valid_with(&b, &old_ds, "held back").await;
+
+    // The key's files reach b: it follows the fleet; both publish the same set.
+    // CDS still names the old key (it signs): the new key is a's other one.
+    let old_tag: u16 = apex(&a, "CDS").await[0]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let new_tag = std::fs::read_dir(a.path("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|f| {
+            f.strip_suffix(".state")?
+                .rsplit('+')
+                .next()?
+                .parse::<u16>()
+                .ok()
+        })
+        .find(|tag| *tag != old_tag)
+        .unwrap();
+    assert_eq!(held_signers, vec![old_tag.to_string()]);
+    copy_keys(&a.path("keys"), &b.path("keys"), Some(new_tag));
+    b.app.resigner().resign(false).await.unwrap();
+    settle([&a, &b], "b has the key", consistent).await;
+    same_and_valid(&a, &b, &[&old_ds], "both have the new key").await;
+
+    // Past the held-back activation: both sign with the new key.
+    let active = near + PUBLISH_INTERVAL + 1;
+    for server in [&a, &b] {
+        gto::dnssec::set_clock(active);
+        server.app.resigner().resign(true).await.unwrap();
+    }
+    let new_ds = parent_ds(&a).await;
+    assert_ne!(new_ds, old_ds);
+    same_and_valid(&a, &b, &[&old_ds, &new_ds], "the new key signs on both").await;
+    assert_eq!(signers(&b).await, vec![new_tag.to_string()]);
+
+    // The parent serves the new DS (said on a): b takes the same removal time.
+    let loaded = gto::ConfigSource::File(a.dir.path().join("gto.toml"))
+        .load()
+        .unwrap();
+    gto::cli::dnssec::ds_seen(&loaded, 0).unwrap();
+    a.app.resigner().resign(false).await.unwrap();
+    settle_until([&a, &b], "ds-seen shared", || async {
+        [&a, &b]
+            .iter()
+            .all(|s| !status(s.dir.path()).contains("waiting for the parent"))
+    })
+    .await;
+    for server in [&a, &b] {
+        gto::dnssec::set_clock(active + RETIRE_INTERVAL + 1);
+        server.app.resigner().resign(true).await.unwrap();
+    }
+    assert_eq!(apex(&a, "DNSKEY").await.len(), 1);
+    same_and_valid(&a, &b, &[&new_ds], "old key removed on both").await;
+
+    // Garbage where the timeline was is counted, ignored (both keep signing as they
+    // were), and replaced by the instances' own timeline.
+    let key = "/gto/keys/dnssec/gto.example.com.";
+    let mut client = etcd.client().await;
+    client.put(key, "{\"keys\": 7}", None).await.unwrap();
+    settle([&a, &b], "garbage replaced", |o| {
+        o.iter()
+            .all(|o| matches!(o, KeysetOutcome::Consistent | KeysetOutcome::Shared))
+    })
+    .await;
+    let stored = client.get(key, None).await.unwrap();
+    let value: serde_json::Value = serde_json::from_slice(stored.kvs()[0].value()).unwrap();
+    assert_eq!(value["keys"].as_array().map(Vec::len), Some(1), "{value}");
+    let (_, metrics) = support::http(b.admin(), "GET", "/metrics", None, "").await;
+    assert!(
+        support::sample(&metrics, "gto_cluster_ignored_values_total", &["invalid"]) >= 1.0,
+        "{metrics}"
+    );
+    same_and_valid(&a, &b, &[&new_ds], "after garbage").await;
 }

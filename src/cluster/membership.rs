@@ -198,6 +198,7 @@ impl Fleet {
                     "config_differs": differing_sections(&inner.me.load().config_sections, &seen.info.config_sections),
                     "last_seen": rfc3339(seen.seen),
                     "alive": seen.seen.elapsed().unwrap_or_default() <= inner.lease_ttl,
+                    "dnssec_keysets": seen.info.keysets,
                 })
             })
             .collect();

@@ -14,6 +14,7 @@
 //! | `load/<pool>/<member>` | `{"sessions","capacity","at_ms","by"}` | the reporting instance's lease |
 //! | `instance/<id>` | version, listen addresses, start time, config digest | the instance's lease |
 //! | `vote/<pool>/<member>/<id>` | the instance's verdict ([`crate::health::votes::Vote`]) | the instance's lease |
+//! | `dnssec/<zone>` | the zone's key timeline ([`keys`]): tags, public keys, times | durable |
 //!
 //! A supervision task connects, registers the instance under a lease kept alive at a
 //! third of its TTL, reads the prefix once and then watches it from the next revision. On
@@ -25,6 +26,7 @@
 
 mod digest;
 mod drains;
+pub mod keys;
 mod membership;
 mod values;
 mod votes;
@@ -200,6 +202,12 @@ struct Inner {
     /// Every other voter's vote as stored, and the fleet's members with their leases:
     /// which votes count is computed from both.
     mirror: std::sync::Mutex<Mirror>,
+    /// The fleet's DNSSEC key timelines, and what this instance last agreed on.
+    keysets: std::sync::Mutex<keys::Keysets>,
+    /// A stored key timeline changed.
+    keysets_changed: Notify,
+    /// One key comparison at a time.
+    keys_turn: tokio::sync::Mutex<()>,
 }
 
 /// What a key under the prefix is.
@@ -208,6 +216,7 @@ enum Key {
     Load(EndpointKey),
     Instance(String),
     Vote(EndpointKey, String),
+    Keyset,
 }
 
 impl Fleet {
@@ -239,6 +248,9 @@ impl Fleet {
             max_drain,
             unshared: AtomicBool::new(false),
             mirror: std::sync::Mutex::default(),
+            keysets: std::sync::Mutex::default(),
+            keysets_changed: Notify::new(),
+            keys_turn: tokio::sync::Mutex::new(()),
         }));
         metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => "invalid").absolute(0);
         metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => "not_a_member").absolute(0);
@@ -297,6 +309,7 @@ impl Fleet {
             ["vote", pool, member, voter] => {
                 Some(Key::Vote(endpoint(pool, member), unsegment(voter)))
             }
+            ["dnssec", _zone] => Some(Key::Keyset),
             _ => None,
         }
     }
@@ -322,6 +335,7 @@ impl Fleet {
         let mut drains = BTreeMap::new();
         let mut instances = BTreeMap::new();
         let mut members = std::collections::HashMap::new();
+        let mut keysets = Vec::new();
         let mut votes: std::collections::HashMap<
             EndpointKey,
             BTreeMap<String, (crate::health::votes::Vote, i64)>,
@@ -343,6 +357,7 @@ impl Fleet {
                     }
                 }
                 Some(Key::Vote(..)) => {}
+                Some(Key::Keyset) => keysets.push(entry),
                 Some(Key::Instance(id)) => {
                     match serde_json::from_slice::<InstanceInfo>(&entry.value) {
                         Ok(info) => {
@@ -365,6 +380,7 @@ impl Fleet {
                 None => self.ignore(&entry.key, "unknown_key", "no such kind of fleet key"),
             }
         }
+        self.replace_keysets(&keysets);
         let counted = self.mirror_all(votes, members)?;
         metrics::gauge!(CLUSTER_INSTANCES).set(instances.len() as f64);
         inner.instances.store(Arc::new(instances));
@@ -456,6 +472,10 @@ impl Fleet {
             }
             Some(Key::Vote(..)) => {}
             Some(Key::Load(_)) => {}
+            Some(Key::Keyset) => self.apply_keyset(
+                &entry.key,
+                put.then_some((entry.value.as_slice(), entry.revision)),
+            ),
             None => {
                 if put {
                     self.ignore(&entry.key, "unknown_key", "no such kind of fleet key");

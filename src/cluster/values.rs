@@ -30,6 +30,9 @@ pub struct InstanceInfo {
     /// gone once that is a lease old, before its lease even expires.
     #[serde(default)]
     pub heartbeat: u64,
+    /// Per signed zone: whether its DNSSEC keys are the fleet's, and which it lacks.
+    #[serde(default)]
+    pub keysets: BTreeMap<String, super::keys::KeysetState>,
 }
 
 impl InstanceInfo {
@@ -43,6 +46,7 @@ impl InstanceInfo {
             config_digest: loaded.digest.clone(),
             config_sections: loaded.digest_sections.clone(),
             heartbeat: 0,
+            keysets: BTreeMap::new(),
         }
     }
 }

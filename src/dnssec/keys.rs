@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use hickory_proto::dnssec::crypto::{EcdsaSigningKey, Ed25519SigningKey};
 use hickory_proto::dnssec::rdata::DNSKEY;
-use hickory_proto::dnssec::{Algorithm, SigningKey};
+use hickory_proto::dnssec::{Algorithm, PublicKey, SigningKey};
 use hickory_proto::rr::Name;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustls::pki_types::pem::PemObject;
@@ -200,6 +200,16 @@ impl Key {
             timeline,
             state_path: self.state_path.clone(),
         }
+    }
+
+    /// The public key's bytes (as in its DNSKEY record).
+    pub fn public_bytes(&self) -> Vec<u8> {
+        self.dnskey.public_key().public_bytes().to_vec()
+    }
+
+    /// Removed from the DNSKEY RRset at `now` (for good).
+    pub fn removed(&self, now: u64) -> bool {
+        self.timeline.remove.is_some_and(|r| r <= now)
     }
 
     /// A retired entry point kept until the parent's DS for its successor is seen: it has
@@ -630,6 +640,27 @@ pub fn parent_seen(
         scheduled.push(Arc::new(key));
     }
     Ok(scheduled)
+}
+
+/// Gives the keys of `ring` named in `wanted` (by tag) those timelines, writing the state
+/// files of the ones that change; returns how many did. For a fleet that follows one
+/// shared key timeline.
+pub fn reschedule(
+    ring: &KeyRing,
+    zone: &Name,
+    wanted: &BTreeMap<u16, Timeline>,
+) -> Result<usize, KeyError> {
+    let mut written = 0;
+    for key in &ring.keys {
+        match wanted.get(&key.tag) {
+            Some(timeline) if *timeline != key.timeline => {
+                write_state(&key.rescheduled(*timeline), zone)?;
+                written += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(written)
 }
 
 /// Whether `key` is an active signing key due for rollover at `now` under `lifetime`

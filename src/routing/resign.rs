@@ -4,6 +4,7 @@
 //! the builder for a new preparation with what it read.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -115,6 +116,9 @@ pub struct Resigner {
     bus: Option<Events>,
     /// (zone, key) whose wait for the parent was reported as an event.
     pub(super) announced: Arc<Mutex<HashSet<(Name, u16)>>>,
+    /// Whether this instance starts the rollovers whose lifetime is up (in a fleet, one
+    /// instance does: [`Resigner::set_rolls`]).
+    rolls: Arc<AtomicBool>,
 }
 
 impl Resigner {
@@ -131,7 +135,19 @@ impl Resigner {
             configs,
             bus: None,
             announced: Arc::default(),
+            rolls: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// The config the builder serves, as it changes.
+    pub fn configs(&self) -> watch::Receiver<Arc<Loaded>> {
+        self.configs.clone()
+    }
+
+    /// Whether this instance starts the rollovers whose lifetime is up (true unless a
+    /// fleet says another instance does).
+    pub fn set_rolls(&self, rolls: bool) {
+        self.rolls.store(rolls, Ordering::Relaxed);
     }
 
     /// Reports key events (waiting for the parent's DS, the DS seen) on `bus`.
@@ -151,7 +167,8 @@ impl Resigner {
     /// Returns the generation live afterwards; None when the builder has stopped.
     pub async fn resign(&self, due: bool) -> Option<u64> {
         let base = self.configs.borrow().clone();
-        let rekeyed = tokio::task::spawn_blocking(move || rekey(base))
+        let rolls = self.rolls.load(Ordering::Relaxed);
+        let rekeyed = tokio::task::spawn_blocking(move || rekey(base, rolls))
             .await
             .ok()?;
         let (event, published) = BuildEvent::waited(Change::Resign {
@@ -241,12 +258,12 @@ fn waiting_for_parent(loaded: &Loaded, now: u64, warn: bool) -> Option<Duration>
     every
 }
 
-/// `base` with its key directories read again and the rollovers whose lifetime is up
-/// started (file I/O: run it off the async threads).
-pub fn rekey(base: Arc<Loaded>) -> Rekeyed {
+/// `base` with its key directories read again and, when `rolls`, the rollovers whose
+/// lifetime is up started (file I/O: run it off the async threads).
+pub fn rekey(base: Arc<Loaded>, rolls: bool) -> Rekeyed {
     let mut fresh = (*base).clone();
     let mut keys_changed = fresh.reread_keys();
-    if roll_due(&fresh) > 0 {
+    if rolls && roll_due(&fresh) > 0 {
         keys_changed |= fresh.reread_keys();
     }
     Rekeyed {
