@@ -649,70 +649,6 @@ async fn a_fleet_rolls_its_keys_together() {
             .await;
         server.app.resigner().resign(true).await.unwrap();
     }
-    assert_eq!(apex(&a, "DNSKEY").await.len(), 2, "a rolled");
-    assert_eq!(apex(&b, "DNSKEY").await.len(), 1, "b did not roll");
-    settle([&a, &b], "b lacks the key", |o| {
-        o.iter().any(|o| matches!(o, KeysetOutcome::Mismatch(_)))
-    })
-    .await;
-    let (_, metrics) = support::http(b.admin(), "GET", "/metrics", None, "").await;
-    assert_eq!(
-        support::sample(
-            &metrics,
-            "gto_dnssec_keyset_mismatch",
-            &["gto.example.com."]
-        ),
-        1.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        apex(&b, "DNSKEY").await.len(),
-        1,
-        "b keeps its last consistent set"
-    );
-    valid_with(&b, &old_ds, "b keeps its keys").await;
-    valid_with(&a, &old_ds, "a published the new key").await;
-
-    // Just before the new key would sign, a sees that b lacks it and holds it back: a
-    // keeps signing with the old key, as b does.
-    let near = rolled + PUBLISH_INTERVAL - 30;
-    gto::dnssec::set_clock(near);
-    let started = tokio::time::Instant::now();
-    loop {
-        let outcomes = a.app.fleet().unwrap().sync_keys(a.app.resigner()).await;
-        if outcomes
-            .iter()
-            .any(|(_, o)| matches!(o, KeysetOutcome::Held(_)))
-        {
-            break;
-        }
-        let status = a.app.fleet().unwrap().status_json();
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{outcomes:?} {status}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let held_until = gto::time::rfc3339_unix(near + PUBLISH_INTERVAL);
-    settle_until([&a, &b], "a follows the held-back timeline", || async {
-        status(a.dir.path()).contains(&format!("active {held_until}"))
-    })
-    .await;
-    for server in [&a, &b] {
-        gto::dnssec::set_clock(rolled + PUBLISH_INTERVAL + 1);
-        server.app.resigner().resign(true).await.unwrap();
-    }
-    assert_eq!(
-        signers(&a).await,
-        signers(&b).await,
-        "both sign with the old key"
-    );
-    let held_signers = signers(&a).await;
-    valid_with(&a, &old_ds, "held back").await;
-    valid_with(&b, &old_ds, "held back").await;
-
-    // The key's files reach b: it follows the fleet; both publish the same set.
-    // CDS still names the old key (it signs): the new key is a's other one.
     let old_tag: u16 = apex(&a, "CDS").await[0]
         .split_whitespace()
         .next()
@@ -730,23 +666,95 @@ async fn a_fleet_rolls_its_keys_together() {
                 .ok()
         })
         .find(|tag| *tag != old_tag)
-        .unwrap();
-    assert_eq!(held_signers, vec![old_tag.to_string()]);
+        .expect("a made a successor");
+    assert_eq!(
+        std::fs::read_dir(b.path("keys")).unwrap().count(),
+        3,
+        "b did not roll"
+    );
+    settle([&a, &b], "b lacks the key", |o| {
+        o.iter().any(|o| matches!(o, KeysetOutcome::Mismatch(_)))
+    })
+    .await;
+    let (_, metrics) = support::http(b.admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "gto_dnssec_keyset_mismatch",
+            &["gto.example.com."]
+        ),
+        1.0,
+        "{metrics}"
+    );
+
+    // a sees that b lacks the new key and holds it back: not published (for two minutes
+    // from now, retried while b lacks it), the old key signing on both.
+    let publish = rolled + 120;
+    let active = publish + PUBLISH_INTERVAL;
+    let held = format!(
+        "created (not yet published)\n    published {}, active {}",
+        gto::time::rfc3339_unix(publish),
+        gto::time::rfc3339_unix(active)
+    );
+    settle_until([&a, &b], "a holds the new key back", || async {
+        status(a.dir.path()).contains(&held)
+    })
+    .await;
+    for server in [&a, &b] {
+        server.app.resigner().resign(false).await.unwrap();
+    }
+    same_and_valid(&a, &b, &[&old_ds], "new key held back").await;
+    assert_eq!(apex(&a, "DNSKEY").await.len(), 1);
+    assert_eq!(signers(&a).await, vec![old_tag.to_string()]);
+
+    // The key's files reach b: it follows the fleet, the mismatch ends.
     copy_keys(&a.path("keys"), &b.path("keys"), Some(new_tag));
     b.app.resigner().resign(false).await.unwrap();
-    settle([&a, &b], "b has the key", consistent).await;
-    same_and_valid(&a, &b, &[&old_ds], "both have the new key").await;
+    settle_until([&a, &b], "b has the key", || async {
+        status(b.dir.path()).contains(&held)
+    })
+    .await;
+    settle([&a, &b], "consistent", consistent).await;
+    let (_, metrics) = support::http(b.admin(), "GET", "/metrics", None, "").await;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "gto_dnssec_keyset_mismatch",
+            &["gto.example.com."]
+        ),
+        0.0,
+        "{metrics}"
+    );
 
-    // Past the held-back activation: both sign with the new key.
-    let active = near + PUBLISH_INTERVAL + 1;
-    for server in [&a, &b] {
-        gto::dnssec::set_clock(active);
-        server.app.resigner().resign(true).await.unwrap();
+    // Published on both at once, then signing on both at once.
+    for (at, keys, signer, anchors, stage) in [
+        (
+            publish + 1,
+            2,
+            old_tag,
+            vec![old_ds.clone()],
+            "new key published on both",
+        ),
+        (
+            active + 1,
+            2,
+            new_tag,
+            vec![old_ds.clone()],
+            "new key signs on both",
+        ),
+    ] {
+        gto::dnssec::set_clock(at);
+        for server in [&a, &b] {
+            server.app.resigner().resign(true).await.unwrap();
+        }
+        let anchors: Vec<&str> = anchors.iter().map(String::as_str).collect();
+        same_and_valid(&a, &b, &anchors, stage).await;
+        assert_eq!(apex(&b, "DNSKEY").await.len(), keys, "{stage}");
+        assert_eq!(signers(&b).await, vec![signer.to_string()], "{stage}");
     }
     let new_ds = parent_ds(&a).await;
     assert_ne!(new_ds, old_ds);
-    same_and_valid(&a, &b, &[&old_ds, &new_ds], "the new key signs on both").await;
-    assert_eq!(signers(&b).await, vec![new_tag.to_string()]);
+    same_and_valid(&a, &b, &[&new_ds], "the parent may hold either DS").await;
 
     // The parent serves the new DS (said on a): b takes the same removal time.
     let loaded = gto::ConfigSource::File(a.dir.path().join("gto.toml"))
@@ -760,8 +768,8 @@ async fn a_fleet_rolls_its_keys_together() {
             .all(|s| !status(s.dir.path()).contains("waiting for the parent"))
     })
     .await;
+    gto::dnssec::set_clock(active + 1 + RETIRE_INTERVAL + 1);
     for server in [&a, &b] {
-        gto::dnssec::set_clock(active + RETIRE_INTERVAL + 1);
         server.app.resigner().resign(true).await.unwrap();
     }
     assert_eq!(apex(&a, "DNSKEY").await.len(), 1);

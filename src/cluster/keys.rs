@@ -17,9 +17,10 @@
 //! - the fleet's names a key this host lacks: a **mismatch**. The instance keeps signing
 //!   with its last consistent timeline, says so (a warning, a `dnssec` event,
 //!   `gto_dnssec_keyset_mismatch{zone}` = 1, and `keysets` in its fleet record), and the
-//!   consistent instances hold back the missing key's activation (it stays published,
-//!   the old key keeps signing) until every live instance has it. So a key shipped late
-//!   delays a rollover and never breaks validation.
+//!   consistent instances hold the missing key back (not published, not signing; the old
+//!   key keeps signing) until every live instance has it. So a key shipped late delays a
+//!   rollover and never breaks validation, and the DNSKEY RRsets differ only for the
+//!   seconds between a key's creation and the first comparison that sees a host lack it.
 //!
 //! Automatic rollovers (`lifetime`) are started by one instance only, the live member with
 //! the lowest id; the others follow its timeline once its new key files reach them.
@@ -48,8 +49,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Most keys a stored timeline may name.
 const MAX_KEYS: usize = 16;
 
-/// How long before a key's activation the consistent instances look for members that
-/// lack it (and hold the activation back by a publish interval).
+/// How long before a key's publication the consistent instances look for members that
+/// lack it (and hold it back: [`hold_back`]).
 const GATE_LEAD: u64 = 60;
 
 /// One key of a shared timeline: what identifies it (never the private key) and its times.
@@ -229,9 +230,11 @@ fn decide(
     Step::Follow(wanted)
 }
 
-/// The fleet's timeline with the activation of the keys some member lacks (`lacking`)
-/// held back by `publish_interval` from `now`, with their predecessors' retirement (and
-/// removal) moved as far; None when nothing is about to activate.
+/// The fleet's timeline with the keys some member lacks (`lacking`) and that do not sign
+/// yet held back: published no sooner than [`GATE_LEAD`] x 2 from `now` (a key already
+/// published leaves the DNSKEY RRset again: it never signed, so no cached signature needs
+/// it) and active a publish interval after that, with their predecessors' retirement (and
+/// removal) moved as far. None when no such key is published or about to be.
 fn hold_back(
     fleet: &[SharedKey],
     lacking: &BTreeSet<u16>,
@@ -242,17 +245,20 @@ fn hold_back(
     let mut held = Vec::new();
     for index in 0..keys.len() {
         let key = keys[index].clone();
-        let soon = key.timeline.active > now && key.timeline.active <= now + GATE_LEAD;
-        if !lacking.contains(&key.tag) || !soon {
+        let t = key.timeline;
+        let due = t.active > now && t.publish <= now + GATE_LEAD;
+        if !lacking.contains(&key.tag) || !due {
             continue;
         }
-        let later = now + publish_interval;
-        let delay = later.saturating_sub(key.timeline.active);
+        let publish = now + 2 * GATE_LEAD;
+        let active = (publish + publish_interval).max(t.active);
+        let delay = active - t.active;
         for other in keys.iter_mut() {
             if other.tag == key.tag {
-                other.timeline.active = later;
-            } else if other.role == key.role && other.timeline.retire == Some(key.timeline.active) {
-                other.timeline.retire = Some(later);
+                other.timeline.publish = publish;
+                other.timeline.active = active;
+            } else if other.role == key.role && other.timeline.retire == Some(t.active) {
+                other.timeline.retire = Some(active);
                 other.timeline.remove = other.timeline.remove.map(|r| r + delay);
             }
         }
@@ -433,7 +439,7 @@ impl Fleet {
                     Some((keys, held)) => {
                         match self.write_keyset(&key, keys, revision, now).await {
                             Ok(true) => {
-                                warn!(%zone, keys = ?held, "a fleet member lacks a new DNSSEC key: its activation is held back by a publish interval");
+                                warn!(%zone, keys = ?held, "a fleet member lacks a new DNSSEC key: it is held back (not published) until every instance has it");
                                 KeysetOutcome::Held(held)
                             }
                             Ok(false) => KeysetOutcome::Failed(
@@ -709,12 +715,19 @@ mod tests {
         );
         let fleet = vec![old, new];
         let lacking = BTreeSet::from([2]);
-        assert_eq!(hold_back(&fleet, &lacking, 900, 360), None, "not yet near");
-        assert_eq!(hold_back(&fleet, &BTreeSet::new(), 990, 360), None);
-        let (keys, held) = hold_back(&fleet, &lacking, 990, 360).unwrap();
+        assert_eq!(hold_back(&fleet, &lacking, 500, 360), None, "not yet near");
+        assert_eq!(hold_back(&fleet, &BTreeSet::new(), 650, 360), None);
+        assert_eq!(
+            hold_back(&fleet, &lacking, 1000, 360),
+            None,
+            "signs already"
+        );
+        // Published, not signing: out again for two leads, then a publish interval.
+        let (keys, held) = hold_back(&fleet, &lacking, 650, 360).unwrap();
         assert_eq!(held, vec![2]);
-        assert_eq!(keys[1].timeline.active, 1350);
-        assert_eq!(keys[0].timeline.retire, Some(1350));
+        assert_eq!(keys[1].timeline.publish, 770);
+        assert_eq!(keys[1].timeline.active, 1130);
+        assert_eq!(keys[0].timeline.retire, Some(1130));
         assert_eq!(
             keys[0].timeline.remove, None,
             "an entry point waits for the parent"
