@@ -850,3 +850,119 @@ async fn queries_for_dnssec_types_validate() {
         .unwrap_or_else(|| panic!("a proof: {ds}"));
     assert!(!nsec.contains(" DS "), "{nsec}");
 }
+
+/// `dnssec.parent = "resolve"` (the default) through the real binary: the parent zone's
+/// servers are found through the system's resolver. In a namespace of its own (`unshare
+/// -rnm`: a private loopback and `/etc/resolv.conf` bound to one naming 127.0.0.1), a gto
+/// serves the parent zone `example.com.` on 127.0.0.1:53 (its NS, the NS's address and
+/// the child's new DS); the child gto, whose CSK rollover waits for the parent, finds the
+/// parent's server through the resolver, sees the new DS there and schedules the old
+/// key's removal by itself.
+#[tokio::test]
+async fn the_parent_is_found_through_the_system_resolver() {
+    use gto::dnssec::keys::{self, KeyAlgorithm, Role, Timeline};
+    let dir = tempfile::tempdir().unwrap();
+    let zone = hickory_proto::rr::Name::from_ascii("gto.example.com.").unwrap();
+    let now = gto::time::unix_now();
+    let hour = 3600;
+    // A rollover under way: the old CSK retired an hour ago, waiting for the parent; the
+    // new one signs.
+    let old = keys::generate(
+        &dir.path().join("keys"),
+        &zone,
+        Role::Csk,
+        KeyAlgorithm::EcdsaP256,
+        Timeline {
+            retire: Some(now - hour),
+            ..Timeline::from(now - 48 * hour)
+        },
+        300,
+    )
+    .unwrap();
+    let new = keys::generate(
+        &dir.path().join("keys"),
+        &zone,
+        Role::Csk,
+        KeyAlgorithm::EcdsaP256,
+        Timeline {
+            active: now - hour,
+            ..Timeline::from(now - 24 * hour)
+        },
+        300,
+    )
+    .unwrap();
+    let digest = new
+        .dnskey
+        .to_digest(&zone, hickory_proto::dnssec::DigestType::SHA256)
+        .unwrap();
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    std::fs::write(
+        dir.path().join("example.com.zone"),
+        format!(
+            "$TTL 600\n\
+             @ IN SOA ns.example.com. hostmaster.example.com. 1 3600 600 86400 600\n\
+             @ IN NS ns.example.com.\n\
+             ns IN A 127.0.0.1\n\
+             gto IN NS ns1.gto.example.com.\n\
+             ns1.gto IN A 127.0.0.1\n\
+             gto IN DS {} 13 2 {hex}\n",
+            new.tag
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("parent.toml"),
+        "[server]\nlisten = [\"127.0.0.1:53\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[zone]]\norigin = \"example.com.\"\nfile = \"example.com.zone\"\n",
+    )
+    .unwrap();
+    real_config(dir.path(), ZONE, |text| {
+        text.replacen(
+            "file = \"gto.example.com.zone\"\n",
+            "file = \"gto.example.com.zone\"\n\
+             dnssec = { keys = \"keys\", dnskey_ttl = 300, propagation = \"60s\", parent_check = \"1s\" }\n",
+            1,
+        )
+    });
+    std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+    let script = r#"
+        ip link set lo up || exit 90
+        mount --bind "$1/resolv.conf" /etc/resolv.conf || exit 91
+        "$0" run --config "$1/parent.toml" 2>"$1/parent.log" & parent=$!
+        "$0" run --config "$1/gto.toml" 2>"$1/child.log" & child=$!
+        for _ in $(seq 200); do
+            grep -q "every server of the parent serves the new DS" "$1/child.log" && break
+            sleep 0.05
+        done
+        kill -TERM $child $parent
+        wait $child $parent
+        cat "$1/child.log"
+    "#;
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("unshare")
+            .args(["--user", "--map-root-user", "--net", "--mount"])
+            .args(["sh", "-c", script])
+            .arg(env!("CARGO_BIN_EXE_gto"))
+            .arg(dir.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the namespaced run finished within 60 s")
+    .expect("unshare runs (util-linux, user namespaces enabled)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.contains("every server of the parent serves the new DS"),
+        "{stdout}\n{stderr}\n{}",
+        std::fs::read_to_string(dir.path().join("parent.log")).unwrap_or_default()
+    );
+    let ring = keys::read_dir(&dir.path().join("keys"), &zone).unwrap();
+    let old = ring.keys.iter().find(|k| k.tag == old.tag).unwrap();
+    assert!(
+        old.timeline.remove.is_some_and(|r| r > now),
+        "the old key leaves later: {:?}",
+        old.timeline
+    );
+}
