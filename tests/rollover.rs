@@ -357,6 +357,15 @@ async fn rollover_completes_when_the_parent_serves_the_new_ds(roles: &[Role]) {
     assert!(waits(server.dir.path()));
     valid_with(&server, &old_ds, "past the old schedule, parent not moved").await;
     valid_with(&server, &new_ds, "past the old schedule, parent moved").await;
+    let (_, text) = support::http(server.admin(), "GET", "/v1/status", None, "").await;
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        json["dnssec"][0]["waiting_for_parent"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{text}"
+    );
     let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
         .await
         .expect("an event")

@@ -37,6 +37,7 @@ pub fn status_json(snapshot: &Snapshot) -> Vec<serde_json::Value> {
                 "inception": time(u64::from(signing.window.inception)),
                 "expiration": time(u64::from(signing.window.expiration)),
                 "next_key_event": signing.next_event.map(time),
+                "waiting_for_parent": signing.waiting_for_parent,
                 "signed_at_preparation": signing.signed,
                 "cached_sets": signing.cache.len() + signing.gslb_cache.len(),
             })

@@ -65,6 +65,8 @@ pub struct ZoneSigning {
     /// (`gto dnssec rollover`, keys shipped to the fleet, a key's mode fixed) means
     /// reading it again.
     pub keys_dir: Option<(std::path::PathBuf, Option<u64>)>,
+    /// Retired KSKs or CSKs kept until the parent serves their successor's DS (tags).
+    pub waiting_for_parent: Vec<u16>,
 }
 
 /// Signs the sets of one preparation with its keys and window, counting signatures.
@@ -392,6 +394,7 @@ impl ZoneSigning {
             budget: Budget::default(),
             signed,
             next_event: None,
+            waiting_for_parent: Vec::new(),
             inputs: [0; 32],
             keys_dir: None,
         }))

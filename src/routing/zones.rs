@@ -130,6 +130,12 @@ pub(super) fn sign_zone(
                 .into_iter()
                 .flatten()
                 .min();
+            signing.waiting_for_parent = ring
+                .keys
+                .iter()
+                .filter(|k| k.waits_for_parent(now))
+                .map(|k| k.tag)
+                .collect();
             signing.keys_dir = Some((
                 spec.keys.clone(),
                 loaded.keys_changed.get(index).copied().flatten(),
