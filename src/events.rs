@@ -28,7 +28,7 @@ pub struct Event {
     pub id: u64,
     /// When it happened (RFC 3339).
     pub at: String,
-    /// Its kind: `health`, `drain`, `reload`, `watermark`, `fleet`, `drift`, `dnssec`.
+    /// Its kind: `health`, `drain`, `reload`, `watermark`, `fleet`, `drift`, `cert`, `dnssec`.
     pub kind: &'static str,
     /// What happened, by kind.
     pub data: serde_json::Value,

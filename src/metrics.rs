@@ -41,6 +41,8 @@ pub const DNSSEC_WAITING_FOR_PARENT: &str = "gto_dnssec_keys_waiting_for_parent"
 /// 1 while the fleet's DNSSEC key timeline for `zone` names keys this host lacks (it
 /// signs with its last consistent keys meanwhile).
 pub const DNSSEC_KEYSET_MISMATCH: &str = "gto_dnssec_keyset_mismatch";
+/// `notAfter` of the certificate a TLS or HTTPS probe read, by `pool` and `member`.
+pub const PROBE_CERT_EXPIRY_TIMESTAMP_SECONDS: &str = "gto_probe_cert_expiry_timestamp_seconds";
 /// Checks of the parent's servers for the DS of a new KSK or CSK, by `zone` and `result`
 /// (seen, not_seen, error).
 pub const DNSSEC_PARENT_CHECKS_TOTAL: &str = "gto_dnssec_parent_checks_total";
@@ -172,6 +174,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "DNSSEC signatures made when a config was prepared or re-signed.",
+    ),
+    (
+        PROBE_CERT_EXPIRY_TIMESTAMP_SECONDS,
+        Kind::Gauge,
+        Unit::Seconds,
+        "notAfter (Unix seconds) of the certificate the TLS or HTTPS probe of the endpoint read, by pool and member.",
     ),
     (
         DNSSEC_KEYSET_MISMATCH,

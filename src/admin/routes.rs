@@ -39,6 +39,12 @@ struct EndpointView {
     load_smoothed: Option<f64>,
     /// Over its high-watermark: no new clients while another endpoint can serve.
     overloaded: bool,
+    /// When the certificate its TLS or HTTPS probe read expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_expires: Option<String>,
+    /// That certificate is within `cert_min_days`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cert_expiring: bool,
     /// Answers that included it since start (GSLB names only).
     #[serde(skip_serializing_if = "Option::is_none")]
     answered: Option<u64>,
@@ -81,6 +87,10 @@ fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
         }),
         load_smoothed: status.load_smoothed,
         overloaded: status.overloaded,
+        cert_expires: status
+            .cert
+            .map(|c| crate::time::rfc3339_unix(u64::try_from(c.not_after).unwrap_or(0))),
+        cert_expiring: status.cert.is_some_and(|c| c.expiring),
         answered: None,
         share: None,
         votes: votes_view(status),

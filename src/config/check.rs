@@ -218,6 +218,17 @@ fn tls_settings(
             None
         })
     });
+    let cert_expiring_down = match raw.cert_expiring.as_deref() {
+        None | Some("warn") => false,
+        Some("down") => true,
+        Some(other) => {
+            error(
+                "cert_expiring",
+                format!("{other:?} is not \"warn\" or \"down\""),
+            );
+            false
+        }
+    };
     TlsSettings {
         sni: raw
             .sni
@@ -227,6 +238,7 @@ fn tls_settings(
         insecure: raw.insecure.unwrap_or(false),
         roots,
         cert_min_days,
+        cert_expiring_down,
     }
 }
 
@@ -307,6 +319,12 @@ fn misplaced_fields(raw: &RawCheck, kind: &str, error: &mut Report<'_>) {
         (
             "cert_min_days",
             raw.cert_min_days.is_some(),
+            kind == "tls" || kind == "https",
+            "tls and https",
+        ),
+        (
+            "cert_expiring",
+            raw.cert_expiring.is_some(),
             kind == "tls" || kind == "https",
             "tls and https",
         ),

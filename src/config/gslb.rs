@@ -338,8 +338,12 @@ pub struct TlsSettings {
     pub insecure: bool,
     /// Trust anchors from `ca_file`; empty means the Mozilla roots (webpki-roots).
     pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// Fail when the certificate expires within this many days.
+    /// Warn (or, with `cert_expiring_down`, fail) when the certificate expires within this
+    /// many days.
     pub cert_min_days: Option<u32>,
+    /// `cert_expiring = "down"`: an expiring certificate fails the probe; `"warn"` (the
+    /// default) only warns, with an event and the expiry in the metrics.
+    pub cert_expiring_down: bool,
 }
 
 /// Where an endpoint or a client is.

@@ -260,6 +260,7 @@ pub(crate) struct RawCheck {
     pub(crate) insecure: Option<bool>,
     pub(crate) ca_file: Option<String>,
     pub(crate) cert_min_days: Option<i64>,
+    pub(crate) cert_expiring: Option<String>,
     pub(crate) interval: Option<String>,
     pub(crate) timeout: Option<String>,
     pub(crate) rise: Option<i64>,
@@ -284,6 +285,10 @@ impl RawCheck {
             insecure: self.insecure.or(base.insecure),
             ca_file: self.ca_file.clone().or_else(|| base.ca_file.clone()),
             cert_min_days: self.cert_min_days.or(base.cert_min_days),
+            cert_expiring: self
+                .cert_expiring
+                .clone()
+                .or_else(|| base.cert_expiring.clone()),
             interval: self.interval.clone().or_else(|| base.interval.clone()),
             timeout: self.timeout.clone().or_else(|| base.timeout.clone()),
             rise: self.rise.or(base.rise),

@@ -127,30 +127,38 @@ impl Prober {
     }
 
     /// Runs one probe (no timeout here: the scheduler applies it). An HTTP(S) probe with
-    /// `load_fields` also returns the load its JSON body reports.
-    pub async fn run(&self) -> Result<Option<LoadSample>, ProbeError> {
+    /// `load_fields` also returns the load its JSON body reports; a TLS or HTTPS probe the
+    /// certificate's expiry.
+    pub async fn run(&self) -> Result<ProbeOutcome, ProbeError> {
         match &self.probe {
-            Probe::None => Ok(None),
+            Probe::None => Ok(ProbeOutcome::default()),
             Probe::Tcp { target } => {
                 let stream = connect(*target, self.source_for(*target)).await?;
                 // Close with RST: no FIN exchange and no TIME_WAIT left behind per probe,
                 // which at thousands of probes a second is most of the kernel's work.
                 let _ = stream.set_zero_linger();
-                Ok(None)
+                Ok(ProbeOutcome::default())
             }
             Probe::Tls { target, tls } => {
                 let tcp = connect(*target, self.source_for(*target)).await?;
                 let stream = self.handshake(tcp).await?;
-                check_expiry(&stream, tls.cert_min_days).map(|()| None)
+                let cert = check_expiry(&stream, tls)?;
+                Ok(ProbeOutcome { load: None, cert })
             }
             Probe::Http(http) => {
                 let tcp = connect(http.target, self.source_for(http.target)).await?;
                 match &http.tls {
-                    None => exchange(tcp, http).await,
+                    None => Ok(ProbeOutcome {
+                        load: exchange(tcp, http).await?,
+                        cert: None,
+                    }),
                     Some(tls) => {
                         let stream = self.handshake(tcp).await?;
-                        check_expiry(&stream, tls.cert_min_days)?;
-                        exchange(stream, http).await
+                        let cert = check_expiry(&stream, tls)?;
+                        Ok(ProbeOutcome {
+                            load: exchange(stream, http).await?,
+                            cert,
+                        })
                     }
                 }
             }
@@ -196,6 +204,26 @@ async fn connect(
             _ => ProbeError::Connect(e.to_string()),
         }
     })
+}
+
+/// What a successful probe read besides "up".
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProbeOutcome {
+    /// Load its JSON body reported (HTTP(S) with `load_fields`).
+    pub load: Option<LoadSample>,
+    /// The server certificate's expiry (TLS and HTTPS).
+    pub cert: Option<CertExpiry>,
+}
+
+/// When the server certificate of a TLS or HTTPS probe expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertExpiry {
+    /// Its `notAfter`, in seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Whole days left at the probe (negative when expired).
+    pub days: i64,
+    /// Within `cert_min_days` (with `cert_expiring = "warn"`: up, but warned about).
+    pub expiring: bool,
 }
 
 /// Load read from a probe's JSON body.
@@ -307,12 +335,19 @@ async fn read_body(
 }
 
 /// Fails when the peer's certificate expires within `min_days`.
+/// The peer certificate's expiry. Within `cert_min_days` it fails the probe with
+/// `cert_expiring = "down"`, and is marked expiring otherwise. A certificate that cannot
+/// be read fails the probe only when `cert_min_days` asks for its expiry.
 fn check_expiry(
     stream: &tokio_rustls::client::TlsStream<TcpStream>,
-    min_days: Option<u32>,
-) -> Result<(), ProbeError> {
-    let Some(min_days) = min_days else {
-        return Ok(());
+    tls: &TlsSettings,
+) -> Result<Option<CertExpiry>, ProbeError> {
+    let required = |error: ProbeError| {
+        if tls.cert_min_days.is_some() {
+            Err(error)
+        } else {
+            Ok(None)
+        }
     };
     let Some(leaf) = stream
         .get_ref()
@@ -320,18 +355,26 @@ fn check_expiry(
         .peer_certificates()
         .and_then(|c| c.first())
     else {
-        return Err(ProbeError::Tls("no peer certificate".into()));
+        return required(ProbeError::Tls("no peer certificate".into()));
     };
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| ProbeError::Tls(format!("unreadable certificate: {e}")))?;
+    let cert = match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, cert)) => cert,
+        Err(e) => return required(ProbeError::Tls(format!("unreadable certificate: {e}"))),
+    };
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let days = (cert.validity().not_after.timestamp() - now).div_euclid(86_400);
-    if days < i64::from(min_days) {
+    let not_after = cert.validity().not_after.timestamp();
+    let days = (not_after - now).div_euclid(86_400);
+    let expiring = tls.cert_min_days.is_some_and(|min| days < i64::from(min));
+    if expiring && tls.cert_expiring_down {
         return Err(ProbeError::CertExpiring { days });
     }
-    Ok(())
+    Ok(Some(CertExpiry {
+        not_after,
+        days,
+        expiring,
+    }))
 }
 
 fn connector(settings: &TlsSettings) -> Result<(TlsConnector, ServerName<'static>), ProbeError> {

@@ -9,7 +9,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::probe::{LoadSample, ProbeError, Prober};
+use super::probe::{CertExpiry, LoadSample, ProbeError, Prober};
 use crate::metrics::{PROBE_DURATION_SECONDS, PROBE_FAILURES_TOTAL, PROBE_UNKNOWN_TOTAL};
 
 /// Identifies a probe task within one monitor.
@@ -24,6 +24,8 @@ pub struct Report {
     pub result: Result<(), ProbeError>,
     /// Load the probe's body reported, if any.
     pub load: Option<LoadSample>,
+    /// The server certificate's expiry (TLS and HTTPS probes that succeeded).
+    pub cert: Option<CertExpiry>,
     /// When it finished (wall clock, for status and the state file).
     pub at: SystemTime,
     /// How long it took, when it succeeded.
@@ -106,10 +108,10 @@ pub async fn probe_loop(
             () = token.cancelled() => return,
         };
         let started = Instant::now();
-        let (result, load) = match tokio::time::timeout(schedule.timeout, prober.run()).await {
-            Ok(Ok(load)) => (Ok(()), load),
-            Ok(Err(error)) => (Err(error), None),
-            Err(_) => (Err(ProbeError::Timeout), None),
+        let (result, outcome) = match tokio::time::timeout(schedule.timeout, prober.run()).await {
+            Ok(Ok(outcome)) => (Ok(()), outcome),
+            Ok(Err(error)) => (Err(error), Default::default()),
+            Err(_) => (Err(ProbeError::Timeout), Default::default()),
         };
         drop(permit);
         let rtt = started.elapsed();
@@ -134,7 +136,8 @@ pub async fn probe_loop(
             target,
             rtt: result.is_ok().then_some(rtt),
             result,
-            load,
+            load: outcome.load,
+            cert: outcome.cert,
             at: SystemTime::now(),
         };
         if reports.send(report).await.is_err() {

@@ -46,6 +46,8 @@ pub struct EndpointStatus {
     pub load_smoothed: Option<f64>,
     /// Over its high-watermark: no new clients while another endpoint can serve.
     pub overloaded: bool,
+    /// The server certificate's expiry, as the last TLS or HTTPS probe read it.
+    pub cert: Option<crate::health::probe::CertExpiry>,
 }
 
 /// An operator's drain: the endpoint gets no new answers.

@@ -202,7 +202,7 @@ check = { kind = "gopher", port = 70 }
 [[pool.member]]
 name = "m"
 addresses = ["192.0.2.1"]
-check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1 }
+check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1, cert_expiring = "maybe" }
 "#;
     fs::write(dir.path().join("gto.toml"), text).unwrap();
     let (code, _, stderr) = check(dir.path());
@@ -212,6 +212,7 @@ check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1 }
         "pool.sma.check.port: a tcp check needs a port",
         "pool.x.member[0].check.ca_file: cannot read",
         "pool.x.member[0].check.cert_min_days: must be a number of days",
+        "pool.x.member[0].check.cert_expiring: \"maybe\" is not \"warn\" or \"down\"",
     ] {
         assert!(
             stderr.contains(expected),

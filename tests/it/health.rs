@@ -290,6 +290,7 @@ fn tls_settings(pem: &str, sni: &str, min_days: Option<u32>) -> TlsSettings {
             .map(Result::unwrap)
             .collect(),
         cert_min_days: min_days,
+        cert_expiring_down: true,
     }
 }
 
@@ -636,4 +637,73 @@ fn the_state_writer_keeps_a_symlink_and_writes_its_target() {
             .file_type()
             .is_char_device()
     );
+}
+
+/// A member whose TLS check reads a certificate expiring in 10 days, with
+/// `cert_min_days = 30`, through the real binary: by default it stays up and answered,
+/// with a warning, a `cert` event, its expiry in status and
+/// `gto_probe_cert_expiry_timestamp_seconds`; with `cert_expiring = "down"` it goes down
+/// with the reason.
+#[tokio::test]
+async fn an_expiring_certificate_warns_and_takes_a_member_down_only_when_asked() {
+    let (acceptor, pem) = certificate(&["127.0.0.6"], 10);
+    let (appliance, _requests) = Appliance::start("127.0.0.6", Speaks::Https(acceptor)).await;
+    for mode in ["", ", cert_expiring = \"down\""] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &pem).unwrap();
+        let member = format!(
+            "[[pool.member]]\nname = \"tls-1\"\naddresses = [\"127.0.0.6\"]\n\
+             check = {{ kind = \"tls\", port = {}, ca_file = \"ca.pem\", cert_min_days = 30, \
+             interval = \"1s\", timeout = \"500ms\"{mode} }}\n",
+            appliance.addr.port()
+        );
+        crate::real::real_config(dir.path(), ZONE, |text| {
+            text.replace(
+                "[[pool.member]]\nname = \"nyc-1\"",
+                &format!("{member}[[pool.member]]\nname = \"nyc-1\""),
+            )
+        });
+        let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+        let admin = gto.admin_addr().await;
+        let down = !mode.is_empty();
+        let endpoint = loop {
+            let (_, text) = crate::support::http(admin, "GET", "/v1/status", None, "").await;
+            let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let endpoint = status["endpoints"]
+                .as_array()
+                .and_then(|e| e.iter().find(|e| e["member"] == "tls-1").cloned())
+                .unwrap_or_else(|| panic!("tls-1 in {status}"));
+            if endpoint["last_check"].is_string() && (!down || endpoint["health"] == "down") {
+                break endpoint;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let metrics = crate::real::metrics(admin).await;
+        if down {
+            assert_eq!(endpoint["health"], "down", "{endpoint}");
+            assert!(
+                endpoint["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("certificate expires in")),
+                "{endpoint}"
+            );
+        } else {
+            assert_eq!(endpoint["health"], "up", "{endpoint}");
+            assert_eq!(endpoint["cert_expiring"], true, "{endpoint}");
+            assert!(endpoint["cert_expires"].is_string(), "{endpoint}");
+            gto.wait_for_log("expires within cert_min_days").await;
+            let expiry = crate::support::sample(
+                &metrics,
+                "gto_probe_cert_expiry_timestamp_seconds",
+                &["member=\"tls-1\""],
+            );
+            let left = expiry - gto::time::unix_now() as f64;
+            assert!(
+                (9.0 * 86_400.0..=10.0 * 86_400.0).contains(&left),
+                "{left} s left: {metrics}"
+            );
+        }
+        gto.signal("TERM");
+        assert!(gto.exit().await.success());
+    }
 }

@@ -58,6 +58,7 @@ impl Monitor {
             load: t.load,
             load_smoothed: t.tracker.view(Instant::now()).ratio(),
             overloaded: t.sent.overloaded,
+            cert: t.cert,
         })
     }
 }

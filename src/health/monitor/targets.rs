@@ -54,6 +54,7 @@ pub(super) fn new_tracked(
         rule: VoteRule::default(),
         tally: None,
         rtt: None,
+        cert: None,
         last_check,
         last_error,
         stale,

@@ -36,6 +36,8 @@ pub(super) struct Tracked {
     pub(super) tally: Option<(usize, usize)>,
     /// The last probe's round trip.
     pub(super) rtt: Option<Duration>,
+    /// The server certificate's expiry, as the last TLS or HTTPS probe read it.
+    pub(super) cert: Option<crate::health::probe::CertExpiry>,
     pub(super) last_check: Option<SystemTime>,
     pub(super) last_error: Option<String>,
     pub(super) stale: bool,

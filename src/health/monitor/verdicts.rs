@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use super::{Monitor, Sent, Tracked};
 use crate::config::Probe;
+use crate::health::probe::CertExpiry;
 use crate::health::scheduler::Report;
 use crate::health::state::Health;
 use crate::health::status::{Flip, Load};
@@ -191,6 +192,7 @@ impl Monitor {
             by_id,
             members,
             checked,
+            bus,
             ..
         } = self;
         let Some(target) = by_id.get(&report.target).and_then(|key| targets.get(key)) else {
@@ -244,10 +246,56 @@ impl Monitor {
                 }
             }
             tracked.rtt = report.rtt;
+            if let Some(cert) = report.cert {
+                note_cert(key, tracked, cert, bus.as_ref());
+            }
             if tracked.hysteresis.observe(ok).is_some() {
                 tracked.since = report.at;
                 flips.push((key.clone(), reason.clone()));
             }
         }
+    }
+}
+
+/// Exports a probed certificate's expiry, and warns (log and a `cert` event) when it
+/// enters `cert_min_days`, once per certificate.
+fn note_cert(
+    key: &EndpointKey,
+    tracked: &mut Tracked,
+    cert: CertExpiry,
+    bus: Option<&crate::events::Events>,
+) {
+    metrics::gauge!(
+        crate::metrics::PROBE_CERT_EXPIRY_TIMESTAMP_SECONDS,
+        "pool" => key.pool.clone(),
+        "member" => key.member.clone()
+    )
+    .set(cert.not_after as f64);
+    let newly = cert.expiring
+        && tracked
+            .cert
+            .is_none_or(|seen| !seen.expiring || seen.not_after != cert.not_after);
+    tracked.cert = Some(cert);
+    if !newly {
+        return;
+    }
+    let expires = crate::time::rfc3339_unix(u64::try_from(cert.not_after).unwrap_or(0));
+    tracing::warn!(
+        pool = %key.pool,
+        member = %key.member,
+        days_left = cert.days,
+        %expires,
+        "the endpoint's certificate expires within cert_min_days (still up: cert_expiring = \"warn\")"
+    );
+    if let Some(bus) = bus {
+        bus.emit(
+            "cert",
+            serde_json::json!({
+                "pool": key.pool,
+                "member": key.member,
+                "days_left": cert.days,
+                "expires": expires,
+            }),
+        );
     }
 }
