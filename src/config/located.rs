@@ -3,7 +3,7 @@
 //! the parsers of durations, sizes and names.
 
 use std::ops::RangeInclusive;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
@@ -51,7 +51,39 @@ impl<'a> Collector<'a> {
         line_of(self.text, at)
     }
 
-    /// A file a setting names (relative to `base_dir`), read whole up to
+    /// Where a file a setting names is: relative to `base_dir`, with
+    /// `${CREDENTIALS_DIRECTORY}` replaced by that variable (the directory a systemd unit's
+    /// `LoadCredential=` fills, readable by its `DynamicUser`); a problem located at the
+    /// setting when the variable is not set.
+    pub(crate) fn resolve_file(
+        &mut self,
+        base_dir: &Path,
+        file: &Spanned<String>,
+        path: impl Into<String>,
+    ) -> Option<PathBuf> {
+        const VARIABLE: &str = "${CREDENTIALS_DIRECTORY}";
+        let text = file.get_ref();
+        if !text.contains(VARIABLE) {
+            return Some(base_dir.join(text));
+        }
+        match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty()) {
+            Some(directory) => {
+                Some(base_dir.join(text.replace(VARIABLE, &directory.to_string_lossy())))
+            }
+            None => {
+                self.at(
+                    file,
+                    path,
+                    "names ${CREDENTIALS_DIRECTORY}, which is not set: it is set for a \
+                     systemd unit with LoadCredential= (see the README), else name the file \
+                     itself",
+                );
+                None
+            }
+        }
+    }
+
+    /// A file a setting names ([`Collector::resolve_file`]), read whole up to
     /// `[server] max_file_size`; a problem located at the setting.
     pub(crate) fn read_file(
         &mut self,
@@ -59,7 +91,8 @@ impl<'a> Collector<'a> {
         file: &Spanned<String>,
         path: impl Into<String>,
     ) -> Option<String> {
-        let full = base_dir.join(file.get_ref());
+        let path = path.into();
+        let full = self.resolve_file(base_dir, file, path.clone())?;
         match crate::files::read_to_string(&full, self.file_limit) {
             Ok(text) => Some(text),
             Err(e) => {

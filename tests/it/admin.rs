@@ -861,3 +861,118 @@ async fn silent_connections_cannot_lock_out_the_admin_api() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// The packaged unit runs gto as a `DynamicUser` that cannot read root's files; secrets
+/// reach it through systemd credentials (`LoadCredential=` fills `$CREDENTIALS_DIRECTORY`
+/// with copies it can read). Run as an unprivileged user (uid 65534, as the unit's
+/// dynamic user would be) with the directory set as the unit sets it: the token named
+/// `${CREDENTIALS_DIRECTORY}/admin.token` is read and guards changes; a token file only
+/// root can read is refused with exit 64; without the variable, `gto check` names it.
+#[tokio::test]
+async fn secrets_come_from_the_credentials_directory_of_an_unprivileged_process() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let root = running_as_root();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(dir.path().join("root.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("root.token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        creds.join("admin.token"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o500)).unwrap();
+    if root {
+        chown(creds.join("admin.token"), Some(65_534), Some(65_534)).unwrap();
+        chown(&creds, Some(65_534), Some(65_534)).unwrap();
+    }
+    let write = |token_file: &str| {
+        real_config(dir.path(), ZONE, |text| {
+            text.replace(
+                "[admin]\nlisten",
+                &format!("[admin]\ntoken_file = \"{token_file}\"\nlisten"),
+            )
+        });
+    };
+    // As the unit's user: setpriv to uid/gid 65534 when the test runs as root.
+    let gto = env!("CARGO_BIN_EXE_gto");
+    let config = dir.path().join("gto.toml");
+    let unprivileged: Vec<std::ffi::OsString> = if root {
+        ["--reuid=65534", "--regid=65534", "--clear-groups", gto]
+            .iter()
+            .map(Into::into)
+            .collect()
+    } else {
+        vec![gto.into()]
+    };
+    let program = if root { "setpriv" } else { gto };
+    let args = |rest: &[&std::ffi::OsStr]| -> Vec<std::ffi::OsString> {
+        let skip = usize::from(!root);
+        unprivileged[skip..]
+            .iter()
+            .cloned()
+            .chain(rest.iter().map(|a| a.to_os_string()))
+            .collect()
+    };
+    let run = args(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    let run: Vec<&std::ffi::OsStr> = run.iter().map(|a| a.as_os_str()).collect();
+
+    write("${CREDENTIALS_DIRECTORY}/admin.token");
+    let mut server = RealGto::start_with_env(
+        program,
+        &run,
+        &[("CREDENTIALS_DIRECTORY", creds.as_os_str())],
+    );
+    let admin = server.admin_addr().await;
+    let path = "/v1/members/sma/fra-1/drain";
+    let (code, body) = http(admin, "POST", path, None, "").await;
+    assert_eq!(code, 401, "changes need the token: {body}");
+    let (code, body) = http(admin, "POST", path, Some(TOKEN), "").await;
+    assert_eq!(code, 200, "the credential's token: {body}");
+    server.signal("TERM");
+    assert!(server.exit().await.success());
+
+    if root {
+        // What the packaged config suggested before: a root-only file the user cannot read.
+        write("root.token");
+        let mut refused = RealGto::start_with_env(program, &run, &[]);
+        let status = refused.exit().await;
+        let log = refused.log_to_end().await;
+        assert_eq!(status.code(), Some(64), "{log}");
+        assert!(log.contains("Permission denied"), "{log}");
+    }
+
+    // Outside a unit, the variable is not set: located, exit 64.
+    write("${CREDENTIALS_DIRECTORY}/admin.token");
+    let output = crate::support::gto_bin()
+        .args(["check", "--config"])
+        .arg(&config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("admin.token_file: names ${CREDENTIALS_DIRECTORY}, which is not set"),
+        "{stderr}"
+    );
+}
+
+/// Whether the test runs as root (then it can act as another user).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}

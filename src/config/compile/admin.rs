@@ -129,7 +129,7 @@ fn read_token(
     base_dir: &Path,
     errors: &mut Collector<'_>,
 ) -> Option<Secret> {
-    let path = base_dir.join(file.get_ref());
+    let path = errors.resolve_file(base_dir, file, "admin.token_file")?;
     match crate::files::read_to_string(&path, errors.file_limit) {
         Ok(text) if text.trim().len() >= 16 => Some(Secret::new(text.trim().to_string())),
         Ok(_) => {

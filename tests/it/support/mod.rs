@@ -347,6 +347,25 @@ impl RealGto {
         Self::start(program, args, &[])
     }
 
+    /// Runs `program` (a wrapper that runs gto) with more environment variables.
+    pub fn start_with_env(
+        program: &str,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
+        Self::start(program, args, env)
+    }
+
+    /// Everything gto wrote to stderr, read to its end (after it exited).
+    pub async fn log_to_end(&mut self) -> String {
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(10), self.stderr.next_line()).await
+        {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
     fn start(program: &str, args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = tokio::process::Command::new(program)
             .args(args)
