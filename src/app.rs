@@ -285,9 +285,17 @@ impl App {
     pub async fn alive(&self) -> bool {
         let (ping, generation) = BuildEvent::waited(Change::Ping);
         let builder = async { self.events.send(ping).await.is_ok() && generation.await.is_ok() };
-        let Some(addr) = self.dns_addrs().first().copied() else {
+        let Some(mut addr) = self.dns_addrs().first().copied() else {
             return false;
         };
+        // A wildcard listener: ask it on loopback.
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
         let snapshot = self.routing.load_full();
         // The first zone's SOA: answered by the same listener and path as every query, and
         // counted under no endpoint (a GSLB name would skew the answer shares).

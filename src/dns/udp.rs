@@ -2,6 +2,10 @@
 //! and send (`recvmmsg`/`sendmmsg` through `nix`), answering on the [fast path](super::fast)
 //! and handing everything else to the general path on the tokio runtime.
 //!
+//! On a wildcard address (`0.0.0.0`, `[::]`) each query's destination address comes with
+//! it (`IP_PKTINFO`, `IPV6_RECVPKTINFO`) and its answer leaves from that address, as a
+//! resolver expects (an answer from another address is dropped as a spoof).
+//!
 //! A worker blocks for the first datagram and takes whatever else is queued with it. Under
 //! moderate load that means a wake-up, two system calls and a cross-CPU wake-up of the
 //! client per query or two; after a small batch the worker therefore pauses for
@@ -24,7 +28,8 @@ use std::time::Duration;
 use hickory_server::net::xfer::Protocol;
 use nix::errno::Errno;
 use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg, sendmmsg,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage,
+    recvmmsg, sendmmsg,
 };
 use socket2::{Domain, Socket, Type};
 use tokio::sync::mpsc;
@@ -58,6 +63,63 @@ const POLL: Duration = Duration::from_millis(200);
 /// Queries waiting for the general path; more are dropped (and counted).
 const FALLBACK_QUEUE: usize = 4096;
 
+/// Where a query arrived, on a wildcard socket: its destination address (and for IPv6 the
+/// interface, for link-local addresses), which its answer leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr {
+    ip: std::net::IpAddr,
+    ifindex: u32,
+}
+
+impl LocalAddr {
+    fn of(message: ControlMessageOwned) -> Option<Self> {
+        match message {
+            ControlMessageOwned::Ipv4PacketInfo(info) => Some(Self {
+                ip: std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)).into(),
+                ifindex: 0,
+            }),
+            ControlMessageOwned::Ipv6PacketInfo(info) => Some(Self {
+                ip: std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr).into(),
+                ifindex: info.ipi6_ifindex,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The packet-info control message that makes an answer leave from `local`.
+enum PacketInfo {
+    V4(libc::in_pktinfo),
+    V6(libc::in6_pktinfo),
+}
+
+impl PacketInfo {
+    fn new(local: LocalAddr) -> Self {
+        match local.ip {
+            std::net::IpAddr::V4(ip) => PacketInfo::V4(libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(ip).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            }),
+            std::net::IpAddr::V6(ip) => PacketInfo::V6(libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: local.ifindex,
+            }),
+        }
+    }
+
+    fn message(&self) -> ControlMessage<'_> {
+        match self {
+            PacketInfo::V4(info) => ControlMessage::Ipv4PacketInfo(info),
+            PacketInfo::V6(info) => ControlMessage::Ipv6PacketInfo(info),
+        }
+    }
+}
+
 /// Binds `count` UDP sockets to `addr` with `SO_REUSEPORT`, so the kernel spreads queries
 /// over them. Port 0 picks one free port for all of them.
 pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
@@ -71,6 +133,16 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<Udp
         )?;
         if bound.is_ipv6() {
             socket.set_only_v6(true)?;
+        }
+        // On a wildcard address, learn each query's destination to answer from it.
+        if bound.ip().is_unspecified() {
+            use nix::sys::socket::{setsockopt, sockopt};
+            let set = if bound.is_ipv6() {
+                setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)
+            } else {
+                setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)
+            };
+            set.map_err(std::io::Error::from)?;
         }
         socket.set_reuse_port(true)?;
         // A deeper queue absorbs bursts; the kernel caps it at net.core.rmem_max.
@@ -155,25 +227,52 @@ impl Drop for UdpWorkers {
 
 /// The general path for what the fast path passed on: each query on its own task.
 async fn general(
-    mut queue: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    mut queue: mpsc::Receiver<Passed>,
     handler: Handler,
     reply: Option<Arc<UdpSocket>>,
 ) {
     let Some(reply) = reply else { return };
     let handler = Arc::new(handler);
-    while let Some((query, source)) = queue.recv().await {
+    while let Some((query, source, local)) = queue.recv().await {
         let handler = handler.clone();
         let reply = reply.clone();
         tokio::spawn(async move {
             // A UDP send does not wait for the peer; it blocks only while the socket's send
             // buffer is full, which is brief.
             if let Some(answer) = answer_bytes(&handler, &query, source, Protocol::Udp).await
-                && let Err(error) = reply.send_to(&answer, source)
+                && let Err(error) = send_one(&reply, &answer, source, local)
             {
                 debug!(%error, %source, "could not send an answer");
             }
         });
     }
+}
+
+/// A query the fast path passed on: its bytes, its source, and (on a wildcard socket)
+/// its destination.
+type Passed = (Vec<u8>, SocketAddr, Option<LocalAddr>);
+
+/// Sends one answer, from `local` when the socket is a wildcard's.
+fn send_one(
+    socket: &UdpSocket,
+    answer: &[u8],
+    to: SocketAddr,
+    local: Option<LocalAddr>,
+) -> std::io::Result<()> {
+    let Some(local) = local else {
+        return socket.send_to(answer, to).map(drop);
+    };
+    let info = PacketInfo::new(local);
+    let destination = SockaddrStorage::from(to);
+    nix::sys::socket::sendmsg(
+        socket.as_raw_fd(),
+        &[IoSlice::new(answer)],
+        &[info.message()],
+        MsgFlags::empty(),
+        Some(&destination),
+    )
+    .map(drop)
+    .map_err(std::io::Error::from)
 }
 
 /// Pre-registered counters a worker folds its local counts into after every batch.
@@ -210,14 +309,24 @@ impl Folded {
     }
 }
 
+/// A datagram received: its length, source, whether it was cut short, and its destination
+/// on a wildcard socket.
+type Received = (usize, Option<SockaddrStorage>, bool, Option<LocalAddr>);
+
+/// An answer to send: its length, destination, where it is in the outputs, and the address
+/// it leaves from on a wildcard socket.
+type Answer = (usize, Option<SockaddrStorage>, usize, Option<LocalAddr>);
+
 /// Receives up to [`BATCH`] datagrams: blocks for the first, takes what else is queued.
-/// Fills `received` with each one's length, source and whether it was cut short; returns
+/// Fills `received` with each one's length, source, whether it was cut short and (on a
+/// `wildcard` socket) its destination; returns
 /// how many arrived (0 after an interruption or a receive error, which is logged).
 fn receive_batch(
     fd: std::os::fd::RawFd,
     receive: &mut MultiHeaders<SockaddrStorage>,
     buffers: &mut [[u8; MAX_QUERY]; BATCH],
-    received: &mut [(usize, Option<SockaddrStorage>, bool); BATCH],
+    received: &mut [Received; BATCH],
+    wildcard: bool,
 ) -> usize {
     let mut slices = buffers.each_mut().map(|b| [IoSliceMut::new(b)]);
     match recvmmsg(
@@ -230,10 +339,14 @@ fn receive_batch(
         Ok(results) => {
             let mut n = 0;
             for message in results {
+                let local = wildcard
+                    .then(|| message.cmsgs().ok()?.find_map(LocalAddr::of))
+                    .flatten();
                 received[n] = (
                     message.bytes,
                     message.address,
                     message.flags.contains(MsgFlags::MSG_TRUNC),
+                    local,
                 );
                 n += 1;
             }
@@ -251,30 +364,41 @@ fn receive_batch(
 fn worker(
     socket: UdpSocket,
     routing: RoutingHandle,
-    queue: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    queue: mpsc::Sender<Passed>,
     stop: Arc<AtomicBool>,
     coalesce: Duration,
 ) {
     let fd = socket.as_raw_fd();
     let mut buffers: Box<[[u8; MAX_QUERY]; BATCH]> = Box::new([[0; MAX_QUERY]; BATCH]);
     let mut outputs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
-    let mut receive = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    // A wildcard socket's datagrams carry their destination: room for it, exactly (the
+    // kernel writes the length back, and nix reuses it for the next receive).
+    let bound = socket.local_addr().ok();
+    let wildcard = bound.is_some_and(|a| a.ip().is_unspecified());
+    let control = wildcard.then(|| {
+        if bound.is_some_and(|a| a.is_ipv6()) {
+            nix::cmsg_space!(libc::in6_pktinfo)
+        } else {
+            nix::cmsg_space!(libc::in_pktinfo)
+        }
+    });
+    let mut receive = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, control);
     let mut transmit = Transmit::new();
     let mut scratch = FastScratch::default();
     let folded = Folded::new();
     let mut dropped = 0u64;
-    let mut received: [(usize, Option<SockaddrStorage>, bool); BATCH] = [(0, None, false); BATCH];
-    let mut answers: [(usize, Option<SockaddrStorage>); BATCH] = [(0, None); BATCH];
+    let mut received: [Received; BATCH] = [(0, None, false, None); BATCH];
+    let mut answers: [Answer; BATCH] = [(0, None, 0, None); BATCH];
 
     while !stop.load(Ordering::Acquire) {
         // Receive up to BATCH datagrams: block for the first, take what else is queued.
-        let count = receive_batch(fd, &mut receive, &mut buffers, &mut received);
+        let count = receive_batch(fd, &mut receive, &mut buffers, &mut received, wildcard);
         let mut replies = 0;
         let started = Instant::now();
         if count > 0 {
             // One snapshot for the whole batch.
             let snapshot = routing.load();
-            for (i, &(len, address, truncated)) in received.iter().take(count).enumerate() {
+            for (i, &(len, address, truncated, local)) in received.iter().take(count).enumerate() {
                 let Some(source) = address.and_then(socket_addr) else {
                     continue;
                 };
@@ -294,11 +418,11 @@ fn worker(
                 match fast {
                     Reply::Drop => {}
                     Reply::Send(length) => {
-                        answers[replies] = (length, address);
+                        answers[replies] = (length, address, replies, local);
                         replies += 1;
                     }
                     Reply::General => {
-                        if queue.try_send((query.to_vec(), source)).is_err() {
+                        if queue.try_send((query.to_vec(), source, local)).is_err() {
                             dropped += 1;
                         }
                     }
@@ -314,7 +438,7 @@ fn worker(
             folded
                 .latency
                 .record(started.elapsed().as_secs_f64() / replies as f64);
-            send_batch(fd, &mut transmit, &outputs, &answers[..replies]);
+            send_from_each(fd, &mut transmit, &outputs, &mut answers[..replies]);
         }
         // A small batch: let queries gather for a moment rather than sleep and wake for
         // each one (see `ServerSettings::udp_coalesce`). Its answers are already sent.
@@ -329,17 +453,51 @@ fn worker(
 struct Transmit {
     plain: MultiHeaders<SockaddrStorage>,
     gso: MultiHeaders<SockaddrStorage>,
+    /// The same with the source address (wildcard sockets), IPv4 and IPv6: a control
+    /// buffer holds exactly its messages (the kernel refuses trailing room).
+    plain_from: [MultiHeaders<SockaddrStorage>; 2],
+    gso_from: [MultiHeaders<SockaddrStorage>; 2],
     /// Off once the kernel refused a GSO send.
     gso_on: bool,
 }
 
 impl Transmit {
     fn new() -> Self {
+        let headers = |space: Option<Vec<u8>>| MultiHeaders::preallocate(BATCH, space);
         Self {
-            plain: MultiHeaders::preallocate(BATCH, None),
-            gso: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(u16))),
+            plain: headers(None),
+            gso: headers(Some(nix::cmsg_space!(u16))),
+            plain_from: [
+                headers(Some(nix::cmsg_space!(libc::in_pktinfo))),
+                headers(Some(nix::cmsg_space!(libc::in6_pktinfo))),
+            ],
+            gso_from: [
+                headers(Some(nix::cmsg_space!(u16, libc::in_pktinfo))),
+                headers(Some(nix::cmsg_space!(u16, libc::in6_pktinfo))),
+            ],
             gso_on: true,
         }
+    }
+}
+
+/// Sends a batch's answers: at once, or on a wildcard socket once per address they leave
+/// from (the source address is one control message for a whole `sendmmsg`).
+fn send_from_each(fd: RawFd, transmit: &mut Transmit, outputs: &[Vec<u8>], answers: &mut [Answer]) {
+    if answers.iter().all(|a| a.3.is_none()) {
+        send_batch(fd, transmit, outputs, answers, None);
+        return;
+    }
+    // Grouped by source address, in the order they arrived within each.
+    answers.sort_by_key(|a| (a.3.map(|l| (l.ip, l.ifindex)), a.2));
+    let mut start = 0;
+    while start < answers.len() {
+        let local = answers[start].3;
+        let end = answers[start..]
+            .iter()
+            .position(|a| a.3 != local)
+            .map_or(answers.len(), |n| start + n);
+        send_batch(fd, transmit, outputs, &answers[start..end], local);
+        start = end;
     }
 }
 
@@ -367,12 +525,12 @@ struct Group {
 /// `group_of` (answer -> group) and returns how many groups there are.
 fn group_answers(
     gso_on: bool,
-    answers: &[(usize, Option<SockaddrStorage>)],
+    answers: &[Answer],
     groups: &mut [Group; BATCH],
     group_of: &mut [usize; BATCH],
 ) -> usize {
     let mut count = 0;
-    for (i, &(length, address)) in answers.iter().enumerate() {
+    for (i, &(length, address, ..)) in answers.iter().enumerate() {
         let joinable = |g: &Group| {
             g.length == length
                 && g.address == address
@@ -407,8 +565,11 @@ fn send_batch(
     fd: RawFd,
     transmit: &mut Transmit,
     outputs: &[Vec<u8>],
-    answers: &[(usize, Option<SockaddrStorage>)],
+    answers: &[Answer],
+    local: Option<LocalAddr>,
 ) {
+    let info = local.map(PacketInfo::new);
+    let family = usize::from(matches!(info, Some(PacketInfo::V6(_))));
     let mut groups = [Group::default(); BATCH];
     let mut group_of = [0usize; BATCH];
     let count = group_answers(transmit.gso_on, answers, &mut groups, &mut group_of);
@@ -428,8 +589,8 @@ fn send_batch(
     let flat: [IoSlice<'_>; BATCH] = std::array::from_fn(|k| {
         let payload = (k < answers.len())
             .then(|| {
-                let i = answer_at[k];
-                outputs.get(i).and_then(|o| o.get(..answers[i].0))
+                let (length, _, output, _) = answers[answer_at[k]];
+                outputs.get(output).and_then(|o| o.get(..length))
             })
             .flatten();
         IoSlice::new(payload.unwrap_or_default())
@@ -461,8 +622,19 @@ fn send_batch(
         let addresses: [Option<SockaddrStorage>; BATCH] =
             std::array::from_fn(|k| if k < n { groups[same[k]].address } else { None });
         let segment = length as u16;
-        let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
-        if let Err(error) = send_all(fd, &mut transmit.gso, &runs[..n], &addresses[..n], &cmsgs) {
+        let gso = ControlMessage::UdpGsoSegments(&segment);
+        let (one, two);
+        let (headers, cmsgs): (_, &[ControlMessage<'_>]) = match &info {
+            None => {
+                one = [gso];
+                (&mut transmit.gso, &one)
+            }
+            Some(info) => {
+                two = [gso, info.message()];
+                (&mut transmit.gso_from[family], &two)
+            }
+        };
+        if let Err(error) = send_all(fd, headers, &runs[..n], &addresses[..n], cmsgs, true) {
             warn!(%error, "UDP GSO refused; this worker sends datagrams one by one");
             transmit.gso_on = false;
             for &h in &same[..n] {
@@ -485,19 +657,28 @@ fn send_batch(
             n += 1;
         }
     }
-    if let Err(error) = send_all(fd, &mut transmit.plain, &singles[..n], &addresses[..n], &[]) {
+    let one;
+    let (headers, cmsgs): (_, &[ControlMessage<'_>]) = match &info {
+        None => (&mut transmit.plain, &[]),
+        Some(info) => {
+            one = [info.message()];
+            (&mut transmit.plain_from[family], &one)
+        }
+    };
+    if let Err(error) = send_all(fd, headers, &singles[..n], &addresses[..n], cmsgs, false) {
         debug!(%error, "UDP send failed");
     }
 }
 
 /// One `sendmmsg` for all `messages` (more calls when the kernel takes fewer). A datagram
-/// the kernel refuses is skipped; refusals GSO can cause are returned at once.
+/// the kernel refuses is skipped; with `gso`, refusals GSO can cause are returned at once.
 fn send_all(
     fd: RawFd,
     headers: &mut MultiHeaders<SockaddrStorage>,
     messages: &[&[IoSlice<'_>]],
     addresses: &[Option<SockaddrStorage>],
     cmsgs: &[ControlMessage<'_>],
+    gso: bool,
 ) -> Result<(), Errno> {
     let mut sent = 0;
     while sent < messages.len() {
@@ -518,7 +699,7 @@ fn send_all(
             }
             Err(Errno::EINTR) => {}
             Err(error @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP))
-                if !cmsgs.is_empty() && sent == 0 =>
+                if gso && sent == 0 =>
             {
                 return Err(error);
             }

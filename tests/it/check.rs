@@ -258,25 +258,48 @@ fn rate_limiting_and_coalescing_mistakes_are_reported_with_locations() {
 }
 
 #[test]
-fn wildcard_listen_addresses_are_refused_with_the_reason() {
+fn a_wildcard_listen_address_covers_its_port_and_needs_the_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let text = config("").replace(
-        "[server]\nlisten = [\"127.0.0.1:0\"]",
-        "[server]\nlisten = [\"0.0.0.0:5353\", \"[::]:5353\"]",
-    );
-    fs::write(dir.path().join("gto.toml"), text).unwrap();
     fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let with = |listen: &str, more: &str| {
+        config("").replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            &format!("[server]\nlisten = {listen}\n{more}"),
+        )
+    };
+    // Both wildcards: valid.
+    fs::write(
+        dir.path().join("gto.toml"),
+        with(r#"["0.0.0.0:5353", "[::]:5353"]"#, ""),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check(dir.path());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // A specific address the wildcard already covers, and the plain loop: refused.
+    fs::write(
+        dir.path().join("gto.toml"),
+        with(
+            r#"["0.0.0.0:5353", "127.0.0.1:5353", "127.0.0.1:5354"]"#,
+            "workers = 0",
+        ),
+    )
+    .unwrap();
     let (code, _, stderr) = check(dir.path());
-    assert_eq!(code, 64);
+    assert_eq!(code, 64, "{stderr}");
     assert!(
-        stderr.contains("server.listen[0]: 0.0.0.0:5353 is a wildcard address"),
+        stderr.contains(
+            "server.listen[1]: 127.0.0.1:5353 is already served by the wildcard 0.0.0.0:5353"
+        ),
         "{stderr}"
     );
     assert!(
-        stderr.contains("server.listen[1]: [::]:5353 is a wildcard address"),
+        !stderr.contains("listen[2]"),
+        "another port is fine: {stderr}"
+    );
+    assert!(
+        stderr.contains("server.workers: workers = 0 (the plain UDP loop) cannot answer"),
         "{stderr}"
     );
-    assert!(stderr.contains("list each address"), "{stderr}");
 }
 
 #[test]

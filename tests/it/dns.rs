@@ -588,3 +588,87 @@ async fn class_any_refused_big_sets_whole_over_tcp_and_explain_questions() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// On a wildcard address (`0.0.0.0`, `[::]`) every answer leaves from the address the
+/// query was sent to: the fast path's (GSLB A) and the general path's (ANY), over IPv4
+/// to two loopback addresses and over IPv6; `dig` (which rejects an answer from another
+/// address) gets them; TCP too.
+#[tokio::test]
+async fn a_wildcard_listener_answers_from_the_address_asked() {
+    let text = config("").replace(
+        "[server]\nlisten = [\"127.0.0.1:0\"]",
+        "[server]\nlisten = [\"0.0.0.0:0\", \"[::]:0\"]",
+    );
+    let server = TestServer::start(&text, ZONE).await;
+    let addrs = server.app.dns_addrs().to_vec();
+    let (v4, v6) = (addrs[0].port(), addrs[1].port());
+    assert!(addrs[0].ip().is_unspecified() && addrs[1].ip().is_unspecified());
+    for (asked, qtype) in [
+        ("127.0.0.2", RecordType::A),
+        ("127.0.0.3", RecordType::A),
+        ("127.0.0.2", RecordType::ANY),
+        ("::1", RecordType::A),
+        ("::1", RecordType::ANY),
+    ] {
+        let ip: std::net::IpAddr = asked.parse().unwrap();
+        let target = std::net::SocketAddr::new(ip, if ip.is_ipv4() { v4 } else { v6 });
+        let local = if ip.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        };
+        let socket = tokio::net::UdpSocket::bind(local).await.unwrap();
+        let bytes = query("vpn.gto.example.com.", qtype, None).to_vec().unwrap();
+        socket.send_to(&bytes, target).await.unwrap();
+        let mut buffer = [0u8; 4096];
+        let (len, from) = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            socket.recv_from(&mut buffer),
+        )
+        .await
+        .expect("an answer")
+        .unwrap();
+        assert_eq!(from, target, "{qtype} to {target}: answered from {from}");
+        let reply = Message::from_vec(&buffer[..len]).unwrap();
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{qtype}"
+        );
+        assert!(!reply.answers.is_empty(), "{qtype} to {target}");
+    }
+    // A burst from one client: answers of one length leave together (one GSO send, when
+    // they share a batch), still from the address asked.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 2], v4));
+    let bytes = query("vpn.gto.example.com.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    for _ in 0..32 {
+        socket.send_to(&bytes, target).await.unwrap();
+    }
+    for _ in 0..32 {
+        let mut buffer = [0u8; 4096];
+        let (_, from) = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            socket.recv_from(&mut buffer),
+        )
+        .await
+        .expect("every answer of the burst")
+        .unwrap();
+        assert_eq!(from, target);
+    }
+    // dig drops an answer from an address it did not ask.
+    let answer = dig(
+        std::net::SocketAddr::from(([127, 0, 0, 2], v4)),
+        &["+short", "vpn.gto.example.com.", "A"],
+    )
+    .await;
+    assert!(answer.contains("198.51.100.10"), "{answer}");
+    let tcp_answer = dig(
+        std::net::SocketAddr::from(([127, 0, 0, 3], v4)),
+        &["+tcp", "+short", "www.gto.example.com.", "A"],
+    )
+    .await;
+    assert!(tcp_answer.contains("192.0.2.80"), "{tcp_answer}");
+}

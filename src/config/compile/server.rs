@@ -111,6 +111,19 @@ pub(super) fn compile_server(
         |v| parse_duration(v).filter(|d| *d <= Duration::from_millis(1)),
         "not a duration of at most 1ms (e.g. \"50us\", \"0s\" to turn it off)",
     );
+    if workers == 0
+        && let Some(wildcard) = listen.iter().find(|a| a.ip().is_unspecified())
+        && let Some(set) = server.workers.as_ref()
+    {
+        errors.at(
+            set,
+            "server.workers",
+            format!(
+                "workers = 0 (the plain UDP loop) cannot answer from the address asked on the \
+                 wildcard {wildcard}: use workers >= 1, or list each address"
+            ),
+        );
+    }
     ServerSettings {
         listen,
         udp_payload,
@@ -127,7 +140,8 @@ pub(super) fn compile_server(
     }
 }
 
-/// `server.listen`: 127.0.0.1:5353 unless set; each address once, none a wildcard.
+/// `server.listen`: 127.0.0.1:5353 unless set; each address once; a wildcard address
+/// (`0.0.0.0`, `[::]`) alone on its port and family (it covers every address there).
 fn compile_listen(raw: &RawConfig, errors: &mut Collector<'_>) -> Vec<SocketAddr> {
     let mut listen = Vec::new();
     match &raw.server.listen {
@@ -140,20 +154,30 @@ fn compile_listen(raw: &RawConfig, errors: &mut Collector<'_>) -> Vec<SocketAddr
             for (i, entry) in list.iter().enumerate() {
                 let path = format!("server.listen[{i}]");
                 match entry.get_ref().parse::<SocketAddr>() {
-                    Ok(addr) if addr.ip().is_unspecified() => errors.at(
-                        entry,
-                        path,
-                        format!(
-                            "{addr} is a wildcard address: UDP answers would leave from \
-                             whichever address the kernel picks, and resolvers drop answers \
-                             from an address they did not ask; list each address to serve \
-                             on instead (e.g. [\"192.0.2.53:53\", \"[2001:db8::53]:53\"])"
-                        ),
-                    ),
                     Ok(addr) if !seen.insert(addr) => {
                         errors.at(entry, path, format!("{addr} is listed twice"));
                     }
-                    Ok(addr) => listen.push(addr),
+                    Ok(addr) => {
+                        let covered = list.iter().filter_map(|e| e.get_ref().parse().ok()).find(
+                            |other: &SocketAddr| {
+                                *other != addr
+                                    && other.ip().is_unspecified()
+                                    && other.port() == addr.port()
+                                    && other.is_ipv6() == addr.is_ipv6()
+                            },
+                        );
+                        match covered {
+                            Some(wildcard) => errors.at(
+                                entry,
+                                path,
+                                format!(
+                                    "{addr} is already served by the wildcard {wildcard}; \
+                                     list one or the other"
+                                ),
+                            ),
+                            None => listen.push(addr),
+                        }
+                    }
                     Err(_) => errors.at(
                         entry,
                         path,
