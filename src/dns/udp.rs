@@ -162,6 +162,9 @@ pub struct UdpWorkers {
     threads: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     fallback: tokio::task::JoinHandle<()>,
+    /// The workers' sockets (duplicates): shut for reading at stop, which wakes a worker
+    /// blocked in its receive at once rather than at its next poll.
+    wake: Vec<UdpSocket>,
 }
 
 impl UdpWorkers {
@@ -184,6 +187,10 @@ impl UdpWorkers {
             .transpose()?
             .map(Arc::new);
         let fallback = runtime.spawn(general(receiver, Handler::new(routing.clone()), reply));
+        let wake = sockets
+            .iter()
+            .map(UdpSocket::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
         let mut threads = Vec::with_capacity(sockets.len());
         for (index, socket) in sockets.into_iter().enumerate() {
             let routing = routing.clone();
@@ -199,14 +206,17 @@ impl UdpWorkers {
             threads,
             stop,
             fallback,
+            wake,
         })
     }
 
     /// Stops the workers after their current batch and waits for them.
     pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
+        self.wake_workers();
         let threads = std::mem::take(&mut self.threads);
-        // Workers notice within one poll interval; join off the runtime's threads.
+        // Woken by the shutdown above, workers end after their batch; join off the
+        // runtime's threads.
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {
                 let _ = thread.join();
@@ -222,6 +232,18 @@ impl Drop for UdpWorkers {
     /// drops the server): the threads still end, within one poll interval.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.wake_workers();
+    }
+}
+
+impl UdpWorkers {
+    /// Shuts the sockets for reading: a blocked receive returns at once (Linux), and the
+    /// workers see the stop flag. Answers still leave (only reading is shut).
+    fn wake_workers(&self) {
+        for socket in &self.wake {
+            let _ =
+                nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        }
     }
 }
 
