@@ -41,6 +41,7 @@ impl Reloader {
             bound: running.config.clone(),
             running: Mutex::new(running),
             last: Arc::new(ArcSwapOption::empty()),
+            tried: Mutex::new(0),
         }))
     }
 }
@@ -62,6 +63,8 @@ struct ReloaderInner {
     bound: crate::config::Config,
     /// The outcome of the last reload, for status.
     last: Arc<ArcSwapOption<ReloadOutcome>>,
+    /// Reloads tried; held for a whole reload, so outcomes are numbered in order.
+    tried: Mutex<u64>,
     /// Digest of the config and zones being served.
     digest: ArcSwap<String>,
 }
@@ -82,6 +85,9 @@ pub struct Reloaded {
 /// The last reload's outcome, as status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadOutcome {
+    /// Reloads tried since start, this one included (1, 2, ...): `gto reload` waits for it
+    /// to grow.
+    pub number: u64,
     /// When it finished (RFC 3339).
     pub at: String,
     /// "ok" or "rejected".
@@ -97,17 +103,22 @@ impl Reloader {
     /// built from them (parsing and building happen off the query path). On any error the
     /// running snapshot stays, and the errors are logged, counted and returned.
     pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        let mut tried = self.0.tried.lock().await;
+        *tried += 1;
+        let number = *tried;
         crate::notify::reloading();
         let result = self.reload_inner().await;
         crate::notify::ready("serving");
         let outcome = match &result {
             Ok(reloaded) => ReloadOutcome {
+                number,
                 at: crate::time::rfc3339(std::time::SystemTime::now()),
                 result: "ok",
                 details: reloaded.changes.clone(),
                 needs_restart: reloaded.needs_restart.clone(),
             },
             Err(errors) => ReloadOutcome {
+                number,
                 at: crate::time::rfc3339(std::time::SystemTime::now()),
                 result: "rejected",
                 details: errors.iter().map(ToString::to_string).collect(),

@@ -1,7 +1,9 @@
-//! Command line: `gto` (embedded default), `gto run --config FILE`, `gto check --config FILE`.
+//! Command line: `gto` (embedded default), `gto run --config FILE`, `gto check --config FILE`,
+//! `gto reload --config FILE [--pid PID]`.
 
 pub mod dnssec;
 mod exit;
+mod reload;
 pub mod run;
 
 use std::path::PathBuf;
@@ -56,6 +58,19 @@ pub enum Command {
         /// TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Have the running server read its config and zones again and wait for the outcome:
+    /// exit 0 when applied, 64 when refused (the problems on stderr; the running config
+    /// keeps serving), 69 when the outcome cannot be learned. With --pid it signals the
+    /// process (SIGHUP) and watches GET /v1/status; without, it asks POST /v1/reload with
+    /// the config's admin token.
+    Reload {
+        /// The config file the server runs (for its admin address and token).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The server's process id (systemd's $MAINPID).
+        #[arg(long)]
+        pid: Option<i32>,
     },
     /// DNSSEC key management: make keys, print the DS for the parent, show key states,
     /// start a rollover.

@@ -22,6 +22,7 @@ pub fn main(cli: Cli) -> ExitCode {
             serve(config.map_or(ConfigSource::Embedded, ConfigSource::File))
         }
         Some(Command::Check { config }) => check(ConfigSource::File(config)),
+        Some(Command::Reload { config, pid }) => super::reload::reload(&config, pid),
         Some(Command::Probe { config }) => probe(ConfigSource::File(config)),
         Some(Command::Dnssec(command)) => super::dnssec::run(command),
         Some(Command::Assets { dir }) => match super::write_assets(&dir) {

@@ -364,3 +364,101 @@ async fn reloads_of_a_big_zone_do_not_grow_memory() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// `gto reload` (the packaged unit's ExecReload) waits for the outcome: a broken config
+/// exits 64 with the located problems and the old config keeps serving; a good one exits
+/// 0 and names the change; without `--pid` and without a token it says why it cannot.
+#[tokio::test]
+async fn gto_reload_reports_a_refused_config_with_its_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", crate::support::free_port());
+    crate::real::real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"{admin}\""),
+        )
+    });
+    let config = dir.path().join("gto.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let mut gto = RealGto::run(&config);
+    let dns = gto.dns_addr().await;
+    gto.admin_addr().await;
+    let reload = |pid: Option<u32>| {
+        let mut command = crate::support::gto_bin();
+        command.args([
+            std::ffi::OsStr::new("reload"),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ]);
+        if let Some(pid) = pid {
+            command.args(["--pid", &pid.to_string()]);
+        }
+        command.output().unwrap()
+    };
+    let broken = good.replace(
+        "addresses = [\"203.0.113.30\"]",
+        "addresses = [\"203.0.113.300\"]",
+    );
+    assert_ne!(broken, good);
+    std::fs::write(&config, &broken).unwrap();
+    let output = reload(Some(gto.pid()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("pool.sma.member[2].addresses[0]: \"203.0.113.300\" is not an IP address"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("gto.toml:"), "located: {stderr}");
+    assert!(
+        stderr.contains("the running config keeps serving"),
+        "{stderr}"
+    );
+    let reply = udp(dns, &query("vpn.gto.example.com.", RecordType::A, None))
+        .await
+        .0;
+    assert!(!answers(&reply).is_empty(), "still serving");
+
+    std::fs::write(&config, good.replace("203.0.113.30", "203.0.113.31")).unwrap();
+    let output = reload(Some(gto.pid()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.starts_with("reloaded"), "{stdout}");
+
+    let output = reload(None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("--pid"), "{stderr}");
+
+    // With a token in the config, no PID is needed: it asks POST /v1/reload.
+    std::fs::write(
+        dir.path().join("admin.token"),
+        format!("{}\n", crate::admin::TOKEN),
+    )
+    .unwrap();
+    let with_token = good.replace(
+        "[admin]\nlisten",
+        "[admin]\ntoken_file = \"admin.token\"\nlisten",
+    );
+    std::fs::write(&config, &with_token).unwrap();
+    assert_eq!(reload(Some(gto.pid())).status.code(), Some(0));
+    std::fs::write(&config, with_token.replace("203.0.113.30", "203.0.113.300")).unwrap();
+    let output = reload(None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("is not an IP address"), "{stderr}");
+    std::fs::write(&config, &with_token).unwrap();
+    let output = reload(None);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}

@@ -202,7 +202,7 @@ fn unit_is_valid_and_hardened(root: &Path) {
     for directive in [
         "Type=notify",
         "ExecStart=/usr/bin/gto run --config /etc/gto/gto.toml",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/gto reload --config /etc/gto/gto.toml --pid $MAINPID",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
         "DynamicUser=yes",

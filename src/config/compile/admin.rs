@@ -11,7 +11,7 @@ use crate::config::raw::{RawAdmin, RawConfig, RawWebhook};
 use crate::config::{AdminSettings, Secret, Webhook};
 
 /// The admin API listens on loopback by default.
-const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8053";
+pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8053";
 
 pub(super) fn compile_admin(
     raw: &RawConfig,

@@ -5,6 +5,8 @@
 //! nothing downstream looks names up again. The compiled [`Config`] is never mutated.
 
 mod admin;
+
+pub(crate) use admin::DEFAULT_ADMIN_LISTEN;
 mod cluster;
 mod pools;
 mod server;

@@ -430,6 +430,11 @@ impl RealGto {
         field(&self.seen[at], "local_addr")
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
     /// Sends a signal by PID.
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().unwrap().to_string();
