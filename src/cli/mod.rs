@@ -10,9 +10,19 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// `gto --version`: the release, the commit and the build date.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GTO_COMMIT"),
+    ", built ",
+    env!("GTO_BUILD_DATE"),
+    ")"
+);
+
 /// gto: an authoritative DNS server that answers each client with its best VPN endpoints.
 #[derive(Debug, Parser)]
-#[command(name = "gto", version, about)]
+#[command(name = "gto", version = VERSION, about)]
 pub struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true)]

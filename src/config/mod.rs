@@ -319,9 +319,12 @@ pub struct ServerSettings {
     /// that arrive during the pause. Answers are sent before it.
     pub udp_coalesce: Duration,
     /// This instance's name, answered as NSID (RFC 5001) and to CH TXT `id.server.` /
-    /// `hostname.bind.` (with `version.server.`), so an operator can tell which instance
-    /// answered. None (the default): not disclosed, CH queries are refused.
+    /// `hostname.bind.`, so an operator can tell which instance answered. None (the
+    /// default): not disclosed.
     pub identity: Option<String>,
+    /// Answer CH TXT `version.bind.` and `version.server.` with gto's version (default
+    /// true, as BIND, Knot and NSD do; false: refused like any other CH name).
+    pub version: bool,
     /// Write the state file through a symbolic link that points out of its directory
     /// (default false: such a link is refused, so a link cannot aim gto's writes at a
     /// file elsewhere).

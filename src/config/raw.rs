@@ -51,6 +51,8 @@ pub(crate) struct RawServer {
     pub(crate) state_file_follow_symlinks: Option<bool>,
     /// Instance identity for NSID and CH TXT id.server.
     pub(crate) identity: Option<Spanned<String>>,
+    /// Answer CH TXT version.bind and version.server (default true).
+    pub(crate) version: Option<bool>,
     /// Largest file the config names, e.g. "256MiB".
     pub(crate) max_file_size: Option<Spanned<String>>,
     /// Whether a zone file's `$INCLUDE` may read files outside the config's directory.

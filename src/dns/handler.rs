@@ -219,8 +219,8 @@ fn count_answered(resolution: &Resolution<'_>) {
     }
 }
 
-/// The identity records (CH TXT `id.server`, `hostname.bind`, ...) a CHAOS query asks
-/// for, when an identity is configured and the name is one of them.
+/// The CH TXT records (`id.server`, `hostname.bind` with an identity; `version.bind`,
+/// `version.server` unless turned off) a CHAOS query asks for, when it names one.
 fn chaos_answer<'s>(snapshot: &'s Snapshot, query: &LowerQuery) -> Option<Vec<&'s Record>> {
     if query.query_class() != DNSClass::CH || snapshot.chaos.is_empty() {
         return None;

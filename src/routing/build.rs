@@ -187,7 +187,7 @@ pub(super) fn prepare_after(
             .identity
             .as_ref()
             .map(|id| Arc::from(id.as_bytes())),
-        chaos: chaos_records(config.server.identity.as_deref()).into(),
+        chaos: chaos_records(config.server.identity.as_deref(), config.server.version).into(),
     };
     // The fast path's tails come from the general lookup of a snapshot of this config.
     let reference = build_prepared(&prepared, loaded, states, 0);
@@ -340,31 +340,37 @@ pub fn build_prepared(
     }
 }
 
-/// `id.server.` and `hostname.bind.` (the identity), `version.server.` and `version.bind.`
-/// (gto's version) as CH TXT records, when an identity is configured; none otherwise.
-fn chaos_records(identity: Option<&str>) -> Vec<Record> {
-    let Some(identity) = identity else {
-        return Vec::new();
-    };
-    let version = format!("gto {}", env!("CARGO_PKG_VERSION"));
-    [
-        ("id.server.", identity),
-        ("hostname.bind.", identity),
-        ("version.server.", version.as_str()),
-        ("version.bind.", version.as_str()),
-    ]
-    .into_iter()
-    .filter_map(|(name, text)| {
-        let name = hickory_proto::rr::Name::from_ascii(name).ok()?;
-        let mut record = Record::from_rdata(
-            name,
-            0,
-            RData::TXT(hickory_proto::rr::rdata::TXT::new(vec![text.to_string()])),
-        );
-        record.dns_class = hickory_proto::rr::DNSClass::CH;
-        Some(record)
-    })
-    .collect()
+/// `id.server.` and `hostname.bind.` (the identity) when an identity is configured, and
+/// `version.server.` and `version.bind.` (gto's version) unless `[server] version = false`,
+/// as CH TXT records.
+fn chaos_records(identity: Option<&str>, version: bool) -> Vec<Record> {
+    let text = format!("gto {}", env!("CARGO_PKG_VERSION"));
+    let identity = identity
+        .map(|id| [("id.server.", id), ("hostname.bind.", id)])
+        .into_iter()
+        .flatten();
+    let version = version
+        .then(|| {
+            [
+                ("version.server.", text.as_str()),
+                ("version.bind.", text.as_str()),
+            ]
+        })
+        .into_iter()
+        .flatten();
+    identity
+        .chain(version)
+        .filter_map(|(name, text)| {
+            let name = hickory_proto::rr::Name::from_ascii(name).ok()?;
+            let mut record = Record::from_rdata(
+                name,
+                0,
+                RData::TXT(hickory_proto::rr::rdata::TXT::new(vec![text.to_string()])),
+            );
+            record.dns_class = hickory_proto::rr::DNSClass::CH;
+            Some(record)
+        })
+        .collect()
 }
 
 /// Ranks a service's endpoints per location cell and encodes their records.

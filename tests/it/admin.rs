@@ -683,9 +683,19 @@ pool = "sma"
     let reply: Message = crate::support::tcp(server.addr, &ch).await;
     assert!(reply.metadata.authoritative);
 
-    // Without an identity, nothing is disclosed.
+    // Without an identity, the identity is not disclosed; the version is, as BIND, Knot
+    // and NSD answer it, unless `[server] version = false`.
     let plain = crate::support::TestServer::default().await;
     let out = crate::support::dig(plain.addr, &["CH", "TXT", "id.server."]).await;
+    assert!(out.contains("REFUSED"), "{out}");
+    let out = crate::support::dig(plain.addr, &["+short", "CH", "TXT", "version.bind."]).await;
+    assert_eq!(out.trim(), format!("\"gto {}\"", env!("CARGO_PKG_VERSION")));
+    let hidden = crate::support::TestServer::start(
+        &config("").replace("[server]\n", "[server]\nversion = false\n"),
+        ZONE,
+    )
+    .await;
+    let out = crate::support::dig(hidden.addr, &["CH", "TXT", "version.bind."]).await;
     assert!(out.contains("REFUSED"), "{out}");
 }
 

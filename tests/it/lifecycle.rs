@@ -462,3 +462,29 @@ async fn gto_reload_reports_a_refused_config_with_its_exit_status() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// `gto --version` names the release, the commit and the build date.
+#[test]
+fn version_names_the_commit_and_the_build_date() {
+    let output = crate::support::gto_bin().arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let rest = text
+        .trim()
+        .strip_prefix(&format!("gto {} (commit ", env!("CARGO_PKG_VERSION")))
+        .unwrap_or_else(|| panic!("{text}"));
+    let (commit, built) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", built "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+    let date: Vec<&str> = built.split('-').collect();
+    assert!(
+        date.len() == 3 && date[0].len() == 4 && date.iter().all(|p| p.parse::<u32>().is_ok()),
+        "{text}"
+    );
+}

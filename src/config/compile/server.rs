@@ -136,6 +136,7 @@ pub(super) fn compile_server(
         include_root,
         state_file_follow_symlinks,
         identity: compile_identity(raw, errors),
+        version: raw.server.version.unwrap_or(true),
         state_file: compile_state_file(raw, base_dir, state_file_follow_symlinks, errors),
     }
 }
