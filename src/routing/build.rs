@@ -350,12 +350,10 @@ fn chaos_records(identity: Option<&str>, version: bool) -> Vec<Record> {
         .into_iter()
         .flatten();
     let version = version
-        .then(|| {
-            [
-                ("version.server.", text.as_str()),
-                ("version.bind.", text.as_str()),
-            ]
-        })
+        .then_some([
+            ("version.server.", text.as_str()),
+            ("version.bind.", text.as_str()),
+        ])
         .into_iter()
         .flatten();
     identity
