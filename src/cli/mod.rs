@@ -52,7 +52,8 @@ pub enum Command {
         qtype: String,
         /// The name asked for, e.g. vpn.gto.example.com.
         name: String,
-        /// The client's (or its ECS subnet's) address, e.g. 203.0.113.7.
+        /// The client's address (203.0.113.7) or the prefix its resolver's ECS option
+        /// carries (10.3.1.0/24).
         client: String,
     },
     /// Run the health checks of a config and vote in its fleet (`[cluster]`), serving no

@@ -136,10 +136,25 @@ pub fn parse_question(
             "type {qtype} is a meta-type, not a question (FORMERR)"
         )));
     }
-    let client: IpAddr = client
-        .parse()
-        .map_err(|_| QuestionError(format!("client {client:?} is not an IP address")))?;
-    Ok((LowerName::from(parsed), qtype, client))
+    Ok((LowerName::from(parsed), qtype, parse_client(client)?))
+}
+
+/// A client as an address (`203.0.113.7`) or as the prefix an ECS option carries
+/// (`10.3.1.0/24`): the prefix's network address, host bits cleared as ECS clears them.
+fn parse_client(client: &str) -> Result<IpAddr, QuestionError> {
+    if let Ok(address) = client.parse::<IpAddr>() {
+        return Ok(address);
+    }
+    match client.parse::<ipnet::IpNet>() {
+        Ok(net) if net.prefix_len() == 0 => Err(QuestionError(format!(
+            "client {client:?}: a /0 prefix carries no address (an ECS option with prefix 0 \
+             asks for the resolver's address to be used: give that address)"
+        ))),
+        Ok(net) => Ok(net.network()),
+        Err(_) => Err(QuestionError(format!(
+            "client {client:?} is not an IP address or a prefix (e.g. 10.3.1.0/24)"
+        ))),
+    }
 }
 
 /// Why an endpoint is (or is not) in the answer, for a person.

@@ -466,3 +466,47 @@ async fn explain_shows_location_distance_and_affinity() {
         "explain agrees with the real answer"
     );
 }
+
+/// `gto explain` and `GET /v1/explain` take the client as the prefix an ECS option
+/// carries (`203.0.113.0/24`, host bits cleared as ECS clears them), placed as the query
+/// path places that subnet; a /0 or a bad prefix is refused with the reason.
+#[tokio::test]
+async fn explain_takes_a_client_prefix_as_ecs_carries_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gto.toml");
+    std::fs::write(&config, geo_config("")).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let explain = |client: &str| {
+        crate::support::gto_bin()
+            .args([
+                std::ffi::OsStr::new("explain"),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ])
+            .args(["vpn.gto.example.com.", client])
+            .output()
+            .unwrap()
+    };
+    let placed = |client: &str| {
+        let output = explain(client);
+        assert!(output.status.success(), "{client}: {output:?}");
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        (
+            json["gslb"]["location"]["source"].clone(),
+            json["answers"].clone(),
+        )
+    };
+    let (source, answers) = placed("203.0.113.0/24");
+    assert_eq!(source, "network 203.0.113.0/24", "{source}");
+    assert_eq!(placed("203.0.113.77/24"), (source.clone(), answers.clone()));
+    assert_eq!(placed("203.0.113.9"), (source, answers));
+    for (bad, reason) in [
+        ("0.0.0.0/0", "carries no address"),
+        ("203.0.113.0/33", "not an IP address or a prefix"),
+    ] {
+        let output = explain(bad);
+        assert!(!output.status.success(), "{bad}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{bad}: {stderr}");
+    }
+}
