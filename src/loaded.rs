@@ -22,6 +22,9 @@ use crate::zone::{Zone, ZoneError};
 pub enum ConfigSource {
     /// The default compiled into the binary ([`EMBEDDED_CONFIG`]).
     Embedded,
+    /// The embedded default with other listen addresses (`gto --listen ... --admin ...`):
+    /// its text, made by [`ConfigSource::embedded_with`].
+    EmbeddedEdited(std::sync::Arc<str>),
     /// A TOML file on disk.
     File(PathBuf),
 }
@@ -33,13 +36,46 @@ pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 impl std::fmt::Display for ConfigSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConfigSource::Embedded => f.write_str("<embedded default>"),
+            ConfigSource::Embedded | ConfigSource::EmbeddedEdited(_) => {
+                f.write_str("<embedded default>")
+            }
             ConfigSource::File(path) => write!(f, "{}", path.display()),
         }
     }
 }
 
 impl ConfigSource {
+    /// The embedded default, with `listen` as `[server] listen` and `admin` as `[admin]
+    /// listen` when given (`gto --listen 0.0.0.0:5353 --admin 127.0.0.1:9053`). The
+    /// addresses are checked when it loads, as a file's are.
+    pub fn embedded_with(listen: &[String], admin: Option<&str>) -> Self {
+        if listen.is_empty() && admin.is_none() {
+            return ConfigSource::Embedded;
+        }
+        let mut table: toml::Table = toml::from_str(EMBEDDED_CONFIG).unwrap_or_default();
+        if !listen.is_empty() {
+            let server = table
+                .entry("server")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(server) = server.as_table_mut() {
+                server.insert(
+                    "listen".into(),
+                    toml::Value::Array(listen.iter().cloned().map(toml::Value::String).collect()),
+                );
+            }
+        }
+        if let Some(admin) = admin {
+            let section = table
+                .entry("admin")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(section) = section.as_table_mut() {
+                section.insert("listen".into(), toml::Value::String(admin.to_string()));
+            }
+        }
+        let text = toml::to_string(&table).unwrap_or_else(|_| EMBEDDED_CONFIG.to_string());
+        ConfigSource::EmbeddedEdited(text.into())
+    }
+
     /// Like [`ConfigSource::load`], but gives up after `timeout`. The reading thread is
     /// left behind when it is stuck in the kernel (or in a huge tree of files); nothing
     /// waits for it, and no other read starts until it has ended: a reload meanwhile is
@@ -62,7 +98,9 @@ impl ConfigSource {
             }
         }
         let file = match self {
-            ConfigSource::Embedded => PathBuf::from("<embedded gto.toml>"),
+            ConfigSource::Embedded | ConfigSource::EmbeddedEdited(_) => {
+                PathBuf::from("<embedded gto.toml>")
+            }
             ConfigSource::File(path) => path.clone(),
         };
         let started = READING
@@ -122,6 +160,9 @@ impl ConfigSource {
         match self {
             ConfigSource::Embedded => {
                 load_str(EMBEDDED_CONFIG, Path::new("<embedded gto.toml>"), true)
+            }
+            ConfigSource::EmbeddedEdited(text) => {
+                load_str(text, Path::new("<embedded gto.toml>"), true)
             }
             ConfigSource::File(path) => {
                 let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG_SIZE)

@@ -27,9 +27,23 @@ pub struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// Where the embedded default listens, when no subcommand is given.
+    #[command(flatten)]
+    pub embedded: EmbeddedListen,
     /// What to do; with none, serve the embedded default on 127.0.0.1:5353.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// `--listen` and `--admin` for the embedded default (no `--config`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EmbeddedListen {
+    /// DNS listen address (repeat for more), e.g. 0.0.0.0:5353; default 127.0.0.1:5353.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+    /// Admin API listen address; default 127.0.0.1:8053.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin: Option<String>,
 }
 
 /// Subcommands.
@@ -38,8 +52,17 @@ pub enum Command {
     /// Serve DNS from a config file (or the embedded default without --config).
     Run {
         /// TOML config file.
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with_all = ["listen", "admin"])]
         config: Option<PathBuf>,
+        /// Where the embedded default listens (without --config).
+        #[command(flatten)]
+        embedded: EmbeddedListen,
+    },
+    /// Print the embedded default config (`gto config example > gto.toml` to start one).
+    Config {
+        /// What to print.
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// The answer CLIENT would get for NAME, and why, from the config and the state file
     /// (offline: binds nothing, probes nothing). Prints JSON.
@@ -94,6 +117,13 @@ pub enum Command {
         /// Output directory (created if missing).
         dir: PathBuf,
     },
+}
+
+/// `gto config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// The embedded default config, with its comments: what `gto` with no arguments serves.
+    Example,
 }
 
 /// `gto dnssec ...`.

@@ -17,9 +17,16 @@ use crate::{App, ConfigSource, EXIT_BAD_CONFIG, Loaded};
 pub fn main(cli: Cli) -> ExitCode {
     init_logging(cli.log_json);
     match cli.command {
-        None => serve(ConfigSource::Embedded),
-        Some(Command::Run { config }) => {
-            serve(config.map_or(ConfigSource::Embedded, ConfigSource::File))
+        None => serve(embedded(&cli.embedded)),
+        Some(Command::Run {
+            config,
+            embedded: listen,
+        }) => serve(config.map_or_else(|| embedded(&listen), ConfigSource::File)),
+        Some(Command::Config {
+            command: super::ConfigCommand::Example,
+        }) => {
+            let _ = std::io::stdout().write_all(crate::config::EMBEDDED_CONFIG.as_bytes());
+            ExitCode::SUCCESS
         }
         Some(Command::Check { config }) => check(ConfigSource::File(config)),
         Some(Command::Reload { config, pid }) => super::reload::reload(&config, pid),
@@ -89,6 +96,11 @@ fn serve(source: ConfigSource) -> ExitCode {
             Err(error) => fail(&error),
         }
     })
+}
+
+/// The embedded default, listening where the command line says.
+fn embedded(listen: &super::EmbeddedListen) -> ConfigSource {
+    ConfigSource::embedded_with(&listen.listen, listen.admin.as_deref())
 }
 
 /// `gto probe`: health checks and votes only.

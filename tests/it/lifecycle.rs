@@ -488,3 +488,51 @@ fn version_names_the_commit_and_the_build_date() {
         "{text}"
     );
 }
+
+/// The embedded default takes `--listen` (repeatable) and `--admin`, checked as a file's
+/// addresses are; `gto config example` prints it.
+#[tokio::test]
+async fn the_embedded_default_listens_where_asked_and_prints_itself() {
+    let mut gto = RealGto::spawn(&[
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--admin"),
+        OsStr::new("127.0.0.1:0"),
+    ]);
+    let dns = gto.dns_addr().await;
+    let admin = gto.admin_addr().await;
+    assert_ne!(dns.port(), 5353);
+    let reply = wait_answering(dns, "vpn.gto.example.com.").await;
+    assert_eq!(answers(&reply), vec!["198.51.100.10", "198.51.100.20"]);
+    let (code, _) = crate::support::http(admin, "GET", "/healthz", None, "").await;
+    assert_eq!(code, 200);
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+
+    let output = crate::support::gto_bin()
+        .args(["run", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("server.listen[0]"), "{stderr}");
+    let output = crate::support::gto_bin()
+        .args(["run", "--config", "x.toml", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "--config and --listen conflict"
+    );
+
+    let output = crate::support::gto_bin()
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        std::fs::read_to_string(crate::support::repo().join("examples/gto.toml")).unwrap()
+    );
+}
