@@ -61,7 +61,9 @@ impl ApiError {
 impl From<StateError> for ApiError {
     fn from(error: StateError) -> Self {
         match error {
-            StateError::NoCapacity(..) => ApiError::BadRequest(error.to_string()),
+            StateError::NoCapacity(..) | StateError::ZeroCapacity(..) => {
+                ApiError::BadRequest(error.to_string())
+            }
             StateError::NotFound(..) => ApiError::NotFound(error.to_string()),
             StateError::Stopped => ApiError::ShuttingDown,
         }

@@ -84,8 +84,16 @@ pub enum StateError {
     #[error("no endpoint {1:?} in pool {0:?}")]
     NotFound(String, String),
     /// A load report without a capacity, for an endpoint with none configured.
-    #[error("no capacity given and none configured for {0}/{1}")]
+    #[error(
+        "no capacity for {0}/{1}: the report gives none and the member has no `capacity` in \
+         the config; send \"capacity\" (above 0) or configure it"
+    )]
     NoCapacity(String, String),
+    /// A load report whose capacity is 0.
+    #[error(
+        "capacity 0 for {0}/{1}: a capacity must be above 0 (sessions per capacity is the load)"
+    )]
+    ZeroCapacity(String, String),
     /// The monitor has stopped (shutting down).
     #[error("gto is shutting down")]
     Stopped,

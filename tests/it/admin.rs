@@ -215,6 +215,27 @@ async fn load_reports_show_in_status_and_bad_requests_are_explained() {
     )
     .await;
     assert_eq!(code, 400, "no capacity configured or given: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the report gives none and the member has no `capacity`")),
+        "{body}"
+    );
+    let (code, body) = http_json(
+        admin,
+        "PUT",
+        "/v1/members/sma/ams-1/load",
+        Some(TOKEN),
+        r#"{"sessions": 5, "capacity": 0}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("capacity 0")),
+        "{body}"
+    );
     let (code, body) = http_json(admin, "GET", "/v1/nothing-here", None, "").await;
     assert_eq!(code, 404);
     assert!(body["error"].is_string());

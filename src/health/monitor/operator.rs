@@ -77,6 +77,12 @@ impl Monitor {
             .members
             .get_mut(key)
             .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))?;
+        if capacity == Some(0) {
+            return Err(StateError::ZeroCapacity(
+                key.pool.clone(),
+                key.member.clone(),
+            ));
+        }
         let capacity = capacity
             .or(tracked.capacity)
             .filter(|c| *c > 0)
