@@ -71,6 +71,9 @@ pub struct Affinity {
     pub v6: u8,
     /// How many of the best-ranked endpoints share clients (ties extend it).
     pub candidates: usize,
+    /// `affinity = false`: each query draws its first endpoint among the candidates by
+    /// weight, so the shares hold per query rather than per client prefix.
+    pub per_query: bool,
 }
 
 impl Affinity {
@@ -79,6 +82,7 @@ impl Affinity {
     /// over), three for `least-load` and `weighted` (where every equal endpoint ties anyway).
     pub fn default_for(policy: Policy) -> Self {
         Self {
+            per_query: false,
             v4: 24,
             v6: 56,
             candidates: match policy {

@@ -98,6 +98,14 @@ pub(crate) struct RawRegion {
     pub(crate) prefer: Vec<String>,
 }
 
+/// `affinity = false` (per query) or `affinity = { v4 = 24, ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawAffinitySetting {
+    On(bool),
+    Table(RawAffinity),
+}
+
 /// `affinity = { v4 = 24, v6 = 56, candidates = 3 }`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawAffinity {
@@ -222,7 +230,7 @@ pub(crate) struct RawService {
     pub(crate) answers: Option<Spanned<i64>>,
     pub(crate) ttl: Option<Spanned<i64>>,
     pub(crate) when_all_down: Option<Spanned<RawWhenAllDown>>,
-    pub(crate) affinity: Option<Spanned<RawAffinity>>,
+    pub(crate) affinity: Option<Spanned<RawAffinitySetting>>,
     pub(crate) ecs: Option<bool>,
 }
 

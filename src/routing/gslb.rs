@@ -291,6 +291,19 @@ impl GslbNode {
             }
         };
         let affinity_scope = match client {
+            // `affinity = false`: a fresh draw per query, weighted as a client's would be.
+            _ if self.affinity.per_query && ranking.candidates > 1 => {
+                let weight = |i: usize| self.members.get(i).map_or(0.0, |m| m.weight);
+                policy::reorder_for_client(
+                    ranking,
+                    weight,
+                    rand::random(),
+                    &self.seeds,
+                    &mut scratch.choice.order,
+                    &mut scratch.scored,
+                );
+                0
+            }
             Some(addr) if ranking.candidates > 1 => {
                 let key = affinity::client_key(addr, self.affinity.v4, self.affinity.v6);
                 let weight = |i: usize| self.members.get(i).map_or(0.0, |m| m.weight);

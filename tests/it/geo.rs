@@ -510,3 +510,62 @@ async fn explain_takes_a_client_prefix_as_ecs_carries_it() {
         assert!(stderr.contains(reason), "{bad}: {stderr}");
     }
 }
+
+/// `weighted` with `affinity = false`: shares hold per query, so one resolver asking
+/// 1,000 times sees the weights (80/20 within 5 points), on the fast path; with the
+/// default affinity the same resolver keeps one endpoint.
+#[tokio::test]
+async fn weighted_per_query_shares_follow_the_weights_for_one_resolver() {
+    let config = |affinity: &str| {
+        format!(
+            "{PREAMBLE}
+[[service]]
+name = \"vpn.gto.example.com.\"
+pool = \"w\"
+policy = \"weighted\"
+answers = 1
+{affinity}
+
+[[pool]]
+name = \"w\"
+[[pool.member]]
+name = \"big\"
+addresses = [\"192.0.2.81\"]
+weight = 80
+[[pool.member]]
+name = \"small\"
+addresses = [\"192.0.2.82\"]
+weight = 20
+
+[rrl]
+enabled = false
+"
+        )
+    };
+    let count = |server: TestServer| async move {
+        // The whole server lives until the count is done (not just its address).
+        let server = server;
+        let mut big = 0;
+        for _ in 0..1_000 {
+            let (reply, _) = udp(
+                server.addr,
+                &query("vpn.gto.example.com.", RecordType::A, None),
+            )
+            .await;
+            if answers(&reply) == vec!["192.0.2.81"] {
+                big += 1;
+            }
+        }
+        big
+    };
+    let per_query = count(TestServer::start(&config("affinity = false"), ZONE).await).await;
+    assert!(
+        (750..=850).contains(&per_query),
+        "{per_query} of 1000 to the weight-80 endpoint"
+    );
+    let sticky = count(TestServer::start(&config(""), ZONE).await).await;
+    assert!(
+        sticky == 0 || sticky == 1_000,
+        "one resolver, one endpoint: {sticky}"
+    );
+}

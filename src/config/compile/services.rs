@@ -9,7 +9,8 @@ use super::pools::compile_location;
 use crate::config::located::Collector;
 use crate::config::located::parse_name;
 use crate::config::raw::{
-    RawAffinity, RawConfig, RawGeo, RawNetwork, RawRegion, RawService, RawWhenAllDown,
+    RawAffinity, RawAffinitySetting, RawConfig, RawGeo, RawNetwork, RawRegion, RawService,
+    RawWhenAllDown,
 };
 use crate::config::{
     Affinity, Answers, GeoNetwork, GeoSettings, Policy, Pool, PoolId, Region, Service, Ttl,
@@ -232,14 +233,21 @@ fn compile_policy(
 
 /// `affinity`: the policy's default, with the prefix lengths and candidates set.
 fn compile_affinity(
-    raw: Option<&Spanned<RawAffinity>>,
+    raw: Option<&Spanned<RawAffinitySetting>>,
     policy: Policy,
     path: &str,
     errors: &mut Collector<'_>,
 ) -> Affinity {
     let mut affinity_value = Affinity::default_for(policy);
     if let Some(raw) = raw {
-        let RawAffinity { v4, v6, candidates } = raw.get_ref();
+        let RawAffinity { v4, v6, candidates } = match raw.get_ref() {
+            RawAffinitySetting::On(true) => return affinity_value,
+            RawAffinitySetting::On(false) => {
+                affinity_value.per_query = true;
+                return affinity_value;
+            }
+            RawAffinitySetting::Table(table) => table,
+        };
         let mut bits = |field: &str, value: &Option<i64>, max: u8, default: u8| match value {
             None => default,
             Some(v) => u8::try_from(*v)
