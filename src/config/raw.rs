@@ -98,12 +98,38 @@ pub(crate) struct RawRegion {
     pub(crate) prefer: Vec<String>,
 }
 
-/// `affinity = false` (per query) or `affinity = { v4 = 24, ... }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `affinity = false` (per query) or `affinity = { v4 = 24, ... }`. Deserialized by hand
+/// (not `untagged`), so the table's unknown keys are still reported.
+#[derive(Debug)]
 pub(crate) enum RawAffinitySetting {
     On(bool),
     Table(RawAffinity),
+}
+
+impl<'de> Deserialize<'de> for RawAffinitySetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawAffinitySetting;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("false (per-query shares) or a table { v4, v6, candidates }")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Self::Value, E> {
+                Ok(RawAffinitySetting::On(on))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawAffinity::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawAffinitySetting::Table)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `affinity = { v4 = 24, v6 = 56, candidates = 3 }`.

@@ -558,3 +558,29 @@ fn dnssec_parent_mistakes_are_reported_with_locations() {
         assert_eq!(code, 0, "{good}: {stdout}{stderr}");
     }
 }
+
+#[test]
+fn affinity_is_false_or_a_table_whose_unknown_keys_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let with = |affinity: &str| {
+        config("").replace("ttl = 20\n", &format!("ttl = 20\naffinity = {affinity}\n"))
+    };
+    for (affinity, expected) in [
+        (
+            "{ v4 = 24, bogus = 1 }",
+            "service[0].affinity.bogus: unknown key",
+        ),
+        ("\"yes\"", "expected false (per-query shares) or a table"),
+    ] {
+        fs::write(dir.path().join("gto.toml"), with(affinity)).unwrap();
+        let (code, _, stderr) = check(dir.path());
+        assert_eq!(code, 64, "{affinity}: {stderr}");
+        assert!(stderr.contains(expected), "{affinity}: {stderr}");
+    }
+    for good in ["false", "true", "{ v4 = 16, candidates = 2 }"] {
+        fs::write(dir.path().join("gto.toml"), with(good)).unwrap();
+        let (code, stdout, stderr) = check(dir.path());
+        assert_eq!(code, 0, "{good}: {stdout}{stderr}");
+    }
+}
