@@ -240,11 +240,39 @@ pub(crate) struct RawDnssec {
 }
 
 /// `dnssec.parent = "resolve" | "manual" | ["ADDR[:PORT]", ...]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(crate) enum RawParent {
     Keyword(String),
     Servers(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for RawParent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawParent;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"resolve\", \"manual\" or a list of \"ADDR[:PORT]\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(RawParent::Keyword(text.to_string()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut servers = Vec::new();
+                while let Some(server) = seq.next_element::<String>()? {
+                    servers.push(server);
+                }
+                Ok(RawParent::Servers(servers))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `[[service]]`: one GSLB name.

@@ -535,6 +535,15 @@ fn dnssec_parent_mistakes_are_reported_with_locations() {
     }
     assert!(!stderr.contains("parent[2]"), "[::1]:53 is fine: {stderr}");
 
+    let text = signed("parent = 5");
+    fs::write(dir.path().join("gto.toml"), &text).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains(r#"expected "resolve", "manual" or a list of "ADDR[:PORT]""#),
+        "{stderr}"
+    );
+
     let text = signed(r#"parent = "sometimes""#);
     fs::write(dir.path().join("gto.toml"), &text).unwrap();
     let (code, _, stderr) = check(dir.path());
