@@ -67,7 +67,34 @@ impl std::fmt::Debug for Etcd {
 }
 
 fn failed(error: etcd_client::Error) -> ClusterError {
-    ClusterError::Unavailable(error.to_string())
+    ClusterError::Unavailable(plain(&error))
+}
+
+/// An etcd client error in plain words: gRPC's status as its code's meaning and message
+/// (not its metadata), a transport error with its causes.
+fn plain(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message();
+            let code = status.code().description().trim_end_matches('.').to_lowercase();
+            if message.is_empty() {
+                format!("etcd: {code}")
+            } else {
+                format!("etcd: {code}: {message}")
+            }
+        }
+        etcd_client::Error::TransportError(transport) => {
+            let mut text = String::from("cannot reach etcd");
+            let mut source = std::error::Error::source(transport);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+        other => other.to_string(),
+    }
 }
 
 impl Etcd {
@@ -335,7 +362,7 @@ impl super::Engine for Etcd {
                         WatchItem::Changes { changes, revision }
                     }
                     Ok(None) => WatchItem::Closed("watch stream ended".into()),
-                    Err(error) => WatchItem::Closed(error.to_string()),
+                    Err(error) => WatchItem::Closed(plain(&error)),
                 };
                 let last = matches!(item, WatchItem::Compacted | WatchItem::Closed(_));
                 if sender.send(item).await.is_err() || last {
@@ -476,5 +503,23 @@ impl super::Engine for Etcd {
             .iter()
             .map(|m| (m.endpoint.clone(), m.up.load(Ordering::Relaxed)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_errors_read_as_words_not_debug() {
+        let status = etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+            "etcdserver: no leader",
+        ));
+        let text = plain(&status);
+        assert!(text.starts_with("etcd: "), "{text}");
+        assert!(text.ends_with(": etcdserver: no leader"), "{text}");
+        for debug in ["MetadataMap", "Status {", "details:", "headers"] {
+            assert!(!text.contains(debug), "{text}");
+        }
     }
 }
