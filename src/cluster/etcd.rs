@@ -76,7 +76,11 @@ fn plain(error: &etcd_client::Error) -> String {
     match error {
         etcd_client::Error::GRpcStatus(status) => {
             let message = status.message();
-            let code = status.code().description().trim_end_matches('.').to_lowercase();
+            let code = status
+                .code()
+                .description()
+                .trim_end_matches('.')
+                .to_lowercase();
             if message.is_empty() {
                 format!("etcd: {code}")
             } else {
@@ -512,9 +516,8 @@ mod tests {
 
     #[test]
     fn etcd_errors_read_as_words_not_debug() {
-        let status = etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
-            "etcdserver: no leader",
-        ));
+        let status =
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
         let text = plain(&status);
         assert!(text.starts_with("etcd: "), "{text}");
         assert!(text.ends_with(": etcdserver: no leader"), "{text}");

@@ -49,9 +49,9 @@ pub enum ProbeError {
     /// The HTTP status was not one of those expected.
     #[error("HTTP status {0}")]
     Status(u16),
-    /// The probe did not finish within its timeout.
-    #[error("timed out")]
-    Timeout,
+    /// The probe did not finish within its timeout, in this phase.
+    #[error("timed out {0}")]
+    Timeout(Phase),
     /// The TLS handshake failed (including certificate verification).
     #[error("TLS failed: {0}")]
     Tls(String),
@@ -74,19 +74,53 @@ impl ProbeError {
             ProbeError::Local(_) => "local",
             ProbeError::Refused => "refused",
             ProbeError::Status(_) => "status",
-            ProbeError::Timeout => "timeout",
+            ProbeError::Timeout(_) => "timeout",
             ProbeError::Tls(_) => "tls",
         }
     }
 }
 
 /// A probe ready to run: the spec plus what is expensive to build (the TLS client config).
-#[derive(Clone)]
 pub struct Prober {
     probe: Probe,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Source addresses (`[health] source`, `source6`).
     sources: crate::config::HealthSettings,
+    /// Where the probe running now is, for a timeout's reason.
+    phase: std::sync::atomic::AtomicU8,
+}
+
+impl Clone for Prober {
+    /// Another prober of the same probe, with a phase of its own.
+    fn clone(&self) -> Self {
+        Self {
+            probe: self.probe.clone(),
+            tls: self.tls.clone(),
+            sources: self.sources.clone(),
+            phase: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+}
+
+/// Where a probe was when its timeout ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Opening the TCP connection.
+    Connect,
+    /// The TLS handshake.
+    Tls,
+    /// Waiting for the HTTP response (status, headers or body).
+    Response,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connecting",
+            Phase::Tls => "in the TLS handshake",
+            Phase::Response => "waiting for the HTTP response",
+        })
+    }
 }
 
 impl std::fmt::Debug for Prober {
@@ -110,6 +144,7 @@ impl Prober {
             probe,
             tls,
             sources: crate::config::HealthSettings::default(),
+            phase: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
@@ -130,6 +165,7 @@ impl Prober {
     /// `load_fields` also returns the load its JSON body reports; a TLS or HTTPS probe the
     /// certificate's expiry.
     pub async fn run(&self) -> Result<ProbeOutcome, ProbeError> {
+        self.enter(Phase::Connect);
         match &self.probe {
             Probe::None => Ok(ProbeOutcome::default()),
             Probe::Tcp { target } => {
@@ -141,6 +177,7 @@ impl Prober {
             }
             Probe::Tls { target, tls } => {
                 let tcp = connect(*target, self.source_for(*target)).await?;
+                self.enter(Phase::Tls);
                 let stream = self.handshake(tcp).await?;
                 let cert = check_expiry(&stream, tls)?;
                 Ok(ProbeOutcome { load: None, cert })
@@ -148,13 +185,18 @@ impl Prober {
             Probe::Http(http) => {
                 let tcp = connect(http.target, self.source_for(http.target)).await?;
                 match &http.tls {
-                    None => Ok(ProbeOutcome {
-                        load: exchange(tcp, http).await?,
-                        cert: None,
-                    }),
+                    None => {
+                        self.enter(Phase::Response);
+                        Ok(ProbeOutcome {
+                            load: exchange(tcp, http).await?,
+                            cert: None,
+                        })
+                    }
                     Some(tls) => {
+                        self.enter(Phase::Tls);
                         let stream = self.handshake(tcp).await?;
                         let cert = check_expiry(&stream, tls)?;
+                        self.enter(Phase::Response);
                         Ok(ProbeOutcome {
                             load: exchange(stream, http).await?,
                             cert,
@@ -162,6 +204,20 @@ impl Prober {
                     }
                 }
             }
+        }
+    }
+
+    fn enter(&self, phase: Phase) {
+        self.phase
+            .store(phase as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where the last probe was (what a timeout interrupted).
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Phase::Tls,
+            2 => Phase::Response,
+            _ => Phase::Connect,
         }
     }
 

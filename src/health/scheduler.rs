@@ -111,7 +111,7 @@ pub async fn probe_loop(
         let (result, outcome) = match tokio::time::timeout(schedule.timeout, prober.run()).await {
             Ok(Ok(outcome)) => (Ok(()), outcome),
             Ok(Err(error)) => (Err(error), Default::default()),
-            Err(_) => (Err(ProbeError::Timeout), Default::default()),
+            Err(_) => (Err(ProbeError::Timeout(prober.phase())), Default::default()),
         };
         drop(permit);
         let rtt = started.elapsed();

@@ -707,3 +707,40 @@ async fn an_expiring_certificate_warns_and_takes_a_member_down_only_when_asked()
         assert!(gto.exit().await.success());
     }
 }
+
+/// A probe's timeout says where it stopped: in the TLS handshake (a listener that accepts
+/// and says nothing), or waiting for the HTTP response; what the scheduler reports as
+/// the reason ("timed out in the TLS handshake").
+#[tokio::test]
+async fn a_timeout_names_the_phase_it_interrupted() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.7:0").await.unwrap();
+    let target = silent.local_addr().unwrap();
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = silent.accept().await {
+            keep.lock().await.push(stream); // accepted, never answered
+        }
+    });
+    let (_, pem) = certificate(&["appliance.test"], 30);
+    for (probe, phase) in [
+        (
+            Probe::Tls {
+                target,
+                tls: tls_settings(&pem, "appliance.test", None),
+            },
+            "in the TLS handshake",
+        ),
+        (
+            Probe::Http(http(target, None)),
+            "waiting for the HTTP response",
+        ),
+    ] {
+        let prober = Prober::new(probe).unwrap();
+        let ran = tokio::time::timeout(Duration::from_millis(300), prober.run()).await;
+        assert!(ran.is_err(), "the silent listener never answers");
+        let error = ProbeError::Timeout(prober.phase());
+        assert_eq!(error.to_string(), format!("timed out {phase}"));
+        assert_eq!(error.as_str(), "timeout");
+    }
+}
