@@ -7,13 +7,38 @@ use std::process::ExitCode;
 use crate::EXIT_BAD_CONFIG;
 use crate::config::ConfigErrors;
 
-/// Prints every problem of a config that does not load; exit 64.
+/// `--log-json` was given: problems are printed as JSON lines too.
+pub(crate) static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints every problem of a config that does not load; exit 64. With `--log-json`, one
+/// JSON object per problem (`level`, `file`, `line`, `path`, `message`) and a summary.
 pub(crate) fn report(errors: &ConfigErrors) -> ExitCode {
     let mut stderr = std::io::stderr();
+    let json = JSON.load(std::sync::atomic::Ordering::Relaxed);
     for error in errors.iter() {
-        let _ = writeln!(stderr, "error: {error}");
+        if json {
+            let line = serde_json::json!({
+                "level": "ERROR",
+                "file": error.file.display().to_string(),
+                "line": error.line,
+                "path": error.path,
+                "message": error.message,
+            });
+            let _ = writeln!(stderr, "{line}");
+        } else {
+            let _ = writeln!(stderr, "error: {error}");
+        }
     }
-    let _ = writeln!(stderr, "{} problem(s) found", errors.len());
+    if json {
+        let summary = serde_json::json!({
+            "level": "ERROR",
+            "message": format!("{} problem(s) found", errors.len()),
+            "problems": errors.len(),
+        });
+        let _ = writeln!(stderr, "{summary}");
+    } else {
+        let _ = writeln!(stderr, "{} problem(s) found", errors.len());
+    }
     ExitCode::from(EXIT_BAD_CONFIG)
 }
 

@@ -181,7 +181,9 @@ fn init_logging(json: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
-        builder.json().init();
+        super::exit::JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Flat: the message and the event's fields at the top level of each line.
+        builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }

@@ -593,3 +593,57 @@ fn affinity_is_false_or_a_table_whose_unknown_keys_are_reported() {
         assert_eq!(code, 0, "{good}: {stdout}{stderr}");
     }
 }
+
+/// `--log-json`: `gto check` prints each problem as a JSON line (file, line, path,
+/// message), and the server's log lines are flat JSON (the message and the event's fields
+/// at the top level, no nested `fields`).
+#[tokio::test]
+async fn log_json_gives_json_problems_and_flat_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let text = config("").replace("answers = 2\n", "answers = 0\n");
+    fs::write(dir.path().join("gto.toml"), &text).unwrap();
+    let output = gto_bin()
+        .args(["check", "--log-json", "--config"])
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(lines.len() >= 2, "{lines:?}");
+    let first = &lines[0];
+    assert_eq!(first["level"], "ERROR");
+    assert!(
+        first["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("service[0]")),
+        "{first}"
+    );
+    assert!(first["line"].as_u64().is_some(), "{first}");
+    assert!(first["message"].is_string(), "{first}");
+    assert_eq!(lines.last().unwrap()["problems"], lines.len() - 1);
+
+    real_config(dir.path(), ZONE, |t| t);
+    let mut gto = crate::support::RealGto::spawn(&[
+        std::ffi::OsStr::new("--log-json"),
+        std::ffi::OsStr::new("run"),
+        std::ffi::OsStr::new("--config"),
+        dir.path().join("gto.toml").as_os_str(),
+    ]);
+    let line = gto.wait_for_log("serving DNS").await;
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        event["message"], "serving DNS on UDP (fast path) and TCP",
+        "{event}"
+    );
+    assert!(
+        event["local"].is_string(),
+        "fields at the top level: {event}"
+    );
+    assert!(event.get("fields").is_none(), "{event}");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
