@@ -244,6 +244,69 @@ impl Loaded {
     }
 }
 
+/// A warning per zone whose name servers' in-zone addresses (the glue a parent delegates
+/// with) are all missing from `[server] listen`: resolvers following the delegation ask
+/// those addresses, not this instance (fine behind NAT or a load balancer, which is why
+/// it is a warning). Silent with a wildcard listener or without in-zone addresses.
+fn name_server_warnings(config: &Config, zones: &[Zone], file: &Path) -> Vec<ConfigError> {
+    use hickory_proto::rr::{LowerName, RData, RecordType};
+    let listen = &config.server.listen;
+    if listen.iter().any(|a| a.ip().is_unspecified()) {
+        return Vec::new();
+    }
+    let mut warnings = Vec::new();
+    for zone in zones {
+        let sets: std::collections::HashMap<&LowerName, &[crate::zone::RrSet]> =
+            zone.rrsets().collect();
+        let of_type = |name: &LowerName, kind: RecordType| {
+            sets.get(name)
+                .into_iter()
+                .flat_map(|s| s.iter())
+                .filter(move |s| s.record_type == kind)
+                .flat_map(|s| s.records.iter())
+        };
+        let mut servers = Vec::new();
+        for ns in of_type(zone.origin(), RecordType::NS) {
+            let RData::NS(target) = &ns.data else {
+                continue;
+            };
+            let target = LowerName::from(&target.0);
+            for record in of_type(&target, RecordType::A).chain(of_type(&target, RecordType::AAAA))
+            {
+                let ip = match &record.data {
+                    RData::A(a) => std::net::IpAddr::V4(a.0),
+                    RData::AAAA(a) => std::net::IpAddr::V6(a.0),
+                    _ => continue,
+                };
+                servers.push((target.to_string(), ip));
+            }
+        }
+        if servers.is_empty()
+            || servers
+                .iter()
+                .any(|(_, ip)| listen.iter().any(|l| l.ip() == *ip))
+        {
+            continue;
+        }
+        let named: Vec<String> = servers.iter().map(|(n, ip)| format!("{n} {ip}")).collect();
+        let listening: Vec<String> = listen.iter().map(ToString::to_string).collect();
+        warnings.push(ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            path: "server.listen".into(),
+            message: format!(
+                "zone {}: its name servers' addresses ({}) are not among the listen addresses \
+                 ({}): resolvers following the delegation ask those addresses; list them in \
+                 server.listen, unless this instance sits behind NAT or a load balancer",
+                zone.origin(),
+                named.join(", "),
+                listening.join(", ")
+            ),
+        });
+    }
+    warnings
+}
+
 /// Parses config text, loads every zone and checks the names across both. Problems from
 /// all three steps are reported together.
 fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErrors> {
@@ -306,6 +369,12 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
         let warnings = zones
             .iter()
             .flat_map(|zone| zone.warnings().iter().cloned().map(located))
+            // The embedded default is a demonstration on loopback: not a delegation.
+            .chain(if embedded {
+                Vec::new()
+            } else {
+                name_server_warnings(&config, &zones, file)
+            })
             .collect();
         Ok(Loaded {
             keys,

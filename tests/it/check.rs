@@ -647,3 +647,28 @@ async fn log_json_gives_json_problems_and_flat_log_lines() {
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
+
+/// `gto check` warns (exit 0) when none of a zone's name server addresses is a listen
+/// address: the delegation points elsewhere. Listing one silences it.
+#[test]
+fn a_delegation_to_addresses_gto_does_not_listen_on_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    fs::write(dir.path().join("gto.toml"), config("")).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("server.listen: zone gto.example.com.: its name servers' addresses")
+            && stderr.contains("ns1.gto.example.com. 127.0.0.53"),
+        "{stderr}"
+    );
+    fs::write(
+        dir.path().join("gto.toml"),
+        config("").replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.53:0\"]"),
+    )
+    .unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("name servers' addresses"), "{stderr}");
+}
