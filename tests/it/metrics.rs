@@ -116,3 +116,60 @@ addresses = ["127.0.0.8"]
     }
     panic!("load from the check never exported:\n{metrics}");
 }
+
+fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(crate::support::repo().join("examples"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: `tests/run` installs it (apt-get install prometheus)");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// `/metrics` passes `promtool check metrics` with nothing to say (HELP and TYPE on every
+/// series, names and units as Prometheus wants them) after real traffic and a reload; the
+/// shipped alert rules pass `promtool check rules` and their unit tests.
+#[tokio::test]
+async fn metrics_pass_promtool_and_the_shipped_alert_rules_are_tested() {
+    let server = start_admin().await;
+    for name in [
+        "vpn.gto.example.com.",
+        "www.gto.example.com.",
+        "nope.gto.example.com.",
+    ] {
+        crate::support::udp(
+            server.addr,
+            &crate::support::query(name, hickory_proto::rr::RecordType::A, None),
+        )
+        .await;
+    }
+    server.app.reload().await.unwrap();
+    let text = metrics_text(&server).await;
+    let (ok, said) = promtool(&["check", "metrics"], Some(&text));
+    assert!(ok && said.trim().is_empty(), "{said}");
+    let (ok, said) = promtool(&["check", "rules", "alerts.yml"], None);
+    assert!(ok, "{said}");
+    let (ok, said) = promtool(&["test", "rules", "alerts.test.yml"], None);
+    assert!(ok, "{said}");
+}

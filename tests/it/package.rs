@@ -125,6 +125,8 @@ fn the_package_holds_what_a_dns_server_package_should_and_passes_lintian() {
         "./usr/share/fish/vendor_completions.d/gto.fish",
         "./usr/share/doc/gto/examples/grafana-dashboard.json",
         "./usr/share/doc/gto/examples/prometheus.yml",
+        "./usr/share/doc/gto/examples/alerts.yml",
+        "./usr/share/doc/gto/examples/alerts.test.yml",
         "./usr/share/doc/gto/copyright",
         "./usr/share/doc/gto/changelog.Debian.gz",
     ] {
