@@ -30,7 +30,7 @@ pub mod store;
 pub mod votes;
 
 pub use handle::HealthHandle;
-pub use monitor::spawn;
+pub use monitor::{START_GRACE, spawn};
 pub use status::{Changed, Drain, EndpointStatus, Flip, Load, StateError};
 
 use std::time::SystemTime;

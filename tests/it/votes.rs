@@ -558,3 +558,55 @@ async fn regional_scope_judges_with_the_instances_own_region() {
     let votes = &endpoint(&status, "fra-1")["votes"];
     assert_eq!(votes["decided_by"], "0 of 1 voters say down", "{votes}");
 }
+
+/// A restarting vantage point that cannot reach an appliance the others reach does not
+/// take it out of its answers on its own verdict before it has the fleet's votes (the
+/// start-up grace); once the votes count, the majority keeps it in.
+#[tokio::test]
+async fn a_restarting_vantage_waits_for_the_fleets_votes() {
+    let rule = "down_when = \"majority\"\nmin_voters = 2";
+    let fleet = fleet(rule, &SOURCES[..2]).await;
+    let ports = [
+        fleet.appliances[0].addr.port(),
+        fleet.appliances[1].addr.port(),
+        fleet.appliances[2].addr.port(),
+    ];
+    // The vantage at .2 restarts, its path to fra-1 broken, and etcd out of its reach.
+    block(&fleet.appliances[0], SOURCES[0]);
+    let relay = crate::fleet::Relay::start(fleet.etcd.port).await;
+    relay.cut();
+    let url = format!("http://{}", relay.addr);
+    let restarted = TestServer::start(&config(&url, SOURCES[0], rule, ports), ZONE).await;
+    // Its own verdict goes down within a few probes, yet fra-1 stays in its answers.
+    within(
+        Duration::from_secs(5),
+        "its own verdict goes down",
+        || async {
+            let status = http_json(restarted.admin(), "GET", "/v1/status", None, "")
+                .await
+                .1;
+            endpoint(&status, "fra-1")["votes"]["local"] == "down"
+        },
+    )
+    .await;
+    assert!(
+        has_fra(&restarted).await,
+        "one vantage point's verdict must not drop fra-1 before the fleet's votes"
+    );
+    // etcd reachable again: the votes count, and the majority keeps fra-1.
+    relay.restore();
+    within(
+        Duration::from_secs(10),
+        "the fleet's votes count",
+        || async {
+            let status = http_json(restarted.admin(), "GET", "/v1/status", None, "")
+                .await
+                .1;
+            voters(&status, "fra-1") >= 1
+        },
+    )
+    .await;
+    tokio::time::sleep(SETTLE).await;
+    assert!(has_fra(&restarted).await, "the majority keeps fra-1");
+    assert!(gto::health::START_GRACE > Duration::from_secs(SETTLE.as_secs() + 1));
+}

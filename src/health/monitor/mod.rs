@@ -47,6 +47,11 @@ type Published = Option<oneshot::Receiver<u64>>;
 /// How often staleness is checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// With `[cluster]`, how long after start an endpoint's health waits for the fleet's votes
+/// before this instance's own verdict may change it: a restarting vantage point that
+/// cannot reach an appliance the others reach does not take it out of the answers alone.
+pub const START_GRACE: Duration = Duration::from_secs(10);
+
 /// Starts the monitor and the probe tasks for `loaded`.
 pub fn spawn(
     loaded: &Loaded,
@@ -81,6 +86,11 @@ pub fn spawn(
             region: c.region.clone(),
         }),
         voting: false,
+        grace_until: loaded
+            .config
+            .cluster
+            .as_ref()
+            .map(|_| Instant::now() + START_GRACE),
         bus: None,
         state: state_file.map(|path| StateSink {
             writer: store::Writer::spawn(path, follow),
@@ -143,6 +153,9 @@ struct Monitor {
     voter: Option<Voter>,
     /// The fleet's votes count (the store is reachable).
     voting: bool,
+    /// With a fleet, until the first votes count or [`START_GRACE`] is over: health does
+    /// not change on this instance's own verdict.
+    grace_until: Option<Instant>,
     /// Where changes are reported as events, once set.
     bus: Option<crate::events::Events>,
     state: Option<StateSink>,
@@ -245,7 +258,11 @@ impl Monitor {
                     .await;
             }
             Control::Voting(voting) => {
-                if self.voting != voting {
+                if voting && self.grace_until.take().is_some() {
+                    // The fleet's votes are here: decide with them from now on.
+                    self.voting = true;
+                    self.reconsider_all("the fleet's votes count").await;
+                } else if self.voting != voting {
                     self.voting = voting;
                     let reason = if voting {
                         "the fleet's votes count again"

@@ -151,6 +151,16 @@ impl Monitor {
     /// moves load views on with time (staleness, slow-start ramps).
     pub(super) async fn sweep(&mut self) {
         let now = Instant::now();
+        if self.grace_until.is_some_and(|until| now >= until) {
+            self.grace_until = None;
+            tracing::warn!(
+                grace_seconds = super::START_GRACE.as_secs(),
+                "the fleet's votes did not arrive within the start-up grace: this instance's \
+                 own verdicts decide until they do"
+            );
+            self.reconsider_all("start-up grace over without the fleet's votes")
+                .await;
+        }
         let moved: Vec<EndpointKey> = self
             .members
             .iter()

@@ -77,9 +77,14 @@ impl Monitor {
     /// changed. `reason` is what changed (a probe result, or the votes).
     pub(super) fn reconsider(&mut self, key: &EndpointKey, reason: &str) -> Option<Flip> {
         let (voter, voting) = (self.voter.as_ref(), self.voting);
+        let in_grace = self.grace_until.is_some();
         let t = self.members.get_mut(key)?;
         let decision = decide(t.hysteresis.state(), voter, voting, &t.votes, &t.rule);
         t.tally = decision.tally;
+        // Starting in a fleet, before its votes: what was known at start stands.
+        if in_grace {
+            return None;
+        }
         if voter.is_some() {
             let down = decision.tally.map_or(0, |(_, down)| down);
             let voters = decision.tally.map_or(1, |(voters, _)| voters);
