@@ -23,7 +23,8 @@
 //!   seconds between a key's creation and the first comparison that sees a host lack it.
 //!
 //! Automatic rollovers (`lifetime`) are started by one instance only, the live member with
-//! the lowest id; the others follow its timeline once its new key files reach them.
+//! the lowest id while connected to the store (none while cut off from it); the others
+//! follow its timeline once its new key files reach them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -514,15 +515,20 @@ impl Fleet {
     }
 
     /// Whether this instance starts automatic rollovers: the live instance (probe agents,
-    /// which serve no DNS, aside) with the lowest id; itself when it sees no other.
+    /// which serve no DNS, aside) with the lowest id, as seen while connected to the
+    /// store. Cut off from it, no instance rolls (a rollover can wait; two instances
+    /// rolling apart cannot be undone).
     fn is_roller(&self) -> bool {
+        if !self.is_connected() {
+            return false;
+        }
         let instances = self.0.instances.load();
         instances
             .iter()
             .filter(|(_, seen)| !seen.info.listen.is_empty())
             .map(|(id, _)| id)
             .next()
-            .is_none_or(|first| *first >= self.0.instance)
+            .is_some_and(|first| *first == self.0.instance)
     }
 
     fn stored_keyset(&self, key: &str) -> Option<(KeysetValue, i64)> {
