@@ -323,9 +323,6 @@ impl Fleet {
             let outcome = self.sync_zone(&loaded, index, ring, now).await;
             followed |= outcome == KeysetOutcome::Followed;
             let zone = spec.origin.to_string();
-            let mismatch = matches!(outcome, KeysetOutcome::Mismatch(_));
-            metrics::gauge!(crate::metrics::DNSSEC_KEYSET_MISMATCH, "zone" => zone.clone())
-                .set(if mismatch { 1.0 } else { 0.0 });
             let state = match &outcome {
                 KeysetOutcome::Mismatch(missing) => KeysetState {
                     consistent: false,
@@ -337,6 +334,9 @@ impl Fleet {
                     missing: Vec::new(),
                 },
             };
+            // A comparison that failed (the store away) leaves the state as it was.
+            metrics::gauge!(crate::metrics::DNSSEC_KEYSET_MISMATCH, "zone" => zone.clone())
+                .set(if state.consistent { 0.0 } else { 1.0 });
             states.insert(zone, state);
             outcomes.push((spec.origin.clone(), outcome));
         }
@@ -347,7 +347,8 @@ impl Fleet {
         outcomes
     }
 
-    /// What this instance last told the fleet about `zone`.
+    /// What this instance last told the fleet about `zone` (consistent until it said
+    /// otherwise).
     fn reported(&self, zone: &str) -> KeysetState {
         self.0
             .me
@@ -355,7 +356,10 @@ impl Fleet {
             .keysets
             .get(zone)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or(KeysetState {
+                consistent: true,
+                missing: Vec::new(),
+            })
     }
 
     /// Puts the zones' states in this instance's record (written again when they changed),
