@@ -102,12 +102,12 @@ impl Target {
             .and_then(|a| a.get("token_file"))
             .and_then(toml::Value::as_str)
             .map(|file| {
-                let file = match std::env::var("CREDENTIALS_DIRECTORY") {
-                    Ok(dir) => file.replace("${CREDENTIALS_DIRECTORY}", &dir),
-                    Err(_) => file.to_string(),
-                };
+                let file = crate::config::located::expand_credentials(file).ok_or_else(|| {
+                    "names ${CREDENTIALS_DIRECTORY}, which is not set".to_string()
+                })?;
                 crate::files::read_to_string(&base.join(file), 1 << 16)
                     .map(|t| t.trim().to_string())
+                    .map_err(|e| e.to_string())
             })
             .transpose()
             .map_err(|e| format!("[admin] token_file: {e}"))?;

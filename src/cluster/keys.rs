@@ -406,7 +406,7 @@ impl Fleet {
         &self,
         loaded: &Loaded,
         index: usize,
-        ring: &KeyRing,
+        ring: &Arc<KeyRing>,
         now: u64,
     ) -> KeysetOutcome {
         let Some(spec) = loaded.config.zones.get(index) else {
@@ -418,9 +418,11 @@ impl Fleet {
         let local = shared_of(ring, now);
         let fleet = stored.as_ref().map(|(v, _)| current(v, now));
         let synced = self.synced_keyset(&key);
-        let local_newer = stored
-            .as_ref()
-            .is_some_and(|(v, _)| newest_state(ring) > v.at);
+        // Only a process that has not agreed yet looks at its state files' times.
+        let local_newer = synced.is_none()
+            && stored
+                .as_ref()
+                .is_some_and(|(v, _)| newest_state(ring) > v.at);
         let step = decide(
             &local,
             fleet.as_deref(),
@@ -467,9 +469,9 @@ impl Fleet {
             },
             Step::Missing(missing) => KeysetOutcome::Mismatch(missing),
             Step::Follow(wanted) => {
-                let ring_zone = (Arc::new(clone_ring(ring)), zone.clone());
+                let (ring, zone_name) = (ring.clone(), zone.clone());
                 let written = tokio::task::spawn_blocking(move || {
-                    keys::reschedule(&ring_zone.0, &ring_zone.1, &wanted)
+                    keys::reschedule(&ring, &zone_name, &wanted)
                 })
                 .await;
                 match written {
@@ -615,12 +617,6 @@ pub(super) struct Keysets {
     synced: BTreeMap<String, Vec<SharedKey>>,
     /// By etcd key: the revision of a value there that is not a valid timeline.
     invalid: BTreeMap<String, i64>,
-}
-
-fn clone_ring(ring: &KeyRing) -> KeyRing {
-    KeyRing {
-        keys: ring.keys.clone(),
-    }
 }
 
 #[cfg(test)]

@@ -61,15 +61,8 @@ impl<'a> Collector<'a> {
         file: &Spanned<String>,
         path: impl Into<String>,
     ) -> Option<PathBuf> {
-        const VARIABLE: &str = "${CREDENTIALS_DIRECTORY}";
-        let text = file.get_ref();
-        if !text.contains(VARIABLE) {
-            return Some(base_dir.join(text));
-        }
-        match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty()) {
-            Some(directory) => {
-                Some(base_dir.join(text.replace(VARIABLE, &directory.to_string_lossy())))
-            }
+        match expand_credentials(file.get_ref()) {
+            Some(text) => Some(base_dir.join(text)),
             None => {
                 self.at(
                     file,
@@ -208,4 +201,16 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         "d" => number.checked_mul(86_400).map(Duration::from_secs),
         _ => None,
     }
+}
+
+/// `text` with `${CREDENTIALS_DIRECTORY}` replaced by that environment variable (the
+/// directory a systemd unit's `LoadCredential=` fills); None when it names the variable
+/// and the variable is not set.
+pub(crate) fn expand_credentials(text: &str) -> Option<String> {
+    const VARIABLE: &str = "${CREDENTIALS_DIRECTORY}";
+    if !text.contains(VARIABLE) {
+        return Some(text.to_string());
+    }
+    let directory = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty())?;
+    Some(text.replace(VARIABLE, &directory.to_string_lossy()))
 }

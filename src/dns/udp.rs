@@ -460,7 +460,11 @@ fn worker(
             folded
                 .latency
                 .record(started.elapsed().as_secs_f64() / replies as f64);
-            send_from_each(fd, &mut transmit, &outputs, &mut answers[..replies]);
+            if wildcard {
+                send_from_each(fd, &mut transmit, &outputs, &mut answers[..replies]);
+            } else {
+                send_batch(fd, &mut transmit, &outputs, &answers[..replies], None);
+            }
         }
         // A small batch: let queries gather for a moment rather than sleep and wake for
         // each one (see `ServerSettings::udp_coalesce`). Its answers are already sent.
@@ -502,13 +506,9 @@ impl Transmit {
     }
 }
 
-/// Sends a batch's answers: at once, or on a wildcard socket once per address they leave
-/// from (the source address is one control message for a whole `sendmmsg`).
+/// Sends a wildcard socket's batch once per address its answers leave from (the source
+/// address is one control message for a whole `sendmmsg`).
 fn send_from_each(fd: RawFd, transmit: &mut Transmit, outputs: &[Vec<u8>], answers: &mut [Answer]) {
-    if answers.iter().all(|a| a.3.is_none()) {
-        send_batch(fd, transmit, outputs, answers, None);
-        return;
-    }
     // Grouped by source address, in the order they arrived within each.
     answers.sort_by_key(|a| (a.3.map(|l| (l.ip, l.ifindex)), a.2));
     let mut start = 0;
