@@ -49,7 +49,14 @@ pub(crate) fn compile_check(
     let rise = threshold("rise", &raw.rise, Check::DEFAULT_RISE);
     let fall = threshold("fall", &raw.fall, Check::DEFAULT_FALL);
     let kind = raw.kind.as_deref().unwrap_or("tcp");
-    let target = target(raw, kind, addresses, &mut error)
+    // `family = "each"` on a dual-stack member: its first IPv4 and first IPv6 address are
+    // probed apart (the first governs A records, the second AAAA).
+    let first_v6 = split_families(raw, kind, addresses, &mut error);
+    let probed: Vec<IpAddr> = match first_v6 {
+        Some(_) => addresses.iter().copied().filter(IpAddr::is_ipv4).collect(),
+        None => addresses.to_vec(),
+    };
+    let target = target(raw, kind, &probed, &mut error)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1)));
     check_names(raw, &mut error);
     let probe = match kind {
@@ -75,12 +82,84 @@ pub(crate) fn compile_check(
         }
     };
     misplaced_fields(raw, kind, &mut error);
+    let probe_v6 = first_v6.map(|ip| retarget(raw, &probe, SocketAddr::new(ip, target.port())));
     Check {
         probe,
+        probe_v6,
         interval,
         timeout,
         rise,
         fall,
+    }
+}
+
+/// `family`: with "each" (the default), no `address` and addresses of both families, the
+/// first IPv6 address to probe besides the first IPv4 one. "each" set with `address` is an
+/// error (one address cannot stand for two families).
+fn split_families(
+    raw: &RawCheck,
+    kind: &str,
+    addresses: &[IpAddr],
+    error: &mut Report<'_>,
+) -> Option<IpAddr> {
+    let each = match raw.family.as_deref() {
+        None => true,
+        Some("each") => {
+            if raw.address.is_some() {
+                error(
+                    "family",
+                    "\"each\" probes each address family's own address, but `address` names \
+                     one: remove `address`, or set family = \"first\""
+                        .into(),
+                );
+            }
+            true
+        }
+        Some("first") => false,
+        Some(other) => {
+            error(
+                "family",
+                format!("{other:?} is not \"each\" or \"first\""),
+            );
+            false
+        }
+    };
+    if !each || raw.address.is_some() || kind == "none" {
+        return None;
+    }
+    let v4 = addresses.iter().any(IpAddr::is_ipv4);
+    addresses.iter().copied().find(IpAddr::is_ipv6).filter(|_| v4)
+}
+
+/// `probe` sent to another address (the IPv6 one of a dual-stack member): the Host header
+/// and TLS server name follow the address unless configured.
+fn retarget(raw: &RawCheck, probe: &Probe, target: SocketAddr) -> Probe {
+    let named = raw.sni.is_some() || raw.host.is_some();
+    let tls_for = |tls: &TlsSettings| TlsSettings {
+        sni: if named {
+            tls.sni.clone()
+        } else {
+            target.ip().to_string()
+        },
+        ..tls.clone()
+    };
+    match probe {
+        Probe::None => Probe::None,
+        Probe::Tcp { .. } => Probe::Tcp { target },
+        Probe::Tls { tls, .. } => Probe::Tls {
+            target,
+            tls: tls_for(tls),
+        },
+        Probe::Http(http) => Probe::Http(HttpProbe {
+            target,
+            host: if raw.host.is_some() {
+                http.host.clone()
+            } else {
+                host_header(target)
+            },
+            tls: http.tls.as_ref().map(tls_for),
+            ..http.clone()
+        }),
     }
 }
 

@@ -229,8 +229,12 @@ pub struct Member {
 /// in a row flip it (gdnsd-style rise/fall hysteresis).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Check {
-    /// What one probe does.
+    /// What one probe does. For a dual-stack member checked with `family = "each"` (the
+    /// default), it probes the first IPv4 address and its result governs the A records.
     pub probe: Probe,
+    /// `family = "each"` on a dual-stack member: the probe of its first IPv6 address, whose
+    /// result governs the AAAA records. None when one probe governs every address.
+    pub probe_v6: Option<Probe>,
     /// Time between probes (jittered by the scheduler).
     pub interval: Duration,
     /// A probe that takes longer has failed; always shorter than `interval`.
@@ -255,6 +259,7 @@ impl Check {
     pub fn none() -> Self {
         Self {
             probe: Probe::None,
+            probe_v6: None,
             interval: Self::DEFAULT_INTERVAL,
             timeout: Self::DEFAULT_TIMEOUT,
             rise: Self::DEFAULT_RISE,
@@ -285,6 +290,15 @@ pub enum Probe {
 }
 
 impl Probe {
+    /// The address and port it connects to (None for `none`).
+    pub fn target(&self) -> Option<SocketAddr> {
+        match self {
+            Probe::Http(http) => Some(http.target),
+            Probe::None => None,
+            Probe::Tcp { target } | Probe::Tls { target, .. } => Some(*target),
+        }
+    }
+
     /// Stable label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -315,6 +315,9 @@ pub(crate) struct RawPool {
 pub(crate) struct RawCheck {
     pub(crate) kind: Option<String>,
     pub(crate) address: Option<String>,
+    /// "each" (default): each address family of a dual-stack member probed apart;
+    /// "first": the first address only.
+    pub(crate) family: Option<String>,
     pub(crate) port: Option<i64>,
     pub(crate) path: Option<String>,
     pub(crate) expect: Option<Vec<i64>>,
@@ -340,6 +343,7 @@ impl RawCheck {
         RawCheck {
             kind: self.kind.clone().or_else(|| base.kind.clone()),
             address: self.address.clone().or_else(|| base.address.clone()),
+            family: self.family.clone().or_else(|| base.family.clone()),
             port: self.port.or(base.port),
             path: self.path.clone().or_else(|| base.path.clone()),
             expect: self.expect.clone().or_else(|| base.expect.clone()),

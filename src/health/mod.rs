@@ -31,7 +31,9 @@ pub mod votes;
 
 pub use handle::HealthHandle;
 pub use monitor::{START_GRACE, spawn};
-pub use status::{Changed, Drain, EndpointStatus, Flip, Load, StateError};
+pub use status::{
+    Changed, Drain, EndpointStatus, Family, FamilyStatus, Flip, Load, StateError,
+};
 
 use std::time::SystemTime;
 
@@ -66,11 +68,25 @@ pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> EndpointStates {
             pool: record.pool.clone(),
             member: record.member.clone(),
         };
-        let down = record.health == Health::Down && member.check.probe != Probe::None;
+        let checked = member.check.probe != Probe::None;
+        let main_down = record.health == Health::Down && checked;
+        // With `family = "each"`, the endpoint is down when both families are.
+        let v6_down = member.check.probe_v6.is_some().then(|| {
+            checked && record.v6.as_ref().is_some_and(|v6| v6.health == Health::Down)
+        });
+        let down = main_down && v6_down.unwrap_or(true);
+        let withheld = match v6_down {
+            Some(v6_down) => crate::routing::Withheld {
+                v4: main_down && !v6_down,
+                v6: v6_down && !main_down,
+            },
+            None => crate::routing::Withheld::default(),
+        };
         let drained = record.live_drain(now).is_some();
         states.update(key, |state| {
             state.down = down;
             state.drained = drained;
+            state.withheld = withheld;
         });
     }
     states

@@ -48,6 +48,47 @@ pub struct EndpointStatus {
     pub overloaded: bool,
     /// The server certificate's expiry, as the last TLS or HTTPS probe read it.
     pub cert: Option<crate::health::probe::CertExpiry>,
+    /// `family = "each"` on a dual-stack endpoint: each address family's own check
+    /// (IPv4 first); empty when one check governs every address.
+    pub families: Vec<FamilyStatus>,
+}
+
+/// One address family's own check of an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilyStatus {
+    /// Which family.
+    pub family: Family,
+    /// The address probed.
+    pub address: Option<std::net::SocketAddr>,
+    /// Up or down, as answers of this family use it.
+    pub health: Health,
+    /// This instance's own verdict.
+    pub local: Health,
+    /// When it last flipped (or was first seen).
+    pub since: SystemTime,
+    /// When its last probe finished, if any has.
+    pub last_check: Option<SystemTime>,
+    /// The last probe's failure, when it failed.
+    pub last_error: Option<String>,
+}
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4: A records.
+    V4,
+    /// IPv6: AAAA records.
+    V6,
+}
+
+impl Family {
+    /// Stable label ("v4", "v6").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
+        }
+    }
 }
 
 /// An operator's drain: the endpoint gets no new answers.
@@ -108,6 +149,9 @@ pub struct Flip {
     pub from: Health,
     /// The state now.
     pub to: Health,
+    /// None: the endpoint's health changed; Some: only one address family's (the
+    /// endpoint stays up; that family's records leave or rejoin the answers).
+    pub family: Option<Family>,
     /// The probe result that flipped it.
     pub reason: String,
 }

@@ -75,6 +75,23 @@ pub struct EndpointRecord {
     /// Last reported load.
     #[serde(default)]
     pub load: Option<LoadRecord>,
+    /// `family = "each"` on a dual-stack endpoint: its IPv6 address's check (the fields
+    /// above are then its IPv4 address's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<FamilyRecord>,
+}
+
+/// What is kept of one address family's own check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyRecord {
+    /// Last known health.
+    pub health: Health,
+    /// When it last flipped (seconds since the Unix epoch).
+    pub since: u64,
+    /// When it was last probed, if ever.
+    pub checked: Option<u64>,
+    /// The last probe's failure, if it failed.
+    pub reason: Option<String>,
 }
 
 impl EndpointRecord {
@@ -93,6 +110,12 @@ impl EndpointRecord {
             Some("since")
         } else if self.checked.is_some_and(bad) {
             Some("checked")
+        } else if self
+            .v6
+            .as_ref()
+            .is_some_and(|f| bad(f.since) || f.checked.is_some_and(bad))
+        {
+            Some("v6.since")
         } else if self.drained_until.is_some_and(bad) {
             Some("drained_until")
         } else if self.load.is_some_and(|l| bad(l.at)) {
@@ -300,6 +323,12 @@ mod tests {
                     sessions: 10,
                     capacity: 100,
                     at: 6,
+                }),
+                v6: Some(FamilyRecord {
+                    health: Health::Up,
+                    since: 5,
+                    checked: Some(6),
+                    reason: None,
                 }),
             }],
         };

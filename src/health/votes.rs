@@ -35,6 +35,26 @@ pub struct Vote {
     pub stale: bool,
     /// When it was written (Unix seconds).
     pub at: u64,
+    /// `family = "each"` on a dual-stack endpoint: the IPv4 address's check alone (`up`
+    /// is then the endpoint's: up while either family is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4: Option<bool>,
+    /// The same for the IPv6 address's check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<bool>,
+}
+
+impl Vote {
+    /// The verdict on one of an endpoint's checks: the family's own when the voter
+    /// probes the families apart, else the endpoint's. None: this voter has no verdict on
+    /// the IPv6 check (it probes one address).
+    pub fn on(&self, v6_check: bool) -> Option<bool> {
+        if v6_check {
+            self.v6
+        } else {
+            Some(self.v4.unwrap_or(self.up))
+        }
+    }
 }
 
 /// Who this instance is, for voting; None without a fleet.
@@ -78,6 +98,19 @@ pub fn decide(
     votes: &BTreeMap<String, Vote>,
     rule: &VoteRule,
 ) -> Decision {
+    decide_check(local, me, voting, votes, rule, false)
+}
+
+/// [`decide`] for one of an endpoint's checks: its IPv6 address's (`v6_check`, counting
+/// only voters that probe it apart) or its main one.
+pub fn decide_check(
+    local: Health,
+    me: Option<&Voter>,
+    voting: bool,
+    votes: &BTreeMap<String, Vote>,
+    rule: &VoteRule,
+    v6_check: bool,
+) -> Decision {
     let alone = Decision {
         health: local,
         tally: None,
@@ -88,7 +121,9 @@ pub fn decide(
     let fresh = || {
         votes
             .iter()
-            .filter(|(voter, vote)| **voter != me.instance && !vote.stale)
+            .filter(|(voter, vote)| {
+                **voter != me.instance && !vote.stale && vote.on(v6_check).is_some()
+            })
             .map(|(_, vote)| vote)
     };
     let regional: Vec<&Vote> = match (&rule.scope, &me.region) {
@@ -108,7 +143,11 @@ pub fn decide(
     if voters < rule.min_voters {
         return alone;
     }
-    let down = others.iter().filter(|v| !v.up).count() + usize::from(local == Health::Down);
+    let down = others
+        .iter()
+        .filter(|v| v.on(v6_check) == Some(false))
+        .count()
+        + usize::from(local == Health::Down);
     let is_down = match rule.down_when {
         DownWhen::Majority => down * 2 > voters,
         DownWhen::All => down == voters,
@@ -138,6 +177,8 @@ mod tests {
             region: Some(region.into()),
             stale: false,
             at: 0,
+            v4: None,
+            v6: None,
         }
     }
 

@@ -32,6 +32,26 @@ pub struct EndpointState {
     pub drained: bool,
     /// Its load as ranking sees it.
     pub load: LoadView,
+    /// Address families whose own probe says down while the endpoint is up.
+    pub withheld: Withheld,
+}
+
+/// The address families of an up endpoint left out of answers: with `family = "each"`, a
+/// dual-stack endpoint whose IPv4 (or IPv6) probe fails gives no A (or AAAA) records while
+/// the other family's probe succeeds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Withheld {
+    /// No A records.
+    pub v4: bool,
+    /// No AAAA records.
+    pub v6: bool,
+}
+
+impl Withheld {
+    /// Whether the family (`v6` or IPv4) is left out.
+    pub fn of(self, v6: bool) -> bool {
+        if v6 { self.v6 } else { self.v4 }
+    }
 }
 
 impl Default for EndpointState {
@@ -41,6 +61,7 @@ impl Default for EndpointState {
             down: false,
             drained: false,
             load: LoadView::UNKNOWN,
+            withheld: Withheld::default(),
         }
     }
 }
@@ -416,11 +437,17 @@ fn gslb_node(
                 Selection::Fallback | Selection::Normal => up && !drained,
             };
             let load = state.load;
+            // Failing open answers every address, as with every endpoint down.
+            let withheld = match mode {
+                Selection::FailOpen | Selection::Empty => Withheld::default(),
+                Selection::Fallback | Selection::Normal => state.withheld,
+            };
             Endpoint {
                 info: info.clone(),
                 up,
                 drained,
                 available,
+                withheld,
                 overloaded: load.overloaded,
                 load: load.ratio(),
                 weight: info.weight * load.ramp_factor(),

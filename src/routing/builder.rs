@@ -85,6 +85,13 @@ pub enum Change {
         /// Its new state.
         up: bool,
     },
+    /// An up endpoint's address families left out of answers changed (`family = "each"`).
+    SetWithheld {
+        /// Which endpoint.
+        key: EndpointKey,
+        /// The families its own probes say are down.
+        withheld: super::build::Withheld,
+    },
 }
 
 /// Key directories read again for a config: applied only while the builder still serves
@@ -207,6 +214,9 @@ impl Builder {
                 due || keys_changed
             }
             Change::SetMemberUp { key, up } => self.states.update(key, |state| state.down = !up),
+            Change::SetWithheld { key, withheld } => {
+                self.states.update(key, |state| state.withheld = withheld)
+            }
         };
         (changed, event.done)
     }

@@ -134,6 +134,8 @@ pub struct Endpoint {
     pub drained: bool,
     /// May be answered (up and undrained, or the answer fails open).
     pub available: bool,
+    /// Address families its own probes take out of answers (`family = "each"`).
+    pub withheld: super::build::Withheld,
     /// Over its load high-watermark.
     pub overloaded: bool,
     /// Smoothed load (None: unknown or stale).
@@ -159,16 +161,25 @@ impl EndpointInfo {
             .filter(move |a| a.is_ipv6() == v6)
     }
 
-    /// The wire-form records of one family.
-    pub fn wire(&self, v6: bool) -> &[WireRecord] {
-        if v6 { &self.wire_aaaa } else { &self.wire_a }
-    }
 }
 
 impl Endpoint {
-    /// The records of one family.
+    /// The records of one family it is answered with (none while that family is withheld).
     pub fn records(&self, v6: bool) -> &[Record] {
-        if v6 { &self.aaaa } else { &self.a }
+        match (self.withheld.of(v6), v6) {
+            (true, _) => &[],
+            (false, true) => &self.aaaa,
+            (false, false) => &self.a,
+        }
+    }
+
+    /// The wire-form records of one family it is answered with.
+    pub fn wire(&self, v6: bool) -> &[WireRecord] {
+        match (self.withheld.of(v6), v6) {
+            (true, _) => &[],
+            (false, true) => &self.wire_aaaa,
+            (false, false) => &self.wire_a,
+        }
     }
 
     /// What ranking needs of it.

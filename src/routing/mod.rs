@@ -30,7 +30,9 @@ pub mod wire;
 mod zones;
 
 pub use crate::dnssec::CO_FLAG;
-pub use build::{EndpointState, EndpointStates, Prepared, build, build_prepared, prepare};
+pub use build::{
+    EndpointState, EndpointStates, Prepared, Withheld, build, build_prepared, prepare,
+};
 pub use builder::{BuildEvent, Builder, Change, Rekeyed};
 pub use decorate::decorate;
 pub use gslb::{

@@ -380,6 +380,7 @@ check = { kind = "none" }
             drained: member == "b",
             drained_until: None,
             load: None,
+            v6: None,
         };
         let file = StateFile {
             version: store::VERSION,

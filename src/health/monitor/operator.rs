@@ -196,7 +196,7 @@ impl Monitor {
             if silent_for <= allowed {
                 continue;
             }
-            for key in &target.members {
+            for (key, _) in &target.members {
                 let Some(tracked) = self.members.get_mut(key) else {
                     continue;
                 };
@@ -208,7 +208,7 @@ impl Monitor {
                 warn!(
                     pool = %key.pool,
                     member = %key.member,
-                    state = tracked.hysteresis.state().as_str(),
+                    state = tracked.local().as_str(),
                     silent_for_seconds = silent_for.as_secs_f64(),
                     "health checks stopped reporting; endpoint is stale"
                 );

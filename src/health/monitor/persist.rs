@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use super::{Monitor, Published};
 use crate::health::handle::Applied;
 use crate::health::status::EndpointStatus;
-use crate::health::store::{self, EndpointRecord, LoadRecord, StateFile};
+use crate::health::store::{self, EndpointRecord, FamilyRecord, LoadRecord, StateFile};
 
 impl Monitor {
     /// The sequence number a change just made will be saved under (None: no state file).
@@ -67,16 +67,22 @@ impl Monitor {
                     Some(EndpointRecord {
                         pool: key.pool.clone(),
                         member: key.member.clone(),
-                        health: t.hysteresis.state(),
-                        since: crate::time::unix(t.since),
-                        checked: t.last_check.map(crate::time::unix),
-                        reason: t.last_error.clone(),
+                        health: t.main.hysteresis.state(),
+                        since: crate::time::unix(t.main.since),
+                        checked: t.main.last_check.map(crate::time::unix),
+                        reason: t.main.last_error.clone(),
                         drained: t.drain.is_some(),
                         drained_until: t.drain.and_then(|d| d.until).map(crate::time::unix),
                         load: t.load.map(|l| LoadRecord {
                             sessions: l.sessions,
                             capacity: l.capacity,
                             at: crate::time::unix(l.at),
+                        }),
+                        v6: t.v6.as_ref().map(|v6| FamilyRecord {
+                            health: v6.hysteresis.state(),
+                            since: crate::time::unix(v6.since),
+                            checked: v6.last_check.map(crate::time::unix),
+                            reason: v6.last_error.clone(),
                         }),
                     })
                 })

@@ -6,7 +6,9 @@ use tokio::time::Instant;
 
 use super::Monitor;
 use crate::health::scheduler::TargetId;
-use crate::health::status::EndpointStatus;
+use super::tracked::CheckState;
+use crate::config::Probe;
+use crate::health::status::{EndpointStatus, Family, FamilyStatus};
 use crate::routing::EndpointKey;
 
 impl Monitor {
@@ -16,7 +18,7 @@ impl Monitor {
         let target = self
             .targets
             .values()
-            .find(|t| t.members.contains(key))
+            .find(|t| t.members.iter().any(|(k, _)| k == key))
             .map(|t| t.id);
         self.member_status(key, target)
     }
@@ -25,7 +27,7 @@ impl Monitor {
         let target_of: HashMap<&EndpointKey, TargetId> = self
             .targets
             .values()
-            .flat_map(|t| t.members.iter().map(move |m| (m, t.id)))
+            .flat_map(|t| t.members.iter().map(move |(m, _)| (m, t.id)))
             .collect();
         self.order
             .iter()
@@ -39,18 +41,40 @@ impl Monitor {
         target: Option<TargetId>,
     ) -> Option<EndpointStatus> {
         let t = self.members.get(key)?;
+        let state = |s: &CheckState, family: Family, probe: &Probe| FamilyStatus {
+            family,
+            address: probe.target(),
+            health: s.effective,
+            local: s.hysteresis.state(),
+            since: s.effective_since,
+            last_check: s.last_check,
+            last_error: s.last_error.clone(),
+        };
+        let families = match (&t.v6, &t.check.probe_v6) {
+            (Some(v6), Some(probe_v6)) => vec![
+                state(&t.main, Family::V4, &t.check.probe),
+                state(v6, Family::V6, probe_v6),
+            ],
+            _ => Vec::new(),
+        };
+        // The last error of a check that says down (the main one's otherwise).
+        let failing = t
+            .v6
+            .as_ref()
+            .filter(|v6| v6.last_error.is_some() && t.main.last_error.is_none())
+            .unwrap_or(&t.main);
         Some(EndpointStatus {
             key: key.clone(),
-            health: t.effective,
-            local: t.hysteresis.state(),
+            health: t.effective(),
+            local: t.local(),
             votes: t.votes.clone().into_iter().collect(),
-            tally: t.tally,
+            tally: t.main.tally,
             rule: t.rule,
             voting: self.voter.is_some() && self.voting,
             fleet: self.voter.is_some(),
-            since: t.effective_since,
-            last_check: t.last_check,
-            last_error: t.last_error.clone(),
+            since: t.effective_since(),
+            last_check: t.main.last_check,
+            last_error: failing.last_error.clone(),
             stale: t.stale,
             probe: t.check.probe.kind(),
             target,
@@ -58,7 +82,8 @@ impl Monitor {
             load: t.load,
             load_smoothed: t.tracker.view(Instant::now()).ratio(),
             overloaded: t.sent.overloaded,
-            cert: t.cert,
+            cert: t.main.cert,
+            families,
         })
     }
 }

@@ -8,13 +8,13 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use super::Monitor;
-use super::tracked::{Target, TargetKey, Tracked};
+use super::tracked::{CheckState, Target, TargetKey, Tracked, Which};
 use crate::config::{Check, LoadSettings, Probe, VoteRule};
 use crate::health::probe::Prober;
 use crate::health::scheduler::{self, Schedule};
 use crate::health::state::{Health, Hysteresis};
 use crate::health::status::{Drain, Load};
-use crate::health::store::EndpointRecord;
+use crate::health::store::{EndpointRecord, FamilyRecord};
 use crate::loaded::Loaded;
 use crate::policy::load::{LoadTracker, LoadView};
 use crate::routing::EndpointKey;
@@ -34,29 +34,25 @@ pub(super) fn new_tracked(
         capacity: l.capacity,
         at: crate::time::from_unix_clamped(l.at),
     });
-    let (health, since, last_check, last_error, stale) = match restored {
+    let (main, stale) = match restored {
         // Restored state counts until a fresh result says otherwise; it is stale till then.
-        Some(record) if check.probe != Probe::None => (
-            record.health,
-            crate::time::from_unix_clamped(record.since),
-            record.checked.map(crate::time::from_unix_clamped),
-            record.reason.clone(),
-            true,
-        ),
-        _ => (Health::Up, now, None, None, false),
+        Some(record) if check.probe != Probe::None => {
+            let mut main = CheckState::new(
+                record.health,
+                crate::time::from_unix_clamped(record.since),
+                check,
+            );
+            main.last_check = record.checked.map(crate::time::from_unix_clamped);
+            main.last_error = record.reason.clone();
+            (main, true)
+        }
+        _ => (CheckState::new(Health::Up, now, check), false),
     };
     Tracked {
-        hysteresis: Hysteresis::new(health, check.rise, check.fall),
-        since,
-        effective: health,
-        effective_since: since,
+        main,
+        v6: v6_state(check, restored.and_then(|r| r.v6.as_ref()), now),
         votes: BTreeMap::new(),
         rule: VoteRule::default(),
-        tally: None,
-        rtt: None,
-        cert: None,
-        last_check,
-        last_error,
         stale,
         check: check.clone(),
         drain,
@@ -68,6 +64,25 @@ pub(super) fn new_tracked(
     }
 }
 
+/// The IPv6 check's state of an endpoint whose families are probed apart: restored, else
+/// up as of `now`.
+fn v6_state(check: &Check, restored: Option<&FamilyRecord>, now: SystemTime) -> Option<CheckState> {
+    check.probe_v6.as_ref()?;
+    Some(match restored {
+        Some(record) => {
+            let mut state = CheckState::new(
+                record.health,
+                crate::time::from_unix_clamped(record.since),
+                check,
+            );
+            state.last_check = record.checked.map(crate::time::from_unix_clamped);
+            state.last_error = record.reason.clone();
+            state
+        }
+        None => CheckState::new(Health::Up, now, check),
+    })
+}
+
 impl Monitor {
     /// Brings members and probe tasks in line with `loaded`.
     pub(super) fn apply(
@@ -76,7 +91,7 @@ impl Monitor {
         restored: &HashMap<EndpointKey, EndpointRecord>,
     ) {
         let now = SystemTime::now();
-        let mut wanted: HashMap<TargetKey, Vec<EndpointKey>> = HashMap::new();
+        let mut wanted: HashMap<TargetKey, Vec<(EndpointKey, Which)>> = HashMap::new();
         let mut members = HashMap::new();
         let mut order = Vec::new();
         for pool in &loaded.config.pools {
@@ -88,11 +103,23 @@ impl Monitor {
                 let check = member.check.clone();
                 let tracked = match self.members.remove(&key) {
                     Some(mut kept) => {
-                        kept.hysteresis.set_thresholds(check.rise, check.fall);
-                        if check.probe == Probe::None && kept.hysteresis.state() == Health::Down {
-                            kept.hysteresis = Hysteresis::new(Health::Up, check.rise, check.fall);
-                            kept.since = now;
+                        kept.main.hysteresis.set_thresholds(check.rise, check.fall);
+                        if check.probe == Probe::None
+                            && kept.main.hysteresis.state() == Health::Down
+                        {
+                            kept.main.hysteresis =
+                                Hysteresis::new(Health::Up, check.rise, check.fall);
+                            kept.main.since = now;
                         }
+                        // The IPv6 check starts, stops, or keeps its state.
+                        kept.v6 = match (kept.v6.take(), &check.probe_v6) {
+                            (Some(mut v6), Some(_)) => {
+                                v6.hysteresis.set_thresholds(check.rise, check.fall);
+                                Some(v6)
+                            }
+                            (_, Some(_)) => v6_state(&check, None, now),
+                            (_, None) => None,
+                        };
                         kept.check = check.clone();
                         kept.capacity = member.capacity;
                         kept.rule = pool.votes;
@@ -112,21 +139,30 @@ impl Monitor {
                     }
                 };
                 if check.probe != Probe::None {
-                    wanted
-                        .entry(TargetKey {
-                            probe: check.probe.clone(),
-                            interval: check.interval,
-                            timeout: check.timeout,
-                        })
-                        .or_default()
-                        .push(key.clone());
+                    let probes = [(Which::Main, Some(&check.probe)), (Which::V6, check.probe_v6.as_ref())];
+                    for (which, probe) in probes {
+                        let Some(probe) = probe else {
+                            continue;
+                        };
+                        wanted
+                            .entry(TargetKey {
+                                probe: probe.clone(),
+                                interval: check.interval,
+                                timeout: check.timeout,
+                            })
+                            .or_default()
+                            .push((key.clone(), which));
+                    }
                 }
                 order.push(key.clone());
                 members.insert(key, tracked);
             }
         }
         self.checked.store(
-            members.values().filter(|t| t.last_check.is_some()).count(),
+            members
+                .values()
+                .filter(|t| t.main.last_check.is_some())
+                .count(),
             Ordering::Relaxed,
         );
         self.members = members;
@@ -137,7 +173,11 @@ impl Monitor {
 
     /// Stops the probes nobody needs any more, keeps the rest running (with the endpoints
     /// that now share them) and starts the new ones.
-    fn start_targets(&mut self, loaded: &Loaded, wanted: HashMap<TargetKey, Vec<EndpointKey>>) {
+    fn start_targets(
+        &mut self,
+        loaded: &Loaded,
+        wanted: HashMap<TargetKey, Vec<(EndpointKey, Which)>>,
+    ) {
         // Stop probes nobody needs any more; keep the rest running.
         let by_id = &mut self.by_id;
         self.targets.retain(|key, target| {
@@ -156,7 +196,7 @@ impl Monitor {
             let prober = match Prober::new(key.probe.clone()) {
                 Ok(prober) => prober.with_sources(loaded.config.health.clone()),
                 Err(error) => {
-                    warn!(%error, members = keys.len(), first = %keys.first().map(|k| format!("{}/{}", k.pool, k.member)).unwrap_or_default(), "health check cannot run; endpoints keep their state");
+                    warn!(%error, members = keys.len(), first = %keys.first().map(|(k, _)| format!("{}/{}", k.pool, k.member)).unwrap_or_default(), "health check cannot run; endpoints keep their state");
                     continue;
                 }
             };

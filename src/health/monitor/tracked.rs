@@ -16,10 +16,12 @@ use crate::health::status::{Drain, Load};
 use crate::health::store;
 use crate::health::votes::Vote;
 use crate::policy::load::{LoadTracker, LoadView};
-use crate::routing::EndpointKey;
+use crate::routing::{EndpointKey, Withheld};
 
-/// What the monitor keeps per endpoint.
-pub(super) struct Tracked {
+/// What one check's results made of an endpoint (or, with `family = "each"`, of one of
+/// its address families).
+#[derive(Clone)]
+pub(super) struct CheckState {
     /// This instance's own verdict.
     pub(super) hysteresis: Hysteresis,
     /// When the own verdict last changed.
@@ -28,10 +30,6 @@ pub(super) struct Tracked {
     pub(super) effective: Health,
     /// When `effective` last changed.
     pub(super) effective_since: SystemTime,
-    /// Other instances' verdicts, by instance.
-    pub(super) votes: BTreeMap<String, Vote>,
-    /// The pool's rule for combining them.
-    pub(super) rule: VoteRule,
     /// The last decision's tally (voters, down), when the votes decided.
     pub(super) tally: Option<(usize, usize)>,
     /// The last probe's round trip.
@@ -40,6 +38,35 @@ pub(super) struct Tracked {
     pub(super) cert: Option<crate::health::probe::CertExpiry>,
     pub(super) last_check: Option<SystemTime>,
     pub(super) last_error: Option<String>,
+}
+
+impl CheckState {
+    /// Starts at `health`, as of `since`.
+    pub(super) fn new(health: Health, since: SystemTime, check: &Check) -> Self {
+        Self {
+            hysteresis: Hysteresis::new(health, check.rise, check.fall),
+            since,
+            effective: health,
+            effective_since: since,
+            tally: None,
+            rtt: None,
+            cert: None,
+            last_check: None,
+            last_error: None,
+        }
+    }
+}
+
+/// What the monitor keeps per endpoint.
+pub(super) struct Tracked {
+    /// The results of its check (of its IPv4 address, when `v6` is set).
+    pub(super) main: CheckState,
+    /// `family = "each"` on a dual-stack endpoint: the results of its IPv6 address's check.
+    pub(super) v6: Option<CheckState>,
+    /// Other instances' verdicts, by instance.
+    pub(super) votes: BTreeMap<String, Vote>,
+    /// The pool's rule for combining them.
+    pub(super) rule: VoteRule,
     pub(super) stale: bool,
     pub(super) check: Check,
     pub(super) drain: Option<Drain>,
@@ -52,10 +79,69 @@ pub(super) struct Tracked {
     pub(super) sent: LoadView,
 }
 
+impl Tracked {
+    /// The endpoint's health as answers use it: up while any of its checks says up.
+    pub(super) fn effective(&self) -> Health {
+        match &self.v6 {
+            Some(v6) if v6.effective == Health::Up => Health::Up,
+            _ => self.main.effective,
+        }
+    }
+
+    /// This instance's own verdict on the endpoint: up while any of its checks says up.
+    pub(super) fn local(&self) -> Health {
+        match &self.v6 {
+            Some(v6) if v6.hysteresis.state() == Health::Up => Health::Up,
+            _ => self.main.hysteresis.state(),
+        }
+    }
+
+    /// When its effective health last changed.
+    pub(super) fn effective_since(&self) -> SystemTime {
+        match &self.v6 {
+            Some(v6) if v6.effective_since > self.main.effective_since => v6.effective_since,
+            _ => self.main.effective_since,
+        }
+    }
+
+    /// The families left out of answers while the endpoint is up (one family's check
+    /// down, the other's up).
+    pub(super) fn withheld(&self) -> Withheld {
+        let Some(v6) = &self.v6 else {
+            return Withheld::default();
+        };
+        let (v4_up, v6_up) = (
+            self.main.effective == Health::Up,
+            v6.effective == Health::Up,
+        );
+        Withheld {
+            v4: !v4_up && v6_up,
+            v6: v4_up && !v6_up,
+        }
+    }
+
+    /// The check a probe target serves.
+    pub(super) fn state_mut(&mut self, which: Which) -> Option<&mut CheckState> {
+        match which {
+            Which::Main => Some(&mut self.main),
+            Which::V6 => self.v6.as_mut(),
+        }
+    }
+}
+
+/// Which of an endpoint's checks a probe target serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Which {
+    /// Its check (of its IPv4 address when the families are probed apart).
+    Main,
+    /// `family = "each"`: its IPv6 address's check.
+    V6,
+}
+
 /// A running probe task and the endpoints it serves.
 pub(super) struct Target {
     pub(super) id: TargetId,
-    pub(super) members: Vec<EndpointKey>,
+    pub(super) members: Vec<(EndpointKey, Which)>,
     pub(super) token: CancellationToken,
     /// When its last probe finished, in ms since [`Monitor::epoch`]; written by the probe
     /// task itself, so staleness is about probes, not about how far behind the monitor is.

@@ -6,13 +6,14 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::tracked::Which;
 use super::{Monitor, Sent, Tracked};
 use crate::config::Probe;
 use crate::health::probe::CertExpiry;
 use crate::health::scheduler::Report;
 use crate::health::state::Health;
-use crate::health::status::{Flip, Load};
-use crate::health::votes::{Vote, decide};
+use crate::health::status::{Family, Flip, Load};
+use crate::health::votes::{Vote, decide_check};
 use crate::metrics::{HEALTH_FLIPS_TOTAL, MEMBER_VOTES};
 use crate::routing::{BuildEvent, Change, EndpointKey};
 
@@ -56,57 +57,117 @@ impl Monitor {
 
     /// This instance's verdict on an endpoint it probes, as published.
     pub(super) fn vote_of(&self, t: &Tracked) -> Option<Vote> {
-        if t.check.probe == Probe::None || t.last_check.is_none() {
+        if t.check.probe == Probe::None || t.main.last_check.is_none() {
             return None;
         }
-        let up = t.hysteresis.state() == Health::Up;
+        let up = t.local() == Health::Up;
+        let v6 = t.v6.as_ref();
         Some(Vote {
             up,
-            since: crate::time::unix(t.since),
-            error: if up { None } else { t.last_error.clone() },
+            since: crate::time::unix(t.main.since),
+            error: if up {
+                None
+            } else {
+                t.main.last_error.clone()
+            },
             rtt_ms: t
+                .main
                 .rtt
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             region: self.voter.as_ref().and_then(|v| v.region.clone()),
             stale: t.stale,
             at: crate::health::votes::now_unix(),
+            v4: v6.map(|_| t.main.hysteresis.state() == Health::Up),
+            v6: v6
+                .filter(|v6| v6.last_check.is_some())
+                .map(|v6| v6.hysteresis.state() == Health::Up),
         })
     }
 
-    /// Decides `key`'s health again from its own verdict and the fleet's; the flip, when it
-    /// changed. `reason` is what changed (a probe result, or the votes).
-    pub(super) fn reconsider(&mut self, key: &EndpointKey, reason: &str) -> Option<Flip> {
+    /// Decides `key`'s health again from its own verdicts and the fleet's: the endpoint's
+    /// flip when it changed, and with `family = "each"` each family's. `reason` is what
+    /// changed (a probe result, or the votes).
+    pub(super) fn reconsider(&mut self, key: &EndpointKey, reason: &str) -> Vec<Flip> {
         let (voter, voting) = (self.voter.as_ref(), self.voting);
         let in_grace = self.grace_until.is_some();
-        let t = self.members.get_mut(key)?;
-        let decision = decide(t.hysteresis.state(), voter, voting, &t.votes, &t.rule);
-        t.tally = decision.tally;
+        let Some(t) = self.members.get_mut(key) else {
+            return Vec::new();
+        };
+        let main = decide_check(
+            t.main.hysteresis.state(),
+            voter,
+            voting,
+            &t.votes,
+            &t.rule,
+            false,
+        );
+        t.main.tally = main.tally;
+        let v6 = t.v6.as_mut().map(|v6| {
+            let decision =
+                decide_check(v6.hysteresis.state(), voter, voting, &t.votes, &t.rule, true);
+            v6.tally = decision.tally;
+            decision
+        });
         // Starting in a fleet, before its votes: what was known at start stands.
         if in_grace {
-            return None;
+            return Vec::new();
         }
         if voter.is_some() {
-            let down = decision.tally.map_or(0, |(_, down)| down);
-            let voters = decision.tally.map_or(1, |(voters, _)| voters);
+            let down = main.tally.map_or(0, |(_, down)| down);
+            let voters = main.tally.map_or(1, |(voters, _)| voters);
             metrics::gauge!(MEMBER_VOTES, "pool" => key.pool.clone(), "member" => key.member.clone(), "verdict" => "down").set(down as f64);
             metrics::gauge!(MEMBER_VOTES, "pool" => key.pool.clone(), "member" => key.member.clone(), "verdict" => "up").set((voters - down) as f64);
         }
-        if decision.health == t.effective {
-            return None;
-        }
-        let from = t.effective;
-        t.effective = decision.health;
-        t.effective_since = SystemTime::now();
-        let reason = match decision.tally {
+        let before = t.effective();
+        let now = SystemTime::now();
+        let mut flips = Vec::new();
+        let split = v6.is_some();
+        let because = |decision: &crate::health::votes::Decision| match decision.tally {
             Some(_) => format!("{reason}; quorum: {}", decision.describe(&t.rule)),
             None => reason.to_string(),
         };
-        Some(Flip {
-            key: key.clone(),
-            from,
-            to: decision.health,
-            reason,
-        })
+        let mut family_flip = |state: &mut super::tracked::CheckState,
+                               decision: &crate::health::votes::Decision,
+                               family: Family| {
+            if decision.health == state.effective {
+                return;
+            }
+            let from = state.effective;
+            state.effective = decision.health;
+            state.effective_since = now;
+            if split {
+                flips.push(Flip {
+                    key: key.clone(),
+                    from,
+                    to: decision.health,
+                    reason: because(decision),
+                    family: Some(family),
+                });
+            }
+        };
+        family_flip(&mut t.main, &main, Family::V4);
+        if let (Some(state), Some(decision)) = (t.v6.as_mut(), &v6) {
+            family_flip(state, decision, Family::V6);
+        }
+        let after = t.effective();
+        if after != before {
+            // The endpoint's own flip comes first: it names the decision that made it.
+            let decisive = match &v6 {
+                Some(v6) if v6.health == after => v6,
+                _ => &main,
+            };
+            flips.insert(
+                0,
+                Flip {
+                    key: key.clone(),
+                    from: before,
+                    to: after,
+                    reason: because(decisive),
+                    family: None,
+                },
+            );
+        }
+        flips
     }
 
     /// Decides every endpoint again (the votes, the rules or the store's reachability
@@ -115,7 +176,7 @@ impl Monitor {
         let keys = self.order.clone();
         let flips: Vec<Flip> = keys
             .iter()
-            .filter_map(|key| self.reconsider(key, reason))
+            .flat_map(|key| self.reconsider(key, reason))
             .collect();
         self.publish_flips(flips).await;
     }
@@ -132,14 +193,25 @@ impl Monitor {
             // Going down is what an operator must see: WARN; coming back is INFO.
             macro_rules! log_flip {
                 ($level:ident) => {
-                    $level!(
-                        pool = %flip.key.pool,
-                        member = %flip.key.member,
-                        old = flip.from.as_str(),
-                        new = flip.to.as_str(),
-                        reason = %flip.reason,
-                        "endpoint health changed"
-                    )
+                    match flip.family {
+                        None => $level!(
+                            pool = %flip.key.pool,
+                            member = %flip.key.member,
+                            old = flip.from.as_str(),
+                            new = flip.to.as_str(),
+                            reason = %flip.reason,
+                            "endpoint health changed"
+                        ),
+                        Some(family) => $level!(
+                            pool = %flip.key.pool,
+                            member = %flip.key.member,
+                            family = family.as_str(),
+                            old = flip.from.as_str(),
+                            new = flip.to.as_str(),
+                            reason = %flip.reason,
+                            "endpoint address family health changed"
+                        ),
+                    }
                 };
             }
             if flip.to == Health::Down {
@@ -147,23 +219,38 @@ impl Monitor {
             } else {
                 log_flip!(info);
             }
-            metrics::counter!(HEALTH_FLIPS_TOTAL, "to" => flip.to.as_str()).increment(1);
-            if let Some(bus) = &self.bus {
-                bus.emit(
-                    "health",
-                    serde_json::json!({
-                        "pool": flip.key.pool,
-                        "member": flip.key.member,
-                        "from": flip.from.as_str(),
-                        "to": flip.to.as_str(),
-                        "reason": flip.reason,
-                    }),
-                );
+            if flip.family.is_none() {
+                metrics::counter!(HEALTH_FLIPS_TOTAL, "to" => flip.to.as_str()).increment(1);
             }
-            let (mut event, receiver) = BuildEvent::waited(Change::SetMemberUp {
-                key: flip.key.clone(),
-                up: flip.to == Health::Up,
-            });
+            if let Some(bus) = &self.bus {
+                let mut event = serde_json::json!({
+                    "pool": flip.key.pool,
+                    "member": flip.key.member,
+                    "from": flip.from.as_str(),
+                    "to": flip.to.as_str(),
+                    "reason": flip.reason,
+                });
+                if let Some(family) = flip.family {
+                    event["family"] = family.as_str().into();
+                }
+                bus.emit("health", event);
+            }
+            let change = match flip.family {
+                None => Change::SetMemberUp {
+                    key: flip.key.clone(),
+                    up: flip.to == Health::Up,
+                },
+                // The families left out as they stand now (the last event wins).
+                Some(_) => Change::SetWithheld {
+                    key: flip.key.clone(),
+                    withheld: self
+                        .members
+                        .get(&flip.key)
+                        .map(Tracked::withheld)
+                        .unwrap_or_default(),
+                },
+            };
+            let (mut event, receiver) = BuildEvent::waited(change);
             // Only the last one is waited for: the builder applies events in order.
             if i != last {
                 event.done = None;
@@ -212,7 +299,7 @@ impl Monitor {
             Ok(()) => "probe succeeded".to_string(),
             Err(error) => error.to_string(),
         };
-        for key in &target.members {
+        for (key, which) in &target.members {
             let Some(tracked) = members.get_mut(key) else {
                 continue;
             };
@@ -226,13 +313,28 @@ impl Monitor {
             let Some(ok) = outcome else {
                 continue;
             };
-            if tracked.last_check.is_none() {
+            if tracked.main.last_check.is_none() && *which == Which::Main {
                 checked.fetch_add(1, Ordering::Relaxed);
                 // The first verdict of this instance: the fleet hears it.
                 flips.push((key.clone(), reason.clone()));
             }
-            tracked.last_check = Some(report.at);
-            tracked.last_error = report.result.as_ref().err().map(ToString::to_string);
+            let Some(state) = tracked.state_mut(*which) else {
+                continue;
+            };
+            if state.last_check.is_none() && *which == Which::V6 {
+                flips.push((key.clone(), reason.clone()));
+            }
+            state.last_check = Some(report.at);
+            state.last_error = report.result.as_ref().err().map(ToString::to_string);
+            state.rtt = report.rtt;
+            if state.hysteresis.observe(ok).is_some() {
+                state.since = report.at;
+                flips.push((key.clone(), reason.clone()));
+            }
+            // Load and the certificate are read by the main check only (one report each).
+            if *which == Which::V6 {
+                continue;
+            }
             if let Some(sample) = report.load {
                 let capacity = sample
                     .capacity
@@ -250,13 +352,8 @@ impl Monitor {
                     load_changed.push(key.clone());
                 }
             }
-            tracked.rtt = report.rtt;
             if let Some(cert) = report.cert {
                 note_cert(key, tracked, cert, bus.as_ref());
-            }
-            if tracked.hysteresis.observe(ok).is_some() {
-                tracked.since = report.at;
-                flips.push((key.clone(), reason.clone()));
             }
         }
     }
@@ -278,9 +375,10 @@ fn note_cert(
     .set(cert.not_after as f64);
     let newly = cert.expiring
         && tracked
+            .main
             .cert
             .is_none_or(|seen| !seen.expiring || seen.not_after != cert.not_after);
-    tracked.cert = Some(cert);
+    tracked.main.cert = Some(cert);
     if !newly {
         return;
     }
