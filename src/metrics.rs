@@ -69,6 +69,9 @@ pub const MEMBER_UP: &str = "gto_member_up";
 pub const MEMBER_STALE: &str = "gto_member_stale";
 /// 1 while an operator drains an endpoint, by `pool` and `member` (rendered at scrape).
 pub const MEMBER_DRAINED: &str = "gto_member_drained";
+/// `gto_member_family_up{pool,member,family}`: gauge, 1 when a dual-stack endpoint's
+/// address family check says up (`family = "each"`).
+pub const MEMBER_FAMILY_UP: &str = "gto_member_family_up";
 
 /// Answers that included an endpoint, by `service`, `pool` and `member`.
 pub const ANSWERS_TOTAL: &str = "gto_answers_total";
@@ -402,6 +405,25 @@ pub fn render_members<'a>(members: impl Iterator<Item = EndpointSample<'a>>) -> 
         "Last reported load (sessions / capacity), from checks or the push API.",
         &|m| m.load,
     );
+    let split = members.iter().any(|m| !m.families.is_empty());
+    if split {
+        let _ = writeln!(
+            out,
+            "# HELP {MEMBER_FAMILY_UP} 1 when the address family's own check says up (family = \"each\" on a dual-stack endpoint; A answers follow v4, AAAA v6).\n# TYPE {MEMBER_FAMILY_UP} gauge"
+        );
+    }
+    for m in &members {
+        for f in m.families {
+            let _ = writeln!(
+                out,
+                "{MEMBER_FAMILY_UP}{{pool=\"{}\",member=\"{}\",family=\"{}\"}} {}",
+                escape(m.pool),
+                escape(m.member),
+                f.family.as_str(),
+                u8::from(f.health == crate::health::state::Health::Up)
+            );
+        }
+    }
     out
 }
 
@@ -420,6 +442,8 @@ pub struct EndpointSample<'a> {
     pub drained: bool,
     /// Last reported load, if any.
     pub load: Option<f64>,
+    /// Each address family's own check, when probed apart.
+    pub families: &'a [crate::health::FamilyStatus],
 }
 
 /// A Prometheus label value with `\`, `"` and line breaks escaped.

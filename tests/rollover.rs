@@ -815,8 +815,7 @@ async fn a_fleet_rolls_its_keys_together() {
         let stored = client.get(key, None).await.unwrap();
         let value: serde_json::Value =
             serde_json::from_slice(stored.kvs()[0].value()).unwrap_or_default();
-        if value["keys"].as_array().map(Vec::len) == Some(1) && ignored().await > ignored_before
-        {
+        if value["keys"].as_array().map(Vec::len) == Some(1) && ignored().await > ignored_before {
             break;
         }
         assert!(

@@ -340,6 +340,24 @@ fn member_row(
         (Some(at), None) => rfc3339(*at),
         (None, _) => "<span class=muted>none yet</span>".into(),
     };
+    // Each address family's own check, when probed apart (A follows v4, AAAA v6).
+    let families: String = status
+        .families
+        .iter()
+        .map(|f| {
+            let health = f.health.as_str();
+            let error = f
+                .last_error
+                .as_deref()
+                .map(|e| format!(": {}", esc(e)))
+                .unwrap_or_default();
+            format!(
+                "<br><span class={health} data-family=\"{}\">{} {health}{error}</span>",
+                f.family.as_str(),
+                f.family.as_str()
+            )
+        })
+        .collect();
     let now = crate::time::unix(std::time::SystemTime::now());
     let voters: Vec<String> = status
         .votes
@@ -361,7 +379,7 @@ fn member_row(
     let _ = write!(
         out,
         "<tr data-member=\"{}\" data-health=\"{health}\" data-drained=\"{}\"><td>{}</td><td>{}</td>\
-         <td class={health}>{health}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+         <td class={health}>{health}{}{families}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
          <td>{:.0} %</td><td>{}</td></tr>",
         esc(&status.key.member),
         status.drain.is_some(),

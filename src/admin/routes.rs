@@ -54,6 +54,26 @@ struct EndpointView {
     /// With a fleet: this instance's verdict, every other voter's, the rule and outcome.
     #[serde(skip_serializing_if = "Option::is_none")]
     votes: Option<serde_json::Value>,
+    /// `family = "each"` on a dual-stack endpoint: each address family's own check (A
+    /// answers follow "v4", AAAA "v6"; the endpoint is up while either is).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    families: Vec<FamilyView>,
+}
+
+/// One address family's own check.
+#[derive(Debug, Serialize)]
+struct FamilyView {
+    family: &'static str,
+    /// The address and port probed.
+    probed: Option<String>,
+    health: &'static str,
+    /// This instance's own verdict (the same as `health` without votes).
+    local: &'static str,
+    /// Whether this family's records are in answers.
+    in_answers: bool,
+    since: String,
+    last_check: Option<String>,
+    last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +114,20 @@ fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
         answered: None,
         share: None,
         votes: votes_view(status),
+        families: status
+            .families
+            .iter()
+            .map(|f| FamilyView {
+                family: f.family.as_str(),
+                probed: f.address.map(|a| a.to_string()),
+                health: f.health.as_str(),
+                local: f.local.as_str(),
+                in_answers: f.health == crate::health::state::Health::Up && status.drain.is_none(),
+                since: rfc3339(f.since),
+                last_check: f.last_check.map(rfc3339),
+                last_error: f.last_error.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -110,6 +144,8 @@ fn votes_view(status: &EndpointStatus) -> Option<serde_json::Value> {
             json!({
                 "instance": voter,
                 "verdict": if vote.up { "up" } else { "down" },
+                "v4": vote.v4.map(|up| if up { "up" } else { "down" }),
+                "v6": vote.v6.map(|up| if up { "up" } else { "down" }),
                 "since": rfc3339(crate::time::from_unix_clamped(vote.since)),
                 "age_seconds": now.saturating_sub(vote.at),
                 "error": vote.error,
@@ -556,6 +592,7 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
             stale: m.stale,
             drained: m.drain.is_some(),
             load: m.load.map(|l| l.ratio()),
+            families: &m.families,
         }
     })));
     text.push_str(&crate::metrics::render_process());

@@ -117,10 +117,7 @@ fn split_families(
         }
         Some("first") => false,
         Some(other) => {
-            error(
-                "family",
-                format!("{other:?} is not \"each\" or \"first\""),
-            );
+            error("family", format!("{other:?} is not \"each\" or \"first\""));
             false
         }
     };
@@ -128,7 +125,11 @@ fn split_families(
         return None;
     }
     let v4 = addresses.iter().any(IpAddr::is_ipv4);
-    addresses.iter().copied().find(IpAddr::is_ipv6).filter(|_| v4)
+    addresses
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv6)
+        .filter(|_| v4)
 }
 
 /// `probe` sent to another address (the IPv6 one of a dual-stack member): the Host header

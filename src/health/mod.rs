@@ -31,9 +31,7 @@ pub mod votes;
 
 pub use handle::HealthHandle;
 pub use monitor::{START_GRACE, spawn};
-pub use status::{
-    Changed, Drain, EndpointStatus, Family, FamilyStatus, Flip, Load, StateError,
-};
+pub use status::{Changed, Drain, EndpointStatus, Family, FamilyStatus, Flip, Load, StateError};
 
 use std::time::SystemTime;
 
@@ -72,7 +70,11 @@ pub fn restore(loaded: &Loaded, file: Option<&StateFile>) -> EndpointStates {
         let main_down = record.health == Health::Down && checked;
         // With `family = "each"`, the endpoint is down when both families are.
         let v6_down = member.check.probe_v6.is_some().then(|| {
-            checked && record.v6.as_ref().is_some_and(|v6| v6.health == Health::Down)
+            checked
+                && record
+                    .v6
+                    .as_ref()
+                    .is_some_and(|v6| v6.health == Health::Down)
         });
         let down = main_down && v6_down.unwrap_or(true);
         let withheld = match v6_down {

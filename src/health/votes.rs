@@ -247,6 +247,32 @@ mod tests {
     }
 
     #[test]
+    fn each_family_is_decided_on_its_own_verdicts() {
+        let me = Voter {
+            instance: "a".into(),
+            region: None,
+        };
+        let majority = rule(DownWhen::Majority, 2, VoteScope::All);
+        let mut votes = BTreeMap::new();
+        // b probes the families apart: IPv4 up, IPv6 down (the endpoint up).
+        let mut b = vote(true, "eu");
+        (b.v4, b.v6) = (Some(true), Some(false));
+        votes.insert("b".to_string(), b);
+        // c probes one address: its verdict is the main check's, it has none on IPv6.
+        votes.insert("c".to_string(), vote(false, "eu"));
+        let v6 = decide_check(Health::Down, Some(&me), true, &votes, &majority, true);
+        assert_eq!((v6.health, v6.tally), (Health::Down, Some((2, 2))));
+        // The main check reads b's IPv4 verdict, not its endpoint-wide one.
+        votes.get_mut("b").unwrap().v4 = Some(false);
+        let main = decide_check(Health::Up, Some(&me), true, &votes, &majority, false);
+        assert_eq!((main.health, main.tally), (Health::Down, Some((3, 2))));
+        // Too few voters on IPv6 (c does not count): the local verdict decides.
+        votes.remove("b");
+        let alone = decide_check(Health::Up, Some(&me), true, &votes, &majority, true);
+        assert_eq!((alone.health, alone.tally), (Health::Up, None));
+    }
+
+    #[test]
     fn regional_scope_uses_the_region_when_it_has_enough_voters() {
         let me = Voter {
             instance: "a".into(),

@@ -185,6 +185,15 @@ fn candidate_reason(
         "not answered: no endpoint can serve and when_all_down is empty".to_string()
     } else if m.overloaded {
         "overloaded: answered only when no other endpoint can serve".to_string()
+    } else if m.withheld.of(qtype == RecordType::AAAA) {
+        format!(
+            "up, but its {} address's own check says down (family = \"each\"): no {qtype} records",
+            if qtype == RecordType::AAAA {
+                "IPv6"
+            } else {
+                "IPv4"
+            }
+        )
     } else if m.records(qtype == RecordType::AAAA).is_empty() {
         format!("has no {qtype} address")
     } else {

@@ -160,7 +160,6 @@ impl EndpointInfo {
             .copied()
             .filter(move |a| a.is_ipv6() == v6)
     }
-
 }
 
 impl Endpoint {

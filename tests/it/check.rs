@@ -202,7 +202,11 @@ check = { kind = "gopher", port = 70 }
 [[pool.member]]
 name = "m"
 addresses = ["192.0.2.1"]
-check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1, cert_expiring = "maybe" }
+check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1, cert_expiring = "maybe", family = "sideways" }
+[[pool.member]]
+name = "n"
+addresses = ["192.0.2.2", "2001:db8::2"]
+check = { kind = "tcp", port = 22, family = "each", address = "192.0.2.9" }
 "#;
     fs::write(dir.path().join("gto.toml"), text).unwrap();
     let (code, _, stderr) = check(dir.path());
@@ -213,6 +217,8 @@ check = { kind = "https", ca_file = "missing.pem", cert_min_days = -1, cert_expi
         "pool.x.member[0].check.ca_file: cannot read",
         "pool.x.member[0].check.cert_min_days: must be a number of days",
         "pool.x.member[0].check.cert_expiring: \"maybe\" is not \"warn\" or \"down\"",
+        "pool.x.member[0].check.family: \"sideways\" is not \"each\" or \"first\"",
+        "pool.x.member[1].check.family: \"each\" probes each address family's own address",
     ] {
         assert!(
             stderr.contains(expected),

@@ -744,3 +744,156 @@ async fn a_timeout_names_the_phase_it_interrupted() {
         assert_eq!(error.as_str(), "timeout");
     }
 }
+
+/// Accepts (and drops) connections on `listener` until the task is aborted.
+fn accept_all(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    })
+}
+
+/// `family = "each"` (the default) through the real binary: a dual-stack member whose IPv6
+/// address refuses its check stays up, answered in A but not in AAAA (another member's
+/// AAAA is given instead), with each family's state in status, explain, the metrics, the
+/// page and the log; when the IPv6 side listens it rejoins AAAA answers, and when the IPv4
+/// side stops it leaves A answers while the member stays up.
+#[tokio::test]
+async fn each_address_family_of_a_member_is_probed_and_answered_apart() {
+    let v4 = tokio::net::TcpListener::bind("127.0.0.7:0").await.unwrap();
+    let port = v4.local_addr().unwrap().port();
+    // The same port on ::1, held (bound, not listening): refused until it listens.
+    let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+    v6.bind(&std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)).into())
+        .unwrap();
+    let v4_task = accept_all(v4);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    std::fs::write(
+        dir.path().join("gto.toml"),
+        format!(
+            "{PREAMBLE}\n[[service]]\nname = \"vpn.gto.example.com.\"\npool = \"p\"\n\
+             policy = \"failover\"\nanswers = 1\n\
+             [[pool]]\nname = \"p\"\n\
+             check = {{ kind = \"tcp\", port = {port}, interval = \"300ms\", timeout = \"200ms\", rise = 1, fall = 1 }}\n\
+             [[pool.member]]\nname = \"dual\"\naddresses = [\"127.0.0.7\", \"::1\"]\n\
+             [[pool.member]]\nname = \"spare\"\naddresses = [\"192.0.2.8\", \"2001:db8::8\"]\n\
+             check = {{ kind = \"none\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    let (dns, admin) = (gto.dns_addr().await, gto.admin_addr().await);
+    let answer = |qtype: RecordType| async move {
+        answers(
+            &udp(dns, &query("vpn.gto.example.com.", qtype, None))
+                .await
+                .0,
+        )
+    };
+    let dual = || async {
+        let (_, text) = crate::support::http(admin, "GET", "/v1/status", None, "").await;
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+        crate::real::member(&status, "dual").clone()
+    };
+    let family = |endpoint: &serde_json::Value, family: &str| {
+        endpoint["families"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["family"] == family).cloned())
+            .unwrap_or_else(|| panic!("no {family} in {endpoint}"))
+    };
+    // Wait until the IPv6 check has said down (its first probe within a quarter interval).
+    gto.wait_for_log("endpoint address family health changed")
+        .await;
+    let endpoint = dual().await;
+    assert_eq!(endpoint["health"], "up", "{endpoint}");
+    assert_eq!(family(&endpoint, "v4")["health"], "up", "{endpoint}");
+    assert_eq!(
+        family(&endpoint, "v4")["probed"],
+        format!("127.0.0.7:{port}")
+    );
+    let v6_state = family(&endpoint, "v6");
+    assert_eq!(v6_state["health"], "down", "{endpoint}");
+    assert_eq!(v6_state["probed"], format!("[::1]:{port}"));
+    assert_eq!(v6_state["in_answers"], false);
+    assert!(
+        v6_state["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused")),
+        "{endpoint}"
+    );
+    assert_eq!(answer(RecordType::A).await, vec!["127.0.0.7"]);
+    assert_eq!(answer(RecordType::AAAA).await, vec!["2001:db8::8"]);
+    let metrics = crate::real::metrics(admin).await;
+    assert_eq!(
+        crate::support::sample(&metrics, "gto_member_up", &["member=\"dual\""]),
+        1.0
+    );
+    assert_eq!(
+        crate::support::sample(
+            &metrics,
+            "gto_member_family_up",
+            &["member=\"dual\"", "family=\"v6\""]
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        crate::support::sample(
+            &metrics,
+            "gto_member_family_up",
+            &["member=\"dual\"", "family=\"v4\""]
+        ),
+        1.0
+    );
+    let (_, explained) = crate::support::http(
+        admin,
+        "GET",
+        "/v1/explain?name=vpn.gto.example.com.&type=AAAA&client=192.0.2.1",
+        None,
+        "",
+    )
+    .await;
+    assert!(
+        explained.contains("IPv6 address's own check says down"),
+        "{explained}"
+    );
+    let (_, page) = crate::support::http(admin, "GET", "/", None, "").await;
+    assert!(page.contains("data-family=\"v6\">v6 down"), "{page}");
+
+    // The IPv6 side answers: it rejoins AAAA answers (failover: it is first).
+    v6.listen(16).unwrap();
+    v6.set_nonblocking(true).unwrap();
+    let v6_task = accept_all(tokio::net::TcpListener::from_std(v6.into()).unwrap());
+    let line = gto
+        .wait_for_log("endpoint address family health changed")
+        .await;
+    assert!(
+        line.contains("family=\"v6\"") && line.contains("new=\"up\""),
+        "{line}"
+    );
+    assert_eq!(answer(RecordType::AAAA).await, vec!["::1"]);
+
+    // The IPv4 side stops: A answers move on, AAAA stay, the member stays up.
+    v4_task.abort();
+    let line = gto
+        .wait_for_log("endpoint address family health changed")
+        .await;
+    assert!(
+        line.contains("family=\"v4\"") && line.contains("new=\"down\""),
+        "{line}"
+    );
+    assert_eq!(answer(RecordType::A).await, vec!["192.0.2.8"]);
+    assert_eq!(answer(RecordType::AAAA).await, vec!["::1"]);
+    assert_eq!(dual().await["health"], "up");
+
+    // Both down: the member is down (one endpoint flip), the spare answers both.
+    v6_task.abort();
+    gto.wait_for_log("endpoint health changed").await;
+    let endpoint = dual().await;
+    assert_eq!(endpoint["health"], "down", "{endpoint}");
+    assert_eq!(answer(RecordType::AAAA).await, vec!["2001:db8::8"]);
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}

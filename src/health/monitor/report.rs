@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 
 use super::Monitor;
-use crate::health::scheduler::TargetId;
 use super::tracked::CheckState;
 use crate::config::Probe;
+use crate::health::scheduler::TargetId;
 use crate::health::status::{EndpointStatus, Family, FamilyStatus};
 use crate::routing::EndpointKey;
 
@@ -58,11 +58,10 @@ impl Monitor {
             _ => Vec::new(),
         };
         // The last error of a check that says down (the main one's otherwise).
-        let failing = t
-            .v6
-            .as_ref()
-            .filter(|v6| v6.last_error.is_some() && t.main.last_error.is_none())
-            .unwrap_or(&t.main);
+        let failing =
+            t.v6.as_ref()
+                .filter(|v6| v6.last_error.is_some() && t.main.last_error.is_none())
+                .unwrap_or(&t.main);
         Some(EndpointStatus {
             key: key.clone(),
             health: t.effective(),

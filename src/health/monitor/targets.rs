@@ -139,7 +139,10 @@ impl Monitor {
                     }
                 };
                 if check.probe != Probe::None {
-                    let probes = [(Which::Main, Some(&check.probe)), (Which::V6, check.probe_v6.as_ref())];
+                    let probes = [
+                        (Which::Main, Some(&check.probe)),
+                        (Which::V6, check.probe_v6.as_ref()),
+                    ];
                     for (which, probe) in probes {
                         let Some(probe) = probe else {
                             continue;

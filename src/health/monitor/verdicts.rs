@@ -65,11 +65,7 @@ impl Monitor {
         Some(Vote {
             up,
             since: crate::time::unix(t.main.since),
-            error: if up {
-                None
-            } else {
-                t.main.last_error.clone()
-            },
+            error: if up { None } else { t.main.last_error.clone() },
             rtt_ms: t
                 .main
                 .rtt
@@ -103,8 +99,14 @@ impl Monitor {
         );
         t.main.tally = main.tally;
         let v6 = t.v6.as_mut().map(|v6| {
-            let decision =
-                decide_check(v6.hysteresis.state(), voter, voting, &t.votes, &t.rule, true);
+            let decision = decide_check(
+                v6.hysteresis.state(),
+                voter,
+                voting,
+                &t.votes,
+                &t.rule,
+                true,
+            );
             v6.tally = decision.tally;
             decision
         });
