@@ -186,15 +186,33 @@ pub enum DnssecCommand {
     },
 }
 
-/// Writes `gto.1`, one page per subcommand (`gto-run.1`, `gto-dnssec.1`, ...) and the completions
+/// The sections of gto(1) after its subcommands: FILES, SIGNALS, ENVIRONMENT, EXIT
+/// STATUS, EXAMPLES, SEE ALSO (roff).
+const GTO_1_SECTIONS: &str = include_str!("man/gto.1.sections");
+
+/// gto.toml(5), the config file's page (roff).
+const GTO_TOML_5: &str = include_str!("man/gto.toml.5");
+
+/// Writes `gto.1`, `gto.toml.5`, one page per subcommand (`gto-run.1`, `gto-dnssec.1`, ...) and the completions
 /// `gto.bash`, `_gto` (zsh) and `gto.fish` into `dir`.
 pub fn write_assets(dir: &std::path::Path) -> std::io::Result<()> {
     use clap::CommandFactory;
     std::fs::create_dir_all(dir)?;
     let command = Cli::command();
+    // gto(1): the options and subcommands from the CLI, then what clap cannot know
+    // (files, signals, environment, exit status, examples), written by hand.
+    let man = clap_mangen::Man::new(command.clone());
     let mut page = Vec::new();
-    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    page.extend_from_slice(GTO_1_SECTIONS.as_bytes());
+    man.render_version_section(&mut page)?;
     std::fs::write(dir.join("gto.1"), page)?;
+    std::fs::write(dir.join("gto.toml.5"), GTO_TOML_5)?;
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("gto-{}", sub.get_name());
         let sub = sub.clone().name(name.clone());

@@ -120,6 +120,8 @@ fn the_package_holds_what_a_dns_server_package_should_and_passes_lintian() {
         "./usr/share/man/man1/gto-explain.1.gz",
         "./usr/share/man/man1/gto-probe.1.gz",
         "./usr/share/man/man1/gto-dnssec.1.gz",
+        "./usr/share/man/man1/gto-reload.1.gz",
+        "./usr/share/man/man5/gto.toml.5.gz",
         "./usr/share/bash-completion/completions/gto",
         "./usr/share/zsh/vendor-completions/_gto",
         "./usr/share/fish/vendor_completions.d/gto.fish",
@@ -153,6 +155,7 @@ fn the_package_holds_what_a_dns_server_package_should_and_passes_lintian() {
         conffiles.contains("/etc/gto/zones/gto.example.com.zone"),
         "{conffiles}"
     );
+    maintainer_scripts_manage_the_service(control.path());
     for script in ["preinst", "postinst", "prerm", "postrm"] {
         if let Ok(text) = std::fs::read_to_string(control.path().join(script)) {
             for creating in ["adduser", "useradd", "mkdir", "chown"] {
@@ -183,17 +186,118 @@ fn the_package_holds_what_a_dns_server_package_should_and_passes_lintian() {
     );
 
     unit_is_valid_and_hardened(root.path());
+    man_pages_are_written_and_render_cleanly(root.path());
 
+    // Lintian clean: no error and no warning (one override, for the ITP bug a package
+    // that is not uploaded to Debian cannot close).
     let (ok, out, stderr) = run(
         "lintian",
         &[
             OsStr::new("--fail-on"),
-            OsStr::new("error"),
+            OsStr::new("warning"),
             deb.as_os_str(),
         ],
     );
-    assert!(ok, "lintian errors:\n{out}{stderr}");
-    assert!(!out.lines().any(|l| l.starts_with("E:")), "{out}");
+    assert!(ok, "lintian errors or warnings:\n{out}{stderr}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{out}"
+    );
+}
+
+/// The maintainer scripts: the unit enabled and started on install (after a
+/// daemon-reload), restarted after an upgrade, stopped on remove; and purge, run for real
+/// in a mount namespace of its own over an empty /var/lib, removes the state directory
+/// that `remove` keeps.
+fn maintainer_scripts_manage_the_service(control: &Path) {
+    let script = |name: &str| std::fs::read_to_string(control.join(name)).unwrap();
+    for name in ["postinst", "prerm", "postrm"] {
+        let (ok, _, stderr) = run("sh", &[OsStr::new("-n"), control.join(name).as_os_str()]);
+        assert!(ok, "{name}: {stderr}");
+    }
+    let postinst = script("postinst");
+    for wanted in [
+        "deb-systemd-helper enable gto.service",
+        "systemctl --system daemon-reload",
+        "_dh_action=restart",
+        "_dh_action=start",
+    ] {
+        assert!(
+            postinst.contains(wanted),
+            "no {wanted:?} in postinst:\n{postinst}"
+        );
+    }
+    let prerm = script("prerm");
+    assert!(
+        prerm.contains("\"$1\" = remove") && prerm.contains("deb-systemd-invoke stop gto.service"),
+        "prerm:\n{prerm}"
+    );
+    let postrm = control.join("postrm");
+    let (ok, out, stderr) = run(
+        "unshare",
+        &[
+            OsStr::new("-rm"),
+            OsStr::new("sh"),
+            OsStr::new("-ec"),
+            OsStr::new(
+                "mount -t tmpfs none /var/lib; mkdir -p /var/lib/private/gto; \
+                 echo '{}' > /var/lib/private/gto/gto.state; ln -s private/gto /var/lib/gto; \
+                 sh \"$0\" remove; test -e /var/lib/gto/gto.state; echo kept; \
+                 sh \"$0\" purge; test ! -e /var/lib/private/gto; test ! -L /var/lib/gto; \
+                 echo purged",
+            ),
+            postrm.as_os_str(),
+        ],
+    );
+    assert!(ok && out == "kept\npurged\n", "{out}{stderr}");
+}
+
+/// gto(1) has the sections clap cannot write (FILES, SIGNALS, EXIT STATUS, EXAMPLES), and
+/// it and gto.toml(5) render with no warning from man.
+fn man_pages_are_written_and_render_cleanly(root: &Path) {
+    for (page, sections) in [
+        (
+            "usr/share/man/man1/gto.1.gz",
+            &[
+                "SYNOPSIS",
+                "SUBCOMMANDS",
+                "FILES",
+                "SIGNALS",
+                "EXIT STATUS",
+                "EXAMPLES",
+                "SEE ALSO",
+            ][..],
+        ),
+        (
+            "usr/share/man/man5/gto.toml.5.gz",
+            &[
+                "[server]",
+                "[[pool]] and [[pool.member]]",
+                "family",
+                "EXAMPLE",
+            ][..],
+        ),
+    ] {
+        let output = Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l"])
+            .arg(root.join(page))
+            .env("MANWIDTH", "100")
+            .env("LC_ALL", "C.UTF-8")
+            .output()
+            .expect("man is missing (`tests/run` installs man-db)");
+        let (out, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(
+            output.status.success() && stderr.trim().is_empty(),
+            "{page}: {stderr}"
+        );
+        for section in sections {
+            assert!(out.contains(section), "no {section:?} in {page}:\n{out}");
+        }
+    }
 }
 
 /// `systemd-analyze verify` accepts the unit without a word (its ExecStart pointed at the
