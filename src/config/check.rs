@@ -21,10 +21,15 @@ type Report<'e> = dyn FnMut(&str, String) + 'e;
 
 /// Compiles the effective check of one member. `at` locates errors; `addresses` are the
 /// member's answered addresses (the first is probed unless `address` says otherwise).
+///
+/// `pool`: for a member's own `check` over its pool's, the member's own table and where
+/// the pool's is (offset, path). A problem with a field the member did not set is the
+/// pool's: reported at the pool's check, once, not again for every member.
 pub(crate) fn compile_check(
     raw: Option<&RawCheck>,
     at: usize,
     path: &str,
+    pool: Option<(&RawCheck, usize, &str)>,
     addresses: &[IpAddr],
     base_dir: &Path,
     errors: &mut Collector<'_>,
@@ -33,8 +38,12 @@ pub(crate) fn compile_check(
         return Check::none();
     };
     let limit = errors.file_limit;
-    let mut error =
-        |field: &str, message: String| errors.push(Some(at), format!("{path}.{field}"), message);
+    let mut error = |field: &str, message: String| match pool {
+        Some((own, pool_at, pool_path)) if !own.sets(field) => {
+            errors.push(Some(pool_at), format!("{pool_path}.{field}"), message);
+        }
+        _ => errors.push(Some(at), format!("{path}.{field}"), message),
+    };
     let (interval, timeout) = timing(raw, &mut error);
     let mut threshold = |field: &str, value: &Option<i64>, default: u8| match value {
         None => default,
@@ -49,6 +58,7 @@ pub(crate) fn compile_check(
     let rise = threshold("rise", &raw.rise, Check::DEFAULT_RISE);
     let fall = threshold("fall", &raw.fall, Check::DEFAULT_FALL);
     let kind = raw.kind.as_deref().unwrap_or("tcp");
+    let known = matches!(kind, "tcp" | "http" | "https" | "tls" | "none");
     // `family = "each"` on a dual-stack member: its first IPv4 and first IPv6 address are
     // probed apart (the first governs A records, the second AAAA).
     let first_v6 = split_families(raw, kind, addresses, &mut error);
@@ -56,8 +66,13 @@ pub(crate) fn compile_check(
         Some(_) => addresses.iter().copied().filter(IpAddr::is_ipv4).collect(),
         None => addresses.to_vec(),
     };
-    let target = target(raw, kind, &probed, &mut error)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1)));
+    // An unknown kind is reported once, below; its port is not judged.
+    let target = if known {
+        target(raw, kind, &probed, &mut error)
+    } else {
+        None
+    }
+    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1)));
     check_names(raw, &mut error);
     let probe = match kind {
         "none" => Probe::None,
@@ -81,7 +96,9 @@ pub(crate) fn compile_check(
             Probe::None
         }
     };
-    misplaced_fields(raw, kind, &mut error);
+    if known {
+        misplaced_fields(raw, kind, &mut error);
+    }
     let probe_v6 = first_v6.map(|ip| retarget(raw, &probe, SocketAddr::new(ip, target.port())));
     Check {
         probe,

@@ -18,6 +18,9 @@ pub(crate) struct Collector<'a> {
     pub(crate) errors: Vec<ConfigError>,
     /// `[server] max_file_size`, for the files the config names.
     pub(crate) file_limit: u64,
+    /// Paths whose problem is already reported (a mistyped key, taken out of the
+    /// document): what later steps find missing there is not reported again.
+    suppressed: Vec<String>,
 }
 
 impl<'a> Collector<'a> {
@@ -27,7 +30,23 @@ impl<'a> Collector<'a> {
             file,
             errors: Vec::new(),
             file_limit: crate::files::DEFAULT_MAX_FILE_SIZE,
+            suppressed: Vec::new(),
         }
+    }
+
+    /// No more problems at `path`: the one found there is reported.
+    pub(crate) fn suppress(&mut self, path: impl Into<String>) {
+        self.suppressed.push(path.into());
+    }
+
+    /// Whether a problem was recorded at `path` or inside it.
+    pub(crate) fn has_problem_in(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| {
+            e.path == path
+                || e.path
+                    .strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
     }
 
     /// Records a problem at byte offset `at` (None when unknown).
@@ -38,12 +57,17 @@ impl<'a> Collector<'a> {
         message: impl Into<String>,
     ) {
         let line = at.map(|offset| line_of(self.text, offset));
-        self.errors.push(ConfigError {
+        let error = ConfigError {
             file: self.file.to_path_buf(),
             line,
             path: path.into(),
             message: message.into(),
-        });
+        };
+        // Once per problem: a pool's check is compiled for each of its members.
+        if self.suppressed.contains(&error.path) || self.errors.contains(&error) {
+            return;
+        }
+        self.errors.push(error);
     }
 
     /// The 1-based line of byte offset `at` of the text.

@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use super::error::{ConfigError, ConfigErrors};
+use toml::de::DeValue;
+
 use super::{Config, compile, located, raw};
 
 /// Parses and compiles config text (no zone files are read). `file` names the text in
@@ -21,31 +23,21 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
 pub(crate) fn parse_partial(text: &str, file: &Path) -> (Option<Config>, Vec<ConfigError>) {
     let mut errors = located::Collector::new(text, file);
     let mut unknown = Vec::new();
-    let deserializer = match toml::de::Deserializer::parse(text) {
-        Ok(deserializer) => deserializer,
+    let root = match toml::de::DeTable::parse(text) {
+        Ok(root) => root,
         Err(e) => {
             errors.push(e.span().map(|s| s.start), "", e.message().to_string());
             return (None, errors.errors);
         }
     };
-    let raw: raw::RawConfig =
-        match serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())) {
-            Ok(raw) => raw,
-            Err(_) => {
-                // A type error stops serde at the first one: read each table on its own
-                // instead, so every type error is reported, and the rest still compiles.
-                unknown.clear();
-                match recover(text, &mut errors, &mut unknown) {
-                    Some(raw) => raw,
-                    None => return (None, errors.errors),
-                }
-            }
-        };
+    let document = toml::Spanned::new(0..text.len(), DeValue::Table(root.into_inner()));
+    let Some(raw) = lenient(document.clone(), &mut errors, &mut unknown) else {
+        return (None, errors.errors);
+    };
     for path in unknown {
-        let path = clean_path(&path);
-        let line = find_key_line(text, &path);
+        let (path, at) = locate(&document, &path);
         errors.push(
-            line,
+            at.or_else(|| find_key_line(text, &path)),
             path,
             "unknown key (not part of gto's config; check the spelling)",
         );
@@ -55,95 +47,194 @@ pub(crate) fn parse_partial(text: &str, file: &Path) -> (Option<Config>, Vec<Con
     (Some(config), errors.errors)
 }
 
-/// Deserializes the document section by section (and `[[zone]]`, `[[service]]`,
-/// `[[pool]]` element by element), reporting each section's type error and keeping the
-/// sections that read. None when the text is not TOML at all.
-fn recover(
-    text: &str,
+/// Deserializes the document; at a type error (where serde stops) reports it, takes the
+/// key it is in out of the document and tries again, so every type error is reported in
+/// one run and everything else still compiles (a pool with a mistyped `weight` keeps its
+/// members, and no "unknown pool" follows). A table that lacks a required field after
+/// that is dropped. None when nothing can be read.
+fn lenient(
+    mut document: toml::Spanned<DeValue<'_>>,
     errors: &mut located::Collector<'_>,
     unknown: &mut Vec<String>,
 ) -> Option<raw::RawConfig> {
-    use serde::Deserialize;
-    use toml::de::{DeValue, ValueDeserializer};
-
-    fn one<T: for<'de> Deserialize<'de>>(
-        value: &toml::Spanned<DeValue<'_>>,
-        path: &str,
-        errors: &mut located::Collector<'_>,
-        unknown: &mut Vec<String>,
-    ) -> Option<T> {
-        let deserializer = ValueDeserializer::from(value.clone());
-        match serde_ignored::deserialize(deserializer, |p| {
-            unknown.push(format!("{path}.{p}"));
-        }) {
-            Ok(value) => Some(value),
-            Err(e) => {
-                let e: toml::de::Error = e;
-                let at = e.span().map_or(value.span().start, |s| s.start);
-                errors.push(Some(at), path, e.message().to_string());
-                None
-            }
-        }
-    }
-    fn many<T: for<'de> Deserialize<'de>>(
-        value: &toml::Spanned<DeValue<'_>>,
-        key: &str,
-        errors: &mut located::Collector<'_>,
-        unknown: &mut Vec<String>,
-    ) -> Vec<T> {
-        match value.get_ref().as_array() {
-            Some(items) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, item)| one(item, &format!("{key}.{i}"), errors, unknown))
-                .collect(),
-            None => one(value, key, errors, unknown).unwrap_or_default(),
-        }
-    }
-
-    let root = match toml::de::DeTable::parse(text) {
-        Ok(root) => root,
-        Err(e) => {
-            errors.push(e.span().map(|s| s.start), "", e.message().to_string());
+    // Keys taken out, by path: a "missing field" for one of them is not reported again.
+    let mut removed: Vec<String> = Vec::new();
+    // Each round takes one key or table out: bounded by the document's size.
+    for _ in 0..4096 {
+        unknown.clear();
+        let deserializer = toml::de::ValueDeserializer::from(document.clone());
+        let error: toml::de::Error =
+            match serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())) {
+                Ok(raw) => return Some(raw),
+                Err(error) => error,
+            };
+        let message = error.message().to_string();
+        let Some(span) = error.span() else {
+            errors.push(None, "", message);
             return None;
+        };
+        let Some((path, table_path)) = remove_innermost(&mut document, &span) else {
+            errors.push(Some(span.start), "", message);
+            return None;
+        };
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+            .map(|field| join(&table_path_of(&path, &table_path), field));
+        if missing.is_none_or(|m| !removed.contains(&m)) {
+            errors.push(Some(span.start), path.clone(), message);
         }
-    };
-    let table = root.get_ref();
-    let mut raw = raw::RawConfig::default();
-    for (key, value) in table.iter() {
-        let key = key.get_ref().as_ref();
-        match key {
-            "server" => raw.server = one(value, key, errors, unknown).unwrap_or_default(),
-            "admin" => raw.admin = one(value, key, errors, unknown),
-            "rrl" => raw.rrl = one(value, key, errors, unknown),
-            "geo" => raw.geo = one(value, key, errors, unknown),
-            "zone" => raw.zone = many(value, key, errors, unknown),
-            "service" => raw.service = many(value, key, errors, unknown),
-            "pool" => raw.pool = many(value, key, errors, unknown),
-            other => unknown.push(other.to_string()),
-        }
+        errors.suppress(path.clone());
+        removed.push(path);
     }
-    Some(raw)
+    None
 }
 
-/// `pool.0.$__serde_spanned_private_value.member.1.x` (serde_ignored's view through
-/// `Spanned`) becomes `pool[0].member[1].x`.
-fn clean_path(raw: &str) -> String {
-    let mut path = String::new();
-    for segment in raw
-        .split('.')
-        .filter(|s| !s.starts_with("$__serde_spanned") && *s != "?")
-    {
-        if segment.chars().all(|c| c.is_ascii_digit()) && !path.is_empty() {
-            path.push_str(&format!("[{segment}]"));
-        } else {
-            if !path.is_empty() {
-                path.push('.');
+/// The path of the table a "missing field" error names: the removed element itself when
+/// serde pointed at a whole table, else the table the removed key was in.
+fn table_path_of(removed: &str, parent: &str) -> String {
+    if removed.ends_with(']') || removed.starts_with("pool.") && !parent.starts_with("pool.") {
+        removed.to_string()
+    } else {
+        parent.to_string()
+    }
+}
+
+/// Takes out of `value` the innermost key (or array element) whose value holds `span`;
+/// returns its display path and the path of the table or array it was in.
+fn remove_innermost(
+    value: &mut toml::Spanned<DeValue<'_>>,
+    span: &std::ops::Range<usize>,
+) -> Option<(String, String)> {
+    let inside = |v: &toml::Spanned<DeValue<'_>>| contains(v, span);
+    let holds = |v: &toml::Spanned<DeValue<'_>>| match v.get_ref() {
+        DeValue::Table(t) => t.iter().any(|(_, v)| inside(v)),
+        DeValue::Array(items) => items
+            .iter()
+            .any(|item| inside(item) && matches!(item.get_ref(), DeValue::Table(_))),
+        _ => false,
+    };
+    let mut here = String::new();
+    let mut current = value;
+    loop {
+        match current.get_mut() {
+            DeValue::Table(table) => {
+                let key = table
+                    .iter()
+                    .find(|(_, v)| inside(v))
+                    .map(|(k, _)| k.get_ref().to_string())?;
+                let path = join(&here, &key);
+                if !table.get(key.as_str()).is_some_and(holds) {
+                    table.remove(key.as_str());
+                    return Some((path, here));
+                }
+                here = path;
+                current = table.get_mut(key.as_str())?;
             }
-            path.push_str(segment);
+            DeValue::Array(items) => {
+                let index = items.iter().position(inside)?;
+                let name = items
+                    .get(index)
+                    .and_then(|item| item.get_ref().get("name"))
+                    .and_then(|n| n.get_ref().as_str())
+                    .map(str::to_string);
+                let path = element_path(&here, index, name.as_deref());
+                if !items.get(index).is_some_and(holds) {
+                    let kept: toml::de::DeArray<'_> = items
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != index)
+                        .map(|(_, item)| item.clone())
+                        .collect();
+                    *items = kept;
+                    return Some((path, here));
+                }
+                here = path;
+                current = items.get_mut(index)?;
+            }
+            _ => return None,
         }
     }
-    path
+}
+
+/// Whether `span` lies in `value` (or in any of its keys and values: the span of a
+/// `[[pool]]` table does not cover its body).
+fn contains(value: &toml::Spanned<DeValue<'_>>, span: &std::ops::Range<usize>) -> bool {
+    let s = value.span();
+    if s.start <= span.start && span.end <= s.end.max(s.start + 1) {
+        return true;
+    }
+    match value.get_ref() {
+        DeValue::Table(table) => table.iter().any(|(k, v)| {
+            let k = k.span();
+            (k.start <= span.start && span.end <= k.end) || contains(v, span)
+        }),
+        DeValue::Array(items) => items.iter().any(|item| contains(item, span)),
+        _ => false,
+    }
+}
+
+/// `parent.key`, or `key` at the top.
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// An array element's path: a pool by its name (as the compile step names it), anything
+/// else by index.
+fn element_path(array: &str, index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(name) if array == "pool" => format!("pool.{name}"),
+        _ => format!("{array}[{index}]"),
+    }
+}
+
+/// The display path and offset of a key serde did not use (`pool.0.$__serde_spanned_
+/// private_value.member.1.x`, as serde_ignored gives it), found in the document itself:
+/// keys of inline tables and of every nesting level included.
+fn locate(document: &toml::Spanned<DeValue<'_>>, raw_path: &str) -> (String, Option<usize>) {
+    let segments: Vec<&str> = raw_path
+        .split('.')
+        .filter(|s| !s.starts_with("$__serde_spanned") && *s != "?")
+        .collect();
+    let mut path = String::new();
+    let mut current = document;
+    let mut at = None;
+    for (i, segment) in segments.iter().enumerate() {
+        let next = match current.get_ref() {
+            DeValue::Table(table) => {
+                path = join(&path, segment);
+                table
+                    .iter()
+                    .find(|(k, _)| k.get_ref().as_ref() == *segment)
+                    .map(|(k, v)| {
+                        at = Some(k.span().start);
+                        v
+                    })
+            }
+            DeValue::Array(items) => segment.parse::<usize>().ok().and_then(|index| {
+                let item = items.get(index)?;
+                let name = item
+                    .get_ref()
+                    .get("name")
+                    .and_then(|n| n.get_ref().as_str());
+                path = element_path(&path, index, name);
+                Some(item)
+            }),
+            _ => None,
+        };
+        match next {
+            Some(next) => current = next,
+            None => {
+                // Not in the document (should not happen): the rest as serde gave it.
+                return (join(&path, &segments[i..].join(".")), None);
+            }
+        }
+    }
+    (path, at)
 }
 
 /// Best-effort byte offset of an unknown key: the first line that assigns its last

@@ -338,6 +338,33 @@ pub(crate) struct RawCheck {
 }
 
 impl RawCheck {
+    /// Whether this table sets `field` (a key of a `check` table).
+    pub(crate) fn sets(&self, field: &str) -> bool {
+        match field {
+            "kind" => self.kind.is_some(),
+            "address" => self.address.is_some(),
+            "family" => self.family.is_some(),
+            "port" => self.port.is_some(),
+            "path" => self.path.is_some(),
+            "expect" => self.expect.is_some(),
+            "body" => self.body.is_some(),
+            "host" => self.host.is_some(),
+            "sni" => self.sni.is_some(),
+            "insecure" => self.insecure.is_some(),
+            "ca_file" => self.ca_file.is_some(),
+            "cert_min_days" => self.cert_min_days.is_some(),
+            "cert_expiring" => self.cert_expiring.is_some(),
+            "interval" => self.interval.is_some(),
+            "timeout" => self.timeout.is_some(),
+            "rise" => self.rise.is_some(),
+            "fall" => self.fall.is_some(),
+            "load_fields" => self.load_fields.is_some(),
+            "max_body" => self.max_body.is_some(),
+            // Not a field of its own: the member's.
+            _ => true,
+        }
+    }
+
     /// `self`'s fields where set, else `base`'s.
     pub(crate) fn over(&self, base: &RawCheck) -> RawCheck {
         RawCheck {

@@ -450,11 +450,11 @@ prefer = ["eu", "us-eats"]
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     for wanted in [
-        "service.0",             // answers = "two": a type error
-        "pool.1",                // addresses = "...": another
-        "unknown key",           // bogus
-        "server.udp_payload",    // a range error
-        "gto.example.com.zone:", // a zone error
+        "service[0].answers: invalid type", // answers = "two": a type error
+        "pool.typed.member[0].addresses: invalid type", // addresses = "...": another
+        "unknown key",                      // bogus
+        "server.udp_payload",               // a range error
+        "gto.example.com.zone:",            // a zone error
         "no endpoint is in region \"us-eats\"",
     ] {
         assert!(stderr.contains(wanted), "no {wanted:?} in:\n{stderr}");
@@ -677,4 +677,60 @@ fn a_delegation_to_addresses_gto_does_not_listen_on_is_a_warning() {
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("name servers' addresses"), "{stderr}");
+}
+
+/// One run reports every problem, and no problem brings false ones: a mistyped value in a
+/// pool's check does not drop the pool (no "unknown pool"), a mistyped member field does
+/// not hide the next member's missing location, an unknown check kind is reported once
+/// (no port or "applies to" errors), a pool's problem is not repeated for a member that
+/// overrides another field, an unknown key in an inline table has its line and names its
+/// pool, and a state file whose directory does not exist is an error.
+#[test]
+fn every_problem_is_reported_once_and_none_is_a_consequence_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let text = r#"[server]
+listen = ["127.0.0.1:0"]
+state_file = "missing/gto.state"
+
+[[zone]]
+origin = "gto.example.com."
+file = "gto.example.com.zone"
+
+[[service]]
+name = "vpn.gto.example.com."
+pool = "sma"
+policy = "geo"
+
+[[pool]]
+name = "sma"
+check = { kind = "HTTPS", port = "443", cert_min_days = 10 }
+[[pool.member]]
+name = "fra-1"
+addresses = ["198.51.100.10"]
+weight = "heavy"
+location = { region = "eu" }
+[[pool.member]]
+name = "ams-1"
+addresses = ["198.51.100.20"]
+check = { interval = "5s", bogus = 1 }
+"#;
+    fs::write(dir.path().join("gto.toml"), text).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64);
+    let expected = [
+        ":3: server.state_file: its directory",
+        ":9: service[0].policy: policy \"geo\" needs a location on every endpoint; sma/ams-1 has none",
+        ":16: pool.sma.check.port: invalid type: string \"443\", expected i64",
+        ":16: pool.sma.check.kind: unknown check kind \"HTTPS\"",
+        ":20: pool.sma.member[0].weight: invalid type: string \"heavy\", expected i64",
+        ":25: pool.sma.member[1].check.bogus: unknown key",
+    ];
+    for wanted in expected {
+        assert!(stderr.contains(wanted), "missing {wanted:?} in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains(&format!("{} problem(s) found", expected.len())),
+        "only these problems, each once:\n{stderr}"
+    );
 }

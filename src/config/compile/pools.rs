@@ -201,7 +201,6 @@ pub(super) fn compile_member(
         capacity,
         check,
     } = raw.get_ref();
-    let before = errors.errors.len();
     if name.get_ref().is_empty() {
         errors.at(name, format!("{path}.name"), "must not be empty");
     }
@@ -238,7 +237,9 @@ pub(super) fn compile_member(
         },
     };
     let check = member_check(check.as_ref(), pool_check, path, &parsed, base_dir, errors);
-    (errors.errors.len() == before).then(|| Member {
+    // Kept even with problems (the config is not used then): later checks see the
+    // member, so a mistake in it does not also bring false "unknown" errors elsewhere.
+    Some(Member {
         name: name.get_ref().clone(),
         addresses: parsed,
         location,
@@ -291,6 +292,14 @@ fn member_check(
     base_dir: &Path,
     errors: &mut Collector<'_>,
 ) -> Check {
+    let pool_path = format!(
+        "{}.check",
+        path.rsplit_once(".member").map_or(path, |p| p.0)
+    );
+    let inherited = match (check, pool_check) {
+        (Some(own), Some(pool)) => Some((own.get_ref(), pool.span().start, pool_path.as_str())),
+        _ => None,
+    };
     // The member's check fields override its pool's; errors point at the table that set them.
     let (effective, at, check_path) = match (check, pool_check) {
         (Some(own), Some(pool)) => (
@@ -317,6 +326,7 @@ fn member_check(
         effective.as_ref(),
         at,
         &check_path,
+        inherited,
         parsed,
         base_dir,
         errors,

@@ -161,13 +161,20 @@ pub(super) fn compile_services(
         if policy == Policy::Geo
             && let Some(pool) = pool_id.and_then(|id| pools.get(id.0))
         {
-            for member in pool.members.iter().filter(|m| m.location.is_none()) {
+            let label = super::pools::pool_label(&pool.name, pool_id.map_or(0, |id| id.0));
+            // A member whose location is wrong has its own problem reported already.
+            let unplaced = pool.members.iter().enumerate().filter(|(j, m)| {
+                m.location.is_none()
+                    && !errors.has_problem_in(&format!("{label}.member[{j}].location"))
+            });
+            let unplaced: Vec<String> = unplaced.map(|(_, m)| m.name.clone()).collect();
+            for member in unplaced {
                 errors.at(
                     service,
                     format!("{path}.policy"),
                     format!(
-                        "policy \"geo\" needs a location on every endpoint; {}/{} has none",
-                        pool.name, member.name
+                        "policy \"geo\" needs a location on every endpoint; {}/{member} has none",
+                        pool.name
                     ),
                 );
             }
