@@ -59,7 +59,7 @@ const SCRIPT: &str = "(function(){if(!window.EventSource)return;\
 var busy=false,again=false;function refresh(){if(busy){again=true;return}busy=true;\
 fetch('/?fragment=1'+location.search.replace(/^\\?/,'&')).then(function(r){return r.text()})\
 .then(function(t){document.getElementById('live').innerHTML=t}).finally(function(){busy=false;if(again){again=false;refresh()}})}\
-var s=new EventSource('/v1/events');s.onmessage=refresh;\
+var s=new EventSource('/v1/events');s.onmessage=refresh;setInterval(refresh,5000);\
 ['health','drain','reload','watermark','fleet','drift','reset'].forEach(function(k){s.addEventListener(k,refresh)});\
 document.documentElement.setAttribute('data-live','on')})();";
 
@@ -118,12 +118,26 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
     let mut out = String::with_capacity(16 * 1024 + statuses.len() * 400);
 
     // The instance, and the fleet.
+    let identity = snapshot
+        .identity
+        .as_ref()
+        .map(|id| String::from_utf8_lossy(id).into_owned());
+    let instance = state
+        .fleet
+        .as_ref()
+        .and_then(|f| f.status_json()["instance"].as_str().map(str::to_string));
     let _ = write!(
         out,
-        "<h2>Instance</h2><table><tr><th>version</th><td>{}</td></tr>\
+        "<h2>Instance</h2><table><tr><th>instance</th><td id=instance>{}</td></tr>\
+         <tr><th>identity (NSID)</th><td>{}</td></tr>\
+         <tr><th>version</th><td>{} <span class=muted>commit {}, built {}</span></td></tr>\
          <tr><th>started</th><td>{}</td></tr><tr><th>config digest</th><td><code>{}</code></td></tr>\
          <tr><th>snapshot generation</th><td id=generation>{}</td></tr></table>",
+        esc(instance.as_deref().unwrap_or("(no fleet)")),
+        esc(identity.as_deref().unwrap_or("(none)")),
         esc(env!("CARGO_PKG_VERSION")),
+        esc(env!("GTO_COMMIT")),
+        esc(env!("GTO_BUILD_DATE")),
         rfc3339(state.started),
         esc(state.reloader.digest().as_str()),
         snapshot.generation
@@ -139,21 +153,70 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
     let (recent, _) = state
         .events
         .since(state.events.last_id().saturating_sub(30));
-    out.push_str("<h2>Recent events</h2><ol id=events reversed>");
+    out.push_str("<h2>Recent events</h2><ul id=events>");
     for event in recent.iter().rev() {
         let _ = write!(
             out,
-            "<li><code>{}</code> {} <b>{}</b> {}</li>",
+            "<li data-event=\"{}\"><span class=muted>#{} {}</span> <b>{}</b> {}</li>",
+            event.id,
             event.id,
             esc(&event.at),
             event.kind,
-            esc(&event.data.to_string())
+            esc(&event_text(&event.data))
         );
     }
-    out.push_str("</ol>");
+    out.push_str("</ul>");
 
     explain_section(&mut out, &snapshot, query);
     out
+}
+
+/// "12 s ago (2026-12-06T01:02:03Z)" for an instance's last heartbeat (the page
+/// refreshes itself every few seconds, so the age stays current).
+fn seen_ago(instance: &serde_json::Value) -> String {
+    let at = esc(instance["last_seen"].as_str().unwrap_or_default());
+    match instance["last_seen_seconds_ago"].as_u64() {
+        Some(ago) => {
+            format!("<span data-seen-ago={ago}>{ago} s ago</span> <span class=muted>({at})</span>")
+        }
+        None => at,
+    }
+}
+
+/// An event's data in words: `pool/member` first, then `key: value` for the rest
+/// (strings unquoted, lists joined), not raw JSON.
+fn event_text(data: &serde_json::Value) -> String {
+    let Some(fields) = data.as_object() else {
+        return plain(data);
+    };
+    let mut parts = Vec::new();
+    if let (Some(pool), Some(member)) = (fields.get("pool"), fields.get("member")) {
+        parts.push(format!("{}/{}", plain(pool), plain(member)));
+    }
+    if let (Some(from), Some(to)) = (fields.get("from"), fields.get("to")) {
+        parts.push(format!("{} \u{2192} {}", plain(from), plain(to)));
+    }
+    for (key, value) in fields {
+        if matches!(key.as_str(), "pool" | "member" | "from" | "to") || value.is_null() {
+            continue;
+        }
+        parts.push(format!("{key}: {}", plain(value)));
+    }
+    parts.join(", ")
+}
+
+/// A JSON value as text: strings without quotes, arrays joined, objects as `k=v`.
+fn plain(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(" "),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
 }
 
 /// The fleet's instances: version, listeners, heartbeat and config drift.
@@ -187,10 +250,10 @@ fn fleet_section(out: &mut String, view: &serde_json::Value) {
             if instance["alive"] == false {
                 format!(
                     "<span class=down>{} (no heartbeat)</span>",
-                    esc(instance["last_seen"].as_str().unwrap_or_default())
+                    seen_ago(instance)
                 )
             } else {
-                esc(instance["last_seen"].as_str().unwrap_or_default())
+                seen_ago(instance)
             },
             if matches {
                 "same".to_string()
@@ -228,11 +291,31 @@ fn gslb_section(
             .iter()
             .map(|m| m.answered.load(Ordering::Relaxed))
             .sum();
+        let selection = match node.map(|n| n.mode) {
+            Some(crate::routing::Selection::Normal) | None => {
+                "<span class=up data-selection=normal>normal</span>".to_string()
+            }
+            Some(crate::routing::Selection::FailOpen) => {
+                "<span class=down data-selection=fail-open>\
+                 fail open: no endpoint can serve, every one is answered</span>"
+                    .to_string()
+            }
+            Some(crate::routing::Selection::Fallback) => {
+                "<span class=down data-selection=fallback>\
+                 fallback: no endpoint can serve, the fallback pool is answered</span>"
+                    .to_string()
+            }
+            Some(crate::routing::Selection::Empty) => "<span class=down data-selection=empty>\
+                 empty: no endpoint can serve, NODATA</span>"
+                .to_string(),
+        };
         let _ = write!(
             out,
             "<h3>{} <span class=muted>pool {}, policy {}, {} per answer, TTL {}</span></h3>\
-             <table class=members><tr><th>member</th><th>addresses</th><th>health</th><th>since</th>\
-             <th>last check</th><th>drain</th><th>load</th><th>smoothed</th><th>share</th><th>voters</th></tr>",
+             <p>selection: {selection}</p>\
+             <table class=members><tr><th>member</th><th>addresses</th><th>health</th><th>in answers</th>\
+             <th>overloaded</th><th>since</th><th>last check</th><th>drain</th><th>load</th><th>smoothed</th>\
+             <th>share</th><th>voters</th></tr>",
             esc(&service.name.to_string()),
             esc(&service.pool),
             service.policy.as_str(),
@@ -249,7 +332,7 @@ fn gslb_section(
             } else {
                 answered as f64 / total as f64
             };
-            member_row(out, status, &member.addresses, share);
+            member_row(out, status, member, share);
         }
         out.push_str("</table>");
     }
@@ -310,11 +393,33 @@ fn explain_section(out: &mut String, snapshot: &crate::routing::Snapshot, query:
 fn member_row(
     out: &mut String,
     status: &EndpointStatus,
-    addresses: &[std::net::IpAddr],
+    member: &crate::routing::Endpoint,
     share: f64,
 ) {
     let health = status.health.as_str();
-    let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    // A drained member is not shown green: it gets no new clients.
+    let class = if status.drain.is_some() && status.health == crate::health::state::Health::Up {
+        "drained"
+    } else {
+        health
+    };
+    let shown = if class == "drained" {
+        "up, drained"
+    } else {
+        health
+    };
+    let addresses: Vec<String> = member.addresses.iter().map(ToString::to_string).collect();
+    let in_answers = match (member.available, member.withheld.v4, member.withheld.v6) {
+        (false, _, _) => "<span class=down>no</span>",
+        (true, true, _) => "<span class=drained>AAAA only</span>",
+        (true, _, true) => "<span class=drained>A only</span>",
+        (true, false, false) => "<span class=up>yes</span>",
+    };
+    let overloaded = if member.overloaded {
+        "<span class=drained>yes</span>"
+    } else {
+        "no"
+    };
     let drain = match status.drain {
         None => String::new(),
         Some(drain) => format!(
@@ -378,11 +483,12 @@ fn member_row(
     };
     let _ = write!(
         out,
-        "<tr data-member=\"{}\" data-health=\"{health}\" data-drained=\"{}\"><td>{}</td><td>{}</td>\
-         <td class={health}>{health}{}{families}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+        "<tr data-member=\"{}\" data-health=\"{health}\" data-drained=\"{}\" data-in-answers=\"{}\"><td>{}</td><td>{}</td>\
+         <td class={class}>{shown}{}{families}</td><td>{in_answers}</td><td>{overloaded}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
          <td>{:.0} %</td><td>{}</td></tr>",
         esc(&status.key.member),
         status.drain.is_some(),
+        member.available,
         esc(&status.key.member),
         esc(&addresses.join(" ")),
         if status.stale {

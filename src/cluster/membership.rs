@@ -197,6 +197,7 @@ impl Fleet {
                     "config_matches": seen.info.config_digest == mine,
                     "config_differs": differing_sections(&inner.me.load().config_sections, &seen.info.config_sections),
                     "last_seen": rfc3339(seen.seen),
+                    "last_seen_seconds_ago": seen.seen.elapsed().unwrap_or_default().as_secs(),
                     "alive": seen.seen.elapsed().unwrap_or_default() <= inner.lease_ttl,
                     "dnssec_keysets": seen.info.keysets,
                 })

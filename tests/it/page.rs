@@ -328,3 +328,68 @@ async fn the_page_shows_members_live_and_explains_like_a_real_query() {
     real.sort();
     assert_eq!(shown, real, "after {explained:?}");
 }
+
+/// What an operator reads off the page without a browser: this instance's identity and
+/// commit; a drained member shown "up, drained" (not green), out of the answers; the
+/// name's selection; and the recent events as words, each numbered once.
+#[tokio::test]
+async fn the_page_says_what_is_answered_and_events_in_words() {
+    let config = crate::support::config("")
+        .replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nidentity = \"ns-page\"",
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"",
+        );
+    let server =
+        TestServer::start_with_files(&config, ZONE, &[("admin.token", &format!("{TOKEN}\n"))])
+            .await;
+    let admin = server.admin();
+    let (code, _) = http_json(
+        admin,
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, html) = http(admin, "GET", "/", None, "").await;
+    assert_eq!(code, 200);
+    assert!(html.contains("ns-page"), "identity");
+    assert!(html.contains(env!("CARGO_PKG_VERSION")) && html.contains("commit "));
+    let row = html
+        .split("<tr ")
+        .find(|r| r.starts_with("data-member=\"fra-1\""))
+        .expect("fra-1's row");
+    assert!(
+        row.contains("data-in-answers=\"false\"") && row.contains("<td class=drained>up, drained"),
+        "{row}"
+    );
+    assert!(
+        !row.contains("class=up>up"),
+        "a drained member is not green: {row}"
+    );
+    let ams = html
+        .split("<tr ")
+        .find(|r| r.starts_with("data-member=\"ams-1\""))
+        .expect("ams-1's row");
+    assert!(ams.contains("data-in-answers=\"true\""), "{ams}");
+    assert!(html.contains("data-selection=normal"), "selection shown");
+    let events = &html[html.find("<ul id=events>").expect("events")..];
+    let drain = events
+        .split("<li ")
+        .find(|e| e.contains("<b>drain</b>"))
+        .expect("the drain event");
+    assert!(
+        drain.contains("sma/fra-1") && drain.contains("action: drain"),
+        "{drain}"
+    );
+    assert!(
+        !drain.contains("{&quot;") && !drain.contains("{\""),
+        "no raw JSON: {drain}"
+    );
+    assert!(!html.contains("<ol id=events"), "numbered once, by its id");
+}
