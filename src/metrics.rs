@@ -23,6 +23,10 @@ pub const DNS_TCP_CLOSED_TOTAL: &str = "gto_dns_tcp_closed_total";
 /// Seconds until the earliest DNSSEC signature served expires, by `zone` (signed zones
 /// only). Re-signing keeps it above 7 days; below that it is falling behind.
 pub const DNSSEC_SIGNATURE_EXPIRY_SECONDS: &str = "gto_dnssec_signature_expiry_seconds";
+/// When the earliest DNSSEC signature served expires (Unix time), by `zone`: alert on
+/// `... - time()`, which stays right between updates.
+pub const DNSSEC_SIGNATURE_EXPIRY_TIMESTAMP_SECONDS: &str =
+    "gto_dnssec_signature_expiry_timestamp_seconds";
 /// RRsets signed on first use (sets no snapshot had prepared, denials of names that do not
 /// exist, wildcard synthesis).
 pub const DNSSEC_SIGNED_ON_USE_TOTAL: &str = "gto_dnssec_signed_on_use_total";
@@ -159,6 +163,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Gauge,
         Unit::Seconds,
         "Seconds until the earliest DNSSEC signature served expires, by zone.",
+    ),
+    (
+        DNSSEC_SIGNATURE_EXPIRY_TIMESTAMP_SECONDS,
+        Kind::Gauge,
+        Unit::Seconds,
+        "When the earliest DNSSEC signature served expires (Unix time), by zone.",
     ),
     (
         DNSSEC_SIGNED_ON_USE_TOTAL,

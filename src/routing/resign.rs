@@ -50,7 +50,7 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Whether a snapshot's signatures need re-signing at `now`: the earliest expiry is within
 /// [`REFRESH`], or a key event (publish, activate, retire, remove, rollover) has come.
-/// Exports `gto_dnssec_signature_expiry_seconds` per signed zone and warns when re-signing
+/// Exports `gto_dnssec_signature_expiry_seconds` (and its `_timestamp_seconds`) per signed zone and warns when re-signing
 /// has fallen behind (less than half of [`REFRESH`] left).
 pub fn check(snapshot: &Snapshot, now: u64) -> bool {
     check_and_warn(snapshot, now, true, &mut HashMap::new()).resign
@@ -83,6 +83,8 @@ fn check_and_warn(
         let left = i64::from(signing.window.expiration) - now as i64;
         metrics::gauge!(crate::metrics::DNSSEC_SIGNATURE_EXPIRY_SECONDS, "zone" => signing.origin.to_string())
             .set(left as f64);
+        metrics::gauge!(crate::metrics::DNSSEC_SIGNATURE_EXPIRY_TIMESTAMP_SECONDS, "zone" => signing.origin.to_string())
+            .set(f64::from(signing.window.expiration));
         if warn && left < (REFRESH.as_secs() / 2) as i64 {
             tracing::warn!(
                 zone = %signing.origin,

@@ -109,6 +109,16 @@ async fn signed_answers_that_do_not_fit_are_truncated() {
         left > 13.0 * 86_400.0 && left <= 14.0 * 86_400.0,
         "{left}\n{metrics}"
     );
+    let expires = crate::support::sample(
+        &metrics,
+        "gto_dnssec_signature_expiry_timestamp_seconds",
+        &["zone=\"gto.example.com.\""],
+    );
+    let from_now = expires - gto::time::unix_now() as f64;
+    assert!(
+        (from_now - left).abs() < 120.0,
+        "{expires} vs {left} s left"
+    );
     let (_, status) =
         crate::support::http_json(server.admin(), "GET", "/v1/status", None, "").await;
     let zone = &status["dnssec"][0];

@@ -173,3 +173,51 @@ async fn metrics_pass_promtool_and_the_shipped_alert_rules_are_tested() {
     let (ok, said) = promtool(&["test", "rules", "alerts.test.yml"], None);
     assert!(ok, "{said}");
 }
+
+/// Every metric gto defines (each `gto_...` name constant in the source) is in the
+/// README's metrics section, so an operator finds what a series means.
+#[test]
+fn the_readme_lists_every_series() {
+    let readme = std::fs::read_to_string(crate::support::repo().join("README.md")).unwrap();
+    let start = readme.find("\n## Metrics").expect("a Metrics section");
+    let end = readme[start + 1..]
+        .find("\n## ")
+        .map_or(readme.len(), |e| start + 1 + e);
+    let section = &readme[start..end];
+    let mut names = Vec::new();
+    let mut stack = vec![crate::support::repo().join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            // `pub const NAME: &str = "gto_..."`, possibly wrapped onto the next line.
+            for piece in text.split("pub const ").skip(1) {
+                let Some(value) = piece
+                    .split_once(": &str =")
+                    .map(|(_, rest)| rest.trim_start())
+                    .and_then(|rest| rest.strip_prefix("\"gto_"))
+                else {
+                    continue;
+                };
+                let name: String = value
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                names.push(format!("gto_{name}"));
+            }
+        }
+    }
+    assert!(names.len() > 30, "found only {names:?}");
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !section.contains(&format!("`{n}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the README's metrics table: {missing:?}"
+    );
+}
