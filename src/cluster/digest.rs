@@ -25,9 +25,12 @@ impl Fleet {
         let me = self.0.me.load();
         let mine = me.config_digest.clone();
         let instances = self.0.instances.load();
-        // Probe-only agents (no DNS listeners) serve no answers: not drift.
+        // Probe-only agents (no DNS listeners) serve no answers: not drift, on either side
+        // (an agent's config differs from the servers' by design: it serves nothing).
+        let agent = me.listen.is_empty();
         let differing: Vec<&String> = instances
             .iter()
+            .filter(|_| !agent)
             .filter(|(_, seen)| !seen.info.listen.is_empty())
             .filter(|(_, seen)| seen.info.config_digest != mine)
             .map(|(id, _)| id)

@@ -272,12 +272,13 @@ async fn a_probe_only_agent_votes() {
     ];
     std::fs::write(
         dir.path().join("gto.toml"),
+        // A setting the servers do not have: the agent's config differs from theirs.
         config(
             &fleet.etcd.url(),
             SOURCES[2],
             "down_when = \"majority\"",
             ports,
-        ),
+        ) + "\n[rrl]\nenabled = false\n",
     )
     .unwrap();
     std::fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
@@ -315,6 +316,10 @@ async fn a_probe_only_agent_votes() {
     }
     agent.signal("TERM");
     assert!(agent.exit().await.success());
+    // Its config differs from the servers' ([rrl]): servers do not count an agent as
+    // drift, and the agent does not warn about drift it does not count either.
+    let log = agent.log_to_end().await;
+    assert!(!log.contains("config drift"), "{log}");
 }
 
 #[tokio::test]
