@@ -445,6 +445,7 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T,
 pub(super) async fn drain(
     State(state): State<AdminState>,
     Path((pool, member)): Path<(String, String)>,
+    peer: Option<axum::Extension<super::Peer>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -483,6 +484,7 @@ pub(super) async fn drain(
     if until.is_some_and(|u| u.duration_since(now).map_or(true, |d| d > max_drain)) {
         return Err(too_far());
     }
+    audit(&key, "drain", peer.as_ref(), until);
     if let Some(fleet) = &state.fleet {
         // The fleet first: a drain the fleet did not take is applied nowhere.
         known(&state, &key).await?;
@@ -490,6 +492,25 @@ pub(super) async fn drain(
     }
     let status = state.health.drain(key, until).await?;
     Ok(member_json(&state, &status))
+}
+
+/// Logs who asked for a drain or undrain (the client's address; the request carried the
+/// admin token), before it is applied: the trail an operator reads in the journal.
+fn audit(
+    key: &EndpointKey,
+    action: &'static str,
+    peer: Option<&axum::Extension<super::Peer>>,
+    until: Option<SystemTime>,
+) {
+    let caller = peer.map_or_else(|| "unknown".to_string(), |p| p.0.0.to_string());
+    tracing::info!(
+        pool = %key.pool,
+        member = %key.member,
+        action,
+        caller = %caller,
+        until = until.map(rfc3339),
+        "{action} requested through the admin API"
+    );
 }
 
 /// Fails with 404 unless `key` is an endpoint of the running config.
@@ -505,10 +526,12 @@ async fn known(state: &AdminState, key: &EndpointKey) -> Result<(), ApiError> {
 pub(super) async fn undrain(
     State(state): State<AdminState>,
     Path((pool, member)): Path<(String, String)>,
+    peer: Option<axum::Extension<super::Peer>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
     let key = EndpointKey { pool, member };
+    audit(&key, "undrain", peer.as_ref(), None);
     if let Some(fleet) = &state.fleet {
         known(&state, &key).await?;
         fleet.undrain(&key).await?;

@@ -1007,3 +1007,46 @@ fn running_as_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A drain and an undrain are logged with who asked (the client's address) and until
+/// when, before they are applied: the journal holds the trail.
+#[tokio::test]
+async fn drains_are_logged_with_their_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::real::real_config_with_token(dir.path(), ZONE, |text| text);
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    let admin = gto.admin_addr().await;
+    let (code, _) = http_json(
+        admin,
+        "POST",
+        "/v1/members/sma/fra-1/drain",
+        Some(TOKEN),
+        "{\"for\": \"30m\"}",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let line = gto
+        .wait_for_log("drain requested through the admin API")
+        .await;
+    assert!(
+        line.contains("caller=127.0.0.1")
+            && line.contains("member=fra-1")
+            && line.contains("until="),
+        "{line}"
+    );
+    let (code, _) = http_json(
+        admin,
+        "POST",
+        "/v1/members/sma/fra-1/undrain",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let line = gto
+        .wait_for_log("undrain requested through the admin API")
+        .await;
+    assert!(line.contains("caller=127.0.0.1"), "{line}");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
