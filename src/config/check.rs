@@ -97,7 +97,10 @@ pub(crate) fn compile_check(
         }
     };
     if known {
-        misplaced_fields(raw, kind, &mut error);
+        // A field the member inherits from its pool's check but whose kind it changed
+        // (an https pool, a tcp member) does not apply to it: ignored, not an error.
+        let inherited = |field: &str| pool.is_some_and(|(own, _, _)| !own.sets(field));
+        misplaced_fields(raw, kind, &inherited, &mut error);
     }
     let probe_v6 = first_v6.map(|ip| retarget(raw, &probe, SocketAddr::new(ip, target.port())));
     Check {
@@ -403,7 +406,12 @@ fn http_probe(
 }
 
 /// Fields set for a kind of check they do not apply to.
-fn misplaced_fields(raw: &RawCheck, kind: &str, error: &mut Report<'_>) {
+fn misplaced_fields(
+    raw: &RawCheck,
+    kind: &str,
+    inherited: &dyn Fn(&str) -> bool,
+    error: &mut Report<'_>,
+) {
     let http = kind == "http" || kind == "https";
     for (field, set, applies, kinds) in [
         ("max_body", raw.max_body.is_some(), http, "http and https"),
@@ -426,7 +434,7 @@ fn misplaced_fields(raw: &RawCheck, kind: &str, error: &mut Report<'_>) {
             "tls and https",
         ),
     ] {
-        if set && !applies {
+        if set && !applies && !inherited(field) {
             error(field, format!("applies to {kinds} checks, not {kind}"));
         }
     }

@@ -683,8 +683,10 @@ fn a_delegation_to_addresses_gto_does_not_listen_on_is_a_warning() {
 /// pool's check does not drop the pool (no "unknown pool"), a mistyped member field does
 /// not hide the next member's missing location, an unknown check kind is reported once
 /// (no port or "applies to" errors), a pool's problem is not repeated for a member that
-/// overrides another field, an unknown key in an inline table has its line and names its
-/// pool, and a state file whose directory does not exist is an error.
+/// overrides another field, a member that changes its check's kind is not held to the
+/// pool's fields of the other kind (`cert_min_days` for a tcp check), an unknown key in an
+/// inline table has its line and names its pool, and a state file whose directory does
+/// not exist is an error.
 #[test]
 fn every_problem_is_reported_once_and_none_is_a_consequence_of_another() {
     let dir = tempfile::tempdir().unwrap();
@@ -714,6 +716,11 @@ location = { region = "eu" }
 name = "ams-1"
 addresses = ["198.51.100.20"]
 check = { interval = "5s", bogus = 1 }
+[[pool.member]]
+name = "nyc-1"
+addresses = ["203.0.113.30"]
+location = { region = "us" }
+check = { kind = "tcp", port = 443 }
 "#;
     fs::write(dir.path().join("gto.toml"), text).unwrap();
     let (code, _, stderr) = check(dir.path());
