@@ -307,6 +307,25 @@ fn name_server_warnings(config: &Config, zones: &[Zone], file: &Path) -> Vec<Con
     warnings
 }
 
+/// The state file's directory, when it does not exist: the file is made at the first
+/// write, its directory is not, so no change would ever be saved. A warning for `gto
+/// check` (the packaged unit's `StateDirectory=gto` makes /var/lib/gto when it starts);
+/// `gto run` refuses to start. A directory that cannot be looked into (/var/lib/gto of
+/// the packaged unit, read by another user) is not judged.
+pub fn missing_state_dir(config: &Config) -> Option<String> {
+    let path = config.server.state_file.as_ref()?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+            "its directory {} does not exist: create it (the packaged unit's \
+             StateDirectory=gto makes /var/lib/gto at start)",
+            dir.display()
+        )),
+        Ok(metadata) if !metadata.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        _ => None,
+    }
+}
+
 /// Parses config text, loads every zone and checks the names across both. Problems from
 /// all three steps are reported together.
 fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErrors> {
@@ -375,6 +394,15 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             } else {
                 name_server_warnings(&config, &zones, file)
             })
+            .chain(missing_state_dir(&config).map(|message| {
+                ConfigError {
+                    file: file.to_path_buf(),
+                    line: find_key_line(text, "server.state_file")
+                        .map(|offset| compile::line_of(text, offset)),
+                    path: "server.state_file".into(),
+                    message: format!("{message} (`gto run` refuses to start without it)"),
+                }
+            }))
             .collect();
         Ok(Loaded {
             keys,

@@ -88,6 +88,11 @@ fn serve(source: ConfigSource) -> ExitCode {
             Ok(started) => started,
             Err(code) => return code,
         };
+        // Changes that could never be saved: refused before anything binds.
+        if let Some(problem) = crate::loaded::missing_state_dir(&loaded.config) {
+            let _ = writeln!(std::io::stderr(), "error: server.state_file: {problem}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
         match App::start(source, loaded).await {
             Ok(app) => match app.run_until_signal(signals, reload_queued).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -726,7 +726,6 @@ check = { kind = "tcp", port = 443 }
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 64);
     let expected = [
-        ":3: server.state_file: its directory",
         ":9: service[0].policy: policy \"geo\" needs a location on every endpoint; sma/ams-1 has none",
         ":16: pool.sma.check.port: invalid type: string \"443\", expected i64",
         ":16: pool.sma.check.kind: unknown check kind \"HTTPS\"",
@@ -740,4 +739,32 @@ check = { kind = "tcp", port = 443 }
         stderr.contains(&format!("{} problem(s) found", expected.len())),
         "only these problems, each once:\n{stderr}"
     );
+}
+
+/// A state file whose directory does not exist: `gto check` warns (the packaged unit's
+/// StateDirectory= makes /var/lib/gto only when it starts), `gto run` refuses to start
+/// with exit 64, since no change could ever be saved.
+#[test]
+fn a_state_file_in_a_missing_directory_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    let text = config("").replace(
+        "[server]\nlisten = [\"127.0.0.1:0\"]",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nstate_file = \"missing/gto.state\"",
+    );
+    fs::write(dir.path().join("gto.toml"), text).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("server.state_file: its directory"),
+        "{stderr}"
+    );
+    let output = crate::support::gto_bin()
+        .args(["run", "--config"])
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
 }

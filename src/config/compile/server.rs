@@ -226,30 +226,6 @@ fn compile_state_file(
     if let Err(message) = crate::files::replaceable(&path, follow_symlinks) {
         errors.at(file, "server.state_file", message);
     }
-    // The file is made at the first write, its directory is not: without it no change
-    // would ever be saved. (One that cannot be looked into, e.g. /var/lib/gto of the
-    // packaged unit read by another user, is not judged here.)
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(base_dir);
-    match std::fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => errors.at(
-            file,
-            "server.state_file",
-            format!(
-                "its directory {} does not exist: create it (the packaged unit's \
-                 StateDirectory=gto makes /var/lib/gto)",
-                dir.display()
-            ),
-        ),
-        Ok(metadata) if !metadata.is_dir() => errors.at(
-            file,
-            "server.state_file",
-            format!("{} is not a directory", dir.display()),
-        ),
-        _ => {}
-    }
     Some(path)
 }
 
