@@ -46,6 +46,9 @@ pub async fn run(loaded: Loaded, mut signals: Signals) -> Result<(), AgentError>
             Signal::Reload => {
                 warn!("gto probe does not reload; restart it to read the config again");
             }
+            Signal::Replace => {
+                warn!("gto probe holds no sockets to pass on; restart it instead");
+            }
         }
     }
     crate::notify::stopping();

@@ -58,6 +58,12 @@ pub struct App {
     bus: crate::events::Events,
     fleet: Option<Fleet>,
     fleet_task: Option<tokio::task::JoinHandle<()>>,
+    /// The gto this process replaces, told to stop once this one serves.
+    replaces: Option<i32>,
+    /// A replacement this process started (SIGUSR2): set while it runs.
+    replacement: Option<Arc<AtomicBool>>,
+    /// The admin API's configured address (passed on with its socket).
+    admin_configured: Option<SocketAddr>,
 }
 
 /// Logs what was loaded: each zone, and every warning.
@@ -111,6 +117,15 @@ impl App {
     /// Restores endpoint state from the state file, publishes the first snapshot, binds the
     /// listeners, and starts the builder, the health checks and the admin API.
     pub async fn start(source: ConfigSource, loaded: Loaded) -> Result<Self, StartError> {
+        Self::start_with(source, loaded, crate::handover::Inherited::default()).await
+    }
+
+    /// [`App::start`] on the sockets a replaced gto passed on ([`crate::handover`]).
+    pub async fn start_with(
+        source: ConfigSource,
+        loaded: Loaded,
+        mut inherited: crate::handover::Inherited,
+    ) -> Result<Self, StartError> {
         let metrics = crate::metrics::install();
         log_loaded(&loaded);
         let settings = loaded.config.server.clone();
@@ -124,7 +139,8 @@ impl App {
         // Unless configured, TCP clients get what the open-file limit leaves after the
         // probes, the admin API and a reserve.
         let default_tcp = default_tcp_connections(admin_settings.max_connections);
-        let dns = DnsServer::start(&settings, default_tcp, routing.clone()).await?;
+        let dns =
+            DnsServer::start_with(&settings, default_tcp, routing.clone(), &mut inherited).await?;
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
         let configs = builder.configs();
@@ -176,7 +192,14 @@ impl App {
                     events: bus.clone(),
                     event_streams: crate::admin::EventStreams::default(),
                 };
-                match AdminServer::start(addr, state).await {
+                let started = match inherited.take_admin(addr) {
+                    Some(listener) => listener
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                        .and_then(|listener| AdminServer::start_on(listener, state)),
+                    None => AdminServer::start(addr, state).await,
+                };
+                match started {
                     Ok(server) => Some(server),
                     Err(source) => {
                         token.cancel();
@@ -200,7 +223,14 @@ impl App {
             fleet.run(token.child_token())
         });
         ready.store(true, Ordering::Release);
+        let unused = inherited.unused();
+        if !unused.is_empty() {
+            info!(addresses = ?unused, "sockets passed on for addresses the config no longer lists are closed");
+        }
         Ok(Self {
+            replaces: inherited.replaces(),
+            replacement: None,
+            admin_configured: admin_settings.listen,
             bus,
             fleet,
             fleet_task,
@@ -344,7 +374,7 @@ impl App {
     /// before the config was loaded; `reload_queued` is a SIGHUP that arrived meanwhile.
     /// Reloads run beside the signal loop, so SIGTERM wins over a slow or stuck reload.
     pub async fn run_until_signal(
-        self,
+        mut self,
         mut signals: crate::shutdown::Signals,
         reload_queued: bool,
     ) -> Result<(), DnsError> {
@@ -358,7 +388,21 @@ impl App {
             info!("reloading: SIGHUP arrived during start-up");
             reload(self.reloader.clone());
         }
-        crate::notify::ready("serving");
+        match self.replaces {
+            None => crate::notify::ready("serving"),
+            Some(old) => {
+                // Serving on the old process's sockets: it may stop now.
+                crate::notify::ready_as_main("serving (replaced the previous process)");
+                info!(
+                    old,
+                    "serving on the sockets passed on; telling the replaced gto to stop"
+                );
+                let old = nix::unistd::Pid::from_raw(old);
+                if let Err(error) = nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGTERM) {
+                    warn!(%error, "could not tell the replaced gto to stop");
+                }
+            }
+        }
         let watchdog = crate::notify::watchdog_period().map(|period| {
             // Ping at half the period, and only while the query path and builder answer:
             // a wedged gto is restarted by systemd.
@@ -391,13 +435,86 @@ impl App {
                 crate::shutdown::Signal::Reload => {
                     reload(self.reloader.clone());
                 }
+                crate::shutdown::Signal::Replace => self.replace(),
                 crate::shutdown::Signal::Stop => {
-                    info!("shutting down");
-                    crate::notify::stopping();
+                    // Stopped by the replacement (or while one starts): it reads the same
+                    // sockets, so they are left open and readable.
+                    let replaced = self
+                        .replacement
+                        .as_ref()
+                        .is_some_and(|running| running.load(Ordering::Acquire));
+                    if replaced {
+                        info!("shutting down: the replacement serves on the same sockets");
+                        self.dns.share_sockets();
+                    } else {
+                        info!("shutting down");
+                        crate::notify::stopping();
+                    }
                     return self.shutdown().await;
                 }
             }
         }
+    }
+}
+
+impl App {
+    /// SIGUSR2: starts the binary at this process's path again (the new one after an
+    /// upgrade) on this process's sockets ([`crate::handover`]). It stops this process
+    /// once it serves; if it exits first, this process goes on serving.
+    fn replace(&mut self) {
+        if self
+            .replacement
+            .as_ref()
+            .is_some_and(|running| running.load(Ordering::Acquire))
+        {
+            warn!("a replacement is already starting; SIGUSR2 ignored");
+            return;
+        }
+        let mut passed = match self.dns.passable() {
+            Ok(passed) => passed,
+            Err(error) => {
+                crate::handover::record_failure(&format!("cannot pass the sockets on: {error}"));
+                return;
+            }
+        };
+        if let (Some(admin), Some(configured)) = (&self.admin, self.admin_configured) {
+            match admin.passable() {
+                Ok(fd) => passed.push(crate::handover::Passed {
+                    role: "admin",
+                    configured,
+                    kind: "tcp",
+                    fd,
+                }),
+                Err(error) => {
+                    crate::handover::record_failure(&format!(
+                        "cannot pass the admin listener on: {error}"
+                    ));
+                    return;
+                }
+            }
+        }
+        let (exe, args) = crate::handover::invocation();
+        let mut child = match crate::handover::spawn(&exe, &args, passed) {
+            Ok(child) => child,
+            Err(error) => {
+                crate::handover::record_failure(&error.to_string());
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        info!(pid, exe = %exe.display(), "replacement started; it takes over once it serves");
+        crate::handover::record_started(pid);
+        let running = Arc::new(AtomicBool::new(true));
+        self.replacement = Some(running.clone());
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            running.store(false, Ordering::Release);
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            tracing::error!(pid, %status, "the replacement exited before taking over; this gto goes on serving");
+            crate::handover::record_failure(&format!(
+                "the replacement (pid {pid}) exited: {status}"
+            ));
+        });
     }
 }
 

@@ -68,6 +68,7 @@ pub mod dnssec;
 pub mod events;
 pub mod files;
 pub mod geo;
+pub mod handover;
 pub mod health;
 pub mod loaded;
 pub mod metrics;

@@ -13,6 +13,16 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells the service manager that this process is now the service's main process (it
+/// replaced the one systemd started, [`crate::handover`]) and serves.
+pub fn ready_as_main(status: &str) {
+    send(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status(status),
+    ]);
+}
+
 /// Tells the service manager that a reload started (with the monotonic time systemd 253+
 /// asks for); [`ready`] ends it.
 pub fn reloading() {

@@ -1,4 +1,5 @@
-//! Process signals: SIGTERM and SIGINT stop gto, SIGHUP reloads its config.
+//! Process signals: SIGTERM and SIGINT stop gto, SIGHUP reloads its config, SIGUSR2 starts
+//! a replacement that takes over its sockets ([`crate::handover`]).
 
 use tokio::signal::unix::{Signal as UnixSignal, SignalKind, signal};
 
@@ -9,6 +10,9 @@ pub enum Signal {
     Reload,
     /// SIGTERM or SIGINT: finish in-flight queries and exit 0.
     Stop,
+    /// SIGUSR2: start a replacement on the same sockets (it stops this process once it
+    /// serves).
+    Replace,
 }
 
 /// The signals gto listens to.
@@ -17,6 +21,7 @@ pub struct Signals {
     hangup: UnixSignal,
     interrupt: UnixSignal,
     terminate: UnixSignal,
+    replace: UnixSignal,
 }
 
 impl Signals {
@@ -26,6 +31,7 @@ impl Signals {
             hangup: signal(SignalKind::hangup())?,
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            replace: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -35,6 +41,7 @@ impl Signals {
             _ = self.hangup.recv() => Signal::Reload,
             _ = self.interrupt.recv() => Signal::Stop,
             _ = self.terminate.recv() => Signal::Stop,
+            _ = self.replace.recv() => Signal::Replace,
         }
     }
 }

@@ -222,6 +222,8 @@ pub struct AdminServer {
     pub local_addr: SocketAddr,
     task: JoinHandle<()>,
     token: CancellationToken,
+    /// A duplicate of the listening socket, for a replacement ([`crate::handover`]).
+    socket: std::os::fd::OwnedFd,
 }
 
 /// Time open admin connections get to finish once shutdown starts; then they are cut.
@@ -232,7 +234,12 @@ impl AdminServer {
     /// (more wait in the listen queue), each closed when it does not send a request's
     /// headers within `header_timeout`.
     pub async fn start(addr: SocketAddr, state: AdminState) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::start_on(TcpListener::bind(addr).await?, state)
+    }
+
+    /// [`AdminServer::start`] on a listener already bound (passed on by a replaced gto).
+    pub fn start_on(listener: TcpListener, state: AdminState) -> std::io::Result<Self> {
+        let socket = crate::handover::duplicate(&listener)?;
         let local_addr = listener.local_addr()?;
         let settings = state.settings.load_full();
         info!(%local_addr, "admin API listening");
@@ -249,7 +256,13 @@ impl AdminServer {
             local_addr,
             task,
             token,
+            socket,
         })
+    }
+
+    /// A duplicate of the listening socket, for a replacement.
+    pub fn passable(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.socket.try_clone()
     }
 
     /// Stops accepting, lets requests in flight finish (each bounded by the request

@@ -233,6 +233,8 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
         .collect();
     Json(json!({
         "instance": {
+            "pid": std::process::id(),
+            "replacement": crate::handover::status(),
             "version": env!("CARGO_PKG_VERSION"),
             "commit": env!("GTO_COMMIT"),
             "identity": snapshot.identity.as_ref().map(|id| String::from_utf8_lossy(id).into_owned()),

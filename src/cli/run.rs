@@ -15,6 +15,8 @@ use crate::{App, ConfigSource, EXIT_BAD_CONFIG, Loaded};
 
 /// Runs a parsed command line to its exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    // Before an upgrade can replace the binary at this path.
+    crate::handover::remember_invocation();
     init_logging(cli.log_json);
     match cli.command {
         None => serve(embedded(&cli.embedded)),
@@ -93,7 +95,11 @@ fn serve(source: ConfigSource) -> ExitCode {
             let _ = writeln!(std::io::stderr(), "error: server.state_file: {problem}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
-        match App::start(source, loaded).await {
+        let inherited = match crate::handover::Inherited::from_env() {
+            Ok(inherited) => inherited,
+            Err(error) => return fail(&error),
+        };
+        match App::start_with(source, loaded, inherited).await {
             Ok(app) => match app.run_until_signal(signals, reload_queued).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(&error),
@@ -165,6 +171,9 @@ async fn load_with_signals(source: &ConfigSource) -> Result<(Loaded, Signals, bo
             signal = signals.next() => match signal {
                 Signal::Reload => reload_queued = true,
                 Signal::Stop => return Err(ExitCode::SUCCESS),
+                Signal::Replace => {
+                    tracing::warn!("SIGUSR2 while starting: nothing to replace yet; ignored");
+                }
             },
         }
     };

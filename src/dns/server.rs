@@ -50,6 +50,11 @@ pub struct DnsServer {
     workers: Vec<UdpWorkers>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
     tcp_token: CancellationToken,
+    /// Duplicates of every listening socket, with what they are: passed to a replacement
+    /// ([`crate::handover`]).
+    sockets: Vec<crate::handover::Passed>,
+    /// A replacement serves on the same sockets: stopping must not shut them.
+    shared: bool,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -71,6 +76,24 @@ impl DnsServer {
         default_tcp_connections: usize,
         routing: RoutingHandle,
     ) -> Result<Self, DnsError> {
+        Self::start_with(
+            settings,
+            default_tcp_connections,
+            routing,
+            &mut crate::handover::Inherited::default(),
+        )
+        .await
+    }
+
+    /// [`DnsServer::start`], serving on the sockets a replaced gto passed on where it
+    /// passed them (binding the rest).
+    pub async fn start_with(
+        settings: &ServerSettings,
+        default_tcp_connections: usize,
+        routing: RoutingHandle,
+        inherited: &mut crate::handover::Inherited,
+    ) -> Result<Self, DnsError> {
+        let mut sockets_kept = Vec::new();
         let mut local_addrs = Vec::new();
         let mut workers = Vec::new();
         let handler = Arc::new(Handler::new(routing.clone()));
@@ -87,13 +110,43 @@ impl DnsServer {
         let tcp_token = CancellationToken::new();
         let mut tcp_tasks = Vec::new();
         for addr in &settings.listen {
-            let (local, tcp) = if settings.workers > 0 {
-                let (sockets, tcp) = bind_pair(
-                    *addr,
-                    |addr| bind_reuseport(addr, settings.workers),
-                    |sockets| sockets.first()?.local_addr().ok(),
-                )
-                .await?;
+            let passed = inherited.take_dns(*addr);
+            let general = match &passed {
+                // The sockets are served the way they were: switching between the fast
+                // path and the general one (`workers`) takes a restart.
+                Some(passed) => {
+                    if passed.general != (settings.workers == 0) {
+                        tracing::warn!(%addr, "`workers` changed between 0 and more: this replacement serves the sockets as they were; a restart applies the change");
+                    }
+                    passed.general
+                }
+                None => settings.workers == 0,
+            };
+            let bind_error = |transport, source| DnsError::Bind {
+                addr: *addr,
+                transport,
+                source,
+            };
+            let (local, tcp) = if !general {
+                let (sockets, tcp) = match passed {
+                    Some(passed) => {
+                        let tcp =
+                            to_tokio_listener(passed.tcp).map_err(|e| bind_error("tcp", e))?;
+                        (passed.udp, tcp)
+                    }
+                    None => {
+                        bind_pair(
+                            *addr,
+                            |addr| bind_reuseport(addr, settings.workers),
+                            |sockets| sockets.first()?.local_addr().ok(),
+                        )
+                        .await?
+                    }
+                };
+                for socket in &sockets {
+                    sockets_kept.push(keep("dns", *addr, "udp", socket)?);
+                }
+                sockets_kept.push(keep("dns", *addr, "tcp", &tcp)?);
                 let local = sockets
                     .first()
                     .and_then(|s| s.local_addr().ok())
@@ -113,16 +166,36 @@ impl DnsServer {
                 info!(%local, workers = settings.workers, "serving DNS on UDP (fast path) and TCP");
                 (local, tcp)
             } else {
-                let (udp, tcp) = bind_pair(
-                    *addr,
-                    |addr| {
-                        let socket = std::net::UdpSocket::bind(addr)?;
-                        socket.set_nonblocking(true)?;
-                        UdpSocket::from_std(socket)
-                    },
-                    |udp| udp.local_addr().ok(),
-                )
-                .await?;
+                let (udp, tcp) = match passed {
+                    Some(mut passed) => {
+                        let udp = passed
+                            .udp
+                            .pop()
+                            .ok_or_else(|| std::io::Error::other("no UDP socket passed"))
+                            .and_then(|socket| {
+                                socket.set_nonblocking(true)?;
+                                UdpSocket::from_std(socket)
+                            })
+                            .map_err(|e| bind_error("udp", e))?;
+                        let tcp =
+                            to_tokio_listener(passed.tcp).map_err(|e| bind_error("tcp", e))?;
+                        (udp, tcp)
+                    }
+                    None => {
+                        bind_pair(
+                            *addr,
+                            |addr| {
+                                let socket = std::net::UdpSocket::bind(addr)?;
+                                socket.set_nonblocking(true)?;
+                                UdpSocket::from_std(socket)
+                            },
+                            |udp| udp.local_addr().ok(),
+                        )
+                        .await?
+                    }
+                };
+                sockets_kept.push(keep("dns", *addr, "udp-general", &udp)?);
+                sockets_kept.push(keep("dns", *addr, "tcp", &tcp)?);
                 let local = udp.local_addr().unwrap_or(*addr);
                 tcp_tasks.push(tokio::spawn(super::udp::serve_general(
                     udp,
@@ -146,7 +219,30 @@ impl DnsServer {
             workers,
             tcp_tasks,
             tcp_token,
+            sockets: sockets_kept,
+            shared: false,
         })
+    }
+
+    /// Duplicates of every listening socket, for a replacement.
+    pub fn passable(&self) -> std::io::Result<Vec<crate::handover::Passed>> {
+        self.sockets
+            .iter()
+            .map(|p| {
+                Ok(crate::handover::Passed {
+                    role: p.role,
+                    configured: p.configured,
+                    kind: p.kind,
+                    fd: p.fd.try_clone()?,
+                })
+            })
+            .collect()
+    }
+
+    /// A replacement serves on these sockets: stopping leaves them open and readable
+    /// (only this process's descriptors close).
+    pub fn share_sockets(&mut self) {
+        self.shared = true;
     }
 
     /// The bound addresses (UDP and TCP share each), in config order.
@@ -157,7 +253,11 @@ impl DnsServer {
     /// Stops accepting, lets in-flight queries finish, and waits for the listeners.
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), DnsError> {
         for workers in std::mem::take(&mut self.workers) {
-            workers.stop().await;
+            if self.shared {
+                workers.stop_sharing().await;
+            } else {
+                workers.stop().await;
+            }
         }
         self.tcp_token.cancel();
         for task in std::mem::take(&mut self.tcp_tasks) {
@@ -166,6 +266,32 @@ impl DnsServer {
         }
         Ok(())
     }
+}
+
+/// A listener's socket kept (duplicated) with what it is, to pass to a replacement.
+fn keep(
+    role: &'static str,
+    configured: SocketAddr,
+    kind: &'static str,
+    socket: &impl std::os::fd::AsFd,
+) -> Result<crate::handover::Passed, DnsError> {
+    let fd = crate::handover::duplicate(socket).map_err(|source| DnsError::Bind {
+        addr: configured,
+        transport: if kind == "tcp" { "tcp" } else { "udp" },
+        source,
+    })?;
+    Ok(crate::handover::Passed {
+        role,
+        configured,
+        kind,
+        fd,
+    })
+}
+
+/// A passed TCP listener, for tokio.
+fn to_tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
 }
 
 /// Binds UDP with `bind_udp` (one socket, or a reuse-port group) and TCP on the same port.

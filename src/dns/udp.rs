@@ -227,6 +227,16 @@ impl UdpWorkers {
     }
 }
 
+impl UdpWorkers {
+    /// Stops the workers without shutting their sockets: a replacement reads the same
+    /// sockets ([`crate::handover`]). Each worker ends after its batch, within one poll
+    /// interval, answering what it received; the rest stays queued for the replacement.
+    pub async fn stop_sharing(mut self) {
+        self.wake.clear();
+        self.stop().await;
+    }
+}
+
 impl Drop for UdpWorkers {
     /// Dropped without [`UdpWorkers::stop`] (an aborted start, an embedding that just
     /// drops the server): the threads still end, within one poll interval.
