@@ -262,19 +262,31 @@ pub fn invocation() -> (PathBuf, Vec<OsString>) {
 /// The last replacement this process started, for `GET /v1/status`.
 static LAST: Mutex<Option<serde_json::Value>> = Mutex::new(None);
 
+/// Replacements asked for (SIGUSR2) since start: `number` in the status, so `gto
+/// replace` tells its own attempt's outcome from an earlier one.
+static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Records that a replacement started (`pid`).
 pub fn record_started(pid: u32) {
+    let number = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     set_last(serde_json::json!({
+        "number": number,
         "pid": pid,
         "state": "starting",
         "at": crate::time::rfc3339(std::time::SystemTime::now()),
     }));
 }
 
-/// Records (and logs) that a replacement failed: this process goes on serving.
+/// Records (and logs) that a replacement failed: this process goes on serving. A failure
+/// before the replacement started counts as an attempt of its own.
 pub fn record_failure(reason: &str) {
     tracing::error!(%reason, "replacement failed; this gto goes on serving");
+    let number = match status().get("state").and_then(serde_json::Value::as_str) {
+        Some("starting") => ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed),
+        _ => ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+    };
     set_last(serde_json::json!({
+        "number": number,
         "state": "failed",
         "reason": reason,
         "at": crate::time::rfc3339(std::time::SystemTime::now()),

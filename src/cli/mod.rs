@@ -1,9 +1,10 @@
 //! Command line: `gto` (embedded default), `gto run --config FILE`, `gto check --config FILE`,
-//! `gto reload --config FILE [--pid PID]`.
+//! `gto reload --config FILE [--pid PID]`, `gto replace --config FILE [--pid PID]`.
 
 pub mod dnssec;
 mod exit;
 mod reload;
+mod replace;
 pub mod run;
 
 use std::path::PathBuf;
@@ -103,6 +104,18 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// The server's process id (systemd's $MAINPID).
+        #[arg(long)]
+        pid: Option<i32>,
+    },
+    /// Replace the running server with the binary at its path (after an upgrade, the new
+    /// one) without losing a query: the new process takes over its sockets. Exit 0 once it
+    /// serves and the old one has exited, 1 when it failed (the old one goes on serving),
+    /// 69 when the outcome cannot be learned.
+    Replace {
+        /// The config file the server runs (for its admin address).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The server's process id (default: as its admin API reports it).
         #[arg(long)]
         pid: Option<i32>,
     },

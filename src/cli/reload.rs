@@ -21,7 +21,7 @@ use hyper::body::Bytes;
 /// How long the outcome of a reload is waited for.
 const WAIT: Duration = Duration::from_secs(60);
 /// Exit status when the outcome cannot be learned (EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: u8 = 69;
+pub(super) const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Runs `gto reload`.
 pub(super) fn reload(config: &Path, pid: Option<i32>) -> ExitCode {
@@ -69,14 +69,14 @@ pub(super) fn reload(config: &Path, pid: Option<i32>) -> ExitCode {
 }
 
 /// Where the running server's admin API is, and its token, from the config file.
-struct Target {
-    admin: SocketAddr,
+pub(super) struct Target {
+    pub(super) admin: SocketAddr,
     token: Option<String>,
 }
 
 impl Target {
     /// None when the admin API is off.
-    fn of(config: &Path) -> Result<Option<Self>, String> {
+    pub(super) fn of(config: &Path) -> Result<Option<Self>, String> {
         let text = crate::files::read_to_string(config, 1 << 20)
             .map_err(|e| format!("{}: {e}", config.display()))?;
         // Only [admin] matters here, and the rest of the file may be what is wrong.
@@ -243,7 +243,7 @@ fn strings(value: &serde_json::Value) -> Vec<String> {
 }
 
 /// One HTTP/1.1 request to the admin API; the status and body.
-async fn request(
+pub(super) async fn request(
     admin: SocketAddr,
     method: &str,
     path: &str,
@@ -312,7 +312,7 @@ fn report(outcome: &Outcome) -> ExitCode {
     ExitCode::from(crate::EXIT_BAD_CONFIG)
 }
 
-fn unavailable(message: &str) -> ExitCode {
+pub(super) fn unavailable(message: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "Error: {message}");
     ExitCode::from(EXIT_UNAVAILABLE)
 }
