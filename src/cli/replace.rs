@@ -72,8 +72,8 @@ pub(super) fn replace(config: &Path, pid: Option<i32>) -> ExitCode {
                     continue;
                 };
                 let replacement = &now["instance"]["replacement"];
-                let answered_by_old = now.pointer("/instance/pid").and_then(|p| p.as_i64())
-                    == Some(i64::from(pid));
+                let answered_by_old =
+                    now.pointer("/instance/pid").and_then(|p| p.as_i64()) == Some(i64::from(pid));
                 if answered_by_old
                     && replacement["number"].as_u64().unwrap_or(0) > before
                     && replacement["state"] == "failed"

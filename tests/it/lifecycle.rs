@@ -536,3 +536,167 @@ async fn the_embedded_default_listens_where_asked_and_prints_itself() {
         std::fs::read_to_string(crate::support::repo().join("examples/gto.toml")).unwrap()
     );
 }
+
+/// Sends UDP queries one after the other (each waited for at most 1 s) until `stop` is
+/// set (and at most 200,000 or 60 s); returns how many were sent and how many got no
+/// answer.
+async fn unanswered(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, usize) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (mut sent, mut lost) = (0, 0);
+    let mut buf = vec![0u8; 4096];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+        && sent < 200_000
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        let mut message = query("vpn.gto.example.com.", RecordType::A, None);
+        let id = u16::try_from(sent % 65_536).unwrap();
+        message.metadata.id = id;
+        socket
+            .send_to(&message.to_vec().unwrap(), addr)
+            .await
+            .unwrap();
+        sent += 1;
+        let answered = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                let (len, _) = socket.recv_from(&mut buf).await.unwrap();
+                if len >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+                    return;
+                }
+            }
+        })
+        .await;
+        if answered.is_err() {
+            lost += 1;
+        }
+    }
+    (sent, lost)
+}
+
+/// The pid in the log line "replacement started" (the new gto, a child of the old one).
+fn started_pid(line: &str) -> i32 {
+    let start = line.find("pid=").expect("pid= in the line") + 4;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Issue 35: `gto replace` hands the sockets to a new process without losing a query.
+/// While a client sends UDP queries back to back, and with TCP queries pipelined on an
+/// open connection, the running gto is replaced: every UDP query is answered, the TCP
+/// ones too, the old process exits 0, and the new one answers on the same port.
+#[tokio::test]
+async fn a_replacement_takes_over_the_sockets_without_losing_a_query() {
+    let dir = tempfile::tempdir().unwrap();
+    real_config(dir.path(), ZONE, |text| text);
+    let mut old = RealGto::run(&dir.path().join("gto.toml"));
+    let dns = old.dns_addr().await;
+    wait_answering(dns, "vpn.gto.example.com.").await;
+
+    // TCP queries in flight across the handover: three sent before it starts.
+    let mut stream = tokio::net::TcpStream::connect(dns).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pipelined = Vec::new();
+    for id in 1..=3u16 {
+        let mut message = query("vpn.gto.example.com.", RecordType::A, None);
+        message.metadata.id = id;
+        let bytes = message.to_vec().unwrap();
+        pipelined.extend_from_slice(&u16::try_from(bytes.len()).unwrap().to_be_bytes());
+        pipelined.extend_from_slice(&bytes);
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tokio::spawn(unanswered(dns, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&pipelined).await.unwrap();
+    let replace = tokio::process::Command::new(env!("CARGO_BIN_EXE_gto"))
+        .args(["replace", "--config"])
+        .arg(dir.path().join("gto.toml"))
+        .arg("--pid")
+        .arg(old.pid().to_string())
+        .output();
+    let replaced = tokio::time::timeout(Duration::from_secs(60), replace)
+        .await
+        .expect("gto replace within 60 s")
+        .unwrap();
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    let new_pid = started_pid(&old.wait_for_log("replacement started").await);
+    assert!(old.exit().await.success(), "the old process exits 0");
+    for id in 1..=3u16 {
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).await.unwrap();
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut reply).await.unwrap();
+        assert_eq!(u16::from_be_bytes([reply[0], reply[1]]), id, "in order");
+    }
+    // Queries go on against the new process for a while, then the client stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, lost) = client.await.unwrap();
+    assert_eq!(lost, 0, "UDP queries lost across the handover, of {sent}");
+    assert!(
+        sent > 100,
+        "the client ran across the handover: {sent} queries"
+    );
+    // The new process serves the same port, on UDP and TCP.
+    let (reply, _) = udp(dns, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    assert!(!answers(&reply).is_empty());
+    let over_tcp = tcp(dns, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    assert_eq!(answers(&over_tcp), answers(&reply));
+    // Ended by its PID (a child of the process this test started).
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    old.wait_for_log("shutting down").await;
+}
+
+/// A replacement that cannot start (the config became invalid) exits before it reads a
+/// socket: `gto replace` exits 1 naming why, and the running gto goes on answering.
+#[tokio::test]
+async fn a_replacement_that_cannot_start_leaves_the_running_gto_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = crate::support::free_port();
+    real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+        )
+    });
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    let dns = gto.dns_addr().await;
+    gto.admin_addr().await;
+    wait_answering(dns, "vpn.gto.example.com.").await;
+    let good = std::fs::read_to_string(dir.path().join("gto.toml")).unwrap();
+    std::fs::write(dir.path().join("gto.toml"), format!("{good}\nbogus = 1\n")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tokio::spawn(unanswered(dns, stop.clone()));
+    let replaced = tokio::process::Command::new(env!("CARGO_BIN_EXE_gto"))
+        .args(["replace", "--config"])
+        .arg(dir.path().join("gto.toml"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&replaced.stderr);
+    assert_eq!(replaced.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("exit status: 64"), "{stderr}");
+    gto.wait_for_log("unknown key").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, lost) = client.await.unwrap();
+    assert_eq!(lost, 0, "queries lost to a failed replacement, of {sent}");
+    let (reply, _) = udp(dns, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    assert!(!answers(&reply).is_empty());
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
