@@ -207,7 +207,8 @@ fn the_package_holds_what_a_dns_server_package_should_and_passes_lintian() {
 }
 
 /// The maintainer scripts: the unit enabled and started on install (after a
-/// daemon-reload), restarted after an upgrade, stopped on remove; and purge, run for real
+/// daemon-reload), replaced without a lost query on upgrade (`gto replace`), stopped on
+/// remove; and purge, run for real
 /// in a mount namespace of its own over an empty /var/lib, removes the state directory
 /// that `remove` keeps.
 fn maintainer_scripts_manage_the_service(control: &Path) {
@@ -220,8 +221,9 @@ fn maintainer_scripts_manage_the_service(control: &Path) {
     for wanted in [
         "deb-systemd-helper enable gto.service",
         "systemctl --system daemon-reload",
-        "_dh_action=restart",
-        "_dh_action=start",
+        "deb-systemd-invoke start gto.service",
+        // An upgrade hands the sockets over rather than restarting.
+        "/usr/bin/gto replace --config /etc/gto/gto.toml --pid",
     ] {
         assert!(
             postinst.contains(wanted),
@@ -307,6 +309,7 @@ fn unit_is_valid_and_hardened(root: &Path) {
     let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/gto.service")).unwrap();
     for directive in [
         "Type=notify",
+        "NotifyAccess=all",
         "ExecStart=/usr/bin/gto run --config /etc/gto/gto.toml",
         "ExecReload=/usr/bin/gto reload --config /etc/gto/gto.toml --pid $MAINPID",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
