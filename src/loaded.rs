@@ -589,7 +589,9 @@ fn zone_digest(spec: &crate::config::ZoneSpec, zone: &Zone) -> String {
         .map(|d| (d.dnskey_ttl, d.lifetime, d.parent_ds_ttl, d.propagation));
     hasher.update(format!("{dnssec:?}").as_bytes());
     let mut owners: Vec<_> = zone.rrsets().collect();
-    owners.sort_by(|a, b| a.0.cmp(b.0));
+    // Canonical order by prepared keys: label-by-label comparisons of 200,000 names
+    // cost a third of a second.
+    owners.sort_by_cached_key(|(owner, _)| crate::zone::canonical_key(owner));
     let mut record = |r: &hickory_proto::rr::Record| -> Vec<u8> {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&u16::from(r.record_type()).to_be_bytes());
