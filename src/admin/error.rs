@@ -16,7 +16,9 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// No token is configured, so changes are refused.
-    #[error("changes are disabled: no [admin] token_file is configured")]
+    #[error(
+        "changes are disabled: no [admin] token_file or [[admin.token]] with a role above read is configured"
+    )]
     ChangesDisabled,
     /// A reload found problems; the running config keeps serving.
     #[error("reload rejected; the running config keeps serving")]
@@ -33,6 +35,9 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("a valid bearer token is required for changes")]
     Unauthorized,
+    /// The token's role does not allow the change.
+    #[error("{0}")]
+    Forbidden(String),
     /// Too many of something at once (event streams).
     #[error("{0}")]
     Busy(String),
@@ -51,6 +56,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Fleet(crate::cluster::ClusterError::Conflict) => StatusCode::CONFLICT,
             ApiError::Fleet(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -391,25 +391,114 @@ pub(super) async fn explain(
 }
 
 /// Checks the bearer token of a change.
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Who asks for a change: the bearer token's name (never the token) and the client's
+/// address, for the audit trail.
+#[derive(Debug, Clone)]
+struct Caller {
+    token: String,
+    source: String,
+}
+
+/// The caller of a change needing `needed`: its token must match one of `[admin]`'s
+/// (each compared in constant time, every one of them), and its role must allow the
+/// change. A refusal is logged (token name when known, source, action, target) and
+/// answered 401 (no or unknown token) or 403 (the role does not allow it).
+fn authorize(
+    state: &AdminState,
+    headers: &HeaderMap,
+    peer: Option<&axum::Extension<super::Peer>>,
+    needed: crate::config::Role,
+    action: &str,
+    target: &str,
+) -> Result<Caller, ApiError> {
     let settings = state.settings.load();
-    let Some(token) = settings.token.as_ref() else {
+    let source = peer.map_or_else(|| "unknown".to_string(), |p| p.0.0.to_string());
+    if !settings.changes_enabled() {
         return Err(ApiError::ChangesDisabled);
+    }
+    let refuse = |token: &str, why: &str| {
+        tracing::warn!(token = %token, source = %source, action = %action, target = %target, why, "admin change refused");
     };
     // The scheme is case-insensitive (RFC 7235 section 2.1).
-    let given = headers
+    let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, credentials) = v.trim_start().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
         })
-        .ok_or(ApiError::Unauthorized)?;
-    if constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
+    else {
+        refuse("(none)", "no bearer token");
+        return Err(ApiError::Unauthorized);
+    };
+    let given = given.trim().as_bytes();
+    let default = settings.token.as_ref().map(|secret| {
+        (
+            crate::config::AdminSettings::DEFAULT_TOKEN,
+            crate::config::Role::Admin,
+            secret,
+        )
+    });
+    let named = settings
+        .tokens
+        .iter()
+        .map(|t| (t.name.as_str(), t.role, &t.secret));
+    let mut matched = None;
+    for (name, role, secret) in default.into_iter().chain(named) {
+        // No early exit: the time taken does not tell which token came close.
+        if constant_time_eq(given, secret.expose().as_bytes()) && matched.is_none() {
+            matched = Some((name, role));
+        }
     }
+    let Some((name, role)) = matched else {
+        refuse("(unknown)", "the bearer token matches none");
+        return Err(ApiError::Unauthorized);
+    };
+    if role < needed {
+        refuse(name, "the token's role does not allow it");
+        return Err(ApiError::Forbidden(format!(
+            "token {name:?} has the role {}; {action} needs {}",
+            role.as_str(),
+            needed.as_str()
+        )));
+    }
+    Ok(Caller {
+        token: name.to_string(),
+        source,
+    })
+}
+
+/// Records a change about to be applied: a log line (token name, source, action,
+/// target, end and reason) and an `audit` event.
+fn audit(
+    state: &AdminState,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    until: Option<SystemTime>,
+    reason: Option<&str>,
+) {
+    let until = until.map(rfc3339);
+    tracing::info!(
+        token = %caller.token,
+        caller = %caller.source,
+        action = %action,
+        target = %target,
+        until = until.as_deref(),
+        reason,
+        "{action} requested through the admin API"
+    );
+    state.events.emit(
+        "audit",
+        json!({
+            "token": caller.token,
+            "source": caller.source,
+            "action": action,
+            "target": target,
+            "until": until,
+            "reason": reason,
+        }),
+    );
 }
 
 /// Drain request body (optional).
@@ -421,6 +510,8 @@ struct DrainBody {
     /// Duration after which the drain ends by itself ("30m").
     #[serde(rename = "for")]
     duration: Option<String>,
+    /// Why, for the audit trail (at most 200 bytes).
+    reason: Option<String>,
 }
 
 /// What every write to one member starts with: the caller authorized, the endpoint the
@@ -428,12 +519,21 @@ struct DrainBody {
 fn member_request<T: for<'de> Deserialize<'de> + Default>(
     state: &AdminState,
     headers: &HeaderMap,
-    pool: String,
-    member: String,
+    peer: Option<&axum::Extension<super::Peer>>,
+    action: &str,
+    (pool, member): (String, String),
     body: &Bytes,
-) -> Result<(EndpointKey, T), ApiError> {
-    authorize(state, headers)?;
-    Ok((EndpointKey { pool, member }, parse_body(body)?))
+) -> Result<(Caller, EndpointKey, T), ApiError> {
+    let target = format!("{pool}/{member}");
+    let caller = authorize(
+        state,
+        headers,
+        peer,
+        crate::config::Role::Operate,
+        action,
+        &target,
+    )?;
+    Ok((caller, EndpointKey { pool, member }, parse_body(body)?))
 }
 
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
@@ -451,7 +551,14 @@ pub(super) async fn drain(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (key, body): (_, DrainBody) = member_request(&state, &headers, pool, member, &body)?;
+    let (caller, key, body): (_, _, DrainBody) = member_request(
+        &state,
+        &headers,
+        peer.as_ref(),
+        "drain",
+        (pool, member),
+        &body,
+    )?;
     let now = SystemTime::now();
     let max_drain = state.settings.load().max_drain;
     let too_far = || {
@@ -486,7 +593,19 @@ pub(super) async fn drain(
     if until.is_some_and(|u| u.duration_since(now).map_or(true, |d| d > max_drain)) {
         return Err(too_far());
     }
-    audit(&key, "drain", peer.as_ref(), until);
+    if body.reason.as_ref().is_some_and(|r| r.len() > 200) {
+        return Err(ApiError::BadRequest(
+            "`reason` may be at most 200 bytes".into(),
+        ));
+    }
+    audit(
+        &state,
+        &caller,
+        "drain",
+        &format!("{}/{}", key.pool, key.member),
+        until,
+        body.reason.as_deref(),
+    );
     if let Some(fleet) = &state.fleet {
         // The fleet first: a drain the fleet did not take is applied nowhere.
         known(&state, &key).await?;
@@ -494,25 +613,6 @@ pub(super) async fn drain(
     }
     let status = state.health.drain(key, until).await?;
     Ok(member_json(&state, &status))
-}
-
-/// Logs who asked for a drain or undrain (the client's address; the request carried the
-/// admin token), before it is applied: the trail an operator reads in the journal.
-fn audit(
-    key: &EndpointKey,
-    action: &'static str,
-    peer: Option<&axum::Extension<super::Peer>>,
-    until: Option<SystemTime>,
-) {
-    let caller = peer.map_or_else(|| "unknown".to_string(), |p| p.0.0.to_string());
-    tracing::info!(
-        pool = %key.pool,
-        member = %key.member,
-        action,
-        caller = %caller,
-        until = until.map(rfc3339),
-        "{action} requested through the admin API"
-    );
 }
 
 /// Fails with 404 unless `key` is an endpoint of the running config.
@@ -531,9 +631,17 @@ pub(super) async fn undrain(
     peer: Option<axum::Extension<super::Peer>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers)?;
+    let target = format!("{pool}/{member}");
+    let caller = authorize(
+        &state,
+        &headers,
+        peer.as_ref(),
+        crate::config::Role::Operate,
+        "undrain",
+        &target,
+    )?;
     let key = EndpointKey { pool, member };
-    audit(&key, "undrain", peer.as_ref(), None);
+    audit(&state, &caller, "undrain", &target, None, None);
     if let Some(fleet) = &state.fleet {
         known(&state, &key).await?;
         fleet.undrain(&key).await?;
@@ -554,10 +662,18 @@ struct LoadBody {
 pub(super) async fn load(
     State(state): State<AdminState>,
     Path((pool, member)): Path<(String, String)>,
+    peer: Option<axum::Extension<super::Peer>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (key, body): (_, LoadBody) = member_request(&state, &headers, pool, member, &body)?;
+    let (_caller, key, body): (_, _, LoadBody) = member_request(
+        &state,
+        &headers,
+        peer.as_ref(),
+        "load",
+        (pool, member),
+        &body,
+    )?;
     let sessions = body.sessions.ok_or_else(|| {
         ApiError::BadRequest("body needs \"sessions\" (and \"capacity\" unless configured)".into())
     })?;
@@ -592,9 +708,18 @@ fn member_json(state: &AdminState, changed: &Changed) -> Json<serde_json::Value>
 /// `POST /v1/reload`.
 pub(super) async fn reload(
     State(state): State<AdminState>,
+    peer: Option<axum::Extension<super::Peer>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers)?;
+    let caller = authorize(
+        &state,
+        &headers,
+        peer.as_ref(),
+        crate::config::Role::Admin,
+        "reload",
+        "config",
+    )?;
+    audit(&state, &caller, "reload", "config", None, None);
     let reloaded = state
         .reloader
         .reload()

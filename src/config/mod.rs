@@ -109,7 +109,17 @@ pub fn redacted_url(url: &str) -> String {
 }
 
 /// Event kinds a webhook may ask for.
-pub const EVENT_KINDS: [&str; 6] = ["health", "drain", "reload", "watermark", "fleet", "drift"];
+pub const EVENT_KINDS: [&str; 9] = [
+    "health",
+    "drain",
+    "reload",
+    "watermark",
+    "fleet",
+    "drift",
+    "cert",
+    "dnssec",
+    "audit",
+];
 
 /// `[cluster]`: instances that share drains, load reports and their presence through
 /// etcd v3.
@@ -235,8 +245,11 @@ pub struct Region {
 pub struct AdminSettings {
     /// Where it listens; None when disabled.
     pub listen: Option<SocketAddr>,
-    /// Bearer token required for changes; None: every change is refused.
+    /// `token_file`: the bearer token named `default`, with the admin role; None: only the
+    /// named tokens (if any) may change anything.
     pub token: Option<Secret>,
+    /// `[[admin.token]]`: named tokens with roles.
+    pub tokens: Vec<NamedToken>,
     /// Longest drain accepted (`for`, or `until` from now); default 366 days. A bound,
     /// so that a time far in the future never reaches status or the state file.
     pub max_drain: Duration,
@@ -251,7 +264,48 @@ pub struct AdminSettings {
     pub hosts: Vec<String>,
 }
 
+/// A named bearer token of the admin API and its role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedToken {
+    /// Its name, in audit records (the token itself is never logged).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The token.
+    pub secret: Secret,
+}
+
+/// What a token may do; each role may also do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Status, metrics, events, explain (open to anyone on the admin listener anyway).
+    Read,
+    /// Drains, undrains and load reports.
+    Operate,
+    /// Reloads, and everything else.
+    Admin,
+}
+
+impl Role {
+    /// Its name in the config and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Operate => "operate",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 impl AdminSettings {
+    /// The token named `default` that `token_file` gives.
+    pub const DEFAULT_TOKEN: &'static str = "default";
+
+    /// Whether any token may make changes.
+    pub fn changes_enabled(&self) -> bool {
+        self.token.is_some() || self.tokens.iter().any(|t| t.role > Role::Read)
+    }
+
     /// Largest `max_drain` accepted.
     pub const MAX_DRAIN_LIMIT: Duration = Duration::from_secs(100 * 366 * 86_400);
 }
@@ -261,6 +315,7 @@ impl Default for AdminSettings {
         Self {
             listen: None,
             token: None,
+            tokens: Vec::new(),
             max_drain: Duration::from_secs(366 * 86_400),
             max_connections: 64,
             header_timeout: Duration::from_secs(5),

@@ -171,6 +171,18 @@ pub(crate) struct RawAdmin {
     pub(crate) header_timeout: Option<Spanned<String>>,
     /// Host names clients may use in `Host` (besides IP literals and `localhost`).
     pub(crate) hosts: Option<Spanned<Vec<String>>>,
+    /// `[[admin.token]]`: named tokens with roles.
+    #[serde(default)]
+    pub(crate) token: Vec<Spanned<RawToken>>,
+}
+
+/// `[[admin.token]]`: a named bearer token and what it may do.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawToken {
+    pub(crate) name: Spanned<String>,
+    pub(crate) file: Spanned<String>,
+    /// "read", "operate" or "admin" (the default).
+    pub(crate) role: Option<Spanned<String>>,
 }
 
 /// `[cluster]`: the fleet's shared state in etcd.

@@ -1008,45 +1008,78 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A drain and an undrain are logged with who asked (the client's address) and until
-/// when, before they are applied: the journal holds the trail.
+/// Named tokens with roles, through the real binary: a read token cannot drain (403,
+/// and the refusal is logged with its name), an operate token drains (the audit line
+/// names the token, the client's address, the end and the reason) but cannot reload,
+/// and `token_file`'s token (named `default`, role admin) reloads.
 #[tokio::test]
-async fn drains_are_logged_with_their_caller() {
+async fn tokens_have_roles_and_every_change_names_its_token() {
     let dir = tempfile::tempdir().unwrap();
-    crate::real::real_config_with_token(dir.path(), ZONE, |text| text);
+    let viewer = "viewer-token-0123456789";
+    let oncall = "oncall-token-0123456789";
+    std::fs::write(dir.path().join("viewer.token"), viewer).unwrap();
+    std::fs::write(dir.path().join("oncall.token"), format!("{oncall}\n")).unwrap();
+    crate::real::real_config_with_token(dir.path(), ZONE, |text| {
+        format!(
+            "{text}\n[[admin.token]]\nname = \"viewer\"\nfile = \"viewer.token\"\nrole = \"read\"\n\
+             [[admin.token]]\nname = \"oncall\"\nfile = \"oncall.token\"\nrole = \"operate\"\n"
+        )
+    });
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
     let admin = gto.admin_addr().await;
-    let (code, _) = http_json(
+    let drain = "/v1/members/sma/fra-1/drain";
+    let (code, body) = http_json(admin, "POST", drain, Some(viewer), "").await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("read") && e.contains("operate")),
+        "{body}"
+    );
+    let refused = gto.wait_for_log("admin change refused").await;
+    assert!(
+        refused.contains("token=viewer") && refused.contains("source=127.0.0.1"),
+        "{refused}"
+    );
+    let (code, body) = http_json(
         admin,
         "POST",
-        "/v1/members/sma/fra-1/drain",
-        Some(TOKEN),
-        "{\"for\": \"30m\"}",
+        drain,
+        Some(oncall),
+        "{\"for\": \"30m\", \"reason\": \"firmware upgrade\"}",
     )
     .await;
-    assert_eq!(code, 200);
+    assert_eq!(code, 200, "{body}");
     let line = gto
         .wait_for_log("drain requested through the admin API")
         .await;
-    assert!(
-        line.contains("caller=127.0.0.1")
-            && line.contains("member=fra-1")
-            && line.contains("until="),
-        "{line}"
-    );
+    for wanted in [
+        "token=oncall",
+        "caller=127.0.0.1",
+        "target=sma/fra-1",
+        "until=",
+        "firmware upgrade",
+    ] {
+        assert!(line.contains(wanted), "no {wanted:?} in {line}");
+    }
+    assert!(!line.contains(oncall), "a token is never logged: {line}");
+    let (code, _) = http_json(admin, "POST", "/v1/reload", Some(oncall), "").await;
+    assert_eq!(code, 403);
+    let (code, body) = http_json(admin, "POST", "/v1/reload", Some(TOKEN), "").await;
+    assert_eq!(code, 200, "{body}");
+    let line = gto
+        .wait_for_log("reload requested through the admin API")
+        .await;
+    assert!(line.contains("token=default"), "{line}");
     let (code, _) = http_json(
         admin,
         "POST",
         "/v1/members/sma/fra-1/undrain",
-        Some(TOKEN),
+        Some("not-a-token-of-this-gto"),
         "",
     )
     .await;
-    assert_eq!(code, 200);
-    let line = gto
-        .wait_for_log("undrain requested through the admin API")
-        .await;
-    assert!(line.contains("caller=127.0.0.1"), "{line}");
+    assert_eq!(code, 401);
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }

@@ -768,3 +768,39 @@ fn a_state_file_in_a_missing_directory_is_refused_at_start() {
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+/// `[[admin.token]]` mistakes, all in one run: a bad role, a name taken (also `default`,
+/// which is `token_file`'s), a token held by two, and one too short.
+#[test]
+fn admin_token_mistakes_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    fs::write(dir.path().join("a.token"), "a-token-of-16-chars-or-more").unwrap();
+    fs::write(dir.path().join("b.token"), "a-token-of-16-chars-or-more").unwrap();
+    fs::write(dir.path().join("short.token"), "short").unwrap();
+    let text = config("")
+        + r#"
+[[admin.token]]
+name = "ops"
+file = "a.token"
+role = "superuser"
+[[admin.token]]
+name = "ops"
+file = "b.token"
+[[admin.token]]
+name = "default"
+file = "short.token"
+"#;
+    fs::write(dir.path().join("gto.toml"), text).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    for wanted in [
+        "admin.token[0].role: \"superuser\" is not \"read\", \"operate\" or \"admin\"",
+        "admin.token[1].name: token name \"ops\" is taken",
+        "admin.token[1].file: holds the same token as another",
+        "admin.token[2].name: token name \"default\" is taken",
+        "admin.token[2].file:",
+    ] {
+        assert!(stderr.contains(wanted), "missing {wanted:?} in:\n{stderr}");
+    }
+}

@@ -51,8 +51,19 @@ impl Stream {
         Self { lines }
     }
 
-    /// The next event (keep-alive comments and chunk sizes skipped), within 5 s.
+    /// The next event other than an `audit` record (each change asked through the API
+    /// is preceded by one), within 5 s.
     pub(crate) async fn next(&mut self) -> Received {
+        loop {
+            let event = self.next_any().await;
+            if event.kind != "audit" {
+                return event;
+            }
+        }
+    }
+
+    /// The next event of any kind (keep-alive comments and chunk sizes skipped), within 5 s.
+    pub(crate) async fn next_any(&mut self) -> Received {
         let read = async {
             let (mut id, mut kind, mut data) = (None, String::new(), String::new());
             loop {
@@ -96,8 +107,14 @@ async fn drains_and_reloads_stream_as_events_and_resume_by_id() {
     let admin = server.admin();
     let mut stream = Stream::open(admin, None).await;
     drain(admin, "drain").await;
-    let first = stream.next().await;
+    // Each change asked through the API: its audit record, then the change itself.
+    let audit = stream.next_any().await;
+    assert_eq!(audit.kind, "audit", "{audit:?}");
+    assert_eq!(audit.data["data"]["token"], "default");
+    assert_eq!(audit.data["data"]["target"], "sma/fra-1");
+    let first = stream.next_any().await;
     assert_eq!(first.kind, "drain", "{first:?}");
+    assert_eq!(first.id, audit.id.map(|id| id + 1));
     assert_eq!(first.data["data"]["member"], "fra-1");
     assert_eq!(first.data["data"]["action"], "drain");
     let first_id = first.id.unwrap();
@@ -112,9 +129,10 @@ async fn drains_and_reloads_stream_as_events_and_resume_by_id() {
     let undrain = stream.next().await;
     assert_eq!(undrain.kind, "drain");
     assert_eq!(undrain.data["data"]["action"], "undrain");
+    // Between them, the reload's and the undrain's audit records.
     assert_eq!(
         (reload.id.unwrap(), undrain.id.unwrap()),
-        (first_id + 1, first_id + 2)
+        (first_id + 2, first_id + 4)
     );
     drop(stream);
 
@@ -123,13 +141,10 @@ async fn drains_and_reloads_stream_as_events_and_resume_by_id() {
     drain(admin, "undrain").await;
     let mut resumed = Stream::open(admin, Some(first_id)).await;
     let mut ids = Vec::new();
-    for _ in 0..4 {
-        ids.push(resumed.next().await.id.unwrap());
+    for _ in 0..8 {
+        ids.push(resumed.next_any().await.id.unwrap());
     }
-    assert_eq!(
-        ids,
-        vec![first_id + 1, first_id + 2, first_id + 3, first_id + 4]
-    );
+    assert_eq!(ids, (first_id + 1..=first_id + 8).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -221,7 +236,8 @@ async fn event_ids_survive_a_restart_and_unknown_ids_get_a_reset() {
     drain(admin, "drain").await;
     let mut own = Stream::open(admin, Some(new)).await;
     let next = own.next().await;
-    assert_eq!((next.kind.as_str(), next.id), ("drain", Some(new + 1)));
+    // After the undrain: the drain's audit record, then the drain.
+    assert_eq!((next.kind.as_str(), next.id), ("drain", Some(new + 2)));
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }

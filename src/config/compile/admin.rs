@@ -34,6 +34,7 @@ pub(super) fn compile_admin(
         max_connections,
         header_timeout,
         hosts,
+        token: named,
     } = admin.get_ref();
     let defaults = AdminSettings::default();
     let hosts = hosts
@@ -78,8 +79,9 @@ pub(super) fn compile_admin(
     let token = token_file
         .as_ref()
         .and_then(|file| read_token(file, base_dir, errors));
+    let tokens = compile_tokens(named, token.as_ref(), base_dir, errors);
     let enabled = enabled.unwrap_or(true);
-    if enabled && !address.ip().is_loopback() && token_file.is_none() {
+    if enabled && !address.ip().is_loopback() && token_file.is_none() && named.is_empty() {
         errors.at(
             admin,
             "admin.listen",
@@ -89,6 +91,7 @@ pub(super) fn compile_admin(
     AdminSettings {
         listen: enabled.then_some(address),
         token,
+        tokens,
         max_drain,
         max_connections,
         header_timeout,
@@ -123,19 +126,94 @@ fn compile_hosts(list: &Spanned<Vec<String>>, errors: &mut Collector<'_>) -> Vec
     names
 }
 
+/// `[[admin.token]]`: unique names (not `default`, which `token_file` is), roles, and
+/// tokens of at least 16 characters that no other token has.
+fn compile_tokens(
+    raw: &[Spanned<crate::config::raw::RawToken>],
+    default: Option<&Secret>,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> Vec<crate::config::NamedToken> {
+    use crate::config::Role;
+    let mut tokens: Vec<crate::config::NamedToken> = Vec::new();
+    for (i, token) in raw.iter().enumerate() {
+        let path = format!("admin.token[{i}]");
+        let spec = token.get_ref();
+        let name = spec.name.get_ref().trim().to_string();
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name {
+            errors.at(
+                &spec.name,
+                format!("{path}.name"),
+                format!("{name:?} is not a name of 1 to 64 letters, digits, '-', '_' or '.'"),
+            );
+        } else if name == AdminSettings::DEFAULT_TOKEN || tokens.iter().any(|t| t.name == name) {
+            errors.at(
+                &spec.name,
+                format!("{path}.name"),
+                format!("token name {name:?} is taken (`default` is token_file's)"),
+            );
+        }
+        let role = match spec.role.as_ref() {
+            None => Role::Admin,
+            Some(role) => match role.get_ref().as_str() {
+                "read" => Role::Read,
+                "operate" => Role::Operate,
+                "admin" => Role::Admin,
+                other => {
+                    errors.at(
+                        role,
+                        format!("{path}.role"),
+                        format!("{other:?} is not \"read\", \"operate\" or \"admin\""),
+                    );
+                    Role::Read
+                }
+            },
+        };
+        let Some(secret) = read_secret(&spec.file, base_dir, &format!("{path}.file"), errors)
+        else {
+            continue;
+        };
+        let taken = tokens.iter().any(|t| t.secret == secret) || default == Some(&secret);
+        if taken {
+            errors.at(
+                &spec.file,
+                format!("{path}.file"),
+                "holds the same token as another: each token must tell who made a change",
+            );
+        }
+        tokens.push(crate::config::NamedToken { name, role, secret });
+    }
+    tokens
+}
+
 /// `admin.token_file`: a token of at least 16 characters.
 fn read_token(
     file: &Spanned<String>,
     base_dir: &Path,
     errors: &mut Collector<'_>,
 ) -> Option<Secret> {
-    let path = errors.resolve_file(base_dir, file, "admin.token_file")?;
+    read_secret(file, base_dir, "admin.token_file", errors)
+}
+
+/// A token file: at least 16 characters, surrounding whitespace trimmed.
+fn read_secret(
+    file: &Spanned<String>,
+    base_dir: &Path,
+    setting: &str,
+    errors: &mut Collector<'_>,
+) -> Option<Secret> {
+    let path = errors.resolve_file(base_dir, file, setting.to_string())?;
     match crate::files::read_to_string(&path, errors.file_limit) {
         Ok(text) if text.trim().len() >= 16 => Some(Secret::new(text.trim().to_string())),
         Ok(_) => {
             errors.at(
                 file,
-                "admin.token_file",
+                setting,
                 format!(
                     "{} must hold a token of at least 16 characters",
                     path.display()
@@ -144,7 +222,7 @@ fn read_token(
             None
         }
         Err(e) => {
-            errors.at(file, "admin.token_file", format!("cannot read token: {e}"));
+            errors.at(file, setting, format!("cannot read token: {e}"));
             None
         }
     }
