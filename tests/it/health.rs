@@ -800,6 +800,18 @@ async fn each_address_family_of_a_member_is_probed_and_answered_apart() {
                 .0,
         )
     };
+    // A flip is logged just before the snapshot showing it is published: the answers are
+    // asked until they show it (at most 2 s).
+    let settled = |qtype: RecordType, want: &'static str| async move {
+        let started = tokio::time::Instant::now();
+        loop {
+            let got = answer(qtype).await;
+            if got == vec![want] || started.elapsed() > Duration::from_secs(2) {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     let dual = || async {
         let (_, text) = crate::support::http(admin, "GET", "/v1/status", None, "").await;
         let status: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -831,8 +843,11 @@ async fn each_address_family_of_a_member_is_probed_and_answered_apart() {
             .is_some_and(|e| e.contains("refused")),
         "{endpoint}"
     );
-    assert_eq!(answer(RecordType::A).await, vec!["127.0.0.7"]);
-    assert_eq!(answer(RecordType::AAAA).await, vec!["2001:db8::8"]);
+    assert_eq!(settled(RecordType::A, "127.0.0.7").await, vec!["127.0.0.7"]);
+    assert_eq!(
+        settled(RecordType::AAAA, "2001:db8::8").await,
+        vec!["2001:db8::8"]
+    );
     let metrics = crate::real::metrics(admin).await;
     assert_eq!(
         crate::support::sample(&metrics, "gto_member_up", &["member=\"dual\""]),
@@ -881,7 +896,7 @@ async fn each_address_family_of_a_member_is_probed_and_answered_apart() {
         line.contains("family=\"v6\"") && line.contains("new=\"up\""),
         "{line}"
     );
-    assert_eq!(answer(RecordType::AAAA).await, vec!["::1"]);
+    assert_eq!(settled(RecordType::AAAA, "::1").await, vec!["::1"]);
 
     // The IPv4 side stops: A answers move on, AAAA stay, the member stays up.
     v4_task.abort();
@@ -892,8 +907,8 @@ async fn each_address_family_of_a_member_is_probed_and_answered_apart() {
         line.contains("family=\"v4\"") && line.contains("new=\"down\""),
         "{line}"
     );
-    assert_eq!(answer(RecordType::A).await, vec!["192.0.2.8"]);
-    assert_eq!(answer(RecordType::AAAA).await, vec!["::1"]);
+    assert_eq!(settled(RecordType::A, "192.0.2.8").await, vec!["192.0.2.8"]);
+    assert_eq!(settled(RecordType::AAAA, "::1").await, vec!["::1"]);
     assert_eq!(dual().await["health"], "up");
 
     // Both down: the member is down (one endpoint flip), the spare answers both.
@@ -901,7 +916,10 @@ async fn each_address_family_of_a_member_is_probed_and_answered_apart() {
     gto.wait_for_log("endpoint health changed").await;
     let endpoint = dual().await;
     assert_eq!(endpoint["health"], "down", "{endpoint}");
-    assert_eq!(answer(RecordType::AAAA).await, vec!["2001:db8::8"]);
+    assert_eq!(
+        settled(RecordType::AAAA, "2001:db8::8").await,
+        vec!["2001:db8::8"]
+    );
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
