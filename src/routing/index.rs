@@ -12,17 +12,54 @@ use super::encode::{Tail, encode_tail, question_bytes};
 use super::wire::{Entry, FastIndex, FastZone, SignedTails, key_of};
 use super::{Node, Snapshot};
 
+/// Names from which the index is built by several threads.
+pub(super) const PARALLEL_FROM: usize = 20_000;
+
 impl FastIndex {
     /// Indexes every static name and GSLB name of a snapshot. Depends on the config only.
+    ///
+    /// A large zone (over [`PARALLEL_FROM`] names) is indexed by a few threads at once
+    /// (each resolves and encodes its share of the names): the first snapshot of a
+    /// 200,000-record zone, and every rebuild after a reload of it, is ready sooner.
     pub fn build(snapshot: &Snapshot) -> Self {
-        let mut names = HashMap::default();
-        for zone in &snapshot.zones {
-            for (name, node) in zone.nodes.iter() {
-                let key: Box<[u8]> = Name::from(name).to_bytes().unwrap_or_default().into();
-                if let Some(entry) = entry(snapshot, zone, name, node) {
-                    names.insert(key, entry);
+        let all: Vec<(&crate::routing::ZoneTable, &LowerName, &Node)> = snapshot
+            .zones
+            .iter()
+            .flat_map(|zone| zone.nodes.iter().map(move |(name, node)| (zone, name, node)))
+            .collect();
+        let index = |share: &[(&crate::routing::ZoneTable, &LowerName, &Node)]| {
+            share
+                .iter()
+                .filter_map(|(zone, name, node)| {
+                    let key: Box<[u8]> = Name::from(*name).to_bytes().unwrap_or_default().into();
+                    Some((key, entry(snapshot, zone, name, node)?))
+                })
+                .collect::<Vec<_>>()
+        };
+        let threads = if all.len() < PARALLEL_FROM {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        };
+        let mut names: HashMap<Box<[u8]>, Entry, _> = HashMap::default();
+        names.reserve(all.len());
+        if threads == 1 {
+            names.extend(index(&all));
+        } else {
+            let chunk = all.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = all
+                    .chunks(chunk)
+                    .map(|share| scope.spawn(|| index(share)))
+                    .collect();
+                for part in parts {
+                    // A panic in a share is a bug: re-raised here, as one thread would.
+                    match part.join() {
+                        Ok(entries) => names.extend(entries),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
                 }
-            }
+            });
         }
         let zones = snapshot
             .zones
