@@ -361,6 +361,16 @@ async fn reloads_of_a_big_zone_do_not_grow_memory() {
         last * 10 <= first * 13,
         "RSS after each reload (KiB): {after:?}"
     );
+    // Over 20,000 names the fast path's index is built by several threads: names from
+    // every share answer, with their own data (the fast path's, and over TCP the
+    // general path's).
+    for (i, want) in [(0, "10.0.0.0"), (9_999, "10.0.39.15"), (19_999, "10.0.78.31")] {
+        let name = format!("h{i}.gto.example.com.");
+        let (reply, _) = udp(addr, &query(&name, RecordType::A, None)).await;
+        assert_eq!(answers(&reply), vec![want], "{name}");
+        let over_tcp = tcp(addr, &query(&name, RecordType::A, None)).await;
+        assert_eq!(answers(&over_tcp), vec![want], "{name} over TCP");
+    }
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }
