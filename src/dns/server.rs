@@ -294,15 +294,33 @@ fn to_tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpList
     TcpListener::from_std(listener)
 }
 
-/// Binds UDP with `bind_udp` (one socket, or a reuse-port group) and TCP on the same port.
-/// With port 0 the kernel picks UDP's port, and a port TCP finds taken is tried again
-/// (at most [`PORT_ATTEMPTS`] times).
+/// Binds UDP with `bind_udp` (one socket, or a reuse-port group) and TCP on the same port:
+/// TCP first for a given port; with port 0 the kernel picks UDP's port, and a port TCP
+/// finds taken is tried again (at most [`PORT_ATTEMPTS`] times).
 async fn bind_pair<U>(
     addr: SocketAddr,
     bind_udp: impl Fn(SocketAddr) -> std::io::Result<U>,
     bound: impl Fn(&U) -> Option<SocketAddr>,
 ) -> Result<(U, TcpListener), DnsError> {
-    let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
+    if addr.port() != 0 {
+        // TCP first: its listener takes no reuse-port group, so a port another gto serves
+        // fails here, before this process's UDP sockets could join that gto's group and
+        // take queries meant for it.
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DnsError::Bind {
+                addr,
+                transport: "tcp",
+                source,
+            })?;
+        let udp = bind_udp(addr).map_err(|source| DnsError::Bind {
+            addr,
+            transport: "udp",
+            source,
+        })?;
+        return Ok((udp, tcp));
+    }
+    let attempts = PORT_ATTEMPTS;
     let mut last_error = None;
     for _ in 0..attempts {
         let udp = bind_udp(addr).map_err(|source| DnsError::Bind {

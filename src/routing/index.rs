@@ -25,7 +25,11 @@ impl FastIndex {
         let all: Vec<(&crate::routing::ZoneTable, &LowerName, &Node)> = snapshot
             .zones
             .iter()
-            .flat_map(|zone| zone.nodes.iter().map(move |(name, node)| (zone, name, node)))
+            .flat_map(|zone| {
+                zone.nodes
+                    .iter()
+                    .map(move |(name, node)| (zone, name, node))
+            })
             .collect();
         let index = |share: &[(&crate::routing::ZoneTable, &LowerName, &Node)]| {
             share

@@ -364,7 +364,11 @@ async fn reloads_of_a_big_zone_do_not_grow_memory() {
     // Over 20,000 names the fast path's index is built by several threads: names from
     // every share answer, with their own data (the fast path's, and over TCP the
     // general path's).
-    for (i, want) in [(0, "10.0.0.0"), (9_999, "10.0.39.15"), (19_999, "10.0.78.31")] {
+    for (i, want) in [
+        (0, "10.0.0.0"),
+        (9_999, "10.0.39.15"),
+        (19_999, "10.0.78.31"),
+    ] {
         let name = format!("h{i}.gto.example.com.");
         let (reply, _) = udp(addr, &query(&name, RecordType::A, None)).await;
         assert_eq!(answers(&reply), vec![want], "{name}");
@@ -709,4 +713,57 @@ async fn a_replacement_that_cannot_start_leaves_the_running_gto_serving() {
     assert!(!answers(&reply).is_empty());
     gto.signal("TERM");
     assert!(gto.exit().await.success());
+}
+
+/// A second gto started on the port a running one serves fails on its TCP listener
+/// before its UDP sockets exist, so it never joins the running gto's reuse-port group
+/// and takes none of its queries: twenty such attempts while four clients ask back to
+/// back lose none, and each says which listener it could not bind.
+#[tokio::test]
+async fn a_second_gto_on_a_taken_port_takes_no_query_from_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:{port}\"]"),
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nenabled = false",
+        )
+    });
+    let mut first = RealGto::run(&dir.path().join("gto.toml"));
+    let dns = first.dns_addr().await;
+    wait_answering(dns, "vpn.gto.example.com.").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four clients at once, so queries are always in flight while a second gto tries.
+    let clients: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(unanswered(dns, stop.clone())))
+        .collect();
+    for _ in 0..20 {
+        let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_gto"))
+            .args(["run", "--config"])
+            .arg(dir.path().join("gto.toml"))
+            .output();
+        let second = tokio::time::timeout(Duration::from_secs(20), second)
+            .await
+            .expect("the second gto exits")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("(tcp)"), "{stderr}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut sent, mut lost) = (0, 0);
+    for client in clients {
+        let (s, l) = client.await.unwrap();
+        (sent, lost) = (sent + s, lost + l);
+    }
+    assert_eq!(
+        lost, 0,
+        "queries taken by a gto that could not start, of {sent}"
+    );
+    first.signal("TERM");
+    assert!(first.exit().await.success());
 }
