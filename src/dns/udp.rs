@@ -11,8 +11,8 @@
 //! client per query or two; after a small batch the worker therefore pauses for
 //! `udp_coalesce` (100 µs by default) so that the next batch is bigger — interrupt
 //! moderation, as network cards do it — but only while queries arrive fast enough that
-//! the pause gathers more (`Pace`): below that rate a pause would only delay answers. Answers of a batch to one destination leave in one
-//! UDP GSO send.
+//! the pause gathers more (`Pace`): below that rate a pause would only delay answers.
+//! Answers of a batch to one destination leave in one UDP GSO send.
 //!
 //! Per batch a worker loads the routing snapshot once. Per query it allocates nothing on
 //! the fast path: buffers are per worker and reused, counters are per worker and folded

@@ -18,7 +18,7 @@ pub(super) const PARALLEL_FROM: usize = 20_000;
 impl FastIndex {
     /// Indexes every static name and GSLB name of a snapshot. Depends on the config only.
     ///
-    /// A large zone (over [`PARALLEL_FROM`] names) is indexed by a few threads at once
+    /// A large zone (over 20,000 names) is indexed by a few threads at once
     /// (each resolves and encodes its share of the names): the first snapshot of a
     /// 200,000-record zone, and every rebuild after a reload of it, is ready sooner.
     pub fn build(snapshot: &Snapshot) -> Self {
