@@ -23,16 +23,20 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Exit status when the outcome cannot be learned (EX_UNAVAILABLE).
 pub(super) const EXIT_UNAVAILABLE: u8 = 69;
 
-/// Runs `gto reload`.
-pub(super) fn reload(config: &Path, pid: Option<i32>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Runs `future` on a runtime of its own (a client command's); exit 69 without one.
+pub(super) fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
-        Err(error) => return unavailable(&format!("no runtime: {error}")),
-    };
-    runtime.block_on(async {
+        Ok(runtime) => runtime.block_on(future),
+        Err(error) => unavailable(&format!("no runtime: {error}")),
+    }
+}
+
+/// Runs `gto reload`.
+pub(super) fn reload(config: &Path, pid: Option<i32>) -> ExitCode {
+    block_on(async {
         let target = match (Target::of(config), pid) {
             (Ok(Some(target)), _) => target,
             // No admin API to ask: the signal alone, as `kill -HUP` would.

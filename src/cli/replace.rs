@@ -12,21 +12,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::reload::{Target, request, unavailable};
+use super::reload::{Target, block_on, request, unavailable};
 
 /// How long the replacement is waited for: its config and zones load meanwhile.
 const WAIT: Duration = Duration::from_secs(120);
 
 /// Runs `gto replace`.
 pub(super) fn replace(config: &Path, pid: Option<i32>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return unavailable(&format!("no runtime: {error}")),
-    };
-    runtime.block_on(async {
+    block_on(async {
         let target = match Target::of(config) {
             Ok(target) => target,
             Err(message) => return unavailable(&message),

@@ -95,6 +95,16 @@ pub struct FamilyRecord {
 }
 
 impl EndpointRecord {
+    /// Its main check's part (the IPv4 address's when the families are probed apart).
+    pub fn main_check(&self) -> FamilyRecord {
+        FamilyRecord {
+            health: self.health,
+            since: self.since,
+            checked: self.checked,
+            reason: self.reason.clone(),
+        }
+    }
+
     /// The drain this record still holds at `now`: None when not drained, or when its time
     /// ran out (while gto was stopped); else its end, if any.
     pub fn live_drain(&self, now: SystemTime) -> Option<Option<SystemTime>> {

@@ -37,14 +37,7 @@ pub(super) fn new_tracked(
     let (main, stale) = match restored {
         // Restored state counts until a fresh result says otherwise; it is stale till then.
         Some(record) if check.probe != Probe::None => {
-            let mut main = CheckState::new(
-                record.health,
-                crate::time::from_unix_clamped(record.since),
-                check,
-            );
-            main.last_check = record.checked.map(crate::time::from_unix_clamped);
-            main.last_error = record.reason.clone();
-            (main, true)
+            (CheckState::restored(&record.main_check(), check), true)
         }
         _ => (CheckState::new(Health::Up, now, check), false),
     };
@@ -69,16 +62,7 @@ pub(super) fn new_tracked(
 fn v6_state(check: &Check, restored: Option<&FamilyRecord>, now: SystemTime) -> Option<CheckState> {
     check.probe_v6.as_ref()?;
     Some(match restored {
-        Some(record) => {
-            let mut state = CheckState::new(
-                record.health,
-                crate::time::from_unix_clamped(record.since),
-                check,
-            );
-            state.last_check = record.checked.map(crate::time::from_unix_clamped);
-            state.last_error = record.reason.clone();
-            state
-        }
+        Some(record) => CheckState::restored(record, check),
         None => CheckState::new(Health::Up, now, check),
     })
 }

@@ -41,6 +41,18 @@ pub(super) struct CheckState {
 }
 
 impl CheckState {
+    /// As the state file kept it: it counts until a fresh result says otherwise.
+    pub(super) fn restored(record: &store::FamilyRecord, check: &Check) -> Self {
+        let mut state = Self::new(
+            record.health,
+            crate::time::from_unix_clamped(record.since),
+            check,
+        );
+        state.last_check = record.checked.map(crate::time::from_unix_clamped);
+        state.last_error = record.reason.clone();
+        state
+    }
+
     /// Starts at `health`, as of `since`.
     pub(super) fn new(health: Health, since: SystemTime, check: &Check) -> Self {
         Self {
