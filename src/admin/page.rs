@@ -423,10 +423,22 @@ fn member_row(
     let drain = match status.drain {
         None => String::new(),
         Some(drain) => format!(
-            "<span class=drained>drained</span>{}",
+            "<span class=drained>drained</span>{}{}{}",
             drain
                 .until
                 .map(|u| format!(" until {}", rfc3339(u)))
+                .unwrap_or_default(),
+            status
+                .drain_note
+                .by
+                .as_deref()
+                .map(|by| format!(" by {}", esc(by)))
+                .unwrap_or_default(),
+            status
+                .drain_note
+                .reason
+                .as_deref()
+                .map(|reason| format!(": {}", esc(reason)))
                 .unwrap_or_default()
         ),
     };

@@ -34,6 +34,12 @@ struct EndpointView {
     probe: &'static str,
     drained: bool,
     drained_until: Option<String>,
+    /// Who drained it (admin token name and client address), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drained_by: Option<String>,
+    /// The reason given with the drain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_reason: Option<String>,
     load: Option<LoadView>,
     /// Smoothed load as ranking sees it (None: unknown or stale).
     load_smoothed: Option<f64>,
@@ -99,6 +105,8 @@ fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
         probe: status.probe,
         drained: status.drain.is_some(),
         drained_until: status.drain.and_then(|d| d.until).map(rfc3339),
+        drained_by: status.drain.and(status.drain_note.by.clone()),
+        drain_reason: status.drain.and(status.drain_note.reason.clone()),
         load: status.load.map(|l| LoadView {
             sessions: l.sessions,
             capacity: l.capacity,
@@ -606,12 +614,16 @@ pub(super) async fn drain(
         until,
         body.reason.as_deref(),
     );
+    let note = crate::health::DrainNote {
+        by: Some(format!("{}@{}", caller.token, caller.source)),
+        reason: body.reason.clone(),
+    };
     if let Some(fleet) = &state.fleet {
         // The fleet first: a drain the fleet did not take is applied nowhere.
         known(&state, &key).await?;
-        fleet.drain(&key, until).await?;
+        fleet.drain(&key, until, &note).await?;
     }
-    let status = state.health.drain(key, until).await?;
+    let status = state.health.drain(key, until, note).await?;
     Ok(member_json(&state, &status))
 }
 

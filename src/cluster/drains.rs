@@ -18,11 +18,14 @@ impl Fleet {
         &self,
         key: &EndpointKey,
         until: Option<SystemTime>,
+        note: &crate::health::DrainNote,
     ) -> Result<(), ClusterError> {
         let value = DrainValue {
             since: unix(SystemTime::now()),
             until: until.map(unix),
             by: self.0.instance.clone(),
+            caller: note.by.clone(),
+            reason: note.reason.clone(),
         };
         self.write_drain(key, Some(value), until).await
     }
@@ -99,6 +102,15 @@ impl Fleet {
             }
         };
         let latest = unix(SystemTime::now()).saturating_add(self.0.max_drain.as_secs() + 60);
+        let long = |text: &Option<String>| text.as_ref().is_some_and(|t| t.len() > 300);
+        if long(&value.caller) || long(&value.reason) {
+            self.ignore(
+                &entry.key,
+                "invalid",
+                "a drain's caller or reason is too long",
+            );
+            return None;
+        }
         if value.until.is_some_and(|until| until > latest) {
             self.ignore(
                 &entry.key,
@@ -263,7 +275,7 @@ impl Fleet {
         match put.then(|| self.valid_drain(entry)).flatten() {
             Some(value) if current != Some(value.until) => {
                 let until = value.until.map(crate::time::from_unix_clamped);
-                let _ = inner.health.drain(key, until).await;
+                let _ = inner.health.drain(key, until, value.note()).await;
             }
             Some(_) => {}
             None if current.is_some() => {

@@ -452,7 +452,8 @@ impl Fleet {
                 (Some(_), Some(current)) if current == until => {}
                 (Some(_), _) => {
                     let until = until.map(crate::time::from_unix_clamped);
-                    let _ = inner.health.drain(status.key.clone(), until).await;
+                    let note = wanted.map(DrainValue::note).unwrap_or_default();
+                    let _ = inner.health.drain(status.key.clone(), until, note).await;
                 }
                 (None, Some(_)) => {
                     let _ = inner.health.undrain(status.key.clone()).await;

@@ -64,7 +64,24 @@ pub(super) struct Seen {
 pub(super) struct DrainValue {
     pub(super) since: u64,
     pub(super) until: Option<u64>,
+    /// The instance that wrote it.
     pub(super) by: String,
+    /// Who asked (token name and address), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) caller: Option<String>,
+    /// Why, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) reason: Option<String>,
+}
+
+impl DrainValue {
+    /// Who drained and why, for the endpoint's status.
+    pub(super) fn note(&self) -> crate::health::DrainNote {
+        crate::health::DrainNote {
+            by: self.caller.clone(),
+            reason: self.reason.clone(),
+        }
+    }
 }
 
 /// A load report as stored.

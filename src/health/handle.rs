@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::status::{Changed, EndpointStatus, Flip, Load, StateError};
+use super::status::{Changed, DrainNote, EndpointStatus, Flip, Load, StateError};
 use super::store;
 use super::votes::Vote;
 use crate::loaded::Loaded;
@@ -44,8 +44,10 @@ impl HealthHandle {
         &self,
         key: EndpointKey,
         until: Option<SystemTime>,
+        note: DrainNote,
     ) -> Result<Changed, StateError> {
-        self.ask(|reply| Control::Drain(key, until, reply)).await
+        self.ask(|reply| Control::Drain(key, until, note, reply))
+            .await
     }
 
     /// One endpoint's drain, without copying every endpoint's status: None when the
@@ -200,7 +202,7 @@ pub(super) struct Applied {
 pub(super) type Reply = oneshot::Sender<Result<Applied, StateError>>;
 
 pub(super) enum Control {
-    Drain(EndpointKey, Option<SystemTime>, Reply),
+    Drain(EndpointKey, Option<SystemTime>, DrainNote, Reply),
     /// One endpoint's drain: None when no such endpoint, Some(None) when not drained,
     /// Some(Some(until)) when drained (until None: indefinitely).
     DrainOf(

@@ -31,7 +31,9 @@ pub mod votes;
 
 pub use handle::HealthHandle;
 pub use monitor::{START_GRACE, spawn};
-pub use status::{Changed, Drain, EndpointStatus, Family, FamilyStatus, Flip, Load, StateError};
+pub use status::{
+    Changed, Drain, DrainNote, EndpointStatus, Family, FamilyStatus, Flip, Load, StateError,
+};
 
 use std::time::SystemTime;
 

@@ -48,6 +48,8 @@ pub struct EndpointStatus {
     pub overloaded: bool,
     /// The server certificate's expiry, as the last TLS or HTTPS probe read it.
     pub cert: Option<crate::health::probe::CertExpiry>,
+    /// Who drained it and why, when drained and known.
+    pub drain_note: DrainNote,
     /// `family = "each"` on a dual-stack endpoint: each address family's own check
     /// (IPv4 first); empty when one check governs every address.
     pub families: Vec<FamilyStatus>,
@@ -89,6 +91,16 @@ impl Family {
             Family::V6 => "v6",
         }
     }
+}
+
+/// Who asked for a drain and why, when known: shown in status, kept in the state file
+/// and shared by the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainNote {
+    /// The admin token's name and the client's address (`oncall@192.0.2.7`).
+    pub by: Option<String>,
+    /// The reason given with the drain.
+    pub reason: Option<String>,
 }
 
 /// An operator's drain: the endpoint gets no new answers.

@@ -72,6 +72,12 @@ pub struct EndpointRecord {
     /// When the drain ends by itself (seconds since the Unix epoch).
     #[serde(default)]
     pub drained_until: Option<u64>,
+    /// Who drained it (token name and address), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_by: Option<String>,
+    /// Why, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_reason: Option<String>,
     /// Last reported load.
     #[serde(default)]
     pub load: Option<LoadRecord>,
@@ -95,6 +101,14 @@ pub struct FamilyRecord {
 }
 
 impl EndpointRecord {
+    /// Who drained it and why, as kept.
+    pub fn drain_note(&self) -> crate::health::DrainNote {
+        crate::health::DrainNote {
+            by: self.drained_by.clone(),
+            reason: self.drain_reason.clone(),
+        }
+    }
+
     /// Its main check's part (the IPv4 address's when the families are probed apart).
     pub fn main_check(&self) -> FamilyRecord {
         FamilyRecord {
@@ -329,6 +343,8 @@ mod tests {
                 reason: Some("connection refused".into()),
                 drained: true,
                 drained_until: None,
+                drained_by: Some("oncall@127.0.0.1".into()),
+                drain_reason: Some("firmware".into()),
                 load: Some(LoadRecord {
                     sessions: 10,
                     capacity: 100,

@@ -1063,6 +1063,16 @@ async fn tokens_have_roles_and_every_change_names_its_token() {
         assert!(line.contains(wanted), "no {wanted:?} in {line}");
     }
     assert!(!line.contains(oncall), "a token is never logged: {line}");
+    // Status and the page say who drained it and why.
+    let (_, status) = http_json(admin, "GET", "/v1/status", None, "").await;
+    let fra = crate::real::member(&status, "fra-1");
+    assert_eq!(fra["drained_by"], "oncall@127.0.0.1", "{fra}");
+    assert_eq!(fra["drain_reason"], "firmware upgrade", "{fra}");
+    let (_, page) = crate::support::http(admin, "GET", "/", None, "").await;
+    assert!(
+        page.contains("by oncall@127.0.0.1: firmware upgrade"),
+        "{page}"
+    );
     let (code, _) = http_json(admin, "POST", "/v1/reload", Some(oncall), "").await;
     assert_eq!(code, 403);
     let (code, body) = http_json(admin, "POST", "/v1/reload", Some(TOKEN), "").await;

@@ -193,7 +193,7 @@ async fn a_drain_on_one_instance_reaches_the_other_and_expires_on_both() {
         "POST",
         "/v1/members/sma/fra-1/drain",
         Some(TOKEN),
-        r#"{"for": "2s"}"#,
+        r#"{"for": "2s", "reason": "switch swap"}"#,
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -201,6 +201,11 @@ async fn a_drain_on_one_instance_reaches_the_other_and_expires_on_both() {
         a.vpn().await == DRAINED
     })
     .await;
+    // A shows who drained it on B, and why.
+    let seen_on_a = status(&a).await;
+    let fra = crate::real::member(&seen_on_a, "fra-1");
+    assert_eq!(fra["drain_reason"], "switch swap", "{fra}");
+    assert_eq!(fra["drained_by"], "default@127.0.0.1", "{fra}");
     for server in [&a, &b] {
         within(Duration::from_secs(5), "the drain expires", || async {
             server.vpn().await == ALL

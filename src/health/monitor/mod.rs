@@ -214,8 +214,8 @@ impl Monitor {
             Control::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Control::Drain(key, until, reply) => {
-                let result = self.set_drain(&key, Some(until), "requested").await;
+            Control::Drain(key, until, note, reply) => {
+                let result = self.set_drain(&key, Some((until, note)), "requested").await;
                 let _ = reply.send(result.map(|applied| self.saved_by(applied)));
             }
             Control::DrainOf(key, reply) => {
@@ -379,6 +379,8 @@ check = { kind = "none" }
             reason: Some("connection refused".into()),
             drained: member == "b",
             drained_until: None,
+            drained_by: (member == "b").then(|| "oncall@192.0.2.7".to_string()),
+            drain_reason: (member == "b").then(|| "maintenance".to_string()),
             load: None,
             v6: None,
         };
@@ -413,6 +415,11 @@ check = { kind = "none" }
         assert_eq!((status[0].health, status[0].stale), (Health::Down, true));
         assert_eq!((status[1].health, status[1].stale), (Health::Up, false));
         assert!(status[1].drain.is_some(), "drains survive a restart");
+        assert_eq!(
+            status[1].drain_note.reason.as_deref(),
+            Some("maintenance"),
+            "and who drained it and why"
+        );
         token.cancel();
         task.await.unwrap();
     }

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{Monitor, Published, Sent};
-use crate::health::status::{Drain, EndpointStatus, Load, StateError};
+use crate::health::status::{Drain, DrainNote, EndpointStatus, Load, StateError};
 use crate::metrics::DRAINS_TOTAL;
 use crate::routing::{BuildEvent, Change, EndpointKey};
 
@@ -16,9 +16,13 @@ impl Monitor {
     pub(super) async fn set_drain(
         &mut self,
         key: &EndpointKey,
-        drain: Option<Option<SystemTime>>,
+        drain: Option<(Option<SystemTime>, DrainNote)>,
         why: &'static str,
     ) -> Result<(EndpointStatus, Published), StateError> {
+        let (drain, note) = match drain {
+            Some((until, note)) => (Some(until), Some(note)),
+            None => (None, None),
+        };
         let tracked = self
             .members
             .get_mut(key)
@@ -29,6 +33,7 @@ impl Monitor {
             since: tracked.drain.map_or_else(SystemTime::now, |d| d.since),
             until,
         });
+        tracked.drain_note = note.unwrap_or_default();
         let action = if drained { "drain" } else { "undrain" };
         info!(
             pool = %key.pool,
@@ -47,6 +52,8 @@ impl Monitor {
                     "action": action,
                     "until": drain.flatten().map(crate::time::rfc3339),
                     "why": why,
+                    "by": tracked_note(&self.members, key).by,
+                    "reason": tracked_note(&self.members, key).reason,
                 }),
             );
         }
@@ -219,4 +226,15 @@ impl Monitor {
             self.publish_verdict(&key);
         }
     }
+}
+
+/// The drain note of `key` (empty when unknown).
+fn tracked_note(
+    members: &std::collections::HashMap<EndpointKey, super::Tracked>,
+    key: &EndpointKey,
+) -> DrainNote {
+    members
+        .get(key)
+        .map(|t| t.drain_note.clone())
+        .unwrap_or_default()
 }

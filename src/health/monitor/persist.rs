@@ -73,6 +73,8 @@ impl Monitor {
                         reason: t.main.last_error.clone(),
                         drained: t.drain.is_some(),
                         drained_until: t.drain.and_then(|d| d.until).map(crate::time::unix),
+                        drained_by: t.drain.and(t.drain_note.by.clone()),
+                        drain_reason: t.drain.and(t.drain_note.reason.clone()),
                         load: t.load.map(|l| LoadRecord {
                             sessions: l.sessions,
                             capacity: l.capacity,

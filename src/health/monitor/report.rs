@@ -82,6 +82,7 @@ impl Monitor {
             load_smoothed: t.tracker.view(Instant::now()).ratio(),
             overloaded: t.sent.overloaded,
             cert: t.main.cert,
+            drain_note: t.drain_note.clone(),
             families,
         })
     }

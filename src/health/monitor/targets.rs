@@ -48,6 +48,10 @@ pub(super) fn new_tracked(
         rule: VoteRule::default(),
         stale,
         check: check.clone(),
+        drain_note: restored
+            .filter(|_| drain.is_some())
+            .map(EndpointRecord::drain_note)
+            .unwrap_or_default(),
         drain,
         load,
         capacity,

@@ -82,6 +82,8 @@ pub(super) struct Tracked {
     pub(super) stale: bool,
     pub(super) check: Check,
     pub(super) drain: Option<Drain>,
+    /// Who drained it and why (empty when not drained or unknown).
+    pub(super) drain_note: crate::health::status::DrainNote,
     pub(super) load: Option<Load>,
     /// Configured capacity, the default for load reports.
     pub(super) capacity: Option<u32>,
