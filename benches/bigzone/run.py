@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""A big zone side by side (issue 35): start to first answer, reload to new data, and
+resident memory, for gto, Knot and gdnsd serving the same zone of N A records
+(default 200,000) on loopback. Each server runs alone, one after the other, on its own
+port; every step is bounded in time. Not a test: figures for the README and the issue.
+
+    benches/bigzone/run.py [--records N] [--gto target/release/gto] [--servers gto,knot,gdnsd]
+
+Start: from exec to the first answer for a name of the zone (UDP, polled every ms).
+Reload: the zone file gets a new record and a higher serial, the server is told to
+reload (gto: SIGHUP; Knot: knotc zone-reload; gdnsd: gdnsdctl reload-zones), then the
+time until the new record is answered. RSS: VmRSS after the first load, and after three
+reloads.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ORIGIN = "gto.example.com"
+
+
+def zone_text(records, serial, extra=()):
+    lines = [
+        f"$ORIGIN {ORIGIN}.",
+        "$TTL 300",
+        f"@ IN SOA ns1.{ORIGIN}. hostmaster.example.com. {serial} 3600 600 86400 300",
+        f"@ IN NS ns1.{ORIGIN}.",
+        "ns1 IN A 127.0.0.1",
+    ]
+    lines += [f"h{i} IN A 10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" for i in range(records)]
+    lines += list(extra)
+    return "\n".join(lines) + "\n"
+
+
+def query(name):
+    body = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\x00"
+    return struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + body + b"\x00\x01\x00\x01"
+
+
+def answered(port, name, sock):
+    try:
+        sock.sendto(query(name), ("127.0.0.1", port))
+        reply = sock.recv(4096)
+    except OSError:
+        return False
+    return len(reply) > 12 and reply[3] & 0x0F == 0 and struct.unpack(">H", reply[6:8])[0] > 0
+
+
+def wait_answer(port, name, limit):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(0.01)
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if answered(port, name, sock):
+            return time.monotonic() - started
+        time.sleep(0.001)
+    return None
+
+
+def rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
+def setup(server, d, port, gto):
+    """Config files for `server` in `d`: (command, zone file path, reload function)."""
+    if server == "gto":
+        zone = os.path.join(d, "gto.example.com.zone")
+        with open(os.path.join(d, "gto.toml"), "w") as f:
+            f.write(
+                f'[server]\nlisten = ["127.0.0.1:{port}"]\n[admin]\nenabled = false\n'
+                f'[[zone]]\norigin = "{ORIGIN}."\nfile = "gto.example.com.zone"\n'
+            )
+        return [gto, "run", "--config", os.path.join(d, "gto.toml")], zone, lambda p: p.send_signal(signal.SIGHUP)
+    if server == "knot":
+        os.makedirs(os.path.join(d, "run"))
+        os.makedirs(os.path.join(d, "db"))
+        zone = os.path.join(d, "gto.example.com.zone")
+        conf = os.path.join(d, "knot.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f'server:\n    listen: 127.0.0.1@{port}\n    rundir: "{d}/run"\n    udp-workers: 2\n'
+                f'    tcp-workers: 1\n    background-workers: 1\nlog:\n  - target: stderr\n    any: notice\n'
+                f'database:\n    storage: "{d}/db"\ntemplate:\n  - id: default\n    storage: "{d}"\n'
+                f"    zonefile-sync: -1\n    zonefile-load: whole\n    journal-content: none\n"
+                f'zone:\n  - domain: {ORIGIN}\n    file: "{zone}"\n'
+            )
+        reload = lambda p: subprocess.run(["knotc", "-c", conf, "zone-reload", ORIGIN], capture_output=True)
+        return ["knotd", "-c", conf], zone, reload
+    if server == "gdnsd":
+        os.makedirs(os.path.join(d, "zones"))
+        zone = os.path.join(d, "zones", ORIGIN)
+        with open(os.path.join(d, "config"), "w") as f:
+            f.write(
+                f"options => {{\n  listen => [ 127.0.0.1:{port} ]\n  udp_threads => 2\n  tcp_threads => 1\n"
+                f'  run_dir => "{d}/run"\n  state_dir => "{d}/state"\n}}\n'
+            )
+        reload = lambda p: subprocess.run(["gdnsdctl", "-c", d, "reload-zones"], capture_output=True)
+        return ["gdnsd", "-c", d, "start"], zone, reload
+    raise SystemExit(f"unknown server {server}")
+
+
+def measure(server, records, port, gto):
+    d = tempfile.mkdtemp(prefix=f"bigzone-{server}-")
+    try:
+        command, zone, reload = setup(server, d, port, gto)
+        with open(zone, "w") as f:
+            f.write(zone_text(records, 1))
+        started = time.monotonic()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            first = wait_answer(port, f"h{records // 2}.{ORIGIN}", 120)
+            if first is None:
+                return {"server": server, "error": "no answer within 120 s"}
+            start = time.monotonic() - started
+            rss_first = rss_mib(proc.pid)
+            reloads = []
+            for k in range(3):
+                with open(zone, "w") as f:
+                    f.write(zone_text(records, 2 + k, [f"new{k} IN A 10.255.255.{k}"]))
+                t0 = time.monotonic()
+                reload(proc)
+                took = wait_answer(port, f"new{k}.{ORIGIN}", 120)
+                reloads.append(None if took is None else time.monotonic() - t0)
+            return {
+                "server": server,
+                "start": start,
+                "reloads": reloads,
+                "rss_first": rss_first,
+                "rss_after": rss_mib(proc.pid),
+            }
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--gto", default="target/release/gto")
+    parser.add_argument("--servers", default="gto,knot,gdnsd")
+    parser.add_argument("--port", type=int, default=25400)
+    args = parser.parse_args()
+    print(f"{args.records} A records; start = exec to first answer; reload = signal to new data")
+    print(f"{'server':8} {'start s':>8} {'reloads s':>20} {'RSS MiB':>8} {'after 3':>8}")
+    for i, server in enumerate(args.servers.split(",")):
+        if server != "gto" and shutil.which({"knot": "knotd", "gdnsd": "gdnsd"}.get(server, server)) is None:
+            print(f"{server:8} not installed (../shared/bench/peers.sh setup installs it)")
+            continue
+        r = measure(server, args.records, args.port + i, args.gto)
+        if "error" in r:
+            print(f"{server:8} {r['error']}")
+            continue
+        reloads = " ".join("-" if t is None else f"{t:.2f}" for t in r["reloads"])
+        print(f"{server:8} {r['start']:8.2f} {reloads:>20} {r['rss_first']!s:>8} {r['rss_after']!s:>8}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
