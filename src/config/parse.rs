@@ -1,6 +1,6 @@
 //! Stage one and the driver of config parsing: TOML text to the raw document (every
-//! unknown key and type error collected, section by section when serde stops at one),
-//! then the compile step.
+//! unknown key and type error collected: at each type error, where serde stops, the key
+//! is taken out and the rest read again), then the compile step.
 
 use std::path::Path;
 

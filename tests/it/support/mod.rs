@@ -281,17 +281,26 @@ pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 /// A loopback port for a server that is not gto and cannot report a port it was given as
-/// 0 (etcd, knotd, unbound, chromium's debugging port): bound and released, so another
-/// process could take it in between; gto itself is always given port 0 and read back
-/// ([`RealGto::dns_addr`]).
+/// 0 (etcd, knotd, unbound, chromium's debugging port): free on UDP and TCP when chosen,
+/// so another process could take it in between; gto itself is always given port 0 and
+/// read back ([`RealGto::dns_addr`]). Chosen at random below the kernel's ephemeral range
+/// (`ip_local_port_range`), where the test's own outgoing connections never land, so a
+/// server restarted on its port (an etcd member killed and started again) finds it free.
 pub fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = socket.local_addr().unwrap().port();
-    let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-    if tcp.is_err() {
-        return free_port();
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let floor = 10_000u16.min(low.saturating_sub(1_000));
+    for _ in 0..1_000 {
+        let port = floor + (rand::random::<u16>() % (low - floor).max(1));
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
     }
-    port
+    panic!("no free port below {low} after 1,000 tries");
 }
 
 /// A TCP port nothing listens on, held (bound on every address, never listening) for as
