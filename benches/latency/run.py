@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Latency at fixed rates (issue 34): p50, p99 and max per query for gto and gdnsd (when
+installed) serving the same zone on loopback, at 1k, 20k and 100k queries/s and at
+saturation over UDP, and over TCP with 20 connections. Per-query times come from
+dnsperf -v; each server runs alone; every run is bounded (5 s each). Not a test: figures
+for the README and the issue.
+
+    benches/latency/run.py [--gto target/release/gto] [--servers gto,gdnsd] [--seconds 5]
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+ZONE = """$ORIGIN gto.example.com.
+$TTL 300
+@ IN SOA ns1.gto.example.com. hostmaster.example.com. 1 3600 600 86400 300
+@ IN NS ns1.gto.example.com.
+ns1 IN A 127.0.0.1
+www IN A 192.0.2.80
+www IN AAAA 2001:db8::80
+"""
+
+QUERIES = "www.gto.example.com A\ngto.example.com SOA\nwww.gto.example.com AAAA\nnx.gto.example.com A\n"
+
+
+def start(server, d, port, gto):
+    if server == "gto":
+        with open(os.path.join(d, "gto.example.com.zone"), "w") as f:
+            f.write(ZONE)
+        with open(os.path.join(d, "gto.toml"), "w") as f:
+            f.write(
+                f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nenabled = false\n'
+                '[rrl]\nenabled = false\n'
+                '[[zone]]\norigin = "gto.example.com."\nfile = "gto.example.com.zone"\n'
+            )
+        command = [gto, "run", "--config", os.path.join(d, "gto.toml")]
+    else:
+        os.makedirs(os.path.join(d, "zones"))
+        with open(os.path.join(d, "zones", "gto.example.com"), "w") as f:
+            f.write(ZONE)
+        with open(os.path.join(d, "config"), "w") as f:
+            f.write(
+                f"options => {{\n  listen => [ 127.0.0.1:{port} ]\n  udp_threads => 2\n  tcp_threads => 1\n"
+                f'  run_dir => "{d}/run"\n  state_dir => "{d}/state"\n}}\n'
+            )
+        command = ["gdnsd", "-c", d, "start"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(0.05)
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x03gto\x07example\x03com\x00\x00\x01\x00\x01"
+    for _ in range(400):
+        try:
+            sock.sendto(query, ("127.0.0.1", port))
+            sock.recv(512)
+            return proc
+        except OSError:
+            time.sleep(0.025)
+    proc.kill()
+    raise SystemExit(f"{server} did not answer")
+
+
+def run(port, queries, rate, seconds, tcp):
+    command = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", queries, "-l", str(seconds), "-v"]
+    command += ["-m", "tcp", "-c", "20"] if tcp else ["-c", "4"]
+    if rate:
+        command += ["-Q", str(rate)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30).stdout
+    times = sorted(float(line.split()[-1]) for line in out.splitlines() if line.startswith("> "))
+    qps = next((line.split()[3] for line in out.splitlines() if "Queries per second" in line), "?")
+    if not times:
+        return None
+    pick = lambda q: times[min(len(times) - 1, int(len(times) * q))] * 1000
+    return len(times), qps, pick(0.5), pick(0.99), times[-1] * 1000
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gto", default="target/release/gto")
+    parser.add_argument("--servers", default="gto,gdnsd")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--port", type=int, default=25450)
+    args = parser.parse_args()
+    print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+    for i, server in enumerate(args.servers.split(",")):
+        if server != "gto" and shutil.which(server) is None:
+            print(f"{server:6} not installed (../shared/bench/peers.sh setup installs it)")
+            continue
+        d = tempfile.mkdtemp(prefix=f"latency-{server}-")
+        port = args.port + i
+        queries = os.path.join(d, "queries.txt")
+        with open(queries, "w") as f:
+            f.write(QUERIES)
+        proc = start(server, d, port, args.gto)
+        try:
+            for tcp, rates in ((False, (1000, 20000, 100000, 0)), (True, (1000, 20000))):
+                for rate in rates:
+                    result = run(port, queries, rate, args.seconds, tcp)
+                    label = "saturation" if rate == 0 else f"{rate}/s"
+                    transport = "tcp x20" if tcp else "udp"
+                    if result is None:
+                        print(f"{server:6} {transport:9} {label:>10} no answers")
+                        continue
+                    n, qps, p50, p99, worst = result
+                    print(f"{server:6} {transport:9} {label:>10} {n:>8} {qps:>9} {p50:7.3f} {p99:7.3f} {worst:7.3f}", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
