@@ -76,6 +76,8 @@ pub const MEMBER_DRAINED: &str = "gto_member_drained";
 /// `gto_member_family_up{pool,member,family}`: gauge, 1 when a dual-stack endpoint's
 /// address family check says up (`family = "each"`).
 pub const MEMBER_FAMILY_UP: &str = "gto_member_family_up";
+/// Audit records that could not be appended to `[admin] audit_file`.
+pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "gto_audit_write_failures_total";
 
 /// Answers that included an endpoint, by `service`, `pool` and `member`.
 pub const ANSWERS_TOTAL: &str = "gto_answers_total";
@@ -344,6 +346,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Unit::Count,
         "State file writes that failed; changes since the last good write would be lost at a restart.",
     ),
+    (
+        AUDIT_WRITE_FAILURES_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Audit records that could not be appended to [admin] audit_file (the change applied; the log holds it).",
+    ),
 ];
 
 /// Describes every metric once at start-up.
@@ -370,6 +378,7 @@ pub fn describe_all() {
     }
     metrics::counter!(DNS_TRUNCATED_TOTAL).increment(0);
     metrics::counter!(STATE_WRITE_FAILURES_TOTAL).increment(0);
+    metrics::counter!(AUDIT_WRITE_FAILURES_TOTAL).increment(0);
     metrics::gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),

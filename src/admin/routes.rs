@@ -496,17 +496,38 @@ fn audit(
         reason,
         "{action} requested through the admin API"
     );
-    state.events.emit(
-        "audit",
-        json!({
-            "token": caller.token,
-            "source": caller.source,
-            "action": action,
-            "target": target,
-            "until": until,
-            "reason": reason,
-        }),
-    );
+    let record = json!({
+        "token": caller.token,
+        "source": caller.source,
+        "action": action,
+        "target": target,
+        "until": until,
+        "reason": reason,
+    });
+    if let Some(path) = &state.settings.load().audit_file {
+        append_audit(path, &record);
+    }
+    state.events.emit("audit", record);
+}
+
+/// Appends one audit record, with its time, as a JSON line to `[admin] audit_file`. A
+/// write that fails is logged and counted; the change still applies (the log line and
+/// the event hold it).
+fn append_audit(path: &std::path::Path, record: &serde_json::Value) {
+    use std::io::Write;
+    let mut line = json!({ "at": rfc3339(SystemTime::now()) });
+    if let (Some(line), Some(fields)) = (line.as_object_mut(), record.as_object()) {
+        line.extend(fields.clone());
+    }
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| writeln!(file, "{line}"));
+    if let Err(error) = written {
+        metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES_TOTAL).increment(1);
+        tracing::warn!(%error, file = %path.display(), "audit record not written to the audit file");
+    }
 }
 
 /// Drain request body (optional).

@@ -262,6 +262,8 @@ pub struct AdminSettings {
     /// machine's host name (lower case, no trailing dot): any other name is refused, so
     /// that a web page cannot reach the API through DNS rebinding.
     pub hosts: Vec<String>,
+    /// `audit_file`: every change's audit record appended as a JSON line.
+    pub audit_file: Option<std::path::PathBuf>,
 }
 
 /// A named bearer token of the admin API and its role.
@@ -320,6 +322,7 @@ impl Default for AdminSettings {
             max_connections: 64,
             header_timeout: Duration::from_secs(5),
             hosts: Vec::new(),
+            audit_file: None,
         }
     }
 }

@@ -171,6 +171,8 @@ pub(crate) struct RawAdmin {
     pub(crate) header_timeout: Option<Spanned<String>>,
     /// Host names clients may use in `Host` (besides IP literals and `localhost`).
     pub(crate) hosts: Option<Spanned<Vec<String>>>,
+    /// Where every change's audit record is appended (JSON lines).
+    pub(crate) audit_file: Option<Spanned<String>>,
     /// `[[admin.token]]`: named tokens with roles.
     #[serde(default)]
     pub(crate) token: Vec<Spanned<RawToken>>,

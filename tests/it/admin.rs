@@ -1021,8 +1021,9 @@ async fn tokens_have_roles_and_every_change_names_its_token() {
     std::fs::write(dir.path().join("oncall.token"), format!("{oncall}\n")).unwrap();
     crate::real::real_config_with_token(dir.path(), ZONE, |text| {
         format!(
-            "{text}\n[[admin.token]]\nname = \"viewer\"\nfile = \"viewer.token\"\nrole = \"read\"\n\
-             [[admin.token]]\nname = \"oncall\"\nfile = \"oncall.token\"\nrole = \"operate\"\n"
+            "{}\n[[admin.token]]\nname = \"viewer\"\nfile = \"viewer.token\"\nrole = \"read\"\n\
+             [[admin.token]]\nname = \"oncall\"\nfile = \"oncall.token\"\nrole = \"operate\"\n",
+            text.replace("[admin]\n", "[admin]\naudit_file = \"audit.jsonl\"\n")
         )
     });
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
@@ -1090,6 +1091,25 @@ async fn tokens_have_roles_and_every_change_names_its_token() {
     )
     .await;
     assert_eq!(code, 401);
+    // Every change is appended to the audit file, one JSON line each, refusals not.
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r["token"].as_str().unwrap(), r["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![("oncall", "drain"), ("default", "reload")],
+        "{audit}"
+    );
+    assert_eq!(records[0]["reason"], "firmware upgrade");
+    assert_eq!(records[0]["source"], "127.0.0.1");
+    assert!(records[0]["at"].is_string());
+    assert!(!audit.contains(oncall), "a token is never written");
     gto.signal("TERM");
     assert!(gto.exit().await.success());
 }

@@ -34,6 +34,7 @@ pub(super) fn compile_admin(
         max_connections,
         header_timeout,
         hosts,
+        audit_file,
         token: named,
     } = admin.get_ref();
     let defaults = AdminSettings::default();
@@ -88,10 +89,14 @@ pub(super) fn compile_admin(
             format!("{address} is not loopback: set admin.token_file so changes need a token"),
         );
     }
+    let audit_file = audit_file
+        .as_ref()
+        .and_then(|file| compile_audit_file(file, base_dir, errors));
     AdminSettings {
         listen: enabled.then_some(address),
         token,
         tokens,
+        audit_file,
         max_drain,
         max_connections,
         header_timeout,
@@ -189,6 +194,28 @@ fn compile_tokens(
         tokens.push(crate::config::NamedToken { name, role, secret });
     }
     tokens
+}
+
+/// `admin.audit_file`: relative to the config's directory, in a directory that exists.
+fn compile_audit_file(
+    file: &Spanned<String>,
+    base_dir: &Path,
+    errors: &mut Collector<'_>,
+) -> Option<std::path::PathBuf> {
+    let path = errors.resolve_file(base_dir, file, "admin.audit_file")?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(base_dir);
+    if !dir.is_dir() {
+        errors.at(
+            file,
+            "admin.audit_file",
+            format!("its directory {} does not exist", dir.display()),
+        );
+        return None;
+    }
+    Some(path)
 }
 
 /// `admin.token_file`: a token of at least 16 characters.
