@@ -510,7 +510,7 @@ impl App {
             let status = child.wait().await;
             running.store(false, Ordering::Release);
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-            tracing::error!(pid, %status, "the replacement exited before taking over; this gto goes on serving");
+            // Logged (once) and shown in status by record_failure.
             crate::handover::record_failure(&format!(
                 "the replacement (pid {pid}) exited: {status}"
             ));

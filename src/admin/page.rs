@@ -122,10 +122,11 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
         .identity
         .as_ref()
         .map(|id| String::from_utf8_lossy(id).into_owned());
-    let instance = state
-        .fleet
+    // The fleet's view, read once for the instance's id and the fleet's table.
+    let fleet = state.fleet.as_ref().map(crate::cluster::Fleet::status_json);
+    let instance = fleet
         .as_ref()
-        .and_then(|f| f.status_json()["instance"].as_str().map(str::to_string));
+        .and_then(|view| view["instance"].as_str().map(str::to_string));
     let _ = write!(
         out,
         "<h2>Instance</h2><table><tr><th>instance</th><td id=instance>{}</td></tr>\
@@ -142,8 +143,8 @@ pub(super) async fn render(state: &AdminState, query: &PageQuery) -> String {
         esc(state.reloader.digest().as_str()),
         snapshot.generation
     );
-    if let Some(fleet) = &state.fleet {
-        fleet_section(&mut out, &fleet.status_json());
+    if let Some(view) = &fleet {
+        fleet_section(&mut out, view);
     }
 
     // Every GSLB name and its members.

@@ -73,14 +73,15 @@ fn lenient(
             errors.push(None, "", message);
             return None;
         };
-        let Some((path, table_path)) = remove_innermost(&mut document, &span) else {
+        let Some(path) = remove_innermost(&mut document, &span) else {
             errors.push(Some(span.start), "", message);
             return None;
         };
+        // serde points a missing field at its whole table, which is what was taken out.
         let missing = message
             .strip_prefix("missing field `")
             .and_then(|m| m.strip_suffix('`'))
-            .map(|field| join(&table_path_of(&path, &table_path), field));
+            .map(|field| join(&path, field));
         if missing.is_none_or(|m| !removed.contains(&m)) {
             errors.push(Some(span.start), path.clone(), message);
         }
@@ -90,22 +91,12 @@ fn lenient(
     None
 }
 
-/// The path of the table a "missing field" error names: the removed element itself when
-/// serde pointed at a whole table, else the table the removed key was in.
-fn table_path_of(removed: &str, parent: &str) -> String {
-    if removed.ends_with(']') || removed.starts_with("pool.") && !parent.starts_with("pool.") {
-        removed.to_string()
-    } else {
-        parent.to_string()
-    }
-}
-
 /// Takes out of `value` the innermost key (or array element) whose value holds `span`;
-/// returns its display path and the path of the table or array it was in.
+/// returns its display path.
 fn remove_innermost(
     value: &mut toml::Spanned<DeValue<'_>>,
     span: &std::ops::Range<usize>,
-) -> Option<(String, String)> {
+) -> Option<String> {
     let inside = |v: &toml::Spanned<DeValue<'_>>| contains(v, span);
     let holds = |v: &toml::Spanned<DeValue<'_>>| match v.get_ref() {
         DeValue::Table(t) => t.iter().any(|(_, v)| inside(v)),
@@ -126,7 +117,7 @@ fn remove_innermost(
                 let path = join(&here, &key);
                 if !table.get(key.as_str()).is_some_and(holds) {
                     table.remove(key.as_str());
-                    return Some((path, here));
+                    return Some(path);
                 }
                 here = path;
                 current = table.get_mut(key.as_str())?;
@@ -147,7 +138,7 @@ fn remove_innermost(
                         .map(|(_, item)| item.clone())
                         .collect();
                     *items = kept;
-                    return Some((path, here));
+                    return Some(path);
                 }
                 here = path;
                 current = items.get_mut(index)?;

@@ -34,6 +34,7 @@ impl Monitor {
             until,
         });
         tracked.drain_note = note.unwrap_or_default();
+        let note = tracked.drain_note.clone();
         let action = if drained { "drain" } else { "undrain" };
         info!(
             pool = %key.pool,
@@ -52,8 +53,8 @@ impl Monitor {
                     "action": action,
                     "until": drain.flatten().map(crate::time::rfc3339),
                     "why": why,
-                    "by": tracked_note(&self.members, key).by,
-                    "reason": tracked_note(&self.members, key).reason,
+                    "by": note.by,
+                    "reason": note.reason,
                 }),
             );
         }
@@ -226,15 +227,4 @@ impl Monitor {
             self.publish_verdict(&key);
         }
     }
-}
-
-/// The drain note of `key` (empty when unknown).
-fn tracked_note(
-    members: &std::collections::HashMap<EndpointKey, super::Tracked>,
-    key: &EndpointKey,
-) -> DrainNote {
-    members
-        .get(key)
-        .map(|t| t.drain_note.clone())
-        .unwrap_or_default()
 }
