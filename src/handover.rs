@@ -244,6 +244,34 @@ pub fn spawn(
 /// upgrade the path names the new binary (the running one is gone from it).
 static INVOCATION: OnceLock<(PathBuf, Vec<OsString>)> = OnceLock::new();
 
+/// Closes the descriptors this process inherited without asking for them (a shell's, a
+/// supervisor's, a test harness's), keeping 0-2 and the sockets a replacement is handed
+/// (`GTO_LISTEN_FDS`, systemd's `LISTEN_FDS`). Run first, before anything opens a
+/// descriptor: what gto opens itself is close-on-exec, so after this the commands of
+/// `exec` checks get no descriptor of gto's. Returns how many were closed.
+pub fn close_inherited() -> usize {
+    let described = std::env::var(DESCRIBE)
+        .map(|d| d.split(';').filter(|e| !e.is_empty()).count())
+        .unwrap_or(0);
+    let systemd = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let kept = FIRST_FD + i32::try_from(described.max(systemd)).unwrap_or(0);
+    // Listed first, closed after: the listing's own descriptor is gone by then.
+    let inherited: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd >= kept)
+            .collect(),
+        Err(_) => return 0,
+    };
+    inherited
+        .into_iter()
+        .filter(|fd| nix::unistd::close(*fd).is_ok())
+        .count()
+}
+
 /// Remembers how this process was started (call first thing in `main`).
 pub fn remember_invocation() {
     let _ = INVOCATION.get_or_init(read_invocation);

@@ -59,6 +59,8 @@ pub const CONFIG_RELOADS_TOTAL: &str = "gto_config_reloads_total";
 pub const PROBE_DURATION_SECONDS: &str = "gto_probe_duration_seconds";
 /// Failed probes, by `kind` and `reason`.
 pub const PROBE_FAILURES_TOTAL: &str = "gto_probe_failures_total";
+/// Exec check commands killed, by `reason` (timeout, output).
+pub const CHECK_EXEC_KILLED_TOTAL: &str = "gto_check_exec_killed_total";
 /// Probes whose result is unknown because of a local failure (no file descriptor, no
 /// buffer space), by `kind` and `reason`; they do not count against the endpoint.
 pub const PROBE_UNKNOWN_TOTAL: &str = "gto_probe_unknown_total";
@@ -267,6 +269,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Failed health probes, by kind and reason.",
+    ),
+    (
+        CHECK_EXEC_KILLED_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "Exec check commands killed, by reason (timeout, output).",
     ),
     (
         HEALTH_FLIPS_TOTAL,

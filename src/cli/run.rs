@@ -15,6 +15,8 @@ use crate::{App, ConfigSource, EXIT_BAD_CONFIG, Loaded};
 
 /// Runs a parsed command line to its exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    // Before anything opens a descriptor of its own.
+    crate::handover::close_inherited();
     // Before an upgrade can replace the binary at this path.
     crate::handover::remember_invocation();
     init_logging(cli.log_json);

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::located::{Collector, parse_duration, parse_size};
 use super::raw::RawCheck;
-use super::{Check, HttpProbe, LoadFields, Probe, TlsSettings};
+use super::{Check, DnsProbe, ExecProbe, HttpProbe, LoadFields, Probe, TlsSettings};
 
 /// Shortest probe interval accepted.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -24,12 +24,15 @@ type Report<'e> = dyn FnMut(&str, String) + 'e;
 ///
 /// `pool`: for a member's own `check` over its pool's, the member's own table and where
 /// the pool's is (offset, path). A problem with a field the member did not set is the
-/// pool's: reported at the pool's check, once, not again for every member.
+/// pool's: reported at the pool's check, once, not again for every member. `names`: the
+/// pool's and the member's (an `exec` command's `{pool}` and `{name}`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn compile_check(
     raw: Option<&RawCheck>,
     at: usize,
     path: &str,
     pool: Option<(&RawCheck, usize, &str)>,
+    names: (&str, &str),
     addresses: &[IpAddr],
     base_dir: &Path,
     errors: &mut Collector<'_>,
@@ -58,7 +61,10 @@ pub(crate) fn compile_check(
     let rise = threshold("rise", &raw.rise, Check::DEFAULT_RISE);
     let fall = threshold("fall", &raw.fall, Check::DEFAULT_FALL);
     let kind = raw.kind.as_deref().unwrap_or("tcp");
-    let known = matches!(kind, "tcp" | "http" | "https" | "tls" | "none");
+    let known = matches!(
+        kind,
+        "tcp" | "http" | "https" | "tls" | "none" | "dns" | "icmp" | "exec"
+    );
     // `family = "each"` on a dual-stack member: its first IPv4 and first IPv6 address are
     // probed apart (the first governs A records, the second AAAA).
     let first_v6 = split_families(raw, kind, addresses, &mut error);
@@ -86,11 +92,19 @@ pub(crate) fn compile_check(
                 (kind == "https").then(|| tls_settings(raw, target, base_dir, limit, &mut error));
             Probe::Http(http_probe(raw, target, tls, &mut error))
         }
+        "dns" => Probe::Dns(dns_probe(raw, target, &mut error)),
+        "icmp" => {
+            icmp_allowed(&probed, &mut error);
+            Probe::Icmp {
+                target: target.ip(),
+            }
+        }
+        "exec" => Probe::Exec(exec_probe(raw, target, names, base_dir, &mut error)),
         other => {
             error(
                 "kind",
                 format!(
-                    "unknown check kind {other:?} (expected \"tcp\", \"http\", \"https\", \"tls\" or \"none\")"
+                    "unknown check kind {other:?} (expected \"tcp\", \"http\", \"https\", \"tls\", \"dns\", \"icmp\", \"exec\" or \"none\")"
                 ),
             );
             Probe::None
@@ -181,6 +195,17 @@ fn retarget(raw: &RawCheck, probe: &Probe, target: SocketAddr) -> Probe {
             tls: http.tls.as_ref().map(tls_for),
             ..http.clone()
         }),
+        Probe::Dns(dns) => Probe::Dns(DnsProbe {
+            target,
+            ..dns.clone()
+        }),
+        Probe::Icmp { .. } => Probe::Icmp {
+            target: target.ip(),
+        },
+        Probe::Exec(exec) => Probe::Exec(ExecProbe {
+            address: target.ip(),
+            ..exec.clone()
+        }),
     }
 }
 
@@ -232,6 +257,9 @@ fn target(
     let default_port = match kind {
         "http" => Some(80),
         "https" | "tls" => Some(443),
+        "dns" => Some(53),
+        // No port of their own (`exec` may pass `port` to its command as `{port}`).
+        "icmp" | "exec" => Some(0),
         _ => None,
     };
     let ip = match &raw.address {
@@ -242,6 +270,7 @@ fn target(
         None => addresses.first().copied(),
     };
     let port = match raw.port.or(default_port.map(i64::from)) {
+        Some(0) if raw.port.is_none() => Some(0),
         Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).or_else(|| {
             error("port", "must be between 1 and 65535".into());
             None
@@ -413,14 +442,29 @@ fn misplaced_fields(
     error: &mut Report<'_>,
 ) {
     let http = kind == "http" || kind == "https";
+    let dns = kind == "dns";
+    let exec = kind == "exec";
     for (field, set, applies, kinds) in [
         ("max_body", raw.max_body.is_some(), http, "http and https"),
         (
             "load_fields",
             raw.load_fields.is_some(),
-            http,
-            "http and https",
+            http || exec,
+            "http, https and exec",
         ),
+        (
+            "port",
+            raw.port.is_some(),
+            kind != "icmp",
+            "every kind but icmp",
+        ),
+        ("query", raw.query.is_some(), dns, "dns"),
+        ("qtype", raw.qtype.is_some(), dns, "dns"),
+        ("transport", raw.transport.is_some(), dns, "dns"),
+        ("rcode", raw.rcode.is_some(), dns, "dns"),
+        ("answer", raw.answer.is_some(), dns, "dns"),
+        ("command", raw.command.is_some(), exec, "exec"),
+        ("max_output", raw.max_output.is_some(), exec, "exec"),
         (
             "cert_min_days",
             raw.cert_min_days.is_some(),
@@ -437,6 +481,202 @@ fn misplaced_fields(
         if set && !applies && !inherited(field) {
             error(field, format!("applies to {kinds} checks, not {kind}"));
         }
+    }
+    for (field, missing) in [
+        ("query", dns && raw.query.is_none()),
+        ("command", exec && raw.command.is_none()),
+    ] {
+        if missing {
+            error(
+                field,
+                format!("a {kind} check needs `{field}` (see gto.toml(5))"),
+            );
+        }
+    }
+}
+
+/// The question and the expected reply of a `dns` check (`query` is required; its
+/// absence is reported with the misplaced fields).
+fn dns_probe(raw: &RawCheck, target: SocketAddr, error: &mut Report<'_>) -> DnsProbe {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::{Name, RecordType};
+    let name = match raw.query.as_deref() {
+        None => Name::root(),
+        Some(text) => Name::from_utf8(text)
+            .map(|name| {
+                let mut name = name;
+                name.set_fqdn(true);
+                name
+            })
+            .unwrap_or_else(|e| {
+                error("query", format!("{text:?} is not a domain name: {e}"));
+                Name::root()
+            }),
+    };
+    let qtype = match raw.qtype.as_deref() {
+        None => RecordType::A,
+        Some(text) => text
+            .to_ascii_uppercase()
+            .parse::<RecordType>()
+            .ok()
+            .filter(|t| !matches!(t, RecordType::OPT | RecordType::Unknown(_)))
+            .unwrap_or_else(|| {
+                error(
+                    "qtype",
+                    format!("{text:?} is not a record type (e.g. \"A\", \"SOA\")"),
+                );
+                RecordType::A
+            }),
+    };
+    let tcp = match raw.transport.as_deref() {
+        None | Some("udp") => false,
+        Some("tcp") => true,
+        Some(other) => {
+            error("transport", format!("{other:?} is not \"udp\" or \"tcp\""));
+            false
+        }
+    };
+    let rcode = match raw.rcode.as_deref() {
+        None => ResponseCode::NoError,
+        Some(text) => rcode_named(text).unwrap_or_else(|| {
+            error(
+                "rcode",
+                format!("{text:?} is not an rcode (NOERROR, SERVFAIL, NXDOMAIN, REFUSED, ...)"),
+            );
+            ResponseCode::NoError
+        }),
+    };
+    let answers = raw.answer.clone().unwrap_or_default();
+    for (k, answer) in answers.iter().enumerate() {
+        if answer.trim().is_empty() {
+            error("answer", format!("answer[{k}] is empty"));
+        }
+    }
+    DnsProbe {
+        target,
+        name,
+        qtype,
+        tcp,
+        rcode,
+        answers,
+    }
+}
+
+/// An rcode by its mnemonic as dig prints it (NOERROR, SERVFAIL, NXDOMAIN, REFUSED; case
+/// does not matter) or its number.
+fn rcode_named(text: &str) -> Option<hickory_proto::op::ResponseCode> {
+    use hickory_proto::op::ResponseCode;
+    if let Ok(code) = text.parse::<u16>() {
+        return (code < 4096).then(|| <ResponseCode as From<u16>>::from(code));
+    }
+    (0..24u16)
+        .map(<ResponseCode as From<u16>>::from)
+        .find(|code| crate::config::rcode_mnemonic(*code).eq_ignore_ascii_case(text))
+}
+
+/// ICMP echo needs unprivileged ping sockets (`net.ipv4.ping_group_range`, which also
+/// governs IPv6): a host that forbids them, or lacks the address family, is an error
+/// here rather than an endpoint that is never up.
+fn icmp_allowed(addresses: &[IpAddr], error: &mut Report<'_>) {
+    let mut families: Vec<bool> = addresses.iter().map(IpAddr::is_ipv6).collect();
+    families.dedup();
+    for v6 in families {
+        if let Err(e) = crate::health::kinds::ping_socket(v6) {
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            let message = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "ICMP echo needs an unprivileged ping socket, which this host forbids to \
+                     gto's group ({family}: {e}); allow it with sysctl \
+                     net.ipv4.ping_group_range=\"0 2147483647\" (systemd's default), or use \
+                     another check kind"
+                ),
+                _ => format!("cannot open an {family} ping socket on this host: {e}"),
+            };
+            error("kind", message);
+        }
+    }
+}
+
+/// The command of an `exec` check: an argv whose program exists and may be run (a
+/// relative path is the config file's directory's), placeholders among
+/// [`ExecProbe::PLACEHOLDERS`].
+fn exec_probe(
+    raw: &RawCheck,
+    target: SocketAddr,
+    (pool, member): (&str, &str),
+    base_dir: &Path,
+    error: &mut Report<'_>,
+) -> ExecProbe {
+    let mut command = raw.command.clone().unwrap_or_default();
+    match command.first_mut() {
+        None if raw.command.is_some() => {
+            error(
+                "command",
+                "is empty: give the program and its arguments".into(),
+            );
+        }
+        None => {}
+        Some(program) => {
+            let path = base_dir.join(&*program);
+            match std::fs::metadata(&path) {
+                Ok(meta)
+                    if meta.is_file()
+                        && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111
+                            != 0 =>
+                {
+                    *program = path.to_string_lossy().into_owned();
+                }
+                Ok(_) => error(
+                    "command",
+                    format!("{} is not an executable file", path.display()),
+                ),
+                Err(e) => error("command", format!("cannot run {}: {e}", path.display())),
+            }
+        }
+    }
+    for arg in &command {
+        let mut rest = arg.as_str();
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
+            let placeholder = &rest[open..open + close + 1];
+            if !ExecProbe::PLACEHOLDERS.contains(&placeholder) {
+                error(
+                    "command",
+                    format!(
+                        "unknown placeholder {placeholder} in {arg:?} (known: {})",
+                        ExecProbe::PLACEHOLDERS.join(", ")
+                    ),
+                );
+            }
+            rest = &rest[open + close + 1..];
+        }
+    }
+    let max_output = match &raw.max_output {
+        None => ExecProbe::DEFAULT_MAX_OUTPUT,
+        Some(text) => parse_size(text)
+            .filter(|n| (1..=1 << 20).contains(n))
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or_else(|| {
+                error(
+                    "max_output",
+                    format!("{text:?} is not a size of 1 byte to 1MiB (e.g. \"4KiB\")"),
+                );
+                ExecProbe::DEFAULT_MAX_OUTPUT
+            }),
+    };
+    ExecProbe {
+        command,
+        address: target.ip(),
+        port: raw.port.and_then(|p| u16::try_from(p).ok()),
+        member: member.to_string(),
+        pool: pool.to_string(),
+        max_output,
+        load_fields: raw.load_fields.clone().map(|f| LoadFields {
+            sessions: f.sessions,
+            capacity: f.capacity,
+        }),
     }
 }
 

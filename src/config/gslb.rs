@@ -200,12 +200,29 @@ pub enum VoteScope {
 }
 
 /// `[health]`: settings of the probes as a whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSettings {
     /// Source address of IPv4 probes (multi-homed hosts; tests give each instance its own).
     pub source: Option<std::net::Ipv4Addr>,
     /// Source address of IPv6 probes.
     pub source6: Option<std::net::Ipv6Addr>,
+    /// At most this many `exec` checks run at once (`exec_limit`, default 16).
+    pub exec_limit: usize,
+}
+
+impl HealthSettings {
+    /// Default `exec_limit`.
+    pub const DEFAULT_EXEC_LIMIT: usize = 16;
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            source: None,
+            source6: None,
+            exec_limit: Self::DEFAULT_EXEC_LIMIT,
+        }
+    }
 }
 
 /// `[[pool.member]]`: one endpoint (appliance).
@@ -287,6 +304,15 @@ pub enum Probe {
         /// Handshake settings.
         tls: TlsSettings,
     },
+    /// Ask a DNS question and judge the reply's rcode (and optionally its answers).
+    Dns(DnsProbe),
+    /// An ICMP echo over an unprivileged ping socket.
+    Icmp {
+        /// The address pinged.
+        target: std::net::IpAddr,
+    },
+    /// Run an external command (gdnsd's `extmon`): exit 0 is up.
+    Exec(ExecProbe),
 }
 
 impl Probe {
@@ -296,6 +322,10 @@ impl Probe {
             Probe::Http(http) => Some(http.target),
             Probe::None => None,
             Probe::Tcp { target } | Probe::Tls { target, .. } => Some(*target),
+            Probe::Dns(dns) => Some(dns.target),
+            // No port: the address alone (port 0).
+            Probe::Icmp { target } => Some(SocketAddr::new(*target, 0)),
+            Probe::Exec(exec) => Some(SocketAddr::new(exec.address, exec.port.unwrap_or(0))),
         }
     }
 
@@ -307,7 +337,80 @@ impl Probe {
             Probe::None => "none",
             Probe::Tcp { .. } => "tcp",
             Probe::Tls { .. } => "tls",
+            Probe::Dns(_) => "dns",
+            Probe::Icmp { .. } => "icmp",
+            Probe::Exec(_) => "exec",
         }
+    }
+}
+
+/// An rcode's mnemonic as dig prints it: NOERROR, SERVFAIL, NXDOMAIN, REFUSED.
+pub fn rcode_mnemonic(code: hickory_proto::op::ResponseCode) -> String {
+    match code {
+        hickory_proto::op::ResponseCode::Unknown(n) => n.to_string(),
+        code => format!("{code:?}").to_ascii_uppercase(),
+    }
+}
+
+/// A DNS check: one question to the endpoint, judged by the reply's rcode and, when
+/// given, the answers it must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsProbe {
+    /// Address and port asked.
+    pub target: SocketAddr,
+    /// The name asked (`query`).
+    pub name: hickory_proto::rr::Name,
+    /// The type asked (`qtype`, default A).
+    pub qtype: hickory_proto::rr::RecordType,
+    /// Over TCP rather than UDP (`transport = "tcp"`). Over UDP, a truncated reply is
+    /// asked again over TCP.
+    pub tcp: bool,
+    /// The rcode that means up (`rcode`, default NOERROR).
+    pub rcode: hickory_proto::op::ResponseCode,
+    /// Values every one of which some answer record must hold (`answer`), in presentation
+    /// form: an address, a name, text.
+    pub answers: Vec<String>,
+}
+
+/// An external command run as a check, as gdnsd's `extmon`: an argv (no shell), with
+/// `{address}`, `{port}`, `{name}` and `{pool}` replaced by the endpoint's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExecProbe {
+    /// The command and its arguments, placeholders unreplaced.
+    pub command: Vec<String>,
+    /// The endpoint address checked (`{address}`).
+    pub address: std::net::IpAddr,
+    /// `port`, when set (`{port}`).
+    pub port: Option<u16>,
+    /// The member's name (`{name}`).
+    pub member: String,
+    /// The pool's name (`{pool}`).
+    pub pool: String,
+    /// Most of its output read (`max_output`, default 4 KiB): a command that prints more
+    /// is killed and down.
+    pub max_output: usize,
+    /// JSON fields of its standard output that report load, when set.
+    pub load_fields: Option<LoadFields>,
+}
+
+impl ExecProbe {
+    /// Default `max_output`.
+    pub const DEFAULT_MAX_OUTPUT: usize = 4 * 1024;
+    /// The placeholders a command may use.
+    pub const PLACEHOLDERS: [&str; 4] = ["{address}", "{port}", "{name}", "{pool}"];
+
+    /// The argv with the placeholders replaced.
+    pub fn argv(&self) -> Vec<String> {
+        let port = self.port.map(|p| p.to_string()).unwrap_or_default();
+        self.command
+            .iter()
+            .map(|arg| {
+                arg.replace("{address}", &self.address.to_string())
+                    .replace("{port}", &port)
+                    .replace("{name}", &self.member)
+                    .replace("{pool}", &self.pool)
+            })
+            .collect()
     }
 }
 

@@ -223,6 +223,7 @@ pub(crate) struct RawWebhook {
 pub(crate) struct RawHealth {
     pub(crate) source: Option<Spanned<String>>,
     pub(crate) source6: Option<Spanned<String>>,
+    pub(crate) exec_limit: Option<Spanned<i64>>,
 }
 
 /// `[cluster] tls`: how gto trusts etcd and proves itself to it.
@@ -349,6 +350,20 @@ pub(crate) struct RawCheck {
     pub(crate) load_fields: Option<RawLoadFields>,
     /// Most of an HTTP body read, e.g. "64KiB".
     pub(crate) max_body: Option<String>,
+    /// DNS: the name asked.
+    pub(crate) query: Option<String>,
+    /// DNS: the type asked ("A").
+    pub(crate) qtype: Option<String>,
+    /// DNS: "udp" (default) or "tcp".
+    pub(crate) transport: Option<String>,
+    /// DNS: the rcode that means up ("NOERROR").
+    pub(crate) rcode: Option<String>,
+    /// DNS: values the answers must hold.
+    pub(crate) answer: Option<Vec<String>>,
+    /// Exec: the argv.
+    pub(crate) command: Option<Vec<String>>,
+    /// Exec: most of the output read, e.g. "4KiB".
+    pub(crate) max_output: Option<String>,
 }
 
 impl RawCheck {
@@ -374,6 +389,13 @@ impl RawCheck {
             "fall" => self.fall.is_some(),
             "load_fields" => self.load_fields.is_some(),
             "max_body" => self.max_body.is_some(),
+            "query" => self.query.is_some(),
+            "qtype" => self.qtype.is_some(),
+            "transport" => self.transport.is_some(),
+            "rcode" => self.rcode.is_some(),
+            "answer" => self.answer.is_some(),
+            "command" => self.command.is_some(),
+            "max_output" => self.max_output.is_some(),
             // Not a field of its own: the member's.
             _ => true,
         }
@@ -407,6 +429,13 @@ impl RawCheck {
                 .clone()
                 .or_else(|| base.load_fields.clone()),
             max_body: self.max_body.clone().or_else(|| base.max_body.clone()),
+            query: self.query.clone().or_else(|| base.query.clone()),
+            qtype: self.qtype.clone().or_else(|| base.qtype.clone()),
+            transport: self.transport.clone().or_else(|| base.transport.clone()),
+            rcode: self.rcode.clone().or_else(|| base.rcode.clone()),
+            answer: self.answer.clone().or_else(|| base.answer.clone()),
+            command: self.command.clone().or_else(|| base.command.clone()),
+            max_output: self.max_output.clone().or_else(|| base.max_output.clone()),
         }
     }
 }

@@ -21,6 +21,7 @@
 //!   than looking healthy forever.
 
 mod handle;
+pub mod kinds;
 mod monitor;
 pub mod probe;
 pub mod scheduler;

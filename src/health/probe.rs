@@ -1,4 +1,5 @@
-//! Probes: one attempt to reach an endpoint, by TCP connect, HTTP(S) GET or TLS handshake.
+//! Probes: one attempt to reach an endpoint, by TCP connect, HTTP(S) GET or TLS handshake
+//! here, or by a DNS question, an ICMP echo or an external command ([`super::kinds`]).
 //!
 //! HTTP goes through hyper and TLS through rustls (ring); nothing here parses HTTP or TLS
 //! by hand. The caller applies the timeout; a probe only says how it went.
@@ -55,12 +56,47 @@ pub enum ProbeError {
     /// The TLS handshake failed (including certificate verification).
     #[error("TLS failed: {0}")]
     Tls(String),
+    /// The DNS reply had another rcode than the one expected.
+    #[error("DNS rcode {got}, expected {expected}")]
+    Rcode {
+        /// The reply's.
+        got: String,
+        /// The check's `rcode`.
+        expected: String,
+    },
+    /// The DNS reply lacked an expected answer.
+    #[error("DNS answer lacks {0:?}")]
+    Answer(String),
+    /// The DNS exchange failed (no readable reply, the connection closed).
+    #[error("DNS failed: {0}")]
+    Dns(String),
+    /// The ICMP echo failed (unreachable).
+    #[error("ICMP echo failed: {0}")]
+    Icmp(String),
+    /// The command of an exec check could not run.
+    #[error("command failed: {0}")]
+    Exec(String),
+    /// The command exited other than with 0.
+    #[error("command ended with {status}: {line}")]
+    Exit {
+        /// Its exit status, or the signal that ended it.
+        status: String,
+        /// The first line of its output.
+        line: String,
+    },
+    /// The command printed more than `max_output` (and was killed).
+    #[error("command printed more than {0} bytes and was killed")]
+    Output(usize),
 }
 
 impl ProbeError {
-    /// True for a failure of gto's own resources, not of the endpoint.
+    /// True for a failure of gto's own resources, not of the endpoint (waiting for a free
+    /// exec slot included).
     pub fn is_local(&self) -> bool {
-        matches!(self, ProbeError::Local(_))
+        matches!(
+            self,
+            ProbeError::Local(_) | ProbeError::Timeout(Phase::Queued)
+        )
     }
 
     /// Stable metric label value.
@@ -76,6 +112,13 @@ impl ProbeError {
             ProbeError::Status(_) => "status",
             ProbeError::Timeout(_) => "timeout",
             ProbeError::Tls(_) => "tls",
+            ProbeError::Rcode { .. } => "rcode",
+            ProbeError::Answer(_) => "answer",
+            ProbeError::Dns(_) => "dns",
+            ProbeError::Icmp(_) => "icmp",
+            ProbeError::Exec(_) => "exec",
+            ProbeError::Exit { .. } => "exit",
+            ProbeError::Output(_) => "output",
         }
     }
 }
@@ -88,6 +131,8 @@ pub struct Prober {
     sources: crate::config::HealthSettings,
     /// Where the probe running now is, for a timeout's reason.
     phase: std::sync::atomic::AtomicU8,
+    /// At most `[health] exec_limit` exec checks at once.
+    exec_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Clone for Prober {
@@ -98,6 +143,7 @@ impl Clone for Prober {
             tls: self.tls.clone(),
             sources: self.sources.clone(),
             phase: std::sync::atomic::AtomicU8::new(0),
+            exec_slots: self.exec_slots.clone(),
         }
     }
 }
@@ -111,6 +157,27 @@ pub enum Phase {
     Tls,
     /// Waiting for the HTTP response (status, headers or body).
     Response,
+    /// Waiting for the DNS reply.
+    Answer,
+    /// Waiting for the ICMP echo reply.
+    Echo,
+    /// Waiting for a free exec slot (`[health] exec_limit`): gto's delay, not the
+    /// endpoint's.
+    Queued,
+    /// Waiting for the command to end.
+    Running,
+}
+
+impl Phase {
+    const ALL: [Phase; 7] = [
+        Phase::Connect,
+        Phase::Tls,
+        Phase::Response,
+        Phase::Answer,
+        Phase::Echo,
+        Phase::Queued,
+        Phase::Running,
+    ];
 }
 
 impl std::fmt::Display for Phase {
@@ -119,6 +186,10 @@ impl std::fmt::Display for Phase {
             Phase::Connect => "connecting",
             Phase::Tls => "in the TLS handshake",
             Phase::Response => "waiting for the HTTP response",
+            Phase::Answer => "waiting for the DNS reply",
+            Phase::Echo => "waiting for the echo reply",
+            Phase::Queued => "waiting for a free exec slot",
+            Phase::Running => "waiting for the command (killed)",
         })
     }
 }
@@ -145,7 +216,14 @@ impl Prober {
             tls,
             sources: crate::config::HealthSettings::default(),
             phase: std::sync::atomic::AtomicU8::new(0),
+            exec_slots: None,
         })
+    }
+
+    /// Exec checks wait for one of these slots (`[health] exec_limit`).
+    pub fn with_exec_slots(mut self, slots: Arc<tokio::sync::Semaphore>) -> Self {
+        self.exec_slots = Some(slots);
+        self
     }
 
     /// Probes from these source addresses (`[health] source`, `source6`).
@@ -166,8 +244,15 @@ impl Prober {
     /// certificate's expiry.
     pub async fn run(&self) -> Result<ProbeOutcome, ProbeError> {
         self.enter(Phase::Connect);
+        let enter = |phase| self.enter(phase);
         match &self.probe {
             Probe::None => Ok(ProbeOutcome::default()),
+            Probe::Dns(dns) => super::kinds::dns(dns, self.source_for(dns.target), &enter).await,
+            Probe::Icmp { target } => {
+                let source = self.source_for(std::net::SocketAddr::new(*target, 0));
+                super::kinds::icmp(*target, source, &enter).await
+            }
+            Probe::Exec(exec) => super::kinds::exec(exec, self.exec_slots.as_ref(), &enter).await,
             Probe::Tcp { target } => {
                 let stream = connect(*target, self.source_for(*target)).await?;
                 // Close with RST: no FIN exchange and no TIME_WAIT left behind per probe,
@@ -214,11 +299,11 @@ impl Prober {
 
     /// Where the last probe was (what a timeout interrupted).
     pub fn phase(&self) -> Phase {
-        match self.phase.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => Phase::Tls,
-            2 => Phase::Response,
-            _ => Phase::Connect,
-        }
+        let index = self.phase.load(std::sync::atomic::Ordering::Relaxed);
+        Phase::ALL
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(Phase::Connect)
     }
 
     async fn handshake(
@@ -235,7 +320,7 @@ impl Prober {
     }
 }
 
-async fn connect(
+pub(super) async fn connect(
     target: std::net::SocketAddr,
     source: Option<std::net::IpAddr>,
 ) -> Result<TcpStream, ProbeError> {
@@ -299,6 +384,22 @@ fn json_number(document: &serde_json::Value, path: &str) -> Option<f64> {
         .filter(|n| n.is_finite() && *n >= 0.0)
 }
 
+/// The load a JSON document (an HTTP body, a command's output) reports at `fields`; None
+/// when it is not JSON or lacks the sessions field.
+pub(super) fn load_from_json(
+    document: &[u8],
+    fields: &crate::config::LoadFields,
+) -> Option<LoadSample> {
+    let document: serde_json::Value = serde_json::from_slice(document).ok()?;
+    Some(LoadSample {
+        sessions: json_number(&document, &fields.sessions)?,
+        capacity: fields
+            .capacity
+            .as_deref()
+            .and_then(|path| json_number(&document, path)),
+    })
+}
+
 /// GET the path and judge status and body; read load from the body when asked to.
 async fn exchange<S>(stream: S, http: &HttpProbe) -> Result<Option<LoadSample>, ProbeError>
 where
@@ -333,17 +434,10 @@ where
         }
         let body = read_body(response.into_body(), http).await?;
         // A body without the load fields is still a healthy endpoint: its load is unknown.
-        let load = http.load_fields.as_ref().and_then(|fields| {
-            let document: serde_json::Value = serde_json::from_slice(&body).ok()?;
-            Some(LoadSample {
-                sessions: json_number(&document, &fields.sessions)?,
-                capacity: fields
-                    .capacity
-                    .as_deref()
-                    .and_then(|path| json_number(&document, path)),
-            })
-        });
-        Ok(load)
+        Ok(http
+            .load_fields
+            .as_ref()
+            .and_then(|fields| load_from_json(&body, fields)))
     }
     .await;
     connection.abort();

@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::probe::{CertExpiry, LoadSample, ProbeError, Prober};
-use crate::metrics::{PROBE_DURATION_SECONDS, PROBE_FAILURES_TOTAL, PROBE_UNKNOWN_TOTAL};
+use crate::metrics::{
+    CHECK_EXEC_KILLED_TOTAL, PROBE_DURATION_SECONDS, PROBE_FAILURES_TOTAL, PROBE_UNKNOWN_TOTAL,
+};
 
 /// Identifies a probe task within one monitor.
 pub type TargetId = u64;
@@ -111,7 +113,14 @@ pub async fn probe_loop(
         let (result, outcome) = match tokio::time::timeout(schedule.timeout, prober.run()).await {
             Ok(Ok(outcome)) => (Ok(()), outcome),
             Ok(Err(error)) => (Err(error), Default::default()),
-            Err(_) => (Err(ProbeError::Timeout(prober.phase())), Default::default()),
+            Err(_) => {
+                let phase = prober.phase();
+                if phase == super::probe::Phase::Running {
+                    // Dropping the probe killed its command's process group.
+                    metrics::counter!(CHECK_EXEC_KILLED_TOTAL, "reason" => "timeout").increment(1);
+                }
+                (Err(ProbeError::Timeout(phase)), Default::default())
+            }
         };
         drop(permit);
         let rtt = started.elapsed();

@@ -18,6 +18,7 @@ mod fleet;
 mod geo;
 mod health;
 
+mod kinds;
 mod knot;
 mod lifecycle;
 mod metrics;

@@ -63,9 +63,13 @@ pub(super) fn compile_pools(
                 );
             }
             let path = format!("{label}.member[{j}]");
-            if let Some(compiled) =
-                compile_member(raw_member, check.as_ref(), &path, base_dir, errors)
-            {
+            if let Some(compiled) = compile_member(
+                raw_member,
+                (name.get_ref(), check.as_ref()),
+                &path,
+                base_dir,
+                errors,
+            ) {
                 members.push(compiled);
             }
         }
@@ -186,9 +190,10 @@ pub(super) fn pool_label(name: &str, index: usize) -> String {
     }
 }
 
+/// One member; `pool`: its pool's name and check.
 pub(super) fn compile_member(
     raw: &Spanned<RawMember>,
-    pool_check: Option<&Spanned<RawCheck>>,
+    (pool_name, pool_check): (&str, Option<&Spanned<RawCheck>>),
     path: &str,
     base_dir: &Path,
     errors: &mut Collector<'_>,
@@ -236,7 +241,14 @@ pub(super) fn compile_member(
             }
         },
     };
-    let check = member_check(check.as_ref(), pool_check, path, &parsed, base_dir, errors);
+    let check = member_check(
+        check.as_ref(),
+        pool_check,
+        (path, (pool_name, name.get_ref())),
+        &parsed,
+        base_dir,
+        errors,
+    );
     // Kept even with problems (the config is not used then): later checks see the
     // member, so a mistake in it does not also bring false "unknown" errors elsewhere.
     Some(Member {
@@ -287,7 +299,7 @@ fn member_addresses(
 fn member_check(
     check: Option<&Spanned<RawCheck>>,
     pool_check: Option<&Spanned<RawCheck>>,
-    path: &str,
+    (path, names): (&str, (&str, &str)),
     parsed: &[IpAddr],
     base_dir: &Path,
     errors: &mut Collector<'_>,
@@ -327,6 +339,7 @@ fn member_check(
         at,
         &check_path,
         inherited,
+        names,
         parsed,
         base_dir,
         errors,

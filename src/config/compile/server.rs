@@ -288,7 +288,11 @@ pub(super) fn compile_health(raw: &RawConfig, errors: &mut Collector<'_>) -> Hea
     let Some(health) = &raw.health else {
         return HealthSettings::default();
     };
-    let RawHealth { source, source6 } = health.get_ref();
+    let RawHealth {
+        source,
+        source6,
+        exec_limit,
+    } = health.get_ref();
     let source = source.as_ref().and_then(|text| {
         text.get_ref()
             .parse()
@@ -313,5 +317,23 @@ pub(super) fn compile_health(raw: &RawConfig, errors: &mut Collector<'_>) -> Hea
             })
             .ok()
     });
-    HealthSettings { source, source6 }
+    let exec_limit = match exec_limit {
+        None => HealthSettings::DEFAULT_EXEC_LIMIT,
+        Some(limit) => usize::try_from(*limit.get_ref())
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .unwrap_or_else(|| {
+                errors.at(
+                    limit,
+                    "health.exec_limit",
+                    "must be between 1 and 1024 (exec checks running at once)",
+                );
+                HealthSettings::DEFAULT_EXEC_LIMIT
+            }),
+    };
+    HealthSettings {
+        source,
+        source6,
+        exec_limit,
+    }
 }

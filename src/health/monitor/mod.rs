@@ -76,6 +76,8 @@ pub fn spawn(
         checked: checked.clone(),
         next_id: 0,
         limit: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+        exec_slots: Arc::new(Semaphore::new(loaded.config.health.exec_limit)),
+        exec_limit: loaded.config.health.exec_limit,
         reports_tx,
         events,
         flips: flips.clone(),
@@ -142,6 +144,10 @@ struct Monitor {
     checked: Arc<AtomicUsize>,
     next_id: TargetId,
     limit: Arc<Semaphore>,
+    /// At most `[health] exec_limit` exec checks at once; resized on reload.
+    exec_slots: Arc<Semaphore>,
+    /// The limit `exec_slots` was sized for.
+    exec_limit: usize,
     reports_tx: mpsc::Sender<Report>,
     events: Option<mpsc::Sender<BuildEvent>>,
     flips: broadcast::Sender<Flip>,
@@ -201,6 +207,7 @@ impl Monitor {
             target.token.cancel();
         }
         self.limit.close();
+        self.exec_slots.close();
         // The last write always happens, whatever the gap since the one before.
         if let Some(sink) = self.state.take() {
             let file = self.state_file_now();

@@ -169,6 +169,14 @@ impl Monitor {
         loaded: &Loaded,
         wanted: HashMap<TargetKey, Vec<(EndpointKey, Which)>>,
     ) {
+        let exec_limit = loaded.config.health.exec_limit;
+        if exec_limit > self.exec_limit {
+            self.exec_slots.add_permits(exec_limit - self.exec_limit);
+            self.exec_limit = exec_limit;
+        } else if exec_limit < self.exec_limit {
+            // Only free slots can be taken away; those in use now, at the next reload.
+            self.exec_limit -= self.exec_slots.forget_permits(self.exec_limit - exec_limit);
+        }
         // Stop probes nobody needs any more; keep the rest running.
         let by_id = &mut self.by_id;
         self.targets.retain(|key, target| {
@@ -185,7 +193,9 @@ impl Monitor {
                 continue;
             }
             let prober = match Prober::new(key.probe.clone()) {
-                Ok(prober) => prober.with_sources(loaded.config.health.clone()),
+                Ok(prober) => prober
+                    .with_sources(loaded.config.health.clone())
+                    .with_exec_slots(self.exec_slots.clone()),
                 Err(error) => {
                     warn!(%error, members = keys.len(), first = %keys.first().map(|(k, _)| format!("{}/{}", k.pool, k.member)).unwrap_or_default(), "health check cannot run; endpoints keep their state");
                     continue;
