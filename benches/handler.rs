@@ -67,7 +67,7 @@ fn benches(c: &mut Criterion) {
         let bytes = query_bytes(name, qtype);
         // The input must produce an answer before it is worth timing.
         let answer = runtime
-            .block_on(answer_bytes(&handler, &bytes, src, Protocol::Udp))
+            .block_on(answer_bytes(&handler, &bytes, src, None, Protocol::Udp))
             .unwrap();
         assert_eq!(
             Message::from_vec(&answer).unwrap().queries.len(),
@@ -81,6 +81,7 @@ fn benches(c: &mut Criterion) {
                     &handler,
                     black_box(&bytes),
                     sources[next],
+                    None,
                     Protocol::Udp,
                 ))
             })
@@ -127,6 +128,53 @@ fn fast_path(c: &mut Criterion) {
                     &mut scratch,
                     &mut out,
                 )
+            })
+        });
+    }
+}
+
+/// The UDP fast path with dnstap on (every query logged, the writer thread writing to
+/// /dev/null) against off: what the worker adds per query is the copy of query and answer
+/// into the writer's queue (`Tap::exchange`).
+fn fast_path_dnstap(c: &mut Criterion) {
+    let text = format!(
+        "{}\n[dnstap]\nfile = \"/dev/null\"\n",
+        gto::config::EMBEDDED_CONFIG
+    );
+    let loaded = ConfigSource::EmbeddedEdited(text.into()).load().unwrap();
+    let builder = Builder::new(loaded);
+    let snapshot = builder.handle().load_full();
+    let tap = snapshot.dnstap.clone().expect("dnstap is on");
+    let mut scratch = gto::dns::fast::FastScratch::default();
+    let mut out = Vec::with_capacity(1232);
+    let sources = clients();
+    let mut next = 0usize;
+    let bytes = query_bytes("vpn.gto.example.com.", RecordType::A);
+    let server: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    for (label, on) in [("dnstap/off/gslb_a", false), ("dnstap/on/gslb_a", true)] {
+        c.bench_function(label, |b| {
+            b.iter(|| {
+                next = (next + 1) & 0xffff;
+                // As the worker: the clock is read only with dnstap on.
+                let received = on.then(std::time::SystemTime::now);
+                let reply = gto::dns::fast::respond(
+                    &snapshot,
+                    &snapshot.fast,
+                    black_box(&bytes),
+                    sources[next],
+                    &mut scratch,
+                    &mut out,
+                );
+                if let (Some(received), gto::dns::fast::Reply::Send(length)) = (received, reply) {
+                    tap.exchange(
+                        gto::dnstap::Transport::Udp,
+                        (SocketAddr::new(sources[next], 5300), Some(server)),
+                        &bytes,
+                        Some(&out[..length]),
+                        received,
+                    );
+                }
+                reply
             })
         });
     }
@@ -214,5 +262,11 @@ fn fast_path_signed(c: &mut Criterion) {
     }
 }
 
-criterion_group!(handler, benches, fast_path, fast_path_signed);
+criterion_group!(
+    handler,
+    benches,
+    fast_path,
+    fast_path_signed,
+    fast_path_dnstap
+);
 criterion_main!(handler);

@@ -303,6 +303,10 @@ impl App {
             let _ = task.await;
         }
         let result = self.dns.shutdown(SHUTDOWN_GRACE).await;
+        // Every answer is sent: the query log gets its last messages and its end.
+        if let Some(tap) = self.routing.load_full().dnstap.clone() {
+            tap.finish(Duration::from_secs(2)).await;
+        }
         let _ = self.builder_task.await;
         if let Some(admin) = self.admin {
             admin.shutdown().await;

@@ -65,6 +65,7 @@ pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod dnssec;
+pub mod dnstap;
 pub mod events;
 pub mod files;
 pub mod geo;

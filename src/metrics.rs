@@ -59,6 +59,10 @@ pub const CONFIG_RELOADS_TOTAL: &str = "gto_config_reloads_total";
 pub const PROBE_DURATION_SECONDS: &str = "gto_probe_duration_seconds";
 /// Failed probes, by `kind` and `reason`.
 pub const PROBE_FAILURES_TOTAL: &str = "gto_probe_failures_total";
+/// dnstap messages written.
+pub const DNSTAP_MESSAGES_TOTAL: &str = "gto_dnstap_messages_total";
+/// dnstap messages dropped, by `reason` (queue_full, no_output, write_error).
+pub const DNSTAP_DROPPED_TOTAL: &str = "gto_dnstap_dropped_total";
 /// Exec check commands killed, by `reason` (timeout, output).
 pub const CHECK_EXEC_KILLED_TOTAL: &str = "gto_check_exec_killed_total";
 /// Probes whose result is unknown because of a local failure (no file descriptor, no
@@ -269,6 +273,18 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Failed health probes, by kind and reason.",
+    ),
+    (
+        DNSTAP_MESSAGES_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "dnstap messages written.",
+    ),
+    (
+        DNSTAP_DROPPED_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "dnstap messages dropped, by reason (queue_full, no_output, write_error).",
     ),
     (
         CHECK_EXEC_KILLED_TOTAL,

@@ -57,6 +57,41 @@ pub struct Config {
     pub health: HealthSettings,
     /// `[[notify.webhook]]`: receivers of events.
     pub webhooks: Vec<Webhook>,
+    /// `[dnstap]`: the query log; None when off.
+    pub dnstap: Option<DnstapSettings>,
+}
+
+/// `[dnstap]`: queries and responses logged as dnstap messages in Frame Streams, to a
+/// reader's Unix socket or a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnstapSettings {
+    /// Where the frames go.
+    pub output: DnstapOutput,
+    /// Log AUTH_QUERY messages.
+    pub queries: bool,
+    /// Log AUTH_RESPONSE messages.
+    pub responses: bool,
+    /// Fraction of queries logged (0 < sample <= 1).
+    pub sample: f64,
+    /// Messages waiting for the writer at most; more are dropped and counted.
+    pub queue: usize,
+    /// Each message's `identity`.
+    pub identity: String,
+}
+
+impl DnstapSettings {
+    /// Default `queue`.
+    pub const DEFAULT_QUEUE: usize = 65_536;
+}
+
+/// Where dnstap frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnstapOutput {
+    /// A Frame Streams reader listening on this Unix socket (bidirectional handshake);
+    /// reconnected when it goes away.
+    Socket(std::path::PathBuf),
+    /// A Frame Streams file, written from its start (replaced at each start of the log).
+    File(std::path::PathBuf),
 }
 
 /// `[[notify.webhook]]`: events POSTed to a URL as JSON, signed with HMAC-SHA256.

@@ -20,6 +20,7 @@ pub(crate) struct RawConfig {
     pub(crate) cluster: Option<Spanned<RawCluster>>,
     pub(crate) health: Option<Spanned<RawHealth>>,
     pub(crate) notify: Option<Spanned<RawNotify>>,
+    pub(crate) dnstap: Option<Spanned<RawDnstap>>,
     #[serde(default)]
     pub(crate) zone: Vec<Spanned<RawZone>>,
     #[serde(default)]
@@ -216,6 +217,23 @@ pub(crate) struct RawWebhook {
     pub(crate) secret_file: Option<Spanned<String>>,
     pub(crate) ca_file: Option<Spanned<String>>,
     pub(crate) queue: Option<Spanned<i64>>,
+}
+
+/// `[dnstap]`: the query log in dnstap format.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawDnstap {
+    /// A Frame Streams reader's Unix socket.
+    pub(crate) socket: Option<Spanned<String>>,
+    /// A Frame Streams file, written from its start.
+    pub(crate) file: Option<Spanned<String>>,
+    /// "auth-query", "auth-response".
+    pub(crate) messages: Option<Spanned<Vec<String>>>,
+    /// Fraction of queries logged.
+    pub(crate) sample: Option<Spanned<f64>>,
+    /// Messages waiting at most.
+    pub(crate) queue: Option<Spanned<i64>>,
+    /// The `identity` of each message (default: `[server] identity`, else the host name).
+    pub(crate) identity: Option<Spanned<String>>,
 }
 
 /// `[health]`: settings of the probes as a whole.

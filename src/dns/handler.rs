@@ -567,7 +567,31 @@ impl ResponseHandler for Collect {
 /// Answers raw request bytes on the general path exactly as hickory-server's listener
 /// would: no answer to packets without a readable header or to responses (QR=1); FORMERR
 /// (no question, no EDNS) when the rest does not parse; otherwise the [`Handler`]'s answer.
+/// `server`: our address the query came to, for the dnstap log (when on).
 pub async fn answer_bytes(
+    handler: &Handler,
+    bytes: &[u8],
+    src: std::net::SocketAddr,
+    server: Option<std::net::SocketAddr>,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
+    let received = std::time::SystemTime::now();
+    let answer = answer_bytes_untapped(handler, bytes, src, protocol).await;
+    // Shorter than a header is not a DNS message (nor is what a socket shut for reading
+    // returns at shutdown): nothing to log.
+    if bytes.len() >= 12
+        && let Some(tap) = handler.routing.load().dnstap.as_deref()
+    {
+        let transport = match protocol {
+            Protocol::Tcp => crate::dnstap::Transport::Tcp,
+            _ => crate::dnstap::Transport::Udp,
+        };
+        tap.exchange(transport, (src, server), bytes, answer.as_deref(), received);
+    }
+    answer
+}
+
+async fn answer_bytes_untapped(
     handler: &Handler,
     bytes: &[u8],
     src: std::net::SocketAddr,

@@ -124,6 +124,7 @@ async fn connection(
     token: &CancellationToken,
 ) -> &'static str {
     let mut message = Vec::with_capacity(512);
+    let server = stream.local_addr().ok();
     for _ in 0..limits.max_queries {
         let mut length = [0u8; 2];
         let read = tokio::select! {
@@ -141,7 +142,8 @@ async fn connection(
             Ok(Err(_)) => return "closed",
             Ok(Ok(_)) => {}
         }
-        let Some(answer) = answer_bytes(handler, &message, peer, Protocol::Tcp).await else {
+        let Some(answer) = answer_bytes(handler, &message, peer, server, Protocol::Tcp).await
+        else {
             continue; // nothing to answer (no readable header, or a response)
         };
         let Ok(length) = u16::try_from(answer.len()) else {

@@ -266,13 +266,16 @@ async fn general(
 ) {
     let Some(reply) = reply else { return };
     let handler = Arc::new(handler);
+    let bound = reply.local_addr().ok();
     while let Some((query, source, local)) = queue.recv().await {
         let handler = handler.clone();
         let reply = reply.clone();
         tokio::spawn(async move {
             // A UDP send does not wait for the peer; it blocks only while the socket's send
             // buffer is full, which is brief.
-            if let Some(answer) = answer_bytes(&handler, &query, source, Protocol::Udp).await
+            let server = server_addr(bound, local);
+            if let Some(answer) =
+                answer_bytes(&handler, &query, source, server, Protocol::Udp).await
                 && let Err(error) = send_one(&reply, &answer, source, local)
             {
                 debug!(%error, %source, "could not send an answer");
@@ -306,6 +309,15 @@ fn send_one(
     )
     .map(drop)
     .map_err(std::io::Error::from)
+}
+
+/// Our address a query came to: the socket's, or on a wildcard socket the datagram's
+/// destination with the socket's port.
+fn server_addr(bound: Option<SocketAddr>, local: Option<LocalAddr>) -> Option<SocketAddr> {
+    match (bound, local) {
+        (Some(bound), Some(local)) => Some(SocketAddr::new(local.ip, bound.port())),
+        (bound, _) => bound,
+    }
 }
 
 /// Pre-registered counters a worker folds its local counts into after every batch.
@@ -433,6 +445,8 @@ fn worker(
         if count > 0 {
             // One snapshot for the whole batch.
             let snapshot = routing.load();
+            let tap = snapshot.dnstap.as_deref();
+            let read_at = tap.map(|_| std::time::SystemTime::now());
             for (i, &(len, address, truncated, local)) in received.iter().take(count).enumerate() {
                 let Some(source) = address.and_then(socket_addr) else {
                     continue;
@@ -450,6 +464,22 @@ fn worker(
                         &mut outputs[replies],
                     )
                 };
+                if let (Some(tap), Some(read_at)) = (tap, read_at)
+                    && fast != Reply::General
+                {
+                    let response = match fast {
+                        Reply::Send(length) => Some(&outputs[replies][..length]),
+                        _ => None,
+                    };
+                    let addresses = (source, server_addr(bound, local));
+                    tap.exchange(
+                        crate::dnstap::Transport::Udp,
+                        addresses,
+                        query,
+                        response,
+                        read_at,
+                    );
+                }
                 match fast {
                     Reply::Drop => {}
                     Reply::Send(length) => {
@@ -832,6 +862,7 @@ pub async fn serve_general(
     token: tokio_util::sync::CancellationToken,
 ) {
     let socket = Arc::new(socket);
+    let bound = socket.local_addr().ok();
     let slots = Arc::new(tokio::sync::Semaphore::new(GENERAL_IN_FLIGHT));
     let overload = metrics::counter!(DNS_BAD_QUERIES_TOTAL, "reason" => "overload");
     let mut buffer = vec![0u8; MAX_QUERY];
@@ -853,7 +884,7 @@ pub async fn serve_general(
         let query = buffer[..len].to_vec();
         let (handler, socket) = (handler.clone(), socket.clone());
         tokio::spawn(async move {
-            if let Some(answer) = answer_bytes(&handler, &query, source, Protocol::Udp).await
+            if let Some(answer) = answer_bytes(&handler, &query, source, bound, Protocol::Udp).await
                 && let Err(error) = socket.send_to(&answer, source).await
             {
                 debug!(%error, %source, "could not send an answer");

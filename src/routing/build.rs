@@ -161,6 +161,8 @@ pub struct Prepared {
     /// `[server] identity` as NSID bytes, and the CH TXT records that tell it.
     identity: Option<Arc<[u8]>>,
     chaos: Arc<[Record]>,
+    /// The dnstap log: kept from the preparation before while `[dnstap]` is unchanged.
+    pub(super) dnstap: Option<Arc<crate::dnstap::Tap>>,
 }
 
 /// Prepares the config-only part of snapshots.
@@ -209,6 +211,7 @@ pub(super) fn prepare_after(
             .as_ref()
             .map(|id| Arc::from(id.as_bytes())),
         chaos: chaos_records(config.server.identity.as_deref(), config.server.version).into(),
+        dnstap: dnstap_after(config.dnstap.as_ref(), previous),
     };
     // The fast path's tails come from the general lookup of a snapshot of this config.
     let reference = build_prepared(&prepared, loaded, states, 0);
@@ -358,7 +361,25 @@ pub fn build_prepared(
         rrl: prepared.rrl.clone(),
         identity: prepared.identity.clone(),
         chaos: prepared.chaos.clone(),
+        dnstap: prepared.dnstap.clone(),
     }
+}
+
+/// The dnstap log of a config: the previous one while its setting is the same (the
+/// stream goes on), else a new one (the old one ends when its last snapshot goes).
+fn dnstap_after(
+    settings: Option<&crate::config::DnstapSettings>,
+    previous: Option<&Prepared>,
+) -> Option<Arc<crate::dnstap::Tap>> {
+    let settings = settings?;
+    if let Some(tap) = previous.and_then(|p| p.dnstap.as_ref())
+        && tap.settings() == settings
+    {
+        return Some(tap.clone());
+    }
+    crate::dnstap::Tap::start(settings.clone())
+        .inspect_err(|error| tracing::error!(%error, "dnstap log cannot start"))
+        .ok()
 }
 
 /// `id.server.` and `hostname.bind.` (the identity) when an identity is configured, and

@@ -134,6 +134,9 @@ impl Builder {
         let started = Instant::now();
         let prepared = prepare(&loaded, &states);
         let handle = RoutingHandle::new(build_prepared(&prepared, &loaded, &states, 1));
+        if let Some(tap) = &prepared.dnstap {
+            tap.attach(&handle);
+        }
         record_build(1, started);
         let mut builder = Self {
             configs: watch::Sender::new(loaded.clone()),
@@ -146,6 +149,13 @@ impl Builder {
         };
         builder.report_selections();
         builder
+    }
+
+    /// Lets a new dnstap log name the endpoints of GSLB answers.
+    fn attach_dnstap(&self) {
+        if let Some(tap) = &self.prepared.dnstap {
+            tap.attach(&self.handle);
+        }
     }
 
     /// The handle the query path reads.
@@ -195,6 +205,7 @@ impl Builder {
                 self.states.retain_existing(&self.loaded);
                 self.states.add_counters(&self.loaded);
                 self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
+                self.attach_dnstap();
                 true
             }
             Change::SetDrained { key, drained } => {
@@ -210,6 +221,7 @@ impl Builder {
                 }
                 if due || keys_changed {
                     self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
+                    self.attach_dnstap();
                 }
                 due || keys_changed
             }

@@ -26,8 +26,25 @@ impl RoutingHandle {
         self.0.load_full()
     }
 
+    /// A handle that does not keep the table alive (for what the snapshots themselves
+    /// hold, such as the dnstap writer).
+    pub fn downgrade(&self) -> WeakRouting {
+        WeakRouting(Arc::downgrade(&self.0))
+    }
+
     /// Publishes a new snapshot. Only the builder calls this.
     pub(crate) fn store(&self, snapshot: Snapshot) {
         self.0.store(Arc::new(snapshot));
+    }
+}
+
+/// A [`RoutingHandle`] that does not keep the table alive.
+#[derive(Clone, Debug)]
+pub struct WeakRouting(std::sync::Weak<ArcSwap<Snapshot>>);
+
+impl WeakRouting {
+    /// The handle, while the table lives.
+    pub fn upgrade(&self) -> Option<RoutingHandle> {
+        self.0.upgrade().map(RoutingHandle)
     }
 }

@@ -38,7 +38,7 @@ pub use decorate::decorate;
 pub use gslb::{
     Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, Scratch, Selection, Signature,
 };
-pub use handle::RoutingHandle;
+pub use handle::{RoutingHandle, WeakRouting};
 pub use node::Node;
 pub use resign::status_json;
 pub use signing::{ZoneContent, ZoneSigning};

@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub fast: Arc<FastIndex>,
     /// Response rate limiting on UDP (shared by snapshots of one config); None when off.
     pub rrl: Option<Arc<RateLimiter>>,
+    /// The dnstap log (shared while `[dnstap]` is unchanged); None when off.
+    pub dnstap: Option<Arc<crate::dnstap::Tap>>,
 }
 
 /// What status and explain show of a GSLB name.

@@ -266,7 +266,7 @@ async fn differential(handler: &Handler, snapshot: &Snapshot) -> (usize, usize) 
                 })
             });
             total += usize::from(!in_lab);
-            let general = answer_bytes(handler, &query, src, Protocol::Udp).await;
+            let general = answer_bytes(handler, &query, src, None, Protocol::Udp).await;
             if let Reply::Send(len) =
                 respond(snapshot, &snapshot.fast, &query, ip, &mut scratch, &mut out)
             {
@@ -411,8 +411,8 @@ async fn slipped_answers_are_the_same_on_both_paths() {
         let src = SocketAddr::new(ip, 5300);
         for query in corpus() {
             // The first answer of a key may still be sent; this empties its bucket.
-            answer_bytes(&handler, &query, src, Protocol::Udp).await;
-            let general = answer_bytes(&handler, &query, src, Protocol::Udp).await;
+            answer_bytes(&handler, &query, src, None, Protocol::Udp).await;
+            let general = answer_bytes(&handler, &query, src, None, Protocol::Udp).await;
             let Reply::Send(len) = respond(
                 &snapshot,
                 &snapshot.fast,
@@ -499,7 +499,7 @@ mod mutations {
             let mut out = Vec::new();
             let fast = respond(snapshot, &snapshot.fast, &packet, ip, &mut scratch, &mut out);
             if let Reply::Send(len) = fast {
-                let general = runtime.block_on(answer_bytes(handler, &packet, SocketAddr::new(ip, 5300), Protocol::Udp));
+                let general = runtime.block_on(answer_bytes(handler, &packet, SocketAddr::new(ip, 5300), None, Protocol::Udp));
                 prop_assert_eq!(Some(out[..len].to_vec()), general, "packet {:?}", packet);
             }
         }

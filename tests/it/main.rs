@@ -11,6 +11,7 @@ mod authority;
 mod check;
 mod dns;
 mod dnssec;
+mod dnstap;
 mod edns;
 mod events;
 mod fast;

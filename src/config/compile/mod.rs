@@ -8,6 +8,7 @@ mod admin;
 
 pub(crate) use admin::DEFAULT_ADMIN_LISTEN;
 mod cluster;
+mod dnstap;
 mod pools;
 mod server;
 mod services;
@@ -43,7 +44,9 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
     let cluster = compile_cluster(&raw, base_dir, errors);
     let health = compile_health(&raw, errors);
     let webhooks = compile_webhooks(&raw, base_dir, errors);
+    let dnstap = dnstap::compile_dnstap(&raw, &server, base_dir, errors);
     Config {
+        dnstap,
         health,
         webhooks,
         server,
