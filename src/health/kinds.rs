@@ -1,6 +1,6 @@
 //! The probes that are not a TCP connect, an HTTP(S) request or a TLS handshake: a DNS
-//! question ([`dns`]), an ICMP echo over an unprivileged ping socket ([`icmp`]) and an
-//! external command ([`exec`], as gdnsd's `extmon`). [`super::probe::Prober`] runs them;
+//! question (`dns`), an ICMP echo over an unprivileged ping socket (`icmp`) and an
+//! external command (`exec`, as gdnsd's `extmon`). [`super::probe::Prober`] runs them;
 //! the scheduler applies the timeout (dropping a probe kills its command).
 //!
 //! DNS messages are built and read with hickory-proto; nothing here parses DNS by hand.
