@@ -1,6 +1,7 @@
 //! Command line: `gto` (embedded default), `gto run --config FILE`, `gto check --config FILE`,
 //! `gto reload --config FILE [--pid PID]`, `gto replace --config FILE [--pid PID]`.
 
+pub mod ctl;
 pub mod dnssec;
 mod exit;
 mod reload;
@@ -119,6 +120,9 @@ pub enum Command {
         #[arg(long)]
         pid: Option<i32>,
     },
+    /// The running server, from the command line: status, drain, undrain, explain,
+    /// reload, events, check-fleet (its admin API; see gto-ctl(1) for the exit codes).
+    Ctl(ctl::Ctl),
     /// DNSSEC key management: make keys, print the DS for the parent, show key states,
     /// start a rollover.
     #[command(subcommand)]

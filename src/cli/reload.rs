@@ -75,7 +75,7 @@ pub(super) fn reload(config: &Path, pid: Option<i32>) -> ExitCode {
 /// Where the running server's admin API is, and its token, from the config file.
 pub(super) struct Target {
     pub(super) admin: SocketAddr,
-    token: Option<String>,
+    pub(super) token: Option<String>,
 }
 
 impl Target {
@@ -182,7 +182,7 @@ fn hang_up(pid: i32) -> Result<(), String> {
 
 /// `last_reload` of `GET /v1/status`.
 async fn last_reload(target: &Target) -> Result<Option<Outcome>, String> {
-    let (status, body) = request(target.admin, "GET", "/v1/status", None).await?;
+    let (status, body) = request(target.admin, "GET", "/v1/status", None, None).await?;
     if status != 200 {
         return Err(format!("GET /v1/status answered {status}"));
     }
@@ -205,7 +205,7 @@ async fn by_request(target: &Target) -> Result<Outcome, String> {
                 .into(),
         );
     };
-    let (status, body) = request(target.admin, "POST", "/v1/reload", Some(token)).await?;
+    let (status, body) = request(target.admin, "POST", "/v1/reload", Some(token), None).await?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| format!("POST /v1/reload answered {status}: {e}"))?;
     match status {
@@ -252,6 +252,7 @@ pub(super) async fn request(
     method: &str,
     path: &str,
     token: Option<&str>,
+    body: Option<Vec<u8>>,
 ) -> Result<(u16, Bytes), String> {
     let unreachable = |e: &dyn std::fmt::Display| format!("admin API at {admin}: {e}");
     let exchange = async {
@@ -270,8 +271,11 @@ pub(super) async fn request(
         if let Some(token) = token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        if body.is_some() {
+            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
         let request = builder
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
             .map_err(|e| unreachable(&e))?;
         let response = sender
             .send_request(request)

@@ -111,7 +111,7 @@ pub(super) fn replace(config: &Path, pid: Option<i32>) -> ExitCode {
 
 /// `GET /v1/status` as JSON.
 async fn status(target: &Target) -> Result<serde_json::Value, String> {
-    let (code, body) = request(target.admin, "GET", "/v1/status", None).await?;
+    let (code, body) = request(target.admin, "GET", "/v1/status", None, None).await?;
     if code != 200 {
         return Err(format!("GET /v1/status answered {code}"));
     }

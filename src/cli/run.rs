@@ -36,6 +36,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Some(Command::Reload { config, pid }) => super::reload::reload(&config, pid),
         Some(Command::Replace { config, pid }) => super::replace::replace(&config, pid),
         Some(Command::Probe { config }) => probe(ConfigSource::File(config)),
+        Some(Command::Ctl(ctl)) => super::ctl::ctl(ctl),
         Some(Command::Dnssec(command)) => super::dnssec::run(command),
         Some(Command::Assets { dir }) => match super::write_assets(&dir) {
             Ok(()) => ExitCode::SUCCESS,

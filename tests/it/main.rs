@@ -9,6 +9,7 @@
 mod admin;
 mod authority;
 mod check;
+mod ctl;
 mod dns;
 mod dnssec;
 mod dnstap;

@@ -122,6 +122,7 @@ fn the_package_holds_what_a_dns_server_package_should_and_passes_lintian() {
         "./usr/share/man/man1/gto-dnssec.1.gz",
         "./usr/share/man/man1/gto-reload.1.gz",
         "./usr/share/man/man1/gto-replace.1.gz",
+        "./usr/share/man/man1/gto-ctl.1.gz",
         "./usr/share/man/man5/gto.toml.5.gz",
         "./usr/share/bash-completion/completions/gto",
         "./usr/share/zsh/vendor-completions/_gto",
