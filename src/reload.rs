@@ -140,6 +140,11 @@ impl Reloader {
         result
     }
 
+    /// The config being served (waits for a reload under way).
+    pub async fn running(&self) -> Arc<Loaded> {
+        self.0.running.lock().await.clone()
+    }
+
     /// Digest of the config and zone files being served (see [`Loaded::digest`]).
     pub fn digest(&self) -> Arc<String> {
         self.0.digest.load_full()

@@ -116,6 +116,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/status", get(routes::status))
         .route("/v1/events", get(routes::events))
         .route("/v1/explain", get(routes::explain))
+        .route("/v1/drain", post(routes::drain_selected))
+        .route("/v1/undrain", post(routes::undrain_selected))
         .route("/v1/members/{pool}/{member}/drain", post(routes::drain))
         .route("/v1/members/{pool}/{member}/undrain", post(routes::undrain))
         .route("/v1/members/{pool}/{member}/load", put(routes::load))

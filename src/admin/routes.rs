@@ -40,6 +40,9 @@ struct EndpointView {
     /// The reason given with the drain.
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_reason: Option<String>,
+    /// A maintenance window not yet begun: its start, end, who and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<serde_json::Value>,
     load: Option<LoadView>,
     /// Smoothed load as ranking sees it (None: unknown or stale).
     load_smoothed: Option<f64>,
@@ -107,6 +110,14 @@ fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
         drained_until: status.drain.and_then(|d| d.until).map(rfc3339),
         drained_by: status.drain.and(status.drain_note.by.clone()),
         drain_reason: status.drain.and(status.drain_note.reason.clone()),
+        window: status.window.as_ref().map(|w| {
+            json!({
+                "from": rfc3339(w.from),
+                "until": w.until.map(rfc3339),
+                "by": w.note.by,
+                "reason": w.note.reason,
+            })
+        }),
         load: status.load.map(|l| LoadView {
             sessions: l.sessions,
             capacity: l.capacity,
@@ -486,17 +497,41 @@ fn audit(
     until: Option<SystemTime>,
     reason: Option<&str>,
 ) {
+    audit_with(state, caller, action, target, (None, until), reason);
+}
+
+/// The audit record of a drain, with its start when it is a maintenance window.
+fn audit_drain(
+    state: &AdminState,
+    caller: &Caller,
+    target: &str,
+    times: (Option<SystemTime>, Option<SystemTime>),
+    reason: Option<&str>,
+) {
+    audit_with(state, caller, "drain", target, times, reason);
+}
+
+fn audit_with(
+    state: &AdminState,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    (from, until): (Option<SystemTime>, Option<SystemTime>),
+    reason: Option<&str>,
+) {
     let until = until.map(rfc3339);
+    let from = from.map(rfc3339);
     tracing::info!(
         token = %caller.token,
         caller = %caller.source,
         action = %action,
         target = %target,
+        at = from.as_deref(),
         until = until.as_deref(),
         reason,
         "{action} requested through the admin API"
     );
-    let record = json!({
+    let mut record = json!({
         "token": caller.token,
         "source": caller.source,
         "action": action,
@@ -504,6 +539,9 @@ fn audit(
         "until": until,
         "reason": reason,
     });
+    if let Some(from) = from {
+        record["at"] = json!(from);
+    }
     if let Some(path) = &state.settings.load().audit_file {
         append_audit(path, &record);
     }
@@ -534,13 +572,103 @@ fn append_audit(path: &std::path::Path, record: &serde_json::Value) {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DrainBody {
+    /// RFC 3339 time at which the drain starts (a maintenance window); default now.
+    at: Option<String>,
     /// RFC 3339 time at which the drain ends by itself.
     until: Option<String>,
-    /// Duration after which the drain ends by itself ("30m").
+    /// Duration after which the drain ends by itself ("30m"), from `at` when given.
     #[serde(rename = "for")]
     duration: Option<String>,
     /// Why, for the audit trail (at most 200 bytes).
     reason: Option<String>,
+}
+
+/// A drain of several endpoints at once: those of a pool, a site or a region (or named
+/// ones), with the fields of a one-member drain.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectorBody {
+    pool: Option<String>,
+    site: Option<String>,
+    region: Option<String>,
+    /// `POOL/MEMBER` names.
+    members: Option<Vec<String>>,
+    at: Option<String>,
+    until: Option<String>,
+    #[serde(rename = "for")]
+    duration: Option<String>,
+    reason: Option<String>,
+}
+
+/// When a drain starts (None: now) and ends, checked against `[admin] max_drain`.
+fn drain_times(
+    at: Option<&str>,
+    until: Option<&str>,
+    duration: Option<&str>,
+    max_drain: std::time::Duration,
+) -> Result<(Option<SystemTime>, Option<SystemTime>), ApiError> {
+    let now = SystemTime::now();
+    let too_far = || {
+        ApiError::BadRequest(format!(
+            "a drain may start and end at most {} ahead ([admin] max_drain); undrain by hand \
+             for longer",
+            humantime::format_duration(max_drain)
+        ))
+    };
+    let beyond = |t: SystemTime| t.duration_since(now).is_ok_and(|d| d > max_drain);
+    let from = match at {
+        None => None,
+        Some(at) => {
+            let from = humantime::parse_rfc3339_weak(at)
+                .map_err(|e| ApiError::BadRequest(format!("at {at:?}: {e}")))?;
+            if beyond(from) {
+                return Err(too_far());
+            }
+            // A start already past is now.
+            (from > now).then_some(from)
+        }
+    };
+    let start = from.unwrap_or(now);
+    let until = match (until, duration) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give `until` or `for`, not both".into(),
+            ));
+        }
+        (Some(until), None) => Some(
+            humantime::parse_rfc3339_weak(until)
+                .map_err(|e| ApiError::BadRequest(format!("until {until:?}: {e}")))?,
+        ),
+        (None, Some(duration)) => {
+            let duration = humantime::parse_duration(duration)
+                .map_err(|e| ApiError::BadRequest(format!("for {duration:?}: {e}")))?;
+            if duration > max_drain {
+                return Err(too_far());
+            }
+            Some(start.checked_add(duration).ok_or_else(too_far)?)
+        }
+        (None, None) => None,
+    };
+    if until.is_some_and(|u| u <= start) {
+        return Err(ApiError::BadRequest(if from.is_some() {
+            "`until` is not after `at`".into()
+        } else {
+            "`until` is in the past".into()
+        }));
+    }
+    if until.is_some_and(beyond) {
+        return Err(too_far());
+    }
+    Ok((from, until))
+}
+
+fn check_reason(reason: Option<&str>) -> Result<(), ApiError> {
+    if reason.is_some_and(|r| r.len() > 200) {
+        return Err(ApiError::BadRequest(
+            "`reason` may be at most 200 bytes".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What every write to one member starts with: the caller authorized, the endpoint the
@@ -588,57 +716,44 @@ pub(super) async fn drain(
         (pool, member),
         &body,
     )?;
-    let now = SystemTime::now();
     let max_drain = state.settings.load().max_drain;
-    let too_far = || {
-        ApiError::BadRequest(format!(
-            "a drain may last at most {} ([admin] max_drain); undrain by hand for longer",
-            humantime::format_duration(max_drain)
-        ))
-    };
-    let until = match (body.until, body.duration) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest(
-                "give `until` or `for`, not both".into(),
-            ));
-        }
-        (Some(until), None) => Some(
-            humantime::parse_rfc3339_weak(&until)
-                .map_err(|e| ApiError::BadRequest(format!("until {until:?}: {e}")))?,
-        ),
-        (None, Some(duration)) => {
-            let duration = humantime::parse_duration(&duration)
-                .map_err(|e| ApiError::BadRequest(format!("for {duration:?}: {e}")))?;
-            if duration > max_drain {
-                return Err(too_far());
-            }
-            Some(now.checked_add(duration).ok_or_else(too_far)?)
-        }
-        (None, None) => None,
-    };
-    if until.is_some_and(|u| u <= now) {
-        return Err(ApiError::BadRequest("`until` is in the past".into()));
-    }
-    if until.is_some_and(|u| u.duration_since(now).map_or(true, |d| d > max_drain)) {
-        return Err(too_far());
-    }
-    if body.reason.as_ref().is_some_and(|r| r.len() > 200) {
-        return Err(ApiError::BadRequest(
-            "`reason` may be at most 200 bytes".into(),
-        ));
-    }
-    audit(
+    let (from, until) = drain_times(
+        body.at.as_deref(),
+        body.until.as_deref(),
+        body.duration.as_deref(),
+        max_drain,
+    )?;
+    check_reason(body.reason.as_deref())?;
+    audit_drain(
         &state,
         &caller,
-        "drain",
         &format!("{}/{}", key.pool, key.member),
-        until,
+        (from, until),
         body.reason.as_deref(),
     );
     let note = crate::health::DrainNote {
         by: Some(format!("{}@{}", caller.token, caller.source)),
         reason: body.reason.clone(),
     };
+    if from.is_some() {
+        // A maintenance window: the way of several endpoints, with one.
+        let planned = crate::health::Planned { from, until, note };
+        let keys = vec![key];
+        if let Some(fleet) = &state.fleet {
+            known(&state, &keys[0]).await?;
+            fleet.drain_many(&keys, Some(&planned)).await?;
+        }
+        let changed = state.health.drain_set(keys, Some(planned)).await?;
+        let status = crate::health::Changed {
+            status: changed
+                .statuses
+                .into_iter()
+                .next()
+                .ok_or(ApiError::ShuttingDown)?,
+            not_saved: changed.not_saved,
+        };
+        return Ok(member_json(&state, &status));
+    }
     if let Some(fleet) = &state.fleet {
         // The fleet first: a drain the fleet did not take is applied nowhere.
         known(&state, &key).await?;
@@ -646,6 +761,187 @@ pub(super) async fn drain(
     }
     let status = state.health.drain(key, until, note).await?;
     Ok(member_json(&state, &status))
+}
+
+/// The endpoints a selector names, in config order: every member of `pool`, of `site`,
+/// of `region`, or the named `POOL/MEMBER`s; at least one selector, each matching.
+async fn selected(
+    state: &AdminState,
+    body: &SelectorBody,
+) -> Result<(Vec<EndpointKey>, String), ApiError> {
+    let loaded = state.reloader.running().await;
+    let config = &loaded.config;
+    let given = [
+        body.pool.is_some(),
+        body.site.is_some(),
+        body.region.is_some(),
+        body.members.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ApiError::BadRequest(
+            "name one of `pool`, `site`, `region` or `members`".into(),
+        ));
+    }
+    let all = config
+        .pools
+        .iter()
+        .flat_map(|pool| pool.members.iter().map(move |member| (pool, member)));
+    let (keys, target): (Vec<EndpointKey>, String) = if let Some(names) = &body.members {
+        let mut keys = Vec::new();
+        for name in names {
+            let Some((pool, member)) = name.split_once('/') else {
+                return Err(ApiError::BadRequest(format!(
+                    "members: {name:?} is not POOL/MEMBER"
+                )));
+            };
+            if !all.clone().any(|(p, m)| p.name == pool && m.name == member) {
+                return Err(StateError::NotFound(pool.into(), member.into()).into());
+            }
+            keys.push(EndpointKey {
+                pool: pool.into(),
+                member: member.into(),
+            });
+        }
+        (keys, names.join(","))
+    } else {
+        let (label, wanted, matches): (&str, &String, &MemberFilter<'_>) =
+            match (&body.pool, &body.site, &body.region) {
+                (Some(pool), _, _) => ("pool", pool, &|p, _| p.name == *pool),
+                (_, Some(site), _) => ("site", site, &|_, m| m.site.as_ref() == Some(site)),
+                (_, _, Some(region)) => ("region", region, &|_, m| {
+                    m.location.as_ref().and_then(|l| l.region.as_ref()) == Some(region)
+                }),
+                _ => unreachable_selector()?,
+            };
+        let keys: Vec<EndpointKey> = all
+            .filter(|(p, m)| matches(p, m))
+            .map(|(p, m)| EndpointKey {
+                pool: p.name.clone(),
+                member: m.name.clone(),
+            })
+            .collect();
+        if keys.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no member has {label} {wanted:?}"
+            )));
+        }
+        (keys, format!("{label}={wanted}"))
+    };
+    Ok((keys, target))
+}
+
+/// Whether a member of a pool is selected.
+type MemberFilter<'a> = dyn Fn(&crate::config::Pool, &crate::config::Member) -> bool + 'a;
+
+/// `selected` checks that exactly one selector is given.
+fn unreachable_selector<T>() -> Result<T, ApiError> {
+    Err(ApiError::BadRequest(
+        "name one of `pool`, `site`, `region` or `members`".into(),
+    ))
+}
+
+/// `POST /v1/drain`: drains every member of a pool, a site or a region (or named
+/// members) at once, now or at `at` (a maintenance window): one fleet write, one rebuild.
+pub(super) async fn drain_selected(
+    State(state): State<AdminState>,
+    peer: Option<axum::Extension<super::Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: SelectorBody = parse_body(&body)?;
+    let caller = authorize(
+        &state,
+        &headers,
+        peer.as_ref(),
+        crate::config::Role::Operate,
+        "drain",
+        "selection",
+    )?;
+    let (keys, target) = selected(&state, &body).await?;
+    let max_drain = state.settings.load().max_drain;
+    let (from, until) = drain_times(
+        body.at.as_deref(),
+        body.until.as_deref(),
+        body.duration.as_deref(),
+        max_drain,
+    )?;
+    check_reason(body.reason.as_deref())?;
+    audit_drain(
+        &state,
+        &caller,
+        &target,
+        (from, until),
+        body.reason.as_deref(),
+    );
+    let planned = crate::health::Planned {
+        from,
+        until,
+        note: crate::health::DrainNote {
+            by: Some(format!("{}@{}", caller.token, caller.source)),
+            reason: body.reason.clone(),
+        },
+    };
+    if let Some(fleet) = &state.fleet {
+        fleet.drain_many(&keys, Some(&planned)).await?;
+    }
+    let changed = state.health.drain_set(keys, Some(planned)).await?;
+    Ok(members_json(&state, &changed))
+}
+
+/// `POST /v1/undrain`: ends the drains (and cancels the windows) of a selection.
+pub(super) async fn undrain_selected(
+    State(state): State<AdminState>,
+    peer: Option<axum::Extension<super::Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: SelectorBody = parse_body(&body)?;
+    if body.at.is_some() || body.until.is_some() || body.duration.is_some() {
+        return Err(ApiError::BadRequest(
+            "an undrain takes a selection only (`at`, `until` and `for` are a drain's)".into(),
+        ));
+    }
+    let caller = authorize(
+        &state,
+        &headers,
+        peer.as_ref(),
+        crate::config::Role::Operate,
+        "undrain",
+        "selection",
+    )?;
+    let (keys, target) = selected(&state, &body).await?;
+    audit(
+        &state,
+        &caller,
+        "undrain",
+        &target,
+        None,
+        body.reason.as_deref(),
+    );
+    if let Some(fleet) = &state.fleet {
+        fleet.drain_many(&keys, None).await?;
+    }
+    let changed = state.health.drain_set(keys, None).await?;
+    Ok(members_json(&state, &changed))
+}
+
+fn members_json(
+    state: &AdminState,
+    changed: &crate::health::ChangedMany,
+) -> Json<serde_json::Value> {
+    let snapshot = state.routing.load();
+    let endpoints: Vec<_> = changed
+        .statuses
+        .iter()
+        .map(|status| view(status, addresses_of(&snapshot, &status.key)))
+        .collect();
+    let mut reply = json!({ "generation": snapshot.generation, "endpoints": endpoints });
+    if let Some(error) = &changed.not_saved {
+        reply["warning"] = json!(format!(
+            "applied, but not saved to the state file ({error}); a restart would lose it"
+        ));
+    }
+    Json(reply)
 }
 
 /// Fails with 404 unless `key` is an endpoint of the running config.

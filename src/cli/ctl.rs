@@ -64,13 +64,20 @@ pub enum CtlCommand {
     /// Every endpoint: pool, member, health, drain (until, by whom, why), load, last error;
     /// and the fleet when there is one.
     Status,
-    /// Take a member out of new answers (fleet-wide with [cluster]).
+    /// Take a member (or every member of a site, region or pool) out of new answers, now
+    /// or from --at (a maintenance window); fleet-wide with [cluster].
     Drain {
-        /// The pool.
-        pool: String,
+        /// The member's pool (with MEMBER).
+        pool: Option<String>,
         /// The member.
-        member: String,
-        /// End the drain after this long ("30m", "2h").
+        member: Option<String>,
+        /// Every member of a site, region or pool instead of one.
+        #[command(flatten)]
+        selection: Selection,
+        /// Start the drain at this time (RFC 3339): a maintenance window.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// End the drain after this long ("30m", "2h"; from --at when given).
         #[arg(long = "for", value_name = "DURATION", conflicts_with = "until")]
         duration: Option<String>,
         /// End the drain at this time (RFC 3339, "2026-12-06T18:00:00Z").
@@ -80,12 +87,15 @@ pub enum CtlCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// End a member's drain.
+    /// End a member's drain (or those of a site, region or pool), and cancel windows.
     Undrain {
-        /// The pool.
-        pool: String,
+        /// The member's pool (with MEMBER).
+        pool: Option<String>,
         /// The member.
-        member: String,
+        member: Option<String>,
+        /// Every member of a site, region or pool instead of one.
+        #[command(flatten)]
+        selection: Selection,
     },
     /// The answer CLIENT gets for NAME now, and why.
     Explain {
@@ -111,6 +121,56 @@ pub enum CtlCommand {
     CheckFleet,
 }
 
+/// Every member of a site, a region or a pool, instead of one member.
+#[derive(Debug, Args)]
+pub struct Selection {
+    /// Every member with this `site`.
+    #[arg(long, conflicts_with_all = ["region", "all_of_pool"])]
+    site: Option<String>,
+    /// Every member whose location has this region.
+    #[arg(long, conflicts_with_all = ["site", "all_of_pool"])]
+    region: Option<String>,
+    /// Every member of this pool.
+    #[arg(long = "pool", id = "all_of_pool", value_name = "POOL")]
+    all_of_pool: Option<String>,
+}
+
+impl Selection {
+    /// The selector's field and value, when one is given.
+    fn selector(&self) -> Option<(&'static str, &str)> {
+        match (&self.site, &self.region, &self.all_of_pool) {
+            (Some(site), _, _) => Some(("site", site)),
+            (_, Some(region), _) => Some(("region", region)),
+            (_, _, Some(pool)) => Some(("pool", pool)),
+            _ => None,
+        }
+    }
+}
+
+/// The API path and body of a drain or undrain: one member's, or a selection's.
+fn target_of(
+    action: &str,
+    pool: Option<&String>,
+    member: Option<&String>,
+    selection: &Selection,
+) -> Result<(String, serde_json::Map<String, serde_json::Value>), Failure> {
+    match (pool, member, selection.selector()) {
+        (Some(pool), Some(member), None) => Ok((
+            format!("/v1/members/{}/{}/{action}", segment(pool), segment(member)),
+            serde_json::Map::new(),
+        )),
+        (None, None, Some((field, value))) => {
+            let mut body = serde_json::Map::new();
+            body.insert(field.into(), value.into());
+            Ok((format!("/v1/{action}"), body))
+        }
+        _ => Err(Failure::Usage(format!(
+            "give POOL MEMBER, or one of --site, --region, --pool: gto ctl {action} sma fra-1 \
+             | gto ctl {action} --site fra"
+        ))),
+    }
+}
+
 /// Runs `gto ctl`.
 pub(super) fn ctl(ctl: Ctl) -> ExitCode {
     block_on(async move {
@@ -121,6 +181,10 @@ pub(super) fn ctl(ctl: Ctl) -> ExitCode {
         match run(&ctl, &target).await {
             Ok(code) => code,
             Err(Failure::Unreachable(message)) => unavailable(&message),
+            Err(Failure::Usage(message)) => {
+                let _ = writeln!(std::io::stderr(), "Error: {message}");
+                ExitCode::from(2)
+            }
             Err(Failure::Refused(status, message)) => {
                 let _ = writeln!(std::io::stderr(), "Error: {message}");
                 ExitCode::from(if status == 401 || status == 403 {
@@ -139,6 +203,8 @@ enum Failure {
     Unreachable(String),
     /// The server answered with an error status and this reason.
     Refused(u16, String),
+    /// The command line does not say what to do (2).
+    Usage(String),
 }
 
 /// Where the server is and its token, from the flags, the environment and the config.
@@ -226,38 +292,51 @@ async fn run(ctl: &Ctl, target: &Target) -> Result<ExitCode, Failure> {
         CtlCommand::Drain {
             pool,
             member,
+            selection,
+            at,
             duration,
             until,
             reason,
         } => {
-            let mut body = serde_json::Map::new();
-            for (field, value) in [("for", duration), ("until", until), ("reason", reason)] {
+            let (path, mut body) = target_of("drain", pool.as_ref(), member.as_ref(), selection)?;
+            for (field, value) in [
+                ("at", at),
+                ("for", duration),
+                ("until", until),
+                ("reason", reason),
+            ] {
                 if let Some(value) = value {
                     body.insert(field.into(), value.clone().into());
                 }
             }
-            let path = format!("/v1/members/{}/{}/drain", segment(pool), segment(member));
             let answer = call(target, "POST", &path, Some(body.into())).await?;
             if ctl.json {
                 json(&answer);
             } else {
-                out(&format!(
-                    "{pool}/{member} drained{}",
-                    answer["endpoint"]["drained_until"]
-                        .as_str()
-                        .map(|u| format!(" until {u}"))
-                        .unwrap_or_default()
-                ));
+                for endpoint in endpoints(&answer) {
+                    out(&drain_line(endpoint));
+                }
                 warning(&answer);
             }
         }
-        CtlCommand::Undrain { pool, member } => {
-            let path = format!("/v1/members/{}/{}/undrain", segment(pool), segment(member));
-            let answer = call(target, "POST", &path, None).await?;
+        CtlCommand::Undrain {
+            pool,
+            member,
+            selection,
+        } => {
+            let (path, body) = target_of("undrain", pool.as_ref(), member.as_ref(), selection)?;
+            let body = (!body.is_empty()).then(|| body.into());
+            let answer = call(target, "POST", &path, body).await?;
             if ctl.json {
                 json(&answer);
             } else {
-                out(&format!("{pool}/{member} undrained"));
+                for endpoint in endpoints(&answer) {
+                    out(&format!(
+                        "{}/{} undrained",
+                        cell(&endpoint["pool"]),
+                        cell(&endpoint["member"])
+                    ));
+                }
                 warning(&answer);
             }
         }
@@ -361,6 +440,35 @@ fn strings(value: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The endpoints a drain or undrain answered with: one (`endpoint`) or several.
+fn endpoints(answer: &serde_json::Value) -> Vec<&serde_json::Value> {
+    match answer["endpoints"].as_array() {
+        Some(all) => all.iter().collect(),
+        None => vec![&answer["endpoint"]],
+    }
+}
+
+/// `POOL/MEMBER drained [until T]`, or `... drain scheduled from T [until U]`.
+fn drain_line(endpoint: &serde_json::Value) -> String {
+    let name = format!("{}/{}", cell(&endpoint["pool"]), cell(&endpoint["member"]));
+    if let Some(window) = endpoint["window"].as_object() {
+        let until = window
+            .get("until")
+            .and_then(|u| u.as_str())
+            .map(|u| format!(" until {u}"))
+            .unwrap_or_default();
+        return format!(
+            "{name} drain scheduled from {}{until}",
+            window.get("from").map(cell).unwrap_or_default()
+        );
+    }
+    let until = endpoint["drained_until"]
+        .as_str()
+        .map(|u| format!(" until {u}"))
+        .unwrap_or_default();
+    format!("{name} drained{until}")
 }
 
 /// A change applied but not saved (the state file could not be written).

@@ -26,8 +26,65 @@ impl Fleet {
             by: self.0.instance.clone(),
             caller: note.by.clone(),
             reason: note.reason.clone(),
+            from: None,
         };
         self.write_drain(key, Some(value), until).await
+    }
+
+    /// Drains (or, with None, undrains) several endpoints fleet-wide in one write (one
+    /// store revision): a site, a region, a pool, a maintenance window (`from` later
+    /// than now: every instance begins it then). Refused while the store is unreachable.
+    pub async fn drain_many(
+        &self,
+        keys: &[EndpointKey],
+        planned: Option<&crate::health::Planned>,
+    ) -> Result<(), ClusterError> {
+        if !self.is_connected() {
+            return Err(ClusterError::Unavailable(
+                "not connected; drains are shared by the fleet, so none is changed until the \
+                 store is back"
+                    .into(),
+            ));
+        }
+        let inner = &self.0;
+        let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        loop {
+            let attempt = async {
+                let Some(planned) = planned else {
+                    let paths = keys.iter().map(|key| self.key_of("drain", key)).collect();
+                    return inner.engine.delete_many(paths).await;
+                };
+                let value = DrainValue {
+                    since: unix(SystemTime::now()),
+                    until: planned.until.map(unix),
+                    by: inner.instance.clone(),
+                    caller: planned.note.by.clone(),
+                    reason: planned.note.reason.clone(),
+                    from: planned.from.map(unix),
+                };
+                let bytes = serde_json::to_vec(&value).unwrap_or_default();
+                // Drains with an end live on a lease that ends with them.
+                let lease = match planned
+                    .until
+                    .and_then(|u| u.duration_since(SystemTime::now()).ok())
+                {
+                    Some(left) => Some(inner.engine.grant(left + Duration::from_secs(1)).await?),
+                    None => None,
+                };
+                let entries = keys
+                    .iter()
+                    .map(|key| (self.key_of("drain", key), bytes.clone()))
+                    .collect();
+                inner.engine.put_many(entries, lease).await
+            };
+            match attempt.await {
+                Err(ClusterError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                    debug!(%why, "drains not written yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Ends a drain fleet-wide.
@@ -111,7 +168,9 @@ impl Fleet {
             );
             return None;
         }
-        if value.until.is_some_and(|until| until > latest) {
+        if value.until.is_some_and(|until| until > latest)
+            || value.from.is_some_and(|from| from > latest)
+        {
             self.ignore(
                 &entry.key,
                 "invalid",
@@ -272,7 +331,20 @@ impl Fleet {
             return; // not an endpoint of this instance's config
         };
         // An invalid value counts as no drain, as it does when read at start.
-        match put.then(|| self.valid_drain(entry)).flatten() {
+        let value = put.then(|| self.valid_drain(entry)).flatten();
+        if let Some(value) = value.as_ref().filter(|v| v.is_window()) {
+            let _ = inner
+                .health
+                .drain_set(vec![key], Some(value.planned()))
+                .await;
+            return;
+        }
+        if value.is_none() && current.is_none() {
+            // Not drained here; a window it may have had is gone with the value.
+            let _ = inner.health.drain_set(vec![key], None).await;
+            return;
+        }
+        match value {
             Some(value) if current != Some(value.until) => {
                 let until = value.until.map(crate::time::from_unix_clamped);
                 let _ = inner.health.drain(key, until, value.note()).await;

@@ -476,6 +476,21 @@ impl super::Engine for Etcd {
         Ok(())
     }
 
+    async fn delete_many(&self, keys: Vec<String>) -> Result<(), ClusterError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.call(|mut client| {
+            let operations: Vec<TxnOp> = keys
+                .iter()
+                .map(|key| TxnOp::delete(key.as_str(), None))
+                .collect();
+            async move { client.txn(Txn::new().and_then(operations)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn put_if(
         &self,
         key: &str,

@@ -156,6 +156,8 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         entries: Vec<(String, Vec<u8>)>,
         lease: Option<i64>,
     ) -> Result<(), ClusterError>;
+    /// Deletes many keys in one request (one store revision).
+    async fn delete_many(&self, keys: Vec<String>) -> Result<(), ClusterError>;
     /// Writes (`Some`) or deletes (`None`) a key if it was last changed at `revision` (0:
     /// absent). False: it changed meanwhile.
     async fn put_if(
@@ -451,12 +453,24 @@ impl Fleet {
             match (wanted, has) {
                 (Some(_), Some(current)) if current == until => {}
                 (Some(_), _) => {
+                    if let Some(value) = wanted.filter(|v| v.is_window()) {
+                        if status.window.as_ref() != Some(&value.window()) {
+                            let _ = inner
+                                .health
+                                .drain_set(vec![status.key.clone()], Some(value.planned()))
+                                .await;
+                        }
+                        continue;
+                    }
                     let until = until.map(crate::time::from_unix_clamped);
                     let note = wanted.map(DrainValue::note).unwrap_or_default();
                     let _ = inner.health.drain(status.key.clone(), until, note).await;
                 }
                 (None, Some(_)) => {
                     let _ = inner.health.undrain(status.key.clone()).await;
+                }
+                (None, None) if status.window.is_some() => {
+                    let _ = inner.health.drain_set(vec![status.key.clone()], None).await;
                 }
                 (None, None) => {}
             }

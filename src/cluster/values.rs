@@ -72,9 +72,37 @@ pub(super) struct DrainValue {
     /// Why, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) reason: Option<String>,
+    /// A maintenance window: when the drain starts (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) from: Option<u64>,
 }
 
 impl DrainValue {
+    /// A window not begun yet: every instance begins it at `from` by its own clock.
+    pub(super) fn is_window(&self) -> bool {
+        self.from
+            .is_some_and(|from| from > crate::time::unix(std::time::SystemTime::now()))
+    }
+
+    /// The drain as the health monitor takes it.
+    pub(super) fn planned(&self) -> crate::health::Planned {
+        crate::health::Planned {
+            from: self.from.map(crate::time::from_unix_clamped),
+            until: self.until.map(crate::time::from_unix_clamped),
+            note: self.note(),
+        }
+    }
+
+    /// The window it is, as the endpoint's status shows it.
+    pub(super) fn window(&self) -> crate::health::Window {
+        let planned = self.planned();
+        crate::health::Window {
+            from: planned.from.unwrap_or(std::time::UNIX_EPOCH),
+            until: planned.until,
+            note: planned.note,
+        }
+    }
+
     /// Who drained and why, for the endpoint's status.
     pub(super) fn note(&self) -> crate::health::DrainNote {
         crate::health::DrainNote {

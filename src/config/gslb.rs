@@ -240,6 +240,8 @@ pub struct Member {
     pub capacity: Option<u32>,
     /// How the endpoint's health is checked (the pool's check, with the member's overrides).
     pub check: Check,
+    /// The site (data centre) it is in (`site`): a drain of the site drains it.
+    pub site: Option<String>,
 }
 
 /// How an endpoint is health-checked: what to probe and how often, and how many results

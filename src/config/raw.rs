@@ -468,6 +468,8 @@ pub(crate) struct RawMember {
     pub(crate) weight: Option<Spanned<i64>>,
     pub(crate) capacity: Option<Spanned<i64>>,
     pub(crate) check: Option<Spanned<RawCheck>>,
+    /// The site (data centre) it is in, for drains of a whole site.
+    pub(crate) site: Option<Spanned<String>>,
 }
 
 /// `location = { lat = 50.1, lon = 8.7, region = "eu" }`.

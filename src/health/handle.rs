@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::status::{Changed, DrainNote, EndpointStatus, Flip, Load, StateError};
+use super::status::{
+    Changed, ChangedMany, DrainNote, EndpointStatus, Flip, Load, Planned, StateError,
+};
 use super::store;
 use super::votes::Vote;
 use crate::loaded::Loaded;
@@ -88,6 +90,31 @@ impl HealthHandle {
             .await
     }
 
+    /// Drains endpoints together (`planned`; a `from` later than now is a maintenance
+    /// window), or undrains them (None): one snapshot rebuild, one state file write.
+    /// Nothing changes when one is not an endpoint of the config.
+    pub async fn drain_set(
+        &self,
+        keys: Vec<EndpointKey>,
+        planned: Option<Planned>,
+    ) -> Result<ChangedMany, StateError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::DrainSet(keys, planned, reply))
+            .await
+            .map_err(|_| StateError::Stopped)?;
+        let AppliedMany {
+            statuses,
+            seq,
+            published,
+        } = answer.await.map_err(|_| StateError::Stopped)??;
+        let not_saved = self.settled(seq, published).await;
+        Ok(ChangedMany {
+            statuses,
+            not_saved,
+        })
+    }
+
     /// Sends a change and waits until it is applied, then until the state file write that
     /// holds it is done (changes that arrive together share one write).
     async fn ask(&self, control: impl FnOnce(Reply) -> Control) -> Result<Changed, StateError> {
@@ -101,27 +128,31 @@ impl HealthHandle {
             seq,
             published,
         } = answer.await.map_err(|_| StateError::Stopped)??;
+        let not_saved = self.settled(seq, published).await;
+        Ok(Changed { status, not_saved })
+    }
+
+    /// Waits until answers reflect a change, then until the state file write `seq` is
+    /// done; why it is not saved, if it is not.
+    async fn settled(
+        &self,
+        seq: Option<u64>,
+        published: Option<oneshot::Receiver<u64>>,
+    ) -> Option<String> {
         if let Some(published) = published {
             // Answers reflect the change once this returns; a closed channel is shutdown.
             let _ = published.await;
         }
-        let Some(seq) = seq else {
-            return Ok(Changed {
-                status,
-                not_saved: None,
-            });
-        };
+        let seq = seq?;
         let mut saved = self.saved.clone();
-        let not_saved =
-            match tokio::time::timeout(SAVE_WAIT, saved.wait_for(|w| w.seq >= seq)).await {
-                Ok(Ok(written)) => written.error.clone(),
-                Ok(Err(_)) => Some("gto is shutting down; the state file is written last".into()),
-                Err(_) => Some(format!(
-                    "the state file write did not finish within {}s",
-                    SAVE_WAIT.as_secs()
-                )),
-            };
-        Ok(Changed { status, not_saved })
+        match tokio::time::timeout(SAVE_WAIT, saved.wait_for(|w| w.seq >= seq)).await {
+            Ok(Ok(written)) => written.error.clone(),
+            Ok(Err(_)) => Some("gto is shutting down; the state file is written last".into()),
+            Err(_) => Some(format!(
+                "the state file write did not finish within {}s",
+                SAVE_WAIT.as_secs()
+            )),
+        }
     }
 
     /// How many endpoints have had at least one probe result since start (readiness, benches).
@@ -201,8 +232,21 @@ pub(super) struct Applied {
 
 pub(super) type Reply = oneshot::Sender<Result<Applied, StateError>>;
 
+/// A change to several endpoints, as [`Applied`] is to one.
+pub(super) struct AppliedMany {
+    pub(super) statuses: Vec<EndpointStatus>,
+    pub(super) seq: Option<u64>,
+    pub(super) published: Option<oneshot::Receiver<u64>>,
+}
+
 pub(super) enum Control {
     Drain(EndpointKey, Option<SystemTime>, DrainNote, Reply),
+    /// Drains (or, with None, undrains) endpoints together; a later `from` schedules.
+    DrainSet(
+        Vec<EndpointKey>,
+        Option<Planned>,
+        oneshot::Sender<Result<AppliedMany, StateError>>,
+    ),
     /// One endpoint's drain: None when no such endpoint, Some(None) when not drained,
     /// Some(Some(until)) when drained (until None: indefinitely).
     DrainOf(

@@ -33,7 +33,8 @@ pub mod votes;
 pub use handle::HealthHandle;
 pub use monitor::{START_GRACE, spawn};
 pub use status::{
-    Changed, Drain, DrainNote, EndpointStatus, Family, FamilyStatus, Flip, Load, StateError,
+    Changed, ChangedMany, Drain, DrainNote, EndpointStatus, Family, FamilyStatus, Flip, Load,
+    Planned, StateError, Window,
 };
 
 use std::time::SystemTime;

@@ -50,6 +50,8 @@ pub struct EndpointStatus {
     pub cert: Option<crate::health::probe::CertExpiry>,
     /// Who drained it and why, when drained and known.
     pub drain_note: DrainNote,
+    /// A maintenance window not yet begun.
+    pub window: Option<Window>,
     /// `family = "each"` on a dual-stack endpoint: each address family's own check
     /// (IPv4 first); empty when one check governs every address.
     pub families: Vec<FamilyStatus>,
@@ -112,6 +114,28 @@ pub struct Drain {
     pub until: Option<SystemTime>,
 }
 
+/// A maintenance window: a drain that starts at `from` (and ends at `until`, if set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// When the drain starts.
+    pub from: SystemTime,
+    /// When it ends by itself, if ever.
+    pub until: Option<SystemTime>,
+    /// Who set it and why.
+    pub note: DrainNote,
+}
+
+/// A drain as asked for: from when (None: now), until when, who and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// When it starts (later than now: a maintenance window).
+    pub from: Option<SystemTime>,
+    /// When it ends by itself.
+    pub until: Option<SystemTime>,
+    /// Who asked and why.
+    pub note: DrainNote,
+}
+
 /// A reported load.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
@@ -166,6 +190,15 @@ pub struct Flip {
     pub family: Option<Family>,
     /// The probe result that flipped it.
     pub reason: String,
+}
+
+/// A change the monitor applied to several endpoints, and whether the state file holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedMany {
+    /// The endpoints' statuses after the change, in the order asked.
+    pub statuses: Vec<EndpointStatus>,
+    /// Why the change is not in the state file, as for [`Changed`].
+    pub not_saved: Option<String>,
 }
 
 /// A change the monitor applied, and whether the state file holds it.

@@ -85,6 +85,45 @@ pub struct EndpointRecord {
     /// above are then its IPv4 address's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v6: Option<FamilyRecord>,
+    /// A maintenance window not yet begun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowRecord>,
+}
+
+/// What is kept of a maintenance window (times in seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowRecord {
+    /// When the drain starts.
+    pub from: u64,
+    /// When it ends by itself, if ever.
+    #[serde(default)]
+    pub until: Option<u64>,
+    /// Who set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl WindowRecord {
+    /// The window, unless it ended already (or its times are out of range).
+    pub fn live(&self, now: SystemTime) -> Option<crate::health::Window> {
+        if self.from > MAX_UNIX || self.until.is_some_and(|u| u > MAX_UNIX) {
+            return None;
+        }
+        let until = self.until.map(from_unix_clamped);
+        until
+            .is_none_or(|u| u > now)
+            .then(|| crate::health::Window {
+                from: from_unix_clamped(self.from),
+                until,
+                note: crate::health::DrainNote {
+                    by: self.by.clone(),
+                    reason: self.reason.clone(),
+                },
+            })
+    }
 }
 
 /// What is kept of one address family's own check.
@@ -350,6 +389,7 @@ mod tests {
                     capacity: 100,
                     at: 6,
                 }),
+                window: None,
                 v6: Some(FamilyRecord {
                     health: Health::Up,
                     since: 5,

@@ -59,6 +59,9 @@ pub enum Change {
         /// Drained or not.
         drained: bool,
     },
+    /// Several endpoints drained or undrained together (a site, a region, a pool, a
+    /// window): one rebuild.
+    SetDrainedMany(Vec<(EndpointKey, bool)>),
     /// An endpoint's load, as ranking sees it, changed.
     SetLoad {
         /// Which endpoint.
@@ -210,6 +213,13 @@ impl Builder {
             }
             Change::SetDrained { key, drained } => {
                 self.states.update(key, |state| state.drained = drained)
+            }
+            Change::SetDrainedMany(changes) => {
+                let mut any = false;
+                for (key, drained) in changes {
+                    any |= self.states.update(key, |state| state.drained = drained);
+                }
+                any
             }
             Change::SetLoad { key, view } => self.states.update(key, |state| state.load = view),
             Change::Ping => false,

@@ -35,4 +35,5 @@ mod support;
 mod tcp;
 mod votes;
 mod webhook;
+mod windows;
 mod zonefile;

@@ -205,6 +205,7 @@ pub(super) fn compile_member(
         weight,
         capacity,
         check,
+        site,
     } = raw.get_ref();
     if name.get_ref().is_empty() {
         errors.at(name, format!("{path}.name"), "must not be empty");
@@ -251,6 +252,18 @@ pub(super) fn compile_member(
     );
     // Kept even with problems (the config is not used then): later checks see the
     // member, so a mistake in it does not also bring false "unknown" errors elsewhere.
+    let site = site.as_ref().and_then(|site| {
+        let text = site.get_ref();
+        if text.is_empty() || text.len() > 63 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.at(
+                site,
+                format!("{path}.site"),
+                "must be 1 to 63 printable characters without spaces (e.g. \"fra\")",
+            );
+            return None;
+        }
+        Some(text.clone())
+    });
     Some(Member {
         name: name.get_ref().clone(),
         addresses: parsed,
@@ -258,6 +271,7 @@ pub(super) fn compile_member(
         weight,
         capacity,
         check,
+        site,
     })
 }
 

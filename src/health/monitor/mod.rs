@@ -174,6 +174,20 @@ struct Monitor {
 /// few rebuilds, not one per endpoint.
 const REPORT_BATCH: usize = 4096;
 
+/// Sleeps until `deadline` (wall clock; a moment past it, so the sweep finds it due), or
+/// forever without one.
+async fn drain_deadline(deadline: Option<std::time::SystemTime>) {
+    match deadline {
+        Some(deadline) => {
+            let left = deadline
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(left + Duration::from_millis(1)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Monitor {
     async fn run(
         mut self,
@@ -185,6 +199,7 @@ impl Monitor {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(REPORT_BATCH);
         loop {
+            let deadline = self.next_drain_deadline();
             let written = async {
                 match &mut self.state {
                     Some(sink) if sink.in_flight => sink.writer.outcome().await,
@@ -200,6 +215,8 @@ impl Monitor {
                 Some(written) = written => self.on_written(written).await,
                 Some(control) = control.recv() => self.on_control(control).await,
                 _ = sweep.tick() => self.sweep().await,
+                // A drain's end or a window's start, on time rather than at the next sweep.
+                () = drain_deadline(deadline) => self.sweep_drains().await,
                 () = token.cancelled() => break,
             }
         }
@@ -224,6 +241,16 @@ impl Monitor {
             Control::Drain(key, until, note, reply) => {
                 let result = self.set_drain(&key, Some((until, note)), "requested").await;
                 let _ = reply.send(result.map(|applied| self.saved_by(applied)));
+            }
+            Control::DrainSet(keys, planned, reply) => {
+                let result = self.set_drains(&keys, planned, "requested").await;
+                let _ = reply.send(result.map(|(statuses, published)| {
+                    crate::health::handle::AppliedMany {
+                        statuses,
+                        seq: self.saving(),
+                        published,
+                    }
+                }));
             }
             Control::DrainOf(key, reply) => {
                 let drain = self.members.get(&key).map(|t| t.drain.map(|d| d.until));
@@ -390,6 +417,7 @@ check = { kind = "none" }
             drain_reason: (member == "b").then(|| "maintenance".to_string()),
             load: None,
             v6: None,
+            window: None,
         };
         let file = StateFile {
             version: store::VERSION,

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{Monitor, Published, Sent};
-use crate::health::status::{Drain, DrainNote, EndpointStatus, Load, StateError};
+use crate::health::status::{Drain, DrainNote, EndpointStatus, Load, Planned, StateError, Window};
 use crate::metrics::DRAINS_TOTAL;
 use crate::routing::{BuildEvent, Change, EndpointKey};
 
@@ -19,59 +19,201 @@ impl Monitor {
         drain: Option<(Option<SystemTime>, DrainNote)>,
         why: &'static str,
     ) -> Result<(EndpointStatus, Published), StateError> {
-        let (drain, note) = match drain {
-            Some((until, note)) => (Some(until), Some(note)),
-            None => (None, None),
-        };
-        let tracked = self
-            .members
-            .get_mut(key)
-            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))?;
-        let drained = drain.is_some();
-        let was = tracked.drain.is_some();
-        tracked.drain = drain.map(|until| Drain {
-            since: tracked.drain.map_or_else(SystemTime::now, |d| d.since),
+        let planned = drain.map(|(until, note)| Planned {
+            from: None,
             until,
+            note,
         });
-        tracked.drain_note = note.unwrap_or_default();
-        let note = tracked.drain_note.clone();
-        let action = if drained { "drain" } else { "undrain" };
-        info!(
-            pool = %key.pool,
-            member = %key.member,
-            action,
-            until = drain.flatten().map(crate::time::rfc3339),
-            "endpoint {}", if drained { "drained" } else { "undrained" }
-        );
-        metrics::counter!(DRAINS_TOTAL, "action" => action).increment(1);
-        if let Some(bus) = &self.bus {
-            bus.emit(
-                "drain",
-                serde_json::json!({
-                    "pool": key.pool,
-                    "member": key.member,
-                    "action": action,
-                    "until": drain.flatten().map(crate::time::rfc3339),
-                    "why": why,
-                    "by": note.by,
-                    "reason": note.reason,
-                }),
+        let (mut statuses, published) = self
+            .set_drains(std::slice::from_ref(key), planned, why)
+            .await?;
+        let status = statuses
+            .pop()
+            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))?;
+        Ok((status, published))
+    }
+
+    /// Drains (`Some`) or undrains (`None`) endpoints together: one snapshot rebuild and
+    /// one state file write for all. A drain whose `from` is later is a maintenance window,
+    /// begun by [`Monitor::sweep_drains`] at its time; an undrain also cancels a window.
+    /// Nothing changes when one of `keys` is not an endpoint of the config.
+    pub(super) async fn set_drains(
+        &mut self,
+        keys: &[EndpointKey],
+        drain: Option<Planned>,
+        why: &'static str,
+    ) -> Result<(Vec<EndpointStatus>, Published), StateError> {
+        if let Some(key) = keys.iter().find(|key| !self.members.contains_key(*key)) {
+            return Err(StateError::NotFound(key.pool.clone(), key.member.clone()));
+        }
+        let now = SystemTime::now();
+        let scheduled = drain
+            .as_ref()
+            .and_then(|d| d.from)
+            .is_some_and(|from| from > now);
+        let mut changed = Vec::new();
+        for key in keys {
+            let Some(tracked) = self.members.get_mut(key) else {
+                continue;
+            };
+            let before = (
+                tracked.drain.map(|d| d.until),
+                tracked.window.clone(),
+                tracked.drain_note.clone(),
             );
+            let action = match &drain {
+                None => {
+                    // A drain that ends leaves a window set for later in place.
+                    if why != "expired" {
+                        tracked.window = None;
+                    }
+                    "undrain"
+                }
+                Some(planned) if scheduled => {
+                    tracked.window = Some(Window {
+                        from: planned.from.unwrap_or(now),
+                        until: planned.until,
+                        note: planned.note.clone(),
+                    });
+                    "scheduled"
+                }
+                Some(_) => {
+                    tracked.window = None;
+                    "drain"
+                }
+            };
+            if action != "scheduled" {
+                let was = tracked.drain.is_some();
+                tracked.drain = drain.as_ref().map(|planned| Drain {
+                    since: tracked.drain.map_or(now, |d| d.since),
+                    until: planned.until,
+                });
+                tracked.drain_note = drain
+                    .as_ref()
+                    .map(|planned| planned.note.clone())
+                    .unwrap_or_default();
+                if was != drain.is_some() {
+                    changed.push((key.clone(), drain.is_some()));
+                }
+            }
+            let after = (
+                tracked.drain.map(|d| d.until),
+                tracked.window.clone(),
+                tracked.drain_note.clone(),
+            );
+            if before == after {
+                // Nothing new (the fleet telling what this instance did already).
+                continue;
+            }
+            let until = drain.as_ref().and_then(|d| d.until);
+            let from = drain.as_ref().and_then(|d| d.from).filter(|_| scheduled);
+            info!(
+                pool = %key.pool,
+                member = %key.member,
+                action,
+                from = from.map(crate::time::rfc3339),
+                until = until.map(crate::time::rfc3339),
+                "endpoint {}",
+                match action {
+                    "drain" => "drained",
+                    "undrain" => "undrained",
+                    _ => "drain scheduled",
+                }
+            );
+            metrics::counter!(DRAINS_TOTAL, "action" => action).increment(1);
+            if let Some(bus) = &self.bus {
+                let note = drain.as_ref().map(|d| d.note.clone()).unwrap_or_default();
+                bus.emit(
+                    "drain",
+                    serde_json::json!({
+                        "pool": key.pool,
+                        "member": key.member,
+                        "action": action,
+                        "from": from.map(crate::time::rfc3339),
+                        "until": until.map(crate::time::rfc3339),
+                        "why": why,
+                        "by": note.by,
+                        "reason": note.reason,
+                    }),
+                );
+            }
         }
         let mut published = None;
-        if was != drained {
-            let (event, receiver) = BuildEvent::waited(Change::SetDrained {
-                key: key.clone(),
-                drained,
-            });
+        if !changed.is_empty() {
+            let (event, receiver) = BuildEvent::waited(Change::SetDrainedMany(changed));
             if self.to_builder(event).await == Sent::Yes {
                 published = Some(receiver);
             }
         }
         self.persist().await;
-        self.status_of(key)
-            .map(|status| (status, published))
-            .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
+        let statuses = keys
+            .iter()
+            .map(|key| {
+                self.status_of(key)
+                    .ok_or_else(|| StateError::NotFound(key.pool.clone(), key.member.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((statuses, published))
+    }
+
+    /// Ends drains whose time is up and begins maintenance windows whose time has come
+    /// (those with the same end and note together: a site's window is one rebuild).
+    pub(super) async fn sweep_drains(&mut self) {
+        let wall = SystemTime::now();
+        let expired: Vec<EndpointKey> = self
+            .order
+            .iter()
+            .filter(|key| {
+                self.members
+                    .get(*key)
+                    .and_then(|t| t.drain)
+                    .and_then(|d| d.until)
+                    .is_some_and(|until| until <= wall)
+            })
+            .cloned()
+            .collect();
+        if !expired.is_empty() {
+            let _ = self.set_drains(&expired, None, "expired").await;
+        }
+        let mut due: Vec<(Window, Vec<EndpointKey>)> = Vec::new();
+        for key in &self.order {
+            let Some(window) = self.members.get(key).and_then(|t| t.window.clone()) else {
+                continue;
+            };
+            if window.from > wall {
+                continue;
+            }
+            match due
+                .iter_mut()
+                .find(|(w, _)| w.until == window.until && w.note == window.note)
+            {
+                Some((_, keys)) => keys.push(key.clone()),
+                None => due.push((window, vec![key.clone()])),
+            }
+        }
+        for (window, keys) in due {
+            // A window that ended before it could begin (gto was stopped) only goes.
+            let planned = window.until.is_none_or(|u| u > wall).then(|| Planned {
+                from: None,
+                until: window.until,
+                note: window.note.clone(),
+            });
+            let _ = self.set_drains(&keys, planned, "window").await;
+        }
+    }
+
+    /// The next time a drain ends or a window begins (wall clock), if any.
+    pub(super) fn next_drain_deadline(&self) -> Option<SystemTime> {
+        self.members
+            .values()
+            .flat_map(|t| {
+                [
+                    t.drain.and_then(|d| d.until),
+                    t.window.as_ref().map(|w| w.from),
+                ]
+            })
+            .flatten()
+            .min()
     }
 
     pub(super) async fn set_load(
@@ -178,23 +320,7 @@ impl Monitor {
         for key in moved {
             self.push_load(&key, false).await;
         }
-        let wall = SystemTime::now();
-        let expired: Vec<EndpointKey> = self
-            .order
-            .iter()
-            .filter(|key| {
-                self.members
-                    .get(*key)
-                    .and_then(|t| t.drain)
-                    .and_then(|d| d.until)
-                    .is_some_and(|until| until <= wall)
-            })
-            .cloned()
-            .collect();
-        for key in expired {
-            // The key was just read from `members`; NotFound cannot happen.
-            let _ = self.set_drain(&key, None, "expired").await;
-        }
+        self.sweep_drains().await;
         let now = self.millis_since_epoch();
         let mut stale_keys = Vec::new();
         for (target_key, target) in &self.targets {

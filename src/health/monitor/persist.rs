@@ -80,6 +80,12 @@ impl Monitor {
                             capacity: l.capacity,
                             at: crate::time::unix(l.at),
                         }),
+                        window: t.window.as_ref().map(|w| store::WindowRecord {
+                            from: crate::time::unix(w.from),
+                            until: w.until.map(crate::time::unix),
+                            by: w.note.by.clone(),
+                            reason: w.note.reason.clone(),
+                        }),
                         v6: t.v6.as_ref().map(|v6| FamilyRecord {
                             health: v6.hysteresis.state(),
                             since: crate::time::unix(v6.since),

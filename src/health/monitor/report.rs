@@ -83,6 +83,7 @@ impl Monitor {
             overloaded: t.sent.overloaded,
             cert: t.main.cert,
             drain_note: t.drain_note.clone(),
+            window: t.window.clone(),
             families,
         })
     }

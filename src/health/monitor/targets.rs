@@ -53,6 +53,9 @@ pub(super) fn new_tracked(
             .map(EndpointRecord::drain_note)
             .unwrap_or_default(),
         drain,
+        window: restored
+            .and_then(|r| r.window.as_ref())
+            .and_then(|w| w.live(now)),
         load,
         capacity,
         // Restored load is shown in status but not trusted for ranking: it is stale.

@@ -84,6 +84,8 @@ pub(super) struct Tracked {
     pub(super) drain: Option<Drain>,
     /// Who drained it and why (empty when not drained or unknown).
     pub(super) drain_note: crate::health::status::DrainNote,
+    /// A maintenance window not yet begun.
+    pub(super) window: Option<crate::health::status::Window>,
     pub(super) load: Option<Load>,
     /// Configured capacity, the default for load reports.
     pub(super) capacity: Option<u32>,
