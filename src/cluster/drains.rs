@@ -335,13 +335,13 @@ impl Fleet {
         if let Some(value) = value.as_ref().filter(|v| v.is_window()) {
             let _ = inner
                 .health
-                .drain_set(vec![key], Some(value.planned()))
+                .follow_drain_set(vec![key], Some(value.planned()))
                 .await;
             return;
         }
         if value.is_none() && current.is_none() {
             // Not drained here; a window it may have had is gone with the value.
-            let _ = inner.health.drain_set(vec![key], None).await;
+            let _ = inner.health.follow_drain_set(vec![key], None).await;
             return;
         }
         match value {

@@ -457,7 +457,7 @@ impl Fleet {
                         if status.window.as_ref() != Some(&value.window()) {
                             let _ = inner
                                 .health
-                                .drain_set(vec![status.key.clone()], Some(value.planned()))
+                                .follow_drain_set(vec![status.key.clone()], Some(value.planned()))
                                 .await;
                         }
                         continue;
@@ -470,7 +470,10 @@ impl Fleet {
                     let _ = inner.health.undrain(status.key.clone()).await;
                 }
                 (None, None) if status.window.is_some() => {
-                    let _ = inner.health.drain_set(vec![status.key.clone()], None).await;
+                    let _ = inner
+                        .health
+                        .follow_drain_set(vec![status.key.clone()], None)
+                        .await;
                 }
                 (None, None) => {}
             }

@@ -98,9 +98,28 @@ impl HealthHandle {
         keys: Vec<EndpointKey>,
         planned: Option<Planned>,
     ) -> Result<ChangedMany, StateError> {
+        self.drain_set_for(keys, planned, "requested").await
+    }
+
+    /// [`HealthHandle::drain_set`] as the fleet's store says: what changes nothing here
+    /// (this instance's own change coming back) is neither logged nor sent as an event.
+    pub async fn follow_drain_set(
+        &self,
+        keys: Vec<EndpointKey>,
+        planned: Option<Planned>,
+    ) -> Result<ChangedMany, StateError> {
+        self.drain_set_for(keys, planned, "fleet").await
+    }
+
+    async fn drain_set_for(
+        &self,
+        keys: Vec<EndpointKey>,
+        planned: Option<Planned>,
+        why: &'static str,
+    ) -> Result<ChangedMany, StateError> {
         let (reply, answer) = oneshot::channel();
         self.control
-            .send(Control::DrainSet(keys, planned, reply))
+            .send(Control::DrainSet(keys, planned, why, reply))
             .await
             .map_err(|_| StateError::Stopped)?;
         let AppliedMany {
@@ -242,9 +261,11 @@ pub(super) struct AppliedMany {
 pub(super) enum Control {
     Drain(EndpointKey, Option<SystemTime>, DrainNote, Reply),
     /// Drains (or, with None, undrains) endpoints together; a later `from` schedules.
+    /// The `&str` says who asks: "requested" (the admin API) or "fleet".
     DrainSet(
         Vec<EndpointKey>,
         Option<Planned>,
+        &'static str,
         oneshot::Sender<Result<AppliedMany, StateError>>,
     ),
     /// One endpoint's drain: None when no such endpoint, Some(None) when not drained,

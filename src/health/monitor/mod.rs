@@ -242,8 +242,8 @@ impl Monitor {
                 let result = self.set_drain(&key, Some((until, note)), "requested").await;
                 let _ = reply.send(result.map(|applied| self.saved_by(applied)));
             }
-            Control::DrainSet(keys, planned, reply) => {
-                let result = self.set_drains(&keys, planned, "requested").await;
+            Control::DrainSet(keys, planned, why, reply) => {
+                let result = self.set_drains(&keys, planned, why).await;
                 let _ = reply.send(result.map(|(statuses, published)| {
                     crate::health::handle::AppliedMany {
                         statuses,

@@ -101,8 +101,10 @@ impl Monitor {
                 tracked.window.clone(),
                 tracked.drain_note.clone(),
             );
-            if before == after {
-                // Nothing new (the fleet telling what this instance did already).
+            if before == after && why == "fleet" {
+                // Nothing new: the fleet telling what this instance did already. (An
+                // operator's request is logged and sent as an event even when it changes
+                // nothing.)
                 continue;
             }
             let until = drain.as_ref().and_then(|d| d.until);
