@@ -524,9 +524,23 @@ pub fn meaning_digest(
             when_all_down,
             affinity,
             use_ecs,
+            overrides,
             span: _,
             position: _,
         } = service;
+        // The overrides by what they mean: networks and pool or member names.
+        let overrides: Vec<String> = overrides
+            .iter()
+            .map(|o| {
+                let target = match &o.target {
+                    crate::config::OverrideTarget::Pool(id) => format!("pool {}", pool_name(*id)),
+                    crate::config::OverrideTarget::Members(names) => {
+                        format!("members {}", names.join(","))
+                    }
+                };
+                format!("{:?} {target}", o.networks)
+            })
+            .collect();
         let when_all_down = match when_all_down {
             crate::config::WhenAllDown::Fallback(id) => format!("fallback {}", pool_name(*id)),
             other => format!("{other:?}"),
@@ -534,8 +548,13 @@ pub fn meaning_digest(
         sections.insert(
             format!("service {name}"),
             text(&format!(
-                "{} {policy:?} {answers:?} {ttl:?} {when_all_down} {affinity:?} {use_ecs}",
-                pool_name(*pool)
+                "{} {policy:?} {answers:?} {ttl:?} {when_all_down} {affinity:?} {use_ecs}{}",
+                pool_name(*pool),
+                if overrides.is_empty() {
+                    String::new()
+                } else {
+                    format!(" overrides {overrides:?}")
+                }
             )),
         );
     }

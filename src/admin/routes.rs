@@ -235,6 +235,16 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
                 "ttl": service.ttl,
                 "selection": node.map(|n| n.mode.as_str()),
                 "members": members,
+                "overrides": node.map(|n| {
+                    n.overrides
+                        .iter()
+                        .map(|o| json!({
+                            "override": o.position,
+                            "networks": o.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            "serving": o.serving,
+                        }))
+                        .collect::<Vec<_>>()
+                }).unwrap_or_default(),
             })
         })
         .collect();

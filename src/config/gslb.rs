@@ -30,10 +30,34 @@ pub struct Service {
     pub affinity: Affinity,
     /// Use EDNS Client Subnet to place the client (else the resolver's address decides).
     pub use_ecs: bool,
+    /// `[[override]]`s of this name: client subnets answered from other endpoints first.
+    pub overrides: Vec<SubnetOverride>,
     /// Byte offset of the `[[service]]` table, for locating later checks.
     pub(crate) span: usize,
     /// Position among the `[[service]]` tables as written, for paths in messages.
     pub(crate) position: usize,
+}
+
+/// `[[override]]`: clients in `networks` (by ECS, else the resolver's address) are
+/// answered from `target` first, ranked by the service's policy without geography; when
+/// none of it is up (or it is drained), the service answers as for everybody else.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubnetOverride {
+    /// The client subnets (no two overrides of a service overlap).
+    pub networks: Vec<ipnet::IpNet>,
+    /// What they are answered from.
+    pub target: OverrideTarget,
+    /// Position among the `[[override]]` tables, for messages and explain.
+    pub position: usize,
+}
+
+/// What an override's clients are answered from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverrideTarget {
+    /// Every member of this pool.
+    Pool(PoolId),
+    /// These members of the service's own pool, by name.
+    Members(Vec<String>),
 }
 
 /// How a pool's endpoints are ranked for a client.

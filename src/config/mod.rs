@@ -23,8 +23,8 @@ use ipnet::IpNet;
 pub use error::{ConfigError, ConfigErrors};
 pub use gslb::{
     Affinity, Answers, Check, DnsProbe, DownWhen, ExecProbe, HealthSettings, HttpProbe, LoadFields,
-    LoadSettings, Location, Member, Policy, Pool, PoolId, Probe, Service, TlsSettings, Ttl,
-    VoteRule, VoteScope, Weight, WhenAllDown, rcode_mnemonic,
+    LoadSettings, Location, Member, OverrideTarget, Policy, Pool, PoolId, Probe, Service,
+    SubnetOverride, TlsSettings, Ttl, VoteRule, VoteScope, Weight, WhenAllDown, rcode_mnemonic,
 };
 pub use parse::parse;
 pub(crate) use parse::{find_key_line, parse_partial};

@@ -27,6 +27,19 @@ pub(crate) struct RawConfig {
     pub(crate) service: Vec<Spanned<RawService>>,
     #[serde(default)]
     pub(crate) pool: Vec<Spanned<RawPool>>,
+    /// `[[override]]`: client subnets answered from a pool or members first.
+    #[serde(default, rename = "override")]
+    pub(crate) overrides: Vec<Spanned<RawOverride>>,
+}
+
+/// `[[override]]`: for clients in `networks`, `service` answers from `pool` (or the
+/// service pool's `members`) first.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawOverride {
+    pub(crate) service: Spanned<String>,
+    pub(crate) networks: Spanned<Vec<Spanned<String>>>,
+    pub(crate) pool: Option<Spanned<String>>,
+    pub(crate) members: Option<Spanned<Vec<String>>>,
 }
 
 /// `[server]`: where and how DNS is served.

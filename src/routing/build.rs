@@ -13,13 +13,15 @@ use super::rrl::RateLimiter;
 use super::wire::FastIndex;
 use super::zones::{PreparedZone, gslb_families, prepare_zone};
 use super::{
-    Endpoint, EndpointInfo, EndpointKey, GslbNode, Selection, ServiceInfo, Snapshot, ZoneTable,
+    Endpoint, EndpointInfo, EndpointKey, GslbNode, OverrideRanking, Selection, ServiceInfo,
+    Snapshot, ZoneTable,
 };
-use crate::config::{Location, Policy, Region, Service, WhenAllDown};
+use crate::config::{Location, OverrideTarget, Policy, Region, Service, WhenAllDown};
 use crate::geo::GeoTable;
 use crate::loaded::Loaded;
 use crate::metrics::ANSWERS_TOTAL;
 use crate::policy;
+use crate::policy::Ranking;
 use crate::policy::load::LoadView;
 use crate::policy::{Candidate, affinity};
 
@@ -232,6 +234,14 @@ fn prepare_endpoints(
         let mut pool_indices = vec![service.pool.0];
         if let WhenAllDown::Fallback(id) = service.when_all_down {
             pool_indices.push(id.0);
+        }
+        // The pools of its overrides: their clients are answered from them.
+        for o in &service.overrides {
+            if let OverrideTarget::Pool(id) = o.target
+                && !pool_indices.contains(&id.0)
+            {
+                pool_indices.push(id.0);
+            }
         }
         let label = service.name.to_string();
         let question = super::encode::gslb_question(&service.name);
@@ -446,37 +456,75 @@ fn gslb_node(
             WhenAllDown::Fallback(_) => (own, Selection::FailOpen),
         }
     };
-    let infos = infos_of(pool);
-    let members: Vec<Endpoint> = infos
+    let endpoint = |info: &Arc<EndpointInfo>, mode: Selection| {
+        let state = states.of(&info.key);
+        let (up, drained) = (!state.down, state.drained);
+        let available = match mode {
+            Selection::Empty => false,
+            Selection::FailOpen => true,
+            Selection::Fallback | Selection::Normal => up && !drained,
+        };
+        let load = state.load;
+        // Failing open answers every address, as with every endpoint down.
+        let withheld = match mode {
+            Selection::FailOpen | Selection::Empty => Withheld::default(),
+            Selection::Fallback | Selection::Normal => state.withheld,
+        };
+        Endpoint {
+            info: info.clone(),
+            up,
+            drained,
+            available,
+            withheld,
+            overloaded: load.overloaded,
+            load: load.ratio(),
+            weight: info.weight * load.ramp_factor(),
+        }
+    };
+    let mut members: Vec<Endpoint> = infos_of(pool)
         .iter()
-        .map(|info| {
-            let state = states.of(&info.key);
-            let (up, drained) = (!state.down, state.drained);
-            let available = match mode {
-                Selection::Empty => false,
-                Selection::FailOpen => true,
-                Selection::Fallback | Selection::Normal => up && !drained,
-            };
-            let load = state.load;
-            // Failing open answers every address, as with every endpoint down.
-            let withheld = match mode {
-                Selection::FailOpen | Selection::Empty => Withheld::default(),
-                Selection::Fallback | Selection::Normal => state.withheld,
-            };
-            Endpoint {
-                info: info.clone(),
-                up,
-                drained,
-                available,
-                withheld,
-                overloaded: load.overloaded,
-                load: load.ratio(),
-                weight: info.weight * load.ramp_factor(),
-            }
-        })
+        .map(|info| endpoint(info, mode))
         .collect();
+    let normal = members.len();
+    // Each override's endpoints: members of the pool answered now, or another pool's
+    // (appended; only its clients get them), ranked by the policy without geography.
+    let mut overrides = Vec::with_capacity(service.overrides.len());
+    for o in &service.overrides {
+        let indices: Vec<usize> = match &o.target {
+            OverrideTarget::Members(names) => (0..normal)
+                .filter(|&i| service.pool.0 == pool && names.contains(&members[i].info.key.member))
+                .collect(),
+            OverrideTarget::Pool(id) if id.0 == pool => (0..normal).collect(),
+            OverrideTarget::Pool(id) => {
+                let start = members.len();
+                members.extend(
+                    infos_of(id.0)
+                        .iter()
+                        .map(|info| endpoint(info, Selection::Normal)),
+                );
+                (start..members.len()).collect()
+            }
+        };
+        let candidates: Vec<Candidate<'_>> =
+            indices.iter().map(|&i| members[i].candidate()).collect();
+        let ranked = policy::rank(
+            service.policy,
+            &candidates,
+            None,
+            regions,
+            service.affinity.candidates,
+        );
+        let to_member = |i: &u16| {
+            indices
+                .get(usize::from(*i))
+                .and_then(|&m| u16::try_from(m).ok())
+        };
+        let own: Vec<u16> = ranked.order.iter().filter_map(to_member).collect();
+        overrides.push((o, own, ranked.available, ranked.candidates));
+    }
+    let normal_members = &members[..normal];
     let seeds = members.iter().map(|m| m.seed).collect();
-    let candidates: Vec<Candidate<'_>> = members.iter().map(Endpoint::candidate).collect();
+    let candidates: Vec<Candidate<'_>> = normal_members.iter().map(Endpoint::candidate).collect();
     let k = service.affinity.candidates;
     let rank =
         |client: Option<&Location>| policy::rank(service.policy, &candidates, client, regions, k);
@@ -492,6 +540,44 @@ fn gslb_node(
     let default_ranking = rank(geo.default_location());
     let unknown_ranking = rank(None);
     drop(candidates);
+    // An override's clients get its own endpoints first, then the service's others (by
+    // the ranking without location), the ones that can serve ahead of the rest.
+    let overrides = overrides
+        .into_iter()
+        .map(|(o, own, own_available, own_candidates)| {
+            let rest = |from: usize, to: usize| {
+                unknown_ranking
+                    .order
+                    .iter()
+                    .take(to)
+                    .skip(from)
+                    .filter(|i| !own.contains(i))
+                    .copied()
+                    .collect::<Vec<u16>>()
+            };
+            let rest_available = rest(0, unknown_ranking.available);
+            let rest_down = rest(unknown_ranking.available, unknown_ranking.order.len());
+            let available = own_available + rest_available.len();
+            let mut order = own[..own_available].to_vec();
+            order.extend(rest_available);
+            order.extend_from_slice(&own[own_available..]);
+            order.extend(rest_down);
+            OverrideRanking {
+                position: o.position,
+                networks: o.networks.clone(),
+                serving: own_available,
+                ranking: Ranking {
+                    order,
+                    candidates: if own_available > 0 {
+                        own_candidates
+                    } else {
+                        unknown_ranking.candidates
+                    },
+                    available,
+                },
+            }
+        })
+        .collect();
     GslbNode {
         service: index,
         policy: service.policy,
@@ -507,6 +593,8 @@ fn gslb_node(
         unknown_ranking,
         signing: None,
         signatures: HashMap::default(),
+        normal,
+        overrides,
     }
 }
 

@@ -48,6 +48,10 @@ pub struct GslbExplanation {
     pub selection: &'static str,
     /// Where the client was placed, when the policy looks at location.
     pub location: Option<LocationView>,
+    /// The `[[override]]` whose endpoints the client got first (its index and networks),
+    /// when one applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_applied: Option<serde_json::Value>,
     /// Addresses per answer.
     pub answers_limit: usize,
     /// Answer TTL.
@@ -305,10 +309,18 @@ pub fn explain(
             pool: node
                 .members
                 .first()
+                .filter(|_| node.normal > 0)
                 .map_or_else(|| info.pool.clone(), |m| m.key.pool.clone()),
             policy: node.policy.as_str(),
             selection: node.mode.as_str(),
             location,
+            override_applied: choice.overridden.and_then(|position| {
+                let o = node.overrides.iter().find(|o| o.position == position)?;
+                Some(serde_json::json!({
+                    "override": position,
+                    "networks": o.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }))
+            }),
             answers_limit: info.answers,
             ttl: info.ttl,
             affinity_candidates: choice.candidates,

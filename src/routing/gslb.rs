@@ -68,6 +68,25 @@ pub struct GslbNode {
     /// Signatures of the answer sets this snapshot's rankings produce, by
     /// [`crate::dnssec::set_key`].
     pub signatures: HashMap<Box<[u8]>, Arc<crate::dnssec::Signed>, foldhash::fast::RandomState>,
+    /// How many of `members` the service answers everybody from; the rest are those only
+    /// an override's clients get (another pool's).
+    pub normal: usize,
+    /// `[[override]]`s: client subnets and the ranking of what they get first.
+    pub overrides: Vec<OverrideRanking>,
+}
+
+/// One `[[override]]` of a GSLB name as the snapshot has it.
+#[derive(Debug, Clone)]
+pub struct OverrideRanking {
+    /// Its position among the `[[override]]` tables.
+    pub position: usize,
+    /// The client subnets.
+    pub networks: Vec<ipnet::IpNet>,
+    /// How many of its own endpoints can serve (0: its clients get the usual answer).
+    pub serving: usize,
+    /// Its endpoints (indices into `members`) ranked by the service's policy without
+    /// geography, then the service's other endpoints; those that can serve first.
+    pub ranking: Ranking,
 }
 
 /// How a GSLB answer's endpoints were chosen.
@@ -214,6 +233,19 @@ impl std::ops::Deref for Signature<'_> {
     }
 }
 
+/// The shortest prefix of `addr` that no longer overlaps `net` (0 for another family):
+/// one bit past what they share, at most the network's own length.
+fn separating_prefix(addr: IpAddr, net: &ipnet::IpNet) -> u8 {
+    let shared = match (addr, net.network()) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (u32::from(a) ^ u32::from(n)).leading_zeros(),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a) ^ u128::from(n)).leading_zeros(),
+        _ => return 0,
+    };
+    u8::try_from(shared + 1)
+        .unwrap_or(u8::MAX)
+        .min(net.prefix_len())
+}
+
 /// Who is asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
@@ -245,6 +277,8 @@ pub struct Choice {
     pub placement: Option<Placement>,
     /// The ECS scope prefix the answer depends on.
     pub scope: u8,
+    /// The `[[override]]` (its position) whose endpoints were answered, if one was.
+    pub overridden: Option<usize>,
 }
 
 impl GslbNode {
@@ -275,7 +309,13 @@ impl GslbNode {
             Some(c) => (Some(c.source), false),
             None => (None, false),
         };
+        // A client in an override's networks gets its endpoints while any can serve.
+        let (overriding, override_scope) = match client {
+            Some(addr) if !self.overrides.is_empty() => self.override_of(addr),
+            _ => (None, 0),
+        };
         let (placement, location_scope) = match client {
+            _ if overriding.is_some() => (None, 0),
             Some(addr) if self.uses_location => {
                 let (placement, scope) = geo.place(addr);
                 (Some(placement), scope)
@@ -283,13 +323,18 @@ impl GslbNode {
             _ => (None, 0),
         };
         let dynamic;
-        let ranking = match &placement {
-            None | Some(Placement::Unknown) => &self.unknown_ranking,
-            Some(Placement::Default) => &self.default_ranking,
-            Some(Placement::Network(i)) => self.rankings.get(*i).unwrap_or(&self.unknown_ranking),
-            Some(Placement::Database(location)) => {
-                let candidates: Vec<Candidate<'_>> =
-                    self.members.iter().map(Endpoint::candidate).collect();
+        let ranking = match (overriding, &placement) {
+            (Some(o), _) => &o.ranking,
+            (None, None | Some(Placement::Unknown)) => &self.unknown_ranking,
+            (None, Some(Placement::Default)) => &self.default_ranking,
+            (None, Some(Placement::Network(i))) => {
+                self.rankings.get(*i).unwrap_or(&self.unknown_ranking)
+            }
+            (None, Some(Placement::Database(location))) => {
+                let candidates: Vec<Candidate<'_>> = self.members[..self.normal]
+                    .iter()
+                    .map(Endpoint::candidate)
+                    .collect();
                 dynamic = policy::rank(
                     self.policy,
                     &candidates,
@@ -341,12 +386,32 @@ impl GslbNode {
         choice.available = ranking.available;
         choice.candidates = ranking.candidates;
         choice.placement = placement;
+        choice.overridden = overriding.map(|o| o.position);
         choice.scope = if via_ecs {
-            location_scope.max(affinity_scope)
+            location_scope.max(affinity_scope).max(override_scope)
         } else {
             0
         };
         choice
+    }
+
+    /// The override whose networks hold `addr` when it has an endpoint that can serve,
+    /// and the ECS scope the answer depends on: the matching network's prefix (in it,
+    /// whether or not the override serves), else enough of the address to tell it from
+    /// every override network (an answer for a client outside must not be cached for
+    /// clients inside).
+    fn override_of(&self, addr: IpAddr) -> (Option<&OverrideRanking>, u8) {
+        let mut scope = 0;
+        for o in &self.overrides {
+            for net in &o.networks {
+                if net.contains(&addr) {
+                    let serving = (o.serving > 0).then_some(o);
+                    return (serving, net.prefix_len());
+                }
+                scope = scope.max(separating_prefix(addr, net));
+            }
+        }
+        (None, scope)
     }
 
     /// The answer records of a family for a choice, and the endpoint of each.

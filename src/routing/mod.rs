@@ -36,7 +36,8 @@ pub use build::{
 pub use builder::{BuildEvent, Builder, Change, Rekeyed};
 pub use decorate::decorate;
 pub use gslb::{
-    Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, Scratch, Selection, Signature,
+    Choice, Client, Endpoint, EndpointInfo, EndpointKey, GslbNode, OverrideRanking, Scratch,
+    Selection, Signature,
 };
 pub use handle::{RoutingHandle, WeakRouting};
 pub use node::Node;

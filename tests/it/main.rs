@@ -24,6 +24,7 @@ mod kinds;
 mod knot;
 mod lifecycle;
 mod metrics;
+mod overrides;
 mod package;
 mod page;
 mod partial;

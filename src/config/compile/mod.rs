@@ -39,7 +39,8 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
     let geo = compile_geo(&raw, base_dir, errors);
     let zones = compile_zones(&raw, base_dir, errors);
     let pools = compile_pools(&raw.pool, base_dir, errors);
-    let services = compile_services(&raw.service, &pools, errors);
+    let mut services = compile_services(&raw.service, &pools, errors);
+    services::compile_overrides(&raw.overrides, &mut services, &pools, errors);
     check_preferences(&raw, &pools, errors);
     let cluster = compile_cluster(&raw, base_dir, errors);
     let health = compile_health(&raw, errors);

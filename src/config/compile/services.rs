@@ -207,6 +207,7 @@ pub(super) fn compile_services(
                 position: i,
                 affinity: affinity_value,
                 use_ecs: ecs.unwrap_or(true),
+                overrides: Vec::new(),
             });
         }
     }
@@ -341,6 +342,131 @@ pub(super) fn find_pool(
         None => {
             errors.at(name, path, format!("unknown pool {:?}", name.get_ref()));
             None
+        }
+    }
+}
+
+/// `[[override]]`s, attached to their services: the service and pool named must exist,
+/// `members` must be of the service's pool, networks must be written without host bits,
+/// and no two networks of one service's overrides may overlap.
+pub(super) fn compile_overrides(
+    raw: &[Spanned<crate::config::raw::RawOverride>],
+    services: &mut [Service],
+    pools: &[Pool],
+    errors: &mut Collector<'_>,
+) {
+    use crate::config::{OverrideTarget, SubnetOverride};
+    // Every network seen per service, with where: overlaps are reported at the later one.
+    let mut seen: Vec<(usize, ipnet::IpNet, usize)> = Vec::new();
+    for (i, table) in raw.iter().enumerate() {
+        let path = format!("override[{i}]");
+        let entry = table.get_ref();
+        let service = match parse_name(entry.service.get_ref()) {
+            Ok(name) => match services.iter().position(|s| s.name == name) {
+                Some(index) => Some(index),
+                None => {
+                    errors.at(
+                        &entry.service,
+                        format!("{path}.service"),
+                        format!("no [[service]] named {name}"),
+                    );
+                    None
+                }
+            },
+            Err(message) => {
+                errors.at(&entry.service, format!("{path}.service"), message);
+                None
+            }
+        };
+        let mut networks = Vec::new();
+        if entry.networks.get_ref().is_empty() {
+            errors.at(
+                &entry.networks,
+                format!("{path}.networks"),
+                "lists no network",
+            );
+        }
+        for (k, text) in entry.networks.get_ref().iter().enumerate() {
+            let at = format!("{path}.networks[{k}]");
+            match text.get_ref().parse::<ipnet::IpNet>() {
+                Ok(net) if net.trunc() != net => errors.at(
+                    text,
+                    at,
+                    format!(
+                        "{net} has host bits set; write {} (the network itself)",
+                        net.trunc()
+                    ),
+                ),
+                Ok(net) => networks.push((net, k, text)),
+                Err(_) => errors.at(
+                    text,
+                    at,
+                    format!(
+                        "{:?} is not a network (e.g. \"10.1.0.0/16\")",
+                        text.get_ref()
+                    ),
+                ),
+            }
+        }
+        let target = match (&entry.pool, &entry.members) {
+            (Some(pool), None) => {
+                find_pool(pools, pool, &format!("{path}.pool"), errors).map(OverrideTarget::Pool)
+            }
+            (None, Some(members)) => {
+                let own = service
+                    .and_then(|s| services.get(s))
+                    .and_then(|s| pools.get(s.pool.0));
+                if members.get_ref().is_empty() {
+                    errors.at(members, format!("{path}.members"), "lists no member");
+                }
+                for name in members.get_ref() {
+                    if own.is_some_and(|pool| !pool.members.iter().any(|m| m.name == *name)) {
+                        errors.at(
+                            members,
+                            format!("{path}.members"),
+                            format!(
+                                "{name:?} is not a member of the service's pool {:?}",
+                                own.map(|p| p.name.as_str()).unwrap_or_default()
+                            ),
+                        );
+                    }
+                }
+                Some(OverrideTarget::Members(members.get_ref().clone()))
+            }
+            _ => {
+                errors.at(
+                    table,
+                    path.clone(),
+                    "give `pool` or `members` (the endpoints these clients get first), not both",
+                );
+                None
+            }
+        };
+        let Some(service) = service else {
+            continue;
+        };
+        for (net, k, text) in &networks {
+            if let Some((_, other, j)) = seen
+                .iter()
+                .find(|(s, other, _)| *s == service && (other.contains(net) || net.contains(other)))
+            {
+                errors.at(
+                    *text,
+                    format!("{path}.networks[{k}]"),
+                    format!(
+                        "{net} overlaps {other} of override[{j}] for the same service: a client \
+                         there would have two overrides"
+                    ),
+                );
+            }
+            seen.push((service, *net, i));
+        }
+        if let (Some(target), Some(service)) = (target, services.get_mut(service)) {
+            service.overrides.push(SubnetOverride {
+                networks: networks.into_iter().map(|(net, _, _)| net).collect(),
+                target,
+                position: i,
+            });
         }
     }
 }
