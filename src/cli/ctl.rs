@@ -40,7 +40,7 @@ check-fleet found an instance gone or with another config; 2 bad usage; 64 a rel
 refused (the config's problems on stderr, the running config keeps serving); 69 the \
 server cannot be reached; 77 the token is missing or lacks the role.")]
 pub struct Ctl {
-    /// The admin API's address (default: GTO_ADMIN, else the config's [admin] listen).
+    /// The admin API's address (default: GTO_ADMIN, else the config's admin listen address).
     #[arg(long = "api", global = true, value_name = "ADDR")]
     api: Option<SocketAddr>,
     /// A file holding the admin token (default: GTO_TOKEN_FILE, else the config's
@@ -65,7 +65,7 @@ pub enum CtlCommand {
     /// and the fleet when there is one.
     Status,
     /// Take a member (or every member of a site, region or pool) out of new answers, now
-    /// or from --at (a maintenance window); fleet-wide with [cluster].
+    /// or from --at (a maintenance window); fleet-wide in a fleet.
     Drain {
         /// The member's pool (with MEMBER).
         pool: Option<String>,
