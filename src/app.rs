@@ -83,6 +83,46 @@ fn log_loaded(loaded: &Loaded) {
 }
 
 /// Endpoint state from the state file, when there is a usable one.
+/// The config with the members added at run time that the state file keeps (with
+/// `[cluster]`, the fleet's list replaces them once the store is read). When they no
+/// longer fit the config, it starts without them and says why.
+async fn with_runtime_members(source: &ConfigSource, loaded: Loaded) -> Loaded {
+    let Some(kept) = health::store::load_or_ignore(
+        loaded.config.server.state_file.as_deref(),
+        "starting without its members added at run time",
+    )
+    .map(|file| file.runtime_members)
+    .filter(|members| !members.is_empty()) else {
+        return loaded;
+    };
+    let source = source.clone();
+    let count = kept.len();
+    let merged = tokio::task::spawn_blocking(move || {
+        source.load_within_with(crate::loaded::LOAD_TIMEOUT, kept)
+    })
+    .await;
+    match merged {
+        Ok(Ok(merged)) => {
+            info!(
+                members = merged.runtime.len(),
+                "members added at run time restored from the state file"
+            );
+            merged
+        }
+        Ok(Err(errors)) => {
+            for error in errors.iter() {
+                warn!(%error, "a member added at run time does not fit the config");
+            }
+            warn!(
+                members = count,
+                "starting without the members added at run time"
+            );
+            loaded
+        }
+        Err(_) => loaded,
+    }
+}
+
 fn restore(
     loaded: &Loaded,
 ) -> (
@@ -127,6 +167,7 @@ impl App {
         mut inherited: crate::handover::Inherited,
     ) -> Result<Self, StartError> {
         let metrics = crate::metrics::install();
+        let loaded = with_runtime_members(&source, loaded).await;
         log_loaded(&loaded);
         let settings = loaded.config.server.clone();
         let admin_settings = loaded.config.admin.clone();
@@ -177,6 +218,39 @@ impl App {
             fleet.clone(),
             Some(bus.clone()),
         );
+        if let Some(fleet) = &fleet {
+            // The fleet's run-time members, applied like a reload when they differ from
+            // what this instance runs.
+            let (sink, mut lists) = mpsc::channel::<Vec<crate::runtime::RuntimeMember>>(16);
+            fleet.follow_members(sink);
+            let follower = reloader.clone();
+            let stop = token.child_token();
+            tokio::spawn(async move {
+                loop {
+                    let mut list = tokio::select! {
+                        list = lists.recv() => match list {
+                            Some(list) => list,
+                            None => return,
+                        },
+                        () = stop.cancelled() => return,
+                    };
+                    let mut running = follower.runtime();
+                    let order =
+                        |m: &crate::runtime::RuntimeMember| (m.pool.clone(), m.name.clone());
+                    list.sort_by_key(order);
+                    running.sort_by_key(order);
+                    if list == running {
+                        continue;
+                    }
+                    if let Err(errors) = follower.set_runtime(list).await {
+                        warn!(
+                            problems = errors.len(),
+                            "the fleet's members added at run time are refused here; this instance keeps its own"
+                        );
+                    }
+                }
+            });
+        }
         let admin = match admin_settings.listen {
             None => None,
             Some(addr) => {

@@ -78,6 +78,7 @@ pub mod policy;
 pub mod reload;
 pub mod rlimit;
 pub mod routing;
+pub mod runtime;
 pub mod shutdown;
 pub mod time;
 pub mod webhook;

@@ -81,6 +81,16 @@ impl ConfigSource {
     /// waits for it, and no other read starts until it has ended: a reload meanwhile is
     /// refused at once rather than adding a second reader.
     pub fn load_within(&self, timeout: Duration) -> Result<Loaded, ConfigErrors> {
+        self.load_within_with(timeout, Vec::new())
+    }
+
+    /// [`ConfigSource::load_within`] with members added at run time merged into their
+    /// pools ([`crate::runtime`]).
+    pub fn load_within_with(
+        &self,
+        timeout: Duration,
+        runtime: Vec<crate::runtime::RuntimeMember>,
+    ) -> Result<Loaded, ConfigErrors> {
         use std::collections::HashSet;
         use std::sync::Mutex;
         /// The configs a reading thread is reading now (one thread per config at a time).
@@ -127,7 +137,7 @@ impl ConfigSource {
         let spawned = std::thread::Builder::new()
             .name("gto-load".into())
             .spawn(move || {
-                let loaded = source.load();
+                let loaded = source.load_with(&runtime);
                 // Free before answering: a reload that follows at once must not find it
                 // still taken.
                 drop(reading);
@@ -157,12 +167,23 @@ impl ConfigSource {
 
     /// Reads, validates and loads the config and all of its zone files.
     pub fn load(&self) -> Result<Loaded, ConfigErrors> {
-        match self {
-            ConfigSource::Embedded => {
-                load_str(EMBEDDED_CONFIG, Path::new("<embedded gto.toml>"), true)
-            }
+        self.load_with(&[])
+    }
+
+    /// [`ConfigSource::load`] with members added at run time merged into their pools: the
+    /// ones applied are in [`Loaded::runtime`]; why others were not is a warning.
+    pub fn load_with(
+        &self,
+        runtime: &[crate::runtime::RuntimeMember],
+    ) -> Result<Loaded, ConfigErrors> {
+        let (text, file, embedded) = match self {
+            ConfigSource::Embedded => (
+                EMBEDDED_CONFIG.to_string(),
+                PathBuf::from("<embedded gto.toml>"),
+                true,
+            ),
             ConfigSource::EmbeddedEdited(text) => {
-                load_str(text, Path::new("<embedded gto.toml>"), true)
+                (text.to_string(), PathBuf::from("<embedded gto.toml>"), true)
             }
             ConfigSource::File(path) => {
                 let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG_SIZE)
@@ -174,9 +195,32 @@ impl ConfigSource {
                             message: format!("cannot read config: {e}"),
                         }])
                     })?;
-                load_str(&text, path, false)
+                (text, path.clone(), false)
             }
+        };
+        if runtime.is_empty() {
+            return load_str(&text, &file, embedded);
         }
+        let (merged, applied, dropped) =
+            crate::runtime::merge(&text, runtime).map_err(|message| {
+                ConfigErrors(vec![ConfigError {
+                    file: file.clone(),
+                    line: None,
+                    path: String::new(),
+                    message,
+                }])
+            })?;
+        let mut loaded = load_str(&merged, &file, embedded)?;
+        loaded.runtime = applied;
+        loaded
+            .warnings
+            .extend(dropped.into_iter().map(|message| ConfigError {
+                file: file.clone(),
+                line: None,
+                path: "runtime".into(),
+                message,
+            }));
+        Ok(loaded)
     }
 }
 
@@ -199,6 +243,8 @@ pub struct Loaded {
     /// Problems that leave the config servable (occluded zone data), located: `gto check`
     /// prints them and `gto run` logs them.
     pub warnings: Vec<ConfigError>,
+    /// Members added at run time that this config holds ([`crate::runtime`]).
+    pub runtime: Vec<crate::runtime::RuntimeMember>,
     /// The DNSSEC keys of each zone (same order as `zones`), for zones with `dnssec`.
     pub keys: Vec<Option<std::sync::Arc<crate::dnssec::keys::KeyRing>>>,
     /// Each key directory's fingerprint ([`crate::files::changed_at`]) as of its last read, whether
@@ -406,6 +452,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             .collect();
         Ok(Loaded {
             keys,
+            runtime: Vec::new(),
             keys_changed,
             config,
             zones,

@@ -59,6 +59,8 @@ pub const CONFIG_RELOADS_TOTAL: &str = "gto_config_reloads_total";
 pub const PROBE_DURATION_SECONDS: &str = "gto_probe_duration_seconds";
 /// Failed probes, by `kind` and `reason`.
 pub const PROBE_FAILURES_TOTAL: &str = "gto_probe_failures_total";
+/// Members added at run time that the running config holds.
+pub const RUNTIME_MEMBERS: &str = "gto_runtime_members";
 /// dnstap messages written.
 pub const DNSTAP_MESSAGES_TOTAL: &str = "gto_dnstap_messages_total";
 /// dnstap messages dropped, by `reason` (queue_full, no_output, write_error).
@@ -273,6 +275,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Failed health probes, by kind and reason.",
+    ),
+    (
+        RUNTIME_MEMBERS,
+        Kind::Gauge,
+        Unit::Count,
+        "Members added at run time that the running config holds.",
     ),
     (
         DNSTAP_MESSAGES_TOTAL,

@@ -38,6 +38,10 @@ impl Reloader {
             fleet,
             bus,
             digest: ArcSwap::from_pointee(running.digest.clone()),
+            runtime: std::sync::Mutex::new({
+                metrics::gauge!(crate::metrics::RUNTIME_MEMBERS).set(running.runtime.len() as f64);
+                running.runtime.clone()
+            }),
             bound: running.config.clone(),
             running: Mutex::new(running),
             last: Arc::new(ArcSwapOption::empty()),
@@ -56,6 +60,8 @@ struct ReloaderInner {
     fleet: Option<crate::cluster::Fleet>,
     /// Reload outcomes are reported here.
     bus: Option<crate::events::Events>,
+    /// Members added at run time, merged into the config at every load.
+    runtime: std::sync::Mutex<Vec<crate::runtime::RuntimeMember>>,
     /// The config and zones being served; also the reload lock (one at a time).
     running: Mutex<Arc<Loaded>>,
     /// The config gto started with: what listeners and tasks that only a restart changes
@@ -103,11 +109,42 @@ impl Reloader {
     /// built from them (parsing and building happen off the query path). On any error the
     /// running snapshot stays, and the errors are logged, counted and returned.
     pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        self.reload_with(None).await
+    }
+
+    /// Where the config comes from.
+    pub fn source(&self) -> ConfigSource {
+        self.0.source.clone()
+    }
+
+    /// The members added at run time that the running config holds.
+    pub fn runtime(&self) -> Vec<crate::runtime::RuntimeMember> {
+        self.0
+            .runtime
+            .lock()
+            .map(|runtime| runtime.clone())
+            .unwrap_or_default()
+    }
+
+    /// Applies `runtime` as the members added at run time, like a reload (the config file
+    /// read again with them merged in). Refused, nothing changes and the problems are
+    /// returned (by field for a run-time member's own).
+    pub async fn set_runtime(
+        &self,
+        runtime: Vec<crate::runtime::RuntimeMember>,
+    ) -> Result<Reloaded, ConfigErrors> {
+        self.reload_with(Some(runtime)).await
+    }
+
+    async fn reload_with(
+        &self,
+        runtime: Option<Vec<crate::runtime::RuntimeMember>>,
+    ) -> Result<Reloaded, ConfigErrors> {
         let mut tried = self.0.tried.lock().await;
         *tried += 1;
         let number = *tried;
         crate::notify::reloading();
-        let result = self.reload_inner().await;
+        let result = self.reload_inner(runtime).await;
         crate::notify::ready("serving");
         let outcome = match &result {
             Ok(reloaded) => ReloadOutcome {
@@ -155,22 +192,27 @@ impl Reloader {
         self.0.last.load_full()
     }
 
-    async fn reload_inner(&self) -> Result<Reloaded, ConfigErrors> {
+    async fn reload_inner(
+        &self,
+        runtime: Option<Vec<crate::runtime::RuntimeMember>>,
+    ) -> Result<Reloaded, ConfigErrors> {
         let inner = &self.0;
         let mut running = inner.running.lock().await;
         let source = inner.source.clone();
-        let loaded = tokio::task::spawn_blocking(move || source.load_within(LOAD_TIMEOUT))
-            .await
-            .map_err(|e| single_error(format!("reload task failed: {e}")))
-            .and_then(|result| result)
-            .and_then(|loaded| {
-                let shrunk = shrunk_zones(&running, &loaded);
-                if shrunk.is_empty() {
-                    Ok(loaded)
-                } else {
-                    Err(ConfigErrors(shrunk))
-                }
-            });
+        let runtime = runtime.unwrap_or_else(|| self.runtime());
+        let loaded =
+            tokio::task::spawn_blocking(move || source.load_within_with(LOAD_TIMEOUT, runtime))
+                .await
+                .map_err(|e| single_error(format!("reload task failed: {e}")))
+                .and_then(|result| result)
+                .and_then(|loaded| {
+                    let shrunk = shrunk_zones(&running, &loaded);
+                    if shrunk.is_empty() {
+                        Ok(loaded)
+                    } else {
+                        Err(ConfigErrors(shrunk))
+                    }
+                });
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(errors) => {
@@ -192,7 +234,15 @@ impl Reloader {
         for setting in &needs_restart {
             warn!(setting = %setting, "changed, but only takes effect at a restart");
         }
-        let changes = describe_changes(&running, &loaded);
+        let mut changes = describe_changes(&running, &loaded);
+        // Run-time members the file now overrides (or whose pool it dropped) say so.
+        changes.extend(
+            loaded
+                .warnings
+                .iter()
+                .filter(|w| w.path == "runtime")
+                .map(|w| w.message.clone()),
+        );
         inner.admin.store(Arc::new(AdminSettings {
             // The listener and its limits stay as bound; token and drain bound apply now.
             listen: inner.admin.load().listen,
@@ -213,6 +263,10 @@ impl Reloader {
         if let Some(fleet) = &inner.fleet {
             fleet.set_digest(&loaded.digest, &loaded.digest_sections);
         }
+        if let Ok(mut runtime) = inner.runtime.lock() {
+            *runtime = loaded.runtime.clone();
+        }
+        metrics::gauge!(crate::metrics::RUNTIME_MEMBERS).set(loaded.runtime.len() as f64);
         *running = loaded;
         metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
         info!(

@@ -23,6 +23,12 @@ pub enum ApiError {
     /// A reload found problems; the running config keeps serving.
     #[error("reload rejected; the running config keeps serving")]
     InvalidConfig(ConfigErrors),
+    /// A run-time member was refused: its problems, by field.
+    #[error("the member is refused; nothing changed")]
+    MemberRefused(Vec<String>),
+    /// The request conflicts with the config file (a member it defines).
+    #[error("{0}")]
+    Conflict(String),
     /// The request's `Host` names no host of this server (DNS rebinding).
     #[error("{0}")]
     Misdirected(String),
@@ -51,7 +57,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::ChangesDisabled => StatusCode::FORBIDDEN,
-            ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidConfig(_) | ApiError::MemberRefused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +92,10 @@ impl IntoResponse for ApiError {
             ApiError::InvalidConfig(errors) => json!({
                 "error": self.to_string(),
                 "problems": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+            ApiError::MemberRefused(problems) => json!({
+                "error": self.to_string(),
+                "problems": problems,
             }),
             _ => json!({ "error": self.to_string() }),
         };

@@ -116,6 +116,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/status", get(routes::status))
         .route("/v1/events", get(routes::events))
         .route("/v1/explain", get(routes::explain))
+        .route(
+            "/v1/pools/{pool}/members/{member}",
+            put(routes::put_member).delete(routes::delete_member),
+        )
         .route("/v1/drain", post(routes::drain_selected))
         .route("/v1/undrain", post(routes::undrain_selected))
         .route("/v1/members/{pool}/{member}/drain", post(routes::drain))

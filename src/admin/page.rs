@@ -422,7 +422,20 @@ fn member_row(
         "no"
     };
     let drain = match status.drain {
-        None => String::new(),
+        // A maintenance window not yet begun.
+        None => status
+            .window
+            .as_ref()
+            .map(|w| {
+                format!(
+                    "<span class=muted>window from {}{}</span>",
+                    rfc3339(w.from),
+                    w.until
+                        .map(|u| format!(" until {}", rfc3339(u)))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_default(),
         Some(drain) => format!(
             "<span class=drained>drained</span>{}{}{}",
             drain
@@ -494,6 +507,15 @@ fn member_row(
     } else {
         String::new()
     };
+    let name = format!(
+        "{}{}",
+        esc(&status.key.member),
+        if member.runtime {
+            " <span class=muted>(run-time)</span>"
+        } else {
+            ""
+        }
+    );
     let _ = write!(
         out,
         "<tr data-member=\"{}\" data-health=\"{health}\" data-drained=\"{}\" data-in-answers=\"{}\"><td>{}</td><td>{}</td>\
@@ -502,7 +524,7 @@ fn member_row(
         esc(&status.key.member),
         status.drain.is_some(),
         member.available,
-        esc(&status.key.member),
+        name,
         esc(&addresses.join(" ")),
         if status.stale {
             " <span class=muted>(stale)</span>"

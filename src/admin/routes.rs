@@ -43,6 +43,9 @@ struct EndpointView {
     /// A maintenance window not yet begun: its start, end, who and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     window: Option<serde_json::Value>,
+    /// Added at run time rather than by the config file.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    runtime: bool,
     load: Option<LoadView>,
     /// Smoothed load as ranking sees it (None: unknown or stale).
     load_smoothed: Option<f64>,
@@ -110,6 +113,7 @@ fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
         drained_until: status.drain.and_then(|d| d.until).map(rfc3339),
         drained_by: status.drain.and(status.drain_note.by.clone()),
         drain_reason: status.drain.and(status.drain_note.reason.clone()),
+        runtime: false,
         window: status.window.as_ref().map(|w| {
             json!({
                 "from": rfc3339(w.from),
@@ -218,6 +222,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
                     let status = by_key.get(&c.key)?;
                     let answered = c.answered.load(Ordering::Relaxed);
                     let mut view = view(status, c.addresses.clone());
+                    view.runtime = c.runtime;
                     view.answered = Some(answered);
                     view.share = Some(if total == 0 {
                         0.0
@@ -256,9 +261,16 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
         .flat_map(|n| n.members.iter())
         .map(|c| (&c.key, c.addresses.clone()))
         .collect();
+    let runtime = state.reloader.runtime();
     let pools: Vec<_> = members
         .iter()
-        .map(|m| view(m, addresses.get(&m.key).cloned().unwrap_or_default()))
+        .map(|m| {
+            let mut view = view(m, addresses.get(&m.key).cloned().unwrap_or_default());
+            view.runtime = runtime
+                .iter()
+                .any(|r| r.pool == m.key.pool && r.name == m.key.member);
+            view
+        })
         .collect();
     Json(json!({
         "instance": {
@@ -952,6 +964,190 @@ fn members_json(
         ));
     }
     Json(reply)
+}
+
+/// `PUT /v1/pools/{pool}/members/{name}`: adds (or replaces) a member at run time. The
+/// body is its table as in the config (`addresses`, `location`, `weight`, `capacity`,
+/// `site`, `check`), validated exactly as the config is, every problem at once by field
+/// (422, nothing changes); with `[cluster]` written to the fleet first, so every instance
+/// gets it. A member the config file defines cannot be replaced (409).
+pub(super) async fn put_member(
+    State(state): State<AdminState>,
+    Path((pool, name)): Path<(String, String)>,
+    peer: Option<axum::Extension<super::Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let target = format!("{pool}/{name}");
+    let caller = authorize(
+        &state,
+        &headers,
+        peer.as_ref(),
+        crate::config::Role::Admin,
+        "member_add",
+        &target,
+    )?;
+    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+        .map_err(|e| {
+            ApiError::BadRequest(format!("body: a JSON object of the member's fields: {e}"))
+        })?;
+    let unknown: Vec<&String> = fields
+        .keys()
+        .filter(|k| !crate::runtime::FIELDS.contains(&k.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field(s) {unknown:?}; a member has {}",
+            crate::runtime::FIELDS.join(", ")
+        )));
+    }
+    let running = state.reloader.running().await;
+    let runtime = state.reloader.runtime();
+    let is_runtime = |p: &str, n: &str| runtime.iter().any(|m| m.pool == p && m.name == n);
+    if running
+        .config
+        .pools
+        .iter()
+        .filter(|p| p.name == pool)
+        .flat_map(|p| &p.members)
+        .any(|m| m.name == name && !is_runtime(&pool, &name))
+    {
+        return Err(ApiError::Conflict(format!(
+            "{target} is defined in the config file; change it there"
+        )));
+    }
+    if !running.config.pools.iter().any(|p| p.name == pool) {
+        return Err(ApiError::NotFound(format!("no pool {pool:?}")));
+    }
+    let member = crate::runtime::RuntimeMember {
+        pool: pool.clone(),
+        name: name.clone(),
+        fields,
+    };
+    let mut wanted: Vec<_> = runtime
+        .into_iter()
+        .filter(|m| !(m.pool == pool && m.name == name))
+        .collect();
+    wanted.push(member.clone());
+    // Validated as the config is before anything is written.
+    check_members(&state, &wanted, &pool).await?;
+    audit(&state, &caller, "member_add", &target, None, None);
+    if let Some(fleet) = &state.fleet {
+        fleet.put_member(&member).await?;
+    }
+    let reloaded = state
+        .reloader
+        .set_runtime(wanted)
+        .await
+        .map_err(|errors| ApiError::MemberRefused(member_problems(&errors, &pool)))?;
+    state.events.emit(
+        "member",
+        json!({ "pool": pool, "member": name, "action": "add", "by": format!("{}@{}", caller.token, caller.source) }),
+    );
+    Ok(Json(json!({
+        "generation": reloaded.generation,
+        "changes": reloaded.changes,
+        "member": member,
+    })))
+}
+
+/// `DELETE /v1/pools/{pool}/members/{name}`: removes a member added at run time (one the
+/// config file defines is removed there: 409).
+pub(super) async fn delete_member(
+    State(state): State<AdminState>,
+    Path((pool, name)): Path<(String, String)>,
+    peer: Option<axum::Extension<super::Peer>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let target = format!("{pool}/{name}");
+    let caller = authorize(
+        &state,
+        &headers,
+        peer.as_ref(),
+        crate::config::Role::Admin,
+        "member_remove",
+        &target,
+    )?;
+    let runtime = state.reloader.runtime();
+    if !runtime.iter().any(|m| m.pool == pool && m.name == name) {
+        let running = state.reloader.running().await;
+        let in_file = running
+            .config
+            .pools
+            .iter()
+            .filter(|p| p.name == pool)
+            .flat_map(|p| &p.members)
+            .any(|m| m.name == name);
+        return Err(if in_file {
+            ApiError::Conflict(format!(
+                "{target} is defined in the config file; remove it there"
+            ))
+        } else {
+            ApiError::NotFound(format!("no member {target} was added at run time"))
+        });
+    }
+    audit(&state, &caller, "member_remove", &target, None, None);
+    if let Some(fleet) = &state.fleet {
+        fleet
+            .delete_member(&EndpointKey {
+                pool: pool.clone(),
+                member: name.clone(),
+            })
+            .await?;
+    }
+    let wanted: Vec<_> = runtime
+        .into_iter()
+        .filter(|m| !(m.pool == pool && m.name == name))
+        .collect();
+    let reloaded = state
+        .reloader
+        .set_runtime(wanted)
+        .await
+        .map_err(|errors| ApiError::MemberRefused(member_problems(&errors, &pool)))?;
+    state.events.emit(
+        "member",
+        json!({ "pool": pool, "member": name, "action": "remove", "by": format!("{}@{}", caller.token, caller.source) }),
+    );
+    Ok(Json(json!({
+        "generation": reloaded.generation,
+        "changes": reloaded.changes,
+    })))
+}
+
+/// Loads the config with `wanted` as the run-time members without applying it: the
+/// problems, by field of the member, when it would be refused.
+async fn check_members(
+    state: &AdminState,
+    wanted: &[crate::runtime::RuntimeMember],
+    pool: &str,
+) -> Result<(), ApiError> {
+    let source = state.reloader.source();
+    let wanted = wanted.to_vec();
+    let loaded = tokio::task::spawn_blocking(move || {
+        source.load_within_with(crate::loaded::LOAD_TIMEOUT, wanted)
+    })
+    .await
+    .map_err(|_| ApiError::ShuttingDown)?;
+    match loaded {
+        Ok(_) => Ok(()),
+        Err(errors) => Err(ApiError::MemberRefused(member_problems(&errors, pool))),
+    }
+}
+
+/// A refused load's problems as a run-time member's fields (`addresses[0]: ...`): those
+/// located in the member's table lose the table's path; any other is given whole.
+fn member_problems(errors: &crate::config::ConfigErrors, pool: &str) -> Vec<String> {
+    let prefix = format!("pool.{pool}.member[");
+    errors
+        .iter()
+        .map(|error| match error.path.strip_prefix(&prefix) {
+            Some(rest) => {
+                let field = rest.split_once("].").map_or("", |(_, field)| field);
+                format!("{field}: {}", error.message)
+            }
+            None => error.to_string(),
+        })
+        .collect()
 }
 
 /// Fails with 404 unless `key` is an endpoint of the running config.

@@ -110,6 +110,9 @@ pub enum CtlCommand {
     /// Have the server read its config and zones again; exit 64 with the problems when it
     /// refuses them.
     Reload,
+    /// Add or remove members at run time (fleet-wide with a fleet; kept across restarts).
+    #[command(subcommand)]
+    Members(MembersCommand),
     /// Follow the event stream: one line per event (health, drain, reload, fleet, ...).
     Events {
         /// Stop after this many events.
@@ -119,6 +122,49 @@ pub enum CtlCommand {
     /// Every instance of the fleet: alive, version, config digest, endpoints up; exit 1
     /// when one is not alive or runs another config.
     CheckFleet,
+}
+
+/// `gto ctl members`.
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Add (or replace) a member of a pool, validated as the config is.
+    Add {
+        /// The pool.
+        pool: String,
+        /// The member's name.
+        name: String,
+        /// An address answered for it (repeat for more).
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+        /// Its weight under weighted ranking.
+        #[arg(long)]
+        weight: Option<i64>,
+        /// Sessions it can carry.
+        #[arg(long)]
+        capacity: Option<i64>,
+        /// Its site (data centre).
+        #[arg(long)]
+        site: Option<String>,
+        /// Its region (location).
+        #[arg(long)]
+        region: Option<String>,
+        /// Its latitude (with --lon).
+        #[arg(long, requires = "lon", allow_hyphen_values = true)]
+        lat: Option<f64>,
+        /// Its longitude (with --lat).
+        #[arg(long, requires = "lat", allow_hyphen_values = true)]
+        lon: Option<f64>,
+        /// Its own check fields over the pool's, as JSON (`{"port": 8443}`).
+        #[arg(long, value_name = "JSON")]
+        check: Option<String>,
+    },
+    /// Remove a member added at run time.
+    Remove {
+        /// The pool.
+        pool: String,
+        /// The member's name.
+        name: String,
+    },
 }
 
 /// Every member of a site, a region or a pool, instead of one member.
@@ -263,10 +309,13 @@ async fn call(
     if (200..300).contains(&status) {
         return Ok(value);
     }
-    let reason = value["error"]
+    let mut reason = value["error"]
         .as_str()
         .map(ToString::to_string)
         .unwrap_or_else(|| value.to_string());
+    for problem in strings(&value["problems"]) {
+        reason.push_str(&format!("\n  {problem}"));
+    }
     Err(Failure::Refused(
         status,
         format!("{method} {path} answered {status}: {reason}"),
@@ -409,6 +458,69 @@ async fn run(ctl: &Ctl, target: &Target) -> Result<ExitCode, Failure> {
                 }
             });
         }
+        CtlCommand::Members(MembersCommand::Add {
+            pool,
+            name,
+            addresses,
+            weight,
+            capacity,
+            site,
+            region,
+            lat,
+            lon,
+            check,
+        }) => {
+            let mut body = serde_json::Map::new();
+            body.insert("addresses".into(), addresses.clone().into());
+            for (field, value) in [("weight", weight), ("capacity", capacity)] {
+                if let Some(value) = value {
+                    body.insert(field.into(), (*value).into());
+                }
+            }
+            if let Some(site) = site {
+                body.insert("site".into(), site.clone().into());
+            }
+            let mut location = serde_json::Map::new();
+            if let (Some(lat), Some(lon)) = (lat, lon) {
+                location.insert("lat".into(), (*lat).into());
+                location.insert("lon".into(), (*lon).into());
+            }
+            if let Some(region) = region {
+                location.insert("region".into(), region.clone().into());
+            }
+            if !location.is_empty() {
+                body.insert("location".into(), location.into());
+            }
+            if let Some(check) = check {
+                let check: serde_json::Value = serde_json::from_str(check)
+                    .map_err(|e| Failure::Usage(format!("--check is not JSON: {e}")))?;
+                body.insert("check".into(), check);
+            }
+            let path = format!("/v1/pools/{}/members/{}", segment(pool), segment(name));
+            match call(target, "PUT", &path, Some(body.into())).await {
+                Ok(answer) if ctl.json => json(&answer),
+                Ok(answer) => {
+                    out(&format!("{pool}/{name} added"));
+                    for change in strings(&answer["changes"]) {
+                        out(&format!("  {change}"));
+                    }
+                }
+                Err(Failure::Refused(422, message)) => {
+                    let _ = writeln!(std::io::stderr(), "Error: {message}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        CtlCommand::Members(MembersCommand::Remove { pool, name }) => {
+            let path = format!("/v1/pools/{}/members/{}", segment(pool), segment(name));
+            let answer = call(target, "DELETE", &path, None).await?;
+            if ctl.json {
+                json(&answer);
+            } else {
+                out(&format!("{pool}/{name} removed"));
+            }
+        }
         CtlCommand::Events { count } => return events(target, *count, ctl.json).await,
         CtlCommand::CheckFleet => return check_fleet(target, ctl.json).await,
     }
@@ -530,6 +642,16 @@ fn status_table(status: &serde_json::Value) -> String {
                     text.push_str(&format!(" ({reason})"));
                 }
                 text
+            } else if let Some(window) = e["window"].as_object() {
+                format!(
+                    "window from {}{}",
+                    window.get("from").map(cell).unwrap_or_default(),
+                    window
+                        .get("until")
+                        .and_then(|u| u.as_str())
+                        .map(|u| format!(" until {u}"))
+                        .unwrap_or_default()
+                )
             } else {
                 "-".into()
             };
@@ -541,9 +663,13 @@ fn status_table(status: &serde_json::Value) -> String {
             if e["stale"] == true {
                 health.push_str(" (stale)");
             }
+            let mut member = cell(&e["member"]);
+            if e["runtime"] == true {
+                member.push_str(" (run-time)");
+            }
             vec![
                 cell(&e["pool"]),
-                cell(&e["member"]),
+                member,
                 health,
                 cell(&e["probe"]),
                 drain,

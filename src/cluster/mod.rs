@@ -27,6 +27,7 @@
 mod digest;
 mod drains;
 pub mod keys;
+mod members;
 mod membership;
 mod values;
 mod votes;
@@ -210,11 +211,17 @@ struct Inner {
     keysets_changed: Notify,
     /// One key comparison at a time.
     keys_turn: tokio::sync::Mutex<()>,
+    /// Members added at run time, as the store holds them.
+    runtime: std::sync::Mutex<BTreeMap<EndpointKey, crate::runtime::RuntimeMember>>,
+    /// Where the fleet's run-time members go when they change (the reloader's follower).
+    runtime_sink:
+        std::sync::OnceLock<tokio::sync::mpsc::Sender<Vec<crate::runtime::RuntimeMember>>>,
 }
 
 /// What a key under the prefix is.
 enum Key {
     Drain(EndpointKey),
+    Member(EndpointKey),
     Load(EndpointKey),
     Instance(String),
     Vote(EndpointKey, String),
@@ -253,6 +260,8 @@ impl Fleet {
             keysets: std::sync::Mutex::default(),
             keysets_changed: Notify::new(),
             keys_turn: tokio::sync::Mutex::new(()),
+            runtime: std::sync::Mutex::default(),
+            runtime_sink: std::sync::OnceLock::new(),
         }));
         metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => "invalid").absolute(0);
         metrics::counter!(CLUSTER_IGNORED_VALUES_TOTAL, "reason" => "not_a_member").absolute(0);
@@ -306,6 +315,7 @@ impl Fleet {
         };
         match parts.as_slice() {
             ["drain", pool, member] => Some(Key::Drain(endpoint(pool, member))),
+            ["member", pool, member] => Some(Key::Member(endpoint(pool, member))),
             ["load", pool, member] => Some(Key::Load(endpoint(pool, member))),
             ["instance", id] => Some(Key::Instance(unsegment(id))),
             ["vote", pool, member, voter] => {
@@ -338,6 +348,7 @@ impl Fleet {
         let mut instances = BTreeMap::new();
         let mut members = std::collections::HashMap::new();
         let mut keysets = Vec::new();
+        let mut runtime = BTreeMap::new();
         let mut votes: std::collections::HashMap<
             EndpointKey,
             BTreeMap<String, (crate::health::votes::Vote, i64)>,
@@ -350,6 +361,11 @@ impl Fleet {
                     }
                 }
                 Some(Key::Load(key)) => self.apply_load(&key, entry).await,
+                Some(Key::Member(key)) => {
+                    if let Some(member) = self.valid_member(&key, entry) {
+                        runtime.insert(key, member);
+                    }
+                }
                 Some(Key::Vote(key, voter)) if voter != inner.instance => {
                     if let Some(vote) = self.valid_vote(entry) {
                         votes
@@ -389,6 +405,7 @@ impl Fleet {
         self.update_drift();
         inner.health.replace_votes(counted).await;
         self.follow_drains(&drains).await;
+        self.replace_members(runtime).await;
         Ok(revision)
     }
 
@@ -490,6 +507,7 @@ impl Fleet {
             }
             Some(Key::Vote(..)) => {}
             Some(Key::Load(_)) => {}
+            Some(Key::Member(key)) => self.apply_member(put, key, entry).await,
             Some(Key::Keyset) => self.apply_keyset(
                 &entry.key,
                 put.then_some((entry.value.as_slice(), entry.revision)),

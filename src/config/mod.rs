@@ -144,7 +144,7 @@ pub fn redacted_url(url: &str) -> String {
 }
 
 /// Event kinds a webhook may ask for.
-pub const EVENT_KINDS: [&str; 9] = [
+pub const EVENT_KINDS: [&str; 10] = [
     "health",
     "drain",
     "reload",
@@ -154,6 +154,7 @@ pub const EVENT_KINDS: [&str; 9] = [
     "cert",
     "dnssec",
     "audit",
+    "member",
 ];
 
 /// `[cluster]`: instances that share drains, load reports and their presence through

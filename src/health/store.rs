@@ -49,6 +49,9 @@ pub struct StateFile {
     pub written: u64,
     /// One record per endpoint.
     pub members: Vec<EndpointRecord>,
+    /// Members added at run time ([`crate::runtime`]), merged into the config at start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_members: Vec<crate::runtime::RuntimeMember>,
 }
 
 /// What is kept of one endpoint.
@@ -373,6 +376,7 @@ mod tests {
         let file = StateFile {
             version: VERSION,
             written: 1,
+            runtime_members: Vec::new(),
             members: vec![EndpointRecord {
                 pool: "p".into(),
                 member: "m".into(),

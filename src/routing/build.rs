@@ -279,6 +279,10 @@ fn prepare_endpoints(
                         a,
                         aaaa,
                         addresses: member.addresses.clone(),
+                        runtime: loaded
+                            .runtime
+                            .iter()
+                            .any(|r| r.pool == key.pool && r.name == key.member),
                         location: member.location.clone(),
                         weight: f64::from(member.weight.get()),
                         seed: affinity::seed(&key.pool, &key.member),

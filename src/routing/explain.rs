@@ -84,6 +84,9 @@ pub struct CandidateExplanation {
     pub pool: String,
     /// Member name.
     pub member: String,
+    /// Added at run time rather than by the config file.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub runtime: bool,
     /// Its addresses.
     pub addresses: Vec<IpAddr>,
     /// "up" or "down".
@@ -283,6 +286,7 @@ pub fn explain(
                     rank: rank + 1,
                     pool: m.key.pool.clone(),
                     member: m.key.member.clone(),
+                    runtime: m.runtime,
                     addresses: m.addresses.clone(),
                     health: if m.up { "up" } else { "down" },
                     drained: m.drained,

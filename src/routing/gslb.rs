@@ -122,6 +122,8 @@ pub struct EndpointInfo {
     pub key: EndpointKey,
     /// Its addresses.
     pub addresses: Vec<IpAddr>,
+    /// Added at run time (`PUT /v1/pools/{pool}/members/{name}`), not by the config file.
+    pub runtime: bool,
     /// Pre-encoded A records, in address order.
     pub a: Vec<Record>,
     /// Pre-encoded AAAA records, in address order.

@@ -631,6 +631,7 @@ fn the_state_writer_keeps_a_symlink_and_writes_its_target() {
     let file = StateFile {
         version: VERSION,
         written: 1,
+        runtime_members: Vec::new(),
         members: Vec::new(),
     };
     save(&dir.path().join("gto.state"), &file, false).unwrap();

@@ -23,6 +23,7 @@ mod health;
 mod kinds;
 mod knot;
 mod lifecycle;
+mod members;
 mod metrics;
 mod overrides;
 mod package;

@@ -88,6 +88,7 @@ pub fn spawn(
             region: c.region.clone(),
         }),
         voting: false,
+        runtime: loaded.runtime.clone(),
         grace_until: loaded
             .config
             .cluster
@@ -134,6 +135,8 @@ pub fn spawn(
 }
 
 struct Monitor {
+    /// Members added at run time (the running config's), kept in the state file.
+    runtime: Vec<crate::runtime::RuntimeMember>,
     members: HashMap<EndpointKey, Tracked>,
     /// Endpoints in config order, for status.
     order: Vec<EndpointKey>,
@@ -265,6 +268,7 @@ impl Monitor {
                 let _ = reply.send(result.map(|applied| self.saved_by(applied)));
             }
             Control::Reconfigure(loaded, done) => {
+                self.runtime = loaded.runtime.clone();
                 self.apply(&loaded, &HashMap::new());
                 self.reconsider_all("the config changed").await;
                 let _ = done.send(());
@@ -422,6 +426,7 @@ check = { kind = "none" }
         let file = StateFile {
             version: store::VERSION,
             written: 1,
+            runtime_members: Vec::new(),
             members: vec![record("a"), record("b"), record("gone")],
         };
         let states = restore(&loaded, Some(&file));

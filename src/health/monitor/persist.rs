@@ -57,6 +57,7 @@ impl Monitor {
     /// What the state file holds right now.
     pub(super) fn state_file_now(&self) -> StateFile {
         StateFile {
+            runtime_members: self.runtime.clone(),
             version: store::VERSION,
             written: crate::time::unix(SystemTime::now()),
             members: self

@@ -1,0 +1,220 @@
+//! Members added at run time, in a fleet over a real etcd: added with `gto ctl members add`
+//! on instance A, answered by A and B within a second and after both restart; removed on
+//! B, gone from both; a member with a bad address refused with its fields named, nothing
+//! changed; a member the config file defines cannot be replaced.
+
+use std::time::Duration;
+
+use crate::admin::TOKEN;
+use crate::fleet::{Etcd, connected, fleet_config, status, within};
+use crate::support::{TestServer, ZONE, gto_bin, http_json};
+
+async fn ctl(server: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::from(gto_bin())
+        .arg("ctl")
+        .arg("--api")
+        .arg(server.admin().to_string())
+        .arg("--token-file")
+        .arg(server.path("admin.token"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn start(etcd: &Etcd, name: &str) -> TestServer {
+    TestServer::start_with_files(
+        &fleet_config(&etcd.url(), name, ""),
+        ZONE,
+        &[("admin.token", &format!("{TOKEN}\n"))],
+    )
+    .await
+}
+
+async fn restart(server: TestServer) -> TestServer {
+    let TestServer { app, dir, .. } = server;
+    app.shutdown().await.unwrap();
+    TestServer::start_in(dir).await
+}
+
+/// fra-1 and ams-1 are drained fleet-wide, so a failover answer of two is nyc-1 and, once
+/// added, lon-1.
+const WITH: [&str; 2] = ["203.0.113.30", "192.0.2.77"];
+const WITHOUT: [&str; 1] = ["203.0.113.30"];
+
+#[tokio::test]
+async fn a_member_added_on_one_instance_is_answered_by_all_and_survives_restarts() {
+    let etcd = Etcd::start().await;
+    let (a, b) = (start(&etcd, "a").await, start(&etcd, "b").await);
+    within(Duration::from_secs(10), "both connected", || async {
+        connected(&a).await && connected(&b).await
+    })
+    .await;
+    let (code, body) = http_json(
+        a.admin(),
+        "POST",
+        "/v1/drain",
+        Some(TOKEN),
+        r#"{"members": ["sma/fra-1", "sma/ams-1"]}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    within(Duration::from_secs(2), "drains on both", || async {
+        a.vpn().await == WITHOUT && b.vpn().await == WITHOUT
+    })
+    .await;
+
+    // A bad member: refused with its fields named; nothing changes anywhere.
+    let (code, _, err) = ctl(
+        &a,
+        &[
+            "members",
+            "add",
+            "sma",
+            "bad-1",
+            "--address",
+            "300.1.2.3",
+            "--weight",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("422") && err.contains("addresses[0]: \"300.1.2.3\" is not an IP address"),
+        "{err}"
+    );
+    assert!(err.contains("weight: must be between 1 and"), "{err}");
+    // One the config file defines: 409.
+    let (code, _, err) = ctl(
+        &a,
+        &["members", "add", "sma", "fra-1", "--address", "192.0.2.1"],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("409") && err.contains("defined in the config file"),
+        "{err}"
+    );
+
+    // Added on A: answered by A and B within a second.
+    let (code, out, err) = ctl(
+        &a,
+        &[
+            "members",
+            "add",
+            "sma",
+            "lon-1",
+            "--address",
+            "192.0.2.77",
+            "--site",
+            "uk",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("sma/lon-1 added"), "{out}");
+    let took = within(
+        Duration::from_secs(1),
+        "lon-1 answered by A and B",
+        || async { a.vpn().await == WITH && b.vpn().await == WITH },
+    )
+    .await;
+    assert!(took < Duration::from_secs(1));
+    for server in [&a, &b] {
+        let s = status(server).await;
+        let lon = crate::real::member(&s, "lon-1");
+        assert_eq!(lon["runtime"], true, "{lon}");
+        let (_, metrics) = crate::support::http(server.admin(), "GET", "/metrics", None, "").await;
+        assert_eq!(
+            crate::support::sample(&metrics, "gto_runtime_members", &[]),
+            1.0
+        );
+    }
+    let (_, explained) = http_json(
+        b.admin(),
+        "GET",
+        "/v1/explain?name=vpn.gto.example.com&client=192.0.2.1",
+        None,
+        "",
+    )
+    .await;
+    let candidate = explained["gslb"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["member"] == "lon-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(candidate["runtime"], true, "{candidate}");
+
+    // Both restart: lon-1 is still answered (state file, and the fleet's store).
+    let a = restart(a).await;
+    let b = restart(b).await;
+    within(Duration::from_secs(10), "both connected again", || async {
+        connected(&a).await && connected(&b).await
+    })
+    .await;
+    within(
+        Duration::from_secs(2),
+        "lon-1 answered after restarts",
+        || async { a.vpn().await == WITH && b.vpn().await == WITH },
+    )
+    .await;
+
+    // Removed on B: gone from both.
+    let (code, out, err) = ctl(&b, &["members", "remove", "sma", "lon-1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "sma/lon-1 removed");
+    within(
+        Duration::from_secs(1),
+        "lon-1 gone from A and B",
+        || async { a.vpn().await == WITHOUT && b.vpn().await == WITHOUT },
+    )
+    .await;
+    for server in [&a, &b] {
+        let s = status(server).await;
+        assert!(
+            s["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["member"] != "lon-1"),
+            "{s}"
+        );
+    }
+    // Garbage and a member stored under another's key count for nothing.
+    let mut client = etcd.client().await;
+    client
+        .put("/gto/test/member/sma/evil", "garbage", None)
+        .await
+        .unwrap();
+    client
+        .put(
+            "/gto/test/member/sma/forged",
+            r#"{"pool":"sma","name":"other","fields":{"addresses":["192.0.2.66"]}}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    within(Duration::from_secs(2), "both values ignored", || async {
+        let (_, metrics) = crate::support::http(a.admin(), "GET", "/metrics", None, "").await;
+        crate::support::sample(
+            &metrics,
+            "gto_cluster_ignored_values_total",
+            &["reason=\"invalid\""],
+        ) >= 2.0
+    })
+    .await;
+    assert_eq!(a.vpn().await, WITHOUT);
+    assert_eq!(b.vpn().await, WITHOUT);
+    // Removing it again: 404, exit 1.
+    let (code, _, err) = ctl(&a, &["members", "remove", "sma", "lon-1"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("404"), "{err}");
+}
