@@ -12,11 +12,16 @@ use crate::admin::TOKEN;
 use crate::fleet::{Etcd, connected, fleet_config, within};
 use crate::support::{RealGto, TestServer, ZONE, answers, gto_bin, http_json, query, udp};
 
-/// fra-1 and ams-1 are in site "eu" (nyc-1 is not).
+/// fra-1, ams-1 and a third member, lon-1, are in site "eu" (nyc-1 is not).
 fn with_sites(config: String) -> String {
     config
         .replace("name = \"fra-1\"\n", "name = \"fra-1\"\nsite = \"eu\"\n")
         .replace("name = \"ams-1\"\n", "name = \"ams-1\"\nsite = \"eu\"\n")
+        .replace(
+            "addresses = [\"203.0.113.30\"]\n",
+            "addresses = [\"203.0.113.30\"]\n[[pool.member]]\nname = \"lon-1\"\n\
+             addresses = [\"192.0.2.44\"]\nsite = \"eu\"\n",
+        )
 }
 
 fn rfc3339(at: SystemTime) -> String {
@@ -89,7 +94,7 @@ async fn a_window_set_on_one_instance_drains_the_site_on_every_instance_on_time(
     .await;
     assert_eq!(code, 200, "{reply}");
     let endpoints = reply["endpoints"].as_array().unwrap();
-    assert_eq!(endpoints.len(), 2, "{reply}");
+    assert_eq!(endpoints.len(), 3, "{reply}");
     for endpoint in endpoints {
         assert_eq!(endpoint["drained"], false, "not yet: {endpoint}");
         assert_eq!(endpoint["window"]["from"], rfc3339(from));
@@ -107,8 +112,11 @@ async fn a_window_set_on_one_instance_drains_the_site_on_every_instance_on_time(
         .filter(|kv| kv.key_str().unwrap_or_default().contains("/drain/"))
         .map(|kv| kv.mod_revision())
         .collect();
-    assert_eq!(revisions.len(), 2, "{:?}", stored.kvs());
-    assert_eq!(revisions[0], revisions[1], "one transaction for the site");
+    assert_eq!(revisions.len(), 3, "{:?}", stored.kvs());
+    assert!(
+        revisions.iter().all(|r| *r == revisions[0]),
+        "one transaction for the site's three members: {revisions:?}"
+    );
     // Both instances know the window before it begins, and still answer the site.
     within(Duration::from_secs(2), "b knows the window", || async {
         let status = crate::fleet::status(&b).await;
@@ -205,11 +213,21 @@ async fn a_site_drain_is_one_rebuild_and_a_window_survives_a_restart() {
     ])
     .await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "sma/fra-1 drained\nsma/ams-1 drained\n");
-    assert_eq!(generation().await, before + 1, "one rebuild for the site");
+    assert_eq!(
+        out,
+        "sma/fra-1 drained\nsma/ams-1 drained\nsma/lon-1 drained\n"
+    );
+    assert_eq!(
+        generation().await,
+        before + 1,
+        "one rebuild for the site's three members"
+    );
     let (code, out, _) = ctl(vec!["undrain".into(), "--site".into(), "eu".into()]).await;
     assert_eq!(code, 0);
-    assert_eq!(out, "sma/fra-1 undrained\nsma/ams-1 undrained\n");
+    assert_eq!(
+        out,
+        "sma/fra-1 undrained\nsma/ams-1 undrained\nsma/lon-1 undrained\n"
+    );
     assert_eq!(
         generation().await,
         before + 2,
