@@ -957,13 +957,18 @@ fn members_json(
         .iter()
         .map(|status| view(status, addresses_of(&snapshot, &status.key)))
         .collect();
-    let mut reply = json!({ "generation": snapshot.generation, "endpoints": endpoints });
-    if let Some(error) = &changed.not_saved {
+    let reply = json!({ "generation": snapshot.generation, "endpoints": endpoints });
+    Json(with_saved_warning(reply, changed.not_saved.as_deref()))
+}
+
+/// A change's reply, with a warning when the state file does not hold it.
+fn with_saved_warning(mut reply: serde_json::Value, not_saved: Option<&str>) -> serde_json::Value {
+    if let Some(error) = not_saved {
         reply["warning"] = json!(format!(
             "applied, but not saved to the state file ({error}); a restart would lose it"
         ));
     }
-    Json(reply)
+    reply
 }
 
 /// `PUT /v1/pools/{pool}/members/{name}`: adds (or replaces) a member at run time. The
@@ -1231,13 +1236,8 @@ fn member_json(state: &AdminState, changed: &Changed) -> Json<serde_json::Value>
         &changed.status,
         addresses_of(&snapshot, &changed.status.key),
     );
-    let mut reply = json!({ "generation": snapshot.generation, "endpoint": view });
-    if let Some(error) = &changed.not_saved {
-        reply["warning"] = json!(format!(
-            "applied, but not saved to the state file ({error}); a restart would lose it"
-        ));
-    }
-    Json(reply)
+    let reply = json!({ "generation": snapshot.generation, "endpoint": view });
+    Json(with_saved_warning(reply, changed.not_saved.as_deref()))
 }
 
 /// `POST /v1/reload`.

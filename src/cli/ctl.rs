@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::reload::{Target, block_on, request, unavailable};
+use super::reload::{Target, block_on, connect, request, strings, unavailable};
 
 /// Exit status when the token is missing or lacks the role (EX_NOPERM).
 const EXIT_NO_PERMISSION: u8 = 77;
@@ -539,21 +539,6 @@ fn segment(text: &str) -> String {
         .collect()
 }
 
-fn strings(value: &serde_json::Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|i| {
-                    i.as_str()
-                        .map_or_else(|| i.to_string(), ToString::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The endpoints a drain or undrain answered with: one (`endpoint`) or several.
 fn endpoints(answer: &serde_json::Value) -> Vec<&serde_json::Value> {
     match answer["endpoints"].as_array() {
@@ -784,14 +769,7 @@ async fn events(target: &Target, count: Option<u64>, json: bool) -> Result<ExitC
     let unreachable = |e: &dyn std::fmt::Display| {
         Failure::Unreachable(format!("admin API at {}: {e}", target.admin))
     };
-    let stream = tokio::net::TcpStream::connect(target.admin)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(&e))?;
-    tokio::spawn(connection);
+    let mut sender = connect(target.admin).await.map_err(Failure::Unreachable)?;
     let mut builder = hyper::Request::get("/v1/events")
         .header(hyper::header::HOST, target.admin.to_string())
         .header(hyper::header::ACCEPT, "text/event-stream");
@@ -799,7 +777,7 @@ async fn events(target: &Target, count: Option<u64>, json: bool) -> Result<ExitC
         builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = builder
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .body(http_body_util::Full::new(hyper::body::Bytes::new()))
         .map_err(|e| unreachable(&e))?;
     let response = sender
         .send_request(request)

@@ -231,7 +231,8 @@ async fn by_request(target: &Target) -> Result<Outcome, String> {
     }
 }
 
-fn strings(value: &serde_json::Value) -> Vec<String> {
+/// The strings of a JSON array (other items as JSON text).
+pub(super) fn strings(value: &serde_json::Value) -> Vec<String> {
     value
         .as_array()
         .map(|items| {
@@ -256,14 +257,7 @@ pub(super) async fn request(
 ) -> Result<(u16, Bytes), String> {
     let unreachable = |e: &dyn std::fmt::Display| format!("admin API at {admin}: {e}");
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(admin)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(&e))?;
-        tokio::spawn(connection);
+        let mut sender = connect(admin).await?;
         let mut builder = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -293,6 +287,22 @@ pub(super) async fn request(
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| format!("admin API at {admin}: no answer within 10 s"))?
+}
+
+/// An HTTP/1.1 connection to the admin API, ready for requests.
+pub(super) async fn connect(
+    admin: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let unreachable = |e: &dyn std::fmt::Display| format!("admin API at {admin}: {e}");
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(&e))?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// Prints the outcome; exit 0 when applied, 64 when refused.

@@ -72,7 +72,7 @@ location = {{ lat = 35.7, lon = 139.7, region = "ap" }}
     )
 }
 
-fn ecs(subnet: &str, prefix: u8) -> Edns {
+pub(crate) fn ecs(subnet: &str, prefix: u8) -> Edns {
     let mut edns = edns(1232);
     edns.options_mut()
         .insert(EdnsOption::Subnet(ClientSubnet::new(
@@ -83,7 +83,7 @@ fn ecs(subnet: &str, prefix: u8) -> Edns {
     edns
 }
 
-fn scope(reply: &Message) -> Option<u8> {
+pub(crate) fn scope(reply: &Message) -> Option<u8> {
     match reply.edns.as_ref()?.option(EdnsCode::Subnet)? {
         EdnsOption::Subnet(subnet) => Some(subnet.scope_prefix()),
         _ => None,

@@ -3,12 +3,12 @@
 //! the subnet, the usual answer when the override's endpoints are all drained, explain
 //! naming the override, and located errors for overlapping or malformed overrides.
 
-use hickory_proto::op::{Edns, Message, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 
 use crate::admin::TOKEN;
-use crate::support::{PREAMBLE, TestServer, ZONE, answers, edns, http_json, query, udp};
+use crate::geo::{ecs, scope};
+use crate::support::{PREAMBLE, TestServer, ZONE, answers, http_json, query, udp};
 
 fn config() -> String {
     format!(
@@ -52,24 +52,6 @@ members = ["nyc-1"]
         "[admin]\nlisten = \"127.0.0.1:0\"",
         "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"",
     )
-}
-
-fn ecs(subnet: &str, prefix: u8) -> Edns {
-    let mut edns = edns(1232);
-    edns.options_mut()
-        .insert(EdnsOption::Subnet(ClientSubnet::new(
-            subnet.parse().unwrap(),
-            prefix,
-            0,
-        )));
-    edns
-}
-
-fn scope(reply: &Message) -> Option<u8> {
-    match reply.edns.as_ref()?.option(EdnsCode::Subnet)? {
-        EdnsOption::Subnet(subnet) => Some(subnet.scope_prefix()),
-        _ => None,
-    }
 }
 
 /// The answer and ECS scope for a client in `subnet`/`prefix`, over the fast path (UDP)
