@@ -1,8 +1,6 @@
 //! What a name in a zone is ([`Node`]): below the snapshot's table and the zones' signing,
 //! which both read it.
 
-use crate::zone::RrSet;
-
 /// What a name in a zone is.
 #[derive(Debug)]
 pub enum Node {
@@ -11,6 +9,6 @@ pub enum Node {
     EmptyNonTerminal,
     /// A GSLB name: answered from its pool (its node is in `ZoneTable::gslb`).
     Gslb,
-    /// A name from the zone file.
-    Static(Vec<RrSet>),
+    /// A name from the zone file: its sets, shared with the zone they were read into.
+    Static(crate::zone::Shared),
 }

@@ -73,7 +73,9 @@ pub(super) fn sign_zone(
     let ring = loaded.keys.get(index)?.as_ref()?;
     let now = crate::dnssec::now();
     let apex = hickory_proto::rr::Name::from(origin);
-    if let Some(Node::Static(sets)) = nodes.get_mut(origin) {
+    if let Some(Node::Static(shared)) = nodes.get_mut(origin) {
+        // The apex's own copy (the zone keeps its sets).
+        let sets = Arc::make_mut(shared);
         for (record_type, records) in crate::dnssec::apex_sets(&apex, ring, now, spec.dnskey_ttl) {
             sets.retain(|s| s.record_type != record_type);
             sets.push(RrSet {
@@ -168,19 +170,20 @@ pub(super) fn prepare_zone(
 ) -> PreparedZone {
     let origin = zone.origin().clone();
     let mut nodes: HashMap<LowerName, Node> = zone
-        .rrsets()
-        .map(|(name, sets)| (name.clone(), Node::Static(sets.to_vec())))
+        .rrsets_shared()
+        .map(|(name, sets)| (name.clone(), Node::Static(sets.clone())))
         .collect();
     // The SOA answers SOA queries at the apex like any other RRset.
     let soa_set = RrSet {
         record_type: RecordType::SOA,
         records: vec![zone.soa().clone()],
     };
-    if let Node::Static(sets) = nodes
+    if let Node::Static(shared) = nodes
         .entry(origin.clone())
-        .or_insert_with(|| Node::Static(Vec::new()))
+        .or_insert_with(|| Node::Static(Arc::default()))
     {
-        sets.insert(0, soa_set);
+        // The apex's own copy (the zone keeps its sets).
+        Arc::make_mut(shared).insert(0, soa_set);
     }
     for name in service_names {
         if origin.zone_of(name) {

@@ -26,7 +26,8 @@ pub struct Zone {
     origin: LowerName,
     file: PathBuf,
     soa: Record,
-    rrsets: HashMap<LowerName, Vec<RrSet>>,
+    /// Shared with the prepared zones built from it (no copy of the records per build).
+    rrsets: HashMap<LowerName, Shared>,
     /// Delegations below the apex, most general first.
     cuts: Vec<LowerName>,
     /// Some owner name is a wildcard (`*` as its first label).
@@ -36,6 +37,9 @@ pub struct Zone {
     /// SHA-256 over the text of the zone file and the files it includes.
     text_digest: [u8; 32],
 }
+
+/// An owner name's record sets, shared by the zone and the prepared zones built from it.
+pub type Shared = Arc<Vec<RrSet>>;
 
 /// The records of one owner name and type, all with the same TTL.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,9 +119,13 @@ impl Zone {
 
     /// Every owner name with its record sets.
     pub fn rrsets(&self) -> impl Iterator<Item = (&LowerName, &[RrSet])> {
-        self.rrsets
-            .iter()
-            .map(|(name, sets)| (name, sets.as_slice()))
+        self.rrsets.iter().map(|(name, sets)| (name, &sets[..]))
+    }
+
+    /// Every owner name with its record sets, shared (a prepared zone holds them
+    /// without copying the records).
+    pub fn rrsets_shared(&self) -> impl Iterator<Item = (&LowerName, &Shared)> {
+        self.rrsets.iter()
     }
 }
 
@@ -195,7 +203,7 @@ fn parse_within(
     let mut errors = read.errors;
     let apex = LowerName::from(origin);
     let mut soa: Option<Record> = None;
-    let mut rrsets: HashMap<LowerName, Vec<RrSet>> = HashMap::default();
+    let mut rrsets: HashMap<LowerName, Shared> = HashMap::default();
     let mut lines: Lines = HashMap::default();
     let first_line = (Arc::<Path>::from(file.as_path()), 1);
 
@@ -228,7 +236,8 @@ fn parse_within(
         lines
             .entry((owner.clone(), record.record_type()))
             .or_insert((at.clone(), line));
-        add_record(rrsets.entry(owner).or_default(), record);
+        // Not shared yet while the file is read: no copy.
+        add_record(Arc::make_mut(rrsets.entry(owner).or_default()), record);
     }
 
     if errors.is_empty() {
@@ -407,7 +416,7 @@ fn check_owner(
 fn check_apex(
     origin: &Name,
     has_soa: bool,
-    rrsets: &HashMap<LowerName, Vec<RrSet>>,
+    rrsets: &HashMap<LowerName, Shared>,
     file: &Path,
     errors: &mut Vec<ZoneError>,
 ) {
@@ -434,7 +443,7 @@ fn check_apex(
 
 /// DS records anywhere but beside a delegation's NS records.
 fn misplaced_ds(
-    rrsets: &HashMap<LowerName, Vec<RrSet>>,
+    rrsets: &HashMap<LowerName, Shared>,
     cuts: &[LowerName],
     line_of: &LineOf<'_>,
     errors: &mut Vec<ZoneError>,
@@ -461,7 +470,7 @@ fn misplaced_ds(
 }
 
 /// Names below the apex that own NS records, most general first.
-fn zone_cuts(apex: &LowerName, rrsets: &HashMap<LowerName, Vec<RrSet>>) -> Vec<LowerName> {
+fn zone_cuts(apex: &LowerName, rrsets: &HashMap<LowerName, Shared>) -> Vec<LowerName> {
     let mut cuts: Vec<LowerName> = rrsets
         .iter()
         .filter(|(name, sets)| {
@@ -481,7 +490,7 @@ fn cut_of<'c>(cuts: &'c [LowerName], name: &LowerName) -> Option<&'c LowerName> 
 /// Record sets at or below a cut that are neither the cut's NS set nor glue (A or AAAA
 /// of a name some NS record in the zone points to), with the cut that hides them.
 fn occluded(
-    rrsets: &HashMap<LowerName, Vec<RrSet>>,
+    rrsets: &HashMap<LowerName, Shared>,
     cuts: &[LowerName],
     apex: &LowerName,
 ) -> Vec<(LowerName, RecordType, LowerName)> {
@@ -490,7 +499,7 @@ fn occluded(
     }
     let ns_targets: HashSet<LowerName> = rrsets
         .values()
-        .flatten()
+        .flat_map(|sets| sets.iter())
         .filter(|s| s.record_type == RecordType::NS)
         .flat_map(|s| &s.records)
         .filter_map(|r| match &r.data {
@@ -506,7 +515,7 @@ fn occluded(
         let Some(cut) = cut_of(cuts, owner) else {
             continue;
         };
-        for set in sets {
+        for set in sets.iter() {
             let delegation =
                 owner == cut && matches!(set.record_type, RecordType::NS | RecordType::DS);
             let glue = matches!(set.record_type, RecordType::A | RecordType::AAAA)
@@ -576,7 +585,7 @@ fn wire_size(owner: &LowerName, set: &RrSet) -> usize {
 
 /// Owners whose CNAME chain, followed inside the zone, comes back to a name already on it
 /// (each loop reported once, at its smallest name).
-fn cname_loops(rrsets: &HashMap<LowerName, Vec<RrSet>>) -> Vec<LowerName> {
+fn cname_loops(rrsets: &HashMap<LowerName, Shared>) -> Vec<LowerName> {
     let target = |owner: &LowerName| -> Option<LowerName> {
         let set = rrsets
             .get(owner)?
