@@ -33,6 +33,21 @@ pub const FIELDS: [&str; 6] = [
     "check",
 ];
 
+/// Why a run-time member may not be taken, whatever the config says: a check that runs a
+/// command (`kind = "exec"`, `command`) comes only from the config file. Through the API or
+/// the fleet's store it would let an admin token, or whoever can write to etcd, run
+/// programs on every instance.
+pub fn refused(member: &RuntimeMember) -> Option<String> {
+    let check = member.fields.get("check")?;
+    let exec = check.get("kind").and_then(|k| k.as_str()) == Some("exec")
+        || check.get("command").is_some();
+    exec.then(|| {
+        "check: an exec check (a command run on every instance) comes only from the config \
+         file, not from a member added at run time"
+            .to_string()
+    })
+}
+
 /// The config text with the run-time members added to their pools; the members applied,
 /// and why the others were not (their pool is gone, or the file defines one of that name).
 pub fn merge(
@@ -60,6 +75,13 @@ pub fn merge(
         return Ok((text.to_string(), applied, dropped));
     };
     for member in members {
+        if let Some(why) = refused(member) {
+            dropped.push(format!(
+                "run-time member {}/{} dropped: {why}",
+                member.pool, member.name
+            ));
+            continue;
+        }
         let Some(pool) = pools
             .iter_mut()
             .find(|p| p.get("name").and_then(Item::as_str) == Some(member.pool.as_str()))
@@ -176,5 +198,26 @@ mod tests {
         assert_eq!(dropped.len(), 2);
         assert!(dropped[0].contains("a/x") && dropped[0].contains("wins"));
         assert!(dropped[1].contains("no pool \"gone\""));
+    }
+
+    #[test]
+    fn a_run_time_member_cannot_bring_a_command_to_run() {
+        for check in [
+            serde_json::json!({"kind": "exec"}),
+            serde_json::json!({"command": ["/bin/sh", "-c", "id"]}),
+        ] {
+            let evil = member(
+                "a",
+                "evil",
+                serde_json::json!({"addresses": ["192.0.2.9"], "check": check}),
+            );
+            assert!(refused(&evil).is_some());
+            let (merged, applied, dropped) =
+                merge("[[pool]]\nname = \"a\"\n", std::slice::from_ref(&evil)).unwrap();
+            assert!(applied.is_empty() && !merged.contains("evil"), "{merged}");
+            assert!(dropped[0].contains("exec check"), "{dropped:?}");
+        }
+        let fine = member("a", "ok", serde_json::json!({"check": {"port": 8443}}));
+        assert_eq!(refused(&fine), None);
     }
 }

@@ -1029,6 +1029,9 @@ pub(super) async fn put_member(
         name: name.clone(),
         fields,
     };
+    if let Some(why) = crate::runtime::refused(&member) {
+        return Err(ApiError::MemberRefused(vec![why]));
+    }
     let mut wanted: Vec<_> = runtime
         .into_iter()
         .filter(|m| !(m.pool == pool && m.name == name))

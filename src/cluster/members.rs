@@ -76,6 +76,10 @@ impl Fleet {
             );
             return None;
         }
+        if let Some(why) = crate::runtime::refused(&member) {
+            self.ignore(&entry.key, "invalid", &why);
+            return None;
+        }
         Some(member)
     }
 

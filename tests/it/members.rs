@@ -160,6 +160,24 @@ async fn a_member_added_on_one_instance_is_answered_by_all_and_survives_restarts
         "{err}"
     );
 
+    // A member cannot bring a command to run on every instance: exec checks come only
+    // from the config file.
+    let (code, body) = http_json(
+        a.admin,
+        "PUT",
+        "/v1/pools/sma/members/evil",
+        Some(TOKEN),
+        r#"{"addresses": ["192.0.2.66"], "check": {"kind": "exec", "command": ["/bin/true"]}}"#,
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["problems"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exec check"),
+        "{body}"
+    );
     // Added on A: answered by A and B within a second.
     let (code, out, err) = ctl(
         &a,
