@@ -652,6 +652,10 @@ fn status_table(status: &serde_json::Value) -> String {
             if e["runtime"] == true {
                 member.push_str(" (run-time)");
             }
+            // In a fleet: how the voters' verdicts decided its health.
+            let votes = e["votes"]["decided_by"]
+                .as_str()
+                .map_or_else(|| "-".to_string(), ToString::to_string);
             vec![
                 cell(&e["pool"]),
                 member,
@@ -659,6 +663,7 @@ fn status_table(status: &serde_json::Value) -> String {
                 cell(&e["probe"]),
                 drain,
                 load,
+                votes,
                 cell(&e["last_error"]),
             ]
         })
@@ -671,6 +676,7 @@ fn status_table(status: &serde_json::Value) -> String {
             "CHECK",
             "DRAIN",
             "LOAD",
+            "VOTES",
             "LAST ERROR",
         ],
         &rows,

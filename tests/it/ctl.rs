@@ -57,6 +57,7 @@ async fn an_operator_drains_explains_reloads_and_follows_events_with_gto_ctl() {
         "{out}"
     );
     assert!(lines[1].starts_with("sma   fra-1   up"), "{out}");
+    assert!(lines[0].contains("VOTES"), "{out}");
 
     // Follow events while draining: once it says it follows them.
     let mut events = tokio::process::Command::from(gto_bin())
@@ -237,6 +238,16 @@ async fn check_fleet_says_whether_the_fleet_agrees() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The status table shows how the fleet's votes decided each endpoint.
+    let (_, table, _) = ctl(&["--api", &api, "status"], &[]).await;
+    let fra = table
+        .lines()
+        .find(|l| l.contains("fra-1"))
+        .unwrap_or_default();
+    assert!(
+        fra.contains("voters say down") || fra.contains("this instance alone"),
+        "{table}"
+    );
     for instance in report["instances"].as_array().unwrap() {
         assert_eq!(instance["alive"], true, "{instance}");
         assert_eq!(instance["config_matches"], true, "{instance}");
