@@ -86,13 +86,15 @@ fn log_loaded(loaded: &Loaded) {
 /// The config with the members added at run time that the state file keeps (with
 /// `[cluster]`, the fleet's list replaces them once the store is read). When they no
 /// longer fit the config, it starts without them and says why.
-async fn with_runtime_members(source: &ConfigSource, loaded: Loaded) -> Loaded {
-    let Some(kept) = health::store::load_or_ignore(
-        loaded.config.server.state_file.as_deref(),
-        "starting without its members added at run time",
-    )
-    .map(|file| file.runtime_members)
-    .filter(|members| !members.is_empty()) else {
+async fn with_runtime_members(
+    source: &ConfigSource,
+    loaded: Loaded,
+    restored: Option<&health::store::StateFile>,
+) -> Loaded {
+    let Some(kept) = restored
+        .map(|file| file.runtime_members.clone())
+        .filter(|members| !members.is_empty())
+    else {
         return loaded;
     };
     let source = source.clone();
@@ -123,16 +125,15 @@ async fn with_runtime_members(source: &ConfigSource, loaded: Loaded) -> Loaded {
     }
 }
 
+/// The endpoints' states from the state file (read once, before the run-time members it
+/// keeps were merged into `loaded`).
 fn restore(
     loaded: &Loaded,
+    restored: Option<health::store::StateFile>,
 ) -> (
     Option<health::store::StateFile>,
     crate::routing::EndpointStates,
 ) {
-    let restored = health::store::load_or_ignore(
-        loaded.config.server.state_file.as_deref(),
-        "starting without it, every endpoint is re-checked",
-    );
     let states = health::restore(loaded, restored.as_ref());
     let (down, drained) = states.counts();
     if down > 0 || drained > 0 {
@@ -167,12 +168,17 @@ impl App {
         mut inherited: crate::handover::Inherited,
     ) -> Result<Self, StartError> {
         let metrics = crate::metrics::install();
-        let loaded = with_runtime_members(&source, loaded).await;
+        // The state file, read once: the run-time members it keeps, then endpoint states.
+        let state_file = health::store::load_or_ignore(
+            loaded.config.server.state_file.as_deref(),
+            "starting without it, every endpoint is re-checked",
+        );
+        let loaded = with_runtime_members(&source, loaded, state_file.as_ref()).await;
         log_loaded(&loaded);
         let settings = loaded.config.server.clone();
         let admin_settings = loaded.config.admin.clone();
         let loaded = Arc::new(loaded);
-        let (restored, states) = restore(&loaded);
+        let (restored, states) = restore(&loaded, state_file);
         let builder = Builder::with_states(loaded.clone(), states);
         let routing = builder.handle();
         // The first snapshot is published: ready as soon as the listeners are.

@@ -75,6 +75,13 @@ struct ReloaderInner {
     digest: ArcSwap<String>,
 }
 
+/// What a reload applies: the config read now (with these run-time members, or the
+/// running ones), or one read already.
+enum Input {
+    Read(Option<Vec<crate::runtime::RuntimeMember>>),
+    Loaded(Box<Loaded>),
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Reloaded {
@@ -109,7 +116,7 @@ impl Reloader {
     /// built from them (parsing and building happen off the query path). On any error the
     /// running snapshot stays, and the errors are logged, counted and returned.
     pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
-        self.reload_with(None).await
+        self.reload_with(Input::Read(None)).await
     }
 
     /// Where the config comes from.
@@ -133,18 +140,33 @@ impl Reloader {
         &self,
         runtime: Vec<crate::runtime::RuntimeMember>,
     ) -> Result<Reloaded, ConfigErrors> {
-        self.reload_with(Some(runtime)).await
+        self.reload_with(Input::Read(Some(runtime))).await
     }
 
-    async fn reload_with(
+    /// Reads the config with `runtime` as the members added at run time, without applying
+    /// it: what [`Reloader::apply_loaded`] then applies (so a change is validated before
+    /// the fleet is told, and read once).
+    pub async fn load_with_runtime(
         &self,
-        runtime: Option<Vec<crate::runtime::RuntimeMember>>,
-    ) -> Result<Reloaded, ConfigErrors> {
+        runtime: Vec<crate::runtime::RuntimeMember>,
+    ) -> Result<Loaded, ConfigErrors> {
+        let source = self.0.source.clone();
+        tokio::task::spawn_blocking(move || source.load_within_with(LOAD_TIMEOUT, runtime))
+            .await
+            .map_err(|e| single_error(format!("reload task failed: {e}")))?
+    }
+
+    /// Applies a config read by [`Reloader::load_with_runtime`], like a reload.
+    pub async fn apply_loaded(&self, loaded: Loaded) -> Result<Reloaded, ConfigErrors> {
+        self.reload_with(Input::Loaded(Box::new(loaded))).await
+    }
+
+    async fn reload_with(&self, input: Input) -> Result<Reloaded, ConfigErrors> {
         let mut tried = self.0.tried.lock().await;
         *tried += 1;
         let number = *tried;
         crate::notify::reloading();
-        let result = self.reload_inner(runtime).await;
+        let result = self.reload_inner(input).await;
         crate::notify::ready("serving");
         let outcome = match &result {
             Ok(reloaded) => ReloadOutcome {
@@ -192,27 +214,24 @@ impl Reloader {
         self.0.last.load_full()
     }
 
-    async fn reload_inner(
-        &self,
-        runtime: Option<Vec<crate::runtime::RuntimeMember>>,
-    ) -> Result<Reloaded, ConfigErrors> {
+    async fn reload_inner(&self, input: Input) -> Result<Reloaded, ConfigErrors> {
         let inner = &self.0;
         let mut running = inner.running.lock().await;
-        let source = inner.source.clone();
-        let runtime = runtime.unwrap_or_else(|| self.runtime());
-        let loaded =
-            tokio::task::spawn_blocking(move || source.load_within_with(LOAD_TIMEOUT, runtime))
-                .await
-                .map_err(|e| single_error(format!("reload task failed: {e}")))
-                .and_then(|result| result)
-                .and_then(|loaded| {
-                    let shrunk = shrunk_zones(&running, &loaded);
-                    if shrunk.is_empty() {
-                        Ok(loaded)
-                    } else {
-                        Err(ConfigErrors(shrunk))
-                    }
-                });
+        let loaded = match input {
+            Input::Loaded(loaded) => Ok(*loaded),
+            Input::Read(runtime) => {
+                let runtime = runtime.unwrap_or_else(|| self.runtime());
+                self.load_with_runtime(runtime).await
+            }
+        };
+        let loaded = loaded.and_then(|loaded| {
+            let shrunk = shrunk_zones(&running, &loaded);
+            if shrunk.is_empty() {
+                Ok(loaded)
+            } else {
+                Err(ConfigErrors(shrunk))
+            }
+        });
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(errors) => {

@@ -1008,15 +1008,7 @@ pub(super) async fn put_member(
     }
     let running = state.reloader.running().await;
     let runtime = state.reloader.runtime();
-    let is_runtime = |p: &str, n: &str| runtime.iter().any(|m| m.pool == p && m.name == n);
-    if running
-        .config
-        .pools
-        .iter()
-        .filter(|p| p.name == pool)
-        .flat_map(|p| &p.members)
-        .any(|m| m.name == name && !is_runtime(&pool, &name))
-    {
+    if in_config_file(&running, &runtime, &pool, &name) {
         return Err(ApiError::Conflict(format!(
             "{target} is defined in the config file; change it there"
         )));
@@ -1032,31 +1024,22 @@ pub(super) async fn put_member(
     if let Some(why) = crate::runtime::refused(&member) {
         return Err(ApiError::MemberRefused(vec![why]));
     }
-    let mut wanted: Vec<_> = runtime
-        .into_iter()
-        .filter(|m| !(m.pool == pool && m.name == name))
-        .collect();
+    let mut wanted = without(runtime, &pool, &name);
     wanted.push(member.clone());
-    // Validated as the config is before anything is written.
-    check_members(&state, &wanted, &pool).await?;
+    // Read and validated as the config is before anything is written; applied as read.
+    let loaded = state
+        .reloader
+        .load_with_runtime(wanted)
+        .await
+        .map_err(|errors| ApiError::MemberRefused(member_problems(&errors, &pool)))?;
     audit(&state, &caller, "member_add", &target, None, None);
     if let Some(fleet) = &state.fleet {
         fleet.put_member(&member).await?;
     }
-    let reloaded = state
-        .reloader
-        .set_runtime(wanted)
-        .await
-        .map_err(|errors| ApiError::MemberRefused(member_problems(&errors, &pool)))?;
-    state.events.emit(
-        "member",
-        json!({ "pool": pool, "member": name, "action": "add", "by": format!("{}@{}", caller.token, caller.source) }),
-    );
-    Ok(Json(json!({
-        "generation": reloaded.generation,
-        "changes": reloaded.changes,
-        "member": member,
-    })))
+    let reloaded = state.reloader.apply_loaded(loaded).await;
+    let mut reply = member_changed(&state, &caller, reloaded, (&pool, &name), "add")?;
+    reply["member"] = json!(member);
+    Ok(Json(reply))
 }
 
 /// `DELETE /v1/pools/{pool}/members/{name}`: removes a member added at run time (one the
@@ -1079,14 +1062,7 @@ pub(super) async fn delete_member(
     let runtime = state.reloader.runtime();
     if !runtime.iter().any(|m| m.pool == pool && m.name == name) {
         let running = state.reloader.running().await;
-        let in_file = running
-            .config
-            .pools
-            .iter()
-            .filter(|p| p.name == pool)
-            .flat_map(|p| &p.members)
-            .any(|m| m.name == name);
-        return Err(if in_file {
+        return Err(if in_config_file(&running, &runtime, &pool, &name) {
             ApiError::Conflict(format!(
                 "{target} is defined in the config file; remove it there"
             ))
@@ -1103,43 +1079,73 @@ pub(super) async fn delete_member(
             })
             .await?;
     }
-    let wanted: Vec<_> = runtime
-        .into_iter()
-        .filter(|m| !(m.pool == pool && m.name == name))
-        .collect();
     let reloaded = state
         .reloader
-        .set_runtime(wanted)
-        .await
-        .map_err(|errors| ApiError::MemberRefused(member_problems(&errors, &pool)))?;
-    state.events.emit(
-        "member",
-        json!({ "pool": pool, "member": name, "action": "remove", "by": format!("{}@{}", caller.token, caller.source) }),
-    );
-    Ok(Json(json!({
-        "generation": reloaded.generation,
-        "changes": reloaded.changes,
-    })))
+        .set_runtime(without(runtime, &pool, &name))
+        .await;
+    Ok(Json(member_changed(
+        &state,
+        &caller,
+        reloaded,
+        (&pool, &name),
+        "remove",
+    )?))
 }
 
-/// Loads the config with `wanted` as the run-time members without applying it: the
-/// problems, by field of the member, when it would be refused.
-async fn check_members(
-    state: &AdminState,
-    wanted: &[crate::runtime::RuntimeMember],
+/// Whether the config file (not a run-time addition) defines `pool`/`name`.
+fn in_config_file(
+    running: &crate::loaded::Loaded,
+    runtime: &[crate::runtime::RuntimeMember],
     pool: &str,
-) -> Result<(), ApiError> {
-    let source = state.reloader.source();
-    let wanted = wanted.to_vec();
-    let loaded = tokio::task::spawn_blocking(move || {
-        source.load_within_with(crate::loaded::LOAD_TIMEOUT, wanted)
-    })
-    .await
-    .map_err(|_| ApiError::ShuttingDown)?;
-    match loaded {
-        Ok(_) => Ok(()),
-        Err(errors) => Err(ApiError::MemberRefused(member_problems(&errors, pool))),
-    }
+    name: &str,
+) -> bool {
+    let added = runtime.iter().any(|m| m.pool == pool && m.name == name);
+    !added
+        && running
+            .config
+            .pools
+            .iter()
+            .filter(|p| p.name == pool)
+            .flat_map(|p| &p.members)
+            .any(|m| m.name == name)
+}
+
+/// The run-time members but `pool`/`name`.
+fn without(
+    runtime: Vec<crate::runtime::RuntimeMember>,
+    pool: &str,
+    name: &str,
+) -> Vec<crate::runtime::RuntimeMember> {
+    runtime
+        .into_iter()
+        .filter(|m| !(m.pool == pool && m.name == name))
+        .collect()
+}
+
+/// The reply to a run-time member's change once applied (its `member` event sent), or
+/// its problems.
+fn member_changed(
+    state: &AdminState,
+    caller: &Caller,
+    reloaded: Result<crate::reload::Reloaded, crate::config::ConfigErrors>,
+    (pool, name): (&str, &str),
+    action: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let reloaded =
+        reloaded.map_err(|errors| ApiError::MemberRefused(member_problems(&errors, pool)))?;
+    state.events.emit(
+        "member",
+        json!({
+            "pool": pool,
+            "member": name,
+            "action": action,
+            "by": format!("{}@{}", caller.token, caller.source),
+        }),
+    );
+    Ok(json!({
+        "generation": reloaded.generation,
+        "changes": reloaded.changes,
+    }))
 }
 
 /// A refused load's problems as a run-time member's fields (`addresses[0]: ...`): those
