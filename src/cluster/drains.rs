@@ -39,52 +39,36 @@ impl Fleet {
         keys: &[EndpointKey],
         planned: Option<&crate::health::Planned>,
     ) -> Result<(), ClusterError> {
-        if !self.is_connected() {
-            return Err(ClusterError::Unavailable(
-                "not connected; drains are shared by the fleet, so none is changed until the \
-                 store is back"
-                    .into(),
-            ));
-        }
         let inner = &self.0;
-        let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
-        loop {
-            let attempt = async {
-                let Some(planned) = planned else {
-                    let paths = keys.iter().map(|key| self.key_of("drain", key)).collect();
-                    return inner.engine.delete_many(paths).await;
-                };
-                let value = DrainValue {
-                    since: unix(SystemTime::now()),
-                    until: planned.until.map(unix),
-                    by: inner.instance.clone(),
-                    caller: planned.note.by.clone(),
-                    reason: planned.note.reason.clone(),
-                    from: planned.from.map(unix),
-                };
-                let bytes = serde_json::to_vec(&value).unwrap_or_default();
-                // Drains with an end live on a lease that ends with them.
-                let lease = match planned
-                    .until
-                    .and_then(|u| u.duration_since(SystemTime::now()).ok())
-                {
-                    Some(left) => Some(inner.engine.grant(left + Duration::from_secs(1)).await?),
-                    None => None,
-                };
-                let entries = keys
-                    .iter()
-                    .map(|key| (self.key_of("drain", key), bytes.clone()))
-                    .collect();
-                inner.engine.put_many(entries, lease).await
+        self.retrying("drains", || async {
+            let Some(planned) = planned else {
+                let paths = keys.iter().map(|key| self.key_of("drain", key)).collect();
+                return inner.engine.delete_many(paths).await;
             };
-            match attempt.await {
-                Err(ClusterError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
-                    debug!(%why, "drains not written yet; trying again");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                result => return result,
-            }
-        }
+            let value = DrainValue {
+                since: unix(SystemTime::now()),
+                until: planned.until.map(unix),
+                by: inner.instance.clone(),
+                caller: planned.note.by.clone(),
+                reason: planned.note.reason.clone(),
+                from: planned.from.map(unix),
+            };
+            let bytes = serde_json::to_vec(&value).unwrap_or_default();
+            // Drains with an end live on a lease that ends with them.
+            let lease = match planned
+                .until
+                .and_then(|u| u.duration_since(SystemTime::now()).ok())
+            {
+                Some(left) => Some(inner.engine.grant(left + Duration::from_secs(1)).await?),
+                None => None,
+            };
+            let entries = keys
+                .iter()
+                .map(|key| (self.key_of("drain", key), bytes.clone()))
+                .collect();
+            inner.engine.put_many(entries, lease).await
+        })
+        .await
     }
 
     /// Ends a drain fleet-wide.
@@ -98,20 +82,38 @@ impl Fleet {
         value: Option<DrainValue>,
         until: Option<SystemTime>,
     ) -> Result<(), ClusterError> {
-        if !self.is_connected() {
-            return Err(ClusterError::Unavailable(
-                "not connected; drains are shared by the fleet, so none is changed until the \
-                 store is back"
-                    .into(),
-            ));
-        }
-        // A leader election (a member lost) leaves the quorum without a leader for a
-        // moment: the change is tried again until it is written or this deadline passes.
+        self.retrying("drain", || self.try_write_drain(key, value.clone(), until))
+            .await
+    }
+
+    /// Runs `attempt` until it is written: a leader election (a member lost or frozen)
+    /// leaves the quorum without a leader, and this instance's session may be moving to
+    /// another member, for a moment, so an unavailable or unconnected store is tried again
+    /// every 100 ms until [`DRAIN_DEADLINE`] passes. For an operator's change
+    /// (drains, members), which is refused rather than applied on one instance only.
+    pub(super) async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        mut attempt: F,
+    ) -> Result<T, ClusterError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
         let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
         loop {
-            match self.try_write_drain(key, value.clone(), until).await {
+            // Not connected (the session is moving to another member): waited for too.
+            let result = if self.is_connected() {
+                attempt().await
+            } else {
+                Err(ClusterError::Unavailable(format!(
+                    "not connected; {what} changes are shared by the fleet, so none is made \
+                     until the store is back"
+                )))
+            };
+            match result {
                 Err(ClusterError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
-                    debug!(%why, "drain not written yet; trying again");
+                    debug!(%why, what, "not written yet; trying again");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 result => return result,

@@ -14,40 +14,25 @@ impl Fleet {
         let _ = self.0.runtime_sink.set(sink);
     }
 
-    /// Writes a run-time member for the whole fleet. Refused while the store is
-    /// unreachable: a member is never added on one instance only.
+    /// Writes a run-time member for the whole fleet (tried again through a leader
+    /// election). Refused while the store stays unreachable: a member is never added on
+    /// one instance only.
     pub async fn put_member(&self, member: &RuntimeMember) -> Result<(), ClusterError> {
-        self.connected_or_refuse()?;
         let key = EndpointKey {
             pool: member.pool.clone(),
             member: member.name.clone(),
         };
         let bytes = serde_json::to_vec(member).unwrap_or_default();
-        self.0
-            .engine
-            .put(&self.key_of("member", &key), bytes, None)
+        let path = self.key_of("member", &key);
+        self.retrying("member", || self.0.engine.put(&path, bytes.clone(), None))
             .await
     }
 
     /// Removes a run-time member for the whole fleet.
     pub async fn delete_member(&self, key: &EndpointKey) -> Result<(), ClusterError> {
-        self.connected_or_refuse()?;
-        self.0
-            .engine
-            .delete_many(vec![self.key_of("member", key)])
+        let path = self.key_of("member", key);
+        self.retrying("member", || self.0.engine.delete_many(vec![path.clone()]))
             .await
-    }
-
-    fn connected_or_refuse(&self) -> Result<(), ClusterError> {
-        if self.is_connected() {
-            Ok(())
-        } else {
-            Err(ClusterError::Unavailable(
-                "not connected; members added at run time are the fleet's, so none is \
-                 changed until the store is back"
-                    .into(),
-            ))
-        }
     }
 
     /// A member value as stored: JSON of a [`RuntimeMember`] whose pool and name are its

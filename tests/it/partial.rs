@@ -775,3 +775,71 @@ async fn no_health_flip_on_reconnect() {
         "a reconnect flipped health"
     );
 }
+
+/// Members added at run time and maintenance windows with one etcd member of three dead,
+/// then (the dead one back) with one frozen (SIGSTOP): written through one instance, they
+/// reach the other.
+#[tokio::test]
+async fn members_and_windows_reach_the_fleet_with_one_etcd_member_dead_or_frozen() {
+    let mut cluster = Cluster::start().await;
+    let a = instance_of(&cluster, "a").await;
+    let b = instance_of(&cluster, "b").await;
+    within(Duration::from_secs(10), "connected", || async {
+        connected(&a).await && connected(&b).await
+    })
+    .await;
+    let member_on_b = |name: &'static str| {
+        let b = &b;
+        async move {
+            let s = crate::fleet::status(b).await;
+            s["endpoints"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["member"] == name))
+        }
+    };
+    for (round, name) in [("dead", "lon-1"), ("frozen", "lon-2")] {
+        let victim = cluster.leader().await;
+        if round == "dead" {
+            cluster.kill(victim);
+        } else {
+            cluster.signal(victim, "STOP");
+        }
+        let (code, body) = crate::support::http_json(
+            a.admin(),
+            "PUT",
+            &format!("/v1/pools/sma/members/{name}"),
+            Some(TOKEN),
+            r#"{"addresses": ["192.0.2.77"]}"#,
+        )
+        .await;
+        assert_eq!(code, 200, "{round}: {body}");
+        within(Duration::from_secs(5), "the member reaches b", || {
+            member_on_b(name)
+        })
+        .await;
+        let at = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        )
+        .to_string();
+        let (code, body) = crate::support::http_json(
+            a.admin(),
+            "POST",
+            "/v1/drain",
+            Some(TOKEN),
+            &format!(r#"{{"members": ["sma/{name}"], "at": "{at}", "for": "1h"}}"#),
+        )
+        .await;
+        assert_eq!(code, 200, "{round}: {body}");
+        within(Duration::from_secs(5), "the window reaches b", || async {
+            let s = crate::fleet::status(&b).await;
+            crate::real::member(&s, name)["window"]["from"] == at
+        })
+        .await;
+        if round == "frozen" {
+            cluster.signal(victim, "CONT");
+        } else {
+            cluster.run(victim);
+        }
+        cluster.wait_serving().await;
+    }
+}
