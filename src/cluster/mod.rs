@@ -13,7 +13,7 @@
 //! | `drain/<pool>/<member>` | `{"since","until","by"}` | durable; with `until`, a lease that ends with it |
 //! | `load/<pool>/<member>` | `{"sessions","capacity","at_ms","by"}` | the reporting instance's lease |
 //! | `instance/<id>` | version, listen addresses, start time, config digest | the instance's lease |
-//! | `vote/<pool>/<member>/<id>` | the instance's verdict ([`crate::health::votes::Vote`]) | the instance's lease |
+//! | `votes/<pool>/<id>` | the instance's verdicts on the pool's endpoints ([`votes::PoolVotes`]) | the instance's lease |
 //! | `dnssec/<zone>` | the zone's key timeline ([`keys`]): tags, public keys, times | durable |
 //!
 //! A supervision task connects, registers the instance under a lease kept alive at a
@@ -30,7 +30,7 @@ pub mod keys;
 mod members;
 mod membership;
 mod values;
-mod votes;
+pub mod votes;
 
 pub mod etcd;
 
@@ -71,11 +71,8 @@ pub const CLUSTER_IGNORED_VALUES_TOTAL: &str = "gto_cluster_ignored_values_total
 /// Keys warned about at most (each once); past that, ignored values are only counted.
 const WARNED_KEYS: usize = 10_000;
 
-/// This instance's verdicts are all written again this often (they change rarely; their
-/// freshness is the instance's lease, not this refresh).
-pub const VOTE_REFRESH: Duration = Duration::from_secs(300);
-
-/// Verdicts written in one request when all are written (etcd allows 128 operations).
+/// Keys written in one request (etcd allows 128 operations): pools' verdict documents,
+/// load reports.
 pub const VOTE_BATCH: usize = 100;
 
 /// A probe-read load that does not change is published again this often.
@@ -205,6 +202,9 @@ struct Inner {
     /// Every other voter's vote as stored, and the fleet's members with their leases:
     /// which votes count is computed from both.
     mirror: std::sync::Mutex<Mirror>,
+    /// This instance's verdicts as last written, by pool (held while they are written, so
+    /// that documents are written in the order they were made).
+    published: tokio::sync::Mutex<votes::Published>,
     /// The fleet's DNSSEC key timelines, and what this instance last agreed on.
     keysets: std::sync::Mutex<keys::Keysets>,
     /// A stored key timeline changed.
@@ -224,7 +224,10 @@ enum Key {
     Member(EndpointKey),
     Load(EndpointKey),
     Instance(String),
-    Vote(EndpointKey, String),
+    /// A voter's verdicts on a pool: pool, voter.
+    Votes(String, String),
+    /// A vote in the per-endpoint format of an older gto (`vote/<pool>/<member>/<id>`).
+    LegacyVote,
     Keyset,
 }
 
@@ -257,6 +260,7 @@ impl Fleet {
             max_drain,
             unshared: AtomicBool::new(false),
             mirror: std::sync::Mutex::default(),
+            published: tokio::sync::Mutex::default(),
             keysets: std::sync::Mutex::default(),
             keysets_changed: Notify::new(),
             keys_turn: tokio::sync::Mutex::new(()),
@@ -318,9 +322,8 @@ impl Fleet {
             ["member", pool, member] => Some(Key::Member(endpoint(pool, member))),
             ["load", pool, member] => Some(Key::Load(endpoint(pool, member))),
             ["instance", id] => Some(Key::Instance(unsegment(id))),
-            ["vote", pool, member, voter] => {
-                Some(Key::Vote(endpoint(pool, member), unsegment(voter)))
-            }
+            ["votes", pool, voter] => Some(Key::Votes(unsegment(pool), unsegment(voter))),
+            ["vote", _, _, _] => Some(Key::LegacyVote),
             ["dnssec", _zone] => Some(Key::Keyset),
             _ => None,
         }
@@ -337,6 +340,16 @@ impl Fleet {
         }
     }
 
+    /// A vote in the per-endpoint format of a gto before per-pool documents: counted as
+    /// an unknown key, warned about once (not once per endpoint).
+    fn ignore_legacy_vote(&self) {
+        self.ignore(
+            &format!("{}vote/", self.0.prefix),
+            "unknown_key",
+            "votes of an older gto (one key per endpoint): not counted; upgrade every instance",
+        );
+    }
+
     /// Reads the whole fleet state and makes this instance match it; returns the revision.
     /// What this instance holds afterwards is a function of the store's contents alone
     /// (the same keys give a running and a fresh instance the same state).
@@ -349,10 +362,7 @@ impl Fleet {
         let mut members = std::collections::HashMap::new();
         let mut keysets = Vec::new();
         let mut runtime = BTreeMap::new();
-        let mut votes: std::collections::HashMap<
-            EndpointKey,
-            BTreeMap<String, (crate::health::votes::Vote, i64)>,
-        > = std::collections::HashMap::new();
+        let mut votes = std::collections::HashMap::new();
         for entry in &entries {
             match self.parse(&entry.key) {
                 Some(Key::Drain(key)) => {
@@ -366,15 +376,13 @@ impl Fleet {
                         runtime.insert(key, member);
                     }
                 }
-                Some(Key::Vote(key, voter)) if voter != inner.instance => {
-                    if let Some(vote) = self.valid_vote(entry) {
-                        votes
-                            .entry(key)
-                            .or_default()
-                            .insert(voter, (vote, entry.lease));
+                Some(Key::Votes(pool, voter)) if voter != inner.instance => {
+                    if let Some(document) = self.valid_votes(entry) {
+                        votes.insert((pool, voter), (document, entry.lease));
                     }
                 }
-                Some(Key::Vote(..)) => {}
+                Some(Key::Votes(..)) => {}
+                Some(Key::LegacyVote) => self.ignore_legacy_vote(),
                 Some(Key::Keyset) => keysets.push(entry),
                 Some(Key::Instance(id)) => {
                     match serde_json::from_slice::<InstanceInfo>(&entry.value) {
@@ -413,10 +421,7 @@ impl Fleet {
     /// ignored votes of voters without a live membership, and returns the votes that count.
     fn mirror_all(
         &self,
-        votes: std::collections::HashMap<
-            EndpointKey,
-            BTreeMap<String, (crate::health::votes::Vote, i64)>,
-        >,
+        votes: std::collections::HashMap<(String, String), votes::StoredVotes>,
         members: std::collections::HashMap<String, i64>,
     ) -> Result<
         std::collections::HashMap<EndpointKey, BTreeMap<String, crate::health::votes::Vote>>,
@@ -433,20 +438,8 @@ impl Fleet {
         let ignored: Vec<String> = mirror
             .votes
             .iter()
-            .flat_map(|(key, voters)| {
-                voters
-                    .iter()
-                    .filter(|(voter, (_, lease))| !mirror.counts(voter, *lease))
-                    .map(move |(voter, _)| {
-                        format!(
-                            "{}vote/{}/{}/{}",
-                            inner.prefix,
-                            segment(&key.pool),
-                            segment(&key.member),
-                            segment(voter)
-                        )
-                    })
-            })
+            .filter(|((_, voter), (_, lease))| !mirror.counts(voter, *lease))
+            .map(|((pool, voter), _)| self.voter_key(pool, voter))
             .collect();
         let counted = mirror.counted();
         drop(mirror);
@@ -502,10 +495,15 @@ impl Fleet {
         match self.parse(&entry.key) {
             Some(Key::Drain(key)) => self.apply_drain(put, key, entry).await,
             Some(Key::Load(key)) if put => self.apply_load(&key, entry).await,
-            Some(Key::Vote(key, voter)) if voter != inner.instance => {
-                self.apply_vote(put, key, voter, entry).await;
+            Some(Key::Votes(pool, voter)) if voter != inner.instance => {
+                self.apply_votes(put, pool, voter, entry).await;
             }
-            Some(Key::Vote(..)) => {}
+            Some(Key::Votes(..)) => {}
+            Some(Key::LegacyVote) => {
+                if put {
+                    self.ignore_legacy_vote();
+                }
+            }
             Some(Key::Load(_)) => {}
             Some(Key::Member(key)) => self.apply_member(put, key, entry).await,
             Some(Key::Keyset) => self.apply_keyset(

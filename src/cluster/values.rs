@@ -124,9 +124,9 @@ pub(super) struct LoadValue {
 /// What the store holds of votes and members (see [`Inner::mirror`]).
 #[derive(Debug, Default)]
 pub(super) struct Mirror {
-    /// Votes by endpoint and voter, with the lease each lives under.
-    pub(super) votes:
-        std::collections::HashMap<EndpointKey, BTreeMap<String, (crate::health::votes::Vote, i64)>>,
+    /// Votes by pool and voter (a voter's document on a pool), with the lease each
+    /// document lives under.
+    pub(super) votes: std::collections::HashMap<(String, String), super::votes::StoredVotes>,
     /// Members (instances and probe agents) by name, with their registration's lease.
     pub(super) members: std::collections::HashMap<String, i64>,
     /// Keys already warned about.
@@ -140,21 +140,28 @@ impl Mirror {
         lease != 0 && self.members.get(voter) == Some(&lease)
     }
 
-    /// The votes that count.
+    /// The votes that count, by endpoint and voter.
     pub(super) fn counted(
         &self,
     ) -> std::collections::HashMap<EndpointKey, BTreeMap<String, crate::health::votes::Vote>> {
-        self.votes
-            .iter()
-            .map(|(key, voters)| {
-                let counted = voters
-                    .iter()
-                    .filter(|(voter, (_, lease))| self.counts(voter, *lease))
-                    .map(|(voter, (vote, _))| (voter.clone(), vote.clone()))
-                    .collect();
-                (key.clone(), counted)
-            })
-            .collect()
+        let mut counted: std::collections::HashMap<EndpointKey, BTreeMap<_, _>> =
+            std::collections::HashMap::new();
+        for ((pool, voter), (votes, lease)) in &self.votes {
+            if !self.counts(voter, *lease) {
+                continue;
+            }
+            for (member, vote) in votes {
+                let key = EndpointKey {
+                    pool: pool.clone(),
+                    member: member.clone(),
+                };
+                counted
+                    .entry(key)
+                    .or_default()
+                    .insert(voter.clone(), vote.clone());
+            }
+        }
+        counted
     }
 }
 

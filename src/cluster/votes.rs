@@ -1,22 +1,130 @@
-//! Votes: this instance's verdicts published under its lease, and the mirror of the others' that counts only votes held by a live member's own lease.
+//! Votes: this instance's verdicts published under its lease, one document per pool, and
+//! the mirror of the others' that counts only votes held by a live member's own lease.
+//!
+//! A voter stores its verdicts on a pool's endpoints together, as one [`PoolVotes`] under
+//! `votes/<pool>/<voter>`, written when one of them changes (never on a timer): a fleet of
+//! 30 instances probing 10,000 endpoints in 100 pools holds 3,000 keys, not 300,000, and a
+//! mass outage is one write per pool and instance, whose watch event carries the whole
+//! pool. A reader compares each document with the one it held and hands the monitor only
+//! the endpoints whose vote changed, in one message.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::values::segment;
-use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH, VOTE_REFRESH};
+use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH};
+use crate::health::votes::{Vote, now_unix};
 use crate::routing::EndpointKey;
 
+/// Bytes of documents written in one request: below etcd's default request limit
+/// (1.5 MiB), which a single pool's document must also fit (about 15,000 endpoints).
+const VOTE_REQUEST_BYTES: usize = 1 << 20;
+
+/// One voter's verdicts on one pool's endpoints, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolVotes {
+    /// When it was written (Unix seconds).
+    pub at: u64,
+    /// The voter's region, for pools that vote by region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The verdict on each endpoint the voter probes, by member name.
+    pub members: BTreeMap<String, Verdict>,
+}
+
+/// One endpoint's verdict inside a [`PoolVotes`] (a [`Vote`] without what the document
+/// holds once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Up (true) or down.
+    pub up: bool,
+    /// Since when (Unix seconds).
+    pub since: u64,
+    /// The last probe's error, when down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last probe's round trip, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u64>,
+    /// The voter's probes stopped reporting: the verdict does not count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// `family = "each"`: the IPv4 address's check alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4: Option<bool>,
+    /// The same for the IPv6 address's check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<bool>,
+}
+
+impl PoolVotes {
+    /// The document for `votes` (one pool's, by member name), written now.
+    pub fn of(votes: &BTreeMap<String, Vote>) -> Self {
+        Self {
+            at: now_unix(),
+            region: votes.values().find_map(|vote| vote.region.clone()),
+            members: votes
+                .iter()
+                .map(|(member, vote)| {
+                    let verdict = Verdict {
+                        up: vote.up,
+                        since: vote.since,
+                        error: vote.error.clone(),
+                        rtt_ms: vote.rtt_ms,
+                        stale: vote.stale,
+                        v4: vote.v4,
+                        v6: vote.v6,
+                    };
+                    (member.clone(), verdict)
+                })
+                .collect(),
+        }
+    }
+
+    /// The votes it holds, by member name.
+    pub fn votes(self) -> BTreeMap<String, Vote> {
+        let Self {
+            at,
+            region,
+            members,
+        } = self;
+        members
+            .into_iter()
+            .map(|(member, v)| {
+                let vote = Vote {
+                    up: v.up,
+                    since: v.since,
+                    error: v.error,
+                    rtt_ms: v.rtt_ms,
+                    region: region.clone(),
+                    stale: v.stale,
+                    at,
+                    v4: v.v4,
+                    v6: v.v6,
+                };
+                (member, vote)
+            })
+            .collect()
+    }
+}
+
+/// This instance's verdicts as last written, by pool and member.
+pub(super) type Published = HashMap<String, BTreeMap<String, Vote>>;
+
+/// One voter's votes on one pool as the store holds them, and the lease they live under.
+pub(super) type StoredVotes = (BTreeMap<String, Vote>, i64);
+
 impl Fleet {
-    /// Publishes this instance's verdicts: each change at once, and all of them every
-    /// [`VOTE_REFRESH`] (and after each reconnect, from [`Fleet::session`]).
+    /// Publishes this instance's verdicts: each change at once (changes that arrive
+    /// together in one request), all of them after each reconnect (from
+    /// [`Fleet::session`]) and, after a failed write, again until one works.
     pub(super) async fn share_verdicts(&self, token: CancellationToken) {
         let mut verdicts = self.0.health.subscribe_verdicts();
-        let mut refresh = tokio::time::interval(VOTE_REFRESH);
-        refresh.tick().await;
         let mut retry_in = MIN_BACKOFF;
         loop {
             let unshared = self.0.unshared.load(Ordering::Relaxed);
@@ -41,13 +149,9 @@ impl Fleet {
                 }
                 received = verdicts.recv() => match received {
                     Ok(first) => {
-                        // Changes that arrive together go in one request.
                         let mut batch = vec![first];
-                        while batch.len() < VOTE_BATCH {
-                            match verdicts.try_recv() {
-                                Ok(next) => batch.push(next),
-                                Err(_) => break,
-                            }
+                        while let Ok(next) = verdicts.try_recv() {
+                            batch.push(next);
                         }
                         self.publish_votes(batch).await;
                     }
@@ -56,111 +160,210 @@ impl Fleet {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
-                _ = refresh.tick() => self.publish_all_votes().await,
                 () = token.cancelled() => return,
             }
         }
     }
 
-    /// Writes all of this instance's verdicts, [`VOTE_BATCH`] to a request.
+    /// Writes all of this instance's verdicts, one document per pool, and removes the
+    /// documents of pools it no longer probes.
     pub(super) async fn publish_all_votes(&self) {
         if !self.is_connected() {
             return;
         }
-        let verdicts = self.0.health.verdicts().await;
-        for chunk in verdicts.chunks(VOTE_BATCH) {
-            self.publish_votes(chunk.to_vec()).await;
+        let mut current: Published = HashMap::new();
+        for (key, vote) in self.0.health.verdicts().await {
+            current.entry(key.pool).or_default().insert(key.member, vote);
+        }
+        let mut published = self.0.published.lock().await;
+        let gone: Vec<String> = published
+            .keys()
+            .filter(|pool| !current.contains_key(*pool))
+            .map(|pool| self.votes_key(pool))
+            .collect();
+        *published = current;
+        let pools: Vec<String> = published.keys().cloned().collect();
+        self.write_pools(&published, &pools).await;
+        if !gone.is_empty()
+            && let Err(error) = self.0.engine.delete_many(gone).await
+        {
+            warn!(%error, "verdicts on pools no longer probed not removed; they go with this instance's lease");
         }
     }
 
-    pub(super) fn vote_key(&self, key: &EndpointKey) -> String {
-        format!(
-            "{}vote/{}/{}/{}",
-            self.0.prefix,
-            segment(&key.pool),
-            segment(&key.member),
-            segment(&self.0.instance)
-        )
+    /// Writes the documents of the pools whose verdicts `changes` change.
+    pub(super) async fn publish_votes(&self, changes: Vec<(EndpointKey, Vote)>) {
+        let mut published = self.0.published.lock().await;
+        let mut pools: Vec<String> = Vec::new();
+        for (key, vote) in changes {
+            let members = published.entry(key.pool.clone()).or_default();
+            if members.get(&key.member) != Some(&vote) {
+                members.insert(key.member, vote);
+                pools.push(key.pool);
+            }
+        }
+        pools.sort_unstable();
+        pools.dedup();
+        self.write_pools(&published, &pools).await;
     }
 
-    pub(super) async fn publish_votes(
-        &self,
-        votes: Vec<(EndpointKey, crate::health::votes::Vote)>,
-    ) {
+    /// Writes `pools`' documents, in requests of at most [`VOTE_BATCH`] keys and
+    /// [`VOTE_REQUEST_BYTES`]; a failure is retried by [`Fleet::share_verdicts`].
+    async fn write_pools(&self, published: &Published, pools: &[String]) {
         let inner = &self.0;
         let lease = inner.lease.load(Ordering::Relaxed);
         if !self.is_connected() || lease == 0 {
             return;
         }
-        let entries = votes
-            .iter()
-            .map(|(key, vote)| {
-                (
-                    self.vote_key(key),
-                    serde_json::to_vec(vote).unwrap_or_default(),
-                )
-            })
-            .collect();
-        if let Err(error) = inner.engine.put_many(entries, Some(lease)).await {
-            warn!(%error, verdicts = votes.len(), "verdicts not shared; writing them again shortly");
-            inner.unshared.store(true, Ordering::Relaxed);
+        let mut requests: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for pool in pools {
+            let Some(votes) = published.get(pool) else {
+                continue;
+            };
+            let value = serde_json::to_vec(&PoolVotes::of(votes)).unwrap_or_default();
+            let full = requests.last().is_some_and(|request| {
+                !request.is_empty()
+                    && (request.len() >= VOTE_BATCH || bytes + value.len() > VOTE_REQUEST_BYTES)
+            });
+            if full {
+                requests.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += value.len();
+            if let Some(request) = requests.last_mut() {
+                request.push((self.votes_key(pool), value));
+            }
+        }
+        for request in requests.into_iter().filter(|r| !r.is_empty()) {
+            let count = request.len();
+            if let Err(error) = inner.engine.put_many(request, Some(lease)).await {
+                warn!(%error, pools = count, "verdicts not shared; writing them again shortly");
+                inner.unshared.store(true, Ordering::Relaxed);
+                return;
+            }
         }
     }
 
-    /// A vote value from the store, or None (counted) when it is not one.
-    pub(super) fn valid_vote(&self, entry: &Entry) -> Option<crate::health::votes::Vote> {
-        match serde_json::from_slice(&entry.value) {
-            Ok(vote) => Some(vote),
+    /// Where this instance's verdicts on `pool` are stored.
+    pub(super) fn votes_key(&self, pool: &str) -> String {
+        self.voter_key(pool, &self.0.instance)
+    }
+
+    /// Where `voter`'s verdicts on `pool` are stored.
+    pub(super) fn voter_key(&self, pool: &str, voter: &str) -> String {
+        format!("{}votes/{}/{}", self.0.prefix, segment(pool), segment(voter))
+    }
+
+    /// A votes document from the store, or None (counted) when it is not one.
+    pub(super) fn valid_votes(&self, entry: &Entry) -> Option<BTreeMap<String, Vote>> {
+        match serde_json::from_slice::<PoolVotes>(&entry.value) {
+            Ok(document) => Some(document.votes()),
             Err(error) => {
-                self.ignore(&entry.key, "invalid", &format!("not a vote: {error}"));
+                self.ignore(&entry.key, "invalid", &format!("not a votes document: {error}"));
                 None
             }
         }
     }
 
-    /// Another voter's vote changed in the store: mirrored, and counted only while the
-    /// voter holds a live membership under the vote's own lease.
-    pub(super) async fn apply_vote(
-        &self,
-        put: bool,
-        key: EndpointKey,
-        voter: String,
-        entry: &Entry,
-    ) {
+    /// Another voter's votes on a pool changed in the store: mirrored, and counted only
+    /// while the voter holds a live membership under the document's own lease. The
+    /// monitor is told the endpoints whose counted vote changed, in one message.
+    pub(super) async fn apply_votes(&self, put: bool, pool: String, voter: String, entry: &Entry) {
         let inner = &self.0;
-        let vote = put.then(|| self.valid_vote(entry)).flatten();
-        let (now_counts, counted_before) = {
+        let votes = put.then(|| self.valid_votes(entry)).flatten();
+        let (changes, refused) = {
             let Ok(mut mirror) = inner.mirror.lock() else {
                 return;
             };
-            let before = mirror
-                .votes
-                .get(&key)
-                .and_then(|voters| voters.get(&voter))
-                .is_some_and(|(_, lease)| mirror.counts(&voter, *lease));
-            let voters = mirror.votes.entry(key.clone()).or_default();
-            match &vote {
-                Some(vote) => {
-                    voters.insert(voter.clone(), (vote.clone(), entry.lease));
+            let slot = (pool.clone(), voter.clone());
+            let (before, counted_before) = match mirror.votes.remove(&slot) {
+                Some((votes, lease)) => {
+                    let counted = mirror.counts(&voter, lease);
+                    (votes, counted)
                 }
-                None => {
-                    voters.remove(&voter);
+                None => (BTreeMap::new(), false),
+            };
+            let now_counts = votes.is_some() && mirror.counts(&voter, entry.lease);
+            let after = votes.clone().unwrap_or_default();
+            let key = |member: &String| EndpointKey {
+                pool: pool.clone(),
+                member: member.clone(),
+            };
+            let mut changes = Vec::new();
+            for (member, vote) in &after {
+                let was = before.get(member).filter(|_| counted_before);
+                if now_counts && was != Some(vote) {
+                    changes.push((key(member), Some(vote.clone())));
+                } else if !now_counts && was.is_some() {
+                    changes.push((key(member), None));
                 }
             }
-            let counts = vote.is_some() && mirror.counts(&voter, entry.lease);
-            (counts, before)
+            if counted_before {
+                for member in before.keys().filter(|m| !after.contains_key(*m)) {
+                    changes.push((key(member), None));
+                }
+            }
+            if let Some(votes) = votes.as_ref() {
+                mirror.votes.insert(slot, (votes.clone(), entry.lease));
+            }
+            (changes, votes.is_some() && !now_counts)
         };
-        if vote.is_some() && !now_counts {
+        if refused {
             self.ignore(
                 &entry.key,
                 "not_a_member",
                 "the voter holds no live fleet membership",
             );
         }
-        if now_counts {
-            inner.health.set_vote(key, voter, vote).await;
-        } else if counted_before {
-            inner.health.set_vote(key, voter, None).await;
+        if !changes.is_empty() {
+            inner.health.set_votes(voter, changes).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_round_trips_every_vote_and_stays_small() {
+        let mut votes = BTreeMap::new();
+        for (member, up) in [("fra-1", true), ("ams-1", false)] {
+            votes.insert(
+                member.to_string(),
+                Vote {
+                    up,
+                    since: 1_765_000_000,
+                    error: (!up).then(|| "connection refused".to_string()),
+                    rtt_ms: up.then_some(3),
+                    region: Some("eu".into()),
+                    stale: false,
+                    at: 0,
+                    v4: None,
+                    v6: None,
+                },
+            );
+        }
+        let document = PoolVotes::of(&votes);
+        let text = serde_json::to_string(&document).unwrap_or_default();
+        let back: PoolVotes = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let at = back.at;
+        let read = back.votes();
+        for (member, vote) in &votes {
+            let mut expected = vote.clone();
+            expected.at = at;
+            assert_eq!(read.get(member), Some(&expected), "{member}");
+        }
+        // An up endpoint costs its name and about 40 bytes.
+        let up = document.members.get("fra-1").map(serde_json::to_string);
+        assert!(
+            up.as_ref().is_some_and(|t| t.as_ref().is_ok_and(|t| t.len() <= 40)),
+            "{up:?}"
+        );
+        assert!(
+            serde_json::from_str::<PoolVotes>(r#"{"at":1,"members":{"a":{"up":true}}}"#).is_err(),
+            "a verdict without since is not one"
+        );
     }
 }

@@ -203,9 +203,9 @@ impl HealthHandle {
         verdicts.await.unwrap_or_default()
     }
 
-    /// Another instance's verdict on `key` (None: withdrawn).
-    pub async fn set_vote(&self, key: EndpointKey, voter: String, vote: Option<Vote>) {
-        let _ = self.control.send(Control::Vote(key, voter, vote)).await;
+    /// Another instance's verdicts that changed (None: withdrawn), applied together.
+    pub async fn set_votes(&self, voter: String, votes: Vec<(EndpointKey, Option<Vote>)>) {
+        let _ = self.control.send(Control::Votes(voter, votes)).await;
     }
 
     /// Replaces every other instance's verdicts (after reading the store again).
@@ -279,7 +279,7 @@ pub(super) enum Control {
     Status(oneshot::Sender<Vec<EndpointStatus>>),
     Undrain(EndpointKey, Reply),
     /// Another instance's verdict on an endpoint (None: withdrawn).
-    Vote(EndpointKey, String, Option<Vote>),
+    Votes(String, Vec<(EndpointKey, Option<Vote>)>),
     /// Every other instance's verdicts, read again from the store.
     ReplaceVotes(HashMap<EndpointKey, BTreeMap<String, Vote>>),
     /// Whether the fleet's votes count (the store is reachable).

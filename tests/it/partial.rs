@@ -524,22 +524,28 @@ async fn forged_votes_count_for_nothing() {
         })
         .await;
     }
-    // Four "down" votes for fra-1 by voters that are neither instances nor agents.
+    // Four "down" votes for fra-1 by voters that are neither instances nor agents, and
+    // one in the per-endpoint format of an older gto.
     let mut etcd = cluster.client().await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     for voter in ["x1", "x2", "x3", "x4"] {
-        let vote = serde_json::json!({ "up": false, "since": now, "error": "forged", "at": now });
+        let votes = serde_json::json!({ "at": now, "members": {
+            "fra-1": { "up": false, "since": now, "error": "forged" } } });
         etcd.put(
-            format!("/gto/votes/vote/sma/fra-1/{voter}"),
-            vote.to_string(),
+            format!("/gto/votes/votes/sma/{voter}"),
+            votes.to_string(),
             None,
         )
         .await
         .unwrap();
     }
+    let old = serde_json::json!({ "up": false, "since": now, "error": "forged", "at": now });
+    etcd.put("/gto/votes/vote/sma/fra-1/x5", old.to_string(), None)
+        .await
+        .unwrap();
     for server in &instances {
         within(
             Duration::from_secs(2),
@@ -551,6 +557,11 @@ async fn forged_votes_count_for_nothing() {
                     "gto_cluster_ignored_values_total",
                     &["reason=\"not_a_member\""],
                 ) >= 4.0
+                    && sample(
+                        &metrics,
+                        "gto_cluster_ignored_values_total",
+                        &["reason=\"unknown_key\""],
+                    ) >= 1.0
             },
         )
         .await;

@@ -274,18 +274,20 @@ impl Monitor {
                 let _ = done.send(());
                 self.persist().await;
             }
-            Control::Vote(key, voter, vote) => {
-                let changed = self.members.get_mut(&key).is_some_and(|t| match vote {
-                    Some(vote) => t.votes.insert(voter, vote.clone()).as_ref() != Some(&vote),
-                    None => t.votes.remove(&voter).is_some(),
-                });
-                if changed {
-                    let flips: Vec<Flip> = self
-                        .reconsider(&key, "the votes changed")
-                        .into_iter()
-                        .collect();
-                    self.publish_flips(flips).await;
+            Control::Votes(voter, votes) => {
+                let mut flips = Vec::new();
+                for (key, vote) in votes {
+                    let changed = self.members.get_mut(&key).is_some_and(|t| match vote {
+                        Some(vote) => {
+                            t.votes.insert(voter.clone(), vote.clone()).as_ref() != Some(&vote)
+                        }
+                        None => t.votes.remove(&voter).is_some(),
+                    });
+                    if changed {
+                        flips.extend(self.reconsider(&key, "the votes changed"));
+                    }
                 }
+                self.publish_flips(flips).await;
             }
             Control::ReplaceVotes(all) => {
                 let mut all = all;
