@@ -21,95 +21,117 @@ use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH};
 use crate::health::votes::{Vote, now_unix};
 use crate::routing::EndpointKey;
 
+/// How long changes to this instance's verdicts are gathered before they are written: a
+/// pool's document is written at most this often while its endpoints keep flipping.
+pub const VOTE_LINGER: Duration = Duration::from_millis(250);
+
 /// Bytes of documents written in one request: below etcd's default request limit
 /// (1.5 MiB), which a single pool's document must also fit (about 15,000 endpoints).
 const VOTE_REQUEST_BYTES: usize = 1 << 20;
 
-/// One voter's verdicts on one pool's endpoints, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One voter's verdicts on one pool's endpoints, as stored: the members up, the members
+/// down with their last error, and what only some endpoints have. About 6 bytes per
+/// endpoint that is up, so that a pool's document can be written again on every change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolVotes {
     /// When it was written (Unix seconds).
     pub at: u64,
     /// The voter's region, for pools that vote by region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// The verdict on each endpoint the voter probes, by member name.
-    pub members: BTreeMap<String, Verdict>,
-}
-
-/// One endpoint's verdict inside a [`PoolVotes`] (a [`Vote`] without what the document
-/// holds once).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    /// Up (true) or down.
-    pub up: bool,
-    /// Since when (Unix seconds).
-    pub since: u64,
-    /// The last probe's error, when down.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The last probe's round trip, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rtt_ms: Option<u64>,
-    /// The voter's probes stopped reporting: the verdict does not count.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub stale: bool,
-    /// `family = "each"`: the IPv4 address's check alone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub v4: Option<bool>,
+    /// The members whose check says up.
+    #[serde(default)]
+    pub up: Vec<String>,
+    /// The members whose check says down, with the last probe's error ("" if none).
+    #[serde(default)]
+    pub down: BTreeMap<String, String>,
+    /// Members whose probes stopped reporting at this voter: their verdict does not count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale: Vec<String>,
+    /// `family = "each"`: the IPv4 address's check alone, by member.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub v4: BTreeMap<String, bool>,
     /// The same for the IPv6 address's check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub v6: Option<bool>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub v6: BTreeMap<String, bool>,
 }
 
 impl PoolVotes {
     /// The document for `votes` (one pool's, by member name), written now.
     pub fn of(votes: &BTreeMap<String, Vote>) -> Self {
-        Self {
+        let mut document = Self {
             at: now_unix(),
             region: votes.values().find_map(|vote| vote.region.clone()),
-            members: votes
-                .iter()
-                .map(|(member, vote)| {
-                    let verdict = Verdict {
-                        up: vote.up,
-                        since: vote.since,
-                        error: vote.error.clone(),
-                        rtt_ms: vote.rtt_ms,
-                        stale: vote.stale,
-                        v4: vote.v4,
-                        v6: vote.v6,
-                    };
-                    (member.clone(), verdict)
-                })
-                .collect(),
+            ..Self::default()
+        };
+        for (member, vote) in votes {
+            if vote.up {
+                document.up.push(member.clone());
+            } else {
+                let error = vote.error.clone().unwrap_or_default();
+                document.down.insert(member.clone(), error);
+            }
+            if vote.stale {
+                document.stale.push(member.clone());
+            }
+            if let Some(up) = vote.v4 {
+                document.v4.insert(member.clone(), up);
+            }
+            if let Some(up) = vote.v6 {
+                document.v6.insert(member.clone(), up);
+            }
         }
+        document
     }
 
-    /// The votes it holds, by member name.
-    pub fn votes(self) -> BTreeMap<String, Vote> {
+    /// The votes it holds, by member name. A vote's `since` is kept from `before` (the
+    /// voter's previous document as read) while its verdict is the same, else it is
+    /// this document's time; a member both up and down is invalid.
+    pub fn votes(
+        self,
+        before: Option<&BTreeMap<String, Vote>>,
+    ) -> Result<BTreeMap<String, Vote>, String> {
         let Self {
             at,
             region,
-            members,
+            up,
+            down,
+            stale,
+            v4,
+            v6,
         } = self;
-        members
-            .into_iter()
-            .map(|(member, v)| {
-                let vote = Vote {
-                    up: v.up,
-                    since: v.since,
-                    error: v.error,
-                    rtt_ms: v.rtt_ms,
-                    region: region.clone(),
-                    stale: v.stale,
-                    at,
-                    v4: v.v4,
-                    v6: v.v6,
-                };
-                (member, vote)
-            })
-            .collect()
+        let stale: std::collections::HashSet<String> = stale.into_iter().collect();
+        let verdicts =
+            up.into_iter()
+                .map(|member| (member, true, None))
+                .chain(down.into_iter().map(|(member, error)| {
+                    let error = (!error.is_empty()).then_some(error);
+                    (member, false, error)
+                }));
+        let mut votes = BTreeMap::new();
+        for (member, up, error) in verdicts {
+            let since = before
+                .and_then(|votes| votes.get(&member))
+                .filter(|vote| vote.up == up)
+                .map_or(at, |vote| vote.since);
+            let vote = Vote {
+                up,
+                since,
+                error,
+                rtt_ms: None,
+                region: region.clone(),
+                stale: stale.contains(&member),
+                at,
+                v4: v4.get(&member).copied(),
+                v6: v6.get(&member).copied(),
+            };
+            if votes.insert(member.clone(), vote).is_some() {
+                return Err(format!(
+                    "member {member:?} is both up and down (or listed twice)"
+                ));
+            }
+        }
+        Ok(votes)
     }
 }
 
@@ -149,11 +171,26 @@ impl Fleet {
                 }
                 received = verdicts.recv() => match received {
                     Ok(first) => {
+                        // The flips of one outage come over about one probe interval:
+                        // those within VOTE_LINGER go in one write per pool.
                         let mut batch = vec![first];
-                        while let Ok(next) = verdicts.try_recv() {
-                            batch.push(next);
+                        let until = tokio::time::Instant::now() + VOTE_LINGER;
+                        let mut lagged = false;
+                        while let Ok(next) = tokio::time::timeout_at(until, verdicts.recv()).await {
+                            match next {
+                                Ok(next) => batch.push(next),
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                    lagged = true;
+                                    break;
+                                }
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                            }
                         }
-                        self.publish_votes(batch).await;
+                        if lagged {
+                            self.publish_all_votes().await;
+                        } else {
+                            self.publish_votes(batch).await;
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         self.publish_all_votes().await;
@@ -173,7 +210,10 @@ impl Fleet {
         }
         let mut current: Published = HashMap::new();
         for (key, vote) in self.0.health.verdicts().await {
-            current.entry(key.pool).or_default().insert(key.member, vote);
+            current
+                .entry(key.pool)
+                .or_default()
+                .insert(key.member, vote);
         }
         let mut published = self.0.published.lock().await;
         let gone: Vec<String> = published
@@ -252,18 +292,37 @@ impl Fleet {
 
     /// Where `voter`'s verdicts on `pool` are stored.
     pub(super) fn voter_key(&self, pool: &str, voter: &str) -> String {
-        format!("{}votes/{}/{}", self.0.prefix, segment(pool), segment(voter))
+        format!(
+            "{}votes/{}/{}",
+            self.0.prefix,
+            segment(pool),
+            segment(voter)
+        )
     }
 
     /// A votes document from the store, or None (counted) when it is not one.
-    pub(super) fn valid_votes(&self, entry: &Entry) -> Option<BTreeMap<String, Vote>> {
+    fn valid_document(&self, entry: &Entry) -> Option<PoolVotes> {
         match serde_json::from_slice::<PoolVotes>(&entry.value) {
-            Ok(document) => Some(document.votes()),
+            Ok(document) => Some(document),
             Err(error) => {
-                self.ignore(&entry.key, "invalid", &format!("not a votes document: {error}"));
+                self.not_votes(entry, &error.to_string());
                 None
             }
         }
+    }
+
+    fn not_votes(&self, entry: &Entry, error: &str) {
+        self.ignore(
+            &entry.key,
+            "invalid",
+            &format!("not a votes document: {error}"),
+        );
+    }
+
+    /// The votes in a document read at start or after a compaction (nothing before it).
+    pub(super) fn valid_votes(&self, entry: &Entry) -> Option<BTreeMap<String, Vote>> {
+        let votes = self.valid_document(entry)?.votes(None);
+        votes.map_err(|error| self.not_votes(entry, &error)).ok()
     }
 
     /// Another voter's votes on a pool changed in the store: mirrored, and counted only
@@ -271,12 +330,18 @@ impl Fleet {
     /// monitor is told the endpoints whose counted vote changed, in one message.
     pub(super) async fn apply_votes(&self, put: bool, pool: String, voter: String, entry: &Entry) {
         let inner = &self.0;
-        let votes = put.then(|| self.valid_votes(entry)).flatten();
-        let (changes, refused) = {
+        let document = put.then(|| self.valid_document(entry)).flatten();
+        let (changes, refused, invalid) = {
             let Ok(mut mirror) = inner.mirror.lock() else {
                 return;
             };
             let slot = (pool.clone(), voter.clone());
+            let read = document.map(|d| d.votes(mirror.votes.get(&slot).map(|(v, _)| v)));
+            let (votes, invalid) = match read {
+                Some(Ok(votes)) => (Some(votes), None),
+                Some(Err(error)) => (None, Some(error)),
+                None => (None, None),
+            };
             let (before, counted_before) = match mirror.votes.remove(&slot) {
                 Some((votes, lease)) => {
                     let counted = mirror.counts(&voter, lease);
@@ -307,8 +372,11 @@ impl Fleet {
             if let Some(votes) = votes.as_ref() {
                 mirror.votes.insert(slot, (votes.clone(), entry.lease));
             }
-            (changes, votes.is_some() && !now_counts)
+            (changes, votes.is_some() && !now_counts, invalid)
         };
+        if let Some(error) = invalid {
+            self.not_votes(entry, &error);
+        }
         if refused {
             self.ignore(
                 &entry.key,
@@ -326,44 +394,56 @@ impl Fleet {
 mod tests {
     use super::*;
 
+    fn vote(up: bool, since: u64) -> Vote {
+        Vote {
+            up,
+            since,
+            error: (!up).then(|| "connection refused".to_string()),
+            rtt_ms: None,
+            region: Some("eu".into()),
+            stale: false,
+            at: 0,
+            v4: None,
+            v6: None,
+        }
+    }
+
     #[test]
     fn a_document_round_trips_every_vote_and_stays_small() {
         let mut votes = BTreeMap::new();
-        for (member, up) in [("fra-1", true), ("ams-1", false)] {
-            votes.insert(
-                member.to_string(),
-                Vote {
-                    up,
-                    since: 1_765_000_000,
-                    error: (!up).then(|| "connection refused".to_string()),
-                    rtt_ms: up.then_some(3),
-                    region: Some("eu".into()),
-                    stale: false,
-                    at: 0,
-                    v4: None,
-                    v6: None,
-                },
-            );
-        }
+        votes.insert("fra-1".to_string(), vote(true, 5));
+        votes.insert("ams-1".to_string(), vote(false, 5));
+        let mut each = vote(true, 5);
+        (each.v4, each.v6, each.stale) = (Some(true), Some(false), true);
+        votes.insert("par-1".to_string(), each);
         let document = PoolVotes::of(&votes);
         let text = serde_json::to_string(&document).unwrap_or_default();
         let back: PoolVotes = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         let at = back.at;
-        let read = back.votes();
+        // Read after a document that held the same verdicts: their since is kept.
+        let read = back.clone().votes(Some(&votes)).unwrap_or_default();
         for (member, vote) in &votes {
             let mut expected = vote.clone();
             expected.at = at;
             assert_eq!(read.get(member), Some(&expected), "{member}");
         }
-        // An up endpoint costs its name and about 45 bytes.
-        let up = document.members.get("fra-1").map(serde_json::to_string);
-        assert!(
-            up.as_ref().is_some_and(|t| t.as_ref().is_ok_and(|t| t.len() <= 45)),
-            "{up:?}"
-        );
-        assert!(
-            serde_json::from_str::<PoolVotes>(r#"{"at":1,"members":{"a":{"up":true}}}"#).is_err(),
-            "a verdict without since is not one"
-        );
+        // Read alone, or after a different verdict: since is the document's time.
+        let fresh = back.votes(None).unwrap_or_default();
+        assert!(fresh.values().all(|vote| vote.since == at));
+        // A hundred endpoints up cost about 6 bytes each beyond the fixed part.
+        let hundred: BTreeMap<String, Vote> =
+            (0..100).map(|m| (format!("m{m}"), vote(true, 5))).collect();
+        let size = serde_json::to_vec(&PoolVotes::of(&hundred)).map_or(0, |t| t.len());
+        assert!(size < 700, "{size} bytes");
+        for bad in [
+            r#"{"at":1,"up":"m1"}"#,
+            r#"{"at":1,"up":["m1"],"down":{"m1":""}}"#,
+            r#"{"up":["m1"]}"#,
+        ] {
+            let read = serde_json::from_str::<PoolVotes>(bad)
+                .map_err(|e| e.to_string())
+                .and_then(|d| d.votes(None));
+            assert!(read.is_err(), "{bad} was read");
+        }
     }
 }

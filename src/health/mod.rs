@@ -25,6 +25,8 @@ pub mod kinds;
 mod monitor;
 pub mod probe;
 pub mod scheduler;
+#[doc(hidden)]
+pub mod simulate;
 pub mod state;
 mod status;
 pub mod store;

@@ -254,6 +254,13 @@ impl Prober {
             }
             Probe::Exec(exec) => super::kinds::exec(exec, self.exec_slots.as_ref(), &enter).await,
             Probe::Tcp { target } => {
+                if let Some(up) = super::simulate::scripted(*target) {
+                    return if up {
+                        Ok(ProbeOutcome::default())
+                    } else {
+                        Err(ProbeError::Refused)
+                    };
+                }
                 let stream = connect(*target, self.source_for(*target)).await?;
                 // Close with RST: no FIN exchange and no TIME_WAIT left behind per probe,
                 // which at thousands of probes a second is most of the kernel's work.

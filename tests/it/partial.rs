@@ -532,8 +532,7 @@ async fn forged_votes_count_for_nothing() {
         .unwrap()
         .as_secs();
     for voter in ["x1", "x2", "x3", "x4"] {
-        let votes = serde_json::json!({ "at": now, "members": {
-            "fra-1": { "up": false, "since": now, "error": "forged" } } });
+        let votes = serde_json::json!({ "at": now, "down": { "fra-1": "forged" } });
         etcd.put(
             format!("/gto/votes/votes/sma/{voter}"),
             votes.to_string(),

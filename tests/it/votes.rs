@@ -437,7 +437,7 @@ async fn vote_traffic_at_100_pools_of_100_endpoints_on_3_instances() {
                 .unwrap();
             response.kvs().iter().all(|kv| {
                 serde_json::from_slice::<gto::cluster::votes::PoolVotes>(kv.value())
-                    .is_ok_and(|document| document.members.len() == 100)
+                    .is_ok_and(|document| document.up.len() + document.down.len() == 100)
             })
         }
     };
