@@ -21,9 +21,13 @@ use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH};
 use crate::health::votes::{Vote, now_unix};
 use crate::routing::EndpointKey;
 
-/// How long changes to this instance's verdicts are gathered before they are written: a
-/// pool's document is written at most this often while its endpoints keep flipping.
+/// Changes to this instance's verdicts are written once none has come for this long...
 pub const VOTE_LINGER: Duration = Duration::from_millis(250);
+
+/// ...or this long after the first: while endpoints keep flipping (a mass outage, whose
+/// flips come over about one probe interval), a pool's document is written about once a
+/// second rather than once per flip, and every reader parses it that often.
+pub const VOTE_LINGER_MAX: Duration = Duration::from_secs(1);
 
 /// Bytes of documents written in one request: below etcd's default request limit
 /// (1.5 MiB), which a single pool's document must also fit (about 15,000 endpoints).
@@ -172,13 +176,19 @@ impl Fleet {
                 received = verdicts.recv() => match received {
                     Ok(first) => {
                         // The flips of one outage come over about one probe interval:
-                        // those within VOTE_LINGER go in one write per pool.
+                        // changes are gathered until none came for VOTE_LINGER (or for
+                        // VOTE_LINGER_MAX in all), then written, one document per pool.
                         let mut batch = vec![first];
-                        let until = tokio::time::Instant::now() + VOTE_LINGER;
+                        let first_at = tokio::time::Instant::now();
+                        let mut until = first_at + VOTE_LINGER;
                         let mut lagged = false;
                         while let Ok(next) = tokio::time::timeout_at(until, verdicts.recv()).await {
                             match next {
-                                Ok(next) => batch.push(next),
+                                Ok(next) => {
+                                    batch.push(next);
+                                    until = (tokio::time::Instant::now() + VOTE_LINGER)
+                                        .min(first_at + VOTE_LINGER_MAX);
+                                }
                                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                                     lagged = true;
                                     break;
@@ -350,13 +360,14 @@ impl Fleet {
                 None => (BTreeMap::new(), false),
             };
             let now_counts = votes.is_some() && mirror.counts(&voter, entry.lease);
-            let after = votes.clone().unwrap_or_default();
+            let empty = BTreeMap::new();
+            let after = votes.as_ref().unwrap_or(&empty);
             let key = |member: &String| EndpointKey {
                 pool: pool.clone(),
                 member: member.clone(),
             };
             let mut changes = Vec::new();
-            for (member, vote) in &after {
+            for (member, vote) in after {
                 let was = before.get(member).filter(|_| counted_before);
                 if now_counts && was != Some(vote) {
                     changes.push((key(member), Some(vote.clone())));
@@ -369,10 +380,11 @@ impl Fleet {
                     changes.push((key(member), None));
                 }
             }
-            if let Some(votes) = votes.as_ref() {
-                mirror.votes.insert(slot, (votes.clone(), entry.lease));
+            let refused = votes.is_some() && !now_counts;
+            if let Some(votes) = votes {
+                mirror.votes.insert(slot, (votes, entry.lease));
             }
-            (changes, votes.is_some() && !now_counts, invalid)
+            (changes, refused, invalid)
         };
         if let Some(error) = invalid {
             self.not_votes(entry, &error);

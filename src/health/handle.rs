@@ -278,7 +278,7 @@ pub(super) enum Control {
     SetLoad(EndpointKey, u32, Option<u32>, Option<SystemTime>, Reply),
     Status(oneshot::Sender<Vec<EndpointStatus>>),
     Undrain(EndpointKey, Reply),
-    /// Another instance's verdict on an endpoint (None: withdrawn).
+    /// Another instance's verdicts that changed (None: withdrawn).
     Votes(String, Vec<(EndpointKey, Option<Vote>)>),
     /// Every other instance's verdicts, read again from the store.
     ReplaceVotes(HashMap<EndpointKey, BTreeMap<String, Vote>>),
@@ -291,4 +291,18 @@ pub(super) enum Control {
     /// Kills every probe task without telling the endpoints: a checker that died.
     #[cfg(test)]
     KillProbes,
+}
+
+impl Control {
+    /// Whether it can start, end or move a drain or a window (which the monitor's next
+    /// deadline depends on). Votes, status and loads cannot.
+    pub(super) fn may_change_drains(&self) -> bool {
+        matches!(
+            self,
+            Control::Drain(..)
+                | Control::DrainSet(..)
+                | Control::Undrain(..)
+                | Control::Reconfigure(..)
+        )
+    }
 }

@@ -126,25 +126,27 @@ pub fn decide_check(
             })
             .map(|(_, vote)| vote)
     };
-    let regional: Vec<&Vote> = match (&rule.scope, &me.region) {
-        (VoteScope::Region, Some(region)) => fresh()
-            .filter(|v| v.region.as_deref() == Some(region.as_str()))
-            .collect(),
-        _ => Vec::new(),
+    // Counted without collecting: this runs for every vote that changes, 300,000 times
+    // per instance in a mass outage of a fleet of 30 at 10,000 endpoints.
+    let region = match (&rule.scope, &me.region) {
+        (VoteScope::Region, Some(region)) => Some(region.as_str()),
+        _ => None,
     };
+    let in_region = |v: &&Vote| region.is_some() && v.region.as_deref() == region;
     // This instance counts too; a region with too few voters falls back to all.
-    let others: Vec<&Vote> =
-        if rule.scope == VoteScope::Region && regional.len() + 1 >= rule.min_voters {
-            regional
-        } else {
-            fresh().collect()
-        };
-    let voters = others.len() + 1;
+    let regional = fresh().filter(in_region).count();
+    let by_region = region.is_some() && regional + 1 >= rule.min_voters;
+    let counted = |v: &&Vote| !by_region || in_region(v);
+    let voters = if by_region {
+        regional + 1
+    } else {
+        fresh().count() + 1
+    };
     if voters < rule.min_voters {
         return alone;
     }
-    let down = others
-        .iter()
+    let down = fresh()
+        .filter(counted)
         .filter(|v| v.on(v6_check) == Some(false))
         .count()
         + usize::from(local == Health::Down);

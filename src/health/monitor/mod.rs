@@ -201,8 +201,9 @@ impl Monitor {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(REPORT_BATCH);
-        // Drains and windows change only by control messages and sweeps, never by probe
-        // reports: the deadline is computed again after those alone (a scan of every
+        // Drains and windows change only by the control messages that say so and by
+        // sweeps, never by probe reports or votes: the deadline is computed again after
+        // those alone (a scan of every
         // endpoint per batch of reports was most of the monitor's CPU at 10,000).
         let mut deadline = self.next_drain_deadline();
         loop {
@@ -220,8 +221,11 @@ impl Monitor {
                 }
                 Some(written) = written => self.on_written(written).await,
                 Some(control) = control.recv() => {
+                    let drains = control.may_change_drains();
                     self.on_control(control).await;
-                    deadline = self.next_drain_deadline();
+                    if drains {
+                        deadline = self.next_drain_deadline();
+                    }
                 }
                 _ = sweep.tick() => {
                     self.sweep().await;
