@@ -69,7 +69,7 @@ pub fn spawn(
     let (saved_tx, saved) = watch::channel(store::Written::default());
     let follow = loaded.config.server.state_file_follow_symlinks;
     let mut monitor = Monitor {
-        members: HashMap::new(),
+        members: HashMap::default(),
         order: Vec::new(),
         targets: HashMap::new(),
         by_id: HashMap::new(),
@@ -137,7 +137,7 @@ pub fn spawn(
 struct Monitor {
     /// Members added at run time (the running config's), kept in the state file.
     runtime: Vec<crate::runtime::RuntimeMember>,
-    members: HashMap<EndpointKey, Tracked>,
+    members: HashMap<EndpointKey, Tracked, foldhash::fast::RandomState>,
     /// Endpoints in config order, for status.
     order: Vec<EndpointKey>,
     targets: HashMap<TargetKey, Target>,

@@ -45,6 +45,7 @@ pub(super) fn new_tracked(
         main,
         v6: v6_state(check, restored.and_then(|r| r.v6.as_ref()), now),
         votes: BTreeMap::new(),
+        votes_gauged: None,
         rule: VoteRule::default(),
         stale,
         check: check.clone(),
@@ -83,7 +84,7 @@ impl Monitor {
     ) {
         let now = SystemTime::now();
         let mut wanted: HashMap<TargetKey, Vec<(EndpointKey, Which)>> = HashMap::new();
-        let mut members = HashMap::new();
+        let mut members = HashMap::default();
         let mut order = Vec::new();
         for pool in &loaded.config.pools {
             for member in &pool.members {

@@ -77,6 +77,8 @@ pub(super) struct Tracked {
     pub(super) v6: Option<CheckState>,
     /// Other instances' verdicts, by instance.
     pub(super) votes: BTreeMap<String, Vote>,
+    /// The (voters, down) last set in `gto_member_votes`: set again only when it moves.
+    pub(super) votes_gauged: Option<(usize, usize)>,
     /// The pool's rule for combining them.
     pub(super) rule: VoteRule,
     pub(super) stale: bool,

@@ -117,8 +117,13 @@ impl Monitor {
         if voter.is_some() {
             let down = main.tally.map_or(0, |(_, down)| down);
             let voters = main.tally.map_or(1, |(voters, _)| voters);
-            metrics::gauge!(MEMBER_VOTES, "pool" => key.pool.clone(), "member" => key.member.clone(), "verdict" => "down").set(down as f64);
-            metrics::gauge!(MEMBER_VOTES, "pool" => key.pool.clone(), "member" => key.member.clone(), "verdict" => "up").set((voters - down) as f64);
+            // Set when it moved only: each set clones the labels and looks the gauge up,
+            // and a mass outage reconsiders each endpoint once per voter.
+            if t.votes_gauged != Some((voters, down)) {
+                t.votes_gauged = Some((voters, down));
+                metrics::gauge!(MEMBER_VOTES, "pool" => key.pool.clone(), "member" => key.member.clone(), "verdict" => "down").set(down as f64);
+                metrics::gauge!(MEMBER_VOTES, "pool" => key.pool.clone(), "member" => key.member.clone(), "verdict" => "up").set((voters - down) as f64);
+            }
         }
         let before = t.effective();
         let now = SystemTime::now();
