@@ -1,20 +1,26 @@
 //! The fleet simulator: N gto instances in one process, each with the real fleet code
-//! (registration under a lease, heartbeats, the watch, votes, the health monitor with its
-//! scheduler and rise/fall) and scripted probes ([`gto::health::simulate`]: a TCP check
-//! asks the script instead of connecting), against a real etcd on loopback.
+//! (registration under a lease, heartbeats, the watch, votes) and the real health monitor
+//! (rise/fall, verdicts, the vote rules), against a real etcd on loopback. Probes are
+//! simulated ([`gto::health::simulate`]): when the script changes an endpoint, each
+//! instance's monitor gets the probe outcomes that confirm it at the time its own
+//! schedule would have (the next probe at a random point of the interval, then a quarter
+//! interval, then whole intervals, as the scheduler probes), so 30 instances of 10,000
+//! endpoints do not run 300,000 probe tasks on one machine (the cost of probing itself is
+//! `benches/scheduler.rs`'s).
 //!
 //! For each fleet size and endpoint count it runs a timeline — steady state, a 10 % outage
 //! (every tenth endpoint of every pool), recovery, a 100 % outage, recovery, 1 % of the
-//! endpoints flapping — and reports etcd's writes (raft proposals) and bytes per second,
-//! the watch events delivered per instance, the time until every instance's view (the
-//! endpoint flips its monitor hands the snapshot builder) agrees with the script
-//! (p50/p99/max over instances), etcd's db size, and the CPU per instance (the process's
-//! CPU over N: scripted probes, monitors, fleet code; etcd's own CPU apart).
+//! endpoints flapping — and reports etcd's writes (raft proposals) per second, the keys
+//! and bytes written, the watch events delivered per instance, the time until every
+//! instance's view (the endpoint flips its monitor hands the snapshot builder) agrees
+//! with the script (p50/p99/max over instances), etcd's db size (and what a compaction
+//! leaves), and the CPU per instance (the process's CPU over N; etcd's own apart).
 //!
 //! `cargo bench --bench fleet` runs N = 3, 10, 30 x 1,000 and 10,000 endpoints (set
-//! `FLEET_SIZES=3,10` and `FLEET_ENDPOINTS=1000` to choose); under `cargo nextest` it runs
-//! once, small (3 x 200, 0.5 s interval), and asserts convergence within
-//! `interval x fall + 2 s` and no vote written in steady state.
+//! `FLEET_SIZES=3,10` and `FLEET_ENDPOINTS=1000` to choose; `RUST_LOG=warn` shows the
+//! instances' logs); under `cargo nextest` it runs once, small (3 x 200, 0.5 s
+//! interval), and asserts convergence within `interval x fall + 2 s` and no vote written
+//! in steady state.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -54,8 +60,14 @@ impl Timing {
     }
 }
 
-/// The script: the addresses whose probes fail.
-struct Down(ArcSwap<HashSet<IpAddr>>);
+/// The script: the addresses whose probes fail, of how many endpoints.
+struct Down(ArcSwap<HashSet<IpAddr>>, std::sync::atomic::AtomicUsize);
+
+impl Down {
+    fn endpoints(&self) -> usize {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 impl gto::health::simulate::Script for Down {
     fn up(&self, target: SocketAddr) -> bool {
@@ -275,6 +287,7 @@ impl View {
 struct Instance {
     view: Arc<Mutex<View>>,
     fleet: Fleet,
+    health: gto::health::HealthHandle,
 }
 
 fn config(dir: &Path, etcd: &str, id: usize, endpoints: usize, timing: Timing) -> PathBuf {
@@ -288,9 +301,7 @@ fn config(dir: &Path, etcd: &str, id: usize, endpoints: usize, timing: Timing) -
         write!(
             text,
             "[[pool]]\nname = \"p{pool}\"\ndown_when = \"majority\"\n\
-             check = {{ kind = \"tcp\", port = 9, interval = \"{}ms\", timeout = \"{}ms\", rise = {}, fall = {} }}\n",
-            timing.interval.as_millis(),
-            timing.interval.as_millis() / 2,
+             check = {{ kind = \"tcp\", port = 9, interval = \"1h\", timeout = \"1s\", rise = {}, fall = {} }}\n",
             timing.rise,
             timing.fall
         )
@@ -317,7 +328,7 @@ async fn start_instance(path: PathBuf, token: &CancellationToken) -> Instance {
         gto::health::spawn(&loaded, None, None, Some(events), token.child_token());
     let cluster = loaded.config.cluster.clone().unwrap();
     let me = InstanceInfo::starting(&loaded, &[]);
-    let fleet = Fleet::new(&cluster, health, me, loaded.config.admin.max_drain);
+    let fleet = Fleet::new(&cluster, health.clone(), me, loaded.config.admin.max_drain);
     fleet.run(token.child_token());
     let view = Arc::new(Mutex::new(View {
         down: HashSet::new(),
@@ -336,7 +347,11 @@ async fn start_instance(path: PathBuf, token: &CancellationToken) -> Instance {
             }
         }
     });
-    Instance { view, fleet }
+    Instance {
+        view,
+        fleet,
+        health,
+    }
 }
 
 /// The outcome of one scripted change: when every instance agreed.
@@ -363,27 +378,74 @@ impl std::fmt::Display for Convergence {
     }
 }
 
-/// Sets the script to `down` and waits (at most `limit`) until every instance agrees.
+/// When an instance's probes of one endpoint confirm a change that happened `unit` of an
+/// interval before its next probe (uniform in 0..1), as the scheduler probes: the next
+/// probe, then (going down) one a quarter interval later and the rest an interval apart,
+/// or (coming up) an interval apart.
+fn detection(timing: Timing, up: bool, unit: f64) -> Duration {
+    let first = timing.interval.mul_f64(unit);
+    if up {
+        first + timing.interval * timing.rise.saturating_sub(1)
+    } else if timing.fall >= 2 {
+        first + timing.interval / 4 + timing.interval * (timing.fall - 2)
+    } else {
+        first
+    }
+}
+
+/// Sets the script to `down`, hands each instance's monitor the probe outcomes that
+/// confirm the change at the times its probes would (see [`detection`]; rise or fall
+/// outcomes at once), and waits (at most `limit`) until every instance agrees.
 async fn change(
     script: &Down,
     instances: &[Instance],
     down: &[usize],
+    timing: Timing,
     limit: Duration,
 ) -> Convergence {
     let expected: Arc<HashSet<EndpointKey>> = Arc::new(down.iter().map(|&e| key(e)).collect());
+    let was: HashSet<IpAddr> = script.0.load().iter().copied().collect();
+    let now_down: HashSet<IpAddr> = down.iter().map(|&e| address(e)).collect();
+    let changed: Vec<(EndpointKey, bool)> = (0..script.endpoints())
+        .filter(|&e| was.contains(&address(e)) != now_down.contains(&address(e)))
+        .map(|e| (key(e), !now_down.contains(&address(e))))
+        .collect();
+    let mut schedule: Vec<(Duration, usize, usize)> = Vec::new();
+    for instance in 0..instances.len() {
+        for (i, (_, up)) in changed.iter().enumerate() {
+            schedule.push((detection(timing, *up, rand::random()), instance, i));
+        }
+    }
+    schedule.sort_unstable();
     for instance in instances {
         instance.view.lock().unwrap().expect(expected.clone());
     }
     let started = Instant::now();
-    script
-        .0
-        .store(Arc::new(down.iter().map(|&e| address(e)).collect()));
+    script.0.store(Arc::new(now_down));
+    let mut next = 0;
     loop {
+        // Outcomes now due, one message per instance.
+        let elapsed = started.elapsed();
+        let mut due: Vec<Vec<(EndpointKey, bool, u32)>> = vec![Vec::new(); instances.len()];
+        while let Some(&(at, instance, i)) = schedule.get(next)
+            && at <= elapsed
+        {
+            let (key, up) = &changed[i];
+            let count = if *up { timing.rise } else { timing.fall };
+            due[instance].push((key.clone(), *up, count));
+            next += 1;
+        }
+        for (instance, outcomes) in instances.iter().zip(due) {
+            if !outcomes.is_empty() {
+                instance.health.simulate_reports(outcomes).await;
+            }
+        }
         let agreed: Vec<Option<Instant>> = instances
             .iter()
             .map(|i| i.view.lock().unwrap().agreed_at)
             .collect();
-        if agreed.iter().all(Option::is_some) || started.elapsed() > limit {
+        let all = next == schedule.len() && agreed.iter().all(Option::is_some);
+        if all || started.elapsed() > limit {
             let mut times: Vec<Duration> = agreed
                 .iter()
                 .map(|at| at.map_or(limit, |at| at.saturating_duration_since(started)))
@@ -394,10 +456,10 @@ async fn change(
                 p50: at(0.5),
                 p99: at(0.99),
                 max: at(1.0),
-                all: agreed.iter().all(Option::is_some),
+                all,
             };
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -469,19 +531,26 @@ struct Row {
 
 async fn scenario(instances: usize, endpoints: usize, timing: Timing, script: &Down) -> Row {
     script.0.store(Arc::new(HashSet::new()));
+    script
+        .1
+        .store(endpoints, std::sync::atomic::Ordering::Relaxed);
     let etcd = Etcd::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("zone"), gto::config::EMBEDDED_ZONE).unwrap();
     let token = CancellationToken::new();
     let mut fleet = Vec::new();
-    // One at a time, as a fleet is rolled out: each instance connected and every pool's
-    // document written before the next starts (30 first rounds of 10,000 probes at once
-    // would be a start-up no real fleet sees, on 2 cores).
+    // One at a time, as a fleet is rolled out: each instance's first probes say up, and
+    // it is connected with every pool's document written before the next starts.
     let pools = endpoints.div_ceil(POOL_SIZE);
     let mut started = Instant::now();
     for id in 0..instances {
         let path = config(dir.path(), &etcd.url(), id, endpoints, timing);
-        fleet.push(start_instance(path, &token).await);
+        let instance = start_instance(path, &token).await;
+        let first: Vec<(EndpointKey, bool, u32)> = (0..endpoints)
+            .map(|e| (key(e), true, timing.rise))
+            .collect();
+        instance.health.simulate_reports(first).await;
+        fleet.push(instance);
         started = Instant::now();
         loop {
             let count = documents(&etcd).await;
@@ -517,11 +586,11 @@ async fn scenario(instances: usize, endpoints: usize, timing: Timing, script: &D
         let etcd = &etcd;
         async move {
             let a = counters(etcd).await;
-            let converged = change(script, fleet, &down, limit).await;
+            let converged = change(script, fleet, &down, timing, limit).await;
             tokio::time::sleep(settle).await;
             let b = counters(etcd).await;
             let rates = rates(a, b);
-            change(script, fleet, &[], limit).await;
+            change(script, fleet, &[], timing, limit).await;
             tokio::time::sleep(settle).await;
             (converged, rates)
         }
@@ -529,24 +598,16 @@ async fn scenario(instances: usize, endpoints: usize, timing: Timing, script: &D
     let outage10 = outage(tenth).await;
     let outage100 = outage(all).await;
 
-    // 1 % flapping: each of them down and up again every two intervals.
+    // 1 % flapping: down, and up again once every instance saw it, for a while.
     let flappers: Vec<usize> = (0..endpoints).filter(|e| e % 100 == 7).collect();
     let a = counters(&etcd).await;
     let flapping_until = Instant::now() + timing.flapping;
-    let mut down = false;
     while Instant::now() < flapping_until {
-        down = !down;
-        let set: HashSet<IpAddr> = if down {
-            flappers.iter().map(|&e| address(e)).collect()
-        } else {
-            HashSet::new()
-        };
-        script.0.store(Arc::new(set));
-        tokio::time::sleep(timing.interval * 2).await;
+        change(script, &fleet, &flappers, timing, limit).await;
+        change(script, &fleet, &[], timing, limit).await;
     }
     let b = counters(&etcd).await;
     let flapping = rates(a, b);
-    script.0.store(Arc::new(HashSet::new()));
 
     // The db as the run left it, then what a compaction (etcd's auto-compaction, as the
     // README recommends) leaves in use: the live keys.
@@ -654,7 +715,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let script: &'static Down = Box::leak(Box::new(Down(ArcSwap::from_pointee(HashSet::new()))));
+    let script: &'static Down = Box::leak(Box::new(Down(
+        ArcSwap::from_pointee(HashSet::new()),
+        std::sync::atomic::AtomicUsize::new(0),
+    )));
     assert!(gto::health::simulate::install(Box::new(Shared(script))));
     let (sizes, counts, timing) = if benching {
         (

@@ -203,6 +203,13 @@ impl HealthHandle {
         verdicts.await.unwrap_or_default()
     }
 
+    /// For the fleet simulator only ([`crate::health::simulate`]): `count` probe outcomes
+    /// (up or not) of each endpoint's main check, folded in as reports of its probes.
+    #[doc(hidden)]
+    pub async fn simulate_reports(&self, outcomes: Vec<(EndpointKey, bool, u32)>) {
+        let _ = self.control.send(Control::Simulated(outcomes)).await;
+    }
+
     /// Another instance's verdicts that changed (None: withdrawn), applied together.
     pub async fn set_votes(&self, voter: String, votes: Vec<(EndpointKey, Option<Vote>)>) {
         let _ = self.control.send(Control::Votes(voter, votes)).await;
@@ -288,6 +295,8 @@ pub(super) enum Control {
     Verdicts(oneshot::Sender<Vec<(EndpointKey, Vote)>>),
     /// Where to report changes as events.
     ReportTo(crate::events::Events),
+    /// Probe outcomes from the fleet simulator ([`crate::health::simulate`]).
+    Simulated(Vec<(EndpointKey, bool, u32)>),
     /// Kills every probe task without telling the endpoints: a checker that died.
     #[cfg(test)]
     KillProbes,

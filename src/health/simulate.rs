@@ -2,8 +2,11 @@
 //! instances' real fleet code in one process against a real etcd: not part of gto's
 //! surface (nothing in the binary or the config installs a script).
 //!
-//! Once a [`Script`] is installed, TCP checks ask it instead of connecting: the scheduler,
-//! rise/fall, verdicts and votes all run as they do for real probes.
+//! Two hooks: once a [`Script`] is installed, TCP checks ask it instead of connecting;
+//! and [`crate::health::HealthHandle::simulate_reports`] hands the monitor probe outcomes
+//! at the times a simulated schedule says, so that 30 instances of 10,000 endpoints need
+//! not run 300,000 probe tasks on one machine. Rise/fall, verdicts, votes, the fleet
+//! store and the vote rules all run as they do for real probes.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

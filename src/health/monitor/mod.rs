@@ -73,6 +73,7 @@ pub fn spawn(
         order: Vec::new(),
         targets: HashMap::new(),
         by_id: HashMap::new(),
+        simulated_targets: None,
         checked: checked.clone(),
         next_id: 0,
         limit: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
@@ -143,6 +144,9 @@ struct Monitor {
     targets: HashMap<TargetKey, Target>,
     /// Which target a probe report is from.
     by_id: HashMap<TargetId, TargetKey>,
+    /// The fleet simulator's index of main-check targets by endpoint (built on its first
+    /// use, dropped when the targets change); None outside the simulator.
+    simulated_targets: Option<HashMap<EndpointKey, TargetId>>,
     /// Endpoints with at least one result (shared with the handle).
     checked: Arc<AtomicUsize>,
     next_id: TargetId,
@@ -339,6 +343,10 @@ impl Monitor {
                     })
                     .collect();
                 let _ = reply.send(verdicts);
+            }
+            Control::Simulated(outcomes) => {
+                let reports = self.simulated(outcomes);
+                self.on_reports(reports).await;
             }
             #[cfg(test)]
             Control::KillProbes => {

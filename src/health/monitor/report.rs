@@ -87,4 +87,46 @@ impl Monitor {
             families,
         })
     }
+
+    /// The fleet simulator's outcomes as reports of each endpoint's main-check probe.
+    pub(super) fn simulated(
+        &mut self,
+        outcomes: Vec<(EndpointKey, bool, u32)>,
+    ) -> Vec<crate::health::scheduler::Report> {
+        if self.simulated_targets.is_none() {
+            let index = self
+                .targets
+                .values()
+                .flat_map(|t| {
+                    t.members
+                        .iter()
+                        .filter(|(_, which)| *which == super::tracked::Which::Main)
+                        .map(move |(key, _)| (key.clone(), t.id))
+                })
+                .collect();
+            self.simulated_targets = Some(index);
+        }
+        let Some(index) = &self.simulated_targets else {
+            return Vec::new();
+        };
+        let at = std::time::SystemTime::now();
+        outcomes
+            .into_iter()
+            .filter_map(|(key, up, count)| Some((*index.get(&key)?, up, count)))
+            .flat_map(|(target, up, count)| {
+                (0..count).map(move |_| crate::health::scheduler::Report {
+                    target,
+                    result: if up {
+                        Ok(())
+                    } else {
+                        Err(crate::health::probe::ProbeError::Refused)
+                    },
+                    load: None,
+                    cert: None,
+                    at,
+                    rtt: None,
+                })
+            })
+            .collect()
+    }
 }

@@ -181,6 +181,7 @@ impl Monitor {
             // Only free slots can be taken away; those in use now, at the next reload.
             self.exec_limit -= self.exec_slots.forget_permits(self.exec_limit - exec_limit);
         }
+        self.simulated_targets = None;
         // Stop probes nobody needs any more; keep the rest running.
         let by_id = &mut self.by_id;
         self.targets.retain(|key, target| {
