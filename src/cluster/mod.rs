@@ -498,7 +498,13 @@ impl Fleet {
             Some(Key::Votes(pool, voter)) if voter != inner.instance => {
                 self.apply_votes(put, pool, voter, entry).await;
             }
-            Some(Key::Votes(..)) => {}
+            Some(Key::Votes(pool, _)) => {
+                // This instance's own: repaired when it is not what was written. Off the
+                // watch's task: the write waits for a request to etcd.
+                let fleet = self.clone();
+                let entry = entry.clone();
+                tokio::spawn(async move { fleet.guard_own_votes(put, pool, &entry).await });
+            }
             Some(Key::LegacyVote) => {
                 if put {
                     self.ignore_legacy_vote();

@@ -295,6 +295,32 @@ impl Fleet {
         }
     }
 
+    /// This instance's own document on `pool` changed in the store: when it no longer
+    /// says what this instance last wrote (someone overwrote or deleted it, or put it
+    /// under another lease), it is written again. Nothing is written on a timer, so this
+    /// is what repairs it.
+    pub(super) async fn guard_own_votes(&self, put: bool, pool: String, entry: &Entry) {
+        let published = self.0.published.lock().await;
+        let Some(votes) = published.get(&pool) else {
+            return;
+        };
+        let mine = PoolVotes::of(votes);
+        let lease = self.0.lease.load(Ordering::Relaxed);
+        let intact = put
+            && entry.lease == lease
+            && serde_json::from_slice::<PoolVotes>(&entry.value).is_ok_and(|stored| {
+                PoolVotes {
+                    at: mine.at,
+                    ..stored
+                } == mine
+            });
+        if !intact && self.is_connected() {
+            warn!(key = %entry.key, "this instance's votes were changed in the store by someone else; writing them again");
+            self.write_pools(&published, std::slice::from_ref(&pool))
+                .await;
+        }
+    }
+
     /// Where this instance's verdicts on `pool` are stored.
     pub(super) fn votes_key(&self, pool: &str) -> String {
         self.voter_key(pool, &self.0.instance)

@@ -565,6 +565,30 @@ async fn forged_votes_count_for_nothing() {
         )
         .await;
     }
+    // An instance's own document overwritten with a forged one (no lease, fra-1 down):
+    // the instance writes its own back, under its lease.
+    let own = "/gto/votes/votes/sma/at-127.0.0.2";
+    let forged = serde_json::json!({ "at": now, "down": { "fra-1": "forged", "ams-1": "" } });
+    etcd.put(own, forged.to_string(), None).await.unwrap();
+    within(Duration::from_secs(2), "own votes written back", || {
+        let mut etcd = etcd.clone();
+        async move {
+            let response = etcd.get(own, None).await.unwrap();
+            response.kvs().first().is_some_and(|kv| {
+                let document: serde_json::Value =
+                    serde_json::from_slice(kv.value()).unwrap_or_default();
+                kv.lease() != 0 && document["down"].as_object().is_some_and(|d| d.is_empty())
+            })
+        }
+    })
+    .await;
+    // Deleted: written back too.
+    etcd.delete(own, None).await.unwrap();
+    within(Duration::from_secs(2), "own votes written again", || {
+        let mut etcd = etcd.clone();
+        async move { !etcd.get(own, None).await.unwrap().kvs().is_empty() }
+    })
+    .await;
     // Two probe cycles later fra-1 is still answered everywhere: "2 of 6 say down" never
     // happened.
     tokio::time::sleep(Duration::from_millis(800)).await;
