@@ -218,7 +218,7 @@ impl Fleet {
             if let Ok(mut pending) = inner.pending_loads.lock() {
                 pending.entry(key.clone()).or_insert(value);
             }
-            inner.unshared.store(true, Ordering::Relaxed);
+            self.unshared();
         }
     }
 
@@ -252,7 +252,7 @@ impl Fleet {
                         kept.entry(key.clone()).or_insert_with(|| value.clone());
                     }
                 }
-                inner.unshared.store(true, Ordering::Relaxed);
+                self.unshared();
             }
         }
     }

@@ -260,22 +260,22 @@ impl Fleet {
                 }
             }
         }
-        // Membership decides which votes count: recount them when it changed (a
-        // heartbeat under the same lease changes nothing).
-        let counted = inner.mirror.lock().ok().and_then(|mut mirror| {
+        // Membership decides which votes count: this member's are recounted when it
+        // changed (a heartbeat under the same lease changes nothing), nobody else's.
+        let recounted = inner.mirror.lock().ok().and_then(|mut mirror| {
             let before = mirror.members.get(&id).copied();
             if instances.contains_key(&id) {
                 mirror.members.insert(id.clone(), entry.lease);
             } else {
                 mirror.members.remove(&id);
             }
-            (before != mirror.members.get(&id).copied()).then(|| mirror.counted())
+            (before != mirror.members.get(&id).copied()).then(|| mirror.recount(&id, before))
         });
         metrics::gauge!(CLUSTER_INSTANCES).set(instances.len() as f64);
         inner.instances.store(Arc::new(instances));
         self.update_drift();
-        if let Some(counted) = counted {
-            inner.health.replace_votes(counted).await;
+        if let Some(changes) = recounted.filter(|changes| !changes.is_empty()) {
+            inner.health.set_votes(id, changes).await;
         }
     }
 }

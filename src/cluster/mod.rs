@@ -199,6 +199,8 @@ struct Inner {
     /// A write of verdicts or loads failed: all are written again (with backoff) until
     /// one works, rather than at the next refresh.
     unshared: AtomicBool,
+    /// Wakes the task that writes verdicts when `unshared` is set elsewhere.
+    unshared_set: Notify,
     /// Every other voter's vote as stored, and the fleet's members with their leases:
     /// which votes count is computed from both.
     mirror: std::sync::Mutex<Mirror>,
@@ -259,6 +261,7 @@ impl Fleet {
             pending_loads: std::sync::Mutex::default(),
             max_drain,
             unshared: AtomicBool::new(false),
+            unshared_set: Notify::new(),
             mirror: std::sync::Mutex::default(),
             published: tokio::sync::Mutex::default(),
             keysets: std::sync::Mutex::default(),
@@ -500,10 +503,10 @@ impl Fleet {
             }
             Some(Key::Votes(pool, _)) => {
                 // This instance's own: repaired when it is not what was written. Off the
-                // watch's task: the write waits for a request to etcd.
+                // watch's task, which must not wait for a write of votes under way.
                 let fleet = self.clone();
                 let entry = entry.clone();
-                tokio::spawn(async move { fleet.guard_own_votes(put, pool, &entry).await });
+                tokio::spawn(async move { fleet.guard_own_votes(put, &pool, &entry).await });
             }
             Some(Key::LegacyVote) => {
                 if put {

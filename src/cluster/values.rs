@@ -140,6 +140,35 @@ impl Mirror {
         lease != 0 && self.members.get(voter) == Some(&lease)
     }
 
+    /// What changes in the votes that count when `voter`'s membership lease was `before`
+    /// and is now what the mirror holds: its votes that start counting (Some) or stop
+    /// (None), the other voters' untouched.
+    pub(super) fn recount(
+        &self,
+        voter: &str,
+        before: Option<i64>,
+    ) -> Vec<(EndpointKey, Option<crate::health::votes::Vote>)> {
+        let mut changes = Vec::new();
+        for ((pool, owner), (votes, lease)) in &self.votes {
+            if owner != voter {
+                continue;
+            }
+            let was = *lease != 0 && before == Some(*lease);
+            let is = self.counts(voter, *lease);
+            if was == is {
+                continue;
+            }
+            for (member, vote) in votes {
+                let key = EndpointKey {
+                    pool: pool.clone(),
+                    member: member.clone(),
+                };
+                changes.push((key, is.then(|| vote.clone())));
+            }
+        }
+        changes
+    }
+
     /// The votes that count, by endpoint and voter.
     pub(super) fn counted(
         &self,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::values::segment;
 use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH};
@@ -207,6 +207,8 @@ impl Fleet {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
+                // Set by another task: the retry above starts now.
+                () = self.0.unshared_set.notified() => {}
                 () = token.cancelled() => return,
             }
         }
@@ -289,7 +291,7 @@ impl Fleet {
             let count = request.len();
             if let Err(error) = inner.engine.put_many(request, Some(lease)).await {
                 warn!(%error, pools = count, "verdicts not shared; writing them again shortly");
-                inner.unshared.store(true, Ordering::Relaxed);
+                self.unshared();
                 return;
             }
         }
@@ -297,28 +299,38 @@ impl Fleet {
 
     /// This instance's own document on `pool` changed in the store: when it no longer
     /// says what this instance last wrote (someone overwrote or deleted it, or put it
-    /// under another lease), it is written again. Nothing is written on a timer, so this
-    /// is what repairs it.
-    pub(super) async fn guard_own_votes(&self, put: bool, pool: String, entry: &Entry) {
-        let published = self.0.published.lock().await;
-        let Some(votes) = published.get(&pool) else {
-            return;
+    /// under another lease), all are written again, as after a failed write (by
+    /// [`Fleet::share_verdicts`], with backoff; a lease that expired took them all, and
+    /// the new session writes them anyway). Nothing is written on a timer, so this is
+    /// what repairs them.
+    pub(super) async fn guard_own_votes(&self, put: bool, pool: &str, entry: &Entry) {
+        let intact = {
+            let published = self.0.published.lock().await;
+            let Some(votes) = published.get(pool) else {
+                return;
+            };
+            let mine = PoolVotes::of(votes);
+            put && entry.lease == self.0.lease.load(Ordering::Relaxed)
+                && serde_json::from_slice::<PoolVotes>(&entry.value).is_ok_and(|stored| {
+                    PoolVotes {
+                        at: mine.at,
+                        ..stored
+                    } == mine
+                })
         };
-        let mine = PoolVotes::of(votes);
-        let lease = self.0.lease.load(Ordering::Relaxed);
-        let intact = put
-            && entry.lease == lease
-            && serde_json::from_slice::<PoolVotes>(&entry.value).is_ok_and(|stored| {
-                PoolVotes {
-                    at: mine.at,
-                    ..stored
-                } == mine
-            });
-        if !intact && self.is_connected() {
-            warn!(key = %entry.key, "this instance's votes were changed in the store by someone else; writing them again");
-            self.write_pools(&published, std::slice::from_ref(&pool))
-                .await;
+        if !intact {
+            if !self.0.unshared.load(Ordering::Relaxed) {
+                info!(key = %entry.key, "this instance's votes in the store are not what it wrote; writing them again");
+            }
+            self.unshared();
         }
+    }
+
+    /// Something this instance shares (verdicts, loads) was not written, or was changed
+    /// in the store: [`Fleet::share_verdicts`] writes it all again, with backoff.
+    pub(super) fn unshared(&self) {
+        self.0.unshared.store(true, Ordering::Relaxed);
+        self.0.unshared_set.notify_one();
     }
 
     /// Where this instance's verdicts on `pool` are stored.
