@@ -501,12 +501,9 @@ impl Fleet {
             Some(Key::Votes(pool, voter)) if voter != inner.instance => {
                 self.apply_votes(put, pool, voter, entry).await;
             }
-            Some(Key::Votes(pool, _)) => {
-                // This instance's own: repaired when it is not what was written. Off the
-                // watch's task, which must not wait for a write of votes under way.
-                let fleet = self.clone();
-                let entry = entry.clone();
-                tokio::spawn(async move { fleet.guard_own_votes(put, &pool, &entry).await });
+            Some(Key::Votes(..)) => {
+                // This instance's own: repaired when someone else wrote or deleted it.
+                self.guard_own_votes(put, entry);
             }
             Some(Key::LegacyVote) => {
                 if put {

@@ -297,33 +297,22 @@ impl Fleet {
         }
     }
 
-    /// This instance's own document on `pool` changed in the store: when it no longer
-    /// says what this instance last wrote (someone overwrote or deleted it, or put it
-    /// under another lease), all are written again, as after a failed write (by
-    /// [`Fleet::share_verdicts`], with backoff; a lease that expired took them all, and
-    /// the new session writes them anyway). Nothing is written on a timer, so this is
-    /// what repairs them.
-    pub(super) async fn guard_own_votes(&self, put: bool, pool: &str, entry: &Entry) {
-        let intact = {
-            let published = self.0.published.lock().await;
-            let Some(votes) = published.get(pool) else {
-                return;
-            };
-            let mine = PoolVotes::of(votes);
-            put && entry.lease == self.0.lease.load(Ordering::Relaxed)
-                && serde_json::from_slice::<PoolVotes>(&entry.value).is_ok_and(|stored| {
-                    PoolVotes {
-                        at: mine.at,
-                        ..stored
-                    } == mine
-                })
-        };
-        if !intact {
-            if !self.0.unshared.load(Ordering::Relaxed) {
-                info!(key = %entry.key, "this instance's votes in the store are not what it wrote; writing them again");
-            }
-            self.unshared();
+    /// This instance's own document on a pool changed in the store: when it is not under
+    /// this instance's lease (someone else put it) or was deleted, all are written again,
+    /// as after a failed write (by [`Fleet::share_verdicts`], with backoff; a lease that
+    /// expired took them all, and the new session writes them anyway). Nothing is written
+    /// on a timer, so this is what repairs them. The lease, not the content, says who
+    /// wrote it: an echo of this instance's own earlier write, read late, is not a
+    /// stranger's.
+    pub(super) fn guard_own_votes(&self, put: bool, entry: &Entry) {
+        let ours = put && entry.lease != 0 && entry.lease == self.0.lease.load(Ordering::Relaxed);
+        if ours {
+            return;
         }
+        if !self.0.unshared.load(Ordering::Relaxed) {
+            info!(key = %entry.key, "this instance's votes in the store are not its own write; writing them again");
+        }
+        self.unshared();
     }
 
     /// Something this instance shares (verdicts, loads) was not written, or was changed
