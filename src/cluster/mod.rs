@@ -196,8 +196,8 @@ struct Inner {
     pending_loads: std::sync::Mutex<std::collections::HashMap<EndpointKey, LoadValue>>,
     /// Longest drain a value from the store may ask for (`[admin] max_drain`).
     max_drain: Duration,
-    /// A write of verdicts or loads failed: all are written again (with backoff) until
-    /// one works, rather than at the next refresh.
+    /// A write of verdicts or loads failed, or this instance's votes in the store are not
+    /// its own: all are written again (with backoff) until one works.
     unshared: AtomicBool,
     /// Wakes the task that writes verdicts when `unshared` is set elsewhere.
     unshared_set: Notify,
