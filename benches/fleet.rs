@@ -145,6 +145,12 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.url()], None)
+            .await
+            .unwrap()
+    }
+
     async fn metrics(&self) -> String {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
@@ -465,9 +471,7 @@ async fn change(
 
 /// Vote documents in the store.
 async fn documents(etcd: &Etcd) -> usize {
-    let mut client = etcd_client::Client::connect([etcd.url()], None)
-        .await
-        .unwrap();
+    let mut client = etcd.client().await;
     let count = client
         .get(
             "/gto/sim/votes/",
@@ -485,9 +489,7 @@ async fn documents(etcd: &Etcd) -> usize {
 
 /// Vote documents written since `revision`.
 async fn votes_written_since(etcd: &Etcd, revision: i64) -> usize {
-    let mut client = etcd_client::Client::connect([etcd.url()], None)
-        .await
-        .unwrap();
+    let mut client = etcd.client().await;
     client
         .get(
             "/gto/sim/votes/",
@@ -505,9 +507,7 @@ async fn votes_written_since(etcd: &Etcd, revision: i64) -> usize {
 }
 
 async fn revision(etcd: &Etcd) -> i64 {
-    let mut client = etcd_client::Client::connect([etcd.url()], None)
-        .await
-        .unwrap();
+    let mut client = etcd.client().await;
     client
         .get("/", None)
         .await
@@ -612,9 +612,7 @@ async fn scenario(instances: usize, endpoints: usize, timing: Timing, script: &D
     // The db as the run left it, then what a compaction (etcd's auto-compaction, as the
     // README recommends) leaves in use: the live keys.
     let before = metric(&etcd.metrics().await, "etcd_mvcc_db_total_size_in_bytes");
-    let mut client = etcd_client::Client::connect([etcd.url()], None)
-        .await
-        .unwrap();
+    let mut client = etcd.client().await;
     let current = revision(&etcd).await;
     client
         .compact(
@@ -719,7 +717,7 @@ fn main() {
         ArcSwap::from_pointee(HashSet::new()),
         std::sync::atomic::AtomicUsize::new(0),
     )));
-    assert!(gto::health::simulate::install(Box::new(Shared(script))));
+    assert!(gto::health::simulate::install(script));
     let (sizes, counts, timing) = if benching {
         (
             list("FLEET_SIZES", &[3, 10, 30]),
@@ -765,15 +763,6 @@ fn main() {
                 );
             }
         }
-    }
-}
-
-/// The leaked script, installable as a box.
-struct Shared(&'static Down);
-
-impl gto::health::simulate::Script for Shared {
-    fn up(&self, target: SocketAddr) -> bool {
-        self.0.up(target)
     }
 }
 

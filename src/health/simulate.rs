@@ -17,10 +17,10 @@ pub trait Script: Send + Sync {
     fn up(&self, target: SocketAddr) -> bool;
 }
 
-static SCRIPT: OnceLock<Box<dyn Script>> = OnceLock::new();
+static SCRIPT: OnceLock<&'static dyn Script> = OnceLock::new();
 
 /// Installs `script` for the rest of the process; false when one was installed already.
-pub fn install(script: Box<dyn Script>) -> bool {
+pub fn install(script: &'static dyn Script) -> bool {
     SCRIPT.set(script).is_ok()
 }
 
