@@ -56,6 +56,7 @@
 //! - [`app`]: start and shutdown; [`notify`]: systemd readiness and watchdog;
 //!   [`files`], [`time`], [`rlimit`]: bounded file reads, clock helpers and the
 //!   open-file limit; [`cli`]: the commands.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod agent;

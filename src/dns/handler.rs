@@ -170,7 +170,7 @@ impl Handler {
             resolution.answers.iter().map(AsRef::as_ref),
             records_of(&resolution.authorities),
             std::iter::empty(),
-            resolution.additionals,
+            resolution.additionals.iter(),
         );
         let sent = response.send_response(message).await;
         metrics::histogram!(DNS_QUERY_SECONDS, "transport" => transport_label(protocol))
@@ -261,6 +261,9 @@ fn add_nsid(identity: &[u8], client: Option<&Edns>, ours: &mut Edns) {
 
 /// Wildcard answers are owned by the question's name as the client wrote it.
 fn owned_as_asked(resolution: &mut Resolution<'_>, query: &LowerQuery) {
+    if !resolution.asked_synthesized {
+        return;
+    }
     for answer in &mut resolution.answers {
         if let Cow::Owned(record) = answer
             && LowerName::from(&record.name) == *query.name()
@@ -447,7 +450,7 @@ fn fits(reply: &Reply<'_>, request: &Request, limit: usize) -> bool {
             .iter()
             .map(AsRef::as_ref)
             .chain(reply.resolution.authorities.iter().map(AsRef::as_ref))
-            .chain(reply.resolution.additionals.iter().copied())
+            .chain(reply.resolution.additionals.iter())
     };
     let opt = reply.edns.as_ref().map_or(0, |e| {
         OPT_LEN
@@ -471,7 +474,7 @@ fn fits(reply: &Reply<'_>, request: &Request, limit: usize) -> bool {
         records_of(&reply.resolution.answers),
         records_of(&reply.resolution.authorities),
         std::iter::empty(),
-        reply.resolution.additionals.iter().copied(),
+        reply.resolution.additionals.iter(),
     );
     message
         .destructive_emit(&mut encoder)

@@ -68,7 +68,10 @@ fn sign_answers<'s>(
         }
         let group = &answers[start..end];
         let records: Vec<&Record> = group.iter().map(AsRef::as_ref).collect();
-        let synthesized = matches!(group.first(), Some(Cow::Owned(_)));
+        // A set synthesized from a wildcard is owned by a name the zone does not hold.
+        let synthesized = snapshot
+            .zone_for(&owner, rtype)
+            .is_some_and(|zone| !zone.nodes.contains_key(&owner));
         let is_last = end == answers.len();
         // DS at a child's apex is the parent's (when we serve both).
         let sigs: Option<Vec<Cow<'s, Record>>> = snapshot
@@ -151,7 +154,7 @@ fn referral_proof<'s>(snapshot: &'s Snapshot, resolution: &mut Resolution<'s>) {
         Some(ds) => {
             resolution
                 .authorities
-                .extend(ds.records.iter().map(Cow::Borrowed));
+                .extend(ds.records(&Name::from(&cut)).into_iter().map(Cow::Owned));
             if let Some(sigs) = signing.static_sigs.get(&(cut.clone(), RecordType::DS)) {
                 resolution
                     .authorities

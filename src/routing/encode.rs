@@ -7,10 +7,12 @@ use hickory_proto::op::{EmitAndCount, MessageType, Metadata, OpCode, emit_messag
 use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
-/// Pre-encoded bytes after the question, with the section counts they hold.
+/// Pre-encoded bytes after the question, with the section counts they hold. The bytes
+/// are shared: the NODATA tails of a zone's names are mostly equal (the SOA, its owner a
+/// pointer into the question), and a big zone's index keeps one of each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tail {
-    pub(crate) bytes: Box<[u8]>,
+    pub(crate) bytes: std::sync::Arc<[u8]>,
     pub(crate) answers: u16,
     pub(crate) authorities: u16,
     pub(crate) additionals: u16,

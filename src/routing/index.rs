@@ -22,7 +22,7 @@ impl FastIndex {
     /// (each resolves and encodes its share of the names): the first snapshot of a
     /// 200,000-record zone, and every rebuild after a reload of it, is ready sooner.
     pub fn build(snapshot: &Snapshot) -> Self {
-        let all: Vec<(&crate::routing::ZoneTable, &LowerName, &Node)> = snapshot
+        let all: Vec<(&crate::routing::ZoneTable, &LowerName, Node<'_>)> = snapshot
             .zones
             .iter()
             .flat_map(|zone| {
@@ -31,12 +31,13 @@ impl FastIndex {
                     .map(move |(name, node)| (zone, name, node))
             })
             .collect();
-        let index = |share: &[(&crate::routing::ZoneTable, &LowerName, &Node)]| {
+        let index = |share: &[(&crate::routing::ZoneTable, &LowerName, Node<'_>)]| {
+            let tails = Tails::default();
             share
                 .iter()
                 .filter_map(|(zone, name, node)| {
                     let key: Box<[u8]> = Name::from(*name).to_bytes().unwrap_or_default().into();
-                    Some((key, entry(snapshot, zone, name, node)?))
+                    Some((key, entry(snapshot, zone, name, *node, &tails)?))
                 })
                 .collect::<Vec<_>>()
         };
@@ -86,7 +87,8 @@ fn entry(
     snapshot: &Snapshot,
     zone: &crate::routing::ZoneTable,
     name: &LowerName,
-    node: &Node,
+    node: Node<'_>,
+    tails: &Tails,
 ) -> Option<Entry> {
     let name_ref = Name::from(name);
     let delegated_apex = *name == zone.origin && snapshot.delegating_parent(zone).is_some();
@@ -102,12 +104,13 @@ fn entry(
         if dnssec {
             crate::routing::decorate(snapshot, name, qtype, &mut r);
         }
-        encode_tail(
+        let tail = encode_tail(
             &question,
             &refs(&r.answers),
             &refs(&r.authorities),
-            &r.additionals,
-        )
+            &r.additionals.iter().collect::<Vec<_>>(),
+        )?;
+        Some(tails.shared(tail))
     };
     let nodata_for = |qtype| tail_for(qtype, false);
     let entry = match node {
@@ -118,7 +121,8 @@ fn entry(
                 .signing
                 .as_deref()
                 .map(|signing| signed_gslb_nodata(signing, name, &name_ref))
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into();
             Entry::Gslb {
                 service: gslb.service,
                 nodata,
@@ -131,7 +135,7 @@ fn entry(
             let signed = match signed.then(|| tail_for(RecordType::A, true)) {
                 None => None,
                 Some(Some(nodata)) => Some(Box::new(SignedTails {
-                    types: Vec::new(),
+                    types: Box::default(),
                     nodata,
                 })),
                 Some(None) => {
@@ -139,7 +143,7 @@ fn entry(
                 }
             };
             Entry::Static {
-                types: Vec::new(),
+                types: Box::default(),
                 nodata,
                 signed,
             }
@@ -148,20 +152,20 @@ fn entry(
             if sets.iter().any(|s| s.record_type == RecordType::CNAME) {
                 return Some(Entry::General);
             }
-            let tails = |dnssec: bool| -> Option<(Vec<(u16, Tail)>, Tail)> {
+            let tails_of = |dnssec: bool| -> Option<(TypeTails, Tail)> {
                 let types = sets
                     .iter()
                     .map(|set| {
                         let qtype = set.record_type;
                         Some((u16::from(qtype), tail_for(qtype, dnssec)?))
                     })
-                    .collect::<Option<Vec<_>>>()?;
+                    .collect::<Option<Box<[_]>>>()?;
                 // NODATA carries the SOA only; any type the name lacks gives
                 // it (with DNSSEC, the NSEC lists what it has).
                 Some((types, tail_for(RecordType::NULL, dnssec)?))
             };
-            let (types, nodata) = tails(false)?;
-            let signed = match signed.then(|| tails(true)) {
+            let (types, nodata) = tails_of(false)?;
+            let signed = match signed.then(|| tails_of(true)) {
                 None => None,
                 Some(Some((types, nodata))) => Some(Box::new(SignedTails { types, nodata })),
                 // Too large to prepare: the general path answers DO queries.
@@ -177,6 +181,33 @@ fn entry(
         }
     };
     Some(entry)
+}
+
+/// A static name's tail per type it has.
+type TypeTails = Box<[(u16, Tail)]>;
+
+/// The tails made so far by one thread of an index build, each kept once: most of a big
+/// zone's names have the same NODATA tail (and many the same answer), which then takes
+/// one allocation instead of one per name.
+#[derive(Default)]
+struct Tails(
+    std::cell::RefCell<
+        std::collections::HashSet<std::sync::Arc<[u8]>, foldhash::fast::RandomState>,
+    >,
+);
+
+impl Tails {
+    /// `tail`, with its bytes shared with an equal tail made before.
+    fn shared(&self, mut tail: Tail) -> Tail {
+        let mut made = self.0.borrow_mut();
+        match made.get(&tail.bytes) {
+            Some(bytes) => tail.bytes = bytes.clone(),
+            None => {
+                made.insert(tail.bytes.clone());
+            }
+        }
+        tail
+    }
 }
 
 /// The signed NODATA tails of a GSLB name, by the families it can answer now (A, AAAA).

@@ -40,7 +40,7 @@ pub use gslb::{
     Selection, Signature,
 };
 pub use handle::{RoutingHandle, WeakRouting};
-pub use node::Node;
+pub use node::{Node, Nodes};
 pub use resign::status_json;
 pub use signing::{ZoneContent, ZoneSigning};
 pub use table::{Outcome, Resolution, ServiceInfo, Snapshot, ZoneTable, rcode_name};

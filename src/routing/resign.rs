@@ -285,8 +285,7 @@ pub fn timings(loaded: &Loaded, index: usize) -> Option<Timings> {
     let origin = zone.origin();
     let static_max = zone
         .rrsets()
-        .flat_map(|(_, sets)| sets.iter().flat_map(|s| &s.records))
-        .map(|r| r.ttl)
+        .flat_map(|(_, sets)| sets.iter().map(crate::zone::RrSet::ttl))
         .chain([zone.soa().ttl, zone.negative_ttl()])
         .max()
         .unwrap_or(0);

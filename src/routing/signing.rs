@@ -175,7 +175,8 @@ impl Signer<'_> {
             if is_cut && t == RecordType::NS {
                 continue;
             }
-            let records: Vec<&Record> = set.records.iter().collect();
+            let owned = set.records(owner);
+            let records: Vec<&Record> = owned.iter().collect();
             let keys = if matches!(
                 t,
                 RecordType::DNSKEY | RecordType::CDS | RecordType::CDNSKEY
@@ -203,7 +204,7 @@ pub struct ZoneContent<'a> {
     /// Its apex.
     pub origin: &'a LowerName,
     /// Every name with what it is.
-    pub nodes: &'a HashMap<LowerName, Node>,
+    pub nodes: &'a crate::routing::Nodes,
     /// Its delegations.
     pub cuts: &'a std::collections::HashSet<LowerName>,
     /// The SOA as served in negative answers.
@@ -471,7 +472,7 @@ impl ZoneSigning {
                 authority.extend(&sigs);
                 let wire = super::encode::encode_tail(&question, &[], &authority, &[])
                     .filter(|tail| tail.answers == 0 && tail.additionals == 0)
-                    .map(|tail| tail.bytes)
+                    .map(|tail| Box::<[u8]>::from(&*tail.bytes))
                     .unwrap_or_default();
                 // Compact: a flood of random names fills this cache, so a denial keeps only
                 // its wire form (a few hundred octets); the general path decodes the NSEC

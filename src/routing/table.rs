@@ -9,7 +9,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use super::gslb::{Choice, Client, GslbNode};
-use super::node::Node;
+use super::node::{Node, Nodes};
 use super::rrl::RateLimiter;
 use super::wire::FastIndex;
 use crate::config::{Policy, Region, WhenAllDown};
@@ -77,7 +77,7 @@ pub struct ZoneTable {
     pub negative_soa: Record,
     /// Every name that exists in the zone; depends on the config alone, so snapshots built
     /// from one config share it.
-    pub nodes: Arc<HashMap<LowerName, Node>>,
+    pub nodes: Arc<Nodes>,
     /// The GSLB names of the zone, rebuilt with every snapshot.
     pub gslb: HashMap<LowerName, Arc<GslbNode>>,
     /// Delegations below the apex (names with NS records): at and below them the zone
@@ -108,12 +108,12 @@ impl ZoneTable {
 
     /// The wildcard node that synthesizes `name`, a name with no node of its own (RFC 4592
     /// section 3.3.1): `*` below the closest encloser, when it exists.
-    pub fn wildcard_for(&self, name: &LowerName) -> Option<&Node> {
+    pub fn wildcard_for(&self, name: &LowerName) -> Option<Node<'_>> {
         self.wildcard_of(name).map(|(_, node)| node)
     }
 
     /// The owner (`*.closest-encloser`) and node of the wildcard that synthesizes `name`.
-    pub fn wildcard_of(&self, name: &LowerName) -> Option<(LowerName, &Node)> {
+    pub fn wildcard_of(&self, name: &LowerName) -> Option<(LowerName, Node<'_>)> {
         if !self.has_wildcards {
             return None;
         }
@@ -142,7 +142,7 @@ pub struct Resolution<'s> {
     pub authorities: Vec<Cow<'s, Record>>,
     /// Additional section: addresses of the names NS, MX and SRV records point to, and
     /// glue of referrals.
-    pub additionals: Vec<&'s Record>,
+    pub additionals: Vec<Record>,
     /// How many of `additionals`, from the front, the answer cannot go without: the
     /// in-domain glue of a referral (RFC 9471). The rest may be left out when the answer
     /// does not fit (RFC 2181 section 9).
@@ -157,6 +157,9 @@ pub struct Resolution<'s> {
     /// The wildcard (`*.closest-encloser`) the answer was synthesized from, if any: rate
     /// limiting keys such answers by it, so random names under a wildcard share a bucket.
     pub wildcard: Option<LowerName>,
+    /// The records owned by the name asked were synthesized from a wildcard (they are
+    /// then owned by the name as the client wrote it).
+    pub asked_synthesized: bool,
 }
 
 /// What a lookup concluded.
@@ -264,7 +267,7 @@ impl Snapshot {
             return out;
         };
         let mut name = name.clone();
-        for _ in 0..MAX_CNAME_CHAIN {
+        for hop in 0..MAX_CNAME_CHAIN {
             // At or below a delegation the child's servers answer (DS at the cut itself
             // is the parent's: RFC 4035 section 2.4).
             if let Some(cut) = zone.cut_of(&name)
@@ -273,12 +276,15 @@ impl Snapshot {
                 self.refer(zone, &cut, &mut out);
                 return out;
             }
-            let (node, synthesized) = match zone.nodes.get(&name) {
-                Some(node) => (node, false),
+            // The records' owner: the zone's own name, or for records synthesized from a
+            // wildcard the name asked.
+            let (owner, node) = match zone.nodes.get_key_value(&name) {
+                Some((owner, node)) => (Name::from(owner), node),
                 None => match zone.wildcard_of(&name) {
                     Some((source, node)) => {
                         out.wildcard.get_or_insert(source);
-                        (node, true)
+                        out.asked_synthesized |= hop == 0;
+                        (Name::from(&name), node)
                     }
                     None => {
                         out.outcome = Outcome::NoSuchName;
@@ -286,16 +292,6 @@ impl Snapshot {
                         return out;
                     }
                 },
-            };
-            // A synthesized record is the wildcard's with the asked name as owner.
-            let own = |record: &'s Record| -> Cow<'s, Record> {
-                if synthesized {
-                    let mut record = record.clone();
-                    record.name = Name::from(&name);
-                    Cow::Owned(record)
-                } else {
-                    Cow::Borrowed(record)
-                }
             };
             match node {
                 Node::EmptyNonTerminal => {}
@@ -311,17 +307,18 @@ impl Snapshot {
                         sets.iter().find(|s| s.record_type == qtype)
                     };
                     if let Some(set) = wanted {
-                        out.answers.extend(set.records.iter().map(own));
+                        out.answers
+                            .extend(set.records(&owner).into_iter().map(Cow::Owned));
                         self.add_addresses(set, &mut out.additionals);
                         return out;
                     }
                     let cname = sets.iter().find(|s| s.record_type == RecordType::CNAME);
-                    if let Some(record) = cname.and_then(|s| s.records.first()) {
-                        out.answers.push(own(record));
+                    if let Some(record) = cname.and_then(|s| s.records(&owner).pop()) {
                         let RData::CNAME(target) = &record.data else {
                             return out;
                         };
                         name = LowerName::from(&target.0);
+                        out.answers.push(Cow::Owned(record));
                         match self.zone_for(&name, qtype) {
                             Some(next) => {
                                 zone = next;
@@ -389,10 +386,11 @@ impl Snapshot {
         let Some(ns) = sets.iter().find(|s| s.record_type == RecordType::NS) else {
             return;
         };
-        out.authorities.extend(ns.records.iter().map(Cow::Borrowed));
+        out.authorities
+            .extend(ns.records(&Name::from(cut)).into_iter().map(Cow::Owned));
         let (mut required, mut optional) = (Vec::new(), Vec::new());
-        for record in &ns.records {
-            let RData::NS(target) = &record.data else {
+        for data in ns.rdata() {
+            let RData::NS(target) = data.as_ref() else {
                 continue;
             };
             let target = LowerName::from(&target.0);
@@ -410,9 +408,9 @@ impl Snapshot {
 
     /// A and AAAA records of the names an NS, MX or SRV set points to, where they are
     /// static names of our zones (RFC 1035 section 3.3.9, RFC 2782).
-    fn add_addresses<'s>(&'s self, set: &'s RrSet, additionals: &mut Vec<&'s Record>) {
-        for record in &set.records {
-            let target = match &record.data {
+    fn add_addresses(&self, set: &RrSet, additionals: &mut Vec<Record>) {
+        for data in set.rdata() {
+            let target = match data.as_ref() {
                 RData::NS(ns) => &ns.0,
                 RData::MX(mx) => &mx.exchange,
                 RData::SRV(srv) => &srv.target,
@@ -423,7 +421,7 @@ impl Snapshot {
     }
 
     /// The A and AAAA records of a static name of our zones, if it is one.
-    fn addresses_of<'s>(&'s self, name: &LowerName, into: &mut Vec<&'s Record>) {
+    fn addresses_of(&self, name: &LowerName, into: &mut Vec<Record>) {
         let Some(Node::Static(sets)) = self.zone_of(name).and_then(|z| z.nodes.get(name)) else {
             return;
         };
@@ -431,9 +429,9 @@ impl Snapshot {
             .iter()
             .filter(|s| matches!(s.record_type, RecordType::A | RecordType::AAAA))
         {
-            for record in &set.records {
+            for record in set.records(&Name::from(name)) {
                 // One name may be the target of several records: list it once.
-                if !into.iter().any(|r| std::ptr::eq(*r, record)) {
+                if !into.contains(&record) {
                     into.push(record);
                 }
             }

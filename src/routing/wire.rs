@@ -29,12 +29,12 @@ pub(crate) enum Entry {
         nodata: Tail,
         signed: bool,
         /// Signed NODATA tails by the families the name can answer now (A, AAAA).
-        signed_nodata: Vec<((bool, bool), Tail)>,
+        signed_nodata: Box<[((bool, bool), Tail)]>,
     },
     /// A static name: the tail per type it has, and the NODATA tail for the rest; in a
     /// signed zone the same with DNSSEC records, for queries with DO.
     Static {
-        types: Vec<(u16, Tail)>,
+        types: Box<[(u16, Tail)]>,
         nodata: Tail,
         signed: Option<Box<SignedTails>>,
     },
@@ -43,7 +43,7 @@ pub(crate) enum Entry {
 /// The tails of a static name for queries with DO.
 #[derive(Debug)]
 pub(crate) struct SignedTails {
-    pub(crate) types: Vec<(u16, Tail)>,
+    pub(crate) types: Box<[(u16, Tail)]>,
     pub(crate) nodata: Tail,
 }
 

@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hickory_proto::rr::{LowerName, Record, RecordType};
+use hickory_proto::rr::{LowerName, Record};
 use tracing::{debug, warn};
 
-use super::node::Node;
+use super::node::{Node, Nodes};
 use crate::config::WhenAllDown;
 use crate::loaded::Loaded;
 use crate::routing::ZoneSigning;
@@ -21,7 +21,7 @@ use crate::zone::RrSet;
 pub(super) struct PreparedZone {
     pub(super) origin: LowerName,
     pub(super) negative_soa: Record,
-    pub(super) nodes: Arc<HashMap<LowerName, Node>>,
+    pub(super) nodes: Arc<Nodes>,
     pub(super) cuts: Arc<HashSet<LowerName>>,
     pub(super) has_wildcards: bool,
     pub(super) signing: Option<Arc<ZoneSigning>>,
@@ -64,7 +64,7 @@ pub(super) fn sign_zone(
     records_digest: &[u8; 32],
     before: Option<&Arc<ZoneSigning>>,
     origin: &LowerName,
-    nodes: &mut HashMap<LowerName, Node>,
+    nodes: &mut Nodes,
     cuts: &HashSet<LowerName>,
     negative_soa: &Record,
     families: &HashMap<LowerName, (bool, bool)>,
@@ -73,17 +73,18 @@ pub(super) fn sign_zone(
     let ring = loaded.keys.get(index)?.as_ref()?;
     let now = crate::dnssec::now();
     let apex = hickory_proto::rr::Name::from(origin);
-    if let Some(Node::Static(shared)) = nodes.get_mut(origin) {
-        // The apex's own copy (the zone keeps its sets).
-        let sets = Arc::make_mut(shared);
+    // The apex's own copy (the zone keeps its sets).
+    nodes.edit_sets(origin, |sets| {
         for (record_type, records) in crate::dnssec::apex_sets(&apex, ring, now, spec.dnskey_ttl) {
             sets.retain(|s| s.record_type != record_type);
-            sets.push(RrSet {
+            let ttl = records.first().map_or(spec.dnskey_ttl, |r| r.ttl);
+            sets.push(RrSet::new(
                 record_type,
-                records,
-            });
+                ttl,
+                records.into_iter().map(|r| r.data),
+            ));
         }
-    }
+    });
     let inputs = {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
@@ -169,25 +170,13 @@ pub(super) fn prepare_zone(
     before: Option<&Arc<ZoneSigning>>,
 ) -> PreparedZone {
     let origin = zone.origin().clone();
-    let mut nodes: HashMap<LowerName, Node> = zone
-        .rrsets_shared()
-        .map(|(name, sets)| (name.clone(), Node::Static(sets.clone())))
-        .collect();
+    let mut nodes = Nodes::of_file(zone.names().clone());
     // The SOA answers SOA queries at the apex like any other RRset.
-    let soa_set = RrSet {
-        record_type: RecordType::SOA,
-        records: vec![zone.soa().clone()],
-    };
-    if let Node::Static(shared) = nodes
-        .entry(origin.clone())
-        .or_insert_with(|| Node::Static(Arc::default()))
-    {
-        // The apex's own copy (the zone keeps its sets).
-        Arc::make_mut(shared).insert(0, soa_set);
-    }
+    let soa_set = RrSet::of_records(vec![zone.soa().clone()]);
+    nodes.edit_sets(&origin, |sets| sets.insert(0, soa_set));
     for name in service_names {
         if origin.zone_of(name) {
-            nodes.insert(name.clone(), Node::Gslb);
+            nodes.set_gslb(name.clone());
         }
     }
     add_empty_non_terminals(&origin, &mut nodes);
@@ -216,15 +205,16 @@ pub(super) fn prepare_zone(
 }
 
 /// Every ancestor of an existing name, up to the apex, exists too.
-pub(super) fn add_empty_non_terminals(origin: &LowerName, nodes: &mut HashMap<LowerName, Node>) {
-    let names: Vec<LowerName> = nodes.keys().cloned().collect();
-    for name in names {
+pub(super) fn add_empty_non_terminals(origin: &LowerName, nodes: &mut Nodes) {
+    let mut missing = Vec::new();
+    for (name, _) in nodes.iter() {
         let mut parent = name.base_name();
-        while origin.zone_of(&parent) && parent != *origin {
-            nodes
-                .entry(parent.clone())
-                .or_insert(Node::EmptyNonTerminal);
+        while origin.zone_of(&parent) && parent != *origin && !nodes.contains_key(&parent) {
+            missing.push(parent.clone());
             parent = parent.base_name();
         }
+    }
+    for name in missing {
+        nodes.add_empty_non_terminal(name);
     }
 }

@@ -41,8 +41,6 @@ pub struct Located {
 /// What reading a zone's files gave.
 #[derive(Debug)]
 pub struct Read {
-    /// Every record read, in file order (includes in place).
-    pub records: Vec<Located>,
     /// Every problem found.
     pub errors: Vec<ZoneError>,
     /// SHA-256 over every file's name and text, in reading order.
@@ -51,11 +49,18 @@ pub struct Read {
 
 /// Reads the master-file `text` of `file` for the zone `origin` within `limits`: the bytes
 /// of all files read together (the first file's text counts), the number of `$INCLUDE`s
-/// followed, and where they may read.
-pub fn read(text: &str, origin: &Name, file: &Path, limits: &super::ReadLimits) -> Read {
+/// followed, and where they may read. Each record goes to `sink` as it is read, in file
+/// order (includes in place): a big zone is never held twice, as records and as sets.
+pub fn read(
+    text: &str,
+    origin: &Name,
+    file: &Path,
+    limits: &super::ReadLimits,
+    sink: &mut dyn FnMut(Located),
+) -> Read {
     let mut reader = Reader {
         errors: Vec::new(),
-        records: Vec::new(),
+        sink,
         stack: Vec::new(),
         budget: limits.bytes.saturating_sub(text.len() as u64),
         limit: limits.bytes,
@@ -78,7 +83,6 @@ pub fn read(text: &str, origin: &Name, file: &Path, limits: &super::ReadLimits) 
         .push(canonical.unwrap_or_else(|| file.to_path_buf()));
     reader.read_text(text, &Arc::from(file), state);
     Read {
-        records: reader.records,
         errors: reader.errors,
         digest: reader.hasher.finalize().into(),
     }
@@ -93,9 +97,9 @@ struct State {
     last_owner: Option<Name>,
 }
 
-struct Reader {
+struct Reader<'s> {
     errors: Vec<ZoneError>,
-    records: Vec<Located>,
+    sink: &'s mut dyn FnMut(Located),
     /// Canonical paths of the files being read, outermost first (loop detection).
     stack: Vec<PathBuf>,
     /// Bytes that included files may still take.
@@ -112,7 +116,7 @@ struct Reader {
     hasher: Sha256,
 }
 
-impl Reader {
+impl Reader<'_> {
     fn error(&mut self, file: &Path, line: usize, message: String) {
         self.errors.push(ZoneError {
             file: file.to_path_buf(),
@@ -336,7 +340,7 @@ impl Reader {
         for record in records {
             state.last_ttl = Some(record.ttl);
             state.last_owner = Some(record.name.clone());
-            self.records.push(Located {
+            (self.sink)(Located {
                 record,
                 file: file.clone(),
                 line: entry.line,
