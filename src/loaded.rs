@@ -302,8 +302,7 @@ fn name_server_warnings(config: &Config, zones: &[Zone], file: &Path) -> Vec<Con
     }
     let mut warnings = Vec::new();
     for zone in zones {
-        let sets: std::collections::HashMap<&LowerName, &[crate::zone::RrSet]> =
-            zone.rrsets().collect();
+        let sets = zone.names();
         let of_type = |name: &LowerName, kind: RecordType| {
             sets.get(name)
                 .into_iter()

@@ -298,45 +298,13 @@ impl Reader<'_> {
     }
 
     fn record(&mut self, entry: &Entry, file: &Arc<Path>, state: &mut State) {
-        let mut doc = format!("$ORIGIN {}\n", state.origin);
-        if let Some(ttl) = state
-            .default_ttl
-            .clone()
-            .or_else(|| state.last_ttl.map(|t| t.to_string()))
-        {
-            doc.push_str(&format!("$TTL {ttl}\n"));
-        }
-        if entry.starts_blank {
-            match &state.last_owner {
-                Some(owner) => doc.push_str(&owner.to_string()),
-                None => {
-                    return self.error(
-                        file,
-                        entry.line,
-                        "record has no owner name and none comes before it".into(),
-                    );
-                }
-            }
-        }
-        if let Some(message) = unsupported_syntax(&entry.text) {
-            return self.error(file, entry.line, message);
-        }
-        doc.push_str(&entry.text);
-        doc.push('\n');
-        let parsed = match Parser::new(doc, None, Some(state.origin.clone())).parse() {
-            Ok((_, records)) => records,
-            Err(e) => return self.error(file, entry.line, explain_parse_error(&e.to_string())),
+        let records = match quick_record(entry, state) {
+            Some(record) => vec![record],
+            None => match parse_entry(entry, state) {
+                Ok(records) => records,
+                Err(message) => return self.error(file, entry.line, message),
+            },
         };
-        let records: Vec<Record> = parsed
-            .into_values()
-            .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
-            .collect();
-        if let Some(message) = records
-            .first()
-            .and_then(|r| extra_fields(&entry.text, entry.starts_blank, r))
-        {
-            return self.error(file, entry.line, message);
-        }
         for record in records {
             state.last_ttl = Some(record.ttl);
             state.last_owner = Some(record.name.clone());
@@ -347,6 +315,118 @@ impl Reader<'_> {
             });
         }
     }
+}
+
+/// An entry's records, read by hickory's zone parser with the state carried over, or
+/// what is wrong with it.
+fn parse_entry(entry: &Entry, state: &State) -> Result<Vec<Record>, String> {
+    let mut doc = format!("$ORIGIN {}\n", state.origin);
+    if let Some(ttl) = state
+        .default_ttl
+        .clone()
+        .or_else(|| state.last_ttl.map(|t| t.to_string()))
+    {
+        doc.push_str(&format!("$TTL {ttl}\n"));
+    }
+    if entry.starts_blank {
+        match &state.last_owner {
+            Some(owner) => doc.push_str(&owner.to_string()),
+            None => return Err("record has no owner name and none comes before it".into()),
+        }
+    }
+    if let Some(message) = unsupported_syntax(&entry.text) {
+        return Err(message);
+    }
+    doc.push_str(&entry.text);
+    doc.push('\n');
+    let parsed = match Parser::new(doc, None, Some(state.origin.clone())).parse() {
+        Ok((_, records)) => records,
+        Err(e) => return Err(explain_parse_error(&e.to_string())),
+    };
+    let records: Vec<Record> = parsed
+        .into_values()
+        .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
+        .collect();
+    if let Some(message) = records
+        .first()
+        .and_then(|r| extra_fields(&entry.text, entry.starts_blank, r))
+    {
+        return Err(message);
+    }
+    Ok(records)
+}
+
+/// The record of the plainest entries, read without the general parser: owner (or none,
+/// after white space), a TTL in seconds and class IN in either order or left out, and an
+/// A, AAAA, CNAME, NS or PTR record's one field, none of it quoted or escaped. Anything
+/// else, and anything that does not read cleanly (the error is then the parser's), is
+/// None and goes to [`parse_entry`]. A 200,000-record zone of such entries reads in a
+/// fraction of the time (the general parser is set up per entry). What it reads is what
+/// the parser reads (tested side by side).
+fn quick_record(entry: &Entry, state: &State) -> Option<Record> {
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR};
+    let text = entry.text.as_str();
+    if text
+        .bytes()
+        .any(|b| matches!(b, b'\\' | b'"' | b'(' | b')' | b';' | b'$'))
+    {
+        return None;
+    }
+    let mut words = text.split_ascii_whitespace();
+    let owner = if entry.starts_blank {
+        state.last_owner.clone()?
+    } else {
+        match words.next()? {
+            "@" => state.origin.clone(),
+            word => Name::parse(word, Some(&state.origin)).ok()?,
+        }
+    };
+    let seconds = |word: &str| -> Option<u32> {
+        if word.bytes().all(|b| b.is_ascii_digit()) && word.len() <= 9 {
+            word.parse().ok()
+        } else {
+            None
+        }
+    };
+    let mut ttl = None;
+    let mut class = false;
+    let kind = loop {
+        let word = words.next()?;
+        if ttl.is_none() && word.bytes().all(|b| b.is_ascii_digit()) {
+            ttl = Some(seconds(word)?);
+        } else if !class && word.eq_ignore_ascii_case("IN") {
+            class = true;
+        } else {
+            break word;
+        }
+    };
+    let ttl = match ttl {
+        Some(ttl) => ttl,
+        None => match &state.default_ttl {
+            Some(text) => seconds(text)?,
+            None => state.last_ttl?,
+        },
+    };
+    let field = words.next()?;
+    if words.next().is_some() || field == "@" {
+        return None;
+    }
+    let name = || Name::parse(field, Some(&state.origin)).ok();
+    let data = if kind.eq_ignore_ascii_case("A") {
+        RData::A(A(field.parse().ok()?))
+    } else if kind.eq_ignore_ascii_case("AAAA") {
+        RData::AAAA(AAAA(field.parse().ok()?))
+    } else if kind.eq_ignore_ascii_case("CNAME") {
+        RData::CNAME(CNAME(name()?))
+    } else if kind.eq_ignore_ascii_case("NS") {
+        RData::NS(NS(name()?))
+    } else if kind.eq_ignore_ascii_case("PTR") {
+        RData::PTR(PTR(name()?))
+    } else {
+        return None;
+    };
+    Some(Record::from_rdata(owner, ttl, data))
 }
 
 /// The parser reads the fields a type needs and ignores what follows: a record with more
@@ -577,6 +657,85 @@ pub(super) fn split_entries(text: &str) -> Vec<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The quick reading of the plainest entries gives what the parser gives, for every
+    /// form it takes; what it leaves is left to the parser.
+    #[test]
+    fn quick_entries_read_as_the_parser_reads_them() {
+        let origin = Name::from_ascii("gto.example.com.").unwrap();
+        let states = [
+            (None, None, None),
+            (Some("600"), None, None),
+            (None, Some(120), Some("prev")),
+            (Some("1h"), Some(120), Some("prev.other.org.")),
+            (Some("600"), Some(120), Some("prev")),
+        ];
+        let taken = [
+            "h1 A 192.0.2.1",
+            "H1.Sub 300 IN A 192.0.2.1",
+            "@ IN 300 AAAA 2001:db8::1",
+            "abs.gto.example.com. 7 A 10.0.0.1",
+            "*.wild 60 A 10.0.0.2",
+            " A 10.0.0.3",
+            "\tIN 5 CNAME target",
+            "x CNAME target.other.org.",
+            "x 0 NS ns1",
+            "x in ptr host.example.",
+            "x 0300 a 10.0.0.4",
+        ];
+        let left = [
+            "x 1h A 10.0.0.5",
+            "x IN IN A 10.0.0.5",
+            "x 5 5 A 10.0.0.5",
+            "x CH A 10.0.0.5",
+            "x A 10.0.0.5 extra",
+            "x A 999.0.0.1",
+            "x A 010.0.0.1",
+            "x TXT hello",
+            "x CNAME @",
+            "x MX 10 mail",
+            "x 4294967296 A 10.0.0.6",
+            "x\\.y A 10.0.0.7",
+            "x A",
+        ];
+        for (default_ttl, last_ttl, last_owner) in states {
+            let state = State {
+                origin: origin.clone(),
+                default_ttl: default_ttl.map(String::from),
+                last_ttl,
+                last_owner: last_owner.map(|o| Name::parse(o, Some(&origin)).unwrap()),
+            };
+            for text in taken.iter().chain(&left) {
+                let text = text.replace("\\t", "\t");
+                let entry = Entry {
+                    line: 1,
+                    starts_blank: text.starts_with([' ', '\t']),
+                    text: text.clone(),
+                };
+                let quick = quick_record(&entry, &state);
+                let parsed = parse_entry(&entry, &state);
+                match &quick {
+                    Some(record) => assert_eq!(
+                        parsed.as_deref().ok(),
+                        Some(std::slice::from_ref(record)),
+                        "{text:?} with {default_ttl:?} {last_ttl:?} {last_owner:?}"
+                    ),
+                    None => assert!(
+                        left.contains(&text.as_str())
+                            || (default_ttl == Some("1h"))
+                            || (last_ttl.is_none() && default_ttl.is_none())
+                            || (entry.starts_blank && last_owner.is_none()),
+                        "{text:?} was left to the parser"
+                    ),
+                }
+                if left.contains(&text.as_str()) {
+                    assert!(quick.is_none(), "{text:?} was read quickly");
+                } else if default_ttl == Some("600") && last_owner.is_some() {
+                    assert!(quick.is_some(), "{text:?} was not read quickly");
+                }
+            }
+        }
+    }
 
     #[test]
     fn splits_parentheses_and_comments() {

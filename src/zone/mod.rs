@@ -660,14 +660,22 @@ pub const MAX_RRSET_WIRE: usize = 65_535 - 2_048;
 fn wire_size(owner: &LowerName, set: &RrSet) -> usize {
     use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
     let data: usize = set
-        .rdata()
+        .data
+        .iter()
         .map(|data| {
-            let mut buffer = Vec::with_capacity(64);
-            let mut encoder = BinEncoder::new(&mut buffer);
-            match data.emit(&mut encoder) {
-                Ok(()) => owner.len() + 1 + 10 + buffer.len(),
-                Err(_) => usize::MAX / (1 << 20),
-            }
+            let length = match data {
+                Data::A(_) => 4,
+                Data::Aaaa(_) => 16,
+                Data::Other(data) => {
+                    let mut buffer = Vec::with_capacity(64);
+                    let mut encoder = BinEncoder::new(&mut buffer);
+                    match data.emit(&mut encoder) {
+                        Ok(()) => buffer.len(),
+                        Err(_) => return usize::MAX / (1 << 20),
+                    }
+                }
+            };
+            owner.len() + 1 + 10 + length
         })
         .sum();
     data
