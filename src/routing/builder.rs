@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::build::{EndpointStates, Prepared, build_prepared, prepare, prepare_after};
 use super::handle::RoutingHandle;
+use super::wire::FastIndex;
 use super::{EndpointKey, Selection};
 use crate::loaded::Loaded;
 use crate::metrics::{SERVICE_SELECTION, SNAPSHOT_BUILD_SECONDS, SNAPSHOT_GENERATION};
@@ -121,7 +122,19 @@ pub struct Builder {
     selections: HashMap<String, Selection>,
     /// The config in use, for key maintenance ([`Builder::configs`]).
     configs: watch::Sender<Arc<Loaded>>,
+    /// Counts preparations: an index built for an earlier one is dropped.
+    epoch: u64,
+    /// The preparation whose index a thread is building, if any.
+    indexing: Option<u64>,
+    /// Indexes built off the builder's task, with the preparation they are of.
+    indexed: (
+        mpsc::UnboundedSender<Indexed>,
+        mpsc::UnboundedReceiver<Indexed>,
+    ),
 }
+
+/// An index of the fast path, and the preparation it is of.
+type Indexed = (u64, Arc<FastIndex>);
 
 impl Builder {
     /// Builds and publishes the first snapshot (generation 1), every endpoint up.
@@ -149,9 +162,50 @@ impl Builder {
             generation: 1,
             handle,
             selections: HashMap::new(),
+            epoch: 1,
+            indexing: None,
+            indexed: mpsc::unbounded_channel(),
         };
         builder.report_selections();
+        builder.index_if_pending();
         builder
+    }
+
+    /// Builds the fast path's index of a big zone's preparation in a thread of its own,
+    /// from the snapshot just published (its general lookup gives the tails); [`run`]
+    /// publishes it.
+    ///
+    /// [`run`]: Builder::run
+    fn index_if_pending(&mut self) {
+        if !self.prepared.index_pending() || self.indexing == Some(self.epoch) {
+            return;
+        }
+        self.indexing = Some(self.epoch);
+        let snapshot = self.handle.load_full();
+        let sender = self.indexed.0.clone();
+        let epoch = self.epoch;
+        let spawned = std::thread::Builder::new()
+            .name("gto-index".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let fast = FastIndex::build(&snapshot);
+                debug!(names = fast.len(), took = ?started.elapsed(), "fast path index built");
+                let _ = sender.send((epoch, Arc::new(fast)));
+            });
+        if let Err(error) = spawned {
+            warn!(%error, "cannot start a thread to index the zones; the general path answers");
+        }
+    }
+
+    /// Takes an index built off the task, when it is of the current preparation.
+    fn take_index(&mut self, epoch: u64, fast: Arc<FastIndex>) {
+        if epoch != self.epoch {
+            return;
+        }
+        let names = fast.len();
+        self.prepared.set_index(fast);
+        self.publish();
+        info!(names, generation = self.generation, "fast path index ready");
     }
 
     /// Lets a new dnstap log name the endpoints of GSLB answers.
@@ -208,6 +262,7 @@ impl Builder {
                 self.states.retain_existing(&self.loaded);
                 self.states.add_counters(&self.loaded);
                 self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
+                self.epoch += 1;
                 self.attach_dnstap();
                 true
             }
@@ -231,6 +286,7 @@ impl Builder {
                 }
                 if due || keys_changed {
                     self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
+                    self.epoch += 1;
                     self.attach_dnstap();
                 }
                 due || keys_changed
@@ -261,6 +317,7 @@ impl Builder {
         record_build(self.generation, started);
         debug!(generation = self.generation, "routing snapshot published");
         self.report_selections();
+        self.index_if_pending();
     }
 
     /// Logs (once per change) and exports how each GSLB name selects its endpoints: an
@@ -310,6 +367,7 @@ impl Builder {
                     }
                     self.apply_all(std::mem::take(&mut batch));
                 }
+                Some((epoch, fast)) = self.indexed.1.recv() => self.take_index(epoch, fast),
                 () = token.cancelled() => break,
             }
         }

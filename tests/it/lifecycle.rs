@@ -361,9 +361,10 @@ async fn reloads_of_a_big_zone_do_not_grow_memory() {
         last * 10 <= first * 13,
         "RSS after each reload (KiB): {after:?}"
     );
-    // Over 20,000 names the fast path's index is built by several threads: names from
-    // every share answer, with their own data (the fast path's, and over TCP the
-    // general path's).
+    // Over 20,000 names the fast path's index is built after the snapshot is published
+    // (the general path answers until then), by several threads: names from every share
+    // answer, with their own data (the fast path's, and over TCP the general path's).
+    gto.wait_for_log("fast path index ready").await;
     for (i, want) in [
         (0, "10.0.0.0"),
         (9_999, "10.0.39.15"),
