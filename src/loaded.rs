@@ -233,13 +233,8 @@ pub struct Loaded {
     pub zones: Vec<Zone>,
     /// The opened `[geo] mmdb` database, if configured.
     pub geo_db: Option<std::sync::Arc<crate::geo::mmdb::Mmdb>>,
-    /// SHA-256 (first 8 bytes, hex) of what the config and zones mean for answers: see
-    /// [`meaning_digest`]. Instances that answer alike show the same digest whatever their
-    /// per-host settings, comments or record order.
-    pub digest: String,
-    /// The digest per section (`zone <origin>`, `service <name>`, `pool <name>`, `geo`,
-    /// `rrl`, `server`), so that drift can say where two configs differ.
-    pub digest_sections: std::collections::BTreeMap<String, String>,
+    /// What the config and zones mean for answers, digested ([`Loaded::digest`]).
+    meaning: Meaning,
     /// Problems that leave the config servable (occluded zone data), located: `gto check`
     /// prints them and `gto run` logs them.
     pub warnings: Vec<ConfigError>,
@@ -252,7 +247,49 @@ pub struct Loaded {
     pub keys_changed: Vec<Option<u64>>,
 }
 
+/// The digest of a config's meaning ([`meaning_digest`]), made in a thread of its own: a
+/// big zone's digest (every record, in canonical order) takes a tenth of a second that
+/// start-up and reloads need not wait for. Read it with [`Loaded::digest`], which waits
+/// for it.
+#[derive(Debug, Clone)]
+struct Meaning(Arc<std::sync::OnceLock<(String, std::collections::BTreeMap<String, String>)>>);
+
+impl Meaning {
+    fn of(config: &Config, zones: &[Zone]) -> Self {
+        let cell = Arc::new(std::sync::OnceLock::new());
+        let (config, zones, into) = (config.clone(), zones.to_vec(), cell.clone());
+        let digest = move || {
+            let _ = into.set(meaning_digest(&config, &zones));
+        };
+        if let Err(error) = std::thread::Builder::new()
+            .name("gto-digest".into())
+            .spawn(digest.clone())
+        {
+            tracing::debug!(%error, "no thread for the config digest; made here");
+            digest();
+        }
+        Self(cell)
+    }
+
+    fn get(&self) -> &(String, std::collections::BTreeMap<String, String>) {
+        self.0.wait()
+    }
+}
+
 impl Loaded {
+    /// SHA-256 (first 8 bytes, hex) of what the config and zones mean for answers: see
+    /// [`meaning_digest`]. Instances that answer alike show the same digest whatever their
+    /// per-host settings, comments or record order.
+    pub fn digest(&self) -> &str {
+        &self.meaning.get().0
+    }
+
+    /// The digest per section (`zone <origin>`, `service <name>`, `pool <name>`, `geo`,
+    /// `rrl`, `server`), so that drift can say where two configs differ.
+    pub fn digest_sections(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.meaning.get().1
+    }
+
     /// Reads every signed zone's key directory again (keys a rollover or an operator
     /// added) and says whether any zone's keys changed. A directory that cannot be read
     /// keeps the keys read before, with a warning; the failed read is remembered (its
@@ -428,7 +465,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
     };
     let (keys, keys_changed) = read_keys(&config, file, &mut errors);
     if errors.is_empty() {
-        let (digest, digest_sections) = meaning_digest(&config, &zones);
+        let meaning = Meaning::of(&config, &zones);
         let warnings = zones
             .iter()
             .flat_map(|zone| zone.warnings().iter().cloned().map(located))
@@ -455,8 +492,7 @@ fn load_str(text: &str, file: &Path, embedded: bool) -> Result<Loaded, ConfigErr
             config,
             zones,
             geo_db,
-            digest,
-            digest_sections,
+            meaning,
             warnings,
         })
     } else {

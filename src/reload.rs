@@ -37,7 +37,7 @@ impl Reloader {
             admin,
             fleet,
             bus,
-            digest: ArcSwap::from_pointee(running.digest.clone()),
+            digest: ArcSwap::from_pointee(running.digest().to_string()),
             runtime: std::sync::Mutex::new({
                 metrics::gauge!(crate::metrics::RUNTIME_MEMBERS).set(running.runtime.len() as f64);
                 running.runtime.clone()
@@ -278,9 +278,9 @@ impl Reloader {
             .await
             .map_err(|_| single_error("the routing builder stopped during reload".into()))?;
         inner.health.reconfigure(loaded.clone()).await;
-        inner.digest.store(Arc::new(loaded.digest.clone()));
+        inner.digest.store(Arc::new(loaded.digest().to_string()));
         if let Some(fleet) = &inner.fleet {
-            fleet.set_digest(&loaded.digest, &loaded.digest_sections);
+            fleet.set_digest(loaded.digest(), loaded.digest_sections());
         }
         if let Ok(mut runtime) = inner.runtime.lock() {
             *runtime = loaded.runtime.clone();

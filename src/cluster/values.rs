@@ -43,8 +43,8 @@ impl InstanceInfo {
             listen: listen.iter().map(ToString::to_string).collect(),
             admin: None,
             started: crate::time::unix_now(),
-            config_digest: loaded.digest.clone(),
-            config_sections: loaded.digest_sections.clone(),
+            config_digest: loaded.digest().to_string(),
+            config_sections: loaded.digest_sections().clone(),
             heartbeat: 0,
             keysets: BTreeMap::new(),
         }
