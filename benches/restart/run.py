@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Restart gaps under a steady load (issue 35): how long a server stops answering when it
 is restarted as systemd does (SIGTERM, wait for the exit, start again), for gto beside
-Knot and gdnsd (when installed), with a small zone or a big one (--records N).
+Knot and gdnsd (when installed), with a small zone or a big one (--records N); with
+--replace, gto's upgrade path instead (`gto replace`: the new process takes over the
+sockets), which must lose nothing.
 
 A prober sends --rate queries/s (default 20,000) over UDP on loopback, each for its own
 name (q<n>.gto.example.com: an NXDOMAIN from the zone, so every query is answered by every
@@ -12,7 +14,7 @@ its own port; every step is bounded in time. Not a test: figures for the README 
 issue.
 
     benches/restart/run.py [--gto target/release/gto] [--servers gto,knot,gdnsd]
-                           [--tries 25] [--records 0] [--rate 20000]
+                           [--tries 25] [--records 0] [--rate 20000] [--replace]
 """
 
 import argparse
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bigzone"))
 import run as bigzone  # noqa: E402  (the zone text and server set-ups of benches/bigzone)
@@ -182,6 +185,72 @@ def measure(server, records, port, gto, tries, rate):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def admin_pid(admin, limit=30.0):
+    """The serving gto's process id, from its admin API (retried while it starts)."""
+    import json
+
+    started = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{admin}/v1/status", timeout=5) as reply:
+                return json.load(reply)["instance"]["pid"]
+        except OSError:
+            if time.monotonic() - started > limit:
+                raise
+            time.sleep(0.05)
+
+
+def measure_replace(records, port, gto, tries, rate):
+    """`gto replace` under the prober: each replacement's gap and lost queries."""
+    d = tempfile.mkdtemp(prefix="replace-gto-")
+    admin = f"127.0.0.1:{port + 100}"
+    pid = None
+    try:
+        zone = os.path.join(d, "gto.example.com.zone")
+        with open(zone, "w") as f:
+            f.write(bigzone.zone_text(records, 1))
+        config = os.path.join(d, "gto.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'[server]\nlisten = ["127.0.0.1:{port}"]\n[admin]\nlisten = "{admin}"\n'
+                f'[[zone]]\norigin = "{ORIGIN}."\nfile = "gto.example.com.zone"\n'
+            )
+        first = subprocess.Popen(
+            [gto, "run", "--config", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if wait_answer(port, 120) is None:
+            return {"server": "gto", "error": "no answer within 120 s"}
+        pid = admin_pid(admin)
+        prober = Prober(port, rate, 1.0 + tries * 3.0 + 2.0)
+        prober.start()
+        time.sleep(1.0)
+        events, failures = [], 0
+        for _ in range(tries):
+            t0 = time.monotonic()
+            done = subprocess.run(
+                [gto, "replace", "--config", config, "--pid", str(pid)],
+                capture_output=True,
+                timeout=120,
+            )
+            if done.returncode != 0:
+                failures += 1
+                print(done.stderr.decode(errors="replace").strip(), file=sys.stderr)
+            pid = admin_pid(admin)
+            events.append((t0, time.monotonic()))
+            time.sleep(0.5)
+        prober.finish()
+        first.wait(5)
+        gaps = [prober.gap(t0 - 0.2, t1 + 0.5) for t0, t1 in events]
+        return {"server": "gto", "gaps": gaps, "sent": prober.count, "failures": failures}
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=0)
@@ -190,7 +259,20 @@ def main():
     parser.add_argument("--tries", type=int, default=25)
     parser.add_argument("--rate", type=int, default=20_000)
     parser.add_argument("--port", type=int, default=25600)
+    parser.add_argument("--replace", action="store_true")
     args = parser.parse_args()
+    if args.replace:
+        r = measure_replace(args.records, args.port, args.gto, args.tries, args.rate)
+        if "error" in r:
+            raise SystemExit(r["error"])
+        gaps = [g * 1000 for g, _ in r["gaps"]]
+        lost = sum(lost for _, lost in r["gaps"])
+        print(
+            f"{args.records} extra A records; {args.tries} replacements (gto replace) under "
+            f"{args.rate} queries/s: {lost} of {r['sent']} queries lost, longest gap "
+            f"{max(gaps):.1f} ms, {r['failures']} replacements failed"
+        )
+        return
     print(
         f"{args.records} extra A records; {args.tries} restarts (SIGTERM, exit, start) under "
         f"{args.rate} queries/s; gap = longest time with no query answered, in ms"
