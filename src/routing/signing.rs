@@ -70,6 +70,7 @@ pub struct ZoneSigning {
 }
 
 /// Signs the sets of one preparation with its keys and window, counting signatures.
+#[derive(Clone)]
 struct Signer<'k> {
     origin: Name,
     window: Window,
@@ -89,7 +90,39 @@ struct Made {
     types_of: HashMap<LowerName, Vec<RecordType>>,
 }
 
+/// Names from which a zone is signed by several threads.
+const PARALLEL_SIGNING_FROM: usize = 10_000;
+
 impl Signer<'_> {
+    /// Signs one name of the zone into `made`: an empty non-terminal's NSEC, a GSLB name's
+    /// NODATA proofs, a static name's sets and NSEC.
+    fn name(
+        &mut self,
+        content: &ZoneContent<'_>,
+        name: &LowerName,
+        node: Node<'_>,
+        made: &mut Made,
+    ) -> Result<(), SignError> {
+        let owner = Name::from(name);
+        match node {
+            Node::EmptyNonTerminal => {
+                made.types_of.insert(name.clone(), Vec::new());
+                if let Some(proof) = self.nsec(&owner, Vec::new())? {
+                    made.nsec.insert(name.clone(), proof);
+                }
+            }
+            Node::Gslb => {
+                let families = content.gslb_families.get(name).copied().unwrap_or_default();
+                self.gslb(name, &owner, families, made)?;
+            }
+            Node::Static(sets) => {
+                let is_cut = content.cuts.contains(name);
+                self.static_sets(name, &owner, sets, is_cut, made)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Signatures of one RRset (owner, records) by each of `keys`.
     fn sign(
         &mut self,
@@ -334,27 +367,55 @@ impl ZoneSigning {
             }
             false
         };
-        let mut made = Made::default();
-        for (name, node) in content.nodes.iter() {
-            if below_cut(name) {
-                continue; // occluded, or glue: not ours to sign
+        let names: Vec<(&LowerName, Node<'_>)> = content
+            .nodes
+            .iter()
+            .filter(|(name, _)| !below_cut(name)) // occluded, or glue: not ours to sign
+            .collect();
+        // A big zone's names are signed by a few threads at once, each with its own
+        // signer and tables, merged after (signing is nearly all of a signed load).
+        let threads = if names.len() < PARALLEL_SIGNING_FROM {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        };
+        let sign_share = |mut signer: Signer<'_>,
+                          share: &[(&LowerName, Node<'_>)]|
+         -> Result<(Made, u64), SignError> {
+            let mut made = Made::default();
+            for (name, node) in share {
+                signer.name(content, name, *node, &mut made)?;
             }
-            let owner = Name::from(name);
-            match node {
-                Node::EmptyNonTerminal => {
-                    made.types_of.insert(name.clone(), Vec::new());
-                    if let Some(proof) = signer.nsec(&owner, Vec::new())? {
-                        made.nsec.insert(name.clone(), proof);
-                    }
-                }
-                Node::Gslb => {
-                    let families = content.gslb_families.get(name).copied().unwrap_or_default();
-                    signer.gslb(name, &owner, families, &mut made)?;
-                }
-                Node::Static(sets) => {
-                    let is_cut = content.cuts.contains(name);
-                    signer.static_sets(name, &owner, sets, is_cut, &mut made)?;
-                }
+            Ok((made, signer.signed))
+        };
+        let mut made = Made::default();
+        if threads == 1 {
+            let (all, signed) = sign_share(signer.clone(), &names)?;
+            made = all;
+            signer.signed += signed;
+        } else {
+            let chunk = names.len().div_ceil(threads);
+            let parts = std::thread::scope(|scope| {
+                let running: Vec<_> = names
+                    .chunks(chunk)
+                    .map(|share| {
+                        let signer = signer.clone();
+                        scope.spawn(move || sign_share(signer, share))
+                    })
+                    .collect();
+                running
+                    .into_iter()
+                    // A panic in a share is a bug: re-raised here, as one thread would.
+                    .map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect::<Vec<_>>()
+            });
+            for part in parts {
+                let (part, signed) = part?;
+                signer.signed += signed;
+                made.static_sigs.extend(part.static_sigs);
+                made.nsec.extend(part.nsec);
+                made.gslb_nsec.extend(part.gslb_nsec);
+                made.types_of.extend(part.types_of);
             }
         }
         let zone_keys = signer.zone_signers;

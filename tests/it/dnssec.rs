@@ -418,9 +418,13 @@ fn ds_of(dir: &Path) -> String {
 
 /// A signed server: keys made by the CLI, the geo config (answers depend on ECS).
 async fn signed_server(extra_keygen: &[&[&str]]) -> TestServer {
+    signed_server_with(extra_keygen, &zone()).await
+}
+
+async fn signed_server_with(extra_keygen: &[&[&str]], zone: &str) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("gto.toml"), signed(&geo_config(""))).unwrap();
-    std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
     if extra_keygen.is_empty() {
         keygen(dir.path(), "keys", &[]);
     }
@@ -511,6 +515,41 @@ async fn validated_by_unbound(server: &TestServer) {
 async fn unbound_validates_every_kind_of_answer() {
     let server = signed_server(&[]).await;
     validated_by_unbound(&server).await;
+}
+
+/// A zone of over 20,000 names is signed by several threads (their shares merged) and
+/// its fast path's index is built after the first snapshot: every kind of answer still
+/// validates, and so do names from every share, their NODATA and a name that does not
+/// exist among them.
+#[tokio::test]
+async fn unbound_validates_a_big_zone_signed_by_several_threads() {
+    let bulk: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "bulk{i} IN A 10.{}.{}.{}\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            )
+        })
+        .collect();
+    let server = signed_server_with(&[], &format!("{}{bulk}", zone())).await;
+    validated_by_unbound(&server).await;
+    let anchors = ds_of(server.dir.path());
+    let unbound = Unbound::start("gto.example.com.", server.addr, &anchors).await;
+    for (i, want) in [
+        (0, "10.0.0.0"),
+        (7_777, "10.0.30.97"),
+        (19_999, "10.0.78.31"),
+    ] {
+        let name = format!("bulk{i}.gto.example.com");
+        let answers = expect_ad(&unbound, &[&name, "A"], "NOERROR").await;
+        assert_eq!(answers, [want], "{name}");
+        let nodata = expect_ad(&unbound, &[&name, "TXT"], "NOERROR").await;
+        assert!(nodata.is_empty(), "{name} TXT: {nodata:?}");
+    }
+    let nothing = expect_ad(&unbound, &["bulk20000x.gto.example.com", "A"], "NOERROR").await;
+    assert!(nothing.is_empty());
 }
 
 #[tokio::test]
