@@ -155,12 +155,7 @@ def measure(server, records, port, gto, tries, rate):
         time.sleep(1.0)
         for _ in range(tries):
             t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 30)
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(proc)
             wait_answer(port, 120)
@@ -176,13 +171,18 @@ def measure(server, records, port, gto, tries, rate):
     finally:
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                stop(p, 20)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def stop(proc, limit):
+    """SIGTERM, then SIGKILL after `limit` seconds; waits for the exit."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def admin_pid(admin, limit=30.0):
