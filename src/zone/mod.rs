@@ -288,8 +288,13 @@ fn parse_within(
 ) -> Result<Zone, Vec<ZoneError>> {
     let apex = LowerName::from(origin);
     let mut soa: Option<Record> = None;
+    // Sized for a record per line: a big zone's tables are not grown (and every name
+    // hashed again) step by step.
+    let entries = text.bytes().filter(|&b| b == b'\n').count();
     let mut building: HashMap<LowerName, Vec<Building>> = HashMap::default();
+    building.reserve(entries);
     let mut lines: Lines = HashMap::default();
+    lines.reserve(entries);
     let first_line = (Arc::<Path>::from(file.as_path()), 1);
     let mut record_errors = Vec::new();
 
@@ -298,7 +303,6 @@ fn parse_within(
                         file: at,
                         line,
                     }| {
-        record.name = record.name.to_lowercase();
         let owner = LowerName::from(&record.name);
         if let Some(message) = refused(&record, &owner, &apex, origin) {
             error(&mut record_errors, &at, line, message);
@@ -308,12 +312,12 @@ fn parse_within(
         if record.record_type() == RecordType::SOA {
             if owner != apex {
                 fail(format!(
-                    "SOA must be at the apex {origin}, not at {}",
-                    record.name
+                    "SOA must be at the apex {origin}, not at {owner}"
                 ));
             } else if soa.is_some() {
                 fail("a second SOA record".into());
             } else {
+                record.name = Name::from(&owner);
                 soa = Some(record);
             }
             return;
@@ -326,10 +330,13 @@ fn parse_within(
     let read = master::read(text, origin, &file, limits, &mut take);
     let mut errors = read.errors;
     errors.append(&mut record_errors);
-    let rrsets: HashMap<LowerName, Shared> = building
-        .into_iter()
-        .map(|(owner, sets)| (owner, sets.into_iter().map(Building::done).collect()))
-        .collect();
+    let mut rrsets: HashMap<LowerName, Shared> = HashMap::default();
+    rrsets.reserve(building.len());
+    rrsets.extend(
+        building
+            .into_iter()
+            .map(|(owner, sets)| (owner, sets.into_iter().map(Building::done).collect())),
+    );
 
     if errors.is_empty() {
         check_apex(origin, soa.is_some(), &rrsets, &file, &mut errors);
@@ -402,18 +409,17 @@ fn refused(record: &Record, owner: &LowerName, apex: &LowerName, origin: &Name) 
         return Some(format!("class {} is not served; only IN", record.dns_class));
     }
     if !apex.zone_of(owner) {
-        return Some(format!("{} is outside the zone {}", record.name, origin));
+        return Some(format!("{owner} is outside the zone {origin}"));
     }
     if record.ttl > MAX_TTL {
         return Some(format!(
-            "TTL {} of {} is 2^31 or more (RFC 2181 section 8); use at most {MAX_TTL}",
-            record.ttl, record.name
+            "TTL {} of {owner} is 2^31 or more (RFC 2181 section 8); use at most {MAX_TTL}",
+            record.ttl
         ));
     }
     if record_type == RecordType::NS && owner.is_wildcard() {
         return Some(format!(
-            "NS at the wildcard {} is not supported (RFC 4592 section 4.2)",
-            record.name
+            "NS at the wildcard {owner} is not supported (RFC 4592 section 4.2)"
         ));
     }
     if matches!(
