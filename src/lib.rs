@@ -73,6 +73,7 @@ pub mod geo;
 pub mod handover;
 pub mod health;
 pub mod loaded;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

@@ -190,7 +190,9 @@ impl Builder {
                 let started = Instant::now();
                 let fast = FastIndex::build(&snapshot);
                 debug!(names = fast.len(), took = ?started.elapsed(), "fast path index built");
+                drop(snapshot);
                 let _ = sender.send((epoch, Arc::new(fast)));
+                crate::memory::trim();
             });
         if let Err(error) = spawned {
             warn!(%error, "cannot start a thread to index the zones; the general path answers");
@@ -206,6 +208,7 @@ impl Builder {
         self.prepared.set_index(fast);
         self.publish();
         info!(names, generation = self.generation, "fast path index ready");
+        crate::memory::trim();
     }
 
     /// Lets a new dnstap log name the endpoints of GSLB answers.
@@ -264,6 +267,7 @@ impl Builder {
                 self.prepared = prepare_after(&self.loaded, &self.states, Some(&self.prepared));
                 self.epoch += 1;
                 self.attach_dnstap();
+                crate::memory::trim();
                 true
             }
             Change::SetDrained { key, drained } => {

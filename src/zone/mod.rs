@@ -311,9 +311,7 @@ fn parse_within(
         let mut fail = |message: String| error(&mut record_errors, &at, line, message);
         if record.record_type() == RecordType::SOA {
             if owner != apex {
-                fail(format!(
-                    "SOA must be at the apex {origin}, not at {owner}"
-                ));
+                fail(format!("SOA must be at the apex {origin}, not at {owner}"));
             } else if soa.is_some() {
                 fail("a second SOA record".into());
             } else {
