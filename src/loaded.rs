@@ -142,8 +142,6 @@ impl ConfigSource {
                 // still taken.
                 drop(reading);
                 let _ = sender.send(loaded);
-                // The reading's scratch (a big zone's text and tables) goes back now.
-                crate::memory::trim();
             });
         let failed = |message: String| {
             ConfigErrors(vec![ConfigError {

@@ -192,7 +192,6 @@ impl Builder {
                 debug!(names = fast.len(), took = ?started.elapsed(), "fast path index built");
                 drop(snapshot);
                 let _ = sender.send((epoch, Arc::new(fast)));
-                crate::memory::trim();
             });
         if let Err(error) = spawned {
             warn!(%error, "cannot start a thread to index the zones; the general path answers");

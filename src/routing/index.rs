@@ -41,12 +41,6 @@ impl FastIndex {
                 })
                 .collect::<Vec<_>>()
         };
-        let index_and_trim = |share: &[(&crate::routing::ZoneTable, &LowerName, Node<'_>)]| {
-            let entries = index(share);
-            // This thread ends now: what it freed goes back to the system.
-            crate::memory::trim();
-            entries
-        };
         let threads = if all.len() < PARALLEL_FROM {
             1
         } else {
@@ -61,7 +55,7 @@ impl FastIndex {
             std::thread::scope(|scope| {
                 let parts: Vec<_> = all
                     .chunks(chunk)
-                    .map(|share| scope.spawn(|| index_and_trim(share)))
+                    .map(|share| scope.spawn(|| index(share)))
                     .collect();
                 for part in parts {
                     // A panic in a share is a bug: re-raised here, as one thread would.
