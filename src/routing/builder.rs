@@ -126,6 +126,9 @@ pub struct Builder {
     epoch: u64,
     /// The preparation whose index a thread is building, if any.
     indexing: Option<u64>,
+    /// Snapshots replaced, with when: held for [`RETIRE_AFTER`] and then dropped here, so
+    /// that a query thread that still read one never frees a zone's tables itself.
+    retired: Vec<(Arc<super::Snapshot>, Instant)>,
     /// Indexes built off the builder's task, with the preparation they are of.
     indexed: (
         mpsc::UnboundedSender<Indexed>,
@@ -164,6 +167,7 @@ impl Builder {
             selections: HashMap::new(),
             epoch: 1,
             indexing: None,
+            retired: Vec::new(),
             indexed: mpsc::unbounded_channel(),
         };
         builder.report_selections();
@@ -195,6 +199,17 @@ impl Builder {
             });
         if let Err(error) = spawned {
             warn!(%error, "cannot start a thread to index the zones; the general path answers");
+        }
+    }
+
+    /// Drops the snapshots replaced at least [`RETIRE_AFTER`] ago (a reload's old zone is
+    /// freed here, off the query path), and gives what that freed back to the system.
+    fn release_retired(&mut self) {
+        let now = Instant::now();
+        let before = self.retired.len();
+        self.retired.retain(|(_, at)| now < *at + RETIRE_AFTER);
+        if self.retired.len() < before {
+            crate::memory::trim();
         }
     }
 
@@ -311,12 +326,13 @@ impl Builder {
     fn publish(&mut self) {
         self.generation += 1;
         let started = Instant::now();
-        self.handle.store(build_prepared(
+        let replaced = self.handle.swap(build_prepared(
             &self.prepared,
             &self.loaded,
             &self.states,
             self.generation,
         ));
+        self.retired.push((replaced, Instant::now()));
         record_build(self.generation, started);
         debug!(generation = self.generation, "routing snapshot published");
         self.report_selections();
@@ -363,7 +379,15 @@ impl Builder {
         const BATCH: usize = 1024;
         let mut batch = Vec::with_capacity(BATCH);
         loop {
+            let release = self.retired.first().map(|(_, at)| *at + RETIRE_AFTER);
+            let released = async {
+                match release {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = released => self.release_retired(),
                 received = events.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
                         break;
@@ -380,6 +404,11 @@ impl Builder {
         std::mem::forget(self);
     }
 }
+
+/// How long a replaced snapshot is held before the builder drops it: far longer than a
+/// query reads one (a batch of answers), so the query threads never hold the last
+/// reference.
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sets `gto_service_selection` for one GSLB name: 1 for `mode`, 0 for the others (all 0
 /// for a name a reload removed).
@@ -457,6 +486,44 @@ mod tests {
         builder.apply(BuildEvent::new(Change::SetMemberUp { key, up: true }));
         assert_eq!(addresses(&handle.load(), RecordType::A), before);
         assert_eq!(handle.load().generation, 3);
+    }
+
+    /// A replaced snapshot outlives its replacement by a while, held by the builder (a
+    /// query thread that still reads it never frees a zone), and is then freed by it.
+    #[tokio::test(start_paused = true)]
+    async fn replaced_snapshots_are_freed_by_the_builder_after_a_while() {
+        let loaded = ConfigSource::Embedded.load().unwrap();
+        let key = EndpointKey {
+            pool: loaded.config.pools[0].name.clone(),
+            member: loaded.config.pools[0].members[0].name.clone(),
+        };
+        let builder = Builder::new(loaded);
+        let handle = builder.handle();
+        let first = Arc::downgrade(&handle.load_full());
+        let (events, receiver) = mpsc::channel(8);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(builder.run(receiver, token.clone()));
+        let (event, done) = BuildEvent::waited(Change::SetMemberUp { key, up: false });
+        events.send(event).await.unwrap();
+        assert_eq!(done.await.unwrap(), 2);
+        tokio::time::sleep(RETIRE_AFTER / 2).await;
+        assert!(
+            first.upgrade().is_some(),
+            "freed while a query may still read it"
+        );
+        tokio::time::sleep(RETIRE_AFTER).await;
+        for _ in 0..100 {
+            if first.upgrade().is_none() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            first.upgrade().is_none(),
+            "the replaced snapshot is still held"
+        );
+        token.cancel();
+        task.await.unwrap();
     }
 
     #[test]

@@ -32,9 +32,10 @@ impl RoutingHandle {
         WeakRouting(Arc::downgrade(&self.0))
     }
 
-    /// Publishes a new snapshot. Only the builder calls this.
-    pub(crate) fn store(&self, snapshot: Snapshot) {
-        self.0.store(Arc::new(snapshot));
+    /// Publishes a new snapshot and returns the one it replaces. Only the builder calls
+    /// this.
+    pub(crate) fn swap(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        self.0.swap(Arc::new(snapshot))
     }
 }
 
