@@ -594,7 +594,7 @@ pub(super) fn split_entries(text: &str) -> Vec<Entry> {
         if !buffer.trim().is_empty() {
             entries.push(Entry {
                 line: start_line,
-                text: std::mem::take(buffer),
+                text: buffer.clone(),
                 starts_blank,
             });
         }
