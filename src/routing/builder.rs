@@ -171,7 +171,6 @@ impl Builder {
             indexed: mpsc::unbounded_channel(),
         };
         builder.report_selections();
-        builder.index_if_pending();
         builder
     }
 
@@ -377,6 +376,9 @@ impl Builder {
     /// up while a snapshot is being built are folded into the next one together.
     pub async fn run(mut self, mut events: mpsc::Receiver<BuildEvent>, token: CancellationToken) {
         const BATCH: usize = 1024;
+        // The first snapshot's index is started here, once the builder runs, which is
+        // after the sockets are bound: at start-up it would take a core from that.
+        self.index_if_pending();
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             let release = self.retired.first().map(|(_, at)| *at + RETIRE_AFTER);
