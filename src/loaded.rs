@@ -259,7 +259,14 @@ impl Meaning {
         let cell = Arc::new(std::sync::OnceLock::new());
         let (config, zones, into) = (config.clone(), zones.to_vec(), cell.clone());
         let digest = move || {
-            let _ = into.set(meaning_digest(&config, &zones));
+            // Readers wait for the digest: a panic here (a bug) must still give them one.
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                meaning_digest(&config, &zones)
+            }));
+            let _ = into.set(made.unwrap_or_else(|_| {
+                tracing::error!("the config digest failed (a bug); it shows as \"unknown\"");
+                ("unknown".into(), Default::default())
+            }));
         };
         if let Err(error) = std::thread::Builder::new()
             .name("gto-digest".into())
