@@ -41,30 +41,10 @@ impl FastIndex {
                 })
                 .collect::<Vec<_>>()
         };
-        let threads = if all.len() < PARALLEL_FROM {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-        };
         let mut names: HashMap<Box<[u8]>, Entry, _> = HashMap::default();
         names.reserve(all.len());
-        if threads == 1 {
-            names.extend(index(&all));
-        } else {
-            let chunk = all.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let parts: Vec<_> = all
-                    .chunks(chunk)
-                    .map(|share| scope.spawn(|| index(share)))
-                    .collect();
-                for part in parts {
-                    // A panic in a share is a bug: re-raised here, as one thread would.
-                    match part.join() {
-                        Ok(entries) => names.extend(entries),
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    }
-                }
-            });
+        for entries in super::shares::in_shares(&all, PARALLEL_FROM, index) {
+            names.extend(entries);
         }
         let zones = snapshot
             .zones

@@ -374,50 +374,26 @@ impl ZoneSigning {
             .collect();
         // A big zone's names are signed by a few threads at once, each with its own
         // signer and tables, merged after (signing is nearly all of a signed load).
-        let threads = if names.len() < PARALLEL_SIGNING_FROM {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-        };
-        let sign_share = |mut signer: Signer<'_>,
-                          share: &[(&LowerName, Node<'_>)]|
-         -> Result<(Made, u64), SignError> {
+        let sign_share = |share: &[(&LowerName, Node<'_>)]| -> Result<(Made, u64), SignError> {
+            let mut signer = signer.clone();
             let mut made = Made::default();
             for (name, node) in share {
                 signer.name(content, name, *node, &mut made)?;
             }
             Ok((made, signer.signed))
         };
-        let mut made = Made::default();
-        if threads == 1 {
-            let (all, signed) = sign_share(signer.clone(), &names)?;
-            made = all;
-            signer.signed += signed;
-        } else {
-            let chunk = names.len().div_ceil(threads);
-            let parts = std::thread::scope(|scope| {
-                let running: Vec<_> = names
-                    .chunks(chunk)
-                    .map(|share| {
-                        let signer = signer.clone();
-                        scope.spawn(move || sign_share(signer, share))
-                    })
-                    .collect();
-                running
-                    .into_iter()
-                    // A panic in a share is a bug: re-raised here, as one thread would.
-                    .map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect::<Vec<_>>()
-            });
-            for part in parts {
-                let (part, signed) = part?;
-                signer.signed += signed;
-                made.static_sigs.extend(part.static_sigs);
-                made.nsec.extend(part.nsec);
-                made.gslb_nsec.extend(part.gslb_nsec);
-                made.types_of.extend(part.types_of);
-            }
+        let mut parts =
+            super::shares::in_shares(&names, PARALLEL_SIGNING_FROM, sign_share).into_iter();
+        let (mut made, mut signed) = parts.next().unwrap_or_else(|| Ok(Default::default()))?;
+        for part in parts {
+            let (part, part_signed) = part?;
+            signed += part_signed;
+            made.static_sigs.extend(part.static_sigs);
+            made.nsec.extend(part.nsec);
+            made.gslb_nsec.extend(part.gslb_nsec);
+            made.types_of.extend(part.types_of);
         }
+        signer.signed += signed;
         let zone_keys = signer.zone_signers;
         let origin = signer.origin.clone();
         let nsec_ttl = signer.nsec_ttl;
