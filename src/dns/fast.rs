@@ -50,6 +50,11 @@ pub struct FastScratch {
     nxdomain_for: usize,
     choice: Scratch,
     picks: Vec<(usize, usize)>,
+    /// GSLB choices made for recent clients, and the endpoints' answer counts not yet
+    /// folded into their counters.
+    choices: Choices,
+    /// The slot of `choices` the current answer's picks are kept in, if any.
+    chosen_slot: Option<usize>,
     addresses: Vec<IpAddr>,
     sig_key: Vec<u8>,
     /// Answers sent, by response code ([`RCODE_LABELS`]) and query type bucket
@@ -57,6 +62,92 @@ pub struct FastScratch {
     pub answered: [[u64; QTYPE_BUCKETS]; 2],
     /// Responses rate limiting dropped (0) and slipped (1); the worker folds them too.
     pub rate_limited: [u64; 2],
+}
+
+/// Slots in a worker's cache of GSLB choices (a power of two).
+const CHOICE_SLOTS: usize = 512;
+/// Most records an answer may have for its choice to be kept.
+const CHOICE_PICKS: usize = 8;
+
+/// A worker's cache of GSLB choices: for a (service, family, client address), the records
+/// [`GslbNode::choose_into`] and [`GslbNode::answer_into`] picked and the ECS scope, valid
+/// for one snapshot (a choice is a function of the snapshot and the address, see
+/// [`GslbNode::choice_repeats`]). Direct-mapped: a colliding client replaces the slot.
+/// Resolvers ask again and again, so most answers skip geography, ranking and the
+/// affinity draw; and the endpoints' answer counts are kept per slot and folded into
+/// their counters once per batch ([`fold_endpoint_counts`]) rather than by two atomic
+/// adds per endpoint per answer.
+#[derive(Debug)]
+struct Choices {
+    /// The [`Snapshot::serial`] the slots are for (0: none yet).
+    serial: u64,
+    slots: Box<[ChoiceSlot]>,
+    /// Slots with answers not yet counted.
+    counted: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ChoiceSlot {
+    used: bool,
+    service: usize,
+    v6: bool,
+    address: IpAddr,
+    via_ecs: bool,
+    picks: [(u16, u16); CHOICE_PICKS],
+    len: u8,
+    scope: u8,
+    /// Answers sent from this choice since the last fold.
+    answered: u64,
+}
+
+impl Default for ChoiceSlot {
+    fn default() -> Self {
+        Self {
+            used: false,
+            service: 0,
+            v6: false,
+            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            via_ecs: false,
+            picks: [(0, 0); CHOICE_PICKS],
+            len: 0,
+            scope: 0,
+            answered: 0,
+        }
+    }
+}
+
+impl Default for Choices {
+    fn default() -> Self {
+        Self {
+            serial: 0,
+            slots: vec![ChoiceSlot::default(); CHOICE_SLOTS].into_boxed_slice(),
+            counted: Vec::with_capacity(crate::dns::udp::BATCH),
+        }
+    }
+}
+
+impl Choices {
+    /// The slot for a key (a multiplicative hash of its parts).
+    fn slot_of(service: usize, v6: bool, address: IpAddr) -> usize {
+        let bits = match address {
+            IpAddr::V4(ip) => u64::from(u32::from(ip)),
+            IpAddr::V6(ip) => {
+                let bits = u128::from(ip);
+                (bits as u64) ^ ((bits >> 64) as u64) ^ (1 << 63)
+            }
+        };
+        let key = bits ^ ((service as u64) << 33) ^ u64::from(v6) << 32;
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CHOICE_SLOTS.trailing_zeros())) as usize
+    }
+
+    /// Empties the cache when the snapshot changed (its counts are folded every batch).
+    fn for_snapshot(&mut self, serial: u64) {
+        if self.serial != serial {
+            self.slots.fill(ChoiceSlot::default());
+            self.counted.clear();
+            self.serial = serial;
+        }
+    }
 }
 
 /// Response codes the fast path gives.
@@ -339,27 +430,88 @@ fn pick(
         RecordType::AAAA => Some(true),
         _ => None,
     };
-    match v6 {
-        Some(v6) => {
-            let client = Client {
-                source: question.source,
-                subnet: question
-                    .opt
-                    .as_ref()
-                    .and_then(|o| o.ecs)
-                    .and_then(|e| e.address),
-            };
-            let choice = node.choose_into(
-                &snapshot.geo,
-                &snapshot.regions,
-                Some(client),
-                &mut scratch.choice,
-            );
-            node.answer_into(&choice.order, choice.available, v6, &mut scratch.picks);
-            (!scratch.picks.is_empty()).then_some((v6, choice.scope))
-        }
-        None => None,
+    scratch.chosen_slot = None;
+    let v6 = v6?;
+    let client = Client {
+        source: question.source,
+        subnet: question
+            .opt
+            .as_ref()
+            .and_then(|o| o.ecs)
+            .and_then(|e| e.address),
+    };
+    if !node.choice_repeats() {
+        return choose(snapshot, node, client, v6, scratch);
     }
+    let (address, via_ecs) = node.address_of(client);
+    scratch.choices.for_snapshot(snapshot.serial);
+    let at = Choices::slot_of(node.service, v6, address);
+    let slot = scratch.choices.slots.get(at)?;
+    if slot.used
+        && slot.service == node.service
+        && slot.v6 == v6
+        && slot.address == address
+        && slot.via_ecs == via_ecs
+    {
+        scratch.picks.clear();
+        let picks = slot.picks.get(..usize::from(slot.len))?;
+        scratch
+            .picks
+            .extend(picks.iter().map(|&(e, r)| (usize::from(e), usize::from(r))));
+        scratch.chosen_slot = Some(at);
+        return (!scratch.picks.is_empty()).then_some((v6, slot.scope));
+    }
+    let (v6, scope) = choose(snapshot, node, client, v6, scratch)?;
+    // Kept when it fits a slot; a slot with uncounted answers is left alone.
+    let mut kept = [(0u16, 0u16); CHOICE_PICKS];
+    let fits = scratch.picks.len() <= CHOICE_PICKS
+        && scratch
+            .picks
+            .iter()
+            .zip(kept.iter_mut())
+            .all(|(&(e, r), k)| match (u16::try_from(e), u16::try_from(r)) {
+                (Ok(e), Ok(r)) => {
+                    *k = (e, r);
+                    true
+                }
+                _ => false,
+            });
+    if let Some(slot) = scratch.choices.slots.get_mut(at)
+        && fits
+        && slot.answered == 0
+    {
+        *slot = ChoiceSlot {
+            used: true,
+            service: node.service,
+            v6,
+            address,
+            via_ecs,
+            picks: kept,
+            len: scratch.picks.len() as u8,
+            scope,
+            answered: 0,
+        };
+        scratch.chosen_slot = Some(at);
+    }
+    Some((v6, scope))
+}
+
+/// Chooses the endpoints for `client` afresh, into `scratch.picks`.
+fn choose(
+    snapshot: &Snapshot,
+    node: &GslbNode,
+    client: Client,
+    v6: bool,
+    scratch: &mut FastScratch,
+) -> Option<(bool, u8)> {
+    let choice = node.choose_into(
+        &snapshot.geo,
+        &snapshot.regions,
+        Some(client),
+        &mut scratch.choice,
+    );
+    node.answer_into(&choice.order, choice.available, v6, &mut scratch.picks);
+    (!scratch.picks.is_empty()).then_some((v6, choice.scope))
 }
 
 /// Writes the answer for a name the index knows: header, question, the prepared tail (or
@@ -590,20 +742,57 @@ fn finish(
         }
     }
     if let Some(node) = written.node {
-        let mut last = None;
-        for &(endpoint, _) in &scratch.picks {
-            // Records of one endpoint are adjacent: count each endpoint once per answer.
-            if last != Some(endpoint)
-                && let Some(e) = node.members.get(endpoint)
-            {
-                e.answered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                e.counter.increment(1);
+        let choices = &mut scratch.choices;
+        match scratch.chosen_slot {
+            // Counted when the batch is folded.
+            Some(at) if at < choices.slots.len() => {
+                if choices.slots[at].answered == 0 {
+                    choices.counted.push(at);
+                }
+                choices.slots[at].answered += 1;
             }
-            last = Some(endpoint);
+            _ => count_endpoints(node, scratch.picks.iter().map(|&(e, _)| e), 1),
         }
     }
     Reply::Send(out.len())
+}
+
+/// Adds `answers` to the answer counters of the endpoints of one answer's picks.
+fn count_endpoints(node: &GslbNode, picks: impl Iterator<Item = usize>, answers: u64) {
+    let mut last = None;
+    for endpoint in picks {
+        // Records of one endpoint are adjacent: count each endpoint once per answer.
+        if last != Some(endpoint)
+            && let Some(e) = node.members.get(endpoint)
+        {
+            e.answered
+                .fetch_add(answers, std::sync::atomic::Ordering::Relaxed);
+            e.counter.increment(answers);
+        }
+        last = Some(endpoint);
+    }
+}
+
+/// Folds the answers counted in the worker's kept choices into the endpoints' counters;
+/// the worker calls it after each batch, with the batch's snapshot, before the answers
+/// leave (so a scrape after an answer counts it).
+pub fn fold_endpoint_counts(snapshot: &Snapshot, scratch: &mut FastScratch) {
+    let choices = &mut scratch.choices;
+    if choices.serial != snapshot.serial {
+        // Counts are folded every batch; a new snapshot finds none.
+        choices.counted.clear();
+        return;
+    }
+    for at in choices.counted.drain(..) {
+        let Some(slot) = choices.slots.get_mut(at) else {
+            continue;
+        };
+        let answers = std::mem::take(&mut slot.answered);
+        if let Some(node) = snapshot.service_node(slot.service) {
+            let picks = slot.picks.get(..usize::from(slot.len)).unwrap_or_default();
+            count_endpoints(node, picks.iter().map(|&(e, _)| usize::from(e)), answers);
+        }
+    }
 }
 
 /// Appends our OPT record: our payload size, DO copied, the ECS option echoed with `scope`

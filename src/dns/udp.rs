@@ -39,7 +39,7 @@ use tracing::{debug, warn};
 
 use super::Handler;
 use super::QTYPE_LABELS;
-use super::fast::{FastScratch, RCODE_LABELS, Reply, respond};
+use super::fast::{FastScratch, RCODE_LABELS, Reply, fold_endpoint_counts, respond};
 use super::handler::answer_bytes;
 use crate::metrics::{
     DNS_BAD_QUERIES_TOTAL, DNS_FAST_BATCH_SECONDS, DNS_QUERIES_TOTAL, DNS_RATE_LIMITED_TOTAL,
@@ -47,7 +47,7 @@ use crate::metrics::{
 use crate::routing::RoutingHandle;
 
 /// Datagrams read or written per system call.
-const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 /// Largest query read; longer datagrams are truncated and left to the general path.
 const MAX_QUERY: usize = 4096;
 /// Most datagrams one GSO send carries (the kernel's `UDP_MAX_SEGMENTS`).
@@ -356,11 +356,11 @@ impl Folded {
 
 /// A datagram received: its length, source, whether it was cut short, and its destination
 /// on a wildcard socket.
-type Received = (usize, Option<SockaddrStorage>, bool, Option<LocalAddr>);
+type Received = (usize, Option<SocketAddr>, bool, Option<LocalAddr>);
 
 /// An answer to send: its length, destination, where it is in the outputs, and the address
 /// it leaves from on a wildcard socket.
-type Answer = (usize, Option<SockaddrStorage>, usize, Option<LocalAddr>);
+type Answer = (usize, SocketAddr, usize, Option<LocalAddr>);
 
 /// Receives up to [`BATCH`] datagrams: blocks for the first, takes what else is queued.
 /// Fills `received` with each one's length, source, whether it was cut short and (on a
@@ -389,7 +389,7 @@ fn receive_batch(
                     .flatten();
                 received[n] = (
                     message.bytes,
-                    message.address,
+                    message.address.and_then(socket_addr),
                     message.flags.contains(MsgFlags::MSG_TRUNC),
                     local,
                 );
@@ -433,7 +433,8 @@ fn worker(
     let folded = Folded::new();
     let mut dropped = 0u64;
     let mut received: [Received; BATCH] = [(0, None, false, None); BATCH];
-    let mut answers: [Answer; BATCH] = [(0, None, 0, None); BATCH];
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut answers: [Answer; BATCH] = [(0, unspecified, 0, None); BATCH];
 
     let mut pace = Pace::new(coalesce);
     while !stop.load(Ordering::Acquire) {
@@ -448,7 +449,7 @@ fn worker(
             let tap = snapshot.dnstap.as_deref();
             let read_at = tap.map(|_| std::time::SystemTime::now());
             for (i, &(len, address, truncated, local)) in received.iter().take(count).enumerate() {
-                let Some(source) = address.and_then(socket_addr) else {
+                let Some(source) = address else {
                     continue;
                 };
                 let query = &buffers[i][..len.min(MAX_QUERY)];
@@ -483,7 +484,7 @@ fn worker(
                 match fast {
                     Reply::Drop => {}
                     Reply::Send(length) => {
-                        answers[replies] = (length, address, replies, local);
+                        answers[replies] = (length, source, replies, local);
                         replies += 1;
                     }
                     Reply::General => {
@@ -493,6 +494,7 @@ fn worker(
                     }
                 }
             }
+            fold_endpoint_counts(&snapshot, &mut scratch);
         }
         // Once per batch: one atomic add per query type seen, not one per query; before
         // the answers leave, so a scrape after an answer always counts it.
@@ -573,6 +575,8 @@ struct Transmit {
     gso_from: [MultiHeaders<SockaddrStorage>; 2],
     /// Off once the kernel refused a GSO send.
     gso_on: bool,
+    /// Destinations of one `sendmmsg` (reused: a `SockaddrStorage` is 128 bytes).
+    addresses: Vec<Option<SockaddrStorage>>,
 }
 
 impl Transmit {
@@ -590,6 +594,7 @@ impl Transmit {
                 headers(Some(nix::cmsg_space!(u16, libc::in6_pktinfo))),
             ],
             gso_on: true,
+            addresses: Vec::with_capacity(BATCH),
         }
     }
 }
@@ -612,12 +617,12 @@ fn send_from_each(fd: RawFd, transmit: &mut Transmit, outputs: &[Vec<u8>], answe
 }
 
 /// Answers of one length to one destination: one GSO message when there are several.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Group {
     /// Payload length of each answer in it (the GSO segment size).
     length: usize,
     /// Where they go.
-    address: Option<SockaddrStorage>,
+    address: SocketAddr,
     /// How many answers it holds.
     members: usize,
     /// Where its payloads start in the batch's flat list.
@@ -628,6 +633,20 @@ struct Group {
     sent: bool,
     /// The kernel refused GSO: its answers go one by one.
     refused: bool,
+}
+
+impl Group {
+    fn new(length: usize, address: SocketAddr) -> Self {
+        Self {
+            length,
+            address,
+            members: 0,
+            start: 0,
+            placed: 0,
+            sent: false,
+            refused: false,
+        }
+    }
 }
 
 /// Groups the answers of a batch by equal (length, destination), at most
@@ -647,15 +666,11 @@ fn group_answers(
                 && g.members < GSO_SEGMENTS
                 && (g.members + 1) * length <= GSO_BYTES
         };
-        let joined = (gso_on && address.is_some() && length <= GSO_SEGMENT_MAX)
+        let joined = (gso_on && length <= GSO_SEGMENT_MAX)
             .then(|| groups[..count].iter().rposition(joinable))
             .flatten();
         let g = joined.unwrap_or_else(|| {
-            groups[count] = Group {
-                length,
-                address,
-                ..Group::default()
-            };
+            groups[count] = Group::new(length, address);
             count += 1;
             count - 1
         });
@@ -680,7 +695,7 @@ fn send_batch(
 ) {
     let info = local.map(PacketInfo::new);
     let family = usize::from(matches!(info, Some(PacketInfo::V6(_))));
-    let mut groups = [Group::default(); BATCH];
+    let mut groups = [Group::new(0, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
     let mut group_of = [0usize; BATCH];
     let count = group_answers(transmit.gso_on, answers, &mut groups, &mut group_of);
     // One flat list of payloads, group after group; each group is a run of it.
@@ -729,8 +744,12 @@ fn send_batch(
         }
         let runs: [&[IoSlice<'_>]; BATCH] =
             std::array::from_fn(|k| if k < n { run(&groups[same[k]]) } else { &[] });
-        let addresses: [Option<SockaddrStorage>; BATCH] =
-            std::array::from_fn(|k| if k < n { groups[same[k]].address } else { None });
+        transmit.addresses.clear();
+        transmit.addresses.extend(
+            same[..n]
+                .iter()
+                .map(|&h| Some(SockaddrStorage::from(groups[h].address))),
+        );
         let segment = length as u16;
         let gso = ControlMessage::UdpGsoSegments(&segment);
         let (one, two);
@@ -744,7 +763,7 @@ fn send_batch(
                 (&mut transmit.gso_from[family], &two)
             }
         };
-        if let Err(error) = send_all(fd, headers, &runs[..n], &addresses[..n], cmsgs, true) {
+        if let Err(error) = send_all(fd, headers, &runs[..n], &transmit.addresses, cmsgs, true) {
             warn!(%error, "UDP GSO refused; this worker sends datagrams one by one");
             transmit.gso_on = false;
             for &h in &same[..n] {
@@ -755,7 +774,7 @@ fn send_batch(
 
     // Single answers (and groups GSO refused), one datagram each.
     let mut singles: [&[IoSlice<'_>]; BATCH] = [&[]; BATCH];
-    let mut addresses: [Option<SockaddrStorage>; BATCH] = [None; BATCH];
+    transmit.addresses.clear();
     let mut n = 0;
     for group in groups[..count]
         .iter()
@@ -763,7 +782,9 @@ fn send_batch(
     {
         for k in group.start..group.start + group.members {
             singles[n] = &flat[k..k + 1];
-            addresses[n] = group.address;
+            transmit
+                .addresses
+                .push(Some(SockaddrStorage::from(group.address)));
             n += 1;
         }
     }
@@ -775,7 +796,14 @@ fn send_batch(
             (&mut transmit.plain_from[family], &one)
         }
     };
-    if let Err(error) = send_all(fd, headers, &singles[..n], &addresses[..n], cmsgs, false) {
+    if let Err(error) = send_all(
+        fd,
+        headers,
+        &singles[..n],
+        &transmit.addresses,
+        cmsgs,
+        false,
+    ) {
         debug!(%error, "UDP send failed");
     }
 }

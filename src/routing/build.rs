@@ -391,8 +391,10 @@ pub fn build_prepared(
         service_nodes[index] = Some(node.clone());
         zone.gslb.insert(name, node);
     }
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Snapshot {
         generation,
+        serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         udp_payload: config.server.udp_payload,
         zones,
         services,

@@ -303,12 +303,8 @@ impl GslbNode {
         client: Option<Client>,
         scratch: &'c mut Scratch,
     ) -> &'c Choice {
-        let (client, via_ecs) = match client {
-            Some(Client {
-                subnet: Some(subnet),
-                ..
-            }) if self.use_ecs => (Some(subnet), true),
-            Some(c) => (Some(c.source), false),
+        let (client, via_ecs) = match client.map(|c| self.address_of(c)) {
+            Some((address, via_ecs)) => (Some(address), via_ecs),
             None => (None, false),
         };
         // A client in an override's networks gets its endpoints while any can serve.
@@ -395,6 +391,22 @@ impl GslbNode {
             0
         };
         choice
+    }
+
+    /// The address a choice for `client` is made for (the ECS subnet's when this service
+    /// uses ECS and the query had one, else the source) and whether it came from ECS.
+    pub fn address_of(&self, client: Client) -> (IpAddr, bool) {
+        match client.subnet {
+            Some(subnet) if self.use_ecs => (subnet, true),
+            _ => (client.source, false),
+        }
+    }
+
+    /// Whether [`GslbNode::choose_into`] gives the same choice for the same address while
+    /// the snapshot stands, so a worker may keep it: not with `affinity = false`, where
+    /// each query draws afresh.
+    pub fn choice_repeats(&self) -> bool {
+        !self.affinity.per_query
     }
 
     /// The override whose networks hold `addr` when it has an endpoint that can serve,

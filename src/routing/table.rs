@@ -24,6 +24,9 @@ const MAX_CNAME_CHAIN: usize = 8;
 pub struct Snapshot {
     /// Increases by one with every published snapshot.
     pub generation: u64,
+    /// Unique to this snapshot within the process (the generation is per builder): what a
+    /// worker's caches of choices are kept for.
+    pub serial: u64,
     /// Our EDNS UDP payload size.
     pub udp_payload: u16,
     /// `[server] identity`, sent as NSID (RFC 5001) to clients that ask.

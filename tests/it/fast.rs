@@ -505,3 +505,96 @@ mod mutations {
         }
     }
 }
+
+/// A worker keeps the GSLB choices it made per client address for one snapshot: each
+/// client still gets its own answer, a new snapshot (even one with the same generation,
+/// from another builder) is never answered from the old one's choices, and the answers
+/// given from kept choices reach the endpoints' counters once the batch is folded.
+#[tokio::test]
+async fn kept_choices_follow_the_client_and_the_snapshot() {
+    let (handler1, snapshot1) = paths("");
+    // A Paris appliance: the Paris subnet's first choice changes.
+    let (handler2, snapshot2) = paths(
+        "[[pool.member]]\nname = \"par-1\"\naddresses = [\"192.0.2.13\"]\n\
+         location = { lat = 48.9, lon = 2.4, region = \"eu\" }\n",
+    );
+    assert_eq!(snapshot1.generation, snapshot2.generation);
+    let query = |subnet: Option<(&str, u8)>| {
+        let mut message = Message::new(77, MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(
+            Name::from_ascii("vpn.gto.example.com.").unwrap(),
+            RecordType::A,
+        ));
+        if let Some((subnet, prefix)) = subnet {
+            message.edns = Some(crate::geo::ecs(subnet, prefix));
+        }
+        message.to_vec().unwrap()
+    };
+    let clients = [
+        Some(("198.51.100.0", 24)),
+        Some(("203.0.113.0", 24)),
+        None,
+        Some(("2001:db8:e0::", 48)),
+        Some(("192.0.2.0", 24)),
+    ];
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let src = SocketAddr::new(ip, 5300);
+    let mut scratch = FastScratch::default();
+    let mut out = Vec::new();
+    let mut paris = Vec::new();
+    for (handler, snapshot) in [
+        (&handler1, &snapshot1),
+        (&handler2, &snapshot2),
+        (&handler1, &snapshot1),
+    ] {
+        for round in 0..3 {
+            for client in clients {
+                let query = query(client);
+                let Reply::Send(len) =
+                    respond(snapshot, &snapshot.fast, &query, ip, &mut scratch, &mut out)
+                else {
+                    panic!("{client:?} did not take the fast path");
+                };
+                let general = answer_bytes(handler, &query, src, None, Protocol::Udp)
+                    .await
+                    .unwrap();
+                assert_eq!(out[..len], general[..], "{client:?} round {round}");
+                if round == 0 && client == clients[0] {
+                    paris.push(out[..len].to_vec());
+                }
+            }
+        }
+    }
+    // The two configs answer the Paris subnet differently, so a stale choice would show.
+    assert_ne!(paris[0], paris[1]);
+    assert_eq!(paris[0], paris[2]);
+
+    // Counted: ten answers to Paris reach its endpoints' counters when folded.
+    let node = snapshot1.service_node(0).unwrap();
+    let answered = |name: &str| {
+        node.members
+            .iter()
+            .find(|m| m.info.key.member == name)
+            .unwrap()
+            .answered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut scratch = FastScratch::default();
+    gto::dns::fast::fold_endpoint_counts(&snapshot1, &mut scratch);
+    let before = (answered("fra-1"), answered("fra-2"), answered("tyo-1"));
+    for _ in 0..10 {
+        respond(
+            &snapshot1,
+            &snapshot1.fast,
+            &query(clients[0]),
+            ip,
+            &mut scratch,
+            &mut out,
+        );
+    }
+    gto::dns::fast::fold_endpoint_counts(&snapshot1, &mut scratch);
+    assert_eq!(
+        (answered("fra-1"), answered("fra-2"), answered("tyo-1")),
+        (before.0 + 10, before.1 + 10, before.2)
+    );
+}
