@@ -137,7 +137,7 @@ impl DnsServer {
                     None => {
                         bind_pair(
                             *addr,
-                            |addr| bind_reuseport(addr, settings.workers),
+                            |addr| bind_reuseport(addr, settings.workers, settings.udp_payload),
                             |sockets| sockets.first()?.local_addr().ok(),
                         )
                         .await?
