@@ -184,79 +184,69 @@ struct Opt<'q> {
 
 /// Reads the OPT record at `at`, which must end the packet. None: not for the fast path.
 fn parse_opt(query: &[u8], at: usize) -> Option<Opt<'_>> {
-    if *query.get(at)? != 0 || u16_at(query, at + 1)? != 41 {
-        return None;
-    }
-    let payload = u16_at(query, at + 3)?;
-    let (ext_rcode, version, flags) = (
-        *query.get(at + 5)?,
-        *query.get(at + 6)?,
-        u16_at(query, at + 7)?,
-    );
-    if ext_rcode != 0 || version != 0 {
-        return None;
-    }
-    let length = usize::from(u16_at(query, at + 9)?);
-    let mut pos = at + 11;
-    if pos + length != query.len() {
+    // Root owner, type 41, payload size, extended RCODE, version, flags, RDLENGTH.
+    let head: &[u8; 11] = query.get(at..at + 11)?.try_into().ok()?;
+    let [0, 0, 41, p0, p1, 0, 0, f0, f1, l0, l1] = *head else {
+        return None; // another owner or type, an extended RCODE or a version above 0
+    };
+    let flags = u16::from_be_bytes([f0, f1]);
+    let mut options = query.get(at + 11..)?;
+    if options.len() != usize::from(u16::from_be_bytes([l0, l1])) {
         return None;
     }
     let mut opt = Opt {
-        payload,
+        payload: u16::from_be_bytes([p0, p1]),
         dnssec_ok: flags & 0x8000 != 0,
         compact_ok: flags & crate::routing::CO_FLAG != 0,
         ecs: None,
     };
-    while pos < query.len() {
-        let code = u16_at(query, pos)?;
-        let len = usize::from(u16_at(query, pos + 2)?);
-        let data = query.get(pos + 4..pos + 4 + len)?;
-        if code == 3 {
-            return None; // NSID: the general path adds our identity
+    while let [c0, c1, n0, n1, rest @ ..] = options {
+        let len = usize::from(u16::from_be_bytes([*n0, *n1]));
+        let data = rest.get(..len)?;
+        match u16::from_be_bytes([*c0, *c1]) {
+            3 => return None, // NSID: the general path adds our identity
+            8 if opt.ecs.is_some() => return None,
+            8 => opt.ecs = Some(parse_ecs(data)?),
+            _ => {}
         }
-        if code == 8 {
-            if opt.ecs.is_some() {
-                return None;
-            }
-            opt.ecs = Some(parse_ecs(data)?);
-        }
-        pos += 4 + len;
+        options = &rest[len..];
     }
-    Some(opt)
+    // A partial option header left over.
+    options.is_empty().then_some(opt)
 }
 
 /// Checks an ECS option like the general path does (RFC 7871); None sends the query there.
 fn parse_ecs(data: &[u8]) -> Option<Ecs<'_>> {
-    let family = u16_at(data, 0)?;
-    let source = *data.get(2)?;
+    let [0, family, source, _scope, address @ ..] = data else {
+        return None;
+    };
     let bits = match family {
         1 => 32,
         2 => 128,
         _ => return None,
     };
-    let bytes = usize::from(source).div_ceil(8);
-    if source > bits || data.len() != 4 + bytes {
+    let bytes = usize::from(*source).div_ceil(8);
+    if *source > bits || address.len() != bytes {
         return None;
     }
-    let address = &data[4..];
     if let Some(last) = address.last() {
         let used = source % 8;
         if used != 0 && last & (0xffu8 >> used) != 0 {
             return None;
         }
     }
-    let ip = if family == 1 {
+    let ip = if *family == 1 {
         let mut octets = [0u8; 4];
-        octets[..bytes].copy_from_slice(address);
+        octets.get_mut(..bytes)?.copy_from_slice(address);
         IpAddr::V4(Ipv4Addr::from(octets))
     } else {
         let mut octets = [0u8; 16];
-        octets[..bytes].copy_from_slice(address);
+        octets.get_mut(..bytes)?.copy_from_slice(address);
         IpAddr::V6(Ipv6Addr::from(octets))
     };
     Some(Ecs {
         data,
-        address: (source > 0).then_some(ip),
+        address: (*source > 0).then_some(ip),
     })
 }
 
@@ -798,18 +788,22 @@ pub fn fold_endpoint_counts(snapshot: &Snapshot, scratch: &mut FastScratch) {
 /// Appends our OPT record: our payload size, DO copied, the ECS option echoed with `scope`
 /// (0 when the subnet was /0 and so not used).
 fn write_opt(out: &mut Vec<u8>, payload: u16, opt: &Opt<'_>, scope: u8) {
-    out.extend_from_slice(&[0, 0, 41]);
-    out.extend_from_slice(&payload.max(512).to_be_bytes());
-    out.extend_from_slice(&[0, 0, if opt.dnssec_ok { 0x80 } else { 0 }, 0]);
+    let [p0, p1] = payload.max(512).to_be_bytes();
+    let flags = if opt.dnssec_ok { 0x80 } else { 0 };
     match opt.ecs {
         Some(ecs) => {
-            out.extend_from_slice(&((ecs.data.len() + 4) as u16).to_be_bytes());
-            out.extend_from_slice(&[0, 8]);
-            out.extend_from_slice(&(ecs.data.len() as u16).to_be_bytes());
-            out.extend_from_slice(&ecs.data[..3]);
-            out.push(if ecs.address.is_some() { scope } else { 0 });
-            out.extend_from_slice(&ecs.data[4..]);
+            let [d0, d1] = (ecs.data.len() as u16).to_be_bytes();
+            let [r0, r1] = ((ecs.data.len() + 4) as u16).to_be_bytes();
+            let scope = if ecs.address.is_some() { scope } else { 0 };
+            // Family, source prefix, then our scope, then the address as it came.
+            let [f0, f1, source, ..] = *ecs.data else {
+                return;
+            };
+            out.extend_from_slice(&[
+                0, 0, 41, p0, p1, 0, 0, flags, 0, r0, r1, 0, 8, d0, d1, f0, f1, source, scope,
+            ]);
+            out.extend_from_slice(ecs.data.get(4..).unwrap_or_default());
         }
-        None => out.extend_from_slice(&[0, 0]),
+        None => out.extend_from_slice(&[0, 0, 41, p0, p1, 0, 0, flags, 0, 0, 0]),
     }
 }
