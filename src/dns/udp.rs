@@ -752,7 +752,14 @@ fn send_batch(
     });
     let run = |group: &Group| &flat[group.start..group.start + group.members];
 
-    // GSO groups, one sendmmsg per segment length.
+    // GSO groups, one sendmmsg per segment length. The call of the largest length also
+    // carries the single answers no longer than it: the kernel sends a message no longer
+    // than its segment size as one plain datagram, so most batches take one system call.
+    let largest = groups[..count]
+        .iter()
+        .filter(|g| g.members >= 2)
+        .map(|g| g.length)
+        .max();
     for g in 0..count {
         let Group {
             length,
@@ -770,6 +777,16 @@ fn send_batch(
                 same[n] = h;
                 group.sent = true;
                 n += 1;
+            }
+        }
+        let grouped = n;
+        if Some(length) == largest {
+            for (h, group) in groups.iter_mut().enumerate().take(count) {
+                if group.members == 1 && group.length <= length && !group.sent {
+                    same[n] = h;
+                    group.sent = true;
+                    n += 1;
+                }
             }
         }
         let runs: [&[IoSlice<'_>]; BATCH] =
@@ -796,19 +813,23 @@ fn send_batch(
         if let Err(error) = send_all(fd, headers, &runs[..n], &transmit.addresses, cmsgs, true) {
             warn!(%error, "UDP GSO refused; this worker sends datagrams one by one");
             transmit.gso_on = false;
-            for &h in &same[..n] {
+            for &h in &same[..grouped] {
                 groups[h].refused = true;
+            }
+            // The single answers it carried go with the plain datagrams below.
+            for &h in &same[grouped..n] {
+                groups[h].sent = false;
             }
         }
     }
 
-    // Single answers (and groups GSO refused), one datagram each.
+    // Single answers not carried above (and groups GSO refused), one datagram each.
     let mut singles: [&[IoSlice<'_>]; BATCH] = [&[]; BATCH];
     transmit.addresses.clear();
     let mut n = 0;
     for group in groups[..count]
         .iter()
-        .filter(|g| g.members == 1 || g.refused)
+        .filter(|g| g.members == 1 && !g.sent || g.refused)
     {
         for k in group.start..group.start + group.members {
             singles[n] = &flat[k..k + 1];
@@ -826,6 +847,9 @@ fn send_batch(
             (&mut transmit.plain_from[family], &one)
         }
     };
+    if n == 0 {
+        return;
+    }
     if let Err(error) = send_all(
         fd,
         headers,

@@ -503,6 +503,62 @@ async fn a_burst_from_one_socket_gets_one_datagram_per_answer() {
         }
     }
     assert!(expected.is_empty());
+
+    // A burst beside clients with one query each: their answers, shorter (www A) or
+    // longer (NXDOMAIN with the SOA) than the burst's, ride in the burst's GSO send or
+    // leave alone; every client gets exactly its own, whole.
+    let mut others = Vec::new();
+    for _ in 0..6 {
+        others.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    async fn recv(socket: &tokio::net::UdpSocket) -> Message {
+        let mut buffer = vec![0u8; 4096];
+        let (len, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            socket.recv_from(&mut buffer),
+        )
+        .await
+        .expect("an answer is missing")
+        .unwrap();
+        Message::from_vec(&buffer[..len]).unwrap()
+    }
+    for round in 0..8u16 {
+        for id in 0..24u16 {
+            let mut message = query("vpn.gto.example.com.", RecordType::AAAA, None);
+            message.metadata.id = round * 100 + id;
+            let bytes = message.to_vec().unwrap();
+            socket.send_to(&bytes, server.addr).await.unwrap();
+        }
+        for (i, other) in others.iter().enumerate() {
+            let name = if i % 2 == 0 {
+                "www.gto.example.com."
+            } else {
+                "nope.gto.example.com."
+            };
+            let mut message = query(name, RecordType::A, None);
+            message.metadata.id = round * 100 + 50 + i as u16;
+            let bytes = message.to_vec().unwrap();
+            other.send_to(&bytes, server.addr).await.unwrap();
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for _ in 0..24 {
+            let reply = recv(&socket).await;
+            assert_eq!(reply.queries[0].query_type(), RecordType::AAAA);
+            assert_eq!(reply.answers.len(), 2, "{reply:?}");
+            ids.insert(reply.metadata.id);
+        }
+        assert_eq!(ids, (round * 100..round * 100 + 24).collect());
+        for (i, other) in others.iter().enumerate() {
+            let reply = recv(other).await;
+            assert_eq!(reply.metadata.id, round * 100 + 50 + i as u16);
+            let rcode = if i % 2 == 0 {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::NXDomain
+            };
+            assert_eq!(reply.metadata.response_code, rcode, "{reply:?}");
+        }
+    }
 }
 
 /// Item 9, the serving part, through the real binary and dig: QCLASS ANY is REFUSED; a
