@@ -32,9 +32,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hickory_proto::rr::RecordType;
-
-use super::{QTYPE_LABELS, qtype_index};
+use super::QTYPE_LABELS;
 use crate::routing::rrl::{ResponseClass, Verdict};
 use crate::routing::wire::{Entry, FastIndex, FastZone, Tail, encode_tail};
 use crate::routing::{Client, GslbNode, Scratch, Snapshot};
@@ -155,8 +153,25 @@ pub const RCODE_LABELS: [&str; 2] = ["NOERROR", "NXDOMAIN"];
 /// Number of counter buckets: one per query-type label.
 pub const QTYPE_BUCKETS: usize = QTYPE_LABELS.len();
 
+/// [`super::qtype_index`] of a wire query type, without making a `RecordType` of it.
 fn qtype_bucket(qtype: u16) -> usize {
-    qtype_index(Some(RecordType::from(qtype)))
+    match qtype {
+        1 => 0,    // A
+        28 => 1,   // AAAA
+        255 => 2,  // ANY
+        5 => 3,    // CNAME
+        65 => 4,   // HTTPS
+        15 => 5,   // MX
+        2 => 6,    // NS
+        12 => 7,   // PTR
+        6 => 8,    // SOA
+        33 => 9,   // SRV
+        64 => 10,  // SVCB
+        16 => 11,  // TXT
+        252 => 12, // AXFR
+        251 => 13, // IXFR
+        _ => 14,   // other
+    }
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
@@ -183,6 +198,7 @@ struct Opt<'q> {
 }
 
 /// Reads the OPT record at `at`, which must end the packet. None: not for the fast path.
+#[inline(always)]
 fn parse_opt(query: &[u8], at: usize) -> Option<Opt<'_>> {
     // Root owner, type 41, payload size, extended RCODE, version, flags, RDLENGTH.
     let head: &[u8; 11] = query.get(at..at + 11)?.try_into().ok()?;
@@ -342,6 +358,7 @@ pub fn respond(
 }
 
 /// Checks the header (a QUERY, one question, at most one OPT) and reads the question.
+#[inline(always)]
 fn parse<'q>(query: &'q [u8], source: IpAddr, scratch: &mut FastScratch) -> Option<Question<'q>> {
     // Header: a query (QR 0), opcode QUERY, not truncated, one question, one OPT at most.
     let flags = u16_at(query, 2)?;
@@ -415,9 +432,9 @@ fn pick(
     question: &Question<'_>,
     scratch: &mut FastScratch,
 ) -> Option<(bool, u8)> {
-    let v6 = match RecordType::from(question.qtype) {
-        RecordType::A => Some(false),
-        RecordType::AAAA => Some(true),
+    let v6 = match question.qtype {
+        1 => Some(false), // A
+        28 => Some(true), // AAAA
         _ => None,
     };
     scratch.chosen_slot = None;
@@ -805,5 +822,23 @@ fn write_opt(out: &mut Vec<u8>, payload: u16, opt: &Opt<'_>, scope: u8) {
             out.extend_from_slice(ecs.data.get(4..).unwrap_or_default());
         }
         None => out.extend_from_slice(&[0, 0, 41, p0, p1, 0, 0, flags, 0, 0, 0]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::qtype_index;
+    use super::*;
+    use hickory_proto::rr::RecordType;
+
+    #[test]
+    fn query_type_buckets_are_the_general_paths() {
+        for qtype in 0..=u16::MAX {
+            assert_eq!(
+                qtype_bucket(qtype),
+                qtype_index(Some(RecordType::from(qtype))),
+                "{qtype}"
+            );
+        }
     }
 }
