@@ -6,6 +6,14 @@ dnsperf -v; each server runs alone; every run is bounded (5 s each). Not a test:
 for the README and the issue.
 
     benches/latency/run.py [--gto target/release/gto] [--servers gto,gdnsd] [--seconds 5]
+                           [--pin same|split]
+
+--pin same runs the server and dnsperf on one CPU (the last), --pin split the server on the
+last and dnsperf on CPU 0. Unpinned, at low rates the p50 of either server is bimodal on a
+VM (0.03 or 0.15 ms from run to run): whether the scheduler put the two on one CPU or woke
+an idle one, which costs ~0.1 ms here. `same` measures the server's own path; `split` the
+cost with a cross-CPU wake-up for every query; saturation is only meaningful unpinned or
+split.
 """
 
 import argparse
@@ -29,7 +37,11 @@ www IN AAAA 2001:db8::80
 QUERIES = "www.gto.example.com A\ngto.example.com SOA\nwww.gto.example.com AAAA\nnx.gto.example.com A\n"
 
 
-def start(server, d, port, gto):
+def pinned(command, cpu):
+    return ["taskset", "-c", str(cpu)] + command if cpu is not None else command
+
+
+def start(server, d, port, gto, cpu=None):
     if server == "gto":
         with open(os.path.join(d, "gto.example.com.zone"), "w") as f:
             f.write(ZONE)
@@ -50,7 +62,7 @@ def start(server, d, port, gto):
                 f'  run_dir => "{d}/run"\n  state_dir => "{d}/state"\n}}\n'
             )
         command = ["gdnsd", "-c", d, "start"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(pinned(command, cpu), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.05)
     query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x03gto\x07example\x03com\x00\x00\x01\x00\x01"
@@ -65,18 +77,21 @@ def start(server, d, port, gto):
     raise SystemExit(f"{server} did not answer")
 
 
-def run(port, queries, rate, seconds, tcp):
+def run(port, queries, rate, seconds, tcp, cpu=None):
     command = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", queries, "-l", str(seconds), "-v"]
     command += ["-m", "tcp", "-c", "20"] if tcp else ["-c", "4"]
     if rate:
         command += ["-Q", str(rate)]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30).stdout
-    times = sorted(float(line.split()[-1]) for line in out.splitlines() if line.startswith("> "))
+    out = subprocess.run(pinned(command, cpu), capture_output=True, text=True, timeout=seconds + 30).stdout
+    lines = [line.split() for line in out.splitlines() if line.startswith("> ")]
+    # "> T name type": a query that timed out (lost); otherwise the last field is its time.
+    lost = sum(1 for fields in lines if fields[1] == "T")
+    times = sorted(float(fields[-1]) for fields in lines if fields[1] != "T")
     qps = next((line.split()[3] for line in out.splitlines() if "Queries per second" in line), "?")
     if not times:
         return None
     pick = lambda q: times[min(len(times) - 1, int(len(times) * q))] * 1000
-    return len(times), qps, pick(0.5), pick(0.99), times[-1] * 1000
+    return len(times), lost, qps, pick(0.5), pick(0.99), times[-1] * 1000
 
 
 def main():
@@ -85,8 +100,12 @@ def main():
     parser.add_argument("--servers", default="gto,gdnsd")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--port", type=int, default=25450)
+    parser.add_argument("--pin", choices=("same", "split"), help="CPU placement (see above)")
     args = parser.parse_args()
-    print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+    last = (os.cpu_count() or 1) - 1
+    server_cpu = last if args.pin else None
+    load_cpu = {"same": last, "split": 0}.get(args.pin)
+    print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'lost':>5} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
     for i, server in enumerate(args.servers.split(",")):
         if server != "gto" and shutil.which(server) is None:
             print(f"{server:6} not installed (../shared/bench/peers.sh setup installs it)")
@@ -96,18 +115,18 @@ def main():
         queries = os.path.join(d, "queries.txt")
         with open(queries, "w") as f:
             f.write(QUERIES)
-        proc = start(server, d, port, args.gto)
+        proc = start(server, d, port, args.gto, server_cpu)
         try:
             for tcp, rates in ((False, (1000, 20000, 100000, 0)), (True, (1000, 20000))):
                 for rate in rates:
-                    result = run(port, queries, rate, args.seconds, tcp)
+                    result = run(port, queries, rate, args.seconds, tcp, load_cpu)
                     label = "saturation" if rate == 0 else f"{rate}/s"
                     transport = "tcp x20" if tcp else "udp"
                     if result is None:
                         print(f"{server:6} {transport:9} {label:>10} no answers")
                         continue
-                    n, qps, p50, p99, worst = result
-                    print(f"{server:6} {transport:9} {label:>10} {n:>8} {qps:>9} {p50:7.3f} {p99:7.3f} {worst:7.3f}", flush=True)
+                    n, lost, qps, p50, p99, worst = result
+                    print(f"{server:6} {transport:9} {label:>10} {n:>8} {lost:>5} {qps:>9} {p50:7.3f} {p99:7.3f} {worst:7.3f}", flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

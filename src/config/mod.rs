@@ -404,7 +404,8 @@ pub struct ServerSettings {
     /// the open-file limit, after room for probes, the admin API and files (at most
     /// 1024), so idle connections cannot starve health checks of descriptors.
     pub tcp_max_connections: Option<usize>,
-    /// Queries answered per TCP connection before it is closed (default 100).
+    /// Queries answered per TCP connection before it is closed (default
+    /// 10,000).
     pub tcp_max_queries: usize,
     /// After a small batch a UDP worker pauses this long (default 100 µs; 0 turns it off)
     /// so queries gather into bigger batches: fewer wake-ups and system calls per query

@@ -20,6 +20,10 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:5353";
 const DEFAULT_UDP_PAYLOAD: u16 = 1232;
 /// A TCP connection that sends nothing for this long is closed.
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queries per TCP connection before it is closed: high enough that a resolver's
+/// pipelined connection is seldom cut (Knot, NSD, PowerDNS and gdnsd set no limit), low
+/// enough that a long-lived connection is spread again now and then.
+const DEFAULT_TCP_MAX_QUERIES: usize = 10_000;
 /// See [`crate::config::ServerSettings::udp_coalesce`].
 const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
 
@@ -92,7 +96,7 @@ pub(super) fn compile_server(
         .as_ref()
         .and_then(|v| errors.ranged(v, "server.tcp_max_queries", 1..=1_000_000))
         .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(100);
+        .unwrap_or(DEFAULT_TCP_MAX_QUERIES);
     let max_file_size = errors.setting(
         server.max_file_size.as_ref(),
         "server.max_file_size",
