@@ -435,6 +435,19 @@ ttl = 5
     }
 }
 
+/// The next answer on `socket`, within 5 s.
+async fn recv(socket: &tokio::net::UdpSocket) -> Message {
+    let mut buffer = vec![0u8; 4096];
+    let (len, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.recv_from(&mut buffer),
+    )
+    .await
+    .expect("an answer is missing")
+    .unwrap();
+    Message::from_vec(&buffer[..len]).unwrap()
+}
+
 /// Many queries in flight from one socket (a busy resolver): the fast path sends the
 /// answers of one size to it as one UDP GSO message, which must still arrive as one
 /// datagram per answer, each whole and for its own query.
@@ -476,16 +489,8 @@ async fn a_burst_from_one_socket_gets_one_datagram_per_answer() {
                 .await
                 .unwrap();
         }
-        let mut buffer = vec![0u8; 4096];
         for _ in 0..BURST {
-            let (len, _) = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                socket.recv_from(&mut buffer),
-            )
-            .await
-            .expect("an answer is missing")
-            .unwrap();
-            let reply = Message::from_vec(&buffer[..len]).unwrap();
+            let reply = recv(&socket).await;
             let (name, qtype) = expected
                 .remove(&reply.metadata.id)
                 .unwrap_or_else(|| panic!("unexpected or repeated id {}", reply.metadata.id));
@@ -510,17 +515,6 @@ async fn a_burst_from_one_socket_gets_one_datagram_per_answer() {
     let mut others = Vec::new();
     for _ in 0..6 {
         others.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    }
-    async fn recv(socket: &tokio::net::UdpSocket) -> Message {
-        let mut buffer = vec![0u8; 4096];
-        let (len, _) = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            socket.recv_from(&mut buffer),
-        )
-        .await
-        .expect("an answer is missing")
-        .unwrap();
-        Message::from_vec(&buffer[..len]).unwrap()
     }
     for round in 0..8u16 {
         for id in 0..24u16 {
