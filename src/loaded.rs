@@ -576,8 +576,8 @@ fn read_keys(
 /// The digest of what a config and its zones mean for the answers of a fleet, by section,
 /// and over all sections: every zone's records (owner, type, TTL, data; in canonical order,
 /// so record order and comments do not count) and DNSSEC settings, every GSLB name's
-/// pool, policy, answers, TTL, all-down rule, affinity and ECS use, every pool's members
-/// and checks and load and vote rules, the geo tables, rate limiting and the UDP payload
+/// pool, policy, tie, answers, TTL, all-down rule, affinity and ECS use, every pool's members
+/// and checks and load and vote rules, the geo tables, `[latency]`, rate limiting and the UDP payload
 /// size. Per-host settings never count: listen addresses, workers and TCP limits,
 /// identity, state file, `[admin]`, `[cluster]` (instance, region, endpoints), `[health]`
 /// sources, webhooks, file paths.
@@ -607,6 +607,7 @@ pub fn meaning_digest(
             name,
             pool,
             policy,
+            tie,
             answers,
             ttl,
             when_all_down,
@@ -633,10 +634,16 @@ pub fn meaning_digest(
             crate::config::WhenAllDown::Fallback(id) => format!("fallback {}", pool_name(*id)),
             other => format!("{other:?}"),
         };
+        // The tie is written only when set, so digests of configs without it stay as
+        // they were (a fleet upgraded one instance at a time compares them).
+        let tie = match tie {
+            crate::config::Tie::ConfigOrder => String::new(),
+            other => format!(" tie {}", other.as_str()),
+        };
         sections.insert(
             format!("service {name}"),
             text(&format!(
-                "{} {policy:?} {answers:?} {ttl:?} {when_all_down} {affinity:?} {use_ecs}{}",
+                "{} {policy:?} {answers:?} {ttl:?} {when_all_down} {affinity:?} {use_ecs}{}{tie}",
                 pool_name(*pool),
                 if overrides.is_empty() {
                     String::new()
@@ -661,6 +668,9 @@ pub fn meaning_digest(
         )),
     );
     sections.insert("rrl".into(), text(&format!("{:?}", config.rrl)));
+    if config.latency != crate::config::LatencySettings::default() {
+        sections.insert("latency".into(), text(&format!("{:?}", config.latency)));
+    }
     sections.insert(
         "server".into(),
         text(&format!("udp_payload={}", config.server.udp_payload)),

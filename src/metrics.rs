@@ -74,6 +74,9 @@ pub const PROBE_UNKNOWN_TOTAL: &str = "gto_probe_unknown_total";
 pub const HEALTH_FLIPS_TOTAL: &str = "gto_health_flips_total";
 /// Verdicts on an endpoint by the fleet's voters (`pool`, `member`, `verdict`).
 pub const MEMBER_VOTES: &str = "gto_member_votes";
+/// The smoothed round trip to an endpoint from a vantage region (`pool`, `member`,
+/// `region`; the median of the region's vantages; region `""` for vantages without one).
+pub const MEMBER_RTT_SECONDS: &str = "gto_member_rtt_seconds";
 /// 1 when an endpoint is up, by `pool` and `member` (bounded by the config). Rendered at
 /// scrape time from the running config, so an endpoint a reload removed disappears.
 pub const MEMBER_UP: &str = "gto_member_up";
@@ -299,6 +302,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Exec check commands killed, by reason (timeout, output).",
+    ),
+    (
+        MEMBER_RTT_SECONDS,
+        Kind::Gauge,
+        Unit::Seconds,
+        "Smoothed round trip to an endpoint from a vantage region (median of its vantages).",
     ),
     (
         HEALTH_FLIPS_TOTAL,

@@ -172,7 +172,7 @@ fn votes_view(status: &EndpointStatus) -> Option<serde_json::Value> {
                 "since": rfc3339(crate::time::from_unix_clamped(vote.since)),
                 "age_seconds": now.saturating_sub(vote.at),
                 "error": vote.error,
-                "rtt_ms": vote.rtt_ms,
+                "rtt_ms": vote.rtt_us.map(|us| f64::from(us) / 1000.0),
                 "region": vote.region,
                 "stale": vote.stale,
             })

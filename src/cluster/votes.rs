@@ -34,6 +34,9 @@ pub const VOTE_LINGER_MAX: Duration = Duration::from_secs(1);
 /// (1.5 MiB), which a single pool's document must also fit (about 15,000 endpoints).
 const VOTE_REQUEST_BYTES: usize = 1 << 20;
 
+/// Largest round trip a document may hold (60 s, in µs): more is garbage.
+const MAX_RTT_US: u32 = 60_000_000;
+
 /// One voter's verdicts on one pool's endpoints, as stored: the members up, the members
 /// down with their last error, and what only some endpoints have. About 6 bytes per
 /// endpoint that is up, so that a pool's document can be written again on every change.
@@ -53,6 +56,10 @@ pub struct PoolVotes {
     /// Members whose probes stopped reporting at this voter: their verdict does not count.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale: Vec<String>,
+    /// Smoothed round trips (µs) by member, for latency ranking: written when one moves
+    /// beyond the band, so a steady fleet rewrites nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rtt: BTreeMap<String, u32>,
     /// `family = "each"`: the IPv4 address's check alone, by member.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub v4: BTreeMap<String, bool>,
@@ -79,6 +86,9 @@ impl PoolVotes {
             if vote.stale {
                 document.stale.push(member.clone());
             }
+            if let Some(rtt) = vote.rtt_us {
+                document.rtt.insert(member.clone(), rtt);
+            }
             if let Some(up) = vote.v4 {
                 document.v4.insert(member.clone(), up);
             }
@@ -102,9 +112,15 @@ impl PoolVotes {
             up,
             down,
             stale,
+            rtt,
             v4,
             v6,
         } = self;
+        if let Some((member, us)) = rtt.iter().find(|(_, us)| **us > MAX_RTT_US) {
+            return Err(format!(
+                "member {member:?} has a round trip of {us} µs (at most {MAX_RTT_US})"
+            ));
+        }
         let stale: std::collections::HashSet<String> = stale.into_iter().collect();
         let verdicts =
             up.into_iter()
@@ -123,7 +139,7 @@ impl PoolVotes {
                 up,
                 since,
                 error,
-                rtt_ms: None,
+                rtt_us: rtt.get(&member).copied(),
                 region: region.clone(),
                 stale: stale.contains(&member),
                 at,
@@ -439,7 +455,7 @@ mod tests {
             up,
             since,
             error: (!up).then(|| "connection refused".to_string()),
-            rtt_ms: None,
+            rtt_us: None,
             region: Some("eu".into()),
             stale: false,
             at: 0,

@@ -20,6 +20,8 @@ pub struct Service {
     pub pool: PoolId,
     /// How endpoints are ranked.
     pub policy: Policy,
+    /// What breaks the policy's ties.
+    pub tie: Tie,
     /// How many addresses one answer carries.
     pub answers: Answers,
     /// TTL of the answer records; short, so clients move soon after a failure.
@@ -71,6 +73,29 @@ pub enum Policy {
     LeastLoad,
     /// Share by weight: every up endpoint is a candidate, weighted by `weight`.
     Weighted,
+    /// Lowest round trip first, as measured from the client's region's vantages (this
+    /// instance's and its fleet's probes).
+    Latency,
+}
+
+/// What breaks ties of the policy's key (`tie`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tie {
+    /// Config order (and affinity among the tied).
+    #[default]
+    ConfigOrder,
+    /// The round trip measured from the client's region, then config order.
+    Latency,
+}
+
+impl Tie {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tie::ConfigOrder => "config-order",
+            Tie::Latency => "latency",
+        }
+    }
 }
 
 impl Policy {
@@ -81,6 +106,7 @@ impl Policy {
             Policy::Geo => "geo",
             Policy::LeastLoad => "least-load",
             Policy::Weighted => "weighted",
+            Policy::Latency => "latency",
         }
     }
 }
@@ -110,7 +136,7 @@ impl Affinity {
             v4: 24,
             v6: 56,
             candidates: match policy {
-                Policy::Failover | Policy::Geo => 1,
+                Policy::Failover | Policy::Geo | Policy::Latency => 1,
                 Policy::LeastLoad | Policy::Weighted => 3,
             },
         }
@@ -245,6 +271,74 @@ impl Default for HealthSettings {
             source: None,
             source6: None,
             exec_limit: Self::DEFAULT_EXEC_LIMIT,
+        }
+    }
+}
+
+/// `[latency]`: how round trips are measured, smoothed and shared for `policy =
+/// "latency"` and `tie = "latency"`, and the real-user measurements (`POST /v1/rtt`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySettings {
+    /// Which part of a probe is its round trip.
+    pub measure: Measure,
+    /// Probes whose median is the smoothed round trip (1..=32, default 5).
+    pub window: usize,
+    /// A smoothed round trip moves (is shared, and ranks) only when it changed by more
+    /// than this fraction of the last one (0..=1, default 0.2)...
+    pub relative_band: f64,
+    /// ...and by more than this (default 5 ms, at most 10 s).
+    pub absolute_band: std::time::Duration,
+    /// Regions the fleet measures from (its instances' and probe agents' `[cluster]
+    /// region`), declared so that a region nothing measures from is caught by `gto check`;
+    /// this instance's own region counts without being listed.
+    pub vantages: Vec<String>,
+    /// Client prefixes whose real-user measurements are kept at most (the least recently
+    /// reported go first; default 10,000).
+    pub rum_max_prefixes: usize,
+    /// A real-user measurement ranks for this long after it was reported (default 10 min).
+    pub rum_max_age: std::time::Duration,
+}
+
+impl LatencySettings {
+    /// Largest `absolute_band`.
+    pub const MAX_ABSOLUTE_BAND: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Largest `window`.
+    pub const MAX_WINDOW: usize = 32;
+    /// Largest `rum_max_prefixes`.
+    pub const MAX_RUM_PREFIXES: usize = 1_000_000;
+}
+
+impl Default for LatencySettings {
+    fn default() -> Self {
+        Self {
+            measure: Measure::Connect,
+            window: 5,
+            relative_band: 0.2,
+            absolute_band: std::time::Duration::from_millis(5),
+            vantages: Vec::new(),
+            rum_max_prefixes: 10_000,
+            rum_max_age: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// Which part of a probe is its round trip (`[latency] measure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Measure {
+    /// The TCP handshake (DNS and ICMP checks: the exchange); the network's round trip.
+    #[default]
+    Connect,
+    /// From the start of the connection to the first byte of the answer (TLS: the
+    /// handshake done; HTTP(S): the response's head), the appliance's own time included.
+    FirstByte,
+}
+
+impl Measure {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Connect => "connect",
+            Measure::FirstByte => "first-byte",
         }
     }
 }

@@ -22,9 +22,10 @@ use ipnet::IpNet;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use gslb::{
-    Affinity, Answers, Check, DnsProbe, DownWhen, ExecProbe, HealthSettings, HttpProbe, LoadFields,
-    LoadSettings, Location, Member, OverrideTarget, Policy, Pool, PoolId, Probe, Service,
-    SubnetOverride, TlsSettings, Ttl, VoteRule, VoteScope, Weight, WhenAllDown, rcode_mnemonic,
+    Affinity, Answers, Check, DnsProbe, DownWhen, ExecProbe, HealthSettings, HttpProbe,
+    LatencySettings, LoadFields, LoadSettings, Location, Measure, Member, OverrideTarget, Policy,
+    Pool, PoolId, Probe, Service, SubnetOverride, Tie, TlsSettings, Ttl, VoteRule, VoteScope,
+    Weight, WhenAllDown, rcode_mnemonic,
 };
 pub use parse::parse;
 pub(crate) use parse::{find_key_line, parse_partial};
@@ -55,6 +56,8 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// `[health]`.
     pub health: HealthSettings,
+    /// `[latency]`.
+    pub latency: LatencySettings,
     /// `[[notify.webhook]]`: receivers of events.
     pub webhooks: Vec<Webhook>,
     /// `[dnstap]`: the query log; None when off.

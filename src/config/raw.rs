@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub(crate) geo: Option<Spanned<RawGeo>>,
     pub(crate) cluster: Option<Spanned<RawCluster>>,
     pub(crate) health: Option<Spanned<RawHealth>>,
+    pub(crate) latency: Option<Spanned<RawLatency>>,
     pub(crate) notify: Option<Spanned<RawNotify>>,
     pub(crate) dnstap: Option<Spanned<RawDnstap>>,
     #[serde(default)]
@@ -257,6 +258,18 @@ pub(crate) struct RawHealth {
     pub(crate) exec_limit: Option<Spanned<i64>>,
 }
 
+/// `[latency]`: round-trip measurement and real-user measurements.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawLatency {
+    pub(crate) measure: Option<Spanned<String>>,
+    pub(crate) window: Option<Spanned<i64>>,
+    pub(crate) relative_band: Option<Spanned<f64>>,
+    pub(crate) absolute_band: Option<Spanned<String>>,
+    pub(crate) vantages: Option<Vec<Spanned<String>>>,
+    pub(crate) rum_max_prefixes: Option<Spanned<i64>>,
+    pub(crate) rum_max_age: Option<Spanned<String>>,
+}
+
 /// `[cluster] tls`: how gto trusts etcd and proves itself to it.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawClusterTls {
@@ -327,6 +340,7 @@ pub(crate) struct RawService {
     pub(crate) name: Spanned<String>,
     pub(crate) pool: Spanned<String>,
     pub(crate) policy: Option<Spanned<String>>,
+    pub(crate) tie: Option<Spanned<String>>,
     pub(crate) answers: Option<Spanned<i64>>,
     pub(crate) ttl: Option<Spanned<i64>>,
     pub(crate) when_all_down: Option<Spanned<RawWhenAllDown>>,

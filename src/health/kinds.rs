@@ -331,7 +331,10 @@ pub(super) async fn exec(
         .load_fields
         .as_ref()
         .and_then(|fields| load_from_json(&out, fields));
-    Ok(ProbeOutcome { load, cert: None })
+    Ok(ProbeOutcome {
+        load,
+        ..ProbeOutcome::default()
+    })
 }
 
 /// Reads a pipe to its end, keeping at most `limit` bytes; true when there was more.

@@ -24,6 +24,7 @@ mod handle;
 pub mod kinds;
 mod monitor;
 pub mod probe;
+pub mod rtt;
 pub mod scheduler;
 #[doc(hidden)]
 pub mod simulate;

@@ -245,14 +245,28 @@ impl Prober {
     pub async fn run(&self) -> Result<ProbeOutcome, ProbeError> {
         self.enter(Phase::Connect);
         let enter = |phase| self.enter(phase);
-        match &self.probe {
-            Probe::None => Ok(ProbeOutcome::default()),
-            Probe::Dns(dns) => super::kinds::dns(dns, self.source_for(dns.target), &enter).await,
+        let started = tokio::time::Instant::now();
+        let mut outcome = match &self.probe {
+            Probe::None => return Ok(ProbeOutcome::default()),
+            Probe::Dns(dns) => {
+                let outcome = super::kinds::dns(dns, self.source_for(dns.target), &enter).await?;
+                // The exchange is the round trip.
+                ProbeOutcome {
+                    connect: Some(started.elapsed()),
+                    ..outcome
+                }
+            }
             Probe::Icmp { target } => {
                 let source = self.source_for(std::net::SocketAddr::new(*target, 0));
-                super::kinds::icmp(*target, source, &enter).await
+                let outcome = super::kinds::icmp(*target, source, &enter).await?;
+                ProbeOutcome {
+                    connect: Some(started.elapsed()),
+                    ..outcome
+                }
             }
-            Probe::Exec(exec) => super::kinds::exec(exec, self.exec_slots.as_ref(), &enter).await,
+            Probe::Exec(exec) => {
+                return super::kinds::exec(exec, self.exec_slots.as_ref(), &enter).await;
+            }
             Probe::Tcp { target } => {
                 if let Some(up) = super::simulate::scripted(*target) {
                     return if up {
@@ -262,41 +276,63 @@ impl Prober {
                     };
                 }
                 let stream = connect(*target, self.source_for(*target)).await?;
+                let connected = started.elapsed();
                 // Close with RST: no FIN exchange and no TIME_WAIT left behind per probe,
                 // which at thousands of probes a second is most of the kernel's work.
                 let _ = stream.set_zero_linger();
-                Ok(ProbeOutcome::default())
+                ProbeOutcome {
+                    connect: Some(connected),
+                    ..ProbeOutcome::default()
+                }
             }
             Probe::Tls { target, tls } => {
                 let tcp = connect(*target, self.source_for(*target)).await?;
+                let connected = started.elapsed();
                 self.enter(Phase::Tls);
                 let stream = self.handshake(tcp).await?;
+                let first_byte = started.elapsed();
                 let cert = check_expiry(&stream, tls)?;
-                Ok(ProbeOutcome { load: None, cert })
+                ProbeOutcome {
+                    load: None,
+                    cert,
+                    connect: Some(connected),
+                    first_byte: Some(first_byte),
+                }
             }
             Probe::Http(http) => {
                 let tcp = connect(http.target, self.source_for(http.target)).await?;
+                let connected = started.elapsed();
                 match &http.tls {
                     None => {
                         self.enter(Phase::Response);
-                        Ok(ProbeOutcome {
-                            load: exchange(tcp, http).await?,
+                        let (load, first_byte) = exchange(tcp, http, started).await?;
+                        ProbeOutcome {
+                            load,
                             cert: None,
-                        })
+                            connect: Some(connected),
+                            first_byte: Some(first_byte),
+                        }
                     }
                     Some(tls) => {
                         self.enter(Phase::Tls);
                         let stream = self.handshake(tcp).await?;
                         let cert = check_expiry(&stream, tls)?;
                         self.enter(Phase::Response);
-                        Ok(ProbeOutcome {
-                            load: exchange(stream, http).await?,
+                        let (load, first_byte) = exchange(stream, http, started).await?;
+                        ProbeOutcome {
+                            load,
                             cert,
-                        })
+                            connect: Some(connected),
+                            first_byte: Some(first_byte),
+                        }
                     }
                 }
             }
-        }
+        };
+        // A round trip of zero says nothing (a clock that did not move): none.
+        outcome.connect = outcome.connect.filter(|d| !d.is_zero());
+        outcome.first_byte = outcome.first_byte.filter(|d| !d.is_zero());
+        Ok(outcome)
     }
 
     fn enter(&self, phase: Phase) {
@@ -361,6 +397,12 @@ pub struct ProbeOutcome {
     pub load: Option<LoadSample>,
     /// The server certificate's expiry (TLS and HTTPS).
     pub cert: Option<CertExpiry>,
+    /// From the start to the TCP connection established (TCP, TLS, HTTP(S)), or to the
+    /// answer (DNS, ICMP).
+    pub connect: Option<std::time::Duration>,
+    /// From the start to the first byte of the answer: the TLS handshake done (TLS), the
+    /// response's head (HTTP(S)).
+    pub first_byte: Option<std::time::Duration>,
 }
 
 /// When the server certificate of a TLS or HTTPS probe expires.
@@ -408,7 +450,12 @@ pub(super) fn load_from_json(
 }
 
 /// GET the path and judge status and body; read load from the body when asked to.
-async fn exchange<S>(stream: S, http: &HttpProbe) -> Result<Option<LoadSample>, ProbeError>
+/// Returns the load read and the time from `started` to the response's head.
+async fn exchange<S>(
+    stream: S,
+    http: &HttpProbe,
+    started: tokio::time::Instant,
+) -> Result<(Option<LoadSample>, std::time::Duration), ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -427,6 +474,7 @@ where
             .send_request(request)
             .await
             .map_err(|e| ProbeError::Http(e.to_string()))?;
+        let first_byte = started.elapsed();
         let status = response.status().as_u16();
         let accepted = if http.expect.is_empty() {
             (200..300).contains(&status)
@@ -437,14 +485,15 @@ where
             return Err(ProbeError::Status(status));
         }
         if http.body.is_none() && http.load_fields.is_none() {
-            return Ok(None);
+            return Ok((None, first_byte));
         }
         let body = read_body(response.into_body(), http).await?;
         // A body without the load fields is still a healthy endpoint: its load is unknown.
-        Ok(http
+        let load = http
             .load_fields
             .as_ref()
-            .and_then(|fields| load_from_json(&body, fields)))
+            .and_then(|fields| load_from_json(&body, fields));
+        Ok((load, first_byte))
     }
     .await;
     connection.abort();

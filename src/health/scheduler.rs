@@ -32,6 +32,17 @@ pub struct Report {
     pub at: SystemTime,
     /// How long it took, when it succeeded.
     pub rtt: Option<std::time::Duration>,
+    /// Its connect time and time to first byte, when it succeeded and has them.
+    pub timings: Timings,
+}
+
+/// A successful probe's round trips ([`super::probe::ProbeOutcome`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// To the connection established (DNS, ICMP: to the answer).
+    pub connect: Option<Duration>,
+    /// To the first byte of the answer (TLS, HTTP(S)).
+    pub first_byte: Option<Duration>,
 }
 
 /// How a target is probed.
@@ -148,6 +159,10 @@ pub async fn probe_loop(
             load: outcome.load,
             cert: outcome.cert,
             at: SystemTime::now(),
+            timings: Timings {
+                connect: outcome.connect,
+                first_byte: outcome.first_byte,
+            },
         };
         if reports.send(report).await.is_err() {
             return;

@@ -26,8 +26,10 @@ pub struct Vote {
     pub since: u64,
     /// The last probe's error, when down.
     pub error: Option<String>,
-    /// The last probe's round trip, in milliseconds.
-    pub rtt_ms: Option<u64>,
+    /// The voter's smoothed round trip to the endpoint, in microseconds (moved only
+    /// beyond `[latency]`'s band; [`crate::health::rtt`]).
+    #[serde(default)]
+    pub rtt_us: Option<u32>,
     /// The voter's region, for pools that vote by region.
     pub region: Option<String>,
     /// The voter's probes stopped reporting: the verdict does not count.
@@ -175,7 +177,7 @@ mod tests {
             up,
             since: 0,
             error: None,
-            rtt_ms: None,
+            rtt_us: None,
             region: Some(region.into()),
             stale: false,
             at: 0,

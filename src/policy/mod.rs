@@ -10,7 +10,9 @@
 //! answered while an available one exists); (2) the policy's key — `failover`: config
 //! order; `geo`: distance or region preference (unplaceable clients: the default location,
 //! else config order); `least-load`: smoothed load in 5 % steps (unknown load counts as
-//! 0); `weighted`: none, every endpoint ties; (3) config order.
+//! 0); `weighted`: none, every endpoint ties; `latency`: the round trip measured from the
+//! client's region ([`latency`]; unmeasured endpoints after the measured); (3) with `tie =
+//! "latency"`, that round trip; (4) config order.
 //!
 //! The affinity candidates are the first `affinity.candidates` of the best group, extended
 //! by every endpoint that ties with the last of them, so endpoints on one site (or all
@@ -18,11 +20,13 @@
 
 pub mod affinity;
 pub mod geo;
+pub mod latency;
 pub mod load;
 
 use std::cmp::Ordering;
 
-use crate::config::{Location, Policy, Region};
+use crate::config::{Location, Policy, Region, Tie};
+use latency::{VantageFrom, VantageRtt};
 
 /// What ranking needs to know of one endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +41,8 @@ pub struct Candidate<'a> {
     pub overloaded: bool,
     /// May be answered (up and not drained, or everything fails open).
     pub available: bool,
+    /// Round trips measured to it, by vantage.
+    pub rtt: &'a [VantageRtt],
 }
 
 /// An order of endpoints (indices into the pool), best first.
@@ -58,6 +64,21 @@ fn group(c: &Candidate<'_>) -> u8 {
     }
 }
 
+/// The round-trip key of one endpoint (lower is better; unmeasured last).
+fn latency_key(c: &Candidate<'_>, from: VantageFrom<'_>) -> f64 {
+    latency::key(c.rtt, from).map_or(f64::MAX, f64::from)
+}
+
+/// Where the round trips of a ranking for `client` are measured from.
+pub fn vantage_of<'a>(
+    members: &'a [Candidate<'_>],
+    client: Option<&'a Location>,
+    regions: &'a [Region],
+) -> VantageFrom<'a> {
+    let measured = latency::measured_regions(members.iter().flat_map(|c| c.rtt.iter()));
+    latency::vantage_for(client.and_then(|l| l.region.as_deref()), &measured, regions)
+}
+
 /// The policy's key of one endpoint for a client (lower is better).
 fn policy_key(
     policy: Policy,
@@ -65,6 +86,7 @@ fn policy_key(
     c: &Candidate<'_>,
     client: Option<&Location>,
     regions: &[Region],
+    from: VantageFrom<'_>,
 ) -> f64 {
     match policy {
         Policy::Failover => index as f64,
@@ -75,6 +97,7 @@ fn policy_key(
         },
         Policy::LeastLoad => (c.load.unwrap_or(0.0) * 20.0).round(),
         Policy::Weighted => 0.0,
+        Policy::Latency => latency_key(c, from),
     }
 }
 
@@ -82,18 +105,30 @@ fn policy_key(
 /// candidate count before tie extension.
 pub fn rank(
     policy: Policy,
+    tie: Tie,
     members: &[Candidate<'_>],
     client: Option<&Location>,
     regions: &[Region],
     k: usize,
 ) -> Ranking {
-    let mut keyed: Vec<(u8, f64, u16)> = members
+    let from = if policy == Policy::Latency || tie == Tie::Latency {
+        vantage_of(members, client, regions)
+    } else {
+        VantageFrom::Everywhere
+    };
+    // (group, the policy's key, the tie's key, index): endpoints tie (and share clients
+    // by affinity) when both keys are equal.
+    let mut keyed: Vec<(u8, (f64, f64), u16)> = members
         .iter()
         .enumerate()
         .map(|(i, c)| {
+            let tie_key = match tie {
+                Tie::Latency => latency_key(c, from),
+                Tie::ConfigOrder => 0.0,
+            };
             (
                 group(c),
-                policy_key(policy, i, c, client, regions),
+                (policy_key(policy, i, c, client, regions, from), tie_key),
                 i as u16,
             )
         })

@@ -19,6 +19,7 @@ fn candidate(
         load,
         overloaded,
         available,
+        rtt: &[],
     }
 }
 
@@ -27,7 +28,8 @@ fn policies() -> impl Strategy<Value = Policy> {
         Just(Policy::Failover),
         Just(Policy::Geo),
         Just(Policy::LeastLoad),
-        Just(Policy::Weighted)
+        Just(Policy::Weighted),
+        Just(Policy::Latency)
     ]
 }
 
@@ -47,7 +49,7 @@ proptest! {
     ) {
         let members: Vec<_> = members.into_iter().map(|(a, o, l, w)| candidate(a, o, l, w)).collect();
         let seeds: Vec<u64> = (0..members.len()).map(|i| affinity::seed("p", &i.to_string())).collect();
-        let ranking = rank(policy, &members, None, &[], k);
+        let ranking = rank(policy, Tie::ConfigOrder, &members, None, &[], k);
         let order = order_for_client(&ranking, |i| members[i].weight, client(prefix), &seeds);
         let available = members.iter().filter(|m| m.available).count();
         prop_assert_eq!(ranking.available, available);
@@ -55,7 +57,7 @@ proptest! {
         let groups: Vec<u8> = order.iter().map(|i| group(&members[*i as usize])).collect();
         prop_assert!(groups.windows(2).all(|w| w[0] <= w[1]), "{:?}", groups);
         // Same input, same order.
-        prop_assert_eq!(&rank(policy, &members, None, &[], k), &ranking);
+        prop_assert_eq!(&rank(policy, Tie::ConfigOrder, &members, None, &[], k), &ranking);
         prop_assert_eq!(order_for_client(&ranking, |i| members[i].weight, client(prefix), &seeds), order);
     }
 }
@@ -63,7 +65,7 @@ proptest! {
 /// First choice of each of `clients` prefixes.
 fn first_choices(members: &[Candidate<'_>], names: &[&str], clients: u32) -> Vec<String> {
     let seeds: Vec<u64> = names.iter().map(|n| affinity::seed("p", n)).collect();
-    let ranking = rank(Policy::Weighted, members, None, &[], 3);
+    let ranking = rank(Policy::Weighted, Tie::ConfigOrder, members, None, &[], 3);
     (0..clients)
         .map(|c| {
             names[usize::from(
@@ -149,12 +151,19 @@ fn geo_ranks_nearest_first_and_ties_on_one_site_share_clients() {
         coordinates: Some((51.5, -0.1)),
         region: None,
     };
-    let ranking = rank(Policy::Geo, &members, Some(&london), &[], 1);
+    let ranking = rank(
+        Policy::Geo,
+        Tie::ConfigOrder,
+        &members,
+        Some(&london),
+        &[],
+        1,
+    );
     assert_eq!(ranking.order, vec![1, 2, 0]);
     assert_eq!(ranking.candidates, 2, "both Frankfurt endpoints tie");
     // No location: config order.
     assert_eq!(
-        rank(Policy::Geo, &members, None, &[], 1).order,
+        rank(Policy::Geo, Tie::ConfigOrder, &members, None, &[], 1).order,
         vec![0, 1, 2]
     );
 }
@@ -166,7 +175,7 @@ fn overloaded_endpoints_go_last_while_others_can_serve() {
         candidate(true, false, Some(0.5), 1.0),
         candidate(false, false, None, 1.0),
     ];
-    let ranking = rank(Policy::Failover, &members, None, &[], 1);
+    let ranking = rank(Policy::Failover, Tie::ConfigOrder, &members, None, &[], 1);
     assert_eq!(ranking.order, vec![1, 0, 2]);
     assert_eq!(
         ranking.available, 2,
@@ -174,6 +183,7 @@ fn overloaded_endpoints_go_last_while_others_can_serve() {
     );
     let least = rank(
         Policy::LeastLoad,
+        Tie::ConfigOrder,
         &[
             candidate(true, false, Some(0.6), 1.0),
             candidate(true, false, Some(0.2), 1.0),
@@ -183,4 +193,133 @@ fn overloaded_endpoints_go_last_while_others_can_serve() {
         1,
     );
     assert_eq!(least.order, vec![1, 0]);
+}
+
+fn measured(region: &str, ms: u32) -> latency::VantageRtt {
+    latency::VantageRtt {
+        region: Some(region.into()),
+        vantage: format!("{region}-1"),
+        micros: ms * 1000,
+    }
+}
+
+#[test]
+fn latency_ranks_by_the_clients_regions_measurements() {
+    let a = [measured("eu", 5), measured("us", 80)];
+    let b = [measured("eu", 80), measured("us", 5)];
+    let c: [latency::VantageRtt; 0] = [];
+    let members = [
+        Candidate {
+            rtt: &c,
+            ..candidate(true, false, None, 1.0)
+        },
+        Candidate {
+            rtt: &b,
+            ..candidate(true, false, None, 1.0)
+        },
+        Candidate {
+            rtt: &a,
+            ..candidate(true, false, None, 1.0)
+        },
+    ];
+    let in_region = |name: &str| Location {
+        coordinates: None,
+        region: Some(name.into()),
+    };
+    let eu = rank(
+        Policy::Latency,
+        Tie::ConfigOrder,
+        &members,
+        Some(&in_region("eu")),
+        &[],
+        1,
+    );
+    assert_eq!(eu.order, vec![2, 1, 0], "eu: A, then B; unmeasured last");
+    assert_eq!(eu.candidates, 1);
+    let us = rank(
+        Policy::Latency,
+        Tie::ConfigOrder,
+        &members,
+        Some(&in_region("us")),
+        &[],
+        1,
+    );
+    assert_eq!(us.order, vec![1, 2, 0]);
+    // A region without vantages borrows its preferred region's; without one, the median
+    // of all (A: 5 and 80 -> 5; B: 80 and 5 -> 5: a tie, config order).
+    let regions = [Region {
+        name: "ap".into(),
+        prefer: vec!["us".into()],
+    }];
+    let ap = rank(
+        Policy::Latency,
+        Tie::ConfigOrder,
+        &members,
+        Some(&in_region("ap")),
+        &regions,
+        1,
+    );
+    assert_eq!(ap.order, vec![1, 2, 0]);
+    let anywhere = rank(
+        Policy::Latency,
+        Tie::ConfigOrder,
+        &members,
+        None,
+        &regions,
+        1,
+    );
+    assert_eq!(anywhere.order, vec![1, 2, 0]);
+    assert_eq!(
+        anywhere.candidates, 2,
+        "equal round trips tie and share clients"
+    );
+    // Unavailable endpoints stay last whatever their round trip.
+    let mut down = members.clone();
+    down[2].available = false;
+    let eu = rank(
+        Policy::Latency,
+        Tie::ConfigOrder,
+        &down,
+        Some(&in_region("eu")),
+        &[],
+        1,
+    );
+    assert_eq!(eu.order, vec![1, 0, 2]);
+}
+
+#[test]
+fn a_latency_tie_orders_a_sites_endpoints() {
+    let fast = [measured("eu", 3)];
+    let slow = [measured("eu", 40)];
+    let site = Location {
+        coordinates: None,
+        region: Some("fra".into()),
+    };
+    let members = [
+        Candidate {
+            location: Some(&site),
+            rtt: &slow,
+            ..candidate(true, false, None, 1.0)
+        },
+        Candidate {
+            location: Some(&site),
+            rtt: &fast,
+            ..candidate(true, false, None, 1.0)
+        },
+    ];
+    let client = Location {
+        coordinates: None,
+        region: Some("eu".into()),
+    };
+    let plain = rank(
+        Policy::Geo,
+        Tie::ConfigOrder,
+        &members,
+        Some(&client),
+        &[],
+        1,
+    );
+    assert_eq!((plain.order.clone(), plain.candidates), (vec![0, 1], 2));
+    let tied = rank(Policy::Geo, Tie::Latency, &members, Some(&client), &[], 1);
+    assert_eq!((tied.order.clone(), tied.candidates), (vec![1, 0], 1));
 }

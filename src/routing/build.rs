@@ -74,6 +74,8 @@ impl Default for EndpointState {
 pub struct EndpointStates {
     /// Endpoints that are down, drained or have a known load.
     pub endpoints: HashMap<EndpointKey, EndpointState>,
+    /// Round trips measured to endpoints, by vantage (endpoints nothing measured have none).
+    pub rtts: HashMap<EndpointKey, Arc<[crate::policy::latency::VantageRtt]>>,
     /// Answer counters, kept across rebuilds so status can show each endpoint's share.
     /// Keyed by GSLB name and endpoint: two names sharing a pool count apart.
     pub answered: HashMap<(String, EndpointKey), Arc<AtomicU64>>,
@@ -118,6 +120,7 @@ impl EndpointStates {
                 .any(|p| p.name == key.pool && p.members.iter().any(|m| m.name == key.member))
         };
         self.endpoints.retain(|key, _| exists(key));
+        self.rtts.retain(|key, _| exists(key));
         self.answered.retain(|(service, key), _| {
             exists(key)
                 && loaded
@@ -513,6 +516,11 @@ fn gslb_node(
             overloaded: load.overloaded,
             load: load.ratio(),
             weight: info.weight * load.ramp_factor(),
+            rtt: states
+                .rtts
+                .get(&info.key)
+                .cloned()
+                .unwrap_or_else(|| Arc::new([])),
         }
     };
     let mut members: Vec<Endpoint> = infos_of(pool)
@@ -543,6 +551,7 @@ fn gslb_node(
             indices.iter().map(|&i| members[i].candidate()).collect();
         let ranked = policy::rank(
             service.policy,
+            service.tie,
             &candidates,
             None,
             regions,
@@ -560,9 +569,12 @@ fn gslb_node(
     let seeds = members.iter().map(|m| m.seed).collect();
     let candidates: Vec<Candidate<'_>> = normal_members.iter().map(Endpoint::candidate).collect();
     let k = service.affinity.candidates;
-    let rank =
-        |client: Option<&Location>| policy::rank(service.policy, &candidates, client, regions, k);
-    let uses_location = service.policy == Policy::Geo && !geo.is_empty();
+    let rank = |client: Option<&Location>| {
+        policy::rank(service.policy, service.tie, &candidates, client, regions, k)
+    };
+    let uses_location = matches!(service.policy, Policy::Geo | Policy::Latency)
+        || service.tie == crate::config::Tie::Latency;
+    let uses_location = uses_location && !geo.is_empty();
     let rankings = if uses_location {
         geo.network_locations()
             .iter()
@@ -615,6 +627,7 @@ fn gslb_node(
     GslbNode {
         service: index,
         policy: service.policy,
+        tie: service.tie,
         affinity: service.affinity,
         use_ecs: service.use_ecs,
         answers: service.answers.get(),

@@ -82,6 +82,13 @@ pub enum Change {
     },
     /// Liveness check (the watchdog): answered with the current generation, nothing built.
     Ping,
+    /// The round trips measured to an endpoint, by vantage, changed.
+    SetRtt {
+        /// Which endpoint.
+        key: EndpointKey,
+        /// Its round trips now.
+        rtts: Arc<[crate::policy::latency::VantageRtt]>,
+    },
     /// Health checks took an endpoint up or down.
     SetMemberUp {
         /// Which endpoint.
@@ -309,6 +316,13 @@ impl Builder {
                 due || keys_changed
             }
             Change::SetMemberUp { key, up } => self.states.update(key, |state| state.down = !up),
+            Change::SetRtt { key, rtts } => {
+                if rtts.is_empty() {
+                    self.states.rtts.remove(&key).is_some()
+                } else {
+                    self.states.rtts.insert(key, rtts.clone()).as_deref() != Some(&*rtts)
+                }
+            }
             Change::SetWithheld { key, withheld } => {
                 self.states.update(key, |state| state.withheld = withheld)
             }

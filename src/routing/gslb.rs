@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use hickory_proto::rr::{RData, Record, RecordType};
 
 use super::wire::WireRecord;
-use crate::config::{Affinity, Location, Member, Policy, Pool, Region};
+use crate::config::{Affinity, Location, Member, Policy, Pool, Region, Tie};
 use crate::geo::{GeoTable, Placement};
 use crate::policy::{self, Candidate, Ranking, affinity};
 
@@ -42,6 +42,8 @@ pub struct GslbNode {
     pub service: usize,
     /// Ranking policy.
     pub policy: Policy,
+    /// What breaks the policy's ties.
+    pub tie: Tie,
     /// Client stickiness.
     pub affinity: Affinity,
     /// Whether ECS places the client (else the resolver's address does).
@@ -163,6 +165,8 @@ pub struct Endpoint {
     pub load: Option<f64>,
     /// Affinity weight: configured weight times the slow-start ramp.
     pub weight: f64,
+    /// Round trips measured to it, by vantage (smoothed, moved only beyond the band).
+    pub rtt: Arc<[crate::policy::latency::VantageRtt]>,
 }
 
 impl std::ops::Deref for Endpoint {
@@ -210,6 +214,7 @@ impl Endpoint {
             load: self.load,
             overloaded: self.overloaded,
             available: self.available,
+            rtt: &self.rtt,
         }
     }
 }
@@ -335,6 +340,7 @@ impl GslbNode {
                     .collect();
                 dynamic = policy::rank(
                     self.policy,
+                    self.tie,
                     &candidates,
                     Some(location),
                     regions,

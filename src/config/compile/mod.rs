@@ -9,6 +9,7 @@ mod admin;
 pub(crate) use admin::DEFAULT_ADMIN_LISTEN;
 mod cluster;
 mod dnstap;
+pub(crate) mod latency;
 mod pools;
 mod server;
 mod services;
@@ -44,11 +45,22 @@ pub(crate) fn compile(raw: RawConfig, base_dir: &Path, errors: &mut Collector<'_
     check_preferences(&raw, &pools, errors);
     let cluster = compile_cluster(&raw, base_dir, errors);
     let health = compile_health(&raw, errors);
+    let latency = latency::compile_latency(&raw, errors);
+    latency::check_latency(
+        &raw,
+        &latency,
+        &services,
+        &pools,
+        &geo,
+        cluster.as_ref(),
+        errors,
+    );
     let webhooks = compile_webhooks(&raw, base_dir, errors);
     let dnstap = dnstap::compile_dnstap(&raw, &server, base_dir, errors);
     Config {
         dnstap,
         health,
+        latency,
         webhooks,
         server,
         admin,

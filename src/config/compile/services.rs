@@ -13,7 +13,7 @@ use crate::config::raw::{
     RawWhenAllDown,
 };
 use crate::config::{
-    Affinity, Answers, GeoNetwork, GeoSettings, Policy, Pool, PoolId, Region, Service, Ttl,
+    Affinity, Answers, GeoNetwork, GeoSettings, Policy, Pool, PoolId, Region, Service, Tie, Ttl,
     WhenAllDown,
 };
 
@@ -133,6 +133,7 @@ pub(super) fn compile_services(
             name,
             pool,
             policy,
+            tie,
             answers,
             ttl,
             when_all_down,
@@ -157,6 +158,7 @@ pub(super) fn compile_services(
         };
         let pool_id = find_pool(pools, pool, &format!("{path}.pool"), errors);
         let policy = compile_policy(policy.as_ref(), &path, errors);
+        let tie = compile_tie(tie.as_ref(), policy, &path, errors);
         let affinity_value = compile_affinity(affinity.as_ref(), policy, &path, errors);
         if policy == Policy::Geo
             && let Some(pool) = pool_id.and_then(|id| pools.get(id.0))
@@ -200,6 +202,7 @@ pub(super) fn compile_services(
                 name,
                 pool,
                 policy,
+                tie,
                 answers,
                 ttl,
                 when_all_down,
@@ -227,15 +230,48 @@ fn compile_policy(
             "geo" => Policy::Geo,
             "least-load" => Policy::LeastLoad,
             "weighted" => Policy::Weighted,
+            "latency" => Policy::Latency,
             other => {
                 errors.at(
                     value,
                     format!("{path}.policy"),
-                    format!("unknown policy {other:?} (expected \"failover\", \"geo\", \"weighted\" or \"least-load\")"),
+                    format!("unknown policy {other:?} (expected \"failover\", \"geo\", \"weighted\", \"least-load\" or \"latency\")"),
                 );
                 Policy::Failover
             }
         },
+    }
+}
+
+/// `tie`: config order unless set; `latency` breaks the ties of another policy's key.
+fn compile_tie(
+    tie: Option<&Spanned<String>>,
+    policy: Policy,
+    path: &str,
+    errors: &mut Collector<'_>,
+) -> Tie {
+    let Some(value) = tie else {
+        return Tie::ConfigOrder;
+    };
+    match value.get_ref().as_str() {
+        "config-order" => Tie::ConfigOrder,
+        "latency" if policy == Policy::Latency => {
+            errors.at(
+                value,
+                format!("{path}.tie"),
+                "policy \"latency\" ranks by latency already; tie = \"latency\" is for the other policies",
+            );
+            Tie::ConfigOrder
+        }
+        "latency" => Tie::Latency,
+        other => {
+            errors.at(
+                value,
+                format!("{path}.tie"),
+                format!("unknown tie {other:?} (expected \"config-order\" or \"latency\")"),
+            );
+            Tie::ConfigOrder
+        }
     }
 }
 

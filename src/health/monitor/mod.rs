@@ -96,6 +96,7 @@ pub fn spawn(
             .as_ref()
             .map(|_| Instant::now() + START_GRACE),
         bus: None,
+        latency: loaded.config.latency.clone(),
         state: state_file.map(|path| StateSink {
             writer: store::Writer::spawn(path, follow),
             seq: 0,
@@ -171,6 +172,8 @@ struct Monitor {
     grace_until: Option<Instant>,
     /// Where changes are reported as events, once set.
     bus: Option<crate::events::Events>,
+    /// How round trips are measured and smoothed.
+    latency: crate::config::LatencySettings,
     state: Option<StateSink>,
     /// Origin of the targets' heartbeats.
     epoch: Instant,
@@ -289,6 +292,7 @@ impl Monitor {
             }
             Control::Reconfigure(loaded, done) => {
                 self.runtime = loaded.runtime.clone();
+                self.latency = loaded.config.latency.clone();
                 self.apply(&loaded, &HashMap::new());
                 self.reconsider_all("the config changed").await;
                 let _ = done.send(());
@@ -305,6 +309,7 @@ impl Monitor {
                     });
                     if changed {
                         flips.extend(self.reconsider(&key, "the votes changed"));
+                        self.send_rtts(&key).await;
                     }
                 }
                 self.publish_flips(flips).await;
@@ -313,6 +318,9 @@ impl Monitor {
                 let mut all = all;
                 for (key, t) in &mut self.members {
                     t.votes = all.remove(key).unwrap_or_default();
+                }
+                for key in self.order.clone() {
+                    self.send_rtts(&key).await;
                 }
                 self.reconsider_all("the fleet's votes were read again")
                     .await;

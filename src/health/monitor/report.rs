@@ -125,6 +125,7 @@ impl Monitor {
                     cert: None,
                     at,
                     rtt: None,
+                    timings: Default::default(),
                 })
             })
             .collect()

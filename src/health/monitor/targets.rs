@@ -62,6 +62,8 @@ pub(super) fn new_tracked(
         // Restored load is shown in status but not trusted for ranking: it is stale.
         tracker: LoadTracker::new(load_settings),
         sent: LoadView::UNKNOWN,
+        rtt: Default::default(),
+        rtts_sent: std::sync::Arc::new([]),
     }
 }
 

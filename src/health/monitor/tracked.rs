@@ -95,6 +95,10 @@ pub(super) struct Tracked {
     pub(super) tracker: LoadTracker,
     /// The load view the builder last got.
     pub(super) sent: LoadView,
+    /// This instance's round trips to it, smoothed.
+    pub(super) rtt: crate::health::rtt::RttFilter,
+    /// The round trips by vantage the builder last got.
+    pub(super) rtts_sent: Arc<[crate::policy::latency::VantageRtt]>,
 }
 
 impl Tracked {

@@ -15,7 +15,9 @@ use crate::health::state::Health;
 use crate::health::status::{Family, Flip, Load};
 use crate::health::votes::{Vote, decide_check};
 use crate::metrics::{HEALTH_FLIPS_TOTAL, MEMBER_VOTES};
+use crate::policy::latency::VantageRtt;
 use crate::routing::{BuildEvent, Change, EndpointKey};
+use std::sync::Arc;
 
 impl Monitor {
     /// Folds a batch of probe reports into the endpoints, then publishes every flip in one
@@ -24,13 +26,19 @@ impl Monitor {
     pub(super) async fn on_reports(&mut self, reports: Vec<Report>) {
         let mut local = Vec::new();
         let mut load_changed = Vec::new();
+        let mut rtt_changed = Vec::new();
         for report in reports {
-            self.observe(report, &mut local, &mut load_changed);
+            self.observe(report, &mut local, &mut load_changed, &mut rtt_changed);
         }
         let mut flips = Vec::new();
         for (key, reason) in local {
             self.publish_verdict(&key);
             flips.extend(self.reconsider(&key, &reason));
+        }
+        for key in rtt_changed {
+            // A round trip that moved beyond the band: the fleet and the builder hear it.
+            self.publish_verdict(&key);
+            self.send_rtts(&key).await;
         }
         load_changed.sort_by(|a: &EndpointKey, b| (&a.pool, &a.member).cmp(&(&b.pool, &b.member)));
         load_changed.dedup();
@@ -55,6 +63,54 @@ impl Monitor {
         }
     }
 
+    /// The round trips to `key` by vantage: this instance's own (smoothed) and every fresh
+    /// voter's, as the fleet shares them.
+    pub(super) fn rtts_of(&self, t: &Tracked) -> Vec<VantageRtt> {
+        let me = self.voter.as_ref();
+        let own = t.rtt.published().map(|micros| VantageRtt {
+            region: me.and_then(|v| v.region.clone()),
+            vantage: me.map_or_else(|| "local".to_string(), |v| v.instance.clone()),
+            micros,
+        });
+        let others = t
+            .votes
+            .iter()
+            .filter(|(voter, vote)| !vote.stale && me.is_none_or(|me| me.instance != **voter))
+            .filter_map(|(voter, vote)| {
+                Some(VantageRtt {
+                    region: vote.region.clone(),
+                    vantage: voter.clone(),
+                    micros: vote.rtt_us?,
+                })
+            });
+        let mut rtts: Vec<VantageRtt> = own.into_iter().chain(others).collect();
+        rtts.sort_unstable();
+        rtts
+    }
+
+    /// Hands the builder `key`'s round trips when they changed, and exports them per
+    /// region.
+    pub(super) async fn send_rtts(&mut self, key: &EndpointKey) {
+        let Some(t) = self.members.get(key) else {
+            return;
+        };
+        let rtts = self.rtts_of(t);
+        if *t.rtts_sent == *rtts {
+            return;
+        }
+        let before: Vec<Option<String>> = t.rtts_sent.iter().map(|r| r.region.clone()).collect();
+        let rtts: Arc<[VantageRtt]> = rtts.into();
+        export_rtts(key, &before, &rtts);
+        if let Some(t) = self.members.get_mut(key) {
+            t.rtts_sent = rtts.clone();
+        }
+        let change = Change::SetRtt {
+            key: key.clone(),
+            rtts,
+        };
+        let _ = self.to_builder(BuildEvent::new(change)).await;
+    }
+
     /// This instance's verdict on an endpoint it probes, as published.
     pub(super) fn vote_of(&self, t: &Tracked) -> Option<Vote> {
         if t.check.probe == Probe::None || t.main.last_check.is_none() {
@@ -66,10 +122,7 @@ impl Monitor {
             up,
             since: crate::time::unix(t.main.since),
             error: if up { None } else { t.main.last_error.clone() },
-            rtt_ms: t
-                .main
-                .rtt
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            rtt_us: t.rtt.published(),
             region: self.voter.as_ref().and_then(|v| v.region.clone()),
             stale: t.stale,
             at: crate::health::votes::now_unix(),
@@ -285,6 +338,7 @@ impl Monitor {
         report: Report,
         flips: &mut Vec<(EndpointKey, String)>,
         load_changed: &mut Vec<EndpointKey>,
+        rtt_changed: &mut Vec<EndpointKey>,
     ) {
         let Self {
             targets,
@@ -292,8 +346,16 @@ impl Monitor {
             members,
             checked,
             bus,
+            latency,
             ..
         } = self;
+        let sample = match latency.measure {
+            crate::config::Measure::Connect => report.timings.connect,
+            // Kinds without a first byte (TCP, DNS, ICMP) give their connect time.
+            crate::config::Measure::FirstByte => {
+                report.timings.first_byte.or(report.timings.connect)
+            }
+        };
         let Some(target) = by_id.get(&report.target).and_then(|key| targets.get(key)) else {
             return; // a task that was just stopped
         };
@@ -338,9 +400,15 @@ impl Monitor {
                 state.since = report.at;
                 flips.push((key.clone(), reason.clone()));
             }
-            // Load and the certificate are read by the main check only (one report each).
+            // Load, round trip and the certificate are read by the main check only (one
+            // report each).
             if *which == Which::V6 {
                 continue;
+            }
+            if let Some(sample) = sample.filter(|_| ok)
+                && tracked.rtt.observe(sample, latency)
+            {
+                rtt_changed.push(key.clone());
             }
             if let Some(sample) = report.load {
                 let capacity = sample
@@ -407,5 +475,40 @@ fn note_cert(
                 "expires": expires,
             }),
         );
+    }
+}
+
+/// Sets `gto_member_rtt_seconds` per vantage region of `rtts` (the median of the region's
+/// vantages), and removes the regions `before` had that `rtts` lacks.
+fn export_rtts(key: &EndpointKey, before: &[Option<String>], rtts: &[VantageRtt]) {
+    use crate::policy::latency::{self, VantageFrom};
+    let label = |region: &Option<String>| region.clone().unwrap_or_default();
+    let mut regions: Vec<&Option<String>> = rtts.iter().map(|r| &r.region).collect();
+    regions.dedup();
+    for region in &regions {
+        let of_region: Vec<VantageRtt> = rtts
+            .iter()
+            .filter(|r| &&r.region == region)
+            .cloned()
+            .collect();
+        if let Some(micros) = latency::key(&of_region, VantageFrom::Everywhere) {
+            metrics::gauge!(
+                crate::metrics::MEMBER_RTT_SECONDS,
+                "pool" => key.pool.clone(),
+                "member" => key.member.clone(),
+                "region" => label(region)
+            )
+            .set(f64::from(micros) / 1e6);
+        }
+    }
+    for gone in before.iter().filter(|r| !regions.contains(r)) {
+        // A region whose vantages went: its value would lie.
+        let gauge = metrics::gauge!(
+            crate::metrics::MEMBER_RTT_SECONDS,
+            "pool" => key.pool.clone(),
+            "member" => key.member.clone(),
+            "region" => label(gone)
+        );
+        gauge.set(f64::NAN);
     }
 }
