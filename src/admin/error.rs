@@ -26,6 +26,9 @@ pub enum ApiError {
     /// A run-time member was refused: its problems, by field.
     #[error("the member is refused; nothing changed")]
     MemberRefused(Vec<String>),
+    /// A batch was refused whole: its problems, by position.
+    #[error("the batch is refused; nothing was taken")]
+    BatchRefused(Vec<String>),
     /// The request conflicts with the config file (a member it defines).
     #[error("{0}")]
     Conflict(String),
@@ -55,7 +58,7 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::BatchRefused(_) => StatusCode::BAD_REQUEST,
             ApiError::ChangesDisabled => StatusCode::FORBIDDEN,
             ApiError::InvalidConfig(_) | ApiError::MemberRefused(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -93,7 +96,7 @@ impl IntoResponse for ApiError {
                 "error": self.to_string(),
                 "problems": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
             }),
-            ApiError::MemberRefused(problems) => json!({
+            ApiError::MemberRefused(problems) | ApiError::BatchRefused(problems) => json!({
                 "error": self.to_string(),
                 "problems": problems,
             }),

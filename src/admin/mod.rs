@@ -8,6 +8,7 @@
 //! | `/v1/members/{pool}/{member}/undrain` | POST | answer it again |
 //! | `/v1/members/{pool}/{member}/load` | PUT | push load: `{"sessions": N, "capacity": M}` |
 //! | `/v1/reload` | POST | reload config and zones; problems come back as JSON |
+//! | `/v1/rtt` | POST | real-user round trips: `{"measurements": [{"prefix", "pool", "member", "rtt_ms"}]}` (operate) |
 //! | `/metrics` | GET | Prometheus text |
 //! | `/healthz` | GET | the process is alive |
 //! | `/readyz` | GET | 200 once the first routing snapshot is published |
@@ -126,6 +127,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/members/{pool}/{member}/undrain", post(routes::undrain))
         .route("/v1/members/{pool}/{member}/load", put(routes::load))
         .route("/v1/reload", post(routes::reload))
+        .route("/v1/rtt", post(routes::rtt))
         .route("/metrics", get(routes::metrics))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))

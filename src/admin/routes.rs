@@ -1249,6 +1249,36 @@ fn member_json(state: &AdminState, changed: &Changed) -> Json<serde_json::Value>
     Json(with_saved_warning(reply, changed.not_saved.as_deref()))
 }
 
+/// `POST /v1/rtt`: real-user measurements, `{"measurements": [{"prefix":
+/// "198.51.100.0/24", "pool": "sma", "member": "fra-1", "rtt_ms": 12.5}, ...]}` (role
+/// operate). Taken whole or refused whole (400 with every problem).
+pub(super) async fn rtt(
+    State(state): State<AdminState>,
+    peer: Option<axum::Extension<super::Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(
+        &state,
+        &headers,
+        peer.as_ref(),
+        crate::config::Role::Operate,
+        "rtt",
+        "measurements",
+    )?;
+    let batch: crate::health::rum::RumBatch = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body: {{\"measurements\": [{{\"prefix\", \"pool\", \"member\", \"rtt_ms\"}}, ...]}}: {e}"
+        ))
+    })?;
+    let (accepted, prefixes) = state
+        .health
+        .report_rtts(batch)
+        .await
+        .map_err(ApiError::BatchRefused)?;
+    Ok(Json(json!({ "accepted": accepted, "prefixes": prefixes })))
+}
+
 /// `POST /v1/reload`.
 pub(super) async fn reload(
     State(state): State<AdminState>,

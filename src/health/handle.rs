@@ -77,6 +77,21 @@ impl HealthHandle {
             .await
     }
 
+    /// Takes a batch of real-user measurements (`POST /v1/rtt`): the number taken and the
+    /// prefixes now kept, or every problem (nothing is taken then).
+    pub async fn report_rtts(
+        &self,
+        batch: crate::health::rum::RumBatch,
+    ) -> Result<(usize, usize), Vec<String>> {
+        let (reply, answer) = oneshot::channel();
+        if self.control.send(Control::Rum(batch, reply)).await.is_err() {
+            return Err(vec!["shutting down".into()]);
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(vec!["shutting down".into()]))
+    }
+
     /// Records a load report made at `at` (one shared by another instance of the fleet):
     /// its age counts toward the pool's `stale_after`.
     pub async fn report_load(
@@ -295,6 +310,12 @@ pub(super) enum Control {
     Verdicts(oneshot::Sender<Vec<(EndpointKey, Vote)>>),
     /// Where to report changes as events.
     ReportTo(crate::events::Events),
+    /// Real-user measurements (`POST /v1/rtt`): taken whole, or refused with every
+    /// problem; the reply is the number taken and the prefixes kept.
+    Rum(
+        crate::health::rum::RumBatch,
+        oneshot::Sender<Result<(usize, usize), Vec<String>>>,
+    ),
     /// Probe outcomes from the fleet simulator ([`crate::health::simulate`]).
     Simulated(Vec<(EndpointKey, bool, u32)>),
     /// Kills every probe task without telling the endpoints: a checker that died.

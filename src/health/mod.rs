@@ -25,6 +25,7 @@ pub mod kinds;
 mod monitor;
 pub mod probe;
 pub mod rtt;
+pub mod rum;
 pub mod scheduler;
 #[doc(hidden)]
 pub mod simulate;

@@ -116,22 +116,30 @@ pub fn rank(
     } else {
         VantageFrom::Everywhere
     };
-    // (group, the policy's key, the tie's key, index): endpoints tie (and share clients
-    // by affinity) when both keys are equal.
-    let mut keyed: Vec<(u8, (f64, f64), u16)> = members
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
+    rank_by(
+        members,
+        |i, c| {
             let tie_key = match tie {
                 Tie::Latency => latency_key(c, from),
                 Tie::ConfigOrder => 0.0,
             };
-            (
-                group(c),
-                (policy_key(policy, i, c, client, regions, from), tie_key),
-                i as u16,
-            )
-        })
+            (policy_key(policy, i, c, client, regions, from), tie_key)
+        },
+        k,
+    )
+}
+
+/// Ranks `members` by `key` (lower is better; endpoints tie, and share clients by
+/// affinity, when their keys are equal) within the availability groups, then config order.
+pub fn rank_by(
+    members: &[Candidate<'_>],
+    key: impl Fn(usize, &Candidate<'_>) -> (f64, f64),
+    k: usize,
+) -> Ranking {
+    let mut keyed: Vec<(u8, (f64, f64), u16)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (group(c), key(i, c), i as u16))
         .collect();
     keyed.sort_by(|a, b| {
         a.0.cmp(&b.0)

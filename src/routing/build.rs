@@ -76,6 +76,8 @@ pub struct EndpointStates {
     pub endpoints: HashMap<EndpointKey, EndpointState>,
     /// Round trips measured to endpoints, by vantage (endpoints nothing measured have none).
     pub rtts: HashMap<EndpointKey, Arc<[crate::policy::latency::VantageRtt]>>,
+    /// Fresh real-user measurements, by client prefix.
+    pub rum: Arc<[crate::health::rum::RumPrefix]>,
     /// Answer counters, kept across rebuilds so status can show each endpoint's share.
     /// Keyed by GSLB name and endpoint: two names sharing a pool count apart.
     pub answered: HashMap<(String, EndpointKey), Arc<AtomicU64>>,
@@ -585,6 +587,10 @@ fn gslb_node(
     };
     let default_ranking = rank(geo.default_location());
     let unknown_ranking = rank(None);
+    let rum = (service.policy == Policy::Latency && !states.rum.is_empty())
+        .then(|| rum_index(&states.rum, normal_members, &candidates, geo, regions, k))
+        .filter(|index| !index.is_empty())
+        .map(Box::new);
     drop(candidates);
     // An override's clients get its own endpoints first, then the service's others (by
     // the ranking without location), the ones that can serve ahead of the rest.
@@ -642,7 +648,51 @@ fn gslb_node(
         signatures: HashMap::default(),
         normal,
         overrides,
+        rum,
     }
+}
+
+/// A latency service's rankings for the client prefixes with real-user measurements of
+/// its endpoints: the measured endpoints by their round trips, then the others as the
+/// vantages rank them for the prefix's location.
+fn rum_index(
+    prefixes: &[crate::health::rum::RumPrefix],
+    members: &[Endpoint],
+    candidates: &[Candidate<'_>],
+    geo: &GeoTable,
+    regions: &[Region],
+    k: usize,
+) -> super::rum::RumIndex {
+    let mut cells = Vec::new();
+    for prefix in prefixes {
+        let rtts: Vec<Option<u32>> = members
+            .iter()
+            .map(|m| prefix.rtts.get(&m.key).copied())
+            .collect();
+        if rtts.iter().all(Option::is_none) {
+            continue;
+        }
+        let (placement, _) = geo.place(prefix.prefix.network());
+        let location = geo.location_of(&placement);
+        let from = policy::vantage_of(candidates, location, regions);
+        let ranking = policy::rank_by(
+            candidates,
+            |i, c| match rtts.get(i).copied().flatten() {
+                Some(micros) => (0.0, f64::from(micros)),
+                None => (
+                    1.0,
+                    policy::latency::key(c.rtt, from).map_or(f64::MAX, f64::from),
+                ),
+            },
+            k,
+        );
+        cells.push(super::rum::RumCell {
+            prefix: prefix.prefix,
+            ranking,
+            rtts,
+        });
+    }
+    super::rum::RumIndex::new(cells)
 }
 
 /// Signs (or finds in the zone's cache) every answer set the node's rankings produce: the

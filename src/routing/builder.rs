@@ -82,6 +82,8 @@ pub enum Change {
     },
     /// Liveness check (the watchdog): answered with the current generation, nothing built.
     Ping,
+    /// The fresh real-user measurements changed (a report came, or some aged out).
+    SetRum(Arc<[crate::health::rum::RumPrefix]>),
     /// The round trips measured to an endpoint, by vantage, changed.
     SetRtt {
         /// Which endpoint.
@@ -316,6 +318,11 @@ impl Builder {
                 due || keys_changed
             }
             Change::SetMemberUp { key, up } => self.states.update(key, |state| state.down = !up),
+            Change::SetRum(prefixes) => {
+                let changed = *self.states.rum != *prefixes;
+                self.states.rum = prefixes;
+                changed
+            }
             Change::SetRtt { key, rtts } => {
                 if rtts.is_empty() {
                     self.states.rtts.remove(&key).is_some()

@@ -44,6 +44,13 @@ pub struct GslbExplanation {
     pub pool: String,
     /// The ranking policy.
     pub policy: &'static str,
+    /// What breaks the policy's ties ("config-order" or "latency").
+    pub tie: &'static str,
+    /// With `policy = "latency"` or `tie = "latency"`: where the round trips that ranked
+    /// this client were measured (a vantage region, every vantage, or the real-user
+    /// measurements of the client's prefix).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
     /// "normal", or which `when_all_down` rule applied.
     pub selection: &'static str,
     /// Where the client was placed, when the policy looks at location.
@@ -101,10 +108,24 @@ pub struct CandidateExplanation {
     pub distance_km: Option<f64>,
     /// Its rendezvous score for this client, when it was an affinity candidate.
     pub affinity_score: Option<f64>,
+    /// Round trips to it, when the ranking uses them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt: Option<RttView>,
     /// It is in this answer.
     pub answered: bool,
     /// Why it is or is not in the answer.
     pub reason: String,
+}
+
+/// The round trips to one endpoint, as ranking saw them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RttView {
+    /// The round trip that ranked it, in milliseconds (None: not measured from there).
+    pub ms: Option<f64>,
+    /// Where that was measured: "region eu", "every vantage", "real users in 198.51.100.0/24".
+    pub from: String,
+    /// Every vantage's smoothed round trip.
+    pub vantages: Vec<serde_json::Value>,
 }
 
 /// Why an explain question cannot be asked.
@@ -272,6 +293,48 @@ pub fn explain(
             .as_ref()
             .map(|placement| location_view(snapshot, placement, client_location));
         let key = affinity::client_key(client, node.affinity.v4, node.affinity.v6);
+        let by_latency = node.policy == crate::config::Policy::Latency
+            || node.tie == crate::config::Tie::Latency;
+        let normal: Vec<crate::policy::Candidate<'_>> = node.members[..node.normal]
+            .iter()
+            .map(crate::routing::Endpoint::candidate)
+            .collect();
+        let from = crate::policy::vantage_of(&normal, client_location, &snapshot.regions);
+        let measured = choice
+            .measured_prefix
+            .and_then(|prefix| node.rum.as_ref()?.cells.iter().find(|c| c.prefix == prefix));
+        let latency = by_latency.then(|| match measured {
+            Some(cell) => format!("real-user measurements of {}", cell.prefix),
+            None => from.describe(),
+        });
+        let rtt_of = |i: usize, m: &crate::routing::Endpoint| {
+            let vantages = m
+                .rtt
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "vantage": r.vantage,
+                        "region": r.region,
+                        "ms": f64::from(r.micros) / 1000.0,
+                    })
+                })
+                .collect();
+            let (micros, from) = match measured {
+                Some(cell) => match cell.rtts.get(i).copied().flatten() {
+                    Some(micros) => (Some(micros), format!("real users in {}", cell.prefix)),
+                    None => (
+                        crate::policy::latency::key(&m.rtt, from),
+                        format!("{} (no real-user measurement)", from.describe()),
+                    ),
+                },
+                None => (crate::policy::latency::key(&m.rtt, from), from.describe()),
+            };
+            RttView {
+                ms: micros.map(|us| f64::from(us) / 1000.0),
+                from,
+                vantages,
+            }
+        };
         let candidates = choice
             .order
             .iter()
@@ -281,7 +344,19 @@ pub fn explain(
                 let m = node.members.get(i)?;
                 let is_answered = answered.contains(&i);
                 let is_candidate = rank < choice.candidates && choice.candidates > 1;
-                let reason = candidate_reason(node, m, is_answered, qtype);
+                let mut reason = candidate_reason(node, m, is_answered, qtype);
+                let rtt = by_latency.then(|| rtt_of(i, m));
+                if let Some(rtt) = &rtt {
+                    match rtt.ms {
+                        Some(ms) => {
+                            reason.push_str(&format!("; round trip {ms:.1} ms ({})", rtt.from))
+                        }
+                        None => reason.push_str(&format!(
+                            "; no round trip measured ({}): ranked after the measured",
+                            rtt.from
+                        )),
+                    }
+                }
                 Some(CandidateExplanation {
                     rank: rank + 1,
                     pool: m.key.pool.clone(),
@@ -304,6 +379,7 @@ pub fn explain(
                         )
                     }),
                     answered: is_answered,
+                    rtt,
                     reason,
                 })
             })
@@ -316,6 +392,8 @@ pub fn explain(
                 .filter(|_| node.normal > 0)
                 .map_or_else(|| info.pool.clone(), |m| m.key.pool.clone()),
             policy: node.policy.as_str(),
+            tie: node.tie.as_str(),
+            latency,
             selection: node.mode.as_str(),
             location,
             override_applied: choice.overridden.and_then(|position| {

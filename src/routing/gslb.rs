@@ -75,6 +75,9 @@ pub struct GslbNode {
     pub normal: usize,
     /// `[[override]]`s: client subnets and the ranking of what they get first.
     pub overrides: Vec<OverrideRanking>,
+    /// `policy = "latency"`: rankings of client prefixes with fresh real-user
+    /// measurements (`POST /v1/rtt`); None when there are none.
+    pub rum: Option<Box<super::rum::RumIndex>>,
 }
 
 /// One `[[override]]` of a GSLB name as the snapshot has it.
@@ -286,6 +289,8 @@ pub struct Choice {
     pub scope: u8,
     /// The `[[override]]` (its position) whose endpoints were answered, if one was.
     pub overridden: Option<usize>,
+    /// The client prefix whose real-user measurements ranked the endpoints, if any.
+    pub measured_prefix: Option<ipnet::IpNet>,
 }
 
 impl GslbNode {
@@ -317,8 +322,13 @@ impl GslbNode {
             Some(addr) if !self.overrides.is_empty() => self.override_of(addr),
             _ => (None, 0),
         };
+        // A client prefix with real-user measurements is ranked by them.
+        let (measured, measured_scope) = match (client, &self.rum) {
+            (Some(addr), Some(rum)) if overriding.is_none() => rum.lookup(addr),
+            _ => (None, 0),
+        };
         let (placement, location_scope) = match client {
-            _ if overriding.is_some() => (None, 0),
+            _ if overriding.is_some() || measured.is_some() => (None, 0),
             Some(addr) if self.uses_location => {
                 let (placement, scope) = geo.place(addr);
                 (Some(placement), scope)
@@ -328,6 +338,9 @@ impl GslbNode {
         let dynamic;
         let ranking = match (overriding, &placement) {
             (Some(o), _) => &o.ranking,
+            (None, _) if measured.is_some() => {
+                measured.map_or(&self.unknown_ranking, |c| &c.ranking)
+            }
             (None, None | Some(Placement::Unknown)) => &self.unknown_ranking,
             (None, Some(Placement::Default)) => &self.default_ranking,
             (None, Some(Placement::Network(i))) => {
@@ -391,8 +404,12 @@ impl GslbNode {
         choice.candidates = ranking.candidates;
         choice.placement = placement;
         choice.overridden = overriding.map(|o| o.position);
+        choice.measured_prefix = measured.map(|c| c.prefix);
         choice.scope = if via_ecs {
-            location_scope.max(affinity_scope).max(override_scope)
+            location_scope
+                .max(affinity_scope)
+                .max(override_scope)
+                .max(measured_scope)
         } else {
             0
         };

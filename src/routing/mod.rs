@@ -24,6 +24,7 @@ mod node;
 pub mod parent;
 pub mod resign;
 pub mod rrl;
+pub mod rum;
 mod shares;
 pub mod signing;
 mod table;

@@ -22,6 +22,7 @@ mod health;
 
 mod kinds;
 mod knot;
+mod latency;
 mod lifecycle;
 mod members;
 mod metrics;

@@ -97,6 +97,7 @@ pub fn spawn(
             .map(|_| Instant::now() + START_GRACE),
         bus: None,
         latency: loaded.config.latency.clone(),
+        rum: Default::default(),
         state: state_file.map(|path| StateSink {
             writer: store::Writer::spawn(path, follow),
             seq: 0,
@@ -174,6 +175,8 @@ struct Monitor {
     bus: Option<crate::events::Events>,
     /// How round trips are measured and smoothed.
     latency: crate::config::LatencySettings,
+    /// Real-user measurements, by client prefix.
+    rum: super::rum::RumStore,
     state: Option<StateSink>,
     /// Origin of the targets' heartbeats.
     epoch: Instant,
@@ -293,7 +296,11 @@ impl Monitor {
             Control::Reconfigure(loaded, done) => {
                 self.runtime = loaded.runtime.clone();
                 self.latency = loaded.config.latency.clone();
+
                 self.apply(&loaded, &HashMap::new());
+                // Endpoints the reload removed have no measurements any more.
+                let members = &self.members;
+                self.rum.retain_endpoints(|key| members.contains_key(key));
                 self.reconsider_all("the config changed").await;
                 let _ = done.send(());
                 self.persist().await;
@@ -352,6 +359,20 @@ impl Monitor {
                     .collect();
                 let _ = reply.send(verdicts);
             }
+            Control::Rum(batch, reply) => {
+                let checked = batch.check(|key| self.members.contains_key(key));
+                let result = match checked {
+                    Ok(measurements) => {
+                        let taken = measurements.len();
+                        let max = self.latency.rum_max_prefixes;
+                        self.rum.add(measurements, Instant::now(), max);
+                        self.send_rum().await;
+                        Ok((taken, self.rum.len()))
+                    }
+                    Err(errors) => Err(errors),
+                };
+                let _ = reply.send(result);
+            }
             Control::Simulated(outcomes) => {
                 let reports = self.simulated(outcomes);
                 self.on_reports(reports).await;
@@ -363,6 +384,12 @@ impl Monitor {
                 }
             }
         }
+    }
+
+    /// Hands the builder the real-user measurements kept.
+    async fn send_rum(&self) {
+        let change = crate::routing::Change::SetRum(self.rum.prefixes());
+        let _ = self.to_builder(BuildEvent::new(change)).await;
     }
 
     /// Hands a change to the builder, if this process has one.

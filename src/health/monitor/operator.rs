@@ -303,6 +303,9 @@ impl Monitor {
     /// moves load views on with time (staleness, slow-start ramps).
     pub(super) async fn sweep(&mut self) {
         let now = Instant::now();
+        if self.rum.expire(now, self.latency.rum_max_age) {
+            self.send_rum().await;
+        }
         if self.grace_until.is_some_and(|until| now >= until) {
             self.grace_until = None;
             tracing::warn!(

@@ -42,7 +42,23 @@ pub struct Appliance {
     /// Probes from these source addresses are cut off (accepted and closed at once): a
     /// broken path from one vantage point.
     pub blocked: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
+    /// How long an HTTP answer waits before it is sent (a far appliance's round trip), by
+    /// the probe's source address; `None` for any other source.
+    pub delay: Delays,
     task: Option<JoinHandle<()>>,
+}
+
+/// An answer's delay by the asker's address (`None`: everyone else).
+pub type Delays =
+    Arc<std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, std::time::Duration>>>;
+
+/// Sets the delay of answers to probes from `source` (None: from anywhere else).
+pub fn set_delay(delays: &Delays, source: Option<&str>, millis: u64) {
+    let source = source.map(|s| s.parse().unwrap());
+    delays
+        .lock()
+        .unwrap()
+        .insert(source, std::time::Duration::from_millis(millis));
 }
 
 impl Appliance {
@@ -57,6 +73,7 @@ impl Appliance {
             body: Arc::new(std::sync::Mutex::new("sessions=3 OK".into())),
             served,
             blocked: Arc::default(),
+            delay: Arc::default(),
             task: None,
         };
         appliance.resume();
@@ -88,6 +105,7 @@ impl Appliance {
             self.body.clone(),
             self.served.clone(),
             self.blocked.clone(),
+            self.delay.clone(),
         )));
     }
 }
@@ -108,6 +126,7 @@ async fn serve(
     body: Arc<std::sync::Mutex<String>>,
     served: mpsc::UnboundedSender<u16>,
     blocked: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
+    delays: Delays,
 ) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -121,6 +140,14 @@ async fn serve(
         let fail_next = fail_next.clone();
         let served = served.clone();
         let body = body.clone();
+        let delay = {
+            let delays = delays.lock().unwrap();
+            delays
+                .get(&Some(peer.ip()))
+                .or(delays.get(&None))
+                .copied()
+                .unwrap_or_default()
+        };
         let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
             let failing = fail_next
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -133,6 +160,9 @@ async fn serve(
             let _ = served.send(code);
             let text = body.lock().map(|b| b.clone()).unwrap_or_default();
             async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 Ok::<_, Infallible>(
                     Response::builder()
                         .status(code)
