@@ -191,6 +191,10 @@ impl App {
         let token = CancellationToken::new();
         let (events, receiver) = mpsc::channel(1024);
         let configs = builder.configs();
+        // Changes as events, for `GET /v1/events`.
+        let bus = crate::events::Events::new();
+        let mut builder = builder;
+        builder.report_to(bus.clone());
         let builder_task = tokio::spawn(builder.run(receiver, token.child_token()));
         // Re-signing and key events in the background (idle for unsigned zones).
         let mut resigner = Resigner::new(routing.clone(), events.clone(), configs);
@@ -201,8 +205,6 @@ impl App {
             Some(events.clone()),
             token.child_token(),
         );
-        // Changes as events, for `GET /v1/events`.
-        let bus = crate::events::Events::new();
         health.report_to(bus.clone()).await;
         resigner.report_to(bus.clone());
         tokio::spawn(resigner.clone().maintain(token.child_token()));

@@ -1,6 +1,6 @@
 //! [`Events`]: what changed, as it happens — health flips, drains and undrains (and their
 //! expiry), reloads (applied or rejected), load watermark crossings, fleet members joining
-//! and leaving, and config drift. Each event has an id that only grows, across restarts
+//! and leaving, config drift, and a region's best endpoint by latency changing. Each event has an id that only grows, across restarts
 //! too: the first id of a run is the time it started in microseconds since the Unix epoch,
 //! so a later run's ids are above every id of an earlier one (unless that one made more
 //! than an event per microsecond). The last [`HISTORY`] are kept so that a client of
@@ -28,7 +28,8 @@ pub struct Event {
     pub id: u64,
     /// When it happened (RFC 3339).
     pub at: String,
-    /// Its kind: `health`, `drain`, `reload`, `watermark`, `fleet`, `drift`, `cert`, `dnssec`.
+    /// Its kind: `health`, `drain`, `reload`, `watermark`, `fleet`, `drift`, `cert`, `dnssec`,
+    /// `latency`.
     pub kind: &'static str,
     /// What happened, by kind.
     pub data: serde_json::Value,

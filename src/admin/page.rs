@@ -316,7 +316,7 @@ fn gslb_section(
              <p>selection: {selection}</p>\
              <table class=members><tr><th>member</th><th>addresses</th><th>health</th><th>in answers</th>\
              <th>overloaded</th><th>since</th><th>last check</th><th>drain</th><th>load</th><th>smoothed</th>\
-             <th>share</th><th>voters</th></tr>",
+             <th>share</th><th>voters</th><th>round trip</th></tr>",
             esc(&service.name.to_string()),
             esc(&service.pool),
             service.policy.as_str(),
@@ -507,6 +507,23 @@ fn member_row(
     } else {
         String::new()
     };
+    // Each vantage's smoothed round trip (what latency ranking reads).
+    let rtt: Vec<String> = member
+        .rtt
+        .iter()
+        .map(|r| {
+            format!(
+                "<span data-vantage=\"{}\">{}{} {:.1} ms</span>",
+                esc(&r.vantage),
+                esc(&r.vantage),
+                r.region
+                    .as_deref()
+                    .map(|region| format!(" ({})", esc(region)))
+                    .unwrap_or_default(),
+                f64::from(r.micros) / 1000.0
+            )
+        })
+        .collect();
     let name = format!(
         "{}{}",
         esc(&status.key.member),
@@ -520,7 +537,7 @@ fn member_row(
         out,
         "<tr data-member=\"{}\" data-health=\"{health}\" data-drained=\"{}\" data-in-answers=\"{}\"><td>{}</td><td>{}</td>\
          <td class={class}>{shown}{}{families}</td><td>{in_answers}</td><td>{overloaded}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-         <td>{:.0} %</td><td>{}</td></tr>",
+         <td>{:.0} %</td><td>{}</td><td class=rtt>{}</td></tr>",
         esc(&status.key.member),
         status.drain.is_some(),
         member.available,
@@ -537,6 +554,7 @@ fn member_row(
         load,
         smoothed,
         share * 100.0,
-        voters
+        voters,
+        rtt.join("<br>")
     );
 }

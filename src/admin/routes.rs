@@ -70,6 +70,10 @@ struct EndpointView {
     /// answers follow "v4", AAAA "v6"; the endpoint is up while either is).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     families: Vec<FamilyView>,
+    /// Smoothed round trips by vantage (this instance's and the fleet's), as latency
+    /// ranking reads them: `[{"vantage", "region", "ms"}]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rtt: Vec<serde_json::Value>,
 }
 
 /// One address family's own check.
@@ -98,7 +102,22 @@ struct LoadView {
 
 use crate::time::rfc3339;
 
-fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
+fn view(status: &EndpointStatus, found: Found<'_>) -> EndpointView {
+    let addresses = found.map(|m| m.addresses.clone()).unwrap_or_default();
+    let rtt = found
+        .map(|m| {
+            m.rtt
+                .iter()
+                .map(|r| {
+                    json!({
+                        "vantage": r.vantage,
+                        "region": r.region,
+                        "ms": f64::from(r.micros) / 1000.0,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     EndpointView {
         pool: status.key.pool.clone(),
         member: status.key.member.clone(),
@@ -151,8 +170,12 @@ fn view(status: &EndpointStatus, addresses: Vec<IpAddr>) -> EndpointView {
                 last_error: f.last_error.clone(),
             })
             .collect(),
+        rtt,
     }
 }
+
+/// An endpoint as the snapshot has it, if it answers for a GSLB name.
+type Found<'s> = Option<&'s crate::routing::Endpoint>;
 
 /// The fleet's verdicts on an endpoint and how they were combined (None without votes).
 fn votes_view(status: &EndpointStatus) -> Option<serde_json::Value> {
@@ -221,7 +244,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
                 .filter_map(|c| {
                     let status = by_key.get(&c.key)?;
                     let answered = c.answered.load(Ordering::Relaxed);
-                    let mut view = view(status, c.addresses.clone());
+                    let mut view = view(status, Some(c));
                     view.runtime = c.runtime;
                     view.answered = Some(answered);
                     view.share = Some(if total == 0 {
@@ -236,6 +259,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
                 "name": service.name.to_string(),
                 "pool": service.pool,
                 "policy": service.policy.as_str(),
+                "tie": node.map(|n| n.tie.as_str()),
                 "answers": service.answers,
                 "ttl": service.ttl,
                 "selection": node.map(|n| n.mode.as_str()),
@@ -253,19 +277,19 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
             })
         })
         .collect();
-    // Every endpoint's addresses at once: one pass, not one search per endpoint.
-    let addresses: HashMap<&EndpointKey, Vec<IpAddr>> = snapshot
+    // Every endpoint at once: one pass, not one search per endpoint.
+    let found: HashMap<&EndpointKey, &crate::routing::Endpoint> = snapshot
         .services
         .iter()
         .filter_map(|s| snapshot.gslb_node(&s.name))
         .flat_map(|n| n.members.iter())
-        .map(|c| (&c.key, c.addresses.clone()))
+        .map(|c| (&c.key, c))
         .collect();
     let runtime = state.reloader.runtime();
     let pools: Vec<_> = members
         .iter()
         .map(|m| {
-            let mut view = view(m, addresses.get(&m.key).cloned().unwrap_or_default());
+            let mut view = view(m, found.get(&m.key).copied());
             view.runtime = runtime
                 .iter()
                 .any(|r| r.pool == m.key.pool && r.name == m.key.member);
@@ -292,15 +316,13 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
     .into_response()
 }
 
-fn addresses_of(snapshot: &crate::routing::Snapshot, key: &EndpointKey) -> Vec<IpAddr> {
+fn endpoint_of<'s>(snapshot: &'s crate::routing::Snapshot, key: &EndpointKey) -> Found<'s> {
     snapshot
         .services
         .iter()
         .filter_map(|s| snapshot.gslb_node(&s.name))
         .flat_map(|n| n.members.iter())
         .find(|c| c.key == *key)
-        .map(|c| c.addresses.clone())
-        .unwrap_or_default()
 }
 
 /// `GET /v1/events`: Server-Sent Events for every change, from `Last-Event-ID` (or
@@ -955,7 +977,7 @@ fn members_json(
     let endpoints: Vec<_> = changed
         .statuses
         .iter()
-        .map(|status| view(status, addresses_of(&snapshot, &status.key)))
+        .map(|status| view(status, endpoint_of(&snapshot, &status.key)))
         .collect();
     let reply = json!({ "generation": snapshot.generation, "endpoints": endpoints });
     Json(with_saved_warning(reply, changed.not_saved.as_deref()))
@@ -1241,10 +1263,7 @@ pub(super) async fn load(
 /// counts it.
 fn member_json(state: &AdminState, changed: &Changed) -> Json<serde_json::Value> {
     let snapshot = state.routing.load();
-    let view = view(
-        &changed.status,
-        addresses_of(&snapshot, &changed.status.key),
-    );
+    let view = view(&changed.status, endpoint_of(&snapshot, &changed.status.key));
     let reply = json!({ "generation": snapshot.generation, "endpoint": view });
     Json(with_saved_warning(reply, changed.not_saved.as_deref()))
 }

@@ -472,6 +472,9 @@ mod tests {
         let mut each = vote(true, 5);
         (each.v4, each.v6, each.stale) = (Some(true), Some(false), true);
         votes.insert("par-1".to_string(), each);
+        let mut measured = vote(true, 5);
+        measured.rtt_us = Some(12_345);
+        votes.insert("nyc-1".to_string(), measured);
         let document = PoolVotes::of(&votes);
         let text = serde_json::to_string(&document).unwrap_or_default();
         let back: PoolVotes = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -495,6 +498,10 @@ mod tests {
             r#"{"at":1,"up":"m1"}"#,
             r#"{"at":1,"up":["m1"],"down":{"m1":""}}"#,
             r#"{"up":["m1"]}"#,
+            // A round trip no network has (forged or garbage), or not a number.
+            r#"{"at":1,"up":["m1"],"rtt":{"m1":4000000000}}"#,
+            r#"{"at":1,"up":["m1"],"rtt":{"m1":-5}}"#,
+            r#"{"at":1,"up":["m1"],"rtt":{"m1":"fast"}}"#,
         ] {
             let read = serde_json::from_str::<PoolVotes>(bad)
                 .map_err(|e| e.to_string())

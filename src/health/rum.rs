@@ -201,7 +201,7 @@ impl RumStore {
                 rtts: e.rtts.clone(),
             })
             .collect();
-        prefixes.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        prefixes.sort_by_key(|p| p.prefix);
         prefixes.into()
     }
 

@@ -129,6 +129,11 @@ pub struct Builder {
     handle: RoutingHandle,
     /// How each GSLB name selected its endpoints in the last snapshot.
     selections: HashMap<String, Selection>,
+    /// Latency-ranked names: the first endpoint per (name, client region), to tell when
+    /// a region's best endpoint changes.
+    leaders: HashMap<(String, String), String>,
+    /// Where changes are reported as events, once set.
+    bus: Option<crate::events::Events>,
     /// The config in use, for key maintenance ([`Builder::configs`]).
     configs: watch::Sender<Arc<Loaded>>,
     /// Counts preparations: an index built for an earlier one is dropped.
@@ -174,13 +179,87 @@ impl Builder {
             generation: 1,
             handle,
             selections: HashMap::new(),
+            leaders: HashMap::new(),
+            bus: None,
             epoch: 1,
             indexing: None,
             retired: Vec::new(),
             indexed: mpsc::unbounded_channel(),
         };
         builder.report_selections();
+        builder.report_leaders();
         builder
+    }
+
+    /// Reports changes as events (`latency`: a region's best endpoint changed).
+    pub fn report_to(&mut self, bus: crate::events::Events) {
+        self.bus = Some(bus);
+    }
+
+    /// For each GSLB name ranked by latency and each client region (a configured
+    /// network's, the default location's, or "anywhere"), the first endpoint; logs and
+    /// reports (event `latency`) each that changed.
+    fn report_leaders(&mut self) {
+        let snapshot = self.handle.load();
+        let mut now = HashMap::new();
+        for service in &snapshot.services {
+            let Some(node) = snapshot.gslb_node(&service.name) else {
+                continue;
+            };
+            let by_latency = node.policy == crate::config::Policy::Latency
+                || node.tie == crate::config::Tie::Latency;
+            if !by_latency {
+                continue;
+            }
+            let name = service.name.to_string();
+            let locations = snapshot.geo.network_locations();
+            let cells = node
+                .rankings
+                .iter()
+                .zip(locations)
+                .map(|(ranking, location)| (ranking, location.region.clone()))
+                .chain([
+                    (
+                        &node.default_ranking,
+                        snapshot
+                            .geo
+                            .default_location()
+                            .and_then(|l| l.region.clone()),
+                    ),
+                    (&node.unknown_ranking, None),
+                ]);
+            for (ranking, region) in cells {
+                let region = region.unwrap_or_else(|| "anywhere".into());
+                let first = ranking
+                    .order
+                    .first()
+                    .filter(|_| ranking.available > 0)
+                    .and_then(|&i| node.members.get(usize::from(i)));
+                if let Some(first) = first {
+                    now.entry((name.clone(), region))
+                        .or_insert_with(|| first.key.member.clone());
+                }
+            }
+        }
+        for ((service, region), member) in &now {
+            let before = self.leaders.get(&(service.clone(), region.clone()));
+            let Some(before) = before.filter(|b| *b != member) else {
+                continue;
+            };
+            info!(%service, %region, from = %before, to = %member, "the best endpoint by latency for a region changed");
+            if let Some(bus) = &self.bus {
+                bus.emit(
+                    "latency",
+                    serde_json::json!({
+                        "service": service,
+                        "region": region,
+                        "from": before,
+                        "to": member,
+                    }),
+                );
+            }
+        }
+        self.leaders = now;
     }
 
     /// Builds the fast path's index of a big zone's preparation in a thread of its own,
@@ -356,6 +435,7 @@ impl Builder {
         record_build(self.generation, started);
         debug!(generation = self.generation, "routing snapshot published");
         self.report_selections();
+        self.report_leaders();
         self.index_if_pending();
     }
 

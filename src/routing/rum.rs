@@ -78,7 +78,7 @@ impl RumIndex {
         for group in &mut groups {
             group.networks.sort_unstable();
         }
-        groups.sort_by(|a, b| b.len.cmp(&a.len));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.len));
         Self { cells, groups }
     }
 

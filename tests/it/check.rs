@@ -804,3 +804,75 @@ file = "short.token"
         assert!(stderr.contains(wanted), "missing {wanted:?} in:\n{stderr}");
     }
 }
+
+#[test]
+fn latency_mistakes_are_reported_with_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
+    // A fleet without a region and no declared vantages; bands out of range; a vantage
+    // region nothing uses; tie = "latency" on a latency policy.
+    let text = config(
+        "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n\n\
+         [latency]\nmeasure = \"ttfb\"\nwindow = 0\nrelative_band = 1.5\nabsolute_band = \"20s\"\n\
+         vantages = [\"eu\", \"mars\"]\nrum_max_prefixes = 0\nrum_max_age = \"0s\"\n\n\
+         [[geo.network]]\ncidr = \"10.1.0.0/16\"\nlocation = { region = \"eu\" }\n",
+    )
+    .replace(
+        "answers = 2\n",
+        "answers = 2\npolicy = \"latency\"\ntie = \"latency\"\n",
+    );
+    fs::write(dir.path().join("gto.toml"), &text).unwrap();
+    let line = |needle: &str| 1 + text.lines().position(|l| l.starts_with(needle)).unwrap();
+    let (code, stdout, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    for (key, message) in [
+        (
+            "measure",
+            "latency.measure: expected \"connect\" or \"first-byte\"",
+        ),
+        ("window", "latency.window: must be between 1 and 32"),
+        (
+            "relative_band",
+            "latency.relative_band: must be between 0 and 1",
+        ),
+        (
+            "absolute_band",
+            "latency.absolute_band: not a duration of at most 10s",
+        ),
+        (
+            "vantages",
+            "latency.vantages[1]: no client network, member, [[geo.region]] or [cluster] region is in region \"mars\"",
+        ),
+        (
+            "rum_max_prefixes",
+            "latency.rum_max_prefixes: must be between 1 and 1000000",
+        ),
+        (
+            "rum_max_age",
+            "latency.rum_max_age: not a duration between 1s and 24h",
+        ),
+        (
+            "tie",
+            "service[0].tie: policy \"latency\" ranks by latency already",
+        ),
+    ] {
+        let expected = format!("gto.toml:{}: {message}", line(key));
+        assert!(stderr.contains(&expected), "{expected} not in\n{stderr}");
+    }
+    // No vantage at all in a fleet: the policy is refused (vantages gone, no region).
+    let text = config("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n")
+        .replace("answers = 2\n", "answers = 2\npolicy = \"latency\"\n");
+    fs::write(dir.path().join("gto.toml"), &text).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 64, "{stderr}");
+    let expected = format!(
+        "gto.toml:{}: service[0].policy: policy = \"latency\" in a fleet has no vantage in any region",
+        line("[[service]]")
+    );
+    assert!(stderr.contains(&expected), "{expected} not in\n{stderr}");
+    // Without a fleet the instance measures for everyone: accepted.
+    let text = config("").replace("answers = 2\n", "answers = 2\npolicy = \"latency\"\n");
+    fs::write(dir.path().join("gto.toml"), &text).unwrap();
+    let (code, stdout, stderr) = check(dir.path());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}

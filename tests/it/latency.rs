@@ -133,7 +133,8 @@ async fn the_nearest_by_round_trip_is_answered_first_and_jitter_moves_nobody() {
         b,
         "B's value did not move"
     );
-    // A slows to 150 ms: B within a few probe intervals.
+    // A slows to 150 ms: B within a few probe intervals, and an event says so.
+    let mut events = server.app.changes().subscribe();
     set_delay(&appliances[0].delay, None, 150);
     set_delay(&appliances[1].delay, None, 80);
     let took = within(Duration::from_secs(5), "B answered first", || async {
@@ -143,6 +144,35 @@ async fn the_nearest_by_round_trip_is_answered_first_and_jitter_moves_nobody() {
     assert!(
         took < Duration::from_millis(INTERVAL_MS * 8),
         "moved after {took:?}"
+    );
+    let event = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == "latency" {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a latency event");
+    assert_eq!(
+        event.data,
+        serde_json::json!({"service": "vpn.gto.example.com.", "region": "anywhere", "from": "a", "to": "b"})
+    );
+    // Status and the page show each vantage's round trip.
+    let (_, status) = http_json(server.admin(), "GET", "/v1/status", None, "").await;
+    let members = status["services"][0]["members"].as_array().unwrap();
+    let b_status = members.iter().find(|m| m["member"] == "b").unwrap();
+    assert_eq!(b_status["rtt"][0]["vantage"], "local", "{b_status}");
+    assert!(
+        b_status["rtt"][0]["ms"].as_f64().unwrap() > 60.0,
+        "{b_status}"
+    );
+    let (_, page) = http(server.admin(), "GET", "/", None, "").await;
+    assert!(page.contains("<th>round trip</th>"), "{page}");
+    assert!(
+        page.contains("<span data-vantage=\"local\">local "),
+        "{page}"
     );
     // Explain shows the round trip of each candidate and where it was measured from.
     let (code, explained) = http_json(
@@ -202,10 +232,7 @@ async fn instances_in_two_regions_rank_by_each_others_measurements() {
     set_delay(&appliances[1].delay, Some("127.0.0.2"), 80);
     set_delay(&appliances[1].delay, Some("127.0.0.3"), 5);
     let config_in = |source: &str, region: &str| {
-        let extra = fleet_part(&etcd.url(), source, region)
-            .replace("[latency]\n", "")
-            .replace("[[geo.network]]", "[[geo.network]]");
-        config(&extra, &appliances).replace(
+        config(&fleet_part(&etcd.url(), source, region), &appliances).replace(
             "measure = \"first-byte\"",
             "measure = \"first-byte\"\nvantages = [\"eu\", \"us\"]",
         )
@@ -216,6 +243,13 @@ async fn instances_in_two_regions_rank_by_each_others_measurements() {
     // which it only has through etcd.
     for (server, name) in [(&eu, "eu"), (&us, "us")] {
         within(Duration::from_secs(15), name, || async {
+            // Every endpoint measured from both regions...
+            for (member, region) in [("a", "eu"), ("a", "us"), ("b", "eu"), ("b", "us")] {
+                if rtt_metric(server, member, region).await <= 0.0 {
+                    return false;
+                }
+            }
+            // ...and each region's clients get the endpoint near them.
             let (eu_first, _) = first_for(server, Some("10.1.0.0")).await;
             let (us_first, _) = first_for(server, Some("10.2.0.0")).await;
             eu_first == "127.0.2.1" && us_first == "127.0.2.2"

@@ -100,12 +100,14 @@ impl Appliance {
         self.task = Some(tokio::spawn(serve(
             listener,
             self.speaks.clone(),
-            self.status.clone(),
-            self.fail_next.clone(),
-            self.body.clone(),
-            self.served.clone(),
-            self.blocked.clone(),
-            self.delay.clone(),
+            Knobs {
+                status: self.status.clone(),
+                fail_next: self.fail_next.clone(),
+                body: self.body.clone(),
+                served: self.served.clone(),
+                blocked: self.blocked.clone(),
+                delays: self.delay.clone(),
+            },
         )));
     }
 }
@@ -118,16 +120,25 @@ impl Drop for Appliance {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    speaks: Speaks,
+/// What a running appliance reads as it serves (shared with its [`Appliance`]).
+struct Knobs {
     status: Arc<AtomicU16>,
     fail_next: Arc<AtomicU16>,
     body: Arc<std::sync::Mutex<String>>,
     served: mpsc::UnboundedSender<u16>,
     blocked: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
     delays: Delays,
-) {
+}
+
+async fn serve(listener: TcpListener, speaks: Speaks, knobs: Knobs) {
+    let Knobs {
+        status,
+        fail_next,
+        body,
+        served,
+        blocked,
+        delays,
+    } = knobs;
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
