@@ -33,16 +33,15 @@ pub fn beyond_band(old: u32, new: u32, settings: &LatencySettings) -> bool {
 
 impl RttFilter {
     /// Takes one probe's round trip; true when the published value moved (first value
-    /// included). The first is published once half the window is full.
+    /// included). The first probe's is published at once, so that it travels with the
+    /// endpoint's first verdict (one write to the fleet, not two); the window's median
+    /// replaces it only beyond the band, as any later value.
     pub fn observe(&mut self, sample: Duration, settings: &LatencySettings) -> bool {
         let window = settings.window.max(1);
         while self.samples.len() >= window {
             self.samples.pop_front();
         }
         self.samples.push_back(micros(sample));
-        if self.samples.len() < window.div_ceil(2) {
-            return false;
-        }
         let Some(median) = self.median() else {
             return false;
         };

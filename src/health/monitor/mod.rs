@@ -308,14 +308,26 @@ impl Monitor {
             Control::Votes(voter, votes) => {
                 let mut flips = Vec::new();
                 for (key, vote) in votes {
+                    // Whether the voter's round trip (as ranking counts it) moved too.
+                    let counted = |v: Option<&Vote>| v.and_then(|v| v.rtt_us.filter(|_| !v.stale));
+                    let mut rtt_moved = false;
                     let changed = self.members.get_mut(&key).is_some_and(|t| match vote {
                         Some(vote) => {
-                            t.votes.insert(voter.clone(), vote.clone()).as_ref() != Some(&vote)
+                            let before = t.votes.insert(voter.clone(), vote.clone());
+                            rtt_moved = counted(before.as_ref()) != counted(Some(&vote))
+                                || before.as_ref().map(|b| &b.region) != Some(&vote.region);
+                            before.as_ref() != Some(&vote)
                         }
-                        None => t.votes.remove(&voter).is_some(),
+                        None => {
+                            let before = t.votes.remove(&voter);
+                            rtt_moved = counted(before.as_ref()).is_some();
+                            before.is_some()
+                        }
                     });
                     if changed {
                         flips.extend(self.reconsider(&key, "the votes changed"));
+                    }
+                    if rtt_moved {
                         self.send_rtts(&key).await;
                     }
                 }

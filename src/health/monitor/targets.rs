@@ -64,6 +64,7 @@ pub(super) fn new_tracked(
         sent: LoadView::UNKNOWN,
         rtt: Default::default(),
         rtts_sent: std::sync::Arc::new([]),
+        shares_rtt: false,
     }
 }
 
@@ -88,7 +89,20 @@ impl Monitor {
         let mut wanted: HashMap<TargetKey, Vec<(EndpointKey, Which)>> = HashMap::new();
         let mut members = HashMap::default();
         let mut order = Vec::new();
-        for pool in &loaded.config.pools {
+        let config = &loaded.config;
+        for (index, pool) in config.pools.iter().enumerate() {
+            // Round trips are shared with the fleet only for pools a latency ranking reads:
+            // a fleet that ranks by nothing else writes nothing for them.
+            let shares_rtt = config.services.iter().any(|s| {
+                let reads = s.policy == crate::config::Policy::Latency
+                    || s.tie == crate::config::Tie::Latency;
+                let answers_from = s.pool.0 == index
+                    || matches!(s.when_all_down, crate::config::WhenAllDown::Fallback(f) if f.0 == index)
+                    || s.overrides.iter().any(|o| {
+                        matches!(o.target, crate::config::OverrideTarget::Pool(p) if p.0 == index)
+                    });
+                reads && answers_from
+            });
             for member in &pool.members {
                 let key = EndpointKey {
                     pool: pool.name.clone(),
@@ -118,6 +132,7 @@ impl Monitor {
                         kept.capacity = member.capacity;
                         kept.rule = pool.votes;
                         kept.tracker.set_settings(pool.load);
+                        kept.shares_rtt = shares_rtt;
                         kept
                     }
                     None => {
@@ -129,6 +144,7 @@ impl Monitor {
                             now,
                         );
                         tracked.rule = pool.votes;
+                        tracked.shares_rtt = shares_rtt;
                         tracked
                     }
                 };

@@ -99,6 +99,8 @@ pub(super) struct Tracked {
     pub(super) rtt: crate::health::rtt::RttFilter,
     /// The round trips by vantage the builder last got.
     pub(super) rtts_sent: Arc<[crate::policy::latency::VantageRtt]>,
+    /// A latency ranking reads its pool: its round trip is shared with the fleet.
+    pub(super) shares_rtt: bool,
 }
 
 impl Tracked {

@@ -36,8 +36,11 @@ impl Monitor {
             flips.extend(self.reconsider(&key, &reason));
         }
         for key in rtt_changed {
-            // A round trip that moved beyond the band: the fleet and the builder hear it.
-            self.publish_verdict(&key);
+            // A round trip that moved beyond the band: the builder hears it, and the fleet
+            // when a latency ranking reads it.
+            if self.members.get(&key).is_some_and(|t| t.shares_rtt) {
+                self.publish_verdict(&key);
+            }
             self.send_rtts(&key).await;
         }
         load_changed.sort_by(|a: &EndpointKey, b| (&a.pool, &a.member).cmp(&(&b.pool, &b.member)));
@@ -122,7 +125,7 @@ impl Monitor {
             up,
             since: crate::time::unix(t.main.since),
             error: if up { None } else { t.main.last_error.clone() },
-            rtt_us: t.rtt.published(),
+            rtt_us: t.rtt.published().filter(|_| t.shares_rtt),
             region: self.voter.as_ref().and_then(|v| v.region.clone()),
             stale: t.stale,
             at: crate::health::votes::now_unix(),
