@@ -110,16 +110,27 @@ counters() {
 echo "warm-up ${WARMUP}s (3 instances x $POOLS pools x $MEMBERS endpoints, TCP every 2 s)..." >&2
 sleep "$WARMUP"
 read -r p0 t0 < <(counters)
+rev0=$(etcdctl --endpoints "http://127.0.0.1:$client" get / -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
 cpu0=$(for pid in "${pids[@]:2}"; do awk '{print $14+$15}' "/proc/$pid/stat"; done | paste -sd+ | bc)
 sleep "$WINDOW"
 read -r p1 t1 < <(counters)
 cpu1=$(for pid in "${pids[@]:2}"; do awk '{print $14+$15}' "/proc/$pid/stat"; done | paste -sd+ | bc)
 tck=$(getconf CLK_TCK)
+# Vote documents (where round trips live) written in the window: keys changed since rev0
+# (a key written twice counts once), and the revisions of the whole store meanwhile.
+read -r changed rev1 < <(etcdctl --endpoints "http://127.0.0.1:$client" get --prefix / -w json | python3 -c '
+import json, sys
+d = json.load(sys.stdin); rev0 = int(sys.argv[1])
+kvs = d.get("kvs", [])
+import base64
+votes = [kv for kv in kvs if b"/votes/" in base64.b64decode(kv["key"]) and int(kv["mod_revision"]) > rev0]
+print(len(votes), d["header"]["revision"])' "$rev0")
 python3 - <<PY
 puts = $p1 - $p0; txns = $t1 - $t0; window = $WINDOW
 cpu = ($cpu1 - $cpu0) / $tck / window / 3 * 100
 print(f"band: {'off (0, 0s)' if '${BAND:-}' == '0' else 'default (20 %, 5 ms)'}")
 print(f"etcd puts over {window} s: {puts} ({puts / window:.2f}/s), txns {txns} ({txns / window:.2f}/s)")
+print(f"vote documents (round trips, verdicts) changed in the window: {$changed} of 300; store revisions {$rev1 - $rev0}")
 print(f"gto CPU per instance: {cpu:.1f} % of a core")
 PY
 # The round trips each instance holds (a sample), to show they are measured and shared.

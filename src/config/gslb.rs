@@ -281,7 +281,7 @@ impl Default for HealthSettings {
 pub struct LatencySettings {
     /// Which part of a probe is its round trip.
     pub measure: Measure,
-    /// Probes whose median is the smoothed round trip (1..=32, default 5).
+    /// Probes whose least round trip is the smoothed one (1..=32, default 5).
     pub window: usize,
     /// A smoothed round trip moves (is shared, and ranks) only when it changed by more
     /// than this fraction of the last one (0..=1, default 0.2)...

@@ -1,8 +1,11 @@
 //! Round trips as ranking sees them: each probe's round trip to an endpoint goes into a
-//! window, whose median is the smoothed value; that value is published (shared with the
-//! fleet, ranked by) only when it moves beyond a band, relative and absolute
-//! (`[latency] relative_band`, `absolute_band`), so jitter moves nobody and a steady fleet
-//! writes nothing.
+//! window, whose least value is the smoothed one — queueing on the path and a busy
+//! prober's scheduling only ever add to a round trip, so the least of the last few probes
+//! is the path's own (the minimum filter of TCP's and BBR's round-trip estimates); that
+//! value is published (shared with the fleet, ranked by) only when it moves beyond a band,
+//! relative and absolute (`[latency] relative_band`, `absolute_band`), so jitter moves
+//! nobody and a steady fleet writes nothing. A real rise shows once a window of probes
+//! saw it; a fall at once.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -14,7 +17,7 @@ use crate::config::LatencySettings;
 pub struct RttFilter {
     /// The last probes' round trips (µs), oldest first.
     samples: VecDeque<u32>,
-    /// The value ranking uses (µs): the median when it last moved beyond the band.
+    /// The value ranking uses (µs): the window's least when it last moved beyond the band.
     published: Option<u32>,
 }
 
@@ -34,7 +37,7 @@ pub fn beyond_band(old: u32, new: u32, settings: &LatencySettings) -> bool {
 impl RttFilter {
     /// Takes one probe's round trip; true when the published value moved (first value
     /// included). The first probe's is published at once, so that it travels with the
-    /// endpoint's first verdict (one write to the fleet, not two); the window's median
+    /// endpoint's first verdict (one write to the fleet, not two); the window's least
     /// replaces it only beyond the band, as any later value.
     pub fn observe(&mut self, sample: Duration, settings: &LatencySettings) -> bool {
         let window = settings.window.max(1);
@@ -42,23 +45,21 @@ impl RttFilter {
             self.samples.pop_front();
         }
         self.samples.push_back(micros(sample));
-        let Some(median) = self.median() else {
+        let Some(least) = self.smoothed() else {
             return false;
         };
         match self.published {
-            Some(old) if !beyond_band(old, median, settings) => false,
+            Some(old) if !beyond_band(old, least, settings) => false,
             _ => {
-                self.published = Some(median);
+                self.published = Some(least);
                 true
             }
         }
     }
 
-    /// The median of the window (the lower middle of an even count).
-    pub fn median(&self) -> Option<u32> {
-        let mut sorted: Vec<u32> = self.samples.iter().copied().collect();
-        sorted.sort_unstable();
-        sorted.get(sorted.len().checked_sub(1)? / 2).copied()
+    /// The least round trip of the window.
+    pub fn smoothed(&self) -> Option<u32> {
+        self.samples.iter().copied().min()
     }
 
     /// The value ranking uses (µs), once there is one.
@@ -85,7 +86,7 @@ mod tests {
         let settings = LatencySettings::default();
         let mut filter = RttFilter::default();
         let mut moved = 0;
-        // 5 ms ± 2 ms, with a spike of 60 ms every 10th probe.
+        // 5 ms ± 2 ms, with a spike of 60 ms every 10th probe (a busy prober).
         for i in 0..100u32 {
             let jitter = f64::from((i * 7919) % 41) / 10.0 - 2.0;
             let sample = if i % 10 == 9 { 60.0 } else { 5.0 + jitter };
@@ -104,12 +105,15 @@ mod tests {
             filter.observe(ms(5.0), &settings);
         }
         assert_eq!(filter.published(), Some(5_000));
-        // 150 ms from now on: the median of five moves on the third probe.
-        let moved: Vec<bool> = (0..3)
+        // 150 ms from now on: it moves once a window (five) saw nothing lower.
+        let moved: Vec<bool> = (0..5)
             .map(|_| filter.observe(ms(150.0), &settings))
             .collect();
-        assert_eq!(moved, [false, false, true]);
+        assert_eq!(moved, [false, false, false, false, true]);
         assert_eq!(filter.published(), Some(150_000));
+        // Back to 5 ms: at once.
+        assert!(filter.observe(ms(5.0), &settings));
+        assert_eq!(filter.published(), Some(5_000));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::fleet::{Etcd, within};
 use crate::support::appliance::{Appliance, Speaks, set_delay};
 use crate::support::{TestServer, ZONE, answers, edns, http, http_json, query, sample, udp};
 
-/// Probe interval of these tests (a change shows after about three probes).
+/// Probe interval of these tests (a rise shows after a window, three probes).
 const INTERVAL_MS: u64 = 200;
 
 /// Two HTTP appliances, A on 127.0.2.1 and B on 127.0.2.2.
@@ -41,6 +41,7 @@ file = "gto.example.com.zone"
 
 [latency]
 measure = "first-byte"
+window = 3
 
 [[service]]
 name = "vpn.gto.example.com."
