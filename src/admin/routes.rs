@@ -74,6 +74,10 @@ struct EndpointView {
     /// ranking reads them: `[{"vantage", "region", "ms"}]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rtt: Vec<serde_json::Value>,
+    /// This instance's last successful probe: `{"connect_ms", "first_byte_ms"}` (each
+    /// when the check has it), and its smoothed round trip (`smoothed_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_probe: Option<serde_json::Value>,
 }
 
 /// One address family's own check.
@@ -171,7 +175,22 @@ fn view(status: &EndpointStatus, found: Found<'_>) -> EndpointView {
             })
             .collect(),
         rtt,
+        last_probe: last_probe(status),
     }
+}
+
+/// The last successful probe's timings and the smoothed round trip, when there are any.
+fn last_probe(status: &EndpointStatus) -> Option<serde_json::Value> {
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let timings = status.timings;
+    if timings.connect.is_none() && timings.first_byte.is_none() {
+        return None;
+    }
+    Some(json!({
+        "connect_ms": ms(timings.connect),
+        "first_byte_ms": ms(timings.first_byte),
+        "smoothed_ms": status.rtt_smoothed.map(|us| f64::from(us) / 1000.0),
+    }))
 }
 
 /// An endpoint as the snapshot has it, if it answers for a GSLB name.

@@ -55,6 +55,10 @@ pub struct EndpointStatus {
     /// `family = "each"` on a dual-stack endpoint: each address family's own check
     /// (IPv4 first); empty when one check governs every address.
     pub families: Vec<FamilyStatus>,
+    /// The last successful probe's connect time and time to first byte.
+    pub timings: crate::health::scheduler::Timings,
+    /// This instance's smoothed round trip (µs), as published.
+    pub rtt_smoothed: Option<u32>,
 }
 
 /// One address family's own check of an endpoint.

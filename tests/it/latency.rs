@@ -178,6 +178,11 @@ async fn the_nearest_by_round_trip_is_answered_first_and_jitter_moves_nobody() {
         b_status["rtt"][0]["ms"].as_f64().unwrap() > 60.0,
         "{b_status}"
     );
+    // The last probe's connect and first byte, apart: B holds its answer, not its SYN-ACK.
+    let probe = &b_status["last_probe"];
+    let connect = probe["connect_ms"].as_f64().unwrap();
+    let first_byte = probe["first_byte_ms"].as_f64().unwrap();
+    assert!(connect < 60.0 && first_byte > 60.0, "{probe}");
     let (_, page) = http(server.admin(), "GET", "/", None, "").await;
     assert!(page.contains("<th>round trip</th>"), "{page}");
     assert!(

@@ -85,6 +85,8 @@ impl Monitor {
             drain_note: t.drain_note.clone(),
             window: t.window.clone(),
             families,
+            timings: t.main.timings,
+            rtt_smoothed: t.rtt.published(),
         })
     }
 

@@ -34,6 +34,8 @@ pub(super) struct CheckState {
     pub(super) tally: Option<(usize, usize)>,
     /// The last probe's round trip.
     pub(super) rtt: Option<Duration>,
+    /// The last successful probe's connect time and time to first byte.
+    pub(super) timings: crate::health::scheduler::Timings,
     /// The server certificate's expiry, as the last TLS or HTTPS probe read it.
     pub(super) cert: Option<crate::health::probe::CertExpiry>,
     pub(super) last_check: Option<SystemTime>,
@@ -62,6 +64,7 @@ impl CheckState {
             effective_since: since,
             tally: None,
             rtt: None,
+            timings: Default::default(),
             cert: None,
             last_check: None,
             last_error: None,

@@ -399,6 +399,9 @@ impl Monitor {
             state.last_check = Some(report.at);
             state.last_error = report.result.as_ref().err().map(ToString::to_string);
             state.rtt = report.rtt;
+            if ok {
+                state.timings = report.timings;
+            }
             if state.hysteresis.observe(ok).is_some() {
                 state.since = report.at;
                 flips.push((key.clone(), reason.clone()));
