@@ -748,6 +748,9 @@ fn explain_text(explain: &serde_json::Value) -> String {
             serde_json::Value::Object(location.clone())
         ));
     }
+    if let Some(latency) = explain["gslb"]["latency"].as_str() {
+        text.push_str(&format!("\nround trips: {latency}"));
+    }
     let rows: Vec<Vec<String>> = explain["gslb"]["candidates"]
         .as_array()
         .into_iter()
@@ -758,13 +761,17 @@ fn explain_text(explain: &serde_json::Value) -> String {
                 format!("{}/{}", cell(&c["pool"]), cell(&c["member"])),
                 cell(&c["health"]),
                 cell(&c["distance_km"]),
+                cell(&c["rtt"]["ms"]),
                 cell(&c["reason"]),
             ]
         })
         .collect();
     if !rows.is_empty() {
         text.push('\n');
-        text.push_str(&table(&["RANK", "ENDPOINT", "HEALTH", "KM", "WHY"], &rows));
+        text.push_str(&table(
+            &["RANK", "ENDPOINT", "HEALTH", "KM", "RTT MS", "WHY"],
+            &rows,
+        ));
     }
     text
 }

@@ -296,7 +296,6 @@ impl Monitor {
             Control::Reconfigure(loaded, done) => {
                 self.runtime = loaded.runtime.clone();
                 self.latency = loaded.config.latency.clone();
-
                 self.apply(&loaded, &HashMap::new());
                 // Endpoints the reload removed have no measurements any more.
                 let members = &self.members;
