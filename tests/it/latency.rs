@@ -12,7 +12,9 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 
 use crate::fleet::{Etcd, within};
 use crate::support::appliance::{Appliance, Speaks, set_delay};
-use crate::support::{TestServer, ZONE, answers, edns, http, http_json, query, sample, udp};
+use crate::support::{
+    PREAMBLE, TestServer, ZONE, answers, edns, http, http_json, query, sample, udp,
+};
 
 /// Probe interval of these tests (a rise shows after a window, three probes).
 const INTERVAL_MS: u64 = 200;
@@ -28,17 +30,7 @@ async fn appliances() -> [Appliance; 2] {
 /// A config ranking A and B by latency; `extra` adds the fleet, health and geo parts.
 fn config(extra: &str, appliances: &[Appliance; 2]) -> String {
     format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[zone]]
-origin = "gto.example.com."
-file = "gto.example.com.zone"
-
+        r#"{PREAMBLE}
 [latency]
 measure = "first-byte"
 window = 3
