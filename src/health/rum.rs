@@ -188,6 +188,15 @@ impl RumStore {
         for entry in self.entries.values_mut() {
             entry.rtts.retain(|key, _| keep(key));
         }
+        // A prefix left with nothing goes.
+        let order = &mut self.order;
+        self.entries.retain(|_, entry| {
+            let kept = !entry.rtts.is_empty();
+            if !kept {
+                order.remove(&entry.seq);
+            }
+            kept
+        });
     }
 
     /// Every prefix kept, for the builder.
@@ -289,5 +298,18 @@ mod tests {
         tokio::time::advance(std::time::Duration::from_secs(11)).await;
         assert!(store.expire(Instant::now(), max_age));
         assert!(store.is_empty());
+        // Endpoints a reload removed take their prefixes with them when nothing is left.
+        store.add(
+            vec![m("10.0.3.0/24", "a"), m("10.0.4.0/24", "b")],
+            Instant::now(),
+            10,
+        );
+        store.retain_endpoints(|k| k.member == "b");
+        let kept: Vec<String> = store
+            .prefixes()
+            .iter()
+            .map(|p| p.prefix.to_string())
+            .collect();
+        assert_eq!((kept, store.len()), (vec!["10.0.4.0/24".to_string()], 1));
     }
 }

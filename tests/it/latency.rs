@@ -275,6 +275,26 @@ async fn instances_in_two_regions_rank_by_each_others_measurements() {
     // Both regions' round trips are exported by each instance.
     assert!(rtt_metric(&eu, "a", "us").await > 0.05);
     assert!(rtt_metric(&eu, "a", "eu").await < 0.05);
+    // The us instance dies: with its lease (2 s) its round trips go, us clients are
+    // ranked by what is left (every vantage's: eu's alone) and nobody keeps a dead
+    // vantage's view.
+    us.app.shutdown().await.unwrap();
+    within(Duration::from_secs(15), "us's round trips gone", || async {
+        first_for(&eu, Some("10.2.0.0")).await.0 == "127.0.2.1"
+    })
+    .await;
+    let (_, explained) = http_json(
+        eu.admin(),
+        "GET",
+        "/v1/explain?name=vpn.gto.example.com&type=A&client=10.2.0.1",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        explained["gslb"]["latency"], "measured from every vantage (median)",
+        "{explained}"
+    );
     drop(etcd);
 }
 
