@@ -65,7 +65,7 @@ fn group(c: &Candidate<'_>) -> u8 {
 }
 
 /// The round-trip key of one endpoint (lower is better; unmeasured last).
-fn latency_key(c: &Candidate<'_>, from: VantageFrom<'_>) -> f64 {
+pub fn latency_key(c: &Candidate<'_>, from: VantageFrom<'_>) -> f64 {
     latency::key(c.rtt, from).map_or(f64::MAX, f64::from)
 }
 

@@ -664,6 +664,8 @@ fn rum_index(
     k: usize,
 ) -> super::rum::RumIndex {
     let mut cells = Vec::new();
+    // The regions something measured from are the pool's, whatever the prefix.
+    let measured = policy::latency::measured_regions(candidates.iter().flat_map(|c| c.rtt.iter()));
     for prefix in prefixes {
         let rtts: Vec<Option<u32>> = members
             .iter()
@@ -674,15 +676,13 @@ fn rum_index(
         }
         let (placement, _) = geo.place(prefix.prefix.network());
         let location = geo.location_of(&placement);
-        let from = policy::vantage_of(candidates, location, regions);
+        let client_region = location.and_then(|l| l.region.as_deref());
+        let from = policy::latency::vantage_for(client_region, &measured, regions);
         let ranking = policy::rank_by(
             candidates,
             |i, c| match rtts.get(i).copied().flatten() {
                 Some(micros) => (0.0, f64::from(micros)),
-                None => (
-                    1.0,
-                    policy::latency::key(c.rtt, from).map_or(f64::MAX, f64::from),
-                ),
+                None => (1.0, policy::latency_key(c, from)),
             },
             k,
         );
