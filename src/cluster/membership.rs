@@ -247,10 +247,10 @@ impl Fleet {
                 }
                 instances.insert(
                     id.clone(),
-                    Seen {
+                    Arc::new(Seen {
                         info,
                         seen: SystemTime::now(),
-                    },
+                    }),
                 );
             }
             None => {

@@ -188,7 +188,9 @@ struct Inner {
     drift: AtomicBool,
     lease: AtomicI64,
     me: ArcSwap<InstanceInfo>,
-    instances: ArcSwap<BTreeMap<String, Seen>>,
+    /// Shared entries: a heartbeat (every half lease, from every instance) replaces one
+    /// entry and copies the map's pointers, not every instance's record.
+    instances: ArcSwap<BTreeMap<String, Arc<Seen>>>,
     reregister: Notify,
     /// Membership and drift changes are reported here, once set.
     bus: std::sync::OnceLock<crate::events::Events>,
@@ -380,8 +382,8 @@ impl Fleet {
                     }
                 }
                 Some(Key::Votes(pool, voter)) if voter != inner.instance => {
-                    if let Some(document) = self.valid_votes(entry) {
-                        votes.insert((pool, voter), (document, entry.lease));
+                    if let Some(stored) = self.valid_votes(entry) {
+                        votes.insert((pool, voter), stored);
                     }
                 }
                 Some(Key::Votes(..)) => {}
@@ -393,10 +395,10 @@ impl Fleet {
                             members.insert(id.clone(), entry.lease);
                             instances.insert(
                                 id,
-                                Seen {
+                                Arc::new(Seen {
                                     info,
                                     seen: SystemTime::now(),
-                                },
+                                }),
                             );
                         }
                         Err(error) => self.ignore(
@@ -441,7 +443,7 @@ impl Fleet {
         let ignored: Vec<String> = mirror
             .votes
             .iter()
-            .filter(|((_, voter), (_, lease))| !mirror.counts(voter, *lease))
+            .filter(|((_, voter), stored)| !mirror.counts(voter, stored.lease))
             .map(|((pool, voter), _)| self.voter_key(pool, voter))
             .collect();
         let counted = mirror.counted();

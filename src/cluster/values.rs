@@ -149,12 +149,13 @@ impl Mirror {
         before: Option<i64>,
     ) -> Vec<(EndpointKey, Option<crate::health::votes::Vote>)> {
         let mut changes = Vec::new();
-        for ((pool, owner), (votes, lease)) in &self.votes {
+        for ((pool, owner), stored) in &self.votes {
             if owner != voter {
                 continue;
             }
-            let was = *lease != 0 && before == Some(*lease);
-            let is = self.counts(voter, *lease);
+            let (votes, lease) = (&stored.votes, stored.lease);
+            let was = lease != 0 && before == Some(lease);
+            let is = self.counts(voter, lease);
             if was == is {
                 continue;
             }
@@ -175,11 +176,11 @@ impl Mirror {
     ) -> std::collections::HashMap<EndpointKey, BTreeMap<String, crate::health::votes::Vote>> {
         let mut counted: std::collections::HashMap<EndpointKey, BTreeMap<_, _>> =
             std::collections::HashMap::new();
-        for ((pool, voter), (votes, lease)) in &self.votes {
-            if !self.counts(voter, *lease) {
+        for ((pool, voter), stored) in &self.votes {
+            if !self.counts(voter, stored.lease) {
                 continue;
             }
-            for (member, vote) in votes {
+            for (member, vote) in &stored.votes {
                 let key = EndpointKey {
                     pool: pool.clone(),
                     member: member.clone(),

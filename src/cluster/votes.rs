@@ -9,6 +9,7 @@
 //! document with the one it held and hands the monitor only the endpoints whose vote
 //! changed, in one message. Measured by the fleet simulator, `benches/fleet.rs`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -98,15 +99,75 @@ impl PoolVotes {
         }
         document
     }
+}
 
-    /// The votes it holds, by member name. A vote's `since` is kept from `before` (the
-    /// voter's previous document as read) while its verdict is the same, else it is
-    /// this document's time; a member both up and down is invalid.
-    pub fn votes(
-        self,
-        before: Option<&BTreeMap<String, Vote>>,
-    ) -> Result<BTreeMap<String, Vote>, String> {
-        let Self {
+/// A name or an error text in a document as read: borrowed from the stored bytes (unless
+/// the JSON escapes something in it).
+#[derive(Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Text<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A [`PoolVotes`] as read, its names borrowed from the stored bytes: reading a document
+/// whose verdicts did not change allocates nothing per member. In a mass outage each
+/// instance reads every other voter's document on every pool a few times.
+#[derive(Deserialize)]
+struct Reading<'a> {
+    at: u64,
+    #[serde(borrow, default)]
+    region: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    up: Vec<Text<'a>>,
+    #[serde(borrow, default)]
+    down: BTreeMap<Text<'a>, Text<'a>>,
+    #[serde(borrow, default)]
+    stale: Vec<Text<'a>>,
+    #[serde(borrow, default)]
+    rtt: BTreeMap<Text<'a>, u32>,
+    #[serde(borrow, default)]
+    v4: BTreeMap<Text<'a>, bool>,
+    #[serde(borrow, default)]
+    v6: BTreeMap<Text<'a>, bool>,
+}
+
+/// What reading a document into the votes held changed: the members whose vote is new or
+/// changed (beyond when it was written), and those it no longer has.
+#[derive(Debug, Default, PartialEq)]
+pub struct Read {
+    /// New or changed votes, by member.
+    pub changed: Vec<String>,
+    /// Members gone from the document.
+    pub removed: Vec<String>,
+}
+
+/// One member's verdict in a document, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Verdict<'a> {
+    member: &'a str,
+    up: bool,
+    error: Option<&'a str>,
+    rtt_us: Option<u32>,
+    stale: bool,
+    v4: Option<bool>,
+    v6: Option<bool>,
+}
+
+/// A document's verdicts, checked and in name order.
+struct Verdicts<'a> {
+    at: u64,
+    region: Option<&'a str>,
+    by_member: Vec<Verdict<'a>>,
+}
+
+impl<'a> Verdicts<'a> {
+    /// Checks `reading` whole: a round trip no network has, or a member listed twice (or
+    /// both up and down), refuses it.
+    fn of(reading: &'a Reading<'a>) -> Result<Self, String> {
+        let Reading {
             at,
             region,
             up,
@@ -115,44 +176,165 @@ impl PoolVotes {
             rtt,
             v4,
             v6,
-        } = self;
+        } = reading;
         if let Some((member, us)) = rtt.iter().find(|(_, us)| **us > MAX_RTT_US) {
             return Err(format!(
-                "member {member:?} has a round trip of {us} µs (at most {MAX_RTT_US})"
+                "member {:?} has a round trip of {us} µs (at most {MAX_RTT_US})",
+                member.0
             ));
         }
-        let stale: std::collections::HashSet<String> = stale.into_iter().collect();
-        let verdicts =
-            up.into_iter()
-                .map(|member| (member, true, None))
-                .chain(down.into_iter().map(|(member, error)| {
-                    let error = (!error.is_empty()).then_some(error);
-                    (member, false, error)
-                }));
-        let mut votes = BTreeMap::new();
-        for (member, up, error) in verdicts {
-            let since = before
-                .and_then(|votes| votes.get(&member))
-                .filter(|vote| vote.up == up)
-                .map_or(at, |vote| vote.since);
-            let vote = Vote {
-                up,
-                since,
-                error,
-                rtt_us: rtt.get(&member).copied(),
-                region: region.clone(),
-                stale: stale.contains(&member),
-                at,
-                v4: v4.get(&member).copied(),
-                v6: v6.get(&member).copied(),
-            };
-            if votes.insert(member.clone(), vote).is_some() {
-                return Err(format!(
-                    "member {member:?} is both up and down (or listed twice)"
-                ));
+        let twice =
+            |member: &str| format!("member {member:?} is both up and down (or listed twice)");
+        // `up` as written (sorted by every writer; sorted here when not) merged with `down`
+        // (a map, so sorted).
+        let mut up: Vec<&str> = up.iter().map(|member| &*member.0).collect();
+        if !up.windows(2).all(|pair| pair[0] < pair[1]) {
+            up.sort_unstable();
+            if let Some(pair) = up.windows(2).find(|pair| pair[0] == pair[1]) {
+                return Err(twice(pair[0]));
             }
         }
-        Ok(votes)
+        let mut stale: Vec<&str> = stale.iter().map(|member| &*member.0).collect();
+        stale.sort_unstable();
+        let verdict = |member: &'a str, up: bool, error: Option<&'a str>| Verdict {
+            member,
+            up,
+            error,
+            rtt_us: rtt.get(member).copied(),
+            stale: !stale.is_empty() && stale.binary_search(&member).is_ok(),
+            v4: v4.get(member).copied(),
+            v6: v6.get(member).copied(),
+        };
+        let failed = |(member, error): (&'a Text<'a>, &'a Text<'a>)| {
+            verdict(&member.0, false, Some(&*error.0).filter(|e| !e.is_empty()))
+        };
+        let mut by_member = Vec::with_capacity(up.len() + down.len());
+        let mut downs = down.iter().peekable();
+        for member in up {
+            while let Some(down) = downs.next_if(|(down, _)| &*down.0 < member) {
+                by_member.push(failed(down));
+            }
+            if downs.peek().is_some_and(|(down, _)| &*down.0 == member) {
+                return Err(twice(member));
+            }
+            by_member.push(verdict(member, true, None));
+        }
+        by_member.extend(downs.map(failed));
+        Ok(Self {
+            at: *at,
+            region: region.as_ref().map(|r| &*r.0),
+            by_member,
+        })
+    }
+}
+
+/// Reads a voter's document on a pool (`bytes`) into `held`, the votes read from its
+/// previous document (`before`; None and `held` empty for the first), and says what
+/// changed. The two documents are compared first, so that only the members whose verdict
+/// changed are looked up among the votes held: in a mass outage each instance reads every
+/// other voter's document on every pool a few times, and touching every vote held on each
+/// read was most of its work. A vote's `since` is kept while its verdict is the same, else
+/// it is the document's time; a vote that differs only in when it was written is not a
+/// change (and keeps its `at`). A document that is not one (not JSON, a member both up and
+/// down, a round trip no network has) leaves `held` as it was.
+pub fn read_votes(
+    bytes: &[u8],
+    before: Option<&[u8]>,
+    held: &mut BTreeMap<String, Vote>,
+) -> Result<Read, String> {
+    let reading: Reading<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let new = Verdicts::of(&reading)?;
+    let old_reading = before.and_then(|bytes| serde_json::from_slice::<Reading<'_>>(bytes).ok());
+    let old = old_reading.as_ref().and_then(|r| Verdicts::of(r).ok());
+    let mut read = Read::default();
+    // A region moved (or no readable document before): every vote is compared.
+    let old = match old {
+        Some(old) if old.region == new.region => old.by_member,
+        _ => {
+            let listed: std::collections::HashSet<&str> =
+                new.by_member.iter().map(|v| v.member).collect();
+            held.retain(|member, _| {
+                let kept = listed.contains(member.as_str());
+                if !kept {
+                    read.removed.push(member.clone());
+                }
+                kept
+            });
+            for verdict in &new.by_member {
+                set_vote(held, verdict, &new, &mut read, true);
+            }
+            return Ok(read);
+        }
+    };
+    let mut old = old.into_iter().peekable();
+    for verdict in &new.by_member {
+        while let Some(gone) = old.next_if(|o| o.member < verdict.member) {
+            held.remove(gone.member);
+            read.removed.push(gone.member.to_string());
+        }
+        match old.next_if(|o| o.member == verdict.member) {
+            Some(was) if was == *verdict => {}
+            _ => set_vote(held, verdict, &new, &mut read, false),
+        }
+    }
+    for gone in old {
+        held.remove(gone.member);
+        read.removed.push(gone.member.to_string());
+    }
+    Ok(read)
+}
+
+/// Sets one member's vote from `verdict` in `held`, noting it in `read` when it changed
+/// (beyond `at`, which is updated only when `touch_at`: a full comparison).
+fn set_vote(
+    held: &mut BTreeMap<String, Vote>,
+    verdict: &Verdict<'_>,
+    document: &Verdicts<'_>,
+    read: &mut Read,
+    touch_at: bool,
+) {
+    let Verdict {
+        member,
+        up,
+        error,
+        rtt_us,
+        stale,
+        v4,
+        v6,
+    } = *verdict;
+    let at = document.at;
+    let region = document.region;
+    let fresh = |since| Vote {
+        up,
+        since,
+        error: error.map(str::to_string),
+        rtt_us,
+        region: region.map(str::to_string),
+        stale,
+        at,
+        v4,
+        v6,
+    };
+    match held.get_mut(member) {
+        Some(vote) => {
+            let since = if vote.up == up { vote.since } else { at };
+            let same = vote.up == up
+                && vote.error.as_deref() == error
+                && vote.rtt_us == rtt_us
+                && vote.region.as_deref() == region
+                && vote.stale == stale
+                && (vote.v4, vote.v6) == (v4, v6);
+            if !same {
+                *vote = fresh(since);
+                read.changed.push(member.to_string());
+            } else if touch_at {
+                vote.at = at;
+            }
+        }
+        None => {
+            held.insert(member.to_string(), fresh(at));
+            read.changed.push(member.to_string());
+        }
     }
 }
 
@@ -160,7 +342,15 @@ impl PoolVotes {
 pub(super) type Published = HashMap<String, BTreeMap<String, Vote>>;
 
 /// One voter's votes on one pool as the store holds them, and the lease they live under.
-pub(super) type StoredVotes = (BTreeMap<String, Vote>, i64);
+#[derive(Debug)]
+pub(super) struct StoredVotes {
+    /// The votes, by member.
+    pub(super) votes: BTreeMap<String, Vote>,
+    /// The lease the document lives under.
+    pub(super) lease: i64,
+    /// The document as read, to which the next one is compared.
+    pub(super) document: Vec<u8>,
+}
 
 impl Fleet {
     /// Publishes this instance's verdicts: each change at once (changes that arrive
@@ -354,17 +544,6 @@ impl Fleet {
         )
     }
 
-    /// A votes document from the store, or None (counted) when it is not one.
-    fn valid_document(&self, entry: &Entry) -> Option<PoolVotes> {
-        match serde_json::from_slice::<PoolVotes>(&entry.value) {
-            Ok(document) => Some(document),
-            Err(error) => {
-                self.not_votes(entry, &error.to_string());
-                None
-            }
-        }
-    }
-
     fn not_votes(&self, entry: &Entry, error: &str) {
         self.ignore(
             &entry.key,
@@ -374,9 +553,19 @@ impl Fleet {
     }
 
     /// The votes in a document read at start or after a compaction (nothing before it).
-    pub(super) fn valid_votes(&self, entry: &Entry) -> Option<BTreeMap<String, Vote>> {
-        let votes = self.valid_document(entry)?.votes(None);
-        votes.map_err(|error| self.not_votes(entry, &error)).ok()
+    pub(super) fn valid_votes(&self, entry: &Entry) -> Option<StoredVotes> {
+        let mut votes = BTreeMap::new();
+        match read_votes(&entry.value, None, &mut votes) {
+            Ok(_) => Some(StoredVotes {
+                votes,
+                lease: entry.lease,
+                document: entry.value.clone(),
+            }),
+            Err(error) => {
+                self.not_votes(entry, &error);
+                None
+            }
+        }
     }
 
     /// Another voter's votes on a pool changed in the store: mirrored, and counted only
@@ -384,51 +573,72 @@ impl Fleet {
     /// monitor is told the endpoints whose counted vote changed, in one message.
     pub(super) async fn apply_votes(&self, put: bool, pool: String, voter: String, entry: &Entry) {
         let inner = &self.0;
-        let document = put.then(|| self.valid_document(entry)).flatten();
-        let (changes, refused, invalid) = {
+        let (changes, refused, invalid, voter) = {
             let Ok(mut mirror) = inner.mirror.lock() else {
                 return;
             };
-            let slot = (pool.clone(), voter.clone());
-            let read = document.map(|d| d.votes(mirror.votes.get(&slot).map(|(v, _)| v)));
-            let (votes, invalid) = match read {
-                Some(Ok(votes)) => (Some(votes), None),
-                Some(Err(error)) => (None, Some(error)),
-                None => (None, None),
-            };
-            let (before, counted_before) = match mirror.votes.remove(&slot) {
-                Some((votes, lease)) => {
-                    let counted = mirror.counts(&voter, lease);
-                    (votes, counted)
+            let slot = (pool, voter);
+            let (mut held, document, counted_before) = match mirror.votes.remove(&slot) {
+                Some(stored) => {
+                    let counted = mirror.counts(&slot.1, stored.lease);
+                    (stored.votes, Some(stored.document), counted)
                 }
-                None => (BTreeMap::new(), false),
+                None => (BTreeMap::new(), None, false),
             };
-            let now_counts = votes.is_some() && mirror.counts(&voter, entry.lease);
-            let empty = BTreeMap::new();
-            let after = votes.as_ref().unwrap_or(&empty);
-            let key = |member: &String| EndpointKey {
-                pool: pool.clone(),
-                member: member.clone(),
+            let key = |member: &str| EndpointKey {
+                pool: slot.0.clone(),
+                member: member.to_string(),
+            };
+            let gone = |held: &BTreeMap<String, Vote>, changes: &mut Vec<_>| {
+                for member in held.keys() {
+                    changes.push((key(member), None));
+                }
             };
             let mut changes = Vec::new();
-            for (member, vote) in after {
-                let was = before.get(member).filter(|_| counted_before);
-                if now_counts && was != Some(vote) {
-                    changes.push((key(member), Some(vote.clone())));
-                } else if !now_counts && was.is_some() {
-                    changes.push((key(member), None));
+            // Read into the votes held (left as they were when it is not a document).
+            let read = put.then(|| read_votes(&entry.value, document.as_deref(), &mut held));
+            let (refused, invalid) = match read {
+                Some(Ok(read)) => {
+                    let now_counts = mirror.counts(&slot.1, entry.lease);
+                    match (counted_before, now_counts) {
+                        (true, true) => {
+                            for member in read.changed {
+                                changes.push((key(&member), held.get(&member).cloned()));
+                            }
+                            for member in read.removed {
+                                changes.push((key(&member), None));
+                            }
+                        }
+                        (false, true) => {
+                            for (member, vote) in &held {
+                                changes.push((key(member), Some(vote.clone())));
+                            }
+                        }
+                        (true, false) => {
+                            gone(&held, &mut changes);
+                            for member in read.removed {
+                                changes.push((key(&member), None));
+                            }
+                        }
+                        (false, false) => {}
+                    }
+                    let stored = StoredVotes {
+                        votes: held,
+                        lease: entry.lease,
+                        document: entry.value.clone(),
+                    };
+                    mirror.votes.insert(slot.clone(), stored);
+                    (!now_counts, None)
                 }
-            }
-            if counted_before {
-                for member in before.keys().filter(|m| !after.contains_key(*m)) {
-                    changes.push((key(member), None));
+                // Deleted, or not a document: its votes go.
+                other => {
+                    if counted_before {
+                        gone(&held, &mut changes);
+                    }
+                    (false, other.and_then(Result::err))
                 }
-            }
-            let refused = votes.is_some() && !now_counts;
-            if let Some(votes) = votes {
-                mirror.votes.insert(slot, (votes, entry.lease));
-            }
-            (changes, refused, invalid)
+            };
+            (changes, refused, invalid, slot.1)
         };
         if let Some(error) = invalid {
             self.not_votes(entry, &error);
@@ -476,19 +686,23 @@ mod tests {
         measured.rtt_us = Some(12_345);
         votes.insert("nyc-1".to_string(), measured);
         let document = PoolVotes::of(&votes);
-        let text = serde_json::to_string(&document).unwrap_or_default();
-        let back: PoolVotes = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-        let at = back.at;
+        let text = serde_json::to_vec(&document).unwrap_or_default();
+        let at = document.at;
         // Read after a document that held the same verdicts: their since is kept.
-        let read = back.clone().votes(Some(&votes)).unwrap_or_default();
+        let mut read = votes.clone();
+        let outcome = read_votes(&text, None, &mut read);
         for (member, vote) in &votes {
             let mut expected = vote.clone();
             expected.at = at;
             assert_eq!(read.get(member), Some(&expected), "{member}");
         }
+        // Only `at` moved (when the test's votes were written): no change.
+        assert_eq!(outcome, Ok(Read::default()));
         // Read alone, or after a different verdict: since is the document's time.
-        let fresh = back.votes(None).unwrap_or_default();
+        let mut fresh = BTreeMap::new();
+        let outcome = read_votes(&text, None, &mut fresh).unwrap_or_default();
         assert!(fresh.values().all(|vote| vote.since == at));
+        assert_eq!(outcome.changed, ["ams-1", "fra-1", "nyc-1", "par-1"]);
         // A hundred endpoints up cost about 6 bytes each beyond the fixed part.
         let hundred: BTreeMap<String, Vote> =
             (0..100).map(|m| (format!("m{m}"), vote(true, 5))).collect();
@@ -503,10 +717,103 @@ mod tests {
             r#"{"at":1,"up":["m1"],"rtt":{"m1":-5}}"#,
             r#"{"at":1,"up":["m1"],"rtt":{"m1":"fast"}}"#,
         ] {
-            let read = serde_json::from_str::<PoolVotes>(bad)
-                .map_err(|e| e.to_string())
-                .and_then(|d| d.votes(None));
-            assert!(read.is_err(), "{bad} was read");
+            // Refused whole: what was held stays.
+            let mut held = votes.clone();
+            assert!(
+                read_votes(bad.as_bytes(), None, &mut held).is_err(),
+                "{bad} was read"
+            );
+            let before = Some(text.as_slice());
+            assert!(
+                read_votes(bad.as_bytes(), before, &mut held).is_err(),
+                "{bad} was read"
+            );
+            assert_eq!(held, votes, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_rewritten_document_reads_as_the_votes_that_changed() {
+        let mut held = BTreeMap::new();
+        let first: &[u8] = br#"{"at":100,"region":"eu","up":["a","b","c"],"down":{"d":"refused"}}"#;
+        let read = read_votes(first, None, &mut held).unwrap_or_default();
+        assert_eq!(read.changed, ["a", "b", "c", "d"]);
+        // Written again a second later because c went down: c alone changed, since moved
+        // for c only; a vote that did not change keeps when it was written.
+        let second: &[u8] =
+            br#"{"at":101,"region":"eu","up":["a","b"],"down":{"c":"timed out","d":"refused"}}"#;
+        let read = read_votes(second, Some(first), &mut held).unwrap_or_default();
+        assert_eq!(
+            read,
+            Read {
+                changed: vec!["c".into()],
+                removed: vec![]
+            }
+        );
+        let times =
+            |held: &BTreeMap<String, Vote>, m: &str| held.get(m).map(|v| (v.since, v.at, v.up));
+        assert_eq!(times(&held, "a"), Some((100, 100, true)));
+        assert_eq!(times(&held, "c"), Some((101, 101, false)));
+        assert_eq!(
+            held.get("c").and_then(|v| v.error.clone()),
+            Some("timed out".into())
+        );
+        // b left the pool; an escaped name is read (owned, not borrowed) like any other;
+        // a new error text on d is a change.
+        let third: &[u8] =
+            br#"{"at":102,"region":"eu","up":["a","e\u0301"],"down":{"c":"timed out","d":""}}"#;
+        let read = read_votes(third, Some(second), &mut held).unwrap_or_default();
+        assert_eq!(
+            read,
+            Read {
+                changed: vec!["d".into(), "e\u{301}".into()],
+                removed: vec!["b".into()]
+            }
+        );
+        assert_eq!(held.len(), 4);
+        assert!(held.contains_key("e\u{301}"));
+        assert_eq!(held.get("d").map(|v| v.error.clone()), Some(None));
+        // Compared to the document before or to the votes held alone: the same votes.
+        let mut alone = BTreeMap::new();
+        read_votes(third, None, &mut alone).unwrap_or_default();
+        for (member, vote) in &alone {
+            let held = held.get(member).map(|v| (v.up, &v.error, &v.region));
+            assert_eq!(held, Some((vote.up, &vote.error, &vote.region)), "{member}");
+        }
+        // The region moved: every vote changed. The document before unreadable: the votes
+        // held are compared one by one (d and e are as held; a and c got the new region).
+        let moved: &[u8] =
+            br#"{"at":103,"region":"us","up":["a","e\u0301"],"down":{"c":"timed out","d":""}}"#;
+        let read = read_votes(moved, Some(third), &mut held).unwrap_or_default();
+        assert_eq!(read.changed.len(), 4);
+        let back: &[u8] = br#"{"at":104,"region":"eu","up":["a"],"down":{"c":"timed out","d":""}}"#;
+        let mut partly = held.clone();
+        for member in ["a", "c"] {
+            if let Some(vote) = partly.get_mut(member) {
+                vote.region = Some("eu".into());
+            }
+        }
+        let read = read_votes(back, Some(b"garbage"), &mut partly).unwrap_or_default();
+        assert_eq!(
+            read,
+            Read {
+                changed: vec!["d".into()],
+                removed: vec!["e\u{301}".into()]
+            }
+        );
+        assert_eq!(partly.get("a").map(|v| v.at), Some(104));
+        // Names out of order (a writer that did not sort) read the same; twice is refused.
+        let mut unsorted = BTreeMap::new();
+        let read = read_votes(
+            br#"{"at":1,"up":["z","a"],"down":{"m":""}}"#,
+            None,
+            &mut unsorted,
+        );
+        assert_eq!(
+            read.map(|r| r.changed),
+            Ok(vec!["a".into(), "m".into(), "z".into()])
+        );
+        let twice = read_votes(br#"{"at":1,"up":["z","a","z"]}"#, None, &mut unsorted);
+        assert!(twice.is_err_and(|e| e.contains("\"z\" is both")));
     }
 }

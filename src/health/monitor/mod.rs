@@ -88,6 +88,7 @@ pub fn spawn(
             instance: c.instance.clone(),
             region: c.region.clone(),
         }),
+        voters: tracked::Voters::default(),
         voting: false,
         runtime: loaded.runtime.clone(),
         grace_until: loaded
@@ -166,6 +167,8 @@ struct Monitor {
     verdicts: broadcast::Sender<(EndpointKey, Vote)>,
     /// Who this instance is in the fleet (None: no `[cluster]`).
     voter: Option<Voter>,
+    /// The other instances whose votes the endpoints keep, by number.
+    voters: tracked::Voters,
     /// The fleet's votes count (the store is reachable).
     voting: bool,
     /// With a fleet, until the first votes count or [`START_GRACE`] is over: health does
@@ -305,26 +308,39 @@ impl Monitor {
                 self.persist().await;
             }
             Control::Votes(voter, votes) => {
+                // This instance's own verdict is its local one, never a vote.
+                if self.voter.as_ref().is_some_and(|me| me.instance == voter) {
+                    return;
+                }
+                let voter = self.voters.id(&voter);
                 let mut flips = Vec::new();
+                let region = self.voter.as_ref().and_then(|me| me.region.clone());
                 for (key, vote) in votes {
-                    // Whether the voter's round trip (as ranking counts it) moved too.
+                    let Some(t) = self.members.get_mut(&key) else {
+                        continue;
+                    };
+                    let before = t.votes.set(voter, vote, region.as_deref());
+                    let after = t.votes.get(voter);
+                    // A vote that differs only in when it was written changes nothing
+                    // (its document was written again for another endpoint's sake).
+                    let changed = match (&before, after) {
+                        (Some(before), Some(after)) => !before.same_verdict(after),
+                        (None, None) => false,
+                        _ => true,
+                    };
+                    // Whether the voter's round trip (as ranking counts it) moved too (a
+                    // region matters only with a round trip to rank by).
                     let counted = |v: Option<&Vote>| v.and_then(|v| v.rtt_us.filter(|_| !v.stale));
-                    let mut rtt_moved = false;
-                    let changed = self.members.get_mut(&key).is_some_and(|t| match vote {
-                        Some(vote) => {
-                            let before = t.votes.insert(voter.clone(), vote.clone());
-                            rtt_moved = counted(before.as_ref()) != counted(Some(&vote))
-                                || before.as_ref().map(|b| &b.region) != Some(&vote.region);
-                            before.as_ref() != Some(&vote)
-                        }
-                        None => {
-                            let before = t.votes.remove(&voter);
-                            rtt_moved = counted(before.as_ref()).is_some();
-                            before.is_some()
-                        }
-                    });
+                    let rtt_moved = counted(before.as_ref()) != counted(after)
+                        || (counted(after).is_some()
+                            && before.as_ref().map(|b| &b.region) != after.map(|a| &a.region));
                     if changed {
-                        flips.extend(self.reconsider(&key, "the votes changed"));
+                        let fleet = verdicts::Fleet {
+                            voter: self.voter.as_ref(),
+                            voting: self.voting,
+                            in_grace: self.grace_until.is_some(),
+                        };
+                        flips.extend(verdicts::reconsider(t, &key, fleet, "the votes changed"));
                     }
                     if rtt_moved {
                         self.send_rtts(&key).await;
@@ -334,8 +350,17 @@ impl Monitor {
             }
             Control::ReplaceVotes(all) => {
                 let mut all = all;
+                let me = self.voter.as_ref().map(|me| me.instance.as_str());
+                let region = self.voter.as_ref().and_then(|me| me.region.as_deref());
+                let voters = &mut self.voters;
                 for (key, t) in &mut self.members {
-                    t.votes = all.remove(key).unwrap_or_default();
+                    let votes = all
+                        .remove(key)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(voter, _)| Some(voter.as_str()) != me)
+                        .map(|(voter, vote)| (voters.id(&voter), vote));
+                    t.votes.replace(votes, region);
                 }
                 for key in self.order.clone() {
                     self.send_rtts(&key).await;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{Monitor, Published, Sent};
+use super::{Monitor, Published, Sent, Tracked};
 use crate::health::status::{Drain, DrainNote, EndpointStatus, Load, Planned, StateError, Window};
 use crate::metrics::DRAINS_TOTAL;
 use crate::routing::{BuildEvent, Change, EndpointKey};
@@ -162,6 +162,17 @@ impl Monitor {
     /// (those with the same end and note together: a site's window is one rebuild).
     pub(super) async fn sweep_drains(&mut self) {
         let wall = SystemTime::now();
+        // Every second, over every endpoint: a pass without lookups finds whether anything
+        // is due before the pass in config order (which looks each endpoint up) runs.
+        let due = |t: &Tracked| {
+            t.drain
+                .and_then(|d| d.until)
+                .is_some_and(|until| until <= wall)
+                || t.window.as_ref().is_some_and(|w| w.from <= wall)
+        };
+        if !self.members.values().any(due) {
+            return;
+        }
         let expired: Vec<EndpointKey> = self
             .order
             .iter()

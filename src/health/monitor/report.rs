@@ -66,7 +66,11 @@ impl Monitor {
             key: key.clone(),
             health: t.effective(),
             local: t.local(),
-            votes: t.votes.clone().into_iter().collect(),
+            votes: t
+                .votes
+                .iter()
+                .map(|(voter, vote)| (self.voters.name(voter).to_string(), vote.clone()))
+                .collect(),
             tally: t.main.tally,
             rule: t.rule,
             voting: self.voter.is_some() && self.voting,

@@ -1,6 +1,6 @@
 //! What the monitor tracks, from the config: endpoints, the probe targets they share, and their state carried over a reload or restored from the state file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -44,8 +44,8 @@ pub(super) fn new_tracked(
     Tracked {
         main,
         v6: v6_state(check, restored.and_then(|r| r.v6.as_ref()), now),
-        votes: BTreeMap::new(),
-        votes_gauged: None,
+        votes: super::tracked::HeldVotes::default(),
+        votes_gauges: None,
         rule: VoteRule::default(),
         stale,
         check: check.clone(),

@@ -14,9 +14,113 @@ use crate::health::scheduler::TargetId;
 use crate::health::state::{Health, Hysteresis};
 use crate::health::status::{Drain, Load};
 use crate::health::store;
-use crate::health::votes::Vote;
+use crate::health::votes::{Vote, VoteCounts};
 use crate::policy::load::{LoadTracker, LoadView};
 use crate::routing::{EndpointKey, Withheld};
+
+/// Another instance of the fleet as the monitor knows it: a number in [`Voters`], so that
+/// an endpoint's votes are kept and found by integer (a mass outage finds each of 29
+/// voters' votes on 10,000 endpoints; by name that was most of the monitor's time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct VoterId(u32);
+
+/// The voters seen since start, by name and by number (never forgotten: a fleet has a few
+/// dozen instances, and one that restarts comes back under its name).
+#[derive(Default)]
+pub(super) struct Voters {
+    ids: std::collections::HashMap<String, VoterId>,
+    names: Vec<String>,
+}
+
+impl Voters {
+    /// The number of `name`, given one if new.
+    pub(super) fn id(&mut self, name: &str) -> VoterId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = VoterId(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// The name of `id`.
+    pub(super) fn name(&self, id: VoterId) -> &str {
+        usize::try_from(id.0)
+            .ok()
+            .and_then(|i| self.names.get(i))
+            .map_or("", String::as_str)
+    }
+}
+
+/// Other instances' votes on an endpoint, by voter (never this instance's own), with
+/// their counts per check kept as they change ([`VoteCounts`]).
+#[derive(Default)]
+pub(super) struct HeldVotes {
+    by_voter: BTreeMap<VoterId, Vote>,
+    /// Counted on the main check and on the IPv6 address's.
+    counts: [VoteCounts; 2],
+}
+
+impl HeldVotes {
+    /// The votes by voter.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (VoterId, &Vote)> {
+        self.by_voter.iter().map(|(voter, vote)| (*voter, vote))
+    }
+
+    /// `voter`'s vote.
+    pub(super) fn get(&self, voter: VoterId) -> Option<&Vote> {
+        self.by_voter.get(&voter)
+    }
+
+    /// The counts on the main check or (`v6_check`) the IPv6 address's.
+    pub(super) fn counts(&self, v6_check: bool) -> VoteCounts {
+        self.counts[usize::from(v6_check)]
+    }
+
+    /// Sets (or with None removes) `voter`'s vote, counted for an instance in `region`;
+    /// returns the vote it replaced.
+    pub(super) fn set(
+        &mut self,
+        voter: VoterId,
+        vote: Option<Vote>,
+        region: Option<&str>,
+    ) -> Option<Vote> {
+        if let Some(vote) = &vote {
+            self.count(vote, region, true);
+        }
+        let before = match vote {
+            Some(vote) => self.by_voter.insert(voter, vote),
+            None => self.by_voter.remove(&voter),
+        };
+        if let Some(before) = &before {
+            self.count(before, region, false);
+        }
+        before
+    }
+
+    /// Replaces them all.
+    pub(super) fn replace(
+        &mut self,
+        votes: impl IntoIterator<Item = (VoterId, Vote)>,
+        region: Option<&str>,
+    ) {
+        *self = Self::default();
+        for (voter, vote) in votes {
+            self.set(voter, Some(vote), region);
+        }
+    }
+
+    fn count(&mut self, vote: &Vote, region: Option<&str>, add: bool) {
+        for (v6_check, counts) in [false, true].into_iter().zip(&mut self.counts) {
+            if add {
+                counts.add(vote, v6_check, region);
+            } else {
+                counts.remove(vote, v6_check, region);
+            }
+        }
+    }
+}
 
 /// What one check's results made of an endpoint (or, with `family = "each"`, of one of
 /// its address families).
@@ -78,10 +182,11 @@ pub(super) struct Tracked {
     pub(super) main: CheckState,
     /// `family = "each"` on a dual-stack endpoint: the results of its IPv6 address's check.
     pub(super) v6: Option<CheckState>,
-    /// Other instances' verdicts, by instance.
-    pub(super) votes: BTreeMap<String, Vote>,
-    /// The (voters, down) last set in `gto_member_votes`: set again only when it moves.
-    pub(super) votes_gauged: Option<(usize, usize)>,
+    /// Other instances' verdicts, by voter (never this instance's own), counted.
+    pub(super) votes: HeldVotes,
+    /// `gto_member_votes` for it (down, up), found once: a mass outage sets them once per
+    /// voter and endpoint, and finding a gauge by its labels costs allocations and a lookup.
+    pub(super) votes_gauges: Option<(metrics::Gauge, metrics::Gauge)>,
     /// The pool's rule for combining them.
     pub(super) rule: VoteRule,
     pub(super) stale: bool,
