@@ -364,6 +364,47 @@ mod tests {
     }
 
     #[test]
+    fn counts_kept_as_votes_change_equal_counting_them_all() {
+        // 500 changes of six voters' votes (up, down, stale, on IPv6 or not, eu or us,
+        // removed), chosen by a fixed generator: after each, the counts kept by adding
+        // and taking back equal the counts of the votes held made from scratch.
+        let mut seed: u64 = 0x5eed;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % n
+        };
+        let mut held: BTreeMap<String, Vote> = BTreeMap::new();
+        let mut kept = [VoteCounts::default(); 2];
+        for _ in 0..500 {
+            let voter = format!("v{}", next(6));
+            let new = (next(5) != 0).then(|| {
+                let mut v = vote(next(2) == 0, if next(2) == 0 { "eu" } else { "us" });
+                v.stale = next(6) == 0;
+                v.v6 = [None, Some(true), Some(false)][usize::try_from(next(3)).unwrap_or(0)];
+                v.v4 = v.v6.map(|_| next(2) == 0);
+                v
+            });
+            let before = match new.clone() {
+                Some(v) => held.insert(voter, v),
+                None => held.remove(&voter),
+            };
+            for (v6_check, counts) in [false, true].into_iter().zip(&mut kept) {
+                if let Some(v) = &new {
+                    counts.add(v, v6_check, Some("eu"));
+                }
+                if let Some(v) = &before {
+                    counts.remove(v, v6_check, Some("eu"));
+                }
+                let mut all = VoteCounts::default();
+                for v in held.values() {
+                    all.add(v, v6_check, Some("eu"));
+                }
+                assert_eq!(*counts, all);
+            }
+        }
+    }
+
+    #[test]
     fn regional_scope_uses_the_region_when_it_has_enough_voters() {
         let me = Voter {
             instance: "a".into(),
