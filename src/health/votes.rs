@@ -3,11 +3,13 @@
 //! this instance's included — into the health that answers use.
 //!
 //! A verdict is fresh while the instance that made it is alive: verdicts live under the
-//! voter's lease in the fleet store, are written when they change (and refreshed slowly),
-//! so their number of writes does not depend on the probe interval; a voter whose probes
-//! stop reporting publishes itself as stale, and one that dies loses its verdicts with
-//! its lease. Too few fresh voters, no fleet, or the fleet store unreachable: this
-//! instance's own verdict decides, exactly as without voting.
+//! voter's lease in the fleet store, are written only when they change (one document per
+//! pool, [`crate::cluster::votes`]), so their number of writes does not depend on the
+//! probe interval; a voter whose probes stop reporting publishes itself as stale, and one
+//! that dies loses its verdicts with its lease. Too few fresh voters, no fleet, or the
+//! fleet store unreachable: this instance's own verdict decides, exactly as without
+//! voting. The votes on each endpoint are counted as they change ([`VoteCounts`]), so a
+//! decision costs the same however many voters there are.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
