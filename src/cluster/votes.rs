@@ -251,10 +251,13 @@ pub fn read_votes(
     let old = match old {
         Some(old) if old.region == new.region => old.by_member,
         _ => {
-            let listed: std::collections::HashSet<&str> =
-                new.by_member.iter().map(|v| v.member).collect();
+            let listed = |member: &str| {
+                new.by_member
+                    .binary_search_by(|v| v.member.cmp(member))
+                    .is_ok()
+            };
             held.retain(|member, _| {
-                let kept = listed.contains(member.as_str());
+                let kept = listed(member);
                 if !kept {
                     read.removed.push(member.clone());
                 }

@@ -335,12 +335,12 @@ impl Monitor {
                         || (counted(after).is_some()
                             && before.as_ref().map(|b| &b.region) != after.map(|a| &a.region));
                     if changed {
-                        let fleet = verdicts::Fleet {
+                        let standing = verdicts::Standing {
                             voter: self.voter.as_ref(),
                             voting: self.voting,
                             in_grace: self.grace_until.is_some(),
                         };
-                        flips.extend(verdicts::reconsider(t, &key, fleet, "the votes changed"));
+                        flips.extend(verdicts::reconsider(t, &key, standing, "the votes changed"));
                     }
                     if rtt_moved {
                         self.send_rtts(&key).await;

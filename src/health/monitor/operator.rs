@@ -164,25 +164,14 @@ impl Monitor {
         let wall = SystemTime::now();
         // Every second, over every endpoint: a pass without lookups finds whether anything
         // is due before the pass in config order (which looks each endpoint up) runs.
-        let due = |t: &Tracked| {
-            t.drain
-                .and_then(|d| d.until)
-                .is_some_and(|until| until <= wall)
-                || t.window.as_ref().is_some_and(|w| w.from <= wall)
-        };
+        let due = |t: &Tracked| t.drain_over(wall) || t.window_begun(wall).is_some();
         if !self.members.values().any(due) {
             return;
         }
         let expired: Vec<EndpointKey> = self
             .order
             .iter()
-            .filter(|key| {
-                self.members
-                    .get(*key)
-                    .and_then(|t| t.drain)
-                    .and_then(|d| d.until)
-                    .is_some_and(|until| until <= wall)
-            })
+            .filter(|key| self.members.get(*key).is_some_and(|t| t.drain_over(wall)))
             .cloned()
             .collect();
         if !expired.is_empty() {
@@ -190,12 +179,10 @@ impl Monitor {
         }
         let mut due: Vec<(Window, Vec<EndpointKey>)> = Vec::new();
         for key in &self.order {
-            let Some(window) = self.members.get(key).and_then(|t| t.window.clone()) else {
+            let Some(window) = self.members.get(key).and_then(|t| t.window_begun(wall)) else {
                 continue;
             };
-            if window.from > wall {
-                continue;
-            }
+            let window = window.clone();
             match due
                 .iter_mut()
                 .find(|(w, _)| w.until == window.until && w.note == window.note)

@@ -212,6 +212,18 @@ pub(super) struct Tracked {
 }
 
 impl Tracked {
+    /// Its drain has an end, and `wall` is past it.
+    pub(super) fn drain_over(&self, wall: SystemTime) -> bool {
+        self.drain
+            .and_then(|d| d.until)
+            .is_some_and(|until| until <= wall)
+    }
+
+    /// Its maintenance window, once `wall` has reached the window's start.
+    pub(super) fn window_begun(&self, wall: SystemTime) -> Option<&crate::health::status::Window> {
+        self.window.as_ref().filter(|w| w.from <= wall)
+    }
+
     /// The endpoint's health as answers use it: up while any of its checks says up.
     pub(super) fn effective(&self) -> Health {
         match &self.v6 {

@@ -143,12 +143,12 @@ impl Monitor {
         let Some(t) = self.members.get_mut(key) else {
             return Vec::new();
         };
-        let fleet = Fleet {
+        let standing = Standing {
             voter: self.voter.as_ref(),
             voting: self.voting,
             in_grace: self.grace_until.is_some(),
         };
-        reconsider(t, key, fleet, reason)
+        reconsider(t, key, standing, reason)
     }
     /// Decides every endpoint again (the votes, the rules or the store's reachability
     /// changed) and publishes what flipped.
@@ -438,7 +438,7 @@ fn export_rtts(key: &EndpointKey, before: &[Option<String>], rtts: &[VantageRtt]
 
 /// How this instance stands in the fleet, for [`reconsider`].
 #[derive(Clone, Copy)]
-pub(super) struct Fleet<'a> {
+pub(super) struct Standing<'a> {
     pub(super) voter: Option<&'a crate::health::votes::Voter>,
     /// The fleet's votes count.
     pub(super) voting: bool,
@@ -451,14 +451,14 @@ pub(super) struct Fleet<'a> {
 pub(super) fn reconsider(
     t: &mut Tracked,
     key: &EndpointKey,
-    fleet: Fleet<'_>,
+    standing: Standing<'_>,
     reason: &str,
 ) -> Vec<Flip> {
-    let Fleet {
+    let Standing {
         voter,
         voting,
         in_grace,
-    } = fleet;
+    } = standing;
     let main = decide_counted(
         t.main.hysteresis.state(),
         voter,
