@@ -36,6 +36,9 @@ pub const DNSSEC_SIGNING_REFUSED_TOTAL: &str = "gto_dnssec_signing_refused_total
 /// Signatures made when the config part of snapshots was prepared (load, reload,
 /// re-signing, key events).
 pub const DNSSEC_SIGNED_AT_LOAD_TOTAL: &str = "gto_dnssec_signed_at_load_total";
+/// Signatures a preparation reused from the zone's kept signatures (a restart, a reload
+/// that changed part of the zone) instead of signing again.
+pub const DNSSEC_REUSED_AT_LOAD_TOTAL: &str = "gto_dnssec_reused_at_load_total";
 /// Reads of a zone's key directory that failed (a private key readable by others, a
 /// truncated file), by `zone`: the keys read before stay in use.
 pub const DNSSEC_KEY_READ_FAILURES_TOTAL: &str = "gto_dnssec_key_read_failures_total";
@@ -200,6 +203,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "DNSSEC signatures made when a config was prepared or re-signed.",
+    ),
+    (
+        DNSSEC_REUSED_AT_LOAD_TOTAL,
+        Kind::Counter,
+        Unit::Count,
+        "DNSSEC signatures reused from the kept signatures when a config was prepared.",
     ),
     (
         PROBE_CERT_EXPIRY_TIMESTAMP_SECONDS,

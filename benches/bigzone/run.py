@@ -5,12 +5,20 @@ resident memory, for gto, Knot and gdnsd serving the same zone of N A records
 port; every step is bounded in time. Not a test: figures for the README and the issue.
 
     benches/bigzone/run.py [--records N] [--gto target/release/gto] [--servers gto,knot,gdnsd]
+                           [--signed]
 
 Start: from exec to the first answer for a name of the zone (UDP, polled every ms).
 Reload: the zone file gets a new record and a higher serial, the server is told to
 reload (gto: SIGHUP; Knot: knotc zone-reload; gdnsd: gdnsdctl reload-zones), then the
 time until the new record is answered. RSS: VmRSS after the first load, and after three
-reloads, each once it has settled (unchanged for a second).
+reloads, each once it has settled (unchanged for a second). Restart: the server is
+stopped (SIGTERM, waited for) and started again on the same files and state, exec to
+first answer.
+
+--signed: the zone is signed with one ECDSA P-256 key (gto: `gto dnssec keygen`, with a
+state file, where gto keeps the zone's signatures across restarts; Knot: automatic
+signing with a single-type ECDSA P-256 policy, its journal keeping the signed zone);
+gdnsd does not sign and is left out.
 """
 
 import argparse
@@ -91,14 +99,22 @@ def settled_rss(pid, limit=5.0):
     return last
 
 
-def setup(server, d, port, gto):
+def setup(server, d, port, gto, signed):
     """Config files for `server` in `d`: (command, zone file path, reload function)."""
     if server == "gto":
         zone = os.path.join(d, "gto.example.com.zone")
+        dnssec, state = "", ""
+        if signed:
+            subprocess.run(
+                [gto, "dnssec", "keygen", "--zone", f"{ORIGIN}.", "--dir", os.path.join(d, "keys")],
+                check=True,
+                capture_output=True,
+            )
+            dnssec, state = 'dnssec = { keys = "keys" }\n', 'state_file = "gto.state"\n'
         with open(os.path.join(d, "gto.toml"), "w") as f:
             f.write(
-                f'[server]\nlisten = ["127.0.0.1:{port}"]\n[admin]\nenabled = false\n'
-                f'[[zone]]\norigin = "{ORIGIN}."\nfile = "gto.example.com.zone"\n'
+                f'[server]\nlisten = ["127.0.0.1:{port}"]\n{state}[admin]\nenabled = false\n'
+                f'[[zone]]\norigin = "{ORIGIN}."\nfile = "gto.example.com.zone"\n{dnssec}'
             )
         return [gto, "run", "--config", os.path.join(d, "gto.toml")], zone, lambda p: p.send_signal(signal.SIGHUP)
     if server == "knot":
@@ -106,12 +122,25 @@ def setup(server, d, port, gto):
         os.makedirs(os.path.join(d, "db"))
         zone = os.path.join(d, "gto.example.com.zone")
         conf = os.path.join(d, "knot.conf")
+        # Signed: Knot keeps the signed zone in its journal and, on a restart or reload,
+        # signs only what differs from the zone file (its incremental signing).
+        policy = (
+            "policy:\n  - id: p\n    algorithm: ecdsap256sha256\n    single-type-signing: on\n"
+            if signed
+            else ""
+        )
+        content = (
+            "    zonefile-load: difference-no-serial\n    journal-content: all\n"
+            "    dnssec-signing: on\n    dnssec-policy: p\n"
+            if signed
+            else "    zonefile-load: whole\n    journal-content: none\n"
+        )
         with open(conf, "w") as f:
             f.write(
                 f'server:\n    listen: 127.0.0.1@{port}\n    rundir: "{d}/run"\n    udp-workers: 2\n'
-                f'    tcp-workers: 1\n    background-workers: 1\nlog:\n  - target: stderr\n    any: notice\n'
-                f'database:\n    storage: "{d}/db"\ntemplate:\n  - id: default\n    storage: "{d}"\n'
-                f"    zonefile-sync: -1\n    zonefile-load: whole\n    journal-content: none\n"
+                f'    tcp-workers: 1\n    background-workers: 2\nlog:\n  - target: stderr\n    any: notice\n'
+                f'database:\n    storage: "{d}/db"\n{policy}template:\n  - id: default\n    storage: "{d}"\n'
+                f"    zonefile-sync: -1\n{content}"
                 f'zone:\n  - domain: {ORIGIN}\n    file: "{zone}"\n'
             )
         reload = lambda p: subprocess.run(["knotc", "-c", conf, "zone-reload", ORIGIN], capture_output=True)
@@ -129,10 +158,19 @@ def setup(server, d, port, gto):
     raise SystemExit(f"unknown server {server}")
 
 
-def measure(server, records, port, gto):
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(server, records, port, gto, signed):
     d = tempfile.mkdtemp(prefix=f"bigzone-{server}-")
     try:
-        command, zone, reload = setup(server, d, port, gto)
+        command, zone, reload = setup(server, d, port, gto, signed)
         with open(zone, "w") as f:
             f.write(zone_text(records, 1))
         started = time.monotonic()
@@ -151,20 +189,22 @@ def measure(server, records, port, gto):
                 reload(proc)
                 took = wait_answer(port, f"new{k}.{ORIGIN}", 120)
                 reloads.append(None if took is None else time.monotonic() - t0)
+            rss_after = settled_rss(proc.pid)
+            stop(proc)
+            started = time.monotonic()
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            again = wait_answer(port, "new2.{ORIGIN}".format(ORIGIN=ORIGIN), 120)
+            restart = None if again is None else time.monotonic() - started
             return {
                 "server": server,
                 "start": start,
                 "reloads": reloads,
+                "restart": restart,
                 "rss_first": rss_first,
-                "rss_after": settled_rss(proc.pid),
+                "rss_after": rss_after,
             }
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -175,19 +215,27 @@ def main():
     parser.add_argument("--gto", default="target/release/gto")
     parser.add_argument("--servers", default="gto,knot,gdnsd")
     parser.add_argument("--port", type=int, default=25400)
+    parser.add_argument("--signed", action="store_true")
     args = parser.parse_args()
-    print(f"{args.records} A records; start = exec to first answer; reload = signal to new data")
-    print(f"{'server':8} {'start s':>8} {'reloads s':>20} {'RSS MiB':>8} {'after 3':>8}")
-    for i, server in enumerate(args.servers.split(",")):
+    signed = ", signed (ECDSA P-256)" if args.signed else ""
+    print(f"{args.records} A records{signed}; start = exec to first answer; reload = signal to new data")
+    print(f"{'server':8} {'start s':>8} {'reloads s':>20} {'restart s':>10} {'RSS MiB':>8} {'after 3':>8}")
+    servers = args.servers.split(",")
+    if args.signed and "gdnsd" in servers:
+        servers.remove("gdnsd")  # gdnsd does not sign
+    for i, server in enumerate(servers):
         if server != "gto" and shutil.which({"knot": "knotd", "gdnsd": "gdnsd"}.get(server, server)) is None:
             print(f"{server:8} not installed (../shared/bench/peers.sh setup installs it)")
             continue
-        r = measure(server, args.records, args.port + i, args.gto)
+        r = measure(server, args.records, args.port + i, args.gto, args.signed)
         if "error" in r:
             print(f"{server:8} {r['error']}")
             continue
         reloads = " ".join("-" if t is None else f"{t:.2f}" for t in r["reloads"])
-        print(f"{server:8} {r['start']:8.2f} {reloads:>20} {r['rss_first']!s:>8} {r['rss_after']!s:>8}")
+        restart = "-" if r["restart"] is None else f"{r['restart']:.2f}"
+        print(
+            f"{server:8} {r['start']:8.2f} {reloads:>20} {restart:>10} {r['rss_first']!s:>8} {r['rss_after']!s:>8}"
+        )
         sys.stdout.flush()
 
 

@@ -103,13 +103,17 @@ fn serve(source: ConfigSource) -> ExitCode {
             Ok(inherited) => inherited,
             Err(error) => return fail(&error),
         };
-        match App::start_with(source, loaded, inherited).await {
+        let code = match App::start_with(source, loaded, inherited).await {
             Ok(app) => match app.run_until_signal(signals, reload_queued).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(&error),
             },
             Err(error) => fail(&error),
-        }
+        };
+        // Kept signatures still being written (sockets are closed by now): finished, so
+        // the next start finds them.
+        crate::dnssec::kept::finish_writes();
+        code
     })
 }
 

@@ -26,6 +26,7 @@
 //! expiration [`VALIDITY`] on), so the earliest expiry is known and re-signing is one
 //! rebuild, well before it ([`REFRESH`]).
 
+pub mod kept;
 pub mod keys;
 pub mod parent;
 
@@ -114,14 +115,63 @@ pub fn sign(
     records: &[&Record],
     window: &Window,
 ) -> Result<Record, SignError> {
-    let fail = |message: String| SignError {
+    let (input, tbs) = to_be_signed(key, signer, owner, records, window)?;
+    let signature = key
+        .signing
+        .sign(&tbs)
+        .map_err(|e| sign_error(owner, records, e.to_string()))?;
+    Ok(rrsig(owner, records, input, signature))
+}
+
+/// As [`sign`], reusing the signature `kept` holds for the same key and bytes when there is
+/// one; the signature served is appended to `part` (see [`kept::Keeping`]). True when it
+/// was reused.
+pub fn sign_keeping(
+    key: &Key,
+    signer: &Name,
+    owner: &Name,
+    records: &[&Record],
+    window: &Window,
+    kept: Option<&kept::KeptSigs>,
+    part: &mut Vec<u8>,
+) -> Result<(Record, bool), SignError> {
+    let (input, tbs) = to_be_signed(key, signer, owner, records, window)?;
+    let id = kept::id_of(key, tbs.as_ref());
+    let (signature, reused) = match kept.and_then(|k| k.get(&id)) {
+        Some(signature) => (signature.to_vec(), true),
+        None => {
+            let signature = key
+                .signing
+                .sign(&tbs)
+                .map_err(|e| sign_error(owner, records, e.to_string()))?;
+            (signature, false)
+        }
+    };
+    kept::Keeping::push(part, &id, &signature);
+    Ok((rrsig(owner, records, input, signature), reused))
+}
+
+fn sign_error(owner: &Name, records: &[&Record], message: String) -> SignError {
+    SignError {
         owner: owner.clone(),
         record_type: records
             .first()
             .map_or(RecordType::NULL, |r| r.record_type()),
         message,
-    };
-    let first = records.first().ok_or_else(|| fail("empty RRset".into()))?;
+    }
+}
+
+/// The RRSIG fields of `key` signing `records` in `window`, and the bytes it signs.
+fn to_be_signed(
+    key: &Key,
+    signer: &Name,
+    owner: &Name,
+    records: &[&Record],
+    window: &Window,
+) -> Result<(SigInput, TBS), SignError> {
+    let first = records
+        .first()
+        .ok_or_else(|| sign_error(owner, records, "empty RRset".into()))?;
     let input = SigInput {
         type_covered: first.record_type(),
         algorithm: key.algorithm.algorithm(),
@@ -133,13 +183,18 @@ pub fn sign(
         signer_name: signer.clone(),
     };
     let tbs = TBS::from_input(owner, DNSClass::IN, &input, records.iter().copied())
-        .map_err(|e| fail(e.to_string()))?;
-    let signature = key.signing.sign(&tbs).map_err(|e| fail(e.to_string()))?;
-    Ok(Record::from_rdata(
+        .map_err(|e| sign_error(owner, records, e.to_string()))?;
+    Ok((input, tbs))
+}
+
+/// The RRSIG record of `records` at `owner` with `input` and `signature`.
+fn rrsig(owner: &Name, records: &[&Record], input: SigInput, signature: Vec<u8>) -> Record {
+    let ttl = records.first().map_or(0, |r| r.ttl);
+    Record::from_rdata(
         owner.clone(),
-        first.ttl,
+        ttl,
         RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, signature))),
-    ))
+    )
 }
 
 /// An RRset made for DNSSEC (an NSEC) or signed on first use, with its signatures, and the

@@ -10,11 +10,41 @@ use hickory_proto::dnssec::rdata::{DNSSECRData, NSEC};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::dnssec::REFRESH;
+use crate::dnssec::kept::{Keeping, KeptSigs};
 use crate::dnssec::keys::{Key, KeyRing};
 use crate::dnssec::{
-    Budget, NXNAME, SigCache, SignError, Signed, Window, bitmap, sign, successor, types_key,
+    Budget, NXNAME, SigCache, SignError, Signed, Window, bitmap, sign, sign_keeping, successor,
+    types_key,
 };
 use crate::routing::Node;
+
+/// The tables of a preparation, keyed by names of the zone file (not by what clients
+/// send), so a fast hash; a big zone's preparation inserts a few hundred thousand.
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A table made in shares by the threads that signed a zone, kept as they made it (a
+/// name is in one share): merging a big zone's shares into one table cost a fifth of its
+/// signing when every signature was reused.
+#[derive(Debug)]
+pub struct Shards<K, V>(Vec<Map<K, V>>);
+
+impl<K, V> Default for Shards<K, V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Shards<K, V> {
+    /// The value of `key`, from the share that holds it.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.0.iter().find_map(|shard| shard.get(key))
+    }
+
+    /// Every entry, share after share.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().flatten()
+    }
+}
 
 /// Everything signed for one zone in one preparation.
 #[derive(Debug)]
@@ -26,16 +56,16 @@ pub struct ZoneSigning {
     /// The window of every signature made for this preparation.
     pub window: Window,
     /// Signatures of static RRsets, by owner and type.
-    pub static_sigs: HashMap<(LowerName, RecordType), Vec<Record>>,
+    pub static_sigs: Shards<(LowerName, RecordType), Vec<Record>>,
     /// The SOA as negative answers carry it.
     pub negative_soa: Record,
     /// Signatures of the SOA with the negative TTL, for negative answers.
     pub negative_soa_sigs: Vec<Record>,
     /// The NODATA proof (NSEC at the name and its signatures) of every name that is not a
     /// GSLB name.
-    pub nsec: HashMap<LowerName, Signed>,
+    pub nsec: Shards<LowerName, Signed>,
     /// The NODATA proofs of GSLB names, by (name, has A, has AAAA).
-    pub gslb_nsec: HashMap<(LowerName, bool, bool), Signed>,
+    pub gslb_nsec: Map<(LowerName, bool, bool), Signed>,
     /// The NSEC chain around each wildcard, by its closest encloser W: W, `*.W` and every
     /// name below W in canonical order, each NSEC pointing to the next name and the last
     /// to the first name after W's subtree, signed once here. Answers synthesized from
@@ -54,6 +84,8 @@ pub struct ZoneSigning {
     pub budget: Budget,
     /// Signatures made in this preparation.
     pub signed: u64,
+    /// Signatures reused from the zone's kept signatures ([`crate::dnssec::kept`]).
+    pub reused: u64,
     /// When a key event or a rollover makes this preparation stale (seconds since the
     /// epoch), if ever.
     pub next_event: Option<u64>,
@@ -78,16 +110,24 @@ struct Signer<'k> {
     key_signers: &'k [Arc<Key>],
     nsec_ttl: u32,
     signed: u64,
+    /// Whether the zone has a wildcard (and so needs every name's types).
+    wildcards: bool,
+    /// Signatures kept from before, reused when they sign the same bytes.
+    kept: Option<&'k KeptSigs>,
+    /// The entries of every signature this signer served, for the next preparation.
+    part: Vec<u8>,
+    reused: u64,
 }
 
 /// What signing a zone's names makes (see the fields of [`ZoneSigning`]).
 #[derive(Default)]
 struct Made {
-    static_sigs: HashMap<(LowerName, RecordType), Vec<Record>>,
-    nsec: HashMap<LowerName, Signed>,
-    gslb_nsec: HashMap<(LowerName, bool, bool), Signed>,
-    /// Every name's types, for the wildcard chains.
-    types_of: HashMap<LowerName, Vec<RecordType>>,
+    static_sigs: Map<(LowerName, RecordType), Vec<Record>>,
+    nsec: Map<LowerName, Signed>,
+    gslb_nsec: Map<(LowerName, bool, bool), Signed>,
+    /// Every name's types, for the wildcard chains (none kept when the zone has no
+    /// wildcard).
+    types_of: Map<LowerName, Vec<RecordType>>,
 }
 
 /// Names from which a zone is signed by several threads.
@@ -106,7 +146,9 @@ impl Signer<'_> {
         let owner = Name::from(name);
         match node {
             Node::EmptyNonTerminal => {
-                made.types_of.insert(name.clone(), Vec::new());
+                if self.wildcards {
+                    made.types_of.insert(name.clone(), Vec::new());
+                }
                 if let Some(proof) = self.nsec(&owner, Vec::new())? {
                     made.nsec.insert(name.clone(), proof);
                 }
@@ -134,8 +176,21 @@ impl Signer<'_> {
         // signature would hold room for four (1,120 bytes), twice per name of a big zone.
         let mut sigs = Vec::with_capacity(keys.len());
         for key in keys {
-            self.signed += 1;
-            sigs.push(sign(key, &self.origin, owner, records, &self.window)?);
+            let (sig, reused) = sign_keeping(
+                key,
+                &self.origin,
+                owner,
+                records,
+                &self.window,
+                self.kept,
+                &mut self.part,
+            )?;
+            if reused {
+                self.reused += 1;
+            } else {
+                self.signed += 1;
+            }
+            sigs.push(sig);
         }
         Ok(sigs)
     }
@@ -175,7 +230,9 @@ impl Signer<'_> {
                 .filter_map(|(on, t)| on.then_some(t))
                 .collect()
         };
-        made.types_of.insert(name.clone(), types(has_a, has_aaaa));
+        if self.wildcards {
+            made.types_of.insert(name.clone(), types(has_a, has_aaaa));
+        }
         for a in [false, true] {
             for aaaa in [false, true] {
                 if (a && !has_a) || (aaaa && !has_aaaa) {
@@ -223,7 +280,9 @@ impl Signer<'_> {
             let sigs = self.sign(keys, owner, &records)?;
             made.static_sigs.insert((name.clone(), t), sigs);
         }
-        made.types_of.insert(name.clone(), types.clone());
+        if self.wildcards {
+            made.types_of.insert(name.clone(), types.clone());
+        }
         if let Some(proof) = self.nsec(owner, types)? {
             made.nsec.insert(name.clone(), proof);
         }
@@ -253,7 +312,7 @@ pub struct ZoneContent<'a> {
 /// (occluded names and glue left out) with its types.
 fn wildcard_chains(
     origin: &Name,
-    names: &HashMap<LowerName, Vec<RecordType>>,
+    names: &Map<LowerName, Vec<RecordType>>,
     nsec_ttl: u32,
     sign_with: &mut SignAs<'_>,
 ) -> Result<HashMap<LowerName, Vec<Signed>>, SignError> {
@@ -337,12 +396,15 @@ impl ZoneSigning {
             .find(|link| link.records.first().is_some_and(|nsec| nsec.name == owner))
     }
 
-    /// Signs a zone's static RRsets and NODATA proofs with `ring`'s keys active at `now`.
-    /// None when no key signs the zone at `now` (the zone is then served unsigned).
+    /// Signs a zone's static RRsets and NODATA proofs with `ring`'s keys active at `now`,
+    /// reusing what `keeping` read (and then signing in its window) and leaving there the
+    /// entries of every signature served. None when no key signs the zone at `now` (the
+    /// zone is then served unsigned).
     pub fn new(
         content: &ZoneContent<'_>,
         ring: &KeyRing,
         now: u64,
+        keeping: &mut Keeping,
     ) -> Result<Option<Self>, SignError> {
         let zone_signers = ring.zone_signers(now);
         if zone_signers.is_empty() {
@@ -351,11 +413,15 @@ impl ZoneSigning {
         let key_signers = ring.key_signers(now);
         let mut signer = Signer {
             origin: Name::from(content.origin),
-            window: Window::at(now),
+            window: keeping.window(now),
             zone_signers: &zone_signers,
             key_signers: &key_signers,
             nsec_ttl: content.negative_soa.ttl,
             signed: 0,
+            wildcards: content.nodes.iter().any(|(name, _)| name.is_wildcard()),
+            kept: keeping.from.as_ref(),
+            part: Vec::new(),
+            reused: 0,
         };
         let below_cut = |name: &LowerName| {
             let mut current = name.base_name();
@@ -374,42 +440,43 @@ impl ZoneSigning {
             .collect();
         // A big zone's names are signed by a few threads at once, each with its own
         // signer and tables, merged after (signing is nearly all of a signed load).
-        let sign_share = |share: &[(&LowerName, Node<'_>)]| -> Result<(Made, u64), SignError> {
-            let mut signer = signer.clone();
-            let mut made = Made::default();
-            for (name, node) in share {
-                signer.name(content, name, *node, &mut made)?;
-            }
-            Ok((made, signer.signed))
-        };
-        let mut parts =
-            super::shares::in_shares(&names, PARALLEL_SIGNING_FROM, sign_share).into_iter();
-        let (mut made, mut signed) = parts.next().unwrap_or_else(|| Ok(Default::default()))?;
-        for part in parts {
-            let (part, part_signed) = part?;
-            signed += part_signed;
-            made.static_sigs.extend(part.static_sigs);
-            made.nsec.extend(part.nsec);
-            made.gslb_nsec.extend(part.gslb_nsec);
-            made.types_of.extend(part.types_of);
+        let sign_share =
+            |share: &[(&LowerName, Node<'_>)]| -> Result<(Made, Signer<'_>), SignError> {
+                let mut signer = signer.clone();
+                let mut made = Made::default();
+                for (name, node) in share {
+                    signer.name(content, name, *node, &mut made)?;
+                }
+                Ok((made, signer))
+            };
+        let (mut signed, mut reused, mut entries) = (0, 0, Vec::new());
+        let (mut static_sigs, mut nsec) = (Shards::default(), Shards::default());
+        let (mut gslb_nsec, mut types_of) = (Map::default(), Map::default());
+        for part in super::shares::in_shares(&names, PARALLEL_SIGNING_FROM, sign_share) {
+            let (part, part_signer) = part?;
+            signed += part_signer.signed;
+            reused += part_signer.reused;
+            entries.push(part_signer.part);
+            static_sigs.0.push(part.static_sigs);
+            nsec.0.push(part.nsec);
+            gslb_nsec.extend(part.gslb_nsec);
+            types_of.extend(part.types_of);
         }
         signer.signed += signed;
+        signer.reused += reused;
         let zone_keys = signer.zone_signers;
         let origin = signer.origin.clone();
         let nsec_ttl = signer.nsec_ttl;
         let wildcard_chains = wildcard_chains(
             &origin,
-            &made.types_of,
+            &types_of,
             nsec_ttl,
             &mut |owner: &Name, records: &[&Record]| signer.sign(zone_keys, owner, records),
         )?;
-        let (window, signed) = (signer.window, signer.signed);
-        let Made {
-            static_sigs,
-            nsec,
-            gslb_nsec,
-            ..
-        } = made;
+        let (window, signed, reused) = (signer.window, signer.signed, signer.reused);
+        entries.push(signer.part);
+        keeping.entries = entries;
+        keeping.reused = reused;
         let mut negative_soa_sigs = Vec::new();
         if let Some(sigs) = static_sigs.get(&(content.origin.clone(), RecordType::SOA)) {
             for sig in sigs {
@@ -433,6 +500,7 @@ impl ZoneSigning {
             gslb_cache: SigCache::default(),
             budget: Budget::default(),
             signed,
+            reused,
             next_event: None,
             waiting_for_parent: Vec::new(),
             inputs: [0; 32],

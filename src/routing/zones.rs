@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::{LowerName, Record};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::node::{Node, Nodes};
 use crate::config::WhenAllDown;
@@ -118,8 +118,29 @@ pub(super) fn sign_zone(
         negative_soa,
         gslb_families: families,
     };
-    match ZoneSigning::new(&content, ring, now) {
+    // Signatures kept beside the state file by the last preparation (this process's or
+    // the one before a restart): what still signs the same bytes is reused.
+    let kept_path = loaded
+        .config
+        .server
+        .state_file
+        .as_deref()
+        .map(|state| crate::dnssec::kept::path_for(state, &origin.to_string()));
+    let mut keeping = kept_path
+        .as_deref()
+        .map(|path| crate::dnssec::kept::Keeping::read(path, now))
+        .unwrap_or_default();
+    match ZoneSigning::new(&content, ring, now, &mut keeping) {
         Ok(Some(mut signing)) => {
+            info!(
+                zone = %origin,
+                signed = signing.signed,
+                reused = signing.reused,
+                "zone signed"
+            );
+            if let Some(path) = kept_path.filter(|_| signing.signed > 0) {
+                keeping.write_later(path, &signing.window);
+            }
             signing.inputs = inputs;
             // The next time this preparation goes stale: a key event, or a rollover due.
             let lifetime_due = spec.lifetime.and_then(|lifetime| {
@@ -145,6 +166,8 @@ pub(super) fn sign_zone(
             ));
             metrics::counter!(crate::metrics::DNSSEC_SIGNED_AT_LOAD_TOTAL)
                 .increment(signing.signed);
+            metrics::counter!(crate::metrics::DNSSEC_REUSED_AT_LOAD_TOTAL)
+                .increment(signing.reused);
             Some(Arc::new(signing))
         }
         Ok(None) => {

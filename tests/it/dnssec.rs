@@ -446,9 +446,14 @@ async fn expect_ad(unbound: &Unbound, args: &[&str], status: &str) -> Vec<String
 }
 
 async fn validated_by_unbound(server: &TestServer) {
-    let anchors = ds_of(server.dir.path());
+    validated_at(server.dir.path(), server.addr).await;
+}
+
+/// Every kind of answer of the server at `addr` (config and keys in `dir`) validates.
+async fn validated_at(dir: &Path, addr: std::net::SocketAddr) {
+    let anchors = ds_of(dir);
     assert!(anchors.contains(" IN DS "), "{anchors}");
-    let unbound = Unbound::start("gto.example.com.", server.addr, &anchors).await;
+    let unbound = Unbound::start("gto.example.com.", addr, &anchors).await;
 
     // GSLB, without ECS and with ECS from two places: different signed sets, all valid.
     let plain = expect_ad(&unbound, &["vpn.gto.example.com", "A"], "NOERROR").await;
@@ -550,6 +555,87 @@ async fn unbound_validates_a_big_zone_signed_by_several_threads() {
     }
     let nothing = expect_ad(&unbound, &["bulk20000x.gto.example.com", "A"], "NOERROR").await;
     assert!(nothing.is_empty());
+}
+
+/// The `signed=` and `reused=` counts of a "zone signed" log line.
+fn signed_counts(line: &str) -> (u64, u64) {
+    let count = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+        line[at + name.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (count("signed"), count("reused"))
+}
+
+/// Issue 35: a signed zone's signatures are kept beside the state file. A restart signs
+/// nothing again, a reload that adds a name signs only what changed, and the answers of
+/// both validate in unbound; a damaged file is ignored and the zone signed whole.
+#[tokio::test]
+async fn kept_signatures_are_reused_after_a_restart_and_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        signed(&geo_config("")).replacen("[server]\n", "[server]\nstate_file = \"gto.state\"\n", 1);
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
+    keygen(dir.path(), "keys", &[]);
+    let kept = dir.path().join("gto.state.signatures.gto.example.com");
+    let config = dir.path().join("gto.toml");
+
+    // First start: everything signed, nothing to reuse; the file is written.
+    let mut gto = RealGto::run(&config);
+    let (made, reused) = signed_counts(&gto.wait_for_log("zone signed").await);
+    assert!(made > 20 && reused == 0, "made {made}, reused {reused}");
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+    assert!(kept.is_file(), "no kept signatures at {}", kept.display());
+
+    // A restart reuses every signature and validates.
+    let mut gto = RealGto::run(&config);
+    let line = gto.wait_for_log("zone signed").await;
+    assert_eq!(signed_counts(&line), (0, made), "{line}");
+    validated_at(dir.path(), gto.dns_addr().await).await;
+
+    // A reload with one more name and a new serial: its A set, its NSEC and the SOA are
+    // signed (the SOA also for negative answers), the rest reused.
+    let zone_file = dir.path().join("gto.example.com.zone");
+    let text = std::fs::read_to_string(&zone_file).unwrap();
+    let bumped = text.replacen("2026112501 ; serial", "2026112502 ; serial", 1);
+    assert_ne!(bumped, text, "the zone's serial was not found");
+    std::fs::write(&zone_file, format!("{bumped}added IN A 192.0.2.99\n")).unwrap();
+    gto.signal("HUP");
+    let line = gto.wait_for_log("zone signed").await;
+    let (fresh, again) = signed_counts(&line);
+    assert!((2..=4).contains(&fresh), "{line}");
+    assert_eq!(fresh + again, made + 2, "{line}");
+    gto.wait_for_log("config reloaded").await;
+    let addr = gto.dns_addr().await;
+    let anchors = ds_of(dir.path());
+    let unbound = Unbound::start("gto.example.com.", addr, &anchors).await;
+    let added = expect_ad(&unbound, &["added.gto.example.com", "A"], "NOERROR").await;
+    assert_eq!(added, ["192.0.2.99"]);
+    expect_ad(&unbound, &["www.gto.example.com", "A"], "NOERROR").await;
+    drop(unbound);
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+
+    // A damaged file (one byte flipped) is ignored: the zone is signed whole, and valid.
+    let mut bytes = std::fs::read(&kept).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&kept, bytes).unwrap();
+    let mut gto = RealGto::run(&config);
+    gto.wait_for_log("kept signatures ignored").await;
+    let line = gto.wait_for_log("zone signed").await;
+    assert_eq!(signed_counts(&line), (made + 2, 0), "{line}");
+    validated_at(dir.path(), gto.dns_addr().await).await;
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
 }
 
 #[tokio::test]

@@ -1,0 +1,416 @@
+//! Signatures kept across preparations and restarts, as Knot's journal keeps a signed zone.
+//!
+//! Every signature a preparation of a signed zone makes or reuses is written afterwards, in
+//! a thread of its own, to a file beside the state file (`<state_file>.signatures.<zone>`,
+//! see [`path_for`]). The next preparation of the zone (a reload whose zone changed, a key
+//! event, the next start) reads it back ([`Keeping::read`]) and signs again only the sets
+//! it does not hold: a restart or a one-record reload of a big signed zone costs what the
+//! unsigned one does plus the sets that changed.
+//!
+//! An entry is found by a digest of everything its signature stands for: the key (its
+//! algorithm and public key) and the exact bytes it signed (the RRSIG fields, which hold
+//! the validity window, then the canonical RRset, RFC 4034 section 3.1.8.1). So an entry is
+//! reused only for the very data, key and window it signed. A preparation that reads a file
+//! whose window is still fresh ([`crate::dnssec::REFRESH`] or more before it expires) signs
+//! in that window, so that its unchanged sets match; once the window goes stale everything
+//! is signed again in a new one, as before this file existed.
+//!
+//! The file: `GTOSIGS1`, inception and expiration (u32, little endian), then entries (a
+//! 16-byte digest, the signature's length as a u16, the signature), then the SHA-256 of
+//! everything before it. A file that is missing, short, damaged or of another format is
+//! ignored (logged) and the zone signed whole; it is replaced atomically (temporary file,
+//! fsync, rename), so a crash leaves the old file or the new one.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use hickory_proto::dnssec::PublicKey;
+use sha2::{Digest, Sha256};
+
+use super::Window;
+use super::keys::Key;
+
+/// The file's first bytes (its format's name and version).
+const MAGIC: &[u8; 8] = b"GTOSIGS1";
+/// Bytes of the digest that finds an entry.
+const ID_LEN: usize = 16;
+/// The largest file read (a zone of several million signatures).
+const READ_LIMIT: u64 = 1 << 30;
+
+/// The digest that finds a signature: of the key and the bytes it signs.
+pub(super) type SigId = [u8; ID_LEN];
+
+/// Where the signatures of the zone `origin` are kept, for the state file `state_file`.
+pub fn path_for(state_file: &Path, origin: &str) -> PathBuf {
+    let zone = origin.trim_end_matches('.');
+    let zone = if zone.is_empty() { "root" } else { zone };
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(format!(".signatures.{}", zone.to_ascii_lowercase()));
+    PathBuf::from(name)
+}
+
+/// The digest of `key` signing `tbs` (the bytes to be signed).
+pub(super) fn id_of(key: &Key, tbs: &[u8]) -> SigId {
+    let mut hasher = Sha256::new();
+    hasher.update([u8::from(key.algorithm.algorithm())]);
+    hasher.update(key.dnskey.public_key().public_bytes());
+    hasher.update(tbs);
+    let digest = hasher.finalize();
+    let mut id = [0; ID_LEN];
+    id.copy_from_slice(&digest[..ID_LEN]);
+    id
+}
+
+/// The signatures read from a zone's file: its window and its entries.
+#[derive(Debug)]
+pub struct KeptSigs {
+    /// The window every signature in the file was made in.
+    pub window: Window,
+    bytes: Vec<u8>,
+    /// Where each signature starts in `bytes`, and its length.
+    index: HashMap<SigId, (u32, u16), foldhash::fast::RandomState>,
+}
+
+impl KeptSigs {
+    /// Parses a file's bytes; None (with the reason) when they are not a whole file.
+    fn parse(bytes: Vec<u8>) -> Result<Self, &'static str> {
+        let header = MAGIC.len() + 8;
+        if bytes.len() < header + 32 || &bytes[..MAGIC.len()] != MAGIC {
+            return Err("not a signatures file of this version");
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 32);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err("its checksum does not match (damaged or cut short)");
+        }
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let window = Window {
+            inception: word(MAGIC.len()),
+            expiration: word(MAGIC.len() + 4),
+        };
+        let mut index = HashMap::with_capacity_and_hasher(
+            body.len() / 80,
+            foldhash::fast::RandomState::default(),
+        );
+        let mut at = header;
+        while at < body.len() {
+            let Some(entry) = body.get(at..at + ID_LEN + 2) else {
+                return Err("an entry is cut short");
+            };
+            let mut id = [0; ID_LEN];
+            id.copy_from_slice(&entry[..ID_LEN]);
+            let len = u16::from_le_bytes([entry[ID_LEN], entry[ID_LEN + 1]]);
+            let start = at + ID_LEN + 2;
+            let end = start + usize::from(len);
+            if end > body.len() {
+                return Err("an entry is cut short");
+            }
+            let start = u32::try_from(start).map_err(|_| "too big")?;
+            index.insert(id, (start, len));
+            at = end;
+        }
+        Ok(Self {
+            window,
+            bytes,
+            index,
+        })
+    }
+
+    /// The signature kept for `id`.
+    pub(super) fn get(&self, id: &SigId) -> Option<&[u8]> {
+        let &(start, len) = self.index.get(id)?;
+        let start = start as usize;
+        self.bytes.get(start..start + usize::from(len))
+    }
+
+    /// How many signatures the file holds.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
+/// What one preparation of a zone reuses and makes: the signatures read (if any) and the
+/// entries of every signature it serves, in the file's form, to be written after it.
+#[derive(Debug, Default)]
+pub struct Keeping {
+    /// The file read, when its window is still fresh.
+    pub from: Option<KeptSigs>,
+    /// Entries of the signatures served, in parts (one per signing thread).
+    pub entries: Vec<Vec<u8>>,
+    /// Signatures reused from `from`.
+    pub reused: u64,
+}
+
+impl Keeping {
+    /// Reads the zone's file at `path` (after any write of it still under way) if its
+    /// window is fresh at `now`; nothing kept otherwise.
+    pub fn read(path: &Path, now: u64) -> Self {
+        wait_for_write(path);
+        let bytes = match crate::files::read(path, READ_LIMIT) {
+            Ok(bytes) => bytes,
+            Err(error) if error.is_not_found() => return Self::default(),
+            Err(error) => {
+                tracing::warn!(%error, "kept signatures not read; the zone is signed whole");
+                return Self::default();
+            }
+        };
+        match KeptSigs::parse(bytes) {
+            Ok(kept) if fresh(&kept.window, now) => Self {
+                from: Some(kept),
+                ..Self::default()
+            },
+            Ok(_) => {
+                tracing::debug!(path = %path.display(), "kept signatures are stale");
+                Self::default()
+            }
+            Err(why) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    why,
+                    "kept signatures ignored; the zone is signed whole"
+                );
+                Self::default()
+            }
+        }
+    }
+
+    /// The window to sign in: the file's when one was read, else a new one at `now`.
+    pub fn window(&self, now: u64) -> Window {
+        self.from
+            .as_ref()
+            .map_or_else(|| Window::at(now), |kept| kept.window.clone())
+    }
+
+    /// Writes the entries to `path` in a thread of its own (after any earlier write of
+    /// it), as made in `window`.
+    pub fn write_later(self, path: PathBuf, window: &Window) {
+        let mut file = Vec::with_capacity(
+            MAGIC.len() + 8 + self.entries.iter().map(Vec::len).sum::<usize>() + 32,
+        );
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&window.inception.to_le_bytes());
+        file.extend_from_slice(&window.expiration.to_le_bytes());
+        drop(self.from); // not needed while the file is written
+        let entries = self.entries;
+        let mut writes = WRITES.lock().unwrap_or_else(|e| e.into_inner());
+        let earlier = take_write(&mut writes, &path);
+        let at = path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gto-sigs-write".into())
+            .spawn(move || {
+                if let Some(earlier) = earlier {
+                    let _ = earlier.join();
+                }
+                for part in &entries {
+                    file.extend_from_slice(part);
+                }
+                drop(entries);
+                let sum = Sha256::digest(&file);
+                file.extend_from_slice(&sum);
+                if let Err(error) = write_file(&at, &file) {
+                    tracing::warn!(path = %at.display(), %error, "kept signatures not written");
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                writes.push((path, handle));
+            }
+            Err(error) => tracing::warn!(%error, "kept signatures not written"),
+        }
+    }
+
+    /// Appends the entry of a signature served (`part`: the signing thread's own).
+    pub(super) fn push(part: &mut Vec<u8>, id: &SigId, signature: &[u8]) {
+        let Ok(len) = u16::try_from(signature.len()) else {
+            return; // no DNSSEC signature is that long; not kept
+        };
+        part.extend_from_slice(id);
+        part.extend_from_slice(&len.to_le_bytes());
+        part.extend_from_slice(signature);
+    }
+}
+
+/// Whether signatures made in `window` may still be served, and more signed in it, at
+/// `now`: it has begun, and it ends [`super::REFRESH`] or more from now.
+fn fresh(window: &Window, now: u64) -> bool {
+    i64::from(window.inception) <= now as i64
+        && i64::from(window.expiration) - now as i64 >= super::REFRESH.as_secs() as i64
+}
+
+/// Writes still under way, by path.
+static WRITES: Mutex<Vec<(PathBuf, JoinHandle<()>)>> = Mutex::new(Vec::new());
+
+/// Takes the write of `path` under way out of [`WRITES`], if any.
+fn take_write(writes: &mut Vec<(PathBuf, JoinHandle<()>)>, path: &Path) -> Option<JoinHandle<()>> {
+    let at = writes.iter().position(|(p, _)| p == path)?;
+    Some(writes.swap_remove(at).1)
+}
+
+/// Waits for a write of `path` under way, if any.
+fn wait_for_write(path: &Path) {
+    let pending = take_write(&mut WRITES.lock().unwrap_or_else(|e| e.into_inner()), path);
+    if let Some(pending) = pending {
+        let _ = pending.join();
+    }
+}
+
+/// Waits for every write under way (at exit, so that a restart finds the file).
+pub fn finish_writes() {
+    let pending: Vec<_> = WRITES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain(..)
+        .map(|(_, handle)| handle)
+        .collect();
+    for handle in pending {
+        let _ = handle.join();
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let path = crate::files::replaceable(path, false).map_err(std::io::Error::other)?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut out = std::fs::File::create(&temporary)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&temporary, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::{Name, RData, Record};
+
+    use super::*;
+    use crate::dnssec::keys::{KeyAlgorithm, Role, Timeline, generate};
+    use crate::dnssec::{REFRESH, VALIDITY, sign_keeping};
+
+    /// A signature is reused for exactly the key, bytes and window it signed; a file that
+    /// is stale, not yet valid, damaged or cut short is not read.
+    #[test]
+    fn kept_signatures_are_reused_for_the_same_key_bytes_and_window_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = Name::from_ascii("gto.example.com.").unwrap();
+        let new_key = || {
+            generate(
+                &dir.path().join("keys"),
+                &zone,
+                Role::Csk,
+                KeyAlgorithm::EcdsaP256,
+                Timeline::from(0),
+                3600,
+            )
+            .unwrap()
+        };
+        let key = new_key();
+        let owner = Name::from_ascii("www.gto.example.com.").unwrap();
+        let a =
+            |ip: &str, ttl| Record::from_rdata(owner.clone(), ttl, RData::A(ip.parse().unwrap()));
+        let first = a("192.0.2.1", 300);
+        let now = 1_800_000_000;
+        let path = path_for(&dir.path().join("gto.state"), "GTO.example.com.");
+        assert!(path.ends_with("gto.state.signatures.gto.example.com"));
+
+        let keeping = Keeping::read(&path, now);
+        assert!(keeping.from.is_none(), "nothing kept yet");
+        let window = keeping.window(now);
+        let mut part = Vec::new();
+        let sign = |record: &Record, window: &Window, kept, part: &mut Vec<u8>| {
+            sign_keeping(&key, &zone, &owner, &[record], window, kept, part).unwrap()
+        };
+        let (signature, reused) = sign(&first, &window, None, &mut part);
+        assert!(!reused);
+        let keeping = Keeping {
+            entries: vec![part],
+            ..Keeping::default()
+        };
+        keeping.write_later(path.clone(), &window);
+
+        // An hour on, the file (read after its write) is fresh: its window is adopted.
+        let later = now + 3600;
+        let read = Keeping::read(&path, later);
+        let kept = read.from.as_ref().expect("the file is read");
+        assert_eq!(kept.len(), 1);
+        let adopted = read.window(later);
+        assert_eq!(
+            (adopted.inception, adopted.expiration),
+            (window.inception, window.expiration)
+        );
+        let mut part = Vec::new();
+        let (again, reused) = sign(&first, &adopted, Some(kept), &mut part);
+        assert!(reused);
+        // ECDSA signs with a fresh random nonce: only a reused signature is equal.
+        assert_eq!(again, signature);
+        assert!(
+            !part.is_empty(),
+            "a reused signature is kept for the next file too"
+        );
+
+        // Another address, another TTL, another window: signed anew.
+        for (record, window) in [
+            (a("192.0.2.2", 300), adopted.clone()),
+            (a("192.0.2.1", 301), adopted.clone()),
+            (first.clone(), Window::at(later)),
+        ] {
+            let (_, reused) = sign(&record, &window, Some(kept), &mut part);
+            assert!(!reused, "{record:?} in {window:?}");
+        }
+        // Another key: signed anew.
+        let other = new_key();
+        let (_, reused) = sign_keeping(
+            &other,
+            &zone,
+            &owner,
+            &[&first],
+            &adopted,
+            Some(kept),
+            &mut part,
+        )
+        .unwrap();
+        assert!(!reused);
+
+        // Too near its expiry, or before its inception: not read.
+        let stale = u64::from(window.expiration) - REFRESH.as_secs() + 1;
+        assert!(Keeping::read(&path, stale).from.is_none());
+        assert!(Keeping::read(&path, stale - 2).from.is_some());
+        assert!(
+            Keeping::read(&path, u64::from(window.inception) - 1)
+                .from
+                .is_none()
+        );
+        assert_eq!(
+            u64::from(window.expiration - window.inception),
+            VALIDITY.as_secs() + crate::dnssec::BACKDATE.as_secs()
+        );
+
+        // Damaged (a byte flipped anywhere) or cut short: not read.
+        let bytes = std::fs::read(&path).unwrap();
+        for at in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 1;
+            std::fs::write(&path, &damaged).unwrap();
+            assert!(
+                Keeping::read(&path, later).from.is_none(),
+                "byte {at} flipped"
+            );
+        }
+        for len in [0, 7, 20, bytes.len() - 1] {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            assert!(Keeping::read(&path, later).from.is_none(), "cut to {len}");
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Keeping::read(&path, later).from.is_some());
+    }
+}
