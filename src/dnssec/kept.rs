@@ -295,7 +295,7 @@ mod tests {
 
     use super::*;
     use crate::dnssec::keys::{KeyAlgorithm, Role, Timeline, generate};
-    use crate::dnssec::{REFRESH, VALIDITY, sign_keeping};
+    use crate::dnssec::{REFRESH, VALIDITY, signature_keeping};
 
     /// A signature is reused for exactly the key, bytes and window it signed; a file that
     /// is stale, not yet valid, damaged or cut short is not read.
@@ -328,7 +328,7 @@ mod tests {
         let window = keeping.window(now);
         let mut part = Vec::new();
         let sign = |record: &Record, window: &Window, kept, part: &mut Vec<u8>| {
-            sign_keeping(&key, &zone, &owner, &[record], window, kept, part).unwrap()
+            signature_keeping(&key, &zone, &owner, &[record], window, kept, part).unwrap()
         };
         let (signature, reused) = sign(&first, &window, None, &mut part);
         assert!(!reused);
@@ -369,7 +369,7 @@ mod tests {
         }
         // Another key: signed anew.
         let other = new_key();
-        let (_, reused) = sign_keeping(
+        let (_, reused) = signature_keeping(
             &other,
             &zone,
             &owner,

@@ -120,13 +120,14 @@ pub fn sign(
         .signing
         .sign(&tbs)
         .map_err(|e| sign_error(owner, records, e.to_string()))?;
-    Ok(rrsig(owner, records, input, signature))
+    let ttl = input.original_ttl;
+    Ok(rrsig_record(owner, ttl, input, signature))
 }
 
-/// As [`sign`], reusing the signature `kept` holds for the same key and bytes when there is
-/// one; the signature served is appended to `part` (see [`kept::Keeping`]). True when it
-/// was reused.
-pub fn sign_keeping(
+/// The signature of `records` by `key` (as [`sign`] makes it), reusing the one `kept`
+/// holds for the same key and bytes when there is one; its entry is appended to `part`
+/// (see [`kept::Keeping`]). True when it was reused. [`rrsig_of`] makes its record.
+pub fn signature_keeping(
     key: &Key,
     signer: &Name,
     owner: &Name,
@@ -134,8 +135,8 @@ pub fn sign_keeping(
     window: &Window,
     kept: Option<&kept::KeptSigs>,
     part: &mut Vec<u8>,
-) -> Result<(Record, bool), SignError> {
-    let (input, tbs) = to_be_signed(key, signer, owner, records, window)?;
+) -> Result<(Vec<u8>, bool), SignError> {
+    let (_, tbs) = to_be_signed(key, signer, owner, records, window)?;
     let id = kept::id_of(key, tbs.as_ref());
     let (signature, reused) = match kept.and_then(|k| k.get(&id)) {
         Some(signature) => (signature.to_vec(), true),
@@ -148,7 +149,22 @@ pub fn sign_keeping(
         }
     };
     kept::Keeping::push(part, &id, &signature);
-    Ok((rrsig(owner, records, input, signature), reused))
+    Ok((signature, reused))
+}
+
+/// The RRSIG record of `signature`, made by `key` in `window` over the set of
+/// `type_covered` at `owner` with TTL `ttl`: the record [`sign`] makes for that set.
+pub fn rrsig_of(
+    key: &Key,
+    signer: &Name,
+    owner: &Name,
+    type_covered: RecordType,
+    ttl: u32,
+    window: &Window,
+    signature: Vec<u8>,
+) -> Record {
+    let input = sig_input(key, signer, owner, type_covered, ttl, window);
+    rrsig_record(owner, ttl, input, signature)
 }
 
 fn sign_error(owner: &Name, records: &[&Record], message: String) -> SignError {
@@ -158,6 +174,27 @@ fn sign_error(owner: &Name, records: &[&Record], message: String) -> SignError {
             .first()
             .map_or(RecordType::NULL, |r| r.record_type()),
         message,
+    }
+}
+
+/// The RRSIG fields of `key` signing a set of `type_covered` at `owner` in `window`.
+fn sig_input(
+    key: &Key,
+    signer: &Name,
+    owner: &Name,
+    type_covered: RecordType,
+    ttl: u32,
+    window: &Window,
+) -> SigInput {
+    SigInput {
+        type_covered,
+        algorithm: key.algorithm.algorithm(),
+        num_labels: owner.num_labels(),
+        original_ttl: ttl,
+        sig_expiration: SerialNumber::new(window.expiration),
+        sig_inception: SerialNumber::new(window.inception),
+        key_tag: key.tag,
+        signer_name: signer.clone(),
     }
 }
 
@@ -172,24 +209,14 @@ fn to_be_signed(
     let first = records
         .first()
         .ok_or_else(|| sign_error(owner, records, "empty RRset".into()))?;
-    let input = SigInput {
-        type_covered: first.record_type(),
-        algorithm: key.algorithm.algorithm(),
-        num_labels: owner.num_labels(),
-        original_ttl: first.ttl,
-        sig_expiration: SerialNumber::new(window.expiration),
-        sig_inception: SerialNumber::new(window.inception),
-        key_tag: key.tag,
-        signer_name: signer.clone(),
-    };
+    let input = sig_input(key, signer, owner, first.record_type(), first.ttl, window);
     let tbs = TBS::from_input(owner, DNSClass::IN, &input, records.iter().copied())
         .map_err(|e| sign_error(owner, records, e.to_string()))?;
     Ok((input, tbs))
 }
 
-/// The RRSIG record of `records` at `owner` with `input` and `signature`.
-fn rrsig(owner: &Name, records: &[&Record], input: SigInput, signature: Vec<u8>) -> Record {
-    let ttl = records.first().map_or(0, |r| r.ttl);
+/// The RRSIG record at `owner` with `input` and `signature`.
+fn rrsig_record(owner: &Name, ttl: u32, input: SigInput, signature: Vec<u8>) -> Record {
     Record::from_rdata(
         owner.clone(),
         ttl,

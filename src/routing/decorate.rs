@@ -83,16 +83,15 @@ fn sign_answers<'s>(
                     // count (without `*`) tells a validator the set was synthesized.
                     let zone = snapshot.zone_for(&owner, rtype)?;
                     let (wildcard, _) = zone.wildcard_of(&owner)?;
-                    let sigs = signing.static_sigs.get(&(wildcard.clone(), rtype))?;
+                    let sigs = signing.sigs_of(&wildcard, rtype)?;
                     if let Some(proof) = signing.wildcard_cover(&wildcard, &owner)
                         && !wildcard_proofs.iter().any(|p| std::ptr::eq(*p, proof))
                     {
                         wildcard_proofs.push(proof);
                     }
                     Some(
-                        sigs.iter()
-                            .map(|sig| {
-                                let mut sig = sig.clone();
+                        sigs.into_iter()
+                            .map(|mut sig| {
                                 sig.name = first.name.clone();
                                 Cow::Owned(sig)
                             })
@@ -104,8 +103,8 @@ fn sign_answers<'s>(
                     let signed = node.signatures_of_records(&records)?;
                     Some(signed.sigs.iter().cloned().map(Cow::Owned).collect())
                 } else {
-                    let sigs = signing.static_sigs.get(&(owner.clone(), rtype))?;
-                    Some(sigs.iter().map(Cow::Borrowed).collect())
+                    let sigs = signing.sigs_of(&owner, rtype)?;
+                    Some(sigs.into_iter().map(Cow::Owned).collect())
                 }
             });
         if rtype == RecordType::CNAME
@@ -155,15 +154,15 @@ fn referral_proof<'s>(snapshot: &'s Snapshot, resolution: &mut Resolution<'s>) {
             resolution
                 .authorities
                 .extend(ds.records(&Name::from(&cut)).into_iter().map(Cow::Owned));
-            if let Some(sigs) = signing.static_sigs.get(&(cut.clone(), RecordType::DS)) {
+            if let Some(sigs) = signing.sigs_of(&cut, RecordType::DS) {
                 resolution
                     .authorities
-                    .extend(sigs.iter().map(Cow::Borrowed));
+                    .extend(sigs.into_iter().map(Cow::Owned));
             }
         }
         None => {
-            if let Some(proof) = signing.nsec.get(&cut) {
-                push_proof(&mut resolution.authorities, proof);
+            if let Some(proof) = signing.nsec_of(&cut) {
+                push_owned_proof(&mut resolution.authorities, proof);
             }
         }
     }
@@ -219,16 +218,20 @@ fn own_types<'s>(
     qtype: RecordType,
     resolution: &mut Resolution<'s>,
 ) {
-    let exact: Option<&Signed> = match zone.gslb.get(name) {
+    let exact: Option<Signed> = match zone.gslb.get(name) {
         Some(node) => {
             let key = (name.clone(), node.has_family(false), node.has_family(true));
-            signing.gslb_nsec.get(&key)
+            signing.gslb_nsec.get(&key).map(|proof| Signed {
+                records: proof.records.clone(),
+                sigs: proof.sigs.clone(),
+                wire: Box::default(),
+            })
         }
-        None => signing.nsec.get(name),
+        None => signing.nsec_of(name),
     };
     // Owned: these queries are rare, and a denial's proof comes from a cache.
     let nsec: Option<(Vec<Record>, Vec<Record>)> = match exact {
-        Some(proof) => Some((proof.records.clone(), proof.sigs.clone())),
+        Some(proof) => Some((proof.records, proof.sigs)),
         // A denial keeps only its wire form: its records, signatures among them, decoded.
         None => signing.denial(name, vec![NXNAME]).map(|proof| {
             denial_records(name, &proof)
@@ -253,11 +256,15 @@ fn own_types<'s>(
         }
         _ => {
             // Every signature at the name: its static sets' and its NSEC's.
-            let mut sigs: Vec<Cow<'s, Record>> = signing
-                .static_sigs
-                .iter()
-                .filter(|((owner, _), _)| owner == name)
-                .flat_map(|(_, sigs)| sigs.iter().map(Cow::Borrowed))
+            let types: Vec<RecordType> = match zone.nodes.get(name) {
+                Some(Node::Static(sets)) => sets.iter().map(|set| set.record_type).collect(),
+                _ => Vec::new(),
+            };
+            let mut sigs: Vec<Cow<'s, Record>> = types
+                .into_iter()
+                .filter_map(|rtype| signing.sigs_of(name, rtype))
+                .flatten()
+                .map(Cow::Owned)
                 .collect();
             sigs.extend(nsec_sigs.into_iter().map(Cow::Owned));
             resolution.answers.extend(sigs);
@@ -268,6 +275,12 @@ fn own_types<'s>(
 fn push_proof<'s>(into: &mut Vec<Cow<'s, Record>>, proof: &'s Signed) {
     into.extend(proof.records.iter().map(Cow::Borrowed));
     into.extend(proof.sigs.iter().map(Cow::Borrowed));
+}
+
+/// As [`push_proof`], for a proof made for this answer.
+fn push_owned_proof(into: &mut Vec<Cow<'_, Record>>, proof: Signed) {
+    into.extend(proof.records.into_iter().map(Cow::Owned));
+    into.extend(proof.sigs.into_iter().map(Cow::Owned));
 }
 
 /// The NSEC of a denial of `owner` and its signatures: kept as records, or decoded from
@@ -320,8 +333,8 @@ fn nodata_proof<'s>(
         }
         return;
     }
-    if let Some(proof) = signing.nsec.get(name) {
-        push_proof(into, proof);
+    if let Some(proof) = signing.nsec_of(name) {
+        push_owned_proof(into, proof);
         return;
     }
     // A name synthesized from a wildcard (RFC 4035 section 3.1.3.4): the wildcard's own

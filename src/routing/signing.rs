@@ -13,8 +13,8 @@ use crate::dnssec::REFRESH;
 use crate::dnssec::kept::{Keeping, KeptSigs};
 use crate::dnssec::keys::{Key, KeyRing};
 use crate::dnssec::{
-    Budget, NXNAME, SigCache, SignError, Signed, Window, bitmap, sign, sign_keeping, successor,
-    types_key,
+    Budget, NXNAME, SigCache, SignError, Signed, Window, bitmap, rrsig_of, sign, signature_keeping,
+    successor, types_key,
 };
 use crate::routing::Node;
 
@@ -46,6 +46,67 @@ impl<K: std::hash::Hash + Eq, V> Shards<K, V> {
     }
 }
 
+/// The signatures of one static RRset, kept compact: the set's TTL and each key's
+/// signature (in the order of the keys that sign its type), made into RRSIG records
+/// when an answer needs them ([`ZoneSigning::sigs_of`]). A big zone keeps one per set:
+/// as records they took four times the memory, and a start or reload as much longer to
+/// fill it.
+#[derive(Debug)]
+pub struct SetSigs {
+    ttl: u32,
+    signatures: Box<[u8]>,
+}
+
+/// A name's NODATA proof, kept compact: the types its NSEC lists and the NSEC's
+/// signatures by the zone's keys; made into records when an answer needs them
+/// ([`ZoneSigning::nsec_of`]).
+#[derive(Debug)]
+pub struct NsecSigs {
+    types: Box<[RecordType]>,
+    signatures: Box<[u8]>,
+}
+
+/// Signatures one after the other, each after its length (u16, little endian).
+fn join_signatures(signatures: &[Vec<u8>]) -> Box<[u8]> {
+    let mut joined = Vec::with_capacity(signatures.iter().map(|s| s.len() + 2).sum());
+    for signature in signatures {
+        let len = u16::try_from(signature.len()).unwrap_or(u16::MAX);
+        joined.extend_from_slice(&len.to_le_bytes());
+        joined.extend_from_slice(&signature[..usize::from(len)]);
+    }
+    joined.into_boxed_slice()
+}
+
+/// The signatures [`join_signatures`] joined.
+fn signatures_of(mut joined: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (len, rest) = joined.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_le_bytes(*len));
+        let signature = rest.get(..len)?;
+        joined = &rest[len..];
+        Some(signature)
+    })
+}
+
+/// The NSEC record of a NODATA proof at `owner` listing `types` (compact denial: its next
+/// name right after the owner); None for a name with no successor.
+fn nsec_record(owner: &Name, ttl: u32, types: Vec<RecordType>) -> Option<Record> {
+    let next = successor(owner)?;
+    Some(Record::from_rdata(
+        owner.clone(),
+        ttl,
+        RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(next, bitmap(types)))),
+    ))
+}
+
+/// Whether sets of `rtype` are signed by the key-signing keys (else by the zone's).
+fn signed_by_key_signers(rtype: RecordType) -> bool {
+    matches!(
+        rtype,
+        RecordType::DNSKEY | RecordType::CDS | RecordType::CDNSKEY
+    )
+}
+
 /// Everything signed for one zone in one preparation.
 #[derive(Debug)]
 pub struct ZoneSigning {
@@ -53,17 +114,19 @@ pub struct ZoneSigning {
     pub origin: Name,
     /// Keys that sign the zone's data in this window.
     pub zone_signers: Vec<Arc<Key>>,
+    /// Keys that sign the DNSKEY, CDS and CDNSKEY sets in this window.
+    pub key_signers: Vec<Arc<Key>>,
     /// The window of every signature made for this preparation.
     pub window: Window,
-    /// Signatures of static RRsets, by owner and type.
-    pub static_sigs: Shards<(LowerName, RecordType), Vec<Record>>,
+    /// Signatures of static RRsets, by owner and type (see [`Self::sigs_of`]).
+    pub static_sigs: Shards<(LowerName, RecordType), SetSigs>,
     /// The SOA as negative answers carry it.
     pub negative_soa: Record,
     /// Signatures of the SOA with the negative TTL, for negative answers.
     pub negative_soa_sigs: Vec<Record>,
     /// The NODATA proof (NSEC at the name and its signatures) of every name that is not a
     /// GSLB name.
-    pub nsec: Shards<LowerName, Signed>,
+    pub nsec: Shards<LowerName, NsecSigs>,
     /// The NODATA proofs of GSLB names, by (name, has A, has AAAA).
     pub gslb_nsec: Map<(LowerName, bool, bool), Signed>,
     /// The NSEC chain around each wildcard, by its closest encloser W: W, `*.W` and every
@@ -122,8 +185,8 @@ struct Signer<'k> {
 /// What signing a zone's names makes (see the fields of [`ZoneSigning`]).
 #[derive(Default)]
 struct Made {
-    static_sigs: Map<(LowerName, RecordType), Vec<Record>>,
-    nsec: Map<LowerName, Signed>,
+    static_sigs: Map<(LowerName, RecordType), SetSigs>,
+    nsec: Map<LowerName, NsecSigs>,
     gslb_nsec: Map<(LowerName, bool, bool), Signed>,
     /// Every name's types, for the wildcard chains (none kept when the zone has no
     /// wildcard).
@@ -149,7 +212,7 @@ impl Signer<'_> {
                 if self.wildcards {
                     made.types_of.insert(name.clone(), Vec::new());
                 }
-                if let Some(proof) = self.nsec(&owner, Vec::new())? {
+                if let Some(proof) = self.nsec_sigs(&owner, Vec::new())? {
                     made.nsec.insert(name.clone(), proof);
                 }
             }
@@ -165,18 +228,18 @@ impl Signer<'_> {
         Ok(())
     }
 
-    /// Signatures of one RRset (owner, records) by each of `keys`.
-    fn sign(
+    /// The signatures of one RRset (owner, records) by each of `keys`, in their order.
+    fn signatures(
         &mut self,
         keys: &[Arc<Key>],
         owner: &Name,
         records: &[&Record],
-    ) -> Result<Vec<Record>, SignError> {
+    ) -> Result<Vec<Vec<u8>>, SignError> {
         // Sized for the keys: collected from an iterator of results, a Vec of one
-        // signature would hold room for four (1,120 bytes), twice per name of a big zone.
-        let mut sigs = Vec::with_capacity(keys.len());
+        // signature would hold room for four, per set of a big zone.
+        let mut signatures = Vec::with_capacity(keys.len());
         for key in keys {
-            let (sig, reused) = sign_keeping(
+            let (signature, reused) = signature_keeping(
                 key,
                 &self.origin,
                 owner,
@@ -190,28 +253,69 @@ impl Signer<'_> {
             } else {
                 self.signed += 1;
             }
-            sigs.push(sig);
+            signatures.push(signature);
         }
-        Ok(sigs)
+        Ok(signatures)
+    }
+
+    /// The RRSIG records of one RRset (owner, records) by each of `keys`.
+    fn sign(
+        &mut self,
+        keys: &[Arc<Key>],
+        owner: &Name,
+        records: &[&Record],
+    ) -> Result<Vec<Record>, SignError> {
+        let Some(first) = records.first() else {
+            return Ok(Vec::new());
+        };
+        let (type_covered, ttl) = (first.record_type(), first.ttl);
+        let signatures = self.signatures(keys, owner, records)?;
+        Ok(keys
+            .iter()
+            .zip(signatures)
+            .map(|(key, signature)| {
+                rrsig_of(
+                    key,
+                    &self.origin,
+                    owner,
+                    type_covered,
+                    ttl,
+                    &self.window,
+                    signature,
+                )
+            })
+            .collect())
     }
 
     /// The signed NODATA proof of `owner` with `types` (compact denial: the NSEC at the
     /// name, pointing right after it); None for a name with no successor.
     fn nsec(&mut self, owner: &Name, types: Vec<RecordType>) -> Result<Option<Signed>, SignError> {
-        let Some(next) = successor(owner) else {
+        let Some(record) = nsec_record(owner, self.nsec_ttl, types) else {
             return Ok(None);
         };
-        let record = Record::from_rdata(
-            owner.clone(),
-            self.nsec_ttl,
-            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(next, bitmap(types)))),
-        );
         let keys = self.zone_signers;
         let sigs = self.sign(keys, owner, &[&record])?;
         Ok(Some(Signed {
             records: vec![record],
             sigs,
             wire: Box::default(),
+        }))
+    }
+
+    /// As [`Self::nsec`], kept compact.
+    fn nsec_sigs(
+        &mut self,
+        owner: &Name,
+        types: Vec<RecordType>,
+    ) -> Result<Option<NsecSigs>, SignError> {
+        let Some(record) = nsec_record(owner, self.nsec_ttl, types.clone()) else {
+            return Ok(None);
+        };
+        let keys = self.zone_signers;
+        let signatures = self.signatures(keys, owner, &[&record])?;
+        Ok(Some(NsecSigs {
+            types: types.into_boxed_slice(),
+            signatures: join_signatures(&signatures),
         }))
     }
 
@@ -269,21 +373,22 @@ impl Signer<'_> {
             }
             let owned = set.records(owner);
             let records: Vec<&Record> = owned.iter().collect();
-            let keys = if matches!(
-                t,
-                RecordType::DNSKEY | RecordType::CDS | RecordType::CDNSKEY
-            ) {
+            let keys = if signed_by_key_signers(t) {
                 self.key_signers
             } else {
                 self.zone_signers
             };
-            let sigs = self.sign(keys, owner, &records)?;
+            let signatures = self.signatures(keys, owner, &records)?;
+            let sigs = SetSigs {
+                ttl: records.first().map_or(set.ttl(), |r| r.ttl),
+                signatures: join_signatures(&signatures),
+            };
             made.static_sigs.insert((name.clone(), t), sigs);
         }
         if self.wildcards {
             made.types_of.insert(name.clone(), types.clone());
         }
-        if let Some(proof) = self.nsec(owner, types)? {
+        if let Some(proof) = self.nsec_sigs(owner, types)? {
             made.nsec.insert(name.clone(), proof);
         }
         Ok(())
@@ -477,21 +582,14 @@ impl ZoneSigning {
         entries.push(signer.part);
         keeping.entries = entries;
         keeping.reused = reused;
-        let mut negative_soa_sigs = Vec::new();
-        if let Some(sigs) = static_sigs.get(&(content.origin.clone(), RecordType::SOA)) {
-            for sig in sigs {
-                let mut sig = sig.clone();
-                sig.ttl = content.negative_soa.ttl;
-                negative_soa_sigs.push(sig);
-            }
-        }
-        Ok(Some(Self {
+        let mut this = Self {
             origin,
             zone_signers,
+            key_signers,
             window,
             static_sigs,
             negative_soa: content.negative_soa.clone(),
-            negative_soa_sigs,
+            negative_soa_sigs: Vec::new(),
             nsec,
             gslb_nsec,
             wildcard_chains,
@@ -505,7 +603,71 @@ impl ZoneSigning {
             waiting_for_parent: Vec::new(),
             inputs: [0; 32],
             keys_dir: None,
-        }))
+        };
+        let mut negative_soa_sigs = this
+            .sigs_of(content.origin, RecordType::SOA)
+            .unwrap_or_default();
+        for sig in &mut negative_soa_sigs {
+            sig.ttl = content.negative_soa.ttl;
+        }
+        this.negative_soa_sigs = negative_soa_sigs;
+        Ok(Some(this))
+    }
+
+    /// The RRSIG records of the static set of `rtype` at `name` (signed at preparation).
+    pub fn sigs_of(&self, name: &LowerName, rtype: RecordType) -> Option<Vec<Record>> {
+        let set = self.static_sigs.get(&(name.clone(), rtype))?;
+        let owner = Name::from(name);
+        let keys = if signed_by_key_signers(rtype) {
+            &self.key_signers
+        } else {
+            &self.zone_signers
+        };
+        Some(
+            keys.iter()
+                .zip(signatures_of(&set.signatures))
+                .map(|(key, signature)| {
+                    rrsig_of(
+                        key,
+                        &self.origin,
+                        &owner,
+                        rtype,
+                        set.ttl,
+                        &self.window,
+                        signature.to_vec(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The NODATA proof of `name` (a static name or an empty non-terminal: its NSEC and
+    /// signatures, signed at preparation).
+    pub fn nsec_of(&self, name: &LowerName) -> Option<Signed> {
+        let proof = self.nsec.get(name)?;
+        let owner = Name::from(name);
+        let record = nsec_record(&owner, self.nsec_ttl, proof.types.to_vec())?;
+        let sigs = self
+            .zone_signers
+            .iter()
+            .zip(signatures_of(&proof.signatures))
+            .map(|(key, signature)| {
+                rrsig_of(
+                    key,
+                    &self.origin,
+                    &owner,
+                    RecordType::NSEC,
+                    self.nsec_ttl,
+                    &self.window,
+                    signature.to_vec(),
+                )
+            })
+            .collect();
+        Some(Signed {
+            records: vec![record],
+            sigs,
+            wire: Box::default(),
+        })
     }
 
     /// Signatures of `records` (one owner and type) made now with the zone's keys.
