@@ -10,7 +10,8 @@ port; every step is bounded in time. Not a test: figures for the README and the 
 Start: from exec to the first answer for a name of the zone (UDP, polled every ms).
 Reload: the zone file gets a new record and a higher serial, the server is told to
 reload (gto: SIGHUP; Knot: knotc zone-reload; gdnsd: gdnsdctl reload-zones), then the
-time until the new record is answered. RSS: VmRSS after the first load, and after three
+time until the new record is answered; each reload starts once the server has been idle
+(no CPU time) for half a second. RSS: VmRSS after the first load, and after three
 reloads, each once it has settled (unchanged for a second). Restart: the server is
 stopped (SIGTERM, waited for) and started again on the same files and state, exec to
 first answer.
@@ -99,6 +100,29 @@ def settled_rss(pid, limit=5.0):
     return last
 
 
+def cpu_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def idle(pid, limit=10.0):
+    """Waits (at most `limit` seconds) until the process has used no CPU for half a
+    second: work left from the step before (gto indexes a new zone for its fast path
+    after it answers) is not counted in the next."""
+    last, since, started = cpu_ticks(pid), time.monotonic(), time.monotonic()
+    while time.monotonic() - started < limit:
+        time.sleep(0.05)
+        now = cpu_ticks(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= 0.5:
+            return
+
+
 def setup(server, d, port, gto, signed):
     """Config files for `server` in `d`: (command, zone file path, reload function)."""
     if server == "gto":
@@ -183,6 +207,7 @@ def measure(server, records, port, gto, signed):
             rss_first = settled_rss(proc.pid)
             reloads = []
             for k in range(3):
+                idle(proc.pid)
                 with open(zone, "w") as f:
                     f.write(zone_text(records, 2 + k, [f"new{k} IN A 10.255.255.{k}"]))
                 t0 = time.monotonic()

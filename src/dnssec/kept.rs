@@ -10,12 +10,17 @@
 //! An entry is found by a digest of everything its signature stands for: the key (its
 //! algorithm and public key) and the exact bytes it signed (the RRSIG fields, which hold
 //! the validity window, then the canonical RRset, RFC 4034 section 3.1.8.1). So an entry is
-//! reused only for the very data, key and window it signed. A preparation that reads a file
+//! reused only for the very data, key and window it signed. The two kinds of set a big
+//! zone is made of are found without building those bytes ([`id_of_parts`]): an address
+//! set (A, AAAA) by its owner, type, TTL and sorted addresses, and a compact-denial NSEC
+//! by its owner, TTL and the types it lists, which determine its next name and bitmap.
+//! (What those parts stand for is fixed by the file's version: a change to how the NSEC
+//! of a name is made changes [`MAGIC`].) A preparation that reads a file
 //! whose window is still fresh ([`crate::dnssec::REFRESH`] or more before it expires) signs
 //! in that window, so that its unchanged sets match; once the window goes stale everything
 //! is signed again in a new one, as before this file existed.
 //!
-//! The file: `GTOSIGS1`, inception and expiration (u32, little endian), then entries (a
+//! The file: `GTOSIGS2`, inception and expiration (u32, little endian), then entries (a
 //! 16-byte digest, the signature's length as a u16, the signature), then the SHA-256 of
 //! everything before it. A file that is missing, short, damaged or of another format is
 //! ignored (logged) and the zone signed whole; it is replaced atomically (temporary file,
@@ -34,7 +39,7 @@ use super::Window;
 use super::keys::Key;
 
 /// The file's first bytes (its format's name and version).
-const MAGIC: &[u8; 8] = b"GTOSIGS1";
+const MAGIC: &[u8; 8] = b"GTOSIGS2";
 /// Bytes of the digest that finds an entry.
 const ID_LEN: usize = 16;
 /// The largest file read (a zone of several million signatures).
@@ -58,6 +63,52 @@ pub(super) fn id_of(key: &Key, tbs: &[u8]) -> SigId {
     hasher.update([u8::from(key.algorithm.algorithm())]);
     hasher.update(key.dnskey.public_key().public_bytes());
     hasher.update(tbs);
+    let digest = hasher.finalize();
+    let mut id = [0; ID_LEN];
+    id.copy_from_slice(&digest[..ID_LEN]);
+    id
+}
+
+/// What identifies a set of one of the two common kinds without its signed bytes: its
+/// type, TTL and a canonical description of its data (an address set's sorted address
+/// octets; for a compact-denial NSEC, the types it lists, sorted, two octets each).
+pub struct Parts<'a> {
+    /// The set's type (A, AAAA or NSEC).
+    pub record_type: hickory_proto::rr::RecordType,
+    /// Its TTL (the RRSIG's original TTL).
+    pub ttl: u32,
+    /// Its data, as above.
+    pub data: &'a [u8],
+}
+
+/// The digest of `key` signing, in `window` for `signer`, the set at `owner` that `parts`
+/// describe. Apart from [`id_of`]'s by its first octet (a tag, never an algorithm number).
+pub(super) fn id_of_parts(
+    key: &Key,
+    signer: &hickory_proto::rr::Name,
+    owner: &hickory_proto::rr::Name,
+    window: &Window,
+    parts: &Parts<'_>,
+) -> SigId {
+    let mut hasher = Sha256::new();
+    hasher.update(b"\xffparts");
+    hasher.update([u8::from(key.algorithm.algorithm())]);
+    hasher.update(key.tag.to_be_bytes());
+    hasher.update(key.dnskey.public_key().public_bytes());
+    // Names as given (a name in another case is another digest: a miss, never a wrong
+    // signature).
+    for name in [signer, owner] {
+        for label in name.iter() {
+            hasher.update([label.len() as u8]);
+            hasher.update(label);
+        }
+        hasher.update([0]);
+    }
+    hasher.update(window.inception.to_be_bytes());
+    hasher.update(window.expiration.to_be_bytes());
+    hasher.update(u16::from(parts.record_type).to_be_bytes());
+    hasher.update(parts.ttl.to_be_bytes());
+    hasher.update(parts.data);
     let digest = hasher.finalize();
     let mut id = [0; ID_LEN];
     id.copy_from_slice(&digest[..ID_LEN]);
@@ -151,10 +202,11 @@ pub struct Keeping {
 }
 
 impl Keeping {
-    /// Reads the zone's file at `path` (after any write of it still under way) if its
-    /// window is fresh at `now`; nothing kept otherwise.
+    /// Reads the zone's file at `path` if its window is fresh at `now`; nothing kept
+    /// otherwise. A write of it still under way is not waited for (the file is replaced
+    /// whole, so this reads the one before): a reload right after another re-signs what
+    /// the one before it signed, rather than wait for a big file's write and fsync.
     pub fn read(path: &Path, now: u64) -> Self {
-        wait_for_write(path);
         let bytes = match crate::files::read(path, READ_LIMIT) {
             Ok(bytes) => bytes,
             Err(error) if error.is_not_found() => return Self::default(),
@@ -255,14 +307,6 @@ fn take_write(writes: &mut Vec<(PathBuf, JoinHandle<()>)>, path: &Path) -> Optio
     Some(writes.swap_remove(at).1)
 }
 
-/// Waits for a write of `path` under way, if any.
-fn wait_for_write(path: &Path) {
-    let pending = take_write(&mut WRITES.lock().unwrap_or_else(|e| e.into_inner()), path);
-    if let Some(pending) = pending {
-        let _ = pending.join();
-    }
-}
-
 /// Waits for every write under way (at exit, so that a restart finds the file).
 pub fn finish_writes() {
     let pending: Vec<_> = WRITES
@@ -295,7 +339,7 @@ mod tests {
 
     use super::*;
     use crate::dnssec::keys::{KeyAlgorithm, Role, Timeline, generate};
-    use crate::dnssec::{REFRESH, VALIDITY, signature_keeping};
+    use crate::dnssec::{REFRESH, VALIDITY, signature_keeping, signature_of_parts};
 
     /// A signature is reused for exactly the key, bytes and window it signed; a file that
     /// is stale, not yet valid, damaged or cut short is not read.
@@ -337,8 +381,9 @@ mod tests {
             ..Keeping::default()
         };
         keeping.write_later(path.clone(), &window);
+        finish_writes();
 
-        // An hour on, the file (read after its write) is fresh: its window is adopted.
+        // An hour on, the file is fresh: its window is adopted.
         let later = now + 3600;
         let read = Keeping::read(&path, later);
         let kept = read.from.as_ref().expect("the file is read");
@@ -412,5 +457,96 @@ mod tests {
         }
         std::fs::write(&path, &bytes).unwrap();
         assert!(Keeping::read(&path, later).from.is_some());
+    }
+
+    /// An address set is found by its parts (owner, type, TTL, sorted addresses) without
+    /// making its records; other addresses, or the same in another order, are told apart
+    /// only by what they are.
+    #[test]
+    fn an_address_set_is_found_by_its_parts_without_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = Name::from_ascii("gto.example.com.").unwrap();
+        let key = generate(
+            &dir.path().join("keys"),
+            &zone,
+            Role::Csk,
+            KeyAlgorithm::EcdsaP256,
+            Timeline::from(0),
+            3600,
+        )
+        .unwrap();
+        let owner = Name::from_ascii("www.gto.example.com.").unwrap();
+        let now = 1_800_000_000;
+        let window = Window::at(now);
+        let path = dir.path().join("sigs");
+        let set = |ips: &[&str]| -> Vec<Record> {
+            ips.iter()
+                .map(|ip| Record::from_rdata(owner.clone(), 300, RData::A(ip.parse().unwrap())))
+                .collect()
+        };
+        let octets = |ips: &[&str]| -> Vec<u8> {
+            let mut all: Vec<[u8; 4]> = ips
+                .iter()
+                .map(|ip| ip.parse::<std::net::Ipv4Addr>().unwrap().octets())
+                .collect();
+            all.sort_unstable();
+            all.concat()
+        };
+        let made = std::cell::Cell::new(0);
+        let sign = |ips: &[&str], kept: Option<&KeptSigs>, part: &mut Vec<u8>| {
+            let data = octets(ips);
+            let parts = Parts {
+                record_type: hickory_proto::rr::RecordType::A,
+                ttl: 300,
+                data: &data,
+            };
+            let mut records = || {
+                made.set(made.get() + 1);
+                set(ips)
+            };
+            signature_of_parts(
+                &key,
+                &zone,
+                &owner,
+                &window,
+                &parts,
+                &mut records,
+                kept,
+                part,
+            )
+            .unwrap()
+        };
+        let mut part = Vec::new();
+        let (first, reused) = sign(&["192.0.2.2", "192.0.2.1"], None, &mut part);
+        assert!(!reused);
+        assert_eq!(made.get(), 1);
+        Keeping {
+            entries: vec![part],
+            ..Keeping::default()
+        }
+        .write_later(path.clone(), &window);
+        finish_writes();
+        let read = Keeping::read(&path, now);
+        let kept = read.from.as_ref().unwrap();
+        let mut part = Vec::new();
+        // The same addresses in another order: the same canonical set, reused unmade.
+        let (again, reused) = sign(&["192.0.2.1", "192.0.2.2"], Some(kept), &mut part);
+        assert!(reused);
+        assert_eq!(again, first);
+        assert_eq!(made.get(), 1, "a reused set's records are never made");
+        // One address more: made and signed.
+        let (_, reused) = sign(
+            &["192.0.2.1", "192.0.2.2", "192.0.2.3"],
+            Some(kept),
+            &mut part,
+        );
+        assert!(!reused);
+        assert_eq!(made.get(), 2);
+        // A set found by its signed bytes is not found by its parts (two kinds of digest).
+        let records = set(&["192.0.2.1", "192.0.2.2"]);
+        let refs: Vec<&Record> = records.iter().collect();
+        let mut by_bytes = Vec::new();
+        signature_keeping(&key, &zone, &owner, &refs, &window, None, &mut by_bytes).unwrap();
+        assert_ne!(by_bytes[..ID_LEN], part[..ID_LEN]);
     }
 }

@@ -152,6 +152,36 @@ pub fn signature_keeping(
     Ok((signature, reused))
 }
 
+/// As [`signature_keeping`] for a set of one of the kinds [`kept::Parts`] describes, found
+/// among the kept signatures by those parts: its records (`records`) are made only when
+/// it must be signed.
+#[allow(clippy::too_many_arguments)]
+pub fn signature_of_parts(
+    key: &Key,
+    signer: &Name,
+    owner: &Name,
+    window: &Window,
+    parts: &kept::Parts<'_>,
+    records: &mut dyn FnMut() -> Vec<Record>,
+    kept: Option<&kept::KeptSigs>,
+    part: &mut Vec<u8>,
+) -> Result<(Vec<u8>, bool), SignError> {
+    let id = kept::id_of_parts(key, signer, owner, window, parts);
+    if let Some(signature) = kept.and_then(|k| k.get(&id)) {
+        kept::Keeping::push(part, &id, signature);
+        return Ok((signature.to_vec(), true));
+    }
+    let owned = records();
+    let records: Vec<&Record> = owned.iter().collect();
+    let (_, tbs) = to_be_signed(key, signer, owner, &records, window)?;
+    let signature = key
+        .signing
+        .sign(&tbs)
+        .map_err(|e| sign_error(owner, &records, e.to_string()))?;
+    kept::Keeping::push(part, &id, &signature);
+    Ok((signature, false))
+}
+
 /// The RRSIG record of `signature`, made by `key` in `window` over the set of
 /// `type_covered` at `owner` with TTL `ttl`: the record [`sign`] makes for that set.
 pub fn rrsig_of(

@@ -10,11 +10,11 @@ use hickory_proto::dnssec::rdata::{DNSSECRData, NSEC};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::dnssec::REFRESH;
-use crate::dnssec::kept::{Keeping, KeptSigs};
+use crate::dnssec::kept::{Keeping, KeptSigs, Parts};
 use crate::dnssec::keys::{Key, KeyRing};
 use crate::dnssec::{
     Budget, NXNAME, SigCache, SignError, Signed, Window, bitmap, rrsig_of, sign, signature_keeping,
-    successor, types_key,
+    signature_of_parts, successor, types_key,
 };
 use crate::routing::Node;
 
@@ -258,6 +258,38 @@ impl Signer<'_> {
         Ok(signatures)
     }
 
+    /// As [`Self::signatures`], for a set that `parts` describe (an address set, a
+    /// compact-denial NSEC): looked up among the kept signatures without making its
+    /// records, which `records` makes when a key must sign it.
+    fn signatures_of_parts(
+        &mut self,
+        keys: &[Arc<Key>],
+        owner: &Name,
+        parts: &Parts<'_>,
+        records: &mut dyn FnMut() -> Vec<Record>,
+    ) -> Result<Vec<Vec<u8>>, SignError> {
+        let mut signatures = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (signature, reused) = signature_of_parts(
+                key,
+                &self.origin,
+                owner,
+                &self.window,
+                parts,
+                records,
+                self.kept,
+                &mut self.part,
+            )?;
+            if reused {
+                self.reused += 1;
+            } else {
+                self.signed += 1;
+            }
+            signatures.push(signature);
+        }
+        Ok(signatures)
+    }
+
     /// The RRSIG records of one RRset (owner, records) by each of `keys`.
     fn sign(
         &mut self,
@@ -302,17 +334,34 @@ impl Signer<'_> {
         }))
     }
 
-    /// As [`Self::nsec`], kept compact.
+    /// As [`Self::nsec`], kept compact. Found among the kept signatures by its owner and
+    /// types (which make its next name and bitmap) without making the record, unless the
+    /// owner is too long for `\000.<owner>`, the next name compact denial uses otherwise.
     fn nsec_sigs(
         &mut self,
         owner: &Name,
         types: Vec<RecordType>,
     ) -> Result<Option<NsecSigs>, SignError> {
-        let Some(record) = nsec_record(owner, self.nsec_ttl, types.clone()) else {
-            return Ok(None);
-        };
         let keys = self.zone_signers;
-        let signatures = self.signatures(keys, owner, &[&record])?;
+        let wire_len = owner.iter().map(|label| label.len() + 1).sum::<usize>() + 1;
+        let signatures = if wire_len + 2 <= 255 {
+            let mut sorted: Vec<u16> = types.iter().map(|t| u16::from(*t)).collect();
+            sorted.sort_unstable();
+            let data: Vec<u8> = sorted.iter().flat_map(|t| t.to_be_bytes()).collect();
+            let parts = Parts {
+                record_type: RecordType::NSEC,
+                ttl: self.nsec_ttl,
+                data: &data,
+            };
+            let ttl = self.nsec_ttl;
+            let mut records = || nsec_record(owner, ttl, types.clone()).into_iter().collect();
+            self.signatures_of_parts(keys, owner, &parts, &mut records)?
+        } else {
+            let Some(record) = nsec_record(owner, self.nsec_ttl, types.clone()) else {
+                return Ok(None);
+            };
+            self.signatures(keys, owner, &[&record])?
+        };
         Ok(Some(NsecSigs {
             types: types.into_boxed_slice(),
             signatures: join_signatures(&signatures),
@@ -371,16 +420,28 @@ impl Signer<'_> {
             if is_cut && t == RecordType::NS {
                 continue;
             }
-            let owned = set.records(owner);
-            let records: Vec<&Record> = owned.iter().collect();
             let keys = if signed_by_key_signers(t) {
                 self.key_signers
             } else {
                 self.zone_signers
             };
-            let signatures = self.signatures(keys, owner, &records)?;
+            let mut addresses = Vec::new();
+            let signatures = if matches!(t, RecordType::A | RecordType::AAAA)
+                && set.sorted_address_octets(&mut addresses)
+            {
+                let parts = Parts {
+                    record_type: t,
+                    ttl: set.ttl(),
+                    data: &addresses,
+                };
+                self.signatures_of_parts(keys, owner, &parts, &mut || set.records(owner))?
+            } else {
+                let owned = set.records(owner);
+                let records: Vec<&Record> = owned.iter().collect();
+                self.signatures(keys, owner, &records)?
+            };
             let sigs = SetSigs {
-                ttl: records.first().map_or(set.ttl(), |r| r.ttl),
+                ttl: set.ttl(),
                 signatures: join_signatures(&signatures),
             };
             made.static_sigs.insert((name.clone(), t), sigs);

@@ -128,6 +128,29 @@ impl RrSet {
         self.data.iter().map(Data::rdata)
     }
 
+    /// The octets of every address of an A or AAAA set, sorted (the canonical order of
+    /// RFC 4034 section 6.3), appended to `out`; false (and nothing appended) for a set
+    /// holding anything else.
+    pub fn sorted_address_octets(&self, out: &mut Vec<u8>) -> bool {
+        let mut addresses = Vec::with_capacity(self.data.len());
+        for data in &self.data {
+            match data {
+                Data::A(address) => addresses.push(std::net::IpAddr::V4(*address)),
+                Data::Aaaa(address) => addresses.push(std::net::IpAddr::V6(*address)),
+                Data::Other(_) => return false,
+            }
+        }
+        // One family per set (its type), where IpAddr's order is the octets' order.
+        addresses.sort_unstable();
+        for address in addresses {
+            match address {
+                std::net::IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+                std::net::IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+            }
+        }
+        true
+    }
+
     /// The records, with `owner` as their owner name, in file order.
     pub fn records(&self, owner: &Name) -> Vec<Record> {
         self.data
