@@ -11,11 +11,11 @@
 //! algorithm and public key) and the exact bytes it signed (the RRSIG fields, which hold
 //! the validity window, then the canonical RRset, RFC 4034 section 3.1.8.1). So an entry is
 //! reused only for the very data, key and window it signed. The two kinds of set a big
-//! zone is made of are found without building those bytes ([`id_of_parts`]): an address
+//! zone is made of are found without building those bytes (`id_of_parts`): an address
 //! set (A, AAAA) by its owner, type, TTL and sorted addresses, and a compact-denial NSEC
 //! by its owner, TTL and the types it lists, which determine its next name and bitmap.
 //! (What those parts stand for is fixed by the file's version: a change to how the NSEC
-//! of a name is made changes [`MAGIC`].) A preparation that reads a file
+//! of a name is made changes `MAGIC`.) A preparation that reads a file
 //! whose window is still fresh ([`crate::dnssec::REFRESH`] or more before it expires) signs
 //! in that window, so that its unchanged sets match; once the window goes stale everything
 //! is signed again in a new one, as before this file existed.
