@@ -126,7 +126,7 @@ pub struct KeptSigs {
 }
 
 impl KeptSigs {
-    /// Parses a file's bytes; None (with the reason) when they are not a whole file.
+    /// Parses a file's bytes; the reason when they are not a whole file of this version.
     fn parse(bytes: Vec<u8>) -> Result<Self, &'static str> {
         let header = MAGIC.len() + 8;
         if bytes.len() < header + 32 || &bytes[..MAGIC.len()] != MAGIC {
@@ -197,8 +197,6 @@ pub struct Keeping {
     pub from: Option<KeptSigs>,
     /// Entries of the signatures served, in parts (one per signing thread).
     pub entries: Vec<Vec<u8>>,
-    /// Signatures reused from `from`.
-    pub reused: u64,
 }
 
 impl Keeping {
@@ -341,24 +339,26 @@ mod tests {
     use crate::dnssec::keys::{KeyAlgorithm, Role, Timeline, generate};
     use crate::dnssec::{REFRESH, VALIDITY, signature_keeping, signature_of_parts};
 
+    /// A new ECDSA P-256 CSK of `zone`, its files in `dir`.
+    fn new_key(dir: &Path, zone: &Name) -> std::sync::Arc<Key> {
+        generate(
+            &dir.join("keys"),
+            zone,
+            Role::Csk,
+            KeyAlgorithm::EcdsaP256,
+            Timeline::from(0),
+            3600,
+        )
+        .unwrap()
+    }
+
     /// A signature is reused for exactly the key, bytes and window it signed; a file that
     /// is stale, not yet valid, damaged or cut short is not read.
     #[test]
     fn kept_signatures_are_reused_for_the_same_key_bytes_and_window_only() {
         let dir = tempfile::tempdir().unwrap();
         let zone = Name::from_ascii("gto.example.com.").unwrap();
-        let new_key = || {
-            generate(
-                &dir.path().join("keys"),
-                &zone,
-                Role::Csk,
-                KeyAlgorithm::EcdsaP256,
-                Timeline::from(0),
-                3600,
-            )
-            .unwrap()
-        };
-        let key = new_key();
+        let key = new_key(dir.path(), &zone);
         let owner = Name::from_ascii("www.gto.example.com.").unwrap();
         let a =
             |ip: &str, ttl| Record::from_rdata(owner.clone(), ttl, RData::A(ip.parse().unwrap()));
@@ -413,7 +413,7 @@ mod tests {
             assert!(!reused, "{record:?} in {window:?}");
         }
         // Another key: signed anew.
-        let other = new_key();
+        let other = new_key(dir.path(), &zone);
         let (_, reused) = signature_keeping(
             &other,
             &zone,
@@ -466,15 +466,7 @@ mod tests {
     fn an_address_set_is_found_by_its_parts_without_its_records() {
         let dir = tempfile::tempdir().unwrap();
         let zone = Name::from_ascii("gto.example.com.").unwrap();
-        let key = generate(
-            &dir.path().join("keys"),
-            &zone,
-            Role::Csk,
-            KeyAlgorithm::EcdsaP256,
-            Timeline::from(0),
-            3600,
-        )
-        .unwrap();
+        let key = new_key(dir.path(), &zone);
         let owner = Name::from_ascii("www.gto.example.com.").unwrap();
         let now = 1_800_000_000;
         let window = Window::at(now);

@@ -235,27 +235,17 @@ impl Signer<'_> {
         owner: &Name,
         records: &[&Record],
     ) -> Result<Vec<Vec<u8>>, SignError> {
-        // Sized for the keys: collected from an iterator of results, a Vec of one
-        // signature would hold room for four, per set of a big zone.
-        let mut signatures = Vec::with_capacity(keys.len());
-        for key in keys {
-            let (signature, reused) = signature_keeping(
+        self.signatures_by(keys, |signer, key| {
+            signature_keeping(
                 key,
-                &self.origin,
+                &signer.origin,
                 owner,
                 records,
-                &self.window,
-                self.kept,
-                &mut self.part,
-            )?;
-            if reused {
-                self.reused += 1;
-            } else {
-                self.signed += 1;
-            }
-            signatures.push(signature);
-        }
-        Ok(signatures)
+                &signer.window,
+                signer.kept,
+                &mut signer.part,
+            )
+        })
     }
 
     /// As [`Self::signatures`], for a set that `parts` describe (an address set, a
@@ -268,18 +258,31 @@ impl Signer<'_> {
         parts: &Parts<'_>,
         records: &mut dyn FnMut() -> Vec<Record>,
     ) -> Result<Vec<Vec<u8>>, SignError> {
-        let mut signatures = Vec::with_capacity(keys.len());
-        for key in keys {
-            let (signature, reused) = signature_of_parts(
+        self.signatures_by(keys, |signer, key| {
+            signature_of_parts(
                 key,
-                &self.origin,
+                &signer.origin,
                 owner,
-                &self.window,
+                &signer.window,
                 parts,
                 records,
-                self.kept,
-                &mut self.part,
-            )?;
+                signer.kept,
+                &mut signer.part,
+            )
+        })
+    }
+
+    /// Each key's signature by `one` (the signature, and whether it was reused), counted.
+    fn signatures_by(
+        &mut self,
+        keys: &[Arc<Key>],
+        mut one: impl FnMut(&mut Self, &Key) -> Result<(Vec<u8>, bool), SignError>,
+    ) -> Result<Vec<Vec<u8>>, SignError> {
+        // Sized for the keys: collected from an iterator of results, a Vec of one
+        // signature would hold room for four, per set of a big zone.
+        let mut signatures = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (signature, reused) = one(self, key)?;
             if reused {
                 self.reused += 1;
             } else {
@@ -642,7 +645,6 @@ impl ZoneSigning {
         let (window, signed, reused) = (signer.window, signer.signed, signer.reused);
         entries.push(signer.part);
         keeping.entries = entries;
-        keeping.reused = reused;
         let mut this = Self {
             origin,
             zone_signers,
