@@ -85,19 +85,25 @@ def rss_mib(pid):
     return None
 
 
+def unchanged(sample, every, quiet, limit):
+    """Polls `sample()` every `every` seconds until its value has not changed for `quiet`
+    seconds (at most `limit` seconds in all); returns the last value."""
+    last, since, started = sample(), time.monotonic(), time.monotonic()
+    while time.monotonic() - started < limit:
+        time.sleep(every)
+        now = sample()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
 def settled_rss(pid, limit=5.0):
     """VmRSS once it has not changed for a second (a server may finish work after it
     first answers: gto builds its fast path's index of a big zone then), at most `limit`
     seconds."""
-    last, since, started = rss_mib(pid), time.monotonic(), time.monotonic()
-    while time.monotonic() - started < limit:
-        time.sleep(0.1)
-        now = rss_mib(pid)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= 1.0:
-            break
-    return last
+    return unchanged(lambda: rss_mib(pid), 0.1, 1.0, limit)
 
 
 def cpu_ticks(pid):
@@ -113,14 +119,7 @@ def idle(pid, limit=10.0):
     """Waits (at most `limit` seconds) until the process has used no CPU for half a
     second: work left from the step before (gto indexes a new zone for its fast path
     after it answers) is not counted in the next."""
-    last, since, started = cpu_ticks(pid), time.monotonic(), time.monotonic()
-    while time.monotonic() - started < limit:
-        time.sleep(0.05)
-        now = cpu_ticks(pid)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= 0.5:
-            return
+    unchanged(lambda: cpu_ticks(pid), 0.05, 0.5, limit)
 
 
 def setup(server, d, port, gto, signed):

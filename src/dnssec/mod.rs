@@ -116,10 +116,7 @@ pub fn sign(
     window: &Window,
 ) -> Result<Record, SignError> {
     let (input, tbs) = to_be_signed(key, signer, owner, records, window)?;
-    let signature = key
-        .signing
-        .sign(&tbs)
-        .map_err(|e| sign_error(owner, records, e.to_string()))?;
+    let signature = signature_of(key, owner, records, &tbs)?;
     let ttl = input.original_ttl;
     Ok(rrsig_record(owner, ttl, input, signature))
 }
@@ -138,18 +135,7 @@ pub fn signature_keeping(
 ) -> Result<(Vec<u8>, bool), SignError> {
     let (_, tbs) = to_be_signed(key, signer, owner, records, window)?;
     let id = kept::id_of(key, tbs.as_ref());
-    let (signature, reused) = match kept.and_then(|k| k.get(&id)) {
-        Some(signature) => (signature.to_vec(), true),
-        None => {
-            let signature = key
-                .signing
-                .sign(&tbs)
-                .map_err(|e| sign_error(owner, records, e.to_string()))?;
-            (signature, false)
-        }
-    };
-    kept::Keeping::push(part, &id, &signature);
-    Ok((signature, reused))
+    kept_or_signed(&id, kept, part, || signature_of(key, owner, records, &tbs))
 }
 
 /// As [`signature_keeping`] for a set of one of the kinds [`kept::Parts`] describes, found
@@ -167,19 +153,40 @@ pub fn signature_of_parts(
     part: &mut Vec<u8>,
 ) -> Result<(Vec<u8>, bool), SignError> {
     let id = kept::id_of_parts(key, signer, owner, window, parts);
-    if let Some(signature) = kept.and_then(|k| k.get(&id)) {
-        kept::Keeping::push(part, &id, signature);
-        return Ok((signature.to_vec(), true));
-    }
-    let owned = records();
-    let records: Vec<&Record> = owned.iter().collect();
-    let (_, tbs) = to_be_signed(key, signer, owner, &records, window)?;
-    let signature = key
-        .signing
-        .sign(&tbs)
-        .map_err(|e| sign_error(owner, &records, e.to_string()))?;
-    kept::Keeping::push(part, &id, &signature);
-    Ok((signature, false))
+    kept_or_signed(&id, kept, part, || {
+        let owned = records();
+        let records: Vec<&Record> = owned.iter().collect();
+        let (_, tbs) = to_be_signed(key, signer, owner, &records, window)?;
+        signature_of(key, owner, &records, &tbs)
+    })
+}
+
+/// The signature `kept` holds for `id`, else the one `sign` makes; its entry appended to
+/// `part` either way. True when it was kept.
+fn kept_or_signed(
+    id: &kept::SigId,
+    kept: Option<&kept::KeptSigs>,
+    part: &mut Vec<u8>,
+    sign: impl FnOnce() -> Result<Vec<u8>, SignError>,
+) -> Result<(Vec<u8>, bool), SignError> {
+    let (signature, reused) = match kept.and_then(|k| k.get(id)) {
+        Some(signature) => (signature.to_vec(), true),
+        None => (sign()?, false),
+    };
+    kept::Keeping::push(part, id, &signature);
+    Ok((signature, reused))
+}
+
+/// `key`'s signature of `tbs`, the bytes to be signed of `records` at `owner`.
+fn signature_of(
+    key: &Key,
+    owner: &Name,
+    records: &[&Record],
+    tbs: &TBS,
+) -> Result<Vec<u8>, SignError> {
+    key.signing
+        .sign(tbs)
+        .map_err(|e| sign_error(owner, records, e.to_string()))
 }
 
 /// The RRSIG record of `signature`, made by `key` in `window` over the set of

@@ -686,22 +686,7 @@ impl ZoneSigning {
         } else {
             &self.zone_signers
         };
-        Some(
-            keys.iter()
-                .zip(signatures_of(&set.signatures))
-                .map(|(key, signature)| {
-                    rrsig_of(
-                        key,
-                        &self.origin,
-                        &owner,
-                        rtype,
-                        set.ttl,
-                        &self.window,
-                        signature.to_vec(),
-                    )
-                })
-                .collect(),
-        )
+        Some(self.rrsigs(keys, &owner, rtype, set.ttl, &set.signatures))
     }
 
     /// The NODATA proof of `name` (a static name or an empty non-terminal: its NSEC and
@@ -710,27 +695,45 @@ impl ZoneSigning {
         let proof = self.nsec.get(name)?;
         let owner = Name::from(name);
         let record = nsec_record(&owner, self.nsec_ttl, proof.types.to_vec())?;
-        let sigs = self
-            .zone_signers
-            .iter()
-            .zip(signatures_of(&proof.signatures))
-            .map(|(key, signature)| {
-                rrsig_of(
-                    key,
-                    &self.origin,
-                    &owner,
-                    RecordType::NSEC,
-                    self.nsec_ttl,
-                    &self.window,
-                    signature.to_vec(),
-                )
-            })
-            .collect();
+        let sigs = self.rrsigs(
+            &self.zone_signers,
+            &owner,
+            RecordType::NSEC,
+            self.nsec_ttl,
+            &proof.signatures,
+        );
         Some(Signed {
             records: vec![record],
             sigs,
             wire: Box::default(),
         })
+    }
+
+    /// The RRSIG records of the set of `type_covered` at `owner` (TTL `ttl`) from its
+    /// signatures by `keys`, as [`join_signatures`] kept them.
+    fn rrsigs(
+        &self,
+        keys: &[Arc<Key>],
+        owner: &Name,
+        type_covered: RecordType,
+        ttl: u32,
+        joined: &[u8],
+    ) -> Vec<Record> {
+        keys.iter()
+            .zip(signatures_of(joined))
+            .map(|(key, signature)| {
+                let signature = signature.to_vec();
+                rrsig_of(
+                    key,
+                    &self.origin,
+                    owner,
+                    type_covered,
+                    ttl,
+                    &self.window,
+                    signature,
+                )
+            })
+            .collect()
     }
 
     /// Signatures of `records` (one owner and type) made now with the zone's keys.
