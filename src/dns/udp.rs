@@ -11,7 +11,8 @@
 //! client per query or two; after a small batch the worker therefore pauses for
 //! `udp_coalesce` (100 µs by default) so that the next batch is bigger — interrupt
 //! moderation, as network cards do it — but only while queries arrive fast enough that
-//! the pause gathers more (`Pace`): below that rate a pause would only delay answers.
+//! the pause gathers more, or while handling its batches keeps the worker busy at least
+//! half the time (`Pace`): below both a pause would only delay answers.
 //! Answers of a batch to one destination leave in one UDP GSO send.
 //!
 //! Per batch a worker loads the routing snapshot once. Per query it allocates nothing on
@@ -543,26 +544,47 @@ fn worker(
         }
         // A small batch: let queries gather for a moment rather than sleep and wake for
         // each one (see `ServerSettings::udp_coalesce`). Its answers are already sent.
-        if count > 0 && count < COALESCE_BELOW && pace.pays() {
+        if count > 0 {
+            pace.handled(started.elapsed());
+        }
+        if count > 0 && count < COALESCE_BELOW && pace.pause() {
             std::thread::sleep(coalesce);
         }
     }
 }
 
-/// When the `udp_coalesce` pause pays: only when queries arrive fast enough that a
-/// pause gathers at least [`Pace::GATHERS`] more for the next batch (160,000 queries/s
-/// per worker with the default 100 us; at 8, 80,000 q/s, one worker that the kernel gave
-/// 100,000 q/s paused, and its p50 was 0.105 ms against gdnsd's 0.014). Below that rate a
-/// pause would only delay answers (at 10,000 queries/s per worker it tripled gto's
-/// latency); above it, it trades a few microseconds for far fewer wake-ups and system
-/// calls per query. The rate is a moving average of each batch's queries over the time
-/// since the batch before (processing, sending and any pause included, so pausing does
-/// not make the rate look higher than it is).
+/// When the `udp_coalesce` pause pays. Either of two things says so:
+///
+/// - queries arrive fast enough that a pause gathers at least [`Pace::GATHERS`] more for
+///   the next batch (160,000 queries/s per worker with the default 100 µs; at 8, 80,000
+///   q/s, one worker that the kernel gave 100,000 q/s paused, and its p50 was 0.105 ms
+///   against gdnsd's 0.014);
+/// - or the worker is busy: handling its batches (receive to send) takes at least half
+///   the time between them, pauses left out. Where system calls are dear (a nested
+///   virtual machine: 20-25 µs for a `recvmmsg` and a `sendmmsg` of a few datagrams), a
+///   worker is saturated at 140,000 queries/s with 6 queries a batch, never reaches the
+///   rate above, and spent 1.4x the kernel floor's CPU per answer for want of the
+///   pause; with it, 15 a batch and 1.0-1.1x. A worker that is that busy makes its
+///   queries wait for its batches anyway, so the pause costs little latency (at 20,000
+///   queries/s there: p50 0.058 ms paused, gdnsd 0.062).
+///
+/// Below both, a pause would only delay answers (at 10,000 queries/s per worker on a
+/// fast machine it tripled gto's latency). The rate is a moving average of each batch's
+/// queries over the time since the batch before (processing, sending and any pause
+/// included, so pausing does not make the rate look higher than it is); the busy share
+/// is the moving average of handling times over that of the times between batches less
+/// the pause (so that pausing, which fills the queue, does not keep itself going).
 struct Pace {
     pause_ns: u64,
     /// Moving average of the time per query between batches, in nanoseconds.
     per_query_ns: u64,
     last: Option<Instant>,
+    /// Moving average of a batch's handling time (received to sent), in nanoseconds.
+    busy_ns: u64,
+    /// Moving average of the time between batches less any pause, in nanoseconds.
+    span_ns: u64,
+    /// Whether the worker paused after the last batch.
+    paused: bool,
 }
 
 impl Pace {
@@ -572,9 +594,12 @@ impl Pace {
     fn new(pause: Duration) -> Self {
         Self {
             pause_ns: u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX),
-            // Start as idle: no pause until the rate says so.
+            // Start as idle: no pause until the rate or the work says so.
             per_query_ns: u64::MAX / 8,
             last: None,
+            busy_ns: 0,
+            span_ns: 0,
+            paused: false,
         }
     }
 
@@ -583,15 +608,32 @@ impl Pace {
         let Some(last) = self.last.replace(now) else {
             return;
         };
-        let gap = u64::try_from(now.duration_since(last).as_nanos()).unwrap_or(u64::MAX);
+        let mut gap = u64::try_from(now.duration_since(last).as_nanos()).unwrap_or(u64::MAX);
         let sample = gap / (count.max(1) as u64);
         // One eighth of the new sample: a burst does not flip it, a sustained rate does.
         self.per_query_ns = self.per_query_ns - self.per_query_ns / 8 + sample / 8;
+        if std::mem::take(&mut self.paused) {
+            gap = gap.saturating_sub(self.pause_ns);
+        }
+        let gap = gap.min(u64::MAX / 8);
+        self.span_ns = match self.span_ns {
+            0 => gap, // the first
+            span => span - span / 8 + gap / 8,
+        };
     }
 
-    /// Whether pausing now would gather enough queries.
-    fn pays(&self) -> bool {
-        self.pause_ns > 0 && self.per_query_ns.saturating_mul(Self::GATHERS) <= self.pause_ns
+    /// The batch received last was handled (its answers sent) in `took`.
+    fn handled(&mut self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).map_or(u64::MAX / 8, |ns| ns.min(u64::MAX / 8));
+        self.busy_ns = self.busy_ns - self.busy_ns / 8 + took / 8;
+    }
+
+    /// Whether pausing now would pay; if so, the caller pauses (see [`Pace`]).
+    fn pause(&mut self) -> bool {
+        let fast = self.per_query_ns.saturating_mul(Self::GATHERS) <= self.pause_ns;
+        let busy = self.span_ns > 0 && self.busy_ns.saturating_mul(2) >= self.span_ns;
+        self.paused = self.pause_ns > 0 && (fast || busy);
+        self.paused
     }
 }
 
@@ -1010,34 +1052,70 @@ mod tests {
         }
     }
 
-    /// Feeds `batches` batches of `count` queries, `every` apart; whether a pause pays
-    /// after them.
-    fn after(pace: &mut Pace, start: Instant, batches: u32, count: usize, every: Duration) -> bool {
-        for i in 0..batches {
-            pace.batch(count, start + every * i);
+    /// Feeds `batches` batches of `count` queries, `every` apart, each handled in `took`
+    /// (and followed by a pause when one pays); whether a pause pays after them.
+    fn after(
+        pace: &mut Pace,
+        start: Instant,
+        batches: u32,
+        (count, every, took): (usize, Duration, Duration),
+    ) -> bool {
+        let pause = Duration::from_nanos(pace.pause_ns);
+        let mut at = start;
+        for _ in 0..batches {
+            pace.batch(count, at);
+            pace.handled(took);
+            at += every;
+            if pace.pause() {
+                // The pause adds to the time between batches.
+                at += pause;
+            }
         }
-        pace.pays()
+        pace.pause()
     }
 
     #[test]
     fn a_pause_pays_only_when_queries_come_fast_enough() {
+        let us = Duration::from_micros;
         let start = Instant::now();
-        let mut pace = Pace::new(Duration::from_micros(100));
-        assert!(!pace.pays(), "idle at start");
-        // 10,000 queries/s: one every 100 us; a 100 us pause would gather one.
-        assert!(!after(&mut pace, start, 200, 1, Duration::from_micros(100)));
-        // 100,000 queries/s per worker: 4 per 40 us batch; a pause would gather ten, too
-        // few to pay for the wait.
+        let mut pace = Pace::new(us(100));
+        assert!(!pace.pause(), "idle at start");
+        // 10,000 queries/s: one every 100 us, handled in 5; a 100 us pause would gather one.
+        assert!(!after(&mut pace, start, 200, (1, us(100), us(5))));
+        // 100,000 queries/s per worker: 4 per 40 us batch, handled in 10; a pause would
+        // gather ten, too few to pay for the wait.
         let later = start + Duration::from_secs(1);
-        assert!(!after(&mut pace, later, 200, 4, Duration::from_micros(40)));
+        assert!(!after(&mut pace, later, 200, (4, us(40), us(10))));
         // 400,000 queries/s per worker (saturation): 4 per 10 us; a pause gathers forty.
         let later = start + Duration::from_millis(1500);
-        assert!(after(&mut pace, later, 200, 4, Duration::from_micros(10)));
+        assert!(after(&mut pace, later, 200, (4, us(10), us(5))));
         // Back to 1,000 queries/s: no more pauses.
         let later = start + Duration::from_secs(2);
-        assert!(!after(&mut pace, later, 200, 1, Duration::from_millis(1)));
+        assert!(!after(&mut pace, later, 200, (1, Duration::from_millis(1), us(5))));
         // Off when configured off.
         let mut off = Pace::new(Duration::ZERO);
-        assert!(!after(&mut off, later, 200, 4, Duration::from_micros(1)));
+        assert!(!after(&mut off, later, 200, (4, us(1), us(1))));
+    }
+
+    #[test]
+    fn a_busy_worker_pauses_whatever_the_rate_and_stops_when_the_work_ends() {
+        let us = Duration::from_micros;
+        let start = Instant::now();
+        let mut pace = Pace::new(us(100));
+        // Where system calls are dear: 6 queries every 45 us (133,000 q/s, too slow for
+        // the rate alone), each batch taking 35 us to handle: busy, so it pauses; and it
+        // keeps pausing once the pauses fill its batches (then 20 per 100 us pause + 45).
+        assert!(after(&mut pace, start, 50, (6, us(45), us(35))));
+        assert!(after(&mut pace, start + us(10_000), 200, (20, us(45), us(40))));
+        // The same work at 20,000 queries/s on a fast machine (a batch of one handled in
+        // 5 us of its 50): no pause.
+        let later = start + Duration::from_secs(1);
+        assert!(!after(&mut pace, later, 200, (1, us(50), us(5))));
+        // Busy again, then the load ends: a few batches later the pause stops, although
+        // every batch it gathers is still handled slowly.
+        let later = start + Duration::from_secs(2);
+        assert!(after(&mut pace, later, 200, (1, us(40), us(30))));
+        let later = start + Duration::from_secs(3);
+        assert!(!after(&mut pace, later, 40, (1, Duration::from_millis(1), us(30))));
     }
 }
