@@ -631,7 +631,7 @@ impl Pace {
     /// Whether pausing now would pay; if so, the caller pauses (see [`Pace`]).
     fn pause(&mut self) -> bool {
         let fast = self.per_query_ns.saturating_mul(Self::GATHERS) <= self.pause_ns;
-        let busy = self.span_ns > 0 && self.busy_ns.saturating_mul(2) >= self.span_ns;
+        let busy = self.span_ns > 0 && self.busy_ns.saturating_mul(3) >= self.span_ns;
         self.paused = self.pause_ns > 0 && (fast || busy);
         self.paused
     }
