@@ -57,6 +57,10 @@ const GSO_SEGMENTS: usize = 64;
 const GSO_SEGMENT_MAX: usize = 1232;
 /// Most bytes one GSO send carries (below the 64 KiB IP datagram limit).
 const GSO_BYTES: usize = 60_000;
+/// Groups of answers of one length to one destination that, when shorter than the
+/// batch's longest, go as that many plain datagrams in its `sendmmsg` rather than as one
+/// GSO message in a call of their own: a system call costs more than a few datagrams.
+const RIDE_GROUPS: usize = 6;
 /// Batches smaller than this are followed by the coalescing pause; bigger ones mean the
 /// queue is filling by itself.
 const COALESCE_BELOW: usize = BATCH / 4;
@@ -702,8 +706,6 @@ struct Group {
     start: usize,
     /// How many of its payloads are placed in the flat list so far.
     placed: usize,
-    /// Its segment length's `sendmmsg` has run.
-    sent: bool,
     /// The kernel refused GSO: its answers go one by one.
     refused: bool,
 }
@@ -716,7 +718,6 @@ impl Group {
             members: 0,
             start: 0,
             placed: 0,
-            sent: false,
             refused: false,
         }
     }
@@ -757,8 +758,9 @@ fn group_answers(
 /// several queries in flight) leave as one message with `UDP_SEGMENT` (UDP GSO, Linux
 /// 4.18): the kernel runs its UDP/IP output path once for the group and cuts it into
 /// datagrams at the end, which saves most of the per-datagram cost of sending. Groups of
-/// one length share a `sendmmsg`; single answers share another. If the kernel refuses GSO,
-/// it is turned off for this worker and the groups go out datagram by datagram.
+/// one length share a `sendmmsg`, and most batches take one (see the GSO calls below).
+/// If the kernel refuses GSO, it is turned off for this worker and the groups go out
+/// datagram by datagram.
 fn send_batch(
     fd: RawFd,
     transmit: &mut Transmit,
@@ -795,53 +797,72 @@ fn send_batch(
     });
     let run = |group: &Group| &flat[group.start..group.start + group.members];
 
-    // GSO groups, one sendmmsg per segment length. The call of the largest length also
-    // carries the single answers no longer than it: the kernel sends a message no longer
-    // than its segment size as one plain datagram, so most batches take one system call.
+    // GSO calls, one sendmmsg per segment length. The call of the batch's longest answer
+    // GSO can carry also takes every shorter answer alone or in a small group (at most
+    // `RIDE_GROUPS`), each as its own message: the kernel sends a message no longer than
+    // its segment size as one plain datagram. So a batch of mixed lengths (a mix of names
+    // and types) takes one system call, as one of equal lengths does; only a big group of
+    // another length gets a call of its own.
+    let gso_on = transmit.gso_on;
     let largest = groups[..count]
         .iter()
-        .filter(|g| g.members >= 2)
         .map(|g| g.length)
+        .filter(|&length| gso_on && length <= GSO_SEGMENT_MAX)
         .max();
+    // The segment length of the call each group goes in; None: a plain datagram each.
+    let mut call_of = [None; BATCH];
+    for (call, group) in call_of.iter_mut().zip(&groups[..count]) {
+        *call = largest.map(|largest| {
+            if group.length <= largest && group.members <= RIDE_GROUPS {
+                largest
+            } else {
+                group.length
+            }
+        });
+        if group.length > GSO_SEGMENT_MAX {
+            *call = None;
+        }
+    }
     for g in 0..count {
-        let Group {
-            length,
-            members,
-            sent,
-            ..
-        } = groups[g];
-        if members < 2 || sent {
+        let Some(segment) = call_of[g] else {
+            continue;
+        };
+        if call_of[..g].contains(&Some(segment)) {
+            continue; // that call has run
+        }
+        if !transmit.gso_on {
+            // Refused by an earlier call: plain datagrams below.
+            for (group, call) in groups[..count].iter_mut().zip(&call_of) {
+                group.refused |= *call == Some(segment);
+            }
             continue;
         }
-        let mut same = [0usize; BATCH];
+        // Its messages: a group of the segment length is one (GSO when it has several
+        // answers); an answer of a shorter group that rides is one.
+        let mut runs: [&[IoSlice<'_>]; BATCH] = [&[]; BATCH];
         let mut n = 0;
-        for (h, group) in groups.iter_mut().enumerate().take(count).skip(g) {
-            if group.members >= 2 && group.length == length && !group.sent {
-                same[n] = h;
-                group.sent = true;
+        transmit.addresses.clear();
+        for (group, _) in groups[..count]
+            .iter()
+            .zip(&call_of)
+            .skip(g)
+            .filter(|(_, call)| **call == Some(segment))
+        {
+            let address = Some(SockaddrStorage::from(group.address));
+            if group.length == segment {
+                runs[n] = run(group);
+                transmit.addresses.push(address);
                 n += 1;
-            }
-        }
-        let grouped = n;
-        if Some(length) == largest {
-            for (h, group) in groups.iter_mut().enumerate().take(count) {
-                if group.members == 1 && group.length <= length && !group.sent {
-                    same[n] = h;
-                    group.sent = true;
+            } else {
+                for k in group.start..group.start + group.members {
+                    runs[n] = &flat[k..k + 1];
+                    transmit.addresses.push(address);
                     n += 1;
                 }
             }
         }
-        let runs: [&[IoSlice<'_>]; BATCH] =
-            std::array::from_fn(|k| if k < n { run(&groups[same[k]]) } else { &[] });
-        transmit.addresses.clear();
-        transmit.addresses.extend(
-            same[..n]
-                .iter()
-                .map(|&h| Some(SockaddrStorage::from(groups[h].address))),
-        );
-        let segment = length as u16;
-        let gso = ControlMessage::UdpGsoSegments(&segment);
+        let length = segment as u16;
+        let gso = ControlMessage::UdpGsoSegments(&length);
         let (one, two);
         let (headers, cmsgs): (_, &[ControlMessage<'_>]) = match &info {
             None => {
@@ -856,23 +877,23 @@ fn send_batch(
         if let Err(error) = send_all(fd, headers, &runs[..n], &transmit.addresses, cmsgs, true) {
             warn!(%error, "UDP GSO refused; this worker sends datagrams one by one");
             transmit.gso_on = false;
-            for &h in &same[..grouped] {
-                groups[h].refused = true;
-            }
-            // The single answers it carried go with the plain datagrams below.
-            for &h in &same[grouped..n] {
-                groups[h].sent = false;
+            // What this call carried goes with the plain datagrams below.
+            for (group, call) in groups[..count].iter_mut().zip(&call_of) {
+                if *call == Some(segment) {
+                    group.refused = true;
+                }
             }
         }
     }
 
-    // Single answers not carried above (and groups GSO refused), one datagram each.
+    // Answers GSO cannot carry (or that it refused), one datagram each.
     let mut singles: [&[IoSlice<'_>]; BATCH] = [&[]; BATCH];
     transmit.addresses.clear();
     let mut n = 0;
-    for group in groups[..count]
+    for (group, _) in groups[..count]
         .iter()
-        .filter(|g| g.members == 1 && !g.sent || g.refused)
+        .zip(&call_of)
+        .filter(|(g, call)| call.is_none() || g.refused)
     {
         for k in group.start..group.start + group.members {
             singles[n] = &flat[k..k + 1];
@@ -1091,7 +1112,12 @@ mod tests {
         assert!(after(&mut pace, later, 200, (4, us(10), us(5))));
         // Back to 1,000 queries/s: no more pauses.
         let later = start + Duration::from_secs(2);
-        assert!(!after(&mut pace, later, 200, (1, Duration::from_millis(1), us(5))));
+        assert!(!after(
+            &mut pace,
+            later,
+            200,
+            (1, Duration::from_millis(1), us(5))
+        ));
         // Off when configured off.
         let mut off = Pace::new(Duration::ZERO);
         assert!(!after(&mut off, later, 200, (4, us(1), us(1))));
@@ -1106,7 +1132,12 @@ mod tests {
         // the rate alone), each batch taking 35 us to handle: busy, so it pauses; and it
         // keeps pausing once the pauses fill its batches (then 20 per 100 us pause + 45).
         assert!(after(&mut pace, start, 50, (6, us(45), us(35))));
-        assert!(after(&mut pace, start + us(10_000), 200, (20, us(45), us(40))));
+        assert!(after(
+            &mut pace,
+            start + us(10_000),
+            200,
+            (20, us(45), us(40))
+        ));
         // The same work at 20,000 queries/s on a fast machine (a batch of one handled in
         // 5 us of its 50): no pause.
         let later = start + Duration::from_secs(1);
@@ -1116,6 +1147,11 @@ mod tests {
         let later = start + Duration::from_secs(2);
         assert!(after(&mut pace, later, 200, (1, us(40), us(30))));
         let later = start + Duration::from_secs(3);
-        assert!(!after(&mut pace, later, 40, (1, Duration::from_millis(1), us(30))));
+        assert!(!after(
+            &mut pace,
+            later,
+            40,
+            (1, Duration::from_millis(1), us(30))
+        ));
     }
 }

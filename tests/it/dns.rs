@@ -553,6 +553,44 @@ async fn a_burst_from_one_socket_gets_one_datagram_per_answer() {
             assert_eq!(reply.metadata.response_code, rcode, "{reply:?}");
         }
     }
+
+    // Small groups of a shorter length beside the batch's longest answers: two www A
+    // answers per client ride in the longest answers' send as two datagrams (not one GSO
+    // message of another segment size); every client gets each of its answers whole.
+    for round in 0..8u16 {
+        for (i, other) in others.iter().enumerate() {
+            for (k, (name, qtype)) in [
+                ("www.gto.example.com.", RecordType::A),
+                ("www.gto.example.com.", RecordType::A),
+                ("vpn.gto.example.com.", RecordType::AAAA),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut message = query(name, qtype, None);
+                message.metadata.id = 1000 + round * 100 + i as u16 * 10 + k as u16;
+                let bytes = message.to_vec().unwrap();
+                other.send_to(&bytes, server.addr).await.unwrap();
+            }
+        }
+        for (i, other) in others.iter().enumerate() {
+            let mut ids = std::collections::BTreeSet::new();
+            for _ in 0..3 {
+                let reply = recv(other).await;
+                let k = reply.metadata.id - (1000 + round * 100 + i as u16 * 10);
+                let qtype = if k == 2 {
+                    RecordType::AAAA
+                } else {
+                    RecordType::A
+                };
+                assert_eq!(reply.queries[0].query_type(), qtype, "{reply:?}");
+                assert_eq!(reply.answers.len(), if k == 2 { 2 } else { 1 }, "{reply:?}");
+                assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+                ids.insert(k);
+            }
+            assert_eq!(ids, (0..3).collect());
+        }
+    }
 }
 
 /// Item 9, the serving part, through the real binary and dig: QCLASS ANY is REFUSED; a
