@@ -414,7 +414,9 @@ pub struct ServerSettings {
     /// so queries gather into bigger batches: fewer wake-ups and system calls per query
     /// (about a third less CPU per query under load on the peer bench) for at most this
     /// much (plus the kernel's timer slack, 50 µs) of added latency, paid only by queries
-    /// that arrive during the pause. Answers are sent before it.
+    /// that arrive during the pause. Answers are sent before it. Only when it pays: while
+    /// queries come fast enough that a pause gathers many, or while the worker is busy
+    /// (see `dns::udp`).
     pub udp_coalesce: Duration,
     /// This instance's name, answered as NSID (RFC 5001) and to CH TXT `id.server.` /
     /// `hostname.bind.`, so an operator can tell which instance answered. None (the

@@ -57,10 +57,6 @@ const GSO_SEGMENTS: usize = 64;
 const GSO_SEGMENT_MAX: usize = 1232;
 /// Most bytes one GSO send carries (below the 64 KiB IP datagram limit).
 const GSO_BYTES: usize = 60_000;
-/// Groups of answers of one length to one destination that, when shorter than the
-/// batch's longest, go as that many plain datagrams in its `sendmmsg` rather than as one
-/// GSO message in a call of their own: a system call costs more than a few datagrams.
-const RIDE_GROUPS: usize = 6;
 /// Batches smaller than this are followed by the coalescing pause; bigger ones mean the
 /// queue is filling by itself.
 const COALESCE_BELOW: usize = BATCH / 4;
@@ -798,30 +794,29 @@ fn send_batch(
     let run = |group: &Group| &flat[group.start..group.start + group.members];
 
     // GSO calls, one sendmmsg per segment length. The call of the batch's longest answer
-    // GSO can carry also takes every shorter answer alone or in a small group (at most
-    // `RIDE_GROUPS`), each as its own message: the kernel sends a message no longer than
-    // its segment size as one plain datagram. So a batch of mixed lengths (a mix of names
-    // and types) takes one system call, as one of equal lengths does; only a big group of
-    // another length gets a call of its own.
-    let gso_on = transmit.gso_on;
+    // GSO can carry also takes every shorter answer that is alone (the kernel sends a
+    // message no longer than its segment size as one plain datagram), so a batch takes
+    // one system call per length that more than one answer to a destination shares, or
+    // one in all. Groups of another length do not ride as plain datagrams: measured
+    // with a mix of names and types, sending their answers one by one cost more than
+    // the call it saved, even where system calls are dear.
     let largest = groups[..count]
         .iter()
         .map(|g| g.length)
-        .filter(|&length| gso_on && length <= GSO_SEGMENT_MAX)
+        .filter(|&length| transmit.gso_on && length <= GSO_SEGMENT_MAX)
         .max();
     // The segment length of the call each group goes in; None: a plain datagram each.
     let mut call_of = [None; BATCH];
     for (call, group) in call_of.iter_mut().zip(&groups[..count]) {
-        *call = largest.map(|largest| {
-            if group.length <= largest && group.members <= RIDE_GROUPS {
-                largest
-            } else {
-                group.length
-            }
-        });
-        if group.length > GSO_SEGMENT_MAX {
-            *call = None;
-        }
+        *call = largest
+            .map(|largest| {
+                if group.members == 1 {
+                    largest
+                } else {
+                    group.length
+                }
+            })
+            .filter(|_| group.length <= GSO_SEGMENT_MAX);
     }
     for g in 0..count {
         let Some(segment) = call_of[g] else {
@@ -837,8 +832,7 @@ fn send_batch(
             }
             continue;
         }
-        // Its messages: a group of the segment length is one (GSO when it has several
-        // answers); an answer of a shorter group that rides is one.
+        // Its messages: one per group, GSO when the group has several answers.
         let mut runs: [&[IoSlice<'_>]; BATCH] = [&[]; BATCH];
         let mut n = 0;
         transmit.addresses.clear();
@@ -848,18 +842,11 @@ fn send_batch(
             .skip(g)
             .filter(|(_, call)| **call == Some(segment))
         {
-            let address = Some(SockaddrStorage::from(group.address));
-            if group.length == segment {
-                runs[n] = run(group);
-                transmit.addresses.push(address);
-                n += 1;
-            } else {
-                for k in group.start..group.start + group.members {
-                    runs[n] = &flat[k..k + 1];
-                    transmit.addresses.push(address);
-                    n += 1;
-                }
-            }
+            runs[n] = run(group);
+            transmit
+                .addresses
+                .push(Some(SockaddrStorage::from(group.address)));
+            n += 1;
         }
         let length = segment as u16;
         let gso = ControlMessage::UdpGsoSegments(&length);

@@ -554,9 +554,9 @@ async fn a_burst_from_one_socket_gets_one_datagram_per_answer() {
         }
     }
 
-    // Small groups of a shorter length beside the batch's longest answers: two www A
-    // answers per client ride in the longest answers' send as two datagrams (not one GSO
-    // message of another segment size); every client gets each of its answers whole.
+    // Small groups of a shorter length beside longer single answers (the batch's GSO
+    // segment size): two www A answers per client go in a GSO send of their own length,
+    // never cut at another's; every client gets each of its answers whole.
     for round in 0..8u16 {
         for (i, other) in others.iter().enumerate() {
             for (k, (name, qtype)) in [
