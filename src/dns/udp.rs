@@ -11,8 +11,8 @@
 //! client per query or two; after a small batch the worker therefore pauses for
 //! `udp_coalesce` (100 µs by default) so that the next batch is bigger — interrupt
 //! moderation, as network cards do it — but only while queries arrive fast enough that
-//! the pause gathers more, or while handling its batches keeps the worker busy at least
-//! half the time (`Pace`): below both a pause would only delay answers.
+//! the pause gathers more, or while handling its batches keeps the worker busy a third
+//! of the time or more (`Pace`): below both a pause would only delay answers.
 //! Answers of a batch to one destination leave in one UDP GSO send.
 //!
 //! Per batch a worker loads the routing snapshot once. Per query it allocates nothing on
@@ -559,14 +559,17 @@ fn worker(
 ///   the next batch (160,000 queries/s per worker with the default 100 µs; at 8, 80,000
 ///   q/s, one worker that the kernel gave 100,000 q/s paused, and its p50 was 0.105 ms
 ///   against gdnsd's 0.014);
-/// - or the worker is busy: handling its batches (receive to send) takes at least half
-///   the time between them, pauses left out. Where system calls are dear (a nested
+/// - or the worker is busy: handling its batches (received to sent) takes a third of the
+///   time between them or more, pauses left out (the receive call itself is not timed,
+///   and where system calls are dear it is much of a batch: at half, a saturated
+///   worker there paused only every other time). Where system calls are dear (a nested
 ///   virtual machine: 20-25 µs for a `recvmmsg` and a `sendmmsg` of a few datagrams), a
 ///   worker is saturated at 140,000 queries/s with 6 queries a batch, never reaches the
-///   rate above, and spent 1.4x the kernel floor's CPU per answer for want of the
-///   pause; with it, 15 a batch and 1.0-1.1x. A worker that is that busy makes its
-///   queries wait for its batches anyway, so the pause costs little latency (at 20,000
-///   queries/s there: p50 0.058 ms paused, gdnsd 0.062).
+///   rate above, and spent 1.4-1.5x the kernel floor's CPU per answer for want of the
+///   pause; with it, 17-20 a batch, as the floor's, and about the floor's CPU (README,
+///   Performance). A worker that busy makes its queries wait for its batches anyway,
+///   so the pause costs little latency (at 20,000 queries/s there: p50 0.053-0.058 ms
+///   paused, gdnsd's 0.054-0.062).
 ///
 /// Below both, a pause would only delay answers (at 10,000 queries/s per worker on a
 /// fast machine it tripled gto's latency). The rate is a moving average of each batch's
