@@ -99,6 +99,21 @@ fn nsec_record(owner: &Name, ttl: u32, types: Vec<RecordType>) -> Option<Record>
     ))
 }
 
+/// The RRSIG records of one set (owner, type covered, TTL) signed by `origin`'s `keys` in
+/// `window`, from each key's signature in turn.
+fn rrsig_records(
+    origin: &Name,
+    window: &Window,
+    keys: &[Arc<Key>],
+    (owner, type_covered, ttl): (&Name, RecordType, u32),
+    signatures: impl IntoIterator<Item = Vec<u8>>,
+) -> Vec<Record> {
+    keys.iter()
+        .zip(signatures)
+        .map(|(key, signature)| rrsig_of(key, origin, owner, type_covered, ttl, window, signature))
+        .collect()
+}
+
 /// Whether sets of `rtype` are signed by the key-signing keys (else by the zone's).
 fn signed_by_key_signers(rtype: RecordType) -> bool {
     matches!(
@@ -305,21 +320,14 @@ impl Signer<'_> {
         };
         let (type_covered, ttl) = (first.record_type(), first.ttl);
         let signatures = self.signatures(keys, owner, records)?;
-        Ok(keys
-            .iter()
-            .zip(signatures)
-            .map(|(key, signature)| {
-                rrsig_of(
-                    key,
-                    &self.origin,
-                    owner,
-                    type_covered,
-                    ttl,
-                    &self.window,
-                    signature,
-                )
-            })
-            .collect())
+        let set = (owner, type_covered, ttl);
+        Ok(rrsig_records(
+            &self.origin,
+            &self.window,
+            keys,
+            set,
+            signatures,
+        ))
     }
 
     /// The signed NODATA proof of `owner` with `types` (compact denial: the NSEC at the
@@ -719,21 +727,9 @@ impl ZoneSigning {
         ttl: u32,
         joined: &[u8],
     ) -> Vec<Record> {
-        keys.iter()
-            .zip(signatures_of(joined))
-            .map(|(key, signature)| {
-                let signature = signature.to_vec();
-                rrsig_of(
-                    key,
-                    &self.origin,
-                    owner,
-                    type_covered,
-                    ttl,
-                    &self.window,
-                    signature,
-                )
-            })
-            .collect()
+        let set = (owner, type_covered, ttl);
+        let signatures = signatures_of(joined).map(<[u8]>::to_vec);
+        rrsig_records(&self.origin, &self.window, keys, set, signatures)
     }
 
     /// Signatures of `records` (one owner and type) made now with the zone's keys.
