@@ -153,18 +153,19 @@ impl Mirror {
             if owner != voter {
                 continue;
             }
-            let (votes, lease) = (&stored.votes, stored.lease);
+            let lease = stored.lease;
             let was = lease != 0 && before == Some(lease);
             let is = self.counts(voter, lease);
             if was == is {
                 continue;
             }
-            for (member, vote) in votes {
+            // Checked when stored: it reads.
+            for (member, vote) in super::votes::votes_in(&stored.document).unwrap_or_default() {
                 let key = EndpointKey {
                     pool: pool.clone(),
-                    member: member.clone(),
+                    member,
                 };
-                changes.push((key, is.then(|| vote.clone())));
+                changes.push((key, is.then_some(vote)));
             }
         }
         changes
@@ -180,15 +181,12 @@ impl Mirror {
             if !self.counts(voter, stored.lease) {
                 continue;
             }
-            for (member, vote) in &stored.votes {
+            for (member, vote) in super::votes::votes_in(&stored.document).unwrap_or_default() {
                 let key = EndpointKey {
                     pool: pool.clone(),
-                    member: member.clone(),
+                    member,
                 };
-                counted
-                    .entry(key)
-                    .or_default()
-                    .insert(voter.clone(), vote.clone());
+                counted.entry(key).or_default().insert(voter.clone(), vote);
             }
         }
         counted
