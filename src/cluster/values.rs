@@ -147,7 +147,7 @@ impl Mirror {
         &self,
         voter: &str,
         before: Option<i64>,
-    ) -> Vec<(EndpointKey, Option<crate::health::votes::Vote>)> {
+    ) -> crate::health::PoolVoteChanges {
         let mut changes = Vec::new();
         for ((pool, owner), stored) in &self.votes {
             if owner != voter {
@@ -160,13 +160,12 @@ impl Mirror {
                 continue;
             }
             // Checked when stored: it reads.
-            for (member, vote) in super::votes::votes_in(&stored.document).unwrap_or_default() {
-                let key = EndpointKey {
-                    pool: pool.clone(),
-                    member,
-                };
-                changes.push((key, is.then_some(vote)));
-            }
+            let votes = super::votes::votes_in(&stored.document).unwrap_or_default();
+            let members = votes
+                .into_iter()
+                .map(|(member, vote)| (member, is.then_some(vote)))
+                .collect();
+            changes.push((pool.clone(), members));
         }
         changes
     }

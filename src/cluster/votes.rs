@@ -122,8 +122,8 @@ struct Reading<'a> {
     region: Option<Text<'a>>,
     #[serde(borrow, default)]
     up: Vec<Text<'a>>,
-    #[serde(borrow, default)]
-    down: BTreeMap<Text<'a>, Text<'a>>,
+    #[serde(borrow, default, deserialize_with = "pairs")]
+    down: Vec<(Text<'a>, Text<'a>)>,
     #[serde(borrow, default)]
     stale: Vec<Text<'a>>,
     #[serde(borrow, default)]
@@ -145,6 +145,35 @@ pub struct Read {
     pub changed: Vec<(String, Vote)>,
     /// Members gone from the document.
     pub removed: Vec<String>,
+}
+
+/// A JSON object read as its (name, value) pairs in the order written, without building a
+/// map: a writer's objects are in name order, and a tree built per document read was a
+/// good part of reading one.
+fn pairs<'de, D>(deserializer: D) -> Result<Vec<(Text<'de>, Text<'de>)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(Text<'de>, Text<'de>)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0));
+            while let Some(pair) = map.next_entry()? {
+                pairs.push(pair);
+            }
+            Ok(pairs)
+        }
+    }
+    deserializer.deserialize_map(Pairs)
 }
 
 /// One member's verdict in a document, borrowed from it.
@@ -225,16 +254,27 @@ impl<'a> Verdicts<'a> {
             v4: v4.get(member).copied(),
             v6: v6.get(member).copied(),
         };
-        let failed = |(member, error): (&'a Text<'a>, &'a Text<'a>)| {
-            verdict(&member.0, false, Some(&*error.0).filter(|e| !e.is_empty()))
+        // `down` likewise (written in name order).
+        let mut down: Vec<(&'a str, &'a str)> = down
+            .iter()
+            .map(|(member, error)| (&*member.0, &*error.0))
+            .collect();
+        if !down.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+            down.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            if let Some(pair) = down.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+                return Err(twice(pair[0].0));
+            }
+        }
+        let failed = |(member, error): (&'a str, &'a str)| {
+            verdict(member, false, Some(error).filter(|e| !e.is_empty()))
         };
         let mut by_member = Vec::with_capacity(up.len() + down.len());
-        let mut downs = down.iter().peekable();
+        let mut downs = down.into_iter().peekable();
         for member in up {
-            while let Some(down) = downs.next_if(|(down, _)| &*down.0 < member) {
+            while let Some(down) = downs.next_if(|(down, _)| *down < member) {
                 by_member.push(failed(down));
             }
-            if downs.peek().is_some_and(|(down, _)| &*down.0 == member) {
+            if downs.peek().is_some_and(|(down, _)| *down == member) {
                 return Err(twice(member));
             }
             by_member.push(verdict(member, true, None));
@@ -522,7 +562,7 @@ impl Fleet {
     /// monitor is told the endpoints whose counted vote changed, in one message.
     pub(super) async fn apply_votes(&self, put: bool, pool: String, voter: String, entry: &Entry) {
         let inner = &self.0;
-        let (changes, refused, invalid, voter) = {
+        let (changes, refused, invalid, (pool, voter)) = {
             let Ok(mut mirror) = inner.mirror.lock() else {
                 return;
             };
@@ -534,15 +574,11 @@ impl Fleet {
                 }
                 None => (None, false),
             };
-            let key = |member: String| EndpointKey {
-                pool: slot.0.clone(),
-                member,
-            };
             // The document before was counted: its votes go (it was read when stored).
             let withdraw = |changes: &mut Vec<_>| {
                 let before = document.as_deref().map(votes_in);
                 for (member, _) in before.into_iter().flatten().flatten() {
-                    changes.push((key(member), None));
+                    changes.push((member, None));
                 }
             };
             let mut changes = Vec::new();
@@ -553,15 +589,15 @@ impl Fleet {
                     match (counted_before, now_counts) {
                         (true, true) => {
                             for (member, vote) in read.changed {
-                                changes.push((key(member), Some(vote)));
+                                changes.push((member, Some(vote)));
                             }
                             for member in read.removed {
-                                changes.push((key(member), None));
+                                changes.push((member, None));
                             }
                         }
                         (false, true) => {
                             for (member, vote) in votes_in(&entry.value).unwrap_or_default() {
-                                changes.push((key(member), Some(vote)));
+                                changes.push((member, Some(vote)));
                             }
                         }
                         (true, false) => withdraw(&mut changes),
@@ -582,7 +618,7 @@ impl Fleet {
                     (false, other.and_then(Result::err))
                 }
             };
-            (changes, refused, invalid, slot.1)
+            (changes, refused, invalid, slot)
         };
         if let Some(error) = invalid {
             self.not_votes(entry, &error);
@@ -595,7 +631,7 @@ impl Fleet {
             );
         }
         if !changes.is_empty() {
-            inner.health.set_votes(voter, changes).await;
+            inner.health.set_votes(voter, vec![(pool, changes)]).await;
         }
     }
 }
@@ -722,5 +758,12 @@ mod tests {
         );
         let twice = read_votes(br#"{"at":1,"up":["z","a","z"]}"#, None);
         assert!(twice.is_err_and(|e| e.contains("\"z\" is both")));
+        let read = read_votes(br#"{"at":1,"down":{"z":"","a":"x"}}"#, None);
+        assert_eq!(
+            read.map(|r| names(&r.changed).join(",")),
+            Ok("a,z".to_string())
+        );
+        let twice = read_votes(br#"{"at":1,"down":{"a":"","b":"","a":"x"}}"#, None);
+        assert!(twice.is_err_and(|e| e.contains("\"a\" is both")));
     }
 }

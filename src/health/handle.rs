@@ -16,6 +16,10 @@ use super::votes::Vote;
 use crate::loaded::Loaded;
 use crate::routing::EndpointKey;
 
+/// Votes that changed, grouped by pool: each pool's name once, with its members' votes
+/// (None: withdrawn). A voter's document is one pool's, and a mass outage hands the
+/// monitor each of its members' votes.
+pub type PoolVoteChanges = Vec<(String, Vec<(String, Option<Vote>)>)>;
 /// Talks to the running monitor.
 #[derive(Debug, Clone)]
 pub struct HealthHandle {
@@ -225,8 +229,9 @@ impl HealthHandle {
         let _ = self.control.send(Control::Simulated(outcomes)).await;
     }
 
-    /// Another instance's verdicts that changed (None: withdrawn), applied together.
-    pub async fn set_votes(&self, voter: String, votes: Vec<(EndpointKey, Option<Vote>)>) {
+    /// Another instance's verdicts that changed (None: withdrawn), by pool and member,
+    /// applied together.
+    pub async fn set_votes(&self, voter: String, votes: PoolVoteChanges) {
         let _ = self.control.send(Control::Votes(voter, votes)).await;
     }
 
@@ -301,7 +306,7 @@ pub(super) enum Control {
     Status(oneshot::Sender<Vec<EndpointStatus>>),
     Undrain(EndpointKey, Reply),
     /// Another instance's verdicts that changed (None: withdrawn).
-    Votes(String, Vec<(EndpointKey, Option<Vote>)>),
+    Votes(String, PoolVoteChanges),
     /// Every other instance's verdicts, read again from the store.
     ReplaceVotes(HashMap<EndpointKey, BTreeMap<String, Vote>>),
     /// Whether the fleet's votes count (the store is reachable).

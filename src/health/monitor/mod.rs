@@ -315,35 +315,50 @@ impl Monitor {
                 let voter = self.voters.id(&voter);
                 let mut flips = Vec::new();
                 let region = self.voter.as_ref().and_then(|me| me.region.clone());
-                for (key, vote) in votes {
-                    let Some(t) = self.members.get_mut(&key) else {
-                        continue;
+                for (pool, members) in votes {
+                    // One key for the pool, its member replaced: no copy of the pool's
+                    // name per vote.
+                    let mut key = EndpointKey {
+                        pool,
+                        member: String::new(),
                     };
-                    let before = t.votes.set(voter, vote, region.as_deref());
-                    let after = t.votes.get(voter);
-                    // A vote that differs only in when it was written changes nothing
-                    // (its document was written again for another endpoint's sake).
-                    let changed = match (&before, after) {
-                        (Some(before), Some(after)) => !before.same_verdict(after),
-                        (None, None) => false,
-                        _ => true,
-                    };
-                    // Whether the voter's round trip (as ranking counts it) moved too (a
-                    // region matters only with a round trip to rank by).
-                    let counted = |v: Option<&Vote>| v.and_then(|v| v.rtt_us.filter(|_| !v.stale));
-                    let rtt_moved = counted(before.as_ref()) != counted(after)
-                        || (counted(after).is_some()
-                            && before.as_ref().map(|b| &b.region) != after.map(|a| &a.region));
-                    if changed {
-                        let standing = verdicts::Standing {
-                            voter: self.voter.as_ref(),
-                            voting: self.voting,
-                            in_grace: self.grace_until.is_some(),
+                    for (member, vote) in members {
+                        key.member = member;
+                        let Some(t) = self.members.get_mut(&key) else {
+                            continue;
                         };
-                        flips.extend(verdicts::reconsider(t, &key, standing, "the votes changed"));
-                    }
-                    if rtt_moved {
-                        self.send_rtts(&key).await;
+                        let before = t.votes.set(voter, vote, region.as_deref());
+                        let after = t.votes.get(voter);
+                        // A vote that differs only in when it was written changes nothing
+                        // (its document was written again for another endpoint's sake).
+                        let changed = match (&before, after) {
+                            (Some(before), Some(after)) => !before.same_verdict(after),
+                            (None, None) => false,
+                            _ => true,
+                        };
+                        // Whether the voter's round trip (as ranking counts it) moved too (a
+                        // region matters only with a round trip to rank by).
+                        let counted =
+                            |v: Option<&Vote>| v.and_then(|v| v.rtt_us.filter(|_| !v.stale));
+                        let rtt_moved = counted(before.as_ref()) != counted(after)
+                            || (counted(after).is_some()
+                                && before.as_ref().map(|b| &b.region) != after.map(|a| &a.region));
+                        if changed {
+                            let standing = verdicts::Standing {
+                                voter: self.voter.as_ref(),
+                                voting: self.voting,
+                                in_grace: self.grace_until.is_some(),
+                            };
+                            flips.extend(verdicts::reconsider(
+                                t,
+                                &key,
+                                standing,
+                                "the votes changed",
+                            ));
+                        }
+                        if rtt_moved {
+                            self.send_rtts(&key).await;
+                        }
                     }
                 }
                 self.publish_flips(flips).await;
