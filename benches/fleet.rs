@@ -18,7 +18,8 @@
 //!
 //! `cargo bench --bench fleet` runs N = 3, 10, 30 x 1,000 and 10,000 endpoints (set
 //! `FLEET_SIZES=3,10` and `FLEET_ENDPOINTS=1000` to choose; `RUST_LOG=warn` shows the
-//! instances' logs); under `cargo nextest` it runs once, small (3 x 200, 0.5 s
+//! instances' logs; `FLEET_PHASES=1` prints a line as each scripted change starts, to attach
+//! a profiler to the outage alone); under `cargo nextest` it runs once, small (3 x 200, 0.5 s
 //! interval), and asserts convergence within `interval x fall + 2 s` and no vote written
 //! in steady state.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
