@@ -20,6 +20,7 @@ use crate::routing::EndpointKey;
 /// (None: withdrawn). A voter's document is one pool's, and a mass outage hands the
 /// monitor each of its members' votes.
 pub type PoolVoteChanges = Vec<(String, Vec<(String, Option<Vote>)>)>;
+
 /// Talks to the running monitor.
 #[derive(Debug, Clone)]
 pub struct HealthHandle {

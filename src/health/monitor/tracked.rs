@@ -334,3 +334,63 @@ pub(super) struct StateSink {
     /// Outcomes, for changes waiting to be acknowledged.
     pub(super) saved: watch::Sender<store::Written>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote(up: bool, since: u64, error: &str) -> Vote {
+        Vote {
+            up,
+            since,
+            error: (!error.is_empty()).then(|| error.to_string()),
+            rtt_us: None,
+            region: None,
+            stale: false,
+            at: since,
+            v4: None,
+            v6: None,
+        }
+    }
+
+    #[test]
+    fn held_votes_keep_order_counts_and_the_since_of_an_unchanged_verdict() {
+        let mut held = HeldVotes::default();
+        // Voters arrive in any order and are kept in number order.
+        for voter in [5, 1, 3] {
+            assert_eq!(
+                held.set(VoterId(voter), Some(vote(true, 100, "")), None),
+                None
+            );
+        }
+        let order: Vec<u32> = held.iter().map(|(voter, _)| voter.0).collect();
+        assert_eq!(order, [1, 3, 5]);
+        // Down, then down with another error: the second keeps the first's since.
+        held.set(VoterId(3), Some(vote(false, 110, "refused")), None);
+        let before = held.set(VoterId(3), Some(vote(false, 120, "timed out")), None);
+        assert_eq!(before.map(|v| v.error), Some(Some("refused".to_string())));
+        let now = held
+            .get(VoterId(3))
+            .map(|v| (v.since, v.at, v.error.clone()));
+        assert_eq!(now, Some((110, 120, Some("timed out".to_string()))));
+        // Up again: since moves.
+        held.set(VoterId(3), Some(vote(true, 130, "")), None);
+        assert_eq!(held.get(VoterId(3)).map(|v| v.since), Some(130));
+        // Counted as they change: one down of three, then removed.
+        held.set(VoterId(1), Some(vote(false, 140, "refused")), None);
+        let mut counted = VoteCounts::default();
+        for (_, vote) in held.iter() {
+            counted.add(vote, false, None);
+        }
+        assert_eq!(held.counts(false), counted);
+        assert!(held.set(VoterId(1), None, None).is_some());
+        assert!(held.set(VoterId(1), None, None).is_none());
+        assert_eq!(held.get(VoterId(1)), None);
+        let mut counted = VoteCounts::default();
+        for (_, vote) in held.iter() {
+            counted.add(vote, false, None);
+        }
+        assert_eq!(held.counts(false), counted);
+        assert_eq!(held.iter().count(), 2);
+    }
+}
