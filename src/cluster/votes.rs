@@ -582,22 +582,20 @@ impl Fleet {
                 }
             };
             let mut changes = Vec::new();
-            let read = put.then(|| read_votes(&entry.value, document.as_deref()));
+            // Read against the document before it while that one counted; else every
+            // vote in it is new to the monitor.
+            let counted = document.as_deref().filter(|_| counted_before);
+            let read = put.then(|| read_votes(&entry.value, counted));
             let (refused, invalid) = match read {
                 Some(Ok(read)) => {
                     let now_counts = mirror.counts(&slot.1, entry.lease);
                     match (counted_before, now_counts) {
-                        (true, true) => {
+                        (_, true) => {
                             for (member, vote) in read.changed {
                                 changes.push((member, Some(vote)));
                             }
                             for member in read.removed {
                                 changes.push((member, None));
-                            }
-                        }
-                        (false, true) => {
-                            for (member, vote) in votes_in(&entry.value).unwrap_or_default() {
-                                changes.push((member, Some(vote)));
                             }
                         }
                         (true, false) => withdraw(&mut changes),
