@@ -2,6 +2,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::fs::FileTypeExt;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gto::config::{HttpProbe, Probe, TlsSettings};
@@ -13,7 +14,7 @@ use hickory_proto::rr::RecordType;
 use tokio::sync::broadcast;
 
 use crate::real::{outage_config, real_config_without_admin};
-use crate::support::appliance::{Appliance, Speaks, certificate};
+use crate::support::appliance::{Appliance, Speaks, certificate, set_delay};
 use crate::support::{
     PREAMBLE, RealGto, TestServer, ZONE, answers, config, query, tcp, udp, wait_answering,
 };
@@ -192,16 +193,23 @@ async fn one_lost_probe_never_removes_an_endpoint() {
 
 #[tokio::test]
 async fn a_restart_keeps_a_down_endpoint_out_of_the_first_answers() {
-    let mut all = appliances(Speaks::Tcp).await;
-    let server = TestServer::start(&health_config(ports(&all), TCP_CHECK, true), ZONE).await;
+    // HTTP, so that a probe's answer can be held back: what the restarted instance shows
+    // before its first probe of ams-1 has an answer is then not a race with that probe.
+    let mut all = appliances(Speaks::Http).await;
+    let check = r#"{ kind = "http", path = "/status", expect = [200], interval = "1s", timeout = "900ms", rise = 2, fall = 2 }"#;
+    let interval = Duration::from_secs(1);
+    let server = TestServer::start(&health_config(ports(&all), check, true), ZONE).await;
     let mut flips = server.app.health().subscribe();
-    all[1].0.stop().await;
-    let flip = next_flip(&mut flips, INTERVAL * FALL + Duration::from_secs(1)).await;
+    all[1].0.status.store(503, Ordering::SeqCst);
+    let flip = next_flip(&mut flips, interval * FALL + Duration::from_secs(1)).await;
     assert_eq!((flip.key.member.as_str(), flip.to), ("ams-1", Health::Down));
     let TestServer { app, dir, .. } = server;
     app.shutdown().await.unwrap();
 
-    // Start again from the same files: the first answers already exclude ams-1.
+    // Start again from the same files: the first answers already exclude ams-1, and while
+    // its first probe waits for an answer (held 850 ms), the restored verdict is stale.
+    set_delay(&all[1].0.delay, None, 850);
+    while all[1].1.try_recv().is_ok() {}
     let source = ConfigSource::File(dir.path().join("gto.toml"));
     let app = App::start(source.clone(), source.load().unwrap())
         .await
@@ -212,17 +220,23 @@ async fn a_restart_keeps_a_down_endpoint_out_of_the_first_answers() {
         dir,
     };
     assert_eq!(a_records(&server).await, vec!["127.0.0.2", "127.0.0.4"]);
+    assert_eq!(
+        all[1].1.recv().await,
+        Some(503),
+        "the first probe is in flight"
+    );
     let status = server.app.health().status().await;
     let ams = status.iter().find(|s| s.key.member == "ams-1").unwrap();
     assert_eq!(ams.health, Health::Down);
     assert!(ams.stale, "restored state is stale until re-checked");
 
-    // It is re-checked at once and comes back after rise successes.
+    // It comes back after rise successes.
     let mut flips = server.app.health().subscribe();
-    all[1].0.resume();
+    all[1].0.status.store(200, Ordering::SeqCst);
+    set_delay(&all[1].0.delay, None, 0);
     let flip = next_flip(
         &mut flips,
-        INTERVAL.mul_f64(1.1) * (RISE + 1) + Duration::from_secs(1),
+        interval.mul_f64(1.1) * (RISE + 1) + Duration::from_secs(1),
     )
     .await;
     assert_eq!((flip.key.member.as_str(), flip.to), ("ams-1", Health::Up));
