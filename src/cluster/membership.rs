@@ -13,7 +13,26 @@ use super::{
     CLUSTER_CONNECTED, CLUSTER_EVENTS_TOTAL, CLUSTER_INSTANCES, ClusterError, Entry, Fleet,
     MAX_BACKOFF, MIN_BACKOFF, WatchItem,
 };
+use crate::health::VoteChanges;
 use crate::time::{rfc3339, unix};
+
+/// Watch responses already delivered are read together (see [`Fleet::session`]) until
+/// their changed votes number this many: the monitor takes them in about 20 ms (a longer
+/// pause of the monitor delays this instance's own verdicts, whose writes are gathered
+/// until none came for a while), and the heartbeat and the lease's keep-alive run between
+/// batches.
+const WATCH_BATCH_VOTES: usize = 20_000;
+
+/// The next watch item: one set aside by the batch before, or the next delivered.
+async fn next_item(
+    pending: &mut Option<WatchItem>,
+    watch: &mut tokio::sync::mpsc::Receiver<WatchItem>,
+) -> Option<WatchItem> {
+    match pending.take() {
+        Some(item) => Some(item),
+        None => watch.recv().await,
+    }
+}
 
 impl Fleet {
     pub(super) async fn supervise(&self, token: CancellationToken) {
@@ -82,6 +101,8 @@ impl Fleet {
         tokio::pin!(keep_alive);
         let mut heartbeat = tokio::time::interval(inner.lease_ttl / 2);
         heartbeat.tick().await;
+        // A watch item read behind a batch of changes that is not one.
+        let mut pending = None;
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {
@@ -89,14 +110,31 @@ impl Fleet {
                         warn!(%error, "fleet heartbeat not written; trying again at the next");
                     }
                 }
-                item = watch.recv() => match item {
+                item = next_item(&mut pending, &mut watch) => match item {
                     Some(WatchItem::Changes { changes, revision }) => {
-                        for (put, entry) in changes {
-                            metrics::counter!(CLUSTER_EVENTS_TOTAL).increment(1);
-                            self.apply(put, &entry).await;
-                            *last_revision = (*last_revision).max(entry.revision);
+                        // Changes already delivered behind these are read with them (up to
+                        // WATCH_BATCH_VOTES), so that the monitor takes the votes of
+                        // several documents on an endpoint together.
+                        let mut votes = VoteChanges::default();
+                        let mut batch = Some((changes, revision));
+                        while let Some((changes, revision)) = batch.take() {
+                            for (put, entry) in changes {
+                                metrics::counter!(CLUSTER_EVENTS_TOTAL).increment(1);
+                                self.apply(put, &entry, &mut votes).await;
+                                *last_revision = (*last_revision).max(entry.revision);
+                            }
+                            *last_revision = (*last_revision).max(revision);
+                            if votes.len() < WATCH_BATCH_VOTES {
+                                match watch.try_recv() {
+                                    Ok(WatchItem::Changes { changes, revision }) => {
+                                        batch = Some((changes, revision));
+                                    }
+                                    Ok(other) => pending = Some(other),
+                                    Err(_) => {}
+                                }
+                            }
                         }
-                        *last_revision = (*last_revision).max(revision);
+                        inner.health.set_votes(votes).await;
                     }
                     Some(WatchItem::Compacted) => {
                         info!(
@@ -274,8 +312,10 @@ impl Fleet {
         metrics::gauge!(CLUSTER_INSTANCES).set(instances.len() as f64);
         inner.instances.store(Arc::new(instances));
         self.update_drift();
-        if let Some(changes) = recounted.filter(|changes| !changes.is_empty()) {
-            inner.health.set_votes(id, changes).await;
+        if let Some(changes) = recounted {
+            let mut votes = VoteChanges::default();
+            votes.push(id, changes);
+            inner.health.set_votes(votes).await;
         }
     }
 }

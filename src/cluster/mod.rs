@@ -47,7 +47,7 @@ use tracing::warn;
 pub use self::values::InstanceInfo;
 use self::values::{DrainValue, LoadValue, Mirror, Seen, segment, unsegment};
 use crate::config::ClusterSettings;
-use crate::health::HealthHandle;
+use crate::health::{HealthHandle, VoteChanges};
 use crate::routing::EndpointKey;
 use crate::time::unix;
 
@@ -495,14 +495,22 @@ impl Fleet {
         }
     }
 
-    async fn apply(&self, put: bool, entry: &Entry) {
+    /// Applies one change read from the store. Other voters' documents add their changed
+    /// votes to `votes`; anything else first hands the monitor what `votes` gathered, so
+    /// that it sees every change in the order the store made them.
+    async fn apply(&self, put: bool, entry: &Entry, votes: &mut VoteChanges) {
         let inner = &self.0;
-        match self.parse(&entry.key) {
+        let key = self.parse(&entry.key);
+        if let Some(Key::Votes(pool, voter)) = &key
+            && *voter != inner.instance
+        {
+            self.apply_votes(put, pool.clone(), voter.clone(), entry, votes);
+            return;
+        }
+        inner.health.set_votes(std::mem::take(votes)).await;
+        match key {
             Some(Key::Drain(key)) => self.apply_drain(put, key, entry).await,
             Some(Key::Load(key)) if put => self.apply_load(&key, entry).await,
-            Some(Key::Votes(pool, voter)) if voter != inner.instance => {
-                self.apply_votes(put, pool, voter, entry).await;
-            }
             Some(Key::Votes(..)) => {
                 // This instance's own: repaired when someone else wrote or deleted it.
                 self.guard_own_votes(put, entry);

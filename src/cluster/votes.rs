@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::values::segment;
 use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH};
+use crate::health::VoteChanges;
 use crate::health::votes::{Vote, now_unix};
 use crate::routing::EndpointKey;
 
@@ -307,7 +308,12 @@ pub fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
         .unwrap_or_default()
         .into_iter()
         .peekable();
-    let mut read = Read::default();
+    // Sized for every vote at once (in a mass outage every vote changes; a vector grown
+    // vote by vote asked the allocator for fresh memory several times per document).
+    let mut read = Read {
+        changed: Vec::with_capacity(new.by_member.len()),
+        removed: Vec::new(),
+    };
     for verdict in &new.by_member {
         while let Some(gone) = old.next_if(|o| o.member < verdict.member) {
             read.removed.push(gone.member.to_string());
@@ -371,40 +377,41 @@ impl Fleet {
                         MIN_BACKOFF
                     };
                 }
-                received = verdicts.recv() => match received {
-                    Ok(first) => {
-                        // The flips of one outage come over about one probe interval:
-                        // changes are gathered until none came for VOTE_LINGER (or for
-                        // VOTE_LINGER_MAX in all), then written, one document per pool.
-                        let mut batch = vec![first];
-                        let first_at = tokio::time::Instant::now();
-                        let mut until = first_at + VOTE_LINGER;
-                        let mut lagged = false;
-                        while let Ok(next) = tokio::time::timeout_at(until, verdicts.recv()).await {
-                            match next {
-                                Ok(next) => {
-                                    batch.push(next);
-                                    until = (tokio::time::Instant::now() + VOTE_LINGER)
-                                        .min(first_at + VOTE_LINGER_MAX);
-                                }
-                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                    lagged = true;
-                                    break;
-                                }
-                                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                received = verdicts.recv() => {
+                    // The flips of one outage come over about one probe interval:
+                    // changes are gathered until none came for VOTE_LINGER (or for
+                    // VOTE_LINGER_MAX in all), then written, one document per pool. When
+                    // this task fell behind the flips (more than the channel holds: a
+                    // mass outage on a busy machine), every pool is written, once, at
+                    // the end of the same wait.
+                    let (mut batch, mut lagged) = match received {
+                        Ok(first) => (vec![first], false),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            (Vec::new(), true)
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    let first_at = tokio::time::Instant::now();
+                    let mut until = first_at + VOTE_LINGER;
+                    while let Ok(next) = tokio::time::timeout_at(until, verdicts.recv()).await {
+                        match next {
+                            Ok(next) if !lagged => batch.push(next),
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                lagged = true;
+                                batch = Vec::new();
                             }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                         }
-                        if lagged {
-                            self.publish_all_votes().await;
-                        } else {
-                            self.publish_votes(batch).await;
-                        }
+                        until = (tokio::time::Instant::now() + VOTE_LINGER)
+                            .min(first_at + VOTE_LINGER_MAX);
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if lagged {
                         self.publish_all_votes().await;
+                    } else {
+                        self.publish_votes(batch).await;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
+                }
                 // Set by another task: the retry above starts now.
                 () = self.0.unshared_set.notified() => {}
                 () = token.cancelled() => return,
@@ -559,8 +566,16 @@ impl Fleet {
 
     /// Another voter's votes on a pool changed in the store: mirrored, and counted only
     /// while the voter holds a live membership under the document's own lease. The
-    /// monitor is told the endpoints whose counted vote changed, in one message.
-    pub(super) async fn apply_votes(&self, put: bool, pool: String, voter: String, entry: &Entry) {
+    /// endpoints whose counted vote changed go to `votes`, for the monitor (with the other
+    /// documents read together).
+    pub(super) fn apply_votes(
+        &self,
+        put: bool,
+        pool: String,
+        voter: String,
+        entry: &Entry,
+        votes: &mut VoteChanges,
+    ) {
         let inner = &self.0;
         let (changes, refused, invalid, (pool, voter)) = {
             let Ok(mut mirror) = inner.mirror.lock() else {
@@ -591,6 +606,9 @@ impl Fleet {
                     let now_counts = mirror.counts(&slot.1, entry.lease);
                     match (counted_before, now_counts) {
                         (_, true) => {
+                            // Sized once: grown vote by vote, its copies were most of the
+                            // fresh memory a mass outage asked of the allocator.
+                            changes.reserve_exact(read.changed.len() + read.removed.len());
                             for (member, vote) in read.changed {
                                 changes.push((member, Some(vote)));
                             }
@@ -629,7 +647,7 @@ impl Fleet {
             );
         }
         if !changes.is_empty() {
-            inner.health.set_votes(voter, vec![(pool, changes)]).await;
+            votes.push(voter, vec![(pool, changes)]);
         }
     }
 }

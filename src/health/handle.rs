@@ -21,6 +21,37 @@ use crate::routing::EndpointKey;
 /// monitor each of its members' votes.
 pub type PoolVoteChanges = Vec<(String, Vec<(String, Option<Vote>)>)>;
 
+/// Other instances' votes that changed, as read from one or more of their documents, by
+/// voter in the order read. The monitor takes them together and looks at each endpoint
+/// once for all the votes on it: in a mass outage every voter's vote on every endpoint
+/// changes, and documents of several voters read together then cost one lookup and one
+/// decision per endpoint, not one per vote.
+#[derive(Debug, Default)]
+pub struct VoteChanges {
+    pub(super) by_voter: Vec<(String, PoolVoteChanges)>,
+    votes: usize,
+}
+
+impl VoteChanges {
+    /// Adds `voter`'s changes (read after those already added).
+    pub fn push(&mut self, voter: String, changes: PoolVoteChanges) {
+        self.votes += changes.iter().map(|(_, votes)| votes.len()).sum::<usize>();
+        if !changes.is_empty() {
+            self.by_voter.push((voter, changes));
+        }
+    }
+
+    /// How many votes changed.
+    pub fn len(&self) -> usize {
+        self.votes
+    }
+
+    /// Whether there is nothing to apply.
+    pub fn is_empty(&self) -> bool {
+        self.by_voter.is_empty()
+    }
+}
+
 /// Talks to the running monitor.
 #[derive(Debug, Clone)]
 pub struct HealthHandle {
@@ -30,6 +61,10 @@ pub struct HealthHandle {
     pub(super) verdicts: broadcast::Sender<(EndpointKey, Vote)>,
     pub(super) checked: Arc<AtomicUsize>,
     pub(super) saved: watch::Receiver<store::Written>,
+    /// Probe outcomes from the fleet simulator ([`crate::health::simulate`]): a channel of
+    /// their own beside the control channel, as real probes' reports have, so that they do
+    /// not wait behind the fleet's votes.
+    pub(super) simulated: mpsc::Sender<Vec<(EndpointKey, bool, u32)>>,
 }
 
 /// How long a change waits for the state file write that holds it.
@@ -227,13 +262,14 @@ impl HealthHandle {
     /// (up or not) of each endpoint's main check, folded in as reports of its probes.
     #[doc(hidden)]
     pub async fn simulate_reports(&self, outcomes: Vec<(EndpointKey, bool, u32)>) {
-        let _ = self.control.send(Control::Simulated(outcomes)).await;
+        let _ = self.simulated.send(outcomes).await;
     }
 
-    /// Another instance's verdicts that changed (None: withdrawn), by pool and member,
-    /// applied together.
-    pub async fn set_votes(&self, voter: String, votes: PoolVoteChanges) {
-        let _ = self.control.send(Control::Votes(voter, votes)).await;
+    /// Other instances' verdicts that changed (None: withdrawn), applied together.
+    pub async fn set_votes(&self, votes: VoteChanges) {
+        if !votes.is_empty() {
+            let _ = self.control.send(Control::Votes(votes)).await;
+        }
     }
 
     /// Replaces every other instance's verdicts (after reading the store again).
@@ -306,8 +342,8 @@ pub(super) enum Control {
     SetLoad(EndpointKey, u32, Option<u32>, Option<SystemTime>, Reply),
     Status(oneshot::Sender<Vec<EndpointStatus>>),
     Undrain(EndpointKey, Reply),
-    /// Another instance's verdicts that changed (None: withdrawn).
-    Votes(String, PoolVoteChanges),
+    /// Other instances' verdicts that changed (None: withdrawn).
+    Votes(VoteChanges),
     /// Every other instance's verdicts, read again from the store.
     ReplaceVotes(HashMap<EndpointKey, BTreeMap<String, Vote>>),
     /// Whether the fleet's votes count (the store is reachable).
@@ -322,8 +358,6 @@ pub(super) enum Control {
         crate::health::rum::RumBatch,
         oneshot::Sender<Result<(usize, usize), Vec<String>>>,
     ),
-    /// Probe outcomes from the fleet simulator ([`crate::health::simulate`]).
-    Simulated(Vec<(EndpointKey, bool, u32)>),
     /// Kills every probe task without telling the endpoints: a checker that died.
     #[cfg(test)]
     KillProbes,

@@ -62,6 +62,7 @@ pub fn spawn(
 ) -> (HealthHandle, JoinHandle<()>) {
     let (control, control_rx) = mpsc::channel(16);
     let (reports_tx, reports) = mpsc::channel(4096);
+    let (simulated, simulated_rx) = mpsc::channel(64);
     let (flips, _) = broadcast::channel(256);
     let (loads, _) = broadcast::channel(1024);
     let (verdicts, _) = broadcast::channel(4096);
@@ -124,7 +125,7 @@ pub fn spawn(
         })
         .unwrap_or_default();
     monitor.apply(loaded, &restored);
-    let task = tokio::spawn(monitor.run(control_rx, reports, token));
+    let task = tokio::spawn(monitor.run(control_rx, reports, simulated_rx, token));
     (
         HealthHandle {
             control,
@@ -133,6 +134,7 @@ pub fn spawn(
             verdicts,
             checked,
             saved,
+            simulated,
         },
         task,
     )
@@ -209,6 +211,7 @@ impl Monitor {
         mut self,
         mut control: mpsc::Receiver<Control>,
         mut reports: mpsc::Receiver<Report>,
+        mut simulated: mpsc::Receiver<Vec<(EndpointKey, bool, u32)>>,
         token: CancellationToken,
     ) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
@@ -233,6 +236,10 @@ impl Monitor {
                     }
                 }
                 Some(written) = written => self.on_written(written).await,
+                Some(outcomes) = simulated.recv() => {
+                    let reports = self.simulated(outcomes);
+                    self.on_reports(reports).await;
+                }
                 Some(control) = control.recv() => {
                     let drains = control.may_change_drains();
                     self.on_control(control).await;
@@ -307,62 +314,7 @@ impl Monitor {
                 let _ = done.send(());
                 self.persist().await;
             }
-            Control::Votes(voter, votes) => {
-                // This instance's own verdict is its local one, never a vote.
-                if self.voter.as_ref().is_some_and(|me| me.instance == voter) {
-                    return;
-                }
-                let voter = self.voters.id(&voter);
-                let mut flips = Vec::new();
-                let region = self.voter.as_ref().and_then(|me| me.region.clone());
-                for (pool, members) in votes {
-                    // One key for the pool, its member replaced: no copy of the pool's
-                    // name per vote.
-                    let mut key = EndpointKey {
-                        pool,
-                        member: String::new(),
-                    };
-                    for (member, vote) in members {
-                        key.member = member;
-                        let Some(t) = self.members.get_mut(&key) else {
-                            continue;
-                        };
-                        let before = t.votes.set(voter, vote, region.as_deref());
-                        let after = t.votes.get(voter);
-                        // A vote that differs only in when it was written changes nothing
-                        // (its document was written again for another endpoint's sake).
-                        let changed = match (&before, after) {
-                            (Some(before), Some(after)) => !before.same_verdict(after),
-                            (None, None) => false,
-                            _ => true,
-                        };
-                        // Whether the voter's round trip (as ranking counts it) moved too (a
-                        // region matters only with a round trip to rank by).
-                        let counted =
-                            |v: Option<&Vote>| v.and_then(|v| v.rtt_us.filter(|_| !v.stale));
-                        let rtt_moved = counted(before.as_ref()) != counted(after)
-                            || (counted(after).is_some()
-                                && before.as_ref().map(|b| &b.region) != after.map(|a| &a.region));
-                        if changed {
-                            let standing = verdicts::Standing {
-                                voter: self.voter.as_ref(),
-                                voting: self.voting,
-                                in_grace: self.grace_until.is_some(),
-                            };
-                            flips.extend(verdicts::reconsider(
-                                t,
-                                &key,
-                                standing,
-                                "the votes changed",
-                            ));
-                        }
-                        if rtt_moved {
-                            self.send_rtts(&key).await;
-                        }
-                    }
-                }
-                self.publish_flips(flips).await;
-            }
+            Control::Votes(changes) => self.take_votes(changes).await,
             Control::ReplaceVotes(all) => {
                 let mut all = all;
                 let me = self.voter.as_ref().map(|me| me.instance.as_str());
@@ -424,10 +376,6 @@ impl Monitor {
                 };
                 let _ = reply.send(result);
             }
-            Control::Simulated(outcomes) => {
-                let reports = self.simulated(outcomes);
-                self.on_reports(reports).await;
-            }
             #[cfg(test)]
             Control::KillProbes => {
                 for target in self.targets.values() {
@@ -457,7 +405,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{EndpointStatus, Health, restore};
+    use crate::health::{EndpointStatus, Health, VoteChanges, restore};
     use crate::loaded::ConfigSource;
 
     const CONFIG: &str = r#"
@@ -572,6 +520,106 @@ check = { kind = "none" }
             Some("maintenance"),
             "and who drained it and why"
         );
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn votes_read_together_land_on_each_endpoint_in_the_order_read() {
+        let fleet = CONFIG
+            .replace(
+                "check = { kind = \"none\" }\n",
+                "\n[cluster]\netcd = [\"http://127.0.0.1:9\"]\nname = \"t\"\ninstance = \"me\"\n",
+            )
+            .replace("interval = \"2s\"", "interval = \"1h\"");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("zones")).unwrap();
+        std::fs::write(
+            dir.path().join("zones/gto.example.com.zone"),
+            crate::config::EMBEDDED_ZONE,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("gto.toml"), fleet).unwrap();
+        let loaded = ConfigSource::File(dir.path().join("gto.toml"))
+            .load()
+            .unwrap();
+        let (events, _builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&loaded, None, None, Some(events), token.clone());
+        let vote = |up: bool, at: u64| Vote {
+            up,
+            since: at,
+            error: (!up).then(|| format!("refused at {at}")),
+            rtt_us: None,
+            region: None,
+            stale: false,
+            at,
+            v4: None,
+            v6: None,
+        };
+        let pool = |members: Vec<(&str, Option<Vote>)>| {
+            vec![(
+                "p".to_string(),
+                members
+                    .into_iter()
+                    .map(|(member, vote)| (member.to_string(), vote))
+                    .collect(),
+            )]
+        };
+        // Three documents of two voters and one of this instance, read together; the
+        // second lists its members out of order (removals come after changes).
+        let mut changes = VoteChanges::default();
+        changes.push(
+            "v1".into(),
+            pool(vec![
+                ("a", Some(vote(false, 1))),
+                ("b", Some(vote(true, 1))),
+            ]),
+        );
+        changes.push(
+            "v2".into(),
+            pool(vec![
+                ("b", Some(vote(false, 2))),
+                ("a", Some(vote(true, 2))),
+            ]),
+        );
+        changes.push("me".into(), pool(vec![("a", Some(vote(false, 3)))]));
+        changes.push("v1".into(), pool(vec![("a", Some(vote(true, 4)))]));
+        assert_eq!(changes.len(), 6);
+        handle.set_votes(changes).await;
+        let held = |status: &[EndpointStatus], member: &str| -> Vec<(String, bool, u64)> {
+            status
+                .iter()
+                .find(|s| s.key.member == member)
+                .map(|s| {
+                    s.votes
+                        .iter()
+                        .map(|(voter, v)| (voter.clone(), v.up, v.since))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let status = handle.status().await;
+        // v1's later document wins on a; this instance's own is never a vote.
+        assert_eq!(
+            held(&status, "a"),
+            [("v1".into(), true, 4), ("v2".into(), true, 2)]
+        );
+        assert_eq!(
+            held(&status, "b"),
+            [("v1".into(), true, 1), ("v2".into(), false, 2)]
+        );
+
+        // A withdrawal and an unknown member beside a vote, in one more batch.
+        let mut changes = VoteChanges::default();
+        changes.push(
+            "v2".into(),
+            pool(vec![("b", None), ("zz", Some(vote(false, 5)))]),
+        );
+        handle.set_votes(changes).await;
+        let status = handle.status().await;
+        assert_eq!(held(&status, "b"), [("v1".to_string(), true, 1)]);
+        assert_eq!(held(&status, "a").len(), 2);
         token.cancel();
         task.await.unwrap();
     }

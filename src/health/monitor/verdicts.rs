@@ -1,14 +1,17 @@
 //! From probe reports to flips: rise/fall per target, this instance's verdicts and the fleet's votes, and each flip handed to the builder before anyone is told.
 
+use std::collections::HashMap;
+use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::tracked::Which;
+use super::tracked::{VoterId, Which};
 use super::{Monitor, Sent, Tracked};
 use crate::config::Probe;
+use crate::health::handle::VoteChanges;
 use crate::health::probe::CertExpiry;
 use crate::health::scheduler::Report;
 use crate::health::state::Health;
@@ -20,6 +23,109 @@ use crate::routing::{BuildEvent, Change, EndpointKey};
 use std::sync::Arc;
 
 impl Monitor {
+    /// Other voters' votes that changed, applied together: each endpoint is looked up once
+    /// for all the votes on it in `changes`, and decided again once. Each document's
+    /// votes are in member order, so a pool's documents are merged (each endpoint's votes
+    /// in the order read) without a sort or a copy of a vote.
+    pub(super) async fn take_votes(&mut self, changes: VoteChanges) {
+        let me = self.voter.as_ref().map(|me| me.instance.as_str());
+        // Each pool's documents, in the order read.
+        type Document = (
+            VoterId,
+            Peekable<std::vec::IntoIter<(String, Option<Vote>)>>,
+        );
+        let mut pools: Vec<(String, Vec<Document>)> = Vec::new();
+        let mut pool_index: HashMap<String, usize> = HashMap::new();
+        for (voter, by_pool) in changes.by_voter {
+            // This instance's own verdict is its local one, never a vote.
+            if me == Some(voter.as_str()) {
+                continue;
+            }
+            let voter = self.voters.id(&voter);
+            for (pool, mut members) in by_pool {
+                if !members.is_sorted_by(|a, b| a.0 < b.0) {
+                    members.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                let document = (voter, members.into_iter().peekable());
+                match pool_index.get(&pool) {
+                    Some(&p) => pools[p].1.push(document),
+                    None => {
+                        pool_index.insert(pool.clone(), pools.len());
+                        pools.push((pool, vec![document]));
+                    }
+                }
+            }
+        }
+
+        let region = self.voter.as_ref().and_then(|me| me.region.clone());
+        let standing = Standing {
+            voter: self.voter.as_ref(),
+            voting: self.voting,
+            in_grace: self.grace_until.is_some(),
+        };
+        let mut flips = Vec::new();
+        let mut rtt_moved = Vec::new();
+        for (pool, mut documents) in pools {
+            // One key for the pool, each member moved in: no copy per vote.
+            let mut key = EndpointKey {
+                pool,
+                member: String::new(),
+            };
+            // The least member any document has next (the first document that has it).
+            while let Some(first) = documents
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, (_, votes))| votes.peek().map(|(member, _)| (member, i)))
+                .min()
+                .map(|(_, i)| i)
+            {
+                if let Some((_, votes)) = documents.get_mut(first)
+                    && let Some((member, _)) = votes.peek_mut()
+                {
+                    key.member = std::mem::take(member);
+                }
+                let mut t = self.members.get_mut(&key);
+                let (mut changed, mut moved) = (false, false);
+                // Documents before `first` have a later member next.
+                for (i, (voter, votes)) in documents.iter_mut().enumerate().skip(first) {
+                    let Some((_, vote)) =
+                        votes.next_if(|(member, _)| i == first || *member == key.member)
+                    else {
+                        continue;
+                    };
+                    let Some(t) = t.as_deref_mut() else {
+                        continue;
+                    };
+                    let before = t.votes.set(*voter, vote, region.as_deref());
+                    let after = t.votes.get(*voter);
+                    // A vote that differs only in when it was written changes nothing
+                    // (its document was written again for another endpoint's sake).
+                    changed |= match (&before, after) {
+                        (Some(before), Some(after)) => !before.same_verdict(after),
+                        (None, None) => false,
+                        _ => true,
+                    };
+                    // Whether the voter's round trip (as ranking counts it) moved too (a
+                    // region matters only with a round trip to rank by).
+                    let counted = |v: Option<&Vote>| v.and_then(|v| v.rtt_us.filter(|_| !v.stale));
+                    moved |= counted(before.as_ref()) != counted(after)
+                        || (counted(after).is_some()
+                            && before.as_ref().map(|b| &b.region) != after.map(|a| &a.region));
+                }
+                if let Some(t) = t.filter(|_| changed) {
+                    flips.extend(reconsider(t, &key, standing, "the votes changed"));
+                }
+                if moved {
+                    rtt_moved.push(key.clone());
+                }
+            }
+        }
+        for key in rtt_moved {
+            self.send_rtts(&key).await;
+        }
+        self.publish_flips(flips).await;
+    }
+
     /// Folds a batch of probe reports into the endpoints, then publishes every flip in one
     /// go: the builder folds queued events into one rebuild, and the state file is written
     /// once (coalesced) for the whole batch.
