@@ -428,6 +428,11 @@ check = { kind = "none" }
 "#;
 
     fn loaded() -> Loaded {
+        loaded_from(CONFIG)
+    }
+
+    /// `config` loaded from a file beside the embedded zone.
+    fn loaded_from(config: &str) -> Loaded {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("zones")).unwrap();
         std::fs::write(
@@ -435,7 +440,7 @@ check = { kind = "none" }
             crate::config::EMBEDDED_ZONE,
         )
         .unwrap();
-        std::fs::write(dir.path().join("gto.toml"), CONFIG).unwrap();
+        std::fs::write(dir.path().join("gto.toml"), config).unwrap();
         ConfigSource::File(dir.path().join("gto.toml"))
             .load()
             .unwrap()
@@ -532,17 +537,7 @@ check = { kind = "none" }
                 "\n[cluster]\netcd = [\"http://127.0.0.1:9\"]\nname = \"t\"\ninstance = \"me\"\n",
             )
             .replace("interval = \"2s\"", "interval = \"1h\"");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("zones")).unwrap();
-        std::fs::write(
-            dir.path().join("zones/gto.example.com.zone"),
-            crate::config::EMBEDDED_ZONE,
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("gto.toml"), fleet).unwrap();
-        let loaded = ConfigSource::File(dir.path().join("gto.toml"))
-            .load()
-            .unwrap();
+        let loaded = loaded_from(&fleet);
         let (events, _builder) = mpsc::channel(16);
         let token = CancellationToken::new();
         let (handle, task) = spawn(&loaded, None, None, Some(events), token.clone());
