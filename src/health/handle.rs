@@ -35,8 +35,9 @@ pub struct VoteChanges {
 impl VoteChanges {
     /// Adds `voter`'s changes (read after those already added).
     pub fn push(&mut self, voter: String, changes: PoolVoteChanges) {
-        self.votes += changes.iter().map(|(_, votes)| votes.len()).sum::<usize>();
-        if !changes.is_empty() {
+        let votes: usize = changes.iter().map(|(_, votes)| votes.len()).sum();
+        if votes > 0 {
+            self.votes += votes;
             self.by_voter.push((voter, changes));
         }
     }
@@ -48,7 +49,7 @@ impl VoteChanges {
 
     /// Whether there is nothing to apply.
     pub fn is_empty(&self) -> bool {
-        self.by_voter.is_empty()
+        self.votes == 0
     }
 }
 
