@@ -606,8 +606,8 @@ impl Fleet {
                     let now_counts = mirror.counts(&slot.1, entry.lease);
                     match (counted_before, now_counts) {
                         (_, true) => {
-                            // Sized once: grown vote by vote, its copies were most of the
-                            // fresh memory a mass outage asked of the allocator.
+                            // Sized once: grown vote by vote, its copies were about half
+                            // the fresh memory a mass outage asked of the allocator.
                             changes.reserve_exact(read.changed.len() + read.removed.len());
                             for (member, vote) in read.changed {
                                 changes.push((member, Some(vote)));
