@@ -177,6 +177,19 @@ where
     deserializer.deserialize_map(Pairs)
 }
 
+/// Puts `items` in the order of their `name` (a writer's already are: then only checked);
+/// returns a name found twice.
+fn in_name_order<T, K: Ord>(items: &mut [T], name: impl Fn(&T) -> K) -> Option<K> {
+    if items.windows(2).all(|pair| name(&pair[0]) < name(&pair[1])) {
+        return None;
+    }
+    items.sort_unstable_by_key(&name);
+    items
+        .windows(2)
+        .find(|pair| name(&pair[0]) == name(&pair[1]))
+        .map(|pair| name(&pair[0]))
+}
+
 /// One member's verdict in a document, borrowed from it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Verdict<'a> {
@@ -238,11 +251,8 @@ impl<'a> Verdicts<'a> {
         // `up` as written (sorted by every writer; sorted here when not) merged with `down`
         // (a map, so sorted).
         let mut up: Vec<&str> = up.iter().map(|member| &*member.0).collect();
-        if !up.windows(2).all(|pair| pair[0] < pair[1]) {
-            up.sort_unstable();
-            if let Some(pair) = up.windows(2).find(|pair| pair[0] == pair[1]) {
-                return Err(twice(pair[0]));
-            }
+        if let Some(member) = in_name_order(&mut up, |member| *member) {
+            return Err(twice(member));
         }
         let mut stale: Vec<&str> = stale.iter().map(|member| &*member.0).collect();
         stale.sort_unstable();
@@ -260,11 +270,8 @@ impl<'a> Verdicts<'a> {
             .iter()
             .map(|(member, error)| (&*member.0, &*error.0))
             .collect();
-        if !down.windows(2).all(|pair| pair[0].0 < pair[1].0) {
-            down.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            if let Some(pair) = down.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-                return Err(twice(pair[0].0));
-            }
+        if let Some(member) = in_name_order(&mut down, |(member, _)| *member) {
+            return Err(twice(member));
         }
         let failed = |(member, error): (&'a str, &'a str)| {
             verdict(member, false, Some(error).filter(|e| !e.is_empty()))
