@@ -55,13 +55,17 @@ table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding
 th{background:#f3f3f3}.up{color:#070}.down{color:#b00;font-weight:bold}.drained{color:#a60}\
 .muted{color:#777}code{font-size:.95em}form input{margin-right:.5em}";
 
+/// The page's live updates: each event re-reads the fragment (one read at a time, a last
+/// one after a busy read). The page is live once its stream is open, not when the script
+/// runs: the server subscribes before it answers, so nothing after `onopen` is missed, and
+/// each (re)open re-reads once for what changed between the page's render and the stream.
 const SCRIPT: &str = "(function(){if(!window.EventSource)return;\
 var busy=false,again=false;function refresh(){if(busy){again=true;return}busy=true;\
 fetch('/?fragment=1'+location.search.replace(/^\\?/,'&')).then(function(r){return r.text()})\
 .then(function(t){document.getElementById('live').innerHTML=t}).finally(function(){busy=false;if(again){again=false;refresh()}})}\
 var s=new EventSource('/v1/events');s.onmessage=refresh;setInterval(refresh,5000);\
 ['health','drain','reload','watermark','fleet','drift','reset'].forEach(function(k){s.addEventListener(k,refresh)});\
-document.documentElement.setAttribute('data-live','on')})();";
+s.onopen=function(){refresh();document.documentElement.setAttribute('data-live','on')}})();";
 
 /// The page's Content-Security-Policy: its own inline script and style (by hash), fetches
 /// and the event stream to this origin, forms to this origin, no framing.
