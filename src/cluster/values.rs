@@ -147,7 +147,7 @@ impl Mirror {
         &self,
         voter: &str,
         before: Option<i64>,
-    ) -> crate::health::PoolVoteChanges {
+    ) -> Vec<crate::health::PoolVoteChanges> {
         let mut changes = Vec::new();
         for ((pool, owner), stored) in &self.votes {
             if owner != voter {
@@ -161,11 +161,12 @@ impl Mirror {
             }
             // Checked when stored: it reads.
             let votes = super::votes::votes_in(&stored.document).unwrap_or_default();
-            let members = votes
-                .into_iter()
-                .map(|(member, vote)| (member, is.then_some(vote)))
-                .collect();
-            changes.push((pool.clone(), members));
+            let mut members =
+                crate::health::PoolVoteChanges::with_capacity(pool.clone(), votes.len());
+            for (member, vote) in votes {
+                members.push(&member, is.then_some(vote));
+            }
+            changes.push(members);
         }
         changes
     }

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -20,8 +21,8 @@ use tracing::{info, warn};
 
 use super::values::segment;
 use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH};
-use crate::health::VoteChanges;
 use crate::health::votes::{Vote, now_unix};
+use crate::health::{PoolVoteChanges, VoteChanges};
 use crate::routing::EndpointKey;
 
 /// Changes to this instance's verdicts are written once none has come for this long...
@@ -75,15 +76,17 @@ impl PoolVotes {
     pub fn of(votes: &BTreeMap<String, Vote>) -> Self {
         let mut document = Self {
             at: now_unix(),
-            region: votes.values().find_map(|vote| vote.region.clone()),
+            region: votes
+                .values()
+                .find_map(|vote| vote.region.as_deref().map(str::to_string)),
             ..Self::default()
         };
         for (member, vote) in votes {
             if vote.up {
                 document.up.push(member.clone());
             } else {
-                let error = vote.error.clone().unwrap_or_default();
-                document.down.insert(member.clone(), error);
+                let error = vote.error.as_deref().unwrap_or_default();
+                document.down.insert(member.clone(), error.to_string());
             }
             if vote.stale {
                 document.stale.push(member.clone());
@@ -202,20 +205,45 @@ struct Verdict<'a> {
     v6: Option<bool>,
 }
 
-impl Verdict<'_> {
-    /// The vote, as of `document`'s time.
-    fn vote(&self, document: &Verdicts<'_>) -> Vote {
+impl<'a> Verdict<'a> {
+    /// The vote, as of `document`'s time, its texts shared with the document's other votes.
+    fn vote(&self, document: &Verdicts<'_>, texts: &mut Texts<'a>) -> Vote {
         Vote {
             up: self.up,
             since: document.at,
-            error: self.error.map(str::to_string),
+            error: self.error.map(|error| texts.error(error)),
             rtt_us: self.rtt_us,
-            region: document.region.map(str::to_string),
+            region: texts.region.clone(),
             stale: self.stale,
             at: document.at,
             v4: self.v4,
             v6: self.v6,
         }
+    }
+}
+
+/// The texts a document's votes share: its region, and each error text once while a
+/// document has few (a mass outage's votes say "connection refused" on every endpoint;
+/// one copy per vote was most of the memory a mass outage asked for).
+struct Texts<'a> {
+    region: Option<Arc<str>>,
+    errors: Vec<(&'a str, Arc<str>)>,
+}
+
+impl<'a> Texts<'a> {
+    /// Distinct error texts shared per document; past these, each is its own copy (a
+    /// longer search would cost more than the copy).
+    const SHARED_ERRORS: usize = 8;
+
+    fn error(&mut self, text: &'a str) -> Arc<str> {
+        if let Some((_, shared)) = self.errors.iter().find(|(seen, _)| *seen == text) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(text);
+        if self.errors.len() < Self::SHARED_ERRORS {
+            self.errors.push((text, Arc::clone(&shared)));
+        }
+        shared
     }
 }
 
@@ -305,8 +333,42 @@ impl<'a> Verdicts<'a> {
 /// voter's region moved, every vote is. A document that is not one (not JSON, a member both
 /// up and down, a round trip no network has) is refused whole.
 pub fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
+    let mut changes = PoolVoteChanges::default();
+    read_changes(bytes, before, &mut changes)?;
+    let mut read = Read::default();
+    for i in 0..changes.len() {
+        let member = changes.member(i).to_string();
+        match changes.take(i) {
+            Some(vote) => read.changed.push((member, vote)),
+            None => read.removed.push(member),
+        }
+    }
+    Ok(read)
+}
+
+/// Whether `bytes` is a votes document ([`read_votes`]'s checks, nothing kept).
+pub(super) fn check_votes(bytes: &[u8]) -> Result<(), String> {
+    let reading: Reading<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Verdicts::of(&reading).map(|_| ())
+}
+
+/// [`read_votes`] into `changes`, in member order (a member gone: None), added to it only
+/// once the whole document is checked. What the fleet's reading of a mass outage uses: a
+/// change allocates nothing of its own (the names go into one buffer, a vote's texts are
+/// shared with the document's other votes).
+pub(super) fn read_changes(
+    bytes: &[u8],
+    before: Option<&[u8]>,
+    changes: &mut PoolVoteChanges,
+) -> Result<(), String> {
     let reading: Reading<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let new = Verdicts::of(&reading)?;
+    // Sized for every vote at once (in a mass outage every vote changes; grown vote by
+    // vote, the lists asked the allocator for fresh memory several times per document).
+    changes.reserve(
+        new.by_member.len(),
+        new.by_member.iter().map(|v| v.member.len()).sum(),
+    );
     let old_reading = before.and_then(|bytes| serde_json::from_slice::<Reading<'_>>(bytes).ok());
     let old = old_reading.as_ref().and_then(|r| Verdicts::of(r).ok());
     let same_region = old.as_ref().is_some_and(|old| old.region == new.region);
@@ -315,25 +377,23 @@ pub fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
         .unwrap_or_default()
         .into_iter()
         .peekable();
-    // Sized for every vote at once (in a mass outage every vote changes; a vector grown
-    // vote by vote asked the allocator for fresh memory several times per document).
-    let mut read = Read {
-        changed: Vec::with_capacity(new.by_member.len()),
-        removed: Vec::new(),
+    let mut texts = Texts {
+        region: new.region.map(Arc::from),
+        errors: Vec::new(),
     };
     for verdict in &new.by_member {
         while let Some(gone) = old.next_if(|o| o.member < verdict.member) {
-            read.removed.push(gone.member.to_string());
+            changes.push(gone.member, None);
         }
         match old.next_if(|o| o.member == verdict.member) {
             Some(was) if same_region && was == *verdict => {}
-            _ => read
-                .changed
-                .push((verdict.member.to_string(), verdict.vote(&new))),
+            _ => changes.push(verdict.member, Some(verdict.vote(&new, &mut texts))),
         }
     }
-    read.removed.extend(old.map(|gone| gone.member.to_string()));
-    Ok(read)
+    for gone in old {
+        changes.push(gone.member, None);
+    }
+    Ok(())
 }
 
 /// Every vote in a document (read alone), by member.
@@ -559,7 +619,7 @@ impl Fleet {
 
     /// A document read at start or after a compaction (nothing before it), when it is one.
     pub(super) fn valid_votes(&self, entry: &Entry) -> Option<StoredVotes> {
-        match read_votes(&entry.value, None) {
+        match check_votes(&entry.value) {
             Ok(_) => Some(StoredVotes {
                 lease: entry.lease,
                 document: entry.value.clone(),
@@ -584,7 +644,7 @@ impl Fleet {
         votes: &mut VoteChanges,
     ) {
         let inner = &self.0;
-        let (changes, refused, invalid, (pool, voter)) = {
+        let (changes, refused, invalid, (_, voter)) = {
             let Ok(mut mirror) = inner.mirror.lock() else {
                 return;
             };
@@ -597,34 +657,29 @@ impl Fleet {
                 None => (None, false),
             };
             // The document before was counted: its votes go (it was read when stored).
-            let withdraw = |changes: &mut Vec<_>| {
+            let withdraw = |changes: &mut PoolVoteChanges| {
                 let before = document.as_deref().map(votes_in);
                 for (member, _) in before.into_iter().flatten().flatten() {
-                    changes.push((member, None));
+                    changes.push(&member, None);
                 }
             };
-            let mut changes = Vec::new();
+            let mut changes = PoolVoteChanges::with_capacity(slot.0.clone(), 0);
+            let now_counts = put && mirror.counts(&slot.1, entry.lease);
             // Read against the document before it while that one counted; else every
-            // vote in it is new to the monitor.
+            // vote in it is new to the monitor. A document that does not count is only
+            // checked.
             let counted = document.as_deref().filter(|_| counted_before);
-            let read = put.then(|| read_votes(&entry.value, counted));
+            let read = put.then(|| {
+                if now_counts {
+                    read_changes(&entry.value, counted, &mut changes)
+                } else {
+                    check_votes(&entry.value)
+                }
+            });
             let (refused, invalid) = match read {
-                Some(Ok(read)) => {
-                    let now_counts = mirror.counts(&slot.1, entry.lease);
-                    match (counted_before, now_counts) {
-                        (_, true) => {
-                            // Sized once: grown vote by vote, its copies were about half
-                            // the fresh memory a mass outage asked of the allocator.
-                            changes.reserve_exact(read.changed.len() + read.removed.len());
-                            for (member, vote) in read.changed {
-                                changes.push((member, Some(vote)));
-                            }
-                            for member in read.removed {
-                                changes.push((member, None));
-                            }
-                        }
-                        (true, false) => withdraw(&mut changes),
-                        (false, false) => {}
+                Some(Ok(())) => {
+                    if counted_before && !now_counts {
+                        withdraw(&mut changes);
                     }
                     let stored = StoredVotes {
                         lease: entry.lease,
@@ -654,7 +709,7 @@ impl Fleet {
             );
         }
         if !changes.is_empty() {
-            votes.push(voter, vec![(pool, changes)]);
+            votes.push(voter, vec![changes]);
         }
     }
 }
@@ -667,7 +722,7 @@ mod tests {
         Vote {
             up,
             since,
-            error: (!up).then(|| "connection refused".to_string()),
+            error: (!up).then(|| "connection refused".into()),
             rtt_us: None,
             region: Some("eu".into()),
             stale: false,

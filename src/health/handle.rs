@@ -16,10 +16,76 @@ use super::votes::Vote;
 use crate::loaded::Loaded;
 use crate::routing::EndpointKey;
 
-/// Votes that changed, grouped by pool: each pool's name once, with its members' votes
-/// (None: withdrawn). A voter's document is one pool's, and a mass outage hands the
-/// monitor each of its members' votes.
-pub type PoolVoteChanges = Vec<(String, Vec<(String, Option<Vote>)>)>;
+/// One voter's votes on one pool that changed, by member (None: withdrawn). A voter's
+/// document is one pool's, and a mass outage hands the monitor each of its members' votes:
+/// the members' names are kept in one buffer, not one allocation each (with a vote's
+/// texts shared per document, a change allocates nothing of its own).
+#[derive(Debug, Default)]
+pub struct PoolVoteChanges {
+    /// The pool.
+    pub pool: String,
+    /// The members' names, one after another.
+    names: String,
+    /// Each member's vote and where its name ends in `names`.
+    votes: Vec<(u32, Option<Vote>)>,
+}
+
+impl PoolVoteChanges {
+    /// Changes on `pool`, with room for `votes` of them.
+    pub fn with_capacity(pool: String, votes: usize) -> Self {
+        Self {
+            pool,
+            names: String::new(),
+            votes: Vec::with_capacity(votes),
+        }
+    }
+
+    /// Adds `member`'s vote (None: withdrawn).
+    pub fn push(&mut self, member: &str, vote: Option<Vote>) {
+        self.names.push_str(member);
+        let end = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.votes.push((end, vote));
+    }
+
+    /// How many votes changed.
+    pub fn len(&self) -> usize {
+        self.votes.len()
+    }
+
+    /// Whether none did.
+    pub fn is_empty(&self) -> bool {
+        self.votes.is_empty()
+    }
+
+    /// Room for `votes` more, their names `bytes` long in all.
+    pub fn reserve(&mut self, votes: usize, bytes: usize) {
+        self.votes.reserve_exact(votes);
+        self.names.reserve_exact(bytes);
+    }
+
+    /// The `i`th member's name.
+    pub fn member(&self, i: usize) -> &str {
+        let start = i
+            .checked_sub(1)
+            .and_then(|before| self.votes.get(before))
+            .map_or(0, |(end, _)| *end as usize);
+        let end = self.votes.get(i).map_or(start, |(end, _)| *end as usize);
+        self.names.get(start..end).unwrap_or_default()
+    }
+
+    /// Takes the `i`th member's vote (None after it was taken, or withdrawn).
+    pub fn take(&mut self, i: usize) -> Option<Vote> {
+        self.votes.get_mut(i).and_then(|(_, vote)| vote.take())
+    }
+
+    /// The members and their votes, in the order added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&Vote>)> {
+        self.votes
+            .iter()
+            .enumerate()
+            .map(|(i, (_, vote))| (self.member(i), vote.as_ref()))
+    }
+}
 
 /// Other instances' votes that changed, as read from one or more of their documents, by
 /// voter in the order read. The monitor takes them together and looks at each endpoint
@@ -28,14 +94,14 @@ pub type PoolVoteChanges = Vec<(String, Vec<(String, Option<Vote>)>)>;
 /// decision per endpoint, not one per vote.
 #[derive(Debug, Default)]
 pub struct VoteChanges {
-    pub(super) by_voter: Vec<(String, PoolVoteChanges)>,
+    pub(super) by_voter: Vec<(String, Vec<PoolVoteChanges>)>,
     votes: usize,
 }
 
 impl VoteChanges {
     /// Adds `voter`'s changes (read after those already added).
-    pub fn push(&mut self, voter: String, changes: PoolVoteChanges) {
-        let votes: usize = changes.iter().map(|(_, votes)| votes.len()).sum();
+    pub fn push(&mut self, voter: String, changes: Vec<PoolVoteChanges>) {
+        let votes: usize = changes.iter().map(PoolVoteChanges::len).sum();
         if votes > 0 {
             self.votes += votes;
             self.by_voter.push((voter, changes));

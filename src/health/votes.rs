@@ -12,6 +12,7 @@
 //! decision costs the same however many voters there are.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -26,14 +27,15 @@ pub struct Vote {
     pub up: bool,
     /// Since when (Unix seconds).
     pub since: u64,
-    /// The last probe's error, when down.
-    pub error: Option<String>,
+    /// The last probe's error, when down (shared: a document's votes mostly carry the
+    /// same few errors, and a mass outage holds one per voter and endpoint).
+    pub error: Option<Arc<str>>,
     /// The voter's smoothed round trip to the endpoint, in microseconds (moved only
     /// beyond `[latency]`'s band; [`crate::health::rtt`]).
     #[serde(default)]
     pub rtt_us: Option<u32>,
-    /// The voter's region, for pools that vote by region.
-    pub region: Option<String>,
+    /// The voter's region, for pools that vote by region (shared by a document's votes).
+    pub region: Option<Arc<str>>,
     /// The voter's probes stopped reporting: the verdict does not count.
     #[serde(default)]
     pub stale: bool,

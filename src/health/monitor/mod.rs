@@ -405,7 +405,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{EndpointStatus, Health, VoteChanges, restore};
+    use crate::health::{EndpointStatus, Health, PoolVoteChanges, VoteChanges, restore};
     use crate::loaded::ConfigSource;
 
     const CONFIG: &str = r#"
@@ -544,7 +544,7 @@ check = { kind = "none" }
         let vote = |up: bool, at: u64| Vote {
             up,
             since: at,
-            error: (!up).then(|| format!("refused at {at}")),
+            error: (!up).then(|| format!("refused at {at}").into()),
             rtt_us: None,
             region: None,
             stale: false,
@@ -553,13 +553,11 @@ check = { kind = "none" }
             v6: None,
         };
         let pool = |members: Vec<(&str, Option<Vote>)>| {
-            vec![(
-                "p".to_string(),
-                members
-                    .into_iter()
-                    .map(|(member, vote)| (member.to_string(), vote))
-                    .collect(),
-            )]
+            let mut changes = PoolVoteChanges::with_capacity("p".to_string(), members.len());
+            for (member, vote) in members {
+                changes.push(member, vote);
+            }
+            vec![changes]
         };
         // Three documents of two voters and one of this instance, read together; the
         // second lists its members out of order (removals come after changes).

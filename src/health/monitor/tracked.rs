@@ -343,7 +343,7 @@ mod tests {
         Vote {
             up,
             since,
-            error: (!error.is_empty()).then(|| error.to_string()),
+            error: (!error.is_empty()).then(|| error.into()),
             rtt_us: None,
             region: None,
             stale: false,
@@ -368,11 +368,11 @@ mod tests {
         // Down, then down with another error: the second keeps the first's since.
         held.set(VoterId(3), Some(vote(false, 110, "refused")), None);
         let before = held.set(VoterId(3), Some(vote(false, 120, "timed out")), None);
-        assert_eq!(before.map(|v| v.error), Some(Some("refused".to_string())));
+        assert_eq!(before.map(|v| v.error), Some(Some("refused".into())));
         let now = held
             .get(VoterId(3))
             .map(|v| (v.since, v.at, v.error.clone()));
-        assert_eq!(now, Some((110, 120, Some("timed out".to_string()))));
+        assert_eq!(now, Some((110, 120, Some("timed out".into()))));
         // Up again: since moves.
         held.set(VoterId(3), Some(vote(true, 130, "")), None);
         assert_eq!(held.get(VoterId(3)).map(|v| v.since), Some(130));

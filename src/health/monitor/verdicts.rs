@@ -1,7 +1,6 @@
 //! From probe reports to flips: rise/fall per target, this instance's verdicts and the fleet's votes, and each flip handed to the builder before anyone is told.
 
 use std::collections::HashMap;
-use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -11,7 +10,7 @@ use tracing::{info, warn};
 use super::tracked::{VoterId, Which};
 use super::{Monitor, Sent, Tracked};
 use crate::config::Probe;
-use crate::health::handle::VoteChanges;
+use crate::health::handle::{PoolVoteChanges, VoteChanges};
 use crate::health::probe::CertExpiry;
 use crate::health::scheduler::Report;
 use crate::health::state::Health;
@@ -30,10 +29,6 @@ impl Monitor {
     pub(super) async fn take_votes(&mut self, changes: VoteChanges) {
         let me = self.voter.as_ref().map(|me| me.instance.as_str());
         // Each pool's documents, in the order read.
-        type Document = (
-            VoterId,
-            Peekable<std::vec::IntoIter<(String, Option<Vote>)>>,
-        );
         let mut pools: Vec<(String, Vec<Document>)> = Vec::new();
         let mut pool_index: HashMap<String, usize> = HashMap::new();
         for (voter, by_pool) in changes.by_voter {
@@ -42,11 +37,9 @@ impl Monitor {
                 continue;
             }
             let voter = self.voters.id(&voter);
-            for (pool, mut members) in by_pool {
-                if !members.is_sorted_by(|a, b| a.0 < b.0) {
-                    members.sort_by(|a, b| a.0.cmp(&b.0));
-                }
-                let document = (voter, members.into_iter().peekable());
+            for mut changes in by_pool {
+                let pool = std::mem::take(&mut changes.pool);
+                let document = Document::new(voter, changes);
                 match pool_index.get(&pool) {
                     Some(&p) => pools[p].1.push(document),
                     None => {
@@ -73,31 +66,30 @@ impl Monitor {
             };
             // The least member any document has next (the first document that has it).
             while let Some(first) = documents
-                .iter_mut()
+                .iter()
                 .enumerate()
-                .filter_map(|(i, (_, votes))| votes.peek().map(|(member, _)| (member, i)))
+                .filter_map(|(i, document)| document.peek().map(|member| (member, i)))
                 .min()
                 .map(|(_, i)| i)
             {
-                if let Some((_, votes)) = documents.get_mut(first)
-                    && let Some((member, _)) = votes.peek_mut()
-                {
-                    key.member = std::mem::take(member);
+                if let Some(member) = documents.get(first).and_then(Document::peek) {
+                    key.member.clear();
+                    key.member.push_str(member);
                 }
                 let mut t = self.members.get_mut(&key);
                 let (mut changed, mut moved) = (false, false);
                 // Documents before `first` have a later member next.
-                for (i, (voter, votes)) in documents.iter_mut().enumerate().skip(first) {
-                    let Some((_, vote)) =
-                        votes.next_if(|(member, _)| i == first || *member == key.member)
-                    else {
+                for (i, document) in documents.iter_mut().enumerate().skip(first) {
+                    if i != first && document.peek() != Some(key.member.as_str()) {
                         continue;
-                    };
+                    }
+                    let vote = document.next();
                     let Some(t) = t.as_deref_mut() else {
                         continue;
                     };
-                    let before = t.votes.set(*voter, vote, region.as_deref());
-                    let after = t.votes.get(*voter);
+                    let voter = document.voter;
+                    let before = t.votes.set(voter, vote, region.as_deref());
+                    let after = t.votes.get(voter);
                     // A vote that differs only in when it was written changes nothing
                     // (its document was written again for another endpoint's sake).
                     changed |= match (&before, after) {
@@ -188,7 +180,7 @@ impl Monitor {
             .filter_map(|(voter, vote)| {
                 Some(VantageRtt {
                     micros: vote.rtt_us?,
-                    region: vote.region.clone(),
+                    region: vote.region.as_deref().map(str::to_string),
                     vantage: self.voters.name(voter).to_string(),
                 })
             });
@@ -230,9 +222,16 @@ impl Monitor {
         Some(Vote {
             up,
             since: crate::time::unix(t.main.since),
-            error: if up { None } else { t.main.last_error.clone() },
+            error: if up {
+                None
+            } else {
+                t.main.last_error.as_deref().map(Arc::from)
+            },
             rtt_us: t.rtt.published().filter(|_| t.shares_rtt),
-            region: self.voter.as_ref().and_then(|v| v.region.clone()),
+            region: self
+                .voter
+                .as_ref()
+                .and_then(|v| v.region.as_deref().map(Arc::from)),
             stale: t.stale,
             at: crate::health::votes::now_unix(),
             v4: v6.map(|_| t.main.hysteresis.state() == Health::Up),
@@ -650,4 +649,56 @@ pub(super) fn reconsider(
         );
     }
     flips
+}
+
+/// One voter's changed votes on a pool, read in member order (sorted here when they were
+/// not added in it).
+struct Document {
+    voter: VoterId,
+    changes: PoolVoteChanges,
+    /// The changes' positions in member order; empty when they are in it.
+    order: Vec<usize>,
+    /// How many have been read.
+    read: usize,
+}
+
+impl Document {
+    fn new(voter: VoterId, changes: PoolVoteChanges) -> Self {
+        let in_order = (1..changes.len()).all(|i| changes.member(i - 1) < changes.member(i));
+        let mut order = Vec::new();
+        if !in_order {
+            order = (0..changes.len()).collect();
+            order.sort_by(|a, b| changes.member(*a).cmp(changes.member(*b)));
+        }
+        Self {
+            voter,
+            changes,
+            order,
+            read: 0,
+        }
+    }
+
+    /// Where the next change is, when there is one.
+    fn position(&self) -> Option<usize> {
+        if self.read >= self.changes.len() {
+            return None;
+        }
+        if self.order.is_empty() {
+            Some(self.read)
+        } else {
+            self.order.get(self.read).copied()
+        }
+    }
+
+    /// The next change's member.
+    fn peek(&self) -> Option<&str> {
+        self.position().map(|i| self.changes.member(i))
+    }
+
+    /// Takes the next change's vote (None: withdrawn) and moves on.
+    fn next(&mut self) -> Option<Vote> {
+        let vote = self.position().and_then(|i| self.changes.take(i));
+        self.read += 1;
+        vote
+    }
 }
