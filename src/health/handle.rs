@@ -132,7 +132,17 @@ pub struct HealthHandle {
     /// their own beside the control channel, as real probes' reports have, so that they do
     /// not wait behind the fleet's votes.
     pub(super) simulated: mpsc::Sender<Vec<(EndpointKey, bool, u32)>>,
+    /// Vote batches sent and not yet applied: at most [`VOTES_IN_FLIGHT`]. A reader of the
+    /// fleet's documents waits for the monitor rather than filling the control channel
+    /// with read votes: a backlog then stays in the store's watch as documents (fewer
+    /// bytes than the lists read from them), and the lists the monitor takes are the ones
+    /// just read, likely still in the cache (in a mass outage a backlog of lists was most
+    /// of the fresh memory the process asked for).
+    pub(super) votes_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Vote batches on their way to the monitor at once.
+pub(super) const VOTES_IN_FLIGHT: usize = 2;
 
 /// How long a change waits for the state file write that holds it.
 const SAVE_WAIT: Duration = Duration::from_secs(10);
@@ -334,9 +344,13 @@ impl HealthHandle {
 
     /// Other instances' verdicts that changed (None: withdrawn), applied together.
     pub async fn set_votes(&self, votes: VoteChanges) {
-        if !votes.is_empty() {
-            let _ = self.control.send(Control::Votes(votes)).await;
+        if votes.is_empty() {
+            return;
         }
+        let Ok(slot) = Arc::clone(&self.votes_in_flight).acquire_owned().await else {
+            return;
+        };
+        let _ = self.control.send(Control::Votes(votes, slot)).await;
     }
 
     /// Replaces every other instance's verdicts (after reading the store again).
@@ -410,7 +424,7 @@ pub(super) enum Control {
     Status(oneshot::Sender<Vec<EndpointStatus>>),
     Undrain(EndpointKey, Reply),
     /// Other instances' verdicts that changed (None: withdrawn).
-    Votes(VoteChanges),
+    Votes(VoteChanges, tokio::sync::OwnedSemaphorePermit),
     /// Every other instance's verdicts, read again from the store.
     ReplaceVotes(HashMap<EndpointKey, BTreeMap<String, Vote>>),
     /// Whether the fleet's votes count (the store is reachable).

@@ -135,6 +135,7 @@ pub fn spawn(
             checked,
             saved,
             simulated,
+            votes_in_flight: Arc::new(tokio::sync::Semaphore::new(super::handle::VOTES_IN_FLIGHT)),
         },
         task,
     )
@@ -314,7 +315,8 @@ impl Monitor {
                 let _ = done.send(());
                 self.persist().await;
             }
-            Control::Votes(changes) => self.take_votes(changes).await,
+            // The batch's slot is free once it is applied.
+            Control::Votes(changes, _slot) => self.take_votes(changes).await,
             Control::ReplaceVotes(all) => {
                 let mut all = all;
                 let me = self.voter.as_ref().map(|me| me.instance.as_str());
