@@ -135,7 +135,7 @@ pub fn spawn(
             checked,
             saved,
             simulated,
-            votes_in_flight: Arc::new(tokio::sync::Semaphore::new(super::handle::VOTES_IN_FLIGHT)),
+            votes_in_flight: Arc::new(Semaphore::new(super::handle::VOTES_IN_FLIGHT)),
         },
         task,
     )
@@ -531,19 +531,22 @@ check = { kind = "none" }
         task.await.unwrap();
     }
 
-    #[tokio::test]
-    async fn votes_read_together_land_on_each_endpoint_in_the_order_read() {
+    /// [`CONFIG`] in a fleet (its etcd never answers: the votes come from the test), its
+    /// members probed daily (the first probe comes within a quarter interval), so that
+    /// within a test only votes move them.
+    fn in_a_fleet() -> Loaded {
         let fleet = CONFIG
             .replace(
                 "check = { kind = \"none\" }\n",
                 "\n[cluster]\netcd = [\"http://127.0.0.1:9\"]\nname = \"t\"\ninstance = \"me\"\n",
             )
-            .replace("interval = \"2s\"", "interval = \"1h\"");
-        let loaded = loaded_from(&fleet);
-        let (events, _builder) = mpsc::channel(16);
-        let token = CancellationToken::new();
-        let (handle, task) = spawn(&loaded, None, None, Some(events), token.clone());
-        let vote = |up: bool, at: u64| Vote {
+            .replace("interval = \"2s\"", "interval = \"24h\"");
+        loaded_from(&fleet)
+    }
+
+    /// A vote written at `at`.
+    fn vote(up: bool, at: u64) -> Vote {
+        Vote {
             up,
             since: at,
             error: (!up).then(|| format!("refused at {at}").into()),
@@ -553,14 +556,24 @@ check = { kind = "none" }
             at,
             v4: None,
             v6: None,
-        };
-        let pool = |members: Vec<(&str, Option<Vote>)>| {
-            let mut changes = PoolVoteChanges::with_capacity("p".to_string(), members.len());
-            for (member, vote) in members {
-                changes.push(member, vote);
-            }
-            vec![changes]
-        };
+        }
+    }
+
+    /// Changed votes on pool `p`.
+    fn pool(members: Vec<(&str, Option<Vote>)>) -> Vec<PoolVoteChanges> {
+        let mut changes = PoolVoteChanges::with_capacity("p".to_string(), members.len());
+        for (member, vote) in members {
+            changes.push(member, vote);
+        }
+        vec![changes]
+    }
+
+    #[tokio::test]
+    async fn votes_read_together_land_on_each_endpoint_in_the_order_read() {
+        let loaded = in_a_fleet();
+        let (events, _builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&loaded, None, None, Some(events), token.clone());
         // Three documents of two voters and one of this instance, read together; the
         // second lists its members out of order (removals come after changes).
         let mut changes = VoteChanges::default();
@@ -617,5 +630,73 @@ check = { kind = "none" }
         assert_eq!(held(&status, "a").len(), 2);
         token.cancel();
         task.await.unwrap();
+    }
+
+    /// A reader of the fleet's documents gets ahead of a busy monitor by at most
+    /// [`super::super::handle::VOTES_IN_FLIGHT`] batches: the next waits until one is
+    /// applied, and none is lost or reordered.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_monitor_holds_back_the_votes_read_for_it() {
+        // Probed every 2 s (port 9 refuses): a flip comes soon, and the monitor waits for
+        // the snapshot that shows it, which this builder gives when the test says.
+        let fleet = CONFIG.replace(
+            "check = { kind = \"none\" }\n",
+            "\n[cluster]\netcd = [\"http://127.0.0.1:9\"]\nname = \"t\"\ninstance = \"me\"\n",
+        );
+        let loaded = loaded_from(&fleet);
+        let (events, mut builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&loaded, None, None, Some(events), token.clone());
+        let done = loop {
+            let event = builder.recv().await.expect("a flip reaches the builder");
+            if let Some(done) = event.done {
+                break done;
+            }
+        };
+        let down = |voter: &str, at: u64| {
+            let mut changes = VoteChanges::default();
+            changes.push(voter.into(), pool(vec![("a", Some(vote(false, at)))]));
+            changes
+        };
+        // Two batches go out while the monitor is busy; the next waits for a slot (that
+        // it does not go out cannot be awaited: a minute of the paused clock is given).
+        handle.set_votes(down("v1", 1)).await;
+        handle.set_votes(down("v2", 2)).await;
+        let third = handle.set_votes(down("v3", 3));
+        tokio::pin!(third);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), &mut third)
+                .await
+                .is_err(),
+            "a third batch went out while two were unapplied"
+        );
+        // The snapshot is live (and every later one at once): the third goes out.
+        let _ = done.send(1);
+        let answering = tokio::spawn(async move {
+            while let Some(event) = builder.recv().await {
+                if let Some(done) = event.done {
+                    let _ = done.send(1);
+                }
+            }
+        });
+        third.await;
+        let status = handle.status().await;
+        let voters: Vec<(String, u64)> = status
+            .iter()
+            .find(|s| s.key.member == "a")
+            .map(|s| {
+                s.votes
+                    .iter()
+                    .map(|(voter, v)| (voter.clone(), v.at))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            voters,
+            [("v1".into(), 1), ("v2".into(), 2), ("v3".into(), 3)]
+        );
+        token.cancel();
+        task.await.unwrap();
+        answering.abort();
     }
 }
