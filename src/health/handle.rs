@@ -77,14 +77,6 @@ impl PoolVoteChanges {
     pub fn take(&mut self, i: usize) -> Option<Vote> {
         self.votes.get_mut(i).and_then(|(_, vote)| vote.take())
     }
-
-    /// The members and their votes, in the order added.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&Vote>)> {
-        self.votes
-            .iter()
-            .enumerate()
-            .map(|(i, (_, vote))| (self.member(i), vote.as_ref()))
-    }
 }
 
 /// Other instances' votes that changed, as read from one or more of their documents, by
