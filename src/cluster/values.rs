@@ -160,7 +160,7 @@ impl Mirror {
                 continue;
             }
             // Checked when stored: it reads.
-            let votes = super::votes::votes_in(&stored.document).unwrap_or_default();
+            let votes = stored.document.votes();
             let mut members =
                 crate::health::PoolVoteChanges::with_capacity(pool.clone(), votes.len());
             for (member, vote) in votes {
@@ -181,7 +181,7 @@ impl Mirror {
             if !self.counts(voter, stored.lease) {
                 continue;
             }
-            for (member, vote) in super::votes::votes_in(&stored.document).unwrap_or_default() {
+            for (member, vote) in stored.document.votes() {
                 let key = EndpointKey {
                     pool: pool.clone(),
                     member,

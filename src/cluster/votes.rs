@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::values::segment;
 use super::{Entry, Fleet, MIN_BACKOFF, VOTE_BATCH};
 use crate::health::votes::{Vote, now_unix};
-use crate::health::{PoolVoteChanges, VoteChanges};
+use crate::health::{PoolVoteChanges, VoteChanges, name_at};
 use crate::routing::EndpointKey;
 
 /// Changes to this instance's verdicts are written once none has come for this long...
@@ -205,45 +205,87 @@ struct Verdict<'a> {
     v6: Option<bool>,
 }
 
-impl<'a> Verdict<'a> {
-    /// The vote, as of `document`'s time, its texts shared with the document's other votes.
-    fn vote(&self, document: &Verdicts<'_>, texts: &mut Texts<'a>) -> Vote {
+/// One member's verdict as the mirror holds it between a voter's documents (its error
+/// text shared with the document's other verdicts).
+#[derive(Debug, Clone, PartialEq)]
+struct HeldVerdict {
+    up: bool,
+    stale: bool,
+    v4: Option<bool>,
+    v6: Option<bool>,
+    rtt_us: Option<u32>,
+    error: Option<Arc<str>>,
+}
+
+/// A voter's document on a pool as the mirror holds it: checked, its verdicts in member
+/// order and their names in one buffer. The next document is compared with it as that one
+/// is read, without parsing this one again (which was about half of reading a document).
+#[derive(Debug, Default)]
+pub(super) struct HeldDocument {
+    at: u64,
+    region: Option<Arc<str>>,
+    names: String,
+    verdicts: Vec<(u32, HeldVerdict)>,
+}
+
+impl HeldDocument {
+    fn member(&self, i: usize) -> &str {
+        name_at(&self.names, &self.verdicts, i)
+    }
+
+    /// `verdict`'s vote, as of the document's time.
+    fn vote(&self, verdict: &HeldVerdict) -> Vote {
         Vote {
-            up: self.up,
-            since: document.at,
-            error: self.error.map(|error| texts.error(error)),
-            rtt_us: self.rtt_us,
-            region: texts.region.clone(),
-            stale: self.stale,
-            at: document.at,
-            v4: self.v4,
-            v6: self.v6,
+            up: verdict.up,
+            since: self.at,
+            error: verdict.error.clone(),
+            rtt_us: verdict.rtt_us,
+            region: self.region.clone(),
+            stale: verdict.stale,
+            at: self.at,
+            v4: verdict.v4,
+            v6: verdict.v6,
         }
+    }
+
+    /// Its members, in order.
+    pub(super) fn members(&self) -> impl Iterator<Item = &str> {
+        (0..self.verdicts.len()).map(|i| self.member(i))
+    }
+
+    /// Every vote in it, by member.
+    pub(super) fn votes(&self) -> Vec<(String, Vote)> {
+        self.verdicts
+            .iter()
+            .enumerate()
+            .map(|(i, (_, verdict))| (self.member(i).to_string(), self.vote(verdict)))
+            .collect()
     }
 }
 
-/// The texts a document's votes share: its region, and each error text once while a
-/// document has few (a mass outage's votes say "connection refused" on every endpoint;
-/// one copy per vote was most of the memory a mass outage asked for).
+/// A document's error texts, each held once (a mass outage's verdicts say "connection
+/// refused" on every endpoint; one copy per vote was most of the memory a mass outage
+/// asked for). Found by a search of the first few, by a map past them.
+#[derive(Default)]
 struct Texts<'a> {
-    region: Option<Arc<str>>,
     errors: Vec<(&'a str, Arc<str>)>,
+    more: HashMap<&'a str, Arc<str>>,
 }
 
 impl<'a> Texts<'a> {
-    /// Distinct error texts shared per document; past these, each is its own copy (a
-    /// longer search would cost more than the copy).
-    const SHARED_ERRORS: usize = 8;
+    /// Error texts found by a search; past these, by the map.
+    const SEARCHED: usize = 8;
 
     fn error(&mut self, text: &'a str) -> Arc<str> {
         if let Some((_, shared)) = self.errors.iter().find(|(seen, _)| *seen == text) {
             return Arc::clone(shared);
         }
-        let shared: Arc<str> = Arc::from(text);
-        if self.errors.len() < Self::SHARED_ERRORS {
+        if self.errors.len() < Self::SEARCHED {
+            let shared: Arc<str> = Arc::from(text);
             self.errors.push((text, Arc::clone(&shared)));
+            return shared;
         }
-        shared
+        Arc::clone(self.more.entry(text).or_insert_with(|| Arc::from(text)))
     }
 }
 
@@ -333,8 +375,9 @@ impl<'a> Verdicts<'a> {
 /// voter's region moved, every vote is. A document that is not one (not JSON, a member both
 /// up and down, a round trip no network has) is refused whole.
 pub fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
+    let before = before.and_then(|bytes| read_changes(bytes, None, None).ok());
     let mut changes = PoolVoteChanges::default();
-    read_changes(bytes, before, &mut changes)?;
+    read_changes(bytes, before.as_ref(), Some(&mut changes))?;
     let mut read = Read::default();
     for i in 0..changes.len() {
         let member = changes.member(i).to_string();
@@ -346,74 +389,96 @@ pub fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
     Ok(read)
 }
 
-/// Whether `bytes` is a votes document ([`read_votes`]'s checks, nothing kept).
-pub(super) fn check_votes(bytes: &[u8]) -> Result<(), String> {
-    let reading: Reading<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    Verdicts::of(&reading).map(|_| ())
-}
-
-/// [`read_votes`] into `changes`, in member order (a member gone: None), added to it only
-/// once the whole document is checked. What the fleet's reading of a mass outage uses: a
-/// change allocates nothing of its own (the names go into one buffer, a vote's texts are
-/// shared with the document's other votes).
+/// Reads a voter's document (`bytes`) against the one before it as held (`before`), adds
+/// what changed to `changes` (when given) in member order (a member gone: None), and
+/// returns the document as held for the next read. Nothing is added unless the whole
+/// document is checked. What the fleet's reading of a mass outage uses: a change allocates
+/// nothing of its own (the names go into one buffer, a vote's texts are shared with the
+/// document's other votes), and the document before is not parsed again.
 pub(super) fn read_changes(
     bytes: &[u8],
-    before: Option<&[u8]>,
-    changes: &mut PoolVoteChanges,
-) -> Result<(), String> {
+    before: Option<&HeldDocument>,
+    mut changes: Option<&mut PoolVoteChanges>,
+) -> Result<HeldDocument, String> {
     let reading: Reading<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let new = Verdicts::of(&reading)?;
+    let name_bytes = new.by_member.iter().map(|v| v.member.len()).sum();
     // Sized for every vote at once (in a mass outage every vote changes; grown vote by
     // vote, the lists asked the allocator for fresh memory several times per document).
-    changes.reserve(
-        new.by_member.len(),
-        new.by_member.iter().map(|v| v.member.len()).sum(),
-    );
-    let old_reading = before.and_then(|bytes| serde_json::from_slice::<Reading<'_>>(bytes).ok());
-    let old = old_reading.as_ref().and_then(|r| Verdicts::of(r).ok());
-    let same_region = old.as_ref().is_some_and(|old| old.region == new.region);
-    let mut old = old
-        .map(|old| old.by_member)
-        .unwrap_or_default()
-        .into_iter()
-        .peekable();
-    let mut texts = Texts {
-        region: new.region.map(Arc::from),
-        errors: Vec::new(),
+    if let Some(changes) = changes.as_deref_mut() {
+        changes.reserve(new.by_member.len(), name_bytes);
+    }
+    let same_region = before.is_some_and(|before| before.region.as_deref() == new.region);
+    let mut held = HeldDocument {
+        at: new.at,
+        region: match before {
+            Some(before) if same_region => before.region.clone(),
+            _ => new.region.map(Arc::from),
+        },
+        names: String::with_capacity(name_bytes),
+        verdicts: Vec::with_capacity(new.by_member.len()),
     };
+    let empty = HeldDocument::default();
+    let old = before.unwrap_or(&empty);
+    let (mut next_old, old_len) = (0, old.verdicts.len());
+    let mut texts = Texts::default();
     for verdict in &new.by_member {
-        while let Some(gone) = old.next_if(|o| o.member < verdict.member) {
-            changes.push(gone.member, None);
+        while next_old < old_len && old.member(next_old) < verdict.member {
+            if let Some(changes) = changes.as_deref_mut() {
+                changes.push(old.member(next_old), None);
+            }
+            next_old += 1;
         }
-        match old.next_if(|o| o.member == verdict.member) {
-            Some(was) if same_region && was == *verdict => {}
-            _ => changes.push(verdict.member, Some(verdict.vote(&new, &mut texts))),
+        let was = (next_old < old_len && old.member(next_old) == verdict.member)
+            .then(|| old.verdicts.get(next_old).map(|(_, was)| was))
+            .flatten();
+        if was.is_some() {
+            next_old += 1;
+        }
+        let error = verdict
+            .error
+            .map(|text| match was.and_then(|w| w.error.as_ref()) {
+                Some(shared) if **shared == *text => Arc::clone(shared),
+                _ => texts.error(text),
+            });
+        let now = HeldVerdict {
+            up: verdict.up,
+            stale: verdict.stale,
+            v4: verdict.v4,
+            v6: verdict.v6,
+            rtt_us: verdict.rtt_us,
+            error,
+        };
+        if let Some(changes) = changes.as_deref_mut()
+            && !(same_region && was == Some(&now))
+        {
+            changes.push(verdict.member, Some(held.vote(&now)));
+        }
+        held.names.push_str(verdict.member);
+        let end = u32::try_from(held.names.len()).unwrap_or(u32::MAX);
+        held.verdicts.push((end, now));
+    }
+    if let Some(changes) = changes {
+        for gone in next_old..old_len {
+            changes.push(old.member(gone), None);
         }
     }
-    for gone in old {
-        changes.push(gone.member, None);
-    }
-    Ok(())
-}
-
-/// Every vote in a document (read alone), by member.
-pub(super) fn votes_in(bytes: &[u8]) -> Result<Vec<(String, Vote)>, String> {
-    read_votes(bytes, None).map(|read| read.changed)
+    Ok(held)
 }
 
 /// This instance's verdicts as last written, by pool and member.
 pub(super) type Published = HashMap<String, BTreeMap<String, Vote>>;
 
 /// One voter's document on one pool as the store holds it (checked when read), and the
-/// lease it lives under. Only the bytes are kept: the next document is compared with them,
-/// and the votes are read from them again on the rare occasions that need them all (the
-/// voter's membership starting or ending, a full read of the store).
+/// lease it lives under. The document is held compactly: the next one is compared with it,
+/// and its votes are made again on the rare occasions that need them all (the voter's
+/// membership starting or ending, a full read of the store).
 #[derive(Debug)]
 pub(super) struct StoredVotes {
     /// The lease the document lives under.
     pub(super) lease: i64,
     /// The document as read, to which the next one is compared.
-    pub(super) document: Vec<u8>,
+    pub(super) document: HeldDocument,
 }
 
 impl Fleet {
@@ -619,10 +684,10 @@ impl Fleet {
 
     /// A document read at start or after a compaction (nothing before it), when it is one.
     pub(super) fn valid_votes(&self, entry: &Entry) -> Option<StoredVotes> {
-        match check_votes(&entry.value) {
-            Ok(_) => Some(StoredVotes {
+        match read_changes(&entry.value, None, None) {
+            Ok(document) => Some(StoredVotes {
                 lease: entry.lease,
-                document: entry.value.clone(),
+                document,
             }),
             Err(error) => {
                 self.not_votes(entry, &error);
@@ -658,9 +723,8 @@ impl Fleet {
             };
             // The document before was counted: its votes go (it was read when stored).
             let withdraw = |changes: &mut PoolVoteChanges| {
-                let before = document.as_deref().map(votes_in);
-                for (member, _) in before.into_iter().flatten().flatten() {
-                    changes.push(&member, None);
+                for member in document.iter().flat_map(HeldDocument::members) {
+                    changes.push(member, None);
                 }
             };
             let mut changes = PoolVoteChanges::with_capacity(slot.0.clone(), 0);
@@ -668,22 +732,22 @@ impl Fleet {
             // Read against the document before it while that one counted; else every
             // vote in it is new to the monitor. A document that does not count is only
             // checked.
-            let counted = document.as_deref().filter(|_| counted_before);
+            let counted = document.as_ref().filter(|_| counted_before);
             let read = put.then(|| {
                 if now_counts {
-                    read_changes(&entry.value, counted, &mut changes)
+                    read_changes(&entry.value, counted, Some(&mut changes))
                 } else {
-                    check_votes(&entry.value)
+                    read_changes(&entry.value, None, None)
                 }
             });
             let (refused, invalid) = match read {
-                Some(Ok(())) => {
+                Some(Ok(held)) => {
                     if counted_before && !now_counts {
                         withdraw(&mut changes);
                     }
                     let stored = StoredVotes {
                         lease: entry.lease,
-                        document: entry.value.clone(),
+                        document: held,
                     };
                     mirror.votes.insert(slot.clone(), stored);
                     (!now_counts, None)
@@ -752,7 +816,9 @@ mod tests {
         let text = serde_json::to_vec(&document).unwrap_or_default();
         let at = document.at;
         // Read alone: every vote, as of the document's time.
-        let read = votes_in(&text).unwrap_or_default();
+        let read = read_votes(&text, None)
+            .map(|read| read.changed)
+            .unwrap_or_default();
         assert_eq!(names(&read), ["ams-1", "fra-1", "nyc-1", "par-1"]);
         for (member, vote) in &read {
             let mut expected = votes.get(member).cloned();

@@ -65,18 +65,24 @@ impl PoolVoteChanges {
 
     /// The `i`th member's name.
     pub fn member(&self, i: usize) -> &str {
-        let start = i
-            .checked_sub(1)
-            .and_then(|before| self.votes.get(before))
-            .map_or(0, |(end, _)| *end as usize);
-        let end = self.votes.get(i).map_or(start, |(end, _)| *end as usize);
-        self.names.get(start..end).unwrap_or_default()
+        name_at(&self.names, &self.votes, i)
     }
 
     /// Takes the `i`th member's vote (None after it was taken, or withdrawn).
     pub fn take(&mut self, i: usize) -> Option<Vote> {
         self.votes.get_mut(i).and_then(|(_, vote)| vote.take())
     }
+}
+
+/// The `i`th of names kept one after another in `names`, each item holding where its name
+/// ends ("" past the last).
+pub fn name_at<'a, T>(names: &'a str, items: &[(u32, T)], i: usize) -> &'a str {
+    let start = i
+        .checked_sub(1)
+        .and_then(|before| items.get(before))
+        .map_or(0, |(end, _)| *end as usize);
+    let end = items.get(i).map_or(start, |(end, _)| *end as usize);
+    names.get(start..end).unwrap_or_default()
 }
 
 /// Other instances' votes that changed, as read from one or more of their documents, by
