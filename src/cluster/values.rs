@@ -131,6 +131,10 @@ pub(super) struct Mirror {
     pub(super) members: std::collections::HashMap<String, i64>,
     /// Keys already warned about.
     pub(super) warned: std::collections::HashSet<String>,
+    /// The document a read replaced, its buffers kept for the next read to fill: a mass
+    /// outage reads thousands of documents a second, and fresh buffers for each were
+    /// fresh memory (zeroed by the kernel) where these are still in the cache.
+    pub(super) spare: super::votes::HeldDocument,
 }
 
 impl Mirror {

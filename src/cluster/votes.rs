@@ -375,9 +375,9 @@ impl<'a> Verdicts<'a> {
 /// voter's region moved, every vote is. A document that is not one (not JSON, a member both
 /// up and down, a round trip no network has) is refused whole.
 pub fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
-    let before = before.and_then(|bytes| read_changes(bytes, None, None).ok());
+    let before = before.and_then(|bytes| read_changes(bytes, None, None, None).ok());
     let mut changes = PoolVoteChanges::default();
-    read_changes(bytes, before.as_ref(), Some(&mut changes))?;
+    read_changes(bytes, before.as_ref(), Some(&mut changes), None)?;
     let mut read = Read::default();
     for i in 0..changes.len() {
         let member = changes.member(i).to_string();
@@ -391,7 +391,8 @@ pub fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
 
 /// Reads a voter's document (`bytes`) against the one before it as held (`before`), adds
 /// what changed to `changes` (when given) in member order (a member gone: None), and
-/// returns the document as held for the next read. Nothing is added unless the whole
+/// returns the document as held for the next read (in `reuse`'s buffers when given: they
+/// are emptied first). Nothing is added unless the whole
 /// document is checked. What the fleet's reading of a mass outage uses: a change allocates
 /// nothing of its own (the names go into one buffer, a vote's texts are shared with the
 /// document's other votes), and the document before is not parsed again.
@@ -399,6 +400,7 @@ pub(super) fn read_changes(
     bytes: &[u8],
     before: Option<&HeldDocument>,
     mut changes: Option<&mut PoolVoteChanges>,
+    reuse: Option<HeldDocument>,
 ) -> Result<HeldDocument, String> {
     let reading: Reading<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let new = Verdicts::of(&reading)?;
@@ -409,15 +411,16 @@ pub(super) fn read_changes(
         changes.reserve(new.by_member.len(), name_bytes);
     }
     let same_region = before.is_some_and(|before| before.region.as_deref() == new.region);
-    let mut held = HeldDocument {
-        at: new.at,
-        region: match before {
-            Some(before) if same_region => before.region.clone(),
-            _ => new.region.map(Arc::from),
-        },
-        names: String::with_capacity(name_bytes),
-        verdicts: Vec::with_capacity(new.by_member.len()),
+    let mut held = reuse.unwrap_or_default();
+    held.at = new.at;
+    held.region = match before {
+        Some(before) if same_region => before.region.clone(),
+        _ => new.region.map(Arc::from),
     };
+    held.names.clear();
+    held.names.reserve(name_bytes);
+    held.verdicts.clear();
+    held.verdicts.reserve(new.by_member.len());
     let empty = HeldDocument::default();
     let old = before.unwrap_or(&empty);
     let (mut next_old, old_len) = (0, old.verdicts.len());
@@ -684,7 +687,7 @@ impl Fleet {
 
     /// A document read at start or after a compaction (nothing before it), when it is one.
     pub(super) fn valid_votes(&self, entry: &Entry) -> Option<StoredVotes> {
-        match read_changes(&entry.value, None, None) {
+        match read_changes(&entry.value, None, None, None) {
             Ok(document) => Some(StoredVotes {
                 lease: entry.lease,
                 document,
@@ -733,11 +736,12 @@ impl Fleet {
             // vote in it is new to the monitor. A document that does not count is only
             // checked.
             let counted = document.as_ref().filter(|_| counted_before);
+            let spare = Some(std::mem::take(&mut mirror.spare));
             let read = put.then(|| {
                 if now_counts {
-                    read_changes(&entry.value, counted, Some(&mut changes))
+                    read_changes(&entry.value, counted, Some(&mut changes), spare)
                 } else {
-                    read_changes(&entry.value, None, None)
+                    read_changes(&entry.value, None, None, spare)
                 }
             });
             let (refused, invalid) = match read {
@@ -760,6 +764,10 @@ impl Fleet {
                     (false, other.and_then(Result::err))
                 }
             };
+            // The document replaced: its buffers serve the next read.
+            if let Some(replaced) = document {
+                mirror.spare = replaced;
+            }
             (changes, refused, invalid, slot)
         };
         if let Some(error) = invalid {
