@@ -138,19 +138,6 @@ struct Reading<'a> {
     v6: BTreeMap<Text<'a>, bool>,
 }
 
-/// What a voter's document on a pool changes, read against the document before it: the
-/// votes that are new or changed (beyond when it was written), and the members it no
-/// longer has.
-#[derive(Debug, Default, PartialEq)]
-pub struct Read {
-    /// New or changed votes, by member, in name order. A vote's `since` and `at` are the
-    /// document's time: the monitor keeps the `since` of the vote it holds while the
-    /// verdict stays up (or down).
-    pub changed: Vec<(String, Vote)>,
-    /// Members gone from the document.
-    pub removed: Vec<String>,
-}
-
 /// A JSON object read as its (name, value) pairs in the order written, without building a
 /// map: a writer's objects are in name order, and a tree built per document read was a
 /// good part of reading one.
@@ -366,36 +353,19 @@ impl<'a> Verdicts<'a> {
     }
 }
 
-/// Reads a voter's document on a pool (`bytes`) against the document before it
-/// (`before`; None for the first) and says what changed: the two are compared verdict by
+/// Reads a voter's document on a pool (`bytes`) against the one before it as held
+/// (`before`; None for the first), adds what changed to `changes` (when given) in member
+/// order (a member gone: None), and returns the document as held for the next read (in
+/// `reuse`'s buffers when given: they are emptied first). The two are compared verdict by
 /// verdict, in name order, without looking anything up (in a mass outage each instance
 /// reads every other voter's document on every pool a few times, and a lookup per member
 /// among the votes held, which no cache holds at 30 voters x 10,000 endpoints, was most of
-/// that work). A vote that differs only in when it was written is not a change; when the
-/// voter's region moved, every vote is. A document that is not one (not JSON, a member both
-/// up and down, a round trip no network has) is refused whole.
-pub fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
-    let before = before.and_then(|bytes| read_changes(bytes, None, None, None).ok());
-    let mut changes = PoolVoteChanges::default();
-    read_changes(bytes, before.as_ref(), Some(&mut changes), None)?;
-    let mut read = Read::default();
-    for i in 0..changes.len() {
-        let member = changes.member(i).to_string();
-        match changes.take(i) {
-            Some(vote) => read.changed.push((member, vote)),
-            None => read.removed.push(member),
-        }
-    }
-    Ok(read)
-}
-
-/// Reads a voter's document (`bytes`) against the one before it as held (`before`), adds
-/// what changed to `changes` (when given) in member order (a member gone: None), and
-/// returns the document as held for the next read (in `reuse`'s buffers when given: they
-/// are emptied first). Nothing is added unless the whole
-/// document is checked. What the fleet's reading of a mass outage uses: a change allocates
-/// nothing of its own (the names go into one buffer, a vote's texts are shared with the
-/// document's other votes), and the document before is not parsed again.
+/// that work), and the document before is not parsed again. A vote that differs only in
+/// when it was written is not a change; when the voter's region moved, every vote is. A
+/// change allocates nothing of its own (the names go into one buffer, a vote's texts are
+/// shared with the document's other votes). A document that is not one (not JSON, a
+/// member both up and down, a round trip no network has) is refused whole: nothing is
+/// added.
 pub(super) fn read_changes(
     bytes: &[u8],
     before: Option<&HeldDocument>,
@@ -789,6 +759,30 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a document changes against the one before it (None: none before): the votes
+    /// new or changed, by member in name order, and the members gone.
+    #[derive(Debug, Default, PartialEq)]
+    struct Read {
+        changed: Vec<(String, Vote)>,
+        removed: Vec<String>,
+    }
+
+    /// [`read_changes`] against the document before it as stored (its bytes).
+    fn read_votes(bytes: &[u8], before: Option<&[u8]>) -> Result<Read, String> {
+        let before = before.and_then(|bytes| read_changes(bytes, None, None, None).ok());
+        let mut changes = PoolVoteChanges::default();
+        read_changes(bytes, before.as_ref(), Some(&mut changes), None)?;
+        let mut read = Read::default();
+        for i in 0..changes.len() {
+            let member = changes.member(i).to_string();
+            match changes.take(i) {
+                Some(vote) => read.changed.push((member, vote)),
+                None => read.removed.push(member),
+            }
+        }
+        Ok(read)
+    }
 
     fn vote(up: bool, since: u64) -> Vote {
         Vote {
