@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, Event, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::{Mutex, mpsc};
 
@@ -38,6 +38,13 @@ const WATCH_PROBE: Duration = Duration::from_millis(200);
 /// member), to be opened again on another: a change reaches this instance within about
 /// `WATCH_PROBE + WATCH_SILENCE` even then.
 const WATCH_SILENCE: Duration = Duration::from_millis(400);
+
+/// Watch responses read ahead of the fleet's loop. A reader that falls behind (a mass
+/// outage: every voter's documents, read by every instance) leaves the backlog in the
+/// store's watch rather than decoded in memory: with 64, each instance held up to 64
+/// responses of 100 documents, and the allocator asked the system for fresh pages for
+/// them in every burst.
+const WATCH_READ_AHEAD: usize = 8;
 
 /// `gto_cluster_member_up{endpoint}`: 1 when the member answered the last call tried on
 /// it, 0 when that call failed.
@@ -294,7 +301,7 @@ impl super::Engine for Etcd {
                 client.watch(prefix, Some(options)).await
             })
             .await?;
-        let (sender, receiver) = mpsc::channel(64);
+        let (sender, receiver) = mpsc::channel(WATCH_READ_AHEAD);
         let preferred = self.preferred.clone();
         let count = self.members.len().max(1);
         let endpoint = self
@@ -347,20 +354,27 @@ impl super::Engine for Etcd {
                             ))
                         }
                     }
-                    Ok(Some(response)) => {
+                    Ok(Some(mut response)) => {
                         let revision = response.header().map_or(0, |h| h.revision());
-                        let changes = response
-                            .events()
-                            .iter()
+                        // The events are moved out of the response, not copied: in a mass
+                        // outage every instance reads every voter's documents a few times,
+                        // and a copy of each was most of the fresh memory asked for.
+                        let changes = std::mem::take(&mut response.0.events)
+                            .into_iter()
                             .filter_map(|event| {
-                                let kv = event.kv()?;
+                                let mut event = Event(event);
+                                let put = event.event_type() == EventType::Put;
+                                let kv = event.0.kv.take()?;
+                                let key = String::from_utf8(kv.key).unwrap_or_else(|e| {
+                                    String::from_utf8_lossy(e.as_bytes()).into_owned()
+                                });
                                 let entry = Entry {
-                                    key: String::from_utf8_lossy(kv.key()).into_owned(),
-                                    value: kv.value().to_vec(),
-                                    revision: kv.mod_revision(),
-                                    lease: kv.lease(),
+                                    key,
+                                    value: kv.value,
+                                    revision: kv.mod_revision,
+                                    lease: kv.lease,
                                 };
-                                Some((event.event_type() == EventType::Put, entry))
+                                Some((put, entry))
                             })
                             .collect();
                         WatchItem::Changes { changes, revision }
