@@ -700,7 +700,7 @@ impl Fleet {
                     changes.push(member, None);
                 }
             };
-            let mut changes = PoolVoteChanges::with_capacity(slot.0.clone(), 0);
+            let mut changes = inner.health.vote_list(&slot.0);
             let now_counts = put && mirror.counts(&slot.1, entry.lease);
             // Read against the document before it while that one counted; else every
             // vote in it is new to the monitor. A document that does not count is only

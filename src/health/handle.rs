@@ -40,6 +40,13 @@ impl PoolVoteChanges {
         }
     }
 
+    /// Empties it, keeping its memory.
+    pub(super) fn clear(&mut self) {
+        self.pool.clear();
+        self.names.clear();
+        self.votes.clear();
+    }
+
     /// Adds `member`'s vote (None: withdrawn).
     pub fn push(&mut self, member: &str, vote: Option<Vote>) {
         self.names.push_str(member);
@@ -77,11 +84,17 @@ impl PoolVoteChanges {
 /// The `i`th of names kept one after another in `names`, each item holding where its name
 /// ends ("" past the last).
 pub fn name_at<'a, T>(names: &'a str, items: &[(u32, T)], i: usize) -> &'a str {
+    name_ending(names, |j| items.get(j).map(|(end, _)| *end), i)
+}
+
+/// The `i`th of names kept one after another in `names`, where `end(j)` is where the
+/// `j`th ends ("" past the last).
+pub fn name_ending(names: &str, end: impl Fn(usize) -> Option<u32>, i: usize) -> &str {
     let start = i
         .checked_sub(1)
-        .and_then(|before| items.get(before))
-        .map_or(0, |(end, _)| *end as usize);
-    let end = items.get(i).map_or(start, |(end, _)| *end as usize);
+        .and_then(&end)
+        .map_or(0, |end| end as usize);
+    let end = end(i).map_or(start, |end| end as usize);
     names.get(start..end).unwrap_or_default()
 }
 
@@ -137,7 +150,18 @@ pub struct HealthHandle {
     /// just read, likely still in the cache (in a mass outage a backlog of lists was most
     /// of the fresh memory the process asked for).
     pub(super) votes_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Vote lists the monitor has applied, emptied for the reader to fill again (at most
+    /// [`SPARE_VOTE_LISTS`]): in a mass outage the reader fills a list per document, and
+    /// fresh ones, freed by the monitor on another thread, kept the allocator asking the
+    /// system for fresh (zeroed) pages.
+    pub(super) spare_lists: SpareLists,
 }
+
+/// Emptied vote lists, shared by the reader of the fleet's documents and the monitor.
+pub(super) type SpareLists = Arc<std::sync::Mutex<Vec<PoolVoteChanges>>>;
+
+/// Emptied vote lists kept for reuse: a few batches' worth of documents.
+pub(super) const SPARE_VOTE_LISTS: usize = 512;
 
 /// Vote batches on their way to the monitor at once.
 pub(super) const VOTES_IN_FLIGHT: usize = 2;
@@ -338,6 +362,19 @@ impl HealthHandle {
     #[doc(hidden)]
     pub async fn simulate_reports(&self, outcomes: Vec<(EndpointKey, bool, u32)>) {
         let _ = self.simulated.send(outcomes).await;
+    }
+
+    /// An empty list of changes on `pool`, one the monitor has applied when there is one
+    /// to fill again.
+    pub fn vote_list(&self, pool: &str) -> PoolVoteChanges {
+        let spare = self
+            .spare_lists
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop());
+        let mut list = spare.unwrap_or_default();
+        list.pool.push_str(pool);
+        list
     }
 
     /// Other instances' verdicts that changed (None: withdrawn), applied together.

@@ -34,7 +34,7 @@ mod status;
 pub mod store;
 pub mod votes;
 
-pub use handle::{HealthHandle, PoolVoteChanges, VoteChanges, name_at};
+pub use handle::{HealthHandle, PoolVoteChanges, VoteChanges, name_at, name_ending};
 pub use monitor::{START_GRACE, spawn};
 pub use status::{
     Changed, ChangedMany, Drain, DrainNote, EndpointStatus, Family, FamilyStatus, Flip, Load,

@@ -169,6 +169,12 @@ pub struct VoteCounts {
 }
 
 impl VoteCounts {
+    /// The fresh verdicts and, of them, those down.
+    #[cfg(test)]
+    pub(crate) fn tally(&self) -> (u32, u32) {
+        (self.fresh, self.down)
+    }
+
     /// Counts `vote` on the check (`v6_check`: the IPv6 address's) of an instance in
     /// `region`.
     pub fn add(&mut self, vote: &Vote, v6_check: bool, region: Option<&str>) {

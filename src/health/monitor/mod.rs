@@ -69,8 +69,11 @@ pub fn spawn(
     let checked = Arc::new(AtomicUsize::new(0));
     let (saved_tx, saved) = watch::channel(store::Written::default());
     let follow = loaded.config.server.state_file_follow_symlinks;
+    let spare_lists = super::handle::SpareLists::default();
     let mut monitor = Monitor {
-        members: HashMap::default(),
+        spare_lists: spare_lists.clone(),
+        members: tracked::Members::default(),
+        tables: HashMap::default(),
         order: Vec::new(),
         targets: HashMap::new(),
         by_id: HashMap::new(),
@@ -136,6 +139,7 @@ pub fn spawn(
             saved,
             simulated,
             votes_in_flight: Arc::new(Semaphore::new(super::handle::VOTES_IN_FLIGHT)),
+            spare_lists,
         },
         task,
     )
@@ -144,7 +148,12 @@ pub fn spawn(
 struct Monitor {
     /// Members added at run time (the running config's), kept in the state file.
     runtime: Vec<crate::runtime::RuntimeMember>,
-    members: HashMap<EndpointKey, Tracked, foldhash::fast::RandomState>,
+    members: tracked::Members,
+    /// Vote lists applied, handed back to the reader of the fleet's documents.
+    spare_lists: super::handle::SpareLists,
+    /// The other instances' votes, by pool ([`tracked::VoteTable`]; each endpoint knows
+    /// its seat).
+    tables: HashMap<String, tracked::VoteTable, foldhash::fast::RandomState>,
     /// Endpoints in config order, for status.
     order: Vec<EndpointKey>,
     targets: HashMap<TargetKey, Target>,
@@ -321,15 +330,19 @@ impl Monitor {
                 let mut all = all;
                 let me = self.voter.as_ref().map(|me| me.instance.as_str());
                 let region = self.voter.as_ref().and_then(|me| me.region.as_deref());
-                let voters = &mut self.voters;
-                for (key, t) in &mut self.members {
-                    let votes = all
-                        .remove(key)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|(voter, _)| Some(voter.as_str()) != me)
-                        .map(|(voter, vote)| (voters.id(&voter), vote));
-                    t.votes.replace(votes, region);
+                for table in self.tables.values_mut() {
+                    table.clear();
+                }
+                for (key, t) in self.members.iter() {
+                    let Some(table) = self.tables.get_mut(&key.pool) else {
+                        continue;
+                    };
+                    let votes = all.remove(key).unwrap_or_default();
+                    for (voter, vote) in votes {
+                        if Some(voter.as_str()) != me {
+                            table.set(self.voters.id(&voter), t.seat, Some(vote), region);
+                        }
+                    }
                 }
                 for key in self.order.clone() {
                     self.send_rtts(&key).await;
@@ -628,6 +641,78 @@ check = { kind = "none" }
         let status = handle.status().await;
         assert_eq!(held(&status, "b"), [("v1".to_string(), true, 1)]);
         assert_eq!(held(&status, "a").len(), 2);
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn votes_stay_on_their_endpoints_when_a_reload_changes_the_members() {
+        let fleet = in_a_fleet();
+        let (events, _builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&fleet, None, None, Some(events), token.clone());
+        let mut changes = VoteChanges::default();
+        changes.push(
+            "v1".into(),
+            pool(vec![
+                ("a", Some(vote(false, 1))),
+                ("b", Some(vote(false, 1))),
+            ]),
+        );
+        changes.push("v2".into(), pool(vec![("b", Some(vote(false, 2)))]));
+        handle.set_votes(changes).await;
+        let held = |status: &[EndpointStatus], member: &str| -> Vec<(String, bool, u64)> {
+            status
+                .iter()
+                .find(|s| s.key.member == member)
+                .map(|s| {
+                    s.votes
+                        .iter()
+                        .map(|(voter, v)| (voter.clone(), v.up, v.at))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // "a" goes, "0" comes before "b" and "c" after it: every seat moves.
+        let config = CONFIG
+            .replace(
+                "check = { kind = \"none\" }\n",
+                "\n[cluster]\netcd = [\"http://127.0.0.1:9\"]\nname = \"t\"\ninstance = \"me\"\n",
+            )
+            .replace("interval = \"2s\"", "interval = \"24h\"")
+            .replace("name = \"a\"", "name = \"0\"")
+            .replace(
+                "[[pool.member]]\nname = \"b\"",
+                "[[pool.member]]\nname = \"c\"\naddresses = [\"127.0.0.1\"]\n[[pool.member]]\nname = \"b\"",
+            );
+        handle.reconfigure(Arc::new(loaded_from(&config))).await;
+        let status = handle.status().await;
+        let members: Vec<&str> = status.iter().map(|s| s.key.member.as_str()).collect();
+        assert_eq!(members, ["0", "c", "b"]);
+        assert_eq!(
+            held(&status, "b"),
+            [("v1".into(), false, 1), ("v2".into(), false, 2)],
+            "the votes on a member that stays are kept"
+        );
+        assert!(held(&status, "0").is_empty() && held(&status, "c").is_empty());
+        // Later votes land on the endpoints they name in their new seats.
+        let mut changes = VoteChanges::default();
+        changes.push(
+            "v2".into(),
+            pool(vec![
+                ("0", Some(vote(false, 3))),
+                ("b", Some(vote(true, 3))),
+                ("c", Some(vote(true, 3))),
+            ]),
+        );
+        handle.set_votes(changes).await;
+        let status = handle.status().await;
+        assert_eq!(held(&status, "0"), [("v2".into(), false, 3)]);
+        assert_eq!(held(&status, "c"), [("v2".into(), true, 3)]);
+        assert_eq!(
+            held(&status, "b"),
+            [("v1".into(), false, 1), ("v2".into(), true, 3)]
+        );
         token.cancel();
         task.await.unwrap();
     }

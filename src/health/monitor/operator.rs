@@ -43,7 +43,7 @@ impl Monitor {
         drain: Option<Planned>,
         why: &'static str,
     ) -> Result<(Vec<EndpointStatus>, Published), StateError> {
-        if let Some(key) = keys.iter().find(|key| !self.members.contains_key(*key)) {
+        if let Some(key) = keys.iter().find(|key| !self.members.contains_key(key)) {
             return Err(StateError::NotFound(key.pool.clone(), key.member.clone()));
         }
         let now = SystemTime::now();
@@ -171,7 +171,7 @@ impl Monitor {
         let expired: Vec<EndpointKey> = self
             .order
             .iter()
-            .filter(|key| self.members.get(*key).is_some_and(|t| t.drain_over(wall)))
+            .filter(|key| self.members.get(key).is_some_and(|t| t.drain_over(wall)))
             .cloned()
             .collect();
         if !expired.is_empty() {

@@ -66,9 +66,11 @@ impl Monitor {
             key: key.clone(),
             health: t.effective(),
             local: t.local(),
-            votes: t
-                .votes
-                .iter()
+            votes: self
+                .tables
+                .get(&key.pool)
+                .into_iter()
+                .flat_map(|table| table.votes(t.seat))
                 .map(|(voter, vote)| (self.voters.name(voter).to_string(), vote.clone()))
                 .collect(),
             tally: t.main.tally,

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use super::Monitor;
-use super::tracked::{CheckState, Target, TargetKey, Tracked, Which};
+use super::tracked::{CheckState, Members, Target, TargetKey, Tracked, VoteTable, Which};
 use crate::config::{Check, LoadSettings, Probe, VoteRule};
 use crate::health::probe::Prober;
 use crate::health::scheduler::{self, Schedule};
@@ -44,7 +44,7 @@ pub(super) fn new_tracked(
     Tracked {
         main,
         v6: v6_state(check, restored.and_then(|r| r.v6.as_ref()), now),
-        votes: super::tracked::HeldVotes::default(),
+        seat: 0,
         votes_gauges: None,
         rule: VoteRule::default(),
         stale,
@@ -87,7 +87,7 @@ impl Monitor {
     ) {
         let now = SystemTime::now();
         let mut wanted: HashMap<TargetKey, Vec<(EndpointKey, Which)>> = HashMap::new();
-        let mut members = HashMap::default();
+        let mut members = Members::default();
         let mut order = Vec::new();
         let config = &loaded.config;
         for (index, pool) in config.pools.iter().enumerate() {
@@ -180,8 +180,35 @@ impl Monitor {
         );
         self.members = members;
         self.order = order;
+        self.seat_members();
 
         self.start_targets(loaded, wanted);
+    }
+
+    /// Makes each pool's [`VoteTable`] for its members now, keeping the votes held on
+    /// those that stay, and gives each endpoint its seat.
+    fn seat_members(&mut self) {
+        let mut by_pool: HashMap<&str, Vec<&str>> = HashMap::new();
+        for key in &self.order {
+            by_pool.entry(&key.pool).or_default().push(&key.member);
+        }
+        let region = self.voter.as_ref().and_then(|me| me.region.as_deref());
+        let mut tables: HashMap<String, VoteTable, foldhash::fast::RandomState> =
+            HashMap::default();
+        for (pool, members) in by_pool {
+            let before = self.tables.remove(pool);
+            tables.insert(pool.to_string(), VoteTable::new(members, before, region));
+        }
+        // In slot order.
+        for (slot, (key, t)) in self.members.iter_mut().enumerate() {
+            let table = tables.get_mut(&key.pool);
+            let seat = table.as_ref().and_then(|table| table.seat(&key.member));
+            t.seat = seat.unwrap_or_default();
+            if let (Some(table), Some(seat)) = (table, seat) {
+                table.set_slot(seat, slot);
+            }
+        }
+        self.tables = tables;
     }
 
     /// Stops the probes nobody needs any more, keeps the rest running (with the endpoints

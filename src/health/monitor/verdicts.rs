@@ -7,30 +7,32 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::tracked::{VoterId, Which};
+use super::tracked::Which;
 use super::{Monitor, Sent, Tracked};
 use crate::config::Probe;
-use crate::health::handle::{PoolVoteChanges, VoteChanges};
+use crate::health::handle::VoteChanges;
 use crate::health::probe::CertExpiry;
 use crate::health::scheduler::Report;
 use crate::health::state::Health;
 use crate::health::status::{Family, Flip, Load};
-use crate::health::votes::{Vote, decide_counted};
+use crate::health::votes::{Vote, VoteCounts, decide_counted};
 use crate::metrics::{HEALTH_FLIPS_TOTAL, MEMBER_VOTES};
 use crate::policy::latency::VantageRtt;
 use crate::routing::{BuildEvent, Change, EndpointKey};
 use std::sync::Arc;
 
 impl Monitor {
-    /// Other voters' votes that changed, applied together: each endpoint is looked up once
-    /// for all the votes on it in `changes`, and decided again once. Each document's
-    /// votes are in member order, so a pool's documents are merged (each endpoint's votes
-    /// in the order read) without a sort or a copy of a vote.
+    /// Other voters' votes that changed, applied together: each document's changes
+    /// (in member order) walking down its voter's column of the pool's [`super::tracked::VoteTable`],
+    /// then each endpoint whose votes changed decided again, once for the whole batch.
     pub(super) async fn take_votes(&mut self, changes: VoteChanges) {
         let me = self.voter.as_ref().map(|me| me.instance.as_str());
-        // Each pool's documents, in the order read.
-        let mut pools: Vec<(String, Vec<Document>)> = Vec::new();
-        let mut pool_index: HashMap<String, usize> = HashMap::new();
+        let region = self.voter.as_ref().and_then(|me| me.region.as_deref());
+        // By pool: the seats whose verdicts changed, and those whose counted round trip
+        // moved.
+        let mut touched: HashMap<String, (Vec<usize>, Vec<usize>), foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut applied = Vec::new();
         for (voter, by_pool) in changes.by_voter {
             // This instance's own verdict is its local one, never a vote.
             if me == Some(voter.as_str()) {
@@ -38,19 +40,55 @@ impl Monitor {
             }
             let voter = self.voters.id(&voter);
             for mut changes in by_pool {
-                let pool = std::mem::take(&mut changes.pool);
-                let document = Document::new(voter, changes);
-                match pool_index.get(&pool) {
-                    Some(&p) => pools[p].1.push(document),
-                    None => {
-                        pool_index.insert(pool.clone(), pools.len());
-                        pools.push((pool, vec![document]));
+                let Some(table) = self.tables.get_mut(&changes.pool) else {
+                    applied.push(changes);
+                    continue;
+                };
+                let (changed, moved) = touched.entry(changes.pool.clone()).or_default();
+                let column = table.column(voter);
+                let mut next = 0;
+                for i in 0..changes.len() {
+                    let Some(seat) = table.seat_from(next, changes.member(i)) else {
+                        continue;
+                    };
+                    next = seat + 1;
+                    let before = table.set_in(column, seat, changes.take(i), region);
+                    let after = table.get_in(column, seat);
+                    // A vote that differs only in when it was written changes nothing
+                    // (its document was written again for another endpoint's sake).
+                    let verdict_changed = match (&before, after) {
+                        (Some(before), Some(after)) => !before.same_verdict(after),
+                        (None, None) => false,
+                        _ => true,
+                    };
+                    if verdict_changed {
+                        changed.push(seat);
+                    }
+                    // Whether the voter's round trip (as ranking counts it) moved too (a
+                    // region matters only with a round trip to rank by).
+                    let counted = |v: Option<&Vote>| v.and_then(|v| v.rtt_us.filter(|_| !v.stale));
+                    if counted(before.as_ref()) != counted(after)
+                        || (counted(after).is_some()
+                            && before.as_ref().map(|b| &b.region) != after.map(|a| &a.region))
+                    {
+                        moved.push(seat);
                     }
                 }
+                table.drop_if_empty(column);
+                applied.push(changes);
+            }
+        }
+        // The lists go back to the reader, emptied.
+        if let Ok(mut spare) = self.spare_lists.lock() {
+            for mut list in applied {
+                if spare.len() >= super::super::handle::SPARE_VOTE_LISTS {
+                    break;
+                }
+                list.clear();
+                spare.push(list);
             }
         }
 
-        let region = self.voter.as_ref().and_then(|me| me.region.clone());
         let standing = Standing {
             voter: self.voter.as_ref(),
             voting: self.voting,
@@ -58,58 +96,29 @@ impl Monitor {
         };
         let mut flips = Vec::new();
         let mut rtt_moved = Vec::new();
-        for (pool, mut documents) in pools {
-            // One key for the pool, each member moved in: no copy per vote.
-            let mut key = EndpointKey {
-                pool,
-                member: String::new(),
+        for (pool, (mut changed, mut moved)) in touched {
+            let Some(table) = self.tables.get(&pool) else {
+                continue;
             };
-            // The least member any document has next (the first document that has it).
-            while let Some(first) = documents
-                .iter()
-                .enumerate()
-                .filter_map(|(i, document)| document.peek().map(|member| (member, i)))
-                .min()
-                .map(|(_, i)| i)
-            {
-                if let Some(member) = documents.get(first).and_then(Document::peek) {
-                    key.member.clear();
-                    key.member.push_str(member);
-                }
-                let mut t = self.members.get_mut(&key);
-                let (mut changed, mut moved) = (false, false);
-                // Documents before `first` have a later member next.
-                for (i, document) in documents.iter_mut().enumerate().skip(first) {
-                    if i != first && document.peek() != Some(key.member.as_str()) {
-                        continue;
-                    }
-                    let vote = document.next();
-                    let Some(t) = t.as_deref_mut() else {
-                        continue;
-                    };
-                    let voter = document.voter;
-                    let before = t.votes.set(voter, vote, region.as_deref());
-                    let after = t.votes.get(voter);
-                    // A vote that differs only in when it was written changes nothing
-                    // (its document was written again for another endpoint's sake).
-                    changed |= match (&before, after) {
-                        (Some(before), Some(after)) => !before.same_verdict(after),
-                        (None, None) => false,
-                        _ => true,
-                    };
-                    // Whether the voter's round trip (as ranking counts it) moved too (a
-                    // region matters only with a round trip to rank by).
-                    let counted = |v: Option<&Vote>| v.and_then(|v| v.rtt_us.filter(|_| !v.stale));
-                    moved |= counted(before.as_ref()) != counted(after)
-                        || (counted(after).is_some()
-                            && before.as_ref().map(|b| &b.region) != after.map(|a| &a.region));
-                }
-                if let Some(t) = t.filter(|_| changed) {
-                    flips.extend(reconsider(t, &key, standing, "the votes changed"));
-                }
-                if moved {
-                    rtt_moved.push(key.clone());
-                }
+            changed.sort_unstable();
+            changed.dedup();
+            for seat in changed {
+                // Found by slot: no key hashed or compared.
+                let Some((key, t)) = table.slot(seat).and_then(|slot| self.members.at_mut(slot))
+                else {
+                    continue;
+                };
+                debug_assert!(key.pool == pool && key.member == table.member(seat));
+                let counts = table.counts(seat);
+                flips.extend(reconsider(t, key, standing, counts, "the votes changed"));
+            }
+            moved.sort_unstable();
+            moved.dedup();
+            for seat in moved {
+                rtt_moved.push(EndpointKey {
+                    pool: pool.clone(),
+                    member: table.member(seat).to_string(),
+                });
             }
         }
         for key in rtt_moved {
@@ -166,16 +175,18 @@ impl Monitor {
 
     /// The round trips to `key` by vantage: this instance's own (smoothed) and every fresh
     /// voter's, as the fleet shares them.
-    pub(super) fn rtts_of(&self, t: &Tracked) -> Vec<VantageRtt> {
+    pub(super) fn rtts_of(&self, key: &EndpointKey, t: &Tracked) -> Vec<VantageRtt> {
         let me = self.voter.as_ref();
         let own = t.rtt.published().map(|micros| VantageRtt {
             region: me.and_then(|v| v.region.clone()),
             vantage: me.map_or_else(|| "local".to_string(), |v| v.instance.clone()),
             micros,
         });
-        let others = t
-            .votes
-            .iter()
+        let others = self
+            .tables
+            .get(&key.pool)
+            .into_iter()
+            .flat_map(|table| table.votes(t.seat))
             .filter(|(_, vote)| !vote.stale)
             .filter_map(|(voter, vote)| {
                 Some(VantageRtt {
@@ -195,7 +206,7 @@ impl Monitor {
         let Some(t) = self.members.get(key) else {
             return;
         };
-        let rtts = self.rtts_of(t);
+        let rtts = self.rtts_of(key, t);
         if *t.rtts_sent == *rtts {
             return;
         }
@@ -253,7 +264,12 @@ impl Monitor {
             voting: self.voting,
             in_grace: self.grace_until.is_some(),
         };
-        reconsider(t, key, standing, reason)
+        let counts = self
+            .tables
+            .get(&key.pool)
+            .map(|table| table.counts(t.seat))
+            .unwrap_or_default();
+        reconsider(t, key, standing, counts, reason)
     }
     /// Decides every endpoint again (the votes, the rules or the store's reachability
     /// changed) and publishes what flipped.
@@ -557,6 +573,7 @@ pub(super) fn reconsider(
     t: &mut Tracked,
     key: &EndpointKey,
     standing: Standing<'_>,
+    counts: [VoteCounts; 2],
     reason: &str,
 ) -> Vec<Flip> {
     let Standing {
@@ -564,22 +581,10 @@ pub(super) fn reconsider(
         voting,
         in_grace,
     } = standing;
-    let main = decide_counted(
-        t.main.hysteresis.state(),
-        voter,
-        voting,
-        t.votes.counts(false),
-        &t.rule,
-    );
+    let main = decide_counted(t.main.hysteresis.state(), voter, voting, counts[0], &t.rule);
     t.main.tally = main.tally;
     let v6 = t.v6.as_mut().map(|v6| {
-        let decision = decide_counted(
-            v6.hysteresis.state(),
-            voter,
-            voting,
-            t.votes.counts(true),
-            &t.rule,
-        );
+        let decision = decide_counted(v6.hysteresis.state(), voter, voting, counts[1], &t.rule);
         v6.tally = decision.tally;
         decision
     });
@@ -649,56 +654,4 @@ pub(super) fn reconsider(
         );
     }
     flips
-}
-
-/// One voter's changed votes on a pool, read in member order (sorted here when they were
-/// not added in it).
-struct Document {
-    voter: VoterId,
-    changes: PoolVoteChanges,
-    /// The changes' positions in member order; empty when they are in it.
-    order: Vec<usize>,
-    /// How many have been read.
-    read: usize,
-}
-
-impl Document {
-    fn new(voter: VoterId, changes: PoolVoteChanges) -> Self {
-        let in_order = (1..changes.len()).all(|i| changes.member(i - 1) < changes.member(i));
-        let mut order = Vec::new();
-        if !in_order {
-            order = (0..changes.len()).collect();
-            order.sort_by(|a, b| changes.member(*a).cmp(changes.member(*b)));
-        }
-        Self {
-            voter,
-            changes,
-            order,
-            read: 0,
-        }
-    }
-
-    /// Where the next change is, when there is one.
-    fn position(&self) -> Option<usize> {
-        if self.read >= self.changes.len() {
-            return None;
-        }
-        if self.order.is_empty() {
-            Some(self.read)
-        } else {
-            self.order.get(self.read).copied()
-        }
-    }
-
-    /// The next change's member.
-    fn peek(&self) -> Option<&str> {
-        self.position().map(|i| self.changes.member(i))
-    }
-
-    /// Takes the next change's vote (None: withdrawn) and moves on.
-    fn next(&mut self) -> Option<Vote> {
-        let vote = self.position().and_then(|i| self.changes.take(i));
-        self.read += 1;
-        vote
-    }
 }
