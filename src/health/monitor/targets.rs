@@ -44,7 +44,7 @@ pub(super) fn new_tracked(
     Tracked {
         main,
         v6: v6_state(check, restored.and_then(|r| r.v6.as_ref()), now),
-        seat: 0,
+        seat: usize::MAX,
         votes_gauges: None,
         rule: VoteRule::default(),
         stale,
@@ -203,7 +203,7 @@ impl Monitor {
         for (slot, (key, t)) in self.members.iter_mut().enumerate() {
             let table = tables.get_mut(&key.pool);
             let seat = table.as_ref().and_then(|table| table.seat(&key.member));
-            t.seat = seat.unwrap_or_default();
+            t.seat = seat.unwrap_or(usize::MAX);
             if let (Some(table), Some(seat)) = (table, seat) {
                 table.set_slot(seat, slot);
             }

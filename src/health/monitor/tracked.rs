@@ -431,7 +431,7 @@ pub(super) struct Tracked {
     /// `family = "each"` on a dual-stack endpoint: the results of its IPv6 address's check.
     pub(super) v6: Option<CheckState>,
     /// Its place in its pool's [`VoteTable`], where the other instances' verdicts on it
-    /// are held.
+    /// are held (`usize::MAX` until seated: no votes, nothing counted).
     pub(super) seat: usize,
     /// `gto_member_votes` for it (down, up), found once: a mass outage sets them once per
     /// voter and endpoint, and finding a gauge by its labels costs allocations and a lookup.

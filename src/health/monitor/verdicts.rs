@@ -22,9 +22,10 @@ use crate::routing::{BuildEvent, Change, EndpointKey};
 use std::sync::Arc;
 
 impl Monitor {
-    /// Other voters' votes that changed, applied together: each document's changes
-    /// (in member order) walking down its voter's column of the pool's [`super::tracked::VoteTable`],
-    /// then each endpoint whose votes changed decided again, once for the whole batch.
+    /// Other voters' votes that changed, applied together: each document's changes (in
+    /// member order) walking down its voter's column of the pool's
+    /// [`super::tracked::VoteTable`], then each endpoint whose votes changed decided
+    /// again, once for the whole batch.
     pub(super) async fn take_votes(&mut self, changes: VoteChanges) {
         let me = self.voter.as_ref().map(|me| me.instance.as_str());
         let region = self.voter.as_ref().and_then(|me| me.region.as_deref());
@@ -44,7 +45,12 @@ impl Monitor {
                     applied.push(changes);
                     continue;
                 };
-                let (changed, moved) = touched.entry(changes.pool.clone()).or_default();
+                if !touched.contains_key(&changes.pool) {
+                    touched.insert(changes.pool.clone(), Default::default());
+                }
+                let Some((changed, moved)) = touched.get_mut(&changes.pool) else {
+                    continue;
+                };
                 let column = table.column(voter);
                 let mut next = 0;
                 for i in 0..changes.len() {
