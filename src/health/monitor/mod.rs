@@ -548,13 +548,17 @@ check = { kind = "none" }
     /// members probed daily (the first probe comes within a quarter interval), so that
     /// within a test only votes move them.
     fn in_a_fleet() -> Loaded {
-        let fleet = CONFIG
+        loaded_from(&fleet_config())
+    }
+
+    /// The text of [`in_a_fleet`]'s config.
+    fn fleet_config() -> String {
+        CONFIG
             .replace(
                 "check = { kind = \"none\" }\n",
                 "\n[cluster]\netcd = [\"http://127.0.0.1:9\"]\nname = \"t\"\ninstance = \"me\"\n",
             )
-            .replace("interval = \"2s\"", "interval = \"24h\"");
-        loaded_from(&fleet)
+            .replace("interval = \"2s\"", "interval = \"24h\"")
     }
 
     /// A vote written at `at`.
@@ -570,6 +574,24 @@ check = { kind = "none" }
             v4: None,
             v6: None,
         }
+    }
+
+    /// The votes held on `member` as (voter, up, `when` of the vote).
+    fn held(
+        status: &[EndpointStatus],
+        member: &str,
+        when: fn(&Vote) -> u64,
+    ) -> Vec<(String, bool, u64)> {
+        status
+            .iter()
+            .find(|s| s.key.member == member)
+            .map(|s| {
+                s.votes
+                    .iter()
+                    .map(|(voter, v)| (voter.clone(), v.up, when(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Changed votes on pool `p`.
@@ -608,18 +630,7 @@ check = { kind = "none" }
         changes.push("v1".into(), pool(vec![("a", Some(vote(true, 4)))]));
         assert_eq!(changes.len(), 6);
         handle.set_votes(changes).await;
-        let held = |status: &[EndpointStatus], member: &str| -> Vec<(String, bool, u64)> {
-            status
-                .iter()
-                .find(|s| s.key.member == member)
-                .map(|s| {
-                    s.votes
-                        .iter()
-                        .map(|(voter, v)| (voter.clone(), v.up, v.since))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let held = |status: &[EndpointStatus], member: &str| held(status, member, |v| v.since);
         let status = handle.status().await;
         // v1's later document wins on a; this instance's own is never a vote.
         assert_eq!(
@@ -661,25 +672,9 @@ check = { kind = "none" }
         );
         changes.push("v2".into(), pool(vec![("b", Some(vote(false, 2)))]));
         handle.set_votes(changes).await;
-        let held = |status: &[EndpointStatus], member: &str| -> Vec<(String, bool, u64)> {
-            status
-                .iter()
-                .find(|s| s.key.member == member)
-                .map(|s| {
-                    s.votes
-                        .iter()
-                        .map(|(voter, v)| (voter.clone(), v.up, v.at))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let held = |status: &[EndpointStatus], member: &str| held(status, member, |v| v.at);
         // "a" goes, "0" comes before "b" and "c" after it: every seat moves.
-        let config = CONFIG
-            .replace(
-                "check = { kind = \"none\" }\n",
-                "\n[cluster]\netcd = [\"http://127.0.0.1:9\"]\nname = \"t\"\ninstance = \"me\"\n",
-            )
-            .replace("interval = \"2s\"", "interval = \"24h\"")
+        let config = fleet_config()
             .replace("name = \"a\"", "name = \"0\"")
             .replace(
                 "[[pool.member]]\nname = \"b\"",
