@@ -40,6 +40,11 @@ impl PoolVoteChanges {
         }
     }
 
+    /// Room for how many votes it has.
+    pub(super) fn capacity(&self) -> usize {
+        self.votes.capacity()
+    }
+
     /// Empties it, keeping its memory.
     pub(super) fn clear(&mut self) {
         self.pool.clear();
@@ -160,8 +165,12 @@ pub struct HealthHandle {
 /// Emptied vote lists, shared by the reader of the fleet's documents and the monitor.
 pub(super) type SpareLists = Arc<std::sync::Mutex<Vec<PoolVoteChanges>>>;
 
-/// Emptied vote lists kept for reuse: a few batches' worth of documents.
+/// Emptied vote lists kept for reuse: a few batches' worth of documents...
 pub(super) const SPARE_VOTE_LISTS: usize = 512;
+
+/// ...each with room for at most this many votes (a pool of thousands of endpoints gets
+/// lists of its own size each time), so that what is kept stays under 10 MiB.
+pub(super) const SPARE_LIST_VOTES: usize = 256;
 
 /// Vote batches on their way to the monitor at once.
 pub(super) const VOTES_IN_FLIGHT: usize = 2;

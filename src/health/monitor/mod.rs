@@ -657,6 +657,38 @@ check = { kind = "none" }
     }
 
     #[tokio::test]
+    async fn applied_vote_lists_go_back_to_the_reader_unless_they_are_big() {
+        let loaded = in_a_fleet();
+        let (events, _builder) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let (handle, task) = spawn(&loaded, None, None, Some(events), token.clone());
+        let big = super::super::handle::SPARE_LIST_VOTES + 1;
+        for room in [big, 100] {
+            let mut list = PoolVoteChanges::with_capacity("p".into(), room);
+            list.push("a", Some(vote(false, 1)));
+            let mut changes = VoteChanges::default();
+            changes.push("v1".into(), vec![list]);
+            handle.set_votes(changes).await;
+            // Applied once status answers (the control channel is in order).
+            let status = handle.status().await;
+            assert_eq!(held(&status, "a", |v| v.at), [("v1".into(), false, 1)]);
+            let again = handle.vote_list("q");
+            if room == big {
+                assert_eq!(again.capacity(), 0, "a big pool's list is not kept");
+            } else {
+                assert!(
+                    again.capacity() >= room,
+                    "the list comes back with its room"
+                );
+                assert!(again.is_empty());
+                assert_eq!(again.pool, "q");
+            }
+        }
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn votes_stay_on_their_endpoints_when_a_reload_changes_the_members() {
         let fleet = in_a_fleet();
         let (events, _builder) = mpsc::channel(16);

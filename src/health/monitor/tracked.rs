@@ -346,7 +346,8 @@ impl VoteTable {
         if let Some(before) = &before {
             count(counts, before, false);
         }
-        column.held = column.held + usize::from(held.is_some()) - usize::from(before.is_some());
+        column.held = (column.held + usize::from(held.is_some()))
+            .saturating_sub(usize::from(before.is_some()));
         before
     }
 

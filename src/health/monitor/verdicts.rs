@@ -84,9 +84,12 @@ impl Monitor {
                 applied.push(changes);
             }
         }
-        // The lists go back to the reader, emptied.
+        // The lists go back to the reader, emptied (a big pool's are left to go).
         if let Ok(mut spare) = self.spare_lists.lock() {
-            for mut list in applied {
+            let kept = applied
+                .into_iter()
+                .filter(|list| list.capacity() <= super::super::handle::SPARE_LIST_VOTES);
+            for mut list in kept {
                 if spare.len() >= super::super::handle::SPARE_VOTE_LISTS {
                     break;
                 }
