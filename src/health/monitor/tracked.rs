@@ -184,7 +184,7 @@ impl VoteTable {
         };
         // Where each seat before sits now.
         let seats: Vec<Option<usize>> = (0..before.ends.len())
-            .map(|old| table.seat(before.member_at(old)))
+            .map(|old| table.seat(before.member(old)))
             .collect();
         for column in before.columns {
             for (vote, seat) in column.votes.into_iter().zip(&seats) {
@@ -196,17 +196,9 @@ impl VoteTable {
         table
     }
 
-    fn member_at(&self, seat: usize) -> &str {
-        crate::health::name_ending(&self.names, |i| self.ends.get(i).copied(), seat)
-    }
-
     /// The member at `seat` ("" past the last).
     pub(super) fn member(&self, seat: usize) -> &str {
-        if seat < self.ends.len() {
-            self.member_at(seat)
-        } else {
-            ""
-        }
+        crate::health::name_ending(&self.names, |i| self.ends.get(i).copied(), seat)
     }
 
     /// Records that `seat`'s endpoint is in `slot` of [`Members`].
@@ -229,7 +221,7 @@ impl VoteTable {
         let (mut low, mut high) = (0, self.ends.len());
         while low < high {
             let mid = low + (high - low) / 2;
-            match self.member_at(mid).cmp(member) {
+            match self.member(mid).cmp(member) {
                 std::cmp::Ordering::Less => low = mid + 1,
                 std::cmp::Ordering::Greater => high = mid,
                 std::cmp::Ordering::Equal => return Some(mid),
@@ -241,7 +233,7 @@ impl VoteTable {
     /// The seat of `member`, looked at `next` first (the changes of one document come in
     /// member order, so mostly it is there).
     pub(super) fn seat_from(&self, next: usize, member: &str) -> Option<usize> {
-        if next < self.ends.len() && self.member_at(next) == member {
+        if next < self.ends.len() && self.member(next) == member {
             return Some(next);
         }
         self.seat(member)
