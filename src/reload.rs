@@ -270,6 +270,13 @@ impl Reloader {
             ..loaded.config.admin.clone()
         }));
         let loaded = Arc::new(loaded);
+        // Which members were added at run time, before any answer or status shows them
+        // (status marks a member `runtime` from this list: set after the snapshot, a
+        // member could be answered and listed for a moment as one of the config file's).
+        if let Ok(mut runtime) = inner.runtime.lock() {
+            *runtime = loaded.runtime.clone();
+        }
+        metrics::gauge!(crate::metrics::RUNTIME_MEMBERS).set(loaded.runtime.len() as f64);
         let (event, generation) = BuildEvent::waited(Change::Reload(loaded.clone()));
         if inner.events.send(event).await.is_err() {
             return Err(single_error("the routing builder has stopped".into()));
@@ -282,10 +289,6 @@ impl Reloader {
         if let Some(fleet) = &inner.fleet {
             fleet.set_digest(loaded.digest(), loaded.digest_sections());
         }
-        if let Ok(mut runtime) = inner.runtime.lock() {
-            *runtime = loaded.runtime.clone();
-        }
-        metrics::gauge!(crate::metrics::RUNTIME_MEMBERS).set(loaded.runtime.len() as f64);
         *running = loaded;
         metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
         info!(
