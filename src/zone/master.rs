@@ -15,6 +15,7 @@
 //! a message that says so: `$GENERATE` and other directives, RFC 3597 generic records,
 //! and record types the parser does not know or that need DNSSEC.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -297,7 +298,7 @@ impl Reader<'_> {
         None
     }
 
-    fn record(&mut self, entry: &Entry, file: &Arc<Path>, state: &mut State) {
+    fn record(&mut self, entry: &Entry<'_>, file: &Arc<Path>, state: &mut State) {
         let records = match quick_record(entry, state) {
             Some(record) => vec![record],
             None => match parse_entry(entry, state) {
@@ -319,7 +320,7 @@ impl Reader<'_> {
 
 /// An entry's records, read by hickory's zone parser with the state carried over, or
 /// what is wrong with it.
-fn parse_entry(entry: &Entry, state: &State) -> Result<Vec<Record>, String> {
+fn parse_entry(entry: &Entry<'_>, state: &State) -> Result<Vec<Record>, String> {
     let mut doc = format!("$ORIGIN {}\n", state.origin);
     if let Some(ttl) = state
         .default_ttl
@@ -363,10 +364,10 @@ fn parse_entry(entry: &Entry, state: &State) -> Result<Vec<Record>, String> {
 /// None and goes to [`parse_entry`]. A 200,000-record zone of such entries reads in a
 /// fraction of the time (the general parser is set up per entry). What it reads is what
 /// the parser reads (tested side by side).
-fn quick_record(entry: &Entry, state: &State) -> Option<Record> {
+fn quick_record(entry: &Entry<'_>, state: &State) -> Option<Record> {
     use hickory_proto::rr::RData;
     use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR};
-    let text = entry.text.as_str();
+    let text: &str = &entry.text;
     if text
         .bytes()
         .any(|b| matches!(b, b'\\' | b'"' | b'(' | b')' | b';' | b'$'))
@@ -568,90 +569,136 @@ fn words(text: &str) -> Result<Vec<String>, String> {
 
 /// One logical entry of a master file: a directive or a record, parentheses joined.
 #[derive(Debug, PartialEq)]
-pub(super) struct Entry {
+pub(super) struct Entry<'a> {
     /// Line the entry starts on (1-based).
     pub(super) line: usize,
-    /// The entry with comments dropped and parenthesised line breaks folded.
-    pub(super) text: String,
+    /// The entry with comments dropped and parenthesised line breaks folded: the line
+    /// itself when it has nothing to drop or fold.
+    pub(super) text: Cow<'a, str>,
     /// The entry starts with white space: it inherits the previous owner name.
     pub(super) starts_blank: bool,
 }
 
-/// Splits master-file text into logical entries (RFC 1035 section 5.1).
-pub(super) fn split_entries(text: &str) -> Vec<Entry> {
-    let mut entries = Vec::new();
-    let mut buffer = String::new();
-    let mut start_line = 1;
-    let mut line = 1;
-    let mut depth = 0usize;
-    let mut in_quote = false;
-    let mut escaped = false;
-    let mut in_comment = false;
-    let mut at_line_start = true;
-    let mut starts_blank = false;
-
-    let mut finish = |buffer: &mut String, start_line: usize, starts_blank: bool| {
-        if !buffer.trim().is_empty() {
-            entries.push(Entry {
-                line: start_line,
-                text: buffer.clone(),
-                starts_blank,
-            });
-        }
-        buffer.clear();
-    };
-
-    for c in text.chars() {
-        if at_line_start && depth == 0 {
-            start_line = line;
-            starts_blank = c == ' ' || c == '\t';
-            at_line_start = false;
-        }
-        if c == '\n' {
-            line += 1;
-            in_comment = false;
-            if depth == 0 && !in_quote {
-                finish(&mut buffer, start_line, starts_blank);
-                at_line_start = true;
-            } else {
-                buffer.push(' ');
-            }
-            continue;
-        }
-        if in_comment {
-            continue;
-        }
-        if in_quote {
-            buffer.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quote = false;
-            }
-            continue;
-        }
-        match c {
-            ';' => in_comment = true,
-            '"' => {
-                in_quote = true;
-                buffer.push(c);
-            }
-            '(' => {
-                depth += 1;
-                buffer.push(' ');
-            }
-            ')' => {
-                depth = depth.saturating_sub(1);
-                buffer.push(' ');
-            }
-            '\r' => {}
-            _ => buffer.push(c),
-        }
+/// Splits master-file text into logical entries (RFC 1035 section 5.1), in order.
+pub(super) fn split_entries(text: &str) -> Entries<'_> {
+    Entries {
+        text,
+        pos: 0,
+        line: 1,
+        quick: true,
     }
-    finish(&mut buffer, start_line, starts_blank);
-    entries
+}
+
+/// The entries of a master file's text, read one at a time: a big zone's text is not
+/// copied entry by entry into a list first.
+pub(super) struct Entries<'a> {
+    text: &'a str,
+    /// Where the next entry starts: always the start of a line outside parentheses.
+    pos: usize,
+    /// The line at `pos` (1-based).
+    line: usize,
+    /// Whether a line without comment, quote, parenthesis or carriage return is taken as
+    /// it stands (off only to test that it gives what the full reading gives).
+    quick: bool,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Entry<'a>;
+
+    fn next(&mut self) -> Option<Entry<'a>> {
+        while self.pos < self.text.len() {
+            let rest = &self.text[self.pos..];
+            let end = rest.find('\n').unwrap_or(rest.len());
+            let line = &rest[..end];
+            if self.quick
+                && !line
+                    .bytes()
+                    .any(|b| matches!(b, b';' | b'"' | b'(' | b')' | b'\r'))
+            {
+                let number = self.line;
+                self.pos += (end + 1).min(rest.len());
+                self.line += 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                return Some(Entry {
+                    line: number,
+                    text: Cow::Borrowed(line),
+                    starts_blank: line.starts_with([' ', '\t']),
+                });
+            }
+            if let Some(entry) = self.folded() {
+                return Some(entry);
+            }
+        }
+        None
+    }
+}
+
+impl<'a> Entries<'a> {
+    /// Reads the entry at `pos` character by character: comments dropped, parentheses
+    /// and the line breaks inside them (or inside quotes) folded into spaces. None when
+    /// the entry holds nothing (a comment or blank line), which is then passed over.
+    fn folded(&mut self) -> Option<Entry<'a>> {
+        let rest = &self.text[self.pos..];
+        let start_line = self.line;
+        let starts_blank = rest.starts_with([' ', '\t']);
+        let mut buffer = String::new();
+        let mut depth = 0usize;
+        let mut in_quote = false;
+        let mut escaped = false;
+        let mut in_comment = false;
+        let mut consumed = rest.len();
+        for (at, c) in rest.char_indices() {
+            if c == '\n' {
+                self.line += 1;
+                in_comment = false;
+                if depth == 0 && !in_quote {
+                    consumed = at + 1;
+                    break;
+                }
+                buffer.push(' ');
+                continue;
+            }
+            if in_comment {
+                continue;
+            }
+            if in_quote {
+                buffer.push(c);
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_quote = false;
+                }
+                continue;
+            }
+            match c {
+                ';' => in_comment = true,
+                '"' => {
+                    in_quote = true;
+                    buffer.push(c);
+                }
+                '(' => {
+                    depth += 1;
+                    buffer.push(' ');
+                }
+                ')' => {
+                    depth = depth.saturating_sub(1);
+                    buffer.push(' ');
+                }
+                '\r' => {}
+                _ => buffer.push(c),
+            }
+        }
+        self.pos += consumed;
+        (!buffer.trim().is_empty()).then_some(Entry {
+            line: start_line,
+            text: Cow::Owned(buffer),
+            starts_blank,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -710,7 +757,7 @@ mod tests {
                 let entry = Entry {
                     line: 1,
                     starts_blank: text.starts_with([' ', '\t']),
-                    text: text.clone(),
+                    text: text.clone().into(),
                 };
                 let quick = quick_record(&entry, &state);
                 let parsed = parse_entry(&entry, &state);
@@ -739,14 +786,59 @@ mod tests {
 
     #[test]
     fn splits_parentheses_and_comments() {
-        let entries =
-            split_entries("@ IN SOA ns1 host ( 1 ; serial\n 2 3\n 4 5 )\n  IN NS ns1 ; c\n");
+        let entries: Vec<Entry<'_>> =
+            split_entries("@ IN SOA ns1 host ( 1 ; serial\n 2 3\n 4 5 )\n  IN NS ns1 ; c\n")
+                .collect();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].line, 1);
         let words: Vec<&str> = entries[0].text.split_whitespace().collect();
         assert_eq!(words.join(" "), "@ IN SOA ns1 host 1 2 3 4 5");
         assert_eq!(entries[1].line, 4);
         assert!(entries[1].starts_blank);
+    }
+
+    /// Lines taken as they stand give the entries the full reading gives, whatever comes
+    /// around them: comments, parentheses over lines, quotes over lines, carriage
+    /// returns, blank lines, white space only, no final line break.
+    #[test]
+    fn lines_taken_as_they_stand_split_as_the_full_reading_does() {
+        let texts = [
+            "$ORIGIN gto.example.com.\n$TTL 300\n@ IN SOA ns1 host ( 1 ; serial\n 2 3\n 4 5 )\n  IN NS ns1 ; c\nh1 A 10.0.0.1\n",
+            "h1 A 10.0.0.1\r\nh2 A 10.0.0.2\r\n\r\n h3 A 10.0.0.3",
+            "a TXT \"one\ntwo\" \nb A 10.0.0.1\n\n\n   \n\t\n; only a comment\nc A 10.0.0.2 ; trailing\n",
+            "x TXT \"a \\\" ( b\" (\n c\n ) d\ne A 10.0.0.9\n  \t  \n f AAAA ::1",
+            "\n\n",
+            "",
+            "( unbalanced\nnext A 10.0.0.1\n",
+            "close ) A 10.0.0.1\nh A 10.0.0.2\né TXT \"é\"\n",
+        ];
+        for text in texts {
+            let quick: Vec<Entry<'_>> = split_entries(text).collect();
+            let full: Vec<Entry<'_>> = Entries {
+                quick: false,
+                ..split_entries(text)
+            }
+            .collect();
+            assert_eq!(quick, full, "{text:?}");
+        }
+        let entries: Vec<Entry<'_>> = split_entries(texts[1]).collect();
+        assert_eq!(
+            entries
+                .iter()
+                .map(|e| (e.line, &*e.text, e.starts_blank))
+                .collect::<Vec<_>>(),
+            [
+                (1, "h1 A 10.0.0.1", false),
+                (2, "h2 A 10.0.0.2", false),
+                (4, " h3 A 10.0.0.3", true)
+            ]
+        );
+        let entries: Vec<Entry<'_>> = split_entries(texts[2]).collect();
+        assert_eq!(
+            entries.iter().map(|e| e.line).collect::<Vec<_>>(),
+            [1, 3, 9]
+        );
+        assert!(matches!(entries[1].text, Cow::Borrowed("b A 10.0.0.1")));
     }
 
     #[test]

@@ -314,11 +314,7 @@ fn parse_within(
     // Sized for a record per line: a big zone's tables are not grown (and every name
     // hashed again) step by step.
     let entries = text.bytes().filter(|&b| b == b'\n').count();
-    let mut building: HashMap<LowerName, Vec<Building>> = HashMap::default();
-    building.reserve(entries);
-    let mut lines: Lines = HashMap::default();
-    lines.reserve(entries);
-    let first_line = (Arc::<Path>::from(file.as_path()), 1);
+    let mut gather = Gather::with_capacity(entries);
     let mut record_errors = Vec::new();
 
     let mut take = |master::Located {
@@ -343,27 +339,24 @@ fn parse_within(
             }
             return;
         }
-        lines
-            .entry((owner.clone(), record.record_type()))
-            .or_insert((at.clone(), line));
-        add_record(building.entry(owner).or_default(), record);
+        gather.add(owner, record);
     };
     let read = master::read(text, origin, &file, limits, &mut take);
     let mut errors = read.errors;
     errors.append(&mut record_errors);
-    let mut rrsets: HashMap<LowerName, Shared> = HashMap::default();
-    rrsets.reserve(building.len());
-    rrsets.extend(
-        building
-            .into_iter()
-            .map(|(owner, sets)| (owner, sets.into_iter().map(Building::done).collect())),
-    );
+    let rrsets = gather.done();
 
     if errors.is_empty() {
         check_apex(origin, soa.is_some(), &rrsets, &file, &mut errors);
     }
+    // Where an owner's type was first read is needed only to report a problem with it:
+    // looked up then, by reading the text again, rather than kept for every record of
+    // every zone (a table as big as the zone's own).
+    let lines = std::cell::OnceCell::new();
+    let first_line = (Arc::<Path>::from(file.as_path()), 1);
     let line_of = |owner: &LowerName, record_type: RecordType| {
         lines
+            .get_or_init(|| first_lines(text, origin, &file, limits))
             .get(&(owner.clone(), record_type))
             .cloned()
             .unwrap_or_else(|| first_line.clone())
@@ -419,6 +412,30 @@ fn parse_within(
         }),
         _ => Err(errors),
     }
+}
+
+/// Where each owner name's record types were first read (file, line), of the records
+/// [`parse_within`] takes: the zone's files read again, for messages. (Should an included
+/// file change between the two readings, a message may name a line of its new text.)
+fn first_lines(text: &str, origin: &Name, file: &Path, limits: &ReadLimits) -> Lines {
+    let apex = LowerName::from(origin);
+    let mut lines = Lines::default();
+    let mut take = |master::Located {
+                        record,
+                        file: at,
+                        line,
+                    }| {
+        let owner = LowerName::from(&record.name);
+        if record.record_type() != RecordType::SOA
+            && refused(&record, &owner, &apex, origin).is_none()
+        {
+            lines
+                .entry((owner, record.record_type()))
+                .or_insert((at, line));
+        }
+    };
+    master::read(text, origin, file, limits, &mut take);
+    lines
 }
 
 /// Why a record read from the file cannot be served, if it cannot: another class, outside
@@ -693,6 +710,16 @@ pub const MAX_RRSET_WIRE: usize = 65_535 - 2_048;
 /// message (as Unbound does since CVE-2024-8508), so a big set is mostly uncompressed.
 fn wire_size(owner: &LowerName, set: &RrSet) -> usize {
     use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+    // Addresses have a fixed length: their sets are sized without reading their data
+    // (a big zone's checks would otherwise visit every record once more).
+    let fixed = match set.record_type {
+        RecordType::A => Some(4),
+        RecordType::AAAA => Some(16),
+        _ => None,
+    };
+    if let Some(length) = fixed {
+        return set.data.len() * (owner.len() + 1 + 10 + length);
+    }
     let data: usize = set
         .data
         .iter()
@@ -780,17 +807,30 @@ impl Building {
     }
 }
 
+impl From<&RrSet> for Building {
+    fn from(set: &RrSet) -> Self {
+        Self {
+            record_type: set.record_type,
+            ttl: set.ttl,
+            data: set.data.to_vec(),
+        }
+    }
+}
+
 /// Adds a record to its RRset; duplicates are dropped and the set keeps one TTL (RFC 2181
-/// section 5.2: the lowest seen).
+/// section 5.2: the lowest seen, a duplicate's too).
 fn add_record(sets: &mut Vec<Building>, record: Record) {
     let record_type = record.record_type();
-    let ttl = record.ttl;
-    let data = Data::from(record.data);
+    add_data(sets, record_type, record.ttl, Data::from(record.data));
+}
+
+/// Adds one record's data, of `record_type` with `ttl`, to its set ([`add_record`]).
+fn add_data(sets: &mut Vec<Building>, record_type: RecordType, ttl: u32, data: Data) {
     match sets.iter_mut().find(|s| s.record_type == record_type) {
         Some(set) => {
+            set.ttl = set.ttl.min(ttl);
             if !set.data.contains(&data) {
                 set.data.push(data);
-                set.ttl = set.ttl.min(ttl);
             }
         }
         None => sets.push(Building {
@@ -798,6 +838,81 @@ fn add_record(sets: &mut Vec<Building>, record: Record) {
             ttl,
             data: vec![data],
         }),
+    }
+}
+
+/// Gathers the records read into each owner name's sets, building the zone's table of
+/// names once. The records of an owner usually come together in a zone file: they are
+/// gathered beside the table, and go in as the owner's sets when the next owner comes.
+/// An owner that comes back after others is gathered aside from then on (`again`) and
+/// put in at the end, so that no owner's sets are rebuilt record by record.
+struct Gather {
+    names: Names,
+    /// The owner being gathered, and its sets so far.
+    owner: Option<LowerName>,
+    sets: Vec<Building>,
+    /// Owners that came back after others, with all their sets so far.
+    again: HashMap<LowerName, Vec<Building>>,
+}
+
+impl Gather {
+    /// For about `names` owner names.
+    fn with_capacity(names: usize) -> Self {
+        let mut table = Names::default();
+        table.reserve(names);
+        Self {
+            names: table,
+            owner: None,
+            sets: Vec::new(),
+            again: HashMap::default(),
+        }
+    }
+
+    fn add(&mut self, owner: LowerName, record: Record) {
+        if self.owner.as_ref() == Some(&owner) {
+            return add_record(&mut self.sets, record);
+        }
+        self.put();
+        if !self.again.is_empty()
+            && let Some(sets) = self.again.get_mut(&owner)
+        {
+            return add_record(sets, record);
+        }
+        self.owner = Some(owner);
+        add_record(&mut self.sets, record);
+    }
+
+    /// Puts the owner being gathered into the table, or aside when it is there already.
+    fn put(&mut self) {
+        let Some(owner) = self.owner.take() else {
+            return;
+        };
+        match self.names.entry(owner) {
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(self.sets.drain(..).map(Building::done).collect());
+            }
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                // The same as reading the records one by one into the sets: the TTL is
+                // the lowest of all, the data in the order read without duplicates.
+                let mut sets: Vec<Building> = entry.get().iter().map(Building::from).collect();
+                for set in self.sets.drain(..) {
+                    for data in set.data {
+                        add_data(&mut sets, set.record_type, set.ttl, data);
+                    }
+                }
+                self.again.insert(entry.key().clone(), sets);
+            }
+        }
+    }
+
+    /// The table of every owner's sets, in the order their records were read.
+    fn done(mut self) -> Names {
+        self.put();
+        for (owner, sets) in self.again {
+            self.names
+                .insert(owner, sets.into_iter().map(Building::done).collect());
+        }
+        self.names
     }
 }
 
@@ -865,6 +980,59 @@ mod tests {
         assert_eq!(sets.len(), 2);
         assert!(sets.iter().all(|s| s.ttl() == 600));
         assert_eq!(zone.negative_ttl(), 5);
+    }
+
+    /// An owner whose records come back after other owners' gets the sets it would get
+    /// with all its records together, in the order read: duplicates dropped, the lowest
+    /// TTL of all (a duplicate's too), types in the order first read.
+    #[test]
+    fn records_of_an_owner_that_comes_back_are_gathered_as_if_read_together() {
+        let head = "$TTL 300\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nns1 A 192.0.2.1\n";
+        let together = "a A 10.0.0.1\na TXT one\na A 10.0.0.2\na 100 A 10.0.0.1\na A 10.0.0.3\n\
+                        a TXT two\nb A 10.0.1.1\nb A 10.0.1.2\nc AAAA ::1\n";
+        let apart = "a A 10.0.0.1\na TXT one\nb A 10.0.1.1\na A 10.0.0.2\nc AAAA ::1\n\
+                     a 100 A 10.0.0.1\nb A 10.0.1.2\na A 10.0.0.3\nb A 10.0.1.1\na TXT two\n";
+        let zone = |body: &str| {
+            parse(&format!("{head}{body}"), &origin(), PathBuf::from("z.zone")).unwrap()
+        };
+        let (together, apart) = (zone(together), zone(apart));
+        assert_eq!(together.rrsets, apart.rrsets);
+        let a = LowerName::from(Name::from_ascii("a.gto.example.com.").unwrap());
+        let sets = &apart.rrsets[&a];
+        assert_eq!(
+            sets.iter()
+                .map(|s| (s.record_type, s.ttl(), s.len()))
+                .collect::<Vec<_>>(),
+            [(RecordType::A, 100, 3), (RecordType::TXT, 300, 2)]
+        );
+        let addresses: Vec<String> = sets[0].rdata().map(|d| d.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    }
+
+    /// A problem names the line where its set was first read (looked up only when there
+    /// is a problem); of two sets, the later one.
+    #[test]
+    fn a_problem_names_the_line_its_set_was_first_read_on() {
+        let text = "$TTL 60\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nns1 A 192.0.2.1\n\
+                    x CNAME y\nz A 192.0.2.9\nx A 192.0.2.3\nx A 192.0.2.4\n\
+                    sub NS ns.other.org.\nhidden.sub TXT hidden\n";
+        let errors = parse(text, &origin(), PathBuf::from("z.zone")).unwrap_err();
+        assert_eq!(
+            errors
+                .iter()
+                .map(|e| (e.line, e.file.clone()))
+                .collect::<Vec<_>>(),
+            [(Some(7), PathBuf::from("z.zone"))],
+            "{errors:?}"
+        );
+        let text = text.replace("x A 192.0.2.3\nx A 192.0.2.4\n", "");
+        let zone = parse(&text, &origin(), PathBuf::from("z.zone")).unwrap();
+        assert_eq!(
+            zone.warnings().iter().map(|w| w.line).collect::<Vec<_>>(),
+            [Some(8)],
+            "{:?}",
+            zone.warnings()
+        );
     }
 
     #[test]
