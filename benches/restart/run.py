@@ -133,7 +133,7 @@ def measure(server, records, port, gto, tries, rate):
     d = tempfile.mkdtemp(prefix=f"restart-{server}-")
     procs = []
     try:
-        command, zone, _reload = bigzone.setup(server, d, port, gto)
+        command, zone, _reload = bigzone.setup(server, d, port, gto, False)
         with open(zone, "w") as f:
             f.write(bigzone.zone_text(records, 1))
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
