@@ -133,6 +133,17 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Starts the calibration of the clock the metrics recorder keeps time with, in a thread
+/// of its own. On a CPU with an invariant TSC, `quanta` (the recorder's clock) calibrates
+/// it once per process, spinning for 10-200 ms; begun first thing, that runs while the
+/// config and zones are read rather than between them and the binding of the sockets
+/// ([`install`] then finds it done, or waits only for what is left of it).
+pub fn calibrate_clock_early() {
+    let _ = std::thread::Builder::new()
+        .name("gto-clock".into())
+        .spawn(|| drop(quanta::Clock::new()));
+}
+
 /// Installs the Prometheus recorder (once per process) and describes every metric; returns
 /// the handle `/metrics` renders.
 pub fn install() -> PrometheusHandle {

@@ -89,6 +89,7 @@ fn check(source: ConfigSource) -> ExitCode {
 }
 
 fn serve(source: ConfigSource) -> ExitCode {
+    crate::metrics::calibrate_clock_early();
     with_runtime(|| async move {
         let (loaded, signals, reload_queued) = match load_with_signals(&source).await {
             Ok(started) => started,
