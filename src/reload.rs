@@ -167,6 +167,7 @@ impl Reloader {
         let number = *tried;
         crate::notify::reloading();
         let result = self.reload_inner(input).await;
+        crate::dnssec::kept::forget_read_ahead();
         crate::notify::ready("serving");
         let outcome = match &result {
             Ok(reloaded) => ReloadOutcome {
@@ -217,6 +218,19 @@ impl Reloader {
     async fn reload_inner(&self, input: Input) -> Result<Reloaded, ConfigErrors> {
         let inner = &self.0;
         let mut running = inner.running.lock().await;
+        // The signed zones' kept signatures are read while the config and zones are: a
+        // preparation that signs takes them ready (dropped after the reload otherwise).
+        if let Some(state_file) = running.config.server.state_file.as_deref() {
+            crate::dnssec::kept::read_ahead(
+                running
+                    .config
+                    .zones
+                    .iter()
+                    .filter(|zone| zone.dnssec.is_some())
+                    .map(|zone| crate::dnssec::kept::path_for(state_file, &zone.origin.to_string()))
+                    .collect(),
+            );
+        }
         let loaded = match input {
             Input::Loaded(loaded) => Ok(*loaded),
             Input::Read(runtime) => {

@@ -204,16 +204,25 @@ impl Keeping {
     /// otherwise. A write of it still under way is not waited for (the file is replaced
     /// whole, so this reads the one before): a reload right after another re-signs what
     /// the one before it signed, rather than wait for a big file's write and fsync.
+    ///
+    /// The file read by [`read_ahead`] for a reload under way, when there is one for
+    /// `path`, is taken rather than read again.
     pub fn read(path: &Path, now: u64) -> Self {
-        let bytes = match crate::files::read(path, READ_LIMIT) {
-            Ok(bytes) => bytes,
-            Err(error) if error.is_not_found() => return Self::default(),
+        let read = match take_ahead(path) {
+            Some(ahead) => ahead
+                .join()
+                .unwrap_or_else(|_| Err("the read ahead of it failed (a bug)".into())),
+            None => read_file(path),
+        };
+        let parsed = match read {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Self::default(),
             Err(error) => {
                 tracing::warn!(%error, "kept signatures not read; the zone is signed whole");
                 return Self::default();
             }
         };
-        match KeptSigs::parse(bytes) {
+        match parsed {
             Ok(kept) if fresh(&kept.window, now) => Self {
                 from: Some(kept),
                 ..Self::default()
@@ -294,6 +303,54 @@ impl Keeping {
 fn fresh(window: &Window, now: u64) -> bool {
     i64::from(window.inception) <= now as i64
         && i64::from(window.expiration) - now as i64 >= super::REFRESH.as_secs() as i64
+}
+
+/// What reading a kept file gave: None when there is none, else the file parsed (or why
+/// it could not be); an error when it could not be read.
+type ReadKept = Result<Option<Result<KeptSigs, &'static str>>, String>;
+
+fn read_file(path: &Path) -> ReadKept {
+    match crate::files::read(path, READ_LIMIT) {
+        Ok(bytes) => Ok(Some(KeptSigs::parse(bytes))),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Reads begun ahead of a reload's preparation, by path ([`read_ahead`]).
+static AHEAD: Mutex<Vec<(PathBuf, JoinHandle<ReadKept>)>> = Mutex::new(Vec::new());
+
+/// Begins reading the kept files at `paths`, each in a thread of its own, for the
+/// preparation of a reload that is about to read its config and zones: the file (tens of
+/// MiB for a big zone) is read and parsed beside the zone files' reading instead of after
+/// it. [`Keeping::read`] takes what it finds here; [`forget_read_ahead`] drops what the
+/// reload did not take. Reads begun earlier and not taken are dropped.
+pub fn read_ahead(paths: Vec<PathBuf>) {
+    let mut ahead = AHEAD.lock().unwrap_or_else(|e| e.into_inner());
+    ahead.clear();
+    for path in paths {
+        let at = path.clone();
+        match std::thread::Builder::new()
+            .name("gto-sigs-read".into())
+            .spawn(move || read_file(&at))
+        {
+            Ok(handle) => ahead.push((path, handle)),
+            Err(error) => tracing::debug!(%error, "kept signatures not read ahead"),
+        }
+    }
+}
+
+/// Drops the reads begun by [`read_ahead`] that no preparation took (a zone the reload
+/// left unchanged, or a reload refused): their threads end on their own.
+pub fn forget_read_ahead() {
+    AHEAD.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+/// Takes the read of `path` begun ahead, if any.
+fn take_ahead(path: &Path) -> Option<JoinHandle<ReadKept>> {
+    let mut ahead = AHEAD.lock().unwrap_or_else(|e| e.into_inner());
+    let at = ahead.iter().position(|(p, _)| p == path)?;
+    Some(ahead.swap_remove(at).1)
 }
 
 /// Writes still under way, by path.
@@ -540,5 +597,66 @@ mod tests {
         let mut by_bytes = Vec::new();
         signature_keeping(&key, &zone, &owner, &refs, &window, None, &mut by_bytes).unwrap();
         assert_ne!(by_bytes[..ID_LEN], part[..ID_LEN]);
+    }
+
+    /// A read begun ahead is what the next read of that path gives, once; one forgotten
+    /// is not; other paths are read as usual.
+    #[test]
+    fn a_read_begun_ahead_is_taken_once_and_forgotten_when_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = Name::from_ascii("gto.example.com.").unwrap();
+        let key = new_key(dir.path(), &zone);
+        let owner = Name::from_ascii("www.gto.example.com.").unwrap();
+        let record = Record::from_rdata(owner.clone(), 300, RData::A("192.0.2.1".parse().unwrap()));
+        let now = 1_800_000_000;
+        let path = path_for(&dir.path().join("gto.state"), "gto.example.com.");
+        let window = Window::at(now);
+        let mut part = Vec::new();
+        signature_keeping(&key, &zone, &owner, &[&record], &window, None, &mut part).unwrap();
+        let keeping = Keeping {
+            entries: vec![part],
+            ..Keeping::default()
+        };
+        keeping.write_later(path.clone(), &window);
+        finish_writes();
+
+        // Read ahead, then the file goes: the read begun ahead is what is read, once.
+        read_ahead(vec![path.clone()]);
+        let begun = tokio::time::Instant::now();
+        while !AHEAD
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, read)| read.is_finished())
+        {
+            assert!(begun.elapsed().as_secs() < 10, "the read ahead never ended");
+            std::thread::yield_now();
+        }
+        std::fs::remove_file(&path).unwrap();
+        let read = Keeping::read(&path, now + 60);
+        assert_eq!(read.from.as_ref().map(KeptSigs::len), Some(1));
+        assert!(Keeping::read(&path, now + 60).from.is_none(), "taken once");
+
+        // Read ahead of a file that is then written anew: forgotten, the new one is read.
+        read_ahead(vec![path.clone()]);
+        forget_read_ahead();
+        let mut part = Vec::new();
+        let other = Record::from_rdata(owner.clone(), 300, RData::A("192.0.2.2".parse().unwrap()));
+        for record in [&record, &other] {
+            signature_keeping(&key, &zone, &owner, &[record], &window, None, &mut part).unwrap();
+        }
+        Keeping {
+            entries: vec![part],
+            ..Keeping::default()
+        }
+        .write_later(path.clone(), &window);
+        finish_writes();
+        assert_eq!(
+            Keeping::read(&path, now + 60)
+                .from
+                .as_ref()
+                .map(KeptSigs::len),
+            Some(2)
+        );
     }
 }

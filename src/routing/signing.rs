@@ -601,6 +601,9 @@ impl ZoneSigning {
             reused: 0,
         };
         let below_cut = |name: &LowerName| {
+            if content.cuts.is_empty() {
+                return false; // no delegation: no ancestor of any name to look at
+            }
             let mut current = name.base_name();
             while current.num_labels() > content.origin.num_labels() {
                 if content.cuts.contains(&current) {
