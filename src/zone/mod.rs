@@ -905,7 +905,7 @@ impl Gather {
         }
     }
 
-    /// The table of every owner's sets, in the order their records were read.
+    /// The table of every owner's sets (each set's data in the order read).
     fn done(mut self) -> Names {
         self.put();
         for (owner, sets) in self.again {
