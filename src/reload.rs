@@ -220,17 +220,7 @@ impl Reloader {
         let mut running = inner.running.lock().await;
         // The signed zones' kept signatures are read while the config and zones are: a
         // preparation that signs takes them ready (dropped after the reload otherwise).
-        if let Some(state_file) = running.config.server.state_file.as_deref() {
-            crate::dnssec::kept::read_ahead(
-                running
-                    .config
-                    .zones
-                    .iter()
-                    .filter(|zone| zone.dnssec.is_some())
-                    .map(|zone| crate::dnssec::kept::path_for(state_file, &zone.origin.to_string()))
-                    .collect(),
-            );
-        }
+        crate::dnssec::kept::read_ahead(crate::dnssec::kept::paths_of(&running.config));
         let loaded = match input {
             Input::Loaded(loaded) => Ok(*loaded),
             Input::Read(runtime) => {

@@ -317,6 +317,19 @@ fn read_file(path: &Path) -> ReadKept {
     }
 }
 
+/// The kept-signature files of `config`'s signed zones (none without a state file).
+pub fn paths_of(config: &crate::config::Config) -> Vec<PathBuf> {
+    let Some(state_file) = config.server.state_file.as_deref() else {
+        return Vec::new();
+    };
+    config
+        .zones
+        .iter()
+        .filter(|zone| zone.dnssec.is_some())
+        .map(|zone| path_for(state_file, &zone.origin.to_string()))
+        .collect()
+}
+
 /// Reads begun ahead of a reload's preparation, by path ([`read_ahead`]).
 static AHEAD: Mutex<Vec<(PathBuf, JoinHandle<ReadKept>)>> = Mutex::new(Vec::new());
 
