@@ -374,8 +374,10 @@ impl App {
         self.reloader.reload().await
     }
 
-    /// Stops the probes (the state file is written), then the DNS listeners (in-flight
-    /// queries finish within [`SHUTDOWN_GRACE`]), then the builder, then the admin API.
+    /// Stops the probes (the state file is written), the fleet, the builder and the admin
+    /// API while DNS still answers; then the DNS listeners last (in-flight queries finish
+    /// within [`SHUTDOWN_GRACE`]), so that a restart's silence begins as late as it can:
+    /// what is left after them is the process's exit.
     pub async fn shutdown(self) -> Result<(), DnsError> {
         self.token.cancel();
         // Join errors mean a task panicked, which was already logged.
@@ -384,14 +386,17 @@ impl App {
             // It leaves the fleet (revokes its lease) within a second.
             let _ = task.await;
         }
+        let _ = self.builder_task.await;
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
+        // Kept signatures still being written: finished while DNS answers, so that the
+        // next start finds them.
+        let _ = tokio::task::spawn_blocking(crate::dnssec::kept::finish_writes).await;
         let result = self.dns.shutdown(SHUTDOWN_GRACE).await;
         // Every answer is sent: the query log gets its last messages and its end.
         if let Some(tap) = self.routing.load_full().dnstap.clone() {
             tap.finish(Duration::from_secs(2)).await;
-        }
-        let _ = self.builder_task.await;
-        if let Some(admin) = self.admin {
-            admin.shutdown().await;
         }
         result
     }

@@ -173,6 +173,23 @@ impl Inherited {
         Ok(inherited)
     }
 
+    /// Whether a replaced gto passed DNS sockets on (or they were bound ahead,
+    /// [`Inherited::bound_ahead`]).
+    pub fn has_dns(&self) -> bool {
+        !self.dns.is_empty()
+    }
+
+    /// Sockets this process bound itself before its config was fully loaded, taken by
+    /// the listeners as passed ones are ([`crate::dns::bind_ahead`]).
+    pub fn bound_ahead(&mut self, configured: SocketAddr, sockets: DnsSockets) {
+        self.dns.insert(configured, sockets);
+    }
+
+    /// Closes the DNS sockets bound ahead (their config turned out to differ).
+    pub fn forget_dns(&mut self) {
+        self.dns.clear();
+    }
+
     /// The sockets of a DNS listen address, as configured, if they were passed.
     pub fn take_dns(&mut self, configured: SocketAddr) -> Option<DnsSockets> {
         self.dns.remove(&configured)

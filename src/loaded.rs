@@ -176,28 +176,7 @@ impl ConfigSource {
         &self,
         runtime: &[crate::runtime::RuntimeMember],
     ) -> Result<Loaded, ConfigErrors> {
-        let (text, file, embedded) = match self {
-            ConfigSource::Embedded => (
-                EMBEDDED_CONFIG.to_string(),
-                PathBuf::from("<embedded gto.toml>"),
-                true,
-            ),
-            ConfigSource::EmbeddedEdited(text) => {
-                (text.to_string(), PathBuf::from("<embedded gto.toml>"), true)
-            }
-            ConfigSource::File(path) => {
-                let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG_SIZE)
-                    .map_err(|e| {
-                        ConfigErrors(vec![ConfigError {
-                            file: path.clone(),
-                            line: None,
-                            path: String::new(),
-                            message: format!("cannot read config: {e}"),
-                        }])
-                    })?;
-                (text, path.clone(), false)
-            }
-        };
+        let (text, file, embedded) = self.text()?;
         if runtime.is_empty() {
             return load_str(&text, &file, embedded);
         }
@@ -221,6 +200,43 @@ impl ConfigSource {
                 message,
             }));
         Ok(loaded)
+    }
+
+    /// The `[server]` settings alone, from the config parsed without reading its zones,
+    /// keys or databases: what the listeners need to bind before the rest loads. `None`
+    /// when the config does not parse (the full load reports why).
+    pub fn server_settings(&self) -> Option<crate::config::ServerSettings> {
+        let (text, file, _) = self.text().ok()?;
+        crate::config::parse(&text, &file)
+            .ok()
+            .map(|config| config.server)
+    }
+
+    /// The config's text, the name it goes by in messages, and whether it is the
+    /// embedded one.
+    fn text(&self) -> Result<(String, PathBuf, bool), ConfigErrors> {
+        Ok(match self {
+            ConfigSource::Embedded => (
+                EMBEDDED_CONFIG.to_string(),
+                PathBuf::from("<embedded gto.toml>"),
+                true,
+            ),
+            ConfigSource::EmbeddedEdited(text) => {
+                (text.to_string(), PathBuf::from("<embedded gto.toml>"), true)
+            }
+            ConfigSource::File(path) => {
+                let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG_SIZE)
+                    .map_err(|e| {
+                        ConfigErrors(vec![ConfigError {
+                            file: path.clone(),
+                            line: None,
+                            path: String::new(),
+                            message: format!("cannot read config: {e}"),
+                        }])
+                    })?;
+                (text, path.clone(), false)
+            }
+        })
     }
 }
 

@@ -47,3 +47,24 @@ pub(crate) fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "Error: {error}");
     ExitCode::FAILURE
 }
+
+/// How the binary ends the process at once ([`set_stop_at_once`]).
+static AT_ONCE: std::sync::OnceLock<fn() -> !> = std::sync::OnceLock::new();
+
+/// Sets how [`stopped`] ends the process: the binary's `_exit(0)`, which runs no exit
+/// handlers. Once per process; later calls do nothing. (The library has no `unsafe` code.)
+pub fn set_stop_at_once(exit: fn() -> !) {
+    let _ = AT_ONCE.set(exit);
+}
+
+/// Ends `gto run` with exit 0 once it has stopped in order (listeners shut, state and
+/// signatures written, logs on stderr, which is unbuffered), without joining its idle
+/// threads or, when the binary set it ([`set_stop_at_once`]), running the exit handlers
+/// (the allocator handing its pages back, range by range). Under load those took
+/// milliseconds, all of them added to a restart's silence.
+pub(crate) fn stopped() -> ! {
+    match AT_ONCE.get() {
+        Some(exit) => exit(),
+        None => std::process::exit(0),
+    }
+}

@@ -3,7 +3,7 @@
 
 pub mod ctl;
 pub mod dnssec;
-mod exit;
+pub mod exit;
 mod reload;
 mod replace;
 pub mod run;

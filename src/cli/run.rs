@@ -90,31 +90,41 @@ fn check(source: ConfigSource) -> ExitCode {
 
 fn serve(source: ConfigSource) -> ExitCode {
     crate::metrics::calibrate_clock_early();
+    let mut inherited = match crate::handover::Inherited::from_env() {
+        Ok(inherited) => inherited,
+        Err(error) => return fail(&error),
+    };
+    // The listeners first: queries sent while the rest starts wait in the sockets.
+    let ahead = crate::dns::server::bind_ahead(&source, &mut inherited);
     with_runtime(|| async move {
         let (loaded, signals, reload_queued) = match load_with_signals(&source).await {
             Ok(started) => started,
             Err(code) => return code,
         };
-        // Changes that could never be saved: refused before anything binds.
+        // Changes that could never be saved: refused before anything serves.
         if let Some(problem) = crate::loaded::missing_state_dir(&loaded.config) {
             let _ = writeln!(std::io::stderr(), "error: server.state_file: {problem}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
-        let inherited = match crate::handover::Inherited::from_env() {
-            Ok(inherited) => inherited,
-            Err(error) => return fail(&error),
-        };
+        // The file changed between the two reads: bound again as it now says.
+        if let Some(ahead) = &ahead
+            && !crate::dns::server::binds_alike(ahead, &loaded.config.server)
+        {
+            inherited.forget_dns();
+        }
         let code = match App::start_with(source, loaded, inherited).await {
             Ok(app) => match app.run_until_signal(signals, reload_queued).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => fail(&error),
+                Ok(()) => None,
+                Err(error) => Some(fail(&error)),
             },
-            Err(error) => fail(&error),
+            Err(error) => Some(fail(&error)),
         };
-        // Kept signatures still being written (sockets are closed by now): finished, so
-        // the next start finds them.
+        // A write begun after the shutdown's (none, unless a reload was under way).
         crate::dnssec::kept::finish_writes();
-        code
+        match code {
+            Some(code) => code,
+            None => super::exit::stopped(),
+        }
     })
 }
 
@@ -152,7 +162,14 @@ where
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(main()),
+        Ok(runtime) => {
+            let code = runtime.block_on(main());
+            // Whatever still runs (a blocking read of a reload under way, idle threads)
+            // is not waited for: the listeners are shut, and the process exits now,
+            // without which a restart's silence would last as long as the joins.
+            runtime.shutdown_background();
+            code
+        }
         Err(error) => fail(&error),
     }
 }

@@ -21,6 +21,7 @@ use super::Handler;
 use super::tcp::{self, TcpLimits};
 use super::udp::{UdpWorkers, bind_reuseport};
 use crate::config::ServerSettings;
+use crate::handover::DnsSockets;
 use crate::routing::RoutingHandle;
 
 /// How many free ports to try for a port-0 listener before giving up.
@@ -110,92 +111,54 @@ impl DnsServer {
         let tcp_token = CancellationToken::new();
         let mut tcp_tasks = Vec::new();
         for addr in &settings.listen {
-            let passed = inherited.take_dns(*addr);
-            let general = match &passed {
+            let sockets = match inherited.take_dns(*addr) {
                 // The sockets are served the way they were: switching between the fast
                 // path and the general one (`workers`) takes a restart.
                 Some(passed) => {
                     if passed.general != (settings.workers == 0) {
                         tracing::warn!(%addr, "`workers` changed between 0 and more: this replacement serves the sockets as they were; a restart applies the change");
                     }
-                    passed.general
+                    passed
                 }
-                None => settings.workers == 0,
+                None => bind(*addr, settings)?,
             };
             let bind_error = |transport, source| DnsError::Bind {
                 addr: *addr,
                 transport,
                 source,
             };
-            let (local, tcp) = if !general {
-                let (sockets, tcp) = match passed {
-                    Some(passed) => {
-                        let tcp =
-                            to_tokio_listener(passed.tcp).map_err(|e| bind_error("tcp", e))?;
-                        (passed.udp, tcp)
-                    }
-                    None => {
-                        bind_pair(
-                            *addr,
-                            |addr| bind_reuseport(addr, settings.workers, settings.udp_payload),
-                            |sockets| sockets.first()?.local_addr().ok(),
-                        )
-                        .await?
-                    }
-                };
-                for socket in &sockets {
+            let DnsSockets { udp, general, tcp } = sockets;
+            sockets_kept.push(keep("dns", *addr, "tcp", &tcp)?);
+            let tcp = to_tokio_listener(tcp).map_err(|e| bind_error("tcp", e))?;
+            let local = if !general {
+                for socket in &udp {
                     sockets_kept.push(keep("dns", *addr, "udp", socket)?);
                 }
-                sockets_kept.push(keep("dns", *addr, "tcp", &tcp)?);
-                let local = sockets
+                let local = udp
                     .first()
                     .and_then(|s| s.local_addr().ok())
                     .unwrap_or(*addr);
                 let started = UdpWorkers::start(
-                    sockets,
+                    udp,
                     routing.clone(),
                     settings.udp_coalesce,
                     &tokio::runtime::Handle::current(),
                 )
-                .map_err(|source| DnsError::Bind {
-                    addr: *addr,
-                    transport: "udp",
-                    source,
-                })?;
+                .map_err(|e| bind_error("udp", e))?;
                 workers.push(started);
                 info!(%local, workers = settings.workers, "serving DNS on UDP (fast path) and TCP");
-                (local, tcp)
+                local
             } else {
-                let (udp, tcp) = match passed {
-                    Some(mut passed) => {
-                        let udp = passed
-                            .udp
-                            .pop()
-                            .ok_or_else(|| std::io::Error::other("no UDP socket passed"))
-                            .and_then(|socket| {
-                                socket.set_nonblocking(true)?;
-                                UdpSocket::from_std(socket)
-                            })
-                            .map_err(|e| bind_error("udp", e))?;
-                        let tcp =
-                            to_tokio_listener(passed.tcp).map_err(|e| bind_error("tcp", e))?;
-                        (udp, tcp)
-                    }
-                    None => {
-                        bind_pair(
-                            *addr,
-                            |addr| {
-                                let socket = std::net::UdpSocket::bind(addr)?;
-                                socket.set_nonblocking(true)?;
-                                UdpSocket::from_std(socket)
-                            },
-                            |udp| udp.local_addr().ok(),
-                        )
-                        .await?
-                    }
-                };
+                let udp = udp
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("no UDP socket passed"))
+                    .and_then(|socket| {
+                        socket.set_nonblocking(true)?;
+                        UdpSocket::from_std(socket)
+                    })
+                    .map_err(|e| bind_error("udp", e))?;
                 sockets_kept.push(keep("dns", *addr, "udp-general", &udp)?);
-                sockets_kept.push(keep("dns", *addr, "tcp", &tcp)?);
                 let local = udp.local_addr().unwrap_or(*addr);
                 tcp_tasks.push(tokio::spawn(super::udp::serve_general(
                     udp,
@@ -203,7 +166,7 @@ impl DnsServer {
                     tcp_token.clone(),
                 )));
                 info!(%local, "serving DNS on UDP and TCP");
-                (local, tcp)
+                local
             };
             tcp_tasks.push(tokio::spawn(tcp::serve(
                 tcp,
@@ -252,17 +215,19 @@ impl DnsServer {
 
     /// Stops accepting, lets in-flight queries finish, and waits for the listeners.
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), DnsError> {
+        // TCP first, UDP last: UDP carries nearly every query, and what follows its stop
+        // (the process's exit) is the silence a restart leaves.
+        self.tcp_token.cancel();
+        for task in std::mem::take(&mut self.tcp_tasks) {
+            // Connections finish their current query; a join error was a panic, logged.
+            let _ = tokio::time::timeout(grace, task).await;
+        }
         for workers in std::mem::take(&mut self.workers) {
             if self.shared {
                 workers.stop_sharing().await;
             } else {
                 workers.stop().await;
             }
-        }
-        self.tcp_token.cancel();
-        for task in std::mem::take(&mut self.tcp_tasks) {
-            // Connections finish their current query; a join error was a panic, logged.
-            let _ = tokio::time::timeout(grace, task).await;
         }
         Ok(())
     }
@@ -294,25 +259,102 @@ fn to_tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpList
     TcpListener::from_std(listener)
 }
 
+/// Binds the DNS listeners of the config `source` names before the rest of a start (its
+/// zones and keys, the metrics clock, the state file, the first snapshot), into
+/// `inherited`, where [`DnsServer::start_with`] takes them: a query sent meanwhile waits in
+/// a socket and is answered once the workers start, where it would otherwise find no
+/// socket (a restart's silence, up to the sockets' buffers). Returns the settings bound
+/// with, or `None` when nothing was bound: sockets passed by a replaced gto, a config
+/// that does not parse (the full load reports it), or an address that does not bind
+/// (the start binds again and reports it; a port another gto serves fails on TCP before
+/// any UDP socket could join its group).
+pub fn bind_ahead(
+    source: &crate::loaded::ConfigSource,
+    inherited: &mut crate::handover::Inherited,
+) -> Option<ServerSettings> {
+    if inherited.has_dns() {
+        return None;
+    }
+    let settings = source.server_settings()?;
+    let mut bound = Vec::with_capacity(settings.listen.len());
+    for addr in &settings.listen {
+        match bind(*addr, &settings) {
+            Ok(sockets) => bound.push((*addr, sockets)),
+            Err(error) => {
+                tracing::debug!(%error, "not bound ahead of loading");
+                return None;
+            }
+        }
+    }
+    for (addr, sockets) in bound {
+        inherited.bound_ahead(addr, sockets);
+    }
+    Some(settings)
+}
+
+/// Whether sockets bound with `ahead` ([`bind_ahead`]) are what `settings` would bind.
+pub fn binds_alike(ahead: &ServerSettings, settings: &ServerSettings) -> bool {
+    ahead.listen == settings.listen
+        && ahead.workers == settings.workers
+        && ahead.udp_payload == settings.udp_payload
+}
+
+/// Binds one listen address as `settings` say: a reuse-port group of `workers` UDP
+/// sockets (or, with `workers = 0`, one socket for the general path) and a TCP listener on
+/// the same port.
+pub fn bind(addr: SocketAddr, settings: &ServerSettings) -> Result<DnsSockets, DnsError> {
+    if settings.workers > 0 {
+        let (udp, tcp) = bind_pair(
+            addr,
+            |addr| bind_reuseport(addr, settings.workers, settings.udp_payload),
+            |sockets| sockets.first()?.local_addr().ok(),
+        )?;
+        Ok(DnsSockets {
+            udp,
+            general: false,
+            tcp,
+        })
+    } else {
+        let (udp, tcp) = bind_pair(addr, std::net::UdpSocket::bind, |udp| udp.local_addr().ok())?;
+        Ok(DnsSockets {
+            udp: vec![udp],
+            general: true,
+            tcp,
+        })
+    }
+}
+
+/// A TCP listener as tokio binds one: address reuse (a restart binds while the old
+/// process's connections linger in TIME_WAIT) and a backlog of 1024.
+fn listen_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// Binds UDP with `bind_udp` (one socket, or a reuse-port group) and TCP on the same port:
 /// TCP first for a given port; with port 0 the kernel picks UDP's port, and a port TCP
 /// finds taken is tried again (at most [`PORT_ATTEMPTS`] times).
-async fn bind_pair<U>(
+fn bind_pair<U>(
     addr: SocketAddr,
     bind_udp: impl Fn(SocketAddr) -> std::io::Result<U>,
     bound: impl Fn(&U) -> Option<SocketAddr>,
-) -> Result<(U, TcpListener), DnsError> {
+) -> Result<(U, std::net::TcpListener), DnsError> {
     if addr.port() != 0 {
         // TCP first: its listener takes no reuse-port group, so a port another gto serves
         // fails here, before this process's UDP sockets could join that gto's group and
         // take queries meant for it.
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DnsError::Bind {
-                addr,
-                transport: "tcp",
-                source,
-            })?;
+        let tcp = listen_tcp(addr).map_err(|source| DnsError::Bind {
+            addr,
+            transport: "tcp",
+            source,
+        })?;
         let udp = bind_udp(addr).map_err(|source| DnsError::Bind {
             addr,
             transport: "udp",
@@ -331,7 +373,7 @@ async fn bind_pair<U>(
         let Some(port) = bound(&udp) else {
             continue;
         };
-        match TcpListener::bind(port).await {
+        match listen_tcp(port) {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(source) => last_error = Some(source),
         }

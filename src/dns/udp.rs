@@ -191,7 +191,9 @@ fn dont_fragment(socket: &Socket, v6: bool) -> std::io::Result<()> {
 /// Running UDP workers for one listen address.
 #[derive(Debug)]
 pub struct UdpWorkers {
-    threads: Vec<std::thread::JoinHandle<()>>,
+    /// One per worker: sent when it has ended (its last answers sent, its socket closed),
+    /// before its thread exits.
+    ended: Vec<tokio::sync::oneshot::Receiver<()>>,
     stop: Arc<AtomicBool>,
     fallback: tokio::task::JoinHandle<()>,
     /// The workers' sockets (duplicates): shut for reading at stop, which wakes a worker
@@ -223,39 +225,44 @@ impl UdpWorkers {
             .iter()
             .map(UdpSocket::try_clone)
             .collect::<std::io::Result<Vec<_>>>()?;
-        let mut threads = Vec::with_capacity(sockets.len());
+        let mut ended = Vec::with_capacity(sockets.len());
         for (index, socket) in sockets.into_iter().enumerate() {
             let routing = routing.clone();
             let stop = stop.clone();
             let queue = queue.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("gto-udp-{index}"))
-                    .spawn(move || worker(socket, routing, queue, stop, coalesce))?,
-            );
+            let (done, end) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("gto-udp-{index}"))
+                .spawn(move || {
+                    worker(socket, routing, queue, stop, coalesce);
+                    let _ = done.send(());
+                })?;
+            ended.push(end);
         }
         Ok(Self {
-            threads,
+            ended,
             stop,
             fallback,
             wake,
         })
     }
 
-    /// Stops the workers after their current batch and waits for them.
+    /// Stops the workers after their current batch and waits until each has ended (its
+    /// answers sent, its socket closed). Their threads exit on their own: the exit itself
+    /// (the allocator giving the thread's pages back, a millisecond and more) is not
+    /// waited for, so a stopping process exits sooner.
     pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         self.wake_workers();
-        let threads = std::mem::take(&mut self.threads);
-        // Woken by the shutdown above, workers end after their batch; join off the
-        // runtime's threads.
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        })
-        .await;
+        // Woken by the shutdown above, workers end after their batch. A worker that
+        // panicked dropped its sender: ended too.
+        for ended in std::mem::take(&mut self.ended) {
+            let _ = ended.await;
+        }
+        // The general path's task holds a duplicate of the first socket: gone too when
+        // this returns (the port is free once the server is dropped).
         self.fallback.abort();
+        let _ = (&mut self.fallback).await;
     }
 }
 

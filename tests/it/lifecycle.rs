@@ -716,6 +716,77 @@ async fn a_replacement_that_cannot_start_leaves_the_running_gto_serving() {
     assert!(gto.exit().await.success());
 }
 
+/// The listeners are bound before the zones load (`bind_ahead`, as `gto run` does first):
+/// a query sent before the server starts waits in its socket and is answered once the
+/// server serves, over UDP and TCP, instead of finding no socket (a restart's silence). A
+/// config that does not parse binds nothing ahead, and neither does a port already taken.
+#[tokio::test]
+async fn queries_sent_before_the_server_starts_are_answered_once_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    real_config(dir.path(), ZONE, |text| {
+        text.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:{port}\"]"),
+        )
+    });
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let source = gto::ConfigSource::File(dir.path().join("gto.toml"));
+
+    // Not parsed: nothing bound, the port stays free.
+    std::fs::write(dir.path().join("broken.toml"), "[server]\nlisten = 5\n").unwrap();
+    let broken = gto::ConfigSource::File(dir.path().join("broken.toml"));
+    let mut none = gto::handover::Inherited::default();
+    assert!(gto::dns::server::bind_ahead(&broken, &mut none).is_none());
+    assert!(!none.has_dns());
+
+    let mut inherited = gto::handover::Inherited::default();
+    let ahead = gto::dns::server::bind_ahead(&source, &mut inherited).expect("bound ahead");
+    assert_eq!(ahead.listen, vec![addr]);
+    // Taken now: a second bind ahead on the same port binds nothing.
+    let mut second = gto::handover::Inherited::default();
+    assert!(gto::dns::server::bind_ahead(&source, &mut second).is_none());
+    assert!(!second.has_dns());
+
+    // Sent while nothing serves: a UDP query, and a TCP connection with a query on it.
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let asked = query("vpn.gto.example.com.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    client.send_to(&asked, addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let asked_tcp = query("www.gto.example.com.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut framed = (asked_tcp.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&asked_tcp);
+    stream.write_all(&framed).await.unwrap();
+
+    let loaded = source.load().unwrap();
+    let app = gto::App::start_with(source, loaded, inherited)
+        .await
+        .unwrap();
+    assert_eq!(app.dns_addrs(), &[addr]);
+    let mut reply = vec![0u8; 1500];
+    let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut reply))
+        .await
+        .expect("the query sent before the start is answered")
+        .unwrap();
+    let reply = hickory_proto::op::Message::from_vec(&reply[..n]).unwrap();
+    assert_eq!(answers(&reply).len(), 2);
+    let mut length = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut length))
+        .await
+        .expect("the TCP query sent before the start is answered")
+        .unwrap();
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut reply).await.unwrap();
+    let reply = hickory_proto::op::Message::from_vec(&reply).unwrap();
+    assert!(!answers(&reply).is_empty(), "{reply:?}");
+    app.shutdown().await.unwrap();
+}
+
 /// A second gto started on the port a running one serves fails on its TCP listener
 /// before its UDP sockets exist, so it never joins the running gto's reuse-port group
 /// and takes none of its queries: twenty such attempts while four clients ask back to
