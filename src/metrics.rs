@@ -135,9 +135,10 @@ const SECONDS_BUCKETS: &[f64] = &[
 
 /// Starts the calibration of the clock the metrics recorder keeps time with, in a thread
 /// of its own. On a CPU with an invariant TSC, `quanta` (the recorder's clock) calibrates
-/// it once per process, spinning for 10-200 ms; begun first thing, that runs while the
-/// config and zones are read rather than between them and the binding of the sockets
-/// ([`install`] then finds it done, or waits only for what is left of it).
+/// it once per process, spinning for 1-200 ms (2-3 ms on the 2-core VM of the benches);
+/// `gto run` begins it once its sockets are bound ahead, so that it runs while the zones
+/// are read ([`install`] then finds it done, or waits only for what is left of it) and
+/// queries arriving meanwhile wait in the sockets.
 pub fn calibrate_clock_early() {
     let _ = std::thread::Builder::new()
         .name("gto-clock".into())

@@ -89,13 +89,15 @@ fn check(source: ConfigSource) -> ExitCode {
 }
 
 fn serve(source: ConfigSource) -> ExitCode {
-    crate::metrics::calibrate_clock_early();
     let mut inherited = match crate::handover::Inherited::from_env() {
         Ok(inherited) => inherited,
         Err(error) => return fail(&error),
     };
     // The listeners first: queries sent while the rest starts wait in the sockets.
     let ahead = crate::dns::server::bind_ahead(&source, &mut inherited);
+    // Then the metrics clock's calibration, beside the zones' loading rather than beside
+    // the binding (it spins a CPU).
+    crate::metrics::calibrate_clock_early();
     with_runtime(|| async move {
         let (loaded, signals, reload_queued) = match load_with_signals(&source).await {
             Ok(started) => started,
