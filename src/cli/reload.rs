@@ -7,7 +7,9 @@
 //! With `--pid` (the unit passes `$MAINPID`) it sends SIGHUP and watches the admin API's
 //! `GET /v1/status` (reads need no token) until `last_reload.number` grows; without it,
 //! it asks `POST /v1/reload` with the token of `[admin] token_file`. The admin address and
-//! token come from the config file, read leniently: the file may be the broken one.
+//! token come from the config file, read leniently: the file may be the broken one. With
+//! the admin API off there is no outcome to watch: the config is loaded here first (a
+//! refused one exits 64 with its problems, and no signal is sent), then SIGHUP alone.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -39,14 +41,33 @@ pub(super) fn reload(config: &Path, pid: Option<i32>) -> ExitCode {
     block_on(async {
         let target = match (Target::of(config), pid) {
             (Ok(Some(target)), _) => target,
-            // No admin API to ask: the signal alone, as `kill -HUP` would.
+            // No admin API to ask: the config is checked here first (a refused one is
+            // reported and not signalled), then the signal alone, as `kill -HUP` would.
             (Ok(None), Some(pid)) => {
+                let source = crate::ConfigSource::File(config.to_path_buf());
+                let checked = tokio::task::spawn_blocking(move || {
+                    source.load_within(crate::loaded::LOAD_TIMEOUT)
+                })
+                .await;
+                if let Ok(Err(errors)) = checked {
+                    let mut stderr = std::io::stderr();
+                    for error in errors.iter() {
+                        let _ = writeln!(stderr, "error: {error}");
+                    }
+                    let _ = writeln!(
+                        stderr,
+                        "reload refused: {} problem(s) found (checked here; no signal sent); \
+                         the running config keeps serving",
+                        errors.len()
+                    );
+                    return ExitCode::from(crate::EXIT_BAD_CONFIG);
+                }
                 return match hang_up(pid) {
                     Ok(()) => {
                         let _ = writeln!(
                             std::io::stdout(),
-                            "sent SIGHUP to {pid}; the admin API is off ([admin] enabled = \
-                             false), so the outcome is only in the log"
+                            "sent SIGHUP to {pid}; the config checks here, and the admin API \
+                             is off ([admin] enabled = false), so the outcome is only in the log"
                         );
                         ExitCode::SUCCESS
                     }

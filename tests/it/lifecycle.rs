@@ -787,6 +787,59 @@ async fn queries_sent_before_the_server_starts_are_answered_once_it_serves() {
     app.shutdown().await.unwrap();
 }
 
+/// `gto reload --pid` with the admin API off has no outcome to watch: it checks the
+/// config itself first, so a broken one exits 64 with its located problems and no signal
+/// (the running config keeps serving), and a good one is signalled (exit 0) and applied.
+#[tokio::test]
+async fn gto_reload_without_the_admin_api_refuses_a_broken_config_before_signalling() {
+    let dir = tempfile::tempdir().unwrap();
+    real_config_without_admin(dir.path(), "");
+    let config = dir.path().join("gto.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let mut gto = RealGto::run(&config);
+    let dns = gto.dns_addr().await;
+    wait_answering(dns, "vpn.gto.example.com.").await;
+    let reload = || {
+        crate::support::gto_bin()
+            .args([
+                OsStr::new("reload"),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ])
+            .args(["--pid", &gto.pid().to_string()])
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&config, good.replace("203.0.113.30", "203.0.113.300")).unwrap();
+    let output = reload();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("is not an IP address") && stderr.contains("gto.toml:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no signal sent"), "{stderr}");
+    std::fs::write(&config, good.replace("203.0.113.30", "203.0.113.31")).unwrap();
+    let output = reload();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = gto.wait_for_log("config reloaded").await;
+    assert!(line.contains("pool sma"), "{line}");
+    let reply = udp(dns, &query("vpn.gto.example.com.", RecordType::A, None))
+        .await
+        .0;
+    assert!(!answers(&reply).is_empty(), "still serving");
+    gto.signal("TERM");
+    // The broken config never reached the server.
+    let log = gto.log_to_end().await;
+    assert!(!log.contains("reload rejected"), "{log}");
+    assert!(gto.exit().await.success());
+}
+
 /// A second gto started on the port a running one serves fails on its TCP listener
 /// before its UDP sockets exist, so it never joins the running gto's reuse-port group
 /// and takes none of its queries: twenty such attempts while four clients ask back to
