@@ -21,6 +21,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
 
@@ -92,6 +93,9 @@ pub struct Inherited {
     dns: BTreeMap<SocketAddr, DnsSockets>,
     admin: BTreeMap<SocketAddr, TcpListener>,
     replaces: Option<i32>,
+    /// Sockets this process bound ahead of its start ([`Inherited::bound_ahead`]): shared
+    /// with the thread that releases them if the start has not taken them in time.
+    ahead: std::sync::Arc<Mutex<BTreeMap<SocketAddr, DnsSockets>>>,
 }
 
 impl Inherited {
@@ -173,26 +177,54 @@ impl Inherited {
         Ok(inherited)
     }
 
-    /// Whether a replaced gto passed DNS sockets on (or they were bound ahead,
-    /// [`Inherited::bound_ahead`]).
+    /// Whether DNS sockets are here: passed by a replaced gto, or bound ahead and not
+    /// released.
     pub fn has_dns(&self) -> bool {
-        !self.dns.is_empty()
+        !self.dns.is_empty() || !self.held().is_empty()
     }
 
-    /// Sockets this process bound itself before its config was fully loaded, taken by
-    /// the listeners as passed ones are ([`crate::dns::bind_ahead`]).
-    pub fn bound_ahead(&mut self, configured: SocketAddr, sockets: DnsSockets) {
-        self.dns.insert(configured, sockets);
+    /// Sockets this process bound itself before its config was fully loaded
+    /// ([`crate::dns::server::bind_ahead`]), taken by the listeners as passed ones are.
+    /// Queries wait in them meanwhile; a start that has not taken them within `hold`
+    /// releases them (closes them), so that clients are refused at once, as with no
+    /// socket, rather than kept waiting for answers that would come too late to use; the
+    /// listeners then bind again when the start gets to them.
+    pub fn bound_ahead(&mut self, sockets: Vec<(SocketAddr, DnsSockets)>, hold: Duration) {
+        self.held().extend(sockets);
+        let ahead = std::sync::Arc::downgrade(&self.ahead);
+        let _ = std::thread::Builder::new()
+            .name("gto-bound-ahead".into())
+            .spawn(move || {
+                std::thread::sleep(hold);
+                let Some(ahead) = ahead.upgrade() else {
+                    return;
+                };
+                let released = std::mem::take(&mut *ahead.lock().unwrap_or_else(|e| e.into_inner()));
+                if !released.is_empty() {
+                    tracing::info!(
+                        hold_ms = hold.as_millis() as u64,
+                        "the start takes longer than queries may wait: the sockets bound ahead are closed until it serves"
+                    );
+                }
+            });
     }
 
     /// Closes the DNS sockets bound ahead (their config turned out to differ).
     pub fn forget_dns(&mut self) {
-        self.dns.clear();
+        self.held().clear();
     }
 
-    /// The sockets of a DNS listen address, as configured, if they were passed.
+    /// The sockets of a DNS listen address, as configured, if they were passed (or bound
+    /// ahead and still held).
     pub fn take_dns(&mut self, configured: SocketAddr) -> Option<DnsSockets> {
-        self.dns.remove(&configured)
+        self.dns
+            .remove(&configured)
+            .or_else(|| self.held().remove(&configured))
+    }
+
+    /// The sockets bound ahead and still held.
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, DnsSockets>> {
+        self.ahead.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The admin API's listener for `configured`, if it was passed.

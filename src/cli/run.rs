@@ -94,7 +94,8 @@ fn serve(source: ConfigSource) -> ExitCode {
         Err(error) => return fail(&error),
     };
     // The listeners first: queries sent while the rest starts wait in the sockets.
-    let ahead = crate::dns::server::bind_ahead(&source, &mut inherited);
+    let ahead =
+        crate::dns::server::bind_ahead(&source, &mut inherited, crate::dns::server::AHEAD_HOLD);
     // Then the metrics clock's calibration, beside the zones' loading rather than beside
     // the binding (it spins a CPU).
     crate::metrics::calibrate_clock_early();

@@ -259,11 +259,18 @@ fn to_tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpList
     TcpListener::from_std(listener)
 }
 
+/// How long queries may wait in sockets bound ahead ([`bind_ahead`]) for the start to
+/// serve them: about a resolver's first timeout (unbound: 376 ms for a server it has no
+/// round trip for). An answer later than that is of no use, and a socket that holds
+/// queries unanswered keeps resolvers waiting where no socket refuses them at once.
+pub const AHEAD_HOLD: Duration = Duration::from_millis(500);
+
 /// Binds the DNS listeners of the config `source` names before the rest of a start (its
 /// zones and keys, the metrics clock, the state file, the first snapshot), into
 /// `inherited`, where [`DnsServer::start_with`] takes them: a query sent meanwhile waits in
 /// a socket and is answered once the workers start, where it would otherwise find no
-/// socket (a restart's silence, up to the sockets' buffers). Returns the settings bound
+/// socket (a restart's silence, up to the sockets' buffers). Sockets not taken within
+/// `hold` ([`AHEAD_HOLD`] for `gto run`) are closed, and bound again later. Returns the settings bound
 /// with, or `None` when nothing was bound: sockets passed by a replaced gto, a config
 /// that does not parse (the full load reports it), or an address that does not bind
 /// (the start binds again and reports it; a port another gto serves fails on TCP before
@@ -271,6 +278,7 @@ fn to_tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpList
 pub fn bind_ahead(
     source: &crate::loaded::ConfigSource,
     inherited: &mut crate::handover::Inherited,
+    hold: Duration,
 ) -> Option<ServerSettings> {
     if inherited.has_dns() {
         return None;
@@ -286,9 +294,7 @@ pub fn bind_ahead(
             }
         }
     }
-    for (addr, sockets) in bound {
-        inherited.bound_ahead(addr, sockets);
-    }
+    inherited.bound_ahead(bound, hold);
     Some(settings)
 }
 

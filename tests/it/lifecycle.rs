@@ -737,15 +737,16 @@ async fn queries_sent_before_the_server_starts_are_answered_once_it_serves() {
     std::fs::write(dir.path().join("broken.toml"), "[server]\nlisten = 5\n").unwrap();
     let broken = gto::ConfigSource::File(dir.path().join("broken.toml"));
     let mut none = gto::handover::Inherited::default();
-    assert!(gto::dns::server::bind_ahead(&broken, &mut none).is_none());
+    let hold = Duration::from_secs(60);
+    assert!(gto::dns::server::bind_ahead(&broken, &mut none, hold).is_none());
     assert!(!none.has_dns());
 
     let mut inherited = gto::handover::Inherited::default();
-    let ahead = gto::dns::server::bind_ahead(&source, &mut inherited).expect("bound ahead");
+    let ahead = gto::dns::server::bind_ahead(&source, &mut inherited, hold).expect("bound ahead");
     assert_eq!(ahead.listen, vec![addr]);
     // Taken now: a second bind ahead on the same port binds nothing.
     let mut second = gto::handover::Inherited::default();
-    assert!(gto::dns::server::bind_ahead(&source, &mut second).is_none());
+    assert!(gto::dns::server::bind_ahead(&source, &mut second, hold).is_none());
     assert!(!second.has_dns());
 
     // Sent while nothing serves: a UDP query, and a TCP connection with a query on it.
@@ -764,7 +765,7 @@ async fn queries_sent_before_the_server_starts_are_answered_once_it_serves() {
     stream.write_all(&framed).await.unwrap();
 
     let loaded = source.load().unwrap();
-    let app = gto::App::start_with(source, loaded, inherited)
+    let app = gto::App::start_with(source.clone(), loaded, inherited)
         .await
         .unwrap();
     assert_eq!(app.dns_addrs(), &[addr]);
@@ -784,6 +785,28 @@ async fn queries_sent_before_the_server_starts_are_answered_once_it_serves() {
     stream.read_exact(&mut reply).await.unwrap();
     let reply = hickory_proto::op::Message::from_vec(&reply).unwrap();
     assert!(!answers(&reply).is_empty(), "{reply:?}");
+    app.shutdown().await.unwrap();
+
+    // A start slower than the hold: the sockets are closed when it ends (clients are
+    // refused rather than kept waiting), and the start binds again.
+    let mut slow = gto::handover::Inherited::default();
+    let short = Duration::from_millis(50);
+    gto::dns::server::bind_ahead(&source, &mut slow, short).expect("bound ahead again");
+    assert!(std::net::TcpListener::bind(addr).is_err(), "held");
+    let mut released = false;
+    for _ in 0..250 {
+        if !slow.has_dns() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(released, "released after the hold");
+    drop(std::net::TcpListener::bind(addr).expect("the port is free once released"));
+    let loaded = source.load().unwrap();
+    let app = gto::App::start_with(source, loaded, slow).await.unwrap();
+    let (reply, _) = udp(addr, &query("vpn.gto.example.com.", RecordType::A, None)).await;
+    assert_eq!(answers(&reply).len(), 2);
     app.shutdown().await.unwrap();
 }
 
