@@ -51,8 +51,9 @@ pub(crate) fn fail(error: &dyn std::fmt::Display) -> ExitCode {
 /// How the binary ends the process at once ([`set_stop_at_once`]).
 static AT_ONCE: std::sync::OnceLock<fn() -> !> = std::sync::OnceLock::new();
 
-/// Sets how [`stopped`] ends the process: the binary's `_exit(0)`, which runs no exit
-/// handlers. Once per process; later calls do nothing. (The library has no `unsafe` code.)
+/// Sets how `gto run` ends the process once stopped: the binary's `_exit(0)`, which runs
+/// no exit handlers. Once per process; later calls do nothing. (The library has no
+/// `unsafe` code.)
 pub fn set_stop_at_once(exit: fn() -> !) {
     let _ = AT_ONCE.set(exit);
 }

@@ -99,7 +99,8 @@ pub enum Command {
     /// exit 0 when applied, 64 when refused (the problems on stderr; the running config
     /// keeps serving), 69 when the outcome cannot be learned. With --pid it signals the
     /// process (SIGHUP) and watches GET /v1/status; without, it asks POST /v1/reload with
-    /// the config's admin token.
+    /// the config's admin token. With the admin API off, it checks the config first (a
+    /// refused one is not signalled) and then only signals.
     Reload {
         /// The config file the server runs (for its admin address and token).
         #[arg(long, short)]
