@@ -199,7 +199,9 @@ impl Inherited {
                 let Some(ahead) = ahead.upgrade() else {
                     return;
                 };
-                let released = std::mem::take(&mut *ahead.lock().unwrap_or_else(|e| e.into_inner()));
+                let mut held = ahead.lock().unwrap_or_else(|e| e.into_inner());
+                let released = std::mem::take(&mut *held);
+                drop(held);
                 if !released.is_empty() {
                     tracing::info!(
                         hold_ms = hold.as_millis() as u64,

@@ -270,11 +270,11 @@ pub const AHEAD_HOLD: Duration = Duration::from_millis(500);
 /// `inherited`, where [`DnsServer::start_with`] takes them: a query sent meanwhile waits in
 /// a socket and is answered once the workers start, where it would otherwise find no
 /// socket (a restart's silence, up to the sockets' buffers). Sockets not taken within
-/// `hold` ([`AHEAD_HOLD`] for `gto run`) are closed, and bound again later. Returns the settings bound
-/// with, or `None` when nothing was bound: sockets passed by a replaced gto, a config
-/// that does not parse (the full load reports it), or an address that does not bind
-/// (the start binds again and reports it; a port another gto serves fails on TCP before
-/// any UDP socket could join its group).
+/// `hold` ([`AHEAD_HOLD`] for `gto run`) are closed, and bound again later. Returns the
+/// settings bound with, or `None` when nothing was bound: sockets passed by a replaced
+/// gto, a config that does not parse (the full load reports it), or an address that does
+/// not bind (the start binds again and reports it; a port another gto serves fails on TCP
+/// before any UDP socket could join its group).
 pub fn bind_ahead(
     source: &crate::loaded::ConfigSource,
     inherited: &mut crate::handover::Inherited,

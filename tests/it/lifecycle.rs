@@ -759,10 +759,7 @@ async fn queries_sent_before_the_server_starts_are_answered_once_it_serves() {
     let asked_tcp = query("www.gto.example.com.", RecordType::A, None)
         .to_vec()
         .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut framed = (asked_tcp.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&asked_tcp);
-    stream.write_all(&framed).await.unwrap();
+    crate::support::tcp_send(&mut stream, &asked_tcp).await;
 
     let loaded = source.load().unwrap();
     let app = gto::App::start_with(source.clone(), loaded, inherited)
@@ -776,13 +773,7 @@ async fn queries_sent_before_the_server_starts_are_answered_once_it_serves() {
         .unwrap();
     let reply = hickory_proto::op::Message::from_vec(&reply[..n]).unwrap();
     assert_eq!(answers(&reply).len(), 2);
-    let mut length = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut length))
-        .await
-        .expect("the TCP query sent before the start is answered")
-        .unwrap();
-    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
-    stream.read_exact(&mut reply).await.unwrap();
+    let reply = crate::support::tcp_receive(&mut stream).await;
     let reply = hickory_proto::op::Message::from_vec(&reply).unwrap();
     assert!(!answers(&reply).is_empty(), "{reply:?}");
     app.shutdown().await.unwrap();

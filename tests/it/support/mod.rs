@@ -158,9 +158,19 @@ pub async fn udp(addr: SocketAddr, message: &Message) -> (Message, usize) {
 /// Sends raw bytes over TCP (length-prefixed) and reads one reply.
 pub async fn tcp_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    tcp_send(&mut stream, bytes).await;
+    tcp_receive(&mut stream).await
+}
+
+/// Sends one message's bytes on a TCP connection, after their length.
+pub async fn tcp_send(stream: &mut TcpStream, bytes: &[u8]) {
     let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(bytes);
     stream.write_all(&framed).await.unwrap();
+}
+
+/// Reads one length-prefixed message from a TCP connection (within 2 s).
+pub async fn tcp_receive(stream: &mut TcpStream) -> Vec<u8> {
     let mut len = [0u8; 2];
     tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut len))
         .await
