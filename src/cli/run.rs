@@ -115,7 +115,17 @@ fn serve(source: ConfigSource) -> ExitCode {
         {
             inherited.forget_dns();
         }
-        let code = match App::start_with(source, loaded, inherited).await {
+        // The first snapshot is prepared on this thread (a big signed zone's first signing
+        // takes seconds): the signals are watched meanwhile on the runtime's workers, so
+        // that SIGTERM stops gto then too, at once, rather than once it serves.
+        let (started, starting) = tokio::sync::oneshot::channel::<()>();
+        let watching = tokio::spawn(watch_while_starting(signals, reload_queued, starting));
+        let app = App::start_with(source, loaded, inherited).await;
+        let _ = started.send(());
+        let Ok((signals, reload_queued)) = watching.await else {
+            return fail(&"the signal watch of the start ended");
+        };
+        let code = match app {
             Ok(app) => match app.run_until_signal(signals, reload_queued).await {
                 Ok(()) => None,
                 Err(error) => Some(fail(&error)),
@@ -129,6 +139,34 @@ fn serve(source: ConfigSource) -> ExitCode {
             None => super::exit::stopped(),
         }
     })
+}
+
+/// Watches the signals until `started` fires (the start is done, served or failed), then
+/// hands them back with whether a SIGHUP came meanwhile. SIGTERM or SIGINT before that
+/// ends gto at once with exit 0 (the state file is written only once gto serves; kept
+/// signatures being written are finished first).
+async fn watch_while_starting(
+    mut signals: Signals,
+    mut reload_queued: bool,
+    mut started: tokio::sync::oneshot::Receiver<()>,
+) -> (Signals, bool) {
+    loop {
+        tokio::select! {
+            _ = &mut started => return (signals, reload_queued),
+            signal = signals.next() => match signal {
+                Signal::Reload => reload_queued = true,
+                Signal::Stop => {
+                    tracing::info!("stopped while starting, before serving");
+                    // A kept-signatures file being written is finished, not cut.
+                    let _ = tokio::task::spawn_blocking(crate::dnssec::kept::finish_writes).await;
+                    super::exit::stopped();
+                }
+                Signal::Replace => {
+                    tracing::warn!("SIGUSR2 while starting: nothing to replace yet; ignored");
+                }
+            },
+        }
+    }
 }
 
 /// The embedded default, listening where the command line says.

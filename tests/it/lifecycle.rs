@@ -237,6 +237,38 @@ async fn sighup_and_sigterm_during_startup_do_not_kill_gto() {
     }
 }
 
+/// SIGTERM while the first snapshot is prepared (a signed zone's first signing, seconds
+/// for a big zone) stops gto at once with exit 0, before it serves, rather than once the
+/// signing is done.
+#[tokio::test]
+async fn sigterm_while_a_signed_zone_is_first_signed_stops_gto_before_it_serves() {
+    let mut zone = ZONE.to_string();
+    for i in 0..60_000 {
+        zone.push_str(&format!("h{i} IN A 192.0.2.{}\n", i % 250 + 1));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    real_config(dir.path(), &zone, |text| crate::dnssec::signed(&text));
+    crate::dnssec::keygen(dir.path(), "keys", &[]);
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    // Loaded: what follows is the first snapshot, 120,000 signatures and more.
+    gto.wait_for_log("zone loaded").await;
+    let asked = std::time::Instant::now();
+    gto.signal("TERM");
+    let log = gto.log_to_end().await;
+    let status = gto.exit().await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("stopped while starting"), "{log}");
+    assert!(
+        !log.contains("zone signed") && !log.contains("serving DNS"),
+        "{log}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_fifo_config_path_neither_hangs_check_nor_reload_and_sigterm_wins() {
     let dir = tempfile::tempdir().unwrap();
