@@ -252,7 +252,6 @@ async fn sigterm_while_a_signed_zone_is_first_signed_stops_gto_before_it_serves(
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
     // Loaded: what follows is the first snapshot, 120,000 signatures and more.
     gto.wait_for_log("zone loaded").await;
-    let asked = std::time::Instant::now();
     gto.signal("TERM");
     let log = gto.log_to_end().await;
     let status = gto.exit().await;
