@@ -261,11 +261,6 @@ async fn sigterm_while_a_signed_zone_is_first_signed_stops_gto_before_it_serves(
         !log.contains("zone signed") && !log.contains("serving DNS"),
         "{log}"
     );
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
 }
 
 #[tokio::test]
