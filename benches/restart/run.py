@@ -9,7 +9,9 @@ A prober sends --rate queries/s (default 20,000) over UDP on loopback, each for 
 name (q<n>.gto.example.com: an NXDOMAIN from the zone, so every query is answered by every
 server the same way), and records when each was sent and whether it was answered. Each
 restart's gap is the longest run of send times around it with no query answered; lost is
-how many queries in it went unanswered. Each server runs alone, one after the other, on
+how many queries in it went unanswered; late is the longest any query sent around a
+restart waited for its answer (one held in a socket while the server started counts as
+answered, and shows here). Each server runs alone, one after the other, on
 its own port; every step is bounded in time. Not a test: figures for the README and the
 issue.
 
@@ -46,6 +48,9 @@ class Prober:
         self.total = int(rate * seconds)
         self.sent = array.array("d", bytes(8 * self.total))
         self.answered = bytearray(self.total)
+        # When each answer came (its delay shows queries answered late, e.g. held in a
+        # socket bound before the server was ready).
+        self.received = array.array("d", bytes(8 * self.total))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.settimeout(0.2)
@@ -92,6 +97,7 @@ class Prober:
                 n = int(label[1:])
                 if n < self.total:
                     self.answered[n] = 1
+                    self.received[n] = time.monotonic()
 
     def start(self):
         self.threads = [threading.Thread(target=self.send_loop), threading.Thread(target=self.receive_loop)]
@@ -107,13 +113,22 @@ class Prober:
     def gap(self, after, before):
         """The longest run of unanswered sends between the times `after` and `before`, and
         the queries lost in the window."""
-        longest, lost, last_answered = 0.0, 0, None
+        return self.window(after, before)[:2]
+
+    def late(self, after, before):
+        """The longest an answered query sent between `after` and `before` waited."""
+        return self.window(after, before)[2]
+
+    def window(self, after, before):
+        """(longest gap, lost, longest answer delay) for sends between the two times."""
+        longest, lost, last_answered, late = 0.0, 0, None, 0.0
         run_start = None
         for n in range(self.count):
             t = self.sent[n]
             if t < after or t > before:
                 continue
             if self.answered[n]:
+                late = max(late, self.received[n] - t)
                 if run_start is not None and last_answered is not None:
                     longest = max(longest, t - last_answered)
                 run_start = None
@@ -122,7 +137,7 @@ class Prober:
                 lost += 1
                 if run_start is None:
                     run_start = t
-        return longest, lost
+        return longest, lost, late
 
 
 def wait_answer(port, limit):
@@ -165,8 +180,8 @@ def measure(server, records, port, gto, tries, rate):
         prober.finish()
         gaps = []
         for t0, t1 in events:
-            gap, lost = prober.gap(t0 - 0.2, t1 + 0.5)
-            gaps.append((gap, lost))
+            gap, lost, late = prober.window(t0 - 0.2, t1 + 0.5)
+            gaps.append((gap, lost, late))
         return {"server": server, "gaps": gaps, "sent": prober.count, "answered": sum(prober.answered)}
     finally:
         for p in procs:
@@ -265,8 +280,8 @@ def main():
         r = measure_replace(args.records, args.port, args.gto, args.tries, args.rate)
         if "error" in r:
             raise SystemExit(r["error"])
-        gaps = [g * 1000 for g, _ in r["gaps"]]
-        lost = sum(lost for _, lost in r["gaps"])
+        gaps = [g[0] * 1000 for g in r["gaps"]]
+        lost = sum(g[1] for g in r["gaps"])
         print(
             f"{args.records} extra A records; {args.tries} replacements (gto replace) under "
             f"{args.rate} queries/s: {lost} of {r['sent']} queries lost, longest gap "
@@ -277,7 +292,7 @@ def main():
         f"{args.records} extra A records; {args.tries} restarts (SIGTERM, exit, start) under "
         f"{args.rate} queries/s; gap = longest time with no query answered, in ms"
     )
-    print(f"{'server':8} {'median':>7} {'p90':>7} {'max':>7} {'over 15':>8} {'lost':>7} {'sent':>9}")
+    print(f"{'server':8} {'median':>7} {'p90':>7} {'max':>7} {'over 15':>8} {'lost':>7} {'sent':>9} {'late':>7}")
     for i, server in enumerate(args.servers.split(",")):
         if server != "gto" and shutil.which({"knot": "knotd", "gdnsd": "gdnsd"}.get(server, server)) is None:
             print(f"{server:8} not installed (../shared/bench/peers.sh setup installs it)")
@@ -286,13 +301,15 @@ def main():
         if "error" in r:
             print(f"{server:8} {r['error']}")
             continue
-        gaps = sorted(g * 1000 for g, _ in r["gaps"])
-        lost = sum(lost for _, lost in r["gaps"])
+        gaps = sorted(g[0] * 1000 for g in r["gaps"])
+        lost = sum(g[1] for g in r["gaps"])
+        late = max(g[2] for g in r["gaps"]) * 1000
         over = sum(1 for g in gaps if g > 15)
         median = gaps[len(gaps) // 2]
         p90 = gaps[min(len(gaps) - 1, int(len(gaps) * 0.9))]
-        print(f"{server:8} {median:7.1f} {p90:7.1f} {gaps[-1]:7.1f} {over:8} {lost:7} {r['sent']:9}")
-        print(f"{'':8} every gap: {' '.join(f'{g * 1000:.1f}' for g, _ in r['gaps'])}")
+        print(f"{server:8} {median:7.1f} {p90:7.1f} {gaps[-1]:7.1f} {over:8} {lost:7} {r['sent']:9} {late:7.1f}")
+        print(f"{'':8} every gap: {' '.join(f'{g[0] * 1000:.1f}' for g in r['gaps'])}")
+        print(f"{'':8} every late: {' '.join(f'{g[2] * 1000:.1f}' for g in r['gaps'])}")
         sys.stdout.flush()
 
 
