@@ -252,6 +252,39 @@ impl Prepared {
         self.fast = fast;
         self.index_pending = false;
     }
+
+    /// Drops the fast path's index, to be built again after the next snapshot is
+    /// published (the general path answers until then).
+    pub(super) fn index_later(&mut self) {
+        self.fast = Arc::new(FastIndex::default());
+        self.index_pending = true;
+    }
+
+    /// The zones whose static sets are signed on first use.
+    pub(super) fn zones_signed_on_first_use(&self) -> impl Iterator<Item = &PreparedZone> {
+        self.zones.iter().filter(|zone| {
+            zone.signing
+                .as_ref()
+                .is_some_and(|signing| signing.signs_on_first_use())
+        })
+    }
+
+    /// Puts `whole` in place of the zone signing `lazy`; false when no zone has it.
+    pub(super) fn replace_signing(
+        &mut self,
+        lazy: &Arc<super::ZoneSigning>,
+        whole: Arc<super::ZoneSigning>,
+    ) -> bool {
+        let Some(zone) = self.zones.iter_mut().find(|zone| {
+            zone.signing
+                .as_ref()
+                .is_some_and(|signing| Arc::ptr_eq(signing, lazy))
+        }) else {
+            return false;
+        };
+        zone.signing = Some(whole);
+        true
+    }
 }
 
 /// The prepared endpoints of every GSLB name, by (service index, pool index): its own

@@ -148,7 +148,21 @@ pub struct Builder {
         mpsc::UnboundedSender<Indexed>,
         mpsc::UnboundedReceiver<Indexed>,
     ),
+    /// True while a thread signs whole the zones a preparation signs on first use.
+    filling: bool,
+    /// Signings on first use whose whole signing failed: not tried again (they keep
+    /// serving) until a preparation replaces them.
+    unfilled: Vec<std::sync::Weak<super::ZoneSigning>>,
+    /// Whole signings made off the builder's task, each with the signing on first use it
+    /// replaces.
+    filled: (
+        mpsc::UnboundedSender<Vec<Filled>>,
+        mpsc::UnboundedReceiver<Vec<Filled>>,
+    ),
 }
+
+/// A zone's signing on first use, and its whole signing (None when it failed).
+type Filled = (Arc<super::ZoneSigning>, Option<Arc<super::ZoneSigning>>);
 
 /// An index of the fast path, and the preparation it is of.
 type Indexed = (u64, Arc<FastIndex>);
@@ -185,6 +199,9 @@ impl Builder {
             indexing: None,
             retired: Vec::new(),
             indexed: mpsc::unbounded_channel(),
+            filling: false,
+            unfilled: Vec::new(),
+            filled: mpsc::unbounded_channel(),
         };
         builder.report_selections();
         builder.report_leaders();
@@ -286,6 +303,79 @@ impl Builder {
             });
         if let Err(error) = spawned {
             warn!(%error, "cannot start a thread to index the zones; the general path answers");
+        }
+    }
+
+    /// Signs whole, in a thread of its own, the zones this preparation signs on first use
+    /// (a big zone's first preparation); [`run`] puts each in its place
+    /// ([`Builder::take_filled`]). One such thread at a time.
+    ///
+    /// [`run`]: Builder::run
+    fn fill_if_pending(&mut self) {
+        if self.filling {
+            return;
+        }
+        self.unfilled.retain(|weak| weak.strong_count() > 0);
+        let unfilled = &self.unfilled;
+        let zones: Vec<_> = self
+            .prepared
+            .zones_signed_on_first_use()
+            .filter(|zone| {
+                !unfilled.iter().any(|weak| {
+                    zone.signing
+                        .as_ref()
+                        .is_some_and(|signing| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(signing)))
+                })
+            })
+            .cloned()
+            .collect();
+        if zones.is_empty() {
+            return;
+        }
+        self.filling = true;
+        let loaded = self.loaded.clone();
+        let sender = self.filled.0.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gto-sign".into())
+            .spawn(move || {
+                let filled: Vec<Filled> = zones
+                    .iter()
+                    .filter_map(|zone| {
+                        let lazy = zone.signing.clone()?;
+                        Some((lazy, super::zones::sign_in_full(&loaded, zone)))
+                    })
+                    .collect();
+                drop(zones);
+                let _ = sender.send(filled);
+            });
+        if let Err(error) = spawned {
+            self.filling = false;
+            warn!(%error, "cannot start a thread to sign the zones; their sets stay signed on first use");
+        }
+    }
+
+    /// Puts whole signings in place of the signings on first use they were made for, where
+    /// the current preparation still has them (a reload that left the zone alone keeps
+    /// its signing), and publishes; the fast path's index is built again.
+    fn take_filled(&mut self, filled: Vec<Filled>) {
+        self.filling = false;
+        let mut replaced = false;
+        for (lazy, whole) in filled {
+            match whole {
+                Some(whole) => replaced |= self.prepared.replace_signing(&lazy, whole),
+                None => {
+                    warn!("a zone could not be signed whole; its sets stay signed on first use");
+                    self.unfilled.push(Arc::downgrade(&lazy));
+                }
+            }
+        }
+        if replaced {
+            self.epoch += 1;
+            self.prepared.index_later();
+            self.publish();
+            crate::memory::trim();
+        } else {
+            self.fill_if_pending();
         }
     }
 
@@ -437,6 +527,7 @@ impl Builder {
         self.report_selections();
         self.report_leaders();
         self.index_if_pending();
+        self.fill_if_pending();
     }
 
     /// Logs (once per change) and exports how each GSLB name selects its endpoints: an
@@ -480,6 +571,7 @@ impl Builder {
         // The first snapshot's index is started here, once the builder runs, which is
         // after the sockets are bound: at start-up it would take a core from that.
         self.index_if_pending();
+        self.fill_if_pending();
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             let release = self.retired.first().map(|(_, at)| *at + RETIRE_AFTER);
@@ -498,6 +590,7 @@ impl Builder {
                     self.apply_all(std::mem::take(&mut batch));
                 }
                 Some((epoch, fast)) = self.indexed.1.recv() => self.take_index(epoch, fast),
+                Some(filled) = self.filled.1.recv() => self.take_filled(filled),
                 () = token.cancelled() => break,
             }
         }

@@ -78,6 +78,16 @@ fn entry(
         return Some(Entry::General);
     }
     let signed = zone.signing.is_some();
+    if zone
+        .signing
+        .as_ref()
+        .is_some_and(|signing| signing.signs_on_first_use())
+        && !matches!(node, Node::Gslb)
+    {
+        // Static sets signed on first use, for a few seconds: the general path answers
+        // (an index of signed tails would sign the whole zone here).
+        return Some(Entry::General);
+    }
     let tail_for = |qtype, dnssec: bool| {
         let question = question_bytes(&name_ref, qtype);
         let mut r = snapshot.resolve(name, qtype, None);

@@ -17,7 +17,7 @@ use crate::routing::ZoneSigning;
 use crate::zone::RrSet;
 
 /// The static part of one zone.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct PreparedZone {
     pub(super) origin: LowerName,
     pub(super) negative_soa: Record,
@@ -55,22 +55,19 @@ pub(super) fn gslb_families(loaded: &Loaded) -> HashMap<LowerName, (bool, bool)>
     families
 }
 
-/// Signs a zone when its config asks for it and a key signs now; adds the DNSKEY, CDS and
-/// CDNSKEY RRsets to the apex. Failures are logged and leave the zone unsigned.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn sign_zone(
-    loaded: &Loaded,
-    index: usize,
-    records_digest: &[u8; 32],
-    before: Option<&Arc<ZoneSigning>>,
-    origin: &LowerName,
-    nodes: &mut Nodes,
-    cuts: &HashSet<LowerName>,
-    negative_soa: &Record,
-    families: &HashMap<LowerName, (bool, bool)>,
-) -> Option<Arc<ZoneSigning>> {
-    let spec = loaded.config.zones.get(index)?.dnssec.as_ref()?;
-    let ring = loaded.keys.get(index)?.as_ref()?;
+/// Adds the DNSKEY, CDS and CDNSKEY RRsets to a zone's apex when its config signs it.
+fn add_apex_keys(loaded: &Loaded, index: usize, origin: &LowerName, nodes: &mut Nodes) {
+    let Some(spec) = loaded
+        .config
+        .zones
+        .get(index)
+        .and_then(|z| z.dnssec.as_ref())
+    else {
+        return;
+    };
+    let Some(ring) = loaded.keys.get(index).and_then(Option::as_ref) else {
+        return;
+    };
     let now = crate::dnssec::now();
     let apex = hickory_proto::rr::Name::from(origin);
     // The apex's own copy (the zone keeps its sets).
@@ -85,6 +82,46 @@ pub(super) fn sign_zone(
             ));
         }
     });
+}
+
+/// How a preparation signs a zone whose signatures it cannot reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sign {
+    /// Whole, unless the zone is big ([`crate::routing::signing::SIGN_ON_FIRST_USE_FROM`]
+    /// names): then on first use, and whole later by the builder.
+    AtOnceOrOnFirstUse,
+    /// Whole now (the builder's thread, after a preparation that signs on first use).
+    Whole,
+}
+
+/// What of a prepared zone its signing reads.
+pub(super) struct ToSign<'a> {
+    pub(super) origin: &'a LowerName,
+    pub(super) nodes: &'a Arc<Nodes>,
+    pub(super) cuts: &'a Arc<HashSet<LowerName>>,
+    pub(super) negative_soa: &'a Record,
+}
+
+/// Signs a zone when its config asks for it and a key signs now (its apex's keys added by
+/// [`add_apex_keys`]). Failures are logged and leave the zone unsigned.
+pub(super) fn sign_zone(
+    loaded: &Loaded,
+    index: usize,
+    records_digest: &[u8; 32],
+    before: Option<&Arc<ZoneSigning>>,
+    zone: &ToSign<'_>,
+    families: &HashMap<LowerName, (bool, bool)>,
+    how: Sign,
+) -> Option<Arc<ZoneSigning>> {
+    let spec = loaded.config.zones.get(index)?.dnssec.as_ref()?;
+    let ring = loaded.keys.get(index)?.as_ref()?;
+    let now = crate::dnssec::now();
+    let ToSign {
+        origin,
+        nodes,
+        cuts,
+        negative_soa,
+    } = *zone;
     let inputs = {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
@@ -118,29 +155,23 @@ pub(super) fn sign_zone(
         negative_soa,
         gslb_families: families,
     };
-    // Signatures kept beside the state file by the last preparation (this process's or
-    // the one before a restart): what still signs the same bytes is reused.
-    let kept_path = loaded
-        .config
-        .server
-        .state_file
-        .as_deref()
-        .map(|state| crate::dnssec::kept::path_for(state, &origin.to_string()));
-    let mut keeping = kept_path
-        .as_deref()
-        .map(|path| crate::dnssec::kept::Keeping::read(path, now))
-        .unwrap_or_default();
-    match ZoneSigning::new(&content, ring, now, &mut keeping) {
+    let big = nodes.len() >= crate::routing::signing::SIGN_ON_FIRST_USE_FROM;
+    let signed = if how == Sign::AtOnceOrOnFirstUse && big {
+        ZoneSigning::on_first_use(&content, nodes.clone(), cuts.clone(), ring, now).map(|lazy| {
+            lazy.inspect(|lazy| {
+                info!(
+                    zone = %origin,
+                    names = nodes.len(),
+                    signed = lazy.signed,
+                    "zone served signed on first use; the rest is signed in the background"
+                );
+            })
+        })
+    } else {
+        sign_whole(loaded, origin, &content, ring, now)
+    };
+    match signed {
         Ok(Some(mut signing)) => {
-            info!(
-                zone = %origin,
-                signed = signing.signed,
-                reused = signing.reused,
-                "zone signed"
-            );
-            if let Some(path) = kept_path.filter(|_| signing.signed > 0) {
-                keeping.write_later(path, &signing.window);
-            }
             signing.inputs = inputs;
             // The next time this preparation goes stale: a key event, or a rollover due.
             let lifetime_due = spec.lifetime.and_then(|lifetime| {
@@ -181,6 +212,42 @@ pub(super) fn sign_zone(
     }
 }
 
+/// Signs the whole zone, reusing the signatures kept beside the state file and writing
+/// them again when any was made.
+fn sign_whole(
+    loaded: &Loaded,
+    origin: &LowerName,
+    content: &crate::routing::ZoneContent<'_>,
+    ring: &crate::dnssec::keys::KeyRing,
+    now: u64,
+) -> Result<Option<ZoneSigning>, crate::dnssec::SignError> {
+    // Signatures kept beside the state file by the last preparation (this process's or
+    // the one before a restart): what still signs the same bytes is reused.
+    let kept_path = loaded
+        .config
+        .server
+        .state_file
+        .as_deref()
+        .map(|state| crate::dnssec::kept::path_for(state, &origin.to_string()));
+    let mut keeping = kept_path
+        .as_deref()
+        .map(|path| crate::dnssec::kept::Keeping::read(path, now))
+        .unwrap_or_default();
+    let signed = ZoneSigning::new(content, ring, now, &mut keeping)?;
+    if let Some(signing) = &signed {
+        info!(
+            zone = %origin,
+            signed = signing.signed,
+            reused = signing.reused,
+            "zone signed"
+        );
+        if let Some(path) = kept_path.filter(|_| signing.signed > 0) {
+            keeping.write_later(path, &signing.window);
+        }
+    }
+    Ok(signed)
+}
+
 /// The static part of one zone: its names (with the SOA at the apex, GSLB names and empty
 /// non-terminals), delegations, negative SOA, and signatures (reused from `before` when
 /// its inputs are unchanged and fresh).
@@ -206,25 +273,56 @@ pub(super) fn prepare_zone(
     let mut negative_soa = zone.soa().clone();
     negative_soa.ttl = zone.negative_ttl();
     let cuts: HashSet<LowerName> = zone.cuts().iter().cloned().collect();
+    add_apex_keys(loaded, index, &origin, &mut nodes);
+    let (nodes, cuts) = (Arc::new(nodes), Arc::new(cuts));
+    let to_sign = ToSign {
+        origin: &origin,
+        nodes: &nodes,
+        cuts: &cuts,
+        negative_soa: &negative_soa,
+    };
     let signing = sign_zone(
         loaded,
         index,
         zone.text_digest(),
         before,
-        &origin,
-        &mut nodes,
-        &cuts,
-        &negative_soa,
+        &to_sign,
         families,
+        Sign::AtOnceOrOnFirstUse,
     );
     PreparedZone {
         origin,
         negative_soa,
-        nodes: Arc::new(nodes),
-        cuts: Arc::new(cuts),
+        nodes,
+        cuts,
         has_wildcards: zone.has_wildcards(),
         signing,
     }
+}
+
+/// The whole signing of a prepared zone that signs on first use (same inputs, same
+/// names), for the builder to put in its place; None when the zone is no longer in
+/// `loaded` or cannot be signed.
+pub(super) fn sign_in_full(loaded: &Loaded, zone: &PreparedZone) -> Option<Arc<ZoneSigning>> {
+    let index = loaded
+        .zones
+        .iter()
+        .position(|z| *z.origin() == zone.origin)?;
+    let to_sign = ToSign {
+        origin: &zone.origin,
+        nodes: &zone.nodes,
+        cuts: &zone.cuts,
+        negative_soa: &zone.negative_soa,
+    };
+    sign_zone(
+        loaded,
+        index,
+        loaded.zones.get(index)?.text_digest(),
+        None,
+        &to_sign,
+        &gslb_families(loaded),
+        Sign::Whole,
+    )
 }
 
 /// Every ancestor of an existing name, up to the apex, exists too.

@@ -557,6 +557,103 @@ async fn unbound_validates_a_big_zone_signed_by_several_threads() {
     assert!(nothing.is_empty());
 }
 
+/// The status of the one signed zone of `routing`'s live snapshot.
+fn zone_status(routing: &gto::routing::RoutingHandle) -> serde_json::Value {
+    let status = gto::routing::status_json(&routing.load_full());
+    assert_eq!(status.len(), 1, "{status:?}");
+    status[0].clone()
+}
+
+/// Issue 35: a big zone's first preparation answers before its signatures are made: the
+/// static sets are signed when first asked (unbound validates every kind of answer, the
+/// names of the zone's bulk and their NODATA), while the builder signs the whole zone in
+/// a thread of its own and then serves that, keeping its signatures beside the state file;
+/// a restart answers signed on first use again and fills from the kept signatures,
+/// signing nothing.
+#[tokio::test]
+async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        signed(&geo_config("")).replacen("[server]\n", "[server]\nstate_file = \"gto.state\"\n", 1);
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    let bulk: String = (0..20_000)
+        .map(|i| format!("bulk{i} IN A 10.0.{}.{}\n", (i >> 8) & 255, i & 255))
+        .collect();
+    std::fs::write(
+        dir.path().join("gto.example.com.zone"),
+        format!("{}{bulk}", zone()),
+    )
+    .unwrap();
+    keygen(dir.path(), "keys", &[]);
+    let loaded = gto::ConfigSource::File(dir.path().join("gto.toml"))
+        .load()
+        .unwrap();
+    let settings = loaded.config.server.clone();
+
+    // The builder is not run yet, so the first snapshot stays as it starts: signing on
+    // first use, with only the GSLB names' proofs, the wildcard's chain and the SOA signed.
+    let builder = gto::routing::Builder::new(loaded);
+    let routing = builder.handle();
+    let status = zone_status(&routing);
+    assert_eq!(status["signed_on_first_use"], true, "{status}");
+    let at_start = status["signed_at_preparation"].as_u64().unwrap();
+    assert!(at_start < 100, "{status}");
+    let dns = gto::dns::DnsServer::start(&settings, 64, routing.clone())
+        .await
+        .unwrap();
+    let addr = dns.local_addrs()[0];
+    validated_at(dir.path(), addr).await;
+    let anchors = ds_of(dir.path());
+    let bulk_validates = || async {
+        let unbound = Unbound::start("gto.example.com.", addr, &anchors).await;
+        for (i, want) in [
+            (0, "10.0.0.0"),
+            (7_777, "10.0.30.97"),
+            (19_999, "10.0.78.31"),
+        ] {
+            let name = format!("bulk{i}.gto.example.com");
+            let answers = expect_ad(&unbound, &[&name, "A"], "NOERROR").await;
+            assert_eq!(answers, [want], "{name}");
+            let nodata = expect_ad(&unbound, &[&name, "TXT"], "NOERROR").await;
+            assert!(nodata.is_empty(), "{name} TXT: {nodata:?}");
+        }
+    };
+    bulk_validates().await;
+    assert_eq!(zone_status(&routing)["signed_on_first_use"], true);
+
+    // The builder runs: the zone is signed whole off its task and served.
+    let (events, receiver) = tokio::sync::mpsc::channel(16);
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(builder.run(receiver, token.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while zone_status(&routing)["signed_on_first_use"] == true {
+        assert!(tokio::time::Instant::now() < deadline, "never signed whole");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = zone_status(&routing);
+    let whole = status["signed_at_preparation"].as_u64().unwrap();
+    // An A set and a NODATA proof for each of the 20,000 names, at least.
+    assert!(whole > 40_000, "{status}");
+    validated_at(dir.path(), addr).await;
+    bulk_validates().await;
+    token.cancel();
+    drop(events);
+    run.await.unwrap();
+    dns.shutdown(Duration::from_secs(1)).await.unwrap();
+    gto::dnssec::kept::finish_writes();
+    let kept = dir.path().join("gto.state.signatures.gto.example.com");
+    assert!(kept.is_file(), "no kept signatures at {}", kept.display());
+
+    // A restart answers at once and fills from the kept signatures.
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    gto.wait_for_log("zone served signed on first use").await;
+    let line = gto.wait_for_log("zone signed").await;
+    assert_eq!(signed_counts(&line), (0, whole), "{line}");
+    validated_at(dir.path(), gto.dns_addr().await).await;
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
+
 /// The `signed=` and `reused=` counts of a "zone signed" log line.
 fn signed_counts(line: &str) -> (u64, u64) {
     let count = |name: &str| -> u64 {
