@@ -39,6 +39,7 @@ pub fn status_json(snapshot: &Snapshot) -> Vec<serde_json::Value> {
                 "next_key_event": signing.next_event.map(time),
                 "waiting_for_parent": signing.waiting_for_parent,
                 "signed_at_preparation": signing.signed,
+                "reused_at_preparation": signing.reused,
                 "signed_on_first_use": signing.signs_on_first_use(),
                 "cached_sets": signing.cache.len() + signing.gslb_cache.len(),
             })

@@ -654,6 +654,64 @@ async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
     assert!(gto.exit().await.success());
 }
 
+/// Issue 35: a reload while a big zone is signed whole in the background (its first
+/// preparation signs on first use) ends signed whole too: the reload's preparation signs
+/// on first use again and is filled in turn, whatever the first filling had done by then
+/// (its result, for a preparation no longer served, is dropped). The new name validates.
+#[tokio::test]
+async fn a_reload_while_a_big_zone_is_signed_in_the_background_ends_signed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        signed(&geo_config("")).replacen("[server]\n", "[server]\nstate_file = \"gto.state\"\n", 1);
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    let bulk: String = (0..20_000)
+        .map(|i| format!("bulk{i} IN A 10.0.{}.{}\n", (i >> 8) & 255, i & 255))
+        .collect();
+    let zone_file = dir.path().join("gto.example.com.zone");
+    std::fs::write(&zone_file, format!("{}{bulk}", zone())).unwrap();
+    keygen(dir.path(), "keys", &[]);
+    let mut gto = RealGto::run(&dir.path().join("gto.toml"));
+    gto.wait_for_log("zone served signed on first use").await;
+    // At once, while the first preparation is signed whole: a new name and serial.
+    let text = std::fs::read_to_string(&zone_file).unwrap();
+    let bumped = text.replacen("2026112501 ; serial", "2026112502 ; serial", 1);
+    assert_ne!(bumped, text, "the zone's serial was not found");
+    std::fs::write(&zone_file, format!("{bumped}added IN A 192.0.2.99\n")).unwrap();
+    gto.signal("HUP");
+    gto.wait_for_log("config reloaded").await;
+    let admin = gto.admin_addr().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, status) = crate::support::http_json(admin, "GET", "/v1/status", None, "").await;
+        let zones = status["dnssec"].as_array().cloned().unwrap_or_default();
+        assert_eq!(zones.len(), 1, "{status}");
+        if zones[0]["signed_on_first_use"] == false {
+            // Signed whole: every name's A set and NODATA proof, at least, made or
+            // reused from what the first filling kept.
+            let signed = zones[0]["signed_at_preparation"].as_u64().unwrap();
+            let reused = zones[0]["reused_at_preparation"].as_u64().unwrap();
+            assert!(signed + reused > 40_000, "{status}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never signed whole: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = gto.dns_addr().await;
+    let anchors = ds_of(dir.path());
+    let unbound = Unbound::start("gto.example.com.", addr, &anchors).await;
+    let added = expect_ad(&unbound, &["added.gto.example.com", "A"], "NOERROR").await;
+    assert_eq!(added, ["192.0.2.99"]);
+    let bulk = expect_ad(&unbound, &["bulk7777.gto.example.com", "A"], "NOERROR").await;
+    assert_eq!(bulk, ["10.0.30.97"]);
+    drop(unbound);
+    validated_at(dir.path(), addr).await;
+    gto.signal("TERM");
+    assert!(gto.exit().await.success());
+}
+
 /// The `signed=` and `reused=` counts of a "zone signed" log line.
 fn signed_counts(line: &str) -> (u64, u64) {
     let count = |name: &str| -> u64 {
