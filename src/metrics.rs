@@ -2,12 +2,13 @@
 //! prefix; label values come from small fixed sets (no client addresses, no query names).
 //!
 //! Metrics go through the `metrics` facade; without an installed recorder they cost a
-//! branch. The Prometheus exporter is installed by the admin listener.
+//! branch. [`install`] puts gto's recorder in place, which forwards to the Prometheus
+//! exporter's once that is built.
 
 use std::sync::OnceLock;
 
 use metrics::{Unit, describe_counter, describe_gauge};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Queries answered, by `transport` (udp, tcp), `qtype` and `rcode`.
 pub const DNS_QUERIES_TOTAL: &str = "gto_dns_queries_total";
@@ -133,47 +134,65 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Starts the calibration of the clock the metrics recorder keeps time with, in a thread
-/// of its own. On a CPU with an invariant TSC, `quanta` (the recorder's clock) calibrates
-/// it once per process, spinning for 1-200 ms (2-3 ms on the 2-core VM of the benches);
-/// `gto run` begins it once its sockets are bound ahead, so that it runs while the zones
-/// are read ([`install`] then finds it done, or waits only for what is left of it) and
-/// queries arriving meanwhile wait in the sockets.
-pub fn calibrate_clock_early() {
-    let _ = std::thread::Builder::new()
-        .name("gto-clock".into())
-        .spawn(|| drop(quanta::Clock::new()));
-}
+mod forward;
 
-/// Installs the Prometheus recorder (once per process) and describes every metric; returns
-/// the handle `/metrics` renders.
-pub fn install() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
+/// Installs gto's recorder (once per process) and begins building the Prometheus one
+/// behind it, in a thread of its own that then folds histogram samples every
+/// [`UPKEEP_EVERY`]. The Prometheus recorder's clock calibrates once per process
+/// (`quanta`, on a CPU with an invariant TSC: 1-200 ms of spinning; 2-3 ms on the 2-core
+/// VM of the benches); nothing waits for it: what is counted meanwhile is kept and handed
+/// over ([`forward`]). `gto run` installs it once its sockets are bound ahead, so that the
+/// calibration runs while the zones are read. Returns the handle `/metrics` renders.
+pub fn install() -> MetricsHandle {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // Another recorder may already be installed (an embedding program); then our
+        // handle renders nothing, which /metrics shows plainly.
+        let _ = metrics::set_global_recorder(forward::Forwarding);
+        let build = || {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            // Histogram samples are buffered until upkeep folds them into their buckets;
-            // without it memory grows with every query. One thread for the process.
-            let upkeep = handle.clone();
-            let _ = std::thread::Builder::new()
-                .name("gto-metrics".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(UPKEEP_EVERY);
-                        upkeep.run_upkeep();
-                    }
-                });
-            // Another recorder may already be installed (an embedding program); then our
-            // handle renders nothing, which /metrics shows plainly.
-            let _ = metrics::set_global_recorder(recorder);
+            let upkeep = recorder.handle();
+            forward::ready(recorder);
             describe_all();
-            handle
-        })
-        .clone()
+            upkeep
+        };
+        let spawned = std::thread::Builder::new()
+            .name("gto-metrics".into())
+            .spawn(move || {
+                let upkeep = build();
+                // Histogram samples are buffered until upkeep folds them into their
+                // buckets; without it memory grows with every query.
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
+        if spawned.is_err() {
+            // No thread: built here (a wait for the clock), with no upkeep.
+            build();
+        }
+    });
+    MetricsHandle
+}
+
+/// What `/metrics` renders: the Prometheus recorder's series.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsHandle;
+
+impl MetricsHandle {
+    /// The series in Prometheus's text format, when the recorder is built.
+    pub fn try_render(&self) -> Option<String> {
+        forward::recorder().map(|recorder| recorder.handle().render())
+    }
+
+    /// The series in Prometheus's text format, waiting for the recorder to be built (at
+    /// most its clock's calibration, in the first moments of the process).
+    pub fn render(&self) -> String {
+        forward::wait().handle().render()
+    }
 }
 
 /// What kind of series a metric is.

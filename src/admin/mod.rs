@@ -46,7 +46,6 @@ use axum::Router;
 use axum::routing::{get, post, put};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -79,7 +78,7 @@ pub struct AdminState {
     /// The admin settings (bearer token, drain bound), swapped on reload.
     pub settings: Arc<ArcSwap<AdminSettings>>,
     /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
+    pub metrics: crate::metrics::MetricsHandle,
     /// Opens once the first snapshot is published.
     pub ready: Arc<AtomicBool>,
     /// When gto started, for status.

@@ -1342,7 +1342,14 @@ pub(super) async fn reload(
 
 /// `GET /metrics`.
 pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
-    let mut text = state.metrics.render();
+    let handle = state.metrics;
+    let mut text = match handle.try_render() {
+        Some(text) => text,
+        // In the first moments of the process: the recorder is being built.
+        None => tokio::task::spawn_blocking(move || handle.render())
+            .await
+            .unwrap_or_default(),
+    };
     // Per-endpoint gauges come from the running config's endpoints at scrape time, so an
     // endpoint a reload removed has no series left.
     let members = state.health.status().await;

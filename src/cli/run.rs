@@ -96,9 +96,9 @@ fn serve(source: ConfigSource) -> ExitCode {
     // The listeners first: queries sent while the rest starts wait in the sockets.
     let ahead =
         crate::dns::server::bind_ahead(&source, &mut inherited, crate::dns::server::AHEAD_HOLD);
-    // Then the metrics clock's calibration, beside the zones' loading rather than beside
-    // the binding (it spins a CPU).
-    crate::metrics::calibrate_clock_early();
+    // Then the metrics recorder, whose clock's calibration (it spins a CPU) runs beside
+    // the zones' loading rather than beside the binding; nothing waits for it.
+    crate::metrics::install();
     with_runtime(|| async move {
         let (loaded, signals, reload_queued) = match load_with_signals(&source).await {
             Ok(started) => started,
