@@ -295,7 +295,6 @@ impl Builder {
         let spawned = std::thread::Builder::new()
             .name("gto-index".into())
             .spawn(move || {
-                in_background();
                 let started = Instant::now();
                 let fast = FastIndex::build(&snapshot);
                 debug!(names = fast.len(), took = ?started.elapsed(), "fast path index built");
@@ -339,7 +338,6 @@ impl Builder {
         let spawned = std::thread::Builder::new()
             .name("gto-sign".into())
             .spawn(move || {
-                in_background();
                 let filled: Vec<Filled> = zones
                     .iter()
                     .filter_map(|zone| {
@@ -602,18 +600,6 @@ impl Builder {
         std::mem::forget(self);
     }
 }
-
-/// Lowers the calling thread's priority (nice 10; the threads it starts inherit it): the
-/// seconds of a big zone's whole signing, or of its fast path's index, take from the
-/// answering threads only the CPU they leave.
-fn in_background() {
-    if let Err(error) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
-        debug!(%error, "cannot lower a background thread's priority");
-    }
-}
-
-/// The nice value of the builder's background threads.
-const BACKGROUND_NICE: i32 = 10;
 
 /// How long a replaced snapshot is held before the builder drops it: far longer than a
 /// query reads one (a batch of answers), so the query threads never hold the last
