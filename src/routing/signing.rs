@@ -224,6 +224,17 @@ fn nsec_types(sets: &[crate::zone::RrSet], is_cut: bool) -> Vec<RecordType> {
         .collect()
 }
 
+/// What a preparation signed (see the fields of [`ZoneSigning`]).
+struct Signatures {
+    static_sigs: Shards<(LowerName, RecordType), SetSigs>,
+    nsec: Shards<LowerName, NsecSigs>,
+    gslb_nsec: Map<(LowerName, bool, bool), Signed>,
+    wildcard_chains: HashMap<LowerName, Vec<Signed>>,
+    signed: u64,
+    reused: u64,
+    on_first_use: Option<OnFirstUse>,
+}
+
 /// Signs the sets of one preparation with its keys and window, counting signatures.
 #[derive(Clone)]
 struct Signer<'k> {
@@ -685,30 +696,54 @@ impl ZoneSigning {
         let (window, signed, reused) = (signer.window, signer.signed, signer.reused);
         entries.push(signer.part);
         keeping.entries = entries;
+        let signatures = Signatures {
+            static_sigs,
+            nsec,
+            gslb_nsec,
+            wildcard_chains,
+            signed,
+            reused,
+            on_first_use: None,
+        };
+        let keys = (zone_signers, key_signers);
+        Ok(Some(Self::assemble(
+            origin, keys, window, content, signatures,
+        )))
+    }
+
+    /// A zone's signing from what a preparation signed with `keys` (zone signers, key
+    /// signers) in `window`, with the SOA's signatures for negative answers.
+    fn assemble(
+        origin: Name,
+        (zone_signers, key_signers): (Vec<Arc<Key>>, Vec<Arc<Key>>),
+        window: Window,
+        content: &ZoneContent<'_>,
+        signatures: Signatures,
+    ) -> Self {
         let this = Self {
             origin,
             zone_signers,
             key_signers,
             window,
-            static_sigs,
+            static_sigs: signatures.static_sigs,
             negative_soa: content.negative_soa.clone(),
             negative_soa_sigs: Vec::new(),
-            nsec,
-            gslb_nsec,
-            wildcard_chains,
-            nsec_ttl,
+            nsec: signatures.nsec,
+            gslb_nsec: signatures.gslb_nsec,
+            wildcard_chains: signatures.wildcard_chains,
+            nsec_ttl: content.negative_soa.ttl,
             cache: SigCache::default(),
             gslb_cache: SigCache::default(),
             budget: Budget::default(),
-            signed,
-            reused,
+            signed: signatures.signed,
+            reused: signatures.reused,
             next_event: None,
             waiting_for_parent: Vec::new(),
             inputs: [0; 32],
             keys_dir: None,
-            on_first_use: None,
+            on_first_use: signatures.on_first_use,
         };
-        Ok(Some(this.with_negative_soa_sigs(content)))
+        this.with_negative_soa_sigs(content)
     }
 
     /// With the signatures of the SOA as negative answers carry it (the negative TTL).
@@ -785,27 +820,13 @@ impl ZoneSigning {
             &mut |owner: &Name, records: &[&Record]| signer.sign(zone_keys, owner, records),
         )?;
         let (window, signed) = (signer.window, signer.signed);
-        let this = Self {
-            origin,
-            zone_signers,
-            key_signers,
-            window,
+        let signatures = Signatures {
             static_sigs: Shards::default(),
-            negative_soa: content.negative_soa.clone(),
-            negative_soa_sigs: Vec::new(),
             nsec: Shards::default(),
             gslb_nsec: made.gslb_nsec,
             wildcard_chains,
-            nsec_ttl,
-            cache: SigCache::default(),
-            gslb_cache: SigCache::default(),
-            budget: Budget::default(),
             signed,
             reused: 0,
-            next_event: None,
-            waiting_for_parent: Vec::new(),
-            inputs: [0; 32],
-            keys_dir: None,
             on_first_use: Some(OnFirstUse {
                 nodes,
                 cuts,
@@ -813,7 +834,10 @@ impl ZoneSigning {
                 signed: SigCache::default(),
             }),
         };
-        Ok(Some(this.with_negative_soa_sigs(content)))
+        let keys = (zone_signers, key_signers);
+        Ok(Some(Self::assemble(
+            origin, keys, window, content, signatures,
+        )))
     }
 
     /// True while static sets are signed on first use (the builder has yet to sign the
