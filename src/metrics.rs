@@ -138,10 +138,10 @@ mod forward;
 
 /// Installs gto's recorder (once per process) and begins building the Prometheus one
 /// behind it, in a thread of its own that then folds histogram samples every
-/// [`UPKEEP_EVERY`]. The Prometheus recorder's clock calibrates once per process
+/// two seconds. The Prometheus recorder's clock calibrates once per process
 /// (`quanta`, on a CPU with an invariant TSC: 1-200 ms of spinning; 2-3 ms on the 2-core
 /// VM of the benches); nothing waits for it: what is counted meanwhile is kept and handed
-/// over ([`forward`]). `gto run` installs it once its sockets are bound ahead, so that the
+/// over. `gto run` installs it once its sockets are bound ahead, so that the
 /// calibration runs while the zones are read. Returns the handle `/metrics` renders.
 pub fn install() -> MetricsHandle {
     static INSTALLED: OnceLock<()> = OnceLock::new();
