@@ -285,12 +285,24 @@ type Slot = Arc<OnceLock<Option<Arc<Signed>>>>;
 #[derive(Debug)]
 pub struct SigCache<K = CacheKey> {
     map: Mutex<HashMap<K, Slot, foldhash::fast::RandomState>>,
+    /// Sets held at most: a full cache is emptied before it takes another.
+    capacity: usize,
 }
 
 impl<K> Default for SigCache<K> {
     fn default() -> Self {
+        Self::with_capacity(CACHE_CAPACITY)
+    }
+}
+
+impl<K> SigCache<K> {
+    /// A cache that holds at most `capacity` sets: [`CACHE_CAPACITY`] for sets a client
+    /// can choose; more for sets a zone bounds (a big zone's static sets signed on first
+    /// use, every one of which may be asked for before the zone is signed whole).
+    pub fn with_capacity(capacity: usize) -> Self {
         Self {
             map: Mutex::new(HashMap::default()),
+            capacity,
         }
     }
 }
@@ -323,7 +335,7 @@ impl<K: std::hash::Hash + Eq> SigCache<K> {
                             .increment(1);
                         return None;
                     }
-                    if map.len() >= CACHE_CAPACITY {
+                    if map.len() >= self.capacity {
                         map.clear();
                     }
                     map.entry(key).or_default().clone()

@@ -200,6 +200,17 @@ pub struct OnFirstUse {
 /// a second instead of after the seconds its 400,000 signatures take.
 pub const SIGN_ON_FIRST_USE_FROM: usize = 20_000;
 
+/// How many sets the zone's names hold.
+fn nodes_sets(nodes: &Nodes) -> usize {
+    nodes
+        .iter()
+        .map(|(_, node)| match node {
+            Node::Static(sets) => sets.len(),
+            Node::EmptyNonTerminal | Node::Gslb => 0,
+        })
+        .sum()
+}
+
 /// Whether `name` is below one of `cuts` (occluded, or glue): not ours to sign.
 fn below_cut(origin: &LowerName, cuts: &HashSet<LowerName>, name: &LowerName) -> bool {
     if cuts.is_empty() {
@@ -828,10 +839,13 @@ impl ZoneSigning {
             signed,
             reused: 0,
             on_first_use: Some(OnFirstUse {
+                // Room for every static set and NODATA proof of the zone (and as many
+                // again), so that answers across the whole zone never empty it and have
+                // their sets signed again.
+                signed: SigCache::with_capacity(2 * nodes.len() + nodes_sets(&nodes)),
                 nodes,
                 cuts,
                 origin: content.origin.clone(),
-                signed: SigCache::default(),
             }),
         };
         let keys = (zone_signers, key_signers);
