@@ -235,15 +235,16 @@ fn sign_whole(
         .unwrap_or_default();
     let signed = ZoneSigning::new(content, ring, now, &mut keeping)?;
     if let Some(signing) = &signed {
+        // The write is under way (a SIGTERM waits for it) before the log says so.
+        if let Some(path) = kept_path.filter(|_| signing.signed > 0) {
+            keeping.write_later(path, &signing.window);
+        }
         info!(
             zone = %origin,
             signed = signing.signed,
             reused = signing.reused,
             "zone signed"
         );
-        if let Some(path) = kept_path.filter(|_| signing.signed > 0) {
-            keeping.write_later(path, &signing.window);
-        }
     }
     Ok(signed)
 }
