@@ -237,6 +237,24 @@ impl HistogramFn for Late {
     }
 }
 
+/// The recorder's own handle for `key` once it is ready; before, a late one keeping
+/// `kept`.
+fn register<H>(
+    key: &Key,
+    kept: Kept,
+    late: impl FnOnce(Arc<Late>) -> H,
+    own: impl Fn(&PrometheusRecorder) -> H,
+) -> H {
+    if let Some(recorder) = READY.get() {
+        return own(recorder);
+    }
+    match Late::waiting(key, kept) {
+        Some(waiting) => late(waiting),
+        // Ready since the look above.
+        None => own(READY.wait()),
+    }
+}
+
 impl Recorder for Forwarding {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
         if let Some(recorder) = READY.get() {
@@ -261,14 +279,9 @@ impl Recorder for Forwarding {
             increments: 0,
             absolute: 0,
         };
-        match READY
-            .get()
-            .map(|_| None)
-            .unwrap_or_else(|| Late::waiting(key, kept))
-        {
-            Some(late) => Counter::from_arc(late),
-            None => READY.wait().register_counter(key, metadata),
-        }
+        register(key, kept, Counter::from_arc, |recorder| {
+            recorder.register_counter(key, metadata)
+        })
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
@@ -276,26 +289,16 @@ impl Recorder for Forwarding {
             set: None,
             delta: 0.0,
         };
-        match READY
-            .get()
-            .map(|_| None)
-            .unwrap_or_else(|| Late::waiting(key, kept))
-        {
-            Some(late) => Gauge::from_arc(late),
-            None => READY.wait().register_gauge(key, metadata),
-        }
+        register(key, kept, Gauge::from_arc, |recorder| {
+            recorder.register_gauge(key, metadata)
+        })
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
         let kept = Kept::Histogram(Vec::new());
-        match READY
-            .get()
-            .map(|_| None)
-            .unwrap_or_else(|| Late::waiting(key, kept))
-        {
-            Some(late) => Histogram::from_arc(late),
-            None => READY.wait().register_histogram(key, metadata),
-        }
+        register(key, kept, Histogram::from_arc, |recorder| {
+            recorder.register_histogram(key, metadata)
+        })
     }
 }
 

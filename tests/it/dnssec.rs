@@ -561,6 +561,18 @@ async fn unbound_validates_a_big_zone_signed_by_several_threads() {
     bulk_validates(server.dir.path(), server.addr).await;
 }
 
+/// A signed config with a state file (so the zone's signatures are kept beside it), the
+/// zone file `zone` and a key made by `gto dnssec keygen`, in a fresh directory.
+fn signed_with_state(zone: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        signed(&geo_config("")).replacen("[server]\n", "[server]\nstate_file = \"gto.state\"\n", 1);
+    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
+    keygen(dir.path(), "keys", &[]);
+    dir
+}
+
 /// The status of the one signed zone of `routing`'s live snapshot.
 fn zone_status(routing: &gto::routing::RoutingHandle) -> serde_json::Value {
     let status = gto::routing::status_json(&routing.load_full());
@@ -576,16 +588,7 @@ fn zone_status(routing: &gto::routing::RoutingHandle) -> serde_json::Value {
 /// signing nothing.
 #[tokio::test]
 async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        signed(&geo_config("")).replacen("[server]\n", "[server]\nstate_file = \"gto.state\"\n", 1);
-    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
-    std::fs::write(
-        dir.path().join("gto.example.com.zone"),
-        format!("{}{}", zone(), bulk_names()),
-    )
-    .unwrap();
-    keygen(dir.path(), "keys", &[]);
+    let dir = signed_with_state(&format!("{}{}", zone(), bulk_names()));
     let loaded = gto::ConfigSource::File(dir.path().join("gto.toml"))
         .load()
         .unwrap();
@@ -646,13 +649,8 @@ async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
 /// (its result, for a preparation no longer served, is dropped). The new name validates.
 #[tokio::test]
 async fn a_reload_while_a_big_zone_is_signed_in_the_background_ends_signed_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        signed(&geo_config("")).replacen("[server]\n", "[server]\nstate_file = \"gto.state\"\n", 1);
-    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
+    let dir = signed_with_state(&format!("{}{}", zone(), bulk_names()));
     let zone_file = dir.path().join("gto.example.com.zone");
-    std::fs::write(&zone_file, format!("{}{}", zone(), bulk_names())).unwrap();
-    keygen(dir.path(), "keys", &[]);
     let mut gto = RealGto::run(&dir.path().join("gto.toml"));
     gto.wait_for_log("zone served signed on first use").await;
     // At once, while the first preparation is signed whole: a new name and serial.
@@ -715,12 +713,7 @@ fn signed_counts(line: &str) -> (u64, u64) {
 /// both validate in unbound; a damaged file is ignored and the zone signed whole.
 #[tokio::test]
 async fn kept_signatures_are_reused_after_a_restart_and_a_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        signed(&geo_config("")).replacen("[server]\n", "[server]\nstate_file = \"gto.state\"\n", 1);
-    std::fs::write(dir.path().join("gto.toml"), config).unwrap();
-    std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
-    keygen(dir.path(), "keys", &[]);
+    let dir = signed_with_state(&zone());
     let kept = dir.path().join("gto.state.signatures.gto.example.com");
     let config = dir.path().join("gto.toml");
 
