@@ -157,6 +157,7 @@ pub fn install() -> MetricsHandle {
             let upkeep = recorder.handle();
             forward::ready(recorder);
             describe_all();
+            forward::show();
             upkeep
         };
         let spawned = std::thread::Builder::new()

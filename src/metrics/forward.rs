@@ -4,6 +4,8 @@
 //! (once per process); with this recorder nothing at start waits for it. A handle made
 //! before the Prometheus recorder is ready ([`Late`]) keeps what it is given and hands
 //! it over when the recorder is ready; handles made after are Prometheus's own.
+//! `/metrics` sees the recorder only once everything kept is handed over and every
+//! metric described ([`show`]), so a scrape in the first moments never misses a series.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -17,11 +19,54 @@ use metrics_exporter_prometheus::PrometheusRecorder;
 /// burst in that time is dropped).
 const LATE_SAMPLES: usize = 4096;
 
-/// The Prometheus recorder, once built.
+/// The Prometheus recorder, once built: handles forward to it from then on.
 static READY: OnceLock<PrometheusRecorder> = OnceLock::new();
 
-/// Handles made before the recorder was ready, handed over when it is.
-static WAITING: Mutex<Vec<Arc<Late>>> = Mutex::new(Vec::new());
+/// The Prometheus recorder, once what was kept before it was ready is handed over and
+/// the metrics are described: what `/metrics` renders.
+static SHOWN: OnceLock<&'static PrometheusRecorder> = OnceLock::new();
+
+/// What was registered or described before the recorder was ready, handed over when it
+/// is.
+static WAITING: Mutex<Waiting> = Mutex::new(Waiting {
+    handles: Vec::new(),
+    descriptions: Vec::new(),
+});
+
+/// What waits for the recorder.
+#[derive(Debug)]
+struct Waiting {
+    handles: Vec<Arc<Late>>,
+    descriptions: Vec<Description>,
+}
+
+/// A description given before the recorder was ready.
+#[derive(Debug)]
+struct Description {
+    kind: DescribedKind,
+    key: KeyName,
+    unit: Option<Unit>,
+    text: SharedString,
+}
+
+/// Which kind of metric a [`Description`] describes.
+#[derive(Debug, Clone, Copy)]
+enum DescribedKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Description {
+    /// Gives the description to `recorder`.
+    fn give(self, recorder: &PrometheusRecorder) {
+        match self.kind {
+            DescribedKind::Counter => recorder.describe_counter(self.key, self.unit, self.text),
+            DescribedKind::Gauge => recorder.describe_gauge(self.key, self.unit, self.text),
+            DescribedKind::Histogram => recorder.describe_histogram(self.key, self.unit, self.text),
+        }
+    }
+}
 
 /// The recorder installed as the global one.
 #[derive(Debug, Clone, Copy)]
@@ -33,26 +78,65 @@ fn metadata() -> Metadata<'static> {
 }
 
 /// Makes `recorder` the one every handle forwards to, and hands over what the handles
-/// made before kept. Once per process; a second call is ignored.
+/// made before kept and the descriptions given before. Once per process; a second call
+/// is ignored. `/metrics` does not see it until [`show`].
 pub(super) fn ready(recorder: PrometheusRecorder) {
     if READY.set(recorder).is_err() {
         return;
     }
-    let waiting = std::mem::take(&mut *WAITING.lock().unwrap_or_else(|e| e.into_inner()));
-    for late in waiting {
+    let Waiting {
+        handles,
+        descriptions,
+    } = std::mem::replace(
+        &mut *WAITING.lock().unwrap_or_else(|e| e.into_inner()),
+        Waiting {
+            handles: Vec::new(),
+            descriptions: Vec::new(),
+        },
+    );
+    for late in handles {
         late.hand_over();
+    }
+    if let Some(recorder) = READY.get() {
+        for description in descriptions {
+            description.give(recorder);
+        }
     }
 }
 
-/// The Prometheus recorder, when it is built.
-pub(super) fn recorder() -> Option<&'static PrometheusRecorder> {
-    READY.get()
+/// Lets `/metrics` render the recorder: called after [`ready`] and the descriptions, so
+/// a scrape sees every series counted before (not some of them, mid-hand-over).
+pub(super) fn show() {
+    if let Some(recorder) = READY.get() {
+        let _ = SHOWN.set(recorder);
+    }
 }
 
-/// Waits until the Prometheus recorder is built (at most its clock's calibration, 200 ms)
-/// and returns it.
+/// The Prometheus recorder, once shown.
+pub(super) fn recorder() -> Option<&'static PrometheusRecorder> {
+    SHOWN.get().copied()
+}
+
+/// Waits until the Prometheus recorder is shown (at most its clock's calibration,
+/// 200 ms) and returns it.
 pub(super) fn wait() -> &'static PrometheusRecorder {
-    READY.wait()
+    SHOWN.wait()
+}
+
+/// Gives `description` to the recorder, or keeps it until the recorder is ready.
+fn describe(description: Description) {
+    if let Some(recorder) = READY.get() {
+        return description.give(recorder);
+    }
+    let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+    // Looked at again under the lock `ready` drains under.
+    match READY.get() {
+        Some(recorder) => {
+            drop(waiting);
+            description.give(recorder);
+        }
+        None => waiting.descriptions.push(description),
+    }
 }
 
 /// What a handle made before the recorder was ready keeps, by kind.
@@ -95,7 +179,7 @@ impl Late {
             kept: Mutex::new(kept),
             handle: OnceLock::new(),
         });
-        waiting.push(late.clone());
+        waiting.handles.push(late.clone());
         Some(late)
     }
 
@@ -256,22 +340,31 @@ fn register<H>(
 }
 
 impl Recorder for Forwarding {
-    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        if let Some(recorder) = READY.get() {
-            recorder.describe_counter(key, unit, description);
-        }
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        describe(Description {
+            kind: DescribedKind::Counter,
+            key,
+            unit,
+            text,
+        });
     }
 
-    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        if let Some(recorder) = READY.get() {
-            recorder.describe_gauge(key, unit, description);
-        }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        describe(Description {
+            kind: DescribedKind::Gauge,
+            key,
+            unit,
+            text,
+        });
     }
 
-    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        if let Some(recorder) = READY.get() {
-            recorder.describe_histogram(key, unit, description);
-        }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        describe(Description {
+            kind: DescribedKind::Histogram,
+            key,
+            unit,
+            text,
+        });
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
@@ -324,6 +417,11 @@ mod tests {
     #[test]
     fn what_is_counted_before_the_recorder_is_ready_is_handed_over() {
         let labelled = Key::from_parts("early_total", vec![Label::new("kind", "a")]);
+        Forwarding.describe_counter(
+            KeyName::from("early_total"),
+            Some(Unit::Count),
+            SharedString::from("Counted early."),
+        );
         let counter = Forwarding.register_counter(&labelled, &metadata());
         counter.increment(3);
         let gauge = Forwarding.register_gauge(&Key::from_name("early_gauge"), &metadata());
@@ -355,6 +453,9 @@ mod tests {
             start.wait();
             ready(prometheus);
         });
+        // Not rendered until shown (after the descriptions).
+        assert!(recorder().is_none());
+        show();
         assert!(recorder().is_some());
 
         counter.increment(1);
@@ -363,6 +464,7 @@ mod tests {
             .increment(10);
         let text = handle.render();
         assert_eq!(value(&text, "early_total{kind=\"a\"}"), 14.0);
+        assert!(text.contains("# HELP early_total Counted early."), "{text}");
         assert_eq!(value(&text, "early_gauge"), 7.0);
         assert_eq!(value(&text, "early_seconds_count"), 2.0);
         assert_eq!(value(&text, "early_seconds_sum"), 2.0);
