@@ -84,7 +84,7 @@ struct Choices {
     counted: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ChoiceSlot {
     used: bool,
     service: usize,
@@ -96,6 +96,9 @@ struct ChoiceSlot {
     scope: u8,
     /// Answers sent from this choice since the last fold.
     answered: u64,
+    /// The signatures of the chosen set, once a signed answer was made from it: repeated
+    /// signed answers skip sorting the addresses, the set's key and its lookup.
+    signature: Option<std::sync::Arc<crate::dnssec::Signed>>,
 }
 
 impl Default for ChoiceSlot {
@@ -110,6 +113,7 @@ impl Default for ChoiceSlot {
             len: 0,
             scope: 0,
             answered: 0,
+            signature: None,
         }
     }
 }
@@ -497,6 +501,7 @@ fn pick(
             len: scratch.picks.len() as u8,
             scope,
             answered: 0,
+            signature: None,
         };
         scratch.chosen_slot = Some(at);
     }
@@ -571,15 +576,30 @@ fn write_answer<'s>(
                     }
                     let mut count = scratch.picks.len();
                     if signed {
-                        // The set's signatures, owner compressed to the first answer.
-                        let signatures = node.signatures_of(
-                            &scratch.picks,
-                            v6,
-                            &mut scratch.addresses,
-                            &mut scratch.sig_key,
-                        )?;
-                        out.extend_from_slice(&signatures.wire);
-                        count += signatures.sigs.len();
+                        // The set's signatures, owner compressed to the first answer: kept
+                        // with the choice, else looked up (and then kept with it).
+                        let slot = scratch.chosen_slot;
+                        let kept = slot
+                            .and_then(|at| scratch.choices.slots.get(at))
+                            .and_then(|slot| slot.signature.as_deref());
+                        if let Some(signatures) = kept {
+                            out.extend_from_slice(&signatures.wire);
+                            count += signatures.sigs.len();
+                        } else {
+                            let signatures = node.signatures_of(
+                                &scratch.picks,
+                                v6,
+                                &mut scratch.addresses,
+                                &mut scratch.sig_key,
+                            )?;
+                            out.extend_from_slice(&signatures.wire);
+                            count += signatures.sigs.len();
+                            if let Some(slot) =
+                                slot.and_then(|at| scratch.choices.slots.get_mut(at))
+                            {
+                                slot.signature = Some(signatures.shared());
+                            }
+                        }
                     }
                     (count as u16, 0, 0)
                 }

@@ -227,9 +227,19 @@ impl Endpoint {
 #[derive(Debug)]
 pub enum Signature<'a> {
     /// Prepared when the snapshot was built.
-    Prepared(&'a crate::dnssec::Signed),
+    Prepared(&'a Arc<crate::dnssec::Signed>),
     /// Signed on first use.
     Cached(Arc<crate::dnssec::Signed>),
+}
+
+impl Signature<'_> {
+    /// The signatures, shared: kept beside a worker's GSLB choice for its snapshot.
+    pub fn shared(&self) -> Arc<crate::dnssec::Signed> {
+        match self {
+            Signature::Prepared(signed) => Arc::clone(signed),
+            Signature::Cached(signed) => Arc::clone(signed),
+        }
+    }
 }
 
 impl std::ops::Deref for Signature<'_> {

@@ -512,11 +512,24 @@ mod mutations {
 /// given from kept choices reach the endpoints' counters once the batch is folded.
 #[tokio::test]
 async fn kept_choices_follow_the_client_and_the_snapshot() {
-    let (handler1, snapshot1) = paths("");
+    kept_choices(false).await;
+}
+
+/// [`kept_choices_follow_the_client_and_the_snapshot`] in signed zones with DO: the
+/// signatures kept with a choice are the chosen set's, and a new snapshot (its own keys)
+/// never answers with the old one's.
+#[tokio::test]
+async fn kept_choices_keep_their_signatures_for_one_snapshot() {
+    kept_choices(true).await;
+}
+
+async fn kept_choices(signed: bool) {
+    let (handler1, snapshot1) = paths_signed("", signed);
     // A Paris appliance: the Paris subnet's first choice changes.
-    let (handler2, snapshot2) = paths(
+    let (handler2, snapshot2) = paths_signed(
         "[[pool.member]]\nname = \"par-1\"\naddresses = [\"192.0.2.13\"]\n\
          location = { lat = 48.9, lon = 2.4, region = \"eu\" }\n",
+        signed,
     );
     assert_eq!(snapshot1.generation, snapshot2.generation);
     let query = |subnet: Option<(&str, u8)>| {
@@ -527,6 +540,16 @@ async fn kept_choices_follow_the_client_and_the_snapshot() {
         ));
         if let Some((subnet, prefix)) = subnet {
             message.edns = Some(crate::geo::ecs(subnet, prefix));
+        }
+        if signed {
+            message
+                .edns
+                .get_or_insert_with(|| {
+                    let mut opt = Edns::new();
+                    opt.set_max_payload(1232);
+                    opt
+                })
+                .set_dnssec_ok(true);
         }
         message.to_vec().unwrap()
     };
@@ -559,6 +582,16 @@ async fn kept_choices_follow_the_client_and_the_snapshot() {
                     .await
                     .unwrap();
                 assert_eq!(out[..len], general[..], "{client:?} round {round}");
+                if signed {
+                    let reply = Message::from_vec(&out[..len]).unwrap();
+                    assert!(
+                        reply
+                            .answers
+                            .iter()
+                            .any(|r| r.record_type() == RecordType::RRSIG),
+                        "{client:?} round {round}: {reply:?}"
+                    );
+                }
                 if round == 0 && client == clients[0] {
                     paris.push(out[..len].to_vec());
                 }
