@@ -338,6 +338,13 @@ impl Builder {
         let spawned = std::thread::Builder::new()
             .name("gto-sign".into())
             .spawn(move || {
+                // The chains around wildcards first (a fraction of a second), so that
+                // answers from a wildcard need not make them.
+                for zone in &zones {
+                    if let Some(signing) = &zone.signing {
+                        signing.prepare_wildcard_chains();
+                    }
+                }
                 let filled: Vec<Filled> = zones
                     .iter()
                     .filter_map(|zone| {

@@ -9,6 +9,7 @@ use hickory_proto::dnssec::rdata::DNSSECRData;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::dnssec::{NXNAME, Signed};
+use crate::routing::signing::Link;
 use crate::routing::{Node, Outcome, Resolution, Snapshot, ZoneSigning, ZoneTable};
 
 /// Adds DNSSEC records to an answer for a query with DO: the RRSIG after each RRset of
@@ -53,7 +54,7 @@ fn sign_answers<'s>(
     let gslb_set = resolution.gslb.as_ref();
     let mut final_name = qname.clone();
     // Proofs that the names answered from a wildcard do not exist themselves.
-    let mut wildcard_proofs: Vec<&'s Signed> = Vec::new();
+    let mut wildcard_proofs: Vec<Link<'s>> = Vec::new();
     let mut start = 0;
     while start < answers.len() {
         let first = answers[start].as_ref();
@@ -85,7 +86,7 @@ fn sign_answers<'s>(
                     let (wildcard, _) = zone.wildcard_of(&owner)?;
                     let sigs = signing.sigs_of(&wildcard, rtype)?;
                     if let Some(proof) = signing.wildcard_cover(&wildcard, &owner)
-                        && !wildcard_proofs.iter().any(|p| std::ptr::eq(*p, proof))
+                        && !wildcard_proofs.iter().any(|p| p.owner() == proof.owner())
                     {
                         wildcard_proofs.push(proof);
                     }
@@ -121,7 +122,7 @@ fn sign_answers<'s>(
     });
     resolution.answers = out;
     for proof in wildcard_proofs {
-        push_proof(&mut resolution.authorities, proof);
+        push_link(&mut resolution.authorities, proof);
     }
     (final_name, positive)
 }
@@ -277,6 +278,17 @@ fn push_proof<'s>(into: &mut Vec<Cow<'s, Record>>, proof: &'s Signed) {
     into.extend(proof.sigs.iter().map(Cow::Borrowed));
 }
 
+/// As [`push_proof`], for a link of a wildcard's NSEC chain.
+fn push_link<'s>(into: &mut Vec<Cow<'s, Record>>, link: Link<'s>) {
+    match link {
+        Link::Prepared(proof) => push_proof(into, proof),
+        Link::OnFirstUse(proof) => {
+            into.extend(proof.records.iter().cloned().map(Cow::Owned));
+            into.extend(proof.sigs.iter().cloned().map(Cow::Owned));
+        }
+    }
+}
+
 /// As [`push_proof`], for a proof made for this answer.
 fn push_owned_proof(into: &mut Vec<Cow<'_, Record>>, proof: Signed) {
     into.extend(proof.records.into_iter().map(Cow::Owned));
@@ -343,13 +355,15 @@ fn nodata_proof<'s>(
     if let Some((wildcard, _)) = zone.wildcard_of(name) {
         let own = signing.wildcard_nsec(&wildcard);
         let cover = signing.wildcard_cover(&wildcard, name);
+        let same =
+            matches!((&own, &cover), (Some(own), Some(cover)) if own.owner() == cover.owner());
         if let Some(own) = own {
-            push_proof(into, own);
+            push_link(into, own);
         }
         if let Some(cover) = cover
-            && !own.is_some_and(|own| std::ptr::eq(own, cover))
+            && !same
         {
-            push_proof(into, cover);
+            push_link(into, cover);
         }
     }
 }

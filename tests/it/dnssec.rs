@@ -595,7 +595,8 @@ async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
     let settings = loaded.config.server.clone();
 
     // The builder is not run yet, so the first snapshot stays as it starts: signing on
-    // first use, with only the GSLB names' proofs, the wildcard's chain and the SOA signed.
+    // first use, with only the GSLB names' proofs and the SOA signed (the wildcard's chain
+    // is signed link by link as answers need it).
     let builder = gto::routing::Builder::new(loaded);
     let routing = builder.handle();
     let status = zone_status(&routing);
