@@ -886,12 +886,13 @@ impl ZoneSigning {
 
     /// A preparation of a big zone that answers at once: only what is few is signed here
     /// (the GSLB names' NODATA proofs, the SOA of negative answers); each static set,
-    /// each name's NODATA proof and each link of the NSEC chains around wildcards (made
-    /// here, unsigned: a wildcard at the apex has every name in its chain) is signed
-    /// when an answer first needs it, from `nodes` (the zone's names as the snapshot
-    /// holds them, with the apex's keys) and `cuts`. The builder then signs the whole zone in a
-    /// thread of its own ([`ZoneSigning::new`], reusing kept signatures) and replaces
-    /// this preparation's signing with it. None when no key signs the zone at `now`.
+    /// each name's NODATA proof and each link of the NSEC chains around wildcards (the
+    /// chains made when first needed: a wildcard at the apex has every name in its chain)
+    /// is signed when an answer first needs it, from `nodes` (the zone's names as the
+    /// snapshot holds them, with the apex's keys) and `cuts`. The builder then signs the
+    /// whole zone in a thread of its own ([`ZoneSigning::new`], reusing kept signatures)
+    /// and replaces this preparation's signing with it. None when no key signs the zone
+    /// at `now`.
     pub fn on_first_use(
         content: &ZoneContent<'_>,
         nodes: Arc<Nodes>,
