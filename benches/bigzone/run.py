@@ -5,7 +5,7 @@ resident memory, for gto, Knot and gdnsd serving the same zone of N A records
 port; every step is bounded in time. Not a test: figures for the README and the issue.
 
     benches/bigzone/run.py [--records N] [--gto target/release/gto] [--servers gto,knot,gdnsd]
-                           [--signed]
+                           [--signed] [--wildcard]
 
 Start: from exec to the first answer for a name of the zone (UDP, polled every ms; with
 --signed, a query with DO, and only an answer with its RRSIG counts).
@@ -21,6 +21,9 @@ first answer.
 state file, where gto keeps the zone's signatures across restarts; Knot: automatic
 signing with a single-type ECDSA P-256 policy, its journal keeping the signed zone);
 gdnsd does not sign and is left out.
+
+--wildcard: the zone also has `* IN TXT "any"` at its apex (signed, every name of the
+zone is then in the wildcard's NSEC chain).
 """
 
 import argparse
@@ -37,7 +40,13 @@ import time
 ORIGIN = "gto.example.com"
 
 
+# Set by --wildcard: the zone has a wildcard at its apex.
+WILDCARD = False
+
+
 def zone_text(records, serial, extra=()):
+    if WILDCARD:
+        extra = ['* IN TXT "any"', *extra]
     lines = [
         f"$ORIGIN {ORIGIN}.",
         "$TTL 300",
@@ -251,10 +260,13 @@ def main():
     parser.add_argument("--servers", default="gto,knot,gdnsd")
     parser.add_argument("--port", type=int, default=25400)
     parser.add_argument("--signed", action="store_true")
+    parser.add_argument("--wildcard", action="store_true")
     args = parser.parse_args()
-    global SIGNED
+    global SIGNED, WILDCARD
     SIGNED = args.signed
+    WILDCARD = args.wildcard
     signed = ", signed (ECDSA P-256)" if args.signed else ""
+    signed += ", a wildcard at the apex" if args.wildcard else ""
     print(f"{args.records} A records{signed}; start = exec to first answer; reload = signal to new data")
     print(f"{'server':8} {'start s':>8} {'reloads s':>20} {'restart s':>10} {'RSS MiB':>8} {'after 3':>8}")
     servers = args.servers.split(",")
