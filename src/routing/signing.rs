@@ -567,9 +567,6 @@ impl Signer<'_> {
     }
 }
 
-/// Signs one RRset (owner, records) with the zone's keys.
-type SignAs<'a> = dyn FnMut(&Name, &[&Record]) -> Result<Vec<Record>, SignError> + 'a;
-
 /// What a zone is made of, as signing needs it.
 pub struct ZoneContent<'a> {
     /// Its apex.
@@ -584,33 +581,10 @@ pub struct ZoneContent<'a> {
     pub gslb_families: &'a HashMap<LowerName, (bool, bool)>,
 }
 
-/// The signed NSEC chains around the zone's wildcards (see
-/// [`ZoneSigning::wildcard_chains`]); `names` holds every name the zone answers for
-/// (occluded names and glue left out) with its types.
-fn wildcard_chains(
-    origin: &Name,
-    names: &Map<LowerName, Vec<RecordType>>,
-    nsec_ttl: u32,
-    sign_with: &mut SignAs<'_>,
-) -> Result<HashMap<LowerName, Vec<Signed>>, SignError> {
-    let mut chains = HashMap::new();
-    for (encloser, links) in wildcard_links(origin, names, nsec_ttl) {
-        let mut chain = Vec::with_capacity(links.len());
-        for record in links {
-            let sigs = sign_with(&record.name, &[&record])?;
-            chain.push(Signed {
-                records: vec![record],
-                sigs,
-                wire: Box::default(),
-            });
-        }
-        chains.insert(encloser, chain);
-    }
-    Ok(chains)
-}
-
 /// The NSEC records of the chains around the zone's wildcards, unsigned, by closest
-/// encloser, each chain in canonical order (see [`wildcard_chains`]).
+/// encloser, each chain in canonical order (see [`ZoneSigning::wildcard_chains`]);
+/// `names` holds every name the zone answers for (occluded names and glue left out)
+/// with its types.
 fn wildcard_links(
     origin: &Name,
     names: &Map<LowerName, Vec<RecordType>>,
@@ -808,17 +782,50 @@ impl ZoneSigning {
             gslb_nsec.extend(part.gslb_nsec);
             types_of.extend(part.types_of);
         }
+        // The chains around wildcards (with one at the apex, a link per name), signed by
+        // a few threads at once too.
+        let chains = wildcard_links(&signer.origin, &types_of, signer.nsec_ttl);
+        let links: Vec<(&LowerName, &Record)> = chains
+            .iter()
+            .flat_map(|(encloser, chain)| chain.iter().map(move |nsec| (encloser, nsec)))
+            .collect();
+        let sign_links =
+            |share: &[(&LowerName, &Record)]| -> Result<(Vec<Signed>, Signer<'_>), SignError> {
+                let mut signer = Signer {
+                    signed: 0,
+                    reused: 0,
+                    part: Vec::new(),
+                    ..signer.clone()
+                };
+                let keys = signer.zone_signers;
+                let mut signed = Vec::with_capacity(share.len());
+                for (_, nsec) in share {
+                    let sigs = signer.sign(keys, &nsec.name, &[nsec])?;
+                    signed.push(Signed {
+                        records: vec![(*nsec).clone()],
+                        sigs,
+                        wire: Box::default(),
+                    });
+                }
+                Ok((signed, signer))
+            };
+        let mut wildcard_chains: HashMap<LowerName, Vec<Signed>> = HashMap::new();
+        let mut enclosers = links.iter().map(|(encloser, _)| *encloser);
+        for part in super::shares::in_shares(&links, PARALLEL_SIGNING_FROM, sign_links) {
+            let (part, part_signer) = part?;
+            signed += part_signer.signed;
+            reused += part_signer.reused;
+            entries.push(part_signer.part);
+            for (link, encloser) in part.into_iter().zip(enclosers.by_ref()) {
+                wildcard_chains
+                    .entry(encloser.clone())
+                    .or_default()
+                    .push(link);
+            }
+        }
         signer.signed += signed;
         signer.reused += reused;
-        let zone_keys = signer.zone_signers;
         let origin = signer.origin.clone();
-        let nsec_ttl = signer.nsec_ttl;
-        let wildcard_chains = wildcard_chains(
-            &origin,
-            &types_of,
-            nsec_ttl,
-            &mut |owner: &Name, records: &[&Record]| signer.sign(zone_keys, owner, records),
-        )?;
         let (window, signed, reused) = (signer.window, signer.signed, signer.reused);
         entries.push(signer.part);
         keeping.entries = entries;

@@ -644,6 +644,72 @@ async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
     assert!(gto.exit().await.success());
 }
 
+/// A big zone with a wildcard at its apex (every name is in the wildcard's NSEC chain):
+/// its first preparation signs none of the chain, each link an answer needs is signed when
+/// first asked; then the whole signing signs the chain's 20,000 links by several threads.
+/// Answers synthesized from the wildcard, NODATA there and the zone's own names validate
+/// through unbound before and after.
+#[tokio::test]
+async fn an_apex_wildcard_chain_is_signed_on_first_use_then_whole() {
+    let dir = signed_with_state(&format!("{}* IN TXT \"any\"\n{}", zone(), bulk_names()));
+    let loaded = gto::ConfigSource::File(dir.path().join("gto.toml"))
+        .load()
+        .unwrap();
+    let settings = loaded.config.server.clone();
+    let builder = gto::routing::Builder::new(loaded);
+    let routing = builder.handle();
+    let status = zone_status(&routing);
+    assert_eq!(status["signed_on_first_use"], true, "{status}");
+    assert!(
+        status["signed_at_preparation"].as_u64().unwrap() < 100,
+        "{status}"
+    );
+    let dns = gto::dns::DnsServer::start(&settings, 64, routing.clone())
+        .await
+        .unwrap();
+    let addr = dns.local_addrs()[0];
+    apex_wildcard_validates(dir.path(), addr).await;
+
+    let (events, receiver) = tokio::sync::mpsc::channel(16);
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(builder.run(receiver, token.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while zone_status(&routing)["signed_on_first_use"] == true {
+        assert!(tokio::time::Instant::now() < deadline, "never signed whole");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = zone_status(&routing);
+    // An A set, a NODATA proof and a chain link for each of the 20,000 names, at least.
+    assert!(
+        status["signed_at_preparation"].as_u64().unwrap() > 60_000,
+        "{status}"
+    );
+    apex_wildcard_validates(dir.path(), addr).await;
+    token.cancel();
+    drop(events);
+    run.await.unwrap();
+    dns.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// At `addr` (keys in `dir`), names the apex wildcard answers (TXT, and NODATA for A) and
+/// a name of the zone validate.
+async fn apex_wildcard_validates(dir: &Path, addr: std::net::SocketAddr) {
+    let anchors = ds_of(dir);
+    let unbound = Unbound::start("gto.example.com.", addr, &anchors).await;
+    for name in [
+        "zz.gto.example.com",
+        "a.b.bulk5x.gto.example.com",
+        "bulk19999a.gto.example.com",
+    ] {
+        let text = expect_ad(&unbound, &[name, "TXT"], "NOERROR").await;
+        assert_eq!(text, ["\"any\""], "{name}");
+        let none = expect_ad(&unbound, &[name, "A"], "NOERROR").await;
+        assert!(none.is_empty(), "{name} A: {none:?}");
+    }
+    let bulk = expect_ad(&unbound, &["bulk7777.gto.example.com", "A"], "NOERROR").await;
+    assert_eq!(bulk, ["10.0.30.97"]);
+}
+
 /// Issue 35: a reload while a big zone is signed whole in the background (its first
 /// preparation signs on first use) ends signed whole too: the reload's preparation signs
 /// on first use again and is filled in turn, whatever the first filling had done by then
