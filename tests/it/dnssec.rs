@@ -580,23 +580,23 @@ fn zone_status(routing: &gto::routing::RoutingHandle) -> serde_json::Value {
     status[0].clone()
 }
 
-/// Issue 35: a big zone's first preparation answers before its signatures are made: the
-/// static sets are signed when first asked (unbound validates every kind of answer, the
-/// names of the zone's bulk and their NODATA), while the builder signs the whole zone in
-/// a thread of its own and then serves that, keeping its signatures beside the state file;
-/// a restart answers signed on first use again and fills from the kept signatures,
-/// signing nothing.
-#[tokio::test]
-async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
-    let dir = signed_with_state(&format!("{}{}", zone(), bulk_names()));
+/// A big signed zone `zone` (with a state file, in the returned directory) served by a
+/// real DNS server on a snapshot whose builder is held back: the first snapshot stays as
+/// it starts, signing on first use, with only the GSLB names' proofs and the SOA signed
+/// (under 100 signatures; a wildcard's chain is signed link by link as answers need it).
+async fn served_on_first_use(
+    zone: &str,
+) -> (
+    tempfile::TempDir,
+    gto::routing::Builder,
+    gto::routing::RoutingHandle,
+    gto::dns::DnsServer,
+) {
+    let dir = signed_with_state(zone);
     let loaded = gto::ConfigSource::File(dir.path().join("gto.toml"))
         .load()
         .unwrap();
     let settings = loaded.config.server.clone();
-
-    // The builder is not run yet, so the first snapshot stays as it starts: signing on
-    // first use, with only the GSLB names' proofs and the SOA signed (the wildcard's chain
-    // is signed link by link as answers need it).
     let builder = gto::routing::Builder::new(loaded);
     let routing = builder.handle();
     let status = zone_status(&routing);
@@ -606,29 +606,68 @@ async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
     let dns = gto::dns::DnsServer::start(&settings, 64, routing.clone())
         .await
         .unwrap();
+    (dir, builder, routing, dns)
+}
+
+/// The builder of [`served_on_first_use`], run until the zone is signed whole (off its
+/// task) and served; stopped by [`SigningWhole::stop`].
+struct SigningWhole {
+    events: tokio::sync::mpsc::Sender<gto::routing::BuildEvent>,
+    token: tokio_util::sync::CancellationToken,
+    run: tokio::task::JoinHandle<()>,
+}
+
+impl SigningWhole {
+    /// Runs `builder` and waits until the zone `routing` serves is signed whole; returns
+    /// the signatures its preparation made.
+    async fn start(
+        builder: gto::routing::Builder,
+        routing: &gto::routing::RoutingHandle,
+    ) -> (Self, u64) {
+        let (events, receiver) = tokio::sync::mpsc::channel(16);
+        let token = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(builder.run(receiver, token.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        while zone_status(routing)["signed_on_first_use"] == true {
+            assert!(tokio::time::Instant::now() < deadline, "never signed whole");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = zone_status(routing);
+        let signed = status["signed_at_preparation"].as_u64().unwrap();
+        let this = Self { events, token, run };
+        (this, signed)
+    }
+
+    /// Stops the builder and waits for it.
+    async fn stop(self) {
+        self.token.cancel();
+        drop(self.events);
+        self.run.await.unwrap();
+    }
+}
+
+/// Issue 35: a big zone's first preparation answers before its signatures are made: the
+/// static sets are signed when first asked (unbound validates every kind of answer, the
+/// names of the zone's bulk and their NODATA), while the builder signs the whole zone in
+/// a thread of its own and then serves that, keeping its signatures beside the state file;
+/// a restart answers signed on first use again and fills from the kept signatures,
+/// signing nothing.
+#[tokio::test]
+async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
+    let (dir, builder, routing, dns) =
+        served_on_first_use(&format!("{}{}", zone(), bulk_names())).await;
     let addr = dns.local_addrs()[0];
     validated_at(dir.path(), addr).await;
     bulk_validates(dir.path(), addr).await;
     assert_eq!(zone_status(&routing)["signed_on_first_use"], true);
 
     // The builder runs: the zone is signed whole off its task and served.
-    let (events, receiver) = tokio::sync::mpsc::channel(16);
-    let token = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(builder.run(receiver, token.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while zone_status(&routing)["signed_on_first_use"] == true {
-        assert!(tokio::time::Instant::now() < deadline, "never signed whole");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let status = zone_status(&routing);
-    let whole = status["signed_at_preparation"].as_u64().unwrap();
+    let (builder, whole) = SigningWhole::start(builder, &routing).await;
     // An A set and a NODATA proof for each of the 20,000 names, at least.
-    assert!(whole > 40_000, "{status}");
+    assert!(whole > 40_000, "{whole}");
     validated_at(dir.path(), addr).await;
     bulk_validates(dir.path(), addr).await;
-    token.cancel();
-    drop(events);
-    run.await.unwrap();
+    builder.stop().await;
     dns.shutdown(Duration::from_secs(1)).await.unwrap();
     gto::dnssec::kept::finish_writes();
     let kept = dir.path().join("gto.state.signatures.gto.example.com");
@@ -651,43 +690,15 @@ async fn a_big_zone_answers_signed_on_first_use_until_it_is_signed_whole() {
 /// through unbound before and after.
 #[tokio::test]
 async fn an_apex_wildcard_chain_is_signed_on_first_use_then_whole() {
-    let dir = signed_with_state(&format!("{}* IN TXT \"any\"\n{}", zone(), bulk_names()));
-    let loaded = gto::ConfigSource::File(dir.path().join("gto.toml"))
-        .load()
-        .unwrap();
-    let settings = loaded.config.server.clone();
-    let builder = gto::routing::Builder::new(loaded);
-    let routing = builder.handle();
-    let status = zone_status(&routing);
-    assert_eq!(status["signed_on_first_use"], true, "{status}");
-    assert!(
-        status["signed_at_preparation"].as_u64().unwrap() < 100,
-        "{status}"
-    );
-    let dns = gto::dns::DnsServer::start(&settings, 64, routing.clone())
-        .await
-        .unwrap();
+    let (dir, builder, routing, dns) =
+        served_on_first_use(&format!("{}* IN TXT \"any\"\n{}", zone(), bulk_names())).await;
     let addr = dns.local_addrs()[0];
     apex_wildcard_validates(dir.path(), addr).await;
-
-    let (events, receiver) = tokio::sync::mpsc::channel(16);
-    let token = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(builder.run(receiver, token.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while zone_status(&routing)["signed_on_first_use"] == true {
-        assert!(tokio::time::Instant::now() < deadline, "never signed whole");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let status = zone_status(&routing);
+    let (builder, whole) = SigningWhole::start(builder, &routing).await;
     // An A set, a NODATA proof and a chain link for each of the 20,000 names, at least.
-    assert!(
-        status["signed_at_preparation"].as_u64().unwrap() > 60_000,
-        "{status}"
-    );
+    assert!(whole > 60_000, "{whole}");
     apex_wildcard_validates(dir.path(), addr).await;
-    token.cancel();
-    drop(events);
-    run.await.unwrap();
+    builder.stop().await;
     dns.shutdown(Duration::from_secs(1)).await.unwrap();
 }
 
