@@ -15,6 +15,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::PrometheusRecorder;
 
+use super::Kind;
+
 /// Samples a histogram handle made before the recorder is ready keeps (the rest of a
 /// burst in that time is dropped).
 const LATE_SAMPLES: usize = 4096;
@@ -28,10 +30,7 @@ static SHOWN: OnceLock<&'static PrometheusRecorder> = OnceLock::new();
 
 /// What was registered or described before the recorder was ready, handed over when it
 /// is.
-static WAITING: Mutex<Waiting> = Mutex::new(Waiting {
-    handles: Vec::new(),
-    descriptions: Vec::new(),
-});
+static WAITING: Mutex<Waiting> = Mutex::new(Waiting::new());
 
 /// What waits for the recorder.
 #[derive(Debug)]
@@ -43,27 +42,29 @@ struct Waiting {
 /// A description given before the recorder was ready.
 #[derive(Debug)]
 struct Description {
-    kind: DescribedKind,
+    kind: Kind,
     key: KeyName,
     unit: Option<Unit>,
     text: SharedString,
 }
 
-/// Which kind of metric a [`Description`] describes.
-#[derive(Debug, Clone, Copy)]
-enum DescribedKind {
-    Counter,
-    Gauge,
-    Histogram,
+impl Waiting {
+    /// Nothing waiting.
+    const fn new() -> Self {
+        Self {
+            handles: Vec::new(),
+            descriptions: Vec::new(),
+        }
+    }
 }
 
 impl Description {
     /// Gives the description to `recorder`.
     fn give(self, recorder: &PrometheusRecorder) {
         match self.kind {
-            DescribedKind::Counter => recorder.describe_counter(self.key, self.unit, self.text),
-            DescribedKind::Gauge => recorder.describe_gauge(self.key, self.unit, self.text),
-            DescribedKind::Histogram => recorder.describe_histogram(self.key, self.unit, self.text),
+            Kind::Counter => recorder.describe_counter(self.key, self.unit, self.text),
+            Kind::Gauge => recorder.describe_gauge(self.key, self.unit, self.text),
+            Kind::Histogram => recorder.describe_histogram(self.key, self.unit, self.text),
         }
     }
 }
@@ -89,10 +90,7 @@ pub(super) fn ready(recorder: PrometheusRecorder) {
         descriptions,
     } = std::mem::replace(
         &mut *WAITING.lock().unwrap_or_else(|e| e.into_inner()),
-        Waiting {
-            handles: Vec::new(),
-            descriptions: Vec::new(),
-        },
+        Waiting::new(),
     );
     for late in handles {
         late.hand_over();
@@ -342,7 +340,7 @@ fn register<H>(
 impl Recorder for Forwarding {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
         describe(Description {
-            kind: DescribedKind::Counter,
+            kind: Kind::Counter,
             key,
             unit,
             text,
@@ -351,7 +349,7 @@ impl Recorder for Forwarding {
 
     fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
         describe(Description {
-            kind: DescribedKind::Gauge,
+            kind: Kind::Gauge,
             key,
             unit,
             text,
@@ -360,7 +358,7 @@ impl Recorder for Forwarding {
 
     fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
         describe(Description {
-            kind: DescribedKind::Histogram,
+            kind: Kind::Histogram,
             key,
             unit,
             text,
