@@ -98,8 +98,8 @@ pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "gto_audit_write_failures_total";
 pub const ANSWERS_TOTAL: &str = "gto_answers_total";
 /// Time to build one routing snapshot, in seconds.
 pub const SNAPSHOT_BUILD_SECONDS: &str = "gto_snapshot_build_seconds";
-/// Query handling time in seconds, by `transport`, one sample per query (general path:
-/// TCP, and UDP when `workers = 0` or a query needs it).
+/// Query handling time in seconds, by `transport`, one sample per query: TCP (either
+/// path), and the UDP general path (`workers = 0`, or a query the fast path hands over).
 pub const DNS_QUERY_SECONDS: &str = "gto_dns_query_seconds";
 /// UDP fast path: handling time per answer in seconds, one sample per batch of up to 64
 /// queries (the batch's mean), so that timing costs nothing per query. Its `_count` counts

@@ -1,5 +1,7 @@
-//! The UDP fast path: answers the common queries straight from bytes, with no `Message`,
-//! no lock and no heap allocation once its buffers are warm.
+//! The fast path: answers the common queries straight from bytes, with no `Message`, no
+//! lock and no heap allocation once its buffers are warm. The UDP workers ([`super::udp`])
+//! answer datagrams with [`respond`], the TCP connections ([`super::tcp`]) their messages
+//! with [`respond_tcp`].
 //!
 //! It handles a standard QUERY with one question of class IN for a name that exists in
 //! the [`FastIndex`] (a GSLB name, or a static name without a CNAME and above every
@@ -25,14 +27,15 @@
 //! the general path has signed it into the zone's cache (a client that sets CO goes to the
 //! general path for NXDOMAIN).
 //!
-//! Response rate limiting ([`crate::routing::rrl`]) applies here as on the general path: a dropped
-//! answer is returned as length 0 (send nothing), a slipped one is rewritten in place to
-//! the general path's truncated form.
+//! Response rate limiting ([`crate::routing::rrl`]) applies to UDP answers here as on the
+//! general path: a dropped answer is returned as [`Reply::Drop`] (send nothing), a slipped
+//! one is rewritten in place to the general path's truncated form.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::QTYPE_LABELS;
+use crate::metrics::{DNS_QUERIES_TOTAL, DNS_RATE_LIMITED_TOTAL};
 use crate::routing::rrl::{ResponseClass, Verdict};
 use crate::routing::wire::{Entry, FastIndex, FastZone, Tail, encode_tail};
 use crate::routing::{Client, GslbNode, Scratch, Snapshot};
@@ -148,6 +151,56 @@ impl Choices {
             self.slots.fill(ChoiceSlot::default());
             self.counted.clear();
             self.serial = serial;
+        }
+    }
+}
+
+/// The query counters a caller of the fast path folds its [`FastScratch`]'s counts into,
+/// looked up once.
+#[derive(Debug)]
+pub struct FastCounters {
+    /// By response code ([`RCODE_LABELS`]) and query type ([`QTYPE_LABELS`]).
+    answered: Vec<Vec<metrics::Counter>>,
+    /// Rate limiting: dropped, slipped.
+    rate_limited: [metrics::Counter; 2],
+}
+
+impl FastCounters {
+    /// The counters of queries over `transport` ("udp" or "tcp").
+    pub fn new(transport: &'static str) -> Self {
+        FastCounters {
+            answered: RCODE_LABELS
+                .iter()
+                .map(|rcode| {
+                    QTYPE_LABELS
+                        .iter()
+                        .map(|qtype| {
+                            metrics::counter!(DNS_QUERIES_TOTAL, "transport" => transport, "qtype" => *qtype, "rcode" => *rcode)
+                        })
+                        .collect()
+                })
+                .collect(),
+            rate_limited: [
+                metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "dropped"),
+                metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "slipped"),
+            ],
+        }
+    }
+
+    /// Adds what `scratch` counted since the last fold: one atomic add per kind of answer
+    /// seen, not one per answer.
+    pub fn fold(&self, scratch: &mut FastScratch) {
+        for (counter, count) in self.rate_limited.iter().zip(&mut scratch.rate_limited) {
+            if *count > 0 {
+                counter.increment(std::mem::take(count));
+            }
+        }
+        for (counters, counts) in self.answered.iter().zip(scratch.answered.iter_mut()) {
+            for (counter, count) in counters.iter().zip(counts.iter_mut()) {
+                if *count > 0 {
+                    counter.increment(std::mem::take(count));
+                }
+            }
         }
     }
 }
@@ -328,9 +381,37 @@ struct Written<'s> {
     node: Option<&'s GslbNode>,
 }
 
-/// Answers `query` from `source` into `out` when the fast path can: parse, decide and
-/// write, then count and rate-limit.
+/// Answers `query`, a datagram from `source`, into `out` when the fast path can: parse,
+/// decide and write, then count and rate-limit.
 pub fn respond(
+    snapshot: &Snapshot,
+    index: &FastIndex,
+    query: &[u8],
+    source: IpAddr,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Reply {
+    respond_over(true, snapshot, index, query, source, scratch, out)
+}
+
+/// Answers `query`, a message read from a TCP connection with `source`, into `out` when
+/// the fast path can. As the general path does over TCP: the answer is whole (up to
+/// 65,535 octets, whatever size the client's OPT gives) and not rate-limited; never
+/// [`Reply::Drop`].
+pub fn respond_tcp(
+    snapshot: &Snapshot,
+    index: &FastIndex,
+    query: &[u8],
+    source: IpAddr,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Reply {
+    respond_over(false, snapshot, index, query, source, scratch, out)
+}
+
+#[inline(always)]
+fn respond_over(
+    udp: bool,
     snapshot: &Snapshot,
     index: &FastIndex,
     query: &[u8],
@@ -352,9 +433,14 @@ pub fn respond(
         }
         written
     });
+    let limit = if udp {
+        question.limit(snapshot.udp_payload)
+    } else {
+        usize::from(u16::MAX)
+    };
     match written {
-        Some(written) if out.len() <= question.limit(snapshot.udp_payload) => {
-            finish(snapshot, &question, &written, scratch, out)
+        Some(written) if out.len() <= limit => {
+            finish(udp, snapshot, &question, &written, scratch, out)
         }
         // Nothing the fast path can answer, or too big: the general path truncates.
         _ => Reply::General,
@@ -733,9 +819,11 @@ fn write_denial<'s>(
     })
 }
 
-/// Sets the header counts, counts the answer, applies response rate limiting (a slip
-/// rewrites `out` as the general path's truncated answer) and counts the endpoints.
+/// Sets the header counts, counts the answer, applies response rate limiting to a `udp`
+/// answer (a slip rewrites `out` as the general path's truncated answer) and counts the
+/// endpoints.
 fn finish(
+    udp: bool,
     snapshot: &Snapshot,
     question: &Question<'_>,
     written: &Written<'_>,
@@ -747,7 +835,7 @@ fn finish(
     out[10..12].copy_from_slice(&written.additionals.to_be_bytes());
     let rcode = usize::from(written.rcode == 3);
     scratch.answered[rcode][qtype_bucket(question.qtype)] += 1;
-    if let Some(rrl) = &snapshot.rrl {
+    if udp && let Some(rrl) = &snapshot.rrl {
         match rrl.check(question.source, written.class, &scratch.key, question.qtype) {
             Verdict::Send => {}
             Verdict::Drop => {

@@ -66,6 +66,11 @@ impl Handler {
     pub fn new(routing: RoutingHandle) -> Self {
         Self { routing }
     }
+
+    /// The routing table it reads (the TCP fast path reads it too).
+    pub(super) fn routing(&self) -> &RoutingHandle {
+        &self.routing
+    }
 }
 
 /// What the handler decided before encoding.

@@ -39,12 +39,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Handler;
-use super::QTYPE_LABELS;
-use super::fast::{FastScratch, RCODE_LABELS, Reply, fold_endpoint_counts, respond};
+use super::fast::{FastCounters, FastScratch, Reply, fold_endpoint_counts, respond};
 use super::handler::answer_bytes;
-use crate::metrics::{
-    DNS_BAD_QUERIES_TOTAL, DNS_FAST_BATCH_SECONDS, DNS_QUERIES_TOTAL, DNS_RATE_LIMITED_TOTAL,
-};
+use crate::metrics::{DNS_BAD_QUERIES_TOTAL, DNS_FAST_BATCH_SECONDS};
 use crate::routing::RoutingHandle;
 
 /// Datagrams read or written per system call.
@@ -360,34 +357,18 @@ fn server_addr(bound: Option<SocketAddr>, local: Option<LocalAddr>) -> Option<So
 
 /// Pre-registered counters a worker folds its local counts into after every batch.
 struct Folded {
-    answered: Vec<Vec<metrics::Counter>>,
+    fast: FastCounters,
     latency: metrics::Histogram,
     dropped: metrics::Counter,
-    /// Rate limiting: dropped, slipped.
-    rate_limited: [metrics::Counter; 2],
 }
 
 impl Folded {
     /// The worker's counters, looked up once.
     fn new() -> Self {
         Folded {
-            answered: RCODE_LABELS
-                .iter()
-                .map(|rcode| {
-                    QTYPE_LABELS
-                        .iter()
-                        .map(|qtype| {
-                            metrics::counter!(DNS_QUERIES_TOTAL, "transport" => "udp", "qtype" => *qtype, "rcode" => *rcode)
-                        })
-                        .collect()
-                })
-                .collect(),
+            fast: FastCounters::new("udp"),
             dropped: metrics::counter!(DNS_BAD_QUERIES_TOTAL, "reason" => "overload"),
             latency: metrics::histogram!(DNS_FAST_BATCH_SECONDS),
-            rate_limited: [
-                metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "dropped"),
-                metrics::counter!(DNS_RATE_LIMITED_TOTAL, "action" => "slipped"),
-            ],
         }
     }
 }
@@ -966,18 +947,7 @@ fn send_all(
 }
 
 fn fold(folded: &Folded, scratch: &mut FastScratch, dropped: &mut u64) {
-    for (counter, count) in folded.rate_limited.iter().zip(&mut scratch.rate_limited) {
-        if *count > 0 {
-            counter.increment(std::mem::take(count));
-        }
-    }
-    for (counters, counts) in folded.answered.iter().zip(scratch.answered.iter_mut()) {
-        for (counter, count) in counters.iter().zip(counts.iter_mut()) {
-            if *count > 0 {
-                counter.increment(std::mem::take(count));
-            }
-        }
-    }
+    folded.fast.fold(scratch);
     if *dropped > 0 {
         folded.dropped.increment(std::mem::take(dropped));
     }

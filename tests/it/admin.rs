@@ -8,7 +8,7 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 
 use crate::real::{all_down, get_with_host, metrics, real_config};
 use crate::support::{
-    RealGto, TestServer, ZONE, answers, config, edns, http, http_json, query, sample, udp,
+    RealGto, TestServer, ZONE, answers, config, edns, http, http_json, query, sample, tcp, udp,
 };
 
 pub(crate) const TOKEN: &str = "s3cret-token-for-tests-0123456789";
@@ -405,9 +405,27 @@ async fn metrics_move_with_real_queries() {
         &query("nope.gto.example.com.", RecordType::A, None),
     )
     .await;
+    // Over TCP (the fast path answers these too): counted by transport, and the
+    // endpoints' answers with the others.
+    let over_tcp = |m: &str| {
+        sample(
+            m,
+            "gto_dns_queries_total",
+            &["transport=\"tcp\"", "qtype=\"A\"", "rcode=\"NOERROR\""],
+        )
+    };
+    for _ in 0..3 {
+        let answer = tcp(
+            server.addr,
+            &query("vpn.gto.example.com.", RecordType::A, None),
+        )
+        .await;
+        assert_eq!(answer.answers.len(), 2);
+    }
     let (_, after) = http(admin, "GET", "/metrics", None, "").await;
     assert_eq!(queries(&after) - queries(&before), 5.0, "{after}");
-    assert_eq!(fra(&after) - fra(&before), 5.0, "{after}");
+    assert_eq!(over_tcp(&after) - over_tcp(&before), 3.0, "{after}");
+    assert_eq!(fra(&after) - fra(&before), 8.0, "{after}");
     assert_eq!(nx(&after) - nx(&before), 1.0);
     for name in [
         "gto_snapshot_generation",

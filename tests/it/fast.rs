@@ -1,12 +1,13 @@
-//! The UDP fast path against the general (hickory-based) path: for a corpus of queries,
-//! whatever the fast path answers must be byte for byte what the general path answers.
+//! The fast path against the general (hickory-based) path, over UDP and TCP: for a
+//! corpus of queries, whatever the fast path answers must be byte for byte what the
+//! general path answers over the same transport.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use gto::ConfigSource;
 use gto::dns::Handler;
-use gto::dns::fast::{FastScratch, Reply, respond};
+use gto::dns::fast::{FastScratch, Reply, respond, respond_tcp};
 use gto::dns::handler::answer_bytes;
 use gto::routing::{Builder, Snapshot};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
@@ -245,12 +246,30 @@ fn paths_signed(extra: &str, signed: bool) -> (Handler, Arc<Snapshot>) {
     (Handler::new(routing.clone()), routing.load_full())
 }
 
-/// Every query of the corpus from three sources on both paths: where the fast path
-/// answers, its bytes are the general path's. Returns (fast answers, queries counted).
+/// Answers `query` on the fast path as it came over `protocol`.
+fn respond_over(
+    protocol: Protocol,
+    snapshot: &Snapshot,
+    query: &[u8],
+    ip: IpAddr,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Reply {
+    match protocol {
+        Protocol::Udp => respond(snapshot, &snapshot.fast, query, ip, scratch, out),
+        _ => respond_tcp(snapshot, &snapshot.fast, query, ip, scratch, out),
+    }
+}
+
+/// Every query of the corpus from three sources on both paths, over UDP and over TCP:
+/// where the fast path answers, its bytes are the general path's over the same
+/// transport. Returns (fast answers, queries counted) over UDP; over TCP the fast path
+/// answers at least those (and the ones too big for a datagram).
 async fn differential(handler: &Handler, snapshot: &Snapshot) -> (usize, usize) {
     let mut scratch = FastScratch::default();
     let mut out = Vec::new();
     let (mut fast, mut total) = (0, 0);
+    let mut fast_tcp = 0;
     for source in ["127.0.0.1", "127.0.1.1", "::1"] {
         let ip: IpAddr = source.parse().unwrap();
         let src = SocketAddr::new(ip, 5300);
@@ -266,17 +285,26 @@ async fn differential(handler: &Handler, snapshot: &Snapshot) -> (usize, usize) 
                 })
             });
             total += usize::from(!in_lab);
-            let general = answer_bytes(handler, &query, src, None, Protocol::Udp).await;
-            if let Reply::Send(len) =
-                respond(snapshot, &snapshot.fast, &query, ip, &mut scratch, &mut out)
-            {
-                fast += usize::from(!in_lab);
+            for protocol in [Protocol::Udp, Protocol::Tcp] {
+                let general = answer_bytes(handler, &query, src, None, protocol).await;
+                let reply = respond_over(protocol, snapshot, &query, ip, &mut scratch, &mut out);
+                let Reply::Send(len) = reply else {
+                    assert!(
+                        reply == Reply::General,
+                        "{protocol:?}: {reply:?} without rate limiting"
+                    );
+                    continue;
+                };
+                match protocol {
+                    Protocol::Udp => fast += usize::from(!in_lab),
+                    _ => fast_tcp += usize::from(!in_lab),
+                }
                 let general =
                     general.unwrap_or_else(|| panic!("general path gave nothing for {query:?}"));
                 assert_eq!(
                     out[..len],
                     general[..],
-                    "fast and general differ for {:?}\nfast:    {:?}\ngeneral: {:?}",
+                    "fast and general differ over {protocol:?} for {:?}\nfast:    {:?}\ngeneral: {:?}",
                     Message::from_vec(&query).map(|m| m.queries),
                     Message::from_vec(&out[..len]),
                     Message::from_vec(&general)
@@ -284,6 +312,10 @@ async fn differential(handler: &Handler, snapshot: &Snapshot) -> (usize, usize) 
             }
         }
     }
+    assert!(
+        fast_tcp >= fast,
+        "over TCP the fast path answered {fast_tcp}, over UDP {fast}"
+    );
     (fast, total)
 }
 
@@ -396,7 +428,7 @@ async fn the_fast_path_answers_byte_for_byte_like_the_general_path() {
 
 /// Rate limiting on both paths: once a client's bucket is empty (the paused clock never
 /// refills it), every answer is slipped, and the fast path's truncated answer is byte for
-/// byte the general path's.
+/// byte the general path's; over TCP neither path limits it.
 #[tokio::test(start_paused = true)]
 async fn slipped_answers_are_the_same_on_both_paths() {
     let (handler, snapshot) =
@@ -405,7 +437,7 @@ async fn slipped_answers_are_the_same_on_both_paths() {
 
     let mut scratch = FastScratch::default();
     let mut out = Vec::new();
-    let mut slipped = 0;
+    let (mut slipped, mut whole) = (0, 0);
     for source in ["127.0.0.1", "::1"] {
         let ip: IpAddr = source.parse().unwrap();
         let src = SocketAddr::new(ip, 5300);
@@ -431,14 +463,36 @@ async fn slipped_answers_are_the_same_on_both_paths() {
             assert!(message.metadata.truncation, "not slipped: {message:?}");
             assert!(message.answers.is_empty() && message.authorities.is_empty());
             slipped += 1;
+            // Over TCP, where rate limiting does not apply, the same query is answered
+            // whole on both paths.
+            let general = answer_bytes(&handler, &query, src, None, Protocol::Tcp).await;
+            let Reply::Send(len) = respond_tcp(
+                &snapshot,
+                &snapshot.fast,
+                &query,
+                ip,
+                &mut scratch,
+                &mut out,
+            ) else {
+                panic!("a query slipped over UDP is not answered over TCP: {query:?}");
+            };
+            assert_eq!(Some(&out[..len]), general.as_deref());
+            let message = Message::from_vec(&out[..len]).unwrap();
+            assert!(
+                !message.metadata.truncation,
+                "truncated over TCP: {message:?}"
+            );
+            whole += usize::from(!message.answers.is_empty());
         }
     }
     assert!(slipped > 1000, "only {slipped} fast-path slips compared");
+    assert!(whole > 500, "only {whole} whole answers over TCP");
 }
 
 mod mutations {
     //! Random packets and random mutations of valid queries: the fast path never panics,
-    //! and whenever it answers, the general path answers the same bytes.
+    //! and whenever it answers, the general path answers the same bytes over the same
+    //! transport.
 
     use std::net::{IpAddr, SocketAddr};
 
@@ -482,6 +536,7 @@ mod mutations {
             garbage in prop::collection::vec(any::<u8>(), 0..64),
             random in any::<bool>(),
             signed in any::<bool>(),
+            tcp in any::<bool>(),
         ) {
             let Fixture { handler, snapshot, corpus, runtime } = fixture(signed);
             let mut packet = if random { garbage } else { corpus[seed * 37 % corpus.len()].clone() };
@@ -497,9 +552,10 @@ mod mutations {
             let ip: IpAddr = "127.0.0.1".parse().unwrap();
             let mut scratch = FastScratch::default();
             let mut out = Vec::new();
-            let fast = respond(snapshot, &snapshot.fast, &packet, ip, &mut scratch, &mut out);
+            let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
+            let fast = super::respond_over(protocol, snapshot, &packet, ip, &mut scratch, &mut out);
             if let Reply::Send(len) = fast {
-                let general = runtime.block_on(answer_bytes(handler, &packet, SocketAddr::new(ip, 5300), None, Protocol::Udp));
+                let general = runtime.block_on(answer_bytes(handler, &packet, SocketAddr::new(ip, 5300), None, protocol));
                 prop_assert_eq!(Some(out[..len].to_vec()), general, "packet {:?}", packet);
             }
         }

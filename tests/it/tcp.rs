@@ -67,6 +67,81 @@ async fn pipelined_queries_are_answered_in_order() {
     assert!(third.answers.is_empty());
 }
 
+/// Queries pipelined in one burst, mixing what the fast path answers (a GSLB name with and
+/// without ECS, a static name, NXDOMAIN) with what only the general path does (CHAOS, ANY,
+/// a name outside the zones), and sent in pieces cut inside a length and inside a message:
+/// nothing is answered before a message is whole, then every one is answered, in order,
+/// with the very bytes the same query gets over UDP.
+#[tokio::test]
+async fn a_pipelined_burst_in_pieces_gets_the_answers_udp_gets_in_order() {
+    let server = TestServer::default().await;
+    let mut ecs = hickory_proto::op::Edns::new();
+    ecs.options_mut()
+        .insert(hickory_proto::rr::rdata::opt::EdnsOption::Subnet(
+            hickory_proto::rr::rdata::opt::ClientSubnet::new(
+                "198.51.100.0".parse().unwrap(),
+                24,
+                0,
+            ),
+        ));
+    let mut chaos = query("version.bind.", RecordType::TXT, None);
+    chaos.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    let messages: Vec<Vec<u8>> = [
+        query("vpn.gto.example.com.", RecordType::A, None),
+        chaos,
+        query("www.gto.example.com.", RecordType::A, None),
+        query("vpn.gto.example.com.", RecordType::AAAA, Some(ecs)),
+        query("gto.example.com.", RecordType::ANY, None),
+        query("nope.gto.example.com.", RecordType::A, None),
+        query("example.org.", RecordType::A, None),
+        query("gto.example.com.", RecordType::SOA, None),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, mut message)| {
+        message.metadata.id = 100 + i as u16;
+        message.to_vec().unwrap()
+    })
+    .collect();
+    let mut burst = Vec::new();
+    for message in &messages {
+        burst.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        burst.extend_from_slice(message);
+    }
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    // Half a length, then the rest of it and part of the message: no answer yet.
+    let mut at = 0;
+    for cut in [1, 9] {
+        stream.write_all(&burst[at..cut]).await.unwrap();
+        at = cut;
+        let mut byte = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut byte)).await;
+        assert!(
+            early.is_err(),
+            "answered before the message was whole: {early:?}"
+        );
+    }
+    stream.write_all(&burst[at..]).await.unwrap();
+    for message in &messages {
+        let mut length = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut length))
+            .await
+            .expect("no answer within 5 s")
+            .unwrap();
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut answer).await.unwrap();
+        let over_udp = crate::support::udp_raw(server.addr, message).await;
+        assert_eq!(
+            Some(&answer),
+            over_udp.as_ref(),
+            "TCP and UDP differ for {:?}: {:?}",
+            Message::from_vec(message).map(|m| m.queries),
+            Message::from_vec(&answer)
+        );
+    }
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_and_the_others_keep_working() {
     let server = TestServer::start(&limited("tcp_max_connections = 2"), ZONE).await;
