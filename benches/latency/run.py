@@ -6,7 +6,7 @@ dnsperf -v; each server runs alone; every run is bounded (5 s each). Not a test:
 for the README and the issue.
 
     benches/latency/run.py [--gto target/release/gto] [--servers gto,gdnsd] [--seconds 5]
-                           [--pin same|split]
+                           [--pin same|split] [--transports udp,tcp]
 
 --pin same runs the server and dnsperf on one CPU (the last), --pin split the server on the
 last and dnsperf on CPU 0. Unpinned, at low rates the p50 of either server is bimodal on a
@@ -101,6 +101,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--port", type=int, default=25450)
     parser.add_argument("--pin", choices=("same", "split"), help="CPU placement (see above)")
+    parser.add_argument("--transports", default="udp,tcp", help="udp, tcp or both (udp,tcp)")
     args = parser.parse_args()
     last = (os.cpu_count() or 1) - 1
     server_cpu = last if args.pin else None
@@ -117,7 +118,9 @@ def main():
             f.write(QUERIES)
         proc = start(server, d, port, args.gto, server_cpu)
         try:
-            for tcp, rates in ((False, (1000, 20000, 100000, 0)), (True, (1000, 20000))):
+            rows = ((False, (1000, 20000, 100000, 0)), (True, (1000, 20000)))
+            wanted = args.transports.split(",")
+            for tcp, rates in ((t, r) for t, r in rows if ("tcp" if t else "udp") in wanted):
                 for rate in rates:
                     result = run(port, queries, rate, args.seconds, tcp, load_cpu)
                     label = "saturation" if rate == 0 else f"{rate}/s"

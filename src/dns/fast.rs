@@ -56,6 +56,8 @@ pub struct FastScratch {
     choices: Choices,
     /// The slot of `choices` the current answer's picks are kept in, if any.
     chosen_slot: Option<usize>,
+    /// Whole answers made for recent queries, sent again to the same query.
+    kept: KeptAnswers,
     addresses: Vec<IpAddr>,
     sig_key: Vec<u8>,
     /// Answers sent, by response code ([`RCODE_LABELS`]) and query type bucket
@@ -85,6 +87,8 @@ struct Choices {
     slots: Box<[ChoiceSlot]>,
     /// Slots with answers not yet counted.
     counted: Vec<usize>,
+    /// The generation of the last slot filled.
+    filled: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +106,9 @@ struct ChoiceSlot {
     /// The signatures of the chosen set, once a signed answer was made from it: repeated
     /// signed answers skip sorting the addresses, the set's key and its lookup.
     signature: Option<std::sync::Arc<crate::dnssec::Signed>>,
+    /// Which filling of the slot this is (unique while the snapshot stands): a kept
+    /// answer counts its endpoints here only while the slot still holds its choice.
+    generation: u64,
 }
 
 impl Default for ChoiceSlot {
@@ -117,6 +124,7 @@ impl Default for ChoiceSlot {
             scope: 0,
             answered: 0,
             signature: None,
+            generation: 0,
         }
     }
 }
@@ -127,6 +135,7 @@ impl Default for Choices {
             serial: 0,
             slots: vec![ChoiceSlot::default(); CHOICE_SLOTS].into_boxed_slice(),
             counted: Vec::with_capacity(crate::dns::udp::BATCH),
+            filled: 0,
         }
     }
 }
@@ -153,6 +162,215 @@ impl Choices {
             self.serial = serial;
         }
     }
+}
+
+/// Slots in a worker's cache of whole answers (a power of two).
+const KEPT_SLOTS: usize = 256;
+/// Longest query (after its ID) whose answer is kept.
+const KEPT_QUERY: usize = 128;
+/// Longest answer kept.
+const KEPT_ANSWER: usize = 1232;
+
+/// A worker's kept answers: the whole answer the fast path made for a query, by the
+/// query's bytes after its ID, the client's address and the transport, valid for one
+/// snapshot. An answer is a function of those and the snapshot (static names, NXDOMAIN,
+/// and GSLB names whose choice repeats, see [`GslbNode::choice_repeats`]), so the same
+/// query again is answered by copying it and writing the new ID: resolvers and the
+/// clients behind them ask the same questions again and again. Counted, rate-limited and
+/// its endpoints counted as when it was made. Direct-mapped, and an answer is kept when
+/// its query is seen a second time in a row at its slot (then it replaces what the slot
+/// held): a query asked once, such as a random name of a flood, costs a hash and leaves
+/// the kept answers alone. Each slot's buffers are reused, so the memory is bounded by
+/// the slot count, [`KEPT_QUERY`] and [`KEPT_ANSWER`].
+#[derive(Debug, Default)]
+struct KeptAnswers {
+    /// The [`Snapshot::serial`] the slots are for (0: none yet).
+    serial: u64,
+    /// Empty until the first answer is kept.
+    slots: Vec<KeptAnswer>,
+    /// The slot and hash of the query being answered, when it may be kept and was not.
+    missed: Option<(usize, u64)>,
+}
+
+#[derive(Debug, Clone)]
+struct KeptAnswer {
+    /// The hash of the last query not kept here: the same again is kept.
+    seen: u64,
+    used: bool,
+    udp: bool,
+    source: IpAddr,
+    /// The query after its ID.
+    query: Vec<u8>,
+    /// The answer as sent, with the ID of the query it was made for.
+    answer: Vec<u8>,
+    /// The lower-cased name: rate limiting's key.
+    key: Vec<u8>,
+    qtype: u16,
+    class: ResponseClass,
+    /// Its counter's response code ([`RCODE_LABELS`]).
+    rcode: usize,
+    /// Where the question ends, and where our OPT begins (if any): a slip is made of them.
+    question_end: usize,
+    opt_at: Option<usize>,
+    /// The kept choice its endpoints are counted in: the slot and its generation.
+    choice: Option<(usize, u64)>,
+}
+
+impl Default for KeptAnswer {
+    fn default() -> Self {
+        Self {
+            seen: 0,
+            used: false,
+            udp: false,
+            source: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            query: Vec::new(),
+            answer: Vec::new(),
+            key: Vec::new(),
+            qtype: 0,
+            class: ResponseClass::Answer,
+            rcode: 0,
+            question_end: 0,
+            opt_at: None,
+            choice: None,
+        }
+    }
+}
+
+impl KeptAnswers {
+    /// The slot for a query after its ID, from `source`, over UDP or not, and its hash.
+    fn slot_of(asked: &[u8], source: IpAddr, udp: bool) -> (usize, u64) {
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::with_seed(0).hash_one((asked, source, udp));
+        ((hash >> (64 - KEPT_SLOTS.trailing_zeros())) as usize, hash)
+    }
+
+    /// Forgets every answer when the snapshot changed (the buffers stay).
+    fn for_snapshot(&mut self, serial: u64) {
+        if self.serial != serial {
+            for slot in &mut self.slots {
+                slot.used = false;
+            }
+            self.serial = serial;
+        }
+    }
+}
+
+/// Answers `query` from the kept answers when it is one of them: the answer copied with
+/// the query's ID, counted, rate-limited and its endpoints counted as [`finish`] does.
+/// None: not kept (or its choice is no longer kept), the caller makes the answer.
+#[inline]
+fn send_kept(
+    udp: bool,
+    snapshot: &Snapshot,
+    query: &[u8],
+    source: IpAddr,
+    scratch: &mut FastScratch,
+    out: &mut Vec<u8>,
+) -> Option<Reply> {
+    let kept = &mut scratch.kept;
+    kept.missed = None;
+    let asked = query.get(2..).filter(|a| a.len() <= KEPT_QUERY)?;
+    kept.for_snapshot(snapshot.serial);
+    let (at, hash) = KeptAnswers::slot_of(asked, source, udp);
+    kept.missed = Some((at, hash));
+    let entry = kept.slots.get(at)?;
+    if !entry.used || entry.udp != udp || entry.source != source || entry.query != asked {
+        return None;
+    }
+    let choices = &mut scratch.choices;
+    if let Some((at, generation)) = entry.choice {
+        let slot = choices.slots.get(at)?;
+        if choices.serial != snapshot.serial || !slot.used || slot.generation != generation {
+            return None;
+        }
+    }
+    kept.missed = None;
+    out.clear();
+    out.extend_from_slice(&entry.answer);
+    out.get_mut(..2)?.copy_from_slice(query.get(..2)?);
+    scratch.answered[entry.rcode][qtype_bucket(entry.qtype)] += 1;
+    if udp && let Some(rrl) = &snapshot.rrl {
+        match rrl.check(source, entry.class, &entry.key, entry.qtype) {
+            Verdict::Send => {}
+            Verdict::Drop => {
+                scratch.rate_limited[0] += 1;
+                return Some(Reply::Drop);
+            }
+            Verdict::Slip => {
+                scratch.rate_limited[1] += 1;
+                // As `finish` slips: TC, no records, the question, our OPT.
+                out.truncate(entry.question_end);
+                out[2] |= 0x02;
+                let opt = entry.opt_at.and_then(|at| entry.answer.get(at..));
+                out[6..12].copy_from_slice(&[0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+                out.extend_from_slice(opt.unwrap_or_default());
+                return Some(Reply::Send(out.len()));
+            }
+        }
+    }
+    if let Some((at, _)) = entry.choice {
+        let slot = &mut choices.slots[at];
+        if slot.answered == 0 {
+            choices.counted.push(at);
+        }
+        slot.answered += 1;
+    }
+    Some(Reply::Send(out.len()))
+}
+
+/// Keeps the answer just made in `out` (before rate limiting) for the same query again,
+/// when it may be: its query seen at its slot before, not too long, and with its
+/// endpoints counted in a kept choice.
+fn keep(
+    udp: bool,
+    question: &Question<'_>,
+    written: &Written<'_>,
+    opt_at: usize,
+    scratch: &mut FastScratch,
+    out: &[u8],
+) {
+    let kept = &mut scratch.kept;
+    // Set by `send_kept` for this query, for this snapshot.
+    let Some((at, hash)) = kept.missed.take() else {
+        return;
+    };
+    if kept.slots.is_empty() {
+        kept.slots.resize(KEPT_SLOTS, KeptAnswer::default());
+    }
+    let (Some(asked), Some(entry)) = (question.query.get(2..), kept.slots.get_mut(at)) else {
+        return;
+    };
+    if entry.seen != hash {
+        entry.seen = hash; // seen once: kept if it comes again
+        return;
+    }
+    if out.len() > KEPT_ANSWER {
+        return;
+    }
+    let choice = match (written.node, scratch.chosen_slot) {
+        (None, _) => None,
+        (Some(_), Some(at)) => match scratch.choices.slots.get(at) {
+            Some(slot) => Some((at, slot.generation)),
+            None => return,
+        },
+        // Counted by the endpoints' counters each time: not kept.
+        (Some(_), None) => return,
+    };
+    entry.used = true;
+    entry.udp = udp;
+    entry.source = question.source;
+    entry.query.clear();
+    entry.query.extend_from_slice(asked);
+    entry.answer.clear();
+    entry.answer.extend_from_slice(out);
+    entry.key.clear();
+    entry.key.extend_from_slice(&scratch.key);
+    entry.qtype = question.qtype;
+    entry.class = written.class;
+    entry.rcode = usize::from(written.rcode == 3);
+    entry.question_end = question.end;
+    entry.opt_at = question.opt.is_some().then_some(opt_at);
+    entry.choice = choice;
 }
 
 /// The query counters a caller of the fast path folds its [`FastScratch`]'s counts into,
@@ -419,6 +637,9 @@ fn respond_over(
     scratch: &mut FastScratch,
     out: &mut Vec<u8>,
 ) -> Reply {
+    if let Some(reply) = send_kept(udp, snapshot, query, source, scratch, out) {
+        return reply;
+    }
     let Some(question) = parse(query, source, scratch) else {
         return Reply::General;
     };
@@ -426,25 +647,24 @@ fn respond_over(
         Some(entry) => write_answer(snapshot, entry, &question, scratch, out),
         None => write_nxdomain(index, &question, scratch, out),
     };
-    let written = written.map(|mut written| {
-        if let Some(opt) = &question.opt {
-            written.additionals += 1;
-            write_opt(out, snapshot.udp_payload, opt, written.scope);
-        }
-        written
-    });
+    // Nothing the fast path can answer.
+    let Some(mut written) = written else {
+        return Reply::General;
+    };
+    let opt_at = out.len();
+    if let Some(opt) = &question.opt {
+        written.additionals += 1;
+        write_opt(out, snapshot.udp_payload, opt, written.scope);
+    }
     let limit = if udp {
         question.limit(snapshot.udp_payload)
     } else {
         usize::from(u16::MAX)
     };
-    match written {
-        Some(written) if out.len() <= limit => {
-            finish(udp, snapshot, &question, &written, scratch, out)
-        }
-        // Nothing the fast path can answer, or too big: the general path truncates.
-        _ => Reply::General,
+    if out.len() > limit {
+        return Reply::General; // too big: the general path truncates
     }
+    finish(udp, snapshot, &question, &written, opt_at, scratch, out)
 }
 
 /// Checks the header (a QUERY, one question, at most one OPT) and reads the question.
@@ -573,10 +793,12 @@ fn pick(
                 }
                 _ => false,
             });
-    if let Some(slot) = scratch.choices.slots.get_mut(at)
+    let choices = &mut scratch.choices;
+    if let Some(slot) = choices.slots.get_mut(at)
         && fits
         && slot.answered == 0
     {
+        choices.filled += 1;
         *slot = ChoiceSlot {
             used: true,
             service: node.service,
@@ -588,6 +810,7 @@ fn pick(
             scope,
             answered: 0,
             signature: None,
+            generation: choices.filled,
         };
         scratch.chosen_slot = Some(at);
     }
@@ -827,6 +1050,7 @@ fn finish(
     snapshot: &Snapshot,
     question: &Question<'_>,
     written: &Written<'_>,
+    opt_at: usize,
     scratch: &mut FastScratch,
     out: &mut Vec<u8>,
 ) -> Reply {
@@ -835,6 +1059,7 @@ fn finish(
     out[10..12].copy_from_slice(&written.additionals.to_be_bytes());
     let rcode = usize::from(written.rcode == 3);
     scratch.answered[rcode][qtype_bucket(question.qtype)] += 1;
+    keep(udp, question, written, opt_at, scratch, out);
     if udp && let Some(rrl) = &snapshot.rrl {
         match rrl.check(question.source, written.class, &scratch.key, question.qtype) {
             Verdict::Send => {}

@@ -15,7 +15,7 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use hickory_server::net::xfer::Protocol;
 
-use crate::support::ZONE;
+use crate::support::{ZONE, answers};
 
 fn corpus() -> Vec<Vec<u8>> {
     let names = [
@@ -207,6 +207,11 @@ fn paths(extra: &str) -> (Handler, Arc<Snapshot>) {
 /// [`paths`], with both zones signed (a CSK each, made in the test directory) when
 /// `signed`.
 fn paths_signed(extra: &str, signed: bool) -> (Handler, Arc<Snapshot>) {
+    paths_of(extra, signed, &zone())
+}
+
+/// [`paths_signed`] with `zone` as the example zone's text.
+fn paths_of(extra: &str, signed: bool, zone: &str) -> (Handler, Arc<Snapshot>) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = format!(
         "{}\n[[zone]]\norigin = \"lab.gto.example.com.\"\nfile = \"lab.zone\"\n",
@@ -238,7 +243,7 @@ fn paths_signed(extra: &str, signed: bool) -> (Handler, Arc<Snapshot>) {
     }
     std::fs::write(dir.path().join("gto.toml"), config).unwrap();
     std::fs::write(dir.path().join("lab.zone"), LAB_ZONE).unwrap();
-    std::fs::write(dir.path().join("gto.example.com.zone"), zone()).unwrap();
+    std::fs::write(dir.path().join("gto.example.com.zone"), zone).unwrap();
     let loaded = ConfigSource::File(dir.path().join("gto.toml"))
         .load()
         .unwrap();
@@ -261,9 +266,10 @@ fn respond_over(
     }
 }
 
-/// Every query of the corpus from three sources on both paths, over UDP and over TCP:
-/// where the fast path answers, its bytes are the general path's over the same
-/// transport. Returns (fast answers, queries counted) over UDP; over TCP the fast path
+/// Every query of the corpus from three sources on both paths, over UDP and over TCP,
+/// each three times with different IDs (the second time the fast path keeps its answer,
+/// the third it sends the kept answer): where the fast path answers, its bytes are the
+/// general path's over the same transport. Returns (fast answers, queries counted) over UDP; over TCP the fast path
 /// answers at least those (and the ones too big for a datagram).
 async fn differential(handler: &Handler, snapshot: &Snapshot) -> (usize, usize) {
     let mut scratch = FastScratch::default();
@@ -285,9 +291,22 @@ async fn differential(handler: &Handler, snapshot: &Snapshot) -> (usize, usize) 
                 })
             });
             total += usize::from(!in_lab);
-            for protocol in [Protocol::Udp, Protocol::Tcp] {
-                let general = answer_bytes(handler, &query, src, None, protocol).await;
-                let reply = respond_over(protocol, snapshot, &query, ip, &mut scratch, &mut out);
+            // Each query twice, the second time with another ID: the fast path's kept
+            // answer must be the general path's too.
+            let [again, third] = [0xa5, 0x5a].map(|flip| {
+                let mut again = query.clone();
+                if let Some(id) = again.get_mut(..2) {
+                    id[0] ^= flip;
+                    id[1] ^= 0x3c;
+                }
+                again
+            });
+            let asked = [&query, &again, &third];
+            let thrice = asked.map(|q| (Protocol::Udp, q));
+            let thrice = thrice.into_iter().chain(asked.map(|q| (Protocol::Tcp, q)));
+            for (protocol, query) in thrice {
+                let general = answer_bytes(handler, query, src, None, protocol).await;
+                let reply = respond_over(protocol, snapshot, query, ip, &mut scratch, &mut out);
                 let Reply::Send(len) = reply else {
                     assert!(
                         reply == Reply::General,
@@ -296,6 +315,7 @@ async fn differential(handler: &Handler, snapshot: &Snapshot) -> (usize, usize) 
                     continue;
                 };
                 match protocol {
+                    _ if query != asked[0] => {}
                     Protocol::Udp => fast += usize::from(!in_lab),
                     _ => fast_tcp += usize::from(!in_lab),
                 }
@@ -305,7 +325,7 @@ async fn differential(handler: &Handler, snapshot: &Snapshot) -> (usize, usize) 
                     out[..len],
                     general[..],
                     "fast and general differ over {protocol:?} for {:?}\nfast:    {:?}\ngeneral: {:?}",
-                    Message::from_vec(&query).map(|m| m.queries),
+                    Message::from_vec(query).map(|m| m.queries),
                     Message::from_vec(&out[..len]),
                     Message::from_vec(&general)
                 );
@@ -445,14 +465,8 @@ async fn slipped_answers_are_the_same_on_both_paths() {
             // The first answer of a key may still be sent; this empties its bucket.
             answer_bytes(&handler, &query, src, None, Protocol::Udp).await;
             let general = answer_bytes(&handler, &query, src, None, Protocol::Udp).await;
-            let Reply::Send(len) = respond(
-                &snapshot,
-                &snapshot.fast,
-                &query,
-                ip,
-                &mut scratch,
-                &mut out,
-            ) else {
+            let reply = respond_over(Protocol::Udp, &snapshot, &query, ip, &mut scratch, &mut out);
+            let Reply::Send(len) = reply else {
                 continue;
             };
             let general =
@@ -463,17 +477,24 @@ async fn slipped_answers_are_the_same_on_both_paths() {
             assert!(message.metadata.truncation, "not slipped: {message:?}");
             assert!(message.answers.is_empty() && message.authorities.is_empty());
             slipped += 1;
+            // Twice again with other IDs: the answer is kept, then slipped from the kept
+            // answer, as the general path slips it.
+            for flip in [0xff, 0x0f] {
+                let mut again = query.clone();
+                again[0] ^= flip;
+                let general = answer_bytes(&handler, &again, src, None, Protocol::Udp).await;
+                let reply =
+                    respond_over(Protocol::Udp, &snapshot, &again, ip, &mut scratch, &mut out);
+                let Reply::Send(len) = reply else {
+                    panic!("asked again, {reply:?} for {again:?}");
+                };
+                assert_eq!(Some(&out[..len]), general.as_deref(), "kept slips differ");
+            }
             // Over TCP, where rate limiting does not apply, the same query is answered
             // whole on both paths.
             let general = answer_bytes(&handler, &query, src, None, Protocol::Tcp).await;
-            let Reply::Send(len) = respond_tcp(
-                &snapshot,
-                &snapshot.fast,
-                &query,
-                ip,
-                &mut scratch,
-                &mut out,
-            ) else {
+            let reply = respond_over(Protocol::Tcp, &snapshot, &query, ip, &mut scratch, &mut out);
+            let Reply::Send(len) = reply else {
                 panic!("a query slipped over UDP is not answered over TCP: {query:?}");
             };
             assert_eq!(Some(&out[..len]), general.as_deref());
@@ -569,6 +590,130 @@ mod mutations {
 #[tokio::test]
 async fn kept_choices_follow_the_client_and_the_snapshot() {
     kept_choices(false).await;
+}
+
+/// A worker keeps whole answers per query and client: the same question (same bytes, ID
+/// aside) from 750 resolvers in three networks that the geography answers differently,
+/// more than the kept answers have slots: every answer is the general path's for that
+/// resolver, whichever other resolver's answer its slot held, and counts the endpoints
+/// it names once.
+#[tokio::test]
+async fn kept_answers_are_each_clients_own() {
+    // Without rate limiting: 250 answers to a /24 would empty its bucket.
+    let (handler, snapshot) = paths("[rrl]\nenabled = false\n");
+    let mut message = Message::new(5, MessageType::Query, OpCode::Query);
+    message.add_query(Query::query(
+        Name::from_ascii("vpn.gto.example.com.").unwrap(),
+        RecordType::A,
+    ));
+    let query = message.to_vec().unwrap();
+    let node = snapshot.service_node(0).unwrap();
+    let counts = || -> Vec<u64> {
+        node.members
+            .iter()
+            .map(|m| m.answered.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    };
+    let mut scratch = FastScratch::default();
+    let mut out = Vec::new();
+    let mut answers = std::collections::HashSet::new();
+    // Each resolver asks three times in a row (its answer is made, kept, sent kept), in
+    // two rounds; between them the others take its slots.
+    let asks = (0..2).flat_map(|_| {
+        (1..=250u8).flat_map(|host| {
+            [[198, 51, 100], [203, 0, 113], [192, 0, 2]]
+                .into_iter()
+                .flat_map(move |net| [IpAddr::from([net[0], net[1], net[2], host]); 3])
+        })
+    });
+    for ip in asks {
+        let before = counts();
+        let reply = respond(
+            &snapshot,
+            &snapshot.fast,
+            &query,
+            ip,
+            &mut scratch,
+            &mut out,
+        );
+        let Reply::Send(len) = reply else {
+            panic!("{ip}: {reply:?}");
+        };
+        // As a worker does after each batch: the kept choices' counts are folded.
+        // The answer is counted once, for the endpoints it names, whether it was
+        // made or kept (in the choice it was made from).
+        gto::dns::fast::fold_endpoint_counts(&snapshot, &mut scratch);
+        let named: Vec<IpAddr> = Message::from_vec(&out[..len])
+            .unwrap()
+            .answers
+            .iter()
+            .filter_map(|r| r.data.ip_addr())
+            .collect();
+        let after = counts();
+        for (m, member) in node.members.iter().enumerate() {
+            let expected = member.info.addresses.iter().any(|a| named.contains(a));
+            assert_eq!(
+                after[m] - before[m],
+                u64::from(expected),
+                "{ip}: {}",
+                member.info.key.member
+            );
+        }
+        let general = answer_bytes(
+            &handler,
+            &query,
+            SocketAddr::new(ip, 53),
+            None,
+            Protocol::Udp,
+        )
+        .await;
+        assert_eq!(Some(&out[..len]), general.as_deref(), "{ip}");
+        answers.insert(out[..len].to_vec());
+    }
+    assert!(
+        answers.len() >= 3,
+        "the networks are answered alike: {answers:?}"
+    );
+}
+
+/// Kept answers are for one snapshot: a static name whose address changed, and a name
+/// that did not exist and now does, asked three times (kept) before a new snapshot and
+/// once after, get the new snapshot's answer.
+#[tokio::test]
+async fn kept_answers_are_for_one_snapshot() {
+    let (_, before) = paths_of("", false, &zone());
+    let changed = zone().replace("192.0.2.80", "192.0.2.81") + "new IN A 192.0.2.82\n";
+    let (handler, after) = paths_of("", false, &changed);
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut scratch = FastScratch::default();
+    let mut out = Vec::new();
+    for name in ["www.gto.example.com.", "new.gto.example.com."] {
+        let query = |id| {
+            let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+            message.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            message.to_vec().unwrap()
+        };
+        for id in 1..=3 {
+            let reply = respond(
+                &before,
+                &before.fast,
+                &query(id),
+                ip,
+                &mut scratch,
+                &mut out,
+            );
+            assert!(matches!(reply, Reply::Send(_)), "{name}: {reply:?}");
+        }
+        let Reply::Send(len) = respond(&after, &after.fast, &query(4), ip, &mut scratch, &mut out)
+        else {
+            panic!("{name} not answered on the fast path");
+        };
+        let src = SocketAddr::new(ip, 53);
+        let general = answer_bytes(&handler, &query(4), src, None, Protocol::Udp).await;
+        assert_eq!(Some(&out[..len]), general.as_deref(), "{name}");
+        let answer = Message::from_vec(&out[..len]).unwrap();
+        assert_eq!(answers(&answer).len(), 1, "{name}: {answer:?}");
+    }
 }
 
 /// [`kept_choices_follow_the_client_and_the_snapshot`] in signed zones with DO: the

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::real::{cpu_ticks, member};
 use crate::support::{
-    RealGto, TestServer, ZONE, answers, config, http_json, query, wait_answering,
+    RealGto, TestServer, ZONE, answers, config, http_json, query, tcp_receive, wait_answering,
 };
 
 fn limited(settings: &str) -> String {
@@ -124,13 +124,7 @@ async fn a_pipelined_burst_in_pieces_gets_the_answers_udp_gets_in_order() {
     }
     stream.write_all(&burst[at..]).await.unwrap();
     for message in &messages {
-        let mut length = [0u8; 2];
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut length))
-            .await
-            .expect("no answer within 5 s")
-            .unwrap();
-        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
-        stream.read_exact(&mut answer).await.unwrap();
+        let answer = tcp_receive(&mut stream).await;
         let over_udp = crate::support::udp_raw(server.addr, message).await;
         assert_eq!(
             Some(&answer),
