@@ -230,6 +230,8 @@ fn answer_fast(
 ) -> bool {
     let started = Instant::now();
     let snapshot = handler.routing().load();
+    // When the query was read, for dnstap (as the general path takes it).
+    let received = snapshot.dnstap.as_ref().map(|_| SystemTime::now());
     FAST_TCP.with_borrow_mut(|fast| {
         let fast = fast.get_or_insert_with(|| FastTcp {
             scratch: FastScratch::default(),
@@ -249,15 +251,9 @@ fn answer_fast(
             return false; // never Drop: TCP answers are not rate-limited
         };
         let answer = &fast.answer[..length];
-        if let Some(tap) = snapshot.dnstap.as_deref() {
+        if let (Some(tap), Some(received)) = (snapshot.dnstap.as_deref(), received) {
             let transport = crate::dnstap::Transport::Tcp;
-            tap.exchange(
-                transport,
-                (peer, server),
-                message,
-                Some(answer),
-                SystemTime::now(),
-            );
+            tap.exchange(transport, (peer, server), message, Some(answer), received);
         }
         // At most 65,535 octets (`respond_tcp`).
         output.extend_from_slice(&(length as u16).to_be_bytes());
