@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Latency at fixed rates (issue 34): p50, p99 and max per query for gto and gdnsd (when
-installed) serving the same zone on loopback, at 1k, 20k and 100k queries/s and at
+installed; `--servers gto,gdnsd,null` adds the harness's kernel floor, UDP only) serving
+the same zone on loopback, at 1k, 20k and 100k queries/s and at
 saturation over UDP, and over TCP with 20 connections. Per-query times come from
-dnsperf -v; each server runs alone; every run is bounded (5 s each). Not a test: figures
+dnsperf -v; one server is loaded at a time; every run is bounded (5 s each). Not a test: figures
 for the README and the issue.
 
     benches/latency/run.py [--gto target/release/gto] [--servers gto,gdnsd] [--seconds 5]
                            [--pin same|split] [--transports udp,tcp]
+                           [--rates 1000,20000,100000,0] [--runs 1]
+
+With --runs N every row is measured N times, the servers one after the other within a
+row (all of them run from the start, each on its port), and each row's median p50 and
+p99 are printed at the end: on a VM a single run's rows move by several µs.
 
 --pin same runs the server and dnsperf on one CPU (the last), --pin split the server on the
 last and dnsperf on CPU 0. Unpinned, at low rates the p50 of either server is bimodal on a
@@ -21,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -52,6 +59,14 @@ def start(server, d, port, gto, cpu=None):
                 '[[zone]]\norigin = "gto.example.com."\nfile = "gto.example.com.zone"\n'
             )
         command = [gto, "run", "--config", os.path.join(d, "gto.toml")]
+    elif server == "null":
+        # The kernel floor of ../shared/bench (one thread, one fixed answer, no DNS), with
+        # no pause after small batches: the least latency a UDP server has here.
+        floor = os.path.join(d, "null-floor")
+        here = os.path.dirname(os.path.abspath(__file__))
+        source = os.path.join(here, "..", "..", "..", "shared", "bench", "null-floor.c")
+        subprocess.run(["cc", "-O2", "-o", floor, source], check=True)
+        command = ["env", "NULL_COALESCE_US=0", floor, str(port)]
     else:
         os.makedirs(os.path.join(d, "zones"))
         with open(os.path.join(d, "zones", "gto.example.com"), "w") as f:
@@ -102,26 +117,38 @@ def main():
     parser.add_argument("--port", type=int, default=25450)
     parser.add_argument("--pin", choices=("same", "split"), help="CPU placement (see above)")
     parser.add_argument("--transports", default="udp,tcp", help="udp, tcp or both (udp,tcp)")
+    parser.add_argument("--rates", default="1000,20000,100000,0", help="UDP rates, 0: saturation (TCP: 1000 and 20000 of them)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat every row; then print each row's medians")
     args = parser.parse_args()
     last = (os.cpu_count() or 1) - 1
     server_cpu = last if args.pin else None
     load_cpu = {"same": last, "split": 0}.get(args.pin)
-    print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'lost':>5} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
-    for i, server in enumerate(args.servers.split(",")):
-        if server != "gto" and shutil.which(server) is None:
-            print(f"{server:6} not installed (../shared/bench/peers.sh setup installs it)")
-            continue
-        d = tempfile.mkdtemp(prefix=f"latency-{server}-")
-        port = args.port + i
-        queries = os.path.join(d, "queries.txt")
-        with open(queries, "w") as f:
-            f.write(QUERIES)
-        proc = start(server, d, port, args.gto, server_cpu)
-        try:
-            rows = ((False, (1000, 20000, 100000, 0)), (True, (1000, 20000)))
-            wanted = args.transports.split(",")
-            for tcp, rates in ((t, r) for t, r in rows if ("tcp" if t else "udp") in wanted):
-                for rate in rates:
+    rates = [int(r) for r in args.rates.split(",")]
+    wanted = args.transports.split(",")
+    rows = [(False, rate) for rate in rates if "udp" in wanted]
+    rows += [(True, rate) for rate in rates if "tcp" in wanted and rate in (1000, 20000)]
+    servers = []
+    try:
+        # Every server runs from the start, each on its port; only the one loaded works.
+        for i, server in enumerate(args.servers.split(",")):
+            if server not in ("gto", "null") and shutil.which(server) is None:
+                print(f"{server:6} not installed (../shared/bench/peers.sh setup installs it)")
+                continue
+            d = tempfile.mkdtemp(prefix=f"latency-{server}-")
+            port = args.port + i
+            queries = os.path.join(d, "queries.txt")
+            with open(queries, "w") as f:
+                f.write(QUERIES)
+            servers.append((server, port, queries, d, start(server, d, port, args.gto, server_cpu)))
+        print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'lost':>5} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+        results = {}
+        # Row by row, the servers one after the other: each row's figures are minutes apart
+        # at most, whatever the VM does meanwhile.
+        for _ in range(args.runs):
+            for tcp, rate in rows:
+                for server, port, queries, _, _ in servers:
+                    if tcp and server == "null":
+                        continue  # the floor has no TCP
                     result = run(port, queries, rate, args.seconds, tcp, load_cpu)
                     label = "saturation" if rate == 0 else f"{rate}/s"
                     transport = "tcp x20" if tcp else "udp"
@@ -129,8 +156,17 @@ def main():
                         print(f"{server:6} {transport:9} {label:>10} no answers")
                         continue
                     n, lost, qps, p50, p99, worst = result
+                    results.setdefault((server, transport, label), []).append(result)
                     print(f"{server:6} {transport:9} {label:>10} {n:>8} {lost:>5} {qps:>9} {p50:7.3f} {p99:7.3f} {worst:7.3f}", flush=True)
-        finally:
+        if args.runs > 1:
+            print(f"\nmedians of {args.runs} runs (lost: all runs; max: the largest)")
+            print(f"{'server':6} {'transport':9} {'rate':>10} {'lost':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+            for (server, transport, label), got in results.items():
+                p50 = statistics.median(r[3] for r in got)
+                p99 = statistics.median(r[4] for r in got)
+                print(f"{server:6} {transport:9} {label:>10} {sum(r[1] for r in got):>5} {p50:7.3f} {p99:7.3f} {max(r[5] for r in got):7.3f}")
+    finally:
+        for _, _, _, d, proc in servers:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(20)

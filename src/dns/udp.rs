@@ -784,30 +784,29 @@ fn send_batch(
     });
     let run = |group: &Group| &flat[group.start..group.start + group.members];
 
-    // GSO calls, one sendmmsg per segment length. The call of the batch's longest answer
-    // GSO can carry also takes every shorter answer that is alone (the kernel sends a
-    // message no longer than its segment size as one plain datagram), so a batch takes
-    // one system call per length that more than one answer to a destination shares, or
-    // one in all. Groups of another length do not ride as plain datagrams: measured
-    // with a mix of names and types, sending their answers one by one cost more than
-    // the call it saved, even where system calls are dear.
+    // GSO calls, one sendmmsg per segment length that several answers to a destination
+    // share. The call of the longest such length also takes every answer that is alone
+    // and no longer (the kernel sends a message no longer than its segment size as one
+    // plain datagram), so a batch takes one system call per such length, plus one for
+    // the longer lone answers, if any. Groups of another length do not ride as plain
+    // datagrams: measured with a mix of names and types, sending their answers one by
+    // one cost more than the call it saved, even where system calls are dear. A batch of
+    // lone answers (every batch at low rates) goes plain, in one call, with no GSO
+    // option: the kernel builds a plain datagram faster than a GSO one of one segment.
     let largest = groups[..count]
         .iter()
+        .filter(|g| g.members > 1)
         .map(|g| g.length)
         .filter(|&length| transmit.gso_on && length <= GSO_SEGMENT_MAX)
         .max();
     // The segment length of the call each group goes in; None: a plain datagram each.
     let mut call_of = [None; BATCH];
     for (call, group) in call_of.iter_mut().zip(&groups[..count]) {
-        *call = largest
-            .map(|largest| {
-                if group.members == 1 {
-                    largest
-                } else {
-                    group.length
-                }
-            })
-            .filter(|_| group.length <= GSO_SEGMENT_MAX);
+        *call = match largest {
+            Some(largest) if group.members == 1 && group.length <= largest => Some(largest),
+            Some(_) if group.members > 1 && group.length <= GSO_SEGMENT_MAX => Some(group.length),
+            _ => None,
+        };
     }
     for g in 0..count {
         let Some(segment) = call_of[g] else {
