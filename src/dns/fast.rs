@@ -298,12 +298,7 @@ fn send_kept(
             }
             Verdict::Slip => {
                 scratch.rate_limited[1] += 1;
-                // As `finish` slips: TC, no records, the question, our OPT.
-                out.truncate(entry.question_end);
-                out[2] |= 0x02;
-                let opt = entry.opt_at.and_then(|at| entry.answer.get(at..));
-                out[6..12].copy_from_slice(&[0, 0, 0, 0, 0, u8::from(opt.is_some())]);
-                out.extend_from_slice(opt.unwrap_or_default());
+                slip(out, entry.question_end, entry.opt_at);
                 return Some(Reply::Send(out.len()));
             }
         }
@@ -1069,14 +1064,7 @@ fn finish(
             }
             Verdict::Slip => {
                 scratch.rate_limited[1] += 1;
-                // Header with TC and no records, the question, our OPT.
-                out.truncate(question.end);
-                out[2] |= 0x02;
-                let opt = question.opt.as_ref();
-                out[6..12].copy_from_slice(&[0, 0, 0, 0, 0, u8::from(opt.is_some())]);
-                if let Some(opt) = opt {
-                    write_opt(out, snapshot.udp_payload, opt, written.scope);
-                }
+                slip(out, question.end, question.opt.is_some().then_some(opt_at));
                 return Reply::Send(out.len());
             }
         }
@@ -1095,6 +1083,20 @@ fn finish(
         }
     }
     Reply::Send(out.len())
+}
+
+/// Rewrites the answer in `out` as the general path's truncated form of it (a rate
+/// limiter's slip): TC, no records, the question, and our OPT record, which starts at
+/// `opt_at` when the answer has one, moved up behind the question.
+fn slip(out: &mut Vec<u8>, question_end: usize, opt_at: Option<usize>) {
+    let opt_len = opt_at.map_or(0, |at| {
+        let len = out.len().saturating_sub(at);
+        out.copy_within(at.., question_end);
+        len
+    });
+    out.truncate(question_end + opt_len);
+    out[2] |= 0x02;
+    out[6..12].copy_from_slice(&[0, 0, 0, 0, 0, u8::from(opt_at.is_some())]);
 }
 
 /// Adds `answers` to the answer counters of the endpoints of one answer's picks.
