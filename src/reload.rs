@@ -331,6 +331,7 @@ fn needs_restart(old: &crate::config::Config, new: &crate::config::Config) -> Ve
         "server.tcp_max_queries",
         a.tcp_max_queries != b.tcp_max_queries,
     );
+    check("server.tcp_threads", a.tcp_threads != b.tcp_threads);
     check("server.workers", a.workers != b.workers);
     check("server.udp_coalesce", a.udp_coalesce != b.udp_coalesce);
     check("server.state_file", a.state_file != b.state_file);

@@ -92,12 +92,26 @@ def start(server, d, port, gto, cpu=None):
     raise SystemExit(f"{server} did not answer")
 
 
-def run(port, queries, rate, seconds, tcp, cpu=None):
+def cpu_ns(pid):
+    """The server's CPU time so far, every thread's, in ns (the scheduler's own count)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
+def run(port, queries, rate, seconds, tcp, cpu=None, pid=None):
     command = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", queries, "-l", str(seconds), "-v"]
     command += ["-m", "tcp", "-c", "20"] if tcp else ["-c", "4"]
     if rate:
         command += ["-Q", str(rate)]
+    before = cpu_ns(pid) if pid else 0
     out = subprocess.run(pinned(command, cpu), capture_output=True, text=True, timeout=seconds + 30).stdout
+    spent = cpu_ns(pid) - before if pid else 0
     lines = [line.split() for line in out.splitlines() if line.startswith("> ")]
     # "> T name type": a query that timed out (lost); otherwise the last field is its time.
     lost = sum(1 for fields in lines if fields[1] == "T")
@@ -106,7 +120,9 @@ def run(port, queries, rate, seconds, tcp, cpu=None):
     if not times:
         return None
     pick = lambda q: times[min(len(times) - 1, int(len(times) * q))] * 1000
-    return len(times), lost, qps, pick(0.5), pick(0.99), times[-1] * 1000
+    # The server's CPU per answer in µs: at a low rate, what one wake-up and one answer cost
+    # it (caches cold after the idle time between queries included).
+    return len(times), lost, qps, pick(0.5), pick(0.99), times[-1] * 1000, spent / 1000 / len(times)
 
 
 def main():
@@ -140,31 +156,31 @@ def main():
             with open(queries, "w") as f:
                 f.write(QUERIES)
             servers.append((server, port, queries, d, start(server, d, port, args.gto, server_cpu)))
-        print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'lost':>5} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+        print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'lost':>5} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu us/q':>8}")
         results = {}
         # Row by row, the servers one after the other: each row's figures are minutes apart
         # at most, whatever the VM does meanwhile.
         for _ in range(args.runs):
             for tcp, rate in rows:
-                for server, port, queries, _, _ in servers:
+                for server, port, queries, _, proc in servers:
                     if tcp and server == "null":
                         continue  # the floor has no TCP
-                    result = run(port, queries, rate, args.seconds, tcp, load_cpu)
+                    result = run(port, queries, rate, args.seconds, tcp, load_cpu, proc.pid)
                     label = "saturation" if rate == 0 else f"{rate}/s"
                     transport = "tcp x20" if tcp else "udp"
                     if result is None:
                         print(f"{server:6} {transport:9} {label:>10} no answers")
                         continue
-                    n, lost, qps, p50, p99, worst = result
+                    n, lost, qps, p50, p99, worst, cpu = result
                     results.setdefault((server, transport, label), []).append(result)
-                    print(f"{server:6} {transport:9} {label:>10} {n:>8} {lost:>5} {qps:>9} {p50:7.3f} {p99:7.3f} {worst:7.3f}", flush=True)
+                    print(f"{server:6} {transport:9} {label:>10} {n:>8} {lost:>5} {qps:>9} {p50:7.3f} {p99:7.3f} {worst:7.3f} {cpu:8.2f}", flush=True)
         if args.runs > 1:
             print(f"\nmedians of {args.runs} runs (lost: all runs; max: the largest)")
-            print(f"{'server':6} {'transport':9} {'rate':>10} {'lost':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+            print(f"{'server':6} {'transport':9} {'rate':>10} {'lost':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu us/q':>8}")
             for (server, transport, label), got in results.items():
                 p50 = statistics.median(r[3] for r in got)
                 p99 = statistics.median(r[4] for r in got)
-                print(f"{server:6} {transport:9} {label:>10} {sum(r[1] for r in got):>5} {p50:7.3f} {p99:7.3f} {max(r[5] for r in got):7.3f}")
+                print(f"{server:6} {transport:9} {label:>10} {sum(r[1] for r in got):>5} {p50:7.3f} {p99:7.3f} {max(r[5] for r in got):7.3f} {statistics.median(r[6] for r in got):8.2f}")
     finally:
         for _, _, _, d, proc in servers:
             proc.send_signal(signal.SIGTERM)

@@ -410,6 +410,9 @@ pub struct ServerSettings {
     /// Queries answered per TCP connection before it is closed (default
     /// 10,000).
     pub tcp_max_queries: usize,
+    /// Threads serving TCP, every listen address on each (default 2, as gdnsd's): each
+    /// its own event loop, keeping the connections it accepts.
+    pub tcp_threads: usize,
     /// After a small batch a UDP worker pauses this long (default 100 µs; 0 turns it off)
     /// so queries gather into bigger batches: fewer wake-ups and system calls per query
     /// (about a third less CPU per query under load on the peer bench) for at most this

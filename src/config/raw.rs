@@ -60,6 +60,8 @@ pub(crate) struct RawServer {
     pub(crate) tcp_max_connections: Option<Spanned<i64>>,
     /// Queries per TCP connection at most.
     pub(crate) tcp_max_queries: Option<Spanned<i64>>,
+    /// Threads serving TCP.
+    pub(crate) tcp_threads: Option<Spanned<i64>>,
     /// Pause after a small UDP batch, e.g. "50us".
     pub(crate) udp_coalesce: Option<Spanned<String>>,
     /// Write the state file through a symbolic link that leaves its directory.

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tracing::info;
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::Handler;
-use super::tcp::{self, TcpLimits};
+use super::tcp::{TcpLimits, TcpShared, TcpThreads};
 use super::udp::{UdpWorkers, bind_reuseport};
 use crate::config::ServerSettings;
 use crate::handover::DnsSockets;
@@ -51,6 +51,8 @@ pub struct DnsServer {
     workers: Vec<UdpWorkers>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
     tcp_token: CancellationToken,
+    /// The threads serving TCP: ended (dropped) after its listeners have stopped.
+    tcp_threads: Option<TcpThreads>,
     /// Duplicates of every listening socket, with what they are: passed to a replacement
     /// ([`crate::handover`]).
     sockets: Vec<crate::handover::Passed>,
@@ -110,6 +112,23 @@ impl DnsServer {
         };
         let tcp_token = CancellationToken::new();
         let mut tcp_tasks = Vec::new();
+        let tcp_threads =
+            TcpThreads::start(settings.tcp_threads).map_err(|source| DnsError::Bind {
+                addr: settings
+                    .listen
+                    .first()
+                    .copied()
+                    .unwrap_or(([127, 0, 0, 1], 0).into()),
+                transport: "tcp",
+                source,
+            })?;
+        let tcp_shared = TcpShared {
+            handler: handler.clone(),
+            general: tokio::runtime::Handle::current(),
+            limits,
+            slots,
+            token: tcp_token.clone(),
+        };
         for addr in &settings.listen {
             let sockets = match inherited.take_dns(*addr) {
                 // The sockets are served the way they were: switching between the fast
@@ -129,7 +148,6 @@ impl DnsServer {
             };
             let DnsSockets { udp, general, tcp } = sockets;
             sockets_kept.push(keep("dns", *addr, "tcp", &tcp)?);
-            let tcp = to_tokio_listener(tcp).map_err(|e| bind_error("tcp", e))?;
             let local = if !general {
                 for socket in &udp {
                     sockets_kept.push(keep("dns", *addr, "udp", socket)?);
@@ -168,13 +186,10 @@ impl DnsServer {
                 info!(%local, "serving DNS on UDP and TCP");
                 local
             };
-            tcp_tasks.push(tokio::spawn(tcp::serve(
-                tcp,
-                handler.clone(),
-                limits,
-                slots.clone(),
-                tcp_token.clone(),
-            )));
+            let served = tcp_threads
+                .serve(&tcp, &tcp_shared)
+                .map_err(|e| bind_error("tcp", e))?;
+            tcp_tasks.extend(served);
             local_addrs.push(local);
         }
         Ok(Self {
@@ -182,6 +197,7 @@ impl DnsServer {
             workers,
             tcp_tasks,
             tcp_token,
+            tcp_threads: Some(tcp_threads),
             sockets: sockets_kept,
             shared: false,
         })
@@ -222,6 +238,8 @@ impl DnsServer {
             // Connections finish their current query; a join error was a panic, logged.
             let _ = tokio::time::timeout(grace, task).await;
         }
+        // Their listeners stopped: the threads end (what a grace cut short is dropped).
+        self.tcp_threads = None;
         for workers in std::mem::take(&mut self.workers) {
             if self.shared {
                 workers.stop_sharing().await;
@@ -251,12 +269,6 @@ fn keep(
         kind,
         fd,
     })
-}
-
-/// A passed TCP listener, for tokio.
-fn to_tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
-    listener.set_nonblocking(true)?;
-    TcpListener::from_std(listener)
 }
 
 /// How long queries may wait in sockets bound ahead ([`bind_ahead`]) for the start to

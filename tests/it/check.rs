@@ -234,13 +234,16 @@ check = { kind = "tcp", port = 22, family = "each", address = "192.0.2.9" }
 }
 
 #[test]
-fn rate_limiting_and_coalescing_mistakes_are_reported_with_locations() {
+fn rate_limiting_coalescing_and_thread_mistakes_are_reported_with_locations() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("gto.example.com.zone"), ZONE).unwrap();
     let text = config(
         "[rrl]\nresponses_per_second = 0\nslip = 11\nipv4_prefix = 33\nexempt = [\"10.0.0.0/33\"]\nwindow = 5\n",
     )
-    .replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1:0\"]\nudp_coalesce = \"5ms\"");
+    .replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nudp_coalesce = \"5ms\"\ntcp_threads = 0",
+    );
     fs::write(dir.path().join("gto.toml"), &text).unwrap();
     let line = |needle: &str| 1 + text.lines().position(|l| l.starts_with(needle)).unwrap();
     let (code, stdout, stderr) = check(dir.path());
@@ -251,6 +254,14 @@ fn rate_limiting_and_coalescing_mistakes_are_reported_with_locations() {
             "rrl.responses_per_second: must be between 1 and 1000000",
         ),
         ("slip", "rrl.slip: must be between 0 and 10"),
+        (
+            "udp_coalesce",
+            "server.udp_coalesce: not a duration of at most 1ms",
+        ),
+        (
+            "tcp_threads",
+            "server.tcp_threads: must be between 1 and 256",
+        ),
         ("ipv4_prefix", "rrl.ipv4_prefix: must be between 8 and 32"),
         (
             "exempt",

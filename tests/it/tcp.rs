@@ -194,6 +194,96 @@ async fn idle_connections_are_closed_after_the_timeout() {
     assert!(read_answer(&mut stream).await.is_none());
 }
 
+/// The idle timeout runs from the last whole message, not from the connection's start nor
+/// from the last byte: queries 350 ms apart keep a connection open well past its first
+/// deadline (500 ms), and a message trickled a byte per 100 ms, never whole, does not.
+#[tokio::test]
+async fn the_idle_timeout_runs_from_the_last_whole_message() {
+    let server = TestServer::start(&limited("tcp_idle_timeout = \"500ms\""), ZONE).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let mut answered = tokio::time::Instant::now();
+    for id in 1..=4 {
+        tokio::time::sleep_until(answered + Duration::from_millis(350)).await;
+        writer
+            .write_all(&framed(id, "www.gto.example.com."))
+            .await
+            .unwrap();
+        let mut length = [0u8; 2];
+        reader.read_exact(&mut length).await.unwrap_or_else(|e| {
+            panic!("closed before query {id}, 350 ms after the one before: {e}")
+        });
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        reader.read_exact(&mut body).await.unwrap();
+        assert_eq!(Message::from_vec(&body).unwrap().metadata.id, id);
+        answered = tokio::time::Instant::now();
+    }
+    let frame = framed(5, "www.gto.example.com.");
+    let trickle = tokio::spawn(async move {
+        for byte in &frame[..frame.len() - 1] {
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut rest = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut rest)).await;
+    let after = answered.elapsed();
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "not closed: {closed:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(450) && after < Duration::from_millis(1500),
+        "closed {after:?} after the last whole message (timeout 500 ms)"
+    );
+    trickle.abort();
+}
+
+/// With one TCP thread or several (each accepting on the listener and keeping its
+/// connections), every one of many concurrent connections is served, and a burst mixing
+/// the fast and the general path gets what UDP gets, in order.
+#[tokio::test]
+async fn every_connection_is_served_whatever_the_tcp_threads() {
+    for threads in [1, 3] {
+        let server = TestServer::start(&limited(&format!("tcp_threads = {threads}")), ZONE).await;
+        let names = [
+            ("vpn.gto.example.com.", RecordType::A),
+            ("gto.example.com.", RecordType::ANY),
+            ("www.gto.example.com.", RecordType::A),
+            ("example.org.", RecordType::A),
+        ];
+        let mut expected = Vec::new();
+        let mut burst = Vec::new();
+        for (id, (name, kind)) in names.iter().enumerate() {
+            let mut message = query(name, *kind, None);
+            message.metadata.id = id as u16;
+            let bytes = message.to_vec().unwrap();
+            expected.push(crate::support::udp_raw(server.addr, &bytes).await);
+            burst.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            burst.extend_from_slice(&bytes);
+        }
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..24 {
+            let (addr, burst) = (server.addr, burst.clone());
+            clients.spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                stream.write_all(&burst).await.unwrap();
+                let mut got = Vec::new();
+                for _ in 0..4 {
+                    got.push(Some(tcp_receive(&mut stream).await));
+                }
+                got
+            });
+        }
+        while let Some(got) = clients.join_next().await {
+            assert_eq!(got.unwrap(), expected, "tcp_threads = {threads}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_connection_is_closed_after_its_query_limit() {
     let server = TestServer::start(&limited("tcp_max_queries = 3"), ZONE).await;

@@ -24,6 +24,8 @@ const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// pipelined connection is seldom cut (Knot, NSD, PowerDNS and gdnsd set no limit), low
 /// enough that a long-lived connection is spread again now and then.
 const DEFAULT_TCP_MAX_QUERIES: usize = 10_000;
+/// Threads serving TCP unless `tcp_threads` says (gdnsd's default too).
+const DEFAULT_TCP_THREADS: usize = 2;
 /// See [`crate::config::ServerSettings::udp_coalesce`].
 const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
 
@@ -97,6 +99,13 @@ pub(super) fn compile_server(
         .and_then(|v| errors.ranged(v, "server.tcp_max_queries", 1..=1_000_000))
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(DEFAULT_TCP_MAX_QUERIES);
+    let tcp_threads = raw
+        .server
+        .tcp_threads
+        .as_ref()
+        .and_then(|v| errors.ranged(v, "server.tcp_threads", 1..=256))
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(DEFAULT_TCP_THREADS);
     let max_file_size = errors.setting(
         server.max_file_size.as_ref(),
         "server.max_file_size",
@@ -135,6 +144,7 @@ pub(super) fn compile_server(
         workers,
         tcp_max_connections,
         tcp_max_queries,
+        tcp_threads,
         udp_coalesce,
         max_file_size,
         include_root,
