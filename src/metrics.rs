@@ -372,7 +372,7 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         DNS_FAST_BATCH_SECONDS,
         Kind::Histogram,
         Unit::Seconds,
-        "UDP fast path: handling time per answer, one sample per batch (count = batches).",
+        "UDP fast path: time per answer from receiving a batch to sending its answers, one sample per batch (count = batches).",
     ),
     (
         DNS_TCP_CLOSED_TOTAL,
