@@ -54,10 +54,11 @@ def start(server, d, port, gto, cpu=None):
             f.write(ZONE)
         with open(os.path.join(d, "gto.toml"), "w") as f:
             f.write(
-                f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nenabled = false\n'
+                f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\ntcp_threads = 1\n[admin]\nenabled = false\n'
                 '[rrl]\nenabled = false\n'
                 '[[zone]]\norigin = "gto.example.com."\nfile = "gto.example.com.zone"\n'
             )
+        # Threads as gdnsd's below: two for UDP, one for TCP.
         command = [gto, "run", "--config", os.path.join(d, "gto.toml")]
     elif server == "null":
         # The kernel floor of ../shared/bench (one thread, one fixed answer, no DNS), with

@@ -466,6 +466,7 @@ fn worker(
             &mut received,
             (slots, wildcard),
         );
+        let asked = slots;
         slots = receive_slots(slots, count);
         let mut replies = 0;
         let started = Instant::now();
@@ -546,8 +547,11 @@ fn worker(
         }
         // A small batch: let queries gather for a moment rather than sleep and wake for
         // each one (see `ServerSettings::udp_coalesce`). Its answers are already sent.
-        if count > 0 && count < COALESCE_BELOW && pace.pause() {
+        // A batch that filled its slots is not small: more may be queued.
+        if count > 0 && count < COALESCE_BELOW.min(asked) && pace.pause() {
             std::thread::sleep(coalesce);
+            // The pause fills the queue: take all of it at once.
+            slots = BATCH;
         }
     }
 }
