@@ -564,7 +564,9 @@ const MIN_SLOTS: usize = 4;
 /// just received (a power of two, at least [`MIN_SLOTS`]). Every slot offered is a
 /// message header prepared before the call, ~20 instructions each: at low rates, where
 /// a batch is one query, 32 of them were a fifth of a query's handling (callgrind).
-/// Unchanged after a receive that got nothing (a timeout or an interruption).
+/// Unchanged after a receive that got nothing (a timeout or an interruption). After a
+/// coalescing pause the worker asks for all of them whatever this says: the pause fills
+/// the queue.
 fn receive_slots(slots: usize, count: usize) -> usize {
     match count {
         0 => slots,
