@@ -141,6 +141,18 @@ impl Default for Choices {
 }
 
 impl Choices {
+    /// Counts one answer made from the choice kept at `at` (its endpoints' counters are
+    /// added to when the batch is folded).
+    fn count_answer(&mut self, at: usize) {
+        let Some(slot) = self.slots.get_mut(at) else {
+            return;
+        };
+        if slot.answered == 0 {
+            self.counted.push(at);
+        }
+        slot.answered += 1;
+    }
+
     /// The slot for a key (a multiplicative hash of its parts).
     fn slot_of(service: usize, v6: bool, address: IpAddr) -> usize {
         let bits = match address {
@@ -289,26 +301,15 @@ fn send_kept(
     out.extend_from_slice(&entry.answer);
     out.get_mut(..2)?.copy_from_slice(query.get(..2)?);
     scratch.answered[entry.rcode][qtype_bucket(entry.qtype)] += 1;
-    if udp && let Some(rrl) = &snapshot.rrl {
-        match rrl.check(source, entry.class, &entry.key, entry.qtype) {
-            Verdict::Send => {}
-            Verdict::Drop => {
-                scratch.rate_limited[0] += 1;
-                return Some(Reply::Drop);
-            }
-            Verdict::Slip => {
-                scratch.rate_limited[1] += 1;
-                slip(out, entry.question_end, entry.opt_at);
-                return Some(Reply::Send(out.len()));
-            }
+    if udp {
+        let asked = (source, entry.class, entry.key.as_slice(), entry.qtype);
+        let parts = (entry.question_end, entry.opt_at);
+        if let Some(reply) = rate_limit(snapshot, asked, parts, &mut scratch.rate_limited, out) {
+            return Some(reply);
         }
     }
     if let Some((at, _)) = entry.choice {
-        let slot = &mut choices.slots[at];
-        if slot.answered == 0 {
-            choices.counted.push(at);
-        }
-        slot.answered += 1;
+        choices.count_answer(at);
     }
     Some(Reply::Send(out.len()))
 }
@@ -1055,34 +1056,52 @@ fn finish(
     let rcode = usize::from(written.rcode == 3);
     scratch.answered[rcode][qtype_bucket(question.qtype)] += 1;
     keep(udp, question, written, opt_at, scratch, out);
-    if udp && let Some(rrl) = &snapshot.rrl {
-        match rrl.check(question.source, written.class, &scratch.key, question.qtype) {
-            Verdict::Send => {}
-            Verdict::Drop => {
-                scratch.rate_limited[0] += 1;
-                return Reply::Drop;
-            }
-            Verdict::Slip => {
-                scratch.rate_limited[1] += 1;
-                slip(out, question.end, question.opt.is_some().then_some(opt_at));
-                return Reply::Send(out.len());
-            }
+    if udp {
+        let asked = (
+            question.source,
+            written.class,
+            scratch.key.as_slice(),
+            question.qtype,
+        );
+        let parts = (question.end, question.opt.is_some().then_some(opt_at));
+        if let Some(reply) = rate_limit(snapshot, asked, parts, &mut scratch.rate_limited, out) {
+            return reply;
         }
     }
     if let Some(node) = written.node {
         let choices = &mut scratch.choices;
         match scratch.chosen_slot {
             // Counted when the batch is folded.
-            Some(at) if at < choices.slots.len() => {
-                if choices.slots[at].answered == 0 {
-                    choices.counted.push(at);
-                }
-                choices.slots[at].answered += 1;
-            }
+            Some(at) if at < choices.slots.len() => choices.count_answer(at),
             _ => count_endpoints(node, scratch.picks.iter().map(|&(e, _)| e), 1),
         }
     }
     Reply::Send(out.len())
+}
+
+/// Rate limiting of a UDP answer about to leave, made or kept alike: None to send `out`
+/// as it is; else the reply, counted: nothing, or `out` slipped ([`slip`]). `asked`: the
+/// client, the kind of answer, the name's key and the type; `parts`: where the question
+/// ends and our OPT starts in `out`.
+fn rate_limit(
+    snapshot: &Snapshot,
+    (source, class, key, qtype): (IpAddr, ResponseClass, &[u8], u16),
+    (question_end, opt_at): (usize, Option<usize>),
+    rate_limited: &mut [u64; 2],
+    out: &mut Vec<u8>,
+) -> Option<Reply> {
+    match snapshot.rrl.as_ref()?.check(source, class, key, qtype) {
+        Verdict::Send => None,
+        Verdict::Drop => {
+            rate_limited[0] += 1;
+            Some(Reply::Drop)
+        }
+        Verdict::Slip => {
+            rate_limited[1] += 1;
+            slip(out, question_end, opt_at);
+            Some(Reply::Send(out.len()))
+        }
+    }
 }
 
 /// Rewrites the answer in `out` as the general path's truncated form of it (a rate
