@@ -11,8 +11,13 @@ for the README and the issue.
                            [--rates 1000,20000,100000,0] [--runs 1]
 
 With --runs N every row is measured N times, the servers one after the other within a
-row (all of them run from the start, each on its port), and each row's median p50 and
-p99 are printed at the end: on a VM a single run's rows move by several µs.
+row (all of them run from the start, each on its port; the order reversed every other
+run), and each row's median p50 and p99 are printed at the end: on a VM a single run's
+rows move by several µs. Then, per row, every other server against the first, paired by
+run: the median of its p50 and p99 less the first's, and in how many runs the first's was
+no higher. `--servers gto,gdnsd,gto` runs a second, identical gto (named gto-b): the
+A/A control, whose differences from the first are this machine's noise, the yardstick
+for the others'.
 
 --pin same runs the server and dnsperf on one CPU (the last), --pin split the server on the
 last and dnsperf on CPU 0. Unpinned, at low rates the p50 of either server is bimodal on a
@@ -126,6 +131,25 @@ def run(port, queries, rate, seconds, tcp, cpu=None, pid=None):
     return len(times), lost, qps, pick(0.5), pick(0.99), times[-1] * 1000, spent / 1000 / len(times)
 
 
+def paired(first, results):
+    """Per row, every other server against `first`, run by run: the median difference of
+    p50 and p99 (µs, the other's less the first's) and in how many runs `first`'s was no
+    higher."""
+    print(f"\npaired by run, against {first} (µs; >0: {first} lower)")
+    print(f"{'server':6} {'transport':9} {'rate':>10} {'p50 diff':>8} {'no higher':>9} {'p99 diff':>8} {'no higher':>9}")
+    for (server, transport, label), got in results.items():
+        mine = results.get((first, transport, label))
+        if server == first or not mine or len(mine) != len(got):
+            continue  # a run without answers leaves the pairs unmatched
+        d50 = [(o[3] - m[3]) * 1000 for m, o in zip(mine, got)]
+        d99 = [(o[4] - m[4]) * 1000 for m, o in zip(mine, got)]
+        runs = len(got)
+        print(
+            f"{server:6} {transport:9} {label:>10} {statistics.median(d50):8.1f} {sum(d >= 0 for d in d50):>4}/{runs:<4}"
+            f" {statistics.median(d99):8.1f} {sum(d >= 0 for d in d99):>4}/{runs:<4}"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gto", default="target/release/gto")
@@ -147,6 +171,7 @@ def main():
     servers = []
     try:
         # Every server runs from the start, each on its port; only the one loaded works.
+        names = []
         for i, server in enumerate(args.servers.split(",")):
             if server not in ("gto", "null") and shutil.which(server) is None:
                 print(f"{server:6} not installed (../shared/bench/peers.sh setup installs it)")
@@ -156,14 +181,19 @@ def main():
             queries = os.path.join(d, "queries.txt")
             with open(queries, "w") as f:
                 f.write(QUERIES)
-            servers.append((server, port, queries, d, start(server, d, port, args.gto, server_cpu)))
+            proc = start(server, d, port, args.gto, server_cpu)
+            # A server named twice is a control: the second is "gto-b", the third "gto-c".
+            name = server if server not in names else f"{server}-{'bcdefgh'[names.count(server) - 1]}"
+            names.append(server)
+            servers.append((name, port, queries, d, proc))
         print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'lost':>5} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu us/q':>8}")
         results = {}
         # Row by row, the servers one after the other: each row's figures are minutes apart
         # at most, whatever the VM does meanwhile.
-        for _ in range(args.runs):
+        for r in range(args.runs):
             for tcp, rate in rows:
-                for server, port, queries, _, proc in servers:
+                # Every other run the other way round: no server always goes first.
+                for server, port, queries, _, proc in servers if r % 2 == 0 else servers[::-1]:
                     if tcp and server == "null":
                         continue  # the floor has no TCP
                     result = run(port, queries, rate, args.seconds, tcp, load_cpu, proc.pid)
@@ -182,6 +212,7 @@ def main():
                 p50 = statistics.median(r[3] for r in got)
                 p99 = statistics.median(r[4] for r in got)
                 print(f"{server:6} {transport:9} {label:>10} {sum(r[1] for r in got):>5} {p50:7.3f} {p99:7.3f} {max(r[5] for r in got):7.3f} {statistics.median(r[6] for r in got):8.2f}")
+            paired(servers[0][0], results)
     finally:
         for _, _, _, d, proc in servers:
             proc.send_signal(signal.SIGTERM)
