@@ -212,7 +212,8 @@ def main():
                 p50 = statistics.median(r[3] for r in got)
                 p99 = statistics.median(r[4] for r in got)
                 print(f"{server:6} {transport:9} {label:>10} {sum(r[1] for r in got):>5} {p50:7.3f} {p99:7.3f} {max(r[5] for r in got):7.3f} {statistics.median(r[6] for r in got):8.2f}")
-            paired(servers[0][0], results)
+            if len(servers) > 1:
+                paired(servers[0][0], results)
     finally:
         for _, _, _, d, proc in servers:
             proc.send_signal(signal.SIGTERM)
