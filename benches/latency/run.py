@@ -131,19 +131,21 @@ def run(port, queries, rate, seconds, tcp, cpu=None, pid=None):
     return len(times), lost, qps, pick(0.5), pick(0.99), times[-1] * 1000, spent / 1000 / len(times)
 
 
-def paired(first, results):
-    """Per row, every other server against `first`, run by run: the median difference of
-    p50 and p99 (µs, the other's less the first's) and in how many runs `first`'s was no
-    higher."""
+def paired(first, by_run):
+    """Per row, every other server against `first`, run by run (`by_run`: each row's
+    results by run number; a run without answers pairs with nothing): the median
+    difference of p50 and p99 (µs, the other's less the first's) and in how many runs
+    `first`'s was no higher."""
     print(f"\npaired by run, against {first} (µs; >0: {first} lower)")
     print(f"{'server':6} {'transport':9} {'rate':>10} {'p50 diff':>8} {'no higher':>9} {'p99 diff':>8} {'no higher':>9}")
-    for (server, transport, label), got in results.items():
-        mine = results.get((first, transport, label))
-        if server == first or not mine or len(mine) != len(got):
-            continue  # a run without answers leaves the pairs unmatched
-        d50 = [(o[3] - m[3]) * 1000 for m, o in zip(mine, got)]
-        d99 = [(o[4] - m[4]) * 1000 for m, o in zip(mine, got)]
-        runs = len(got)
+    for (server, transport, label), got in by_run.items():
+        mine = by_run.get((first, transport, label), {})
+        pairs = [(mine[r], got[r]) for r in got if r in mine]
+        if server == first or not pairs:
+            continue
+        d50 = [(o[3] - m[3]) * 1000 for m, o in pairs]
+        d99 = [(o[4] - m[4]) * 1000 for m, o in pairs]
+        runs = len(pairs)
         print(
             f"{server:6} {transport:9} {label:>10} {statistics.median(d50):8.1f} {sum(d >= 0 for d in d50):>4}/{runs:<4}"
             f" {statistics.median(d99):8.1f} {sum(d >= 0 for d in d99):>4}/{runs:<4}"
@@ -188,6 +190,7 @@ def main():
             servers.append((name, port, queries, d, proc))
         print(f"{'server':6} {'transport':9} {'rate':>10} {'answers':>8} {'lost':>5} {'qps':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu us/q':>8}")
         results = {}
+        by_run = {}
         # Row by row, the servers one after the other: each row's figures are minutes apart
         # at most, whatever the VM does meanwhile.
         for r in range(args.runs):
@@ -204,6 +207,7 @@ def main():
                         continue
                     n, lost, qps, p50, p99, worst, cpu = result
                     results.setdefault((server, transport, label), []).append(result)
+                    by_run.setdefault((server, transport, label), {})[r] = result
                     print(f"{server:6} {transport:9} {label:>10} {n:>8} {lost:>5} {qps:>9} {p50:7.3f} {p99:7.3f} {worst:7.3f} {cpu:8.2f}", flush=True)
         if args.runs > 1:
             print(f"\nmedians of {args.runs} runs (lost: all runs; max: the largest)")
@@ -213,7 +217,7 @@ def main():
                 p99 = statistics.median(r[4] for r in got)
                 print(f"{server:6} {transport:9} {label:>10} {sum(r[1] for r in got):>5} {p50:7.3f} {p99:7.3f} {max(r[5] for r in got):7.3f} {statistics.median(r[6] for r in got):8.2f}")
             if len(servers) > 1:
-                paired(servers[0][0], results)
+                paired(servers[0][0], by_run)
     finally:
         for _, _, _, d, proc in servers:
             proc.send_signal(signal.SIGTERM)
